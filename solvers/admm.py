@@ -1,0 +1,253 @@
+"""The ADMM method of Taylor et al. (ICML 2016, Algorithm 1) as chunk kernels plus a client step.
+
+Samples are rows. Per-sample state: ``z_1 … z_L`` and the multiplier ``λ``
+(shape of ``z_L``); the activations ``a_l`` are not stored but recomputed,
+because iteration k of Algorithm 1 only ever reads values the loop has not
+yet updated (``a_l`` is computed before ``z_l`` and ``W_{l+1}``)::
+
+    a_l^k = (βW̃ᵀW̃ + γI)⁻¹(βW̃ᵀ(z_{l+1}^{k−1} − b) + γh(z_l^{k−1})), W = W_{l+1}^{k−1}   (eq. 6)
+    W_l^k = (Σ z_l^{k−1} a_{l−1}^kᵀ)(Σ a_{l−1}^k a_{l−1}^kᵀ)⁻¹                          (eq. 9)
+    z_l^k = argmin_z γ(a_l^k − h(z))² + β(z − W_l^k a_{l−1}^k)²                      (eq. 7)
+    z_L^k = argmin_z ℓ(z, y) + λz + β(z − W_L^k a_{L−1}^k)²,  λ^k = λ^{k−1} + β(z_L^k − W_L^k a_{L−1}^k)
+
+so ``a^k`` and every Gram that ``W^k`` needs are functions of ``z^{k−1}`` and
+``W^{k−1}``. One pass over the chunks per iteration therefore suffices: it
+reads ``z^{k−1}, λ^{k−1}`` and the data, writes ``z^k, λ^k``, and emits the
+partial Grams of ``a^{k+1}`` from which the client solves ``W^{k+1}``.
+
+Parameters (all solvers share :class:`~solvers.config.TrainConfig`):
+
+=============  ==============================================================
+``gamma``      weight γ of ``‖a_l − h(z_l)‖²``
+``beta``       weight β of ``‖z_l − W_l a_{l−1}‖²`` and of the λ step
+``warm_start`` iterations 1..warm_start leave λ at 0 (paper §6)
+``init``       ``forward`` (He-scaled random W⁰, state = forward pass) or
+               ``gaussian`` (the paper: z, a ~ N(0, 1), W⁰ fitted to them)
+``ridge``      relative ridge ε of the W-solve: ``a aᵀ + ε·mean(diag)·I``
+=============  ==============================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from solvers.activations import ACTIVATIONS
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from solvers.linalg import ActivationUpdate, affine, cross_with_bias, gram_with_bias, solve_weights
+from solvers.losses import LOSSES, n_outputs, predict_classes, targets
+from solvers.network import Network, forward, standardize
+from solvers.stats import StatsLayout
+
+TILE_ROWS = 4096  # rows per tile inside a chunk: keeps elementwise work in cache
+
+
+@dataclass(frozen=True)
+class StepParams:
+    """What one pass broadcasts to every chunk: weights, a-update operators, flags."""
+
+    weights: tuple          # W^k (float32), used for z^k
+    ops_prev: tuple         # eq. 6 operators from W^{k−1}: a^k from z^{k−1}
+    ops_next: tuple         # eq. 6 operators from W^k: a^{k+1} from z^k (Grams)
+    update_lambda: bool
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+
+
+def _tiles(n: int, tile: int):
+    """Yield row slices of at most ``tile`` rows covering ``range(n)``."""
+    for start in range(0, n, tile):
+        yield slice(start, min(start + tile, n))
+
+
+class ADMMSolver:
+    """Taylor et al.'s ADMM: chunk functions, the client step, the per-sample state it keeps."""
+
+    name = "admm"
+
+    def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale,
+                 dtype=np.float32):
+        self.config = config
+        self.classes = np.asarray(classes)
+        if len(self.classes) < 2:
+            raise InputError(f"training needs at least two classes, the labels hold {self.classes.tolist()}")
+        self.n_classes = len(self.classes)
+        self.loss_name = config.resolved_loss(self.n_classes)
+        self.loss = LOSSES[self.loss_name]
+        self.act = ACTIVATIONS[config.activation]
+        self.widths = (int(n_features), *config.hidden, n_outputs(self.n_classes))
+        self.L = len(self.widths) - 1
+        self.dtype = np.dtype(dtype)
+        self.x_mean = np.asarray(x_mean, np.float64)
+        self.x_scale = np.asarray(x_scale, np.float64)
+
+    # -- what the pipeline stores and sums ------------------------------------------
+    def state_widths(self) -> dict[str, int]:
+        """Return the per-sample arrays this solver keeps and their widths."""
+        out = {f"z{l}": self.widths[l] for l in range(1, self.L + 1)}
+        out["lam"] = self.widths[-1]
+        return out
+
+    def layout(self, input_gram: bool) -> StatsLayout:
+        """Return the layout of a chunk's sums (Grams of every W-solve, metrics)."""
+        w = self.widths
+        shapes = {"n": (), "correct": (), "loss": (), "lagrange": (), "residual_sq": (),
+                  "hidden_penalty": ()}
+        for l in range(1, self.L + 1):
+            shapes[f"cross{l}"] = (w[l], w[l - 1] + 1)
+            if l > 1 or input_gram:
+                shapes[f"gram{l}"] = (w[l - 1] + 1, w[l - 1] + 1)
+        return StatsLayout(shapes)
+
+    def network(self, weights) -> Network:
+        """Return the trained network for the weights ``W_1..W_L``."""
+        return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
+                       self.x_mean, self.x_scale, self.dtype.type)
+
+    # -- client side -------------------------------------------------------------------
+    def initial_weights(self):
+        """Return He-scaled random W⁰ (bias 0) for ``init="forward"``, else None."""
+        if self.config.init != "forward":
+            return None
+        rng = np.random.default_rng([self.config.seed, 0])
+        out = []
+        for l in range(1, self.L + 1):
+            fan_in = self.widths[l - 1]
+            W = np.zeros((self.widths[l], fan_in + 1))
+            W[:, :-1] = rng.normal(0.0, np.sqrt(self.act.he_gain / fan_in), size=(self.widths[l], fan_in))
+            out.append(W)
+        return out
+
+    def solve(self, sums: dict, input_gram) -> list:
+        """Return W_1..W_L from summed Grams (eq. 9); ``input_gram`` is the constant Σ a_0 a_0ᵀ."""
+        out = []
+        for l in range(1, self.L + 1):
+            gram = input_gram if l == 1 else sums[f"gram{l}"]
+            out.append(solve_weights(sums[f"cross{l}"], gram, self.config.ridge, what=f"W_{l}"))
+        return out
+
+    def operators(self, weights) -> tuple:
+        """Return the eq. 6 operators of hidden layers 1..L−1 for the given weights."""
+        c = self.config
+        return tuple(ActivationUpdate.from_weights(weights[l], c.gamma, c.beta).astype(self.dtype)
+                     for l in range(1, self.L))
+
+    def step_params(self, w_prev, w_new, iteration: int) -> StepParams:
+        """Return the broadcast of iteration k (1-based): W^{k−1} → a^k, W^k → z^k."""
+        return StepParams(tuple(np.asarray(W, self.dtype) for W in w_new), self.operators(w_prev),
+                          self.operators(w_new), iteration > self.config.warm_start,
+                          self.x_mean, self.x_scale)
+
+    def metrics(self, sums: dict) -> dict:
+        """Return train accuracy, primal residual ‖z_L − W_L a_{L−1}‖ and objective (eq. 5)."""
+        beta = self.config.beta
+        return {
+            "train_accuracy": sums["correct"] / sums["n"],
+            "residual": float(np.sqrt(sums["residual_sq"])),
+            "loss": sums["loss"] / sums["n"],
+            "objective": sums["loss"] + sums["lagrange"] + beta * sums["residual_sq"] + sums["hidden_penalty"],
+        }
+
+    # -- chunk side (pure NumPy: one chunk in, one chunk out) ---------------------------
+    def _inputs(self, x_raw):
+        return standardize(x_raw, self.x_mean, self.x_scale, self.dtype)
+
+    def _activations(self, x, z, ops):
+        """Return a_0..a_{L−1}: a_0 = x, a_l from z_l, z_{l+1} by eq. 6."""
+        a = [x]
+        for l in range(1, self.L):
+            a.append(ops[l - 1].apply(self.act.h(z[l]), z[l + 1]))
+        return a
+
+    def _gram_parts(self, a, z, input_gram: bool) -> dict:
+        parts = {}
+        for l in range(1, self.L + 1):
+            parts[f"cross{l}"] = cross_with_bias(z[l], a[l - 1])
+            if l > 1 or input_gram:
+                parts[f"gram{l}"] = gram_with_bias(a[l - 1])
+        return parts
+
+    def init_chunk(self, x_raw, y_idx, start_row: int, params):
+        """Return (initial state, sums) for one chunk.
+
+        ``forward``: z⁰ is the forward pass of W⁰ (``params``); the sums are the
+        Grams of W¹. ``gaussian``: z⁰, a⁰ ~ N(0, 1) seeded by (seed, layer,
+        start row) so the state is independent of scheduling; the sums are the
+        Grams of W⁰.
+        """
+        x = self._inputs(x_raw)
+        n = x.shape[0]
+        if self.config.init == "forward":
+            weights = params
+            z, a = [None], x
+            for l in range(1, self.L + 1):
+                z.append(affine(a, weights[l - 1]))
+                a = self.act.h(z[-1])
+            a_next = self._activations(x, z, self.operators(weights))
+        else:
+            z, a_next = [None], [x]
+            for l in range(1, self.L + 1):
+                rng = np.random.default_rng([self.config.seed, l, start_row])
+                z.append(rng.standard_normal((n, self.widths[l]), dtype=self.dtype))
+                if l < self.L:
+                    a_next.append(rng.standard_normal((n, self.widths[l]), dtype=self.dtype))
+        state = {f"z{l}": z[l] for l in range(1, self.L + 1)}
+        state["lam"] = np.zeros((n, self.widths[-1]), self.dtype)
+        sums = self._gram_parts(a_next, z, input_gram=True)
+        sums["n"] = n
+        return state, self.layout(True).pack(sums)
+
+    def grams_chunk(self, x_raw, y_idx, state, weights):
+        """Return the sums of the Grams of W¹ given W⁰ (after a ``gaussian`` init)."""
+        x = self._inputs(x_raw)
+        z = [None] + [state[f"z{l}"] for l in range(1, self.L + 1)]
+        parts = self._gram_parts(self._activations(x, z, self.operators(weights)), z, input_gram=True)
+        parts["n"] = x.shape[0]
+        return self.layout(True).pack(parts)
+
+    def step_chunk(self, x_raw, y_idx, state, p: StepParams):
+        """Return (z^k, λ^k) and the sums of one chunk for iteration k (one Algorithm 1 sweep)."""
+        n = x_raw.shape[0]
+        new = {name: np.empty((n, w), self.dtype) for name, w in self.state_widths().items()}
+        layout = self.layout(False)
+        total = np.zeros(layout.size)
+        for sl in _tiles(n, TILE_ROWS):
+            tile_state = {k: v[sl] for k, v in state.items()}
+            out, sums = self._step_tile(self._inputs(x_raw[sl]), y_idx[sl], tile_state, p)
+            for k, v in out.items():
+                new[k][sl] = v
+            total += layout.pack(sums)
+        return new, total
+
+    def _step_tile(self, x, y_idx, state, p: StepParams):
+        c, act, L = self.config, self.act, self.L
+        gamma, beta = c.gamma, c.beta
+        z = [None] + [state[f"z{l}"] for l in range(1, L + 1)]
+        lam = state["lam"]
+        a = self._activations(x, z, p.ops_prev)
+        z_new, hidden_penalty = [None], 0.0
+        for l in range(1, L):
+            m = affine(a[l - 1], p.weights[l - 1])
+            zl = act.z_update(a[l], m, gamma, beta)
+            hidden_penalty += gamma * float(np.sum((a[l] - act.h(zl)) ** 2, dtype=np.float64))
+            hidden_penalty += beta * float(np.sum((zl - m) ** 2, dtype=np.float64))
+            z_new.append(zl)
+        t = targets(y_idx, self.n_classes, self.dtype)
+        m = affine(a[L - 1], p.weights[L - 1])
+        zL = self.loss.z_update(t, lam, m, beta)
+        r = zL - m
+        lam_new = lam + self.dtype.type(beta) * r if p.update_lambda else lam
+        z_new.append(zL)
+        sums = self._gram_parts(self._activations(x, z_new, p.ops_next), z_new, input_gram=False)
+        sums.update(
+            n=x.shape[0],
+            correct=int(np.sum(predict_classes(forward(x, p.weights, c.activation)) == y_idx)),
+            loss=float(np.sum(self.loss.value(zL, t), dtype=np.float64)),
+            lagrange=float(np.sum(lam * zL, dtype=np.float64)),
+            residual_sq=float(np.sum(r * r, dtype=np.float64)),
+            hidden_penalty=hidden_penalty,
+        )
+        out = {f"z{l}": z_new[l] for l in range(1, L + 1)}
+        out["lam"] = lam_new
+        return out, sums

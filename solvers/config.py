@@ -1,0 +1,77 @@
+"""Training settings shared by every solver, validated with clear errors."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from solvers.activations import ACTIVATIONS
+from solvers.errors import InputError
+from solvers.losses import LOSSES
+
+INITS = ("forward", "gaussian")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of a run (defaults chosen by measurement, see README).
+
+    ``gamma``/``beta`` weight the constraints ``a_l = h(z_l)`` and
+    ``z_l = W_l a_{l−1}`` of eq. 4; ``warm_start`` iterations skip the λ
+    update (paper §6); ``init`` is ``"forward"`` (state from a forward pass of
+    He-scaled random weights) or ``"gaussian"`` (the paper's N(0, 1) state);
+    ``ridge`` is the relative ridge of the W-solve.
+    """
+
+    hidden: tuple[int, ...] = (300,)
+    activation: str = "relu"
+    loss: str = "auto"
+    gamma: float = 10.0
+    beta: float = 0.1
+    iterations: int = 10
+    warm_start: int = 5
+    init: str = "forward"
+    seed: int = 0
+    ridge: float = 1e-6
+    solver: str = "admm"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        problems = []
+        if any(h <= 0 for h in self.hidden):
+            problems.append(f"hidden widths must be positive integers, got {list(self.hidden)}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        if self.loss != "auto" and self.loss not in LOSSES:
+            problems.append(f"loss {self.loss!r} is not one of {['auto', *sorted(LOSSES)]}")
+        for name in ("gamma", "beta"):
+            v = getattr(self, name)
+            if not (v > 0 and v < float("inf")):
+                problems.append(f"{name} must be a positive finite number, got {v!r}")
+        if not (0 <= self.ridge < float("inf")):
+            problems.append(f"ridge must be >= 0, got {self.ridge!r}")
+        if self.iterations < 0:
+            problems.append(f"iterations must be >= 0, got {self.iterations}")
+        if self.warm_start < 0:
+            problems.append(f"warm_start must be >= 0, got {self.warm_start}")
+        if self.init not in INITS:
+            problems.append(f"init {self.init!r} is not one of {list(INITS)}")
+        if problems:
+            raise InputError("; ".join(problems))
+
+    def resolved_loss(self, n_classes: int) -> str:
+        """Return the loss name, resolving ``"auto"`` to hinge (2 classes) or ovr-hinge."""
+        if self.loss != "auto":
+            return self.loss
+        return "hinge" if n_classes == 2 else "ovr-hinge"
+
+    def to_dict(self) -> dict:
+        """Return a JSON-ready dict of the settings."""
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Return the config stored by :meth:`to_dict` (unknown keys are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

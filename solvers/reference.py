@@ -1,0 +1,120 @@
+"""The in-memory reference trainer: the oracle every distributed test compares against.
+
+It runs exactly the chunk kernels and client loop the Dask pipeline runs, on
+NumPy arrays held in memory, one chunk after another. Used directly it is a
+small-data trainer; ``tests/test_algorithm1.py`` checks it against a literal
+transcription of Algorithm 1.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from solvers import SOLVERS
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from solvers.loop import initialize, iterate
+from solvers.losses import encode_labels
+from solvers.network import Network
+from solvers.stats import moment_sums, moments_from_sums
+
+
+def check_xy(X, y, what: str = "training data"):
+    """Return X (2-D) and y (1-D) after checking shapes, emptiness and finiteness."""
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2:
+        raise InputError(f"{what}: X must be 2-D (samples × features), got shape {X.shape}")
+    if y.ndim != 1:
+        raise InputError(f"{what}: y must be 1-D, got shape {y.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise InputError(f"{what}: X has {X.shape[0]} rows but y has {y.shape[0]}")
+    if X.shape[0] == 0:
+        raise InputError(f"{what}: no samples")
+    if not np.issubdtype(X.dtype, np.number):
+        raise InputError(f"{what}: X must be numeric, got dtype {X.dtype}")
+    bad = ~np.isfinite(X).all(axis=1)
+    if np.issubdtype(y.dtype, np.floating):
+        bad |= ~np.isfinite(y)
+    if np.any(bad):
+        raise InputError(f"{what}: row {int(np.flatnonzero(bad)[0])} has NaN or inf values")
+    return X, y
+
+
+def chunk_bounds(n: int, chunk_rows: int | None):
+    """Return (start, stop) row bounds of chunks of ``chunk_rows`` rows (one chunk if None)."""
+    step = n if not chunk_rows else int(chunk_rows)
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+class InMemoryRunner:
+    """Runs a solver's chunk kernels over in-memory chunks (the :class:`PassRunner` protocol)."""
+
+    def __init__(self, solver, X, y_idx, chunk_rows=None):
+        self.solver = solver
+        self.bounds = chunk_bounds(X.shape[0], chunk_rows)
+        self.x = [X[a:b] for a, b in self.bounds]
+        self.y = [y_idx[a:b] for a, b in self.bounds]
+        self.state = [None] * len(self.bounds)
+
+    def init(self, weights):
+        total = 0.0
+        for i, (start, _) in enumerate(self.bounds):
+            self.state[i], sums = self.solver.init_chunk(self.x[i], self.y[i], start, weights)
+            total = total + sums
+        return total
+
+    def grams(self, weights):
+        return sum(self.solver.grams_chunk(x, y, s, weights) for x, y, s in zip(self.x, self.y, self.state))
+
+    def step(self, iteration, params):
+        total = 0.0
+        for i in range(len(self.bounds)):
+            self.state[i], sums = self.solver.step_chunk(self.x[i], self.y[i], self.state[i], params)
+            total = total + sums
+        return total
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_in_memory` returns: the network, per-iteration history, final client state."""
+
+    network: Network
+    history: list = field(default_factory=list)
+    loop_state: object = None
+    solver: object = None
+
+
+def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X_test=None,
+                  y_test=None, dtype=np.float32, callback=None) -> FitResult:
+    """Train on in-memory ``(X, y)`` and return the network and its history.
+
+    ``chunk_rows`` splits the samples like the pipeline does (the result is the
+    pipeline's up to float summation order); ``callback(record)`` is called
+    after each iteration with the history record.
+    """
+    config = config or TrainConfig()
+    X, y = check_xy(X, y)
+    classes = np.unique(y)
+    shift = X[0].astype(np.float64)
+    mean, scale = moments_from_sums(moment_sums(X, shift), shift)
+    solver = SOLVERS[config.solver](config, X.shape[1], classes, mean, scale, dtype=dtype)
+    runner = InMemoryRunner(solver, X, encode_labels(y, classes), chunk_rows)
+    if X_test is not None:
+        X_test, y_test = check_xy(X_test, y_test, "test data")
+    t0 = time.perf_counter()
+    state = initialize(solver, runner)
+    result = FitResult(solver.network(state.weights), [], state, solver)
+    for state, metrics in iterate(solver, runner, state, config.iterations):
+        network = solver.network(state.weights)
+        record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics}
+        if X_test is not None:
+            record["test_accuracy"] = network.score(X_test, y_test)
+        result.history.append(record)
+        result.network, result.loop_state = network, state
+        if callback is not None:
+            callback(record)
+        t0 = time.perf_counter()
+    return result
