@@ -89,7 +89,7 @@ def encode_labels(y, classes):
     if np.any(bad):
         first = int(np.flatnonzero(bad)[0])
         raise InputError(
-            f"label {y[first]!r} (sample {first} of this block) is not one of the classes "
+            f"label {np.asarray(y)[first].item()!r} (sample {first} of this block) is not one of the classes "
             f"{classes.tolist()} seen when training started; check the data's labels"
         )
     return idx_clipped

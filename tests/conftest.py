@@ -1,0 +1,32 @@
+"""Shared fixtures: small real data sets and a dense grid for brute-force minimisation."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MNIST = SHARED_DATA / "mnist70k_uint8.npz"
+
+
+def brute_force_min(f, lo=-40.0, hi=40.0, n=400_001):
+    """Return the minimum of a 1-D function over a dense grid (the oracle for closed forms)."""
+    z = np.linspace(lo, hi, n)
+    return float(np.min(f(z)))
+
+
+@pytest.fixture(scope="session")
+def digits_0_vs_2():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    keep = np.isin(d.target, [0, 2])
+    return train_test_split(d.data[keep], d.target[keep], test_size=0.3, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    if not MNIST.exists():
+        pytest.skip(f"MNIST file not found at {MNIST} (shared/data must sit beside the repo)")
+    with np.load(MNIST) as f:
+        return f["X"], f["y"]
