@@ -1,0 +1,150 @@
+"""Command line: convert a CSV, NPZ or Parquet file into a chunked Zarr data store.
+
+Example::
+
+    python -m pipeline.ingest HIGGS.csv.gz --out higgs.zarr --label-column 0 \\
+        --test-fraction 0.1 --seed 1
+
+writes the training rows to ``higgs.zarr`` and about 10 % of the rows to
+``higgs-test.zarr``. Errors in the input are reported as one line naming the
+file, the line or row and the problem; the exit status is then 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from solvers.errors import InputError
+from storage.ingest import ingest
+
+_DESCRIPTION = """\
+Stream a data file into a chunked Zarr data store for training, without
+loading it into memory. Features are stored as float32, labels as float64.
+
+Sources (by suffix):
+  .csv .txt (optionally .gz)  comma-separated; a first line that is not all
+                              numbers is taken as a header (force with
+                              --header / --no-header)
+  .npz                        arrays X (samples x features) and y (labels)
+  .parquet .pq                numeric columns (needs pyarrow)
+"""
+
+_EPILOG = """\
+examples:
+  python -m pipeline.ingest train.csv --out data.zarr
+  python -m pipeline.ingest HIGGS.csv.gz --out higgs.zarr --label-column 0 --test-fraction 0.1
+  python -m pipeline.ingest table.parquet --out data.zarr --label-column target --overwrite
+
+exit status: 0 on success, 2 on a problem with the input or options.
+"""
+
+
+def _positive_int(text: str) -> int:
+    """Parse a positive integer command-line value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """Parse a fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m pipeline.ingest``."""
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.ingest", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="SOURCE", help="input file (.csv, .csv.gz, .npz, .parquet)")
+    p.add_argument("--out", required=True, metavar="DATA.zarr",
+                   help="data store to create for the training rows")
+    p.add_argument("--label-column", metavar="NAME|INDEX", default=None,
+                   help="label column by header name or 0-based index (negative counts "
+                        "from the end); default: the last column")
+    p.add_argument("--test-fraction", type=_fraction, default=0.0, metavar="F",
+                   help="hold out this fraction of rows, 0 <= F < 1, into a test store "
+                        "(default 0: no test store)")
+    p.add_argument("--test-out", metavar="TEST.zarr", default=None,
+                   help="test store path (default: DATA-test.zarr next to --out)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the reproducible train/test split (default 0)")
+    p.add_argument("--chunk-rows", type=_positive_int, default=None, metavar="N",
+                   help="rows per stored chunk (default: about 32 MB of features per chunk)")
+    head = p.add_mutually_exclusive_group()
+    head.add_argument("--header", dest="header", action="store_true", default=None,
+                      help="CSV: the first line is a header")
+    head.add_argument("--no-header", dest="header", action="store_false",
+                      help="CSV: the first line is data")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing data stores (only after the new ones are complete)")
+    return p
+
+
+class _Progress:
+    """Print 'rows so far' to stderr at most once a second."""
+
+    def __init__(self, stream=sys.stderr, every: float = 1.0):
+        self.stream, self.every = stream, every
+        self.last = time.monotonic()
+        self.shown = False
+
+    def __call__(self, rows: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            end = "\r" if self.stream.isatty() else "\n"
+            print(f"  read {rows:,} rows", end=end, file=self.stream, flush=True)
+            self.last, self.shown = now, True
+
+    def close(self) -> None:
+        if self.shown and self.stream.isatty():
+            print(file=self.stream)
+
+
+def _describe(store, what: str) -> str:
+    """Return one summary line for a written store."""
+    return (f"{what}: {store.n_samples:,} rows x {store.n_features} features, "
+            f"{store.n_chunks} chunk(s) of {store.chunk_rows:,} rows -> {store.path}")
+
+
+def main(argv=None) -> int:
+    """Run the ingestion command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    progress = _Progress()
+    t0 = time.perf_counter()
+    try:
+        train, test = ingest(
+            args.source, args.out, label_column=args.label_column,
+            test_fraction=args.test_fraction, test_out=args.test_out, seed=args.seed,
+            chunk_rows=args.chunk_rows, header=args.header, overwrite=args.overwrite,
+            progress=progress)
+    except InputError as err:
+        progress.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        progress.close()
+        print("interrupted; no store was written or replaced", file=sys.stderr)
+        return 130
+    progress.close()
+    print(_describe(train, "train"))
+    if test is not None:
+        print(_describe(test, "test"))
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""The on-disk format of a *data store*: user data as chunked Zarr.
+
+A data store is a Zarr v3 group in a directory, written once by ingestion
+(``python -m pipeline.ingest``) or :func:`write_data`, then only read:
+
+======  =========  ============  ===================  =======================
+array   dtype      shape         chunks               dimension names
+======  =========  ============  ===================  =======================
+``X``   float32    (n, d)        (chunk_rows, d)      ("sample", "feature")
+``y``   float64    (n,)          (chunk_rows,)        ("sample",)
+======  =========  ============  ===================  =======================
+
+Both arrays are uncompressed (compression saves little on float data and
+halves read speed). The group attributes are ``format`` (always
+``"admm-dask-data"``), ``format_version``, ``n_samples``, ``n_features``,
+``chunk_rows``, ``feature_names``, ``label_name`` and ``source``.
+
+A store is written under ``<path>.partial-<random>`` next to its target and
+renamed into place only when complete, so a failed or interrupted write never
+leaves a store that looks valid and never destroys an existing one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from solvers.errors import InputError
+
+FORMAT = "admm-dask-data"
+FORMAT_VERSION = 1
+X_DTYPE = np.dtype("float32")
+Y_DTYPE = np.dtype("float64")
+_CHUNK_BYTES = 32 * 2**20
+_MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS = 1024, 262144
+_HOW_TO_CREATE = "create one with `python -m pipeline.ingest SOURCE --out {path}`"
+
+
+def default_chunk_rows(n_features: int) -> int:
+    """Return the rows per chunk that make one X chunk about 32 MB.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of features (columns of X, stored as float32).
+
+    Returns
+    -------
+    int
+        A power of two in [1024, 262144].
+    """
+    rows = _CHUNK_BYTES / (X_DTYPE.itemsize * max(int(n_features), 1))
+    rows = 2 ** round(math.log2(rows))
+    return int(min(max(rows, _MIN_CHUNK_ROWS), _MAX_CHUNK_ROWS))
+
+
+@dataclass(frozen=True)
+class DataStore:
+    """An opened, validated data store (metadata only; arrays open lazily).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        Directory of the Zarr group.
+    n_samples, n_features, chunk_rows : int
+        Shape of ``X`` and rows per chunk of ``X`` and ``y``.
+    feature_names : tuple of str
+        One name per column of ``X``.
+    label_name : str
+        Name of the label column ``y``.
+    source : str
+        Where the data came from (a file name, or ``"array"``).
+    """
+
+    path: Path
+    n_samples: int
+    n_features: int
+    chunk_rows: int
+    feature_names: tuple[str, ...]
+    label_name: str
+    source: str = ""
+
+    @property
+    def n_chunks(self) -> int:
+        """Return the number of row chunks of ``X`` and ``y``."""
+        return -(-self.n_samples // self.chunk_rows)
+
+    @property
+    def X(self) -> zarr.Array:
+        """Open the feature matrix ``X`` (n_samples x n_features) read-only."""
+        return zarr.open_group(self.path, mode="r")["X"]
+
+    @property
+    def y(self) -> zarr.Array:
+        """Open the label vector ``y`` (n_samples,) read-only."""
+        return zarr.open_group(self.path, mode="r")["y"]
+
+
+def _read_group_attrs(path: Path) -> dict | None:
+    """Return the attributes of the Zarr v3 group at ``path``, or None if it is none."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return None
+    return meta.get("attributes") or {}
+
+
+def open_data(path: str | os.PathLike) -> DataStore:
+    """Open and validate a data store, raising one clear error if it is unusable.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Directory of a data store written by ingestion or :func:`write_data`.
+
+    Returns
+    -------
+    DataStore
+
+    Raises
+    ------
+    solvers.errors.InputError
+        If the path is missing, is not a Zarr group, is not an admm-dask data
+        store, or its arrays have the wrong names, shapes, lengths or dtypes.
+    """
+    path = Path(path)
+    how = _HOW_TO_CREATE.format(path=path)
+    if not path.exists():
+        raise InputError(f"data store {path} does not exist; {how}")
+    attrs = _read_group_attrs(path) if path.is_dir() else None
+    if attrs is None:
+        if path.is_dir() and ((path / ".zgroup").exists() or (path / ".zarray").exists()):
+            raise InputError(f"{path} is a Zarr v2 store, not an admm-dask data store; {how}")
+        raise InputError(f"{path} is not a Zarr store (no Zarr v3 group metadata "
+                         f"zarr.json); {how}")
+    fmt = attrs.get("format")
+    if fmt != FORMAT:
+        what = "an admm-dask run store" if str(fmt).startswith("admm-dask") else (
+            f"another tool's Zarr store (format attribute {fmt!r})" if fmt is not None
+            else "a Zarr store without the admm-dask format attribute")
+        raise InputError(f"{path} is {what}, not an admm-dask data store; "
+                         f"pass a data store, or {how}")
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"data store {path} has format_version "
+                         f"{attrs.get('format_version')!r}; this version reads "
+                         f"{FORMAT_VERSION}: re-ingest the data with this version")
+    group = zarr.open_group(path, mode="r")
+    arrays = {}
+    for name in ("X", "y"):
+        try:
+            node = group[name]
+        except Exception:  # missing, or metadata zarr cannot parse
+            node = None
+        if not isinstance(node, zarr.Array):
+            raise InputError(f"data store {path} has no array {name!r}; it is "
+                             f"damaged or incomplete: re-ingest it with --overwrite")
+        arrays[name] = node
+    X, y = arrays["X"], arrays["y"]
+    _check_arrays(path, X, y, attrs)
+    names = attrs.get("feature_names") or [f"x{j}" for j in range(X.shape[1])]
+    return DataStore(path=path, n_samples=int(X.shape[0]), n_features=int(X.shape[1]),
+                     chunk_rows=int(X.chunks[0]), feature_names=tuple(map(str, names)),
+                     label_name=str(attrs.get("label_name", "label")),
+                     source=str(attrs.get("source", "")))
+
+
+def _check_arrays(path: Path, X: zarr.Array, y: zarr.Array, attrs: dict) -> None:
+    """Raise InputError unless X and y have the shapes, dtypes and metadata of a data store."""
+    fix = "re-ingest it with --overwrite"
+    if X.ndim != 2:
+        raise InputError(f"data store {path}: X must be 2-D (samples x features) "
+                         f"but has shape {X.shape}; {fix}")
+    if y.ndim != 1:
+        raise InputError(f"data store {path}: y must be 1-D (one label per sample) "
+                         f"but has shape {y.shape}; {fix}")
+    if X.shape[0] != y.shape[0]:
+        raise InputError(f"data store {path}: X has {X.shape[0]} rows but y has "
+                         f"{y.shape[0]}; {fix}")
+    if X.shape[0] == 0:
+        raise InputError(f"data store {path} is empty (0 samples); ingest a non-empty file")
+    if X.dtype != X_DTYPE or y.dtype != Y_DTYPE:
+        raise InputError(f"data store {path}: X must be float32 and y float64, found "
+                         f"{X.dtype} and {y.dtype}; {fix}")
+    if X.chunks[1] != X.shape[1] or y.chunks[0] != X.chunks[0]:
+        raise InputError(f"data store {path}: X must be chunked by rows only and y "
+                         f"like X, found chunks {X.chunks} and {y.chunks}; {fix}")
+    expected = {"n_samples": X.shape[0], "n_features": X.shape[1], "chunk_rows": X.chunks[0]}
+    for key, value in expected.items():
+        if attrs.get(key) != value:
+            raise InputError(f"data store {path}: attribute {key}={attrs.get(key)!r} "
+                             f"does not match the arrays ({value}); {fix}")
+    names = attrs.get("feature_names")
+    if names is not None and len(names) != X.shape[1]:
+        raise InputError(f"data store {path}: {len(names)} feature names for "
+                         f"{X.shape[1]} features; {fix}")
+
+
+def _first_bad_row(a: np.ndarray) -> int | None:
+    """Return the index of the first row of ``a`` holding NaN or inf, or None."""
+    ok = np.isfinite(a)
+    if ok.ndim == 2:
+        ok = ok.all(axis=1)
+    return None if ok.all() else int(np.argmin(ok))
+
+
+class DataWriter:
+    """Write a data store from streamed row blocks, whole chunks at a time.
+
+    Use as a context manager; rows go to ``<path>.partial-<random>`` and the
+    store is renamed to ``path`` only when the ``with`` block ends without an
+    exception. An existing data store at ``path`` is replaced only if
+    ``overwrite=True``, and only after the new store is complete.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Target directory of the data store.
+    n_features : int
+        Columns of ``X``.
+    chunk_rows : int, optional
+        Rows per chunk; default :func:`default_chunk_rows`, or the row count
+        if all rows fit in one such chunk.
+    feature_names : sequence of str, optional
+        Default ``x0, x1, ...``.
+    label_name : str
+        Name of the label.
+    source : str
+        Where the data came from, recorded in the attributes.
+    overwrite : bool
+        Replace an existing data store at ``path``.
+
+    Examples
+    --------
+    >>> with DataWriter("d.zarr", 3, chunk_rows=1024) as w:  # doctest: +SKIP
+    ...     for X_block, y_block in blocks:
+    ...         w.append(X_block, y_block)
+    >>> w.store  # doctest: +SKIP
+    """
+
+    def __init__(self, path, n_features, *, chunk_rows=None, feature_names=None,
+                 label_name="label", source="", overwrite=False):
+        self.path = Path(path)
+        self.n_features = int(n_features)
+        if self.n_features < 1:
+            raise InputError(f"cannot write {self.path}: data needs at least one feature column")
+        self._auto_chunks = chunk_rows is None
+        self.chunk_rows = (default_chunk_rows(n_features) if chunk_rows is None
+                           else int(chunk_rows))
+        if self.chunk_rows < 1:
+            raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        names = [f"x{j}" for j in range(self.n_features)] if feature_names is None else [
+            str(n) for n in feature_names]
+        if len(names) != self.n_features:
+            raise InputError(f"{len(names)} feature names given for {self.n_features} features")
+        self.feature_names, self.label_name, self.source = names, str(label_name), str(source)
+        self.overwrite = bool(overwrite)
+        check_writable(self.path, self.overwrite)
+        self.n_rows = 0
+        self.store: DataStore | None = None
+        self._partial: Path | None = None
+
+    def __enter__(self) -> DataWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(f"{self.path.name}.partial-{secrets.token_hex(4)}")
+        self._group = zarr.open_group(self._partial, mode="w-", zarr_format=3)
+        self._X = self._y = None
+        c, d = self.chunk_rows, self.n_features
+        self._bx = np.empty((c, d), X_DTYPE)
+        self._by = np.empty(c, Y_DTYPE)
+        self._fill = 0
+        return self
+
+    def append(self, X_block, y_block) -> None:
+        """Append rows ``X_block`` (m x d) with labels ``y_block`` (m,).
+
+        Raises
+        ------
+        solvers.errors.InputError
+            If the shapes disagree or a value is NaN, inf or overflows float32;
+            the message names the 0-based row index among all appended rows.
+        """
+        if self._partial is None:
+            raise RuntimeError("DataWriter.append called outside its `with` block")
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                X_block = np.asarray(X_block, dtype=X_DTYPE)
+                y_block = np.asarray(y_block, dtype=Y_DTYPE)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"X and y must be numeric arrays: {err}") from None
+        if X_block.ndim != 2 or X_block.shape[1] != self.n_features:
+            raise InputError(f"X block must have shape (rows, {self.n_features}), "
+                             f"got {X_block.shape}")
+        if y_block.shape != (X_block.shape[0],):
+            raise InputError(f"y block must have shape ({X_block.shape[0]},) like X's rows, "
+                             f"got {y_block.shape}")
+        for name, a in (("X", X_block), ("y", y_block)):
+            bad = _first_bad_row(a)
+            if bad is not None:
+                raise InputError(f"{name} row {self.n_rows + bad} (0-based) contains NaN or inf "
+                                 "(or a value too large for float32); remove or impute "
+                                 "non-finite values first")
+        start, m = 0, X_block.shape[0]
+        while start < m:
+            take = min(self.chunk_rows - self._fill, m - start)
+            self._bx[self._fill:self._fill + take] = X_block[start:start + take]
+            self._by[self._fill:self._fill + take] = y_block[start:start + take]
+            self._fill += take
+            start += take
+            if self._fill == self.chunk_rows:
+                self._flush()
+        self.n_rows += m
+
+    def _create_arrays(self) -> None:
+        """Create empty X and y; data smaller than a defaulted chunk gets one exact chunk."""
+        if self._auto_chunks and self._fill < self.chunk_rows:
+            self.chunk_rows = self._fill
+        c, d = self.chunk_rows, self.n_features
+        self._X = self._group.create_array(
+            "X", shape=(0, d), chunks=(c, d), dtype=X_DTYPE, compressors=None,
+            dimension_names=("sample", "feature"))
+        self._y = self._group.create_array(
+            "y", shape=(0,), chunks=(c,), dtype=Y_DTYPE, compressors=None,
+            dimension_names=("sample",))
+
+    def _flush(self) -> None:
+        """Write the buffered rows as the next chunk (the last one may be short)."""
+        if self._fill == 0:
+            return
+        if self._X is None:
+            self._create_arrays()
+        n0 = self._X.shape[0]
+        n1 = n0 + self._fill
+        self._X.resize((n1, self.n_features))
+        self._y.resize((n1,))
+        self._X[n0:n1] = self._bx[:self._fill]
+        self._y[n0:n1] = self._by[:self._fill]
+        self._fill = 0
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        partial, self._partial = self._partial, None
+        try:
+            if exc_type is not None:
+                return False
+            if self.n_rows == 0:
+                raise InputError(f"no rows to write to {self.path}: the data is empty")
+            self._flush()
+            self._group.attrs.update({
+                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "n_samples": self.n_rows, "n_features": self.n_features,
+                "chunk_rows": self.chunk_rows, "feature_names": self.feature_names,
+                "label_name": self.label_name, "source": self.source})
+            _replace(partial, self.path, self.overwrite)
+            partial = None
+            self.store = open_data(self.path)
+            return False
+        finally:
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
+    """Raise InputError unless a data store may be written at ``path``.
+
+    A missing path is writable; an existing admm-dask data store only with
+    ``overwrite=True``; anything else (a run store, a user's directory or
+    file) is never replaced.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise InputError(f"{path} exists; pass overwrite=True / --overwrite to replace it")
+    attrs = _read_group_attrs(path) if path.is_dir() else None
+    if attrs is None or attrs.get("format") != FORMAT:
+        raise InputError(f"refusing to overwrite {path}: it is not an admm-dask data store; "
+                         "choose another output path or remove it yourself")
+
+
+def _replace(partial: Path, target: Path, overwrite: bool) -> None:
+    """Rename the complete store ``partial`` to ``target``, replacing an old one last."""
+    check_writable(target, overwrite)
+    if not target.exists():
+        os.rename(partial, target)
+        return
+    old = target.with_name(f"{target.name}.old-{secrets.token_hex(4)}")
+    os.rename(target, old)
+    try:
+        os.rename(partial, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_data(path, X, y, *, chunk_rows=None, feature_names=None, label_name="label",
+               source="array", overwrite=False) -> DataStore:
+    """Write in-memory arrays ``X`` (n x d) and ``y`` (n,) as a data store.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Target directory.
+    X : array_like, shape (n, d)
+        Features; stored as float32.
+    y : array_like, shape (n,)
+        Labels; stored as float64.
+    chunk_rows : int, optional
+        Rows per chunk; default :func:`default_chunk_rows`.
+    feature_names, label_name, source, overwrite
+        See :class:`DataWriter`.
+
+    Returns
+    -------
+    DataStore
+
+    Raises
+    ------
+    solvers.errors.InputError
+        On shape disagreement, empty data, non-numeric, NaN or inf values
+        (naming the first bad row), or an existing ``path`` without ``overwrite``.
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim != 2:
+        raise InputError(f"X must be 2-D (samples x features), got shape {X.shape}")
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise InputError(f"y must be 1-D with one label per row of X ({X.shape[0]}), "
+                         f"got shape {y.shape}")
+    if X.shape[0] == 0:
+        raise InputError(f"cannot write {path}: X has no rows")
+    with DataWriter(path, X.shape[1], chunk_rows=chunk_rows, feature_names=feature_names,
+                    label_name=label_name, source=source, overwrite=overwrite) as writer:
+        writer.append(X, y)
+    return writer.store

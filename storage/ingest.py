@@ -1,0 +1,491 @@
+"""Streaming ingestion of CSV, NPZ and Parquet files into data stores.
+
+:func:`ingest` reads a source file block by block (never whole, except that
+an NPZ member stored compressed is loaded once), checks every value, and
+writes features as float32 and labels as float64 through
+:class:`storage.data.DataWriter`, so a failure leaves no store behind and
+replaces nothing. Supported sources:
+
+===========================  ==============================================
+``.csv``, ``.txt`` (``.gz``)  comma-separated, header line optional
+                              (auto-detected), label column chosen by name
+                              or index, default the last column
+``.npz``                      arrays ``X`` (n x d) and ``y`` (n,), optional
+                              ``feature_names``
+``.parquet``, ``.pq``         numeric columns, read with pyarrow
+===========================  ==============================================
+
+An optional held-out test split goes to a second store: source row ``r``
+(0-based) is held out when ``default_rng([seed, r // 65536]).random(65536)[r
+% 65536] < test_fraction`` -- reproducible and independent of block sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import gzip
+import math
+import re
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from solvers.errors import InputError
+from storage.data import DataStore, DataWriter, check_writable
+
+SPLIT_BLOCK = 65536
+_CSV_SUFFIXES = {".csv", ".txt", ".data"}
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class _BadValue(Exception):
+    """Internal: value ``row`` (0-based in its block) of a column is unusable."""
+
+    def __init__(self, row: int, reason: str):
+        super().__init__(reason)
+        self.row, self.reason = row, reason
+
+
+def default_test_out(out) -> Path:
+    """Return the default test-store path: ``DATA.zarr`` -> ``DATA-test.zarr``."""
+    out = Path(out)
+    if out.suffix == ".zarr":
+        return out.with_name(out.stem + "-test.zarr")
+    return out.with_name(out.name + "-test")
+
+
+@functools.lru_cache(maxsize=4)
+def _split_uniforms(seed: int, block: int) -> np.ndarray:
+    """Return the uniforms that decide the split of source rows in one 65536-row block."""
+    return np.random.default_rng([seed, block]).random(SPLIT_BLOCK)
+
+
+def held_out_mask(start: int, stop: int, fraction: float, seed: int) -> np.ndarray:
+    """Return, for source rows ``start..stop-1`` (0-based), which go to the test split."""
+    mask = np.zeros(stop - start, dtype=bool)
+    if fraction <= 0 or stop <= start:
+        return mask
+    for b in range(start // SPLIT_BLOCK, (stop - 1) // SPLIT_BLOCK + 1):
+        lo, hi = max(start, b * SPLIT_BLOCK), min(stop, (b + 1) * SPLIT_BLOCK)
+        u = _split_uniforms(seed, b)[lo - b * SPLIT_BLOCK:hi - b * SPLIT_BLOCK]
+        mask[lo - start:hi - start] = u < fraction
+    return mask
+
+
+def _numeric(values, what: str, is_label: bool) -> np.ndarray:
+    """Return one column as float64, raising _BadValue at its first non-number."""
+    series = pd.Series(values)
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not (pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)):
+        raise _BadValue(0, f"{what} has type {dtype}, not a number")
+    converted = pd.to_numeric(series, errors="coerce")
+    bad = np.flatnonzero(converted.isna().to_numpy() & series.notna().to_numpy())
+    if bad.size:
+        hint = "; labels must be numeric (encode classes as 0/1)" if is_label else ""
+        raise _BadValue(int(bad[0]), f"{what}: {series.iloc[bad[0]]!r} is not a number{hint}")
+    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _split_xy(columns: list, names: list[str], label: int):
+    """Return (X float32, y float64) from per-column float64 arrays; _BadValue if not finite."""
+    arr = np.column_stack(columns)
+    feats = [j for j in range(arr.shape[1]) if j != label]
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = arr[:, feats].astype(np.float32)
+    y = arr[:, label]
+    ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        row_ok = np.isfinite(np.append(X[i], y[i]))
+        k = int(np.argmin(row_ok))
+        j = label if k == len(feats) else feats[k]
+        v = arr[i, j]
+        why = ("is missing or NaN" if np.isnan(v) else "is infinite" if np.isinf(v)
+               else f"{v!r} is too large for float32")
+        raise _BadValue(int(i), f"{_colname(j, names)} {why}; remove or impute non-finite "
+                                "values before ingesting")
+    return X, y
+
+
+def _colname(j: int, names: list[str]) -> str:
+    """Return how messages name source column ``j`` (0-based)."""
+    return f"column {j + 1} ({names[j]!r})"
+
+
+def _frame_xy(df: pd.DataFrame, names: list[str], label: int):
+    """Return (X, y) from a block of source columns, raising _BadValue at the first bad cell."""
+    cols = [_numeric(df.iloc[:, j], _colname(j, names), j == label) for j in range(df.shape[1])]
+    return _split_xy(cols, names, label)
+
+
+def _resolve_label(label_column, names: list[str], has_names: bool, source: Path) -> int:
+    """Return the 0-based index of the label column chosen by name, index or default."""
+    n = len(names)
+    if n < 2:
+        raise InputError(f"{source}: found {n} column; need at least one feature and a label")
+    if label_column is None:
+        return n - 1
+    if isinstance(label_column, str) and has_names and label_column in names:
+        if names.count(label_column) > 1:
+            raise InputError(f"{source}: label column name {label_column!r} appears "
+                             f"{names.count(label_column)} times; pass its index instead")
+        return names.index(label_column)
+    if isinstance(label_column, str) and re.fullmatch(r"\s*-?\d+\s*", label_column):
+        label_column = int(label_column)
+    if isinstance(label_column, (int, np.integer)) and not isinstance(label_column, bool):
+        if not -n <= label_column < n:
+            raise InputError(f"{source}: label column index {label_column} is out of range "
+                             f"for {n} columns (use 0..{n - 1} or -{n}..-1)")
+        return int(label_column) % n
+    if not has_names:
+        raise InputError(f"{source}: label column {label_column!r} not found: the file has no "
+                         "header line; pass an integer index, or --header if the first line "
+                         "is a header")
+    shown = ", ".join(map(repr, names[:12])) + (", ..." if n > 12 else "")
+    raise InputError(f"{source}: label column {label_column!r} not found; columns are {shown}")
+
+
+def _default_names(n: int, label: int) -> list[str]:
+    """Return names for unnamed columns: features x0, x1, ... and the label 'label'."""
+    names, k = [], 0
+    for j in range(n):
+        names.append("label" if j == label else f"x{k}")
+        k += j != label
+    return names
+
+
+# ----------------------------------------------------------------------------- CSV
+
+def _open_text(path: Path):
+    """Open a plain or gzip-compressed text file for reading lines."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _is_number(field: str) -> bool:
+    """Return whether a CSV field parses as a number."""
+    try:
+        float(field)
+        return True
+    except ValueError:
+        return False
+
+
+def _data_line(path: Path, header: bool, row: int) -> tuple[int, str]:
+    """Return (1-based line number, text) of data row ``row`` (0-based), skipping blank lines."""
+    with _open_text(path) as f:
+        k = -1
+        for lineno, line in enumerate(f, start=1):
+            if (header and lineno == 1) or not line.strip():
+                continue
+            k += 1
+            if k == row:
+                return lineno, line
+    return -1, ""
+
+
+def _diagnose_line(text: str, names: list[str], label: int) -> str | None:
+    """Return what is wrong with one CSV data line, or None if it looks fine."""
+    fields = next(csv.reader([text]), [])
+    if len(fields) != len(names):
+        return f"expected {len(names)} columns, found {len(fields)}"
+    for j, field in enumerate(fields):
+        field = field.strip()
+        if not field:
+            return f"{_colname(j, names)} is empty (missing value)"
+        if not _is_number(field):
+            hint = "; labels must be numeric (encode classes as 0/1)" if j == label else ""
+            return f"{_colname(j, names)}: {field!r} is not a number{hint}"
+        v = float(field)
+        if not math.isfinite(v):
+            return f"{_colname(j, names)}: {field!r} is NaN or infinite"
+        if j != label and abs(v) > _F32_MAX:
+            return f"{_colname(j, names)}: {field!r} is too large for float32"
+    return None
+
+
+def _read_csv(path: Path, label_column, header, block_rows):
+    """Return (feature names, label name, block iterator) for a CSV file."""
+    try:
+        with _open_text(path) as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError, EOFError) as err:
+        raise InputError(f"{path}: cannot read as (gzip) UTF-8 text: {err}") from None
+    if not first.strip():
+        raise InputError(f"{path}: the first line is empty; the file must start with a "
+                         "header or a data line")
+    fields = [f.strip() for f in next(csv.reader([first]))]
+    if header is None:
+        header = any(f and not _is_number(f) for f in fields)
+    names = fields if header else [""] * len(fields)
+    label = _resolve_label(label_column, names, header, path)
+    if not header:
+        names = _default_names(len(fields), label)
+    rows = block_rows or _default_block_rows(len(fields))
+
+    def blocks():
+        start = 0
+        try:
+            reader = pd.read_csv(path, header=None, skiprows=1 if header else 0,
+                                 chunksize=rows, compression="infer", encoding="utf-8")
+            with reader:
+                for df in reader:
+                    try:
+                        if df.shape[1] != len(names):
+                            raise _BadValue(0, f"expected {len(names)} columns, "
+                                               f"found {df.shape[1]}")
+                        X, y = _frame_xy(df, names, label)
+                    except _BadValue as bad:
+                        lineno, text = _data_line(path, header, start + bad.row)
+                        why = _diagnose_line(text, names, label) or bad.reason
+                        raise InputError(f"{path}: line {lineno}: {why}") from None
+                    yield start, X, y
+                    start += len(df)
+        except pd.errors.ParserError as err:
+            m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+            if m:
+                raise InputError(f"{path}: line {m[2]}: expected {m[1]} columns, "
+                                 f"found {m[3]}") from None
+            raise InputError(f"{path}: cannot parse as CSV: {err}") from None
+        except pd.errors.EmptyDataError:
+            return
+        except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zipfile.BadZipFile) as err:
+            raise InputError(f"{path}: cannot read past data row {start} (corrupt or "
+                             f"truncated file?): {err}") from None
+
+    feats = [n for j, n in enumerate(names) if j != label]
+    return feats, names[label], blocks()
+
+
+# ----------------------------------------------------------------------------- NPZ
+
+def _mmap_member(path: Path, key: str):
+    """Return an uncompressed NPZ member as a read-only memmap, or None if impossible."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(key + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if local[:4] != b"PK\x03\x04":
+                return None
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+        if dtype.hasobject or 0 in shape:
+            return None
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                         order="F" if fortran else "C")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def _read_npz(path: Path, label_column, block_rows):
+    """Return (feature names, label name, block iterator) for an NPZ file with X and y."""
+    if label_column is not None:
+        raise InputError(f"{path}: --label-column applies to CSV and Parquet; an NPZ file "
+                         "holds separate arrays X and y")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        keys = set(npz.files)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: not a readable .npz file: {err}") from None
+    with npz:
+        if not {"X", "y"} <= keys:
+            raise InputError(f"{path}: an NPZ source needs arrays 'X' and 'y'; it has "
+                             f"{sorted(keys)}")
+        arrays = {}
+        for key in ("X", "y"):
+            a = _mmap_member(path, key)
+            try:
+                arrays[key] = a if a is not None else npz[key]
+            except ValueError as err:
+                raise InputError(f"{path}: cannot load array {key!r} ({err}); save "
+                                 "numeric arrays") from None
+        names = [str(n) for n in npz["feature_names"]] if "feature_names" in keys else None
+    X, y = arrays["X"], arrays["y"]
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
+        raise InputError(f"{path}: X must be 2-D and y 1-D with one label per row of X; "
+                         f"got shapes {X.shape} and {y.shape}")
+    if X.dtype.kind not in "biuf":
+        raise InputError(f"{path}: X has dtype {X.dtype}; it must be numeric")
+    if names is None or len(names) != X.shape[1]:
+        names = [f"x{j}" for j in range(X.shape[1])]
+    cols = names + ["y"]
+    rows = block_rows or _default_block_rows(X.shape[1] + 1)
+
+    def blocks():
+        for start in range(0, X.shape[0], rows):
+            xb, yb = np.asarray(X[start:start + rows], dtype=np.float64), y[start:start + rows]
+            try:
+                yf = _numeric(yb, "label y", True)
+                yield (start, *_split_xy([*xb.T, yf], cols, len(cols) - 1))
+            except _BadValue as bad:
+                raise InputError(f"{path}: row {start + bad.row + 1}: {bad.reason}") from None
+
+    return names, "y", blocks()
+
+
+# ----------------------------------------------------------------------------- Parquet
+
+def _read_parquet(path: Path, label_column, block_rows):
+    """Return (feature names, label name, block iterator) for a Parquet file."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError('reading Parquet needs pyarrow: '
+                         'pip install "admm-dask[parquet]"') from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a bad file
+        raise InputError(f"{path}: not a readable Parquet file: {err}") from None
+    names = [str(n) for n in pf.schema_arrow.names]
+    label = _resolve_label(label_column, names, True, path)
+    rows = block_rows or _default_block_rows(len(names))
+
+    def blocks():
+        start = 0
+        for batch in pf.iter_batches(batch_size=rows):
+            try:
+                yield (start, *_frame_xy(batch.to_pandas(), names, label))
+            except _BadValue as bad:
+                raise InputError(f"{path}: row {start + bad.row + 1}: {bad.reason}") from None
+            start += batch.num_rows
+
+    feats = [n for j, n in enumerate(names) if j != label]
+    return feats, names[label], blocks()
+
+
+# ----------------------------------------------------------------------------- driver
+
+def _default_block_rows(n_columns: int) -> int:
+    """Return source rows per read block: about 4 M values, within [1024, 262144]."""
+    return int(min(max(2**22 // max(n_columns, 1), 1024), 262144))
+
+
+def _reader_for(source: Path):
+    """Return the reader function for a source file, chosen by its suffix."""
+    suffixes = [s.lower() for s in source.suffixes]
+    last = suffixes[-1] if suffixes else ""
+    if last == ".npz":
+        return "npz"
+    if last in (".parquet", ".pq"):
+        return "parquet"
+    if last in _CSV_SUFFIXES or (last == ".gz" and len(suffixes) > 1
+                                 and suffixes[-2] in _CSV_SUFFIXES):
+        return "csv"
+    raise InputError(f"{source}: unknown file type {''.join(source.suffixes)!r}; supported "
+                     "are .csv, .csv.gz, .txt, .npz, .parquet")
+
+
+def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, seed=0,
+           chunk_rows=None, header=None, overwrite=False, progress=None, block_rows=None
+           ) -> tuple[DataStore, DataStore | None]:
+    """Stream a CSV, NPZ or Parquet file into a data store (and a held-out test store).
+
+    Parameters
+    ----------
+    source : str or path-like
+        Input file; its type is chosen by suffix (see the module docstring).
+    out : str or path-like
+        Target data store for the training rows.
+    label_column : str or int, optional
+        Label column by header name or index (negative counts from the end);
+        default the last column. Not allowed for NPZ (arrays X and y).
+    test_fraction : float
+        Fraction in [0, 1) of rows held out into ``test_out``.
+    test_out : str or path-like, optional
+        Default ``out`` with ``.zarr`` replaced by ``-test.zarr``.
+    seed : int
+        Non-negative seed of the reproducible split rule.
+    chunk_rows : int, optional
+        Rows per stored chunk; default :func:`storage.data.default_chunk_rows`.
+    header : bool, optional
+        CSV only: force a header line (True) or none (False); default detect.
+    overwrite : bool
+        Replace existing data stores, but only once the new ones are complete.
+    progress : callable, optional
+        Called as ``progress(rows_read)`` after each block.
+    block_rows : int, optional
+        Source rows read per block (memory bound); default about 4 M values.
+
+    Returns
+    -------
+    (DataStore, DataStore or None)
+        The training store, and the test store when ``test_fraction > 0``.
+
+    Raises
+    ------
+    solvers.errors.InputError
+        For a bad source (naming the 1-based line or row and the problem),
+        bad options, an empty split, or an existing output without ``overwrite``.
+    """
+    source, out = Path(source), Path(out)
+    if not 0 <= test_fraction < 1:
+        raise InputError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    for name, value in (("chunk_rows", chunk_rows), ("block_rows", block_rows)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if test_fraction == 0 and test_out is not None:
+        raise InputError("a test output path needs test_fraction > 0 (--test-fraction)")
+    test_out = None if test_fraction == 0 else Path(test_out or default_test_out(out))
+    if not source.exists():
+        raise InputError(f"source file {source} does not exist")
+    if source.is_dir():
+        raise InputError(f"source {source} is a directory; pass a CSV, NPZ or Parquet file")
+    if test_out is not None and test_out.resolve() == out.resolve():
+        raise InputError(f"the test store must differ from the training store ({out})")
+    kind = _reader_for(source)
+    if header is not None and kind != "csv":
+        raise InputError(f"{source}: --header/--no-header apply to CSV files only")
+    for path in (out, test_out):
+        if path is not None:
+            check_writable(path, overwrite)
+    if kind == "csv":
+        feats, label_name, blocks = _read_csv(source, label_column, header, block_rows)
+    elif kind == "npz":
+        feats, label_name, blocks = _read_npz(source, label_column, block_rows)
+    else:
+        feats, label_name, blocks = _read_parquet(source, label_column, block_rows)
+    options = dict(chunk_rows=chunk_rows, feature_names=feats, label_name=label_name,
+                   source=source.name, overwrite=overwrite)
+    with contextlib.ExitStack() as stack:
+        train = stack.enter_context(DataWriter(out, len(feats), **options))
+        test = (stack.enter_context(DataWriter(test_out, len(feats), **options))
+                if test_out is not None else None)
+        read = 0
+        for start, X, y in blocks:
+            mask = held_out_mask(start, start + len(y), test_fraction, seed)
+            if test is not None and mask.any():
+                train.append(X[~mask], y[~mask])
+                test.append(X[mask], y[mask])
+            else:
+                train.append(X, y)
+            read = start + len(y)
+            if progress is not None:
+                progress(read)
+        if read == 0:
+            raise InputError(f"{source} holds no data rows")
+        for writer, what in ((train, "training"), (test, "test")):
+            if writer is not None and writer.n_rows == 0:
+                raise InputError(f"the {what} split of {source} is empty ({read} rows, "
+                                 f"test_fraction={test_fraction}); change --test-fraction")
+    return train.store, (test.store if test is not None else None)

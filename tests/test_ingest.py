@@ -1,0 +1,410 @@
+"""Tests for the data-store format (storage.data), ingestion (storage.ingest) and its CLI."""
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from solvers.errors import InputError
+from storage.data import DataWriter, default_chunk_rows, open_data, write_data
+from storage.ingest import default_test_out, held_out_mask, ingest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_csv(path, rows, header=None, compress=False):
+    """Write rows (lists of values or strings) as CSV text, full float precision."""
+    lines = [",".join(header)] if header else []
+    lines += [",".join(v if isinstance(v, str) else repr(float(v)) for v in row) for row in rows]
+    text = "\n".join(lines) + "\n"
+    if compress:
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        Path(path).write_text(text)
+    return path
+
+
+@pytest.fixture
+def table():
+    """A 50 x 4 float64 table: columns a, b, c and a 0/1 label."""
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(50, 4)) * np.array([1.0, 1e-3, 1e5, 1.0])
+    t[:, 3] = rng.integers(0, 2, 50)
+    return t
+
+
+def read(store):
+    """Return (X, y) of a data store as NumPy arrays."""
+    return store.X[:], store.y[:]
+
+
+# ------------------------------------------------------------------ round trips
+
+def test_csv_with_header_label_by_name(tmp_path, table):
+    src = write_csv(tmp_path / "t.csv", table[:, [3, 0, 1, 2]], header=["cls", "a", "b", "c"])
+    train, test = ingest(src, tmp_path / "d.zarr", label_column="cls")
+    assert test is None
+    X, y = read(train)
+    assert X.dtype == np.float32 and y.dtype == np.float64
+    np.testing.assert_array_equal(X, table[:, :3].astype(np.float32))
+    np.testing.assert_array_equal(y, table[:, 3])
+    assert train.feature_names == ("a", "b", "c") and train.label_name == "cls"
+    assert open_data(tmp_path / "d.zarr") == train
+
+
+def test_csv_without_header_default_last_column(tmp_path, table):
+    src = write_csv(tmp_path / "t.csv", table)
+    store, _ = ingest(src, tmp_path / "d.zarr")
+    X, y = read(store)
+    np.testing.assert_array_equal(X, table[:, :3].astype(np.float32))
+    np.testing.assert_array_equal(y, table[:, 3])
+    assert store.feature_names == ("x0", "x1", "x2") and store.label_name == "label"
+
+
+@pytest.mark.parametrize("label", [0, "0", -4, "-4"])
+def test_csv_label_by_index(tmp_path, table, label):
+    src = write_csv(tmp_path / "t.csv", table[:, [3, 0, 1, 2]], header=["cls", "a", "b", "c"])
+    store, _ = ingest(src, tmp_path / "d.zarr", label_column=label)
+    np.testing.assert_array_equal(store.y[:], table[:, 3])
+    assert store.label_name == "cls"
+
+
+def test_csv_gz(tmp_path, table):
+    src = write_csv(tmp_path / "t.csv.gz", table, header=["a", "b", "c", "y"], compress=True)
+    store, _ = ingest(src, tmp_path / "d.zarr")
+    np.testing.assert_array_equal(store.X[:], table[:, :3].astype(np.float32))
+    assert store.label_name == "y"
+
+
+def test_csv_header_forced(tmp_path, table):
+    src = write_csv(tmp_path / "t.csv", table, header=["1", "2", "3", "4"])
+    store, _ = ingest(src, tmp_path / "d.zarr", header=True)
+    assert store.n_samples == 50 and store.feature_names == ("1", "2", "3")
+    store, _ = ingest(src, tmp_path / "e.zarr", header=None)  # numeric first line: data
+    assert store.n_samples == 51
+    with pytest.raises(InputError, match=r"line 1: column 1 \('x0'\): 'a' is not a number"):
+        ingest(write_csv(tmp_path / "h.csv", table, header=list("abcd")), tmp_path / "f.zarr",
+               header=False)
+
+
+def test_npz_compressed_and_uncompressed(tmp_path, table):
+    for save in (np.savez, np.savez_compressed):
+        src = tmp_path / f"{save.__name__}.npz"
+        save(src, X=table[:, :3], y=table[:, 3].astype(np.int64),
+             feature_names=np.array(["a", "b", "c"]))
+        store, _ = ingest(src, tmp_path / f"{save.__name__}.zarr", block_rows=16)
+        np.testing.assert_array_equal(store.X[:], table[:, :3].astype(np.float32))
+        np.testing.assert_array_equal(store.y[:], table[:, 3])
+        assert store.feature_names == ("a", "b", "c")
+
+
+def test_parquet(tmp_path, table):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    tbl = pa.table({"a": table[:, 0], "b": table[:, 1], "label": table[:, 3].astype(np.int32),
+                    "c": table[:, 2].astype(np.float32)})
+    pq.write_table(tbl, tmp_path / "t.parquet", row_group_size=20)
+    store, _ = ingest(tmp_path / "t.parquet", tmp_path / "d.zarr", label_column="label",
+                      block_rows=7)
+    expect = np.column_stack([table[:, :2], table[:, 2].astype(np.float32)]).astype(np.float32)
+    np.testing.assert_array_equal(store.X[:], expect)
+    np.testing.assert_array_equal(store.y[:], table[:, 3])
+    assert store.feature_names == ("a", "b", "c")
+
+
+def test_parquet_without_pyarrow(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    with pytest.raises(InputError, match=r'pip install "admm-dask\[parquet\]"'):
+        ingest(tmp_path / "t.parquet", tmp_path / "d.zarr")
+
+
+# ------------------------------------------------------------------ chunks and blocks
+
+def test_chunking(tmp_path, table):
+    src = write_csv(tmp_path / "t.csv", table)
+    store, _ = ingest(src, tmp_path / "d.zarr", chunk_rows=7)
+    assert store.chunk_rows == 7 and store.n_chunks == 8
+    assert store.X.chunks == (7, 3) and store.y.chunks == (7,)
+    assert store.X.compressors == () and store.X.metadata.dimension_names == ("sample", "feature")
+    assert sorted(p.name for p in (tmp_path / "d.zarr" / "X" / "c").iterdir()) == [
+        str(i) for i in range(8)]
+    small, _ = ingest(src, tmp_path / "s.zarr")  # defaulted chunks shrink to the data
+    assert small.chunk_rows == 50
+
+
+def test_default_chunk_rows():
+    assert default_chunk_rows(28) == 262144
+    assert default_chunk_rows(784) == 8192
+    assert default_chunk_rows(10**6) == 1024
+    for d in (1, 28, 300, 784, 5000):
+        r = default_chunk_rows(d)
+        assert r & (r - 1) == 0 and 1024 <= r <= 262144
+
+
+def test_csv_streams_in_blocks(tmp_path):
+    rng = np.random.default_rng(1)
+    t = rng.normal(size=(1000, 3))
+    src = write_csv(tmp_path / "t.csv", t, header=["a", "b", "y"])
+    seen = []
+    store, _ = ingest(src, tmp_path / "d.zarr", block_rows=64, chunk_rows=100,
+                      progress=seen.append)
+    assert len(seen) == 16 and seen[-1] == 1000
+    np.testing.assert_array_equal(store.X[:], t[:, :2].astype(np.float32))
+    np.testing.assert_array_equal(store.y[:], t[:, 2])
+
+
+# ------------------------------------------------------------------ test split
+
+def split_ids(tmp_path, name, **kw):
+    """Ingest a 20000-row CSV whose first column is the row id; return (train ids, test ids)."""
+    src = tmp_path / "ids.csv"
+    if not src.exists():
+        ids = np.arange(20000)
+        src.write_text("".join(f"{i},{i % 2}\n" for i in ids))
+    train, test = ingest(src, tmp_path / f"{name}.zarr", **kw)
+    return train.X[:, 0].astype(int), test.X[:, 0].astype(int)
+
+
+def test_split_reproducible_and_block_independent(tmp_path):
+    tr1, te1 = split_ids(tmp_path, "a", test_fraction=0.2, seed=3, block_rows=1000)
+    tr2, te2 = split_ids(tmp_path, "b", test_fraction=0.2, seed=3, block_rows=777)
+    tr3, te3 = split_ids(tmp_path, "c", test_fraction=0.2, seed=4)
+    np.testing.assert_array_equal(te1, te2)
+    np.testing.assert_array_equal(tr1, tr2)
+    assert not np.array_equal(te1, te3)
+    np.testing.assert_array_equal(np.sort(np.r_[tr1, te1]), np.arange(20000))
+    assert np.all(np.diff(tr1) > 0) and np.all(np.diff(te1) > 0)  # source order kept
+    assert abs(len(te1) / 20000 - 0.2) < 0.02
+    assert (tmp_path / "a-test.zarr").is_dir()
+
+
+def test_held_out_mask_is_per_row():
+    whole = held_out_mask(0, 200_000, 0.3, seed=7)
+    cuts = [0, 1, 65535, 65537, 131072, 150000, 200_000]
+    parts = [held_out_mask(a, b, 0.3, seed=7) for a, b in zip(cuts, cuts[1:])]
+    np.testing.assert_array_equal(whole, np.concatenate(parts))
+    assert not held_out_mask(0, 100, 0.0, seed=7).any()
+
+
+def test_default_test_out():
+    assert default_test_out("x/DATA.zarr") == Path("x/DATA-test.zarr")
+    assert default_test_out("data") == Path("data-test")
+
+
+def test_split_errors(tmp_path, table):
+    src = write_csv(tmp_path / "t.csv", table[:2])
+    with pytest.raises(InputError, match=r"\[0, 1\)"):
+        ingest(src, tmp_path / "d.zarr", test_fraction=1.0)
+    with pytest.raises(InputError, match="split .* is empty"):
+        ingest(src, tmp_path / "d.zarr", test_fraction=0.01)
+    assert not (tmp_path / "d.zarr").exists() and not (tmp_path / "d-test.zarr").exists()
+
+
+# ------------------------------------------------------------------ bad input
+
+GOOD = "1.5,2.5,0\n"
+
+
+@pytest.mark.parametrize("bad_line, reason", [
+    ("1.5,abc,0", r"column 2 \('b'\): 'abc' is not a number"),
+    ("1.5,nan,0", r"column 2 \('b'\): 'nan' is NaN or infinite"),
+    ("inf,2.5,0", r"column 1 \('a'\): 'inf' is NaN or infinite"),
+    ("1.5,,0", r"column 2 \('b'\) is empty"),
+    ("1.5,2.5", "expected 3 columns, found 2"),
+    ("1.5,2.5,0,7", "expected 3 columns, found 4"),
+    ("1.5,2.5,cat", r"column 3 \('y'\): 'cat' is not a number; labels must be numeric"),
+    ("1e39,2.5,0", r"column 1 \('a'\): '1e39' is too large for float32"),
+])
+def test_csv_bad_row_names_line_and_reason(tmp_path, bad_line, reason):
+    # header, 40 good rows with a blank line among them, then the bad row in a later block
+    text = "a,b,y\n" + GOOD * 20 + "\n" + GOOD * 20 + bad_line + "\n" + GOOD * 5
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(InputError, match=rf"t\.csv: line 43: {reason}"):
+        ingest(tmp_path / "t.csv", tmp_path / "d.zarr", block_rows=8)
+    assert list(tmp_path.iterdir()) == [tmp_path / "t.csv"]  # nothing left behind
+
+
+def test_csv_other_errors(tmp_path):
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(InputError, match="first line is empty"):
+        ingest(tmp_path / "e.csv", tmp_path / "d.zarr")
+    (tmp_path / "h.csv").write_text("a,b,y\n")
+    with pytest.raises(InputError, match="no data rows"):
+        ingest(tmp_path / "h.csv", tmp_path / "d.zarr")
+    (tmp_path / "one.csv").write_text("y\n1\n")
+    with pytest.raises(InputError, match="at least one feature"):
+        ingest(tmp_path / "one.csv", tmp_path / "d.zarr")
+    src = write_csv(tmp_path / "t.csv", [[1, 2, 3]], header=["a", "b", "y"])
+    with pytest.raises(InputError, match=r"label column 'z' not found; columns are 'a', 'b', 'y'"):
+        ingest(src, tmp_path / "d.zarr", label_column="z")
+    with pytest.raises(InputError, match="label column index 3 is out of range"):
+        ingest(src, tmp_path / "d.zarr", label_column=3)
+    with pytest.raises(InputError, match="does not exist"):
+        ingest(tmp_path / "missing.csv", tmp_path / "d.zarr")
+    with pytest.raises(InputError, match="unknown file type '.h5'"):
+        (tmp_path / "t.h5").write_text("")
+        ingest(tmp_path / "t.h5", tmp_path / "d.zarr")
+    (tmp_path / "bad.csv.gz").write_bytes(b"not gzip")
+    with pytest.raises(InputError, match="bad.csv.gz"):
+        ingest(tmp_path / "bad.csv.gz", tmp_path / "d.zarr")
+
+
+def test_npz_bad_input(tmp_path):
+    X = np.ones((30, 2))
+    X[17, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", X=X, y=np.zeros(30))
+    with pytest.raises(InputError, match=r"row 18: column 2 \('x1'\) is missing or NaN"):
+        ingest(tmp_path / "nan.npz", tmp_path / "d.zarr", block_rows=8)
+    np.savez(tmp_path / "lab.npz", X=np.ones((30, 2)), y=np.array(["0"] * 20 + ["cat"] * 10))
+    with pytest.raises(InputError, match="row 21: label y: 'cat' is not a number"):
+        ingest(tmp_path / "lab.npz", tmp_path / "d.zarr", block_rows=8)
+    np.savez(tmp_path / "noy.npz", X=np.ones((3, 2)))
+    with pytest.raises(InputError, match="needs arrays 'X' and 'y'"):
+        ingest(tmp_path / "noy.npz", tmp_path / "d.zarr")
+    np.savez(tmp_path / "shape.npz", X=np.ones(3), y=np.ones(3))
+    with pytest.raises(InputError, match="X must be 2-D"):
+        ingest(tmp_path / "shape.npz", tmp_path / "d.zarr")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(InputError, match="not a readable .npz"):
+        ingest(tmp_path / "junk.npz", tmp_path / "d.zarr")
+    assert not (tmp_path / "d.zarr").exists()
+
+
+def test_parquet_bad_input(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    a = [1.0] * 30
+    pq.write_table(pa.table({"a": a[:12] + [None] + a[13:], "y": [0] * 30}), tmp_path / "n.parquet")
+    with pytest.raises(InputError, match=r"row 13: column 1 \('a'\) is missing or NaN"):
+        ingest(tmp_path / "n.parquet", tmp_path / "d.zarr", block_rows=5)
+    pq.write_table(pa.table({"a": a, "y": ["1"] * 25 + ["dog"] * 5}), tmp_path / "s.parquet")
+    with pytest.raises(InputError, match=r"row 26: column 2 \('y'\): 'dog' is not a number"):
+        ingest(tmp_path / "s.parquet", tmp_path / "d.zarr", block_rows=5)
+
+
+# ------------------------------------------------------------------ overwrite safety
+
+def test_existing_store_refused_and_survives_failed_overwrite(tmp_path, table):
+    out = tmp_path / "d.zarr"
+    original, _ = ingest(write_csv(tmp_path / "t.csv", table), out)
+    before = original.X[:]
+    with pytest.raises(InputError, match="exists; pass overwrite=True / --overwrite"):
+        ingest(tmp_path / "t.csv", out)
+    (tmp_path / "bad.csv").write_text("1,2,3,4\n" * 10 + "1,x,3,4\n")
+    with pytest.raises(InputError, match="line 11"):
+        ingest(tmp_path / "bad.csv", out, overwrite=True, block_rows=4)
+    np.testing.assert_array_equal(open_data(out).X[:], before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "d.zarr", "t.csv"]
+    replaced, _ = ingest(write_csv(tmp_path / "u.csv", table[:5]), out, overwrite=True)
+    assert open_data(out).n_samples == 5 == replaced.n_samples
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "d.zarr", "t.csv", "u.csv"]
+
+
+def test_overwrite_refuses_non_data_store(tmp_path, table):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="refusing to overwrite .* not an admm-dask data store"):
+        ingest(write_csv(tmp_path / "t.csv", table), tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_writer_exception_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with DataWriter(tmp_path / "d.zarr", 2, chunk_rows=4) as w:
+            w.append(np.ones((10, 2)), np.zeros(10))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_data(tmp_path):
+    X = np.arange(20.0).reshape(10, 2)
+    store = write_data(tmp_path / "d.zarr", X, np.arange(10), chunk_rows=4,
+                       feature_names=["p", "q"])
+    assert (store.n_samples, store.n_features, store.chunk_rows) == (10, 2, 4)
+    np.testing.assert_array_equal(store.X[:], X.astype(np.float32))
+    attrs = dict(zarr.open_group(tmp_path / "d.zarr", mode="r").attrs)
+    assert attrs == {"format": "admm-dask-data", "format_version": 1, "n_samples": 10,
+                     "n_features": 2, "chunk_rows": 4, "feature_names": ["p", "q"],
+                     "label_name": "label", "source": "array"}
+    with pytest.raises(InputError, match="exists; pass overwrite=True"):
+        write_data(tmp_path / "d.zarr", X, np.arange(10))
+    X[6, 1] = np.inf
+    with pytest.raises(InputError, match=r"X row 6 \(0-based\) contains NaN or inf"):
+        write_data(tmp_path / "e.zarr", X, np.arange(10))
+    with pytest.raises(InputError, match="y must be 1-D"):
+        write_data(tmp_path / "e.zarr", X, np.arange(9))
+    with pytest.raises(InputError, match="no rows"):
+        write_data(tmp_path / "e.zarr", np.ones((0, 2)), np.ones(0))
+    assert not (tmp_path / "e.zarr").exists()
+    with pytest.raises(ValueError, match="read-only"):
+        store.X[0, 0] = 1
+
+
+# ------------------------------------------------------------------ open_data
+
+def make_group(path, attrs=None, X=(4, 2), y=(4,), xdtype="float32", ydtype="float64"):
+    """Create a Zarr group with arrays X and y of the given shapes and attributes."""
+    g = zarr.open_group(path, mode="w")
+    if X is not None:
+        g.create_array("X", shape=X, dtype=xdtype)
+    if y is not None:
+        g.create_array("y", shape=y, dtype=ydtype)
+    n = X[0] if X else 0
+    base = {"format": "admm-dask-data", "format_version": 1, "n_samples": n,
+            "n_features": X[-1] if X else 0, "chunk_rows": n}
+    g.attrs.update(base if attrs is None else attrs)
+    return path
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: p, "does not exist; create one with `python -m pipeline.ingest"),
+    (lambda p: p.mkdir() or p, "is not a Zarr store"),
+    (lambda p: p.write_text("x") and p, "is not a Zarr store"),
+    (lambda p: make_group(p, {"format": "other-tool"}), "another tool's Zarr store"),
+    (lambda p: make_group(p, {}), "without the admm-dask format attribute"),
+    (lambda p: make_group(p, {"format": "admm-dask-run"}), "an admm-dask run store"),
+    (lambda p: make_group(p, y=None), "has no array 'y'"),
+    (lambda p: make_group(p, X=(4,)), "X must be 2-D"),
+    (lambda p: make_group(p, y=(4, 1)), "y must be 1-D"),
+    (lambda p: make_group(p, y=(5,)), "X has 4 rows but y has 5"),
+    (lambda p: make_group(p, X=(0, 2), y=(0,)), r"is empty \(0 samples\)"),
+    (lambda p: make_group(p, xdtype="float64"), "X must be float32 and y float64"),
+])
+def test_open_data_errors(tmp_path, setup, message):
+    path = setup(tmp_path / "s.zarr")
+    with pytest.raises(InputError, match=message) as info:
+        open_data(path)
+    assert str(tmp_path / "s.zarr") in str(info.value)
+
+
+# ------------------------------------------------------------------ command line
+
+def run_cli(*args):
+    """Run `python -m pipeline.ingest` and return the completed process."""
+    return subprocess.run([sys.executable, "-m", "pipeline.ingest", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_error_exit_2(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,y\n1,2,0\n1,oops,1\n")
+    proc = run_cli(tmp_path / "t.csv", "--out", tmp_path / "d.zarr")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "line 3: column 2 ('b'): 'oops'" in proc.stderr
+    assert not (tmp_path / "d.zarr").exists()
+
+
+def test_cli_success(tmp_path, table):
+    src = write_csv(tmp_path / "t.csv", table, header=["a", "b", "c", "y"])
+    proc = run_cli(src, "--out", tmp_path / "d.zarr", "--label-column", "-1", "--test-fraction",
+                   "0.2", "--seed", "1", "--chunk-rows", "16", "--header")
+    assert proc.returncode == 0, proc.stderr
+    assert "train:" in proc.stdout and "test:" in proc.stdout and "done in" in proc.stdout
+    train, test = open_data(tmp_path / "d.zarr"), open_data(tmp_path / "d-test.zarr")
+    assert train.n_samples + test.n_samples == 50 and train.chunk_rows == 16
