@@ -441,3 +441,16 @@ def write_data(path, X, y, *, chunk_rows=None, feature_names=None, label_name="l
                     label_name=label_name, source=source, overwrite=overwrite) as writer:
         writer.append(X, y)
     return writer.store
+
+
+def fingerprint(store: DataStore) -> dict:
+    """Return a cheap identity of a data store: shapes plus hashes of its first and last chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    n, c = store.n_samples, store.chunk_rows
+    X, y = store.X, store.y
+    for start in sorted({0, max(0, (store.n_chunks - 1) * c)}):
+        h.update(np.ascontiguousarray(X[start:start + c]).tobytes())
+        h.update(np.ascontiguousarray(y[start:start + c]).tobytes())
+    return {"n_samples": n, "n_features": store.n_features, "sha256_first_last_chunks": h.hexdigest()}

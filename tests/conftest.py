@@ -30,3 +30,13 @@ def mnist():
         pytest.skip(f"MNIST file not found at {MNIST} (shared/data must sit beside the repo)")
     with np.load(MNIST) as f:
         return f["X"], f["y"]
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A two-worker local Dask cluster (processes, one thread each), shared by the pipeline tests."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as c:
+        yield c

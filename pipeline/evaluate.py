@@ -1,0 +1,52 @@
+"""``python -m pipeline.evaluate``: accuracy of a trained run on a data store, out of core."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_input_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate",
+                                description="Report the accuracy of a run's model (last committed iteration) on a data store.")
+    p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
+    p.add_argument("--data", required=True, help="data store to evaluate on (made by python -m pipeline.ingest)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, n_samples, n_correct, iteration)")
+    add_cluster_arguments(p)
+    return p
+
+
+def evaluate(client, store, data) -> dict:
+    """Return accuracy, n_samples, n_correct and the iteration of the run's model on ``data``."""
+    from pipeline.passes import accuracy_graph
+    from solvers.errors import InputError
+    from storage.data import open_data
+    from storage.runstore import RunStore, load_network
+
+    network = load_network(store)
+    ds = open_data(data)
+    if ds.n_features != len(network.x_mean):
+        raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
+    n, correct = client.compute(accuracy_graph(client, network, ds.path.resolve(), ds.n_samples, ds.chunk_rows),
+                                sync=True)
+    return {"accuracy": correct / n, "n_samples": int(n), "n_correct": int(correct),
+            "iteration": RunStore.open(store).committed_iteration()}
+
+
+@exits_on_input_error
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    with connect_from_args(args) as client:
+        result = evaluate(client, args.store, args.data)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"accuracy {result['accuracy']:.4f} on {result['n_samples']} samples "
+              f"(model after iteration {result['iteration']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

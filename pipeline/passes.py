@@ -1,0 +1,184 @@
+"""One pass of a solver's chunk kernels over the sample chunks, as Dask work.
+
+Each chunk is one task: it reads its rows of the data and of the committed
+state slot from Zarr, runs the solver's NumPy kernel (one BLAS thread),
+writes the new state into the *uncommitted* slot (so a retried task rewrites
+the same bytes) and returns its partial sums as one float64 vector. The
+vectors are tree-reduced (``split_every`` at a time) and only the sum — a few
+MB at most — reaches the client. No full-size array ever leaves a worker.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import dask
+import numpy as np
+import zarr
+from threadpoolctl import threadpool_limits
+
+from solvers.losses import encode_labels, predict_classes
+from solvers.stats import moment_sums
+from storage.runstore import state_path
+
+SPLIT_EVERY = 8
+
+
+# -- worker side ------------------------------------------------------------------------
+def _array(store: str, path: str, mode: str = "r"):
+    return zarr.open_array(store=store, path=path, mode=mode)
+
+
+def _read_xy(data: str, start: int, stop: int, classes=None):
+    x = _array(data, "X")[start:stop]
+    y = _array(data, "y")[start:stop]
+    return x, (y if classes is None else encode_labels(y, classes))
+
+
+def _read_state(run: str, slot: int, names, start: int, stop: int) -> dict:
+    return {name: _array(run, state_path(slot, name))[start:stop] for name in names}
+
+
+def _write_state(run: str, slot: int, state: dict, start: int, stop: int) -> None:
+    for name, block in state.items():
+        _array(run, state_path(slot, name), "r+")[start:stop] = block
+
+
+def init_task(bundle, data, run, start, stop):
+    """Write the initial state of rows [start, stop) to slot 0; return the chunk's sums."""
+    solver, weights = bundle
+    with threadpool_limits(1):
+        x, y = _read_xy(data, start, stop, solver.classes)
+        state, sums = solver.init_chunk(x, y, start, weights)
+        _write_state(run, 0, state, start, stop)
+    return sums
+
+
+def grams_task(bundle, data, run, slot, start, stop):
+    """Return the Gram sums of the state in ``slot`` for rows [start, stop)."""
+    solver, weights = bundle
+    with threadpool_limits(1):
+        x, y = _read_xy(data, start, stop, solver.classes)
+        state = _read_state(run, slot, solver.state_widths(), start, stop)
+        return solver.grams_chunk(x, y, state, weights)
+
+
+def step_task(bundle, data, run, read_slot, write_slot, start, stop):
+    """Advance rows [start, stop) one iteration: read ``read_slot``, write ``write_slot``."""
+    solver, params = bundle
+    with threadpool_limits(1):
+        x, y = _read_xy(data, start, stop, solver.classes)
+        state = _read_state(run, read_slot, solver.state_widths(), start, stop)
+        new_state, sums = solver.step_chunk(x, y, state, params)
+        _write_state(run, write_slot, new_state, start, stop)
+    return sums
+
+
+def accuracy_task(network, data, start, stop):
+    """Return [n, correct] of the network's predictions on rows [start, stop)."""
+    with threadpool_limits(1):
+        x, y = _read_xy(data, start, stop)
+        pred = np.asarray(network.classes)[predict_classes(network.decision_function(x))]
+        return np.array([stop - start, np.sum(pred == y)], np.float64)
+
+
+def predict_task(network, data, out, start, stop):
+    """Write the predicted labels of rows [start, stop) into the array ``out``."""
+    with threadpool_limits(1):
+        x, _ = _read_xy(data, start, stop)
+        pred = np.asarray(network.classes)[predict_classes(network.decision_function(x))]
+        zarr.open_array(store=out, path="prediction", mode="r+")[start:stop] = pred
+    return np.zeros(1)
+
+
+def moments_task(data, shift, start, stop):
+    """Return the shifted moment sums of X rows [start, stop) (standardisation statistics)."""
+    return moment_sums(_array(data, "X")[start:stop], shift)
+
+
+def labels_task(data, start, stop):
+    """Return the distinct labels of rows [start, stop)."""
+    return np.unique(_array(data, "y")[start:stop])
+
+
+def _sum(*parts):
+    return np.sum(parts, axis=0)
+
+
+def _union(*parts):
+    return np.unique(np.concatenate(parts))
+
+
+# -- client side ------------------------------------------------------------------------
+def bounds(n: int, chunk_rows: int):
+    """Return the (start, stop) rows of every chunk."""
+    return [(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
+
+
+def tree(parts, combine=_sum, split_every: int = SPLIT_EVERY):
+    """Return a delayed tree reduction of delayed parts, ``split_every`` at a time."""
+    combine = dask.delayed(combine, pure=False)
+    while len(parts) > 1:
+        parts = [combine(*parts[i:i + split_every]) for i in range(0, len(parts), split_every)]
+    return parts[0]
+
+
+class DaskRunner:
+    """Runs solver passes over a data store and a run store on a Dask cluster (a PassRunner)."""
+
+    def __init__(self, client, solver, data_path, run_path, n_samples: int, chunk_rows: int,
+                 progress: bool = False, retries: int = 3):
+        self.client = client
+        self.solver = solver
+        self.data = str(data_path)
+        self.run = str(run_path)
+        self.bounds = bounds(n_samples, chunk_rows)
+        self.progress = progress
+        self.retries = retries
+        self.extra = []  # delayed results to compute alongside the next pass
+        self.extra_results = []
+
+    def compute(self, *delayed_values):
+        """Compute delayed values on the cluster, with a progress bar when asked."""
+        futures = self.client.compute(list(delayed_values), retries=self.retries)
+        if self.progress:
+            from distributed import progress
+
+            with contextlib.redirect_stdout(sys.stderr):
+                progress(futures, notebook=False)
+            print(file=sys.stderr)
+        return self.client.gather(futures)
+
+    def _pass(self, task, bundle, *args):
+        scattered = self.client.scatter(bundle, broadcast=True, hash=False)
+        fn = dask.delayed(task, pure=False)
+        total = tree([fn(scattered, self.data, self.run, *args, a, b) for a, b in self.bounds])
+        results = self.compute(total, *self.extra)
+        self.extra_results, self.extra = results[1:], []
+        return results[0]
+
+    def init(self, weights):
+        return self._pass(init_task, (self.solver, weights))
+
+    def grams(self, weights):
+        return self._pass(grams_task, (self.solver, weights), 0)
+
+    def step(self, iteration, params):
+        return self._pass(step_task, (self.solver, params), (iteration - 1) % 2, iteration % 2)
+
+
+def accuracy_graph(client, network, data_path, n_samples, chunk_rows):
+    """Return a delayed [n, correct] of the network on a data store."""
+    net = client.scatter(network, broadcast=True, hash=False)
+    fn = dask.delayed(accuracy_task, pure=False)
+    return tree([fn(net, str(data_path), a, b) for a, b in bounds(n_samples, chunk_rows)])
+
+
+def data_statistics(client, data_path, n_samples, chunk_rows, shift):
+    """Return (moment sums, distinct labels) of a data store in one pass."""
+    fm = dask.delayed(moments_task, pure=False)
+    fl = dask.delayed(labels_task, pure=False)
+    chunks = bounds(n_samples, chunk_rows)
+    moments = tree([fm(str(data_path), shift, a, b) for a, b in chunks])
+    labels = tree([fl(str(data_path), a, b) for a, b in chunks], combine=_union)
+    return client.compute([moments, labels], sync=True)

@@ -1,0 +1,112 @@
+"""``python -m pipeline.train``: train a network out of core with ADMM on a Dask cluster.
+
+Run with no arguments it trains on the bundled demo data set (scikit-learn's
+8×8 digits, 10 classes) in a temporary directory, on an embedded local cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_input_error
+from solvers import SOLVERS
+from solvers.activations import ACTIVATIONS
+from solvers.config import INITS, TrainConfig
+from solvers.errors import InputError
+from solvers.losses import LOSSES
+
+DEMO = Path(__file__).resolve().parent / "demo" / "digits.npz"
+_DEFAULTS = TrainConfig()
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 300 or 300,100, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.train",
+        description="Train a fully connected network with the ADMM method of Taylor et al. (2016), out of "
+                    "core: data and per-sample state live in Zarr stores, Dask runs one pass over the "
+                    "sample chunks per iteration. With no arguments, trains on the bundled digits demo.",
+    )
+    io = p.add_argument_group("data and run store")
+    io.add_argument("--data", help="training data store (made by python -m pipeline.ingest); default: bundled demo")
+    io.add_argument("--store", help="run store to create (or resume); default for the demo: a temporary directory")
+    io.add_argument("--test-data", help="held-out data store; its accuracy is reported every iteration")
+    io.add_argument("--resume", action="store_true", help="continue the run in --store from its last committed iteration")
+    io.add_argument("--overwrite", action="store_true", help="replace an existing run store at --store")
+    model = p.add_argument_group("model and method")
+    model.add_argument("--solver", default=_DEFAULTS.solver, choices=sorted(SOLVERS), help="training method (default %(default)s)")
+    model.add_argument("--hidden", type=_widths, default=_DEFAULTS.hidden, help="hidden layer widths, e.g. 300 or 300,100 (default 300)")
+    model.add_argument("--activation", default=_DEFAULTS.activation, choices=sorted(ACTIVATIONS), help="default %(default)s")
+    model.add_argument("--loss", default=_DEFAULTS.loss, choices=["auto", *sorted(LOSSES)],
+                       help="auto: hinge for 2 classes, one-vs-all hinge for more (default %(default)s)")
+    model.add_argument("--iterations", type=int, default=None, help=f"iterations to run in total (default {_DEFAULTS.iterations})")
+    model.add_argument("--warm-start", type=int, default=_DEFAULTS.warm_start, help="first iterations without λ updates (default %(default)s)")
+    model.add_argument("--gamma", type=float, default=_DEFAULTS.gamma, help="weight of ‖a − h(z)‖² (default %(default)s)")
+    model.add_argument("--beta", type=float, default=_DEFAULTS.beta, help="weight of ‖z − W a‖² (default %(default)s)")
+    model.add_argument("--ridge", type=float, default=_DEFAULTS.ridge, help="relative ridge of the W-solve (default %(default)s)")
+    model.add_argument("--init", default=_DEFAULTS.init, choices=INITS, help="initial state (default %(default)s)")
+    model.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="random seed (default %(default)s)")
+    add_cluster_arguments(p)
+    p.add_argument("--chunk-rows", type=int, default=None, help="samples per state chunk (default: ~128 MB of state per chunk)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar within each pass (default: when stderr is a terminal)")
+    return p
+
+
+def _demo_data(workdir: Path) -> tuple[str, str]:
+    """Write the bundled digits as train/test data stores under ``workdir``."""
+    import numpy as np
+
+    from storage.data import write_data
+
+    with np.load(DEMO) as f:
+        X, y = f["X"].astype(np.float32), f["y"]
+    test = np.random.default_rng(0).random(len(y)) < 0.2
+    train_path, test_path = workdir / "digits-train.zarr", workdir / "digits-test.zarr"
+    write_data(train_path, X[~test], y[~test], source="bundled sklearn digits", overwrite=True)
+    write_data(test_path, X[test], y[test], source="bundled sklearn digits", overwrite=True)
+    return str(train_path), str(test_path)
+
+
+@exits_on_input_error
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from pipeline.training import check_inputs, train
+
+    data, test_data, store = args.data, args.test_data, args.store
+    if data is None and not args.resume:
+        workdir = Path(tempfile.mkdtemp(prefix="admm-demo-"))
+        data, demo_test = _demo_data(workdir)
+        test_data = test_data or demo_test
+        store = store or str(workdir / "run.zarr")
+        print(f"demo: bundled digits (10 classes) written to {workdir}")
+    if store is None:
+        raise InputError("--store RUN.zarr is required (where the run's state and model are kept)")
+    config = None
+    if not args.resume:
+        config = TrainConfig(hidden=args.hidden, activation=args.activation, loss=args.loss,
+                             gamma=args.gamma, beta=args.beta, warm_start=args.warm_start,
+                             init=args.init, seed=args.seed, ridge=args.ridge, solver=args.solver,
+                             iterations=args.iterations if args.iterations is not None else _DEFAULTS.iterations)
+    check_inputs(store=store, data=data, test_data=test_data, resume=args.resume, overwrite=args.overwrite)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    with connect_from_args(args) as client:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        result = train(client, store=store, data=data, config=config, test_data=test_data,
+                       chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
+                       iterations=args.iterations, progress=progress,
+                       report=lambda line: print(line, flush=True))
+    print(f"done: model and history in {result.store.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

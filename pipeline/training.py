@@ -1,0 +1,167 @@
+"""The training loop on Dask: statistics pass, run-store creation or resume, iterate, commit.
+
+:func:`train` is what ``python -m pipeline.train`` runs; it needs a connected
+:class:`distributed.Client` and reports one line per iteration through
+``report``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from pipeline.passes import DaskRunner, accuracy_graph, data_statistics
+from solvers import SOLVERS
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from solvers.loop import LoopState, initialize, iterate
+from solvers.stats import moments_from_sums
+from storage.data import DataStore, fingerprint, open_data
+from storage.runstore import Checkpoint, RunStore
+
+STATE_CHUNK_BYTES = 128 * 2**20  # target size of one state chunk (DESIGN: 64–256 MB)
+MAX_CLASSES = 1000
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`: the network, the history, the run store."""
+
+    network: object
+    history: list = field(default_factory=list)
+    store: RunStore | None = None
+
+
+def default_chunk_rows(data: DataStore, state_width: int) -> int:
+    """Return rows per state chunk: ~128 MB of float32 state, a power-of-two multiple or divisor of the data chunk."""
+    target = STATE_CHUNK_BYTES / (4 * max(1, state_width))
+    rows = data.chunk_rows * 2.0 ** round(math.log2(target / data.chunk_rows))
+    return int(min(max(1, round(rows)), data.n_samples))
+
+
+def _classes(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.size > MAX_CLASSES:
+        raise InputError(f"the labels take {labels.size} distinct values; classification needs at "
+                         f"most {MAX_CLASSES} classes (are the labels continuous?)")
+    if labels.size < 2:
+        raise InputError(f"training needs at least two classes, the labels are all {labels.tolist()}")
+    if np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    return labels
+
+
+def _solver_for_new_run(client, data: DataStore, config: TrainConfig):
+    shift = np.asarray(data.X[0], np.float64)
+    sums, labels = data_statistics(client, data.path, data.n_samples, data.chunk_rows, shift)
+    classes = _classes(labels)
+    mean, scale = moments_from_sums(sums, shift)
+    return SOLVERS[config.solver](config, data.n_features, classes, mean, scale)
+
+
+def _check_resumable(store: RunStore, data: DataStore):
+    expected = store.attrs["data"]["fingerprint"]
+    actual = fingerprint(data)
+    diffs = [f"{k}: run has {expected.get(k)!r}, data has {v!r}" for k, v in actual.items() if expected.get(k) != v]
+    if diffs:
+        raise InputError(f"{data.path} is not the data set run {store.path} was trained on ("
+                         + "; ".join(diffs) + ")")
+
+
+def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False):
+    """Raise :class:`InputError` for unusable stores before any cluster is started."""
+    from storage.runstore import is_run_store
+
+    if resume:
+        RunStore.open(store)
+    else:
+        if data is None:
+            raise InputError("no training data given: pass --data DATA.zarr")
+        open_data(data)
+        if Path(store).exists() and not overwrite:
+            raise InputError(f"{store} already exists; pass --resume to continue that run or "
+                             "--overwrite to start a new one in its place")
+        if Path(store).exists() and not is_run_store(store):
+            raise InputError(f"refusing to overwrite {store}: it is not an admm-dask run store; "
+                             "choose another --store path")
+    if test_data:
+        open_data(test_data)
+
+
+def train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
+          chunk_rows=None, resume=False, overwrite=False, iterations=None, progress=False,
+          report=print) -> TrainResult:
+    """Train out of core on ``data`` into the run store ``store``; return the network and history.
+
+    With ``resume=True`` the run continues from its last committed iteration
+    (``data`` and ``config`` default to the run's own; ``iterations`` sets a new
+    target). Otherwise a new run is created (an existing store is refused unless
+    ``overwrite``).
+    """
+    if resume:
+        run = RunStore.open(store)
+        config = TrainConfig.from_dict(run.attrs["config"])
+        data = open_data(data or run.attrs["data"]["path"])
+        test_data = test_data or run.attrs.get("test_data")
+        _check_resumable(run, data)
+        m = run.model_arrays()
+        solver = SOLVERS[config.solver](config, data.n_features, m["classes"], m["x_mean"], m["x_scale"])
+    else:
+        if data is None:
+            raise InputError("no training data given: pass --data DATA.zarr")
+        config = config or TrainConfig()
+        data = open_data(data)
+        if chunk_rows is not None and not (1 <= chunk_rows <= data.n_samples):
+            raise InputError(f"--chunk-rows {chunk_rows} must be between 1 and the number of samples "
+                             f"({data.n_samples})")
+        solver = _solver_for_new_run(client, data, config)
+        rows = chunk_rows or default_chunk_rows(data, sum(solver.state_widths().values()))
+        run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
+                              data={"path": str(data.path.resolve()), "fingerprint": fingerprint(data)},
+                              n_samples=data.n_samples, chunk_rows=rows, classes=solver.classes,
+                              x_mean=solver.x_mean, x_scale=solver.x_scale, overwrite=overwrite,
+                              test_data=str(Path(test_data).resolve()) if test_data else None)
+    if iterations is not None:
+        config = replace(config, iterations=int(iterations))
+    test = open_data(test_data) if test_data else None
+    if test is not None and test.n_features != data.n_features:
+        raise InputError(f"test data {test.path} has {test.n_features} features, training data has {data.n_features}")
+
+    runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), data.n_samples,
+                        run.chunk_rows, progress=progress)
+    report(f"run store {run.path}: {data.n_samples} samples in {math.ceil(data.n_samples / run.chunk_rows)} "
+           f"chunks of {run.chunk_rows} rows, layers {'-'.join(map(str, solver.widths))}, "
+           f"classes {solver.classes.tolist()[:10]}{' …' if len(solver.classes) > 10 else ''}")
+    manifest = run.manifest()
+    history = list(manifest["history"]) if manifest else []
+    if manifest is None:
+        t0 = time.perf_counter()
+        state = initialize(solver, runner)
+        run.commit(Checkpoint(0, state.weights, state.next_weights, state.input_gram), history, config.iterations)
+        report(f"initialised state ({config.init}) in {time.perf_counter() - t0:.2f} s")
+    else:
+        ck = run.load_checkpoint()
+        state = LoopState(ck.iteration, ck.weights, ck.next_weights, ck.input_gram)
+        report(f"resuming after iteration {ck.iteration}")
+    result = TrainResult(solver.network(state.weights), history, run)
+    report(f"{'iter':>5} {'seconds':>8} {'train acc':>9} {'test acc':>9} {'residual':>10} {'objective':>11}")
+    t0 = time.perf_counter()
+    for state, metrics in iterate(solver, runner, state, config.iterations):
+        network = solver.network(state.weights)
+        record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics}
+        if test is not None:
+            n, correct = runner.compute(accuracy_graph(client, network, test.path.resolve(),
+                                                       test.n_samples, test.chunk_rows))[0]
+            record["test_accuracy"] = correct / n
+        history.append(record)
+        run.commit(Checkpoint(state.iteration, state.weights, state.next_weights, state.input_gram),
+                   history, config.iterations)
+        result.network = network
+        test_txt = f"{record['test_accuracy']:9.4f}" if "test_accuracy" in record else f"{'-':>9}"
+        report(f"{state.iteration:5d} {record['seconds']:8.2f} {record['train_accuracy']:9.4f} {test_txt} "
+               f"{record['residual']:10.3e} {record['objective']:11.4e}")
+        t0 = time.perf_counter()
+    return result

@@ -1,0 +1,232 @@
+"""The on-disk format of a *run store*: one training run as a Zarr v3 group.
+
+::
+
+    RUN.zarr/
+      zarr.json            group attrs: format "admm-dask-run", config, data summary,
+                           state widths, chunk_rows, solver
+      manifest.json        human-readable commit record: committed iteration,
+                           state slot, per-iteration history (the source of truth)
+      model/               x_mean, x_scale (d,), classes (K,), input_gram (d+1, d+1)
+      state/slot0/, slot1/ per-sample state, e.g. z1 (n, n_1) … lam (n, n_L), float32,
+                           chunks (chunk_rows, width), uncompressed
+      checkpoint/<k>/      W1…WL (the model after iteration k) and V1…VL (the
+                           weights already solved for iteration k+1), float64
+      metrics/             1-D arrays along "iteration" (train_accuracy,
+                           test_accuracy, residual, objective, seconds, …), for
+                           ``xarray.open_zarr(RUN.zarr, group="metrics")``
+
+Iteration k reads state slot (k−1) mod 2 and writes slot k mod 2, so the
+committed slot is never written; the commit writes ``checkpoint/<k>`` and then
+atomically replaces ``manifest.json``. Only ``storage`` knows these paths.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from solvers.errors import InputError
+
+FORMAT = "admm-dask-run"
+FORMAT_VERSION = 1
+STATE_DTYPE = np.dtype("float32")
+MANIFEST = "manifest.json"
+METRIC_NAMES = ("seconds", "train_accuracy", "test_accuracy", "residual", "objective", "loss")
+
+
+def state_path(slot: int, name: str) -> str:
+    """Return the array path of one state array inside the run store."""
+    return f"state/slot{slot}/{name}"
+
+
+def slot_of(iteration: int) -> int:
+    """Return the state slot holding iteration k: k mod 2."""
+    return iteration % 2
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+@dataclass
+class Checkpoint:
+    """What a committed iteration k holds besides the state slot."""
+
+    iteration: int
+    weights: list          # W^k
+    next_weights: list     # W^{k+1}
+    input_gram: np.ndarray
+
+
+class RunStore:
+    """A training run on disk: create, open, commit iterations, read the model back."""
+
+    def __init__(self, path: Path, attrs: dict):
+        self.path = Path(path)
+        self.attrs = attrs
+
+    # -- creation and opening -----------------------------------------------------------
+    @classmethod
+    def create(cls, path, *, config: dict, data: dict, state_widths: dict, n_samples: int,
+               chunk_rows: int, classes, x_mean, x_scale, overwrite: bool = False,
+               test_data: str | None = None) -> "RunStore":
+        """Create an empty run store with allocated state slots (refuses an existing path)."""
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise InputError(f"{path} already exists; pass --resume to continue that run or "
+                                 "--overwrite to start a new one in its place")
+            if not is_run_store(path):
+                raise InputError(f"refusing to overwrite {path}: it is not an admm-dask run store; "
+                                 "choose another --store path")
+            shutil.rmtree(path)
+        if chunk_rows < 1:
+            raise InputError(f"chunk rows must be at least 1, got {chunk_rows}")
+        attrs = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "config": config, "data": data,
+            "state_widths": dict(state_widths), "n_samples": int(n_samples),
+            "chunk_rows": int(chunk_rows), "test_data": test_data, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        root = zarr.open_group(path, mode="w", zarr_format=3)
+        model = root.create_group("model")
+        model.create_array("x_mean", data=np.asarray(x_mean, np.float64))
+        model.create_array("x_scale", data=np.asarray(x_scale, np.float64))
+        model.create_array("classes", data=np.asarray(classes))
+        for slot in (0, 1):
+            for name, width in state_widths.items():
+                root.create_array(state_path(slot, name), shape=(n_samples, width),
+                                  chunks=(chunk_rows, width), dtype=STATE_DTYPE, compressors=None,
+                                  fill_value=np.nan, dimension_names=("sample", f"{name}_unit"))
+        root.attrs.update(attrs)
+        return cls(path, attrs)
+
+    @classmethod
+    def open(cls, path) -> "RunStore":
+        """Open an existing run store, with a clear error if the path is not one."""
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"run store {path} does not exist")
+        if not is_run_store(path):
+            raise InputError(f"{path} is not an admm-dask run store (no '{FORMAT}' format attribute)")
+        attrs = zarr.open_group(path, mode="r").attrs.asdict()
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"{path} has run-store format version {attrs.get('format_version')}, "
+                             f"this version reads {FORMAT_VERSION}")
+        return cls(path, attrs)
+
+    # -- layout accessors -----------------------------------------------------------------
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.attrs["chunk_rows"])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.attrs["n_samples"])
+
+    @property
+    def state_widths(self) -> dict:
+        return dict(self.attrs["state_widths"])
+
+    def model_arrays(self) -> dict:
+        """Return x_mean, x_scale and classes."""
+        g = zarr.open_group(self.path, mode="r")["model"]
+        return {k: g[k][...] for k in ("x_mean", "x_scale", "classes")}
+
+    # -- commit protocol --------------------------------------------------------------------
+    def manifest(self) -> dict | None:
+        """Return the committed manifest, or None before iteration 0 is committed."""
+        try:
+            return json.loads((self.path / MANIFEST).read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise InputError(f"{self.path / MANIFEST} is corrupt ({exc}); the run cannot be resumed") from None
+
+    def committed_iteration(self) -> int | None:
+        m = self.manifest()
+        return None if m is None else int(m["iteration"])
+
+    def commit(self, checkpoint: Checkpoint, history: list, target_iterations: int) -> None:
+        """Record iteration k: write its weights, then atomically replace the manifest."""
+        k = checkpoint.iteration
+        root = zarr.open_group(self.path, mode="r+")
+        if "model/input_gram" not in root:
+            root.create_array("model/input_gram", data=np.asarray(checkpoint.input_gram, np.float64))
+        group = f"checkpoint/{k}"
+        if group in root:
+            del root[group]  # leftover of an uncommitted attempt at k
+        for prefix, ws in (("W", checkpoint.weights), ("V", checkpoint.next_weights)):
+            for l, W in enumerate(ws, start=1):
+                root.create_array(f"{group}/{prefix}{l}", data=np.asarray(W, np.float64))
+        previous = self.committed_iteration()
+        _write_json_atomic(self.path / MANIFEST, {
+            "format": FORMAT, "iteration": k, "slot": slot_of(k), "target_iterations": target_iterations,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "history": history,
+        })
+        if previous is not None and previous != k and f"checkpoint/{previous}" in root:
+            del root[f"checkpoint/{previous}"]
+        self._write_metrics(root, history)
+
+    def _write_metrics(self, root, history: list) -> None:
+        n = len(history)
+        iters = np.array([h["iteration"] for h in history], np.int64)
+        root.create_array("metrics/iteration", data=iters, dimension_names=("iteration",), overwrite=True)
+        for name in METRIC_NAMES:
+            values = np.array([h.get(name, np.nan) for h in history], np.float64).reshape(n)
+            root.create_array(f"metrics/{name}", data=values, dimension_names=("iteration",), overwrite=True)
+
+    def load_checkpoint(self) -> Checkpoint:
+        """Return the weights of the committed iteration."""
+        m = self.manifest()
+        if m is None:
+            raise InputError(f"{self.path} has no committed iteration yet; start a new run with --overwrite")
+        k = int(m["iteration"])
+        root = zarr.open_group(self.path, mode="r")
+        try:
+            g = root[f"checkpoint/{k}"]
+            L = sum(1 for name in g.array_keys() if name.startswith("W"))
+            ws = [g[f"W{l}"][...] for l in range(1, L + 1)]
+            vs = [g[f"V{l}"][...] for l in range(1, L + 1)]
+            gram = root["model/input_gram"][...]
+        except KeyError as exc:
+            raise InputError(f"{self.path}: committed iteration {k} is incomplete ({exc}); the store is corrupt") from None
+        return Checkpoint(k, ws, vs, gram)
+
+
+def is_run_store(path) -> bool:
+    """Return True if ``path`` is a Zarr group whose format attribute says run store."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (meta.get("attributes") or {}).get("format") == FORMAT
+
+
+def load_network(path):
+    """Return the network of a run store's last committed iteration."""
+    from solvers.network import Network
+
+    run = RunStore.open(path)
+    ck = run.load_checkpoint()
+    m = run.model_arrays()
+    return Network(ck.weights, run.attrs["config"]["activation"], m["classes"], m["x_mean"], m["x_scale"])
