@@ -96,7 +96,8 @@ def main(argv=None) -> int:
                              gamma=args.gamma, beta=args.beta, warm_start=args.warm_start,
                              init=args.init, seed=args.seed, ridge=args.ridge, solver=args.solver,
                              iterations=args.iterations if args.iterations is not None else _DEFAULTS.iterations)
-    check_inputs(store=store, data=data, test_data=test_data, resume=args.resume, overwrite=args.overwrite)
+    check_inputs(store=store, data=data, test_data=test_data, resume=args.resume, overwrite=args.overwrite,
+                 chunk_rows=args.chunk_rows)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     with connect_from_args(args) as client:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)

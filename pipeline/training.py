@@ -71,7 +71,13 @@ def _check_resumable(store: RunStore, data: DataStore):
                          + "; ".join(diffs) + ")")
 
 
-def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False):
+def _check_chunk_rows(chunk_rows, data: DataStore):
+    if chunk_rows is not None and not (1 <= chunk_rows <= data.n_samples):
+        raise InputError(f"--chunk-rows {chunk_rows} must be between 1 and the number of samples "
+                         f"({data.n_samples})")
+
+
+def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False, chunk_rows=None):
     """Raise :class:`InputError` for unusable stores before any cluster is started."""
     from storage.runstore import is_run_store
 
@@ -80,7 +86,7 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
-        open_data(data)
+        _check_chunk_rows(chunk_rows, open_data(data))
         if Path(store).exists() and not overwrite:
             raise InputError(f"{store} already exists; pass --resume to continue that run or "
                              "--overwrite to start a new one in its place")
@@ -114,9 +120,7 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
             raise InputError("no training data given: pass --data DATA.zarr")
         config = config or TrainConfig()
         data = open_data(data)
-        if chunk_rows is not None and not (1 <= chunk_rows <= data.n_samples):
-            raise InputError(f"--chunk-rows {chunk_rows} must be between 1 and the number of samples "
-                             f"({data.n_samples})")
+        _check_chunk_rows(chunk_rows, data)
         solver = _solver_for_new_run(client, data, config)
         rows = chunk_rows or default_chunk_rows(data, sum(solver.state_widths().values()))
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),

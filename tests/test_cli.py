@@ -1,0 +1,81 @@
+"""The command-line tools as a user runs them: demo, errors, evaluate, predict."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.data import write_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1200, 6)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    write_data(d / "train.zarr", X[:1000], y[:1000], chunk_rows=256)
+    write_data(d / "test.zarr", X[1000:], y[1000:])
+    return d
+
+
+def test_demo_runs_with_no_arguments():
+    r = run("pipeline.train")
+    assert r.returncode == 0, r.stderr
+    assert "Dask dashboard: http" in r.stdout
+    lines = [l.split() for l in r.stdout.splitlines() if l.strip()[:1].isdigit()]
+    assert [int(l[0]) for l in lines] == list(range(1, 11))
+    assert float(lines[-1][3]) >= 0.9  # test accuracy of the 10-class digits demo
+
+
+def test_train_evaluate_predict(small_data):
+    d = small_data
+    r = run("pipeline.train", "--data", str(d / "train.zarr"), "--store", str(d / "run.zarr"),
+            "--test-data", str(d / "test.zarr"), "--hidden", "20", "--iterations", "3", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    e = run("pipeline.evaluate", "--store", str(d / "run.zarr"), "--data", str(d / "test.zarr"), "--json",
+            "--workers", "1")
+    assert e.returncode == 0, e.stderr
+    result = json.loads(e.stdout)
+    assert result["n_samples"] == 200 and result["iteration"] == 3
+    last_line = [l for l in r.stdout.splitlines() if l.strip().startswith("3 ")][0]
+    assert result["accuracy"] == pytest.approx(float(last_line.split()[3]), abs=1e-4)
+    p = run("pipeline.predict", "--store", str(d / "run.zarr"), "--data", str(d / "test.zarr"),
+            "--out", str(d / "pred.zarr"), "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    import zarr
+
+    pred = zarr.open_group(d / "pred.zarr", mode="r")["prediction"][:]
+    y = zarr.open_group(d / "test.zarr", mode="r")["y"][:]
+    assert np.mean(pred == y) == pytest.approx(result["accuracy"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "{d}/missing.zarr", "--store", "{d}/r1.zarr"], "does not exist"),
+    (["--data", "{d}/train.zarr", "--store", "{d}/r2.zarr", "--gamma", "0"], "gamma must be a positive"),
+    (["--data", "{d}/train.zarr", "--store", "{d}/r3.zarr", "--hidden", "0"], "hidden widths must be positive"),
+    (["--data", "{d}/train.zarr", "--store", "{d}/r4.zarr", "--chunk-rows", "5000"], "--chunk-rows 5000"),
+    (["--data", "{d}/train.zarr", "--store", "{d}/test.zarr"], "already exists"),
+    (["--store", "{d}/nothing.zarr", "--resume"], "does not exist"),
+])
+def test_bad_input_one_clear_error(small_data, args, message):
+    r = run("pipeline.train", *[a.format(d=small_data) for a in args], "--workers", "1")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert (small_data / "test.zarr" / "zarr.json").exists()  # nothing stored was lost
+
+
+@pytest.mark.parametrize("module", ["pipeline.train", "pipeline.evaluate", "pipeline.predict", "pipeline.ingest"])
+def test_help(module):
+    r = run(module, "--help")
+    assert r.returncode == 0 and "usage: python -m " + module in r.stdout
