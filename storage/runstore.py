@@ -178,13 +178,12 @@ class RunStore:
         for prefix, ws in (("W", checkpoint.weights), ("V", checkpoint.next_weights)):
             for l, W in enumerate(ws, start=1):
                 root.create_array(f"{group}/{prefix}{l}", data=np.asarray(W, np.float64))
-        previous = self.committed_iteration()
         _write_json_atomic(self.path / MANIFEST, {
             "format": FORMAT, "iteration": k, "slot": slot_of(k), "target_iterations": target_iterations,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "history": history,
         })
-        if previous is not None and previous != k and f"checkpoint/{previous}" in root:
-            del root[f"checkpoint/{previous}"]
+        for stale in [name for name in root["checkpoint"].group_keys() if name != str(k)]:
+            del root[f"checkpoint/{stale}"]  # earlier commits, or attempts a crash left behind
         self._write_metrics(root, history)
 
     def _write_metrics(self, root, history: list) -> None:
