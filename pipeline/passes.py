@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from solvers.losses import encode_labels, predict_classes
 from solvers.stats import moment_sums
+from storage.data import read_rows
 from storage.runstore import state_path
 
 SPLIT_EVERY = 8
@@ -30,13 +31,13 @@ def _array(store: str, path: str, mode: str = "r"):
 
 
 def _read_xy(data: str, start: int, stop: int, classes=None):
-    x = _array(data, "X")[start:stop]
-    y = _array(data, "y")[start:stop]
+    x = read_rows(data, "X", start, stop)
+    y = read_rows(data, "y", start, stop)
     return x, (y if classes is None else encode_labels(y, classes))
 
 
 def _read_state(run: str, slot: int, names, start: int, stop: int) -> dict:
-    return {name: _array(run, state_path(slot, name))[start:stop] for name in names}
+    return {name: read_rows(run, state_path(slot, name), start, stop) for name in names}
 
 
 def _write_state(run: str, slot: int, state: dict, start: int, stop: int) -> None:
@@ -93,12 +94,12 @@ def predict_task(network, data, out, start, stop):
 
 def moments_task(data, shift, start, stop):
     """Return the shifted moment sums of X rows [start, stop) (standardisation statistics)."""
-    return moment_sums(_array(data, "X")[start:stop], shift)
+    return moment_sums(read_rows(data, "X", start, stop), shift)
 
 
 def labels_task(data, start, stop):
     """Return the distinct labels of rows [start, stop)."""
-    return np.unique(_array(data, "y")[start:stop])
+    return np.unique(read_rows(data, "y", start, stop))
 
 
 def _sum(*parts):

@@ -11,7 +11,9 @@ array   dtype      shape         chunks               dimension names
 ======  =========  ============  ===================  =======================
 
 Both arrays are uncompressed (compression saves little on float data and
-halves read speed). The group attributes are ``format`` (always
+halves read speed) but carry a crc32c checksum per chunk, and their fill value
+is NaN: a corrupted, truncated or missing chunk file is reported, never read
+as data (see :func:`read_rows`). The group attributes are ``format`` (always
 ``"admm-dask-data"``), ``format_version``, ``n_samples``, ``n_features``,
 ``chunk_rows``, ``feature_names``, ``label_name`` and ``source``.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
 
@@ -326,11 +329,11 @@ class DataWriter:
             self.chunk_rows = self._fill
         c, d = self.chunk_rows, self.n_features
         self._X = self._group.create_array(
-            "X", shape=(0, d), chunks=(c, d), dtype=X_DTYPE, compressors=None,
-            dimension_names=("sample", "feature"))
+            "X", shape=(0, d), chunks=(c, d), dtype=X_DTYPE, compressors=[Crc32cCodec()],
+            fill_value=np.nan, dimension_names=("sample", "feature"))
         self._y = self._group.create_array(
-            "y", shape=(0,), chunks=(c,), dtype=Y_DTYPE, compressors=None,
-            dimension_names=("sample",))
+            "y", shape=(0,), chunks=(c,), dtype=Y_DTYPE, compressors=[Crc32cCodec()],
+            fill_value=np.nan, dimension_names=("sample",))
 
     def _flush(self) -> None:
         """Write the buffered rows as the next chunk (the last one may be short)."""
@@ -454,3 +457,23 @@ def fingerprint(store: DataStore) -> dict:
         h.update(np.ascontiguousarray(X[start:start + c]).tobytes())
         h.update(np.ascontiguousarray(y[start:start + c]).tobytes())
     return {"n_samples": n, "n_features": store.n_features, "sha256_first_last_chunks": h.hexdigest()}
+
+
+def read_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:
+    """Return rows [start, stop) of array ``name`` of a Zarr store, checked for damage.
+
+    Raises :class:`InputError` naming the array and rows when a chunk fails its
+    checksum (corrupted or truncated file) or reads as the NaN fill value
+    (missing file). Used by every worker task for data and state alike.
+    """
+    try:
+        block = zarr.open_array(store=store, path=name, mode="r")[start:stop]
+    except ValueError as exc:
+        raise InputError(f"{store}: a chunk of '{name}' holding rows {start}-{stop - 1} is corrupted "
+                         f"or truncated ({exc})") from None
+    except FileNotFoundError:
+        raise InputError(f"{store}: array '{name}' is missing; the store is damaged") from None
+    if block.size and np.isnan(block.reshape(block.shape[0], -1)[:, 0]).any():
+        raise InputError(f"{store}: rows {start}-{stop - 1} of '{name}' are missing or hold NaN; "
+                         "a chunk file was deleted or never completely written")
+    return block

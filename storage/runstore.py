@@ -9,7 +9,8 @@
                            state slot, per-iteration history (the source of truth)
       model/               x_mean, x_scale (d,), classes (K,), input_gram (d+1, d+1)
       state/slot0/, slot1/ per-sample state, e.g. z1 (n, n_1) … lam (n, n_L), float32,
-                           chunks (chunk_rows, width), uncompressed
+                           chunks (chunk_rows, width), uncompressed, crc32c-checked;
+                           fill value NaN, so a missing chunk never reads as state
       checkpoint/<k>/      W1…WL (the model after iteration k) and V1…VL (the
                            weights already solved for iteration k+1), float64
       metrics/             1-D arrays along "iteration" (train_accuracy,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
 
@@ -99,7 +102,6 @@ class RunStore:
             if not is_run_store(path):
                 raise InputError(f"refusing to overwrite {path}: it is not an admm-dask run store; "
                                  "choose another --store path")
-            shutil.rmtree(path)
         if chunk_rows < 1:
             raise InputError(f"chunk rows must be at least 1, got {chunk_rows}")
         attrs = {
@@ -107,7 +109,9 @@ class RunStore:
             "state_widths": dict(state_widths), "n_samples": int(n_samples),
             "chunk_rows": int(chunk_rows), "test_data": test_data, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        root = zarr.open_group(path, mode="w", zarr_format=3)
+        # built next to its target and renamed into place: a crash leaves no half store
+        partial = path.with_name(f"{path.name}.partial-{secrets.token_hex(4)}")
+        root = zarr.open_group(partial, mode="w", zarr_format=3)
         model = root.create_group("model")
         model.create_array("x_mean", data=np.asarray(x_mean, np.float64))
         model.create_array("x_scale", data=np.asarray(x_scale, np.float64))
@@ -115,9 +119,17 @@ class RunStore:
         for slot in (0, 1):
             for name, width in state_widths.items():
                 root.create_array(state_path(slot, name), shape=(n_samples, width),
-                                  chunks=(chunk_rows, width), dtype=STATE_DTYPE, compressors=None,
+                                  chunks=(chunk_rows, width), dtype=STATE_DTYPE, compressors=[Crc32cCodec()],
                                   fill_value=np.nan, dimension_names=("sample", f"{name}_unit"))
         root.attrs.update(attrs)
+        root.create_group("checkpoint")
+        if path.exists():  # overwrite: the old run goes only once the new one is complete
+            old = path.with_name(f"{path.name}.old-{secrets.token_hex(4)}")
+            os.rename(path, old)
+            os.rename(partial, path)
+            shutil.rmtree(old)
+        else:
+            os.rename(partial, path)
         return cls(path, attrs)
 
     @classmethod

@@ -1,0 +1,128 @@
+"""Crash consistency: SIGKILL at random moments, resume, and get the uninterrupted run exactly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.training import train
+from solvers.config import TrainConfig
+from storage.data import write_data
+from storage.runstore import RunStore, load_network
+
+ROOT = Path(__file__).resolve().parents[1]
+ITERATIONS = 6
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20_000, 20)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] + X[:, 2] > 0).astype(int)
+    write_data(d / "train.zarr", X, y, chunk_rows=4096)
+    return d
+
+
+def train_cmd(data_dir, store, *extra):
+    return [sys.executable, "-m", "pipeline.train", "--data", str(data_dir / "train.zarr"), "--store", str(store),
+            "--hidden", "64", "--iterations", str(ITERATIONS), "--chunk-rows", "1000", "--workers", "1",
+            "--dashboard-address", ":0", "--no-progress", *extra]
+
+
+def run_to_end(cmd):
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def committed(store) -> int:
+    try:
+        return json.loads((Path(store) / "manifest.json").read_text())["iteration"]
+    except (OSError, ValueError):
+        return -1
+
+
+def final_state(store):
+    m = json.loads((Path(store) / "manifest.json").read_text())
+    metrics = [{k: v for k, v in h.items() if k != "seconds"} for h in m["history"]]
+    return load_network(store).weights, metrics
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data):
+    store = data / "baseline.zarr"
+    run_to_end(train_cmd(data, store))
+    return final_state(store)
+
+
+def kill_and_resume(data, uninterrupted, tmp_path, rng):
+    store = tmp_path / "run.zarr"
+    after = int(rng.integers(-1, ITERATIONS))     # kill once this iteration is committed …
+    delay = float(rng.uniform(0.0, 0.6))          # … plus a random moment into the next pass
+    proc = subprocess.Popen(train_cmd(data, store), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while committed(store) < after and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(delay)
+    killed_at = committed(store)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if store.exists():
+        run_to_end([sys.executable, "-m", "pipeline.train", "--store", str(store), "--resume",
+                    "--workers", "1", "--dashboard-address", ":0", "--no-progress"])
+    else:  # killed before the run store was renamed into place: nothing to resume
+        assert not any(p.name.startswith("run.zarr") and "partial" not in p.name for p in tmp_path.iterdir())
+        run_to_end(train_cmd(data, store))
+    weights, metrics = final_state(store)
+    for W, W_ref in zip(weights, uninterrupted[0]):
+        np.testing.assert_array_equal(W, W_ref)
+    assert metrics == uninterrupted[1]
+    assert sorted(zarr.open_group(store, mode="r")["checkpoint"].group_keys()) == [str(ITERATIONS)]
+    return killed_at
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sigkill_at_random_moment_then_resume_equals_uninterrupted(data, uninterrupted, tmp_path, seed):
+    kill_and_resume(data, uninterrupted, tmp_path, np.random.default_rng(seed))
+
+
+@pytest.mark.slow
+def test_many_random_kill_points(data, uninterrupted, tmp_path_factory):
+    rng = np.random.default_rng(1234)
+    points = [kill_and_resume(data, uninterrupted, tmp_path_factory.mktemp("kill"), rng) for _ in range(30)]
+    assert len(set(points)) >= 4  # the kills landed after several different commits
+
+
+def test_killed_worker_does_not_change_the_result(client, data, tmp_path):
+    cfg = TrainConfig(hidden=(64,), iterations=5)
+    quiet = lambda _line: None  # noqa: E731
+    reference = train(client, store=tmp_path / "a.zarr", data=data / "train.zarr", config=cfg, chunk_rows=1000,
+                      report=quiet)
+    pids = list(client.run(os.getpid).values())
+    store = tmp_path / "b.zarr"
+
+    def kill_a_worker_mid_run():
+        while committed(store) < 2:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        os.kill(pids[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker_mid_run)
+    killer.start()
+    result = train(client, store=store, data=data / "train.zarr", config=cfg, chunk_rows=1000, report=quiet)
+    killer.join()
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it
+    assert pids[0] not in client.run(os.getpid).values()
+    for W, W_ref in zip(result.network.weights, reference.network.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    assert RunStore.open(store).committed_iteration() == 5
