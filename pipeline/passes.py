@@ -161,8 +161,8 @@ class DaskRunner:
     def init(self, weights):
         return self._pass(init_task, (self.solver, weights))
 
-    def grams(self, weights):
-        return self._pass(grams_task, (self.solver, weights), 0)
+    def grams(self, weights, iteration=0):
+        return self._pass(grams_task, (self.solver, weights), iteration % 2)
 
     def step(self, iteration, params):
         return self._pass(step_task, (self.solver, params), (iteration - 1) % 2, iteration % 2)

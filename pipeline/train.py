@@ -19,6 +19,8 @@ from solvers.losses import LOSSES
 
 DEMO = Path(__file__).resolve().parent / "demo" / "digits.npz"
 _DEFAULTS = TrainConfig()
+CONFIG_FLAGS = ("solver", "hidden", "activation", "loss", "iterations", "warm_start", "gamma", "beta", "ridge",
+                "init", "seed")
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -41,19 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--test-data", help="held-out data store; its accuracy is reported every iteration")
     io.add_argument("--resume", action="store_true", help="continue the run in --store from its last committed iteration")
     io.add_argument("--overwrite", action="store_true", help="replace an existing run store at --store")
-    model = p.add_argument_group("model and method")
-    model.add_argument("--solver", default=_DEFAULTS.solver, choices=sorted(SOLVERS), help="training method (default %(default)s)")
-    model.add_argument("--hidden", type=_widths, default=_DEFAULTS.hidden, help="hidden layer widths, e.g. 300 or 300,100 (default 300)")
-    model.add_argument("--activation", default=_DEFAULTS.activation, choices=sorted(ACTIVATIONS), help="default %(default)s")
-    model.add_argument("--loss", default=_DEFAULTS.loss, choices=["auto", *sorted(LOSSES)],
-                       help="auto: hinge for 2 classes, one-vs-all hinge for more (default %(default)s)")
-    model.add_argument("--iterations", type=int, default=None, help=f"iterations to run in total (default {_DEFAULTS.iterations})")
-    model.add_argument("--warm-start", type=int, default=_DEFAULTS.warm_start, help="first iterations without λ updates (default %(default)s)")
-    model.add_argument("--gamma", type=float, default=_DEFAULTS.gamma, help="weight of ‖a − h(z)‖² (default %(default)s)")
-    model.add_argument("--beta", type=float, default=_DEFAULTS.beta, help="weight of ‖z − W a‖² (default %(default)s)")
-    model.add_argument("--ridge", type=float, default=_DEFAULTS.ridge, help="relative ridge of the W-solve (default %(default)s)")
-    model.add_argument("--init", default=_DEFAULTS.init, choices=INITS, help="initial state (default %(default)s)")
-    model.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="random seed (default %(default)s)")
+    model = p.add_argument_group(
+        "model and method", "Defaults in brackets. With --resume, the run's own settings are kept; --gamma, --beta, "
+        "--warm-start, --ridge and --iterations may be changed, the others must match the run.")
+    d = _DEFAULTS
+    model.add_argument("--solver", choices=sorted(SOLVERS), help=f"training method [{d.solver}]")
+    model.add_argument("--hidden", type=_widths, help="hidden layer widths, e.g. 300 or 300,100 [300]")
+    model.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"[{d.activation}]")
+    model.add_argument("--loss", choices=["auto", *sorted(LOSSES)],
+                       help=f"auto: hinge for 2 classes, one-vs-all hinge for more [{d.loss}]")
+    model.add_argument("--iterations", type=int, help=f"iterations to run in total [{d.iterations}]")
+    model.add_argument("--warm-start", type=int, help=f"first iterations without λ updates [{d.warm_start}]")
+    model.add_argument("--gamma", type=float, help=f"weight γ of ‖a − h(z)‖² [{d.gamma}]")
+    model.add_argument("--beta", type=float, help=f"weight β of ‖z − W a‖² and of the λ step [{d.beta}]")
+    model.add_argument("--ridge", type=float, help=f"relative ridge of the W-solve [{d.ridge}]")
+    model.add_argument("--init", choices=INITS, help=f"initial state [{d.init}]")
+    model.add_argument("--seed", type=int, help=f"random seed [{d.seed}]")
     add_cluster_arguments(p)
     p.add_argument("--chunk-rows", type=int, default=None, help="samples per state chunk (default: ~128 MB of state per chunk)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -90,12 +95,8 @@ def main(argv=None) -> int:
         print(f"demo: bundled digits (10 classes) written to {workdir}")
     if store is None:
         raise InputError("--store RUN.zarr is required (where the run's state and model are kept)")
-    config = None
-    if not args.resume:
-        config = TrainConfig(hidden=args.hidden, activation=args.activation, loss=args.loss,
-                             gamma=args.gamma, beta=args.beta, warm_start=args.warm_start,
-                             init=args.init, seed=args.seed, ridge=args.ridge, solver=args.solver,
-                             iterations=args.iterations if args.iterations is not None else _DEFAULTS.iterations)
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
+    config = None if args.resume else TrainConfig(**given)
     check_inputs(store=store, data=data, test_data=test_data, resume=args.resume, overwrite=args.overwrite,
                  chunk_rows=args.chunk_rows)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         result = train(client, store=store, data=data, config=config, test_data=test_data,
                        chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
-                       iterations=args.iterations, progress=progress,
+                       overrides=given if args.resume else None, progress=progress,
                        report=lambda line: print(line, flush=True))
     print(f"done: model and history in {result.store.path}")
     return 0

@@ -97,19 +97,45 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
         open_data(test_data)
 
 
+RESUMABLE_CHANGES = ("iterations", "gamma", "beta", "warm_start", "ridge")
+
+
+def resumed_config(stored: dict, overrides: dict | None) -> tuple[TrainConfig, bool]:
+    """Return the run's config with allowed overrides applied, and whether γ, β or the ridge changed.
+
+    Raises :class:`InputError` listing every setting that would change the
+    shape or meaning of the stored state (widths, activation, loss, init, seed, solver).
+    """
+    config = TrainConfig.from_dict(stored)
+    overrides = {k: (tuple(v) if k == "hidden" else v) for k, v in (overrides or {}).items()}
+    clashes = [f"{k}: run has {getattr(config, k)!r}, given {v!r}" for k, v in overrides.items()
+               if k not in RESUMABLE_CHANGES and getattr(config, k) != v]
+    if clashes:
+        raise InputError("cannot resume with settings that change the stored state (" + "; ".join(clashes)
+                         + "); start a new run with --overwrite or another --store")
+    new = replace(config, **{k: v for k, v in overrides.items() if k in RESUMABLE_CHANGES})
+    return new, any(getattr(new, k) != getattr(config, k) for k in ("gamma", "beta", "ridge"))
+
+
 def train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
-          chunk_rows=None, resume=False, overwrite=False, iterations=None, progress=False,
-          report=print) -> TrainResult:
+          chunk_rows=None, resume=False, overwrite=False, iterations=None, overrides=None,
+          progress=False, report=print) -> TrainResult:
     """Train out of core on ``data`` into the run store ``store``; return the network and history.
 
-    With ``resume=True`` the run continues from its last committed iteration
-    (``data`` and ``config`` default to the run's own; ``iterations`` sets a new
-    target). Otherwise a new run is created (an existing store is refused unless
-    ``overwrite``).
+    With ``resume=True`` the run continues from its last committed iteration:
+    ``data`` and the settings default to the run's own, ``overrides`` may change
+    γ, β, warm start, ridge and the iteration target (others must match), and
+    ``iterations`` sets a new target. Otherwise a new run is created (an
+    existing store is refused unless ``overwrite``).
     """
+    resolve_again = False
+    if iterations is not None:
+        overrides = {**(overrides or {}), "iterations": int(iterations)}
     if resume:
         run = RunStore.open(store)
-        config = TrainConfig.from_dict(run.attrs["config"])
+        config, resolve_again = resumed_config(run.attrs["config"], overrides)
+        if config.to_dict() != run.attrs["config"]:
+            run.update_config(config.to_dict())
         data = open_data(data or run.attrs["data"]["path"])
         test_data = test_data or run.attrs.get("test_data")
         _check_resumable(run, data)
@@ -118,7 +144,7 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
-        config = config or TrainConfig()
+        config = replace(config or TrainConfig(), **(overrides or {}))
         data = open_data(data)
         _check_chunk_rows(chunk_rows, data)
         solver = _solver_for_new_run(client, data, config)
@@ -128,8 +154,6 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
                               n_samples=data.n_samples, chunk_rows=rows, classes=solver.classes,
                               x_mean=solver.x_mean, x_scale=solver.x_scale, overwrite=overwrite,
                               test_data=str(Path(test_data).resolve()) if test_data else None)
-    if iterations is not None:
-        config = replace(config, iterations=int(iterations))
     test = open_data(test_data) if test_data else None
     if test is not None and test.n_features != data.n_features:
         raise InputError(f"test data {test.path} has {test.n_features} features, training data has {data.n_features}")
@@ -150,6 +174,11 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         ck = run.load_checkpoint()
         state = LoopState(ck.iteration, ck.weights, ck.next_weights, ck.input_gram)
         report(f"resuming after iteration {ck.iteration}")
+        if resolve_again:  # W^{k+1} depends on γ, β (eq. 6) and the ridge: solve it again
+            sums = solver.layout(True).unpack(runner.grams(state.weights, ck.iteration))
+            state.next_weights = solver.solve(sums, state.input_gram)
+            report(f"new gamma={config.gamma}, beta={config.beta}, ridge={config.ridge}: weights for "
+                   f"iteration {ck.iteration + 1} solved again")
     result = TrainResult(solver.network(state.weights), history, run)
     report(f"{'iter':>5} {'seconds':>8} {'train acc':>9} {'test acc':>9} {'residual':>10} {'objective':>11}")
     t0 = time.perf_counter()

@@ -21,8 +21,8 @@ class PassRunner(Protocol):
     def init(self, weights) -> np.ndarray:
         """Write the initial state (``solver.init_chunk``) and return the summed stats."""
 
-    def grams(self, weights) -> np.ndarray:
-        """Return the summed ``solver.grams_chunk`` stats of the current state."""
+    def grams(self, weights, iteration: int = 0) -> np.ndarray:
+        """Return the summed ``solver.grams_chunk`` stats of the state of ``iteration``."""
 
     def step(self, iteration: int, params) -> np.ndarray:
         """Advance the state to ``iteration`` (``solver.step_chunk``) and return the summed stats."""

@@ -66,7 +66,7 @@ class InMemoryRunner:
             total = total + sums
         return total
 
-    def grams(self, weights):
+    def grams(self, weights, iteration=0):
         return sum(self.solver.grams_chunk(x, y, s, weights) for x, y, s in zip(self.x, self.y, self.state))
 
     def step(self, iteration, params):

@@ -164,6 +164,11 @@ class RunStore:
         g = zarr.open_group(self.path, mode="r")["model"]
         return {k: g[k][...] for k in ("x_mean", "x_scale", "classes")}
 
+    def update_config(self, config: dict) -> None:
+        """Record changed settings of a resumed run (γ, β, warm start, ridge, iterations)."""
+        zarr.open_group(self.path, mode="r+").attrs["config"] = config
+        self.attrs["config"] = config
+
     # -- commit protocol --------------------------------------------------------------------
     def manifest(self) -> dict | None:
         """Return the committed manifest, or None before iteration 0 is committed."""

@@ -105,3 +105,23 @@ def test_out_of_core_with_memory_limited_workers(tmp_path):
         state_bytes = 2 * n * (256 + 1 + 1) * 4
         assert state_bytes + n * d * 4 > 300e6
         assert len(r.history) == 2 and r.history[-1]["train_accuracy"] > 0.6
+
+
+def test_resume_with_other_gamma_beta_and_refusals(client, tmp_path):
+    from solvers.errors import InputError
+
+    X, y = make_data(n=1500)
+    write_data(tmp_path / "d.zarr", X, y)
+    write_data(tmp_path / "other.zarr", X[::-1].copy(), y[::-1].copy())
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", report=quiet,
+          config=TrainConfig(hidden=(10,), iterations=2))
+    with pytest.raises(InputError, match=r"hidden: run has \(10,\), given \(20,\)"):
+        train(client, store=tmp_path / "r.zarr", resume=True, overrides={"hidden": [20]}, report=quiet)
+    with pytest.raises(InputError, match="is not the data set"):
+        train(client, store=tmp_path / "r.zarr", data=tmp_path / "other.zarr", resume=True, report=quiet)
+    lines = []
+    r = train(client, store=tmp_path / "r.zarr", resume=True, overrides={"gamma": 50.0, "iterations": 3},
+              report=lines.append)
+    assert any("solved again" in line for line in lines)
+    assert RunStore.open(tmp_path / "r.zarr").attrs["config"]["gamma"] == 50.0
+    assert [h["iteration"] for h in r.history] == [1, 2, 3]
