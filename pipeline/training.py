@@ -197,4 +197,5 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         report(f"{state.iteration:5d} {record['seconds']:8.2f} {record['train_accuracy']:9.4f} {test_txt} "
                f"{record['residual']:10.3e} {record['objective']:11.4e}")
         t0 = time.perf_counter()
+    run.release_uncommitted_slot()
     return result

@@ -92,9 +92,10 @@ class ADMMSolver:
     def layout(self, input_gram: bool) -> StatsLayout:
         """Return the layout of a chunk's sums (Grams of every W-solve, metrics)."""
         w = self.widths
-        shapes = {"n": (), "correct": (), "loss": (), "lagrange": (), "residual_sq": (),
-                  "hidden_penalty": ()}
+        shapes = {"n": (), "correct": (), "loss": (), "lagrange": (), "residual_sq": ()}
         for l in range(1, self.L + 1):
+            if l < self.L:
+                shapes[f"penalty{l}"] = ()  # γ‖a_l − h(z_l)‖² + β‖z_l − W_l a_{l−1}‖²
             shapes[f"cross{l}"] = (w[l], w[l - 1] + 1)
             if l > 1 or input_gram:
                 shapes[f"gram{l}"] = (w[l - 1] + 1, w[l - 1] + 1)
@@ -146,7 +147,8 @@ class ADMMSolver:
             "train_accuracy": sums["correct"] / sums["n"],
             "residual": float(np.sqrt(sums["residual_sq"])),
             "loss": sums["loss"] / sums["n"],
-            "objective": sums["loss"] + sums["lagrange"] + beta * sums["residual_sq"] + sums["hidden_penalty"],
+            "objective": sums["loss"] + sums["lagrange"] + beta * sums["residual_sq"]
+            + sum(sums[f"penalty{l}"] for l in range(1, self.L)),
         }
 
     # -- chunk side (pure NumPy: one chunk in, one chunk out) ---------------------------
@@ -212,12 +214,13 @@ class ADMMSolver:
         new = {name: np.empty((n, w), self.dtype) for name, w in self.state_widths().items()}
         layout = self.layout(False)
         total = np.zeros(layout.size)
-        for sl in _tiles(n, TILE_ROWS):
-            tile_state = {k: v[sl] for k, v in state.items()}
-            out, sums = self._step_tile(self._inputs(x_raw[sl]), y_idx[sl], tile_state, p)
-            for k, v in out.items():
-                new[k][sl] = v
-            total += layout.pack(sums)
+        with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
+            for sl in _tiles(n, TILE_ROWS):
+                tile_state = {k: v[sl] for k, v in state.items()}
+                out, sums = self._step_tile(self._inputs(x_raw[sl]), y_idx[sl], tile_state, p)
+                for k, v in out.items():
+                    new[k][sl] = v
+                total += layout.pack(sums)
         return new, total
 
     def _step_tile(self, x, y_idx, state, p: StepParams):
@@ -226,12 +229,12 @@ class ADMMSolver:
         z = [None] + [state[f"z{l}"] for l in range(1, L + 1)]
         lam = state["lam"]
         a = self._activations(x, z, p.ops_prev)
-        z_new, hidden_penalty = [None], 0.0
+        z_new, penalties = [None], {}
         for l in range(1, L):
             m = affine(a[l - 1], p.weights[l - 1])
             zl = act.z_update(a[l], m, gamma, beta)
-            hidden_penalty += gamma * float(np.sum((a[l] - act.h(zl)) ** 2, dtype=np.float64))
-            hidden_penalty += beta * float(np.sum((zl - m) ** 2, dtype=np.float64))
+            penalties[f"penalty{l}"] = (gamma * float(np.sum((a[l] - act.h(zl)) ** 2, dtype=np.float64))
+                                        + beta * float(np.sum((zl - m) ** 2, dtype=np.float64)))
             z_new.append(zl)
         t = targets(y_idx, self.n_classes, self.dtype)
         m = affine(a[L - 1], p.weights[L - 1])
@@ -246,7 +249,7 @@ class ADMMSolver:
             loss=float(np.sum(self.loss.value(zL, t), dtype=np.float64)),
             lagrange=float(np.sum(lam * zL, dtype=np.float64)),
             residual_sq=float(np.sum(r * r, dtype=np.float64)),
-            hidden_penalty=hidden_penalty,
+            **penalties,
         )
         out = {f"z{l}": z_new[l] for l in range(1, L + 1)}
         out["lam"] = lam_new

@@ -38,15 +38,21 @@ class LoopState:
     input_gram: np.ndarray
 
 
+def _layer_of(name: str):
+    digits = name[len(name.rstrip("0123456789")):]
+    return int(digits) if digits else None
+
+
 def _check_finite(sums: dict, iteration: int):
-    """Raise :class:`NumericalError` naming the layer whose sums are not finite."""
-    for name, value in sums.items():
-        if not np.all(np.isfinite(value)):
-            where = f"layer {name[-1]}" if name[-1].isdigit() else name
+    """Raise :class:`NumericalError` naming the first layer whose sums are not finite."""
+    by_layer = sorted(sums, key=lambda k: (_layer_of(k) is None, _layer_of(k) or 0))
+    for name in by_layer:
+        if not np.all(np.isfinite(sums[name])):
+            layer = _layer_of(name)
+            where = f"layer {layer} ({name})" if layer is not None else name
             raise NumericalError(
-                f"non-finite values (NaN/inf) in {where} ({name}) at iteration {iteration}; "
-                "the last committed iteration is intact: resume with a larger gamma/beta ratio "
-                "or a larger ridge"
+                f"non-finite values (NaN/inf) in {where} at iteration {iteration}; the last committed "
+                "iteration is intact: resume with other --gamma/--beta (nearer the defaults) or a larger --ridge"
             )
 
 

@@ -118,9 +118,7 @@ class RunStore:
         model.create_array("classes", data=np.asarray(classes))
         for slot in (0, 1):
             for name, width in state_widths.items():
-                root.create_array(state_path(slot, name), shape=(n_samples, width),
-                                  chunks=(chunk_rows, width), dtype=STATE_DTYPE, compressors=[Crc32cCodec()],
-                                  fill_value=np.nan, dimension_names=("sample", f"{name}_unit"))
+                _create_state_array(root, slot, name, width, n_samples, chunk_rows)
         root.attrs.update(attrs)
         root.create_group("checkpoint")
         if path.exists():  # overwrite: the old run goes only once the new one is complete
@@ -168,6 +166,26 @@ class RunStore:
         """Record changed settings of a resumed run (γ, β, warm start, ridge, iterations)."""
         zarr.open_group(self.path, mode="r+").attrs["config"] = config
         self.attrs["config"] = config
+
+    def release_uncommitted_slot(self) -> None:
+        """Delete the chunks of the slot resume does not read, halving a finished run's disk use."""
+        k = self.committed_iteration()
+        if k is None:
+            return
+        root = zarr.open_group(self.path, mode="r+")
+        for name, width in self.state_widths.items():
+            _create_state_array(root, slot_of(k + 1), name, width, self.n_samples, self.chunk_rows,
+                                overwrite=True)
+
+    def disk_bytes(self) -> dict:
+        """Return the bytes on disk of each state slot and of everything else."""
+        sizes = {"slot0": 0, "slot1": 0, "other": 0}
+        for f in self.path.rglob("*"):
+            if f.is_file():
+                part = f.relative_to(self.path).parts
+                key = part[1] if part[0] == "state" and len(part) > 2 and part[1] in sizes else "other"
+                sizes[key] += f.stat().st_size
+        return sizes
 
     # -- commit protocol --------------------------------------------------------------------
     def manifest(self) -> dict | None:
@@ -227,6 +245,13 @@ class RunStore:
         except KeyError as exc:
             raise InputError(f"{self.path}: committed iteration {k} is incomplete ({exc}); the store is corrupt") from None
         return Checkpoint(k, ws, vs, gram)
+
+
+def _create_state_array(root, slot, name, width, n_samples, chunk_rows, overwrite=False):
+    """Create one empty state array: float32, uncompressed, crc32c per chunk, NaN fill."""
+    root.create_array(state_path(slot, name), shape=(n_samples, width), chunks=(chunk_rows, width),
+                      dtype=STATE_DTYPE, compressors=[Crc32cCodec()], fill_value=np.nan,
+                      dimension_names=("sample", f"{name}_unit"), overwrite=overwrite)
 
 
 def is_run_store(path) -> bool:
