@@ -33,16 +33,21 @@ def relu(z):
 def relu_z_update(a, m, gamma, beta):
     """Return argmin_z γ(a − max(z,0))² + β(z − m)² entrywise (eq. 7, ReLU).
 
-    Candidates: on z ≥ 0 the quadratic's minimiser ``max((γa + βm)/(γ+β), 0)``;
-    on z ≤ 0 ``min(m, 0)``; the one with the lower objective wins.
+    Candidates: on z ≥ 0 the quadratic's minimiser ``c⁺ = max((γa + βm)/(γ+β), 0)``;
+    on z ≤ 0 ``min(m, 0)``. For m > 0 the z ≥ 0 piece always wins; for m ≤ 0,
+    ``c`` beats ``m`` iff ``γβ/(γ+β)(a − m)² ≤ γa²``, i.e. iff
+    ``t = (√(γ+β) − √β)·a + √β·m ≥ 0`` (which also implies c ≥ 0): one linear
+    test instead of two objective evaluations.
     """
     dt = np.result_type(a, m)
-    gamma, beta = dt.type(gamma), dt.type(beta)
-    z_pos = np.maximum((gamma * a + beta * m) / (gamma + beta), 0)
-    z_neg = np.minimum(m, 0)
-    f_pos = gamma * (a - z_pos) ** 2 + beta * (z_pos - m) ** 2
-    f_neg = gamma * a * a + beta * (z_neg - m) ** 2
-    return np.where(f_pos <= f_neg, z_pos, z_neg)
+    c = a * dt.type(gamma / (gamma + beta))
+    c += m * dt.type(beta / (gamma + beta))
+    t = a * dt.type(np.sqrt(gamma + beta) - np.sqrt(beta))
+    t += m * dt.type(np.sqrt(beta))
+    keep_c = t >= 0
+    keep_c |= m > 0
+    np.maximum(c, 0, out=c)
+    return np.where(keep_c, c, m)
 
 
 def hard_sigmoid(z):
@@ -91,7 +96,7 @@ _M_GRID = np.linspace(-12.0, 12.0, 481)
 _Z_COARSE = np.arange(-10.0, 10.0 + 1e-9, 0.25)
 _BRACKET = 0.25  # half-width refined around a candidate
 _TABLE_MAX_RATIO = 300.0  # above this γ/β the basins are too narrow for the table's a-step
-_GOLDEN_STEPS = 40  # shrinks the bracket by 0.618**40 ≈ 4e-9
+_GOLDEN_STEPS = 48  # shrinks the bracket by 0.618**48 ≈ 1e-10
 
 
 def _sigmoid_objective(z, a, m, ratio):
@@ -99,9 +104,9 @@ def _sigmoid_objective(z, a, m, ratio):
     return ratio * (a - sigmoid(z)) ** 2 + (z - m) ** 2
 
 
-def _golden_refine(z0, a, m, ratio):
-    """Return the minimiser of the sigmoid objective on [z0 − 0.25, z0 + 0.25]."""
-    lo, hi = z0 - _BRACKET, z0 + _BRACKET
+def _golden_refine(z0, a, m, ratio, half=_BRACKET):
+    """Return the minimiser of the sigmoid objective on [z0 − half, z0 + half]."""
+    lo, hi = z0 - half, z0 + half
     g = (np.sqrt(5.0) - 1) / 2
     x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
     f1, f2 = _sigmoid_objective(x1, a, m, ratio), _sigmoid_objective(x2, a, m, ratio)
@@ -119,15 +124,21 @@ def _golden_refine(z0, a, m, ratio):
 def _sigmoid_z_direct(a, m, ratio):
     """Return the global minimiser by a coarse search over σ's bend and z = m, then refinement.
 
-    Outside [−10, 10] σ is flat (σ' < 5e-5), so the only minimiser there lies
-    next to m; inside, a 0.25 grid places a candidate in every basin.
+    Outside [−10, 10] σ is flat (σ' < 5e-5) and the objective nearly convex:
+    the only minimiser there lies within ``r·|σ'(z)(a − σ(z))|`` of m, so the
+    bracket is widened by that pull; inside, a 0.25 grid places a candidate in
+    every basin.
     """
     a = np.asarray(a, np.float64)[..., None]
     m = np.asarray(m, np.float64)[..., None]
     cand = np.concatenate([np.broadcast_to(_Z_COARSE, np.broadcast_shapes(a.shape, m.shape)[:-1] + _Z_COARSE.shape),
                            np.broadcast_to(m, np.broadcast_shapes(a.shape, m.shape))], axis=-1)
     best = np.take_along_axis(cand, np.argmin(_sigmoid_objective(cand, a, m, ratio), axis=-1)[..., None], -1)
-    return _golden_refine(best[..., 0], a[..., 0], m[..., 0], ratio)
+    best, a, m = best[..., 0], a[..., 0], m[..., 0]
+    s = sigmoid(best)
+    pull = np.abs(ratio * s * (1 - s) * (a - s))
+    half = np.where(np.abs(best) > 9.5, _BRACKET + 2 * pull, _BRACKET)
+    return _golden_refine(best, a, m, ratio, half)
 
 
 @lru_cache(maxsize=8)
