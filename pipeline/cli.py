@@ -8,15 +8,38 @@ import sys
 from solvers.errors import InputError
 
 
+def _adapt_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX job counts like 1:8, got {text!r}") from None
+    return lo, hi
+
+
 def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
-    """Add --cluster, --workers, --memory-limit and --dashboard-address."""
+    """Add --cluster, --workers, --memory-limit, --dashboard-address and the batch-cluster flags."""
     g = p.add_argument_group("execution")
     g.add_argument("--cluster", default="local",
-                   help="'local' (embedded LocalCluster), a scheduler address, or a scheduler file (.json)")
+                   help="'local' (embedded LocalCluster), 'slurm' or 'pbs' (workers are batch jobs configured by "
+                        "jobqueue.yaml), a scheduler address (tls://host:8786) or a scheduler file (.json) "
+                        "[%(default)s]")
     g.add_argument("--workers", type=int, default=None, help="local cluster: worker processes (default: one per core)")
     g.add_argument("--memory-limit", default=None, help="local cluster: memory limit per worker, e.g. 2GB")
     g.add_argument("--dashboard-address", default="localhost:8787",
-                   help="where the Dask dashboard listens (default %(default)s)")
+                   help="where the Dask dashboard listens (default %(default)s; reach it through ssh -L)")
+    size = g.add_mutually_exclusive_group()
+    size.add_argument("--jobs", type=int, default=None,
+                      help="slurm/pbs: number of worker jobs, replaced when they end (default 1)")
+    size.add_argument("--adapt", type=_adapt_range, default=None, metavar="MIN:MAX",
+                      help="slurm/pbs: scale between MIN and MAX worker jobs with the load")
+    g.add_argument("--jobqueue-config", default=None, metavar="PATH",
+                   help="slurm/pbs: dask-jobqueue settings (default: the project's jobqueue.yaml); the "
+                        "user's dask config (~/.config/dask, DASK_JOBQUEUE__… variables) overrides it")
+    g.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
+                   help="slurm/pbs: how long to wait for the workers' jobs to start (default: "
+                        "admm-dask.worker-timeout of the config, 600)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="slurm/pbs: print the job script that would be submitted and exit")
 
 
 def connect_from_args(args):
@@ -24,15 +47,21 @@ def connect_from_args(args):
     from pipeline.cluster import connect
 
     return connect(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit,
-                   dashboard_address=args.dashboard_address)
+                   dashboard_address=args.dashboard_address, jobs=getattr(args, "jobs", None),
+                   adapt=getattr(args, "adapt", None), jobqueue_config=getattr(args, "jobqueue_config", None),
+                   worker_timeout=getattr(args, "worker_timeout", None), dry_run=getattr(args, "dry_run", False))
 
 
 def exits_on_input_error(main):
-    """Wrap a CLI ``main`` so an :class:`InputError` prints ``error: …`` and returns 2."""
+    """Wrap a CLI ``main`` so an :class:`InputError` prints ``error: …`` and returns 2 (a finished --dry-run: 0)."""
     @functools.wraps(main)
     def wrapper(argv=None) -> int:
+        from pipeline.cluster import DryRun
+
         try:
             return main(argv)
+        except DryRun:
+            return 0
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

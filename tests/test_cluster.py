@@ -1,0 +1,307 @@
+"""Batch clusters: job scripts rendered from jobqueue.yaml, TLS, clear errors, shared-storage checks,
+and end to end against a real SLURM (``.ci/slurm-up.sh``; PBS through the shims in ``tests/shims``)."""
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.cluster import check_worker_access, connect, jobqueue_cluster, load_jobqueue_config
+from solvers.errors import InputError
+from storage.data import write_data
+
+SHIMS = Path(__file__).resolve().parent / "shims"
+HIDDEN, ITERATIONS, CHUNK_ROWS = 16, 3, 500
+
+
+def _slurm_missing() -> str | None:
+    """Return why the SLURM tests cannot run here, or None when a SLURM node is up."""
+    if shutil.which("sbatch") is None:
+        return "SLURM is not installed here (no sbatch); run .ci/slurm-up.sh as root to bring one up"
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed ({exc}); run .ci/slurm-up.sh"
+    states = r.stdout.split()
+    if r.returncode != 0 or not any(s.startswith(("idle", "mixed", "allocated")) for s in states):
+        return f"SLURM is not running here (sinfo: {r.stderr.strip() or states or 'no nodes'}); run .ci/slurm-up.sh"
+    return None
+
+
+SLURM_MISSING = _slurm_missing()
+needs_slurm = pytest.mark.skipif(SLURM_MISSING is not None, reason=str(SLURM_MISSING))
+
+
+def _jobqueue_yaml(tmp_path, worker_extra_args=(), **admm_dask):
+    """Write the project's jobqueue.yaml with the overrides one test machine needs (loopback, partition, logs)."""
+    conf = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("jobqueue.yaml").read_text())
+    for kind in ("slurm", "pbs"):
+        conf["jobqueue"][kind].update({
+            "interface": "lo", "memory": "1GiB", "walltime": "00:10:00",
+            "log-directory": str(tmp_path / "logs"), "shared-temp-directory": str(tmp_path / "tls"),
+            "worker-extra-args": list(worker_extra_args)})
+    conf["jobqueue"]["slurm"]["queue"] = "debug"
+    conf["admm-dask"].update(admm_dask)
+    path = tmp_path / "jobqueue.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+@pytest.fixture
+def loopback(monkeypatch, tmp_path):
+    """Use the project's jobqueue.yaml, with the scheduler on the loopback interface and certificates in tmp."""
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__INTERFACE", "lo")
+    monkeypatch.setenv("DASK_JOBQUEUE__PBS__INTERFACE", "lo")
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__SHARED_TEMP_DIRECTORY", str(tmp_path / "tls"))
+    monkeypatch.setenv("DASK_JOBQUEUE__PBS__SHARED_TEMP_DIRECTORY", str(tmp_path / "tls"))
+    return tmp_path
+
+
+# ---------------------------------------------------------------- job scripts, no batch system needed
+def test_slurm_job_script_from_jobqueue_yaml(loopback):
+    with jobqueue_cluster("slurm", load_jobqueue_config(), dashboard_address="localhost:0") as cluster:
+        script = cluster.job_script()
+    for line in ["#SBATCH -J dask-worker", "#SBATCH --cpus-per-task=1", "#SBATCH --mem=4G", "#SBATCH -t 01:00:00"]:
+        assert line in script
+    command = script.splitlines()[-1]
+    assert "distributed.cli.dask_worker tls://127.0.0.1:" in command
+    assert "--nthreads 1 --memory-limit 4.00GiB" in command and "--lifetime 57m --lifetime-stagger 1m" in command
+    assert "--interface lo" in command and "--tls-key" in command
+    certificates = list((loopback / "tls").iterdir())
+    assert not certificates  # temporary certificates disappear with the cluster
+
+
+def test_pbs_job_script_from_jobqueue_yaml(loopback):
+    with jobqueue_cluster("pbs", load_jobqueue_config(), dashboard_address="localhost:0") as cluster:
+        script = cluster.job_script()
+        keys = [p for p in (loopback / "tls").iterdir() if ".key." in p.name]
+        assert keys and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in keys)
+    for line in ["#PBS -N dask-worker", "#PBS -l select=1:ncpus=1:mem=4096MB", "#PBS -l walltime=01:00:00"]:
+        assert line in script
+    assert "tls://127.0.0.1:" in script and "--protocol tls://" in script
+
+
+def test_user_dask_config_overrides_the_file(loopback, monkeypatch):
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__WALLTIME", "00:05:00")
+    conf = load_jobqueue_config()
+    assert conf["jobqueue"]["slurm"]["walltime"] == "00:05:00" and conf["jobqueue"]["slurm"]["memory"] == "4GiB"
+
+
+def test_dry_run_prints_the_job_script_and_exits_0(loopback, capsys):
+    from pipeline.evaluate import main
+
+    rc = main(["--store", "no-such-run.zarr", "--data", "no-such-data.zarr", "--cluster", "pbs", "--dry-run",
+               "--dashboard-address", "localhost:0"])
+    assert rc == 0
+    assert "#PBS -l walltime=01:00:00" in capsys.readouterr().out
+
+
+def test_scheduler_speaks_tls_only_and_dashboard_is_local(loopback):
+    from distributed import Client
+
+    with jobqueue_cluster("slurm", load_jobqueue_config(), dashboard_address="localhost:0") as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout="3s")
+        with Client(cluster, timeout="10s") as client:  # the cluster's own certificates work
+            assert client.scheduler.address == address
+        sockets = cluster.scheduler.http_server._sockets.values()
+        assert {s.getsockname()[0] for s in sockets} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"cluster": "local", "jobs": 2}, "--jobs and --adapt size batch clusters"),
+    ({"cluster": "slurm", "adapt": (3, 1)}, "expected 1 <= MIN <= MAX"),
+    ({"cluster": "local", "dry_run": True}, "needs --cluster slurm or pbs"),
+    ({"cluster": "condor"}, "expected 'local', 'slurm', 'pbs'"),
+])
+def test_bad_cluster_arguments(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        with connect(**kwargs):
+            pass
+
+
+def test_missing_submit_command_is_a_clear_error(loopback, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(InputError, match="'sbatch', which is not on PATH"):
+        with connect("slurm"):
+            pass
+
+
+def test_config_typo_and_missing_interface(tmp_path, monkeypatch):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("jobqueue:\n  slurm:\n    wallclock: '01:00:00'\n")
+    with pytest.raises(InputError, match="unknown key.*wallclock"):
+        load_jobqueue_config(bad)
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__INTERFACE", "ib7")
+    with pytest.raises(InputError, match="interface is 'ib7'"):
+        with jobqueue_cluster("slurm", load_jobqueue_config(), dashboard_address="localhost:0"):
+            pass
+
+
+def test_workers_that_never_arrive_time_out_with_progress(loopback, monkeypatch, tmp_path):
+    """A queue that accepts jobs but never runs them: progress lines, then an error naming the jobs."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text("#!/bin/sh\necho 'Submitted batch job 4242'\n")
+    (fake / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/cancelled\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    lines = []
+    with pytest.raises(InputError, match=r"only 0 of 2 slurm workers connected within 2 s \(jobs 4242"):
+        with connect("slurm", jobs=2, worker_timeout=2, dashboard_address="localhost:0", report=lines.append):
+            pass
+    assert any("waiting for 2 workers" in line for line in lines)
+    assert (tmp_path / "cancelled").read_text().split() == ["4242", "4242"]  # jobs cancelled on failure
+
+
+# ---------------------------------------------------------------- shared storage (issue 6.6)
+def test_check_worker_access(client, tmp_path):
+    (tmp_path / "data.zarr").mkdir()
+    check_worker_access(client, [tmp_path / "data.zarr"], [tmp_path])
+    with pytest.raises(InputError) as err:
+        check_worker_access(client, [tmp_path / "missing.zarr"], [tmp_path / "no-dir"])
+    message = str(err.value)
+    assert f"{tmp_path / 'missing.zarr'} does not exist for 2 of 2 workers" in message
+    assert f"{tmp_path / 'no-dir'} does not exist" in message
+    assert all(w in message for w in client.nthreads()) and "shared storage" in message
+
+
+# ---------------------------------------------------------------- a real SLURM
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, client):
+    """2000×8 data and the weights that 3 iterations on the local cluster give."""
+    from pipeline.training import train
+    from solvers.config import TrainConfig
+    from storage.runstore import load_network
+
+    d = tmp_path_factory.mktemp("slurm-data")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 8)).astype(np.float32)
+    write_data(d / "data.zarr", X, (X[:, 0] * X[:, 1] > 0).astype(int), chunk_rows=CHUNK_ROWS)
+
+    def reference(iterations):
+        store = d / f"local-{iterations}.zarr"
+        if not store.exists():
+            train(client, store=store, data=d / "data.zarr", chunk_rows=CHUNK_ROWS, report=lambda line: None,
+                  config=TrainConfig(hidden=(HIDDEN,), iterations=iterations))
+        return load_network(store).weights
+
+    return d / "data.zarr", reference
+
+
+def _squeue() -> set[str]:
+    return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
+
+
+def _gone_from_squeue(job_ids, within=15.0) -> bool:
+    end = time.monotonic() + within
+    while _squeue() & set(job_ids):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+def _train_cli(monkeypatch, tmp_path, data, *flags, iterations=ITERATIONS):
+    """Run ``python -m pipeline.train`` in-process; return its exit status, final weights and what the spy saw."""
+    import pipeline.training
+    from pipeline.train import main
+    from storage.runstore import load_network
+
+    seen = {}
+    real_train = pipeline.training.train
+
+    def spy(client, **kwargs):
+        seen["address"] = client.scheduler.address
+        seen["job_ids"] = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+        seen["squeue"] = _squeue()
+        return real_train(client, **kwargs)
+
+    monkeypatch.setattr(pipeline.training, "train", spy)
+    store = tmp_path / "run.zarr"
+    rc = main(["--data", str(data), "--store", str(store), "--hidden", str(HIDDEN), "--iterations", str(iterations),
+               "--chunk-rows", str(CHUNK_ROWS), "--dashboard-address", "localhost:0", "--worker-timeout", "120",
+               *flags])
+    return rc, (load_network(store).weights if rc == 0 else None), seen
+
+
+@pytest.mark.slurm
+@needs_slurm
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_train_on_batch_workers_matches_local(kind, small_run, tmp_path, monkeypatch):
+    """--cluster slurm (and pbs through the qsub/qstat/qdel shims): 2 worker jobs, same weights as local."""
+    if kind == "pbs":
+        monkeypatch.setenv("PATH", f"{SHIMS}{os.pathsep}{os.environ['PATH']}")
+    data, reference = small_run
+    t0 = time.perf_counter()
+    rc, weights, seen = _train_cli(monkeypatch, tmp_path, data, "--cluster", kind, "--jobs", "2",
+                                   "--jobqueue-config", str(_jobqueue_yaml(tmp_path)))
+    print(f"{kind} end to end: {time.perf_counter() - t0:.1f} s")
+    assert rc == 0
+    assert seen["address"].startswith("tls://")
+    job_ids = set(seen["job_ids"].values())
+    assert len(seen["job_ids"]) == 2 and None not in job_ids and len(job_ids) == 2  # one SLURM job per worker
+    assert job_ids <= seen["squeue"]  # visible in squeue while training
+    assert _gone_from_squeue(job_ids)  # cancelled when training ended
+    for w, w_local in zip(weights, reference(ITERATIONS)):
+        np.testing.assert_allclose(w, w_local, rtol=1e-5, atol=1e-6)
+    if kind == "pbs":  # the jobs went through qsub: the scripts' #PBS lines named them
+        assert sorted(p.name.split("-")[0] for p in (tmp_path / "logs").glob("*.out")) == ["dask", "dask"]
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_old_workers_rotate_without_emptying_the_cluster(tmp_path):
+    """Workers older than rotate-after (as before a walltime) get a successor job first, then retire;
+    a stream of tasks keeps running and the cluster never has fewer workers than asked for."""
+    config = _jobqueue_yaml(tmp_path, **{"rotate-after": "1s"})
+    t0 = time.perf_counter()
+    with connect("slurm", jobs=2, jobqueue_config=config, dashboard_address="localhost:0",
+                 worker_timeout=60) as client:
+        first = set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
+        fewest, results, end = 2, [], time.monotonic() + 40
+        while time.monotonic() < end:
+            futures = client.map(lambda i: (time.sleep(0.05), i)[1], range(40 * len(results), 40 * len(results) + 40))
+            results.append(sum(client.gather(futures)))
+            fewest = min(fewest, len(client.nthreads()))
+            jobs = set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
+            if not jobs & first and len(jobs) == 2:
+                break
+        assert not jobs & first, "the first two workers were not rotated out within 40 s"
+        assert fewest >= 2  # each successor was connected before its predecessor retired
+        assert results == [sum(range(40 * k, 40 * k + 40)) for k in range(len(results))]
+    print(f"rotation: {time.perf_counter() - t0:.1f} s")
+    assert _gone_from_squeue(first | jobs)
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_worker_that_reaches_its_lifetime_is_resubmitted(tmp_path):
+    """A worker that ends (--lifetime, or walltime) leaves a job slot that the cluster fills again."""
+    import dask
+
+    config = _jobqueue_yaml(tmp_path, worker_extra_args=["--lifetime", "2s"], **{"rotate-after": None})
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
+            connect("slurm", jobs=1, jobqueue_config=config, dashboard_address="localhost:0",
+                    worker_timeout=60) as client:
+        first = set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
+        seen, end = set(first), time.monotonic() + 30
+        while seen == first and time.monotonic() < end:
+            time.sleep(0.5)
+            try:
+                seen |= set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
+            except OSError:  # a worker leaving while we ask
+                pass
+        assert seen - first, "no new job replaced the worker whose lifetime ended"
+        client.wait_for_workers(1, timeout=30)
+        assert client.submit(sum, [1, 2]).result(timeout=30) == 3
+    assert any("worker-lifetime-reached" in p.read_text() for p in (tmp_path / "logs").glob("*.err"))
+    assert _gone_from_squeue(seen)
