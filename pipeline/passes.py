@@ -116,6 +116,15 @@ def bounds(n: int, chunk_rows: int):
     return [(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
 
 
+def broadcast(obj):
+    """Return ``obj`` as one literal task of the graph, fetched by every chunk task that needs it.
+
+    Unlike scattered data, a literal in the graph is recomputed by the scheduler
+    if the worker holding it leaves (walltime, lifetime, a crash).
+    """
+    return dask.delayed(obj, pure=False, traverse=False)
+
+
 def tree(parts, combine=_sum, split_every: int = SPLIT_EVERY):
     """Return a delayed tree reduction of delayed parts, ``split_every`` at a time."""
     combine = dask.delayed(combine, pure=False)
@@ -151,9 +160,9 @@ class DaskRunner:
         return self.client.gather(futures)
 
     def _pass(self, task, bundle, *args):
-        scattered = self.client.scatter(bundle, broadcast=True, hash=False)
+        shared = broadcast(bundle)
         fn = dask.delayed(task, pure=False)
-        total = tree([fn(scattered, self.data, self.run, *args, a, b) for a, b in self.bounds])
+        total = tree([fn(shared, self.data, self.run, *args, a, b) for a, b in self.bounds])
         results = self.compute(total, *self.extra)
         self.extra_results, self.extra = results[1:], []
         return results[0]
@@ -170,7 +179,7 @@ class DaskRunner:
 
 def accuracy_graph(client, network, data_path, n_samples, chunk_rows):
     """Return a delayed [n, correct] of the network on a data store."""
-    net = client.scatter(network, broadcast=True, hash=False)
+    net = broadcast(network)
     fn = dask.delayed(accuracy_task, pure=False)
     return tree([fn(net, str(data_path), a, b) for a, b in bounds(n_samples, chunk_rows)])
 

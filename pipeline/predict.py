@@ -26,7 +26,7 @@ def predict(client, store, data, out, overwrite=False):
     import numpy as np
     import zarr
 
-    from pipeline.passes import bounds, predict_task, tree
+    from pipeline.passes import bounds, broadcast, predict_task, tree
     from solvers.errors import InputError
     from storage.data import open_data
     from storage.runstore import load_network
@@ -43,7 +43,7 @@ def predict(client, store, data, out, overwrite=False):
                        dtype=np.asarray(network.classes).dtype, dimension_names=("sample",))
     group.attrs.update({"format": "admm-dask-predictions", "run_store": str(Path(store).resolve()),
                         "data": str(ds.path.resolve())})
-    net = client.scatter(network, broadcast=True, hash=False)
+    net = broadcast(network)
     fn = dask.delayed(predict_task, pure=False)
     client.compute(tree([fn(net, str(ds.path.resolve()), str(out.resolve()), a, b)
                          for a, b in bounds(ds.n_samples, ds.chunk_rows)]), sync=True)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pipeline.cluster import check_worker_access
 from pipeline.passes import DaskRunner, accuracy_graph, data_statistics
 from solvers import SOLVERS
 from solvers.config import TrainConfig
-from solvers.errors import InputError
+from solvers.errors import InputError, NumericalError
 from solvers.loop import LoopState, initialize, iterate
 from solvers.stats import moments_from_sums
 from storage.data import DataStore, fingerprint, open_data
@@ -138,6 +139,7 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
             run.update_config(config.to_dict())
         data = open_data(data or run.attrs["data"]["path"])
         test_data = test_data or run.attrs.get("test_data")
+        check_worker_access(client, [data.path, *([test_data] if test_data else [])], [run.path])
         _check_resumable(run, data)
         m = run.model_arrays()
         solver = SOLVERS[config.solver](config, data.n_features, m["classes"], m["x_mean"], m["x_scale"])
@@ -147,6 +149,8 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         config = replace(config or TrainConfig(), **(overrides or {}))
         data = open_data(data)
         _check_chunk_rows(chunk_rows, data)
+        check_worker_access(client, [data.path, *([test_data] if test_data else [])],
+                            [Path(store).resolve().parent])
         solver = _solver_for_new_run(client, data, config)
         rows = chunk_rows or default_chunk_rows(data, sum(solver.state_widths().values()))
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
@@ -176,7 +180,11 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         report(f"resuming after iteration {ck.iteration}")
         if resolve_again:  # W^{k+1} depends on γ, β (eq. 6) and the ridge: solve it again
             sums = solver.layout(True).unpack(runner.grams(state.weights, ck.iteration))
-            state.next_weights = solver.solve(sums, state.input_gram)
+            try:
+                state.next_weights = solver.solve(sums, state.input_gram)
+            except NumericalError as exc:
+                raise NumericalError(f"iteration {ck.iteration + 1}: {exc}; iteration {ck.iteration} "
+                                     "is still the committed one") from None
             report(f"new gamma={config.gamma}, beta={config.beta}, ridge={config.ridge}: weights for "
                    f"iteration {ck.iteration + 1} solved again")
     result = TrainResult(solver.network(state.weights), history, run)

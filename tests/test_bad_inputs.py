@@ -1,9 +1,11 @@
 """Damaged stores and numerical faults: one clear error, the last committed iteration kept."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from pipeline.training import train
 from solvers.config import TrainConfig
@@ -36,14 +38,30 @@ def chunk_file(store, array_path, index=1):
     return files[index]
 
 
-def test_numerical_fault_names_layer_and_iteration_and_run_stays_resumable(client, finished_run):
+def test_inf_in_state_stops_with_layer_and_iteration(client, finished_run):
     store = finished_run / "r.zarr"
     before = manifest(store)
-    with pytest.raises(NumericalError, match=r"layer 1 .* at iteration 4"):
-        train(client, store=store, resume=True, overrides={"gamma": 1e38, "iterations": 5}, report=quiet)
-    assert manifest(store)["iteration"] == 3 and manifest(store)["history"] == before["history"]
-    r = train(client, store=store, resume=True, overrides={"gamma": 10.0, "iterations": 5}, report=quiet)
-    assert [h["iteration"] for h in r.history] == [1, 2, 3, 4, 5]
+    z = zarr.open_array(store=str(store), path=state_path(3 % 2, "z1"), mode="r+")
+    z[1500, 0] = np.inf
+    with pytest.raises(NumericalError, match=r"in layer 1 \(\w+\) at iteration 4"):
+        train(client, store=store, resume=True, iterations=5, report=quiet)
+    assert manifest(store) == before
+
+
+def test_settings_fault_keeps_last_commit_and_resumes_with_other_settings(client, tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(2000, 5)).astype(np.float32)
+    X[:, 3] = 1.0  # constant feature: singular input Gram without a ridge
+    y = (X[:, 0] > 0).astype(int)
+    write_data(tmp_path / "d.zarr", X, y)
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=tmp_path / "d.zarr", report=quiet, config=TrainConfig(hidden=(6,), iterations=2))
+    before = manifest(store)
+    with pytest.raises(NumericalError, match=r"iteration 3: W_1: .*not positive definite.*iteration 2 is still"):
+        train(client, store=store, resume=True, overrides={"ridge": 0.0, "iterations": 4}, report=quiet)
+    assert manifest(store) == before
+    r = train(client, store=store, resume=True, overrides={"ridge": 1e-4, "iterations": 4}, report=quiet)
+    assert [h["iteration"] for h in r.history] == [1, 2, 3, 4]
 
 
 def test_corrupted_state_chunk_is_reported_not_read(client, finished_run):
@@ -78,3 +96,23 @@ def test_finished_run_keeps_one_state_slot(finished_run):
 def test_resume_on_a_path_that_is_not_a_run(client, finished_run, make, match):
     with pytest.raises(InputError, match=match):
         train(client, store=make(finished_run), resume=True, report=quiet)
+
+
+def test_store_workers_cannot_write_is_refused_before_anything_runs(client, tmp_path):
+    rng = np.random.default_rng(1)
+    write_data(tmp_path / "d.zarr", rng.normal(size=(100, 3)), rng.integers(0, 2, 100))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits: use a path that cannot exist
+            target = tmp_path / "not-a-dir" / "r.zarr"
+            (tmp_path / "not-a-dir").write_text("a file, not a directory")
+        else:
+            target = locked / "r.zarr"
+        with pytest.raises(InputError, match="the workers cannot use the stores"):
+            train(client, store=target, data=tmp_path / "d.zarr", report=quiet,
+                  config=TrainConfig(hidden=(4,), iterations=1))
+        assert not target.exists()
+    finally:
+        locked.chmod(0o700)
