@@ -12,7 +12,7 @@ INITS = ("forward", "gaussian")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of a run (defaults chosen by measurement, see README).
+    """Hyperparameters of a run (defaults chosen by measurement: benchmarks/results/defaults.md).
 
     ``gamma``/``beta`` weight the constraints ``a_l = h(z_l)`` and
     ``z_l = W_l a_{l−1}`` of eq. 4; ``warm_start`` iterations skip the λ
@@ -26,11 +26,11 @@ class TrainConfig:
     loss: str = "auto"
     gamma: float = 10.0
     beta: float = 0.1
-    iterations: int = 10
+    iterations: int = 20
     warm_start: int = 5
     init: str = "forward"
     seed: int = 0
-    ridge: float = 1e-6
+    ridge: float = 1e-2
     solver: str = "admm"
     extra: dict = field(default_factory=dict)
 

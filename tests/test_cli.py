@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from solvers.config import TrainConfig
 from storage.data import write_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def test_demo_runs_with_no_arguments():
     assert r.returncode == 0, r.stderr
     assert "Dask dashboard: http" in r.stdout
     lines = [l.split() for l in r.stdout.splitlines() if l.strip()[:1].isdigit()]
-    assert [int(l[0]) for l in lines] == list(range(1, 11))
+    assert [int(l[0]) for l in lines] == list(range(1, TrainConfig().iterations + 1))
     assert float(lines[-1][3]) >= 0.9  # test accuracy of the 10-class digits demo
 
 

@@ -36,5 +36,5 @@ def test_digits_10_class():
 def test_mnist_odd_vs_even(mnist):
     X, y = mnist
     X = X.astype(np.float32) / 256
-    r = fit_in_memory(X[:20000], y[:20000] % 2, TrainConfig(hidden=(300,), iterations=15))
+    r = fit_in_memory(X[:20000], y[:20000] % 2, TrainConfig(hidden=(300,)))
     assert r.network.score(X[60000:], y[60000:] % 2) >= 0.91
