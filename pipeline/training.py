@@ -37,10 +37,19 @@ class TrainResult:
 
 
 def default_chunk_rows(data: DataStore, state_width: int) -> int:
-    """Return rows per state chunk: ~128 MB of float32 state, a power-of-two multiple or divisor of the data chunk."""
-    target = STATE_CHUNK_BYTES / (4 * max(1, state_width))
-    rows = data.chunk_rows * 2.0 ** round(math.log2(target / data.chunk_rows))
-    return int(min(max(1, round(rows)), data.n_samples))
+    """Return rows per state chunk: a whole number of data chunks holding ~128 MB of float32 state.
+
+    A task then reads whole data chunks (Zarr reads a chunk whole, so a state
+    chunk of half a data chunk would read it twice per pass). Only when one
+    data chunk alone would carry over 512 MB of state is it split in halves.
+    """
+    bytes_per_row = 4 * max(1, state_width)
+    if data.chunk_rows * bytes_per_row > 4 * STATE_CHUNK_BYTES:
+        halvings = math.ceil(math.log2(data.chunk_rows * bytes_per_row / STATE_CHUNK_BYTES))
+        rows = max(1, data.chunk_rows >> halvings)
+    else:
+        rows = data.chunk_rows * max(1, round(STATE_CHUNK_BYTES / bytes_per_row / data.chunk_rows))
+    return int(min(rows, data.n_samples))
 
 
 def _classes(labels) -> np.ndarray:

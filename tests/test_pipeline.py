@@ -125,3 +125,16 @@ def test_resume_with_other_gamma_beta_and_refusals(client, tmp_path):
     assert any("solved again" in line for line in lines)
     assert RunStore.open(tmp_path / "r.zarr").attrs["config"]["gamma"] == 50.0
     assert [h["iteration"] for h in r.history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("data_rows,n,width", [(262144, 11_000_000, 302), (8192, 10_000_000, 302),
+                                               (262144, 10_000_000, 3000), (1000, 5000, 20)])
+def test_default_state_chunks_read_whole_data_chunks(data_rows, n, width):
+    from types import SimpleNamespace
+
+    from pipeline.training import default_chunk_rows
+
+    rows = default_chunk_rows(SimpleNamespace(chunk_rows=data_rows, n_samples=n), width)
+    aligned = rows % data_rows == 0 or (data_rows % rows == 0 and data_rows * width * 4 > 512 * 2**20)
+    assert aligned or rows == n
+    assert rows * width * 4 <= 512 * 2**20 or rows == n
