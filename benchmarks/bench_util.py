@@ -1,0 +1,137 @@
+"""Helpers shared by the pipeline benchmarks: worker memory sampling, I/O counters, provenance."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def provenance() -> dict:
+    """Return the exact command line, date and machine of this run."""
+    return {
+        "command": "cd " + shlex.quote(str(ROOT)) + " && python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "ram_bytes": psutil.virtual_memory().total,
+        "python": platform.python_version(),
+    }
+
+
+def worker_pids(client) -> list[int]:
+    """Return the PIDs of the (local) worker processes."""
+    return sorted(client.run(os.getpid).values())
+
+
+def _status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_hwm(pids) -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) of each process (``echo 5 > clear_refs``)."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def vm_hwm(pids) -> dict[int, int]:
+    """Return the kernel's peak RSS (VmHWM, bytes) of each process."""
+    return {pid: _status_kb(pid, "VmHWM") for pid in pids}
+
+
+def proc_io(pids) -> dict:
+    """Return the summed /proc/<pid>/io counters of the processes (bytes)."""
+    total = {"rchar": 0, "wchar": 0, "read_bytes": 0, "write_bytes": 0}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                for line in f:
+                    k, v = line.split(":")
+                    if k in total:
+                        total[k] += int(v)
+        except OSError:
+            pass
+    return total
+
+
+def disk_io(device: str | None = None) -> dict:
+    """Return cumulative read/write bytes of the block device holding /work (or ``device``)."""
+    counters = psutil.disk_io_counters(perdisk=True)
+    if device is None:
+        device = next((d for d in ("vda", "sda", "nvme0n1", "xvda") if d in counters), None)
+    c = counters[device]
+    return {"device": device, "read_bytes": c.read_bytes, "write_bytes": c.write_bytes}
+
+
+def delta(after: dict, before: dict) -> dict:
+    return {k: after[k] - before[k] for k in after if isinstance(after[k], (int, float))}
+
+
+class MemorySampler:
+    """Sample the RSS of given processes (and system memory) every ``interval`` seconds in a thread."""
+
+    def __init__(self, pids, interval: float = 0.1):
+        self.pids = list(pids)
+        self.interval = interval
+        self.peak = {pid: 0 for pid in self.pids}
+        self.peak_total = 0
+        self.samples = []  # (t, [rss per pid], page cache bytes, dirty bytes)
+        self._stop = threading.Event()
+        self._procs = {pid: psutil.Process(pid) for pid in self.pids}
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            rss = []
+            for pid, p in self._procs.items():
+                try:
+                    r = p.memory_info().rss
+                except psutil.Error:
+                    r = 0
+                rss.append(r)
+                self.peak[pid] = max(self.peak[pid], r)
+            self.peak_total = max(self.peak_total, sum(rss))
+            vm = psutil.virtual_memory()
+            self.samples.append((round(time.perf_counter() - self._t0, 2), rss, vm.cached, vm.used))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
+def drop_caches() -> bool:
+    """Flush dirty pages and drop the page cache (needs root); return whether it worked."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def gb(x) -> float:
+    return round(x / 1e9, 3)
