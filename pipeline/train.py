@@ -6,6 +6,8 @@ Run with no arguments it trains on the bundled demo data set (scikit-learn's
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +19,7 @@ from solvers.config import INITS, TrainConfig
 from solvers.errors import InputError
 from solvers.losses import LOSSES
 
+log = logging.getLogger("pipeline.train")  # not __name__: "__main__" under python -m
 DEMO = Path(__file__).resolve().parent / "demo" / "digits.npz"
 _DEFAULTS = TrainConfig()
 CONFIG_FLAGS = ("solver", "hidden", "activation", "loss", "iterations", "warm_start", "gamma", "beta", "ridge",
@@ -63,7 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=None, help="samples per state chunk (default: ~128 MB of state per chunk)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar within each pass (default: when stderr is a terminal)")
+    mon = p.add_argument_group("monitoring")
+    mon.add_argument("--verbose", "-v", action="store_true",
+                     help="log the pipeline's steps (logger 'pipeline' at DEBUG) and Dask's client-side messages "
+                          "(INFO; the embedded local cluster keeps its own to errors) to stderr")
+    mon.add_argument("--performance-report", nargs="?", const="", default=None, metavar="FILE",
+                     help="save Dask's performance report (HTML) of the training to FILE; without FILE to "
+                          "RUN.performance.html beside the run store, where python -m pipeline.report --html "
+                          "finds it")
     return p
+
+
+def setup_logging(verbose: bool) -> None:
+    """Send the 'pipeline' logger to stderr: warnings only, everything with ``verbose`` (and Dask's INFO)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("pipeline")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if verbose:
+        logging.getLogger("distributed").setLevel(logging.INFO)
 
 
 def _demo_data(workdir: Path) -> tuple[str, str]:
@@ -84,6 +107,7 @@ def _demo_data(workdir: Path) -> tuple[str, str]:
 @exits_on_input_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
     from pipeline.training import check_inputs, train
 
     data, test_data, store = args.data, args.test_data, args.store
@@ -100,14 +124,37 @@ def main(argv=None) -> int:
     check_inputs(store=store, data=data, test_data=test_data, resume=args.resume, overwrite=args.overwrite,
                  chunk_rows=args.chunk_rows)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    with connect_from_args(args) as client:
+    log.debug("settings %s, store %s, data %s, test data %s, resume %s", given, store, data, test_data, args.resume)
+    perf = None
+    if args.performance_report is not None:
+        from pipeline.report import performance_report_path
+
+        try:
+            import bokeh  # noqa: F401  (distributed renders the report with it; fail before training)
+        except ImportError:
+            raise InputError('--performance-report needs bokeh: pip install "admm-dask[report]"') from None
+        perf = Path(args.performance_report or performance_report_path(store))
+    with connect_from_args(args) as client, _performance_report(perf):
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        log.debug("cluster: %s", client)
         result = train(client, store=store, data=data, config=config, test_data=test_data,
                        chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
                        overrides=given if args.resume else None, progress=progress,
                        report=lambda line: print(line, flush=True))
+    if perf is not None:
+        print(f"Dask performance report: {perf}")
     print(f"done: model and history in {result.store.path}")
     return 0
+
+
+def _performance_report(path):
+    """Return a context recording Dask's performance report into ``path``, or a no-op for None."""
+    if path is None:
+        return contextlib.nullcontext()
+    from distributed import performance_report
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return performance_report(filename=str(path))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,201 @@
+"""``python -m pipeline.report``: plots and a text summary of a run store's recorded metrics.
+
+Writes into ``--out`` (default ``<RUN>-report/`` next to the run store):
+
+================  ==============================================================
+``accuracy.png``  train and test accuracy against iteration and wall time
+``residual.png``  primal residual ‖z_L − W_L a_{L−1}‖ against iteration and wall time
+``seconds.png``   seconds per iteration (one pass over the sample chunks each)
+``summary.txt``   the summary, also printed
+``performance.html``  with ``--html``: a copy of Dask's performance report
+================  ==============================================================
+
+Wall time is the cumulative sum of the recorded seconds per iteration (the
+initialisation and pauses between resumed sessions are not counted).
+``python -m pipeline.train --performance-report`` writes Dask's performance
+report to :func:`performance_report_path` (``RUN.performance.html`` beside
+``RUN.zarr``), where ``--html`` finds it; ``--html FILE`` copies another one.
+Plotting needs matplotlib (``pip install "admm-dask[report]"``).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cli import exits_on_input_error
+from solvers.errors import InputError
+
+PLOTS = ("accuracy", "residual", "seconds")
+
+
+def performance_report_path(store) -> Path:
+    """Return where ``train --performance-report`` (no FILE) puts Dask's report: ``RUN.performance.html``."""
+    store = Path(store)
+    return store.with_name(f"{store.stem}.performance.html")
+
+
+def load_metrics(store):
+    """Return the run's metrics as an ``xarray.Dataset`` along ``iteration`` (InputError if not a run store)."""
+    import xarray as xr
+
+    from storage.runstore import RunStore
+
+    run = RunStore.open(store)
+    if run.manifest() is None:
+        raise InputError(f"{store} has no committed iteration yet; nothing to report")
+    return xr.open_zarr(run.path, group="metrics", consolidated=False).load()
+
+
+def _figure_class():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise InputError('plotting needs matplotlib: pip install "admm-dask[report]"') from None
+    return Figure
+
+
+def _has(ds, name: str) -> bool:
+    return name in ds and bool(np.isfinite(ds[name].values).any())
+
+
+def make_figures(ds) -> dict:
+    """Return ``{name: matplotlib Figure}`` of the metrics in ``ds`` (see the module docstring)."""
+    Figure = _figure_class()
+    it = ds["iteration"].values
+    wall = np.cumsum(ds["seconds"].values)
+    figs = {}
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, x, xlabel in ((axes[0], it, "iteration"), (axes[1], wall, "wall time (s)")):
+        for name, label in (("train_accuracy", "train"), ("test_accuracy", "test")):
+            if _has(ds, name):
+                ax.plot(x, ds[name].values, marker="o", ms=3, label=label)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend()
+    fig.suptitle("accuracy")
+    figs["accuracy"] = fig
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, x, xlabel in ((axes[0], it, "iteration"), (axes[1], wall, "wall time (s)")):
+        ax.plot(x, ds["residual"].values, marker="o", ms=3, label="residual")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("primal residual ‖z_L − W_L a_{L−1}‖")
+    fig.suptitle("primal residual")
+    figs["residual"] = fig
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.bar(it, ds["seconds"].values, label="seconds")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("seconds per iteration (one pass)")
+    ax.grid(alpha=0.3, axis="y")
+    figs["seconds"] = fig
+    return figs
+
+
+def plotted_values(fig) -> dict:
+    """Return ``{(axes index, label): (x, y)}`` of every line and bar series drawn in ``fig``."""
+    out = {}
+    for i, ax in enumerate(fig.axes):
+        for line in ax.get_lines():
+            out[(i, line.get_label())] = (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
+        for bars in ax.containers:
+            xs = [p.get_x() + p.get_width() / 2 for p in bars.patches]
+            out[(i, bars.get_label())] = (np.asarray(xs, float), np.array([p.get_height() for p in bars.patches]))
+    return out
+
+
+def summary(store, ds) -> str:
+    """Return a short human-readable summary of the run and its metrics."""
+    from storage.runstore import RunStore
+
+    run = RunStore.open(store)
+    c = run.attrs["config"]
+    manifest = run.manifest()
+    n = ds.sizes["iteration"]
+    lines = [f"run store      {run.path}",
+             f"data           {run.attrs['data']['path']} ({run.n_samples} samples, chunks of {run.chunk_rows} rows)",
+             f"settings       hidden {tuple(c['hidden'])}, {c['activation']}, loss {c['loss']}, gamma {c['gamma']}, "
+             f"beta {c['beta']}, ridge {c['ridge']}, warm start {c['warm_start']}, init {c['init']}, seed {c['seed']}",
+             f"iterations     {manifest['iteration']} committed of {manifest['target_iterations']}"]
+    if n:
+        last = ds.isel(iteration=-1)
+        seconds = ds["seconds"].values
+        lines.append(f"train accuracy {float(last.train_accuracy):.4f} (last)")
+        if _has(ds, "test_accuracy"):
+            best = int(np.nanargmax(ds.test_accuracy.values))
+            lines.append(f"test accuracy  {float(last.test_accuracy):.4f} (last), "
+                         f"best {float(ds.test_accuracy[best]):.4f} at iteration {int(ds.iteration[best])}")
+        lines.append(f"residual       {float(ds.residual[0]):.3e} → {float(last.residual):.3e}")
+        lines.append(f"time           {seconds.sum():.2f} s in {n} iterations, {np.median(seconds):.3f} s "
+                     f"per iteration (median), slowest {seconds.max():.3f} s")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(store, out=None, html=None) -> dict:
+    """Write the plots, ``summary.txt`` and optionally ``performance.html`` into ``out``; return what was written.
+
+    ``html``: None (no copy), True (the run's :func:`performance_report_path`)
+    or a path. Returns ``{"out", "files", "summary", "plotted"}`` where
+    ``plotted[name]`` is :func:`plotted_values` of that figure.
+    """
+    store = Path(store)
+    ds = load_metrics(store)
+    if ds.sizes["iteration"] == 0:
+        raise InputError(f"{store} has no finished iteration yet; nothing to plot")
+    source = None
+    if html is not None and html is not False:
+        source = performance_report_path(store) if html is True else Path(html)
+        if not source.is_file():
+            raise InputError(f"no performance report at {source}: train with --performance-report "
+                             "(or pass --html FILE)")
+    out = Path(out) if out is not None else store.with_name(f"{store.stem}-report")
+    out.mkdir(parents=True, exist_ok=True)
+    files, plotted = [], {}
+    for name, fig in make_figures(ds).items():
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plotted[name] = plotted_values(fig)
+        files.append(path)
+    text = summary(store, ds)
+    (out / "summary.txt").write_text(text)
+    files.append(out / "summary.txt")
+    if source is not None:
+        shutil.copyfile(source, out / "performance.html")
+        files.append(out / "performance.html")
+    return {"out": out, "files": files, "summary": text, "plotted": plotted}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.report",
+                                description="Plot a run's recorded metrics (accuracy, residual, seconds per "
+                                            "iteration) and print a short summary.")
+    p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
+    p.add_argument("--out", help="directory for the PNG plots and summary.txt (default: RUN-report beside the store)")
+    p.add_argument("--html", nargs="?", const=True, default=None, metavar="FILE",
+                   help="also copy Dask's performance report: FILE, or RUN.performance.html written by "
+                        "train --performance-report")
+    return p
+
+
+@exits_on_input_error
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    result = write_report(args.store, args.out, args.html)
+    print(result["summary"], end="")
+    print(f"wrote {', '.join(f.name for f in result['files'])} to {result['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

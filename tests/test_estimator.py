@@ -1,0 +1,129 @@
+"""ADMMClassifier: the same model as the pipeline on NumPy, Dask arrays and data stores; scikit-learn checks."""
+import contextlib
+
+import numpy as np
+import pytest
+
+from pipeline import ADMMClassifier
+from solvers.config import TrainConfig
+from solvers.reference import fit_in_memory
+
+HYPER = dict(hidden_layer_sizes=(8,), max_iter=3, warm_start=1, random_state=5, chunk_rows=200)
+CONFIG = TrainConfig(hidden=(8,), iterations=3, warm_start=1, seed=5)
+
+
+def make_data(n=700, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d) + rng.normal(size=d)).astype(np.float32)
+    score = X[:, 0] + X[:, 1] - 0.5 * X[:, 2]
+    y = np.digitize(score, np.quantile(score, [1 / 3, 2 / 3]))
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def numpy_fit(client, tmp_path_factory):
+    """The classifier fitted on NumPy data with string labels, into a kept run store."""
+    X, y = make_data()
+    labels = np.array(["cat", "dog", "emu"])[y]
+    store = tmp_path_factory.mktemp("est") / "run.zarr"
+    clf = ADMMClassifier(**HYPER, store=store, client=client).fit(X, labels)
+    return clf, X, y, labels, store
+
+
+def test_numpy_fit_matches_in_memory_reference(numpy_fit):
+    clf, X, y, labels, _ = numpy_fit
+    ref = fit_in_memory(X, y, CONFIG, chunk_rows=200)
+    for coef, b, W in zip(clf.coefs_, clf.intercepts_, ref.network.weights):
+        np.testing.assert_allclose(coef, W[:, :-1].T, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(b, W[:, -1], rtol=2e-4, atol=2e-5)
+    assert list(clf.classes_) == ["cat", "dog", "emu"] and clf.n_features_in_ == 6 and clf.n_iter_ == 3
+    np.testing.assert_array_equal(clf.history_.iteration.values, [1, 2, 3])
+    np.testing.assert_allclose(clf.history_.train_accuracy.values, [h["train_accuracy"] for h in ref.history],
+                               atol=2e-3)
+    np.testing.assert_allclose(clf.history_.residual.values, [h["residual"] for h in ref.history], rtol=1e-4)
+    np.testing.assert_array_equal(clf.predict(X), np.array(["cat", "dog", "emu"])[ref.network.predict(X)])
+    assert clf.score(X, labels) == pytest.approx(clf.history_.train_accuracy.values[-1], abs=0.02)
+    assert clf.decision_function(X).shape == (700, 3)
+
+
+def test_kept_store_and_data_store_path_input(numpy_fit, client, tmp_path):
+    from storage.runstore import is_run_store, load_network
+
+    clf, X, y, _, store = numpy_fit
+    data = store.with_name("run-data.zarr")
+    assert is_run_store(store) and data.exists()
+    np.testing.assert_array_equal(load_network(store).weights[0], clf.network_.weights[0])
+    # the data store written next to the run store is itself a valid input (encoded labels 0, 1, 2)
+    again = ADMMClassifier(**HYPER, client=client).fit(str(data))
+    assert list(again.classes_) == [0, 1, 2]
+    for a, b in zip(again.coefs_, clf.coefs_):
+        np.testing.assert_array_equal(a, b)
+    assert again.score(str(data)) == pytest.approx(clf.score(X, np.array(["cat", "dog", "emu"])[y]))
+    with pytest.raises(ValueError, match="y must be None"):
+        again.fit(str(data), y)
+
+
+def test_dask_array_larger_than_one_chunk(numpy_fit, client):
+    import dask.array as da
+
+    clf, X, y, _, _ = numpy_fit
+    Xd = da.from_array(X, chunks=(250, 4))  # three row blocks, split columns too
+    yd = da.from_array(y, chunks=(100,))    # other row blocks than X
+    lazy = ADMMClassifier(**HYPER, client=client).fit(Xd, yd)
+    assert lazy.classes_.tolist() == [0, 1, 2]
+    for a, b in zip(lazy.coefs_, clf.coefs_):  # the same data store content, seed and chunking
+        np.testing.assert_array_equal(a, b)
+    pred = lazy.predict(Xd)
+    assert isinstance(pred, da.Array) and pred.numblocks == (3,)
+    np.testing.assert_array_equal(pred.compute(), clf.network_.predict(X))
+    np.testing.assert_allclose(lazy.decision_function(Xd).compute(), clf.decision_function(X))
+    assert lazy.score(Xd, yd) == pytest.approx(np.mean(clf.network_.predict(X) == y))
+
+
+def test_binary_decision_function_follows_sklearn_sign(numpy_fit):
+    clf, X, y, _, _ = numpy_fit
+    two = ADMMClassifier(**HYPER, client=numpy_fit[0].client).fit(X[y != 1], y[y != 1])
+    dec = two.decision_function(X)
+    assert dec.shape == (700,)
+    np.testing.assert_array_equal(two.predict(X), np.where(dec > 0, 2, 0))
+
+
+def test_errors_are_valueerrors_before_any_training():
+    clf = ADMMClassifier(**HYPER, client=object())  # never used: validation comes first
+    with pytest.raises(ValueError, match="at least two classes"):
+        clf.fit(np.ones((5, 2)), np.zeros(5))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        clf.fit(np.ones((5, 2)), np.linspace(0, 1, 5))
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit(np.full((5, 2), np.nan), np.arange(5) % 2)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        clf.predict(np.ones((2, 2)))
+
+
+def test_get_params_round_trip():
+    from sklearn.base import clone
+
+    clf = ADMMClassifier(hidden_layer_sizes=(4, 3), gamma=1.0, max_iter=7)
+    assert clone(clf).get_params() == clf.get_params()
+    assert clf.train_config().hidden == (4, 3) and clf.train_config().iterations == 7
+
+
+class _OnSessionClient(ADMMClassifier):
+    """The classifier fitted on the tests' session cluster (a Client is no hyperparameter sklearn can clone)."""
+
+    session_client = None
+
+    @contextlib.contextmanager
+    def _connect(self):
+        yield type(self).session_client
+
+
+@pytest.mark.slow
+def test_sklearn_check_estimator(client):
+    """All of scikit-learn's checks (≈ 100 fits on the cluster, a few minutes)."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    _OnSessionClient.session_client = client
+    check_estimator(_OnSessionClient(hidden_layer_sizes=(8,), max_iter=3, warm_start=1, random_state=0))

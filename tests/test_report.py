@@ -1,0 +1,84 @@
+"""python -m pipeline.report: files written, plots showing the recorded metrics; train's monitoring flags."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.report import main, performance_report_path, write_report
+from solvers.errors import InputError
+from storage.data import write_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_store(tmp_path_factory):
+    """A 3-iteration run trained by the CLI with --performance-report and --verbose."""
+    d = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(600, 5)).astype(np.float32)
+    y = (X[:, 0] - X[:, 2] > 0).astype(int)
+    write_data(d / "train.zarr", X[:500], y[:500], chunk_rows=128)
+    write_data(d / "test.zarr", X[500:], y[500:])
+    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(d / "train.zarr"),
+                        "--test-data", str(d / "test.zarr"), "--store", str(d / "run.zarr"), "--hidden", "6",
+                        "--iterations", "3", "--workers", "1", "--dashboard-address", ":0",
+                        "--performance-report", "--verbose"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return d / "run.zarr", r
+
+
+def test_train_monitoring_flags(run_store):
+    store, r = run_store
+    perf = performance_report_path(store)
+    assert perf == store.with_name("run.performance.html") and perf.stat().st_size > 1000
+    assert f"Dask performance report: {perf}" in r.stdout
+    assert "DEBUG pipeline.train: settings" in r.stderr  # --verbose turns the 'pipeline' logger on
+    lines = [l.split() for l in r.stdout.splitlines() if l.strip()[:1].isdigit()]
+    assert [int(l[0]) for l in lines] == [1, 2, 3]  # the progress lines are unchanged
+
+
+def test_report_files_and_plotted_values(run_store, tmp_path):
+    import xarray as xr
+
+    store, _ = run_store
+    result = write_report(store, tmp_path / "out", html=True)
+    names = sorted(f.name for f in result["files"])
+    assert names == ["accuracy.png", "performance.html", "residual.png", "seconds.png", "summary.txt"]
+    for f in result["files"]:
+        assert f.stat().st_size > 0
+        if f.suffix == ".png":
+            assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ds = xr.open_zarr(store, group="metrics", consolidated=False)
+    it, wall = ds.iteration.values.astype(float), np.cumsum(ds.seconds.values)
+    acc, res, sec = (result["plotted"][k] for k in ("accuracy", "residual", "seconds"))
+    for axes, x in ((0, it), (1, wall)):
+        for label, name in (("train", "train_accuracy"), ("test", "test_accuracy")):
+            np.testing.assert_array_equal(acc[(axes, label)][0], x)
+            np.testing.assert_array_equal(acc[(axes, label)][1], ds[name].values)
+        np.testing.assert_array_equal(res[(axes, "residual")][0], x)
+        np.testing.assert_array_equal(res[(axes, "residual")][1], ds.residual.values)
+    np.testing.assert_allclose(sec[(0, "seconds")][0], it)
+    np.testing.assert_array_equal(sec[(0, "seconds")][1], ds.seconds.values)
+    assert f"test accuracy  {ds.test_accuracy.values[-1]:.4f} (last)" in result["summary"]
+    assert "3 committed of 3" in result["summary"]
+
+
+def test_cli_prints_summary_and_refuses_missing_html(run_store, tmp_path, capsys):
+    store, _ = run_store
+    assert main(["--store", str(store), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"run store      {store}") and "wrote accuracy.png" in out
+    assert (tmp_path / "r" / "summary.txt").read_text() in out
+    assert main(["--store", str(store), "--out", str(tmp_path / "r"), "--html", str(tmp_path / "none.html")]) == 2
+    assert "error: no performance report at" in capsys.readouterr().err
+    assert main(["--store", str(tmp_path / "r")]) == 2  # not a run store: one error line
+
+
+def test_missing_matplotlib_says_which_extra(run_store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(InputError, match=r'pip install "admm-dask\[report\]"'):
+        write_report(run_store[0], tmp_path)
