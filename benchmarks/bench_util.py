@@ -135,3 +135,15 @@ def drop_caches() -> bool:
 
 def gb(x) -> float:
     return round(x / 1e9, 3)
+
+
+def write_results(path, result: dict, markdown) -> None:
+    """Write ``result`` as JSON to ``path`` and ``markdown(result)`` beside it (.md)."""
+    import json
+    from pathlib import Path
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {out} and {out.with_suffix('.md')}")

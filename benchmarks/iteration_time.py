@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
 
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from benchmarks.bench_util import (MemorySampler, gb, provenance, reset_hwm, vm_hwm,  # noqa: E402
+from benchmarks.bench_util import (MemorySampler, gb, provenance, reset_hwm, vm_hwm, write_results,  # noqa: E402
                                    worker_pids)
 from pipeline.cluster import connect  # noqa: E402
 from pipeline.training import train  # noqa: E402
@@ -258,11 +258,7 @@ def main(argv=None) -> int:
             print(f"  peak worker RSS (VmHWM) {[gb(v) for v in b['worker_peak_rss_bytes_vmhwm']]} GB", flush=True)
         result["memory"] = mem
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_results(args.out, result, markdown)
     return 0
 
 

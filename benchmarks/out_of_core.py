@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_util import (MemorySampler, delta, disk_io, drop_caches, gb, proc_io,  # noqa: E402
+from benchmarks.bench_util import (MemorySampler, delta, disk_io, drop_caches, gb, proc_io, write_results,  # noqa: E402
                                    provenance, reset_hwm, vm_hwm, worker_pids)
 from benchmarks.iteration_time import CpuWatch  # noqa: E402
 from pipeline.cluster import connect  # noqa: E402
@@ -208,11 +208,7 @@ def main(argv=None) -> int:
         shutil.rmtree(store, ignore_errors=True)
         result["run_store"] = f"{store} (deleted after the run)"
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_results(args.out, result, markdown)
     return 0
 
 
