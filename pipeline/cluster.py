@@ -224,8 +224,8 @@ class _Keeper:
         connected = {self._spec_name(ws.name) for ws in self.cluster.scheduler.workers.values()} - {None}
         for name in connected:
             self.first_seen.setdefault(name, now)
-        # retire only mid-pass: between passes the client scatters to every worker, and a worker that
-        # leaves during a scatter loses that data
+        # retire only mid-pass, when the successor has connected: the scheduler then moves the old
+        # worker's results and the pass's parameters (a graph literal) to the workers that stay
         busy = any(ws.processing for ws in self.cluster.scheduler.workers.values())
         for old, new in list(self.rotating.items()):
             if (new in connected and busy) or new not in spec or old not in spec:

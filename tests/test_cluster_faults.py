@@ -1,0 +1,183 @@
+"""Faults on a real batch cluster (``.ci/slurm-up.sh``): training goes on, and gives the local result,
+while SLURM worker jobs end and are replaced (issue 6.3) or a worker process is SIGKILLed (issue 5.3)."""
+import json
+import os
+import signal
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+
+from pipeline.cluster import connect
+from pipeline.training import train
+from solvers.config import TrainConfig
+from storage.data import write_data
+from tests.test_cluster import _gone_from_squeue, _jobqueue_yaml, needs_slurm
+
+N, FEATURES, CHUNK_ROWS, HIDDEN = 6000, 20, 1000, 16
+ITERATIONS, CHURN_ITERATIONS = 10, 24  # the SIGKILL run, the run through worker lifetimes
+
+pytestmark = [pytest.mark.slurm, needs_slurm]
+
+
+def _quiet(_line):
+    pass
+
+
+def _config(iterations=ITERATIONS):
+    return TrainConfig(hidden=(HIDDEN,), iterations=iterations)
+
+
+@pytest.fixture(scope="module")
+def faults_data(tmp_path_factory, client):
+    """6 chunks of 1000×20, and the weights after 10 and after 24 iterations on the local cluster."""
+    d = tmp_path_factory.mktemp("faults")
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(N, FEATURES)).astype(np.float32)
+    write_data(d / "data.zarr", X, (X[:, 0] * X[:, 1] + X[:, 2] > 0).astype(int), chunk_rows=CHUNK_ROWS)
+    store = d / "local.zarr"
+    at_10 = train(client, store=store, data=d / "data.zarr", chunk_rows=CHUNK_ROWS, config=_config(),
+                  report=_quiet).network.weights
+    # resuming equals an uninterrupted run bitwise (tests/test_resume.py)
+    at_24 = train(client, store=store, resume=True, iterations=CHURN_ITERATIONS, report=_quiet).network.weights
+    return d / "data.zarr", {ITERATIONS: at_10, CHURN_ITERATIONS: at_24}
+
+
+def _committed(store) -> int:
+    try:
+        return json.loads((Path(store) / "manifest.json").read_text())["iteration"]
+    except (OSError, ValueError):
+        return -1
+
+
+# a lambda is pickled by value: the workers cannot import this test module
+_job_id = lambda: os.environ.get("SLURM_JOB_ID")  # noqa: E731
+
+
+def _chunk_tasks(task_stream) -> list[dict]:
+    """The ADMM chunk tasks (init, grams, step) of a task stream."""
+    return [t for t in task_stream if str(t["key"]).startswith(("init_task", "grams_task", "step_task"))]
+
+
+def _busy_windows(task_stream, gap=0.1) -> list[tuple[float, float]]:
+    """Time windows in which the cluster computed tasks (roughly the passes), from a task stream."""
+    spans = sorted((s["start"], s["stop"]) for t in task_stream for s in t["startstops"] if s["action"] == "compute")
+    windows = []
+    for a, b in spans:
+        if windows and a <= windows[-1][1] + gap:
+            windows[-1] = (windows[-1][0], max(windows[-1][1], b))
+        else:
+            windows.append((a, b))
+    return windows
+
+
+def _lifetime_ends(logs: Path) -> list[float]:
+    """Times (epoch seconds) at which workers began to close for their --lifetime, from the job logs."""
+    ends = []
+    for p in logs.glob("*.err"):
+        for line in p.read_text().splitlines():
+            if "Closing worker gracefully" in line and "worker-lifetime-reached" in line:
+                ends.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return ends
+
+
+def test_training_through_worker_lifetimes_matches_local(faults_data, tmp_path):
+    """Worker jobs end 6–10 s after they start (--lifetime 8s ± 2s) and are resubmitted while 24 iterations
+    run: the run completes on the successor jobs with the weights of the local run.
+
+    (Much shorter lifetimes make a test artefact: a fresh worker that dies before its first task is done,
+    alone, cannot hand its work over, so the scheduler counts it as a crash of that task; four make a
+    KilledWorker.)"""
+    from distributed import get_task_stream
+
+    data, local_weights = faults_data
+    config = _jobqueue_yaml(tmp_path, worker_extra_args=["--lifetime", "8s", "--lifetime-stagger", "2s"],
+                            **{"rotate-after": None})
+    waited = []
+    t0 = time.perf_counter()
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
+            connect("slurm", jobs=2, jobqueue_config=config, dashboard_address="localhost:0",
+                    worker_timeout=60, report=_quiet) as client:
+        first_jobs, first_workers = set(client.run(_job_id).values()), set(client.nthreads())
+        time.sleep(3)  # start training ~4 s into the workers' 6–10 s, so that they end mid-run on a fast machine too
+
+        def report(line):
+            # before the last iteration, should the run have been faster than the lifetimes: let the first
+            # workers end (they all do within 10 s of starting), so that it surely runs on resubmitted jobs
+            if line.split()[:1] == [str(CHURN_ITERATIONS - 1)]:
+                w0, end = time.monotonic(), time.monotonic() + 30
+                while set(client.nthreads()) & first_workers and time.monotonic() < end:
+                    time.sleep(0.1)
+                waited.append(time.monotonic() - w0)
+
+        with get_task_stream(client) as stream:
+            result = train(client, store=tmp_path / "run.zarr", data=data, chunk_rows=CHUNK_ROWS,
+                           config=_config(CHURN_ITERATIONS), report=report)
+    seconds = time.perf_counter() - t0
+    jobs = {p.stem.rsplit("-", 1)[-1] for p in (tmp_path / "logs").glob("*.err")}
+    ran = {t["worker"] for t in _chunk_tasks(stream.data)}
+    ends = _lifetime_ends(tmp_path / "logs")
+    mid_pass = sum(any(a <= t <= b for a, b in _busy_windows(stream.data)) for t in ends)
+    print(f"lifetime churn: {seconds:.1f} s, {len(jobs)} jobs, {len(ran)} workers ran chunk tasks, "
+          f"{len(ends)} lifetime ends ({mid_pass} mid-pass), waited {sum(waited):.1f} s before the last iteration")
+    assert len(first_jobs) == 2 and None not in first_jobs
+    assert len(jobs - first_jobs) >= 1, f"no job was resubmitted (jobs {sorted(jobs)})"
+    assert ends, "no worker reached its --lifetime"
+    assert ran - first_workers, "no resubmitted worker ran a chunk task"
+    for W, W_local in zip(result.network.weights, local_weights[CHURN_ITERATIONS]):
+        np.testing.assert_array_equal(W, W_local)
+    assert result.store.committed_iteration() == CHURN_ITERATIONS
+    assert _gone_from_squeue(jobs)
+
+
+def test_sigkilled_slurm_worker_mid_iteration_matches_local(faults_data, tmp_path):
+    """SIGKILL a SLURM worker process while it runs chunk tasks: its nanny restarts it inside the same
+    job, the tasks run again, and the weights equal the local run's."""
+    data, local_weights = faults_data
+    store = tmp_path / "run.zarr"
+    killed, errors, done = {}, [], threading.Event()
+    t0 = time.perf_counter()
+    with connect("slurm", jobs=2, jobqueue_config=_jobqueue_yaml(tmp_path), dashboard_address="localhost:0",
+                 worker_timeout=60, report=_quiet) as client:
+        pids = client.run(os.getpid)
+        jobs = client.run(_job_id)
+
+        def kill_a_busy_worker():
+            try:
+                while _committed(store) < 2 and not done.wait(0.005):
+                    pass
+                while not done.is_set():  # a worker with chunk tasks in flight
+                    busy = {w: keys for w, keys in client.processing().items() if keys and w in pids}
+                    if busy:
+                        worker, keys = next(iter(busy.items()))
+                        killed.update(worker=worker, during=_committed(store), tasks=keys)
+                        os.kill(pids[worker], signal.SIGKILL)
+                        return
+                    done.wait(0.005)
+                errors.append("training ended before a worker could be killed")
+            except Exception as exc:  # noqa: BLE001 -- reported by the test
+                errors.append(repr(exc))
+
+        killer = threading.Thread(target=kill_a_busy_worker)
+        killer.start()
+        try:
+            result = train(client, store=store, data=data, chunk_rows=CHUNK_ROWS, config=_config(), report=_quiet)
+        finally:
+            done.set()
+            killer.join()
+        assert not errors, errors
+        client.wait_for_workers(2, timeout=60)
+        after_pids, after_jobs = client.run(os.getpid), client.run(_job_id)
+    print(f"sigkill: {time.perf_counter() - t0:.1f} s, killed {killed['worker']} (pid {pids[killed['worker']]}) "
+          f"after iteration {killed['during']} committed, with {len(killed['tasks'])} task(s) in flight")
+    assert 2 <= killed["during"] < ITERATIONS  # mid-run, not after the last commit
+    assert pids[killed["worker"]] not in after_pids.values()  # that process is gone …
+    assert sorted(after_jobs.values()) == sorted(jobs.values())  # … and was restarted within its job
+    for W, W_local in zip(result.network.weights, local_weights[ITERATIONS]):
+        np.testing.assert_array_equal(W, W_local)
+    assert result.store.committed_iteration() == ITERATIONS
+    assert _gone_from_squeue(set(jobs.values()))
