@@ -145,8 +145,6 @@ class DaskRunner:
         self.bounds = bounds(n_samples, chunk_rows)
         self.progress = progress
         self.retries = retries
-        self.extra = []  # delayed results to compute alongside the next pass
-        self.extra_results = []
 
     def compute(self, *delayed_values):
         """Compute delayed values on the cluster, with a progress bar when asked."""
@@ -163,9 +161,7 @@ class DaskRunner:
         shared = broadcast(bundle)
         fn = dask.delayed(task, pure=False)
         total = tree([fn(shared, self.data, self.run, *args, a, b) for a, b in self.bounds])
-        results = self.compute(total, *self.extra)
-        self.extra_results, self.extra = results[1:], []
-        return results[0]
+        return self.compute(total)[0]
 
     def init(self, weights):
         return self._pass(init_task, (self.solver, weights))

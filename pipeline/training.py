@@ -21,7 +21,7 @@ from solvers.errors import InputError, NumericalError
 from solvers.loop import LoopState, initialize, iterate
 from solvers.stats import moments_from_sums
 from storage.data import DataStore, fingerprint, open_data
-from storage.runstore import Checkpoint, RunStore
+from storage.runstore import Checkpoint, RunStore, check_creatable
 
 STATE_CHUNK_BYTES = 128 * 2**20  # target size of one state chunk (DESIGN: 64–256 MB)
 MAX_CLASSES = 1000
@@ -89,20 +89,13 @@ def _check_chunk_rows(chunk_rows, data: DataStore):
 
 def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False, chunk_rows=None):
     """Raise :class:`InputError` for unusable stores before any cluster is started."""
-    from storage.runstore import is_run_store
-
     if resume:
         RunStore.open(store)
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
         _check_chunk_rows(chunk_rows, open_data(data))
-        if Path(store).exists() and not overwrite:
-            raise InputError(f"{store} already exists; pass --resume to continue that run or "
-                             "--overwrite to start a new one in its place")
-        if Path(store).exists() and not is_run_store(store):
-            raise InputError(f"refusing to overwrite {store}: it is not an admm-dask run store; "
-                             "choose another --store path")
+        check_creatable(store, overwrite)
     if test_data:
         open_data(test_data)
 

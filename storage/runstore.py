@@ -95,13 +95,7 @@ class RunStore:
                test_data: str | None = None) -> "RunStore":
         """Create an empty run store with allocated state slots (refuses an existing path)."""
         path = Path(path)
-        if path.exists():
-            if not overwrite:
-                raise InputError(f"{path} already exists; pass --resume to continue that run or "
-                                 "--overwrite to start a new one in its place")
-            if not is_run_store(path):
-                raise InputError(f"refusing to overwrite {path}: it is not an admm-dask run store; "
-                                 "choose another --store path")
+        check_creatable(path, overwrite)
         if chunk_rows < 1:
             raise InputError(f"chunk rows must be at least 1, got {chunk_rows}")
         attrs = {
@@ -252,6 +246,23 @@ def _create_state_array(root, slot, name, width, n_samples, chunk_rows, overwrit
     root.create_array(state_path(slot, name), shape=(n_samples, width), chunks=(chunk_rows, width),
                       dtype=STATE_DTYPE, compressors=[Crc32cCodec()], fill_value=np.nan,
                       dimension_names=("sample", f"{name}_unit"), overwrite=overwrite)
+
+
+def check_creatable(path, overwrite: bool) -> None:
+    """Raise :class:`InputError` unless a new run store may be created at ``path``.
+
+    A missing path is fine; an existing run store only with ``overwrite``;
+    anything else (a data store, a user's directory) is never replaced.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not overwrite:
+        raise InputError(f"{path} already exists; pass --resume to continue that run or "
+                         "--overwrite to start a new one in its place")
+    if not is_run_store(path):
+        raise InputError(f"refusing to overwrite {path}: it is not an admm-dask run store; "
+                         "choose another --store path")
 
 
 def is_run_store(path) -> bool:
