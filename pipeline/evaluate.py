@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(client, store, data) -> dict:
     """Return accuracy, n_samples, n_correct and the iteration of the run's model on ``data``."""
-    from pipeline.passes import accuracy_graph
+    from pipeline.passes import accuracy_graph, bounds
     from solvers.errors import InputError
     from storage.data import open_data
     from storage.runstore import RunStore, load_network
@@ -29,10 +29,10 @@ def evaluate(client, store, data) -> dict:
     ds = open_data(data)
     if ds.n_features != len(network.x_mean):
         raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
-    n, correct = client.compute(accuracy_graph(client, network, ds.path.resolve(), ds.n_samples, ds.chunk_rows),
+    n, correct = client.compute(accuracy_graph(network, ds.path.resolve(), bounds(ds.n_samples, ds.chunk_rows)),
                                 sync=True)
     return {"accuracy": correct / n, "n_samples": int(n), "n_correct": int(correct),
-            "iteration": RunStore.open(store).committed_iteration()}
+            "iteration": RunStore.open(store).model_iteration()}
 
 
 @exits_on_input_error

@@ -18,9 +18,10 @@ import zarr
 from threadpoolctl import threadpool_limits
 
 from solvers.losses import encode_labels, predict_classes
+from solvers.reference import chunk_bounds
 from solvers.stats import moment_sums
 from storage.data import read_rows
-from storage.runstore import state_path
+from storage.runstore import slot_of, state_path
 
 SPLIT_EVERY = 8
 
@@ -45,33 +46,21 @@ def _write_state(run: str, slot: int, state: dict, start: int, stop: int) -> Non
         _array(run, state_path(slot, name), "r+")[start:stop] = block
 
 
-def init_task(bundle, data, run, start, stop):
-    """Write the initial state of rows [start, stop) to slot 0; return the chunk's sums."""
-    solver, weights = bundle
+def chunk_task(bundle, data, run, read_slot, write_slot, start, stop):
+    """Run one solver kernel on rows [start, stop); return the chunk's sums.
+
+    ``bundle`` is (solver, kernel name, params). The state is read from
+    ``read_slot`` and the kernel's new state written to ``write_slot`` (either
+    may be None). The slot written is never the committed one, so a retried
+    task rewrites the same bytes.
+    """
+    solver, kernel, params = bundle
     with threadpool_limits(1):
         x, y = _read_xy(data, start, stop, solver.classes)
-        state, sums = solver.init_chunk(x, y, start, weights)
-        _write_state(run, 0, state, start, stop)
-    return sums
-
-
-def grams_task(bundle, data, run, slot, start, stop):
-    """Return the Gram sums of the state in ``slot`` for rows [start, stop)."""
-    solver, weights = bundle
-    with threadpool_limits(1):
-        x, y = _read_xy(data, start, stop, solver.classes)
-        state = _read_state(run, slot, solver.state_widths(), start, stop)
-        return solver.grams_chunk(x, y, state, weights)
-
-
-def step_task(bundle, data, run, read_slot, write_slot, start, stop):
-    """Advance rows [start, stop) one iteration: read ``read_slot``, write ``write_slot``."""
-    solver, params = bundle
-    with threadpool_limits(1):
-        x, y = _read_xy(data, start, stop, solver.classes)
-        state = _read_state(run, read_slot, solver.state_widths(), start, stop)
-        new_state, sums = solver.step_chunk(x, y, state, params)
-        _write_state(run, write_slot, new_state, start, stop)
+        state = None if read_slot is None else _read_state(run, read_slot, solver.state_widths(), start, stop)
+        new_state, sums = getattr(solver, kernel)(x, y, state, start, params)
+        if write_slot is not None:
+            _write_state(run, write_slot, new_state, start, stop)
     return sums
 
 
@@ -113,7 +102,7 @@ def _union(*parts):
 # -- client side ------------------------------------------------------------------------
 def bounds(n: int, chunk_rows: int):
     """Return the (start, stop) rows of every chunk."""
-    return [(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
+    return chunk_bounds(n, chunk_rows)
 
 
 def broadcast(obj):
@@ -136,13 +125,12 @@ def tree(parts, combine=_sum, split_every: int = SPLIT_EVERY):
 class DaskRunner:
     """Runs solver passes over a data store and a run store on a Dask cluster (a PassRunner)."""
 
-    def __init__(self, client, solver, data_path, run_path, n_samples: int, chunk_rows: int,
-                 progress: bool = False, retries: int = 3):
+    def __init__(self, client, solver, data_path, run_path, chunks, progress: bool = False, retries: int = 3):
         self.client = client
         self.solver = solver
         self.data = str(data_path)
-        self.run = str(run_path)
-        self.bounds = bounds(n_samples, chunk_rows)
+        self.run_path = str(run_path)
+        self.bounds = list(chunks)
         self.progress = progress
         self.retries = retries
 
@@ -157,27 +145,18 @@ class DaskRunner:
             print(file=sys.stderr)
         return self.client.gather(futures)
 
-    def _pass(self, task, bundle, *args):
-        shared = broadcast(bundle)
-        fn = dask.delayed(task, pure=False)
-        total = tree([fn(shared, self.data, self.run, *args, a, b) for a, b in self.bounds])
-        return self.compute(total)[0]
-
-    def init(self, weights):
-        return self._pass(init_task, (self.solver, weights))
-
-    def grams(self, weights, iteration=0):
-        return self._pass(grams_task, (self.solver, weights), iteration % 2)
-
-    def step(self, iteration, params):
-        return self._pass(step_task, (self.solver, params), (iteration - 1) % 2, iteration % 2)
+    def run(self, kernel, params, *, read=None, write=None):
+        shared = broadcast((self.solver, kernel, params))
+        fn = dask.delayed(chunk_task, pure=False)
+        slots = [None if k is None else slot_of(k) for k in (read, write)]
+        return self.compute(tree([fn(shared, self.data, self.run_path, *slots, a, b) for a, b in self.bounds]))[0]
 
 
-def accuracy_graph(client, network, data_path, n_samples, chunk_rows):
-    """Return a delayed [n, correct] of the network on a data store."""
+def accuracy_graph(network, data_path, chunks):
+    """Return a delayed [n, correct] of the network on the given (start, stop) chunks of a data store."""
     net = broadcast(network)
     fn = dask.delayed(accuracy_task, pure=False)
-    return tree([fn(net, str(data_path), a, b) for a, b in bounds(n_samples, chunk_rows)])
+    return tree([fn(net, str(data_path), a, b) for a, b in chunks])
 
 
 def data_statistics(client, data_path, n_samples, chunk_rows, shift):

@@ -23,7 +23,7 @@ log = logging.getLogger("pipeline.train")  # not __name__: "__main__" under pyth
 DEMO = Path(__file__).resolve().parent / "demo" / "digits.npz"
 _DEFAULTS = TrainConfig()
 CONFIG_FLAGS = ("solver", "hidden", "activation", "loss", "iterations", "warm_start", "gamma", "beta", "ridge",
-                "init", "seed")
+                "init", "seed", "validation_fraction", "patience")
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ridge", type=float, help=f"relative ridge of the W-solve [{d.ridge}]")
     model.add_argument("--init", choices=INITS, help=f"initial state [{d.init}]")
     model.add_argument("--seed", type=int, help=f"random seed [{d.seed}]")
+    stop = p.add_argument_group("early stopping")
+    stop.add_argument("--validation-fraction", type=float,
+                      help="share of the training chunks held out (seeded choice of whole chunks); the model is "
+                           f"the iteration with the best held-out accuracy [{d.validation_fraction}: off]")
+    stop.add_argument("--patience", type=int,
+                      help="with --validation-fraction: stop after this many iterations without a gain in held-out "
+                           f"accuracy, 0 never [{d.patience}]")
     add_cluster_arguments(p)
     p.add_argument("--chunk-rows", type=int, default=None, help="samples per state chunk (default: ~128 MB of state per chunk)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

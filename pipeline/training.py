@@ -14,12 +14,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline.cluster import check_worker_access
-from pipeline.passes import DaskRunner, accuracy_graph, data_statistics
+from pipeline.passes import DaskRunner, accuracy_graph, bounds, data_statistics
 from solvers import SOLVERS
 from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.loop import LoopState, initialize, iterate
 from solvers.stats import moments_from_sums
+from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 from storage.data import DataStore, fingerprint, open_data
 from storage.runstore import Checkpoint, RunStore, check_creatable
 
@@ -37,13 +38,13 @@ class TrainResult:
 
 
 def default_chunk_rows(data: DataStore, state_width: int) -> int:
-    """Return rows per state chunk: a whole number of data chunks holding ~128 MB of float32 state.
+    """Return rows per chunk: a whole number of data chunks holding ~128 MB of float32 state and data.
 
     A task then reads whole data chunks (Zarr reads a chunk whole, so a state
     chunk of half a data chunk would read it twice per pass). Only when one
     data chunk alone would carry over 512 MB of state is it split in halves.
     """
-    bytes_per_row = 4 * max(1, state_width)
+    bytes_per_row = 4 * (state_width + data.n_features)
     if data.chunk_rows * bytes_per_row > 4 * STATE_CHUNK_BYTES:
         halvings = math.ceil(math.log2(data.chunk_rows * bytes_per_row / STATE_CHUNK_BYTES))
         rows = max(1, data.chunk_rows >> halvings)
@@ -100,11 +101,11 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
         open_data(test_data)
 
 
-RESUMABLE_CHANGES = ("iterations", "gamma", "beta", "warm_start", "ridge")
+RESUMABLE_CHANGES = ("iterations", "gamma", "beta", "warm_start", "ridge", "patience")
 
 
-def resumed_config(stored: dict, overrides: dict | None) -> tuple[TrainConfig, bool]:
-    """Return the run's config with allowed overrides applied, and whether γ, β or the ridge changed.
+def resumed_config(stored: dict, overrides: dict | None) -> tuple[TrainConfig, set]:
+    """Return the run's config with allowed overrides applied, and the names of the settings that changed.
 
     Raises :class:`InputError` listing every setting that would change the
     shape or meaning of the stored state (widths, activation, loss, init, seed, solver).
@@ -117,7 +118,7 @@ def resumed_config(stored: dict, overrides: dict | None) -> tuple[TrainConfig, b
         raise InputError("cannot resume with settings that change the stored state (" + "; ".join(clashes)
                          + "); start a new run with --overwrite or another --store")
     new = replace(config, **{k: v for k, v in overrides.items() if k in RESUMABLE_CHANGES})
-    return new, any(getattr(new, k) != getattr(config, k) for k in ("gamma", "beta", "ridge"))
+    return new, {k for k in RESUMABLE_CHANGES if getattr(new, k) != getattr(config, k)}
 
 
 def train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
@@ -127,16 +128,18 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
 
     With ``resume=True`` the run continues from its last committed iteration:
     ``data`` and the settings default to the run's own, ``overrides`` may change
-    γ, β, warm start, ridge and the iteration target (others must match), and
-    ``iterations`` sets a new target. Otherwise a new run is created (an
-    existing store is refused unless ``overwrite``).
+    γ, β, warm start, ridge, patience and the iteration target (others must
+    match), and ``iterations`` sets a new target. Otherwise a new run is
+    created (an existing store is refused unless ``overwrite``). With
+    ``validation_fraction`` > 0 the returned network is the best held-out
+    iteration's.
     """
-    resolve_again = False
+    changed = set()
     if iterations is not None:
         overrides = {**(overrides or {}), "iterations": int(iterations)}
     if resume:
         run = RunStore.open(store)
-        config, resolve_again = resumed_config(run.attrs["config"], overrides)
+        config, changed = resumed_config(run.attrs["config"], overrides)
         if config.to_dict() != run.attrs["config"]:
             run.update_config(config.to_dict())
         data = open_data(data or run.attrs["data"]["path"])
@@ -154,58 +157,88 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         check_worker_access(client, [data.path, *([test_data] if test_data else [])],
                             [Path(store).resolve().parent])
         solver = _solver_for_new_run(client, data, config)
-        rows = chunk_rows or default_chunk_rows(data, sum(solver.state_widths().values()))
+        rows = chunk_rows or chunk_rows_for_validation(
+            data.n_samples, default_chunk_rows(data, sum(solver.state_widths().values())), config.validation_fraction)
+        train_chunks, held_out = validation_split(bounds(data.n_samples, rows), config.validation_fraction, config.seed)
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
                               data={"path": str(data.path.resolve()), "fingerprint": fingerprint(data)},
                               n_samples=data.n_samples, chunk_rows=rows, classes=solver.classes,
                               x_mean=solver.x_mean, x_scale=solver.x_scale, overwrite=overwrite,
-                              test_data=str(Path(test_data).resolve()) if test_data else None)
+                              test_data=str(Path(test_data).resolve()) if test_data else None,
+                              validation_chunks=held_out)
     test = open_data(test_data) if test_data else None
     if test is not None and test.n_features != data.n_features:
         raise InputError(f"test data {test.path} has {test.n_features} features, training data has {data.n_features}")
 
-    runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), data.n_samples,
-                        run.chunk_rows, progress=progress)
-    report(f"run store {run.path}: {data.n_samples} samples in {math.ceil(data.n_samples / run.chunk_rows)} "
-           f"chunks of {run.chunk_rows} rows, layers {'-'.join(map(str, solver.widths))}, "
+    held_out = [tuple(b) for b in run.attrs.get("validation_chunks") or []]
+    train_chunks = [b for b in bounds(data.n_samples, run.chunk_rows) if b not in set(held_out)]
+    runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), train_chunks, progress=progress)
+    n_held = sum(b - a for a, b in held_out)
+    report(f"run store {run.path}: {data.n_samples - n_held} training samples in {len(train_chunks)} chunks of "
+           f"{run.chunk_rows} rows" + (f", {n_held} held out for early stopping in {len(held_out)} chunks"
+                                        if held_out else "")
+           + f", layers {'-'.join(map(str, solver.widths))}, solver {solver.name}, "
            f"classes {solver.classes.tolist()[:10]}{' …' if len(solver.classes) > 10 else ''}")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
+    stopping = EarlyStopping(config.patience)
     if manifest is None:
         t0 = time.perf_counter()
         state = initialize(solver, runner)
-        run.commit(Checkpoint(0, state.weights, state.next_weights, state.input_gram), history, config.iterations)
-        report(f"initialised state ({config.init}) in {time.perf_counter() - t0:.2f} s")
+        run.commit(Checkpoint(0, state.weights, state.carry), history, config.iterations)
+        report(f"initialised ({config.init}) in {time.perf_counter() - t0:.2f} s")
     else:
         ck = run.load_checkpoint()
-        state = LoopState(ck.iteration, ck.weights, ck.next_weights, ck.input_gram)
+        state = LoopState(ck.iteration, ck.weights, ck.carry)
+        if ck.best:
+            stopping = EarlyStopping(config.patience, best_score=ck.best["best_validation"],
+                                     best_iteration=ck.best["best_iteration"], best_weights=ck.best_weights)
         report(f"resuming after iteration {ck.iteration}")
-        if resolve_again:  # W^{k+1} depends on γ, β (eq. 6) and the ridge: solve it again
-            sums = solver.layout(True).unpack(runner.grams(state.weights, ck.iteration))
-            try:
-                state.next_weights = solver.solve(sums, state.input_gram)
-            except NumericalError as exc:
-                raise NumericalError(f"iteration {ck.iteration + 1}: {exc}; iteration {ck.iteration} "
-                                     "is still the committed one") from None
-            report(f"new gamma={config.gamma}, beta={config.beta}, ridge={config.ridge}: weights for "
-                   f"iteration {ck.iteration + 1} solved again")
-    result = TrainResult(solver.network(state.weights), history, run)
-    report(f"{'iter':>5} {'seconds':>8} {'train acc':>9} {'test acc':>9} {'residual':>10} {'objective':>11}")
+        try:
+            state = solver.resume(runner, state, changed)
+        except NumericalError as exc:
+            raise NumericalError(f"iteration {ck.iteration + 1}: {exc}; iteration {ck.iteration} "
+                                 "is still the committed one") from None
+        if changed:
+            report("changed " + ", ".join(f"{k}={getattr(config, k)}" for k in sorted(changed))
+                   + f"; the client state of iteration {ck.iteration} was brought up to date")
+    result = TrainResult(solver.network(stopping.best_weights or state.weights), history, run)
+    if manifest and manifest.get("stopped_early") and not changed:
+        report(f"the run stopped early at iteration {state.iteration} (its model is iteration "
+               f"{stopping.best_iteration}); pass a larger --patience or --iterations to go on")
+        return result
+    columns = (("test_accuracy", "test acc"),) + ((("validation_accuracy", "valid acc"),) if held_out else ())
+    report(f"{'iter':>5} {'seconds':>8} {'train acc':>9} " + " ".join(f"{title:>9}" for _, title in columns)
+           + f" {'residual':>10} {'objective':>11}")
     t0 = time.perf_counter()
     for state, metrics in iterate(solver, runner, state, config.iterations):
         network = solver.network(state.weights)
         record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics}
+        graphs = {}
+        if held_out:
+            graphs["validation_accuracy"] = accuracy_graph(network, data.path.resolve(), held_out)
         if test is not None:
-            n, correct = runner.compute(accuracy_graph(client, network, test.path.resolve(),
-                                                       test.n_samples, test.chunk_rows))[0]
-            record["test_accuracy"] = correct / n
+            graphs["test_accuracy"] = accuracy_graph(network, test.path.resolve(),
+                                                     bounds(test.n_samples, test.chunk_rows))
+        for name, (n, correct) in zip(graphs, runner.compute(*graphs.values())):
+            record[name] = correct / n
+        stop = held_out and stopping.update(state.iteration, record["validation_accuracy"], state.weights)
         history.append(record)
-        run.commit(Checkpoint(state.iteration, state.weights, state.next_weights, state.input_gram),
-                   history, config.iterations)
-        result.network = network
-        test_txt = f"{record['test_accuracy']:9.4f}" if "test_accuracy" in record else f"{'-':>9}"
-        report(f"{state.iteration:5d} {record['seconds']:8.2f} {record['train_accuracy']:9.4f} {test_txt} "
-               f"{record['residual']:10.3e} {record['objective']:11.4e}")
+        run.commit(Checkpoint(state.iteration, state.weights, state.carry,
+                              stopping.summary() if held_out else None, stopping.best_weights if held_out else None),
+                   history, config.iterations, stopped=bool(stop))
+        result.network = solver.network(stopping.best_weights if held_out else state.weights)
+        report(" ".join([f"{state.iteration:5d} {record['seconds']:8.2f} {record['train_accuracy']:9.4f}",
+                         *(f"{record[k]:9.4f}" if k in record else f"{'-':>9}" for k, _ in columns),
+                         _fmt(record.get("residual"), 10), _fmt(record.get("objective"), 11)]))
+        if stop:
+            report(f"stopping early: no gain in validation accuracy for {config.patience} iterations; the model "
+                   f"is iteration {stopping.best_iteration} (validation accuracy {stopping.best_score:.4f})")
+            break
         t0 = time.perf_counter()
     run.release_uncommitted_slot()
     return result
+
+
+def _fmt(value, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.3e}"

@@ -36,6 +36,7 @@ from solvers.activations import ACTIVATIONS
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.linalg import ActivationUpdate, affine, cross_with_bias, gram_with_bias, solve_weights
+from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES, n_outputs, predict_classes, targets
 from solvers.network import Network, forward, standardize
 from solvers.stats import StatsLayout
@@ -107,6 +108,41 @@ class ADMMSolver:
                        self.x_mean, self.x_scale, self.dtype.type)
 
     # -- client side -------------------------------------------------------------------
+    def initialize(self, runner) -> LoopState:
+        """Write the initial state (iteration 0) and return W⁰ with W¹ solved ahead."""
+        layout = self.layout(True)
+        w0 = self.initial_weights()
+        sums = run_pass(runner, layout, "init_chunk", w0, 0, write=0)
+        input_gram = sums["gram1"]
+        if w0 is None:  # gaussian state: fit W⁰ to it, then the Grams of W¹
+            w0 = self.solve(sums, input_gram)
+            sums = run_pass(runner, layout, "grams_chunk", w0, 0, read=0)
+        return self._loop_state(0, w0, self.solve(sums, input_gram), input_gram)
+
+    def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
+        """Run iteration k = state.iteration + 1 (one pass) and solve W^{k+1} from its Grams."""
+        k = state.iteration + 1
+        w_new, input_gram = self._next_weights(state), state.carry["input_gram"]
+        params = self.step_params(state.weights, w_new, k)
+        sums = run_pass(runner, self.layout(False), "step_chunk", params, k, read=k - 1, write=k)
+        return self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram), self.metrics(sums)
+
+    def resume(self, runner, state: LoopState, changed: set) -> LoopState:
+        """Return the state to continue from; W^{k+1} is solved again if γ, β or the ridge changed (eq. 6, 9)."""
+        if not changed & {"gamma", "beta", "ridge"}:
+            return state
+        k, input_gram = state.iteration, state.carry["input_gram"]
+        sums = run_pass(runner, self.layout(True), "grams_chunk", state.weights, k, read=k)
+        return self._loop_state(k, state.weights, self.solve(sums, input_gram), input_gram)
+
+    def _loop_state(self, k: int, weights, next_weights, input_gram) -> LoopState:
+        carry = {f"V{l}": np.asarray(V) for l, V in enumerate(next_weights, start=1)}
+        carry["input_gram"] = np.asarray(input_gram)
+        return LoopState(k, list(weights), carry)
+
+    def _next_weights(self, state: LoopState) -> list:
+        return [state.carry[f"V{l}"] for l in range(1, self.L + 1)]
+
     def initial_weights(self):
         """Return He-scaled random W⁰ (bias 0) for ``init="forward"``, else None."""
         if self.config.init != "forward":
@@ -170,7 +206,7 @@ class ADMMSolver:
                 parts[f"gram{l}"] = gram_with_bias(a[l - 1])
         return parts
 
-    def init_chunk(self, x_raw, y_idx, start_row: int, params):
+    def init_chunk(self, x_raw, y_idx, state, start_row: int, params):
         """Return (initial state, sums) for one chunk.
 
         ``forward``: z⁰ is the forward pass of W⁰ (``params``); the sums are the
@@ -200,15 +236,15 @@ class ADMMSolver:
         sums["n"] = n
         return state, self.layout(True).pack(sums)
 
-    def grams_chunk(self, x_raw, y_idx, state, weights):
-        """Return the sums of the Grams of W¹ given W⁰ (after a ``gaussian`` init)."""
+    def grams_chunk(self, x_raw, y_idx, state, start_row: int, weights):
+        """Return (None, sums of the Grams of W^{k+1} given the state z^k and W^k)."""
         x = self._inputs(x_raw)
         z = [None] + [state[f"z{l}"] for l in range(1, self.L + 1)]
         parts = self._gram_parts(self._activations(x, z, self.operators(weights)), z, input_gram=True)
         parts["n"] = x.shape[0]
-        return self.layout(True).pack(parts)
+        return None, self.layout(True).pack(parts)
 
-    def step_chunk(self, x_raw, y_idx, state, p: StepParams):
+    def step_chunk(self, x_raw, y_idx, state, start_row: int, p: StepParams):
         """Return (z^k, λ^k) and the sums of one chunk for iteration k (one Algorithm 1 sweep)."""
         n = x_raw.shape[0]
         new = {name: np.empty((n, w), self.dtype) for name, w in self.state_widths().items()}

@@ -18,7 +18,10 @@ class TrainConfig:
     ``z_l = W_l a_{l−1}`` of eq. 4; ``warm_start`` iterations skip the λ
     update (paper §6); ``init`` is ``"forward"`` (state from a forward pass of
     He-scaled random weights) or ``"gaussian"`` (the paper's N(0, 1) state);
-    ``ridge`` is the relative ridge of the W-solve.
+    ``ridge`` is the relative ridge of the W-solve. ``validation_fraction``
+    of the training chunks is held out when above 0: the model is the
+    iteration with the best held-out accuracy, and training stops after
+    ``patience`` iterations without a gain (0: never stop early).
     """
 
     hidden: tuple[int, ...] = (300,)
@@ -32,6 +35,8 @@ class TrainConfig:
     seed: int = 0
     ridge: float = 1e-2
     solver: str = "admm"
+    validation_fraction: float = 0.0
+    patience: int = 3
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -53,6 +58,10 @@ class TrainConfig:
             problems.append(f"iterations must be >= 0, got {self.iterations}")
         if self.warm_start < 0:
             problems.append(f"warm_start must be >= 0, got {self.warm_start}")
+        if not (0 <= self.validation_fraction < 1):
+            problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.patience < 0:
+            problems.append(f"patience must be >= 0, got {self.patience}")
         if self.init not in INITS:
             problems.append(f"init {self.init!r} is not one of {list(INITS)}")
         if problems:

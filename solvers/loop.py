@@ -1,13 +1,14 @@
 """The client side of training, shared by the in-memory reference and the Dask pipeline.
 
-The loop reads like Algorithm 1 with the chunk work abstracted away: a
-*runner* executes one pass of chunk kernels over every sample chunk and
-returns the float64 sums; the loop turns sums into weights (small solves)
-and yields after every iteration so the caller can checkpoint and report.
+A *runner* executes one pass of one solver chunk kernel over every sample
+chunk and returns the float64 sums; the solver's client step
+(``initialize``/``advance``) turns sums into weights with small solves and
+decides which passes an iteration needs; :func:`iterate` yields after every
+iteration so the caller can checkpoint, validate and report.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 import numpy as np
@@ -16,26 +17,30 @@ from solvers.errors import NumericalError
 
 
 class PassRunner(Protocol):
-    """Runs one pass of a solver's chunk kernels over all sample chunks."""
+    """Runs one pass of a solver's chunk kernel over all sample chunks."""
 
-    def init(self, weights) -> np.ndarray:
-        """Write the initial state (``solver.init_chunk``) and return the summed stats."""
+    def run(self, kernel: str, params, *, read: int | None = None, write: int | None = None) -> np.ndarray:
+        """Run ``solver.<kernel>(x, y, state, start_row, params)`` on every chunk; return the summed stats.
 
-    def grams(self, weights, iteration: int = 0) -> np.ndarray:
-        """Return the summed ``solver.grams_chunk`` stats of the state of ``iteration``."""
-
-    def step(self, iteration: int, params) -> np.ndarray:
-        """Advance the state to ``iteration`` (``solver.step_chunk``) and return the summed stats."""
+        ``state`` holds the chunk's rows of the per-sample state of iteration
+        ``read`` (None: no state is read); the kernel returns
+        ``(new_state, sums)`` and ``new_state`` is stored as the state of
+        iteration ``write`` (None: nothing is written). Runners keep two
+        slots, so only iterations k−1 and k are ever held.
+        """
 
 
 @dataclass
 class LoopState:
-    """Client state after iteration k: W^k (the model), W^{k+1} (solved for the next pass)."""
+    """Client state after iteration k: the model W^k and what the next iteration needs.
+
+    ``carry`` maps names to arrays (a solver's solved-ahead weights, constant
+    Grams, step-size control): a checkpoint stores it, a resume restores it.
+    """
 
     iteration: int
     weights: list
-    next_weights: list
-    input_gram: np.ndarray
+    carry: dict = field(default_factory=dict)
 
 
 def _layer_of(name: str):
@@ -43,8 +48,8 @@ def _layer_of(name: str):
     return int(digits) if digits else None
 
 
-def _check_finite(sums: dict, iteration: int):
-    """Raise :class:`NumericalError` naming the first layer whose sums are not finite."""
+def check_finite(sums: dict, iteration: int) -> dict:
+    """Return ``sums``, or raise :class:`NumericalError` naming the first layer whose sums are not finite."""
     by_layer = sorted(sums, key=lambda k: (_layer_of(k) is None, _layer_of(k) or 0))
     for name in by_layer:
         if not np.all(np.isfinite(sums[name])):
@@ -54,34 +59,26 @@ def _check_finite(sums: dict, iteration: int):
                 f"non-finite values (NaN/inf) in {where} at iteration {iteration}; the last committed "
                 "iteration is intact: resume with other --gamma/--beta (nearer the defaults) or a larger --ridge"
             )
+    return sums
+
+
+def run_pass(runner: PassRunner, layout, kernel: str, params, iteration: int, **slots) -> dict:
+    """Run one pass and return its sums unpacked by ``layout`` and checked to be finite."""
+    return check_finite(layout.unpack(runner.run(kernel, params, **slots)), iteration)
 
 
 def initialize(solver, runner: PassRunner) -> LoopState:
-    """Write the initial state and return the client state of iteration 0 (W⁰, W¹)."""
-    layout = solver.layout(True)
-    w0 = solver.initial_weights()
-    sums = layout.unpack(runner.init(w0))
-    _check_finite(sums, 0)
-    input_gram = sums["gram1"]
-    if w0 is None:  # gaussian state: fit W⁰ to it, then the Grams of W¹
-        w0 = solver.solve(sums, input_gram)
-        sums = layout.unpack(runner.grams(w0))
-        _check_finite(sums, 0)
-    return LoopState(0, w0, solver.solve(sums, input_gram), input_gram)
+    """Write the initial state (if the solver keeps one) and return the client state of iteration 0."""
+    return solver.initialize(runner)
 
 
 def iterate(solver, runner: PassRunner, state: LoopState, until: int) -> Iterator[tuple[LoopState, dict]]:
     """Yield (client state, metrics) after each iteration ``state.iteration + 1 .. until``."""
-    layout = solver.layout(False)
     while state.iteration < until:
         k = state.iteration + 1
-        params = solver.step_params(state.weights, state.next_weights, k)
-        sums = layout.unpack(runner.step(k, params))
-        _check_finite(sums, k)
-        metrics = solver.metrics(sums)
         try:
-            w_next = solver.solve(sums, state.input_gram)
+            state, metrics = solver.advance(runner, state)
         except NumericalError as exc:
-            raise NumericalError(f"iteration {k}: {exc}") from None
-        state = LoopState(k, state.next_weights, w_next, state.input_gram)
+            msg = str(exc)
+            raise NumericalError(msg if f"iteration {k}" in msg else f"iteration {k}: {msg}") from None
         yield state, metrics

@@ -19,6 +19,7 @@ from solvers.loop import initialize, iterate
 from solvers.losses import encode_labels
 from solvers.network import Network
 from solvers.stats import moment_sums, moments_from_sums
+from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 
 
 def check_xy(X, y, what: str = "training data"):
@@ -52,28 +53,23 @@ def chunk_bounds(n: int, chunk_rows: int | None):
 class InMemoryRunner:
     """Runs a solver's chunk kernels over in-memory chunks (the :class:`PassRunner` protocol)."""
 
-    def __init__(self, solver, X, y_idx, chunk_rows=None):
+    def __init__(self, solver, X, y_idx, chunk_rows=None, bounds=None):
         self.solver = solver
-        self.bounds = chunk_bounds(X.shape[0], chunk_rows)
+        self.bounds = bounds if bounds is not None else chunk_bounds(X.shape[0], chunk_rows)
         self.x = [X[a:b] for a, b in self.bounds]
         self.y = [y_idx[a:b] for a, b in self.bounds]
-        self.state = [None] * len(self.bounds)
+        self.slots = {}  # iteration mod 2 -> per-chunk state
 
-    def init(self, weights):
-        total = 0.0
-        for i, (start, _) in enumerate(self.bounds):
-            self.state[i], sums = self.solver.init_chunk(self.x[i], self.y[i], start, weights)
+    def run(self, kernel, params, *, read=None, write=None):
+        fn = getattr(self.solver, kernel)
+        states = self.slots[read % 2] if read is not None else [None] * len(self.bounds)
+        new_states, total = [], 0.0
+        for (start, _), x, y, state in zip(self.bounds, self.x, self.y, states):
+            new, sums = fn(x, y, state, start, params)
+            new_states.append(new)
             total = total + sums
-        return total
-
-    def grams(self, weights, iteration=0):
-        return sum(self.solver.grams_chunk(x, y, s, weights) for x, y, s in zip(self.x, self.y, self.state))
-
-    def step(self, iteration, params):
-        total = 0.0
-        for i in range(len(self.bounds)):
-            self.state[i], sums = self.solver.step_chunk(self.x[i], self.y[i], self.state[i], params)
-            total = total + sums
+        if write is not None:
+            self.slots[write % 2] = new_states
         return total
 
 
@@ -85,6 +81,7 @@ class FitResult:
     history: list = field(default_factory=list)
     loop_state: object = None
     solver: object = None
+    best_iteration: int | None = None  # with early stopping: the iteration the network is from
 
 
 def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X_test=None,
@@ -93,7 +90,9 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
 
     ``chunk_rows`` splits the samples like the pipeline does (the result is the
     pipeline's up to float summation order); ``callback(record)`` is called
-    after each iteration with the history record.
+    after each iteration with the history record. With
+    ``config.validation_fraction`` > 0 that share of the chunks is held out
+    and the returned network is the iteration with the best held-out accuracy.
     """
     config = config or TrainConfig()
     X, y = check_xy(X, y)
@@ -101,9 +100,16 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
     shift = X[0].astype(np.float64)
     mean, scale = moments_from_sums(moment_sums(X, shift), shift)
     solver = SOLVERS[config.solver](config, X.shape[1], classes, mean, scale, dtype=dtype)
-    runner = InMemoryRunner(solver, X, encode_labels(y, classes), chunk_rows)
+    rows = chunk_rows_for_validation(X.shape[0], chunk_rows or X.shape[0], config.validation_fraction)
+    train_bounds, held_out = validation_split(chunk_bounds(X.shape[0], rows), config.validation_fraction,
+                                              config.seed)
+    runner = InMemoryRunner(solver, X, encode_labels(y, classes), bounds=train_bounds)
+    if held_out:
+        rows_out = np.concatenate([np.arange(a, b) for a, b in held_out])
+        X_val, y_val = X[rows_out], y[rows_out]
     if X_test is not None:
         X_test, y_test = check_xy(X_test, y_test, "test data")
+    stopping = EarlyStopping(config.patience)
     t0 = time.perf_counter()
     state = initialize(solver, runner)
     result = FitResult(solver.network(state.weights), [], state, solver)
@@ -112,9 +118,18 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
         record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics}
         if X_test is not None:
             record["test_accuracy"] = network.score(X_test, y_test)
+        stop = False
+        if held_out:
+            record["validation_accuracy"] = network.score(X_val, y_val)
+            stop = stopping.update(state.iteration, record["validation_accuracy"], state.weights)
         result.history.append(record)
         result.network, result.loop_state = network, state
         if callback is not None:
             callback(record)
+        if stop:
+            break
         t0 = time.perf_counter()
+    if held_out and stopping.best_weights is not None:
+        result.network = solver.network(stopping.best_weights)
+        result.best_iteration = stopping.best_iteration
     return result

@@ -7,12 +7,15 @@
                            state widths, chunk_rows, solver
       manifest.json        human-readable commit record: committed iteration,
                            state slot, per-iteration history (the source of truth)
-      model/               x_mean, x_scale (d,), classes (K,), input_gram (d+1, d+1)
+      model/               x_mean, x_scale (d,), classes (K,)
       state/slot0/, slot1/ per-sample state, e.g. z1 (n, n_1) … lam (n, n_L), float32,
                            chunks (chunk_rows, width), uncompressed, crc32c-checked;
                            fill value NaN, so a missing chunk never reads as state
-      checkpoint/<k>/      W1…WL (the model after iteration k) and V1…VL (the
-                           weights already solved for iteration k+1), float64
+      checkpoint/<k>/      W1…WL (the weights after iteration k), carry/ (what the
+                           solver's next iteration needs, e.g. ADMM's W^{k+1} solved
+                           ahead and the input Gram), best/W1…WL (with early
+                           stopping: the weights of the best held-out iteration,
+                           which are the model), float64
       metrics/             1-D arrays along "iteration" (train_accuracy,
                            test_accuracy, residual, objective, seconds, …), for
                            ``xarray.open_zarr(RUN.zarr, group="metrics")``
@@ -28,7 +31,7 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +41,11 @@ from zarr.codecs import Crc32cCodec
 from solvers.errors import InputError
 
 FORMAT = "admm-dask-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STATE_DTYPE = np.dtype("float32")
 MANIFEST = "manifest.json"
-METRIC_NAMES = ("seconds", "train_accuracy", "test_accuracy", "residual", "objective", "loss")
+METRIC_NAMES = ("seconds", "train_accuracy", "test_accuracy", "validation_accuracy", "residual", "objective",
+                "loss", "damping")
 
 
 def state_path(slot: int, name: str) -> str:
@@ -76,9 +80,10 @@ class Checkpoint:
     """What a committed iteration k holds besides the state slot."""
 
     iteration: int
-    weights: list          # W^k
-    next_weights: list     # W^{k+1}
-    input_gram: np.ndarray
+    weights: list                                 # W^k
+    carry: dict = field(default_factory=dict)     # name -> array, the solver's client state
+    best: dict | None = None                      # early stopping: iteration, score, patience
+    best_weights: list | None = None              # the weights of best["best_iteration"]
 
 
 class RunStore:
@@ -92,7 +97,7 @@ class RunStore:
     @classmethod
     def create(cls, path, *, config: dict, data: dict, state_widths: dict, n_samples: int,
                chunk_rows: int, classes, x_mean, x_scale, overwrite: bool = False,
-               test_data: str | None = None) -> "RunStore":
+               test_data: str | None = None, validation_chunks=()) -> "RunStore":
         """Create an empty run store with allocated state slots (refuses an existing path)."""
         path = Path(path)
         check_creatable(path, overwrite)
@@ -101,7 +106,8 @@ class RunStore:
         attrs = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "config": config, "data": data,
             "state_widths": dict(state_widths), "n_samples": int(n_samples),
-            "chunk_rows": int(chunk_rows), "test_data": test_data, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "chunk_rows": int(chunk_rows), "test_data": test_data,
+            "validation_chunks": [[int(a), int(b)] for a, b in validation_chunks], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         # built next to its target and renamed into place: a crash leaves no half store
         partial = path.with_name(f"{path.name}.partial-{secrets.token_hex(4)}")
@@ -195,21 +201,23 @@ class RunStore:
         m = self.manifest()
         return None if m is None else int(m["iteration"])
 
-    def commit(self, checkpoint: Checkpoint, history: list, target_iterations: int) -> None:
+    def commit(self, checkpoint: Checkpoint, history: list, target_iterations: int, stopped: bool = False) -> None:
         """Record iteration k: write its weights, then atomically replace the manifest."""
         k = checkpoint.iteration
         root = zarr.open_group(self.path, mode="r+")
-        if "model/input_gram" not in root:
-            root.create_array("model/input_gram", data=np.asarray(checkpoint.input_gram, np.float64))
         group = f"checkpoint/{k}"
         if group in root:
             del root[group]  # leftover of an uncommitted attempt at k
-        for prefix, ws in (("W", checkpoint.weights), ("V", checkpoint.next_weights)):
-            for l, W in enumerate(ws, start=1):
-                root.create_array(f"{group}/{prefix}{l}", data=np.asarray(W, np.float64))
+        for l, W in enumerate(checkpoint.weights, start=1):
+            root.create_array(f"{group}/W{l}", data=np.asarray(W, np.float64))
+        for name, value in checkpoint.carry.items():
+            root.create_array(f"{group}/carry/{name}", data=np.asarray(value, np.float64))
+        for l, W in enumerate(checkpoint.best_weights or [], start=1):
+            root.create_array(f"{group}/best/W{l}", data=np.asarray(W, np.float64))
         _write_json_atomic(self.path / MANIFEST, {
             "format": FORMAT, "iteration": k, "slot": slot_of(k), "target_iterations": target_iterations,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "history": history,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "early_stopping": checkpoint.best,
+            "stopped_early": bool(stopped), "history": history,
         })
         for stale in [name for name in root["checkpoint"].group_keys() if name != str(k)]:
             del root[f"checkpoint/{stale}"]  # earlier commits, or attempts a crash left behind
@@ -224,7 +232,7 @@ class RunStore:
             root.create_array(f"metrics/{name}", data=values, dimension_names=("iteration",), overwrite=True)
 
     def load_checkpoint(self) -> Checkpoint:
-        """Return the weights of the committed iteration."""
+        """Return the weights and solver state of the committed iteration."""
         m = self.manifest()
         if m is None:
             raise InputError(f"{self.path} has no committed iteration yet; start a new run with --overwrite")
@@ -232,13 +240,26 @@ class RunStore:
         root = zarr.open_group(self.path, mode="r")
         try:
             g = root[f"checkpoint/{k}"]
-            L = sum(1 for name in g.array_keys() if name.startswith("W"))
-            ws = [g[f"W{l}"][...] for l in range(1, L + 1)]
-            vs = [g[f"V{l}"][...] for l in range(1, L + 1)]
-            gram = root["model/input_gram"][...]
+            ws = _numbered(g, "W")
+            carry = {name: g[f"carry/{name}"][...] for name in g["carry"].array_keys()} if "carry" in g else {}
+            best = _numbered(g["best"], "W") if "best" in g else None
         except KeyError as exc:
             raise InputError(f"{self.path}: committed iteration {k} is incomplete ({exc}); the store is corrupt") from None
-        return Checkpoint(k, ws, vs, gram)
+        return Checkpoint(k, ws, carry, m.get("early_stopping"), best)
+
+    def model_iteration(self) -> int | None:
+        """Return the iteration the model comes from: the best held-out one with early stopping, else the last."""
+        m = self.manifest()
+        if m is None:
+            return None
+        best = (m.get("early_stopping") or {}).get("best_iteration")
+        return int(m["iteration"]) if best is None else int(best)
+
+
+def _numbered(group, prefix: str) -> list:
+    """Return the arrays ``<prefix>1 … <prefix>L`` of a Zarr group."""
+    L = sum(1 for name in group.array_keys() if name.startswith(prefix) and name[len(prefix):].isdigit())
+    return [group[f"{prefix}{l}"][...] for l in range(1, L + 1)]
 
 
 def _create_state_array(root, slot, name, width, n_samples, chunk_rows, overwrite=False):
@@ -275,10 +296,11 @@ def is_run_store(path) -> bool:
 
 
 def load_network(path):
-    """Return the network of a run store's last committed iteration."""
+    """Return the network of a run store: the best held-out iteration with early stopping, else the last."""
     from solvers.network import Network
 
     run = RunStore.open(path)
     ck = run.load_checkpoint()
     m = run.model_arrays()
-    return Network(ck.weights, run.attrs["config"]["activation"], m["classes"], m["x_mean"], m["x_scale"])
+    return Network(ck.best_weights or ck.weights, run.attrs["config"]["activation"], m["classes"], m["x_mean"],
+                   m["x_scale"])
