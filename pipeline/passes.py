@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
+from solvers.loop import read_plan
 from solvers.losses import encode_labels, predict_classes
 from solvers.reference import chunk_bounds
 from solvers.stats import moment_sums
@@ -37,8 +38,8 @@ def _read_xy(data: str, start: int, stop: int, classes=None):
     return x, (y if classes is None else encode_labels(y, classes))
 
 
-def _read_state(run: str, slot: int, names, start: int, stop: int) -> dict:
-    return {name: read_rows(run, state_path(slot, name), start, stop) for name in names}
+def _read_state(run: str, slots: dict, start: int, stop: int) -> dict:
+    return {name: read_rows(run, state_path(slot, name), start, stop) for name, slot in slots.items()}
 
 
 def _write_state(run: str, slot: int, state: dict, start: int, stop: int) -> None:
@@ -46,18 +47,18 @@ def _write_state(run: str, slot: int, state: dict, start: int, stop: int) -> Non
         _array(run, state_path(slot, name), "r+")[start:stop] = block
 
 
-def chunk_task(bundle, data, run, read_slot, write_slot, start, stop):
+def chunk_task(bundle, data, run, read_slots, write_slot, start, stop):
     """Run one solver kernel on rows [start, stop); return the chunk's sums.
 
-    ``bundle`` is (solver, kernel name, params). The state is read from
-    ``read_slot`` and the kernel's new state written to ``write_slot`` (either
-    may be None). The slot written is never the committed one, so a retried
-    task rewrites the same bytes.
+    ``bundle`` is (solver, kernel name, params). The state arrays are read
+    from ``read_slots`` ({name: slot}) and the kernel's new state written to
+    ``write_slot`` (either may be None). The slot written is never the
+    committed one, so a retried task rewrites the same bytes.
     """
     solver, kernel, params = bundle
     with threadpool_limits(1):
         x, y = _read_xy(data, start, stop, solver.classes)
-        state = None if read_slot is None else _read_state(run, read_slot, solver.state_widths(), start, stop)
+        state = None if read_slots is None else _read_state(run, read_slots, start, stop)
         new_state, sums = getattr(solver, kernel)(x, y, state, start, params)
         if write_slot is not None:
             _write_state(run, write_slot, new_state, start, stop)
@@ -148,8 +149,11 @@ class DaskRunner:
     def run(self, kernel, params, *, read=None, write=None):
         shared = broadcast((self.solver, kernel, params))
         fn = dask.delayed(chunk_task, pure=False)
-        slots = [None if k is None else slot_of(k) for k in (read, write)]
-        return self.compute(tree([fn(shared, self.data, self.run_path, *slots, a, b) for a, b in self.bounds]))[0]
+        plan = read_plan(read, self.solver.state_widths())
+        reads = None if plan is None else {name: slot_of(k) for name, k in plan.items()}
+        write_slot = None if write is None else slot_of(write)
+        return self.compute(tree([fn(shared, self.data, self.run_path, reads, write_slot, a, b)
+                                  for a, b in self.bounds]))[0]
 
 
 def accuracy_graph(network, data_path, chunks):

@@ -23,10 +23,13 @@ class PassRunner(Protocol):
         """Run ``solver.<kernel>(x, y, state, start_row, params)`` on every chunk; return the summed stats.
 
         ``state`` holds the chunk's rows of the per-sample state of iteration
-        ``read`` (None: no state is read); the kernel returns
+        ``read`` (None: no state is read; a dict ``{array name: iteration}``
+        reads those arrays from those iterations); the kernel returns
         ``(new_state, sums)`` and ``new_state`` is stored as the state of
         iteration ``write`` (None: nothing is written). Runners keep two
-        slots, so only iterations k−1 and k are ever held.
+        slots, so only iterations k−1 and k are ever held. A pass must not
+        write an array it reads from the same iteration (a retried chunk task
+        would read its own output).
         """
 
 
@@ -60,6 +63,13 @@ def check_finite(sums: dict, iteration: int) -> dict:
                 "iteration is intact: resume with other --gamma/--beta (nearer the defaults) or a larger --ridge"
             )
     return sums
+
+
+def read_plan(read, names) -> dict | None:
+    """Return ``{array name: iteration}`` for a runner's ``read`` argument (int, dict or None)."""
+    if read is None:
+        return None
+    return dict(read) if isinstance(read, dict) else {name: read for name in names}
 
 
 def run_pass(runner: PassRunner, layout, kernel: str, params, iteration: int, **slots) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 from solvers import SOLVERS
 from solvers.config import TrainConfig
 from solvers.errors import InputError
-from solvers.loop import initialize, iterate
+from solvers.loop import initialize, iterate, read_plan
 from solvers.losses import encode_labels
 from solvers.network import Network
 from solvers.stats import moment_sums, moments_from_sums
@@ -62,15 +62,20 @@ class InMemoryRunner:
 
     def run(self, kernel, params, *, read=None, write=None):
         fn = getattr(self.solver, kernel)
-        states = self.slots[read % 2] if read is not None else [None] * len(self.bounds)
-        new_states, total = [], 0.0
-        for (start, _), x, y, state in zip(self.bounds, self.x, self.y, states):
+        plan = read_plan(read, self.solver.state_widths())
+        total = 0.0
+        for i, ((start, _), x, y) in enumerate(zip(self.bounds, self.x, self.y)):
+            state = None if plan is None else {name: self.slots[k % 2][i][name] for name, k in plan.items()}
             new, sums = fn(x, y, state, start, params)
-            new_states.append(new)
+            if write is not None:
+                self.slots.setdefault(write % 2, [{} for _ in self.bounds])[i].update(new)
             total = total + sums
-        if write is not None:
-            self.slots[write % 2] = new_states
         return total
+
+    def state_of(self, iteration: int) -> dict:
+        """Return the whole state of ``iteration`` (arrays concatenated over chunks)."""
+        chunks = self.slots[iteration % 2]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
 @dataclass

@@ -86,8 +86,7 @@ def test_reference_equals_literal_algorithm1(hidden, n_classes, act, loss, chunk
                                        act, loss, cfg.gamma, cfg.beta, cfg.iterations, cfg.warm_start, ridge)
     for W_ours, W_ref in zip(state.weights, W_lit):
         np.testing.assert_allclose(W_ours, W_ref, rtol=1e-7, atol=1e-8)
-    last = runner.slots[cfg.iterations % 2]
-    z_ours = {k: np.concatenate([s[k] for s in last]) for k in last[0]}
+    z_ours = runner.state_of(cfg.iterations)
     for l, zl in enumerate(z_lit, start=1):
         np.testing.assert_allclose(z_ours[f"z{l}"], zl.T, rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(z_ours["lam"], lam_lit.T, rtol=1e-7, atol=1e-8)
