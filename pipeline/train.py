@@ -18,12 +18,13 @@ from solvers.activations import ACTIVATIONS
 from solvers.config import INITS, TrainConfig
 from solvers.errors import InputError
 from solvers.losses import LOSSES
+from solvers.stats import SCALINGS
 
 log = logging.getLogger("pipeline.train")  # not __name__: "__main__" under python -m
 DEMO = Path(__file__).resolve().parent / "demo" / "digits.npz"
 _DEFAULTS = TrainConfig()
 CONFIG_FLAGS = ("solver", "hidden", "activation", "loss", "iterations", "warm_start", "gamma", "beta", "ridge",
-                "init", "seed", "validation_fraction", "patience")
+                "init", "seed", "validation_fraction", "patience", "step_size", "damping", "scaling")
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ridge", type=float, help=f"relative ridge of the W-solve [{d.ridge}]")
     model.add_argument("--init", choices=INITS, help=f"initial state [{d.init}]")
     model.add_argument("--seed", type=int, help=f"random seed [{d.seed}]")
+    model.add_argument("--scaling", choices=SCALINGS,
+                       help="input scaling after centring: each feature's std (standard) or one common std "
+                            f"(global: pixels and other shared units) [{d.scaling}]")
+    gn = p.add_argument_group("gauss-newton solver")
+    gn.add_argument("--step-size", type=float, help=f"step η of the Gauss-Newton update [{d.step_size}]")
+    gn.add_argument("--damping", type=float,
+                    help=f"initial Levenberg-Marquardt damping λ, relative to the mean curvature [{d.damping}]")
     stop = p.add_argument_group("early stopping")
     stop.add_argument("--validation-fraction", type=float,
                       help="share of the training chunks held out (seeded choice of whole chunks); the model is "

@@ -19,7 +19,7 @@ from solvers import SOLVERS
 from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.loop import LoopState, initialize, iterate
-from solvers.stats import moments_from_sums
+from solvers.stats import input_scale, moments_from_sums
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 from storage.data import DataStore, fingerprint, open_data
 from storage.runstore import Checkpoint, RunStore, check_creatable
@@ -70,6 +70,7 @@ def _solver_for_new_run(client, data: DataStore, config: TrainConfig):
     sums, labels = data_statistics(client, data.path, data.n_samples, data.chunk_rows, shift)
     classes = _classes(labels)
     mean, scale = moments_from_sums(sums, shift)
+    scale = input_scale(scale, config.scaling)
     return SOLVERS[config.solver](config, data.n_features, classes, mean, scale)
 
 
@@ -101,7 +102,7 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
         open_data(test_data)
 
 
-RESUMABLE_CHANGES = ("iterations", "gamma", "beta", "warm_start", "ridge", "patience")
+RESUMABLE_CHANGES = ("iterations", "gamma", "beta", "warm_start", "ridge", "patience", "step_size", "damping")
 
 
 def resumed_config(stored: dict, overrides: dict | None) -> tuple[TrainConfig, set]:

@@ -6,7 +6,9 @@ kernels (``init_chunk``, ``grams_chunk``, ``step_chunk``), its client step
 (``state_widths``). Adding a solver is one module and one line here.
 """
 from solvers.admm import ADMMSolver
+from solvers.gauss_newton import GaussNewtonSolver
 
 SOLVERS = {
     "admm": ADMMSolver,
+    "gauss-newton": GaussNewtonSolver,
 }

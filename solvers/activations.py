@@ -190,10 +190,27 @@ class Activation:
     h: Callable
     z_update: Callable
     he_gain: float  # variance gain for He-style forward initialisation
+    dh: Callable    # derivative h'(z) (a subgradient at kinks), for the Gauss-Newton solver
+
+
+def relu_derivative(z):
+    """Return 1[z > 0] in the dtype of z."""
+    return (z > 0).astype(z.dtype)
+
+
+def hard_sigmoid_derivative(z):
+    """Return 1[0 < z < 1] in the dtype of z."""
+    return ((z > 0) & (z < 1)).astype(z.dtype)
+
+
+def sigmoid_derivative(z):
+    """Return σ(z)(1 − σ(z))."""
+    s = sigmoid(z)
+    return s * (1 - s)
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "relu": Activation("relu", relu, relu_z_update, 2.0),
-    "hard-sigmoid": Activation("hard-sigmoid", hard_sigmoid, hard_sigmoid_z_update, 1.0),
-    "sigmoid": Activation("sigmoid", sigmoid, sigmoid_z_update, 1.0),
+    "relu": Activation("relu", relu, relu_z_update, 2.0, relu_derivative),
+    "hard-sigmoid": Activation("hard-sigmoid", hard_sigmoid, hard_sigmoid_z_update, 1.0, hard_sigmoid_derivative),
+    "sigmoid": Activation("sigmoid", sigmoid, sigmoid_z_update, 1.0, sigmoid_derivative),
 }

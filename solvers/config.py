@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from solvers.activations import ACTIVATIONS
 from solvers.errors import InputError
 from solvers.losses import LOSSES
+from solvers.stats import SCALINGS
 
 INITS = ("forward", "gaussian")
 
@@ -18,7 +19,11 @@ class TrainConfig:
     ``z_l = W_l a_{l−1}`` of eq. 4; ``warm_start`` iterations skip the λ
     update (paper §6); ``init`` is ``"forward"`` (state from a forward pass of
     He-scaled random weights) or ``"gaussian"`` (the paper's N(0, 1) state);
-    ``ridge`` is the relative ridge of the W-solve. ``validation_fraction``
+    ``ridge`` is the relative ridge of the W-solve. ``step_size`` η and
+    ``damping`` λ₀ are the Gauss-Newton solver's step and initial
+    Levenberg–Marquardt damping. ``scaling`` divides the centred inputs by
+    each feature's std (``standard``) or by one common std (``global``, for
+    pixels and other shared units). ``validation_fraction``
     of the training chunks is held out when above 0: the model is the
     iteration with the best held-out accuracy, and training stops after
     ``patience`` iterations without a gain (0: never stop early).
@@ -35,6 +40,9 @@ class TrainConfig:
     seed: int = 0
     ridge: float = 1e-2
     solver: str = "admm"
+    step_size: float = 0.5
+    damping: float = 1.0
+    scaling: str = "standard"
     validation_fraction: float = 0.0
     patience: int = 3
     extra: dict = field(default_factory=dict)
@@ -48,7 +56,7 @@ class TrainConfig:
             problems.append(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
         if self.loss != "auto" and self.loss not in LOSSES:
             problems.append(f"loss {self.loss!r} is not one of {['auto', *sorted(LOSSES)]}")
-        for name in ("gamma", "beta"):
+        for name in ("gamma", "beta", "step_size", "damping"):
             v = getattr(self, name)
             if not (v > 0 and v < float("inf")):
                 problems.append(f"{name} must be a positive finite number, got {v!r}")
@@ -62,6 +70,8 @@ class TrainConfig:
             problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         if self.patience < 0:
             problems.append(f"patience must be >= 0, got {self.patience}")
+        if self.scaling not in SCALINGS:
+            problems.append(f"scaling {self.scaling!r} is not one of {list(SCALINGS)}")
         if self.init not in INITS:
             problems.append(f"init {self.init!r} is not one of {list(INITS)}")
         if problems:

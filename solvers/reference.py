@@ -18,7 +18,7 @@ from solvers.errors import InputError
 from solvers.loop import initialize, iterate, read_plan
 from solvers.losses import encode_labels
 from solvers.network import Network
-from solvers.stats import moment_sums, moments_from_sums
+from solvers.stats import input_scale, moment_sums, moments_from_sums
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 
 
@@ -104,8 +104,9 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
     classes = np.unique(y)
     shift = X[0].astype(np.float64)
     mean, scale = moments_from_sums(moment_sums(X, shift), shift)
+    scale = input_scale(scale, config.scaling)
     solver = SOLVERS[config.solver](config, X.shape[1], classes, mean, scale, dtype=dtype)
-    rows = chunk_rows_for_validation(X.shape[0], chunk_rows or X.shape[0], config.validation_fraction)
+    rows = chunk_rows or chunk_rows_for_validation(X.shape[0], X.shape[0], config.validation_fraction)
     train_bounds, held_out = validation_split(chunk_bounds(X.shape[0], rows), config.validation_fraction,
                                               config.seed)
     runner = InMemoryRunner(solver, X, encode_labels(y, classes), bounds=train_bounds)

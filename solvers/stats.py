@@ -60,3 +60,22 @@ def moments_from_sums(sums, shift):
     std = np.sqrt(var)
     scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(shift)), std, 1.0)
     return shift + mean_d, scale
+
+
+SCALINGS = ("standard", "global")
+
+
+def input_scale(scale, how: str):
+    """Return the per-feature divisor of the inputs for a scaling rule.
+
+    ``standard``: each feature's own standard deviation (features in different
+    units). ``global``: one common divisor, the root mean square of the
+    standard deviations (features in shared units such as pixels, where
+    dividing a rarely-lit pixel by its tiny std would blow it up).
+    """
+    scale = np.asarray(scale, np.float64)
+    if how == "standard":
+        return scale
+    if how == "global":
+        return np.full_like(scale, float(np.sqrt(np.mean(scale ** 2))) or 1.0)
+    raise ValueError(f"unknown scaling {how!r}")

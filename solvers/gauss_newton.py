@@ -1,0 +1,275 @@
+"""Layerwise Gauss-Newton with Kronecker-factored curvature, on the same chunk-and-reduce passes.
+
+Samples are rows; ``ã = [a, 1]``; ``T`` are 0/1 (or one-hot) targets; the
+loss is the squared error ``E = Σ‖T − W_L ã_{L−1}‖²``; ``M_l = h'(z_l)``;
+``W̃`` is W without its bias column. One iteration, for the trial hidden
+weights ``W_1..W_{L−1}``:
+
+* pass A (``forward_chunk``): ``G_{L−1} = Σ ã_{L−1}ã_{L−1}ᵀ``, ``C_L = Σ T ã_{L−1}ᵀ``,
+  ``Σ‖T‖²``; on the client ``W_L = C_L (G_{L−1} + ε ḡ I)⁻¹`` (the paper's eq. 9 W-solve)
+  and ``E = Σ‖T‖² − 2⟨W_L, C_L⟩ + ⟨W_L G_{L−1}, W_L⟩`` from the same sums.
+* Levenberg–Marquardt control: if E rose above the last accepted error the
+  trial is rejected (the weights stay, the damping λ ← 4λ); else it is
+  accepted (λ ← max(λ/2, floor)) and
+* pass B (``curvature_chunk``) at the accepted weights: ``δ_L = T − W_L ã_{L−1}``,
+  ``δ_l = M_l ⊙ (δ_{l+1} W̃_{l+1})``; gradients ``D_l = Σ δ_lᵀ ã_{l−1}``; input Grams
+  ``G_{l−1}``; output-side curvature ``S_l = Σ_k Σ_samples J_{k,l}ᵀ J_{k,l}`` with
+  ``J_{k,L−1} = M_{L−1} ⊙ W̃_L[k]``, ``J_{k,l} = M_l ⊙ (J_{k,l+1} W̃_{l+1})`` — for the
+  last hidden layer ``S = (W̃_Lᵀ W̃_L) ⊙ Σ M_{L−1}ᵀ M_{L−1}``, reduced as ``Σ MᵀM``.
+* the next trial, on the client: ``W_l ← W_l + η n (S_l + λ s̄ I)⁻¹ D_l (G_{l−1} + ε ḡ I)⁻¹``
+  (``s̄, ḡ`` mean diagonals; ``n S⁻¹ D G⁻¹`` is the Gauss-Newton step with the
+  curvature ``S ⊗ G / n``).
+
+Read as ADMM, the step sets Gauss-Newton targets ``z_l* = z_l + η n (S_l + λ s̄ I)⁻¹ δ_l``
+and applies the least-squares W-solve on the forward inputs. No per-sample
+state is stored (the forward pass is recomputed), so the out-of-core I/O is
+the data alone: two passes per accepted iteration, one per rejected one.
+
+Settings: ``step_size`` η, ``damping`` λ₀, ``ridge`` ε; the accepted
+error, λ, the trial weights and pass B's sums are the client ``carry``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from solvers.activations import ACTIVATIONS
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from solvers.linalg import affine, cross_with_bias, gram_with_bias, solve_weights
+from solvers.loop import LoopState, run_pass
+from solvers.losses import n_outputs, predict_classes, targets
+from solvers.network import Network, standardize
+from solvers.stats import StatsLayout
+
+TILE_ROWS = 4096      # rows per tile inside a chunk: keeps elementwise work in cache
+DAMPING_FLOOR = 1e-2  # λ never drops below this (relative to the mean curvature s̄)
+DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
+DAMPING_SHRINK = 2.0  # λ ← λ/2 after an accepted one
+
+
+@dataclass(frozen=True)
+class ForwardParams:
+    """The broadcast of pass A: the hidden weights (the chunk's dtype) and whether to sum the input Gram."""
+
+    hidden: tuple
+    input_gram: bool
+
+
+def _tiles(n: int, tile: int = TILE_ROWS):
+    for start in range(0, n, tile):
+        yield slice(start, min(start + tile, n))
+
+
+class GaussNewtonSolver:
+    """Layerwise Gauss-Newton: chunk kernels (passes A and B) and the client's LM-controlled step."""
+
+    name = "gauss-newton"
+
+    def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32):
+        self.config = config
+        self.classes = np.asarray(classes)
+        if len(self.classes) < 2:
+            raise InputError(f"training needs at least two classes, the labels hold {self.classes.tolist()}")
+        if config.loss not in ("auto", "squared"):
+            raise InputError(f"the gauss-newton solver fits the squared loss; --loss {config.loss} "
+                             "needs --solver admm")
+        self.n_classes = len(self.classes)
+        self.act = ACTIVATIONS[config.activation]
+        self.widths = (int(n_features), *config.hidden, n_outputs(self.n_classes))
+        self.L = len(self.widths) - 1
+        self.dtype = np.dtype(dtype)
+        self.x_mean = np.asarray(x_mean, np.float64)
+        self.x_scale = np.asarray(x_scale, np.float64)
+
+    # -- what the pipeline stores and sums ------------------------------------------
+    def state_widths(self) -> dict[str, int]:
+        """Return {}: the forward pass is recomputed, nothing per sample is kept."""
+        return {}
+
+    def forward_layout(self, input_gram: bool) -> StatsLayout:
+        """Return the layout of pass A's sums (``gram1`` = Σ ã_0 ã_0ᵀ only when asked)."""
+        w, L = self.widths, self.L
+        shapes = {"n": (), "tt": (), f"gram{L}": (w[L - 1] + 1,) * 2, f"cross{L}": (w[L], w[L - 1] + 1)}
+        if input_gram and L > 1:
+            shapes["gram1"] = (w[0] + 1,) * 2
+        return StatsLayout(shapes)
+
+    def curvature_layout(self) -> StatsLayout:
+        """Return the layout of pass B's sums: S (as Σ MᵀM for the last hidden layer), D, G per hidden layer."""
+        w, L = self.widths, self.L
+        shapes = {"n": (), "correct": (), "loss": ()}
+        for l in range(1, L):
+            shapes[f"curv{l}"] = (w[l], w[l])
+            shapes[f"grad{l}"] = (w[l], w[l - 1] + 1)
+            if l > 1:
+                shapes[f"gram{l}"] = (w[l - 1] + 1,) * 2
+        return StatsLayout(shapes)
+
+    def network(self, weights) -> Network:
+        """Return the trained network for the weights ``W_1..W_L``."""
+        return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
+                       self.x_mean, self.x_scale, self.dtype.type)
+
+    # -- client side -------------------------------------------------------------------
+    def initial_hidden(self) -> list:
+        """Return He-scaled random hidden weights (bias 0), seeded like the ADMM solver's."""
+        rng = np.random.default_rng([self.config.seed, 0])
+        out = []
+        for l in range(1, self.L):
+            fan_in = self.widths[l - 1]
+            W = np.zeros((self.widths[l], fan_in + 1))
+            W[:, :-1] = rng.normal(0.0, np.sqrt(self.act.he_gain / fan_in), size=(self.widths[l], fan_in))
+            out.append(W)
+        return out
+
+    def initialize(self, runner) -> LoopState:
+        """Fit the output layer on the random hidden layers (pass A), then take pass B there."""
+        hidden = self.initial_hidden()
+        sums = run_pass(runner, self.forward_layout(True), "forward_chunk", self._forward_params(hidden, True), 0)
+        input_gram = sums["gram1"] if self.L > 1 else sums[f"gram{self.L}"]
+        W_out, error = self.output_layer(sums)
+        weights = [*hidden, W_out]
+        carry = {"input_gram": np.asarray(input_gram), "damping": np.float64(self.config.damping),
+                 **self._curvature_pass(runner, weights, error, 0)}
+        return self._with_trial(LoopState(0, weights, carry))
+
+    def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
+        """Evaluate the trial (pass A); accept it and take pass B, or reject it and damp more."""
+        k, c = state.iteration + 1, dict(state.carry)
+        trial = [c[f"T{l}"] for l in range(1, self.L)]
+        sums = run_pass(runner, self.forward_layout(False), "forward_chunk", self._forward_params(trial, False), k)
+        W_out, error = self.output_layer(sums)
+        accepted = error <= float(c["error"])
+        if accepted:
+            weights = [*trial, W_out]
+            c.update(self._curvature_pass(runner, weights, error, k))
+            c["damping"] = np.float64(max(float(c["damping"]) / DAMPING_SHRINK, DAMPING_FLOOR))
+        else:
+            weights = state.weights
+            c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
+        n = float(self.curvature_layout().unpack(c["curvature"])["n"])
+        metrics = {"train_accuracy": float(c["train_accuracy"]), "loss": float(c["error"]) / n,
+                   "objective": float(c["error"]) / n, "trial_loss": error / n, "accepted": bool(accepted),
+                   "damping": float(c["damping"])}
+        return self._with_trial(LoopState(k, list(weights), c)), metrics
+
+    def resume(self, runner, state: LoopState, changed: set) -> LoopState:
+        """Return the state to continue from: a new ridge, step size or damping gives a new trial (no pass)."""
+        if "damping" in changed:
+            state.carry["damping"] = np.float64(self.config.damping)
+        if changed & {"ridge", "step_size", "damping"}:
+            return self._with_trial(state)
+        return state
+
+    def _curvature_pass(self, runner, weights, error: float, k: int) -> dict:
+        """Run pass B at accepted weights; return the carry entries it sets."""
+        layout = self.curvature_layout()
+        curv = run_pass(runner, layout, "curvature_chunk", self._cast(weights), k)
+        return {"curvature": layout.pack(curv), "error": np.float64(error),
+                "train_accuracy": np.float64(curv["correct"] / curv["n"])}
+
+    def output_layer(self, sums: dict) -> tuple[np.ndarray, float]:
+        """Return ``W_L = C_L (G + ε ḡ I)⁻¹`` and its training error ``Σ‖T − W_L ã‖²`` from pass A's sums."""
+        L = self.L
+        cross, gram = sums[f"cross{L}"], sums[f"gram{L}"]
+        W = solve_weights(cross, gram, self.config.ridge, what=f"W_{L}")
+        error = float(sums["tt"]) - 2.0 * float(np.sum(W * cross)) + float(np.sum((W @ gram) * W))
+        return W, max(error, 0.0)
+
+    def curvatures(self, weights, curv: dict) -> list:
+        """Return S_1..S_{L−1} from pass B's sums (the last one as (W̃_Lᵀ W̃_L) ⊙ Σ MᵀM)."""
+        out = [curv[f"curv{l}"] for l in range(1, self.L)]
+        if self.L > 1:
+            Wt = np.asarray(weights[-1], np.float64)[:, :-1]
+            out[-1] = out[-1] * (Wt.T @ Wt)
+        return out
+
+    def trial_weights(self, weights, curv: dict, input_gram, damping: float) -> list:
+        """Return ``W_l + η n (S_l + λ s̄ I)⁻¹ D_l (G_{l−1} + ε ḡ I)⁻¹`` for every hidden layer."""
+        c, n = self.config, float(curv["n"])
+        out = []
+        for l, S in enumerate(self.curvatures(weights, curv), start=1):
+            G = input_gram if l == 1 else curv[f"gram{l}"]
+            left = solve_weights(curv[f"grad{l}"].T, S, damping, what=f"S_{l} (layer {l} curvature)").T
+            step = solve_weights(left, G, c.ridge, what=f"G_{l - 1} (layer {l} input Gram)")
+            out.append(np.asarray(weights[l - 1], np.float64) + c.step_size * n * step)
+        return out
+
+    def _with_trial(self, state: LoopState) -> LoopState:
+        c = state.carry
+        curv = self.curvature_layout().unpack(c["curvature"])
+        trial = self.trial_weights(state.weights, curv, c["input_gram"], float(c["damping"]))
+        for l, W in enumerate(trial, start=1):
+            c[f"T{l}"] = W
+        return state
+
+    def _cast(self, weights) -> tuple:
+        return tuple(np.asarray(W, self.dtype) for W in weights)
+
+    def _forward_params(self, hidden, input_gram: bool) -> ForwardParams:
+        return ForwardParams(self._cast(hidden), input_gram)
+
+    # -- chunk side (pure NumPy: one chunk in, sums out) --------------------------------
+    def _hidden_forward(self, x, hidden):
+        """Return (a_0..a_{L−1}, z_1..z_{L−1}) of the hidden layers."""
+        a, z = [x], [None]
+        for W in hidden:
+            z.append(affine(a[-1], W))
+            a.append(self.act.h(z[-1]))
+        return a, z
+
+    def forward_chunk(self, x_raw, y_idx, state, start_row: int, p: ForwardParams):
+        """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ ã_0 ã_0ᵀ if asked)."""
+        L, layout = self.L, self.forward_layout(p.input_gram)
+        total = np.zeros(layout.size)
+        with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
+            for sl in _tiles(x_raw.shape[0]):
+                x = standardize(x_raw[sl], self.x_mean, self.x_scale, self.dtype)
+                a, _ = self._hidden_forward(x, p.hidden)
+                t = targets(y_idx[sl], self.n_classes, self.dtype)
+                parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
+                         f"gram{L}": gram_with_bias(a[L - 1]), f"cross{L}": cross_with_bias(t, a[L - 1])}
+                if p.input_gram and L > 1:
+                    parts["gram1"] = gram_with_bias(x)
+                total += layout.pack(parts)
+        return None, total
+
+    def curvature_chunk(self, x_raw, y_idx, state, start_row: int, weights):
+        """Return (None, pass B sums): S_l (Σ MᵀM for the last hidden layer), D_l, G_{l−1}, accuracy, error."""
+        L, layout = self.L, self.curvature_layout()
+        total = np.zeros(layout.size)
+        Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
+        with np.errstate(all="ignore"):
+            for sl in _tiles(x_raw.shape[0]):
+                x = standardize(x_raw[sl], self.x_mean, self.x_scale, self.dtype)
+                a, z = self._hidden_forward(x, weights[:-1])
+                out = affine(a[L - 1], weights[-1])
+                t = targets(y_idx[sl], self.n_classes, self.dtype)
+                r = t - out
+                parts = {"n": x.shape[0], "loss": float(np.sum(r * r, dtype=np.float64)),
+                         "correct": int(np.sum(predict_classes(out) == y_idx[sl]))}
+                M = [None] + [self.act.dh(z[l]) for l in range(1, L)]
+                delta = r
+                for l in range(L - 1, 0, -1):
+                    delta = M[l] * (delta @ Wt[l + 1])
+                    parts[f"grad{l}"] = cross_with_bias(delta, a[l - 1])
+                    if l > 1:
+                        parts[f"gram{l}"] = gram_with_bias(a[l - 1])
+                if L > 1:
+                    parts[f"curv{L - 1}"] = (M[L - 1].T @ M[L - 1]).astype(np.float64)
+                    self._deep_curvatures(M, Wt, parts)
+                total += layout.pack(parts)
+        return None, total
+
+    def _deep_curvatures(self, M, Wt, parts: dict) -> None:
+        """Add S_l = Σ_k J_{k,l}ᵀ J_{k,l} for the layers below the last hidden one (one backprop per output)."""
+        L = self.L
+        if L < 3:
+            return
+        for k in range(self.widths[L]):
+            J = M[L - 1] * Wt[L][k]
+            for l in range(L - 2, 0, -1):
+                J = M[l] * (J @ Wt[l + 1])
+                parts[f"curv{l}"] = parts.get(f"curv{l}", 0.0) + (J.T @ J).astype(np.float64)

@@ -1,0 +1,173 @@
+"""The Gauss-Newton solver: its sums against brute-force Jacobians, one dense iteration, LM control, Dask."""
+import numpy as np
+import pytest
+
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from solvers.gauss_newton import GaussNewtonSolver
+from solvers.losses import targets
+from solvers.reference import InMemoryRunner, fit_in_memory
+from solvers.stats import moment_sums, moments_from_sums
+
+ACTS = {"relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z))}
+
+
+def make_problem(n=60, d=3, hidden=(5, 4), n_classes=3, activation="relu", seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 2, d)
+    y = rng.integers(0, n_classes, n)
+    cfg = TrainConfig(solver="gauss-newton", hidden=hidden, activation=activation, seed=seed, iterations=3)
+    shift = X[0].copy()
+    mean, scale = moments_from_sums(moment_sums(X, shift), shift)
+    solver = GaussNewtonSolver(cfg, d, np.arange(n_classes), mean, scale, dtype=np.float64)
+    weights = [W + rng.normal(0, 0.1, W.shape) for W in solver.initial_hidden()]  # nonzero biases too
+    weights.append(rng.normal(0, 0.5, (solver.widths[-1], solver.widths[-2] + 1)))
+    return X, y, solver, weights
+
+
+def net_output(solver, weights, x, act, layer=None, dz=None):
+    """Return the network's output rows; ``dz`` is added to the pre-activation of ``layer``."""
+    a = x
+    for l, W in enumerate(weights[:-1], start=1):
+        z = a @ W[:, :-1].T + W[:, -1]
+        if l == layer:
+            z = z + dz
+        a = act(z)
+    return a @ weights[-1][:, :-1].T + weights[-1][:, -1]
+
+
+def brute_force_sums(solver, weights, X, y, act):
+    """Return S_l, D_l, G_{l−1} per hidden layer by finite differences, sample by sample."""
+    x = (X - solver.x_mean) / solver.x_scale
+    T = targets(y, solver.n_classes, np.float64)
+    h, out = 1e-6, {}
+    for l in range(1, solver.L):
+        width = solver.widths[l]
+        S = np.zeros((width, width))
+        for i in range(len(x)):
+            J = np.empty((solver.widths[-1], width))  # ∂ output / ∂ z_l of sample i
+            for j in range(width):
+                e = np.zeros(width)
+                e[j] = h
+                J[:, j] = (net_output(solver, weights, x[i:i + 1], act, l, e)
+                           - net_output(solver, weights, x[i:i + 1], act, l, -e))[0] / (2 * h)
+            S += J.T @ J
+        # D_l = −½ ∂E/∂W_l with E = Σ‖T − output‖²
+        D = np.zeros_like(weights[l - 1])
+        for idx in np.ndindex(D.shape):
+            wp = [W.copy() for W in weights]
+            wm = [W.copy() for W in weights]
+            wp[l - 1][idx] += h
+            wm[l - 1][idx] -= h
+            Ep = np.sum((T - net_output(solver, wp, x, act)) ** 2)
+            Em = np.sum((T - net_output(solver, wm, x, act)) ** 2)
+            D[idx] = -0.5 * (Ep - Em) / (2 * h)
+        a = x
+        for W in weights[:l - 1]:
+            a = act(a @ W[:, :-1].T + W[:, -1])
+        a1 = np.hstack([a, np.ones((len(a), 1))])
+        out[l] = (S, D, a1.T @ a1)
+    return out
+
+
+@pytest.mark.parametrize("hidden,n_classes,activation", [
+    ((5,), 2, "relu"), ((5, 4), 3, "relu"), ((4, 3, 3), 2, "sigmoid"), ((5, 4), 3, "sigmoid"),
+])
+def test_curvature_gradient_and_grams_match_brute_force(hidden, n_classes, activation):
+    X, y, solver, weights = make_problem(hidden=hidden, n_classes=n_classes, activation=activation)
+    _, packed = solver.curvature_chunk(X, y, None, 0, tuple(weights))
+    curv = solver.curvature_layout().unpack(packed)
+    S_ours = solver.curvatures(weights, curv)
+    for l, (S, D, G) in brute_force_sums(solver, weights, X, y, ACTS[activation]).items():
+        np.testing.assert_allclose(S_ours[l - 1], S, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(curv[f"grad{l}"], D, rtol=1e-5, atol=1e-6)
+        if l > 1:
+            np.testing.assert_allclose(curv[f"gram{l}"], G, rtol=1e-10)
+
+
+def test_output_layer_error_equals_direct_residual():
+    X, y, solver, weights = make_problem()
+    _, packed = solver.forward_chunk(X, y, None, 0, solver._forward_params(weights[:-1], True))
+    W_out, error = solver.output_layer(solver.forward_layout(True).unpack(packed))
+    x = (X - solver.x_mean) / solver.x_scale
+    resid = targets(y, 3, np.float64) - net_output(solver, [*weights[:-1], W_out], x, ACTS["relu"])
+    assert error == pytest.approx(np.sum(resid ** 2), rel=1e-9)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 7, 25])
+def test_chunked_first_step_equals_dense_gauss_newton(chunk_rows):
+    """The trial weights after initialisation equal a dense, full-batch transcription of the update."""
+    X, y, solver, _ = make_problem(n=50, hidden=(5, 4))
+    state = solver.initialize(InMemoryRunner(solver, X, y, chunk_rows))
+    # dense: W_L by ridge least squares on the random hidden layers, then brute-force S, D, G
+    c, act = solver.config, ACTS["relu"]
+    hidden = solver.initial_hidden()
+    x = (X - solver.x_mean) / solver.x_scale
+    a = x
+    for W in hidden:
+        a = act(a @ W[:, :-1].T + W[:, -1])
+    a1 = np.hstack([a, np.ones((len(a), 1))])
+    G = a1.T @ a1
+    T = targets(y, 3, np.float64)
+    W_out = np.linalg.solve(G + c.ridge * np.mean(np.diag(G)) * np.eye(len(G)), a1.T @ T).T
+    np.testing.assert_allclose(state.weights[-1], W_out, rtol=1e-8, atol=1e-10)
+    sums = brute_force_sums(solver, [*hidden, W_out], X, y, act)
+    x1 = np.hstack([x, np.ones((len(x), 1))])
+    for l, (S, D, G_in) in sums.items():
+        G_in = x1.T @ x1 if l == 1 else G_in
+        Sd = S + c.damping * np.mean(np.diag(S)) * np.eye(len(S))
+        Gd = G_in + c.ridge * np.mean(np.diag(G_in)) * np.eye(len(G_in))
+        expected = hidden[l - 1] + c.step_size * len(X) * np.linalg.solve(Sd, D) @ np.linalg.inv(Gd)
+        np.testing.assert_allclose(state.carry[f"T{l}"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_levenberg_marquardt_never_accepts_a_rise_in_training_error(digits_0_vs_2):
+    X, _, y, _ = digits_0_vs_2
+    # a step 8x the default overshoots, so some trials must be rejected
+    cfg = TrainConfig(solver="gauss-newton", hidden=(20,), step_size=4.0, damping=0.05, iterations=12)
+    history = fit_in_memory(X, y, cfg, chunk_rows=100).history
+    assert any(not h["accepted"] for h in history) and any(h["accepted"] for h in history)
+    previous = None
+    for h in history:
+        if previous is not None:
+            assert h["accepted"] == (h["trial_loss"] <= previous["loss"])
+            assert h["loss"] <= previous["loss"]
+            expected = previous["damping"] * (0.5 if h["accepted"] else 4.0)
+            assert h["damping"] == pytest.approx(max(expected, 1e-2) if h["accepted"] else expected)
+        previous = h
+
+
+def test_gauss_newton_learns_the_hidden_layer(digits_0_vs_2):
+    """On digits 0 vs 2 the fitted network beats its random-feature start (iteration 0)."""
+    X, Xt, y, yt = digits_0_vs_2
+    result = fit_in_memory(X, y, TrainConfig(solver="gauss-newton", hidden=(32,), iterations=5), X_test=Xt, y_test=yt)
+    assert result.history[-1]["loss"] < 0.5 * result.history[0]["trial_loss"] or result.history[-1]["loss"] < 1e-3
+    assert result.history[-1]["test_accuracy"] >= 0.99
+
+
+def test_gauss_newton_refuses_hinge_loss():
+    with pytest.raises(InputError, match="squared loss"):
+        GaussNewtonSolver(TrainConfig(solver="gauss-newton", loss="hinge"), 3, [0, 1], np.zeros(3), np.ones(3))
+
+
+def test_pipeline_gauss_newton_matches_reference(client, tmp_path):
+    from pipeline.training import train
+    from storage.data import write_data
+
+    from tests.test_pipeline import make_data, quiet
+
+    X, y = make_data(n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(12, 8), iterations=4, seed=3)
+    result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512,
+                   report=quiet)
+    ref = fit_in_memory(X, y, cfg, chunk_rows=512)
+    assert [h["accepted"] for h in result.history] == [h["accepted"] for h in ref.history]
+    for W, W_ref in zip(result.network.weights, ref.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+    assert result.store.state_widths == {}  # nothing per sample on disk
+    # resume continues the same trajectory
+    more = train(client, store=tmp_path / "r.zarr", resume=True, iterations=6, report=quiet)
+    ref6 = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 6}), chunk_rows=512)
+    for W, W_ref in zip(more.network.weights, ref6.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
