@@ -1,0 +1,824 @@
+"""Time-to-accuracy, side by side: this project's solvers against the peers a user would pick instead.
+
+One command trains, one method at a time (the machine has 2 cores: never two
+at once), on the same data, and records test accuracy against wall-clock time
+for
+
+* this project, for every solver in ``solvers.SOLVERS`` (``--solvers``):
+  ``<solver>-reference`` — the in-memory reference
+  :func:`solvers.reference.fit_in_memory` — and ``<solver>-pipeline`` — the
+  out-of-core Dask pipeline :func:`pipeline.training.train` on a local cluster
+  of ``--workers`` single-threaded worker processes (``pipeline.cluster.connect``,
+  as ``python -m pipeline.train`` runs it), reading the task's Zarr data store;
+* the peers of ``benchmarks/peers.py`` (``--peers``): scikit-learn
+  ``MLPClassifier.partial_fit`` streamed over the same Zarr chunks, dask-ml
+  ``Incremental(MLPClassifier)`` on ``da.from_zarr`` of the same store, PyTorch
+  (CPU) Adam streaming the chunks, and in memory ``MLPClassifier`` with
+  ``lbfgs``, ``adam``, ``sgd`` and ``LogisticRegression`` as a floor. A peer
+  whose package is missing is skipped with one line.
+
+**What the time is.** Seconds of wall-clock time since the method started:
+statistics/standardisation pass, initialisation, every pass or epoch, reads of
+the store and (pipeline) commits of the run store are included; computing the
+test accuracy is not (the clock stops meanwhile). For ``*-reference`` the test
+accuracy is computed inside ``fit_in_memory``; its duration is measured as the
+gap between consecutive callbacks minus the iteration's own ``seconds`` and
+subtracted (for the first iteration the median of the later gaps). For
+``*-pipeline`` the runner loads the committed network of each iteration
+(``storage.runstore.load_network``) and scores it with the clock stopped (the
+pipeline is given no ``test_data``). Starting the Dask cluster (and importing
+the project's modules on its workers), writing the data stores and one-time
+library warm-ups (torch's lazy imports) are not timed (recorded in
+``settings`` and the methods' ``notes``). In-memory methods get the
+rows already loaded from the store. Everything in this process runs under
+``threadpool_limits(--threads)``.
+
+Tasks: ``digits02`` (scikit-learn digits 0 vs 2, 30 % test, ``random_state=0``
+as in the tests), ``mnist-oddeven`` and ``mnist10`` (``shared/data/
+mnist70k_uint8.npz``: the first 60 000 images train, or the first ``--n-train``
+of them; the last 10 000 test), ``higgs`` (synthetic HIGGS-shaped data from
+``benchmarks/higgs_like.py``, ``--n`` rows, default 1 M, held-out ``--test-n``;
+stores cached under ``--cache``), ``higgs-real`` (``--higgs-csv HIGGS.csv.gz``
+ingested by ``benchmarks/higgs_real.py``).
+
+Writes ``<out>/compare_<task>.json`` (provenance, settings, every curve),
+``compare_<task>.md`` (table: final and best test accuracy, time to the target
+accuracy, total time) and ``compare_<task>.png`` (accuracy vs time, log x).
+Exit status 1 when a method failed (its error is in the results), 2 on bad
+options.
+
+Run (nothing else heavy at the same time)::
+
+    python benchmarks/compare.py --task digits02
+    python benchmarks/compare.py --task mnist-oddeven
+    python benchmarks/compare.py --task higgs --n 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
+
+from benchmarks.bench_util import provenance  # noqa: E402
+from benchmarks.peers import (INSTALL_HINT, PEERS, BudgetExceeded, Clock, Curve, PeerSettings,  # noqa: E402
+                              missing_modules)
+from solvers import SOLVERS  # noqa: E402
+from solvers.config import TrainConfig  # noqa: E402
+from solvers.errors import InputError  # noqa: E402
+from storage.data import DataWriter, open_data, write_data  # noqa: E402
+
+MNIST = ROOT.parent / "shared" / "data" / "mnist70k_uint8.npz"
+OURS = ("reference", "pipeline")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    hidden: tuple
+    target: float | None      # None: derived from the data (HIGGS-shaped: Bayes accuracy − 0.02)
+    epochs: int               # peers' epoch cap
+    budget: float             # seconds per method
+    about: str
+
+
+TASKS = {
+    "digits02": TaskSpec((100,), 0.99, 200, 120.0, "scikit-learn digits, 0 vs 2 (the paper's SVHN 0-vs-2 analogue)"),
+    "mnist-oddeven": TaskSpec((300,), 0.97, 30, 900.0, "MNIST, odd vs even digits"),
+    "mnist10": TaskSpec((300,), 0.96, 30, 900.0, "MNIST, 10 classes"),
+    "higgs": TaskSpec((300,), None, 10, 1800.0,
+                      "synthetic HIGGS-shaped data (28 features, 28-300-1 teacher, Bayes accuracy ~0.78)"),
+    "higgs-real": TaskSpec((300,), 0.64, 5, 3600.0,
+                           "real HIGGS (UCI), 28 features; target 0.64 is the paper's HIGGS level"),
+}
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+# ----------------------------------------------------------------------------- CPU watch
+class CpuWatch:
+    """Wall time and the CPU seconds used by *other* processes (not this process tree) meanwhile."""
+
+    @staticmethod
+    def _busy(t):
+        return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+    @staticmethod
+    def _own():
+        me = psutil.Process()
+        total = 0.0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                c = p.cpu_times()
+                total += c.user + c.system
+            except psutil.Error:
+                pass
+        return total
+
+    def __enter__(self):
+        self.t0, self.sys0, self.own0 = time.perf_counter(), psutil.cpu_times(), self._own()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        self.other = (self._busy(psutil.cpu_times()) - self._busy(self.sys0)) - (self._own() - self.own0)
+        return False
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Task:
+    """The data of one task: a training data store, a test store, the test rows in memory."""
+
+    name: str
+    train_path: Path
+    test_path: Path
+    X_test: np.ndarray
+    y_test: np.ndarray
+    info: dict = field(default_factory=dict)
+    _train: tuple | None = None
+
+    def __post_init__(self):
+        self.X_test.flags.writeable = False  # shared by every method: none may change it in place
+        self.y_test.flags.writeable = False
+
+    def train_store_info(self):
+        return open_data(self.train_path)
+
+    def load_train(self):
+        """Return (X, y) of the training store in memory (read once; the read is not timed)."""
+        if self._train is None:
+            t0 = time.perf_counter()
+            store = open_data(self.train_path)
+            self._train = (store.X[...], store.y[...])
+            for a in self._train:
+                a.flags.writeable = False
+            self.info["load_seconds"] = time.perf_counter() - t0
+        return self._train
+
+
+def _cached_store(path: Path, X, y, source: str, chunk_rows) -> Path:
+    """Write (X, y) as a data store at ``path`` unless an identical one (same ``source`` tag) is there."""
+    try:
+        have = open_data(path)
+        if have.source == source and have.n_samples == len(y):
+            return path
+    except InputError:
+        pass
+    write_data(path, X, y, chunk_rows=chunk_rows, source=source, overwrite=path.exists())
+    return path
+
+
+def _from_store(path: Path):
+    store = open_data(path)
+    return store.X[...], store.y[...]
+
+
+def _array_task(name, X_tr, y_tr, X_te, y_te, cache: Path, tag: str, chunk_rows, info) -> Task:
+    src = f"benchmarks/compare.py {name} {tag} chunk_rows={chunk_rows}"
+    train = _cached_store(cache / f"compare-{name}-{tag}-train.zarr", X_tr, y_tr, src + " train", chunk_rows)
+    test = _cached_store(cache / f"compare-{name}-{tag}-test.zarr", X_te, y_te, src + " test", chunk_rows)
+    X_test, y_test = _from_store(test)
+    return Task(name, train, test, X_test, y_test, info)
+
+
+def subset_store(src: Path, dst: Path, n: int) -> Path:
+    """Stream the first ``n`` rows of a data store into ``dst`` (reused when it already holds them)."""
+    store = open_data(src)
+    tag = f"first {n} rows of {Path(src).resolve()}"
+    try:
+        have = open_data(dst)
+        if have.source == tag and have.n_samples == n:
+            return dst
+    except InputError:
+        pass
+    with DataWriter(dst, store.n_features, chunk_rows=store.chunk_rows, source=tag,
+                    feature_names=store.feature_names, label_name=store.label_name,
+                    overwrite=dst.exists()) as w:
+        for s in range(0, n, store.chunk_rows):
+            e = min(s + store.chunk_rows, n)
+            w.append(store.X[s:e], store.y[s:e])
+    return dst
+
+
+def prepare_task(args) -> Task:
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    name = args.task
+    if name == "digits02":
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        d = load_digits()
+        keep = np.isin(d.target, [0, 2])
+        X_tr, X_te, y_tr, y_te = train_test_split(d.data[keep].astype(np.float32), d.target[keep],
+                                                  test_size=0.3, random_state=0)
+        if args.n_train:
+            X_tr, y_tr = X_tr[:args.n_train], y_tr[:args.n_train]
+        return _array_task(name, X_tr, y_tr, X_te, y_te, cache, f"n{len(y_tr)}", args.data_chunk_rows,
+                           {"source": "sklearn.datasets.load_digits, classes 0 and 2, "
+                                      "train_test_split(test_size=0.3, random_state=0)"})
+    if name in ("mnist-oddeven", "mnist10"):
+        if not MNIST.exists():
+            raise InputError(f"MNIST file not found at {MNIST} (shared/data must sit beside the repository)")
+        with np.load(MNIST) as f:
+            X, y = f["X"], f["y"]
+        n = min(args.n_train or 60_000, 60_000)
+        X_tr, y_tr = X[:n].astype(np.float32) / 256, y[:n].astype(np.int64)
+        X_te, y_te = X[60_000:].astype(np.float32) / 256, y[60_000:].astype(np.int64)
+        if name == "mnist-oddeven":
+            y_tr, y_te = y_tr % 2, y_te % 2
+        return _array_task(name, X_tr, y_tr, X_te, y_te, cache, f"n{n}", args.data_chunk_rows,
+                           {"source": f"{MNIST.name}: rows 0..{n - 1} train, 60000..69999 test, pixels / 256"
+                                      + (", label = digit % 2 (1 = odd)" if name == "mnist-oddeven" else "")})
+    if name == "higgs":
+        return _higgs_task(args, cache)
+    if name == "higgs-real":
+        from benchmarks.higgs_real import higgs_stores
+
+        if not args.higgs_csv:
+            raise InputError("--task higgs-real needs --higgs-csv PATH (HIGGS.csv.gz, 11 M rows, label first)")
+        train, test = higgs_stores(args.higgs_csv, cache, seed=args.seed, chunk_rows=args.data_chunk_rows, log=log)
+        if args.n_train and args.n_train < open_data(train).n_samples:
+            train = subset_store(train, cache / f"higgs-real-first{args.n_train}.zarr", args.n_train)
+        X_test, y_test = _from_store(test)
+        return Task(name, train, test, X_test, y_test, {"source": str(Path(args.higgs_csv).resolve())})
+    raise InputError(f"unknown task {name!r}")
+
+
+def _synthetic_ok(path: Path, n: int, seed: int, chunk_rows) -> bool:
+    import zarr
+
+    try:
+        store = open_data(path)
+        syn = dict(zarr.open_group(path, mode="r").attrs.get("synthetic") or {})
+    except (InputError, OSError, ValueError):
+        return False
+    return (store.n_samples == n and syn.get("seed") == seed and syn.get("generator") == "benchmarks/higgs_like.py"
+            and (chunk_rows is None or store.chunk_rows == min(chunk_rows, n)))
+
+
+def _higgs_task(args, cache: Path) -> Task:
+    import zarr
+
+    from benchmarks import higgs_like
+
+    n = args.n_train or 1_000_000
+    test_n = args.test_n
+    train = cache / f"higgs-{n}-seed{args.seed}.zarr"
+    test = cache / f"higgs-test-{test_n}-seed{args.seed}.zarr"
+    if not (_synthetic_ok(train, n, args.seed, args.data_chunk_rows)
+            and _synthetic_ok(test, test_n, args.seed, args.data_chunk_rows)):
+        log(f"generating {train} ({n} rows) and {test} ({test_n} rows) with benchmarks/higgs_like.py ...")
+        gen = ["--n", str(n), "--out", str(train), "--test-n", str(test_n), "--test-out", str(test),
+               "--seed", str(args.seed), "--overwrite"]
+        if args.data_chunk_rows:
+            gen += ["--chunk-rows", str(args.data_chunk_rows)]
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()) as out:  # its JSON summary is in the store's attrs
+            higgs_like.main(gen)
+        for line in out.getvalue().splitlines():
+            if line.startswith(("train:", "test:")):
+                log("  " + line)
+    syn_train = dict(zarr.open_group(train, mode="r").attrs["synthetic"])
+    syn_test = dict(zarr.open_group(test, mode="r").attrs["synthetic"])
+    X_test, y_test = _from_store(test)
+    return Task("higgs", train, test, X_test, y_test, {
+        "source": "benchmarks/higgs_like.py", "seed": args.seed,
+        "bayes_accuracy_train": syn_train["bayes_accuracy"], "bayes_accuracy_test": syn_test["bayes_accuracy"],
+        "bayes_rule_test_accuracy": syn_test["bayes_rule_empirical_accuracy"],
+        "teacher": syn_train.get("teacher"), "temperature": syn_train.get("temperature")})
+
+
+# ----------------------------------------------------------------------------- our methods
+def _state_width(hidden, n_classes) -> int:
+    out = 1 if n_classes == 2 else n_classes
+    return int(sum(hidden)) + 2 * out
+
+
+def pipeline_chunk_rows(store, hidden, n_classes, n_workers) -> int | None:
+    """The pipeline's own default, unless it leaves a worker idle: then whole data chunks per worker."""
+    width = _state_width(hidden, n_classes)
+    try:
+        from pipeline.training import default_chunk_rows
+
+        rows = default_chunk_rows(store, width)
+    except ImportError:
+        rows = store.n_samples
+    if math.ceil(store.n_samples / rows) >= n_workers:
+        return None
+    if store.n_chunks >= n_workers:
+        return store.chunk_rows * math.ceil(store.n_chunks / n_workers)
+    return max(1, math.ceil(store.n_samples / n_workers))
+
+
+def run_reference(task: Task, config: TrainConfig, curve: Curve, chunk_rows) -> dict:
+    """fit_in_memory with a callback; the test-scoring time inside it is subtracted (see module doc)."""
+    from solvers.reference import fit_in_memory
+
+    X, y = task.load_train()
+    marks = []
+    t_start = time.perf_counter()
+
+    def callback(record):
+        now = time.perf_counter()
+        marks.append((now, dict(record)))
+        log(f"  {curve.method:<24} iter {record['iteration']:>4}  {now - t_start:9.2f} s wall  "
+            f"test acc {record.get('test_accuracy', float('nan')):.4f}")
+        if curve.over(now - t_start):
+            raise BudgetExceeded
+
+    result, error, stopped = None, None, False
+    try:
+        result = fit_in_memory(X, y, config, chunk_rows=chunk_rows, X_test=task.X_test, y_test=task.y_test,
+                               callback=callback)
+    except BudgetExceeded:
+        stopped = True
+    except Exception as exc:  # keep the iterations done so far, report the failure
+        error = exc
+    gaps = [max(0.0, marks[k][0] - marks[k - 1][0] - marks[k][1]["seconds"]) for k in range(1, len(marks))]
+    if gaps:
+        first_eval, how = statistics.median(gaps), "median of the later scoring gaps"
+    elif result is not None:
+        t = time.perf_counter()
+        result.network.score(task.X_test, task.y_test)
+        first_eval, how = time.perf_counter() - t, "timed once after the fit"
+    else:
+        first_eval, how = 0.0, "not measurable (stopped after one iteration): included"
+    excluded = first_eval
+    for k, (t, rec) in enumerate(marks):
+        if k:
+            excluded += gaps[k - 1]
+        point = {"step": rec["iteration"], "seconds": t - t_start - excluded, "wall_seconds": t - t_start,
+                 "test_accuracy": float(rec["test_accuracy"]), "iteration_seconds": float(rec["seconds"])}
+        if "train_accuracy" in rec:
+            point["train_accuracy"] = float(rec["train_accuracy"])
+        curve.points.append(point)
+    notes = {"config": config.to_dict(), "chunk_rows": chunk_rows, "stopped_at_time_budget": stopped,
+             "scoring_seconds_subtracted": excluded, "first_scoring_estimate": how}
+    if error is not None:
+        raise MethodFailed(error, notes)
+    return notes
+
+
+class MethodFailed(Exception):
+    def __init__(self, error, notes):
+        super().__init__(str(error))
+        self.error, self.notes = error, notes
+
+
+def run_pipeline(client, task: Task, config: TrainConfig, curve: Curve, run_dir: Path, chunk_rows) -> dict:
+    """pipeline.training.train on the cluster; each committed network is scored with the clock stopped."""
+    from pipeline.training import train
+    from storage.runstore import RunStore, load_network
+
+    store = run_dir / f"{curve.method}.zarr"
+    clock = Clock()
+    lines = []
+
+    last = [0]
+
+    def report(line):
+        """Called by train() after each step it reports: score a newly committed iteration, clock stopped."""
+        lines.append(line)
+        seconds = clock.now()
+        with clock.paused():
+            try:
+                k = RunStore.open(store).committed_iteration()
+            except InputError:  # the store is not created yet
+                k = None
+            if k is None or k <= last[0]:
+                return
+            last[0] = k
+            accuracy = load_network(store).score(task.X_test, task.y_test)
+        curve.add(k, seconds, accuracy, wall_seconds=clock.wall())
+        if curve.over(seconds):
+            raise BudgetExceeded
+
+    notes = {"config": config.to_dict(), "chunk_rows": chunk_rows, "run_store": str(store)}
+    try:
+        clock.start()
+        try:
+            train(client, store=str(store), data=str(task.train_path), config=config, chunk_rows=chunk_rows,
+                  overwrite=True, report=report)
+        except BudgetExceeded:
+            notes["stopped_at_time_budget"] = True
+        except Exception as exc:
+            notes["report"] = lines
+            raise MethodFailed(exc, notes) from exc
+        if config.iterations and not curve.points:
+            raise MethodFailed(RuntimeError("train() returned without reporting a committed iteration"), notes)
+        try:
+            history = {h["iteration"]: h for h in RunStore.open(store).manifest()["history"]}
+            for p in curve.points:
+                h = history.get(p["step"], {})
+                for key, name in (("train_accuracy", "train_accuracy"), ("seconds", "iteration_seconds")):
+                    if key in h:
+                        p[name] = float(h[key])
+            notes["state_chunk_rows"] = RunStore.open(store).chunk_rows
+        except Exception as exc:  # the history is a nice-to-have; the curve is already recorded
+            notes["history_error"] = repr(exc)
+        notes["report"] = lines[:2]
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    return notes
+
+
+# ----------------------------------------------------------------------------- running methods
+def summarize(result: dict, target: float | None) -> dict:
+    pts = sorted(result["points"], key=lambda p: p["seconds"])
+    accs = [p["test_accuracy"] for p in pts]
+    result["final_accuracy"] = result["points"][-1]["test_accuracy"] if pts else None
+    result["best_accuracy"] = max(accs) if accs else None
+    result["total_seconds"] = max(p["seconds"] for p in pts) if pts else None
+    hit = next((p["seconds"] for p in pts if target is not None and p["test_accuracy"] >= target), None)
+    result["time_to_target"] = hit
+    return result
+
+
+def run_method(method: str, family: str, description: str, fn, budget, threads: int) -> dict:
+    curve = Curve(method, budget, log=log)
+    result = {"method": method, "family": family, "description": description, "status": "ok", "points": curve.points}
+    log(f"{method}: {description}")
+    with CpuWatch() as cpu, threadpool_limits(threads):
+        try:
+            result["notes"] = fn(curve) or {}
+            if result["notes"].get("stopped_at_time_budget"):
+                result["status"] = "budget"
+        except BudgetExceeded:
+            result["status"] = "budget"
+        except MethodFailed as exc:
+            result.update(status="failed", error=f"{type(exc.error).__name__}: {exc.error}", notes=exc.notes)
+        except Exception as exc:
+            result.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(limit=6))
+    result["wall_seconds"] = cpu.wall
+    result["other_cpu_seconds"] = cpu.other
+    if result["status"] == "failed":
+        log(f"{method}: FAILED: {result['error']}")
+    elif result["status"] == "budget":
+        log(f"{method}: stopped at the time budget ({budget:g} s)")
+    return result
+
+
+def skipped(method, family, description, reason) -> dict:
+    log(f"{method}: skipped: {reason}")
+    return {"method": method, "family": family, "description": description, "status": "skipped",
+            "reason": reason, "points": []}
+
+
+def fits_in_memory(nbytes: float) -> bool:
+    return nbytes < 0.6 * psutil.virtual_memory().total
+
+
+# ----------------------------------------------------------------------------- output
+STYLE = {"ours-reference": ("-", "o"), "ours-pipeline": ("-", "s"), "stream": ("--", "^"),
+         "memory": (":", "v"), "floor": ("-.", "x")}
+
+
+def plot(res: dict, path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return f"skipped: pip install -e '.[bench]' (matplotlib missing), no {path.name}"
+    target = res["settings"]["target"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    curves = [m for m in res["methods"] if m["points"]]
+    best = [m["best_accuracy"] for m in curves]
+    for ax, zoom in zip(axes, (False, True)):
+        for i, m in enumerate(curves):
+            pts = m["points"]  # in the order recorded (restart methods: by max_iter)
+            x = [max(p["seconds"], 1e-3) for p in pts]
+            y = [p["test_accuracy"] for p in pts]
+            ls, marker = STYLE.get(m["family"], ("-", "."))
+            ax.plot(x, y, ls, marker=marker, ms=3, lw=2 if m["family"].startswith("ours") else 1.3,
+                    color=f"C{i % 10}", label=m["method"])
+        if target is not None:
+            ax.axhline(target, color="k", lw=0.8, ls="--", label=f"target {target:.3f}")
+        bayes = res["settings"]["data"].get("bayes_accuracy_test")
+        if bayes:
+            ax.axhline(bayes, color="gray", lw=0.8, ls=":", label=f"Bayes {bayes:.3f}")
+        ax.set_xscale("log")
+        ax.set_xlabel("training wall-clock seconds (test scoring excluded)")
+        ax.set_ylabel("test accuracy")
+        ax.grid(True, which="both", alpha=0.3)
+        if zoom and best:
+            top = max(best + [target or 0])
+            low = min([b for b in best] + [target if target is not None else top]) - 0.02
+            ax.set_ylim(max(0.0, low), min(1.0, top + 0.01))
+            ax.set_title("zoom")
+        else:
+            ax.set_title(f"{res['settings']['task']}: test accuracy vs time")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def _fmt(x, spec=".4f", none="—"):
+    return none if x is None else format(x, spec)
+
+
+def table(res: dict) -> list[str]:
+    """The results table (markdown lines), then one line per skipped or failed method."""
+    target = res["settings"]["target"]
+    out = [f"| method | family | final test acc | best test acc | time to {_fmt(target, '.3f')} (s) | "
+           "total time (s) | points | other CPU s | status |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for m in res["methods"]:
+        if m["status"] == "skipped":
+            continue
+        status = "stopped at time budget" if m["status"] == "budget" else m["status"]
+        out.append(f"| {m['method']} | {m['family']} | {_fmt(m.get('final_accuracy'))} | "
+                   f"{_fmt(m.get('best_accuracy'))} | {_fmt(m.get('time_to_target'), '.2f', 'not reached')} | "
+                   f"{_fmt(m.get('total_seconds'), '.2f')} | {len(m['points'])} | "
+                   f"{_fmt(None if m.get('other_cpu_seconds') is None else max(0.0, m['other_cpu_seconds']), '.1f')} | "
+                   f"{status} |")
+    extra = [m for m in res["methods"] if m["status"] in ("skipped", "failed")]
+    if extra:
+        out.append("")
+        for m in extra:
+            why = m.get("reason") if m["status"] == "skipped" else m.get("error")
+            out.append(f"- `{m['method']}` {m['status']}: {why}")
+    return out
+
+
+def markdown(res: dict) -> str:
+    s = res["settings"]
+    p = res["provenance"]
+    target = s["target"]
+    d = s["data"]
+    out = [f"# Time to accuracy: `{s['task']}`", "",
+           f"Command: `{p['command']}`  ", f"Date: {p['date']}, host {p['host']}, {p['cpus']} CPUs, "
+           f"Python {p['python']}", "",
+           f"Task: {s['about']}. {d['n_train']:,} training rows × {d['n_features']} features, "
+           f"{d['n_test']:,} test rows, classes {d['classes']}; data store `{d['train_store']}` "
+           f"({d['data_chunk_rows']} rows per chunk). Source: {d.get('source', '')}.", "",
+           f"Network {s['n_features_in']}-{'-'.join(map(str, s['hidden']))}-{s['n_outputs']} for every "
+           f"method but the floor; our solvers: {', '.join(s['solvers']) or 'none'} "
+           f"({s['iterations']} iterations, TrainConfig defaults{', overrides ' + json.dumps(s['overrides']) if s['overrides'] else ''}); "
+           f"peers: at most {s['epochs']} epochs, minibatches of {s['batch_size']}; time budget "
+           f"{s['time_budget']:g} s per method; {s['threads']} threads in this process, pipeline on "
+           f"{s['workers']} single-threaded worker processes.", ""]
+    if d.get("bayes_accuracy_test"):
+        out += [f"Bayes accuracy of the test rows E[max(p, 1−p)] = {d['bayes_accuracy_test']:.4f}; "
+                f"target = Bayes − 0.02 unless --target.", ""]
+    out += ["Time = training wall-clock seconds from the method's start (statistics pass, initialisation, "
+            "store reads, pipeline commits included; test scoring excluded). *time to target*: first "
+            f"recorded point with test accuracy ≥ {_fmt(target, '.3f')}. `mlp-lbfgs` and `logreg` points "
+            "are independent runs with max_iter = 1, 2, 4, …", "", *table(res)]
+    out += ["", f"Plot: `compare_{s['task']}.png`; every point: `compare_{s['task']}.json`.", ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- command line
+def _parse_set(items) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/compare.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="peers: " + ", ".join(f"{k} ({v.description})" for k, v in PEERS.items()))
+    p.add_argument("--task", required=True, choices=list(TASKS))
+    p.add_argument("--solvers", nargs="*", default=None, metavar="NAME",
+                   help=f"our solvers (default: all of solvers.SOLVERS: {', '.join(SOLVERS)})")
+    p.add_argument("--ours", nargs="*", default=list(OURS), metavar="RUNNER",
+                   help="which of our runners: reference, pipeline (default both; none for neither)")
+    p.add_argument("--peers", nargs="*", default=["all"], metavar="PEER",
+                   help="peers to run (default all; none for no peer): " + ", ".join(PEERS))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
+    p.add_argument("--cache", default=None,
+                   help="directory for data stores and run stores (default /work/bench, else a temp dir)")
+    p.add_argument("--n-train", "--n", dest="n_train", type=int, default=None,
+                   help="training rows: a subset for digits/MNIST/HIGGS-real; the size of the synthetic "
+                        "HIGGS task (default 1000000)")
+    p.add_argument("--test-n", type=int, default=200_000, help="held-out rows of the synthetic HIGGS task")
+    p.add_argument("--higgs-csv", default=None, help="HIGGS.csv.gz for --task higgs-real")
+    p.add_argument("--hidden", default=None, help="hidden widths, e.g. 300 or 300,100 (default per task)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help=f"iterations of our solvers (default TrainConfig's, {TrainConfig().iterations})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="another TrainConfig setting for our solvers (repeatable), e.g. --set gamma=100")
+    p.add_argument("--epochs", type=int, default=None, help="epoch cap of the peers (default per task)")
+    p.add_argument("--batch-size", type=int, default=200, help="peers' minibatch rows (default 200)")
+    p.add_argument("--lbfgs-max-iter", type=int, default=256, help="largest max_iter of mlp-lbfgs (default 256)")
+    p.add_argument("--logreg-max-iter", type=int, default=1024, help="largest max_iter of logreg (default 1024)")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per method (default per task)")
+    p.add_argument("--target", type=float, default=None, help="target test accuracy (default per task)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="BLAS/torch threads in this process (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="pipeline worker processes (default 2)")
+    p.add_argument("--data-chunk-rows", type=int, default=None,
+                   help="rows per chunk of the data stores written for the task (default ~32 MB chunks)")
+    p.add_argument("--pipeline-chunk-rows", type=int, default=None,
+                   help="state chunk rows of the pipeline (default: its own, split so every worker has work)")
+    p.add_argument("--reference-chunk-rows", type=int, default=None,
+                   help="chunk rows of the in-memory reference (default: the data store's chunk rows)")
+    return p
+
+
+def _default_cache() -> Path:
+    bench = Path("/work/bench")
+    if bench.is_dir() and os.access(bench, os.W_OK):
+        return bench
+    return Path(tempfile.gettempdir()) / "admm-dask-bench"
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("numpy", "scipy", "dask", "distributed", "zarr", "scikit-learn", "dask-ml", "torch", "threadpoolctl"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    spec = TASKS[args.task]
+    solvers = list(SOLVERS) if args.solvers is None else list(args.solvers)
+    unknown = [s for s in solvers if s not in SOLVERS]
+    if unknown:
+        parser.error(f"unknown solver(s) {unknown}; available: {list(SOLVERS)}")
+    ours = [] if args.ours in (["none"], []) else list(args.ours)
+    if any(o not in OURS for o in ours):
+        parser.error(f"--ours takes {list(OURS)} or none")
+    peers = list(PEERS) if args.peers == ["all"] else ([] if args.peers in (["none"], []) else list(args.peers))
+    if any(p not in PEERS for p in peers):
+        parser.error(f"unknown peer(s) {[p for p in peers if p not in PEERS]}; available: {list(PEERS)}")
+    args.cache = args.cache or str(_default_cache())
+    try:
+        hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else spec.hidden
+        overrides = _parse_set(args.set)
+        iterations = args.iterations if args.iterations is not None else TrainConfig().iterations
+        configs = {s: TrainConfig(hidden=hidden, iterations=iterations, seed=args.seed, solver=s, **overrides)
+                   for s in solvers}
+        task = prepare_task(args)
+    except (InputError, TypeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = task.train_store_info()
+    classes = np.unique(store.y[...])
+    target = args.target if args.target is not None else (
+        spec.target if spec.target is not None else round(task.info["bayes_accuracy_test"] - 0.02, 3))
+    budget = args.time_budget if args.time_budget is not None else spec.budget
+    epochs = args.epochs if args.epochs is not None else spec.epochs
+    settings = PeerSettings(hidden=hidden, epochs=epochs, batch_size=args.batch_size,
+                            lbfgs_max_iter=args.lbfgs_max_iter, logreg_max_iter=args.logreg_max_iter,
+                            threads=args.threads, seed=args.seed)
+    n_out = 1 if len(classes) == 2 else len(classes)
+    ref_chunk = args.reference_chunk_rows or store.chunk_rows
+    pipe_chunk = args.pipeline_chunk_rows or pipeline_chunk_rows(store, hidden, len(classes), args.workers)
+    log(f"task {args.task}: {store.n_samples} training rows x {store.n_features} features "
+        f"({store.chunk_rows} rows per chunk), {len(task.y_test)} test rows, {len(classes)} classes, "
+        f"hidden {hidden}, target {target:.3f}, budget {budget:g} s per method")
+
+    methods = []
+    state_bytes = store.n_samples * _state_width(hidden, len(classes)) * 4 * 4
+    if "reference" in ours:
+        for s in solvers:
+            name = f"{s}-reference"
+            desc = f"{s}: solvers.reference.fit_in_memory, in memory"
+            if not fits_in_memory(state_bytes + store.n_samples * store.n_features * 4):
+                methods.append(skipped(name, "ours-reference", desc,
+                                       f"state (~{state_bytes / 1e9:.1f} GB) does not fit in memory; "
+                                       "the pipeline trains out of core"))
+                continue
+            methods.append(run_method(name, "ours-reference", desc,
+                                      lambda c, s=s: run_reference(task, configs[s], c, ref_chunk),
+                                      budget, args.threads))
+    cluster_seconds = None
+    if "pipeline" in ours and solvers:
+        from pipeline.cluster import connect
+
+        run_dir = Path(args.cache) / f"compare-runs-{os.getpid()}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            with connect("local", n_workers=args.workers, threads_per_worker=1, dashboard_address=":0",
+                         report=log) as client:
+                # the workers import the project's modules with their first task (~1-2 s); like the
+                # cluster start, a one-time cost that is not part of training: paid before the clock
+                modules = sorted({"pipeline.passes", "storage.data", "storage.runstore",
+                                  *(SOLVERS[s].__module__ for s in solvers)})
+                client.run(exec, "import " + ", ".join(modules))
+                cluster_seconds = time.perf_counter() - t0
+                log(f"local cluster: {args.workers} worker processes x 1 thread, started and modules "
+                    f"imported in {cluster_seconds:.1f} s")
+                for s in solvers:
+                    methods.append(run_method(
+                        f"{s}-pipeline", "ours-pipeline",
+                        f"{s}: pipeline.training.train on a local cluster, out of core",
+                        lambda c, s=s: run_pipeline(client, task, configs[s], c, run_dir, pipe_chunk),
+                        budget, args.threads))
+        except Exception as exc:  # the cluster did not start (or close): say so, run the peers anyway
+            done = {m["method"] for m in methods}
+            for s in solvers:
+                if f"{s}-pipeline" not in done:
+                    log(f"{s}-pipeline: FAILED: local cluster: {type(exc).__name__}: {exc}")
+                    methods.append({"method": f"{s}-pipeline", "family": "ours-pipeline", "status": "failed",
+                                    "description": f"{s}: pipeline.training.train on a local cluster",
+                                    "error": f"local cluster: {type(exc).__name__}: {exc}", "points": []})
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    for name in peers:
+        peer = PEERS[name]
+        missing = missing_modules(peer)
+        if missing:
+            methods.append(skipped(name, peer.family, peer.description,
+                                   f"{INSTALL_HINT} (missing: {', '.join(missing)})"))
+            continue
+        need = peer.memory(store.n_samples, store.n_features, hidden) if peer.memory else 0.0
+        if not fits_in_memory(need):
+            methods.append(skipped(name, peer.family, peer.description,
+                                   f"needs ~{need / 1e9:.1f} GB in memory, more than 60 % of this machine's"))
+            continue
+        methods.append(run_method(name, peer.family, peer.description,
+                                  lambda c, peer=peer: peer.run(task, settings, c), budget, args.threads))
+    for m in methods:
+        summarize(m, target)
+
+    result = {
+        "provenance": provenance(),
+        "settings": {
+            "task": args.task, "about": spec.about, "target": target, "time_budget": budget, "epochs": epochs,
+            "iterations": iterations, "overrides": overrides, "hidden": list(hidden), "solvers": solvers,
+            "ours": ours, "peers": peers, "batch_size": args.batch_size, "threads": args.threads,
+            "workers": args.workers, "seed": args.seed, "n_features_in": store.n_features, "n_outputs": n_out,
+            "reference_chunk_rows": ref_chunk, "pipeline_chunk_rows": pipe_chunk,
+            "cluster_start_seconds": cluster_seconds, "versions": _versions(),
+            "threadpools": [{k: t.get(k) for k in ("internal_api", "num_threads", "version")}
+                            for t in threadpool_info()],
+            "data": {**task.info, "train_store": str(task.train_path), "test_store": str(task.test_path),
+                     "n_train": store.n_samples, "n_test": int(len(task.y_test)), "n_features": store.n_features,
+                     "data_chunk_rows": store.chunk_rows, "classes": [c.item() for c in classes]},
+            "time": "training wall-clock seconds from the method's start; test scoring excluded",
+        },
+        "methods": methods,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / f"compare_{args.task}"
+    base.with_suffix(".json").write_text(json.dumps(result, indent=1, default=_json_default))
+    base.with_suffix(".md").write_text(markdown(result))
+    problem = plot(result, base.with_suffix(".png"))
+    if problem:
+        log(problem)
+    log("")
+    for line in table(result):
+        log(line)
+    log(f"wrote {base}.json, {base}.md" + ("" if problem else f", {base}.png"))
+    return 1 if any(m["status"] == "failed" for m in methods) else 0
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

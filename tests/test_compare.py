@@ -1,0 +1,153 @@
+"""Smoke tests of the comparison runner ``benchmarks/compare.py`` (small data, few steps).
+
+They check that one command trains our solvers and the peers side by side and
+writes the JSON, markdown and PNG results with sane accuracies; they do not
+measure anything. Peers that need torch or dask-ml are skipped where those
+packages are not installed (``pip install -e '.[bench]'``).
+"""
+import dataclasses
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import compare  # noqa: E402
+
+FLOOR = 0.75  # the larger class is 52 % of the digits 0-vs-2 test rows
+
+
+def run(tmp_path, *args, task="digits02"):
+    out = tmp_path / "results"
+    code = compare.main(["--task", task, "--out", str(out), "--cache", str(tmp_path / "cache"),
+                         "--iterations", "3", "--epochs", "3", "--lbfgs-max-iter", "4",
+                         "--logreg-max-iter", "4", "--time-budget", "60", *args])
+    return code, out
+
+
+def load(out, task="digits02"):
+    res = json.loads((out / f"compare_{task}.json").read_text())
+    return res, {m["method"]: m for m in res["methods"]}
+
+
+def check_curve(m):
+    assert m["status"] == "ok", m.get("error")
+    assert m["points"], m["method"]
+    for p in m["points"]:
+        assert 0.0 <= p["test_accuracy"] <= 1.0
+        assert p["seconds"] >= 0.0
+    assert m["best_accuracy"] == max(p["test_accuracy"] for p in m["points"])
+    assert m["best_accuracy"] > FLOOR, m["method"]
+
+
+def test_compare_digits02_ours_and_cheap_peers(tmp_path):
+    code, out = run(tmp_path, "--solvers", "admm", "--peers", "logreg", "sklearn-stream")
+    assert code == 0
+    res, methods = load(out)
+    assert list(methods) == ["admm-reference", "admm-pipeline", "logreg", "sklearn-stream"]
+    for m in methods.values():
+        check_curve(m)
+    # our solvers: one point per iteration, cumulative time
+    for name in ("admm-reference", "admm-pipeline"):
+        pts = methods[name]["points"]
+        assert [p["step"] for p in pts] == [1, 2, 3]
+        assert all(a["seconds"] < b["seconds"] for a, b in zip(pts, pts[1:]))
+        assert all(p["seconds"] <= p["wall_seconds"] for p in pts)
+    # the reference and the pipeline run the same kernels on the same data
+    ref = [p["test_accuracy"] for p in methods["admm-reference"]["points"]]
+    pipe = [p["test_accuracy"] for p in methods["admm-pipeline"]["points"]]
+    assert np.allclose(ref, pipe, atol=0.02)
+    assert len(methods["sklearn-stream"]["points"]) == 3  # one per chunk: digits is one chunk, 3 epochs
+    s = res["settings"]
+    assert s["target"] == 0.99 and s["hidden"] == [100] and s["data"]["n_train"] + s["data"]["n_test"] == 355
+    assert {"command", "date", "host"} <= set(res["provenance"])
+    md = (out / "compare_digits02.md").read_text()
+    assert "| method | family | final test acc | best test acc | time to 0.990 (s)" in md
+    for name in methods:
+        assert f"| {name} |" in md
+    assert (out / "compare_digits02.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("peer, module", [("torch-adam", "torch"), ("dask-ml", "dask_ml")])
+def test_compare_streaming_peer(tmp_path, peer, module):
+    pytest.importorskip(module)
+    code, out = run(tmp_path, "--ours", "none", "--peers", peer)
+    assert code == 0
+    _, methods = load(out)
+    check_curve(methods[peer])
+    assert len(methods[peer]["points"]) == 3  # one per epoch: digits is one chunk
+
+
+def test_missing_peer_package_is_skipped_with_the_install_hint(tmp_path, monkeypatch, capsys):
+    fake = dataclasses.replace(compare.PEERS["torch-adam"], modules=("no_such_module_for_compare",))
+    monkeypatch.setitem(compare.PEERS, "torch-adam", fake)
+    code, out = run(tmp_path, "--ours", "none", "--peers", "torch-adam", "logreg")
+    assert code == 0
+    _, methods = load(out)
+    assert methods["torch-adam"]["status"] == "skipped"
+    assert "pip install -e '.[bench]'" in methods["torch-adam"]["reason"]
+    check_curve(methods["logreg"])
+    assert "torch-adam: skipped: pip install -e '.[bench]'" in capsys.readouterr().out
+
+
+def test_unknown_solver_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(tmp_path, "--solvers", "no-such-solver")
+    assert exc.value.code == 2
+    assert "no-such-solver" in capsys.readouterr().err
+
+
+def test_higgs_real_loader_goes_through_ingest(tmp_path):
+    """A HIGGS-like CSV.gz (label first, no header) is ingested into train and test stores and trained on."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    X = rng.normal(size=(n, 28))
+    y = (X[:, 0] + 0.5 * X[:, 3] > 0).astype(int)
+    csv = tmp_path / "HIGGS.csv.gz"
+    with gzip.open(csv, "wt") as f:
+        for label, row in zip(y, X):
+            f.write(f"{float(label):.18e}," + ",".join(f"{v:.18e}" for v in row) + "\n")
+    code, out = run(tmp_path, "--solvers", "admm", "--ours", "reference", "--peers", "logreg",
+                    "--higgs-csv", str(csv), task="higgs-real")
+    assert code == 0
+    res, methods = load(out, "higgs-real")
+    d = res["settings"]["data"]
+    assert d["n_features"] == 28 and d["n_train"] + d["n_test"] == n and 50 < d["n_test"] < 300
+    assert res["settings"]["target"] == 0.64
+    check_curve(methods["admm-reference"])
+    check_curve(methods["logreg"])
+    # the ingested stores are reused while the source file is unchanged
+    from benchmarks.higgs_real import higgs_stores
+
+    lines = []
+    train, test = higgs_stores(csv, tmp_path / "cache", log=lines.append)
+    assert lines and lines[0].startswith("reusing") and train.name == "higgs-real.zarr"
+
+
+def test_a_failing_method_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    import solvers.reference
+
+    real = solvers.reference.fit_in_memory
+
+    def breaks_at_iteration_2(*args, callback=None, **kw):
+        def cb(record):
+            callback(record)
+            if record["iteration"] == 2:
+                raise RuntimeError("solver blew up")
+        return real(*args, callback=cb, **kw)
+
+    monkeypatch.setattr(solvers.reference, "fit_in_memory", breaks_at_iteration_2)
+    code, out = run(tmp_path, "--solvers", "admm", "--ours", "reference", "--peers", "logreg")
+    assert code == 1
+    _, methods = load(out)
+    failed = methods["admm-reference"]
+    assert failed["status"] == "failed" and "solver blew up" in failed["error"]
+    assert [p["step"] for p in failed["points"]] == [1, 2]  # the iterations done are kept
+    check_curve(methods["logreg"])
+    assert "`admm-reference` failed: RuntimeError: solver blew up" in (out / "compare_digits02.md").read_text()
