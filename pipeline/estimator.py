@@ -1,10 +1,13 @@
-"""A scikit-learn estimator over the out-of-core pipeline: ``ADMMClassifier``.
+"""scikit-learn estimators over the out-of-core pipeline: ``ADMMClassifier`` and ``ADMMRegressor``.
 
-:class:`ADMMClassifier` is a thin layer over :func:`pipeline.training.train`,
-the function ``python -m pipeline.train`` runs: ``fit`` writes NumPy or Dask
-inputs to a data store (Dask arrays block by block, never whole), trains into
-a run store on a Dask cluster and keeps the network in memory. Prediction runs
-in NumPy, or blockwise (``map_blocks``) on Dask arrays.
+Both are thin layers over :func:`pipeline.training.train`, the function
+``python -m pipeline.train`` runs: ``fit`` writes NumPy or Dask inputs to a
+data store (Dask arrays block by block, never whole), trains into a run store
+on a Dask cluster and keeps the network in memory. Prediction runs in NumPy,
+or blockwise (``map_blocks``) on Dask arrays. The two share
+:class:`_ADMMEstimator` (hyperparameters, fitting, input handling) and differ
+only in what ``y`` is: class labels, or real values fitted with the squared
+loss (``--task regression``).
 
 Needs scikit-learn (``pip install "admm-dask[sklearn]"``).
 """
@@ -14,16 +17,18 @@ import contextlib
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from solvers.config import TrainConfig
 from solvers.losses import predict_classes
+from solvers.tasks import r2_from_sums
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,12 @@ def _is_path(X) -> bool:
     return isinstance(X, (str, os.PathLike))
 
 
+def _is_lazy(X) -> bool:
+    """Return True for inputs predicted block by block: Dask arrays (or DataArrays) and data store paths."""
+    X = _unwrap_xarray(X)
+    return _is_path(X) or _is_dask(X)
+
+
 def _outputs(X, network):
     """Return the decision values of raw rows ``X``: z_L − 0.5 for one output unit, z_L otherwise."""
     z = network.decision_function(X)
@@ -54,20 +65,22 @@ def _labels(X, network, classes):
     return np.asarray(classes)[predict_classes(network.decision_function(X))]
 
 
-class ADMMClassifier(ClassifierMixin, BaseEstimator):
-    """Fully connected network trained out of core by ADMM (Taylor et al. 2016) on Dask.
+def _values(X, network):
+    """Return the predicted values of raw rows ``X`` (a regression network's output, in y's units)."""
+    return network.predict(X)
 
-    Parameters
-    ----------
-    hidden_layer_sizes : tuple of int, default (300,)
+
+_PARAMETERS = """hidden_layer_sizes : tuple of int, default (300,)
         Hidden layer widths (``--hidden``).
     activation : {"relu", "hard-sigmoid", "sigmoid"}, default "relu"
-    loss : {"auto", "hinge", "ovr-hinge", "squared"}, default "auto"
-        ``auto``: hinge for two classes, one-vs-all hinge for more.
+    solver : {"gauss-newton", "admm", "dladmm"}, default "gauss-newton"
+        ``--solver``: layerwise Gauss-Newton (no per-sample state; ``gamma``,
+        ``beta``, ``warm_start``, ``init`` do not apply, ``step_size`` and
+        ``damping`` do), Taylor et al.'s ADMM, or dlADMM.
     gamma, beta : float, default 10.0 and 0.1
         Weights of ``‖a − h(z)‖²`` and ``‖z − W a‖²`` (eq. 4).
     max_iter : int, default 20
-        ADMM iterations (``--iterations``); there is no convergence test.
+        Iterations (``--iterations``); there is no convergence test.
     warm_start : int, default 5
         Number of first iterations without λ updates (``--warm-start``). Unlike
         scikit-learn's boolean ``warm_start`` it does not reuse a previous fit;
@@ -75,6 +88,8 @@ class ADMMClassifier(ClassifierMixin, BaseEstimator):
     ridge : float, default 0.01
         Relative ridge of the W-solve.
     init : {"forward", "gaussian"}, default "forward"
+    step_size, damping : float, default 0.5 and 1.0
+        Gauss-Newton step η and initial Levenberg–Marquardt damping.
     random_state : int, RandomState or None, default None
         Seed of the initial weights/state (``--seed``); ``None`` draws one.
     chunk_rows : int or None, default None
@@ -89,44 +104,28 @@ class ADMMClassifier(ClassifierMixin, BaseEstimator):
         closes it afterwards.
     verbose : bool, default False
         Print the per-iteration lines; otherwise they go to the ``pipeline``
-        logger at INFO level.
+        logger at INFO level."""
 
-    Attributes
-    ----------
-    classes_ : ndarray of shape (n_classes,)
-    n_features_in_ : int
+_ATTRIBUTES = """n_features_in_ : int
     coefs_, intercepts_ : list of ndarray
-        ``coefs_[l]`` has shape (fan_in, fan_out), as in ``MLPClassifier``; they
+        ``coefs_[l]`` has shape (fan_in, fan_out), as in scikit-learn's MLPs; they
         act on standardised inputs ``(X − x_mean_) / x_scale_``.
     x_mean_, x_scale_ : ndarray of shape (n_features_in_,)
     history_ : xarray.Dataset
-        The run's metrics along ``iteration`` (train/test accuracy, residual,
-        objective, loss, seconds), as stored in the run store's ``metrics``.
+        The run's metrics along ``iteration`` ({metrics}, residual, objective,
+        loss, seconds), as stored in the run store's ``metrics``.
     n_iter_ : int
-    network_ : solvers.network.Network
+    network_ : solvers.network.Network"""
 
-    Notes
-    -----
-    ``fit`` accepts NumPy arrays, Dask arrays (or Dask-backed DataArrays), and
-    the path of a data store written by ``python -m pipeline.ingest`` (then
-    ``y`` must be None). NumPy labels may be of any type (they are encoded);
-    Dask and stored labels must be numeric. ``decision_function``, ``predict``
-    and ``score`` on a Dask array or a data store path work block by block and
-    return Dask arrays (``score``: a float). The binary decision function is
-    ``z_L − 0.5``, so positive values mean ``classes_[1]``.
 
-    scikit-learn's ``check_estimator`` checks pass (``tests/test_estimator.py``)
-    except those that do not apply: there is no ``sample_weight`` (the ADMM
-    objective has no per-sample weights; the checks skip themselves), no
-    ``predict_proba`` (hinge outputs are not probabilities), no sparse input
-    (the data store is dense: sparse ``X`` is refused with a TypeError, which the
-    sparse checks accept), and fitting on one sample fails with "at least two
-    classes" as the checks allow.
-    """
+class _ADMMEstimator(BaseEstimator):
+    """What ADMMClassifier and ADMMRegressor share: hyperparameters, ``fit`` and input handling."""
+
+    _task = "classification"  # TrainConfig.task of the subclass
 
     def __init__(self, hidden_layer_sizes=(300,), activation="relu", loss="auto", gamma=10.0, beta=0.1,
                  max_iter=20, warm_start=5, ridge=0.01, init="forward", random_state=None, chunk_rows=None,
-                 store=None, client=None, verbose=False):
+                 store=None, client=None, verbose=False, solver="gauss-newton", step_size=0.5, damping=1.0):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.loss = loss
@@ -141,6 +140,9 @@ class ADMMClassifier(ClassifierMixin, BaseEstimator):
         self.store = store
         self.client = client
         self.verbose = verbose
+        self.solver = solver
+        self.step_size = step_size
+        self.damping = damping
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "network_")
@@ -153,9 +155,10 @@ class ADMMClassifier(ClassifierMixin, BaseEstimator):
             check_random_state(rs).randint(np.iinfo(np.int32).max))
         hidden = self.hidden_layer_sizes
         hidden = (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden)
-        return TrainConfig(hidden=hidden, activation=self.activation, loss=self.loss, gamma=float(self.gamma),
-                           beta=float(self.beta), iterations=int(self.max_iter), warm_start=int(self.warm_start),
-                           ridge=float(self.ridge), init=self.init, seed=seed)
+        return TrainConfig(hidden=hidden, activation=self.activation, task=self._task, loss=self.loss,
+                           gamma=float(self.gamma), beta=float(self.beta), iterations=int(self.max_iter),
+                           warm_start=int(self.warm_start), ridge=float(self.ridge), init=self.init, seed=seed,
+                           solver=self.solver, step_size=float(self.step_size), damping=float(self.damping))
 
     @contextlib.contextmanager
     def _connect(self):
@@ -184,6 +187,7 @@ class ADMMClassifier(ClassifierMixin, BaseEstimator):
         config = self.train_config()
         X = _unwrap_xarray(X)
         y = _unwrap_xarray(y)
+        classes = None
         with tempfile.TemporaryDirectory(prefix="admm-estimator-") as tmp:
             run_path = Path(self.store) if self.store is not None else Path(tmp) / "run.zarr"
             data_path = run_path.with_name(f"{run_path.stem}-data.zarr") if self.store is not None \
@@ -192,38 +196,41 @@ class ADMMClassifier(ClassifierMixin, BaseEstimator):
                 classes = self._write_numpy(X, y, data_path)
             with self._connect() as client:
                 if _is_path(X):
-                    classes = self._use_store(X, y)
+                    self._use_store(X, y)
                     data_path = Path(X)
                 elif _is_dask(X):
-                    classes = self._write_dask(client, X, y, data_path)
+                    self._write_dask(client, X, y, data_path)
                 check_inputs(store=run_path, data=data_path, overwrite=True, chunk_rows=self.chunk_rows)
                 result = train(client, store=run_path, data=data_path, config=config, chunk_rows=self.chunk_rows,
                                overwrite=True, report=self._report)
             self.history_ = xr.open_zarr(run_path, group="metrics", consolidated=False).load()
+        self._set_fitted(result, classes)
+        return self
+
+    def _set_fitted(self, result, classes) -> None:
+        """Set the fitted attributes from the training result (``classes``: the NumPy labels, or None)."""
         network = result.network
         self.network_ = network
-        self.classes_ = np.asarray(network.classes if classes is None else classes)
         self.coefs_ = [np.asarray(W)[:, :-1].T.copy() for W in network.weights]
         self.intercepts_ = [np.asarray(W)[:, -1].copy() for W in network.weights]
         self.x_mean_, self.x_scale_ = np.asarray(network.x_mean), np.asarray(network.x_scale)
         self.n_iter_ = len(result.history)
-        return self
+
+    def _encode_targets(self, y):
+        """Return (y as written to the data store, the classes or None) of validated in-memory targets."""
+        raise NotImplementedError
 
     def _write_numpy(self, X, y, path):
-        """Validate in-memory ``(X, y)``, write them with encoded labels; return the classes."""
+        """Validate in-memory ``(X, y)`` and write them (labels encoded); return the classes, or None."""
         from storage.data import write_data
 
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
-        check_classification_targets(y)
-        classes, y_index = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"{type(self).__name__} needs at least two classes in y, got 1 class "
-                             f"({classes[0]!r})")
-        write_data(path, X, y_index, source="ADMMClassifier.fit (NumPy)", overwrite=True)
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], y_numeric=self._task == "regression")
+        y, classes = self._encode_targets(y)
+        write_data(path, X, y, source=f"{type(self).__name__}.fit (NumPy)", overwrite=True)
         return classes
 
     def _write_dask(self, client, X, y, path):
-        """Write a Dask ``X`` (and ``y``) to a data store one row block at a time; return None."""
+        """Write a Dask ``X`` (and ``y``) to a data store one row block at a time."""
         from storage.data import DataWriter
 
         if y is None:
@@ -248,17 +255,16 @@ class ADMMClassifier(ClassifierMixin, BaseEstimator):
         def block(i):  # futures of row block i; one block is computed ahead while the last one is written
             return client.compute([X.blocks[i], y.blocks[i]] if _is_dask(y) else [X.blocks[i]])
 
-        with DataWriter(path, X.shape[1], source="ADMMClassifier.fit (Dask)", overwrite=True) as writer:
+        with DataWriter(path, X.shape[1], source=f"{type(self).__name__}.fit (Dask)", overwrite=True) as writer:
             ahead = block(0)
             for i in range(X.numblocks[0]):
                 current, ahead = ahead, (block(i + 1) if i + 1 < X.numblocks[0] else None)
                 parts = client.gather(current)
                 writer.append(parts[0], parts[1] if _is_dask(y) else y[starts[i]:starts[i + 1]])
                 del current, parts
-        return None
 
     def _use_store(self, path, y):
-        """Check a data store given as ``X``; return None (classes come from the training pass)."""
+        """Check a data store given as ``X`` (its ``y`` is the target; classes come from the training pass)."""
         from storage.data import open_data
 
         if y is not None:
@@ -266,7 +272,6 @@ class ADMMClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = open_data(path).n_features
         if hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
-        return None
 
     # -- prediction ----------------------------------------------------------------------
     def _lazy_input(self, X):
@@ -285,36 +290,169 @@ class ADMMClassifier(ClassifierMixin, BaseEstimator):
                              f"{self.n_features_in_} features as input")
         return X.rechunk({1: -1})
 
+    def _apply(self, X, fn, dtype, *args, width=None):
+        """Return ``fn(rows, network_, *args)`` of ``X``: in NumPy, or per row block as a Dask array.
+
+        ``width``: the number of columns ``fn`` returns (None: one value per row).
+        """
+        check_is_fitted(self)
+        lazy = self._lazy_input(X)
+        if lazy is None:
+            return fn(validate_data(self, X, reset=False), self.network_, *args)
+        if width is None:
+            return lazy.map_blocks(fn, self.network_, *args, drop_axis=1, dtype=dtype)
+        return lazy.map_blocks(fn, self.network_, *args, dtype=dtype, chunks=(lazy.chunks[0], (width,)))
+
+    @staticmethod
+    def _lazy_targets(X, y, chunks):
+        """Return ``y`` as a Dask array in row blocks ``chunks``; for a data store path it defaults to its ``y``."""
+        import dask.array as da
+
+        if y is None and _is_path(X):
+            from storage.data import open_data
+
+            y = da.from_zarr(str(open_data(X).path), component="y")
+        y = _unwrap_xarray(y)
+        return y.rechunk((chunks,)) if _is_dask(y) else da.from_array(np.asarray(y), chunks=(chunks,))
+
+
+class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
+    __doc__ = f"""Fully connected network classifier trained out of core by ADMM (Taylor et al. 2016) on Dask.
+
+    Parameters
+    ----------
+    {_PARAMETERS}
+    loss : {{"auto", "hinge", "ovr-hinge", "squared"}}, default "auto"
+        ``auto``: hinge for two classes, one-vs-all hinge for more (the
+        gauss-newton solver fits the squared loss).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    {_ATTRIBUTES.format(metrics="train/test accuracy")}
+
+    Notes
+    -----
+    ``fit`` accepts NumPy arrays, Dask arrays (or Dask-backed DataArrays), and
+    the path of a data store written by ``python -m pipeline.ingest`` (then
+    ``y`` must be None). NumPy labels may be of any type (they are encoded);
+    Dask and stored labels must be numeric. ``decision_function``, ``predict``
+    and ``score`` on a Dask array or a data store path work block by block and
+    return Dask arrays (``score``: a float). The binary decision function is
+    ``z_L − 0.5``, so positive values mean ``classes_[1]``.
+
+    scikit-learn's ``check_estimator`` checks pass (``tests/test_estimator.py``)
+    except those that do not apply: there is no ``sample_weight`` (the ADMM
+    objective has no per-sample weights; the checks skip themselves), no
+    ``predict_proba`` (hinge outputs are not probabilities), no sparse input
+    (the data store is dense: sparse ``X`` is refused with a TypeError, which the
+    sparse checks accept), and fitting on one sample fails with "at least two
+    classes" as the checks allow.
+    """
+
+    _task = "classification"
+
+    def _set_fitted(self, result, classes) -> None:
+        super()._set_fitted(result, classes)
+        self.classes_ = np.asarray(result.network.classes if classes is None else classes)
+
+    def _encode_targets(self, y):
+        """Return the class indices of the labels ``y`` and the sorted classes."""
+        check_classification_targets(y)
+        classes, y_index = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least two classes in y, got 1 class "
+                             f"({classes[0]!r})")
+        return y_index, classes
+
     def decision_function(self, X):
         """Return the output layer: (n,) for two classes (z_L − 0.5), (n, n_classes) otherwise."""
         check_is_fitted(self)
         n_out = self.network_.weights[-1].shape[0]
-        lazy = self._lazy_input(X)
-        if lazy is not None:
-            out = lazy.map_blocks(_outputs, self.network_, dtype=np.float32, chunks=(lazy.chunks[0], (n_out,)))
-        else:
-            out = _outputs(validate_data(self, X, reset=False), self.network_)
+        out = self._apply(X, _outputs, np.float32, width=n_out)
         return out[:, 0] if n_out == 1 else out
 
     def predict(self, X):
         """Return the predicted class of every row of ``X`` (a Dask array for Dask or store input)."""
         check_is_fitted(self)
-        lazy = self._lazy_input(X)
-        if lazy is not None:
-            return lazy.map_blocks(_labels, self.network_, self.classes_, drop_axis=1, dtype=self.classes_.dtype)
-        return _labels(validate_data(self, X, reset=False), self.network_, self.classes_)
+        return self._apply(X, _labels, self.classes_.dtype, self.classes_)
 
     def score(self, X, y=None, sample_weight=None):
         """Return the accuracy on ``(X, y)``; for a data store path, ``y`` defaults to its labels."""
-        if sample_weight is None and (_is_path(_unwrap_xarray(X)) or _is_dask(_unwrap_xarray(X))):
-            import dask.array as da
+        if sample_weight is None and _is_lazy(X):
+            pred = self.predict(X)
+            y = self._lazy_targets(X, y, pred.chunks[0])
+            return float((pred == y).mean().compute())
+        return super().score(X, y, sample_weight=sample_weight)
+
+
+class ADMMRegressor(RegressorMixin, _ADMMEstimator):
+    __doc__ = f"""Fully connected network regressor (squared loss) trained out of core on Dask.
+
+    The targets are standardised with their mean and std (from the same
+    statistics pass as the inputs) and the network's output is mapped back,
+    so ``predict`` returns values in the units of ``y``.
+
+    Parameters
+    ----------
+    {_PARAMETERS}
+    loss : {{"auto", "squared"}}, default "auto"
+        Both mean the squared error, the only loss for real-valued targets;
+        the hinge losses are refused.
+
+    Attributes
+    ----------
+    y_mean_, y_scale_ : ndarray of shape (1,)
+        The target scaling: the network's last layer outputs
+        ``(y − y_mean_) / y_scale_``.
+    {_ATTRIBUTES.format(metrics="R²: train_r2, test_r2")}
+
+    Notes
+    -----
+    ``fit`` accepts NumPy arrays, Dask arrays (or Dask-backed DataArrays), and
+    the path of a data store written by ``python -m pipeline.ingest`` (then
+    ``y`` must be None and the store's ``y`` is the target). ``y`` is one
+    numeric column. ``predict`` and ``score`` (R², as scikit-learn's
+    ``RegressorMixin``) on a Dask array or a data store path work block by
+    block; ``predict`` then returns a Dask array. Training runs in float32,
+    prediction in float64, so that a row's prediction does not depend on the
+    batch it comes in.
+
+    scikit-learn's ``check_estimator`` checks pass (``tests/test_estimator.py``)
+    except those that do not apply: there is no ``sample_weight`` (the checks
+    skip themselves), no sparse input (refused with a TypeError, which the
+    sparse checks accept), and one target column only (``y`` of shape (n, 1)
+    is raveled with scikit-learn's DataConversionWarning; wider ``y`` is
+    refused).
+    """
+
+    _task = "regression"
+
+    def _set_fitted(self, result, classes) -> None:
+        super()._set_fitted(result, classes)
+        # predict in float64: float32 BLAS sums a row differently by batch size (~1e-6), and a row's
+        # prediction must not depend on the rows it comes with
+        self.network_ = replace(result.network, dtype=np.float64)
+        self.y_mean_ = np.asarray(result.network.y_mean)
+        self.y_scale_ = np.asarray(result.network.y_scale)
+
+    def _encode_targets(self, y):
+        """Return the real targets as float64 (no classes)."""
+        return np.asarray(y, np.float64), None
+
+    def predict(self, X):
+        """Return the predicted value of every row of ``X`` (a Dask array for Dask or store input)."""
+        check_is_fitted(self)
+        return self._apply(X, _values, np.float64)
+
+    def score(self, X, y=None, sample_weight=None):
+        """Return R² on ``(X, y)``; for a data store path, ``y`` defaults to its targets."""
+        if sample_weight is None and _is_lazy(X):
+            import dask
 
             pred = self.predict(X)
-            if y is None and _is_path(X):
-                from storage.data import open_data
-
-                y = da.from_zarr(str(open_data(X).path), component="y")
-            y = _unwrap_xarray(y)
-            y = y.rechunk((pred.chunks[0],)) if _is_dask(y) else da.from_array(np.asarray(y), chunks=(pred.chunks[0],))
-            return float((pred == y).mean().compute())
+            y = self._lazy_targets(X, y, pred.chunks[0])
+            d, e = y - float(self.y_mean_[0]), y - pred  # shifted by the training mean: R²'s sums stay accurate
+            sse, total, total_sq = dask.compute((e * e).sum(), d.sum(), (d * d).sum())
+            return r2_from_sums(pred.shape[0], sse, total, total_sq)
         return super().score(X, y, sample_weight=sample_weight)

@@ -1,4 +1,4 @@
-"""``python -m pipeline.evaluate``: accuracy of a trained run on a data store, out of core."""
+"""``python -m pipeline.evaluate``: accuracy (a regression: R² and RMSE) of a trained run on a data store, out of core."""
 from __future__ import annotations
 
 import argparse
@@ -10,18 +10,26 @@ from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_inpu
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.evaluate",
-                                description="Report the accuracy of a run's model (last committed iteration) on a data store.")
+                                description="Report the accuracy (a regression run: R² and RMSE) of a run's model (last "
+                                            "committed iteration) on a data store.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
     p.add_argument("--data", required=True, help="data store to evaluate on (made by python -m pipeline.ingest)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, n_samples, n_correct, iteration)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, n_samples, n_correct, iteration; "
+                                                     "a regression: r2, rmse, n_samples, iteration)")
     add_cluster_arguments(p)
     return p
 
 
 def evaluate(client, store, data) -> dict:
-    """Return accuracy, n_samples, n_correct and the iteration of the run's model on ``data``."""
-    from pipeline.passes import accuracy_graph, bounds
+    """Return accuracy, n_samples, n_correct and the iteration of the run's model on ``data``.
+
+    For a regression run: r2, rmse, n_samples and the iteration.
+    """
+    import math
+
+    from pipeline.passes import accuracy_graph, bounds, r2_graph
     from solvers.errors import InputError
+    from solvers.tasks import r2_from_sums
     from storage.data import open_data
     from storage.runstore import RunStore, load_network
 
@@ -29,10 +37,14 @@ def evaluate(client, store, data) -> dict:
     ds = open_data(data)
     if ds.n_features != len(network.x_mean):
         raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
-    n, correct = client.compute(accuracy_graph(network, ds.path.resolve(), bounds(ds.n_samples, ds.chunk_rows)),
-                                sync=True)
-    return {"accuracy": correct / n, "n_samples": int(n), "n_correct": int(correct),
-            "iteration": RunStore.open(store).model_iteration()}
+    chunks = bounds(ds.n_samples, ds.chunk_rows)
+    iteration = RunStore.open(store).model_iteration()
+    if network.is_regressor:
+        n, sse, total, total_sq = client.compute(r2_graph(network, ds.path.resolve(), chunks), sync=True)
+        return {"r2": r2_from_sums(n, sse, total, total_sq), "rmse": math.sqrt(sse / n), "n_samples": int(n),
+                "iteration": iteration}
+    n, correct = client.compute(accuracy_graph(network, ds.path.resolve(), chunks), sync=True)
+    return {"accuracy": correct / n, "n_samples": int(n), "n_correct": int(correct), "iteration": iteration}
 
 
 @exits_on_input_error
@@ -42,6 +54,9 @@ def main(argv=None) -> int:
         result = evaluate(client, args.store, args.data)
     if args.json:
         print(json.dumps(result))
+    elif "r2" in result:
+        print(f"R² {result['r2']:.4f}, RMSE {result['rmse']:.4g} on {result['n_samples']} samples "
+              f"(model after iteration {result['iteration']})")
     else:
         print(f"accuracy {result['accuracy']:.4f} on {result['n_samples']} samples "
               f"(model after iteration {result['iteration']})")

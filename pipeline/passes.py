@@ -18,9 +18,10 @@ import zarr
 from threadpoolctl import threadpool_limits
 
 from solvers.loop import read_plan
-from solvers.losses import encode_labels, predict_classes
+from solvers.losses import encode_labels
 from solvers.reference import chunk_bounds
 from solvers.stats import moment_sums
+from solvers.tasks import r2_from_sums
 from storage.data import read_rows
 from storage.runstore import slot_of, state_path
 
@@ -33,6 +34,7 @@ def _array(store: str, path: str, mode: str = "r"):
 
 
 def _read_xy(data: str, start: int, stop: int, classes=None):
+    """Return rows [start, stop) of X and y; y as class indices of ``classes``, or as stored (float) if None."""
     x = read_rows(data, "X", start, stop)
     y = read_rows(data, "y", start, stop)
     return x, (y if classes is None else encode_labels(y, classes))
@@ -50,7 +52,9 @@ def _write_state(run: str, slot: int, state: dict, start: int, stop: int) -> Non
 def chunk_task(bundle, data, run, read_slots, write_slot, start, stop):
     """Run one solver kernel on rows [start, stop); return the chunk's sums.
 
-    ``bundle`` is (solver, kernel name, params). The state arrays are read
+    ``bundle`` is (solver, kernel name, params). The kernel sees y as class
+    indices, or as the stored real values for a regression solver (its
+    ``classes`` is None). The state arrays are read
     from ``read_slots`` ({name: slot}) and the kernel's new state written to
     ``write_slot`` (either may be None). The slot written is never the
     committed one, so a retried task rewrites the same bytes.
@@ -69,22 +73,33 @@ def accuracy_task(network, data, start, stop):
     """Return [n, correct] of the network's predictions on rows [start, stop)."""
     with threadpool_limits(1):
         x, y = _read_xy(data, start, stop)
-        pred = np.asarray(network.classes)[predict_classes(network.decision_function(x))]
-        return np.array([stop - start, np.sum(pred == y)], np.float64)
+        return np.array([stop - start, np.sum(network.predict(x) == y)], np.float64)
+
+
+def r2_task(network, data, start, stop):
+    """Return [n, Σ(y − ŷ)², Σd, Σd²] (d = y − ȳ_train) of a regression network on rows [start, stop): R²'s sums."""
+    with threadpool_limits(1):
+        x, y = _read_xy(data, start, stop)
+        d = y - float(np.asarray(network.y_mean)[0])
+        e = y - network.predict(x)
+        return np.array([stop - start, np.sum(e * e), np.sum(d), np.sum(d * d)], np.float64)
 
 
 def predict_task(network, data, out, start, stop):
-    """Write the predicted labels of rows [start, stop) into the array ``out``."""
+    """Write the predicted labels (a regression network: values) of rows [start, stop) into the array ``out``."""
     with threadpool_limits(1):
         x, _ = _read_xy(data, start, stop)
-        pred = np.asarray(network.classes)[predict_classes(network.decision_function(x))]
+        pred = network.predict(x)
         zarr.open_array(store=out, path="prediction", mode="r+")[start:stop] = pred
     return np.zeros(1)
 
 
-def moments_task(data, shift, start, stop):
-    """Return the shifted moment sums of X rows [start, stop) (standardisation statistics)."""
-    return moment_sums(read_rows(data, "X", start, stop), shift)
+def moments_task(data, shift, start, stop, with_y=False):
+    """Return the shifted moment sums of X rows [start, stop), or of [X, y] (standardisation statistics)."""
+    x = read_rows(data, "X", start, stop)
+    if with_y:
+        x = np.column_stack([x, read_rows(data, "y", start, stop)])
+    return moment_sums(x, shift)
 
 
 def labels_task(data, start, stop):
@@ -98,6 +113,14 @@ def _sum(*parts):
 
 def _union(*parts):
     return np.unique(np.concatenate(parts))
+
+
+def _accuracy(sums):
+    return sums[1] / sums[0]
+
+
+def _r2(sums):
+    return r2_from_sums(*sums)
 
 
 # -- client side ------------------------------------------------------------------------
@@ -163,11 +186,31 @@ def accuracy_graph(network, data_path, chunks):
     return tree([fn(net, str(data_path), a, b) for a, b in chunks])
 
 
-def data_statistics(client, data_path, n_samples, chunk_rows, shift):
-    """Return (moment sums, distinct labels) of a data store in one pass."""
+def r2_graph(network, data_path, chunks):
+    """Return a delayed [n, Σ(y − ŷ)², Σd, Σd²] of a regression network on the given chunks (:func:`r2_task`)."""
+    net = broadcast(network)
+    fn = dask.delayed(r2_task, pure=False)
+    return tree([fn(net, str(data_path), a, b) for a, b in chunks])
+
+
+def score_graph(network, data_path, chunks):
+    """Return the delayed score of the network on the given chunks: accuracy, or R² for a regression network."""
+    if network.is_regressor:
+        return dask.delayed(_r2, pure=False)(r2_graph(network, data_path, chunks))
+    return dask.delayed(_accuracy, pure=False)(accuracy_graph(network, data_path, chunks))
+
+
+def data_statistics(client, data_path, n_samples, chunk_rows, shift, labels=True):
+    """Return (moment sums, distinct labels) of a data store in one pass.
+
+    With ``labels=False`` (regression) the moments are those of the columns
+    ``[X, y]`` (``shift`` has d + 1 entries) and the labels are None.
+    """
     fm = dask.delayed(moments_task, pure=False)
     fl = dask.delayed(labels_task, pure=False)
     chunks = bounds(n_samples, chunk_rows)
-    moments = tree([fm(str(data_path), shift, a, b) for a, b in chunks])
-    labels = tree([fl(str(data_path), a, b) for a, b in chunks], combine=_union)
-    return client.compute([moments, labels], sync=True)
+    moments = tree([fm(str(data_path), shift, a, b, not labels) for a, b in chunks])
+    if not labels:
+        return client.compute(moments, sync=True), None
+    distinct = tree([fl(str(data_path), a, b) for a, b in chunks], combine=_union)
+    return client.compute([moments, distinct], sync=True)

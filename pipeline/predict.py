@@ -1,4 +1,4 @@
-"""``python -m pipeline.predict``: write a run's predicted labels for a data store to Zarr, out of core."""
+"""``python -m pipeline.predict``: write a run's predicted labels (or values) for a data store to Zarr, out of core."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,8 @@ from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_inpu
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.predict",
-                                description="Predict labels for every row of a data store with a run's model.")
+                                description="Predict labels (a regression run: values) for every row of a data store "
+                                            "with a run's model.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
     p.add_argument("--data", required=True, help="data store to predict (its labels are ignored)")
     p.add_argument("--out", required=True, help="Zarr store to write: array 'prediction' (n_samples,)")
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def predict(client, store, data, out, overwrite=False):
-    """Write ``prediction`` (one label per row of ``data``) into a new Zarr group at ``out``."""
+    """Write ``prediction`` (one label, or value for a regression, per row of ``data``) into a new Zarr group at ``out``."""
     from pathlib import Path
 
     import dask
@@ -40,7 +41,8 @@ def predict(client, store, data, out, overwrite=False):
         raise InputError(f"{out} exists; pass --overwrite to replace it")
     group = zarr.open_group(out, mode="w", zarr_format=3)
     group.create_array("prediction", shape=(ds.n_samples,), chunks=(ds.chunk_rows,),
-                       dtype=np.asarray(network.classes).dtype, dimension_names=("sample",))
+                       dtype=np.float64 if network.is_regressor else np.asarray(network.classes).dtype,
+                       dimension_names=("sample",))
     group.attrs.update({"format": "admm-dask-predictions", "run_store": str(Path(store).resolve()),
                         "data": str(ds.path.resolve())})
     net = broadcast(network)

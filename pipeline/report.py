@@ -4,6 +4,7 @@ Writes into ``--out`` (default ``<RUN>-report/`` next to the run store):
 
 ================  ==============================================================
 ``accuracy.png``  train and test accuracy against iteration and wall time
+                  (a regression run: ``r2.png``, train and test R²)
 ``residual.png``  primal residual ‖z_L − W_L a_{L−1}‖ against iteration and wall time
 ``seconds.png``   seconds per iteration (one pass over the sample chunks each)
 ``summary.txt``   the summary, also printed
@@ -62,25 +63,31 @@ def _has(ds, name: str) -> bool:
     return name in ds and bool(np.isfinite(ds[name].values).any())
 
 
+def _score(ds) -> tuple[str, str]:
+    """Return the run's score metric and its title: ("accuracy", "accuracy"), or ("r2", "R²") for a regression."""
+    return ("r2", "R²") if "train_r2" in ds else ("accuracy", "accuracy")
+
+
 def make_figures(ds) -> dict:
     """Return ``{name: matplotlib Figure}`` of the metrics in ``ds`` (see the module docstring)."""
     Figure = _figure_class()
     it = ds["iteration"].values
     wall = np.cumsum(ds["seconds"].values)
     figs = {}
+    score, title = _score(ds)
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, x, xlabel in ((axes[0], it, "iteration"), (axes[1], wall, "wall time (s)")):
-        for name, label in (("train_accuracy", "train"), ("test_accuracy", "test")):
+        for name, label in ((f"train_{score}", "train"), (f"test_{score}", "test")):
             if _has(ds, name):
                 ax.plot(x, ds[name].values, marker="o", ms=3, label=label)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylabel(title)
     axes[0].legend()
-    fig.suptitle("accuracy")
-    figs["accuracy"] = fig
+    fig.suptitle(title)
+    figs[score] = fig
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
@@ -131,11 +138,13 @@ def summary(store, ds) -> str:
     if n:
         last = ds.isel(iteration=-1)
         seconds = ds["seconds"].values
-        lines.append(f"train accuracy {float(last.train_accuracy):.4f} (last)")
-        if _has(ds, "test_accuracy"):
-            best = int(np.nanargmax(ds.test_accuracy.values))
-            lines.append(f"test accuracy  {float(last.test_accuracy):.4f} (last), "
-                         f"best {float(ds.test_accuracy[best]):.4f} at iteration {int(ds.iteration[best])}")
+        score, title = _score(ds)
+        lines.append(f"{'train ' + title:<14} {float(last[f'train_{score}']):.4f} (last)")
+        if _has(ds, f"test_{score}"):
+            test = ds[f"test_{score}"]
+            best = int(np.nanargmax(test.values))
+            lines.append(f"{'test ' + title:<14} {float(test[-1]):.4f} (last), "
+                         f"best {float(test[best]):.4f} at iteration {int(ds.iteration[best])}")
         lines.append(f"residual       {float(ds.residual[0]):.3e} → {float(last.residual):.3e}")
         lines.append(f"time           {seconds.sum():.2f} s in {n} iterations, {np.median(seconds):.3f} s "
                      f"per iteration (median), slowest {seconds.max():.3f} s")

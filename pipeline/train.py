@@ -19,12 +19,13 @@ from solvers.config import INITS, TrainConfig
 from solvers.errors import InputError
 from solvers.losses import LOSSES
 from solvers.stats import SCALINGS
+from solvers.tasks import TASKS
 
 log = logging.getLogger("pipeline.train")  # not __name__: "__main__" under python -m
 DEMO = Path(__file__).resolve().parent / "demo" / "digits.npz"
 _DEFAULTS = TrainConfig()
-CONFIG_FLAGS = ("solver", "hidden", "activation", "loss", "iterations", "warm_start", "gamma", "beta", "ridge",
-                "init", "seed", "validation_fraction", "patience", "step_size", "damping", "scaling")
+CONFIG_FLAGS = ("solver", "task", "hidden", "activation", "loss", "iterations", "warm_start", "gamma", "beta",
+                "ridge", "init", "seed", "validation_fraction", "patience", "step_size", "damping", "scaling", "rho", "nu")
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -52,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--warm-start, --ridge and --iterations may be changed, the others must match the run.")
     d = _DEFAULTS
     model.add_argument("--solver", choices=sorted(SOLVERS), help=f"training method [{d.solver}]")
+    model.add_argument("--task", choices=sorted(TASKS),
+                       help="classification (y are class labels) or regression (y are real values, fitted "
+                            f"standardised with the squared loss; scores are R²) [{d.task}]")
     model.add_argument("--hidden", type=_widths, help="hidden layer widths, e.g. 300 or 300,100 [300]")
     model.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"[{d.activation}]")
     model.add_argument("--loss", choices=["auto", *sorted(LOSSES)],
-                       help=f"auto: hinge for 2 classes, one-vs-all hinge for more [{d.loss}]")
+                       help=f"auto: hinge for 2 classes, one-vs-all hinge for more, squared for regression [{d.loss}]")
     model.add_argument("--iterations", type=int, help=f"iterations to run in total [{d.iterations}]")
     model.add_argument("--warm-start", type=int, help=f"first iterations without λ updates [{d.warm_start}]")
     model.add_argument("--gamma", type=float, help=f"weight γ of ‖a − h(z)‖² [{d.gamma}]")
@@ -70,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--step-size", type=float, help=f"step η of the Gauss-Newton update [{d.step_size}]")
     gn.add_argument("--damping", type=float,
                     help=f"initial Levenberg-Marquardt damping λ, relative to the mean curvature [{d.damping}]")
+    dl = p.add_argument_group("dladmm solver")
+    dl.add_argument("--rho", type=float, help=f"penalty ρ of the output constraint and the dual step [{d.rho}]")
+    dl.add_argument("--nu", type=float, help=f"penalty ν of the hidden-layer constraints [{d.nu}]")
     stop = p.add_argument_group("early stopping")
     stop.add_argument("--validation-fraction", type=float,
                       help="share of the training chunks held out (seeded choice of whole chunks); the model is "

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline.cluster import check_worker_access
-from pipeline.passes import DaskRunner, accuracy_graph, bounds, data_statistics
-from solvers import SOLVERS
+from pipeline.passes import DaskRunner, bounds, data_statistics, score_graph
+from solvers import make_solver
 from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.loop import LoopState, initialize, iterate
-from solvers.stats import input_scale, moments_from_sums
+from solvers.stats import scaling_from_sums
+from solvers.tasks import TASKS
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 from storage.data import DataStore, fingerprint, open_data
 from storage.runstore import Checkpoint, RunStore, check_creatable
@@ -57,7 +58,7 @@ def _classes(labels) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.size > MAX_CLASSES:
         raise InputError(f"the labels take {labels.size} distinct values; classification needs at "
-                         f"most {MAX_CLASSES} classes (are the labels continuous?)")
+                         f"most {MAX_CLASSES} classes (are the labels continuous? then pass --task regression)")
     if labels.size < 2:
         raise InputError(f"training needs at least two classes, the labels are all {labels.tolist()}")
     if np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
@@ -65,13 +66,25 @@ def _classes(labels) -> np.ndarray:
     return labels
 
 
-def _solver_for_new_run(client, data: DataStore, config: TrainConfig):
+def _model_for_new_run(client, data: DataStore, config: TrainConfig) -> dict:
+    """Return the model arrays of a new run from one statistics pass: input scaling, and classes or target scaling."""
+    regression = config.task == "regression"
     shift = np.asarray(data.X[0], np.float64)
-    sums, labels = data_statistics(client, data.path, data.n_samples, data.chunk_rows, shift)
-    classes = _classes(labels)
-    mean, scale = moments_from_sums(sums, shift)
-    scale = input_scale(scale, config.scaling)
-    return SOLVERS[config.solver](config, data.n_features, classes, mean, scale)
+    if regression:  # the moments of [X, y]: the target scaling comes from the same pass
+        shift = np.append(shift, data.y[0])
+    sums, labels = data_statistics(client, data.path, data.n_samples, data.chunk_rows, shift, labels=not regression)
+    model = scaling_from_sums(sums, shift, data.n_features, config.scaling)
+    if not regression:
+        model["classes"] = _classes(labels)
+    return model
+
+
+def _describe(model: dict) -> str:
+    """Return the classes, or the regression target's mean and std, for the first report line."""
+    if "classes" not in model:
+        return f"regression, y mean {float(model['y_mean'][0]):.4g}, std {float(model['y_scale'][0]):.4g}"
+    classes = np.asarray(model["classes"])
+    return f"classes {classes.tolist()[:10]}{' …' if len(classes) > 10 else ''}"
 
 
 def _check_resumable(store: RunStore, data: DataStore):
@@ -102,7 +115,8 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
         open_data(test_data)
 
 
-RESUMABLE_CHANGES = ("iterations", "gamma", "beta", "warm_start", "ridge", "patience", "step_size", "damping")
+RESUMABLE_CHANGES = ("iterations", "gamma", "beta", "warm_start", "ridge", "patience", "step_size", "damping",
+                     "rho", "nu")
 
 
 def resumed_config(stored: dict, overrides: dict | None) -> tuple[TrainConfig, set]:
@@ -147,8 +161,8 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         test_data = test_data or run.attrs.get("test_data")
         check_worker_access(client, [data.path, *([test_data] if test_data else [])], [run.path])
         _check_resumable(run, data)
-        m = run.model_arrays()
-        solver = SOLVERS[config.solver](config, data.n_features, m["classes"], m["x_mean"], m["x_scale"])
+        model = run.model_arrays()
+        solver = make_solver(config, data.n_features, **model)
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
@@ -157,14 +171,16 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         _check_chunk_rows(chunk_rows, data)
         check_worker_access(client, [data.path, *([test_data] if test_data else [])],
                             [Path(store).resolve().parent])
-        solver = _solver_for_new_run(client, data, config)
+        model = _model_for_new_run(client, data, config)
+        solver = make_solver(config, data.n_features, **model)
         rows = chunk_rows or chunk_rows_for_validation(
             data.n_samples, default_chunk_rows(data, sum(solver.state_widths().values())), config.validation_fraction)
         train_chunks, held_out = validation_split(bounds(data.n_samples, rows), config.validation_fraction, config.seed)
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
                               data={"path": str(data.path.resolve()), "fingerprint": fingerprint(data)},
-                              n_samples=data.n_samples, chunk_rows=rows, classes=solver.classes,
-                              x_mean=solver.x_mean, x_scale=solver.x_scale, overwrite=overwrite,
+                              n_samples=data.n_samples, chunk_rows=rows, classes=model.get("classes"),
+                              x_mean=model["x_mean"], x_scale=model["x_scale"], y_mean=model.get("y_mean"),
+                              y_scale=model.get("y_scale"), overwrite=overwrite,
                               test_data=str(Path(test_data).resolve()) if test_data else None,
                               validation_chunks=held_out)
     test = open_data(test_data) if test_data else None
@@ -178,8 +194,7 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
     report(f"run store {run.path}: {data.n_samples - n_held} training samples in {len(train_chunks)} chunks of "
            f"{run.chunk_rows} rows" + (f", {n_held} held out for early stopping in {len(held_out)} chunks"
                                         if held_out else "")
-           + f", layers {'-'.join(map(str, solver.widths))}, solver {solver.name}, "
-           f"classes {solver.classes.tolist()[:10]}{' …' if len(solver.classes) > 10 else ''}")
+           + f", layers {'-'.join(map(str, solver.widths))}, solver {solver.name}, {_describe(model)}")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
     stopping = EarlyStopping(config.patience)
@@ -208,8 +223,10 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         report(f"the run stopped early at iteration {state.iteration} (its model is iteration "
                f"{stopping.best_iteration}); pass a larger --patience or --iterations to go on")
         return result
-    columns = (("test_accuracy", "test acc"),) + ((("validation_accuracy", "valid acc"),) if held_out else ())
-    report(f"{'iter':>5} {'seconds':>8} {'train acc':>9} " + " ".join(f"{title:>9}" for _, title in columns)
+    score = TASKS[config.task].score_name  # accuracy, or r2 for regression: train_r2, test_r2, …
+    short = {"accuracy": "acc"}.get(score, score)
+    columns = ((f"test_{score}", f"test {short}"),) + (((f"validation_{score}", f"valid {short}"),) if held_out else ())
+    report(f"{'iter':>5} {'seconds':>8} {'train ' + short:>9} " + " ".join(f"{title:>9}" for _, title in columns)
            + f" {'residual':>10} {'objective':>11}")
     t0 = time.perf_counter()
     for state, metrics in iterate(solver, runner, state, config.iterations):
@@ -217,24 +234,23 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics}
         graphs = {}
         if held_out:
-            graphs["validation_accuracy"] = accuracy_graph(network, data.path.resolve(), held_out)
+            graphs[f"validation_{score}"] = score_graph(network, data.path.resolve(), held_out)
         if test is not None:
-            graphs["test_accuracy"] = accuracy_graph(network, test.path.resolve(),
-                                                     bounds(test.n_samples, test.chunk_rows))
-        for name, (n, correct) in zip(graphs, runner.compute(*graphs.values())):
-            record[name] = correct / n
-        stop = held_out and stopping.update(state.iteration, record["validation_accuracy"], state.weights)
+            graphs[f"test_{score}"] = score_graph(network, test.path.resolve(), bounds(test.n_samples, test.chunk_rows))
+        for name, value in zip(graphs, runner.compute(*graphs.values())):
+            record[name] = value
+        stop = held_out and stopping.update(state.iteration, record[f"validation_{score}"], state.weights)
         history.append(record)
         run.commit(Checkpoint(state.iteration, state.weights, state.carry,
                               stopping.summary() if held_out else None, stopping.best_weights if held_out else None),
                    history, config.iterations, stopped=bool(stop))
         result.network = solver.network(stopping.best_weights if held_out else state.weights)
-        report(" ".join([f"{state.iteration:5d} {record['seconds']:8.2f} {record['train_accuracy']:9.4f}",
+        report(" ".join([f"{state.iteration:5d} {record['seconds']:8.2f} {record[f'train_{score}']:9.4f}",
                          *(f"{record[k]:9.4f}" if k in record else f"{'-':>9}" for k, _ in columns),
                          _fmt(record.get("residual"), 10), _fmt(record.get("objective"), 11)]))
         if stop:
-            report(f"stopping early: no gain in validation accuracy for {config.patience} iterations; the model "
-                   f"is iteration {stopping.best_iteration} (validation accuracy {stopping.best_score:.4f})")
+            report(f"stopping early: no gain in validation {score} for {config.patience} iterations; the model "
+                   f"is iteration {stopping.best_iteration} (validation {score} {stopping.best_score:.4f})")
             break
         t0 = time.perf_counter()
     run.release_uncommitted_slot()

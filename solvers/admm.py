@@ -14,6 +14,9 @@ so ``a^k`` and every Gram that ``W^k`` needs are functions of ``z^{k−1}`` and
 ``W^{k−1}``. One pass over the chunks per iteration therefore suffices: it
 reads ``z^{k−1}, λ^{k−1}`` and the data, writes ``z^k, λ^k``, and emits the
 partial Grams of ``a^{k+1}`` from which the client solves ``W^{k+1}``.
+The targets of ``ℓ`` and the training score come from the task
+(:mod:`solvers.tasks`): 0/1 class targets, or standardised real values with
+the squared loss for regression.
 
 Parameters (all solvers share :class:`~solvers.config.TrainConfig`):
 
@@ -34,12 +37,12 @@ import numpy as np
 
 from solvers.activations import ACTIVATIONS
 from solvers.config import TrainConfig
-from solvers.errors import InputError
 from solvers.linalg import ActivationUpdate, affine, cross_with_bias, gram_with_bias, solve_weights
 from solvers.loop import LoopState, run_pass
-from solvers.losses import LOSSES, n_outputs, predict_classes, targets
+from solvers.losses import LOSSES
 from solvers.network import Network, forward, standardize
 from solvers.stats import StatsLayout
+from solvers.tasks import make_task
 
 TILE_ROWS = 4096  # rows per tile inside a chunk: keeps elementwise work in cache
 
@@ -66,18 +69,17 @@ class ADMMSolver:
     """Taylor et al.'s ADMM: chunk functions, the client step, the per-sample state it keeps."""
 
     name = "admm"
+    tasks = ("classification", "regression")
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale,
-                 dtype=np.float32):
+                 dtype=np.float32, y_mean=None, y_scale=None):
         self.config = config
-        self.classes = np.asarray(classes)
-        if len(self.classes) < 2:
-            raise InputError(f"training needs at least two classes, the labels hold {self.classes.tolist()}")
-        self.n_classes = len(self.classes)
-        self.loss_name = config.resolved_loss(self.n_classes)
+        self.task = make_task(config.task, classes, y_mean, y_scale)  # regression: classes None, y scaling
+        self.classes, self.n_classes = self.task.classes, self.task.n_classes
+        self.loss_name = self.task.loss(config)
         self.loss = LOSSES[self.loss_name]
         self.act = ACTIVATIONS[config.activation]
-        self.widths = (int(n_features), *config.hidden, n_outputs(self.n_classes))
+        self.widths = (int(n_features), *config.hidden, self.task.n_outputs)
         self.L = len(self.widths) - 1
         self.dtype = np.dtype(dtype)
         self.x_mean = np.asarray(x_mean, np.float64)
@@ -93,7 +95,7 @@ class ADMMSolver:
     def layout(self, input_gram: bool) -> StatsLayout:
         """Return the layout of a chunk's sums (Grams of every W-solve, metrics)."""
         w = self.widths
-        shapes = {"n": (), "correct": (), "loss": (), "lagrange": (), "residual_sq": ()}
+        shapes = {"n": (), **self.task.score_shapes, "loss": (), "lagrange": (), "residual_sq": ()}
         for l in range(1, self.L + 1):
             if l < self.L:
                 shapes[f"penalty{l}"] = ()  # γ‖a_l − h(z_l)‖² + β‖z_l − W_l a_{l−1}‖²
@@ -105,7 +107,7 @@ class ADMMSolver:
     def network(self, weights) -> Network:
         """Return the trained network for the weights ``W_1..W_L``."""
         return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
-                       self.x_mean, self.x_scale, self.dtype.type)
+                       self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale)
 
     # -- client side -------------------------------------------------------------------
     def initialize(self, runner) -> LoopState:
@@ -177,10 +179,10 @@ class ADMMSolver:
                           self.x_mean, self.x_scale)
 
     def metrics(self, sums: dict) -> dict:
-        """Return train accuracy, primal residual ‖z_L − W_L a_{L−1}‖ and objective (eq. 5)."""
+        """Return the train score (accuracy or R²), primal residual ‖z_L − W_L a_{L−1}‖ and objective (eq. 5)."""
         beta = self.config.beta
         return {
-            "train_accuracy": sums["correct"] / sums["n"],
+            f"train_{self.task.score_name}": self.task.score(sums),
             "residual": float(np.sqrt(sums["residual_sq"])),
             "loss": sums["loss"] / sums["n"],
             "objective": sums["loss"] + sums["lagrange"] + beta * sums["residual_sq"]
@@ -244,7 +246,7 @@ class ADMMSolver:
         parts["n"] = x.shape[0]
         return None, self.layout(True).pack(parts)
 
-    def step_chunk(self, x_raw, y_idx, state, start_row: int, p: StepParams):
+    def step_chunk(self, x_raw, y, state, start_row: int, p: StepParams):
         """Return (z^k, λ^k) and the sums of one chunk for iteration k (one Algorithm 1 sweep)."""
         n = x_raw.shape[0]
         new = {name: np.empty((n, w), self.dtype) for name, w in self.state_widths().items()}
@@ -253,13 +255,13 @@ class ADMMSolver:
         with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
             for sl in _tiles(n, TILE_ROWS):
                 tile_state = {k: v[sl] for k, v in state.items()}
-                out, sums = self._step_tile(self._inputs(x_raw[sl]), y_idx[sl], tile_state, p)
+                out, sums = self._step_tile(self._inputs(x_raw[sl]), y[sl], tile_state, p)
                 for k, v in out.items():
                     new[k][sl] = v
                 total += layout.pack(sums)
         return new, total
 
-    def _step_tile(self, x, y_idx, state, p: StepParams):
+    def _step_tile(self, x, y, state, p: StepParams):
         c, act, L = self.config, self.act, self.L
         gamma, beta = c.gamma, c.beta
         z = [None] + [state[f"z{l}"] for l in range(1, L + 1)]
@@ -272,7 +274,7 @@ class ADMMSolver:
             penalties[f"penalty{l}"] = (gamma * float(np.sum((a[l] - act.h(zl)) ** 2, dtype=np.float64))
                                         + beta * float(np.sum((zl - m) ** 2, dtype=np.float64)))
             z_new.append(zl)
-        t = targets(y_idx, self.n_classes, self.dtype)
+        t = self.task.targets(y, self.dtype)
         m = affine(a[L - 1], p.weights[L - 1])
         zL = self.loss.z_update(t, lam, m, beta)
         r = zL - m
@@ -281,7 +283,7 @@ class ADMMSolver:
         sums = self._gram_parts(self._activations(x, z_new, p.ops_next), z_new, input_gram=False)
         sums.update(
             n=x.shape[0],
-            correct=int(np.sum(predict_classes(forward(x, p.weights, c.activation)) == y_idx)),
+            **self.task.score_parts(forward(x, p.weights, c.activation), y),
             loss=float(np.sum(self.loss.value(zL, t), dtype=np.float64)),
             lagrange=float(np.sum(lam * zL, dtype=np.float64)),
             residual_sq=float(np.sum(r * r, dtype=np.float64)),

@@ -7,6 +7,7 @@ from solvers.activations import ACTIVATIONS
 from solvers.errors import InputError
 from solvers.losses import LOSSES
 from solvers.stats import SCALINGS
+from solvers.tasks import TASKS
 
 INITS = ("forward", "gaussian")
 
@@ -16,21 +17,24 @@ class TrainConfig:
     """Hyperparameters of a run (defaults chosen by measurement: benchmarks/results/defaults.md).
 
     ``gamma``/``beta`` weight the constraints ``a_l = h(z_l)`` and
-    ``z_l = W_l a_{l−1}`` of eq. 4; ``warm_start`` iterations skip the λ
-    update (paper §6); ``init`` is ``"forward"`` (state from a forward pass of
-    He-scaled random weights) or ``"gaussian"`` (the paper's N(0, 1) state);
-    ``ridge`` is the relative ridge of the W-solve. ``step_size`` η and
-    ``damping`` λ₀ are the Gauss-Newton solver's step and initial
-    Levenberg–Marquardt damping. ``scaling`` divides the centred inputs by
-    each feature's std (``standard``) or by one common std (``global``, for
-    pixels and other shared units). ``validation_fraction``
-    of the training chunks is held out when above 0: the model is the
-    iteration with the best held-out accuracy, and training stops after
-    ``patience`` iterations without a gain (0: never stop early).
+    ``z_l = W_l a_{l−1}`` of eq. 4; ``task`` is ``"classification"`` or
+    ``"regression"`` (real targets, squared loss: :mod:`solvers.tasks`);
+    ``warm_start`` iterations skip the λ update (paper §6); ``init`` is
+    ``"forward"`` (state from a forward pass of He-scaled random weights) or
+    ``"gaussian"`` (the paper's N(0, 1) state); ``ridge`` is the relative
+    ridge of the W-solve. ``step_size`` η and ``damping`` λ₀ are the
+    Gauss-Newton solver's step and initial Levenberg–Marquardt damping.
+    ``scaling`` divides the centred inputs by each feature's std
+    (``standard``) or by one common std (``global``, for pixels and other
+    shared units). ``validation_fraction`` of the training chunks is held out
+    when above 0: the model is the iteration with the best held-out score
+    (accuracy, or R² for regression), and training stops after ``patience``
+    iterations without a gain (0: never stop early).
     """
 
     hidden: tuple[int, ...] = (300,)
     activation: str = "relu"
+    task: str = "classification"
     loss: str = "auto"
     gamma: float = 10.0
     beta: float = 0.1
@@ -39,9 +43,11 @@ class TrainConfig:
     init: str = "forward"
     seed: int = 0
     ridge: float = 1e-2
-    solver: str = "admm"
+    solver: str = "gauss-newton"
     step_size: float = 0.5
     damping: float = 1.0
+    rho: float = 4.0
+    nu: float = 100.0
     scaling: str = "standard"
     validation_fraction: float = 0.0
     patience: int = 3
@@ -56,7 +62,12 @@ class TrainConfig:
             problems.append(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
         if self.loss != "auto" and self.loss not in LOSSES:
             problems.append(f"loss {self.loss!r} is not one of {['auto', *sorted(LOSSES)]}")
-        for name in ("gamma", "beta", "step_size", "damping"):
+        if self.task not in TASKS:
+            problems.append(f"task {self.task!r} is not one of {sorted(TASKS)}")
+        elif self.task == "regression" and self.loss not in ("auto", "squared"):
+            problems.append(f"loss {self.loss!r} is for class labels; regression fits the squared loss "
+                            "(loss 'squared' or 'auto')")
+        for name in ("gamma", "beta", "step_size", "damping", "rho", "nu"):
             v = getattr(self, name)
             if not (v > 0 and v < float("inf")):
                 problems.append(f"{name} must be a positive finite number, got {v!r}")
@@ -78,7 +89,9 @@ class TrainConfig:
             raise InputError("; ".join(problems))
 
     def resolved_loss(self, n_classes: int) -> str:
-        """Return the loss name, resolving ``"auto"`` to hinge (2 classes) or ovr-hinge."""
+        """Return the loss name, resolving ``"auto"`` to hinge (2 classes), ovr-hinge, or squared (regression)."""
+        if self.task == "regression":
+            return "squared"
         if self.loss != "auto":
             return self.loss
         return "hinge" if n_classes == 2 else "ovr-hinge"

@@ -1,6 +1,7 @@
 """Layerwise Gauss-Newton with Kronecker-factored curvature, on the same chunk-and-reduce passes.
 
-Samples are rows; ``ã = [a, 1]``; ``T`` are 0/1 (or one-hot) targets; the
+Samples are rows; ``ã = [a, 1]``; ``T`` are 0/1 (or one-hot) targets, or
+the standardised real values of a regression (:mod:`solvers.tasks`); the
 loss is the squared error ``E = Σ‖T − W_L ã_{L−1}‖²``; ``M_l = h'(z_l)``;
 ``W̃`` is W without its bias column. One iteration, for the trial hidden
 weights ``W_1..W_{L−1}``:
@@ -39,9 +40,9 @@ from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.linalg import affine, cross_with_bias, gram_with_bias, solve_weights
 from solvers.loop import LoopState, run_pass
-from solvers.losses import n_outputs, predict_classes, targets
 from solvers.network import Network, standardize
 from solvers.stats import StatsLayout
+from solvers.tasks import make_task
 
 TILE_ROWS = 4096      # rows per tile inside a chunk: keeps elementwise work in cache
 DAMPING_FLOOR = 1e-2  # λ never drops below this (relative to the mean curvature s̄)
@@ -66,18 +67,18 @@ class GaussNewtonSolver:
     """Layerwise Gauss-Newton: chunk kernels (passes A and B) and the client's LM-controlled step."""
 
     name = "gauss-newton"
+    tasks = ("classification", "regression")
 
-    def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32):
+    def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
+                 y_mean=None, y_scale=None):
         self.config = config
-        self.classes = np.asarray(classes)
-        if len(self.classes) < 2:
-            raise InputError(f"training needs at least two classes, the labels hold {self.classes.tolist()}")
+        self.task = make_task(config.task, classes, y_mean, y_scale)  # regression: classes None, y scaling
+        self.classes, self.n_classes = self.task.classes, self.task.n_classes
         if config.loss not in ("auto", "squared"):
             raise InputError(f"the gauss-newton solver fits the squared loss; --loss {config.loss} "
                              "needs --solver admm")
-        self.n_classes = len(self.classes)
         self.act = ACTIVATIONS[config.activation]
-        self.widths = (int(n_features), *config.hidden, n_outputs(self.n_classes))
+        self.widths = (int(n_features), *config.hidden, self.task.n_outputs)
         self.L = len(self.widths) - 1
         self.dtype = np.dtype(dtype)
         self.x_mean = np.asarray(x_mean, np.float64)
@@ -97,9 +98,9 @@ class GaussNewtonSolver:
         return StatsLayout(shapes)
 
     def curvature_layout(self) -> StatsLayout:
-        """Return the layout of pass B's sums: S (as Σ MᵀM for the last hidden layer), D, G per hidden layer."""
+        """Return the layout of pass B's sums: score, error, S (as Σ MᵀM for the last hidden layer), D, G per layer."""
         w, L = self.widths, self.L
-        shapes = {"n": (), "correct": (), "loss": ()}
+        shapes = {"n": (), **self.task.score_shapes, "loss": ()}
         for l in range(1, L):
             shapes[f"curv{l}"] = (w[l], w[l])
             shapes[f"grad{l}"] = (w[l], w[l - 1] + 1)
@@ -110,7 +111,7 @@ class GaussNewtonSolver:
     def network(self, weights) -> Network:
         """Return the trained network for the weights ``W_1..W_L``."""
         return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
-                       self.x_mean, self.x_scale, self.dtype.type)
+                       self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale)
 
     # -- client side -------------------------------------------------------------------
     def initial_hidden(self) -> list:
@@ -150,7 +151,8 @@ class GaussNewtonSolver:
             weights = state.weights
             c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
         n = float(self.curvature_layout().unpack(c["curvature"])["n"])
-        metrics = {"train_accuracy": float(c["train_accuracy"]), "loss": float(c["error"]) / n,
+        score = f"train_{self.task.score_name}"
+        metrics = {score: float(c[score]), "loss": float(c["error"]) / n,
                    "objective": float(c["error"]) / n, "trial_loss": error / n, "accepted": bool(accepted),
                    "damping": float(c["damping"])}
         return self._with_trial(LoopState(k, list(weights), c)), metrics
@@ -168,7 +170,7 @@ class GaussNewtonSolver:
         layout = self.curvature_layout()
         curv = run_pass(runner, layout, "curvature_chunk", self._cast(weights), k)
         return {"curvature": layout.pack(curv), "error": np.float64(error),
-                "train_accuracy": np.float64(curv["correct"] / curv["n"])}
+                f"train_{self.task.score_name}": np.float64(self.task.score(curv))}
 
     def output_layer(self, sums: dict) -> tuple[np.ndarray, float]:
         """Return ``W_L = C_L (G + ε ḡ I)⁻¹`` and its training error ``Σ‖T − W_L ã‖²`` from pass A's sums."""
@@ -220,7 +222,7 @@ class GaussNewtonSolver:
             a.append(self.act.h(z[-1]))
         return a, z
 
-    def forward_chunk(self, x_raw, y_idx, state, start_row: int, p: ForwardParams):
+    def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams):
         """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ ã_0 ã_0ᵀ if asked)."""
         L, layout = self.L, self.forward_layout(p.input_gram)
         total = np.zeros(layout.size)
@@ -228,7 +230,7 @@ class GaussNewtonSolver:
             for sl in _tiles(x_raw.shape[0]):
                 x = standardize(x_raw[sl], self.x_mean, self.x_scale, self.dtype)
                 a, _ = self._hidden_forward(x, p.hidden)
-                t = targets(y_idx[sl], self.n_classes, self.dtype)
+                t = self.task.targets(y[sl], self.dtype)
                 parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
                          f"gram{L}": gram_with_bias(a[L - 1]), f"cross{L}": cross_with_bias(t, a[L - 1])}
                 if p.input_gram and L > 1:
@@ -236,8 +238,8 @@ class GaussNewtonSolver:
                 total += layout.pack(parts)
         return None, total
 
-    def curvature_chunk(self, x_raw, y_idx, state, start_row: int, weights):
-        """Return (None, pass B sums): S_l (Σ MᵀM for the last hidden layer), D_l, G_{l−1}, accuracy, error."""
+    def curvature_chunk(self, x_raw, y, state, start_row: int, weights):
+        """Return (None, pass B sums): S_l (Σ MᵀM for the last hidden layer), D_l, G_{l−1}, score, error."""
         L, layout = self.L, self.curvature_layout()
         total = np.zeros(layout.size)
         Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
@@ -246,10 +248,10 @@ class GaussNewtonSolver:
                 x = standardize(x_raw[sl], self.x_mean, self.x_scale, self.dtype)
                 a, z = self._hidden_forward(x, weights[:-1])
                 out = affine(a[L - 1], weights[-1])
-                t = targets(y_idx[sl], self.n_classes, self.dtype)
+                t = self.task.targets(y[sl], self.dtype)
                 r = t - out
                 parts = {"n": x.shape[0], "loss": float(np.sum(r * r, dtype=np.float64)),
-                         "correct": int(np.sum(predict_classes(out) == y_idx[sl]))}
+                         **self.task.score_parts(out, y[sl])}
                 M = [None] + [self.act.dh(z[l]) for l in range(1, L)]
                 delta = r
                 for l in range(L - 1, 0, -1):

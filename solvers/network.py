@@ -8,6 +8,7 @@ import numpy as np
 from solvers.activations import ACTIVATIONS
 from solvers.linalg import affine
 from solvers.losses import predict_classes
+from solvers.tasks import r2_from_sums
 
 
 def standardize(x, mean, scale, dtype=np.float32):
@@ -27,23 +28,43 @@ def forward(a0, weights, activation: str):
 
 @dataclass
 class Network:
-    """Weights W_1..W_L (bias in the last column), input scaling and class labels."""
+    """Weights W_1..W_L (bias in the last column), input scaling, and class labels or output scaling.
+
+    A classifier has ``classes``; a regressor has ``classes=None`` and the
+    target scaling ``y_mean``, ``y_scale`` (one entry per output) that its
+    outputs are mapped back with.
+    """
 
     weights: list
     activation: str
-    classes: np.ndarray
+    classes: np.ndarray | None
     x_mean: np.ndarray
     x_scale: np.ndarray
     dtype: type = np.float32
+    y_mean: np.ndarray | None = None
+    y_scale: np.ndarray | None = None
+
+    @property
+    def is_regressor(self) -> bool:
+        return self.classes is None
 
     def decision_function(self, X):
-        """Return the output layer z_L for raw inputs ``X`` (n, d)."""
-        return forward(standardize(X, self.x_mean, self.x_scale, self.dtype), self.weights, self.activation)
+        """Return the output layer z_L for raw inputs ``X`` (n, d); a regressor's as z_L · y_scale + y_mean."""
+        z = forward(standardize(X, self.x_mean, self.x_scale, self.dtype), self.weights, self.activation)
+        if self.is_regressor:
+            return z * np.asarray(self.y_scale) + np.asarray(self.y_mean)
+        return z
 
     def predict(self, X):
-        """Return the predicted class label of every row of ``X``."""
+        """Return the predicted class label (a regressor: the predicted value) of every row of ``X``."""
+        if self.is_regressor:
+            return self.decision_function(X)[:, 0]
         return np.asarray(self.classes)[predict_classes(self.decision_function(X))]
 
     def score(self, X, y) -> float:
-        """Return the accuracy of :meth:`predict` on ``(X, y)``."""
+        """Return the accuracy of :meth:`predict` on ``(X, y)``; a regressor's R²."""
+        if self.is_regressor:
+            y = np.asarray(y, np.float64)
+            d = y - float(np.asarray(self.y_mean)[0])
+            return r2_from_sums(y.size, np.sum((y - self.predict(X)) ** 2), np.sum(d), np.sum(d * d))
         return float(np.mean(self.predict(X) == np.asarray(y)))

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from solvers import SOLVERS
+from solvers import make_solver
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.loop import initialize, iterate, read_plan
 from solvers.losses import encode_labels
 from solvers.network import Network
-from solvers.stats import input_scale, moment_sums, moments_from_sums
+from solvers.tasks import TASKS
+from solvers.stats import moment_sums, scaling_from_sums
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 
 
@@ -97,24 +98,35 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
     pipeline's up to float summation order); ``callback(record)`` is called
     after each iteration with the history record. With
     ``config.validation_fraction`` > 0 that share of the chunks is held out
-    and the returned network is the iteration with the best held-out accuracy.
+    and the returned network is the iteration with the best held-out score
+    (accuracy, or R² for ``config.task == "regression"``).
     """
     config = config or TrainConfig()
     X, y = check_xy(X, y)
-    classes = np.unique(y)
-    shift = X[0].astype(np.float64)
-    mean, scale = moments_from_sums(moment_sums(X, shift), shift)
-    scale = input_scale(scale, config.scaling)
-    solver = SOLVERS[config.solver](config, X.shape[1], classes, mean, scale, dtype=dtype)
+    if config.task == "regression":  # the moments of [X, y] give the target scaling too
+        if not np.issubdtype(y.dtype, np.number):
+            raise InputError(f"training data: regression needs numeric targets y, got dtype {y.dtype}")
+        y = y.astype(np.float64)
+        Xy = np.column_stack([X, y])
+        shift = Xy[0].astype(np.float64)
+        model = scaling_from_sums(moment_sums(Xy, shift), shift, X.shape[1], config.scaling)
+        labels = y
+    else:
+        classes = np.unique(y)
+        shift = X[0].astype(np.float64)
+        model = {"classes": classes, **scaling_from_sums(moment_sums(X, shift), shift, X.shape[1], config.scaling)}
+        labels = encode_labels(y, classes)
+    solver = make_solver(config, X.shape[1], **model, dtype=dtype)
     rows = chunk_rows or chunk_rows_for_validation(X.shape[0], X.shape[0], config.validation_fraction)
     train_bounds, held_out = validation_split(chunk_bounds(X.shape[0], rows), config.validation_fraction,
                                               config.seed)
-    runner = InMemoryRunner(solver, X, encode_labels(y, classes), bounds=train_bounds)
+    runner = InMemoryRunner(solver, X, labels, bounds=train_bounds)
     if held_out:
         rows_out = np.concatenate([np.arange(a, b) for a, b in held_out])
         X_val, y_val = X[rows_out], y[rows_out]
     if X_test is not None:
         X_test, y_test = check_xy(X_test, y_test, "test data")
+    score = TASKS[config.task].score_name  # accuracy, or r2 for regression
     stopping = EarlyStopping(config.patience)
     t0 = time.perf_counter()
     state = initialize(solver, runner)
@@ -123,11 +135,11 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
         network = solver.network(state.weights)
         record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics}
         if X_test is not None:
-            record["test_accuracy"] = network.score(X_test, y_test)
+            record[f"test_{score}"] = network.score(X_test, y_test)
         stop = False
         if held_out:
-            record["validation_accuracy"] = network.score(X_val, y_val)
-            stop = stopping.update(state.iteration, record["validation_accuracy"], state.weights)
+            record[f"validation_{score}"] = network.score(X_val, y_val)
+            stop = stopping.update(state.iteration, record[f"validation_{score}"], state.weights)
         result.history.append(record)
         result.network, result.loop_state = network, state
         if callback is not None:

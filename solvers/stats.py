@@ -62,6 +62,19 @@ def moments_from_sums(sums, shift):
     return shift + mean_d, scale
 
 
+def scaling_from_sums(sums, shift, n_features: int, how: str) -> dict:
+    """Return x_mean, x_scale (by rule ``how``) from summed moments; also y_mean, y_scale if they hold y's column.
+
+    The statistics pass of a regression sums the moments of ``[X, y]`` (d + 1
+    columns), so the target scaling comes from the same pass as the inputs'.
+    """
+    mean, scale = moments_from_sums(sums, shift)
+    out = {"x_mean": mean[:n_features], "x_scale": input_scale(scale[:n_features], how)}
+    if mean.size > n_features:
+        out.update(y_mean=mean[n_features:], y_scale=scale[n_features:])
+    return out
+
+
 SCALINGS = ("standard", "global")
 
 

@@ -3,11 +3,13 @@
 ::
 
     RUN.zarr/
-      zarr.json            group attrs: format "admm-dask-run", config, data summary,
-                           state widths, chunk_rows, solver
+      zarr.json            group attrs: format "admm-dask-run", config (with the task,
+                           classification or regression), data summary, state
+                           widths, chunk_rows, solver
       manifest.json        human-readable commit record: committed iteration,
                            state slot, per-iteration history (the source of truth)
-      model/               x_mean, x_scale (d,), classes (K,)
+      model/               x_mean, x_scale (d,); classes (K,), or for regression the
+                           target scaling y_mean, y_scale (1,)
       state/slot0/, slot1/ per-sample state, e.g. z1 (n, n_1) … lam (n, n_L), float32,
                            chunks (chunk_rows, width), uncompressed, crc32c-checked;
                            fill value NaN, so a missing chunk never reads as state
@@ -17,7 +19,9 @@
                            stopping: the weights of the best held-out iteration,
                            which are the model), float64
       metrics/             1-D arrays along "iteration" (train_accuracy,
-                           test_accuracy, residual, objective, seconds, …), for
+                           test_accuracy, residual, objective, seconds, …; a
+                           regression has train_r2, test_r2, validation_r2 in
+                           place of the accuracies), for
                            ``xarray.open_zarr(RUN.zarr, group="metrics")``
 
 Iteration k reads state slot (k−1) mod 2 and writes slot k mod 2, so the
@@ -46,6 +50,14 @@ STATE_DTYPE = np.dtype("float32")
 MANIFEST = "manifest.json"
 METRIC_NAMES = ("seconds", "train_accuracy", "test_accuracy", "validation_accuracy", "residual", "objective",
                 "loss", "damping")
+MODEL_ARRAYS = ("x_mean", "x_scale", "classes", "y_mean", "y_scale")
+
+
+def metric_names(task: str) -> tuple:
+    """Return the names of the metrics arrays of a run of ``task`` (regression: R² in place of accuracy)."""
+    if task == "regression":
+        return tuple(name.replace("_accuracy", "_r2") for name in METRIC_NAMES)
+    return METRIC_NAMES
 
 
 def state_path(slot: int, name: str) -> str:
@@ -97,8 +109,12 @@ class RunStore:
     @classmethod
     def create(cls, path, *, config: dict, data: dict, state_widths: dict, n_samples: int,
                chunk_rows: int, classes, x_mean, x_scale, overwrite: bool = False,
-               test_data: str | None = None, validation_chunks=()) -> "RunStore":
-        """Create an empty run store with allocated state slots (refuses an existing path)."""
+               test_data: str | None = None, validation_chunks=(), y_mean=None, y_scale=None) -> "RunStore":
+        """Create an empty run store with allocated state slots (refuses an existing path).
+
+        A classification run passes ``classes``; a regression run ``classes=None``
+        and its target scaling ``y_mean``, ``y_scale``.
+        """
         path = Path(path)
         check_creatable(path, overwrite)
         if chunk_rows < 1:
@@ -115,7 +131,11 @@ class RunStore:
         model = root.create_group("model")
         model.create_array("x_mean", data=np.asarray(x_mean, np.float64))
         model.create_array("x_scale", data=np.asarray(x_scale, np.float64))
-        model.create_array("classes", data=np.asarray(classes))
+        if classes is not None:
+            model.create_array("classes", data=np.asarray(classes))
+        if y_mean is not None:
+            model.create_array("y_mean", data=np.atleast_1d(np.asarray(y_mean, np.float64)))
+            model.create_array("y_scale", data=np.atleast_1d(np.asarray(y_scale, np.float64)))
         for slot in (0, 1):
             for name, width in state_widths.items():
                 _create_state_array(root, slot, name, width, n_samples, chunk_rows)
@@ -157,10 +177,15 @@ class RunStore:
     def state_widths(self) -> dict:
         return dict(self.attrs["state_widths"])
 
+    @property
+    def task(self) -> str:
+        """Return the run's task: ``"classification"`` (also for runs stored before regression existed) or ``"regression"``."""
+        return self.attrs["config"].get("task", "classification")
+
     def model_arrays(self) -> dict:
-        """Return x_mean, x_scale and classes."""
+        """Return x_mean, x_scale and classes (a regression: y_mean, y_scale instead of classes)."""
         g = zarr.open_group(self.path, mode="r")["model"]
-        return {k: g[k][...] for k in ("x_mean", "x_scale", "classes")}
+        return {k: g[k][...] for k in MODEL_ARRAYS if k in g}
 
     def update_config(self, config: dict) -> None:
         """Record changed settings of a resumed run (γ, β, warm start, ridge, iterations)."""
@@ -227,7 +252,7 @@ class RunStore:
         n = len(history)
         iters = np.array([h["iteration"] for h in history], np.int64)
         root.create_array("metrics/iteration", data=iters, dimension_names=("iteration",), overwrite=True)
-        for name in METRIC_NAMES:
+        for name in metric_names(self.task):
             values = np.array([h.get(name, np.nan) for h in history], np.float64).reshape(n)
             root.create_array(f"metrics/{name}", data=values, dimension_names=("iteration",), overwrite=True)
 
@@ -302,5 +327,5 @@ def load_network(path):
     run = RunStore.open(path)
     ck = run.load_checkpoint()
     m = run.model_arrays()
-    return Network(ck.best_weights or ck.weights, run.attrs["config"]["activation"], m["classes"], m["x_mean"],
-                   m["x_scale"])
+    return Network(ck.best_weights or ck.weights, run.attrs["config"]["activation"], m.get("classes"), m["x_mean"],
+                   m["x_scale"], y_mean=m.get("y_mean"), y_scale=m.get("y_scale"))

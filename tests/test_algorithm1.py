@@ -70,7 +70,7 @@ def test_reference_equals_literal_algorithm1(hidden, n_classes, act, loss, chunk
     n, d = 240, 5
     X = rng.normal(size=(n, d)) * 3 + 1
     y = rng.integers(0, n_classes, n)
-    cfg = TrainConfig(hidden=hidden, activation=act, loss=loss, gamma=5.0, beta=0.5,
+    cfg = TrainConfig(solver="admm", hidden=hidden, activation=act, loss=loss, gamma=5.0, beta=0.5,
                       iterations=5, warm_start=2, ridge=ridge, seed=3)
     shift = X[0].astype(np.float64)
     mean, scale = moments_from_sums(moment_sums(X, shift), shift)
@@ -97,7 +97,7 @@ def test_float32_reference_tracks_float64():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 8))
     y = (X[:, 0] + X[:, 1] ** 2 > 1).astype(int)
-    cfg = TrainConfig(hidden=(16,), iterations=4)
+    cfg = TrainConfig(solver="admm", hidden=(16,), iterations=4)
     r32 = fit_in_memory(X, y, cfg, dtype=np.float32)
     r64 = fit_in_memory(X, y, cfg, dtype=np.float64)
     for a, b in zip(r32.network.weights, r64.network.weights):
@@ -108,7 +108,7 @@ def test_result_does_not_depend_on_chunking():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(500, 6))
     y = rng.integers(0, 3, 500)
-    cfg = TrainConfig(hidden=(10, 5), iterations=4)
+    cfg = TrainConfig(solver="admm", hidden=(10, 5), iterations=4)
     whole = fit_in_memory(X, y, cfg)
     chunked = fit_in_memory(X, y, cfg, chunk_rows=64)
     for a, b in zip(whole.network.weights, chunked.network.weights):
@@ -122,12 +122,12 @@ def test_seed_reproducible_and_gaussian_init_runs():
     X = rng.normal(size=(200, 4))
     y = (X[:, 0] > 0).astype(int)
     for init in ("forward", "gaussian"):
-        cfg = TrainConfig(hidden=(8,), iterations=3, init=init, seed=11)
+        cfg = TrainConfig(solver="admm", hidden=(8,), iterations=3, init=init, seed=11)
         a = fit_in_memory(X, y, cfg, chunk_rows=50)
         b = fit_in_memory(X, y, cfg, chunk_rows=50)
         for wa, wb in zip(a.network.weights, b.network.weights):
             np.testing.assert_array_equal(wa, wb)
-    other = fit_in_memory(X, y, TrainConfig(hidden=(8,), iterations=3, seed=12))
+    other = fit_in_memory(X, y, TrainConfig(solver="admm", hidden=(8,), iterations=3, seed=12))
     assert not np.allclose(other.network.weights[0], a.network.weights[0])
 
 
@@ -135,7 +135,7 @@ def test_history_records_metrics_and_outputs_are_float32():
     rng = np.random.default_rng(3)
     X = rng.normal(size=(150, 4))
     y = (X[:, 0] > 0).astype(int)
-    r = fit_in_memory(X, y, TrainConfig(hidden=(8,), iterations=3), X_test=X, y_test=y)
+    r = fit_in_memory(X, y, TrainConfig(solver="admm", hidden=(8,), iterations=3), X_test=X, y_test=y)
     assert [h["iteration"] for h in r.history] == [1, 2, 3]
     for h in r.history:
         assert {"seconds", "train_accuracy", "test_accuracy", "residual", "objective"} <= set(h)

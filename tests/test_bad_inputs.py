@@ -25,7 +25,7 @@ def finished_run(client, tmp_path):
     y = (X[:, 0] > 0).astype(int)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=1000)
     train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", chunk_rows=1000, report=quiet,
-          config=TrainConfig(hidden=(8,), iterations=3))
+          config=TrainConfig(solver="admm", hidden=(8,), iterations=3))
     return tmp_path
 
 
@@ -55,7 +55,7 @@ def test_settings_fault_keeps_last_commit_and_resumes_with_other_settings(client
     y = (X[:, 0] > 0).astype(int)
     write_data(tmp_path / "d.zarr", X, y)
     store = tmp_path / "r.zarr"
-    train(client, store=store, data=tmp_path / "d.zarr", report=quiet, config=TrainConfig(hidden=(6,), iterations=2))
+    train(client, store=store, data=tmp_path / "d.zarr", report=quiet, config=TrainConfig(solver="admm", hidden=(6,), iterations=2))
     before = manifest(store)
     with pytest.raises(NumericalError, match=r"iteration 3: W_1: .*not positive definite.*iteration 2 is still"):
         train(client, store=store, resume=True, overrides={"ridge": 0.0, "iterations": 4}, report=quiet)
@@ -112,7 +112,7 @@ def test_store_workers_cannot_write_is_refused_before_anything_runs(client, tmp_
             target = locked / "r.zarr"
         with pytest.raises(InputError, match="the workers cannot use the stores"):
             train(client, store=target, data=tmp_path / "d.zarr", report=quiet,
-                  config=TrainConfig(hidden=(4,), iterations=1))
+                  config=TrainConfig(solver="admm", hidden=(4,), iterations=1))
         assert not target.exists()
     finally:
         locked.chmod(0o700)

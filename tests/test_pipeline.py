@@ -29,7 +29,7 @@ def quiet(_line):
 def test_pipeline_matches_reference(client, tmp_path, hidden, n_classes, init):
     X, y = make_data(n_classes=n_classes)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=1024)
-    cfg = TrainConfig(hidden=hidden, iterations=4, warm_start=2, init=init, seed=5)
+    cfg = TrainConfig(solver="admm", hidden=hidden, iterations=4, warm_start=2, init=init, seed=5)
     result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg,
                    chunk_rows=512, report=quiet)
     ref = fit_in_memory(X, y, cfg, chunk_rows=512)
@@ -48,7 +48,7 @@ def test_result_independent_of_worker_count(client, tmp_path):
 
     X, y = make_data(n=2000)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=256)
-    cfg = TrainConfig(hidden=(12,), iterations=3)
+    cfg = TrainConfig(solver="admm", hidden=(12,), iterations=3)
     two = train(client, store=tmp_path / "a.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=256,
                 report=quiet)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as c1, \
@@ -67,7 +67,7 @@ def test_test_accuracy_and_metrics_recorded(client, tmp_path):
     write_data(tmp_path / "d.zarr", X[:2000], y[:2000])
     write_data(tmp_path / "t.zarr", X[2000:], y[2000:])
     r = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", test_data=tmp_path / "t.zarr",
-              config=TrainConfig(hidden=(20,), iterations=3), report=quiet)
+              config=TrainConfig(solver="admm", hidden=(20,), iterations=3), report=quiet)
     ds = xr.open_zarr(tmp_path / "r.zarr", group="metrics", consolidated=False)
     assert list(ds.iteration.values) == [1, 2, 3]
     np.testing.assert_allclose(ds.test_accuracy.values, [h["test_accuracy"] for h in r.history])
@@ -77,9 +77,9 @@ def test_test_accuracy_and_metrics_recorded(client, tmp_path):
 def test_resume_extends_a_finished_run(client, tmp_path):
     X, y = make_data(n=1500)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
-    cfg = TrainConfig(hidden=(10,), iterations=5)
+    cfg = TrainConfig(solver="admm", hidden=(10,), iterations=5)
     full = train(client, store=tmp_path / "full.zarr", data=tmp_path / "d.zarr", config=cfg, report=quiet)
-    short = TrainConfig(hidden=(10,), iterations=2)
+    short = TrainConfig(solver="admm", hidden=(10,), iterations=2)
     train(client, store=tmp_path / "part.zarr", data=tmp_path / "d.zarr", config=short, report=quiet)
     resumed = train(client, store=tmp_path / "part.zarr", resume=True, iterations=5, report=quiet)
     assert [h["iteration"] for h in resumed.history] == [1, 2, 3, 4, 5]
@@ -98,7 +98,7 @@ def test_out_of_core_with_memory_limited_workers(tmp_path):
     y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=8192)
     del X
-    cfg = TrainConfig(hidden=(256,), iterations=2)
+    cfg = TrainConfig(solver="admm", hidden=(256,), iterations=2)
     with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="300MB", dashboard_address=":0") as cluster, \
             Client(cluster) as c:
         r = train(c, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=8192, report=quiet)
@@ -114,7 +114,7 @@ def test_resume_with_other_gamma_beta_and_refusals(client, tmp_path):
     write_data(tmp_path / "d.zarr", X, y)
     write_data(tmp_path / "other.zarr", X[::-1].copy(), y[::-1].copy())
     train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", report=quiet,
-          config=TrainConfig(hidden=(10,), iterations=2))
+          config=TrainConfig(solver="admm", hidden=(10,), iterations=2))
     with pytest.raises(InputError, match=r"hidden: run has \(10,\), given \(20,\)"):
         train(client, store=tmp_path / "r.zarr", resume=True, overrides={"hidden": [20]}, report=quiet)
     with pytest.raises(InputError, match="is not the data set"):

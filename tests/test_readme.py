@@ -15,7 +15,7 @@ def example_blocks(text: str) -> list[str]:
 
 def test_python_examples_run(tmp_path):
     blocks = example_blocks(README)
-    assert len(blocks) >= 2, "the Python API section lost its examples"
+    assert len(blocks) >= 3, "the Python API section lost its examples"
     script = tmp_path / "readme_examples.py"
     # one script, in order (later blocks use earlier names), guarded for the workers' spawn start
     body = "\n".join(blocks)
@@ -24,7 +24,7 @@ def test_python_examples_run(tmp_path):
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "test accuracy 0." in r.stdout
+    assert "test accuracy 0." in r.stdout and "held-out R² 0.9" in r.stdout
     assert (tmp_path / "run.zarr").is_dir() and (tmp_path / "run-data.zarr").is_dir()
     assert (tmp_path / "run-report" / "accuracy.png").stat().st_size > 0
 
