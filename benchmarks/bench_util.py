@@ -147,3 +147,34 @@ def write_results(path, result: dict, markdown) -> None:
     out.write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+class CpuWatch:
+    """CPU seconds used by other processes (not this process tree) while the block runs."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.sys0 = psutil.cpu_times()
+        self.own0 = self._own()
+        return self
+
+    @staticmethod
+    def _busy(t):
+        return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+    @staticmethod
+    def _own():
+        me = psutil.Process()
+        total = 0.0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                c = p.cpu_times()
+                total += c.user + c.system
+            except psutil.Error:
+                pass
+        return total
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        self.other = (self._busy(psutil.cpu_times()) - self._busy(self.sys0)) - (self._own() - self.own0)
+        return False

@@ -77,7 +77,7 @@ if str(ROOT) not in sys.path:
 
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from benchmarks.bench_util import provenance  # noqa: E402
+from benchmarks.bench_util import CpuWatch, provenance  # noqa: E402
 from benchmarks.peers import (INSTALL_HINT, PEERS, BudgetExceeded, Clock, Curve, PeerSettings,  # noqa: E402
                               missing_modules)
 from solvers import SOLVERS  # noqa: E402
@@ -114,35 +114,6 @@ def log(line: str) -> None:
 
 
 # ----------------------------------------------------------------------------- CPU watch
-class CpuWatch:
-    """Wall time and the CPU seconds used by *other* processes (not this process tree) meanwhile."""
-
-    @staticmethod
-    def _busy(t):
-        return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-
-    @staticmethod
-    def _own():
-        me = psutil.Process()
-        total = 0.0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                c = p.cpu_times()
-                total += c.user + c.system
-            except psutil.Error:
-                pass
-        return total
-
-    def __enter__(self):
-        self.t0, self.sys0, self.own0 = time.perf_counter(), psutil.cpu_times(), self._own()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t0
-        self.other = (self._busy(psutil.cpu_times()) - self._busy(self.sys0)) - (self._own() - self.own0)
-        return False
-
-
 # ----------------------------------------------------------------------------- data
 @dataclass
 class Task:

@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 import solvers.reference  # noqa: E402
-from benchmarks.bench_util import provenance, write_results  # noqa: E402
+from benchmarks.bench_util import CpuWatch, provenance, write_results  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.reference import InMemoryRunner, fit_in_memory  # noqa: E402
 
@@ -47,28 +46,6 @@ SETTINGS = {  # name -> TrainConfig keywords (hidden and iterations are added)
         "solver": "dladmm", "loss": "hinge", "scaling": "global", "rho": 0.2, "nu": 100.0},
     "admm (defaults)": {"solver": "admm"},
 }
-
-
-class CpuWatch:
-    """Wall time and the CPU seconds other processes used while the block runs."""
-
-    def __enter__(self):
-        self.t0, self.sys0, self.own0 = time.perf_counter(), psutil.cpu_times(), self._own()
-        return self
-
-    @staticmethod
-    def _busy(t):
-        return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-
-    @staticmethod
-    def _own():
-        c = psutil.Process().cpu_times()
-        return c.user + c.system
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t0
-        self.other = (self._busy(psutil.cpu_times()) - self._busy(self.sys0)) - (self._own() - self.own0)
-        return False
 
 
 class TimingRunner(InMemoryRunner):

@@ -32,7 +32,6 @@ Run (nothing else heavy at the same time)::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -42,7 +41,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -50,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from benchmarks.bench_util import (MemorySampler, gb, provenance, reset_hwm, vm_hwm, write_results,  # noqa: E402
+from benchmarks.bench_util import (CpuWatch, MemorySampler, gb, provenance, reset_hwm, vm_hwm, write_results,  # noqa: E402
                                    worker_pids)
 from pipeline.cluster import connect  # noqa: E402
 from pipeline.training import train  # noqa: E402
@@ -61,37 +59,6 @@ from solvers.losses import encode_labels  # noqa: E402
 from solvers.reference import chunk_bounds  # noqa: E402
 from solvers.stats import moment_sums, moments_from_sums  # noqa: E402
 from storage.data import open_data  # noqa: E402
-
-
-class CpuWatch:
-    """CPU seconds used by other processes (not this process tree) while the block runs."""
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        self.sys0 = psutil.cpu_times()
-        self.own0 = self._own()
-        return self
-
-    @staticmethod
-    def _busy(t):
-        return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-
-    @staticmethod
-    def _own():
-        me = psutil.Process()
-        total = 0.0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                c = p.cpu_times()
-                total += c.user + c.system
-            except psutil.Error:
-                pass
-        return total
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t0
-        self.other = (self._busy(psutil.cpu_times()) - self._busy(self.sys0)) - (self._own() - self.own0)
-        return False
 
 
 class ThreadedRunner:

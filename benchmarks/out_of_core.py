@@ -32,7 +32,6 @@ Run (nothing else on the machine; about 10 minutes for 11 M samples)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys

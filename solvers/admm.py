@@ -35,16 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers.activations import ACTIVATIONS
+from solvers.base import SolverBase, row_tiles
 from solvers.config import TrainConfig
 from solvers.linalg import ActivationUpdate, affine, cross_with_bias, gram_with_bias, solve_weights
 from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
-from solvers.network import Network, forward, standardize
+from solvers.network import forward, standardize
 from solvers.stats import StatsLayout
-from solvers.tasks import make_task
 
-TILE_ROWS = 4096  # rows per tile inside a chunk: keeps elementwise work in cache
 
 
 @dataclass(frozen=True)
@@ -59,31 +57,16 @@ class StepParams:
     x_scale: np.ndarray
 
 
-def _tiles(n: int, tile: int):
-    """Yield row slices of at most ``tile`` rows covering ``range(n)``."""
-    for start in range(0, n, tile):
-        yield slice(start, min(start + tile, n))
-
-
-class ADMMSolver:
+class ADMMSolver(SolverBase):
     """Taylor et al.'s ADMM: chunk functions, the client step, the per-sample state it keeps."""
 
     name = "admm"
-    tasks = ("classification", "regression")
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale,
                  dtype=np.float32, y_mean=None, y_scale=None):
-        self.config = config
-        self.task = make_task(config.task, classes, y_mean, y_scale)  # regression: classes None, y scaling
-        self.classes, self.n_classes = self.task.classes, self.task.n_classes
+        super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
         self.loss_name = self.task.loss(config)
         self.loss = LOSSES[self.loss_name]
-        self.act = ACTIVATIONS[config.activation]
-        self.widths = (int(n_features), *config.hidden, self.task.n_outputs)
-        self.L = len(self.widths) - 1
-        self.dtype = np.dtype(dtype)
-        self.x_mean = np.asarray(x_mean, np.float64)
-        self.x_scale = np.asarray(x_scale, np.float64)
 
     # -- what the pipeline stores and sums ------------------------------------------
     def state_widths(self) -> dict[str, int]:
@@ -103,11 +86,6 @@ class ADMMSolver:
             if l > 1 or input_gram:
                 shapes[f"gram{l}"] = (w[l - 1] + 1, w[l - 1] + 1)
         return StatsLayout(shapes)
-
-    def network(self, weights) -> Network:
-        """Return the trained network for the weights ``W_1..W_L``."""
-        return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
-                       self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale)
 
     # -- client side -------------------------------------------------------------------
     def initialize(self, runner) -> LoopState:
@@ -149,14 +127,7 @@ class ADMMSolver:
         """Return He-scaled random W⁰ (bias 0) for ``init="forward"``, else None."""
         if self.config.init != "forward":
             return None
-        rng = np.random.default_rng([self.config.seed, 0])
-        out = []
-        for l in range(1, self.L + 1):
-            fan_in = self.widths[l - 1]
-            W = np.zeros((self.widths[l], fan_in + 1))
-            W[:, :-1] = rng.normal(0.0, np.sqrt(self.act.he_gain / fan_in), size=(self.widths[l], fan_in))
-            out.append(W)
-        return out
+        return self.he_weights(self.L)
 
     def solve(self, sums: dict, input_gram) -> list:
         """Return W_1..W_L from summed Grams (eq. 9); ``input_gram`` is the constant Σ a_0 a_0ᵀ."""
@@ -253,7 +224,7 @@ class ADMMSolver:
         layout = self.layout(False)
         total = np.zeros(layout.size)
         with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
-            for sl in _tiles(n, TILE_ROWS):
+            for sl in row_tiles(n):
                 tile_state = {k: v[sl] for k, v in state.items()}
                 out, sums = self._step_tile(self._inputs(x_raw[sl]), y[sl], tile_state, p)
                 for k, v in out.items():

@@ -77,17 +77,15 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from solvers.activations import ACTIVATIONS
+from solvers.base import SolverBase, row_tiles
 from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.linalg import affine, cross_with_bias, gram_with_bias
 from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
-from solvers.network import Network, forward, standardize
+from solvers.network import forward, standardize
 from solvers.stats import StatsLayout
-from solvers.tasks import make_task
 
-TILE_ROWS = 4096        # rows per tile inside a chunk: keeps elementwise work in cache
 THETA0 = 1.0            # first backtracking trial of iteration 1 (the paper's code starts at 1)
 BACKTRACK_GROWTH = 2.0  # θ ← 2θ after a rejected trial
 BACKTRACK_TRIES = 80    # trials before giving up (2⁸⁰ spans any sane curvature)
@@ -164,34 +162,20 @@ class SweepParams:
     tau: float
 
 
-def _tiles(n: int):
-    for start in range(0, n, TILE_ROWS):
-        yield slice(start, min(start + TILE_ROWS, n))
-
-
-class DLADMMSolver:
+class DLADMMSolver(SolverBase):
     """dlADMM: backward–forward sweeps with quadratic approximations; 2L − 1 passes per iteration."""
 
     name = "dladmm"
-    tasks = ("classification", "regression")
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale,
                  dtype=np.float32, y_mean=None, y_scale=None):
-        self.config = config
-        self.task = make_task(config.task, classes, y_mean, y_scale)
-        self.classes, self.n_classes = self.task.classes, self.task.n_classes
+        super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
         self.loss_name = "squared" if config.loss == "auto" else self.task.loss(config)
         self.loss = LOSSES[self.loss_name]
-        self.act = ACTIVATIONS[config.activation]
         if config.init != "forward":
             raise InputError(f"the dladmm solver starts from a forward pass of random weights; "
                              f"--init {config.init} is for --solver admm (use --init forward)")
         self.rho, self.nu = float(config.rho), float(config.nu)  # validated by TrainConfig
-        self.widths = (int(n_features), *config.hidden, self.task.n_outputs)
-        self.L = len(self.widths) - 1
-        self.dtype = np.dtype(dtype)
-        self.x_mean = np.asarray(x_mean, np.float64)
-        self.x_scale = np.asarray(x_scale, np.float64)
 
     # -- what the pipeline stores and sums ------------------------------------------
     def state_widths(self) -> dict[str, int]:
@@ -227,11 +211,6 @@ class DLADMMSolver:
             shapes = {"n": (), **self.task.score_shapes, "loss": (), "lagrange": (), "residual_sq": (),
                       **self._cross_shapes(L)}
         return StatsLayout(shapes)
-
-    def network(self, weights) -> Network:
-        """Return the network z_l = W_l a_{l−1} + b_l, a_l = h(z_l) for the weights ``W̃_1..W̃_L``."""
-        return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
-                       self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale)
 
     # -- client side -------------------------------------------------------------------
     def initialize(self, runner) -> LoopState:
@@ -318,14 +297,7 @@ class DLADMMSolver:
 
     def initial_weights(self) -> list:
         """Return He-scaled random W⁰ with zero biases (seeded by ``config.seed``)."""
-        rng = np.random.default_rng([self.config.seed, 0])
-        out = []
-        for l in range(1, self.L + 1):
-            fan_in = self.widths[l - 1]
-            W = np.zeros((self.widths[l], fan_in + 1))
-            W[:, :-1] = rng.normal(0.0, np.sqrt(self.act.he_gain / fan_in), size=(self.widths[l], fan_in))
-            out.append(W)
-        return out
+        return self.he_weights(self.L)
 
     def metrics(self, sums: dict, penalty: float) -> dict:
         """Return the train score, primal residual ‖z_L − W_L a_{L−1} − b_L‖, mean loss and L_ρ of iteration k."""
@@ -344,7 +316,7 @@ class DLADMMSolver:
         layout = self.layout(kernel, layer)
         new, total = {}, np.zeros(layout.size)
         with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
-            for sl in _tiles(n):
+            for sl in row_tiles(n):
                 out, sums = tile_fn(x_raw[sl], y[sl], None if state is None else {k: v[sl] for k, v in state.items()})
                 for name, v in out.items():
                     if name not in new:

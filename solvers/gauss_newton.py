@@ -35,16 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers.activations import ACTIVATIONS
+from solvers.base import SolverBase, row_tiles
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.linalg import affine, cross_with_bias, gram_with_bias, solve_weights
 from solvers.loop import LoopState, run_pass
-from solvers.network import Network, standardize
+from solvers.network import standardize
 from solvers.stats import StatsLayout
-from solvers.tasks import make_task
 
-TILE_ROWS = 4096      # rows per tile inside a chunk: keeps elementwise work in cache
 DAMPING_FLOOR = 1e-2  # λ never drops below this (relative to the mean curvature s̄)
 DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
 DAMPING_SHRINK = 2.0  # λ ← λ/2 after an accepted one
@@ -58,31 +56,17 @@ class ForwardParams:
     input_gram: bool
 
 
-def _tiles(n: int, tile: int = TILE_ROWS):
-    for start in range(0, n, tile):
-        yield slice(start, min(start + tile, n))
-
-
-class GaussNewtonSolver:
+class GaussNewtonSolver(SolverBase):
     """Layerwise Gauss-Newton: chunk kernels (passes A and B) and the client's LM-controlled step."""
 
     name = "gauss-newton"
-    tasks = ("classification", "regression")
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
-        self.config = config
-        self.task = make_task(config.task, classes, y_mean, y_scale)  # regression: classes None, y scaling
-        self.classes, self.n_classes = self.task.classes, self.task.n_classes
+        super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
         if config.loss not in ("auto", "squared"):
             raise InputError(f"the gauss-newton solver fits the squared loss; --loss {config.loss} "
                              "needs --solver admm")
-        self.act = ACTIVATIONS[config.activation]
-        self.widths = (int(n_features), *config.hidden, self.task.n_outputs)
-        self.L = len(self.widths) - 1
-        self.dtype = np.dtype(dtype)
-        self.x_mean = np.asarray(x_mean, np.float64)
-        self.x_scale = np.asarray(x_scale, np.float64)
 
     # -- what the pipeline stores and sums ------------------------------------------
     def state_widths(self) -> dict[str, int]:
@@ -108,22 +92,10 @@ class GaussNewtonSolver:
                 shapes[f"gram{l}"] = (w[l - 1] + 1,) * 2
         return StatsLayout(shapes)
 
-    def network(self, weights) -> Network:
-        """Return the trained network for the weights ``W_1..W_L``."""
-        return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
-                       self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale)
-
     # -- client side -------------------------------------------------------------------
     def initial_hidden(self) -> list:
         """Return He-scaled random hidden weights (bias 0), seeded like the ADMM solver's."""
-        rng = np.random.default_rng([self.config.seed, 0])
-        out = []
-        for l in range(1, self.L):
-            fan_in = self.widths[l - 1]
-            W = np.zeros((self.widths[l], fan_in + 1))
-            W[:, :-1] = rng.normal(0.0, np.sqrt(self.act.he_gain / fan_in), size=(self.widths[l], fan_in))
-            out.append(W)
-        return out
+        return self.he_weights(self.L - 1)
 
     def initialize(self, runner) -> LoopState:
         """Fit the output layer on the random hidden layers (pass A), then take pass B there."""
@@ -227,7 +199,7 @@ class GaussNewtonSolver:
         L, layout = self.L, self.forward_layout(p.input_gram)
         total = np.zeros(layout.size)
         with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
-            for sl in _tiles(x_raw.shape[0]):
+            for sl in row_tiles(x_raw.shape[0]):
                 x = standardize(x_raw[sl], self.x_mean, self.x_scale, self.dtype)
                 a, _ = self._hidden_forward(x, p.hidden)
                 t = self.task.targets(y[sl], self.dtype)
@@ -244,7 +216,7 @@ class GaussNewtonSolver:
         total = np.zeros(layout.size)
         Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
         with np.errstate(all="ignore"):
-            for sl in _tiles(x_raw.shape[0]):
+            for sl in row_tiles(x_raw.shape[0]):
                 x = standardize(x_raw[sl], self.x_mean, self.x_scale, self.dtype)
                 a, z = self._hidden_forward(x, weights[:-1])
                 out = affine(a[L - 1], weights[-1])

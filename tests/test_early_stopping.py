@@ -69,7 +69,6 @@ def test_pipeline_early_stopping_matches_reference_and_survives_resume(client, t
     from storage.data import write_data
     from storage.runstore import RunStore, load_network
 
-    from tests.test_pipeline import quiet
 
     X, y = overfitting_problem()
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=60)
