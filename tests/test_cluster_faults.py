@@ -29,7 +29,7 @@ def _quiet(_line):
 
 
 def _config(iterations=ITERATIONS):
-    return TrainConfig(hidden=(HIDDEN,), iterations=iterations)
+    return TrainConfig(solver="admm", hidden=(HIDDEN,), iterations=iterations)  # per-sample state in the slots
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ _job_id = lambda: os.environ.get("SLURM_JOB_ID")  # noqa: E731
 
 
 def _chunk_tasks(task_stream) -> list[dict]:
-    """The ADMM chunk tasks (init, grams, step) of a task stream."""
-    return [t for t in task_stream if str(t["key"]).startswith(("init_task", "grams_task", "step_task"))]
+    """The solver's chunk tasks of a task stream."""
+    return [t for t in task_stream if str(t["key"]).startswith("chunk_task")]
 
 
 def _busy_windows(task_stream, gap=0.1) -> list[tuple[float, float]]:
