@@ -179,18 +179,21 @@ class DaskRunner:
                                   for a, b in self.bounds]))[0]
 
 
+def _network_graph(task, network, data_path, chunks):
+    """Return the delayed tree-sum of ``task(network, data, start, stop)`` over the given chunks."""
+    net = broadcast(network)
+    fn = dask.delayed(task, pure=False)
+    return tree([fn(net, str(data_path), a, b) for a, b in chunks])
+
+
 def accuracy_graph(network, data_path, chunks):
     """Return a delayed [n, correct] of the network on the given (start, stop) chunks of a data store."""
-    net = broadcast(network)
-    fn = dask.delayed(accuracy_task, pure=False)
-    return tree([fn(net, str(data_path), a, b) for a, b in chunks])
+    return _network_graph(accuracy_task, network, data_path, chunks)
 
 
 def r2_graph(network, data_path, chunks):
     """Return a delayed [n, Σ(y − ŷ)², Σd, Σd²] of a regression network on the given chunks (:func:`r2_task`)."""
-    net = broadcast(network)
-    fn = dask.delayed(r2_task, pure=False)
-    return tree([fn(net, str(data_path), a, b) for a, b in chunks])
+    return _network_graph(r2_task, network, data_path, chunks)
 
 
 def score_graph(network, data_path, chunks):

@@ -175,7 +175,7 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         solver = make_solver(config, data.n_features, **model)
         rows = chunk_rows or chunk_rows_for_validation(
             data.n_samples, default_chunk_rows(data, sum(solver.state_widths().values())), config.validation_fraction)
-        train_chunks, held_out = validation_split(bounds(data.n_samples, rows), config.validation_fraction, config.seed)
+        _, held_out = validation_split(bounds(data.n_samples, rows), config.validation_fraction, config.seed)
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
                               data={"path": str(data.path.resolve()), "fingerprint": fingerprint(data)},
                               n_samples=data.n_samples, chunk_rows=rows, classes=model.get("classes"),

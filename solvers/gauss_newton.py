@@ -122,7 +122,7 @@ class GaussNewtonSolver(SolverBase):
         else:
             weights = state.weights
             c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
-        n = float(self.curvature_layout().unpack(c["curvature"])["n"])
+        n = float(sums["n"])
         score = f"train_{self.task.score_name}"
         metrics = {score: float(c[score]), "loss": float(c["error"]) / n,
                    "objective": float(c["error"]) / n, "trial_loss": error / n, "accepted": bool(accepted),
