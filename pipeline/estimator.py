@@ -72,6 +72,15 @@ def _values(X, network):
 
 _PARAMETERS = """hidden_layer_sizes : tuple of int, default (300,)
         Hidden layer widths (``--hidden``).
+    layers : str or None, default None
+        Hidden layers in place of ``hidden_layer_sizes`` (``--layers``),
+        convolutions first, e.g. ``"conv:8x5x5:s2:same,dense:100"``;
+        convolutions need ``solver="admm"``.
+    input_shape : tuple of int or None, default None
+        ``(H, W, C)`` of a row read as a channel-last image, for convolutions
+        (``--input-shape``); None: a square one-channel image.
+    cg_steps : int, default 8
+        ADMM below a convolution: conjugate-gradient steps of the a-update.
     activation : {"relu", "hard-sigmoid", "sigmoid"}, default "relu"
     solver : {"gauss-newton", "admm", "dladmm"}, default "gauss-newton"
         ``--solver``: layerwise Gauss-Newton (no per-sample state; ``gamma``,
@@ -108,7 +117,8 @@ _PARAMETERS = """hidden_layer_sizes : tuple of int, default (300,)
 
 _ATTRIBUTES = """n_features_in_ : int
     coefs_, intercepts_ : list of ndarray
-        ``coefs_[l]`` has shape (fan_in, fan_out), as in scikit-learn's MLPs; they
+        ``coefs_[l]`` has shape (fan_in, fan_out), as in scikit-learn's MLPs (a
+        convolution's: (kh·kw·C_in, C_out), the kernel in (p, q, c) order); they
         act on standardised inputs ``(X − x_mean_) / x_scale_``.
     x_mean_, x_scale_ : ndarray of shape (n_features_in_,)
     history_ : xarray.Dataset
@@ -125,8 +135,12 @@ class _ADMMEstimator(BaseEstimator):
 
     def __init__(self, hidden_layer_sizes=(300,), activation="relu", loss="auto", gamma=10.0, beta=0.1,
                  max_iter=20, warm_start=5, ridge=0.01, init="forward", random_state=None, chunk_rows=None,
-                 store=None, client=None, verbose=False, solver="gauss-newton", step_size=0.5, damping=1.0):
+                 store=None, client=None, verbose=False, solver="gauss-newton", step_size=0.5, damping=1.0,
+                 layers=None, input_shape=None, cg_steps=8):
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.layers = layers
+        self.input_shape = input_shape
+        self.cg_steps = cg_steps
         self.activation = activation
         self.loss = loss
         self.gamma = gamma
@@ -158,7 +172,9 @@ class _ADMMEstimator(BaseEstimator):
         return TrainConfig(hidden=hidden, activation=self.activation, task=self._task, loss=self.loss,
                            gamma=float(self.gamma), beta=float(self.beta), iterations=int(self.max_iter),
                            warm_start=int(self.warm_start), ridge=float(self.ridge), init=self.init, seed=seed,
-                           solver=self.solver, step_size=float(self.step_size), damping=float(self.damping))
+                           solver=self.solver, step_size=float(self.step_size), damping=float(self.damping),
+                           layers=self.layers or "", input_shape=tuple(self.input_shape or ()),
+                           cg_steps=int(self.cg_steps))
 
     @contextlib.contextmanager
     def _connect(self):

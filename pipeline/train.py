@@ -17,6 +17,7 @@ from solvers import SOLVERS
 from solvers.activations import ACTIVATIONS
 from solvers.config import INITS, TrainConfig
 from solvers.errors import InputError
+from solvers.layers import format_layers, parse_layers, parse_shape
 from solvers.losses import LOSSES
 from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
@@ -24,7 +25,7 @@ from solvers.tasks import TASKS
 log = logging.getLogger("pipeline.train")  # not __name__: "__main__" under python -m
 DEMO = Path(__file__).resolve().parent / "demo" / "digits.npz"
 _DEFAULTS = TrainConfig()
-CONFIG_FLAGS = ("solver", "task", "hidden", "activation", "loss", "iterations", "warm_start", "gamma", "beta",
+CONFIG_FLAGS = ("solver", "task", "hidden", "layers", "input_shape", "cg_steps", "activation", "loss", "iterations", "warm_start", "gamma", "beta",
                 "ridge", "init", "seed", "validation_fraction", "patience", "step_size", "damping", "scaling", "rho", "nu")
 
 
@@ -35,12 +36,27 @@ def _widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 300 or 300,100, got {text!r}")
 
 
+def _layers(text: str) -> str:
+    try:
+        return format_layers(parse_layers(text))
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        return parse_shape(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.train",
-        description="Train a fully connected network with the ADMM method of Taylor et al. (2016), out of "
-                    "core: data and per-sample state live in Zarr stores, Dask runs one pass over the "
-                    "sample chunks per iteration. With no arguments, trains on the bundled digits demo.",
+        description="Train a neural network out of core with layerwise Gauss-Newton (the default), the ADMM "
+                    "method of Taylor et al. (2016) or dlADMM: data and per-sample state live in Zarr stores, "
+                    "Dask runs passes over the sample chunks and the small weight solves run here. With no "
+                    "arguments, trains on the bundled digits demo.",
     )
     io = p.add_argument_group("data and run store")
     io.add_argument("--data", help="training data store (made by python -m pipeline.ingest); default: bundled demo")
@@ -57,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classification (y are class labels) or regression (y are real values, fitted "
                             f"standardised with the squared loss; scores are R²) [{d.task}]")
     model.add_argument("--hidden", type=_widths, help="hidden layer widths, e.g. 300 or 300,100 [300]")
+    model.add_argument("--layers", type=_layers,
+                       help="hidden layers in place of --hidden, convolutions first, e.g. "
+                            "conv:8x5x5:s2:same,conv:16x3x3,dense:100 (conv:C_OUTxKHxKW, optional :sSTRIDE and "
+                            ":same or :valid, default stride 1 and valid; convolutions need --solver admm)")
+    model.add_argument("--input-shape", type=_shape,
+                       help="image shape HxWxC of a row (channel-last) for --layers conv:…; default: a square "
+                            "one-channel image")
+    model.add_argument("--cg-steps", type=int,
+                       help=f"admm below a convolution: conjugate-gradient steps of the a-update [{d.cg_steps}]")
     model.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"[{d.activation}]")
     model.add_argument("--loss", choices=["auto", *sorted(LOSSES)],
                        help=f"auto: hinge for 2 classes, one-vs-all hinge for more, squared for regression [{d.loss}]")
@@ -142,6 +167,8 @@ def main(argv=None) -> int:
     if store is None:
         raise InputError("--store RUN.zarr is required (where the run's state and model are kept)")
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
+    if "hidden" in given and "layers" in given:
+        raise InputError("give --hidden or --layers, not both (--layers dense:300 is --hidden 300)")
     config = None if args.resume else TrainConfig(**given)
     check_inputs(store=store, data=data, test_data=test_data, resume=args.resume, overwrite=args.overwrite,
                  chunk_rows=args.chunk_rows)

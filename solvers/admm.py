@@ -37,7 +37,8 @@ import numpy as np
 
 from solvers.base import SolverBase, row_tiles
 from solvers.config import TrainConfig
-from solvers.linalg import ActivationUpdate, affine, cross_with_bias, gram_with_bias, solve_weights
+from solvers.conv import CGActivationUpdate
+from solvers.linalg import ActivationUpdate, solve_weights
 from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
 from solvers.network import forward, standardize
@@ -77,14 +78,13 @@ class ADMMSolver(SolverBase):
 
     def layout(self, input_gram: bool) -> StatsLayout:
         """Return the layout of a chunk's sums (Grams of every W-solve, metrics)."""
-        w = self.widths
         shapes = {"n": (), **self.task.score_shapes, "loss": (), "lagrange": (), "residual_sq": ()}
-        for l in range(1, self.L + 1):
+        for l, layer in enumerate(self.layers, start=1):
             if l < self.L:
                 shapes[f"penalty{l}"] = ()  # γ‖a_l − h(z_l)‖² + β‖z_l − W_l a_{l−1}‖²
-            shapes[f"cross{l}"] = (w[l], w[l - 1] + 1)
+            shapes[f"cross{l}"] = layer.weight_shape
             if l > 1 or input_gram:
-                shapes[f"gram{l}"] = (w[l - 1] + 1, w[l - 1] + 1)
+                shapes[f"gram{l}"] = (layer.fan_in + 1, layer.fan_in + 1)
         return StatsLayout(shapes)
 
     # -- client side -------------------------------------------------------------------
@@ -138,9 +138,15 @@ class ADMMSolver(SolverBase):
         return out
 
     def operators(self, weights) -> tuple:
-        """Return the eq. 6 operators of hidden layers 1..L−1 for the given weights."""
+        """Return the eq. 6 operators of hidden layers 1..L−1 for the given weights.
+
+        Below a dense layer the solve is exact (:class:`ActivationUpdate`), below
+        a convolution it runs ``cg_steps`` CG steps (:class:`CGActivationUpdate`).
+        """
         c = self.config
-        return tuple(ActivationUpdate.from_weights(weights[l], c.gamma, c.beta).astype(self.dtype)
+        return tuple((ActivationUpdate.from_weights(weights[l], c.gamma, c.beta) if self.layers[l].is_dense
+                      else CGActivationUpdate.from_weights(self.layers[l], weights[l], c.gamma, c.beta, c.cg_steps)
+                      ).astype(self.dtype)
                      for l in range(1, self.L))
 
     def step_params(self, w_prev, w_new, iteration: int) -> StepParams:
@@ -173,11 +179,26 @@ class ADMMSolver(SolverBase):
 
     def _gram_parts(self, a, z, input_gram: bool) -> dict:
         parts = {}
-        for l in range(1, self.L + 1):
-            parts[f"cross{l}"] = cross_with_bias(z[l], a[l - 1])
+        for l, layer in enumerate(self.layers, start=1):
+            parts[f"cross{l}"] = layer.cross(z[l], a[l - 1])
             if l > 1 or input_gram:
-                parts[f"gram{l}"] = gram_with_bias(a[l - 1])
+                parts[f"gram{l}"] = layer.gram(a[l - 1])
         return parts
+
+    def _summed(self, n: int, layout: StatsLayout, parts_of) -> np.ndarray:
+        """Return the packed sums of ``parts_of(rows)`` over the row tiles of a chunk of ``n`` rows."""
+        total = np.zeros(layout.size)
+        for sl in row_tiles(n, self.tile_rows):
+            total += layout.pack(parts_of(sl))
+        return total
+
+    def _grams_of_state(self, x, z, ops) -> np.ndarray:
+        """Return the packed Grams of the next W-solve (and n) for a chunk's inputs and state z, tile by tile."""
+        def parts_of(sl):
+            zt = [None] + [v[sl] for v in z[1:]]
+            return {**self._gram_parts(self._activations(x[sl], zt, ops), zt, input_gram=True),
+                    "n": sl.stop - sl.start}
+        return self._summed(len(x), self.layout(True), parts_of)
 
     def init_chunk(self, x_raw, y_idx, state, start_row: int, params):
         """Return (initial state, sums) for one chunk.
@@ -189,33 +210,34 @@ class ADMMSolver(SolverBase):
         """
         x = self._inputs(x_raw)
         n = x.shape[0]
+        z = [None] + [np.empty((n, w), self.dtype) for w in self.widths[1:]]
         if self.config.init == "forward":
             weights = params
-            z, a = [None], x
-            for l in range(1, self.L + 1):
-                z.append(affine(a, weights[l - 1]))
-                a = self.act.h(z[-1])
-            a_next = self._activations(x, z, self.operators(weights))
+            for sl in row_tiles(n, self.tile_rows):
+                a = x[sl]
+                for l, layer in enumerate(self.layers, start=1):
+                    z[l][sl] = layer.apply(a, weights[l - 1])
+                    a = self.act.h(z[l][sl])
+            sums = self._grams_of_state(x, z, self.operators(weights))
         else:
-            z, a_next = [None], [x]
+            a = [x]
             for l in range(1, self.L + 1):
                 rng = np.random.default_rng([self.config.seed, l, start_row])
-                z.append(rng.standard_normal((n, self.widths[l]), dtype=self.dtype))
+                z[l] = rng.standard_normal((n, self.widths[l]), dtype=self.dtype)
                 if l < self.L:
-                    a_next.append(rng.standard_normal((n, self.widths[l]), dtype=self.dtype))
+                    a.append(rng.standard_normal((n, self.widths[l]), dtype=self.dtype))
+            sums = self._summed(n, self.layout(True), lambda sl: {
+                **self._gram_parts([v[sl] for v in a], [None] + [v[sl] for v in z[1:]], input_gram=True),
+                "n": sl.stop - sl.start})
         state = {f"z{l}": z[l] for l in range(1, self.L + 1)}
         state["lam"] = np.zeros((n, self.widths[-1]), self.dtype)
-        sums = self._gram_parts(a_next, z, input_gram=True)
-        sums["n"] = n
-        return state, self.layout(True).pack(sums)
+        return state, sums
 
     def grams_chunk(self, x_raw, y_idx, state, start_row: int, weights):
         """Return (None, sums of the Grams of W^{k+1} given the state z^k and W^k)."""
         x = self._inputs(x_raw)
         z = [None] + [state[f"z{l}"] for l in range(1, self.L + 1)]
-        parts = self._gram_parts(self._activations(x, z, self.operators(weights)), z, input_gram=True)
-        parts["n"] = x.shape[0]
-        return None, self.layout(True).pack(parts)
+        return None, self._grams_of_state(x, z, self.operators(weights))
 
     def step_chunk(self, x_raw, y, state, start_row: int, p: StepParams):
         """Return (z^k, λ^k) and the sums of one chunk for iteration k (one Algorithm 1 sweep)."""
@@ -224,7 +246,7 @@ class ADMMSolver(SolverBase):
         layout = self.layout(False)
         total = np.zeros(layout.size)
         with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
-            for sl in row_tiles(n):
+            for sl in row_tiles(n, self.tile_rows):
                 tile_state = {k: v[sl] for k, v in state.items()}
                 out, sums = self._step_tile(self._inputs(x_raw[sl]), y[sl], tile_state, p)
                 for k, v in out.items():
@@ -240,13 +262,13 @@ class ADMMSolver(SolverBase):
         a = self._activations(x, z, p.ops_prev)
         z_new, penalties = [None], {}
         for l in range(1, L):
-            m = affine(a[l - 1], p.weights[l - 1])
+            m = self.layers[l - 1].apply(a[l - 1], p.weights[l - 1])
             zl = act.z_update(a[l], m, gamma, beta)
             penalties[f"penalty{l}"] = (gamma * float(np.sum((a[l] - act.h(zl)) ** 2, dtype=np.float64))
                                         + beta * float(np.sum((zl - m) ** 2, dtype=np.float64)))
             z_new.append(zl)
         t = self.task.targets(y, self.dtype)
-        m = affine(a[L - 1], p.weights[L - 1])
+        m = self.layers[L - 1].apply(a[L - 1], p.weights[L - 1])
         zL = self.loss.z_update(t, lam, m, beta)
         r = zL - m
         lam_new = lam + self.dtype.type(beta) * r if p.update_lambda else lam
@@ -254,7 +276,7 @@ class ADMMSolver(SolverBase):
         sums = self._gram_parts(self._activations(x, z_new, p.ops_next), z_new, input_gram=False)
         sums.update(
             n=x.shape[0],
-            **self.task.score_parts(forward(x, p.weights, c.activation), y),
+            **self.task.score_parts(forward(x, p.weights, c.activation, self.layers), y),
             loss=float(np.sum(self.loss.value(zL, t), dtype=np.float64)),
             lagrange=float(np.sum(lam * zL, dtype=np.float64)),
             residual_sq=float(np.sum(r * r, dtype=np.float64)),

@@ -1,24 +1,22 @@
-"""What every solver shares: the layer widths and task of a run, He initialisation, row tiles, the network."""
+"""What every solver shares: the layers, widths and task of a run, He initialisation, row tiles, the network."""
 from __future__ import annotations
 
 import numpy as np
 
 from solvers.activations import ACTIVATIONS
 from solvers.config import TrainConfig
+from solvers.layers import TILE_ROWS, build_layers, row_tiles, tile_rows  # noqa: F401  (re-exported)
 from solvers.network import Network
 from solvers.tasks import make_task
 
-TILE_ROWS = 4096  # rows per tile inside a chunk: keeps elementwise work in cache
-
-
-def row_tiles(n: int, tile: int = TILE_ROWS):
-    """Yield row slices of at most ``tile`` rows covering ``range(n)``."""
-    for start in range(0, n, tile):
-        yield slice(start, min(start + tile, n))
-
 
 class SolverBase:
-    """The settings, task, widths ``(d, n_1, …, n_L)`` and input scaling a solver is built from."""
+    """The settings, task, layers, widths ``(d, n_1, …, n_L)`` and input scaling a solver is built from.
+
+    ``layers[l − 1]`` is layer l's linear map (:mod:`solvers.layers`), ``widths[l]``
+    the number of values of ``z_l`` per sample; ``tile_rows`` bounds a tile's
+    im2col patches.
+    """
 
     tasks = ("classification", "regression")
 
@@ -28,7 +26,9 @@ class SolverBase:
         self.task = make_task(config.task, classes, y_mean, y_scale)  # regression: classes None, y scaling
         self.classes, self.n_classes = self.task.classes, self.task.n_classes
         self.act = ACTIVATIONS[config.activation]
-        self.widths = (int(n_features), *config.hidden, self.task.n_outputs)
+        self.layers = build_layers(config.layer_specs(), n_features, self.task.n_outputs, config.input_shape)
+        self.widths = (int(n_features), *(layer.n_out for layer in self.layers))
+        self.tile_rows = tile_rows(self.layers)
         self.L = len(self.widths) - 1
         self.dtype = np.dtype(dtype)
         self.x_mean = np.asarray(x_mean, np.float64)
@@ -37,15 +37,15 @@ class SolverBase:
     def network(self, weights) -> Network:
         """Return the trained network for the weights ``W_1..W_L`` (bias in the last column)."""
         return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
-                       self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale)
+                       self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale,
+                       self.layers)
 
     def he_weights(self, layers: int) -> list:
         """Return He-scaled random ``W_1..W_layers`` with zero biases, seeded by ``config.seed``."""
         rng = np.random.default_rng([self.config.seed, 0])
         out = []
-        for l in range(1, layers + 1):
-            fan_in = self.widths[l - 1]
-            W = np.zeros((self.widths[l], fan_in + 1))
-            W[:, :-1] = rng.normal(0.0, np.sqrt(self.act.he_gain / fan_in), size=(self.widths[l], fan_in))
+        for layer in self.layers[:layers]:
+            W = np.zeros(layer.weight_shape)
+            W[:, :-1] = rng.normal(0.0, np.sqrt(self.act.he_gain / layer.fan_in), size=(W.shape[0], layer.fan_in))
             out.append(W)
         return out

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from solvers.activations import ACTIVATIONS
 from solvers.errors import InputError
+from solvers.layers import DenseSpec, conv_layers, format_layers, parse_layers, parse_shape
 from solvers.losses import LOSSES
 from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
@@ -30,6 +31,13 @@ class TrainConfig:
     when above 0: the model is the iteration with the best held-out score
     (accuracy, or R² for regression), and training stops after ``patience``
     iterations without a gain (0: never stop early).
+
+    ``layers`` (e.g. ``"conv:8x5x5:s2,dense:100"``, :mod:`solvers.layers`)
+    replaces ``hidden`` when given; it is stored in canonical form, and an
+    all-dense one as ``hidden``. Convolutions read each row as an
+    ``input_shape`` ``(H, W, C)`` image (default: square, one channel) and
+    are trained by the ``admm`` solver, whose a-update below a convolution
+    runs ``cg_steps`` conjugate-gradient steps per sample.
     """
 
     hidden: tuple[int, ...] = (300,)
@@ -51,11 +59,25 @@ class TrainConfig:
     scaling: str = "standard"
     validation_fraction: float = 0.0
     patience: int = 3
+    layers: str = ""
+    input_shape: tuple[int, ...] = ()
+    cg_steps: int = 8
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        specs = parse_layers(self.layers) if self.layers else ()
+        if specs:
+            convolutional = conv_layers(specs)
+            object.__setattr__(self, "layers", format_layers(specs) if convolutional else "")
+            object.__setattr__(self, "hidden", () if convolutional else tuple(s.width for s in specs))
+        object.__setattr__(self, "input_shape", parse_shape(self.input_shape) if len(self.input_shape) else ())
         problems = []
+        if self.layers and self.solver != "admm":
+            problems.append(f"convolutional layers are trained by the admm solver only, not {self.solver} "
+                            "(pass --solver admm)")
+        if self.cg_steps < 1:
+            problems.append(f"cg_steps must be >= 1, got {self.cg_steps}")
         if any(h <= 0 for h in self.hidden):
             problems.append(f"hidden widths must be positive integers, got {list(self.hidden)}")
         if self.activation not in ACTIVATIONS:
@@ -96,10 +118,19 @@ class TrainConfig:
             return self.loss
         return "hinge" if n_classes == 2 else "ovr-hinge"
 
+    def layer_specs(self) -> tuple:
+        """Return the hidden layers as specs (:mod:`solvers.layers`): ``layers`` if given, else dense ``hidden``."""
+        return parse_layers(self.layers) if self.layers else tuple(DenseSpec(h) for h in self.hidden)
+
+    def describe_layers(self) -> str:
+        """Return the hidden layers in ``--layers`` syntax (``dense:300`` for ``hidden=(300,)``)."""
+        return format_layers(self.layer_specs())
+
     def to_dict(self) -> dict:
         """Return a JSON-ready dict of the settings."""
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["input_shape"] = list(self.input_shape)
         return d
 
     @classmethod

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solvers.activations import ACTIVATIONS
+from solvers.layers import row_tiles, tile_rows
 from solvers.linalg import affine
 from solvers.losses import predict_classes
 from solvers.tasks import r2_from_sums
@@ -17,20 +18,22 @@ def standardize(x, mean, scale, dtype=np.float32):
     return (x - mean.astype(dtype)) / scale.astype(dtype)
 
 
-def forward(a0, weights, activation: str):
-    """Return the output pre-activation z_L = W_L h(… h(W_1 a_0)) of the network."""
+def forward(a0, weights, activation: str, layers=None):
+    """Return the output pre-activation z_L = W_L h(… h(W_1 a_0)) of the network (``layers``: dense if None)."""
     h = ACTIVATIONS[activation].h
+    maps = layers or [None] * len(weights)
     a = a0
-    for W in weights[:-1]:
-        a = h(affine(a, W))
-    return affine(a, weights[-1])
+    for W, layer in zip(weights[:-1], maps):
+        a = h(affine(a, W) if layer is None else layer.apply(a, W))
+    return affine(a, weights[-1]) if maps[-1] is None else maps[-1].apply(a, weights[-1])
 
 
 @dataclass
 class Network:
     """Weights W_1..W_L (bias in the last column), input scaling, and class labels or output scaling.
 
-    A classifier has ``classes``; a regressor has ``classes=None`` and the
+    ``layers`` are the layers' linear maps (:mod:`solvers.layers`; None:
+    all dense). A classifier has ``classes``; a regressor has ``classes=None`` and the
     target scaling ``y_mean``, ``y_scale`` (one entry per output) that its
     outputs are mapped back with.
     """
@@ -43,6 +46,7 @@ class Network:
     dtype: type = np.float32
     y_mean: np.ndarray | None = None
     y_scale: np.ndarray | None = None
+    layers: list | None = None
 
     @property
     def is_regressor(self) -> bool:
@@ -50,7 +54,12 @@ class Network:
 
     def decision_function(self, X):
         """Return the output layer z_L for raw inputs ``X`` (n, d); a regressor's as z_L · y_scale + y_mean."""
-        z = forward(standardize(X, self.x_mean, self.x_scale, self.dtype), self.weights, self.activation)
+        a0 = standardize(X, self.x_mean, self.x_scale, self.dtype)
+        if self.layers is None:
+            z = forward(a0, self.weights, self.activation)
+        else:  # tiles keep a convolution's im2col patches small
+            z = np.concatenate([forward(a0[sl], self.weights, self.activation, self.layers)
+                                for sl in list(row_tiles(len(a0), tile_rows(self.layers))) or [slice(0, 0)]])
         if self.is_regressor:
             return z * np.asarray(self.y_scale) + np.asarray(self.y_mean)
         return z

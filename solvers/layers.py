@@ -1,0 +1,218 @@
+"""Layer types as linear maps on sample-major rows: dense and 2-D convolution.
+
+Every layer computes its pre-activation ``z_l = T_l(a_{l−1}) + b_l`` with a
+linear map ``T_l`` whose parameters, with the bias appended as the last
+column, form the weight matrix ``W_l`` the W-solve returns (eq. 9):
+
+* dense: ``W_l`` is ``(n_l, n_{l−1} + 1)`` and ``T_l a = a W̃ᵀ``;
+* convolution (:mod:`solvers.conv`): ``W_l`` is ``(C_out, kh·kw·C_in + 1)``,
+  one row per output channel, and ``T_l`` is the Toeplitz matrix of the
+  kernel, applied through image patches (im2col).
+
+A layer gives the W-solve its sums ``Σ [p, 1]ᵀ[p, 1]`` and ``Σ zᵀ[p, 1]``
+over rows ``p`` of its input (dense: a sample; convolution: a patch, summed
+over every sample and output position), and the a-update its adjoint
+``T_lᵀ``. Images are channel-last: a row holds an ``(H, W, C)`` image
+flattened in C order, as the Zarr data stores hold MNIST's 784 pixels.
+
+The architecture is written ``conv:8x5x5:s2:same,conv:16x3x3,dense:100``
+(``--layers``): ``conv:C_OUTxKHxKW`` with optional ``:sS`` (stride, default
+1) and ``:same``/``:valid`` (padding, default valid); ``dense:N`` or ``N``.
+The output layer (dense, one unit per class or target) is added by the task.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+
+from solvers.errors import InputError
+from solvers.linalg import affine, cross_with_bias, gram_with_bias
+
+TILE_ROWS = 4096          # rows per tile inside a chunk: keeps elementwise work in cache
+TILE_BYTES = 64 * 2 ** 20  # largest im2col patch matrix of one tile (float32)
+
+LAYERS_SYNTAX = ("comma-separated layers, e.g. conv:8x5x5:s2:same,conv:16x3x3,dense:100: "
+                 "conv:C_OUTxKHxKW (or conv:C_OUTxK) with optional :sSTRIDE and :same or :valid "
+                 "(default stride 1, valid), and dense:N or N")
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """A fully connected hidden layer of ``width`` units."""
+
+    width: int
+
+    def __str__(self) -> str:
+        return f"dense:{self.width}"
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A 2-D convolution with ``channels`` output channels, a ``kh × kw`` kernel, ``stride`` and ``padding``."""
+
+    channels: int
+    kh: int
+    kw: int
+    stride: int = 1
+    padding: str = "valid"
+
+    def __str__(self) -> str:
+        out = f"conv:{self.channels}x{self.kh}x{self.kw}"
+        if self.stride != 1:
+            out += f":s{self.stride}"
+        return out + (":same" if self.padding == "same" else "")
+
+
+_CONV = re.compile(r"conv:(\d+)x(\d+)(?:x(\d+))?((?::[a-z0-9]+)*)")
+
+
+def parse_layers(text: str) -> tuple:
+    """Return the layer specs of an architecture string like ``conv:8x5x5:s2,dense:100`` (see module doc)."""
+    specs = []
+    for item in (s.strip().lower() for s in str(text).split(",")):
+        if not item:
+            continue
+        plain = item.removeprefix("dense:")
+        if plain.isdigit():
+            specs.append(DenseSpec(int(plain)))
+            continue
+        m = _CONV.fullmatch(item)
+        if m is None:
+            raise InputError(f"cannot read layer {item!r}; expected {LAYERS_SYNTAX}")
+        stride, padding = 1, "valid"
+        for opt in filter(None, m.group(4).split(":")):
+            if opt in ("same", "valid"):
+                padding = opt
+            elif re.fullmatch(r"s\d+", opt):
+                stride = int(opt[1:])
+            else:
+                raise InputError(f"unknown option {opt!r} in layer {item!r}; expected {LAYERS_SYNTAX}")
+        kh = int(m.group(2))
+        specs.append(ConvSpec(int(m.group(1)), kh, int(m.group(3) or kh), stride, padding))
+    for s in specs:
+        sizes = (s.width,) if isinstance(s, DenseSpec) else (s.channels, s.kh, s.kw, s.stride)
+        if min(sizes) <= 0:
+            raise InputError(f"layer {s} has a size of 0; sizes and strides must be positive")
+    seen_dense = False
+    for s in specs:
+        if isinstance(s, ConvSpec) and seen_dense:
+            raise InputError(f"layer {s} follows a dense layer; convolutions must come first "
+                             "(a dense layer's output has no image shape)")
+        seen_dense = seen_dense or isinstance(s, DenseSpec)
+    return tuple(specs)
+
+
+def format_layers(specs) -> str:
+    """Return the canonical architecture string of ``specs`` (inverse of :func:`parse_layers`)."""
+    return ",".join(str(s) for s in specs)
+
+
+def parse_shape(text) -> tuple[int, int, int]:
+    """Return ``(H, W, C)`` from ``"28x28x1"``, ``"28x28"`` (one channel) or a sequence of 2 or 3 ints."""
+    parts = str(text).lower().split("x") if isinstance(text, str) else list(text)
+    try:
+        dims = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        dims = ()
+    if len(dims) == 2:
+        dims = (*dims, 1)
+    if len(dims) != 3 or min(dims) <= 0:
+        raise InputError(f"input shape must be HxWxC with positive sizes, e.g. 28x28x1, got {text!r}")
+    return dims
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A dense layer's map ``z = a W̃ᵀ + b`` on rows of ``n_in`` features."""
+
+    n_in: int
+    n_out: int
+    max_tile_rows = TILE_ROWS
+    is_dense = True
+
+    @property
+    def fan_in(self) -> int:
+        return self.n_in
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        return (self.n_out, self.n_in + 1)
+
+    def apply(self, a, W):
+        """Return ``z = a W̃ᵀ + b``."""
+        return affine(a, W)
+
+    def linear(self, a, W):
+        """Return ``T a = a W̃ᵀ`` (no bias)."""
+        return a @ W[:, :-1].astype(a.dtype, copy=False).T
+
+    def adjoint(self, r, W):
+        """Return ``Tᵀ r = r W̃``."""
+        return r @ W[:, :-1].astype(r.dtype, copy=False)
+
+    def gram(self, a):
+        """Return ``Σ [a, 1]ᵀ[a, 1]`` (float64), the Gram of this layer's W-solve."""
+        return gram_with_bias(a)
+
+    def cross(self, z, a):
+        """Return ``Σ zᵀ[a, 1]`` (float64), the cross product of this layer's W-solve."""
+        return cross_with_bias(z, a)
+
+
+def build_layers(specs, n_features: int, n_outputs: int, input_shape=()) -> list:
+    """Return the maps of every layer: the hidden ``specs`` in order, then the dense output layer.
+
+    ``input_shape`` ``(H, W, C)`` is needed when the first layer is a
+    convolution; when empty, a square one-channel image is assumed if
+    ``n_features`` is a square number.
+    """
+    from solvers.conv import Conv2D
+
+    maps, shape, n_in = [], None, int(n_features)
+    if specs and isinstance(specs[0], ConvSpec):
+        shape = _image_shape(input_shape, n_in)
+    elif input_shape:
+        shape = parse_shape(input_shape)
+    for spec in specs:
+        if isinstance(spec, ConvSpec):
+            layer = Conv2D(shape, spec.channels, spec.kh, spec.kw, spec.stride, spec.padding)
+            shape = layer.out_shape
+        else:
+            layer = Dense(n_in, spec.width)
+        maps.append(layer)
+        n_in = layer.n_out
+    maps.append(Dense(n_in, int(n_outputs)))
+    return maps
+
+
+def _image_shape(input_shape, n_features: int) -> tuple[int, int, int]:
+    if input_shape:
+        shape = parse_shape(input_shape)
+        if math.prod(shape) != n_features:
+            raise InputError(f"input shape {'x'.join(map(str, shape))} has {math.prod(shape)} values, the data has "
+                             f"{n_features} features per sample")
+        return shape
+    side = math.isqrt(n_features)
+    if side * side != n_features:
+        raise InputError(f"a convolution needs the image shape: the data's {n_features} features are not a square "
+                         "one-channel image; pass --input-shape HxWxC (channel-last)")
+    return (side, side, 1)
+
+
+def tile_rows(layers) -> int:
+    """Return the rows per tile that keep every layer's im2col patches under ``TILE_BYTES``."""
+    return max(1, min(layer.max_tile_rows for layer in layers))
+
+
+def row_tiles(n: int, tile: int = TILE_ROWS):
+    """Yield row slices of at most ``tile`` rows covering ``range(n)``."""
+    for start in range(0, n, tile):
+        yield slice(start, min(start + tile, n))
+
+
+def conv_layers(specs) -> bool:
+    """Return True if any of ``specs`` is a convolution."""
+    return any(isinstance(s, ConvSpec) for s in specs)
+
