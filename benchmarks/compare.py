@@ -282,14 +282,18 @@ def _higgs_task(args, cache: Path) -> Task:
 
 
 # ----------------------------------------------------------------------------- our methods
-def _state_width(hidden, n_classes) -> int:
+def _state_width(config: TrainConfig, n_features: int, n_classes: int) -> int:
+    """Return the values per sample of the per-sample state (every z_l and λ, as ADMM keeps)."""
+    from solvers.layers import build_layers
+
     out = 1 if n_classes == 2 else n_classes
-    return int(sum(hidden)) + 2 * out
+    layers = build_layers(config.layer_specs(), n_features, out, config.input_shape)
+    return sum(layer.n_out for layer in layers) + out
 
 
-def pipeline_chunk_rows(store, hidden, n_classes, n_workers) -> int | None:
+def pipeline_chunk_rows(store, config: TrainConfig, n_classes, n_workers) -> int | None:
     """The pipeline's own default, unless it leaves a worker idle: then whole data chunks per worker."""
-    width = _state_width(hidden, n_classes)
+    width = _state_width(config, store.n_features, n_classes)
     try:
         from pipeline.training import default_chunk_rows
 
@@ -563,16 +567,22 @@ def markdown(res: dict) -> str:
             "store reads, pipeline commits included; test scoring excluded). *time to target*: first "
             f"recorded point with test accuracy ≥ {_fmt(target, '.3f')}. `mlp-lbfgs` and `logreg` points "
             "are independent runs with max_iter = 1, 2, 4, …", "", *table(res)]
-    out += ["", f"Plot: `compare_{s['task']}.png`; every point: `compare_{s['task']}.json`.", ""]
+    configs = s.get("configs") or {}
+    if any(c.get("layers") or tuple(c["hidden"]) != tuple(s["hidden"]) for c in configs.values()):
+        out += ["", "Our runs' layers:", ""]
+        out += [f"- `{label}`: solver {c['solver']}, layers "
+                f"{TrainConfig.from_dict(c).describe_layers()}" for label, c in configs.items()]
+    name = s.get("name") or f"compare_{s['task']}"
+    out += ["", f"Plot: `{name}.png`; every point: `{name}.json`.", ""]
     return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- command line
-def _parse_set(items) -> dict:
+def _parse_set(items, flag="--set") -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise InputError(f"--set {item!r}: expected KEY=VALUE")
+            raise InputError(f"{flag} {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -581,13 +591,30 @@ def _parse_set(items) -> dict:
     return out
 
 
+def our_configs(solvers, variants, base: dict) -> dict:
+    """Return label → TrainConfig: one per solver, then one per ``LABEL:KEY=VALUE;KEY=VALUE`` variant."""
+    configs = {s: TrainConfig(**{**base, "solver": s}) for s in solvers}
+    for variant in variants or []:
+        label, _, settings = variant.partition(":")
+        if not label or label in configs:
+            raise InputError(f"--variant {variant!r}: expected a new LABEL:KEY=VALUE;KEY=VALUE")
+        configs[label] = TrainConfig(**{**base, **_parse_set(settings.split(";") if settings else [],
+                                                              f"--variant {label}:")})
+    return configs
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/compare.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="peers: " + ", ".join(f"{k} ({v.description})" for k, v in PEERS.items()))
     p.add_argument("--task", required=True, choices=list(TASKS))
     p.add_argument("--solvers", nargs="*", default=None, metavar="NAME",
-                   help=f"our solvers (default: all of solvers.SOLVERS: {', '.join(SOLVERS)})")
+                   help=f"our solvers (default: all of solvers.SOLVERS: {', '.join(SOLVERS)}; none with --variant)")
+    p.add_argument("--variant", action="append", metavar="LABEL:KEY=VALUE;…",
+                   help="one more of our runs with its own TrainConfig settings (repeatable), e.g. "
+                        "'admm-conv:solver=admm;layers=conv:8x5x5:s2,dense:100'; its methods are LABEL-reference "
+                        "and LABEL-pipeline")
+    p.add_argument("--name", default=None, help="stem of the results files (default compare_<task>)")
     p.add_argument("--ours", nargs="*", default=list(OURS), metavar="RUNNER",
                    help="which of our runners: reference, pipeline (default both; none for neither)")
     p.add_argument("--peers", nargs="*", default=["all"], metavar="PEER",
@@ -646,7 +673,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     spec = TASKS[args.task]
-    solvers = list(SOLVERS) if args.solvers is None else list(args.solvers)
+    solvers = (list(SOLVERS) if not args.variant else []) if args.solvers is None else list(args.solvers)
     unknown = [s for s in solvers if s not in SOLVERS]
     if unknown:
         parser.error(f"unknown solver(s) {unknown}; available: {list(SOLVERS)}")
@@ -661,8 +688,8 @@ def main(argv=None) -> int:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else spec.hidden
         overrides = _parse_set(args.set)
         iterations = args.iterations if args.iterations is not None else TrainConfig().iterations
-        configs = {s: TrainConfig(hidden=hidden, iterations=iterations, seed=args.seed, solver=s, **overrides)
-                   for s in solvers}
+        configs = our_configs(solvers, args.variant,
+                              {"hidden": hidden, "iterations": iterations, "seed": args.seed, **overrides})
         task = prepare_task(args)
     except (InputError, TypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -678,15 +705,16 @@ def main(argv=None) -> int:
                             threads=args.threads, seed=args.seed)
     n_out = 1 if len(classes) == 2 else len(classes)
     ref_chunk = args.reference_chunk_rows or store.chunk_rows
-    pipe_chunk = args.pipeline_chunk_rows or pipeline_chunk_rows(store, hidden, len(classes), args.workers)
+    pipe_chunks = {label: args.pipeline_chunk_rows or pipeline_chunk_rows(store, c, len(classes), args.workers)
+                   for label, c in configs.items()}
     log(f"task {args.task}: {store.n_samples} training rows x {store.n_features} features "
         f"({store.chunk_rows} rows per chunk), {len(task.y_test)} test rows, {len(classes)} classes, "
         f"hidden {hidden}, target {target:.3f}, budget {budget:g} s per method")
 
     methods = []
-    state_bytes = store.n_samples * _state_width(hidden, len(classes)) * 4 * 4
     if "reference" in ours:
-        for s in solvers:
+        for s, config in configs.items():
+            state_bytes = store.n_samples * _state_width(config, store.n_features, len(classes)) * 4 * 4
             name = f"{s}-reference"
             desc = f"{s}: solvers.reference.fit_in_memory, in memory"
             if not fits_in_memory(state_bytes + store.n_samples * store.n_features * 4):
@@ -695,10 +723,10 @@ def main(argv=None) -> int:
                                        "the pipeline trains out of core"))
                 continue
             methods.append(run_method(name, "ours-reference", desc,
-                                      lambda c, s=s: run_reference(task, configs[s], c, ref_chunk),
+                                      lambda c, config=config: run_reference(task, config, c, ref_chunk),
                                       budget, args.threads))
     cluster_seconds = None
-    if "pipeline" in ours and solvers:
+    if "pipeline" in ours and configs:
         from pipeline.cluster import connect
 
         run_dir = Path(args.cache) / f"compare-runs-{os.getpid()}"
@@ -710,20 +738,20 @@ def main(argv=None) -> int:
                 # the workers import the project's modules with their first task (~1-2 s); like the
                 # cluster start, a one-time cost that is not part of training: paid before the clock
                 modules = sorted({"pipeline.passes", "storage.data", "storage.runstore",
-                                  *(SOLVERS[s].__module__ for s in solvers)})
+                                  *(SOLVERS[c.solver].__module__ for c in configs.values())})
                 client.run(exec, "import " + ", ".join(modules))
                 cluster_seconds = time.perf_counter() - t0
                 log(f"local cluster: {args.workers} worker processes x 1 thread, started and modules "
                     f"imported in {cluster_seconds:.1f} s")
-                for s in solvers:
+                for s, config in configs.items():
                     methods.append(run_method(
                         f"{s}-pipeline", "ours-pipeline",
                         f"{s}: pipeline.training.train on a local cluster, out of core",
-                        lambda c, s=s: run_pipeline(client, task, configs[s], c, run_dir, pipe_chunk),
+                        lambda c, s=s, config=config: run_pipeline(client, task, config, c, run_dir, pipe_chunks[s]),
                         budget, args.threads))
         except Exception as exc:  # the cluster did not start (or close): say so, run the peers anyway
             done = {m["method"] for m in methods}
-            for s in solvers:
+            for s in configs:
                 if f"{s}-pipeline" not in done:
                     log(f"{s}-pipeline: FAILED: local cluster: {type(exc).__name__}: {exc}")
                     methods.append({"method": f"{s}-pipeline", "family": "ours-pipeline", "status": "failed",
@@ -751,11 +779,12 @@ def main(argv=None) -> int:
     result = {
         "provenance": provenance(),
         "settings": {
-            "task": args.task, "about": spec.about, "target": target, "time_budget": budget, "epochs": epochs,
-            "iterations": iterations, "overrides": overrides, "hidden": list(hidden), "solvers": solvers,
+            "task": args.task, "name": args.name or f"compare_{args.task}", "about": spec.about, "target": target, "time_budget": budget, "epochs": epochs,
+            "iterations": iterations, "overrides": overrides, "hidden": list(hidden), "solvers": list(configs),
+            "configs": {label: c.to_dict() for label, c in configs.items()},
             "ours": ours, "peers": peers, "batch_size": args.batch_size, "threads": args.threads,
             "workers": args.workers, "seed": args.seed, "n_features_in": store.n_features, "n_outputs": n_out,
-            "reference_chunk_rows": ref_chunk, "pipeline_chunk_rows": pipe_chunk,
+            "reference_chunk_rows": ref_chunk, "pipeline_chunk_rows": pipe_chunks,
             "cluster_start_seconds": cluster_seconds, "versions": _versions(),
             "threadpools": [{k: t.get(k) for k in ("internal_api", "num_threads", "version")}
                             for t in threadpool_info()],
@@ -768,7 +797,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = out / f"compare_{args.task}"
+    base = out / (args.name or f"compare_{args.task}")
     base.with_suffix(".json").write_text(json.dumps(result, indent=1, default=_json_default))
     base.with_suffix(".md").write_text(markdown(result))
     problem = plot(result, base.with_suffix(".png"))

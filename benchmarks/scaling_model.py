@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_util import CpuWatch, provenance, write_results  # noqa: E402
-from benchmarks.gn_efficiency import TimedRunner, load_in_memory, run_pipeline_passes  # noqa: E402
+from benchmarks.gn_efficiency import TimedRunner, load_in_memory, run_pipeline_passes, wait_for_quiet  # noqa: E402
 from benchmarks.iteration_time import data_store  # noqa: E402
 from solvers import make_solver  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
@@ -178,7 +178,7 @@ def project(cost: dict, d: dict, n: int, disk_bw: float) -> dict:
     for net, (beta, alpha) in NETWORKS.items():
         for variant, kw in {"Dask": {}, "allreduce": {"scheduler": False},
                             "Dask, out of core": {"disk_bw": disk_bw}}.items():
-            out[f"{variant} | {net}"] = {P: iteration_seconds(P, n, cost, d, alpha, beta, **kw) for P in WORKERS}
+            out[f"{variant}; {net}"] = {P: iteration_seconds(P, n, cost, d, alpha, beta, **kw) for P in WORKERS}
     return out
 
 
@@ -225,6 +225,7 @@ def validate(args, cost, d) -> dict:
     out = {"data": str(path), "n_samples": args.validate_n, "local": [], "slurm": []}
     for w in (1, 2):
         print(f"validation: {w} local worker(s) ...", flush=True)
+        wait_for_quiet(args.wait_quiet)
         run = run_pipeline_passes(path, (300,), w, args.iterations, args.chunk_rows, cold=False)
         pred = predict_local(w, args.validate_n, cost, d, math.ceil(args.validate_n / args.chunk_rows))
         out["local"].append({"workers": w, "measured_seconds": median_accepted(run["iterations"]),
@@ -233,6 +234,7 @@ def validate(args, cost, d) -> dict:
     if args.slurm:
         for j in (1, 2):
             print(f"validation: {j} SLURM job(s) ...", flush=True)
+            wait_for_quiet(args.wait_quiet)
             run = slurm_run(path, j, args.iterations, args.chunk_rows, Path(args.data_dir) / "gn-slurm-run.zarr")
             if "iterations" in run:
                 run["measured_seconds"] = median_accepted(run["iterations"])
@@ -254,10 +256,12 @@ def main(argv=None) -> int:
     p.add_argument("--disk-read-bytes-per-s", type=float, default=None,
                    help="cold read bandwidth (default: from benchmarks/results/gn_efficiency.json)")
     p.add_argument("--slurm", action="store_true", help="also validate with 1 and 2 SLURM worker jobs")
+    p.add_argument("--wait-quiet", type=float, default=90.0,
+                   help="before each measurement wait up to this many seconds for the CPUs to be idle")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling_model.json"))
     args = p.parse_args(argv)
     if args.quick:
-        args.kernel_n, args.validate_n, args.iterations, args.slurm = 65536, 500_000, 2, False
+        args.kernel_n, args.validate_n, args.iterations, args.slurm, args.wait_quiet = 65536, 500_000, 2, False, 0.0
     result = {"provenance": provenance(), "settings": vars(args), "problems": {}}
 
     disk_bw = args.disk_read_bytes_per_s
@@ -267,6 +271,7 @@ def main(argv=None) -> int:
     result["disk_read_bytes_per_s"] = disk_bw = disk_bw or 480e6
 
     costs = {}
+    wait_for_quiet(args.wait_quiet)
     with CpuWatch() as cpu:
         for name, (n, hidden, d, *_) in PROBLEMS.items():
             print(f"kernel costs: {name} ...", flush=True)
@@ -277,6 +282,7 @@ def main(argv=None) -> int:
             costs[name] = kernel_costs(X, y, model, hidden, args.iterations)
     result["kernel_other_cpu_seconds"] = cpu.other
     print("Dask reduce and scheduler costs ...", flush=True)
+    wait_for_quiet(args.wait_quiet)
     sizes = sorted({b for c in costs.values() for b in c["sum_bytes"].values()})
     dc = dask_costs(sizes, ks=(64, 128, 256) if args.quick else (64, 128, 256, 512, 1024),
                     sum_ks=(2, 8, 64, math.ceil(args.validate_n / args.chunk_rows)), repeats=2 if args.quick else 3)
@@ -299,12 +305,12 @@ def plot(r: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, (name, pr) in zip(axes, r["problems"].items(), strict=True):
-        for key, style in (("Dask | 10 Gb/s, 50 us (assumed)", "C0-"), ("allreduce | 10 Gb/s, 50 us (assumed)", "C1-"),
-                           ("Dask | 1 Gb/s, 100 us", "C0:"), ("allreduce | 100 Gb/s, 2 us", "C1:"),
-                           ("Dask, out of core | 10 Gb/s, 50 us (assumed)", "C2--")):
+        for key, style in (("Dask; 10 Gb/s, 50 us (assumed)", "C0-"), ("allreduce; 10 Gb/s, 50 us (assumed)", "C1-"),
+                           ("Dask; 1 Gb/s, 100 us", "C0:"), ("allreduce; 100 Gb/s, 2 us", "C1:"),
+                           ("Dask, out of core; 10 Gb/s, 50 us (assumed)", "C2--")):
             proj = pr["projection"][key]
             ax.plot([int(P) for P in proj], [v["total"] for v in proj.values()], style, label=key)
-        one = pr["projection"]["allreduce | 10 Gb/s, 50 us (assumed)"]["1"]
+        one = pr["projection"]["allreduce; 10 Gb/s, 50 us (assumed)"]["1"]
         ps = np.array(WORKERS, float)
         ax.plot(ps, (one["compute"]) / ps + one["client"], "k:", lw=0.8, label="compute / P + client (ideal)")
         pp = pr["paper"]
@@ -371,10 +377,10 @@ def markdown(r: dict) -> str:
               "| workers | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for P in WORKERS:
             L.append(f"| {P:,} | " + " | ".join(f"{p['projection'][k][str(P)]['total']:.3g}" for k in keys) + " |")
-        main = p["projection"]["Dask | 10 Gb/s, 50 us (assumed)"]
+        main = p["projection"]["Dask; 10 Gb/s, 50 us (assumed)"]
         best = min(main, key=lambda P: main[P]["total"])
         at = main[str(pp["cores"])]
-        ar = p["projection"]["allreduce | 10 Gb/s, 50 us (assumed)"][str(pp["cores"])]
+        ar = p["projection"]["allreduce; 10 Gb/s, 50 us (assumed)"][str(pp["cores"])]
         L += ["", f"At the paper's {pp['cores']:,} cores (paper: ADMM reached {pp['accuracy']:.0%} test accuracy in "
               f"{pp['seconds']} s): Dask {at['total']:.3g} s per iteration (compute {at['compute']:.3g}, scheduler "
               f"{at['scheduler']:.3g}, reduce {at['reduce']:.3g}, broadcast {at['broadcast']:.3g}, client "

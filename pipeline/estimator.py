@@ -80,7 +80,8 @@ _PARAMETERS = """hidden_layer_sizes : tuple of int, default (300,)
         ``(H, W, C)`` of a row read as a channel-last image, for convolutions
         (``--input-shape``); None: a square one-channel image.
     cg_steps : int, default 8
-        ADMM below a convolution: conjugate-gradient steps of the a-update.
+        ADMM below a convolution: conjugate-gradient steps of the a-update
+        (0: exact, through the convolution's Toeplitz matrix; small images).
     activation : {"relu", "hard-sigmoid", "sigmoid"}, default "relu"
     solver : {"gauss-newton", "admm", "dladmm"}, default "gauss-newton"
         ``--solver``: layerwise Gauss-Newton (no per-sample state; ``gamma``,

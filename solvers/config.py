@@ -37,7 +37,8 @@ class TrainConfig:
     all-dense one as ``hidden``. Convolutions read each row as an
     ``input_shape`` ``(H, W, C)`` image (default: square, one channel) and
     are trained by the ``admm`` solver, whose a-update below a convolution
-    runs ``cg_steps`` conjugate-gradient steps per sample.
+    runs ``cg_steps`` conjugate-gradient steps per sample (0: exact, through
+    the convolution's dense Toeplitz matrix, for small images).
     """
 
     hidden: tuple[int, ...] = (300,)
@@ -76,8 +77,8 @@ class TrainConfig:
         if self.layers and self.solver != "admm":
             problems.append(f"convolutional layers are trained by the admm solver only, not {self.solver} "
                             "(pass --solver admm)")
-        if self.cg_steps < 1:
-            problems.append(f"cg_steps must be >= 1, got {self.cg_steps}")
+        if self.cg_steps < 0:
+            problems.append(f"cg_steps must be >= 0 (0: exact), got {self.cg_steps}")
         if any(h <= 0 for h in self.hidden):
             problems.append(f"hidden widths must be positive integers, got {list(self.hidden)}")
         if self.activation not in ACTIVATIONS:

@@ -15,8 +15,11 @@ dense one (eq. 9) with Grams summed over every sample *and* output position:
 When the *next* layer is a convolution the a-update (eq. 6),
 ``(β TᵀT + γ I) a = β Tᵀ(z_{l+1} − b) + γ h(z_l)``, has an ``H·W·C``-square
 matrix per sample. Zero padding and strides break the circulant structure an
-FFT would diagonalise, so :class:`CGActivationUpdate` solves it per sample by
-conjugate gradients, matrix-free (one ``T`` and one ``Tᵀ`` per step), started
+FFT would diagonalise. The matrix is the same for every sample, so for small
+images it can be formed and inverted once on the client
+(:meth:`Conv2D.dense_weights` with the dense a-update: ``cg_steps = 0``,
+memory ``(H·W·C)²``); in general :class:`CGActivationUpdate` solves it per
+sample by conjugate gradients, matrix-free (one ``T`` and one ``Tᵀ`` per step), started
 at ``a = h(z_l)``: the minimiser when β → 0 and the fixed point of the
 constraint ``a = h(z)``. Its condition number is ``1 + (β/γ)‖T‖²``, so a few
 steps suffice at the default γ/β = 100 (``benchmarks/conv_cg.py`` measures
@@ -131,6 +134,12 @@ class Conv2D:
     def bias_row(self, W):
         """Return the bias of every output value of a row (``b`` repeated at each position)."""
         return np.tile(W[:, -1], self.positions)
+
+    def dense_weights(self, W):
+        """Return ``[T, b]`` (``n_out × (n_in + 1)``): the layer as a dense layer's weights (the Toeplitz matrix)."""
+        W = np.asarray(W, np.float64)
+        T = self.linear(np.eye(self.n_in), W).T
+        return np.hstack([T, self.bias_row(W)[:, None]])
 
     def gram(self, a):
         """Return ``Σ [p, 1]ᵀ[p, 1]`` over samples and positions (float64), the Gram of the W-solve."""

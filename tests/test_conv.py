@@ -16,7 +16,7 @@ from solvers.config import TrainConfig
 from solvers.conv import CGActivationUpdate, Conv2D
 from solvers.errors import InputError
 from solvers.layers import ConvSpec, DenseSpec, build_layers, parse_layers
-from solvers.linalg import solve_weights
+from solvers.linalg import ActivationUpdate, solve_weights
 from solvers.reference import fit_in_memory
 from storage.data import write_data
 from storage.runstore import RunStore, load_network
@@ -104,6 +104,8 @@ def test_cg_a_update_converges_to_the_minimiser_of_eq6(stride, padding):
     dense = np.linalg.solve(beta * T.T @ T + gamma * np.eye(layer.n_in), (beta * (z_next - b) @ T + gamma * h).T).T
     update = CGActivationUpdate.from_weights(layer, Wn, gamma, beta, steps=200, tolerance=1e-13)
     np.testing.assert_allclose(update.apply(h, z_next), dense, rtol=1e-6, atol=1e-7)
+    exact = ActivationUpdate.from_weights(layer.dense_weights(Wn), gamma, beta)  # cg_steps = 0
+    np.testing.assert_allclose(exact.apply(h, z_next), dense, rtol=1e-8, atol=1e-10)
 
     def objective(a_flat, i=0):
         a = a_flat[None]
@@ -152,20 +154,21 @@ def test_layers_syntax_and_shapes():
     ({"layers": "dense:10,conv:8x3x3", "solver": "admm"}, "follows a dense layer"),
     ({"layers": "conv:0x3x3", "solver": "admm"}, "size of 0"),
     ({"input_shape": "28x28x0"}, "input shape must be HxWxC"),
-    ({"cg_steps": 0}, "cg_steps must be >= 1"),
+    ({"cg_steps": -1}, "cg_steps must be >= 0"),
 ])
 def test_bad_layer_settings_one_clear_error(kwargs, message):
     with pytest.raises(InputError, match=message):
         TrainConfig(**kwargs)
 
 
-@pytest.mark.parametrize("n_features,shape,message", [
-    (60, (), "not a square one-channel image; pass --input-shape"),
-    (64, (4, 4, 3), "input shape 4x4x3 has 48 values, the data has 64"),
-    (16, (), "a 5x5 kernel does not fit a 4x4 image"),
+@pytest.mark.parametrize("n_features,shape,layers,message", [
+    (60, (), "conv:2x5x5", "not a square one-channel image; pass --input-shape"),
+    (64, (4, 4, 3), "conv:2x5x5", "input shape 4x4x3 has 48 values, the data has 64"),
+    (16, (), "conv:2x5x5", "a 5x5 kernel does not fit a 4x4 image"),
+    (150 ** 2, (), "conv:4x3x3:same,conv:2x3x3", "cg_steps 0 .* 90000x90000 matrix .*--cg-steps 8"),
 ])
-def test_layers_that_do_not_fit_the_data_one_clear_error(n_features, shape, message):
-    cfg = TrainConfig(layers="conv:2x5x5", solver="admm", input_shape=shape)
+def test_layers_that_do_not_fit_the_data_one_clear_error(n_features, shape, layers, message):
+    cfg = TrainConfig(layers=layers, solver="admm", input_shape=shape, cg_steps=0)
     with pytest.raises(InputError, match=message):
         make_solver(cfg, n_features, x_mean=np.zeros(n_features), x_scale=np.ones(n_features), classes=np.arange(2))
 
@@ -177,6 +180,12 @@ def test_admm_with_convolutions_learns_digits(digits_0_vs_2):
     assert r.solver.widths == (64, 6 * 6 * 4, 3 * 3 * 4, 1)
     assert max(h["test_accuracy"] for h in r.history) >= 0.99
     assert r.history[-1]["test_accuracy"] == pytest.approx(r.network.score(X_test, y_test))
+    # the exact a-update (cg_steps 0) is what many CG steps converge to
+    check = {**cfg.to_dict(), "iterations": 2, "gamma": 1.0, "beta": 1.0}  # β/γ = 1: the a-update matters
+    exact, many = (fit_in_memory(X_train, y_train, TrainConfig(**{**check, "cg_steps": k}), chunk_rows=100)
+                   for k in (0, 60))
+    for W, W_cg in zip(exact.network.weights, many.network.weights):
+        np.testing.assert_allclose(W, W_cg, rtol=1e-3, atol=1e-4)
 
 
 def test_pipeline_with_convolutions_matches_reference_and_resumes(client, tmp_path, digits_0_vs_2):
