@@ -79,9 +79,10 @@ _PARAMETERS = """hidden_layer_sizes : tuple of int, default (300,)
     input_shape : tuple of int or None, default None
         ``(H, W, C)`` of a row read as a channel-last image, for convolutions
         (``--input-shape``); None: a square one-channel image.
-    cg_steps : int, default 8
+    cg_steps : int or None, default None
         ADMM below a convolution: conjugate-gradient steps of the a-update
-        (0: exact, through the convolution's Toeplitz matrix; small images).
+        (0: exact, through the convolution's Toeplitz matrix; None: exact up
+        to 4096 values per image, else 8).
     activation : {"relu", "hard-sigmoid", "sigmoid"}, default "relu"
     solver : {"gauss-newton", "admm", "dladmm"}, default "gauss-newton"
         ``--solver``: layerwise Gauss-Newton (no per-sample state; ``gamma``,
@@ -137,7 +138,7 @@ class _ADMMEstimator(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(300,), activation="relu", loss="auto", gamma=10.0, beta=0.1,
                  max_iter=20, warm_start=5, ridge=0.01, init="forward", random_state=None, chunk_rows=None,
                  store=None, client=None, verbose=False, solver="gauss-newton", step_size=0.5, damping=1.0,
-                 layers=None, input_shape=None, cg_steps=8):
+                 layers=None, input_shape=None, cg_steps=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.layers = layers
         self.input_shape = input_shape
@@ -175,7 +176,7 @@ class _ADMMEstimator(BaseEstimator):
                            warm_start=int(self.warm_start), ridge=float(self.ridge), init=self.init, seed=seed,
                            solver=self.solver, step_size=float(self.step_size), damping=float(self.damping),
                            layers=self.layers or "", input_shape=tuple(self.input_shape or ()),
-                           cg_steps=int(self.cg_steps))
+                           cg_steps=None if self.cg_steps is None else int(self.cg_steps))
 
     @contextlib.contextmanager
     def _connect(self):

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "one-channel image")
     model.add_argument("--cg-steps", type=int,
                        help="admm below a convolution: conjugate-gradient steps of the a-update, 0 for an exact "
-                            f"solve through the (H·W·C)² Toeplitz normal matrix (small images) [{d.cg_steps}]")
+                            "solve through the (H·W·C)² Toeplitz normal matrix [exact up to 4096 values per "
+                            "image, else 8]")
     model.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"[{d.activation}]")
     model.add_argument("--loss", choices=["auto", *sorted(LOSSES)],
                        help=f"auto: hinge for 2 classes, one-vs-all hinge for more, squared for regression [{d.loss}]")

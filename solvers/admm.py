@@ -37,8 +37,7 @@ import numpy as np
 
 from solvers.base import SolverBase, row_tiles
 from solvers.config import TrainConfig
-from solvers.conv import CGActivationUpdate
-from solvers.errors import InputError
+from solvers.conv import CGActivationUpdate, a_update_steps
 from solvers.linalg import ActivationUpdate, solve_weights
 from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
@@ -46,7 +45,6 @@ from solvers.network import forward, standardize
 from solvers.stats import StatsLayout
 
 
-EXACT_BYTES = 2 * 2 ** 30  # largest float64 matrix of an exact a-update below a convolution (cg_steps 0)
 
 
 @dataclass(frozen=True)
@@ -71,10 +69,9 @@ class ADMMSolver(SolverBase):
         super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
         self.loss_name = self.task.loss(config)
         self.loss = LOSSES[self.loss_name]
-        for layer in self.layers[1:]:
-            if not config.cg_steps and not layer.is_dense and 8 * layer.n_in ** 2 > EXACT_BYTES:
-                raise InputError(f"cg_steps 0 (exact a-update) would invert a {layer.n_in}x{layer.n_in} matrix "
-                                 f"below {layer.channels}-channel convolution; use --cg-steps 8 or so")
+        # CG steps of the a-update below each layer (0: exact; None below a dense layer and the input)
+        self.a_steps = [None if l == 0 or layer.is_dense else a_update_steps(layer, config.cg_steps)
+                        for l, layer in enumerate(self.layers)]
 
     # -- what the pipeline stores and sums ------------------------------------------
     def state_widths(self) -> dict[str, int]:
@@ -148,17 +145,17 @@ class ADMMSolver(SolverBase):
         """Return the eq. 6 operators of hidden layers 1..L−1 for the given weights.
 
         Below a dense layer the solve is exact (:class:`ActivationUpdate`); below
-        a convolution it runs ``cg_steps`` CG steps (:class:`CGActivationUpdate`),
-        or with ``cg_steps = 0`` it is exact through the layer's Toeplitz matrix.
+        a convolution it runs CG steps (:class:`CGActivationUpdate`) or, with 0
+        steps, is exact through the layer's Toeplitz matrix (:func:`a_update_steps`).
         """
-        return tuple(self._operator(self.layers[l], weights[l]).astype(self.dtype) for l in range(1, self.L))
+        return tuple(self._operator(l, weights[l]).astype(self.dtype) for l in range(1, self.L))
 
-    def _operator(self, layer, W_next):
-        c = self.config
+    def _operator(self, index: int, W_next):
+        c, layer, steps = self.config, self.layers[index], self.a_steps[index]
         if layer.is_dense:
             return ActivationUpdate.from_weights(W_next, c.gamma, c.beta)
-        if c.cg_steps:
-            return CGActivationUpdate.from_weights(layer, W_next, c.gamma, c.beta, c.cg_steps)
+        if steps:
+            return CGActivationUpdate.from_weights(layer, W_next, c.gamma, c.beta, steps)
         return ActivationUpdate.from_weights(layer.dense_weights(W_next), c.gamma, c.beta)
 
     def step_params(self, w_prev, w_new, iteration: int) -> StepParams:

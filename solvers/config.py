@@ -38,7 +38,8 @@ class TrainConfig:
     ``input_shape`` ``(H, W, C)`` image (default: square, one channel) and
     are trained by the ``admm`` solver, whose a-update below a convolution
     runs ``cg_steps`` conjugate-gradient steps per sample (0: exact, through
-    the convolution's dense Toeplitz matrix, for small images).
+    the convolution's dense Toeplitz matrix; None: exact for images of up to
+    4096 values, else 8 steps: :func:`solvers.conv.a_update_steps`).
     """
 
     hidden: tuple[int, ...] = (300,)
@@ -62,7 +63,7 @@ class TrainConfig:
     patience: int = 3
     layers: str = ""
     input_shape: tuple[int, ...] = ()
-    cg_steps: int = 8
+    cg_steps: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -77,7 +78,7 @@ class TrainConfig:
         if self.layers and self.solver != "admm":
             problems.append(f"convolutional layers are trained by the admm solver only, not {self.solver} "
                             "(pass --solver admm)")
-        if self.cg_steps < 0:
+        if self.cg_steps is not None and self.cg_steps < 0:
             problems.append(f"cg_steps must be >= 0 (0: exact), got {self.cg_steps}")
         if any(h <= 0 for h in self.hidden):
             problems.append(f"hidden widths must be positive integers, got {list(self.hidden)}")

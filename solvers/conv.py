@@ -23,7 +23,9 @@ sample by conjugate gradients, matrix-free (one ``T`` and one ``Tᵀ`` per step)
 at ``a = h(z_l)``: the minimiser when β → 0 and the fixed point of the
 constraint ``a = h(z)``. Its condition number is ``1 + (β/γ)‖T‖²``, so a few
 steps suffice at the default γ/β = 100 (``benchmarks/conv_cg.py`` measures
-the error and time against the number of steps).
+the error and time against the number of steps). By default
+(``cg_steps=None``) the update is exact up to :data:`EXACT_VALUES` values per
+image and :data:`CG_STEPS` CG steps above.
 """
 from __future__ import annotations
 
@@ -38,6 +40,10 @@ from solvers.layers import TILE_BYTES
 from solvers.linalg import affine, cross_with_bias, gram_with_bias
 
 CG_TOLERANCE = 1e-4  # a row's CG stops once ‖r‖ ≤ CG_TOLERANCE · ‖r₀‖ (float32 noise is ~1e-6)
+CG_STEPS = 8          # CG steps when cg_steps is None and the image is too large for the exact update
+EXACT_VALUES = 4096   # cg_steps None: exact a-update up to this many values (H·W·C) per image
+EXACT_MAX_BYTES = 2 * 2 ** 30  # cg_steps 0: largest float64 normal matrix allowed
+
 
 
 def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int, int]:
@@ -203,3 +209,13 @@ class CGActivationUpdate:
             p = r + np.where(active, rs_new / np.where(rs > 0, rs, 1), 0).astype(h.dtype)[:, None] * p
             rs = np.where(active, rs_new, rs)
         return a
+
+
+def a_update_steps(layer: Conv2D, cg_steps: int | None) -> int:
+    """Return the CG steps of the a-update below ``layer`` (0: exact); ``None`` picks by image size."""
+    if cg_steps is None:
+        return 0 if layer.n_in <= EXACT_VALUES else CG_STEPS
+    if cg_steps == 0 and 8 * layer.n_in ** 2 > EXACT_MAX_BYTES:
+        raise InputError(f"cg_steps 0 (exact a-update) would invert a {layer.n_in}x{layer.n_in} matrix below a "
+                         f"{layer.channels}-channel convolution; use --cg-steps {CG_STEPS} or so")
+    return int(cg_steps)
