@@ -28,7 +28,6 @@ heavy at the same time)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_util import CpuWatch, provenance  # noqa: E402
+from bench_util import CpuWatch, provenance, write_results  # noqa: E402
 from solvers import make_solver  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.conv import CGActivationUpdate  # noqa: E402
@@ -185,11 +184,7 @@ def main(argv=None) -> int:
                         "beta": base.beta, "threads": args.threads, "chunk_rows": args.chunk_rows,
                         "widths": list(solver.widths), "n_hidden1": solver.widths[1]},
            "operator": operator, "training": training}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_results(args.out, res, markdown)
     return 0
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from solvers.base import SolverBase, row_tiles
 from solvers.config import TrainConfig
 from solvers.errors import InputError
-from solvers.linalg import affine, cross_with_bias, gram_with_bias, solve_weights
+from solvers.linalg import affine, cross_with_bias, gram_with_bias, solve_weights, times
 from solvers.loop import LoopState, run_pass
 from solvers.network import standardize
 from solvers.stats import StatsLayout
@@ -227,7 +227,7 @@ class GaussNewtonSolver(SolverBase):
                 M = [None] + [self.act.dh(z[l]) for l in range(1, L)]
                 delta = r
                 for l in range(L - 1, 0, -1):
-                    delta = M[l] * (delta @ Wt[l + 1])
+                    delta = M[l] * times(delta, Wt[l + 1])
                     parts[f"grad{l}"] = cross_with_bias(delta, a[l - 1])
                     if l > 1:
                         parts[f"gram{l}"] = gram_with_bias(a[l - 1])
@@ -245,5 +245,5 @@ class GaussNewtonSolver(SolverBase):
         for k in range(self.widths[L]):
             J = M[L - 1] * Wt[L][k]
             for l in range(L - 2, 0, -1):
-                J = M[l] * (J @ Wt[l + 1])
+                J = M[l] * times(J, Wt[l + 1])
                 parts[f"curv{l}"] = parts.get(f"curv{l}", 0.0) + (J.T @ J).astype(np.float64)

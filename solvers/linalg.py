@@ -24,6 +24,18 @@ def affine(a, W):
     return out
 
 
+def times(a, W):
+    """Return ``a @ W``; for a one-column ``a`` as a broadcast outer product.
+
+    BLAS runs an inner dimension of 1 (a single-output network's residual
+    times its output weights) ~50× below its GEMM rate (measured:
+    ``benchmarks/results/gn_efficiency.md``); the outer product is memory-bound.
+    """
+    if a.shape[1] == 1:
+        return a * W
+    return a @ W
+
+
 def gram_with_bias(a):
     """Return ``Σ [a, 1]ᵀ[a, 1]`` in float64, the Gram ``a aᵀ`` of the W-solve."""
     k = a.shape[1]
@@ -108,7 +120,7 @@ class ActivationUpdate:
         if self.woodbury:
             r = z_next - bias
             r -= h @ left
-            out = r @ right
+            out = times(r, right)
             out += h
             return out
         out = h @ left
