@@ -43,6 +43,7 @@ Run (about 15 minutes; nothing else heavy at the same time)::
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -219,20 +220,27 @@ def load_in_memory(path, n: int | None):
     return X, encode_labels(y, classes), {"classes": classes, **scaling}
 
 
+def timed_iterations(solver, runner, iterations: int) -> list[dict]:
+    """Run init and ``iterations`` Gauss-Newton iterations; return each one's seconds and the runner's pass log."""
+    state = solver.initialize(runner)
+    iters = []
+    for _ in range(iterations):
+        runner.log = []
+        t0 = time.perf_counter()
+        state, metrics = solver.advance(runner, state)
+        iters.append({"seconds": time.perf_counter() - t0, "passes": runner.log,
+                      "pass_seconds": sum(p["seconds"] for p in runner.log),
+                      "accepted": metrics["accepted"], "train_accuracy": metrics["train_accuracy"]})
+    return iters
+
+
 def run_in_memory(X, y_idx, model, hidden, threads: int, iterations: int, chunk_rows: int) -> dict:
     """Time init and ``iterations`` Gauss-Newton iterations in memory; return per-pass and per-iteration seconds."""
     config = TrainConfig(hidden=hidden)
     solver = make_solver(config, X.shape[1], **model)
     runner = TimedRunner(solver, X, y_idx, chunk_rows, threads)
     with CpuWatch() as cpu:
-        state = solver.initialize(runner)
-        iters = []
-        for _ in range(iterations):
-            runner.log = []
-            t0 = time.perf_counter()
-            state, metrics = solver.advance(runner, state)
-            iters.append({"seconds": time.perf_counter() - t0, "passes": runner.log,
-                          "accepted": metrics["accepted"], "train_accuracy": metrics["train_accuracy"]})
+        iters = timed_iterations(solver, runner, iterations)
     return {"threads": threads, "n_samples": X.shape[0], "iterations": iters, "other_cpu_seconds": cpu.other}
 
 
@@ -296,16 +304,7 @@ def run_pipeline_passes(path, hidden, workers: int, iterations: int, chunk_rows:
                                      bounds(data.n_samples, chunk_rows))
         runner.cold, runner.log, runner.pids = cold, [], worker_pids(client)
         with CpuWatch() as cpu:
-            state = solver.initialize(runner)
-            iters = []
-            for _ in range(iterations):
-                runner.log = []
-                t0 = time.perf_counter()
-                state, metrics = solver.advance(runner, state)
-                passes = runner.log
-                iters.append({"seconds": time.perf_counter() - t0, "passes": passes,
-                              "pass_seconds": sum(p["seconds"] for p in passes),
-                              "accepted": metrics["accepted"], "train_accuracy": metrics["train_accuracy"]})
+            iters = timed_iterations(solver, runner, iterations)
     return {"data": str(path), "n_samples": data.n_samples, "workers": workers, "chunk_rows": chunk_rows,
             "cold": cold, "data_bytes_per_pass": data.n_samples * (data.n_features * 4 + data.y.dtype.itemsize),
             "iterations": iters, "other_cpu_seconds": cpu.other}
@@ -351,6 +350,66 @@ def train_seconds(path, hidden, workers: int, iterations: int, chunk_rows: int, 
 
 
 # -- main ------------------------------------------------------------------------------
+CASES = {"28-300-1": (300,), "28-300-300-1": (300, 300)}
+
+
+def part_memory(result, args, quiet) -> None:
+    """GEMM rates, the tile breakdown and the in-memory runs, measured side by side."""
+    print("GEMM rates ...", flush=True)
+    quiet("gemm")
+    with CpuWatch() as cpu:
+        result["gemm_gflops"] = gemm_rates([(28, *h, 1) for h in CASES.values()], seconds=0.3 if args.quick else 1.0)
+    result["gemm_other_cpu_seconds"] = cpu.other
+    quiet("tile")
+    with CpuWatch() as cpu:
+        result["tile_ms"] = tile_breakdown(0.05 if args.quick else 0.3)
+    result["tile_other_cpu_seconds"] = cpu.other
+    X, y_idx, model = load_in_memory(data_store(Path(args.data_dir), 1_000_000), args.memory_n)
+    result["in_memory"] = {}
+    for name, hidden in CASES.items():
+        for threads in (1, 2):
+            print(f"in memory {name}, {threads} thread(s) ...", flush=True)
+            quiet(f"in memory {name} {threads}")
+            run = run_in_memory(X, y_idx, model, hidden, threads, args.iterations, args.chunk_rows // 2)
+            run["efficiency"] = efficiency(run, (28, *hidden, 1), result["gemm_gflops"])
+            result["in_memory"][f"{name} {threads}"] = run
+
+
+def part_ooc(result, args, quiet) -> None:
+    """Disk bandwidth, then the iteration out of core (page cache dropped before every pass) and warm."""
+    print("disk bandwidth ...", flush=True)
+    quiet("disk")
+    result["disk_bandwidth"] = disk_bandwidth(Path(args.data_dir) / "gn-efficiency-bw.bin", args.bw_gb)
+    result["out_of_core"] = {}
+    for cold in (True, False):
+        print(f"out of core, cold={cold} ...", flush=True)
+        quiet(f"out of core cold={cold}")
+        run = run_pipeline_passes(args.ooc_data, (300,), 2, args.ooc_iterations, args.chunk_rows, cold)
+        run["io"] = io_efficiency(run, result["disk_bandwidth"], (28, 300, 1), result["gemm_gflops"])
+        result["out_of_core"]["cold" if cold else "warm"] = run
+
+
+def part_scaling(result, args, quiet) -> None:
+    """``train`` on stores of ``--ns`` rows with 2 workers, and on ``--workers-n`` rows with 1 and 2 workers."""
+    data_dir = Path(args.data_dir)
+    run_path = data_dir / "gn-efficiency-run.zarr"
+    result["scaling_n"] = []
+    for n in [int(s) for s in args.ns.split(",")]:
+        print(f"scaling: n={n} ...", flush=True)
+        quiet(f"n={n}")
+        result["scaling_n"].append(train_seconds(data_store(data_dir, n), (300,), 2, args.iterations,
+                                                 args.chunk_rows, run_path))
+    result["scaling_workers"] = []
+    for w in (1, 2):
+        print(f"scaling: {w} worker(s) ...", flush=True)
+        quiet(f"workers={w}")
+        result["scaling_workers"].append(train_seconds(data_store(data_dir, args.workers_n), (300,), w,
+                                                       args.iterations, args.chunk_rows, run_path))
+
+
+PARTS = {"memory": part_memory, "ooc": part_ooc, "scaling": part_scaling}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
@@ -365,77 +424,46 @@ def main(argv=None) -> int:
     p.add_argument("--bw-gb", type=float, default=4.0)
     p.add_argument("--wait-quiet", type=float, default=90.0,
                    help="before each measurement wait up to this many seconds for the CPUs to be idle")
+    p.add_argument("--only", default=None, help="re-measure these parts (memory, ooc, scaling; comma-separated) "
+                   "and replace them in the JSON at --out; the others keep their earlier run")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gn_efficiency.json"))
+    p.add_argument("--render-only", action="store_true", help="rewrite the .md from the JSON at --out")
     args = p.parse_args(argv)
+    if args.render_only:
+        Path(args.out).with_suffix(".md").write_text(markdown(json.loads(Path(args.out).read_text())))
+        return 0
     if args.quick:
         args.memory_n, args.ns, args.workers_n, args.iterations = 50_000, "250000,500000", 250_000, 2
         args.ooc_data, args.ooc_iterations, args.bw_gb = str(data_store(Path(args.data_dir), 250_000)), 1, 0.3
         args.chunk_rows = 65536
         args.wait_quiet = 0.0
-    data_dir = Path(args.data_dir)
-    cases = {"28-300-1": (300,), "28-300-300-1": (300, 300)}
-    result = {"provenance": provenance(), "settings": vars(args), "flops": {}, "in_memory": {}, "waited": {}}
+    parts = args.only.split(",") if args.only else list(PARTS)
+    if args.only:
+        result = json.loads(Path(args.out).read_text())
+        result.setdefault("reruns", []).append({"provenance": provenance(), "parts": parts})
+    else:
+        result = {"provenance": provenance(), "settings": vars(args), "waited": {}, "flops": {
+            name: {k: {"per_row": flops_per_row(v), "products": v} for k, v in products((28, *h, 1)).items()}
+            for name, h in CASES.items()}}
 
     def quiet(label):
         result["waited"][label] = wait_for_quiet(args.wait_quiet)
 
-    for name, hidden in cases.items():
-        widths = (28, *hidden, 1)
-        result["flops"][name] = {k: {"per_row": flops_per_row(v), "products": v} for k, v in products(widths).items()}
-    print("GEMM rates ...", flush=True)
-    quiet("gemm")
-    with CpuWatch() as cpu:
-        result["gemm_gflops"] = gemm_rates([(28, *h, 1) for h in cases.values()], seconds=0.3 if args.quick else 1.0)
-    result["gemm_other_cpu_seconds"] = cpu.other
-    quiet("tile")
-    with CpuWatch() as cpu:
-        result["tile_ms"] = tile_breakdown(0.05 if args.quick else 0.3)
-    result["tile_other_cpu_seconds"] = cpu.other
-    print(result["gemm_gflops"], flush=True)
-
-    X, y_idx, model = load_in_memory(data_store(data_dir, 1_000_000), args.memory_n)
-    for name, hidden in cases.items():
-        for threads in (1, 2):
-            print(f"in memory {name}, {threads} thread(s) ...", flush=True)
-            quiet(f"in memory {name} {threads}")
-            run = run_in_memory(X, y_idx, model, hidden, threads, args.iterations, args.chunk_rows // 2)
-            run["efficiency"] = efficiency(run, (28, *hidden, 1), result["gemm_gflops"])
-            result["in_memory"][f"{name} {threads}"] = run
-            print(run["efficiency"], flush=True)
-    del X, y_idx
-
-    print("disk bandwidth ...", flush=True)
-    quiet("disk")
-    result["disk_bandwidth"] = disk_bandwidth(data_dir / "gn-efficiency-bw.bin", args.bw_gb)
-    result["out_of_core"] = {}
-    for cold in (True, False):
-        print(f"out of core, cold={cold} ...", flush=True)
-        quiet(f"out of core cold={cold}")
-        run = run_pipeline_passes(args.ooc_data, (300,), 2, args.ooc_iterations, args.chunk_rows, cold)
-        run["io"] = io_efficiency(run, result["disk_bandwidth"], (28, 300, 1), result["gemm_gflops"])
-        result["out_of_core"]["cold" if cold else "warm"] = run
-        print([(round(it["pass_seconds"], 2), round(it["over_read_bandwidth"], 3)) for it in run["io"]["iterations"]],
-              flush=True)
-
-    run_path = data_dir / "gn-efficiency-run.zarr"
-    result["scaling_n"] = []
-    for n in [int(s) for s in args.ns.split(",")]:
-        print(f"scaling: n={n} ...", flush=True)
-        quiet(f"n={n}")
-        result["scaling_n"].append(train_seconds(data_store(data_dir, n), (300,), 2, args.iterations,
-                                                 args.chunk_rows, run_path))
-    result["scaling_workers"] = []
-    for w in (1, 2):
-        print(f"scaling: {w} worker(s) ...", flush=True)
-        quiet(f"workers={w}")
-        result["scaling_workers"].append(train_seconds(data_store(data_dir, args.workers_n), (300,), w,
-                                                       args.iterations, args.chunk_rows, run_path))
+    for part in parts:
+        PARTS[part](result, args, quiet)
     write_results(args.out, result, markdown)
     return 0
 
 
 def _met(ok) -> str:
     return "met" if ok else "missed"
+
+
+DISTURBED = 5.0  # other processes' CPU seconds above which a measurement is marked disturbed
+
+
+def _disturbed(run: dict) -> str:
+    return " *disturbed*" if run["other_cpu_seconds"] > DISTURBED else ""
 
 
 def _cell(e: dict, k: str) -> str:
@@ -447,14 +475,17 @@ def markdown(r: dict) -> str:
     L = ["# Gauss-Newton hardware efficiency: FLOP rate, disk bandwidth, scaling", "",
          f"- Command: `{pv['command']}`",
          f"- Date: {pv['date']} on {pv['host']} ({pv['cpus']} CPUs, {pv['ram_bytes'] / 2**30:.1f} GiB RAM)",
+         *(f"- Re-measured parts {', '.join(rr['parts'])}: `{rr['provenance']['command']}` at "
+           f"{rr['provenance']['date']} (the sections of those parts come from that run)" for rr in r.get("reruns", [])),
          "- FLOPs: matrix products of `forward_chunk` (pass A) and `curvature_chunk` (pass B) only; "
          "GEMM 2km per row, Gram (SYRK) k(k+1) per row (formula in `benchmarks/gn_efficiency.py`).",
-         "- `other CPU s`: CPU seconds used by processes outside this benchmark during the measurement.", "",
+         "- `other CPU s`: CPU seconds used by processes outside this benchmark during the measurement; "
+         f"above {DISTURBED:.0f} s the row is marked *disturbed* (other jobs shared the 2 cores).", "",
          "## FLOPs per row", "", "| network | pass A | pass B | accepted iteration (A + B) |", "|---|---|---|---|"]
     for name, f in r["flops"].items():
         a, b = f["forward_chunk"]["per_row"], f["curvature_chunk"]["per_row"]
         L.append(f"| {name} | {a:,.0f} | {b:,.0f} | {a + b:,.0f} |")
-    L += ["", f"## float32 GEMM rate of NumPy (GFLOP/s, best of repeats; other CPU s {r['gemm_other_cpu_seconds']:.1f})",
+    L += ["", f"## float32 GEMM rate of NumPy (GFLOP/s, median of repeats; other CPU s {r['gemm_other_cpu_seconds']:.1f})",
           "", "| product | 1 thread | 2 threads |", "|---|---|---|"]
     for key in g["1"]:
         L.append(f"| {key}{'' if key.startswith('square') else ' (4096-row tile)'} | {g['1'][key]:.1f} | "
@@ -464,6 +495,10 @@ def markdown(r: dict) -> str:
           "", "(A) pass A, (B) pass B, (both) both passes.", "", "| step | ms | share of the sum |", "|---|---|---|"]
     for k, v in r["tile_ms"].items():
         L.append(f"| `{k}` | {v:.2f} | {v / total:.0%} |")
+    if g["2"]["square_2048"] < 1.5 * g["1"]["square_2048"]:
+        L += ["", f"**Warning:** the 2-thread GEMM rate ({g['2']['square_2048']:.0f} GFLOP/s) is under 1.5x the "
+              f"1-thread rate ({g['1']['square_2048']:.0f}): other jobs held a core during this part, so the 2-thread "
+              "ratios below are not valid measurements of the target."]
     L += ["", "## In memory (solver kernels over in-memory chunks; target: iteration ≥ 50 % of the square GEMM rate)",
           "", "| network, threads | n | pass A s (GFLOP/s) | pass B s (GFLOP/s) | iteration s (GFLOP/s) | "
           "/ GEMM rate | target | products alone at their shape's rate, s | other CPU s |",
@@ -471,7 +506,7 @@ def markdown(r: dict) -> str:
     for key, run in r["in_memory"].items():
         e = run["efficiency"]
         it = e.get("iteration")
-        L.append(f"| {key} | {run['n_samples']:,} | {_cell(e, 'forward_chunk')} | {_cell(e, 'curvature_chunk')} | "
+        L.append(f"| {key}{_disturbed(run)} | {run['n_samples']:,} | {_cell(e, 'forward_chunk')} | {_cell(e, 'curvature_chunk')} | "
                  f"{_cell(e, 'iteration')} | {it['over_square_gemm']:.0%} | {_met(it['over_square_gemm'] >= 0.5)} | "
                  f"{it['shape_bound_seconds']:.2f} | {run['other_cpu_seconds']:.1f} |")
     bw = r["disk_bandwidth"]
@@ -481,7 +516,7 @@ def markdown(r: dict) -> str:
           f"(page cache dropped: {bw['page_cache_dropped']}).", ""]
     for mode, run in r["out_of_core"].items():
         L += [f"`{run['data']}`, {run['n_samples']:,} rows, {run['data_bytes_per_pass'] / 1e9:.2f} GB per pass, "
-              f"{run['workers']} workers x 1 thread, {run['chunk_rows']} rows per chunk, **{mode}** "
+              f"{run['workers']} workers x 1 thread, {run['chunk_rows']} rows per chunk, **{mode}**{_disturbed(run)} "
               f"({'page cache dropped before every pass' if run['cold'] else 'page cache warm'}); "
               f"other CPU s {run['other_cpu_seconds']:.1f}.", "",
               "| iteration | passes | bytes read (logical) GB | workers' disk reads GB | pass s | read rate MB/s | "
@@ -514,8 +549,14 @@ def markdown(r: dict) -> str:
     L.append(f"| out of core (cold): bytes read / s ≥ 60 % of read bandwidth | {statistics.median(cold):.0%} "
              f"(median) | {_met(statistics.median(cold) >= 0.6)} |")
     per = [x["seconds_per_million_rows"] for x in r["scaling_n"]]
-    L.append(f"| iteration time linear in n (s per million rows within ±10 %) | {min(per):.2f}–{max(per):.2f} | "
-             f"{_met(max(per) / min(per) <= 1.1 * 1.1)} |")
+    ns = np.array([x["n_samples"] for x in r["scaling_n"]], float) / 1e6
+    ts = np.array([x["median_accepted_seconds"] for x in r["scaling_n"]])
+    b, a = np.polyfit(ns, ts, 1)
+    resid = float(np.max(np.abs(ts - (a + b * ns)) / ts))
+    L.append(f"| iteration time proportional to n (s per million rows within ±10 %) | {min(per):.2f}–{max(per):.2f} | "
+             f"{_met(max(per) / min(per) <= 1.1 / 0.9)} |")
+    L.append(f"| iteration time affine in n: a + b·n (largest residual ≤ 10 %) | a = {a:.2f} s, b = {b:.2f} s per "
+             f"million rows, largest residual {resid:.0%} | {_met(resid <= 0.1)} |")
     sp = w[0]["median_accepted_seconds"] / w[-1]["median_accepted_seconds"]
     L.append(f"| workers 1 -> 2 (ideal speed-up 2) | {sp:.2f} | {'-'} |")
     L += ["", "Seconds waited for an idle machine before each measurement (`--wait-quiet`): "

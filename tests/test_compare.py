@@ -151,3 +151,23 @@ def test_a_failing_method_is_reported_and_the_others_still_run(tmp_path, monkeyp
     assert [p["step"] for p in failed["points"]] == [1, 2]  # the iterations done are kept
     check_curve(methods["logreg"])
     assert "`admm-reference` failed: RuntimeError: solver blew up" in (out / "compare_digits02.md").read_text()
+
+
+def test_variants_run_our_solvers_with_their_own_layers(tmp_path):
+    """``--variant LABEL:KEY=VALUE;…`` adds one of our runs with its own settings (a convolution here)."""
+    code, out = run(tmp_path, "--ours", "reference", "--peers", "none", "--name", "conv",
+                    "--variant", "conv:solver=admm;scaling=global;layers=conv:3x3x3",
+                    "--variant", "dense:solver=admm;hidden=[5]")
+    assert code == 0
+    res = json.loads((out / "conv.json").read_text())
+    methods = {m["method"]: m for m in res["methods"]}
+    assert set(methods) == {"conv-reference", "dense-reference"}  # --variant alone: no solver defaults
+    for m in methods.values():
+        check_curve(m)
+    assert res["settings"]["configs"]["conv"]["layers"] == "conv:3x3x3"
+    assert "- `conv`: solver admm, layers conv:3x3x3" in (out / "conv.md").read_text()
+    for bad in ("admm:ridge=0.1", ":ridge=0.1"):  # a label taken by a solver, or none
+        with pytest.raises(compare.InputError, match=f"--variant '{bad}': expected a new LABEL"):
+            compare.our_configs(["admm"], [bad], {})
+    with pytest.raises(compare.InputError, match="--variant x: 'ridge': expected KEY=VALUE"):
+        compare.our_configs([], ["x:ridge"], {})
