@@ -19,6 +19,7 @@ class SolverBase:
     """
 
     tasks = ("classification", "regression")
+    divergence_hint = "other --gamma/--beta (nearer the defaults) or a larger --ridge"  # resume with these
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale,
                  dtype=np.float32, y_mean=None, y_scale=None):

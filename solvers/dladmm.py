@@ -166,6 +166,7 @@ class DLADMMSolver(SolverBase):
     """dlADMM: backward–forward sweeps with quadratic approximations; 2L − 1 passes per iteration."""
 
     name = "dladmm"
+    divergence_hint = "a larger --rho or --nu, or a larger --ridge"
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale,
                  dtype=np.float32, y_mean=None, y_scale=None):

@@ -60,6 +60,7 @@ class GaussNewtonSolver(SolverBase):
     """Layerwise Gauss-Newton: chunk kernels (passes A and B) and the client's LM-controlled step."""
 
     name = "gauss-newton"
+    divergence_hint = "a smaller --step-size or a larger --damping or --ridge"
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
@@ -166,7 +167,8 @@ class GaussNewtonSolver(SolverBase):
         out = []
         for l, S in enumerate(self.curvatures(weights, curv), start=1):
             G = input_gram if l == 1 else curv[f"gram{l}"]
-            left = solve_weights(curv[f"grad{l}"].T, S, damping, what=f"S_{l} (layer {l} curvature)").T
+            left = solve_weights(curv[f"grad{l}"].T, S, damping, what=f"S_{l} (layer {l} curvature)",
+                                 setting="--damping").T
             step = solve_weights(left, G, c.ridge, what=f"G_{l - 1} (layer {l} input Gram)")
             out.append(np.asarray(weights[l - 1], np.float64) + c.step_size * n * step)
         return out

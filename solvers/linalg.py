@@ -56,16 +56,17 @@ def cross_with_bias(z, a):
     return out
 
 
-def solve_weights(cross, gram, ridge: float, *, what: str = "W"):
+def solve_weights(cross, gram, ridge: float, *, what: str = "W", setting: str = "--ridge"):
     """Return ``W = (z aᵀ)(a aᵀ + ε·mean(diag)·I)⁻¹`` by Cholesky (paper §5, eq. 9).
 
     ``ridge`` is the relative ridge ε. Raises :class:`NumericalError` when the
-    Grams are not finite or not positive definite.
+    Grams are not finite or not positive definite; its message suggests a
+    larger ``setting`` (the flag that sets ``ridge``).
     """
     if not (np.all(np.isfinite(cross)) and np.all(np.isfinite(gram))):
         raise NumericalError(
             f"{what}: the Gram matrices contain NaN or inf; the state diverged "
-            "(try a larger gamma/beta ratio or standardised inputs)"
+            f"(try a larger {setting} or standardised inputs)"
         )
     g = np.array(gram, dtype=np.float64)
     scale = float(np.mean(np.diag(g))) or 1.0
@@ -74,7 +75,7 @@ def solve_weights(cross, gram, ridge: float, *, what: str = "W"):
         factor = scipy.linalg.cho_factor(g, lower=True, check_finite=False)
     except np.linalg.LinAlgError as exc:
         raise NumericalError(
-            f"{what}: the Gram a aᵀ is not positive definite ({exc}); use a larger --ridge"
+            f"{what}: the Gram is not positive definite ({exc}); use a larger {setting}"
         ) from None
     return scipy.linalg.cho_solve(factor, np.asarray(cross, np.float64).T, check_finite=False).T
 

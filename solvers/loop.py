@@ -51,8 +51,14 @@ def _layer_of(name: str):
     return int(digits) if digits else None
 
 
-def check_finite(sums: dict, iteration: int) -> dict:
-    """Return ``sums``, or raise :class:`NumericalError` naming the first layer whose sums are not finite."""
+DIVERGENCE_HINT = "other settings or a larger --ridge"
+
+
+def check_finite(sums: dict, iteration: int, hint: str = DIVERGENCE_HINT) -> dict:
+    """Return ``sums``, or raise :class:`NumericalError` naming the first layer whose sums are not finite.
+
+    ``hint`` names the settings to resume with (each solver has its own ``divergence_hint``).
+    """
     by_layer = sorted(sums, key=lambda k: (_layer_of(k) is None, _layer_of(k) or 0))
     for name in by_layer:
         if not np.all(np.isfinite(sums[name])):
@@ -60,7 +66,7 @@ def check_finite(sums: dict, iteration: int) -> dict:
             where = f"layer {layer} ({name})" if layer is not None else name
             raise NumericalError(
                 f"non-finite values (NaN/inf) in {where} at iteration {iteration}; the last committed "
-                "iteration is intact: resume with other --gamma/--beta (nearer the defaults) or a larger --ridge"
+                f"iteration is intact: resume with {hint}"
             )
     return sums
 
@@ -74,7 +80,8 @@ def read_plan(read, names) -> dict | None:
 
 def run_pass(runner: PassRunner, layout, kernel: str, params, iteration: int, **slots) -> dict:
     """Run one pass and return its sums unpacked by ``layout`` and checked to be finite."""
-    return check_finite(layout.unpack(runner.run(kernel, params, **slots)), iteration)
+    hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
+    return check_finite(layout.unpack(runner.run(kernel, params, **slots)), iteration, hint)
 
 
 def initialize(solver, runner: PassRunner) -> LoopState:

@@ -171,3 +171,24 @@ def test_pipeline_gauss_newton_matches_reference(client, tmp_path):
     ref6 = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 6}), chunk_rows=512)
     for W, W_ref in zip(more.network.weights, ref6.network.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver,flags", [("gauss-newton", "--step-size"), ("admm", "--gamma/--beta"),
+                                          ("dladmm", "--rho")])
+def test_divergence_message_names_the_solvers_own_settings(solver, flags):
+    """A pass whose sums are not finite says which of *this* solver's settings to resume with."""
+    from solvers import make_solver
+    from solvers.errors import NumericalError
+    from solvers.loop import run_pass
+    from solvers.stats import StatsLayout
+
+    class NaNRunner:
+        def __init__(self, solver):
+            self.solver = solver
+
+        def run(self, kernel, params, **slots):
+            return np.full(2, np.nan)
+
+    s = make_solver(TrainConfig(solver=solver), 3, x_mean=np.zeros(3), x_scale=np.ones(3), classes=np.arange(2))
+    with pytest.raises(NumericalError, match=f"at iteration 4; .*resume with .*{flags}"):
+        run_pass(NaNRunner(s), StatsLayout({"n": (), "loss": ()}), "any", None, 4)
