@@ -46,7 +46,6 @@ from solvers.stats import StatsLayout
 
 
 
-
 @dataclass(frozen=True)
 class StepParams:
     """What one pass broadcasts to every chunk: weights, a-update operators, flags."""

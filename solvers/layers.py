@@ -11,8 +11,8 @@ column, form the weight matrix ``W_l`` the W-solve returns (eq. 9):
 
 A layer gives the W-solve its sums ``Σ [p, 1]ᵀ[p, 1]`` and ``Σ zᵀ[p, 1]``
 over rows ``p`` of its input (dense: a sample; convolution: a patch, summed
-over every sample and output position), and the a-update its adjoint
-``T_lᵀ``. Images are channel-last: a row holds an ``(H, W, C)`` image
+over every sample and output position); a convolution also gives the
+a-update below it its adjoint ``T_lᵀ``. Images are channel-last: a row holds an ``(H, W, C)`` image
 flattened in C order, as the Zarr data stores hold MNIST's 784 pixels.
 
 The architecture is written ``conv:8x5x5:s2:same,conv:16x3x3,dense:100``
@@ -143,14 +143,6 @@ class Dense:
     def apply(self, a, W):
         """Return ``z = a W̃ᵀ + b``."""
         return affine(a, W)
-
-    def linear(self, a, W):
-        """Return ``T a = a W̃ᵀ`` (no bias)."""
-        return a @ W[:, :-1].astype(a.dtype, copy=False).T
-
-    def adjoint(self, r, W):
-        """Return ``Tᵀ r = r W̃``."""
-        return r @ W[:, :-1].astype(r.dtype, copy=False)
 
     def gram(self, a):
         """Return ``Σ [a, 1]ᵀ[a, 1]`` (float64), the Gram of this layer's W-solve."""
