@@ -26,7 +26,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from solvers.config import TrainConfig
+from solvers.config import ALL, SETTINGS, TrainConfig, config_from_parameters, estimator_parameters, flag
 from solvers.losses import predict_classes
 from solvers.tasks import r2_from_sums
 
@@ -70,52 +70,53 @@ def _values(X, network):
     return network.predict(X)
 
 
-_PARAMETERS = """hidden_layer_sizes : tuple of int, default (300,)
-        Hidden layer widths (``--hidden``).
-    layers : str or None, default None
-        Hidden layers in place of ``hidden_layer_sizes`` (``--layers``),
-        convolutions first, e.g. ``"conv:8x5x5:s2:same,dense:100"``;
-        convolutions need ``solver="admm"``.
-    input_shape : tuple of int or None, default None
-        ``(H, W, C)`` of a row read as a channel-last image, for convolutions
-        (``--input-shape``); None: a square one-channel image.
-    cg_steps : int or None, default None
-        ADMM below a convolution: conjugate-gradient steps of the a-update
-        (0: exact, through the convolution's Toeplitz matrix; None: exact up
-        to 4096 values per image, else 8).
-    activation : {"relu", "hard-sigmoid", "sigmoid"}, default "relu"
-    solver : {"gauss-newton", "admm", "dladmm"}, default "gauss-newton"
-        ``--solver``: layerwise Gauss-Newton (no per-sample state; ``gamma``,
-        ``beta``, ``warm_start``, ``init`` do not apply, ``step_size`` and
-        ``damping`` do), Taylor et al.'s ADMM, or dlADMM.
-    gamma, beta : float, default 10.0 and 0.1
-        Weights of ``‖a − h(z)‖²`` and ``‖z − W a‖²`` (eq. 4).
-    max_iter : int, default 20
-        Iterations (``--iterations``); there is no convergence test.
-    warm_start : int, default 5
-        Number of first iterations without λ updates (``--warm-start``). Unlike
-        scikit-learn's boolean ``warm_start`` it does not reuse a previous fit;
-        continue a run with ``python -m pipeline.train --store STORE --resume``.
-    ridge : float, default 0.01
-        Relative ridge of the W-solve.
-    init : {"forward", "gaussian"}, default "forward"
-    step_size, damping : float, default 0.5 and 1.0
-        Gauss-Newton step η and initial Levenberg–Marquardt damping.
-    random_state : int, RandomState or None, default None
-        Seed of the initial weights/state (``--seed``); ``None`` draws one.
-    chunk_rows : int or None, default None
-        Samples per state chunk (default: ~128 MB of state per chunk).
-    store : str, path or None, default None
-        Run store to train into (replaced if it is one already). NumPy and Dask
-        inputs are then written next to it as ``<store stem>-data.zarr``, so the
-        run can be resumed or reported on. ``None``: a temporary directory,
-        deleted after ``fit``. With a remote cluster, use shared storage.
-    client : distributed.Client or None, default None
-        Cluster to train on; ``None`` starts a local cluster for ``fit`` and
-        closes it afterwards.
-    verbose : bool, default False
-        Print the per-iteration lines; otherwise they go to the ``pipeline``
-        logger at INFO level."""
+# what the estimators' parameters add to (or say differently from) the settings' help in solvers/config.py
+_NOTES = {
+    "hidden_layer_sizes": "An int is one layer.",
+    "max_iter": "With ``validation_fraction`` 0 there is no convergence test.",
+    "warm_start": "Unlike scikit-learn's boolean ``warm_start`` it does not reuse a previous fit; continue a run "
+                  "with ``python -m pipeline.train --store STORE --resume``.",
+    "random_state": "An int, a RandomState or None (one is drawn).",
+    "layers": "None: ``hidden_layer_sizes``.",
+}
+_OWN_PARAMETERS = (
+    ("chunk_rows", None, "int or None", "Samples per state chunk (default: ~128 MB of state per chunk)."),
+    ("store", None, "str, path or None",
+     "Run store to train into (replaced if it is one already). NumPy and Dask inputs are then written next to it "
+     "as ``<store stem>-data.zarr``, so the run can be resumed or reported on. ``None``: a temporary directory, "
+     "deleted after ``fit``. With a remote cluster, use shared storage."),
+    ("client", None, "distributed.Client or None",
+     "Cluster to train on; ``None`` starts a local cluster for ``fit`` and closes it afterwards."),
+    ("verbose", False, "bool",
+     "Print the per-iteration lines; otherwise they go to the ``pipeline`` logger at INFO level."),
+)
+
+
+def _parameter_docs() -> str:
+    """Return the numpydoc ``Parameters`` entries, generated from the settings' metadata and :data:`_OWN_PARAMETERS`."""
+    import textwrap
+
+    fields = {f.name: f for f in SETTINGS}
+    entries = []
+    for param, name, default in estimator_parameters():
+        f = fields[name]
+        kind = (f"{{{', '.join(repr(c) for c in f.metadata['choices'])}}}" if f.metadata["choices"] is not None
+                else {"tuple[int, ...]": "tuple of int", "int | None": "int or None"}.get(f.type, f.type))
+        if default is None and f.default is not None:
+            kind += " or None"
+        text = f.metadata["help"] + f" (``{flag(name)}``)."
+        if f.metadata["solvers"] != ALL:
+            text += f" Read by {', '.join(f.metadata['solvers'])}."
+        if f.metadata["resumable"]:
+            text += " May change on resume."
+        entries.append((param, kind, default, " ".join([text, _NOTES.get(param, "")]).strip()))
+    entries += [(p, kind, d, text) for p, d, kind, text in _OWN_PARAMETERS]
+    return "\n    ".join(f"{p} : {kind}, default {d!r}\n" + textwrap.fill(text, 100, initial_indent=" " * 8,
+                                                                     subsequent_indent=" " * 8)
+                       for p, kind, d, text in entries)
+
+
+_PARAMETERS = _parameter_docs()
 
 _ATTRIBUTES = """n_features_in_ : int
     coefs_, intercepts_ : list of ndarray
@@ -135,31 +136,6 @@ class _ADMMEstimator(BaseEstimator):
 
     _task = "classification"  # TrainConfig.task of the subclass
 
-    def __init__(self, hidden_layer_sizes=(300,), activation="relu", loss="auto", gamma=10.0, beta=0.1,
-                 max_iter=20, warm_start=5, ridge=0.01, init="forward", random_state=None, chunk_rows=None,
-                 store=None, client=None, verbose=False, solver="gauss-newton", step_size=0.5, damping=1.0,
-                 layers=None, input_shape=None, cg_steps=None):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.layers = layers
-        self.input_shape = input_shape
-        self.cg_steps = cg_steps
-        self.activation = activation
-        self.loss = loss
-        self.gamma = gamma
-        self.beta = beta
-        self.max_iter = max_iter
-        self.warm_start = warm_start
-        self.ridge = ridge
-        self.init = init
-        self.random_state = random_state
-        self.chunk_rows = chunk_rows
-        self.store = store
-        self.client = client
-        self.verbose = verbose
-        self.solver = solver
-        self.step_size = step_size
-        self.damping = damping
-
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "network_")
 
@@ -169,14 +145,7 @@ class _ADMMEstimator(BaseEstimator):
         rs = self.random_state
         seed = int(rs) if isinstance(rs, (int, np.integer)) else int(
             check_random_state(rs).randint(np.iinfo(np.int32).max))
-        hidden = self.hidden_layer_sizes
-        hidden = (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden)
-        return TrainConfig(hidden=hidden, activation=self.activation, task=self._task, loss=self.loss,
-                           gamma=float(self.gamma), beta=float(self.beta), iterations=int(self.max_iter),
-                           warm_start=int(self.warm_start), ridge=float(self.ridge), init=self.init, seed=seed,
-                           solver=self.solver, step_size=float(self.step_size), damping=float(self.damping),
-                           layers=self.layers or "", input_shape=tuple(self.input_shape or ()),
-                           cg_steps=None if self.cg_steps is None else int(self.cg_steps))
+        return config_from_parameters({**self.get_params(deep=False), "random_state": seed}, task=self._task)
 
     @contextlib.contextmanager
     def _connect(self):
@@ -334,15 +303,31 @@ class _ADMMEstimator(BaseEstimator):
         return y.rechunk((chunks,)) if _is_dask(y) else da.from_array(np.asarray(y), chunks=(chunks,))
 
 
+def _init_from_settings(cls):
+    """Give ``cls`` an ``__init__`` taking every setting's parameter (:func:`solvers.config.estimator_parameters`).
+
+    scikit-learn reads the hyperparameters off ``__init__``'s signature, so it
+    is written out: ``def __init__(self, hidden_layer_sizes=..., ...)`` storing each one.
+    """
+    params = [(p, d) for p, _, d in estimator_parameters()] + [(p, d) for p, d, _, _ in _OWN_PARAMETERS]
+    namespace = {"_defaults": dict(params)}
+    signature = ", ".join(f"{p}=_defaults[{p!r}]" for p, _ in params)
+    body = "".join(f"\n    self.{p} = {p}" for p, _ in params)
+    exec(f"def __init__(self, {signature}):{body}", namespace)  # noqa: S102 (names from our own settings)
+    cls.__init__ = namespace["__init__"]
+    cls.__init__.__qualname__ = f"{cls.__name__}.__init__"
+    return cls
+
+
+_init_from_settings(_ADMMEstimator)
+
+
 class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
-    __doc__ = f"""Fully connected network classifier trained out of core by ADMM (Taylor et al. 2016) on Dask.
+    __doc__ = f"""Neural network classifier trained out of core on Dask (Gauss-Newton, ADMM or dlADMM).
 
     Parameters
     ----------
     {_PARAMETERS}
-    loss : {{"auto", "hinge", "ovr-hinge", "squared"}}, default "auto"
-        ``auto``: hinge for two classes, one-vs-all hinge for more (the
-        gauss-newton solver fits the squared loss).
 
     Attributes
     ----------
@@ -405,7 +390,7 @@ class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
 
 
 class ADMMRegressor(RegressorMixin, _ADMMEstimator):
-    __doc__ = f"""Fully connected network regressor (squared loss) trained out of core on Dask.
+    __doc__ = f"""Neural network regressor (squared loss) trained out of core on Dask (Gauss-Newton, ADMM or dlADMM).
 
     The targets are standardised with their mean and std (from the same
     statistics pass as the inputs) and the network's output is mapped back,
@@ -414,9 +399,6 @@ class ADMMRegressor(RegressorMixin, _ADMMEstimator):
     Parameters
     ----------
     {_PARAMETERS}
-    loss : {{"auto", "squared"}}, default "auto"
-        Both mean the squared error, the only loss for real-valued targets;
-        the hinge losses are refused.
 
     Attributes
     ----------
@@ -430,7 +412,8 @@ class ADMMRegressor(RegressorMixin, _ADMMEstimator):
     ``fit`` accepts NumPy arrays, Dask arrays (or Dask-backed DataArrays), and
     the path of a data store written by ``python -m pipeline.ingest`` (then
     ``y`` must be None and the store's ``y`` is the target). ``y`` is one
-    numeric column. ``predict`` and ``score`` (R², as scikit-learn's
+    numeric column, fitted with the squared loss (``loss`` "auto" or
+    "squared"; the hinge losses are refused). ``predict`` and ``score`` (R², as scikit-learn's
     ``RegressorMixin``) on a Dask array or a data store path work block by
     block; ``predict`` then returns a Dask array. Training runs in float32,
     prediction in float64, so that a row's prediction does not depend on the

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import exits_on_input_error
-from solvers.config import TrainConfig
+from solvers.config import TrainConfig, describe
 from solvers.errors import InputError
 
 PLOTS = ("accuracy", "residual", "seconds")
@@ -128,15 +128,12 @@ def summary(store, ds) -> str:
     from storage.runstore import RunStore
 
     run = RunStore.open(store)
-    c = run.attrs["config"]
-    config = TrainConfig.from_dict(c)
+    config = TrainConfig.from_dict(run.attrs["config"])
     manifest = run.manifest()
     n = ds.sizes["iteration"]
     lines = [f"run store      {run.path}",
              f"data           {run.attrs['data']['path']} ({run.n_samples} samples, chunks of {run.chunk_rows} rows)",
-             f"settings       solver {config.solver}, layers {config.describe_layers()}, {c['activation']}, "
-             f"loss {c['loss']}, gamma {c['gamma']}, "
-             f"beta {c['beta']}, ridge {c['ridge']}, warm start {c['warm_start']}, init {c['init']}, seed {c['seed']}",
+             f"settings       {describe(config)}",
              f"iterations     {manifest['iteration']} committed of {manifest['target_iterations']}"]
     if n:
         last = ds.isel(iteration=-1)

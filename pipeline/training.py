@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.cluster import check_worker_access
 from pipeline.passes import DaskRunner, bounds, data_statistics, score_graph
 from solvers import make_solver
-from solvers.config import TrainConfig
+from solvers.config import RESUMABLE, TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.loop import LoopState, initialize, iterate
 from solvers.stats import scaling_from_sums
@@ -115,15 +115,14 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
         open_data(test_data)
 
 
-RESUMABLE_CHANGES = ("iterations", "gamma", "beta", "warm_start", "ridge", "patience", "step_size", "damping",
-                     "rho", "nu")
+RESUMABLE_CHANGES = RESUMABLE  # the settings marked resumable in solvers/config.py
 
 
 def resumed_config(stored: dict, overrides: dict | None) -> tuple[TrainConfig, set]:
     """Return the run's config with allowed overrides applied, and the names of the settings that changed.
 
     Raises :class:`InputError` listing every setting that would change the
-    shape or meaning of the stored state (widths, activation, loss, init, seed, solver).
+    shape or meaning of the stored state (those not in :data:`RESUMABLE_CHANGES`).
     """
     config = TrainConfig.from_dict(stored)
     overrides = {k: (tuple(v) if k == "hidden" else v) for k, v in (overrides or {}).items()}
@@ -143,8 +142,7 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
 
     With ``resume=True`` the run continues from its last committed iteration:
     ``data`` and the settings default to the run's own, ``overrides`` may change
-    γ, β, warm start, ridge, patience and the iteration target (others must
-    match), and ``iterations`` sets a new target. Otherwise a new run is
+    the settings of :data:`RESUMABLE_CHANGES` (others must match), and ``iterations`` sets a new target. Otherwise a new run is
     created (an existing store is refused unless ``overwrite``). With
     ``validation_fraction`` > 0 the returned network is the best held-out
     iteration's.
@@ -155,7 +153,7 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
     if resume:
         run = RunStore.open(store)
         config, changed = resumed_config(run.attrs["config"], overrides)
-        if config.to_dict() != run.attrs["config"]:
+        if changed:
             run.update_config(config.to_dict())
         data = open_data(data or run.attrs["data"]["path"])
         test_data = test_data or run.attrs.get("test_data")

@@ -1,6 +1,8 @@
 """The mathematics of training: NumPy/SciPy only, no Dask, no I/O.
 
-Solvers are looked up by name in :data:`SOLVERS`. A solver provides chunk
+Solvers are looked up by name in :data:`SOLVERS`, which imports a solver's
+module the first time it is asked for (importing :mod:`solvers.errors` or
+:mod:`solvers.config` loads no solver). A solver provides chunk
 kernels ``kernel(x, y, state, start_row, params) -> (new_state, sums)``, its
 client step (``initialize``, ``advance``, ``resume``: which passes an
 iteration runs and the small solves between them, see :mod:`solvers.loop`)
@@ -9,18 +11,45 @@ none). Adding a solver is one module and one line here; one that also fits
 regression lists it in its ``tasks`` attribute (see :mod:`solvers.tasks`) and
 is built by :func:`make_solver`.
 """
+import importlib
+from collections.abc import MutableMapping
+
 import numpy as np
 
-from solvers.admm import ADMMSolver
-from solvers.dladmm import DLADMMSolver
 from solvers.errors import InputError
-from solvers.gauss_newton import GaussNewtonSolver
 
-SOLVERS = {
-    "admm": ADMMSolver,
-    "gauss-newton": GaussNewtonSolver,
-    "dladmm": DLADMMSolver,
-}
+
+class _Registry(MutableMapping):
+    """``{name: solver class}`` whose values may be given as ``"module:Class"``, imported when first read."""
+
+    def __init__(self, entries: dict):
+        self._entries = dict(entries)
+
+    def __getitem__(self, name):
+        value = self._entries[name]
+        if isinstance(value, str):
+            module, _, attr = value.partition(":")
+            value = self._entries[name] = getattr(importlib.import_module(module), attr)
+        return value
+
+    def __setitem__(self, name, value):
+        self._entries[name] = value
+
+    def __delitem__(self, name):
+        del self._entries[name]
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self):
+        return len(self._entries)
+
+
+SOLVERS = _Registry({
+    "admm": "solvers.admm:ADMMSolver",
+    "gauss-newton": "solvers.gauss_newton:GaussNewtonSolver",
+    "dladmm": "solvers.dladmm:DLADMMSolver",
+})
 
 
 def make_solver(config, n_features: int, *, x_mean, x_scale, classes=None, y_mean=None, y_scale=None,

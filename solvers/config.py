@@ -1,8 +1,21 @@
-"""Training settings shared by every solver, validated with clear errors."""
+"""Training settings: the one list every interface is generated from, validated with clear errors.
+
+To add a setting, add one ``name: type = setting(default, "help", ...)`` field to :class:`TrainConfig`
+(say which solvers read it, whether --resume may change it, and check its range in ``__post_init__``).
+
+Each field's :func:`setting` metadata makes its ``python -m pipeline.train``
+flag (:func:`add_arguments`: ``--name-with-dashes``, parser, choices, help
+with the default), its parameter of the scikit-learn estimators
+(:func:`estimator_parameters`), whether ``--resume`` may change it
+(:data:`RESUMABLE`), and its entry in the report's settings line
+(:func:`describe`, the settings the run's solver reads).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from solvers import SOLVERS
 from solvers.activations import ACTIVATIONS
 from solvers.errors import InputError
 from solvers.layers import DenseSpec, conv_layers, format_layers, parse_layers, parse_shape
@@ -11,60 +24,115 @@ from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
 
 INITS = ("forward", "gaussian")
+ALL = ("admm", "dladmm", "gauss-newton")  # settings every solver reads
+GROUPS = {  # --help groups, in order: title and description (None: the general settings)
+    "model": ("model and method", None),
+    "gauss-newton": ("gauss-newton solver", None),
+    "dladmm": ("dladmm solver", None),
+    "stopping": ("early stopping", None),
+}
+
+
+def setting(default, help: str, *, parse=None, choices=None, resumable: bool = False, solvers=ALL,
+            group: str = "model", param: str | None = None, param_default=MISSING, default_text: str | None = None,
+            metavar: str | None = None):
+    """Return a dataclass field of :class:`TrainConfig` with its interface metadata.
+
+    ``parse``: the flag's ``argparse`` type (None: from the default's type);
+    ``choices``: its allowed values (a callable is called when the parser is
+    built); ``resumable``: ``--resume`` may change it; ``solvers``: the
+    solvers that read it; ``group``: its ``--help`` group (:data:`GROUPS`);
+    ``param`` and ``param_default``: the estimator's parameter name and
+    default, where they differ from the field's; ``default_text``: the
+    default as ``--help`` shows it (None: the default itself, "": none).
+    """
+    meta = {"help": help, "parse": parse, "choices": choices, "resumable": resumable, "solvers": tuple(solvers),
+            "group": group, "param": param, "param_default": param_default, "default_text": default_text,
+            "metavar": metavar}
+    return field(default=default, metadata=meta)
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 300 or 300,100, got {text!r}")
+
+
+def _argument_type(parse):
+    """Return ``parse`` turning an :class:`InputError` into argparse's one-line usage error."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _canonical_layers(text: str) -> str:
+    return format_layers(parse_layers(text))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of a run (defaults chosen by measurement: benchmarks/results/defaults.md).
 
-    ``gamma``/``beta`` weight the constraints ``a_l = h(z_l)`` and
-    ``z_l = W_l a_{l−1}`` of eq. 4; ``task`` is ``"classification"`` or
-    ``"regression"`` (real targets, squared loss: :mod:`solvers.tasks`);
-    ``warm_start`` iterations skip the λ update (paper §6); ``init`` is
-    ``"forward"`` (state from a forward pass of He-scaled random weights) or
-    ``"gaussian"`` (the paper's N(0, 1) state); ``ridge`` is the relative
-    ridge of the W-solve. ``step_size`` η and ``damping`` λ₀ are the
-    Gauss-Newton solver's step and initial Levenberg–Marquardt damping.
-    ``scaling`` divides the centred inputs by each feature's std
-    (``standard``) or by one common std (``global``, for pixels and other
-    shared units). ``validation_fraction`` of the training chunks is held out
-    when above 0: the model is the iteration with the best held-out score
-    (accuracy, or R² for regression), and training stops after ``patience``
-    iterations without a gain (0: never stop early).
-
-    ``layers`` (e.g. ``"conv:8x5x5:s2,dense:100"``, :mod:`solvers.layers`)
+    Each field's ``help`` says what it does. ``gamma``/``beta`` weight the
+    constraints ``a_l = h(z_l)`` and ``z_l = W_l a_{l−1}`` of eq. 4;
+    ``warm_start`` iterations skip the λ update (paper §6). With
+    ``validation_fraction`` > 0 the model is the iteration with the best
+    held-out score (accuracy, or R² for regression), and training stops after
+    ``patience`` iterations without a gain. ``layers`` (:mod:`solvers.layers`)
     replaces ``hidden`` when given; it is stored in canonical form, and an
-    all-dense one as ``hidden``. Convolutions read each row as an
-    ``input_shape`` ``(H, W, C)`` image (default: square, one channel) and
-    are trained by the ``admm`` solver, whose a-update below a convolution
-    runs ``cg_steps`` conjugate-gradient steps per sample (0: exact, through
-    the convolution's dense Toeplitz matrix; None: exact for images of up to
-    4096 values, else 8 steps: :func:`solvers.conv.a_update_steps`).
+    all-dense one as ``hidden``; ``cg_steps`` None means
+    :func:`solvers.conv.a_update_steps`.
     """
 
-    hidden: tuple[int, ...] = (300,)
-    activation: str = "relu"
-    task: str = "classification"
-    loss: str = "auto"
-    gamma: float = 10.0
-    beta: float = 0.1
-    iterations: int = 20
-    warm_start: int = 5
-    init: str = "forward"
-    seed: int = 0
-    ridge: float = 1e-2
-    solver: str = "gauss-newton"
-    step_size: float = 0.5
-    damping: float = 1.0
-    rho: float = 4.0
-    nu: float = 100.0
-    scaling: str = "standard"
-    validation_fraction: float = 0.0
-    patience: int = 3
-    layers: str = ""
-    input_shape: tuple[int, ...] = ()
-    cg_steps: int | None = None
-    extra: dict = field(default_factory=dict)
+    hidden: tuple[int, ...] = setting((300,), "hidden layer widths, e.g. 300 or 300,100", parse=_widths,
+                                      param="hidden_layer_sizes", default_text="300")
+    activation: str = setting("relu", "activation h of the hidden layers", choices=sorted(ACTIVATIONS))
+    task: str = setting("classification", "classification (y are class labels) or regression (y are real values, "
+                        "fitted standardised with the squared loss; scores are R²)", choices=sorted(TASKS),
+                        param="")  # the estimator's class says the task
+    loss: str = setting("auto", "auto: hinge for 2 classes, one-vs-all hinge for more, squared for regression",
+                        choices=["auto", *sorted(LOSSES)])
+    gamma: float = setting(10.0, "weight γ of ‖a − h(z)‖²", resumable=True, solvers=("admm",))
+    beta: float = setting(0.1, "weight β of ‖z − W a‖² and of the λ step", resumable=True, solvers=("admm",))
+    iterations: int = setting(20, "iterations to run in total", resumable=True, param="max_iter")
+    warm_start: int = setting(5, "first iterations without λ updates", resumable=True, solvers=("admm",))
+    init: str = setting("forward", "initial state: forward (a forward pass of He-scaled random weights) or "
+                        "gaussian (the paper's N(0, 1) state)", choices=INITS, solvers=("admm",))
+    seed: int = setting(0, "random seed of the initial weights and state and of the held-out chunks",
+                        param="random_state", param_default=None)
+    ridge: float = setting(1e-2, "relative ridge of the W-solve", resumable=True, solvers=("admm", "gauss-newton"))
+    solver: str = setting("gauss-newton", "training method: layerwise Gauss-Newton (no per-sample state), admm "
+                          "(Taylor et al. 2016) or dladmm (Wang et al. 2019)", choices=sorted(SOLVERS))
+    step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True, solvers=("gauss-newton",),
+                               group="gauss-newton")
+    damping: float = setting(1.0, "initial Levenberg-Marquardt damping λ, relative to the mean curvature",
+                             resumable=True, solvers=("gauss-newton",), group="gauss-newton")
+    rho: float = setting(4.0, "penalty ρ of the output constraint and the dual step", resumable=True,
+                         solvers=("dladmm",), group="dladmm")
+    nu: float = setting(100.0, "penalty ν of the hidden-layer constraints", resumable=True, solvers=("dladmm",),
+                        group="dladmm")
+    scaling: str = setting("standard", "input scaling after centring: each feature's std (standard) or one common "
+                           "std (global: pixels and other shared units)", choices=SCALINGS)
+    validation_fraction: float = setting(0.0, "share of the training chunks held out (seeded choice of whole "
+                                         "chunks); the model is the iteration with the best held-out score",
+                                         group="stopping", default_text="0.0: off")
+    patience: int = setting(3, "with a validation fraction: stop after this many iterations without a gain in "
+                            "the held-out score, 0 never", resumable=True, group="stopping")
+    layers: str = setting("", "hidden layers in place of --hidden, convolutions first, e.g. "
+                          "conv:8x5x5:s2:same,conv:16x3x3,dense:100 (conv:C_OUTxKHxKW, optional :sSTRIDE and "
+                          ":same or :valid, default stride 1 and valid; convolutions need --solver admm)",
+                          parse=_argument_type(_canonical_layers), param_default=None, default_text="")
+    input_shape: tuple[int, ...] = setting((), "image shape HxWxC of a row (channel-last) for --layers conv:…; "
+                                           "default: a square one-channel image", parse=_argument_type(parse_shape),
+                                           solvers=("admm",), param_default=None, default_text="")
+    cg_steps: int | None = setting(None, "admm below a convolution: conjugate-gradient steps of the a-update, 0 for "
+                                   "an exact solve through the (H·W·C)² Toeplitz normal matrix", parse=int,
+                                   solvers=("admm",), default_text="exact up to 4096 values per image, else 8")
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -107,6 +175,8 @@ class TrainConfig:
             problems.append(f"patience must be >= 0, got {self.patience}")
         if self.scaling not in SCALINGS:
             problems.append(f"scaling {self.scaling!r} is not one of {list(SCALINGS)}")
+        if self.solver not in SOLVERS:
+            problems.append(f"solver {self.solver!r} is not one of {sorted(SOLVERS)}")
         if self.init not in INITS:
             problems.append(f"init {self.init!r} is not one of {list(INITS)}")
         if problems:
@@ -138,5 +208,100 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Return the config stored by :meth:`to_dict` (unknown keys are ignored)."""
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)}  # old stores' ``extra`` (always empty) and other keys are dropped
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+SETTINGS = fields(TrainConfig)
+RESUMABLE = tuple(f.name for f in SETTINGS if f.metadata["resumable"])  # --resume may change these
+
+
+def flag(name: str) -> str:
+    """Return the ``python -m pipeline.train`` flag of setting ``name`` (``warm_start`` → ``--warm-start``)."""
+    return "--" + name.replace("_", "-")
+
+
+def _default_text(f) -> str:
+    if f.metadata["default_text"] is not None:
+        return f.metadata["default_text"]
+    if isinstance(f.default, tuple):
+        return ",".join(map(str, f.default))
+    return "" if f.default is None else str(f.default)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting to ``parser``, in the groups of :data:`GROUPS` (every default None: not given)."""
+    resumable = ", ".join(flag(name) for name in RESUMABLE)
+    groups = {}
+    for key, (title, description) in GROUPS.items():
+        if key == "model":
+            description = ("Defaults in brackets. With --resume, the run's own settings are kept; "
+                           f"{resumable} may be changed, the others must match the run.")
+        groups[key] = parser.add_argument_group(title, description)
+    for f in SETTINGS:
+        m = f.metadata
+        shown = _default_text(f)
+        only = f" ({', '.join(m['solvers'])} only)" if m["group"] == "model" and m["solvers"] != ALL else ""
+        kwargs = {"help": m["help"] + only + (f" [{shown}]" if shown else ""), "default": None}
+        if isinstance(f.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = m["parse"] or type(f.default)
+            if m["choices"] is not None:
+                kwargs["choices"] = list(m["choices"])
+        if m["metavar"]:
+            kwargs["metavar"] = m["metavar"]
+        groups[m["group"]].add_argument(flag(f.name), dest=f.name, **kwargs)
+
+
+def given_settings(args: argparse.Namespace) -> dict:
+    """Return ``{setting: value}`` of the flags :func:`add_arguments` added that were given on the command line."""
+    return {f.name: getattr(args, f.name) for f in SETTINGS if getattr(args, f.name, None) is not None}
+
+
+def estimator_parameters() -> list[tuple[str, str, object]]:
+    """Return ``(parameter, setting, default)`` of the scikit-learn estimators' settings, in field order."""
+    out = []
+    for f in SETTINGS:
+        m = f.metadata
+        if m["param"] == "":
+            continue
+        default = f.default if m["param_default"] is MISSING else m["param_default"]
+        out.append((m["param"] or f.name, f.name, default))
+    return out
+
+
+def _int_tuple(v) -> tuple[int, ...]:
+    return (int(v),) if isinstance(v, int) or hasattr(v, "__index__") else tuple(int(x) for x in v)
+
+
+_COERCE = {"float": float, "int": int, "str": str, "bool": bool, "tuple[int, ...]": _int_tuple,
+           "int | None": lambda v: None if v is None else int(v)}
+
+
+def config_from_parameters(values: dict, **fixed) -> TrainConfig:
+    """Return the config of estimator parameters ``values`` (keyed by parameter name) and the settings ``fixed``.
+
+    None stands for a setting's default; other values are cast to the setting's type.
+    """
+    settings = dict(fixed)
+    for param, name, _ in estimator_parameters():
+        if param not in values or name in settings:
+            continue
+        f = next(f for f in SETTINGS if f.name == name)
+        v = values[param]
+        settings[name] = f.default if v is None else _COERCE.get(f.type, lambda x: x)(v)
+    return TrainConfig(**settings)
+
+
+def describe(config: TrainConfig) -> str:
+    """Return the settings ``config.solver`` reads, in one line: ``solver gauss-newton, layers dense:300, …``."""
+    parts = [f"solver {config.solver}", f"layers {config.describe_layers()}"]
+    for f in SETTINGS:
+        if f.name in ("solver", "hidden", "layers", "iterations") or config.solver not in f.metadata["solvers"]:
+            continue
+        value = getattr(config, f.name)
+        if f.name == "input_shape" and not value or f.name == "cg_steps" and not config.layers:
+            continue
+        parts.append(f"{f.name.replace('_', ' ')} {'x'.join(map(str, value)) if isinstance(value, tuple) else value}")
+    return ", ".join(parts)

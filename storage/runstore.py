@@ -188,7 +188,7 @@ class RunStore:
         return {k: g[k][...] for k in MODEL_ARRAYS if k in g}
 
     def update_config(self, config: dict) -> None:
-        """Record changed settings of a resumed run (γ, β, warm start, ridge, iterations)."""
+        """Record changed settings of a resumed run (those ``solvers.config.RESUMABLE`` lets ``--resume`` change)."""
         zarr.open_group(self.path, mode="r+").attrs["config"] = config
         self.attrs["config"] = config
 
