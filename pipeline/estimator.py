@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from solvers.config import ALL, SETTINGS, TrainConfig, config_from_parameters, estimator_parameters, flag
+from solvers.errors import InputError
 from solvers.losses import predict_classes
 from solvers.tasks import r2_from_sums
 
@@ -179,20 +181,54 @@ class _ADMMEstimator(BaseEstimator):
             run_path = Path(self.store) if self.store is not None else Path(tmp) / "run.zarr"
             data_path = run_path.with_name(f"{run_path.stem}-data.zarr") if self.store is not None \
                 else Path(tmp) / "data.zarr"
-            if not _is_dask(X) and not _is_path(X):  # validate before starting a cluster
-                classes = self._write_numpy(X, y, data_path)
-            with self._connect() as client:
-                if _is_path(X):
-                    self._use_store(X, y)
-                    data_path = Path(X)
-                elif _is_dask(X):
-                    self._write_dask(client, X, y, data_path)
-                check_inputs(store=run_path, data=data_path, overwrite=True, chunk_rows=self.chunk_rows)
-                result = train(client, store=run_path, data=data_path, config=config, chunk_rows=self.chunk_rows,
-                               overwrite=True, report=self._report)
+            if self.store is not None:  # before anything is written: replace only what our own fit wrote
+                self._check_store_paths(run_path, None if _is_path(X) else data_path, X if _is_path(X) else None)
+            own_data = None if _is_path(X) else data_path  # the data store this fit writes
+            data_existed = own_data is not None and own_data.exists()
+            try:
+                if not _is_dask(X) and not _is_path(X):  # validate before starting a cluster
+                    classes = self._write_numpy(X, y, data_path)
+                    self._owned(data_path)
+                with self._connect() as client:
+                    if _is_path(X):
+                        self._use_store(X, y)
+                        data_path = Path(X)
+                    elif _is_dask(X):
+                        self._write_dask(client, X, y, data_path)
+                        self._owned(data_path)
+                    check_inputs(store=run_path, data=data_path, overwrite=True, chunk_rows=self.chunk_rows)
+                    existed = run_path.exists()
+                    try:
+                        result = train(client, store=run_path, data=data_path, config=config,
+                                       chunk_rows=self.chunk_rows, overwrite=True, report=self._report)
+                    finally:
+                        if not existed and run_path.exists():
+                            self._owned(run_path)
+            except BaseException:
+                if self.store is not None and own_data is not None and not data_existed and own_data.exists() \
+                        and not run_path.exists():
+                    shutil.rmtree(own_data, ignore_errors=True)  # written by this fit, for a run never created
+                raise
             self.history_ = xr.open_zarr(run_path, group="metrics", consolidated=False).load()
         self._set_fitted(result, classes)
         return self
+
+    def _check_store_paths(self, run_path, data_path, data_store) -> None:
+        """Raise :class:`InputError` if ``store=`` (or its ``-data.zarr``) exists and an earlier fit of this estimator did not write it."""
+        from storage.runstore import check_creatable
+
+        owned = getattr(self, "_written_stores", set())
+        for path in (run_path, data_path):
+            if path is not None and path.exists() and str(path.resolve()) not in owned:
+                raise InputError(f"{path} already exists and this estimator did not write it; choose another "
+                                 f"store=, delete it yourself, or continue that run with python -m pipeline.train "
+                                 f"--store {run_path} --resume")
+        check_creatable(run_path, True, inputs=(data_store,))
+
+    def _owned(self, path) -> None:
+        """Remember that this estimator wrote ``path`` (a later fit may replace it)."""
+        if self.store is not None:
+            self._written_stores = getattr(self, "_written_stores", set()) | {str(Path(path).resolve())}
 
     def _set_fitted(self, result, classes) -> None:
         """Set the fitted attributes from the training result (``classes``: the NumPy labels, or None)."""

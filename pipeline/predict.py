@@ -6,6 +6,8 @@ import sys
 
 from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_input_error
 
+PREDICTIONS_FORMAT = "admm-dask-predictions"
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.predict",
@@ -13,14 +15,35 @@ def build_parser() -> argparse.ArgumentParser:
                                             "with a run's model.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
     p.add_argument("--data", required=True, help="data store to predict (its labels are ignored)")
-    p.add_argument("--out", required=True, help="Zarr store to write: array 'prediction' (n_samples,)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
+    p.add_argument("--out", required=True, help="predictions store to create (Zarr): array 'prediction' (n_samples,)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing predictions store at --out (nothing else is ever replaced)")
     add_cluster_arguments(p)
     return p
 
 
+def check_inputs(store, data, out, overwrite=False):
+    """Return the run's network and the data store, or raise :class:`InputError` before anything is written."""
+    from solvers.errors import InputError
+    from storage.data import open_data
+    from storage.paths import check_target
+    from storage.runstore import load_network
+
+    check_target(out, PREDICTIONS_FORMAT, overwrite, inputs=(store, data))
+    network = load_network(store)
+    ds = open_data(data)
+    if ds.n_features != len(network.x_mean):
+        raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
+    return network, ds
+
+
 def predict(client, store, data, out, overwrite=False):
-    """Write ``prediction`` (one label, or value for a regression, per row of ``data``) into a new Zarr group at ``out``."""
+    """Write ``prediction`` (one label, or value for a regression, per row of ``data``) into a new Zarr group at ``out``.
+
+    ``out`` becomes a *predictions store* (format ``admm-dask-predictions``); with ``overwrite`` only an
+    existing predictions store is replaced, and only once the new one is complete. ``out`` may not be,
+    hold or lie inside the run store or the data store.
+    """
+    import shutil
     from pathlib import Path
 
     import dask
@@ -30,31 +53,35 @@ def predict(client, store, data, out, overwrite=False):
     from pipeline.passes import bounds, broadcast, predict_task, tree
     from solvers.errors import InputError
     from storage.data import open_data
-    from storage.runstore import load_network
+    from storage.paths import check_target, clean_stale_partials, partial_path, swap_in
 
-    network = load_network(store)
-    ds = open_data(data)
-    if ds.n_features != len(network.x_mean):
-        raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} exists; pass --overwrite to replace it")
-    group = zarr.open_group(out, mode="w", zarr_format=3)
-    group.create_array("prediction", shape=(ds.n_samples,), chunks=(ds.chunk_rows,),
-                       dtype=np.float64 if network.is_regressor else np.asarray(network.classes).dtype,
-                       dimension_names=("sample",))
-    group.attrs.update({"format": "admm-dask-predictions", "run_store": str(Path(store).resolve()),
-                        "data": str(ds.path.resolve())})
-    net = broadcast(network)
-    fn = dask.delayed(predict_task, pure=False)
-    client.compute(tree([fn(net, str(ds.path.resolve()), str(out.resolve()), a, b)
-                         for a, b in bounds(ds.n_samples, ds.chunk_rows)]), sync=True)
+    network, ds = check_inputs(store, data, out, overwrite)
+    clean_stale_partials(out, report=lambda line: print(line, file=sys.stderr))
+    partial = partial_path(out)  # written beside --out, renamed into place when complete
+    try:
+        group = zarr.open_group(partial, mode="w-", zarr_format=3)
+        group.create_array("prediction", shape=(ds.n_samples,), chunks=(ds.chunk_rows,),
+                           dtype=np.float64 if network.is_regressor else np.asarray(network.classes).dtype,
+                           dimension_names=("sample",))
+        group.attrs.update({"format": PREDICTIONS_FORMAT, "run_store": str(Path(store).resolve()),
+                            "data": str(ds.path.resolve())})
+        net = broadcast(network)
+        fn = dask.delayed(predict_task, pure=False)
+        client.compute(tree([fn(net, str(ds.path.resolve()), str(partial.resolve()), a, b)
+                             for a, b in bounds(ds.n_samples, ds.chunk_rows)]), sync=True)
+        check_target(out, PREDICTIONS_FORMAT, overwrite)  # nothing else appeared at --out meanwhile
+        swap_in(partial, out)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
     return out
 
 
 @exits_on_input_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_inputs(args.store, args.data, args.out, args.overwrite)  # before a cluster starts
     with connect_from_args(args) as client:
         out = predict(client, args.store, args.data, args.out, args.overwrite)
     print(f"predictions written to {out}/prediction")

@@ -23,6 +23,7 @@ from solvers.stats import scaling_from_sums
 from solvers.tasks import TASKS
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 from storage.data import DataStore, fingerprint, open_data
+from storage.lock import RunLock, check_unlocked
 from storage.runstore import Checkpoint, RunStore, check_creatable
 
 STATE_CHUNK_BYTES = 128 * 2**20  # target size of one state chunk (DESIGN: 64–256 MB)
@@ -96,6 +97,14 @@ def _check_resumable(store: RunStore, data: DataStore):
                          + "; ".join(diffs) + ")")
 
 
+def _check_test_data(test_data, data: DataStore) -> DataStore | None:
+    """Return the opened test data store (None without one); its width must be the training data's."""
+    test = open_data(test_data) if test_data else None
+    if test is not None and test.n_features != data.n_features:
+        raise InputError(f"test data {test.path} has {test.n_features} features, training data has {data.n_features}")
+    return test
+
+
 def _check_chunk_rows(chunk_rows, data: DataStore):
     if chunk_rows is not None and not (1 <= chunk_rows <= data.n_samples):
         raise InputError(f"--chunk-rows {chunk_rows} must be between 1 and the number of samples "
@@ -109,8 +118,11 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
-        _check_chunk_rows(chunk_rows, open_data(data))
-        check_creatable(store, overwrite)
+        ds = open_data(data)
+        _check_chunk_rows(chunk_rows, ds)
+        check_creatable(store, overwrite, inputs=(data, test_data))
+        _check_test_data(test_data, ds)
+    check_unlocked(store)
     if test_data:
         open_data(test_data)
 
@@ -135,9 +147,18 @@ def resumed_config(stored: dict, overrides: dict | None) -> tuple[TrainConfig, s
     return new, {k for k in RESUMABLE_CHANGES if getattr(new, k) != getattr(config, k)}
 
 
-def train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
-          chunk_rows=None, resume=False, overwrite=False, iterations=None, overrides=None,
-          progress=False, report=print) -> TrainResult:
+def train(client, *, store, report=print, **kwargs) -> TrainResult:
+    """Train out of core into the run store ``store``, holding its lock (:mod:`storage.lock`); see :func:`_train`.
+
+    A second trainer on the same store, while this one runs, gets an :class:`InputError` naming this one.
+    """
+    with RunLock(store, report=report):
+        return _train(client, store=store, report=report, **kwargs)
+
+
+def _train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
+           chunk_rows=None, resume=False, overwrite=False, iterations=None, overrides=None,
+           progress=False, report=print) -> TrainResult:
     """Train out of core on ``data`` into the run store ``store``; return the network and history.
 
     With ``resume=True`` the run continues from its last committed iteration:
@@ -167,6 +188,8 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
         config = replace(config or TrainConfig(), **(overrides or {}))
         data = open_data(data)
         _check_chunk_rows(chunk_rows, data)
+        check_creatable(store, overwrite, inputs=(data.path, test_data))
+        _check_test_data(test_data, data)  # before the store exists: a bad --test-data leaves nothing behind
         check_worker_access(client, [data.path, *([test_data] if test_data else [])],
                             [Path(store).resolve().parent])
         model = _model_for_new_run(client, data, config)
@@ -180,10 +203,8 @@ def train(client, *, store, data=None, config: TrainConfig | None = None, test_d
                               x_mean=model["x_mean"], x_scale=model["x_scale"], y_mean=model.get("y_mean"),
                               y_scale=model.get("y_scale"), overwrite=overwrite,
                               test_data=str(Path(test_data).resolve()) if test_data else None,
-                              validation_chunks=held_out)
-    test = open_data(test_data) if test_data else None
-    if test is not None and test.n_features != data.n_features:
-        raise InputError(f"test data {test.path} has {test.n_features} features, training data has {data.n_features}")
+                              validation_chunks=held_out, report=report)
+    test = _check_test_data(test_data, data)
 
     held_out = [tuple(b) for b in run.attrs.get("validation_chunks") or []]
     train_chunks = [b for b in bounds(data.n_samples, run.chunk_rows) if b not in set(held_out)]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
+import sys
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
+from storage.paths import KIND_NAMES, check_target, clean_stale_partials, partial_path, swap_in
 
 FORMAT = "admm-dask-data"
 FORMAT_VERSION = 1
@@ -148,7 +149,7 @@ def open_data(path: str | os.PathLike) -> DataStore:
                          f"zarr.json); {how}")
     fmt = attrs.get("format")
     if fmt != FORMAT:
-        what = "an admm-dask run store" if str(fmt).startswith("admm-dask") else (
+        what = f"an admm-dask {KIND_NAMES[fmt]}" if fmt in KIND_NAMES else (
             f"another tool's Zarr store (format attribute {fmt!r})" if fmt is not None
             else "a Zarr store without the admm-dask format attribute")
         raise InputError(f"{path} is {what}, not an admm-dask data store; "
@@ -251,7 +252,7 @@ class DataWriter:
     """
 
     def __init__(self, path, n_features, *, chunk_rows=None, feature_names=None,
-                 label_name="label", source="", overwrite=False):
+                 label_name="label", source="", overwrite=False, report=None):
         self.path = Path(path)
         self.n_features = int(n_features)
         if self.n_features < 1:
@@ -267,15 +268,23 @@ class DataWriter:
             raise InputError(f"{len(names)} feature names given for {self.n_features} features")
         self.feature_names, self.label_name, self.source = names, str(label_name), str(source)
         self.overwrite = bool(overwrite)
+        self.report = report if report is not None else _to_stderr
         check_writable(self.path, self.overwrite)
         self.n_rows = 0
         self.store: DataStore | None = None
         self._partial: Path | None = None
 
     def __enter__(self) -> DataWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = self.path.with_name(f"{self.path.name}.partial-{secrets.token_hex(4)}")
-        self._group = zarr.open_group(self._partial, mode="w-", zarr_format=3)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create the folder of {self.path}: {err.strerror}") from None
+        clean_stale_partials(self.path, report=self.report)
+        self._partial = partial_path(self.path)
+        try:
+            self._group = zarr.open_group(self._partial, mode="w-", zarr_format=3)
+        except OSError as err:
+            raise InputError(f"cannot write {self.path}: {err.strerror} ({err.filename or self.path.parent})") from None
         self._X = self._y = None
         c, d = self.chunk_rows, self.n_features
         self._bx = np.empty((c, d), X_DTYPE)
@@ -371,6 +380,10 @@ class DataWriter:
                 shutil.rmtree(partial, ignore_errors=True)
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
     """Raise InputError unless a data store may be written at ``path``.
 
@@ -383,26 +396,13 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
         return
     if not overwrite:
         raise InputError(f"{path} exists; pass overwrite=True / --overwrite to replace it")
-    attrs = _read_group_attrs(path) if path.is_dir() else None
-    if attrs is None or attrs.get("format") != FORMAT:
-        raise InputError(f"refusing to overwrite {path}: it is not an admm-dask data store; "
-                         "choose another output path or remove it yourself")
+    check_target(path, FORMAT, overwrite)
 
 
 def _replace(partial: Path, target: Path, overwrite: bool) -> None:
     """Rename the complete store ``partial`` to ``target``, replacing an old one last."""
     check_writable(target, overwrite)
-    if not target.exists():
-        os.rename(partial, target)
-        return
-    old = target.with_name(f"{target.name}.old-{secrets.token_hex(4)}")
-    os.rename(target, old)
-    try:
-        os.rename(partial, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(partial, target)
 
 
 def write_data(path, X, y, *, chunk_rows=None, feature_names=None, label_name="label",

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
+from storage.paths import check_target, clean_stale_partials, partial_path, swap_in
 
 FORMAT = "admm-dask-run"
 FORMAT_VERSION = 2
@@ -109,7 +109,8 @@ class RunStore:
     @classmethod
     def create(cls, path, *, config: dict, data: dict, state_widths: dict, n_samples: int,
                chunk_rows: int, classes, x_mean, x_scale, overwrite: bool = False,
-               test_data: str | None = None, validation_chunks=(), y_mean=None, y_scale=None) -> "RunStore":
+               test_data: str | None = None, validation_chunks=(), y_mean=None, y_scale=None,
+               report=None) -> "RunStore":
         """Create an empty run store with allocated state slots (refuses an existing path).
 
         A classification run passes ``classes``; a regression run ``classes=None``
@@ -126,28 +127,31 @@ class RunStore:
             "validation_chunks": [[int(a), int(b)] for a, b in validation_chunks], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         # built next to its target and renamed into place: a crash leaves no half store
-        partial = path.with_name(f"{path.name}.partial-{secrets.token_hex(4)}")
-        root = zarr.open_group(partial, mode="w", zarr_format=3)
-        model = root.create_group("model")
-        model.create_array("x_mean", data=np.asarray(x_mean, np.float64))
-        model.create_array("x_scale", data=np.asarray(x_scale, np.float64))
-        if classes is not None:
-            model.create_array("classes", data=np.asarray(classes))
-        if y_mean is not None:
-            model.create_array("y_mean", data=np.atleast_1d(np.asarray(y_mean, np.float64)))
-            model.create_array("y_scale", data=np.atleast_1d(np.asarray(y_scale, np.float64)))
-        for slot in (0, 1):
-            for name, width in state_widths.items():
-                _create_state_array(root, slot, name, width, n_samples, chunk_rows)
-        root.attrs.update(attrs)
-        root.create_group("checkpoint")
-        if path.exists():  # overwrite: the old run goes only once the new one is complete
-            old = path.with_name(f"{path.name}.old-{secrets.token_hex(4)}")
-            os.rename(path, old)
-            os.rename(partial, path)
-            shutil.rmtree(old)
-        else:
-            os.rename(partial, path)
+        clean_stale_partials(path, report=report)
+        partial = partial_path(path)
+        try:
+            try:
+                root = zarr.open_group(partial, mode="w-", zarr_format=3)
+            except OSError as err:
+                raise InputError(f"cannot create run store {path}: {err.strerror} ({err.filename or path.parent})") from None
+            model = root.create_group("model")
+            model.create_array("x_mean", data=np.asarray(x_mean, np.float64))
+            model.create_array("x_scale", data=np.asarray(x_scale, np.float64))
+            if classes is not None:
+                model.create_array("classes", data=np.asarray(classes))
+            if y_mean is not None:
+                model.create_array("y_mean", data=np.atleast_1d(np.asarray(y_mean, np.float64)))
+                model.create_array("y_scale", data=np.atleast_1d(np.asarray(y_scale, np.float64)))
+            for slot in (0, 1):
+                for name, width in state_widths.items():
+                    _create_state_array(root, slot, name, width, n_samples, chunk_rows)
+            root.attrs.update(attrs)
+            root.create_group("checkpoint")
+            check_creatable(path, overwrite)
+            swap_in(partial, path)  # overwrite: the old run goes only once the new one is complete
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
         return cls(path, attrs)
 
     @classmethod
@@ -294,21 +298,18 @@ def _create_state_array(root, slot, name, width, n_samples, chunk_rows, overwrit
                       dimension_names=("sample", f"{name}_unit"), overwrite=overwrite)
 
 
-def check_creatable(path, overwrite: bool) -> None:
+def check_creatable(path, overwrite: bool, inputs=()) -> None:
     """Raise :class:`InputError` unless a new run store may be created at ``path``.
 
     A missing path is fine; an existing run store only with ``overwrite``;
-    anything else (a data store, a user's directory) is never replaced.
+    anything else (a data store, a user's directory) is never replaced, and
+    ``path`` may not be, hold or lie inside one of the ``inputs`` (data stores).
     """
     path = Path(path)
-    if not path.exists():
-        return
-    if not overwrite:
+    if path.exists() and not overwrite:
         raise InputError(f"{path} already exists; pass --resume to continue that run or "
                          "--overwrite to start a new one in its place")
-    if not is_run_store(path):
-        raise InputError(f"refusing to overwrite {path}: it is not an admm-dask run store; "
-                         "choose another --store path")
+    check_target(path, FORMAT, overwrite, inputs=inputs, flag="--store")
 
 
 def is_run_store(path) -> bool:

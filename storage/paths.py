@@ -1,0 +1,143 @@
+"""Where a command may write: its own kind of store only, built beside the target and renamed into place.
+
+Every store this project writes (data, run, predictions) is a Zarr v3 group
+whose ``format`` attribute names its kind. :func:`check_target` is the one
+rule all writers share: a missing path is fine; an existing one is replaced
+only with ``overwrite`` and only if it is a store of the same kind; an output
+equal to, inside, or holding one of the command's inputs is refused.
+
+A store is built under ``<target>.partial-<host>.<pid>.<random>`` and renamed
+to the target only when complete (:func:`partial_path`, :func:`swap_in`). A
+crash (SIGKILL, power loss) can leave such a folder behind; the next write to
+the same target removes those whose writer process is gone
+(:func:`clean_stale_partials`), and tells the user.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+from pathlib import Path
+
+from solvers.errors import InputError
+
+KIND_NAMES = {"admm-dask-data": "data store", "admm-dask-run": "run store",
+              "admm-dask-predictions": "predictions store"}
+
+
+def store_format(path) -> str | None:
+    """Return the ``format`` attribute of the Zarr v3 group at ``path``, or None if it is none."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    fmt = (meta.get("attributes") or {}).get("format")
+    return fmt if isinstance(fmt, str) else None
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """Return True if ``a`` and ``b`` are the same path or one lies inside the other."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_target(path, kind: str, overwrite: bool, inputs=(), flag: str = "--out") -> None:
+    """Raise :class:`InputError` unless a store of format ``kind`` may be written at ``path``.
+
+    ``inputs`` are the paths the command reads: writing onto, into or around
+    one of them is refused. An existing path needs ``overwrite`` and must be
+    a store of the same ``kind``; anything else (another kind of store, a
+    user's folder or file) is never replaced.
+    """
+    path = Path(path)
+    target = path.resolve()
+    for source in inputs:
+        if source is not None and _overlaps(target, Path(source).resolve()):
+            raise InputError(f"{flag} {path} is (or holds, or lies inside) the input {source}; "
+                             "write the output to another path")
+    if not path.exists() and not path.is_symlink():
+        return
+    what = KIND_NAMES.get(kind, kind)
+    if not overwrite:
+        raise InputError(f"{path} already exists; pass --overwrite to replace it (only a {what} is "
+                         "replaced), or choose another path")
+    fmt = store_format(path) if path.is_dir() and not path.is_symlink() else None
+    if fmt != kind:
+        found = (f"it is an admm-dask {KIND_NAMES[fmt]}" if fmt in KIND_NAMES
+                 else "it is no admm-dask store" if fmt is None else f"its format is {fmt!r}")
+        raise InputError(f"refusing to overwrite {path}: it is not an admm-dask {what} ({found}); choose "
+                         "another path (--overwrite replaces only a store of the kind this command writes)")
+
+
+def _this_host() -> str:
+    return socket.gethostname().replace("/", "_")
+
+
+def partial_path(target) -> Path:
+    """Return a fresh ``<target>.partial-<host>.<pid>.<random>`` path beside ``target``."""
+    target = Path(target)
+    return target.with_name(f"{target.name}.partial-{_this_host()}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_partials(target, report=None) -> list:
+    """Remove the ``<target>.partial-*`` folders left by writers on this host that are gone; return them.
+
+    A folder whose writer ran on another host is kept (its process cannot be
+    checked from here) and named in the report.
+    """
+    target = Path(target)
+    removed = []
+    try:
+        siblings = list(target.parent.glob(f"{target.name}.partial-*"))
+    except OSError:
+        return removed
+    for p in siblings:
+        tail = p.name[len(target.name) + len(".partial-"):]
+        parts = tail.rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue  # not written by this version: leave it to the user
+        host, pid = parts[0], int(parts[1])
+        if host == _this_host() and pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            if report is not None:
+                report(f"removed {p}, left by an interrupted write (process {pid} is gone)")
+        elif host != _this_host() and report is not None:
+            report(f"note: {p} was left by process {pid} on host {host}; delete it if that write is over")
+    return removed
+
+
+def swap_in(partial: Path, target: Path) -> None:
+    """Rename the complete store ``partial`` to ``target``; an old ``target`` goes only after the rename.
+
+    Raises :class:`InputError` if another writer created ``target`` meanwhile.
+    """
+    partial, target = Path(partial), Path(target)
+    if not target.exists():
+        try:
+            os.rename(partial, target)
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise InputError(f"{target} was created by another process meanwhile; nothing was replaced") from None
+        return
+    old = target.with_name(f"{target.name}.old-{secrets.token_hex(4)}")
+    os.rename(target, old)
+    try:
+        os.rename(partial, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,225 @@
+"""Nothing lost: outputs replace only their own kind of store, one trainer per run store (the lock)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.predict import predict
+from pipeline.training import train
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from storage import lock as lockmod
+from storage.data import write_data
+from storage.lock import RunLock, check_unlocked, lock_path
+from storage.runstore import load_network
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quiet(_line):
+    pass
+
+
+def tree_snapshot(path: Path) -> dict:
+    """Return {relative file: bytes} of everything under ``path``."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A data store and a finished 2-iteration Gauss-Newton run, built in a subprocess."""
+    d = tmp_path_factory.mktemp("safety")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 5)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    write_data(d / "d.zarr", X, y, chunk_rows=1000)
+    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(d / "d.zarr"), "--store",
+                        str(d / "r.zarr"), "--hidden", "8", "--iterations", "2", "--workers", "1",
+                        "--dashboard-address", ":0", "--no-progress"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+# ------------------------------------------------------------------ 1. outputs never replace other things
+
+@pytest.mark.parametrize("target", ["user folder", "run store", "input data", "inside input data",
+                                    "holds the run"])
+def test_predict_overwrite_never_deletes_what_it_did_not_make(client, trained, tmp_path, target):
+    d = trained
+    if target == "user folder":
+        out = tmp_path / "project"
+        out.mkdir()
+        (out / "notes.txt").write_text("my notes")
+        message = "not an admm-dask predictions store"
+    elif target == "run store":
+        out = tmp_path / "other-run.zarr"
+        subprocess.run(["cp", "-r", str(d / "r.zarr"), str(out)], check=True)
+        message = "not an admm-dask predictions store .*run store"
+    elif target == "input data":
+        out, message = d / "d.zarr", "is .* the input"
+    elif target == "inside input data":
+        out, message = d / "d.zarr" / "X", "is .* the input"
+    else:
+        out, message = d, "is .* the input"
+    before = tree_snapshot(out) if out.exists() else None
+    data_before, run_before = tree_snapshot(d / "d.zarr"), tree_snapshot(d / "r.zarr")
+    with pytest.raises(InputError, match=message):
+        predict(client, d / "r.zarr", d / "d.zarr", out, overwrite=True)
+    assert tree_snapshot(out) == before
+    assert tree_snapshot(d / "d.zarr") == data_before and tree_snapshot(d / "r.zarr") == run_before
+    assert not list(out.parent.glob(f"{out.name}.partial-*"))
+
+
+def test_predict_overwrite_replaces_its_own_store(client, trained, tmp_path):
+    d, out = trained, tmp_path / "p.zarr"
+    predict(client, d / "r.zarr", d / "d.zarr", out)
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        predict(client, d / "r.zarr", d / "d.zarr", out)
+    (out / "prediction" / "zarr.json").unlink()  # damaged: the next --overwrite must rebuild it whole
+    predict(client, d / "r.zarr", d / "d.zarr", out, overwrite=True)
+    g = zarr.open_group(out, mode="r")
+    assert g.attrs["format"] == "admm-dask-predictions" and g["prediction"].shape == (3000,)
+    assert not list(tmp_path.glob("p.zarr.*"))
+
+
+def test_predict_cli_refuses_overwriting_its_input_in_one_line(trained):
+    d = trained
+    r = subprocess.run([sys.executable, "-m", "pipeline.predict", "--store", str(d / "r.zarr"), "--data",
+                        str(d / "d.zarr"), "--out", str(d / "d.zarr"), "--overwrite", "--workers", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1, r.stderr
+    assert (d / "d.zarr" / "zarr.json").exists()
+
+
+def test_train_store_equal_to_its_data_is_refused(trained):
+    from pipeline.training import check_inputs
+
+    with pytest.raises(InputError, match="--store .* the input"):
+        check_inputs(store=trained / "d.zarr" / "run.zarr", data=trained / "d.zarr")
+
+
+def test_estimator_refuses_a_store_it_did_not_write(client, trained, tmp_path):
+    from pipeline import ADMMClassifier
+
+    d = trained
+    store = tmp_path / "r.zarr"
+    subprocess.run(["cp", "-r", str(d / "r.zarr"), str(store)], check=True)
+    before = tree_snapshot(store)
+    X = np.random.default_rng(0).normal(size=(200, 5))
+    y = (X[:, 0] > 0).astype(int)
+    clf = ADMMClassifier(hidden_layer_sizes=(4,), max_iter=1, store=str(store), client=client)
+    with pytest.raises(InputError, match="already exists and this estimator did not write it"):
+        clf.fit(X, y)
+    assert tree_snapshot(store) == before
+    assert not (tmp_path / "r-data.zarr").exists()
+    # a store this estimator wrote is replaced by its next fit
+    fresh = ADMMClassifier(hidden_layer_sizes=(4,), max_iter=1, store=str(tmp_path / "new.zarr"), client=client)
+    fresh.fit(X, y).fit(X, y)
+    assert fresh.n_iter_ == 1
+
+
+# ------------------------------------------------------------------ 2. the run-store lock
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def write_lock(store, **record):
+    path = lock_path(store)
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then", "command": "x",
+                                "token": "t0", **record}))
+    return path
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    store = tmp_path / "r.zarr"
+    with RunLock(store) as held:
+        record = json.loads(lock_path(store).read_text())
+        assert record["pid"] == os.getpid() and record["host"] and record["started"]
+        with pytest.raises(InputError, match=r"r.zarr is in use by .*pid %d" % os.getpid()):
+            RunLock(store).acquire()
+        with pytest.raises(InputError, match="is in use by"):
+            check_unlocked(store)
+        assert held.path.exists()
+    assert not lock_path(store).exists()
+    check_unlocked(store)
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path):
+    import socket
+
+    store = tmp_path / "r.zarr"
+    write_lock(store, host=socket.gethostname(), pid=dead_pid())
+    lines = []
+    with RunLock(store, report=lines.append):
+        assert json.loads(lock_path(store).read_text())["pid"] == os.getpid()
+    assert len(lines) == 1 and "taking over the stale lock" in lines[0]
+
+
+def test_lock_of_another_host_is_stale_only_without_heartbeat(tmp_path):
+    store = tmp_path / "r.zarr"
+    path = write_lock(store, host="node-that-is-not-here", pid=12345)
+    with pytest.raises(InputError, match="in use by .*node-that-is-not-here"):
+        RunLock(store).acquire()
+    old = time.time() - lockmod.STALE_AFTER - 60
+    os.utime(path, (old, old))
+    lines = []
+    with RunLock(store, report=lines.append):
+        pass
+    assert "stale lock" in lines[0]
+
+
+def test_heartbeat_touches_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(lockmod, "HEARTBEAT", 0.05)
+    store = tmp_path / "r.zarr"
+    with RunLock(store) as held:
+        old = time.time() - 1000
+        os.utime(held.path, (old, old))
+        time.sleep(0.5)
+        assert time.time() - held.path.stat().st_mtime < 100
+
+
+def test_second_trainer_is_refused_and_the_store_equals_a_single_run(trained, tmp_path):
+    """Two --resume trainers on one store: the second gets one error line; the result is one clean run's."""
+    d = trained
+    for name in ("a.zarr", "b.zarr"):
+        subprocess.run(["cp", "-r", str(d / "r.zarr"), str(tmp_path / name)], check=True)
+
+    def cmd(store, *extra):
+        return [sys.executable, "-m", "pipeline.train", "--store", str(store), "--resume", "--iterations", "30",
+                "--workers", "1", "--dashboard-address", ":0", "--no-progress", *extra]
+
+    single = subprocess.run(cmd(tmp_path / "b.zarr"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    first = subprocess.Popen(cmd(tmp_path / "a.zarr"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.time() + 120
+        while not lock_path(tmp_path / "a.zarr").exists():
+            assert first.poll() is None and time.time() < deadline, "the first trainer never took the lock"
+            time.sleep(0.05)
+        second = subprocess.run(cmd(tmp_path / "a.zarr", "--gamma", "50"), cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert second.returncode == 2 and second.stderr.startswith("error: ") and "is in use by" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    a, b = load_network(tmp_path / "a.zarr"), load_network(tmp_path / "b.zarr")
+    for wa, wb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(wa, wb)
+    ca = zarr.open_group(tmp_path / "a.zarr", mode="r").attrs["config"]
+    cb = zarr.open_group(tmp_path / "b.zarr", mode="r").attrs["config"]
+    assert ca == cb and ca["gamma"] != 50
+    assert not lock_path(tmp_path / "a.zarr").exists()
