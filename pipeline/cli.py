@@ -42,11 +42,11 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
                    help="slurm/pbs: print the job script that would be submitted and exit")
 
 
-def connect_from_args(args):
-    """Return the :func:`pipeline.cluster.connect` context for parsed cluster flags."""
+def connect_from_args(args, **kwargs):
+    """Return the :func:`pipeline.cluster.connect` context for parsed cluster flags (and ``kwargs`` of it)."""
     from pipeline.cluster import connect
 
-    return connect(args.cluster, n_workers=args.workers, memory_limit=args.memory_limit,
+    return connect(args.cluster, **kwargs, n_workers=args.workers, memory_limit=args.memory_limit,
                    dashboard_address=args.dashboard_address, jobs=getattr(args, "jobs", None),
                    adapt=getattr(args, "adapt", None), jobqueue_config=getattr(args, "jobqueue_config", None),
                    worker_timeout=getattr(args, "worker_timeout", None), dry_run=getattr(args, "dry_run", False))

@@ -55,6 +55,9 @@ def _read_yaml(path: Path) -> dict:
             data = yaml.safe_load(f) or {}
     except OSError as exc:
         raise InputError(f"cannot read the jobqueue config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text file; the jobqueue config is YAML text like the project's "
+                         "jobqueue.yaml") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -84,9 +87,7 @@ def load_jobqueue_config(path=None) -> dict:
     User values equal to dask-jobqueue's defaults (the copy it writes to
     ``~/.config/dask/jobqueue.yaml``) do not override the file.
     """
-    import dask_jobqueue
-
-    builtin = _read_yaml(Path(dask_jobqueue.__file__).with_name("jobqueue.yaml"))
+    builtin = _read_yaml(Path(_jobqueue().__file__).with_name("jobqueue.yaml"))
     if path is None:
         given = _read_yaml(PROJECT_JOBQUEUE) if PROJECT_JOBQUEUE.exists() else {}
     else:
@@ -132,10 +133,84 @@ def _security(conf: dict):
     return Security.temporary()
 
 
-def _jobqueue_class(kind: str):
+def _jobqueue():
+    """Import dask_jobqueue without its process-wide SIGINT handler.
+
+    Its runner module (imported by its SLURM support) installs a handler calling
+    ``sys.exit()``, so Ctrl-C would end a run with exit status 0 and no clean-up.
+    The handler in force before the import is put back.
+    """
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
     import dask_jobqueue
 
-    return getattr(dask_jobqueue, JOBQUEUE_KINDS[kind])
+    if main and getattr(signal.getsignal(signal.SIGINT), "__module__", "") == "dask_jobqueue.runner":
+        if getattr(before, "__module__", "") == "dask_jobqueue.runner" or before is None:
+            before = signal.default_int_handler
+        signal.signal(signal.SIGINT, before)
+    return dask_jobqueue
+
+
+def _jobqueue_class(kind: str):
+    return getattr(_jobqueue(), JOBQUEUE_KINDS[kind])
+
+
+LEGACY_CERT_AGE = 86400.0  # seconds: certificate files of the old flat layout this old are removed
+
+
+def _process_start(pid: int) -> int | None:
+    """Start time (whole seconds since the epoch) of process ``pid``, or None if it is gone."""
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def _run_cert_dir(base: Path) -> Path:
+    """A fresh directory for this run's temporary certificates: ``run_HOST_PID_START`` under ``base``."""
+    import socket
+
+    pid = os.getpid()
+    path = base / f"run_{socket.gethostname()}_{pid}_{_process_start(pid)}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def clean_stale_certificates(base: Path) -> list[Path]:
+    """Delete certificate directories that killed runs (SIGKILL, a crash) left in ``base``; return them.
+
+    A run directory is stale when it was made on this host by a process that no
+    longer runs (its pid is gone or now belongs to a later process). Runs of other
+    hosts sharing the directory are left alone. Files of the old flat layout
+    (``.dask-jobqueue.worker.*``) are removed once a day old.
+    """
+    import socket
+
+    host, removed = socket.gethostname(), []
+    for path in base.glob("run_*"):
+        try:
+            _, owner, pid, start = path.name.rsplit("_", 3)
+            pid = int(pid)
+        except ValueError:
+            continue
+        if owner != host or pid == os.getpid():
+            continue
+        if str(_process_start(pid)) != start:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for path in base.glob(".dask-jobqueue.worker.*"):
+        try:
+            if time.time() - path.stat().st_mtime > LEGACY_CERT_AGE:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 @contextlib.contextmanager
@@ -144,133 +219,108 @@ def jobqueue_cluster(kind: str, conf: dict, *, dashboard_address="localhost:8787
 
     ``conf`` comes from :func:`load_jobqueue_config`; it stays in force
     (``dask.config.set``) while the cluster lives, since jobs read it when submitted.
-    Even rendering a job script needs this: the cluster starts a scheduler.
+    Even rendering a job script needs this: the cluster starts a scheduler. Jobs
+    are :func:`pipeline.supervisor.supervised_job_class`; temporary certificates
+    go to a directory of this run, deleted on exit (and by the next run, should
+    this one be killed).
     """
+    from pipeline.supervisor import supervised_job_class
+
     section = conf["jobqueue"][kind]
+    _check_section(kind, section)
     security = _security(conf)
     shared = section.get("shared-temp-directory")
-    kwargs = {}
+    cls = _jobqueue_class(kind)
+    # the scheduler runs here: its own error lines (a task failed, a worker died) would repeat ours
+    quiet = logging.getLogger("pipeline").getEffectiveLevel() > logging.DEBUG
+    kwargs = {"job_cls": supervised_job_class(cls.job_cls), "silence_logs": logging.CRITICAL if quiet else "error"}
+    run_dir = None
     if security is not None:
         # workers read the temporary certificates from here: a directory only this user can read
         shared = Path(os.path.expandvars(shared or "~/.admm-dask/tls")).expanduser().resolve()
         try:
             shared.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for stale in clean_stale_certificates(shared):
+                log.info("removed certificates a killed run left: %s", stale)
+            run_dir = _run_cert_dir(shared)
         except OSError as exc:
             raise InputError(f"cannot create the certificate directory {shared} "
                              f"(jobqueue.{kind}.shared-temp-directory): {exc.strerror}") from None
-        kwargs.update(security=security, shared_temp_directory=str(shared))
+        kwargs.update(security=security, shared_temp_directory=str(run_dir))
     options = dict(section.get("scheduler-options") or {})
     options.setdefault("dashboard_address", dashboard_address)
-    with dask.config.set({"jobqueue": conf["jobqueue"], "admm-dask": conf["admm-dask"]}):
+    try:
+        with dask.config.set({"jobqueue": conf["jobqueue"], "admm-dask": conf["admm-dask"]}):
+            try:
+                cluster = cls(scheduler_options=options, **kwargs)
+            except (OSError, ValueError, TypeError, RuntimeError) as exc:  # RuntimeError: "Cluster failed to start"
+                interface = section.get("interface")
+                hint = (f" (jobqueue.{kind}.interface is {interface!r}: does it exist on this machine?)"
+                        if interface else "")
+                raise InputError(f"could not start the {kind} cluster's scheduler{hint}: {exc}") from None
+            try:
+                yield cluster
+            finally:
+                try:
+                    cluster.close(timeout=60)
+                finally:
+                    for key in ("ca_file", "cert", "key"):  # the certificate files dask-jobqueue wrote
+                        handle = getattr(cluster, f"_job_{key}", None)
+                        if handle is not None:
+                            handle.close()
+    finally:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _check_section(kind: str, section: dict) -> None:
+    """One clear line for the values dask-jobqueue would reject with a traceback."""
+    from dask.utils import parse_bytes
+
+    for key in ("cores", "processes"):
+        value = section.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"jobqueue.{kind}.{key} is {value!r}; expected a whole number >= 1")
+    memory = section.get("memory")
+    if memory is not None:
         try:
-            cluster = _jobqueue_class(kind)(scheduler_options=options, **kwargs)
-        except (OSError, ValueError, TypeError, RuntimeError) as exc:  # RuntimeError: "Cluster failed to start"
-            interface = section.get("interface")
-            hint = (f" (jobqueue.{kind}.interface is {interface!r}: does it exist on this machine?)"
-                    if interface else "")
-            raise InputError(f"could not start the {kind} cluster's scheduler{hint}: {exc}") from None
-        try:
-            yield cluster
-        finally:
-            cluster.close()
-            for key in ("ca_file", "cert", "key"):  # delete the certificate files dask-jobqueue wrote
-                handle = getattr(cluster, f"_job_{key}", None)
-                if handle is not None:
-                    handle.close()
+            parse_bytes(memory)
+        except (ValueError, TypeError):
+            raise InputError(f"jobqueue.{kind}.memory is {memory!r}; expected a size like 4GiB") from None
 
 
 # --------------------------------------------------------------------------- batch workers
-class _Keeper:
-    """Keep a batch cluster's workers: resubmit ended jobs, rotate old workers, remember submission errors.
-
-    Jobs whose worker ended (walltime, ``--lifetime``) are resubmitted. With
-    ``rotate_after`` seconds, a worker that old gets a successor job first and
-    is retired gracefully (its data moves to the others) only once the successor
-    has connected, so the cluster never empties before a walltime.
-    """
-
-    def __init__(self, cluster, rotate_after=None, interval=1.0):
-        from tornado.ioloop import PeriodicCallback
-
-        self.cluster, self.rotate_after, self.error = cluster, rotate_after, None
-        self.first_seen: dict[str, float] = {}
-        self.rotating: dict[str, str] = {}  # old spec name -> successor spec name
-        self.rotations = 0
-        self._pc = PeriodicCallback(self._tick, interval * 1000)
-        cluster.loop.add_callback(self._pc.start)
-
-    async def _tick(self):
-        if self.cluster.status.name != "running":
-            return
-        try:
-            if self.rotate_after:
-                self._rotate()
-            await self.cluster._correct_state()
-        except Exception as exc:  # noqa: BLE001 -- reported to the user by _wait_for_workers
-            self.error = exc
-
-    def _spec_name(self, worker_name) -> str | None:
-        spec, name = self.cluster.worker_spec, str(worker_name)
-        return name if name in spec else (name.rsplit("-", 1)[0] if name.rsplit("-", 1)[0] in spec else None)
-
-    def _bump_adaptive(self, delta):
-        adaptive = getattr(self.cluster, "_adaptive", None)
-        if adaptive is not None and adaptive.periodic_callback is not None:
-            n = delta * self.cluster._dummy_job.worker_processes
-            adaptive.minimum, adaptive.maximum = adaptive.minimum + n, adaptive.maximum + n
-
-    def _rotate(self):
-        now, spec = time.monotonic(), self.cluster.worker_spec
-        connected = {self._spec_name(ws.name) for ws in self.cluster.scheduler.workers.values()} - {None}
-        for name in connected:
-            self.first_seen.setdefault(name, now)
-        # retire only mid-pass, when the successor has connected: the scheduler then moves the old
-        # worker's results and the pass's parameters (a graph literal) to the workers that stay
-        busy = any(ws.processing for ws in self.cluster.scheduler.workers.values())
-        for old, new in list(self.rotating.items()):
-            if (new in connected and busy) or new not in spec or old not in spec:
-                spec.pop(old, None)  # _correct_state retires it gracefully, then cancels its job
-                del self.rotating[old]
-                self._bump_adaptive(-1)
-                self.rotations += 1
-        if self.rotating:
-            return  # one rotation at a time
-        old = [n for n in connected if n in spec and now - self.first_seen[n] > self.rotate_after]
-        if old:
-            successor = self.cluster.new_worker_spec()
-            spec.update(successor)
-            self._bump_adaptive(+1)
-            self.rotating[min(old, key=self.first_seen.get)] = next(iter(successor))
-
-    def stop(self):
-        self.cluster.loop.add_callback(self._pc.stop)
+class ClusterFailure(InputError):
+    """The batch cluster cannot go on (see :mod:`pipeline.supervisor`); one ``error:`` line, exit status 2."""
 
 
 def _job_ids(cluster) -> list[str]:
     return sorted(str(job.job_id) for job in list(cluster.workers.values()) if getattr(job, "job_id", None))
 
 
-def _wait_for_workers(client, cluster, keeper, n, timeout, kind, report):
-    """Block until ``n`` workers are connected; raise :class:`InputError` on timeout or a failed submission."""
+def _wait_for_workers(client, cluster, supervisor, n, timeout, kind, report):
+    """Block until ``n`` workers are connected; raise :class:`ClusterFailure` on timeout or a failed submission."""
     t0, next_report = time.monotonic(), 0.0
     while True:
         have = len(client.nthreads())
         elapsed = time.monotonic() - t0
+        if supervisor.fatal is not None:
+            raise ClusterFailure(supervisor.fatal)
         if have >= n:
             report(f"{kind}: {have} workers connected after {elapsed:.1f} s (jobs {', '.join(_job_ids(cluster))})")
+            supervisor.mark_started(cluster.scheduler.workers)
             return
-        if keeper.error is not None:
-            raise InputError(f"submitting a {kind} job failed: {keeper.error}")
         if elapsed >= timeout:
             logs = cluster._dummy_job.log_directory
-            raise InputError(
-                f"only {have} of {n} {kind} workers connected within {timeout:.0f} s (jobs "
-                f"{', '.join(_job_ids(cluster)) or 'none submitted'}): check the queue "
-                f"({'squeue' if kind == 'slurm' else 'qstat'}) and the job logs"
-                f"{f' in {logs}' if logs else ''}, or wait longer with --worker-timeout")
+            advice = (", or wait longer with --worker-timeout" if supervisor.waiting_heals()
+                      else "; the queue gives a reason above that waiting will not cure")
+            raise ClusterFailure(
+                f"only {have} of {n} {kind} workers connected within {timeout:.0f} s ({supervisor.situation()}): "
+                f"check the queue ({'squeue' if kind == 'slurm' else 'qstat'}) and the job logs"
+                f"{f' in {logs}' if logs else ''}{advice}")
         if elapsed >= next_report:
             report(f"{kind}: waiting for {n} workers ({have} connected, {elapsed:.0f} s of "
-                   f"{timeout:.0f} s; jobs {', '.join(_job_ids(cluster)) or 'being submitted'})")
+                   f"{timeout:.0f} s; {supervisor.situation() if supervisor.jobs else 'jobs being submitted'})")
             next_report += PROGRESS_EVERY
         try:
             client.wait_for_workers(n, timeout=min(1.0, max(0.1, timeout - elapsed)))
@@ -278,7 +328,61 @@ def _wait_for_workers(client, cluster, keeper, n, timeout, kind, report):
             pass
 
 
-def _batch_client(stack, kind, conf, jobs, adapt, dashboard_address, timeout, dry_run, report):
+@contextlib.contextmanager
+def _interrupt_on_failure(supervisor):
+    """While the run lasts, a supervisor stop raises :class:`ClusterFailure` in the main thread.
+
+    The supervisor runs on the event loop's thread; it wakes the main thread with
+    SIGUSR1 (a real signal interrupts a blocked wait), whose handler raises.
+    Outside the main thread the failure surfaces when the cluster is next waited on.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    main = threading.main_thread().ident
+
+    def raise_failure(signum, frame):
+        if supervisor.fatal is not None:
+            raise ClusterFailure(supervisor.fatal)
+
+    previous = signal.signal(signal.SIGUSR1, raise_failure)
+    supervisor.on_fatal = lambda: signal.pthread_kill(main, signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        supervisor.on_fatal = None
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def dashboard_link(client, kind: str | None = None) -> str:
+    """A dashboard link the user can open, with the ssh tunnel to use for batch clusters.
+
+    distributed's link names the scheduler's host address even when the
+    dashboard listens on localhost only; here the host is the one it listens on.
+    """
+    import socket
+
+    link = client.dashboard_link
+    scheduler = getattr(getattr(client, "cluster", None), "scheduler", None)
+    server = getattr(scheduler, "http_server", None)
+    try:
+        host, port = next(iter(server._sockets.values())).getsockname()[:2]
+    except (AttributeError, StopIteration, OSError):
+        return link
+    local = host in ("127.0.0.1", "::1", "localhost")
+    shown = "localhost" if local else (socket.gethostname() if host in ("0.0.0.0", "::") else host)
+    link = f"http://{shown}:{port}/status"
+    if kind in JOBQUEUE_KINDS:
+        tunnel_host = socket.getfqdn()
+        link += (f" (from your computer: ssh -L {port}:localhost:{port} {tunnel_host}, then open "
+                 f"http://localhost:{port}/status)") if local else ""
+    return link
+
+
+def _batch_client(stack, kind, conf, jobs, adapt, dashboard_address, timeout, dry_run, report, chunk_bytes=None):
     from distributed import Client
 
     cls = _jobqueue_class(kind)
@@ -288,23 +392,33 @@ def _batch_client(stack, kind, conf, jobs, adapt, dashboard_address, timeout, dr
                          f"{kind.upper()} login node, or use --cluster local")
     cluster = stack.enter_context(jobqueue_cluster(kind, conf, dashboard_address=dashboard_address))
     if dry_run:
+        from pipeline.memory import fits_message, parse_limit
+
         print(cluster.job_script(), flush=True)
+        job = cluster._dummy_job
+        warning = fits_message(chunk_bytes, parse_limit(job.worker_process_memory), kind)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         raise DryRun(kind)
+    from pipeline.supervisor import SUBMIT_ATTEMPTS, SUBMIT_BACKOFF, Supervisor
+
     rotate_after = _setting(conf, "rotate-after", None)
-    keeper = _Keeper(cluster, rotate_after=parse_timedelta(rotate_after) if rotate_after else None)
-    stack.callback(keeper.stop)
+    supervisor = Supervisor(cluster, kind, report=report, timeout=timeout,
+                            attempts=_setting(conf, "submit-attempts", SUBMIT_ATTEMPTS),
+                            backoff=parse_timedelta(_setting(conf, "submit-backoff", SUBMIT_BACKOFF)),
+                            rotate_after=parse_timedelta(rotate_after) if rotate_after else None)
+    stack.callback(supervisor.stop)
+    stack.enter_context(_interrupt_on_failure(supervisor))
     lo, hi = adapt if adapt else (jobs, jobs)
     cluster.scale(jobs=lo)
-    try:
-        cluster.sync(cluster._correct_state)  # submit now, so sbatch/qsub errors surface here
-    except Exception as exc:  # noqa: BLE001 -- any submission failure is the user's to fix
-        raise InputError(f"submitting {lo} {kind} job(s) failed: {exc}") from None
     if adapt:
         cluster.adapt(minimum_jobs=lo, maximum_jobs=hi)
     client = stack.enter_context(Client(cluster))
+    client.admm_supervisor = supervisor
     processes = cluster._dummy_job.worker_processes
-    report(f"{kind}: scheduler {cluster.scheduler_address}, dashboard {cluster.dashboard_link}")
-    _wait_for_workers(client, cluster, keeper, max(1, lo) * processes, timeout, kind, report)
+    report(f"{kind}: scheduler {cluster.scheduler_address}; jobs submitted with {command}, "
+           f"supervised (README: Running on SLURM or PBS)")
+    _wait_for_workers(client, cluster, supervisor, max(1, lo) * processes, timeout, kind, report)
     return client
 
 
@@ -317,12 +431,13 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
     workers = int(n_workers or max(1, cores // threads))
     # distributed's default MALLOC_TRIM_THRESHOLD_ cost ~24 % per pass here (DESIGN.md);
     # BLAS stays at one thread per worker thread (OMP/MKL/OPENBLAS_NUM_THREADS=1).
+    quiet = logging.getLogger("pipeline").getEffectiveLevel() > logging.DEBUG  # our error lines say it once
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                             memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
-                            silence_logs=logging.ERROR)
+                            silence_logs=logging.CRITICAL if quiet else logging.ERROR, preload=["pipeline.worker_setup"])
 
 
 def _remote_security(address: str):
@@ -346,14 +461,15 @@ def _remote_security(address: str):
 @contextlib.contextmanager
 def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, memory_limit=None,
             dashboard_address="localhost:8787", jobs=None, adapt=None, jobqueue_config=None,
-            worker_timeout=None, dry_run=False, report=None):
+            worker_timeout=None, dry_run=False, report=None, chunk_bytes=None):
     """Yield a :class:`distributed.Client` for the cluster spec; close what this started.
 
     For ``slurm``/``pbs``: ``jobs`` batch jobs (default 1), or ``adapt=(min, max)``
     jobs; the config is :func:`load_jobqueue_config` of ``jobqueue_config``; waits
     up to ``worker_timeout`` seconds (default ``admm-dask.worker-timeout``, 600) for
     the workers, reporting progress; jobs that end are resubmitted; all jobs are
-    cancelled on exit. ``dry_run`` prints the job script and raises :class:`DryRun`.
+    cancelled on exit. ``dry_run`` prints the job script (and a warning when a chunk
+    task of ``chunk_bytes`` would not fit a worker) and raises :class:`DryRun`.
     """
     from distributed import Client
 
@@ -376,7 +492,7 @@ def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, mem
                 timeout = float(worker_timeout if worker_timeout is not None
                                 else _setting(conf, "worker-timeout", DEFAULT_WORKER_TIMEOUT))
                 client = _batch_client(stack, spec, conf, jobs or 1, adapt, dashboard_address, timeout,
-                                       dry_run, report)
+                                       dry_run, report, chunk_bytes)
             elif spec == "local":
                 started = stack.enter_context(_local_cluster(n_workers, threads_per_worker, memory_limit,
                                                              dashboard_address))
@@ -399,7 +515,13 @@ def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, mem
             raise
         except (OSError, TimeoutError, ValueError) as exc:
             raise InputError(f"could not start or reach the Dask cluster {spec!r}: {exc}") from None
-        yield client
+        try:
+            yield client
+        except Exception as exc:
+            supervisor = getattr(client, "admm_supervisor", None)
+            if supervisor is not None and supervisor.fatal is not None and not isinstance(exc, InputError):
+                raise ClusterFailure(supervisor.fatal) from None  # what broke the run, not its echo
+            raise
 
 
 # --------------------------------------------------------------------------- shared storage

@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 
 from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_input_error
+from pipeline.cluster import dashboard_link
+from pipeline.memory import dry_run_chunk_bytes, killed_worker_error
+from pipeline.signals import exit_on_signals
 from solvers.config import TrainConfig, add_arguments, given_settings
 from solvers.errors import InputError
 
@@ -81,9 +84,20 @@ def _demo_data(workdir: Path) -> tuple[str, str]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    where = {"store": args.store}
+    with exit_on_signals(store=lambda: where["store"], batch=args.cluster in ("slurm", "pbs")):
+        return _main(args, where)
+
+
+def _main(args, where) -> int:
+    from distributed import KilledWorker
+
     from pipeline.training import check_inputs, train
 
     data, test_data, store = args.data, args.test_data, args.store
+    if args.dry_run:  # print the job script (and whether a chunk fits a worker); create nothing
+        with connect_from_args(args, chunk_bytes=dry_run_chunk_bytes(args, TrainConfig(**given_settings(args)))):
+            pass
     if data is None and not args.resume:
         workdir = Path(tempfile.mkdtemp(prefix="admm-demo-"))
         data, demo_test = _demo_data(workdir)
@@ -92,6 +106,7 @@ def main(argv=None) -> int:
         print(f"demo: bundled digits (10 classes) written to {workdir}")
     if store is None:
         raise InputError("--store RUN.zarr is required (where the run's state and model are kept)")
+    where["store"] = store
     given = given_settings(args)
     if "hidden" in given and "layers" in given:
         raise InputError("give --hidden or --layers, not both (--layers dense:300 is --hidden 300)")
@@ -110,12 +125,15 @@ def main(argv=None) -> int:
             raise InputError('--performance-report needs bokeh: pip install "admm-dask[report]"') from None
         perf = Path(args.performance_report or performance_report_path(store))
     with connect_from_args(args) as client, _performance_report(perf):
-        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        print(f"Dask dashboard: {dashboard_link(client, args.cluster)}", flush=True)
         log.debug("cluster: %s", client)
-        result = train(client, store=store, data=data, config=config, test_data=test_data,
-                       chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
-                       overrides=given if args.resume else None, progress=progress,
-                       report=lambda line: print(line, flush=True))
+        try:
+            result = train(client, store=store, data=data, config=config, test_data=test_data,
+                           chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
+                           overrides=given if args.resume else None, progress=progress,
+                           report=lambda line: print(line, flush=True))
+        except KilledWorker as exc:
+            raise killed_worker_error(exc, client, args, store) from None
     if perf is not None:
         print(f"Dask performance report: {perf}")
     print(f"done: model and history in {result.store.path}")

@@ -70,7 +70,7 @@ def test_slurm_job_script_from_jobqueue_yaml(loopback):
         assert line in script
     command = script.splitlines()[-1]
     assert "distributed.cli.dask_worker tls://127.0.0.1:" in command
-    assert "--nthreads 1 --memory-limit 4.00GiB" in command and "--lifetime 57m --lifetime-stagger 1m" in command
+    assert "--nthreads 1 --memory-limit 3.60GiB" in command and "--lifetime 57m --lifetime-stagger 1m" in command
     assert "--interface lo" in command and "--tls-key" in command
     certificates = list((loopback / "tls").iterdir())
     assert not certificates  # temporary certificates disappear with the cluster
@@ -79,7 +79,7 @@ def test_slurm_job_script_from_jobqueue_yaml(loopback):
 def test_pbs_job_script_from_jobqueue_yaml(loopback):
     with jobqueue_cluster("pbs", load_jobqueue_config(), dashboard_address="localhost:0") as cluster:
         script = cluster.job_script()
-        keys = [p for p in (loopback / "tls").iterdir() if ".key." in p.name]
+        keys = [p for p in (loopback / "tls").rglob("*") if ".key." in p.name]
         assert keys and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in keys)
     for line in ["#PBS -N dask-worker", "#PBS -l select=1:ncpus=1:mem=4096MB", "#PBS -l walltime=01:00:00"]:
         assert line in script
@@ -155,7 +155,7 @@ def test_workers_that_never_arrive_time_out_with_progress(loopback, monkeypatch,
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     lines = []
-    with pytest.raises(InputError, match=r"only 0 of 2 slurm workers connected within 2 s \(jobs 4242"):
+    with pytest.raises(InputError, match=r"only 0 of 2 slurm workers connected within 2 s \(job 4242"):
         with connect("slurm", jobs=2, worker_timeout=2, dashboard_address="localhost:0", report=lines.append):
             pass
     assert any("waiting for 2 workers" in line for line in lines)

@@ -1,0 +1,98 @@
+"""Does a chunk fit a worker? The estimate behind ``--dry-run``'s warning and the out-of-memory message.
+
+A chunk task holds its rows of X, the state it reads and the state it writes,
+and the forward/backward activations of every layer, in float32:
+``bytes ≈ 4 · rows · (2·d + 4·Σ_l n_l + 2·S)`` (d features, n_l the layer widths,
+S the solver's per-sample state width; ``tests/test_memory.py`` checks it
+against a measured peak).
+"""
+from __future__ import annotations
+
+import numpy as np
+from dask.utils import format_bytes, parse_bytes
+
+from solvers.errors import InputError
+
+
+def chunk_working_bytes(rows: int, n_features: int, widths, state_width: int = 0) -> int:
+    """Estimated working memory of one chunk task (see the module docstring)."""
+    return int(4 * rows * (2 * n_features + 4 * sum(widths) + 2 * state_width))
+
+
+def worker_limit_setting(kind: str) -> str:
+    """The setting that sizes a worker of cluster ``kind``."""
+    if kind in ("slurm", "pbs"):
+        return f"jobqueue.{kind}.memory (DASK_JOBQUEUE__{kind.upper()}__MEMORY)"
+    return "--memory-limit"
+
+
+def dry_run_chunk_bytes(args, config=None) -> int | None:
+    """For ``--dry-run --data D``: the working memory of one chunk of the run these flags would start."""
+    if not getattr(args, "data", None):
+        return None
+    from pipeline.training import default_chunk_rows
+    from solvers.config import TrainConfig
+    from storage.data import open_data
+
+    data = open_data(args.data)
+    config = config or TrainConfig()
+    widths = list(config.hidden)
+    if config.task == "classification":
+        classes = len(np.unique(np.asarray(data.y[: min(data.n_samples, 100_000)])))
+        widths.append(1 if classes <= 2 else classes)
+    else:
+        widths.append(1)
+    state = {"gauss-newton": 0, "admm": sum(widths) + widths[-1],
+             "dladmm": 2 * sum(widths) + widths[-1]}.get(config.solver, sum(widths))
+    rows = args.chunk_rows or default_chunk_rows(data, state)
+    return chunk_working_bytes(rows, data.n_features, widths, state)
+
+
+def fits_message(chunk_bytes: int | None, worker_bytes: int | None, kind: str) -> str | None:
+    """A warning line when a chunk of ``chunk_bytes`` does not fit a worker limited to ``worker_bytes``."""
+    if not chunk_bytes or not worker_bytes or chunk_bytes <= 0.6 * worker_bytes:
+        return None
+    return (f"warning: a chunk needs about {format_bytes(chunk_bytes)} of working memory, a worker may use "
+            f"{format_bytes(worker_bytes)} (60 % of it is safe): raise {worker_limit_setting(kind)} or lower "
+            "--chunk-rows")
+
+
+def killed_worker_error(exc, client, args, store) -> InputError:
+    """One line for a chunk task that killed its workers: memory (the nanny's restart events) or another cause."""
+    kind = args.cluster
+    try:
+        events = [msg for _, msg in client.get_events("worker-restart-memory")]
+    except Exception:  # noqa: BLE001 -- the scheduler may be going down
+        events = []
+    limit = getattr(exc.last_worker, "memory_limit", None)
+    work = rows = None
+    try:
+        from storage.runstore import RunStore
+
+        run = RunStore.open(store)
+        rows = run.chunk_rows
+        config = run.attrs["config"]
+        widths = list(config.get("hidden") or ())
+        n_features = len(run.model_arrays()["x_mean"])
+        work = chunk_working_bytes(rows, n_features, widths, sum(run.state_widths.values()))
+    except Exception:  # noqa: BLE001 -- the message must come out whatever the store holds
+        pass
+    tries = exc.allowed_failures + 1
+    chunk = (f"a chunk of {rows} rows needs about {format_bytes(work)} of working memory"
+             if work else "a chunk's working memory")
+    has = f"a worker has {format_bytes(limit)}" if limit else "a worker's memory limit"
+    if events:
+        peak = max(e.get("rss", 0) for e in events)
+        return InputError(f"workers ran out of memory: {len(events)} were killed for memory (up to "
+                          f"{format_bytes(peak)} in use) and a chunk task failed on {tries} of them; {chunk}, "
+                          f"{has}: raise {worker_limit_setting(kind)} or lower --chunk-rows"
+                          + (f" (now {rows})" if rows else ""))
+    return InputError(f"a chunk task ({exc.task!r}) was running on each of {tries} workers that died "
+                      f"(not for memory, as far as the scheduler knows: see the worker logs); {chunk}, {has}")
+
+
+def parse_limit(text) -> int | None:
+    try:
+        return parse_bytes(text) if text not in (None, "auto") else None
+    except (ValueError, TypeError):
+        return None

@@ -1,0 +1,92 @@
+"""How ``python -m pipeline.train`` ends on a signal: clean up, say so in one line, exit 128 + signal.
+
+SIGINT (Ctrl-C) exits 130, SIGTERM (``kill``, SLURM's walltime or ``scancel`` of a
+driver running in a batch job) exits 143. Either one unwinds the run like an
+error: the cluster closes (batch jobs cancelled, temporary certificates
+deleted), the last committed iteration stays intact, and the line names the
+command that resumes. A second signal during that clean-up is noted, not obeyed,
+for :data:`GRACE` seconds (so the jobs do get cancelled); after that it ends the
+clean-up. An interrupted run never exits 0. SIGKILL cannot be handled: what it
+leaves (certificates) is removed by the next run (:func:`pipeline.cluster.clean_stale_certificates`).
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+
+GRACE = 60.0  # seconds a second signal is ignored while the first one's clean-up runs
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+NAMES = {signal.SIGINT: "interrupted (SIGINT, Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM (a BaseException, like KeyboardInterrupt: no ``except Exception`` eats it)."""
+
+
+class _Handler:
+    def __init__(self):
+        self.first: tuple[int, float] | None = None
+
+    def __call__(self, signum, frame):
+        if self.first is not None and time.monotonic() - self.first[1] < GRACE:
+            print(f"{NAMES[signum].split(' (')[0]} again: still cleaning up (cancelling jobs); "
+                  f"one more after {GRACE:.0f} s ends the clean-up", file=sys.stderr, flush=True)
+            return
+        self.first = self.first or (signum, time.monotonic())
+        _quiet_shutdown()
+        if signum == signal.SIGTERM:
+            raise Terminated()
+        raise KeyboardInterrupt()
+
+
+def _resume_hint(store) -> str:
+    if store is None:
+        return ""
+    try:
+        from storage.runstore import RunStore, is_run_store
+
+        iteration = RunStore.open(store).committed_iteration() if is_run_store(store) else None
+    except Exception:  # noqa: BLE001 -- the hint must never hide the interruption
+        iteration = None
+    if iteration is None:
+        return f"; no iteration was committed: start again with the same command and --overwrite"
+    return (f"; iteration {iteration} is committed: resume with "
+            f"python -m pipeline.train --store {store} --resume")
+
+
+def _quiet_shutdown() -> None:
+    """The run is over: the event loop's complaints about the computations we abandoned are noise."""
+    import logging
+
+    for name in ("asyncio", "distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def exit_on_signals(store=None, batch=False):
+    """Turn SIGINT/SIGTERM inside the block into one line on stderr and ``SystemExit(130/143)``.
+
+    ``store`` (a callable returning the run store path, or the path) names the
+    resume command; ``batch`` says the clean-up cancelled batch jobs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = _Handler()
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated):
+        signum = handler.first[0] if handler.first else signal.SIGINT
+        _quiet_shutdown()
+        path = store() if callable(store) else store
+        done = ("the worker jobs were cancelled and the temporary certificates deleted" if batch
+                else "the cluster was shut down")
+        print(f"{NAMES[signum]}: {done}{_resume_hint(path)}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT[signum]) from None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
