@@ -1,0 +1,363 @@
+"""Batch clusters under faults (issue 17): each case ends within a bounded time with one line and the right
+exit status, its jobs cancelled and no certificate left; where the run recovers, the result is bitwise the
+local one. On the real SLURM of ``.ci/slurm-up.sh``; the pieces without a batch system run everywhere."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cluster import clean_stale_certificates, connect, dashboard_link
+from pipeline.supervisor import batch_message
+from solvers.errors import InputError
+from tests.test_cluster import _gone_from_squeue, _jobqueue_yaml, _squeue, needs_slurm
+from tests.test_cluster_faults import CHUNK_ROWS, ITERATIONS, _config, faults_data  # noqa: F401 -- a fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- no batch system needed
+def test_dask_jobqueue_keeps_ctrl_c_meaning():
+    """dask-jobqueue's runner module installs a SIGINT handler calling sys.exit(): our import undoes it."""
+    code = ("import signal, pipeline.cluster as c; c._jobqueue(); import dask_jobqueue.runner; "
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert out.stdout.strip() == "True", out.stderr
+
+
+def test_pinned_dask_jobqueue_internals_exist():
+    """The supervision uses these internals of dask-jobqueue/distributed (pyproject.toml pins the versions)."""
+    import dask_jobqueue
+    from dask_jobqueue.core import Job, JobQueueCluster
+
+    assert dask_jobqueue.__version__.startswith("0.9.")
+    assert callable(Job.start) and callable(Job._call) and isinstance(Job.worker_process_memory, property)
+    for name in ("_correct_state", "new_worker_spec", "scale", "adapt"):
+        assert callable(getattr(JobQueueCluster, name))
+
+
+def test_stale_certificates_of_killed_runs_are_removed(tmp_path):
+    import socket
+
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"run_{host}_{dead.pid}_1"
+    mine = tmp_path / f"run_{host}_{os.getpid()}_0"
+    other_host = tmp_path / f"run_elsewhere_{dead.pid}_1"
+    for d in (stale, mine, other_host):
+        d.mkdir()
+        (d / ".dask-jobqueue.worker.key.x").write_text("secret")
+    legacy = tmp_path / ".dask-jobqueue.worker.ca_file.old"
+    legacy.write_text("ca")
+    os.utime(legacy, (time.time() - 2 * 86400,) * 2)
+    assert sorted(clean_stale_certificates(tmp_path)) == sorted([stale, legacy])
+    assert mine.exists() and other_host.exists()
+
+
+def test_batch_message_quotes_stderr():
+    exc = RuntimeError("Command exited with non-zero exit code.\nExit code: 1\nCommand:\nsbatch x.sh\nstdout:\n\n"
+                       "stderr:\nsbatch: error: invalid partition specified: nope\n"
+                       "sbatch: error: Batch job submission failed: Invalid partition name specified\n\n")
+    assert batch_message(exc) == ("sbatch: error: invalid partition specified: nope; "
+                                  "sbatch: error: Batch job submission failed: Invalid partition name specified")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not a text file"),
+    (b"jobqueue:\n  slurm:\n    cores: many\n", "jobqueue.slurm.cores is 'many'; expected a whole number"),
+    (b"jobqueue:\n  slurm:\n    memory: lots\n", "jobqueue.slurm.memory is 'lots'"),
+])
+def test_bad_jobqueue_config_values(tmp_path, monkeypatch, content, message):
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__INTERFACE", "lo")
+    path = tmp_path / "jq.yaml"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        with connect("slurm", jobqueue_config=str(path), dry_run=True, dashboard_address="localhost:0"):
+            pass
+
+
+def test_dry_run_warns_when_a_chunk_does_not_fit_and_leaves_no_demo(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from pipeline.train import main
+    from storage.data import write_data
+
+    X = np.random.default_rng(0).normal(size=(4000, 50)).astype(np.float32)
+    write_data(tmp_path / "d.zarr", X, (X[:, 0] > 0).astype(int))
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__INTERFACE", "lo")
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__SHARED_TEMP_DIRECTORY", str(tmp_path / "tls"))
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__MEMORY", "200MB")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    common = ["--cluster", "slurm", "--dry-run", "--dashboard-address", "localhost:0"]
+    assert main(common) == 0  # no --data: nothing is created
+    assert not list(tmp_path.glob("admm-demo-*"))
+    assert "warning" not in capsys.readouterr().err
+    assert main([*common, "--data", str(tmp_path / "d.zarr"), "--hidden", "2000"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: a chunk needs about" in err and "jobqueue.slurm.memory" in err and "--chunk-rows" in err
+
+
+def test_dashboard_link_is_one_the_user_can_open(tmp_path, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=0, dashboard_address="localhost:0") as cluster, Client(cluster) as client:
+        link = dashboard_link(client)
+        assert link.startswith("http://localhost:") and link.endswith("/status")
+        assert "ssh -L" in dashboard_link(client, "slurm")
+
+
+# ---------------------------------------------------------------- the real SLURM
+def _wrapper(tmp_path, body: str) -> Path:
+    """A directory holding an ``sbatch`` that runs ``body`` (sh) before the real sbatch ($REAL)."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "sbatch"
+    script.write_text(f"#!/bin/sh\nREAL={shutil.which('sbatch')}\n{body}\nexec \"$REAL\" \"$@\"\n")
+    script.chmod(0o755)
+    return bin_dir
+
+
+FAIL_IF_FLAG = ('if [ -e "{flag}" ]; then echo "sbatch: error: Batch job submission failed: '
+                'Unable to contact slurm controller (connect failure)" >&2; exit 1; fi')
+
+
+class Driver:
+    """``python -m pipeline.train --cluster slurm`` in a subprocess, its output in files."""
+
+    def __init__(self, tmp_path, data, *flags, env=None, config=None, iterations=1000, hidden=16,
+                 chunk_rows=CHUNK_ROWS, jobs=2):
+        self.tmp = tmp_path
+        self.out, self.err = tmp_path / "out.txt", tmp_path / "err.txt"
+        self.store = tmp_path / "run.zarr"
+        cmd = [sys.executable, "-m", "pipeline.train", "--data", str(data), "--store", str(self.store),
+               "--solver", "admm", "--hidden", str(hidden), "--iterations", str(iterations), "--chunk-rows",
+               str(chunk_rows), "--dashboard-address", "localhost:0", "--cluster", "slurm", "--jobs", str(jobs),
+               "--jobqueue-config", str(config or _jobqueue_yaml(tmp_path)), *flags]
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=tmp_path)
+        self.t0 = time.monotonic()
+
+    def wait_for_iteration(self, k, within=120.0):
+        end = time.monotonic() + within
+        while time.monotonic() < end and self.proc.poll() is None:
+            if any(line.split()[:1] == [str(k)] for line in self.out.read_text().splitlines()):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"iteration {k} not reached:\n{self.out.read_text()}\n{self.err.read_text()}")
+
+    def finish(self, within=120.0) -> tuple[int, float, list[str]]:
+        """Exit status, seconds since :meth:`mark`, stderr lines."""
+        try:
+            rc = self.proc.wait(within)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"no exit within {within} s:\n{self.err.read_text()}")
+        return rc, time.monotonic() - self.t_mark, self.err.read_text().splitlines()
+
+    def mark(self):
+        self.t_mark = time.monotonic()
+
+    def job_ids(self) -> set[str]:
+        return {p.stem.rsplit("-", 1)[-1] for p in (self.tmp / "logs").glob("*.err")}
+
+
+def _ended_cleanly(driver, rc, lines, code, within):
+    """One error-or-signal line, no traceback, the jobs gone from squeue, no certificate left."""
+    assert "Traceback" not in "\n".join(lines), "\n".join(lines)
+    assert not [p for p in (driver.tmp / "tls").rglob("*") if p.is_file()], "certificates left behind"
+    assert _gone_from_squeue(driver.job_ids()), "jobs left in the queue"
+    assert rc == code, "\n".join(lines)
+    assert within
+
+
+@pytest.mark.slurm
+@needs_slurm
+@pytest.mark.parametrize("case", ["invalid-partition", "failing-sbatch"])
+def test_submission_refused_at_start_up_is_one_line_at_once(case, faults_data, tmp_path):  # noqa: F811
+    data, _ = faults_data
+    env, flags = {}, []
+    if case == "invalid-partition":
+        env["DASK_JOBQUEUE__SLURM__QUEUE"] = "nope"
+        expected = "invalid partition"
+    else:
+        bin_dir = _wrapper(tmp_path, FAIL_IF_FLAG.format(flag=tmp_path / "bin" / "sbatch"))  # always fails
+        env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+        expected = "Unable to contact slurm controller"
+    before = _squeue()
+    driver = Driver(tmp_path, data, *flags, env=env)
+    driver.mark()
+    rc, seconds, lines = driver.finish(within=60)
+    errors = [line for line in lines if line.startswith("error:")]
+    print(f"{case}: exit {rc} after {seconds:.1f} s: {errors}")
+    assert len(errors) == 1 and expected in errors[0] and "sbatch" in errors[0], lines
+    assert "--worker-timeout" not in errors[0]
+    assert seconds < 30
+    _ended_cleanly(driver, rc, lines, 2, seconds)
+    assert _squeue() <= before
+
+
+@pytest.mark.slurm
+@needs_slurm
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_the_driver_cancels_jobs_and_names_the_resume(signum, code, faults_data, tmp_path, client):  # noqa: F811
+    from pipeline.training import train
+
+    data, local_weights = faults_data
+    driver = Driver(tmp_path, data, iterations=ITERATIONS)
+    driver.wait_for_iteration(2)
+    jobs = set(driver.job_ids())
+    driver.mark()
+    driver.proc.send_signal(signum)
+    rc, seconds, lines = driver.finish(within=60)
+    print(f"{signum.name}: exit {rc} after {seconds:.1f} s: {lines[-1]}")
+    assert len(jobs) == 2
+    assert f"resume with python -m pipeline.train --store {driver.store} --resume" in lines[-1]
+    assert "worker jobs were cancelled" in lines[-1] and not any(line.startswith("error:") for line in lines)
+    assert seconds < 30
+    _ended_cleanly(driver, rc, lines, code, seconds)
+    if signum == signal.SIGINT:  # the interrupted run, resumed (here on the local cluster), is the uninterrupted one
+        result = train(client, store=driver.store, resume=True, report=lambda line: None)
+        for W, W_local in zip(result.network.weights, local_weights[ITERATIONS]):
+            np.testing.assert_array_equal(W, W_local)
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_failing_sbatch_mid_run_is_retried_and_the_result_is_bitwise_local(faults_data, tmp_path, monkeypatch):  # noqa: F811
+    """A job ends while sbatch fails for ~4 s: the submission is retried with back-off, the replacement joins,
+    and the weights equal the local run's."""
+    from pipeline.training import train
+
+    data, local_weights = faults_data
+    flag = tmp_path / "sbatch-fails"
+    monkeypatch.setenv("PATH", f"{_wrapper(tmp_path, FAIL_IF_FLAG.format(flag=flag))}{os.pathsep}{os.environ['PATH']}")
+    config = _jobqueue_yaml(tmp_path, **{"submit-backoff": 0.5, "rotate-after": None})
+    lines, errors = [], []
+    t0 = time.perf_counter()
+    with connect("slurm", jobs=2, jobqueue_config=config, dashboard_address="localhost:0",
+                 worker_timeout=60, report=lines.append) as client:
+        jobs = sorted(set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values()))
+
+        def report(line):
+            first = line.split()[:1]
+            if first == ["2"]:  # sbatch starts failing, and a job ends
+                flag.touch()
+                subprocess.run(["scancel", jobs[0]], check=True)
+                threading.Timer(4.0, flag.unlink).start()
+            elif first == [str(ITERATIONS - 1)]:  # make sure the replacement came before the run ends
+                end = time.monotonic() + 60
+                while not any("submitted to replace" in x for x in lines) and time.monotonic() < end:
+                    time.sleep(0.2)
+                if not client.nthreads():
+                    errors.append("no worker")
+
+        result = train(client, store=tmp_path / "run.zarr", data=data, chunk_rows=CHUNK_ROWS, config=_config(),
+                       report=report)
+    print(f"sbatch outage mid-run: {time.perf_counter() - t0:.1f} s;", *[x for x in lines if "job" in x], sep="\n")
+    assert not errors
+    assert any("sbatch failed (sbatch: error: Batch job submission failed: Unable to contact slurm controller"
+               in x and "retrying in" in x for x in lines), lines
+    assert any(f"job {jobs[0]}" in x and ("ended" in x or "left the queue" in x) for x in lines), lines
+    assert any("submitted to replace" in x for x in lines), lines
+    for W, W_local in zip(result.network.weights, local_weights[ITERATIONS]):
+        np.testing.assert_array_equal(W, W_local)
+    assert _gone_from_squeue(set(jobs))
+    assert not [p for p in (tmp_path / "tls").rglob("*") if p.is_file()]
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_failing_sbatch_mid_run_stops_after_the_attempts(faults_data, tmp_path):  # noqa: F811
+    data, _ = faults_data
+    flag = tmp_path / "sbatch-fails"
+    env = {"PATH": f"{_wrapper(tmp_path, FAIL_IF_FLAG.format(flag=flag))}{os.pathsep}{os.environ['PATH']}"}
+    config = _jobqueue_yaml(tmp_path, **{"submit-backoff": 0.5, "submit-attempts": 3, "rotate-after": None})
+    driver = Driver(tmp_path, data, env=env, config=config)
+    driver.wait_for_iteration(2)
+    flag.touch()
+    driver.mark()
+    subprocess.run(["scancel", *driver.job_ids()], check=True)  # every job ends; none can be resubmitted
+    rc, seconds, lines = driver.finish(within=90)
+    errors = [line for line in lines if line.startswith("error:")]
+    print(f"sbatch down mid-run: exit {rc} after {seconds:.1f} s: {errors}")
+    assert len(errors) == 1 and "3 sbatch submissions in a row failed" in errors[0], lines
+    assert "Unable to contact slurm controller" in errors[0]
+    assert sum("retrying in" in line for line in lines) == 2
+    assert seconds < 30
+    _ended_cleanly(driver, rc, lines, 2, seconds)
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_drained_node_with_every_job_cancelled_stops_with_the_queue_reason(faults_data, tmp_path):  # noqa: F811
+    import socket
+
+    data, _ = faults_data
+    node = socket.gethostname().split(".")[0]
+    driver = Driver(tmp_path, data, "--worker-timeout", "10")
+    driver.wait_for_iteration(2)
+    try:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=admm-dask-test"], check=True)
+        driver.mark()
+        subprocess.run(["scancel", *driver.job_ids()], check=True)
+        rc, seconds, lines = driver.finish(within=90)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"])
+    errors = [line for line in lines if line.startswith("error:")]
+    print(f"drained node: exit {rc} after {seconds:.1f} s: {errors}")
+    assert len(errors) == 1 and "no worker for 10 s (--worker-timeout)" in errors[0], lines
+    assert "PENDING" in errors[0] and ("ReqNodeNotAvail" in errors[0] or "Nodes_required" in errors[0])
+    assert any("submitted to replace" in line for line in lines)
+    assert seconds < 45
+    _ended_cleanly(driver, rc, lines, 2, seconds)
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_worker_too_small_for_its_chunk_is_one_line_naming_the_settings(tmp_path):
+    from storage.data import write_data
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(8000, 50)).astype(np.float32)
+    write_data(tmp_path / "big.zarr", X, (X[:, 0] > 0).astype(int), chunk_rows=8000)
+    # one worker death fails the task (the default, 3 retries, only takes longer: same message)
+    env = {"DASK_JOBQUEUE__SLURM__MEMORY": "200MB", "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    config = _jobqueue_yaml(tmp_path)
+    driver = Driver(tmp_path, tmp_path / "big.zarr", env=env, config=config, hidden=2000, chunk_rows=8000, jobs=1,
+                    iterations=3)
+    driver.mark()
+    rc, seconds, lines = driver.finish(within=180)
+    errors = [line for line in lines if line.startswith("error:")]
+    print(f"worker too small: exit {rc} after {seconds:.1f} s: {errors}")
+    assert len(errors) == 1, lines
+    for words in ("ran out of memory", "working memory", "jobqueue.slurm.memory", "--chunk-rows"):
+        assert words in errors[0]
+    _ended_cleanly(driver, rc, lines, 2, seconds)
+
+
+def test_local_worker_too_small_for_its_chunk(tmp_path):
+    """--memory-limit on the local cluster: the same one line, naming --memory-limit."""
+    from storage.data import write_data
+
+    X = np.random.default_rng(3).normal(size=(8000, 50)).astype(np.float32)
+    write_data(tmp_path / "big.zarr", X, (X[:, 0] > 0).astype(int), chunk_rows=8000)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(tmp_path / "big.zarr"), "--store",
+                          str(tmp_path / "run.zarr"), "--hidden", "2000", "--iterations", "2", "--workers", "1",
+                          "--memory-limit", "200MB", "--dashboard-address", "localhost:0"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    lines = out.stderr.splitlines()
+    print(f"local worker too small: exit {out.returncode} after {time.monotonic() - t0:.1f} s: {lines}")
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: workers ran out of memory")
+    assert "raise --memory-limit or lower --chunk-rows (now 8000)" in lines[0]
