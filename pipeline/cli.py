@@ -36,8 +36,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
                    help="slurm/pbs: dask-jobqueue settings (default: the project's jobqueue.yaml); the "
                         "user's dask config (~/.config/dask, DASK_JOBQUEUE__… variables) overrides it")
     g.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
-                   help="slurm/pbs: how long to wait for the workers' jobs to start (default: "
-                        "admm-dask.worker-timeout of the config, 600)")
+                   help="slurm/pbs: how long to wait for the workers' jobs to start, and the longest time "
+                        "without any worker later in the run (default: admm-dask.worker-timeout of the config, "
+                        "600)")
     g.add_argument("--dry-run", action="store_true",
                    help="slurm/pbs: print the job script that would be submitted and exit")
 

@@ -83,8 +83,8 @@ def killed_worker_error(exc, client, args, store) -> InputError:
     has = f"a worker has {format_bytes(limit)}" if limit else "a worker's memory limit"
     if events:
         peak = max(e.get("rss", 0) for e in events)
-        return InputError(f"workers ran out of memory: {len(events)} were killed for memory (up to "
-                          f"{format_bytes(peak)} in use) and a chunk task failed on {tries} of them; {chunk}, "
+        return InputError(f"workers ran out of memory: {len(events)} worker process(es) killed for memory (up to "
+                          f"{format_bytes(peak)} in use), a chunk task failed on {tries}; {chunk}, "
                           f"{has}: raise {worker_limit_setting(kind)} or lower --chunk-rows"
                           + (f" (now {rows})" if rows else ""))
     return InputError(f"a chunk task ({exc.task!r}) was running on each of {tries} workers that died "

@@ -153,6 +153,7 @@ class Supervisor:
         self.queue_ok = False
         self.missing: dict[str, int] = {}       # job id -> polls in a row it was not in the queue
         self.workers: dict[str, str] = {}       # connected worker address -> spec name
+        self.had_worker: set[str] = set()       # job ids whose worker connected
         self.empty_since = time.monotonic()
         self.next_poll = 0.0
         self.first_seen: dict[str, float] = {}
@@ -215,7 +216,7 @@ class Supervisor:
                 return
             delay = min(self.backoff * 2 ** (self.failures - 1), BACKOFF_MAX)
             self.retry_at = now + delay
-            self.report(f"{self.kind}: {self.command} failed ({self.last_error}); retrying in {delay:.0f} s "
+            self.report(f"{self.kind}: {self.command} failed ({self.last_error}); retrying in {delay:.3g} s "
                         f"(attempt {self.failures} of {self.attempts})")
         if now >= self.retry_at:  # back-off over: the failed entries leave the table, _correct_state resubmits
             for name, job in list(workers.items()):
@@ -258,12 +259,16 @@ class Supervisor:
                 self.missing.pop(job_id, None)
                 continue
             self.missing[job_id] = self.missing.get(job_id, 0) + 1
-            if self.missing[job_id] >= 2:  # gone from the queue, no worker: cancelled, failed, or ended
+            had_worker = job_id in self.had_worker
+            # gone from the queue, no worker: it ended (its worker left), or was cancelled or failed before
+            # its worker connected (seen twice: a listing may lag a submission)
+            if self.missing[job_id] >= (1 if had_worker else 2):
                 job = self.cluster.workers.pop(name, None)
                 self.missing.pop(job_id, None)
                 if job is not None:
-                    self.report(f"{self.kind}: job {job_id} left the queue before its worker connected "
-                                f"(cancelled or failed); submitting a replacement")
+                    self.report(f"{self.kind}: job {job_id} " + (
+                        "ended" if had_worker else "left the queue before its worker connected (cancelled or "
+                                                   "failed)") + "; submitting a replacement")
                     self.replacing[name] = job_id
                     del self.jobs[name]
                     await job.close()
@@ -288,6 +293,7 @@ class Supervisor:
                 self.report(f"{self.kind}: worker {addr} (job {self.jobs.get(current[addr], '?')}) connected; "
                             f"{len(current)} of {want} workers")
         self.workers = current
+        self.had_worker.update(self.jobs[name] for name in current.values() if name in self.jobs)
         if current:
             self.empty_since = None
         elif self.empty_since is None:

@@ -40,3 +40,11 @@ def client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def faults_data(tmp_path_factory, client):
+    """Data for the batch-cluster fault tests and the local run's weights (tests/test_cluster_faults.py)."""
+    from tests.test_cluster_faults import make_faults_data
+
+    return make_faults_data(tmp_path_factory, client)

@@ -32,9 +32,9 @@ def _config(iterations=ITERATIONS):
     return TrainConfig(solver="admm", hidden=(HIDDEN,), iterations=iterations)  # per-sample state in the slots
 
 
-@pytest.fixture(scope="module")
-def faults_data(tmp_path_factory, client):
-    """6 chunks of 1000×20, and the weights after 10 and after 24 iterations on the local cluster."""
+def make_faults_data(tmp_path_factory, client):
+    """(The ``faults_data`` fixture of conftest.py, shared with test_cluster_supervision.py.)
+    6 chunks of 1000×20, and the weights after 10 and after 24 iterations on the local cluster."""
     d = tmp_path_factory.mktemp("faults")
     rng = np.random.default_rng(7)
     X = rng.normal(size=(N, FEATURES)).astype(np.float32)

@@ -16,7 +16,7 @@ from pipeline.cluster import clean_stale_certificates, connect, dashboard_link
 from pipeline.supervisor import batch_message
 from solvers.errors import InputError
 from tests.test_cluster import _gone_from_squeue, _jobqueue_yaml, _squeue, needs_slurm
-from tests.test_cluster_faults import CHUNK_ROWS, ITERATIONS, _config, faults_data  # noqa: F401 -- a fixture
+from tests.test_cluster_faults import CHUNK_ROWS, ITERATIONS, _config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def _ended_cleanly(driver, rc, lines, code, within):
 @pytest.mark.slurm
 @needs_slurm
 @pytest.mark.parametrize("case", ["invalid-partition", "failing-sbatch"])
-def test_submission_refused_at_start_up_is_one_line_at_once(case, faults_data, tmp_path):  # noqa: F811
+def test_submission_refused_at_start_up_is_one_line_at_once(case, faults_data, tmp_path):
     data, _ = faults_data
     env, flags = {}, []
     if case == "invalid-partition":
@@ -209,7 +209,7 @@ def test_submission_refused_at_start_up_is_one_line_at_once(case, faults_data, t
 @pytest.mark.slurm
 @needs_slurm
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_to_the_driver_cancels_jobs_and_names_the_resume(signum, code, faults_data, tmp_path, client):  # noqa: F811
+def test_signal_to_the_driver_cancels_jobs_and_names_the_resume(signum, code, faults_data, tmp_path, client):
     from pipeline.training import train
 
     data, local_weights = faults_data
@@ -233,7 +233,7 @@ def test_signal_to_the_driver_cancels_jobs_and_names_the_resume(signum, code, fa
 
 @pytest.mark.slurm
 @needs_slurm
-def test_failing_sbatch_mid_run_is_retried_and_the_result_is_bitwise_local(faults_data, tmp_path, monkeypatch):  # noqa: F811
+def test_failing_sbatch_mid_run_is_retried_and_the_result_is_bitwise_local(faults_data, tmp_path, monkeypatch):
     """A job ends while sbatch fails for ~4 s: the submission is retried with back-off, the replacement joins,
     and the weights equal the local run's."""
     from pipeline.training import train
@@ -277,7 +277,7 @@ def test_failing_sbatch_mid_run_is_retried_and_the_result_is_bitwise_local(fault
 
 @pytest.mark.slurm
 @needs_slurm
-def test_failing_sbatch_mid_run_stops_after_the_attempts(faults_data, tmp_path):  # noqa: F811
+def test_failing_sbatch_mid_run_stops_after_the_attempts(faults_data, tmp_path):
     data, _ = faults_data
     flag = tmp_path / "sbatch-fails"
     env = {"PATH": f"{_wrapper(tmp_path, FAIL_IF_FLAG.format(flag=flag))}{os.pathsep}{os.environ['PATH']}"}
@@ -299,7 +299,7 @@ def test_failing_sbatch_mid_run_stops_after_the_attempts(faults_data, tmp_path):
 
 @pytest.mark.slurm
 @needs_slurm
-def test_drained_node_with_every_job_cancelled_stops_with_the_queue_reason(faults_data, tmp_path):  # noqa: F811
+def test_drained_node_with_every_job_cancelled_stops_with_the_queue_reason(faults_data, tmp_path):
     import socket
 
     data, _ = faults_data
@@ -316,7 +316,7 @@ def test_drained_node_with_every_job_cancelled_stops_with_the_queue_reason(fault
     errors = [line for line in lines if line.startswith("error:")]
     print(f"drained node: exit {rc} after {seconds:.1f} s: {errors}")
     assert len(errors) == 1 and "no worker for 10 s (--worker-timeout)" in errors[0], lines
-    assert "PENDING" in errors[0] and ("ReqNodeNotAvail" in errors[0] or "Nodes_required" in errors[0])
+    assert "PENDING" in errors[0] and ("ReqNodeNotAvail" in errors[0] or "DRAINED" in errors[0])
     assert any("submitted to replace" in line for line in lines)
     assert seconds < 45
     _ended_cleanly(driver, rc, lines, 2, seconds)
