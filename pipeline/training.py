@@ -248,6 +248,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     report(f"{'iter':>5} {'seconds':>8} {'train ' + short:>9} " + " ".join(f"{title:>9}" for _, title in columns)
            + f" {'residual':>10} {'objective':>11}")
     t0 = time.perf_counter()
+    run.begin_iteration(state.iteration + 1)
     for state, metrics in iterate(solver, runner, state, config.iterations):
         network = solver.network(state.weights)
         record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics}
@@ -271,6 +272,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
             report(f"stopping early: no gain in validation {score} for {config.patience} iterations; the model "
                    f"is iteration {stopping.best_iteration} (validation {score} {stopping.best_score:.4f})")
             break
+        run.begin_iteration(state.iteration + 1)
         t0 = time.perf_counter()
     run.release_uncommitted_slot()
     return result

@@ -7,13 +7,17 @@
                            classification or regression), data summary, state
                            widths, chunk_rows, solver
       manifest.json        human-readable commit record: committed iteration,
-                           state slot, per-iteration history (the source of truth)
+                           state slot, per-iteration history (the source of truth),
+                           SHA-256 of every checkpoint array and of itself
+      manifest.previous.json  the commit before it: the fallback when the last is damaged
+      writing.json         the iteration whose state slot is being written (solvers
+                           with per-sample state: the previous commit's slot is gone)
       model/               x_mean, x_scale (d,); classes (K,), or for regression the
                            target scaling y_mean, y_scale (1,)
       state/slot0/, slot1/ per-sample state, e.g. z1 (n, n_1) … lam (n, n_L), float32,
                            chunks (chunk_rows, width), uncompressed, crc32c-checked;
                            fill value NaN, so a missing chunk never reads as state
-      checkpoint/<k>/      W1…WL (the weights after iteration k), carry/ (what the
+      checkpoint/<k>/      (and <k−1>/) W1…WL (the weights after iteration k), carry/ (what the
                            solver's next iteration needs, e.g. ADMM's W^{k+1} solved
                            ahead and the input Gram), best/W1…WL (with early
                            stopping: the weights of the best held-out iteration,
@@ -25,14 +29,18 @@
                            ``xarray.open_zarr(RUN.zarr, group="metrics")``
 
 Iteration k reads state slot (k−1) mod 2 and writes slot k mod 2, so the
-committed slot is never written; the commit writes ``checkpoint/<k>`` and then
-atomically replaces ``manifest.json``. Only ``storage`` knows these paths.
+committed slot is never written; the commit writes ``checkpoint/<k>`` (crc32c per
+chunk), copies the manifest it follows to ``manifest.previous.json``, atomically
+replaces ``manifest.json`` and deletes checkpoints older than the previous one.
+Only ``storage`` knows these paths.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +56,8 @@ FORMAT = "admm-dask-run"
 FORMAT_VERSION = 2
 STATE_DTYPE = np.dtype("float32")
 MANIFEST = "manifest.json"
+PREVIOUS = "manifest.previous.json"  # the commit before the last: the fallback when the last is damaged
+WRITING = "writing.json"             # the iteration whose state slot is being written
 METRIC_NAMES = ("seconds", "train_accuracy", "test_accuracy", "validation_accuracy", "residual", "objective",
                 "loss", "damping")
 MODEL_ARRAYS = ("x_mean", "x_scale", "classes", "y_mean", "y_scale")
@@ -71,9 +81,13 @@ def slot_of(iteration: int) -> int:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
+    _write_text_atomic(path, json.dumps(obj, indent=1, default=_json_default))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -201,6 +215,7 @@ class RunStore:
         k = self.committed_iteration()
         if k is None:
             return
+        self.begin_iteration(k + 1)  # the previous commit's slot is emptied: it can no longer stand in
         root = zarr.open_group(self.path, mode="r+")
         for name, width in self.state_widths.items():
             _create_state_array(root, slot_of(k + 1), name, width, self.n_samples, self.chunk_rows,
@@ -218,63 +233,170 @@ class RunStore:
 
     # -- commit protocol --------------------------------------------------------------------
     def manifest(self) -> dict | None:
-        """Return the committed manifest, or None before iteration 0 is committed."""
-        try:
-            return json.loads((self.path / MANIFEST).read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise InputError(f"{self.path / MANIFEST} is corrupt ({exc}); the run cannot be resumed") from None
+        """Return the committed manifest (checked; after a damaged last commit, the intact previous one), or None.
+
+        None means iteration 0 was never committed.
+        """
+        resolved = self._resolve()
+        return None if resolved is None else resolved[0]
 
     def committed_iteration(self) -> int | None:
         m = self.manifest()
         return None if m is None else int(m["iteration"])
 
+    def begin_iteration(self, iteration: int) -> None:
+        """Record, before any chunk of state slot ``iteration`` mod 2 is written, that iteration ``iteration`` started.
+
+        The previous commit can stand in for a damaged last one only while its
+        state slot is untouched; solvers without per-sample state need no record.
+        """
+        if self.state_widths:
+            _write_json_atomic(self.path / WRITING, {"iteration": int(iteration)})
+
     def commit(self, checkpoint: Checkpoint, history: list, target_iterations: int, stopped: bool = False) -> None:
-        """Record iteration k: write its weights, then atomically replace the manifest."""
+        """Record iteration k: write its weights with checksums, keep the last manifest, atomically replace it."""
         k = checkpoint.iteration
         root = zarr.open_group(self.path, mode="r+")
         group = f"checkpoint/{k}"
         if group in root:
             del root[group]  # leftover of an uncommitted attempt at k
-        for l, W in enumerate(checkpoint.weights, start=1):
-            root.create_array(f"{group}/W{l}", data=np.asarray(W, np.float64))
-        for name, value in checkpoint.carry.items():
-            root.create_array(f"{group}/carry/{name}", data=np.asarray(value, np.float64))
-        for l, W in enumerate(checkpoint.best_weights or [], start=1):
-            root.create_array(f"{group}/best/W{l}", data=np.asarray(W, np.float64))
-        _write_json_atomic(self.path / MANIFEST, {
+        arrays = {f"W{l}": W for l, W in enumerate(checkpoint.weights, start=1)}
+        arrays.update({f"carry/{name}": value for name, value in checkpoint.carry.items()})
+        arrays.update({f"best/W{l}": W for l, W in enumerate(checkpoint.best_weights or [], start=1)})
+        sums = {}
+        for name, value in arrays.items():
+            value = np.asarray(value, np.float64)
+            root.create_array(f"{group}/{name}", data=value, compressors=[Crc32cCodec()])
+            sums[name] = _array_sha256(value)
+        try:
+            last = self._resolve()  # the intact commit this one follows (after a fallback: the one resumed from)
+        except InputError:
+            last = None
+        previous = None if last is None or int(last[0]["iteration"]) == k else int(last[0]["iteration"])
+        if previous is not None:
+            _write_json_atomic(self.path / PREVIOUS, last[0])
+        manifest = {
             "format": FORMAT, "iteration": k, "slot": slot_of(k), "target_iterations": target_iterations,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "early_stopping": checkpoint.best,
-            "stopped_early": bool(stopped), "history": history,
-        })
-        for stale in [name for name in root["checkpoint"].group_keys() if name != str(k)]:
-            del root[f"checkpoint/{stale}"]  # earlier commits, or attempts a crash left behind
+            "stopped_early": bool(stopped), "history": history, "checksums": sums,
+        }
+        manifest["manifest_sha256"] = _manifest_sha256(manifest)
+        _write_json_atomic(self.path / MANIFEST, manifest)
+        keep = {str(k)} | ({str(previous)} if previous is not None else set())
+        for stale in [name for name in root["checkpoint"].group_keys() if name not in keep]:
+            del root[f"checkpoint/{stale}"]  # older commits, or attempts a crash left behind
         self._write_metrics(root, history)
+        self._resolved = (json.loads(json.dumps(manifest, default=_json_default)),
+                          Checkpoint(k, [np.asarray(W, np.float64) for W in checkpoint.weights],
+                                     {n: np.asarray(v, np.float64) for n, v in checkpoint.carry.items()},
+                                     checkpoint.best, checkpoint.best_weights))
 
     def _write_metrics(self, root, history: list) -> None:
         n = len(history)
         iters = np.array([h["iteration"] for h in history], np.int64)
-        root.create_array("metrics/iteration", data=iters, dimension_names=("iteration",), overwrite=True)
+        root.create_array("metrics/iteration", data=iters, dimension_names=("iteration",), overwrite=True,
+                          compressors=[Crc32cCodec()])
         for name in metric_names(self.task):
             values = np.array([h.get(name, np.nan) for h in history], np.float64).reshape(n)
-            root.create_array(f"metrics/{name}", data=values, dimension_names=("iteration",), overwrite=True)
+            root.create_array(f"metrics/{name}", data=values, dimension_names=("iteration",), overwrite=True,
+                              compressors=[Crc32cCodec()])
 
     def load_checkpoint(self) -> Checkpoint:
-        """Return the weights and solver state of the committed iteration."""
-        m = self.manifest()
-        if m is None:
+        """Return the weights and solver state of the committed iteration (checked; see :meth:`manifest`)."""
+        resolved = self._resolve()
+        if resolved is None:
             raise InputError(f"{self.path} has no committed iteration yet; start a new run with --overwrite")
-        k = int(m["iteration"])
-        root = zarr.open_group(self.path, mode="r")
+        return resolved[1]
+
+    def _resolve(self, attempts: int = 5):
+        """Return (manifest, checkpoint) of the last intact commit, or None before the first one.
+
+        A commit is intact when manifest.json matches its own checksum and every
+        checkpoint array its checksum. A damaged last commit falls back, with a
+        warning, to the previous one when that is intact and its state slot was
+        not written since; otherwise one :class:`InputError` says what is damaged.
+        A commit by a running trainer while this reads is waited out (re-read).
+        """
+        if getattr(self, "_resolved", None) is not None:
+            return self._resolved
+        for attempt in range(attempts):
+            try:
+                text = (self.path / MANIFEST).read_text()
+            except FileNotFoundError:
+                return None
+            try:
+                manifest = _checked_manifest(text)
+                self._resolved = (manifest, self._read_checkpoint(manifest))
+                return self._resolved
+            except InputError as exc:
+                problem = str(exc)
+            try:
+                changed = (self.path / MANIFEST).read_text() != text
+            except FileNotFoundError:
+                changed = True
+            if changed:  # a trainer committed meanwhile: read the new commit
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            break
+        else:
+            raise InputError(f"run store {self.path} kept changing while it was read (a trainer is committing); "
+                             "try again")
+        fallback, why_not = self._previous_commit()
+        if fallback is None:
+            raise InputError(f"run store {self.path}: the last commit is damaged ({problem}) and {why_not}; the "
+                             "run cannot be resumed or used: start a new run with --overwrite")
+        print(f"warning: run store {self.path}: the last commit is damaged ({problem}); using the previous "
+              f"commit, iteration {fallback[0]['iteration']}, which is intact", file=sys.stderr)
+        self._resolved = fallback
+        return fallback
+
+    def _previous_commit(self):
+        """Return ((manifest, checkpoint), None) of the intact previous commit, or (None, why it cannot be used)."""
         try:
-            g = root[f"checkpoint/{k}"]
-            ws = _numbered(g, "W")
-            carry = {name: g[f"carry/{name}"][...] for name in g["carry"].array_keys()} if "carry" in g else {}
-            best = _numbered(g["best"], "W") if "best" in g else None
+            manifest = _checked_manifest((self.path / PREVIOUS).read_text())
+        except FileNotFoundError:
+            return None, "there is no earlier commit to fall back to"
+        except InputError as exc:
+            return None, f"the previous commit is damaged too ({exc})"
+        k = int(manifest["iteration"])
+        if self.state_widths:
+            try:
+                started = int(json.loads((self.path / WRITING).read_text())["iteration"])
+            except (OSError, ValueError, KeyError, TypeError):
+                started = None
+            if started is None or started > k + 1:
+                return None, (f"the state of the previous commit (iteration {k}) has been overwritten since "
+                              "(only solvers without per-sample state, such as gauss-newton, can always fall back)")
+        try:
+            return (manifest, self._read_checkpoint(manifest)), None
+        except InputError as exc:
+            return None, f"the previous commit is damaged too ({exc})"
+
+    def _read_checkpoint(self, manifest: dict) -> Checkpoint:
+        """Read ``checkpoint/<k>`` of a manifest, checking every array against the manifest's checksums."""
+        k = int(manifest["iteration"])
+        sums = manifest.get("checksums")  # None: a store committed before checksums existed
+        try:
+            g = zarr.open_group(self.path, mode="r")[f"checkpoint/{k}"]
+            names = sorted(g.array_keys()) + [f"{sub}/{n}" for sub in ("carry", "best") if sub in g
+                                               for n in sorted(g[sub].array_keys())]
+            arrays = {name: g[name][...] for name in names}
         except KeyError as exc:
-            raise InputError(f"{self.path}: committed iteration {k} is incomplete ({exc}); the store is corrupt") from None
-        return Checkpoint(k, ws, carry, m.get("early_stopping"), best)
+            raise InputError(f"checkpoint {k} is incomplete: {exc} is missing") from None
+        except Exception as exc:  # a chunk failing its crc32c, unreadable metadata
+            raise InputError(f"checkpoint {k} cannot be read: {type(exc).__name__}: {exc}") from None
+        if sums is not None:
+            if set(sums) != set(arrays):
+                missing = sorted(set(sums) ^ set(arrays))
+                raise InputError(f"checkpoint {k} does not hold the arrays its manifest lists ({', '.join(missing)})")
+            for name, value in arrays.items():
+                if _array_sha256(value) != sums[name]:
+                    raise InputError(f"checkpoint {k}: array {name} fails its checksum")
+        ws = [arrays[f"W{l}"] for l in range(1, 1 + sum(1 for n in arrays if n[:1] == "W" and n[1:].isdigit()))]
+        carry = {n.split("/", 1)[1]: v for n, v in arrays.items() if n.startswith("carry/")}
+        nbest = sum(1 for n in arrays if n.startswith("best/"))
+        best = [arrays[f"best/W{l}"] for l in range(1, nbest + 1)] if nbest else None
+        return Checkpoint(k, ws, carry, manifest.get("early_stopping"), best)
 
     def model_iteration(self) -> int | None:
         """Return the iteration the model comes from: the best held-out one with early stopping, else the last."""
@@ -283,6 +405,32 @@ class RunStore:
             return None
         best = (m.get("early_stopping") or {}).get("best_iteration")
         return int(m["iteration"]) if best is None else int(best)
+
+
+def _array_sha256(a) -> str:
+    """Return the SHA-256 of an array's float64 values and shape."""
+    a = np.ascontiguousarray(np.asarray(a, np.float64))
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def _manifest_sha256(manifest: dict) -> str:
+    """Return the SHA-256 of a manifest without its own checksum (canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def _checked_manifest(text: str) -> dict:
+    """Return a manifest parsed from ``text``, or raise :class:`InputError` if it is damaged."""
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{MANIFEST} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or "iteration" not in manifest:
+        raise InputError(f"{MANIFEST} names no committed iteration")
+    stored = manifest.get("manifest_sha256")
+    if stored is not None and stored != _manifest_sha256(manifest):
+        raise InputError(f"{MANIFEST} fails its checksum")
+    return manifest
 
 
 def _numbered(group, prefix: str) -> list:

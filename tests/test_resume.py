@@ -87,7 +87,8 @@ def kill_and_resume(data, uninterrupted, tmp_path, rng):
     for W, W_ref in zip(weights, uninterrupted[0]):
         np.testing.assert_array_equal(W, W_ref)
     assert metrics == uninterrupted[1]
-    assert sorted(zarr.open_group(store, mode="r")["checkpoint"].group_keys()) == [str(ITERATIONS)]
+    kept = set(zarr.open_group(store, mode="r")["checkpoint"].group_keys())  # the last commit and its fallback
+    assert str(ITERATIONS) in kept and kept <= {str(ITERATIONS - 1), str(ITERATIONS)}
     return killed_at
 
 

@@ -223,3 +223,103 @@ def test_second_trainer_is_refused_and_the_store_equals_a_single_run(trained, tm
     cb = zarr.open_group(tmp_path / "b.zarr", mode="r").attrs["config"]
     assert ca == cb and ca["gamma"] != 50
     assert not lock_path(tmp_path / "a.zarr").exists()
+
+
+# ------------------------------------------------------------------ 3. checksums and the fallback commit
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def chunk_files(store, array):
+    return sorted(p for p in (Path(store) / array).rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+@pytest.fixture(scope="module")
+def gn_runs(client, tmp_path_factory):
+    """A Gauss-Newton data set, its uninterrupted 5-iteration run, and a factory of 3-iteration runs."""
+    d = tmp_path_factory.mktemp("fallback")
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(4000, 6)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    write_data(d / "d.zarr", X, y, chunk_rows=1000)
+    cfg = TrainConfig(hidden=(8,), iterations=5)
+    full = train(client, store=d / "full.zarr", data=d / "d.zarr", config=cfg, report=quiet)
+    return d, cfg, full
+
+
+def test_corrupt_last_checkpoint_falls_back_to_the_previous_with_a_warning(client, gn_runs, tmp_path, capsys):
+    from dataclasses import replace
+
+    d, cfg, full = gn_runs
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=d / "d.zarr", config=replace(cfg, iterations=3), report=quiet)
+    flip_a_byte(chunk_files(store, "checkpoint/3/W1")[0])
+    capsys.readouterr()
+    lines = []
+    result = train(client, store=store, resume=True, iterations=5, report=lines.append)
+    err = capsys.readouterr().err
+    assert "warning:" in err and "last commit is damaged" in err and "iteration 2, which is intact" in err
+    assert "resuming after iteration 2" in lines
+    for W, W_ref in zip(result.network.weights, full.network.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    assert [h["iteration"] for h in result.history] == [1, 2, 3, 4, 5]
+
+
+def test_manifest_edited_falls_back_and_both_damaged_is_one_error(client, gn_runs, tmp_path):
+    from dataclasses import replace
+
+    from storage.runstore import RunStore
+
+    d, cfg, _ = gn_runs
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=d / "d.zarr", config=replace(cfg, iterations=3), report=quiet)
+    manifest = store / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["history"][0]["train_accuracy"] = 0.123  # a plausible but false number: the checksum catches it
+    manifest.write_text(json.dumps(m))
+    assert RunStore.open(store).committed_iteration() == 2
+    flip_a_byte(chunk_files(store, "checkpoint/2/W2")[0])
+    with pytest.raises(InputError, match=r"last commit is damaged \(manifest.json fails its checksum\) and the "
+                                         r"previous commit is damaged too \(checkpoint 2"):
+        RunStore.open(store).load_checkpoint()
+
+
+def test_admm_cannot_fall_back_once_the_next_iteration_wrote_its_slot(client, gn_runs, tmp_path):
+    d, _, _ = gn_runs
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=d / "d.zarr", config=TrainConfig(solver="admm", hidden=(8,), iterations=3),
+          report=quiet)
+    flip_a_byte(chunk_files(store, "checkpoint/3/W1")[0])
+    with pytest.raises(InputError, match="state of the previous commit .* has been overwritten"):
+        train(client, store=store, resume=True, iterations=4, report=quiet)
+
+
+def test_reader_during_commits_sees_a_consistent_commit(client, gn_runs, tmp_path):
+    """predict/evaluate while a trainer commits: every read is one whole commit, never an error."""
+    import threading
+    from dataclasses import replace
+
+    from storage.runstore import RunStore
+
+    d, cfg, _ = gn_runs
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=d / "d.zarr", config=replace(cfg, iterations=1), report=quiet)
+    done, seen = threading.Event(), []
+
+    def read():
+        while not done.is_set():
+            run = RunStore.open(store)
+            ck = run.load_checkpoint()
+            seen.append((ck.iteration, run.manifest()["iteration"]))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        train(client, store=store, resume=True, iterations=8, report=quiet)
+    finally:
+        done.set()
+        reader.join()
+    assert seen and all(a == b for a, b in seen) and len({a for a, _ in seen}) > 1
