@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 
 import dask
 import numpy as np
@@ -149,7 +150,8 @@ def tree(parts, combine=_sum, split_every: int = SPLIT_EVERY):
 class DaskRunner:
     """Runs solver passes over a data store and a run store on a Dask cluster (a PassRunner)."""
 
-    def __init__(self, client, solver, data_path, run_path, chunks, progress: bool = False, retries: int = 3):
+    def __init__(self, client, solver, data_path, run_path, chunks, progress: bool = False, retries: int = 3,
+                 recorder=None):
         self.client = client
         self.solver = solver
         self.data = str(data_path)
@@ -157,6 +159,9 @@ class DaskRunner:
         self.bounds = list(chunks)
         self.progress = progress
         self.retries = retries
+        self.recorder = recorder  # .on_pass(kernel, seconds, rows, read_bytes) after each pass (the /training page)
+        self.passes: list[tuple] = []  # (seconds, rows, read bytes) of the passes since take_pass_rates()
+        self._data_row_bytes = None
 
     def compute(self, *delayed_values):
         """Compute delayed values on the cluster, with a progress bar when asked."""
@@ -175,8 +180,32 @@ class DaskRunner:
         plan = read_plan(read, self.solver.state_widths())
         reads = None if plan is None else {name: slot_of(k) for name, k in plan.items()}
         write_slot = None if write is None else slot_of(write)
-        return self.compute(tree([fn(shared, self.data, self.run_path, reads, write_slot, a, b)
+        t0 = time.perf_counter()
+        sums = self.compute(tree([fn(shared, self.data, self.run_path, reads, write_slot, a, b)
                                   for a, b in self.bounds]))[0]
+        self._record(kernel, time.perf_counter() - t0, plan)
+        return sums
+
+    def _record(self, kernel, seconds, plan):
+        """Note a pass's time, rows and bytes read (data rows plus the float32 state arrays it read)."""
+        if self._data_row_bytes is None:
+            self._data_row_bytes = sum(_array(self.data, name).dtype.itemsize * int(np.prod(_array(self.data, name).shape[1:]))
+                                       for name in ("X", "y"))
+        widths = self.solver.state_widths()
+        rows = sum(b - a for a, b in self.bounds)
+        read = rows * (self._data_row_bytes + 4 * sum(widths[name] for name in (plan or {})))
+        self.passes.append((seconds, rows, read))
+        if self.recorder is not None:
+            self.recorder.on_pass(kernel, seconds, rows, read)
+
+    def take_pass_rates(self) -> dict:
+        """Return rows/s and MB/s read over the passes since the last call (an iteration's), and forget them."""
+        seconds = sum(p[0] for p in self.passes)
+        rows, read = sum(p[1] for p in self.passes), sum(p[2] for p in self.passes)
+        n, self.passes = len(self.passes), []
+        if not n or seconds <= 0:
+            return {}
+        return {"passes": n, "rows_per_second": rows / seconds, "read_mb_per_second": read / 1e6 / seconds}
 
 
 def _network_graph(task, network, data_path, chunks):

@@ -1,22 +1,31 @@
 """``python -m pipeline.report``: plots and a text summary of a run store's recorded metrics.
 
-Writes into ``--out`` (default ``<RUN>-report/`` next to the run store):
+Writes into ``--out`` (default ``<RUN>-report/`` next to the run store) the
+panels of the dashboard's live ``/training`` page, drawn by the same code
+(:mod:`pipeline.figures`) from the run's history:
 
-================  ==============================================================
-``accuracy.png``  train and test accuracy against iteration and wall time
-                  (a regression run: ``r2.png``, train and test R²)
-``residual.png``  primal residual ‖z_L − W_L a_{L−1}‖ against iteration and wall time
-``seconds.png``   seconds per iteration (one pass over the sample chunks each)
-``summary.txt``   the summary, also printed
-``performance.html``  with ``--html``: a copy of Dask's performance report
-================  ==============================================================
+===================  ===========================================================
+``accuracy.png``     train, validation and test accuracy against iteration and
+                     wall time (a regression run: ``r2.png``, R²)
+``objective.png``    the solver's objective and mean loss
+``residual.png``     ADMM / dlADMM primal residual ‖z_L − W_L a_{L−1}‖
+``damping.png``      Gauss-Newton damping λ (and step α where recorded)
+``seconds.png``      seconds per iteration
+``throughput.png``   rows per second over each iteration's passes
+``read.png``         MB per second read by each iteration's passes
+``training.html``    all panels and the run's settings in one HTML file that
+                     opens offline (BokehJS inline); needs bokeh
+``summary.txt``      the summary, also printed
+``performance.html`` with ``--html``: a copy of Dask's performance report
+===================  ===========================================================
 
-Wall time is the cumulative sum of the recorded seconds per iteration (the
-initialisation and pauses between resumed sessions are not counted).
-``python -m pipeline.train --performance-report`` writes Dask's performance
-report to :func:`performance_report_path` (``RUN.performance.html`` beside
-``RUN.zarr``), where ``--html`` finds it; ``--html FILE`` copies another one.
-Plotting needs matplotlib (``pip install "admm-dask[report]"``).
+A PNG is written only for a panel with data (each solver records its own
+metrics). Wall time is the cumulative sum of the recorded seconds per
+iteration (the initialisation and pauses between resumed sessions are not
+counted). ``python -m pipeline.train --performance-report`` writes Dask's
+performance report to :func:`performance_report_path` (``RUN.performance.html``
+beside ``RUN.zarr``), where ``--html`` finds it; ``--html FILE`` copies
+another one. Plotting needs matplotlib and bokeh (``pip install "admm-dask[report]"``).
 """
 from __future__ import annotations
 
@@ -28,11 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import exits_on_input_error
+from pipeline.figures import bokeh_layout, columns, has_data, info_html, matplotlib_figures, score_of
 from solvers.config import TrainConfig, describe
 from solvers.errors import InputError
-
-PLOTS = ("accuracy", "residual", "seconds")
-
 
 def performance_report_path(store) -> Path:
     """Return where ``train --performance-report`` (no FILE) puts Dask's report: ``RUN.performance.html``."""
@@ -52,63 +59,48 @@ def load_metrics(store):
     return xr.open_zarr(run.path, group="metrics", consolidated=False).load()
 
 
-def _figure_class():
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise InputError('plotting needs matplotlib: pip install "admm-dask[report]"') from None
-    return Figure
-
-
 def _has(ds, name: str) -> bool:
     return name in ds and bool(np.isfinite(ds[name].values).any())
 
 
 def _score(ds) -> tuple[str, str]:
     """Return the run's score metric and its title: ("accuracy", "accuracy"), or ("r2", "R²") for a regression."""
-    return ("r2", "R²") if "train_r2" in ds else ("accuracy", "accuracy")
+    return score_of("regression" if "train_r2" in ds else "classification")
 
 
-def make_figures(ds) -> dict:
-    """Return ``{name: matplotlib Figure}`` of the metrics in ``ds`` (see the module docstring)."""
-    Figure = _figure_class()
-    it = ds["iteration"].values
-    wall = np.cumsum(ds["seconds"].values)
-    figs = {}
-    score, title = _score(ds)
+def history_columns(store) -> tuple[dict, str, str]:
+    """Return the plotted columns of a run (:func:`pipeline.figures.columns` of its history), its score and title."""
+    from storage.runstore import RunStore
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, x, xlabel in ((axes[0], it, "iteration"), (axes[1], wall, "wall time (s)")):
-        for name, label in ((f"train_{score}", "train"), (f"test_{score}", "test")):
-            if _has(ds, name):
-                ax.plot(x, ds[name].values, marker="o", ms=3, label=label)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(title)
-    axes[0].legend()
-    fig.suptitle(title)
-    figs[score] = fig
+    run = RunStore.open(store)
+    score, title = score_of(run.task)
+    return columns((run.manifest() or {}).get("history") or [], score), score, title
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, x, xlabel in ((axes[0], it, "iteration"), (axes[1], wall, "wall time (s)")):
-        ax.plot(x, ds["residual"].values, marker="o", ms=3, label="residual")
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("primal residual ‖z_L − W_L a_{L−1}‖")
-    fig.suptitle("primal residual")
-    figs["residual"] = fig
 
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.subplots()
-    ax.bar(it, ds["seconds"].values, label="seconds")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("seconds per iteration (one pass)")
-    ax.grid(alpha=0.3, axis="y")
-    figs["seconds"] = fig
-    return figs
+def make_figures(store) -> dict:
+    """Return ``{name: matplotlib Figure}`` of the run's panels that have data (see the module docstring)."""
+    cols, score, title = history_columns(store)
+    return matplotlib_figures(cols, score, title)
+
+
+def training_html(store) -> str:
+    """Return one self-contained HTML page (BokehJS inline) with the live page's panels and the run's settings."""
+    try:
+        from bokeh.embed import file_html
+        from bokeh.models import ColumnDataSource
+        from bokeh.resources import INLINE
+    except ImportError:
+        raise InputError('the HTML report needs bokeh: pip install "admm-dask[report]"') from None
+    from pipeline.monitor import run_info
+    from storage.runstore import RunStore
+
+    run = RunStore.open(store)
+    history = (run.manifest() or {}).get("history") or []
+    cols, score, title = history_columns(store)
+    source = ColumnDataSource(cols, name="metrics")
+    layout, _, _ = bokeh_layout(source, score, title, info_html(run_info(run), history),
+                                visible=lambda panel: has_data(cols, panel, score))
+    return file_html(layout, INLINE, f"training: {run.path.name}")
 
 
 def plotted_values(fig) -> dict:
@@ -145,7 +137,9 @@ def summary(store, ds) -> str:
             best = int(np.nanargmax(test.values))
             lines.append(f"{'test ' + title:<14} {float(test[-1]):.4f} (last), "
                          f"best {float(test[best]):.4f} at iteration {int(ds.iteration[best])}")
-        lines.append(f"residual       {float(ds.residual[0]):.3e} → {float(last.residual):.3e}")
+        for name in ("residual", "objective"):
+            if _has(ds, name):
+                lines.append(f"{name:<14} {float(ds[name][0]):.3e} → {float(last[name]):.3e}")
         lines.append(f"time           {seconds.sum():.2f} s in {n} iterations, {np.median(seconds):.3f} s "
                      f"per iteration (median), slowest {seconds.max():.3f} s")
     return "\n".join(lines) + "\n"
@@ -171,11 +165,13 @@ def write_report(store, out=None, html=None) -> dict:
     out = Path(out) if out is not None else store.with_name(f"{store.stem}-report")
     out.mkdir(parents=True, exist_ok=True)
     files, plotted = [], {}
-    for name, fig in make_figures(ds).items():
+    for name, fig in make_figures(store).items():
         path = out / f"{name}.png"
         fig.savefig(path, dpi=100)
         plotted[name] = plotted_values(fig)
         files.append(path)
+    (out / "training.html").write_text(training_html(store), encoding="utf-8")
+    files.append(out / "training.html")
     text = summary(store, ds)
     (out / "summary.txt").write_text(text)
     files.append(out / "summary.txt")
@@ -187,10 +183,12 @@ def write_report(store, out=None, html=None) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.report",
-                                description="Plot a run's recorded metrics (accuracy, residual, seconds per "
-                                            "iteration) and print a short summary.")
+                                description="Plot a run's recorded metrics (the panels of the dashboard's "
+                                            "/training page: accuracy, the solver's curves, seconds per iteration, "
+                                            "rows/s and MB/s) as PNGs and one offline HTML file, and print a short "
+                                            "summary.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
-    p.add_argument("--out", help="directory for the PNG plots and summary.txt (default: RUN-report beside the store)")
+    p.add_argument("--out", help="directory for the PNG plots, training.html and summary.txt (default: RUN-report beside the store)")
     p.add_argument("--html", nargs="?", const=True, default=None, metavar="FILE",
                    help="also copy Dask's performance report: FILE, or RUN.performance.html written by "
                         "train --performance-report")

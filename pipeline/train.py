@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_input_error
 from pipeline.cluster import dashboard_link
 from pipeline.memory import dry_run_chunk_bytes, killed_worker_error
+from pipeline.monitor import TrainingMonitor
 from pipeline.signals import exit_on_signals
 from solvers.config import TrainConfig, add_arguments, given_settings
 from solvers.errors import InputError
@@ -124,20 +125,49 @@ def _main(args, where) -> int:
         except ImportError:
             raise InputError('--performance-report needs bokeh: pip install "admm-dask[report]"') from None
         perf = Path(args.performance_report or performance_report_path(store))
-    with connect_from_args(args) as client, _performance_report(perf):
-        print(f"Dask dashboard: {dashboard_link(client, args.cluster)}", flush=True)
+    with _training_page_preload(), connect_from_args(args) as client, _performance_report(perf):
+        link = dashboard_link(client, args.cluster)
+        print(f"Dask dashboard: {link}", flush=True)
+        print(f"Training page: {_training_page(client, link)}", flush=True)
         log.debug("cluster: %s", client)
         try:
             result = train(client, store=store, data=data, config=config, test_data=test_data,
                            chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
                            overrides=given if args.resume else None, progress=progress,
-                           report=lambda line: print(line, flush=True))
+                           report=lambda line: print(line, flush=True), monitor=TrainingMonitor(client))
         except KilledWorker as exc:
             raise killed_worker_error(exc, client, args, store) from None
     if perf is not None:
         print(f"Dask performance report: {perf}")
     print(f"done: model and history in {result.store.path}")
     return 0
+
+
+def _training_page_preload():
+    """Return a config context under which the schedulers this process starts serve the /training page."""
+    import dask
+
+    preload = dask.config.get("distributed.scheduler.preload", default=None) or []
+    preload = [preload] if isinstance(preload, str) else list(preload)
+    return dask.config.set({"distributed.scheduler.preload": [*preload, "pipeline.dashboard"]})
+
+
+def _training_page(client, link: str) -> str:
+    """Return the /training page's address beside the dashboard ``link``, or why this scheduler does not serve it."""
+    from pipeline.dashboard import is_installed
+    from pipeline.monitor import training_link
+
+    try:
+        served = client.run_on_scheduler(is_installed)
+    except Exception:  # noqa: BLE001 -- a remote scheduler that cannot import this package
+        served = False
+    if not served:
+        return ("not served by this scheduler (start it with: dask scheduler --preload pipeline.dashboard; "
+                "see README, Monitoring)")
+    if not link:
+        return "the scheduler has no dashboard (install bokeh)"
+    url, _, rest = link.partition(" ")  # a batch cluster's link carries its ssh tunnel: same port, same tunnel
+    return training_link(url) + (" " + rest.replace("/status)", "/training)") if rest else "")
 
 
 def _performance_report(path):

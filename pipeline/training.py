@@ -158,7 +158,7 @@ def train(client, *, store, report=print, **kwargs) -> TrainResult:
 
 def _train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
            chunk_rows=None, resume=False, overwrite=False, iterations=None, overrides=None,
-           progress=False, report=print) -> TrainResult:
+           progress=False, report=print, monitor=None) -> TrainResult:
     """Train out of core on ``data`` into the run store ``store``; return the network and history.
 
     With ``resume=True`` the run continues from its last committed iteration:
@@ -166,7 +166,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     the settings of :data:`RESUMABLE_CHANGES` (others must match), and ``iterations`` sets a new target. Otherwise a new run is
     created (an existing store is refused unless ``overwrite``). With
     ``validation_fraction`` > 0 the returned network is the best held-out
-    iteration's.
+    iteration's. ``monitor`` (a :class:`pipeline.monitor.TrainingMonitor`) is
+    told about the run, every pass and every commit: the dashboard's /training page.
     """
     changed = set()
     if iterations is not None:
@@ -208,7 +209,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
 
     held_out = [tuple(b) for b in run.attrs.get("validation_chunks") or []]
     train_chunks = [b for b in bounds(data.n_samples, run.chunk_rows) if b not in set(held_out)]
-    runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), train_chunks, progress=progress)
+    runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), train_chunks, progress=progress,
+                        recorder=monitor)
     n_held = sum(b - a for a, b in held_out)
     report(f"run store {run.path}: {data.n_samples - n_held} training samples in {len(train_chunks)} chunks of "
            f"{run.chunk_rows} rows" + (f", {n_held} held out for early stopping in {len(held_out)} chunks"
@@ -217,11 +219,17 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
     stopping = EarlyStopping(config.patience)
+    if monitor is not None:
+        from pipeline.monitor import run_info
+
+        monitor.start(run_info(run, n_chunks=len(train_chunks), n_held_out=len(held_out)), history)
     if manifest is None:
         t0 = time.perf_counter()
         state = initialize(solver, runner)
         run.commit(Checkpoint(0, state.weights, state.carry), history, config.iterations)
         report(f"initialised ({config.init}) in {time.perf_counter() - t0:.2f} s")
+        if monitor is not None:
+            monitor.on_commit(history, 0, config.iterations)
     else:
         ck = run.load_checkpoint()
         state = LoopState(ck.iteration, ck.weights, ck.carry)
@@ -247,11 +255,13 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     columns = ((f"test_{score}", f"test {short}"),) + (((f"validation_{score}", f"valid {short}"),) if held_out else ())
     report(f"{'iter':>5} {'seconds':>8} {'train ' + short:>9} " + " ".join(f"{title:>9}" for _, title in columns)
            + f" {'residual':>10} {'objective':>11}")
+    runner.take_pass_rates()  # forget the initialisation's passes
     t0 = time.perf_counter()
     run.begin_iteration(state.iteration + 1)
     for state, metrics in iterate(solver, runner, state, config.iterations):
         network = solver.network(state.weights)
-        record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics}
+        record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics,
+                  **runner.take_pass_rates()}
         graphs = {}
         if held_out:
             graphs[f"validation_{score}"] = score_graph(network, data.path.resolve(), held_out)
@@ -264,6 +274,9 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         run.commit(Checkpoint(state.iteration, state.weights, state.carry,
                               stopping.summary() if held_out else None, stopping.best_weights if held_out else None),
                    history, config.iterations, stopped=bool(stop))
+        if monitor is not None:
+            monitor.on_commit(history, state.iteration, config.iterations,
+                              stopped=f"stopped early; the model is iteration {stopping.best_iteration}" if stop else None)
         result.network = solver.network(stopping.best_weights if held_out else state.weights)
         report(" ".join([f"{state.iteration:5d} {record['seconds']:8.2f} {record[f'train_{score}']:9.4f}",
                          *(f"{record[k]:9.4f}" if k in record else f"{'-':>9}" for k, _ in columns),

@@ -59,7 +59,8 @@ MANIFEST = "manifest.json"
 PREVIOUS = "manifest.previous.json"  # the commit before the last: the fallback when the last is damaged
 WRITING = "writing.json"             # the iteration whose state slot is being written
 METRIC_NAMES = ("seconds", "train_accuracy", "test_accuracy", "validation_accuracy", "residual", "objective",
-                "loss", "damping")
+                "loss", "damping",
+                "rows_per_second", "read_mb_per_second")  # the passes' speed: rows and MB read per second
 MODEL_ARRAYS = ("x_mean", "x_scale", "classes", "y_mean", "y_scale")
 
 

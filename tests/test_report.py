@@ -47,24 +47,70 @@ def test_report_files_and_plotted_values(run_store, tmp_path):
     store, _ = run_store
     result = write_report(store, tmp_path / "out", html=True)
     names = sorted(f.name for f in result["files"])
-    assert names == ["accuracy.png", "performance.html", "residual.png", "seconds.png", "summary.txt"]
+    # the default solver (Gauss-Newton) records no ADMM residual: no empty residual.png
+    assert names == ["accuracy.png", "damping.png", "objective.png", "performance.html", "read.png",
+                     "seconds.png", "summary.txt", "throughput.png", "training.html"]
     for f in result["files"]:
         assert f.stat().st_size > 0
         if f.suffix == ".png":
             assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ds = xr.open_zarr(store, group="metrics", consolidated=False)
     it, wall = ds.iteration.values.astype(float), np.cumsum(ds.seconds.values)
-    acc, res, sec = (result["plotted"][k] for k in ("accuracy", "residual", "seconds"))
+    acc, obj, sec = (result["plotted"][k] for k in ("accuracy", "objective", "seconds"))
     for axes, x in ((0, it), (1, wall)):
         for label, name in (("train", "train_accuracy"), ("test", "test_accuracy")):
             np.testing.assert_array_equal(acc[(axes, label)][0], x)
             np.testing.assert_array_equal(acc[(axes, label)][1], ds[name].values)
-        np.testing.assert_array_equal(res[(axes, "residual")][0], x)
-        np.testing.assert_array_equal(res[(axes, "residual")][1], ds.residual.values)
+    np.testing.assert_array_equal(obj[(0, "objective")][1], ds.objective.values)
     np.testing.assert_allclose(sec[(0, "seconds")][0], it)
     np.testing.assert_array_equal(sec[(0, "seconds")][1], ds.seconds.values)
+    for name in ("rows_per_second", "read_mb_per_second"):
+        assert np.all(ds[name].values > 0), name
+    np.testing.assert_array_equal(result["plotted"]["throughput"][(0, "rows/s")][1], ds.rows_per_second.values)
     assert f"test accuracy  {ds.test_accuracy.values[-1]:.4f} (last)" in result["summary"]
     assert "3 committed of 3" in result["summary"]
+
+
+def test_offline_html_holds_the_run_store_metrics(run_store, tmp_path):
+    """training.html: BokehJS inline (no script fetched from anywhere) and the run's metrics in its document."""
+    import json
+    import re
+
+    import xarray as xr
+
+    store, _ = run_store
+    write_report(store, tmp_path / "out")
+    page = (tmp_path / "out" / "training.html").read_text()
+    assert not re.search(r"<script[^>]+src=", page), "the offline page must not load scripts"
+    doc = json.loads(re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', page, re.S)[1])
+    ds = xr.open_zarr(store, group="metrics", consolidated=False)
+    found = []
+
+    def visit(obj):
+        if isinstance(obj, dict):
+            if (obj.get("attributes") or {}).get("name") == "metrics" and "data" in obj["attributes"]:
+                found.append(obj["attributes"]["data"])
+            for v in obj.values():
+                visit(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                visit(v)
+
+    visit(doc)
+    assert len(found) == 1
+    data = found[0]
+    data = dict(data["entries"]) if data.get("type") == "map" else data
+
+    def values(column):
+        v = data[column]
+        if isinstance(v, dict):  # bokeh's encoding of a NumPy array: base64 bytes
+            import base64
+
+            return np.frombuffer(base64.b64decode(v["array"]["data"]), dtype=v["dtype"])
+        return np.asarray(v, float)
+
+    np.testing.assert_array_equal(values("train_accuracy"), ds.train_accuracy.values)
+    np.testing.assert_array_equal(values("iteration"), ds.iteration.values)
 
 
 def test_cli_prints_summary_and_refuses_missing_html(run_store, tmp_path, capsys):

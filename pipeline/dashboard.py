@@ -1,0 +1,159 @@
+"""The scheduler's side of the live ``/training`` page of the Dask dashboard.
+
+Runs inside the scheduler process. Two HTTP routes join the dashboard's
+server: ``training`` (a Bokeh page in the dashboard's own template and
+navigation bar) and ``training/data.json`` (the run's columns, a summary and
+the chunk progress of the pass now running), which the page polls every
+:data:`POLL_MS` ms through a Bokeh ``AjaxDataSource``. The data are what
+:class:`pipeline.monitor.TrainingMonitor` stored with ``set_metadata``.
+
+Ways to add the routes to a scheduler (distributed's documented extension points):
+
+* ``dask scheduler --preload pipeline.dashboard`` (or the config key
+  ``distributed.scheduler.preload``): :func:`dask_setup` adds the routes when
+  the scheduler starts; ``python -m pipeline.train`` does this for the
+  clusters it starts (local, SLURM, PBS).
+* ``distributed.scheduler.http.routes`` extended with ``pipeline.dashboard``
+  (this module's :data:`routes`), which also honours ``--dashboard-prefix``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from distributed.http.utils import RequestHandler
+
+from pipeline.figures import (PANELS, bokeh_layout, column_names, columns, has_data, info_html, json_columns,
+                              panel_series, score_of)
+from pipeline.monitor import METADATA_KEY, PAGE
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 500
+CHUNK_PREFIX = "chunk_task"  # the task name of one chunk of a solver pass (pipeline.passes.chunk_task)
+PENDING_STATES = ("released", "waiting", "queued", "no-worker", "processing")
+
+ADAPTER_JS = """
+const r = cb_data.response;
+for (const c of Object.keys(r.columns)) {  // JSON has no NaN: null marks a metric this iteration lacks
+    r.columns[c] = r.columns[c].map(v => v === null ? NaN : v);
+}
+info.text = r.info_html;
+for (let i = 0; i < rows.length; i++) {
+    rows[i].visible = cols[i].some(c => (r.columns[c] || []).some(v => Number.isFinite(v)));
+}
+window.admm_training = {received: Date.now(), iterations: r.columns.iteration.length,
+                        last: r.columns.iteration[r.columns.iteration.length - 1]};
+return r.columns;
+"""
+
+
+def snapshot(scheduler) -> dict:
+    """Return the page's data: JSON-safe columns, the info table (HTML) and the chunk progress."""
+    published = scheduler.get_metadata(keys=[METADATA_KEY], default=None) or {}
+    info, history = published.get("info"), published.get("history") or []
+    score, _ = score_of((info or {}).get("task", "classification"))
+    progress = chunk_progress(scheduler, (info or {}).get("n_chunks"))
+    return {"columns": json_columns(columns(history, score)), "info_html": info_html(info, history, progress),
+            "progress": progress, "info": info or {}}
+
+
+def chunk_progress(scheduler, n_chunks) -> dict:
+    """Return ``{"running", "done", "total"}`` of the chunk pass now on the cluster, from the scheduler's task states."""
+    prefix = scheduler.task_prefixes.get(CHUNK_PREFIX)
+    pending = sum(prefix.states.get(s, 0) for s in PENDING_STATES) if prefix is not None else 0
+    total = max(int(n_chunks or 0), pending)
+    return {"running": pending > 0, "done": total - pending if pending else 0, "total": total}
+
+
+def page_html(scheduler) -> str:
+    """Return the ``/training`` page: the shared Bokeh panels fed by polling ``training/data.json``."""
+    from bokeh.embed import file_html
+    from bokeh.models import AjaxDataSource, CustomJS
+    from bokeh.resources import Resources
+
+    data = snapshot(scheduler)
+    score, title = score_of(data["info"].get("task", "classification"))
+    cols = {k: [math.nan if v is None else v for v in vs] for k, vs in data["columns"].items()}
+    source = AjaxDataSource(data_url=f"{PAGE}/data.json", polling_interval=POLL_MS, mode="replace",
+                            method="GET", name="metrics", data=cols)
+    layout, info, rows = bokeh_layout(source, score, title, data["info_html"],
+                                      visible=lambda panel: has_data(cols, panel, score))
+    source.adapter = CustomJS(args={"info": info, "rows": [r for _, r in rows],
+                                    "cols": [[c for c, _ in panel_series(p, score)] for p, _ in rows]},
+                              code=ADAPTER_JS)
+    template, variables = _dashboard_template(scheduler)
+    # BokehJS from the dashboard's own Bokeh server (./static/…): nothing is fetched from the internet
+    return file_html(layout, Resources(mode="server", root_url="./"), "Dask: training", template=template,
+                     template_variables=variables)
+
+
+def _dashboard_template(scheduler):
+    """Return distributed's page template and its navigation bar variables (our page in the bar)."""
+    try:
+        from distributed.dashboard.components.scheduler import env
+        from distributed.dashboard.scheduler import template_variables
+
+        variables = dict(template_variables(scheduler))
+        if PAGE not in variables.get("pages", []):
+            variables["pages"] = [*variables.get("pages", []), PAGE]
+        return env.get_template("simple.html"), variables
+    except Exception as exc:  # noqa: BLE001 -- a distributed without these internals: Bokeh's plain page
+        log.debug("training page: no dashboard template (%s)", exc)
+        from bokeh.core.templates import FILE as DEFAULT
+
+        return DEFAULT, {}
+
+
+class TrainingPage(RequestHandler):
+    """GET ``/training``: the live page."""
+
+    def get(self):
+        try:
+            self.write(page_html(self.server))
+        except ImportError:
+            self.write("<p>The training page needs bokeh on the scheduler: pip install bokeh</p>")
+
+
+class TrainingData(RequestHandler):
+    """GET ``/training/data.json``: what the page polls."""
+
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.write(json.dumps(snapshot(self.server), allow_nan=False))
+
+
+routes: list[tuple] = [(rf"{PAGE}", TrainingPage, {}), (rf"{PAGE}/data.json", TrainingData, {})]
+
+
+def install(scheduler, prefix: str = "/") -> None:
+    """Add the page's routes to a running scheduler's HTTP server and its name to the dashboard's navigation bar."""
+    if getattr(scheduler, "_admm_training_page", False):
+        return
+    from distributed.http.utils import get_handlers
+
+    scheduler.http_application.add_handlers(r".*", get_handlers(scheduler, [__name__], prefix=prefix))
+    scheduler._admm_training_page = True
+    try:  # the bar of the dashboard's own pages (documents made after this call)
+        from distributed.dashboard.scheduler import template_variables
+
+        pages = template_variables(scheduler)["pages"]
+        if PAGE not in pages:
+            pages.append(PAGE)
+    except Exception as exc:  # noqa: BLE001 -- no Bokeh dashboard: the page is still served
+        log.debug("training page: not added to the navigation bar (%s)", exc)
+
+
+def dask_setup(scheduler) -> None:
+    """Preload hook (``dask scheduler --preload pipeline.dashboard``): serve ``/training`` on this scheduler."""
+    install(scheduler)
+
+
+def is_installed(dask_scheduler=None) -> bool:
+    """Return True on a scheduler that serves the page (for ``Client.run_on_scheduler``)."""
+    return bool(getattr(dask_scheduler, "_admm_training_page", False))
+
+
+__all__ = ["PANELS", "column_names", "dask_setup", "install", "routes", "snapshot"]
