@@ -43,8 +43,14 @@ info.text = r.info_html;
 for (let i = 0; i < rows.length; i++) {
     rows[i].visible = cols[i].some(c => (r.columns[c] || []).some(v => Number.isFinite(v)));
 }
-window.admm_training = {received: Date.now(), iterations: r.columns.iteration.length,
-                        last: r.columns.iteration[r.columns.iteration.length - 1]};
+// for tests and the latency benchmark: when each newly committed iteration reached this page
+const last = r.columns.iteration.length ? r.columns.iteration[r.columns.iteration.length - 1] : null;
+const seen = window.admm_training || {log: []};
+if (last !== null && last !== seen.last) {
+    seen.log.push({iteration: last, committed_at: r.info.committed_at, received: Date.now() / 1000});
+}
+window.admm_training = {received: Date.now() / 1000, iterations: r.columns.iteration.length, last: last,
+                        log: seen.log};
 return r.columns;
 """
 

@@ -3,8 +3,10 @@
 :class:`TrainingMonitor` keeps the run's description and history and, after
 every commit (and every pass), hands the latest snapshot to the client's
 event loop, which stores it on the scheduler with ``set_metadata`` under
-:data:`METADATA_KEY`. The training thread never waits for the scheduler; a
-snapshot that cannot be delivered is dropped (the run store stays the record).
+:data:`METADATA_KEY`: a commit's snapshot synchronously (one small message;
+the page then has it before the next iteration starts), a pass's in the
+background. A snapshot that cannot be delivered is dropped with a debug log
+line (the run store stays the record); training never fails for the page.
 ``pipeline.dashboard`` serves the page from that metadata.
 """
 from __future__ import annotations
@@ -49,7 +51,7 @@ def run_info(run, *, n_chunks: int | None = None, n_held_out: int = 0) -> dict:
 
 
 class TrainingMonitor:
-    """Publish a run's description, history and pass speeds to the scheduler, without blocking training."""
+    """Publish a run's description, history and pass speeds to the scheduler for the /training page."""
 
     def __init__(self, client, key: str = METADATA_KEY):
         self.client, self.key = client, key
@@ -58,6 +60,8 @@ class TrainingMonitor:
         self._pending = None
         self._sending = False
         self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
         self.published = 0          # snapshots handed to the event loop
         self.client_seconds = 0.0   # time the training thread spent in this class
 
@@ -66,7 +70,7 @@ class TrainingMonitor:
         t0 = time.perf_counter()
         self.info, self.history = dict(info), list(history)
         self.info["started"] = time.time()
-        self._publish(t0)
+        self._publish_now(t0)
 
     def on_pass(self, kernel: str, seconds: float, rows: int, read_bytes: int) -> None:
         """Record the speed of the pass that just ended and publish it."""
@@ -84,21 +88,38 @@ class TrainingMonitor:
             self.info["target_iterations"] = target
         if stopped:
             self.info["stopped"] = stopped
+        self._publish_now(t0)
+
+    def _snapshot(self) -> dict:
+        return {"info": dict(self.info), "history": list(self.history), "published_at": time.time()}
+
+    def _publish_now(self, t0: float, timeout: float = 5.0) -> None:
+        """Publish and wait (at most ``timeout`` seconds) until the scheduler has this snapshot.
+
+        It goes through the same one-at-a-time sender as the passes' snapshots,
+        so an older snapshot can never overwrite it.
+        """
         self._publish(t0)
+        t1 = time.perf_counter()
+        if not self._idle.wait(timeout):
+            log.debug("training page: the scheduler did not take the snapshot within %.0f s", timeout)
+        self.client_seconds += time.perf_counter() - t1
 
     # -- delivery: the latest snapshot wins; one send at a time on the client's event loop -----------------
     def _publish(self, t0: float) -> None:
-        snapshot = {"info": dict(self.info), "history": list(self.history), "published_at": time.time()}
+        snapshot = self._snapshot()
         with self._lock:
             self._pending = snapshot
             self.published += 1
             start, self._sending = not self._sending, True
+            self._idle.clear()
         if start:
             try:
                 self.client.loop.add_callback(self._drain)
             except Exception as exc:  # noqa: BLE001 -- a closed client: the page just stops updating
                 with self._lock:
-                    self._sending = False
+                    self._sending, self._pending = False, None
+                    self._idle.set()
                 log.debug("training page: cannot publish (%s)", exc)
         self.client_seconds += time.perf_counter() - t0
 
@@ -108,14 +129,13 @@ class TrainingMonitor:
                 snapshot, self._pending = self._pending, None
                 if snapshot is None:
                     self._sending = False
+                    self._idle.set()
                     return
             try:
                 await self.client.scheduler.set_metadata(keys=[self.key], value=snapshot)
             except Exception as exc:  # noqa: BLE001 -- never disturb training for the page
                 log.debug("training page: publishing failed (%s)", exc)
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until the latest snapshot has reached the scheduler (tests, end of a run)."""
-        deadline = time.monotonic() + timeout
-        while (self._sending or self._pending is not None) and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the latest snapshot has reached the scheduler; return False on timeout."""
+        return self._idle.wait(timeout)

@@ -1,0 +1,190 @@
+"""The live /training page: routes on the scheduler, its data equal to the run store, and a real browser drawing it."""
+import json
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from browser_util import DRAWN_PIXELS_JS, METRICS_JS, chrome, must_skip, unavailable, wait_for
+from pipeline.dashboard import install, is_installed
+from pipeline.figures import column_names, columns
+from pipeline.monitor import TrainingMonitor, training_link
+from pipeline.training import train
+from solvers.config import TrainConfig
+from storage.data import write_data
+from storage.runstore import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quiet(_):
+    pass
+
+
+def _data(path, n=1200, d=6, seed=0, chunk_rows=200):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] ** 2 > 0.4).astype(int)
+    write_data(path, X, y, chunk_rows=chunk_rows)
+    return path
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read().decode()
+
+
+def _same(page_values, store_values):
+    """Equal as plotted: exactly the same floats, NaN (JSON null) where the store has NaN."""
+    assert len(page_values) == len(store_values)
+    for a, b in zip(page_values, store_values):
+        if b is None or (isinstance(b, float) and math.isnan(b)):
+            assert a is None or (isinstance(a, float) and math.isnan(a))
+        else:
+            assert a == b
+
+
+def test_training_link():
+    assert training_link("http://127.0.0.1:8787/status") == "http://127.0.0.1:8787/training"
+    assert training_link("https://host/proxy/8787/status") == "https://host/proxy/8787/training"
+    assert training_link(None) is None
+
+
+def test_page_serves_the_run_store_history_and_a_resumed_run_keeps_it(client, tmp_path):
+    """data.json equals the run store's history (a resumed run's included); /training is a page in the bar."""
+    scheduler = client.cluster.scheduler
+    install(scheduler)
+    assert client.run_on_scheduler(is_installed)
+    base = training_link(client.dashboard_link)
+    data, store = _data(tmp_path / "d.zarr"), tmp_path / "run.zarr"
+    config = TrainConfig(hidden=(8,), iterations=2, validation_fraction=0.2)
+    monitor = TrainingMonitor(client)
+    train(client, store=store, data=data, config=config, report=quiet, monitor=monitor)
+    monitor.flush()
+    status, text = _get(base + "/data.json")
+    first = json.loads(text)
+    history = RunStore.open(store).manifest()["history"]
+    assert first["columns"]["iteration"] == [1, 2]
+    for name in column_names("accuracy"):
+        _same(first["columns"][name], columns(history, "accuracy")[name])
+    assert first["info"]["store"] == str(store) and first["info"]["committed"] == 2
+    assert np.all(np.array(first["columns"]["rows_per_second"]) > 0)
+
+    monitor = TrainingMonitor(client)  # a new session resuming the run: the page shows iterations 1..4
+    seen = []
+    monitor.on_commit = (lambda f: lambda h, k, *a, **kw: (seen.append(len(h)), f(h, k, *a, **kw)))(monitor.on_commit)
+    train(client, store=store, resume=True, iterations=4, report=quiet, monitor=monitor)
+    monitor.flush()
+    resumed = json.loads(_get(base + "/data.json")[1])
+    history = RunStore.open(store).manifest()["history"]
+    assert resumed["columns"]["iteration"] == [1, 2, 3, 4] and seen == [3, 4]
+    for name in column_names("accuracy"):
+        _same(resumed["columns"][name], columns(history, "accuracy")[name])
+    assert "4 of 4" in resumed["info_html"] and str(store) in resumed["info_html"]
+
+    status, page = _get(base)
+    assert status == 200 and "training/data.json" in page and 'href="training"' in page
+    assert not re.search(r"<script[^>]+src=\"https?:", page), "BokehJS must come from the dashboard itself"
+
+
+def test_page_without_a_run_says_so(tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address="127.0.0.1:0") as cluster:
+        install(cluster.scheduler)
+        base = f"http://127.0.0.1:{cluster.scheduler.http_server.port}/training"
+        data = json.loads(_get(base + "/data.json")[1])
+        assert data["columns"]["iteration"] == [] and "No training run has reported" in data["info_html"]
+        assert _get(base)[0] == 200
+
+
+class _Lines:
+    """Collect a subprocess's stdout lines in a thread (so the test can wait for one)."""
+
+    def __init__(self, proc):
+        self.lines, self.proc = [], proc
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, prefix, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if line.startswith(prefix):
+                    return line[len(prefix):].strip()
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no line {prefix!r} in the output: {''.join(self.lines)}")
+
+
+def test_training_page_in_a_real_browser(tmp_path):
+    """Screenshot /training during a run; the page is drawn, updates live, and plots exactly the run store's metrics."""
+    reason = unavailable()
+    if reason:
+        if must_skip():
+            pytest.skip(reason)
+        pytest.fail(f"{reason}; .ci/run should install chromium or record why it could not")
+    import xarray as xr
+
+    data, test = _data(tmp_path / "train.zarr", n=3000, seed=1), _data(tmp_path / "test.zarr", n=600, seed=2)
+    store = tmp_path / "run.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", str(data), "--test-data", str(test),
+                             "--store", str(store), "--hidden", "16", "--iterations", "12", "--workers", "1",
+                             "--validation-fraction", "0.2", "--patience", "0", "--dashboard-address",
+                             "127.0.0.1:0", "--no-progress"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = _Lines(proc)
+    driver = None
+    try:
+        link = out.wait_for("Training page: ")
+        assert link.startswith("http://127.0.0.1:") and link.endswith("/training"), link
+        driver = chrome()
+        driver.get(link)
+        wait_for(driver, "return window.admm_training && window.admm_training.iterations >= 3")
+        time.sleep(0.5)  # let Bokeh paint the last update
+        shot = tmp_path / "training.png"
+        driver.save_screenshot(str(shot))
+        drawn = driver.execute_script(DRAWN_PIXELS_JS)
+        first = driver.execute_script(METRICS_JS)
+        # live: more iterations arrive without reloading the page
+        wait_for(driver, f"return window.admm_training.iterations >= {len(first['iteration']) + 2}")
+        page = driver.execute_script(METRICS_JS)
+        log = driver.execute_script("return window.admm_training.log")
+        assert proc.wait(timeout=300) == 0, "".join(out.lines)
+    finally:
+        if driver is not None:
+            driver.quit()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # the page is drawn: a PNG with plots on it, every visible figure painted
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.std() > 0.05, "the screenshot is blank"
+    assert drawn["figures"] >= 6 and drawn["drawn"] > 10_000, drawn
+    # the plotted points are the run store's metrics
+    ds = xr.open_zarr(store, group="metrics", consolidated=False).load()
+    iterations = [int(i) for i in page["iteration"]]
+    assert iterations == list(range(1, len(iterations) + 1)) and len(iterations) >= 5
+    rows = ds.sel(iteration=iterations)
+    for name in ("train_accuracy", "validation_accuracy", "test_accuracy", "seconds", "objective", "damping",
+                 "rows_per_second", "read_mb_per_second"):
+        _same(page[name], [float(v) for v in rows[name].values])
+    _same(page["wall"], list(np.cumsum(ds.seconds.values)[: len(iterations)]))
+    # each commit reached the page within 1 s (the page polls every 0.5 s)
+    delays = [e["received"] - e["committed_at"] for e in log[1:]]  # log[0]: committed before the page opened
+    assert delays and float(np.median(delays)) < 1.0, delays
