@@ -52,7 +52,10 @@ def _resume_hint(store) -> str:
     except Exception:  # noqa: BLE001 -- the hint must never hide the interruption
         iteration = None
     if iteration is None:
-        return f"; no iteration was committed: start again with the same command and --overwrite"
+        from pathlib import Path
+
+        return ("; no iteration was committed: start again with the same command"
+                + (" and --overwrite" if Path(store).exists() else ""))
     return (f"; iteration {iteration} is committed: resume with "
             f"python -m pipeline.train --store {store} --resume")
 

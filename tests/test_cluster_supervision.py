@@ -345,6 +345,7 @@ def test_worker_too_small_for_its_chunk_is_one_line_naming_the_settings(tmp_path
     _ended_cleanly(driver, rc, lines, 2, seconds)
 
 
+@pytest.mark.slow  # 13-29 s; the SLURM case above runs by default
 def test_local_worker_too_small_for_its_chunk(tmp_path):
     """--memory-limit on the local cluster: the same one line, naming --memory-limit."""
     from storage.data import write_data
@@ -361,3 +362,68 @@ def test_local_worker_too_small_for_its_chunk(tmp_path):
     print(f"local worker too small: exit {out.returncode} after {time.monotonic() - t0:.1f} s: {lines}")
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: workers ran out of memory")
     assert "raise --memory-limit or lower --chunk-rows (now 8000)" in lines[0]
+
+
+def test_local_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C reaches the whole process group (driver and local workers): one line, exit 130, resumable."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--store", str(tmp_path / "run.zarr"),
+                                 "--hidden", "16", "--iterations", "1000", "--workers", "2",
+                                 "--dashboard-address", "localhost:0"],
+                                stdout=o, stderr=e, env=env, cwd=tmp_path, start_new_session=True)
+    end = time.monotonic() + 120
+    while not any(line.split()[:1] == ["2"] for line in out.read_text().splitlines()):
+        assert proc.poll() is None and time.monotonic() < end, err.read_text()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc = proc.wait(60)
+    lines = err.read_text().splitlines()
+    assert rc == 130 and len(lines) == 1, lines
+    assert lines[0].startswith("interrupted (SIGINT, Ctrl-C): the cluster was shut down; iteration ")
+    assert f"resume with python -m pipeline.train --store {tmp_path / 'run.zarr'} --resume" in lines[0]
+
+
+@pytest.mark.slow  # 19-26 s
+@pytest.mark.slurm
+@needs_slurm
+def test_job_cancelled_while_pending_at_start_up_is_replaced(tmp_path):
+    """Jobs that pend (here: --begin=now+120); one is cancelled while pending: it is replaced, and the wait
+    ends at --worker-timeout with the queue's state of the replacement."""
+    import yaml
+
+    config = _jobqueue_yaml(tmp_path)
+    conf = yaml.safe_load(config.read_text())
+    conf["jobqueue"]["slurm"]["job-extra-directives"] = ["--begin=now+120"]
+    config.write_text(yaml.safe_dump(conf))
+    lines, cancelled = [], []
+
+    def cancel_a_pending_job():
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            for line in list(lines):
+                if " PENDING" in line:
+                    job = line.split("job ")[1].split()[0]
+                    subprocess.run(["scancel", job], check=True)
+                    cancelled.append(job)
+                    return
+            time.sleep(0.1)
+
+    canceller = threading.Thread(target=cancel_a_pending_job)
+    canceller.start()
+    t0 = time.monotonic()
+    with pytest.raises(InputError) as err:
+        with connect("slurm", jobs=1, jobqueue_config=config, dashboard_address="localhost:0", worker_timeout=15,
+                     report=lines.append):
+            pass
+    canceller.join()
+    print(f"pending job cancelled: {time.monotonic() - t0:.1f} s: {err.value}", *lines, sep="\n")
+    assert cancelled, lines
+    assert any(f"job {cancelled[0]} left the queue before its worker connected" in x for x in lines), lines
+    replaced = [x for x in lines if f"submitted to replace job {cancelled[0]}" in x]
+    assert replaced, lines
+    new = replaced[0].split("job ")[1].split()[0]
+    assert f"only 0 of 1 slurm workers connected within 15 s (job {new} PENDING)" in str(err.value)
+    assert "wait longer with --worker-timeout" in str(err.value)
+    assert _gone_from_squeue({cancelled[0], new})
