@@ -3,8 +3,10 @@
 ``--cluster`` picks one of:
 
 ========================  =========================================================
-``local`` (default)       an embedded :class:`distributed.LocalCluster`, one
-                          single-threaded worker process per core
+``local`` (default)       an embedded :class:`distributed.LocalCluster`: one
+                          single-threaded worker process per core, or for small
+                          data one in-process worker with a thread per core
+                          (``local_mode``, :func:`local_processes`)
 ``slurm``, ``pbs``        a dask-jobqueue cluster: the scheduler runs here, every
                           worker is a batch job configured by ``jobqueue.yaml``
 ``tls://host:8786``       a running scheduler (``host:8786`` means TLS when the
@@ -40,6 +42,8 @@ JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 SECURITY_MODES = ("temporary", "config", "none")
 DEFAULT_WORKER_TIMEOUT = 600.0
 PROGRESS_EVERY = 5.0  # seconds between "waiting for N workers" lines
+LOCAL_MODES = ("auto", "threads", "processes")
+THREADS_MAX_BYTES = 256 * 2**20  # auto: data up to this size runs on threads in this process
 
 
 class DryRun(Exception):
@@ -423,21 +427,49 @@ def _batch_client(stack, kind, conf, jobs, adapt, dashboard_address, timeout, dr
 
 
 # --------------------------------------------------------------------------- local and remote
-def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_address):
+def local_processes(mode: str = "auto", data_bytes: int | None = None) -> bool:
+    """Return whether the local cluster runs worker processes (True) or threads in this process (False).
+
+    ``auto``: threads when the training data is known to be at most
+    :data:`THREADS_MAX_BYTES` (no process start-up, ~1.3 s here, and nothing
+    spawned, so it works from ``python -c``, stdin and notebooks), processes
+    otherwise (the GIL-free option for long out-of-core runs).
+    """
+    if mode not in LOCAL_MODES:
+        raise InputError(f"--local-mode {mode!r}: expected one of {', '.join(LOCAL_MODES)}")
+    if mode != "auto":
+        return mode == "processes"
+    return data_bytes is None or data_bytes > THREADS_MAX_BYTES
+
+
+@contextlib.contextmanager
+def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_address, processes=True):
     from distributed import LocalCluster
 
     cores = os.cpu_count() or 1
     threads = max(1, int(threads_per_worker or 1))
     workers = int(n_workers or max(1, cores // threads))
+    quiet = logging.getLogger("pipeline").getEffectiveLevel() > logging.DEBUG  # our error lines say it once
+    if not processes:  # one in-process worker, a thread per would-be worker process; BLAS at one thread
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1), LocalCluster(
+                n_workers=1, threads_per_worker=workers * threads, processes=False,
+                memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
+                silence_logs=logging.CRITICAL if quiet else logging.ERROR) as cluster:
+            yield cluster
+        return
     # distributed's default MALLOC_TRIM_THRESHOLD_ cost ~24 % per pass here (DESIGN.md);
     # BLAS stays at one thread per worker thread (OMP/MKL/OPENBLAS_NUM_THREADS=1).
-    quiet = logging.getLogger("pipeline").getEffectiveLevel() > logging.DEBUG  # our error lines say it once
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                            memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
-                            silence_logs=logging.CRITICAL if quiet else logging.ERROR, preload=["pipeline.worker_setup"])
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                               memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
+                               silence_logs=logging.CRITICAL if quiet else logging.ERROR,
+                               preload=["pipeline.worker_setup"])
+    with cluster:
+        yield cluster
 
 
 def _remote_security(address: str):
@@ -461,9 +493,12 @@ def _remote_security(address: str):
 @contextlib.contextmanager
 def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, memory_limit=None,
             dashboard_address="localhost:8787", jobs=None, adapt=None, jobqueue_config=None,
-            worker_timeout=None, dry_run=False, report=None, chunk_bytes=None):
+            worker_timeout=None, dry_run=False, report=None, chunk_bytes=None, processes=True):
     """Yield a :class:`distributed.Client` for the cluster spec; close what this started.
 
+    ``local``: ``n_workers`` worker processes of ``threads_per_worker`` threads,
+    or with ``processes=False`` one in-process worker with as many threads
+    (:func:`local_processes` chooses).
     For ``slurm``/``pbs``: ``jobs`` batch jobs (default 1), or ``adapt=(min, max)``
     jobs; the config is :func:`load_jobqueue_config` of ``jobqueue_config``; waits
     up to ``worker_timeout`` seconds (default ``admm-dask.worker-timeout``, 600) for
@@ -495,7 +530,7 @@ def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, mem
                                        dry_run, report, chunk_bytes)
             elif spec == "local":
                 started = stack.enter_context(_local_cluster(n_workers, threads_per_worker, memory_limit,
-                                                             dashboard_address))
+                                                             dashboard_address, processes))
                 client = stack.enter_context(Client(started))
             elif spec.endswith(".json"):
                 if not Path(spec).exists():

@@ -88,7 +88,9 @@ _OWN_PARAMETERS = (
      "as ``<store stem>-data.zarr``, so the run can be resumed or reported on. ``None``: a temporary directory, "
      "deleted after ``fit``. With a remote cluster, use shared storage."),
     ("client", None, "distributed.Client or None",
-     "Cluster to train on; ``None`` starts a local cluster for ``fit`` and closes it afterwards."),
+     "Cluster to train on; ``None`` starts a local cluster for ``fit`` and closes it afterwards: threads in "
+     "this process for in-memory ``X`` (nothing is spawned), for Dask or stored ``X`` threads up to 256 MB of "
+     "data, else worker processes; it has no dashboard."),
     ("verbose", False, "bool",
      "Print the per-iteration lines; otherwise they go to the ``pipeline`` logger at INFO level."),
 )
@@ -150,15 +152,21 @@ class _ADMMEstimator(BaseEstimator):
         return config_from_parameters({**self.get_params(deep=False), "random_state": seed}, task=self._task)
 
     @contextlib.contextmanager
-    def _connect(self):
-        """Yield the client to fit on: ``client``, or a local cluster started for this fit."""
+    def _connect(self, processes: bool):
+        """Yield the client to fit on: ``client``, or a local cluster started for this fit.
+
+        The fit's own cluster runs threads in this process for in-memory data
+        (nothing is spawned: fits from ``python -c``, stdin and notebooks), and
+        for a Dask array or data store the ``--local-mode auto`` rule decides.
+        It has no dashboard (its start would cost ~0.4 s); pass ``client`` for one.
+        """
         if self.client is not None:
             yield self.client
             return
         from pipeline.cluster import connect
 
-        with connect("local", dashboard_address=":0", report=log.info) as client:
-            log.info("local Dask cluster for fit, dashboard %s", client.dashboard_link)
+        with connect("local", dashboard_address=None, report=log.info, processes=processes) as client:
+            log.info("local Dask cluster for fit (%s)", "worker processes" if processes else "threads")
             yield client
 
     def _report(self, line: str) -> None:
@@ -189,7 +197,7 @@ class _ADMMEstimator(BaseEstimator):
                 if not _is_dask(X) and not _is_path(X):  # validate before starting a cluster
                     classes = self._write_numpy(X, y, data_path)
                     self._owned(data_path)
-                with self._connect() as client:
+                with self._connect(self._needs_processes(X)) as client:
                     if _is_path(X):
                         self._use_store(X, y)
                         data_path = Path(X)
@@ -229,6 +237,19 @@ class _ADMMEstimator(BaseEstimator):
         """Remember that this estimator wrote ``path`` (a later fit may replace it)."""
         if self.store is not None:
             self._written_stores = getattr(self, "_written_stores", set()) | {str(Path(path).resolve())}
+
+    @staticmethod
+    def _needs_processes(X) -> bool:
+        """Return whether the fit's own cluster should run worker processes (big Dask or stored data)."""
+        from pipeline.cli import data_bytes
+        from pipeline.cluster import local_processes
+
+        if _is_path(X):
+            return local_processes("auto", data_bytes(X))
+        if _is_dask(X):
+            known = all(not np.isnan(s) for s in X.shape)
+            return local_processes("auto", int(4 * np.prod(X.shape)) if known else None)
+        return False
 
     def _set_fitted(self, result, classes) -> None:
         """Set the fitted attributes from the training result (``classes``: the NumPy labels, or None)."""

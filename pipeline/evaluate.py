@@ -50,7 +50,7 @@ def evaluate(client, store, data) -> dict:
 @exits_on_input_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    with connect_from_args(args) as client:
+    with connect_from_args(args, data=args.data) as client:
         result = evaluate(client, args.store, args.data)
     if args.json:
         print(json.dumps(result))

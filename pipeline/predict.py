@@ -82,7 +82,7 @@ def predict(client, store, data, out, overwrite=False):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_inputs(args.store, args.data, args.out, args.overwrite)  # before a cluster starts
-    with connect_from_args(args) as client:
+    with connect_from_args(args, data=args.data) as client:
         out = predict(client, args.store, args.data, args.out, args.overwrite)
     print(f"predictions written to {out}/prediction")
     return 0

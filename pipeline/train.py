@@ -125,7 +125,8 @@ def _main(args, where) -> int:
         except ImportError:
             raise InputError('--performance-report needs bokeh: pip install "admm-dask[report]"') from None
         perf = Path(args.performance_report or performance_report_path(store))
-    with _training_page_preload(), connect_from_args(args) as client, _performance_report(perf):
+    size_from = data if data is not None else _run_data_path(store)
+    with _training_page_preload(), connect_from_args(args, data=size_from) as client, _performance_report(perf):
         link = dashboard_link(client, args.cluster)
         print(f"Dask dashboard: {link}", flush=True)
         print(f"Training page: {_training_page(client, link)}", flush=True)
@@ -168,6 +169,16 @@ def _training_page(client, link: str) -> str:
         return "the scheduler has no dashboard (install bokeh)"
     url, _, rest = link.partition(" ")  # a batch cluster's link carries its ssh tunnel: same port, same tunnel
     return training_link(url) + (" " + rest.replace("/status)", "/training)") if rest else "")
+
+
+def _run_data_path(store):
+    """Return the training data path recorded in a run store, or None."""
+    from storage.runstore import RunStore
+
+    try:
+        return RunStore.open(store).attrs["data"]["path"]
+    except (InputError, KeyError, TypeError):
+        return None
 
 
 def _performance_report(path):

@@ -1,4 +1,4 @@
-"""The training loop on Dask: statistics pass, run-store creation or resume, iterate, commit.
+"""The training loop on Dask: scaling from the data store's statistics, run-store creation or resume, iterate, commit.
 
 :func:`train` is what ``python -m pipeline.train`` runs; it needs a connected
 :class:`distributed.Client` and reports one line per iteration through
@@ -22,12 +22,14 @@ from solvers.loop import LoopState, initialize, iterate
 from solvers.stats import scaling_from_sums
 from solvers.tasks import TASKS
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
-from storage.data import DataStore, fingerprint, open_data
+from storage.data import MAX_LABELS, DataStore, fingerprint, open_data
 from storage.lock import RunLock, check_unlocked
 from storage.runstore import Checkpoint, RunStore, check_creatable
 
 STATE_CHUNK_BYTES = 128 * 2**20  # target size of one state chunk (DESIGN: 64–256 MB)
-MAX_CLASSES = 1000
+MAX_CLASSES = MAX_LABELS
+CHUNKS_PER_THREAD = 3  # small data is split so every worker thread gets at least this many chunks
+MIN_CHUNK_ROWS = 512  # but not into chunks smaller than this (per-task overhead ~ms)
 
 
 @dataclass
@@ -39,12 +41,17 @@ class TrainResult:
     store: RunStore | None = None
 
 
-def default_chunk_rows(data: DataStore, state_width: int) -> int:
-    """Return rows per chunk: a whole number of data chunks holding ~128 MB of float32 state and data.
+def default_chunk_rows(data: DataStore, state_width: int, threads: int = 1) -> int:
+    """Return rows per chunk: ~128 MB of float32 state and data, but at least 3 chunks per worker thread.
 
-    A task then reads whole data chunks (Zarr reads a chunk whole, so a state
-    chunk of half a data chunk would read it twice per pass). Only when one
-    data chunk alone would carry over 512 MB of state is it split in halves.
+    Big data: a whole number of data chunks holding ~128 MB, so a task reads
+    whole data chunks (Zarr reads a chunk whole, so a state chunk of half a
+    data chunk would read it twice per pass); only when one data chunk alone
+    would carry over 512 MB of state is it split in halves. Data too small to
+    give every one of the cluster's ``threads`` :data:`CHUNKS_PER_THREAD`
+    chunks that way is split finer (no chunk under :data:`MIN_CHUNK_ROWS`
+    rows): into whole data chunks, or a power-of-two fraction of one, so that
+    tasks still read aligned rows.
     """
     bytes_per_row = 4 * (state_width + data.n_features)
     if data.chunk_rows * bytes_per_row > 4 * STATE_CHUNK_BYTES:
@@ -52,7 +59,26 @@ def default_chunk_rows(data: DataStore, state_width: int) -> int:
         rows = max(1, data.chunk_rows >> halvings)
     else:
         rows = data.chunk_rows * max(1, round(STATE_CHUNK_BYTES / bytes_per_row / data.chunk_rows))
-    return int(min(rows, data.n_samples))
+    rows = int(min(rows, data.n_samples))
+    wanted = CHUNKS_PER_THREAD * max(1, int(threads))
+    if math.ceil(data.n_samples / rows) >= wanted:
+        return rows
+    most = max(MIN_CHUNK_ROWS, math.ceil(data.n_samples / wanted))  # the largest rows that give `wanted` chunks
+    if data.chunk_rows >= data.n_samples:  # one data chunk: every split reads the same chunk
+        fine = most
+    elif most >= data.chunk_rows:
+        fine = data.chunk_rows * (most // data.chunk_rows)
+    else:
+        fine = data.chunk_rows >> max(0, math.ceil(math.log2(data.chunk_rows / most)))
+    return int(min(rows, max(1, fine), data.n_samples))
+
+
+def _threads(client) -> int:
+    """Return the number of worker threads of the cluster (at least 1)."""
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001 -- a client that cannot say: assume one
+        return 1
 
 
 def _classes(labels) -> np.ndarray:
@@ -68,13 +94,29 @@ def _classes(labels) -> np.ndarray:
 
 
 def _model_for_new_run(client, data: DataStore, config: TrainConfig) -> dict:
-    """Return the model arrays of a new run from one statistics pass: input scaling, and classes or target scaling."""
+    """Return the model arrays of a new run: input scaling, and classes or target scaling.
+
+    They come from the statistics the data store recorded when it was written
+    (no pass over the data); a store without them gets one statistics pass.
+    """
     regression = config.task == "regression"
-    shift = np.asarray(data.X[0], np.float64)
-    if regression:  # the moments of [X, y]: the target scaling comes from the same pass
-        shift = np.append(shift, data.y[0])
-    sums, labels = data_statistics(client, data.path, data.n_samples, data.chunk_rows, shift, labels=not regression)
-    model = scaling_from_sums(sums, shift, data.n_features, config.scaling)
+    d = data.n_features
+    recorded = data.statistics
+    if recorded is not None:
+        shift, sums, labels = recorded["shift"], recorded["sums"], recorded["labels"]
+        if not regression:  # the moments of X alone: drop y's column
+            shift, sums = shift[:d], np.concatenate([sums[:1], sums[1:1 + d], sums[2 + d:2 + 2 * d]])
+            if labels is None:
+                raise InputError(f"the labels take more than {MAX_CLASSES} distinct values; classification "
+                                 "needs at most that many classes (are the labels continuous? then pass "
+                                 "--task regression)")
+    else:
+        shift = np.asarray(data.X[0], np.float64)
+        if regression:  # the moments of [X, y]: the target scaling comes from the same pass
+            shift = np.append(shift, data.y[0])
+        sums, labels = data_statistics(client, data.path, data.n_samples, data.chunk_rows, shift,
+                                       labels=not regression)
+    model = scaling_from_sums(sums, shift, d, config.scaling)
     if not regression:
         model["classes"] = _classes(labels)
     return model
@@ -196,7 +238,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         model = _model_for_new_run(client, data, config)
         solver = make_solver(config, data.n_features, **model)
         rows = chunk_rows or chunk_rows_for_validation(
-            data.n_samples, default_chunk_rows(data, sum(solver.state_widths().values())), config.validation_fraction)
+            data.n_samples, default_chunk_rows(data, sum(solver.state_widths().values()), _threads(client)),
+            config.validation_fraction)
         _, held_out = validation_split(bounds(data.n_samples, rows), config.validation_fraction, config.seed)
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
                               data={"path": str(data.path.resolve()), "fingerprint": fingerprint(data)},

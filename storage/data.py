@@ -15,7 +15,13 @@ halves read speed) but carry a crc32c checksum per chunk, and their fill value
 is NaN: a corrupted, truncated or missing chunk file is reported, never read
 as data (see :func:`read_rows`). The group attributes are ``format`` (always
 ``"admm-dask-data"``), ``format_version``, ``n_samples``, ``n_features``,
-``chunk_rows``, ``feature_names``, ``label_name`` and ``source``.
+``chunk_rows``, ``feature_names``, ``label_name``, ``source`` and
+``statistics``: the shifted moment sums of the columns ``[X, y]`` summed while
+the rows were written (``shift`` = the first row, ``sums`` = [n, Σ(v − s),
+Σ(v − s)²] per column, float64) and ``labels``, the sorted distinct values of
+``y`` (None when there are more than :data:`MAX_LABELS`). Training reads its
+input scaling and class list from them instead of a pass over the data; a
+store without them (older versions) gets that pass.
 
 A store is written under ``<path>.partial-<random>`` next to its target and
 renamed into place only when complete, so a failed or interrupted write never
@@ -29,7 +35,7 @@ import math
 import os
 import sys
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +51,7 @@ X_DTYPE = np.dtype("float32")
 Y_DTYPE = np.dtype("float64")
 _CHUNK_BYTES = 32 * 2**20
 _MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS = 1024, 262144
+MAX_LABELS = 1000  # distinct label values recorded in the statistics; more: labels is None
 _HOW_TO_CREATE = "create one with `python -m pipeline.ingest SOURCE --out {path}`"
 
 
@@ -82,6 +89,10 @@ class DataStore:
         Name of the label column ``y``.
     source : str
         Where the data came from (a file name, or ``"array"``).
+    statistics : dict or None
+        ``shift`` (d + 1,), ``sums`` (1 + 2(d + 1),) and ``labels`` (sorted
+        distinct y, or None) as recorded at write time (see the module
+        docstring), as float64 arrays; None for a store written without them.
     """
 
     path: Path
@@ -91,6 +102,7 @@ class DataStore:
     feature_names: tuple[str, ...]
     label_name: str
     source: str = ""
+    statistics: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_chunks(self) -> int:
@@ -175,7 +187,52 @@ def open_data(path: str | os.PathLike) -> DataStore:
     return DataStore(path=path, n_samples=int(X.shape[0]), n_features=int(X.shape[1]),
                      chunk_rows=int(X.chunks[0]), feature_names=tuple(map(str, names)),
                      label_name=str(attrs.get("label_name", "label")),
-                     source=str(attrs.get("source", "")))
+                     source=str(attrs.get("source", "")),
+                     statistics=_parse_statistics(attrs.get("statistics"), X.shape[0], X.shape[1]))
+
+
+def _parse_statistics(raw, n: int, d: int) -> dict | None:
+    """Return the recorded statistics as arrays, or None when absent or not of a store of n x d."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        shift = np.asarray(raw["shift"], np.float64)
+        sums = np.asarray(raw["sums"], np.float64)
+        labels = raw.get("labels")
+        labels = None if labels is None else np.asarray(labels, np.float64)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if shift.shape != (d + 1,) or sums.shape != (1 + 2 * (d + 1),) or sums[0] != n \
+            or not (np.all(np.isfinite(shift)) and np.all(np.isfinite(sums))) \
+            or (labels is not None and (labels.ndim != 1 or labels.size > MAX_LABELS)):
+        return None
+    return {"shift": shift, "sums": sums, "labels": labels}
+
+
+class _Statistics:
+    """Running moment sums of the columns ``[X, y]`` and the distinct labels, block by block."""
+
+    def __init__(self):
+        self.shift = self.sums = None
+        self.labels = np.empty(0)
+
+    def add(self, X: np.ndarray, y: np.ndarray) -> None:
+        if X.shape[0] == 0:
+            return
+        xy = np.column_stack([X.astype(np.float64), y])
+        if self.shift is None:
+            self.shift = xy[0].copy()
+            self.sums = np.zeros(1 + 2 * xy.shape[1])
+        dev = xy - self.shift  # shifted one-pass moments: Σ(v − s), Σ(v − s)² per column
+        self.sums += np.concatenate([[xy.shape[0]], dev.sum(axis=0), (dev * dev).sum(axis=0)])
+        if self.labels is not None:
+            self.labels = np.union1d(self.labels, np.unique(y))
+            if self.labels.size > MAX_LABELS:
+                self.labels = None
+
+    def attrs(self) -> dict:
+        return {"shift": self.shift.tolist(), "sums": self.sums.tolist(),
+                "labels": None if self.labels is None else self.labels.tolist()}
 
 
 def _check_arrays(path: Path, X: zarr.Array, y: zarr.Array, attrs: dict) -> None:
@@ -271,6 +328,7 @@ class DataWriter:
         self.report = report if report is not None else _to_stderr
         check_writable(self.path, self.overwrite)
         self.n_rows = 0
+        self._stats = _Statistics()
         self.store: DataStore | None = None
         self._partial: Path | None = None
 
@@ -321,6 +379,7 @@ class DataWriter:
                 raise InputError(f"{name} row {self.n_rows + bad} (0-based) contains NaN or inf "
                                  "(or a value too large for float32); remove or impute "
                                  "non-finite values first")
+        self._stats.add(X_block, y_block)
         start, m = 0, X_block.shape[0]
         while start < m:
             take = min(self.chunk_rows - self._fill, m - start)
@@ -370,7 +429,8 @@ class DataWriter:
                 "format": FORMAT, "format_version": FORMAT_VERSION,
                 "n_samples": self.n_rows, "n_features": self.n_features,
                 "chunk_rows": self.chunk_rows, "feature_names": self.feature_names,
-                "label_name": self.label_name, "source": self.source})
+                "label_name": self.label_name, "source": self.source,
+                "statistics": self._stats.attrs()})
             _replace(partial, self.path, self.overwrite)
             partial = None
             self.store = open_data(self.path)

@@ -329,9 +329,13 @@ def test_write_data(tmp_path):
     assert (store.n_samples, store.n_features, store.chunk_rows) == (10, 2, 4)
     np.testing.assert_array_equal(store.X[:], X.astype(np.float32))
     attrs = dict(zarr.open_group(tmp_path / "d.zarr", mode="r").attrs)
+    stats = attrs.pop("statistics")
     assert attrs == {"format": "admm-dask-data", "format_version": 1, "n_samples": 10,
                      "n_features": 2, "chunk_rows": 4, "feature_names": ["p", "q"],
                      "label_name": "label", "source": "array"}
+    # moments of [X, y] shifted by the first row (0, 1, 0): n, Σ(v − s), Σ(v − s)² per column
+    assert stats == {"shift": [0.0, 1.0, 0.0], "sums": [10.0, 90.0, 90.0, 45.0, 1140.0, 1140.0, 285.0],
+                     "labels": [float(v) for v in range(10)]}
     with pytest.raises(InputError, match="exists; pass overwrite=True"):
         write_data(tmp_path / "d.zarr", X, np.arange(10))
     X[6, 1] = np.inf

@@ -1,0 +1,133 @@
+"""Fixed costs of a run: statistics recorded at write time, chunks for every thread, a threaded local cluster."""
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.cluster import THREADS_MAX_BYTES, connect, local_processes
+from pipeline.training import CHUNKS_PER_THREAD, MIN_CHUNK_ROWS, default_chunk_rows, train
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from solvers.stats import moment_sums
+from storage.data import MAX_LABELS, open_data, write_data
+from storage.ingest import ingest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quiet(_line):
+    pass
+
+
+def test_ingest_records_moments_and_labels_of_every_block(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(3.0, 2.0, size=(5000, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 5000) * 2 + 1
+    csv = tmp_path / "t.csv"
+    np.savetxt(csv, np.column_stack([X, y]), delimiter=",", fmt="%.9g")
+    store, _ = ingest(csv, tmp_path / "d.zarr", block_rows=700, chunk_rows=1024)
+    stats = store.statistics
+    xy = np.column_stack([store.X[...].astype(np.float64), store.y[...]])
+    np.testing.assert_array_equal(stats["shift"], xy[0])
+    np.testing.assert_allclose(stats["sums"], moment_sums(xy, xy[0]), rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(stats["labels"], [1.0, 3.0, 5.0])
+
+
+def test_too_many_labels_recorded_as_none_and_refused_for_classification(client, tmp_path):
+    X = np.arange(2 * (MAX_LABELS + 1), dtype=np.float32).reshape(-1, 2)
+    y = np.arange(MAX_LABELS + 1) * 0.5
+    store = write_data(tmp_path / "d.zarr", X, y)
+    assert store.statistics["labels"] is None
+    with pytest.raises(InputError, match=f"more than {MAX_LABELS} distinct values.*--task regression"):
+        train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", report=quiet,
+              config=TrainConfig(hidden=(4,), iterations=1))
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_recorded_statistics_give_the_model_of_a_statistics_pass(client, tmp_path, monkeypatch, task):
+    """A store with statistics trains without the pass; an older store without them gets it, same model."""
+    import pipeline.training as training
+
+    rng = np.random.default_rng(1)
+    X = (rng.normal(size=(3000, 6)) * [1, 10, 100, 0.1, 1, 5] + 7).astype(np.float32)
+    y = (X[:, 0] > 7).astype(int) if task == "classification" else X[:, 1] * 0.3 + rng.normal(size=3000)
+    write_data(tmp_path / "new.zarr", X, y, chunk_rows=512)
+    write_data(tmp_path / "old.zarr", X, y, chunk_rows=512)
+    group = zarr.open_group(tmp_path / "old.zarr", mode="r+")
+    del group.attrs["statistics"]
+    assert open_data(tmp_path / "old.zarr").statistics is None
+    cfg = TrainConfig(hidden=(8,), iterations=2, task=task)
+    calls = []
+    real = training.data_statistics
+    monkeypatch.setattr(training, "data_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    new = train(client, store=tmp_path / "a.zarr", data=tmp_path / "new.zarr", config=cfg, report=quiet)
+    assert calls == []  # no statistics pass
+    old = train(client, store=tmp_path / "b.zarr", data=tmp_path / "old.zarr", config=cfg, report=quiet)
+    assert calls == [1]
+    for name in ("x_mean", "x_scale", "y_mean", "y_scale"):
+        a, b = getattr(new.network, name), getattr(old.network, name)
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-9)
+    if task == "classification":
+        np.testing.assert_array_equal(new.network.classes, old.network.classes)
+    for a, b in zip(new.network.weights, old.network.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _store(n, chunk_rows, d=28):
+    return SimpleNamespace(n_samples=n, chunk_rows=chunk_rows, n_features=d)
+
+
+@pytest.mark.parametrize("n,data_rows,threads", [(7951, 7951, 2), (10_000, 8192, 2), (60_000, 8192, 2),
+                                                 (1_000_000, 262144, 2), (100_000, 4096, 8)])
+def test_small_data_gives_every_thread_chunks_with_aligned_reads(n, data_rows, threads):
+    rows = default_chunk_rows(_store(n, data_rows), 0, threads)
+    chunks = -(-n // rows)
+    assert chunks >= CHUNKS_PER_THREAD * threads or rows == MIN_CHUNK_ROWS
+    if data_rows < n:  # several data chunks: a task reads whole ones, or a power-of-two share of one
+        assert rows % data_rows == 0 or data_rows % rows == 0
+
+
+def test_big_data_keeps_large_chunks_and_tiny_data_no_tiny_chunks():
+    big = _store(50_000_000, 262144)
+    assert default_chunk_rows(big, 300, 2) == default_chunk_rows(big, 300, 1) >= 262144
+    assert default_chunk_rows(_store(1000, 1000), 0, 8) == MIN_CHUNK_ROWS  # 24 chunks wanted, 2 given
+    assert default_chunk_rows(_store(300, 300), 0, 8) == 300
+
+
+def test_local_mode_rule():
+    assert local_processes("auto", THREADS_MAX_BYTES) is False
+    assert local_processes("auto", THREADS_MAX_BYTES + 1) is True
+    assert local_processes("auto", None) is True
+    assert local_processes("threads", 10**12) is False
+    assert local_processes("processes", 10) is True
+    with pytest.raises(InputError, match="--local-mode 'fast'"):
+        local_processes("fast", 10)
+
+
+def test_threaded_local_cluster_runs_in_this_process(tmp_path):
+    import os
+
+    with connect("local", n_workers=2, dashboard_address=None, processes=False, report=quiet) as client:
+        assert list(client.nthreads().values()) == [2]
+        assert set(client.run(os.getpid).values()) == {os.getpid()}
+
+
+def test_estimator_fits_from_stdin_without_spawning(tmp_path):
+    """In-memory fits use threads in this process: a script piped to python (no __main__ guard) works."""
+    script = ("import numpy as np\n"
+              "from pipeline.estimator import ADMMClassifier\n"
+              "rng = np.random.default_rng(0)\n"
+              "X = rng.normal(size=(400, 3)); y = (X[:, 0] > 0).astype(int)\n"
+              "clf = ADMMClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y)\n"
+              "print('score', clf.score(X, y))\n")
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split("score")[1]) > 0.8
