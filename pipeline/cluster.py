@@ -274,7 +274,25 @@ def jobqueue_cluster(kind: str, conf: dict, *, dashboard_address="localhost:8787
                             handle.close()
     finally:
         if run_dir is not None:
+            _close_certificate_files(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _close_certificate_files(run_dir: Path) -> None:
+    """Close (which deletes) the certificate files dask-jobqueue holds open in ``run_dir``.
+
+    Also those of a cluster whose start a signal interrupted, which nothing else
+    references: left to the garbage collector they would complain that
+    ``run_dir`` is gone.
+    """
+    import gc
+    import tempfile
+
+    prefix = str(run_dir) + os.sep
+    for obj in gc.get_objects():
+        if isinstance(obj, tempfile._TemporaryFileWrapper) and str(obj.name).startswith(prefix):
+            with contextlib.suppress(OSError):
+                obj.close()
 
 
 def _check_section(kind: str, section: dict) -> None:
@@ -380,7 +398,7 @@ def dashboard_link(client, kind: str | None = None) -> str:
     shown = "localhost" if local else (socket.gethostname() if host in ("0.0.0.0", "::") else host)
     link = f"http://{shown}:{port}/status"
     if kind in JOBQUEUE_KINDS:
-        tunnel_host = socket.getfqdn()
+        tunnel_host = socket.gethostname()
         link += (f" (from your computer: ssh -L {port}:localhost:{port} {tunnel_host}, then open "
                  f"http://localhost:{port}/status)") if local else ""
     return link
