@@ -25,7 +25,7 @@ accuracy is computed inside ``fit_in_memory``; its duration is measured as the
 gap between consecutive callbacks minus the iteration's own ``seconds`` and
 subtracted (for the first iteration the median of the later gaps). For
 ``*-pipeline`` the runner loads the committed network of each iteration
-(``storage.runstore.load_network``) and scores it with the clock stopped (the
+(``pipeline.model.load_network``) and scores it with the clock stopped (the
 pipeline is given no ``test_data``). Starting the Dask cluster (and importing
 the project's modules on its workers), writing the data stores and one-time
 library warm-ups (torch's lazy imports) are not timed (recorded in
@@ -365,7 +365,8 @@ class MethodFailed(Exception):
 def run_pipeline(client, task: Task, config: TrainConfig, curve: Curve, run_dir: Path, chunk_rows) -> dict:
     """pipeline.training.train on the cluster; each committed network is scored with the clock stopped."""
     from pipeline.training import train
-    from storage.runstore import RunStore, load_network
+    from pipeline.model import load_network
+    from storage.runstore import RunStore
 
     store = run_dir / f"{curve.method}.zarr"
     clock = Clock()

@@ -45,7 +45,8 @@ from solvers.config import TrainConfig  # noqa: E402
 from solvers.conv import CGActivationUpdate  # noqa: E402
 from solvers.linalg import ActivationUpdate  # noqa: E402
 from solvers.loop import initialize, iterate  # noqa: E402
-from solvers.reference import InMemoryRunner, chunk_bounds, fit_in_memory  # noqa: E402
+from solvers.reference import InMemoryRunner, fit_in_memory  # noqa: E402
+from solvers.tiling import chunk_bounds  # noqa: E402
 from solvers.stats import moment_sums, scaling_from_sums  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist70k_uint8.npz"

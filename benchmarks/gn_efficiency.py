@@ -62,7 +62,7 @@ from benchmarks.bench_util import CpuWatch, drop_caches, proc_io, provenance, wo
 from benchmarks.iteration_time import data_store  # noqa: E402
 from benchmarks.out_of_core import disk_bandwidth  # noqa: E402
 from solvers import make_solver  # noqa: E402
-from solvers.base import TILE_ROWS  # noqa: E402
+from solvers.tiling import TILE_ROWS  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.losses import encode_labels  # noqa: E402
 from solvers.reference import InMemoryRunner  # noqa: E402

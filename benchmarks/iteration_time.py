@@ -56,7 +56,7 @@ from solvers import SOLVERS  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.loop import initialize, iterate  # noqa: E402
 from solvers.losses import encode_labels  # noqa: E402
-from solvers.reference import chunk_bounds  # noqa: E402
+from solvers.tiling import chunk_bounds  # noqa: E402
 from solvers.stats import moment_sums, moments_from_sums  # noqa: E402
 from storage.data import open_data  # noqa: E402
 

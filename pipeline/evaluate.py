@@ -31,7 +31,8 @@ def evaluate(client, store, data) -> dict:
     from solvers.errors import InputError
     from solvers.tasks import r2_from_sums
     from storage.data import open_data
-    from storage.runstore import RunStore, load_network
+    from pipeline.model import load_network
+    from storage.runstore import RunStore
 
     network = load_network(store)
     ds = open_data(data)

@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from solvers.loop import read_plan
 from solvers.losses import encode_labels
-from solvers.reference import chunk_bounds
+from solvers.tiling import chunk_bounds
 from solvers.stats import moment_sums
 from solvers.tasks import r2_from_sums
 from storage.data import read_rows

@@ -23,10 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_inputs(store, data, out, overwrite=False):
     """Return the run's network and the data store, or raise :class:`InputError` before anything is written."""
+    from pipeline.model import load_network
     from solvers.errors import InputError
     from storage.data import open_data
     from storage.paths import check_target
-    from storage.runstore import load_network
 
     check_target(out, PREDICTIONS_FORMAT, overwrite, inputs=(store, data))
     network = load_network(store)

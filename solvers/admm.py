@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers.base import SolverBase, row_tiles
+from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.conv import CGActivationUpdate, a_update_steps
 from solvers.linalg import ActivationUpdate, solve_weights
@@ -43,6 +43,7 @@ from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
 from solvers.network import forward, standardize
 from solvers.stats import StatsLayout
+from solvers.tiling import row_tiles
 
 
 

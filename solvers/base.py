@@ -5,7 +5,8 @@ import numpy as np
 
 from solvers.activations import ACTIVATIONS
 from solvers.config import TrainConfig
-from solvers.layers import TILE_ROWS, build_layers, row_tiles, tile_rows  # noqa: F401  (re-exported)
+from solvers.layers import build_layers
+from solvers.tiling import tile_rows
 from solvers.network import Network
 from solvers.tasks import make_task
 

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from solvers.errors import InputError
-from solvers.layers import TILE_BYTES
+from solvers.tiling import TILE_BYTES
 from solvers.linalg import affine, cross_with_bias, gram_with_bias
 
 CG_TOLERANCE = 1e-4  # a row's CG stops once ‖r‖ ≤ CG_TOLERANCE · ‖r₀‖ (float32 noise is ~1e-6)

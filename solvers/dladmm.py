@@ -77,7 +77,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from solvers.base import SolverBase, row_tiles
+from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.linalg import affine, cross_with_bias, gram_with_bias
@@ -85,6 +85,7 @@ from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
 from solvers.network import forward, standardize
 from solvers.stats import StatsLayout
+from solvers.tiling import row_tiles
 
 THETA0 = 1.0            # first backtracking trial of iteration 1 (the paper's code starts at 1)
 BACKTRACK_GROWTH = 2.0  # θ ← 2θ after a rejected trial

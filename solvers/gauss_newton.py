@@ -35,13 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers.base import SolverBase, row_tiles
+from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.linalg import affine, cross_with_bias, gram_with_bias, solve_weights, times
 from solvers.loop import LoopState, run_pass
 from solvers.network import standardize
 from solvers.stats import StatsLayout
+from solvers.tiling import row_tiles
 
 DAMPING_FLOOR = 1e-2  # λ never drops below this (relative to the mean curvature s̄)
 DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step

@@ -27,11 +27,10 @@ import re
 from dataclasses import dataclass
 
 
+from solvers.conv import Conv2D
 from solvers.errors import InputError
 from solvers.linalg import affine, cross_with_bias, gram_with_bias
-
-TILE_ROWS = 4096          # rows per tile inside a chunk: keeps elementwise work in cache
-TILE_BYTES = 64 * 2 ** 20  # largest im2col patch matrix of one tile (float32)
+from solvers.tiling import TILE_ROWS
 
 LAYERS_SYNTAX = ("comma-separated layers, e.g. conv:8x5x5:s2:same,conv:16x3x3,dense:100: "
                  "conv:C_OUTxKHxKW (or conv:C_OUTxK) with optional :sSTRIDE and :same or :valid "
@@ -160,8 +159,6 @@ def build_layers(specs, n_features: int, n_outputs: int, input_shape=()) -> list
     convolution; when empty, a square one-channel image is assumed if
     ``n_features`` is a square number.
     """
-    from solvers.conv import Conv2D
-
     maps, shape, n_in = [], None, int(n_features)
     if specs and isinstance(specs[0], ConvSpec):
         shape = _image_shape(input_shape, n_in)
@@ -191,17 +188,6 @@ def _image_shape(input_shape, n_features: int) -> tuple[int, int, int]:
         raise InputError(f"a convolution needs the image shape: the data's {n_features} features are not a square "
                          "one-channel image; pass --input-shape HxWxC (channel-last)")
     return (side, side, 1)
-
-
-def tile_rows(layers) -> int:
-    """Return the rows per tile that keep every layer's im2col patches under ``TILE_BYTES``."""
-    return max(1, min(layer.max_tile_rows for layer in layers))
-
-
-def row_tiles(n: int, tile: int = TILE_ROWS):
-    """Yield row slices of at most ``tile`` rows covering ``range(n)``."""
-    for start in range(0, n, tile):
-        yield slice(start, min(start + tile, n))
 
 
 def conv_layers(specs) -> bool:

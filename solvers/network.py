@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solvers.activations import ACTIVATIONS
-from solvers.layers import row_tiles, tile_rows
+from solvers.tiling import row_tiles, tile_rows
 from solvers.linalg import affine
 from solvers.losses import predict_classes
 from solvers.tasks import r2_from_sums

@@ -20,6 +20,7 @@ from solvers.losses import encode_labels
 from solvers.network import Network
 from solvers.tasks import TASKS
 from solvers.stats import moment_sums, scaling_from_sums
+from solvers.tiling import chunk_bounds
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 
 
@@ -43,12 +44,6 @@ def check_xy(X, y, what: str = "training data"):
     if np.any(bad):
         raise InputError(f"{what}: row {int(np.flatnonzero(bad)[0])} has NaN or inf values")
     return X, y
-
-
-def chunk_bounds(n: int, chunk_rows: int | None):
-    """Return (start, stop) row bounds of chunks of ``chunk_rows`` rows (one chunk if None)."""
-    step = n if not chunk_rows else int(chunk_rows)
-    return [(s, min(s + step, n)) for s in range(0, n, step)]
 
 
 class InMemoryRunner:

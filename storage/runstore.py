@@ -22,10 +22,11 @@
                            ahead and the input Gram), best/W1…WL (with early
                            stopping: the weights of the best held-out iteration,
                            which are the model), float64
-      metrics/             1-D arrays along "iteration" (train_accuracy,
-                           test_accuracy, residual, objective, seconds, …; a
-                           regression has train_r2, test_r2, validation_r2 in
-                           place of the accuracies), for
+      metrics/             1-D arrays along "iteration", one per number the
+                           history records (seconds, train_accuracy, test_accuracy,
+                           residual for the ADMM solvers, …; a regression has
+                           train_r2, test_r2, validation_r2 in place of the
+                           accuracies; NaN where a record lacks it), for
                            ``xarray.open_zarr(RUN.zarr, group="metrics")``
 
 Iteration k reads state slot (k−1) mod 2 and writes slot k mod 2, so the
@@ -58,17 +59,16 @@ STATE_DTYPE = np.dtype("float32")
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.previous.json"  # the commit before the last: the fallback when the last is damaged
 WRITING = "writing.json"             # the iteration whose state slot is being written
-METRIC_NAMES = ("seconds", "train_accuracy", "test_accuracy", "validation_accuracy", "residual", "objective",
-                "loss", "damping",
-                "rows_per_second", "read_mb_per_second")  # the passes' speed: rows and MB read per second
 MODEL_ARRAYS = ("x_mean", "x_scale", "classes", "y_mean", "y_scale")
 
 
-def metric_names(task: str) -> tuple:
-    """Return the names of the metrics arrays of a run of ``task`` (regression: R² in place of accuracy)."""
-    if task == "regression":
-        return tuple(name.replace("_accuracy", "_r2") for name in METRIC_NAMES)
-    return METRIC_NAMES
+def metric_names(history: list) -> list:
+    """Return the names of the numeric values of the ``history`` records but ``iteration``, in order of appearance."""
+    names = {}
+    for record in history:
+        names.update((k, None) for k, v in record.items()
+                     if k != "iteration" and isinstance(v, (int, float, np.number)) and not isinstance(v, str))
+    return list(names)
 
 
 def state_path(slot: int, name: str) -> str:
@@ -297,7 +297,7 @@ class RunStore:
         iters = np.array([h["iteration"] for h in history], np.int64)
         root.create_array("metrics/iteration", data=iters, dimension_names=("iteration",), overwrite=True,
                           compressors=[Crc32cCodec()])
-        for name in metric_names(self.task):
+        for name in metric_names(history):
             values = np.array([h.get(name, np.nan) for h in history], np.float64).reshape(n)
             root.create_array(f"metrics/{name}", data=values, dimension_names=("iteration",), overwrite=True,
                               compressors=[Crc32cCodec()])
@@ -468,19 +468,3 @@ def is_run_store(path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and (meta.get("attributes") or {}).get("format") == FORMAT
-
-
-def load_network(path):
-    """Return the network of a run store: the best held-out iteration with early stopping, else the last."""
-    from solvers.config import TrainConfig
-    from solvers.layers import build_layers
-    from solvers.network import Network
-
-    run = RunStore.open(path)
-    ck = run.load_checkpoint()
-    m = run.model_arrays()
-    weights = ck.best_weights or ck.weights
-    config = TrainConfig.from_dict(run.attrs["config"])
-    layers = build_layers(config.layer_specs(), len(m["x_mean"]), len(weights[-1]), config.input_shape)
-    return Network(weights, config.activation, m.get("classes"), m["x_mean"], m["x_scale"],
-                   y_mean=m.get("y_mean"), y_scale=m.get("y_scale"), layers=layers)

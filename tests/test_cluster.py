@@ -180,7 +180,7 @@ def small_run(tmp_path_factory, client):
     """2000×8 data and the weights that 3 iterations on the local cluster give."""
     from pipeline.training import train
     from solvers.config import TrainConfig
-    from storage.runstore import load_network
+    from pipeline.model import load_network
 
     d = tmp_path_factory.mktemp("slurm-data")
     rng = np.random.default_rng(1)
@@ -214,7 +214,7 @@ def _train_cli(monkeypatch, tmp_path, data, *flags, iterations=ITERATIONS):
     """Run ``python -m pipeline.train`` in-process; return its exit status, final weights and what the spy saw."""
     import pipeline.training
     from pipeline.train import main
-    from storage.runstore import load_network
+    from pipeline.model import load_network
 
     seen = {}
     real_train = pipeline.training.train

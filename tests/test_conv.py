@@ -19,7 +19,8 @@ from solvers.layers import ConvSpec, DenseSpec, build_layers, parse_layers
 from solvers.linalg import ActivationUpdate, solve_weights
 from solvers.reference import fit_in_memory
 from storage.data import write_data
-from storage.runstore import RunStore, load_network
+from pipeline.model import load_network
+from storage.runstore import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

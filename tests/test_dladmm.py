@@ -341,7 +341,7 @@ def test_several_chunks_equal_one_chunk():
 def test_pipeline_equals_in_memory(client, tmp_path, hidden, n_classes):
     from pipeline.training import train
     from storage.data import write_data
-    from storage.runstore import load_network
+    from pipeline.model import load_network
     from tests.test_pipeline import make_data, quiet
 
     X, y = make_data(n=2000, n_classes=n_classes)

@@ -4,7 +4,8 @@ import pytest
 
 from solvers.config import TrainConfig
 from solvers.errors import InputError
-from solvers.reference import chunk_bounds, fit_in_memory
+from solvers.reference import fit_in_memory
+from solvers.tiling import chunk_bounds
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 
 
@@ -67,7 +68,8 @@ def test_in_memory_model_is_the_best_held_out_iteration(solver):
 def test_pipeline_early_stopping_matches_reference_and_survives_resume(client, tmp_path):
     from pipeline.training import train
     from storage.data import write_data
-    from storage.runstore import RunStore, load_network
+    from pipeline.model import load_network
+    from storage.runstore import RunStore
 
 
     X, y = overfitting_problem()

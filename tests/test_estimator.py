@@ -49,7 +49,8 @@ def test_numpy_fit_matches_in_memory_reference(numpy_fit):
 
 
 def test_kept_store_and_data_store_path_input(numpy_fit, client, tmp_path):
-    from storage.runstore import is_run_store, load_network
+    from pipeline.model import load_network
+    from storage.runstore import is_run_store
 
     clf, X, y, _, store = numpy_fit
     data = store.with_name("run-data.zarr")

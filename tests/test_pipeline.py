@@ -6,7 +6,8 @@ from pipeline.training import train
 from solvers.config import TrainConfig
 from solvers.reference import fit_in_memory
 from storage.data import write_data
-from storage.runstore import RunStore, load_network
+from pipeline.model import load_network
+from storage.runstore import RunStore
 
 
 def make_data(n=3000, d=10, n_classes=2, seed=0):

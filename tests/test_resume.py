@@ -15,7 +15,8 @@ import zarr
 from pipeline.training import train
 from solvers.config import TrainConfig
 from storage.data import write_data
-from storage.runstore import RunStore, load_network
+from pipeline.model import load_network
+from storage.runstore import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 ITERATIONS = 6

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
+from pipeline.model import load_network
 from pipeline.predict import predict
 from pipeline.training import train
 from solvers.config import TrainConfig
@@ -17,7 +18,6 @@ from solvers.errors import InputError
 from storage import lock as lockmod
 from storage.data import write_data
 from storage.lock import RunLock, check_unlocked, lock_path
-from storage.runstore import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 

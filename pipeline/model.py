@@ -1,0 +1,19 @@
+"""The trained network of a run store, built from its stored settings, scaling and checkpoint."""
+from __future__ import annotations
+
+from solvers.config import TrainConfig
+from solvers.layers import build_layers
+from solvers.network import Network
+from storage.runstore import RunStore
+
+
+def load_network(path) -> Network:
+    """Return the network of a run store: the best held-out iteration with early stopping, else the last."""
+    run = RunStore.open(path)
+    ck = run.load_checkpoint()
+    m = run.model_arrays()
+    weights = ck.best_weights or ck.weights
+    config = TrainConfig.from_dict(run.attrs["config"])
+    layers = build_layers(config.layer_specs(), len(m["x_mean"]), len(weights[-1]), config.input_shape)
+    return Network(weights, config.activation, m.get("classes"), m["x_mean"], m["x_scale"],
+                   y_mean=m.get("y_mean"), y_scale=m.get("y_scale"), layers=layers)
