@@ -295,7 +295,7 @@ def pipeline_chunk_rows(store, config: TrainConfig, n_classes, n_workers) -> int
     """The pipeline's own default, unless it leaves a worker idle: then whole data chunks per worker."""
     width = _state_width(config, store.n_features, n_classes)
     try:
-        from pipeline.training import default_chunk_rows
+        from pipeline.memory import default_chunk_rows
 
         rows = default_chunk_rows(store, width)
     except ImportError:

@@ -8,10 +8,48 @@ against a measured peak).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from dask.utils import format_bytes, parse_bytes
 
 from solvers.errors import InputError
+
+STATE_CHUNK_BYTES = 128 * 2**20  # target size of one state chunk (64–256 MB)
+CHUNKS_PER_THREAD = 3  # small data is split so every worker thread gets at least this many chunks
+MIN_CHUNK_ROWS = 512  # but not into chunks smaller than this (per-task overhead ~ms)
+
+
+def default_chunk_rows(data, state_width: int, threads: int = 1) -> int:
+    """Return rows per chunk: ~128 MB of float32 state and data, but at least 3 chunks per worker thread.
+
+    Big data: a whole number of data chunks holding ~128 MB, so a task reads
+    whole data chunks (Zarr reads a chunk whole, so a state chunk of half a
+    data chunk would read it twice per pass); only when one data chunk alone
+    would carry over 512 MB of state is it split in halves. Data too small to
+    give every one of the cluster's ``threads`` :data:`CHUNKS_PER_THREAD`
+    chunks that way is split finer (no chunk under :data:`MIN_CHUNK_ROWS`
+    rows): into whole data chunks, or a power-of-two fraction of one, so that
+    tasks still read aligned rows.
+    """
+    bytes_per_row = 4 * (state_width + data.n_features)
+    if data.chunk_rows * bytes_per_row > 4 * STATE_CHUNK_BYTES:
+        halvings = math.ceil(math.log2(data.chunk_rows * bytes_per_row / STATE_CHUNK_BYTES))
+        rows = max(1, data.chunk_rows >> halvings)
+    else:
+        rows = data.chunk_rows * max(1, round(STATE_CHUNK_BYTES / bytes_per_row / data.chunk_rows))
+    rows = int(min(rows, data.n_samples))
+    wanted = CHUNKS_PER_THREAD * max(1, int(threads))
+    if math.ceil(data.n_samples / rows) >= wanted:
+        return rows
+    most = max(MIN_CHUNK_ROWS, math.ceil(data.n_samples / wanted))  # the largest rows that give `wanted` chunks
+    if data.chunk_rows >= data.n_samples:  # one data chunk: every split reads the same chunk
+        fine = most
+    elif most >= data.chunk_rows:
+        fine = data.chunk_rows * (most // data.chunk_rows)
+    else:
+        fine = data.chunk_rows >> max(0, math.ceil(math.log2(data.chunk_rows / most)))
+    return int(min(rows, max(1, fine), data.n_samples))
 
 
 def chunk_working_bytes(rows: int, n_features: int, widths, state_width: int = 0) -> int:
@@ -30,7 +68,6 @@ def dry_run_chunk_bytes(args, config=None) -> int | None:
     """For ``--dry-run --data D``: the working memory of one chunk of the run these flags would start."""
     if not getattr(args, "data", None):
         return None
-    from pipeline.training import default_chunk_rows
     from solvers.config import TrainConfig
     from storage.data import open_data
 

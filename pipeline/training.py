@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from dataclasses import dataclass, field, replace
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline.cluster import check_worker_access
+from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_statistics, score_graph
 from solvers import make_solver
 from solvers.config import RESUMABLE, TrainConfig
@@ -26,10 +26,7 @@ from storage.data import MAX_LABELS, DataStore, fingerprint, open_data
 from storage.lock import RunLock, check_unlocked
 from storage.runstore import Checkpoint, RunStore, check_creatable
 
-STATE_CHUNK_BYTES = 128 * 2**20  # target size of one state chunk (DESIGN: 64–256 MB)
 MAX_CLASSES = MAX_LABELS
-CHUNKS_PER_THREAD = 3  # small data is split so every worker thread gets at least this many chunks
-MIN_CHUNK_ROWS = 512  # but not into chunks smaller than this (per-task overhead ~ms)
 
 
 @dataclass
@@ -39,38 +36,6 @@ class TrainResult:
     network: object
     history: list = field(default_factory=list)
     store: RunStore | None = None
-
-
-def default_chunk_rows(data: DataStore, state_width: int, threads: int = 1) -> int:
-    """Return rows per chunk: ~128 MB of float32 state and data, but at least 3 chunks per worker thread.
-
-    Big data: a whole number of data chunks holding ~128 MB, so a task reads
-    whole data chunks (Zarr reads a chunk whole, so a state chunk of half a
-    data chunk would read it twice per pass); only when one data chunk alone
-    would carry over 512 MB of state is it split in halves. Data too small to
-    give every one of the cluster's ``threads`` :data:`CHUNKS_PER_THREAD`
-    chunks that way is split finer (no chunk under :data:`MIN_CHUNK_ROWS`
-    rows): into whole data chunks, or a power-of-two fraction of one, so that
-    tasks still read aligned rows.
-    """
-    bytes_per_row = 4 * (state_width + data.n_features)
-    if data.chunk_rows * bytes_per_row > 4 * STATE_CHUNK_BYTES:
-        halvings = math.ceil(math.log2(data.chunk_rows * bytes_per_row / STATE_CHUNK_BYTES))
-        rows = max(1, data.chunk_rows >> halvings)
-    else:
-        rows = data.chunk_rows * max(1, round(STATE_CHUNK_BYTES / bytes_per_row / data.chunk_rows))
-    rows = int(min(rows, data.n_samples))
-    wanted = CHUNKS_PER_THREAD * max(1, int(threads))
-    if math.ceil(data.n_samples / rows) >= wanted:
-        return rows
-    most = max(MIN_CHUNK_ROWS, math.ceil(data.n_samples / wanted))  # the largest rows that give `wanted` chunks
-    if data.chunk_rows >= data.n_samples:  # one data chunk: every split reads the same chunk
-        fine = most
-    elif most >= data.chunk_rows:
-        fine = data.chunk_rows * (most // data.chunk_rows)
-    else:
-        fine = data.chunk_rows >> max(0, math.ceil(math.log2(data.chunk_rows / most)))
-    return int(min(rows, max(1, fine), data.n_samples))
 
 
 def _threads(client) -> int:

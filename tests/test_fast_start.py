@@ -9,7 +9,8 @@ import pytest
 import zarr
 
 from pipeline.cluster import THREADS_MAX_BYTES, connect, local_processes
-from pipeline.training import CHUNKS_PER_THREAD, MIN_CHUNK_ROWS, default_chunk_rows, train
+from pipeline.memory import CHUNKS_PER_THREAD, MIN_CHUNK_ROWS, default_chunk_rows
+from pipeline.training import train
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.stats import moment_sums

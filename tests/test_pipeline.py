@@ -133,7 +133,7 @@ def test_resume_with_other_gamma_beta_and_refusals(client, tmp_path):
 def test_default_state_chunks_read_whole_data_chunks(data_rows, n, width):
     from types import SimpleNamespace
 
-    from pipeline.training import default_chunk_rows
+    from pipeline.memory import default_chunk_rows
 
     d = 28
     rows = default_chunk_rows(SimpleNamespace(chunk_rows=data_rows, n_samples=n, n_features=d), width)
