@@ -3,7 +3,10 @@
 Each chunk is one task: it reads its rows of the data and of the committed
 state slot from Zarr, runs the solver's NumPy kernel (one BLAS thread),
 writes the new state into the *uncommitted* slot (so a retried task rewrites
-the same bytes) and returns its partial sums as one float64 vector. The
+the same bytes) and returns its partial sums as one float64 vector. A sharded
+solver's pass (``run_shards``) is one task per shard, a fixed group of
+consecutive chunks read one after another, with per-shard state in the same
+two-slot scheme. The
 vectors are tree-reduced (``split_every`` at a time) and only the sum — a few
 MB at most — reaches the client. No full-size array ever leaves a worker.
 """
@@ -18,13 +21,13 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
-from solvers.loop import read_plan
+from solvers.loop import read_plan, shard_groups
 from solvers.losses import encode_labels
 from solvers.tiling import chunk_bounds
 from solvers.stats import moment_sums
 from solvers.tasks import r2_from_sums
 from storage.data import read_rows
-from storage.runstore import slot_of, state_path
+from storage.runstore import shard_state_path, slot_of, state_path
 
 SPLIT_EVERY = 8
 
@@ -67,6 +70,42 @@ def chunk_task(bundle, data, run, read_slots, write_slot, start, stop):
         new_state, sums = getattr(solver, kernel)(x, y, state, start, params)
         if write_slot is not None:
             _write_state(run, write_slot, new_state, start, stop)
+    return sums
+
+
+class _ZarrChunks:
+    """A shard's chunks in a data store, each read from Zarr when the kernel asks for it."""
+
+    def __init__(self, data, bounds, classes):
+        self.data, self.bounds, self.classes = data, bounds, classes
+
+    def __len__(self):
+        return len(self.bounds)
+
+    def read(self, i):
+        return _read_xy(self.data, *self.bounds[i], self.classes)
+
+
+def _read_shard_state(run: str, slot: int, names, shard: int) -> dict:
+    return {name: read_rows(run, shard_state_path(slot, name), shard, shard + 1)[0] for name in names}
+
+
+def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds):
+    """Run one solver shard kernel over the chunks ``chunk_bounds`` of shard ``shard``; return its sums.
+
+    The per-shard state is read from slot ``read_slot`` and written to
+    ``write_slot`` (either may be None); the slot written is never the
+    committed one, so a retried task rewrites the same bytes.
+    """
+    solver, kernel, params = bundle
+    with threadpool_limits(1):
+        names = solver.shard_state_widths()
+        state = None if read_slot is None else _read_shard_state(run, read_slot, names, shard)
+        new_state, sums = getattr(solver, kernel)(_ZarrChunks(data, chunk_bounds, solver.classes), state, shard,
+                                                  params)
+        if write_slot is not None:
+            for name, value in new_state.items():
+                _array(run, shard_state_path(write_slot, name), "r+")[shard] = np.asarray(value, np.float64)
     return sums
 
 
@@ -206,6 +245,16 @@ class DaskRunner:
         if not n or seconds <= 0:
             return {}
         return {"passes": n, "rows_per_second": rows / seconds, "read_mb_per_second": read / 1e6 / seconds}
+
+    def run_shards(self, kernel, params, *, read=None, write=None):
+        shared = broadcast((self.solver, kernel, params))
+        fn = dask.delayed(shard_task, pure=False)
+        groups = shard_groups(len(self.bounds), self.solver.config.shards)
+        read_slot = None if read is None else slot_of(read)
+        write_slot = None if write is None else slot_of(write)
+        return self.compute(tree([fn(shared, self.data, self.run_path, read_slot, write_slot, shard,
+                                     [self.bounds[i] for i in group])
+                                  for shard, group in enumerate(groups)]))[0]
 
 
 def _network_graph(task, network, data_path, chunks):

@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.cluster import check_worker_access
 from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_statistics, score_graph
-from solvers import make_solver
+from solvers import SOLVERS, make_solver
 from solvers.config import RESUMABLE, TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.loop import LoopState, initialize, iterate
@@ -194,6 +194,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
         config = replace(config or TrainConfig(), **(overrides or {}))
+        if SOLVERS[config.solver].sharded and config.shards == 0:  # one shard per worker thread
+            config = replace(config, shards=max(1, sum(client.nthreads().values())))
         data = open_data(data)
         _check_chunk_rows(chunk_rows, data)
         check_creatable(store, overwrite, inputs=(data.path, test_data))
@@ -203,7 +205,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         model = _model_for_new_run(client, data, config)
         solver = make_solver(config, data.n_features, **model)
         rows = chunk_rows or chunk_rows_for_validation(
-            data.n_samples, default_chunk_rows(data, sum(solver.state_widths().values()), _threads(client)),
+            data.n_samples, default_chunk_rows(data, sum(solver.state_widths().values()),
+                                               max(_threads(client), config.shards if solver.sharded else 1)),
             config.validation_fraction)
         _, held_out = validation_split(bounds(data.n_samples, rows), config.validation_fraction, config.seed)
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
@@ -212,7 +215,9 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                               x_mean=model["x_mean"], x_scale=model["x_scale"], y_mean=model.get("y_mean"),
                               y_scale=model.get("y_scale"), overwrite=overwrite,
                               test_data=str(Path(test_data).resolve()) if test_data else None,
-                              validation_chunks=held_out, report=report)
+                              validation_chunks=held_out, report=report,
+                              shard_widths=solver.shard_state_widths() if solver.sharded else None,
+                              n_shards=config.shards)
     test = _check_test_data(test_data, data)
 
     held_out = [tuple(b) for b in run.attrs.get("validation_chunks") or []]

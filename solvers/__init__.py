@@ -49,6 +49,7 @@ SOLVERS = _Registry({
     "admm": "solvers.admm:ADMMSolver",
     "gauss-newton": "solvers.gauss_newton:GaussNewtonSolver",
     "dladmm": "solvers.dladmm:DLADMMSolver",
+    "consensus": "solvers.consensus:ConsensusSolver",
 })
 
 

@@ -24,11 +24,14 @@ from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
 
 INITS = ("forward", "gaussian")
-ALL = ("admm", "dladmm", "gauss-newton")  # settings every solver reads
+ALL = ("admm", "dladmm", "gauss-newton", "consensus")  # settings every solver reads
+CONSENSUS = ("consensus",)  # the solvers that read the consensus settings
+CONSENSUS_VARIANTS = ("admm", "elastic")
 GROUPS = {  # --help groups, in order: title and description (None: the general settings)
     "model": ("model and method", None),
     "gauss-newton": ("gauss-newton solver", None),
     "dladmm": ("dladmm solver", None),
+    "consensus": ("consensus solver", "consensus ADMM over data shards, minibatch Adam in each shard"),
     "stopping": ("early stopping", None),
 }
 
@@ -107,7 +110,8 @@ class TrainConfig:
                         param="random_state", param_default=None)
     ridge: float = setting(1e-2, "relative ridge of the W-solve", resumable=True, solvers=("admm", "gauss-newton"))
     solver: str = setting("gauss-newton", "training method: layerwise Gauss-Newton (no per-sample state), admm "
-                          "(Taylor et al. 2016) or dladmm (Wang et al. 2019)", choices=sorted(SOLVERS))
+                          "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
+                          "minibatch Adam in each)", choices=sorted(SOLVERS))
     step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True, solvers=("gauss-newton",),
                                group="gauss-newton")
     damping: float = setting(1.0, "initial Levenberg-Marquardt damping λ, relative to the mean curvature",
@@ -133,6 +137,20 @@ class TrainConfig:
     cg_steps: int | None = setting(None, "admm below a convolution: conjugate-gradient steps of the a-update, 0 for "
                                    "an exact solve through the (H·W·C)² Toeplitz normal matrix", parse=int,
                                    solvers=("admm",), default_text="exact up to 4096 values per image, else 8")
+    shards: int = setting(0, "groups of consecutive chunks, one task and one copy of the weights each, fixed when "
+                          "the run is created", solvers=CONSENSUS, group="consensus",
+                          default_text="0: one per worker thread")
+    consensus: str = setting("admm", "admm: scaled-dual consensus ADMM; elastic: elastic averaging, no dual",
+                             choices=CONSENSUS_VARIANTS, resumable=True, solvers=CONSENSUS, group="consensus")
+    consensus_rho: float = setting(1e-3, "penalty ρ of ‖θ_s − θ̄ + u_s‖² in each shard's problem", resumable=True,
+                                   solvers=CONSENSUS, group="consensus")
+    rho_growth: float = setting(1.0, "ρ is multiplied by this after every pass", resumable=True, solvers=CONSENSUS,
+                                group="consensus")
+    local_epochs: int = setting(1, "Adam epochs over its shard per pass", resumable=True, solvers=CONSENSUS,
+                                group="consensus")
+    batch_size: int = setting(200, "minibatch rows of the shards' Adam", resumable=True, solvers=CONSENSUS,
+                              group="consensus")
+    learning_rate: float = setting(1e-3, "Adam's step size", resumable=True, solvers=CONSENSUS, group="consensus")
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -146,6 +164,13 @@ class TrainConfig:
         if self.layers and self.solver != "admm":
             problems.append(f"convolutional layers are trained by the admm solver only, not {self.solver} "
                             "(pass --solver admm)")
+        if self.shards < 0:
+            problems.append(f"shards must be >= 0 (0: one per worker thread), got {self.shards}")
+        if self.consensus not in CONSENSUS_VARIANTS:
+            problems.append(f"consensus {self.consensus!r} is not one of {list(CONSENSUS_VARIANTS)}")
+        for name in ("local_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cg_steps is not None and self.cg_steps < 0:
             problems.append(f"cg_steps must be >= 0 (0: exact), got {self.cg_steps}")
         if any(h <= 0 for h in self.hidden):
@@ -159,7 +184,8 @@ class TrainConfig:
         elif self.task == "regression" and self.loss not in ("auto", "squared"):
             problems.append(f"loss {self.loss!r} is for class labels; regression fits the squared loss "
                             "(loss 'squared' or 'auto')")
-        for name in ("gamma", "beta", "step_size", "damping", "rho", "nu"):
+        for name in ("gamma", "beta", "step_size", "damping", "rho", "nu", "consensus_rho", "rho_growth",
+                     "learning_rate"):
             v = getattr(self, name)
             if not (v > 0 and v < float("inf")):
                 problems.append(f"{name} must be a positive finite number, got {v!r}")

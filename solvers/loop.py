@@ -13,7 +13,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from solvers.errors import NumericalError
+from solvers.errors import InputError, NumericalError
 
 
 class PassRunner(Protocol):
@@ -30,6 +30,18 @@ class PassRunner(Protocol):
         slots, so only iterations k−1 and k are ever held. A pass must not
         write an array it reads from the same iteration (a retried chunk task
         would read its own output).
+        """
+
+    def run_shards(self, kernel: str, params, *, read: int | None = None, write: int | None = None) -> np.ndarray:
+        """Run ``solver.<kernel>(chunks, state, shard, params)`` once per shard; return the summed stats.
+
+        A shard is a fixed group of consecutive training chunks
+        (:func:`shard_groups` of ``solver.config.shards``); ``chunks`` gives
+        ``len(chunks)`` and ``chunks.read(i) -> (x, y)``, read when asked.
+        ``state`` is the shard's per-shard state (``solver.shard_state_widths()``)
+        of iteration ``read`` (None: not read); the kernel's new state is
+        stored as iteration ``write``'s, in the other of two slots, so a
+        retried shard task rewrites the same bytes.
         """
 
 
@@ -82,6 +94,20 @@ def run_pass(runner: PassRunner, layout, kernel: str, params, iteration: int, **
     """Run one pass and return its sums unpacked by ``layout`` and checked to be finite."""
     hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
     return check_finite(layout.unpack(runner.run(kernel, params, **slots)), iteration, hint)
+
+
+def run_shard_pass(runner: PassRunner, layout, kernel: str, params, iteration: int, **slots) -> dict:
+    """Run one pass of per-shard tasks and return its sums unpacked by ``layout`` and checked to be finite."""
+    hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
+    return check_finite(layout.unpack(runner.run_shards(kernel, params, **slots)), iteration, hint)
+
+
+def shard_groups(n_chunks: int, n_shards: int) -> list[list[int]]:
+    """Return the chunk indices of each shard: ``n_shards`` groups of consecutive chunks, sizes differing by ≤ 1."""
+    if not 1 <= n_shards <= n_chunks:
+        raise InputError(f"--shards {n_shards} needs between 1 and {n_chunks} shards: the training rows are "
+                         f"{n_chunks} chunks; pass a smaller --chunk-rows or fewer --shards")
+    return [part.tolist() for part in np.array_split(np.arange(n_chunks), n_shards)]
 
 
 def initialize(solver, runner: PassRunner) -> LoopState:

@@ -8,14 +8,14 @@ transcription of Algorithm 1.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from solvers import make_solver
+from solvers import SOLVERS, make_solver
 from solvers.config import TrainConfig
 from solvers.errors import InputError
-from solvers.loop import initialize, iterate, read_plan
+from solvers.loop import initialize, iterate, read_plan, shard_groups
 from solvers.losses import encode_labels
 from solvers.network import Network
 from solvers.tasks import TASKS
@@ -55,6 +55,7 @@ class InMemoryRunner:
         self.x = [X[a:b] for a, b in self.bounds]
         self.y = [y_idx[a:b] for a, b in self.bounds]
         self.slots = {}  # iteration mod 2 -> per-chunk state
+        self.shard_slots = {}  # iteration mod 2 -> per-shard state
 
     def run(self, kernel, params, *, read=None, write=None):
         fn = getattr(self.solver, kernel)
@@ -68,10 +69,35 @@ class InMemoryRunner:
             total = total + sums
         return total
 
+    def run_shards(self, kernel, params, *, read=None, write=None):
+        fn = getattr(self.solver, kernel)
+        groups = shard_groups(len(self.bounds), self.solver.config.shards)
+        total = 0.0
+        for shard, group in enumerate(groups):
+            state = None if read is None else dict(self.shard_slots[read % 2][shard])
+            new, sums = fn(_Chunks([self.x[i] for i in group], [self.y[i] for i in group]), state, shard, params)
+            if write is not None:
+                self.shard_slots.setdefault(write % 2, [{} for _ in groups])[shard] = dict(new)
+            total = total + sums
+        return total
+
     def state_of(self, iteration: int) -> dict:
         """Return the whole state of ``iteration`` (arrays concatenated over chunks)."""
         chunks = self.slots[iteration % 2]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+class _Chunks:
+    """A shard's chunks held in memory: ``len()`` and ``read(i) -> (x, y)``."""
+
+    def __init__(self, xs, ys):
+        self.xs, self.ys = xs, ys
+
+    def __len__(self):
+        return len(self.xs)
+
+    def read(self, i):
+        return self.xs[i], self.ys[i]
 
 
 @dataclass
@@ -111,8 +137,12 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
         shift = X[0].astype(np.float64)
         model = {"classes": classes, **scaling_from_sums(moment_sums(X, shift), shift, X.shape[1], config.scaling)}
         labels = encode_labels(y, classes)
+    if getattr(SOLVERS[config.solver], "sharded", False) and config.shards == 0:
+        config = replace(config, shards=1)  # in memory the shards run one after another: one is fastest
     solver = make_solver(config, X.shape[1], **model, dtype=dtype)
-    rows = chunk_rows or chunk_rows_for_validation(X.shape[0], X.shape[0], config.validation_fraction)
+    rows = chunk_rows or chunk_rows_for_validation(
+        X.shape[0], -(-X.shape[0] // max(1, config.shards)) if solver.sharded else X.shape[0],
+        config.validation_fraction)
     train_bounds, held_out = validation_split(chunk_bounds(X.shape[0], rows), config.validation_fraction,
                                               config.seed)
     runner = InMemoryRunner(solver, X, labels, bounds=train_bounds)

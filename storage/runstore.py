@@ -17,6 +17,8 @@
       state/slot0/, slot1/ per-sample state, e.g. z1 (n, n_1) … lam (n, n_L), float32,
                            chunks (chunk_rows, width), uncompressed, crc32c-checked;
                            fill value NaN, so a missing chunk never reads as state
+      shards/slot0/, slot1/ per-shard state of a sharded solver (consensus: v, m, s, t),
+                           (n_shards, width) float64, one chunk per shard, same checks
       checkpoint/<k>/      (and <k−1>/) W1…WL (the weights after iteration k), carry/ (what the
                            solver's next iteration needs, e.g. ADMM's W^{k+1} solved
                            ahead and the input Gram), best/W1…WL (with early
@@ -76,6 +78,11 @@ def state_path(slot: int, name: str) -> str:
     return f"state/slot{slot}/{name}"
 
 
+def shard_state_path(slot: int, name: str) -> str:
+    """Return the array path of one per-shard state array inside the run store."""
+    return f"shards/slot{slot}/{name}"
+
+
 def slot_of(iteration: int) -> int:
     """Return the state slot holding iteration k: k mod 2."""
     return iteration % 2
@@ -125,11 +132,12 @@ class RunStore:
     def create(cls, path, *, config: dict, data: dict, state_widths: dict, n_samples: int,
                chunk_rows: int, classes, x_mean, x_scale, overwrite: bool = False,
                test_data: str | None = None, validation_chunks=(), y_mean=None, y_scale=None,
-               report=None) -> "RunStore":
+               report=None, shard_widths: dict | None = None, n_shards: int = 0) -> "RunStore":
         """Create an empty run store with allocated state slots (refuses an existing path).
 
         A classification run passes ``classes``; a regression run ``classes=None``
-        and its target scaling ``y_mean``, ``y_scale``.
+        and its target scaling ``y_mean``, ``y_scale``. A sharded solver passes
+        its per-shard state widths and the number of shards.
         """
         path = Path(path)
         check_creatable(path, overwrite)
@@ -141,6 +149,8 @@ class RunStore:
             "chunk_rows": int(chunk_rows), "test_data": test_data,
             "validation_chunks": [[int(a), int(b)] for a, b in validation_chunks], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if shard_widths:
+            attrs.update(shard_widths=dict(shard_widths), n_shards=int(n_shards))
         # built next to its target and renamed into place: a crash leaves no half store
         clean_stale_partials(path, report=report)
         partial = partial_path(path)
@@ -160,6 +170,8 @@ class RunStore:
             for slot in (0, 1):
                 for name, width in state_widths.items():
                     _create_state_array(root, slot, name, width, n_samples, chunk_rows)
+                for name, width in (shard_widths or {}).items():
+                    _create_shard_array(root, slot, name, width, n_shards)
             root.attrs.update(attrs)
             root.create_group("checkpoint")
             check_creatable(path, overwrite)
@@ -221,6 +233,8 @@ class RunStore:
         for name, width in self.state_widths.items():
             _create_state_array(root, slot_of(k + 1), name, width, self.n_samples, self.chunk_rows,
                                 overwrite=True)
+        for name, width in (self.attrs.get("shard_widths") or {}).items():
+            _create_shard_array(root, slot_of(k + 1), name, width, int(self.attrs["n_shards"]), overwrite=True)
 
     def disk_bytes(self) -> dict:
         """Return the bytes on disk of each state slot and of everything else."""
@@ -228,7 +242,7 @@ class RunStore:
         for f in self.path.rglob("*"):
             if f.is_file():
                 part = f.relative_to(self.path).parts
-                key = part[1] if part[0] == "state" and len(part) > 2 and part[1] in sizes else "other"
+                key = part[1] if part[0] in ("state", "shards") and len(part) > 2 and part[1] in sizes else "other"
                 sizes[key] += f.stat().st_size
         return sizes
 
@@ -445,6 +459,13 @@ def _create_state_array(root, slot, name, width, n_samples, chunk_rows, overwrit
     root.create_array(state_path(slot, name), shape=(n_samples, width), chunks=(chunk_rows, width),
                       dtype=STATE_DTYPE, compressors=[Crc32cCodec()], fill_value=np.nan,
                       dimension_names=("sample", f"{name}_unit"), overwrite=overwrite)
+
+
+def _create_shard_array(root, slot, name, width, n_shards, overwrite=False):
+    """Create one empty per-shard state array: float64 (resume is bitwise exact), one chunk per shard, NaN fill."""
+    root.create_array(shard_state_path(slot, name), shape=(n_shards, width), chunks=(1, width), dtype="float64",
+                      compressors=[Crc32cCodec()], fill_value=np.nan, dimension_names=("shard", f"{name}_unit"),
+                      overwrite=overwrite)
 
 
 def check_creatable(path, overwrite: bool, inputs=()) -> None:

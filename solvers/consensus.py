@@ -1,0 +1,181 @@
+"""Consensus ADMM over data shards (Boyd et al. 2011, §7): one copy θ_s of the weights per shard, Adam locally.
+
+The training rows are split into S *shards*, fixed groups of consecutive
+chunks; ``w_s = n_s / n``. The problem ``min Σ_s w_s f_s(θ_s) + ½α‖θ̄‖²``
+subject to ``θ_s = θ̄`` (``f_s`` the mean loss of shard s, α on the weights
+only, not the biases) is solved by scaled-dual ADMM with penalty ``w_s ρ``:
+
+* shard step (one task per shard, :meth:`ConsensusSolver.shard_kernel`):
+  from θ̄, approximately ``θ_s ← argmin f_s(θ) + ρ/2‖θ − θ̄ + u_s‖²`` by
+  ``local_epochs`` epochs of minibatch Adam over the shard's chunks, read one
+  after another; the task returns ``v_s = θ_s + u_s`` (summed as ``n_s v_s``);
+* consensus step (client, closed form): ``θ̄ ← ρ Σ_s w_s v_s / (ρ + α)``
+  (the notes' θ₂ step; biases: α = 0, a plain weighted average);
+* dual step: ``u_s ← u_s + θ_s − θ̄ = v_s − θ̄``. The shard stores ``v_s``
+  (its per-shard state in the run store); its next task forms
+  ``u_s = (v_s − θ̄)·ρ_old/ρ_new`` (the scaled dual follows a change of ρ), so
+  the client never holds the S duals.
+
+Variants (``consensus``): ``admm`` (the above), ``elastic`` (elastic
+averaging: the proximal term, no dual, ``u_s = 0``). ``rho_growth`` g gives
+the schedule ``ρ_k = ρ g^{k−1}``. The Adam moments of each shard are carried
+from pass to pass in the per-shard state. Minibatch order is seeded by
+(seed, iteration, shard): a run is bitwise reproducible whatever workers run
+it, and a retried task rewrites the same bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from solvers.adam import Adam, FlatLayout, gradient
+from solvers.base import SolverBase
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from solvers.loop import LoopState, run_shard_pass
+from solvers.network import standardize
+from solvers.stats import StatsLayout
+
+
+@dataclass(frozen=True)
+class ShardParams:
+    """The broadcast of a shard pass: θ̄ (float64 flat), the iteration, ρ and the dual's rescaling."""
+
+    center: np.ndarray
+    iteration: int
+    rho: float
+    dual_scale: float  # u_s = (v_s − θ̄)·dual_scale; 0: no dual (elastic averaging, or the first pass)
+
+
+def consensus_step(mean_v, rho: float, alpha, bias_mask=None):
+    """Return ``θ̄ = ρ v̄ / (ρ + α)`` entrywise, α = 0 on the biases (``v̄ = Σ_s w_s (θ_s + u_s)``)."""
+    alpha = np.where(bias_mask, 0.0, alpha) if bias_mask is not None else alpha
+    return rho * np.asarray(mean_v, np.float64) / (rho + alpha)
+
+
+class ConsensusSolver(SolverBase):
+    """Consensus ADMM over data shards with minibatch Adam shard steps; no per-sample state."""
+
+    name = "consensus"
+    sharded = True
+    divergence_hint = "a smaller --learning-rate or a larger --consensus-rho"
+
+    def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
+                 y_mean=None, y_scale=None):
+        super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
+        if config.loss not in ("auto", "squared"):
+            raise InputError(f"the consensus solver fits cross-entropy (--loss auto) or the squared loss; "
+                             f"--loss {config.loss} needs --solver admm")
+        if config.task == "regression" or config.loss == "squared":
+            self.loss_kind = "squared"
+        else:
+            self.loss_kind = "binary-log" if self.n_classes == 2 else "softmax-log"
+        self.flat = FlatLayout([layer.weight_shape for layer in self.layers])
+        self._bias = self.flat.bias_mask()
+
+    # -- what the pipeline stores and sums ----------------------------------------------
+    def state_widths(self) -> dict[str, int]:
+        """Return {}: nothing per sample is kept."""
+        return {}
+
+    def shard_state_widths(self) -> dict[str, int]:
+        """Return the per-shard state: v = θ_s + u_s, Adam's moments m and s, and its step count t."""
+        P = self.flat.size
+        return {"v": P, "m": P, "s": P, "t": 1}
+
+    def shard_layout(self) -> StatsLayout:
+        """Return the layout of a shard pass's sums: rows, last-epoch loss and score, Σ n_s v_s, Σ n_s θ_s, Σ n_s‖θ_s‖²."""
+        P = self.flat.size
+        return StatsLayout({"n": (), "loss": (), **self.task.score_shapes, "v": (P,), "theta": (P,),
+                            "theta_sq": ()})
+
+    # -- client side -----------------------------------------------------------------------
+    def rho_at(self, k: int) -> float:
+        """Return ρ_k = ρ g^{k−1} (g = ``rho_growth``)."""
+        c = self.config
+        return float(c.consensus_rho) * float(c.rho_growth) ** (k - 1)
+
+    def alpha(self) -> float:
+        return float(getattr(self.config, "alpha", 0.0) or 0.0)
+
+    def initialize(self, runner) -> LoopState:
+        """Return He-scaled random weights (zero biases) as θ̄⁰; no pass is needed."""
+        return LoopState(0, self.he_weights(self.L), {})
+
+    def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
+        """Run one shard pass, take the consensus step; the dual step happens in the next shard pass."""
+        k = state.iteration + 1
+        rho = self.rho_at(k)
+        center = self.flat.from_weights(state.weights)
+        dual = self.config.consensus == "admm" and "rho" in state.carry
+        scale = float(state.carry["rho"]) / rho if dual else 0.0
+        read = state.iteration if "rho" in state.carry else None  # iteration 0 stores no shard state
+        sums = run_shard_pass(runner, self.shard_layout(), "shard_kernel", ShardParams(center, k, rho, scale), k,
+                              read=read, write=k)
+        n = float(sums["n"])
+        theta_bar = consensus_step(sums["v"] / n, rho, self.alpha(), self._bias)
+        # primal residual Σ w_s‖θ_s − θ̄‖² from the sums, relative to ‖θ̄‖²
+        spread = sums["theta_sq"] / n - 2.0 * float(theta_bar @ sums["theta"]) / n + float(theta_bar @ theta_bar)
+        residual = float(np.sqrt(max(spread, 0.0) / max(float(theta_bar @ theta_bar), 1e-300)))
+        score = f"train_{self.task.score_name}"
+        metrics = {score: float(self.task.score(sums)), "loss": float(sums["loss"]) / n, "residual": residual,
+                   "rho": rho}
+        carry = {"rho": np.float64(rho)}
+        return LoopState(k, self.flat.to_weights(theta_bar), carry), metrics
+
+    def resume(self, runner, state: LoopState, changed: set) -> LoopState:
+        """Return ``state``: a changed ρ rescales the duals in the next shard pass (the carry holds the last ρ)."""
+        return state
+
+    # -- shard side (pure NumPy: the shard's chunks in, its state and sums out) -------------
+    def shard_kernel(self, chunks, state, shard: int, p: ShardParams):
+        """Run ``local_epochs`` epochs of minibatch Adam on ``f_s + ρ/2‖θ − θ̄ + u_s‖²`` from θ̄ over the shard.
+
+        ``chunks`` has ``len(chunks)`` chunks and ``chunks.read(i) -> (x_raw, y)``;
+        ``state`` is the shard's per-shard state of the last pass (None on the first).
+        Returns (new per-shard state, sums of :meth:`shard_layout`).
+        """
+        c, dt, P = self.config, self.dtype, self.flat.size
+        u = 0.0
+        if state is not None and p.dual_scale:
+            u = (np.asarray(state["v"], np.float64) - p.center) * p.dual_scale
+        theta = p.center.astype(dt)
+        anchor = (p.center - u).astype(dt)
+        rho = dt.type(p.rho)
+        if state is None:
+            adam = Adam(P, dt)
+        else:
+            adam = Adam(P, dt, m=state["m"], v=state["s"], t=int(np.asarray(state["t"]).ravel()[0]))
+        rng = np.random.default_rng([c.seed, p.iteration, shard])
+        grad, prox = np.empty(P, dt), np.empty(P, dt)
+        n, loss, parts = 0, 0.0, {}
+        B = int(c.batch_size)
+        with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
+            for epoch in range(int(c.local_epochs)):
+                last = epoch == c.local_epochs - 1
+                for i in range(len(chunks)):
+                    x_raw, y = chunks.read(i)
+                    order = rng.permutation(len(y))
+                    for b0 in range(0, len(order), B):
+                        rows = order[b0:b0 + B]
+                        x = standardize(x_raw[rows], self.x_mean, self.x_scale, dt)
+                        t = self.task.targets(y[rows], dt)
+                        batch_loss, s = gradient(theta, self.flat, self.act, self.loss_kind, x, t, grad)
+                        if rho:
+                            np.subtract(theta, anchor, out=prox)
+                            prox *= rho
+                            grad += prox
+                        if last:  # the running loss and score of the last local epoch, before each step
+                            n += len(rows)
+                            loss += batch_loss
+                            for name, value in self.task.score_parts(s, y[rows]).items():
+                                parts[name] = parts.get(name, 0) + value
+                        adam.step(theta, grad, c.learning_rate)
+        theta64 = theta.astype(np.float64)
+        v = theta64 + u
+        new_state = {"v": v, "m": adam.m.astype(np.float64), "s": adam.v.astype(np.float64),
+                     "t": np.array([float(adam.t)])}
+        sums = self.shard_layout().pack({"n": n, "loss": loss, **parts, "v": n * v, "theta": n * theta64,
+                                         "theta_sq": n * float(theta64 @ theta64)})
+        return new_state, sums

@@ -1,0 +1,240 @@
+"""Consensus ADMM over data shards: the consensus step, the shard step as Adam, pipeline = reference, resume."""
+import numpy as np
+import pytest
+
+from solvers import make_solver
+from solvers.activations import ACTIVATIONS
+from solvers.adam import FlatLayout, loss_and_delta
+from solvers.config import TrainConfig
+from solvers.consensus import ConsensusSolver, ShardParams, consensus_step
+from solvers.errors import InputError
+from solvers.loop import LoopState, shard_groups
+from solvers.reference import fit_in_memory
+
+
+def make_data(n=900, d=6, n_classes=2, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    W = rng.normal(size=(d, n_classes))
+    y = np.argmax(X @ W + 0.3 * rng.normal(size=(n, n_classes)), axis=1)
+    return X, y
+
+
+def quiet(line):
+    pass
+
+
+def test_consensus_step_is_the_closed_form_minimiser():
+    """θ̄ = ρ Σ w_s v_s/(ρ + α) minimises ½α‖θ̄‖²_(weights) + Σ_s w_s ρ/2 ‖v_s − θ̄‖², biases unregularised."""
+    rng = np.random.default_rng(1)
+    S, P = 4, 7
+    v = rng.normal(size=(S, P))
+    w = rng.random(S)
+    w /= w.sum()
+    rho, alpha = 0.3, 0.05
+    bias = np.zeros(P, bool)
+    bias[[2, 5]] = True
+    got = consensus_step(w @ v, rho, alpha, bias)
+    # the normal equations of the quadratic, solved directly: (diag(α_j) + ρ Σ w_s) θ = ρ Σ w_s v_s
+    A = np.diag(np.where(bias, 0.0, alpha) + rho * w.sum())
+    want = np.linalg.solve(A, rho * (w @ v))
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+
+    def objective(t):
+        return 0.5 * alpha * np.sum(np.where(bias, 0, t) ** 2) + sum(w[s] * rho / 2 * np.sum((v[s] - t) ** 2)
+                                                                     for s in range(S))
+    for _ in range(20):  # any perturbation raises the objective
+        assert objective(got + 1e-3 * rng.normal(size=P)) > objective(got)
+
+
+def test_advance_takes_the_consensus_step_from_the_shard_sums():
+    """The client's θ̄ comes from the summed n_s v_s exactly as the closed form says."""
+    cfg = TrainConfig(solver="consensus", hidden=(3,), consensus_rho=0.5, shards=2)
+    s = make_solver(cfg, 4, x_mean=np.zeros(4), x_scale=np.ones(4), classes=np.arange(2))
+    P = s.flat.size
+    v = np.random.default_rng(0).normal(size=P)
+
+    class FixedRunner:
+        solver = s
+
+        def run_shards(self, kernel, params, **slots):
+            return s.shard_layout().pack({"n": 10.0, "loss": 1.0, "correct": 5, "v": 10.0 * v, "theta": 10.0 * v,
+                                          "theta_sq": 10.0 * float(v @ v)})
+
+    state, metrics = s.advance(FixedRunner(), LoopState(0, s.he_weights(s.L), {}))
+    np.testing.assert_allclose(s.flat.from_weights(state.weights), consensus_step(v, 0.5, s.alpha(), s._bias))
+    assert metrics["train_accuracy"] == 0.5 and state.carry["rho"] == 0.5
+
+
+def literal_adam_pass(X, t, weights, act, kind, seed, lr, batch, iteration=1, shard=0):
+    """One epoch of textbook minibatch Adam over (X, t) in float32, rows in the order the solver draws."""
+    Ws = [np.asarray(W, np.float32).copy() for W in weights]
+    m = [np.zeros_like(W) for W in Ws]
+    v = [np.zeros_like(W) for W in Ws]
+    order = np.random.default_rng([seed, iteration, shard]).permutation(len(X))
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    step = 0
+    for b0 in range(0, len(order), batch):
+        rows = order[b0:b0 + batch]
+        a = [X[rows]]
+        zs = []
+        for W in Ws[:-1]:
+            zs.append(a[-1] @ W[:, :-1].T + W[:, -1])
+            a.append(act.h(zs[-1]))
+        out = a[-1] @ Ws[-1][:, :-1].T + Ws[-1][:, -1]
+        _, delta = loss_and_delta(kind, out, t[rows])
+        delta = delta / len(rows)
+        grads = [None] * len(Ws)
+        for l in range(len(Ws) - 1, -1, -1):
+            grads[l] = np.column_stack([delta.T @ a[l], delta.sum(axis=0)])
+            if l:
+                delta = (delta @ Ws[l][:, :-1]) * act.dh(zs[l - 1])
+        step += 1
+        for l in range(len(Ws)):
+            m[l] = b1 * m[l] + (1 - b1) * grads[l]
+            v[l] = b2 * v[l] + (1 - b2) * grads[l] ** 2
+            m_hat = m[l] / (1 - b1 ** step)
+            v_hat = v[l] / (1 - b2 ** step)
+            Ws[l] = Ws[l] - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return Ws
+
+
+@pytest.mark.parametrize("n_classes,activation", [(2, "relu"), (3, "sigmoid"), (2, "hard-sigmoid")])
+def test_one_shard_and_tiny_rho_is_one_epoch_of_plain_minibatch_adam(n_classes, activation):
+    X, y = make_data(n=700, n_classes=n_classes)
+    cfg = TrainConfig(solver="consensus", hidden=(8, 5), activation=activation, iterations=1, shards=1,
+                      consensus_rho=1e-12, batch_size=64, learning_rate=3e-3, seed=4)
+    fit = fit_in_memory(X, y, cfg)
+    s = fit.solver
+    Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
+    t = s.task.targets(np.searchsorted(s.classes, y), np.float32)
+    want = literal_adam_pass(Xs, t, s.he_weights(s.L), ACTIVATIONS[activation], s.loss_kind, 4, 3e-3, 64)
+    for W, W_ref in zip(fit.loop_state.weights, want):
+        np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
+
+
+def test_regression_one_shard_is_plain_adam_on_the_squared_loss():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(500, 5)).astype(np.float32)
+    y = X @ rng.normal(size=5) + 3.0
+    cfg = TrainConfig(solver="consensus", task="regression", hidden=(6,), iterations=1, shards=1,
+                      consensus_rho=1e-12, batch_size=50, seed=1)
+    fit = fit_in_memory(X, y, cfg)
+    s = fit.solver
+    assert s.loss_kind == "squared"
+    Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
+    want = literal_adam_pass(Xs, s.task.targets(y, np.float32), s.he_weights(s.L), s.act, "squared", 1, 1e-3, 50)
+    for W, W_ref in zip(fit.loop_state.weights, want):
+        np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
+    more = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 30, "learning_rate": 1e-2}))
+    assert more.history[-1]["train_r2"] > 0.95
+
+
+def test_consensus_learns_with_several_shards_and_both_variants():
+    X, y = make_data(n=3000, n_classes=3)
+    for variant in ("admm", "elastic"):
+        cfg = TrainConfig(solver="consensus", hidden=(16,), iterations=6, shards=3, consensus=variant,
+                          consensus_rho=1e-2, rho_growth=1.5, local_epochs=3, learning_rate=1e-2)
+        fit = fit_in_memory(X, y, cfg, chunk_rows=500)
+        assert fit.network.score(X, y) > 0.9
+        assert [h["rho"] for h in fit.history][:3] == pytest.approx([1e-2, 1.5e-2, 2.25e-2])
+
+
+def test_shards_are_consecutive_chunk_groups():
+    assert shard_groups(5, 2) == [[0, 1, 2], [3, 4]]
+    assert shard_groups(3, 3) == [[0], [1], [2]]
+    with pytest.raises(InputError, match="--shards 4 needs between 1 and 3"):
+        shard_groups(3, 4)
+
+
+def test_bad_consensus_settings_are_refused():
+    with pytest.raises(InputError, match="shards must be >= 0"):
+        TrainConfig(shards=-1)
+    with pytest.raises(InputError, match="consensus 'x' is not one of"):
+        TrainConfig(consensus="x")
+    with pytest.raises(InputError, match="batch_size must be >= 1"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(InputError, match="consensus_rho must be a positive"):
+        TrainConfig(consensus_rho=0.0)
+    with pytest.raises(InputError, match="--loss hinge needs --solver admm"):
+        ConsensusSolver(TrainConfig(solver="consensus", loss="hinge"), 3, [0, 1], np.zeros(3), np.ones(3))
+
+
+def test_flat_layout_round_trips_the_weights():
+    lay = FlatLayout([(4, 3), (2, 5)])
+    rng = np.random.default_rng(0)
+    ws = [rng.normal(size=(4, 3)), rng.normal(size=(2, 5))]
+    back = lay.to_weights(lay.from_weights(ws))
+    for a, b in zip(ws, back):
+        np.testing.assert_array_equal(a, b)
+    assert lay.bias_mask().sum() == 6
+
+
+# -- the pipeline ------------------------------------------------------------------------
+def _final_weights(store):
+    from storage.runstore import RunStore
+
+    return RunStore.open(store).load_checkpoint().weights
+
+
+def test_pipeline_consensus_matches_reference_and_resumes_bitwise(client, tmp_path):
+    from pipeline.training import train
+    from storage.data import write_data
+
+    X, y = make_data(n=1200, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    cfg = TrainConfig(solver="consensus", hidden=(10,), iterations=4, shards=2, consensus_rho=0.05, seed=3)
+    result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=300,
+                   report=quiet)
+    ref = fit_in_memory(X, y, cfg, chunk_rows=300)
+    assert result.store.attrs["n_shards"] == 2
+    for W, W_ref in zip(result.network.weights, ref.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-6, atol=1e-7)
+    # two passes, then resume to four: the same bytes as the uninterrupted run
+    train(client, store=tmp_path / "a.zarr", data=tmp_path / "d.zarr",
+          config=TrainConfig(**{**cfg.to_dict(), "iterations": 2}), chunk_rows=300, report=quiet)
+    train(client, store=tmp_path / "a.zarr", resume=True, iterations=4, report=quiet)
+    for W, W_ref in zip(_final_weights(tmp_path / "a.zarr"), _final_weights(tmp_path / "r.zarr")):
+        np.testing.assert_array_equal(W, W_ref)
+
+
+def test_auto_shards_is_one_per_worker_thread(client, tmp_path):
+    from pipeline.training import train
+    from storage.data import write_data
+
+    X, y = make_data(n=800)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=800)
+    result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr",
+                   config=TrainConfig(solver="consensus", hidden=(5,), iterations=1), report=quiet)
+    assert result.store.attrs["config"]["shards"] == sum(client.nthreads().values()) == 2
+    assert -(-800 // result.store.chunk_rows) >= 2  # the one data chunk was split so that each shard has rows
+
+
+def test_retried_shard_task_rewrites_the_same_bytes(tmp_path):
+    """A shard task run twice (a retry) reads the committed slot and writes identical state and sums."""
+    import zarr
+
+    from pipeline.passes import shard_task
+    from storage.data import write_data
+    from storage.runstore import RunStore, shard_state_path
+
+    X, y = make_data(n=600)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=100)
+    cfg = TrainConfig(solver="consensus", hidden=(7,), shards=2, consensus_rho=0.1)
+    s = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(2))
+    run = RunStore.create(tmp_path / "r.zarr", config=cfg.to_dict(), data={}, state_widths={}, n_samples=600,
+                          chunk_rows=100, classes=np.arange(2), x_mean=s.x_mean, x_scale=s.x_scale,
+                          shard_widths=s.shard_state_widths(), n_shards=2)
+    center = s.flat.from_weights(s.he_weights(s.L))
+    bounds = [(0, 100), (100, 200), (200, 300)]
+    args = (str(tmp_path / "d.zarr"), str(run.path))
+    first = shard_task((s, "shard_kernel", ShardParams(center, 1, 0.1, 0.0)), *args, None, 1, 0, bounds)
+    # iteration 2 reads slot 1 and writes slot 0; run it twice
+    p2 = (s, "shard_kernel", ShardParams(center * 0.9, 2, 0.1, 1.0))
+    sums_a = shard_task(p2, *args, 1, 0, 0, bounds)
+    bytes_a = {n: zarr.open_array(store=str(run.path), path=shard_state_path(0, n))[0] for n in s.shard_state_widths()}
+    sums_b = shard_task(p2, *args, 1, 0, 0, bounds)
+    np.testing.assert_array_equal(sums_a, sums_b)
+    for n, value in bytes_a.items():
+        np.testing.assert_array_equal(zarr.open_array(store=str(run.path), path=shard_state_path(0, n))[0], value)
+    assert not np.array_equal(first, sums_a)
