@@ -282,6 +282,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
             graphs[f"test_{score}"] = score_graph(network, test.path.resolve(), bounds(test.n_samples, test.chunk_rows))
         for name, value in zip(graphs, runner.compute(*graphs.values())):
             record[name] = value
+        if hasattr(solver, "observe"):  # a schedule that acts on the scores (consensus,gauss-newton)
+            solver.observe(state, record)
         stop = held_out and stopping.update(state.iteration, record[f"validation_{score}"], state.weights)
         history.append(record)
         run.commit(Checkpoint(state.iteration, state.weights, state.carry,

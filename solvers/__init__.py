@@ -50,6 +50,7 @@ SOLVERS = _Registry({
     "gauss-newton": "solvers.gauss_newton:GaussNewtonSolver",
     "dladmm": "solvers.dladmm:DLADMMSolver",
     "consensus": "solvers.consensus:ConsensusSolver",
+    "consensus,gauss-newton": "solvers.handover:HandOverSolver",
 })
 
 

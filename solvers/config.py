@@ -24,8 +24,9 @@ from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
 
 INITS = ("forward", "gaussian")
-ALL = ("admm", "dladmm", "gauss-newton", "consensus")  # settings every solver reads
-CONSENSUS = ("consensus",)  # the solvers that read the consensus settings
+HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solvers/handover.py)
+ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
+CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
 GROUPS = {  # --help groups, in order: title and description (None: the general settings)
     "model": ("model and method", None),
@@ -108,14 +109,15 @@ class TrainConfig:
                         "gaussian (the paper's N(0, 1) state)", choices=INITS, solvers=("admm",))
     seed: int = setting(0, "random seed of the initial weights and state and of the held-out chunks",
                         param="random_state", param_default=None)
-    ridge: float = setting(1e-2, "relative ridge of the W-solve", resumable=True, solvers=("admm", "gauss-newton"))
+    ridge: float = setting(1e-2, "relative ridge of the W-solve", resumable=True, solvers=("admm", "gauss-newton", HANDOVER))
     solver: str = setting("gauss-newton", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
-                          "minibatch Adam in each)", choices=sorted(SOLVERS))
-    step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True, solvers=("gauss-newton",),
+                          "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton)",
+                          choices=sorted(SOLVERS))
+    step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True, solvers=("gauss-newton", HANDOVER),
                                group="gauss-newton")
     damping: float = setting(1.0, "initial Levenberg-Marquardt damping λ, relative to the mean curvature",
-                             resumable=True, solvers=("gauss-newton",), group="gauss-newton")
+                             resumable=True, solvers=("gauss-newton", HANDOVER), group="gauss-newton")
     rho: float = setting(4.0, "penalty ρ of the output constraint and the dual step", resumable=True,
                          solvers=("dladmm",), group="dladmm")
     nu: float = setting(100.0, "penalty ν of the hidden-layer constraints", resumable=True, solvers=("dladmm",),
@@ -151,6 +153,9 @@ class TrainConfig:
     batch_size: int = setting(200, "minibatch rows of the shards' Adam", resumable=True, solvers=CONSENSUS,
                               group="consensus")
     learning_rate: float = setting(1e-3, "Adam's step size", resumable=True, solvers=CONSENSUS, group="consensus")
+    handover_gain: float = setting(0.002, "consensus,gauss-newton: hand over to Gauss-Newton once a pass gains less "
+                                   "than this in held-out (else training) score", resumable=True,
+                                   solvers=(HANDOVER,), group="consensus")
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -168,6 +173,8 @@ class TrainConfig:
             problems.append(f"shards must be >= 0 (0: one per worker thread), got {self.shards}")
         if self.consensus not in CONSENSUS_VARIANTS:
             problems.append(f"consensus {self.consensus!r} is not one of {list(CONSENSUS_VARIANTS)}")
+        if not (0 <= self.handover_gain < float("inf")):
+            problems.append(f"handover_gain must be >= 0, got {self.handover_gain!r}")
         for name in ("local_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")

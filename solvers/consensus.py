@@ -59,6 +59,7 @@ class ConsensusSolver(SolverBase):
 
     name = "consensus"
     sharded = True
+    carry_moments = True  # False: every shard pass restarts Adam (measured in benchmarks/consensus_variants.py)
     divergence_hint = "a smaller --learning-rate or a larger --consensus-rho"
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
@@ -143,7 +144,7 @@ class ConsensusSolver(SolverBase):
         theta = p.center.astype(dt)
         anchor = (p.center - u).astype(dt)
         rho = dt.type(p.rho)
-        if state is None:
+        if state is None or not self.carry_moments:
             adam = Adam(P, dt)
         else:
             adam = Adam(P, dt, m=state["m"], v=state["s"], t=int(np.asarray(state["t"]).ravel()[0]))

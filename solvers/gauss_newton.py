@@ -99,9 +99,9 @@ class GaussNewtonSolver(SolverBase):
         """Return He-scaled random hidden weights (bias 0), seeded like the ADMM solver's."""
         return self.he_weights(self.L - 1)
 
-    def initialize(self, runner) -> LoopState:
-        """Fit the output layer on the random hidden layers (pass A), then take pass B there."""
-        hidden = self.initial_hidden()
+    def initialize(self, runner, hidden=None) -> LoopState:
+        """Fit the output layer on the random hidden layers (or ``hidden``: a hand-over) by pass A, then take pass B."""
+        hidden = self.initial_hidden() if hidden is None else hidden
         sums = run_pass(runner, self.forward_layout(True), "forward_chunk", self._forward_params(hidden, True), 0)
         input_gram = sums["gram1"] if self.L > 1 else sums[f"gram{self.L}"]
         W_out, error = self.output_layer(sums)

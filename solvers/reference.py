@@ -165,6 +165,8 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
         if held_out:
             record[f"validation_{score}"] = network.score(X_val, y_val)
             stop = stopping.update(state.iteration, record[f"validation_{score}"], state.weights)
+        if hasattr(solver, "observe"):  # a schedule that acts on the scores (consensus,gauss-newton)
+            solver.observe(state, record)
         result.history.append(record)
         result.network, result.loop_state = network, state
         if callback is not None:

@@ -238,3 +238,61 @@ def test_retried_shard_task_rewrites_the_same_bytes(tmp_path):
     for n, value in bytes_a.items():
         np.testing.assert_array_equal(zarr.open_array(store=str(run.path), path=shard_state_path(0, n))[0], value)
     assert not np.array_equal(first, sums_a)
+
+
+# -- hand-over to Gauss-Newton -------------------------------------------------------------
+HANDOVER = dict(solver="consensus,gauss-newton", hidden=(16,), shards=2, local_epochs=3, learning_rate=1e-2,
+                handover_gain=0.01, validation_fraction=0.2, patience=0, seed=1)
+
+
+def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
+    from solvers.gauss_newton import GaussNewtonSolver
+
+    X, y = make_data(n=3000, n_classes=3)
+    fit = fit_in_memory(X, y, TrainConfig(**HANDOVER, iterations=9), chunk_rows=250)
+    phases = [h["phase"] for h in fit.history]
+    k = phases.index("hand-over")
+    assert phases[:k] == ["consensus"] * k and phases[k + 1:] == ["gauss-newton"] * (len(phases) - k - 1)
+    scores = [h["validation_accuracy"] for h in fit.history]
+    assert k >= 2 and scores[k - 1] - scores[k - 2] < 0.01
+    assert all(b - a >= 0.01 for a, b in zip(scores[:k - 2], scores[1:k - 1]))
+    # the hand-over starts Gauss-Newton from the consensus hidden weights: its pass A refits the output layer
+    consensus_only = fit_in_memory(X, y, TrainConfig(**{**HANDOVER, "solver": "consensus"}, iterations=k),
+                                   chunk_rows=250)
+    gn = GaussNewtonSolver(fit.solver.config, X.shape[1], fit.solver.classes, fit.solver.x_mean,
+                           fit.solver.x_scale)
+    from solvers.reference import InMemoryRunner
+    from solvers.validation import validation_split
+    from solvers.reference import chunk_bounds
+    from solvers.losses import encode_labels
+
+    train_bounds, _ = validation_split(chunk_bounds(len(y), 250), 0.2, 1)
+    runner = InMemoryRunner(gn, X, encode_labels(y, fit.solver.classes), bounds=train_bounds)
+    start = gn.initialize(runner, hidden=consensus_only.loop_state.weights[:-1])
+    handed = fit_in_memory(X, y, TrainConfig(**HANDOVER, iterations=k + 1), chunk_rows=250)
+    for W, W_ref in zip(handed.loop_state.weights, start.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-10)
+
+
+def test_pipeline_handover_matches_reference_and_resumes_at_any_point(client, tmp_path):
+    from pipeline.training import train
+    from storage.data import write_data
+
+    X, y = make_data(n=3000, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=250)
+    cfg = TrainConfig(**HANDOVER, iterations=7)
+    whole = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=250,
+                  report=quiet)
+    ref = fit_in_memory(X, y, cfg, chunk_rows=250)
+    assert [h["phase"] for h in whole.history] == [h["phase"] for h in ref.history]
+    assert "hand-over" in [h["phase"] for h in whole.history]
+    for W, W_ref in zip(_final_weights(tmp_path / "r.zarr"), ref.loop_state.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-5, atol=1e-6)
+    k = [h["phase"] for h in whole.history].index("hand-over") + 1
+    for stop in (k - 1, k):  # killed just before and just after the hand-over
+        store = tmp_path / f"part{stop}.zarr"
+        train(client, store=store, data=tmp_path / "d.zarr", config=TrainConfig(**{**cfg.to_dict(), "iterations": stop}),
+              chunk_rows=250, report=quiet)
+        train(client, store=store, resume=True, iterations=7, report=quiet)
+        for W, W_ref in zip(_final_weights(store), _final_weights(tmp_path / "r.zarr")):
+            np.testing.assert_array_equal(W, W_ref)
