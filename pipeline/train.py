@@ -10,6 +10,7 @@ import contextlib
 import logging
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_input_error
@@ -24,9 +25,20 @@ log = logging.getLogger("pipeline.train")  # not __name__: "__main__" under pyth
 DEMO = Path(__file__).resolve().parent / "demo" / "digits.npz"
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, never breaking a line inside a flag such as --rho-growth."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        return textwrap.fill(self._whitespace_matcher.sub(" ", text).strip(), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.train",
+        prog="python -m pipeline.train", formatter_class=_HelpFormatter,
         description="Train a neural network out of core with layerwise Gauss-Newton (the default), the ADMM "
                     "method of Taylor et al. (2016) or dlADMM: data and per-sample state live in Zarr stores, "
                     "Dask runs passes over the sample chunks and the small weight solves run here. With no "

@@ -109,12 +109,14 @@ class TrainConfig:
                         "gaussian (the paper's N(0, 1) state)", choices=INITS, solvers=("admm",))
     seed: int = setting(0, "random seed of the initial weights and state and of the held-out chunks",
                         param="random_state", param_default=None)
-    ridge: float = setting(1e-2, "relative ridge of the W-solve", resumable=True, solvers=("admm", "gauss-newton", HANDOVER))
+    ridge: float = setting(1e-2, "relative ridge of the W-solve", resumable=True,
+                           solvers=("admm", "gauss-newton", HANDOVER))
     solver: str = setting("gauss-newton", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
                           "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton)",
                           choices=sorted(SOLVERS))
-    step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True, solvers=("gauss-newton", HANDOVER),
+    step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True,
+                               solvers=("gauss-newton", HANDOVER),
                                group="gauss-newton")
     damping: float = setting(1.0, "initial Levenberg-Marquardt damping λ, relative to the mean curvature",
                              resumable=True, solvers=("gauss-newton", HANDOVER), group="gauss-newton")

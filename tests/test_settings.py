@@ -16,7 +16,8 @@ OTHER = {"hidden": (7, 5), "activation": "sigmoid", "task": "regression", "loss"
          "beta": 0.5, "iterations": 3, "warm_start": 1, "init": "gaussian", "seed": 11, "ridge": 0.5,
          "solver": "admm", "step_size": 0.25, "damping": 2.0, "rho": 1.5, "nu": 50.0, "scaling": "global",
          "validation_fraction": 0.25, "patience": 9, "layers": "conv:2x3x3,dense:4", "input_shape": (6, 6, 1),
-         "cg_steps": 2}
+         "cg_steps": 2, "shards": 3, "consensus": "elastic", "consensus_rho": 0.5, "rho_growth": 1.5,
+         "local_epochs": 2, "batch_size": 64, "learning_rate": 0.01, "handover_gain": 0.01}
 
 
 def test_every_setting_has_another_value_here():
@@ -52,7 +53,8 @@ def test_help_shows_each_default_and_the_resumable_flags():
 
 def test_resumable_set_includes_every_solver_step_setting():
     assert {"patience", "step_size", "damping", "rho", "nu", "gamma", "beta", "warm_start", "ridge",
-            "iterations"} == set(RESUMABLE)
+            "iterations", "consensus", "consensus_rho", "rho_growth", "local_epochs", "batch_size", "learning_rate",
+            "handover_gain"} == set(RESUMABLE)
 
 
 def test_readme_lists_the_resumable_flags():
