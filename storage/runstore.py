@@ -236,6 +236,11 @@ class RunStore:
         for name, width in (self.attrs.get("shard_widths") or {}).items():
             _create_shard_array(root, slot_of(k + 1), name, width, int(self.attrs["n_shards"]), overwrite=True)
 
+    @property
+    def keeps_slot_state(self) -> bool:
+        """Return True when the run keeps state in the two slots: per-sample or per-shard (consensus)."""
+        return bool(self.state_widths or self.attrs.get("shard_widths"))
+
     def disk_bytes(self) -> dict:
         """Return the bytes on disk of each state slot and of everything else."""
         sizes = {"slot0": 0, "slot1": 0, "other": 0}
@@ -265,7 +270,7 @@ class RunStore:
         The previous commit can stand in for a damaged last one only while its
         state slot is untouched; solvers without per-sample state need no record.
         """
-        if self.state_widths:
+        if self.keeps_slot_state:
             _write_json_atomic(self.path / WRITING, {"iteration": int(iteration)})
 
     def commit(self, checkpoint: Checkpoint, history: list, target_iterations: int, stopped: bool = False) -> None:
@@ -374,14 +379,14 @@ class RunStore:
         except InputError as exc:
             return None, f"the previous commit is damaged too ({exc})"
         k = int(manifest["iteration"])
-        if self.state_widths:
+        if self.keeps_slot_state:
             try:
                 started = int(json.loads((self.path / WRITING).read_text())["iteration"])
             except (OSError, ValueError, KeyError, TypeError):
                 started = None
             if started is None or started > k + 1:
                 return None, (f"the state of the previous commit (iteration {k}) has been overwritten since "
-                              "(only solvers without per-sample state, such as gauss-newton, can always fall back)")
+                              "(only solvers without per-sample or per-shard state, such as gauss-newton, can always fall back)")
         try:
             return (manifest, self._read_checkpoint(manifest)), None
         except InputError as exc:

@@ -296,3 +296,24 @@ def test_pipeline_handover_matches_reference_and_resumes_at_any_point(client, tm
         train(client, store=store, resume=True, iterations=7, report=quiet)
         for W, W_ref in zip(_final_weights(store), _final_weights(tmp_path / "r.zarr")):
             np.testing.assert_array_equal(W, W_ref)
+
+
+def test_consensus_cannot_fall_back_once_the_next_pass_wrote_its_shard_slot(client, tmp_path):
+    """The per-shard state lives in two slots like ADMM's per-sample state: a damaged last commit whose
+    predecessor's shard slot was overwritten is one clear error, never a silently different run."""
+    from pathlib import Path
+
+    from pipeline.training import train
+    from storage.data import write_data
+
+    X, y = make_data(n=800)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=tmp_path / "d.zarr", report=quiet,
+          config=TrainConfig(solver="consensus", hidden=(5,), iterations=3, shards=2))
+    w1 = sorted(p for p in (Path(store) / "checkpoint/3/W1").rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+    data = bytearray(w1.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    w1.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="state of the previous commit .* has been overwritten"):
+        train(client, store=store, resume=True, iterations=4, report=quiet)
