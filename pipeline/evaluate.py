@@ -36,6 +36,7 @@ def evaluate(client, store, data) -> dict:
 
     network = load_network(store)
     ds = open_data(data)
+    ds.require_labels("evaluate")
     if ds.n_features != len(network.x_mean):
         raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
     chunks = bounds(ds.n_samples, ds.chunk_rows)

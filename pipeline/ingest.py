@@ -36,6 +36,7 @@ examples:
   python -m pipeline.ingest train.csv --out data.zarr
   python -m pipeline.ingest HIGGS.csv.gz --out higgs.zarr --label-column 0 --test-fraction 0.1
   python -m pipeline.ingest table.parquet --out data.zarr --label-column target --overwrite
+  python -m pipeline.ingest new.csv --out new.zarr --no-labels     # features only, to predict
 
 exit status: 0 on success, 2 on a problem with the input or options.
 """
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="CSV: the first line is a header")
     head.add_argument("--no-header", dest="header", action="store_false",
                       help="CSV: the first line is data")
+    p.add_argument("--no-labels", dest="labels", action="store_false",
+                   help="every column is a feature: data to predict on (python -m pipeline.predict), "
+                        "not to train or evaluate")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing data stores (only after the new ones are complete)")
     return p
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
             args.source, args.out, label_column=args.label_column,
             test_fraction=args.test_fraction, test_out=args.test_out, seed=args.seed,
             chunk_rows=args.chunk_rows, header=args.header, overwrite=args.overwrite,
-            progress=progress)
+            progress=progress, labels=args.labels)
     except InputError as err:
         progress.close()
         print(f"error: {err}", file=sys.stderr)

@@ -128,7 +128,7 @@ def r2_task(network, data, start, stop):
 def predict_task(network, data, out, start, stop):
     """Write the predicted labels (a regression network: values) of rows [start, stop) into the array ``out``."""
     with threadpool_limits(1):
-        x, _ = _read_xy(data, start, stop)
+        x = read_rows(data, "X", start, stop)  # an unlabeled store (--no-labels) has no y
         pred = network.predict(x)
         zarr.open_array(store=out, path="prediction", mode="r+")[start:stop] = pred
     return np.zeros(1)

@@ -22,7 +22,7 @@ from solvers.loop import LoopState, initialize, iterate
 from solvers.stats import scaling_from_sums
 from solvers.tasks import TASKS
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
-from storage.data import MAX_LABELS, DataStore, fingerprint, open_data
+from storage.data import MAX_LABELS, DataStore, fingerprint, fingerprint_differences, open_data
 from storage.lock import RunLock, check_unlocked
 from storage.runstore import Checkpoint, RunStore, check_creatable
 
@@ -96,9 +96,8 @@ def _describe(model: dict) -> str:
 
 
 def _check_resumable(store: RunStore, data: DataStore):
-    expected = store.attrs["data"]["fingerprint"]
-    actual = fingerprint(data)
-    diffs = [f"{k}: run has {expected.get(k)!r}, data has {v!r}" for k, v in actual.items() if expected.get(k) != v]
+    data.require_labels("train")
+    diffs = fingerprint_differences(store.attrs["data"]["fingerprint"], data)
     if diffs:
         raise InputError(f"{data.path} is not the data set run {store.path} was trained on ("
                          + "; ".join(diffs) + ")")
@@ -107,6 +106,8 @@ def _check_resumable(store: RunStore, data: DataStore):
 def _check_test_data(test_data, data: DataStore) -> DataStore | None:
     """Return the opened test data store (None without one); its width must be the training data's."""
     test = open_data(test_data) if test_data else None
+    if test is not None:
+        test.require_labels("score the model (--test-data)")
     if test is not None and test.n_features != data.n_features:
         raise InputError(f"test data {test.path} has {test.n_features} features, training data has {data.n_features}")
     return test
@@ -126,6 +127,7 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
         ds = open_data(data)
+        ds.require_labels("train")
         _check_chunk_rows(chunk_rows, ds)
         check_creatable(store, overwrite, inputs=(data, test_data))
         _check_test_data(test_data, ds)
@@ -197,6 +199,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         if SOLVERS[config.solver].sharded and config.shards == 0:  # one shard per worker thread
             config = replace(config, shards=max(1, sum(client.nthreads().values())))
         data = open_data(data)
+        data.require_labels("train")
         _check_chunk_rows(chunk_rows, data)
         check_creatable(store, overwrite, inputs=(data.path, test_data))
         _check_test_data(test_data, data)  # before the store exists: a bad --test-data leaves nothing behind

@@ -15,8 +15,11 @@ halves read speed) but carry a crc32c checksum per chunk, and their fill value
 is NaN: a corrupted, truncated or missing chunk file is reported, never read
 as data (see :func:`read_rows`). The group attributes are ``format`` (always
 ``"admm-dask-data"``), ``format_version``, ``n_samples``, ``n_features``,
-``chunk_rows``, ``feature_names``, ``label_name``, ``source`` and
-``statistics``: the shifted moment sums of the columns ``[X, y]`` summed while
+``chunk_rows``, ``feature_names``, ``label_name``, ``source``, ``statistics``,
+``has_labels`` (False for features only: no ``y``, data to predict on) and
+``chunk_crc32`` (the crc32 of each chunk's X bytes followed by its y bytes,
+recorded as it is written: the data's fingerprint, compared on resume without
+reading the data). ``statistics`` holds the shifted moment sums of the columns ``[X, y]`` summed while
 the rows were written (``shift`` = the first row, ``sums`` = [n, Σ(v − s),
 Σ(v − s)²] per column, float64) and ``labels``, the sorted distinct values of
 ``y`` (None when there are more than :data:`MAX_LABELS`). Training reads its
@@ -33,8 +36,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import shutil
+import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +97,8 @@ class DataStore:
         ``shift`` (d + 1,), ``sums`` (1 + 2(d + 1),) and ``labels`` (sorted
         distinct y, or None) as recorded at write time (see the module
         docstring), as float64 arrays; None for a store written without them.
+    has_labels : bool
+        False for a store of features only (``--no-labels``: data to predict).
     """
 
     path: Path
@@ -103,6 +109,7 @@ class DataStore:
     label_name: str
     source: str = ""
     statistics: dict | None = field(default=None, compare=False, repr=False)
+    has_labels: bool = True
 
     @property
     def n_chunks(self) -> int:
@@ -117,7 +124,14 @@ class DataStore:
     @property
     def y(self) -> zarr.Array:
         """Open the label vector ``y`` (n_samples,) read-only."""
+        self.require_labels("read its labels")
         return zarr.open_group(self.path, mode="r")["y"]
+
+    def require_labels(self, purpose: str = "train or evaluate") -> None:
+        """Raise :class:`InputError` if the store has no labels (ingested with ``--no-labels``)."""
+        if not self.has_labels:
+            raise InputError(f"data store {self.path} has no labels (written with --no-labels): it can be "
+                             f"predicted on, but not used to {purpose}")
 
 
 def _read_group_attrs(path: Path) -> dict | None:
@@ -172,7 +186,8 @@ def open_data(path: str | os.PathLike) -> DataStore:
                          f"{FORMAT_VERSION}: re-ingest the data with this version")
     group = zarr.open_group(path, mode="r")
     arrays = {}
-    for name in ("X", "y"):
+    has_labels = attrs.get("has_labels", True) is not False
+    for name in ("X", "y") if has_labels else ("X",):
         try:
             node = group[name]
         except Exception:  # missing, or metadata zarr cannot parse
@@ -181,13 +196,13 @@ def open_data(path: str | os.PathLike) -> DataStore:
             raise InputError(f"data store {path} has no array {name!r}; it is "
                              f"damaged or incomplete: re-ingest it with --overwrite")
         arrays[name] = node
-    X, y = arrays["X"], arrays["y"]
+    X, y = arrays["X"], arrays.get("y")
     _check_arrays(path, X, y, attrs)
     names = attrs.get("feature_names") or [f"x{j}" for j in range(X.shape[1])]
     return DataStore(path=path, n_samples=int(X.shape[0]), n_features=int(X.shape[1]),
                      chunk_rows=int(X.chunks[0]), feature_names=tuple(map(str, names)),
                      label_name=str(attrs.get("label_name", "label")),
-                     source=str(attrs.get("source", "")),
+                     source=str(attrs.get("source", "")), has_labels=has_labels,
                      statistics=_parse_statistics(attrs.get("statistics"), X.shape[0], X.shape[1]))
 
 
@@ -235,12 +250,18 @@ class _Statistics:
                 "labels": None if self.labels is None else self.labels.tolist()}
 
 
-def _check_arrays(path: Path, X: zarr.Array, y: zarr.Array, attrs: dict) -> None:
-    """Raise InputError unless X and y have the shapes, dtypes and metadata of a data store."""
+def _check_arrays(path: Path, X: zarr.Array, y, attrs: dict) -> None:
+    """Raise InputError unless X and y have the shapes, dtypes and metadata of a data store (y None: unlabeled)."""
     fix = "re-ingest it with --overwrite"
     if X.ndim != 2:
         raise InputError(f"data store {path}: X must be 2-D (samples x features) "
                          f"but has shape {X.shape}; {fix}")
+    if y is None:  # an unlabeled store (--no-labels): the checks of X alone
+        if X.shape[0] == 0:
+            raise InputError(f"data store {path} is empty (0 samples); ingest a non-empty file")
+        if X.dtype != X_DTYPE or X.chunks[1] != X.shape[1]:
+            raise InputError(f"data store {path}: X must be float32 and chunked by rows only; {fix}")
+        return
     if y.ndim != 1:
         raise InputError(f"data store {path}: y must be 1-D (one label per sample) "
                          f"but has shape {y.shape}; {fix}")
@@ -309,7 +330,7 @@ class DataWriter:
     """
 
     def __init__(self, path, n_features, *, chunk_rows=None, feature_names=None,
-                 label_name="label", source="", overwrite=False, report=None):
+                 label_name="label", source="", overwrite=False, report=None, labels=True):
         self.path = Path(path)
         self.n_features = int(n_features)
         if self.n_features < 1:
@@ -325,6 +346,8 @@ class DataWriter:
             raise InputError(f"{len(names)} feature names given for {self.n_features} features")
         self.feature_names, self.label_name, self.source = names, str(label_name), str(source)
         self.overwrite = bool(overwrite)
+        self.labels = bool(labels)
+        self.chunk_crc32: list[int] = []
         self.report = report if report is not None else _to_stderr
         check_writable(self.path, self.overwrite)
         self.n_rows = 0
@@ -364,12 +387,14 @@ class DataWriter:
         try:
             with np.errstate(over="ignore", invalid="ignore"):
                 X_block = np.asarray(X_block, dtype=X_DTYPE)
-                y_block = np.asarray(y_block, dtype=Y_DTYPE)
+                y_block = None if not self.labels else np.asarray(y_block, dtype=Y_DTYPE)
         except (TypeError, ValueError) as err:
             raise InputError(f"X and y must be numeric arrays: {err}") from None
         if X_block.ndim != 2 or X_block.shape[1] != self.n_features:
             raise InputError(f"X block must have shape (rows, {self.n_features}), "
                              f"got {X_block.shape}")
+        if not self.labels:
+            y_block = np.zeros(X_block.shape[0], Y_DTYPE)  # buffered, never stored
         if y_block.shape != (X_block.shape[0],):
             raise InputError(f"y block must have shape ({X_block.shape[0]},) like X's rows, "
                              f"got {y_block.shape}")
@@ -399,9 +424,10 @@ class DataWriter:
         self._X = self._group.create_array(
             "X", shape=(0, d), chunks=(c, d), dtype=X_DTYPE, compressors=[Crc32cCodec()],
             fill_value=np.nan, dimension_names=("sample", "feature"))
-        self._y = self._group.create_array(
-            "y", shape=(0,), chunks=(c,), dtype=Y_DTYPE, compressors=[Crc32cCodec()],
-            fill_value=np.nan, dimension_names=("sample",))
+        if self.labels:
+            self._y = self._group.create_array(
+                "y", shape=(0,), chunks=(c,), dtype=Y_DTYPE, compressors=[Crc32cCodec()],
+                fill_value=np.nan, dimension_names=("sample",))
 
     def _flush(self) -> None:
         """Write the buffered rows as the next chunk (the last one may be short)."""
@@ -412,9 +438,13 @@ class DataWriter:
         n0 = self._X.shape[0]
         n1 = n0 + self._fill
         self._X.resize((n1, self.n_features))
-        self._y.resize((n1,))
         self._X[n0:n1] = self._bx[:self._fill]
-        self._y[n0:n1] = self._by[:self._fill]
+        crc = zlib.crc32(memoryview(np.ascontiguousarray(self._bx[:self._fill])).cast("B"))
+        if self.labels:
+            self._y.resize((n1,))
+            self._y[n0:n1] = self._by[:self._fill]
+            crc = zlib.crc32(memoryview(np.ascontiguousarray(self._by[:self._fill])).cast("B"), crc)
+        self.chunk_crc32.append(int(crc))
         self._fill = 0
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -430,7 +460,8 @@ class DataWriter:
                 "n_samples": self.n_rows, "n_features": self.n_features,
                 "chunk_rows": self.chunk_rows, "feature_names": self.feature_names,
                 "label_name": self.label_name, "source": self.source,
-                "statistics": self._stats.attrs()})
+                "statistics": self._stats.attrs(), "has_labels": self.labels,
+                "chunk_crc32": self.chunk_crc32})
             _replace(partial, self.path, self.overwrite)
             partial = None
             self.store = open_data(self.path)
@@ -506,17 +537,64 @@ def write_data(path, X, y, *, chunk_rows=None, feature_names=None, label_name="l
     return writer.store
 
 
+def chunk_checksums(store: DataStore) -> list[int]:
+    """Return the crc32 of every chunk's X and y bytes: recorded at writing, computed (one read) for older stores."""
+    attrs = _read_group_attrs(store.path) or {}
+    sums = attrs.get("chunk_crc32")
+    if isinstance(sums, list) and len(sums) == store.n_chunks:
+        return [int(v) for v in sums]
+    X = store.X
+    y = store.y if store.has_labels else None
+    sums = []
+    for start in range(0, store.n_samples, store.chunk_rows):
+        stop = min(start + store.chunk_rows, store.n_samples)
+        crc = zlib.crc32(memoryview(np.ascontiguousarray(X[start:stop])).cast("B"))
+        if y is not None:
+            crc = zlib.crc32(memoryview(np.ascontiguousarray(y[start:stop])).cast("B"), crc)
+        sums.append(int(crc))
+    return sums
+
+
 def fingerprint(store: DataStore) -> dict:
-    """Return a cheap identity of a data store: shapes plus hashes of its first and last chunks."""
+    """Return the identity of a data store: its shape and the crc32 of every chunk (from metadata, no data read).
+
+    ``chunks_sha256`` digests the per-chunk list; two stores with equal
+    fingerprints hold the same bytes in every chunk (up to crc32 collisions).
+    """
     import hashlib
 
-    h = hashlib.sha256()
-    n, c = store.n_samples, store.chunk_rows
-    X, y = store.X, store.y
-    for start in sorted({0, max(0, (store.n_chunks - 1) * c)}):
-        h.update(np.ascontiguousarray(X[start:start + c]).tobytes())
-        h.update(np.ascontiguousarray(y[start:start + c]).tobytes())
-    return {"n_samples": n, "n_features": store.n_features, "sha256_first_last_chunks": h.hexdigest()}
+    sums = chunk_checksums(store)
+    return {"n_samples": store.n_samples, "n_features": store.n_features, "chunk_rows": store.chunk_rows,
+            "chunks_sha256": hashlib.sha256(json.dumps(sums).encode()).hexdigest(), "chunk_crc32": sums}
+
+
+def fingerprint_differences(expected: dict, store: DataStore) -> list[str]:
+    """Return how ``store`` differs from a recorded fingerprint (empty if it is the same data)."""
+    import hashlib
+
+    if "sha256_first_last_chunks" in expected:  # recorded before per-chunk checksums: first and last chunk
+        h = hashlib.sha256()
+        c, X, y = store.chunk_rows, store.X, store.y
+        for start in sorted({0, max(0, (store.n_chunks - 1) * c)}):
+            h.update(np.ascontiguousarray(X[start:start + c]).tobytes())
+            h.update(np.ascontiguousarray(y[start:start + c]).tobytes())
+        actual = {"n_samples": store.n_samples, "n_features": store.n_features,
+                  "sha256_first_last_chunks": h.hexdigest()}
+        return [f"{k}: run has {expected.get(k)!r}, data has {v!r}" for k, v in actual.items()
+                if expected.get(k) != v]
+    actual = fingerprint(store)
+    diffs = [f"{k}: run has {expected.get(k)!r}, data has {actual[k]!r}"
+             for k in ("n_samples", "n_features", "chunk_rows") if expected.get(k) != actual[k]]
+    if not diffs and expected.get("chunks_sha256") != actual["chunks_sha256"]:
+        old = expected.get("chunk_crc32") or []
+        bad = [i for i, (a, b) in enumerate(zip(old, actual["chunk_crc32"])) if a != b]
+        if bad:
+            i, c = bad[0], store.chunk_rows
+            diffs.append(f"{len(bad)} of {store.n_chunks} chunks hold other values, the first rows "
+                         f"{i * c}-{min((i + 1) * c, store.n_samples) - 1}")
+        else:
+            diffs.append("the chunk checksums differ")
+    return diffs
 
 
 def read_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:

@@ -39,6 +39,7 @@ from solvers.errors import InputError
 from storage.data import DataStore, DataWriter, check_writable
 
 SPLIT_BLOCK = 65536
+NO_LABELS = object()  # label_column of features-only data (--no-labels): every column is a feature
 _CSV_SUFFIXES = {".csv", ".txt", ".data"}
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -99,7 +100,7 @@ def _split_xy(columns: list, names: list[str], label: int):
     feats = [j for j in range(arr.shape[1]) if j != label]
     with np.errstate(over="ignore", invalid="ignore"):
         X = arr[:, feats].astype(np.float32)
-    y = arr[:, label]
+    y = np.zeros(len(arr)) if label is None else arr[:, label]  # no label column: zeros, never stored
     ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
     if not ok.all():
         i = int(np.argmin(ok))
@@ -128,6 +129,8 @@ def _frame_xy(df: pd.DataFrame, names: list[str], label: int):
 def _resolve_label(label_column, names: list[str], has_names: bool, source: Path) -> int:
     """Return the 0-based index of the label column chosen by name, index or default."""
     n = len(names)
+    if label_column is NO_LABELS:
+        return None
     if n < 2:
         raise InputError(f"{source}: found {n} column; need at least one feature and a label")
     if label_column is None:
@@ -262,7 +265,7 @@ def _read_csv(path: Path, label_column, header, block_rows):
                              f"truncated file?): {err}") from None
 
     feats = [n for j, n in enumerate(names) if j != label]
-    return feats, names[label], blocks()
+    return feats, ("" if label is None else names[label]), blocks()
 
 
 # ----------------------------------------------------------------------------- NPZ
@@ -296,7 +299,8 @@ def _mmap_member(path: Path, key: str):
 
 def _read_npz(path: Path, label_column, block_rows):
     """Return (feature names, label name, block iterator) for an NPZ file with X and y."""
-    if label_column is not None:
+    labels = label_column is not NO_LABELS
+    if label_column is not None and labels:
         raise InputError(f"{path}: --label-column applies to CSV and Parquet; an NPZ file "
                          "holds separate arrays X and y")
     try:
@@ -305,11 +309,11 @@ def _read_npz(path: Path, label_column, block_rows):
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise InputError(f"{path}: not a readable .npz file: {err}") from None
     with npz:
-        if not {"X", "y"} <= keys:
-            raise InputError(f"{path}: an NPZ source needs arrays 'X' and 'y'; it has "
-                             f"{sorted(keys)}")
+        if not ({"X", "y"} if labels else {"X"}) <= keys:
+            raise InputError(f"{path}: an NPZ source needs arrays 'X' and 'y' ('X' with --no-labels); "
+                             f"it has {sorted(keys)}")
         arrays = {}
-        for key in ("X", "y"):
+        for key in ("X", "y") if labels else ("X",):
             a = _mmap_member(path, key)
             try:
                 arrays[key] = a if a is not None else npz[key]
@@ -317,7 +321,8 @@ def _read_npz(path: Path, label_column, block_rows):
                 raise InputError(f"{path}: cannot load array {key!r} ({err}); save "
                                  "numeric arrays") from None
         names = [str(n) for n in npz["feature_names"]] if "feature_names" in keys else None
-    X, y = arrays["X"], arrays["y"]
+    X = arrays["X"]
+    y = arrays["y"] if labels else np.zeros(X.shape[0] if X.ndim else 0)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
@@ -369,7 +374,7 @@ def _read_parquet(path: Path, label_column, block_rows):
             start += batch.num_rows
 
     feats = [n for j, n in enumerate(names) if j != label]
-    return feats, names[label], blocks()
+    return feats, ("" if label is None else names[label]), blocks()
 
 
 # ----------------------------------------------------------------------------- driver
@@ -395,8 +400,8 @@ def _reader_for(source: Path):
 
 
 def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, seed=0,
-           chunk_rows=None, header=None, overwrite=False, progress=None, block_rows=None
-           ) -> tuple[DataStore, DataStore | None]:
+           chunk_rows=None, header=None, overwrite=False, progress=None, block_rows=None,
+           labels=True) -> tuple[DataStore, DataStore | None]:
     """Stream a CSV, NPZ or Parquet file into a data store (and a held-out test store).
 
     Parameters
@@ -420,6 +425,9 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
         CSV only: force a header line (True) or none (False); default detect.
     overwrite : bool
         Replace existing data stores, but only once the new ones are complete.
+    labels : bool
+        False: every column is a feature and the store has no ``y`` (data to
+        predict on; ``python -m pipeline.ingest --no-labels``).
     progress : callable, optional
         Called as ``progress(rows_read)`` after each block.
     block_rows : int, optional
@@ -453,6 +461,11 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
         raise InputError(f"source {source} is a directory; pass a CSV, NPZ or Parquet file")
     if test_out is not None and test_out.resolve() == out.resolve():
         raise InputError(f"the test store must differ from the training store ({out})")
+    if not labels:
+        if label_column is not None:
+            raise InputError("--label-column and --no-labels exclude each other: data without labels has "
+                             "no label column")
+        label_column = NO_LABELS
     kind = _reader_for(source)
     if header is not None and kind != "csv":
         raise InputError(f"{source}: --header/--no-header apply to CSV files only")
@@ -466,7 +479,7 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
     else:
         feats, label_name, blocks = _read_parquet(source, label_column, block_rows)
     options = dict(chunk_rows=chunk_rows, feature_names=feats, label_name=label_name,
-                   source=source.name, overwrite=overwrite)
+                   source=source.name, overwrite=overwrite, labels=labels)
     with contextlib.ExitStack() as stack:
         train = stack.enter_context(DataWriter(out, len(feats), **options))
         test = (stack.enter_context(DataWriter(test_out, len(feats), **options))

@@ -323,3 +323,77 @@ def test_reader_during_commits_sees_a_consistent_commit(client, gn_runs, tmp_pat
         done.set()
         reader.join()
     assert seen and all(a == b for a, b in seen) and len({a for a, _ in seen}) > 1
+
+
+# ------------------------------------------------------------------ 4. a fingerprint over every chunk
+
+def test_resume_refuses_data_with_labels_changed_in_middle_chunks(client, tmp_path):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2000, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=400)
+    flipped = y.copy()
+    flipped[800:1200] = 1 - flipped[800:1200]
+    write_data(tmp_path / "flipped.zarr", X, flipped, chunk_rows=400)
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", report=quiet,
+          config=TrainConfig(hidden=(4,), iterations=1))
+    with pytest.raises(InputError, match=r"not the data set .*1 of 5 chunks hold other values, the first rows "
+                                         r"800-1199"):
+        train(client, store=tmp_path / "r.zarr", data=tmp_path / "flipped.zarr", resume=True, iterations=2,
+              report=quiet)
+
+
+def test_fingerprint_comes_from_metadata_without_reading_the_data(tmp_path):
+    from storage.data import fingerprint, open_data
+
+    rng = np.random.default_rng(6)
+    write_data(tmp_path / "d.zarr", rng.normal(size=(3000, 3)), rng.integers(0, 2, 3000), chunk_rows=1000)
+    ds = open_data(tmp_path / "d.zarr")
+    recorded = fingerprint(ds)
+    assert len(recorded["chunk_crc32"]) == 3
+    meta = tmp_path / "d.zarr" / "zarr.json"
+    m = json.loads(meta.read_text())
+    del m["attributes"]["chunk_crc32"]  # a store written before per-chunk checksums: computed by one read
+    meta.write_text(json.dumps(m))
+    assert fingerprint(open_data(tmp_path / "d.zarr")) == recorded
+    m["attributes"]["chunk_crc32"] = recorded["chunk_crc32"]
+    meta.write_text(json.dumps(m))
+    for f in chunk_files(tmp_path / "d.zarr", "X"):
+        f.unlink()  # no data left to read: the fingerprint is the metadata's
+    assert fingerprint(open_data(tmp_path / "d.zarr")) == recorded
+
+
+# ------------------------------------------------------------------ 7. data without labels
+
+def test_unlabeled_data_is_ingested_and_predicted_but_not_trained_on(client, trained, tmp_path):
+    d = trained
+    X = np.random.default_rng(7).normal(size=(300, 5))
+    np.savetxt(tmp_path / "new.csv", X, delimiter=",", header="a,b,c,d,e", comments="")
+    r = subprocess.run([sys.executable, "-m", "pipeline.ingest", str(tmp_path / "new.csv"), "--out",
+                        str(tmp_path / "new.zarr"), "--no-labels"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "new.zarr" / "y").exists()
+    predict(client, d / "r.zarr", tmp_path / "new.zarr", tmp_path / "p.zarr")
+    pred = zarr.open_group(tmp_path / "p.zarr", mode="r")["prediction"][:]
+    expected = load_network(d / "r.zarr").predict(X.astype(np.float32))
+    np.testing.assert_array_equal(pred, expected)
+    t = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(tmp_path / "new.zarr"), "--store",
+                        str(tmp_path / "run.zarr"), "--workers", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert t.returncode == 2 and "has no labels (written with --no-labels)" in t.stderr
+    assert len(t.stderr.strip().splitlines()) == 1 and not (tmp_path / "run.zarr").exists()
+
+
+def test_estimator_predicts_an_unlabeled_store(client, trained, tmp_path):
+    from pipeline import ADMMClassifier
+    from storage.ingest import ingest
+
+    X = np.random.default_rng(8).normal(size=(400, 5))
+    y = (X[:, 0] > 0).astype(int)
+    np.savez(tmp_path / "new.npz", X=X)
+    ingest(tmp_path / "new.npz", tmp_path / "new.zarr", labels=False)
+    clf = ADMMClassifier(hidden_layer_sizes=(4,), max_iter=2, client=client).fit(X, y)
+    np.testing.assert_array_equal(clf.predict(str(tmp_path / "new.zarr")).compute(), clf.predict(X))
+    with pytest.raises(InputError, match="has no labels"):
+        ADMMClassifier(hidden_layer_sizes=(4,), max_iter=1, client=client).fit(str(tmp_path / "new.zarr"))
