@@ -330,6 +330,11 @@ def test_write_data(tmp_path):
     np.testing.assert_array_equal(store.X[:], X.astype(np.float32))
     attrs = dict(zarr.open_group(tmp_path / "d.zarr", mode="r").attrs)
     stats = attrs.pop("statistics")
+    import zlib
+
+    crc = [zlib.crc32(np.arange(10.0)[a:a + 4].tobytes(), zlib.crc32(X[a:a + 4].astype(np.float32).tobytes()))
+           for a in (0, 4, 8)]  # each chunk's X bytes, then its y bytes
+    assert {k: attrs.pop(k) for k in ("has_labels", "chunk_crc32")} == {"has_labels": True, "chunk_crc32": crc}
     assert attrs == {"format": "admm-dask-data", "format_version": 1, "n_samples": 10,
                      "n_features": 2, "chunk_rows": 4, "feature_names": ["p", "q"],
                      "label_name": "label", "source": "array"}
