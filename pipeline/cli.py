@@ -69,7 +69,8 @@ def connect_from_args(args, data=None, **kwargs):
     """
     from pipeline.cluster import connect, local_processes
 
-    processes = local_processes(getattr(args, "local_mode", "auto"), data_bytes(data))
+    processes = local_processes(getattr(args, "local_mode", "auto"), data_bytes(data),
+                                memory_limit=args.memory_limit)
     return connect(args.cluster, **kwargs, n_workers=args.workers, memory_limit=args.memory_limit, processes=processes,
                    dashboard_address=args.dashboard_address, jobs=getattr(args, "jobs", None),
                    adapt=getattr(args, "adapt", None), jobqueue_config=getattr(args, "jobqueue_config", None),

@@ -445,19 +445,24 @@ def _batch_client(stack, kind, conf, jobs, adapt, dashboard_address, timeout, dr
 
 
 # --------------------------------------------------------------------------- local and remote
-def local_processes(mode: str = "auto", data_bytes: int | None = None) -> bool:
+def local_processes(mode: str = "auto", data_bytes: int | None = None, memory_limit=None) -> bool:
     """Return whether the local cluster runs worker processes (True) or threads in this process (False).
 
     ``auto``: threads when the training data is known to be at most
     :data:`THREADS_MAX_BYTES` (no process start-up, ~1.3 s here, and nothing
     spawned, so it works from ``python -c``, stdin and notebooks), processes
-    otherwise (the GIL-free option for long out-of-core runs).
+    otherwise (the GIL-free option for long out-of-core runs), and always with a
+    ``memory_limit``: only a worker process can be held to one (a thread worker
+    over its limit would pause for ever).
     """
     if mode not in LOCAL_MODES:
         raise InputError(f"--local-mode {mode!r}: expected one of {', '.join(LOCAL_MODES)}")
+    if mode == "threads" and memory_limit is not None:
+        raise InputError("--memory-limit holds worker processes to a limit; with --local-mode threads the workers "
+                         "share this process: drop one of the two flags")
     if mode != "auto":
         return mode == "processes"
-    return data_bytes is None or data_bytes > THREADS_MAX_BYTES
+    return memory_limit is not None or data_bytes is None or data_bytes > THREADS_MAX_BYTES
 
 
 @contextlib.contextmanager

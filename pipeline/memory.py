@@ -1,10 +1,28 @@
-"""Does a chunk fit a worker? The estimate behind ``--dry-run``'s warning and the out-of-memory message.
+"""How big a chunk is (default_chunk_rows) and whether it fits a worker: --dry-run's warning, the out-of-memory message.
 
-A chunk task holds its rows of X, the state it reads and the state it writes,
-and the forward/backward activations of every layer, in float32:
-``bytes ≈ 4 · rows · (2·d + 4·Σ_l n_l + 2·S)`` (d features, n_l the layer widths,
-S the solver's per-sample state width; ``tests/test_memory.py`` checks it
-against a measured peak).
+A chunk task holds its rows of X and of the per-sample state (read and
+written), the row tiles of the layers' activations, and the layers' Gram and
+curvature matrices (float64):
+``bytes ≈ 2·4·rows·(d + S) + 2.5·8·Σ_l ((n_{l−1}+1)² + n_l²) + 32 MiB``
+(d features, n_l the layer widths, S the solver's per-sample state width).
+Measured peaks of one chunk task (one worker process, 2 iterations; the
+process itself used 90 MiB more):
+
+====================================  ===========  ========
+solver, d, hidden, rows               measured     estimate
+====================================  ===========  ========
+gauss-newton, 50, 2000, 2000          171 MiB      185 MiB
+admm, 50, 2000, 2000                  159 MiB      216 MiB
+gauss-newton, 200, 300, 20000          54 MiB       67 MiB
+admm, 200, 300, 20000                  97 MiB      113 MiB
+dladmm, 50, 500, 4000                  67 MiB       74 MiB
+====================================  ===========  ========
+
+(the estimate errs high, by 8-36 %; peaks sampled every 50 ms by distributed's
+MemorySampler, minus the worker's memory after a restart, on a loaded 2-core
+machine). Measured from a fresh worker instead, the first row's peak was
+222 MiB: the first task's imports (the solvers, Zarr) add about 50 MiB to the
+process, counted in :data:`WORKER_BASE`.
 """
 from __future__ import annotations
 
@@ -14,6 +32,9 @@ import numpy as np
 from dask.utils import format_bytes, parse_bytes
 
 from solvers.errors import InputError
+
+WORKER_BASE = 140 * 2**20   # a worker process's own memory: 90 MiB idle (measured) + ~50 MiB of imports
+PAUSE = 0.8                 # distributed pauses a worker at this share of its limit (distributed.worker.memory.pause)
 
 STATE_CHUNK_BYTES = 128 * 2**20  # target size of one state chunk (64–256 MB)
 CHUNKS_PER_THREAD = 3  # small data is split so every worker thread gets at least this many chunks
@@ -53,8 +74,10 @@ def default_chunk_rows(data, state_width: int, threads: int = 1) -> int:
 
 
 def chunk_working_bytes(rows: int, n_features: int, widths, state_width: int = 0) -> int:
-    """Estimated working memory of one chunk task (see the module docstring)."""
-    return int(4 * rows * (2 * n_features + 4 * sum(widths) + 2 * state_width))
+    """Estimated working memory of one chunk task; ``widths`` are the layer widths n_1 … n_L (module docstring)."""
+    fan_in = [n_features, *widths[:-1]]
+    grams = sum((a + 1) ** 2 + b ** 2 for a, b in zip(fan_in, widths))
+    return int(2 * 4 * rows * (n_features + state_width) + 2.5 * 8 * grams + 32 * 2**20)
 
 
 def worker_limit_setting(kind: str) -> str:
@@ -86,12 +109,12 @@ def dry_run_chunk_bytes(args, config=None) -> int | None:
 
 
 def fits_message(chunk_bytes: int | None, worker_bytes: int | None, kind: str) -> str | None:
-    """A warning line when a chunk of ``chunk_bytes`` does not fit a worker limited to ``worker_bytes``."""
-    if not chunk_bytes or not worker_bytes or chunk_bytes <= 0.6 * worker_bytes:
+    """A warning line when a chunk of ``chunk_bytes`` (plus the process itself) does not fit ``worker_bytes``."""
+    if not chunk_bytes or not worker_bytes or chunk_bytes + WORKER_BASE <= PAUSE * worker_bytes:
         return None
-    return (f"warning: a chunk needs about {format_bytes(chunk_bytes)} of working memory, a worker may use "
-            f"{format_bytes(worker_bytes)} (60 % of it is safe): raise {worker_limit_setting(kind)} or lower "
-            "--chunk-rows")
+    return (f"warning: a chunk needs about {format_bytes(chunk_bytes)} of working memory and a worker process about "
+            f"{format_bytes(WORKER_BASE)} itself, but a worker pauses at {PAUSE:.0%} of its "
+            f"{format_bytes(worker_bytes)}: raise {worker_limit_setting(kind)} or lower --chunk-rows")
 
 
 def killed_worker_error(exc, client, args, store) -> InputError:
@@ -109,14 +132,15 @@ def killed_worker_error(exc, client, args, store) -> InputError:
         run = RunStore.open(store)
         rows = run.chunk_rows
         config = run.attrs["config"]
-        widths = list(config.get("hidden") or ())
         n_features = len(run.model_arrays()["x_mean"])
+        classes = run.model_arrays().get("classes")
+        widths = [*(config.get("hidden") or ()), 1 if classes is None or len(classes) <= 2 else len(classes)]
         work = chunk_working_bytes(rows, n_features, widths, sum(run.state_widths.values()))
     except Exception:  # noqa: BLE001 -- the message must come out whatever the store holds
         pass
     tries = exc.allowed_failures + 1
-    chunk = (f"a chunk of {rows} rows needs about {format_bytes(work)} of working memory"
-             if work else "a chunk's working memory")
+    chunk = (f"a chunk of {rows} rows needs about {format_bytes(work)} of working memory (a worker process "
+             f"about {format_bytes(WORKER_BASE)} more)" if work else "a chunk's working memory")
     has = f"a worker has {format_bytes(limit)}" if limit else "a worker's memory limit"
     if events:
         peak = max(e.get("rss", 0) for e in events)

@@ -361,7 +361,17 @@ def test_local_worker_too_small_for_its_chunk(tmp_path):
     lines = out.stderr.splitlines()
     print(f"local worker too small: exit {out.returncode} after {time.monotonic() - t0:.1f} s: {lines}")
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: workers ran out of memory")
-    assert "raise --memory-limit or lower --chunk-rows (now 8000)" in lines[0]
+    assert "raise --memory-limit or lower --chunk-rows (now " in lines[0]
+
+
+def test_memory_limit_needs_worker_processes():
+    """A thread worker cannot be held to --memory-limit (it would pause for ever): auto picks processes."""
+    from pipeline.cluster import local_processes
+
+    assert local_processes("auto", 1000, memory_limit="200MB") is True
+    assert local_processes("auto", 1000) is False
+    with pytest.raises(InputError, match="--memory-limit holds worker processes"):
+        local_processes("threads", 1000, memory_limit="200MB")
 
 
 def test_local_ctrl_c_is_one_line_and_exit_130(tmp_path):
@@ -427,3 +437,4 @@ def test_job_cancelled_while_pending_at_start_up_is_replaced(tmp_path):
     assert f"only 0 of 1 slurm workers connected within 15 s (job {new} PENDING)" in str(err.value)
     assert "wait longer with --worker-timeout" in str(err.value)
     assert _gone_from_squeue({cancelled[0], new})
+
