@@ -293,13 +293,14 @@ def run_pipeline_passes(path, hidden, workers: int, iterations: int, chunk_rows:
     """Time ``iterations`` Gauss-Newton iterations on a LocalCluster, data read by the workers from Zarr."""
     from pipeline.cluster import connect
     from pipeline.passes import bounds
-    from pipeline.training import _model_for_new_run
+    from pipeline.passes import data_moments
+    from solvers.driver import model_from_moments
 
     data = open_data(path)
     config = TrainConfig(hidden=hidden)
     with connect("local", n_workers=workers, threads_per_worker=1, memory_limit="4GB",
                  dashboard_address=":0") as client:
-        solver = make_solver(config, data.n_features, **_model_for_new_run(client, data, config))
+        solver = make_solver(config, data.n_features, **model_from_moments(config, data.n_features, *data_moments(client, data, config.task == "regression")))
         runner = dask_runner_class()(client, solver, data.path.resolve(), "/nonexistent-no-state",
                                      bounds(data.n_samples, chunk_rows))
         runner.cold, runner.log, runner.pids = cold, [], worker_pids(client)

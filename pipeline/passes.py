@@ -281,6 +281,28 @@ def score_graph(network, data_path, chunks):
     return dask.delayed(_accuracy, pure=False)(accuracy_graph(network, data_path, chunks))
 
 
+def data_moments(client, data, regression: bool):
+    """Return (moment sums, shift, distinct labels or None) of a data store: of ``X``, or of ``[X, y]`` for regression.
+
+    They come from the statistics the data store recorded when it was written
+    (no pass over the data); a store without them gets one :func:`data_statistics` pass.
+    """
+    d = data.n_features
+    recorded = data.statistics
+    if recorded is None:
+        shift = np.asarray(data.X[0], np.float64)
+        if regression:  # the moments of [X, y]: the target scaling comes from the same pass
+            shift = np.append(shift, data.y[0])
+        sums, labels = data_statistics(client, data.path, data.n_samples, data.chunk_rows, shift,
+                                       labels=not regression)
+        return sums, shift, labels
+    shift, sums, labels = recorded["shift"], recorded["sums"], recorded["labels"]
+    if regression:
+        return sums, shift, None
+    # the moments of X alone: drop y's column; labels None: more distinct values than the store records
+    return np.concatenate([sums[:1], sums[1:1 + d], sums[2 + d:2 + 2 * d]]), shift[:d], labels
+
+
 def data_statistics(client, data_path, n_samples, chunk_rows, shift, labels=True):
     """Return (moment sums, distinct labels) of a data store in one pass.
 

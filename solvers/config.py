@@ -13,7 +13,7 @@ with the default), its parameter of the scikit-learn estimators
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from solvers import SOLVERS
 from solvers.activations import ACTIVATIONS
@@ -239,6 +239,23 @@ class TrainConfig:
         d["hidden"] = list(self.hidden)
         d["input_shape"] = list(self.input_shape)
         return d
+
+    @classmethod
+    def resumed(cls, stored: dict, overrides: dict | None) -> tuple["TrainConfig", set]:
+        """Return a stored config with ``overrides`` applied, and the names of the settings that changed.
+
+        Raises :class:`InputError` listing every override of a setting not in
+        :data:`RESUMABLE` (one that changes the shape or meaning of the stored state).
+        """
+        config = cls.from_dict(stored)
+        overrides = {k: (tuple(v) if k == "hidden" else v) for k, v in (overrides or {}).items()}
+        clashes = [f"{k}: run has {getattr(config, k)!r}, given {v!r}" for k, v in overrides.items()
+                   if k not in RESUMABLE and getattr(config, k) != v]
+        if clashes:
+            raise InputError("cannot resume with settings that change the stored state (" + "; ".join(clashes)
+                             + "); start a new run with --overwrite or another --store")
+        new = replace(config, **{k: v for k, v in overrides.items() if k in RESUMABLE})
+        return new, {k for k in RESUMABLE if getattr(new, k) != getattr(config, k)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

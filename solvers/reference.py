@@ -1,27 +1,25 @@
 """The in-memory reference trainer: the oracle every distributed test compares against.
 
-It runs exactly the chunk kernels and client loop the Dask pipeline runs, on
-NumPy arrays held in memory, one chunk after another. Used directly it is a
+It runs exactly the chunk kernels and the driver (:mod:`solvers.driver`) the
+Dask pipeline runs, on NumPy arrays held in memory, one chunk after another. Used directly it is a
 small-data trainer; ``tests/test_algorithm1.py`` checks it against a literal
 transcription of Algorithm 1.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from solvers import SOLVERS, make_solver
 from solvers.config import TrainConfig
+from solvers.driver import drive, model_from_moments, split_chunks
 from solvers.errors import InputError
-from solvers.loop import initialize, iterate, read_plan, shard_groups
+from solvers.loop import read_plan, shard_groups
 from solvers.losses import encode_labels
 from solvers.network import Network
-from solvers.tasks import TASKS
-from solvers.stats import moment_sums, scaling_from_sums
+from solvers.stats import moment_sums
 from solvers.tiling import chunk_bounds
-from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 
 
 def check_xy(X, y, what: str = "training data"):
@@ -111,70 +109,59 @@ class FitResult:
     best_iteration: int | None = None  # with early stopping: the iteration the network is from
 
 
+@dataclass
+class _Callback:
+    """The in-memory :class:`~solvers.driver.Keeper`: no checkpoints, ``callback(record)`` after each iteration."""
+
+    callback: object = None
+
+    def begin(self, iteration):
+        pass
+
+    def commit(self, state, history, stopping, stopped):
+        if self.callback is not None and state.iteration > 0:
+            self.callback(history[-1])
+
+
 def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X_test=None,
-                  y_test=None, dtype=np.float32, callback=None) -> FitResult:
-    """Train on in-memory ``(X, y)`` and return the network and its history.
+                  y_test=None, dtype=np.float32, callback=None, report=None) -> FitResult:
+    """Train on in-memory ``(X, y)`` with :func:`solvers.driver.drive`; return the network and its history.
 
     ``chunk_rows`` splits the samples like the pipeline does (the result is the
     pipeline's up to float summation order); ``callback(record)`` is called
-    after each iteration with the history record. With
-    ``config.validation_fraction`` > 0 that share of the chunks is held out
-    and the returned network is the iteration with the best held-out score
-    (accuracy, or R² for ``config.task == "regression"``).
+    after each iteration with the history record, ``report(line)`` with the
+    pipeline's report lines. With ``config.validation_fraction`` > 0 that
+    share of the chunks is held out and the returned network is the iteration
+    with the best held-out score (accuracy, or R² for ``config.task == "regression"``).
     """
     config = config or TrainConfig()
     X, y = check_xy(X, y)
+    if X_test is not None:
+        X_test, y_test = check_xy(X_test, y_test, "test data")
     if config.task == "regression":  # the moments of [X, y] give the target scaling too
         if not np.issubdtype(y.dtype, np.number):
             raise InputError(f"training data: regression needs numeric targets y, got dtype {y.dtype}")
         y = y.astype(np.float64)
-        Xy = np.column_stack([X, y])
-        shift = Xy[0].astype(np.float64)
-        model = scaling_from_sums(moment_sums(Xy, shift), shift, X.shape[1], config.scaling)
-        labels = y
+        columns, labels = np.column_stack([X, y]), None
     else:
-        classes = np.unique(y)
-        shift = X[0].astype(np.float64)
-        model = {"classes": classes, **scaling_from_sums(moment_sums(X, shift), shift, X.shape[1], config.scaling)}
-        labels = encode_labels(y, classes)
+        columns, labels = X, np.unique(y)
+    shift = columns[0].astype(np.float64)
+    model = model_from_moments(config, X.shape[1], moment_sums(columns, shift), shift, labels)
     if getattr(SOLVERS[config.solver], "sharded", False) and config.shards == 0:
         config = replace(config, shards=1)  # in memory the shards run one after another: one is fastest
     solver = make_solver(config, X.shape[1], **model, dtype=dtype)
-    rows = chunk_rows or chunk_rows_for_validation(
-        X.shape[0], -(-X.shape[0] // max(1, config.shards)) if solver.sharded else X.shape[0],
-        config.validation_fraction)
-    train_bounds, held_out = validation_split(chunk_bounds(X.shape[0], rows), config.validation_fraction,
-                                              config.seed)
-    runner = InMemoryRunner(solver, X, labels, bounds=train_bounds)
+    default_rows = -(-X.shape[0] // max(1, config.shards)) if solver.sharded else X.shape[0]
+    _, train, held_out = split_chunks(X.shape[0], chunk_rows, default_rows, config)
+    targets = y if config.task == "regression" else encode_labels(y, model["classes"])
+    runner = InMemoryRunner(solver, X, targets, bounds=train)
     if held_out:
         rows_out = np.concatenate([np.arange(a, b) for a, b in held_out])
         X_val, y_val = X[rows_out], y[rows_out]
-    if X_test is not None:
-        X_test, y_test = check_xy(X_test, y_test, "test data")
-    score = TASKS[config.task].score_name  # accuracy, or r2 for regression
-    stopping = EarlyStopping(config.patience)
-    t0 = time.perf_counter()
-    state = initialize(solver, runner)
-    result = FitResult(solver.network(state.weights), [], state, solver)
-    for state, metrics in iterate(solver, runner, state, config.iterations):
-        network = solver.network(state.weights)
-        record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics}
-        if X_test is not None:
-            record[f"test_{score}"] = network.score(X_test, y_test)
-        stop = False
-        if held_out:
-            record[f"validation_{score}"] = network.score(X_val, y_val)
-            stop = stopping.update(state.iteration, record[f"validation_{score}"], state.weights)
-        if hasattr(solver, "observe"):  # a schedule that acts on the scores (consensus,gauss-newton)
-            solver.observe(state, record)
-        result.history.append(record)
-        result.network, result.loop_state = network, state
-        if callback is not None:
-            callback(record)
-        if stop:
-            break
-        t0 = time.perf_counter()
-    if held_out and stopping.best_weights is not None:
-        result.network = solver.network(stopping.best_weights)
-        result.best_iteration = stopping.best_iteration
-    return result
+
+    def evaluate(network) -> dict:
+        scores = {"validation": network.score(X_val, y_val)} if held_out else {}
+        return scores if X_test is None else {**scores, "test": network.score(X_test, y_test)}
+
+    out = drive(solver, runner, _Callback(callback), config, evaluate=evaluate, held_out=bool(held_out),
+                report=report or (lambda line: None))
+    return FitResult(out.network, out.history, out.state, solver, out.best_iteration)

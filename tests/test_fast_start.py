@@ -51,7 +51,7 @@ def test_too_many_labels_recorded_as_none_and_refused_for_classification(client,
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_recorded_statistics_give_the_model_of_a_statistics_pass(client, tmp_path, monkeypatch, task):
     """A store with statistics trains without the pass; an older store without them gets it, same model."""
-    import pipeline.training as training
+    import pipeline.passes as passes
 
     rng = np.random.default_rng(1)
     X = (rng.normal(size=(3000, 6)) * [1, 10, 100, 0.1, 1, 5] + 7).astype(np.float32)
@@ -63,8 +63,8 @@ def test_recorded_statistics_give_the_model_of_a_statistics_pass(client, tmp_pat
     assert open_data(tmp_path / "old.zarr").statistics is None
     cfg = TrainConfig(hidden=(8,), iterations=2, task=task)
     calls = []
-    real = training.data_statistics
-    monkeypatch.setattr(training, "data_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = passes.data_statistics
+    monkeypatch.setattr(passes, "data_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
     new = train(client, store=tmp_path / "a.zarr", data=tmp_path / "new.zarr", config=cfg, report=quiet)
     assert calls == []  # no statistics pass
     old = train(client, store=tmp_path / "b.zarr", data=tmp_path / "old.zarr", config=cfg, report=quiet)

@@ -107,8 +107,7 @@ def test_report_settings_line_lists_what_the_solver_reads():
 
 
 def test_resume_may_change_the_solver_step_settings():
-    from pipeline.training import resumed_config
-
+    resumed_config = TrainConfig.resumed
     stored = TrainConfig(solver="dladmm").to_dict()
     config, changed = resumed_config({**stored, "extra": {}}, {"rho": 2.0, "nu": 10.0, "patience": 5})
     assert changed == {"rho", "nu", "patience"} and config.rho == 2.0

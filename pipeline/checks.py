@@ -1,0 +1,50 @@
+"""Checks of a training's inputs, before any cluster starts and before anything is written."""
+from __future__ import annotations
+
+from solvers.errors import InputError
+from storage.data import DataStore, fingerprint_differences, open_data
+from storage.lock import check_unlocked
+from storage.runstore import RunStore, check_creatable
+
+
+def check_resumable(store: RunStore, data: DataStore):
+    """Raise :class:`InputError` unless ``data`` is the data set the run ``store`` was trained on."""
+    data.require_labels("train")
+    diffs = fingerprint_differences(store.attrs["data"]["fingerprint"], data)
+    if diffs:
+        raise InputError(f"{data.path} is not the data set run {store.path} was trained on ("
+                         + "; ".join(diffs) + ")")
+
+
+def check_test_data(test_data, data: DataStore) -> DataStore | None:
+    """Return the opened test data store (None without one); its width must be the training data's."""
+    test = open_data(test_data) if test_data else None
+    if test is not None:
+        test.require_labels("score the model (--test-data)")
+    if test is not None and test.n_features != data.n_features:
+        raise InputError(f"test data {test.path} has {test.n_features} features, training data has {data.n_features}")
+    return test
+
+
+def check_chunk_rows(chunk_rows, data: DataStore):
+    """Raise :class:`InputError` unless ``--chunk-rows`` is between 1 and the number of samples."""
+    if chunk_rows is not None and not (1 <= chunk_rows <= data.n_samples):
+        raise InputError(f"--chunk-rows {chunk_rows} must be between 1 and the number of samples "
+                         f"({data.n_samples})")
+
+
+def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False, chunk_rows=None):
+    """Raise :class:`InputError` for unusable stores before any cluster is started."""
+    if resume:
+        RunStore.open(store)
+    else:
+        if data is None:
+            raise InputError("no training data given: pass --data DATA.zarr")
+        ds = open_data(data)
+        ds.require_labels("train")
+        check_chunk_rows(chunk_rows, ds)
+        check_creatable(store, overwrite, inputs=(data, test_data))
+        check_test_data(test_data, ds)
+    check_unlocked(store)
+    if test_data:
+        open_data(test_data)

@@ -1,0 +1,98 @@
+"""The one training driver (solvers/driver.py) that the in-memory reference and the Dask pipeline both run."""
+import numpy as np
+import pytest
+
+from solvers import make_solver
+from solvers.config import TrainConfig
+from solvers.driver import MAX_CLASSES, classes_of, drive, model_from_moments, split_chunks
+from solvers.errors import InputError
+from solvers.reference import InMemoryRunner, fit_in_memory
+from solvers.stats import moment_sums
+
+
+def test_classes_in_one_place():
+    from storage.data import MAX_LABELS
+
+    assert MAX_CLASSES == MAX_LABELS  # what a data store records is what classification accepts
+    c = classes_of(np.array([0.0, 1.0, 2.0]))
+    assert c.dtype == np.int64 and c.tolist() == [0, 1, 2]
+    assert classes_of(np.array([0.5, 1.0])).dtype == np.float64
+    with pytest.raises(InputError, match="at least two classes"):
+        classes_of(np.array([3]))
+    with pytest.raises(InputError, match=f"at most {MAX_CLASSES} classes.*--task regression"):
+        classes_of(np.arange(MAX_CLASSES + 1))
+    with pytest.raises(InputError, match=f"more than {MAX_CLASSES} distinct values"):
+        classes_of(None)
+
+
+def test_in_memory_fit_casts_whole_float_labels_like_the_pipeline():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = (X[:, 0] > 0).astype(np.float64)
+    result = fit_in_memory(X, y, TrainConfig(hidden=(4,), iterations=1))
+    assert result.network.classes.dtype == np.int64
+    assert result.network.predict(X).dtype == np.int64
+
+
+class Recorder:
+    """A keeper that records what the driver asks of it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def begin(self, iteration):
+        self.calls.append(("begin", iteration))
+
+    def commit(self, state, history, stopping, stopped):
+        self.calls.append(("commit", state.iteration, len(history), stopping is not None, stopped))
+
+
+def _setup(config, n=600):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n, 4))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    shift = X[0].astype(np.float64)
+    model = model_from_moments(config, 4, moment_sums(X, shift), shift, np.unique(y))
+    solver = make_solver(config, 4, **model)
+    _, train, held = split_chunks(n, None, n, config)
+    return X, y, solver, InMemoryRunner(solver, X, np.searchsorted(model["classes"], y), bounds=train), held
+
+
+def test_drive_commits_every_iteration_after_beginning_it():
+    config = TrainConfig(hidden=(5,), iterations=3)
+    X, y, solver, runner, held = _setup(config)
+    keeper, lines = Recorder(), []
+    out = drive(solver, runner, keeper, config, evaluate=lambda net: {"test": net.score(X, y)}, held_out=False,
+                report=lines.append)
+    assert keeper.calls == [("commit", 0, 0, False, False), ("begin", 1), ("commit", 1, 1, False, False),
+                            ("begin", 2), ("commit", 2, 2, False, False), ("begin", 3),
+                            ("commit", 3, 3, False, False), ("begin", 4)]  # the keeper releases slot 4
+    assert [h["iteration"] for h in out.history] == [1, 2, 3] and out.state.iteration == 3
+    assert out.history[-1]["test_accuracy"] == pytest.approx(out.network.score(X, y))
+    assert lines[0].startswith("initialised (forward) in") and lines[1].split()[:3] == ["iter", "seconds", "train"]
+    assert [int(l.split()[0]) for l in lines[2:]] == [1, 2, 3]
+
+
+def test_drive_stops_early_and_keeps_the_best_iteration():
+    config = TrainConfig(hidden=(5,), iterations=12, validation_fraction=0.2, patience=2)
+    X, y, solver, runner, held = _setup(config)
+    scores = iter([0.5, 0.9, 0.8, 0.95, 0.7, 0.6, 1.0])  # best at 4, no gain at 5 and 6: stop
+    seen = []
+    out = drive(solver, runner, Recorder(), config, held_out=True,
+                evaluate=lambda net: seen.append(net.weights) or {"validation": next(scores)})
+    assert [h["validation_accuracy"] for h in out.history] == [0.5, 0.9, 0.8, 0.95, 0.7, 0.6]
+    assert out.best_iteration == 4 and out.state.iteration == 6
+    for W, W_best in zip(out.network.weights, seen[3]):  # the model is iteration 4's
+        np.testing.assert_array_equal(W, W_best)
+    assert held  # the split held out whole chunks
+
+
+def test_drive_does_not_go_on_after_a_stop_without_changes():
+    config = TrainConfig(hidden=(5,), iterations=5)
+    X, y, solver, runner, _ = _setup(config)
+    first = drive(solver, runner, Recorder(), config, evaluate=lambda net: {}, held_out=False)
+    keeper, lines = Recorder(), []
+    again = drive(solver, runner, keeper, config, evaluate=lambda net: {}, held_out=False, resume=first.state,
+                  history=first.history, stopped_early=True, report=lines.append)
+    assert keeper.calls == [] and again.history == first.history
+    assert "stopped early" in lines[-1]
