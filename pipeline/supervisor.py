@@ -36,6 +36,7 @@ SUBMIT_BACKOFF = 2.0   # seconds before the first retry; doubles up to BACKOFF_M
 BACKOFF_MAX = 60.0
 POLL_EVERY = 2.0       # seconds between queue polls
 QUEUE_GRACE = 5.0      # a job younger than this may not be in the queue listing yet
+TICK_ERRORS = 5        # supervision steps failing in a row that stop the run
 QUIET_REASONS = {"", "None", "Priority", "Resources", "BeginTime", "(null)"}  # pending reasons that heal by waiting
 
 
@@ -160,6 +161,7 @@ class Supervisor:
         self.rotating: dict[str, str] = {}      # old spec name -> successor spec name
         self.rotations = 0
         self._busy = False
+        self.tick_errors = 0
         self._pc = PeriodicCallback(self._tick, interval * 1000)
         cluster.loop.add_callback(self._pc.start)
 
@@ -187,9 +189,13 @@ class Supervisor:
                 await self.cluster._correct_state()
                 self._failed_submissions(time.monotonic())
                 self._note_jobs(time.monotonic())
+            self.tick_errors = 0
         except Exception as exc:  # noqa: BLE001 -- never let the supervisor die silently
-            log.exception("job supervision failed")
-            self._stop(f"{self.kind}: supervising the jobs failed: {exc!r}")
+            # a scheduler call can fail once (a worker leaving mid-retire); five ticks in a row stop the run
+            self.tick_errors += 1
+            log.warning("job supervision: %r (%d in a row)", exc, self.tick_errors)
+            if self.tick_errors >= TICK_ERRORS:
+                self._stop(f"{self.kind}: supervising the jobs failed {self.tick_errors} times in a row: {exc!r}")
         finally:
             self._busy = False
 
