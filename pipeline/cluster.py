@@ -18,7 +18,10 @@ Batch clusters are secure by default: the scheduler speaks TLS only (fresh
 temporary certificates per run, written with mode 0600 to the shared directory
 the worker jobs read them from, or the certificates of the dask config), and
 the dashboard listens on localhost unless ``dashboard_address`` says otherwise.
-Their jobs are cancelled when :func:`connect` exits, normally or by an error.
+Their jobs are supervised for the whole run (:mod:`pipeline.supervisor`: failed
+submissions retried, ended jobs replaced, one error line when the cluster cannot
+go on) and cancelled when :func:`connect` exits, normally, by an error or by a
+signal (:mod:`pipeline.signals`).
 """
 from __future__ import annotations
 
