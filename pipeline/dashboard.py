@@ -40,9 +40,11 @@ for (const c of Object.keys(r.columns)) {  // JSON has no NaN: null marks a metr
     r.columns[c] = r.columns[c].map(v => v === null ? NaN : v);
 }
 info.text = r.info_html;
-for (let i = 0; i < rows.length; i++) {
-    rows[i].visible = cols[i].some(c => (r.columns[c] || []).some(v => Number.isFinite(v)));
+for (let i = 0; i < rows.length; i++) {  // the panels of the metrics this run records
+    const show = cols[i].some(c => (r.columns[c] || []).some(Number.isFinite));
+    if (r.columns.iteration.length && rows[i].visible !== show) rows[i].visible = show;
 }
+metrics.data = r.columns;  // the plotted source (a ColumnDataSource, as in the report)
 // for tests and the latency benchmark: when each newly committed iteration reached this page
 const last = r.columns.iteration.length ? r.columns.iteration[r.columns.iteration.length - 1] : null;
 const seen = window.admm_training || {log: []};
@@ -76,19 +78,22 @@ def chunk_progress(scheduler, n_chunks) -> dict:
 def page_html(scheduler) -> str:
     """Return the ``/training`` page: the shared Bokeh panels fed by polling ``training/data.json``."""
     from bokeh.embed import file_html
-    from bokeh.models import AjaxDataSource, CustomJS
+    from bokeh.models import AjaxDataSource, ColumnDataSource, CustomJS
     from bokeh.resources import Resources
 
     data = snapshot(scheduler)
     score, title = score_of(data["info"].get("task", "classification"))
     cols = {k: [math.nan if v is None else v for v in vs] for k, vs in data["columns"].items()}
-    source = AjaxDataSource(data_url=f"{PAGE}/data.json", polling_interval=POLL_MS, mode="replace",
-                            method="GET", name="metrics", data=cols)
+    source = ColumnDataSource(cols, name="metrics")
     layout, info, rows = bokeh_layout(source, score, title, data["info_html"],
-                                      visible=lambda panel: has_data(cols, panel, score))
-    source.adapter = CustomJS(args={"info": info, "rows": [r for _, r in rows],
-                                    "cols": [[c for c, _ in panel_series(p, score)] for p, _ in rows]},
-                              code=ADAPTER_JS)
+                                      visible=lambda panel: has_data(cols, panel, score) or not cols["iteration"])
+    # the poller: an AjaxDataSource that is not plotted; its adapter hands each answer to the plots' source
+    poll = AjaxDataSource(data_url=f"{PAGE}/data.json", polling_interval=POLL_MS, mode="replace", method="GET",
+                          name="poll")
+    poll.adapter = CustomJS(args={"info": info, "metrics": source, "rows": [r for _, r in rows],
+                                  "cols": [[c for c, _ in panel_series(p, score)] for p, _ in rows]},
+                            code=ADAPTER_JS)
+    layout.children[0].tags = [poll]  # keeps the poller in the document
     template, variables = _dashboard_template(scheduler)
     # BokehJS from the dashboard's own Bokeh server (./static/…): nothing is fetched from the internet
     return file_html(layout, Resources(mode="server", root_url="./"), "Dask: training", template=template,

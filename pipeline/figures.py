@@ -124,8 +124,10 @@ def info_html(info: dict | None, history: list, progress: dict | None = None) ->
     if info.get("stopped"):
         rows.append(("state", info["stopped"]))
     eta = eta_seconds(history, target, committed)
-    if eta is not None and not info.get("stopped"):
+    if eta and not info.get("stopped"):
         rows.append(("ETA", _duration(eta) + " (remaining iterations × median seconds of the last five)"))
+    elif committed is not None and target is not None and int(committed) >= int(target):
+        rows.append(("state", "finished"))
     last = history[-1] if history else {}
     speed = [f"{last['rows_per_second']:,.0f} rows/s" if _finite(last.get("rows_per_second")) else None,
              f"{last['read_mb_per_second']:,.1f} MB/s read" if _finite(last.get("read_mb_per_second")) else None,

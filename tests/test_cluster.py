@@ -223,6 +223,9 @@ def _train_cli(monkeypatch, tmp_path, data, *flags, iterations=ITERATIONS):
         seen["address"] = client.scheduler.address
         seen["job_ids"] = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
         seen["squeue"] = _squeue()
+        from pipeline.dashboard import is_installed
+
+        seen["training_page"] = client.run_on_scheduler(is_installed)  # the /training page (issue 23)
         return real_train(client, **kwargs)
 
     monkeypatch.setattr(pipeline.training, "train", spy)
@@ -246,7 +249,7 @@ def test_train_on_batch_workers_matches_local(kind, small_run, tmp_path, monkeyp
                                    "--jobqueue-config", str(_jobqueue_yaml(tmp_path)))
     print(f"{kind} end to end: {time.perf_counter() - t0:.1f} s")
     assert rc == 0
-    assert seen["address"].startswith("tls://")
+    assert seen["address"].startswith("tls://") and seen["training_page"]
     job_ids = set(seen["job_ids"].values())
     assert len(seen["job_ids"]) == 2 and None not in job_ids and len(job_ids) == 2  # one SLURM job per worker
     assert job_ids <= seen["squeue"]  # visible in squeue while training

@@ -188,3 +188,70 @@ def test_training_page_in_a_real_browser(tmp_path):
     # each commit reached the page within 1 s (the page polls every 0.5 s)
     delays = [e["received"] - e["committed_at"] for e in log[1:]]  # log[0]: committed before the page opened
     assert delays and float(np.median(delays)) < 1.0, delays
+
+
+def _scheduler(tmp_path, *extra):
+    """Start ``dask scheduler`` (plain TCP, dashboard on localhost) in a subprocess; return (process, info)."""
+    file = tmp_path / f"scheduler{len(extra)}.json"
+    proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                             "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(file),
+                             *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    return proc, json.loads(file.read_text())
+
+
+def test_a_scheduler_given_by_address_serves_the_page_with_the_preload(tmp_path):
+    """dask scheduler --preload pipeline.dashboard: the page and its link; without it, the link line says how."""
+    from distributed import Client
+
+    from pipeline.train import _training_page
+
+    with_page, info = _scheduler(tmp_path, "--preload", "pipeline.dashboard")
+    without, other = _scheduler(tmp_path)
+    try:
+        with Client(info["address"], timeout="30s") as client:
+            port = info["services"]["dashboard"]
+            link = f"http://127.0.0.1:{port}/status"
+            assert _training_page(client, link) == f"http://127.0.0.1:{port}/training"
+            monitor = TrainingMonitor(client)
+            monitor.start({"store": "/x/run.zarr", "task": "classification", "committed": 0,
+                           "target_iterations": 2}, [])
+            monitor.on_commit([{"iteration": 1, "seconds": 0.5, "train_accuracy": 0.75}], 1)
+            data = json.loads(_get(f"http://127.0.0.1:{port}/training/data.json")[1])
+            assert data["columns"]["train_accuracy"] == [0.75] and "/x/run.zarr" in data["info_html"]
+        with Client(other["address"], timeout="30s") as client:
+            line = _training_page(client, f"http://127.0.0.1:{other['services']['dashboard']}/status")
+            assert line.startswith("not served by this scheduler (start it with: dask scheduler --preload "
+                                   "pipeline.dashboard")
+    finally:
+        for proc in (with_page, without):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def chunk_task(seconds):  # named like pipeline.passes.chunk_task: the page counts tasks of this name
+    time.sleep(seconds)
+    return seconds
+
+
+def test_chunk_progress_counts_the_pass_now_running(client):
+    from pipeline.dashboard import chunk_progress
+
+    scheduler = client.cluster.scheduler
+    assert chunk_progress(scheduler, 6) == {"running": False, "done": 0, "total": 6}
+    futures = client.map(chunk_task, [0.05] * 2 + [2.0] * 4, pure=False)
+    deadline = time.monotonic() + 30
+    progress = chunk_progress(scheduler, 6)
+    while progress["done"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        progress = chunk_progress(scheduler, 6)
+    assert progress["running"] and 2 <= progress["done"] < 6 and progress["total"] == 6, progress
+    client.gather(futures)
+    del futures
+    deadline = time.monotonic() + 10
+    while chunk_progress(scheduler, 6)["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not chunk_progress(scheduler, 6)["running"]
