@@ -36,7 +36,7 @@ PANELS = (
     Panel("objective", "objective and mean loss", (("objective", "objective"), ("loss", "loss")), log=True),
     Panel("residual", "primal residual ‖z_L − W_L a_{L−1}‖", (("residual", "residual"),),
           xs=("iteration", "wall"), log=True),
-    Panel("damping", "Gauss-Newton damping λ and step α", (("damping", "damping"), ("alpha", "alpha")), log=True),
+    Panel("damping", "Gauss-Newton damping λ and weight decay α", (("damping", "damping"), ("alpha", "alpha")), log=True),
     Panel("seconds", "seconds per iteration", (("seconds", "seconds"),), bars=True),
     Panel("throughput", "rows per second over the iteration's passes", (("rows_per_second", "rows/s"),)),
     Panel("read", "MB per second read by the iteration's passes", (("read_mb_per_second", "MB/s read"),)),

@@ -9,7 +9,7 @@ panels of the dashboard's live ``/training`` page, drawn by the same code
                      wall time (a regression run: ``r2.png``, R²)
 ``objective.png``    the solver's objective and mean loss
 ``residual.png``     ADMM / dlADMM primal residual ‖z_L − W_L a_{L−1}‖
-``damping.png``      Gauss-Newton damping λ (and step α where recorded)
+``damping.png``      Gauss-Newton damping λ (and weight decay α where recorded)
 ``seconds.png``      seconds per iteration
 ``throughput.png``   rows per second over each iteration's passes
 ``read.png``         MB per second read by each iteration's passes
