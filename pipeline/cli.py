@@ -3,9 +3,41 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 
 from solvers.errors import InputError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose argument errors are one line ``error: …`` (exit 2), not a usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """Parse an integer of at least 1 (``--workers``, ``--jobs``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _memory_limit(text: str) -> str:
+    """Parse a per-worker memory limit like 2GB, 500MiB or 'auto' (checked by dask's parser)."""
+    from dask.utils import parse_bytes
+
+    if text.strip().lower() in ("auto", "0", "none"):
+        return text
+    try:
+        parse_bytes(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected a size like 2GB or 500MiB, got {text!r}") from None
+    return text
 
 
 def _adapt_range(text: str) -> tuple[int, int]:
@@ -23,15 +55,16 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
                    help="'local' (embedded LocalCluster), 'slurm' or 'pbs' (workers are batch jobs configured by "
                         "jobqueue.yaml), a scheduler address (tls://host:8786) or a scheduler file (.json) "
                         "[%(default)s]")
-    g.add_argument("--workers", type=int, default=None,
+    g.add_argument("--workers", type=positive_int, default=None,
                    help="local cluster: worker processes, or threads with --local-mode threads (default: one per core)")
     g.add_argument("--local-mode", choices=("auto", "threads", "processes"), default="auto",
                    help="local cluster: worker threads in this process (starts in ~0.1 s), worker processes "
                         "(start in ~1.3 s, no shared GIL), or auto: threads for data up to 256 MB, else "
                         "processes [%(default)s]")
-    g.add_argument("--memory-limit", default=None, help="local cluster: memory limit per worker, e.g. 2GB")
+    g.add_argument("--memory-limit", type=_memory_limit, default=None, help="local cluster: memory limit per worker, e.g. 2GB")
     g.add_argument("--dashboard-address", default="localhost:8787",
-                   help="where the Dask dashboard listens (default %(default)s; reach it through ssh -L)")
+                   help="where the Dask dashboard listens (default %(default)s; a bare :PORT is localhost:PORT; "
+                        "0.0.0.0:PORT listens on every interface; reach it through ssh -L)")
     size = g.add_mutually_exclusive_group()
     size.add_argument("--jobs", type=int, default=None,
                       help="slurm/pbs: number of worker jobs, replaced when they end (default 1)")
@@ -81,13 +114,55 @@ def exits_on_input_error(main):
     """Wrap a CLI ``main`` so an :class:`InputError` prints ``error: …`` and returns 2 (a finished --dry-run: 0)."""
     @functools.wraps(main)
     def wrapper(argv=None) -> int:
-        from pipeline.cluster import DryRun
-
         try:
             return main(argv)
-        except DryRun:
-            return 0
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # full disk, read-only or forbidden path, here or on a worker
+            log = write_error_log(exc)
+            print(f"error: {os_error_line(exc)} (details in {log})", file=sys.stderr)
+            return 2
+        except Exception as exc:  # noqa: BLE001 -- a bug: one line here, the traceback in the log
+            from pipeline.cluster import DryRun  # imported late: ingest starts without Dask
+
+            if isinstance(exc, DryRun):
+                return 0
+            log = write_error_log(exc)
+            print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                  f"(traceback in {log}; please report it)", file=sys.stderr)
+            return 1
     return wrapper
+
+
+def os_error_line(exc: OSError) -> str:
+    """Return one line for an operating-system error: what failed, on which path, and what to do."""
+    import errno
+
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    advice = {errno.ENOSPC: "free disk space or write elsewhere; nothing committed was lost",
+              errno.EDQUOT: "your disk quota is used up; free space or write elsewhere",
+              errno.EROFS: "the file system is read-only; write the output elsewhere",
+              errno.EACCES: "no permission; write the output elsewhere or fix the permissions",
+              errno.EPERM: "not permitted; write the output elsewhere or fix the permissions"}.get(exc.errno, "")
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return f"{text}{where}" + (f": {advice}" if advice else "")
+
+
+def write_error_log(exc: BaseException) -> str:
+    """Write the full traceback of ``exc`` (a worker's included) to a log file; return its path."""
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    folder = Path(tempfile.gettempdir()) / "admm-dask-logs"
+    command = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else "python"
+    name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        return str(path)
+    except OSError:
+        return "(no log: the temporary folder is not writable)"

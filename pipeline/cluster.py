@@ -516,6 +516,9 @@ def _remote_security(address: str):
     return address, None
 
 
+MIN_LOCAL_WORKER_BYTES = 256 * 2**20  # a Dask worker process alone takes ~100-150 MB
+
+
 @contextlib.contextmanager
 def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, memory_limit=None,
             dashboard_address="localhost:8787", jobs=None, adapt=None, jobqueue_config=None,
@@ -535,6 +538,14 @@ def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, mem
     from distributed import Client
 
     spec = cluster or "local"
+    if spec == "local" and memory_limit is not None and str(memory_limit).strip().lower() not in ("auto", "0", "none"):
+        from dask.utils import format_bytes, parse_bytes
+
+        if parse_bytes(memory_limit) < MIN_LOCAL_WORKER_BYTES:  # a starved worker pauses: a silent hang
+            raise InputError(f"--memory-limit {memory_limit} is too small: a worker needs at least "
+                             f"{format_bytes(MIN_LOCAL_WORKER_BYTES)}")
+    if isinstance(dashboard_address, str) and dashboard_address.startswith(":"):
+        dashboard_address = "localhost" + dashboard_address  # a bare :PORT listens where its link points
     report = report or (lambda line: print(line, file=sys.stderr, flush=True))
     batch = spec in JOBQUEUE_KINDS
     if not batch and (jobs is not None or adapt is not None):

@@ -5,11 +5,11 @@ import argparse
 import json
 import sys
 
-from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_input_error
+from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exits_on_input_error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate",
+    p = ArgumentParser(prog="python -m pipeline.evaluate",
                                 description="Report the accuracy (a regression run: R² and RMSE) of a run's model (last "
                                             "committed iteration) on a data store.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")

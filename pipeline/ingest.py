@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 
+from pipeline.cli import ArgumentParser, exits_on_input_error
 from solvers.errors import InputError
 from storage.ingest import ingest
 
@@ -66,7 +67,7 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``python -m pipeline.ingest``."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m pipeline.ingest", description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SOURCE", help="input file (.csv, .csv.gz, .npz, .parquet)")
@@ -123,6 +124,7 @@ def _describe(store, what: str) -> str:
             f"{store.n_chunks} chunk(s) of {store.chunk_rows:,} rows -> {store.path}")
 
 
+@exits_on_input_error
 def main(argv=None) -> int:
     """Run the ingestion command line; return the exit status."""
     args = build_parser().parse_args(argv)

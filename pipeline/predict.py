@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_input_error
+from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exits_on_input_error
 
 PREDICTIONS_FORMAT = "admm-dask-predictions"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.predict",
+    p = ArgumentParser(prog="python -m pipeline.predict",
                                 description="Predict labels (a regression run: values) for every row of a data store "
                                             "with a run's model.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
@@ -60,7 +60,11 @@ def predict(client, store, data, out, overwrite=False):
     clean_stale_partials(out, report=lambda line: print(line, file=sys.stderr))
     partial = partial_path(out)  # written beside --out, renamed into place when complete
     try:
-        group = zarr.open_group(partial, mode="w-", zarr_format=3)
+        try:
+            group = zarr.open_group(partial, mode="w-", zarr_format=3)
+        except OSError as err:
+            raise InputError(f"cannot write {out}: its folder {out.parent} is not a writable directory "
+                             f"({err.strerror})") from None
         group.create_array("prediction", shape=(ds.n_samples,), chunks=(ds.chunk_rows,),
                            dtype=np.float64 if network.is_regressor else np.asarray(network.classes).dtype,
                            dimension_names=("sample",))

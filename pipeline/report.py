@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli import exits_on_input_error
+from pipeline.cli import ArgumentParser, exits_on_input_error
 from pipeline.figures import bokeh_layout, columns, has_data, info_html, matplotlib_figures, score_of
 from solvers.config import TrainConfig, describe
 from solvers.errors import InputError
@@ -163,7 +163,12 @@ def write_report(store, out=None, html=None) -> dict:
             raise InputError(f"no performance report at {source}: train with --performance-report "
                              "(or pass --html FILE)")
     out = Path(out) if out is not None else store.with_name(f"{store.stem}-report")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"report --out {out} is a file, not a folder; name a folder for the plots")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the report folder {out}: {err.strerror}") from None
     files, plotted = [], {}
     for name, fig in make_figures(store).items():
         path = out / f"{name}.png"
@@ -182,7 +187,7 @@ def write_report(store, out=None, html=None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.report",
+    p = ArgumentParser(prog="python -m pipeline.report",
                                 description="Plot a run's recorded metrics (the panels of the dashboard's "
                                             "/training page: accuracy, the solver's curves, seconds per iteration, "
                                             "rows/s and MB/s) as PNGs and one offline HTML file, and print a short "

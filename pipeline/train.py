@@ -13,7 +13,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from pipeline.cli import add_cluster_arguments, connect_from_args, exits_on_input_error
+from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exits_on_input_error
 from pipeline.cluster import dashboard_link
 from pipeline.memory import dry_run_chunk_bytes, killed_worker_error
 from pipeline.monitor import TrainingMonitor
@@ -37,7 +37,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m pipeline.train", formatter_class=_HelpFormatter,
         description="Train a neural network out of core with layerwise Gauss-Newton (the default), the ADMM "
                     "method of Taylor et al. (2016) or dlADMM: data and per-sample state live in Zarr stores, "
@@ -138,6 +138,7 @@ def _main(args, where) -> int:
             raise InputError('--performance-report needs bokeh: pip install "admm-dask[report]"') from None
         perf = Path(args.performance_report or performance_report_path(store))
     size_from = data if data is not None else _run_data_path(store)
+    _check_memory_limit(args, size_from, config or TrainConfig(**given))
     with _training_page_preload(), connect_from_args(args, data=size_from) as client, _performance_report(perf):
         link = dashboard_link(client, args.cluster)
         print(f"Dask dashboard: {link}", flush=True)
@@ -181,6 +182,38 @@ def _training_page(client, link: str) -> str:
         return "the scheduler has no dashboard (install bokeh)"
     url, _, rest = link.partition(" ")  # a batch cluster's link carries its ssh tunnel: same port, same tunnel
     return training_link(url) + (" " + rest.replace("/status)", "/training)") if rest else "")
+
+
+def _check_memory_limit(args, data, config) -> None:
+    """Refuse a local --memory-limit too small for one chunk task (a starved worker would otherwise hang)."""
+    import os
+
+    from dask.utils import format_bytes, parse_bytes
+
+    from pipeline.cli import data_bytes
+    from pipeline.cluster import MIN_LOCAL_WORKER_BYTES, local_processes
+
+    limit = args.memory_limit
+    if args.cluster != "local" or limit is None or str(limit).strip().lower() in ("auto", "0", "none"):
+        return
+    limit = parse_bytes(limit)
+    chunk = None
+    if data is not None:
+        try:
+            chunk = dry_run_chunk_bytes(argparse.Namespace(data=data, chunk_rows=args.chunk_rows), config)
+        except InputError:
+            chunk = None
+    need = max(MIN_LOCAL_WORKER_BYTES, int(chunk / 0.6) if chunk else 0)
+    threads = not local_processes(getattr(args, "local_mode", "auto"), data_bytes(data))
+    if threads:  # one in-process worker: this process (client, data statistics) counts against its limit
+        import psutil
+
+        need += psutil.Process(os.getpid()).memory_info().rss
+    if limit < need:
+        what = f"one chunk task needs about {format_bytes(chunk)}, " if chunk else ""
+        raise InputError(f"--memory-limit {args.memory_limit} is too small: {what}a worker needs at least "
+                         f"{format_bytes(need)}{' (the worker runs in this process)' if threads else ''}; raise "
+                         "--memory-limit or lower --chunk-rows")
 
 
 def _run_data_path(store):

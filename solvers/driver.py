@@ -26,10 +26,14 @@ from solvers.tiling import chunk_bounds
 from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
 
 MAX_CLASSES = 1000  # more distinct labels than this: not a classification (pass --task regression)
+MAX_REAL_CLASSES = 20  # more distinct labels that are not all whole numbers: a real-valued target
 
 
 def classes_of(labels) -> np.ndarray:
-    """Return the sorted distinct ``labels`` as the classes: at least 2, at most :data:`MAX_CLASSES`, whole floats as int64."""
+    """Return the sorted distinct ``labels`` as the classes: at least 2, at most :data:`MAX_CLASSES`, whole floats as int64.
+
+    More than :data:`MAX_REAL_CLASSES` distinct labels that are not all whole numbers are refused too.
+    """
     if labels is None:  # a data store records at most MAX_CLASSES distinct labels
         raise InputError(f"the labels take more than {MAX_CLASSES} distinct values; classification needs at "
                          "most that many classes (are the labels continuous? then pass --task regression)")
@@ -37,6 +41,11 @@ def classes_of(labels) -> np.ndarray:
     if labels.size > MAX_CLASSES:
         raise InputError(f"the labels take {labels.size} distinct values; classification needs at "
                          f"most {MAX_CLASSES} classes (are the labels continuous? then pass --task regression)")
+    whole = not np.issubdtype(labels.dtype, np.floating) or bool(np.all(labels == np.round(labels)))
+    if labels.size > MAX_REAL_CLASSES and not whole:
+        raise InputError(f"the labels take {labels.size} distinct values that are not whole numbers: a real-valued "
+                         f"target, not classes (classification takes at most {MAX_REAL_CLASSES} distinct "
+                         "non-integer labels); pass --task regression")
     if labels.size < 2:
         raise InputError(f"training needs at least two classes, the labels are all {labels.tolist()}")
     if np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):

@@ -359,7 +359,8 @@ class DataWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise InputError(f"cannot create the folder of {self.path}: {err.strerror}") from None
+            raise InputError(f"cannot write {self.path}: its folder {self.path.parent} is not a writable "
+                             f"directory ({err.strerror})") from None
         clean_stale_partials(self.path, report=self.report)
         self._partial = partial_path(self.path)
         try:

@@ -84,7 +84,7 @@ def read_holder(store) -> dict | None:
     try:
         text = path.read_text()
         mtime = path.stat().st_mtime
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError:
         return {"unreadable": True, "age": 0.0}
