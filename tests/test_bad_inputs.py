@@ -1,6 +1,7 @@
 """Damaged stores and numerical faults: one clear error, the last committed iteration kept."""
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,176 @@ def test_store_workers_cannot_write_is_refused_before_anything_runs(client, tmp_
         assert not target.exists()
     finally:
         locked.chmod(0o700)
+
+
+# ------------------------------------------------------------------ command lines: one `error:` line, exit 2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=120):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_error_line(r, message):
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if not re.fullmatch(r"\s*read [\d,]+ rows", l)]  # progress
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    assert re.search(message, lines[0]), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    import subprocess
+    import sys
+
+    d = tmp_path_factory.mktemp("cli-errors")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 4)).astype(np.float32)
+    write_data(d / "d.zarr", X, (X[:, 0] > 0).astype(int))
+    write_data(d / "wide.zarr", rng.normal(size=(200, 5)), rng.integers(0, 2, 200))
+    (d / "afile").write_text("a file, not a folder")
+    np.savetxt(d / "t.csv", X[:100], delimiter=",")
+    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(d / "d.zarr"), "--store",
+                        str(d / "r.zarr"), "--hidden", "4", "--iterations", "1", "--dashboard-address", ":0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.mark.parametrize("args,message", [
+    (["pipeline.train", "--hidden", "8,,x"], r"argument --hidden: expected comma-separated integers"),
+    (["pipeline.train", "--workers", "0"], r"argument --workers: expected a positive integer, got '0'"),
+    (["pipeline.train", "--memory-limit", "lots"], r"argument --memory-limit: expected a size like 2GB"),
+    (["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/m.zarr", "--memory-limit", "1MB"],
+     r"--memory-limit 1MB is too small: .*a worker needs at least"),
+    (["pipeline.predict", "--store", "{d}/r.zarr", "--data", "{d}/d.zarr", "--out", "{d}/d.zarr",
+      "--overwrite"], r"--out .* the input"),
+    (["pipeline.predict", "--store", "{d}/r.zarr", "--data", "{d}/d.zarr", "--out", "{d}/afile/p.zarr"],
+     r"cannot write .*afile/p.zarr: its folder .* is not a writable directory"),
+    (["pipeline.evaluate", "--store", "{d}/r.zarr", "--data", "{d}/d.zarr", "--memory-limit", "10MB"],
+     r"--memory-limit 10MB is too small"),
+    (["pipeline.ingest", "{d}/t.csv", "--out", "{d}/afile/d.zarr"], r"its folder .*afile is not a writable"),
+    (["pipeline.ingest", "{d}/t.csv", "--out", "{d}/x.zarr", "--bogus"], r"unrecognized arguments: --bogus"),
+    (["pipeline.report", "--store", "{d}/r.zarr", "--out", "{d}/afile"], r"report --out .*afile is a file"),
+    (["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/t.zarr", "--test-data", "{d}/wide.zarr"],
+     r"test data .* has 5 features, training data has 4"),
+])
+def test_command_line_errors_are_one_line(cli_files, args, message):
+    extra = ["--dashboard-address", ":0"] if args[0] in ("pipeline.train", "pipeline.predict", "pipeline.evaluate") \
+        else []
+    one_error_line(cli(*[a.format(d=cli_files) for a in args], *extra), message)
+
+
+def test_bad_test_data_leaves_no_store_and_the_retry_works(cli_files, tmp_path):
+    d = cli_files
+    store = tmp_path / "r.zarr"
+    r = cli("pipeline.train", "--data", d / "d.zarr", "--store", store, "--test-data", d / "wide.zarr",
+            "--iterations", "1", "--dashboard-address", ":0")
+    one_error_line(r, "test data .* has 5 features")
+    assert not store.exists() and not list(tmp_path.iterdir())
+    r = cli("pipeline.train", "--data", d / "d.zarr", "--store", store, "--test-data", d / "d.zarr",
+            "--iterations", "1", "--hidden", "4", "--dashboard-address", ":0", timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def test_many_distinct_real_labels_ask_for_regression(client, tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(2000, 3)).astype(np.float32)
+    y = np.round(X[:, 0] * 30 + 0.5 + rng.normal(size=2000), 1)[:] + 0.05  # ~198 distinct real values
+    assert len(np.unique(y)) > 100
+    write_data(tmp_path / "d.zarr", X, y)
+    with pytest.raises(InputError, match=r"distinct values that are not whole numbers.*pass --task regression"):
+        train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", report=quiet,
+              config=TrainConfig(hidden=(4,), iterations=1))
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_a_bare_dashboard_port_listens_on_localhost():
+    from pipeline.cluster import connect, dashboard_link
+
+    with connect("local", n_workers=1, dashboard_address=":0", processes=False) as client:
+        server = client.cluster.scheduler.http_server
+        hosts = {sock.getsockname()[0] for sock in server._sockets.values()}
+        assert hosts <= {"127.0.0.1", "::1"}, hosts
+        assert dashboard_link(client).startswith("http://localhost:")
+
+
+def test_unexpected_errors_are_one_line_with_the_traceback_in_a_log(capsys):
+    import errno
+
+    from pipeline.cli import exits_on_input_error
+
+    @exits_on_input_error
+    def disk_full(argv=None):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/run.zarr/state/slot1/z1/c/3/0")
+
+    @exits_on_input_error
+    def bug(argv=None):
+        raise KeyError("oops")
+
+    assert disk_full() == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: No space left on device (/data/run.zarr/state/slot1/z1/c/3/0): free disk "
+                           "space") and "\n" not in line
+    log = Path(re.search(r"details in (\S+)\)", line)[1])
+    assert "OSError" in log.read_text()
+    assert bug() == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: unexpected KeyError") and "traceback in" in line
+
+
+def _mount_small_tmpfs(path: Path) -> bool:
+    import subprocess
+
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(path)], capture_output=True)
+    return r.returncode == 0
+
+
+def test_full_disk_is_one_line_and_loses_nothing(cli_files, tmp_path):
+    """Ingest and train onto a 3 MB file system: one error line each, the log named, no partial left."""
+    import subprocess
+
+    full = tmp_path / "full"
+    if not _mount_small_tmpfs(full):
+        pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk message is tested in-process above")
+    try:
+        rng = np.random.default_rng(3)
+        np.savetxt(tmp_path / "big.csv", rng.normal(size=(40000, 20)), delimiter=",")
+        r = cli("pipeline.ingest", tmp_path / "big.csv", "--out", full / "d.zarr")
+        line = one_error_line(r, r"No space left on device.*free disk space")
+        assert Path(re.search(r"details in (\S+)\)", line)[1]).exists()
+        assert not list(full.iterdir())  # the partial store was removed
+        r = cli("pipeline.train", "--data", cli_files / "d.zarr", "--store", full / "r.zarr", "--hidden", "3000",
+                "--solver", "admm", "--iterations", "1", "--dashboard-address", ":0", timeout=300)
+        one_error_line(r, r"No space left on device")
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)
+
+
+def test_stale_partial_folders_are_cleaned_up_on_the_next_write(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from storage.paths import partial_path
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "d.zarr"
+    mine = out.with_name(f"d.zarr.partial-{socket.gethostname()}.{gone.pid}.0bad")
+    other = out.with_name("d.zarr.partial-another-node.4242.0bad")
+    live = partial_path(out)  # this process: alive, kept
+    for p in (mine, other, live):
+        p.mkdir()
+        (p / "zarr.json").write_text("{}")
+    write_data(out, np.ones((10, 2)), np.arange(10) % 2)
+    err = capsys.readouterr().err
+    assert not mine.exists() and other.exists() and live.exists()
+    assert f"removed {mine}" in err and "another-node" in err
