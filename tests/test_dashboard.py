@@ -103,6 +103,8 @@ def test_page_without_a_run_says_so(tmp_path):
         data = json.loads(_get(base + "/data.json")[1])
         assert data["columns"]["iteration"] == [] and "No training run has reported" in data["info_html"]
         assert _get(base)[0] == 200
+        status = _get(base[: -len("training")] + "status")[1]  # the dashboard's own pages link to it
+        assert 'href="training"' in status and 'href="workers"' in status
 
 
 class _Lines:
