@@ -358,5 +358,16 @@ class Supervisor:
             self._bump_adaptive(+1)
             self.rotating[min(old, key=self.first_seen.get)] = next(iter(successor))
 
-    def stop(self):
-        self.cluster.loop.add_callback(self._pc.stop)
+    def stop(self, timeout=40.0):
+        """Stop supervising; wait for a step in flight (a submission, a queue poll) so that no job is submitted
+        after the cluster's jobs are cancelled and no subprocess outlives the event loop."""
+        async def _stop():
+            self._pc.stop()
+            end = time.monotonic() + timeout
+            while self._busy and time.monotonic() < end:
+                await asyncio.sleep(0.02)
+
+        try:
+            self.cluster.sync(_stop)
+        except Exception:  # noqa: BLE001 -- the loop may already be gone
+            log.debug("stopping the supervision", exc_info=True)
