@@ -20,6 +20,7 @@ from solvers.activations import ACTIVATIONS
 from solvers.errors import InputError
 from solvers.layers import DenseSpec, conv_layers, format_layers, parse_layers, parse_shape
 from solvers.losses import LOSSES
+from solvers.sampling import SCHEDULES as SAMPLE_SCHEDULES, START_ROWS
 from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
 
@@ -126,6 +127,13 @@ class TrainConfig:
                         group="dladmm")
     scaling: str = setting("standard", "input scaling after centring: each feature's std (standard) or one common "
                            "std (global: pixels and other shared units)", choices=SCALINGS)
+    sample_schedule: str = setting("auto", "progressive sampling: grow runs the first iterations on a growing "
+                                   "seeded subset of whole chunks (from ~49k rows, doubling after every accepted "
+                                   "step, all chunks by the last iteration); full reads every chunk every "
+                                   "iteration; auto is grow for gauss-newton, full for the others",
+                                   choices=SAMPLE_SCHEDULES, solvers=("gauss-newton",), group="gauss-newton")
+    sample_start: int = setting(START_ROWS, "rows of the first sample of the grow schedule (rounded up to whole "
+                                "chunks, at least 2)", solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.0, "share of the training chunks held out (seeded choice of whole "
                                          "chunks); the model is the iteration with the best held-out score",
                                          group="stopping", default_text="0.0: off")
@@ -206,6 +214,13 @@ class TrainConfig:
             problems.append(f"warm_start must be >= 0, got {self.warm_start}")
         if not (0 <= self.validation_fraction < 1):
             problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.sample_schedule not in SAMPLE_SCHEDULES:
+            problems.append(f"sample_schedule {self.sample_schedule!r} is not one of {list(SAMPLE_SCHEDULES)}")
+        elif self.sample_schedule == "grow" and self.solver != "gauss-newton":
+            problems.append(f"sample_schedule grow needs the gauss-newton solver (the {self.solver} solver keeps "
+                            "per-sample state that every iteration must update); pass --sample-schedule full")
+        if self.sample_start < 1:
+            problems.append(f"sample_start must be >= 1, got {self.sample_start}")
         if self.patience < 0:
             problems.append(f"patience must be >= 0, got {self.patience}")
         if self.scaling not in SCALINGS:

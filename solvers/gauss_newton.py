@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from solvers import sampling
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError
@@ -55,6 +56,14 @@ class ForwardParams:
 
     hidden: tuple
     input_gram: bool
+
+
+@dataclass(frozen=True)
+class CurvatureParams:
+    """The broadcast of pass B: all weights (the chunk's dtype) and whether to sum the input Gram Σ ã_0 ã_0ᵀ."""
+
+    weights: tuple
+    input_gram: bool = False
 
 
 class GaussNewtonSolver(SolverBase):
@@ -83,10 +92,15 @@ class GaussNewtonSolver(SolverBase):
             shapes["gram1"] = (w[0] + 1,) * 2
         return StatsLayout(shapes)
 
-    def curvature_layout(self) -> StatsLayout:
-        """Return the layout of pass B's sums: score, error, S (as Σ MᵀM for the last hidden layer), D, G per layer."""
+    def curvature_layout(self, input_gram: bool = False) -> StatsLayout:
+        """Return the layout of pass B's sums: score, error, S (as Σ MᵀM for the last hidden layer), D, G per layer.
+
+        ``input_gram``: also ``gram1`` = Σ ã_0 ã_0ᵀ (when the sample of chunks changed).
+        """
         w, L = self.widths, self.L
         shapes = {"n": (), **self.task.score_shapes, "loss": ()}
+        if input_gram and L > 1:
+            shapes["gram1"] = (w[0] + 1,) * 2
         for l in range(1, L):
             shapes[f"curv{l}"] = (w[l], w[l])
             shapes[f"grad{l}"] = (w[l], w[l - 1] + 1)
@@ -99,36 +113,55 @@ class GaussNewtonSolver(SolverBase):
         """Return He-scaled random hidden weights (bias 0), seeded like the ADMM solver's."""
         return self.he_weights(self.L - 1)
 
+    def _sample(self, runner, m: int) -> dict:
+        """Return the ``chunks=`` argument of a pass over the sample of ``m`` chunks ({}: every chunk)."""
+        chunks = sampling.sample(len(runner.bounds), m, self.config.seed)
+        return {} if chunks is None else {"chunks": chunks}
+
     def initialize(self, runner, hidden=None) -> LoopState:
-        """Fit the output layer on the random hidden layers (or ``hidden``: a hand-over) by pass A, then take pass B."""
+        """Fit the output layer on the random hidden layers (or ``hidden``: a hand-over) by pass A, then take pass B.
+
+        Both passes read the first sample of chunks (:mod:`solvers.sampling`).
+        """
         hidden = self.initial_hidden() if hidden is None else hidden
-        sums = run_pass(runner, self.forward_layout(True), "forward_chunk", self._forward_params(hidden, True), 0)
+        m = sampling.initial_count(list(runner.bounds), sampling.resolve(self.config.sample_schedule, self.name),
+                                   self.config.sample_start)
+        sample = self._sample(runner, m)
+        sums = run_pass(runner, self.forward_layout(True), "forward_chunk", self._forward_params(hidden, True), 0,
+                        **sample)
         input_gram = sums["gram1"] if self.L > 1 else sums[f"gram{self.L}"]
         W_out, error = self.output_layer(sums)
         weights = [*hidden, W_out]
         carry = {"input_gram": np.asarray(input_gram), "damping": np.float64(self.config.damping),
-                 **self._curvature_pass(runner, weights, error, 0)}
+                 "sample_chunks": np.float64(m), **self._curvature_pass(runner, weights, error, 0, sample)}
         return self._with_trial(LoopState(0, weights, carry))
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Evaluate the trial (pass A); accept it and take pass B, or reject it and damp more."""
         k, c = state.iteration + 1, dict(state.carry)
+        n_chunks = len(runner.bounds)
+        m = int(c.get("sample_chunks", n_chunks))  # runs stored before progressive sampling: every chunk
         trial = [c[f"T{l}"] for l in range(1, self.L)]
-        sums = run_pass(runner, self.forward_layout(False), "forward_chunk", self._forward_params(trial, False), k)
+        sums = run_pass(runner, self.forward_layout(False), "forward_chunk", self._forward_params(trial, False), k,
+                        **self._sample(runner, m))
         W_out, error = self.output_layer(sums)
         accepted = error <= float(c["error"])
+        m_next = sampling.next_count(m, n_chunks, accepted, last=k + 1 >= self.config.iterations)
         if accepted:
             weights = [*trial, W_out]
-            c.update(self._curvature_pass(runner, weights, error, k))
             c["damping"] = np.float64(max(float(c["damping"]) / DAMPING_SHRINK, DAMPING_FLOOR))
         else:
             weights = state.weights
             c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
+        if accepted or m_next != m:  # pass B at the accepted weights, on the next iteration's sample
+            c.update(self._curvature_pass(runner, weights, error, k, self._sample(runner, m_next),
+                                          new_sample=m_next != m))
+        c["sample_chunks"] = np.float64(m_next)
         n = float(sums["n"])
         score = f"train_{self.task.score_name}"
         metrics = {score: float(c[score]), "loss": float(c["error"]) / n,
                    "objective": float(c["error"]) / n, "trial_loss": error / n, "accepted": bool(accepted),
-                   "damping": float(c["damping"])}
+                   "damping": float(c["damping"]), "sample_rows": n}
         return self._with_trial(LoopState(k, list(weights), c)), metrics
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
@@ -139,11 +172,20 @@ class GaussNewtonSolver(SolverBase):
             return self._with_trial(state)
         return state
 
-    def _curvature_pass(self, runner, weights, error: float, k: int) -> dict:
-        """Run pass B at accepted weights; return the carry entries it sets."""
-        layout = self.curvature_layout()
-        curv = run_pass(runner, layout, "curvature_chunk", self._cast(weights), k)
-        return {"curvature": layout.pack(curv), "error": np.float64(error),
+    def _curvature_pass(self, runner, weights, error: float, k: int, sample: dict, new_sample: bool = False) -> dict:
+        """Run pass B at accepted weights on ``sample``; return the carry entries it sets.
+
+        On a ``new_sample`` the pass also sums the sample's input Gram, and the
+        error the next trial must beat is the accepted weights' on the new sample.
+        """
+        layout = self.curvature_layout(input_gram=new_sample)
+        curv = run_pass(runner, layout, "curvature_chunk", CurvatureParams(self._cast(weights), new_sample), k,
+                        **sample)
+        out = {}
+        if new_sample:
+            out["input_gram"] = np.asarray(curv.pop("gram1") if self.L > 1 else curv[f"gram{self.L}"])
+            error = float(curv["loss"])
+        return {**out, "curvature": self.curvature_layout().pack(curv), "error": np.float64(error),
                 f"train_{self.task.score_name}": np.float64(self.task.score(curv))}
 
     def output_layer(self, sums: dict) -> tuple[np.ndarray, float]:
@@ -213,9 +255,11 @@ class GaussNewtonSolver(SolverBase):
                 total += layout.pack(parts)
         return None, total
 
-    def curvature_chunk(self, x_raw, y, state, start_row: int, weights):
+    def curvature_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams):
         """Return (None, pass B sums): S_l (Σ MᵀM for the last hidden layer), D_l, G_{l−1}, score, error."""
-        L, layout = self.L, self.curvature_layout()
+        if not isinstance(p, CurvatureParams):  # the weights alone: no input Gram
+            p = CurvatureParams(tuple(p))
+        L, layout, weights = self.L, self.curvature_layout(p.input_gram), p.weights
         total = np.zeros(layout.size)
         Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
         with np.errstate(all="ignore"):
@@ -232,7 +276,7 @@ class GaussNewtonSolver(SolverBase):
                 for l in range(L - 1, 0, -1):
                     delta = M[l] * times(delta, Wt[l + 1])
                     parts[f"grad{l}"] = cross_with_bias(delta, a[l - 1])
-                    if l > 1:
+                    if l > 1 or p.input_gram:
                         parts[f"gram{l}"] = gram_with_bias(a[l - 1])
                 if L > 1:
                     parts[f"curv{L - 1}"] = (M[L - 1].T @ M[L - 1]).astype(np.float64)

@@ -55,11 +55,13 @@ class InMemoryRunner:
         self.slots = {}  # iteration mod 2 -> per-chunk state
         self.shard_slots = {}  # iteration mod 2 -> per-shard state
 
-    def run(self, kernel, params, *, read=None, write=None):
+    def run(self, kernel, params, *, read=None, write=None, chunks=None):
         fn = getattr(self.solver, kernel)
         plan = read_plan(read, self.solver.state_widths())
         total = 0.0
         for i, ((start, _), x, y) in enumerate(zip(self.bounds, self.x, self.y)):
+            if chunks is not None and i not in chunks:
+                continue
             state = None if plan is None else {name: self.slots[k % 2][i][name] for name, k in plan.items()}
             new, sums = fn(x, y, state, start, params)
             if write is not None:

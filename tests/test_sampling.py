@@ -1,0 +1,94 @@
+"""Progressive sampling (--sample-schedule): growing seeded samples of whole chunks, the same in both runners."""
+import numpy as np
+import pytest
+
+from pipeline.training import train
+from solvers import sampling
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from solvers.reference import fit_in_memory
+from storage.data import write_data
+
+
+def quiet(_line):
+    pass
+
+
+def make_data(n=24_000, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] + X[:, 2] - 0.3 * X[:, 3] ** 2 > 0).astype(int)
+    return X, y
+
+
+def test_samples_are_nested_seeded_prefixes_and_grow_to_all():
+    first = sampling.sample(20, 4, seed=3)
+    assert first == sorted(first) and len(first) == 4
+    assert set(first) <= set(sampling.sample(20, 8, seed=3))
+    assert sampling.sample(20, 20, seed=3) is None
+    assert sampling.sample(20, 4, seed=4) != first
+    bounds = [(i * 1000, (i + 1) * 1000) for i in range(20)]
+    assert sampling.initial_count(bounds, "grow", 4500) == 5
+    assert sampling.initial_count(bounds, "grow", 10) == 2
+    assert sampling.initial_count(bounds, "full", 10) == 20
+    assert sampling.next_count(5, 20, accepted=True, last=False) == 10
+    assert sampling.next_count(5, 20, accepted=False, last=False) == 5
+    assert sampling.next_count(5, 20, accepted=False, last=True) == 20
+    assert sampling.resolve("auto", "gauss-newton") == "grow" and sampling.resolve("auto", "admm") == "full"
+
+
+def test_grow_needs_gauss_newton():
+    with pytest.raises(InputError, match="sample_schedule grow needs the gauss-newton solver"):
+        TrainConfig(solver="admm", sample_schedule="grow")
+    TrainConfig(solver="admm")  # auto: full for admm
+
+
+def test_grow_schedule_reaches_all_rows_and_the_full_batch_result():
+    X, y = make_data()
+    grow = fit_in_memory(X, y, TrainConfig(hidden=(32,), iterations=10, sample_start=2000), chunk_rows=1000)
+    full = fit_in_memory(X, y, TrainConfig(hidden=(32,), iterations=10, sample_schedule="full"), chunk_rows=1000)
+    rows = [h["sample_rows"] for h in grow.history]
+    assert rows[0] < 24_000 and rows == sorted(rows) and rows[-1] == 24_000
+    assert {h["sample_rows"] for h in full.history} == {24_000}
+    # the same model class at convergence: training accuracy within a point of the full-batch run
+    assert abs(grow.network.score(X, y) - full.network.score(X, y)) < 0.01
+    assert grow.network.score(X, y) > 0.9
+
+
+def test_pipeline_samples_like_the_reference(client, tmp_path):
+    X, y = make_data()
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=1000)
+    cfg = TrainConfig(hidden=(16,), iterations=5, sample_start=3000, seed=2)
+    result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=1000,
+                   report=quiet)
+    ref = fit_in_memory(X, y, cfg, chunk_rows=1000)
+    assert [h["sample_rows"] for h in result.history] == [h["sample_rows"] for h in ref.history]
+    assert result.history[0]["sample_rows"] < 24_000
+    for W, W_ref in zip(result.network.weights, ref.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_with_a_growing_sample_is_exact(client, tmp_path):
+    """A run that dies after committing iteration 2 resumes on the same samples (kill -9: tests/test_resume.py)."""
+    X, y = make_data()
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=1000)
+    cfg = TrainConfig(hidden=(16,), iterations=6, sample_start=2000)
+    whole = train(client, store=tmp_path / "a.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=1000,
+                  report=quiet)
+
+    def crash_after_2(line):
+        if line.split()[:1] == ["2"]:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(client, store=tmp_path / "b.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=1000,
+              report=crash_after_2)
+    resumed = train(client, store=tmp_path / "b.zarr", resume=True, report=quiet)
+    rows = [h["sample_rows"] for h in resumed.history]
+    assert rows == [h["sample_rows"] for h in whole.history] and rows[0] < rows[-1]
+    for a, b in zip(whole.network.weights, resumed.network.weights):
+        np.testing.assert_array_equal(a, b)
