@@ -115,7 +115,7 @@ class GaussNewtonSolver(SolverBase):
 
     def _sample(self, runner, m: int) -> dict:
         """Return the ``chunks=`` argument of a pass over the sample of ``m`` chunks ({}: every chunk)."""
-        chunks = sampling.sample(len(runner.bounds), m, self.config.seed)
+        chunks = sampling.sample(len(runner.bounds), m, self.config.seed) if hasattr(runner, "bounds") else None
         return {} if chunks is None else {"chunks": chunks}
 
     def initialize(self, runner, hidden=None) -> LoopState:
@@ -124,7 +124,8 @@ class GaussNewtonSolver(SolverBase):
         Both passes read the first sample of chunks (:mod:`solvers.sampling`).
         """
         hidden = self.initial_hidden() if hidden is None else hidden
-        m = sampling.initial_count(list(runner.bounds), sampling.resolve(self.config.sample_schedule, self.name),
+        bounds = list(getattr(runner, "bounds", ()))  # a runner without chunk bounds reads every chunk
+        m = sampling.initial_count(bounds, sampling.resolve(self.config.sample_schedule, self.config.solver),
                                    self.config.sample_start)
         sample = self._sample(runner, m)
         sums = run_pass(runner, self.forward_layout(True), "forward_chunk", self._forward_params(hidden, True), 0,
@@ -139,7 +140,7 @@ class GaussNewtonSolver(SolverBase):
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Evaluate the trial (pass A); accept it and take pass B, or reject it and damp more."""
         k, c = state.iteration + 1, dict(state.carry)
-        n_chunks = len(runner.bounds)
+        n_chunks = len(getattr(runner, "bounds", ()))
         m = int(c.get("sample_chunks", n_chunks))  # runs stored before progressive sampling: every chunk
         trial = [c[f"T{l}"] for l in range(1, self.L)]
         sums = run_pass(runner, self.forward_layout(False), "forward_chunk", self._forward_params(trial, False), k,
