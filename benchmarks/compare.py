@@ -8,7 +8,7 @@ for
   ``<solver>-reference`` — the in-memory reference
   :func:`solvers.reference.fit_in_memory` — and ``<solver>-pipeline`` — the
   out-of-core Dask pipeline :func:`pipeline.training.train` on a local cluster
-  of ``--workers`` single-threaded worker processes (``pipeline.cluster.connect``,
+  of ``--workers`` worker threads or single-threaded processes (``pipeline.cluster.connect``,
   as ``python -m pipeline.train`` runs it), reading the task's Zarr data store;
 * the peers of ``benchmarks/peers.py`` (``--peers``): scikit-learn
   ``MLPClassifier.partial_fit`` streamed over the same Zarr chunks, dask-ml
@@ -557,7 +557,7 @@ def markdown(res: dict) -> str:
            f"({s['iterations']} iterations, TrainConfig defaults{', overrides ' + json.dumps(s['overrides']) if s['overrides'] else ''}); "
            f"peers: at most {s['epochs']} epochs, minibatches of {s['batch_size']}; time budget "
            f"{s['time_budget']:g} s per method; {s['threads']} threads in this process, pipeline on "
-           f"{s['workers']} single-threaded worker processes.", ""]
+           f"{s['workers']} {'worker threads' if s.get('local_processes') is False else 'single-threaded worker processes'}.", ""]
     if d.get("bayes_accuracy_test"):
         out += [f"Bayes accuracy of the test rows E[max(p, 1−p)] = {d['bayes_accuracy_test']:.4f}; "
                 f"target = Bayes − 0.02 unless --target.", ""]
@@ -725,7 +725,7 @@ def main(argv=None) -> int:
             methods.append(run_method(name, "ours-reference", desc,
                                       lambda c, config=config: run_reference(task, config, c, ref_chunk),
                                       budget, args.threads))
-    cluster_seconds = None
+    cluster_seconds = local_mode_processes = None
     if "pipeline" in ours and configs:
         from pipeline.cluster import connect, local_processes
 
@@ -733,7 +733,7 @@ def main(argv=None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         try:
-            processes = local_processes(args.local_mode, 4 * store.n_samples * store.n_features)
+            processes = local_mode_processes = local_processes(args.local_mode, 4 * store.n_samples * store.n_features)
             with connect("local", n_workers=args.workers, threads_per_worker=1, dashboard_address=":0",
                          report=log, processes=processes) as client:
                 # the workers import the project's modules with their first task (~1-2 s); like the
@@ -786,7 +786,7 @@ def main(argv=None) -> int:
             "ours": ours, "peers": peers, "batch_size": args.batch_size, "threads": args.threads,
             "workers": args.workers, "seed": args.seed, "n_features_in": store.n_features, "n_outputs": n_out,
             "reference_chunk_rows": ref_chunk, "pipeline_chunk_rows": pipe_chunks,
-            "cluster_start_seconds": cluster_seconds, "versions": _versions(),
+            "cluster_start_seconds": cluster_seconds, "local_processes": local_mode_processes, "versions": _versions(),
             "threadpools": [{k: t.get(k) for k in ("internal_api", "num_threads", "version")}
                             for t in threadpool_info()],
             "data": {**task.info, "train_store": str(task.train_path), "test_store": str(task.test_path),
