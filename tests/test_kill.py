@@ -1,0 +1,169 @@
+"""kill -9 in every phase (ingest, initialisation, a pass, a commit, predict): nothing stored is lost."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.model import load_network
+from solvers.config import TrainConfig
+from storage.data import open_data, write_data
+from storage.runstore import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snapshot(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def kill_when(proc, condition, timeout=120):
+    """SIGKILL the process group of ``proc`` once ``condition()`` holds; return whether it was still running."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, "the command finished before the kill point"
+        assert time.time() < deadline, "the kill point never came"
+        time.sleep(0.01)
+    alive = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return alive
+
+
+def run(*args, timeout=300):
+    r = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_kill_during_ingest_keeps_the_old_store_and_the_next_run_cleans_up(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savetxt(tmp_path / "big.csv", rng.normal(size=(150_000, 20)), delimiter=",", fmt="%.6f")
+    np.savetxt(tmp_path / "small.csv", rng.normal(size=(100, 20)), delimiter=",")
+    out = tmp_path / "d.zarr"
+    run("pipeline.ingest", tmp_path / "small.csv", "--out", out)
+    before = snapshot(out)
+    proc = start("pipeline.ingest", tmp_path / "big.csv", "--out", out, "--overwrite", "--chunk-rows", "4096")
+    assert kill_when(proc, lambda: any(p.glob("X/c/*") for p in tmp_path.glob("d.zarr.partial-*")))
+    assert snapshot(out) == before and open_data(out).n_samples == 100
+    assert list(tmp_path.glob("d.zarr.partial-*"))
+    r = run("pipeline.ingest", tmp_path / "big.csv", "--out", out, "--overwrite", "--chunk-rows", "4096")
+    assert "left by an interrupted write" in r.stderr
+    assert not list(tmp_path.glob("d.zarr.partial-*")) and open_data(out).n_samples == 150_000
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("kill")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(20_000, 20)).astype(np.float32)
+    write_data(d / "d.zarr", X, (X[:, 0] * X[:, 1] > 0).astype(int), chunk_rows=4096)
+    return d
+
+
+def train_args(d, store, *extra):
+    return ("pipeline.train", "--data", d / "d.zarr", "--store", store, "--solver", "admm", "--hidden", "64",
+            "--iterations", "4", "--chunk-rows", "1000", "--workers", "1", "--dashboard-address", ":0",
+            "--no-progress", *extra)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data):
+    run(*train_args(data, data / "full.zarr"))
+    return load_network(data / "full.zarr").weights
+
+
+def resume_and_compare(store, uninterrupted):
+    """Resume the run in ``store`` to its end and check it against the uninterrupted weights."""
+    run("pipeline.train", "--store", store, "--resume", "--workers", "1", "--dashboard-address", ":0",
+        "--no-progress")
+    for W, W_ref in zip(load_network(store).weights, uninterrupted):
+        np.testing.assert_array_equal(W, W_ref)
+    return True
+
+
+def committed(store) -> int:
+    try:
+        return json.loads((Path(store) / "manifest.json").read_text())["iteration"]
+    except (OSError, ValueError):
+        return -1
+
+
+def started(store) -> int:
+    try:
+        return json.loads((Path(store) / "writing.json").read_text())["iteration"]
+    except (OSError, ValueError):
+        return -1
+
+
+def test_kill_during_initialisation_leaves_a_store_the_same_command_replaces(data, uninterrupted, tmp_path):
+    store = tmp_path / "r.zarr"
+    proc = start(*train_args(data, store))
+    kill_when(proc, lambda: store.exists() and committed(store) < 0)  # created, iteration 0 not committed
+    assert RunStore.open(store).committed_iteration() is None
+    run(*train_args(data, store, "--overwrite"))
+    for W, W_ref in zip(load_network(store).weights, uninterrupted):
+        np.testing.assert_array_equal(W, W_ref)
+
+
+def test_kill_during_a_pass_then_resume_equals_uninterrupted(data, uninterrupted, tmp_path):
+    store = tmp_path / "r.zarr"
+    proc = start(*train_args(data, store))
+    kill_when(proc, lambda: started(store) == 3 and any((store / "state" / "slot1").rglob("c/*")))
+    assert committed(store) == 2
+    assert resume_and_compare(store, uninterrupted)
+
+
+def test_crash_inside_a_commit_then_resume_equals_uninterrupted(client, data, uninterrupted, tmp_path,
+                                                              monkeypatch):
+    """The commit of iteration 2 dies after writing its weights, before the manifest: resume redoes iteration 2."""
+    import storage.runstore as rs
+    from pipeline.training import train
+
+    store = tmp_path / "r.zarr"
+    real = rs._write_json_atomic
+
+    def die_at_manifest_2(path, obj):
+        if Path(path).name == "manifest.json" and obj.get("iteration") == 2:
+            raise SystemExit("killed inside the commit")
+        real(path, obj)
+
+    monkeypatch.setattr(rs, "_write_json_atomic", die_at_manifest_2)
+    cfg = TrainConfig(solver="admm", hidden=(64,), iterations=4)
+    with pytest.raises(SystemExit):
+        train(client, store=store, data=data / "d.zarr", config=cfg, chunk_rows=1000, report=lambda _l: None)
+    monkeypatch.setattr(rs, "_write_json_atomic", real)
+    assert committed(store) == 1 and (store / "checkpoint" / "2").exists()  # half a commit on disk
+    (store.with_name(store.name + ".lock")).unlink(missing_ok=True)  # the lock of the "killed" process
+    assert resume_and_compare(store, uninterrupted)
+
+
+def test_kill_during_predict_keeps_the_old_predictions(data, uninterrupted, tmp_path):
+    out = tmp_path / "p.zarr"
+    rng = np.random.default_rng(2)
+    write_data(tmp_path / "many.zarr", rng.normal(size=(200_000, 20)), rng.integers(0, 2, 200_000),
+               chunk_rows=1024)
+    run("pipeline.predict", "--store", data / "full.zarr", "--data", data / "d.zarr", "--out", out, "--workers",
+        "1", "--dashboard-address", ":0")
+    before = snapshot(out)
+    proc = start("pipeline.predict", "--store", data / "full.zarr", "--data", tmp_path / "many.zarr", "--out", out,
+                 "--overwrite", "--workers", "1", "--dashboard-address", ":0")
+    assert kill_when(proc, lambda: any(p.glob("prediction/c/*") for p in tmp_path.glob("p.zarr.partial-*")))
+    assert snapshot(out) == before
+    assert zarr.open_group(out, mode="r")["prediction"].shape == (20_000,)
+    assert list(tmp_path.glob("p.zarr.partial-*"))
+    r = run("pipeline.predict", "--store", data / "full.zarr", "--data", data / "d.zarr", "--out", out,
+            "--overwrite", "--workers", "1", "--dashboard-address", ":0")
+    assert "left by an interrupted write" in r.stderr and not list(tmp_path.glob("p.zarr.partial-*"))
