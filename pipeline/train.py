@@ -204,7 +204,7 @@ def _check_memory_limit(args, data, config) -> None:
         except InputError:
             chunk = None
     need = max(MIN_LOCAL_WORKER_BYTES, int(chunk / 0.6) if chunk else 0)
-    threads = not local_processes(getattr(args, "local_mode", "auto"), data_bytes(data))
+    threads = not local_processes(getattr(args, "local_mode", "auto"), data_bytes(data), args.memory_limit)
     if threads:  # one in-process worker: this process (client, data statistics) counts against its limit
         import psutil
 

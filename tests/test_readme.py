@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -13,15 +15,31 @@ def example_blocks(text: str) -> list[str]:
     return re.findall(r"^```python example\n(.*?)^```$", text, flags=re.S | re.M)
 
 
-def test_python_examples_run(tmp_path):
+RUNS = {  # how a user runs the examples: a script (no __main__ guard), python -c, piped to stdin, a notebook
+    "script": lambda code, d: [sys.executable, str(_write(d / "examples.py", code))],
+    "python -c": lambda code, d: [sys.executable, "-c", code],
+    "stdin": lambda code, d: [sys.executable, "-"],
+    # a notebook kernel runs each cell in an IPython shell whose __main__ has no file
+    "notebook": lambda code, d: [sys.executable, "-c", "import sys; from IPython.core.interactiveshell import "
+                                 "InteractiveShell; sh = InteractiveShell.instance(); "
+                                 "cells = open(sys.argv[1]).read().split('\\n# --- cell ---\\n'); "
+                                 "sys.exit(any(not sh.run_cell(c).success for c in cells))",
+                                 str(_write(d / "cells.txt", code))],
+}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("how", list(RUNS))
+def test_python_examples_run(tmp_path, how):
     blocks = example_blocks(README)
     assert len(blocks) >= 3, "the Python API section lost its examples"
-    script = tmp_path / "readme_examples.py"
-    # one script, in order (later blocks use earlier names), guarded for the workers' spawn start
-    body = "\n".join(blocks)
-    script.write_text("def main():\n" + "".join(f"    {l}\n" if l else "\n" for l in body.splitlines())
-                      + "    return locals()\n\n\nif __name__ == '__main__':\n    main()\n")
-    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    code = "\n# --- cell ---\n".join(blocks)  # in order: later blocks use earlier names
+    r = subprocess.run(RUNS[how](code, tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       input=code if how == "stdin" else None,
                        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "test accuracy 0." in r.stdout and "held-out R² 0.9" in r.stdout
