@@ -190,12 +190,13 @@ class DaskRunner:
     """Runs solver passes over a data store and a run store on a Dask cluster (a PassRunner)."""
 
     def __init__(self, client, solver, data_path, run_path, chunks, progress: bool = False, retries: int = 3,
-                 recorder=None):
+                 recorder=None, held_out=()):
         self.client = client
         self.solver = solver
         self.data = str(data_path)
         self.run_path = str(run_path)
         self.bounds = list(chunks)
+        self.held_out = list(held_out)
         self.progress = progress
         self.retries = retries
         self.recorder = recorder  # .on_pass(kernel, seconds, rows, read_bytes) after each pass (the /training page)
@@ -213,7 +214,7 @@ class DaskRunner:
             print(file=sys.stderr)
         return self.client.gather(futures)
 
-    def run(self, kernel, params, *, read=None, write=None, chunks=None):
+    def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
         shared = broadcast((self.solver, kernel, params))
         fn = dask.delayed(chunk_task, pure=False)
         plan = read_plan(read, self.solver.state_widths())
@@ -221,8 +222,14 @@ class DaskRunner:
         write_slot = None if write is None else slot_of(write)
         bounds = self.bounds if chunks is None else [self.bounds[i] for i in chunks]  # a sample of the chunks
         t0 = time.perf_counter()
-        sums = self.compute(tree([fn(shared, self.data, self.run_path, reads, write_slot, a, b)
-                                  for a, b in bounds]))[0]
+        train = tree([fn(shared, self.data, self.run_path, reads, write_slot, a, b) for a, b in bounds])
+        if not held_out:
+            sums = self.compute(train)[0]
+        elif not self.held_out:
+            sums = self.compute(train)[0], None
+        else:
+            held = tree([fn(shared, self.data, self.run_path, None, None, a, b) for a, b in self.held_out])
+            sums = tuple(self.compute(train, held))
         self._record(kernel, time.perf_counter() - t0, plan, bounds)
         return sums
 
@@ -301,7 +308,8 @@ def data_moments(client, data, regression: bool):
     if regression:
         return sums, shift, None
     # the moments of X alone: drop y's column; labels None: more distinct values than the store records
-    return np.concatenate([sums[:1], sums[1:1 + d], sums[2 + d:2 + 2 * d]]), shift[:d], labels
+    moments = (sums[1 + p * (d + 1):1 + p * (d + 1) + d] for p in range(4))  # Σ(v − s)^p, p = 1..4
+    return np.concatenate([sums[:1], *moments]), shift[:d], labels
 
 
 def data_statistics(client, data_path, n_samples, chunk_rows, shift, labels=True):

@@ -112,7 +112,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     held_out = [tuple(b) for b in run.attrs.get("validation_chunks") or []]
     train_chunks = [b for b in bounds(data.n_samples, run.chunk_rows) if b not in set(held_out)]
     runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), train_chunks, progress=progress,
-                        recorder=monitor)
+                        recorder=monitor, held_out=held_out)
     n_held = sum(b - a for a, b in held_out)
     report(f"run store {run.path}: {data.n_samples - n_held} training samples in {len(train_chunks)} chunks of "
            f"{run.chunk_rows} rows" + (f", {n_held} held out for early stopping in {len(held_out)} chunks"

@@ -26,7 +26,9 @@ Parameters (all solvers share :class:`~solvers.config.TrainConfig`):
 ``warm_start`` iterations 1..warm_start leave λ at 0 (paper §6)
 ``init``       ``forward`` (He-scaled random W⁰, state = forward pass) or
                ``gaussian`` (the paper: z, a ~ N(0, 1), W⁰ fitted to them)
-``ridge``      relative ridge ε of the W-solve: ``a aᵀ + ε·mean(diag)·I``
+``ridge``      relative ridge ε of the W-solve: ``a aᵀ + ε·mean(diag)·I`` (a numerical floor)
+``alpha``      weight decay α of the W-solve, ``a aᵀ + α Ĩ`` (bias spared); ``"auto"``:
+               0.01 · the Gram's mean diagonal (:func:`~solvers.linalg.resolve_alpha`)
 =============  ==============================================================
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.conv import CGActivationUpdate, a_update_steps
-from solvers.linalg import ActivationUpdate, solve_weights
+from solvers.linalg import ActivationUpdate, resolve_alpha, solve_weights
 from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
 from solvers.network import forward, standardize
@@ -113,7 +115,7 @@ class ADMMSolver(SolverBase):
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
         """Return the state to continue from; W^{k+1} is solved again if γ, β or the ridge changed (eq. 6, 9)."""
-        if not changed & {"gamma", "beta", "ridge"}:
+        if not changed & {"gamma", "beta", "ridge", "alpha"}:
             return state
         k, input_gram = state.iteration, state.carry["input_gram"]
         sums = run_pass(runner, self.layout(True), "grams_chunk", state.weights, k, read=k)
@@ -138,7 +140,8 @@ class ADMMSolver(SolverBase):
         out = []
         for l in range(1, self.L + 1):
             gram = input_gram if l == 1 else sums[f"gram{l}"]
-            out.append(solve_weights(sums[f"cross{l}"], gram, self.config.ridge, what=f"W_{l}"))
+            out.append(solve_weights(sums[f"cross{l}"], gram, self.config.ridge, what=f"W_{l}",
+                                     alpha=resolve_alpha(self.config.alpha, gram)))
         return out
 
     def operators(self, weights) -> tuple:

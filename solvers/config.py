@@ -75,6 +75,18 @@ def _argument_type(parse):
     return convert
 
 
+def _alpha(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {text!r}")
+    return value
+
+
 def _canonical_layers(text: str) -> str:
     return format_layers(parse_layers(text))
 
@@ -110,12 +122,18 @@ class TrainConfig:
                         "gaussian (the paper's N(0, 1) state)", choices=INITS, solvers=("admm",))
     seed: int = setting(0, "random seed of the initial weights and state and of the held-out chunks",
                         param="random_state", param_default=None)
-    ridge: float = setting(1e-2, "relative ridge of the W-solve", resumable=True,
-                           solvers=("admm", "gauss-newton", HANDOVER))
-    solver: str = setting("gauss-newton", "training method: layerwise Gauss-Newton (no per-sample state), admm "
+    ridge: float = setting(1e-6, "numerical floor of every solve, relative to the Gram's mean diagonal (weight "
+                           "decay is --alpha)", resumable=True, solvers=("admm", "gauss-newton", HANDOVER))
+    alpha: float | str = setting("auto", "weight decay: L2 penalty α‖W‖² on the weights, biases excluded "
+                                 "(scikit-learn's alpha); auto: gauss-newton picks α every iteration from a grid by "
+                                 "the held-out error of the output layer (GCV when nothing is held out), admm and "
+                                 "dladmm use 0.01 of each Gram's mean diagonal", parse=_alpha, resumable=True,
+                                 metavar="auto|ALPHA")
+    solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
-                          "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton)",
-                          choices=sorted(SOLVERS))
+                          "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton); "
+                          "auto: gauss-newton, or admm for convolutional --layers",
+                          choices=["auto", *sorted(SOLVERS)])
     step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True,
                                solvers=("gauss-newton", HANDOVER),
                                group="gauss-newton")
@@ -125,8 +143,10 @@ class TrainConfig:
                          solvers=("dladmm",), group="dladmm")
     nu: float = setting(100.0, "penalty ν of the hidden-layer constraints", resumable=True, solvers=("dladmm",),
                         group="dladmm")
-    scaling: str = setting("standard", "input scaling after centring: each feature's std (standard) or one common "
-                           "std (global: pixels and other shared units)", choices=SCALINGS)
+    scaling: str = setting("auto", "input scaling after centring: auto (each feature's std with a floor from its "
+                           "fourth moment, so rare pixels and rare one-hot columns are not blown up; features "
+                           "constant in training are ignored), standard (each feature's std) or global (one common "
+                           "std: pixels and other shared units)", choices=SCALINGS)
     sample_schedule: str = setting("auto", "progressive sampling: grow runs the first iterations on a growing "
                                    "seeded subset of whole chunks (from ~49k rows, doubling after every accepted "
                                    "step, all chunks by the last iteration); full reads every chunk every "
@@ -134,10 +154,10 @@ class TrainConfig:
                                    choices=SAMPLE_SCHEDULES, solvers=("gauss-newton",), group="gauss-newton")
     sample_start: int = setting(START_ROWS, "rows of the first sample of the grow schedule (rounded up to whole "
                                 "chunks, at least 2)", solvers=("gauss-newton",), group="gauss-newton")
-    validation_fraction: float = setting(0.0, "share of the training chunks held out (seeded choice of whole "
-                                         "chunks); the model is the iteration with the best held-out score",
-                                         group="stopping", default_text="0.0: off")
-    patience: int = setting(3, "with a validation fraction: stop after this many iterations without a gain in "
+    validation_fraction: float = setting(0.1, "share of the training chunks held out (seeded choice of whole "
+                                         "chunks); the model is the iteration with the best held-out score, 0 "
+                                         "turns early stopping off", group="stopping")
+    patience: int = setting(10, "with a validation fraction: stop after this many iterations without a gain in "
                             "the held-out score, 0 never", resumable=True, group="stopping")
     layers: str = setting("", "hidden layers in place of --hidden, convolutions first, e.g. "
                           "conv:8x5x5:s2:same,conv:16x3x3,dense:100 (conv:C_OUTxKHxKW, optional :sSTRIDE and "
@@ -175,7 +195,16 @@ class TrainConfig:
             object.__setattr__(self, "layers", format_layers(specs) if convolutional else "")
             object.__setattr__(self, "hidden", () if convolutional else tuple(s.width for s in specs))
         object.__setattr__(self, "input_shape", parse_shape(self.input_shape) if len(self.input_shape) else ())
+        if self.solver == "auto":  # convolutions: the solver that trains them
+            object.__setattr__(self, "solver", "admm" if self.layers else "gauss-newton")
         problems = []
+        if isinstance(self.alpha, str) and self.alpha != "auto":
+            try:
+                object.__setattr__(self, "alpha", float(self.alpha))
+            except ValueError:
+                problems.append(f"alpha must be 'auto' or a number >= 0, got {self.alpha!r}")
+        if not isinstance(self.alpha, str) and not (0 <= float(self.alpha) < float("inf")):
+            problems.append(f"alpha must be 'auto' or a number >= 0, got {self.alpha!r}")
         if self.layers and self.solver != "admm":
             problems.append(f"convolutional layers are trained by the admm solver only, not {self.solver} "
                             "(pass --solver admm)")

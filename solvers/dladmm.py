@@ -63,8 +63,9 @@ paper's cross-entropy needs an inner iterative solver per sample):
                         guarantee: R is not smooth
 ===========  =========  ======================================================
 
-Deviations from the paper, each for a stated reason: no regulariser Ω(W)
-(the paper's experiments use none); the step τ of ``a`` is the Lipschitz
+Deviations from the paper, each for a stated reason: the regulariser Ω(W)
+is weight decay ``κα/2‖W‖²`` (``alpha``; ``"auto"``: α = 0.01 · the Gram's
+mean diagonal, :func:`~solvers.linalg.resolve_alpha`), the bias spared; the step τ of ``a`` is the Lipschitz
 constant ``ν + κ‖W_{l+1}‖₂²`` of ∇_a φ, which satisfies the paper's
 backtracking condition at the first trial for every sample (a backtracked τ
 would cost one pass per trial, the condition being a sum over samples); the
@@ -80,7 +81,7 @@ import scipy.linalg
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
-from solvers.linalg import affine, cross_with_bias, gram_with_bias
+from solvers.linalg import affine, cross_with_bias, gram_with_bias, resolve_alpha
 from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
 from solvers.network import forward, standardize
@@ -100,13 +101,14 @@ def bias_step(Wt, cross, gram):
     return Wt
 
 
-def weight_step(Wt, cross, gram, kappa: float, theta0: float, *, what: str = "W"):
+def weight_step(Wt, cross, gram, kappa: float, theta0: float, *, what: str = "W", alpha: float = 0.0):
     """Return (W̃ with ``W = W⁰ − ∇F/θ``, θ): the paper's W-update with θ found by backtracking.
 
-    ``F(W) = κ/2 Σ‖t − W a − b‖²`` has the gradient ``∇F = κ(W̃G̃ − C̃)`` (W
+    ``F(W) = κ/2 Σ‖t − W a − b‖² + α/2‖W‖²`` (the paper's regulariser Ω as
+    weight decay, bias spared) has the gradient ``∇F = κ(W̃G̃ − C̃) + αW`` (W
     columns). The trials are θ = θ₀, 2θ₀, …; the first with ``F(W⁰ − D) ≤
     P(W⁰ − D; θ)``, ``D = ∇F/θ``, is taken. F is quadratic, so the trial's
-    excess ``F(W⁰ − D) − P(W⁰ − D; θ) = κ/2⟨D G, D⟩ − θ/2‖D‖²`` is exact from
+    excess ``F(W⁰ − D) − P(W⁰ − D; θ) = κ/2⟨D G, D⟩ + α/2‖D‖² − θ/2‖D‖²`` is exact from
     the Gram (no cancellation of large sums). Raises :class:`NumericalError`
     when the sums are not finite or no trial passes in ``BACKTRACK_TRIES``.
     """
@@ -114,11 +116,12 @@ def weight_step(Wt, cross, gram, kappa: float, theta0: float, *, what: str = "W"
     if not (np.all(np.isfinite(cross)) and np.all(np.isfinite(gram)) and np.all(np.isfinite(Wt))):
         raise NumericalError(f"{what}: the sums of its subproblem contain NaN or inf; the state diverged "
                              "(try a smaller rho or nu, or standardised inputs)")
-    grad = kappa * (Wt @ gram - cross)[:, :-1]
+    grad = kappa * (Wt @ gram - cross)[:, :-1] + alpha * Wt[:, :-1]
     gg = float(np.sum(grad * grad))
     if gg == 0.0:
         return Wt, float(theta0)
-    curv = kappa * float(np.sum((grad @ gram[:-1, :-1]) * grad))  # κ⟨∇G, ∇⟩ = θ²·κ⟨D G, D⟩
+    # κ⟨∇G, ∇⟩ + α‖∇‖² = θ²·(κ⟨D G, D⟩ + α‖D‖²)
+    curv = kappa * float(np.sum((grad @ gram[:-1, :-1]) * grad)) + alpha * gg
     theta = float(theta0)
     for _ in range(BACKTRACK_TRIES):
         if curv / theta ** 2 <= gg / theta:  # κ⟨D G, D⟩ ≤ θ‖D‖², D = ∇/θ
@@ -275,7 +278,8 @@ class DLADMMSolver(SolverBase):
         what = f"W_{l} ({'backward' if backward else 'forward'} sweep)"
         if backward:
             Wt = bias_step(Wt, cross, gram)
-        Wt, theta = weight_step(Wt, cross, gram, self._kappa(l), float(carry[key]), what=what)
+        alpha = self._kappa(l) * resolve_alpha(self.config.alpha, gram)
+        Wt, theta = weight_step(Wt, cross, gram, self._kappa(l), float(carry[key]), what=what, alpha=alpha)
         carry[key] = np.asarray(theta / BACKTRACK_GROWTH)  # the next trial may take a longer step
         return Wt if backward else bias_step(Wt, cross, gram)
 

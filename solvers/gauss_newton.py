@@ -1,33 +1,44 @@
 """Layerwise Gauss-Newton with Kronecker-factored curvature, on the same chunk-and-reduce passes.
 
 Samples are rows; ``ã = [a, 1]``; ``T`` are 0/1 (or one-hot) targets, or
-the standardised real values of a regression (:mod:`solvers.tasks`); the
-loss is the squared error ``E = Σ‖T − W_L ã_{L−1}‖²``; ``M_l = h'(z_l)``;
-``W̃`` is W without its bias column. One iteration, for the trial hidden
-weights ``W_1..W_{L−1}``:
+the standardised real values of a regression (:mod:`solvers.tasks`); ``W̃``
+is W without its bias column; the objective is the squared error plus weight
+decay ``E = Σ‖T − W_L ã_{L−1}‖² + α Σ_l ‖W̃_l‖²`` (scikit-learn's ``alpha``:
+its MLP objective times 2n); ``M_l = h'(z_l)``. One iteration, for the trial
+hidden weights ``W_1..W_{L−1}``:
 
-* pass A (``forward_chunk``): ``G_{L−1} = Σ ã_{L−1}ã_{L−1}ᵀ``, ``C_L = Σ T ã_{L−1}ᵀ``,
-  ``Σ‖T‖²``; on the client ``W_L = C_L (G_{L−1} + ε ḡ I)⁻¹`` (the paper's eq. 9 W-solve)
-  and ``E = Σ‖T‖² − 2⟨W_L, C_L⟩ + ⟨W_L G_{L−1}, W_L⟩`` from the same sums.
-* Levenberg–Marquardt control: if E rose above the last accepted error the
-  trial is rejected (the weights stay, the damping λ ← 4λ); else it is
-  accepted (λ ← max(λ/2, floor)) and
+* pass A (``forward_chunk``, also over the held-out chunks): ``G_{L−1} = Σ ã_{L−1}ã_{L−1}ᵀ``,
+  ``C_L = Σ T ã_{L−1}ᵀ``, ``Σ‖T‖²``; on the client ``W_L(α) = C_L (G_{L−1} + α Ĩ)⁻¹``
+  (the paper's eq. 9 W-solve; Ĩ spares the bias) for every α of a grid at once
+  (:class:`~solvers.linalg.RidgePath`). ``alpha="auto"`` takes the α whose
+  ``W_L(α)`` has the least squared error on the held-out chunks' sums (GCV on
+  the training sums when nothing is held out): regularisation chosen from
+  held-out data with no further pass. E follows from the same sums.
+* Levenberg–Marquardt control: if E (at this iteration's α, the accepted
+  weights' E recomputed from their kept pass-A sums) rose, the trial is
+  rejected (the weights stay, the damping λ ← 4λ); else it is accepted
+  (λ ← max(λ/2, floor)) and
 * pass B (``curvature_chunk``) at the accepted weights: ``δ_L = T − W_L ã_{L−1}``,
   ``δ_l = M_l ⊙ (δ_{l+1} W̃_{l+1})``; gradients ``D_l = Σ δ_lᵀ ã_{l−1}``; input Grams
   ``G_{l−1}``; output-side curvature ``S_l = Σ_k Σ_samples J_{k,l}ᵀ J_{k,l}`` with
   ``J_{k,L−1} = M_{L−1} ⊙ W̃_L[k]``, ``J_{k,l} = M_l ⊙ (J_{k,l+1} W̃_{l+1})`` — for the
   last hidden layer ``S = (W̃_Lᵀ W̃_L) ⊙ Σ M_{L−1}ᵀ M_{L−1}``, reduced as ``Σ MᵀM``.
-* the next trial, on the client: ``W_l ← W_l + η n (S_l + λ s̄ I)⁻¹ D_l (G_{l−1} + ε ḡ I)⁻¹``
-  (``s̄, ḡ`` mean diagonals; ``n S⁻¹ D G⁻¹`` is the Gauss-Newton step with the
-  curvature ``S ⊗ G / n``).
+* the next trial, on the client: ``W_l ← W_l + η n (S_l + (λ s̄ + π√(αn)) I)⁻¹ (D_l − α W̃_l)
+  (G_{l−1} + (ε' ḡ + √(αn)/π) I)⁻¹`` (``s̄, ḡ`` mean diagonals, ε' = max(ε, 0.01);
+  ``n S⁻¹ D G⁻¹`` is the Gauss-Newton step with the curvature ``S ⊗ G / n``,
+  ``D − αW̃`` the regularised descent direction, and the √(αn) terms K-FAC's
+  factored Tikhonov damping of ``S ⊗ G / n + α I``, π² the ratio of the factors'
+  mean diagonals).
 
 Read as ADMM, the step sets Gauss-Newton targets ``z_l* = z_l + η n (S_l + λ s̄ I)⁻¹ δ_l``
 and applies the least-squares W-solve on the forward inputs. No per-sample
 state is stored (the forward pass is recomputed), so the out-of-core I/O is
 the data alone: two passes per accepted iteration, one per rejected one.
 
-Settings: ``step_size`` η, ``damping`` λ₀, ``ridge`` ε; the accepted
-error, λ, the trial weights and pass B's sums are the client ``carry``.
+Settings: ``step_size`` η, ``damping`` λ₀, ``alpha`` α (``"auto"`` or a
+number), ``ridge`` ε (the numerical floor of every solve); the accepted
+objective and pass-A sums, α, λ, the trial weights and pass B's sums are the
+client ``carry``.
 """
 from __future__ import annotations
 
@@ -39,8 +50,9 @@ from solvers import sampling
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError
-from solvers.linalg import affine, cross_with_bias, gram_with_bias, solve_weights, times
-from solvers.loop import LoopState, run_pass
+from solvers.linalg import (RidgePath, affine, cross_with_bias, gram_with_bias, penalty, quadratic_error,
+                            solve_weights, times)
+from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.network import standardize
 from solvers.stats import StatsLayout
 from solvers.tiling import row_tiles
@@ -48,6 +60,7 @@ from solvers.tiling import row_tiles
 DAMPING_FLOOR = 1e-2  # λ never drops below this (relative to the mean curvature s̄)
 DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
 DAMPING_SHRINK = 2.0  # λ ← λ/2 after an accepted one
+STEP_RIDGE = 1e-2     # least relative damping ε' of the input Gram in the hidden layers' step
 
 
 @dataclass(frozen=True)
@@ -128,13 +141,14 @@ class GaussNewtonSolver(SolverBase):
         m = sampling.initial_count(bounds, sampling.resolve(self.config.sample_schedule, self.config.solver),
                                    self.config.sample_start)
         sample = self._sample(runner, m)
-        sums = run_pass(runner, self.forward_layout(True), "forward_chunk", self._forward_params(hidden, True), 0,
-                        **sample)
+        sums, held = run_pass_held_out(runner, self.forward_layout(True), "forward_chunk",
+                                       self._forward_params(hidden, True), 0, **sample)
         input_gram = sums["gram1"] if self.L > 1 else sums[f"gram{self.L}"]
-        W_out, error = self.output_layer(sums)
+        W_out, error, alpha = self.output_layer(sums, held)
         weights = [*hidden, W_out]
         carry = {"input_gram": np.asarray(input_gram), "damping": np.float64(self.config.damping),
-                 "sample_chunks": np.float64(m), **self._curvature_pass(runner, weights, error, 0, sample)}
+                 "sample_chunks": np.float64(m), "alpha": np.float64(alpha), **self._accepted_sums(sums),
+                 **self._curvature_pass(runner, weights, self.objective(error, weights, alpha), 0, sample, alpha)}
         return self._with_trial(LoopState(0, weights, carry))
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
@@ -143,41 +157,75 @@ class GaussNewtonSolver(SolverBase):
         n_chunks = len(getattr(runner, "bounds", ()))
         m = int(c.get("sample_chunks", n_chunks))  # runs stored before progressive sampling: every chunk
         trial = [c[f"T{l}"] for l in range(1, self.L)]
-        sums = run_pass(runner, self.forward_layout(False), "forward_chunk", self._forward_params(trial, False), k,
-                        **self._sample(runner, m))
-        W_out, error = self.output_layer(sums)
-        accepted = error <= float(c["error"])
+        sums, held = run_pass_held_out(runner, self.forward_layout(False), "forward_chunk",
+                                       self._forward_params(trial, False), k, **self._sample(runner, m))
+        W_out, error, alpha = self.output_layer(sums, held)
+        objective = self.objective(error, [*trial, W_out], alpha)
+        current = self._current_objective(state, c, alpha)
+        accepted = objective <= current
         m_next = sampling.next_count(m, n_chunks, accepted, last=k + 1 >= self.config.iterations)
+        c["alpha"] = np.float64(alpha)
         if accepted:
             weights = [*trial, W_out]
+            c.update(self._accepted_sums(sums))
+            c["error"] = np.float64(objective)
             c["damping"] = np.float64(max(float(c["damping"]) / DAMPING_SHRINK, DAMPING_FLOOR))
         else:
             weights = state.weights
+            c["error"] = np.float64(current)
             c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
         if accepted or m_next != m:  # pass B at the accepted weights, on the next iteration's sample
-            c.update(self._curvature_pass(runner, weights, error, k, self._sample(runner, m_next),
-                                          new_sample=m_next != m))
+            c.update(self._curvature_pass(runner, weights, float(c["error"]), k, self._sample(runner, m_next),
+                                          alpha, new_sample=m_next != m))
         c["sample_chunks"] = np.float64(m_next)
         n = float(sums["n"])
         score = f"train_{self.task.score_name}"
-        metrics = {score: float(c[score]), "loss": float(c["error"]) / n,
-                   "objective": float(c["error"]) / n, "trial_loss": error / n, "accepted": bool(accepted),
-                   "damping": float(c["damping"]), "sample_rows": n}
+        metrics = {score: float(c[score]), "loss": float(c.get("loss", c["error"])) / n,
+                   "objective": float(c["error"]) / n, "trial_loss": objective / n, "accepted": bool(accepted),
+                   "damping": float(c["damping"]), "sample_rows": n, "alpha": float(c["alpha"])}
         return self._with_trial(LoopState(k, list(weights), c)), metrics
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
-        """Return the state to continue from: a new ridge, step size or damping gives a new trial (no pass)."""
+        """Return the state to continue from: a new ridge, alpha, step size or damping gives a new trial (no pass)."""
         if "damping" in changed:
             state.carry["damping"] = np.float64(self.config.damping)
-        if changed & {"ridge", "step_size", "damping"}:
+        if "alpha" in changed and self.config.alpha != "auto":
+            state.carry["alpha"] = np.float64(self.config.alpha)
+        if changed & {"ridge", "step_size", "damping", "alpha"}:
             return self._with_trial(state)
         return state
 
-    def _curvature_pass(self, runner, weights, error: float, k: int, sample: dict, new_sample: bool = False) -> dict:
+    def objective(self, error: float, weights, alpha: float) -> float:
+        """Return ``E = error + α Σ_l ‖W̃_l‖²`` (the objective the LM test compares)."""
+        return float(error) + float(alpha) * sum(penalty(W) for W in weights)
+
+    def _accepted_sums(self, sums: dict) -> dict:
+        """Return the carry entries keeping the accepted weights' pass-A sums (their E at any α) on this sample."""
+        L = self.L
+        return {"acc_gram": np.asarray(sums[f"gram{L}"]), "acc_cross": np.asarray(sums[f"cross{L}"]),
+                "acc_tt": np.float64(sums["tt"]), "acc_valid": np.float64(1.0)}
+
+    def _current_objective(self, state: LoopState, c: dict, alpha: float) -> float:
+        """Return the accepted weights' objective at ``alpha`` on the current sample.
+
+        Their W_L is refitted at α from their kept pass-A sums, as the trial's is;
+        after the sample grew those sums are of the old sample, and the
+        objective is pass B's error on the new one with W_L as it is.
+        """
+        if float(c["alpha"]) == float(alpha):
+            return float(c["error"])
+        if float(c.get("acc_valid", 0.0)):
+            W = RidgePath(c["acc_cross"], c["acc_gram"], self.config.ridge, what=f"W_{self.L}").weights(alpha)
+            return self.objective(quadratic_error(W, c["acc_cross"], c["acc_gram"], float(c["acc_tt"])),
+                                  [*state.weights[:-1], W], alpha)
+        return self.objective(float(c.get("loss", c["error"])), state.weights, alpha)
+
+    def _curvature_pass(self, runner, weights, objective: float, k: int, sample: dict, alpha: float,
+                        new_sample: bool = False) -> dict:
         """Run pass B at accepted weights on ``sample``; return the carry entries it sets.
 
         On a ``new_sample`` the pass also sums the sample's input Gram, and the
-        error the next trial must beat is the accepted weights' on the new sample.
+        objective the next trial must beat is the accepted weights' on the new sample.
         """
         layout = self.curvature_layout(input_gram=new_sample)
         curv = run_pass(runner, layout, "curvature_chunk", CurvatureParams(self._cast(weights), new_sample), k,
@@ -185,17 +233,27 @@ class GaussNewtonSolver(SolverBase):
         out = {}
         if new_sample:
             out["input_gram"] = np.asarray(curv.pop("gram1") if self.L > 1 else curv[f"gram{self.L}"])
-            error = float(curv["loss"])
-        return {**out, "curvature": self.curvature_layout().pack(curv), "error": np.float64(error),
-                f"train_{self.task.score_name}": np.float64(self.task.score(curv))}
+            objective = self.objective(float(curv["loss"]), weights, alpha)
+            out["acc_valid"] = np.float64(0.0)
+        return {**out, "curvature": self.curvature_layout().pack(curv), "error": np.float64(objective),
+                "loss": np.float64(curv["loss"]), f"train_{self.task.score_name}": np.float64(self.task.score(curv))}
 
-    def output_layer(self, sums: dict) -> tuple[np.ndarray, float]:
-        """Return ``W_L = C_L (G + ε ḡ I)⁻¹`` and its training error ``Σ‖T − W_L ã‖²`` from pass A's sums."""
+    def output_layer(self, sums: dict, held: dict | None = None) -> tuple[np.ndarray, float, float]:
+        """Return ``W_L(α) = C_L (G + α Ĩ)⁻¹``, its training error ``Σ‖T − W_L ã‖²`` and α, from pass A's sums.
+
+        ``alpha="auto"``: α minimises the held-out error computed from ``held``
+        (pass A's sums over the held-out chunks), or GCV when ``held`` is None.
+        """
         L = self.L
         cross, gram = sums[f"cross{L}"], sums[f"gram{L}"]
-        W = solve_weights(cross, gram, self.config.ridge, what=f"W_{L}")
-        error = float(sums["tt"]) - 2.0 * float(np.sum(W * cross)) + float(np.sum((W @ gram) * W))
-        return W, max(error, 0.0)
+        path = RidgePath(cross, gram, self.config.ridge, what=f"W_{L}")
+        if self.config.alpha == "auto":
+            held_sums = None if held is None else (held[f"cross{L}"], held[f"gram{L}"], float(held["tt"]))
+            alpha, W, _ = path.choose(float(sums["tt"]), held_sums)
+        else:
+            alpha = float(self.config.alpha)
+            W = path.weights(alpha)
+        return W, quadratic_error(W, cross, gram, float(sums["tt"])), alpha
 
     def curvatures(self, weights, curv: dict) -> list:
         """Return S_1..S_{L−1} from pass B's sums (the last one as (W̃_Lᵀ W̃_L) ⊙ Σ MᵀM)."""
@@ -205,22 +263,32 @@ class GaussNewtonSolver(SolverBase):
             out[-1] = out[-1] * (Wt.T @ Wt)
         return out
 
-    def trial_weights(self, weights, curv: dict, input_gram, damping: float) -> list:
-        """Return ``W_l + η n (S_l + λ s̄ I)⁻¹ D_l (G_{l−1} + ε ḡ I)⁻¹`` for every hidden layer."""
+    def trial_weights(self, weights, curv: dict, input_gram, damping: float, alpha: float = 0.0) -> list:
+        """Return ``W_l + η n (S_l + (λ s̄ + π√(αn)) I)⁻¹ (D_l − α W̃_l) (G_{l−1} + (ε' ḡ + √(αn)/π) I)⁻¹``."""
         c, n = self.config, float(curv["n"])
         out = []
         for l, S in enumerate(self.curvatures(weights, curv), start=1):
-            G = input_gram if l == 1 else curv[f"gram{l}"]
-            left = solve_weights(curv[f"grad{l}"].T, S, damping, what=f"S_{l} (layer {l} curvature)",
-                                 setting="--damping").T
-            step = solve_weights(left, G, c.ridge, what=f"G_{l - 1} (layer {l} input Gram)")
-            out.append(np.asarray(weights[l - 1], np.float64) + c.step_size * n * step)
+            G = np.array(input_gram if l == 1 else curv[f"gram{l}"], np.float64)
+            W = np.asarray(weights[l - 1], np.float64)
+            D = np.array(curv[f"grad{l}"], np.float64)
+            S = np.array(S, np.float64)
+            if alpha > 0:
+                D[:, :-1] -= alpha * W[:, :-1]
+                s_mean = max(float(np.mean(np.diag(S))), 1e-300)
+                g_mean = max(float(np.mean(np.diag(G)[:-1])), 1e-300) if G.shape[0] > 1 else 1.0
+                pi = np.sqrt(s_mean / g_mean)
+                S[np.diag_indices_from(S)] += pi * np.sqrt(alpha * n)
+                G[np.diag_indices_from(G)] += np.sqrt(alpha * n) / pi
+            left = solve_weights(D.T, S, damping, what=f"S_{l} (layer {l} curvature)", setting="--damping").T
+            step = solve_weights(left, G, max(c.ridge, STEP_RIDGE), what=f"G_{l - 1} (layer {l} input Gram)")
+            out.append(W + c.step_size * n * step)
         return out
 
     def _with_trial(self, state: LoopState) -> LoopState:
         c = state.carry
         curv = self.curvature_layout().unpack(c["curvature"])
-        trial = self.trial_weights(state.weights, curv, c["input_gram"], float(c["damping"]))
+        trial = self.trial_weights(state.weights, curv, c["input_gram"], float(c["damping"]),
+                                   float(c.get("alpha", 0.0)))
         for l, W in enumerate(trial, start=1):
             c[f"T{l}"] = W
         return state

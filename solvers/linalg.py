@@ -56,10 +56,12 @@ def cross_with_bias(z, a):
     return out
 
 
-def solve_weights(cross, gram, ridge: float, *, what: str = "W", setting: str = "--ridge"):
-    """Return ``W = (z aᵀ)(a aᵀ + ε·mean(diag)·I)⁻¹`` by Cholesky (paper §5, eq. 9).
+def solve_weights(cross, gram, ridge: float, *, what: str = "W", setting: str = "--ridge", alpha: float = 0.0):
+    """Return ``W = (z aᵀ)(a aᵀ + ε·mean(diag)·I + α Ĩ)⁻¹`` by Cholesky (paper §5, eq. 9).
 
-    ``ridge`` is the relative ridge ε. Raises :class:`NumericalError` when the
+    ``ridge`` is the relative ridge ε (a numerical floor); ``alpha`` the
+    absolute weight decay α of ``α‖W̃‖²`` (Ĩ: the identity without the bias
+    entry, so the bias is not penalised). Raises :class:`NumericalError` when the
     Grams are not finite or not positive definite; its message suggests a
     larger ``setting`` (the flag that sets ``ridge``).
     """
@@ -71,6 +73,9 @@ def solve_weights(cross, gram, ridge: float, *, what: str = "W", setting: str = 
     g = np.array(gram, dtype=np.float64)
     scale = float(np.mean(np.diag(g))) or 1.0
     g[np.diag_indices_from(g)] += ridge * scale
+    if alpha:
+        idx = np.arange(g.shape[0] - 1)
+        g[idx, idx] += alpha
     try:
         factor = scipy.linalg.cho_factor(g, lower=True, check_finite=False)
     except np.linalg.LinAlgError as exc:
@@ -127,3 +132,100 @@ class ActivationUpdate:
         out = h @ left
         out += (z_next - bias) @ right
         return out
+
+
+def penalty(W) -> float:
+    """Return ``‖W̃‖²``, the squared Frobenius norm of W without its bias column (what ``alpha`` weighs)."""
+    Wt = np.asarray(W, np.float64)[:, :-1]
+    return float(np.sum(Wt * Wt))
+
+
+def quadratic_error(W, cross, gram, tt: float) -> float:
+    """Return ``Σ‖t − W ã‖² = Σ‖t‖² − 2⟨W, C⟩ + ⟨W G, W⟩`` from the sums ``C = Σ t ãᵀ``, ``G = Σ ã ãᵀ``."""
+    W = np.asarray(W, np.float64)
+    return max(float(tt) - 2.0 * float(np.sum(W * cross)) + float(np.sum((W @ gram) * W)), 0.0)
+
+
+AUTO_RELATIVE_ALPHA = 1e-2  # the ADMM solvers' alpha="auto": α = 0.01 · mean diagonal of the Gram
+
+
+def resolve_alpha(alpha, gram) -> float:
+    """Return the absolute α of a W-solve: ``alpha``, or for ``"auto"`` 0.01 · the mean diagonal of ``gram``'s weights.
+
+    The fixed rule of the ADMM solvers (their W-solves fit per-sample state, not
+    the targets, so no held-out error can pick α): it is the relative ridge
+    measured best for ADMM (``benchmarks/results/defaults.md``).
+    """
+    if alpha != "auto":
+        return float(alpha)
+    d = np.diag(np.asarray(gram, np.float64))[:-1]
+    return AUTO_RELATIVE_ALPHA * (float(np.mean(d)) if d.size else 0.0)
+
+
+ALPHA_GRID = np.concatenate([[0.0], np.logspace(-6, 1, 22)])  # α / ḡ tried by ``alpha="auto"``
+
+
+class RidgePath:
+    """Every ``W(α) = argmin_W Σ‖t − W ã‖² + α‖W̃‖²`` (bias unpenalised) from one pair of sums.
+
+    With ``G = [[G_a, s], [sᵀ, n]]`` and ``C = [C_a, c]`` the bias is
+    ``b = (c − W̃ s)/n`` and ``W̃ = C_c (G_c + (α + εḡ) I)⁻¹`` with the centred
+    ``G_c = G_a − s sᵀ/n``, ``C_c = C_a − c sᵀ/n``; one eigendecomposition
+    ``G_c = V E Vᵀ`` gives every α at the cost of a matrix product.
+    ``ridge`` ε (relative to the mean diagonal ḡ of ``G_c``) is the numerical
+    floor added to every α.
+    """
+
+    def __init__(self, cross, gram, ridge: float = 0.0, *, what: str = "W"):
+        cross, gram = np.asarray(cross, np.float64), np.asarray(gram, np.float64)
+        if not (np.all(np.isfinite(cross)) and np.all(np.isfinite(gram))):
+            raise NumericalError(f"{what}: the Gram matrices contain NaN or inf; the state diverged "
+                                 "(try a larger --ridge or standardised inputs)")
+        n = gram[-1, -1]
+        if n <= 0:
+            raise NumericalError(f"{what}: no samples in the Gram")
+        s, c = gram[:-1, -1], cross[:, -1]
+        self.n, self.s, self.c = n, s, c
+        Gc = gram[:-1, :-1] - np.outer(s, s) / n
+        Cc = cross[:, :-1] - np.outer(c, s) / n
+        self.gbar = float(np.mean(np.diag(Gc))) if Gc.size else 0.0
+        self.gbar = self.gbar if self.gbar > 0 else 1.0
+        self.floor = ridge * self.gbar
+        self.e, self.V = np.linalg.eigh(Gc) if Gc.size else (np.zeros(0), np.zeros((0, 0)))
+        self.e = np.maximum(self.e, 0.0)
+        self.P = Cc @ self.V
+        self.cross, self.gram = cross, gram
+
+    def grid(self) -> np.ndarray:
+        """Return the α values ``alpha="auto"`` chooses from: 0 and ḡ·10^[−6, 1]."""
+        return ALPHA_GRID * self.gbar
+
+    def weights(self, alpha: float) -> np.ndarray:
+        """Return ``W(α)`` (bias in the last column)."""
+        denom = self.e + float(alpha) + self.floor
+        if np.any(denom <= 0):
+            raise NumericalError("the Gram is singular; use a larger --ridge or --alpha")
+        Wt = (self.P / denom) @ self.V.T
+        b = (self.c - Wt @ self.s) / self.n
+        return np.column_stack([Wt, b])
+
+    def gcv(self, alpha: float, tt: float) -> float:
+        """Return generalised cross-validation ``RSS / (n (1 − df/n)²)``, ``df = 1 + Σ e/(e + α)``."""
+        rss = quadratic_error(self.weights(alpha), self.cross, self.gram, tt)
+        df = 1.0 + float(np.sum(self.e / (self.e + float(alpha) + self.floor)))
+        return rss / (self.n * max(1.0 - df / self.n, 1e-12) ** 2)
+
+    def choose(self, tt: float, held_out=None) -> tuple[float, np.ndarray, float]:
+        """Return (α, W(α), criterion) minimising the held-out error over :meth:`grid`.
+
+        ``held_out`` is ``(C_v, G_v, Σ‖t_v‖²)`` of held-out samples: the
+        criterion is their error ``Σ‖t_v − W(α) ã_v‖²``. Without them it is
+        :meth:`gcv` on the training sums. Ties go to the larger α.
+        """
+        best = None
+        for alpha in self.grid()[::-1]:
+            W = self.weights(alpha)
+            crit = (quadratic_error(W, *held_out) if held_out is not None else self.gcv(alpha, tt))
+            if best is None or crit < best[2] * (1 - 1e-12):
+                best = (float(alpha), W, crit)
+        return best

@@ -19,8 +19,13 @@ from solvers.errors import InputError, NumericalError
 class PassRunner(Protocol):
     """Runs one pass of a solver's chunk kernel over all sample chunks."""
 
-    def run(self, kernel: str, params, *, read: int | None = None, write: int | None = None) -> np.ndarray:
+    def run(self, kernel: str, params, *, read: int | None = None, write: int | None = None,
+            held_out: bool = False):
         """Run ``solver.<kernel>(x, y, state, start_row, params)`` on every chunk; return the summed stats.
+
+        With ``held_out=True`` (stateless kernels only) the kernel also runs on
+        the held-out (early-stopping) chunks in the same pass, and the result
+        is the pair (training sums, held-out sums; None when nothing is held out).
 
         ``state`` holds the chunk's rows of the per-sample state of iteration
         ``read`` (None: no state is read; a dict ``{array name: iteration}``
@@ -108,6 +113,18 @@ def shard_groups(n_chunks: int, n_shards: int) -> list[list[int]]:
         raise InputError(f"--shards {n_shards} needs between 1 and {n_chunks} shards: the training rows are "
                          f"{n_chunks} chunks; pass a smaller --chunk-rows or fewer --shards")
     return [part.tolist() for part in np.array_split(np.arange(n_chunks), n_shards)]
+
+
+def run_pass_held_out(runner: PassRunner, layout, kernel: str, params, iteration: int,
+                      **slots) -> tuple[dict, dict | None]:
+    """Run one stateless pass over the training (``chunks=``: a sample of them) and all held-out chunks.
+
+    Return both sums, unpacked and checked (held-out: None when nothing is held out).
+    """
+    hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
+    train, held = runner.run(kernel, params, held_out=True, **slots)
+    train = check_finite(layout.unpack(train), iteration, hint)
+    return train, (None if held is None else check_finite(layout.unpack(held), iteration, hint))
 
 
 def initialize(solver, runner: PassRunner) -> LoopState:

@@ -47,16 +47,22 @@ def check_xy(X, y, what: str = "training data"):
 class InMemoryRunner:
     """Runs a solver's chunk kernels over in-memory chunks (the :class:`PassRunner` protocol)."""
 
-    def __init__(self, solver, X, y_idx, chunk_rows=None, bounds=None):
+    def __init__(self, solver, X, y_idx, chunk_rows=None, bounds=None, held_out=()):
         self.solver = solver
         self.bounds = bounds if bounds is not None else chunk_bounds(X.shape[0], chunk_rows)
         self.x = [X[a:b] for a, b in self.bounds]
         self.y = [y_idx[a:b] for a, b in self.bounds]
+        self.held_out = [(a, X[a:b], y_idx[a:b]) for a, b in held_out]
         self.slots = {}  # iteration mod 2 -> per-chunk state
         self.shard_slots = {}  # iteration mod 2 -> per-shard state
 
-    def run(self, kernel, params, *, read=None, write=None, chunks=None):
+    def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
         fn = getattr(self.solver, kernel)
+        if held_out:
+            held = None
+            for start, x, y in self.held_out:
+                held = fn(x, y, None, start, params)[1] + (0.0 if held is None else held)
+            return self.run(kernel, params, read=read, write=write, chunks=chunks), held
         plan = read_plan(read, self.solver.state_widths())
         total = 0.0
         for i, ((start, _), x, y) in enumerate(zip(self.bounds, self.x, self.y)):
@@ -155,7 +161,7 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
     default_rows = -(-X.shape[0] // max(1, config.shards)) if solver.sharded else X.shape[0]
     _, train, held_out = split_chunks(X.shape[0], chunk_rows, default_rows, config)
     targets = y if config.task == "regression" else encode_labels(y, model["classes"])
-    runner = InMemoryRunner(solver, X, targets, bounds=train)
+    runner = InMemoryRunner(solver, X, targets, bounds=train, held_out=held_out)
     if held_out:
         rows_out = np.concatenate([np.arange(a, b) for a, b in held_out])
         X_val, y_val = X[rows_out], y[rows_out]

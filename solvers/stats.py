@@ -44,22 +44,32 @@ class StatsLayout:
 
 
 def moment_sums(x, shift):
-    """Return Σ(x − s) and Σ(x − s)² per column in float64, for a shifted one-pass variance."""
+    """Return n and Σ(x − s)^p per column for p = 1..4 in float64 (a shifted one-pass variance and kurtosis)."""
     d = np.asarray(x, np.float64) - shift
-    return np.concatenate([[x.shape[0]], d.sum(axis=0), (d * d).sum(axis=0)])
+    d2 = d * d
+    return np.concatenate([[x.shape[0]], d.sum(axis=0), d2.sum(axis=0), (d2 * d).sum(axis=0), (d2 * d2).sum(axis=0)])
+
+
+def _central(sums, shift):
+    """Return (mean, variance, fourth central moment) per column from summed :func:`moment_sums`."""
+    sums = np.asarray(sums, np.float64)
+    n = sums[0]
+    k = (sums.size - 1) // 4
+    m1, m2, m3, m4 = (sums[1 + i * k:1 + (i + 1) * k] / n for i in range(4))
+    var = np.maximum(m2 - m1 ** 2, 0.0)
+    fourth = np.maximum(m4 - 4 * m1 * m3 + 6 * m1 ** 2 * m2 - 3 * m1 ** 4, 0.0)
+    return shift + m1, var, fourth
+
+
+def _constant(std, shift):
+    return ~(std > 1e-12 * np.maximum(1.0, np.abs(shift)))
 
 
 def moments_from_sums(sums, shift):
     """Return (mean, scale) from summed :func:`moment_sums`; scale is 1 where std is 0."""
-    sums = np.asarray(sums, np.float64)
-    n = sums[0]
-    k = (sums.size - 1) // 2
-    s1, s2 = sums[1:1 + k], sums[1 + k:]
-    mean_d = s1 / n
-    var = np.maximum(s2 / n - mean_d**2, 0.0)
+    mean, var, _ = _central(sums, shift)
     std = np.sqrt(var)
-    scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(shift)), std, 1.0)
-    return shift + mean_d, scale
+    return mean, np.where(_constant(std, shift), 1.0, std)
 
 
 def scaling_from_sums(sums, shift, n_features: int, how: str) -> dict:
@@ -69,26 +79,40 @@ def scaling_from_sums(sums, shift, n_features: int, how: str) -> dict:
     columns), so the target scaling comes from the same pass as the inputs'.
     """
     mean, scale = moments_from_sums(sums, shift)
-    out = {"x_mean": mean[:n_features], "x_scale": input_scale(scale[:n_features], how)}
+    _, var, fourth = _central(sums, shift)
+    d = n_features
+    out = {"x_mean": mean[:d], "x_scale": input_scale(scale[:d], how, fourth[:d], _constant(np.sqrt(var[:d]), shift[:d]))}
     if mean.size > n_features:
         out.update(y_mean=mean[n_features:], y_scale=scale[n_features:])
     return out
 
 
-SCALINGS = ("standard", "global")
+SCALINGS = ("auto", "standard", "global")
+KURTOSIS_FLOOR = 0.75  # auto: scale ≥ 0.75 · (fourth central moment)^¼ (1.3σ for a Gaussian: no change)
+CONSTANT_SCALE = 1e30  # auto: a feature constant in training is divided by this (it is ignored)
 
 
-def input_scale(scale, how: str):
+def input_scale(scale, how: str, fourth=None, constant=None):
     """Return the per-feature divisor of the inputs for a scaling rule.
 
     ``standard``: each feature's own standard deviation (features in different
     units). ``global``: one common divisor, the root mean square of the
     standard deviations (features in shared units such as pixels, where
-    dividing a rarely-lit pixel by its tiny std would blow it up).
+    dividing a rarely-lit pixel by its tiny std would blow it up). ``auto``
+    (the default): each feature's std with a floor ``0.75 · μ₄^¼`` from its
+    fourth central moment μ₄, so heavy-tailed and rarely-nonzero features
+    (rare pixels, rare one-hot columns: a 0/1 column that is 1 with rate p has
+    std ≈ √p but μ₄^¼ ≈ p^¼) are not blown up, while Gaussian-like and
+    balanced columns keep their std; features constant in training are
+    ignored (divided by 10³⁰), so an unseen value at prediction time cannot
+    swamp the network.
     """
     scale = np.asarray(scale, np.float64)
     if how == "standard":
         return scale
     if how == "global":
         return np.full_like(scale, float(np.sqrt(np.mean(scale ** 2))) or 1.0)
+    if how == "auto":
+        out = scale if fourth is None else np.maximum(scale, KURTOSIS_FLOOR * np.asarray(fourth) ** 0.25)
+        return out if constant is None else np.where(constant, CONSTANT_SCALE, out)
     raise ValueError(f"unknown scaling {how!r}")

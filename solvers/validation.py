@@ -14,6 +14,7 @@ from solvers.errors import InputError
 
 MIN_CHUNKS_PER_HELD_OUT = 2  # with fraction f, ask for at least 2/f chunks (and at least MIN_CHUNKS)
 MIN_CHUNKS = 10
+MIN_CHUNKS_TO_HOLD_OUT = 4  # fewer chunks than this: no hold-out (one would be a quarter of the data or more)
 
 
 def chunk_rows_for_validation(n_samples: int, chunk_rows: int, fraction: float) -> int:
@@ -25,10 +26,15 @@ def chunk_rows_for_validation(n_samples: int, chunk_rows: int, fraction: float) 
 
 
 def validation_split(bounds: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Return (training chunks, held-out chunks): ``round(fraction · #chunks)`` chunks chosen by ``seed``."""
-    if fraction <= 0:
+    """Return (training chunks, held-out chunks): ``round(fraction · #chunks)`` chunks chosen by ``seed``.
+
+    At least one chunk is held out; with fewer than :data:`MIN_CHUNKS_TO_HOLD_OUT`
+    chunks (an explicit ``--chunk-rows`` on small data) nothing is, and early
+    stopping is off (the run's first report line says how many rows are held out).
+    """
+    if fraction <= 0 or len(bounds) < MIN_CHUNKS_TO_HOLD_OUT:
         return list(bounds), []
-    n_val = round(fraction * len(bounds))
+    n_val = max(1, round(fraction * len(bounds)))
     if not 0 < n_val < len(bounds):
         raise InputError(f"--validation-fraction {fraction} of {len(bounds)} chunks holds out "
                          f"{n_val} chunks; pass a smaller --chunk-rows so that it is at least one chunk "

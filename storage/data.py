@@ -21,10 +21,12 @@ as data (see :func:`read_rows`). The group attributes are ``format`` (always
 recorded as it is written: the data's fingerprint, compared on resume without
 reading the data). ``statistics`` holds the shifted moment sums of the columns ``[X, y]`` summed while
 the rows were written (``shift`` = the first row, ``sums`` = [n, Σ(v − s),
-Σ(v − s)²] per column, float64) and ``labels``, the sorted distinct values of
+Σ(v − s)², Σ(v − s)³, Σ(v − s)⁴] per column, float64: the fourth moment
+floors the default input scaling) and ``labels``, the sorted distinct values of
 ``y`` (None when there are more than :data:`MAX_LABELS`). Training reads its
 input scaling and class list from them instead of a pass over the data; a
-store without them (older versions) gets that pass.
+store without them (older versions, or the two-moment statistics of the
+previous version) gets that pass.
 
 A store is written under ``<path>.partial-<random>`` next to its target and
 renamed into place only when complete, so a failed or interrupted write never
@@ -217,7 +219,7 @@ def _parse_statistics(raw, n: int, d: int) -> dict | None:
         labels = None if labels is None else np.asarray(labels, np.float64)
     except (KeyError, TypeError, ValueError):
         return None
-    if shift.shape != (d + 1,) or sums.shape != (1 + 2 * (d + 1),) or sums[0] != n \
+    if shift.shape != (d + 1,) or sums.shape != (1 + 4 * (d + 1),) or sums[0] != n \
             or not (np.all(np.isfinite(shift)) and np.all(np.isfinite(sums))) \
             or (labels is not None and (labels.ndim != 1 or labels.size > MAX_LABELS)):
         return None
@@ -237,9 +239,11 @@ class _Statistics:
         xy = np.column_stack([X.astype(np.float64), y])
         if self.shift is None:
             self.shift = xy[0].copy()
-            self.sums = np.zeros(1 + 2 * xy.shape[1])
-        dev = xy - self.shift  # shifted one-pass moments: Σ(v − s), Σ(v − s)² per column
-        self.sums += np.concatenate([[xy.shape[0]], dev.sum(axis=0), (dev * dev).sum(axis=0)])
+            self.sums = np.zeros(1 + 4 * xy.shape[1])
+        dev = xy - self.shift  # shifted one-pass moments: Σ(v − s)^p, p = 1..4, per column
+        dev2 = dev * dev
+        self.sums += np.concatenate([[xy.shape[0]], dev.sum(axis=0), dev2.sum(axis=0), (dev2 * dev).sum(axis=0),
+                                     (dev2 * dev2).sum(axis=0)])
         if self.labels is not None:
             self.labels = np.union1d(self.labels, np.unique(y))
             if self.labels.size > MAX_LABELS:

@@ -21,17 +21,19 @@ def ones_row(a):
     return np.vstack([a, np.ones((1, a.shape[1]))])
 
 
-def w_step(z, a, ridge):
-    """Return z a† (ridge 0) or the ridge-regularised normal equations."""
+def w_step(z, a, ridge, alpha=0.0):
+    """Return z a† (ridge and α 0) or the normal equations with the ridge and α‖W̃‖² (bias spared)."""
     A = ones_row(a)
-    if ridge == 0:
+    if ridge == 0 and alpha == 0:
         return z @ np.linalg.pinv(A)
     G = A @ A.T
-    G += ridge * np.mean(np.diag(G)) * np.eye(G.shape[0])
+    if alpha == "auto":
+        alpha = 0.01 * np.mean(np.diag(G)[:-1])
+    G += ridge * np.mean(np.diag(G)) * np.eye(G.shape[0]) + alpha * np.diag(np.r_[np.ones(len(G) - 1), 0])
     return np.linalg.solve(G, A @ z.T).T
 
 
-def algorithm1(a0, T, W0, act, loss, gamma, beta, iterations, warm_start, ridge):
+def algorithm1(a0, T, W0, act, loss, gamma, beta, iterations, warm_start, ridge, alpha=0.0):
     """Literal Algorithm 1 (columns are samples), state initialised by a forward pass of W0."""
     L = len(W0)
     h, zupd = ACTIVATIONS[act].h, ACTIVATIONS[act].z_update
@@ -44,13 +46,13 @@ def algorithm1(a0, T, W0, act, loss, gamma, beta, iterations, warm_start, ridge)
     lam = np.zeros_like(z[L])
     for k in range(1, iterations + 1):
         for l in range(1, L):
-            W[l] = w_step(z[l], a[l - 1], ridge)
+            W[l] = w_step(z[l], a[l - 1], ridge, alpha)
             Wn, bn = W[l + 1][:, :-1], W[l + 1][:, -1:]
             n_l = Wn.shape[1]
             a[l] = np.linalg.solve(beta * Wn.T @ Wn + gamma * np.eye(n_l),
                                    beta * Wn.T @ (z[l + 1] - bn) + gamma * h(z[l]))
             z[l] = zupd(a[l], W[l] @ ones_row(a[l - 1]), gamma, beta)
-        W[L] = w_step(z[L], a[L - 1], ridge)
+        W[L] = w_step(z[L], a[L - 1], ridge, alpha)
         m = W[L] @ ones_row(a[L - 1])
         z[L] = LOSSES[loss].z_update(T, lam, m, beta)
         if k > warm_start:
@@ -58,20 +60,23 @@ def algorithm1(a0, T, W0, act, loss, gamma, beta, iterations, warm_start, ridge)
     return W[1:], z[1:], lam
 
 
-@pytest.mark.parametrize("hidden,n_classes,act,loss,chunk_rows,ridge", [
-    ((6,), 2, "relu", "hinge", None, 0.0),
-    ((6, 4), 3, "relu", "ovr-hinge", 70, 0.0),
-    ((8, 7, 6), 2, "hard-sigmoid", "squared", 33, 1e-6),
-    ((8, 7, 6), 4, "relu", "squared", 50, 1e-6),
-    ((4,), 2, "sigmoid", "hinge", None, 0.0),
+@pytest.mark.parametrize("hidden,n_classes,act,loss,chunk_rows,ridge,alpha", [
+    ((6,), 2, "relu", "hinge", None, 0.0, 0.0),
+    ((6, 4), 3, "relu", "ovr-hinge", 70, 0.0, 0.0),
+    ((8, 7, 6), 2, "hard-sigmoid", "squared", 33, 1e-6, 0.0),
+    ((8, 7, 6), 4, "relu", "squared", 50, 1e-6, 0.0),
+    ((4,), 2, "sigmoid", "hinge", None, 0.0, 0.0),
+    ((6, 4), 3, "relu", "ovr-hinge", 70, 1e-6, 25.0),
+    ((6,), 2, "relu", "hinge", None, 1e-6, "auto"),
 ])
-def test_reference_equals_literal_algorithm1(hidden, n_classes, act, loss, chunk_rows, ridge):
+def test_reference_equals_literal_algorithm1(hidden, n_classes, act, loss, chunk_rows, ridge, alpha):
+    """α = 0 is the paper's Algorithm 1; α > 0 adds weight decay α‖W̃‖² to every W-solve."""
     rng = np.random.default_rng(7)
     n, d = 240, 5
     X = rng.normal(size=(n, d)) * 3 + 1
     y = rng.integers(0, n_classes, n)
     cfg = TrainConfig(solver="admm", hidden=hidden, activation=act, loss=loss, gamma=5.0, beta=0.5,
-                      iterations=5, warm_start=2, ridge=ridge, seed=3)
+                      iterations=5, warm_start=2, ridge=ridge, seed=3, alpha=alpha, validation_fraction=0)
     shift = X[0].astype(np.float64)
     mean, scale = moments_from_sums(moment_sums(X, shift), shift)
     classes = np.unique(y)
@@ -83,7 +88,7 @@ def test_reference_equals_literal_algorithm1(hidden, n_classes, act, loss, chunk
     for state, _ in iterate(solver, runner, state, cfg.iterations):
         pass
     W_lit, z_lit, lam_lit = algorithm1(((X - mean) / scale).T, targets(y_idx, n_classes, np.float64).T, w0,
-                                       act, loss, cfg.gamma, cfg.beta, cfg.iterations, cfg.warm_start, ridge)
+                                       act, loss, cfg.gamma, cfg.beta, cfg.iterations, cfg.warm_start, ridge, alpha)
     for W_ours, W_ref in zip(state.weights, W_lit):
         np.testing.assert_allclose(W_ours, W_ref, rtol=1e-7, atol=1e-8)
     z_ours = runner.state_of(cfg.iterations)
@@ -97,7 +102,7 @@ def test_float32_reference_tracks_float64():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 8))
     y = (X[:, 0] + X[:, 1] ** 2 > 1).astype(int)
-    cfg = TrainConfig(solver="admm", hidden=(16,), iterations=4)
+    cfg = TrainConfig(solver="admm", hidden=(16,), iterations=4, validation_fraction=0)
     r32 = fit_in_memory(X, y, cfg, dtype=np.float32)
     r64 = fit_in_memory(X, y, cfg, dtype=np.float64)
     for a, b in zip(r32.network.weights, r64.network.weights):
@@ -108,7 +113,7 @@ def test_result_does_not_depend_on_chunking():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(500, 6))
     y = rng.integers(0, 3, 500)
-    cfg = TrainConfig(solver="admm", hidden=(10, 5), iterations=4)
+    cfg = TrainConfig(solver="admm", hidden=(10, 5), iterations=4, validation_fraction=0)
     whole = fit_in_memory(X, y, cfg)
     chunked = fit_in_memory(X, y, cfg, chunk_rows=64)
     for a, b in zip(whole.network.weights, chunked.network.weights):

@@ -216,7 +216,8 @@ def test_iterations_equal_the_dense_transcription(hidden, n_classes):
     rng = np.random.default_rng(5)
     X = rng.normal(size=(400, 7)) * rng.uniform(0.5, 3, 7)
     y = rng.integers(0, n_classes, 400)
-    cfg = TrainConfig(solver="dladmm", hidden=hidden, iterations=3, seed=2, rho=4.0, nu=10.0)
+    cfg = TrainConfig(solver="dladmm", hidden=hidden, iterations=3, seed=2, rho=4.0, nu=10.0, alpha=0,
+                      validation_fraction=0, scaling="standard")
     r = fit_in_memory(X, y, cfg, chunk_rows=150, dtype=np.float64)
     mean, scale = moments_from_sums(moment_sums(X, X[0].astype(np.float64)), X[0].astype(np.float64))
     W0 = DLADMMSolver(cfg, 7, np.unique(y), mean, scale).initial_weights()
@@ -301,7 +302,8 @@ def test_objective_decreases_monotonically_on_digits(hidden):
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
-    r = fit_in_memory(X, y, TrainConfig(solver="dladmm", hidden=hidden, iterations=20), chunk_rows=600)
+    r = fit_in_memory(X, y, TrainConfig(solver="dladmm", hidden=hidden, iterations=20, alpha=0,
+                                                validation_fraction=0), chunk_rows=600)
     assert_monotone(r.history)
     assert r.history[-1]["train_accuracy"] > r.history[0]["train_accuracy"] + 0.2
 
@@ -309,7 +311,8 @@ def test_objective_decreases_monotonically_on_digits(hidden):
 def test_objective_decreases_monotonically_on_mnist(mnist):
     X, y = mnist
     r = fit_in_memory(X[:2000].astype(np.float32), y[:2000],
-                      TrainConfig(solver="dladmm", hidden=(64,), iterations=8, scaling="global"), chunk_rows=1024)
+                      TrainConfig(solver="dladmm", hidden=(64,), iterations=8, scaling="global", alpha=0,
+                                  validation_fraction=0), chunk_rows=1024)
     assert_monotone(r.history)
     assert r.history[-1]["train_accuracy"] > r.history[0]["train_accuracy"] + 0.1
 
@@ -318,7 +321,8 @@ def test_regression_fits():
     rng = np.random.default_rng(8)
     X = rng.normal(size=(600, 4))
     y = np.sin(X[:, 0]) + X[:, 1] * X[:, 2] + 0.1 * rng.normal(size=600)
-    r = fit_in_memory(X, y, TrainConfig(solver="dladmm", task="regression", hidden=(32,), iterations=30))
+    r = fit_in_memory(X, y, TrainConfig(solver="dladmm", task="regression", hidden=(32,), iterations=30,
+                                                alpha=0))
     assert_monotone(r.history)
     assert r.history[-1]["train_r2"] > 0.5
 
@@ -328,7 +332,7 @@ def test_several_chunks_equal_one_chunk():
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
-    cfg = TrainConfig(solver="dladmm", hidden=(40, 20), iterations=5)
+    cfg = TrainConfig(solver="dladmm", hidden=(40, 20), iterations=5, validation_fraction=0)
     one = fit_in_memory(X, y, cfg)
     many = fit_in_memory(X, y, cfg, chunk_rows=256)
     for W, W_one in zip(many.network.weights, one.network.weights):

@@ -12,11 +12,12 @@ from solvers.stats import moment_sums, moments_from_sums
 ACTS = {"relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z))}
 
 
-def make_problem(n=60, d=3, hidden=(5, 4), n_classes=3, activation="relu", seed=0):
+def make_problem(n=60, d=3, hidden=(5, 4), n_classes=3, activation="relu", seed=0, alpha="auto"):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d)) * rng.uniform(0.5, 2, d)
     y = rng.integers(0, n_classes, n)
-    cfg = TrainConfig(solver="gauss-newton", hidden=hidden, activation=activation, seed=seed, iterations=3)
+    cfg = TrainConfig(solver="gauss-newton", hidden=hidden, activation=activation, seed=seed, iterations=3,
+                      alpha=alpha, validation_fraction=0)
     shift = X[0].copy()
     mean, scale = moments_from_sums(moment_sums(X, shift), shift)
     solver = GaussNewtonSolver(cfg, d, np.arange(n_classes), mean, scale, dtype=np.float64)
@@ -88,18 +89,24 @@ def test_curvature_gradient_and_grams_match_brute_force(hidden, n_classes, activ
 def test_output_layer_error_equals_direct_residual():
     X, y, solver, weights = make_problem()
     _, packed = solver.forward_chunk(X, y, None, 0, solver._forward_params(weights[:-1], True))
-    W_out, error = solver.output_layer(solver.forward_layout(True).unpack(packed))
+    W_out, error, _ = solver.output_layer(solver.forward_layout(True).unpack(packed))
     x = (X - solver.x_mean) / solver.x_scale
     resid = targets(y, 3, np.float64) - net_output(solver, [*weights[:-1], W_out], x, ACTS["relu"])
     assert error == pytest.approx(np.sum(resid ** 2), rel=1e-9)
 
 
-@pytest.mark.parametrize("chunk_rows", [None, 7, 25])
-def test_chunked_first_step_equals_dense_gauss_newton(chunk_rows):
-    """The trial weights after initialisation equal a dense, full-batch transcription of the update."""
-    X, y, solver, _ = make_problem(n=50, hidden=(5, 4))
+@pytest.mark.parametrize("chunk_rows,alpha", [(None, 0.0), (7, 0.0), (25, 0.0), (7, 0.7), (None, 3.0)])
+def test_chunked_first_step_equals_dense_gauss_newton(chunk_rows, alpha):
+    """The trial weights after initialisation equal a dense, full-batch transcription of the update.
+
+    With α = 0 it is the unregularised Gauss-Newton step; with α > 0 the output
+    layer is the ridge solve with the bias spared and the hidden step descends
+    ``D − αW̃`` under K-FAC's factored damping of ``S ⊗ G / n + α I``.
+    """
+    from solvers.gauss_newton import STEP_RIDGE
+
+    X, y, solver, _ = make_problem(n=50, hidden=(5, 4), alpha=alpha)
     state = solver.initialize(InMemoryRunner(solver, X, y, chunk_rows))
-    # dense: W_L by ridge least squares on the random hidden layers, then brute-force S, D, G
     c, act = solver.config, ACTS["relu"]
     hidden = solver.initial_hidden()
     x = (X - solver.x_mean) / solver.x_scale
@@ -109,22 +116,54 @@ def test_chunked_first_step_equals_dense_gauss_newton(chunk_rows):
     a1 = np.hstack([a, np.ones((len(a), 1))])
     G = a1.T @ a1
     T = targets(y, 3, np.float64)
-    W_out = np.linalg.solve(G + c.ridge * np.mean(np.diag(G)) * np.eye(len(G)), a1.T @ T).T
+    # W_L: argmin Σ‖T − W ã‖² + (α + floor)‖W̃‖², floor = ridge · mean diagonal of the centred Gram
+    centred = a - a.mean(axis=0)
+    spare_bias = np.diag(np.r_[np.ones(a.shape[1]), 0.0])
+    floor = c.ridge * np.mean(np.sum(centred ** 2, axis=0))
+    W_out = np.linalg.solve(G + (alpha + floor) * spare_bias, a1.T @ T).T
     np.testing.assert_allclose(state.weights[-1], W_out, rtol=1e-8, atol=1e-10)
     sums = brute_force_sums(solver, [*hidden, W_out], X, y, act)
     x1 = np.hstack([x, np.ones((len(x), 1))])
+    n = len(X)
     for l, (S, D, G_in) in sums.items():
         G_in = x1.T @ x1 if l == 1 else G_in
+        W = hidden[l - 1]
+        if alpha:
+            D = D - alpha * np.column_stack([W[:, :-1], np.zeros(len(W))])
+            pi = np.sqrt(np.mean(np.diag(S)) / np.mean(np.diag(G_in)[:-1]))
+            S = S + pi * np.sqrt(alpha * n) * np.eye(len(S))
+            G_in = G_in + np.sqrt(alpha * n) / pi * np.eye(len(G_in))
         Sd = S + c.damping * np.mean(np.diag(S)) * np.eye(len(S))
-        Gd = G_in + c.ridge * np.mean(np.diag(G_in)) * np.eye(len(G_in))
-        expected = hidden[l - 1] + c.step_size * len(X) * np.linalg.solve(Sd, D) @ np.linalg.inv(Gd)
+        Gd = G_in + max(c.ridge, STEP_RIDGE) * np.mean(np.diag(G_in)) * np.eye(len(G_in))
+        expected = W + c.step_size * n * np.linalg.solve(Sd, D) @ np.linalg.inv(Gd)
         np.testing.assert_allclose(state.carry[f"T{l}"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_objective_includes_weight_decay(digits_0_vs_2):
+    """With a fixed α the LM test compares E + αΣ‖W̃‖², and that objective never rises."""
+    X, _, y, _ = digits_0_vs_2
+    alpha = 5.0
+    cfg = TrainConfig(solver="gauss-newton", hidden=(20,), step_size=4.0, damping=0.05, iterations=10,
+                      alpha=alpha, validation_fraction=0)
+    result = fit_in_memory(X, y, cfg, chunk_rows=100)
+    history, solver = result.history, result.solver
+    assert any(not h["accepted"] for h in history)
+    weights = result.loop_state.weights
+    decay = alpha * sum(np.sum(np.asarray(W)[:, :-1] ** 2) for W in weights)
+    n = len(X)
+    assert history[-1]["objective"] * n == pytest.approx(history[-1]["loss"] * n + decay, rel=1e-5)  # float32 passes
+    assert all(h["alpha"] == alpha for h in history)
+    for prev, h in zip(history, history[1:]):
+        assert h["accepted"] == (h["trial_loss"] <= prev["objective"])
+        assert h["objective"] <= prev["objective"] + 1e-12
+    assert solver.objective(0.0, weights, 0.0) == 0.0
 
 
 def test_levenberg_marquardt_never_accepts_a_rise_in_training_error(digits_0_vs_2):
     X, _, y, _ = digits_0_vs_2
     # a step 8x the default overshoots, so some trials must be rejected
-    cfg = TrainConfig(solver="gauss-newton", hidden=(20,), step_size=4.0, damping=0.05, iterations=12)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(20,), step_size=4.0, damping=0.05, iterations=12, alpha=0,
+                      validation_fraction=0)
     history = fit_in_memory(X, y, cfg, chunk_rows=100).history
     assert any(not h["accepted"] for h in history) and any(h["accepted"] for h in history)
     previous = None

@@ -71,3 +71,62 @@ def test_activation_update_float32_close_to_float64():
     a32 = op.astype(np.float32).apply(h.astype(np.float32), z_next.astype(np.float32))
     assert a32.dtype == np.float32
     np.testing.assert_allclose(a32, a64, rtol=1e-5, atol=1e-5)
+
+
+def _ridge_problem(seed=0, n=80, d=6, k=3):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, d)) * rng.uniform(0.2, 3, d) + rng.normal(size=d)
+    T = A @ rng.normal(size=(d, k)) + rng.normal(size=(n, k)) * 2 + 0.5
+    return A, T
+
+
+def _sums(A, T):
+    from solvers.linalg import cross_with_bias, gram_with_bias
+
+    return cross_with_bias(T, A), gram_with_bias(A), float(np.sum(T * T))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 10.0, 500.0])
+def test_ridge_path_equals_refitting_for_each_alpha(alpha):
+    """W(α) of the one-eigendecomposition path equals a Cholesky refit with α‖W̃‖² (bias spared) and its normal equations."""
+    from solvers.linalg import RidgePath, solve_weights
+
+    A, T = _ridge_problem()
+    C, G, _ = _sums(A, T)
+    W = RidgePath(C, G, ridge=0.0).weights(alpha)
+    np.testing.assert_allclose(W, solve_weights(C, G, 0.0, alpha=alpha), rtol=1e-8, atol=1e-10)
+    # gradient of Σ‖T − W ã‖² + α‖W̃‖² vanishes; the bias column is not penalised
+    A1 = np.hstack([A, np.ones((len(A), 1))])
+    grad = -2 * (T - A1 @ W.T).T @ A1 + 2 * alpha * np.column_stack([W[:, :-1], np.zeros(len(W))])
+    np.testing.assert_allclose(grad, 0, atol=1e-7 * np.abs(A1.T @ T).max())
+
+
+def test_free_validation_path_picks_the_alpha_a_refit_picks():
+    """alpha="auto": the held-out error from summed Grams equals each refit's residual on the held-out rows."""
+    from solvers.linalg import RidgePath, quadratic_error, solve_weights
+
+    A, T = _ridge_problem(n=120, d=30, k=2)
+    Atr, Ttr, Av, Tv = A[:60], T[:60], A[60:], T[60:]
+    path = RidgePath(*_sums(Atr, Ttr)[:2])
+    held = _sums(Av, Tv)
+    Av1 = np.hstack([Av, np.ones((len(Av), 1))])
+    errors = []
+    for alpha in path.grid():
+        W = solve_weights(*_sums(Atr, Ttr)[:2], 0.0, alpha=alpha)
+        direct = float(np.sum((Tv - Av1 @ W.T) ** 2))
+        assert quadratic_error(path.weights(alpha), *held) == pytest.approx(direct, rel=1e-7)
+        errors.append(direct)
+    alpha, W, crit = path.choose(float(np.sum(Ttr ** 2)), held)
+    assert alpha == pytest.approx(path.grid()[int(np.argmin(errors))])
+    assert crit == pytest.approx(min(errors), rel=1e-7)
+    assert alpha > 0  # 30 noisy features on 60 rows: the least-squares fit (α = 0) overfits
+
+
+def test_gcv_without_held_out_rows_prefers_some_shrinkage_on_noise():
+    from solvers.linalg import RidgePath
+
+    rng = np.random.default_rng(1)
+    A, T = rng.normal(size=(50, 30)), rng.normal(size=(50, 1))  # pure noise
+    C, G, tt = _sums(A, T)
+    alpha, _, _ = RidgePath(C, G).choose(tt)
+    assert alpha >= RidgePath(C, G).grid()[-3]

@@ -88,7 +88,7 @@ def test_bad_regression_data_one_clear_error(monkeypatch):
 @pytest.mark.parametrize("solver", ["admm", "gauss-newton"])
 def test_reference_fits_a_smooth_function(solver):
     X, y = make_regression()
-    cfg = TrainConfig(hidden=(64,), iterations=15, seed=0, task="regression", solver=solver)
+    cfg = TrainConfig(hidden=(64,), iterations=15, seed=0, task="regression", solver=solver, validation_fraction=0)
     r = fit_in_memory(X[:3000], y[:3000], cfg, chunk_rows=1000, X_test=X[3000:], y_test=y[3000:])
     assert r.history[-1]["test_r2"] == pytest.approx(sk_r2(y[3000:], r.network.predict(X[3000:])))
     assert r.history[-1]["test_r2"] >= 0.9 and r.history[-1]["train_r2"] >= 0.9
@@ -104,7 +104,8 @@ def test_pipeline_regression_matches_reference(client, tmp_path, solver, hidden,
     X, y = make_regression(n=3000)
     write_data(tmp_path / "d.zarr", X[:2500], y[:2500], chunk_rows=1024)
     write_data(tmp_path / "t.zarr", X[2500:], y[2500:])
-    cfg = TrainConfig(hidden=hidden, iterations=4, warm_start=2, init=init, seed=5, task="regression", solver=solver)
+    cfg = TrainConfig(hidden=hidden, iterations=4, warm_start=2, init=init, seed=5, task="regression", solver=solver,
+                      validation_fraction=0)
     lines = []
     result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", test_data=tmp_path / "t.zarr",
                    config=cfg, chunk_rows=512, report=lines.append)
