@@ -98,7 +98,9 @@ class ConsensusSolver(SolverBase):
         return float(c.consensus_rho) * float(c.rho_growth) ** (k - 1)
 
     def alpha(self) -> float:
-        return float(getattr(self.config, "alpha", 0.0) or 0.0)
+        """Return α of the consensus step; ``alpha="auto"`` is 0 here (no held-out rule for this solver yet)."""
+        alpha = getattr(self.config, "alpha", 0.0)
+        return 0.0 if alpha == "auto" else float(alpha or 0.0)
 
     def initialize(self, runner) -> LoopState:
         """Return He-scaled random weights (zero biases) as θ̄⁰; no pass is needed."""

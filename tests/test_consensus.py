@@ -103,7 +103,7 @@ def literal_adam_pass(X, t, weights, act, kind, seed, lr, batch, iteration=1, sh
 def test_one_shard_and_tiny_rho_is_one_epoch_of_plain_minibatch_adam(n_classes, activation):
     X, y = make_data(n=700, n_classes=n_classes)
     cfg = TrainConfig(solver="consensus", hidden=(8, 5), activation=activation, iterations=1, shards=1,
-                      consensus_rho=1e-12, batch_size=64, learning_rate=3e-3, seed=4)
+                      consensus_rho=1e-12, batch_size=64, learning_rate=3e-3, seed=4, validation_fraction=0)
     fit = fit_in_memory(X, y, cfg)
     s = fit.solver
     Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
@@ -118,7 +118,7 @@ def test_regression_one_shard_is_plain_adam_on_the_squared_loss():
     X = rng.normal(size=(500, 5)).astype(np.float32)
     y = X @ rng.normal(size=5) + 3.0
     cfg = TrainConfig(solver="consensus", task="regression", hidden=(6,), iterations=1, shards=1,
-                      consensus_rho=1e-12, batch_size=50, seed=1)
+                      consensus_rho=1e-12, batch_size=50, seed=1, validation_fraction=0)
     fit = fit_in_memory(X, y, cfg)
     s = fit.solver
     assert s.loss_kind == "squared"
@@ -266,8 +266,8 @@ def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
     from solvers.reference import chunk_bounds
     from solvers.losses import encode_labels
 
-    train_bounds, _ = validation_split(chunk_bounds(len(y), 250), 0.2, 1)
-    runner = InMemoryRunner(gn, X, encode_labels(y, fit.solver.classes), bounds=train_bounds)
+    train_bounds, held = validation_split(chunk_bounds(len(y), 250), 0.2, 1)
+    runner = InMemoryRunner(gn, X, encode_labels(y, fit.solver.classes), bounds=train_bounds, held_out=held)
     start = gn.initialize(runner, hidden=consensus_only.loop_state.weights[:-1])
     handed = fit_in_memory(X, y, TrainConfig(**HANDOVER, iterations=k + 1), chunk_rows=250)
     for W, W_ref in zip(handed.loop_state.weights, start.weights):

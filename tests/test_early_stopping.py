@@ -18,9 +18,11 @@ def test_split_holds_out_whole_chunks_reproducibly():
     assert validation_split(chunks, 0.0, seed=1) == (chunks, [])
 
 
-def test_split_refuses_too_few_chunks():
+def test_split_refuses_to_hold_out_everything_and_skips_too_few_chunks():
     with pytest.raises(InputError, match="smaller --chunk-rows"):
-        validation_split(chunk_bounds(100, 50), 0.1, seed=0)
+        validation_split(chunk_bounds(100, 25), 0.9, seed=0)
+    assert validation_split(chunk_bounds(100, 50), 0.1, seed=0) == (chunk_bounds(100, 50), [])  # < 4 chunks: off
+    assert len(validation_split(chunk_bounds(100, 20), 0.1, seed=0)[1]) == 1  # 5 chunks: at least one held out
 
 
 def test_default_chunks_are_fine_enough_for_the_fraction():
