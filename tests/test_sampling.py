@@ -45,8 +45,10 @@ def test_grow_needs_gauss_newton():
 
 def test_grow_schedule_reaches_all_rows_and_the_full_batch_result():
     X, y = make_data()
-    grow = fit_in_memory(X, y, TrainConfig(hidden=(32,), iterations=10, sample_start=2000), chunk_rows=1000)
-    full = fit_in_memory(X, y, TrainConfig(hidden=(32,), iterations=10, sample_schedule="full"), chunk_rows=1000)
+    grow = fit_in_memory(X, y, TrainConfig(hidden=(32,), iterations=10, sample_start=2000, validation_fraction=0),
+                         chunk_rows=1000)
+    full = fit_in_memory(X, y, TrainConfig(hidden=(32,), iterations=10, sample_schedule="full",
+                                           validation_fraction=0), chunk_rows=1000)
     rows = [h["sample_rows"] for h in grow.history]
     assert rows[0] < 24_000 and rows == sorted(rows) and rows[-1] == 24_000
     assert {h["sample_rows"] for h in full.history} == {24_000}
@@ -58,7 +60,7 @@ def test_grow_schedule_reaches_all_rows_and_the_full_batch_result():
 def test_pipeline_samples_like_the_reference(client, tmp_path):
     X, y = make_data()
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=1000)
-    cfg = TrainConfig(hidden=(16,), iterations=5, sample_start=3000, seed=2)
+    cfg = TrainConfig(hidden=(16,), iterations=5, sample_start=3000, seed=2, validation_fraction=0)
     result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=1000,
                    report=quiet)
     ref = fit_in_memory(X, y, cfg, chunk_rows=1000)
@@ -76,7 +78,7 @@ def test_resume_with_a_growing_sample_is_exact(client, tmp_path):
     """A run that dies after committing iteration 2 resumes on the same samples (kill -9: tests/test_resume.py)."""
     X, y = make_data()
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=1000)
-    cfg = TrainConfig(hidden=(16,), iterations=6, sample_start=2000)
+    cfg = TrainConfig(hidden=(16,), iterations=6, sample_start=2000, validation_fraction=0)
     whole = train(client, store=tmp_path / "a.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=1000,
                   report=quiet)
 
