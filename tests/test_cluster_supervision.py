@@ -367,8 +367,12 @@ def test_local_worker_too_small_for_its_chunk(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     lines = out.stderr.splitlines()
     print(f"local worker too small: exit {out.returncode} after {time.monotonic() - t0:.1f} s: {lines}")
-    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: workers ran out of memory")
-    assert "raise --memory-limit or lower --chunk-rows (now " in lines[0]
+    # refused up front when the estimate already says so (pipeline/train.py), else when the workers die
+    assert out.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(("error: --memory-limit 200MB is too small: one chunk task needs about",
+                                "error: workers ran out of memory"))
+    assert "working memory" in lines[0] or "chunk task needs" in lines[0]
+    assert "raise --memory-limit or lower --chunk-rows" in lines[0]
 
 
 def test_memory_limit_needs_worker_processes():
