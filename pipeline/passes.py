@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
-from solvers.loop import read_plan, shard_groups
+from solvers.loop import shard_groups
 from solvers.losses import encode_labels
 from solvers.tiling import chunk_bounds
 from solvers.stats import moment_sums
@@ -217,7 +217,7 @@ class DaskRunner:
     def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
         shared = broadcast((self.solver, kernel, params))
         fn = dask.delayed(chunk_task, pure=False)
-        plan = read_plan(read, self.solver.state_widths())
+        plan = read  # {array name: iteration} or None (solvers.loop.run_pass makes the dict)
         reads = None if plan is None else {name: slot_of(k) for name, k in plan.items()}
         write_slot = None if write is None else slot_of(write)
         bounds = self.bounds if chunks is None else [self.bounds[i] for i in chunks]  # a sample of the chunks

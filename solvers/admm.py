@@ -43,7 +43,7 @@ from solvers.conv import CGActivationUpdate, a_update_steps
 from solvers.linalg import ActivationUpdate, resolve_alpha, solve_weights
 from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
-from solvers.network import forward, standardize
+from solvers.network import forward
 from solvers.stats import StatsLayout
 from solvers.tiling import row_tiles
 
@@ -179,8 +179,6 @@ class ADMMSolver(SolverBase):
         }
 
     # -- chunk side (pure NumPy: one chunk in, one chunk out) ---------------------------
-    def _inputs(self, x_raw):
-        return standardize(x_raw, self.x_mean, self.x_scale, self.dtype)
 
     def _activations(self, x, z, ops):
         """Return a_0..a_{L−1}: a_0 = x, a_l from z_l, z_{l+1} by eq. 6."""
@@ -199,10 +197,7 @@ class ADMMSolver(SolverBase):
 
     def _summed(self, n: int, layout: StatsLayout, parts_of) -> np.ndarray:
         """Return the packed sums of ``parts_of(rows)`` over the row tiles of a chunk of ``n`` rows."""
-        total = np.zeros(layout.size)
-        for sl in row_tiles(n, self.tile_rows):
-            total += layout.pack(parts_of(sl))
-        return total
+        return self.tiled(layout, n, lambda sl, _: (None, parts_of(sl)))[1]
 
     def _grams_of_state(self, x, z, ops) -> np.ndarray:
         """Return the packed Grams of the next W-solve (and n) for a chunk's inputs and state z, tile by tile."""
@@ -220,7 +215,7 @@ class ADMMSolver(SolverBase):
         start row) so the state is independent of scheduling; the sums are the
         Grams of W⁰.
         """
-        x = self._inputs(x_raw)
+        x = self.inputs(x_raw)
         n = x.shape[0]
         z = [None] + [np.empty((n, w), self.dtype) for w in self.widths[1:]]
         if self.config.init == "forward":
@@ -247,24 +242,14 @@ class ADMMSolver(SolverBase):
 
     def grams_chunk(self, x_raw, y_idx, state, start_row: int, weights):
         """Return (None, sums of the Grams of W^{k+1} given the state z^k and W^k)."""
-        x = self._inputs(x_raw)
+        x = self.inputs(x_raw)
         z = [None] + [state[f"z{l}"] for l in range(1, self.L + 1)]
         return None, self._grams_of_state(x, z, self.operators(weights))
 
     def step_chunk(self, x_raw, y, state, start_row: int, p: StepParams):
         """Return (z^k, λ^k) and the sums of one chunk for iteration k (one Algorithm 1 sweep)."""
-        n = x_raw.shape[0]
-        new = {name: np.empty((n, w), self.dtype) for name, w in self.state_widths().items()}
-        layout = self.layout(False)
-        total = np.zeros(layout.size)
-        with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
-            for sl in row_tiles(n, self.tile_rows):
-                tile_state = {k: v[sl] for k, v in state.items()}
-                out, sums = self._step_tile(self._inputs(x_raw[sl]), y[sl], tile_state, p)
-                for k, v in out.items():
-                    new[k][sl] = v
-                total += layout.pack(sums)
-        return new, total
+        return self.tiled(self.layout(False), x_raw.shape[0],
+                          lambda sl, tile_state: self._step_tile(self.inputs(x_raw[sl]), y[sl], tile_state, p), state)
 
     def _step_tile(self, x, y, state, p: StepParams):
         c, act, L = self.config, self.act, self.L

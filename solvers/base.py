@@ -1,4 +1,11 @@
-"""What every solver shares: the layers, widths and task of a run, He initialisation, row tiles, the network."""
+"""What every solver shares: the layers, widths and task of a run, He initialisation, the chunk plumbing, the network.
+
+A chunk kernel standardises its raw rows (:meth:`SolverBase.inputs`), walks
+them in row tiles (:meth:`SolverBase.tiled`: new state written tile by tile,
+each tile's sums packed and added in order, overflow left to show as
+non-finite sums) and takes the weights cast to the solver's dtype
+(:meth:`SolverBase.cast`).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +13,8 @@ import numpy as np
 from solvers.activations import ACTIVATIONS
 from solvers.config import TrainConfig
 from solvers.layers import build_layers
-from solvers.tiling import tile_rows
-from solvers.network import Network
+from solvers.network import Network, standardize
+from solvers.tiling import row_tiles, tile_rows
 from solvers.tasks import make_task
 
 
@@ -42,6 +49,34 @@ class SolverBase:
         return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
                        self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale,
                        self.layers)
+
+    def cast(self, weights) -> tuple:
+        """Return the weights ``W_1..`` in the solver's dtype, as the chunk kernels take them."""
+        return tuple(np.asarray(W, self.dtype) for W in weights)
+
+    def inputs(self, x_raw):
+        """Return raw rows standardised: ``(x − x̄) / s`` in the solver's dtype."""
+        return standardize(x_raw, self.x_mean, self.x_scale, self.dtype)
+
+    def tiled(self, layout, n: int, tile_fn, state=None):
+        """Return (new state, packed sums) of ``tile_fn(rows, tile_state) -> (new tile state or None, sums)``.
+
+        ``tile_fn`` runs on the row tiles of a chunk of ``n`` rows, in order;
+        ``tile_state`` holds those rows of ``state`` (None without one). The
+        new state arrays are assembled from the tiles; the sums are packed by
+        ``layout`` and added tile after tile. Overflow is not raised here: it
+        shows as non-finite sums, which the loop reports.
+        """
+        new, total = {}, np.zeros(layout.size)
+        with np.errstate(all="ignore"):
+            for sl in row_tiles(n, self.tile_rows):
+                out, sums = tile_fn(sl, None if state is None else {k: v[sl] for k, v in state.items()})
+                for name, v in (out or {}).items():
+                    if name not in new:
+                        new[name] = np.empty((n, v.shape[1]), self.dtype)
+                    new[name][sl] = v
+                total += layout.pack(sums)
+        return new, total
 
     def he_weights(self, layers: int) -> list:
         """Return He-scaled random ``W_1..W_layers`` with zero biases, seeded by ``config.seed``."""

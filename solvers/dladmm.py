@@ -84,9 +84,8 @@ from solvers.errors import InputError, NumericalError
 from solvers.linalg import affine, cross_with_bias, gram_with_bias, resolve_alpha
 from solvers.loop import LoopState, run_pass
 from solvers.losses import LOSSES
-from solvers.network import forward, standardize
+from solvers.network import forward
 from solvers.stats import StatsLayout
-from solvers.tiling import row_tiles
 
 THETA0 = 1.0            # first backtracking trial of iteration 1 (the paper's code starts at 1)
 BACKTRACK_GROWTH = 2.0  # θ ← 2θ after a rejected trial
@@ -225,7 +224,7 @@ class DLADMMSolver(SolverBase):
         stored ``z_L`` is already ``z_L^{½}`` of iteration 1's backward sweep.
         """
         w0 = self.initial_weights()
-        sums = run_pass(runner, self.layout("init_chunk"), "init_chunk", self._cast(w0), 0, write=0)
+        sums = run_pass(runner, self.layout("init_chunk"), "init_chunk", self.cast(w0), 0, write=0)
         carry = {"input_gram": sums["gram1"], "crossz": sums["crossz"], "crossu": sums["crossu"]}
         carry.update({f"gram{l}": sums[f"gram{l}"] for l in range(2, self.L + 1)})
         for l in range(1, self.L + 1):
@@ -264,7 +263,7 @@ class DLADMMSolver(SolverBase):
         W[L - 1] = self._layer(L, W[L - 1], cross[L], grams[L], carry, backward=False)
         # O: z_L^k, the dual step, the objective; z_L^{k+½} and its sums for the next backward sweep
         reads = {"u": k - 1, **({f"a{L - 1}": k} if L > 1 else {})}
-        sums = run_pass(runner, self.layout("output_chunk"), "output_chunk", self._cast(W), k, read=reads, write=k)
+        sums = run_pass(runner, self.layout("output_chunk"), "output_chunk", self.cast(W), k, read=reads, write=k)
         carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
         return LoopState(k, W, carry), self.metrics(sums, penalty)
 
@@ -298,9 +297,6 @@ class DLADMMSolver(SolverBase):
             reads[f"zh{l + 1}"] = k
         return reads
 
-    def _cast(self, weights) -> tuple:
-        return tuple(np.asarray(W, self.dtype) for W in weights)
-
     def initial_weights(self) -> list:
         """Return He-scaled random W⁰ with zero biases (seeded by ``config.seed``)."""
         return self.he_weights(self.L)
@@ -318,21 +314,8 @@ class DLADMMSolver(SolverBase):
     # -- chunk side (pure NumPy: one chunk in, one chunk out) ---------------------------
     def _tiled(self, kernel: str, layer: int, x_raw, y, state, tile_fn):
         """Run ``tile_fn(x_raw, y, state)`` on row tiles; return (concatenated new state, summed stats)."""
-        n = x_raw.shape[0]
-        layout = self.layout(kernel, layer)
-        new, total = {}, np.zeros(layout.size)
-        with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
-            for sl in row_tiles(n):
-                out, sums = tile_fn(x_raw[sl], y[sl], None if state is None else {k: v[sl] for k, v in state.items()})
-                for name, v in out.items():
-                    if name not in new:
-                        new[name] = np.empty((n, v.shape[1]), self.dtype)
-                    new[name][sl] = v
-                total += layout.pack(sums)
-        return new, total
-
-    def _x(self, x_raw):
-        return standardize(x_raw, self.x_mean, self.x_scale, self.dtype)
+        return self.tiled(self.layout(kernel, layer), x_raw.shape[0],
+                          lambda sl, tile_state: tile_fn(x_raw[sl], y[sl], tile_state), state)
 
     def _z_output(self, t, u, m):
         """Return ``argmin_z ℓ(z, t) + u z + ρ/2 (z − m)²`` entrywise (the z_L-update)."""
@@ -349,7 +332,7 @@ class DLADMMSolver(SolverBase):
         L = self.L
 
         def tile(x_raw, y, _):
-            a, out, sums = self._x(x_raw), {}, {"n": x_raw.shape[0]}
+            a, out, sums = self.inputs(x_raw), {}, {"n": x_raw.shape[0]}
             for l in range(1, L):
                 sums[f"gram{l}"] = gram_with_bias(a)
                 out[f"z{l}"] = affine(a, weights[l - 1])
@@ -369,7 +352,7 @@ class DLADMMSolver(SolverBase):
         kappa = self._kappa(l + 1)
 
         def tile(x_raw, y, s):
-            a_prev = self._x(x_raw) if l == 1 else s[f"a{l - 1}"]
+            a_prev = self.inputs(x_raw) if l == 1 else s[f"a{l - 1}"]
             a_half = activation_step(s[f"a{l}"], self.act.h(s[f"z{l}"]), self._target(l + 1, s), p.W_next,
                                      kappa, self.nu, p.tau)
             z_half = self.act.z_update(a_half, affine(a_prev, p.W), self.nu, self.nu)
@@ -385,7 +368,7 @@ class DLADMMSolver(SolverBase):
         kappa = self._kappa(l + 1)
 
         def tile(x_raw, y, s):
-            a_prev = self._x(x_raw) if l == 1 else s[f"a{l - 1}"]
+            a_prev = self.inputs(x_raw) if l == 1 else s[f"a{l - 1}"]
             target = self._target(l + 1, s)
             a_half = activation_step(s[f"a{l}"], self.act.h(s[f"z{l}"]), target, p.W_next, kappa, self.nu, p.tau)
             m = affine(a_prev, p.W)
@@ -407,7 +390,7 @@ class DLADMMSolver(SolverBase):
         L = self.L
 
         def tile(x_raw, y, s):
-            x = self._x(x_raw)
+            x = self.inputs(x_raw)
             a = x if L == 1 else s[f"a{L - 1}"]
             t = self.task.targets(y, self.dtype)
             m = affine(a, weights[L - 1])

@@ -134,7 +134,8 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         try:
             state = solver.resume(runner, resume, changed)
         except NumericalError as exc:
-            raise NumericalError(f"iteration {k + 1}: {exc}; iteration {k} is still the committed one") from None
+            raise NumericalError(f"iteration {k + 1}: {exc}; iteration {k} is still the committed one",
+                                 iteration=k + 1) from None
         if changed:
             report("changed " + ", ".join(f"{name}={getattr(config, name)}" for name in sorted(changed))
                    + f"; the client state of iteration {k} was brought up to date")

@@ -11,4 +11,11 @@ class InputError(ValueError):
 
 
 class NumericalError(InputError):
-    """Training produced non-finite numbers (NaN or inf); change γ/β or the data scaling."""
+    """Training produced non-finite numbers (NaN or inf); change γ/β or the data scaling.
+
+    ``iteration`` is the training iteration it happened in, when known.
+    """
+
+    def __init__(self, message: str, iteration: int | None = None):
+        super().__init__(message)
+        self.iteration = iteration

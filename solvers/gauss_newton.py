@@ -53,9 +53,7 @@ from solvers.errors import InputError
 from solvers.linalg import (RidgePath, affine, cross_with_bias, gram_with_bias, penalty, quadratic_error,
                             solve_weights, times)
 from solvers.loop import LoopState, run_pass, run_pass_held_out
-from solvers.network import standardize
 from solvers.stats import StatsLayout
-from solvers.tiling import row_tiles
 
 DAMPING_FLOOR = 1e-2  # λ never drops below this (relative to the mean curvature s̄)
 DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
@@ -228,7 +226,7 @@ class GaussNewtonSolver(SolverBase):
         objective the next trial must beat is the accepted weights' on the new sample.
         """
         layout = self.curvature_layout(input_gram=new_sample)
-        curv = run_pass(runner, layout, "curvature_chunk", CurvatureParams(self._cast(weights), new_sample), k,
+        curv = run_pass(runner, layout, "curvature_chunk", CurvatureParams(self.cast(weights), new_sample), k,
                         **sample)
         out = {}
         if new_sample:
@@ -293,11 +291,8 @@ class GaussNewtonSolver(SolverBase):
             c[f"T{l}"] = W
         return state
 
-    def _cast(self, weights) -> tuple:
-        return tuple(np.asarray(W, self.dtype) for W in weights)
-
     def _forward_params(self, hidden, input_gram: bool) -> ForwardParams:
-        return ForwardParams(self._cast(hidden), input_gram)
+        return ForwardParams(self.cast(hidden), input_gram)
 
     # -- chunk side (pure NumPy: one chunk in, sums out) --------------------------------
     def _hidden_forward(self, x, hidden):
@@ -310,48 +305,46 @@ class GaussNewtonSolver(SolverBase):
 
     def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams):
         """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ ã_0 ã_0ᵀ if asked)."""
-        L, layout = self.L, self.forward_layout(p.input_gram)
-        total = np.zeros(layout.size)
-        with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
-            for sl in row_tiles(x_raw.shape[0]):
-                x = standardize(x_raw[sl], self.x_mean, self.x_scale, self.dtype)
-                a, _ = self._hidden_forward(x, p.hidden)
-                t = self.task.targets(y[sl], self.dtype)
-                parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
-                         f"gram{L}": gram_with_bias(a[L - 1]), f"cross{L}": cross_with_bias(t, a[L - 1])}
-                if p.input_gram and L > 1:
-                    parts["gram1"] = gram_with_bias(x)
-                total += layout.pack(parts)
-        return None, total
+        L = self.L
+
+        def tile(sl, _):
+            x = self.inputs(x_raw[sl])
+            a, _ = self._hidden_forward(x, p.hidden)
+            t = self.task.targets(y[sl], self.dtype)
+            parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
+                     f"gram{L}": gram_with_bias(a[L - 1]), f"cross{L}": cross_with_bias(t, a[L - 1])}
+            if p.input_gram and L > 1:
+                parts["gram1"] = gram_with_bias(x)
+            return None, parts
+        return None, self.tiled(self.forward_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
     def curvature_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams):
         """Return (None, pass B sums): S_l (Σ MᵀM for the last hidden layer), D_l, G_{l−1}, score, error."""
         if not isinstance(p, CurvatureParams):  # the weights alone: no input Gram
             p = CurvatureParams(tuple(p))
-        L, layout, weights = self.L, self.curvature_layout(p.input_gram), p.weights
-        total = np.zeros(layout.size)
+        L, weights = self.L, p.weights
         Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
-        with np.errstate(all="ignore"):
-            for sl in row_tiles(x_raw.shape[0]):
-                x = standardize(x_raw[sl], self.x_mean, self.x_scale, self.dtype)
-                a, z = self._hidden_forward(x, weights[:-1])
-                out = affine(a[L - 1], weights[-1])
-                t = self.task.targets(y[sl], self.dtype)
-                r = t - out
-                parts = {"n": x.shape[0], "loss": float(np.sum(r * r, dtype=np.float64)),
-                         **self.task.score_parts(out, y[sl])}
-                M = [None] + [self.act.dh(z[l]) for l in range(1, L)]
-                delta = r
-                for l in range(L - 1, 0, -1):
-                    delta = M[l] * times(delta, Wt[l + 1])
-                    parts[f"grad{l}"] = cross_with_bias(delta, a[l - 1])
-                    if l > 1 or p.input_gram:
-                        parts[f"gram{l}"] = gram_with_bias(a[l - 1])
-                if L > 1:
-                    parts[f"curv{L - 1}"] = (M[L - 1].T @ M[L - 1]).astype(np.float64)
-                    self._deep_curvatures(M, Wt, parts)
-                total += layout.pack(parts)
-        return None, total
+
+        def tile(sl, _):
+            x = self.inputs(x_raw[sl])
+            a, z = self._hidden_forward(x, weights[:-1])
+            out = affine(a[L - 1], weights[-1])
+            t = self.task.targets(y[sl], self.dtype)
+            r = t - out
+            parts = {"n": x.shape[0], "loss": float(np.sum(r * r, dtype=np.float64)),
+                     **self.task.score_parts(out, y[sl])}
+            M = [None] + [self.act.dh(z[l]) for l in range(1, L)]
+            delta = r
+            for l in range(L - 1, 0, -1):
+                delta = M[l] * times(delta, Wt[l + 1])
+                parts[f"grad{l}"] = cross_with_bias(delta, a[l - 1])
+                if l > 1 or p.input_gram:
+                    parts[f"gram{l}"] = gram_with_bias(a[l - 1])
+            if L > 1:
+                parts[f"curv{L - 1}"] = (M[L - 1].T @ M[L - 1]).astype(np.float64)
+                self._deep_curvatures(M, Wt, parts)
+            return None, parts
+        return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
     def _deep_curvatures(self, M, Wt, parts: dict) -> None:
         """Add S_l = Σ_k J_{k,l}ᵀ J_{k,l} for the layers below the last hidden one (one backprop per output)."""

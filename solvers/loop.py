@@ -19,7 +19,7 @@ from solvers.errors import InputError, NumericalError
 class PassRunner(Protocol):
     """Runs one pass of a solver's chunk kernel over all sample chunks."""
 
-    def run(self, kernel: str, params, *, read: int | None = None, write: int | None = None,
+    def run(self, kernel: str, params, *, read: dict | None = None, write: int | None = None,
             held_out: bool = False):
         """Run ``solver.<kernel>(x, y, state, start_row, params)`` on every chunk; return the summed stats.
 
@@ -27,9 +27,10 @@ class PassRunner(Protocol):
         the held-out (early-stopping) chunks in the same pass, and the result
         is the pair (training sums, held-out sums; None when nothing is held out).
 
-        ``state`` holds the chunk's rows of the per-sample state of iteration
-        ``read`` (None: no state is read; a dict ``{array name: iteration}``
-        reads those arrays from those iterations); the kernel returns
+        ``state`` holds the chunk's rows of the per-sample state arrays
+        ``read`` names, each of the iteration it maps to (``{array name:
+        iteration}``; None: no state is read; :func:`run_pass` turns a
+        solver's plain iteration into that dict); the kernel returns
         ``(new_state, sums)`` and ``new_state`` is stored as the state of
         iteration ``write`` (None: nothing is written). Runners keep two
         slots, so only iterations k−1 and k are ever held. A pass must not
@@ -83,8 +84,7 @@ def check_finite(sums: dict, iteration: int, hint: str = DIVERGENCE_HINT) -> dic
             where = f"layer {layer} ({name})" if layer is not None else name
             raise NumericalError(
                 f"non-finite values (NaN/inf) in {where} at iteration {iteration}; the last committed "
-                f"iteration is intact: resume with {hint}"
-            )
+                f"iteration is intact: resume with {hint}", iteration=iteration)
     return sums
 
 
@@ -96,8 +96,15 @@ def read_plan(read, names) -> dict | None:
 
 
 def run_pass(runner: PassRunner, layout, kernel: str, params, iteration: int, **slots) -> dict:
-    """Run one pass and return its sums unpacked by ``layout`` and checked to be finite."""
-    hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
+    """Run one pass and return its sums unpacked by ``layout`` and checked to be finite.
+
+    ``read`` may be one iteration for every state array or ``{array name: iteration}``;
+    the runner always gets the dict (:func:`read_plan`).
+    """
+    solver = getattr(runner, "solver", None)
+    if slots.get("read") is not None:
+        slots["read"] = read_plan(slots["read"], solver.state_widths())
+    hint = getattr(solver, "divergence_hint", DIVERGENCE_HINT)
     return check_finite(layout.unpack(runner.run(kernel, params, **slots)), iteration, hint)
 
 
@@ -139,6 +146,7 @@ def iterate(solver, runner: PassRunner, state: LoopState, until: int) -> Iterato
         try:
             state, metrics = solver.advance(runner, state)
         except NumericalError as exc:
-            msg = str(exc)
-            raise NumericalError(msg if f"iteration {k}" in msg else f"iteration {k}: {msg}") from None
+            if exc.iteration is not None:
+                raise
+            raise NumericalError(f"iteration {k}: {exc}", iteration=k) from None
         yield state, metrics

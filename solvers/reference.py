@@ -15,7 +15,7 @@ from solvers import SOLVERS, make_solver
 from solvers.config import TrainConfig
 from solvers.driver import drive, model_from_moments, split_chunks
 from solvers.errors import InputError
-from solvers.loop import read_plan, shard_groups
+from solvers.loop import shard_groups
 from solvers.losses import encode_labels
 from solvers.network import Network
 from solvers.stats import moment_sums
@@ -63,7 +63,7 @@ class InMemoryRunner:
             for start, x, y in self.held_out:
                 held = fn(x, y, None, start, params)[1] + (0.0 if held is None else held)
             return self.run(kernel, params, read=read, write=write, chunks=chunks), held
-        plan = read_plan(read, self.solver.state_widths())
+        plan = read  # {array name: iteration} or None (run_pass makes the dict)
         total = 0.0
         for i, ((start, _), x, y) in enumerate(zip(self.bounds, self.x, self.y)):
             if chunks is not None and i not in chunks:

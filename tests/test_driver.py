@@ -96,3 +96,29 @@ def test_drive_does_not_go_on_after_a_stop_without_changes():
                   history=first.history, stopped_early=True, report=lines.append)
     assert keeper.calls == [] and again.history == first.history
     assert "stopped early" in lines[-1]
+
+
+def test_runners_get_reads_as_a_dict_and_errors_carry_their_iteration():
+    """Every solver's passes reach the runner with ``read`` None or ``{array: iteration}``; a NaN names its iteration."""
+    from solvers.errors import NumericalError
+    from solvers.loop import initialize, iterate
+
+    class Checking(InMemoryRunner):
+        def run(self, kernel, params, *, read=None, write=None):
+            assert read is None or isinstance(read, dict), (kernel, read)
+            return super().run(kernel, params, read=read, write=write)
+
+    for solver_name in ("admm", "dladmm", "gauss-newton"):
+        config = TrainConfig(hidden=(5,), iterations=2, solver=solver_name)
+        X, y, solver, runner, _ = _setup(config)
+        checking = Checking(solver, X, np.concatenate(runner.y), bounds=runner.bounds)
+        state = initialize(solver, checking)
+        assert [s.iteration for s, _ in iterate(solver, checking, state, 2)] == [1, 2]
+
+    config = TrainConfig(hidden=(5,), iterations=3, solver="admm")
+    X, y, solver, runner, _ = _setup(config)
+    state = initialize(solver, runner)
+    runner.x = [np.full_like(x, np.inf) for x in runner.x]  # the next pass overflows
+    with pytest.raises(NumericalError) as info:
+        list(iterate(solver, runner, state, 3))
+    assert info.value.iteration == 1 and "iteration 1" in str(info.value)
