@@ -104,14 +104,14 @@ def test_runners_get_reads_as_a_dict_and_errors_carry_their_iteration():
     from solvers.loop import initialize, iterate
 
     class Checking(InMemoryRunner):
-        def run(self, kernel, params, *, read=None, write=None):
+        def run(self, kernel, params, *, read=None, **kwargs):
             assert read is None or isinstance(read, dict), (kernel, read)
-            return super().run(kernel, params, read=read, write=write)
+            return super().run(kernel, params, read=read, **kwargs)
 
     for solver_name in ("admm", "dladmm", "gauss-newton"):
         config = TrainConfig(hidden=(5,), iterations=2, solver=solver_name)
         X, y, solver, runner, _ = _setup(config)
-        checking = Checking(solver, X, np.concatenate(runner.y), bounds=runner.bounds)
+        checking = Checking(solver, X, np.searchsorted(solver.classes, y), bounds=runner.bounds)
         state = initialize(solver, checking)
         assert [s.iteration for s, _ in iterate(solver, checking, state, 2)] == [1, 2]
 
