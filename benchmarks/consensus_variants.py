@@ -52,7 +52,9 @@ def load(task: str, n: int | None, seed: int):
         from storage.data import open_data
 
         n = n or 1_000_000
-        cache = Path("/work/bench")
+        from benchmarks.compare import _default_cache
+
+        cache = _default_cache()
         train, test = cache / f"higgs-{n}-seed{seed}.zarr", cache / f"higgs-test-200000-seed{seed}.zarr"
         if not (train.exists() and test.exists()):
             higgs_like.main(["--n", str(n), "--out", str(train), "--test-n", "200000", "--test-out", str(test),

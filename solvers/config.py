@@ -182,7 +182,7 @@ class TrainConfig:
                                 group="consensus")
     batch_size: int = setting(200, "minibatch rows of the shards' Adam", resumable=True, solvers=CONSENSUS,
                               group="consensus")
-    learning_rate: float = setting(1e-3, "Adam's step size", resumable=True, solvers=CONSENSUS, group="consensus")
+    learning_rate: float = setting(2e-3, "Adam's step size", resumable=True, solvers=CONSENSUS, group="consensus")
     handover_gain: float = setting(0.002, "consensus,gauss-newton: hand over to Gauss-Newton once a pass gains less "
                                    "than this in held-out (else training) score", resumable=True,
                                    solvers=(HANDOVER,), group="consensus")

@@ -123,7 +123,7 @@ def test_regression_one_shard_is_plain_adam_on_the_squared_loss():
     s = fit.solver
     assert s.loss_kind == "squared"
     Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
-    want = literal_adam_pass(Xs, s.task.targets(y, np.float32), s.he_weights(s.L), s.act, "squared", 1, 1e-3, 50)
+    want = literal_adam_pass(Xs, s.task.targets(y, np.float32), s.he_weights(s.L), s.act, "squared", 1, cfg.learning_rate, 50)
     for W, W_ref in zip(fit.loop_state.weights, want):
         np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
     more = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 30, "learning_rate": 1e-2}))
