@@ -85,6 +85,9 @@ class _ZarrChunks:
     def read(self, i):
         return _read_xy(self.data, *self.bounds[i], self.classes)
 
+    def n_rows(self):
+        return sum(b - a for a, b in self.bounds)
+
 
 def _read_shard_state(run: str, slot: int, names, shard: int) -> dict:
     return {name: read_rows(run, shard_state_path(slot, name), shard, shard + 1)[0] for name in names}

@@ -178,8 +178,8 @@ class TrainConfig:
                                    solvers=CONSENSUS, group="consensus")
     rho_growth: float = setting(1.0, "ρ is multiplied by this after every pass", resumable=True, solvers=CONSENSUS,
                                 group="consensus")
-    local_epochs: int = setting(1, "Adam epochs over its shard per pass", resumable=True, solvers=CONSENSUS,
-                                group="consensus")
+    local_epochs: int = setting(0, "Adam epochs over its shard per pass", resumable=True, solvers=CONSENSUS,
+                                group="consensus", default_text="0: enough for 100 minibatch steps, at least 1")
     batch_size: int = setting(200, "minibatch rows of the shards' Adam", resumable=True, solvers=CONSENSUS,
                               group="consensus")
     learning_rate: float = setting(2e-3, "Adam's step size", resumable=True, solvers=CONSENSUS, group="consensus")
@@ -214,9 +214,10 @@ class TrainConfig:
             problems.append(f"consensus {self.consensus!r} is not one of {list(CONSENSUS_VARIANTS)}")
         if not (0 <= self.handover_gain < float("inf")):
             problems.append(f"handover_gain must be >= 0, got {self.handover_gain!r}")
-        for name in ("local_epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.local_epochs < 0:
+            problems.append(f"local_epochs must be >= 0 (0: auto), got {self.local_epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.cg_steps is not None and self.cg_steps < 0:
             problems.append(f"cg_steps must be >= 0 (0: exact), got {self.cg_steps}")
         if any(h <= 0 for h in self.hidden):

@@ -37,6 +37,8 @@ from solvers.loop import LoopState, run_shard_pass
 from solvers.network import standardize
 from solvers.stats import StatsLayout
 
+AUTO_STEPS = 100  # local_epochs 0: at least this many minibatch steps per shard and pass (small data)
+
 
 @dataclass(frozen=True)
 class ShardParams:
@@ -131,11 +133,18 @@ class ConsensusSolver(SolverBase):
         """Return ``state``: a changed ρ rescales the duals in the next shard pass (the carry holds the last ρ)."""
         return state
 
+    def local_epochs(self, rows: int) -> int:
+        """Return the Adam epochs of a shard of ``rows`` rows: ``local_epochs``, or if 0 enough for 100 steps."""
+        c = self.config
+        if c.local_epochs:
+            return int(c.local_epochs)
+        return max(1, -(-AUTO_STEPS * int(c.batch_size) // max(1, int(rows))))
+
     # -- shard side (pure NumPy: the shard's chunks in, its state and sums out) -------------
     def shard_kernel(self, chunks, state, shard: int, p: ShardParams):
         """Run ``local_epochs`` epochs of minibatch Adam on ``f_s + ρ/2‖θ − θ̄ + u_s‖²`` from θ̄ over the shard.
 
-        ``chunks`` has ``len(chunks)`` chunks and ``chunks.read(i) -> (x_raw, y)``;
+        ``chunks`` has ``len(chunks)`` chunks, ``chunks.n_rows()`` rows and ``chunks.read(i) -> (x_raw, y)``;
         ``state`` is the shard's per-shard state of the last pass (None on the first).
         Returns (new per-shard state, sums of :meth:`shard_layout`).
         """
@@ -154,9 +163,10 @@ class ConsensusSolver(SolverBase):
         grad, prox = np.empty(P, dt), np.empty(P, dt)
         n, loss, parts = 0, 0.0, {}
         B = int(c.batch_size)
+        epochs = self.local_epochs(chunks.n_rows())
         with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
-            for epoch in range(int(c.local_epochs)):
-                last = epoch == c.local_epochs - 1
+            for epoch in range(epochs):
+                last = epoch == epochs - 1
                 for i in range(len(chunks)):
                     x_raw, y = chunks.read(i)
                     order = rng.permutation(len(y))

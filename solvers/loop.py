@@ -43,7 +43,7 @@ class PassRunner(Protocol):
 
         A shard is a fixed group of consecutive training chunks
         (:func:`shard_groups` of ``solver.config.shards``); ``chunks`` gives
-        ``len(chunks)`` and ``chunks.read(i) -> (x, y)``, read when asked.
+        ``len(chunks)``, ``chunks.n_rows()`` and ``chunks.read(i) -> (x, y)``, read when asked.
         ``state`` is the shard's per-shard state (``solver.shard_state_widths()``)
         of iteration ``read`` (None: not read); the kernel's new state is
         stored as iteration ``write``'s, in the other of two slots, so a

@@ -105,6 +105,9 @@ class _Chunks:
     def read(self, i):
         return self.xs[i], self.ys[i]
 
+    def n_rows(self):
+        return sum(len(y) for y in self.ys)
+
 
 @dataclass
 class FitResult:

@@ -103,7 +103,7 @@ def literal_adam_pass(X, t, weights, act, kind, seed, lr, batch, iteration=1, sh
 def test_one_shard_and_tiny_rho_is_one_epoch_of_plain_minibatch_adam(n_classes, activation):
     X, y = make_data(n=700, n_classes=n_classes)
     cfg = TrainConfig(solver="consensus", hidden=(8, 5), activation=activation, iterations=1, shards=1,
-                      consensus_rho=1e-12, batch_size=64, learning_rate=3e-3, seed=4, validation_fraction=0)
+                      consensus_rho=1e-12, batch_size=64, learning_rate=3e-3, seed=4, validation_fraction=0, local_epochs=1)
     fit = fit_in_memory(X, y, cfg)
     s = fit.solver
     Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
@@ -118,7 +118,7 @@ def test_regression_one_shard_is_plain_adam_on_the_squared_loss():
     X = rng.normal(size=(500, 5)).astype(np.float32)
     y = X @ rng.normal(size=5) + 3.0
     cfg = TrainConfig(solver="consensus", task="regression", hidden=(6,), iterations=1, shards=1,
-                      consensus_rho=1e-12, batch_size=50, seed=1, validation_fraction=0)
+                      consensus_rho=1e-12, batch_size=50, seed=1, validation_fraction=0, local_epochs=1)
     fit = fit_in_memory(X, y, cfg)
     s = fit.solver
     assert s.loss_kind == "squared"
@@ -140,6 +140,14 @@ def test_consensus_learns_with_several_shards_and_both_variants():
         assert [h["rho"] for h in fit.history][:3] == pytest.approx([1e-2, 1.5e-2, 2.25e-2])
 
 
+def test_auto_local_epochs_give_small_shards_enough_steps():
+    s = make_solver(TrainConfig(solver="consensus", batch_size=200), 4, x_mean=np.zeros(4), x_scale=np.ones(4),
+                    classes=np.arange(2))
+    assert s.local_epochs(30_000) == 1 and s.local_epochs(20_000) == 1 and s.local_epochs(630) == 32
+    s.config = TrainConfig(solver="consensus", local_epochs=3)
+    assert s.local_epochs(630) == 3
+
+
 def test_shards_are_consecutive_chunk_groups():
     assert shard_groups(5, 2) == [[0, 1, 2], [3, 4]]
     assert shard_groups(3, 3) == [[0], [1], [2]]
@@ -152,6 +160,8 @@ def test_bad_consensus_settings_are_refused():
         TrainConfig(shards=-1)
     with pytest.raises(InputError, match="consensus 'x' is not one of"):
         TrainConfig(consensus="x")
+    with pytest.raises(InputError, match="local_epochs must be >= 0"):
+        TrainConfig(local_epochs=-1)
     with pytest.raises(InputError, match="batch_size must be >= 1"):
         TrainConfig(batch_size=0)
     with pytest.raises(InputError, match="consensus_rho must be a positive"):
