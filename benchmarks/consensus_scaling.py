@@ -137,6 +137,9 @@ def main(argv=None) -> int:
     p.add_argument("--test", default=str(cache / "higgs-test-200000-seed0.zarr"))
     p.add_argument("--shards", default="1,2,8,32,128,512")
     p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--accuracy-json", default=None,
+                   help="read the accuracy-by-shards table from this file if it exists, else measure and write it")
+    p.add_argument("--only-accuracy", action="store_true", help="measure the accuracy by shards and stop")
     p.add_argument("--dask-costs", default=str(ROOT / "benchmarks" / "results" / "scaling_model.json"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "consensus_scaling"))
     args = p.parse_args(argv)
@@ -144,6 +147,19 @@ def main(argv=None) -> int:
 
     tr, te = open_data(args.data), open_data(args.test)
     X, y, Xte, yte = tr.X[...], tr.y[...], te.X[...], te.y[...]
+    shards = [int(s) for s in args.shards.split(",")]
+    saved = Path(args.accuracy_json) if args.accuracy_json else None
+    if saved is not None and saved.exists():
+        acc = {int(k): v for k, v in json.loads(saved.read_text())["accuracy_by_shards"].items()}
+    else:
+        print("accuracy by shards ...", flush=True)
+        with CpuWatch() as cpu:
+            acc = accuracy_by_shards(X, y, Xte, yte, shards, args.passes)
+        if saved is not None:
+            saved.write_text(json.dumps({"accuracy_by_shards": acc, "other_cpu_seconds": cpu.other,
+                                         "provenance": provenance()}, indent=1))
+    if args.only_accuracy:
+        return 0
     prior = json.loads(Path(args.dask_costs).read_text())
     d = prior["dask"]
     print("kernel cost ...", flush=True)
@@ -151,9 +167,6 @@ def main(argv=None) -> int:
     print(f"  {cost['seconds_per_row'] * 1e6:.2f} µs per row per local epoch, {cost['params']:,} parameters", flush=True)
     print("pipeline at 1 and 2 workers ...", flush=True)
     workers = measured_workers(Path(args.data), 3)
-    print("accuracy by shards ...", flush=True)
-    shards = [int(s) for s in args.shards.split(",")]
-    acc = accuracy_by_shards(X, y, Xte, yte, shards, args.passes)
     proj = {}
     for net, (beta, alpha) in NETWORKS.items():
         proj[net] = {str(P): pass_seconds(P, HIGGS_N, cost, d, alpha, beta) for P in WORKERS}
