@@ -103,7 +103,8 @@ def literal_adam_pass(X, t, weights, act, kind, seed, lr, batch, iteration=1, sh
 def test_one_shard_and_tiny_rho_is_one_epoch_of_plain_minibatch_adam(n_classes, activation):
     X, y = make_data(n=700, n_classes=n_classes)
     cfg = TrainConfig(solver="consensus", hidden=(8, 5), activation=activation, iterations=1, shards=1,
-                      consensus_rho=1e-12, batch_size=64, learning_rate=3e-3, seed=4, validation_fraction=0, local_epochs=1)
+                      consensus_rho=1e-12, batch_size=64, learning_rate=3e-3, seed=4,
+                      validation_fraction=0, local_epochs=1)
     fit = fit_in_memory(X, y, cfg)
     s = fit.solver
     Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
