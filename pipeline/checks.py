@@ -1,6 +1,8 @@
 """Checks of a training's inputs, before any cluster starts and before anything is written."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from solvers.errors import InputError
 from storage.data import DataStore, fingerprint_differences, open_data
 from storage.lock import check_unlocked
@@ -45,6 +47,9 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
         check_chunk_rows(chunk_rows, ds)
         check_creatable(store, overwrite, inputs=(data, test_data))
         check_test_data(test_data, ds)
+        folder = next((p for p in Path(store).absolute().parents if p.exists()), None)
+        if folder is not None and not folder.is_dir():
+            raise InputError(f"cannot create run store {store}: {folder} is a file, not a folder")
     check_unlocked(store)
     if test_data:
         open_data(test_data)

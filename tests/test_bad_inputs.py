@@ -176,6 +176,7 @@ def cli_files(tmp_path_factory):
     (["pipeline.ingest", "{d}/t.csv", "--out", "{d}/afile/d.zarr"], r"its folder .*afile is not a writable"),
     (["pipeline.ingest", "{d}/t.csv", "--out", "{d}/x.zarr", "--bogus"], r"unrecognized arguments: --bogus"),
     (["pipeline.report", "--store", "{d}/r.zarr", "--out", "{d}/afile"], r"report --out .*afile is a file"),
+    (["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/afile/r.zarr"], r"afile is a file, not a folder"),
     (["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/t.zarr", "--test-data", "{d}/wide.zarr"],
      r"test data .* has 5 features, training data has 4"),
 ])
