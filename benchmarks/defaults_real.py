@@ -57,7 +57,7 @@ DATA = ROOT.parent / "shared" / "data"
 TASKS = ("digits", "breast-cancer", "mnist-oddeven-2k", "mnist10-2k", "covtype", "mnist-oddeven", "mnist10")
 OURS = {"gn": "gauss-newton", "admm": "admm", "dladmm": "dladmm"}
 PEERS = ("mlp-adam-es", "mlp-adam", "logreg", "hgb")
-ITERATIONS = {"gauss-newton": 20, "admm": 20, "dladmm": 30}
+ITERATIONS = {"gauss-newton": 30, "admm": 20, "dladmm": 30}
 
 
 def load_task(name: str, split: str, seed: int):

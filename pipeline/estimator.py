@@ -67,6 +67,11 @@ def _labels(X, network, classes):
     return np.asarray(classes)[predict_classes(network.decision_function(X))]
 
 
+def _proba(X, network):
+    """Return the class probabilities of raw rows ``X`` (:func:`solvers.scores.probabilities`)."""
+    return network.predict_proba(X)
+
+
 def _values(X, network):
     """Return the predicted values of raw rows ``X`` (a regression network's output, in y's units)."""
     return network.predict(X)
@@ -403,8 +408,7 @@ class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
 
     scikit-learn's ``check_estimator`` checks pass (``tests/test_estimator.py``)
     except those that do not apply: there is no ``sample_weight`` (the ADMM
-    objective has no per-sample weights; the checks skip themselves), no
-    ``predict_proba`` (hinge outputs are not probabilities), no sparse input
+    objective has no per-sample weights; the checks skip themselves), no sparse input
     (the data store is dense: sparse ``X`` is refused with a TypeError, which the
     sparse checks accept), and fitting on one sample fails with "at least two
     classes" as the checks allow.
@@ -431,6 +435,17 @@ class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
         n_out = self.network_.weights[-1].shape[0]
         out = self._apply(X, _outputs, np.float32, width=n_out)
         return out[:, 0] if n_out == 1 else out
+
+    def predict_proba(self, X):
+        """Return class probabilities (n, n_classes), columns in ``classes_`` order; rows sum to 1.
+
+        The network is fitted to 0/1 targets, so its outputs estimate the
+        probabilities: they are clipped to [0.001, 0.999] and, for more than two
+        classes, renormalised (:mod:`solvers.scores`). A Dask array for Dask or
+        store input.
+        """
+        check_is_fitted(self)
+        return self._apply(X, _proba, np.float64, width=len(self.classes_))
 
     def predict(self, X):
         """Return the predicted class of every row of ``X`` (a Dask array for Dask or store input)."""

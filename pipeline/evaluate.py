@@ -14,20 +14,22 @@ def build_parser() -> argparse.ArgumentParser:
                                             "committed iteration) on a data store.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
     p.add_argument("--data", required=True, help="data store to evaluate on (made by python -m pipeline.ingest)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, n_samples, n_correct, iteration; "
-                                                     "a regression: r2, rmse, n_samples, iteration)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, log_loss, roc_auc for two classes, "
+                                                     "n_samples, n_correct, iteration; a regression: r2, rmse, "
+                                                     "n_samples, iteration)")
     add_cluster_arguments(p)
     return p
 
 
 def evaluate(client, store, data) -> dict:
-    """Return accuracy, n_samples, n_correct and the iteration of the run's model on ``data``.
+    """Return accuracy, log_loss (two classes: also roc_auc), n_samples, n_correct and the model's iteration on ``data``.
 
     For a regression run: r2, rmse, n_samples and the iteration.
     """
     import math
 
-    from pipeline.passes import accuracy_graph, bounds, r2_graph
+    from pipeline.passes import bounds, classification_graph, r2_graph
+    from solvers.scores import metrics_from_sums
     from solvers.errors import InputError
     from solvers.tasks import r2_from_sums
     from storage.data import open_data
@@ -45,8 +47,8 @@ def evaluate(client, store, data) -> dict:
         n, sse, total, total_sq = client.compute(r2_graph(network, ds.path.resolve(), chunks), sync=True)
         return {"r2": r2_from_sums(n, sse, total, total_sq), "rmse": math.sqrt(sse / n), "n_samples": int(n),
                 "iteration": iteration}
-    n, correct = client.compute(accuracy_graph(network, ds.path.resolve(), chunks), sync=True)
-    return {"accuracy": correct / n, "n_samples": int(n), "n_correct": int(correct), "iteration": iteration}
+    sums = client.compute(classification_graph(network, ds.path.resolve(), chunks), sync=True)
+    return {**metrics_from_sums(sums), "iteration": iteration}
 
 
 @exits_on_input_error
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
         print(f"R² {result['r2']:.4f}, RMSE {result['rmse']:.4g} on {result['n_samples']} samples "
               f"(model after iteration {result['iteration']})")
     else:
-        print(f"accuracy {result['accuracy']:.4f} on {result['n_samples']} samples "
+        auc = f", ROC AUC {result['roc_auc']:.4f}" if "roc_auc" in result else ""
+        print(f"accuracy {result['accuracy']:.4f}, log-loss {result['log_loss']:.4f}{auc} on {result['n_samples']} samples "
               f"(model after iteration {result['iteration']})")
     return 0
 

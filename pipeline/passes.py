@@ -119,6 +119,20 @@ def accuracy_task(network, data, start, stop):
         return np.array([stop - start, np.sum(network.predict(x) == y)], np.float64)
 
 
+def classification_task(network, data, start, stop):
+    """Return :func:`solvers.scores.classification_sums` (n, correct, log-loss, AUC histograms) of rows [start, stop)."""
+    from solvers.losses import predict_classes
+    from solvers.scores import classification_sums, probabilities
+
+    with threadpool_limits(1):
+        x, y = _read_xy(data, start, stop)
+        classes = np.asarray(network.classes)
+        idx = np.searchsorted(classes, y)
+        idx = np.where((idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y), idx, -1)
+        z = network.decision_function(x)
+        return classification_sums(probabilities(z), idx, predict_classes(z))
+
+
 def r2_task(network, data, start, stop):
     """Return [n, Σ(y − ŷ)², Σd, Σd²] (d = y − ȳ_train) of a regression network on rows [start, stop): R²'s sums."""
     with threadpool_limits(1):
@@ -278,6 +292,11 @@ def _network_graph(task, network, data_path, chunks):
 def accuracy_graph(network, data_path, chunks):
     """Return a delayed [n, correct] of the network on the given (start, stop) chunks of a data store."""
     return _network_graph(accuracy_task, network, data_path, chunks)
+
+
+def classification_graph(network, data_path, chunks):
+    """Return the delayed sums of :func:`classification_task` over the given chunks (accuracy, log-loss, AUC)."""
+    return _network_graph(classification_task, network, data_path, chunks)
 
 
 def r2_graph(network, data_path, chunks):

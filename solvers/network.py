@@ -70,6 +70,12 @@ class Network:
             return self.decision_function(X)[:, 0]
         return np.asarray(self.classes)[predict_classes(self.decision_function(X))]
 
+    def predict_proba(self, X):
+        """Return class probabilities (n, n_classes): the outputs clipped and normalised (:mod:`solvers.scores`)."""
+        from solvers.scores import probabilities
+
+        return probabilities(self.decision_function(X))
+
     def score(self, X, y) -> float:
         """Return the accuracy of :meth:`predict` on ``(X, y)``; a regressor's R²."""
         if self.is_regressor:

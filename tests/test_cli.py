@@ -39,6 +39,12 @@ def test_demo_runs_with_no_arguments():
     assert float(lines[-1][3]) >= 0.9  # test accuracy of the 10-class digits demo
 
 
+def zarr_y(path):
+    import zarr
+
+    return zarr.open_group(path, mode="r")["y"][:]
+
+
 def test_train_evaluate_predict(small_data):
     d = small_data
     r = run("pipeline.train", "--data", str(d / "train.zarr"), "--store", str(d / "run.zarr"),
@@ -49,6 +55,7 @@ def test_train_evaluate_predict(small_data):
     assert e.returncode == 0, e.stderr
     result = json.loads(e.stdout)
     assert result["n_samples"] == 200 and 1 <= result["iteration"] <= 3  # the best held-out iteration
+    assert result["log_loss"] > 0 and ("roc_auc" in result) == (len(np.unique(zarr_y(d / "test.zarr"))) == 2)
     last_line = [l for l in r.stdout.splitlines() if l.strip().startswith(f"{result['iteration']} ")][0]
     assert result["accuracy"] == pytest.approx(float(last_line.split()[3]), abs=1e-4)
     p = run("pipeline.predict", "--store", str(d / "run.zarr"), "--data", str(d / "test.zarr"),
