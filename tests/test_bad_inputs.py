@@ -52,11 +52,11 @@ def test_inf_in_state_stops_with_layer_and_iteration(client, finished_run):
 def test_settings_fault_keeps_last_commit_and_resumes_with_other_settings(client, tmp_path):
     rng = np.random.default_rng(2)
     X = rng.normal(size=(2000, 5)).astype(np.float32)
-    X[:, 3] = 1.0  # constant feature: singular input Gram without a ridge
+    X[:, 3] = 1.0  # constant feature: singular input Gram without a ridge and without weight decay
     y = (X[:, 0] > 0).astype(int)
     write_data(tmp_path / "d.zarr", X, y)
     store = tmp_path / "r.zarr"
-    train(client, store=store, data=tmp_path / "d.zarr", report=quiet, config=TrainConfig(solver="admm", hidden=(6,), iterations=2))
+    train(client, store=store, data=tmp_path / "d.zarr", report=quiet, config=TrainConfig(solver="admm", hidden=(6,), iterations=2, alpha=0.0))
     before = manifest(store)
     with pytest.raises(NumericalError, match=r"iteration 3: W_1: .*not positive definite.*iteration 2 is still"):
         train(client, store=store, resume=True, overrides={"ridge": 0.0, "iterations": 4}, report=quiet)
