@@ -780,7 +780,8 @@ def main(argv=None) -> int:
     result = {
         "provenance": provenance(),
         "settings": {
-            "task": args.task, "name": args.name or f"compare_{args.task}", "about": spec.about, "target": target, "time_budget": budget, "epochs": epochs,
+            "task": args.task, "name": args.name or f"compare_{args.task}", "about": spec.about, "target": target,
+            "time_budget": budget, "epochs": epochs,
             "iterations": iterations, "overrides": overrides, "hidden": list(hidden), "solvers": list(configs),
             "configs": {label: c.to_dict() for label, c in configs.items()},
             "ours": ours, "peers": peers, "batch_size": args.batch_size, "threads": args.threads,

@@ -300,7 +300,8 @@ def run_pipeline_passes(path, hidden, workers: int, iterations: int, chunk_rows:
     config = TrainConfig(hidden=hidden)
     with connect("local", n_workers=workers, threads_per_worker=1, memory_limit="4GB",
                  dashboard_address=":0") as client:
-        solver = make_solver(config, data.n_features, **model_from_moments(config, data.n_features, *data_moments(client, data, config.task == "regression")))
+        moments = data_moments(client, data, config.task == "regression")
+        solver = make_solver(config, data.n_features, **model_from_moments(config, data.n_features, *moments))
         runner = dask_runner_class()(client, solver, data.path.resolve(), "/nonexistent-no-state",
                                      bounds(data.n_samples, chunk_rows))
         runner.cold, runner.log, runner.pids = cold, [], worker_pids(client)

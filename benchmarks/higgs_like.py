@@ -6,8 +6,8 @@ nonlinear combinations of low-level ones plus noise). The label of a row is
 Bernoulli(p) with ``p = sigmoid(T · (w₂ᵀ relu(W₁ x̃ + b₁) + b₂))`` for a random
 teacher (He-scaled W₁, 300 hidden units) acting on the features standardised
 with fixed, known constants. ``T`` is calibrated on a pilot sample so that the
-Bayes accuracy is close to ``--bayes-target`` (default 0.78, the level DESIGN.md
-quotes for a HIGGS-shaped task); the reported Bayes accuracy is then computed
+Bayes accuracy is close to ``--bayes-target`` (default 0.78, the level the design
+notes quote for a HIGGS-shaped task); the reported Bayes accuracy is then computed
 exactly over the generated rows: ``E[max(p, 1 − p)]`` (the accuracy of the
 best possible classifier, which knows ``p``). The empirical accuracy of the
 Bayes rule on the drawn labels is reported as well.

@@ -485,7 +485,7 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
                 silence_logs=logging.CRITICAL if quiet else logging.ERROR) as cluster:
             yield cluster
         return
-    # distributed's default MALLOC_TRIM_THRESHOLD_ cost ~24 % per pass here (DESIGN.md);
+    # distributed's default MALLOC_TRIM_THRESHOLD_ cost ~24 % per pass here (measured when the pipeline was designed);
     # BLAS stays at one thread per worker thread (OMP/MKL/OPENBLAS_NUM_THREADS=1).
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)

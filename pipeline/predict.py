@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
     p.add_argument("--data", required=True, help="data store to predict (its labels are ignored)")
     p.add_argument("--out", required=True, help="predictions store to create (Zarr): array 'prediction' (n_samples,)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing predictions store at --out (nothing else is ever replaced)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing predictions store at --out (nothing else is ever replaced)")
     add_cluster_arguments(p)
     return p
 
@@ -52,7 +53,6 @@ def predict(client, store, data, out, overwrite=False):
 
     from pipeline.passes import bounds, broadcast, predict_task, tree
     from solvers.errors import InputError
-    from storage.data import open_data
     from storage.paths import check_target, clean_stale_partials, partial_path, swap_in
 
     out = Path(out)

@@ -60,8 +60,8 @@ def make_solver(config, n_features: int, *, x_mean, x_scale, classes=None, y_mea
     cls = SOLVERS[config.solver]
     if config.task == "classification":
         return cls(config, n_features, classes, x_mean, x_scale, dtype=dtype)
-    if config.task not in getattr(cls, "tasks", ("classification",)):
-        able = sorted(name for name, c in SOLVERS.items() if config.task in getattr(c, "tasks", ()))
+    if config.task not in cls.tasks:
+        able = sorted(name for name, c in SOLVERS.items() if config.task in c.tasks)
         raise InputError(f"the {config.solver} solver does not fit {config.task}; use --solver "
                          + " or ".join(able))
     return cls(config, n_features, None, x_mean, x_scale, dtype=dtype, y_mean=y_mean, y_scale=y_scale)

@@ -57,8 +57,6 @@ class StepParams:
     ops_prev: tuple         # eq. 6 operators from W^{k−1}: a^k from z^{k−1}
     ops_next: tuple         # eq. 6 operators from W^k: a^{k+1} from z^k (Grams)
     update_lambda: bool
-    x_mean: np.ndarray
-    x_scale: np.ndarray
 
 
 class ADMMSolver(SolverBase):
@@ -164,8 +162,7 @@ class ADMMSolver(SolverBase):
     def step_params(self, w_prev, w_new, iteration: int) -> StepParams:
         """Return the broadcast of iteration k (1-based): W^{k−1} → a^k, W^k → z^k."""
         return StepParams(tuple(np.asarray(W, self.dtype) for W in w_new), self.operators(w_prev),
-                          self.operators(w_new), iteration > self.config.warm_start,
-                          self.x_mean, self.x_scale)
+                          self.operators(w_new), iteration > self.config.warm_start)
 
     def metrics(self, sums: dict) -> dict:
         """Return the train score (accuracy or R²), primal residual ‖z_L − W_L a_{L−1}‖ and objective (eq. 5)."""

@@ -61,7 +61,8 @@ def _widths(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(w) for w in text.split(",") if w.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 300 or 300,100, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 300 or 300,100, got {text!r}") from None
 
 
 def _argument_type(parse):

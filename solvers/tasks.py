@@ -16,7 +16,7 @@ task                targets T, y as the kernels read it          score
                     pass, and the network undoes the scaling
 ==================  ===========================================  ===============
 
-Both solvers take the task from ``config.task``; regression always fits the
+Every solver takes the task from ``config.task``; regression always fits the
 squared loss.
 """
 from __future__ import annotations

@@ -1,11 +1,24 @@
 """Shared fixtures: small real data sets and a dense grid for brute-force minimisation."""
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 MNIST = SHARED_DATA / "mnist70k_uint8.npz"
+
+
+def quiet(_line) -> None:
+    """A ``report`` that drops the lines (tests check results, not the progress lines)."""
+
+
+def run_module(*args, cwd=None, timeout=300):
+    """Run ``python -m ARGS…`` from the repository root (or ``cwd``); return the completed process (text output)."""
+    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def brute_force_min(f, lo=-40.0, hi=40.0, n=400_001):

@@ -13,10 +13,9 @@ from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
 from storage.data import write_data
 from storage.runstore import RunStore, state_path
+from tests.conftest import quiet, run_module
 
 
-def quiet(_line):
-    pass
 
 
 @pytest.fixture
@@ -127,11 +126,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, timeout=120):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_module(*args, timeout=timeout)
 
 
 def one_error_line(r, message):

@@ -1,7 +1,5 @@
 """The command-line tools as a user runs them: demo, errors, evaluate, predict."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +7,12 @@ import pytest
 
 from solvers.config import TrainConfig
 from storage.data import write_data
+from tests.conftest import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd or ROOT, capture_output=True, text=True,
-                          timeout=300)
+run = run_module
 
 
 @pytest.fixture(scope="module")

@@ -161,7 +161,7 @@ class Driver:
             rc = self.proc.wait(within)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            raise AssertionError(f"no exit within {within} s:\n{self.err.read_text()}")
+            raise AssertionError(f"no exit within {within} s:\n{self.err.read_text()}") from None
         return rc, time.monotonic() - self.t_mark, self.err.read_text().splitlines()
 
     def mark(self):

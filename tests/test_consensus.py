@@ -10,6 +10,7 @@ from solvers.consensus import ConsensusSolver, ShardParams, consensus_step
 from solvers.errors import InputError
 from solvers.loop import LoopState, shard_groups
 from solvers.reference import fit_in_memory
+from tests.conftest import quiet
 
 
 def make_data(n=900, d=6, n_classes=2, seed=0):
@@ -20,8 +21,6 @@ def make_data(n=900, d=6, n_classes=2, seed=0):
     return X, y
 
 
-def quiet(line):
-    pass
 
 
 def test_consensus_step_is_the_closed_form_minimiser():

@@ -1,7 +1,5 @@
 """Convolutional layers: the linear map against a direct convolution, the updates against brute force, Dask = in memory."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from solvers.reference import fit_in_memory
 from storage.data import write_data
 from pipeline.model import load_network
 from storage.runstore import RunStore
+from tests.conftest import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,8 +214,7 @@ def test_pipeline_with_convolutions_matches_reference_and_resumes(client, tmp_pa
 
 
 # -- the command line and the estimator ----------------------------------------------------
-def run(*args):
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+run = run_module
 
 
 def test_cli_trains_evaluates_and_reports_a_convolutional_run(tmp_path):

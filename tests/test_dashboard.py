@@ -20,12 +20,11 @@ from pipeline.training import train
 from solvers.config import TrainConfig
 from storage.data import write_data
 from storage.runstore import RunStore
+from tests.conftest import quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def quiet(_):
-    pass
 
 
 def _data(path, n=1200, d=6, seed=0, chunk_rows=200):

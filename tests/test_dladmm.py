@@ -20,7 +20,7 @@ from solvers.loop import initialize, iterate, read_plan
 from solvers.losses import encode_labels, targets
 from solvers.reference import InMemoryRunner, fit_in_memory
 from solvers.stats import moment_sums, moments_from_sums
-from tests.conftest import brute_force_min
+from tests.conftest import brute_force_min, quiet
 
 
 def relu(z):
@@ -346,7 +346,7 @@ def test_pipeline_equals_in_memory(client, tmp_path, hidden, n_classes):
     from pipeline.training import train
     from storage.data import write_data
     from pipeline.model import load_network
-    from tests.test_pipeline import make_data, quiet
+    from tests.test_pipeline import make_data
 
     X, y = make_data(n=2000, n_classes=n_classes)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
@@ -366,7 +366,7 @@ def test_pipeline_equals_in_memory(client, tmp_path, hidden, n_classes):
 def test_pipeline_resume_equals_an_uninterrupted_run(client, tmp_path):
     from pipeline.training import train
     from storage.data import write_data
-    from tests.test_pipeline import make_data, quiet
+    from tests.test_pipeline import make_data
 
     X, y = make_data(n=1500, n_classes=3)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)

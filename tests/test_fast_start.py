@@ -16,12 +16,11 @@ from solvers.errors import InputError
 from solvers.stats import moment_sums
 from storage.data import MAX_LABELS, open_data, write_data
 from storage.ingest import ingest
+from tests.conftest import quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def quiet(_line):
-    pass
 
 
 def test_ingest_records_moments_and_labels_of_every_block(tmp_path):

@@ -8,6 +8,7 @@ from solvers.gauss_newton import GaussNewtonSolver
 from solvers.losses import targets
 from solvers.reference import InMemoryRunner, fit_in_memory
 from solvers.stats import moment_sums, moments_from_sums
+from tests.conftest import quiet
 
 ACTS = {"relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z))}
 
@@ -193,7 +194,7 @@ def test_pipeline_gauss_newton_matches_reference(client, tmp_path):
     from pipeline.training import train
     from storage.data import write_data
 
-    from tests.test_pipeline import make_data, quiet
+    from tests.test_pipeline import make_data
 
     X, y = make_data(n_classes=3)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)

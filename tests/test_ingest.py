@@ -1,7 +1,6 @@
 """Tests for the data-store format (storage.data), ingestion (storage.ingest) and its CLI."""
 
 import gzip
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import zarr
 from solvers.errors import InputError
 from storage.data import DataWriter, default_chunk_rows, open_data, write_data
 from storage.ingest import default_test_out, held_out_mask, ingest
+from tests.conftest import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -396,8 +396,7 @@ def test_open_data_errors(tmp_path, setup, message):
 
 def run_cli(*args):
     """Run `python -m pipeline.ingest` and return the completed process."""
-    return subprocess.run([sys.executable, "-m", "pipeline.ingest", *map(str, args)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    return run_module("pipeline.ingest", *args, timeout=60)
 
 
 def test_cli_error_exit_2(tmp_path):

@@ -8,6 +8,7 @@ from solvers.reference import fit_in_memory
 from storage.data import write_data
 from pipeline.model import load_network
 from storage.runstore import RunStore
+from tests.conftest import quiet
 
 
 def make_data(n=3000, d=10, n_classes=2, seed=0):
@@ -18,8 +19,6 @@ def make_data(n=3000, d=10, n_classes=2, seed=0):
     return X, y
 
 
-def quiet(_line):
-    pass
 
 
 @pytest.mark.parametrize("hidden,n_classes,init", [

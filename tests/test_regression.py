@@ -1,7 +1,5 @@
 """Regression (``--task regression``): targets and R², the pipeline against the reference, resume, CLI, errors."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from solvers.tasks import Regression, r2_from_sums
 from storage.data import write_data
 from pipeline.model import load_network
 from storage.runstore import RunStore
+from tests.conftest import quiet, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +28,6 @@ def make_regression(n=4000, d=3, seed=0):
     return X, y
 
 
-def quiet(_line):
-    pass
 
 
 def sk_r2(y, pred):
@@ -162,8 +159,7 @@ def test_continuous_labels_hint_at_regression(client, tmp_path):
 
 # -- the command-line tools --------------------------------------------------------------
 def run(*args):
-    return subprocess.run([sys.executable, "-m", *args, "--workers", "1", "--dashboard-address", ":0"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return run_module(*args, "--workers", "1", "--dashboard-address", ":0")
 
 
 def test_cli_train_resume_evaluate_predict_report(tmp_path):

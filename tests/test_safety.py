@@ -18,12 +18,11 @@ from solvers.errors import InputError
 from storage import lock as lockmod
 from storage.data import write_data
 from storage.lock import RunLock, check_unlocked, lock_path
+from tests.conftest import quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def quiet(_line):
-    pass
 
 
 def tree_snapshot(path: Path) -> dict:

@@ -8,10 +8,9 @@ from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.reference import fit_in_memory
 from storage.data import write_data
+from tests.conftest import quiet
 
 
-def quiet(_line):
-    pass
 
 
 def make_data(n=24_000, d=12, seed=0):

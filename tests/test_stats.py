@@ -1,0 +1,39 @@
+"""solvers/stats.py: packed sums and the one-pass moments behind the input and target scaling."""
+import numpy as np
+import pytest
+
+from solvers.stats import StatsLayout, moment_sums, moments_from_sums, scaling_from_sums
+
+
+def test_layout_packs_and_unpacks_named_parts():
+    layout = StatsLayout({"n": (), "g": (2, 2), "v": (3,)})
+    parts = {"n": 5.0, "g": np.arange(4.0).reshape(2, 2), "v": np.array([1.0, 2.0, 3.0])}
+    vector = layout.pack(parts)
+    assert vector.shape == (8,) and layout.size == 8
+    out = layout.unpack(vector + layout.pack({"n": 1.0}))  # sums of packed vectors are the sums of the parts
+    assert out["n"] == 6.0 and np.array_equal(out["g"], parts["g"]) and np.array_equal(out["v"], parts["v"])
+    with pytest.raises(ValueError, match="layout expects 8"):
+        layout.unpack(np.zeros(7))
+
+
+def test_moments_of_chunks_add_up_to_the_moments_of_the_whole():
+    rng = np.random.default_rng(0)
+    X = rng.normal(1e4, 3.0, size=(1000, 3))  # a large offset: the shift keeps the variance exact
+    X[:, 2] = 7.0                              # a constant column: scale 1
+    shift = X[0]
+    sums = moment_sums(X[:400], shift) + moment_sums(X[400:], shift)
+    np.testing.assert_allclose(sums, moment_sums(X, shift), rtol=1e-12)
+    mean, scale = moments_from_sums(sums, shift)
+    np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(scale[:2], X[:, :2].std(axis=0), rtol=1e-9)
+    assert scale[2] == 1.0
+
+
+def test_regression_scaling_comes_from_the_same_sums_as_the_inputs():
+    rng = np.random.default_rng(1)
+    Xy = np.column_stack([rng.normal(size=(500, 2)), rng.normal(5.0, 2.0, size=500)])
+    model = scaling_from_sums(moment_sums(Xy, Xy[0]), Xy[0], 2, "standard")
+    np.testing.assert_allclose(model["x_mean"], Xy[:, :2].mean(axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model["y_mean"], [Xy[:, 2].mean()], rtol=1e-12)
+    np.testing.assert_allclose(model["y_scale"], [Xy[:, 2].std()], rtol=1e-9)
+    assert "y_mean" not in scaling_from_sums(moment_sums(Xy[:, :2], Xy[0, :2]), Xy[0, :2], 2, "standard")
