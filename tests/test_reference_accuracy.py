@@ -1,7 +1,8 @@
 """Accuracy floors on real data, for the default solver and for ADMM: each method is implemented right.
 
-The floors were set for ADMM with its defaults (issue: core); Gauss-Newton, the default since, meets
-them too. Each solver runs with its own defaults.
+The floors were set for ADMM with the settings of that time (per-feature scaling, nothing held out):
+ADMM runs with those (with today's defaults, scaling auto and 10 % held out, it scores 0.9006 on breast
+cancer, under the floor); Gauss-Newton, the default solver since, runs with today's defaults.
 """
 import numpy as np
 import pytest
@@ -10,12 +11,17 @@ from solvers.config import TrainConfig
 from solvers.reference import fit_in_memory
 
 SOLVERS = pytest.mark.parametrize("solver", ["gauss-newton", "admm"])
+ADMM_ERA = {"scaling": "standard", "validation_fraction": 0.0}
+
+
+def settings(solver, **kwargs) -> TrainConfig:
+    return TrainConfig(solver=solver, **kwargs, **(ADMM_ERA if solver == "admm" else {}))
 
 
 @SOLVERS
 def test_digits_0_vs_2(digits_0_vs_2, solver):
     Xtr, Xte, ytr, yte = digits_0_vs_2
-    r = fit_in_memory(Xtr, ytr, TrainConfig(hidden=(100,), solver=solver))
+    r = fit_in_memory(Xtr, ytr, settings(solver, hidden=(100,)))
     assert r.network.score(Xte, yte) >= 0.99
 
 
@@ -26,7 +32,7 @@ def test_breast_cancer(solver):
 
     X, y = load_breast_cancer(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0)
-    r = fit_in_memory(Xtr, ytr, TrainConfig(hidden=(100,), solver=solver))
+    r = fit_in_memory(Xtr, ytr, settings(solver, hidden=(100,)))
     assert r.network.score(Xte, yte) >= 0.93
 
 
@@ -37,7 +43,7 @@ def test_digits_10_class(solver):
 
     X, y = load_digits(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0)
-    r = fit_in_memory(Xtr, ytr, TrainConfig(hidden=(300,), solver=solver))
+    r = fit_in_memory(Xtr, ytr, settings(solver, hidden=(300,)))
     assert r.network.score(Xte, yte) >= 0.85
 
 
@@ -46,5 +52,5 @@ def test_digits_10_class(solver):
 def test_mnist_odd_vs_even(mnist, solver):
     X, y = mnist
     X = X.astype(np.float32) / 256
-    r = fit_in_memory(X[:20000], y[:20000] % 2, TrainConfig(hidden=(300,), solver=solver))
+    r = fit_in_memory(X[:20000], y[:20000] % 2, settings(solver, hidden=(300,)))
     assert r.network.score(X[60000:], y[60000:] % 2) >= 0.91
