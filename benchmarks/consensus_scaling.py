@@ -36,7 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -97,7 +96,7 @@ def accuracy_by_shards(X, y, Xte, yte, shards, passes: int) -> dict:
         t0 = time.perf_counter()
         with threadpool_limits(1):
             fit_in_memory(X, y, cfg, chunk_rows=math.ceil(len(y) / S), X_test=Xte, y_test=yte,
-                          callback=lambda r: accs.append(r["test_accuracy"]))
+                          callback=lambda r, accs=accs: accs.append(r["test_accuracy"]))
         out[S] = accs
         print(f"  {S:5d} shards ({len(y) // S:,} rows each): " + " ".join(f"{a:.4f}" for a in accs)
               + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -226,7 +225,8 @@ def markdown(r: dict) -> str:
               "Seconds per consensus pass (Dask; assumed network), its scheduler part, and the test accuracy after "
               "the last measured pass above at rows per shard within 2× (else not measured); Gauss-Newton's modelled seconds per "
               "iteration (Dask, calibrated) from `scaling_model.json` beside it.", "",
-              "| workers | rows per shard | consensus s per pass | of which scheduler | test acc, last pass (measured with shards) | gauss-newton s per iteration |",
+              "| workers | rows per shard | consensus s per pass | of which scheduler "
+              "| test acc, last pass (measured with shards) | gauss-newton s per iteration |",
               "|---|---|---|---|---|---|"]
     for P in WORKERS:
         t = r["projection_higgs"][ASSUMED][str(P)]

@@ -55,7 +55,8 @@ def test_settings_fault_keeps_last_commit_and_resumes_with_other_settings(client
     y = (X[:, 0] > 0).astype(int)
     write_data(tmp_path / "d.zarr", X, y)
     store = tmp_path / "r.zarr"
-    train(client, store=store, data=tmp_path / "d.zarr", report=quiet, config=TrainConfig(solver="admm", hidden=(6,), iterations=2, alpha=0.0))
+    train(client, store=store, data=tmp_path / "d.zarr", report=quiet,
+          config=TrainConfig(solver="admm", hidden=(6,), iterations=2, alpha=0.0))
     before = manifest(store)
     with pytest.raises(NumericalError, match=r"iteration 3: W_1: .*not positive definite.*iteration 2 is still"):
         train(client, store=store, resume=True, overrides={"ridge": 0.0, "iterations": 4}, report=quiet)
