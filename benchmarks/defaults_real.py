@@ -55,9 +55,9 @@ from benchmarks.bench_util import CpuWatch, provenance  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TASKS = ("digits", "breast-cancer", "mnist-oddeven-2k", "mnist10-2k", "covtype", "mnist-oddeven", "mnist10")
-OURS = {"gn": "gauss-newton", "admm": "admm", "dladmm": "dladmm"}
+OURS = {"gn": "gauss-newton", "admm": "admm", "dladmm": "dladmm", "consensus": "consensus"}  # consensus: not by default
 PEERS = ("mlp-adam-es", "mlp-adam", "logreg", "hgb")
-ITERATIONS = {"gauss-newton": 30, "admm": 20, "dladmm": 30}
+ITERATIONS = {"gauss-newton": 30, "admm": 20, "dladmm": 30, "consensus": 20}
 
 
 def load_task(name: str, split: str, seed: int):
@@ -163,7 +163,7 @@ def run_peer(name, Xtr, ytr, Xte, yte, hidden, seed):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    p.add_argument("--methods", nargs="+", default=[*OURS, "gn-pipeline", *PEERS],
+    p.add_argument("--methods", nargs="+", default=[*(m for m in OURS if m != "consensus"), "gn-pipeline", *PEERS],
                    choices=[*OURS, "gn-pipeline", *PEERS])
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--hidden", default="300")
