@@ -338,8 +338,11 @@ def test_write_data(tmp_path):
     assert attrs == {"format": "admm-dask-data", "format_version": 1, "n_samples": 10,
                      "n_features": 2, "chunk_rows": 4, "feature_names": ["p", "q"],
                      "label_name": "label", "source": "array"}
-    # moments of [X, y] shifted by the first row (0, 1, 0): n, Σ(v − s), Σ(v − s)² per column
-    assert stats == {"shift": [0.0, 1.0, 0.0], "sums": [10.0, 90.0, 90.0, 45.0, 1140.0, 1140.0, 285.0],
+    # moments of [X, y] shifted by the first row (0, 1, 0): n, then Σ(v − s)^p per column for p = 1..4;
+    # both shifted X columns are 2k and y is k (k = 0..9): Σk^p = 45, 285, 2025, 15333
+    k_sums = [45.0, 285.0, 2025.0, 15333.0]
+    sums = [10.0] + [v for p, s in enumerate(k_sums, 1) for v in (2.0 ** p * s, 2.0 ** p * s, s)]
+    assert stats == {"shift": [0.0, 1.0, 0.0], "sums": sums,
                      "labels": [float(v) for v in range(10)]}
     with pytest.raises(InputError, match="exists; pass overwrite=True"):
         write_data(tmp_path / "d.zarr", X, np.arange(10))
