@@ -238,10 +238,18 @@ def chunk_task(seconds):  # named like pipeline.passes.chunk_task: the page coun
     return seconds
 
 
-def test_chunk_progress_counts_the_pass_now_running(client):
+def test_chunk_progress_counts_the_pass_now_running():
+    """On a scheduler of its own: tasks that earlier tests left on the shared one would count as a running pass."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        _check_chunk_progress(client, cluster.scheduler)
+
+
+def _check_chunk_progress(client, scheduler):
     from pipeline.dashboard import chunk_progress
 
-    scheduler = client.cluster.scheduler
     assert chunk_progress(scheduler, 6) == {"running": False, "done": 0, "total": 6}
     futures = client.map(chunk_task, [0.05] * 2 + [2.0] * 4, pure=False)
     deadline = time.monotonic() + 30
