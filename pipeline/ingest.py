@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from pipeline.cli import ArgumentParser, exits_on_input_error
+from pipeline.cli import ArgumentParser, exits_on_input_error, positive_int
 from solvers.errors import InputError
 from storage.ingest import ingest
 
@@ -41,17 +41,6 @@ examples:
 
 exit status: 0 on success, 2 on a problem with the input or options.
 """
-
-
-def _positive_int(text: str) -> int:
-    """Parse a positive integer command-line value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -83,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test store path (default: DATA-test.zarr next to --out)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of the reproducible train/test split (default 0)")
-    p.add_argument("--chunk-rows", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--chunk-rows", type=positive_int, default=None, metavar="N",
                    help="rows per stored chunk (default: about 32 MB of features per chunk)")
     head = p.add_mutually_exclusive_group()
     head.add_argument("--header", dest="header", action="store_true", default=None,
