@@ -1,4 +1,4 @@
-"""Shared fixtures: small real data sets and a dense grid for brute-force minimisation."""
+"""Shared fixtures and helpers: small data sets (real and made), a dense grid for brute-force minimisation, subprocess runs."""
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +25,23 @@ def brute_force_min(f, lo=-40.0, hi=40.0, n=400_001):
     """Return the minimum of a 1-D function over a dense grid (the oracle for closed forms)."""
     z = np.linspace(lo, hi, n)
     return float(np.min(f(z)))
+
+
+def make_data(n=3000, d=10, n_classes=2, seed=0):
+    """Return X (n × d, features of mixed scale and offset) and labels in n_classes equal-count bins of a nonlinear score."""
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d) + rng.normal(size=d)).astype(np.float32)
+    score = X[:, 0] * X[:, 1] + X[:, 2] - 0.5 * X[:, 3] ** 2
+    y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]))
+    return X, y
+
+
+def make_regression(n=4000, d=3, seed=0):
+    """Return X (uniform in [−2, 2]^d) and y = 4 (sin x0 + x1² + 0.1 ε) + 25: smooth, nonlinear, R² ≤ 0.995."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-2, 2, size=(n, d)).astype(np.float32)
+    y = 4 * (np.sin(X[:, 0]) + X[:, 1] ** 2 + 0.1 * rng.normal(size=n)) + 25
+    return X, y
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +74,7 @@ def client():
 
 @pytest.fixture(scope="session")
 def faults_data(tmp_path_factory, client):
-    """Data for the batch-cluster fault tests and the local run's weights (tests/test_cluster_faults.py)."""
-    from tests.test_cluster_faults import make_faults_data
+    """Data for the batch-cluster fault tests and the local run's weights (tests/test_cluster_faults.py, test_cluster_supervision.py)."""
+    from tests.batch import make_faults_data
 
     return make_faults_data(tmp_path_factory, client)

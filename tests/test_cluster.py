@@ -1,55 +1,20 @@
 """Batch clusters: job scripts rendered from jobqueue.yaml, TLS, clear errors, shared-storage checks,
 and end to end against a real SLURM (``.ci/slurm-up.sh``; PBS through the shims in ``tests/shims``)."""
 import os
-import shutil
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline.cluster import check_worker_access, connect, jobqueue_cluster, load_jobqueue_config
 from solvers.errors import InputError
 from storage.data import write_data
+from tests.batch import _gone_from_squeue, _jobqueue_yaml, _squeue, needs_slurm
 
 SHIMS = Path(__file__).resolve().parent / "shims"
 HIDDEN, ITERATIONS, CHUNK_ROWS = 16, 3, 500
-
-
-def _slurm_missing() -> str | None:
-    """Return why the SLURM tests cannot run here, or None when a SLURM node is up."""
-    if shutil.which("sbatch") is None:
-        return "SLURM is not installed here (no sbatch); run .ci/slurm-up.sh as root to bring one up"
-    try:
-        r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"sinfo failed ({exc}); run .ci/slurm-up.sh"
-    states = r.stdout.split()
-    if r.returncode != 0 or not any(s.startswith(("idle", "mixed", "allocated")) for s in states):
-        return f"SLURM is not running here (sinfo: {r.stderr.strip() or states or 'no nodes'}); run .ci/slurm-up.sh"
-    return None
-
-
-SLURM_MISSING = _slurm_missing()
-needs_slurm = pytest.mark.skipif(SLURM_MISSING is not None, reason=str(SLURM_MISSING))
-
-
-def _jobqueue_yaml(tmp_path, worker_extra_args=(), **admm_dask):
-    """Write the project's jobqueue.yaml with the overrides one test machine needs (loopback, partition, logs)."""
-    conf = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("jobqueue.yaml").read_text())
-    for kind in ("slurm", "pbs"):
-        conf["jobqueue"][kind].update({
-            "interface": "lo", "memory": "1GiB", "walltime": "00:10:00",
-            "log-directory": str(tmp_path / "logs"), "shared-temp-directory": str(tmp_path / "tls"),
-            "worker-extra-args": list(worker_extra_args)})
-    conf["jobqueue"]["slurm"]["queue"] = "debug"
-    conf["admm-dask"].update(admm_dask)
-    path = tmp_path / "jobqueue.yaml"
-    path.write_text(yaml.safe_dump(conf))
-    return path
 
 
 @pytest.fixture
@@ -195,19 +160,6 @@ def small_run(tmp_path_factory, client):
         return load_network(store).weights
 
     return d / "data.zarr", reference
-
-
-def _squeue() -> set[str]:
-    return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
-
-
-def _gone_from_squeue(job_ids, within=15.0) -> bool:
-    end = time.monotonic() + within
-    while _squeue() & set(job_ids):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.25)
-    return True
 
 
 def _train_cli(monkeypatch, tmp_path, data, *flags, iterations=ITERATIONS):

@@ -14,37 +14,11 @@ import pytest
 
 from pipeline.cluster import connect
 from pipeline.training import train
-from solvers.config import TrainConfig
-from storage.data import write_data
-from tests.test_cluster import _gone_from_squeue, _jobqueue_yaml, needs_slurm
+from tests.batch import CHUNK_ROWS, CHURN_ITERATIONS, ITERATIONS, _config, _gone_from_squeue, _jobqueue_yaml, needs_slurm
+from tests.conftest import quiet
 
-N, FEATURES, CHUNK_ROWS, HIDDEN = 6000, 20, 1000, 16
-ITERATIONS, CHURN_ITERATIONS = 10, 24  # the SIGKILL run, the run through worker lifetimes
 
 pytestmark = [pytest.mark.slurm, needs_slurm]
-
-
-def _quiet(_line):
-    pass
-
-
-def _config(iterations=ITERATIONS):
-    return TrainConfig(solver="admm", hidden=(HIDDEN,), iterations=iterations)  # per-sample state in the slots
-
-
-def make_faults_data(tmp_path_factory, client):
-    """(The ``faults_data`` fixture of conftest.py, shared with test_cluster_supervision.py.)
-    6 chunks of 1000×20, and the weights after 10 and after 24 iterations on the local cluster."""
-    d = tmp_path_factory.mktemp("faults")
-    rng = np.random.default_rng(7)
-    X = rng.normal(size=(N, FEATURES)).astype(np.float32)
-    write_data(d / "data.zarr", X, (X[:, 0] * X[:, 1] + X[:, 2] > 0).astype(int), chunk_rows=CHUNK_ROWS)
-    store = d / "local.zarr"
-    at_10 = train(client, store=store, data=d / "data.zarr", chunk_rows=CHUNK_ROWS, config=_config(),
-                  report=_quiet).network.weights
-    # resuming equals an uninterrupted run bitwise (tests/test_resume.py)
-    at_24 = train(client, store=store, resume=True, iterations=CHURN_ITERATIONS, report=_quiet).network.weights
-    return d / "data.zarr", {ITERATIONS: at_10, CHURN_ITERATIONS: at_24}
 
 
 def _committed(store) -> int:
@@ -101,7 +75,7 @@ def test_training_through_worker_lifetimes_matches_local(faults_data, tmp_path):
     t0 = time.perf_counter()
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
             connect("slurm", jobs=2, jobqueue_config=config, dashboard_address="localhost:0",
-                    worker_timeout=60, report=_quiet) as client:
+                    worker_timeout=60, report=quiet) as client:
         first_jobs, first_workers = set(client.run(_job_id).values()), set(client.nthreads())
         time.sleep(3)  # start training ~4 s into the workers' 6–10 s, so that they end mid-run on a fast machine too
 
@@ -142,7 +116,7 @@ def test_sigkilled_slurm_worker_mid_iteration_matches_local(faults_data, tmp_pat
     killed, errors, done = {}, [], threading.Event()
     t0 = time.perf_counter()
     with connect("slurm", jobs=2, jobqueue_config=_jobqueue_yaml(tmp_path), dashboard_address="localhost:0",
-                 worker_timeout=60, report=_quiet) as client:
+                 worker_timeout=60, report=quiet) as client:
         pids = client.run(os.getpid)
         jobs = client.run(_job_id)
 
@@ -165,7 +139,7 @@ def test_sigkilled_slurm_worker_mid_iteration_matches_local(faults_data, tmp_pat
         killer = threading.Thread(target=kill_a_busy_worker)
         killer.start()
         try:
-            result = train(client, store=store, data=data, chunk_rows=CHUNK_ROWS, config=_config(), report=_quiet)
+            result = train(client, store=store, data=data, chunk_rows=CHUNK_ROWS, config=_config(), report=quiet)
         finally:
             done.set()
             killer.join()

@@ -15,8 +15,7 @@ import pytest
 from pipeline.cluster import clean_stale_certificates, connect, dashboard_link
 from pipeline.supervisor import batch_message
 from solvers.errors import InputError
-from tests.test_cluster import _gone_from_squeue, _jobqueue_yaml, needs_slurm
-from tests.test_cluster_faults import CHUNK_ROWS, ITERATIONS, _config
+from tests.batch import CHUNK_ROWS, ITERATIONS, _config, _gone_from_squeue, _jobqueue_yaml, needs_slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -346,7 +346,7 @@ def test_pipeline_equals_in_memory(client, tmp_path, hidden, n_classes):
     from pipeline.training import train
     from storage.data import write_data
     from pipeline.model import load_network
-    from tests.test_pipeline import make_data
+    from tests.conftest import make_data
 
     X, y = make_data(n=2000, n_classes=n_classes)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
@@ -366,7 +366,7 @@ def test_pipeline_equals_in_memory(client, tmp_path, hidden, n_classes):
 def test_pipeline_resume_equals_an_uninterrupted_run(client, tmp_path):
     from pipeline.training import train
     from storage.data import write_data
-    from tests.test_pipeline import make_data
+    from tests.conftest import make_data
 
     X, y = make_data(n=1500, n_classes=3)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)

@@ -8,7 +8,7 @@ from pipeline import ADMMClassifier, ADMMRegressor
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.reference import fit_in_memory
-from tests.test_regression import make_regression
+from tests.conftest import make_regression
 
 HYPER = dict(solver="admm", hidden_layer_sizes=(8,), max_iter=3, warm_start=1, random_state=5, chunk_rows=200)
 CONFIG = TrainConfig(solver="admm", hidden=(8,), iterations=3, warm_start=1, seed=5)

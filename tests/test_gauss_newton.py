@@ -194,7 +194,7 @@ def test_pipeline_gauss_newton_matches_reference(client, tmp_path):
     from pipeline.training import train
     from storage.data import write_data
 
-    from tests.test_pipeline import make_data
+    from tests.conftest import make_data
 
     X, y = make_data(n_classes=3)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)

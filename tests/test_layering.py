@@ -77,3 +77,14 @@ def test_importing_the_errors_loads_no_solver_and_no_scipy():
                        env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["['solvers',", "'solvers.errors']"]
+
+
+def test_test_modules_import_no_other_test_module():
+    """Shared test helpers live in tests/conftest.py or tests/batch.py, not in another test module."""
+    bad = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.name} imports {n}" for n in names if n.split(".")[-1].startswith("test_")]
+    assert not bad, bad

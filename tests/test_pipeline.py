@@ -8,17 +8,7 @@ from solvers.reference import fit_in_memory
 from storage.data import write_data
 from pipeline.model import load_network
 from storage.runstore import RunStore
-from tests.conftest import quiet
-
-
-def make_data(n=3000, d=10, n_classes=2, seed=0):
-    rng = np.random.default_rng(seed)
-    X = (rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d) + rng.normal(size=d)).astype(np.float32)
-    score = X[:, 0] * X[:, 1] + X[:, 2] - 0.5 * X[:, 3] ** 2
-    y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]))
-    return X, y
-
-
+from tests.conftest import make_data, quiet
 
 
 @pytest.mark.parametrize("hidden,n_classes,init", [

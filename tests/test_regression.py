@@ -15,19 +15,9 @@ from solvers.tasks import Regression, r2_from_sums
 from storage.data import write_data
 from pipeline.model import load_network
 from storage.runstore import RunStore
-from tests.conftest import quiet, run_module
+from tests.conftest import make_regression, quiet, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_regression(n=4000, d=3, seed=0):
-    """Return X (uniform in [−2, 2]^d) and y = 4 (sin x0 + x1² + 0.1 ε) + 25: smooth, nonlinear, R² ≤ 0.995."""
-    rng = np.random.default_rng(seed)
-    X = rng.uniform(-2, 2, size=(n, d)).astype(np.float32)
-    y = 4 * (np.sin(X[:, 0]) + X[:, 1] ** 2 + 0.1 * rng.normal(size=n)) + 25
-    return X, y
-
-
 
 
 def sk_r2(y, pred):
