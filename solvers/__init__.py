@@ -53,11 +53,17 @@ SOLVERS = _Registry({
     "consensus,gauss-newton": "solvers.handover:HandOverSolver",
 })
 
+# solvers whose convolutional ``--layers`` run in a subclass of their own (same name, same client step)
+CONV_VARIANTS = {"gauss-newton": "solvers.conv_gauss_newton:ConvGaussNewtonSolver"}
+
 
 def make_solver(config, n_features: int, *, x_mean, x_scale, classes=None, y_mean=None, y_scale=None,
                 dtype=np.float32):
     """Return the solver ``config.solver`` for ``config.task``: over ``classes``, or with the target scaling ȳ, s_y."""
     cls = SOLVERS[config.solver]
+    if config.layers and config.solver in CONV_VARIANTS:  # convolutional --layers: the solver's conv kernels
+        module, _, attr = CONV_VARIANTS[config.solver].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
     if config.task == "classification":
         return cls(config, n_features, classes, x_mean, x_scale, dtype=dtype)
     if config.task not in cls.tasks:

@@ -18,7 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from solvers import SOLVERS
 from solvers.activations import ACTIVATIONS
 from solvers.errors import InputError
-from solvers.layers import DenseSpec, conv_layers, format_layers, parse_layers, parse_shape
+from solvers.layers import DenseSpec, conv_layers, format_layers, parse_layers, parse_shape, pool_layers
 from solvers.losses import LOSSES
 from solvers.sampling import SCHEDULES as SAMPLE_SCHEDULES, START_ROWS
 from solvers.stats import SCALINGS
@@ -29,6 +29,7 @@ HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solv
 ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
+CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
 GROUPS = {  # --help groups, in order: title and description (None: the general settings)
     "model": ("model and method", None),
     "gauss-newton": ("gauss-newton solver", None),
@@ -133,7 +134,7 @@ class TrainConfig:
     solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
                           "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton); "
-                          "auto: gauss-newton, or admm for convolutional --layers",
+                          "auto: gauss-newton, or admm for convolutional --layers without pooling",
                           choices=["auto", *sorted(SOLVERS)])
     step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True,
                                solvers=("gauss-newton", HANDOVER),
@@ -161,12 +162,14 @@ class TrainConfig:
     patience: int = setting(10, "with a validation fraction: stop after this many iterations without a gain in "
                             "the held-out score, 0 never", resumable=True, group="stopping")
     layers: str = setting("", "hidden layers in place of --hidden, convolutions first, e.g. "
-                          "conv:8x5x5:s2:same,conv:16x3x3,dense:100 (conv:C_OUTxKHxKW, optional :sSTRIDE and "
-                          ":same or :valid, default stride 1 and valid; convolutions need --solver admm)",
+                          "conv:8x5x5:same,pool:2,conv:16x3x3,flatten,dense:100 (conv:C_OUTxKHxKW, optional "
+                          ":sSTRIDE and :same or :valid, default stride 1 and valid; pool:K max or pool:K:avg "
+                          "pools the convolution before it; flatten is optional; convolutions need --solver "
+                          "admm or gauss-newton, pooling gauss-newton)",
                           parse=_argument_type(_canonical_layers), param_default=None, default_text="")
     input_shape: tuple[int, ...] = setting((), "image shape HxWxC of a row (channel-last) for --layers conv:…; "
                                            "default: a square one-channel image", parse=_argument_type(parse_shape),
-                                           solvers=("admm",), param_default=None, default_text="")
+                                           solvers=CONV_SOLVERS, param_default=None, default_text="")
     cg_steps: int | None = setting(None, "admm below a convolution: conjugate-gradient steps of the a-update, 0 for "
                                    "an exact solve through the (H·W·C)² Toeplitz normal matrix", parse=int,
                                    solvers=("admm",), default_text="exact up to 4096 values per image, else 8")
@@ -197,7 +200,8 @@ class TrainConfig:
             object.__setattr__(self, "hidden", () if convolutional else tuple(s.width for s in specs))
         object.__setattr__(self, "input_shape", parse_shape(self.input_shape) if len(self.input_shape) else ())
         if self.solver == "auto":  # convolutions: the solver that trains them
-            object.__setattr__(self, "solver", "admm" if self.layers else "gauss-newton")
+            pooled = bool(self.layers) and pool_layers(parse_layers(self.layers))
+            object.__setattr__(self, "solver", "admm" if self.layers and not pooled else "gauss-newton")
         problems = []
         if isinstance(self.alpha, str) and self.alpha != "auto":
             try:
@@ -206,9 +210,12 @@ class TrainConfig:
                 problems.append(f"alpha must be 'auto' or a number >= 0, got {self.alpha!r}")
         if not isinstance(self.alpha, str) and not (0 <= float(self.alpha) < float("inf")):
             problems.append(f"alpha must be 'auto' or a number >= 0, got {self.alpha!r}")
-        if self.layers and self.solver != "admm":
-            problems.append(f"convolutional layers are trained by the admm solver only, not {self.solver} "
-                            "(pass --solver admm)")
+        if self.layers and self.solver not in CONV_SOLVERS:
+            problems.append(f"convolutional layers are trained by the admm or gauss-newton solver only, not "
+                            f"{self.solver} (pass --solver gauss-newton)")
+        elif self.layers and self.solver != "gauss-newton" and pool_layers(parse_layers(self.layers)):
+            problems.append(f"pooling layers are trained by the gauss-newton solver only, not {self.solver} "
+                            "(pass --solver gauss-newton)")
         if self.shards < 0:
             problems.append(f"shards must be >= 0 (0: one per worker thread), got {self.shards}")
         if self.consensus not in CONSENSUS_VARIANTS:

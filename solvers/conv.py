@@ -65,6 +65,7 @@ class Conv2D:
     kw: int
     stride: int = 1
     padding: str = "valid"
+    post: object = None   # a pooling after the activation (:class:`solvers.pooling.Pool2D`), or None
     out_shape: tuple = field(init=False)
     pads: tuple = field(init=False)
     is_dense = False
@@ -86,6 +87,16 @@ class Conv2D:
     @property
     def n_out(self) -> int:
         return math.prod(self.out_shape)
+
+    @property
+    def n_next(self) -> int:
+        """Return the values per row the next layer reads: ``n_out``, or after pooling the pooled ones."""
+        return self.n_out if self.post is None else self.post.n_out
+
+    @property
+    def next_shape(self) -> tuple:
+        """Return the image shape the next layer reads (after pooling, if any)."""
+        return self.out_shape if self.post is None else self.post.out_shape
 
     @property
     def positions(self) -> int:

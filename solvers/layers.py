@@ -17,24 +17,32 @@ flattened in C order, as the Zarr data stores hold MNIST's 784 pixels.
 
 The architecture is written ``conv:8x5x5:s2:same,conv:16x3x3,dense:100``
 (``--layers``): ``conv:C_OUTxKHxKW`` with optional ``:sS`` (stride, default
-1) and ``:same``/``:valid`` (padding, default valid); ``dense:N`` or ``N``.
+1) and ``:same``/``:valid`` (padding, default valid); ``pool:K`` (``K × K``
+max pooling of the convolution before it, after its activation, or
+``pool:K:avg`` for the mean: :mod:`solvers.pooling`); ``flatten`` (marks
+where the images end: rows are flat already, so it changes nothing);
+``dense:N`` or ``N``. A pooling is no layer of its own: it belongs to the
+convolution it follows (``a_l = pool(h(z_l))``, :attr:`Conv2D.post`), so
+weights, ``z_l`` and the layer count are those of the weighted layers.
 The output layer (dense, one unit per class or target) is added by the task.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 from solvers.conv import Conv2D
 from solvers.errors import InputError
+from solvers.pooling import Pool2D
 from solvers.linalg import affine, cross_with_bias, gram_with_bias
 from solvers.tiling import TILE_ROWS
 
-LAYERS_SYNTAX = ("comma-separated layers, e.g. conv:8x5x5:s2:same,conv:16x3x3,dense:100: "
+LAYERS_SYNTAX = ("comma-separated layers, e.g. conv:8x5x5:s2:same,pool:2,conv:16x3x3,flatten,dense:100: "
                  "conv:C_OUTxKHxKW (or conv:C_OUTxK) with optional :sSTRIDE and :same or :valid "
-                 "(default stride 1, valid), and dense:N or N")
+                 "(default stride 1, valid), pool:K (max) or pool:K:avg after a convolution, flatten, "
+                 "and dense:N or N")
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,10 @@ class DenseSpec:
     """A fully connected hidden layer of ``width`` units."""
 
     width: int
+
+    @property
+    def sizes(self) -> tuple:
+        return (self.width,)
 
     def __str__(self) -> str:
         return f"dense:{self.width}"
@@ -57,6 +69,10 @@ class ConvSpec:
     stride: int = 1
     padding: str = "valid"
 
+    @property
+    def sizes(self) -> tuple:
+        return (self.channels, self.kh, self.kw, self.stride)
+
     def __str__(self) -> str:
         out = f"conv:{self.channels}x{self.kh}x{self.kw}"
         if self.stride != 1:
@@ -64,6 +80,32 @@ class ConvSpec:
         return out + (":same" if self.padding == "same" else "")
 
 
+@dataclass(frozen=True)
+class PoolSpec:
+    """Non-overlapping ``size × size`` pooling (``max`` or ``avg``) of the convolution before it."""
+
+    size: int
+    mode: str = "max"
+
+    @property
+    def sizes(self) -> tuple:
+        return (self.size,)
+
+    def __str__(self) -> str:
+        return f"pool:{self.size}" + (":avg" if self.mode == "avg" else "")
+
+
+@dataclass(frozen=True)
+class FlattenSpec:
+    """Where the images end and dense layers begin (rows are flat already: no computation)."""
+
+    sizes = (1,)
+
+    def __str__(self) -> str:
+        return "flatten"
+
+
+_POOL = re.compile(r"pool:(\d+)(?::(max|avg))?")
 _CONV = re.compile(r"conv:(\d+)x(\d+)(?:x(\d+))?((?::[a-z0-9]+)*)")
 
 
@@ -76,6 +118,13 @@ def parse_layers(text: str) -> tuple:
         plain = item.removeprefix("dense:")
         if plain.isdigit():
             specs.append(DenseSpec(int(plain)))
+            continue
+        if item == "flatten":
+            specs.append(FlattenSpec())
+            continue
+        m = _POOL.fullmatch(item)
+        if m is not None:
+            specs.append(PoolSpec(int(m.group(1)), m.group(2) or "max"))
             continue
         m = _CONV.fullmatch(item)
         if m is None:
@@ -91,15 +140,21 @@ def parse_layers(text: str) -> tuple:
         kh = int(m.group(2))
         specs.append(ConvSpec(int(m.group(1)), kh, int(m.group(3) or kh), stride, padding))
     for s in specs:
-        sizes = (s.width,) if isinstance(s, DenseSpec) else (s.channels, s.kh, s.kw, s.stride)
-        if min(sizes) <= 0:
+        if min(s.sizes) <= 0:
             raise InputError(f"layer {s} has a size of 0; sizes and strides must be positive")
-    seen_dense = False
+    flat, prev = None, None
     for s in specs:
-        if isinstance(s, ConvSpec) and seen_dense:
-            raise InputError(f"layer {s} follows a dense layer; convolutions must come first "
+        if isinstance(s, (ConvSpec, PoolSpec)) and flat:
+            raise InputError(f"layer {s} follows {flat}; convolutions and poolings must come first "
                              "(a dense layer's output has no image shape)")
-        seen_dense = seen_dense or isinstance(s, DenseSpec)
+        if isinstance(s, PoolSpec) and not isinstance(prev, ConvSpec):
+            raise InputError(f"layer {s} must follow a convolution (it pools that convolution's activations), "
+                             f"not {'the input' if prev is None else prev}")
+        if isinstance(s, FlattenSpec) and not isinstance(prev, (ConvSpec, PoolSpec)):
+            raise InputError("flatten must follow a convolution or a pooling")
+        if not flat and isinstance(s, (DenseSpec, FlattenSpec)):
+            flat = "a dense layer" if isinstance(s, DenseSpec) else "flatten"
+        prev = s
     return tuple(specs)
 
 
@@ -130,6 +185,11 @@ class Dense:
     n_out: int
     max_tile_rows = TILE_ROWS
     is_dense = True
+    post = None  # no pooling after a dense layer
+
+    @property
+    def n_next(self) -> int:
+        return self.n_out
 
     @property
     def fan_in(self) -> int:
@@ -165,13 +225,19 @@ def build_layers(specs, n_features: int, n_outputs: int, input_shape=()) -> list
     elif input_shape:
         shape = parse_shape(input_shape)
     for spec in specs:
-        if isinstance(spec, ConvSpec):
+        if isinstance(spec, FlattenSpec):
+            continue
+        if isinstance(spec, PoolSpec):  # the pooling of the convolution before it
+            layer = replace(maps[-1], post=Pool2D(maps[-1].out_shape, spec.size, spec.mode))
+            maps[-1] = layer
+        elif isinstance(spec, ConvSpec):
             layer = Conv2D(shape, spec.channels, spec.kh, spec.kw, spec.stride, spec.padding)
-            shape = layer.out_shape
+            maps.append(layer)
         else:
             layer = Dense(n_in, spec.width)
-        maps.append(layer)
-        n_in = layer.n_out
+            maps.append(layer)
+        shape = getattr(layer, "next_shape", None)
+        n_in = layer.n_next
     maps.append(Dense(n_in, int(n_outputs)))
     return maps
 
@@ -193,4 +259,9 @@ def _image_shape(input_shape, n_features: int) -> tuple[int, int, int]:
 def conv_layers(specs) -> bool:
     """Return True if any of ``specs`` is a convolution."""
     return any(isinstance(s, ConvSpec) for s in specs)
+
+
+def pool_layers(specs) -> bool:
+    """Return True if any of ``specs`` is a pooling."""
+    return any(isinstance(s, PoolSpec) for s in specs)
 

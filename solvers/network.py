@@ -19,12 +19,17 @@ def standardize(x, mean, scale, dtype=np.float32):
 
 
 def forward(a0, weights, activation: str, layers=None):
-    """Return the output pre-activation z_L = W_L h(… h(W_1 a_0)) of the network (``layers``: dense if None)."""
+    """Return the output pre-activation z_L = W_L h(… h(W_1 a_0)) of the network (``layers``: dense if None).
+
+    A layer with a pooling (``layer.post``) passes on ``pool(h(z_l))``.
+    """
     h = ACTIVATIONS[activation].h
     maps = layers or [None] * len(weights)
     a = a0
     for W, layer in zip(weights[:-1], maps):
         a = h(affine(a, W) if layer is None else layer.apply(a, W))
+        if getattr(layer, "post", None) is not None:
+            a = layer.post.apply(a)
     return affine(a, weights[-1]) if maps[-1] is None else maps[-1].apply(a, weights[-1])
 
 

@@ -148,7 +148,8 @@ def test_layers_syntax_and_shapes():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"layers": "conv:8x5x5", "solver": "gauss-newton"}, "trained by the admm solver only, not gauss-newton .*--solver admm"),
+    ({"layers": "conv:8x5x5", "solver": "dladmm"},
+     "trained by the admm or gauss-newton solver only, not dladmm .*--solver gauss-newton"),
     ({"layers": "conv:8by5", "solver": "admm"}, "cannot read layer 'conv:8by5'; expected comma-separated"),
     ({"layers": "conv:8x5x5:s2:full", "solver": "admm"}, "unknown option 'full'"),
     ({"layers": "dense:10,conv:8x3x3", "solver": "admm"}, "follows a dense layer"),
@@ -254,8 +255,8 @@ def test_estimator_with_convolutions(client, digits_0_vs_2):
                          input_shape=(8, 8, 1)).fit(X_train, y_train)
     assert clf.score(X_test, y_test) >= 0.97
     assert [c.shape for c in clf.coefs_] == [(9, 4), (6 * 6 * 4, 1)]
-    with pytest.raises(ValueError, match="trained by the admm solver only"):
-        ADMMClassifier(layers="conv:4x3x3", solver="gauss-newton", client=object()).fit(X_train, y_train)
+    with pytest.raises(ValueError, match="trained by the admm or gauss-newton solver only"):
+        ADMMClassifier(layers="conv:4x3x3", solver="dladmm", client=object()).fit(X_train, y_train)
 
 
 def test_convolutions_without_a_solver_pick_admm():

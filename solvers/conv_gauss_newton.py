@@ -1,0 +1,174 @@
+"""Gauss-Newton for networks with convolutions and pooling: Kronecker-factored curvature for convolutions (KFC).
+
+The client step is the dense solver's (:mod:`solvers.gauss_newton`: the
+output layer's exact ridge solve with α, Levenberg–Marquardt damping and
+acceptance, progressive sampling); this module gives its chunk kernels for
+``--layers`` with convolutions (:mod:`solvers.conv`) and poolings
+(:mod:`solvers.pooling`). Layer l maps ``a_{l−1}`` to ``z_l = P_l Wᵀ`` with
+``P_l`` its input rows ``[p, 1]``: the im2col patches of every output position
+(a dense layer: the sample itself), and ``a_l = pool(h(z_l))``.
+
+Following Grosse & Martens (ICML 2016), a convolution's Gauss-Newton block is
+``Σ_i Σ_{t,t'} J_itᵀJ_it' ⊗ p_it p_it'ᵀ ≈ (S/|T|) ⊗ G / n`` under their
+independence of activations and derivatives, spatial homogeneity and
+spatially uncorrelated derivatives, with the two factors summed over samples
+i and output positions t:
+
+* input factor ``G_{l−1} = Σ_i Σ_t [p, 1][p, 1]ᵀ`` (the patch Gram of the ADMM W-solve);
+* output factor ``S_l = Σ_k Σ_i Σ_t J_{k,i,t}ᵀ J_{k,i,t}`` (``C_out × C_out``) with
+  ``J_{k,l} = ∂ out_k / ∂z_l`` back-propagated from each output k:
+  ``J_{k,L−1} = M_{L−1} ⊙ poolᵀ(W̃_L[k])``, ``J_{k,l} = M_l ⊙ poolᵀ(T_{l+1}ᵀ J_{k,l+1})``
+  (``M = h'(z)``, ``T_{l+1}ᵀ`` the next layer's adjoint: col2im for a
+  convolution); |T| is the layer's number of output positions (1 for a dense
+  layer, where this is the dense solver's S exactly);
+* gradient ``D_l = Σ_i Σ_t δ_itᵀ [p, 1]`` with ``δ`` back-propagated like J from the residual ``T − out``.
+
+The step is the dense one with ``S_l/|T|`` for ``S_l``
+(:meth:`ConvGaussNewtonSolver.curvatures`). Patches are built per row tile
+inside the chunk task and never stored; pass B walks smaller tiles than pass A
+because it holds one back-propagated Jacobian per output.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from solvers.errors import InputError
+from solvers.gauss_newton import CurvatureParams, ForwardParams, GaussNewtonSolver
+from solvers.linalg import affine, cross_with_bias, gram_with_bias, times
+from solvers.stats import StatsLayout
+from solvers.tiling import TILE_BYTES, row_tiles
+
+
+def layer_rows(layer, a):
+    """Return the rows the layer's weights multiply: a convolution's im2col patches ``(n·|T|, fan_in)``, else ``a``."""
+    return a if layer.is_dense else layer.patches(a)
+
+
+def layer_back(layer, g, W):
+    """Return ``T_lᵀ g`` (no bias) for rows ``g`` of ``z_l`` values: the input-side product of back-propagation."""
+    return times(g, W[:, :-1].astype(g.dtype, copy=False)) if layer.is_dense else layer.adjoint(g, W)
+
+
+def positions(layer) -> int:
+    """Return |T|: a convolution's output positions, 1 for a dense layer."""
+    return 1 if layer.is_dense else layer.positions
+
+
+class ConvGaussNewtonSolver(GaussNewtonSolver):
+    """Gauss-Newton with KFC curvature for ``--layers`` holding convolutions and poolings (client step inherited)."""
+
+    def __init__(self, config, n_features: int, classes, x_mean, x_scale, dtype=np.float32, y_mean=None,
+                 y_scale=None):
+        super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
+        if config.loss not in ("auto", "squared"):
+            raise InputError(f"gauss-newton with convolutions fits the squared loss; --loss {config.loss} needs "
+                             "--solver admm (and no pooling)")
+        K = self.widths[-1]
+        per_row = max(max(positions(m) * m.fan_in, m.n_out) for m in self.layers)
+        self.curvature_rows = max(1, min(self.tile_rows, TILE_BYTES // (4 * K * per_row)))
+
+    # -- layouts ----------------------------------------------------------------------------
+    def _gram_shape(self, l: int) -> tuple:
+        return (self.layers[l - 1].fan_in + 1,) * 2
+
+    def forward_layout(self, input_gram: bool) -> StatsLayout:
+        """Return pass A's sums: Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and the first layer's patch Gram if asked)."""
+        L = self.L
+        shapes = {"n": (), "tt": (), f"gram{L}": self._gram_shape(L), f"cross{L}": self.layers[L - 1].weight_shape}
+        if input_gram and L > 1:
+            shapes["gram1"] = self._gram_shape(1)
+        return StatsLayout(shapes)
+
+    def curvature_layout(self, input_gram: bool = False) -> StatsLayout:
+        """Return pass B's sums: score, error, and per hidden layer S_l (C_out²), D_l and G_{l−1} (patch Grams)."""
+        L = self.L
+        shapes = {"n": (), **self.task.score_shapes, "loss": ()}
+        if input_gram and L > 1:
+            shapes["gram1"] = self._gram_shape(1)
+        for l in range(1, L):
+            out = self.layers[l - 1].weight_shape
+            shapes[f"curv{l}"] = (out[0], out[0])
+            shapes[f"grad{l}"] = out
+            if l > 1:
+                shapes[f"gram{l}"] = self._gram_shape(l)
+        return StatsLayout(shapes)
+
+    def curvatures(self, weights, curv: dict) -> list:
+        """Return the output factors ``S_l / |T_l|`` (KFC's Γ: the mean over output positions)."""
+        return [np.asarray(curv[f"curv{l}"], np.float64) / positions(self.layers[l - 1]) for l in range(1, self.L)]
+
+    # -- chunk side ---------------------------------------------------------------------------
+    def _forward_tile(self, x, hidden):
+        """Return the tile's ``(rows P_l, z_l, pooling masks)`` of every hidden layer and ``a_{L−1}``."""
+        a, rows, z, masks = x, [], [], []
+        for layer, W in zip(self.layers, hidden):
+            P = layer_rows(layer, a)
+            zl = affine(P, W).reshape(len(a), layer.n_out)
+            a = self.act.h(zl)
+            mask = None
+            if layer.post is not None:
+                a, mask = layer.post.forward(a)
+            rows.append(P)
+            z.append(zl)
+            masks.append(mask)
+        return rows, z, masks, a
+
+    def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams):
+        """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ [p, 1][p, 1]ᵀ of layer 1 if asked)."""
+        L = self.L
+
+        def tile(sl, _):
+            x = self.inputs(x_raw[sl])
+            rows, _, _, a = self._forward_tile(x, p.hidden)
+            t = self.task.targets(y[sl], self.dtype)
+            parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
+                     f"gram{L}": gram_with_bias(a), f"cross{L}": cross_with_bias(t, a)}
+            if p.input_gram and L > 1:
+                parts["gram1"] = gram_with_bias(rows[0])
+            return None, parts
+        return None, self.tiled(self.forward_layout(p.input_gram), x_raw.shape[0], tile)[1]
+
+    def _back(self, l: int, g, masks, z):
+        """Return ``M_l ⊙ poolᵀ(g)``: a product with ∂a_l/∂z_l (``g`` may hold one block per output)."""
+        layer = self.layers[l - 1]
+        if layer.post is not None:
+            g = layer.post.adjoint(g, masks[l - 1])
+        return g * self.act.dh(z[l - 1])
+
+    def curvature_parts(self, x, y, weights, input_gram: bool) -> dict:
+        """Return pass B's sums over the rows ``x`` (standardised): S_l, D_l, G_{l−1}, the score and the error."""
+        L, K, n = self.L, self.widths[-1], x.shape[0]
+        rows, z, masks, a = self._forward_tile(x, weights[:-1])
+        out = affine(a, weights[-1])
+        t = self.task.targets(y, self.dtype)
+        r = t - out
+        parts = {"n": n, "loss": float(np.sum(r * r, dtype=np.float64)), **self.task.score_parts(out, y)}
+        if input_gram and L > 1:
+            parts["gram1"] = gram_with_bias(rows[0])
+        Wt_out = weights[-1][:, :-1].astype(self.dtype, copy=False)
+        delta = times(r, Wt_out)                            # ∂(½‖r‖²)/∂a_{L−1}, negated
+        J = np.broadcast_to(Wt_out[:, None, :], (K, n, Wt_out.shape[1]))  # ∂out_k/∂a_{L−1}, one block per k
+        for l in range(L - 1, 0, -1):
+            layer, W = self.layers[l - 1], weights[l - 1]
+            c_out = layer.weight_shape[0]
+            delta = self._back(l, delta, masks, z)
+            J = self._back(l, J, masks, z)
+            parts[f"grad{l}"] = cross_with_bias(delta.reshape(-1, c_out), rows[l - 1])
+            Jr = J.reshape(-1, c_out)
+            parts[f"curv{l}"] = (Jr.T @ Jr).astype(np.float64)
+            if l > 1:
+                parts[f"gram{l}"] = gram_with_bias(rows[l - 1])
+                delta = layer_back(layer, delta, W)
+                J = layer_back(layer, J.reshape(K * n, layer.n_out), W).reshape(K, n, layer.n_in)
+        return parts
+
+    def curvature_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams):
+        """Return (None, pass B sums), tile by tile (:meth:`curvature_parts`)."""
+        if not isinstance(p, CurvatureParams):
+            p = CurvatureParams(tuple(p))
+        layout = self.curvature_layout(p.input_gram)
+        total = np.zeros(layout.size)
+        with np.errstate(all="ignore"):
+            for sl in row_tiles(x_raw.shape[0], self.curvature_rows):
+                total += layout.pack(self.curvature_parts(self.inputs(x_raw[sl]), y[sl], p.weights, p.input_gram))
+        return None, total

@@ -1,0 +1,83 @@
+"""2-D pooling after a convolution's activation: ``a = pool(h(z))`` over non-overlapping ``k × k`` windows.
+
+On a channel-last image ``u`` (``H × W × C``, a row of ``H·W·C`` values) max
+pooling gives ``v[i, j, c] = max_{p,q < k} u[k·i + p, k·j + q, c]`` and average
+pooling their mean; the output is ``⌊H/k⌋ × ⌊W/k⌋ × C`` (the last rows and
+columns that fill no window are dropped, as in PyTorch). Pooling has no
+weights: it is a fixed map between a layer's activations and the next
+layer's inputs. Its Jacobian is a 0/1 selection of each window's maximum
+(max) or the constant ``1/k²`` spread (average); :meth:`Pool2D.adjoint`
+applies its transpose, which Gauss-Newton's back-propagation needs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from solvers.errors import InputError
+
+POOL_MODES = ("max", "avg")
+
+
+@dataclass(frozen=True)
+class Pool2D:
+    """Non-overlapping ``size × size`` max or average pooling of rows holding ``in_shape`` (H, W, C) images."""
+
+    in_shape: tuple
+    size: int
+    mode: str = "max"
+    out_shape: tuple = field(init=False)
+
+    def __post_init__(self):
+        H, W, C = self.in_shape
+        if self.size > min(H, W):
+            raise InputError(f"pool:{self.size} does not fit a {H}x{W} image; use a smaller pool size")
+        object.__setattr__(self, "out_shape", (H // self.size, W // self.size, C))
+
+    @property
+    def n_in(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def n_out(self) -> int:
+        return math.prod(self.out_shape)
+
+    def _windows(self, u):
+        """Return ``u`` as ``(n, H', W', C, k·k)``: each output value's window in the last axis."""
+        k, (H, W, C), (ho, wo, _) = self.size, self.in_shape, self.out_shape
+        img = u.reshape(-1, H, W, C)[:, :ho * k, :wo * k]
+        return img.reshape(-1, ho, k, wo, k, C).transpose(0, 1, 3, 5, 2, 4).reshape(-1, ho, wo, C, k * k)
+
+    def forward(self, u):
+        """Return (``pool(u)`` as rows of ``n_out`` values, the Jacobian's data: the argmax mask, or None for avg)."""
+        win = self._windows(u)
+        if self.mode == "avg":
+            return win.mean(axis=-1, dtype=u.dtype).reshape(len(win), self.n_out), None
+        idx = win.argmax(axis=-1)
+        out = np.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
+        mask = np.zeros(win.shape, bool)
+        np.put_along_axis(mask, idx[..., None], True, axis=-1)
+        return out.reshape(len(win), self.n_out), mask
+
+    def apply(self, u):
+        """Return ``pool(u)`` (rows of ``n_out`` values)."""
+        return self.forward(u)[0]
+
+    def adjoint(self, g, mask):
+        """Return ``Jᵀ g``: each pooled value's gradient sent back to its window (rows of ``n_in`` values).
+
+        ``g`` may carry leading axes before the rows (``(..., n, n_out)``, e.g. one
+        block per network output); ``mask`` is :meth:`forward`'s, for the ``n`` rows.
+        """
+        k, (H, W, C), (ho, wo, _) = self.size, self.in_shape, self.out_shape
+        lead = g.shape[:-1]
+        gw = g.reshape(*lead, ho, wo, C, 1)
+        win = gw * mask if mask is not None else np.broadcast_to(gw / g.dtype.type(k * k), (*lead, ho, wo, C, k * k))
+        win = win.reshape(-1, ho, wo, C, k, k).transpose(0, 1, 4, 2, 5, 3).reshape(-1, ho * k, wo * k, C)
+        if ho * k == H and wo * k == W:
+            return np.ascontiguousarray(win).reshape(*lead, self.n_in)
+        out = np.zeros((win.shape[0], H, W, C), g.dtype)
+        out[:, :ho * k, :wo * k] = win
+        return out.reshape(*lead, self.n_in)

@@ -1,0 +1,267 @@
+"""Gauss-Newton with convolutions and pooling: Jacobian products against finite differences, the chunked KFC
+sums against a dense transcription, learning, Dask = in memory, bitwise resume."""
+import numpy as np
+import pytest
+
+from pipeline.model import load_network
+from pipeline.training import train
+from solvers import make_solver
+from solvers.config import TrainConfig
+from solvers.conv_gauss_newton import ConvGaussNewtonSolver
+from solvers.errors import InputError
+from solvers.gauss_newton import CurvatureParams
+from solvers.layers import FlattenSpec, PoolSpec, build_layers, parse_layers
+from solvers.pooling import Pool2D
+from solvers.reference import fit_in_memory
+from storage.data import write_data
+
+SHAPE = (6, 7, 2)
+LAYERS = "conv:3x3x2:same,pool:2,conv:4x2x2,flatten,dense:5"
+
+
+def tiny_solver(layers=LAYERS, activation="sigmoid", classes=3, dtype=np.float64):
+    d = int(np.prod(SHAPE))
+    cfg = TrainConfig(layers=layers, solver="gauss-newton", activation=activation, input_shape=SHAPE)
+    return make_solver(cfg, d, x_mean=np.zeros(d), x_scale=np.ones(d), classes=np.arange(classes), dtype=dtype)
+
+
+def random_weights(solver, rng):
+    return [rng.normal(0, 0.7, layer.weight_shape) for layer in solver.layers]
+
+
+def network_out(solver, x, weights):
+    return solver.network(weights).decision_function(x)
+
+
+def pool_matrix(pool, u):
+    """Return the dense Jacobian of a pooling at one row ``u`` (rows: outputs, columns: inputs), by loops."""
+    (H, W, C), (ho, wo, _), k = pool.in_shape, pool.out_shape, pool.size
+    img = u.reshape(H, W, C)
+    P = np.zeros((pool.n_out, pool.n_in))
+    for i in range(ho):
+        for j in range(wo):
+            for c in range(C):
+                cells = [(k * i + p, k * j + q) for p in range(k) for q in range(k)]
+                out = (i * wo + j) * C + c
+                if pool.mode == "avg":
+                    for (r, s) in cells:
+                        P[out, (r * W + s) * C + c] = 1.0 / k ** 2
+                else:
+                    r, s = max(cells, key=lambda rs: img[rs[0], rs[1], c])
+                    P[out, (r * W + s) * C + c] = 1.0
+    return P
+
+
+def dense_transcription(solver, x, weights):
+    """Return per sample the Jacobians ∂out/∂z_l (K × n_out_l) and inputs a_{l−1}, from dense matrices only."""
+    h, dh = solver.act.h, solver.act.dh
+    per_sample = []
+    for row in x:
+        a, zs, Ts, Ps, inputs = row, [], [], [], []
+        for layer, W in zip(solver.layers[:-1], weights[:-1]):
+            dense = layer.dense_weights(W) if not layer.is_dense else np.asarray(W)
+            T, b = dense[:, :-1], dense[:, -1]
+            inputs.append(a)
+            z = T @ a + b
+            u = h(z)
+            P = pool_matrix(layer.post, u) if layer.post is not None else np.eye(len(u))
+            a = P @ u
+            zs.append(z)
+            Ts.append(T)
+            Ps.append(P)
+        J = np.asarray(weights[-1])[:, :-1]  # ∂out/∂a_{L−1}
+        jac = {}
+        for l in range(len(zs), 0, -1):
+            J = (J @ Ps[l - 1]) * dh(zs[l - 1])
+            jac[l] = J
+            J = J @ Ts[l - 1]
+        per_sample.append((jac, inputs, zs))
+    return per_sample
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+def test_pooling_forward_and_adjoint_against_loops(mode):
+    rng = np.random.default_rng(0)
+    pool = Pool2D((5, 7, 3), 2, mode)
+    u = rng.normal(size=(4, pool.n_in))
+    out, mask = pool.forward(u)
+    g = rng.normal(size=(2, 4, pool.n_out))  # two blocks (outputs) of four rows
+    back = pool.adjoint(g, mask)
+    for i in range(4):
+        P = pool_matrix(pool, u[i])
+        np.testing.assert_allclose(out[i], P @ u[i], rtol=1e-12)
+        for k in range(2):
+            np.testing.assert_allclose(back[k, i], P.T @ g[k, i], rtol=1e-12)
+    assert pool.out_shape == (2, 3, 3)
+
+
+def test_conv_jacobian_products_against_finite_differences():
+    """The transcription's ∂out/∂z_l and the kernel's gradient D_l = −½ ∂Σ‖T − out‖²/∂W_l by central differences."""
+    rng = np.random.default_rng(1)
+    solver = tiny_solver()
+    weights = random_weights(solver, rng)
+    x = rng.normal(size=(3, solver.widths[0]))
+    y = np.array([0, 2, 1])
+    eps = 1e-6
+    # ∂out/∂z_1 of the first sample: perturb z_1 and run the layers above it
+    jac, _, zs = dense_transcription(solver, x[:1], weights)[0]
+
+    def out_from_z1(z1):
+        return _above(solver, solver.layers[0].post.apply(solver.act.h(z1[None])), weights, 1)[0]
+
+    fd = np.column_stack([(out_from_z1(zs[0] + eps * e) - out_from_z1(zs[0] - eps * e)) / (2 * eps)
+                          for e in np.eye(len(zs[0]))])
+    np.testing.assert_allclose(jac[1], fd, rtol=1e-5, atol=1e-8)
+    # the gradient the chunk kernel sums
+    parts = solver.curvature_parts(x, y, solver.cast(weights), False)
+    t = solver.task.targets(y, np.float64)
+
+    def error(ws):
+        return np.sum((t - network_out(solver, x, ws)) ** 2)
+
+    for l in (1, 2, 3):
+        W = weights[l - 1]
+        fd = np.zeros_like(W)
+        for idx in np.ndindex(*W.shape):
+            plus, minus = [w.copy() for w in weights], [w.copy() for w in weights]
+            plus[l - 1][idx] += eps
+            minus[l - 1][idx] -= eps
+            fd[idx] = -(error(plus) - error(minus)) / (4 * eps)
+        np.testing.assert_allclose(parts[f"grad{l}"], fd, rtol=1e-5, atol=1e-7)
+
+
+def _above(solver, a, weights, l):
+    """Return the network's output from ``a_l`` (layers l+1..L)."""
+    for layer, W in zip(solver.layers[l:-1], weights[l:-1]):
+        a = solver.act.h(layer.apply(a, W))
+        if layer.post is not None:
+            a = layer.post.apply(a)
+    return a @ weights[-1][:, :-1].T + weights[-1][:, -1]
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_chunked_curvature_equals_dense_transcription(activation):
+    """S_l = Σ_i Σ_k Σ_t J_{k,i,t}ᵀJ_{k,i,t}, G_{l−1} = Σ patch Grams, D_l: chunks of tiles = loops over samples."""
+    rng = np.random.default_rng(2)
+    solver = tiny_solver(activation=activation)
+    weights = random_weights(solver, rng)
+    n = 11
+    x = rng.normal(size=(n, solver.widths[0]))
+    y = rng.integers(0, 3, n)
+    solver.curvature_rows = 3  # several tiles per chunk
+    total = 0
+    for lo, hi in ((0, 5), (5, n)):  # two chunks
+        total = total + solver.curvature_chunk(x[lo:hi], y[lo:hi], None, lo,
+                                               CurvatureParams(solver.cast(weights), True))[1]
+    sums = solver.curvature_layout(True).unpack(total)
+    t = solver.task.targets(y, np.float64)
+    out = network_out(solver, x, weights)
+    expect = {l: {"curv": 0.0, "grad": 0.0, "gram": 0.0} for l in (1, 2, 3)}
+    for i, (jac, inputs, _) in enumerate(dense_transcription(solver, x, weights)):
+        r = t[i] - out[i]
+        for l in (1, 2, 3):
+            layer = solver.layers[l - 1]
+            c_out = layer.weight_shape[0]
+            rows = solver.layers[l - 1].patches(inputs[l - 1][None]) if not layer.is_dense else inputs[l - 1][None]
+            rows = np.hstack([rows, np.ones((len(rows), 1))])
+            Jk = jac[l].reshape(len(r), -1, c_out)        # (K, |T|, C_out)
+            expect[l]["curv"] += np.einsum("ktc,ktd->cd", Jk, Jk)
+            delta = (r @ jac[l]).reshape(-1, c_out)      # (|T|, C_out)
+            expect[l]["grad"] += delta.T @ rows
+            expect[l]["gram"] += rows.T @ rows
+    for l in (1, 2, 3):
+        np.testing.assert_allclose(sums[f"curv{l}"], expect[l]["curv"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(sums[f"grad{l}"], expect[l]["grad"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(sums["gram1" if l == 1 else f"gram{l}"], expect[l]["gram"], rtol=1e-12)
+    np.testing.assert_allclose(sums["loss"], np.sum((t - out) ** 2), rtol=1e-12)
+    # the step's output factor is KFC's Γ: the mean over positions
+    S = solver.curvatures(weights, sums)
+    np.testing.assert_allclose(S[0], expect[1]["curv"] / solver.layers[0].positions, rtol=1e-9)
+    np.testing.assert_allclose(S[2], expect[3]["curv"], rtol=1e-9)
+
+
+def test_dense_layers_give_the_dense_solvers_sums():
+    """With a convolution below, the dense layers' S, D, G are the dense solver's (its Σ MᵀM trick undone)."""
+    rng = np.random.default_rng(3)
+    conv = tiny_solver("conv:2x3x3,dense:6,dense:4", activation="relu")
+    weights = random_weights(conv, rng)
+    x = rng.normal(size=(9, conv.widths[0]))
+    y = rng.integers(0, 3, 9)
+    parts = conv.curvature_parts(x, y, conv.cast(weights), False)
+    dense = make_solver(TrainConfig(hidden=(6, 4), solver="gauss-newton", activation="relu"), conv.widths[1],
+                        x_mean=np.zeros(conv.widths[1]), x_scale=np.ones(conv.widths[1]), classes=np.arange(3),
+                        dtype=np.float64)
+    a1 = conv.act.h(conv.layers[0].apply(x, weights[0]))
+    _, sums = dense.curvature_chunk(a1, y, None, 0, CurvatureParams(tuple(weights[1:]), True))
+    ref = dense.curvature_layout(True).unpack(sums)
+    S = dense.curvatures(weights[1:], ref)
+    np.testing.assert_allclose(parts["curv3"], S[1], rtol=1e-10)
+    np.testing.assert_allclose(parts["curv2"], S[0], rtol=1e-10)
+    np.testing.assert_allclose(parts["grad3"], ref["grad2"], rtol=1e-10)
+    np.testing.assert_allclose(parts["gram3"], ref["gram2"], rtol=1e-10)
+
+
+def test_gauss_newton_with_convolutions_and_pooling_learns_digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    cfg = TrainConfig(layers="conv:6x3x3:same,pool:2,conv:8x3x3,dense:30", solver="gauss-newton", iterations=8,
+                      scaling="global", validation_fraction=0)
+    r = fit_in_memory(d.data[:1000], d.target[:1000], cfg, chunk_rows=250, X_test=d.data[1000:1400],
+                      y_test=d.target[1000:1400])
+    assert isinstance(r.solver, ConvGaussNewtonSolver)
+    objectives = [h["objective"] for h in r.history]
+    assert objectives[-1] < 0.5 * objectives[0]
+    assert r.history[-1]["test_accuracy"] >= 0.9
+    assert r.history[-1]["test_accuracy"] == pytest.approx(r.network.score(d.data[1000:1400], d.target[1000:1400]))
+
+
+def test_pooling_and_flatten_syntax_and_errors():
+    specs = parse_layers("conv:4x3x3,pool:2,conv:8x3:same,POOL:2:avg,flatten,dense:10")
+    assert specs[1] == PoolSpec(2) and specs[3] == PoolSpec(2, "avg") and specs[4] == FlattenSpec()
+    cfg = TrainConfig(layers="conv:4x3x3,pool:2,conv:8x3:same,POOL:2:avg,flatten,dense:10")
+    assert cfg.layers == "conv:4x3x3,pool:2,conv:8x3x3:same,pool:2:avg,flatten,dense:10"
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    layers = build_layers(specs, 28 * 28, 10)
+    assert [m.n_out for m in layers] == [26 * 26 * 4, 13 * 13 * 8, 10, 10]
+    assert layers[1].in_shape == (13, 13, 4) and layers[2].n_in == 6 * 6 * 8
+    for layers, message in [("pool:2,conv:4x3x3", "must follow a convolution .*not the input"),
+                            ("conv:4x3x3,pool:2,pool:2", "must follow a convolution"),
+                            ("conv:4x3x3,dense:10,pool:2", "follows a dense layer"),
+                            ("conv:4x3x3,flatten,conv:4x3x3", "follows flatten"),
+                            ("flatten,dense:10", "flatten must follow"),
+                            ("conv:4x3x3,pool:0", "size of 0"),
+                            ("conv:4x3x3,pool:2:min", "cannot read layer 'pool:2:min'")]:
+        with pytest.raises(InputError, match=message):
+            TrainConfig(layers=layers, solver="gauss-newton")
+    with pytest.raises(InputError, match="pooling layers are trained by the gauss-newton solver only"):
+        TrainConfig(layers="conv:4x3x3,pool:2", solver="admm")
+    with pytest.raises(InputError, match="pool:8 does not fit a 6x6 image"):
+        tiny = TrainConfig(layers="conv:2x3x3,pool:8", solver="gauss-newton")
+        make_solver(tiny, 64, x_mean=np.zeros(64), x_scale=np.ones(64), classes=np.arange(2))
+
+
+@pytest.mark.slow  # ~40 s: two Dask runs and a resume
+def test_pipeline_gauss_newton_conv_matches_reference_and_resumes_bitwise(client, tmp_path):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X, y, X_test, y_test = d.data[:800], d.target[:800], d.data[1400:], d.target[1400:]
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    write_data(tmp_path / "t.zarr", X_test, y_test)
+    cfg = TrainConfig(layers="conv:3x3x3:same,pool:2,conv:4x3x3,dense:8", solver="gauss-newton", iterations=4,
+                      scaling="global", validation_fraction=0)
+    result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", test_data=tmp_path / "t.zarr",
+                   config=cfg, chunk_rows=200, report=lambda line: None)
+    ref = fit_in_memory(X, y, cfg, chunk_rows=200, X_test=X_test, y_test=y_test)
+    for W, W_ref in zip(result.network.weights, ref.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+    assert [h["accepted"] for h in result.history] == [h["accepted"] for h in ref.history]
+    net = load_network(tmp_path / "r.zarr")
+    np.testing.assert_array_equal(net.predict(X_test), result.network.predict(X_test))
+    part = TrainConfig(**{**cfg.to_dict(), "iterations": 2})
+    train(client, store=tmp_path / "p.zarr", data=tmp_path / "d.zarr", config=part, chunk_rows=200,
+          report=lambda line: None)
+    resumed = train(client, store=tmp_path / "p.zarr", resume=True, iterations=4, report=lambda line: None)
+    for W, W_full in zip(resumed.network.weights, result.network.weights):
+        np.testing.assert_array_equal(W, W_full)
