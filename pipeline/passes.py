@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
+from pipeline.alignment import aligned
 from solvers.loop import shard_groups
 from solvers.losses import encode_labels
 from solvers.tiling import chunk_bounds
@@ -64,6 +65,7 @@ def chunk_task(bundle, data, run, read_slots, write_slot, start, stop):
     committed one, so a retried task rewrites the same bytes.
     """
     solver, kernel, params = bundle
+    params = aligned(params)
     with threadpool_limits(1):
         x, y = _read_xy(data, start, stop, solver.classes)
         state = None if read_slots is None else _read_state(run, read_slots, start, stop)
@@ -101,6 +103,7 @@ def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds):
     committed one, so a retried task rewrites the same bytes.
     """
     solver, kernel, params = bundle
+    params = aligned(params)
     with threadpool_limits(1):
         names = solver.shard_state_widths()
         state = None if read_slot is None else _read_shard_state(run, read_slot, names, shard)
@@ -229,7 +232,7 @@ class DaskRunner:
             with contextlib.redirect_stdout(sys.stderr):
                 progress(futures, notebook=False)
             print(file=sys.stderr)
-        return self.client.gather(futures)
+        return aligned(self.client.gather(futures))
 
     def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
         shared = broadcast((self.solver, kernel, params))

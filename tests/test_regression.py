@@ -121,10 +121,6 @@ def test_pipeline_regression_matches_reference(client, tmp_path, solver, hidden,
     assert float(last[3]) == pytest.approx(result.history[-1]["test_r2"], abs=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="known regression since ec777ad (alpha auto, issue 19): the resumed regression "
-                   "run's output bias differs from the uninterrupted run's by 1 ulp (2.2e-16); every recorded metric "
-                   "is equal, and with thread workers the weights are equal too. "
-                   "Open: find the step whose result depends on the worker process")
 def test_regression_run_resumes_and_stops_early_on_r2(client, tmp_path):
     X, y = make_regression(n=3000)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=500)
