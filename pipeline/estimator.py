@@ -439,9 +439,10 @@ class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
     def predict_proba(self, X):
         """Return class probabilities (n, n_classes), columns in ``classes_`` order; rows sum to 1.
 
-        The network is fitted to 0/1 targets, so its outputs estimate the
-        probabilities: they are clipped to [0.001, 0.999] and, for more than two
-        classes, renormalised (:mod:`solvers.scores`). A Dask array for Dask or
+        A network fitted to 0/1 targets has outputs that estimate the
+        probabilities; one fitted by cross-entropy (``loss``) gives them through
+        softmax (two classes: sigmoid). They are clipped to [0.001, 0.999] and,
+        for more than two classes, renormalised (:mod:`solvers.scores`). A Dask array for Dask or
         store input.
         """
         check_is_fitted(self)

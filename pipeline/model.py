@@ -16,4 +16,4 @@ def load_network(path) -> Network:
     config = TrainConfig.from_dict(run.attrs["config"])
     layers = build_layers(config.layer_specs(), len(m["x_mean"]), len(weights[-1]), config.input_shape)
     return Network(weights, config.activation, m.get("classes"), m["x_mean"], m["x_scale"],
-                   y_mean=m.get("y_mean"), y_scale=m.get("y_scale"), layers=layers)
+                   y_mean=m.get("y_mean"), y_scale=m.get("y_scale"), layers=layers, link=config.output_link())

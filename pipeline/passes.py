@@ -133,7 +133,7 @@ def classification_task(network, data, start, stop):
         idx = np.searchsorted(classes, y)
         idx = np.where((idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y), idx, -1)
         z = network.decision_function(x)
-        return classification_sums(probabilities(z), idx, predict_classes(z))
+        return classification_sums(probabilities(z, network.link), idx, predict_classes(z))
 
 
 def r2_task(network, data, start, stop):

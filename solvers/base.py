@@ -48,7 +48,7 @@ class SolverBase:
         """Return the trained network for the weights ``W_1..W_L`` (bias in the last column)."""
         return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
                        self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale,
-                       self.layers)
+                       self.layers, self.config.output_link())
 
     def cast(self, weights) -> tuple:
         """Return the weights ``W_1..`` in the solver's dtype, as the chunk kernels take them."""

@@ -30,6 +30,8 @@ ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings ever
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
 CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
+CROSS_ENTROPY = "cross-entropy"  # softmax (one unit: sigmoid) cross-entropy: gauss-newton and consensus only
+GAUSS_NEWTON_LOSS = "squared"  # what --loss auto fits with gauss-newton (benchmarks/results/defaults_real.md)
 GROUPS = {  # --help groups, in order: title and description (None: the general settings)
     "model": ("model and method", None),
     "gauss-newton": ("gauss-newton solver", None),
@@ -114,8 +116,11 @@ class TrainConfig:
     task: str = setting("classification", "classification (y are class labels) or regression (y are real values, "
                         "fitted standardised with the squared loss; scores are R²)", choices=sorted(TASKS),
                         param="")  # the estimator's class says the task
-    loss: str = setting("auto", "auto: hinge for 2 classes, one-vs-all hinge for more, squared for regression",
-                        choices=["auto", *sorted(LOSSES)])
+    loss: str = setting("auto", f"output loss; auto: {GAUSS_NEWTON_LOSS} for gauss-newton, cross-entropy for "
+                        "consensus, squared for dladmm, hinge for admm (one-vs-all hinge for more than 2 classes); "
+                        "squared for regression; cross-entropy (softmax, or sigmoid for 2 classes: generalised "
+                        "Gauss-Newton) is fitted by gauss-newton and consensus only",
+                        choices=["auto", CROSS_ENTROPY, *sorted(LOSSES)])
     gamma: float = setting(10.0, "weight γ of ‖a − h(z)‖²", resumable=True, solvers=("admm",))
     beta: float = setting(0.1, "weight β of ‖z − W a‖² and of the λ step", resumable=True, solvers=("admm",))
     iterations: int = setting(20, "iterations to run in total", resumable=True, param="max_iter")
@@ -232,8 +237,11 @@ class TrainConfig:
             problems.append(f"hidden widths must be positive integers, got {list(self.hidden)}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
-        if self.loss != "auto" and self.loss not in LOSSES:
-            problems.append(f"loss {self.loss!r} is not one of {['auto', *sorted(LOSSES)]}")
+        if self.loss not in ("auto", CROSS_ENTROPY) and self.loss not in LOSSES:
+            problems.append(f"loss {self.loss!r} is not one of {['auto', CROSS_ENTROPY, *sorted(LOSSES)]}")
+        elif self.loss == CROSS_ENTROPY and self.solver in ("admm", "dladmm"):
+            problems.append(f"loss {CROSS_ENTROPY} is fitted by the gauss-newton and consensus solvers, not "
+                            f"{self.solver} (pass --loss hinge, ovr-hinge or squared, or another --solver)")
         if self.task not in TASKS:
             problems.append(f"task {self.task!r} is not one of {sorted(TASKS)}")
         elif self.task == "regression" and self.loss not in ("auto", "squared"):
@@ -277,6 +285,26 @@ class TrainConfig:
         if self.loss != "auto":
             return self.loss
         return "hinge" if n_classes == 2 else "ovr-hinge"
+
+    def gauss_newton_loss(self) -> str:
+        """Return the loss Gauss-Newton fits: squared for regression, else ``loss`` (auto: :data:`GAUSS_NEWTON_LOSS`)."""
+        if self.task == "regression":
+            return "squared"
+        return GAUSS_NEWTON_LOSS if self.loss == "auto" else self.loss
+
+    def output_link(self) -> str:
+        """Return how the output layer maps to class probabilities: ``logistic`` when it was fitted by cross-entropy.
+
+        ``logistic``: softmax (one unit: sigmoid of z − ½, :mod:`solvers.cross_entropy`);
+        ``identity``: the outputs estimate the probabilities themselves (0/1 targets).
+        """
+        if self.task != "classification":
+            return "identity"
+        if self.solver == "consensus":
+            return "logistic" if self.loss in ("auto", CROSS_ENTROPY) else "identity"
+        if self.solver in ("gauss-newton", HANDOVER):
+            return "logistic" if self.gauss_newton_loss() == CROSS_ENTROPY else "identity"
+        return "identity"
 
     def layer_specs(self) -> tuple:
         """Return the hidden layers as specs (:mod:`solvers.layers`): ``layers`` if given, else dense ``hidden``."""

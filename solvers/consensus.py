@@ -67,7 +67,7 @@ class ConsensusSolver(SolverBase):
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
         super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
-        if config.loss not in ("auto", "squared"):
+        if config.loss not in ("auto", "cross-entropy", "squared"):
             raise InputError(f"the consensus solver fits cross-entropy (--loss auto) or the squared loss; "
                              f"--loss {config.loss} needs --solver admm")
         if config.task == "regression" or config.loss == "squared":

@@ -35,7 +35,20 @@ and applies the least-squares W-solve on the forward inputs. No per-sample
 state is stored (the forward pass is recomputed), so the out-of-core I/O is
 the data alone: two passes per accepted iteration, one per rejected one.
 
-Settings: ``step_size`` η, ``damping`` λ₀, ``alpha`` α (``"auto"`` or a
+Cross-entropy (``--loss cross-entropy``, generalised Gauss-Newton, Schraudolph 2002;
+:mod:`solvers.cross_entropy`): ``E = Σℓ + α Σ_l ‖W̃_l‖²`` with softmax (one unit:
+sigmoid) outputs. The output layer is no longer closed form: it starts at zero
+(p = 1/K) and takes the same damped step as the hidden layers, with
+``δ_L = T − P``, ``S_L = Σ H``, ``H = diag(p) − p pᵀ``, and the hidden layers'
+``S_l = Σ_k J_{k,l}ᵀ J_{k,l}`` start from ``J_{k,L−1} = M_{L−1} ⊙ (F_k W̃_L)``,
+``F_k`` the rows ``√p_k (e_k − p)ᵀ`` (``H = Σ_k f_k f_kᵀ``). Pass A evaluates the
+output trial ``W_L(α_j)`` for every α of the grid at once (one product per chunk);
+``alpha="auto"`` takes the α whose trial has the least held-out Σℓ (α_j =
+``ALPHA_GRID`` times the mean diagonal s̄ ḡ of the output layer's curvature
+``(S_L/n) ⊗ G_{L−1}``; nothing held out: :data:`CE_ALPHA_UNHELD` of it), and the
+hidden layers' next step uses the α last chosen.
+
+Settings: ``loss`` (squared or cross-entropy), ``step_size`` η, ``damping`` λ₀, ``alpha`` α (``"auto"`` or a
 number), ``ridge`` ε (the numerical floor of every solve); the accepted
 objective and pass-A sums, α, λ, the trial weights and pass B's sums are the
 client ``carry``.
@@ -46,12 +59,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers import sampling
+from solvers import cross_entropy as ce, sampling
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError
-from solvers.linalg import (RidgePath, affine, cross_with_bias, gram_with_bias, penalty, quadratic_error,
-                            solve_weights, times)
+from solvers.linalg import (ALPHA_GRID, RidgePath, affine, cross_with_bias, gram_with_bias, penalty,
+                            quadratic_error, solve_weights, times)
 from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.stats import StatsLayout
 
@@ -59,6 +72,7 @@ DAMPING_FLOOR = 1e-2  # λ never drops below this (relative to the mean curvatur
 DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
 DAMPING_SHRINK = 2.0  # λ ← λ/2 after an accepted one
 STEP_RIDGE = 1e-2     # least relative damping ε' of the input Gram in the hidden layers' step
+CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄ ḡ) of the output layer
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class ForwardParams:
 
     hidden: tuple
     input_gram: bool
+    outputs: object = None  # cross-entropy: the output layer's trials W_L(α_j) stacked (J·K × n_{L−1}+1)
 
 
 @dataclass(frozen=True)
@@ -86,9 +101,11 @@ class GaussNewtonSolver(SolverBase):
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
         super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
-        if config.loss not in ("auto", "squared"):
-            raise InputError(f"the gauss-newton solver fits the squared loss; --loss {config.loss} "
+        loss = config.gauss_newton_loss()
+        if loss not in ("squared", "cross-entropy"):
+            raise InputError(f"the gauss-newton solver fits the squared loss or cross-entropy; --loss {config.loss} "
                              "needs --solver admm")
+        self.cross_entropy = loss == "cross-entropy"
 
     # -- what the pipeline stores and sums ------------------------------------------
     def state_widths(self) -> dict[str, int]:
@@ -98,7 +115,10 @@ class GaussNewtonSolver(SolverBase):
     def forward_layout(self, input_gram: bool) -> StatsLayout:
         """Return the layout of pass A's sums (``gram1`` = Σ ã_0 ã_0ᵀ only when asked)."""
         w, L = self.widths, self.L
-        shapes = {"n": (), "tt": (), f"gram{L}": (w[L - 1] + 1,) * 2, f"cross{L}": (w[L], w[L - 1] + 1)}
+        if self.cross_entropy:  # the training loss Σℓ of each output trial W_L(α_j)
+            shapes = {"n": (), "ce": (len(self.output_alphas(1.0)),)}
+        else:
+            shapes = {"n": (), "tt": (), f"gram{L}": (w[L - 1] + 1,) * 2, f"cross{L}": (w[L], w[L - 1] + 1)}
         if input_gram and L > 1:
             shapes["gram1"] = (w[0] + 1,) * 2
         return StatsLayout(shapes)
@@ -106,7 +126,8 @@ class GaussNewtonSolver(SolverBase):
     def curvature_layout(self, input_gram: bool = False) -> StatsLayout:
         """Return the layout of pass B's sums: score, error, S (as Σ MᵀM for the last hidden layer), D, G per layer.
 
-        ``input_gram``: also ``gram1`` = Σ ã_0 ã_0ᵀ (when the sample of chunks changed).
+        ``input_gram``: also ``gram1`` = Σ ã_0 ã_0ᵀ (when the sample of chunks changed). Cross-entropy: S
+        of the last hidden layer in full, and the output layer's ``curv{L}`` = Σ H, ``grad{L}``, ``gram{L}``.
         """
         w, L = self.widths, self.L
         shapes = {"n": (), **self.task.score_shapes, "loss": ()}
@@ -117,6 +138,8 @@ class GaussNewtonSolver(SolverBase):
             shapes[f"grad{l}"] = (w[l], w[l - 1] + 1)
             if l > 1:
                 shapes[f"gram{l}"] = (w[l - 1] + 1,) * 2
+        if self.cross_entropy:
+            shapes.update({f"curv{L}": (w[L], w[L]), f"grad{L}": (w[L], w[L - 1] + 1), f"gram{L}": (w[L - 1] + 1,) * 2})
         return StatsLayout(shapes)
 
     # -- client side -------------------------------------------------------------------
@@ -129,23 +152,38 @@ class GaussNewtonSolver(SolverBase):
         chunks = sampling.sample(len(runner.bounds), m, self.config.seed) if hasattr(runner, "bounds") else None
         return {} if chunks is None else {"chunks": chunks}
 
+    def initial_output(self) -> np.ndarray:
+        """Return the cross-entropy start of W_L: zero, so every class has p = 1/K (one unit: bias ½, logit 0)."""
+        W = np.zeros((self.widths[-1], self.widths[-2] + 1))
+        if W.shape[0] == 1:
+            W[0, -1] = ce.SHIFT
+        return W
+
     def initialize(self, runner, hidden=None) -> LoopState:
         """Fit the output layer on the random hidden layers (or ``hidden``: a hand-over) by pass A, then take pass B.
 
-        Both passes read the first sample of chunks (:mod:`solvers.sampling`).
+        Both passes read the first sample of chunks (:mod:`solvers.sampling`). Cross-entropy starts the
+        output layer at :meth:`initial_output` and takes pass B alone (α: the given one, or 0 for auto).
         """
         hidden = self.initial_hidden() if hidden is None else hidden
         bounds = list(getattr(runner, "bounds", ()))  # a runner without chunk bounds reads every chunk
         m = sampling.initial_count(bounds, sampling.resolve(self.config.sample_schedule, self.config.solver),
                                    self.config.sample_start)
         sample = self._sample(runner, m)
+        if self.cross_entropy:
+            weights = [*hidden, self.initial_output()]
+            alpha = 0.0 if self.config.alpha == "auto" else float(self.config.alpha)
+            carry = {"damping": np.float64(self.config.damping), "sample_chunks": np.float64(m),
+                     "alpha": np.float64(alpha),
+                     **self._curvature_pass(runner, weights, 0.0, 0, sample, alpha, new_sample=True)}
+            return self._with_trial(LoopState(0, weights, carry))
         sums, held = run_pass_held_out(runner, self.forward_layout(True), "forward_chunk",
                                        self._forward_params(hidden, True), 0, **sample)
         input_gram = sums["gram1"] if self.L > 1 else sums[f"gram{self.L}"]
         W_out, error, alpha = self.output_layer(sums, held)
         weights = [*hidden, W_out]
         carry = {"input_gram": np.asarray(input_gram), "damping": np.float64(self.config.damping),
-                 "sample_chunks": np.float64(m), "alpha": np.float64(alpha), **self._accepted_sums(sums),
+                 "sample_chunks": np.float64(m), "alpha": np.float64(alpha), **self._accepted_sums(sums, error),
                  **self._curvature_pass(runner, weights, self.objective(error, weights, alpha), 0, sample, alpha)}
         return self._with_trial(LoopState(0, weights, carry))
 
@@ -156,8 +194,8 @@ class GaussNewtonSolver(SolverBase):
         m = int(c.get("sample_chunks", n_chunks))  # runs stored before progressive sampling: every chunk
         trial = [c[f"T{l}"] for l in range(1, self.L)]
         sums, held = run_pass_held_out(runner, self.forward_layout(False), "forward_chunk",
-                                       self._forward_params(trial, False), k, **self._sample(runner, m))
-        W_out, error, alpha = self.output_layer(sums, held)
+                                       self._forward_params(trial, False, c), k, **self._sample(runner, m))
+        W_out, error, alpha = self.output_layer(sums, held, c)
         objective = self.objective(error, [*trial, W_out], alpha)
         current = self._current_objective(state, c, alpha)
         accepted = objective <= current
@@ -165,7 +203,7 @@ class GaussNewtonSolver(SolverBase):
         c["alpha"] = np.float64(alpha)
         if accepted:
             weights = [*trial, W_out]
-            c.update(self._accepted_sums(sums))
+            c.update(self._accepted_sums(sums, error))
             c["error"] = np.float64(objective)
             c["damping"] = np.float64(max(float(c["damping"]) / DAMPING_SHRINK, DAMPING_FLOOR))
         else:
@@ -197,9 +235,14 @@ class GaussNewtonSolver(SolverBase):
         """Return ``E = error + α Σ_l ‖W̃_l‖²`` (the objective the LM test compares)."""
         return float(error) + float(alpha) * sum(penalty(W) for W in weights)
 
-    def _accepted_sums(self, sums: dict) -> dict:
-        """Return the carry entries keeping the accepted weights' pass-A sums (their E at any α) on this sample."""
+    def _accepted_sums(self, sums: dict, error: float) -> dict:
+        """Return the carry entries keeping the accepted weights' pass-A sums (their E at any α) on this sample.
+
+        Cross-entropy: their training loss ``error`` (it does not depend on α).
+        """
         L = self.L
+        if self.cross_entropy:
+            return {"acc_loss": np.float64(error), "acc_valid": np.float64(1.0)}
         return {"acc_gram": np.asarray(sums[f"gram{L}"]), "acc_cross": np.asarray(sums[f"cross{L}"]),
                 "acc_tt": np.float64(sums["tt"]), "acc_valid": np.float64(1.0)}
 
@@ -212,6 +255,9 @@ class GaussNewtonSolver(SolverBase):
         """
         if float(c["alpha"]) == float(alpha):
             return float(c["error"])
+        if self.cross_entropy:
+            loss = c["acc_loss"] if float(c.get("acc_valid", 0.0)) else c.get("loss", c["error"])
+            return self.objective(float(loss), state.weights, alpha)
         if float(c.get("acc_valid", 0.0)):
             W = RidgePath(c["acc_cross"], c["acc_gram"], self.config.ridge, what=f"W_{self.L}").weights(alpha)
             return self.objective(quadratic_error(W, c["acc_cross"], c["acc_gram"], float(c["acc_tt"])),
@@ -230,18 +276,32 @@ class GaussNewtonSolver(SolverBase):
                         **sample)
         out = {}
         if new_sample:
-            out["input_gram"] = np.asarray(curv.pop("gram1") if self.L > 1 else curv[f"gram{self.L}"])
+            out["input_gram"] = np.asarray(curv.pop("gram1") if self.L > 1 else curv["gram1"])
             objective = self.objective(float(curv["loss"]), weights, alpha)
             out["acc_valid"] = np.float64(0.0)
         return {**out, "curvature": self.curvature_layout().pack(curv), "error": np.float64(objective),
                 "loss": np.float64(curv["loss"]), f"train_{self.task.score_name}": np.float64(self.task.score(curv))}
 
-    def output_layer(self, sums: dict, held: dict | None = None) -> tuple[np.ndarray, float, float]:
+    def output_layer(self, sums: dict, held: dict | None = None, carry: dict | None = None
+                     ) -> tuple[np.ndarray, float, float]:
         """Return ``W_L(α) = C_L (G + α Ĩ)⁻¹``, its training error ``Σ‖T − W_L ã‖²`` and α, from pass A's sums.
 
         ``alpha="auto"``: α minimises the held-out error computed from ``held``
         (pass A's sums over the held-out chunks), or GCV when ``held`` is None.
+        Cross-entropy: of the trials ``W_L(α_j)`` in ``carry`` (:meth:`output_alphas`),
+        the one of least held-out loss Σℓ (ties: the larger α; nothing held
+        out: α = :data:`CE_ALPHA_UNHELD` · s̄ ḡ), with its training loss.
         """
+        if self.cross_entropy:
+            alphas, trials = np.asarray(carry["out_alphas"]), np.asarray(carry["T_out"])
+            if len(alphas) == 1:
+                j = 0
+            elif held is None:
+                j = int(np.argmin(np.abs(ALPHA_GRID - CE_ALPHA_UNHELD)))
+            else:
+                crit = np.asarray(held["ce"])
+                j = len(alphas) - 1 - int(np.argmin(crit[::-1]))  # the first minimum from the large-α end
+            return trials[j], float(sums["ce"][j]), float(alphas[j])
         L = self.L
         cross, gram = sums[f"cross{L}"], sums[f"gram{L}"]
         path = RidgePath(cross, gram, self.config.ridge, what=f"W_{L}")
@@ -254,33 +314,60 @@ class GaussNewtonSolver(SolverBase):
         return W, quadratic_error(W, cross, gram, float(sums["tt"])), alpha
 
     def curvatures(self, weights, curv: dict) -> list:
-        """Return S_1..S_{L−1} from pass B's sums (the last one as (W̃_Lᵀ W̃_L) ⊙ Σ MᵀM)."""
+        """Return S_1..S_{L−1} from pass B's sums (squared loss: the last one as (W̃_Lᵀ W̃_L) ⊙ Σ MᵀM)."""
         out = [curv[f"curv{l}"] for l in range(1, self.L)]
-        if self.L > 1:
+        if self.L > 1 and not self.cross_entropy:
             Wt = np.asarray(weights[-1], np.float64)[:, :-1]
             out[-1] = out[-1] * (Wt.T @ Wt)
         return out
 
     def trial_weights(self, weights, curv: dict, input_gram, damping: float, alpha: float = 0.0) -> list:
-        """Return ``W_l + η n (S_l + (λ s̄ + π√(αn)) I)⁻¹ (D_l − α W̃_l) (G_{l−1} + (ε' ḡ + √(αn)/π) I)⁻¹``."""
-        c, n = self.config, float(curv["n"])
-        out = []
-        for l, S in enumerate(self.curvatures(weights, curv), start=1):
-            G = np.array(input_gram if l == 1 else curv[f"gram{l}"], np.float64)
-            W = np.asarray(weights[l - 1], np.float64)
-            D = np.array(curv[f"grad{l}"], np.float64)
-            S = np.array(S, np.float64)
-            if alpha > 0:
-                D[:, :-1] -= alpha * W[:, :-1]
-                s_mean = max(float(np.mean(np.diag(S))), 1e-300)
-                g_mean = max(float(np.mean(np.diag(G)[:-1])), 1e-300) if G.shape[0] > 1 else 1.0
-                pi = np.sqrt(s_mean / g_mean)
-                S[np.diag_indices_from(S)] += pi * np.sqrt(alpha * n)
-                G[np.diag_indices_from(G)] += np.sqrt(alpha * n) / pi
-            left = solve_weights(D.T, S, damping, what=f"S_{l} (layer {l} curvature)", setting="--damping").T
-            step = solve_weights(left, G, max(c.ridge, STEP_RIDGE), what=f"G_{l - 1} (layer {l} input Gram)")
-            out.append(W + c.step_size * n * step)
-        return out
+        """Return ``W_l + η n (S_l + (λ s̄ + π√(αn)) I)⁻¹ (D_l − α W̃_l) (G_{l−1} + (ε' ḡ + √(αn)/π) I)⁻¹``, l < L."""
+        n = float(curv["n"])
+        return [self.layer_step(l, weights[l - 1], curv[f"grad{l}"], S, input_gram if l == 1 else curv[f"gram{l}"],
+                                damping, alpha, n)
+                for l, S in enumerate(self.curvatures(weights, curv), start=1)]
+
+    def layer_step(self, l: int, W, D, S, G, damping: float, alpha: float, n: float) -> np.ndarray:
+        """Return layer l's damped Gauss-Newton trial ``W + η n (S + …)⁻¹ (D − α W̃) (G + …)⁻¹`` (:meth:`trial_weights`).
+
+        A layer of zero curvature (the loss does not see it yet: the cross-entropy start's zero W_L) stays as it is.
+        """
+        c = self.config
+        if not np.any(S):
+            return np.array(W, np.float64)
+        G = np.array(G, np.float64)
+        W = np.asarray(W, np.float64)
+        D = np.array(D, np.float64)
+        S = np.array(S, np.float64)
+        if alpha > 0:
+            D[:, :-1] -= alpha * W[:, :-1]
+            s_mean = max(float(np.mean(np.diag(S))), 1e-300)
+            g_mean = max(float(np.mean(np.diag(G)[:-1])), 1e-300) if G.shape[0] > 1 else 1.0
+            pi = np.sqrt(s_mean / g_mean)
+            S[np.diag_indices_from(S)] += pi * np.sqrt(alpha * n)
+            G[np.diag_indices_from(G)] += np.sqrt(alpha * n) / pi
+        left = solve_weights(D.T, S, damping, what=f"S_{l} (layer {l} curvature)", setting="--damping").T
+        step = solve_weights(left, G, max(c.ridge, STEP_RIDGE), what=f"G_{l - 1} (layer {l} input Gram)")
+        return W + c.step_size * n * step
+
+    def output_alphas(self, scale: float) -> np.ndarray:
+        """Return the α of the cross-entropy output trials: the given α, or for auto ``ALPHA_GRID · scale``.
+
+        ``scale = s̄ ḡ``, the mean diagonal of the output layer's curvature ``(Σ H / n) ⊗ G_{L−1}``.
+        """
+        if self.config.alpha != "auto":
+            return np.array([float(self.config.alpha)])
+        return ALPHA_GRID * scale
+
+    def output_trials(self, weights, curv: dict, input_gram, damping: float) -> tuple[np.ndarray, np.ndarray]:
+        """Return (α_j, the cross-entropy output trials W_L(α_j) stacked J × K × (n_{L−1}+1)): the damped step of W_L."""
+        L, n = self.L, float(curv["n"])
+        S, G = curv[f"curv{L}"], input_gram if L == 1 else curv[f"gram{L}"]
+        scale = float(np.mean(np.diag(S))) / max(n, 1.0) * float(np.mean(np.diag(G)[:-1]) if len(G) > 1 else 1.0)
+        alphas = self.output_alphas(scale if scale > 0 else 1.0)
+        return alphas, np.stack([self.layer_step(L, weights[-1], curv[f"grad{L}"], S, G, damping, a, n)
+                                 for a in alphas])
 
     def _with_trial(self, state: LoopState) -> LoopState:
         c = state.carry
@@ -289,10 +376,16 @@ class GaussNewtonSolver(SolverBase):
                                    float(c.get("alpha", 0.0)))
         for l, W in enumerate(trial, start=1):
             c[f"T{l}"] = W
+        if self.cross_entropy:
+            c["out_alphas"], c["T_out"] = self.output_trials(state.weights, curv, c["input_gram"], float(c["damping"]))
         return state
 
-    def _forward_params(self, hidden, input_gram: bool) -> ForwardParams:
-        return ForwardParams(self.cast(hidden), input_gram)
+    def _forward_params(self, hidden, input_gram: bool, carry: dict | None = None) -> ForwardParams:
+        outputs = None
+        if self.cross_entropy and carry is not None:
+            trials = np.asarray(carry["T_out"])
+            outputs = np.asarray(trials.reshape(-1, trials.shape[-1]), self.dtype)
+        return ForwardParams(self.cast(hidden), input_gram, outputs)
 
     # -- chunk side (pure NumPy: one chunk in, sums out) --------------------------------
     def _hidden_forward(self, x, hidden):
@@ -304,15 +397,21 @@ class GaussNewtonSolver(SolverBase):
         return a, z
 
     def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams):
-        """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ ã_0 ã_0ᵀ if asked)."""
+        """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ ã_0 ã_0ᵀ if asked).
+
+        Cross-entropy: the training loss Σℓ of each output trial in ``p.outputs`` instead of the Grams.
+        """
         L = self.L
 
         def tile(sl, _):
             x = self.inputs(x_raw[sl])
             a, _ = self._hidden_forward(x, p.hidden)
             t = self.task.targets(y[sl], self.dtype)
-            parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
-                     f"gram{L}": gram_with_bias(a[L - 1]), f"cross{L}": cross_with_bias(t, a[L - 1])}
+            if self.cross_entropy:
+                parts = {"n": x.shape[0], "ce": ce.block_losses(affine(a[L - 1], p.outputs), t)}
+            else:
+                parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
+                         f"gram{L}": gram_with_bias(a[L - 1]), f"cross{L}": cross_with_bias(t, a[L - 1])}
             if p.input_gram and L > 1:
                 parts["gram1"] = gram_with_bias(x)
             return None, parts
@@ -330,9 +429,14 @@ class GaussNewtonSolver(SolverBase):
             a, z = self._hidden_forward(x, weights[:-1])
             out = affine(a[L - 1], weights[-1])
             t = self.task.targets(y[sl], self.dtype)
-            r = t - out
-            parts = {"n": x.shape[0], "loss": float(np.sum(r * r, dtype=np.float64)),
-                     **self.task.score_parts(out, y[sl])}
+            if self.cross_entropy:  # δ_L = t − p = −∂ℓ/∂z_L
+                prob = ce.probabilities(out)
+                r = t - prob
+                loss = ce.loss_sum(out, t)
+            else:
+                r = t - out
+                loss = float(np.sum(r * r, dtype=np.float64))
+            parts = {"n": x.shape[0], "loss": loss, **self.task.score_parts(out, y[sl])}
             M = [None] + [self.act.dh(z[l]) for l in range(1, L)]
             delta = r
             for l in range(L - 1, 0, -1):
@@ -340,19 +444,29 @@ class GaussNewtonSolver(SolverBase):
                 parts[f"grad{l}"] = cross_with_bias(delta, a[l - 1])
                 if l > 1 or p.input_gram:
                     parts[f"gram{l}"] = gram_with_bias(a[l - 1])
-            if L > 1:
+            if self.cross_entropy:
+                parts.update({f"curv{L}": ce.output_curvature(prob), f"grad{L}": cross_with_bias(r, a[L - 1]),
+                              f"gram{L}": gram_with_bias(a[L - 1])})
+                if L > 1:
+                    self._deep_curvatures(M, Wt, parts, [M[L - 1] * F for F in ce.jacobian_factors(prob, Wt[L])])
+            elif L > 1:
                 parts[f"curv{L - 1}"] = (M[L - 1].T @ M[L - 1]).astype(np.float64)
                 self._deep_curvatures(M, Wt, parts)
             return None, parts
         return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
-    def _deep_curvatures(self, M, Wt, parts: dict) -> None:
-        """Add S_l = Σ_k J_{k,l}ᵀ J_{k,l} for the layers below the last hidden one (one backprop per output)."""
+    def _deep_curvatures(self, M, Wt, parts: dict, last=None) -> None:
+        """Add S_l = Σ_k J_{k,l}ᵀ J_{k,l} for the layers below the last hidden one (one backprop per output).
+
+        ``last``: the ``J_{k,L−1}`` of a loss with curvature H ≠ I (cross-entropy); their S_{L−1} is added too.
+        """
         L = self.L
+        if last is not None:
+            parts[f"curv{L - 1}"] = sum((J.T @ J).astype(np.float64) for J in last)
         if L < 3:
             return
         for k in range(self.widths[L]):
-            J = M[L - 1] * Wt[L][k]
+            J = M[L - 1] * Wt[L][k] if last is None else last[k]
             for l in range(L - 2, 0, -1):
                 J = M[l] * times(J, Wt[l + 1])
                 parts[f"curv{l}"] = parts.get(f"curv{l}", 0.0) + (J.T @ J).astype(np.float64)

@@ -52,6 +52,7 @@ class Network:
     y_mean: np.ndarray | None = None
     y_scale: np.ndarray | None = None
     layers: list | None = None
+    link: str = "identity"  # logistic: the outputs are cross-entropy logits (TrainConfig.output_link)
 
     @property
     def is_regressor(self) -> bool:
@@ -76,10 +77,10 @@ class Network:
         return np.asarray(self.classes)[predict_classes(self.decision_function(X))]
 
     def predict_proba(self, X):
-        """Return class probabilities (n, n_classes): the outputs clipped and normalised (:mod:`solvers.scores`)."""
+        """Return class probabilities (n, n_classes) of the outputs through the network's ``link`` (:mod:`solvers.scores`)."""
         from solvers.scores import probabilities
 
-        return probabilities(self.decision_function(X))
+        return probabilities(self.decision_function(X), self.link)
 
     def score(self, X, y) -> float:
         """Return the accuracy of :meth:`predict` on ``(X, y)``; a regressor's R²."""

@@ -1,7 +1,8 @@
 """Probabilities of a classifier's outputs and the out-of-core sums of log-loss and ROC AUC.
 
-``probabilities``: the network is fitted to 0/1 targets, so its outputs
-estimate class probabilities; they are clipped to ``[ε, 1 − ε]`` and, for
+``probabilities``: a network fitted to 0/1 targets has outputs that
+estimate class probabilities (one fitted by cross-entropy: their softmax or
+sigmoid); they are clipped to ``[ε, 1 − ε]`` and, for
 more than two classes, renormalised to sum to 1. Per chunk,
 :func:`classification_sums` returns ``[n, correct, Σ −log p_y, hist₁, hist₀]``
 (the histograms, two classes only, count positives and negatives in
@@ -18,9 +19,17 @@ EPS = 1e-3         # probabilities are clipped to [EPS, 1 − EPS] (log-loss sta
 AUC_BINS = 1 << 14
 
 
-def probabilities(z) -> np.ndarray:
-    """Return class probabilities (n, K) from the output layer ``z`` (one unit: P(class 1) = z)."""
+def probabilities(z, link: str = "identity") -> np.ndarray:
+    """Return class probabilities (n, K) from the output layer ``z`` (one unit: P(class 1) = z).
+
+    ``link="logistic"``: ``z`` was fitted by cross-entropy, ``p`` is its softmax
+    (one unit: σ(z − ½)) (:func:`solvers.cross_entropy.probabilities`), clipped alike.
+    """
     z = np.asarray(z, np.float64)
+    if link == "logistic":
+        from solvers.cross_entropy import probabilities as softmax
+
+        z = softmax(z)
     if z.shape[1] == 1:
         p1 = np.clip(z[:, 0], EPS, 1 - EPS)
         return np.column_stack([1 - p1, p1])
