@@ -9,8 +9,20 @@ from solvers.gauss_newton import STEP_RIDGE, GaussNewtonSolver
 from solvers.losses import targets
 from solvers.reference import InMemoryRunner, fit_in_memory
 from solvers.stats import moment_sums, moments_from_sums
-from tests.conftest import quiet
-from tests.test_gauss_newton import ACTS, net_output
+from tests.conftest import make_data, quiet
+
+ACTS = {"relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z))}
+
+
+def net_output(solver, weights, x, act, layer=None, dz=None):
+    """Return the network's output rows; ``dz`` is added to the pre-activation of ``layer``."""
+    a = x
+    for l, W in enumerate(weights[:-1], start=1):
+        z = a @ W[:, :-1].T + W[:, -1]
+        if l == layer:
+            z = z + dz
+        a = act(z)
+    return a @ weights[-1][:, :-1].T + weights[-1][:, -1]
 
 
 def make_problem(n=40, d=3, hidden=(5, 4), n_classes=3, activation="relu", seed=0, alpha=0.0):
@@ -226,8 +238,6 @@ def test_pipeline_cross_entropy_matches_reference_and_resumes_bitwise(client, tm
     from pipeline.model import load_network
     from pipeline.training import train
     from storage.data import write_data
-
-    from tests.test_pipeline import make_data
 
     X, y = make_data(n=2400, n_classes=3)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
