@@ -287,8 +287,11 @@ class TrainConfig:
         return "hinge" if n_classes == 2 else "ovr-hinge"
 
     def gauss_newton_loss(self) -> str:
-        """Return the loss Gauss-Newton fits: squared for regression, else ``loss`` (auto: :data:`GAUSS_NEWTON_LOSS`)."""
-        if self.task == "regression":
+        """Return the loss Gauss-Newton fits: ``loss`` (auto: :data:`GAUSS_NEWTON_LOSS`); squared for regression.
+
+        Convolutional ``layers`` (:mod:`solvers.conv_gauss_newton`) fit the squared loss: auto is squared for them.
+        """
+        if self.task == "regression" or (self.layers and self.loss == "auto"):
             return "squared"
         return GAUSS_NEWTON_LOSS if self.loss == "auto" else self.loss
 
