@@ -19,7 +19,7 @@ import time
 import dask
 import numpy as np
 import zarr
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from pipeline.alignment import aligned
 from solvers.loop import shard_groups
@@ -27,10 +27,13 @@ from solvers.losses import encode_labels
 from solvers.tiling import chunk_bounds
 from solvers.stats import moment_sums
 from solvers.tasks import r2_from_sums
+from storage.cache import ChunkCache
 from storage.data import read_rows
 from storage.runstore import shard_state_path, slot_of, state_path
 
 SPLIT_EVERY = 8
+DATA_CACHE_MAX = 512 * 2**20  # a worker keeps at most this much decoded data (a quarter of its memory limit if less)
+_data_cache: ChunkCache | None = None
 
 
 # -- worker side ------------------------------------------------------------------------
@@ -38,10 +41,46 @@ def _array(store: str, path: str, mode: str = "r"):
     return zarr.open_array(store=store, path=path, mode=mode)
 
 
+_blas: ThreadpoolController | None = None
+
+
+def one_blas_thread():
+    """Return a context holding BLAS to one thread (one per Dask thread); the libraries are looked up once per process.
+
+    ``threadpoolctl.threadpool_limits`` looks them up at every call (~1.3 ms, once per chunk task).
+    """
+    global _blas
+    if _blas is None:
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1)
+
+
+def data_cache() -> ChunkCache:
+    """Return this process's cache of decoded data chunks (:mod:`storage.cache`), made at first use.
+
+    Its budget is :data:`DATA_CACHE_MAX`, or a quarter of the worker's memory
+    limit when that is less: data bigger than that is streamed from disk every pass.
+    """
+    global _data_cache
+    if _data_cache is None:
+        budget = DATA_CACHE_MAX
+        try:
+            from distributed import get_worker
+
+            limit = get_worker().memory_manager.memory_limit
+            if limit:
+                budget = min(budget, int(limit) // 4)
+        except (ImportError, ValueError, AttributeError):  # not in a worker (an in-memory test, a benchmark)
+            pass
+        _data_cache = ChunkCache(budget)
+    return _data_cache
+
+
 def _read_xy(data: str, start: int, stop: int, classes=None):
-    """Return rows [start, stop) of X and y; y as class indices of ``classes``, or as stored (float) if None."""
-    x = read_rows(data, "X", start, stop)
-    y = read_rows(data, "y", start, stop)
+    """Return rows [start, stop) of X and y (via :func:`data_cache`); y as class indices of ``classes``, or as stored if None."""
+    cache = data_cache()
+    x = cache.read(data, "X", start, stop)
+    y = cache.read(data, "y", start, stop)
     return x, (y if classes is None else encode_labels(y, classes))
 
 
@@ -66,7 +105,7 @@ def chunk_task(bundle, data, run, read_slots, write_slot, start, stop):
     """
     solver, kernel, params = bundle
     params = aligned(params)
-    with threadpool_limits(1):
+    with one_blas_thread():
         x, y = _read_xy(data, start, stop, solver.classes)
         state = None if read_slots is None else _read_state(run, read_slots, start, stop)
         new_state, sums = getattr(solver, kernel)(x, y, state, start, params)
@@ -104,7 +143,7 @@ def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds):
     """
     solver, kernel, params = bundle
     params = aligned(params)
-    with threadpool_limits(1):
+    with one_blas_thread():
         names = solver.shard_state_widths()
         state = None if read_slot is None else _read_shard_state(run, read_slot, names, shard)
         new_state, sums = getattr(solver, kernel)(_ZarrChunks(data, chunk_bounds, solver.classes), state, shard,
@@ -117,7 +156,7 @@ def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds):
 
 def accuracy_task(network, data, start, stop):
     """Return [n, correct] of the network's predictions on rows [start, stop)."""
-    with threadpool_limits(1):
+    with one_blas_thread():
         x, y = _read_xy(data, start, stop)
         return np.array([stop - start, np.sum(network.predict(x) == y)], np.float64)
 
@@ -127,7 +166,7 @@ def classification_task(network, data, start, stop):
     from solvers.losses import predict_classes
     from solvers.scores import classification_sums, probabilities
 
-    with threadpool_limits(1):
+    with one_blas_thread():
         x, y = _read_xy(data, start, stop)
         classes = np.asarray(network.classes)
         idx = np.searchsorted(classes, y)
@@ -138,7 +177,7 @@ def classification_task(network, data, start, stop):
 
 def r2_task(network, data, start, stop):
     """Return [n, Σ(y − ŷ)², Σd, Σd²] (d = y − ȳ_train) of a regression network on rows [start, stop): R²'s sums."""
-    with threadpool_limits(1):
+    with one_blas_thread():
         x, y = _read_xy(data, start, stop)
         d = y - float(np.asarray(network.y_mean)[0])
         e = y - network.predict(x)
@@ -147,7 +186,7 @@ def r2_task(network, data, start, stop):
 
 def predict_task(network, data, out, start, stop):
     """Write the predicted labels (a regression network: values) of rows [start, stop) into the array ``out``."""
-    with threadpool_limits(1):
+    with one_blas_thread():
         x = read_rows(data, "X", start, stop)  # an unlabeled store (--no-labels) has no y
         pred = network.predict(x)
         zarr.open_array(store=out, path="prediction", mode="r+")[start:stop] = pred

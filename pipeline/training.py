@@ -139,9 +139,12 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         graphs = [score_graph(network, ds.path.resolve(), chunks) for ds, chunks in scored.values()]
         return dict(zip(scored, runner.compute(*graphs)))
 
-    out = drive(solver, runner, _RunKeeper(run, config, monitor), config, evaluate=evaluate,
-                held_out=bool(held_out), resume=committed, history=history, stopping=stopping, changed=changed,
-                stopped_early=bool(manifest and manifest.get("stopped_early")), report=report)
+    try:
+        out = drive(solver, runner, _RunKeeper(run, config, monitor), config, evaluate=evaluate,
+                    held_out=bool(held_out), resume=committed, history=history, stopping=stopping, changed=changed,
+                    stopped_early=bool(manifest and manifest.get("stopped_early")), report=report)
+    finally:
+        run.write_metrics()  # the commits write metrics/ at most every few seconds
     if not (manifest and manifest.get("stopped_early") and not changed):
         run.release_uncommitted_slot()
     return TrainResult(out.network, out.history, run)

@@ -19,17 +19,23 @@
                            fill value NaN, so a missing chunk never reads as state
       shards/slot0/, slot1/ per-shard state of a sharded solver (consensus: v, m, s, t),
                            (n_shards, width) float64, one chunk per shard, same checks
-      checkpoint/<k>/      (and <k−1>/) W1…WL (the weights after iteration k), carry/ (what the
-                           solver's next iteration needs, e.g. ADMM's W^{k+1} solved
-                           ahead and the input Gram), best/W1…WL (with early
+      checkpoint/<k>/      (and <k−1>/) one float64 array ``packed`` holding, in the order
+                           its ``layout`` attribute lists them ([name, shape] pairs):
+                           W1…WL (the weights after iteration k), carry/<name> (what
+                           the solver's next iteration needs, e.g. ADMM's W^{k+1}
+                           solved ahead and the input Gram), best/W1…WL (with early
                            stopping: the weights of the best held-out iteration,
-                           which are the model), float64
+                           which are the model). One array, not one per name: a
+                           commit costs one Zarr array write (format version 2
+                           stored one array per name; it is still read)
       metrics/             1-D arrays along "iteration", one per number the
                            history records (seconds, train_accuracy, test_accuracy,
                            residual for the ADMM solvers, …; a regression has
                            train_r2, test_r2, validation_r2 in place of the
                            accuracies; NaN where a record lacks it), for
-                           ``xarray.open_zarr(RUN.zarr, group="metrics")``
+                           ``xarray.open_zarr(RUN.zarr, group="metrics")``; rewritten at
+                           most every METRICS_SECONDS during a run and when it ends
+                           (manifest.json has every committed iteration at once)
 
 Iteration k reads state slot (k−1) mod 2 and writes slot k mod 2, so the
 committed slot is never written; the commit writes ``checkpoint/<k>`` (crc32c per
@@ -56,7 +62,10 @@ from solvers.errors import InputError
 from storage.paths import check_target, clean_stale_partials, partial_path, swap_in
 
 FORMAT = "admm-dask-run"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: one checkpoint array per name (read the same; new commits are packed)
+PACKED = "packed"
+METRICS_SECONDS = 2.0  # while a run commits, metrics/ is rewritten at most this often (and at its end)
 STATE_DTYPE = np.dtype("float32")
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.previous.json"  # the commit before the last: the fallback when the last is damaged
@@ -126,6 +135,8 @@ class RunStore:
     def __init__(self, path: Path, attrs: dict):
         self.path = Path(path)
         self.attrs = attrs
+        self._unwritten_metrics = None  # the history of a commit whose metrics/ are not written yet
+        self._metrics_time = -float("inf")
 
     # -- creation and opening -----------------------------------------------------------
     @classmethod
@@ -190,9 +201,9 @@ class RunStore:
         if not is_run_store(path):
             raise InputError(f"{path} is not an admm-dask run store (no '{FORMAT}' format attribute)")
         attrs = zarr.open_group(path, mode="r").attrs.asdict()
-        if attrs.get("format_version") != FORMAT_VERSION:
+        if attrs.get("format_version") not in READABLE_VERSIONS:
             raise InputError(f"{path} has run-store format version {attrs.get('format_version')}, "
-                             f"this version reads {FORMAT_VERSION}")
+                             f"this version reads {' and '.join(map(str, READABLE_VERSIONS))}")
         return cls(path, attrs)
 
     # -- layout accessors -----------------------------------------------------------------
@@ -283,11 +294,9 @@ class RunStore:
         arrays = {f"W{l}": W for l, W in enumerate(checkpoint.weights, start=1)}
         arrays.update({f"carry/{name}": value for name, value in checkpoint.carry.items()})
         arrays.update({f"best/W{l}": W for l, W in enumerate(checkpoint.best_weights or [], start=1)})
-        sums = {}
-        for name, value in arrays.items():
-            value = np.asarray(value, np.float64)
-            root.create_array(f"{group}/{name}", data=value, compressors=[Crc32cCodec()])
-            sums[name] = _array_sha256(value)
+        arrays = {name: np.asarray(value, np.float64) for name, value in arrays.items()}
+        sums = {name: _array_sha256(value) for name, value in arrays.items()}
+        _write_packed(root, group, arrays)
         try:
             last = self._resolve()  # the intact commit this one follows (after a fallback: the one resumed from)
         except InputError:
@@ -305,11 +314,24 @@ class RunStore:
         keep = {str(k)} | ({str(previous)} if previous is not None else set())
         for stale in [name for name in root["checkpoint"].group_keys() if name not in keep]:
             del root[f"checkpoint/{stale}"]  # older commits, or attempts a crash left behind
-        self._write_metrics(root, history)
+        self._unwritten_metrics = list(history)
+        if stopped or k >= target_iterations or time.monotonic() - self._metrics_time >= METRICS_SECONDS:
+            self.write_metrics(root)
         self._resolved = (json.loads(json.dumps(manifest, default=_json_default)),
                           Checkpoint(k, [np.asarray(W, np.float64) for W in checkpoint.weights],
                                      {n: np.asarray(v, np.float64) for n, v in checkpoint.carry.items()},
                                      checkpoint.best, checkpoint.best_weights))
+
+    def write_metrics(self, root=None) -> None:
+        """Write ``metrics/`` from the history of the last commit, if a commit since the last write has not.
+
+        :meth:`commit` writes them at most every :data:`METRICS_SECONDS` and at the
+        last iteration; the trainer calls this when it ends for any other reason.
+        """
+        history, self._unwritten_metrics = self._unwritten_metrics, None
+        if history is not None:
+            self._write_metrics(root if root is not None else zarr.open_group(self.path, mode="r+"), history)
+            self._metrics_time = time.monotonic()
 
     def _write_metrics(self, root, history: list) -> None:
         n = len(history)
@@ -398,9 +420,12 @@ class RunStore:
         sums = manifest.get("checksums")  # None: a store committed before checksums existed
         try:
             g = zarr.open_group(self.path, mode="r")[f"checkpoint/{k}"]
-            names = sorted(g.array_keys()) + [f"{sub}/{n}" for sub in ("carry", "best") if sub in g
-                                               for n in sorted(g[sub].array_keys())]
-            arrays = {name: g[name][...] for name in names}
+            if PACKED in g.array_keys():
+                arrays = _read_packed(g[PACKED])
+            else:  # format version 2: one array per name
+                names = sorted(g.array_keys()) + [f"{sub}/{n}" for sub in ("carry", "best") if sub in g
+                                                   for n in sorted(g[sub].array_keys())]
+                arrays = {name: g[name][...] for name in names}
         except KeyError as exc:
             raise InputError(f"checkpoint {k} is incomplete: {exc} is missing") from None
         except Exception as exc:  # a chunk failing its crc32c, unreadable metadata
@@ -425,6 +450,31 @@ class RunStore:
             return None
         best = (m.get("early_stopping") or {}).get("best_iteration")
         return int(m["iteration"]) if best is None else int(best)
+
+
+def _write_packed(root, group: str, arrays: dict) -> None:
+    """Write float64 ``arrays`` ({name: array}) as one array ``<group>/packed`` (crc32c) with their layout."""
+    flat = [a.ravel() for a in arrays.values()]
+    data = np.concatenate(flat) if flat else np.zeros(0)
+    root.create_array(f"{group}/{PACKED}", data=data, chunks=(max(1, data.size),), compressors=[Crc32cCodec()],
+                      attributes={"layout": [[name, list(a.shape)] for name, a in arrays.items()]})
+
+
+def _read_packed(array) -> dict:
+    """Return the {name: float64 array} that :func:`_write_packed` wrote into ``array``."""
+    data, out, at = array[...], {}, 0
+    layout = array.attrs.get("layout")
+    if not isinstance(layout, list):
+        raise InputError("its array layout is missing")
+    for name, shape in layout:
+        size = int(np.prod(shape, dtype=np.int64))
+        if at + size > data.size:
+            raise InputError(f"its packed array is shorter than its layout ({name})")
+        out[name] = data[at:at + size].reshape(shape)
+        at += size
+    if at != data.size:
+        raise InputError("its packed array is longer than its layout")
+    return out
 
 
 def _array_sha256(a) -> str:

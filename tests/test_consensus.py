@@ -321,7 +321,7 @@ def test_consensus_cannot_fall_back_once_the_next_pass_wrote_its_shard_slot(clie
     store = tmp_path / "r.zarr"
     train(client, store=store, data=tmp_path / "d.zarr", report=quiet,
           config=TrainConfig(solver="consensus", hidden=(5,), iterations=3, shards=2))
-    w1 = sorted(p for p in (Path(store) / "checkpoint/3/W1").rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+    w1 = sorted(p for p in (Path(store) / "checkpoint/3/packed").rglob("*") if p.is_file() and p.name != "zarr.json")[0]
     data = bytearray(w1.read_bytes())
     data[len(data) // 2] ^= 0xFF
     w1.write_bytes(bytes(data))

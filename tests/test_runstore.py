@@ -29,3 +29,55 @@ def test_commit_round_trips_weights_carry_and_metrics(tmp_path):
     ds = xr.open_zarr(tmp_path / "r.zarr", group="metrics", consolidated=False)
     assert sorted(ds.data_vars) == ["seconds", "test_accuracy", "train_accuracy"]
     np.testing.assert_array_equal(ds.test_accuracy.values, [np.nan, 0.7])
+
+
+def _run(tmp_path):
+    return RunStore.create(tmp_path / "r.zarr", config={"task": "classification"}, data={"path": "d"},
+                           state_widths={}, n_samples=10, chunk_rows=5, classes=np.array([0, 1]),
+                           x_mean=np.zeros(2), x_scale=np.ones(2))
+
+
+def test_a_commit_writes_one_packed_array_and_version_2_checkpoints_still_load(tmp_path):
+    import zarr
+
+    from storage import runstore
+
+    run = _run(tmp_path)
+    W = [np.arange(6.0).reshape(3, 2), np.ones((1, 4))]
+    carry = {"gram": np.eye(2), "damping": np.float64(0.5)}
+    run.commit(Checkpoint(1, W, carry, {"best_iteration": 1}, [w + 1 for w in W]), [{"iteration": 1}], 3)
+    root = zarr.open_group(tmp_path / "r.zarr", mode="r+")
+    assert list(root["checkpoint/1"].array_keys()) == ["packed"] and not list(root["checkpoint/1"].group_keys())
+    # the same commit as format version 2 wrote it: one array per name
+    arrays = runstore._read_packed(root["checkpoint/1/packed"])
+    assert sorted(arrays) == ["W1", "W2", "best/W1", "best/W2", "carry/damping", "carry/gram"]
+    del root["checkpoint/1/packed"]
+    for name, value in arrays.items():
+        root.create_array(f"checkpoint/1/{name}", data=value)
+    root.attrs["format_version"] = 2
+    ck = RunStore.open(tmp_path / "r.zarr").load_checkpoint()
+    assert all(np.array_equal(a, b) for a, b in zip(ck.weights, W))
+    assert all(np.array_equal(a, b + 1) for a, b in zip(ck.best_weights, W))
+    assert ck.carry["damping"].shape == () and ck.carry["damping"] == 0.5
+
+
+def test_metrics_are_written_at_most_every_few_seconds_and_at_the_end(tmp_path):
+    import xarray as xr
+
+    run = _run(tmp_path)
+    history = []
+
+    def iterations():
+        return xr.open_zarr(tmp_path / "r.zarr", group="metrics", consolidated=False).iteration.values.tolist()
+
+    for k in (1, 2):
+        history.append({"iteration": k, "seconds": 0.1 * k})
+        run.commit(Checkpoint(k, [np.ones((1, 3))]), history, target_iterations=4)
+    assert iterations() == [1]  # the first commit writes them; the next, a moment later, does not
+    run.write_metrics()
+    assert iterations() == [1, 2]
+    for k in (3, 4):
+        history.append({"iteration": k, "seconds": 0.1 * k})
+        run.commit(Checkpoint(k, [np.ones((1, 3))]), history, target_iterations=4)
+    assert iterations() == [1, 2, 3, 4]  # the last iteration's commit writes them
+    assert RunStore.open(tmp_path / "r.zarr").manifest()["history"] == history

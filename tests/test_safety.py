@@ -255,7 +255,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_with_a_warning(clien
     d, cfg, full = gn_runs
     store = tmp_path / "r.zarr"
     train(client, store=store, data=d / "d.zarr", config=replace(cfg, iterations=3), report=quiet)
-    flip_a_byte(chunk_files(store, "checkpoint/3/W1")[0])
+    flip_a_byte(chunk_files(store, "checkpoint/3/packed")[0])
     capsys.readouterr()
     lines = []
     result = train(client, store=store, resume=True, iterations=5, report=lines.append)
@@ -280,7 +280,7 @@ def test_manifest_edited_falls_back_and_both_damaged_is_one_error(client, gn_run
     m["history"][0]["train_accuracy"] = 0.123  # a plausible but false number: the checksum catches it
     manifest.write_text(json.dumps(m))
     assert RunStore.open(store).committed_iteration() == 2
-    flip_a_byte(chunk_files(store, "checkpoint/2/W2")[0])
+    flip_a_byte(chunk_files(store, "checkpoint/2/packed")[0])
     with pytest.raises(InputError, match=r"last commit is damaged \(manifest.json fails its checksum\) and the "
                                          r"previous commit is damaged too \(checkpoint 2"):
         RunStore.open(store).load_checkpoint()
@@ -291,7 +291,7 @@ def test_admm_cannot_fall_back_once_the_next_iteration_wrote_its_slot(client, gn
     store = tmp_path / "r.zarr"
     train(client, store=store, data=d / "d.zarr", config=TrainConfig(solver="admm", hidden=(8,), iterations=3),
           report=quiet)
-    flip_a_byte(chunk_files(store, "checkpoint/3/W1")[0])
+    flip_a_byte(chunk_files(store, "checkpoint/3/packed")[0])
     with pytest.raises(InputError, match="state of the previous commit .* has been overwritten"):
         train(client, store=store, resume=True, iterations=4, report=quiet)
 

@@ -1,0 +1,52 @@
+"""storage/cache.py: decoded data chunks kept in memory read the same rows as the store, and never stale ones."""
+import numpy as np
+import pytest
+
+from solvers.errors import InputError
+from storage.cache import ChunkCache
+from storage.data import read_rows, write_data
+
+
+@pytest.fixture
+def store(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1000, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 1000)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=300)
+    return str(tmp_path / "d.zarr")
+
+
+def test_cached_rows_equal_the_stored_rows_across_chunk_edges(store):
+    cache = ChunkCache(2**20)
+    spans = [(0, 10), (290, 310), (0, 1000), (599, 601), (950, 1000), (5, 6)]
+    for _ in range(2):
+        for a, b in spans:
+            for name in ("X", "y"):
+                np.testing.assert_array_equal(cache.read(store, name, a, b), read_rows(store, name, a, b))
+    assert cache.misses == 8 and cache.hits > 0  # 4 chunks of X and of y, each decoded once
+
+
+def test_a_replaced_chunk_file_is_read_again_and_checked(store, tmp_path):
+    cache = ChunkCache(2**20)
+    cache.read(store, "X", 0, 10)
+    chunk = tmp_path / "d.zarr" / "X" / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (chunk.parent / "new").write_bytes(bytes(data))
+    (chunk.parent / "new").replace(chunk)  # another file (inode) in its place, as a rewritten store has
+    with pytest.raises(InputError, match="corrupted"):
+        cache.read(store, "X", 0, 10)
+
+
+def test_arrays_bigger_than_the_budget_are_not_cached(store):
+    cache = ChunkCache(1000)  # X is 20 kB
+    for _ in range(2):
+        np.testing.assert_array_equal(cache.read(store, "X", 0, 50), read_rows(store, "X", 0, 50))
+    assert cache.hits == cache.misses == 0
+
+
+def test_cached_chunks_cannot_be_changed_through_what_read_returns(store):
+    cache = ChunkCache(2**20)
+    rows = cache.read(store, "X", 0, 10)
+    with pytest.raises(ValueError):
+        rows[0, 0] = 1.0
