@@ -1,6 +1,7 @@
 """The trained network of a run store, built from its stored settings, scaling and checkpoint."""
 from __future__ import annotations
 
+from solvers import SOLVERS
 from solvers.config import TrainConfig
 from solvers.layers import build_layers
 from solvers.network import Network
@@ -15,5 +16,9 @@ def load_network(path) -> Network:
     weights = ck.best_weights or ck.weights
     config = TrainConfig.from_dict(run.attrs["config"])
     layers = build_layers(config.layer_specs(), len(m["x_mean"]), len(weights[-1]), config.input_shape)
-    return Network(weights, config.activation, m.get("classes"), m["x_mean"], m["x_scale"],
-                   y_mean=m.get("y_mean"), y_scale=m.get("y_scale"), layers=layers, link=config.output_link())
+    iteration = run.model_iteration()
+    record = next((r for r in (run.manifest() or {}).get("history", []) if r.get("iteration") == iteration), None)
+    classes = m.get("classes")
+    link = SOLVERS[config.solver].output_link(config, None if classes is None else len(classes), record)
+    return Network(weights, config.activation, classes, m["x_mean"], m["x_scale"],
+                   y_mean=m.get("y_mean"), y_scale=m.get("y_scale"), layers=layers, link=link)

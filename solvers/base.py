@@ -44,11 +44,20 @@ class SolverBase:
         self.x_mean = np.asarray(x_mean, np.float64)
         self.x_scale = np.asarray(x_scale, np.float64)
 
-    def network(self, weights) -> Network:
-        """Return the trained network for the weights ``W_1..W_L`` (bias in the last column)."""
+    @classmethod
+    def output_link(cls, config: TrainConfig, n_classes: int | None, record: dict | None = None) -> str:
+        """Return how the outputs give class probabilities (:func:`solvers.scores.probabilities`): ``config.output_link()``.
+
+        ``record`` is the history record of the iteration the weights are from (None: the initial weights);
+        a schedule of solvers (the hand-over) answers by the phase it records.
+        """
+        return config.output_link()
+
+    def network(self, weights, record: dict | None = None) -> Network:
+        """Return the trained network for the weights ``W_1..W_L`` (bias in the last column) of iteration ``record``."""
         return Network([np.asarray(W) for W in weights], self.config.activation, self.classes,
                        self.x_mean, self.x_scale, self.dtype.type, self.task.y_mean, self.task.y_scale,
-                       self.layers, self.config.output_link())
+                       self.layers, self.output_link(self.config, self.n_classes, record))
 
     def cast(self, weights) -> tuple:
         """Return the weights ``W_1..`` in the solver's dtype, as the chunk kernels take them."""

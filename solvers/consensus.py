@@ -48,6 +48,7 @@ class ShardParams:
     iteration: int
     rho: float
     dual_scale: float  # u_s = (v_s − θ̄)·dual_scale; 0: no dual (elastic averaging, or the first pass)
+    alpha: float = 0.0  # weight decay ½α‖W̃‖² in the shard's objective (``decay_in_shards``)
 
 
 def consensus_step(mean_v, rho: float, alpha, bias_mask=None):
@@ -62,6 +63,7 @@ class ConsensusSolver(SolverBase):
     name = "consensus"
     sharded = True
     carry_moments = True  # False: every shard pass restarts Adam (measured in benchmarks/consensus_variants.py)
+    decay_in_shards = True  # False: ½α‖θ̄‖² in the consensus step instead (measured in benchmarks/consensus_real.py)
     divergence_hint = "a smaller --learning-rate or a larger --consensus-rho"
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
@@ -116,10 +118,12 @@ class ConsensusSolver(SolverBase):
         dual = self.config.consensus == "admm" and "rho" in state.carry
         scale = float(state.carry["rho"]) / rho if dual else 0.0
         read = state.iteration if "rho" in state.carry else None  # iteration 0 stores no shard state
-        sums = run_shard_pass(runner, self.shard_layout(), "shard_kernel", ShardParams(center, k, rho, scale), k,
-                              read=read, write=k)
+        alpha = self.alpha()
+        local = alpha if self.decay_in_shards else 0.0
+        sums = run_shard_pass(runner, self.shard_layout(), "shard_kernel", ShardParams(center, k, rho, scale, local),
+                              k, read=read, write=k)
         n = float(sums["n"])
-        theta_bar = consensus_step(sums["v"] / n, rho, self.alpha(), self._bias)
+        theta_bar = consensus_step(sums["v"] / n, rho, alpha - local, self._bias)
         # primal residual Σ w_s‖θ_s − θ̄‖² from the sums, relative to ‖θ̄‖²
         spread = sums["theta_sq"] / n - 2.0 * float(theta_bar @ sums["theta"]) / n + float(theta_bar @ theta_bar)
         residual = float(np.sqrt(max(spread, 0.0) / max(float(theta_bar @ theta_bar), 1e-300)))
@@ -155,6 +159,7 @@ class ConsensusSolver(SolverBase):
         theta = p.center.astype(dt)
         anchor = (p.center - u).astype(dt)
         rho = dt.type(p.rho)
+        decay = (p.alpha * ~self._bias).astype(dt) if p.alpha else None  # α on the weights, not the biases
         if state is None or not self.carry_moments:
             adam = Adam(P, dt)
         else:
@@ -178,6 +183,9 @@ class ConsensusSolver(SolverBase):
                         if rho:
                             np.subtract(theta, anchor, out=prox)
                             prox *= rho
+                            grad += prox
+                        if decay is not None:
+                            np.multiply(theta, decay, out=prox)
                             grad += prox
                         if last:  # the running loss and score of the last local epoch, before each step
                             n += len(rows)

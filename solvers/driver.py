@@ -105,6 +105,11 @@ class Outcome:
     best_iteration: int | None = None  # with held-out chunks: the iteration the network is from
 
 
+def _record_of(history: list, iteration) -> dict | None:
+    """Return the history record of ``iteration`` (None: the initial weights, or not recorded)."""
+    return next((r for r in history if r.get("iteration") == iteration), None)
+
+
 def _fmt(value, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}.3e}"
 
@@ -139,7 +144,9 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         if changed:
             report("changed " + ", ".join(f"{name}={getattr(config, name)}" for name in sorted(changed))
                    + f"; the client state of iteration {k} was brought up to date")
-    out = Outcome(solver.network(stopping.best_weights or state.weights), history, state, stopping.best_iteration)
+    model_record = _record_of(history, stopping.best_iteration if stopping.best_weights else state.iteration)
+    out = Outcome(solver.network(stopping.best_weights or state.weights, model_record), history, state,
+                  stopping.best_iteration)
     if stopped_early and not changed:
         report(f"the run stopped early at iteration {state.iteration} (its model is iteration "
                f"{stopping.best_iteration}); pass a larger --patience or --iterations to go on")
@@ -154,7 +161,7 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
     keeper.begin(state.iteration + 1)
     t0 = time.perf_counter()
     for state, metrics in iterate(solver, runner, state, config.iterations):
-        network = solver.network(state.weights)
+        network = solver.network(state.weights, metrics)
         record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics, **pass_rates()}
         record.update((f"{kind}_{score}", value) for kind, value in evaluate(network).items())
         if hasattr(solver, "observe"):  # a schedule that acts on the scores (consensus, gauss-newton)
@@ -162,7 +169,8 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         stop = held_out and stopping.update(state.iteration, record[f"validation_{score}"], state.weights)
         history.append(record)
         keeper.commit(state, history, stopping if held_out else None, bool(stop))
-        out.network = solver.network(stopping.best_weights) if held_out else network
+        out.network = (solver.network(stopping.best_weights, _record_of(history, stopping.best_iteration))
+                       if held_out else network)
         out.state, out.best_iteration = state, stopping.best_iteration
         report(" ".join([f"{state.iteration:5d} {record['seconds']:8.2f} {record[f'train_{score}']:9.4f}",
                          *(f"{record[k]:9.4f}" if k in record else f"{'-':>9}" for k, _ in columns),

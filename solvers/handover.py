@@ -13,6 +13,8 @@ any point continues the same schedule.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from solvers.base import SolverBase
@@ -38,6 +40,13 @@ class HandOverSolver(SolverBase):
 
     def state_widths(self) -> dict:
         return {}
+
+    @classmethod
+    def output_link(cls, config, n_classes, record=None) -> str:
+        """Return the consensus phase's link before the hand-over (its cross-entropy logits), Gauss-Newton's after."""
+        if record is not None and record.get("phase") in ("hand-over", "gauss-newton"):
+            return config.output_link()  # the Gauss-Newton loss's link
+        return replace(config, solver=ConsensusSolver.name).output_link()
 
     def shard_state_widths(self) -> dict:
         return self.first.shard_state_widths()

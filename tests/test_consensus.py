@@ -65,8 +65,11 @@ def test_advance_takes_the_consensus_step_from_the_shard_sums():
     assert metrics["train_accuracy"] == 0.5 and state.carry["rho"] == 0.5
 
 
-def literal_adam_pass(X, t, weights, act, kind, seed, lr, batch, iteration=1, shard=0):
-    """One epoch of textbook minibatch Adam over (X, t) in float32, rows in the order the solver draws."""
+def literal_adam_pass(X, t, weights, act, kind, seed, lr, batch, iteration=1, shard=0, alpha=0.0):
+    """One epoch of textbook minibatch Adam over (X, t) in float32, rows in the order the solver draws.
+
+    ``alpha``: the weight decay ½α‖W̃‖² (biases spared) added to the minibatch's mean loss.
+    """
     Ws = [np.asarray(W, np.float32).copy() for W in weights]
     m = [np.zeros_like(W) for W in Ws]
     v = [np.zeros_like(W) for W in Ws]
@@ -85,7 +88,7 @@ def literal_adam_pass(X, t, weights, act, kind, seed, lr, batch, iteration=1, sh
         delta = delta / len(rows)
         grads = [None] * len(Ws)
         for l in range(len(Ws) - 1, -1, -1):
-            grads[l] = np.column_stack([delta.T @ a[l], delta.sum(axis=0)])
+            grads[l] = np.column_stack([delta.T @ a[l] + alpha * Ws[l][:, :-1], delta.sum(axis=0)])
             if l:
                 delta = (delta @ Ws[l][:, :-1]) * act.dh(zs[l - 1])
         step += 1
@@ -128,6 +131,43 @@ def test_regression_one_shard_is_plain_adam_on_the_squared_loss():
         np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
     more = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 30, "learning_rate": 1e-2}))
     assert more.history[-1]["train_r2"] > 0.95
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_predict_proba_is_the_cross_entropy_link_and_its_log_loss_is_the_fitted_loss(n_classes):
+    """Probabilities are σ(z − ½) or softmax(z): the mean −log p_y on a shard's rows is the loss Adam minimised."""
+    X, y = make_data(n=600, n_classes=n_classes)
+    cfg = TrainConfig(solver="consensus", hidden=(8,), iterations=3, shards=1, validation_fraction=0, seed=2)
+    fit = fit_in_memory(X, y, cfg)
+    net, s = fit.network, fit.solver
+    assert net.link == "logistic"  # σ(z − ½) for one unit, softmax for more
+    z = net.decision_function(X).astype(np.float64)
+    proba = net.predict_proba(X)
+    want = 1 / (1 + np.exp(-(z[:, 0] - 0.5))) if n_classes == 2 else np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    np.testing.assert_allclose(proba[:, 1] if n_classes == 2 else proba, want, rtol=1e-6, atol=2e-3)  # ε clipping
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert np.array_equal(np.argmax(proba, axis=1), np.searchsorted(net.classes, net.predict(X)))
+    t = s.task.targets(np.searchsorted(s.classes, y), np.float64)
+    fitted_loss, _ = loss_and_delta(s.loss_kind, z, t)
+    idx = np.searchsorted(net.classes, y)
+    log_loss = -np.mean(np.log(proba[np.arange(len(y)), idx]))
+    assert log_loss == pytest.approx(fitted_loss / len(y), rel=2e-2)  # up to the clipping at ε
+
+
+def test_weight_decay_is_in_the_shard_objective_and_spares_the_biases():
+    """α adds α W̃ to every minibatch gradient: one shard, ρ → 0 is plain Adam on the mean loss + ½α‖W̃‖²."""
+    X, y = make_data(n=400)
+    cfg = TrainConfig(solver="consensus", hidden=(5,), iterations=1, shards=1, consensus_rho=1e-12, batch_size=50,
+                      learning_rate=1e-2, seed=0, validation_fraction=0, local_epochs=1, alpha=0.3)
+    fit = fit_in_memory(X, y, cfg)
+    s = fit.solver
+    Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
+    t = s.task.targets(np.searchsorted(s.classes, y), np.float32)
+    want = literal_adam_pass(Xs, t, s.he_weights(s.L), s.act, s.loss_kind, 0, 1e-2, 50, alpha=0.3)
+    for W, W_ref in zip(fit.loop_state.weights, want):
+        np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
+    plain = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "alpha": 0.0}))
+    assert not np.allclose(plain.loop_state.weights[0], fit.loop_state.weights[0])
 
 
 def test_consensus_learns_with_several_shards_and_both_variants():
