@@ -12,8 +12,9 @@ reference (``fit_in_memory``, the code the pipeline runs per shard) with
 ``--hidden 300`` and the other defaults. Peers: ``MLPClassifier(300)`` with
 adam, with and without ``early_stopping``, on ``StandardScaler``-ed inputs.
 Log-loss is of ``predict_proba`` on the same split (ours: the consensus
-network's logistic / softmax link). Other processes' CPU seconds are
-recorded: the machine is shared.
+network's logistic / softmax link). Every method runs under
+``threadpool_limits(--threads)`` (default one BLAS thread). Other processes'
+CPU seconds are recorded: the machine is shared.
 
 Run::
 
@@ -30,6 +31,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -39,7 +41,7 @@ from benchmarks.bench_util import CpuWatch, provenance  # noqa: E402
 from benchmarks.defaults_real import TASKS, load_task  # noqa: E402
 
 PEERS = ("mlp-adam", "mlp-adam-es")
-CLASS_ATTRIBUTES = ("decay_in_shards", "carry_moments")
+CLASS_ATTRIBUTES = ("decay_in_shards", "carry_moments", "auto_alpha_factor")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -137,6 +139,7 @@ def main(argv=None):
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     p.add_argument("--hidden", default="300")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads of every method (default 1)")
     p.add_argument("--out", default=None, help="JSON results (merged into an existing file by task and name)")
     args = p.parse_args(argv)
     hidden = tuple(int(h) for h in args.hidden.split(","))
@@ -149,7 +152,7 @@ def main(argv=None):
         Xtr, ytr, Xte, yte, about = load_task(task, args.split, args.seed)
         print(f"== {task}: {len(ytr)} train / {len(yte)} {args.split} rows; {about}", flush=True)
         for name in [*variants, *args.peers]:
-            with CpuWatch() as cpu:
+            with CpuWatch() as cpu, threadpool_limits(args.threads):
                 if name in variants:
                     r = run_ours(variants[name], Xtr, ytr, Xte, yte, hidden, args.seed)
                 else:

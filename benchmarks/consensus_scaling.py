@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from benchmarks.bench_util import CpuWatch, provenance  # noqa: E402
-from benchmarks.scaling_model import NETWORKS, WORKERS  # noqa: E402
+from benchmarks.scaling_model import NETWORKS, WORKERS, consensus_pass_seconds as pass_seconds  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 
 ASSUMED = "10 Gb/s, 50 us (assumed)"
@@ -71,20 +71,6 @@ def kernel_cost(X, y, hidden=(300,), rows: int = 200_000) -> dict:
             "broadcast_bytes": 8 * P, "rows_measured": len(y)}
 
 
-def pass_seconds(P: int, n: int, cost: dict, d: dict, alpha: float, beta: float, epochs: int = 1,
-                 scheduler: bool = True) -> dict:
-    """Return the modelled seconds of one consensus pass on P workers (one shard each), by term."""
-    B, W = cost["sum_bytes"], cost["broadcast_bytes"]
-    terms = {"compute": epochs * cost["seconds_per_row"] * n / P,
-             "broadcast": math.ceil(math.log2(P)) * (alpha + W / beta),
-             "reduce": math.ceil(math.log(P, 8) - 1e-9) * (alpha + 7 * B / beta + d["add_seconds_per_byte"] * 8 * B)
-             + alpha + B / beta,
-             "scheduler": d["scheduler_seconds_per_task"] * (P + math.ceil(P / 7)) if scheduler else 0.0,
-             "client": 0.005}
-    terms["total"] = sum(terms.values())
-    return terms
-
-
 def accuracy_by_shards(X, y, Xte, yte, shards, passes: int) -> dict:
     """Return {S: test accuracy after each pass} of the in-memory consensus reference with S shards."""
     from solvers.reference import fit_in_memory
@@ -103,21 +89,29 @@ def accuracy_by_shards(X, y, Xte, yte, shards, passes: int) -> dict:
     return out
 
 
-def measured_workers(data: Path, iterations: int) -> list:
-    """Return the pipeline's median seconds per consensus pass on 1 and 2 local worker processes."""
+def measured_workers(data: Path, iterations: int, quiet_wait: float = 0.0) -> list:
+    """Return the pipeline's median seconds per consensus pass on 1 and 2 local worker processes (one thread each).
+
+    Each measurement starts once the CPUs are idle for 3 s, waiting at most ``quiet_wait`` seconds.
+    """
     from pipeline.cluster import connect
     from pipeline.training import train
+
+    from benchmarks.gn_efficiency import wait_for_quiet
 
     rows = []
     for workers in (1, 2):
         store = Path("/tmp") / f"consensus-scaling-{workers}.zarr"
+        waited = wait_for_quiet(quiet_wait)
         with connect("local", n_workers=workers, threads_per_worker=1, dashboard_address=":0",
                      report=lambda *_: None) as client, CpuWatch() as cpu:
             client.run(exec, "import pipeline.passes, solvers.consensus")
             result = train(client, store=store, data=str(data), overwrite=True, report=lambda *_: None,
                            config=TrainConfig(solver="consensus", hidden=(300,), iterations=iterations))
         secs = [h["seconds"] for h in result.history]
+        held = sum(b - a for a, b in result.store.attrs.get("validation_chunks") or [])
         rows.append({"workers": workers, "shards": workers, "seconds_per_pass": statistics.median(secs),
+                     "training_rows": result.store.n_samples - held, "waited_for_quiet_seconds": waited,
                      "all_seconds": secs, "train_accuracy": [h["train_accuracy"] for h in result.history],
                      "other_cpu_seconds": cpu.other})
         print(f"  {workers} worker(s): {statistics.median(secs):.2f} s per pass (other CPU {cpu.other:.0f} s)",
@@ -139,11 +133,25 @@ def main(argv=None) -> int:
     p.add_argument("--accuracy-json", default=None,
                    help="read the accuracy-by-shards table from this file if it exists, else measure and write it")
     p.add_argument("--only-accuracy", action="store_true", help="measure the accuracy by shards and stop")
+    p.add_argument("--only-workers", action="store_true",
+                   help="measure the pipeline at 1 and 2 workers again and update the results at --out with it")
+    p.add_argument("--passes-measured", type=int, default=3, help="pipeline passes per worker count")
+    p.add_argument("--quiet-wait", type=float, default=120.0,
+                   help="before each worker measurement wait up to this many seconds for idle CPUs")
     p.add_argument("--dask-costs", default=str(ROOT / "benchmarks" / "results" / "scaling_model.json"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "consensus_scaling"))
     args = p.parse_args(argv)
     from storage.data import open_data
 
+    out = Path(args.out)
+    if args.only_workers:
+        result = json.loads(out.with_suffix(".json").read_text())
+        result["measured_workers"] = measured_workers(Path(args.data), args.passes_measured, args.quiet_wait)
+        result["workers_provenance"] = provenance()
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+        out.with_suffix(".md").write_text(markdown(result))
+        print(f"wrote {out}.json, {out}.md")
+        return 0
     tr, te = open_data(args.data), open_data(args.test)
     X, y, Xte, yte = tr.X[...], tr.y[...], te.X[...], te.y[...]
     shards = [int(s) for s in args.shards.split(",")]
@@ -168,7 +176,7 @@ def main(argv=None) -> int:
     cost = kernel_cost(X, y)
     print(f"  {cost['seconds_per_row'] * 1e6:.2f} µs per row per local epoch, {cost['params']:,} parameters", flush=True)
     print("pipeline at 1 and 2 workers ...", flush=True)
-    workers = measured_workers(Path(args.data), 3)
+    workers = measured_workers(Path(args.data), args.passes_measured, args.quiet_wait)
     proj = {}
     for net, (beta, alpha) in NETWORKS.items():
         proj[net] = {str(P): pass_seconds(P, HIGGS_N, cost, d, alpha, beta) for P in WORKERS}
@@ -178,7 +186,6 @@ def main(argv=None) -> int:
               "accuracy_note": note,
               "n_accuracy_rows": len(y), "projection_higgs": proj,
               "gauss_newton_projection": prior["problems"]["HIGGS"].get("projection")}
-    out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     out.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {out}.json, {out}.md")
@@ -205,12 +212,19 @@ def markdown(r: dict) -> str:
              f"Shard kernel (28-300-1, Adam, batch 200, one thread): **{k['seconds_per_row'] * 1e6:.2f} µs per row** "
              f"per local epoch ({k['params']:,} parameters; the reduced sums are {k['sum_bytes'] / 1e3:.0f} kB per pass).",
              "", "## Measured: pipeline on 1 and 2 local worker processes (HIGGS-shaped 1 M rows, one shard per worker)",
-             "", "| workers | shards | s per pass (median of 3) | speed-up | train acc after each pass | other CPU s |",
-             "|---|---|---|---|---|---|"]
+             ""]
+    wp = r.get("workers_provenance")
+    if wp:
+        lines += [f"Measured again with `{wp['command']}` ({wp['date']}): LocalCluster(n_workers=1 or 2, "
+                  "threads_per_worker=1), default settings (10 % held out), each started after waiting for idle "
+                  "CPUs (up to the seconds given).", ""]
+    lines += ["| workers | shards | s per pass (median) | speed-up | train acc after each pass | other CPU s | "
+              "waited for quiet s |", "|---|---|---|---|---|---|---|"]
     base = r["measured_workers"][0]["seconds_per_pass"]
     for w in r["measured_workers"]:
         lines.append(f"| {w['workers']} | {w['shards']} | {w['seconds_per_pass']:.2f} | {base / w['seconds_per_pass']:.2f}× | "
-                     + " ".join(f"{a:.4f}" for a in w["train_accuracy"]) + f" | {max(0, w['other_cpu_seconds']):.0f} |")
+                     + " ".join(f"{a:.4f}" for a in w["train_accuracy"]) + f" | {max(0, w['other_cpu_seconds']):.0f} | "
+                     + (f"{w['waited_for_quiet_seconds']:.0f}" if "waited_for_quiet_seconds" in w else "—") + " |")
     lines += ["", f"## Measured: the accuracy cost of more shards ({r['n_accuracy_rows']:,} rows, in memory)", "",
               "| shards | rows per shard | " + " | ".join(f"test acc after pass {i + 1}" for i in
                                                          range(len(next(iter(r["accuracy_by_shards"].values())))))

@@ -31,6 +31,14 @@ workers, and — with ``--slurm`` — 1 and 2 SLURM worker jobs via
 ``python -m pipeline.train --cluster slurm --jobs J`` (``.ci/slurm-up.sh``
 starts a one-node SLURM).
 
+Consensus (``--solver consensus``, one shard per worker) is projected beside
+it with the same Dask and network terms (:func:`consensus_pass_seconds`: one
+task per shard, one tree-reduce of model-sized sums, compute = local Adam
+epochs × measured s/row / P, calibrated by its own 1-worker pipeline
+measurement), from ``benchmarks/results/consensus_scaling.json`` (written by
+``benchmarks/consensus_scaling.py``, which also measures the accuracy cost of
+more shards: accuracy after each pass at 1, 8, 64 shards).
+
 Problem sizes of the paper (Taylor et al. 2016): HIGGS 10.5 M rows, 28-300-1
 (7,200 cores: 64 % test accuracy in 7.8 s); SVHN 0-vs-2 HOG features, 120,290
 rows, 648-100-50-1 (1,024 cores: 95 % in 13.3 s; here synthetic data of that
@@ -173,6 +181,48 @@ def iteration_seconds(P: int, n: int, cost: dict, d: dict, alpha: float, beta: f
 
 
 ASSUMED = "10 Gb/s, 50 us (assumed)"
+CONSENSUS_RESULTS = ROOT / "benchmarks" / "results" / "consensus_scaling.json"
+
+
+def consensus_pass_seconds(P: int, n: int, cost: dict, d: dict, alpha: float, beta: float, epochs: int = 1,
+                           scheduler: bool = True, client: float = 0.005) -> dict:
+    """Return the modelled seconds of one consensus pass on P workers (one shard each), by term.
+
+    ``T(P) = E t_adam n/P + ⌈log₂ P⌉(α + W/β) + ⌈log₈ P⌉(α + 7B/β + c_add 8B) + (α + B/β) + s_task(P + ⌈P/7⌉) + t_client``
+    """
+    B, W = cost["sum_bytes"], cost["broadcast_bytes"]
+    terms = {"compute": epochs * cost["seconds_per_row"] * n / P,
+             "broadcast": math.ceil(math.log2(P)) * (alpha + W / beta),
+             "reduce": math.ceil(math.log(P, 8) - 1e-9) * (alpha + 7 * B / beta + d["add_seconds_per_byte"] * 8 * B)
+             + alpha + B / beta,
+             "scheduler": d["scheduler_seconds_per_task"] * (P + math.ceil(P / 7)) if scheduler else 0.0,
+             "client": client}
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def consensus_projection(result: dict, n: int) -> dict | None:
+    """Return consensus pass seconds on HIGGS-sized data for P in WORKERS (None without consensus_scaling.json).
+
+    Variants as Gauss-Newton's: ``Dask``, ``Dask, calibrated`` (compute × the measured / modelled pass time
+    of one local worker) and ``allreduce``, all on the assumed network.
+    """
+    if not CONSENSUS_RESULTS.exists():
+        return None
+    cs = json.loads(CONSENSUS_RESULTS.read_text())
+    cost, d = cs["kernel"], result["dask"]
+    one = next((w for w in cs.get("measured_workers", []) if w["workers"] == 1), None)
+    rows = (one or {}).get("training_rows") or cs.get("n_accuracy_rows")
+    calibration = (one["seconds_per_pass"] / (cost["seconds_per_row"] * rows)) if one and rows else 1.0
+    slow = {**cost, "seconds_per_row": cost["seconds_per_row"] * calibration}
+    beta, alpha = NETWORKS[ASSUMED]
+    out = {"calibration": calibration, "accuracy_by_shards": cs.get("accuracy_by_shards"),
+           "accuracy_rows": cs.get("n_accuracy_rows"), "measured_workers": cs.get("measured_workers"),
+           "kernel": cost, "source": CONSENSUS_RESULTS.name, "passes": {}}
+    for key, c, kw in ((f"Dask; {ASSUMED}", cost, {}), (f"Dask, calibrated; {ASSUMED}", slow, {}),
+                       (f"allreduce; {ASSUMED}", cost, {"scheduler": False})):
+        out["passes"][key] = {str(P): consensus_pass_seconds(P, n, c, d, alpha, beta, **kw) for P in WORKERS}
+    return out
 
 
 def project(cost: dict, d: dict, n: int, disk_bw: float, calibration: float) -> dict:
@@ -327,6 +377,7 @@ def finish(result: dict, out) -> None:
                 pr["total_calibrated"] = pr["total"] + (c - 1) * pr["compute"]
     for p in result["problems"].values():
         p["projection"] = project(p["cost"], result["dask"], p["n"], result["disk_read_bytes_per_s"], c)
+    result["consensus"] = consensus_projection(result, result["problems"]["HIGGS"]["n"])
     write_results(out, result, markdown)
     plot(result, Path(out).with_suffix(".png"))
 
@@ -347,6 +398,12 @@ def plot(r: dict, path: Path) -> None:
         one = pr["projection"][f"allreduce; {ASSUMED}"]["1"]
         ps = np.array(WORKERS, float)
         ax.plot(ps, (one["compute"]) / ps + one["client"], "k:", lw=0.8, label="compute / P + client (ideal)")
+        cons = r.get("consensus")
+        if name == "HIGGS" and cons:
+            for key, style in ((f"Dask, calibrated; {ASSUMED}", "C3-"), (f"allreduce; {ASSUMED}", "C3:")):
+                proj = cons["passes"][key]
+                ax.plot([int(P) for P in proj], [v["total"] for v in proj.values()], style,
+                        label=f"consensus, one pass (one shard per worker): {key}")
         pp = pr["paper"]
         ax.plot([pp["cores"]], [pp["seconds"]], "r*", ms=12,
                 label=f"paper ADMM: {pp['accuracy']:.0%} test acc. in {pp['seconds']} s (time to accuracy)")
@@ -426,8 +483,60 @@ def markdown(r: dict) -> str:
               f"{at['client']:.3g}) = {pp['seconds'] / at['total']:.1f} iterations in {pp['seconds']} s; allreduce "
               f"{ar['total']:.3g} s = {pp['seconds'] / ar['total']:.0f} iterations. Fastest Dask (calibrated) point: {int(best):,} "
               f"workers, {main[best]['total']:.3g} s.", ""]
+    L += consensus_markdown(r)
     L += ["![projected iteration time](scaling_model.png)", ""]
     return "\n".join(L)
+
+
+def _nearest_shards(acc: dict, rows: int, rows_per_shard: float):
+    """Return the measured shard count whose rows per shard are nearest ``rows_per_shard`` (within 2×), else None."""
+    best = min(acc, key=lambda S: abs(math.log(rows / int(S)) - math.log(rows_per_shard)))
+    return best if abs(math.log(rows / int(best)) - math.log(rows_per_shard)) <= math.log(2) else None
+
+
+def consensus_markdown(r: dict) -> list:
+    """Return the markdown lines of the consensus projection beside Gauss-Newton and the paper (HIGGS)."""
+    cons = r.get("consensus")
+    if not cons:
+        return []
+    higgs = r["problems"]["HIGGS"]
+    n, pp, gn = higgs["n"], higgs["paper"], higgs["projection"]
+    acc, rows = cons.get("accuracy_by_shards") or {}, cons.get("accuracy_rows") or 1
+    L = [f"## Consensus beside Gauss-Newton and the paper: HIGGS ({n:,} rows, 28-300-1)", "",
+         f"From `{cons['source']}` (`benchmarks/consensus_scaling.py`): shard kernel "
+         f"{cons['kernel']['seconds_per_row'] * 1e6:.2f} µs per row per local epoch (one thread), sums "
+         f"{cons['kernel']['sum_bytes'] / 1e3:.0f} kB per pass; one local worker ran a pass "
+         f"{cons['calibration']:.2f}x the modelled compute (the *calibrated* column). One shard per worker, one "
+         "local epoch per pass (the default from 20,000 rows per shard up; below that the auto rule runs more "
+         "epochs and the compute term grows accordingly). A Gauss-Newton iteration is two passes, a consensus "
+         "pass one; the accuracy column is measured on 1 M HIGGS-shaped rows at the shard count whose rows per "
+         "shard are nearest (within 2×) to the projection's, and assumes accuracy per pass depends on the rows "
+         "each shard sees.", "",
+         "| workers | rows per shard | gauss-newton s per iteration (Dask, calibrated) | consensus s per pass "
+         "(Dask, calibrated) | consensus, allreduce | consensus test acc. after pass 1 / 2 (shards measured) |",
+         "|---|---|---|---|---|---|"]
+    for P in WORKERS:
+        g = gn[f"Dask, calibrated; {ASSUMED}"][str(P)]["total"]
+        c = cons["passes"][f"Dask, calibrated; {ASSUMED}"][str(P)]["total"]
+        a = cons["passes"][f"allreduce; {ASSUMED}"][str(P)]["total"]
+        S = _nearest_shards(acc, rows, n / P) if acc else None
+        measured = "not measured" if S is None else " / ".join(f"{v:.4f}" for v in acc[S][:2]) + f" ({S})"
+        L.append(f"| {P:,} | {n // P:,} | {g:.3g} | {c:.3g} | {a:.3g} | {measured} |")
+    at = cons["passes"][f"Dask, calibrated; {ASSUMED}"][str(pp["cores"])]
+    L += ["", f"At the paper's {pp['cores']:,} cores (ADMM: {pp['accuracy']:.0%} test accuracy in {pp['seconds']} s) "
+          f"a consensus pass is modelled at {at['total']:.3g} s (scheduler {at['scheduler']:.3g} s of it; "
+          f"{n // pp['cores']:,} rows per shard, more shards than measured for accuracy).", "",
+          "Accuracy cost of more shards (measured, in memory, test accuracy after each pass):", "",
+          "| shards | rows per shard | " + " | ".join(f"pass {i + 1}" for i in range(max(map(len, acc.values()), default=0)))
+          + " |", "|---|---|" + "---|" * max(map(len, acc.values()), default=0)]
+    for S, v in acc.items():
+        L.append(f"| {S} | {rows // int(S):,} | " + " | ".join(f"{a:.4f}" for a in v) + " |")
+    mw = cons.get("measured_workers") or []
+    if mw:
+        L += ["", "Measured pipeline passes (HIGGS-shaped 1 M rows, LocalCluster, one thread per worker): "
+              + "; ".join(f"{w['workers']} worker(s) {w['seconds_per_pass']:.2f} s per pass (other processes' CPU "
+                          f"{max(0, w['other_cpu_seconds']):.0f} s)" for w in mw) + "."]
+    return L + [""]
 
 
 if __name__ == "__main__":

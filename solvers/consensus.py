@@ -29,11 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from solvers import sampling
 from solvers.adam import Adam, FlatLayout, gradient
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError
-from solvers.loop import LoopState, run_shard_pass
+from solvers.gauss_newton import GaussNewtonSolver
+from solvers.loop import LoopState, run_pass_held_out, run_shard_pass
 from solvers.network import standardize
 from solvers.stats import StatsLayout
 
@@ -64,6 +66,7 @@ class ConsensusSolver(SolverBase):
     sharded = True
     carry_moments = True  # False: every shard pass restarts Adam (measured in benchmarks/consensus_variants.py)
     decay_in_shards = True  # False: ½α‖θ̄‖² in the consensus step instead (measured in benchmarks/consensus_real.py)
+    auto_alpha_factor = 0.1  # alpha auto: this times the output layer's held-out ridge α per row (measured: 1 and 0.01 did worse)
     divergence_hint = "a smaller --learning-rate or a larger --consensus-rho"
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
@@ -78,6 +81,8 @@ class ConsensusSolver(SolverBase):
             self.loss_kind = "binary-log" if self.n_classes == 2 else "softmax-log"
         self.flat = FlatLayout([layer.weight_shape for layer in self.layers])
         self._bias = self.flat.bias_mask()
+        # alpha auto: Gauss-Newton's pass A and held-out ridge path of the output layer, at θ̄'s hidden layers
+        self._ridge_path = GaussNewtonSolver(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
 
     # -- what the pipeline stores and sums ----------------------------------------------
     def state_widths(self) -> dict[str, int]:
@@ -101,10 +106,36 @@ class ConsensusSolver(SolverBase):
         c = self.config
         return float(c.consensus_rho) * float(c.rho_growth) ** (k - 1)
 
-    def alpha(self) -> float:
-        """Return α of the consensus step; ``alpha="auto"`` is 0 here (no held-out rule for this solver yet)."""
+    def alpha(self, runner=None, weights=None, k: int = 0) -> float:
+        """Return the weight decay α of pass k: ``alpha``, or for ``"auto"`` :meth:`held_out_alpha` at ``weights``."""
         alpha = getattr(self.config, "alpha", 0.0)
-        return 0.0 if alpha == "auto" else float(alpha or 0.0)
+        if alpha != "auto":
+            return float(alpha or 0.0)
+        return 0.0 if runner is None else self.held_out_alpha(runner, weights, k)
+
+    def held_out_alpha(self, runner, weights, k: int) -> float:
+        """Return ``α = α_L / n``: the output layer's ridge α chosen on held-out rows, per row of the mean loss.
+
+        Gauss-Newton's pass A at the hidden layers of ``weights`` (over a sample of
+        the training chunks of at least :data:`solvers.sampling.START_ROWS` rows,
+        and the held-out chunks) gives the sums of ``Σ‖T − W_L ã‖² + α_L‖W̃_L‖²``;
+        its ridge path takes the α_L of least held-out error (GCV without held-out
+        chunks: :meth:`GaussNewtonSolver.output_layer`). Divided by 2n that objective is
+        the mean of ``½‖t − s‖²`` plus ``½(α_L/n)‖W̃_L‖²``: α_L / n is the weight decay of the mean loss.
+        """
+        gn = self._ridge_path
+        bounds = list(getattr(runner, "bounds", ()))
+        m = sampling.initial_count(bounds, "grow") if bounds else 0
+        chunks = sampling.sample(len(bounds), m, self.config.seed) if bounds else None
+        sums, held = run_pass_held_out(runner, gn.forward_layout(False), "forward_chunk",
+                                       gn._forward_params(weights[:-1], False), k,
+                                       **({} if chunks is None else {"chunks": chunks}))
+        _, _, alpha_out = gn.output_layer(sums, held)
+        return self.auto_alpha_factor * float(alpha_out) / float(sums["n"])
+
+    def forward_chunk(self, *args):
+        """Gauss-Newton's pass A kernel (:meth:`held_out_alpha`)."""
+        return self._ridge_path.forward_chunk(*args)
 
     def initialize(self, runner) -> LoopState:
         """Return He-scaled random weights (zero biases) as θ̄⁰; no pass is needed."""
@@ -118,7 +149,7 @@ class ConsensusSolver(SolverBase):
         dual = self.config.consensus == "admm" and "rho" in state.carry
         scale = float(state.carry["rho"]) / rho if dual else 0.0
         read = state.iteration if "rho" in state.carry else None  # iteration 0 stores no shard state
-        alpha = self.alpha()
+        alpha = self.alpha(runner, state.weights, k)
         local = alpha if self.decay_in_shards else 0.0
         sums = run_shard_pass(runner, self.shard_layout(), "shard_kernel", ShardParams(center, k, rho, scale, local),
                               k, read=read, write=k)
@@ -129,7 +160,7 @@ class ConsensusSolver(SolverBase):
         residual = float(np.sqrt(max(spread, 0.0) / max(float(theta_bar @ theta_bar), 1e-300)))
         score = f"train_{self.task.score_name}"
         metrics = {score: float(self.task.score(sums)), "loss": float(sums["loss"]) / n, "residual": residual,
-                   "rho": rho}
+                   "rho": rho, "alpha": alpha}
         carry = {"rho": np.float64(rho)}
         return LoopState(k, self.flat.to_weights(theta_bar), carry), metrics
 

@@ -48,7 +48,7 @@ def test_consensus_step_is_the_closed_form_minimiser():
 
 def test_advance_takes_the_consensus_step_from_the_shard_sums():
     """The client's θ̄ comes from the summed n_s v_s exactly as the closed form says."""
-    cfg = TrainConfig(solver="consensus", hidden=(3,), consensus_rho=0.5, shards=2)
+    cfg = TrainConfig(solver="consensus", hidden=(3,), consensus_rho=0.5, shards=2, alpha=0.0)
     s = make_solver(cfg, 4, x_mean=np.zeros(4), x_scale=np.ones(4), classes=np.arange(2))
     P = s.flat.size
     v = np.random.default_rng(0).normal(size=P)
@@ -61,7 +61,7 @@ def test_advance_takes_the_consensus_step_from_the_shard_sums():
                                           "theta_sq": 10.0 * float(v @ v)})
 
     state, metrics = s.advance(FixedRunner(), LoopState(0, s.he_weights(s.L), {}))
-    np.testing.assert_allclose(s.flat.from_weights(state.weights), consensus_step(v, 0.5, s.alpha(), s._bias))
+    np.testing.assert_allclose(s.flat.from_weights(state.weights), consensus_step(v, 0.5, 0.0, s._bias))
     assert metrics["train_accuracy"] == 0.5 and state.carry["rho"] == 0.5
 
 
@@ -106,7 +106,7 @@ def test_one_shard_and_tiny_rho_is_one_epoch_of_plain_minibatch_adam(n_classes, 
     X, y = make_data(n=700, n_classes=n_classes)
     cfg = TrainConfig(solver="consensus", hidden=(8, 5), activation=activation, iterations=1, shards=1,
                       consensus_rho=1e-12, batch_size=64, learning_rate=3e-3, seed=4,
-                      validation_fraction=0, local_epochs=1)
+                      validation_fraction=0, local_epochs=1, alpha=0.0)
     fit = fit_in_memory(X, y, cfg)
     s = fit.solver
     Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
@@ -121,7 +121,7 @@ def test_regression_one_shard_is_plain_adam_on_the_squared_loss():
     X = rng.normal(size=(500, 5)).astype(np.float32)
     y = X @ rng.normal(size=5) + 3.0
     cfg = TrainConfig(solver="consensus", task="regression", hidden=(6,), iterations=1, shards=1,
-                      consensus_rho=1e-12, batch_size=50, seed=1, validation_fraction=0, local_epochs=1)
+                      consensus_rho=1e-12, batch_size=50, seed=1, validation_fraction=0, local_epochs=1, alpha=0.0)
     fit = fit_in_memory(X, y, cfg)
     s = fit.solver
     assert s.loss_kind == "squared"
@@ -168,6 +168,31 @@ def test_weight_decay_is_in_the_shard_objective_and_spares_the_biases():
         np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
     plain = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "alpha": 0.0}))
     assert not np.allclose(plain.loop_state.weights[0], fit.loop_state.weights[0])
+
+
+def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row():
+    """α of pass k = Gauss-Newton's held-out choice α_L of the output layer at θ̄^{k−1}'s hidden layer, / n."""
+    from solvers.gauss_newton import GaussNewtonSolver
+    from solvers.loop import run_pass_held_out
+    from solvers.losses import encode_labels
+    from solvers.reference import InMemoryRunner
+    from solvers.tiling import chunk_bounds
+    from solvers.validation import validation_split
+
+    X, y = make_data(n=2000, n_classes=3)
+    cfg = TrainConfig(solver="consensus", hidden=(8,), iterations=2, shards=1, validation_fraction=0.2, seed=5,
+                      patience=0)
+    two = fit_in_memory(X, y, cfg, chunk_rows=100)
+    one = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 1}), chunk_rows=100)
+    s = two.solver
+    gn = GaussNewtonSolver(cfg, X.shape[1], s.classes, s.x_mean, s.x_scale)
+    train, held = validation_split(chunk_bounds(len(y), 100), 0.2, 5)
+    runner = InMemoryRunner(gn, X, encode_labels(y, s.classes), bounds=train, held_out=held)
+    sums, held_sums = run_pass_held_out(runner, gn.forward_layout(False), "forward_chunk",
+                                        gn._forward_params(one.loop_state.weights[:-1], False), 0)
+    alpha = gn.output_layer(sums, held_sums)[2] / float(sums["n"])
+    assert alpha > 0 and two.history[1]["alpha"] == pytest.approx(alpha, rel=1e-12)
+    assert all(h["alpha"] > 0 for h in two.history)
 
 
 def test_consensus_learns_with_several_shards_and_both_variants():
