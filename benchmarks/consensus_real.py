@@ -5,7 +5,7 @@ cancer, digits, MNIST odd/even and 10-class 2k, covtype 80/20). With
 ``--split validation`` every number is on a validation split carved out of
 the training rows (for tuning); ``--split test`` scores on the test split,
 which no choice may use. Each variant is a name and TrainConfig settings
-(``--variant NAME:key=value,key=value``; ``decay_in_shards=0`` moves the weight
+(``--variant "NAME:key=value;key=value"``; ``decay_in_shards=0`` moves the weight
 decay into the consensus step, a class attribute of
 :class:`solvers.consensus.ConsensusSolver`); our runs are the in-memory
 reference (``fit_in_memory``, the code the pipeline runs per shard) with
@@ -18,7 +18,7 @@ CPU seconds are recorded: the machine is shared.
 
 Run::
 
-    python benchmarks/consensus_real.py --split validation --variant default: --variant a1e-3:alpha=1e-3 \\
+    python benchmarks/consensus_real.py --split validation --variant default: --variant "a1e-3:alpha=1e-3;iterations=40" \\
         --out /tmp/consensus_real_validation.json
 """
 from __future__ import annotations
@@ -45,10 +45,10 @@ CLASS_ATTRIBUTES = ("decay_in_shards", "carry_moments", "auto_alpha_factor")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """Return (name, settings) of ``NAME:key=value,key=value`` (values parsed as JSON where they can be)."""
+    """Return (name, settings) of ``NAME:key=value;key=value`` (values parsed as JSON where they can be)."""
     name, _, rest = text.partition(":")
     settings = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, rest.split(";")):
         k, v = item.split("=", 1)
         try:
             settings[k] = json.loads(v)
@@ -135,7 +135,7 @@ def main(argv=None):
     p.add_argument("--tasks", nargs="+", default=["breast-cancer", "digits", "mnist-oddeven-2k", "mnist10-2k",
                                                    "covtype"], choices=TASKS)
     p.add_argument("--split", choices=("test", "validation"), default="validation")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,…")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:key=value;…")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     p.add_argument("--hidden", default="300")
     p.add_argument("--seed", type=int, default=0)

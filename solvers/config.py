@@ -133,8 +133,9 @@ class TrainConfig:
                            "decay is --alpha)", resumable=True, solvers=("admm", "gauss-newton", HANDOVER))
     alpha: float | str = setting("auto", "weight decay: L2 penalty α‖W‖² on the weights, biases excluded "
                                  "(scikit-learn's alpha); auto: gauss-newton picks α every iteration from a grid by "
-                                 "the held-out error of the output layer (GCV when nothing is held out), admm and "
-                                 "dladmm use 0.01 of each Gram's mean diagonal", parse=_alpha, resumable=True,
+                                 "the held-out error of the output layer (GCV when nothing is held out), consensus "
+                                 "uses 0.1 of that α per row before every pass (½α‖W‖² in each shard's mean loss), "
+                                 "admm and dladmm use 0.01 of each Gram's mean diagonal", parse=_alpha, resumable=True,
                                  metavar="auto|ALPHA")
     solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "

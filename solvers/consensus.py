@@ -25,7 +25,7 @@ it, and a retried task rewrites the same bytes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -82,7 +82,8 @@ class ConsensusSolver(SolverBase):
         self.flat = FlatLayout([layer.weight_shape for layer in self.layers])
         self._bias = self.flat.bias_mask()
         # alpha auto: Gauss-Newton's pass A and held-out ridge path of the output layer, at θ̄'s hidden layers
-        self._ridge_path = GaussNewtonSolver(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
+        ridge = replace(config, solver="gauss-newton", loss="squared")  # the squared loss's closed-form path
+        self._ridge_path = GaussNewtonSolver(ridge, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
 
     # -- what the pipeline stores and sums ----------------------------------------------
     def state_widths(self) -> dict[str, int]:

@@ -171,7 +171,7 @@ def test_weight_decay_is_in_the_shard_objective_and_spares_the_biases():
 
 
 def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row():
-    """α of pass k = Gauss-Newton's held-out choice α_L of the output layer at θ̄^{k−1}'s hidden layer, / n."""
+    """α of pass k = factor × Gauss-Newton's held-out choice α_L of the output layer at θ̄^{k−1}'s hidden layer, / n."""
     from solvers.gauss_newton import GaussNewtonSolver
     from solvers.loop import run_pass_held_out
     from solvers.losses import encode_labels
@@ -185,12 +185,13 @@ def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row():
     two = fit_in_memory(X, y, cfg, chunk_rows=100)
     one = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 1}), chunk_rows=100)
     s = two.solver
-    gn = GaussNewtonSolver(cfg, X.shape[1], s.classes, s.x_mean, s.x_scale)
+    gn = GaussNewtonSolver(TrainConfig(**{**cfg.to_dict(), "solver": "gauss-newton", "loss": "squared"}), X.shape[1],
+                           s.classes, s.x_mean, s.x_scale)
     train, held = validation_split(chunk_bounds(len(y), 100), 0.2, 5)
     runner = InMemoryRunner(gn, X, encode_labels(y, s.classes), bounds=train, held_out=held)
     sums, held_sums = run_pass_held_out(runner, gn.forward_layout(False), "forward_chunk",
                                         gn._forward_params(one.loop_state.weights[:-1], False), 0)
-    alpha = gn.output_layer(sums, held_sums)[2] / float(sums["n"])
+    alpha = s.auto_alpha_factor * gn.output_layer(sums, held_sums)[2] / float(sums["n"])
     assert alpha > 0 and two.history[1]["alpha"] == pytest.approx(alpha, rel=1e-12)
     assert all(h["alpha"] > 0 for h in two.history)
 
