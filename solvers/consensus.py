@@ -40,6 +40,7 @@ from solvers.network import standardize
 from solvers.stats import StatsLayout
 
 AUTO_STEPS = 100  # local_epochs 0: at least this many minibatch steps per shard and pass (small data)
+ALPHA_SAMPLE_ROWS = 8192  # alpha auto: pass A reads a seeded sample of whole training chunks of at least this many rows
 
 
 @dataclass(frozen=True)
@@ -117,16 +118,16 @@ class ConsensusSolver(SolverBase):
     def held_out_alpha(self, runner, weights, k: int) -> float:
         """Return ``α = α_L / n``: the output layer's ridge α chosen on held-out rows, per row of the mean loss.
 
-        Gauss-Newton's pass A at the hidden layers of ``weights`` (over a sample of
-        the training chunks of at least :data:`solvers.sampling.START_ROWS` rows,
-        and the held-out chunks) gives the sums of ``Σ‖T − W_L ã‖² + α_L‖W̃_L‖²``;
+        Gauss-Newton's pass A at the hidden layers of ``weights`` (over a seeded sample of
+        the training chunks of at least :data:`ALPHA_SAMPLE_ROWS` rows, every chunk of smaller
+        data, and the held-out chunks) gives the sums of ``Σ‖T − W_L ã‖² + α_L‖W̃_L‖²``;
         its ridge path takes the α_L of least held-out error (GCV without held-out
         chunks: :meth:`GaussNewtonSolver.output_layer`). Divided by 2n that objective is
         the mean of ``½‖t − s‖²`` plus ``½(α_L/n)‖W̃_L‖²``: α_L / n is the weight decay of the mean loss.
         """
         gn = self._ridge_path
         bounds = list(getattr(runner, "bounds", ()))
-        m = sampling.initial_count(bounds, "grow") if bounds else 0
+        m = sampling.initial_count(bounds, "grow", ALPHA_SAMPLE_ROWS) if bounds else 0
         chunks = sampling.sample(len(bounds), m, self.config.seed) if bounds else None
         sums, held = run_pass_held_out(runner, gn.forward_layout(False), "forward_chunk",
                                        gn._forward_params(weights[:-1], False), k,
