@@ -28,8 +28,17 @@ Parameters (all solvers share :class:`~solvers.config.TrainConfig`):
                ``gaussian`` (the paper: z, a ~ N(0, 1), W⁰ fitted to them)
 ``ridge``      relative ridge ε of the W-solve: ``a aᵀ + ε·mean(diag)·I`` (a numerical floor)
 ``alpha``      weight decay α of the W-solve, ``a aᵀ + α Ĩ`` (bias spared); ``"auto"``:
-               0.01 · the Gram's mean diagonal (:func:`~solvers.linalg.resolve_alpha`)
+               0.01 · the Gram's mean diagonal (:func:`~solvers.linalg.resolve_alpha`),
+               and the model's output layer refitted to the targets with α chosen
+               on the held-out chunks (:mod:`solvers.readout`)
 =============  ==============================================================
+
+With ``alpha="auto"`` the pass of iteration k also sums, over its training
+chunks and (statelessly, in the same pass) over the held-out chunks, the
+readout sums of the forward pass of the hidden weights W^k; the model of
+iteration k is ``W_1^k … W_{L−1}^k`` with the refitted output layer, while the
+iteration goes on from its own ``W_L^k`` (kept in the carry as ``U``). The
+reported train score is that of the iteration's own weights W^k.
 """
 from __future__ import annotations
 
@@ -40,10 +49,10 @@ import numpy as np
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.conv import CGActivationUpdate, a_update_steps
+from solvers import readout
 from solvers.linalg import ActivationUpdate, resolve_alpha, solve_weights
-from solvers.loop import LoopState, run_pass
+from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.losses import LOSSES
-from solvers.network import forward
 from solvers.stats import StatsLayout
 from solvers.tiling import row_tiles
 
@@ -80,9 +89,16 @@ class ADMMSolver(SolverBase):
         out["lam"] = self.widths[-1]
         return out
 
-    def layout(self, input_gram: bool) -> StatsLayout:
-        """Return the layout of a chunk's sums (Grams of every W-solve, metrics)."""
+    @property
+    def refits(self) -> bool:
+        """Return whether the model's output layer is refitted to the targets (``alpha="auto"``)."""
+        return self.config.alpha == "auto"
+
+    def layout(self, input_gram: bool, readout_sums: bool = False) -> StatsLayout:
+        """Return the layout of a chunk's sums (Grams of every W-solve, metrics; the readout's if asked)."""
         shapes = {"n": (), **self.task.score_shapes, "loss": (), "lagrange": (), "residual_sq": ()}
+        if readout_sums:
+            shapes.update(readout.shapes(self.widths[-2], self.widths[-1]))
         for l, layer in enumerate(self.layers, start=1):
             if l < self.L:
                 shapes[f"penalty{l}"] = ()  # γ‖a_l − h(z_l)‖² + β‖z_l − W_l a_{l−1}‖²
@@ -104,25 +120,46 @@ class ADMMSolver(SolverBase):
         return self._loop_state(0, w0, self.solve(sums, input_gram), input_gram)
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
-        """Run iteration k = state.iteration + 1 (one pass) and solve W^{k+1} from its Grams."""
+        """Run iteration k = state.iteration + 1 (one pass) and solve W^{k+1} from its Grams.
+
+        With ``alpha="auto"`` the pass also runs on the held-out chunks and the
+        model's output layer is refitted (:mod:`solvers.readout`).
+        """
         k = state.iteration + 1
         w_new, input_gram = self._next_weights(state), state.carry["input_gram"]
-        params = self.step_params(state.weights, w_new, k)
-        sums = run_pass(runner, self.layout(False), "step_chunk", params, k, read=k - 1, write=k)
-        return self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram), self.metrics(sums)
+        params = self.step_params(self.iterate(state), w_new, k)
+        layout = self.layout(False, self.refits)
+        if not self.refits:
+            sums = run_pass(runner, layout, "step_chunk", params, k, read=k - 1, write=k)
+            return self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram), self.metrics(sums)
+        sums, held = run_pass_held_out(runner, layout, "step_chunk", params, k, read=k - 1, write=k)
+        W_out, alpha = readout.fit(sums, held, self.config.ridge, what=f"W_{self.L} (output refit)")
+        out = self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram, output=W_out)
+        return out, {**self.metrics(sums), "alpha": alpha}
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
         """Return the state to continue from; W^{k+1} is solved again if γ, β or the ridge changed (eq. 6, 9)."""
         if not changed & {"gamma", "beta", "ridge", "alpha"}:
             return state
-        k, input_gram = state.iteration, state.carry["input_gram"]
-        sums = run_pass(runner, self.layout(True), "grams_chunk", state.weights, k, read=k)
-        return self._loop_state(k, state.weights, self.solve(sums, input_gram), input_gram)
+        k, input_gram, own = state.iteration, state.carry["input_gram"], self.iterate(state)
+        sums = run_pass(runner, self.layout(True), "grams_chunk", own, k, read=k)
+        output = state.weights[-1] if self.refits and "U" in state.carry else None
+        return self._loop_state(k, own, self.solve(sums, input_gram), input_gram, output=output)
 
-    def _loop_state(self, k: int, weights, next_weights, input_gram) -> LoopState:
+    def iterate(self, state: LoopState) -> list:
+        """Return the iteration's own W^k: the model's weights with the output layer ``U`` of the carry if kept."""
+        if "U" not in state.carry:
+            return list(state.weights)
+        return [*state.weights[:-1], np.asarray(state.carry["U"])]
+
+    def _loop_state(self, k: int, weights, next_weights, input_gram, output=None) -> LoopState:
+        """Return the client state of iteration k: the model (W^k, its output layer ``output`` if refitted)."""
         carry = {f"V{l}": np.asarray(V) for l, V in enumerate(next_weights, start=1)}
         carry["input_gram"] = np.asarray(input_gram)
-        return LoopState(k, list(weights), carry)
+        if output is None:
+            return LoopState(k, list(weights), carry)
+        carry["U"] = np.asarray(weights[-1])
+        return LoopState(k, [*weights[:-1], np.asarray(output)], carry)
 
     def _next_weights(self, state: LoopState) -> list:
         return [state.carry[f"V{l}"] for l in range(1, self.L + 1)]
@@ -244,9 +281,24 @@ class ADMMSolver(SolverBase):
         return None, self._grams_of_state(x, z, self.operators(weights))
 
     def step_chunk(self, x_raw, y, state, start_row: int, p: StepParams):
-        """Return (z^k, λ^k) and the sums of one chunk for iteration k (one Algorithm 1 sweep)."""
-        return self.tiled(self.layout(False), x_raw.shape[0],
+        """Return (z^k, λ^k) and the sums of one chunk for iteration k (one Algorithm 1 sweep).
+
+        A held-out chunk (``state`` None) returns only the readout sums of W^k's hidden layers.
+        """
+        layout = self.layout(False, self.refits)
+        if state is None:
+            return None, self.tiled(layout, x_raw.shape[0], lambda sl, _: (None, {
+                "n": sl.stop - sl.start, **self._readout_parts(self.inputs(x_raw[sl]), y[sl], p.weights)[1]}))[1]
+        return self.tiled(layout, x_raw.shape[0],
                           lambda sl, tile_state: self._step_tile(self.inputs(x_raw[sl]), y[sl], tile_state, p), state)
+
+    def _readout_parts(self, x, y, weights) -> tuple:
+        """Return (the output ``W_L ã_{L−1}`` of the forward pass of ``weights``, the readout sums or {})."""
+        a = x
+        for l in range(1, self.L):
+            a = self.act.h(self.layers[l - 1].apply(a, weights[l - 1]))
+        out = self.layers[-1].apply(a, weights[-1])
+        return out, (readout.parts(a, self.task.targets(y, self.dtype)) if self.refits else {})
 
     def _step_tile(self, x, y, state, p: StepParams):
         c, act, L = self.config, self.act, self.L
@@ -268,9 +320,11 @@ class ADMMSolver(SolverBase):
         lam_new = lam + self.dtype.type(beta) * r if p.update_lambda else lam
         z_new.append(zL)
         sums = self._gram_parts(self._activations(x, z_new, p.ops_next), z_new, input_gram=False)
+        out, readout_sums = self._readout_parts(x, y, p.weights)
         sums.update(
             n=x.shape[0],
-            **self.task.score_parts(forward(x, p.weights, c.activation, self.layers), y),
+            **readout_sums,
+            **self.task.score_parts(out, y),
             loss=float(np.sum(self.loss.value(zL, t), dtype=np.float64)),
             lagrange=float(np.sum(lam * zL, dtype=np.float64)),
             residual_sq=float(np.sum(r * r, dtype=np.float64)),

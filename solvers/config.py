@@ -135,7 +135,9 @@ class TrainConfig:
                                  "(scikit-learn's alpha); auto: gauss-newton picks α every iteration from a grid by "
                                  "the held-out error of the output layer (GCV when nothing is held out), consensus "
                                  "uses 0.1 of that α per row before every pass (½α‖W‖² in each shard's mean loss), "
-                                 "admm and dladmm use 0.01 of each Gram's mean diagonal", parse=_alpha, resumable=True,
+                                 "admm and dladmm use 0.01 of each Gram's mean diagonal in their W-solves and refit "
+                                 "the model's output layer to the targets with α picked the held-out way",
+                                 parse=_alpha, resumable=True,
                                  metavar="auto|ALPHA")
     solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "

@@ -70,6 +70,11 @@ constant ``ν + κ‖W_{l+1}‖₂²`` of ∇_a φ, which satisfies the paper's
 backtracking condition at the first trial for every sample (a backtracked τ
 would cost one pass per trial, the condition being a sum over samples); the
 backtracking of θ starts at the last accepted θ / 2 instead of a fixed θ₀.
+With ``alpha="auto"`` the model's output layer is refitted to the targets
+after every iteration, α chosen on the held-out chunks (:mod:`solvers.readout`;
+its sums come from pass O, which also runs statelessly on the held-out
+chunks); the iteration goes on from its own ``W_L`` (the carry's ``U``), and
+the reported train score is that of its own weights.
 """
 from __future__ import annotations
 
@@ -80,11 +85,11 @@ import scipy.linalg
 
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
+from solvers import readout
 from solvers.errors import InputError, NumericalError
 from solvers.linalg import affine, cross_with_bias, gram_with_bias, resolve_alpha
-from solvers.loop import LoopState, run_pass
+from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.losses import LOSSES
-from solvers.network import forward
 from solvers.stats import StatsLayout
 
 THETA0 = 1.0            # first backtracking trial of iteration 1 (the paper's code starts at 1)
@@ -213,8 +218,13 @@ class DLADMMSolver(SolverBase):
                       **self._cross_shapes(layer + 1)}
         else:  # output_chunk
             shapes = {"n": (), **self.task.score_shapes, "loss": (), "lagrange": (), "residual_sq": (),
-                      **self._cross_shapes(L)}
+                      **self._cross_shapes(L), **(readout.shapes(w[L - 1], w[L]) if self.refits else {})}
         return StatsLayout(shapes)
+
+    @property
+    def refits(self) -> bool:
+        """Return whether the model's output layer is refitted to the targets (``alpha="auto"``)."""
+        return self.config.alpha == "auto"
 
     # -- client side -------------------------------------------------------------------
     def initialize(self, runner) -> LoopState:
@@ -234,7 +244,7 @@ class DLADMMSolver(SolverBase):
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Run iteration k = state.iteration + 1: backward sweep, forward sweep, dual step (2L − 1 passes)."""
         k, L = state.iteration + 1, self.L
-        W = [np.array(w, np.float64) for w in state.weights]
+        W = [np.array(w, np.float64) for w in self.iterate(state)]
         carry = {name: np.asarray(v) for name, v in state.carry.items()}
         grams = {1: carry["input_gram"], **{l: carry[f"gram{l}"] for l in range(2, L + 1)}}
         cross = {L: self._output_cross(carry["crossz"], carry["crossu"])}  # layer l's Σ t ãᵀ
@@ -263,9 +273,22 @@ class DLADMMSolver(SolverBase):
         W[L - 1] = self._layer(L, W[L - 1], cross[L], grams[L], carry, backward=False)
         # O: z_L^k, the dual step, the objective; z_L^{k+½} and its sums for the next backward sweep
         reads = {"u": k - 1, **({f"a{L - 1}": k} if L > 1 else {})}
-        sums = run_pass(runner, self.layout("output_chunk"), "output_chunk", self.cast(W), k, read=reads, write=k)
+        layout = self.layout("output_chunk")
+        if not self.refits:
+            sums = run_pass(runner, layout, "output_chunk", self.cast(W), k, read=reads, write=k)
+            carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
+            return LoopState(k, W, carry), self.metrics(sums, penalty)
+        sums, held = run_pass_held_out(runner, layout, "output_chunk", self.cast(W), k, read=reads, write=k)
         carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
-        return LoopState(k, W, carry), self.metrics(sums, penalty)
+        W_out, alpha = readout.fit(sums, held, self.config.ridge, what=f"W_{L} (output refit)")
+        carry["U"] = W[L - 1]
+        return LoopState(k, [*W[:-1], W_out], carry), {**self.metrics(sums, penalty), "alpha": alpha}
+
+    def iterate(self, state: LoopState) -> list:
+        """Return the iteration's own W^k: the model's weights with the output layer ``U`` of the carry if kept."""
+        if "U" not in state.carry:
+            return list(state.weights)
+        return [*state.weights[:-1], np.asarray(state.carry["U"])]
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
         """Return ``state``: nothing in the carry depends on a setting a resume may change."""
@@ -389,6 +412,14 @@ class DLADMMSolver(SolverBase):
         """Return (z_L^{k+½}, u^k) and O's sums: loss, dual term, residual, score of W^k, Σ z ãᵀ, Σ u ãᵀ."""
         L = self.L
 
+        if state is None:  # a held-out chunk: the readout sums of the forward pass of W^k
+            def held_tile(x_raw, y, _):
+                a = self.inputs(x_raw)
+                for l in range(1, L):
+                    a = self.act.h(affine(a, weights[l - 1]))
+                return None, {"n": x_raw.shape[0], **readout.parts(a, self.task.targets(y, self.dtype))}
+            return None, self._tiled("output_chunk", 0, x_raw, y, None, held_tile)[1]
+
         def tile(x_raw, y, s):
             x = self.inputs(x_raw)
             a = x if L == 1 else s[f"a{L - 1}"]
@@ -398,7 +429,11 @@ class DLADMMSolver(SolverBase):
             r = z - m
             u = s["u"] + r * self.dtype.type(self.rho)  # u^k
             z_next = self._z_output(t, u, m)           # z_L^{k+½}
-            sums = {"n": x.shape[0], **self.task.score_parts(forward(x, weights, self.config.activation), y),
+            hidden = x
+            for l in range(1, L):
+                hidden = self.act.h(affine(hidden, weights[l - 1]))
+            sums = {"n": x.shape[0], **self.task.score_parts(affine(hidden, weights[L - 1]), y),
+                    **(readout.parts(hidden, t) if self.refits else {}),
                     "loss": float(np.sum(self.loss.value(z, t), dtype=np.float64)),
                     "lagrange": float(np.sum(u * r, dtype=np.float64)),
                     "residual_sq": float(np.sum(r * r, dtype=np.float64)),

@@ -23,9 +23,10 @@ class PassRunner(Protocol):
             held_out: bool = False):
         """Run ``solver.<kernel>(x, y, state, start_row, params)`` on every chunk; return the summed stats.
 
-        With ``held_out=True`` (stateless kernels only) the kernel also runs on
-        the held-out (early-stopping) chunks in the same pass, and the result
-        is the pair (training sums, held-out sums; None when nothing is held out).
+        With ``held_out=True`` the kernel also runs on the held-out
+        (early-stopping) chunks in the same pass, with ``state=None`` and
+        nothing written, and the result is the pair (training sums, held-out
+        sums; None when nothing is held out).
 
         ``state`` holds the chunk's rows of the per-sample state arrays
         ``read`` names, each of the iteration it maps to (``{array name:
@@ -124,11 +125,16 @@ def shard_groups(n_chunks: int, n_shards: int) -> list[list[int]]:
 
 def run_pass_held_out(runner: PassRunner, layout, kernel: str, params, iteration: int,
                       **slots) -> tuple[dict, dict | None]:
-    """Run one stateless pass over the training (``chunks=``: a sample of them) and all held-out chunks.
+    """Run one pass over the training (``chunks=``: a sample of them) and all held-out chunks.
 
-    Return both sums, unpacked and checked (held-out: None when nothing is held out).
+    The training chunks read and write state as in :func:`run_pass`; the
+    held-out chunks are passed ``state=None`` and write nothing. Return both
+    sums, unpacked and checked (held-out: None when nothing is held out).
     """
-    hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
+    solver = getattr(runner, "solver", None)
+    if slots.get("read") is not None:
+        slots["read"] = read_plan(slots["read"], solver.state_widths())
+    hint = getattr(solver, "divergence_hint", DIVERGENCE_HINT)
     train, held = runner.run(kernel, params, held_out=True, **slots)
     train = check_finite(layout.unpack(train), iteration, hint)
     return train, (None if held is None else check_finite(layout.unpack(held), iteration, hint))

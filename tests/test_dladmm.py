@@ -235,7 +235,14 @@ class RecordingRunner(InMemoryRunner):
         super().__init__(*args, **kwargs)
         self.passes = []
 
-    def run(self, kernel, params, *, read=None, write=None):
+    def run(self, kernel, params, *, read=None, write=None, held_out=False):
+        if held_out:  # the held-out chunks run statelessly: read nothing, write nothing
+            held = None
+            for start, x, y in self.held_out:
+                new, sums = getattr(self.solver, kernel)(x, y, None, start, params)
+                assert new is None
+                held = sums + (0.0 if held is None else held)
+            return self.run(kernel, params, read=read, write=write), held
         plan = read_plan(read, self.solver.state_widths()) or {}
         fn = getattr(self.solver, kernel)
         written = set()
@@ -280,7 +287,7 @@ def test_dual_step_keeps_u_equal_to_minus_the_loss_gradient():
     runner = InMemoryRunner(solver, X, y, chunk_rows=64)
     state, _ = list(iterate(solver, runner, initialize(solver, runner), 3))[-1]
     now, before = runner.state_of(3), runner.state_of(2)
-    W2 = state.weights[1]
+    W2 = solver.iterate(state)[1]  # the iteration's own W_2 (the model's is the refit)
     m = now["a1"] @ W2[:, :-1].T + W2[:, -1]
     t = y[:, None].astype(float)
     z = solver._z_output(t, before["u"], m)
