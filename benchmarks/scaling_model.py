@@ -506,22 +506,25 @@ def consensus_markdown(r: dict) -> list:
          f"From `{cons['source']}` (`benchmarks/consensus_scaling.py`): shard kernel "
          f"{cons['kernel']['seconds_per_row'] * 1e6:.2f} µs per row per local epoch (one thread), sums "
          f"{cons['kernel']['sum_bytes'] / 1e3:.0f} kB per pass; one local worker ran a pass "
-         f"{cons['calibration']:.2f}x the modelled compute (the *calibrated* column). One shard per worker, one "
+         f"{cons['calibration']:.2f}x the modelled compute (the *calibrated* column; that pass includes `--alpha "
+         "auto`'s pass A over a sample, and the machine's load is in the measured line below: Gauss-Newton's "
+         "calibration was measured on a quieter machine, so compare the uncalibrated columns too). One shard per worker, one "
          "local epoch per pass (the default from 20,000 rows per shard up; below that the auto rule runs more "
          "epochs and the compute term grows accordingly). A Gauss-Newton iteration is two passes, a consensus "
          "pass one; the accuracy column is measured on 1 M HIGGS-shaped rows at the shard count whose rows per "
          "shard are nearest (within 2×) to the projection's, and assumes accuracy per pass depends on the rows "
          "each shard sees.", "",
          "| workers | rows per shard | gauss-newton s per iteration (Dask, calibrated) | consensus s per pass "
-         "(Dask, calibrated) | consensus, allreduce | consensus test acc. after pass 1 / 2 (shards measured) |",
-         "|---|---|---|---|---|---|"]
+         "(Dask) | consensus s per pass (Dask, calibrated) | consensus, allreduce | consensus test acc. after pass "
+         "1 / 2 (shards measured) |", "|---|---|---|---|---|---|---|"]
     for P in WORKERS:
         g = gn[f"Dask, calibrated; {ASSUMED}"][str(P)]["total"]
+        u = cons["passes"][f"Dask; {ASSUMED}"][str(P)]["total"]
         c = cons["passes"][f"Dask, calibrated; {ASSUMED}"][str(P)]["total"]
         a = cons["passes"][f"allreduce; {ASSUMED}"][str(P)]["total"]
         S = _nearest_shards(acc, rows, n / P) if acc else None
         measured = "not measured" if S is None else " / ".join(f"{v:.4f}" for v in acc[S][:2]) + f" ({S})"
-        L.append(f"| {P:,} | {n // P:,} | {g:.3g} | {c:.3g} | {a:.3g} | {measured} |")
+        L.append(f"| {P:,} | {n // P:,} | {g:.3g} | {u:.3g} | {c:.3g} | {a:.3g} | {measured} |")
     at = cons["passes"][f"Dask, calibrated; {ASSUMED}"][str(pp["cores"])]
     L += ["", f"At the paper's {pp['cores']:,} cores (ADMM: {pp['accuracy']:.0%} test accuracy in {pp['seconds']} s) "
           f"a consensus pass is modelled at {at['total']:.3g} s (scheduler {at['scheduler']:.3g} s of it; "

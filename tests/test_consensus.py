@@ -266,6 +266,12 @@ def test_pipeline_consensus_matches_reference_and_resumes_bitwise(client, tmp_pa
     assert result.store.attrs["n_shards"] == 2
     for W, W_ref in zip(result.network.weights, ref.network.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-6, atol=1e-7)
+    # the stored model gives the softmax of its logits, as the in-memory one (pipeline.evaluate's log-loss uses it)
+    from pipeline.model import load_network
+
+    stored = load_network(tmp_path / "r.zarr")
+    assert stored.link == result.network.link == ref.network.link == "logistic"
+    np.testing.assert_allclose(stored.predict_proba(X), ref.network.predict_proba(X), rtol=1e-5, atol=1e-6)
     # two passes, then resume to four: the same bytes as the uninterrupted run
     train(client, store=tmp_path / "a.zarr", data=tmp_path / "d.zarr",
           config=TrainConfig(**{**cfg.to_dict(), "iterations": 2}), chunk_rows=300, report=quiet)
@@ -362,6 +368,20 @@ def test_pipeline_handover_matches_reference_and_resumes_at_any_point(client, tm
     ref = fit_in_memory(X, y, cfg, chunk_rows=250)
     assert [h["phase"] for h in whole.history] == [h["phase"] for h in ref.history]
     assert "hand-over" in [h["phase"] for h in whole.history]
+    # probabilities: the consensus logits' link up to the hand-over, Gauss-Newton's after it (the model's phase)
+    from pipeline.model import load_network
+    from storage.runstore import RunStore
+
+    best = RunStore.open(tmp_path / "r.zarr").model_iteration()
+    phase = next(h["phase"] for h in whole.history if h["iteration"] == best)
+    from solvers.handover import HandOverSolver
+
+    after = TrainConfig(**{**cfg.to_dict(), "solver": "gauss-newton"}).output_link()  # squared loss: identity
+    assert load_network(tmp_path / "r.zarr").link == whole.network.link == ("logistic" if phase == "consensus"
+                                                                              else after)
+    for record, link in ((None, "logistic"), ({"phase": "consensus"}, "logistic"), ({"phase": "hand-over"}, after),
+                         ({"phase": "gauss-newton"}, after)):
+        assert HandOverSolver.output_link(cfg, 3, record) == link
     for W, W_ref in zip(_final_weights(tmp_path / "r.zarr"), ref.loop_state.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-5, atol=1e-6)
     k = [h["phase"] for h in whole.history].index("hand-over") + 1
