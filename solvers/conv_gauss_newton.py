@@ -23,12 +23,20 @@ i and output positions t:
   layer, where this is the dense solver's S exactly);
 * gradient ``D_l = Σ_i Σ_t δ_itᵀ [p, 1]`` with ``δ`` back-propagated like J from the residual ``T − out``.
 
+S is exact for the last hidden layer; below it, where back-propagating K
+Jacobians through every convolution costs K backward passes, each sample
+carries one signed sum ``J_v = Σ_k v_k J_k`` (``v`` ±1, seeded per row and
+weights): ``E[J_vᵀJ_v] = Σ_k J_kᵀJ_k``, K-FAC's sampled curvature for the
+squared loss, at the cost of one backward pass.
+
 The step is the dense one with ``S_l/|T|`` for ``S_l``
 (:meth:`ConvGaussNewtonSolver.curvatures`). Patches are built per row tile
 inside the chunk task and never stored; pass B walks smaller tiles than pass A
 because it holds one back-propagated Jacobian per output.
 """
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
@@ -135,8 +143,14 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             g = layer.post.adjoint(g, masks[l - 1])
         return g * self.act.dh(z[l - 1])
 
-    def curvature_parts(self, x, y, weights, input_gram: bool) -> dict:
-        """Return pass B's sums over the rows ``x`` (standardised): S_l, D_l, G_{l−1}, the score and the error."""
+    def curvature_parts(self, x, y, weights, input_gram: bool, signs=None) -> dict:
+        """Return pass B's sums over the rows ``x`` (standardised): S_l, D_l, G_{l−1}, the score and the error.
+
+        ``signs`` (K × rows of ±1, or None: exact): below the last hidden layer
+        the K Jacobians are replaced by one, ``J_v = Σ_k v_k J_k``; since
+        ``E[v vᵀ] = I``, ``Σ J_vᵀJ_v`` is an unbiased estimate of ``Σ_k J_kᵀJ_k``
+        at 1/K of the cost (K-FAC's sampled curvature, for squared loss).
+        """
         L, K, n = self.L, self.widths[-1], x.shape[0]
         rows, z, masks, a = self._forward_tile(x, weights[:-1])
         out = affine(a, weights[-1])
@@ -159,7 +173,10 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             if l > 1:
                 parts[f"gram{l}"] = gram_with_bias(rows[l - 1])
                 delta = layer_back(layer, delta, W)
-                J = layer_back(layer, J.reshape(K * n, layer.n_out), W).reshape(K, n, layer.n_in)
+                if signs is not None and len(J) > 1:  # one signed sum of the K Jacobians from here down
+                    J = np.einsum("kn,kni->ni", signs, J)[None]
+                k = len(J)
+                J = layer_back(layer, J.reshape(k * n, layer.n_out), W).reshape(k, n, layer.n_in)
         return parts
 
     def curvature_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams):
@@ -168,7 +185,21 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             p = CurvatureParams(tuple(p))
         layout = self.curvature_layout(p.input_gram)
         total = np.zeros(layout.size)
+        key = zlib.crc32(np.ascontiguousarray(p.weights[-1]).tobytes())
         with np.errstate(all="ignore"):
             for sl in row_tiles(x_raw.shape[0], self.curvature_rows):
-                total += layout.pack(self.curvature_parts(self.inputs(x_raw[sl]), y[sl], p.weights, p.input_gram))
+                signs = self.curvature_signs(start_row + sl.start, sl.stop - sl.start, key)
+                total += layout.pack(self.curvature_parts(self.inputs(x_raw[sl]), y[sl], p.weights, p.input_gram,
+                                                          signs))
         return None, total
+
+    def curvature_signs(self, first_row: int, rows: int, key: int):
+        """Return the ±1 signs ``v`` (K × rows) of rows ``first_row…`` (None when the network has no layer to sample).
+
+        Seeded by (seed, first row, ``key``: a checksum of the output weights), so a
+        pass at the same weights draws the same signs whatever the scheduling (resume is exact).
+        """
+        if self.L < 3 or self.widths[-1] == 1:
+            return None
+        rng = np.random.default_rng([self.config.seed, first_row, key])
+        return (2 * rng.integers(0, 2, (self.widths[-1], rows), dtype=np.int8) - 1).astype(self.dtype)

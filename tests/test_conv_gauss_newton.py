@@ -1,5 +1,7 @@
 """Gauss-Newton with convolutions and pooling: Jacobian products against finite differences, the chunked KFC
 sums against a dense transcription, learning, Dask = in memory, bitwise resume."""
+import zlib
+
 import numpy as np
 import pytest
 
@@ -149,10 +151,14 @@ def test_chunked_curvature_equals_dense_transcription(activation):
     x = rng.normal(size=(n, solver.widths[0]))
     y = rng.integers(0, 3, n)
     solver.curvature_rows = 3  # several tiles per chunk
-    total = 0
+    total, signs = 0, []
+    key = zlib.crc32(solver.cast(weights)[-1].tobytes())
     for lo, hi in ((0, 5), (5, n)):  # two chunks
         total = total + solver.curvature_chunk(x[lo:hi], y[lo:hi], None, lo,
                                                CurvatureParams(solver.cast(weights), True))[1]
+        signs += [solver.curvature_signs(lo + a, min(a + 3, hi - lo) - a, key) for a in range(0, hi - lo, 3)]
+    signs = np.concatenate(signs, axis=1)  # (K, n): the sampled combination of the outputs below layer L−1
+    assert set(np.unique(signs)) == {-1.0, 1.0}
     sums = solver.curvature_layout(True).unpack(total)
     t = solver.task.targets(y, np.float64)
     out = network_out(solver, x, weights)
@@ -165,6 +171,8 @@ def test_chunked_curvature_equals_dense_transcription(activation):
             rows = solver.layers[l - 1].patches(inputs[l - 1][None]) if not layer.is_dense else inputs[l - 1][None]
             rows = np.hstack([rows, np.ones((len(rows), 1))])
             Jk = jac[l].reshape(len(r), -1, c_out)        # (K, |T|, C_out)
+            if l < 3:  # below the last hidden layer: one Jacobian, Σ_k v_k J_k
+                Jk = np.einsum("k,ktc->tc", signs[:, i], Jk)[None]
             expect[l]["curv"] += np.einsum("ktc,ktd->cd", Jk, Jk)
             delta = (r @ jac[l]).reshape(-1, c_out)      # (|T|, C_out)
             expect[l]["grad"] += delta.T @ rows
@@ -178,6 +186,21 @@ def test_chunked_curvature_equals_dense_transcription(activation):
     S = solver.curvatures(weights, sums)
     np.testing.assert_allclose(S[0], expect[1]["curv"] / solver.layers[0].positions, rtol=1e-9)
     np.testing.assert_allclose(S[2], expect[3]["curv"], rtol=1e-9)
+
+
+def test_sampled_curvature_estimates_the_exact_one():
+    """Σ J_vᵀJ_v over many rows of ±1 signs comes near Σ_k J_kᵀJ_k (E[v vᵀ] = I); the top layer stays exact."""
+    rng = np.random.default_rng(4)
+    solver = tiny_solver(activation="relu")
+    weights = solver.cast(random_weights(solver, rng))
+    x = np.repeat(rng.normal(size=(1, solver.widths[0])), 4000, axis=0)  # one image: only the signs vary
+    y = np.zeros(4000, int)
+    exact = solver.curvature_parts(x[:1], y[:1], weights, False)
+    sampled = solver.curvature_parts(x, y, weights, False, solver.curvature_signs(0, 4000, 1))
+    np.testing.assert_allclose(sampled["curv3"], 4000 * exact["curv3"], rtol=1e-4)
+    for l in (1, 2):
+        np.testing.assert_allclose(sampled[f"curv{l}"] / 4000, exact[f"curv{l}"], rtol=0.15,
+                                   atol=0.15 * np.abs(exact[f"curv{l}"]).max())
 
 
 def test_dense_layers_give_the_dense_solvers_sums():
