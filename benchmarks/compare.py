@@ -13,7 +13,8 @@ for
 * the peers of ``benchmarks/peers.py`` (``--peers``): scikit-learn
   ``MLPClassifier.partial_fit`` streamed over the same Zarr chunks, dask-ml
   ``Incremental(MLPClassifier)`` on ``da.from_zarr`` of the same store, PyTorch
-  (CPU) Adam streaming the chunks, and in memory ``MLPClassifier`` with
+  (CPU) Adam streaming the chunks (``torch-cnn``: the convolutional network of
+  the first run with ``layers``, built from the same ``--layers`` string), and in memory ``MLPClassifier`` with
   ``lbfgs``, ``adam``, ``sgd`` and ``LogisticRegression`` as a floor. A peer
   whose package is missing is skipped with one line.
 
@@ -701,9 +702,11 @@ def main(argv=None) -> int:
         spec.target if spec.target is not None else round(task.info["bayes_accuracy_test"] - 0.02, 3))
     budget = args.time_budget if args.time_budget is not None else spec.budget
     epochs = args.epochs if args.epochs is not None else spec.epochs
+    cnn = next((c for c in configs.values() if c.layers), None)  # torch-cnn builds the first conv network
     settings = PeerSettings(hidden=hidden, epochs=epochs, batch_size=args.batch_size,
                             lbfgs_max_iter=args.lbfgs_max_iter, logreg_max_iter=args.logreg_max_iter,
-                            threads=args.threads, seed=args.seed)
+                            threads=args.threads, seed=args.seed, layers=cnn.layers if cnn else "",
+                            input_shape=cnn.input_shape if cnn else ())
     n_out = 1 if len(classes) == 2 else len(classes)
     ref_chunk = args.reference_chunk_rows or store.chunk_rows
     pipe_chunks = {label: args.pipeline_chunk_rows for label in configs}  # None: the pipeline's own default
@@ -766,6 +769,10 @@ def main(argv=None) -> int:
         if missing:
             methods.append(skipped(name, peer.family, peer.description,
                                    f"{INSTALL_HINT} (missing: {', '.join(missing)})"))
+            continue
+        if name == "torch-cnn" and not settings.layers:
+            methods.append(skipped(name, peer.family, peer.description,
+                                   "no convolutional layers to copy (give them with --set layers=conv:… or a --variant)"))
             continue
         need = peer.memory(store.n_samples, store.n_features, hidden) if peer.memory else 0.0
         if not fits_in_memory(need):

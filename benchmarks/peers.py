@@ -18,6 +18,11 @@ peer                family      how
 ``torch-adam``      stream      PyTorch on the CPU (``torch.set_num_threads``), Adam,
                                 minibatches drawn from one Zarr chunk at a time, same
                                 streaming standardisation as ``sklearn-stream``
+``torch-cnn``       stream      the same with the convolutional network of ``--set
+                                layers=…`` (our ``--layers``: Conv2d + ReLU, MaxPool2d or
+                                AvgPool2d, Linear + ReLU), cross-entropy, images scaled by
+                                one global mean and standard deviation as ``--scaling
+                                global``; skipped without convolutional layers
 ``mlp-lbfgs``       memory      ``MLPClassifier(solver="lbfgs", max_iter=m)`` fitted from
                                 scratch for m = 1, 2, 4, …: each point is a complete run
                                 (restarting L-BFGS through ``warm_start`` would discard its
@@ -123,6 +128,8 @@ class PeerSettings:
     threads: int = 2
     seed: int = 0
     learning_rate: float = 1e-3
+    layers: str = ""        # our --layers (torch-cnn builds the same network); "" for dense ``hidden``
+    input_shape: tuple = ()  # (H, W, C) of a row for ``layers``; () a square one-channel image
 
 
 def data_bytes(n: int, d: int, hidden) -> float:
@@ -314,6 +321,92 @@ def run_torch_adam(task, settings: PeerSettings, curve: Curve) -> dict:
             "torch": torch.__version__, "optimizer": "Adam", "loss": "BCEWithLogits" if binary else "CrossEntropy"}
 
 
+def torch_cnn(torch, layers: str, n_features: int, input_shape, n_out: int):
+    """Return (the torch network of our ``--layers`` string, the (H, W, C) shape of its input rows)."""
+    from solvers.conv import Conv2D
+    from solvers.layers import ConvSpec, DenseSpec, PoolSpec, build_layers, parse_layers
+
+    specs = parse_layers(layers)
+    maps = build_layers(specs, n_features, n_out, input_shape)
+    nn, modules, convs = torch.nn, [], iter(m for m in maps if isinstance(m, Conv2D))
+    flat = False
+    for spec in specs:
+        if isinstance(spec, ConvSpec):
+            m = next(convs)
+            top, bottom, left, right = m.pads
+            if top or bottom or left or right:
+                modules.append(nn.ZeroPad2d((left, right, top, bottom)))
+            modules += [nn.Conv2d(m.in_shape[2], m.channels, (m.kh, m.kw), stride=m.stride), nn.ReLU()]
+        elif isinstance(spec, PoolSpec):
+            modules.append(nn.MaxPool2d(spec.size) if spec.mode == "max" else nn.AvgPool2d(spec.size))
+        elif isinstance(spec, DenseSpec):
+            if not flat:
+                modules.append(nn.Flatten())
+                flat = True
+            modules += [nn.LazyLinear(spec.width), nn.ReLU()]
+    if not flat:
+        modules.append(nn.Flatten())
+    modules.append(nn.LazyLinear(n_out))
+    return nn.Sequential(*modules), maps[0].in_shape
+
+
+def run_torch_cnn(task, settings: PeerSettings, curve: Curve) -> dict:
+    """Adam on the convolutional network of ``settings.layers``, minibatches streamed from the Zarr chunks."""
+    import torch
+
+    if not settings.layers:
+        raise ValueError("torch-cnn needs convolutional layers: --set layers=conv:…")
+    torch.set_num_threads(settings.threads)
+    store = task.train_store_info()
+    rng = np.random.default_rng(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    X_test = task.X_test
+    t = time.perf_counter()  # torch's lazy imports, a one-time cost paid before the clock (as torch-adam)
+    warm = torch.nn.Linear(2, 1)
+    torch.optim.Adam(warm.parameters()).step()
+    warmup = time.perf_counter() - t
+    torch.manual_seed(settings.seed)
+    clock = Clock().start()
+    mean, scale, classes = streaming_statistics(store)
+    g_mean = float(np.mean(mean))  # one mean and standard deviation over every pixel (--scaling global)
+    g_scale = float(np.sqrt(max(np.mean(scale.astype(np.float64) ** 2 + (mean - g_mean) ** 2), 1e-12)))
+    model, (H, W, C) = torch_cnn(torch, settings.layers, store.n_features, settings.input_shape, len(classes))
+
+    def images(X):
+        x = torch.from_numpy((np.asarray(X, np.float32) - g_mean) / np.float32(g_scale))
+        return x.reshape(-1, H, W, C).permute(0, 3, 1, 2).contiguous()
+
+    with torch.no_grad():
+        model(images(X_test[:1]))  # materialise the lazy Linear layers before the optimizer sees them
+    opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def predict():
+        with torch.no_grad():
+            out = torch.cat([model(images(X_test[i:i + 2000])) for i in range(0, len(X_test), 2000)])
+        return classes[out.argmax(dim=1).numpy()]
+
+    bounds = stream_chunks(store)
+    for epoch in range(settings.epochs):
+        for j, i in enumerate(rng.permutation(len(bounds))):
+            X, y = read_chunk(store, *bounds[i])
+            xt = images(X)
+            yt = torch.from_numpy(np.searchsorted(classes, y).astype(np.int64))
+            model.train()
+            perm = torch.randperm(xt.shape[0], generator=gen)
+            for b in range(0, xt.shape[0], settings.batch_size):
+                idx = perm[b:b + settings.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+            model.eval()
+            curve.evaluate(clock, round(epoch + (j + 1) / len(bounds), 4), predict, task.y_test)
+    return {"chunks_per_epoch": len(bounds), "threads": torch.get_num_threads(), "warmup_seconds": warmup,
+            "torch": torch.__version__, "optimizer": "Adam", "loss": "CrossEntropy", "network": str(model),
+            "parameters": int(sum(p.numel() for p in model.parameters()))}
+
+
 # ----------------------------------------------------------------------------- in-memory peers
 def _epochs_in_memory(task, settings, curve, solver: str) -> dict:
     X, y = task.load_train()
@@ -397,4 +490,6 @@ PEERS = {p.name: p for p in (
          run_dask_ml),
     Peer("torch-adam", "stream", "PyTorch CPU, Adam, minibatches streamed from Zarr chunks", ("torch",),
          run_torch_adam),
+    Peer("torch-cnn", "stream", "PyTorch CPU CNN (our --layers), Adam, minibatches streamed from Zarr chunks",
+         ("torch",), run_torch_cnn),
 )}

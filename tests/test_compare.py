@@ -171,3 +171,21 @@ def test_variants_run_our_solvers_with_their_own_layers(tmp_path):
             compare.our_configs(["admm"], [bad], {})
     with pytest.raises(compare.InputError, match="--variant x: 'ridge': expected KEY=VALUE"):
         compare.our_configs([], ["x:ridge"], {})
+
+
+def test_compare_gauss_newton_cnn_against_the_torch_cnn_of_the_same_layers(tmp_path):
+    pytest.importorskip("torch")
+    layers = "conv:4x3x3:same,pool:2,conv:4x3x3,flatten,dense:16"
+    code, out = run(tmp_path, "--ours", "reference", "--peers", "torch-cnn", "--epochs", "40", "--variant",
+                    f"gn-conv:solver=gauss-newton;layers={layers};scaling=global;input_shape=8x8")
+    assert code == 0
+    res, methods = load(out)
+    assert list(methods) == ["gn-conv-reference", "torch-cnn"]
+    for m in methods.values():
+        check_curve(m)
+    torch_net = methods["torch-cnn"]["notes"]["network"]
+    assert "Conv2d(1, 4, kernel_size=(3, 3)" in torch_net and "MaxPool2d(kernel_size=2" in torch_net
+    # our hidden layers' parameters, (9+1)·4 + (36+1)·4 + (2·2·4+1)·16, and 2 cross-entropy outputs (16+1)·2
+    assert methods["torch-cnn"]["notes"]["parameters"] == 40 + 148 + 272 + 34
+    code, out = run(tmp_path, "--ours", "none", "--peers", "torch-cnn")
+    assert code == 0 and load(out)[1]["torch-cnn"]["status"] == "skipped"
