@@ -176,7 +176,8 @@ def test_variants_run_our_solvers_with_their_own_layers(tmp_path):
 def test_compare_gauss_newton_cnn_against_the_torch_cnn_of_the_same_layers(tmp_path):
     pytest.importorskip("torch")
     layers = "conv:4x3x3:same,pool:2,conv:4x3x3,flatten,dense:16"
-    code, out = run(tmp_path, "--ours", "reference", "--peers", "torch-cnn", "--epochs", "40", "--variant",
+    code, out = run(tmp_path, "--ours", "reference", "--peers", "torch-cnn", "--epochs", "40", "--time-budget", "600",
+                    "--variant",
                     f"gn-conv:solver=gauss-newton;layers={layers};scaling=global;input_shape=8x8")
     assert code == 0
     res, methods = load(out)
