@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from solvers.config import ALL, SETTINGS, TrainConfig, config_from_parameters, estimator_parameters, flag
 from solvers.errors import InputError
 from solvers.losses import predict_classes
-from solvers.tasks import r2_from_sums
+from solvers.tasks import score_from_sums, score_sums
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ def _labels(X, network, classes):
 def _proba(X, network):
     """Return the class probabilities of raw rows ``X`` (:func:`solvers.scores.probabilities`)."""
     return network.predict_proba(X)
+
+
+def _block_score(pred, y, y_shift):
+    """Return :func:`solvers.tasks.score_sums` of a block as one row (1, width)."""
+    return score_sums(pred, y, y_shift)[None, :]
 
 
 def _values(X, network):
@@ -352,6 +357,17 @@ class _ADMMEstimator(BaseEstimator):
             return lazy.map_blocks(fn, self.network_, *args, drop_axis=1, dtype=dtype)
         return lazy.map_blocks(fn, self.network_, *args, dtype=dtype, chunks=(lazy.chunks[0], (width,)))
 
+    def _lazy_score(self, X, y, y_shift):
+        """Return the score of :meth:`predict` on lazy ``X`` against ``y``, summed block by block (:func:`solvers.tasks.score_sums`)."""
+        import dask.array as da
+
+        pred = self.predict(X)
+        y = self._lazy_targets(X, y, pred.chunks[0])
+        width = 2 if y_shift is None else 4
+        parts = da.map_blocks(_block_score, pred, y, y_shift, new_axis=1, dtype=np.float64,
+                              chunks=((1,) * pred.numblocks[0], (width,)))
+        return score_from_sums(parts.sum(axis=0).compute())
+
     @staticmethod
     def _lazy_targets(X, y, chunks):
         """Return ``y`` as a Dask array in row blocks ``chunks``; for a data store path it defaults to its ``y``."""
@@ -456,9 +472,7 @@ class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
     def score(self, X, y=None, sample_weight=None):
         """Return the accuracy on ``(X, y)``; for a data store path, ``y`` defaults to its labels."""
         if sample_weight is None and _is_lazy(X):
-            pred = self.predict(X)
-            y = self._lazy_targets(X, y, pred.chunks[0])
-            return float((pred == y).mean().compute())
+            return self._lazy_score(X, y, None)
         return super().score(X, y, sample_weight=sample_weight)
 
 
@@ -521,12 +535,6 @@ class ADMMRegressor(RegressorMixin, _ADMMEstimator):
 
     def score(self, X, y=None, sample_weight=None):
         """Return R² on ``(X, y)``; for a data store path, ``y`` defaults to its targets."""
-        if sample_weight is None and _is_lazy(X):
-            import dask
-
-            pred = self.predict(X)
-            y = self._lazy_targets(X, y, pred.chunks[0])
-            d, e = y - float(self.y_mean_[0]), y - pred  # shifted by the training mean: R²'s sums stay accurate
-            sse, total, total_sq = dask.compute((e * e).sum(), d.sum(), (d * d).sum())
-            return r2_from_sums(pred.shape[0], sse, total, total_sq)
+        if sample_weight is None and _is_lazy(X):  # y shifted by the training mean: R²'s sums stay accurate
+            return self._lazy_score(X, y, float(self.y_mean_[0]))
         return super().score(X, y, sample_weight=sample_weight)

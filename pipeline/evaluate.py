@@ -28,7 +28,7 @@ def evaluate(client, store, data) -> dict:
     """
     import math
 
-    from pipeline.passes import bounds, classification_graph, r2_graph
+    from pipeline.passes import bounds, score_sums_graph
     from solvers.scores import metrics_from_sums
     from solvers.errors import InputError
     from solvers.tasks import r2_from_sums
@@ -41,13 +41,13 @@ def evaluate(client, store, data) -> dict:
     ds.require_labels("evaluate")
     if ds.n_features != len(network.x_mean):
         raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
-    chunks = bounds(ds.n_samples, ds.chunk_rows)
     iteration = RunStore.open(store).model_iteration()
+    chunks = bounds(ds.n_samples, ds.chunk_rows)
+    sums = client.compute(score_sums_graph(network, ds.path.resolve(), chunks, metrics=True), sync=True)
     if network.is_regressor:
-        n, sse, total, total_sq = client.compute(r2_graph(network, ds.path.resolve(), chunks), sync=True)
+        n, sse, total, total_sq = sums
         return {"r2": r2_from_sums(n, sse, total, total_sq), "rmse": math.sqrt(sse / n), "n_samples": int(n),
                 "iteration": iteration}
-    sums = client.compute(classification_graph(network, ds.path.resolve(), chunks), sync=True)
     return {**metrics_from_sums(sums), "iteration": iteration}
 
 

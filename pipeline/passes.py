@@ -9,6 +9,11 @@ consecutive chunks read one after another, with per-shard state in the same
 two-slot scheme. The
 vectors are tree-reduced (``split_every`` at a time) and only the sum — a few
 MB at most — reaches the client. No full-size array ever leaves a worker.
+
+Scores, predictions and the statistics pass are Dask collections over the
+data store: sums over its chunks are a Dask bag reduction
+(:func:`chunk_sums`), predictions a Dask array (:func:`storage.data.rows_array`,
+a checked ``da.from_zarr``, and ``map_blocks``) stored into Zarr.
 """
 from __future__ import annotations
 
@@ -23,12 +28,13 @@ from threadpoolctl import ThreadpoolController
 
 from pipeline.alignment import aligned
 from solvers.loop import shard_groups
-from solvers.losses import encode_labels
+from solvers.losses import encode_labels, predict_classes
+from solvers.scores import classification_sums, probabilities
 from solvers.tiling import chunk_bounds
 from solvers.stats import moment_sums
-from solvers.tasks import r2_from_sums
+from solvers.tasks import score_sums
 from storage.cache import ChunkCache
-from storage.data import read_rows
+from storage.data import read_rows, rows_array
 from storage.runstore import shard_state_path, slot_of, state_path
 
 SPLIT_EVERY = 8
@@ -154,74 +160,6 @@ def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds):
     return sums
 
 
-def accuracy_task(network, data, start, stop):
-    """Return [n, correct] of the network's predictions on rows [start, stop)."""
-    with one_blas_thread():
-        x, y = _read_xy(data, start, stop)
-        return np.array([stop - start, np.sum(network.predict(x) == y)], np.float64)
-
-
-def classification_task(network, data, start, stop):
-    """Return :func:`solvers.scores.classification_sums` (n, correct, log-loss, AUC histograms) of rows [start, stop)."""
-    from solvers.losses import predict_classes
-    from solvers.scores import classification_sums, probabilities
-
-    with one_blas_thread():
-        x, y = _read_xy(data, start, stop)
-        classes = np.asarray(network.classes)
-        idx = np.searchsorted(classes, y)
-        idx = np.where((idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y), idx, -1)
-        z = network.decision_function(x)
-        return classification_sums(probabilities(z, network.link), idx, predict_classes(z))
-
-
-def r2_task(network, data, start, stop):
-    """Return [n, Σ(y − ŷ)², Σd, Σd²] (d = y − ȳ_train) of a regression network on rows [start, stop): R²'s sums."""
-    with one_blas_thread():
-        x, y = _read_xy(data, start, stop)
-        d = y - float(np.asarray(network.y_mean)[0])
-        e = y - network.predict(x)
-        return np.array([stop - start, np.sum(e * e), np.sum(d), np.sum(d * d)], np.float64)
-
-
-def predict_task(network, data, out, start, stop):
-    """Write the predicted labels (a regression network: values) of rows [start, stop) into the array ``out``."""
-    with one_blas_thread():
-        x = read_rows(data, "X", start, stop)  # an unlabeled store (--no-labels) has no y
-        pred = network.predict(x)
-        zarr.open_array(store=out, path="prediction", mode="r+")[start:stop] = pred
-    return np.zeros(1)
-
-
-def moments_task(data, shift, start, stop, with_y=False):
-    """Return the shifted moment sums of X rows [start, stop), or of [X, y] (standardisation statistics)."""
-    x = read_rows(data, "X", start, stop)
-    if with_y:
-        x = np.column_stack([x, read_rows(data, "y", start, stop)])
-    return moment_sums(x, shift)
-
-
-def labels_task(data, start, stop):
-    """Return the distinct labels of rows [start, stop)."""
-    return np.unique(read_rows(data, "y", start, stop))
-
-
-def _sum(*parts):
-    return np.sum(parts, axis=0)
-
-
-def _union(*parts):
-    return np.unique(np.concatenate(parts))
-
-
-def _accuracy(sums):
-    return sums[1] / sums[0]
-
-
-def _r2(sums):
-    return r2_from_sums(*sums)
-
-
 # -- client side ------------------------------------------------------------------------
 def bounds(n: int, chunk_rows: int):
     """Return the (start, stop) rows of every chunk."""
@@ -235,6 +173,10 @@ def broadcast(obj):
     if the worker holding it leaves (walltime, lifetime, a crash).
     """
     return dask.delayed(obj, pure=False, traverse=False)
+
+
+def _sum(*parts):
+    return np.sum(parts, axis=0)
 
 
 def tree(parts, combine=_sum, split_every: int = SPLIT_EVERY):
@@ -324,33 +266,74 @@ class DaskRunner:
                                   for shard, group in enumerate(groups)]))[0]
 
 
-def _network_graph(task, network, data_path, chunks):
-    """Return the delayed tree-sum of ``task(network, data, start, stop)`` over the given chunks."""
-    net = broadcast(network)
-    fn = dask.delayed(task, pure=False)
-    return tree([fn(net, str(data_path), a, b) for a, b in chunks])
+# -- inference and statistics: Dask collections over the data store ---------------------------
+# Sums over a store's chunks are a Dask bag (one partition per chunk, reduced SPLIT_EVERY at a time, in
+# order: the sums are bitwise those of :func:`tree`). Not a Dask array: importing dask.array on a worker
+# costs ~140 MiB (its duck-array backends), twice the worker base that pipeline/memory.py budgets.
+def _sum_all(parts):
+    return np.sum(list(parts), axis=0)
 
 
-def accuracy_graph(network, data_path, chunks):
-    """Return a delayed [n, correct] of the network on the given (start, stop) chunks of a data store."""
-    return _network_graph(accuracy_task, network, data_path, chunks)
+def _union_all(parts):
+    return np.unique(np.concatenate(list(parts)))
 
 
-def classification_graph(network, data_path, chunks):
-    """Return the delayed sums of :func:`classification_task` over the given chunks (accuracy, log-loss, AUC)."""
-    return _network_graph(classification_task, network, data_path, chunks)
+def _on_chunk(bounds, fn, data, *args):
+    with one_blas_thread():
+        return fn(data, *bounds, *args)
 
 
-def r2_graph(network, data_path, chunks):
-    """Return a delayed [n, Σ(y − ŷ)², Σd, Σd²] of a regression network on the given chunks (:func:`r2_task`)."""
-    return _network_graph(r2_task, network, data_path, chunks)
+def chunk_sums(fn, data_path, chunks, *args, combine=_sum_all):
+    """Return the Dask sum (``combine``) of ``fn(data, start, stop, *args)`` over the (start, stop) chunks of a data store.
+
+    ``args`` (e.g. a :func:`broadcast` network) go to every chunk; each
+    chunk runs on one BLAS thread.
+    """
+    import dask.bag as db
+
+    bag = db.from_sequence([tuple(b) for b in chunks], npartitions=len(chunks))
+    return bag.map(_on_chunk, fn, str(data_path), *args).reduction(combine, combine, split_every=SPLIT_EVERY)
 
 
-def score_graph(network, data_path, chunks):
-    """Return the delayed score of the network on the given chunks: accuracy, or R² for a regression network."""
-    if network.is_regressor:
-        return dask.delayed(_r2, pure=False)(r2_graph(network, data_path, chunks))
-    return dask.delayed(_accuracy, pure=False)(accuracy_graph(network, data_path, chunks))
+def _score_chunk(data, start, stop, network):
+    """Return :func:`solvers.tasks.score_sums` of the network's predictions on rows [start, stop)."""
+    x, y = _read_xy(data, start, stop)
+    return score_sums(network.predict(x), y, None if network.classes is not None else float(np.asarray(network.y_mean)[0]))
+
+
+def _metrics_chunk(data, start, stop, network):
+    """Return :func:`solvers.scores.classification_sums` (n, correct, log-loss, AUC histograms) of rows [start, stop)."""
+    x, y = _read_xy(data, start, stop)
+    classes = np.asarray(network.classes)
+    idx = np.searchsorted(classes, y)
+    idx = np.where((idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y), idx, -1)
+    z = network.decision_function(x)
+    return classification_sums(probabilities(z, network.link), idx, predict_classes(z))
+
+
+def score_sums_graph(network, data_path, chunks, metrics=False):
+    """Return the Dask sums of :func:`solvers.tasks.score_sums` of the network over the given chunks of a data store.
+
+    ``metrics`` (a classifier): :func:`_metrics_chunk`'s sums instead (accuracy, log-loss, AUC).
+    """
+    fn = _metrics_chunk if metrics and not network.is_regressor else _score_chunk
+    return chunk_sums(fn, data_path, chunks, broadcast(network))
+
+
+def predictions(network, data_path, chunk_rows: int):
+    """Return the Dask array of the network's predicted labels (a regressor: values), one block per ``chunk_rows`` rows.
+
+    Its blocks read X through :func:`storage.data.rows_array` (a damaged chunk is one error line).
+    """
+    dtype = np.dtype(np.float64 if network.is_regressor else np.asarray(network.classes).dtype)
+    x = rows_array(data_path, "X", chunk_rows)  # an unlabeled store (--no-labels) has no y
+    return x.map_blocks(_predict_block, broadcast(network), drop_axis=1, dtype=dtype, meta=np.empty((0,), dtype))
+
+
+def _predict_block(x, network):
+    """Return the network's predictions of a row block, on one BLAS thread."""
+    with one_blas_thread():
+        return network.predict(x)
 
 
 def data_moments(client, data, regression: bool):
@@ -376,17 +359,24 @@ def data_moments(client, data, regression: bool):
     return np.concatenate([sums[:1], *moments]), shift[:d], labels
 
 
+def _moments_chunk(data, start, stop, shift, with_y):
+    """Return the shifted moment sums of X rows [start, stop), or of [X, y] (standardisation statistics)."""
+    x = read_rows(data, "X", start, stop)
+    return moment_sums(np.column_stack([x, read_rows(data, "y", start, stop)]) if with_y else x, shift)
+
+
+def _labels_chunk(data, start, stop):
+    return np.unique(read_rows(data, "y", start, stop))
+
+
 def data_statistics(client, data_path, n_samples, chunk_rows, shift, labels=True):
     """Return (moment sums, distinct labels) of a data store in one pass.
 
     With ``labels=False`` (regression) the moments are those of the columns
     ``[X, y]`` (``shift`` has d + 1 entries) and the labels are None.
     """
-    fm = dask.delayed(moments_task, pure=False)
-    fl = dask.delayed(labels_task, pure=False)
     chunks = bounds(n_samples, chunk_rows)
-    moments = tree([fm(str(data_path), shift, a, b, not labels) for a, b in chunks])
+    moments = chunk_sums(_moments_chunk, data_path, chunks, shift, not labels)
     if not labels:
         return client.compute(moments, sync=True), None
-    distinct = tree([fl(str(data_path), a, b) for a, b in chunks], combine=_union)
-    return client.compute([moments, distinct], sync=True)
+    return client.compute([moments, chunk_sums(_labels_chunk, data_path, chunks, combine=_union_all)], sync=True)

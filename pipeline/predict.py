@@ -47,11 +47,10 @@ def predict(client, store, data, out, overwrite=False):
     import shutil
     from pathlib import Path
 
-    import dask
     import numpy as np
     import zarr
 
-    from pipeline.passes import bounds, broadcast, predict_task, tree
+    from pipeline.passes import predictions
     from solvers.errors import InputError
     from storage.paths import check_target, clean_stale_partials, partial_path, swap_in
 
@@ -70,10 +69,10 @@ def predict(client, store, data, out, overwrite=False):
                            dimension_names=("sample",))
         group.attrs.update({"format": PREDICTIONS_FORMAT, "run_store": str(Path(store).resolve()),
                             "data": str(ds.path.resolve())})
-        net = broadcast(network)
-        fn = dask.delayed(predict_task, pure=False)
-        client.compute(tree([fn(net, str(ds.path.resolve()), str(partial.resolve()), a, b)
-                             for a, b in bounds(ds.n_samples, ds.chunk_rows)]), sync=True)
+        # block i of the predictions is chunk i of the array: da.store as is (to_zarr would rechunk to ~128 MB)
+        pred = predictions(network, ds.path.resolve(), ds.chunk_rows)
+        target = zarr.open_array(store=str(partial.resolve()), path="prediction", mode="r+")
+        client.compute(pred.store(target, lock=False, compute=False), sync=True)
         check_target(out, PREDICTIONS_FORMAT, overwrite)  # nothing else appeared at --out meanwhile
         swap_in(partial, out)
     finally:

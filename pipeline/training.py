@@ -14,12 +14,13 @@ from pathlib import Path
 from pipeline.checks import check_chunk_rows, check_inputs, check_resumable, check_test_data  # noqa: F401 (check_inputs)
 from pipeline.cluster import check_worker_access
 from pipeline.memory import default_chunk_rows
-from pipeline.passes import DaskRunner, bounds, data_moments, score_graph
+from pipeline.passes import DaskRunner, bounds, data_moments, score_sums_graph
 from solvers import SOLVERS, make_solver
 from solvers.config import TrainConfig
 from solvers.driver import describe_model, drive, model_from_moments, split_chunks
 from solvers.errors import InputError
 from solvers.loop import LoopState
+from solvers.tasks import score_from_sums
 from solvers.validation import EarlyStopping
 from storage.data import fingerprint, open_data
 from storage.lock import RunLock
@@ -136,8 +137,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         scored["test"] = (test, bounds(test.n_samples, test.chunk_rows))
 
     def evaluate(network) -> dict:  # held-out and test scores in one compute
-        graphs = [score_graph(network, ds.path.resolve(), chunks) for ds, chunks in scored.values()]
-        return dict(zip(scored, runner.compute(*graphs)))
+        sums = runner.compute(*(score_sums_graph(network, ds.path.resolve(), chunks) for ds, chunks in scored.values()))
+        return {kind: score_from_sums(s) for kind, s in zip(scored, sums)}
 
     try:
         out = drive(solver, runner, _RunKeeper(run, config, monitor), config, evaluate=evaluate,

@@ -9,7 +9,7 @@ from solvers.activations import ACTIVATIONS
 from solvers.tiling import row_tiles, tile_rows
 from solvers.linalg import affine
 from solvers.losses import predict_classes
-from solvers.tasks import r2_from_sums
+from solvers.tasks import score_from_sums, score_sums
 
 
 def standardize(x, mean, scale, dtype=np.float32):
@@ -83,9 +83,7 @@ class Network:
         return probabilities(self.decision_function(X), self.link)
 
     def score(self, X, y) -> float:
-        """Return the accuracy of :meth:`predict` on ``(X, y)``; a regressor's R²."""
+        """Return the accuracy of :meth:`predict` on ``(X, y)``; a regressor's R² (:func:`solvers.tasks.score_sums`)."""
         if self.is_regressor:
-            y = np.asarray(y, np.float64)
-            d = y - float(np.asarray(self.y_mean)[0])
-            return r2_from_sums(y.size, np.sum((y - self.predict(X)) ** 2), np.sum(d), np.sum(d * d))
-        return float(np.mean(self.predict(X) == np.asarray(y)))
+            return score_from_sums(score_sums(self.predict(X), np.asarray(y, np.float64), float(np.asarray(self.y_mean)[0])))
+        return score_from_sums(score_sums(self.predict(X), y))

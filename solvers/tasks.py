@@ -41,6 +41,27 @@ def r2_from_sums(n, sse, total, total_sq) -> float:
     return 1.0 - sse / ss_tot
 
 
+def score_sums(pred, y, y_shift=None) -> np.ndarray:
+    """Return a chunk's score sums, which add over chunks: [n, Σ[ŷ = y]], or with ``y_shift`` c [n, Σ(y − ŷ)², Σ(y − c), Σ(y − c)²].
+
+    The one computation of every score: the kernels' training score
+    (:meth:`Classification.score_parts`, :meth:`Regression.score_parts`),
+    :meth:`solvers.network.Network.score`, the pipeline's held-out and test
+    scores and the estimators' blockwise ``score``. ``y_shift`` (regression)
+    is any typical value of y (see :func:`r2_from_sums`).
+    """
+    y = np.asarray(y)
+    if y_shift is None:
+        return np.array([y.size, np.sum(np.asarray(pred) == y)], np.float64)
+    d, e = y - y_shift, y - pred
+    return np.array([y.size, np.sum(e * e), np.sum(d), np.sum(d * d)], np.float64)
+
+
+def score_from_sums(sums) -> float:
+    """Return the score of summed :func:`score_sums`: the accuracy Σ[ŷ = y] / n, or R² (four sums, :func:`r2_from_sums`)."""
+    return float(sums[1] / sums[0]) if len(sums) == 2 else r2_from_sums(*sums)
+
+
 class Classification:
     """Class labels: 0/1 targets, hinge or squared loss, accuracy."""
 
@@ -66,11 +87,11 @@ class Classification:
 
     def score_parts(self, z, y_idx) -> dict:
         """Return the chunk's number of correct predictions of the output layer ``z``."""
-        return {"correct": int(np.sum(predict_classes(z) == y_idx))}
+        return {"correct": int(score_sums(predict_classes(z), y_idx)[1])}
 
     def score(self, sums: dict) -> float:
         """Return the accuracy from summed :meth:`score_parts` (and ``n``)."""
-        return sums["correct"] / sums["n"]
+        return score_from_sums([sums["n"], sums["correct"]])
 
 
 class Regression:
@@ -99,13 +120,12 @@ class Regression:
 
     def score_parts(self, z, y) -> dict:
         """Return Σ(t − z)², Σt, Σt² of the chunk (standardised units, so R² is unchanged)."""
-        t = self.targets(y, np.float64)
-        r = t - z
-        return {"sse": float(np.sum(r * r)), "t_sum": float(np.sum(t)), "t_sq": float(np.sum(t * t))}
+        _, sse, t_sum, t_sq = score_sums(np.asarray(z)[:, 0], self.targets(y, np.float64)[:, 0], 0.0)
+        return {"sse": float(sse), "t_sum": float(t_sum), "t_sq": float(t_sq)}
 
     def score(self, sums: dict) -> float:
         """Return R² from summed :meth:`score_parts` (and ``n``)."""
-        return r2_from_sums(sums["n"], sums["sse"], sums["t_sum"], sums["t_sq"])
+        return score_from_sums([sums["n"], sums["sse"], sums["t_sum"], sums["t_sq"]])
 
 
 TASKS = {"classification": Classification, "regression": Regression}

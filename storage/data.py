@@ -620,3 +620,28 @@ def read_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:
         raise InputError(f"{store}: rows {start}-{stop - 1} of '{name}' are missing or hold NaN; "
                          "a chunk file was deleted or never completely written")
     return block
+
+
+class _CheckedRows:
+    """Array ``name`` of a Zarr store as :func:`dask.array.from_array` reads it: each block through :func:`read_rows`."""
+
+    def __init__(self, store: str, name: str):
+        z = zarr.open_array(store=store, path=name, mode="r")
+        self.store, self.name, self.shape, self.dtype, self.ndim = store, name, z.shape, z.dtype, z.ndim
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        return read_rows(self.store, self.name, key[0].start or 0, key[0].stop)[(slice(None), *key[1:])]
+
+
+def rows_array(store, name: str, chunk_rows: int):
+    """Return array ``name`` of a Zarr store as a Dask array of ``chunk_rows``-row blocks (whole rows).
+
+    Like ``da.from_zarr``, but every block is read by :func:`read_rows`, so a
+    damaged chunk is one :class:`InputError` naming the array and rows.
+    """
+    import dask.array as da
+
+    rows = _CheckedRows(str(store), name)
+    return da.from_array(rows, chunks=(chunk_rows, *rows.shape[1:]), name=False,  # a new name: a store may be rewritten
+                         meta=np.empty((0,) * rows.ndim, rows.dtype))
