@@ -8,7 +8,7 @@ and every iteration is committed to the run store (:class:`_RunKeeper`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.checks import check_chunk_rows, check_inputs, check_resumable, check_test_data  # noqa: F401 (check_inputs)
@@ -17,7 +17,7 @@ from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_moments, score_sums_graph
 from solvers import SOLVERS, make_solver
 from solvers.config import TrainConfig
-from solvers.driver import describe_model, drive, model_from_moments, split_chunks
+from solvers.driver import Outcome, describe_model, drive, model_from_moments, split_chunks
 from solvers.errors import InputError
 from solvers.loop import LoopState
 from solvers.tasks import score_from_sums
@@ -27,20 +27,14 @@ from storage.lock import RunLock
 from storage.runstore import Checkpoint, RunStore, check_creatable
 
 
-@dataclass
-class TrainResult:
-    """The outcome of :func:`train`: the network, the history, the run store."""
-
-    network: object
-    history: list = field(default_factory=list)
-    store: RunStore | None = None
+TrainResult = Outcome  # what train returns: the network, the history, … and the run store (``store``)
 
 
 def _threads(client) -> int:
-    """Return the number of worker threads of the cluster (at least 1)."""
+    """Return the number of worker threads of the cluster (at least 1; 1 for a client that cannot say)."""
     try:
         return max(1, sum(client.nthreads().values()))
-    except Exception:  # noqa: BLE001 -- a client that cannot say: assume one
+    except Exception:  # noqa: BLE001
         return 1
 
 
@@ -85,7 +79,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
             raise InputError("no training data given: pass --data DATA.zarr")
         config = replace(config or TrainConfig(), **(overrides or {}))
         if SOLVERS[config.solver].sharded and config.shards == 0:  # one shard per worker thread
-            config = replace(config, shards=max(1, sum(client.nthreads().values())))
+            config = replace(config, shards=_threads(client))
         data = open_data(data)
         data.require_labels("train")
         check_chunk_rows(chunk_rows, data)
@@ -101,9 +95,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                                max(_threads(client), config.shards if solver.sharded else 1)), config)
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
                               data={"path": str(data.path.resolve()), "fingerprint": fingerprint(data)},
-                              n_samples=data.n_samples, chunk_rows=rows, classes=model.get("classes"),
-                              x_mean=model["x_mean"], x_scale=model["x_scale"], y_mean=model.get("y_mean"),
-                              y_scale=model.get("y_scale"), overwrite=overwrite,
+                              n_samples=data.n_samples, chunk_rows=rows, **dict(model, classes=model.get("classes")),
+                              overwrite=overwrite,
                               test_data=str(Path(test_data).resolve()) if test_data else None,
                               validation_chunks=held_out, report=report,
                               shard_widths=solver.shard_state_widths() if solver.sharded else None,
@@ -148,7 +141,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         run.write_metrics()  # the commits write metrics/ at most every few seconds
     if not (manifest and manifest.get("stopped_early") and not changed):
         run.release_uncommitted_slot()
-    return TrainResult(out.network, out.history, run)
+    out.store = run
+    return out
 
 
 @dataclass

@@ -97,12 +97,19 @@ class Keeper(Protocol):
 
 @dataclass
 class Outcome:
-    """What :func:`drive` returns: the model's network, the history and the last client state."""
+    """What training returns (:func:`drive`, ``fit_in_memory``, ``train``): the network, history, client state, solver.
+
+    With held-out chunks the network is that of ``best_iteration``;
+    ``loop_state`` is the last iteration's client state either way. ``store``
+    is the run store of a Dask run (None in memory).
+    """
 
     network: object
     history: list = field(default_factory=list)
-    state: LoopState | None = None
-    best_iteration: int | None = None  # with held-out chunks: the iteration the network is from
+    loop_state: LoopState | None = None
+    best_iteration: int | None = None
+    solver: object = None
+    store: object = None
 
 
 def _record_of(history: list, iteration) -> dict | None:
@@ -146,7 +153,7 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
                    + f"; the client state of iteration {k} was brought up to date")
     model_record = _record_of(history, stopping.best_iteration if stopping.best_weights else state.iteration)
     out = Outcome(solver.network(stopping.best_weights or state.weights, model_record), history, state,
-                  stopping.best_iteration)
+                  stopping.best_iteration, solver)
     if stopped_early and not changed:
         report(f"the run stopped early at iteration {state.iteration} (its model is iteration "
                f"{stopping.best_iteration}); pass a larger --patience or --iterations to go on")
@@ -171,7 +178,7 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         keeper.commit(state, history, stopping if held_out else None, bool(stop))
         out.network = (solver.network(stopping.best_weights, _record_of(history, stopping.best_iteration))
                        if held_out else network)
-        out.state, out.best_iteration = state, stopping.best_iteration
+        out.loop_state, out.best_iteration = state, stopping.best_iteration
         report(" ".join([f"{state.iteration:5d} {record['seconds']:8.2f} {record[f'train_{score}']:9.4f}",
                          *(f"{record[k]:9.4f}" if k in record else f"{'-':>9}" for k, _ in columns),
                          _fmt(record.get("residual"), 10), _fmt(record.get("objective"), 11)]))

@@ -1,25 +1,27 @@
 """The in-memory reference trainer: the oracle every distributed test compares against.
 
 It runs exactly the chunk kernels and the driver (:mod:`solvers.driver`) the
-Dask pipeline runs, on NumPy arrays held in memory, one chunk after another. Used directly it is a
+Dask pipeline runs, on NumPy arrays held in memory, one chunk after another
+(:class:`solvers.inmemory.InMemoryRunner`). Used directly it is a
 small-data trainer; ``tests/test_algorithm1.py`` checks it against a literal
 transcription of Algorithm 1.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from solvers import SOLVERS, make_solver
 from solvers.config import TrainConfig
-from solvers.driver import drive, model_from_moments, split_chunks
+from solvers.driver import Outcome, drive, model_from_moments, split_chunks
 from solvers.errors import InputError
-from solvers.loop import shard_groups
+from solvers.inmemory import InMemoryRunner
 from solvers.losses import encode_labels
-from solvers.network import Network
 from solvers.stats import moment_sums
-from solvers.tiling import chunk_bounds
+
+FitResult = Outcome  # what fit_in_memory returns (the name the tests and benchmarks know)
+__all__ = ["FitResult", "InMemoryRunner", "check_xy", "fit_in_memory"]
 
 
 def check_xy(X, y, what: str = "training data"):
@@ -44,82 +46,6 @@ def check_xy(X, y, what: str = "training data"):
     return X, y
 
 
-class InMemoryRunner:
-    """Runs a solver's chunk kernels over in-memory chunks (the :class:`PassRunner` protocol)."""
-
-    def __init__(self, solver, X, y_idx, chunk_rows=None, bounds=None, held_out=()):
-        self.solver = solver
-        self.bounds = bounds if bounds is not None else chunk_bounds(X.shape[0], chunk_rows)
-        self.x = [X[a:b] for a, b in self.bounds]
-        self.y = [y_idx[a:b] for a, b in self.bounds]
-        self.held_out = [(a, X[a:b], y_idx[a:b]) for a, b in held_out]
-        self.slots = {}  # iteration mod 2 -> per-chunk state
-        self.shard_slots = {}  # iteration mod 2 -> per-shard state
-
-    def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
-        fn = getattr(self.solver, kernel)
-        if held_out:
-            held = None
-            for start, x, y in self.held_out:
-                held = fn(x, y, None, start, params)[1] + (0.0 if held is None else held)
-            return self.run(kernel, params, read=read, write=write, chunks=chunks), held
-        plan = read  # {array name: iteration} or None (run_pass makes the dict)
-        total = 0.0
-        for i, ((start, _), x, y) in enumerate(zip(self.bounds, self.x, self.y)):
-            if chunks is not None and i not in chunks:
-                continue
-            state = None if plan is None else {name: self.slots[k % 2][i][name] for name, k in plan.items()}
-            new, sums = fn(x, y, state, start, params)
-            if write is not None:
-                self.slots.setdefault(write % 2, [{} for _ in self.bounds])[i].update(new)
-            total = total + sums
-        return total
-
-    def run_shards(self, kernel, params, *, read=None, write=None):
-        fn = getattr(self.solver, kernel)
-        groups = shard_groups(len(self.bounds), self.solver.config.shards)
-        total = 0.0
-        for shard, group in enumerate(groups):
-            state = None if read is None else dict(self.shard_slots[read % 2][shard])
-            new, sums = fn(_Chunks([self.x[i] for i in group], [self.y[i] for i in group]), state, shard, params)
-            if write is not None:
-                self.shard_slots.setdefault(write % 2, [{} for _ in groups])[shard] = dict(new)
-            total = total + sums
-        return total
-
-    def state_of(self, iteration: int) -> dict:
-        """Return the whole state of ``iteration`` (arrays concatenated over chunks)."""
-        chunks = self.slots[iteration % 2]
-        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
-
-
-class _Chunks:
-    """A shard's chunks held in memory: ``len()`` and ``read(i) -> (x, y)``."""
-
-    def __init__(self, xs, ys):
-        self.xs, self.ys = xs, ys
-
-    def __len__(self):
-        return len(self.xs)
-
-    def read(self, i):
-        return self.xs[i], self.ys[i]
-
-    def n_rows(self):
-        return sum(len(y) for y in self.ys)
-
-
-@dataclass
-class FitResult:
-    """What :func:`fit_in_memory` returns: the network, per-iteration history, final client state."""
-
-    network: Network
-    history: list = field(default_factory=list)
-    loop_state: object = None
-    solver: object = None
-    best_iteration: int | None = None  # with early stopping: the iteration the network is from
-
-
 @dataclass
 class _Callback:
     """The in-memory :class:`~solvers.driver.Keeper`: no checkpoints, ``callback(record)`` after each iteration."""
@@ -135,7 +61,7 @@ class _Callback:
 
 
 def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X_test=None,
-                  y_test=None, dtype=np.float32, callback=None, report=None) -> FitResult:
+                  y_test=None, dtype=np.float32, callback=None, report=None) -> Outcome:
     """Train on in-memory ``(X, y)`` with :func:`solvers.driver.drive`; return the network and its history.
 
     ``chunk_rows`` splits the samples like the pipeline does (the result is the
@@ -173,6 +99,5 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
         scores = {"validation": network.score(X_val, y_val)} if held_out else {}
         return scores if X_test is None else {**scores, "test": network.score(X_test, y_test)}
 
-    out = drive(solver, runner, _Callback(callback), config, evaluate=evaluate, held_out=bool(held_out),
-                report=report or (lambda line: None))
-    return FitResult(out.network, out.history, out.state, solver, out.best_iteration)
+    return drive(solver, runner, _Callback(callback), config, evaluate=evaluate, held_out=bool(held_out),
+                 report=report or (lambda line: None))

@@ -67,7 +67,7 @@ def test_drive_commits_every_iteration_after_beginning_it():
     assert keeper.calls == [("commit", 0, 0, False, False), ("begin", 1), ("commit", 1, 1, False, False),
                             ("begin", 2), ("commit", 2, 2, False, False), ("begin", 3),
                             ("commit", 3, 3, False, False), ("begin", 4)]  # the keeper releases slot 4
-    assert [h["iteration"] for h in out.history] == [1, 2, 3] and out.state.iteration == 3
+    assert [h["iteration"] for h in out.history] == [1, 2, 3] and out.loop_state.iteration == 3
     assert out.history[-1]["test_accuracy"] == pytest.approx(out.network.score(X, y))
     assert lines[0].startswith("initialised (forward) in") and lines[1].split()[:3] == ["iter", "seconds", "train"]
     assert [int(l.split()[0]) for l in lines[2:]] == [1, 2, 3]
@@ -81,7 +81,7 @@ def test_drive_stops_early_and_keeps_the_best_iteration():
     out = drive(solver, runner, Recorder(), config, held_out=True,
                 evaluate=lambda net: seen.append(net.weights) or {"validation": next(scores)})
     assert [h["validation_accuracy"] for h in out.history] == [0.5, 0.9, 0.8, 0.95, 0.7, 0.6]
-    assert out.best_iteration == 4 and out.state.iteration == 6
+    assert out.best_iteration == 4 and out.loop_state.iteration == 6
     for W, W_best in zip(out.network.weights, seen[3]):  # the model is iteration 4's
         np.testing.assert_array_equal(W, W_best)
     assert held  # the split held out whole chunks
@@ -92,7 +92,7 @@ def test_drive_does_not_go_on_after_a_stop_without_changes():
     X, y, solver, runner, _ = _setup(config)
     first = drive(solver, runner, Recorder(), config, evaluate=lambda net: {}, held_out=False)
     keeper, lines = Recorder(), []
-    again = drive(solver, runner, keeper, config, evaluate=lambda net: {}, held_out=False, resume=first.state,
+    again = drive(solver, runner, keeper, config, evaluate=lambda net: {}, held_out=False, resume=first.loop_state,
                   history=first.history, stopped_early=True, report=lines.append)
     assert keeper.calls == [] and again.history == first.history
     assert "stopped early" in lines[-1]

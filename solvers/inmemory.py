@@ -1,0 +1,78 @@
+"""The in-memory :class:`~solvers.loop.PassRunner`: a solver's chunk kernels over NumPy chunks, one after another.
+
+The in-memory reference trainer (:mod:`solvers.reference`) runs passes with
+it, as the Dask pipeline runs them with :class:`pipeline.passes.DaskRunner`;
+tests drive solvers through it directly. Per-chunk and per-shard state live
+in two slots (iteration mod 2), as in a run store.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from solvers.loop import shard_groups
+from solvers.tiling import chunk_bounds
+
+
+class InMemoryRunner:
+    """Runs a solver's chunk kernels over in-memory chunks (the :class:`PassRunner` protocol)."""
+
+    def __init__(self, solver, X, y_idx, chunk_rows=None, bounds=None, held_out=()):
+        self.solver = solver
+        self.bounds = bounds if bounds is not None else chunk_bounds(X.shape[0], chunk_rows)
+        self.x = [X[a:b] for a, b in self.bounds]
+        self.y = [y_idx[a:b] for a, b in self.bounds]
+        self.held_out = [(a, X[a:b], y_idx[a:b]) for a, b in held_out]
+        self.slots = {}  # iteration mod 2 -> per-chunk state
+        self.shard_slots = {}  # iteration mod 2 -> per-shard state
+
+    def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
+        fn = getattr(self.solver, kernel)
+        if held_out:
+            held = None
+            for start, x, y in self.held_out:
+                held = fn(x, y, None, start, params)[1] + (0.0 if held is None else held)
+            return self.run(kernel, params, read=read, write=write, chunks=chunks), held
+        plan = read  # {array name: iteration} or None (run_pass makes the dict)
+        total = 0.0
+        for i, ((start, _), x, y) in enumerate(zip(self.bounds, self.x, self.y)):
+            if chunks is not None and i not in chunks:
+                continue
+            state = None if plan is None else {name: self.slots[k % 2][i][name] for name, k in plan.items()}
+            new, sums = fn(x, y, state, start, params)
+            if write is not None:
+                self.slots.setdefault(write % 2, [{} for _ in self.bounds])[i].update(new)
+            total = total + sums
+        return total
+
+    def run_shards(self, kernel, params, *, read=None, write=None):
+        fn = getattr(self.solver, kernel)
+        groups = shard_groups(len(self.bounds), self.solver.config.shards)
+        total = 0.0
+        for shard, group in enumerate(groups):
+            state = None if read is None else dict(self.shard_slots[read % 2][shard])
+            new, sums = fn(_Chunks([self.x[i] for i in group], [self.y[i] for i in group]), state, shard, params)
+            if write is not None:
+                self.shard_slots.setdefault(write % 2, [{} for _ in groups])[shard] = dict(new)
+            total = total + sums
+        return total
+
+    def state_of(self, iteration: int) -> dict:
+        """Return the whole state of ``iteration`` (arrays concatenated over chunks)."""
+        chunks = self.slots[iteration % 2]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+class _Chunks:
+    """A shard's chunks held in memory: ``len()`` and ``read(i) -> (x, y)``."""
+
+    def __init__(self, xs, ys):
+        self.xs, self.ys = xs, ys
+
+    def __len__(self):
+        return len(self.xs)
+
+    def read(self, i):
+        return self.xs[i], self.ys[i]
+
+    def n_rows(self):
+        return sum(len(y) for y in self.ys)
