@@ -1,0 +1,156 @@
+"""pipeline/passes.py on its own: the Dask runner against the in-memory one, the tree sums, and the scores,
+predictions and statistics computed as Dask collections over a data store."""
+import dask
+import numpy as np
+import pytest
+
+from pipeline.passes import DaskRunner, bounds, chunk_sums, data_statistics, predictions, score_sums_graph, tree
+from solvers import make_solver
+from solvers.config import TrainConfig
+from solvers.driver import model_from_moments
+from solvers.errors import InputError
+from solvers.inmemory import InMemoryRunner
+from solvers.loop import initialize, iterate
+from solvers.losses import encode_labels
+from solvers.reference import fit_in_memory
+from solvers.stats import moment_sums
+from solvers.tasks import score_from_sums, score_sums
+from storage.data import write_data
+from storage.runstore import RunStore
+from tests.conftest import make_data, make_regression
+
+ROWS = 250  # the data store's chunk rows
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """A classification and a regression data store (2000 rows, chunks of 250) and a network trained on each."""
+    d = tmp_path_factory.mktemp("passes")
+    out = {}
+    for task, (X, y) in {"classification": make_data(n=2000, d=5, n_classes=3),
+                         "regression": make_regression(n=2000, d=4)}.items():
+        write_data(d / f"{task}.zarr", X, y, chunk_rows=ROWS)
+        net = fit_in_memory(X, y, TrainConfig(hidden=(6,), iterations=2, task=task)).network
+        out[task] = (d / f"{task}.zarr", X, y, net)
+    return out
+
+
+def test_tree_sums_split_every_at_a_time_in_order(client):
+    values = [np.array([v]) for v in np.random.default_rng(0).normal(size=19) * 10.0 ** np.arange(19)]
+    got = client.compute(tree([dask.delayed(v) for v in values], split_every=4), sync=True)
+    # groups of 4 in order, then groups of 4 of those: the order the sums are added in is fixed
+    level = [np.sum(values[i:i + 4], axis=0) for i in range(0, 19, 4)]
+    level = [np.sum(level[i:i + 4], axis=0) for i in range(0, len(level), 4)]
+    assert got.tobytes() == np.sum(level, axis=0).tobytes()
+    assert client.compute(tree([dask.delayed(values[0])]), sync=True).tobytes() == values[0].tobytes()
+
+
+@pytest.mark.parametrize("n_chunks", [1, 8, 9, 64, 70])
+def test_chunk_sums_equal_the_tree_of_the_chunk_sums_bitwise(client, tmp_path, n_chunks):
+    """The Dask bag reduction adds the chunks' sums in the order :func:`tree` does (results stay bitwise)."""
+    from pipeline.passes import _moments_chunk
+
+    rng = np.random.default_rng(n_chunks)
+    X = (rng.normal(size=(n_chunks * 30, 3)) * 10.0 ** rng.integers(-6, 6, size=(n_chunks * 30, 1))).astype(np.float32)
+    write_data(tmp_path / "d.zarr", X, np.arange(len(X)) % 2, chunk_rows=30)
+    chunks, path, shift = bounds(len(X), 30), str(tmp_path / "d.zarr"), np.zeros(4)
+    got = client.compute(chunk_sums(_moments_chunk, path, chunks, shift, True), sync=True)
+    want = client.compute(tree([dask.delayed(_moments_chunk)(path, a, b, shift, True) for a, b in chunks]), sync=True)
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_scores_equal_the_networks_on_the_same_rows(client, stores, task):
+    path, X, y, net = stores[task]
+    shift = None if task == "classification" else float(net.y_mean[0])
+    sums = client.compute(score_sums_graph(net, path, bounds(2000, ROWS)), sync=True)
+    by_chunk = np.concatenate([net.predict(X[a:b]) for a, b in bounds(2000, ROWS)])  # float32 sums depend on the batch
+    want = score_sums(by_chunk, y, shift)
+    np.testing.assert_allclose(sums, want, rtol=1e-12, atol=1e-8)  # Σ(y − ȳ) is ~0
+    assert score_from_sums(sums) == pytest.approx(net.score(X, y), rel=1e-6)
+    # a choice of blocks, in another chunking: the rows of those chunks only, in the order given
+    rows, blocks = 300, [5, 0, 3]
+    some = client.compute(score_sums_graph(net, path, [bounds(2000, rows)[i] for i in blocks]), sync=True)
+    keep = np.concatenate([np.arange(a, b) for a, b in (bounds(2000, rows)[i] for i in blocks)])
+    pred = np.concatenate([net.predict(X[a:b]) for a, b in (bounds(2000, rows)[i] for i in blocks)])
+    np.testing.assert_allclose(some, score_sums(pred, y[keep], shift), rtol=1e-12, atol=1e-8)
+
+
+def test_evaluation_metrics_of_a_classifier(client, stores):
+    from solvers.scores import classification_sums, metrics_from_sums, probabilities
+
+    path, X, y, net = stores["classification"]
+    sums = client.compute(score_sums_graph(net, path, bounds(2000, ROWS), metrics=True), sync=True)
+    z = net.decision_function(X)
+    want = metrics_from_sums(classification_sums(probabilities(z), np.searchsorted(net.classes, y)))
+    got = metrics_from_sums(sums)
+    assert got["n_samples"] == 2000 and got["n_correct"] == want["n_correct"]
+    assert got["log_loss"] == pytest.approx(want["log_loss"], rel=1e-12)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_predictions_are_the_networks_block_by_block(client, stores, task):
+    path, X, _, net = stores[task]
+    pred = predictions(net, path, ROWS)
+    assert pred.chunks == ((ROWS,) * 8,) and pred.dtype == (np.float64 if task == "regression" else net.classes.dtype)
+    got = client.compute(pred, sync=True)
+    want = np.concatenate([net.predict(X[a:b]) for a, b in bounds(2000, ROWS)])
+    assert got.tobytes() == want.tobytes()
+
+
+def test_statistics_pass_equals_the_chunk_moments(client, stores):
+    path, X, y, _ = stores["classification"]
+    shift = X[0].astype(np.float64)
+    sums, labels = data_statistics(client, path, 2000, ROWS, shift)
+    want = np.sum([moment_sums(X[a:b], shift) for a, b in bounds(2000, ROWS)], axis=0)
+    assert sums.tobytes() == want.tobytes()
+    assert labels.tolist() == [0, 1, 2]
+    path, X, y, _ = stores["regression"]
+    shift = np.append(X[0], y[0]).astype(np.float64)
+    sums, labels = data_statistics(client, path, 2000, ROWS, shift, labels=False)
+    Xy = np.column_stack([X, y])
+    assert labels is None
+    assert sums.tobytes() == np.sum([moment_sums(Xy[a:b], shift) for a, b in bounds(2000, ROWS)], axis=0).tobytes()
+
+
+def test_a_deleted_chunk_is_one_error_naming_its_rows(client, tmp_path, stores):
+    import shutil
+
+    X, y = make_data(n=1000, d=5, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=ROWS)
+    chunk = tmp_path / "d.zarr" / "X" / "c" / "2" / "0"
+    assert chunk.exists()
+    chunk.unlink()
+    net = stores["classification"][3]
+    for graph in (score_sums_graph(net, tmp_path / "d.zarr", bounds(1000, ROWS)), predictions(net, tmp_path / "d.zarr", ROWS)):
+        with pytest.raises(InputError, match=r"rows 500-749 of 'X' are missing or hold NaN"):
+            client.compute(graph, sync=True)
+    shutil.rmtree(tmp_path / "d.zarr")
+
+
+@pytest.mark.parametrize("solver", ["admm", "gauss-newton"])
+def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver):
+    """Up to 8 training chunks both runners add the chunk sums in the same order: the iterations agree bitwise.
+
+    ADMM keeps per-sample state (the run store's two slots); Gauss-Newton scores held-out chunks in its passes.
+    """
+    X, y = make_data(n=1400, d=5)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    config = TrainConfig(solver=solver, hidden=(6,), iterations=2)
+    shift = X[0].astype(np.float64)
+    model = model_from_moments(config, 5, moment_sums(X, shift), shift, np.unique(y))
+    chunks = bounds(1400, 200)
+    train, held = chunks[:5], chunks[5:]
+    mem = InMemoryRunner(make_solver(config, 5, **model), X, encode_labels(y, model["classes"]), bounds=train,
+                         held_out=held)
+    solver_d = make_solver(config, 5, **model)
+    run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
+                          state_widths=solver_d.state_widths(), n_samples=1400, chunk_rows=200, **model)
+    dsk = DaskRunner(client, solver_d, tmp_path / "d.zarr", run.path, train, held_out=held)
+    a, b = initialize(mem.solver, mem), initialize(solver_d, dsk)
+    for (sa, ma), (sb, mb) in zip(iterate(mem.solver, mem, a, 2), iterate(solver_d, dsk, b, 2)):
+        for Wa, Wb in zip(sa.weights, sb.weights):
+            assert Wa.tobytes() == Wb.tobytes()
+        assert ma == mb
+    rates = dsk.take_pass_rates()
+    assert rates["passes"] >= 2 and rates["rows_per_second"] > 0 and dsk.take_pass_rates() == {}
