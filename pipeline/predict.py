@@ -42,7 +42,9 @@ def predict(client, store, data, out, overwrite=False):
 
     ``out`` becomes a *predictions store* (format ``admm-dask-predictions``); with ``overwrite`` only an
     existing predictions store is replaced, and only once the new one is complete. ``out`` may not be,
-    hold or lie inside the run store or the data store.
+    hold or lie inside the run store or the data store. The predictions are a Dask array
+    (:func:`pipeline.passes.predictions`) stored chunk by chunk into the partial store; its workers import
+    dask.array, about 140 MiB more per worker process than training's workers hold.
     """
     import shutil
     from pathlib import Path
