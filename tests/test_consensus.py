@@ -345,7 +345,7 @@ def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
                            fit.solver.x_scale)
     from solvers.reference import InMemoryRunner
     from solvers.validation import validation_split
-    from solvers.reference import chunk_bounds
+    from solvers.tiling import chunk_bounds
     from solvers.losses import encode_labels
 
     train_bounds, held = validation_split(chunk_bounds(len(y), 250), 0.2, 1)
