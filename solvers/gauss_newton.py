@@ -62,7 +62,7 @@ import numpy as np
 from solvers import cross_entropy as ce, sampling
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
-from solvers.errors import InputError
+from solvers.errors import InputError, NumericalError
 from solvers.linalg import (ALPHA_GRID, RidgePath, affine, cross_with_bias, gram_with_bias, penalty,
                             quadratic_error, solve_weights, times)
 from solvers.loop import LoopState, run_pass, run_pass_held_out
@@ -366,8 +366,42 @@ class GaussNewtonSolver(SolverBase):
         S, G = curv[f"curv{L}"], input_gram if L == 1 else curv[f"gram{L}"]
         scale = float(np.mean(np.diag(S))) / max(n, 1.0) * float(np.mean(np.diag(G)[:-1]) if len(G) > 1 else 1.0)
         alphas = self.output_alphas(scale if scale > 0 else 1.0)
-        return alphas, np.stack([self.layer_step(L, weights[-1], curv[f"grad{L}"], S, G, damping, a, n)
-                                 for a in alphas])
+        if len(alphas) == 1 or not np.any(S):
+            return alphas, np.stack([self.layer_step(L, weights[-1], curv[f"grad{L}"], S, G, damping, a, n)
+                                     for a in alphas])
+        return alphas, self.step_path(L, weights[-1], curv[f"grad{L}"], S, G, damping, alphas, n)
+
+    def step_path(self, l: int, W, D, S, G, damping: float, alphas, n: float) -> np.ndarray:
+        """Return :meth:`layer_step` for every α of ``alphas`` (stacked) from one eigendecomposition of S and of G.
+
+        Every α shifts both factors by a multiple of I (damping, ε', K-FAC's √(αn)
+        terms), so ``(M + cI)⁻¹ = V (e + c)⁻¹ Vᵀ`` serves the whole grid.
+        """
+        c = self.config
+        W, D = np.asarray(W, np.float64), np.asarray(D, np.float64)
+        S, G = np.asarray(S, np.float64), np.asarray(G, np.float64)
+        for M, what in ((S, f"S_{l} (layer {l} curvature)"), (G, f"G_{l - 1} (layer {l} input Gram)")):
+            if not np.all(np.isfinite(M)):
+                raise NumericalError(f"{what}: the sums contain NaN or inf; the state diverged (try a larger --damping)")
+        s_bar, g_bar = float(np.mean(np.diag(S))), float(np.mean(np.diag(G)))
+        g_inner = max(float(np.mean(np.diag(G)[:-1])), 1e-300) if G.shape[0] > 1 else 1.0
+        pi = np.sqrt(max(s_bar, 1e-300) / g_inner)
+        (eS, VS), (eG, VG) = np.linalg.eigh(S), np.linalg.eigh(G)
+        ridge = max(c.ridge, STEP_RIDGE)
+        out = []
+        for alpha in np.asarray(alphas, np.float64):
+            root = np.sqrt(alpha * n) if alpha > 0 else 0.0
+            shift_S = pi * root + damping * ((s_bar + pi * root) or 1.0)  # as solve_weights adds ε·mean(diag)
+            shift_G = root / pi + ridge * ((g_bar + root / pi) or 1.0)
+            dS, dG = eS + shift_S, eG + shift_G
+            if np.any(dS <= 0) or np.any(dG <= 0):
+                raise NumericalError(f"layer {l}: the damped curvature is not positive definite; use a larger --damping")
+            Da = D.copy()
+            if alpha > 0:
+                Da[:, :-1] -= alpha * W[:, :-1]
+            left = VS @ ((VS.T @ Da) / dS[:, None])
+            out.append(W + c.step_size * n * (((left @ VG) / dG) @ VG.T))
+        return np.stack(out)
 
     def _with_trial(self, state: LoopState) -> LoopState:
         c = state.carry

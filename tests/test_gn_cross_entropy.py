@@ -208,6 +208,21 @@ def test_auto_alpha_takes_the_trial_of_least_held_out_loss(digits_0_vs_2):
     assert result.history[-1]["test_accuracy"] >= 0.95
 
 
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_output_trial_path_equals_one_damped_step_per_alpha(n_classes):
+    """alpha auto: the grid of output trials from one eigendecomposition equals :meth:`layer_step` α by α."""
+    X, y, solver, weights = make_problem(n_classes=n_classes, alpha="auto")
+    _, packed = solver.curvature_chunk(X, y, None, 0, tuple(weights))
+    curv = solver.curvature_layout().unpack(packed)
+    alphas, trials = solver.output_trials(weights, curv, None, 0.3)
+    L, n = solver.L, float(curv["n"])
+    assert len(alphas) > 1 and alphas[0] == 0 and np.all(np.diff(alphas) > 0)
+    for alpha, trial in zip(alphas, trials):
+        expected = solver.layer_step(L, weights[-1], curv[f"grad{L}"], curv[f"curv{L}"], curv[f"gram{L}"], 0.3,
+                                     alpha, n)
+        np.testing.assert_allclose(trial, expected, rtol=1e-7, atol=1e-9)
+
+
 def test_cross_entropy_network_gives_softmax_probabilities():
     from solvers.cross_entropy import probabilities
 
