@@ -204,6 +204,8 @@ class GaussNewtonSolver(SolverBase):
         if accepted:
             weights = [*trial, W_out]
             c.update(self._accepted_sums(sums, error))
+            if held is not None:
+                c["held_loss"] = np.float64(self.held_loss(held, W_out, alpha, c))
             c["error"] = np.float64(objective)
             c["damping"] = np.float64(max(float(c["damping"]) / DAMPING_SHRINK, DAMPING_FLOOR))
         else:
@@ -219,7 +221,20 @@ class GaussNewtonSolver(SolverBase):
         metrics = {score: float(c[score]), "loss": float(c.get("loss", c["error"])) / n,
                    "objective": float(c["error"]) / n, "trial_loss": objective / n, "accepted": bool(accepted),
                    "damping": float(c["damping"]), "sample_rows": n, "alpha": float(c["alpha"])}
+        if "held_loss" in c:
+            metrics["validation_loss"] = float(c["held_loss"])
         return self._with_trial(LoopState(k, list(weights), c)), metrics
+
+    def held_loss(self, held: dict, W_out, alpha: float, carry: dict) -> float:
+        """Return the mean loss on the held-out chunks of the trial with output layer ``W_out`` (from pass A's sums).
+
+        Squared: ``Σ‖T − W_L ã‖² / n`` from the held-out Grams; cross-entropy: Σℓ / n of the chosen trial.
+        """
+        if self.cross_entropy:
+            j = int(np.flatnonzero(np.asarray(carry["out_alphas"]) == alpha)[0])
+            return float(held["ce"][j]) / float(held["n"])
+        L = self.L
+        return quadratic_error(W_out, held[f"cross{L}"], held[f"gram{L}"], float(held["tt"])) / float(held["n"])
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
         """Return the state to continue from: a new ridge, alpha, step size or damping gives a new trial (no pass)."""
@@ -495,8 +510,9 @@ class GaussNewtonSolver(SolverBase):
         ``last``: the ``J_{k,L−1}`` of a loss with curvature H ≠ I (cross-entropy); their S_{L−1} is added too.
         """
         L = self.L
-        if last is not None:
-            parts[f"curv{L - 1}"] = sum((J.T @ J).astype(np.float64) for J in last)
+        if last is not None:  # one product over the K blocks stacked: K small Grams cost ~3× more here
+            stacked = np.concatenate(last) if len(last) > 1 else last[0]
+            parts[f"curv{L - 1}"] = (stacked.T @ stacked).astype(np.float64)
         if L < 3:
             return
         for k in range(self.widths[L]):
