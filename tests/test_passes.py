@@ -154,3 +154,30 @@ def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver):
         assert ma == mb
     rates = dsk.take_pass_rates()
     assert rates["passes"] >= 2 and rates["rows_per_second"] > 0 and dsk.take_pass_rates() == {}
+
+
+def _imports_dask_array():
+    import sys
+
+    return "dask.array" in sys.modules
+
+
+def test_training_and_evaluation_leave_dask_array_unimported_on_the_workers(tmp_path):
+    """Held-out and test scores, the statistics pass and evaluate run as bag reductions: importing dask.array on
+    a worker would add ~140 MiB to it (its duck-array backends), beyond pipeline/memory.py's WORKER_BASE."""
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from pipeline.evaluate import evaluate
+    from pipeline.training import train
+
+    X, y = make_data(n=1200, d=5)
+    write_data(tmp_path / "d.zarr", X[:1000], y[:1000], chunk_rows=250)
+    write_data(tmp_path / "t.zarr", X[1000:], y[1000:], chunk_rows=100)
+    del zarr.open_group(tmp_path / "d.zarr", mode="r+").attrs["statistics"]  # a store without statistics: the pass
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as c:
+        train(c, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", test_data=tmp_path / "t.zarr",
+              config=TrainConfig(hidden=(4,), iterations=1, validation_fraction=0.25), report=lambda line: None)
+        evaluate(c, tmp_path / "r.zarr", tmp_path / "t.zarr")
+        assert list(c.run(_imports_dask_array).values()) == [False]
