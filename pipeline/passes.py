@@ -297,13 +297,13 @@ def chunk_sums(fn, data_path, chunks, *args, combine=_sum_all):
 
 def _score_chunk(data, start, stop, network):
     """Return :func:`solvers.tasks.score_sums` of the network's predictions on rows [start, stop)."""
-    x, y = _read_xy(data, start, stop)
+    x, y, network = *_read_xy(data, start, stop), aligned(network)
     return score_sums(network.predict(x), y, None if network.classes is not None else float(np.asarray(network.y_mean)[0]))
 
 
 def _metrics_chunk(data, start, stop, network):
     """Return :func:`solvers.scores.classification_sums` (n, correct, log-loss, AUC histograms) of rows [start, stop)."""
-    x, y = _read_xy(data, start, stop)
+    x, y, network = *_read_xy(data, start, stop), aligned(network)
     classes = np.asarray(network.classes)
     idx = np.searchsorted(classes, y)
     idx = np.where((idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y), idx, -1)
@@ -333,7 +333,7 @@ def predictions(network, data_path, chunk_rows: int):
 def _predict_block(x, network):
     """Return the network's predictions of a row block, on one BLAS thread."""
     with one_blas_thread():
-        return network.predict(x)
+        return aligned(network).predict(x)
 
 
 def data_moments(client, data, regression: bool):
