@@ -24,7 +24,8 @@ Parameters (all solvers share :class:`~solvers.config.TrainConfig`):
 ``gamma``      weight γ of ``‖a_l − h(z_l)‖²``
 ``beta``       weight β of ``‖z_l − W_l a_{l−1}‖²`` and of the λ step
 ``warm_start`` iterations 1..warm_start leave λ at 0 (paper §6)
-``init``       ``forward`` (He-scaled random W⁰, state = forward pass) or
+``init``       ``data`` (``forward`` with W_1⁰ from the data, :mod:`solvers.data_init`), ``forward``
+               (He-scaled random W⁰, state = forward pass) or
                ``gaussian`` (the paper: z, a ~ N(0, 1), W⁰ fitted to them)
 ``ridge``      relative ridge ε of the W-solve: ``a aᵀ + ε·mean(diag)·I`` (a numerical floor)
 ``alpha``      weight decay α of the W-solve, ``a aᵀ + α Ĩ`` (bias spared); ``"auto"``:
@@ -111,7 +112,7 @@ class ADMMSolver(SolverBase):
     def initialize(self, runner) -> LoopState:
         """Write the initial state (iteration 0) and return W⁰ with W¹ solved ahead."""
         layout = self.layout(True)
-        w0 = self.initial_weights()
+        w0 = self.initial_weights(runner)
         sums = run_pass(runner, layout, "init_chunk", w0, 0, write=0)
         input_gram = sums["gram1"]
         if w0 is None:  # gaussian state: fit W⁰ to it, then the Grams of W¹
@@ -164,11 +165,11 @@ class ADMMSolver(SolverBase):
     def _next_weights(self, state: LoopState) -> list:
         return [state.carry[f"V{l}"] for l in range(1, self.L + 1)]
 
-    def initial_weights(self):
-        """Return He-scaled random W⁰ (bias 0) for ``init="forward"``, else None."""
-        if self.config.init != "forward":
+    def initial_weights(self, runner=None):
+        """Return W⁰ (bias 0): He-scaled random, W_1 from the data (``init="data"``, a pass of ``runner``); gaussian: None."""
+        if self.config.resolved_init() == "gaussian":
             return None
-        return self.he_weights(self.L)
+        return self.initial_weights_of(runner, self.L)
 
     def solve(self, sums: dict, input_gram) -> list:
         """Return W_1..W_L from summed Grams (eq. 9); ``input_gram`` is the constant Σ a_0 a_0ᵀ."""
@@ -252,7 +253,7 @@ class ADMMSolver(SolverBase):
         x = self.inputs(x_raw)
         n = x.shape[0]
         z = [None] + [np.empty((n, w), self.dtype) for w in self.widths[1:]]
-        if self.config.init == "forward":
+        if self.config.resolved_init() != "gaussian":
             weights = params
             for sl in row_tiles(n, self.tile_rows):
                 a = x[sl]

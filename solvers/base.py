@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from solvers import data_init
 from solvers.activations import ACTIVATIONS
 from solvers.config import TrainConfig
 from solvers.layers import build_layers
+from solvers.loop import run_pass
 from solvers.network import Network, standardize
 from solvers.tiling import row_tiles, tile_rows
 from solvers.tasks import make_task
@@ -86,6 +88,25 @@ class SolverBase:
                     new[name][sl] = v
                 total += layout.pack(sums)
         return new, total
+
+    def initial_weights_of(self, runner, layers: int) -> list:
+        """Return ``W_1..W_layers`` to start from: He-scaled random, W_1 from the data for ``init="data"``.
+
+        ``init="data"`` (:mod:`solvers.data_init`) reads the picked training rows in one pass of ``runner``.
+        """
+        weights = self.he_weights(layers)
+        if self.config.resolved_init() != "data" or not layers or self.L == 1:  # W_1 is a hidden layer's
+            return weights
+        k, d = weights[0].shape[0], self.widths[0]
+        rows = data_init.pick_rows(runner.bounds, 2 * k, self.config.seed)
+        sums = run_pass(runner, data_init.layout(2 * k, d), "rows_chunk", rows, 0)
+        weights[0] = data_init.first_layer(sums["rows"], weights[0], self.act.he_gain)
+        return weights
+
+    def rows_chunk(self, x_raw, y, state, start_row: int, rows):
+        """Return (None, the chunk's standardised rows among the global row numbers ``rows``, in their slots)."""
+        sums = data_init.rows_kernel(self.inputs(x_raw), start_row, rows)
+        return None, data_init.layout(len(rows), x_raw.shape[1]).pack(sums)
 
     def he_weights(self, layers: int) -> list:
         """Return He-scaled random ``W_1..W_layers`` with zero biases, seeded by ``config.seed``."""

@@ -24,7 +24,7 @@ from solvers.sampling import SCHEDULES as SAMPLE_SCHEDULES, START_ROWS
 from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
 
-INITS = ("forward", "gaussian")
+INITS = ("auto", "data", "forward", "gaussian")
 HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solvers/handover.py)
 ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
@@ -125,8 +125,10 @@ class TrainConfig:
     beta: float = setting(0.1, "weight β of ‖z − W a‖² and of the λ step", resumable=True, solvers=("admm",))
     iterations: int = setting(20, "iterations to run in total", resumable=True, param="max_iter")
     warm_start: int = setting(5, "first iterations without λ updates", resumable=True, solvers=("admm",))
-    init: str = setting("forward", "initial state: forward (a forward pass of He-scaled random weights) or "
-                        "gaussian (the paper's N(0, 1) state)", choices=INITS, solvers=("admm",))
+    init: str = setting("auto", "initial state: forward (a forward pass of He-scaled random weights), data (the same, "
+                        "but the first layer's rows point along differences of random training rows: one more pass) "
+                        "or gaussian (the paper's N(0, 1) state, admm only); auto: data for admm and dladmm with a "
+                        "dense first layer, else forward", choices=INITS, solvers=("admm", "dladmm"))
     seed: int = setting(0, "random seed of the initial weights and state and of the held-out chunks",
                         param="random_state", param_default=None)
     ridge: float = setting(1e-6, "numerical floor of every solve, relative to the Gram's mean diagonal (weight "
@@ -278,8 +280,16 @@ class TrainConfig:
             problems.append(f"solver {self.solver!r} is not one of {sorted(SOLVERS)}")
         if self.init not in INITS:
             problems.append(f"init {self.init!r} is not one of {list(INITS)}")
+        elif self.init == "data" and self.layers:
+            problems.append("init data needs a dense first layer; convolutional --layers start from --init forward")
         if problems:
             raise InputError("; ".join(problems))
+
+    def resolved_init(self) -> str:
+        """Return the initialisation, resolving ``"auto"`` to data (admm, dladmm; dense first layer) or forward."""
+        if self.init != "auto":
+            return self.init
+        return "data" if self.solver in ("admm", "dladmm") and not self.layers else "forward"
 
     def resolved_loss(self, n_classes: int) -> str:
         """Return the loss name, resolving ``"auto"`` to hinge (2 classes), ovr-hinge, or squared (regression)."""

@@ -181,9 +181,9 @@ class DLADMMSolver(SolverBase):
         super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
         self.loss_name = "squared" if config.loss == "auto" else self.task.loss(config)
         self.loss = LOSSES[self.loss_name]
-        if config.init != "forward":
-            raise InputError(f"the dladmm solver starts from a forward pass of random weights; "
-                             f"--init {config.init} is for --solver admm (use --init forward)")
+        if config.resolved_init() == "gaussian":
+            raise InputError("the dladmm solver starts from a forward pass of random weights; "
+                             "--init gaussian is for --solver admm (use --init forward or data)")
         self.rho, self.nu = float(config.rho), float(config.nu)  # validated by TrainConfig
 
     # -- what the pipeline stores and sums ------------------------------------------
@@ -228,12 +228,12 @@ class DLADMMSolver(SolverBase):
 
     # -- client side -------------------------------------------------------------------
     def initialize(self, runner) -> LoopState:
-        """Write the state of a forward pass of He-scaled random W⁰ (iteration 0); return W⁰ and its sums.
+        """Write the state of a forward pass of W⁰ (iteration 0; He-scaled random, W_1 from the data for init data).
 
         ``z_L⁰ = y`` and ``u⁰ = 0`` (the paper's code), so ``u⁰ = −∇R(z_L⁰)``; the
         stored ``z_L`` is already ``z_L^{½}`` of iteration 1's backward sweep.
         """
-        w0 = self.initial_weights()
+        w0 = self.initial_weights(runner)
         sums = run_pass(runner, self.layout("init_chunk"), "init_chunk", self.cast(w0), 0, write=0)
         carry = {"input_gram": sums["gram1"], "crossz": sums["crossz"], "crossu": sums["crossu"]}
         carry.update({f"gram{l}": sums[f"gram{l}"] for l in range(2, self.L + 1)})
@@ -320,9 +320,9 @@ class DLADMMSolver(SolverBase):
             reads[f"zh{l + 1}"] = k
         return reads
 
-    def initial_weights(self) -> list:
-        """Return He-scaled random W⁰ with zero biases (seeded by ``config.seed``)."""
-        return self.he_weights(self.L)
+    def initial_weights(self, runner=None) -> list:
+        """Return W⁰ with zero biases: He-scaled random (seeded by ``config.seed``), W_1 from the data for ``init="data"``."""
+        return self.initial_weights_of(runner, self.L)
 
     def metrics(self, sums: dict, penalty: float) -> dict:
         """Return the train score, primal residual ‖z_L − W_L a_{L−1} − b_L‖, mean loss and L_ρ of iteration k."""

@@ -139,7 +139,7 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         t0 = time.perf_counter()
         state = initialize(solver, runner)
         keeper.commit(state, history, None, False)
-        report(f"initialised ({config.init}) in {time.perf_counter() - t0:.2f} s")
+        report(f"initialised ({config.resolved_init()}) in {time.perf_counter() - t0:.2f} s")
     else:
         k = resume.iteration
         report(f"resuming after iteration {k}")

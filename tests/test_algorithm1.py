@@ -76,7 +76,8 @@ def test_reference_equals_literal_algorithm1(hidden, n_classes, act, loss, chunk
     X = rng.normal(size=(n, d)) * 3 + 1
     y = rng.integers(0, n_classes, n)
     cfg = TrainConfig(solver="admm", hidden=hidden, activation=act, loss=loss, gamma=5.0, beta=0.5,
-                      iterations=5, warm_start=2, ridge=ridge, seed=3, alpha=alpha, validation_fraction=0)
+                      iterations=5, warm_start=2, ridge=ridge, seed=3, alpha=alpha, validation_fraction=0,
+                      init="forward")
     shift = X[0].astype(np.float64)
     mean, scale = moments_from_sums(moment_sums(X, shift), shift)
     classes = np.unique(y)

@@ -44,7 +44,8 @@ def test_numpy_fit_matches_in_memory_reference(numpy_fit):
                                atol=2e-3)
     np.testing.assert_allclose(clf.history_.residual.values, [h["residual"] for h in ref.history], rtol=1e-4)
     np.testing.assert_array_equal(clf.predict(X), np.array(["cat", "dog", "emu"])[ref.network.predict(X)])
-    assert clf.score(X, labels) == pytest.approx(clf.history_.train_accuracy.values[-1], abs=0.02)
+    # the model's accuracy; the history's train_accuracy is the ADMM iterate's own (alpha auto refits the output layer)
+    assert clf.score(X, labels) == pytest.approx(ref.network.score(X, y))
     assert clf.decision_function(X).shape == (700, 3)
 
 

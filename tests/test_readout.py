@@ -104,3 +104,50 @@ def test_numeric_alpha_keeps_the_iterate_as_the_model(solver_name):
     assert "U" not in r.loop_state.carry
     assert "alpha" not in r.history[-1]
     assert r.solver.iterate(r.loop_state) == r.loop_state.weights
+
+
+@pytest.mark.parametrize("solver_name", ["admm", "dladmm"])
+def test_data_init_first_layer_points_along_differences_of_training_rows(solver_name):
+    """init auto is data for the ADMM solvers: each W_1⁰ row is √2 (x_i − x_i')/‖x_i − x_i'‖ for two picked
+    training rows (held-out rows never picked), the same for any chunking; deeper layers stay He."""
+    from solvers import data_init
+    from solvers.driver import split_chunks
+
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(700, 5)) * [1, 2, 3, 4, 5], rng.integers(0, 2, 700)
+    cfg = TrainConfig(solver=solver_name, hidden=(9, 4), iterations=1, seed=6)
+    assert cfg.resolved_init() == "data"
+    for chunk_rows in (70, 100):
+        r = fit_in_memory(X, y, cfg, chunk_rows=chunk_rows, dtype=np.float64)
+        solver = r.solver
+        _, train, held = split_chunks(len(X), chunk_rows, len(X), cfg)
+        from solvers.reference import InMemoryRunner
+
+        runner = InMemoryRunner(solver, X, y, bounds=train, held_out=held)
+        W0 = solver.initial_weights(runner)
+        rows = data_init.pick_rows(train, 18, cfg.seed)
+        assert not set(rows) & {i for a, b in held for i in range(a, b)}
+        D = solver.inputs(X[rows[:9]]) - solver.inputs(X[rows[9:]])
+        np.testing.assert_allclose(W0[0][:, :-1], D / np.linalg.norm(D, axis=1, keepdims=True) * np.sqrt(2),
+                                   rtol=1e-12)
+        assert np.all(W0[0][:, -1] == 0)
+        np.testing.assert_array_equal(W0[1], solver.he_weights(2)[1])
+    # another chunking holds out other rows, so compare the picking rule itself
+    bounds = [(0, 350), (350, 700)]
+    np.testing.assert_array_equal(data_init.pick_rows(bounds, 40, 1), data_init.pick_rows([(0, 700)], 40, 1))
+
+
+def test_data_init_keeps_he_rows_for_equal_pairs_and_refuses_convolutions():
+    from solvers import data_init
+    from solvers.errors import InputError
+
+    he = np.arange(12.0).reshape(3, 4)
+    rows = np.array([[1.0, 2, 3], [0, 0, 1], [5, 5, 5], [1.0, 2, 3], [0, 0, 0], [5, 5, 5]])
+    W = data_init.first_layer(rows, he, 2.0)
+    np.testing.assert_array_equal(W[0, :-1], he[0, :-1])  # x_i = x_i': the He row
+    np.testing.assert_allclose(W[1, :-1], [0, 0, np.sqrt(2)])
+    assert np.all(W[:, -1] == 0)
+    with pytest.raises(InputError, match="init data needs a dense first layer"):
+        TrainConfig(solver="admm", layers="conv:4x3x3,dense:10", init="data")
+    assert TrainConfig(solver="admm", layers="conv:4x3x3,dense:10").resolved_init() == "forward"
+    assert TrainConfig(solver="gauss-newton").resolved_init() == "forward"

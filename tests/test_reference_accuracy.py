@@ -1,8 +1,8 @@
-"""Accuracy floors on real data, for the default solver and for ADMM: each method is implemented right.
+"""Accuracy floors on real data, for the default solver and for ADMM and dlADMM: each method is implemented right.
 
-The floors were set for ADMM with the settings of that time (per-feature scaling, nothing held out):
-ADMM runs with those (with today's defaults, scaling auto and 10 % held out, it scores 0.9006 on breast
-cancer, under the floor); Gauss-Newton, the default solver since, runs with today's defaults.
+Every solver runs with today's defaults. ADMM and dlADMM have raised floors since their output layer is
+refitted with α chosen on held-out chunks and their first layer starts from the data (measured with these
+defaults: breast cancer 0.959 for both, digits 0.980 for both).
 """
 import numpy as np
 import pytest
@@ -10,12 +10,12 @@ import pytest
 from solvers.config import TrainConfig
 from solvers.reference import fit_in_memory
 
-SOLVERS = pytest.mark.parametrize("solver", ["gauss-newton", "admm"])
-ADMM_ERA = {"scaling": "standard", "validation_fraction": 0.0}
+SOLVERS = pytest.mark.parametrize("solver", ["gauss-newton", "admm", "dladmm"])
+ADMM_SOLVERS = ("admm", "dladmm")
 
 
 def settings(solver, **kwargs) -> TrainConfig:
-    return TrainConfig(solver=solver, **kwargs, **(ADMM_ERA if solver == "admm" else {}))
+    return TrainConfig(solver=solver, **kwargs)
 
 
 @SOLVERS
@@ -33,7 +33,7 @@ def test_breast_cancer(solver):
     X, y = load_breast_cancer(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0)
     r = fit_in_memory(Xtr, ytr, settings(solver, hidden=(100,)))
-    assert r.network.score(Xte, yte) >= 0.93
+    assert r.network.score(Xte, yte) >= (0.95 if solver in ADMM_SOLVERS else 0.93)
 
 
 @SOLVERS
@@ -44,7 +44,7 @@ def test_digits_10_class(solver):
     X, y = load_digits(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0)
     r = fit_in_memory(Xtr, ytr, settings(solver, hidden=(300,)))
-    assert r.network.score(Xte, yte) >= 0.85
+    assert r.network.score(Xte, yte) >= (0.96 if solver in ADMM_SOLVERS else 0.85)
 
 
 @pytest.mark.slow
