@@ -144,7 +144,7 @@ class TrainConfig:
     solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
                           "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton); "
-                          "auto: gauss-newton, or admm for convolutional --layers without pooling",
+                          "auto: gauss-newton",
                           choices=["auto", *sorted(SOLVERS)])
     step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True,
                                solvers=("gauss-newton", HANDOVER),
@@ -209,9 +209,8 @@ class TrainConfig:
             object.__setattr__(self, "layers", format_layers(specs) if convolutional else "")
             object.__setattr__(self, "hidden", () if convolutional else tuple(s.width for s in specs))
         object.__setattr__(self, "input_shape", parse_shape(self.input_shape) if len(self.input_shape) else ())
-        if self.solver == "auto":  # convolutions: the solver that trains them
-            pooled = bool(self.layers) and pool_layers(parse_layers(self.layers))
-            object.__setattr__(self, "solver", "admm" if self.layers and not pooled else "gauss-newton")
+        if self.solver == "auto":  # dense or convolutional: Gauss-Newton learns the hidden layers (README)
+            object.__setattr__(self, "solver", "gauss-newton")
         problems = []
         if isinstance(self.alpha, str) and self.alpha != "auto":
             try:

@@ -259,7 +259,8 @@ def test_estimator_with_convolutions(client, digits_0_vs_2):
         ADMMClassifier(layers="conv:4x3x3", solver="dladmm", client=object()).fit(X_train, y_train)
 
 
-def test_convolutions_without_a_solver_pick_admm():
-    """``--layers`` with a convolution and no ``--solver``: the solver that trains convolutions (admm)."""
-    assert TrainConfig(layers="conv:4x3x3").solver == "admm"
+def test_convolutions_without_a_solver_pick_gauss_newton():
+    """``--layers`` with a convolution and no ``--solver``: Gauss-Newton, which learns the filters (README)."""
+    assert TrainConfig(layers="conv:4x3x3").solver == "gauss-newton"
+    assert TrainConfig(layers="conv:4x3x3,pool:2").solver == "gauss-newton"
     assert TrainConfig(layers="dense:30").solver == "gauss-newton" and TrainConfig().solver == "gauss-newton"
