@@ -146,10 +146,10 @@ class TrainConfig:
                           "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton); "
                           "auto: gauss-newton",
                           choices=["auto", *sorted(SOLVERS)])
-    step_size: float = setting(0.5, "step η of the Gauss-Newton update", resumable=True,
+    step_size: float = setting(1.0, "step η of the Gauss-Newton update", resumable=True,
                                solvers=("gauss-newton", HANDOVER),
                                group="gauss-newton")
-    damping: float = setting(1.0, "initial Levenberg-Marquardt damping λ, relative to the mean curvature",
+    damping: float = setting(0.1, "initial Levenberg-Marquardt damping λ, relative to the mean curvature",
                              resumable=True, solvers=("gauss-newton", HANDOVER), group="gauss-newton")
     rho: float = setting(4.0, "penalty ρ of the output constraint and the dual step", resumable=True,
                          solvers=("dladmm",), group="dladmm")

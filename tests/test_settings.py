@@ -101,7 +101,7 @@ def test_unknown_solver_is_one_clear_error():
 
 def test_report_settings_line_lists_what_the_solver_reads():
     gn = describe(TrainConfig())
-    assert "step size 0.5" in gn and "damping 1.0" in gn and "gamma" not in gn and "rho" not in gn
+    assert "step size 1.0" in gn and "damping 0.1" in gn and "gamma" not in gn and "rho" not in gn
     admm = describe(TrainConfig(solver="admm"))
     assert "gamma 10.0" in admm and "warm start 5" in admm and "step size" not in admm
     dl = describe(TrainConfig(solver="dladmm"))
