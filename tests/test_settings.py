@@ -47,7 +47,7 @@ def test_help_shows_each_default_and_the_resumable_flags():
 
     help_text = " ".join(build_parser().format_help().split())
     help_text = re.sub(r"(--[a-z]+-) ", r"\1", help_text)  # argparse may wrap a flag after its hyphen
-    assert "[auto]" in help_text and "[0.5]" in help_text and "[100.0]" in help_text
+    assert "[auto]" in help_text and "[0.1]" in help_text and "[100.0]" in help_text
     resumable = re.search(r"With --resume, the run's own settings are kept; (.*?) may be changed", help_text)
     assert resumable and resumable.group(1).split(", ") == [flag(n) for n in RESUMABLE]
     assert "weight γ of ‖a − h(z)‖² (admm only) [10.0]" in help_text  # which solvers read it
