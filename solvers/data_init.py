@@ -7,7 +7,7 @@ keep He-scaled Gaussian weights. Random directions in input space are
 isotropic, while the data rarely is (MNIST's pixels live near a small
 subspace): differences of samples are directions the data varies along, so
 the random features ``h(W_1⁰ x)`` separate the samples far better
-(measured: :mod:`benchmarks.admm_real`). A pair of equal rows keeps its He row.
+(measured: ``benchmarks/results/defaults_real_admm.md``). A pair of equal rows keeps its He row.
 
 The rows are gathered in one pass over the training chunks: the client picks
 global row numbers (seeded, independent of chunking and scheduling), every
