@@ -98,6 +98,8 @@ class SolverBase:
         if self.config.resolved_init() != "data" or not layers or self.L == 1:  # W_1 is a hidden layer's
             return weights
         k, d = weights[0].shape[0], self.widths[0]
+        if not data_init.fits(2 * k, d):  # too wide to gather in one pass: He rows
+            return weights
         rows = data_init.pick_rows(runner.bounds, 2 * k, self.config.seed)
         sums = run_pass(runner, data_init.layout(2 * k, d), "rows_chunk", rows, 0)
         weights[0] = data_init.first_layer(sums["rows"], weights[0], self.act.he_gain)

@@ -7,7 +7,8 @@ keep He-scaled Gaussian weights. Random directions in input space are
 isotropic, while the data rarely is (MNIST's pixels live near a small
 subspace): differences of samples are directions the data varies along, so
 the random features ``h(W_1⁰ x)`` separate the samples far better
-(measured: ``benchmarks/results/defaults_real_admm.md``). A pair of equal rows keeps its He row.
+(measured: ``benchmarks/results/defaults_real_admm.md``). A pair of equal rows keeps its He row, and
+so does every row when ``2 n_1 d`` exceeds :data:`MAX_VALUES` (very wide inputs).
 
 The rows are gathered in one pass over the training chunks: the client picks
 global row numbers (seeded, independent of chunking and scheduling), every
@@ -21,6 +22,12 @@ import numpy as np
 from solvers.stats import StatsLayout
 
 SEED_TAG = 0xDA7A  # the rng stream of the picked rows: [seed, SEED_TAG]
+MAX_VALUES = 1 << 24  # at most this many gathered values (128 MB of float64 per chunk's sums): beyond, He rows
+
+
+def fits(count: int, width: int) -> bool:
+    """Return whether ``count`` rows of ``width`` values may be gathered in one pass (:data:`MAX_VALUES`)."""
+    return count * width <= MAX_VALUES
 
 
 def pick_rows(bounds, count: int, seed: int) -> np.ndarray:

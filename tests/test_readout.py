@@ -151,3 +151,16 @@ def test_data_init_keeps_he_rows_for_equal_pairs_and_refuses_convolutions():
         TrainConfig(solver="admm", layers="conv:4x3x3,dense:10", init="data")
     assert TrainConfig(solver="admm", layers="conv:4x3x3,dense:10").resolved_init() == "forward"
     assert TrainConfig(solver="gauss-newton").resolved_init() == "forward"
+
+
+def test_data_init_keeps_he_rows_when_the_rows_are_too_wide_to_gather(monkeypatch):
+    from solvers import data_init
+    from solvers.reference import InMemoryRunner
+
+    rng = np.random.default_rng(8)
+    X, y = rng.normal(size=(200, 6)), rng.integers(0, 2, 200)
+    r = fit_in_memory(X, y, TrainConfig(solver="admm", hidden=(5,), iterations=1, validation_fraction=0))
+    runner = InMemoryRunner(r.solver, X, y, chunk_rows=50)
+    assert not np.array_equal(r.solver.initial_weights(runner)[0], r.solver.he_weights(1)[0])
+    monkeypatch.setattr(data_init, "MAX_VALUES", 2 * 5 * 6 - 1)
+    np.testing.assert_array_equal(r.solver.initial_weights(runner)[0], r.solver.he_weights(1)[0])
