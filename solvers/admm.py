@@ -34,7 +34,7 @@ Parameters (all solvers share :class:`~solvers.config.TrainConfig`):
                on the held-out chunks (:mod:`solvers.readout`)
 =============  ==============================================================
 
-With ``alpha="auto"`` the pass of iteration k also sums, over its training
+With ``alpha="auto"`` and held-out chunks the pass of iteration k also sums, over its training
 chunks and (statelessly, in the same pass) over the held-out chunks, the
 readout sums of the forward pass of the hidden weights W^k; the model of
 iteration k is ``W_1^k … W_{L−1}^k`` with the refitted output layer, while the
@@ -134,6 +134,8 @@ class ADMMSolver(SolverBase):
             sums = run_pass(runner, layout, "step_chunk", params, k, read=k - 1, write=k)
             return self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram), self.metrics(sums)
         sums, held = run_pass_held_out(runner, layout, "step_chunk", params, k, read=k - 1, write=k)
+        if held is None:  # nothing held out: the model is the iterate (see solvers.readout)
+            return self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram), self.metrics(sums)
         W_out, alpha = readout.fit(sums, held, self.config.ridge, what=f"W_{self.L} (output refit)")
         out = self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram, output=W_out)
         return out, {**self.metrics(sums), "alpha": alpha}

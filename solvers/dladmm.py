@@ -70,7 +70,7 @@ constant ``ν + κ‖W_{l+1}‖₂²`` of ∇_a φ, which satisfies the paper's
 backtracking condition at the first trial for every sample (a backtracked τ
 would cost one pass per trial, the condition being a sum over samples); the
 backtracking of θ starts at the last accepted θ / 2 instead of a fixed θ₀.
-With ``alpha="auto"`` the model's output layer is refitted to the targets
+With ``alpha="auto"`` and held-out chunks the model's output layer is refitted to the targets
 after every iteration, α chosen on the held-out chunks (:mod:`solvers.readout`;
 its sums come from pass O, which also runs statelessly on the held-out
 chunks); the iteration goes on from its own ``W_L`` (the carry's ``U``), and
@@ -280,6 +280,9 @@ class DLADMMSolver(SolverBase):
             return LoopState(k, W, carry), self.metrics(sums, penalty)
         sums, held = run_pass_held_out(runner, layout, "output_chunk", self.cast(W), k, read=reads, write=k)
         carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
+        if held is None:  # nothing held out: the model is the iterate (see solvers.readout)
+            carry.pop("U", None)
+            return LoopState(k, W, carry), self.metrics(sums, penalty)
         W_out, alpha = readout.fit(sums, held, self.config.ridge, what=f"W_{L} (output refit)")
         carry["U"] = W[L - 1]
         return LoopState(k, [*W[:-1], W_out], carry), {**self.metrics(sums, penalty), "alpha": alpha}

@@ -81,6 +81,17 @@ def test_model_output_layer_is_the_held_out_refit(solver_name, n_classes):
     assert not np.allclose(state.weights[-1], own[-1])  # the refit is not the iterate's W_L
 
 
+@pytest.mark.parametrize("solver_name", ["admm", "dladmm"])
+def test_nothing_held_out_keeps_the_iterate_as_the_model(solver_name):
+    """validation_fraction 0: no refit (GCV picks α ≈ 0 when the width nears the rows), the model is the iterate."""
+    rng = np.random.default_rng(9)
+    X, y = rng.normal(size=(300, 4)), rng.integers(0, 2, 300)
+    r = fit_in_memory(X, y, TrainConfig(solver=solver_name, hidden=(8,), iterations=2, validation_fraction=0),
+                      chunk_rows=40)
+    assert "U" not in r.loop_state.carry and "alpha" not in r.history[-1]
+    assert r.solver.iterate(r.loop_state) == r.loop_state.weights
+
+
 def test_readout_fit_uses_gcv_without_held_out_chunks():
     """Nothing held out: α minimises generalised cross-validation on the training sums."""
     rng = np.random.default_rng(2)
