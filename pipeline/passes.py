@@ -82,6 +82,12 @@ def data_cache() -> ChunkCache:
     return _data_cache
 
 
+def clear_data_cache() -> None:
+    """Forget this process's decoded data chunks (after a run: thread workers live in the caller's process)."""
+    if _data_cache is not None:
+        _data_cache.clear()
+
+
 def _read_xy(data: str, start: int, stop: int, classes=None):
     """Return rows [start, stop) of X and y (via :func:`data_cache`); y as class indices of ``classes``, or as stored if None."""
     cache = data_cache()

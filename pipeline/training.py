@@ -139,10 +139,21 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                     stopped_early=bool(manifest and manifest.get("stopped_early")), report=report)
     finally:
         run.write_metrics()  # the commits write metrics/ at most every few seconds
+        _forget_data(client)
     if not (manifest and manifest.get("stopped_early") and not changed):
         run.release_uncommitted_slot()
     out.store = run
     return out
+
+
+def _forget_data(client) -> None:
+    """Drop the workers' decoded data chunks (:func:`pipeline.passes.data_cache`): a worker may outlive the run."""
+    from pipeline.passes import clear_data_cache
+
+    try:
+        client.run(clear_data_cache)
+    except Exception:  # noqa: BLE001 -- a cluster already gone (killed worker, shutdown) holds nothing
+        pass
 
 
 @dataclass

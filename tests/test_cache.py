@@ -50,3 +50,16 @@ def test_cached_chunks_cannot_be_changed_through_what_read_returns(store):
     rows = cache.read(store, "X", 0, 10)
     with pytest.raises(ValueError):
         rows[0, 0] = 1.0
+
+
+def test_training_leaves_no_decoded_data_on_the_workers(client, store, tmp_path):
+    from pipeline import passes
+    from pipeline.training import train
+    from solvers.config import TrainConfig
+
+    def cached_bytes():
+        return None if passes._data_cache is None else passes._data_cache._bytes
+
+    train(client, store=tmp_path / "r.zarr", data=store, config=TrainConfig(hidden=(4,), iterations=2),
+          report=lambda _line: None)
+    assert set(client.run(cached_bytes).values()) <= {None, 0}
