@@ -124,7 +124,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         committed = LoopState(ck.iteration, ck.weights, ck.carry)
         if ck.best:
             stopping = EarlyStopping(config.patience, best_score=ck.best["best_validation"],
-                                     best_iteration=ck.best["best_iteration"], best_weights=ck.best_weights)
+                                     best_iteration=ck.best["best_iteration"], best_weights=ck.best_weights,
+                                     best_loss=ck.best.get("best_validation_loss"))
     scored = {"validation": (data, held_out)} if held_out else {}
     if test is not None:
         scored["test"] = (test, bounds(test.n_samples, test.chunk_rows))

@@ -173,7 +173,8 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         record.update((f"{kind}_{score}", value) for kind, value in evaluate(network).items())
         if hasattr(solver, "observe"):  # a schedule that acts on the scores (consensus, gauss-newton)
             solver.observe(state, record)
-        stop = held_out and stopping.update(state.iteration, record[f"validation_{score}"], state.weights)
+        stop = held_out and stopping.update(state.iteration, record[f"validation_{score}"], state.weights,
+                                                record.get("validation_loss"))
         history.append(record)
         keeper.commit(state, history, stopping if held_out else None, bool(stop))
         out.network = (solver.network(stopping.best_weights, _record_of(history, stopping.best_iteration))

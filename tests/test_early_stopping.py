@@ -42,6 +42,20 @@ def test_early_stopping_keeps_the_first_best_and_counts_patience():
     assert not EarlyStopping(patience=0).update(50, 0.1, w)
 
 
+def test_a_tied_score_with_a_lower_validation_loss_is_the_new_best_and_restarts_patience():
+    es = EarlyStopping(patience=2)
+    w = np.zeros(1)
+    assert not es.update(1, 0.9, [w + 1], loss=0.30)
+    assert not es.update(2, 0.9, [w + 2], loss=0.35)  # tie, higher loss: no gain
+    assert not es.update(3, 0.9, [w + 3], loss=0.20)  # tie, lower loss: the new best, patience restarts
+    assert (es.best_iteration, es.best_loss, es.best_weights[0][0]) == (3, 0.20, 3)
+    assert not es.update(4, 0.8, [w + 4], loss=0.10)  # a lower loss at a lower score is no gain
+    assert es.update(5, 0.9, [w + 5], loss=0.25)
+    assert es.best_iteration == 3 and es.summary()["best_validation_loss"] == 0.20
+    resumed = EarlyStopping(2, best_score=0.9, best_iteration=3, best_weights=[w + 3], best_loss=0.20)
+    assert not resumed.update(4, 0.9, [w + 4], loss=0.1) and resumed.best_iteration == 4
+
+
 def overfitting_problem(n=600, d=30, seed=0):
     """Few samples, many noise features: training accuracy climbs while held-out accuracy peaks early."""
     rng = np.random.default_rng(seed)
@@ -56,7 +70,8 @@ def test_in_memory_model_is_the_best_held_out_iteration(solver):
     cfg = TrainConfig(solver=solver, hidden=(64,), iterations=12, validation_fraction=0.2, patience=3)
     result = fit_in_memory(X, y, cfg)
     scores = [h["validation_accuracy"] for h in result.history]
-    best = int(np.argmax(scores))  # first maximum
+    losses = [h.get("validation_loss", 0.0) for h in result.history]  # ties go to the lower held-out loss
+    best = min((i for i, s in enumerate(scores) if s == max(scores)), key=lambda i: (losses[i], i))
     assert result.best_iteration == result.history[best]["iteration"]
     assert len(result.history) == cfg.iterations or len(result.history) - 1 - best == cfg.patience
     assert not np.allclose(result.network.weights[0], result.loop_state.weights[0]) or best == len(scores) - 1
