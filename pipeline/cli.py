@@ -94,16 +94,17 @@ def data_bytes(path) -> int | None:
     return 4 * store.n_samples * store.n_features
 
 
-def connect_from_args(args, data=None, **kwargs):
+def connect_from_args(args, data=None, gil_bound=False, **kwargs):
     """Return the :func:`pipeline.cluster.connect` context for parsed cluster flags (and ``kwargs`` of it).
 
     ``data``: the data store the work reads, whose size picks threads or
-    processes for ``--local-mode auto`` (None: processes).
+    processes for ``--local-mode auto`` (None: processes); ``gil_bound`` work
+    gets processes too (:func:`pipeline.cluster.local_processes`).
     """
     from pipeline.cluster import connect, local_processes
 
     processes = local_processes(getattr(args, "local_mode", "auto"), data_bytes(data),
-                                memory_limit=args.memory_limit)
+                                memory_limit=args.memory_limit, gil_bound=gil_bound)
     return connect(args.cluster, **kwargs, n_workers=args.workers, memory_limit=args.memory_limit, processes=processes,
                    dashboard_address=args.dashboard_address, jobs=getattr(args, "jobs", None),
                    adapt=getattr(args, "adapt", None), jobqueue_config=getattr(args, "jobqueue_config", None),

@@ -448,7 +448,7 @@ def _batch_client(stack, kind, conf, jobs, adapt, dashboard_address, timeout, dr
 
 
 # --------------------------------------------------------------------------- local and remote
-def local_processes(mode: str = "auto", data_bytes: int | None = None, memory_limit=None) -> bool:
+def local_processes(mode: str = "auto", data_bytes: int | None = None, memory_limit=None, gil_bound: bool = False) -> bool:
     """Return whether the local cluster runs worker processes (True) or threads in this process (False).
 
     ``auto``: threads when the training data is known to be at most
@@ -456,7 +456,10 @@ def local_processes(mode: str = "auto", data_bytes: int | None = None, memory_li
     spawned, so it works from ``python -c``, stdin and notebooks), processes
     otherwise (the GIL-free option for long out-of-core runs), and always with a
     ``memory_limit``: only a worker process can be held to one (a thread worker
-    over its limit would pause for ever).
+    over its limit would pause for ever). ``gil_bound`` work (the consensus
+    solver's minibatch loops in Python: 5-7x slower per pass on two threads of
+    one process, benchmarks/results/compare_consensus_*_threads.md) also gets
+    processes.
     """
     if mode not in LOCAL_MODES:
         raise InputError(f"--local-mode {mode!r}: expected one of {', '.join(LOCAL_MODES)}")
@@ -465,7 +468,7 @@ def local_processes(mode: str = "auto", data_bytes: int | None = None, memory_li
                          "share this process: drop one of the two flags")
     if mode != "auto":
         return mode == "processes"
-    return memory_limit is not None or data_bytes is None or data_bytes > THREADS_MAX_BYTES
+    return gil_bound or memory_limit is not None or data_bytes is None or data_bytes > THREADS_MAX_BYTES
 
 
 @contextlib.contextmanager

@@ -138,8 +138,10 @@ def _main(args, where) -> int:
             raise InputError('--performance-report needs bokeh: pip install "admm-dask[report]"') from None
         perf = Path(args.performance_report or performance_report_path(store))
     size_from = data if data is not None else _run_data_path(store)
-    _check_memory_limit(args, size_from, config or TrainConfig(**given))
-    with _training_page_preload(), connect_from_args(args, data=size_from) as client, _performance_report(perf):
+    gil_bound = _gil_bound(config.solver if config is not None else given.get("solver") or _run_solver(store))
+    _check_memory_limit(args, size_from, config or TrainConfig(**given), gil_bound)
+    with _training_page_preload(), connect_from_args(args, data=size_from, gil_bound=gil_bound) as client, \
+            _performance_report(perf):
         link = dashboard_link(client, args.cluster)
         print(f"Dask dashboard: {link}", flush=True)
         print(f"Training page: {_training_page(client, link)}", flush=True)
@@ -184,7 +186,7 @@ def _training_page(client, link: str) -> str:
     return training_link(url) + (" " + rest.replace("/status)", "/training)") if rest else "")
 
 
-def _check_memory_limit(args, data, config) -> None:
+def _check_memory_limit(args, data, config, gil_bound: bool = False) -> None:
     """Refuse a local --memory-limit too small for one chunk task (a starved worker would otherwise hang)."""
     import os
 
@@ -204,7 +206,7 @@ def _check_memory_limit(args, data, config) -> None:
         except InputError:
             chunk = None
     need = max(MIN_LOCAL_WORKER_BYTES, int(chunk / 0.6) if chunk else 0)
-    threads = not local_processes(getattr(args, "local_mode", "auto"), data_bytes(data), args.memory_limit)
+    threads = not local_processes(getattr(args, "local_mode", "auto"), data_bytes(data), args.memory_limit, gil_bound)
     if threads:  # one in-process worker: this process (client, data statistics) counts against its limit
         import psutil
 
@@ -214,6 +216,21 @@ def _check_memory_limit(args, data, config) -> None:
         raise InputError(f"--memory-limit {args.memory_limit} is too small: {what}a worker needs at least "
                          f"{format_bytes(need)}{' (the worker runs in this process)' if threads else ''}; raise "
                          "--memory-limit or lower --chunk-rows")
+
+
+def _gil_bound(solver) -> bool:
+    """Return whether the solver (or a hand-over's first phase) runs Python loops that hold the GIL: consensus."""
+    return str(solver or "").split(",")[0].strip() == "consensus"
+
+
+def _run_solver(store):
+    """Return the solver recorded in a run store, or None."""
+    from storage.runstore import RunStore
+
+    try:
+        return RunStore.open(store).attrs["config"]["solver"]
+    except (InputError, KeyError, TypeError):
+        return None
 
 
 def _run_data_path(store):

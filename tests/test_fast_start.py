@@ -107,6 +107,12 @@ def test_local_mode_rule():
     assert local_processes("auto", None) is True
     assert local_processes("threads", 10**12) is False
     assert local_processes("processes", 10) is True
+    assert local_processes("auto", 10, gil_bound=True) is True  # consensus: Python minibatch loops hold the GIL
+    assert local_processes("threads", 10, gil_bound=True) is False  # an explicit mode wins
+    from pipeline.train import _gil_bound
+
+    assert _gil_bound("consensus") and _gil_bound("consensus,gauss-newton")
+    assert not _gil_bound("gauss-newton") and not _gil_bound(None) and not _gil_bound("auto")
     with pytest.raises(InputError, match="--local-mode 'fast'"):
         local_processes("fast", 10)
 
