@@ -229,7 +229,10 @@ def markdown(r: dict) -> str:
               "second worker only helps when the second core is free; when other processes used about as many CPU "
               "seconds as the measurement lasted, both worker counts shared the same spare core, and the ratio "
               "says little about the method (a quiet machine gave Gauss-Newton's passes 1.47× at 2 workers, "
-              "`scaling_model.md`).",
+              "`scaling_model.md`). A pass's seconds include `--alpha auto`'s pass A, whose sample is whole "
+              "chunks (here 262,144 rows each, at least two of them, plus the held-out chunk) and is not divided "
+              "by the shards: on this store it may cost about as much as the Adam epoch itself (not measured "
+              "apart), which would cap the speed-up of a pass.",
               "", f"## Measured: the accuracy cost of more shards ({r['n_accuracy_rows']:,} rows, in memory)", "",
               "| shards | rows per shard | " + " | ".join(f"test acc after pass {i + 1}" for i in
                                                          range(len(next(iter(r["accuracy_by_shards"].values())))))
