@@ -78,3 +78,14 @@ def faults_data(tmp_path_factory, client):
     from tests.batch import make_faults_data
 
     return make_faults_data(tmp_path_factory, client)
+
+
+def net_output(solver, weights, x, act, layer=None, dz=None):
+    """Return a dense network's output rows, ``dz`` added to the pre-activation of ``layer`` (finite differences)."""
+    a = x
+    for l, W in enumerate(weights[:-1], start=1):
+        z = a @ W[:, :-1].T + W[:, -1]
+        if l == layer:
+            z = z + dz
+        a = act(z)
+    return a @ weights[-1][:, :-1].T + weights[-1][:, -1]

@@ -9,20 +9,9 @@ from solvers.gauss_newton import STEP_RIDGE, GaussNewtonSolver
 from solvers.losses import targets
 from solvers.reference import InMemoryRunner, fit_in_memory
 from solvers.stats import moment_sums, moments_from_sums
-from tests.conftest import make_data, quiet
+from tests.conftest import make_data, net_output, quiet
 
 ACTS = {"relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z))}
-
-
-def net_output(solver, weights, x, act, layer=None, dz=None):
-    """Return the network's output rows; ``dz`` is added to the pre-activation of ``layer``."""
-    a = x
-    for l, W in enumerate(weights[:-1], start=1):
-        z = a @ W[:, :-1].T + W[:, -1]
-        if l == layer:
-            z = z + dz
-        a = act(z)
-    return a @ weights[-1][:, :-1].T + weights[-1][:, -1]
 
 
 def make_problem(n=40, d=3, hidden=(5, 4), n_classes=3, activation="relu", seed=0, alpha=0.0):
