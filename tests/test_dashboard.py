@@ -141,7 +141,7 @@ def test_training_page_in_a_real_browser(tmp_path):
     data, test = _data(tmp_path / "train.zarr", n=3000, seed=1), _data(tmp_path / "test.zarr", n=600, seed=2)
     store = tmp_path / "run.zarr"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", str(data), "--test-data", str(test),
-                             "--store", str(store), "--hidden", "16", "--iterations", "12", "--workers", "1",
+                             "--store", str(store), "--hidden", "16", "--iterations", "60", "--workers", "1",
                              "--validation-fraction", "0.2", "--patience", "0", "--dashboard-address",
                              "127.0.0.1:0", "--no-progress"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
