@@ -89,3 +89,25 @@ def net_output(solver, weights, x, act, layer=None, dz=None):
             z = z + dz
         a = act(z)
     return a @ weights[-1][:, :-1].T + weights[-1][:, -1]
+
+
+def output_jacobian(solver, weights, x_row, act, layer, h=1e-6):
+    """Return ∂ output / ∂ z_layer of one sample (a 1-row ``x_row``) by central differences."""
+    width = solver.widths[layer]
+    J = np.empty((solver.widths[-1], width))
+    for j in range(width):
+        e = np.zeros(width)
+        e[j] = h
+        J[:, j] = (net_output(solver, weights, x_row, act, layer, e) - net_output(solver, weights, x_row, act, layer, -e))[0] / (2 * h)
+    return J
+
+
+def weight_gradient(loss, weights, layer, h=1e-6):
+    """Return ∂ loss(weights) / ∂ W_layer by central differences, entry by entry."""
+    grad = np.zeros_like(weights[layer - 1])
+    for idx in np.ndindex(grad.shape):
+        wp, wm = [W.copy() for W in weights], [W.copy() for W in weights]
+        wp[layer - 1][idx] += h
+        wm[layer - 1][idx] -= h
+        grad[idx] = (loss(wp) - loss(wm)) / (2 * h)
+    return grad

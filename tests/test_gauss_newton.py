@@ -8,7 +8,7 @@ from solvers.gauss_newton import GaussNewtonSolver
 from solvers.losses import targets
 from solvers.reference import InMemoryRunner, fit_in_memory
 from solvers.stats import moment_sums, moments_from_sums
-from tests.conftest import net_output, quiet
+from tests.conftest import net_output, output_jacobian, quiet, weight_gradient
 
 ACTS = {"relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z))}
 
@@ -36,23 +36,10 @@ def brute_force_sums(solver, weights, X, y, act):
         width = solver.widths[l]
         S = np.zeros((width, width))
         for i in range(len(x)):
-            J = np.empty((solver.widths[-1], width))  # ∂ output / ∂ z_l of sample i
-            for j in range(width):
-                e = np.zeros(width)
-                e[j] = h
-                J[:, j] = (net_output(solver, weights, x[i:i + 1], act, l, e)
-                           - net_output(solver, weights, x[i:i + 1], act, l, -e))[0] / (2 * h)
+            J = output_jacobian(solver, weights, x[i:i + 1], act, l, h)  # ∂ output / ∂ z_l of sample i
             S += J.T @ J
         # D_l = −½ ∂E/∂W_l with E = Σ‖T − output‖²
-        D = np.zeros_like(weights[l - 1])
-        for idx in np.ndindex(D.shape):
-            wp = [W.copy() for W in weights]
-            wm = [W.copy() for W in weights]
-            wp[l - 1][idx] += h
-            wm[l - 1][idx] -= h
-            Ep = np.sum((T - net_output(solver, wp, x, act)) ** 2)
-            Em = np.sum((T - net_output(solver, wm, x, act)) ** 2)
-            D[idx] = -0.5 * (Ep - Em) / (2 * h)
+        D = -0.5 * weight_gradient(lambda w: np.sum((T - net_output(solver, w, x, act)) ** 2), weights, l, h)
         a = x
         for W in weights[:l - 1]:
             a = act(a @ W[:, :-1].T + W[:, -1])

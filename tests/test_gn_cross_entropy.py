@@ -9,7 +9,7 @@ from solvers.gauss_newton import STEP_RIDGE, GaussNewtonSolver
 from solvers.losses import targets
 from solvers.reference import InMemoryRunner, fit_in_memory
 from solvers.stats import moment_sums, moments_from_sums
-from tests.conftest import make_data, net_output, quiet
+from tests.conftest import make_data, net_output, output_jacobian, quiet, weight_gradient
 
 ACTS = {"relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z))}
 
@@ -60,25 +60,10 @@ def brute_force_sums(solver, weights, X, y, act):
         width = solver.widths[l]
         S = np.zeros((width, width))
         for i in range(len(x)):
-            if l == L:
-                J = np.eye(width)
-            else:
-                J = np.empty((solver.widths[-1], width))
-                for j in range(width):
-                    e = np.zeros(width)
-                    e[j] = h
-                    J[:, j] = (net_output(solver, weights, x[i:i + 1], act, l, e)
-                               - net_output(solver, weights, x[i:i + 1], act, l, -e))[0] / (2 * h)
+            J = np.eye(width) if l == L else output_jacobian(solver, weights, x[i:i + 1], act, l, h)
             H = brute_curvature(brute_probabilities(net_output(solver, weights, x[i:i + 1], act)))
             S += J.T @ H @ J
-        D = np.zeros_like(weights[l - 1])
-        for idx in np.ndindex(D.shape):
-            wp = [W.copy() for W in weights]
-            wm = [W.copy() for W in weights]
-            wp[l - 1][idx] += h
-            wm[l - 1][idx] -= h
-            D[idx] = -(brute_loss(net_output(solver, wp, x, act), T)
-                       - brute_loss(net_output(solver, wm, x, act), T)) / (2 * h)
+        D = -weight_gradient(lambda w: brute_loss(net_output(solver, w, x, act), T), weights, l, h)
         out[l] = (S, D)
     return brute_loss(net_output(solver, weights, x, act), T), out
 
