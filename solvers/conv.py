@@ -36,6 +36,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from solvers.errors import InputError
+from solvers.image_shapes import ImageShapes
 from solvers.tiling import TILE_BYTES
 from solvers.linalg import affine, cross_with_bias, gram_with_bias
 
@@ -56,7 +57,7 @@ def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int, int]:
 
 
 @dataclass(frozen=True)
-class Conv2D:
+class Conv2D(ImageShapes):
     """The map ``z = P(a) Kᵀ + b`` of a convolution on rows holding ``in_shape`` (H, W, C) images."""
 
     in_shape: tuple
@@ -79,14 +80,6 @@ class Conv2D:
                              "use a smaller kernel or :same")
         object.__setattr__(self, "out_shape", (ho, wo, self.channels))
         object.__setattr__(self, "pads", (top, bottom, left, right))
-
-    @property
-    def n_in(self) -> int:
-        return math.prod(self.in_shape)
-
-    @property
-    def n_out(self) -> int:
-        return math.prod(self.out_shape)
 
     @property
     def n_next(self) -> int:

@@ -11,18 +11,18 @@ applies its transpose, which Gauss-Newton's back-propagation needs.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from solvers.errors import InputError
+from solvers.image_shapes import ImageShapes
 
 POOL_MODES = ("max", "avg")
 
 
 @dataclass(frozen=True)
-class Pool2D:
+class Pool2D(ImageShapes):
     """Non-overlapping ``size × size`` max or average pooling of rows holding ``in_shape`` (H, W, C) images."""
 
     in_shape: tuple
@@ -35,14 +35,6 @@ class Pool2D:
         if self.size > min(H, W):
             raise InputError(f"pool:{self.size} does not fit a {H}x{W} image; use a smaller pool size")
         object.__setattr__(self, "out_shape", (H // self.size, W // self.size, C))
-
-    @property
-    def n_in(self) -> int:
-        return math.prod(self.in_shape)
-
-    @property
-    def n_out(self) -> int:
-        return math.prod(self.out_shape)
 
     def _windows(self, u):
         """Return ``u`` as ``(n, H', W', C, k·k)``: each output value's window in the last axis."""
