@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_util import CpuWatch, provenance  # noqa: E402
+from benchmarks.bench_util import CpuWatch, provenance, write_results  # noqa: E402
 from benchmarks.defaults_real import TASKS, load_task  # noqa: E402
 
 PEERS = ("mlp-adam", "mlp-adam-es")
@@ -166,8 +166,7 @@ def main(argv=None):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(results, indent=1, default=float))
     if out:
-        out.with_suffix(".md").write_text(markdown(results))
-        print(f"wrote {out} and {out.with_suffix('.md')}")
+        write_results(out, results, markdown)
 
 
 if __name__ == "__main__":
