@@ -151,10 +151,14 @@ class Task:
 
 
 def _cached_store(path: Path, X, y, source: str, chunk_rows) -> Path:
-    """Write (X, y) as a data store at ``path`` unless an identical one (same ``source`` tag) is there."""
+    """Write (X, y) as a data store at ``path`` unless an identical one (same ``source`` tag) is there.
+
+    A cached store without recorded statistics (written by an older version) is rewritten: the
+    pipeline would pay a statistics pass over it that a store written today does not need.
+    """
     try:
         have = open_data(path)
-        if have.source == source and have.n_samples == len(y):
+        if have.source == source and have.n_samples == len(y) and have.statistics is not None:
             return path
     except InputError:
         pass
@@ -248,7 +252,7 @@ def _synthetic_ok(path: Path, n: int, seed: int, chunk_rows) -> bool:
     except (InputError, OSError, ValueError):
         return False
     return (store.n_samples == n and syn.get("seed") == seed and syn.get("generator") == "benchmarks/higgs_like.py"
-            and (chunk_rows is None or store.chunk_rows == min(chunk_rows, n)))
+            and (chunk_rows is None or store.chunk_rows == min(chunk_rows, n)) and store.statistics is not None)
 
 
 def _higgs_task(args, cache: Path) -> Task:

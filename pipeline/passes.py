@@ -267,9 +267,32 @@ class DaskRunner:
         groups = shard_groups(len(self.bounds), self.solver.config.shards)
         read_slot = None if read is None else slot_of(read)
         write_slot = None if write is None else slot_of(write)
-        return self.compute(tree([fn(shared, self.data, self.run_path, read_slot, write_slot, shard,
-                                     [self.bounds[i] for i in group])
-                                  for shard, group in enumerate(groups)]))[0]
+        places = shard_places(self.client, len(groups))
+        tasks = []
+        for shard, group in enumerate(groups):
+            with dask.annotate(**places[shard]):
+                tasks.append(fn(shared, self.data, self.run_path, read_slot, write_slot, shard,
+                                [self.bounds[i] for i in group]))
+        return self.compute(tree(tasks))[0]
+
+
+def shard_places(client, n_shards: int) -> list[dict]:
+    """Return each shard task's worker annotation: shard s on worker thread s mod T of the sorted worker threads.
+
+    Without it every shard task depends only on the broadcast parameters, and
+    the scheduler puts them all on the one worker that holds those (measured: the
+    two shard tasks of a pass ran one after the other on one of two workers). A
+    fixed place also keeps a shard's chunks in one worker's data cache. The
+    restriction is loose: a shard whose worker has gone runs elsewhere.
+    """
+    try:
+        threads = sorted(client.nthreads().items())
+    except Exception:  # noqa: BLE001 -- a client that cannot say: let the scheduler choose
+        threads = []
+    slots = [address for address, n in threads for _ in range(max(1, int(n)))]
+    if not slots:
+        return [{} for _ in range(n_shards)]
+    return [{"workers": [slots[s % len(slots)]], "allow_other_workers": True} for s in range(n_shards)]
 
 
 # -- inference and statistics: Dask collections over the data store ---------------------------

@@ -292,6 +292,33 @@ def test_auto_shards_is_one_per_worker_thread(client, tmp_path):
     assert -(-800 // result.store.chunk_rows) >= 2  # the one data chunk was split so that each shard has rows
 
 
+def test_shard_tasks_run_side_by_side_each_on_its_own_worker(client, tmp_path):
+    """Shard s runs on worker thread s mod T every pass (not all on the worker holding the broadcast parameters)."""
+    from distributed import get_task_stream
+
+    from pipeline.passes import shard_places
+    from pipeline.training import train
+    from storage.data import write_data
+
+    X, y = make_data(n=1600)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    cfg = TrainConfig(solver="consensus", hidden=(5,), iterations=3, shards=4, alpha=0.0, validation_fraction=0.0)
+    with get_task_stream(client) as ts:
+        train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=200, report=quiet)
+    ran = [t["worker"] for t in ts.data if "shard_task" in str(t["key"])]
+    assert len(ran) == 3 * 4
+    workers = sorted(client.nthreads())
+    assert ran.count(workers[0]) == ran.count(workers[1]) == 6
+    assert [p["workers"] for p in shard_places(client, 4)] == [[w] for w in workers * 2]
+
+    class Threads:
+        def nthreads(self):
+            return {"tcp://b": 1, "tcp://a": 2}
+
+    assert [p["workers"][0] for p in shard_places(Threads(), 4)] == ["tcp://a", "tcp://a", "tcp://b", "tcp://a"]
+    assert all(p["allow_other_workers"] for p in shard_places(Threads(), 4))
+
+
 def test_retried_shard_task_rewrites_the_same_bytes(tmp_path):
     """A shard task run twice (a retry) reads the committed slot and writes identical state and sums."""
     import zarr
