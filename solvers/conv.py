@@ -134,11 +134,12 @@ class Conv2D(ImageShapes):
         n = r.shape[0]
         (H, W_, C), (ho, wo, _), s = self.in_shape, self.out_shape, self.stride
         top, bottom, left, right = self.pads
-        grads = (self._rows(r) @ W[:, :-1].astype(r.dtype, copy=False)).reshape(n, ho, wo, self.kh, self.kw, C)
+        K = W[:, :-1].astype(r.dtype, copy=False).reshape(self.channels, self.kh * self.kw, C).transpose(1, 0, 2)
+        grads = np.matmul(self._rows(r), K)   # (kh·kw, n·H'·W', C): one contiguous block per kernel offset
         img = np.zeros((n, H + top + bottom, W_ + left + right, C), r.dtype)
         for p in range(self.kh):
             for q in range(self.kw):
-                img[:, p:p + s * (ho - 1) + 1:s, q:q + s * (wo - 1) + 1:s] += grads[:, :, :, p, q]
+                img[:, p:p + s * (ho - 1) + 1:s, q:q + s * (wo - 1) + 1:s] += grads[p * self.kw + q].reshape(n, ho, wo, C)
         return np.ascontiguousarray(img[:, top:top + H, left:left + W_]).reshape(n, self.n_in)
 
     def bias_row(self, W):

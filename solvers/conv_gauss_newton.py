@@ -106,8 +106,8 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         return [np.asarray(curv[f"curv{l}"], np.float64) / positions(self.layers[l - 1]) for l in range(1, self.L)]
 
     # -- chunk side ---------------------------------------------------------------------------
-    def _forward_tile(self, x, hidden):
-        """Return the tile's ``(rows P_l, z_l, pooling masks)`` of every hidden layer and ``a_{L−1}``."""
+    def _forward_tile(self, x, hidden, back: bool = True):
+        """Return the tile's ``(rows P_l, z_l, pooling masks)`` of every hidden layer and ``a_{L−1}`` (back: masks to back-propagate)."""
         a, rows, z, masks = x, [], [], []
         for layer, W in zip(self.layers, hidden):
             P = layer_rows(layer, a)
@@ -115,7 +115,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             a = self.act.h(zl)
             mask = None
             if layer.post is not None:
-                a, mask = layer.post.forward(a)
+                a, mask = layer.post.forward(a, back)
             rows.append(P)
             z.append(zl)
             masks.append(mask)
@@ -127,7 +127,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
 
         def tile(sl, _):
             x = self.inputs(x_raw[sl])
-            rows, _, _, a = self._forward_tile(x, p.hidden)
+            rows, _, _, a = self._forward_tile(x, p.hidden, back=False)
             t = self.task.targets(y[sl], self.dtype)
             parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
                      f"gram{L}": gram_with_bias(a), f"cross{L}": cross_with_bias(t, a)}

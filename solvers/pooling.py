@@ -36,26 +36,42 @@ class Pool2D(ImageShapes):
             raise InputError(f"pool:{self.size} does not fit a {H}x{W} image; use a smaller pool size")
         object.__setattr__(self, "out_shape", (H // self.size, W // self.size, C))
 
-    def _windows(self, u):
-        """Return ``u`` as ``(n, H', W', C, k·k)``: each output value's window in the last axis."""
+    def _cells(self, u):
+        """Return the ``k·k`` strided views ``u[:, p::k, q::k]`` (each ``(n, H', W', C)``), (p, q) in row-major order."""
         k, (H, W, C), (ho, wo, _) = self.size, self.in_shape, self.out_shape
-        img = u.reshape(-1, H, W, C)[:, :ho * k, :wo * k]
-        return img.reshape(-1, ho, k, wo, k, C).transpose(0, 1, 3, 5, 2, 4).reshape(-1, ho, wo, C, k * k)
+        img = u.reshape(-1, H, W, C)
+        return [img[:, p:ho * k:k, q:wo * k:k] for p in range(k) for q in range(k)]
 
-    def forward(self, u):
-        """Return (``pool(u)`` as rows of ``n_out`` values, the Jacobian's data: the argmax mask, or None for avg)."""
-        win = self._windows(u)
+    def forward(self, u, masks: bool = True):
+        """Return (``pool(u)`` as rows of ``n_out`` values, the Jacobian's data: the argmax mask, or None).
+
+        The mask (``k·k × n × H' × W' × C``, bool) marks each window's first maximum
+        (row-major order); it is None for average pooling or when ``masks`` is False
+        (a forward pass that back-propagates nothing).
+        """
+        cells = self._cells(u)
+        out = cells[0].copy()
         if self.mode == "avg":
-            return win.mean(axis=-1, dtype=u.dtype).reshape(len(win), self.n_out), None
-        idx = win.argmax(axis=-1)
-        out = np.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
-        mask = np.zeros(win.shape, bool)
-        np.put_along_axis(mask, idx[..., None], True, axis=-1)
-        return out.reshape(len(win), self.n_out), mask
+            for c in cells[1:]:
+                out += c
+            out *= u.dtype.type(1.0 / len(cells))
+            return out.reshape(len(out), self.n_out), None
+        for c in cells[1:]:
+            np.maximum(out, c, out=out)
+        if not masks:
+            return out.reshape(len(out), self.n_out), None
+        mask = np.empty((len(cells),) + out.shape, bool)
+        free = np.ones(out.shape, bool)     # windows whose maximum is not yet marked
+        for i, c in enumerate(cells):
+            np.equal(c, out, out=mask[i])
+            mask[i] &= free
+            if i < len(cells) - 1:
+                free &= ~mask[i]
+        return out.reshape(len(out), self.n_out), mask
 
     def apply(self, u):
         """Return ``pool(u)`` (rows of ``n_out`` values)."""
-        return self.forward(u)[0]
+        return self.forward(u, masks=False)[0]
 
     def adjoint(self, g, mask):
         """Return ``Jᵀ g``: each pooled value's gradient sent back to its window (rows of ``n_in`` values).
@@ -65,8 +81,15 @@ class Pool2D(ImageShapes):
         """
         k, (H, W, C), (ho, wo, _) = self.size, self.in_shape, self.out_shape
         lead = g.shape[:-1]
+        if mask is not None:  # max: each window's gradient goes to its marked cell, cell by cell
+            gw = g.reshape(*lead, ho, wo, C)
+            out = np.zeros((*lead, H, W, C), g.dtype)
+            for p in range(k):
+                for q in range(k):
+                    np.multiply(gw, mask[p * k + q], out=out[..., p:ho * k:k, q:wo * k:k, :])
+            return out.reshape(*lead, self.n_in)
         gw = g.reshape(*lead, ho, wo, C, 1)
-        win = gw * mask if mask is not None else np.broadcast_to(gw / g.dtype.type(k * k), (*lead, ho, wo, C, k * k))
+        win = np.broadcast_to(gw / g.dtype.type(k * k), (*lead, ho, wo, C, k * k))
         win = win.reshape(-1, ho, wo, C, k, k).transpose(0, 1, 4, 2, 5, 3).reshape(-1, ho * k, wo * k, C)
         if ho * k == H and wo * k == W:
             return np.ascontiguousarray(win).reshape(*lead, self.n_in)
