@@ -59,15 +59,17 @@ class BudgetExceeded(Exception):
 
 
 class Clock:
-    """Wall-clock seconds since :meth:`start`, not counting the time spent in :meth:`paused` blocks."""
+    """Wall-clock seconds since :meth:`start`, not counting the time spent in :meth:`paused` blocks.
+
+    :meth:`cpu` gives this process's CPU seconds (all its threads) the same way.
+    """
 
     def __init__(self):
-        self.t0 = time.perf_counter()
-        self.excluded = 0.0
+        self.start()
 
     def start(self) -> "Clock":
-        self.t0 = time.perf_counter()
-        self.excluded = 0.0
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.excluded = self.cpu_excluded = 0.0
         return self
 
     def now(self) -> float:
@@ -76,13 +78,17 @@ class Clock:
     def wall(self) -> float:
         return time.perf_counter() - self.t0
 
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu0 - self.cpu_excluded
+
     @contextlib.contextmanager
     def paused(self):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.excluded += time.perf_counter() - t
+            self.cpu_excluded += time.process_time() - c
 
 
 @dataclass
@@ -105,10 +111,10 @@ class Curve:
 
     def evaluate(self, clock: Clock, step, predict: Callable[[], np.ndarray], y_test, **extra) -> None:
         """Record the accuracy of ``predict()`` (clock paused) at the clock's time; raise when over budget."""
-        seconds = clock.now()
+        seconds, cpu = clock.now(), clock.cpu()
         with clock.paused():
             accuracy = float(np.mean(np.asarray(predict()) == np.asarray(y_test)))
-        self.add(step, seconds, accuracy, wall_seconds=clock.wall(), **extra)
+        self.add(step, seconds, accuracy, wall_seconds=clock.wall(), cpu_seconds=cpu, **extra)
         if self.over(seconds):
             raise BudgetExceeded
 

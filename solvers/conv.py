@@ -107,8 +107,12 @@ class Conv2D(ImageShapes):
     def max_tile_rows(self) -> int:
         return max(1, TILE_BYTES // (4 * self.positions * self.fan_in))
 
-    def patches(self, a):
-        """Return the im2col matrix ``P(a)``: ``(n·H'·W', kh·kw·C)``, one row per sample and output position."""
+    def patches(self, a, ones: bool = False):
+        """Return the im2col matrix ``P(a)``: ``(n·H'·W', kh·kw·C)``, one row per sample and output position.
+
+        ``ones``: return ``[P, 1]`` instead (a last column of ones, the bias input), built in place,
+        so that ``[P, 1] Wᵀ``, ``[P, 1]ᵀ[P, 1]`` and ``δᵀ[P, 1]`` are single BLAS products.
+        """
         n = a.shape[0]
         (H, W, C), (ho, wo, _), s = self.in_shape, self.out_shape, self.stride
         top, bottom, left, right = self.pads
@@ -116,7 +120,13 @@ class Conv2D(ImageShapes):
         if top or bottom or left or right:
             img = np.pad(img, ((0, 0), (top, bottom), (left, right), (0, 0)))
         win = sliding_window_view(img, (self.kh, self.kw), axis=(1, 2))[:, ::s, ::s][:, :ho, :wo]
-        return win.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, self.fan_in)
+        win = win.transpose(0, 1, 2, 4, 5, 3)
+        if not ones:
+            return win.reshape(n * ho * wo, self.fan_in)
+        out = np.empty((n, ho, wo, self.fan_in + 1), a.dtype)
+        out[..., -1] = 1
+        out[..., :-1].reshape(n, ho, wo, self.kh, self.kw, C)[...] = win
+        return out.reshape(n * ho * wo, self.fan_in + 1)
 
     def _rows(self, z):
         return z.reshape(-1, self.channels)

@@ -46,10 +46,27 @@ from solvers.linalg import affine, cross_with_bias, gram_with_bias, times
 from solvers.stats import StatsLayout
 from solvers.tiling import TILE_BYTES, row_tiles
 
+CURVATURE_EVERY = 4  # the curvature factors S_l, G_{l−1} (l > 1) are summed over every 4th row (by row index)
+
 
 def layer_rows(layer, a):
-    """Return the rows the layer's weights multiply: a convolution's im2col patches ``(n·|T|, fan_in)``, else ``a``."""
-    return a if layer.is_dense else layer.patches(a)
+    """Return the rows the layer's weights multiply: a convolution's im2col patches with a ones column ``[P, 1]``, else ``a``."""
+    return a if layer.is_dense else layer.patches(a, ones=True)
+
+
+def rows_affine(layer, P, W):
+    """Return ``z = [P, 1] Wᵀ`` for rows from :func:`layer_rows` (one product when the ones column is in P)."""
+    return affine(P, W) if layer.is_dense else P @ W.astype(P.dtype, copy=False).T
+
+
+def rows_gram(layer, P):
+    """Return ``Σ [p, 1][p, 1]ᵀ`` (float64) for rows from :func:`layer_rows`."""
+    return gram_with_bias(P) if layer.is_dense else (P.T @ P).astype(np.float64)
+
+
+def rows_cross(layer, d, P):
+    """Return ``Σ dᵀ[p, 1]`` (float64) for rows from :func:`layer_rows`."""
+    return cross_with_bias(d, P) if layer.is_dense else (d.T @ P).astype(np.float64)
 
 
 def layer_back(layer, g, W):
@@ -60,6 +77,11 @@ def layer_back(layer, g, W):
 def positions(layer) -> int:
     """Return |T|: a convolution's output positions, 1 for a dense layer."""
     return 1 if layer.is_dense else layer.positions
+
+
+def _subsample_scale(curv: dict) -> float:
+    """Return ``n / n_curv``: all rows over the rows the curvature factors were summed on."""
+    return float(curv["n"]) / max(float(curv["n_curv"]), 1.0)
 
 
 class ConvGaussNewtonSolver(GaussNewtonSolver):
@@ -73,7 +95,8 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
                              "--solver admm (and no pooling)")
         K = self.widths[-1]
         per_row = max(max(positions(m) * m.fan_in, m.n_out) for m in self.layers)
-        self.curvature_rows = max(1, min(self.tile_rows, TILE_BYTES // (4 * K * per_row)))
+        self.curvature_every = CURVATURE_EVERY
+        self.curvature_rows = max(1, min(self.tile_rows, self.curvature_every * TILE_BYTES // (4 * K * per_row)))
 
     # -- layouts ----------------------------------------------------------------------------
     def _gram_shape(self, l: int) -> tuple:
@@ -90,7 +113,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
     def curvature_layout(self, input_gram: bool = False) -> StatsLayout:
         """Return pass B's sums: score, error, and per hidden layer S_l (C_out²), D_l and G_{l−1} (patch Grams)."""
         L = self.L
-        shapes = {"n": (), **self.task.score_shapes, "loss": ()}
+        shapes = {"n": (), "n_curv": (), **self.task.score_shapes, "loss": ()}
         if input_gram and L > 1:
             shapes["gram1"] = self._gram_shape(1)
         for l in range(1, L):
@@ -102,8 +125,19 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         return StatsLayout(shapes)
 
     def curvatures(self, weights, curv: dict) -> list:
-        """Return the output factors ``S_l / |T_l|`` (KFC's Γ: the mean over output positions)."""
-        return [np.asarray(curv[f"curv{l}"], np.float64) / positions(self.layers[l - 1]) for l in range(1, self.L)]
+        """Return the output factors ``(n / n_curv) S_l / |T_l|`` (KFC's Γ: the mean over output positions).
+
+        ``n / n_curv`` scales the sums over the rows of the curvature subsample to all rows.
+        """
+        scale = _subsample_scale(curv)
+        return [np.asarray(curv[f"curv{l}"], np.float64) * (scale / positions(self.layers[l - 1]))
+                for l in range(1, self.L)]
+
+    def trial_weights(self, weights, curv: dict, input_gram, damping: float, alpha: float = 0.0) -> list:
+        """Return the dense solver's trial with the input factors ``G_{l−1}`` (l > 1) scaled by ``n / n_curv``."""
+        scale = _subsample_scale(curv)
+        curv = {**curv, **{f"gram{l}": np.asarray(curv[f"gram{l}"]) * scale for l in range(2, self.L)}}
+        return super().trial_weights(weights, curv, input_gram, damping, alpha)
 
     # -- chunk side ---------------------------------------------------------------------------
     def _forward_tile(self, x, hidden, back: bool = True):
@@ -111,7 +145,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         a, rows, z, masks = x, [], [], []
         for layer, W in zip(self.layers, hidden):
             P = layer_rows(layer, a)
-            zl = affine(P, W).reshape(len(a), layer.n_out)
+            zl = rows_affine(layer, P, W).reshape(len(a), layer.n_out)
             a = self.act.h(zl)
             mask = None
             if layer.post is not None:
@@ -132,7 +166,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
                      f"gram{L}": gram_with_bias(a), f"cross{L}": cross_with_bias(t, a)}
             if p.input_gram and L > 1:
-                parts["gram1"] = gram_with_bias(rows[0])
+                parts["gram1"] = rows_gram(self.layers[0], rows[0])
             return None, parts
         return None, self.tiled(self.forward_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
@@ -143,40 +177,49 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             g = layer.post.adjoint(g, masks[l - 1])
         return g * self.act.dh(z[l - 1])
 
-    def curvature_parts(self, x, y, weights, input_gram: bool, signs=None) -> dict:
+    def curvature_parts(self, x, y, weights, input_gram: bool, signs=None, first_row: int = 0) -> dict:
         """Return pass B's sums over the rows ``x`` (standardised): S_l, D_l, G_{l−1}, the score and the error.
 
         ``signs`` (K × rows of ±1, or None: exact): below the last hidden layer
         the K Jacobians are replaced by one, ``J_v = Σ_k v_k J_k``; since
         ``E[v vᵀ] = I``, ``Σ J_vᵀJ_v`` is an unbiased estimate of ``Σ_k J_kᵀJ_k``
         at 1/K of the cost (K-FAC's sampled curvature, for squared loss).
+        The factors S_l and G_{l−1} (l > 1) are summed over the rows whose index
+        ``first_row + i`` is a multiple of :attr:`curvature_every` (``n_curv`` of
+        them; the gradient, loss, score and ``gram1`` over every row).
         """
         L, K, n = self.L, self.widths[-1], x.shape[0]
         rows, z, masks, a = self._forward_tile(x, weights[:-1])
         out = affine(a, weights[-1])
         t = self.task.targets(y, self.dtype)
         r = t - out
-        parts = {"n": n, "loss": float(np.sum(r * r, dtype=np.float64)), **self.task.score_parts(out, y)}
+        sub = slice((-first_row) % self.curvature_every, n, self.curvature_every)
+        m = len(range(n)[sub])
+        parts = {"n": n, "n_curv": m, "loss": float(np.sum(r * r, dtype=np.float64)), **self.task.score_parts(out, y)}
         if input_gram and L > 1:
-            parts["gram1"] = gram_with_bias(rows[0])
+            parts["gram1"] = rows_gram(self.layers[0], rows[0])
+        z_s = [v[sub] for v in z]
+        masks_s = [None if v is None else v[:, sub] for v in masks]
         Wt_out = weights[-1][:, :-1].astype(self.dtype, copy=False)
         delta = times(r, Wt_out)                            # ∂(½‖r‖²)/∂a_{L−1}, negated
-        J = np.broadcast_to(Wt_out[:, None, :], (K, n, Wt_out.shape[1]))  # ∂out_k/∂a_{L−1}, one block per k
+        J = np.broadcast_to(Wt_out[:, None, :], (K, m, Wt_out.shape[1]))  # ∂out_k/∂a_{L−1}, one block per k
         for l in range(L - 1, 0, -1):
             layer, W = self.layers[l - 1], weights[l - 1]
             c_out = layer.weight_shape[0]
             delta = self._back(l, delta, masks, z)
-            J = self._back(l, J, masks, z)
-            parts[f"grad{l}"] = cross_with_bias(delta.reshape(-1, c_out), rows[l - 1])
+            J = self._back(l, J, masks_s, z_s)
+            parts[f"grad{l}"] = rows_cross(layer, delta.reshape(-1, c_out), rows[l - 1])
             Jr = J.reshape(-1, c_out)
             parts[f"curv{l}"] = (Jr.T @ Jr).astype(np.float64)
             if l > 1:
-                parts[f"gram{l}"] = gram_with_bias(rows[l - 1])
+                P = rows[l - 1]
+                parts[f"gram{l}"] = rows_gram(layer, P[sub] if layer.is_dense else
+                                              P.reshape(n, -1, P.shape[1])[sub].reshape(-1, P.shape[1]))
                 delta = layer_back(layer, delta, W)
                 if signs is not None and len(J) > 1:  # one signed sum of the K Jacobians from here down
-                    J = np.einsum("kn,kni->ni", signs, J)[None]
+                    J = np.einsum("kn,kni->ni", signs[:, sub], J)[None]
                 k = len(J)
-                J = layer_back(layer, J.reshape(k * n, layer.n_out), W).reshape(k, n, layer.n_in)
+                J = layer_back(layer, J.reshape(k * m, layer.n_out), W).reshape(k, m, layer.n_in)
         return parts
 
     def curvature_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams):
@@ -188,9 +231,10 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         key = zlib.crc32(np.ascontiguousarray(p.weights[-1]).tobytes())
         with np.errstate(all="ignore"):
             for sl in row_tiles(x_raw.shape[0], self.curvature_rows):
-                signs = self.curvature_signs(start_row + sl.start, sl.stop - sl.start, key)
+                first = start_row + sl.start
+                signs = self.curvature_signs(first, sl.stop - sl.start, key)
                 total += layout.pack(self.curvature_parts(self.inputs(x_raw[sl]), y[sl], p.weights, p.input_gram,
-                                                          signs))
+                                                          signs, first))
         return None, total
 
     def curvature_signs(self, first_row: int, rows: int, key: int):

@@ -141,11 +141,15 @@ def _above(solver, a, weights, l):
     return a @ weights[-1][:, :-1].T + weights[-1][:, -1]
 
 
-@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
-def test_chunked_curvature_equals_dense_transcription(activation):
-    """S_l = Σ_i Σ_k Σ_t J_{k,i,t}ᵀJ_{k,i,t}, G_{l−1} = Σ patch Grams, D_l: chunks of tiles = loops over samples."""
+@pytest.mark.parametrize("activation,every", [("relu", 1), ("sigmoid", 1), ("relu", 4), ("sigmoid", 3)])
+def test_chunked_curvature_equals_dense_transcription(activation, every):
+    """S_l = Σ_i Σ_k Σ_t J_{k,i,t}ᵀJ_{k,i,t}, G_{l−1} = Σ patch Grams, D_l: chunks of tiles = loops over samples.
+
+    The factors S_l and G_{l−1} (l > 1) sum the rows whose index is a multiple of ``every``, whatever the tiles.
+    """
     rng = np.random.default_rng(2)
     solver = tiny_solver(activation=activation)
+    solver.curvature_every = every
     weights = random_weights(solver, rng)
     n = 11
     x = rng.normal(size=(n, solver.widths[0]))
@@ -173,19 +177,24 @@ def test_chunked_curvature_equals_dense_transcription(activation):
             Jk = jac[l].reshape(len(r), -1, c_out)        # (K, |T|, C_out)
             if l < 3:  # below the last hidden layer: one Jacobian, Σ_k v_k J_k
                 Jk = np.einsum("k,ktc->tc", signs[:, i], Jk)[None]
-            expect[l]["curv"] += np.einsum("ktc,ktd->cd", Jk, Jk)
+            in_factors = i % every == 0
+            if in_factors:
+                expect[l]["curv"] += np.einsum("ktc,ktd->cd", Jk, Jk)
             delta = (r @ jac[l]).reshape(-1, c_out)      # (|T|, C_out)
             expect[l]["grad"] += delta.T @ rows
-            expect[l]["gram"] += rows.T @ rows
+            if l == 1 or in_factors:
+                expect[l]["gram"] += rows.T @ rows
     for l in (1, 2, 3):
         np.testing.assert_allclose(sums[f"curv{l}"], expect[l]["curv"], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(sums[f"grad{l}"], expect[l]["grad"], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(sums["gram1" if l == 1 else f"gram{l}"], expect[l]["gram"], rtol=1e-12)
     np.testing.assert_allclose(sums["loss"], np.sum((t - out) ** 2), rtol=1e-12)
-    # the step's output factor is KFC's Γ: the mean over positions
+    n_curv = len(range(0, n, every))
+    assert sums["n"] == n and sums["n_curv"] == n_curv
+    # the step's output factor is KFC's Γ: the mean over positions, scaled from the subsample to all rows
     S = solver.curvatures(weights, sums)
-    np.testing.assert_allclose(S[0], expect[1]["curv"] / solver.layers[0].positions, rtol=1e-9)
-    np.testing.assert_allclose(S[2], expect[3]["curv"], rtol=1e-9)
+    np.testing.assert_allclose(S[0], expect[1]["curv"] / solver.layers[0].positions * n / n_curv, rtol=1e-9)
+    np.testing.assert_allclose(S[2], expect[3]["curv"] * n / n_curv, rtol=1e-9)
 
 
 def test_sampled_curvature_estimates_the_exact_one():
@@ -195,6 +204,7 @@ def test_sampled_curvature_estimates_the_exact_one():
     weights = solver.cast(random_weights(solver, rng))
     x = np.repeat(rng.normal(size=(1, solver.widths[0])), 4000, axis=0)  # one image: only the signs vary
     y = np.zeros(4000, int)
+    solver.curvature_every = 1
     exact = solver.curvature_parts(x[:1], y[:1], weights, False)
     sampled = solver.curvature_parts(x, y, weights, False, solver.curvature_signs(0, 4000, 1))
     np.testing.assert_allclose(sampled["curv3"], 4000 * exact["curv3"], rtol=1e-4)
@@ -208,6 +218,7 @@ def test_dense_layers_give_the_dense_solvers_sums():
     rng = np.random.default_rng(3)
     conv = tiny_solver("conv:2x3x3,dense:6,dense:4", activation="relu")
     weights = random_weights(conv, rng)
+    conv.curvature_every = 1  # the factors over every row, as the dense solver sums them
     x = rng.normal(size=(9, conv.widths[0]))
     y = rng.integers(0, 3, 9)
     parts = conv.curvature_parts(x, y, conv.cast(weights), False)
