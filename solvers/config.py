@@ -194,6 +194,10 @@ class TrainConfig:
                                 group="consensus")
     local_epochs: int = setting(0, "Adam epochs over its shard per pass", resumable=True, solvers=CONSENSUS,
                                 group="consensus", default_text="0: enough for 100 minibatch steps, at least 1")
+    first_pass_rows: int = setting(START_ROWS, "rows (over all shards, rounded up to whole chunks per shard) of the "
+                                   "first shard pass; each later pass reads twice as many chunks of every shard, "
+                                   "going on through its chunks in turn, until a pass is a whole epoch; 0: every "
+                                   "pass a whole epoch", resumable=True, solvers=CONSENSUS, group="consensus")
     batch_size: int = setting(200, "minibatch rows of the shards' Adam", resumable=True, solvers=CONSENSUS,
                               group="consensus")
     learning_rate: float = setting(2e-3, "Adam's step size", resumable=True, solvers=CONSENSUS, group="consensus")
@@ -233,6 +237,8 @@ class TrainConfig:
             problems.append(f"handover_gain must be >= 0, got {self.handover_gain!r}")
         if self.local_epochs < 0:
             problems.append(f"local_epochs must be >= 0 (0: auto), got {self.local_epochs}")
+        if self.first_pass_rows < 0:
+            problems.append(f"first_pass_rows must be >= 0 (0: whole epochs), got {self.first_pass_rows}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.cg_steps is not None and self.cg_steps < 0:

@@ -102,6 +102,9 @@ class HandOverSolver(SolverBase):
     def forward_chunk(self, *args):
         return self.second.forward_chunk(*args)
 
+    def alpha_chunk(self, *args):
+        return self.first.alpha_chunk(*args)
+
     def curvature_chunk(self, *args):
         return self.second.curvature_chunk(*args)
 

@@ -196,6 +196,25 @@ def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row():
     assert all(h["alpha"] > 0 for h in two.history)
 
 
+def test_alpha_pass_uses_a_seeded_row_sample_of_big_chunks(monkeypatch):
+    """Pass A of alpha auto reads at most ALPHA_CHUNK_ROWS rows of a chunk, seeded by (seed, the chunk's first row)."""
+    from solvers import consensus as cons
+
+    monkeypatch.setattr(cons, "ALPHA_CHUNK_ROWS", 30)
+    X, y = make_data(n=100)
+    cfg = TrainConfig(solver="consensus", hidden=(4,), seed=7)
+    s = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(2))
+    gn = s._ridge_path
+    params = gn._forward_params(s.he_weights(s.L)[:-1], False)
+    _, got = s.alpha_chunk(X, y, None, 500, params)
+    rows = np.sort(np.random.default_rng([7, 0xA1FA, 500]).choice(100, 30, replace=False))
+    np.testing.assert_array_equal(got, gn.forward_chunk(X[rows], y[rows], None, 500, params)[1])
+    assert gn.forward_layout(False).unpack(got)["n"] == 30
+    assert not np.array_equal(got, s.alpha_chunk(X, y, None, 600, params)[1])  # another chunk: other rows
+    np.testing.assert_array_equal(s.alpha_chunk(X[:30], y[:30], None, 500, params)[1],
+                                  gn.forward_chunk(X[:30], y[:30], None, 500, params)[1])  # small chunks: every row
+
+
 def test_consensus_learns_with_several_shards_and_both_variants():
     X, y = make_data(n=3000, n_classes=3)
     for variant in ("admm", "elastic"):
@@ -212,6 +231,46 @@ def test_auto_local_epochs_give_small_shards_enough_steps():
     assert s.local_epochs(30_000) == 1 and s.local_epochs(20_000) == 1 and s.local_epochs(630) == 32
     s.config = TrainConfig(solver="consensus", local_epochs=3)
     assert s.local_epochs(630) == 3
+
+
+def test_pass_windows_double_from_the_first_and_go_on_through_the_chunks():
+    from solvers.consensus import pass_window
+
+    assert [pass_window(k, 9, 1) for k in range(1, 7)] == [(0, 1), (1, 2), (3, 4), (7, 8), (6, 9), (6, 9)]
+    assert [pass_window(k, 5, 2) for k in range(1, 5)] == [(0, 2), (2, 4), (1, 5), (1, 5)]
+    assert [pass_window(k, 3, 0) for k in (1, 2, 9)] == [(0, 3)] * 3  # 0: whole epochs
+    assert pass_window(4, 3, 3) == pass_window(1, 3, 5) == (0, 3)
+
+
+def test_a_window_pass_reads_only_its_chunks_once_and_first_pass_rows_sets_it():
+    from solvers.inmemory import InMemoryRunner
+
+    X, y = make_data(n=1000)
+    cfg = TrainConfig(solver="consensus", hidden=(4,), shards=1, alpha=0.0, local_epochs=3, first_pass_rows=150)
+    s = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(2))
+    runner = InMemoryRunner(s, X, y, chunk_rows=100)
+    assert s.first_chunks(runner) == 2  # 150 rows in chunks of 100, one shard: 2 chunks
+
+    class Counting:
+        def __init__(self):
+            self.reads = []
+
+        def __len__(self):
+            return 10
+
+        def n_rows(self):
+            return 1000
+
+        def read(self, i):
+            self.reads.append(i)
+            return X[100 * i:100 * (i + 1)], y[100 * i:100 * (i + 1)]
+
+    center = s.flat.from_weights(s.he_weights(s.L))
+    for k, want in ((1, [0, 1]), (2, [2, 3, 4, 5]), (3, [6, 7, 8, 9, 0, 1, 2, 3]), (4, [4, 5, 6, 7, 8, 9, 0, 1, 2, 3] * 3)):
+        chunks = Counting()
+        _, sums = s.shard_kernel(chunks, None, 0, ShardParams(center, k, 1e-3, 0.0, first_chunks=2))
+        assert chunks.reads == want
+        assert s.shard_layout().unpack(sums)["n"] == 100 * len(want) // (3 if k == 4 else 1)  # the last epoch's rows
 
 
 def test_shards_are_consecutive_chunk_groups():
@@ -259,7 +318,8 @@ def test_pipeline_consensus_matches_reference_and_resumes_bitwise(client, tmp_pa
 
     X, y = make_data(n=1200, n_classes=3)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
-    cfg = TrainConfig(solver="consensus", hidden=(10,), iterations=4, shards=2, consensus_rho=0.05, seed=3)
+    cfg = TrainConfig(solver="consensus", hidden=(10,), iterations=4, shards=2, consensus_rho=0.05, seed=3,
+                      first_pass_rows=200)  # growing windows: 1, 2, 4 of the 2-3 chunks a shard has
     result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=300,
                    report=quiet)
     ref = fit_in_memory(X, y, cfg, chunk_rows=300)
