@@ -170,7 +170,7 @@ def test_weight_decay_is_in_the_shard_objective_and_spares_the_biases():
     assert not np.allclose(plain.loop_state.weights[0], fit.loop_state.weights[0])
 
 
-def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row():
+def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row(monkeypatch):
     """α of pass k = factor × Gauss-Newton's held-out choice α_L of the output layer at θ̄^{k−1}'s hidden layer, / n."""
     from solvers.gauss_newton import GaussNewtonSolver
     from solvers.loop import run_pass_held_out
@@ -194,6 +194,19 @@ def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row():
     alpha = s.auto_alpha_factor * gn.output_layer(sums, held_sums)[2] / float(sums["n"])
     assert alpha > 0 and two.history[1]["alpha"] == pytest.approx(alpha, rel=1e-12)
     assert all(h["alpha"] > 0 for h in two.history)
+    # a sample of the training chunks: α_L from the sample, per row of every training row
+    from solvers import consensus as cons, sampling
+
+    monkeypatch.setattr(cons, "ALPHA_SAMPLE_ROWS", 300)
+    two = fit_in_memory(X, y, cfg, chunk_rows=100)
+    one = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 1}), chunk_rows=100)
+    chunks = sampling.sample(len(train), sampling.initial_count(train, "grow", 300), 5)
+    assert 2 <= len(chunks) < len(train)
+    sums, held_sums = run_pass_held_out(runner, gn.forward_layout(False), "forward_chunk",
+                                        gn._forward_params(one.loop_state.weights[:-1], False), 0, chunks=chunks)
+    n_train = sum(b - a for a, b in train)
+    assert two.history[1]["alpha"] == pytest.approx(s.auto_alpha_factor * gn.output_layer(sums, held_sums)[2] / n_train,
+                                                    rel=1e-12)
 
 
 def test_alpha_pass_uses_a_seeded_row_sample_of_big_chunks(monkeypatch):
