@@ -24,9 +24,9 @@ import time
 import dask
 import numpy as np
 import zarr
-from threadpoolctl import ThreadpoolController
 
 from pipeline.alignment import aligned
+from solvers.linalg import one_blas_thread
 from solvers.loop import shard_groups
 from solvers.losses import encode_labels, predict_classes
 from solvers.scores import classification_sums, probabilities
@@ -45,20 +45,6 @@ _data_cache: ChunkCache | None = None
 # -- worker side ------------------------------------------------------------------------
 def _array(store: str, path: str, mode: str = "r"):
     return zarr.open_array(store=store, path=path, mode=mode)
-
-
-_blas: ThreadpoolController | None = None
-
-
-def one_blas_thread():
-    """Return a context holding BLAS to one thread (one per Dask thread); the libraries are looked up once per process.
-
-    ``threadpoolctl.threadpool_limits`` looks them up at every call (~1.3 ms, once per chunk task).
-    """
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1)
 
 
 def data_cache() -> ChunkCache:

@@ -63,8 +63,8 @@ from solvers import cross_entropy as ce, sampling
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
-from solvers.linalg import (ALPHA_GRID, RidgePath, affine, cross_with_bias, gram_with_bias, penalty,
-                            quadratic_error, solve_weights, times)
+from solvers.linalg import (ALPHA_GRID, RidgePath, penalty,
+                            quadratic_error, single_threaded, solve_weights, times)
 from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.stats import StatsLayout
 
@@ -261,6 +261,7 @@ class GaussNewtonSolver(SolverBase):
         return {"acc_gram": np.asarray(sums[f"gram{L}"]), "acc_cross": np.asarray(sums[f"cross{L}"]),
                 "acc_tt": np.float64(sums["tt"]), "acc_valid": np.float64(1.0)}
 
+    @single_threaded
     def _current_objective(self, state: LoopState, c: dict, alpha: float) -> float:
         """Return the accepted weights' objective at ``alpha`` on the current sample.
 
@@ -297,6 +298,7 @@ class GaussNewtonSolver(SolverBase):
         return {**out, "curvature": self.curvature_layout().pack(curv), "error": np.float64(objective),
                 "loss": np.float64(curv["loss"]), f"train_{self.task.score_name}": np.float64(self.task.score(curv))}
 
+    @single_threaded
     def output_layer(self, sums: dict, held: dict | None = None, carry: dict | None = None
                      ) -> tuple[np.ndarray, float, float]:
         """Return ``W_L(α) = C_L (G + α Ĩ)⁻¹``, its training error ``Σ‖T − W_L ã‖²`` and α, from pass A's sums.
@@ -386,6 +388,7 @@ class GaussNewtonSolver(SolverBase):
                                      for a in alphas])
         return alphas, self.step_path(L, weights[-1], curv[f"grad{L}"], S, G, damping, alphas, n)
 
+    @single_threaded
     def step_path(self, l: int, W, D, S, G, damping: float, alphas, n: float) -> np.ndarray:
         """Return :meth:`layer_step` for every α of ``alphas`` (stacked) from one eigendecomposition of S and of G.
 
@@ -418,6 +421,7 @@ class GaussNewtonSolver(SolverBase):
             out.append(W + c.step_size * n * (((left @ VG) / dG) @ VG.T))
         return np.stack(out)
 
+    @single_threaded
     def _with_trial(self, state: LoopState) -> LoopState:
         c = state.carry
         curv = self.curvature_layout().unpack(c["curvature"])
@@ -437,32 +441,82 @@ class GaussNewtonSolver(SolverBase):
         return ForwardParams(self.cast(hidden), input_gram, outputs)
 
     # -- chunk side (pure NumPy: one chunk in, sums out) --------------------------------
-    def _hidden_forward(self, x, hidden):
-        """Return (a_0..a_{L−1}, z_1..z_{L−1}) of the hidden layers."""
-        a, z = [x], [None]
+    def _inputs_with_ones(self, x_raw):
+        """Return ``ã_0 = [(x − x̄)/s, 1]`` (rows × d+1) in the solver's dtype, as :meth:`inputs` then a ones column."""
+        d = x_raw.shape[1]
+        x1 = np.empty((x_raw.shape[0], d + 1), self.dtype)
+        x1[:, :d] = x_raw
+        x1[:, :d] -= self.x_mean.astype(self.dtype)
+        x1[:, :d] /= self.x_scale.astype(self.dtype)
+        x1[:, d] = 1
+        return x1
+
+    def _augmented(self, hidden) -> list:
+        """Return the hidden weights with a row ``[0, …, 0, 1]`` appended: ``ã W̃ᵀ`` then ends in the ones column."""
+        out = []
         for W in hidden:
-            z.append(affine(a[-1], W))
-            a.append(self.act.h(z[-1]))
+            Wa = np.zeros((W.shape[0] + 1, W.shape[1]), W.dtype)
+            Wa[:-1] = W
+            Wa[-1, -1] = 1
+            out.append(Wa)
+        return out
+
+    def _hidden_forward(self, x1, hidden_aug):
+        """Return (ã_0..ã_{L−1}, z_1..z_{L−1}): activations with their ones column, ``z_l = ã_{l−1} W_lᵀ``.
+
+        ``hidden_aug`` are :meth:`_augmented` weights: one product gives z_l with
+        the bias inside and the next ones column (exact: 0·a + 1·1); ReLU then
+        runs in place and its z is not kept (h'(z) = 1[a > 0], :meth:`_derivative`).
+        """
+        a, z = [x1], [None]
+        relu = self.act.name == "relu"
+        for W in hidden_aug:
+            zl = a[-1] @ W.T
+            if relu:
+                np.maximum(zl, 0, out=zl)
+                a.append(zl)
+                z.append(None)
+            else:
+                nxt = self.act.h(zl)
+                nxt[:, -1] = 1
+                a.append(nxt)
+                z.append(zl[:, :-1])
         return a, z
+
+    def _derivative(self, a, z):
+        """Return ``M = h'(z)`` of a hidden layer from its ``ã`` (ReLU: 1[a > 0]) or its z."""
+        if z is None:
+            return (a[:, :-1] > 0).astype(a.dtype)
+        return self.act.dh(z)
+
+    @staticmethod
+    def _gram(a):
+        """Return ``ãᵀã`` in float64 (one SYRK in the chunk's dtype; the ones column gives Σa and n)."""
+        return (a.T @ a).astype(np.float64)
+
+    @staticmethod
+    def _cross(z, a):
+        """Return ``zᵀã`` in float64 (the ones column gives Σz), as ``(ãᵀz)ᵀ``: BLAS runs that shape faster."""
+        return (a.T @ z).T.astype(np.float64)
 
     def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams):
         """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ ã_0 ã_0ᵀ if asked).
 
         Cross-entropy: the training loss Σℓ of each output trial in ``p.outputs`` instead of the Grams.
         """
-        L = self.L
+        L, hidden = self.L, self._augmented(p.hidden)
 
         def tile(sl, _):
-            x = self.inputs(x_raw[sl])
-            a, _ = self._hidden_forward(x, p.hidden)
+            a, _ = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
             t = self.task.targets(y[sl], self.dtype)
+            n = a[0].shape[0]
             if self.cross_entropy:
-                parts = {"n": x.shape[0], "ce": ce.block_losses(affine(a[L - 1], p.outputs), t)}
+                parts = {"n": n, "ce": ce.block_losses(a[L - 1] @ p.outputs.T, t)}
             else:
-                parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
-                         f"gram{L}": gram_with_bias(a[L - 1]), f"cross{L}": cross_with_bias(t, a[L - 1])}
+                parts = {"n": n, "tt": float(np.sum(t * t, dtype=np.float64)),
+                         f"gram{L}": self._gram(a[L - 1]), f"cross{L}": self._cross(t, a[L - 1])}
             if p.input_gram and L > 1:
-                parts["gram1"] = gram_with_bias(x)
+                parts["gram1"] = self._gram(a[0])
             return None, parts
         return None, self.tiled(self.forward_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
@@ -472,11 +526,11 @@ class GaussNewtonSolver(SolverBase):
             p = CurvatureParams(tuple(p))
         L, weights = self.L, p.weights
         Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
+        hidden = self._augmented(weights[:-1])
 
         def tile(sl, _):
-            x = self.inputs(x_raw[sl])
-            a, z = self._hidden_forward(x, weights[:-1])
-            out = affine(a[L - 1], weights[-1])
+            a, z = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
+            out = a[L - 1] @ weights[-1].T
             t = self.task.targets(y[sl], self.dtype)
             if self.cross_entropy:  # δ_L = t − p = −∂ℓ/∂z_L
                 prob = ce.probabilities(out)
@@ -485,17 +539,21 @@ class GaussNewtonSolver(SolverBase):
             else:
                 r = t - out
                 loss = float(np.sum(r * r, dtype=np.float64))
-            parts = {"n": x.shape[0], "loss": loss, **self.task.score_parts(out, y[sl])}
-            M = [None] + [self.act.dh(z[l]) for l in range(1, L)]
+            parts = {"n": a[0].shape[0], "loss": loss, **self.task.score_parts(out, y[sl])}
+            M = [None] + [self._derivative(a[l], z[l]) for l in range(1, L)]
             delta = r
             for l in range(L - 1, 0, -1):
-                delta = M[l] * times(delta, Wt[l + 1])
-                parts[f"grad{l}"] = cross_with_bias(delta, a[l - 1])
+                if l == 1 and delta.shape[1] == 1:  # one output: D_1 = w̃ ⊙ M_1ᵀ(r ã_0), δ_1 = r w̃ ⊙ M_1 not formed
+                    parts["grad1"] = self._cross(M[1], a[0] * delta) * Wt[2][0].astype(np.float64)[:, None]
+                else:
+                    delta = times(delta, Wt[l + 1])
+                    delta *= M[l]
+                    parts[f"grad{l}"] = self._cross(delta, a[l - 1])
                 if l > 1 or p.input_gram:
-                    parts[f"gram{l}"] = gram_with_bias(a[l - 1])
+                    parts[f"gram{l}"] = self._gram(a[l - 1])
             if self.cross_entropy:
-                parts.update({f"curv{L}": ce.output_curvature(prob), f"grad{L}": cross_with_bias(r, a[L - 1]),
-                              f"gram{L}": gram_with_bias(a[L - 1])})
+                parts.update({f"curv{L}": ce.output_curvature(prob), f"grad{L}": self._cross(r, a[L - 1]),
+                              f"gram{L}": self._gram(a[L - 1])})
                 if L > 1:
                     self._deep_curvatures(M, Wt, parts, [M[L - 1] * F for F in ce.jacobian_factors(prob, Wt[L])])
             elif L > 1:

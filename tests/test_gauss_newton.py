@@ -4,7 +4,7 @@ import pytest
 
 from solvers.config import TrainConfig
 from solvers.errors import InputError
-from solvers.gauss_newton import GaussNewtonSolver
+from solvers.gauss_newton import CurvatureParams, GaussNewtonSolver
 from solvers.losses import targets
 from solvers.reference import InMemoryRunner, fit_in_memory
 from solvers.stats import moment_sums, moments_from_sums
@@ -208,3 +208,24 @@ def test_divergence_message_names_the_solvers_own_settings(solver, flags):
     s = make_solver(TrainConfig(solver=solver), 3, x_mean=np.zeros(3), x_scale=np.ones(3), classes=np.arange(2))
     with pytest.raises(NumericalError, match=f"at iteration 4; .*resume with .*{flags}"):
         run_pass(NaNRunner(s), StatsLayout({"n": (), "loss": ()}), "any", None, 4)
+
+
+@pytest.mark.parametrize("hidden,n_classes,activation", [
+    ((5,), 2, "relu"), ((6, 4), 3, "relu"), ((5,), 3, "sigmoid"), ((4, 3), 2, "hard-sigmoid"),
+])
+def test_float32_kernels_equal_float64_kernels(hidden, n_classes, activation):
+    """Float32 passes over several row tiles give the float64 sums (checked against brute force above) up to rounding.
+
+    Covers what the float32 kernels do differently from a plain transcription: the
+    bias inside the products and the ones column of ã (Σa and n come out of the
+    Gram), ReLU in place, and one output's D_1 = w̃ ⊙ M_1ᵀ(r ã_0) without δ_1.
+    """
+    X, y, s64, weights = make_problem(n=90, hidden=hidden, n_classes=n_classes, activation=activation)
+    s32 = GaussNewtonSolver(s64.config, X.shape[1], np.arange(n_classes), s64.x_mean, s64.x_scale, dtype=np.float32)
+    s32.tile_rows = 16  # six tiles, the last one short
+    for kernel, params in (("forward_chunk", lambda s: s._forward_params(weights[:-1], True)),
+                           ("curvature_chunk", lambda s: CurvatureParams(s.cast(weights), True))):
+        want = getattr(s64, kernel)(X, y, None, 0, params(s64))[1]
+        got = getattr(s32, kernel)(X.astype(np.float32), y, None, 0, params(s32))[1]
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.max(np.abs(want)))

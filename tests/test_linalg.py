@@ -130,3 +130,13 @@ def test_gcv_without_held_out_rows_prefers_some_shrinkage_on_noise():
     C, G, tt = _sums(A, T)
     alpha, _, _ = RidgePath(C, G).choose(tt)
     assert alpha >= RidgePath(C, G).grid()[-3]
+
+
+def test_client_solves_run_on_one_blas_thread():
+    """solve_weights and the other client solves hold BLAS to one thread (two threads crawl when the cores are busy)."""
+    from threadpoolctl import threadpool_info
+
+    from solvers.linalg import single_threaded
+
+    seen = single_threaded(lambda: [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"])()
+    assert seen and set(seen) == {1}
