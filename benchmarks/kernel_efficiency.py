@@ -9,7 +9,8 @@ Part ``kernels`` (in memory, one thing at a time):
    (robust to other processes taking the core), over the 1-thread GEMM rate
    in the same clock;
 3. the solver's own iteration in memory (``initialize`` then ``advance``,
-   ``--sample-schedule full``): chunks of 65,536 rows, 1 thread, or 2 chunks at
+   ``--sample-schedule full``): chunks of 65,536 rows (a quarter of the rows when
+   fewer), 1 thread, or 2 chunks at
    a time with one BLAS thread each, wall seconds per pass and per accepted
    iteration (client solves included), over the GEMM rate with as many threads.
 
@@ -56,7 +57,11 @@ from solvers.inmemory import InMemoryRunner  # noqa: E402
 from solvers.losses import encode_labels  # noqa: E402
 from solvers.stats import moment_sums, scaling_from_sums  # noqa: E402
 
-CHUNK = 65_536
+CHUNK = 65_536  # rows per chunk, or a quarter of the rows when fewer (four chunks: both threads busy)
+
+
+def chunk_rows(n: int) -> int:
+    return min(CHUNK, n // 4)
 MNIST = Path("/work/shared/data/mnist70k_uint8.npz")
 
 
@@ -138,7 +143,7 @@ class ThreadRunner(InMemoryRunner):
 def in_memory_iterations(config: TrainConfig, X, y, model: dict, threads: int, iterations: int) -> dict:
     """Run ``initialize`` and ``iterations`` × ``advance`` in memory; return each iteration's and pass's seconds."""
     solver = make_solver(config, X.shape[1], **model)
-    runner = ThreadRunner(solver, X, encode_labels(y, model["classes"]), CHUNK, threads)
+    runner = ThreadRunner(solver, X, encode_labels(y, model["classes"]), chunk_rows(X.shape[0]), threads)
     with CpuWatch() as cpu:
         t0 = time.perf_counter()
         state = solver.initialize(runner)
@@ -162,7 +167,7 @@ def chunk_rates(widths, X, y, model: dict) -> dict:
     solver = make_solver(TrainConfig(hidden=hidden), X.shape[1], **model)
     rng = np.random.default_rng(1)
     W = solver.cast(solver.he_weights(len(hidden)) + [rng.standard_normal((widths[-1], widths[-2] + 1)) * 0.05])
-    x, yi = X[:CHUNK], encode_labels(y[:CHUNK], model["classes"])
+    x, yi = X[:CHUNK], encode_labels(y[:CHUNK], model["classes"])  # one chunk of 65,536 rows
     with threadpool_limits(1):
         a = _median(lambda: solver.forward_chunk(x, yi, None, 0, ForwardParams(W[:-1], False)), 7, time.thread_time)
         b = _median(lambda: solver.curvature_chunk(x, yi, None, 0, CurvatureParams(W, False)), 7, time.thread_time)
@@ -202,19 +207,19 @@ def write_store(path: Path, X, y) -> Path:
     from storage.data import write_data
 
     shutil.rmtree(path, ignore_errors=True)
-    write_data(path, X, y, chunk_rows=CHUNK)
+    write_data(path, X, y, chunk_rows=chunk_rows(X.shape[0]))
     return path
 
 
-def pipeline_iterations(config: TrainConfig, data: Path, run: Path) -> dict:
+def pipeline_iterations(config: TrainConfig, data: Path, run: Path, n: int) -> dict:
     """Return ``pipeline.training.train``'s per-iteration seconds on one in-process worker of 2 threads."""
     from pipeline.cluster import connect
     from pipeline.training import train
 
-    with connect("local", n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as client, \
+    with connect("local", n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as client, \
             CpuWatch() as cpu:
         t0 = time.perf_counter()
-        res = train(client, store=str(run), data=str(data), config=config, chunk_rows=CHUNK, overwrite=True,
+        res = train(client, store=str(run), data=str(data), config=config, chunk_rows=chunk_rows(n), overwrite=True,
                     report=lambda line: None)
         total = time.perf_counter() - t0
     shutil.rmtree(run, ignore_errors=True)
@@ -239,7 +244,7 @@ def part_pipeline(result: dict, args) -> None:
             config = TrainConfig(solver=solver, hidden=tuple(widths[1:-1]), sample_schedule="full",
                                  validation_fraction=0.0, iterations=args.iterations)
             mem = in_memory_iterations(config, X, y, model, 2, args.iterations)
-            pipe = pipeline_iterations(config, data, tmp / "run.zarr")
+            pipe = pipeline_iterations(config, data, tmp / "run.zarr", X.shape[0])
             result["pipeline"][f"{name} {solver}"] = {
                 "in_memory": mem, "pipeline": pipe,
                 "ratio": median_after_first(pipe["iterations"]) / median_after_first(mem["iterations"])}
@@ -288,7 +293,7 @@ def markdown(r: dict) -> str:
             both = c["rows"] * sum(f.values()) / (c["forward_chunk"] + c["curvature_chunk"]) / 1e9
             L.append(f"| {name} | {g:.1f} | {cells[0]} | {cells[1]} | **{both / g:.0%}** | "
                      f"{e['chunk_other_cpu_seconds']:.1f} |")
-        L += ["", "## In memory: the solver's iterations (wall; chunks of 65,536 rows; GEMM with as many threads, "
+        L += ["", "## In memory: the solver's iterations (wall; chunks of 65,536 rows or a quarter of n; GEMM with as many threads, "
               "measured just before)", "",
               "| network | threads | n | GEMM GFLOP/s | pass A s (GFLOP/s, share) | pass B s (GFLOP/s, share) | "
               "accepted iteration s (GFLOP/s, share) | other CPU s |", "|---|---|---|---|---|---|---|---|"]
@@ -332,6 +337,7 @@ def main(argv=None) -> int:
     result = {"provenance": provenance(), "settings": vars(args), "load_before": os.getloadavg()[0]}
     for part in args.parts.split(","):
         {"kernels": part_kernels, "pipeline": part_pipeline}[part](result, args)
+        write_results(args.out, result, markdown)  # what is measured so far
     result["load_after"] = os.getloadavg()[0]
     write_results(args.out, result, markdown)
     return 0

@@ -26,6 +26,7 @@ signal (:mod:`pipeline.signals`).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -479,13 +480,16 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
     threads = max(1, int(threads_per_worker or 1))
     workers = int(n_workers or max(1, cores // threads))
     quiet = logging.getLogger("pipeline").getEffectiveLevel() > logging.DEBUG  # our error lines say it once
+    lazy = dashboard_address is not None and importlib.util.find_spec("bokeh") is not None
+    scheduler_kwargs = {"dashboard": False} if lazy else None  # Bokeh imported at the first request (_lazy)
     if not processes:  # one in-process worker, a thread per would-be worker process; BLAS at one thread
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1), LocalCluster(
                 n_workers=1, threads_per_worker=workers * threads, processes=False,
                 memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
-                silence_logs=logging.CRITICAL if quiet else logging.ERROR) as cluster:
+                scheduler_kwargs=scheduler_kwargs, silence_logs=logging.CRITICAL if quiet else logging.ERROR) as cluster:
+            _lazy(cluster, lazy)
             yield cluster
         return
     # distributed's default MALLOC_TRIM_THRESHOLD_ cost ~24 % per pass here (measured when the pipeline was designed);
@@ -495,10 +499,19 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                                memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
-                               silence_logs=logging.CRITICAL if quiet else logging.ERROR,
+                               scheduler_kwargs=scheduler_kwargs, silence_logs=logging.CRITICAL if quiet else logging.ERROR,
                                preload=["pipeline.worker_setup"])
     with cluster:
+        _lazy(cluster, lazy)
         yield cluster
+
+
+def _lazy(cluster, lazy: bool) -> None:
+    """Serve the local scheduler's Bokeh dashboard from its first request on (:func:`pipeline.dashboard.lazy_dashboard`)."""
+    if lazy:
+        from pipeline.dashboard import lazy_dashboard
+
+        lazy_dashboard(cluster.scheduler)
 
 
 def _remote_security(address: str):

@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 
 from distributed.http.utils import RequestHandler
+from tornado import web
 
 from pipeline.figures import (PANELS, bokeh_layout, column_names, columns, has_data, info_html, json_columns,
                               panel_series, score_of)
@@ -122,6 +124,7 @@ class TrainingPage(RequestHandler):
 
     def get(self):
         try:
+            connect_dashboard(self.server)  # its BokehJS comes from the dashboard's server
             self.write(page_html(self.server))
         except ImportError:
             self.write("<p>The training page needs bokeh on the scheduler: pip install bokeh</p>")
@@ -147,7 +150,13 @@ def install(scheduler, prefix: str = "/") -> None:
 
     scheduler.http_application.add_handlers(r".*", get_handlers(scheduler, [__name__], prefix=prefix))
     scheduler._admm_training_page = True
-    try:  # the bar of the dashboard's own pages (documents made after this call)
+    if "distributed.dashboard.scheduler" in sys.modules:  # else when a lazy dashboard connects (connect_dashboard)
+        _add_to_navigation(scheduler)
+
+
+def _add_to_navigation(scheduler) -> None:
+    """Add the page to the bar of the Bokeh dashboard's own pages (documents made after this call)."""
+    try:
         from distributed.dashboard.scheduler import template_variables
 
         pages = template_variables(scheduler)["pages"]
@@ -155,6 +164,45 @@ def install(scheduler, prefix: str = "/") -> None:
             pages.append(PAGE)
     except Exception as exc:  # noqa: BLE001 -- no Bokeh dashboard: the page is still served
         log.debug("training page: not added to the navigation bar (%s)", exc)
+
+
+class LazyDashboard(web.Application):
+    """The last application of a scheduler's HTTP server: connects distributed's Bokeh dashboard at the first request.
+
+    A scheduler started with ``dashboard=False`` serves its plain HTTP routes
+    without importing Bokeh (about a third of a second of CPU, most of a small
+    run's start); the first request no route serves (the dashboard's
+    ``/status``, ``/``, its static files) imports and connects the dashboard
+    here, on the scheduler's event loop, and is then answered by it.
+    """
+
+    def __init__(self, scheduler, prefix: str = "/"):
+        super().__init__()
+        self.scheduler, self.prefix = scheduler, prefix
+
+    def find_handler(self, request, **kwargs):
+        connect_dashboard(self.scheduler, self.prefix)
+        return None  # the dashboard, now in the list after this application, answers
+
+
+def lazy_dashboard(scheduler, prefix: str = "/") -> None:
+    """Make a scheduler started with ``dashboard=False`` connect the Bokeh dashboard at its first request."""
+    scheduler._admm_lazy_dashboard = prefix
+    scheduler.http_application.add_application(LazyDashboard(scheduler, prefix))
+
+
+def connect_dashboard(scheduler, prefix: str | None = None) -> None:
+    """Connect distributed's Bokeh dashboard to a :func:`lazy_dashboard` scheduler, once (no-op for any other)."""
+    prefix = getattr(scheduler, "_admm_lazy_dashboard", None) if prefix is None else prefix
+    if prefix is None or getattr(scheduler, "_admm_dashboard_connected", False):
+        return
+    scheduler._admm_dashboard_connected = True
+    import distributed.dashboard.scheduler
+
+    distributed.dashboard.scheduler.connect(scheduler.http_application, scheduler.http_server, scheduler,
+                                            prefix=prefix)
+    if getattr(scheduler, "_admm_training_page", False):
+        _add_to_navigation(scheduler)
 
 
 def dask_setup(scheduler) -> None:

@@ -81,7 +81,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
@@ -141,6 +140,8 @@ def lipschitz_a(W_next, kappa: float, nu: float) -> float:
     """Return ``ν + κ‖W_{l+1}‖₂²``, the Lipschitz constant of ∇_a φ: τ of the a-step (an upper bound)."""
     W = np.asarray(W_next, np.float64)[:, :-1]
     M = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
+    import scipy.linalg  # here, not at import: SciPy's import is a third of a fast start
+
     top = scipy.linalg.eigvalsh(M, subset_by_index=[M.shape[0] - 1, M.shape[0] - 1])[0]
     return float(nu + kappa * max(top, 0.0) * (1 + 1e-6))
 

@@ -12,7 +12,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 
 from solvers.errors import NumericalError
 
@@ -86,7 +85,7 @@ def cross_with_bias(z, a):
 
 @single_threaded
 def solve_weights(cross, gram, ridge: float, *, what: str = "W", setting: str = "--ridge", alpha: float = 0.0):
-    """Return ``W = (z aᵀ)(a aᵀ + ε·mean(diag)·I + α Ĩ)⁻¹`` by Cholesky (paper §5, eq. 9).
+    """Return ``W = (z aᵀ)(a aᵀ + ε·mean(diag)·I + α Ĩ)⁻¹`` (paper §5, eq. 9), the Gram checked by Cholesky.
 
     ``ridge`` is the relative ridge ε (a numerical floor); ``alpha`` the
     absolute weight decay α of ``α‖W̃‖²`` (Ĩ: the identity without the bias
@@ -106,12 +105,12 @@ def solve_weights(cross, gram, ridge: float, *, what: str = "W", setting: str = 
         idx = np.arange(g.shape[0] - 1)
         g[idx, idx] += alpha
     try:
-        factor = scipy.linalg.cho_factor(g, lower=True, check_finite=False)
+        np.linalg.cholesky(g)  # the positive-definiteness check (NumPy's LAPACK: no SciPy import before iteration 1)
     except np.linalg.LinAlgError as exc:
         raise NumericalError(
             f"{what}: the Gram is not positive definite ({exc}); use a larger {setting}"
         ) from None
-    return scipy.linalg.cho_solve(factor, np.asarray(cross, np.float64).T, check_finite=False).T
+    return np.linalg.solve(g, np.asarray(cross, np.float64).T).T
 
 
 @dataclass(frozen=True)

@@ -137,3 +137,22 @@ def test_estimator_fits_from_stdin_without_spawning(tmp_path):
                          cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.split("score")[1]) > 0.8
+
+
+def test_local_dashboard_imports_bokeh_at_its_first_request():
+    """A local cluster serves its dashboard without importing it (a third of a small run's start) until asked for it."""
+    code = """
+import sys, urllib.request
+from pipeline.cluster import connect, dashboard_link
+from pipeline.train import _training_page_preload
+with _training_page_preload(), connect("local", processes=False, dashboard_address="localhost:0",
+                                       report=lambda line: None) as client:
+    assert "distributed.dashboard.scheduler" not in sys.modules and "bokeh" not in sys.modules
+    link = dashboard_link(client)
+    assert urllib.request.urlopen(link).status == 200          # /status, connected at this request
+    assert "distributed.dashboard.scheduler" in sys.modules
+    root = link.rsplit("/", 1)[0]
+    assert urllib.request.urlopen(root + "/").geturl().endswith("/status")   # the dashboard's own routes now
+    assert b"training" in urllib.request.urlopen(root + "/workers").read()  # the page is in its navigation bar
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
