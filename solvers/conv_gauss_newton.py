@@ -41,11 +41,13 @@ import zlib
 import numpy as np
 
 from solvers.errors import InputError
-from solvers.gauss_newton import CurvatureParams, ForwardParams, GaussNewtonSolver
+from solvers.gauss_newton import DAMPING_FLOOR, DAMPING_SHRINK, CurvatureParams, ForwardParams, GaussNewtonSolver
 from solvers.linalg import affine, cross_with_bias, gram_with_bias, times
 from solvers.stats import StatsLayout
 from solvers.tiling import TILE_BYTES, row_tiles
 
+RATIO_HIGH = 0.75    # reduction ratio above which λ halves after an accepted step
+RATIO_LOW = 0.25     # ... at or below which λ doubles (between: λ stays)
 CURVATURE_EVERY = 4  # the curvature factors S_l, G_{l−1} (l > 1) are summed over every 4th row (by row index)
 
 
@@ -138,6 +140,49 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         scale = _subsample_scale(curv)
         curv = {**curv, **{f"gram{l}": np.asarray(curv[f"gram{l}"]) * scale for l in range(2, self.L)}}
         return super().trial_weights(weights, curv, input_gram, damping, alpha)
+
+    # -- damping by the reduction ratio --------------------------------------------------------
+    def _with_trial(self, state):
+        """Set the trial weights (the dense solver's step) and ``predicted``: the decrease the quadratic model promises.
+
+        ``pred = Σ_l 2⟨D_l − αW̃_l, s_l⟩ − ⟨s_l, S_l s_l G_{l−1}⟩/n − α‖s̃_l‖²`` for the hidden steps ``s_l``
+        (the Gauss-Newton model of E with the KFC curvature ``S_l ⊗ G_{l−1}/n``, undamped).
+        """
+        state = super()._with_trial(state)
+        c = state.carry
+        curv = self.curvature_layout().unpack(c["curvature"])
+        n, alpha, scale = float(curv["n"]), float(c.get("alpha", 0.0)), _subsample_scale(curv)
+        pred = 0.0
+        for l, S in enumerate(self.curvatures(state.weights, curv), start=1):
+            W = np.asarray(state.weights[l - 1], np.float64)
+            step = np.asarray(c[f"T{l}"], np.float64) - W
+            G = np.asarray(c["input_gram"] if l == 1 else np.asarray(curv[f"gram{l}"]) * scale, np.float64)
+            D = np.array(curv[f"grad{l}"], np.float64)
+            D[:, :-1] -= alpha * W[:, :-1]
+            pred += 2 * np.sum(D * step) - np.sum(step * (S @ step @ G)) / max(n, 1.0) - alpha * np.sum(step[:, :-1] ** 2)
+        c["predicted"] = np.float64(pred)
+        return state
+
+    def advance(self, runner, state):
+        """The dense solver's iteration, with λ after an accepted step set by the reduction ratio ρ = actual / predicted.
+
+        ρ > :data:`RATIO_HIGH`: λ ← λ/2 (the dense rule); :data:`RATIO_LOW` < ρ ≤ RATIO_HIGH: λ stays;
+        ρ ≤ RATIO_LOW: λ ← 2λ (Moré's Levenberg–Marquardt control). A rejected step still gives λ ← 4λ.
+        The halving after every accepted step made half the trials of a conv run rejections.
+        """
+        damping, predicted = float(state.carry["damping"]), float(state.carry.get("predicted", 0.0))
+        current = float(state.carry["error"])
+        new, metrics = super().advance(runner, state)
+        if metrics["accepted"] and predicted > 0:
+            rho = (current - metrics["trial_loss"] * metrics["sample_rows"]) / predicted
+            lam = damping / DAMPING_SHRINK if rho > RATIO_HIGH else damping if rho > RATIO_LOW else 2 * damping
+            lam = max(lam, DAMPING_FLOOR)
+            metrics["reduction_ratio"] = float(rho)
+            if lam != float(new.carry["damping"]):
+                new.carry["damping"] = np.float64(lam)
+                metrics["damping"] = lam
+                new = self._with_trial(new)
+        return new, metrics
 
     # -- chunk side ---------------------------------------------------------------------------
     def _forward_tile(self, x, hidden, back: bool = True):
