@@ -31,7 +31,7 @@ Parameters (all solvers share :class:`~solvers.config.TrainConfig`):
 ``alpha``      weight decay α of the W-solve, ``a aᵀ + α Ĩ`` (bias spared); ``"auto"``:
                0.01 · the Gram's mean diagonal (:func:`~solvers.linalg.resolve_alpha`),
                and the model's output layer refitted to the targets with α chosen
-               on the held-out chunks (:mod:`solvers.readout`)
+               on the held-out chunks (:mod:`solvers.readout`: logistic for classification)
 =============  ==============================================================
 
 With ``alpha="auto"`` and held-out chunks the pass of iteration k also sums, over its training
@@ -67,6 +67,7 @@ class StepParams:
     ops_prev: tuple         # eq. 6 operators from W^{k−1}: a^k from z^{k−1}
     ops_next: tuple         # eq. 6 operators from W^k: a^{k+1} from z^k (Grams)
     update_lambda: bool
+    readout: object = None  # the logistic readout's candidates (J·K × n_{L−1}+1, :mod:`solvers.readout`)
 
 
 class ADMMSolver(SolverBase):
@@ -95,11 +96,25 @@ class ADMMSolver(SolverBase):
         """Return whether the model's output layer is refitted to the targets (``alpha="auto"``)."""
         return self.config.alpha == "auto"
 
+    @property
+    def logistic(self) -> bool:
+        """Return whether the refit is the logistic readout (classification) rather than the ridge one."""
+        return self.refits and self.config.task == "classification"
+
+    @classmethod
+    def output_link(cls, config: TrainConfig, n_classes, record: dict | None = None) -> str:
+        """Return ``logistic`` for a model whose output layer is the logistic readout (:func:`solvers.readout.link`)."""
+        return readout.link(config, record)
+
+    def readout_shapes(self) -> dict:
+        """Return the layout entries of the output refit's sums (logistic or ridge, :mod:`solvers.readout`)."""
+        return (readout.logistic_shapes if self.logistic else readout.shapes)(self.widths[-2], self.widths[-1])
+
     def layout(self, input_gram: bool, readout_sums: bool = False) -> StatsLayout:
         """Return the layout of a chunk's sums (Grams of every W-solve, metrics; the readout's if asked)."""
         shapes = {"n": (), **self.task.score_shapes, "loss": (), "lagrange": (), "residual_sq": ()}
         if readout_sums:
-            shapes.update(readout.shapes(self.widths[-2], self.widths[-1]))
+            shapes.update(self.readout_shapes())
         for l, layer in enumerate(self.layers, start=1):
             if l < self.L:
                 shapes[f"penalty{l}"] = ()  # γ‖a_l − h(z_l)‖² + β‖z_l − W_l a_{l−1}‖²
@@ -111,14 +126,14 @@ class ADMMSolver(SolverBase):
     # -- client side -------------------------------------------------------------------
     def initialize(self, runner) -> LoopState:
         """Write the initial state (iteration 0) and return W⁰ with W¹ solved ahead."""
-        layout = self.layout(True)
         w0 = self.initial_weights(runner)
-        sums = run_pass(runner, layout, "init_chunk", w0, 0, write=0)
+        sums = run_pass(runner, self.layout(True, self.logistic), "init_chunk", w0, 0, write=0)
         input_gram = sums["gram1"]
+        extra = readout.start(sums, self.widths[-2], self.widths[-1], self.config.ridge) if self.logistic else {}
         if w0 is None:  # gaussian state: fit W⁰ to it, then the Grams of W¹
             w0 = self.solve(sums, input_gram)
-            sums = run_pass(runner, layout, "grams_chunk", w0, 0, read=0)
-        return self._loop_state(0, w0, self.solve(sums, input_gram), input_gram)
+            sums = run_pass(runner, self.layout(True), "grams_chunk", w0, 0, read=0)
+        return self._loop_state(0, w0, self.solve(sums, input_gram), input_gram, extra=extra)
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Run iteration k = state.iteration + 1 (one pass) and solve W^{k+1} from its Grams.
@@ -128,17 +143,25 @@ class ADMMSolver(SolverBase):
         """
         k = state.iteration + 1
         w_new, input_gram = self._next_weights(state), state.carry["input_gram"]
-        params = self.step_params(self.iterate(state), w_new, k)
+        extra = self._readout_carry(state)
+        params = self.step_params(self.iterate(state), w_new, k,
+                                  readout.broadcast(extra, self.dtype) if extra else None)
         layout = self.layout(False, self.refits)
         if not self.refits:
             sums = run_pass(runner, layout, "step_chunk", params, k, read=k - 1, write=k)
             return self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram), self.metrics(sums)
         sums, held = run_pass_held_out(runner, layout, "step_chunk", params, k, read=k - 1, write=k)
+        next_weights = self.solve(sums, input_gram)
         if held is None:  # nothing held out: the model is the iterate (see solvers.readout)
-            return self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram), self.metrics(sums)
-        W_out, alpha = readout.fit(sums, held, self.config.ridge, what=f"W_{self.L} (output refit)")
-        out = self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram, output=W_out)
-        return out, {**self.metrics(sums), "alpha": alpha}
+            return self._loop_state(k, w_new, next_weights, input_gram, extra=extra), self.metrics(sums)
+        what = f"W_{self.L} (output refit)"
+        if self.logistic:
+            W_out, extra, refit = readout.logistic_fit(extra, sums, held, self.config.ridge, what=what)
+        else:
+            W_out, alpha = readout.fit(sums, held, self.config.ridge, what=what)
+            refit = {"alpha": alpha}
+        out = self._loop_state(k, w_new, next_weights, input_gram, output=W_out, extra=extra)
+        return out, {**self.metrics(sums), **refit}
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
         """Return the state to continue from; W^{k+1} is solved again if γ, β or the ridge changed (eq. 6, 9)."""
@@ -147,7 +170,12 @@ class ADMMSolver(SolverBase):
         k, input_gram, own = state.iteration, state.carry["input_gram"], self.iterate(state)
         sums = run_pass(runner, self.layout(True), "grams_chunk", own, k, read=k)
         output = state.weights[-1] if self.refits and "U" in state.carry else None
-        return self._loop_state(k, own, self.solve(sums, input_gram), input_gram, output=output)
+        return self._loop_state(k, own, self.solve(sums, input_gram), input_gram, output=output,
+                                extra=self._readout_carry(state))
+
+    def _readout_carry(self, state: LoopState) -> dict:
+        """Return the logistic readout's carry entries (its candidates; zero ones if the run had none), or {}."""
+        return readout.carried(state.carry, self.widths[-2], self.widths[-1]) if self.logistic else {}
 
     def iterate(self, state: LoopState) -> list:
         """Return the iteration's own W^k: the model's weights with the output layer ``U`` of the carry if kept."""
@@ -155,10 +183,14 @@ class ADMMSolver(SolverBase):
             return list(state.weights)
         return [*state.weights[:-1], np.asarray(state.carry["U"])]
 
-    def _loop_state(self, k: int, weights, next_weights, input_gram, output=None) -> LoopState:
-        """Return the client state of iteration k: the model (W^k, its output layer ``output`` if refitted)."""
+    def _loop_state(self, k: int, weights, next_weights, input_gram, output=None, extra=None) -> LoopState:
+        """Return the client state of iteration k: the model (W^k, its output layer ``output`` if refitted).
+
+        ``extra``: the readout's carry entries (:meth:`_readout_carry`).
+        """
         carry = {f"V{l}": np.asarray(V) for l, V in enumerate(next_weights, start=1)}
         carry["input_gram"] = np.asarray(input_gram)
+        carry.update(extra or {})
         if output is None:
             return LoopState(k, list(weights), carry)
         carry["U"] = np.asarray(weights[-1])
@@ -199,10 +231,10 @@ class ADMMSolver(SolverBase):
             return CGActivationUpdate.from_weights(layer, W_next, c.gamma, c.beta, steps)
         return ActivationUpdate.from_weights(layer.dense_weights(W_next), c.gamma, c.beta)
 
-    def step_params(self, w_prev, w_new, iteration: int) -> StepParams:
-        """Return the broadcast of iteration k (1-based): W^{k−1} → a^k, W^k → z^k."""
+    def step_params(self, w_prev, w_new, iteration: int, readout_stack=None) -> StepParams:
+        """Return the broadcast of iteration k (1-based): W^{k−1} → a^k, W^k → z^k (and the readout's candidates)."""
         return StepParams(tuple(np.asarray(W, self.dtype) for W in w_new), self.operators(w_prev),
-                          self.operators(w_new), iteration > self.config.warm_start)
+                          self.operators(w_new), iteration > self.config.warm_start, readout_stack)
 
     def metrics(self, sums: dict) -> dict:
         """Return the train score (accuracy or R²), primal residual ‖z_L − W_L a_{L−1}‖ and objective (eq. 5)."""
@@ -236,13 +268,23 @@ class ADMMSolver(SolverBase):
         """Return the packed sums of ``parts_of(rows)`` over the row tiles of a chunk of ``n`` rows."""
         return self.tiled(layout, n, lambda sl, _: (None, parts_of(sl)))[1]
 
-    def _grams_of_state(self, x, z, ops) -> np.ndarray:
-        """Return the packed Grams of the next W-solve (and n) for a chunk's inputs and state z, tile by tile."""
+    def _grams_of_state(self, x, z, ops, y=None) -> np.ndarray:
+        """Return the packed Grams of the next W-solve (and n) for a chunk's inputs and state z, tile by tile.
+
+        ``y`` (the forward state of the initialisation, logistic readout): also the readout sums of the zero
+        candidates on the forward features ``h(z_{L−1})``.
+        """
+        start = None if y is None else readout.broadcast({"R": readout.zero_stack(self.widths[-2], self.widths[-1])},
+                                                         self.dtype)
+
         def parts_of(sl):
             zt = [None] + [v[sl] for v in z[1:]]
-            return {**self._gram_parts(self._activations(x[sl], zt, ops), zt, input_gram=True),
-                    "n": sl.stop - sl.start}
-        return self._summed(len(x), self.layout(True), parts_of)
+            out = {**self._gram_parts(self._activations(x[sl], zt, ops), zt, input_gram=True), "n": sl.stop - sl.start}
+            if start is not None:
+                features = x[sl] if self.L == 1 else self.act.h(zt[self.L - 1])
+                out.update(readout.logistic_parts(features, self.task.targets(y[sl], self.dtype), start))
+            return out
+        return self._summed(len(x), self.layout(True, y is not None), parts_of)
 
     def init_chunk(self, x_raw, y_idx, state, start_row: int, params):
         """Return (initial state, sums) for one chunk.
@@ -262,7 +304,7 @@ class ADMMSolver(SolverBase):
                 for l, layer in enumerate(self.layers, start=1):
                     z[l][sl] = layer.apply(a, weights[l - 1])
                     a = self.act.h(z[l][sl])
-            sums = self._grams_of_state(x, z, self.operators(weights))
+            sums = self._grams_of_state(x, z, self.operators(weights), y_idx if self.logistic else None)
         else:
             a = [x]
             for l in range(1, self.L + 1):
@@ -270,7 +312,7 @@ class ADMMSolver(SolverBase):
                 z[l] = rng.standard_normal((n, self.widths[l]), dtype=self.dtype)
                 if l < self.L:
                     a.append(rng.standard_normal((n, self.widths[l]), dtype=self.dtype))
-            sums = self._summed(n, self.layout(True), lambda sl: {
+            sums = self._summed(n, self.layout(True, self.logistic), lambda sl: {
                 **self._gram_parts([v[sl] for v in a], [None] + [v[sl] for v in z[1:]], input_gram=True),
                 "n": sl.stop - sl.start})
         state = {f"z{l}": z[l] for l in range(1, self.L + 1)}
@@ -291,17 +333,26 @@ class ADMMSolver(SolverBase):
         layout = self.layout(False, self.refits)
         if state is None:
             return None, self.tiled(layout, x_raw.shape[0], lambda sl, _: (None, {
-                "n": sl.stop - sl.start, **self._readout_parts(self.inputs(x_raw[sl]), y[sl], p.weights)[1]}))[1]
+                "n": sl.stop - sl.start,
+                **self._readout_parts(self.inputs(x_raw[sl]), y[sl], p.weights, p.readout, held_out=True)[1]}))[1]
         return self.tiled(layout, x_raw.shape[0],
                           lambda sl, tile_state: self._step_tile(self.inputs(x_raw[sl]), y[sl], tile_state, p), state)
 
-    def _readout_parts(self, x, y, weights) -> tuple:
-        """Return (the output ``W_L ã_{L−1}`` of the forward pass of ``weights``, the readout sums or {})."""
+    def _readout_parts(self, x, y, weights, stack=None, held_out: bool = False) -> tuple:
+        """Return (the output ``W_L ã_{L−1}`` of the forward pass of ``weights``, the readout sums or {}).
+
+        ``stack``: the logistic readout's candidates (their sums instead of the ridge readout's).
+        """
         a = x
         for l in range(1, self.L):
             a = self.act.h(self.layers[l - 1].apply(a, weights[l - 1]))
-        out = self.layers[-1].apply(a, weights[-1])
-        return out, (readout.parts(a, self.task.targets(y, self.dtype)) if self.refits else {})
+        out = None if held_out else self.layers[-1].apply(a, weights[-1])
+        if not self.refits:
+            return out, {}
+        t = self.task.targets(y, self.dtype)
+        if self.logistic:
+            return out, readout.logistic_parts(a, t, stack, held_out=held_out)
+        return out, readout.parts(a, t)
 
     def _step_tile(self, x, y, state, p: StepParams):
         c, act, L = self.config, self.act, self.L
@@ -323,7 +374,7 @@ class ADMMSolver(SolverBase):
         lam_new = lam + self.dtype.type(beta) * r if p.update_lambda else lam
         z_new.append(zL)
         sums = self._gram_parts(self._activations(x, z_new, p.ops_next), z_new, input_gram=False)
-        out, readout_sums = self._readout_parts(x, y, p.weights)
+        out, readout_sums = self._readout_parts(x, y, p.weights, p.readout)
         sums.update(
             n=x.shape[0],
             **readout_sums,

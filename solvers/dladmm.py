@@ -171,6 +171,14 @@ class SweepParams:
     tau: float
 
 
+@dataclass(frozen=True)
+class OutputParams:
+    """The broadcast of pass O: W^k (the chunk's dtype) and the logistic readout's candidates (None: no logistic refit)."""
+
+    weights: tuple
+    readout: object = None
+
+
 class DLADMMSolver(SolverBase):
     """dlADMM: backward–forward sweeps with quadratic approximations; 2L − 1 passes per iteration."""
 
@@ -211,7 +219,7 @@ class DLADMMSolver(SolverBase):
         w, L = self.widths, self.L
         if kernel == "init_chunk":
             shapes = {"n": (), **{f"gram{l}": (w[l - 1] + 1,) * 2 for l in range(1, L + 1)},
-                      **self._cross_shapes(L)}
+                      **self._cross_shapes(L), **(self.readout_shapes() if self.logistic else {})}
         elif kernel == "backward_chunk":
             shapes = {"n": (), **self._cross_shapes(layer)}
         elif kernel == "forward_chunk":
@@ -219,13 +227,27 @@ class DLADMMSolver(SolverBase):
                       **self._cross_shapes(layer + 1)}
         else:  # output_chunk
             shapes = {"n": (), **self.task.score_shapes, "loss": (), "lagrange": (), "residual_sq": (),
-                      **self._cross_shapes(L), **(readout.shapes(w[L - 1], w[L]) if self.refits else {})}
+                      **self._cross_shapes(L), **(self.readout_shapes() if self.refits else {})}
         return StatsLayout(shapes)
 
     @property
     def refits(self) -> bool:
         """Return whether the model's output layer is refitted to the targets (``alpha="auto"``)."""
         return self.config.alpha == "auto"
+
+    @property
+    def logistic(self) -> bool:
+        """Return whether the refit is the logistic readout (classification) rather than the ridge one."""
+        return self.refits and self.config.task == "classification"
+
+    @classmethod
+    def output_link(cls, config: TrainConfig, n_classes, record: dict | None = None) -> str:
+        """Return ``logistic`` for a model whose output layer is the logistic readout (:func:`solvers.readout.link`)."""
+        return readout.link(config, record)
+
+    def readout_shapes(self) -> dict:
+        """Return the layout entries of the output refit's sums (logistic or ridge, :mod:`solvers.readout`)."""
+        return (readout.logistic_shapes if self.logistic else readout.shapes)(self.widths[-2], self.widths[-1])
 
     # -- client side -------------------------------------------------------------------
     def initialize(self, runner) -> LoopState:
@@ -240,6 +262,8 @@ class DLADMMSolver(SolverBase):
         carry.update({f"gram{l}": sums[f"gram{l}"] for l in range(2, self.L + 1)})
         for l in range(1, self.L + 1):
             carry[f"theta_b{l}"] = carry[f"theta_f{l}"] = np.asarray(THETA0)
+        if self.logistic:
+            carry.update(readout.start(sums, self.widths[-2], self.widths[-1], self.config.ridge))
         return LoopState(0, w0, carry)
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
@@ -279,14 +303,23 @@ class DLADMMSolver(SolverBase):
             sums = run_pass(runner, layout, "output_chunk", self.cast(W), k, read=reads, write=k)
             carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
             return LoopState(k, W, carry), self.metrics(sums, penalty)
-        sums, held = run_pass_held_out(runner, layout, "output_chunk", self.cast(W), k, read=reads, write=k)
+        if self.logistic:  # a run begun with a numeric alpha: the candidates start at zero
+            carry.update(readout.carried(carry, self.widths[-2], self.widths[-1]))
+        params = OutputParams(self.cast(W), readout.broadcast(carry, self.dtype) if self.logistic else None)
+        sums, held = run_pass_held_out(runner, layout, "output_chunk", params, k, read=reads, write=k)
         carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
         if held is None:  # nothing held out: the model is the iterate (see solvers.readout)
             carry.pop("U", None)
             return LoopState(k, W, carry), self.metrics(sums, penalty)
-        W_out, alpha = readout.fit(sums, held, self.config.ridge, what=f"W_{L} (output refit)")
+        what = f"W_{L} (output refit)"
+        if self.logistic:
+            W_out, new, refit = readout.logistic_fit(carry, sums, held, self.config.ridge, what=what)
+            carry.update(new)
+        else:
+            W_out, alpha = readout.fit(sums, held, self.config.ridge, what=what)
+            refit = {"alpha": alpha}
         carry["U"] = W[L - 1]
-        return LoopState(k, [*W[:-1], W_out], carry), {**self.metrics(sums, penalty), "alpha": alpha}
+        return LoopState(k, [*W[:-1], W_out], carry), {**self.metrics(sums, penalty), **refit}
 
     def iterate(self, state: LoopState) -> list:
         """Return the iteration's own W^k: the model's weights with the output layer ``U`` of the carry if kept."""
@@ -357,6 +390,8 @@ class DLADMMSolver(SolverBase):
     def init_chunk(self, x_raw, y, state, start_row: int, weights):
         """Return (state of a forward pass of W⁰ with u = 0 and z_L = z_L^{½}, its Grams and output sums)."""
         L = self.L
+        start = (readout.broadcast({"R": readout.zero_stack(self.widths[-2], self.widths[-1])}, self.dtype)
+                 if self.logistic else None)
 
         def tile(x_raw, y, _):
             a, out, sums = self.inputs(x_raw), {}, {"n": x_raw.shape[0]}
@@ -365,8 +400,11 @@ class DLADMMSolver(SolverBase):
                 out[f"z{l}"] = affine(a, weights[l - 1])
                 out[f"a{l}"] = a = self.act.h(out[f"z{l}"])
             sums[f"gram{L}"] = gram_with_bias(a)
+            t = self.task.targets(y, self.dtype)
+            if self.logistic:  # the readout's zero candidates on the forward features (readout.start)
+                sums.update(readout.logistic_parts(a, t, start))
             u = np.zeros((a.shape[0], self.widths[L]), self.dtype)
-            out[f"z{L}"] = self._z_output(self.task.targets(y, self.dtype), u, affine(a, weights[L - 1]))
+            out[f"z{L}"] = self._z_output(t, u, affine(a, weights[L - 1]))
             out["u"] = u
             sums.update(crossz=cross_with_bias(out[f"z{L}"], a), crossu=cross_with_bias(u, a))
             return out, sums
@@ -412,16 +450,26 @@ class DLADMMSolver(SolverBase):
 
         return self._tiled("forward_chunk", l, x_raw, y, state, tile)
 
-    def output_chunk(self, x_raw, y, state, start_row: int, weights):
-        """Return (z_L^{k+½}, u^k) and O's sums: loss, dual term, residual, score of W^k, Σ z ãᵀ, Σ u ãᵀ."""
-        L = self.L
+    def output_chunk(self, x_raw, y, state, start_row: int, p):
+        """Return (z_L^{k+½}, u^k) and O's sums: loss, dual term, residual, score of W^k, Σ z ãᵀ, Σ u ãᵀ.
 
-        if state is None:  # a held-out chunk: the readout sums of the forward pass of W^k
+        ``p``: W^k, or :class:`OutputParams` (with the logistic readout's candidates). A held-out chunk
+        (``state`` None) returns only the readout sums of W^k's hidden layers.
+        """
+        L = self.L
+        weights, stack = (p.weights, p.readout) if isinstance(p, OutputParams) else (p, None)
+
+        def readout_sums(a, t, held_out: bool) -> dict:
+            if self.logistic:
+                return readout.logistic_parts(a, t, stack, held_out=held_out)
+            return readout.parts(a, t)
+
+        if state is None:
             def held_tile(x_raw, y, _):
                 a = self.inputs(x_raw)
                 for l in range(1, L):
                     a = self.act.h(affine(a, weights[l - 1]))
-                return None, {"n": x_raw.shape[0], **readout.parts(a, self.task.targets(y, self.dtype))}
+                return None, {"n": x_raw.shape[0], **readout_sums(a, self.task.targets(y, self.dtype), True)}
             return None, self._tiled("output_chunk", 0, x_raw, y, None, held_tile)[1]
 
         def tile(x_raw, y, s):
@@ -437,7 +485,7 @@ class DLADMMSolver(SolverBase):
             for l in range(1, L):
                 hidden = self.act.h(affine(hidden, weights[l - 1]))
             sums = {"n": x.shape[0], **self.task.score_parts(affine(hidden, weights[L - 1]), y),
-                    **(readout.parts(hidden, t) if self.refits else {}),
+                    **(readout_sums(hidden, t, False) if self.refits else {}),
                     "loss": float(np.sum(self.loss.value(z, t), dtype=np.float64)),
                     "lagrange": float(np.sum(u * r, dtype=np.float64)),
                     "residual_sq": float(np.sum(r * r, dtype=np.float64)),

@@ -369,8 +369,10 @@ def test_pipeline_equals_in_memory(client, tmp_path, hidden, n_classes):
     for h, h_ref in zip(result.history, ref.history):
         assert h["train_accuracy"] == pytest.approx(h_ref["train_accuracy"], abs=2e-3)
         assert h["objective"] == pytest.approx(h_ref["objective"], rel=1e-4)
-    for W, W_disk in zip(result.network.weights, load_network(tmp_path / "r.zarr").weights):
+    disk = load_network(tmp_path / "r.zarr")
+    for W, W_disk in zip(result.network.weights, disk.weights):
         np.testing.assert_array_equal(W, W_disk)
+    assert disk.link == ref.network.link == "logistic"  # the output refit is logistic (solvers/readout.py)
 
 
 def test_pipeline_resume_equals_an_uninterrupted_run(client, tmp_path):

@@ -28,9 +28,12 @@ def test_pipeline_matches_reference(client, tmp_path, hidden, n_classes, init):
     for h, h_ref in zip(result.history, ref.history):
         assert h["train_accuracy"] == pytest.approx(h_ref["train_accuracy"], abs=2e-3)
         assert h["residual"] == pytest.approx(h_ref["residual"], rel=1e-4)
-    # the committed model is the one returned
-    for W, W_disk in zip(result.network.weights, load_network(tmp_path / "r.zarr").weights):
+    # the committed model is the one returned, with the link of its logistic output refit (solvers/readout.py)
+    disk = load_network(tmp_path / "r.zarr")
+    for W, W_disk in zip(result.network.weights, disk.weights):
         np.testing.assert_array_equal(W, W_disk)
+    assert disk.link == result.network.link == ref.network.link == "logistic"
+    np.testing.assert_allclose(disk.predict_proba(X[:50]), ref.network.predict_proba(X[:50]), rtol=1e-3, atol=1e-4)
 
 
 def test_result_independent_of_worker_count(client, tmp_path):

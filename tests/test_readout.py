@@ -1,5 +1,6 @@
 """ADMM and dlADMM with alpha auto: the model's output layer is the targets refitted on the hidden features,
-α of least held-out error (solvers/readout.py); the W-solves' α term against brute-force minimisation."""
+α of least held-out error (solvers/readout.py: logistic for classification, ridge for regression); the W-solves'
+α term and the logistic readout's steps against brute-force minimisation."""
 import numpy as np
 import pytest
 import scipy.optimize
@@ -48,37 +49,6 @@ def forward_hidden(solver, X, weights):
     for W in weights[:-1]:
         a = solver.act.h(a @ W[:, :-1].T.astype(a.dtype) + W[:, -1].astype(a.dtype))
     return a.astype(np.float64)
-
-
-@pytest.mark.parametrize("solver_name", ["admm", "dladmm"])
-@pytest.mark.parametrize("n_classes", [2, 3])
-def test_model_output_layer_is_the_held_out_refit(solver_name, n_classes):
-    """Every iteration's model: the iterate's hidden layers and W_L(α) refitted on the targets; α is the grid
-    value of least held-out error, each W_L(α) solved directly from the samples."""
-    rng = np.random.default_rng(1)
-    n = 600
-    X = rng.normal(size=(n, 6))
-    y = (X[:, 0] + X[:, 1] ** 2 + rng.normal(scale=0.5, size=n) > 1).astype(int) + (X[:, 2] > 1) * (n_classes - 2)
-    cfg = TrainConfig(solver=solver_name, hidden=(12,), iterations=3, seed=4, validation_fraction=0.2)
-    chunk_rows = 50
-    r = fit_in_memory(X, y, cfg, chunk_rows=chunk_rows, dtype=np.float64)
-    solver, state = r.solver, r.loop_state
-    train, held = validation_split(chunk_bounds(n, chunk_rows), 0.2, cfg.seed)
-    rows = lambda bounds: np.concatenate([np.arange(a, b) for a, b in bounds])  # noqa: E731
-    tr, ho = rows(train), rows(held)
-    T = targets(encode_labels(y, np.unique(y)), n_classes, np.float64)
-    own = solver.iterate(state)
-    for W_model, W_own in zip(state.weights[:-1], own[:-1]):
-        np.testing.assert_array_equal(W_model, W_own)  # the hidden layers are the iterate's
-    A_tr, A_ho = forward_hidden(solver, X[tr], own), forward_hidden(solver, X[ho], own)
-    gbar = np.mean(np.var(A_tr, axis=0)) * len(tr)  # the mean diagonal of the centred Gram
-    floor = cfg.ridge * gbar
-    errors = [np.sum((T[ho] - ones(A_ho) @ refit(A_tr, T[tr], alpha + floor).T) ** 2) for alpha in ALPHA_GRID * gbar]
-    best = len(errors) - 1 - int(np.argmin(errors[::-1]))  # ties: the larger α
-    assert r.history[-1]["alpha"] == pytest.approx(ALPHA_GRID[best] * gbar, rel=1e-9)
-    np.testing.assert_allclose(state.weights[-1], refit(A_tr, T[tr], ALPHA_GRID[best] * gbar + floor),
-                               rtol=1e-6, atol=1e-8)
-    assert not np.allclose(state.weights[-1], own[-1])  # the refit is not the iterate's W_L
 
 
 @pytest.mark.parametrize("solver_name", ["admm", "dladmm"])
@@ -175,3 +145,200 @@ def test_data_init_keeps_he_rows_when_the_rows_are_too_wide_to_gather(monkeypatc
     assert not np.array_equal(r.solver.initial_weights(runner)[0], r.solver.he_weights(1)[0])
     monkeypatch.setattr(data_init, "MAX_VALUES", 2 * 5 * 6 - 1)
     np.testing.assert_array_equal(r.solver.initial_weights(runner)[0], r.solver.he_weights(1)[0])
+
+
+# -- the logistic readout (classification) ------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from solvers import cross_entropy as ce  # noqa: E402
+
+
+def penalised_loss(W, A, T, alpha):
+    """Return Σℓ(W ã, t) + α/2‖W̃‖² (cross-entropy of σ(z − ½) or the softmax; bias spared)."""
+    return ce.loss_sum(ones(A) @ W.T, T) + alpha / 2 * float(np.sum(W[:, :-1] ** 2))
+
+
+def mm_iterate(A, T, alphas, steps, ridge=0.0):
+    """Return the candidates after ``steps`` MM steps from V = 0 on fixed features, and each step's objectives."""
+    K = T.shape[1]
+    stack = readout.zero_stack(A.shape[1], K)
+    history = []
+    for _ in range(steps):
+        parts = readout.logistic_parts(A, T, stack.reshape(-1, A.shape[1] + 1))
+        history.append([penalised_loss(stack[j], A, T, a) for j, a in enumerate(alphas)])
+        stack = readout.mm_step(stack, parts["lr_grad"], parts["out_gram"], alphas, ridge)
+    return stack, np.array(history)
+
+
+def brute_force_logistic(A, T, alpha):
+    K = T.shape[1]
+    w0 = np.zeros((K, A.shape[1] + 1))
+    if K == 1:
+        w0[0, -1] = ce.SHIFT
+
+    def f(w):
+        return penalised_loss(w.reshape(w0.shape), A, T, alpha)
+
+    def grad(w):
+        W = w.reshape(w0.shape)
+        Z = ones(A) @ W.T
+        P = ce.probabilities(Z)
+        G = (P - T).T @ ones(A)
+        G[:, :-1] += alpha * W[:, :-1]
+        return G.ravel()
+
+    return scipy.optimize.minimize(f, w0.ravel(), jac=grad, method="BFGS", options={"gtol": 1e-10}).x.reshape(w0.shape)
+
+
+def noisy_classes(rng, n, d, K):
+    """Return features and one-hot (or 0/1) targets of a noisy linear K-class problem (never separable)."""
+    A = rng.normal(size=(n, d)) + rng.normal(size=d)
+    y = np.argmax(A @ rng.normal(size=(d, K)) + rng.gumbel(size=(n, K)) * 2.0, axis=1) if K > 2 else \
+        (A @ rng.normal(size=d) + rng.logistic(size=n) * 2.0 > np.median(A @ np.ones(d))).astype(int)
+    return A, targets(y, K, np.float64)
+
+
+@pytest.mark.parametrize("K", [2, 3])
+@pytest.mark.parametrize("alpha", [0.0, 0.7, 25.0])
+def test_mm_steps_converge_to_the_brute_force_regularised_logistic_fit(K, alpha):
+    """The fixed point of the MM steps minimises Σℓ + α/2‖W̃‖² (bias spared); α = 0 is the unregularised logistic fit."""
+    rng = np.random.default_rng(K)
+    A, T = noisy_classes(rng, 300, 4, K)
+    stack, _ = mm_iterate(A, T, np.array([alpha]), 400)
+    best = brute_force_logistic(A, T, alpha)
+    W = stack[0]
+    if K > 2:  # a softmax is invariant to adding one vector to every class row: compare centred rows
+        W, best = W - W.mean(axis=0), best - best.mean(axis=0)
+    np.testing.assert_allclose(W, best, rtol=1e-4, atol=1e-5)
+    assert penalised_loss(stack[0], A, T, alpha) <= penalised_loss(brute_force_logistic(A, T, alpha), A, T, alpha) + 1e-7
+    if alpha == 0 and K == 2:  # scikit-learn's unpenalised logistic regression, in our logit σ(z − ½)
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(A, T[:, 0])
+        np.testing.assert_allclose(stack[0, 0, :-1], lr.coef_[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stack[0, 0, -1] - ce.SHIFT, lr.intercept_[0], rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), K=st.sampled_from([2, 4]), n=st.integers(5, 60),
+       log_alpha=st.floats(-4, 2))
+def test_mm_step_never_raises_the_penalised_loss(seed, K, n, log_alpha):
+    """The bound c G + α Ĩ majorises the Hessian: every step lowers (or keeps) Σℓ + α/2‖W̃‖², separable data included."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, 3)) * rng.uniform(0.1, 5)
+    T = targets(rng.integers(0, K, n), K, np.float64)
+    alphas = np.array([0.0, 10.0 ** log_alpha])
+    _, history = mm_iterate(A, T, alphas, 12, ridge=1e-9)
+    assert np.all(np.diff(history, axis=0) <= 1e-9 * (1 + np.abs(history[:-1])))
+
+
+def test_first_step_from_zero_is_the_scaled_least_squares_fit():
+    """From V = 0 (p = 1/K) the step is 1/c times the ridge fit of t − 1/K at α/c: it predicts as the squared-loss refit."""
+    rng = np.random.default_rng(4)
+    for K in (2, 3):
+        A, T = noisy_classes(rng, 200, 5, K)
+        alpha = 3.0
+        stack, _ = mm_iterate(A, T, np.array([alpha]), 1)
+        c = readout.bound(T.shape[1])
+        p0 = 0.5 if K == 2 else 1 / K
+        expected = refit(A, T - p0, alpha / c) / c
+        if K == 2:
+            expected[0, -1] += ce.SHIFT
+        np.testing.assert_allclose(stack[0], expected, rtol=1e-9, atol=1e-10)
+
+
+def test_acceleration_restarts_where_the_step_turns_back():
+    """FISTA momentum (t_k) extrapolates the MM steps, and drops to a plain step where ∇F(y)·(x_new − x) > 0."""
+    R = np.zeros((2, 1, 3))
+    x_old = np.zeros((2, 1, 3))
+    x_old[:, 0, 0] = -1.0
+    new = np.zeros((2, 1, 3))
+    new[:, 0, 0] = [1.0, -2.0]
+    grad = np.zeros((2, 3))
+    grad[:, 0] = 1.0  # −∇F(y) points to +x: candidate 0 moved along it, candidate 1 against it
+    out = readout.accelerate({"R": R, "R_x": x_old, "R_t": np.array([2.0, 2.0])}, grad, np.zeros(2), new)
+    t1 = (1 + np.sqrt(17)) / 2
+    np.testing.assert_allclose(out["R_t"], [t1, 1.0])
+    np.testing.assert_allclose(out["R"][:, 0, 0], [1.0 + (2 - 1) / t1 * 2.0, -2.0])
+    np.testing.assert_array_equal(out["R_x"], new)
+
+
+@pytest.mark.parametrize("solver_name", ["admm", "dladmm"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_model_output_layer_is_the_held_out_logistic_candidate(solver_name, n_classes):
+    """Each iteration evaluates the candidates of the last step on its hidden features: the model's output layer is
+    the one of least held-out cross-entropy (computed here row by row), the link is logistic, and every candidate then
+    takes the MM step solved densely from the training rows (the carry's R_x)."""
+    rng = np.random.default_rng(1)
+    n = 600
+    X = rng.normal(size=(n, 6))
+    y = (X[:, 0] + X[:, 1] ** 2 + rng.normal(scale=0.5, size=n) > 1).astype(int) + (X[:, 2] > 1) * (n_classes - 2)
+    chunk_rows, k = 50, 3
+    cfg = TrainConfig(solver=solver_name, hidden=(12,), iterations=k, seed=4, validation_fraction=0.2)
+    before = fit_in_memory(X, y, replace_iterations(cfg, k - 1), chunk_rows=chunk_rows, dtype=np.float64)
+    r = fit_in_memory(X, y, cfg, chunk_rows=chunk_rows, dtype=np.float64)
+    train, held = validation_split(chunk_bounds(n, chunk_rows), 0.2, cfg.seed)
+    rows = lambda bounds: np.concatenate([np.arange(a, b) for a, b in bounds])  # noqa: E731
+    tr, ho = rows(train), rows(held)
+    T = targets(encode_labels(y, np.unique(y)), n_classes, np.float64)
+    solver, state = r.solver, r.loop_state
+    own = solver.iterate(state)
+    A_tr, A_ho = forward_hidden(solver, X[tr], own), forward_hidden(solver, X[ho], own)
+    evaluated = np.asarray(before.loop_state.carry["R"])  # the candidates iteration k evaluated
+    losses = np.array([ce.loss_sum(ones(A_ho) @ W.T, T[ho]) for W in evaluated])
+    j = len(losses) - 1 - int(np.argmin(losses[::-1]))
+    record = r.history[-1]
+    assert record["readout"] == "logistic"
+    assert record["validation_loss"] == pytest.approx(losses[j] / len(ho), rel=1e-9)
+    assert record["alpha"] == pytest.approx(float(before.loop_state.carry["R_alphas"][j]), rel=1e-12)
+    np.testing.assert_allclose(state.weights[-1], evaluated[j], rtol=1e-12, atol=1e-12)
+    assert r.network.link == "logistic"
+    Z = r.network.decision_function(X[ho])
+    np.testing.assert_allclose(r.network.predict_proba(X[ho]), np.clip(
+        np.column_stack([1 - ce.probabilities(Z)[:, 0], ce.probabilities(Z)[:, 0]]) if n_classes == 2
+        else ce.probabilities(Z), 1e-3, None) / (1 if n_classes == 2 else np.clip(ce.probabilities(Z), 1e-3, None).sum(
+            axis=1, keepdims=True)), rtol=1e-6, atol=1e-6)
+    # the MM step of every candidate, solved densely: V + (g − α Ṽ)(c G + (α + ε c ḡ) Ĩ)⁻¹
+    c = readout.bound(T.shape[1])
+    alphas = np.asarray(state.carry["R_alphas"])
+    At = ones(A_tr)
+    gbar = np.mean(np.var(A_tr, axis=0)) * len(tr)
+    P = np.diag(np.r_[np.ones(A_tr.shape[1]), 0.0])
+    for jj, alpha in enumerate(alphas):
+        V = evaluated[jj]
+        g = (T[tr] - ce.probabilities(At @ V.T)).T @ At
+        g[:, :-1] -= alpha * V[:, :-1]
+        step = np.linalg.solve(c * At.T @ At + (alpha + cfg.ridge * c * gbar) * P, g.T).T
+        np.testing.assert_allclose(state.carry["R_x"][jj], V + step, rtol=1e-7, atol=1e-9)
+
+
+def replace_iterations(cfg, iterations):
+    from dataclasses import replace
+
+    return replace(cfg, iterations=iterations)
+
+
+@pytest.mark.parametrize("solver_name", ["admm", "dladmm"])
+def test_regression_keeps_the_ridge_readout(solver_name):
+    """Regression under alpha auto refits W_L(α) by ridge (no link): α of least held-out squared error."""
+    rng = np.random.default_rng(3)
+    n = 600
+    X = rng.normal(size=(n, 5))
+    y = X[:, 0] - X[:, 1] ** 2 + rng.normal(scale=0.3, size=n)
+    cfg = TrainConfig(solver=solver_name, task="regression", hidden=(10,), iterations=2, seed=2,
+                      validation_fraction=0.2)
+    r = fit_in_memory(X, y, cfg, chunk_rows=50, dtype=np.float64)
+    solver, state = r.solver, r.loop_state
+    train, held = validation_split(chunk_bounds(n, 50), 0.2, cfg.seed)
+    rows = lambda bounds: np.concatenate([np.arange(a, b) for a, b in bounds])  # noqa: E731
+    tr, ho = rows(train), rows(held)
+    T = ((y - solver.task.y_mean) / solver.task.y_scale)[:, None]
+    own = solver.iterate(state)
+    A_tr, A_ho = forward_hidden(solver, X[tr], own), forward_hidden(solver, X[ho], own)
+    gbar = np.mean(np.var(A_tr, axis=0)) * len(tr)
+    floor = cfg.ridge * gbar
+    errors = [np.sum((T[ho] - ones(A_ho) @ refit(A_tr, T[tr], a + floor).T) ** 2) for a in ALPHA_GRID * gbar]
+    best = len(errors) - 1 - int(np.argmin(errors[::-1]))
+    np.testing.assert_allclose(state.weights[-1], refit(A_tr, T[tr], ALPHA_GRID[best] * gbar + floor),
+                               rtol=1e-6, atol=1e-8)
+    assert "readout" not in r.history[-1] and r.network.link == "identity"
