@@ -211,7 +211,7 @@ def test_divergence_message_names_the_solvers_own_settings(solver, flags):
 
 
 @pytest.mark.parametrize("hidden,n_classes,activation", [
-    ((5,), 2, "relu"), ((6, 4), 3, "relu"), ((5,), 3, "sigmoid"), ((4, 3), 2, "hard-sigmoid"),
+    ((5,), 2, "relu"), ((5,), 2, "sigmoid"), ((6, 4), 3, "relu"), ((5,), 3, "sigmoid"), ((4, 3), 2, "hard-sigmoid"),
 ])
 def test_float32_kernels_equal_float64_kernels(hidden, n_classes, activation):
     """Float32 passes over several row tiles give the float64 sums (checked against brute force above) up to rounding.
