@@ -388,6 +388,7 @@ def test_pipeline_resume_equals_an_uninterrupted_run(client, tmp_path):
           config=TrainConfig(solver="dladmm", hidden=(10, 6), iterations=2))
     resumed = train(client, store=tmp_path / "part.zarr", resume=True, iterations=4, report=quiet)
     assert [h["iteration"] for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[-1]["readout"] == "logistic"  # the logistic refit's carry resumes bitwise too
     for a, b in zip(full.network.weights, resumed.network.weights):
         np.testing.assert_array_equal(a, b)
 

@@ -76,6 +76,7 @@ def test_resume_extends_a_finished_run(client, tmp_path):
     train(client, store=tmp_path / "part.zarr", data=tmp_path / "d.zarr", config=short, report=quiet)
     resumed = train(client, store=tmp_path / "part.zarr", resume=True, iterations=5, report=quiet)
     assert [h["iteration"] for h in resumed.history] == [1, 2, 3, 4, 5]
+    assert resumed.history[-1]["readout"] == "logistic"  # the logistic refit's carry resumes bitwise too
     for a, b in zip(full.network.weights, resumed.network.weights):
         np.testing.assert_array_equal(a, b)
     assert RunStore.open(tmp_path / "part.zarr").committed_iteration() == 5
