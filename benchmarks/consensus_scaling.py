@@ -107,7 +107,8 @@ def measured_workers(data: Path, iterations: int, quiet_wait: float = 0.0) -> li
                      report=lambda *_: None) as client, CpuWatch() as cpu:
             client.run(exec, "import pipeline.passes, solvers.consensus")
             result = train(client, store=store, data=str(data), overwrite=True, report=lambda *_: None,
-                           config=TrainConfig(solver="consensus", hidden=(300,), iterations=iterations))
+                           config=TrainConfig(solver="consensus", hidden=(300,), iterations=iterations,
+                                              first_pass_rows=0))  # whole epochs: every pass the same work
         secs = [h["seconds"] for h in result.history]
         held = sum(b - a for a, b in result.store.attrs.get("validation_chunks") or [])
         rows.append({"workers": workers, "shards": workers, "seconds_per_pass": statistics.median(secs),
@@ -216,7 +217,8 @@ def markdown(r: dict) -> str:
     wp = r.get("workers_provenance")
     if wp:
         lines += [f"Measured again with `{wp['command']}` ({wp['date']}): LocalCluster(n_workers=1 or 2, "
-                  "threads_per_worker=1), default settings (10 % held out), each started after waiting for idle "
+                  "threads_per_worker=1), default settings (10 % held out) but whole-epoch passes "
+                  "(`first_pass_rows=0`), each started after waiting for idle "
                   "CPUs (up to the seconds given).", ""]
     lines += ["| workers | shards | s per pass (median) | speed-up | train acc after each pass | other CPU s | "
               "waited for quiet s |", "|---|---|---|---|---|---|---|"]
@@ -229,10 +231,11 @@ def markdown(r: dict) -> str:
               "second worker only helps when the second core is free; when other processes used about as many CPU "
               "seconds as the measurement lasted, both worker counts shared the same spare core, and the ratio "
               "says little about the method (a quiet machine gave Gauss-Newton's passes 1.47× at 2 workers, "
-              "`scaling_model.md`). A pass's seconds include `--alpha auto`'s pass A, whose sample is whole "
-              "chunks (here 262,144 rows each, at least two of them, plus the held-out chunk) and is not divided "
-              "by the shards: on this store it may cost about as much as the Adam epoch itself (not measured "
-              "apart), which would cap the speed-up of a pass.",
+              "`scaling_model.md`). A pass's seconds include `--alpha auto`'s pass A (at most 16,384 seeded "
+              "rows of each chunk it reads: two sampled training chunks and the held-out ones), which is not "
+              "divided by the shards. Before 2026-11-27 23:15 UTC the two shard tasks of a pass could both "
+              "land on the worker that held the broadcast parameters and run one after the other (now each "
+              "shard is pinned to its worker thread), and pass A used whole chunks.",
               "", f"## Measured: the accuracy cost of more shards ({r['n_accuracy_rows']:,} rows, in memory)", "",
               "| shards | rows per shard | " + " | ".join(f"test acc after pass {i + 1}" for i in
                                                          range(len(next(iter(r["accuracy_by_shards"].values())))))
