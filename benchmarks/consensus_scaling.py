@@ -110,7 +110,7 @@ def measured_workers(data: Path, iterations: int, quiet_wait: float = 0.0) -> li
                            config=TrainConfig(solver="consensus", hidden=(300,), iterations=iterations,
                                               first_pass_rows=0))  # whole epochs: every pass the same work
         secs = [h["seconds"] for h in result.history]
-        held = sum(b - a for a, b in result.store.attrs.get("validation_chunks") or [])
+        held = (result.store.attrs.get("validation") or {}).get("rows", 0)
         rows.append({"workers": workers, "shards": workers, "seconds_per_pass": statistics.median(secs),
                      "training_rows": result.store.n_samples - held, "waited_for_quiet_seconds": waited,
                      "all_seconds": secs, "train_accuracy": [h["train_accuracy"] for h in result.history],

@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     py = sys.executable
     runs = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         data, run_store = f"{tmp}/d.zarr", f"{tmp}/r.zarr"
         ours = [[py, "-m", "pipeline.ingest", csv, "--out", data, "--test-fraction", str(args.test_fraction),
@@ -95,20 +96,23 @@ def main(argv=None) -> int:
                 if method == "ours":
                     _, ev = run([py, "-m", "pipeline.evaluate", "--store", run_store, "--data",
                                  data.replace(".zarr", "-test.zarr"), "--json"], env)
-                    acc = json.loads(ev.strip().splitlines()[-1])["accuracy"]
-                    extra = {"ingest_seconds": seconds[0], "train_seconds": seconds[1]}
+                    metrics = json.loads(ev.strip().splitlines()[-1])
+                    acc = metrics["accuracy"]
+                    extra = {"ingest_seconds": seconds[0], "train_seconds": seconds[1],
+                             "model_iteration": metrics.get("iteration")}
                 else:
                     acc, extra = float(out.split()[1]), {"epochs": int(out.split()[3])}
                 runs.append({"round": rnd, "method": method, "wall_seconds": wall, "test_accuracy": acc,
                              "other_cpu_seconds": cpu.other, **extra})
                 print(f"round {rnd} {method}: {wall:.2f} s, accuracy {acc:.4f}, other CPU {cpu.other:.1f} s",
                       flush=True)
+    load = (load_before, os.getloadavg()[0])
     ratios = []
     for rnd in range(args.rounds):
         by = {r["method"]: r for r in runs if r["round"] == rnd}
         ratios.append(by["ours"]["wall_seconds"] / by["mlp"]["wall_seconds"])
     res = {"provenance": provenance(), "csv": csv, "test_fraction": args.test_fraction, "runs": runs,
-           "ratio_ours_over_mlp": ratios, "median_ratio": statistics.median(ratios)}
+           "ratio_ours_over_mlp": ratios, "median_ratio": statistics.median(ratios), "load": load}
     out = args.out or str(ROOT / "benchmarks" / "results" / f"end_to_end_{args.name}.json")
     write_results(out, res, markdown)
     return 0
@@ -119,12 +123,16 @@ def markdown(res: dict) -> str:
              "early_stopping=True)", "", f"Command: `{res['provenance']['command']}`",
              f"Date {res['provenance']['date']}, {res['provenance']['cpus']} CPUs, shared with other jobs "
              "(other processes' CPU seconds per run are listed).", "",
-             "| round | method | wall s | ingest s | train s | held-out accuracy | other CPU s |", "|---|---|---|---|---|---|---|"]
+             "| round | method | wall s | ingest s | train s | held-out accuracy | model iteration / epochs | other CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         lines.append(f"| {r['round']} | {r['method']} | {r['wall_seconds']:.2f} | {r.get('ingest_seconds', float('nan')):.2f} | "
-                     f"{r.get('train_seconds', float('nan')):.2f} | {r['test_accuracy']:.4f} | {r['other_cpu_seconds']:.1f} |")
+                     f"{r.get('train_seconds', float('nan')):.2f} | {r['test_accuracy']:.4f} | "
+                     f"{r.get('model_iteration', r.get('epochs', '—'))} | {r['other_cpu_seconds']:.1f} |")
     lines += ["", "Ratio ours / MLPClassifier per round: " + ", ".join(f"{x:.2f}" for x in res["ratio_ours_over_mlp"])
               + f" (median {res['median_ratio']:.2f})."]
+    if res.get("load"):
+        lines += ["", f"Load average (1 min) before / after: {res['load'][0]:.2f} / {res['load'][1]:.2f}."]
     return "\n".join(lines) + "\n"
 
 

@@ -39,7 +39,7 @@ def run_info(run, *, n_chunks: int | None = None, n_held_out: int = 0) -> dict:
     settings = describe(config)
     chunks = f"{run.n_samples} samples in chunks of {run.chunk_rows} rows"
     if n_chunks is not None:
-        chunks += f" ({n_chunks} training chunks" + (f", {n_held_out} held out)" if n_held_out else ")")
+        chunks += f" ({n_chunks} training chunks" + (f", {n_held_out} rows held out)" if n_held_out else ")")
     stopped = None
     if manifest.get("stopped_early"):
         best = (manifest.get("early_stopping") or {}).get("best_iteration")

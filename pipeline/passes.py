@@ -27,12 +27,13 @@ import zarr
 
 from pipeline.alignment import aligned
 from solvers.linalg import one_blas_thread
-from solvers.loop import shard_groups
+from solvers.loop import chunk_kernel, shard_groups
 from solvers.losses import encode_labels, predict_classes
 from solvers.scores import classification_sums, probabilities
 from solvers.tiling import chunk_bounds
 from solvers.stats import moment_sums
 from solvers.tasks import score_sums
+from solvers.validation import select
 from storage.cache import ChunkCache
 from storage.data import read_rows, rows_array
 from storage.runstore import shard_state_path, slot_of, state_path
@@ -91,48 +92,59 @@ def _write_state(run: str, slot: int, state: dict, start: int, stop: int) -> Non
         _array(run, state_path(slot, name), "r+")[start:stop] = block
 
 
-def chunk_task(bundle, data, run, read_slots, write_slot, start, stop):
-    """Run one solver kernel on rows [start, stop); return the chunk's sums.
+def chunk_task(bundle, data, run, read_slots, write_slot, start, stop, split=None, train=True, held=False):
+    """Run one solver kernel on the rows [start, stop) of a chunk; return its sums (``held``: the pair).
 
     ``bundle`` is (solver, kernel name, params). The kernel sees y as class
     indices, or as the stored real values for a regression solver (its
-    ``classes`` is None). The state arrays are read
-    from ``read_slots`` ({name: slot}) and the kernel's new state written to
-    ``write_slot`` (either may be None). The slot written is never the
-    committed one, so a retried task rewrites the same bytes.
+    ``classes`` is None). With ``train`` it runs on the chunk's training rows
+    (all rows without a ``split``): the state arrays are read from
+    ``read_slots`` ({name: slot}) and the kernel's new state written to
+    ``write_slot`` (either may be None; held-out rows get zeros). The slot
+    written is never the committed one, so a retried task rewrites the same
+    bytes. With ``held`` it also runs statelessly on the chunk's held-out rows
+    from the same read, and the task returns (training sums, held-out sums),
+    either None where the chunk has no such rows (:func:`solvers.loop.chunk_kernel`).
     """
     solver, kernel, params = bundle
     params = aligned(params)
+    fn = getattr(solver, kernel)
+    sums = held_sums = None
     with one_blas_thread():
         x, y = _read_xy(data, start, stop, solver.classes)
-        state = None if read_slots is None else _read_state(run, read_slots, start, stop)
-        new_state, sums = getattr(solver, kernel)(x, y, state, start, params)
-        if write_slot is not None:
-            _write_state(run, write_slot, new_state, start, stop)
-    return sums
+        if train:
+            state = None if read_slots is None else _read_state(run, read_slots, start, stop)
+            new_state, sums = chunk_kernel(fn, x, y, state, start, params, split)
+            if write_slot is not None and new_state is not None:
+                _write_state(run, write_slot, new_state, start, stop)
+        if held:
+            held_sums = chunk_kernel(fn, x, y, None, start, params, split, "held")[1]
+    return (sums, held_sums) if held else sums
 
 
 class _ZarrChunks:
-    """A shard's chunks in a data store, each read from Zarr when the kernel asks for it."""
+    """A shard's chunks in a data store (their training rows), each read from Zarr when the kernel asks for it."""
 
-    def __init__(self, data, bounds, classes):
-        self.data, self.bounds, self.classes = data, bounds, classes
+    def __init__(self, data, bounds, classes, split=None):
+        self.data, self.bounds, self.classes, self.split = data, bounds, classes, split
 
     def __len__(self):
         return len(self.bounds)
 
     def read(self, i):
-        return _read_xy(self.data, *self.bounds[i], self.classes)
+        x, y = _read_xy(self.data, *self.bounds[i], self.classes)
+        rows = select(self.split, *self.bounds[i], "train")
+        return (x, y) if rows is None else (x[rows], y[rows])
 
     def n_rows(self):
-        return sum(b - a for a, b in self.bounds)
+        return sum(b - a if (r := select(self.split, a, b, "train")) is None else len(r) for a, b in self.bounds)
 
 
 def _read_shard_state(run: str, slot: int, names, shard: int) -> dict:
     return {name: read_rows(run, shard_state_path(slot, name), shard, shard + 1)[0] for name in names}
 
 
-def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds):
+def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds, split=None):
     """Run one solver shard kernel over the chunks ``chunk_bounds`` of shard ``shard``; return its sums.
 
     The per-shard state is read from slot ``read_slot`` and written to
@@ -144,8 +156,8 @@ def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds):
     with one_blas_thread():
         names = solver.shard_state_widths()
         state = None if read_slot is None else _read_shard_state(run, read_slot, names, shard)
-        new_state, sums = getattr(solver, kernel)(_ZarrChunks(data, chunk_bounds, solver.classes), state, shard,
-                                                  params)
+        new_state, sums = getattr(solver, kernel)(_ZarrChunks(data, chunk_bounds, solver.classes, split), state,
+                                                  shard, params)
         if write_slot is not None:
             for name, value in new_state.items():
                 _array(run, shard_state_path(write_slot, name), "r+")[shard] = np.asarray(value, np.float64)
@@ -168,7 +180,11 @@ def broadcast(obj):
 
 
 def _sum(*parts):
-    return np.sum(parts, axis=0)
+    """Return the sum of the parts (None: a chunk without such rows), or of each side of (train, held) pairs."""
+    if parts and isinstance(parts[0], tuple):
+        return tuple(_sum(*side) for side in zip(*parts))
+    parts = [p for p in parts if p is not None]
+    return np.sum(parts, axis=0) if parts else None
 
 
 def tree(parts, combine=_sum, split_every: int = SPLIT_EVERY):
@@ -183,13 +199,13 @@ class DaskRunner:
     """Runs solver passes over a data store and a run store on a Dask cluster (a PassRunner)."""
 
     def __init__(self, client, solver, data_path, run_path, chunks, progress: bool = False, retries: int = 3,
-                 recorder=None, held_out=()):
+                 recorder=None, split=None):
         self.client = client
         self.solver = solver
         self.data = str(data_path)
         self.run_path = str(run_path)
         self.bounds = list(chunks)
-        self.held_out = list(held_out)
+        self.split = split  # the held-out rows (solvers.validation), or None
         self.progress = progress
         self.retries = retries
         self.recorder = recorder  # .on_pass(kernel, seconds, rows, read_bytes) after each pass (the /training page)
@@ -213,17 +229,15 @@ class DaskRunner:
         plan = read  # {array name: iteration} or None (solvers.loop.run_pass makes the dict)
         reads = None if plan is None else {name: slot_of(k) for name, k in plan.items()}
         write_slot = None if write is None else slot_of(write)
-        bounds = self.bounds if chunks is None else [self.bounds[i] for i in chunks]  # a sample of the chunks
+        sample = range(len(self.bounds)) if chunks is None else set(chunks)  # a sample of the chunks
+        held = held_out and self.split is not None  # every chunk's held-out rows, read with its training rows
         t0 = time.perf_counter()
-        train = tree([fn(shared, self.data, self.run_path, reads, write_slot, a, b) for a, b in bounds])
-        if not held_out:
-            sums = self.compute(train)[0]
-        elif not self.held_out:
-            sums = self.compute(train)[0], None
-        else:
-            held = tree([fn(shared, self.data, self.run_path, None, None, a, b) for a, b in self.held_out])
-            sums = tuple(self.compute(train, held))
-        self._record(kernel, time.perf_counter() - t0, plan, bounds)
+        tasks = [fn(shared, self.data, self.run_path, reads, write_slot, a, b, self.split, i in sample, held)
+                 for i, (a, b) in enumerate(self.bounds) if held or i in sample]
+        sums = self.compute(tree(tasks))[0]
+        if held_out and not held:
+            sums = sums, None
+        self._record(kernel, time.perf_counter() - t0, plan, [b for i, b in enumerate(self.bounds) if i in sample])
         return sums
 
     def _record(self, kernel, seconds, plan, bounds):
@@ -258,7 +272,7 @@ class DaskRunner:
         for shard, group in enumerate(groups):
             with dask.annotate(**places[shard]):
                 tasks.append(fn(shared, self.data, self.run_path, read_slot, write_slot, shard,
-                                [self.bounds[i] for i in group]))
+                                [self.bounds[i] for i in group], self.split))
         return self.compute(tree(tasks))[0]
 
 
@@ -310,9 +324,12 @@ def chunk_sums(fn, data_path, chunks, *args, combine=_sum_all):
     return bag.map(_on_chunk, fn, str(data_path), *args).reduction(combine, combine, split_every=SPLIT_EVERY)
 
 
-def _score_chunk(data, start, stop, network):
-    """Return :func:`solvers.tasks.score_sums` of the network's predictions on rows [start, stop)."""
+def _score_chunk(data, start, stop, network, split=None):
+    """Return :func:`solvers.tasks.score_sums` of the network's predictions on rows [start, stop) (those ``split`` holds out)."""
     x, y, network = *_read_xy(data, start, stop), aligned(network)
+    if split is not None:
+        rows = select(split, start, stop, "held")
+        x, y = x[rows], y[rows]
     return score_sums(network.predict(x), y, None if network.classes is not None else float(np.asarray(network.y_mean)[0]))
 
 
@@ -326,11 +343,14 @@ def _metrics_chunk(data, start, stop, network):
     return classification_sums(probabilities(z, network.link), idx, predict_classes(z))
 
 
-def score_sums_graph(network, data_path, chunks, metrics=False):
+def score_sums_graph(network, data_path, chunks, metrics=False, split=None):
     """Return the Dask sums of :func:`solvers.tasks.score_sums` of the network over the given chunks of a data store.
 
     ``metrics`` (a classifier): :func:`_metrics_chunk`'s sums instead (accuracy, log-loss, AUC).
+    ``split``: over the rows it holds out only (the early-stopping score; not with ``metrics``).
     """
+    if split is not None:
+        return chunk_sums(_score_chunk, data_path, chunks, broadcast(network), split)
     fn = _metrics_chunk if metrics and not network.is_regressor else _score_chunk
     return chunk_sums(fn, data_path, chunks, broadcast(network))
 

@@ -21,7 +21,7 @@ from solvers.driver import Outcome, describe_model, drive, model_from_moments, s
 from solvers.errors import InputError
 from solvers.loop import LoopState
 from solvers.tasks import score_from_sums
-from solvers.validation import EarlyStopping
+from solvers.validation import EarlyStopping, RowSplit, split_of
 from storage.data import fingerprint, open_data
 from storage.lock import RunLock
 from storage.runstore import Checkpoint, RunStore, check_creatable
@@ -89,7 +89,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                             [Path(store).resolve().parent])
         model = model_from_moments(config, data.n_features, *data_moments(client, data, config.task == "regression"))
         solver = make_solver(config, data.n_features, **model)
-        rows, _, held_out = split_chunks(
+        rows, _, split = split_chunks(
             data.n_samples, chunk_rows,
             default_chunk_rows(data, sum(solver.state_widths().values()),
                                max(_threads(client), config.shards if solver.sharded else 1)), config)
@@ -98,26 +98,29 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                               n_samples=data.n_samples, chunk_rows=rows, **dict(model, classes=model.get("classes")),
                               overwrite=overwrite,
                               test_data=str(Path(test_data).resolve()) if test_data else None,
-                              validation_chunks=held_out, report=report,
+                              validation=split.record(data.n_samples) if split else None, report=report,
                               shard_widths=solver.shard_state_widths() if solver.sharded else None,
                               n_shards=config.shards)
     test = check_test_data(test_data, data)
 
-    held_out = [tuple(b) for b in run.attrs.get("validation_chunks") or []]
-    train_chunks = [b for b in bounds(data.n_samples, run.chunk_rows) if b not in set(held_out)]
-    runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), train_chunks, progress=progress,
-                        recorder=monitor, held_out=held_out)
-    n_held = sum(b - a for a, b in held_out)
-    report(f"run store {run.path}: {data.n_samples - n_held} training samples in {len(train_chunks)} chunks of "
-           f"{run.chunk_rows} rows" + (f", {n_held} held out for early stopping in {len(held_out)} chunks"
-                                        if held_out else "")
+    split = split_of(run.attrs)
+    chunks = bounds(data.n_samples, run.chunk_rows)  # a run of an earlier version: its held-out chunks train on no row
+    runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), chunks, progress=progress,
+                        recorder=monitor, split=split)
+    n_held = 0 if split is None else (run.attrs.get("validation") or {}).get("rows", split.count(data.n_samples))
+    report(f"run store {run.path}: {data.n_samples - n_held} training samples in "
+           f"{len(chunks) - len(getattr(split, 'chunks', ()))} chunks of "
+           f"{run.chunk_rows} rows" + (f", {n_held} held out for early stopping (rows of every chunk)"
+                                        if isinstance(split, RowSplit) else
+                                        f", {n_held} held out for early stopping in {len(split.chunks)} chunks"
+                                        if split else "")
            + f", layers {'-'.join(map(str, solver.widths))}, solver {solver.name}, {describe_model(model)}")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
     if monitor is not None:
         from pipeline.monitor import run_info
 
-        monitor.start(run_info(run, n_chunks=len(train_chunks), n_held_out=len(held_out)), history)
+        monitor.start(run_info(run, n_chunks=len(chunks), n_held_out=n_held), history)
     committed, stopping = None, None
     if manifest is not None:
         ck = run.load_checkpoint()
@@ -126,17 +129,22 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
             stopping = EarlyStopping(config.patience, best_score=ck.best["best_validation"],
                                      best_iteration=ck.best["best_iteration"], best_weights=ck.best_weights,
                                      best_loss=ck.best.get("best_validation_loss"))
-    scored = {"validation": (data, held_out)} if held_out else {}
+    scored = {}
+    if isinstance(split, RowSplit):  # the held-out rows of every chunk
+        scored["validation"] = (data, bounds(data.n_samples, run.chunk_rows), split)
+    elif split:
+        scored["validation"] = (data, sorted(split.chunks), None)
     if test is not None:
-        scored["test"] = (test, bounds(test.n_samples, test.chunk_rows))
+        scored["test"] = (test, bounds(test.n_samples, test.chunk_rows), None)
 
     def evaluate(network) -> dict:  # held-out and test scores in one compute
-        sums = runner.compute(*(score_sums_graph(network, ds.path.resolve(), chunks) for ds, chunks in scored.values()))
+        sums = runner.compute(*(score_sums_graph(network, ds.path.resolve(), b, split=rows)
+                                for ds, b, rows in scored.values()))
         return {kind: score_from_sums(s) for kind, s in zip(scored, sums)}
 
     try:
         out = drive(solver, runner, _RunKeeper(run, config, monitor), config, evaluate=evaluate,
-                    held_out=bool(held_out), resume=committed, history=history, stopping=stopping, changed=changed,
+                    held_out=split is not None, resume=committed, history=history, stopping=stopping, changed=changed,
                     stopped_early=bool(manifest and manifest.get("stopped_early")), report=report)
     finally:
         run.write_metrics()  # the commits write metrics/ at most every few seconds

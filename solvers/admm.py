@@ -31,11 +31,11 @@ Parameters (all solvers share :class:`~solvers.config.TrainConfig`):
 ``alpha``      weight decay α of the W-solve, ``a aᵀ + α Ĩ`` (bias spared); ``"auto"``:
                0.01 · the Gram's mean diagonal (:func:`~solvers.linalg.resolve_alpha`),
                and the model's output layer refitted to the targets with α chosen
-               on the held-out chunks (:mod:`solvers.readout`: logistic for classification)
+               on the held-out rows (:mod:`solvers.readout`: logistic for classification)
 =============  ==============================================================
 
-With ``alpha="auto"`` and held-out chunks the pass of iteration k also sums, over its training
-chunks and (statelessly, in the same pass) over the held-out chunks, the
+With ``alpha="auto"`` and held-out rows the pass of iteration k also sums, over its training
+rows and (statelessly, in the same pass) over the held-out rows, the
 readout sums of the forward pass of the hidden weights W^k; the model of
 iteration k is ``W_1^k … W_{L−1}^k`` with the refitted output layer, while the
 iteration goes on from its own ``W_L^k`` (kept in the carry as ``U``). The
@@ -138,7 +138,7 @@ class ADMMSolver(SolverBase):
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Run iteration k = state.iteration + 1 (one pass) and solve W^{k+1} from its Grams.
 
-        With ``alpha="auto"`` the pass also runs on the held-out chunks and the
+        With ``alpha="auto"`` the pass also runs on the held-out rows and the
         model's output layer is refitted (:mod:`solvers.readout`).
         """
         k = state.iteration + 1

@@ -100,15 +100,20 @@ class SolverBase:
         k, d = weights[0].shape[0], self.widths[0]
         if not data_init.fits(2 * k, d):  # too wide to gather in one pass: He rows
             return weights
-        rows = data_init.pick_rows(runner.bounds, 2 * k, self.config.seed)
+        rows = data_init.pick_rows(runner.bounds, 2 * k, self.config.seed, getattr(runner, "split", None))
         sums = run_pass(runner, data_init.layout(2 * k, d), "rows_chunk", rows, 0)
         weights[0] = data_init.first_layer(sums["rows"], weights[0], self.act.he_gain)
         return weights
 
-    def rows_chunk(self, x_raw, y, state, start_row: int, rows):
-        """Return (None, the chunk's standardised rows among the global row numbers ``rows``, in their slots)."""
-        sums = data_init.rows_kernel(self.inputs(x_raw), start_row, rows)
+    def rows_chunk(self, x_raw, y, state, row_numbers, rows):
+        """Return (None, the chunk's standardised rows among the global row numbers ``rows``, in their slots).
+
+        ``row_numbers`` are the global row numbers of ``x_raw``'s rows (``row_numbers`` below).
+        """
+        sums = data_init.rows_kernel(self.inputs(x_raw), row_numbers, rows)
         return None, data_init.layout(len(rows), x_raw.shape[1]).pack(sums)
+
+    rows_chunk.row_numbers = True  # the runners pass the rows' global numbers in place of the chunk's start
 
     def he_weights(self, layers: int) -> list:
         """Return He-scaled random ``W_1..W_layers`` with zero biases, seeded by ``config.seed``."""

@@ -129,7 +129,7 @@ class TrainConfig:
                         "but the first layer's rows point along differences of random training rows: one more pass) "
                         "or gaussian (the paper's N(0, 1) state, admm only); auto: data for admm and dladmm with a "
                         "dense first layer, else forward", choices=INITS, solvers=("admm", "dladmm"))
-    seed: int = setting(0, "random seed of the initial weights and state and of the held-out chunks",
+    seed: int = setting(0, "random seed of the initial weights and state and of the held-out rows",
                         param="random_state", param_default=None)
     ridge: float = setting(1e-6, "numerical floor of every solve, relative to the Gram's mean diagonal (weight "
                            "decay is --alpha)", resumable=True, solvers=("admm", "gauss-newton", HANDOVER))
@@ -166,8 +166,8 @@ class TrainConfig:
                                    choices=SAMPLE_SCHEDULES, solvers=("gauss-newton",), group="gauss-newton")
     sample_start: int = setting(START_ROWS, "rows of the first sample of the grow schedule (rounded up to whole "
                                 "chunks, at least 2)", solvers=("gauss-newton",), group="gauss-newton")
-    validation_fraction: float = setting(0.1, "share of the training chunks held out (seeded choice of whole "
-                                         "chunks); the model is the iteration with the best held-out score, 0 "
+    validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
+                                         "every chunk); the model is the iteration with the best held-out score, 0 "
                                          "turns early stopping off", group="stopping")
     patience: int = setting(10, "with a validation fraction: stop after this many iterations without a gain in "
                             "the held-out score, 0 never", resumable=True, group="stopping")

@@ -142,7 +142,7 @@ class ConsensusSolver(SolverBase):
 
         Gauss-Newton's pass A at the hidden layers of ``weights`` (over a seeded sample of
         the training chunks of at least :data:`ALPHA_SAMPLE_ROWS` rows, every chunk of smaller
-        data, and the held-out chunks; of each, at most :data:`ALPHA_CHUNK_ROWS` seeded rows:
+        data, and the held-out rows; of each, at most :data:`ALPHA_CHUNK_ROWS` seeded rows:
         :meth:`alpha_chunk`) gives the sums of ``Σ‖T − W_L ã‖² + α_L‖W̃_L‖²``;
         its ridge path takes the α_L of least held-out error (GCV without held-out
         chunks: :meth:`GaussNewtonSolver.output_layer`). Divided by 2n that objective is

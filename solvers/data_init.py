@@ -11,9 +11,10 @@ the random features ``h(W_1⁰ x)`` separate the samples far better
 so does every row when ``2 n_1 d`` exceeds :data:`MAX_VALUES` (very wide inputs).
 
 The rows are gathered in one pass over the training chunks: the client picks
-global row numbers (seeded, independent of chunking and scheduling), every
-chunk puts the rows it holds into their slots of a zero block, and the sum
-of the blocks holds every picked row (:func:`rows_kernel`).
+global row numbers of training rows (seeded, independent of chunking and
+scheduling; held-out rows are skipped), every chunk puts the rows it holds
+into their slots of a zero block, and the sum of the blocks holds every
+picked row (:func:`rows_kernel`).
 """
 from __future__ import annotations
 
@@ -30,18 +31,30 @@ def fits(count: int, width: int) -> bool:
     return count * width <= MAX_VALUES
 
 
-def pick_rows(bounds, count: int, seed: int) -> np.ndarray:
-    """Return ``count`` global row numbers of the training chunks ``bounds`` ((start, stop) pairs), seeded.
+def pick_rows(bounds, count: int, seed: int, split=None) -> np.ndarray:
+    """Return ``count`` global row numbers of the training rows of chunks ``bounds`` ((start, stop) pairs), seeded.
 
-    Without replacement when there are enough rows, else with it.
+    Without replacement when there are enough rows, else with it. Rows the
+    ``split`` holds out (:mod:`solvers.validation`) are never picked: the
+    candidates are drawn as without a split (twice as many, plus 64) and the
+    first ``count`` training rows among them kept.
     """
     sizes = np.array([b - a for a, b in bounds], np.int64)
     n = int(sizes.sum())
     rng = np.random.default_rng([seed, SEED_TAG])
-    pos = rng.choice(n, count, replace=n < count)
     starts = np.array([a for a, _ in bounds], np.int64)
-    chunk = np.searchsorted(np.cumsum(sizes), pos, side="right")
-    return starts[chunk] + (pos - (np.cumsum(sizes) - sizes)[chunk])
+
+    def global_rows(pos):
+        chunk = np.searchsorted(np.cumsum(sizes), pos, side="right")
+        return starts[chunk] + (pos - (np.cumsum(sizes) - sizes)[chunk])
+
+    if split is None:
+        return global_rows(rng.choice(n, count, replace=n < count))
+    rows = global_rows(rng.choice(n, min(n, 2 * count + 64), replace=False))
+    rows = rows[~split.held(rows)]
+    if len(rows) >= count:
+        return rows[:count]
+    return rows[rng.integers(len(rows), size=count)]  # fewer training rows than asked: with replacement
 
 
 def layout(count: int, width: int) -> StatsLayout:
@@ -49,12 +62,13 @@ def layout(count: int, width: int) -> StatsLayout:
     return StatsLayout({"rows": (count, width)})
 
 
-def rows_kernel(x, start_row: int, rows) -> dict:
-    """Return ``{"rows": block}``: the chunk's rows (``x`` starts at global row ``start_row``) in the slots that pick them."""
-    rows = np.asarray(rows)
+def rows_kernel(x, row_numbers, rows) -> dict:
+    """Return ``{"rows": block}``: the rows of ``x`` (global numbers ``row_numbers``, ascending) in the slots that pick them."""
+    rows, row_numbers = np.asarray(rows, np.int64), np.asarray(row_numbers, np.int64)
     block = np.zeros((len(rows), x.shape[1]))
-    mine = (rows >= start_row) & (rows < start_row + x.shape[0])
-    block[mine] = x[rows[mine] - start_row]
+    at = np.minimum(np.searchsorted(row_numbers, rows), len(row_numbers) - 1)
+    mine = row_numbers[at] == rows
+    block[mine] = x[at[mine]]
     return {"rows": block}
 
 

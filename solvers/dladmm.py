@@ -70,8 +70,8 @@ constant ``ν + κ‖W_{l+1}‖₂²`` of ∇_a φ, which satisfies the paper's
 backtracking condition at the first trial for every sample (a backtracked τ
 would cost one pass per trial, the condition being a sum over samples); the
 backtracking of θ starts at the last accepted θ / 2 instead of a fixed θ₀.
-With ``alpha="auto"`` and held-out chunks the model's output layer is refitted to the targets
-after every iteration, α chosen on the held-out chunks (:mod:`solvers.readout`;
+With ``alpha="auto"`` and held-out rows the model's output layer is refitted to the targets
+after every iteration, α chosen on the held-out rows (:mod:`solvers.readout`;
 its sums come from pass O, which also runs statelessly on the held-out
 chunks); the iteration goes on from its own ``W_L`` (the carry's ``U``), and
 the reported train score is that of its own weights.

@@ -5,7 +5,7 @@ The in-memory reference (:mod:`solvers.reference`) and the Dask pipeline
 pass runs (their :class:`~solvers.loop.PassRunner`), how held-out and test
 scores are computed (``evaluate``) and where state and checkpoints live (their
 :class:`Keeper`). A record is ``{iteration, seconds, <solver metrics>, <pass
-rates>, validation_<score>, test_<score>}``; with held-out chunks the model is
+rates>, validation_<score>, test_<score>}``; with held-out rows the model is
 the iteration of the best validation score and training stops after
 ``patience`` iterations without a gain.
 """
@@ -23,7 +23,7 @@ from solvers.loop import LoopState, initialize, iterate
 from solvers.stats import scaling_from_sums
 from solvers.tasks import TASKS
 from solvers.tiling import chunk_bounds
-from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
+from solvers.validation import EarlyStopping, make_split
 
 MAX_CLASSES = 1000  # more distinct labels than this: not a classification (pass --task regression)
 MAX_REAL_CLASSES = 20  # more distinct labels that are not all whole numbers: a real-valued target
@@ -75,14 +75,13 @@ def model_from_moments(config: TrainConfig, n_features: int, sums, shift, labels
 
 
 def split_chunks(n_samples: int, chunk_rows: int | None, default_rows: int, config: TrainConfig):
-    """Return (rows per chunk, training chunks, held-out chunks) of a new run.
+    """Return (rows per chunk, chunks, held-out split or None) of a new run.
 
-    ``chunk_rows`` if given, else ``default_rows`` made small enough for a fair
-    ``validation_fraction``; the held-out chunks are a seeded choice.
+    ``chunk_rows`` if given, else ``default_rows``; the held-out rows are a
+    seeded ``validation_fraction`` of the rows of every chunk (:func:`solvers.validation.make_split`).
     """
-    rows = chunk_rows or chunk_rows_for_validation(n_samples, default_rows, config.validation_fraction)
-    train, held_out = validation_split(chunk_bounds(n_samples, rows), config.validation_fraction, config.seed)
-    return rows, train, held_out
+    rows = chunk_rows or default_rows
+    return rows, chunk_bounds(n_samples, rows), make_split(config.validation_fraction, config.seed, n_samples)
 
 
 class Keeper(Protocol):
@@ -99,7 +98,7 @@ class Keeper(Protocol):
 class Outcome:
     """What training returns (:func:`drive`, ``fit_in_memory``, ``train``): the network, history, client state, solver.
 
-    With held-out chunks the network is that of ``best_iteration``;
+    With held-out rows the network is that of ``best_iteration``;
     ``loop_state`` is the last iteration's client state either way. ``store``
     is the run store of a Dask run (None in memory).
     """

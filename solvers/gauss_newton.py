@@ -7,11 +7,11 @@ decay ``E = Σ‖T − W_L ã_{L−1}‖² + α Σ_l ‖W̃_l‖²`` (scikit-lea
 its MLP objective times 2n); ``M_l = h'(z_l)``. One iteration, for the trial
 hidden weights ``W_1..W_{L−1}``:
 
-* pass A (``forward_chunk``, also over the held-out chunks): ``G_{L−1} = Σ ã_{L−1}ã_{L−1}ᵀ``,
+* pass A (``forward_chunk``, also over the held-out rows): ``G_{L−1} = Σ ã_{L−1}ã_{L−1}ᵀ``,
   ``C_L = Σ T ã_{L−1}ᵀ``, ``Σ‖T‖²``; on the client ``W_L(α) = C_L (G_{L−1} + α Ĩ)⁻¹``
   (the paper's eq. 9 W-solve; Ĩ spares the bias) for every α of a grid at once
   (:class:`~solvers.linalg.RidgePath`). ``alpha="auto"`` takes the α whose
-  ``W_L(α)`` has the least squared error on the held-out chunks' sums (GCV on
+  ``W_L(α)`` has the least squared error on the held-out rows' sums (GCV on
   the training sums when nothing is held out): regularisation chosen from
   held-out data with no further pass. E follows from the same sums.
 * Levenberg–Marquardt control: if E (at this iteration's α, the accepted
@@ -226,7 +226,7 @@ class GaussNewtonSolver(SolverBase):
         return self._with_trial(LoopState(k, list(weights), c)), metrics
 
     def held_loss(self, held: dict, W_out, alpha: float, carry: dict) -> float:
-        """Return the mean loss on the held-out chunks of the trial with output layer ``W_out`` (from pass A's sums).
+        """Return the mean loss on the held-out rows of the trial with output layer ``W_out`` (from pass A's sums).
 
         Squared: ``Σ‖T − W_L ã‖² / n`` from the held-out Grams; cross-entropy: Σℓ / n of the chosen trial.
         """
@@ -304,7 +304,7 @@ class GaussNewtonSolver(SolverBase):
         """Return ``W_L(α) = C_L (G + α Ĩ)⁻¹``, its training error ``Σ‖T − W_L ã‖²`` and α, from pass A's sums.
 
         ``alpha="auto"``: α minimises the held-out error computed from ``held``
-        (pass A's sums over the held-out chunks), or GCV when ``held`` is None.
+        (pass A's sums over the held-out rows), or GCV when ``held`` is None.
         Cross-entropy: of the trials ``W_L(α_j)`` in ``carry`` (:meth:`output_alphas`),
         the one of least held-out loss Σℓ (ties: the larger α; nothing held
         out: α = :data:`CE_ALPHA_UNHELD` · s̄ ḡ), with its training loss.

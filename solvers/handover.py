@@ -2,7 +2,7 @@
 
 Phase 0 runs :class:`~solvers.consensus.ConsensusSolver` passes while they pay:
 after each pass the gain ``g_k = score_k − score_{k−1}`` is measured on the
-held-out chunks (``--validation-fraction`` > 0), else on the shards' running
+held-out rows (``--validation-fraction`` > 0), else on the shards' running
 training score; once ``g_k < handover_gain`` the next iteration hands over.
 That iteration initialises :class:`~solvers.gauss_newton.GaussNewtonSolver`
 from the consensus hidden weights (pass A refits the output layer by least

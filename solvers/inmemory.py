@@ -3,46 +3,46 @@
 The in-memory reference trainer (:mod:`solvers.reference`) runs passes with
 it, as the Dask pipeline runs them with :class:`pipeline.passes.DaskRunner`;
 tests drive solvers through it directly. Per-chunk and per-shard state live
-in two slots (iteration mod 2), as in a run store.
+in two slots (iteration mod 2), as in a run store. With a ``split``
+(:mod:`solvers.validation`) the kernels see each chunk's training rows, and a
+held-out pass its held-out rows (:func:`solvers.loop.chunk_kernel`, as the pipeline).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from solvers.loop import shard_groups
+from solvers.loop import add_sums, chunk_kernel, shard_groups
 from solvers.tiling import chunk_bounds
+from solvers.validation import select
 
 
 class InMemoryRunner:
     """Runs a solver's chunk kernels over in-memory chunks (the :class:`PassRunner` protocol)."""
 
-    def __init__(self, solver, X, y_idx, chunk_rows=None, bounds=None, held_out=()):
+    def __init__(self, solver, X, y_idx, chunk_rows=None, bounds=None, split=None):
         self.solver = solver
         self.bounds = bounds if bounds is not None else chunk_bounds(X.shape[0], chunk_rows)
+        self.split = split
         self.x = [X[a:b] for a, b in self.bounds]
         self.y = [y_idx[a:b] for a, b in self.bounds]
-        self.held_out = [(a, X[a:b], y_idx[a:b]) for a, b in held_out]
         self.slots = {}  # iteration mod 2 -> per-chunk state
         self.shard_slots = {}  # iteration mod 2 -> per-shard state
 
     def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
         fn = getattr(self.solver, kernel)
-        if held_out:
-            held = None
-            for start, x, y in self.held_out:
-                held = fn(x, y, None, start, params)[1] + (0.0 if held is None else held)
-            return self.run(kernel, params, read=read, write=write, chunks=chunks), held
         plan = read  # {array name: iteration} or None (run_pass makes the dict)
-        total = 0.0
+        total = held = None
         for i, ((start, _), x, y) in enumerate(zip(self.bounds, self.x, self.y)):
+            if held_out and self.split is not None:
+                held = add_sums(held, chunk_kernel(fn, x, y, None, start, params, self.split, "held")[1])
             if chunks is not None and i not in chunks:
                 continue
             state = None if plan is None else {name: self.slots[k % 2][i][name] for name, k in plan.items()}
-            new, sums = fn(x, y, state, start, params)
-            if write is not None:
+            new, sums = chunk_kernel(fn, x, y, state, start, params, self.split)
+            if write is not None and new is not None:
                 self.slots.setdefault(write % 2, [{} for _ in self.bounds])[i].update(new)
-            total = total + sums
-        return total
+            total = add_sums(total, sums)
+        return (total, held) if held_out else total
 
     def run_shards(self, kernel, params, *, read=None, write=None):
         fn = getattr(self.solver, kernel)
@@ -50,20 +50,23 @@ class InMemoryRunner:
         total = 0.0
         for shard, group in enumerate(groups):
             state = None if read is None else dict(self.shard_slots[read % 2][shard])
-            new, sums = fn(_Chunks([self.x[i] for i in group], [self.y[i] for i in group]), state, shard, params)
+            rows = [select(self.split, self.bounds[i][0], self.bounds[i][1], "train") for i in group]
+            xs = [self.x[i] if r is None else self.x[i][r] for i, r in zip(group, rows)]
+            ys = [self.y[i] if r is None else self.y[i][r] for i, r in zip(group, rows)]
+            new, sums = fn(_Chunks(xs, ys), state, shard, params)
             if write is not None:
                 self.shard_slots.setdefault(write % 2, [{} for _ in groups])[shard] = dict(new)
             total = total + sums
         return total
 
     def state_of(self, iteration: int) -> dict:
-        """Return the whole state of ``iteration`` (arrays concatenated over chunks)."""
+        """Return the whole state of ``iteration`` (arrays concatenated over chunks; zeros in held-out rows)."""
         chunks = self.slots[iteration % 2]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
 class _Chunks:
-    """A shard's chunks held in memory: ``len()`` and ``read(i) -> (x, y)``."""
+    """A shard's chunks held in memory (their training rows): ``len()`` and ``read(i) -> (x, y)``."""
 
     def __init__(self, xs, ys):
         self.xs, self.ys = xs, ys

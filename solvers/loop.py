@@ -14,6 +14,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from solvers.errors import InputError, NumericalError
+from solvers.validation import select
 
 
 class PassRunner(Protocol):
@@ -23,10 +24,12 @@ class PassRunner(Protocol):
             held_out: bool = False):
         """Run ``solver.<kernel>(x, y, state, start_row, params)`` on every chunk; return the summed stats.
 
-        With ``held_out=True`` the kernel also runs on the held-out
-        (early-stopping) chunks in the same pass, with ``state=None`` and
-        nothing written, and the result is the pair (training sums, held-out
-        sums; None when nothing is held out).
+        The kernel sees a chunk's training rows only (:mod:`solvers.validation`:
+        the held-out rows are spread over every chunk; :func:`chunk_kernel`).
+        With ``held_out=True`` it also runs on every chunk's held-out rows in
+        the same pass (the same task: the chunk is read once), with
+        ``state=None`` and nothing written, and the result is the pair
+        (training sums, held-out sums; None when nothing is held out).
 
         ``state`` holds the chunk's rows of the per-sample state arrays
         ``read`` names, each of the iteration it maps to (``{array name:
@@ -63,6 +66,46 @@ class LoopState:
     iteration: int
     weights: list
     carry: dict = field(default_factory=dict)
+
+
+def chunk_kernel(fn, x, y, state, start: int, params, split, side: str = "train"):
+    """Run kernel ``fn`` on the ``side`` rows ("train" or "held") of the chunk starting at row ``start``; return (new state, sums).
+
+    Both runners call this, so they select the same rows: ``select(split, …)``
+    of the chunk (every row for "train" without a split). ``state`` holds the
+    whole chunk's rows and the new state comes back whole too, with zeros in
+    the rows the kernel did not see (held-out rows keep no state). A kernel
+    with ``row_numbers = True`` gets the global row numbers of the rows it
+    sees in place of ``start`` (the data start gathers picked rows by number).
+    (None, None) when the chunk has no such rows.
+    """
+    n = x.shape[0]
+    pos = select(split, start, start + n, side)
+    if pos is not None and len(pos) == 0:
+        return None, None
+    if pos is not None and len(pos) < n:
+        x, y = x[pos], y[pos]
+        state = None if state is None else {k: v[pos] for k, v in state.items()}
+    else:
+        pos = None
+    where = start
+    if getattr(fn, "row_numbers", False):
+        where = start + (np.arange(n) if pos is None else pos)
+    new, sums = fn(x, y, state, where, params)
+    if new and pos is not None:
+        whole = {}
+        for name, v in new.items():
+            whole[name] = np.zeros((n, *v.shape[1:]), v.dtype)
+            whole[name][pos] = v
+        new = whole
+    return new, sums
+
+
+def add_sums(total, sums):
+    """Return ``total + sums``, where either may be None (a chunk without such rows, or nothing summed yet)."""
+    if sums is None:
+        return total
+    return sums if total is None else total + sums
 
 
 def _layer_of(name: str):
@@ -125,10 +168,10 @@ def shard_groups(n_chunks: int, n_shards: int) -> list[list[int]]:
 
 def run_pass_held_out(runner: PassRunner, layout, kernel: str, params, iteration: int,
                       **slots) -> tuple[dict, dict | None]:
-    """Run one pass over the training (``chunks=``: a sample of them) and all held-out chunks.
+    """Run one pass over the training rows (``chunks=``: of a sample of the chunks) and all held-out rows.
 
-    The training chunks read and write state as in :func:`run_pass`; the
-    held-out chunks are passed ``state=None`` and write nothing. Return both
+    The training rows read and write state as in :func:`run_pass`; the
+    held-out rows are passed ``state=None`` and write nothing. Return both
     sums, unpacked and checked (held-out: None when nothing is held out).
     """
     solver = getattr(runner, "solver", None)

@@ -4,9 +4,9 @@ ADMM and dlADMM fit their output weights to their own per-sample variables
 (``z_L``, ``z_L + u/ρ``), not to the targets, and their W-solves' α cannot be
 judged on held-out rows. Their model's output layer is therefore refitted
 to the targets after every pass, on ``ã``, the forward pass of the
-iteration's hidden weights, α chosen from a grid on the held-out chunks. The
+iteration's hidden weights, α chosen from a grid on the held-out rows. The
 sums come from the pass the iteration makes anyway (its training chunks, and
-the held-out chunks run statelessly in the same pass), so no pass is added.
+the held-out rows run statelessly in the same pass), so no pass is added.
 The solvers' own iterates are left as they are.
 
 * **Classification: logistic (softmax) readout.** Every candidate ``V_j`` of
@@ -76,7 +76,7 @@ def parts(a, t) -> dict:
 
 
 def fit(sums: dict, held: dict | None, ridge: float, *, what: str = "output layer") -> tuple[np.ndarray, float]:
-    """Return (``W_L(α)``, α): α of least held-out error (``held``: the held-out chunks' sums; None: GCV, unused)."""
+    """Return (``W_L(α)``, α): α of least held-out error (``held``: the held-out rows' sums; None: GCV, unused)."""
     path = RidgePath(sums["out_cross"], sums["out_gram"], ridge, what=what)
     held_sums = None if held is None else (held["out_cross"], held["out_gram"], float(held["out_tt"]))
     alpha, W, _ = path.choose(float(sums["out_tt"]), held_sums)

@@ -68,7 +68,8 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
     pipeline's up to float summation order); ``callback(record)`` is called
     after each iteration with the history record, ``report(line)`` with the
     pipeline's report lines. With ``config.validation_fraction`` > 0 that
-    share of the chunks is held out and the returned network is the iteration
+    share of the rows is held out (:mod:`solvers.validation`: the same rows
+    as the pipeline's) and the returned network is the iteration
     with the best held-out score (accuracy, or R² for ``config.task == "regression"``).
     """
     config = config or TrainConfig()
@@ -88,16 +89,17 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
         config = replace(config, shards=1)  # in memory the shards run one after another: one is fastest
     solver = make_solver(config, X.shape[1], **model, dtype=dtype)
     default_rows = -(-X.shape[0] // max(1, config.shards)) if solver.sharded else X.shape[0]
-    _, train, held_out = split_chunks(X.shape[0], chunk_rows, default_rows, config)
+    _, chunks, split = split_chunks(X.shape[0], chunk_rows, default_rows, config)
     targets = y if config.task == "regression" else encode_labels(y, model["classes"])
-    runner = InMemoryRunner(solver, X, targets, bounds=train, held_out=held_out)
+    runner = InMemoryRunner(solver, X, targets, bounds=chunks, split=split)
+    held_out = split is not None
     if held_out:
-        rows_out = np.concatenate([np.arange(a, b) for a, b in held_out])
+        rows_out = split.mask(0, X.shape[0])
         X_val, y_val = X[rows_out], y[rows_out]
 
     def evaluate(network) -> dict:
         scores = {"validation": network.score(X_val, y_val)} if held_out else {}
         return scores if X_test is None else {**scores, "test": network.score(X_test, y_test)}
 
-    return drive(solver, runner, _Callback(callback), config, evaluate=evaluate, held_out=bool(held_out),
+    return drive(solver, runner, _Callback(callback), config, evaluate=evaluate, held_out=held_out,
                  report=report or (lambda line: None))

@@ -1,48 +1,120 @@
-"""Early stopping on held-out training chunks, shared by every solver and both runners.
+"""Early stopping on held-out training rows, shared by every solver and both runners.
 
-The held-out part is a seeded random choice of whole chunks, so the
-pipeline's tasks stay whole-chunk reads and a resumed run holds out the same
-rows. The best iteration's weights are kept and become the model.
+The held-out rows are spread over every chunk: row ``r`` (0-based, in the data
+store) is held out when ``u(seed, r) < fraction``, where ``u`` is a seeded hash
+of the row number mapped to [0, 1) (:func:`row_uniforms`, SplitMix64). The
+choice depends on nothing but the seed and the row number, so it is the same
+whatever the chunking or scheduling, a resumed run holds out the same rows
+(the run store records the fraction and seed), and a class-ordered file gets a
+held-out set drawn from every part of it. Every chunk task reads its whole
+chunk once and runs the solver on its training rows and, where asked, on its
+held-out rows (:class:`RowSplit`). Run stores of earlier versions held out
+whole chunks; they resume with :class:`ChunkSplit`. The best iteration's
+weights are kept and become the model.
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from solvers.errors import InputError
 
-MIN_CHUNKS_PER_HELD_OUT = 2  # with fraction f, ask for at least 2/f chunks (and at least MIN_CHUNKS)
-MIN_CHUNKS = 10
-MIN_CHUNKS_TO_HOLD_OUT = 4  # fewer chunks than this: no hold-out (one would be a quarter of the data or more)
+SPLIT_TAG = 0x5EED  # mixed into the seed: the held-out rows' hash stream
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+BLOCK = 1 << 20  # rows hashed at a time when counting
 
 
-def chunk_rows_for_validation(n_samples: int, chunk_rows: int, fraction: float) -> int:
-    """Return ``chunk_rows``, made smaller when needed so a ``fraction`` of the chunks is a fair hold-out."""
-    if fraction <= 0:
-        return chunk_rows
-    wanted = max(MIN_CHUNKS, math.ceil(MIN_CHUNKS_PER_HELD_OUT / fraction))
-    return max(1, min(chunk_rows, math.ceil(n_samples / wanted)))
+def row_uniforms(rows, seed: int) -> np.ndarray:
+    """Return ``u(seed, r)`` in [0, 1) for the row numbers ``rows``: SplitMix64 of ``r + key(seed)``, top 53 bits."""
+    key = np.uint64((int(seed) * 0x2545F4914F6CDD1D + SPLIT_TAG) % 2**64)
+    with np.errstate(over="ignore"):
+        z = np.asarray(rows, np.uint64) + key
+        z = z + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def validation_split(bounds: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Return (training chunks, held-out chunks): ``round(fraction · #chunks)`` chunks chosen by ``seed``.
+@dataclass(frozen=True)
+class RowSplit:
+    """Rows held out by their seeded hash: row r is held out iff ``row_uniforms(r, seed) < fraction``."""
 
-    At least one chunk is held out; with fewer than :data:`MIN_CHUNKS_TO_HOLD_OUT`
-    chunks (an explicit ``--chunk-rows`` on small data) nothing is, and early
-    stopping is off (the run's first report line says how many rows are held out).
+    fraction: float
+    seed: int
+
+    def held(self, rows) -> np.ndarray:
+        """Return which of the (global) row numbers ``rows`` are held out."""
+        return row_uniforms(rows, self.seed) < self.fraction
+
+    def mask(self, start: int, stop: int) -> np.ndarray:
+        """Return which rows of ``start..stop-1`` are held out."""
+        return self.held(np.arange(start, stop, dtype=np.uint64))
+
+    def count(self, n_samples: int) -> int:
+        """Return how many of rows ``0..n_samples-1`` are held out (hashed a block at a time)."""
+        return int(sum(int(self.mask(a, min(n_samples, a + BLOCK)).sum()) for a in range(0, n_samples, BLOCK)))
+
+    def record(self, n_samples: int) -> dict:
+        """Return what a run store keeps of the split (with its held-out row count)."""
+        return {"scheme": "rows", "fraction": float(self.fraction), "seed": int(self.seed),
+                "rows": self.count(n_samples)}
+
+
+@dataclass(frozen=True)
+class ChunkSplit:
+    """Whole chunks held out (run stores of earlier versions): ``chunks`` are their (start, stop) bounds."""
+
+    chunks: frozenset
+
+    def held(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        out = np.zeros(rows.shape, bool)
+        for a, b in self.chunks:
+            out |= (rows >= a) & (rows < b)
+        return out
+
+    def mask(self, start: int, stop: int) -> np.ndarray:
+        return np.full(stop - start, (start, stop) in self.chunks)
+
+    def count(self, n_samples: int) -> int:
+        return int(sum(b - a for a, b in self.chunks))
+
+
+def make_split(fraction: float, seed: int, n_samples: int):
+    """Return the :class:`RowSplit` of a new run, or None when ``fraction`` is 0 or it holds out no row.
+
+    Raise :class:`InputError` when it would hold out every row (a handful of rows and a large fraction).
     """
-    if fraction <= 0 or len(bounds) < MIN_CHUNKS_TO_HOLD_OUT:
-        return list(bounds), []
-    n_val = max(1, round(fraction * len(bounds)))
-    if not 0 < n_val < len(bounds):
-        raise InputError(f"--validation-fraction {fraction} of {len(bounds)} chunks holds out "
-                         f"{n_val} chunks; pass a smaller --chunk-rows so that it is at least one chunk "
-                         "and leaves some for training")
-    rng = np.random.default_rng([seed, 0x5EED])
-    held = set(rng.choice(len(bounds), n_val, replace=False).tolist())
-    return ([b for i, b in enumerate(bounds) if i not in held],
-            [b for i, b in enumerate(bounds) if i in held])
+    if fraction <= 0:
+        return None
+    split = RowSplit(float(fraction), int(seed))
+    held = split.count(n_samples)
+    if held == 0:
+        return None
+    if held == n_samples:
+        raise InputError(f"--validation-fraction {fraction} holds out all {n_samples} training rows; pass a "
+                         "smaller fraction (or 0 to turn early stopping off)")
+    return split
+
+
+def split_of(attrs: dict):
+    """Return the split a run store records (``validation``; ``validation_chunks`` of earlier versions), or None."""
+    v = attrs.get("validation")
+    if v:
+        return RowSplit(float(v["fraction"]), int(v["seed"]))
+    chunks = attrs.get("validation_chunks") or []
+    return ChunkSplit(frozenset(tuple(int(x) for x in b) for b in chunks)) if chunks else None
+
+
+def select(split, start: int, stop: int, side: str):
+    """Return the positions in rows ``start..stop-1`` of the ``side`` ("train" or "held") rows (None: all rows)."""
+    if split is None:
+        return None if side == "train" else np.zeros(0, np.int64)
+    held = split.mask(start, stop)
+    return np.flatnonzero(~held if side == "train" else held)
 
 
 class EarlyStopping:

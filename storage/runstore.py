@@ -142,13 +142,14 @@ class RunStore:
     @classmethod
     def create(cls, path, *, config: dict, data: dict, state_widths: dict, n_samples: int,
                chunk_rows: int, classes, x_mean, x_scale, overwrite: bool = False,
-               test_data: str | None = None, validation_chunks=(), y_mean=None, y_scale=None,
+               test_data: str | None = None, validation: dict | None = None, y_mean=None, y_scale=None,
                report=None, shard_widths: dict | None = None, n_shards: int = 0) -> "RunStore":
         """Create an empty run store with allocated state slots (refuses an existing path).
 
         A classification run passes ``classes``; a regression run ``classes=None``
         and its target scaling ``y_mean``, ``y_scale``. A sharded solver passes
-        its per-shard state widths and the number of shards.
+        its per-shard state widths and the number of shards. ``validation``
+        records the held-out rows (``solvers.validation.RowSplit.record``; None: none).
         """
         path = Path(path)
         check_creatable(path, overwrite)
@@ -158,7 +159,7 @@ class RunStore:
             "format": FORMAT, "format_version": FORMAT_VERSION, "config": config, "data": data,
             "state_widths": dict(state_widths), "n_samples": int(n_samples),
             "chunk_rows": int(chunk_rows), "test_data": test_data,
-            "validation_chunks": [[int(a), int(b)] for a, b in validation_chunks], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "validation": validation, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if shard_widths:
             attrs.update(shard_widths=dict(shard_widths), n_shards=int(n_shards))

@@ -16,7 +16,7 @@ from solvers.dladmm import (
 )
 from solvers.errors import InputError, NumericalError
 from solvers.linalg import cross_with_bias, gram_with_bias
-from solvers.loop import initialize, iterate, read_plan
+from solvers.loop import add_sums, chunk_kernel, initialize, iterate, read_plan
 from solvers.losses import encode_labels, targets
 from solvers.reference import InMemoryRunner, fit_in_memory
 from solvers.stats import moment_sums, moments_from_sums
@@ -236,12 +236,12 @@ class RecordingRunner(InMemoryRunner):
         self.passes = []
 
     def run(self, kernel, params, *, read=None, write=None, held_out=False):
-        if held_out:  # the held-out chunks run statelessly: read nothing, write nothing
+        if held_out:  # the held-out rows run statelessly: read nothing, write nothing
             held = None
-            for start, x, y in self.held_out:
-                new, sums = getattr(self.solver, kernel)(x, y, None, start, params)
+            for (start, _), x, y in zip(self.bounds, self.x, self.y):
+                new, sums = chunk_kernel(getattr(self.solver, kernel), x, y, None, start, params, self.split, "held")
                 assert new is None
-                held = sums + (0.0 if held is None else held)
+                held = add_sums(held, sums)
             return self.run(kernel, params, read=read, write=write), held
         plan = read_plan(read, self.solver.state_widths()) or {}
         fn = getattr(self.solver, kernel)
@@ -249,7 +249,7 @@ class RecordingRunner(InMemoryRunner):
         total = 0.0
         for i, ((start, _), x, y) in enumerate(zip(self.bounds, self.x, self.y)):
             state = None if read is None else {name: self.slots[k % 2][i][name] for name, k in plan.items()}
-            new, sums = fn(x, y, state, start, params)
+            new, sums = chunk_kernel(fn, x, y, state, start, params, self.split)
             if write is not None:
                 written |= set(new)
                 self.slots.setdefault(write % 2, [{} for _ in self.bounds])[i].update(new)

@@ -1,4 +1,4 @@
-"""Early stopping on held-out chunks: the split, the bookkeeping, in memory and on Dask."""
+"""Early stopping on held-out rows: the split, the bookkeeping, in memory and on Dask."""
 import numpy as np
 import pytest
 
@@ -6,29 +6,56 @@ from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.reference import fit_in_memory
 from solvers.tiling import chunk_bounds
-from solvers.validation import EarlyStopping, chunk_rows_for_validation, validation_split
+from solvers.validation import ChunkSplit, EarlyStopping, RowSplit, make_split, row_uniforms, select, split_of
 
 
-def test_split_holds_out_whole_chunks_reproducibly():
-    chunks = chunk_bounds(1000, 50)
-    train, held = validation_split(chunks, 0.2, seed=1)
-    assert len(held) == 4 and sorted(train + held) == chunks
-    assert validation_split(chunks, 0.2, seed=1) == (train, held)
-    assert validation_split(chunks, 0.2, seed=2)[1] != held
-    assert validation_split(chunks, 0.0, seed=1) == (chunks, [])
+def test_held_out_rows_are_spread_over_every_chunk_and_independent_of_chunking():
+    split = RowSplit(0.2, seed=1)
+    whole = split.mask(0, 10_000)
+    assert 0.18 < whole.mean() < 0.22
+    for rows in (50, 333, 1000):  # the same rows whatever the chunking
+        parts = [split.mask(a, b) for a, b in chunk_bounds(10_000, rows)]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+        assert all(0 < p.sum() < len(p) for p in parts if len(p) >= 50)  # every chunk holds some out, trains on most
+    np.testing.assert_array_equal(split.held(np.flatnonzero(whole)), True)
+    assert split.count(10_000) == whole.sum()
+    assert RowSplit(0.2, seed=1).mask(0, 10_000).tolist() == whole.tolist()  # deterministic
+    assert (RowSplit(0.2, seed=2).mask(0, 10_000) != whole).any()
 
 
-def test_split_refuses_to_hold_out_everything_and_skips_too_few_chunks():
-    with pytest.raises(InputError, match="smaller --chunk-rows"):
-        validation_split(chunk_bounds(100, 25), 0.9, seed=0)
-    assert validation_split(chunk_bounds(100, 50), 0.1, seed=0) == (chunk_bounds(100, 50), [])  # < 4 chunks: off
-    assert len(validation_split(chunk_bounds(100, 20), 0.1, seed=0)[1]) == 1  # 5 chunks: at least one held out
+def test_row_hash_is_uniform_enough_on_class_ordered_rows():
+    """A class-ordered file (sorted blocks of labels) gets a held-out share near the fraction from every block."""
+    u = row_uniforms(np.arange(70_000), seed=0)
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+    y = np.repeat(np.arange(7), 10_000)
+    held = RowSplit(0.1, 0).mask(0, 70_000)
+    shares = np.bincount(y[held], minlength=7) / 10_000
+    assert np.all(np.abs(shares - 0.1) < 0.01)
 
 
-def test_default_chunks_are_fine_enough_for_the_fraction():
-    assert chunk_rows_for_validation(1000, 1000, 0.1) == 50      # 20 chunks: 2 held out
-    assert chunk_rows_for_validation(10**6, 1000, 0.1) == 1000   # already fine enough
-    assert chunk_rows_for_validation(1000, 1000, 0.0) == 1000
+def test_select_and_the_split_a_run_store_records():
+    split = RowSplit(0.3, seed=4)
+    held = select(split, 100, 200, "held")
+    train = select(split, 100, 200, "train")
+    assert sorted(np.concatenate([held, train]).tolist()) == list(range(100))
+    np.testing.assert_array_equal(split.held(100 + held), True)
+    assert select(None, 0, 10, "train") is None and len(select(None, 0, 10, "held")) == 0
+    rec = split.record(1000)
+    assert rec == {"scheme": "rows", "fraction": 0.3, "seed": 4, "rows": split.count(1000)}
+    assert split_of({"validation": rec}) == split and split_of({"validation": None}) is None
+    old = split_of({"validation_chunks": [[0, 10], [30, 40]]})  # a run store of an earlier version
+    assert isinstance(old, ChunkSplit) and old.count(100) == 20
+    assert old.mask(30, 40).all() and not old.mask(10, 20).any()
+    np.testing.assert_array_equal(old.held(np.array([5, 15, 35])), [True, False, True])
+
+
+def test_make_split_turns_off_without_held_rows_and_refuses_to_hold_out_everything():
+    assert make_split(0.0, 0, 1000) is None
+    assert make_split(0.1, 0, 1000) == RowSplit(0.1, 0)
+    seed = next(s for s in range(100) if RowSplit(0.1, s).count(3) == 0)
+    assert make_split(0.1, seed, 3) is None  # a few rows, none under the fraction: early stopping is off
+    with pytest.raises(InputError, match="holds out all 1 training rows"):
+        make_split(0.99, next(s for s in range(100) if RowSplit(0.99, s).count(1) == 1), 1)
 
 
 def test_early_stopping_keeps_the_first_best_and_counts_patience():
@@ -102,7 +129,10 @@ def test_pipeline_early_stopping_matches_reference_and_survives_resume(client, t
         np.testing.assert_array_equal(W, W_disk)
     run = RunStore.open(tmp_path / "r.zarr")
     assert run.model_iteration() == ref.best_iteration
-    assert any("held out for early stopping" in line for line in lines)
+    held = RowSplit(0.2, cfg.seed).mask(0, len(y))  # the same rows in memory and on Dask, from every chunk
+    assert run.attrs["validation"] == {"scheme": "rows", "fraction": 0.2, "seed": 0, "rows": int(held.sum())}
+    assert all(held[a:b].any() and not held[a:b].all() for a, b in chunk_bounds(len(y), run.chunk_rows))
+    assert any(f"{held.sum()} held out for early stopping (rows of every chunk)" in line for line in lines)
     if len(result.history) < cfg.iterations:  # it stopped early: a plain resume does not train on
         assert any("stopping early" in line for line in lines)
         again = []

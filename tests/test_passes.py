@@ -15,6 +15,7 @@ from solvers.losses import encode_labels
 from solvers.reference import fit_in_memory
 from solvers.stats import moment_sums
 from solvers.tasks import score_from_sums, score_sums
+from solvers.validation import ChunkSplit, RowSplit
 from storage.data import write_data
 from storage.runstore import RunStore
 from tests.conftest import make_data, make_regression
@@ -128,11 +129,14 @@ def test_a_deleted_chunk_is_one_error_naming_its_rows(client, tmp_path, stores):
     shutil.rmtree(tmp_path / "d.zarr")
 
 
+@pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("solver", ["admm", "gauss-newton"])
-def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver):
+def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver, legacy):
     """Up to 8 training chunks both runners add the chunk sums in the same order: the iterations agree bitwise.
 
-    ADMM keeps per-sample state (the run store's two slots); Gauss-Newton scores held-out chunks in its passes.
+    ADMM keeps per-sample state (the run store's two slots); Gauss-Newton scores the held-out rows in its passes.
+    Both runners see every chunk's training rows and its held-out rows (a seeded 30 %), the same ones;
+    ``legacy``: whole chunks held out, as run stores of earlier versions recorded.
     """
     X, y = make_data(n=1400, d=5)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
@@ -140,18 +144,28 @@ def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver):
     shift = X[0].astype(np.float64)
     model = model_from_moments(config, 5, moment_sums(X, shift), shift, np.unique(y))
     chunks = bounds(1400, 200)
-    train, held = chunks[:5], chunks[5:]
-    mem = InMemoryRunner(make_solver(config, 5, **model), X, encode_labels(y, model["classes"]), bounds=train,
-                         held_out=held)
+    split = ChunkSplit(frozenset(chunks[5:])) if legacy else RowSplit(0.3, seed=3)
+    mem = InMemoryRunner(make_solver(config, 5, **model), X, encode_labels(y, model["classes"]), bounds=chunks,
+                         split=split)
     solver_d = make_solver(config, 5, **model)
     run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
                           state_widths=solver_d.state_widths(), n_samples=1400, chunk_rows=200, **model)
-    dsk = DaskRunner(client, solver_d, tmp_path / "d.zarr", run.path, train, held_out=held)
+    dsk = DaskRunner(client, solver_d, tmp_path / "d.zarr", run.path, chunks, split=split)
     a, b = initialize(mem.solver, mem), initialize(solver_d, dsk)
     for (sa, ma), (sb, mb) in zip(iterate(mem.solver, mem, a, 2), iterate(solver_d, dsk, b, 2)):
         for Wa, Wb in zip(sa.weights, sb.weights):
             assert Wa.tobytes() == Wb.tobytes()
         assert ma == mb
+    if solver == "admm" and not legacy:  # the per-sample state: the training rows' as in memory, zeros in the held-out rows
+        import zarr
+
+        from storage.runstore import slot_of, state_path
+        held, trained = split.mask(0, 1400), []
+        for name, value in mem.state_of(2).items():
+            stored = zarr.open_array(store=str(run.path), path=state_path(slot_of(2), name), mode="r")[:]
+            assert stored.tobytes() == value.tobytes() and not stored[held].any()
+            trained.append(stored[~held].all(axis=1).mean())
+        assert max(trained) > 0.5  # e.g. z_1: nonzero in the training rows
     rates = dsk.take_pass_rates()
     assert rates["passes"] >= 2 and rates["rows_per_second"] > 0 and dsk.take_pass_rates() == {}
 

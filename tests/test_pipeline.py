@@ -64,7 +64,9 @@ def test_test_accuracy_and_metrics_recorded(client, tmp_path):
     ds = xr.open_zarr(tmp_path / "r.zarr", group="metrics", consolidated=False)
     assert list(ds.iteration.values) == [1, 2, 3]
     np.testing.assert_allclose(ds.test_accuracy.values, [h["test_accuracy"] for h in r.history])
-    assert ds.test_accuracy.values[-1] == pytest.approx(r.network.score(X[2000:], y[2000:]))
+    # the model is the best held-out iteration's (early stopping is on by default): its recorded test accuracy
+    model = list(ds.iteration.values).index(r.best_iteration)
+    assert ds.test_accuracy.values[model] == pytest.approx(r.network.score(X[2000:], y[2000:]))
 
 
 def test_resume_extends_a_finished_run(client, tmp_path):

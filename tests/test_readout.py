@@ -10,8 +10,7 @@ from solvers.config import TrainConfig
 from solvers.linalg import ALPHA_GRID, solve_weights
 from solvers.losses import encode_labels, targets
 from solvers.reference import fit_in_memory
-from solvers.validation import validation_split
-from solvers.tiling import chunk_bounds
+from solvers.validation import RowSplit
 
 
 def ones(a):
@@ -62,7 +61,7 @@ def test_nothing_held_out_keeps_the_iterate_as_the_model(solver_name):
     assert r.solver.iterate(r.loop_state) == r.loop_state.weights
 
 
-def test_readout_fit_uses_gcv_without_held_out_chunks():
+def test_readout_fit_uses_gcv_without_held_out_rows():
     """Nothing held out: α minimises generalised cross-validation on the training sums."""
     rng = np.random.default_rng(2)
     a, t = rng.normal(size=(200, 5)), rng.normal(size=(200, 1))
@@ -98,24 +97,27 @@ def test_data_init_first_layer_points_along_differences_of_training_rows(solver_
     X, y = rng.normal(size=(700, 5)) * [1, 2, 3, 4, 5], rng.integers(0, 2, 700)
     cfg = TrainConfig(solver=solver_name, hidden=(9, 4), iterations=1, seed=6)
     assert cfg.resolved_init() == "data"
+    picked = []
     for chunk_rows in (70, 100):
         r = fit_in_memory(X, y, cfg, chunk_rows=chunk_rows, dtype=np.float64)
         solver = r.solver
-        _, train, held = split_chunks(len(X), chunk_rows, len(X), cfg)
+        _, chunks, split = split_chunks(len(X), chunk_rows, len(X), cfg)
         from solvers.reference import InMemoryRunner
 
-        runner = InMemoryRunner(solver, X, y, bounds=train, held_out=held)
+        runner = InMemoryRunner(solver, X, y, bounds=chunks, split=split)
         W0 = solver.initial_weights(runner)
-        rows = data_init.pick_rows(train, 18, cfg.seed)
-        assert not set(rows) & {i for a, b in held for i in range(a, b)}
+        rows = data_init.pick_rows(chunks, 18, cfg.seed, split)
+        assert len(set(rows)) == 18 and not split.held(rows).any()
+        picked.append(rows)
         D = solver.inputs(X[rows[:9]]) - solver.inputs(X[rows[9:]])
         np.testing.assert_allclose(W0[0][:, :-1], D / np.linalg.norm(D, axis=1, keepdims=True) * np.sqrt(2),
                                    rtol=1e-12)
         assert np.all(W0[0][:, -1] == 0)
         np.testing.assert_array_equal(W0[1], solver.he_weights(2)[1])
-    # another chunking holds out other rows, so compare the picking rule itself
+    np.testing.assert_array_equal(*picked)  # the held-out rows, and so the picked rows, do not depend on the chunking
     bounds = [(0, 350), (350, 700)]
     np.testing.assert_array_equal(data_init.pick_rows(bounds, 40, 1), data_init.pick_rows([(0, 700)], 40, 1))
+    np.testing.assert_array_equal(data_init.pick_rows(bounds, 40, 1, split), data_init.pick_rows([(0, 700)], 40, 1, split))
 
 
 def test_data_init_keeps_he_rows_for_equal_pairs_and_refuses_convolutions():
@@ -277,9 +279,8 @@ def test_model_output_layer_is_the_held_out_logistic_candidate(solver_name, n_cl
     cfg = TrainConfig(solver=solver_name, hidden=(12,), iterations=k, seed=4, validation_fraction=0.2)
     before = fit_in_memory(X, y, replace_iterations(cfg, k - 1), chunk_rows=chunk_rows, dtype=np.float64)
     r = fit_in_memory(X, y, cfg, chunk_rows=chunk_rows, dtype=np.float64)
-    train, held = validation_split(chunk_bounds(n, chunk_rows), 0.2, cfg.seed)
-    rows = lambda bounds: np.concatenate([np.arange(a, b) for a, b in bounds])  # noqa: E731
-    tr, ho = rows(train), rows(held)
+    held = RowSplit(0.2, cfg.seed).mask(0, n)  # the held-out rows, spread over every chunk
+    tr, ho = np.flatnonzero(~held), np.flatnonzero(held)
     T = targets(encode_labels(y, np.unique(y)), n_classes, np.float64)
     solver, state = r.solver, r.loop_state
     own = solver.iterate(state)
@@ -329,9 +330,8 @@ def test_regression_keeps_the_ridge_readout(solver_name):
                       validation_fraction=0.2)
     r = fit_in_memory(X, y, cfg, chunk_rows=50, dtype=np.float64)
     solver, state = r.solver, r.loop_state
-    train, held = validation_split(chunk_bounds(n, 50), 0.2, cfg.seed)
-    rows = lambda bounds: np.concatenate([np.arange(a, b) for a, b in bounds])  # noqa: E731
-    tr, ho = rows(train), rows(held)
+    held = RowSplit(0.2, cfg.seed).mask(0, n)  # the held-out rows, spread over every chunk
+    tr, ho = np.flatnonzero(~held), np.flatnonzero(held)
     T = ((y - solver.task.y_mean) / solver.task.y_scale)[:, None]
     own = solver.iterate(state)
     A_tr, A_ho = forward_hidden(solver, X[tr], own), forward_hidden(solver, X[ho], own)

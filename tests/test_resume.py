@@ -62,7 +62,11 @@ def final_state(store):
 def uninterrupted(data):
     store = data / "baseline.zarr"
     run_to_end(train_cmd(data, store))
-    return final_state(store)
+    held = RunStore.open(store).attrs["validation"]  # the default: 10 % of the rows of every chunk held out
+    assert held["scheme"] == "rows" and 1800 < held["rows"] < 2200
+    weights, metrics = final_state(store)
+    assert all("validation_accuracy" in m for m in metrics)  # so a resume must score the same held-out rows
+    return weights, metrics
 
 
 def kill_and_resume(data, uninterrupted, tmp_path, rng):
