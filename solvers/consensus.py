@@ -38,7 +38,7 @@ from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.gauss_newton import GaussNewtonSolver
-from solvers.loop import LoopState, run_pass_held_out, run_shard_pass
+from solvers.loop import LoopState, run_pass_held_out, run_shard_pass, training_rows
 from solvers.network import standardize
 from solvers.stats import StatsLayout
 
@@ -160,7 +160,7 @@ class ConsensusSolver(SolverBase):
                                        gn._forward_params(weights[:-1], False), k,
                                        **({} if chunks is None else {"chunks": chunks}))
         _, _, alpha_out = gn.output_layer(sums, held)
-        n = sum(b - a for a, b in bounds) if bounds else float(sums["n"])
+        n = training_rows(runner) if bounds else float(sums["n"])
         return self.auto_alpha_factor * float(alpha_out) / float(n)
 
     def alpha_chunk(self, x, y, state, start: int, params):

@@ -101,6 +101,16 @@ def chunk_kernel(fn, x, y, state, start: int, params, split, side: str = "train"
     return new, sums
 
 
+def training_rows(runner) -> int:
+    """Return the number of training rows of a runner's chunks (``bounds``) less those its ``split`` holds out (kept on it)."""
+    n = getattr(runner, "_training_rows", None)
+    if n is None:
+        split = getattr(runner, "split", None)
+        n = sum(b - a if split is None else int((~split.mask(a, b)).sum()) for a, b in runner.bounds)
+        runner._training_rows = n
+    return n
+
+
 def add_sums(total, sums):
     """Return ``total + sums``, where either may be None (a chunk without such rows, or nothing summed yet)."""
     if sums is None:

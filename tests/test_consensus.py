@@ -199,11 +199,11 @@ def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row(monkeypatc
     monkeypatch.setattr(cons, "ALPHA_SAMPLE_ROWS", 300)
     two = fit_in_memory(X, y, cfg, chunk_rows=100)
     one = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 1}), chunk_rows=100)
-    chunks = sampling.sample(len(train), sampling.initial_count(train, "grow", 300), 5)
-    assert 2 <= len(chunks) < len(train)
+    chunks = sampling.sample(len(runner.bounds), sampling.initial_count(runner.bounds, "grow", 300), 7)
+    assert 2 <= len(chunks) < len(runner.bounds)
     sums, held_sums = run_pass_held_out(runner, gn.forward_layout(False), "forward_chunk",
                                         gn._forward_params(one.loop_state.weights[:-1], False), 0, chunks=chunks)
-    n_train = sum(b - a for a, b in train)
+    n_train = int((~RowSplit(0.2, 7).mask(0, len(y))).sum())  # every training row, not the sample's
     assert two.history[1]["alpha"] == pytest.approx(s.auto_alpha_factor * gn.output_layer(sums, held_sums)[2] / n_train,
                                                     rel=1e-12)
 
