@@ -97,6 +97,7 @@ class GaussNewtonSolver(SolverBase):
 
     name = "gauss-newton"
     divergence_hint = "a smaller --step-size or a larger --damping or --ridge"
+    alpha_tolerance = 0.0  # alpha auto (squared loss): the largest α within (1 + c/√n_held) of the least held-out error
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
@@ -324,7 +325,8 @@ class GaussNewtonSolver(SolverBase):
         path = RidgePath(cross, gram, self.config.ridge, what=f"W_{L}")
         if self.config.alpha == "auto":
             held_sums = None if held is None else (held[f"cross{L}"], held[f"gram{L}"], float(held["tt"]))
-            alpha, W, _ = path.choose(float(sums["tt"]), held_sums)
+            tolerance = 0.0 if held is None else self.alpha_tolerance / np.sqrt(max(float(held["n"]), 1.0))
+            alpha, W, _ = path.choose(float(sums["tt"]), held_sums, tolerance)
         else:
             alpha = float(self.config.alpha)
             W = path.weights(alpha)

@@ -246,17 +246,23 @@ class RidgePath:
         return rss / (self.n * max(1.0 - df / self.n, 1e-12) ** 2)
 
     @single_threaded
-    def choose(self, tt: float, held_out=None) -> tuple[float, np.ndarray, float]:
+    def choose(self, tt: float, held_out=None, tolerance: float = 0.0) -> tuple[float, np.ndarray, float]:
         """Return (α, W(α), criterion) minimising the held-out error over :meth:`grid`.
 
         ``held_out`` is ``(C_v, G_v, Σ‖t_v‖²)`` of held-out samples: the
         criterion is their error ``Σ‖t_v − W(α) ã_v‖²``. Without them it is
-        :meth:`gcv` on the training sums. Ties go to the larger α.
+        :meth:`gcv` on the training sums. Ties go to the larger α. With a
+        ``tolerance`` τ the largest α whose criterion is within ``(1 + τ)`` of
+        the least is taken (the one-standard-error rule's kind of choice: of
+        the fits the held-out error cannot tell apart, the most regularised).
         """
-        best = None
+        best, tried = None, []
         for alpha in self.grid()[::-1]:
             W = self.weights(alpha)
             crit = (quadratic_error(W, *held_out) if held_out is not None else self.gcv(alpha, tt))
+            tried.append((float(alpha), W, crit))
             if best is None or crit < best[2] * (1 - 1e-12):
                 best = (float(alpha), W, crit)
+        if tolerance > 0:
+            return next(t for t in tried if t[2] <= best[2] * (1 + tolerance))
         return best

@@ -122,6 +122,23 @@ def test_free_validation_path_picks_the_alpha_a_refit_picks():
     assert alpha > 0  # 30 noisy features on 60 rows: the least-squares fit (α = 0) overfits
 
 
+def test_a_tolerance_takes_the_largest_alpha_within_it_of_the_least_held_out_error():
+    """choose(tolerance=τ): of the grid's α whose held-out error is ≤ (1 + τ)·least, the largest; τ = 0: the least."""
+    from solvers.linalg import RidgePath, quadratic_error
+
+    A, T = _ridge_problem(n=120, d=30, k=2)
+    path = RidgePath(*_sums(A[:60], T[:60])[:2])
+    held = _sums(A[60:], T[60:])
+    tt = float(np.sum(T[:60] ** 2))
+    errors = np.array([quadratic_error(path.weights(a), *held) for a in path.grid()])
+    assert path.choose(tt, held, 0.0)[0] == path.choose(tt, held)[0] == path.grid()[int(np.argmin(errors))]
+    for tau in (0.01, 0.1, 1.0):
+        alpha, W, crit = path.choose(tt, held, tau)
+        assert alpha == path.grid()[np.flatnonzero(errors <= errors.min() * (1 + tau)).max()]
+        assert crit == pytest.approx(quadratic_error(W, *held)) and crit <= errors.min() * (1 + tau)
+    assert path.choose(tt, held, 1.0)[0] > path.choose(tt, held)[0]  # a loose tolerance regularises more
+
+
 def test_gcv_without_held_out_rows_prefers_some_shrinkage_on_noise():
     from solvers.linalg import RidgePath
 
