@@ -112,7 +112,7 @@ def chunk_task(bundle, data, run, read_slots, write_slot, start, stop, split=Non
     sums = held_sums = None
     with one_blas_thread():
         x, y = _read_xy(data, start, stop, solver.classes)
-        if train:
+        if train and (split is None or len(select(split, start, stop, "train"))):  # earlier stores: whole chunks held
             state = None if read_slots is None else _read_state(run, read_slots, start, stop)
             new_state, sums = chunk_kernel(fn, x, y, state, start, params, split)
             if write_slot is not None and new_state is not None:

@@ -37,7 +37,8 @@ class InMemoryRunner:
                 held = add_sums(held, chunk_kernel(fn, x, y, None, start, params, self.split, "held")[1])
             if chunks is not None and i not in chunks:
                 continue
-            state = None if plan is None else {name: self.slots[k % 2][i][name] for name, k in plan.items()}
+            # a chunk the split holds out whole (earlier run stores) has no state: chunk_kernel skips it unread
+            state = None if plan is None else {name: self.slots[k % 2][i].get(name) for name, k in plan.items()}
             new, sums = chunk_kernel(fn, x, y, state, start, params, self.split)
             if write is not None and new is not None:
                 self.slots.setdefault(write % 2, [{} for _ in self.bounds])[i].update(new)
