@@ -135,6 +135,9 @@ def mm_step(stack, grad, gram, alphas, ridge: float, *, what: str = "output refi
     J, K, width = stack.shape
     g = np.asarray(gram, np.float64)
     grad = np.asarray(grad, np.float64).reshape(J, K, width)
+    alphas = np.asarray(alphas, np.float64)
+    if alphas.shape != (J,):
+        raise ValueError(f"{what}: {alphas.size} alphas for {J} candidates")
     if not (np.all(np.isfinite(g)) and np.all(np.isfinite(grad))):
         raise NumericalError(f"{what}: the readout sums contain NaN or inf; the state diverged "
                              "(try a larger --ridge or standardised inputs)")
@@ -149,7 +152,7 @@ def mm_step(stack, grad, gram, alphas, ridge: float, *, what: str = "output refi
     e = np.maximum(e, 0.0)
     floor = ridge * c * (gbar if gbar > 0 else 1.0)
     out = np.empty_like(stack)
-    for j, alpha in enumerate(np.asarray(alphas, np.float64)):
+    for j, alpha in enumerate(alphas):
         r = grad[j].copy()
         r[:, :-1] -= alpha * stack[j, :, :-1]
         rb = r[:, -1]

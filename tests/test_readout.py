@@ -163,7 +163,7 @@ def penalised_loss(W, A, T, alpha):
 def mm_iterate(A, T, alphas, steps, ridge=0.0):
     """Return the candidates after ``steps`` MM steps from V = 0 on fixed features, and each step's objectives."""
     K = T.shape[1]
-    stack = readout.zero_stack(A.shape[1], K)
+    stack = readout.zero_stack(A.shape[1], K)[:len(alphas)]
     history = []
     for _ in range(steps):
         parts = readout.logistic_parts(A, T, stack.reshape(-1, A.shape[1] + 1))
@@ -342,3 +342,12 @@ def test_regression_keeps_the_ridge_readout(solver_name):
     np.testing.assert_allclose(state.weights[-1], refit(A_tr, T[tr], ALPHA_GRID[best] * gbar + floor),
                                rtol=1e-6, atol=1e-8)
     assert "readout" not in r.history[-1] and r.network.link == "identity"
+
+
+def test_mm_step_refuses_alphas_that_do_not_match_the_candidates():
+    """One α per candidate: a shorter grid would leave candidates unset (uninitialised memory, read as NaN later)."""
+    stack = readout.zero_stack(3, 2)
+    A, T = noisy_classes(np.random.default_rng(0), 20, 3, 2)
+    parts = readout.logistic_parts(A, T, stack.reshape(-1, 4))
+    with pytest.raises(ValueError, match="alphas for"):
+        readout.mm_step(stack, parts["lr_grad"], parts["out_gram"], np.array([0.0, 1.0]), 0.0)
