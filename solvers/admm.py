@@ -70,7 +70,7 @@ class StepParams:
     readout: object = None  # the logistic readout's candidates (J·K × n_{L−1}+1, :mod:`solvers.readout`)
 
 
-class ADMMSolver(SolverBase):
+class ADMMSolver(readout.OutputRefit, SolverBase):
     """Taylor et al.'s ADMM: chunk functions, the client step, the per-sample state it keeps."""
 
     name = "admm"
@@ -90,25 +90,6 @@ class ADMMSolver(SolverBase):
         out = {f"z{l}": self.widths[l] for l in range(1, self.L + 1)}
         out["lam"] = self.widths[-1]
         return out
-
-    @property
-    def refits(self) -> bool:
-        """Return whether the model's output layer is refitted to the targets (``alpha="auto"``)."""
-        return self.config.alpha == "auto"
-
-    @property
-    def logistic(self) -> bool:
-        """Return whether the refit is the logistic readout (classification) rather than the ridge one."""
-        return self.refits and self.config.task == "classification"
-
-    @classmethod
-    def output_link(cls, config: TrainConfig, n_classes, record: dict | None = None) -> str:
-        """Return ``logistic`` for a model whose output layer is the logistic readout (:func:`solvers.readout.link`)."""
-        return readout.link(config, record)
-
-    def readout_shapes(self) -> dict:
-        """Return the layout entries of the output refit's sums (logistic or ridge, :mod:`solvers.readout`)."""
-        return (readout.logistic_shapes if self.logistic else readout.shapes)(self.widths[-2], self.widths[-1])
 
     def layout(self, input_gram: bool, readout_sums: bool = False) -> StatsLayout:
         """Return the layout of a chunk's sums (Grams of every W-solve, metrics; the readout's if asked)."""

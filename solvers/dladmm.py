@@ -179,7 +179,7 @@ class OutputParams:
     readout: object = None
 
 
-class DLADMMSolver(SolverBase):
+class DLADMMSolver(readout.OutputRefit, SolverBase):
     """dlADMM: backward–forward sweeps with quadratic approximations; 2L − 1 passes per iteration."""
 
     name = "dladmm"
@@ -229,25 +229,6 @@ class DLADMMSolver(SolverBase):
             shapes = {"n": (), **self.task.score_shapes, "loss": (), "lagrange": (), "residual_sq": (),
                       **self._cross_shapes(L), **(self.readout_shapes() if self.refits else {})}
         return StatsLayout(shapes)
-
-    @property
-    def refits(self) -> bool:
-        """Return whether the model's output layer is refitted to the targets (``alpha="auto"``)."""
-        return self.config.alpha == "auto"
-
-    @property
-    def logistic(self) -> bool:
-        """Return whether the refit is the logistic readout (classification) rather than the ridge one."""
-        return self.refits and self.config.task == "classification"
-
-    @classmethod
-    def output_link(cls, config: TrainConfig, n_classes, record: dict | None = None) -> str:
-        """Return ``logistic`` for a model whose output layer is the logistic readout (:func:`solvers.readout.link`)."""
-        return readout.link(config, record)
-
-    def readout_shapes(self) -> dict:
-        """Return the layout entries of the output refit's sums (logistic or ridge, :mod:`solvers.readout`)."""
-        return (readout.logistic_shapes if self.logistic else readout.shapes)(self.widths[-2], self.widths[-1])
 
     # -- client side -------------------------------------------------------------------
     def initialize(self, runner) -> LoopState:

@@ -239,3 +239,26 @@ def logistic_fit(carry: dict, sums: dict, held: dict, ridge: float, *, what: str
     metrics = {"alpha": float(alphas[j]), "validation_loss": float(losses[j]) / float(held["n"]),
                "readout": "logistic", "readout_train_loss": float(sums["lr_loss"][j]) / float(sums["n"])}
     return R[j].copy(), {**accelerate(carry, sums["lr_grad"], alphas, new), "R_alphas": new_alphas}, metrics
+
+
+class OutputRefit:
+    """The refit of a model's output layer, for solvers with a ``config`` and ``widths`` (ADMM, dlADMM)."""
+
+    @property
+    def refits(self) -> bool:
+        """Return whether the model's output layer is refitted to the targets (``alpha="auto"``)."""
+        return self.config.alpha == "auto"
+
+    @property
+    def logistic(self) -> bool:
+        """Return whether the refit is the logistic readout (classification) rather than the ridge one."""
+        return self.refits and self.config.task == "classification"
+
+    @classmethod
+    def output_link(cls, config, n_classes, record: dict | None = None) -> str:
+        """Return ``logistic`` for a model whose output layer is the logistic readout (:func:`link`)."""
+        return link(config, record)
+
+    def readout_shapes(self) -> dict:
+        """Return the layout entries of the output refit's sums (logistic or ridge, :mod:`solvers.readout`)."""
+        return (logistic_shapes if self.logistic else shapes)(self.widths[-2], self.widths[-1])
