@@ -54,6 +54,7 @@ from solvers import make_solver  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.gauss_newton import CurvatureParams, ForwardParams  # noqa: E402
 from solvers.inmemory import InMemoryRunner  # noqa: E402
+from solvers.loop import chunk_kernel  # noqa: E402
 from solvers.losses import encode_labels  # noqa: E402
 from solvers.stats import moment_sums, scaling_from_sums  # noqa: E402
 
@@ -125,7 +126,7 @@ class ThreadRunner(InMemoryRunner):
 
         def one(i):
             state = None if read is None else {name: self.slots[k % 2][i][name] for name, k in read.items()}
-            new, sums = fn(self.x[i], self.y[i], state, self.bounds[i][0], params)
+            new, sums = chunk_kernel(fn, self.x[i], self.y[i], state, self.bounds[i][0], params, None)
             if write is not None:
                 self.slots[write % 2][i].update(new)
             return sums
