@@ -55,9 +55,9 @@ class TimingRunner(InMemoryRunner):
         super().__init__(*args, **kwargs)
         self.seconds = {}
 
-    def run(self, kernel, params, *, read=None, write=None):
+    def run(self, kernel, params, **passes):
         t0 = time.perf_counter()
-        out = super().run(kernel, params, read=read, write=write)
+        out = super().run(kernel, params, **passes)
         self.seconds[kernel] = self.seconds.get(kernel, 0.0) + time.perf_counter() - t0
         return out
 

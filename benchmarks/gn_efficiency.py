@@ -64,6 +64,7 @@ from benchmarks.out_of_core import disk_bandwidth  # noqa: E402
 from solvers import make_solver  # noqa: E402
 from solvers.tiling import TILE_ROWS  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
+from solvers.loop import chunk_kernel  # noqa: E402
 from solvers.losses import encode_labels  # noqa: E402
 from solvers.reference import InMemoryRunner  # noqa: E402
 from solvers.stats import moment_sums, scaling_from_sums  # noqa: E402
@@ -199,12 +200,15 @@ class TimedRunner(InMemoryRunner):
         super().__init__(solver, X, y_idx, chunk_rows)
         self.threads, self.log = threads, []
 
-    def run(self, kernel, params, *, read=None, write=None):
+    def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
+        if held_out:  # nothing is held out here
+            return self.run(kernel, params, read=read, write=write, chunks=chunks), None
         fn = getattr(self.solver, kernel)
+        idx = [i for i in range(len(self.bounds)) if chunks is None or i in chunks]
         t0 = time.perf_counter()
         with threadpool_limits(1), ThreadPoolExecutor(self.threads) as pool:
-            parts = list(pool.map(lambda i: fn(self.x[i], self.y[i], None, self.bounds[i][0], params)[1],
-                                  range(len(self.bounds))))
+            parts = list(pool.map(lambda i: chunk_kernel(fn, self.x[i], self.y[i], None, self.bounds[i][0], params, None)[1],
+                                  idx))
         self.log.append({"kernel": kernel, "seconds": time.perf_counter() - t0})
         return sum(parts[1:], parts[0])
 
@@ -275,11 +279,11 @@ def dask_runner_class():
 
         cold, log, pids = False, [], []
 
-        def run(self, kernel, params, *, read=None, write=None):
+        def run(self, kernel, params, **passes):
             if self.cold:
                 drop_caches()
             io0, t0 = proc_io(self.pids), time.perf_counter()
-            out = super().run(kernel, params, read=read, write=write)
+            out = super().run(kernel, params, **passes)
             io1 = proc_io(self.pids)
             self.log.append({"kernel": kernel, "seconds": time.perf_counter() - t0,
                              "disk_read_bytes": io1["read_bytes"] - io0["read_bytes"],
