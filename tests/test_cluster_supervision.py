@@ -21,11 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- no batch system needed
-def test_dask_jobqueue_keeps_ctrl_c_meaning():
-    """dask-jobqueue's runner module installs a SIGINT handler calling sys.exit(): our import undoes it."""
-    code = ("import signal, pipeline.cluster as c; c._jobqueue(); import dask_jobqueue.runner; "
-            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+@pytest.mark.parametrize("handler", ["default_int_handler", "SIG_IGN"])
+def test_dask_jobqueue_keeps_ctrl_c_meaning(handler):
+    """dask-jobqueue's runner module installs a SIGINT handler calling sys.exit(): our import puts back the one before.
+
+    The handler is set first: a process started in the background by a shell without job control
+    inherits SIGINT ignored, and then ignored is the meaning to keep.
+    """
+    code = ("import signal, sys; signal.signal(signal.SIGINT, getattr(signal, sys.argv[1])); "
+            "before = signal.getsignal(signal.SIGINT); import pipeline.cluster as c; c._jobqueue(); "
+            "import dask_jobqueue.runner; print(signal.getsignal(signal.SIGINT) is before)")
+    out = subprocess.run([sys.executable, "-c", code, handler], capture_output=True, text=True, cwd=ROOT,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
     assert out.stdout.strip() == "True", out.stderr
 
