@@ -194,7 +194,7 @@ def tile_breakdown(seconds: float = 0.2) -> dict:
 
 # -- in memory -------------------------------------------------------------------------
 class TimedRunner(InMemoryRunner):
-    """InMemoryRunner that runs ``threads`` chunks at a time (one BLAS thread each) and logs each pass."""
+    """The in-memory runner with ``threads`` chunks at a time (one BLAS thread each); logs each pass's wall seconds."""
 
     def __init__(self, solver, X, y_idx, chunk_rows, threads: int):
         super().__init__(solver, X, y_idx, chunk_rows)
@@ -205,12 +205,24 @@ class TimedRunner(InMemoryRunner):
             return self.run(kernel, params, read=read, write=write, chunks=chunks), None
         fn = getattr(self.solver, kernel)
         idx = [i for i in range(len(self.bounds)) if chunks is None or i in chunks]
+        if write is not None:
+            self.slots.setdefault(write % 2, [{} for _ in self.bounds])
+
+        def one(i):
+            state = None if read is None else {name: self.slots[k % 2][i][name] for name, k in read.items()}
+            new, sums = chunk_kernel(fn, self.x[i], self.y[i], state, self.bounds[i][0], params, None)
+            if write is not None:
+                self.slots[write % 2][i].update(new)
+            return sums
+
         t0 = time.perf_counter()
         with threadpool_limits(1), ThreadPoolExecutor(self.threads) as pool:
-            parts = list(pool.map(lambda i: chunk_kernel(fn, self.x[i], self.y[i], None, self.bounds[i][0], params, None)[1],
-                                  idx))
+            parts = list(pool.map(one, idx))
         self.log.append({"kernel": kernel, "seconds": time.perf_counter() - t0})
-        return sum(parts[1:], parts[0])
+        total = 0.0
+        for p in parts:  # fixed order: the sums do not depend on the threads
+            total = total + p
+        return total
 
 
 def load_in_memory(path, n: int | None):

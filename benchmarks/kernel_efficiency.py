@@ -23,7 +23,7 @@ Part ``pipeline``: seconds per iteration of ``pipeline.training.train`` (a
 local cluster of one in-process worker with 2 threads, as ``--local-mode
 auto`` picks for data this small, the data read from a Zarr store, the state
 and checkpoints in a run store) against the same solver in memory with 2
-threads (:class:`ThreadRunner`), for Gauss-Newton and ADMM, same settings,
+threads (:class:`benchmarks.gn_efficiency.TimedRunner`), for Gauss-Newton and ADMM, same settings,
 median over the iterations after the first.
 
 Run (each part a few minutes; under the benchmark lock, nothing else heavy)::
@@ -37,7 +37,6 @@ import shutil
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +48,10 @@ if str(ROOT) not in sys.path:
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from benchmarks.bench_util import CpuWatch, provenance, write_results  # noqa: E402
-from benchmarks.gn_efficiency import flops_per_row, products  # noqa: E402
+from benchmarks.gn_efficiency import TimedRunner, flops_per_row, products  # noqa: E402
 from solvers import make_solver  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.gauss_newton import CurvatureParams, ForwardParams  # noqa: E402
-from solvers.inmemory import InMemoryRunner  # noqa: E402
-from solvers.loop import chunk_kernel  # noqa: E402
 from solvers.losses import encode_labels  # noqa: E402
 from solvers.stats import moment_sums, scaling_from_sums  # noqa: E402
 
@@ -109,42 +106,10 @@ def gemm_rate(threads: int, clock=time.perf_counter) -> float:
         return 2 * 2048 ** 3 / _median(lambda: A @ A, 7, clock) / 1e9
 
 
-class ThreadRunner(InMemoryRunner):
-    """The in-memory runner with ``threads`` chunks at a time (one BLAS thread each); logs each pass's wall seconds."""
-
-    def __init__(self, solver, X, y_idx, chunk_rows, threads: int):
-        super().__init__(solver, X, y_idx, chunk_rows)
-        self.threads, self.log = threads, []
-
-    def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
-        if held_out:  # nothing is held out here
-            return self.run(kernel, params, read=read, write=write, chunks=chunks), None
-        fn = getattr(self.solver, kernel)
-        idx = [i for i in range(len(self.bounds)) if chunks is None or i in chunks]
-        if write is not None:
-            self.slots.setdefault(write % 2, [{} for _ in self.bounds])
-
-        def one(i):
-            state = None if read is None else {name: self.slots[k % 2][i][name] for name, k in read.items()}
-            new, sums = chunk_kernel(fn, self.x[i], self.y[i], state, self.bounds[i][0], params, None)
-            if write is not None:
-                self.slots[write % 2][i].update(new)
-            return sums
-
-        t0 = time.perf_counter()
-        with threadpool_limits(1), ThreadPoolExecutor(self.threads) as pool:
-            parts = list(pool.map(one, idx))
-        self.log.append({"kernel": kernel, "seconds": time.perf_counter() - t0})
-        total = 0.0
-        for p in parts:  # fixed order: the sums do not depend on the threads
-            total = total + p
-        return total
-
-
 def in_memory_iterations(config: TrainConfig, X, y, model: dict, threads: int, iterations: int) -> dict:
     """Run ``initialize`` and ``iterations`` × ``advance`` in memory; return each iteration's and pass's seconds."""
     solver = make_solver(config, X.shape[1], **model)
-    runner = ThreadRunner(solver, X, encode_labels(y, model["classes"]), chunk_rows(X.shape[0]), threads)
+    runner = TimedRunner(solver, X, encode_labels(y, model["classes"]), chunk_rows(X.shape[0]), threads)
     with CpuWatch() as cpu:
         t0 = time.perf_counter()
         state = solver.initialize(runner)
