@@ -69,6 +69,10 @@ def test_compare_digits02_ours_and_cheap_peers(tmp_path):
     s = res["settings"]
     assert s["target"] == 0.99 and s["hidden"] == [100] and s["data"]["n_train"] + s["data"]["n_test"] == 355
     assert {"command", "date", "host"} <= set(res["provenance"])
+    # start-up: each pipeline method's own fresh cluster plus the client's imports; a peer's imports
+    assert set(s["cluster_start_seconds"]) == {"admm"}
+    assert methods["admm-pipeline"]["startup_seconds"] > s["cluster_start_seconds"]["admm"] > 0
+    assert methods["sklearn-stream"]["startup_seconds"] > 0 and "startup_seconds" not in methods["logreg"]
     md = (out / "compare_digits02.md").read_text()
     assert "| method | family | final test acc | best test acc | time to 0.990 (s)" in md
     for name in methods:
