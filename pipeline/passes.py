@@ -232,8 +232,13 @@ class DaskRunner:
         sample = range(len(self.bounds)) if chunks is None else set(chunks)  # a sample of the chunks
         held = held_out and self.split is not None  # every chunk's held-out rows, read with its training rows
         t0 = time.perf_counter()
-        tasks = [fn(shared, self.data, self.run_path, reads, write_slot, a, b, self.split, i in sample, held)
-                 for i, (a, b) in enumerate(self.bounds) if held or i in sample]
+        places = self._chunk_places()
+        tasks = []
+        for i, (a, b) in enumerate(self.bounds):
+            if held or i in sample:
+                with dask.annotate(**places[i]):
+                    tasks.append(fn(shared, self.data, self.run_path, reads, write_slot, a, b, self.split,
+                                    i in sample, held))
         sums = self.compute(tree(tasks))[0]
         if held_out and not held:
             sums = sums, None
@@ -260,6 +265,24 @@ class DaskRunner:
         if not n or seconds <= 0:
             return {}
         return {"passes": n, "rows_per_second": rows / seconds, "read_mb_per_second": read / 1e6 / seconds}
+
+    def _chunk_places(self) -> list[dict]:
+        """Return each chunk task's worker annotation: a sharded solver's chunk on its shard's worker, else none.
+
+        A sharded solver's chunk passes (α's pass A, a hand-over's Gauss-Newton passes)
+        then read each chunk on the worker whose data cache its shard task fills and reads
+        again: placed by the scheduler, about half the chunks of a pass were decoded a second
+        time on the other worker (a fresh cluster's first iteration reads every chunk twice).
+        """
+        if not getattr(self.solver, "sharded", False) or not self.solver.config.shards:
+            return [{} for _ in self.bounds]
+        groups = shard_groups(len(self.bounds), self.solver.config.shards)
+        places = shard_places(self.client, len(groups))
+        out = [{} for _ in self.bounds]
+        for shard, group in enumerate(groups):
+            for i in group:
+                out[i] = places[shard]
+        return out
 
     def run_shards(self, kernel, params, *, read=None, write=None):
         shared = broadcast((self.solver, kernel, params))

@@ -391,6 +391,26 @@ def test_shard_tasks_run_side_by_side_each_on_its_own_worker(client, tmp_path):
     assert all(p["allow_other_workers"] for p in shard_places(Threads(), 4))
 
 
+def test_chunk_tasks_of_a_sharded_solver_run_on_their_shards_worker():
+    """α's pass A (and a hand-over's Gauss-Newton passes) read chunk i on the worker of its shard, whose cache holds it."""
+    from types import SimpleNamespace
+
+    from pipeline.passes import DaskRunner
+
+    class Client:
+        def nthreads(self):
+            return {"tcp://b": 1, "tcp://a": 1}
+
+    bounds = [(200 * i, 200 * (i + 1)) for i in range(5)]
+    for name in ("consensus", "consensus,gauss-newton"):
+        solver = SimpleNamespace(sharded=True, config=TrainConfig(solver=name, shards=2))
+        places = DaskRunner(Client(), solver, "d", "r", bounds)._chunk_places()
+        assert [p["workers"] for p in places] == [["tcp://a"]] * 3 + [["tcp://b"]] * 2  # shards [0, 1, 2], [3, 4]
+        assert all(p["allow_other_workers"] for p in places)
+    gn = SimpleNamespace(sharded=False, config=TrainConfig(solver="gauss-newton"))
+    assert DaskRunner(Client(), gn, "d", "r", bounds)._chunk_places() == [{}] * 5  # the scheduler chooses
+
+
 def test_retried_shard_task_rewrites_the_same_bytes(tmp_path):
     """A shard task run twice (a retry) reads the committed slot and writes identical state and sums."""
     import zarr
