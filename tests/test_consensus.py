@@ -208,6 +208,24 @@ def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row(monkeypatc
                                                     rel=1e-12)
 
 
+def test_alpha_auto_skips_pass_a_in_a_windowed_first_pass(monkeypatch):
+    """A first pass over a window of each shard (large data) takes α = 0 without pass A; later passes take pass A's α."""
+    from solvers import consensus as cons
+
+    calls = []
+    real = cons.ConsensusSolver.held_out_alpha
+    monkeypatch.setattr(cons.ConsensusSolver, "held_out_alpha",
+                        lambda self, runner, weights, k: calls.append(k) or real(self, runner, weights, k))
+    X, y = make_data(n=2000, n_classes=3)
+    cfg = TrainConfig(solver="consensus", hidden=(8,), iterations=2, shards=2, validation_fraction=0.2, seed=7,
+                      patience=0, first_pass_rows=200)  # 2 of the 10 chunks of a shard in pass 1
+    windowed = fit_in_memory(X, y, cfg, chunk_rows=100)
+    assert calls == [2] and windowed.history[0]["alpha"] == 0.0 and windowed.history[1]["alpha"] > 0
+    calls.clear()  # a first pass over whole shards (small data): pass A from pass 1 on
+    whole = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "first_pass_rows": 0}), chunk_rows=100)
+    assert calls == [1, 2] and all(h["alpha"] > 0 for h in whole.history)
+
+
 def test_alpha_pass_uses_a_seeded_row_sample_of_big_chunks(monkeypatch):
     """Pass A of alpha auto reads at most ALPHA_CHUNK_ROWS rows of a chunk, seeded by (seed, the chunk's first row)."""
     from solvers import consensus as cons
