@@ -31,8 +31,8 @@ squared loss, at the cost of one backward pass.
 
 The step is the dense one with ``S_l/|T|`` for ``S_l``
 (:meth:`ConvGaussNewtonSolver.curvatures`). Patches are built per row tile
-inside the chunk task and never stored; pass B walks smaller tiles than pass A
-because it holds one back-propagated Jacobian per output.
+inside the chunk task and never stored; pass B's tiles are sized by the K
+back-propagated Jacobians of their curvature rows (:data:`CURVATURE_TILE_BYTES`).
 """
 from __future__ import annotations
 
@@ -44,11 +44,13 @@ from solvers.errors import InputError
 from solvers.gauss_newton import DAMPING_FLOOR, DAMPING_SHRINK, CurvatureParams, ForwardParams, GaussNewtonSolver
 from solvers.linalg import affine, cross_with_bias, gram_with_bias, times
 from solvers.stats import StatsLayout
-from solvers.tiling import TILE_BYTES, row_tiles
+from solvers.tiling import row_tiles
 
 RATIO_HIGH = 0.75    # reduction ratio above which λ halves after an accepted step
 RATIO_LOW = 0.25     # ... at or below which λ doubles (between: λ stays)
 CURVATURE_EVERY = 4  # the curvature factors S_l, G_{l−1} (l > 1) are summed over every 4th row (by row index)
+CURVATURE_TILE_BYTES = 16 * 2 ** 20  # pass B's tiles: K back-propagated Jacobians of their curvature rows at most this
+# (float32); measured best of 8, 16, 32 and 64 MiB (benchmarks/results/conv_profile_s5.md)
 
 
 def layer_rows(layer, a):
@@ -98,7 +100,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         K = self.widths[-1]
         per_row = max(max(positions(m) * m.fan_in, m.n_out) for m in self.layers)
         self.curvature_every = CURVATURE_EVERY
-        self.curvature_rows = max(1, min(self.tile_rows, self.curvature_every * TILE_BYTES // (4 * K * per_row)))
+        self.curvature_rows = max(1, self.curvature_every * CURVATURE_TILE_BYTES // (4 * K * per_row))
 
     # -- layouts ----------------------------------------------------------------------------
     def _gram_shape(self, l: int) -> tuple:

@@ -7,7 +7,9 @@ matrix of ``rows × positions × fan_in`` float32 values would pass ``TILE_BYTES
 from __future__ import annotations
 
 TILE_ROWS = 4096          # rows per tile inside a chunk: keeps elementwise work in cache
-TILE_BYTES = 64 * 2 ** 20  # largest im2col patch matrix of one tile (float32)
+TILE_BYTES = 4 * 2 ** 20  # largest im2col patch matrix of one tile (float32): 72 MNIST rows for a 5x5 conv
+# (64 MiB, 1165 rows, cost convolutional Gauss-Newton 1.4x the CPU: every array of a tile was a fresh mmap
+# whose pages the kernel faults in and zeroes; benchmarks/results/conv_profile_s5.md)
 
 
 def chunk_bounds(n: int, chunk_rows: int | None) -> list[tuple[int, int]]:
