@@ -20,7 +20,7 @@ from solvers.activations import ACTIVATIONS
 from solvers.errors import InputError
 from solvers.layers import DenseSpec, conv_layers, format_layers, parse_layers, parse_shape, pool_layers
 from solvers.losses import LOSSES
-from solvers.sampling import SCHEDULES as SAMPLE_SCHEDULES, START_ROWS
+from solvers.sampling import CONV_START_ROWS, SCHEDULES as SAMPLE_SCHEDULES, START_ROWS
 from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
 
@@ -161,11 +161,14 @@ class TrainConfig:
                            "std: pixels and other shared units)", choices=SCALINGS)
     sample_schedule: str = setting("auto", "progressive sampling: grow runs the first iterations on a growing "
                                    "seeded subset of whole chunks (from ~49k rows, doubling after every accepted "
-                                   "step, all chunks by the last iteration); full reads every chunk every "
-                                   "iteration; auto is grow for gauss-newton, full for the others",
+                                   "step, all chunks by the last iteration); rotate first walks one epoch of "
+                                   "disjoint samples of that size (the next after every accepted step), then "
+                                   "grows; full reads every chunk every iteration; auto is rotate for "
+                                   "gauss-newton with convolutions, grow for dense gauss-newton, full for the others",
                                    choices=SAMPLE_SCHEDULES, solvers=("gauss-newton",), group="gauss-newton")
-    sample_start: int = setting(START_ROWS, "rows of the first sample of the grow schedule (rounded up to whole "
-                                "chunks, at least 2)", solvers=("gauss-newton",), group="gauss-newton")
+    sample_start: int = setting(0, f"rows of the first sample of the grow schedule, of each sample of rotate "
+                                f"(rounded up to whole chunks, at least 2); 0: {START_ROWS}, or {CONV_START_ROWS} "
+                                "with convolutions", solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "
                                          "turns early stopping off", group="stopping")
@@ -275,8 +278,8 @@ class TrainConfig:
         elif self.sample_schedule == "grow" and self.solver != "gauss-newton":
             problems.append(f"sample_schedule grow needs the gauss-newton solver (the {self.solver} solver keeps "
                             "per-sample state that every iteration must update); pass --sample-schedule full")
-        if self.sample_start < 1:
-            problems.append(f"sample_start must be >= 1, got {self.sample_start}")
+        if self.sample_start < 0:
+            problems.append(f"sample_start must be >= 0 (0: the default), got {self.sample_start}")
         if self.patience < 0:
             problems.append(f"patience must be >= 0, got {self.patience}")
         if self.scaling not in SCALINGS:

@@ -96,6 +96,7 @@ class GaussNewtonSolver(SolverBase):
     """Layerwise Gauss-Newton: chunk kernels (passes A and B) and the client's LM-controlled step."""
 
     name = "gauss-newton"
+    convolutional = False  # the auto sample schedule and start (solvers.sampling): rotate and fewer rows for convolutions
     divergence_hint = "a smaller --step-size or a larger --damping or --ridge"
     alpha_tolerance = 0.0  # alpha auto (squared loss): the largest α within (1 + c/√n_held) of the least held-out error
 
@@ -148,9 +149,9 @@ class GaussNewtonSolver(SolverBase):
         """Return He-scaled random hidden weights (bias 0), seeded like the ADMM solver's."""
         return self.he_weights(self.L - 1)
 
-    def _sample(self, runner, m: int) -> dict:
-        """Return the ``chunks=`` argument of a pass over the sample of ``m`` chunks ({}: every chunk)."""
-        chunks = sampling.sample(len(runner.bounds), m, self.config.seed) if hasattr(runner, "bounds") else None
+    def _sample(self, runner, m: int, window: int = -1) -> dict:
+        """Return the ``chunks=`` argument of a pass over the sample of ``m`` chunks (window ≥ 0: rotating; {}: every chunk)."""
+        chunks = sampling.sample(len(runner.bounds), m, self.config.seed, window) if hasattr(runner, "bounds") else None
         return {} if chunks is None else {"chunks": chunks}
 
     def initial_output(self) -> np.ndarray:
@@ -168,14 +169,15 @@ class GaussNewtonSolver(SolverBase):
         """
         hidden = self.initial_hidden() if hidden is None else hidden
         bounds = list(getattr(runner, "bounds", ()))  # a runner without chunk bounds reads every chunk
-        m = sampling.initial_count(bounds, sampling.resolve(self.config.sample_schedule, self.config.solver),
-                                   self.config.sample_start)
-        sample = self._sample(runner, m)
+        schedule = sampling.resolve(self.config.sample_schedule, self.config.solver, self.convolutional)
+        m = sampling.initial_count(bounds, schedule, sampling.start_rows(self.config.sample_start, self.convolutional))
+        window = sampling.initial_window(schedule, m, len(bounds))
+        sample = self._sample(runner, m, window)
         if self.cross_entropy:
             weights = [*hidden, self.initial_output()]
             alpha = 0.0 if self.config.alpha == "auto" else float(self.config.alpha)
             carry = {"damping": np.float64(self.config.damping), "sample_chunks": np.float64(m),
-                     "alpha": np.float64(alpha),
+                     "sample_window": np.float64(window), "alpha": np.float64(alpha),
                      **self._curvature_pass(runner, weights, 0.0, 0, sample, alpha, new_sample=True)}
             return self._with_trial(LoopState(0, weights, carry))
         sums, held = run_pass_held_out(runner, self.forward_layout(True), "forward_chunk",
@@ -184,7 +186,8 @@ class GaussNewtonSolver(SolverBase):
         W_out, error, alpha = self.output_layer(sums, held)
         weights = [*hidden, W_out]
         carry = {"input_gram": np.asarray(input_gram), "damping": np.float64(self.config.damping),
-                 "sample_chunks": np.float64(m), "alpha": np.float64(alpha), **self._accepted_sums(sums, error),
+                 "sample_chunks": np.float64(m), "sample_window": np.float64(window), "alpha": np.float64(alpha),
+                 **self._accepted_sums(sums, error),
                  **self._curvature_pass(runner, weights, self.objective(error, weights, alpha), 0, sample, alpha)}
         return self._with_trial(LoopState(0, weights, carry))
 
@@ -193,14 +196,15 @@ class GaussNewtonSolver(SolverBase):
         k, c = state.iteration + 1, dict(state.carry)
         n_chunks = len(getattr(runner, "bounds", ()))
         m = int(c.get("sample_chunks", n_chunks))  # runs stored before progressive sampling: every chunk
+        window = int(c.get("sample_window", -1))  # runs stored before the rotate schedule: growing
         trial = [c[f"T{l}"] for l in range(1, self.L)]
         sums, held = run_pass_held_out(runner, self.forward_layout(False), "forward_chunk",
-                                       self._forward_params(trial, False, c), k, **self._sample(runner, m))
+                                       self._forward_params(trial, False, c), k, **self._sample(runner, m, window))
         W_out, error, alpha = self.output_layer(sums, held, c)
         objective = self.objective(error, [*trial, W_out], alpha)
         current = self._current_objective(state, c, alpha)
         accepted = objective <= current
-        m_next = sampling.next_count(m, n_chunks, accepted, last=k + 1 >= self.config.iterations)
+        m_next, w_next = sampling.next_sample(m, window, n_chunks, accepted, last=k + 1 >= self.config.iterations)
         c["alpha"] = np.float64(alpha)
         if accepted:
             weights = [*trial, W_out]
@@ -213,10 +217,11 @@ class GaussNewtonSolver(SolverBase):
             weights = state.weights
             c["error"] = np.float64(current)
             c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
-        if accepted or m_next != m:  # pass B at the accepted weights, on the next iteration's sample
-            c.update(self._curvature_pass(runner, weights, float(c["error"]), k, self._sample(runner, m_next),
-                                          alpha, new_sample=m_next != m))
-        c["sample_chunks"] = np.float64(m_next)
+        moved = (m_next, w_next) != (m, window)
+        if accepted or moved:  # pass B at the accepted weights, on the next iteration's sample
+            c.update(self._curvature_pass(runner, weights, float(c["error"]), k, self._sample(runner, m_next, w_next),
+                                          alpha, new_sample=moved))
+        c["sample_chunks"], c["sample_window"] = np.float64(m_next), np.float64(w_next)
         n = float(sums["n"])
         score = f"train_{self.task.score_name}"
         metrics = {score: float(c[score]), "loss": float(c.get("loss", c["error"])) / n,

@@ -9,6 +9,15 @@ every accepted step, and reaching all chunks at the latest for the last
 iteration. ``m`` is part of the solver's checkpointed client state, so a
 resumed run reads the same chunks as an uninterrupted one. ``full`` reads
 every chunk every time (the method as it was).
+
+``rotate`` (the ``auto`` choice for convolutional layers) first walks one
+epoch of disjoint windows: window j is the chunks ``j·m … j·m + m − 1`` (mod
+the chunk count) of the same permutation, the next window after every
+accepted step, ``⌈n_chunks / m⌉`` windows in all; then it grows like
+``grow`` from the first ``2m`` chunks. Large-batch steps on fresh rows
+learn the filters faster per row read than full-batch steps (measured on
+MNIST, ``benchmarks/results/conv_defaults_s5.md``). Window 0 is grow's first
+sample; the window index (−1 once growing) is checkpointed with ``m``.
 """
 from __future__ import annotations
 
@@ -16,16 +25,27 @@ import math
 
 import numpy as np
 
-SCHEDULES = ("auto", "grow", "full")
+SCHEDULES = ("auto", "grow", "rotate", "full")
 START_ROWS = 49152  # rows of the first sample (rounded up to whole chunks)
+CONV_START_ROWS = 6000  # convolutional layers: rows of each window of the rotate schedule
 GROWTH = 2
 
 
-def resolve(schedule: str, solver: str) -> str:
-    """Return ``grow`` or ``full``: ``auto`` grows for the stateless Gauss-Newton solver only."""
+def resolve(schedule: str, solver: str, conv: bool = False) -> str:
+    """Return ``grow``, ``rotate`` or ``full``: ``auto`` is grow (``conv``: rotate) for the stateless Gauss-Newton solver only."""
     if schedule == "auto":
-        return "grow" if solver == "gauss-newton" else "full"
+        return ("rotate" if conv else "grow") if solver == "gauss-newton" else "full"
     return schedule
+
+
+def start_rows(sample_start: int, conv: bool = False) -> int:
+    """Return the rows of the first sample: ``sample_start``, or for 0 :data:`START_ROWS` (``conv``: :data:`CONV_START_ROWS`)."""
+    return int(sample_start) if sample_start else (CONV_START_ROWS if conv else START_ROWS)
+
+
+def initial_window(schedule: str, m: int, n_chunks: int) -> int:
+    """Return the first window index: 0 for ``rotate`` on fewer than all chunks, else −1 (growing)."""
+    return 0 if schedule == "rotate" and m < n_chunks else -1
 
 
 def order(n_chunks: int, seed: int) -> np.ndarray:
@@ -49,8 +69,28 @@ def next_count(m: int, n_chunks: int, accepted: bool, last: bool) -> int:
     return int(min(n_chunks, m * GROWTH)) if accepted else int(m)
 
 
-def sample(n_chunks: int, m: int, seed: int) -> list[int] | None:
-    """Return the sorted chunk indices of the sample of ``m`` chunks (None: all of them)."""
+def next_sample(m: int, window: int, n_chunks: int, accepted: bool, last: bool) -> tuple[int, int]:
+    """Return (m, window) of the next iteration.
+
+    Rotating (``window`` ≥ 0): the same window after a rejected step, the next
+    one after an accepted step until ``⌈n_chunks/m⌉`` windows were read, then
+    grow's 2m chunks; growing (−1): :func:`next_count`. All chunks for the last iteration.
+    """
+    if last:
+        return n_chunks, -1
+    if window >= 0:
+        if not accepted:
+            return int(m), int(window)
+        if window < math.ceil(n_chunks / max(m, 1)) - 1:
+            return int(m), int(window) + 1
+    return next_count(m, n_chunks, accepted, last), -1
+
+
+def sample(n_chunks: int, m: int, seed: int, window: int = -1) -> list[int] | None:
+    """Return the sorted chunk indices of the sample of ``m`` chunks, or of window ``window`` ≥ 0 (None: all of them)."""
     if m >= n_chunks:
         return None
-    return sorted(order(n_chunks, seed)[:m].tolist())
+    perm = order(n_chunks, seed)
+    if window <= 0:
+        return sorted(perm[:m].tolist())
+    return sorted(perm[(window * m + np.arange(m)) % n_chunks].tolist())

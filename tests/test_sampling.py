@@ -93,3 +93,44 @@ def test_resume_with_a_growing_sample_is_exact(client, tmp_path):
     assert rows == [h["sample_rows"] for h in whole.history] and rows[0] < rows[-1]
     for a, b in zip(whole.network.weights, resumed.network.weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_rotate_walks_one_epoch_of_disjoint_windows_then_grows():
+    n, m = 20, 6  # ⌈20/6⌉ = 4 windows; the last wraps round onto the first chunks of the permutation
+    windows = [sampling.sample(n, m, seed=3, window=w) for w in range(4)]
+    assert windows[0] == sampling.sample(n, m, seed=3)  # window 0 is grow's first sample
+    assert all(len(w) == m and w == sorted(w) for w in windows)
+    assert not set(windows[0]) & set(windows[1]) and not set(windows[1]) & set(windows[2])
+    assert set().union(*windows) == set(range(n))
+    assert sampling.initial_window("rotate", m, n) == 0 and sampling.initial_window("grow", m, n) == -1
+    assert sampling.initial_window("rotate", n, n) == -1
+    state, seen = (m, 0), []
+    for accepted in (True, False, True, True, True, True):
+        seen.append(state)
+        state = sampling.next_sample(*state, n, accepted, last=False)
+    assert seen == [(6, 0), (6, 1), (6, 1), (6, 2), (6, 3), (12, -1)]  # a rejected step keeps its window
+    assert state == (20, -1)
+    assert sampling.next_sample(6, 2, n, True, last=True) == (20, -1)
+    assert sampling.next_sample(5, -1, n, True, last=False) == (10, -1)  # grow as before
+    assert sampling.resolve("auto", "gauss-newton", conv=True) == "rotate"
+    assert sampling.start_rows(0, conv=True) == sampling.CONV_START_ROWS
+    assert sampling.start_rows(0) == sampling.START_ROWS and sampling.start_rows(700, conv=True) == 700
+
+
+def test_rotate_schedule_in_memory_reads_new_windows_and_ends_on_all_rows(monkeypatch):
+    X, y = make_data()
+    cfg = TrainConfig(hidden=(16,), iterations=8, sample_schedule="rotate", sample_start=4000, validation_fraction=0)
+    windows = []
+    sample = sampling.sample
+
+    def record(n, m, seed, window=-1):
+        windows.append((m, window))
+        return sample(n, m, seed, window)
+
+    monkeypatch.setattr(sampling, "sample", record)
+    fit = fit_in_memory(X, y, cfg, chunk_rows=1000)
+    assert all(h["accepted"] for h in fit.history)
+    assert [h["sample_rows"] for h in fit.history] == [4000] * 6 + [8000, 24_000]  # 6 windows of 4 of 24 chunks
+    assert sorted({w for m, w in windows if w >= 0}) == list(range(6))
+    assert fit.loop_state.carry["sample_window"] == -1
+    assert fit.network.score(X, y) > 0.85
