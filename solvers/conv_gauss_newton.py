@@ -29,6 +29,12 @@ carries one signed sum ``J_v = Σ_k v_k J_k`` (``v`` ±1, seeded per row and
 weights): ``E[J_vᵀJ_v] = Σ_k J_kᵀJ_k``, K-FAC's sampled curvature for the
 squared loss, at the cost of one backward pass.
 
+Defaults that differ from dense layers (measured on a 20k/5k MNIST split of the
+training rows, ``benchmarks/results/conv_defaults_s5.md``): the ``rotate``
+sample schedule over windows of 6000 rows (:mod:`solvers.sampling`); α auto
+moving at most ×/÷ 2 per iteration (:meth:`ConvGaussNewtonSolver.output_layer`);
+λ set by the reduction ratio with a floor of 0.5 (:meth:`ConvGaussNewtonSolver.advance`).
+
 The step is the dense one with ``S_l/|T|`` for ``S_l``
 (:meth:`ConvGaussNewtonSolver.curvatures`). Patches are built per row tile
 inside the chunk task and never stored; pass B's tiles are sized by the K
@@ -41,14 +47,17 @@ import zlib
 import numpy as np
 
 from solvers.errors import InputError
-from solvers.gauss_newton import DAMPING_FLOOR, DAMPING_SHRINK, CurvatureParams, ForwardParams, GaussNewtonSolver
-from solvers.linalg import affine, cross_with_bias, gram_with_bias, times
+from solvers.gauss_newton import DAMPING_SHRINK, CurvatureParams, ForwardParams, GaussNewtonSolver
+from solvers.linalg import RidgePath, affine, cross_with_bias, gram_with_bias, quadratic_error, times
 from solvers.stats import StatsLayout
 from solvers.tiling import row_tiles
 
 RATIO_HIGH = 0.75    # reduction ratio above which λ halves after an accepted step
 RATIO_LOW = 0.25     # ... at or below which λ doubles (between: λ stays)
+CONV_DAMPING_FLOOR = 0.5  # λ never drops below this after an accepted step (MNIST: accepted λ settled at 1-6; halved
+# down to 0.025, three rejections followed: benchmarks/results/conv_defaults_s5.md)
 CURVATURE_EVERY = 4  # the curvature factors S_l, G_{l−1} (l > 1) are summed over every 4th row (by row index)
+ALPHA_STEP = 2.0  # alpha auto: α moves at most ×/÷ this from one iteration to the next
 CURVATURE_TILE_BYTES = 16 * 2 ** 20  # pass B's tiles: K back-propagated Jacobians of their curvature rows at most this
 # (float32); measured best of 8, 16, 32 and 64 MiB (benchmarks/results/conv_profile_s5.md)
 
@@ -90,6 +99,8 @@ def _subsample_scale(curv: dict) -> float:
 
 class ConvGaussNewtonSolver(GaussNewtonSolver):
     """Gauss-Newton with KFC curvature for ``--layers`` holding convolutions and poolings (client step inherited)."""
+
+    convolutional = True
 
     def __init__(self, config, n_features: int, classes, x_mean, x_scale, dtype=np.float32, y_mean=None,
                  y_scale=None):
@@ -143,6 +154,26 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         curv = {**curv, **{f"gram{l}": np.asarray(curv[f"gram{l}"]) * scale for l in range(2, self.L)}}
         return super().trial_weights(weights, curv, input_gram, damping, alpha)
 
+    def output_layer(self, sums: dict, held: dict | None = None, carry: dict | None = None):
+        """Return the dense solver's ``W_L(α)``, error and α, with α auto moving at most ×/÷ :data:`ALPHA_STEP` per iteration.
+
+        The held-out choice swung between 0 and 158 from one iteration to the
+        next on MNIST (``conv_gn_tuning_20k.md``): each swing changes the
+        objective the LM test compares and the Tikhonov damping the hidden step
+        was computed for. Here the choice is clipped to ``[α_prev / 2, 2 α_prev]``
+        (a choice of 0 counts as the lower end); the first choice (initialisation) is free.
+        """
+        W, error, alpha = super().output_layer(sums, held, carry)
+        if self.config.alpha != "auto" or carry is None or "alpha" not in carry or float(carry["alpha"]) <= 0:
+            return W, error, alpha
+        prev = float(carry["alpha"])
+        clipped = min(max(alpha, prev / ALPHA_STEP), prev * ALPHA_STEP)
+        if clipped == alpha:
+            return W, error, alpha
+        L = self.L
+        W = RidgePath(sums[f"cross{L}"], sums[f"gram{L}"], self.config.ridge, what=f"W_{L}").weights(clipped)
+        return W, quadratic_error(W, sums[f"cross{L}"], sums[f"gram{L}"], float(sums["tt"])), clipped
+
     # -- damping by the reduction ratio --------------------------------------------------------
     def _with_trial(self, state):
         """Set the trial weights (the dense solver's step) and ``predicted``: the decrease the quadratic model promises.
@@ -169,16 +200,17 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         """The dense solver's iteration, with λ after an accepted step set by the reduction ratio ρ = actual / predicted.
 
         ρ > :data:`RATIO_HIGH`: λ ← λ/2 (the dense rule); :data:`RATIO_LOW` < ρ ≤ RATIO_HIGH: λ stays;
-        ρ ≤ RATIO_LOW: λ ← 2λ (Moré's Levenberg–Marquardt control). A rejected step still gives λ ← 4λ.
-        The halving after every accepted step made half the trials of a conv run rejections.
+        ρ ≤ RATIO_LOW: λ ← 2λ (Moré's Levenberg–Marquardt control), never below :data:`CONV_DAMPING_FLOOR`.
+        A rejected step still gives λ ← 4λ. The halving after every accepted step made half the trials
+        of a conv run rejections. ρ's actual decrease is taken at the trial's α (alpha auto may move it).
         """
         damping, predicted = float(state.carry["damping"]), float(state.carry.get("predicted", 0.0))
-        current = float(state.carry["error"])
         new, metrics = super().advance(runner, state)
         if metrics["accepted"] and predicted > 0:
+            current = self._current_objective(state, dict(state.carry), metrics["alpha"])  # at the trial's α
             rho = (current - metrics["trial_loss"] * metrics["sample_rows"]) / predicted
             lam = damping / DAMPING_SHRINK if rho > RATIO_HIGH else damping if rho > RATIO_LOW else 2 * damping
-            lam = max(lam, DAMPING_FLOOR)
+            lam = max(lam, CONV_DAMPING_FLOOR)
             metrics["reduction_ratio"] = float(rho)
             if lam != float(new.carry["damping"]):
                 new.carry["damping"] = np.float64(lam)

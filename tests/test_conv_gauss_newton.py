@@ -284,18 +284,28 @@ def test_pipeline_gauss_newton_conv_matches_reference_and_resumes_bitwise(client
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
     write_data(tmp_path / "t.zarr", X_test, y_test)
     cfg = TrainConfig(layers="conv:3x3x3:same,pool:2,conv:4x3x3,dense:8", solver="gauss-newton", iterations=4,
-                      scaling="global", validation_fraction=0)
+                      scaling="global", validation_fraction=0, sample_start=400)  # rotate: 2 windows of 2 of 4 chunks
     result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", test_data=tmp_path / "t.zarr",
                    config=cfg, chunk_rows=200, report=lambda line: None)
     ref = fit_in_memory(X, y, cfg, chunk_rows=200, X_test=X_test, y_test=y_test)
     for W, W_ref in zip(result.network.weights, ref.network.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
     assert [h["accepted"] for h in result.history] == [h["accepted"] for h in ref.history]
+    assert [h["sample_rows"] for h in result.history] == [h["sample_rows"] for h in ref.history]
+    assert result.history[0]["sample_rows"] == 400 and result.history[-1]["sample_rows"] == 800
     net = load_network(tmp_path / "r.zarr")
     np.testing.assert_array_equal(net.predict(X_test), result.network.predict(X_test))
-    part = TrainConfig(**{**cfg.to_dict(), "iterations": 2})
-    train(client, store=tmp_path / "p.zarr", data=tmp_path / "d.zarr", config=part, chunk_rows=200,
-          report=lambda line: None)
-    resumed = train(client, store=tmp_path / "p.zarr", resume=True, iterations=4, report=lambda line: None)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_2(line):  # a run that dies after committing iteration 2 (in the rotating windows)
+        if line.split()[:1] == ["2"]:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(client, store=tmp_path / "p.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=200,
+              report=crash_after_2)
+    resumed = train(client, store=tmp_path / "p.zarr", resume=True, report=lambda line: None)
     for W, W_full in zip(resumed.network.weights, result.network.weights):
         np.testing.assert_array_equal(W, W_full)
