@@ -13,6 +13,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,8 +41,14 @@ def main(argv=None) -> int:
     p.add_argument("--layers", default=LAYERS)
     p.add_argument("--rows", type=int, default=3000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tile-mib", type=float, nargs="*", default=None,
+                   help="compare these im2col tile budgets (MiB; solvers.tiling.TILE_BYTES), Gauss-Newton only")
+    p.add_argument("--curvature-tile-mib", type=float, nargs="*", default=None,
+                   help="with --tile-mib: pass B tile budgets (MiB; conv_gauss_newton.CURVATURE_TILE_BYTES), one per tile budget")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "conv_cost.json"))
     args = p.parse_args(argv)
+    if args.tile_mib:
+        return tiles(args)
     d = np.load(ROOT.parent / "shared" / "data" / "mnist70k_uint8.npz")
     n = args.rows
     X, y = d["X"][:n].astype(np.float32), d["y"][:n].astype(np.int64)
@@ -82,6 +89,57 @@ def main(argv=None) -> int:
     write_results(args.out, result, markdown)
     print(markdown(result))
     return 0
+
+
+def tiles(args) -> int:
+    """Measure passes A and B per 1000 rows for each (im2col tile, pass B tile) budget; write ``--out``."""
+    from threadpoolctl import threadpool_limits
+
+    from solvers import conv, conv_gauss_newton
+
+    d = np.load(ROOT.parent / "shared" / "data" / "mnist70k_uint8.npz")
+    n = args.rows
+    X, y = d["X"][:n].astype(np.float32) / 256, d["y"][:n].astype(np.int64)
+    mean, scale = float(X.mean()), float(X.std())
+    curv = args.curvature_tile_mib or args.tile_mib
+    rows = []
+    with CpuWatch() as cpu, threadpool_limits(args.threads):
+        for tile, ctile in zip(args.tile_mib, curv):
+            conv.TILE_BYTES = int(tile * 2 ** 20)
+            conv_gauss_newton.CURVATURE_TILE_BYTES = int(ctile * 2 ** 20)
+            cfg = TrainConfig(layers=args.layers, solver="gauss-newton", scaling="global")
+            solver = make_solver(cfg, 784, x_mean=np.full(784, mean), x_scale=np.full(784, scale), classes=np.arange(10))
+            W = solver.cast(solver.he_weights(solver.L))
+            cost = {}
+            for name, f in (("a", lambda s=solver, W=W: s.forward_chunk(X, y, None, 0, ForwardParams(W[:-1], False))),
+                            ("b", lambda s=solver, W=W: s.curvature_chunk(X, y, None, 0, CurvatureParams(W, False)))):
+                f()
+                best = float("inf")
+                for _ in range(3):
+                    t = time.process_time()
+                    f()
+                    best = min(best, time.process_time() - t)
+                cost[name] = best * 1000 / n
+            rows.append({"tile_mib": tile, "curvature_tile_mib": ctile, "tile_rows": solver.tile_rows,
+                         "curvature_rows": solver.curvature_rows, "pass_a": cost["a"], "pass_b": cost["b"]})
+            print(rows[-1], flush=True)
+    result = {"provenance": provenance(), "layers": args.layers, "rows": n, "threads": args.threads, "tiles": rows,
+              "other_cpu_seconds": cpu.other, "load": os.getloadavg()}
+    write_results(args.out, result, tiles_markdown)
+    print(tiles_markdown(result))
+    return 0
+
+
+def tiles_markdown(r: dict) -> str:
+    lines = [f"# Conv Gauss-Newton CPU per 1000 MNIST rows against the tile budgets, `--layers {r['layers']}`", "",
+             f"Command: `{r['provenance']['command']}` ({r['provenance']['date']}); {r['rows']} rows, {r['threads']} "
+             f"thread(s), this process's CPU time, best of 3; other processes used {r['other_cpu_seconds']:.0f} CPU s "
+             f"meanwhile (load at the end {r['load'][0]:.1f}).", "",
+             "| im2col tile MiB | pass B tile MiB | tile rows | pass B rows | pass A | pass B | A + B |", "|---|---|---|---|---|---|---|"]
+    for t in r["tiles"]:
+        lines.append(f"| {t['tile_mib']:g} | {t['curvature_tile_mib']:g} | {t['tile_rows']} | {t['curvature_rows']} | "
+                     f"{t['pass_a']:.4f} | {t['pass_b']:.4f} | {t['pass_a'] + t['pass_b']:.4f} |")
+    return "\n".join(lines + [""])
 
 
 def markdown(r: dict) -> str:
