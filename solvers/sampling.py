@@ -54,12 +54,17 @@ def order(n_chunks: int, seed: int) -> np.ndarray:
 
 
 def initial_count(bounds: list, schedule: str, start_rows: int = START_ROWS) -> int:
-    """Return m_0: all chunks for ``full``, else the fewest (≥ 2) whose mean size reaches ``start_rows``."""
+    """Return m_0: all chunks for ``full``, else the fewest (≥ 2; ``rotate``: ≥ 1) whose mean size reaches ``start_rows``.
+
+    A rotate window may be one chunk: the pipeline's default chunks of MNIST 60k are 10,000 rows, and
+    windows of two would hold a third of the data. (One chunk is one task: one worker thread runs it.)
+    """
     n = len(bounds)
-    if schedule == "full" or n <= 2:
+    least = 1 if schedule == "rotate" else 2
+    if schedule == "full" or n <= least:
         return n
     mean_rows = sum(b - a for a, b in bounds) / n
-    return int(min(n, max(2, math.ceil(start_rows / mean_rows))))
+    return int(min(n, max(least, math.ceil(start_rows / mean_rows))))
 
 
 def next_count(m: int, n_chunks: int, accepted: bool, last: bool) -> int:

@@ -104,6 +104,8 @@ def test_rotate_walks_one_epoch_of_disjoint_windows_then_grows():
     assert set().union(*windows) == set(range(n))
     assert sampling.initial_window("rotate", m, n) == 0 and sampling.initial_window("grow", m, n) == -1
     assert sampling.initial_window("rotate", n, n) == -1
+    bounds = [(i * 10_000, (i + 1) * 10_000) for i in range(6)]
+    assert sampling.initial_count(bounds, "rotate", 6000) == 1 and sampling.initial_count(bounds, "grow", 6000) == 2
     state, seen = (m, 0), []
     for accepted in (True, False, True, True, True, True):
         seen.append(state)
