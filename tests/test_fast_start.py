@@ -156,3 +156,24 @@ with _training_page_preload(), connect("local", processes=False, dashboard_addre
     assert b"training" in urllib.request.urlopen(root + "/workers").read()  # the page is in its navigation bar
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+def test_local_worker_processes_import_the_task_modules_as_they_start():
+    """Workers of the local process cluster import the pass tasks' modules before any task (pipeline.worker_setup)."""
+    code = """
+import sys, time
+from distributed import Client, LocalCluster
+from pipeline.cluster import connect
+def loaded():
+    return all(m in sys.modules for m in ("pipeline.passes", "solvers.consensus", "solvers.gauss_newton"))
+with connect("local", n_workers=1, processes=True, dashboard_address=None, report=lambda line: None) as client:
+    for _ in range(300):  # no task is ever submitted: only the preload's thread imports them
+        if all(client.run(loaded).values()):
+            break
+        time.sleep(0.1)
+    assert all(client.run(loaded).values())
+with LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+    time.sleep(2)
+    assert not any(client.run(loaded).values())  # a worker without the preload has not imported them
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=180)
