@@ -27,7 +27,7 @@ import zarr
 
 from pipeline.alignment import aligned
 from solvers.linalg import one_blas_thread
-from solvers.loop import chunk_kernel, shard_groups
+from solvers.loop import chunk_kernel, shard_groups, shard_slot
 from solvers.losses import encode_labels, predict_classes
 from solvers.scores import classification_sums, probabilities
 from solvers.tiling import chunk_bounds
@@ -36,7 +36,7 @@ from solvers.tasks import score_sums
 from solvers.validation import select
 from storage.cache import ChunkCache
 from storage.data import read_rows, rows_array
-from storage.runstore import shard_state_path, slot_of, state_path
+from storage.runstore import RunStore, shard_state_path, slot_of, state_path
 
 SPLIT_EVERY = 8
 DATA_CACHE_MAX = 512 * 2**20  # a worker keeps at most this much decoded data (a quarter of its memory limit if less)
@@ -211,6 +211,7 @@ class DaskRunner:
         self.recorder = recorder  # .on_pass(kernel, seconds, rows, read_bytes) after each pass (the /training page)
         self.passes: list[tuple] = []  # (seconds, rows, read bytes) of the passes since take_pass_rates()
         self._data_row_bytes = None
+        self._scratch = False  # the run store's scratch shard slot is known to exist
 
     def compute(self, *delayed_values):
         """Compute delayed values on the cluster, with a progress bar when asked."""
@@ -288,8 +289,11 @@ class DaskRunner:
         shared = broadcast((self.solver, kernel, params))
         fn = dask.delayed(shard_task, pure=False)
         groups = shard_groups(len(self.bounds), self.solver.config.shards)
-        read_slot = None if read is None else slot_of(read)
-        write_slot = None if write is None else slot_of(write)
+        read_slot = None if read is None else shard_slot(read)
+        write_slot = None if write is None else shard_slot(write)
+        if write_slot == 2 and not self._scratch:  # a run store made before the scratch slot existed
+            RunStore.open(self.run_path).ensure_shard_slot(2)
+            self._scratch = True
         places = shard_places(self.client, len(groups))
         tasks = []
         for shard, group in enumerate(groups):

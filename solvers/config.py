@@ -29,6 +29,7 @@ HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solv
 ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
+AVERAGING = ("chunk", "pass")  # consensus: how often the shard models are averaged in a one-sweep pass
 CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
 CROSS_ENTROPY = "cross-entropy"  # softmax (one unit: sigmoid) cross-entropy: gauss-newton and consensus only
 GAUSS_NEWTON_LOSS = "squared"  # what --loss auto fits with gauss-newton (benchmarks/results/defaults_real.md)
@@ -201,6 +202,9 @@ class TrainConfig:
                                    "first shard pass; each later pass reads twice as many chunks of every shard, "
                                    "going on through its chunks in turn, until a pass is a whole epoch; 0: every "
                                    "pass a whole epoch", resumable=True, solvers=CONSENSUS, group="consensus")
+    averaging: str = setting("chunk", "chunk: the shard models are averaged after every chunk of a pass that "
+                             "sweeps once over its chunks (one Dask graph per chunk of the largest shard); pass: "
+                             "once per pass", choices=AVERAGING, resumable=True, solvers=CONSENSUS, group="consensus")
     batch_size: int = setting(200, "minibatch rows of the shards' Adam", resumable=True, solvers=CONSENSUS,
                               group="consensus")
     learning_rate: float = setting(2e-3, "Adam's step size", resumable=True, solvers=CONSENSUS, group="consensus")
@@ -234,6 +238,8 @@ class TrainConfig:
                             "(pass --solver gauss-newton)")
         if self.shards < 0:
             problems.append(f"shards must be >= 0 (0: one per worker thread), got {self.shards}")
+        if self.averaging not in AVERAGING:
+            problems.append(f"averaging {self.averaging!r} is not one of {list(AVERAGING)}")
         if self.consensus not in CONSENSUS_VARIANTS:
             problems.append(f"consensus {self.consensus!r} is not one of {list(CONSENSUS_VARIANTS)}")
         if not (0 <= self.handover_gain < float("inf")):

@@ -38,9 +38,10 @@ from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.gauss_newton import GaussNewtonSolver
-from solvers.loop import LoopState, run_pass_held_out, run_shard_pass, shard_groups, training_rows
+from solvers.loop import SCRATCH, LoopState, run_pass_held_out, run_shard_pass, shard_groups, training_rows
 from solvers.network import standardize
 from solvers.stats import StatsLayout
+from solvers.validation import select
 
 AUTO_STEPS = 100  # local_epochs 0: at least this many minibatch steps per shard and pass (small data)
 ALPHA_SAMPLE_ROWS = 8192  # alpha auto: pass A reads a seeded sample of whole training chunks of at least this many rows
@@ -57,6 +58,8 @@ class ShardParams:
     dual_scale: float  # u_s = (v_s − θ̄)·dual_scale; 0: no dual (elastic averaging, or the first pass)
     alpha: float = 0.0  # weight decay ½α‖W̃‖² in the shard's objective (``decay_in_shards``)
     first_chunks: int = 0  # chunks per shard of pass 1, doubling every pass (:func:`pass_window`); 0: whole epochs
+    rounds: int = 1  # averaging rounds of the pass (``averaging`` chunk): round r reads chunk r of each shard's window
+    round: int = 0
 
 
 def pass_window(k: int, n_chunks: int, first: int) -> tuple[int, int]:
@@ -205,16 +208,26 @@ class ConsensusSolver(SolverBase):
         read = state.iteration if "rho" in state.carry else None  # iteration 0 stores no shard state
         alpha = self.alpha(runner, state.weights, k)
         local = alpha if self.decay_in_shards else 0.0
-        params = ShardParams(center, k, rho, scale, local, self.first_chunks(runner))
-        sums = run_shard_pass(runner, self.shard_layout(), "shard_kernel", params, k, read=read, write=k)
-        n = float(sums["n"])
-        theta_bar = consensus_step(sums["v"] / n, rho, alpha - local, self._bias)
+        first = self.first_chunks(runner)
+        rounds = self.rounds(runner, k, first)
+        totals = {}
+        for r in range(rounds):
+            # the last round writes iteration k's slot; earlier ones alternate with the scratch slot, so
+            # no round reads the slot it writes (a retried task rewrites the same bytes)
+            write = k if (rounds - 1 - r) % 2 == 0 else SCRATCH
+            params = ShardParams(center, k, rho, scale, local, first, rounds, r)
+            sums = run_shard_pass(runner, self.shard_layout(), "shard_kernel", params, k, read=read, write=write)
+            n = float(sums["n"])
+            center = theta_bar = consensus_step(sums["v"] / n, rho, alpha - local, self._bias)
+            for name in ("n", "loss", *self.task.score_shapes):
+                totals[name] = totals.get(name, 0) + sums[name]
+            read, scale = write, (1.0 if self.config.consensus == "admm" else 0.0)  # the next round: u_s of this one
         # primal residual Σ w_s‖θ_s − θ̄‖² from the sums, relative to ‖θ̄‖²
         spread = sums["theta_sq"] / n - 2.0 * float(theta_bar @ sums["theta"]) / n + float(theta_bar @ theta_bar)
         residual = float(np.sqrt(max(spread, 0.0) / max(float(theta_bar @ theta_bar), 1e-300)))
         score = f"train_{self.task.score_name}"
-        metrics = {score: float(self.task.score(sums)), "loss": float(sums["loss"]) / n, "residual": residual,
-                   "rho": rho, "alpha": alpha}
+        metrics = {score: float(self.task.score({**sums, **totals})), "loss": float(totals["loss"]) / float(totals["n"]),
+                   "residual": residual, "rho": rho, "alpha": alpha, "rounds": rounds}
         carry = {"rho": np.float64(rho)}
         return LoopState(k, self.flat.to_weights(theta_bar), carry), metrics
 
@@ -229,6 +242,26 @@ class ConsensusSolver(SolverBase):
             return 0
         mean = sum(b - a for a, b in bounds) / len(bounds)
         return max(1, math.ceil(rows / (mean * max(1, int(self.config.shards)))))
+
+    def rounds(self, runner, k: int, first: int) -> int:
+        """Return the averaging rounds of pass k: with ``averaging`` chunk, one per chunk of the largest shard's window.
+
+        A pass of several local epochs over whole shards (small data) averages once (1).
+        """
+        bounds = list(getattr(runner, "bounds", ()))
+        if self.config.averaging != "chunk" or not bounds:
+            return 1
+        split = getattr(runner, "split", None)
+        counts = []
+        for group in shard_groups(len(bounds), max(1, int(self.config.shards))):
+            count = pass_window(k, len(group), first)[1]
+            if count == len(group):
+                rows = sum(b - a if (sel := select(split, a, b, "train")) is None else len(sel)
+                           for a, b in (bounds[i] for i in group))
+                if self.local_epochs(rows) > 1:
+                    return 1
+            counts.append(count)
+        return max(counts)
 
     def local_epochs(self, rows: int) -> int:
         """Return the Adam epochs of a shard of ``rows`` rows: ``local_epochs``, or if 0 enough for 100 steps."""
@@ -259,16 +292,25 @@ class ConsensusSolver(SolverBase):
             adam = Adam(P, dt)
         else:
             adam = Adam(P, dt, m=state["m"], v=state["s"], t=int(np.asarray(state["t"]).ravel()[0]))
-        rng = np.random.default_rng([c.seed, p.iteration, shard])
         grad, prox = np.empty(P, dt), np.empty(P, dt)
         n, loss, parts = 0, 0.0, {}
         B = int(c.batch_size)
         start, count = pass_window(p.iteration, len(chunks), p.first_chunks)
-        epochs = self.local_epochs(chunks.n_rows()) if count == len(chunks) else 1  # a window: one sweep
+        if p.rounds > 1:  # round r of a one-sweep pass: the window's chunk r (none: this shard's window is shorter)
+            rng = np.random.default_rng([c.seed, p.iteration, shard, p.round])
+            epochs, sweep = 1, [p.round] if p.round < count else []
+            if not sweep and state is not None:  # nothing to read: the state passes on to the next round unchanged
+                return ({name: np.asarray(value, np.float64) for name, value in state.items()},
+                        self.shard_layout().pack({"n": 0, "loss": 0.0, **{k: 0 for k in self.task.score_shapes},
+                                                  "v": np.zeros(P), "theta": np.zeros(P), "theta_sq": 0.0}))
+        else:
+            rng = np.random.default_rng([c.seed, p.iteration, shard])
+            epochs = self.local_epochs(chunks.n_rows()) if count == len(chunks) else 1  # a window: one sweep
+            sweep = range(count)
         with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
             for epoch in range(epochs):
                 last = epoch == epochs - 1
-                for j in range(count):
+                for j in sweep:
                     x_raw, y = chunks.read((start + j) % len(chunks))
                     order = rng.permutation(len(y))
                     for b0 in range(0, len(order), B):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.loop import add_sums, chunk_kernel, shard_groups
+from solvers.loop import add_sums, chunk_kernel, shard_groups, shard_slot
 from solvers.tiling import chunk_bounds
 from solvers.validation import select
 
@@ -26,7 +26,7 @@ class InMemoryRunner:
         self.x = [X[a:b] for a, b in self.bounds]
         self.y = [y_idx[a:b] for a, b in self.bounds]
         self.slots = {}  # iteration mod 2 -> per-chunk state
-        self.shard_slots = {}  # iteration mod 2 -> per-shard state
+        self.shard_slots = {}  # iteration mod 2 (2: the scratch slot) -> per-shard state
 
     def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
         fn = getattr(self.solver, kernel)
@@ -50,13 +50,13 @@ class InMemoryRunner:
         groups = shard_groups(len(self.bounds), self.solver.config.shards)
         total = 0.0
         for shard, group in enumerate(groups):
-            state = None if read is None else dict(self.shard_slots[read % 2][shard])
+            state = None if read is None else dict(self.shard_slots[shard_slot(read)][shard])
             rows = [select(self.split, self.bounds[i][0], self.bounds[i][1], "train") for i in group]
             xs = [self.x[i] if r is None else self.x[i][r] for i, r in zip(group, rows)]
             ys = [self.y[i] if r is None else self.y[i][r] for i, r in zip(group, rows)]
             new, sums = fn(_Chunks(xs, ys), state, shard, params)
             if write is not None:
-                self.shard_slots.setdefault(write % 2, [{} for _ in groups])[shard] = dict(new)
+                self.shard_slots.setdefault(shard_slot(write), [{} for _ in groups])[shard] = dict(new)
             total = total + sums
         return total
 

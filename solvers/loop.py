@@ -51,8 +51,18 @@ class PassRunner(Protocol):
         ``state`` is the shard's per-shard state (``solver.shard_state_widths()``)
         of iteration ``read`` (None: not read); the kernel's new state is
         stored as iteration ``write``'s, in the other of two slots, so a
-        retried shard task rewrites the same bytes.
+        retried shard task rewrites the same bytes. Either may be
+        :data:`SCRATCH`, a third slot for the rounds inside one iteration
+        (:func:`shard_slot`); a pass never reads and writes the same slot.
         """
+
+
+SCRATCH = "scratch"  # run_shards' read/write: the third per-shard slot, for the rounds inside one iteration
+
+
+def shard_slot(k) -> int:
+    """Return the per-shard state slot of iteration k (k mod 2), or 2 for :data:`SCRATCH`."""
+    return 2 if k == SCRATCH else int(k) % 2
 
 
 @dataclass

@@ -65,19 +65,23 @@ def test_advance_takes_the_consensus_step_from_the_shard_sums():
     assert metrics["train_accuracy"] == 0.5 and state.carry["rho"] == 0.5
 
 
-def literal_adam_pass(X, t, weights, act, kind, seed, lr, batch, iteration=1, shard=0, alpha=0.0):
+def literal_adam_pass(X, t, weights, act, kind, seed, lr, batch, iteration=1, shard=0, alpha=0.0, order=None,
+                      blocks=None):
     """One epoch of textbook minibatch Adam over (X, t) in float32, rows in the order the solver draws.
 
-    ``alpha``: the weight decay ½α‖W̃‖² (biases spared) added to the minibatch's mean loss.
+    ``alpha``: the weight decay ½α‖W̃‖² (biases spared) added to the minibatch's mean loss. ``order``: the rows'
+    order instead, minibatches not crossing a boundary of ``blocks`` rows (the chunks of averaging rounds).
     """
     Ws = [np.asarray(W, np.float32).copy() for W in weights]
     m = [np.zeros_like(W) for W in Ws]
     v = [np.zeros_like(W) for W in Ws]
-    order = np.random.default_rng([seed, iteration, shard]).permutation(len(X))
+    if order is None:
+        order = np.random.default_rng([seed, iteration, shard]).permutation(len(X))
+    blocks = blocks or len(order)
     b1, b2, eps = 0.9, 0.999, 1e-8
     step = 0
-    for b0 in range(0, len(order), batch):
-        rows = order[b0:b0 + batch]
+    for b0 in (b for start in range(0, len(order), blocks) for b in range(start, min(start + blocks, len(order)), batch)):
+        rows = order[b0:min(b0 + batch, (b0 // blocks + 1) * blocks)]
         a = [X[rows]]
         zs = []
         for W in Ws[:-1]:
@@ -114,6 +118,60 @@ def test_one_shard_and_tiny_rho_is_one_epoch_of_plain_minibatch_adam(n_classes, 
     want = literal_adam_pass(Xs, t, s.he_weights(s.L), ACTIVATIONS[activation], s.loss_kind, 4, 3e-3, 64)
     for W, W_ref in zip(fit.loop_state.weights, want):
         np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
+
+
+def test_chunk_averaging_with_one_shard_is_plain_adam_over_the_chunks_in_turn():
+    """Averaging after every chunk (one round per chunk) with one shard and ρ → 0: Adam over chunk after chunk.
+
+    Round r draws its rows from (seed, iteration, shard, r); Adam's moments and step count go on across rounds.
+    """
+    X, y = make_data(n=900, n_classes=3)
+    cfg = TrainConfig(solver="consensus", hidden=(8,), iterations=1, shards=1, consensus_rho=1e-12, batch_size=64,
+                      learning_rate=3e-3, seed=4, validation_fraction=0, local_epochs=1, alpha=0.0,
+                      averaging="chunk")
+    fit = fit_in_memory(X, y, cfg, chunk_rows=300)
+    assert fit.history[0]["rounds"] == 3
+    s = fit.solver
+    Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
+    t = s.task.targets(np.searchsorted(s.classes, y), np.float32)
+    # the literal reference: one Adam run whose rows come chunk by chunk in each round's order
+    order = np.concatenate([300 * r + np.random.default_rng([4, 1, 0, r]).permutation(300) for r in range(3)])
+    want = literal_adam_pass(Xs, t, s.he_weights(s.L), s.act, s.loss_kind, 4, 3e-3, 64, order=order, blocks=300)
+    for W, W_ref in zip(fit.loop_state.weights, want):
+        np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
+    once = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "averaging": "pass"}), chunk_rows=300)
+    assert once.history[0]["rounds"] == 1
+    assert not np.allclose(once.loop_state.weights[0], fit.loop_state.weights[0])  # another row order
+
+
+def test_averaging_rounds_never_read_the_slot_they_write_and_end_in_the_iterations_slot():
+    """Each round of a pass reads the last round's slot and writes another; the last writes iteration k's."""
+    from solvers.inmemory import InMemoryRunner
+    from solvers.loop import SCRATCH, shard_slot
+
+    calls = []
+    real = InMemoryRunner.run_shards
+
+    def recording(self, kernel, params, *, read=None, write=None):
+        calls.append((params.iteration, params.round, params.rounds, read, write))
+        return real(self, kernel, params, read=read, write=write)
+
+    X, y = make_data(n=2400)
+    cfg = TrainConfig(solver="consensus", hidden=(6,), iterations=3, shards=2, seed=1, validation_fraction=0,
+                      local_epochs=1, first_pass_rows=400, alpha=0.0)  # windows of 1, 2, 4 chunks of each shard
+    import unittest.mock
+
+    with unittest.mock.patch.object(InMemoryRunner, "run_shards", recording):
+        fit = fit_in_memory(X, y, cfg, chunk_rows=200)
+    assert [h["rounds"] for h in fit.history] == [1, 2, 4]
+    assert [(k, r) for k, r, *_ in calls] == [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (3, 3)]
+    for i, (k, r, rounds, read, write) in enumerate(calls):
+        assert read is None or shard_slot(read) != shard_slot(write)
+        assert r == 0 or read in (k, SCRATCH)  # only round 0 reads iteration k−1's (committed) slot
+        if r == rounds - 1:
+            assert write == k
+        if r:
+            assert read == calls[i - 1][4]
 
 
 def test_regression_one_shard_is_plain_adam_on_the_squared_loss():
@@ -349,11 +407,12 @@ def test_pipeline_consensus_matches_reference_and_resumes_bitwise(client, tmp_pa
     X, y = make_data(n=1200, n_classes=3)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
     cfg = TrainConfig(solver="consensus", hidden=(10,), iterations=4, shards=2, consensus_rho=0.05, seed=3,
-                      first_pass_rows=200)  # growing windows: 1, 2, 4 of the 2-3 chunks a shard has
+                      first_pass_rows=200, local_epochs=1)  # windows: 1, then both chunks of a shard (2 rounds)
     result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=300,
                    report=quiet)
     ref = fit_in_memory(X, y, cfg, chunk_rows=300)
     assert result.store.attrs["n_shards"] == 2
+    assert [h["rounds"] for h in result.history] == [h["rounds"] for h in ref.history] and ref.history[-1]["rounds"] > 1
     for W, W_ref in zip(result.network.weights, ref.network.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-6, atol=1e-7)
     # the stored model gives the softmax of its logits, as the in-memory one (pipeline.evaluate's log-loss uses it)
@@ -365,6 +424,9 @@ def test_pipeline_consensus_matches_reference_and_resumes_bitwise(client, tmp_pa
     # two passes, then resume to four: the same bytes as the uninterrupted run
     train(client, store=tmp_path / "a.zarr", data=tmp_path / "d.zarr",
           config=TrainConfig(**{**cfg.to_dict(), "iterations": 2}), chunk_rows=300, report=quiet)
+    import shutil
+
+    shutil.rmtree(tmp_path / "a.zarr" / "shards" / "slot2")  # as a store made before the scratch slot: made on resume
     train(client, store=tmp_path / "a.zarr", resume=True, iterations=4, report=quiet)
     for W, W_ref in zip(_final_weights(tmp_path / "a.zarr"), _final_weights(tmp_path / "r.zarr")):
         np.testing.assert_array_equal(W, W_ref)
