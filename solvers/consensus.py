@@ -13,6 +13,11 @@ only, not the biases) is solved by scaled-dual ADMM with penalty ``w_s ρ``:
   the task returns ``v_s = θ_s + u_s`` (summed as ``n_s v_s``);
 * consensus step (client, closed form): ``θ̄ ← ρ Σ_s w_s v_s / (ρ + α)``
   (the notes' θ₂ step; biases: α = 0, a plain weighted average);
+* averaging rounds (``averaging`` chunk, the default): a pass that sweeps
+  once over each shard's chunks is R rounds of the three steps, round r reading
+  chunk r of every shard's window (R: the largest shard's window; a shard
+  without a chunk r keeps θ_s = θ̄); every round weighs shard s by the same
+  ``n_s``, so ``Σ_s w_s u_s`` stays 0 and θ̄ is the shard models' average;
 * dual step: ``u_s ← u_s + θ_s − θ̄ = v_s − θ̄``. The shard stores ``v_s``
   (its per-shard state in the run store); its next task forms
   ``u_s = (v_s − θ̄)·ρ_old/ρ_new`` (the scaled dual follows a change of ρ), so
@@ -21,9 +26,10 @@ only, not the biases) is solved by scaled-dual ADMM with penalty ``w_s ρ``:
 Variants (``consensus``): ``admm`` (the above), ``elastic`` (elastic
 averaging: the proximal term, no dual, ``u_s = 0``). ``rho_growth`` g gives
 the schedule ``ρ_k = ρ g^{k−1}``. The Adam moments of each shard are carried
-from pass to pass in the per-shard state. Minibatch order is seeded by
-(seed, iteration, shard): a run is bitwise reproducible whatever workers run
-it, and a retried task rewrites the same bytes.
+from pass to pass (and round to round) in the per-shard state. Minibatch order is seeded by
+(seed, iteration, shard), in a round by (seed, iteration, shard, round): a run is bitwise reproducible
+whatever workers run it, and a retried task rewrites the same bytes (rounds alternate between
+iteration k's slot and a scratch slot: no task reads the slot it writes).
 """
 from __future__ import annotations
 
@@ -122,9 +128,12 @@ class ConsensusSolver(SolverBase):
         return {"v": P, "m": P, "s": P, "t": 1}
 
     def shard_layout(self) -> StatsLayout:
-        """Return the layout of a shard pass's sums: rows, last-epoch loss and score, Σ n_s v_s, Σ n_s θ_s, Σ n_s‖θ_s‖²."""
+        """Return the layout of a shard pass's sums: rows, last-epoch loss and score, Σ n_s, Σ n_s v_s, Σ n_s θ_s, Σ n_s‖θ_s‖².
+
+        ``n`` counts the rows the pass's loss and score are over; ``w`` (n_s) the shards' training rows.
+        """
         P = self.flat.size
-        return StatsLayout({"n": (), "loss": (), **self.task.score_shapes, "v": (P,), "theta": (P,),
+        return StatsLayout({"n": (), "loss": (), **self.task.score_shapes, "w": (), "v": (P,), "theta": (P,),
                             "theta_sq": ()})
 
     # -- client side -----------------------------------------------------------------------
@@ -217,7 +226,7 @@ class ConsensusSolver(SolverBase):
             write = k if (rounds - 1 - r) % 2 == 0 else SCRATCH
             params = ShardParams(center, k, rho, scale, local, first, rounds, r)
             sums = run_shard_pass(runner, self.shard_layout(), "shard_kernel", params, k, read=read, write=write)
-            n = float(sums["n"])
+            n = float(sums["w"])
             center = theta_bar = consensus_step(sums["v"] / n, rho, alpha - local, self._bias)
             for name in ("n", "loss", *self.task.score_shapes):
                 totals[name] = totals.get(name, 0) + sums[name]
@@ -298,11 +307,7 @@ class ConsensusSolver(SolverBase):
         start, count = pass_window(p.iteration, len(chunks), p.first_chunks)
         if p.rounds > 1:  # round r of a one-sweep pass: the window's chunk r (none: this shard's window is shorter)
             rng = np.random.default_rng([c.seed, p.iteration, shard, p.round])
-            epochs, sweep = 1, [p.round] if p.round < count else []
-            if not sweep and state is not None:  # nothing to read: the state passes on to the next round unchanged
-                return ({name: np.asarray(value, np.float64) for name, value in state.items()},
-                        self.shard_layout().pack({"n": 0, "loss": 0.0, **{k: 0 for k in self.task.score_shapes},
-                                                  "v": np.zeros(P), "theta": np.zeros(P), "theta_sq": 0.0}))
+            epochs, sweep = 1, [p.round] if p.round < count else []  # none: θ_s = θ̄ (a step over no rows)
         else:
             rng = np.random.default_rng([c.seed, p.iteration, shard])
             epochs = self.local_epochs(chunks.n_rows()) if count == len(chunks) else 1  # a window: one sweep
@@ -335,6 +340,7 @@ class ConsensusSolver(SolverBase):
         v = theta64 + u
         new_state = {"v": v, "m": adam.m.astype(np.float64), "s": adam.v.astype(np.float64),
                      "t": np.array([float(adam.t)])}
-        sums = self.shard_layout().pack({"n": n, "loss": loss, **parts, "v": n * v, "theta": n * theta64,
-                                         "theta_sq": n * float(theta64 @ theta64)})
+        w = float(chunks.n_rows())  # the shard's weight n_s: the same every pass and round, so Σ_s w_s u_s stays 0
+        sums = self.shard_layout().pack({"n": n, "loss": loss, **parts, "w": w, "v": w * v, "theta": w * theta64,
+                                         "theta_sq": w * float(theta64 @ theta64)})
         return new_state, sums

@@ -57,7 +57,7 @@ def test_advance_takes_the_consensus_step_from_the_shard_sums():
         solver = s
 
         def run_shards(self, kernel, params, **slots):
-            return s.shard_layout().pack({"n": 10.0, "loss": 1.0, "correct": 5, "v": 10.0 * v, "theta": 10.0 * v,
+            return s.shard_layout().pack({"n": 10.0, "loss": 1.0, "correct": 5, "w": 10.0, "v": 10.0 * v, "theta": 10.0 * v,
                                           "theta_sq": 10.0 * float(v @ v)})
 
     state, metrics = s.advance(FixedRunner(), LoopState(0, s.he_weights(s.L), {}))
@@ -172,6 +172,30 @@ def test_averaging_rounds_never_read_the_slot_they_write_and_end_in_the_iteratio
             assert write == k
         if r:
             assert read == calls[i - 1][4]
+
+
+def test_averaging_rounds_keep_the_weighted_mean_of_the_duals_zero():
+    """θ̄ = Σ w_s v_s with the same weights w_s = n_s in every round, so Σ_s w_s u_s = 0 and θ̄ is the models' average.
+
+    Weighting a round by the rows it read (they differ by chunk, and a shard may have no chunk in the last
+    round) let Σ w_s u_s drift away from 0 and the averages with it: held-out accuracy fell pass after pass.
+    """
+    from solvers.inmemory import InMemoryRunner
+    from solvers.loop import shard_groups
+
+    X, y = make_data(n=1000)
+    cfg = TrainConfig(solver="consensus", hidden=(6,), shards=2, seed=2, validation_fraction=0, local_epochs=1,
+                      first_pass_rows=0, alpha=0.0, consensus_rho=0.01)
+    s = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(2))
+    runner = InMemoryRunner(s, X, y, chunk_rows=150)  # 7 chunks: shards of 4 and 3, the last chunk short
+    state = s.initialize(runner)
+    for _ in range(2):
+        state, metrics = s.advance(runner, state)
+    assert metrics["rounds"] == 4
+    w = np.array([sum(len(runner.y[i]) for i in g) for g in shard_groups(7, 2)], float)
+    u = np.array([runner.shard_slots[0][shard]["v"] for shard in range(2)]) - s.flat.from_weights(state.weights)
+    np.testing.assert_allclose(w @ u / w.sum(), 0.0, atol=1e-12)
+    assert np.abs(u).max() > 1e-6  # the duals themselves are not all zero
 
 
 def test_regression_one_shard_is_plain_adam_on_the_squared_loss():
