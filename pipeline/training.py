@@ -128,7 +128,9 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         if ck.best:
             stopping = EarlyStopping(config.patience, best_score=ck.best["best_validation"],
                                      best_iteration=ck.best["best_iteration"], best_weights=ck.best_weights,
-                                     best_loss=ck.best.get("best_validation_loss"))
+                                     best_loss=ck.best.get("best_validation_loss"),
+                                     lowest_loss=ck.best.get("lowest_validation_loss"),
+                                     lowest_iteration=ck.best.get("lowest_loss_iteration"))
     scored = {}
     if isinstance(split, RowSplit):  # the held-out rows of every chunk
         scored["validation"] = (data, bounds(data.n_samples, run.chunk_rows), split)

@@ -174,7 +174,7 @@ class TrainConfig:
                                          "every chunk); the model is the iteration with the best held-out score, 0 "
                                          "turns early stopping off", group="stopping")
     patience: int = setting(10, "with a validation fraction: stop after this many iterations without a gain in "
-                            "the held-out score, 0 never", resumable=True, group="stopping")
+                            "the held-out score or a new low of the held-out loss, 0 never", resumable=True, group="stopping")
     layers: str = setting("", "hidden layers in place of --hidden, convolutions first, e.g. "
                           "conv:8x5x5:same,pool:2,conv:16x3x3,flatten,dense:100 (conv:C_OUTxKHxKW, optional "
                           ":sSTRIDE and :same or :valid, default stride 1 and valid; pool:K max or pool:K:avg "

@@ -183,7 +183,7 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
                          *(f"{record[k]:9.4f}" if k in record else f"{'-':>9}" for k, _ in columns),
                          _fmt(record.get("residual"), 10), _fmt(record.get("objective"), 11)]))
         if stop:
-            report(f"stopping early: no gain in validation {score} for {config.patience} iterations; the model "
+            report(f"stopping early: no gain in validation {score} or loss for {config.patience} iterations; the model "
                    f"is iteration {stopping.best_iteration} (validation {score} {stopping.best_score:.4f})")
             break
         keeper.begin(state.iteration + 1)

@@ -76,11 +76,28 @@ def test_a_tied_score_with_a_lower_validation_loss_is_the_new_best_and_restarts_
     assert not es.update(2, 0.9, [w + 2], loss=0.35)  # tie, higher loss: no gain
     assert not es.update(3, 0.9, [w + 3], loss=0.20)  # tie, lower loss: the new best, patience restarts
     assert (es.best_iteration, es.best_loss, es.best_weights[0][0]) == (3, 0.20, 3)
-    assert not es.update(4, 0.8, [w + 4], loss=0.10)  # a lower loss at a lower score is no gain
+    assert not es.update(4, 0.8, [w + 4], loss=0.25)  # a lower score: no gain
     assert es.update(5, 0.9, [w + 5], loss=0.25)
     assert es.best_iteration == 3 and es.summary()["best_validation_loss"] == 0.20
     resumed = EarlyStopping(2, best_score=0.9, best_iteration=3, best_weights=[w + 3], best_loss=0.20)
     assert not resumed.update(4, 0.9, [w + 4], loss=0.1) and resumed.best_iteration == 4
+
+
+def test_a_new_lowest_validation_loss_restarts_patience_but_does_not_choose_the_model():
+    es = EarlyStopping(patience=2)
+    w = np.zeros(1)
+    assert not es.update(1, 0.9, [w + 1], loss=0.30)
+    assert not es.update(2, 0.8, [w + 2], loss=0.25)  # lower score, new lowest loss: progress, not the model
+    assert not es.update(3, 0.8, [w + 3], loss=0.20)
+    assert not es.update(4, 0.85, [w + 4], loss=0.21)  # no gain in either: patience counts from 3
+    assert es.update(5, 0.85, [w + 5], loss=0.22)
+    assert es.best_iteration == 1 and es.best_weights[0][0] == 1
+    assert es.summary()["lowest_validation_loss"] == 0.20 and es.summary()["lowest_loss_iteration"] == 3
+    plain = EarlyStopping(patience=2)  # the same scores without losses stop at iteration 3
+    assert [plain.update(k, s, [w]) for k, s in enumerate((0.9, 0.8, 0.8), start=1)] == [False, False, True]
+    resumed = EarlyStopping(2, best_score=0.9, best_iteration=1, best_weights=[w + 1], best_loss=0.30,
+                            lowest_loss=0.20, lowest_iteration=3)
+    assert not resumed.update(4, 0.85, [w + 4], loss=0.21) and resumed.update(5, 0.85, [w + 5], loss=0.22)
 
 
 def overfitting_problem(n=600, d=30, seed=0):
@@ -100,7 +117,9 @@ def test_in_memory_model_is_the_best_held_out_iteration(solver):
     losses = [h.get("validation_loss", 0.0) for h in result.history]  # ties go to the lower held-out loss
     best = min((i for i, s in enumerate(scores) if s == max(scores)), key=lambda i: (losses[i], i))
     assert result.best_iteration == result.history[best]["iteration"]
-    assert len(result.history) == cfg.iterations or len(result.history) - 1 - best == cfg.patience
+    known = [i for i, h in enumerate(result.history) if h.get("validation_loss") is not None]
+    lowest = min(known, key=lambda i: (losses[i], i)) if known else -1  # a new lowest loss restarts patience too
+    assert len(result.history) == cfg.iterations or len(result.history) - 1 - max(best, lowest) == cfg.patience
     assert not np.allclose(result.network.weights[0], result.loop_state.weights[0]) or best == len(scores) - 1
     # the returned network is the best iteration's: rerunning to exactly that iteration gives the same weights
     again = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": result.best_iteration,
