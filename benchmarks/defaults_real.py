@@ -172,11 +172,17 @@ def main(argv=None):
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--hidden", default="300")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", action="append", default=[], metavar="SOLVER=N",
+                   help="iteration budget of one of our solvers (a user's --iterations), e.g. gauss-newton=100; "
+                        f"default {ITERATIONS}")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="tuning only: a TrainConfig setting for our in-memory solvers (the table uses none)")
     p.add_argument("--out", default=None, help="JSON results (merged into an existing file by task and method)")
     args = p.parse_args(argv)
     hidden = tuple(int(h) for h in args.hidden.split(","))
+    for item in args.iterations:
+        name, value = item.split("=", 1)
+        ITERATIONS[name] = int(value)
     settings = {}
     for item in args.set:
         k, v = item.split("=", 1)
@@ -187,7 +193,8 @@ def main(argv=None):
         settings[k] = v
     out = Path(args.out) if args.out else None
     results = json.loads(out.read_text()) if out and out.exists() else {"runs": {}}
-    results.setdefault("provenance", []).append({**provenance(), "tasks": args.tasks, "methods": args.methods})
+    results.setdefault("provenance", []).append({**provenance(), "tasks": args.tasks, "methods": args.methods,
+                                                 "iterations": dict(ITERATIONS)})
     for task in args.tasks:
         Xtr, ytr, Xte, yte, about = load_task(task, args.split, args.seed)
         print(f"== {task}: {len(ytr)} train / {len(yte)} {args.split} rows, {Xtr.shape[1]} features; {about}",
@@ -204,6 +211,7 @@ def main(argv=None):
                 else:
                     r = run_peer(method, Xtr, ytr, Xte, yte, hidden, args.seed)
             r.update(other_cpu_seconds=cpu.other, about=about, split=args.split, n_train=len(ytr),
+                     budget=ITERATIONS[OURS.get(method, "gauss-newton")] if method in (*OURS, "gn-pipeline") else None,
                      settings=given if method in OURS else {})
             results["runs"].setdefault(task, {})[method] = r
             extra = (f" best it {r.get('best_iteration')}/{r.get('iterations_run')}, best seen "
@@ -225,7 +233,8 @@ def markdown(results: dict) -> str:
              "seconds of the fit in brackets. Ours: defaults, only `--hidden` and `--iterations` "
              f"({ITERATIONS}) given. Commands:", ""]
     for prov in results.get("provenance", []):
-        lines.append(f"- `{prov['command']}` ({prov['date']}, {prov['cpus']} CPUs)")
+        budget = f"; iterations {prov['iterations']}" if "iterations" in prov else ""
+        lines.append(f"- `{prov['command']}` ({prov['date']}, {prov['cpus']} CPUs{budget})")
     lines += ["", "| task | n train | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for task, by in runs.items():
         any_run = next(iter(by.values()))
@@ -240,7 +249,8 @@ def markdown(results: dict) -> str:
         for m, r in by.items():
             bits = [f"other CPU {r['other_cpu_seconds']:.0f} s"]
             if "best_iteration" in r:
-                bits.insert(0, f"model = iteration {r['best_iteration']} of {r['iterations_run']}, best seen "
+                bits.insert(0, f"model = iteration {r['best_iteration']} of {r['iterations_run']}"
+                               + (f" (budget {r['budget']})" if r.get("budget") else "") + ", best seen "
                                f"{r['best_accuracy_seen']:.4f} (gap {r['best_accuracy_seen'] - r['accuracy']:+.4f})")
                 if r.get("alpha") and r["alpha"][0] is not None:
                     bits.append("α " + ", ".join(f"{a:.3g}" for a in r["alpha"][:8] if a is not None))
