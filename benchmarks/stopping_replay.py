@@ -82,7 +82,7 @@ def markdown(results: dict, budgets) -> str:
         for budget in budgets:
             for rule in ("acc", "acc|loss"):
                 v = [replay(runs[k], rule, budget) for k in keys]
-                lines.append(f"| {task} | {budget} | {rule} | {np.mean([a for a, _, _ in v]):.4f} | "
+                lines.append(f"| {task} | {budget} | {rule.replace('|', ' or ')} | {np.mean([a for a, _, _ in v]):.4f} | "
                              + " ".join(f"{a:.4f} @ {i}" for a, i, _ in v)
                              + f" | {max(m - a for a, _, m in v):.4f} |")
     return "\n".join(lines) + "\n"
