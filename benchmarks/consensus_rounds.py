@@ -81,7 +81,7 @@ def run_variant(X, y, classes, shards: int, rounds: int, lr: float, seed: int = 
                 cpu += time.process_time() - t0
                 total = total + sums
             u = s.shard_layout().unpack(total)
-            theta = consensus_step(u["v"] / u["n"], 1e-3, 0.0, s._bias)
+            theta = consensus_step(u["v"] / u["w"], 1e-3, 0.0, s._bias)
         out.append(round(accuracy(theta), 4))
     return {"shards": shards, "rounds_per_chunk": rounds, "learning_rate": lr, "averagings": it,
             "held_out_accuracy_per_pass": out, "shard_cpu_seconds": round(cpu, 2)}
