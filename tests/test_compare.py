@@ -73,6 +73,10 @@ def test_compare_digits02_ours_and_cheap_peers(tmp_path):
     assert set(s["cluster_start_seconds"]) == {"admm"}
     assert methods["admm-pipeline"]["startup_seconds"] > s["cluster_start_seconds"]["admm"] > 0
     assert methods["sklearn-stream"]["startup_seconds"] > 0 and "startup_seconds" not in methods["logreg"]
+    # CPU seconds per point: our client and worker processes (the workers' CPU counted too), a peer's process
+    for name in ("admm-pipeline", "sklearn-stream"):
+        cpu = [p["cpu_seconds"] for p in methods[name]["points"]]
+        assert cpu[0] > 0 and cpu == sorted(cpu)
     md = (out / "compare_digits02.md").read_text()
     assert "| method | family | final test acc | best test acc | time to 0.990 (s)" in md
     for name in methods:
