@@ -139,10 +139,13 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     if test is not None:
         scored["test"] = (test, bounds(test.n_samples, test.chunk_rows), None)
 
-    def evaluate(network) -> dict:  # held-out and test scores in one compute
-        sums = runner.compute(*(score_sums_graph(network, ds.path.resolve(), b, split=rows)
-                                for ds, b, rows in scored.values()))
-        return {kind: score_from_sums(s) for kind, s in zip(scored, sums)}
+    def evaluate(network, skip=()) -> dict:  # held-out and test scores in one compute (skip: known already)
+        kinds = [kind for kind in scored if kind not in skip]
+        if not kinds:
+            return {}
+        sums = runner.compute(*(score_sums_graph(network, scored[kind][0].path.resolve(), scored[kind][1],
+                                                 split=scored[kind][2]) for kind in kinds))
+        return {kind: score_from_sums(s) for kind, s in zip(kinds, sums)}
 
     try:
         out = drive(solver, runner, _RunKeeper(run, config, monitor), config, evaluate=evaluate,

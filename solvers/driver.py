@@ -11,6 +11,7 @@ the iteration of the best validation score and training stops after
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -120,6 +121,17 @@ def _fmt(value, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}.3e}"
 
 
+def _scores(evaluate, network, record: dict, score: str) -> dict:
+    """Return ``evaluate(network)``, skipping the held-out scoring when the solver's metrics already hold it.
+
+    A solver whose pass also scores the held-out rows (Gauss-Newton's pass B) puts
+    ``validation_<score>`` in its metrics; an ``evaluate`` that takes ``skip`` then scores the rest only.
+    """
+    if f"validation_{score}" in record and "skip" in inspect.signature(evaluate).parameters:
+        return {k: v for k, v in evaluate(network, skip=("validation",)).items() if k != "validation"}
+    return evaluate(network)
+
+
 def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Callable[[object], dict],
           held_out: bool, resume: LoopState | None = None, history=(), stopping: EarlyStopping | None = None,
           changed=frozenset(), stopped_early: bool = False, report: Callable[[str], None] = lambda line: None
@@ -130,7 +142,8 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
     ``resume`` (the committed client state, brought up to date for the
     ``changed`` settings), its ``history`` and early-stopping ``stopping``.
     ``evaluate(network)`` returns ``{"validation": score, "test": score}``
-    (each when there is one). ``report`` gets the human-readable lines.
+    (each when there is one); given ``skip=("validation",)`` (when it takes it) it leaves that score out.
+    ``report`` gets the human-readable lines.
     """
     history = list(history)
     stopping = stopping or EarlyStopping(config.patience)
@@ -169,7 +182,7 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
     for state, metrics in iterate(solver, runner, state, config.iterations):
         network = solver.network(state.weights, metrics)
         record = {"iteration": state.iteration, "seconds": time.perf_counter() - t0, **metrics, **pass_rates()}
-        record.update((f"{kind}_{score}", value) for kind, value in evaluate(network).items())
+        record.update((f"{kind}_{score}", value) for kind, value in _scores(evaluate, network, record, score).items())
         if hasattr(solver, "observe"):  # a schedule that acts on the scores (consensus, gauss-newton)
             solver.observe(state, record)
         stop = held_out and stopping.update(state.iteration, record[f"validation_{score}"], state.weights,

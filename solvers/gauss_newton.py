@@ -30,6 +30,11 @@ hidden weights ``W_1..W_{L−1}``:
   factored Tikhonov damping of ``S ⊗ G / n + α I``, π² the ratio of the factors'
   mean diagonals).
 
+Pass B also scores the weights on the held-out rows in the same tasks
+(:meth:`curvature_chunk_held`), so the driver scores nothing more; when the
+sample grows, only the added chunks sum their input Gram (the sample's Gram
+is the previous one plus theirs).
+
 Read as ADMM, the step sets Gauss-Newton targets ``z_l* = z_l + η n (S_l + λ s̄ I)⁻¹ δ_l``
 and applies the least-squares W-solve on the forward inputs. No per-sample
 state is stored (the forward pass is recomputed), so the out-of-core I/O is
@@ -86,10 +91,18 @@ class ForwardParams:
 
 @dataclass(frozen=True)
 class CurvatureParams:
-    """The broadcast of pass B: all weights (the chunk's dtype) and whether to sum the input Gram Σ ã_0 ã_0ᵀ."""
+    """The broadcast of pass B: all weights (the chunk's dtype) and whether to sum the input Gram Σ ã_0 ã_0ᵀ.
+
+    ``gram_chunks``: the first rows of the chunks that sum it (None: every chunk, when ``input_gram``).
+    """
 
     weights: tuple
     input_gram: bool = False
+    gram_chunks: tuple | None = None
+
+    def sums_input_gram(self, start_row) -> bool:
+        """Return whether the chunk starting at ``start_row`` sums the input Gram."""
+        return self.input_gram and (self.gram_chunks is None or int(start_row) in self.gram_chunks)
 
 
 class GaussNewtonSolver(SolverBase):
@@ -220,7 +233,7 @@ class GaussNewtonSolver(SolverBase):
         moved = (m_next, w_next) != (m, window)
         if accepted or moved:  # pass B at the accepted weights, on the next iteration's sample
             c.update(self._curvature_pass(runner, weights, float(c["error"]), k, self._sample(runner, m_next, w_next),
-                                          alpha, new_sample=moved))
+                                          alpha, new_sample=moved, grown=(m, window, c.get("input_gram"))))
         c["sample_chunks"], c["sample_window"] = np.float64(m_next), np.float64(w_next)
         n = float(sums["n"])
         score = f"train_{self.task.score_name}"
@@ -229,6 +242,8 @@ class GaussNewtonSolver(SolverBase):
                    "damping": float(c["damping"]), "sample_rows": n, "alpha": float(c["alpha"])}
         if "held_loss" in c:
             metrics["validation_loss"] = float(c["held_loss"])
+        if "held_score" in c:  # pass B's score of these weights on the held-out rows (the driver need not score them)
+            metrics[f"validation_{self.task.score_name}"] = float(c["held_score"])
         return self._with_trial(LoopState(k, list(weights), c)), metrics
 
     def held_loss(self, held: dict, W_out, alpha: float, carry: dict) -> float:
@@ -287,22 +302,57 @@ class GaussNewtonSolver(SolverBase):
         return self.objective(float(c.get("loss", c["error"])), state.weights, alpha)
 
     def _curvature_pass(self, runner, weights, objective: float, k: int, sample: dict, alpha: float,
-                        new_sample: bool = False) -> dict:
+                        new_sample: bool = False, grown: tuple | None = None) -> dict:
         """Run pass B at accepted weights on ``sample``; return the carry entries it sets.
 
         On a ``new_sample`` the pass also sums the sample's input Gram, and the
         objective the next trial must beat is the accepted weights' on the new sample.
+        ``grown`` = (m, window of the previous sample, its input Gram): when the new sample contains
+        the previous one (grow's nested prefixes, :mod:`solvers.sampling`), only the added chunks sum their Gram.
         """
+        added = self._added_chunks(runner, grown, sample) if new_sample else None
         layout = self.curvature_layout(input_gram=new_sample)
-        curv = run_pass(runner, layout, "curvature_chunk", CurvatureParams(self.cast(weights), new_sample), k,
-                        **sample)
+        params = CurvatureParams(self.cast(weights), new_sample, added)
         out = {}
+        if self._scores_held_out(runner):  # the held-out rows' score of these weights, from the same tasks
+            curv, held = run_pass_held_out(runner, layout, "curvature_chunk", params, k, **sample)
+            if held is not None and float(held["n"]) > 0:
+                out["held_score"] = np.float64(self.task.score(held))
+        else:
+            curv = run_pass(runner, layout, "curvature_chunk", params, k, **sample)
         if new_sample:
             out["input_gram"] = np.asarray(curv.pop("gram1") if self.L > 1 else curv["gram1"])
+            if added is not None:
+                out["input_gram"] = out["input_gram"] + np.asarray(grown[2], np.float64)
             objective = self.objective(float(curv["loss"]), weights, alpha)
             out["acc_valid"] = np.float64(0.0)
         return {**out, "curvature": self.curvature_layout().pack(curv), "error": np.float64(objective),
                 "loss": np.float64(curv["loss"]), f"train_{self.task.score_name}": np.float64(self.task.score(curv))}
+
+    def _dense_kernels(self) -> bool:
+        """Return whether this solver runs this class's dense kernels (not a subclass's own, e.g. convolutions)."""
+        return type(self).curvature_chunk is GaussNewtonSolver.curvature_chunk
+
+    def _scores_held_out(self, runner) -> bool:
+        """Return whether pass B also scores the held-out rows: a runner holding rows out, the dense kernels."""
+        return getattr(runner, "split", None) is not None and self._dense_kernels()
+
+    def _added_chunks(self, runner, grown: tuple | None, sample: dict) -> tuple | None:
+        """Return the first rows of the chunks ``sample`` adds to the previous sample of ``grown`` (None: sum every chunk).
+
+        Only when the new sample contains the previous one (a rotate window that moves does not), only
+        for the dense kernel (:meth:`curvature_chunk` sums the input Gram chunk by chunk), and only when
+        the input Gram is not also the output layer's (L > 1).
+        """
+        if grown is None or grown[2] is None or self.L < 2 or not hasattr(runner, "bounds") or not self._dense_kernels():
+            return None
+        n_chunks = len(runner.bounds)
+        before = sampling.sample(n_chunks, int(grown[0]), self.config.seed, int(grown[1]))
+        before = set(range(n_chunks)) if before is None else set(before)
+        now = set(range(n_chunks)) if "chunks" not in sample else set(sample["chunks"])
+        if not before <= now:
+            return None
+        return tuple(sorted(runner.bounds[i][0] for i in now - before))
 
     @single_threaded
     def output_layer(self, sums: dict, held: dict | None = None, carry: dict | None = None
@@ -534,6 +584,7 @@ class GaussNewtonSolver(SolverBase):
         L, weights = self.L, p.weights
         Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
         hidden = self._augmented(weights[:-1])
+        gram_here = p.sums_input_gram(start_row)
 
         def tile(sl, _):
             a, z = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
@@ -556,7 +607,7 @@ class GaussNewtonSolver(SolverBase):
                     delta = times(delta, Wt[l + 1])
                     delta *= M[l]
                     parts[f"grad{l}"] = self._cross(delta, a[l - 1])
-                if l > 1 or p.input_gram:
+                if l > 1 or gram_here:
                     parts[f"gram{l}"] = self._gram(a[l - 1])
             if self.cross_entropy:
                 parts.update({f"curv{L}": ce.output_curvature(prob), f"grad{L}": self._cross(r, a[L - 1]),
@@ -567,6 +618,21 @@ class GaussNewtonSolver(SolverBase):
                 parts[f"curv{L - 1}"] = (M[L - 1].T @ M[L - 1]).astype(np.float64)
                 self._deep_curvatures(M, Wt, parts)
             return None, parts
+        return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
+
+    def curvature_chunk_held(self, x_raw, y, state, start_row: int, p: CurvatureParams):
+        """Return (None, the held-out rows' part of pass B): ``n`` and the score of the weights alone (no curvature).
+
+        :func:`solvers.loop.chunk_kernel` runs it on the held-out rows of a pass-B task in place of
+        :meth:`curvature_chunk`: the model's validation score comes from the pass that reads the chunk anyway.
+        """
+        if not isinstance(p, CurvatureParams):
+            p = CurvatureParams(tuple(p))
+        hidden = self._augmented(p.weights[:-1])
+
+        def tile(sl, _):
+            a, _ = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
+            return None, {"n": a[0].shape[0], **self.task.score_parts(a[-1] @ p.weights[-1].T, y[sl])}
         return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
     def _deep_curvatures(self, M, Wt, parts: dict, last=None) -> None:

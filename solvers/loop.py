@@ -87,8 +87,11 @@ def chunk_kernel(fn, x, y, state, start: int, params, split, side: str = "train"
     the rows the kernel did not see (held-out rows keep no state). A kernel
     with ``row_numbers = True`` gets the global row numbers of the rows it
     sees in place of ``start`` (the data start gathers picked rows by number).
-    (None, None) when the chunk has no such rows.
+    The held-out rows run the solver's ``<kernel>_held`` in place of the kernel when it has one
+    (e.g. the score alone). (None, None) when the chunk has no such rows.
     """
+    if side == "held":  # a kernel's held-out variant (``<kernel>_held``), when the solver has one
+        fn = getattr(getattr(fn, "__self__", None), getattr(fn, "__name__", "") + "_held", fn)
     n = x.shape[0]
     pos = select(split, start, start + n, side)
     if pos is not None and len(pos) == 0:

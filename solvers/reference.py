@@ -97,8 +97,8 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
         rows_out = split.mask(0, X.shape[0])
         X_val, y_val = X[rows_out], y[rows_out]
 
-    def evaluate(network) -> dict:
-        scores = {"validation": network.score(X_val, y_val)} if held_out else {}
+    def evaluate(network, skip=()) -> dict:
+        scores = {"validation": network.score(X_val, y_val)} if held_out and "validation" not in skip else {}
         return scores if X_test is None else {**scores, "test": network.score(X_test, y_test)}
 
     return drive(solver, runner, _Callback(callback), config, evaluate=evaluate, held_out=held_out,
