@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 SCHEDULES = ("auto", "grow", "rotate", "full")
-START_ROWS = 49152  # rows of the first sample (rounded up to whole chunks)
+START_ROWS = 16384  # rows of the first sample (rounded up to whole chunks; benchmarks/results/gn_profile_mnist10_s5.md)
 CONV_START_ROWS = 6000  # convolutional layers: rows of each window of the rotate schedule
 GROWTH = 2
 
