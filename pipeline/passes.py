@@ -70,7 +70,10 @@ def data_cache() -> ChunkCache:
 
 
 def clear_data_cache() -> None:
-    """Forget this process's decoded data chunks (after a run: thread workers live in the caller's process)."""
+    """Forget this process's decoded data chunks and kept activations (after a run: thread workers live in the caller's process)."""
+    from solvers.activation_cache import CACHE
+
+    CACHE.clear()
     if _data_cache is not None:
         _data_cache.clear()
 

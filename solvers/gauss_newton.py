@@ -60,11 +60,14 @@ client ``carry``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from solvers import cross_entropy as ce, sampling
+from solvers.activation_cache import CACHE, weights_key
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
@@ -80,6 +83,14 @@ STEP_RIDGE = 1e-2     # least relative damping ε' of the input Gram in the hidd
 CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄ ḡ) of the output layer
 
 
+def _rows_key(x_raw, start_row) -> tuple:
+    """Return what names a chunk's rows in the activation cache: first row number, count, first and last row's bytes.
+
+    The training and held-out rows of a chunk start at the same row number; their first rows differ.
+    """
+    return (int(start_row), x_raw.shape[0], hashlib.sha1(x_raw[:1].tobytes() + x_raw[-1:].tobytes()).hexdigest())
+
+
 @dataclass(frozen=True)
 class ForwardParams:
     """The broadcast of pass A: the hidden weights (the chunk's dtype) and whether to sum the input Gram."""
@@ -87,6 +98,7 @@ class ForwardParams:
     hidden: tuple
     input_gram: bool
     outputs: object = None  # cross-entropy: the output layer's trials W_L(α_j) stacked (J·K × n_{L−1}+1)
+    key: str | None = None  # names the run and the hidden weights: the activations are kept (solvers.activation_cache)
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,7 @@ class CurvatureParams:
     weights: tuple
     input_gram: bool = False
     gram_chunks: tuple | None = None
+    key: str | None = None  # the hidden weights' key: pass A's activations are taken from the cache when there
 
     def sums_input_gram(self, start_row) -> bool:
         """Return whether the chunk starting at ``start_row`` sums the input Gram."""
@@ -121,6 +134,7 @@ class GaussNewtonSolver(SolverBase):
             raise InputError(f"the gauss-newton solver fits the squared loss or cross-entropy; --loss {config.loss} "
                              "needs --solver admm")
         self.cross_entropy = loss == "cross-entropy"
+        self.run_token = os.urandom(8).hex()  # names this run's activations in the cache (solvers.activation_cache)
 
     # -- what the pipeline stores and sums ------------------------------------------
     def state_widths(self) -> dict[str, int]:
@@ -312,7 +326,8 @@ class GaussNewtonSolver(SolverBase):
         """
         added = self._added_chunks(runner, grown, sample) if new_sample else None
         layout = self.curvature_layout(input_gram=new_sample)
-        params = CurvatureParams(self.cast(weights), new_sample, added)
+        cast = self.cast(weights)
+        params = CurvatureParams(cast, new_sample, added, weights_key(self.run_token, cast[:-1]))
         out = {}
         if self._scores_held_out(runner):  # the held-out rows' score of these weights, from the same tasks
             curv, held = run_pass_held_out(runner, layout, "curvature_chunk", params, k, **sample)
@@ -495,7 +510,8 @@ class GaussNewtonSolver(SolverBase):
         if self.cross_entropy and carry is not None:
             trials = np.asarray(carry["T_out"])
             outputs = np.asarray(trials.reshape(-1, trials.shape[-1]), self.dtype)
-        return ForwardParams(self.cast(hidden), input_gram, outputs)
+        cast = self.cast(hidden)
+        return ForwardParams(cast, input_gram, outputs, weights_key(self.run_token, cast))
 
     # -- chunk side (pure NumPy: one chunk in, sums out) --------------------------------
     def _inputs_with_ones(self, x_raw):
@@ -562,9 +578,12 @@ class GaussNewtonSolver(SolverBase):
         Cross-entropy: the training loss Σℓ of each output trial in ``p.outputs`` instead of the Grams.
         """
         L, hidden = self.L, self._augmented(p.hidden)
+        rows = _rows_key(x_raw, start_row) if p.key else None
 
         def tile(sl, _):
-            a, _ = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
+            a, z = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
+            if rows is not None and L > 1:  # kept for pass B at these hidden weights
+                CACHE.put((p.key, rows, sl.start, sl.stop), (*a[1:], *z[1:]))
             t = self.task.targets(y[sl], self.dtype)
             n = a[0].shape[0]
             if self.cross_entropy:
@@ -577,17 +596,30 @@ class GaussNewtonSolver(SolverBase):
             return None, parts
         return None, self.tiled(self.forward_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
+    def forward_chunk_held(self, x_raw, y, state, start_row: int, p: ForwardParams):
+        """Return :meth:`forward_chunk` of held-out rows (their activations are not kept: no pass B reads them)."""
+        return self.forward_chunk(x_raw, y, state, start_row, replace(p, key=None))
+
     def curvature_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams):
-        """Return (None, pass B sums): S_l (Σ MᵀM for the last hidden layer), D_l, G_{l−1}, score, error."""
+        """Return (None, pass B sums): S_l (Σ MᵀM for the last hidden layer), D_l, G_{l−1}, score, error.
+
+        The hidden activations come from the cache when pass A kept them at these weights (``p.key``).
+        """
         if not isinstance(p, CurvatureParams):  # the weights alone: no input Gram
             p = CurvatureParams(tuple(p))
         L, weights = self.L, p.weights
         Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
         hidden = self._augmented(weights[:-1])
         gram_here = p.sums_input_gram(start_row)
+        rows = _rows_key(x_raw, start_row) if p.key and L > 1 else None
 
         def tile(sl, _):
-            a, z = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
+            x1 = self._inputs_with_ones(x_raw[sl])
+            kept = None if rows is None else CACHE.get((p.key, rows, sl.start, sl.stop))
+            if kept is not None:
+                a, z = [x1, *kept[:L - 1]], [None, *kept[L - 1:]]
+            else:
+                a, z = self._hidden_forward(x1, hidden)
             out = a[L - 1] @ weights[-1].T
             t = self.task.targets(y[sl], self.dtype)
             if self.cross_entropy:  # δ_L = t − p = −∂ℓ/∂z_L

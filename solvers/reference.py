@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from solvers import SOLVERS, make_solver
+from solvers.activation_cache import CACHE
 from solvers.config import TrainConfig
 from solvers.driver import Outcome, drive, model_from_moments, split_chunks
 from solvers.errors import InputError
@@ -101,5 +102,8 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
         scores = {"validation": network.score(X_val, y_val)} if held_out and "validation" not in skip else {}
         return scores if X_test is None else {**scores, "test": network.score(X_test, y_test)}
 
-    return drive(solver, runner, _Callback(callback), config, evaluate=evaluate, held_out=held_out,
-                 report=report or (lambda line: None))
+    try:
+        return drive(solver, runner, _Callback(callback), config, evaluate=evaluate, held_out=held_out,
+                     report=report or (lambda line: None))
+    finally:
+        CACHE.clear()  # the activations Gauss-Newton's passes kept (solvers.activation_cache)

@@ -229,3 +229,22 @@ def test_float32_kernels_equal_float64_kernels(hidden, n_classes, activation):
         got = getattr(s32, kernel)(X.astype(np.float32), y, None, 0, params(s32))[1]
         assert got.dtype == np.float64
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("activation,n_classes", [("relu", 3), ("sigmoid", 2)])
+def test_kept_activations_change_nothing(monkeypatch, activation, n_classes):
+    """Pass B takes pass A's activations from the cache: the run is bitwise the run that recomputes them."""
+    from solvers import activation_cache
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 6))
+    y = rng.integers(0, n_classes, 3000)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(8, 5), activation=activation, iterations=4, sample_start=1000)
+    hits = activation_cache.CACHE.hits
+    kept = fit_in_memory(X, y, cfg, chunk_rows=500)
+    assert activation_cache.CACHE.hits > hits and activation_cache.CACHE.nbytes == 0  # used, and emptied after the run
+    monkeypatch.setattr(activation_cache.CACHE, "budget", 0)  # nothing is kept: pass B recomputes
+    again = fit_in_memory(X, y, cfg, chunk_rows=500)
+    for a, b in zip(kept.network.weights, again.network.weights):
+        np.testing.assert_array_equal(a, b)
+    assert [h["accepted"] for h in kept.history] == [h["accepted"] for h in again.history]
