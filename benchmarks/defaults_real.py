@@ -230,8 +230,9 @@ def markdown(results: dict) -> str:
     methods = [m for m in [*OURS, "gn-pipeline", *PEERS] if any(m in r for r in runs.values())]
     lines = ["# Defaults on real data, side by side", "",
              "Written by `benchmarks/defaults_real.py` (see its docstring). Accuracy on each task's held-out split, "
-             "seconds of the fit in brackets. Ours: defaults, only `--hidden` and `--iterations` "
-             f"({ITERATIONS}) given. Commands:", ""]
+             "seconds of the fit in brackets. Ours: defaults, only `--hidden` and `--iterations` given "
+             f"(each command's budgets on its line, each run's below; the script's defaults: {ITERATIONS}). "
+             "Commands:", ""]
     for prov in results.get("provenance", []):
         budget = f"; iterations {prov['iterations']}" if "iterations" in prov else ""
         lines.append(f"- `{prov['command']}` ({prov['date']}, {prov['cpus']} CPUs{budget})")
