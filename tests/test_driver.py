@@ -74,10 +74,23 @@ def test_drive_commits_every_iteration_after_beginning_it():
     assert [int(l.split()[0]) for l in lines[2:]] == [1, 2, 3]
 
 
-def test_drive_stops_early_and_keeps_the_best_iteration():
+def _scripted_losses(monkeypatch, losses):
+    """Make every iteration's metrics carry the next of ``losses`` as its held-out loss."""
+    import solvers.driver as driver
+
+    real, losses = driver.iterate, iter(losses)
+
+    def iterate(*args, **kwargs):
+        for state, metrics in real(*args, **kwargs):
+            yield state, {**metrics, "validation_loss": next(losses)}
+    monkeypatch.setattr(driver, "iterate", iterate)
+
+
+def test_drive_stops_early_and_keeps_the_best_iteration(monkeypatch):
     config = TrainConfig(hidden=(5,), iterations=12, validation_fraction=0.2, patience=2)
     X, y, solver, runner, held = _setup(config)
     scores = iter([0.5, 0.9, 0.8, 0.95, 0.7, 0.6, 1.0])  # best at 4, no gain at 5 and 6: stop
+    _scripted_losses(monkeypatch, [0.7, 0.5, 0.6, 0.4, 0.45, 0.5, 0.3])  # lowest loss also at 4
     seen = []
     out = drive(solver, runner, Recorder(), config, held_out=True,
                 evaluate=lambda net: seen.append(net.weights) or {"validation": next(scores)})
@@ -86,6 +99,15 @@ def test_drive_stops_early_and_keeps_the_best_iteration():
     for W, W_best in zip(out.network.weights, seen[3]):  # the model is iteration 4's
         np.testing.assert_array_equal(W, W_best)
     assert held is not None and 0 < held.count(600) < 600  # the split holds out rows of the (one) chunk
+
+
+def test_drive_goes_on_while_the_held_out_loss_falls(monkeypatch):
+    config = TrainConfig(hidden=(5,), iterations=12, validation_fraction=0.2, patience=2)
+    X, y, solver, runner, _ = _setup(config)
+    scores = iter([0.5, 0.9, 0.8, 0.85, 0.85, 0.88, 0.87, 0.86])  # best at 2, never reached again
+    _scripted_losses(monkeypatch, [0.7, 0.5, 0.45, 0.4, 0.35, 0.36, 0.37, 0.1])  # a new low up to 5
+    out = drive(solver, runner, Recorder(), config, held_out=True, evaluate=lambda net: {"validation": next(scores)})
+    assert out.loop_state.iteration == 7 and out.best_iteration == 2  # patience counts from the lowest loss
 
 
 def test_drive_does_not_go_on_after_a_stop_without_changes():
