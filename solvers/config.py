@@ -162,14 +162,14 @@ class TrainConfig:
                            "constant in training are ignored), standard (each feature's std) or global (one common "
                            "std: pixels and other shared units)", choices=SCALINGS)
     sample_schedule: str = setting("auto", "progressive sampling: grow runs the first iterations on a growing "
-                                   "seeded subset of whole chunks (from ~49k rows, doubling after every accepted "
+                                   "seeded subset of whole chunks (from --sample-start rows, doubling after every accepted "
                                    "step, all chunks by the last iteration); rotate first walks one epoch of "
                                    "disjoint samples of that size (the next after every accepted step), then "
                                    "grows; full reads every chunk every iteration; auto is rotate for "
                                    "gauss-newton with convolutions, grow for dense gauss-newton, full for the others",
                                    choices=SAMPLE_SCHEDULES, solvers=("gauss-newton",), group="gauss-newton")
     sample_start: int = setting(0, f"rows of the first sample of the grow schedule, of each sample of rotate "
-                                f"(rounded up to whole chunks, at least 2); 0: {START_ROWS}, or {CONV_START_ROWS} "
+                                f"(rounded up to whole chunks, at least 2, 1 for rotate); 0: {START_ROWS}, or {CONV_START_ROWS} "
                                 "with convolutions", solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "
