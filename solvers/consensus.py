@@ -145,25 +145,41 @@ class ConsensusSolver(SolverBase):
     def alpha(self, runner=None, weights=None, k: int = 0) -> float:
         """Return the weight decay α of pass k: ``alpha``, or for ``"auto"`` :meth:`held_out_alpha` at ``weights``.
 
-        ``"auto"`` gives 0 without a pass in pass 1 when that pass is a window of each shard
-        (:func:`pass_window`, large data): at the He-initialised hidden layers α said little, and
-        the pass A cost 20-40 % of the first iteration. Measured (2 workers, 3 passes, held-out
-        accuracy): HIGGS-shaped 1M 0.7686/0.7730/0.7744 with α of pass 1 = 1.9e-5 from pass A,
-        0.7686/0.7733/0.7744 with 0; MNIST odd/even and 10-class 60k chose α = 0 in every pass anyway.
+        ``"auto"`` gives 0 without a pass in pass 1 when that pass sweeps once over each shard
+        (a window, :func:`pass_window`, or one local epoch: large data): at the He-initialised hidden
+        layers α said little, and the pass A cost 20-40 % of the first iteration (on a fresh cluster it
+        is the first to read the chunks). Measured (2 workers, 3 passes, held-out accuracy): HIGGS-shaped
+        1M 0.7686/0.7730/0.7744 with α of pass 1 = 1.9e-5 from pass A, 0.7686/0.7733/0.7744 with 0;
+        MNIST odd/even and 10-class 60k (pass 1: one epoch) chose α = 0 in every pass anyway.
+        Several local epochs (small data) keep pass A in pass 1.
         """
         alpha = getattr(self.config, "alpha", 0.0)
         if alpha != "auto":
             return float(alpha or 0.0)
-        if runner is None or (k == 1 and self.windowed_first_pass(runner)):
+        if runner is None or (k == 1 and self.one_sweep_first_pass(runner)):
             return 0.0
         return self.held_out_alpha(runner, weights, k)
 
-    def windowed_first_pass(self, runner) -> bool:
-        """Return True when pass 1 reads fewer than all chunks of the largest shard (:meth:`first_chunks`)."""
-        first, bounds = self.first_chunks(runner), list(getattr(runner, "bounds", ()))
-        if not first or not bounds:
-            return False
-        return first < max(len(g) for g in shard_groups(len(bounds), max(1, int(self.config.shards))))
+    def one_sweep_first_pass(self, runner) -> bool:
+        """Return True when pass 1 sweeps once over each shard's chunks (a window, or one local epoch: large data)."""
+        return self.sweeps(runner, 1, self.first_chunks(runner)) is not None
+
+    def sweeps(self, runner, k: int, first: int) -> list[int] | None:
+        """Return the chunks each shard's pass k reads once, or None when a shard runs several epochs (small data)."""
+        bounds = list(getattr(runner, "bounds", ()))
+        if not bounds:
+            return None
+        split = getattr(runner, "split", None)
+        counts = []
+        for group in shard_groups(len(bounds), max(1, int(self.config.shards))):
+            count = pass_window(k, len(group), first)[1]
+            if count == len(group):
+                rows = sum(b - a if (sel := select(split, a, b, "train")) is None else len(sel)
+                           for a, b in (bounds[i] for i in group))
+                if self.local_epochs(rows) > 1:
+                    return None
+            counts.append(count)
+        return counts
 
     def held_out_alpha(self, runner, weights, k: int) -> float:
         """Return ``α = α_L / n``: the output layer's ridge α chosen on held-out rows, per row of the mean loss.
@@ -257,20 +273,8 @@ class ConsensusSolver(SolverBase):
 
         A pass of several local epochs over whole shards (small data) averages once (1).
         """
-        bounds = list(getattr(runner, "bounds", ()))
-        if self.config.averaging != "chunk" or not bounds:
-            return 1
-        split = getattr(runner, "split", None)
-        counts = []
-        for group in shard_groups(len(bounds), max(1, int(self.config.shards))):
-            count = pass_window(k, len(group), first)[1]
-            if count == len(group):
-                rows = sum(b - a if (sel := select(split, a, b, "train")) is None else len(sel)
-                           for a, b in (bounds[i] for i in group))
-                if self.local_epochs(rows) > 1:
-                    return 1
-            counts.append(count)
-        return max(counts)
+        counts = self.sweeps(runner, k, first) if self.config.averaging == "chunk" else None
+        return max(counts) if counts else 1
 
     def local_epochs(self, rows: int) -> int:
         """Return the Adam epochs of a shard of ``rows`` rows: ``local_epochs``, or if 0 enough for 100 steps."""

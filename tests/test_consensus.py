@@ -290,8 +290,8 @@ def test_alpha_auto_is_the_output_layers_held_out_ridge_alpha_per_row(monkeypatc
                                                     rel=1e-12)
 
 
-def test_alpha_auto_skips_pass_a_in_a_windowed_first_pass(monkeypatch):
-    """A first pass over a window of each shard (large data) takes α = 0 without pass A; later passes take pass A's α."""
+def test_alpha_auto_skips_pass_a_in_a_one_sweep_first_pass(monkeypatch):
+    """A first pass that sweeps once over each shard (large data) takes α = 0 without pass A; later passes take pass A's α."""
     from solvers import consensus as cons
 
     calls = []
@@ -303,7 +303,11 @@ def test_alpha_auto_skips_pass_a_in_a_windowed_first_pass(monkeypatch):
                       patience=0, first_pass_rows=200)  # 2 of the 10 chunks of a shard in pass 1
     windowed = fit_in_memory(X, y, cfg, chunk_rows=100)
     assert calls == [2] and windowed.history[0]["alpha"] == 0.0 and windowed.history[1]["alpha"] > 0
-    calls.clear()  # a first pass over whole shards (small data): pass A from pass 1 on
+    calls.clear()  # one epoch over whole shards (large data): no pass A in pass 1 either
+    sweep = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "first_pass_rows": 0, "local_epochs": 1}),
+                          chunk_rows=100)
+    assert calls == [2] and sweep.history[0]["alpha"] == 0.0 and sweep.history[1]["alpha"] > 0
+    calls.clear()  # several epochs over whole shards (small data): pass A from pass 1 on
     whole = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "first_pass_rows": 0}), chunk_rows=100)
     assert calls == [1, 2] and all(h["alpha"] > 0 for h in whole.history)
 
