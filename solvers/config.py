@@ -282,8 +282,8 @@ class TrainConfig:
             problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         if self.sample_schedule not in SAMPLE_SCHEDULES:
             problems.append(f"sample_schedule {self.sample_schedule!r} is not one of {list(SAMPLE_SCHEDULES)}")
-        elif self.sample_schedule == "grow" and self.solver != "gauss-newton":
-            problems.append(f"sample_schedule grow needs the gauss-newton solver (the {self.solver} solver keeps "
+        elif self.sample_schedule in ("grow", "rotate") and self.solver != "gauss-newton":
+            problems.append(f"sample_schedule {self.sample_schedule} needs the gauss-newton solver (the {self.solver} solver keeps "
                             "per-sample state that every iteration must update); pass --sample-schedule full")
         if self.sample_start < 0:
             problems.append(f"sample_start must be >= 0 (0: the default), got {self.sample_start}")

@@ -39,6 +39,9 @@ def test_samples_are_nested_seeded_prefixes_and_grow_to_all():
 def test_grow_needs_gauss_newton():
     with pytest.raises(InputError, match="sample_schedule grow needs the gauss-newton solver"):
         TrainConfig(solver="admm", sample_schedule="grow")
+    for solver in ("admm", "dladmm", "consensus"):  # rotate samples too: not silently ignored by the others
+        with pytest.raises(InputError, match="sample_schedule rotate needs the gauss-newton solver"):
+            TrainConfig(solver=solver, sample_schedule="rotate")
     TrainConfig(solver="admm")  # auto: full for admm
 
 
