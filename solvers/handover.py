@@ -108,6 +108,13 @@ class HandOverSolver(SolverBase):
     def curvature_chunk(self, *args):
         return self.second.curvature_chunk(*args)
 
+    # their held-out variants (solvers.loop.chunk_kernel): the held-out rows' score only, no curvature, nothing kept
+    def forward_chunk_held(self, *args):
+        return self.second.forward_chunk_held(*args)
+
+    def curvature_chunk_held(self, *args):
+        return self.second.curvature_chunk_held(*args)
+
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
         own, inner = self._split(state)
         solver = self.first if int(own.get("phase", 0)) == 0 else self.second

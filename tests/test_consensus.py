@@ -581,6 +581,29 @@ def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
         np.testing.assert_allclose(W, W_ref, rtol=1e-10)
 
 
+def test_handover_gauss_newton_phase_runs_the_held_out_kernels_on_held_out_rows(monkeypatch):
+    """The held-out rows of the Gauss-Newton phase's passes get the score-only kernels, as with --solver gauss-newton.
+
+    Without them the hand-over ran the full curvature kernel on the held-out rows (and kept their activations).
+    """
+    from solvers.gauss_newton import GaussNewtonSolver
+
+    calls = {"forward_chunk_held": 0, "curvature_chunk_held": 0}
+    def counting(name):
+        real = getattr(GaussNewtonSolver, name)
+
+        def kernel(self, *args):
+            calls[name] += 1
+            return real(self, *args)
+        return kernel
+    for name in calls:
+        monkeypatch.setattr(GaussNewtonSolver, name, counting(name))
+    X, y = make_data(n=3000, n_classes=3)
+    fit = fit_in_memory(X, y, TrainConfig(**HANDOVER, iterations=9), chunk_rows=250)
+    assert "gauss-newton" in [h["phase"] for h in fit.history]
+    assert calls["forward_chunk_held"] > 0 and calls["curvature_chunk_held"] > 0
+
+
 def test_pipeline_handover_matches_reference_and_resumes_at_any_point(client, tmp_path):
     from pipeline.training import train
     from storage.data import write_data
