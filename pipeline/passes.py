@@ -53,6 +53,9 @@ def data_cache() -> ChunkCache:
 
     Its budget is :data:`DATA_CACHE_MAX`, or a quarter of the worker's memory
     limit when that is less: data bigger than that is streamed from disk every pass.
+    The process's activation cache (:mod:`solvers.activation_cache`) is held to an
+    eighth of the limit likewise (a 256 MiB worker pauses at 205 MiB: 192 MiB of
+    kept activations on top of its base and a chunk task would not fit).
     """
     global _data_cache
     if _data_cache is None:
@@ -63,6 +66,9 @@ def data_cache() -> ChunkCache:
             limit = get_worker().memory_manager.memory_limit
             if limit:
                 budget = min(budget, int(limit) // 4)
+                from solvers.activation_cache import BUDGET, CACHE
+
+                CACHE.budget = min(BUDGET, int(limit) // 8)
         except (ImportError, ValueError, AttributeError):  # not in a worker (an in-memory test, a benchmark)
             pass
         _data_cache = ChunkCache(budget)

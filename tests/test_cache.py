@@ -63,3 +63,21 @@ def test_training_leaves_no_decoded_data_on_the_workers(client, store, tmp_path)
     train(client, store=tmp_path / "r.zarr", data=store, config=TrainConfig(hidden=(4,), iterations=2),
           report=lambda _line: None)
     assert set(client.run(cached_bytes).values()) <= {None, 0}
+
+
+def test_a_workers_memory_limit_bounds_its_data_and_activation_caches(monkeypatch):
+    """A worker of 256 MiB (the least --memory-limit) keeps a quarter of it as data and an eighth as activations."""
+    from types import SimpleNamespace
+
+    import distributed
+
+    from pipeline import passes
+    from solvers import activation_cache
+
+    limit = 256 * 2**20
+    monkeypatch.setattr(distributed, "get_worker",
+                        lambda: SimpleNamespace(memory_manager=SimpleNamespace(memory_limit=limit)))
+    monkeypatch.setattr(passes, "_data_cache", None)
+    monkeypatch.setattr(activation_cache.CACHE, "budget", activation_cache.BUDGET)
+    assert passes.data_cache().budget == limit // 4
+    assert activation_cache.CACHE.budget == limit // 8 < activation_cache.BUDGET
