@@ -248,3 +248,43 @@ def test_kept_activations_change_nothing(monkeypatch, activation, n_classes):
     for a, b in zip(kept.network.weights, again.network.weights):
         np.testing.assert_array_equal(a, b)
     assert [h["accepted"] for h in kept.history] == [h["accepted"] for h in again.history]
+
+
+def test_a_grown_sample_sums_the_input_gram_of_the_added_chunks_onto_the_last_one():
+    """Pass B on a grown sample sums Σ ã_0 ã_0ᵀ over the added chunks only: the carried Gram is still the sample's."""
+    from solvers import make_solver, sampling
+    from solvers.inmemory import InMemoryRunner
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(4000, 6))
+    y = rng.integers(0, 3, 4000)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(8, 5), iterations=6, sample_start=1000, validation_fraction=0)
+    s = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(3))
+    runner = InMemoryRunner(s, X, y, chunk_rows=500)
+    state, sizes = s.initialize(runner), set()
+    for _ in range(5):
+        state, _ = s.advance(runner, state)
+        m, window = int(state.carry["sample_chunks"]), int(state.carry["sample_window"])
+        chunks = sampling.sample(len(runner.bounds), m, cfg.seed, window) or range(len(runner.bounds))
+        x1 = np.concatenate([s._inputs_with_ones(runner.x[i]) for i in chunks]).astype(np.float64)
+        want = x1.T @ x1
+        np.testing.assert_allclose(state.carry["input_gram"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        sizes.add(m)
+    assert len(sizes) > 1  # the sample grew
+
+
+@pytest.mark.parametrize("loss", ["squared", "cross-entropy"])
+def test_pass_b_scores_the_held_out_rows_as_the_driver_would(monkeypatch, loss):
+    """Pass B's held-out score of the accepted weights is the score the driver's own scoring pass gives them."""
+    from solvers.gauss_newton import GaussNewtonSolver
+
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(3000, 6))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(8,), loss=loss, iterations=5, sample_start=1000,
+                      validation_fraction=0.2, patience=0)
+    scored = fit_in_memory(X, y, cfg, chunk_rows=500)
+    monkeypatch.setattr(GaussNewtonSolver, "_scores_held_out", lambda self, runner: False)  # the driver scores
+    driver = fit_in_memory(X, y, cfg, chunk_rows=500)
+    assert [h["validation_accuracy"] for h in scored.history] == [h["validation_accuracy"] for h in driver.history]
+    assert len({h["validation_accuracy"] for h in scored.history}) > 1
