@@ -201,4 +201,8 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
             break
         keeper.begin(state.iteration + 1)
         t0 = time.perf_counter()
+    else:
+        if held_out and stopping.best_iteration is not None:
+            report(f"the model is iteration {stopping.best_iteration} (best validation {score} "
+                   f"{stopping.best_score:.4f})")
     return out

@@ -106,8 +106,21 @@ def test_drive_goes_on_while_the_held_out_loss_falls(monkeypatch):
     X, y, solver, runner, _ = _setup(config)
     scores = iter([0.5, 0.9, 0.8, 0.85, 0.85, 0.88, 0.87, 0.86])  # best at 2, never reached again
     _scripted_losses(monkeypatch, [0.7, 0.5, 0.45, 0.4, 0.35, 0.36, 0.37, 0.1])  # a new low up to 5
-    out = drive(solver, runner, Recorder(), config, held_out=True, evaluate=lambda net: {"validation": next(scores)})
+    lines = []
+    out = drive(solver, runner, Recorder(), config, held_out=True, evaluate=lambda net: {"validation": next(scores)},
+                report=lines.append)
     assert out.loop_state.iteration == 7 and out.best_iteration == 2  # patience counts from the lowest loss
+    assert lines[-1].startswith("stopping early") and "the model is iteration 2" in lines[-1]
+
+
+def test_drive_names_the_model_iteration_when_the_budget_ends_the_run():
+    config = TrainConfig(hidden=(5,), iterations=3, validation_fraction=0.2, patience=5)
+    X, y, solver, runner, _ = _setup(config)
+    scores, lines = iter([0.5, 0.9, 0.8]), []
+    out = drive(solver, runner, Recorder(), config, held_out=True, evaluate=lambda net: {"validation": next(scores)},
+                report=lines.append)
+    assert out.loop_state.iteration == 3 and out.best_iteration == 2
+    assert lines[-1] == "the model is iteration 2 (best validation accuracy 0.9000)"
 
 
 def test_drive_does_not_go_on_after_a_stop_without_changes():
