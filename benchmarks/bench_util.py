@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -13,6 +14,22 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_settings(items, flag: str = "--set") -> dict:
+    """Return {KEY: VALUE} of ``KEY=VALUE`` items, each VALUE parsed as JSON where it can be (else kept as text)."""
+    from solvers.errors import InputError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"{flag} {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
 
 
 def provenance() -> dict:

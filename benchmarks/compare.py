@@ -92,7 +92,7 @@ if str(ROOT) not in sys.path:
 
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from benchmarks.bench_util import CpuWatch, provenance  # noqa: E402
+from benchmarks.bench_util import CpuWatch, parse_settings, provenance  # noqa: E402
 from benchmarks.peers import (INSTALL_HINT, PEERS, BudgetExceeded, Clock, Curve, PeerSettings,  # noqa: E402
                               missing_modules)
 from solvers import SOLVERS  # noqa: E402
@@ -656,19 +656,6 @@ def markdown(res: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
-def _parse_set(items, flag="--set") -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise InputError(f"{flag} {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except ValueError:
-            out[k] = v
-    return out
-
-
 def our_configs(solvers, variants, base: dict) -> dict:
     """Return label → TrainConfig: one per solver, then one per ``LABEL:KEY=VALUE;KEY=VALUE`` variant."""
     configs = {s: TrainConfig(**{**base, "solver": s}) for s in solvers}
@@ -676,7 +663,7 @@ def our_configs(solvers, variants, base: dict) -> dict:
         label, _, settings = variant.partition(":")
         if not label or label in configs:
             raise InputError(f"--variant {variant!r}: expected a new LABEL:KEY=VALUE;KEY=VALUE")
-        configs[label] = TrainConfig(**{**base, **_parse_set(settings.split(";") if settings else [],
+        configs[label] = TrainConfig(**{**base, **parse_settings(settings.split(";") if settings else [],
                                                               f"--variant {label}:")})
     return configs
 
@@ -767,7 +754,7 @@ def main(argv=None) -> int:
     args.cache = args.cache or str(_default_cache())
     try:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else spec.hidden
-        overrides = _parse_set(args.set)
+        overrides = parse_settings(args.set)
         iterations = args.iterations if args.iterations is not None else TrainConfig().iterations
         configs = our_configs(solvers, args.variant,
                               {"hidden": hidden, "iterations": iterations, "seed": args.seed, **overrides})

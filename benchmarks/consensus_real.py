@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_util import CpuWatch, provenance, write_results  # noqa: E402
+from benchmarks.bench_util import CpuWatch, parse_settings, provenance, write_results  # noqa: E402
 from benchmarks.defaults_real import TASKS, load_task  # noqa: E402
 
 PEERS = ("mlp-adam", "mlp-adam-es")
@@ -47,14 +47,7 @@ CLASS_ATTRIBUTES = ("decay_in_shards", "carry_moments", "auto_alpha_factor")
 def parse_variant(text: str) -> tuple[str, dict]:
     """Return (name, settings) of ``NAME:key=value;key=value`` (values parsed as JSON where they can be)."""
     name, _, rest = text.partition(":")
-    settings = {}
-    for item in filter(None, rest.split(";")):
-        k, v = item.split("=", 1)
-        try:
-            settings[k] = json.loads(v)
-        except json.JSONDecodeError:
-            settings[k] = v
-    return name, settings
+    return name, parse_settings(filter(None, rest.split(";")), f"--variant {name}:")
 
 
 def log_loss(proba, y, classes) -> float:

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_util import CpuWatch, provenance, write_results  # noqa: E402
+from benchmarks.bench_util import CpuWatch, parse_settings, provenance, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TASKS = ("digits", "breast-cancer", "mnist-oddeven-2k", "mnist10-2k", "covtype", "mnist-oddeven", "mnist10")
@@ -183,14 +183,7 @@ def main(argv=None):
     for item in args.iterations:
         name, value = item.split("=", 1)
         ITERATIONS[name] = int(value)
-    settings = {}
-    for item in args.set:
-        k, v = item.split("=", 1)
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            pass
-        settings[k] = v
+    settings = parse_settings(args.set)
     out = Path(args.out) if args.out else None
     results = json.loads(out.read_text()) if out and out.exists() else {"runs": {}}
     results.setdefault("provenance", []).append({**provenance(), "tasks": args.tasks, "methods": args.methods,

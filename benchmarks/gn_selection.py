@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_util import CpuWatch, provenance, write_results  # noqa: E402
+from benchmarks.bench_util import CpuWatch, parse_settings, provenance, write_results  # noqa: E402
 from benchmarks.defaults_real import load_task  # noqa: E402
 
 TASKS = ("breast-cancer", "digits", "mnist-oddeven-2k", "mnist10-2k", "covtype")
@@ -98,14 +98,7 @@ def main(argv=None):
     for item in args.solver_attr:
         k, v = item.split("=", 1)
         setattr(GaussNewtonSolver, k, json.loads(v))
-    settings = {}
-    for item in args.set:
-        k, v = item.split("=", 1)
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            pass
-        settings[k] = v
+    settings = parse_settings(args.set)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     out = Path(args.out) if args.out else None
     results = json.loads(out.read_text()) if out and out.exists() else {"runs": {}}

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_util import provenance  # noqa: E402
+from benchmarks.bench_util import parse_settings, provenance  # noqa: E402
 from benchmarks.defaults_real import load_task  # noqa: E402
 
 FIELDS = ("iteration", "validation_accuracy", "validation_loss", "test_accuracy", "train_accuracy", "alpha",
@@ -98,13 +98,7 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a TrainConfig setting")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    settings = {}
-    for item in args.set:
-        k, v = item.split("=", 1)
-        try:
-            settings[k] = json.loads(v)
-        except json.JSONDecodeError:
-            settings[k] = v
+    settings = parse_settings(args.set)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     results.setdefault("provenance", []).append(provenance())
