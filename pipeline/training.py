@@ -126,11 +126,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         ck = run.load_checkpoint()
         committed = LoopState(ck.iteration, ck.weights, ck.carry)
         if ck.best:
-            stopping = EarlyStopping(config.patience, best_score=ck.best["best_validation"],
-                                     best_iteration=ck.best["best_iteration"], best_weights=ck.best_weights,
-                                     best_loss=ck.best.get("best_validation_loss"),
-                                     lowest_loss=ck.best.get("lowest_validation_loss"),
-                                     lowest_iteration=ck.best.get("lowest_loss_iteration"))
+            stopping = EarlyStopping.from_summary(config.patience, ck.best, ck.best_weights)
     scored = {}
     if isinstance(split, RowSplit):  # the held-out rows of every chunk
         scored["validation"] = (data, bounds(data.n_samples, run.chunk_rows), split)

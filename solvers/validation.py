@@ -165,3 +165,13 @@ class EarlyStopping:
         return {"best_iteration": self.best_iteration, "best_validation": self.best_score,
                 "best_validation_loss": self.best_loss, "lowest_validation_loss": self.lowest_loss,
                 "lowest_loss_iteration": self.lowest_iteration, "patience": self.patience}
+
+    @classmethod
+    def from_summary(cls, patience: int, record: dict, best_weights) -> EarlyStopping:
+        """Return the stopping state that :meth:`summary` recorded (``best_weights`` stored beside it), for a resume.
+
+        Records written before the validation loss or its lowest value were kept lack those entries (None).
+        """
+        return cls(patience, best_score=record["best_validation"], best_iteration=record["best_iteration"],
+                   best_weights=best_weights, best_loss=record.get("best_validation_loss"),
+                   lowest_loss=record.get("lowest_validation_loss"), lowest_iteration=record.get("lowest_loss_iteration"))

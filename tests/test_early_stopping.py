@@ -100,6 +100,20 @@ def test_a_new_lowest_validation_loss_restarts_patience_but_does_not_choose_the_
     assert not resumed.update(4, 0.85, [w + 4], loss=0.21) and resumed.update(5, 0.85, [w + 5], loss=0.22)
 
 
+
+def test_stopping_state_resumes_from_its_summary():
+    es, w = EarlyStopping(patience=2), np.zeros(1)
+    for k, (score, loss) in enumerate(((0.9, 0.30), (0.8, 0.25), (0.8, 0.20)), start=1):
+        es.update(k, score, [w + k], loss=loss)
+    resumed = EarlyStopping.from_summary(2, es.summary(), es.best_weights)
+    assert resumed.summary() == es.summary() and resumed.best_weights[0][0] == 1
+    assert not resumed.update(4, 0.85, [w + 4], loss=0.21) and resumed.update(5, 0.85, [w + 5], loss=0.22)
+    old = EarlyStopping.from_summary(2, {"best_iteration": 1, "best_validation": 0.9, "patience": 2}, [w + 1])
+    assert old.best_loss is None and old.lowest_loss is None  # a record of a run store made before the losses
+    steps = [old.update(k, 0.8, [w + k], loss=loss) for k, loss in ((2, 0.25), (3, 0.26), (4, 0.27))]
+    assert steps == [False, False, True] and old.lowest_iteration == 2  # its first loss is the lowest so far
+
+
 def overfitting_problem(n=600, d=30, seed=0):
     """Few samples, many noise features: training accuracy climbs while held-out accuracy peaks early."""
     rng = np.random.default_rng(seed)
