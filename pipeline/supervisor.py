@@ -167,8 +167,16 @@ class Supervisor:
 
     def mark_started(self, scheduler_workers):
         """The start-up wait is over: later arrivals and departures are reported."""
-        self.workers = {addr: self._spec_name(ws.name) for addr, ws in list(scheduler_workers.items())}
+        self._set_workers({addr: self._spec_name(ws.name) for addr, ws in list(scheduler_workers.items())})
         self.started = True
+
+    def _set_workers(self, current: dict):
+        """Record the connected workers (address -> spec name); their jobs have had a worker from now on, so
+        a job that leaves the queue before the next tick is reported as ended, not as never started."""
+        self.workers = current
+        jobs = self.cluster.workers  # the job table itself: self.jobs may not have seen a new job yet
+        self.had_worker.update(str(job.job_id) for name in current.values()
+                               if getattr(job := jobs.get(name), "job_id", None))
 
     # ------------------------------------------------------------------ the tick
     async def _tick(self):
@@ -298,8 +306,7 @@ class Supervisor:
             for addr in set(current) - set(self.workers):
                 self.report(f"{self.kind}: worker {addr} (job {self.jobs.get(current[addr], '?')}) connected; "
                             f"{len(current)} of {want} workers")
-        self.workers = current
-        self.had_worker.update(self.jobs[name] for name in current.values() if name in self.jobs)
+        self._set_workers(current)
         if current:
             self.empty_since = None
         elif self.empty_since is None:

@@ -118,6 +118,38 @@ def test_dashboard_link_is_one_the_user_can_open(tmp_path, monkeypatch):
         assert "ssh -L" in dashboard_link(client, "slurm")
 
 
+
+def test_job_whose_worker_connected_at_start_up_is_reported_ended(monkeypatch):
+    """A job that leaves the queue before the supervisor's first tick after start-up had a worker all the same:
+    it ended (and is replaced at once), it was not cancelled before its worker connected (CI saw this race)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import pipeline.supervisor as supervisor
+
+    class FakeJob:
+        job_id, closed = "11", False
+
+        async def close(self):
+            self.closed = True
+
+    job, lines = FakeJob(), []
+    cluster = SimpleNamespace(loop=SimpleNamespace(add_callback=lambda f: None), workers={"C-0": job},
+                              worker_spec={"C-0": {}}, scheduler=SimpleNamespace(workers={}),
+                              _dummy_job=SimpleNamespace(worker_processes=1))
+    sup = supervisor.Supervisor(cluster, "slurm", report=lines.append, timeout=60)
+    sup._note_jobs(time.monotonic() - 100)  # submitted long ago
+    sup.mark_started({"tls://w:1": SimpleNamespace(name="C-0")})  # connected during the start-up wait
+
+    async def empty_queue(kind):
+        return {}
+
+    monkeypatch.setattr(supervisor, "queue_states", empty_queue)  # scancel: the job left the queue at once
+    sup._note_workers(time.monotonic())  # the first tick: its worker is gone
+    for _ in range(2):
+        asyncio.run(sup._poll_queue(time.monotonic()))
+    assert lines[-1] == "slurm: job 11 ended; submitting a replacement" and job.closed, lines
+
 # ---------------------------------------------------------------- the real SLURM
 def _wrapper(tmp_path, body: str) -> Path:
     """A directory holding an ``sbatch`` that runs ``body`` (sh) before the real sbatch ($REAL)."""
