@@ -84,6 +84,8 @@ def main(argv=None) -> int:
 
     cons.ConsensusSolver.held_out_alpha = timed("alpha_pass_a", cons.ConsensusSolver.held_out_alpha)
     DaskRunner.run_shards = timed("shard_pass", DaskRunner.run_shards)
+    if hasattr(DaskRunner, "run_shard_rounds"):
+        DaskRunner.run_shard_rounds = timed("shard_rounds", DaskRunner.run_shard_rounds)
     DaskRunner.run = timed("chunk_pass", DaskRunner.run)
     training._RunKeeper.commit = timed("commit", training._RunKeeper.commit)
     training._RunKeeper.begin = timed("begin", training._RunKeeper.begin)

@@ -173,6 +173,25 @@ def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds, sp
     return sums
 
 
+def shard_round_task(solver, kernel, params, data, run, read_slot, state, write_slot, shard, chunk_bounds, split=None,
+                     keep=True):
+    """Run one round of a shard pass (:meth:`DaskRunner.run_shard_rounds`); return (new state if ``keep``, sums).
+
+    The state is ``state`` (round r − 1's, from memory) or, if None, read from slot ``read_slot``
+    (round 0); it is written to ``write_slot`` if given (the last round), never to the slot read.
+    """
+    params = aligned(params)
+    with one_blas_thread():
+        if state is None and read_slot is not None:
+            state = _read_shard_state(run, read_slot, solver.shard_state_widths(), shard)
+        new_state, sums = getattr(solver, kernel)(_ZarrChunks(data, chunk_bounds, solver.classes, split), state,
+                                                  shard, params)
+        if write_slot is not None:
+            for name, value in new_state.items():
+                _array(run, shard_state_path(write_slot, name), "r+")[shard] = np.asarray(value, np.float64)
+    return (new_state if keep else None), sums
+
+
 # -- client side ------------------------------------------------------------------------
 def bounds(n: int, chunk_rows: int):
     """Return the (start, stop) rows of every chunk."""
@@ -310,6 +329,34 @@ class DaskRunner:
                 tasks.append(fn(shared, self.data, self.run_path, read_slot, write_slot, shard,
                                 [self.bounds[i] for i in group], self.split))
         return self.compute(tree(tasks))[0]
+
+    def run_shard_rounds(self, kernel, params, next_params, rounds, *, read=None, write=None):
+        """One graph for all rounds: round r's shard tasks take round r − 1's states (worker memory) and ``next_params``.
+
+        Only the round trips to the client are saved: every round's sums come back (the client's
+        metrics), and ``next_params`` (the consensus step) runs as a task between the rounds.
+        """
+        solver = broadcast(self.solver)
+        fn = dask.delayed(shard_round_task, pure=False, nout=2)
+        step = dask.delayed(next_params, pure=False)
+        groups = shard_groups(len(self.bounds), self.solver.config.shards)
+        read_slot = None if read is None else shard_slot(read)
+        write_slot = None if write is None else shard_slot(write)
+        places = shard_places(self.client, len(groups))
+        shared, states, out = broadcast(params), [None] * len(groups), []
+        for r in range(rounds):
+            last = r == rounds - 1
+            tasks = []
+            for shard, group in enumerate(groups):
+                with dask.annotate(**places[shard]):
+                    tasks.append(fn(solver, kernel, shared, self.data, self.run_path, read_slot if r == 0 else None,
+                                    states[shard], write_slot if last else None, shard,
+                                    [self.bounds[i] for i in group], self.split, not last))
+            out.append(tree([t[1] for t in tasks]))
+            states = [t[0] for t in tasks]
+            if not last:
+                shared = step(r + 1, out[-1])
+        return list(self.compute(*out))
 
 
 def shard_places(client, n_shards: int) -> list[dict]:

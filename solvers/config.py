@@ -204,11 +204,14 @@ class TrainConfig:
                                    "going on through its chunks in turn, until a pass is a whole epoch; 0: every "
                                    "pass a whole epoch", resumable=True, solvers=CONSENSUS, group="consensus")
     averaging: str = setting("chunk", "chunk: the shard models are averaged after every chunk of a pass that "
-                             "sweeps once over its chunks (one Dask graph per chunk of the largest shard); pass: "
-                             "once per pass", choices=AVERAGING, resumable=True, solvers=CONSENSUS, group="consensus")
+                             "sweeps once over its chunks (one round per chunk of the largest shard, all rounds "
+                             "in one Dask graph); pass: once per pass", choices=AVERAGING, resumable=True, solvers=CONSENSUS,
+                             group="consensus")
     batch_size: int = setting(200, "minibatch rows of the shards' Adam", resumable=True, solvers=CONSENSUS,
                               group="consensus")
     learning_rate: float = setting(2e-3, "Adam's step size", resumable=True, solvers=CONSENSUS, group="consensus")
+    lr_decay: float = setting(1.0, "Adam's step size is multiplied by this after every pass", resumable=True,
+                              solvers=CONSENSUS, group="consensus")
     handover_gain: float = setting(0.002, "consensus,gauss-newton: hand over to Gauss-Newton once a pass gains less "
                                    "than this in held-out (else training) score", resumable=True,
                                    solvers=(HANDOVER,), group="consensus")
@@ -268,7 +271,7 @@ class TrainConfig:
             problems.append(f"loss {self.loss!r} is for class labels; regression fits the squared loss "
                             "(loss 'squared' or 'auto')")
         for name in ("gamma", "beta", "step_size", "damping", "rho", "nu", "consensus_rho", "rho_growth",
-                     "learning_rate"):
+                     "learning_rate", "lr_decay"):
             v = getattr(self, name)
             if not (v > 0 and v < float("inf")):
                 problems.append(f"{name} must be a positive finite number, got {v!r}")

@@ -28,13 +28,17 @@ averaging: the proximal term, no dual, ``u_s = 0``). ``rho_growth`` g gives
 the schedule ``ρ_k = ρ g^{k−1}``. The Adam moments of each shard are carried
 from pass to pass (and round to round) in the per-shard state. Minibatch order is seeded by
 (seed, iteration, shard), in a round by (seed, iteration, shard, round): a run is bitwise reproducible
-whatever workers run it, and a retried task rewrites the same bytes (rounds alternate between
-iteration k's slot and a scratch slot: no task reads the slot it writes).
+whatever workers run it, and a retried task rewrites the same bytes. The rounds of a pass are one
+computation (:func:`~solvers.loop.run_shard_rounds`: in the pipeline one Dask graph, the consensus step
+between rounds a task of it, :meth:`ConsensusSolver.round_params`): round r starts from the shard states
+round r − 1 returned, held in memory; only round 0 reads stored state (iteration k − 1's slot) and only the
+last round writes it (iteration k's), so no task reads the slot it writes.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -44,7 +48,7 @@ from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.gauss_newton import GaussNewtonSolver
-from solvers.loop import SCRATCH, LoopState, run_pass_held_out, run_shard_pass, shard_groups, training_rows
+from solvers.loop import LoopState, run_pass_held_out, run_shard_pass, run_shard_rounds, shard_groups, training_rows
 from solvers.network import standardize
 from solvers.stats import StatsLayout
 from solvers.validation import select
@@ -66,6 +70,7 @@ class ShardParams:
     first_chunks: int = 0  # chunks per shard of pass 1, doubling every pass (:func:`pass_window`); 0: whole epochs
     rounds: int = 1  # averaging rounds of the pass (``averaging`` chunk): round r reads chunk r of each shard's window
     round: int = 0
+    learning_rate: float | None = None  # Adam's step size of the pass (:meth:`ConsensusSolver.lr_at`); None: ``learning_rate``
 
 
 def pass_window(k: int, n_chunks: int, first: int) -> tuple[int, int]:
@@ -141,6 +146,11 @@ class ConsensusSolver(SolverBase):
         """Return ρ_k = ρ g^{k−1} (g = ``rho_growth``)."""
         c = self.config
         return float(c.consensus_rho) * float(c.rho_growth) ** (k - 1)
+
+    def lr_at(self, k: int) -> float:
+        """Return Adam's step size of pass k: ``learning_rate · lr_decay^{k−1}``."""
+        c = self.config
+        return float(c.learning_rate) * float(c.lr_decay) ** (k - 1)
 
     def alpha(self, runner=None, weights=None, k: int = 0) -> float:
         """Return the weight decay α of pass k: ``alpha``, or for ``"auto"`` :meth:`held_out_alpha` at ``weights``.
@@ -235,30 +245,41 @@ class ConsensusSolver(SolverBase):
         local = alpha if self.decay_in_shards else 0.0
         first = self.first_chunks(runner)
         rounds = self.rounds(runner, k, first)
+        params = ShardParams(center, k, rho, scale, local, first, rounds, 0, self.lr_at(k))
+        if rounds == 1:
+            passes = [run_shard_pass(runner, self.shard_layout(), "shard_kernel", params, k, read=read, write=k)]
+        else:  # one graph: round r's shard tasks start from round r−1's θ̄ and shard states, held in memory
+            passes = run_shard_rounds(runner, self.shard_layout(), "shard_kernel", params,
+                                      partial(self.round_params, params, alpha - local), rounds, k, read=read, write=k)
         totals = {}
-        for r in range(rounds):
-            # the last round writes iteration k's slot; earlier ones alternate with the scratch slot, so
-            # no round reads the slot it writes (a retried task rewrites the same bytes)
-            write = k if (rounds - 1 - r) % 2 == 0 else SCRATCH
-            params = ShardParams(center, k, rho, scale, local, first, rounds, r)
-            sums = run_shard_pass(runner, self.shard_layout(), "shard_kernel", params, k, read=read, write=write)
-            n = float(sums["w"])
-            center = theta_bar = consensus_step(sums["v"] / n, rho, alpha - local, self._bias)
+        for sums in passes:
             for name in ("n", "loss", *self.task.score_shapes):
                 totals[name] = totals.get(name, 0) + sums[name]
-            read, scale = write, (1.0 if self.config.consensus == "admm" else 0.0)  # the next round: u_s of this one
+        n = float(sums["w"])
+        theta_bar = consensus_step(sums["v"] / n, rho, alpha - local, self._bias)
         # primal residual Σ w_s‖θ_s − θ̄‖² from the sums, relative to ‖θ̄‖²
         spread = sums["theta_sq"] / n - 2.0 * float(theta_bar @ sums["theta"]) / n + float(theta_bar @ theta_bar)
         residual = float(np.sqrt(max(spread, 0.0) / max(float(theta_bar @ theta_bar), 1e-300)))
         score = f"train_{self.task.score_name}"
         metrics = {score: float(self.task.score({**sums, **totals})), "loss": float(totals["loss"]) / float(totals["n"]),
-                   "residual": residual, "rho": rho, "alpha": alpha, "rounds": rounds}
+                   "residual": residual, "rho": rho, "alpha": alpha, "rounds": rounds,
+                   "learning_rate": params.learning_rate}
         carry = {"rho": np.float64(rho)}
         return LoopState(k, self.flat.to_weights(theta_bar), carry), metrics
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
         """Return ``state``: a changed ρ rescales the duals in the next shard pass (the carry holds the last ρ)."""
         return state
+
+    def round_params(self, params: ShardParams, alpha: float, r: int, sums) -> ShardParams:
+        """Return round r's parameters: θ̄ of round r−1's packed shard sums (the consensus step), u_s of that round.
+
+        Runs where the runner puts it (a task of the pass's graph in the pipeline): the same function
+        on the same sums as the client's step after the last round, so both runners give the same bytes.
+        """
+        s = self.shard_layout().unpack(sums)
+        center = consensus_step(s["v"] / float(s["w"]), params.rho, alpha, self._bias)
+        return replace(params, center=center, round=r, dual_scale=1.0 if self.config.consensus == "admm" else 0.0)
 
     def first_chunks(self, runner) -> int:
         """Return the chunks per shard of pass 1: ``first_pass_rows`` over the shards, in whole chunks (0: whole epochs)."""
@@ -308,6 +329,7 @@ class ConsensusSolver(SolverBase):
         grad, prox = np.empty(P, dt), np.empty(P, dt)
         n, loss, parts = 0, 0.0, {}
         B = int(c.batch_size)
+        lr = c.learning_rate if p.learning_rate is None else p.learning_rate
         start, count = pass_window(p.iteration, len(chunks), p.first_chunks)
         if p.rounds > 1:  # round r of a one-sweep pass: the window's chunk r (none: this shard's window is shorter)
             rng = np.random.default_rng([c.seed, p.iteration, shard, p.round])
@@ -339,7 +361,7 @@ class ConsensusSolver(SolverBase):
                             loss += batch_loss
                             for name, value in self.task.score_parts(s, y[rows]).items():
                                 parts[name] = parts.get(name, 0) + value
-                        adam.step(theta, grad, c.learning_rate)
+                        adam.step(theta, grad, lr)
         theta64 = theta.astype(np.float64)
         v = theta64 + u
         new_state = {"v": v, "m": adam.m.astype(np.float64), "s": adam.v.astype(np.float64),

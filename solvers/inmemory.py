@@ -45,20 +45,45 @@ class InMemoryRunner:
             total = add_sums(total, sums)
         return (total, held) if held_out else total
 
+    def _chunks(self, group):
+        """Return the training rows of the chunks of one shard."""
+        rows = [select(self.split, self.bounds[i][0], self.bounds[i][1], "train") for i in group]
+        xs = [self.x[i] if r is None else self.x[i][r] for i, r in zip(group, rows)]
+        ys = [self.y[i] if r is None else self.y[i][r] for i, r in zip(group, rows)]
+        return _Chunks(xs, ys)
+
     def run_shards(self, kernel, params, *, read=None, write=None):
         fn = getattr(self.solver, kernel)
         groups = shard_groups(len(self.bounds), self.solver.config.shards)
         total = 0.0
         for shard, group in enumerate(groups):
             state = None if read is None else dict(self.shard_slots[shard_slot(read)][shard])
-            rows = [select(self.split, self.bounds[i][0], self.bounds[i][1], "train") for i in group]
-            xs = [self.x[i] if r is None else self.x[i][r] for i, r in zip(group, rows)]
-            ys = [self.y[i] if r is None else self.y[i][r] for i, r in zip(group, rows)]
-            new, sums = fn(_Chunks(xs, ys), state, shard, params)
+            new, sums = fn(self._chunks(group), state, shard, params)
             if write is not None:
                 self.shard_slots.setdefault(shard_slot(write), [{} for _ in groups])[shard] = dict(new)
             total = total + sums
         return total
+
+    def run_shard_rounds(self, kernel, params, next_params, rounds, *, read=None, write=None):
+        fn = getattr(self.solver, kernel)
+        groups = shard_groups(len(self.bounds), self.solver.config.shards)
+        states, out = None, []
+        for r in range(rounds):
+            total, kept = 0.0, []
+            for shard, group in enumerate(groups):
+                if r:
+                    state = states[shard]
+                else:
+                    state = None if read is None else dict(self.shard_slots[shard_slot(read)][shard])
+                new, sums = fn(self._chunks(group), state, shard, params)
+                if r == rounds - 1 and write is not None:
+                    self.shard_slots.setdefault(shard_slot(write), [{} for _ in groups])[shard] = dict(new)
+                kept.append(dict(new))
+                total = total + sums
+            out.append(total)
+            if r < rounds - 1:
+                params, states = next_params(r + 1, total), kept
+        return out
 
     def state_of(self, iteration: int) -> dict:
         """Return the whole state of ``iteration`` (arrays concatenated over chunks; zeros in held-out rows)."""

@@ -56,6 +56,17 @@ class PassRunner(Protocol):
         (:func:`shard_slot`); a pass never reads and writes the same slot.
         """
 
+    def run_shard_rounds(self, kernel: str, params, next_params, rounds: int, *, read: int | None = None,
+                         write: int | None = None) -> list:
+        """Run ``rounds`` rounds of :meth:`run_shards` as one computation; return each round's summed stats.
+
+        Round 0 runs with ``params`` and reads the per-shard state of iteration
+        ``read``; round r > 0 runs with ``next_params(r, sums of round r − 1)`` from
+        the shard states round r − 1 returned, held in memory (not stored); the
+        last round's states are stored as iteration ``write``'s. Nothing else is
+        written, so a retried task (recomputed from its inputs) gives the same bytes.
+        """
+
 
 SCRATCH = "scratch"  # run_shards' read/write: the third per-shard slot, for the rounds inside one iteration
 
@@ -180,6 +191,13 @@ def run_shard_pass(runner: PassRunner, layout, kernel: str, params, iteration: i
     hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
     return check_finite(layout.unpack(runner.run_shards(kernel, params, **slots)), iteration, hint)
 
+
+def run_shard_rounds(runner: PassRunner, layout, kernel: str, params, next_params, rounds: int, iteration: int,
+                     **slots) -> list[dict]:
+    """Run the rounds of :meth:`PassRunner.run_shard_rounds`; return each round's sums, unpacked and checked to be finite."""
+    hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
+    return [check_finite(layout.unpack(sums), iteration, hint)
+            for sums in runner.run_shard_rounds(kernel, params, next_params, rounds, **slots)]
 
 def shard_groups(n_chunks: int, n_shards: int) -> list[list[int]]:
     """Return the chunk indices of each shard: ``n_shards`` groups of consecutive chunks, sizes differing by ≤ 1."""

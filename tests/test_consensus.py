@@ -144,34 +144,112 @@ def test_chunk_averaging_with_one_shard_is_plain_adam_over_the_chunks_in_turn():
     assert not np.allclose(once.loop_state.weights[0], fit.loop_state.weights[0])  # another row order
 
 
-def test_averaging_rounds_never_read_the_slot_they_write_and_end_in_the_iterations_slot():
-    """Each round of a pass reads the last round's slot and writes another; the last writes iteration k's."""
+def test_averaging_rounds_are_one_computation_reading_iteration_k_minus_1_and_writing_k():
+    """A pass of R > 1 rounds is one ``run_shard_rounds``: round 0 reads k−1's slot, the last writes k's, none between.
+
+    Round r's parameters are ``round_params`` of round r−1's sums: θ̄ by the consensus step, the scaled dual on.
+    """
     from solvers.inmemory import InMemoryRunner
-    from solvers.loop import SCRATCH, shard_slot
 
     calls = []
-    real = InMemoryRunner.run_shards
+    real_one, real_rounds = InMemoryRunner.run_shards, InMemoryRunner.run_shard_rounds
 
-    def recording(self, kernel, params, *, read=None, write=None):
-        calls.append((params.iteration, params.round, params.rounds, read, write))
-        return real(self, kernel, params, read=read, write=write)
+    def one(self, kernel, params, *, read=None, write=None):
+        calls.append((params.iteration, 1, read, write))
+        return real_one(self, kernel, params, read=read, write=write)
+
+    def rounds(self, kernel, params, next_params, n, *, read=None, write=None):
+        calls.append((params.iteration, n, read, write))
+        seen = []
+
+        def step(r, sums):
+            p = next_params(r, sums)
+            seen.append(p)
+            return p
+        out = real_rounds(self, kernel, params, step, n, read=read, write=write)
+        assert [p.round for p in seen] == list(range(1, n)) and all(p.dual_scale == 1.0 for p in seen)
+        for p, sums in zip(seen, out):  # round r starts from θ̄ of round r−1's sums
+            got = self.solver.shard_layout().unpack(sums)
+            want = consensus_step(got["v"] / got["w"], p.rho, 0.0, self.solver._bias)
+            np.testing.assert_array_equal(p.center, want)
+        return out
 
     X, y = make_data(n=2400)
     cfg = TrainConfig(solver="consensus", hidden=(6,), iterations=3, shards=2, seed=1, validation_fraction=0,
                       local_epochs=1, first_pass_rows=400, alpha=0.0)  # windows of 1, 2, 4 chunks of each shard
     import unittest.mock
 
-    with unittest.mock.patch.object(InMemoryRunner, "run_shards", recording):
+    with unittest.mock.patch.object(InMemoryRunner, "run_shards", one), \
+            unittest.mock.patch.object(InMemoryRunner, "run_shard_rounds", rounds):
         fit = fit_in_memory(X, y, cfg, chunk_rows=200)
     assert [h["rounds"] for h in fit.history] == [1, 2, 4]
-    assert [(k, r) for k, r, *_ in calls] == [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (3, 3)]
-    for i, (k, r, rounds, read, write) in enumerate(calls):
-        assert read is None or shard_slot(read) != shard_slot(write)
-        assert r == 0 or read in (k, SCRATCH)  # only round 0 reads iteration k−1's (committed) slot
-        if r == rounds - 1:
-            assert write == k
-        if r:
-            assert read == calls[i - 1][4]
+    assert calls == [(1, 1, None, 1), (2, 2, 1, 2), (3, 4, 2, 3)]
+
+
+def test_pipeline_rounds_are_one_graph_and_store_only_the_last_rounds_state(client, tmp_path):
+    """DaskRunner.run_shard_rounds: one compute for all rounds, the same sums as the in-memory runner, and only
+    the write slot is written (a retried task of any round finds its inputs unchanged)."""
+    import zarr
+
+    from pipeline.passes import DaskRunner
+    from solvers.inmemory import InMemoryRunner
+    from storage.data import write_data
+    from storage.runstore import RunStore, shard_state_path
+
+    X, y = make_data(n=800)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=100)
+    cfg = TrainConfig(solver="consensus", hidden=(5,), shards=2, consensus_rho=0.1, local_epochs=1,
+                      first_pass_rows=0, validation_fraction=0)
+    s = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(2))
+    run = RunStore.create(tmp_path / "r.zarr", config=cfg.to_dict(), data={}, state_widths={}, n_samples=800,
+                          chunk_rows=100, classes=np.arange(2), x_mean=s.x_mean, x_scale=s.x_scale,
+                          shard_widths=s.shard_state_widths(), n_shards=2)
+    from functools import partial
+
+    from solvers.tiling import chunk_bounds
+
+    bounds = chunk_bounds(800, 100)
+    params = ShardParams(s.flat.from_weights(s.he_weights(s.L)), 1, 0.1, 0.0, 0.0, 0, 4, 0)
+    step = partial(s.round_params, params, 0.0)
+    ref_runner = InMemoryRunner(s, X, np.asarray(y), bounds=bounds)
+    ref = ref_runner.run_shard_rounds("shard_kernel", params, step, 4, write=1)
+    runner = DaskRunner(client, s, tmp_path / "d.zarr", run.path, bounds)
+    computes = []
+    real = runner.compute
+    runner.compute = lambda *values: computes.append(len(values)) or real(*values)
+    got = runner.run_shard_rounds("shard_kernel", params, step, 4, write=1)
+    assert computes == [4]  # one graph, four rounds' sums
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for name in s.shard_state_widths():
+        stored = zarr.open_array(store=str(run.path), path=shard_state_path(1, name))[...]
+        np.testing.assert_allclose(stored, [np.ravel(ref_runner.shard_slots[1][sh][name]) for sh in range(2)], rtol=1e-12)
+        for slot in (0, 2):  # the other slots: never written (fill value)
+            path = shard_state_path(slot, name)
+            if path in zarr.open_group(str(run.path), mode="r"):
+                assert np.isnan(zarr.open_array(store=str(run.path), path=path)[...]).all()
+
+
+def test_lr_decay_multiplies_adams_step_size_after_every_pass():
+    """Pass k's shard step is Adam with ``learning_rate · lr_decay^{k−1}``; the history records it."""
+    X, y = make_data(n=600)
+    cfg = dict(solver="consensus", hidden=(5,), shards=2, consensus_rho=0.01, local_epochs=1, alpha=0.0,
+               validation_fraction=0, seed=3)
+    decayed = make_solver(TrainConfig(**cfg, learning_rate=4e-3, lr_decay=0.5), X.shape[1], x_mean=X.mean(0),
+                          x_scale=X.std(0), classes=np.arange(2))
+    plain = make_solver(TrainConfig(**cfg, learning_rate=1e-3), X.shape[1], x_mean=X.mean(0), x_scale=X.std(0),
+                        classes=np.arange(2))
+    assert [decayed.lr_at(k) for k in (1, 2, 3)] == [4e-3, 2e-3, 1e-3]
+    from solvers.inmemory import _Chunks
+
+    chunks = _Chunks([X[:300]], [y[:300]])
+    center = decayed.flat.from_weights(decayed.he_weights(decayed.L))
+    got = decayed.shard_kernel(chunks, None, 0, ShardParams(center, 3, 0.01, 0.0, learning_rate=decayed.lr_at(3)))
+    want = plain.shard_kernel(chunks, None, 0, ShardParams(center, 3, 0.01, 0.0))
+    np.testing.assert_array_equal(got[1], want[1])
+    fit = fit_in_memory(X, y, TrainConfig(**{**cfg, "iterations": 3}, learning_rate=4e-3, lr_decay=0.5),
+                        chunk_rows=150)
+    assert [h["learning_rate"] for h in fit.history] == [4e-3, 2e-3, 1e-3]
 
 
 def test_averaging_rounds_keep_the_weighted_mean_of_the_duals_zero():

@@ -17,7 +17,8 @@ OTHER = {"hidden": (7, 5), "activation": "sigmoid", "task": "regression", "loss"
          "solver": "admm", "step_size": 0.25, "damping": 2.0, "rho": 1.5, "nu": 50.0, "scaling": "global",
          "validation_fraction": 0.25, "patience": 9, "layers": "conv:2x3x3,dense:4", "input_shape": (6, 6, 1),
          "cg_steps": 2, "shards": 3, "consensus": "elastic", "consensus_rho": 0.5, "rho_growth": 1.5,
-         "local_epochs": 2, "first_pass_rows": 5000, "averaging": "pass", "batch_size": 64, "learning_rate": 0.01, "handover_gain": 0.01,
+         "local_epochs": 2, "first_pass_rows": 5000, "averaging": "pass", "batch_size": 64, "learning_rate": 0.01,
+         "lr_decay": 0.5, "handover_gain": 0.01,
          "sample_schedule": "full", "sample_start": 1000}
 
 
@@ -56,7 +57,7 @@ def test_help_shows_each_default_and_the_resumable_flags():
 def test_resumable_set_includes_every_solver_step_setting():
     assert {"patience", "step_size", "damping", "rho", "nu", "gamma", "beta", "warm_start", "ridge", "alpha",
             "iterations", "consensus", "consensus_rho", "rho_growth", "local_epochs", "first_pass_rows", "averaging", "batch_size",
-            "learning_rate", "handover_gain"} == set(RESUMABLE)
+            "learning_rate", "lr_decay", "handover_gain"} == set(RESUMABLE)
 
 
 def test_readme_lists_the_resumable_flags():
