@@ -192,6 +192,12 @@ def shard_round_task(solver, kernel, params, data, run, read_slot, state, write_
     return (new_state if keep else None), sums
 
 
+def _score_shard(data, chunk_bounds, network, split):
+    """Return the summed :func:`_score_chunk` of the network over the held-out rows of a shard's chunks."""
+    with one_blas_thread():
+        return np.sum([_score_chunk(data, a, b, network, split) for a, b in chunk_bounds], axis=0)
+
+
 # -- client side ------------------------------------------------------------------------
 def bounds(n: int, chunk_rows: int):
     """Return the (start, stop) rows of every chunk."""
@@ -330,7 +336,7 @@ class DaskRunner:
                                 [self.bounds[i] for i in group], self.split))
         return self.compute(tree(tasks))[0]
 
-    def run_shard_rounds(self, kernel, params, next_params, rounds, *, read=None, write=None):
+    def run_shard_rounds(self, kernel, params, next_params, rounds, *, read=None, write=None, score=None):
         """One graph for all rounds: round r's shard tasks take round r − 1's states (worker memory) and ``next_params``.
 
         Only the round trips to the client are saved: every round's sums come back (the client's
@@ -356,7 +362,15 @@ class DaskRunner:
             states = [t[0] for t in tasks]
             if not last:
                 shared = step(r + 1, out[-1])
-        return list(self.compute(*out))
+        if score is None:
+            return list(self.compute(*out))
+        network, held = dask.delayed(score, pure=False)(out[-1]), []
+        for shard, group in enumerate(groups):  # the held-out rows of the shard's chunks, on its worker (cached)
+            with dask.annotate(**places[shard]):
+                held.append(dask.delayed(_score_shard, pure=False)(self.data, [self.bounds[i] for i in group],
+                                                                   network, self.split))
+        *sums, held = self.compute(*out, tree(held))
+        return sums, held
 
 
 def shard_places(client, n_shards: int) -> list[dict]:

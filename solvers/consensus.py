@@ -48,10 +48,11 @@ from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from solvers.gauss_newton import GaussNewtonSolver
-from solvers.loop import LoopState, run_pass_held_out, run_shard_pass, run_shard_rounds, shard_groups, training_rows
-from solvers.network import standardize
+from solvers.loop import LoopState, run_pass_held_out, run_shard_rounds, shard_groups, training_rows
+from solvers.network import Network, standardize
 from solvers.stats import StatsLayout
-from solvers.validation import select
+from solvers.tasks import score_from_sums
+from solvers.validation import RowSplit, select
 
 AUTO_STEPS = 100  # local_epochs 0: at least this many minibatch steps per shard and pass (small data)
 ALPHA_SAMPLE_ROWS = 8192  # alpha auto: pass A reads a seeded sample of whole training chunks of at least this many rows
@@ -246,11 +247,15 @@ class ConsensusSolver(SolverBase):
         first = self.first_chunks(runner)
         rounds = self.rounds(runner, k, first)
         params = ShardParams(center, k, rho, scale, local, first, rounds, 0, self.lr_at(k))
-        if rounds == 1:
-            passes = [run_shard_pass(runner, self.shard_layout(), "shard_kernel", params, k, read=read, write=k)]
-        else:  # one graph: round r's shard tasks start from round r−1's θ̄ and shard states, held in memory
-            passes = run_shard_rounds(runner, self.shard_layout(), "shard_kernel", params,
-                                      partial(self.round_params, params, alpha - local), rounds, k, read=read, write=k)
+        # one computation: round r's shard tasks start from round r−1's θ̄ and shard states (held in memory), and
+        # with rows held out of every chunk (classification) the same graph scores the pass's θ̄ on them
+        score = None
+        if isinstance(getattr(runner, "split", None), RowSplit) and self.config.task != "regression":
+            score = partial(self.network_of_sums, params, alpha - local)
+        out = run_shard_rounds(runner, self.shard_layout(), "shard_kernel", params,
+                               partial(self.round_params, params, alpha - local), rounds, k, read=read, write=k,
+                               score=score)
+        passes, held = out if score is not None else (out, None)
         totals = {}
         for sums in passes:
             for name in ("n", "loss", *self.task.score_shapes):
@@ -264,6 +269,8 @@ class ConsensusSolver(SolverBase):
         metrics = {score: float(self.task.score({**sums, **totals})), "loss": float(totals["loss"]) / float(totals["n"]),
                    "residual": residual, "rho": rho, "alpha": alpha, "rounds": rounds,
                    "learning_rate": params.learning_rate}
+        if held is not None:  # the driver then skips its own held-out scoring (the same rows, the same network)
+            metrics[f"validation_{self.task.score_name}"] = score_from_sums(held)
         carry = {"rho": np.float64(rho)}
         return LoopState(k, self.flat.to_weights(theta_bar), carry), metrics
 
@@ -280,6 +287,17 @@ class ConsensusSolver(SolverBase):
         s = self.shard_layout().unpack(sums)
         center = consensus_step(s["v"] / float(s["w"]), params.rho, alpha, self._bias)
         return replace(params, center=center, round=r, dual_scale=1.0 if self.config.consensus == "admm" else 0.0)
+
+    def network_of_sums(self, params: ShardParams, alpha: float, sums):
+        """Return the network of θ̄ from the last round's packed shard sums (its held-out score is taken in the pass).
+
+        θ̄ is :meth:`round_params`' consensus step, the one the client takes; the link is the consensus
+        solver's (a hand-over's consensus phase too).
+        """
+        center = self.round_params(params, alpha, params.round, sums).center
+        link = replace(self.config, solver=ConsensusSolver.name).output_link()
+        return Network(self.flat.to_weights(center), self.config.activation, self.classes, self.x_mean, self.x_scale,
+                       self.dtype.type, self.task.y_mean, self.task.y_scale, self.layers, link)
 
     def first_chunks(self, runner) -> int:
         """Return the chunks per shard of pass 1: ``first_pass_rows`` over the shards, in whole chunks (0: whole epochs)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from solvers.loop import add_sums, chunk_kernel, shard_groups, shard_slot
+from solvers.tasks import score_sums
 from solvers.tiling import chunk_bounds
 from solvers.validation import select
 
@@ -64,7 +65,7 @@ class InMemoryRunner:
             total = total + sums
         return total
 
-    def run_shard_rounds(self, kernel, params, next_params, rounds, *, read=None, write=None):
+    def run_shard_rounds(self, kernel, params, next_params, rounds, *, read=None, write=None, score=None):
         fn = getattr(self.solver, kernel)
         groups = shard_groups(len(self.bounds), self.solver.config.shards)
         states, out = None, []
@@ -83,7 +84,14 @@ class InMemoryRunner:
             out.append(total)
             if r < rounds - 1:
                 params, states = next_params(r + 1, total), kept
-        return out
+        if score is None:
+            return out
+        network, held = score(out[-1]), 0.0
+        for group in groups:
+            for i in group:
+                rows = select(self.split, self.bounds[i][0], self.bounds[i][1], "held")
+                held = held + score_sums(network.predict(self.x[i][rows]), self.solver.classes[self.y[i][rows]])
+        return out, held
 
     def state_of(self, iteration: int) -> dict:
         """Return the whole state of ``iteration`` (arrays concatenated over chunks; zeros in held-out rows)."""

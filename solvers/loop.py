@@ -57,7 +57,7 @@ class PassRunner(Protocol):
         """
 
     def run_shard_rounds(self, kernel: str, params, next_params, rounds: int, *, read: int | None = None,
-                         write: int | None = None) -> list:
+                         write: int | None = None, score=None):
         """Run ``rounds`` rounds of :meth:`run_shards` as one computation; return each round's summed stats.
 
         Round 0 runs with ``params`` and reads the per-shard state of iteration
@@ -65,6 +65,9 @@ class PassRunner(Protocol):
         the shard states round r − 1 returned, held in memory (not stored); the
         last round's states are stored as iteration ``write``'s. Nothing else is
         written, so a retried task (recomputed from its inputs) gives the same bytes.
+        With ``score`` (classification, rows held out of every chunk) the same computation
+        also scores ``score(sums of the last round)``, a network, on the held-out rows of every
+        shard's chunks, and the result is the pair (the list, summed :func:`solvers.tasks.score_sums`).
         """
 
 
@@ -194,10 +197,15 @@ def run_shard_pass(runner: PassRunner, layout, kernel: str, params, iteration: i
 
 def run_shard_rounds(runner: PassRunner, layout, kernel: str, params, next_params, rounds: int, iteration: int,
                      **slots) -> list[dict]:
-    """Run the rounds of :meth:`PassRunner.run_shard_rounds`; return each round's sums, unpacked and checked to be finite."""
+    """Run the rounds of :meth:`PassRunner.run_shard_rounds`; return each round's sums, unpacked and checked to be finite.
+
+    With ``score=`` the pair (those, the held-out score sums).
+    """
     hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
-    return [check_finite(layout.unpack(sums), iteration, hint)
-            for sums in runner.run_shard_rounds(kernel, params, next_params, rounds, **slots)]
+    out = runner.run_shard_rounds(kernel, params, next_params, rounds, **slots)
+    passes, held = out if slots.get("score") is not None else (out, None)
+    passes = [check_finite(layout.unpack(sums), iteration, hint) for sums in passes]
+    return passes if slots.get("score") is None else (passes, held)
 
 def shard_groups(n_chunks: int, n_shards: int) -> list[list[int]]:
     """Return the chunk indices of each shard: ``n_shards`` groups of consecutive chunks, sizes differing by ≤ 1."""

@@ -56,9 +56,9 @@ def test_advance_takes_the_consensus_step_from_the_shard_sums():
     class FixedRunner:
         solver = s
 
-        def run_shards(self, kernel, params, **slots):
-            return s.shard_layout().pack({"n": 10.0, "loss": 1.0, "correct": 5, "w": 10.0, "v": 10.0 * v, "theta": 10.0 * v,
-                                          "theta_sq": 10.0 * float(v @ v)})
+        def run_shard_rounds(self, kernel, params, next_params, rounds, **slots):
+            return [s.shard_layout().pack({"n": 10.0, "loss": 1.0, "correct": 5, "w": 10.0, "v": 10.0 * v,
+                                           "theta": 10.0 * v, "theta_sq": 10.0 * float(v @ v)})] * rounds
 
     state, metrics = s.advance(FixedRunner(), LoopState(0, s.he_weights(s.L), {}))
     np.testing.assert_allclose(s.flat.from_weights(state.weights), consensus_step(v, 0.5, 0.0, s._bias))
@@ -145,20 +145,16 @@ def test_chunk_averaging_with_one_shard_is_plain_adam_over_the_chunks_in_turn():
 
 
 def test_averaging_rounds_are_one_computation_reading_iteration_k_minus_1_and_writing_k():
-    """A pass of R > 1 rounds is one ``run_shard_rounds``: round 0 reads k−1's slot, the last writes k's, none between.
+    """A pass of R rounds is one ``run_shard_rounds``: round 0 reads k−1's slot, the last writes k's, none between.
 
     Round r's parameters are ``round_params`` of round r−1's sums: θ̄ by the consensus step, the scaled dual on.
     """
     from solvers.inmemory import InMemoryRunner
 
     calls = []
-    real_one, real_rounds = InMemoryRunner.run_shards, InMemoryRunner.run_shard_rounds
+    real_rounds = InMemoryRunner.run_shard_rounds
 
-    def one(self, kernel, params, *, read=None, write=None):
-        calls.append((params.iteration, 1, read, write))
-        return real_one(self, kernel, params, read=read, write=write)
-
-    def rounds(self, kernel, params, next_params, n, *, read=None, write=None):
+    def rounds(self, kernel, params, next_params, n, *, read=None, write=None, score=None):
         calls.append((params.iteration, n, read, write))
         seen = []
 
@@ -179,8 +175,7 @@ def test_averaging_rounds_are_one_computation_reading_iteration_k_minus_1_and_wr
                       local_epochs=1, first_pass_rows=400, alpha=0.0)  # windows of 1, 2, 4 chunks of each shard
     import unittest.mock
 
-    with unittest.mock.patch.object(InMemoryRunner, "run_shards", one), \
-            unittest.mock.patch.object(InMemoryRunner, "run_shard_rounds", rounds):
+    with unittest.mock.patch.object(InMemoryRunner, "run_shard_rounds", rounds):
         fit = fit_in_memory(X, y, cfg, chunk_rows=200)
     assert [h["rounds"] for h in fit.history] == [1, 2, 4]
     assert calls == [(1, 1, None, 1), (2, 2, 1, 2), (3, 4, 2, 3)]
@@ -228,6 +223,38 @@ def test_pipeline_rounds_are_one_graph_and_store_only_the_last_rounds_state(clie
             path = shard_state_path(slot, name)
             if path in zarr.open_group(str(run.path), mode="r"):
                 assert np.isnan(zarr.open_array(store=str(run.path), path=path)[...]).all()
+
+
+def test_the_pass_scores_its_model_on_the_held_out_rows_in_the_same_computation():
+    """With rows held out of every chunk, the shard pass returns θ̄'s held-out accuracy: the driver's scoring is skipped."""
+    import unittest.mock
+
+    from solvers.inmemory import InMemoryRunner
+    from solvers.validation import make_split
+
+    X, y = make_data(n=1200, n_classes=3)
+    cfg = TrainConfig(solver="consensus", hidden=(6,), shards=2, seed=5, local_epochs=1, first_pass_rows=0,
+                      alpha=0.0, validation_fraction=0.25)
+    s = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(3))
+    split = make_split(0.25, 5, 1200)
+    runner = InMemoryRunner(s, X, y, chunk_rows=200, split=split)
+    state = s.initialize(runner)
+    held = split.mask(0, 1200)
+    for _ in range(2):
+        state, metrics = s.advance(runner, state)
+        assert metrics["rounds"] == 3
+        assert metrics["validation_accuracy"] == s.network(state.weights).score(X[held], y[held])
+    # the in-memory trainer then scores the test rows only: the validation score is the pass's
+    calls = []
+    real = ConsensusSolver.network_of_sums
+
+    def counting(self, *a):
+        calls.append(1)
+        return real(self, *a)
+
+    with unittest.mock.patch.object(ConsensusSolver, "network_of_sums", counting):
+        fit = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 2}), chunk_rows=200)
+    assert len(calls) == 2 and all("validation_accuracy" in h for h in fit.history)
 
 
 def test_lr_decay_multiplies_adams_step_size_after_every_pass():
@@ -519,6 +546,8 @@ def test_pipeline_consensus_matches_reference_and_resumes_bitwise(client, tmp_pa
     ref = fit_in_memory(X, y, cfg, chunk_rows=300)
     assert result.store.attrs["n_shards"] == 2
     assert [h["rounds"] for h in result.history] == [h["rounds"] for h in ref.history] and ref.history[-1]["rounds"] > 1
+    # the held-out accuracy the pass graph took (rows of every chunk) is the in-memory one
+    assert [h["validation_accuracy"] for h in result.history] == [h["validation_accuracy"] for h in ref.history]
     for W, W_ref in zip(result.network.weights, ref.network.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-6, atol=1e-7)
     # the stored model gives the softmax of its logits, as the in-memory one (pipeline.evaluate's log-loss uses it)
@@ -563,7 +592,7 @@ def test_shard_tasks_run_side_by_side_each_on_its_own_worker(client, tmp_path):
     cfg = TrainConfig(solver="consensus", hidden=(5,), iterations=3, shards=4, alpha=0.0, validation_fraction=0.0)
     with get_task_stream(client) as ts:
         train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=200, report=quiet)
-    ran = [t["worker"] for t in ts.data if "shard_task" in str(t["key"])]
+    ran = [t["worker"] for t in ts.data if "shard_round_task" in str(t["key"])]
     assert len(ran) == 3 * 4
     workers = sorted(client.nthreads())
     assert ran.count(workers[0]) == ran.count(workers[1]) == 6
