@@ -72,6 +72,7 @@ class ShardParams:
     rounds: int = 1  # averaging rounds of the pass (``averaging`` chunk): round r reads chunk r of each shard's window
     round: int = 0
     learning_rate: float | None = None  # Adam's step size of the pass (:meth:`ConsensusSolver.lr_at`); None: ``learning_rate``
+    first_rows: int = 0  # pass 1 over one chunk per shard: the rows of it each shard reads (:meth:`ConsensusSolver.first_rows`)
 
 
 def pass_window(k: int, n_chunks: int, first: int) -> tuple[int, int]:
@@ -246,7 +247,7 @@ class ConsensusSolver(SolverBase):
         local = alpha if self.decay_in_shards else 0.0
         first = self.first_chunks(runner)
         rounds = self.rounds(runner, k, first)
-        params = ShardParams(center, k, rho, scale, local, first, rounds, 0, self.lr_at(k))
+        params = ShardParams(center, k, rho, scale, local, first, rounds, 0, self.lr_at(k), self.first_rows(k, first))
         # one computation: round r's shard tasks start from round r−1's θ̄ and shard states (held in memory), and
         # with rows held out of every chunk (classification) the same graph scores the pass's θ̄ on them
         score = None
@@ -307,6 +308,18 @@ class ConsensusSolver(SolverBase):
         mean = sum(b - a for a, b in bounds) / len(bounds)
         return max(1, math.ceil(rows / (mean * max(1, int(self.config.shards)))))
 
+    def first_rows(self, k: int, first: int) -> int:
+        """Return the rows each shard's pass 1 reads when its window is one chunk: ``first_pass_rows`` over the shards (0: all).
+
+        The first rows of the chunk's seeded minibatch order (a seeded subset); a chunk with no more
+        rows than that is read whole. Large chunks (HIGGS-shaped 1M: ~125,000 rows) would otherwise make
+        pass 1 read far more than ``first_pass_rows`` (in memory, one pass over 98,304 rows: held-out
+        accuracy 0.7639; 235,000 rows, the whole first chunks: 0.7716 at 2.4 times the Adam steps).
+        """
+        if k != 1 or first != 1 or not self.config.first_pass_rows:
+            return 0
+        return -(-int(self.config.first_pass_rows) // max(1, int(self.config.shards)))
+
     def rounds(self, runner, k: int, first: int) -> int:
         """Return the averaging rounds of pass k: with ``averaging`` chunk, one per chunk of the largest shard's window.
 
@@ -362,6 +375,8 @@ class ConsensusSolver(SolverBase):
                 for j in sweep:
                     x_raw, y = chunks.read((start + j) % len(chunks))
                     order = rng.permutation(len(y))
+                    if p.first_rows:  # pass 1 over one chunk: a seeded subset of its rows
+                        order = order[:p.first_rows]
                     for b0 in range(0, len(order), B):
                         rows = order[b0:b0 + B]
                         x = standardize(x_raw[rows], self.x_mean, self.x_scale, dt)

@@ -257,6 +257,26 @@ def test_the_pass_scores_its_model_on_the_held_out_rows_in_the_same_computation(
     assert len(calls) == 2 and all("validation_accuracy" in h for h in fit.history)
 
 
+def test_a_first_pass_over_one_chunk_reads_a_seeded_part_of_it():
+    """Pass 1 whose window is one chunk per shard reads first_pass_rows / shards of its rows: the first of its seeded order."""
+    X, y = make_data(n=900, n_classes=2)
+    cfg = TrainConfig(solver="consensus", hidden=(6,), iterations=1, shards=1, consensus_rho=1e-12, batch_size=32,
+                      learning_rate=3e-3, seed=4, validation_fraction=0, local_epochs=1, alpha=0.0, first_pass_rows=120)
+    fit = fit_in_memory(X, y, cfg, chunk_rows=300)
+    s = fit.solver
+    assert s.first_rows(1, 1) == 120 and s.first_rows(2, 2) == 0 and s.first_rows(1, 2) == 0
+    assert fit.history[0]["rounds"] == 1
+    Xs = ((X - s.x_mean) / s.x_scale).astype(np.float32)
+    t = s.task.targets(np.searchsorted(s.classes, y), np.float32)
+    order = np.random.default_rng([4, 1, 0]).permutation(300)[:120]
+    want = literal_adam_pass(Xs, t, s.he_weights(s.L), s.act, s.loss_kind, 4, 3e-3, 32, order=order)
+    for W, W_ref in zip(fit.loop_state.weights, want):
+        np.testing.assert_allclose(W, W_ref, rtol=2e-4, atol=2e-5)
+    two = make_solver(TrainConfig(**{**cfg.to_dict(), "shards": 2}), X.shape[1], x_mean=s.x_mean, x_scale=s.x_scale,
+                      classes=s.classes)
+    assert two.first_rows(1, 1) == 60  # over the shards
+
+
 def test_lr_decay_multiplies_adams_step_size_after_every_pass():
     """Pass k's shard step is Adam with ``learning_rate · lr_decay^{k−1}``; the history records it."""
     X, y = make_data(n=600)
