@@ -637,7 +637,7 @@ def markdown(res: dict) -> str:
            f"({s['iterations']} iterations, TrainConfig defaults{', overrides ' + json.dumps(s['overrides']) if s['overrides'] else ''}); "
            f"peers: at most {s['epochs']} epochs, minibatches of {s['batch_size']}; time budget "
            f"{s['time_budget']:g} s per method; {s['threads']} threads in this process, pipeline on "
-           f"{s['workers']} {'worker threads' if s.get('local_processes') is False else 'single-threaded worker processes'}.", ""]
+           f"{_local_mode_text(s)}.", ""]
     if d.get("bayes_accuracy_test"):
         out += [f"Bayes accuracy of the test rows E[max(p, 1−p)] = {d['bayes_accuracy_test']:.4f}; "
                 f"target = Bayes − 0.02 unless --target.", ""]
@@ -653,6 +653,30 @@ def markdown(res: dict) -> str:
     name = s.get("name") or f"compare_{s['task']}"
     out += ["", f"Plot: `{name}.png`; every point: `{name}.json`.", ""]
     return "\n".join(out)
+
+
+def pipeline_processes(local_mode: str, data_bytes: int, solver: str) -> bool:
+    """Return whether a solver's local cluster runs worker processes: the choice ``python -m pipeline.train`` makes.
+
+    The consensus solvers' Python minibatch loops get processes (on two threads of one process they share
+    the GIL: HIGGS-shaped 1M's first pass took 12.4 s on threads at load ~45 against 1.1 s on processes).
+    """
+    from pipeline.cluster import local_processes
+    from pipeline.train import _gil_bound
+
+    return local_processes(local_mode, data_bytes, gil_bound=_gil_bound(solver))
+
+
+def _local_mode_text(s: dict) -> str:
+    """Return how the pipeline's local cluster ran: worker threads or processes (per solver when they differ)."""
+    def text(processes):
+        return f"{s['workers']} {'worker threads' if processes is False else 'single-threaded worker processes'}"
+    modes = s.get("local_processes")
+    if not isinstance(modes, dict):  # results of earlier versions: one mode for every solver
+        return text(modes)
+    if len(set(modes.values())) <= 1:
+        return text(next(iter(modes.values()), None))
+    return "; ".join(f"{label}: {text(p)}" for label, p in modes.items())
 
 
 # ----------------------------------------------------------------------------- command line
@@ -798,15 +822,17 @@ def main(argv=None) -> int:
                                       budget, args.threads))
     cluster_seconds = local_mode_processes = None
     if "pipeline" in ours and configs:
-        from pipeline.cluster import connect, local_processes
+        from pipeline.cluster import connect
 
         run_dir = Path(args.cache) / f"compare-runs-{os.getpid()}"
         run_dir.mkdir(parents=True, exist_ok=True)
         client_import = startup_seconds(PIPELINE_STARTUP)
         cluster_seconds = {}
         try:
-            processes = local_mode_processes = local_processes(args.local_mode, 4 * store.n_samples * store.n_features)
+            local_mode_processes = {}
             for s, config in configs.items():
+                processes = local_mode_processes[s] = pipeline_processes(args.local_mode, 4 * store.n_samples *
+                                                                         store.n_features, config.solver)
                 # a fresh cluster per method, as a user gets: no method inherits another's warm workers or cache
                 t0 = time.perf_counter()
                 try:

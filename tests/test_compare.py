@@ -71,6 +71,7 @@ def test_compare_digits02_ours_and_cheap_peers(tmp_path):
     assert {"command", "date", "host"} <= set(res["provenance"])
     # start-up: each pipeline method's own fresh cluster plus the client's imports; a peer's imports
     assert set(s["cluster_start_seconds"]) == {"admm"}
+    assert s["local_processes"] == {"admm": False}  # small data: worker threads
     assert methods["admm-pipeline"]["startup_seconds"] > s["cluster_start_seconds"]["admm"] > 0
     assert methods["sklearn-stream"]["startup_seconds"] > 0 and "startup_seconds" not in methods["logreg"]
     # CPU seconds per point: our client and worker processes (the workers' CPU counted too), a peer's process
@@ -200,3 +201,14 @@ def test_compare_gauss_newton_cnn_against_the_torch_cnn_of_the_same_layers(tmp_p
     assert methods["torch-cnn"]["notes"]["parameters"] == 40 + 148 + 272 + 34
     code, out = run(tmp_path, "--ours", "none", "--peers", "torch-cnn")
     assert code == 0 and load(out)[1]["torch-cnn"]["status"] == "skipped"
+
+
+def test_the_consensus_solvers_run_on_worker_processes_as_pipeline_train_runs_them():
+    from benchmarks.compare import _local_mode_text, pipeline_processes
+
+    small = 10 * 2**20
+    assert pipeline_processes("auto", small, "consensus") and pipeline_processes("auto", small, "consensus,gauss-newton")
+    assert not pipeline_processes("auto", small, "gauss-newton") and not pipeline_processes("threads", small, "consensus")
+    s = {"workers": 2, "local_processes": {"gauss-newton": False, "consensus": True}}
+    assert _local_mode_text(s) == "gauss-newton: 2 worker threads; consensus: 2 single-threaded worker processes"
+    assert _local_mode_text({"workers": 2, "local_processes": False}) == "2 worker threads"
