@@ -8,8 +8,11 @@ and every iteration is committed to the run store (:class:`_RunKeeper`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.checks import check_chunk_rows, check_inputs, check_resumable, check_test_data  # noqa: F401 (check_inputs)
 from pipeline.cluster import check_worker_access
@@ -143,11 +146,14 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                                                  split=scored[kind][2]) for kind in kinds))
         return {kind: score_from_sums(s) for kind, s in zip(kinds, sums)}
 
+    keeper = _RunKeeper(run, config, monitor)
     try:
-        out = drive(solver, runner, _RunKeeper(run, config, monitor), config, evaluate=evaluate,
+        out = drive(solver, runner, keeper, config, evaluate=evaluate,
                     held_out=split is not None, resume=committed, history=history, stopping=stopping, changed=changed,
                     stopped_early=bool(manifest and manifest.get("stopped_early")), report=report)
+        keeper.flush()  # the last commit is written (and its error, if any, raised) before the run returns
     finally:
+        keeper.wait()
         run.write_metrics()  # the commits write metrics/ at most every few seconds
         _forget_data(client)
     if not (manifest and manifest.get("stopped_early") and not changed):
@@ -168,19 +174,62 @@ def _forget_data(client) -> None:
 
 @dataclass
 class _RunKeeper:
-    """The run store as the driver's :class:`~solvers.driver.Keeper`: commits, state slots, the /training page."""
+    """The run store as the driver's :class:`~solvers.driver.Keeper`: commits, state slots, the /training page.
+
+    A run without slot state (gauss-newton: nothing per sample or per shard is
+    stored) commits in the background: iteration k's checkpoint is written
+    (hashed, packed, manifest replaced) while iteration k+1's passes run. Each
+    commit first waits for the one before, so commits stay one at a time and in
+    order, and the driver hands over copies (it goes on changing its state).
+    A kill -9 meanwhile leaves iteration k−1 committed, as a kill just before
+    the commit would. A run with slot state commits before the next iteration
+    writes its slot (the slot of k−1, which must not be overwritten while k is
+    not committed), so it commits in the caller's thread.
+    """
 
     run: RunStore
     config: TrainConfig
     monitor: object = None
+    background: bool = True
+    _pending: threading.Thread | None = field(default=None, repr=False)
+    _errors: list = field(default_factory=list, repr=False)
 
     def begin(self, iteration: int) -> None:
         self.run.begin_iteration(iteration)
 
     def commit(self, state, history, stopping, stopped) -> None:
         best = (stopping.summary(), stopping.best_weights) if stopping is not None else (None, None)
-        self.run.commit(Checkpoint(state.iteration, state.weights, state.carry, *best), history,
-                        self.config.iterations, stopped=stopped)
+        checkpoint = Checkpoint(state.iteration, [np.array(W, np.float64) for W in state.weights],
+                                {name: np.array(value, np.float64) for name, value in state.carry.items()},
+                                best[0], None if best[1] is None else [np.array(W, np.float64) for W in best[1]])
+        why = f"stopped early; the model is iteration {stopping.best_iteration}" if stopped else None
+        args = (checkpoint, list(history), why, bool(stopped))
+        self.flush()
+        if self.background and not self.run.keeps_slot_state:
+            self._pending = threading.Thread(target=self._commit_catching, args=args, name="admm-dask-commit")
+            self._pending.start()
+        else:
+            self._commit(*args)
+
+    def _commit(self, checkpoint, history, why, stopped) -> None:
+        self.run.commit(checkpoint, history, self.config.iterations, stopped=stopped)
         if self.monitor is not None:
-            self.monitor.on_commit(history, state.iteration, self.config.iterations, stopped=(
-                f"stopped early; the model is iteration {stopping.best_iteration}" if stopped else None))
+            self.monitor.on_commit(history, checkpoint.iteration, self.config.iterations, stopped=why)
+
+    def _commit_catching(self, *args) -> None:
+        try:
+            self._commit(*args)
+        except BaseException as exc:  # noqa: BLE001 -- raised in the caller's thread by flush()
+            self._errors.append(exc)
+
+    def wait(self) -> None:
+        """Wait until the commit under way (if any) is written; keep its error for :meth:`flush`."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+
+    def flush(self) -> None:
+        """Wait for the commit under way and raise its error, if it failed."""
+        self.wait()
+        if self._errors:
+            raise self._errors.pop()

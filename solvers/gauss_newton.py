@@ -62,7 +62,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, replace
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -81,6 +82,7 @@ DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
 DAMPING_SHRINK = 2.0  # λ ← λ/2 after an accepted one
 STEP_RIDGE = 1e-2     # least relative damping ε' of the input Gram in the hidden layers' step
 CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄ ḡ) of the output layer
+_PATHS: OrderedDict = OrderedDict()  # the client's last three RidgePaths used, by (ridge, SHA-1 of their sums)
 
 
 def _rows_key(x_raw, start_row) -> tuple:
@@ -310,7 +312,7 @@ class GaussNewtonSolver(SolverBase):
             loss = c["acc_loss"] if float(c.get("acc_valid", 0.0)) else c.get("loss", c["error"])
             return self.objective(float(loss), state.weights, alpha)
         if float(c.get("acc_valid", 0.0)):
-            W = RidgePath(c["acc_cross"], c["acc_gram"], self.config.ridge, what=f"W_{self.L}").weights(alpha)
+            W = self._ridge_path(c["acc_cross"], c["acc_gram"]).weights(alpha)
             return self.objective(quadratic_error(W, c["acc_cross"], c["acc_gram"], float(c["acc_tt"])),
                                   [*state.weights[:-1], W], alpha)
         return self.objective(float(c.get("loss", c["error"])), state.weights, alpha)
@@ -392,7 +394,7 @@ class GaussNewtonSolver(SolverBase):
             return trials[j], float(sums["ce"][j]), float(alphas[j])
         L = self.L
         cross, gram = sums[f"cross{L}"], sums[f"gram{L}"]
-        path = RidgePath(cross, gram, self.config.ridge, what=f"W_{L}")
+        path = self._ridge_path(cross, gram)
         if self.config.alpha == "auto":
             held_sums = None if held is None else (held[f"cross{L}"], held[f"gram{L}"], float(held["tt"]))
             tolerance = 0.0 if held is None else self.alpha_tolerance / np.sqrt(max(float(held["n"]), 1.0))
@@ -401,6 +403,20 @@ class GaussNewtonSolver(SolverBase):
             alpha = float(self.config.alpha)
             W = path.weights(alpha)
         return W, quadratic_error(W, cross, gram, float(sums["tt"])), alpha
+
+    def _ridge_path(self, cross, gram) -> RidgePath:
+        """Return the :class:`RidgePath` of the output layer's sums, reusing one of the last three used (:data:`_PATHS`).
+
+        An accepted trial's sums come back in the next iteration: the accepted weights'
+        objective at a new α refits their W_L from the same sums (one eigendecomposition saved).
+        """
+        key = (float(self.config.ridge), hashlib.sha1(np.ascontiguousarray(cross, np.float64).tobytes()
+                                                      + np.ascontiguousarray(gram, np.float64).tobytes()).hexdigest())
+        path = _PATHS.pop(key, None) or RidgePath(cross, gram, self.config.ridge, what=f"W_{self.L}")
+        _PATHS[key] = path
+        while len(_PATHS) > 3:
+            _PATHS.popitem(last=False)
+        return path
 
     def curvatures(self, weights, curv: dict) -> list:
         """Return S_1..S_{L−1} from pass B's sums (squared loss: the last one as (W̃_Lᵀ W̃_L) ⊙ Σ MᵀM)."""
@@ -597,8 +613,11 @@ class GaussNewtonSolver(SolverBase):
         return None, self.tiled(self.forward_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
     def forward_chunk_held(self, x_raw, y, state, start_row: int, p: ForwardParams):
-        """Return :meth:`forward_chunk` of held-out rows (their activations are not kept: no pass B reads them)."""
-        return self.forward_chunk(x_raw, y, state, start_row, replace(p, key=None))
+        """Return :meth:`forward_chunk` of held-out rows; their activations are kept too, for pass B's held-out score.
+
+        They are named by their own rows (:func:`_rows_key`: the first row differs from the training rows').
+        """
+        return self.forward_chunk(x_raw, y, state, start_row, p)
 
     def curvature_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams):
         """Return (None, pass B sums): S_l (Σ MᵀM for the last hidden layer), D_l, G_{l−1}, score, error.
@@ -660,11 +679,13 @@ class GaussNewtonSolver(SolverBase):
         """
         if not isinstance(p, CurvatureParams):
             p = CurvatureParams(tuple(p))
-        hidden = self._augmented(p.weights[:-1])
+        L, hidden = self.L, self._augmented(p.weights[:-1])
+        rows = _rows_key(x_raw, start_row) if p.key and L > 1 else None
 
         def tile(sl, _):
-            a, _ = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
-            return None, {"n": a[0].shape[0], **self.task.score_parts(a[-1] @ p.weights[-1].T, y[sl])}
+            kept = None if rows is None else CACHE.get((p.key, rows, sl.start, sl.stop))
+            last = kept[L - 2] if kept is not None else self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)[0][-1]
+            return None, {"n": last.shape[0], **self.task.score_parts(last @ p.weights[-1].T, y[sl])}
         return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
     def _deep_curvatures(self, M, Wt, parts: dict, last=None) -> None:

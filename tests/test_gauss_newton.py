@@ -250,6 +250,52 @@ def test_kept_activations_change_nothing(monkeypatch, activation, n_classes):
     assert [h["accepted"] for h in kept.history] == [h["accepted"] for h in again.history]
 
 
+@pytest.mark.parametrize("hidden,activation", [((5,), "relu"), ((6, 4), "sigmoid")])
+def test_pass_b_scores_the_held_out_rows_from_pass_a_kept_activations(hidden, activation):
+    """Pass A keeps the held-out rows' activations too; pass B's held-out score takes them: the same sums, no forward pass."""
+    from dataclasses import replace
+
+    from solvers import activation_cache
+
+    X, y, s, weights = make_problem(n=90, hidden=hidden, activation=activation)
+    s.tile_rows = 16  # several tiles, the last one short
+    activation_cache.CACHE.clear()
+    forward = s._forward_params(weights[:-1], False)
+    s.forward_chunk_held(X, y, None, 7, forward)  # pass A over a chunk's held-out rows
+    params = CurvatureParams(s.cast(weights), False, None, forward.key)
+    want = s.curvature_chunk_held(X, y, None, 7, replace(params, key=None))[1]  # recomputed
+    hits = activation_cache.CACHE.hits
+    got = s.curvature_chunk_held(X, y, None, 7, params)[1]
+    assert activation_cache.CACHE.hits - hits == 6  # every tile from the cache
+    np.testing.assert_array_equal(got, want)
+    activation_cache.CACHE.clear()
+
+
+def test_the_accepted_weights_objective_at_a_new_alpha_reuses_their_ridge_path(monkeypatch):
+    """The accepted trial's pass-A sums come back in the next iteration: their W_L refit at a new α needs no new eigendecomposition."""
+    from solvers import gauss_newton
+
+    made, refits = [], []
+    real_init, real_current = gauss_newton.RidgePath.__init__, GaussNewtonSolver._current_objective
+
+    def init(self, *args, **kwargs):
+        made.append(1)
+        real_init(self, *args, **kwargs)
+
+    def current(self, state, c, alpha):
+        if float(c["alpha"]) != float(alpha) and float(c.get("acc_valid", 0.0)):
+            refits.append(alpha)
+        return real_current(self, state, c, alpha)
+    monkeypatch.setattr(gauss_newton.RidgePath, "__init__", init)
+    monkeypatch.setattr(GaussNewtonSolver, "_current_objective", current)
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(1500, 5))
+    y = (X[:, 0] * X[:, 1] + rng.normal(0, 0.5, 1500) > 0).astype(int)
+    fit = fit_in_memory(X, y, TrainConfig(solver="gauss-newton", hidden=(8,), iterations=6), chunk_rows=300)
+    assert refits, "alpha auto kept one alpha throughout: nothing to check"
+    assert len(made) == len(fit.history) + 1  # one path per pass A (and the initial fit), none for the refits
+
+
 def test_a_grown_sample_sums_the_input_gram_of_the_added_chunks_onto_the_last_one():
     """Pass B on a grown sample sums Σ ã_0 ã_0ᵀ over the added chunks only: the carried Gram is still the sample's."""
     from solvers import make_solver, sampling
