@@ -36,7 +36,9 @@ def _data(path, n=1200, d=6, seed=0, chunk_rows=200):
 
 
 def _get(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
+    # the first request to a dashboard imports and renders Bokeh on the scheduler's event loop: 12 s were seen
+    # on a loaded 2-core machine (10 s was the bound here). The timeout only ends a hung request; what is served is checked
+    with urllib.request.urlopen(url, timeout=120) as r:
         return r.status, r.read().decode()
 
 
