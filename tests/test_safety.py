@@ -1,6 +1,7 @@
 """Nothing lost: outputs replace only their own kind of store, one trainer per run store (the lock)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -206,8 +207,15 @@ def test_second_trainer_is_refused_and_the_store_equals_a_single_run(trained, tm
         while not lock_path(tmp_path / "a.zarr").exists():
             assert first.poll() is None and time.time() < deadline, "the first trainer never took the lock"
             time.sleep(0.05)
-        second = subprocess.run(cmd(tmp_path / "a.zarr", "--gamma", "50"), cwd=ROOT, capture_output=True,
-                                text=True, timeout=300)
+        # the first trainer pauses (SIGSTOP: alive, holding the lock) while the second starts: its 28 iterations took
+        # about as long as the second's start-up on a loaded 2-core machine, and a second trainer starting after the
+        # first one ended rightly succeeds
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run(cmd(tmp_path / "a.zarr", "--gamma", "50"), cwd=ROOT, capture_output=True,
+                                    text=True, timeout=300)
+        finally:
+            first.send_signal(signal.SIGCONT)
         out, err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
