@@ -12,7 +12,7 @@ if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "needs root to apt-get install chromium chromium-driver" > .ci/browser-unavailable
-elif ! out=$( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) 2>&1 ); then
+elif ! out=$( (apt-get update -qq -o Acquire::Retries=3 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Acquire::Retries=3 chromium chromium-driver) 2>&1 ); then
     echo "apt-get install chromium chromium-driver failed: $(echo "$out" | tail -n 3 | tr '\n' ' ')" > .ci/browser-unavailable
 elif ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     echo "apt-get installed chromium chromium-driver but they are not on PATH" > .ci/browser-unavailable

@@ -37,7 +37,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     # policy-rc.d: keep the packages' init scripts from starting daemons during install
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     ok=1
-    { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+    { apt-get update -qq -o Acquire::Retries=3 && apt-get install -y -qq -o Acquire::Retries=3 --no-install-recommends \
         slurmctld slurmd slurm-client munge; } >/tmp/slurm-up-apt.log 2>&1 || ok=0
     rm -f /usr/sbin/policy-rc.d
     [ "$ok" = 1 ] || give_up "apt-get install failed (see /tmp/slurm-up-apt.log: $(tail -n1 /tmp/slurm-up-apt.log))"
