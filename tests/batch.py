@@ -54,7 +54,9 @@ def _squeue() -> set[str]:
     return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
 
 
-def _gone_from_squeue(job_ids, within=15.0) -> bool:
+def _gone_from_squeue(job_ids, within=60.0) -> bool:
+    """True once none of ``job_ids`` is in squeue (polled: on a quiet machine within a few seconds; a job left
+    behind stays for its walltime, 10 minutes)."""
     end = time.monotonic() + within
     while _squeue() & set(job_ids):
         if time.monotonic() > end:

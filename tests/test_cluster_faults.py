@@ -75,7 +75,7 @@ def test_training_through_worker_lifetimes_matches_local(faults_data, tmp_path):
     t0 = time.perf_counter()
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
             connect("slurm", jobs=2, jobqueue_config=config, dashboard_address="localhost:0",
-                    worker_timeout=60, report=quiet) as client:
+                    worker_timeout=120, report=quiet) as client:
         first_jobs, first_workers = set(client.run(_job_id).values()), set(client.nthreads())
         time.sleep(3)  # start training ~4 s into the workers' 6–10 s, so that they end mid-run on a fast machine too
 
@@ -116,7 +116,7 @@ def test_sigkilled_slurm_worker_mid_iteration_matches_local(faults_data, tmp_pat
     killed, errors, done = {}, [], threading.Event()
     t0 = time.perf_counter()
     with connect("slurm", jobs=2, jobqueue_config=_jobqueue_yaml(tmp_path), dashboard_address="localhost:0",
-                 worker_timeout=60, report=quiet) as client:
+                 worker_timeout=120, report=quiet) as client:
         pids = client.run(os.getpid)
         jobs = client.run(_job_id)
 

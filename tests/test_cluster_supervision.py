@@ -184,7 +184,7 @@ class Driver:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=tmp_path)
         self.t0 = time.monotonic()
 
-    def wait_for_iteration(self, k, within=120.0):
+    def wait_for_iteration(self, k, within=300.0):
         end = time.monotonic() + within
         while time.monotonic() < end and self.proc.poll() is None:
             if any(line.split()[:1] == [str(k)] for line in self.out.read_text().splitlines()):
