@@ -320,10 +320,6 @@ class ClusterFailure(InputError):
     """The batch cluster cannot go on (see :mod:`pipeline.supervisor`); one ``error:`` line, exit status 2."""
 
 
-def _job_ids(cluster) -> list[str]:
-    return sorted(str(job.job_id) for job in list(cluster.workers.values()) if getattr(job, "job_id", None))
-
-
 def _wait_for_workers(client, cluster, supervisor, n, timeout, kind, report):
     """Block until ``n`` workers are connected; raise :class:`ClusterFailure` on timeout or a failed submission."""
     t0, next_report = time.monotonic(), 0.0
@@ -333,7 +329,7 @@ def _wait_for_workers(client, cluster, supervisor, n, timeout, kind, report):
         if supervisor.fatal is not None:
             raise ClusterFailure(supervisor.fatal)
         if have >= n:
-            report(f"{kind}: {have} workers connected after {elapsed:.1f} s (jobs {', '.join(_job_ids(cluster))})")
+            report(f"{kind}: {have} workers connected after {elapsed:.1f} s (jobs {', '.join(supervisor.job_ids())})")
             supervisor.mark_started(cluster.scheduler.workers)
             return
         if elapsed >= timeout:
@@ -346,7 +342,7 @@ def _wait_for_workers(client, cluster, supervisor, n, timeout, kind, report):
                 f"{f' in {logs}' if logs else ''}{advice}")
         if elapsed >= next_report:
             report(f"{kind}: waiting for {n} workers ({have} connected, {elapsed:.0f} s of "
-                   f"{timeout:.0f} s; {supervisor.situation() if supervisor.jobs else 'jobs being submitted'})")
+                   f"{timeout:.0f} s; {supervisor.situation() if supervisor.job_ids() else 'jobs being submitted'})")
             next_report += PROGRESS_EVERY
         try:
             client.wait_for_workers(n, timeout=min(1.0, max(0.1, timeout - elapsed)))

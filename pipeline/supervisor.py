@@ -315,10 +315,15 @@ class Supervisor:
             self._stop(f"{self.kind}: no worker for {self.timeout:.0f} s (--worker-timeout): {self.situation()}")
 
     # ------------------------------------------------------------------ messages
+    def job_ids(self) -> list[str]:
+        """The ids of the jobs in the cluster's job table now (the main thread asks between ticks: :attr:`jobs`
+        may not have seen a job submitted since the last tick)."""
+        return sorted({str(job.job_id) for job in list(self.cluster.workers.values()) if getattr(job, "job_id", None)})
+
     def situation(self) -> str:
         """What the queue says about our jobs, and the last submission error, on one line."""
         parts = []
-        for job_id in sorted(set(self.jobs.values())):
+        for job_id in self.job_ids():
             state, reason = self.queue.get(job_id.split(".")[0], ("", ""))
             if state:
                 parts.append(f"job {job_id} {state}" + (f" ({reason})" if reason and reason not in QUIET_REASONS
@@ -332,7 +337,7 @@ class Supervisor:
 
     def waiting_heals(self) -> bool:
         """True when every pending job waits for a reason that time cures (priority, resources)."""
-        reasons = [self.queue.get(j.split(".")[0], ("", ""))[1] for j in self.jobs.values()]
+        reasons = [self.queue.get(j.split(".")[0], ("", ""))[1] for j in self.job_ids()]
         return not self.failures and all(r in QUIET_REASONS for r in reasons)
 
     # ------------------------------------------------------------------ rotation

@@ -150,6 +150,25 @@ def test_job_whose_worker_connected_at_start_up_is_reported_ended(monkeypatch):
         asyncio.run(sup._poll_queue(time.monotonic()))
     assert lines[-1] == "slurm: job 11 ended; submitting a replacement" and job.closed, lines
 
+def test_situation_names_a_job_submitted_since_the_last_tick():
+    """The start-up wait's messages name the jobs of the job table, not only those a tick has seen: under load a
+    tick could be held up (by a slow squeue) past a 2 s --worker-timeout, and the error said 'no job in the queue'."""
+    from types import SimpleNamespace
+
+    import pipeline.supervisor as supervisor
+
+    job = SimpleNamespace(job_id="4242")
+    cluster = SimpleNamespace(loop=SimpleNamespace(add_callback=lambda f: None), workers={"C-0": job},
+                              worker_spec={"C-0": {}}, scheduler=SimpleNamespace(workers={}),
+                              _dummy_job=SimpleNamespace(worker_processes=1))
+    sup = supervisor.Supervisor(cluster, "slurm", report=lambda line: None, timeout=2)  # no tick has run
+    assert sup.situation() == "job 4242" and sup.job_ids() == ["4242"]
+    sup.queue = {"4242": ("PENDING", "ReqNodeNotAvail")}
+    assert sup.situation() == "job 4242 PENDING (ReqNodeNotAvail)" and not sup.waiting_heals()
+    cluster.workers.clear()  # the job left the table
+    assert sup.situation() == "no job in the queue" and sup.waiting_heals()
+
+
 # ---------------------------------------------------------------- the real SLURM
 def _wrapper(tmp_path, body: str) -> Path:
     """A directory holding an ``sbatch`` that runs ``body`` (sh) before the real sbatch ($REAL)."""
