@@ -28,10 +28,30 @@ def start(*args):
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def _stopped(pid) -> bool:
+    """True once process ``pid`` is stopped (or has exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "tTZX"
+    except (OSError, IndexError):
+        return True
+
+
 def kill_when(proc, condition, timeout=120):
-    """SIGKILL the process group of ``proc`` once ``condition()`` holds; return whether it was still running."""
+    """SIGKILL the process group of ``proc`` in a state where ``condition()`` holds; return whether it was still running.
+
+    Seen true, the condition is checked again with the group stopped (SIGSTOP), and the group is killed in that
+    very state: between a check and a kill a loaded machine can let the command go on (finish its pass, commit).
+    """
     deadline = time.time() + timeout
-    while not condition():
+    while True:
+        if condition():
+            os.killpg(proc.pid, signal.SIGSTOP)
+            while not _stopped(proc.pid):
+                assert time.time() < deadline + 60, "the command did not stop"
+                time.sleep(0.001)
+            if condition():
+                break
+            os.killpg(proc.pid, signal.SIGCONT)  # it moved on between the checks: not the kill point
         assert proc.poll() is None, "the command finished before the kill point"
         assert time.time() < deadline, "the kill point never came"
         time.sleep(0.01)
