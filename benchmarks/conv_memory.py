@@ -7,9 +7,20 @@ iteration, every chunk read: ``sample_schedule full``, nothing held out),
 then the kernel's peak RSS of each worker (VmHWM, reset after the cluster
 started) and a 0.1 s sample of it. Writes ``--out`` (JSON) and ``.md``.
 
+The workers keep decoded data chunks (:func:`pipeline.passes.data_cache`:
+an array is kept whole when it fits the budget, min(512 MiB, a quarter of the
+worker's memory limit), else streamed from disk every pass), so on data that
+fits, a worker's memory grows with n by up to the data's bytes; that is the
+cache, not the kernels. ``--data-cache-mib`` sets the workers' budget for
+every n (0: none); a fair "flat in n" test gives them less than the data at
+the smallest n (the default, 32 MiB), as on data bigger than the cache. It may
+list several budgets: every n is run under each. (Convolutional Gauss-Newton
+keeps no activations of training rows; the held-out rows' last hidden
+activations it keeps are ~400 bytes a row, bounded by the activation cache.)
+
 Run::
 
-    python benchmarks/conv_memory.py --n 15000 30000
+    python benchmarks/conv_memory.py --n 15000 30000 60000 --data-cache-mib default 32
 """
 from __future__ import annotations
 
@@ -35,21 +46,42 @@ from storage.data import write_data  # noqa: E402
 LAYERS = "conv:8x5x5,pool:2,conv:16x5x5,pool:2,dense:100"
 
 
-def measure(n: int, X, y, layers: str, chunk_rows: int, iterations: int, work: Path) -> dict:
+def _set_data_cache(budget: int) -> None:
+    """Give this worker an empty data-chunk cache of ``budget`` bytes (run in each worker before training)."""
+    import pipeline.passes as passes
+    from storage.cache import ChunkCache
+
+    passes._data_cache = ChunkCache(budget)
+
+
+def _data_cache_bytes() -> int:
+    """Return the bytes this worker's data-chunk cache holds (0 if it made none)."""
+    import pipeline.passes as passes
+
+    return 0 if passes._data_cache is None else int(passes._data_cache._bytes)
+
+
+def measure(n: int, X, y, layers: str, chunk_rows: int, iterations: int, work: Path, cache_mib=None) -> dict:
     data = work / f"mnist-{n}.zarr"
-    write_data(data, X[:n], y[:n], chunk_rows=chunk_rows)
+    if not data.exists():
+        write_data(data, X[:n], y[:n], chunk_rows=chunk_rows)
     config = TrainConfig(layers=layers, solver="gauss-newton", scaling="global", iterations=iterations,
                          sample_schedule="full", validation_fraction=0)
     with connect("local", n_workers=2, threads_per_worker=1, memory_limit="4GB", dashboard_address=":0") as client:
         pids = worker_pids(client)
+        if cache_mib is not None:
+            client.run(_set_data_cache, int(cache_mib * 2**20))
+        held = []  # the workers' data-cache bytes, read just before the run's end clears them
         reset_hwm(pids)
         with MemorySampler(pids) as mem, CpuWatch() as cpu:
             t0 = time.perf_counter()
-            train(client, store=str(work / f"run-{n}.zarr"), data=str(data), config=config, chunk_rows=chunk_rows,
-                  report=lambda line: print(f"  n={n}: {line}", flush=True))
+            train(client, store=str(work / f"run-{n}-{cache_mib}.zarr"), data=str(data), config=config,
+                  chunk_rows=chunk_rows, report=lambda line: (held.append(list(client.run(_data_cache_bytes).values())),
+                                                              print(f"  n={n}: {line}", flush=True)))
             seconds = time.perf_counter() - t0
         hwm = vm_hwm(pids)
-    return {"n": n, "chunk_rows": chunk_rows, "seconds": seconds, "other_cpu_seconds": cpu.other,
+    return {"n": n, "chunk_rows": chunk_rows, "data_cache_mib": cache_mib, "seconds": seconds,
+            "other_cpu_seconds": cpu.other, "data_cache_bytes_held": max(held, key=max) if held else [],
             "worker_peak_rss_bytes_vmhwm": list(hwm.values()), "worker_peak_rss_bytes_sampled": list(mem.peak.values())}
 
 
@@ -58,16 +90,26 @@ def markdown(r: dict) -> str:
     out = [f"# Worker peak memory, Gauss-Newton with `--layers {r['layers']}` (MNIST)", "",
            f"Command: `{r['provenance']['command']}` ({r['provenance']['date']}); 2 worker processes x 1 thread, "
            f"{r['iterations']} iteration(s) after init, chunks of {rows[0]['chunk_rows']} rows, every chunk read.", "",
-           "| n | worker peak RSS (VmHWM, GB) | sampled peak (GB) | seconds | other processes' CPU s |",
-           "|---|---|---|---|---|"]
+           "| data cache budget | n | X bytes (GB) | data cache held (GB) | worker peak RSS (VmHWM, GB) | sampled peak (GB) "
+           "| seconds | other processes' CPU s |",
+           "|---|---|---|---|---|---|---|---|"]
     for x in rows:
-        out.append(f"| {x['n']} | {', '.join(str(gb(v)) for v in x['worker_peak_rss_bytes_vmhwm'])} | "
+        out.append(f"| {_budget(x['data_cache_mib'])} | {x['n']} | {gb(4 * 784 * x['n'])} | "
+                   f"{', '.join(str(gb(v)) for v in x['data_cache_bytes_held'])} | "
+                   f"{', '.join(str(gb(v)) for v in x['worker_peak_rss_bytes_vmhwm'])} | "
                    f"{', '.join(str(gb(v)) for v in x['worker_peak_rss_bytes_sampled'])} | {x['seconds']:.0f} | "
                    f"{x['other_cpu_seconds']:.0f} |")
-    peaks = [max(x["worker_peak_rss_bytes_vmhwm"]) for x in rows]
-    out += ["", f"Largest worker peak at {rows[-1]['n']} rows over that at {rows[0]['n']}: "
-            f"{peaks[-1] / peaks[0]:.3f}x (flat means within 1.3x)."]
+    out.append("")
+    for budget in dict.fromkeys(x["data_cache_mib"] for x in rows):
+        runs = [x for x in rows if x["data_cache_mib"] == budget]
+        peaks = [max(x["worker_peak_rss_bytes_vmhwm"]) for x in runs]
+        out.append(f"Data cache {_budget(budget)}: largest worker peak at {runs[-1]['n']} rows over that at "
+                   f"{runs[0]['n']}: {peaks[-1] / peaks[0]:.3f}x (flat means within 1.3x).")
     return "\n".join(out) + "\n"
+
+
+def _budget(mib) -> str:
+    return "the worker's own (min(512 MiB, limit/4))" if mib is None else f"{mib:g} MiB"
 
 
 def main(argv=None) -> int:
@@ -76,12 +118,17 @@ def main(argv=None) -> int:
     p.add_argument("--layers", default=LAYERS)
     p.add_argument("--chunk-rows", type=int, default=3000)
     p.add_argument("--iterations", type=int, default=1)
+    p.add_argument("--data-cache-mib", nargs="+", default=["32"],
+                   help="the workers' data-chunk cache budget(s) in MiB ('default': the worker's own; 0: none); "
+                        "the default, 32, is less than the data at 15000 rows (47 MB): data bigger than the cache")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "conv_memory.json"))
     args = p.parse_args(argv)
     d = np.load(ROOT.parent / "shared" / "data" / "mnist70k_uint8.npz")
     X, y = d["X"][:60000].astype(np.float32), d["y"][:60000]
     with tempfile.TemporaryDirectory(prefix="conv-memory-") as tmp:
-        runs = [measure(n, X, y, args.layers, args.chunk_rows, args.iterations, Path(tmp)) for n in args.n]
+        budgets = [None if b == "default" else float(b) for b in args.data_cache_mib]
+        runs = [measure(n, X, y, args.layers, args.chunk_rows, args.iterations, Path(tmp), b)
+                for b in budgets for n in args.n]
     result = {"provenance": provenance(), "layers": args.layers, "iterations": args.iterations, "runs": runs}
     write_results(args.out, result, markdown)
     print(markdown(result))

@@ -48,7 +48,8 @@ import zlib
 import numpy as np
 
 from solvers.errors import InputError
-from solvers.gauss_newton import DAMPING_SHRINK, CurvatureParams, ForwardParams, GaussNewtonSolver
+from solvers.activation_cache import CACHE
+from solvers.gauss_newton import DAMPING_SHRINK, CurvatureParams, ForwardParams, GaussNewtonSolver, _rows_key
 from solvers.linalg import RidgePath, affine, cross_with_bias, gram_with_bias, quadratic_error, times
 from solvers.stats import StatsLayout
 from solvers.tiling import row_tiles
@@ -234,27 +235,44 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
 
     # -- chunk side ---------------------------------------------------------------------------
     def _forward_tile(self, x, hidden, back: bool = True):
-        """Return the tile's ``(rows P_l, z_l, pooling masks)`` of every hidden layer and ``a_{L−1}`` (back: masks to back-propagate)."""
-        a, rows, z, masks = x, [], [], []
+        """Return the tile's ``(rows P_l, slopes, pooling masks)`` of every hidden layer and ``a_{L−1}``.
+
+        ``slopes[l]`` is what :meth:`_back` needs for ``h'(z_l)``: ``z_l`` in general; with ReLU
+        (``h'(z) = 1[z > 0]``, z not kept, ReLU applied in place) ``a_l``'s positivity, or nothing
+        after a max pooling, whose masks then carry it (:meth:`_back`). ``back``: keep what
+        back-propagation needs (a forward pass alone keeps no masks).
+        """
+        a, rows, slopes, masks = x, [], [], []
+        relu = self.act.name == "relu"
         for layer, W in zip(self.layers, hidden):
             P = layer_rows(layer, a)
             zl = rows_affine(layer, P, W).reshape(len(a), layer.n_out)
-            a = self.act.h(zl)
-            mask = None
+            a = np.maximum(zl, 0, out=zl) if relu else self.act.h(zl)
+            slope, mask = (a if relu else zl), None
             if layer.post is not None:
-                a, mask = layer.post.forward(a, back)
+                pooled, mask = layer.post.forward(a, back)
+                if relu and mask is not None:  # max pooling: the masks carry 1[z > 0] (_back)
+                    mask &= (pooled > 0).reshape(mask.shape[1:])
+                    slope = None
+                a = pooled
             rows.append(P)
-            z.append(zl)
+            slopes.append(slope if back else None)
             masks.append(mask)
-        return rows, z, masks, a
+        return rows, slopes, masks, a
 
-    def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams):
-        """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ [p, 1][p, 1]ᵀ of layer 1 if asked)."""
+    def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams, keep: bool = False):
+        """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ [p, 1][p, 1]ᵀ of layer 1 if asked).
+
+        ``keep``: each tile's ``a_{L−1}`` goes to the activation cache under ``p.key`` (:meth:`curvature_chunk_held`).
+        """
         L = self.L
+        rows_key = _rows_key(x_raw, start_row) if keep and p.key else None
 
         def tile(sl, _):
             x = self.inputs(x_raw[sl])
             rows, _, _, a = self._forward_tile(x, p.hidden, back=False)
+            if rows_key is not None:
+                CACHE.put((p.key, "held", rows_key, sl.start, sl.stop), (a,))
             t = self.task.targets(y[sl], self.dtype)
             parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
                      f"gram{L}": gram_with_bias(a), f"cross{L}": cross_with_bias(t, a)}
@@ -263,12 +281,45 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             return None, parts
         return None, self.tiled(self.forward_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
-    def _back(self, l: int, g, masks, z):
-        """Return ``M_l ⊙ poolᵀ(g)``: a product with ∂a_l/∂z_l (``g`` may hold one block per output)."""
+    def forward_chunk_held(self, x_raw, y, state, start_row: int, p: ForwardParams):
+        """Return :meth:`forward_chunk` of held-out rows, keeping their ``a_{L−1}`` for pass B's score (a few hundred bytes a row)."""
+        return self.forward_chunk(x_raw, y, state, start_row, p, keep=True)
+
+    def curvature_chunk_held(self, x_raw, y, state, start_row: int, p: CurvatureParams):
+        """Return (None, the held-out rows' part of pass B): ``n`` and the score of the weights.
+
+        ``a_{L−1}`` comes from the activation cache when pass A (:meth:`forward_chunk_held`) ran these
+        rows at these hidden weights (an accepted trial), in the same tiles: the same numbers as
+        recomputing them, one forward pass fewer per iteration.
+        """
+        if not isinstance(p, CurvatureParams):
+            p = CurvatureParams(tuple(p))
+        rows_key = _rows_key(x_raw, start_row) if p.key else None
+
+        def tile(sl, _):
+            kept = None if rows_key is None else CACHE.get((p.key, "held", rows_key, sl.start, sl.stop))
+            a = kept[0] if kept is not None else self._forward_tile(self.inputs(x_raw[sl]), p.weights[:-1], back=False)[3]
+            return None, {"n": a.shape[0], **self.task.score_parts(affine(a, p.weights[-1]), y[sl])}
+        return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
+
+    def _scores_held_out(self, runner) -> bool:
+        """Return whether pass B also scores the held-out rows (:meth:`curvature_chunk_held`): a runner holding rows out."""
+        return getattr(runner, "split", None) is not None
+
+    def _back(self, l: int, g, masks, slopes):
+        """Return ``M_l ⊙ poolᵀ(g)``: a product with ∂a_l/∂z_l (``g`` may hold one block per output).
+
+        ReLU under a max pooling: ``M ⊙ poolᵀ(g) = poolᵀ(g)`` with the masks of the cells whose
+        maximum is > 0 (the marked cell holds the window's maximum z, and ``h'(z) = 1[z > 0]``), so
+        the masks :meth:`_forward_tile` folded it into are the whole product (``slopes[l]`` None).
+        """
         layer = self.layers[l - 1]
         if layer.post is not None:
             g = layer.post.adjoint(g, masks[l - 1])
-        return g * self.act.dh(z[l - 1])
+        slope = slopes[l - 1]
+        if slope is None:
+            return g
+        return g * (slope > 0) if self.act.name == "relu" else g * self.act.dh(slope)
 
     def curvature_parts(self, x, y, weights, input_gram: bool, signs=None, first_row: int = 0) -> dict:
         """Return pass B's sums over the rows ``x`` (standardised): S_l, D_l, G_{l−1}, the score and the error.
@@ -282,7 +333,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         them; the gradient, loss, score and ``gram1`` over every row).
         """
         L, K, n = self.L, self.widths[-1], x.shape[0]
-        rows, z, masks, a = self._forward_tile(x, weights[:-1])
+        rows, slopes, masks, a = self._forward_tile(x, weights[:-1])
         out = affine(a, weights[-1])
         t = self.task.targets(y, self.dtype)
         r = t - out
@@ -291,7 +342,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         parts = {"n": n, "n_curv": m, "loss": float(np.sum(r * r, dtype=np.float64)), **self.task.score_parts(out, y)}
         if input_gram and L > 1:
             parts["gram1"] = rows_gram(self.layers[0], rows[0])
-        z_s = [v[sub] for v in z]
+        slopes_s = [None if v is None else v[sub] for v in slopes]
         masks_s = [None if v is None else v[:, sub] for v in masks]
         Wt_out = weights[-1][:, :-1].astype(self.dtype, copy=False)
         delta = times(r, Wt_out)                            # ∂(½‖r‖²)/∂a_{L−1}, negated
@@ -299,8 +350,8 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         for l in range(L - 1, 0, -1):
             layer, W = self.layers[l - 1], weights[l - 1]
             c_out = layer.weight_shape[0]
-            delta = self._back(l, delta, masks, z)
-            J = self._back(l, J, masks_s, z_s)
+            delta = self._back(l, delta, masks, slopes)
+            J = self._back(l, J, masks_s, slopes_s)
             parts[f"grad{l}"] = rows_cross(layer, delta.reshape(-1, c_out), rows[l - 1])
             Jr = J.reshape(-1, c_out)
             parts[f"curv{l}"] = (Jr.T @ Jr).astype(np.float64)

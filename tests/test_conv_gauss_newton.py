@@ -81,10 +81,11 @@ def dense_transcription(solver, x, weights):
     return per_sample
 
 
-@pytest.mark.parametrize("mode", ["max", "avg"])
-def test_pooling_forward_and_adjoint_against_loops(mode):
+@pytest.mark.parametrize("mode,shape", [("max", (5, 7, 3)), ("avg", (5, 7, 3)), ("max", (4, 6, 3))])
+def test_pooling_forward_and_adjoint_against_loops(mode, shape):
+    """Odd sizes drop the last row and column; even ones are covered by the windows (the adjoint writes every value)."""
     rng = np.random.default_rng(0)
-    pool = Pool2D((5, 7, 3), 2, mode)
+    pool = Pool2D(shape, 2, mode)
     u = rng.normal(size=(4, pool.n_in))
     out, mask = pool.forward(u)
     g = rng.normal(size=(2, 4, pool.n_out))  # two blocks (outputs) of four rows
@@ -94,7 +95,7 @@ def test_pooling_forward_and_adjoint_against_loops(mode):
         np.testing.assert_allclose(out[i], P @ u[i], rtol=1e-12)
         for k in range(2):
             np.testing.assert_allclose(back[k, i], P.T @ g[k, i], rtol=1e-12)
-    assert pool.out_shape == (2, 3, 3)
+    assert pool.out_shape == (shape[0] // 2, shape[1] // 2, 3)
 
 
 def test_conv_jacobian_products_against_finite_differences():
@@ -248,6 +249,34 @@ def test_gauss_newton_with_convolutions_and_pooling_learns_digits():
     assert objectives[-1] < 0.5 * objectives[0]
     assert r.history[-1]["test_accuracy"] >= 0.9
     assert r.history[-1]["test_accuracy"] == pytest.approx(r.network.score(d.data[1000:1400], d.target[1000:1400]))
+
+
+def test_pass_b_scores_the_held_out_rows_from_pass_a_activations(monkeypatch):
+    """With rows held out, pass B scores them from the ``a_{L−1}`` pass A kept at the accepted hidden weights (one
+    forward pass fewer): the validation accuracy the driver records is the network's on those rows, and a run that
+    keeps nothing (recomputing them) gives the same numbers bitwise."""
+    from sklearn.datasets import load_digits
+
+    from solvers.activation_cache import CACHE
+    from solvers.driver import split_chunks
+
+    d = load_digits()
+    X, y = d.data[:600], d.target[:600]
+    cfg = TrainConfig(layers="conv:4x3x3:same,pool:2,dense:16", solver="gauss-newton", iterations=4,
+                      scaling="global", validation_fraction=0.25)
+    hits = CACHE.hits
+    kept = fit_in_memory(X, y, cfg, chunk_rows=150)
+    assert CACHE.hits > hits  # pass B took pass A's held-out activations
+    rows_out = split_chunks(len(X), 150, len(X), cfg)[2].mask(0, len(X))
+    best = next(h for h in kept.history if h["iteration"] == kept.best_iteration)
+    assert best["validation_accuracy"] == kept.network.score(X[rows_out], y[rows_out])
+    monkeypatch.setattr(CACHE, "budget", 0)  # nothing kept: pass B recomputes the held-out forward pass
+    hits = CACHE.hits
+    recomputed = fit_in_memory(X, y, cfg, chunk_rows=150)
+    assert CACHE.hits == hits
+    assert [h["validation_accuracy"] for h in recomputed.history] == [h["validation_accuracy"] for h in kept.history]
+    for W, W_kept in zip(recomputed.network.weights, kept.network.weights):
+        np.testing.assert_array_equal(W, W_kept)
 
 
 def test_pooling_and_flatten_syntax_and_errors():
