@@ -46,12 +46,18 @@ from storage.data import write_data  # noqa: E402
 LAYERS = "conv:8x5x5,pool:2,conv:16x5x5,pool:2,dense:100"
 
 
-def _set_data_cache(budget: int) -> None:
-    """Give this worker an empty data-chunk cache of ``budget`` bytes (run in each worker before training)."""
+def _set_caches(data_budget: int | None, activation_budget: int | None) -> None:
+    """Give this worker an empty data-chunk cache and an activation cache of these budgets (bytes; None: its own)."""
     import pipeline.passes as passes
+    from solvers.activation_cache import CACHE
     from storage.cache import ChunkCache
 
-    passes._data_cache = ChunkCache(budget)
+    passes._data_cache = None
+    passes.data_cache()  # the worker's own budgets
+    if data_budget is not None:
+        passes._data_cache = ChunkCache(data_budget)
+    if activation_budget is not None:
+        CACHE.budget = activation_budget
 
 
 def _data_cache_bytes() -> int:
@@ -61,7 +67,8 @@ def _data_cache_bytes() -> int:
     return 0 if passes._data_cache is None else int(passes._data_cache._bytes)
 
 
-def measure(n: int, X, y, layers: str, chunk_rows: int, iterations: int, work: Path, cache_mib=None) -> dict:
+def measure(n: int, X, y, layers: str, chunk_rows: int, iterations: int, work: Path, cache_mib=None,
+            activation_mib=None, timeline: bool = False) -> dict:
     data = work / f"mnist-{n}.zarr"
     if not data.exists():
         write_data(data, X[:n], y[:n], chunk_rows=chunk_rows)
@@ -69,18 +76,28 @@ def measure(n: int, X, y, layers: str, chunk_rows: int, iterations: int, work: P
                          sample_schedule="full", validation_fraction=0)
     with connect("local", n_workers=2, threads_per_worker=1, memory_limit="4GB", dashboard_address=":0") as client:
         pids = worker_pids(client)
-        if cache_mib is not None:
-            client.run(_set_data_cache, int(cache_mib * 2**20))
+        client.run(_set_caches, None if cache_mib is None else int(cache_mib * 2**20),
+                   None if activation_mib is None else int(activation_mib * 2**20))
         held = []  # the workers' data-cache bytes, read just before the run's end clears them
         reset_hwm(pids)
+        marks = []  # (seconds, report line): when each step ended, for the memory timeline
         with MemorySampler(pids) as mem, CpuWatch() as cpu:
             t0 = time.perf_counter()
-            train(client, store=str(work / f"run-{n}-{cache_mib}.zarr"), data=str(data), config=config,
-                  chunk_rows=chunk_rows, report=lambda line: (held.append(list(client.run(_data_cache_bytes).values())),
-                                                              print(f"  n={n}: {line}", flush=True)))
+
+            def report(line):
+                held.append(list(client.run(_data_cache_bytes).values()))
+                marks.append((time.perf_counter() - t0, line))
+                print(f"  n={n}: {line}", flush=True)
+            train(client, store=str(work / f"run-{n}-{cache_mib}-{activation_mib}.zarr"), data=str(data), config=config,
+                  chunk_rows=chunk_rows, report=report)
             seconds = time.perf_counter() - t0
         hwm = vm_hwm(pids)
-    return {"n": n, "chunk_rows": chunk_rows, "data_cache_mib": cache_mib, "seconds": seconds,
+    if timeline:
+        for t, rss, *_ in mem.samples[::10]:
+            print(f"    {t:7.1f} s  " + ", ".join(f"{gb(v):.3f}" for v in rss), flush=True)
+        print("    marks:", [(round(t, 1), line[:40]) for t, line in marks], flush=True)
+    return {"n": n, "chunk_rows": chunk_rows, "data_cache_mib": cache_mib, "activation_cache_mib": activation_mib,
+            "seconds": seconds,
             "other_cpu_seconds": cpu.other, "data_cache_bytes_held": max(held, key=max) if held else [],
             "worker_peak_rss_bytes_vmhwm": list(hwm.values()), "worker_peak_rss_bytes_sampled": list(mem.peak.values())}
 
@@ -121,15 +138,19 @@ def main(argv=None) -> int:
     p.add_argument("--data-cache-mib", nargs="+", default=["32"],
                    help="the workers' data-chunk cache budget(s) in MiB ('default': the worker's own; 0: none); "
                         "the default, 32, is less than the data at 15000 rows (47 MB): data bigger than the cache")
+    p.add_argument("--activation-cache-mib", type=float, default=None,
+                   help="the workers' activation cache budget in MiB (default: their own, min(192 MiB, limit/8))")
+    p.add_argument("--timeline", action="store_true", help="print the workers' sampled RSS every second")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "conv_memory.json"))
     args = p.parse_args(argv)
     d = np.load(ROOT.parent / "shared" / "data" / "mnist70k_uint8.npz")
     X, y = d["X"][:60000].astype(np.float32), d["y"][:60000]
     with tempfile.TemporaryDirectory(prefix="conv-memory-") as tmp:
         budgets = [None if b == "default" else float(b) for b in args.data_cache_mib]
-        runs = [measure(n, X, y, args.layers, args.chunk_rows, args.iterations, Path(tmp), b)
-                for b in budgets for n in args.n]
-    result = {"provenance": provenance(), "layers": args.layers, "iterations": args.iterations, "runs": runs}
+        runs = [measure(n, X, y, args.layers, args.chunk_rows, args.iterations, Path(tmp), b,
+                        args.activation_cache_mib, args.timeline) for b in budgets for n in args.n]
+    result = {"provenance": provenance(), "layers": args.layers, "iterations": args.iterations, "runs": runs,
+              "activation_cache_mib": args.activation_cache_mib}
     write_results(args.out, result, markdown)
     print(markdown(result))
     return 0

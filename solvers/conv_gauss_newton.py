@@ -114,7 +114,8 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         K = self.widths[-1]
         per_row = max(max(positions(m) * m.fan_in, m.n_out) for m in self.layers)
         self.curvature_every = CURVATURE_EVERY
-        self.curvature_rows = max(1, self.curvature_every * CURVATURE_TILE_BYTES // (4 * K * per_row))
+        # passes A and B walk the same tiles, so that pass B can take pass A's activations (solvers.activation_cache)
+        self.curvature_rows = min(self.tile_rows, max(1, self.curvature_every * CURVATURE_TILE_BYTES // (4 * K * per_row)))
 
     # -- layouts ----------------------------------------------------------------------------
     def _gram_shape(self, l: int) -> tuple:
@@ -235,14 +236,14 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
 
     # -- chunk side ---------------------------------------------------------------------------
     def _forward_tile(self, x, hidden, back: bool = True):
-        """Return the tile's ``(rows P_l, slopes, pooling masks)`` of every hidden layer and ``a_{L−1}``.
+        """Return the tile's ``(rows P_l, slopes, pooling masks, outputs a_l)`` of every hidden layer.
 
         ``slopes[l]`` is what :meth:`_back` needs for ``h'(z_l)``: ``z_l`` in general; with ReLU
         (``h'(z) = 1[z > 0]``, z not kept, ReLU applied in place) ``a_l``'s positivity, or nothing
         after a max pooling, whose masks then carry it (:meth:`_back`). ``back``: keep what
         back-propagation needs (a forward pass alone keeps no masks).
         """
-        a, rows, slopes, masks = x, [], [], []
+        a, rows, slopes, masks, acts = x, [], [], [], []
         relu = self.act.name == "relu"
         for layer, W in zip(self.layers, hidden):
             P = layer_rows(layer, a)
@@ -258,32 +259,50 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             rows.append(P)
             slopes.append(slope if back else None)
             masks.append(mask)
-        return rows, slopes, masks, a
+            acts.append(a)
+        return rows, slopes, masks, acts
 
-    def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams, keep: bool = False):
+    def _kept_forward(self, x, kept):
+        """Return :meth:`_forward_tile`'s tuple from the ``(a_l…, slopes…, masks…)`` pass A kept: the patches rebuilt."""
+        H = self.L - 1
+        acts, slopes, masks = list(kept[:H]), list(kept[H:2 * H]), list(kept[2 * H:])
+        rows = [layer_rows(layer, a) for layer, a in zip(self.layers[:H], (x, *acts[:-1]))]
+        return rows, slopes, masks, acts
+
+    def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams, held: bool = False):
         """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ [p, 1][p, 1]ᵀ of layer 1 if asked).
 
-        ``keep``: each tile's ``a_{L−1}`` goes to the activation cache under ``p.key`` (:meth:`curvature_chunk_held`).
+        With ``p.key`` each tile's forward pass goes to the activation cache: training rows keep what
+        pass B back-propagates through (``a_l``, slopes, pooling masks; ~12 KB a MNIST row for the
+        README's network), so that pass B at these hidden weights (an accepted trial) starts from them;
+        ``held`` rows keep ``a_{L−1}`` for pass B's score (:meth:`curvature_chunk_held`).
+        Tiles of :attr:`curvature_rows` rows, pass B's.
         """
         L = self.L
-        rows_key = _rows_key(x_raw, start_row) if keep and p.key else None
-
-        def tile(sl, _):
-            x = self.inputs(x_raw[sl])
-            rows, _, _, a = self._forward_tile(x, p.hidden, back=False)
-            if rows_key is not None:
-                CACHE.put((p.key, "held", rows_key, sl.start, sl.stop), (a,))
-            t = self.task.targets(y[sl], self.dtype)
-            parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
-                     f"gram{L}": gram_with_bias(a), f"cross{L}": cross_with_bias(t, a)}
-            if p.input_gram and L > 1:
-                parts["gram1"] = rows_gram(self.layers[0], rows[0])
-            return None, parts
-        return None, self.tiled(self.forward_layout(p.input_gram), x_raw.shape[0], tile)[1]
+        layout = self.forward_layout(p.input_gram)
+        rows_key = _rows_key(x_raw, start_row) if p.key and L > 1 else None
+        keep_back = rows_key is not None and not held
+        total = np.zeros(layout.size)
+        with np.errstate(all="ignore"):
+            for sl in row_tiles(x_raw.shape[0], self.curvature_rows):
+                x = self.inputs(x_raw[sl])
+                rows, slopes, masks, acts = self._forward_tile(x, p.hidden, back=keep_back)
+                a = acts[-1]
+                if keep_back:
+                    CACHE.put((p.key, "train", rows_key, sl.start, sl.stop), (*acts, *slopes, *masks))
+                elif rows_key is not None:
+                    CACHE.put((p.key, "held", rows_key, sl.start, sl.stop), (a,))
+                t = self.task.targets(y[sl], self.dtype)
+                parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
+                         f"gram{L}": gram_with_bias(a), f"cross{L}": cross_with_bias(t, a)}
+                if p.input_gram and L > 1:
+                    parts["gram1"] = rows_gram(self.layers[0], rows[0])
+                total += layout.pack(parts)
+        return None, total
 
     def forward_chunk_held(self, x_raw, y, state, start_row: int, p: ForwardParams):
         """Return :meth:`forward_chunk` of held-out rows, keeping their ``a_{L−1}`` for pass B's score (a few hundred bytes a row)."""
-        return self.forward_chunk(x_raw, y, state, start_row, p, keep=True)
+        return self.forward_chunk(x_raw, y, state, start_row, p, held=True)
 
     def curvature_chunk_held(self, x_raw, y, state, start_row: int, p: CurvatureParams):
         """Return (None, the held-out rows' part of pass B): ``n`` and the score of the weights.
@@ -294,13 +313,16 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         """
         if not isinstance(p, CurvatureParams):
             p = CurvatureParams(tuple(p))
-        rows_key = _rows_key(x_raw, start_row) if p.key else None
-
-        def tile(sl, _):
-            kept = None if rows_key is None else CACHE.get((p.key, "held", rows_key, sl.start, sl.stop))
-            a = kept[0] if kept is not None else self._forward_tile(self.inputs(x_raw[sl]), p.weights[:-1], back=False)[3]
-            return None, {"n": a.shape[0], **self.task.score_parts(affine(a, p.weights[-1]), y[sl])}
-        return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
+        rows_key = _rows_key(x_raw, start_row) if p.key and self.L > 1 else None
+        layout = self.curvature_layout(p.input_gram)
+        total = np.zeros(layout.size)
+        with np.errstate(all="ignore"):
+            for sl in row_tiles(x_raw.shape[0], self.curvature_rows):
+                kept = None if rows_key is None else CACHE.get((p.key, "held", rows_key, sl.start, sl.stop))
+                a = kept[0] if kept is not None else \
+                    self._forward_tile(self.inputs(x_raw[sl]), p.weights[:-1], back=False)[3][-1]
+                total += layout.pack({"n": a.shape[0], **self.task.score_parts(affine(a, p.weights[-1]), y[sl])})
+        return None, total
 
     def _scores_held_out(self, runner) -> bool:
         """Return whether pass B also scores the held-out rows (:meth:`curvature_chunk_held`): a runner holding rows out."""
@@ -321,7 +343,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             return g
         return g * (slope > 0) if self.act.name == "relu" else g * self.act.dh(slope)
 
-    def curvature_parts(self, x, y, weights, input_gram: bool, signs=None, first_row: int = 0) -> dict:
+    def curvature_parts(self, x, y, weights, input_gram: bool, signs=None, first_row: int = 0, kept=None) -> dict:
         """Return pass B's sums over the rows ``x`` (standardised): S_l, D_l, G_{l−1}, the score and the error.
 
         ``signs`` (K × rows of ±1, or None: exact): below the last hidden layer
@@ -331,9 +353,11 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         The factors S_l and G_{l−1} (l > 1) are summed over the rows whose index
         ``first_row + i`` is a multiple of :attr:`curvature_every` (``n_curv`` of
         them; the gradient, loss, score and ``gram1`` over every row).
+        ``kept``: the tile's forward pass as pass A kept it at these hidden weights (:meth:`forward_chunk`).
         """
         L, K, n = self.L, self.widths[-1], x.shape[0]
-        rows, slopes, masks, a = self._forward_tile(x, weights[:-1])
+        rows, slopes, masks, acts = self._forward_tile(x, weights[:-1]) if kept is None else self._kept_forward(x, kept)
+        a = acts[-1]
         out = affine(a, weights[-1])
         t = self.task.targets(y, self.dtype)
         r = t - out
@@ -373,12 +397,14 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         layout = self.curvature_layout(p.input_gram)
         total = np.zeros(layout.size)
         key = zlib.crc32(np.ascontiguousarray(p.weights[-1]).tobytes())
+        rows_key = _rows_key(x_raw, start_row) if p.key and self.L > 1 else None
         with np.errstate(all="ignore"):
             for sl in row_tiles(x_raw.shape[0], self.curvature_rows):
                 first = start_row + sl.start
                 signs = self.curvature_signs(first, sl.stop - sl.start, key)
+                kept = None if rows_key is None else CACHE.get((p.key, "train", rows_key, sl.start, sl.stop))
                 total += layout.pack(self.curvature_parts(self.inputs(x_raw[sl]), y[sl], p.weights, p.input_gram,
-                                                          signs, first))
+                                                          signs, first, kept))
         return None, total
 
     def curvature_signs(self, first_row: int, rows: int, key: int):

@@ -251,10 +251,11 @@ def test_gauss_newton_with_convolutions_and_pooling_learns_digits():
     assert r.history[-1]["test_accuracy"] == pytest.approx(r.network.score(d.data[1000:1400], d.target[1000:1400]))
 
 
-def test_pass_b_scores_the_held_out_rows_from_pass_a_activations(monkeypatch):
-    """With rows held out, pass B scores them from the ``a_{L−1}`` pass A kept at the accepted hidden weights (one
-    forward pass fewer): the validation accuracy the driver records is the network's on those rows, and a run that
-    keeps nothing (recomputing them) gives the same numbers bitwise."""
+def test_pass_b_starts_from_the_forward_pass_pass_a_kept(monkeypatch):
+    """Pass B at an accepted trial's hidden weights takes pass A's forward pass from the activation cache: on the
+    training rows what it back-propagates through, on the held-out rows ``a_{L−1}`` for their score (so the driver
+    scores them no more). The validation accuracy recorded is the network's on those rows, and a run that keeps
+    nothing (recomputing every forward pass) gives the same numbers bitwise."""
     from sklearn.datasets import load_digits
 
     from solvers.activation_cache import CACHE
@@ -262,19 +263,29 @@ def test_pass_b_scores_the_held_out_rows_from_pass_a_activations(monkeypatch):
 
     d = load_digits()
     X, y = d.data[:600], d.target[:600]
-    cfg = TrainConfig(layers="conv:4x3x3:same,pool:2,dense:16", solver="gauss-newton", iterations=4,
+    cfg = TrainConfig(layers="conv:4x3x3:same,pool:2,conv:4x2x2,dense:16", solver="gauss-newton", iterations=4,
                       scaling="global", validation_fraction=0.25)
-    hits = CACHE.hits
+    hits = []
+    get = CACHE.get
+
+    def counting_get(key):
+        found = get(key)
+        if found is not None:
+            hits.append(key[1])
+        return found
+
+    monkeypatch.setattr(CACHE, "get", counting_get)
     kept = fit_in_memory(X, y, cfg, chunk_rows=150)
-    assert CACHE.hits > hits  # pass B took pass A's held-out activations
+    assert {"train", "held"} <= set(hits)
     rows_out = split_chunks(len(X), 150, len(X), cfg)[2].mask(0, len(X))
     best = next(h for h in kept.history if h["iteration"] == kept.best_iteration)
     assert best["validation_accuracy"] == kept.network.score(X[rows_out], y[rows_out])
-    monkeypatch.setattr(CACHE, "budget", 0)  # nothing kept: pass B recomputes the held-out forward pass
-    hits = CACHE.hits
+    monkeypatch.setattr(CACHE, "budget", 0)  # nothing kept: pass B recomputes the forward passes
+    hits.clear()
     recomputed = fit_in_memory(X, y, cfg, chunk_rows=150)
-    assert CACHE.hits == hits
+    assert not hits
     assert [h["validation_accuracy"] for h in recomputed.history] == [h["validation_accuracy"] for h in kept.history]
+    assert [h["objective"] for h in recomputed.history] == [h["objective"] for h in kept.history]
     for W, W_kept in zip(recomputed.network.weights, kept.network.weights):
         np.testing.assert_array_equal(W, W_kept)
 
