@@ -44,6 +44,7 @@ back-propagated Jacobians of their curvature rows (:data:`CURVATURE_TILE_BYTES`)
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -93,6 +94,13 @@ def layer_back(layer, g, W):
 def positions(layer) -> int:
     """Return |T|: a convolution's output positions, 1 for a dense layer."""
     return 1 if layer.is_dense else layer.positions
+
+
+@dataclass(frozen=True)
+class ConvForwardParams(ForwardParams):
+    """Pass A's broadcast, and whether its training rows keep their forward pass for pass B (see ``_forward_params``)."""
+
+    keep_train: bool = True
 
 
 def _subsample_scale(curv: dict) -> float:
@@ -281,7 +289,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         L = self.L
         layout = self.forward_layout(p.input_gram)
         rows_key = _rows_key(x_raw, start_row) if p.key and L > 1 else None
-        keep_back = rows_key is not None and not held
+        keep_back = rows_key is not None and not held and getattr(p, "keep_train", True)
         total = np.zeros(layout.size)
         with np.errstate(all="ignore"):
             for sl in row_tiles(x_raw.shape[0], self.curvature_rows):
@@ -323,6 +331,17 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
                     self._forward_tile(self.inputs(x_raw[sl]), p.weights[:-1], back=False)[3][-1]
                 total += layout.pack({"n": a.shape[0], **self.task.score_parts(affine(a, p.weights[-1]), y[sl])})
         return None, total
+
+    def _forward_params(self, hidden, input_gram: bool, carry: dict | None = None) -> ForwardParams:
+        """Return the dense solver's pass A broadcast, keeping the training rows' forward pass when pass B reads them next.
+
+        Pass B at an accepted trial reads the next iteration's sample: at initialisation the same one, while
+        growing (sample window −1) one that holds it, but on the ``rotate`` schedule's windows another one,
+        so that a kept forward pass would only cost its pooling masks and memory.
+        """
+        p = super()._forward_params(hidden, input_gram, carry)
+        keep = carry is None or float(carry.get("sample_window", -1)) < 0
+        return ConvForwardParams(**{f.name: getattr(p, f.name) for f in fields(p)}, keep_train=keep)
 
     def _scores_held_out(self, runner) -> bool:
         """Return whether pass B also scores the held-out rows (:meth:`curvature_chunk_held`): a runner holding rows out."""

@@ -290,6 +290,25 @@ def test_pass_b_starts_from_the_forward_pass_pass_a_kept(monkeypatch):
         np.testing.assert_array_equal(W, W_kept)
 
 
+def test_rotating_windows_keep_no_training_forward_pass():
+    """On the rotate schedule's windows pass B reads another window next: pass A keeps only the held-out rows'
+    ``a_{L−1}``; at initialisation and while the sample grows it keeps the training rows' forward pass too."""
+    from solvers.activation_cache import CACHE
+
+    rng = np.random.default_rng(5)
+    solver = tiny_solver(activation="relu", dtype=np.float32)
+    hidden = solver.cast(random_weights(solver, rng))[:-1]
+    x = rng.normal(size=(7, solver.widths[0])).astype(np.float32)
+    y = rng.integers(0, 3, 7)
+    for carry, kept in ((None, True), ({"sample_window": np.float64(-1)}, True), ({"sample_window": np.float64(2)}, False)):
+        CACHE.clear()
+        p = solver._forward_params(hidden, False, carry)
+        solver.forward_chunk(x, y, None, 0, p)
+        solver.forward_chunk_held(x, y, None, 100, p)
+        assert sorted({key[1] for key in CACHE.items}) == (["held", "train"] if kept else ["held"])
+    CACHE.clear()
+
+
 def test_pooling_and_flatten_syntax_and_errors():
     specs = parse_layers("conv:4x3x3,pool:2,conv:8x3:same,POOL:2:avg,flatten,dense:10")
     assert specs[1] == PoolSpec(2) and specs[3] == PoolSpec(2, "avg") and specs[4] == FlattenSpec()
