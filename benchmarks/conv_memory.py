@@ -14,13 +14,17 @@ fits, a worker's memory grows with n by up to the data's bytes; that is the
 cache, not the kernels. ``--data-cache-mib`` sets the workers' budget for
 every n (0: none); a fair "flat in n" test gives them less than the data at
 the smallest n (the default, 32 MiB), as on data bigger than the cache. It may
-list several budgets: every n is run under each. (Convolutional Gauss-Newton
-keeps no activations of training rows; the held-out rows' last hidden
-activations it keeps are ~400 bytes a row, bounded by the activation cache.)
+list several budgets: every n is run under each. Likewise the activation cache
+(:mod:`solvers.activation_cache`, min(192 MiB, limit/8)): pass A keeps the
+forward pass of the training rows when pass B reads them next (here, every
+chunk every pass: ~12 KB a row), so on small data it fills with n up to its
+bound; ``--activation-cache-mib`` (default 16) holds it below one worker's
+share of the smallest n's rows, full at every n.
 
 Run::
 
-    python benchmarks/conv_memory.py --n 15000 30000 60000 --data-cache-mib default 32
+    python benchmarks/conv_memory.py --n 15000 30000 60000
+    python benchmarks/conv_memory.py --n 15000 30000 60000 --data-cache-mib default --activation-cache-mib default
 """
 from __future__ import annotations
 
@@ -106,7 +110,8 @@ def markdown(r: dict) -> str:
     rows = r["runs"]
     out = [f"# Worker peak memory, Gauss-Newton with `--layers {r['layers']}` (MNIST)", "",
            f"Command: `{r['provenance']['command']}` ({r['provenance']['date']}); 2 worker processes x 1 thread, "
-           f"{r['iterations']} iteration(s) after init, chunks of {rows[0]['chunk_rows']} rows, every chunk read.", "",
+           f"{r['iterations']} iteration(s) after init, chunks of {rows[0]['chunk_rows']} rows, every chunk read; "
+           f"activation cache {_budget(r.get('activation_cache_mib'), 'min(192 MiB, limit/8)')}.", "",
            "| data cache budget | n | X bytes (GB) | data cache held (GB) | worker peak RSS (VmHWM, GB) | sampled peak (GB) "
            "| seconds | other processes' CPU s |",
            "|---|---|---|---|---|---|---|---|"]
@@ -125,8 +130,8 @@ def markdown(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _budget(mib) -> str:
-    return "the worker's own (min(512 MiB, limit/4))" if mib is None else f"{mib:g} MiB"
+def _budget(mib, own: str = "min(512 MiB, limit/4)") -> str:
+    return f"the worker's own ({own})" if mib is None else f"{mib:g} MiB"
 
 
 def main(argv=None) -> int:
@@ -138,8 +143,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-cache-mib", nargs="+", default=["32"],
                    help="the workers' data-chunk cache budget(s) in MiB ('default': the worker's own; 0: none); "
                         "the default, 32, is less than the data at 15000 rows (47 MB): data bigger than the cache")
-    p.add_argument("--activation-cache-mib", type=float, default=None,
-                   help="the workers' activation cache budget in MiB (default: their own, min(192 MiB, limit/8))")
+    p.add_argument("--activation-cache-mib", default="16",
+                   help="the workers' activation cache budget in MiB ('default': their own, min(192 MiB, limit/8))")
     p.add_argument("--timeline", action="store_true", help="print the workers' sampled RSS every second")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "conv_memory.json"))
     args = p.parse_args(argv)
@@ -147,10 +152,11 @@ def main(argv=None) -> int:
     X, y = d["X"][:60000].astype(np.float32), d["y"][:60000]
     with tempfile.TemporaryDirectory(prefix="conv-memory-") as tmp:
         budgets = [None if b == "default" else float(b) for b in args.data_cache_mib]
+        activation = None if args.activation_cache_mib == "default" else float(args.activation_cache_mib)
         runs = [measure(n, X, y, args.layers, args.chunk_rows, args.iterations, Path(tmp), b,
-                        args.activation_cache_mib, args.timeline) for b in budgets for n in args.n]
+                        activation, args.timeline) for b in budgets for n in args.n]
     result = {"provenance": provenance(), "layers": args.layers, "iterations": args.iterations, "runs": runs,
-              "activation_cache_mib": args.activation_cache_mib}
+              "activation_cache_mib": activation}
     write_results(args.out, result, markdown)
     print(markdown(result))
     return 0
