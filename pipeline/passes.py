@@ -4,9 +4,9 @@ Each chunk is one task: it reads its rows of the data and of the committed
 state slot from Zarr, runs the solver's NumPy kernel (one BLAS thread),
 writes the new state into the *uncommitted* slot (so a retried task rewrites
 the same bytes) and returns its partial sums as one float64 vector. A sharded
-solver's pass (``run_shards``) is one task per shard, a fixed group of
-consecutive chunks read one after another, with per-shard state in the same
-two-slot scheme. The
+solver's pass (``run_shard_rounds``) is one task per shard and averaging round, a
+fixed group of consecutive chunks read one after another, with per-shard state in
+the same two-slot scheme, all rounds of a pass one graph. The
 vectors are tree-reduced (``split_every`` at a time) and only the sum — a few
 MB at most — reaches the client. No full-size array ever leaves a worker.
 
@@ -36,7 +36,7 @@ from solvers.tasks import score_sums
 from solvers.validation import select
 from storage.cache import ChunkCache
 from storage.data import read_rows, rows_array
-from storage.runstore import RunStore, shard_state_path, slot_of, state_path
+from storage.runstore import shard_state_path, slot_of, state_path
 
 SPLIT_EVERY = 8
 DATA_CACHE_MAX = 512 * 2**20  # a worker keeps at most this much decoded data (a quarter of its memory limit if less)
@@ -153,26 +153,6 @@ def _read_shard_state(run: str, slot: int, names, shard: int) -> dict:
     return {name: read_rows(run, shard_state_path(slot, name), shard, shard + 1)[0] for name in names}
 
 
-def shard_task(bundle, data, run, read_slot, write_slot, shard, chunk_bounds, split=None):
-    """Run one solver shard kernel over the chunks ``chunk_bounds`` of shard ``shard``; return its sums.
-
-    The per-shard state is read from slot ``read_slot`` and written to
-    ``write_slot`` (either may be None); the slot written is never the
-    committed one, so a retried task rewrites the same bytes.
-    """
-    solver, kernel, params = bundle
-    params = aligned(params)
-    with one_blas_thread():
-        names = solver.shard_state_widths()
-        state = None if read_slot is None else _read_shard_state(run, read_slot, names, shard)
-        new_state, sums = getattr(solver, kernel)(_ZarrChunks(data, chunk_bounds, solver.classes, split), state,
-                                                  shard, params)
-        if write_slot is not None:
-            for name, value in new_state.items():
-                _array(run, shard_state_path(write_slot, name), "r+")[shard] = np.asarray(value, np.float64)
-    return sums
-
-
 def shard_round_task(solver, kernel, params, data, run, read_slot, state, write_slot, shard, chunk_bounds, split=None,
                      keep=True):
     """Run one round of a shard pass (:meth:`DaskRunner.run_shard_rounds`); return (new state if ``keep``, sums).
@@ -245,7 +225,6 @@ class DaskRunner:
         self.recorder = recorder  # .on_pass(kernel, seconds, rows, read_bytes) after each pass (the /training page)
         self.passes: list[tuple] = []  # (seconds, rows, read bytes) of the passes since take_pass_rates()
         self._data_row_bytes = None
-        self._scratch = False  # the run store's scratch shard slot is known to exist
 
     def compute(self, *delayed_values):
         """Compute delayed values on the cluster, with a progress bar when asked."""
@@ -318,23 +297,6 @@ class DaskRunner:
             for i in group:
                 out[i] = places[shard]
         return out
-
-    def run_shards(self, kernel, params, *, read=None, write=None):
-        shared = broadcast((self.solver, kernel, params))
-        fn = dask.delayed(shard_task, pure=False)
-        groups = shard_groups(len(self.bounds), self.solver.config.shards)
-        read_slot = None if read is None else shard_slot(read)
-        write_slot = None if write is None else shard_slot(write)
-        if write_slot == 2 and not self._scratch:  # a run store made before the scratch slot existed
-            RunStore.open(self.run_path).ensure_shard_slot(2)
-            self._scratch = True
-        places = shard_places(self.client, len(groups))
-        tasks = []
-        for shard, group in enumerate(groups):
-            with dask.annotate(**places[shard]):
-                tasks.append(fn(shared, self.data, self.run_path, read_slot, write_slot, shard,
-                                [self.bounds[i] for i in group], self.split))
-        return self.compute(tree(tasks))[0]
 
     def run_shard_rounds(self, kernel, params, next_params, rounds, *, read=None, write=None, score=None):
         """One graph for all rounds: round r's shard tasks take round r − 1's states (worker memory) and ``next_params``.

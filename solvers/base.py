@@ -29,7 +29,7 @@ class SolverBase:
     """
 
     tasks = ("classification", "regression")
-    sharded = False  # True: passes run one task per shard (``run_shards``) and keep per-shard state
+    sharded = False  # True: passes run one task per shard (``run_shard_rounds``) and keep per-shard state
     divergence_hint = "other --gamma/--beta (nearer the defaults) or a larger --ridge"  # resume with these
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale,

@@ -27,7 +27,7 @@ class InMemoryRunner:
         self.x = [X[a:b] for a, b in self.bounds]
         self.y = [y_idx[a:b] for a, b in self.bounds]
         self.slots = {}  # iteration mod 2 -> per-chunk state
-        self.shard_slots = {}  # iteration mod 2 (2: the scratch slot) -> per-shard state
+        self.shard_slots = {}  # iteration mod 2 -> per-shard state
 
     def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
         fn = getattr(self.solver, kernel)
@@ -52,18 +52,6 @@ class InMemoryRunner:
         xs = [self.x[i] if r is None else self.x[i][r] for i, r in zip(group, rows)]
         ys = [self.y[i] if r is None else self.y[i][r] for i, r in zip(group, rows)]
         return _Chunks(xs, ys)
-
-    def run_shards(self, kernel, params, *, read=None, write=None):
-        fn = getattr(self.solver, kernel)
-        groups = shard_groups(len(self.bounds), self.solver.config.shards)
-        total = 0.0
-        for shard, group in enumerate(groups):
-            state = None if read is None else dict(self.shard_slots[shard_slot(read)][shard])
-            new, sums = fn(self._chunks(group), state, shard, params)
-            if write is not None:
-                self.shard_slots.setdefault(shard_slot(write), [{} for _ in groups])[shard] = dict(new)
-            total = total + sums
-        return total
 
     def run_shard_rounds(self, kernel, params, next_params, rounds, *, read=None, write=None, score=None):
         fn = getattr(self.solver, kernel)

@@ -42,41 +42,29 @@ class PassRunner(Protocol):
         would read its own output).
         """
 
-    def run_shards(self, kernel: str, params, *, read: int | None = None, write: int | None = None) -> np.ndarray:
-        """Run ``solver.<kernel>(chunks, state, shard, params)`` once per shard; return the summed stats.
-
-        A shard is a fixed group of consecutive training chunks
-        (:func:`shard_groups` of ``solver.config.shards``); ``chunks`` gives
-        ``len(chunks)``, ``chunks.n_rows()`` and ``chunks.read(i) -> (x, y)``, read when asked.
-        ``state`` is the shard's per-shard state (``solver.shard_state_widths()``)
-        of iteration ``read`` (None: not read); the kernel's new state is
-        stored as iteration ``write``'s, in the other of two slots, so a
-        retried shard task rewrites the same bytes. Either may be
-        :data:`SCRATCH`, a third slot for the rounds inside one iteration
-        (:func:`shard_slot`); a pass never reads and writes the same slot.
-        """
-
     def run_shard_rounds(self, kernel: str, params, next_params, rounds: int, *, read: int | None = None,
                          write: int | None = None, score=None):
-        """Run ``rounds`` rounds of :meth:`run_shards` as one computation; return each round's summed stats.
+        """Run ``rounds`` rounds of ``solver.<kernel>(chunks, state, shard, params)`` per shard as one computation.
 
+        Returns each round's stats, summed over the shards. A shard is a fixed group of
+        consecutive training chunks (:func:`shard_groups` of ``solver.config.shards``);
+        ``chunks`` gives ``len(chunks)``, ``chunks.n_rows()`` and ``chunks.read(i) -> (x, y)``,
+        read when asked; ``state`` is the shard's per-shard state (``solver.shard_state_widths()``).
         Round 0 runs with ``params`` and reads the per-shard state of iteration
         ``read``; round r > 0 runs with ``next_params(r, sums of round r − 1)`` from
         the shard states round r − 1 returned, held in memory (not stored); the
         last round's states are stored as iteration ``write``'s. Nothing else is
-        written, so a retried task (recomputed from its inputs) gives the same bytes.
+        written, and the two slots (:func:`shard_slot`) differ, so a retried task (recomputed from
+        its inputs) reads what it read before and rewrites the same bytes.
         With ``score`` (classification, rows held out of every chunk) the same computation
         also scores ``score(sums of the last round)``, a network, on the held-out rows of every
         shard's chunks, and the result is the pair (the list, summed :func:`solvers.tasks.score_sums`).
         """
 
 
-SCRATCH = "scratch"  # run_shards' read/write: the third per-shard slot, for the rounds inside one iteration
-
-
 def shard_slot(k) -> int:
-    """Return the per-shard state slot of iteration k (k mod 2), or 2 for :data:`SCRATCH`."""
-    return 2 if k == SCRATCH else int(k) % 2
+    """Return the per-shard state slot of iteration k: k mod 2 (run stores of session 5 also have a slot 2, unused)."""
+    return int(k) % 2
 
 
 @dataclass
@@ -187,12 +175,6 @@ def run_pass(runner: PassRunner, layout, kernel: str, params, iteration: int, **
         slots["read"] = read_plan(slots["read"], solver.state_widths())
     hint = getattr(solver, "divergence_hint", DIVERGENCE_HINT)
     return check_finite(layout.unpack(runner.run(kernel, params, **slots)), iteration, hint)
-
-
-def run_shard_pass(runner: PassRunner, layout, kernel: str, params, iteration: int, **slots) -> dict:
-    """Run one pass of per-shard tasks and return its sums unpacked by ``layout`` and checked to be finite."""
-    hint = getattr(getattr(runner, "solver", None), "divergence_hint", DIVERGENCE_HINT)
-    return check_finite(layout.unpack(runner.run_shards(kernel, params, **slots)), iteration, hint)
 
 
 def run_shard_rounds(runner: PassRunner, layout, kernel: str, params, next_params, rounds: int, iteration: int,

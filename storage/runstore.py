@@ -17,7 +17,7 @@
       state/slot0/, slot1/ per-sample state, e.g. z1 (n, n_1) … lam (n, n_L), float32,
                            chunks (chunk_rows, width), uncompressed, crc32c-checked;
                            fill value NaN, so a missing chunk never reads as state
-      shards/slot0/, slot1/ per-shard state of a sharded solver (consensus: v, m, s, t; slot2/: scratch for the rounds inside an iteration),
+      shards/slot0/, slot1/ per-shard state of a sharded solver (consensus: v, m, s, t; the slot2/ of session-5 stores is unused),
                            (n_shards, width) float64, one chunk per shard, same checks
       checkpoint/<k>/      (and <k−1>/) one float64 array ``packed`` holding, in the order
                            its ``layout`` attribute lists them ([name, shape] pairs):
@@ -182,7 +182,7 @@ class RunStore:
             for slot in (0, 1):
                 for name, width in state_widths.items():
                     _create_state_array(root, slot, name, width, n_samples, chunk_rows)
-            for slot in (0, 1, 2):  # per shard also a scratch slot, for the rounds inside one iteration
+            for slot in (0, 1):
                 for name, width in (shard_widths or {}).items():
                     _create_shard_array(root, slot, name, width, n_shards)
             root.attrs.update(attrs)
@@ -235,13 +235,6 @@ class RunStore:
         """Record changed settings of a resumed run (those ``solvers.config.RESUMABLE`` lets ``--resume`` change)."""
         zarr.open_group(self.path, mode="r+").attrs["config"] = config
         self.attrs["config"] = config
-
-    def ensure_shard_slot(self, slot: int) -> None:
-        """Create the per-shard state arrays of ``slot`` where missing (the scratch slot 2 of older run stores)."""
-        root = zarr.open_group(self.path, mode="r+")
-        for name, width in (self.attrs.get("shard_widths") or {}).items():
-            if shard_state_path(slot, name) not in root:
-                _create_shard_array(root, slot, name, width, int(self.attrs["n_shards"]))
 
     def release_uncommitted_slot(self) -> None:
         """Delete the chunks of the slot resume does not read, halving a finished run's disk use."""

@@ -579,9 +579,7 @@ def test_pipeline_consensus_matches_reference_and_resumes_bitwise(client, tmp_pa
     # two passes, then resume to four: the same bytes as the uninterrupted run
     train(client, store=tmp_path / "a.zarr", data=tmp_path / "d.zarr",
           config=TrainConfig(**{**cfg.to_dict(), "iterations": 2}), chunk_rows=300, report=quiet)
-    import shutil
-
-    shutil.rmtree(tmp_path / "a.zarr" / "shards" / "slot2")  # as a store made before the scratch slot: made on resume
+    assert not (tmp_path / "a.zarr" / "shards" / "slot2").exists()  # the rounds between store nothing: two slots
     train(client, store=tmp_path / "a.zarr", resume=True, iterations=4, report=quiet)
     for W, W_ref in zip(_final_weights(tmp_path / "a.zarr"), _final_weights(tmp_path / "r.zarr")):
         np.testing.assert_array_equal(W, W_ref)
@@ -647,10 +645,14 @@ def test_chunk_tasks_of_a_sharded_solver_run_on_their_shards_worker():
 
 
 def test_retried_shard_task_rewrites_the_same_bytes(tmp_path):
-    """A shard task run twice (a retry) reads the committed slot and writes identical state and sums."""
+    """A shard round task run twice (a retry) reads what it read before and writes identical state and sums.
+
+    Round 0 reads the committed slot, a later round takes the previous round's state from memory; the last
+    round writes the other slot. Run twice, either gives the same sums, the same kept state and the same bytes.
+    """
     import zarr
 
-    from pipeline.passes import shard_task
+    from pipeline.passes import shard_round_task
     from storage.data import write_data
     from storage.runstore import RunStore, shard_state_path
 
@@ -664,15 +666,27 @@ def test_retried_shard_task_rewrites_the_same_bytes(tmp_path):
     center = s.flat.from_weights(s.he_weights(s.L))
     bounds = [(0, 100), (100, 200), (200, 300)]
     args = (str(tmp_path / "d.zarr"), str(run.path))
-    first = shard_task((s, "shard_kernel", ShardParams(center, 1, 0.1, 0.0)), *args, None, 1, 0, bounds)
-    # iteration 2 reads slot 1 and writes slot 0; run it twice
-    p2 = (s, "shard_kernel", ShardParams(center * 0.9, 2, 0.1, 1.0))
-    sums_a = shard_task(p2, *args, 1, 0, 0, bounds)
-    bytes_a = {n: zarr.open_array(store=str(run.path), path=shard_state_path(0, n))[0] for n in s.shard_state_widths()}
-    sums_b = shard_task(p2, *args, 1, 0, 0, bounds)
+
+    def stored(slot):
+        return {n: zarr.open_array(store=str(run.path), path=shard_state_path(slot, n))[0] for n in s.shard_state_widths()}
+
+    _, first = shard_round_task(s, "shard_kernel", ShardParams(center, 1, 0.1, 0.0), *args, None, None, 1, 0, bounds,
+                                keep=False)
+    # iteration 2, two rounds: round 0 reads slot 1 (kept in memory), round 1 writes slot 0; run each twice
+    p0 = ShardParams(center * 0.9, 2, 0.1, 1.0, rounds=2, round=0)
+    kept_a, sums_a = shard_round_task(s, "shard_kernel", p0, *args, 1, None, None, 0, bounds)
+    kept_b, sums_b = shard_round_task(s, "shard_kernel", p0, *args, 1, None, None, 0, bounds)
     np.testing.assert_array_equal(sums_a, sums_b)
+    for n in kept_a:
+        np.testing.assert_array_equal(kept_a[n], kept_b[n])
+    p1 = ShardParams(center * 0.95, 2, 0.1, 1.0, rounds=2, round=1)
+    _, last_a = shard_round_task(s, "shard_kernel", p1, *args, None, kept_a, 0, 0, bounds, keep=False)
+    bytes_a = stored(0)
+    _, last_b = shard_round_task(s, "shard_kernel", p1, *args, None, kept_b, 0, 0, bounds, keep=False)
+    np.testing.assert_array_equal(last_a, last_b)
     for n, value in bytes_a.items():
-        np.testing.assert_array_equal(zarr.open_array(store=str(run.path), path=shard_state_path(0, n))[0], value)
+        np.testing.assert_array_equal(stored(0)[n], value)
+        assert not np.isnan(value).any()
     assert not np.array_equal(first, sums_a)
 
 
