@@ -142,17 +142,18 @@ def test_training_page_in_a_real_browser(tmp_path):
 
     data, test = _data(tmp_path / "train.zarr", n=3000, seed=1), _data(tmp_path / "test.zarr", n=600, seed=2)
     store = tmp_path / "run.zarr"
+    # the browser starts first: the run must still be going when the page has seen 3 + 2 iterations, and a
+    # browser's start (seconds, far more on a loaded machine) would otherwise eat into its 60 iterations
+    driver = chrome()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", str(data), "--test-data", str(test),
                              "--store", str(store), "--hidden", "16", "--iterations", "60", "--workers", "1",
                              "--validation-fraction", "0.2", "--patience", "0", "--dashboard-address",
                              "127.0.0.1:0", "--no-progress"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = _Lines(proc)
-    driver = None
     try:
         link = out.wait_for("Training page: ")
         assert re.match(r"http://(localhost|127.0.0.1):\d+/training$", link), link
-        driver = chrome()
         driver.get(link)
         wait_for(driver, "return window.admm_training && window.admm_training.iterations >= 3")
         time.sleep(0.5)  # let Bokeh paint the last update
@@ -166,8 +167,7 @@ def test_training_page_in_a_real_browser(tmp_path):
         log = driver.execute_script("return window.admm_training.log")
         assert proc.wait(timeout=300) == 0, "".join(out.lines)
     finally:
-        if driver is not None:
-            driver.quit()
+        driver.quit()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
