@@ -84,14 +84,18 @@ def cross_with_bias(z, a):
 
 
 @single_threaded
-def solve_weights(cross, gram, ridge: float, *, what: str = "W", setting: str = "--ridge", alpha: float = 0.0):
+def solve_weights(cross, gram, ridge: float, *, what: str = "W", setting: str = "--ridge", alpha: float = 0.0,
+                  check: bool = True):
     """Return ``W = (z aᵀ)(a aᵀ + ε·mean(diag)·I + α Ĩ)⁻¹`` (paper §5, eq. 9), the Gram checked by Cholesky.
 
     ``ridge`` is the relative ridge ε (a numerical floor); ``alpha`` the
     absolute weight decay α of ``α‖W̃‖²`` (Ĩ: the identity without the bias
     entry, so the bias is not penalised). Raises :class:`NumericalError` when the
     Grams are not finite or not positive definite; its message suggests a
-    larger ``setting`` (the flag that sets ``ridge``).
+    larger ``setting`` (the flag that sets ``ridge``). ``check=False`` skips the
+    Cholesky test, for a Gram that is positive definite by construction (a sum of
+    outer products plus a ridge well above rounding): at 785 × 785 it costs a
+    third of the solve (7 of 31 ms on one thread).
     """
     if not (np.all(np.isfinite(cross)) and np.all(np.isfinite(gram))):
         raise NumericalError(
@@ -105,12 +109,13 @@ def solve_weights(cross, gram, ridge: float, *, what: str = "W", setting: str = 
         idx = np.arange(g.shape[0] - 1)
         g[idx, idx] += alpha
     try:
-        np.linalg.cholesky(g)  # the positive-definiteness check (NumPy's LAPACK: no SciPy import before iteration 1)
+        if check:
+            np.linalg.cholesky(g)  # the positive-definiteness check (NumPy's LAPACK: no SciPy import before iteration 1)
+        return np.linalg.solve(g, np.asarray(cross, np.float64).T).T
     except np.linalg.LinAlgError as exc:
         raise NumericalError(
             f"{what}: the Gram is not positive definite ({exc}); use a larger {setting}"
         ) from None
-    return np.linalg.solve(g, np.asarray(cross, np.float64).T).T
 
 
 @dataclass(frozen=True)

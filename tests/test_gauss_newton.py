@@ -296,6 +296,21 @@ def test_the_accepted_weights_objective_at_a_new_alpha_reuses_their_ridge_path(m
     assert len(made) == len(fit.history) + 1  # one path per pass A (and the initial fit), none for the refits
 
 
+def test_the_step_checks_the_curvature_by_cholesky_but_not_the_ridged_input_gram(monkeypatch):
+    """The input Gram side of the step is a Gram plus ≥ 1 % of its mean diagonal (positive definite): no Cholesky test there."""
+    X, y, s, weights = make_problem(n=90, hidden=(5,))
+    rng = np.random.default_rng(1)
+    A, J = rng.normal(size=(90, 4)), rng.normal(size=(90, 5))
+    G, S, D = A.T @ A, J.T @ J, rng.normal(size=(5, 4))
+    want = s.layer_step(1, weights[0], D, S, G, 0.1, 0.5, 90.0)
+    sizes = []
+    real = np.linalg.cholesky
+    monkeypatch.setattr(np.linalg, "cholesky", lambda a: (sizes.append(a.shape[0]), real(a))[1])
+    got = s.layer_step(1, weights[0], D, S, G, 0.1, 0.5, 90.0)
+    assert sizes == [5]  # S only
+    np.testing.assert_array_equal(got, want)
+
+
 def test_a_grown_sample_sums_the_input_gram_of_the_added_chunks_onto_the_last_one():
     """Pass B on a grown sample sums Σ ã_0 ã_0ᵀ over the added chunks only: the carried Gram is still the sample's."""
     from solvers import make_solver, sampling
