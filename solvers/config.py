@@ -159,8 +159,8 @@ class TrainConfig:
                         group="dladmm")
     scaling: str = setting("auto", "input scaling after centring: auto (each feature's std with a floor from its "
                            "fourth moment, so rare pixels and rare one-hot columns are not blown up; features "
-                           "constant in training are ignored), standard (each feature's std) or global (one common "
-                           "std: pixels and other shared units)", choices=SCALINGS)
+                           "constant in training are ignored; global with convolutional --layers), standard (each "
+                           "feature's std) or global (one common std: pixels and other shared units)", choices=SCALINGS)
     sample_schedule: str = setting("auto", "progressive sampling: grow runs the first iterations on a growing "
                                    "seeded subset of whole chunks (from --sample-start rows, doubling after every accepted "
                                    "step, all chunks by the last iteration); rotate first walks one epoch of "
@@ -309,6 +309,14 @@ class TrainConfig:
         if self.init != "auto":
             return self.init
         return "data" if self.solver in ("admm", "dladmm") and not self.layers else "forward"
+
+    def resolved_scaling(self) -> str:
+        """Return the input scaling, resolving ``"auto"`` to global for convolutional ``layers``, else auto.
+
+        A convolution applies one filter at every position of an image whose pixels share units, so every
+        position gets the same divisor (global); per-pixel divisors would give each position its own input scale.
+        """
+        return "global" if self.scaling == "auto" and self.layers else self.scaling
 
     def resolved_loss(self, n_classes: int) -> str:
         """Return the loss name, resolving ``"auto"`` to hinge (2 classes), ovr-hinge, or squared (regression)."""

@@ -69,7 +69,7 @@ def model_from_moments(config: TrainConfig, n_features: int, sums, shift, labels
     ``[X, y]`` for regression); ``labels`` the distinct labels (classification;
     None: more than a data store records).
     """
-    model = scaling_from_sums(sums, shift, n_features, config.scaling)
+    model = scaling_from_sums(sums, shift, n_features, config.resolved_scaling())
     if config.task != "regression":
         model["classes"] = classes_of(labels)
     return model

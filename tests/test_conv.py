@@ -147,6 +147,25 @@ def test_layers_syntax_and_shapes():
     assert cfg.layers == "conv:4x3x3:s2" and cfg.hidden == () and TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_auto_scaling_is_global_for_convolutions():
+    """Pixels of an image share units and a filter sees every position: auto gives one divisor with conv layers."""
+    from solvers.driver import model_from_moments
+    from solvers.stats import moment_sums
+
+    rng = np.random.default_rng(0)
+    X = rng.random((50, 16)) * np.linspace(0.1, 3.0, 16)  # 4x4 images whose pixels have different spreads
+    shift = X[0].astype(np.float64)
+
+    def x_scale(**kwargs):
+        return model_from_moments(TrainConfig(**kwargs), 16, moment_sums(X, shift), shift, np.array([0, 1]))["x_scale"]
+
+    conv = dict(layers="conv:2x3x3", input_shape=(4, 4, 1))
+    assert TrainConfig(**conv).resolved_scaling() == "global" and TrainConfig().resolved_scaling() == "auto"
+    np.testing.assert_array_equal(x_scale(**conv), x_scale(**conv, scaling="global"))
+    assert np.ptp(x_scale(**conv)) == 0 and np.ptp(x_scale()) > 0.5  # dense auto: each pixel its own divisor
+    np.testing.assert_array_equal(x_scale(**conv, scaling="standard"), x_scale(scaling="standard"))  # a choice stands
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"layers": "conv:8x5x5", "solver": "dladmm"},
      "trained by the admm or gauss-newton solver only, not dladmm .*--solver gauss-newton"),
