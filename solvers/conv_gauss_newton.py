@@ -288,7 +288,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         """
         L = self.L
         layout = self.forward_layout(p.input_gram)
-        rows_key = _rows_key(x_raw, start_row) if p.key and L > 1 else None
+        rows_key = _rows_key(x_raw, start_row, held) if p.key and L > 1 else None
         keep_back = rows_key is not None and not held and getattr(p, "keep_train", True)
         total = np.zeros(layout.size)
         with np.errstate(all="ignore"):
@@ -298,7 +298,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
                 a = acts[-1]
                 if keep_back:
                     CACHE.put((p.key, "train", rows_key, sl.start, sl.stop), (*acts, *slopes, *masks))
-                elif rows_key is not None:
+                elif held and rows_key is not None:  # training rows pass B will not read next keep nothing
                     CACHE.put((p.key, "held", rows_key, sl.start, sl.stop), (a,))
                 t = self.task.targets(y[sl], self.dtype)
                 parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
@@ -321,7 +321,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         """
         if not isinstance(p, CurvatureParams):
             p = CurvatureParams(tuple(p))
-        rows_key = _rows_key(x_raw, start_row) if p.key and self.L > 1 else None
+        rows_key = _rows_key(x_raw, start_row, True) if p.key and self.L > 1 else None
         layout = self.curvature_layout(p.input_gram)
         total = np.zeros(layout.size)
         with np.errstate(all="ignore"):
@@ -416,7 +416,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         layout = self.curvature_layout(p.input_gram)
         total = np.zeros(layout.size)
         key = zlib.crc32(np.ascontiguousarray(p.weights[-1]).tobytes())
-        rows_key = _rows_key(x_raw, start_row) if p.key and self.L > 1 else None
+        rows_key = _rows_key(x_raw, start_row, False) if p.key and self.L > 1 else None
         with np.errstate(all="ignore"):
             for sl in row_tiles(x_raw.shape[0], self.curvature_rows):
                 first = start_row + sl.start

@@ -85,12 +85,15 @@ CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄
 _PATHS: OrderedDict = OrderedDict()  # the client's last three RidgePaths used, by (ridge, SHA-1 of their sums)
 
 
-def _rows_key(x_raw, start_row) -> tuple:
-    """Return what names a chunk's rows in the activation cache: first row number, count, first and last row's bytes.
+def _rows_key(x_raw, start_row, held: bool) -> tuple:
+    """Return what names a chunk's rows in the activation cache: training or held-out side, first row number,
+    count, first and last row's bytes.
 
-    The training and held-out rows of a chunk start at the same row number; their first rows differ.
+    The training and held-out rows of a chunk start at the same row number, and their first and last rows can be
+    equal (duplicate rows): the side tells them apart.
     """
-    return (int(start_row), x_raw.shape[0], hashlib.sha1(x_raw[:1].tobytes() + x_raw[-1:].tobytes()).hexdigest())
+    return ("held" if held else "train", int(start_row), x_raw.shape[0],
+            hashlib.sha1(x_raw[:1].tobytes() + x_raw[-1:].tobytes()).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -589,13 +592,13 @@ class GaussNewtonSolver(SolverBase):
         """Return ``zᵀã`` in float64 (the ones column gives Σz), as ``(ãᵀz)ᵀ``: BLAS runs that shape faster."""
         return (a.T @ z).T.astype(np.float64)
 
-    def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams):
+    def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams, held: bool = False):
         """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ ã_0 ã_0ᵀ if asked).
 
         Cross-entropy: the training loss Σℓ of each output trial in ``p.outputs`` instead of the Grams.
         """
         L, hidden = self.L, self._augmented(p.hidden)
-        rows = _rows_key(x_raw, start_row) if p.key else None
+        rows = _rows_key(x_raw, start_row, held) if p.key else None
 
         def tile(sl, _):
             a, z = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
@@ -616,9 +619,9 @@ class GaussNewtonSolver(SolverBase):
     def forward_chunk_held(self, x_raw, y, state, start_row: int, p: ForwardParams):
         """Return :meth:`forward_chunk` of held-out rows; their activations are kept too, for pass B's held-out score.
 
-        They are named by their own rows (:func:`_rows_key`: the first row differs from the training rows').
+        They are named as held-out rows (:func:`_rows_key`).
         """
-        return self.forward_chunk(x_raw, y, state, start_row, p)
+        return self.forward_chunk(x_raw, y, state, start_row, p, held=True)
 
     def curvature_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams):
         """Return (None, pass B sums): S_l (Σ MᵀM for the last hidden layer), D_l, G_{l−1}, score, error.
@@ -631,7 +634,7 @@ class GaussNewtonSolver(SolverBase):
         Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
         hidden = self._augmented(weights[:-1])
         gram_here = p.sums_input_gram(start_row)
-        rows = _rows_key(x_raw, start_row) if p.key and L > 1 else None
+        rows = _rows_key(x_raw, start_row, False) if p.key and L > 1 else None
 
         def tile(sl, _):
             x1 = self._inputs_with_ones(x_raw[sl])
@@ -681,7 +684,7 @@ class GaussNewtonSolver(SolverBase):
         if not isinstance(p, CurvatureParams):
             p = CurvatureParams(tuple(p))
         L, hidden = self.L, self._augmented(p.weights[:-1])
-        rows = _rows_key(x_raw, start_row) if p.key and L > 1 else None
+        rows = _rows_key(x_raw, start_row, True) if p.key and L > 1 else None
 
         def tile(sl, _):
             kept = None if rows is None else CACHE.get((p.key, rows, sl.start, sl.stop))

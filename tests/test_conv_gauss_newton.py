@@ -11,7 +11,7 @@ from solvers import make_solver
 from solvers.config import TrainConfig
 from solvers.conv_gauss_newton import ConvGaussNewtonSolver
 from solvers.errors import InputError
-from solvers.gauss_newton import CurvatureParams
+from solvers.gauss_newton import CurvatureParams, _rows_key
 from solvers.layers import FlattenSpec, PoolSpec, build_layers, parse_layers
 from solvers.pooling import Pool2D
 from solvers.reference import fit_in_memory
@@ -306,6 +306,8 @@ def test_rotating_windows_keep_no_training_forward_pass():
         solver.forward_chunk(x, y, None, 0, p)
         solver.forward_chunk_held(x, y, None, 100, p)
         assert sorted({key[1] for key in CACHE.items}) == (["held", "train"] if kept else ["held"])
+        held_rows = {key[2] for key in CACHE.items if key[1] == "held"}
+        assert held_rows == {_rows_key(x, 100, True)}  # only the held-out call's rows are kept as held-out rows
     CACHE.clear()
 
 

@@ -271,6 +271,24 @@ def test_pass_b_scores_the_held_out_rows_from_pass_a_kept_activations(hidden, ac
     activation_cache.CACHE.clear()
 
 
+def test_held_out_rows_that_share_first_and_last_rows_with_the_training_rows_are_not_taken_for_them():
+    """A chunk's training and held-out rows start at the same row number; with duplicate first and last rows (tabular
+    data) only the side tells them apart: pass B on the training rows must not read the held-out rows' activations."""
+    from solvers import activation_cache
+
+    X, y, s, weights = make_problem(n=40, hidden=(5,), activation="relu")
+    held = X.copy()
+    held[1:-1] = X[1:-1][::-1] + 1.0  # same count, same first and last row, other rows in between
+    activation_cache.CACHE.clear()
+    forward = s._forward_params(weights[:-1], False)
+    s.forward_chunk_held(held, y, None, 0, forward)  # pass A over the held-out rows only
+    params = CurvatureParams(s.cast(weights), False, None, forward.key)
+    got = s.curvature_chunk(X, y, None, 0, params)[1]
+    want = s.curvature_chunk(X, y, None, 0, CurvatureParams(s.cast(weights), False))[1]  # recomputed
+    np.testing.assert_array_equal(got, want)
+    activation_cache.CACHE.clear()
+
+
 def test_the_accepted_weights_objective_at_a_new_alpha_reuses_their_ridge_path(monkeypatch):
     """The accepted trial's pass-A sums come back in the next iteration: their W_L refit at a new α needs no new eigendecomposition."""
     from solvers import gauss_newton
