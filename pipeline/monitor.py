@@ -107,9 +107,8 @@ class TrainingMonitor:
 
     # -- delivery: the latest snapshot wins; one send at a time on the client's event loop -----------------
     def _publish(self, t0: float) -> None:
-        snapshot = self._snapshot()
-        with self._lock:
-            self._pending = snapshot
+        with self._lock:  # taken and queued at once: the commit thread's newer snapshot cannot be overwritten by an older
+            self._pending = self._snapshot()
             self.published += 1
             start, self._sending = not self._sending, True
             self._idle.clear()

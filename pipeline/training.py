@@ -8,6 +8,7 @@ and every iteration is committed to the run store (:class:`_RunKeeper`).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,12 +149,11 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
 
     keeper = _RunKeeper(run, config, monitor)
     try:
-        out = drive(solver, runner, keeper, config, evaluate=evaluate,
-                    held_out=split is not None, resume=committed, history=history, stopping=stopping, changed=changed,
-                    stopped_early=bool(manifest and manifest.get("stopped_early")), report=report)
-        keeper.flush()  # the last commit is written (and its error, if any, raised) before the run returns
+        with keeper.committing():  # the last commit is written (and its error, if any, raised) before the run returns
+            out = drive(solver, runner, keeper, config, evaluate=evaluate,
+                        held_out=split is not None, resume=committed, history=history, stopping=stopping,
+                        changed=changed, stopped_early=bool(manifest and manifest.get("stopped_early")), report=report)
     finally:
-        keeper.wait()
         run.write_metrics()  # the commits write metrics/ at most every few seconds
         _forget_data(client)
     if not (manifest and manifest.get("stopped_early") and not changed):
@@ -227,6 +227,21 @@ class _RunKeeper:
         if self._pending is not None:
             self._pending.join()
             self._pending = None
+
+    @contextlib.contextmanager
+    def committing(self):
+        """Run the driver inside: on the way out the commit under way is written and its error, if it failed, raised.
+
+        A failed background commit wins over an error the driver raised meanwhile (a numerical error, a lost
+        worker, Ctrl-C), which it chains: the store lacks that iteration, and the user must hear why (a full disk)
+        before resuming.
+        """
+        try:
+            yield self
+        except BaseException:
+            self.flush()
+            raise
+        self.flush()
 
     def flush(self) -> None:
         """Wait for the commit under way and raise its error, if it failed."""

@@ -67,3 +67,18 @@ def test_a_run_with_slot_state_commits_before_the_next_iteration_writes_its_slot
     keeper = _RunKeeper(run, TrainConfig(iterations=5))
     keeper.commit(state(0, 1.0), [], None, False)
     assert [d[0] for d in run.done] == [0]  # written when commit returns
+
+
+def test_a_failed_background_commit_is_not_hidden_by_an_error_the_driver_raises_meanwhile():
+    """Iteration k's commit fails in the background (a full disk) and k+1 then raises: the user hears of the disk."""
+    run = SlowRun(fail=True)
+    keeper = _RunKeeper(run, TrainConfig(iterations=5))
+    with pytest.raises(OSError, match="disk full") as raised:
+        with keeper.committing():
+            keeper.commit(state(0, 1.0), [], None, False)
+            run.release.set()
+            raise RuntimeError("non-finite numbers in iteration 1")
+    assert isinstance(raised.value.__context__, RuntimeError)  # the driver's error is chained, not lost
+    with pytest.raises(RuntimeError, match="iteration 1"):  # with every commit written, the driver's error stands
+        with _RunKeeper(SlowRun(), TrainConfig(iterations=5)).committing():
+            raise RuntimeError("iteration 1")
