@@ -365,6 +365,28 @@ class MethodFailed(Exception):
         self.error, self.notes = error, notes
 
 
+def _reported_iteration(line: str) -> int | None:
+    """Return the iteration of a driver's per-iteration report line (its first field), else None."""
+    fields = line.split()
+    if len(fields) < 3 or not fields[0].isdigit():
+        return None
+    try:
+        float(fields[1])  # the iteration's seconds
+    except ValueError:
+        return None
+    return int(fields[0])
+
+
+def _committed(store) -> int | None:
+    """Return the run store's committed iteration, None before the store exists."""
+    from storage.runstore import RunStore
+
+    try:
+        return RunStore.open(store).committed_iteration()
+    except InputError:  # the store is not created yet
+        return None
+
+
 def run_pipeline(client, task: Task, config: TrainConfig, curve: Curve, run_dir: Path, chunk_rows) -> dict:
     """pipeline.training.train on the cluster; each committed network is scored with the clock stopped."""
     from pipeline.training import train
@@ -383,11 +405,16 @@ def run_pipeline(client, task: Task, config: TrainConfig, curve: Curve, run_dir:
         lines.append(line)
         seconds = clock.now()
         cpu = clock.cpu() + _workers_cpu(client) - workers_cpu0  # before the scoring, as the peers' cpu_seconds
+        reported = _reported_iteration(line)
+        k = _committed(store)
+        if reported is not None and (k is None or k < reported):  # a background commit under way: the model
+            deadline = time.perf_counter() + 120                     # exists once it is written (clock running)
+            while (k is None or k < reported) and time.perf_counter() < deadline:
+                time.sleep(0.005)
+                k = _committed(store)
+            seconds = clock.now()
+            cpu = clock.cpu() + _workers_cpu(client) - workers_cpu0
         with clock.paused():
-            try:
-                k = RunStore.open(store).committed_iteration()
-            except InputError:  # the store is not created yet
-                k = None
             if k is None or k <= last[0]:
                 return
             last[0] = k
