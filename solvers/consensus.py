@@ -369,14 +369,18 @@ class ConsensusSolver(SolverBase):
             rng = np.random.default_rng([c.seed, p.iteration, shard])
             epochs = self.local_epochs(chunks.n_rows()) if count == len(chunks) else 1  # a window: one sweep
             sweep = range(count)
+        subsets = {}  # pass 1 over one chunk: chunk j's rows, drawn in the first local epoch
         with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop
             for epoch in range(epochs):
                 last = epoch == epochs - 1
                 for j in sweep:
                     x_raw, y = chunks.read((start + j) % len(chunks))
-                    order = rng.permutation(len(y))
-                    if p.first_rows:  # pass 1 over one chunk: a seeded subset of its rows
-                        order = order[:p.first_rows]
+                    if p.first_rows and j in subsets:  # the same seeded subset in every local epoch, reordered
+                        order = subsets[j][rng.permutation(len(subsets[j]))]
+                    else:
+                        order = rng.permutation(len(y))
+                        if p.first_rows:  # pass 1 over one chunk: a seeded subset of its rows
+                            order = subsets[j] = order[:p.first_rows]
                     for b0 in range(0, len(order), B):
                         rows = order[b0:b0 + B]
                         x = standardize(x_raw[rows], self.x_mean, self.x_scale, dt)

@@ -277,6 +277,26 @@ def test_a_first_pass_over_one_chunk_reads_a_seeded_part_of_it():
     assert two.first_rows(1, 1) == 60  # over the shards
 
 
+def test_a_first_pass_over_one_chunk_keeps_its_rows_in_every_local_epoch(monkeypatch):
+    """With --local-epochs 3 the one-chunk first pass visits the same first_pass_rows rows three times, reordered."""
+    import solvers.consensus as consensus
+
+    X, y = make_data(n=900, n_classes=2)
+    seen, real = [], consensus.standardize
+
+    def recording(x, *args):
+        seen.append(np.array(x))
+        return real(x, *args)
+
+    monkeypatch.setattr(consensus, "standardize", recording)
+    cfg = TrainConfig(solver="consensus", hidden=(6,), iterations=1, shards=1, batch_size=32, seed=4,
+                      validation_fraction=0, local_epochs=3, alpha=0.0, first_pass_rows=120)
+    fit_in_memory(X, y, cfg, chunk_rows=900)  # the shard's one chunk is its whole window: its local epochs run
+    rows = np.concatenate(seen)
+    assert len(rows) == 360 and len(np.unique(rows, axis=0)) == 120
+    assert not np.array_equal(rows[:120], rows[120:240])  # each epoch its own order
+
+
 def test_lr_decay_multiplies_adams_step_size_after_every_pass():
     """Pass k's shard step is Adam with ``learning_rate · lr_decay^{k−1}``; the history records it."""
     X, y = make_data(n=600)
