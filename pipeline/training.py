@@ -222,12 +222,6 @@ class _RunKeeper:
         except BaseException as exc:  # noqa: BLE001 -- raised in the caller's thread by flush()
             self._errors.append(exc)
 
-    def wait(self) -> None:
-        """Wait until the commit under way (if any) is written; keep its error for :meth:`flush`."""
-        if self._pending is not None:
-            self._pending.join()
-            self._pending = None
-
     @contextlib.contextmanager
     def committing(self):
         """Run the driver inside: on the way out the commit under way is written and its error, if it failed, raised.
@@ -245,6 +239,8 @@ class _RunKeeper:
 
     def flush(self) -> None:
         """Wait for the commit under way and raise its error, if it failed."""
-        self.wait()
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
         if self._errors:
             raise self._errors.pop()

@@ -602,8 +602,8 @@ class GaussNewtonSolver(SolverBase):
 
         def tile(sl, _):
             a, z = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
-            if rows is not None and L > 1:  # kept for pass B at these hidden weights
-                CACHE.put((p.key, rows, sl.start, sl.stop), (*a[1:], *z[1:]))
+            if rows is not None and L > 1:  # kept for pass B at these hidden weights (held-out rows: its score's a_{L−1})
+                CACHE.put((p.key, rows, sl.start, sl.stop), (a[L - 1],) if held else (*a[1:], *z[1:]))
             t = self.task.targets(y[sl], self.dtype)
             n = a[0].shape[0]
             if self.cross_entropy:
@@ -688,7 +688,7 @@ class GaussNewtonSolver(SolverBase):
 
         def tile(sl, _):
             kept = None if rows is None else CACHE.get((p.key, rows, sl.start, sl.stop))
-            last = kept[L - 2] if kept is not None else self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)[0][-1]
+            last = kept[0] if kept is not None else self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)[0][-1]
             return None, {"n": last.shape[0], **self.task.score_parts(last @ p.weights[-1].T, y[sl])}
         return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
