@@ -27,7 +27,7 @@ import zarr
 
 from pipeline.alignment import aligned
 from solvers.linalg import one_blas_thread
-from solvers.loop import chunk_kernel, shard_groups, shard_slot
+from solvers.loop import chunk_kernel, chunk_parts, shard_groups, shard_slot
 from solvers.losses import encode_labels, predict_classes
 from solvers.scores import classification_sums, probabilities
 from solvers.tiling import chunk_bounds
@@ -101,7 +101,7 @@ def _write_state(run: str, slot: int, state: dict, start: int, stop: int) -> Non
         _array(run, state_path(slot, name), "r+")[start:stop] = block
 
 
-def chunk_task(bundle, data, run, read_slots, write_slot, start, stop, split=None, train=True, held=False):
+def chunk_task(bundle, data, run, read_slots, write_slot, start, stop, split=None, train=True, held=False, part=None):
     """Run one solver kernel on the rows [start, stop) of a chunk; return its sums (``held``: the pair).
 
     ``bundle`` is (solver, kernel name, params). The kernel sees y as class
@@ -114,6 +114,8 @@ def chunk_task(bundle, data, run, read_slots, write_slot, start, stop, split=Non
     bytes. With ``held`` it also runs statelessly on the chunk's held-out rows
     from the same read, and the task returns (training sums, held-out sums),
     either None where the chunk has no such rows (:func:`solvers.loop.chunk_kernel`).
+    ``part`` = (j, parts): this task runs the j-th part of the training rows (:func:`solvers.loop.chunk_parts`,
+    stateless kernels) and, if j is 0, the held-out rows.
     """
     solver, kernel, params = bundle
     params = aligned(params)
@@ -123,10 +125,10 @@ def chunk_task(bundle, data, run, read_slots, write_slot, start, stop, split=Non
         x, y = _read_xy(data, start, stop, solver.classes)
         if train and (split is None or len(select(split, start, stop, "train"))):  # earlier stores: whole chunks held
             state = None if read_slots is None else _read_state(run, read_slots, start, stop)
-            new_state, sums = chunk_kernel(fn, x, y, state, start, params, split)
+            new_state, sums = chunk_kernel(fn, x, y, state, start, params, split, part=part)
             if write_slot is not None and new_state is not None:
                 _write_state(run, write_slot, new_state, start, stop)
-        if held:
+        if held and (part is None or part[0] == 0):
             held_sums = chunk_kernel(fn, x, y, None, start, params, split, "held")[1]
     return (sums, held_sums) if held else sums
 
@@ -247,12 +249,14 @@ class DaskRunner:
         held = held_out and self.split is not None  # every chunk's held-out rows, read with its training rows
         t0 = time.perf_counter()
         places = self._chunk_places()
+        parts = chunk_parts(self.solver, len(sample)) if plan is None and write is None else 1
         tasks = []
         for i, (a, b) in enumerate(self.bounds):
             if held or i in sample:
+                cut = parts if i in sample and parts > 1 else 1
                 with dask.annotate(**places[i]):
-                    tasks.append(fn(shared, self.data, self.run_path, reads, write_slot, a, b, self.split,
-                                    i in sample, held))
+                    tasks.extend(fn(shared, self.data, self.run_path, reads, write_slot, a, b, self.split,
+                                    i in sample, held, (j, cut) if cut > 1 else None) for j in range(cut))
         sums = self.compute(tree(tasks))[0]
         if held_out and not held:
             sums = sums, None

@@ -124,6 +124,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         self.curvature_every = CURVATURE_EVERY
         # passes A and B walk the same tiles, so that pass B can take pass A's activations (solvers.activation_cache)
         self.curvature_rows = min(self.tile_rows, max(1, self.curvature_every * CURVATURE_TILE_BYTES // (4 * K * per_row)))
+        self.part_rows = self.curvature_rows  # a window of fewer chunks than workers is cut in whole tiles (solvers.loop.chunk_parts)
 
     # -- layouts ----------------------------------------------------------------------------
     def _gram_shape(self, l: int) -> tuple:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.loop import add_sums, chunk_kernel, shard_groups, shard_slot
+from solvers.loop import add_sums, chunk_kernel, chunk_parts, shard_groups, shard_slot
 from solvers.tasks import score_sums
 from solvers.tiling import chunk_bounds
 from solvers.validation import select
@@ -33,10 +33,16 @@ class InMemoryRunner:
         fn = getattr(self.solver, kernel)
         plan = read  # {array name: iteration} or None (run_pass makes the dict)
         total = held = None
+        parts = chunk_parts(self.solver, len(self.bounds) if chunks is None else len(set(chunks))) \
+            if plan is None and write is None else 1
         for i, ((start, _), x, y) in enumerate(zip(self.bounds, self.x, self.y)):
             if held_out and self.split is not None:
                 held = add_sums(held, chunk_kernel(fn, x, y, None, start, params, self.split, "held")[1])
             if chunks is not None and i not in chunks:
+                continue
+            if parts > 1:  # the pipeline's tasks (solvers.loop.chunk_parts), summed in the same order
+                for j in range(parts):
+                    total = add_sums(total, chunk_kernel(fn, x, y, None, start, params, self.split, part=(j, parts))[1])
                 continue
             # a chunk the split holds out whole (earlier run stores) has no state: chunk_kernel skips it unread
             state = None if plan is None else {name: self.slots[k % 2][i].get(name) for name, k in plan.items()}

@@ -80,7 +80,34 @@ class LoopState:
     carry: dict = field(default_factory=dict)
 
 
-def chunk_kernel(fn, x, y, state, start: int, params, split, side: str = "train"):
+PARALLEL_TASKS = 2  # a pass over fewer sample chunks than this cuts each one's training rows into parts (chunk_parts)
+
+
+def chunk_parts(solver, n_chunks: int) -> int:
+    """Return how many tasks each of a pass's ``n_chunks`` sample chunks is cut into (their training rows, by whole tiles).
+
+    1, unless the solver's kernels are stateless and walk tiles of ``solver.part_rows`` rows (convolutional
+    Gauss-Newton) and the sample has fewer than :data:`PARALLEL_TASKS` chunks: a rotate window of one chunk
+    was one task, and one of two worker threads idled through it. The parts walk the chunk's own tiles
+    (:func:`part_rows`), so the kernels compute what the whole chunk's task did; only the order in which
+    the tiles' float64 sums are added changes. A fixed number, not the cluster's threads: a resumed run
+    cuts alike on any cluster (bitwise).
+    """
+    if not getattr(solver, "part_rows", None) or n_chunks >= PARALLEL_TASKS:
+        return 1
+    return -(-PARALLEL_TASKS // max(n_chunks, 1))
+
+
+def part_rows(n: int, tile: int, part: tuple[int, int] | None) -> tuple[int, int]:
+    """Return the rows ``[lo, hi)`` of part ``(j, parts)`` of ``n`` rows: whole tiles of ``tile`` rows, split evenly."""
+    if part is None:
+        return 0, n
+    j, parts = part
+    tiles = -(-n // tile)
+    return min(n, tiles * j // parts * tile), min(n, tiles * (j + 1) // parts * tile)
+
+
+def chunk_kernel(fn, x, y, state, start: int, params, split, side: str = "train", part=None):
     """Run kernel ``fn`` on the ``side`` rows ("train" or "held") of the chunk starting at row ``start``; return (new state, sums).
 
     Both runners call this, so they select the same rows: ``select(split, …)``
@@ -91,6 +118,9 @@ def chunk_kernel(fn, x, y, state, start: int, params, split, side: str = "train"
     sees in place of ``start`` (the data start gathers picked rows by number).
     The held-out rows run the solver's ``<kernel>_held`` in place of the kernel when it has one
     (e.g. the score alone). (None, None) when the chunk has no such rows.
+    ``part`` = (j, parts) (:func:`chunk_parts`; stateless kernels only): the kernel sees the j-th of the parts
+    :func:`part_rows` cuts the selected rows into, told they start at ``start + lo``, so its tiles, their first
+    row numbers and the rows they seed are the whole chunk's.
     """
     if side == "held":  # a kernel's held-out variant (``<kernel>_held``), when the solver has one
         fn = getattr(getattr(fn, "__self__", None), getattr(fn, "__name__", "") + "_held", fn)
@@ -98,6 +128,14 @@ def chunk_kernel(fn, x, y, state, start: int, params, split, side: str = "train"
     pos = select(split, start, start + n, side)
     if pos is not None and len(pos) == 0:
         return None, None
+    if part is not None:
+        if state is not None:
+            raise ValueError("a chunk is cut into parts only for stateless kernels")
+        lo, hi = part_rows(n if pos is None else len(pos), fn.__self__.part_rows, part)
+        if hi <= lo:
+            return None, None
+        x, y = (x[lo:hi], y[lo:hi]) if pos is None else (x[pos[lo:hi]], y[pos[lo:hi]])
+        return fn(x, y, None, start + lo, params)
     if pos is not None and len(pos) < n:
         x, y = x[pos], y[pos]
         state = None if state is None else {k: v[pos] for k, v in state.items()}

@@ -311,6 +311,36 @@ def test_rotating_windows_keep_no_training_forward_pass():
     CACHE.clear()
 
 
+@pytest.mark.parametrize("kernel", ["forward_chunk", "curvature_chunk"])
+def test_a_chunk_cut_into_parts_gives_the_whole_chunks_sums(kernel):
+    """A one-chunk window runs as several tasks (solvers.loop.chunk_parts): each walks whole tiles of the chunk's
+    training rows with their own row numbers, so the parts' sums add up to the whole chunk's (the same tiles,
+    signs and curvature rows); an empty part sums nothing."""
+    from solvers.loop import chunk_kernel, chunk_parts, part_rows
+    from solvers.validation import RowSplit
+
+    rng = np.random.default_rng(4)
+    solver = tiny_solver(activation="relu", dtype=np.float32)
+    solver.curvature_rows = solver.part_rows = 4
+    weights = solver.cast(random_weights(solver, rng))
+    x = rng.normal(size=(45, solver.widths[0])).astype(np.float32)
+    y = rng.integers(0, 3, 45)
+    split = RowSplit(0.2, seed=1)
+    p = CurvatureParams(tuple(weights), True) if kernel == "curvature_chunk" else \
+        solver._forward_params(weights[:-1], True)
+    fn = getattr(solver, kernel)
+    whole = chunk_kernel(fn, x, y, None, 100, p, split)[1]
+    for parts in (2, 3, 20):
+        cut = [chunk_kernel(fn, x, y, None, 100, p, split, part=(j, parts))[1] for j in range(parts)]
+        total = sum(c for c in cut if c is not None)
+        np.testing.assert_allclose(total, whole, rtol=1e-12, atol=1e-12)
+    n = int((~split.mask(100, 145)).sum())  # the chunk's training rows
+    assert [part_rows(n, 4, (j, 3)) for j in range(3)] == [(0, 12), (12, 24), (24, n)] and n == 36
+    assert chunk_parts(solver, 1) == 2 and chunk_parts(solver, 2) == 1
+    assert chunk_parts(make_solver(TrainConfig(solver="gauss-newton", hidden=(4,)), 6, x_mean=np.zeros(6),
+                                   x_scale=np.ones(6), classes=np.arange(2)), 1) == 1  # dense kernels: never cut
+
+
 def test_pooling_and_flatten_syntax_and_errors():
     specs = parse_layers("conv:4x3x3,pool:2,conv:8x3:same,POOL:2:avg,flatten,dense:10")
     assert specs[1] == PoolSpec(2) and specs[3] == PoolSpec(2, "avg") and specs[4] == FlattenSpec()
@@ -334,6 +364,49 @@ def test_pooling_and_flatten_syntax_and_errors():
     with pytest.raises(InputError, match="pool:8 does not fit a 6x6 image"):
         tiny = TrainConfig(layers="conv:2x3x3,pool:8", solver="gauss-newton")
         make_solver(tiny, 64, x_mean=np.zeros(64), x_scale=np.ones(64), classes=np.arange(2))
+
+
+def test_dask_runner_cuts_one_chunk_windows_as_the_in_memory_runner(client, tmp_path):
+    """On rotate windows of one chunk each pass cuts the chunk into two tasks (both worker threads work); both
+    runners cut alike and add the parts in the same order, so the iterations agree bitwise."""
+    from distributed import get_task_stream
+
+    from pipeline.passes import DaskRunner
+    from solvers.driver import model_from_moments
+    from solvers.inmemory import InMemoryRunner
+    from solvers.loop import initialize, iterate
+    from solvers.losses import encode_labels
+    from solvers.stats import moment_sums
+    from solvers.validation import RowSplit
+    from storage.runstore import RunStore
+
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X, y = d.data[:800], d.target[:800]
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    config = TrainConfig(layers="conv:3x3x3:same,pool:2,conv:4x3x3,dense:8", solver="gauss-newton", iterations=3,
+                         scaling="global", sample_start=150)  # rotate: windows of one of 4 chunks
+    shift = X[0].astype(np.float64)
+    model = model_from_moments(config, 64, moment_sums(X, shift), shift, np.unique(y))
+    chunks = [(a, min(a + 200, 800)) for a in range(0, 800, 200)]
+    split = RowSplit(0.2, seed=3)
+    solvers = []
+    for _ in range(2):
+        solver = make_solver(config, 64, **model)
+        solver.curvature_rows = solver.part_rows = 16  # several tiles per part
+        solvers.append(solver)
+    mem = InMemoryRunner(solvers[0], X, encode_labels(y, model["classes"]), bounds=chunks, split=split)
+    run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
+                          state_widths={}, n_samples=800, chunk_rows=200, **model)
+    dsk = DaskRunner(client, solvers[1], tmp_path / "d.zarr", run.path, chunks, split=split)
+    with get_task_stream(client) as stream:
+        a, b = initialize(solvers[0], mem), initialize(solvers[1], dsk)
+    assert sum(str(t["key"]).startswith("chunk_task") for t in stream.data) == 2 * (4 + 1)  # passes A and B
+    for (sa, ma), (sb, mb) in zip(iterate(solvers[0], mem, a, 3), iterate(solvers[1], dsk, b, 3)):
+        for Wa, Wb in zip(sa.weights, sb.weights):
+            assert Wa.tobytes() == Wb.tobytes()
+        assert ma == mb
 
 
 @pytest.mark.slow  # ~40 s: two Dask runs and a resume
