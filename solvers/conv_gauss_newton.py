@@ -167,6 +167,19 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         curv = {**curv, **{f"gram{l}": np.asarray(curv[f"gram{l}"]) * scale for l in range(2, self.L)}}
         return super().trial_weights(weights, curv, input_gram, damping, alpha)
 
+    def _curvature_pass(self, runner, weights, objective: float, k: int, sample: dict, alpha: float,
+                        new_sample: bool = False, grown: tuple | None = None) -> dict:
+        """Return the dense solver's pass B entries, a new sample's input factor ``G_0`` scaled by ``n / n_curv``.
+
+        Pass B sums ``G_0`` (the first layer's patch Gram) over the curvature subsample, as ``G_{l−1}``:
+        over every row it was a tenth of pass B's CPU on MNIST, and a rotate window is a new sample every
+        iteration. Initialisation's ``G_0`` (pass A's) is summed over every row.
+        """
+        out = super()._curvature_pass(runner, weights, objective, k, sample, alpha, new_sample, grown)
+        if new_sample and self.L > 1:
+            out["input_gram"] = np.asarray(out["input_gram"]) * _subsample_scale(self.curvature_layout().unpack(out["curvature"]))
+        return out
+
     def output_layer(self, sums: dict, held: dict | None = None, carry: dict | None = None):
         """Return ``W_L(α)``, its training error and α; α auto: the least α of the grid the held-out rows cannot tell from the best.
 
@@ -370,9 +383,9 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         the K Jacobians are replaced by one, ``J_v = Σ_k v_k J_k``; since
         ``E[v vᵀ] = I``, ``Σ J_vᵀJ_v`` is an unbiased estimate of ``Σ_k J_kᵀJ_k``
         at 1/K of the cost (K-FAC's sampled curvature, for squared loss).
-        The factors S_l and G_{l−1} (l > 1) are summed over the rows whose index
+        The factors S_l and G_{l−1} (``gram1`` too) are summed over the rows whose index
         ``first_row + i`` is a multiple of :attr:`curvature_every` (``n_curv`` of
-        them; the gradient, loss, score and ``gram1`` over every row).
+        them; the gradient, loss and score over every row).
         ``kept``: the tile's forward pass as pass A kept it at these hidden weights (:meth:`forward_chunk`).
         """
         L, K, n = self.L, self.widths[-1], x.shape[0]
@@ -384,8 +397,11 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         sub = slice((-first_row) % self.curvature_every, n, self.curvature_every)
         m = len(range(n)[sub])
         parts = {"n": n, "n_curv": m, "loss": float(np.sum(r * r, dtype=np.float64)), **self.task.score_parts(out, y)}
+
+        def sampled(layer, P):  # the rows of P that belong to the curvature subsample
+            return P[sub] if layer.is_dense else P.reshape(n, -1, P.shape[1])[sub].reshape(-1, P.shape[1])
         if input_gram and L > 1:
-            parts["gram1"] = rows_gram(self.layers[0], rows[0])
+            parts["gram1"] = rows_gram(self.layers[0], sampled(self.layers[0], rows[0]))
         slopes_s = [None if v is None else v[sub] for v in slopes]
         masks_s = [None if v is None else v[:, sub] for v in masks]
         Wt_out = weights[-1][:, :-1].astype(self.dtype, copy=False)
@@ -400,9 +416,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             Jr = J.reshape(-1, c_out)
             parts[f"curv{l}"] = (Jr.T @ Jr).astype(np.float64)
             if l > 1:
-                P = rows[l - 1]
-                parts[f"gram{l}"] = rows_gram(layer, P[sub] if layer.is_dense else
-                                              P.reshape(n, -1, P.shape[1])[sub].reshape(-1, P.shape[1]))
+                parts[f"gram{l}"] = rows_gram(layer, sampled(layer, rows[l - 1]))
                 delta = layer_back(layer, delta, W)
                 if signs is not None and len(J) > 1:  # one signed sum of the K Jacobians from here down
                     J = np.einsum("kn,kni->ni", signs[:, sub], J)[None]

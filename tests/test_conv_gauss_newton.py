@@ -146,7 +146,7 @@ def _above(solver, a, weights, l):
 def test_chunked_curvature_equals_dense_transcription(activation, every):
     """S_l = Σ_i Σ_k Σ_t J_{k,i,t}ᵀJ_{k,i,t}, G_{l−1} = Σ patch Grams, D_l: chunks of tiles = loops over samples.
 
-    The factors S_l and G_{l−1} (l > 1) sum the rows whose index is a multiple of ``every``, whatever the tiles.
+    The factors S_l and G_{l−1} sum the rows whose index is a multiple of ``every``, whatever the tiles.
     """
     rng = np.random.default_rng(2)
     solver = tiny_solver(activation=activation)
@@ -183,7 +183,7 @@ def test_chunked_curvature_equals_dense_transcription(activation, every):
                 expect[l]["curv"] += np.einsum("ktc,ktd->cd", Jk, Jk)
             delta = (r @ jac[l]).reshape(-1, c_out)      # (|T|, C_out)
             expect[l]["grad"] += delta.T @ rows
-            if l == 1 or in_factors:
+            if in_factors:
                 expect[l]["gram"] += rows.T @ rows
     for l in (1, 2, 3):
         np.testing.assert_allclose(sums[f"curv{l}"], expect[l]["curv"], rtol=1e-9, atol=1e-12)
