@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     patch(cgn.ConvGaussNewtonSolver, "trial_weights", lambda f: t("trial weights (factor solves)", f))
     patch(netmod, "forward", lambda f: t("network forward (scoring)", f))
 
-    def kernel_phase(fn, x, y, state, start, params, split, side="train"):
+    def kernel_phase(fn, x, y, state, start, params, split, side="train", part=None):
         kind = {"forward_chunk": "pass A", "curvature_chunk": "pass B"}.get(fn.__name__, fn.__name__)
         init = "initialisation: " if prof.phase == "initialisation" else ""
         return f"{init}{kind} {'held-out rows' if side == 'held' else 'training rows'}"
