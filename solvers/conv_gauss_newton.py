@@ -59,7 +59,7 @@ RATIO_HIGH = 0.75    # reduction ratio above which λ halves after an accepted s
 RATIO_LOW = 0.25     # ... at or below which λ doubles (between: λ stays)
 CONV_DAMPING_FLOOR = 0.5  # λ never drops below this after an accepted step (MNIST: accepted λ settled at 1-6; halved
 # down to 0.025, three rejections followed: benchmarks/results/conv_defaults_s5.md)
-CURVATURE_EVERY = 4  # the curvature factors S_l, G_{l−1} (l > 1) are summed over every 4th row (by row index)
+CURVATURE_EVERY = 4  # the curvature factors S_l, G_{l−1} (pass B's G_0 too) are summed over every 4th row (by row index)
 ALPHA_STEP = 2.0  # alpha auto: α moves at most ×/÷ this from one iteration to the next
 ALPHA_TOLERANCE = 1.0  # alpha auto: the least α whose held-out error is within (1 + this/√n_held) of the least
 CURVATURE_TILE_BYTES = 16 * 2 ** 20  # pass B's tiles: K back-propagated Jacobians of their curvature rows at most this
