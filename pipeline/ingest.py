@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from pipeline.cli import ArgumentParser, exits_on_input_error, positive_int
+from pipeline.cli import ArgumentParser, exit_process, exits_on_input_error, positive_int
 from solvers.errors import InputError
 from storage.ingest import ingest
 
@@ -142,4 +142,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

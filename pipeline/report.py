@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli import ArgumentParser, exits_on_input_error
+from pipeline.cli import ArgumentParser, exit_process, exits_on_input_error
 from pipeline.figures import bokeh_layout, columns, has_data, info_html, matplotlib_figures, score_of
 from solvers.config import TrainConfig, describe
 from solvers.errors import InputError
@@ -210,4 +209,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

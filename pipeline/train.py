@@ -13,7 +13,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exits_on_input_error
+from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exit_process, exits_on_input_error
 from pipeline.cluster import dashboard_link
 from pipeline.memory import dry_run_chunk_bytes, killed_worker_error
 from pipeline.monitor import TrainingMonitor
@@ -254,4 +254,4 @@ def _performance_report(path):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -236,14 +236,18 @@ class _Statistics:
     def add(self, X: np.ndarray, y: np.ndarray) -> None:
         if X.shape[0] == 0:
             return
-        xy = np.column_stack([X.astype(np.float64), y])
+        dev = np.empty((X.shape[0], X.shape[1] + 1))  # the columns [X, y] in float64
+        dev[:, :-1] = X
+        dev[:, -1] = y
         if self.shift is None:
-            self.shift = xy[0].copy()
-            self.sums = np.zeros(1 + 4 * xy.shape[1])
-        dev = xy - self.shift  # shifted one-pass moments: Σ(v − s)^p, p = 1..4, per column
+            self.shift = dev[0].copy()
+            self.sums = np.zeros(1 + 4 * dev.shape[1])
+        dev -= self.shift  # shifted one-pass moments: Σ(v − s)^p, p = 1..4, per column
         dev2 = dev * dev
-        self.sums += np.concatenate([[xy.shape[0]], dev.sum(axis=0), dev2.sum(axis=0), (dev2 * dev).sum(axis=0),
-                                     (dev2 * dev2).sum(axis=0)])
+        power = np.multiply(dev2, dev)  # one buffer for the third and fourth powers
+        sums = [[dev.shape[0]], dev.sum(axis=0), dev2.sum(axis=0), power.sum(axis=0)]
+        sums.append(np.multiply(dev2, dev2, out=power).sum(axis=0))
+        self.sums += np.concatenate(sums)
         if self.labels is not None:
             self.labels = np.union1d(self.labels, np.unique(y))
             if self.labels.size > MAX_LABELS:

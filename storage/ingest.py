@@ -94,12 +94,12 @@ def _numeric(values, what: str, is_label: bool) -> np.ndarray:
     return converted.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _split_xy(columns: list, names: list[str], label: int):
-    """Return (X float32, y float64) from per-column float64 arrays; _BadValue if not finite."""
-    arr = np.column_stack(columns)
+def _split_xy(columns, names: list[str], label: int):
+    """Return (X float32, y float64) from per-column float64 arrays (or their rows × columns stack); _BadValue if not finite."""
+    arr = columns if isinstance(columns, np.ndarray) else np.column_stack(columns)
     feats = [j for j in range(arr.shape[1]) if j != label]
     with np.errstate(over="ignore", invalid="ignore"):
-        X = arr[:, feats].astype(np.float32)
+        X = (arr[:, :-1] if label == arr.shape[1] - 1 else arr[:, feats]).astype(np.float32)
     y = np.zeros(len(arr)) if label is None else arr[:, label]  # no label column: zeros, never stored
     ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
     if not ok.all():
@@ -122,6 +122,8 @@ def _colname(j: int, names: list[str]) -> str:
 
 def _frame_xy(df: pd.DataFrame, names: list[str], label: int):
     """Return (X, y) from a block of source columns, raising _BadValue at the first bad cell."""
+    if all(isinstance(dtype, np.dtype) and dtype.kind in "iuf" for dtype in df.dtypes):  # all numbers: one conversion
+        return _split_xy(df.to_numpy(dtype=np.float64), names, label)
     cols = [_numeric(df.iloc[:, j], _colname(j, names), j == label) for j in range(df.shape[1])]
     return _split_xy(cols, names, label)
 
