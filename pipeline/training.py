@@ -104,7 +104,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                               test_data=str(Path(test_data).resolve()) if test_data else None,
                               validation=split.record(data.n_samples) if split else None, report=report,
                               shard_widths=solver.shard_state_widths() if solver.sharded else None,
-                              n_shards=config.shards)
+                              n_shards=config.shards, background_discard=True)
     test = check_test_data(test_data, data)
 
     split = split_of(run.attrs)
@@ -156,6 +156,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     finally:
         run.write_metrics()  # the commits write metrics/ at most every few seconds
         _forget_data(client)
+        if run.discarding is not None:  # the run store this one replaced: gone when train returns
+            run.discarding.join()
     if not (manifest and manifest.get("stopped_early") and not changed):
         run.release_uncommitted_slot()
     out.store = run

@@ -137,19 +137,23 @@ class RunStore:
         self.attrs = attrs
         self._unwritten_metrics = None  # the history of a commit whose metrics/ are not written yet
         self._metrics_time = -float("inf")
+        self.discarding = None  # the thread deleting the run store this one replaced (create's background_discard)
 
     # -- creation and opening -----------------------------------------------------------
     @classmethod
     def create(cls, path, *, config: dict, data: dict, state_widths: dict, n_samples: int,
                chunk_rows: int, classes, x_mean, x_scale, overwrite: bool = False,
                test_data: str | None = None, validation: dict | None = None, y_mean=None, y_scale=None,
-               report=None, shard_widths: dict | None = None, n_shards: int = 0) -> "RunStore":
+               report=None, shard_widths: dict | None = None, n_shards: int = 0,
+               background_discard: bool = False) -> "RunStore":
         """Create an empty run store with allocated state slots (refuses an existing path).
 
         A classification run passes ``classes``; a regression run ``classes=None``
         and its target scaling ``y_mean``, ``y_scale``. A sharded solver passes
         its per-shard state widths and the number of shards. ``validation``
         records the held-out rows (``solvers.validation.RowSplit.record``; None: none).
+        ``background_discard``: a replaced run store (``overwrite``) is deleted in a thread, kept as
+        the new store's ``discarding`` for the caller to join (:func:`storage.paths.swap_in`).
         """
         path = Path(path)
         check_creatable(path, overwrite)
@@ -188,11 +192,13 @@ class RunStore:
             root.attrs.update(attrs)
             root.create_group("checkpoint")
             check_creatable(path, overwrite)
-            swap_in(partial, path)  # overwrite: the old run goes only once the new one is complete
+            discarding = swap_in(partial, path, background_discard)  # overwrite: the old run goes once the new one is complete
         finally:
             if partial.exists():
                 shutil.rmtree(partial, ignore_errors=True)
-        return cls(path, attrs)
+        store = cls(path, attrs)
+        store.discarding = discarding
+        return store
 
     @classmethod
     def open(cls, path) -> "RunStore":
