@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import sys
 import tempfile
@@ -254,4 +255,5 @@ def _performance_report(path):
 
 
 if __name__ == "__main__":
+    gc.freeze()  # the objects of the modules imported so far: the run's garbage collections skip them (~0.07 s less)
     exit_process(main())
