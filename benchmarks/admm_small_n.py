@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_util import provenance  # noqa: E402
+from benchmarks.bench_util import parse_settings, provenance  # noqa: E402
 
 CS = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)  # scikit-learn's C = 1/α of the readout on the initial features
 
@@ -111,20 +111,25 @@ def main(argv=None):
     p.add_argument("--splits", type=int, default=8)
     p.add_argument("--solvers", nargs="+", default=["admm", "dladmm"])
     p.add_argument("--hidden", type=int, default=300)
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a TrainConfig setting of the ADMM/dlADMM runs (e.g. input_skip=false)")
+    p.add_argument("--no-readout-init", action="store_true", help="skip the readout@init rows")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    settings = parse_settings(args.set)
     X_all, y_all = (load_breast_cancer if args.task == "breast-cancer" else load_digits)(return_X_y=True)
-    results = {"provenance": provenance(), "task": args.task, "splits": []}
+    results = {"provenance": provenance(), "task": args.task, "settings": settings, "splits": []}
     t0 = time.perf_counter()
     for s in range(args.splits):
         X, X_test, y, y_test = train_test_split(X_all, y_all, test_size=0.2, random_state=100 + s, stratify=y_all)
         X, X_test = X.astype(np.float32), X_test.astype(np.float32)
         row = {"random_state": 100 + s, "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
                .fit(X, y).score(X_test, y_test)}
-        row["readout@init"] = readout_at_init(X, y, X_test, y_test, TrainConfig(solver="admm", hidden=(args.hidden,)))
+        if not args.no_readout_init:
+            row["readout@init"] = readout_at_init(X, y, X_test, y_test, TrainConfig(solver="admm", hidden=(args.hidden,)))
         for name in args.solvers:
             row[name] = run(X, y, X_test, y_test, TrainConfig(solver=name, hidden=(args.hidden,),
-                                                              iterations=20 if name == "admm" else 30))
+                                                              iterations=20 if name == "admm" else 30, **settings))
         results["splits"].append(row)
         print(s, {k: (round(v, 4) if isinstance(v, float) else round(v.get("model", v.get("by-loss")), 4))
                   for k, v in row.items() if k != "random_state"}, flush=True)
@@ -145,7 +150,7 @@ def summarise(results: dict) -> str:
         lines.append(f"  {name:<26} {v.mean():.4f} ({v.std():.4f})")
 
     line("logreg", [r["logreg"] for r in rows])
-    for key in rows[0]["readout@init"]:
+    for key in rows[0].get("readout@init", {}):
         line(f"readout@init {key}", [r["readout@init"][key] for r in rows])
     for name in (k for k in rows[0] if k not in ("random_state", "logreg", "readout@init")):
         for choice in ("model", "by-loss", "best"):

@@ -40,6 +40,12 @@ readout sums of the forward pass of the hidden weights W^k; the model of
 iteration k is ``W_1^k … W_{L−1}^k`` with the refitted output layer, while the
 iteration goes on from its own ``W_L^k`` (kept in the carry as ``U``). The
 reported train score is that of the iteration's own weights W^k.
+
+``input_skip`` (a linear skip path): the refit's features are ``[ã_{L−1}; a_0]``, so the
+model's output layer is ``z_L = V_h a_{L−1} + V_x a_0 + b`` (n_{L−1} + d + 1 columns), which
+contains the input-linear model. No equation above changes: eq. 9's ``W_L`` and eq. 7's
+``z_L`` still read ``a_{L−1}`` alone and stay the paper's exact minimisers (the iterate has
+no skip path); only the refit, the regularised fit on fixed features, reads the inputs.
 """
 from __future__ import annotations
 
@@ -110,7 +116,7 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
         w0 = self.initial_weights(runner)
         sums = run_pass(runner, self.layout(True, self.logistic), "init_chunk", w0, 0, write=0)
         input_gram = sums["gram1"]
-        extra = readout.start(sums, self.widths[-2], self.widths[-1], self.config.ridge) if self.logistic else {}
+        extra = readout.start(sums, self.readout_width, self.widths[-1], self.config.ridge) if self.logistic else {}
         if w0 is None:  # gaussian state: fit W⁰ to it, then the Grams of W¹
             w0 = self.solve(sums, input_gram)
             sums = run_pass(runner, self.layout(True), "grams_chunk", w0, 0, read=0)
@@ -156,7 +162,7 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
 
     def _readout_carry(self, state: LoopState) -> dict:
         """Return the logistic readout's carry entries (its candidates; zero ones if the run had none), or {}."""
-        return readout.carried(state.carry, self.widths[-2], self.widths[-1]) if self.logistic else {}
+        return readout.carried(state.carry, self.readout_width, self.widths[-1]) if self.logistic else {}
 
     def iterate(self, state: LoopState) -> list:
         """Return the iteration's own W^k: the model's weights with the output layer ``U`` of the carry if kept."""
@@ -255,14 +261,14 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
         ``y`` (the forward state of the initialisation, logistic readout): also the readout sums of the zero
         candidates on the forward features ``h(z_{L−1})``.
         """
-        start = None if y is None else readout.broadcast({"R": readout.zero_stack(self.widths[-2], self.widths[-1])},
+        start = None if y is None else readout.broadcast({"R": readout.zero_stack(self.readout_width, self.widths[-1])},
                                                          self.dtype)
 
         def parts_of(sl):
             zt = [None] + [v[sl] for v in z[1:]]
             out = {**self._gram_parts(self._activations(x[sl], zt, ops), zt, input_gram=True), "n": sl.stop - sl.start}
             if start is not None:
-                features = x[sl] if self.L == 1 else self.act.h(zt[self.L - 1])
+                features = x[sl] if self.L == 1 else self.readout_features(self.act.h(zt[self.L - 1]), x[sl])
                 out.update(readout.logistic_parts(features, self.task.targets(y[sl], self.dtype), start))
             return out
         return self._summed(len(x), self.layout(True, y is not None), parts_of)
@@ -330,10 +336,10 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
         out = None if held_out else self.layers[-1].apply(a, weights[-1])
         if not self.refits:
             return out, {}
-        t = self.task.targets(y, self.dtype)
+        t, features = self.task.targets(y, self.dtype), self.readout_features(a, x)
         if self.logistic:
-            return out, readout.logistic_parts(a, t, stack, held_out=held_out)
-        return out, readout.parts(a, t)
+            return out, readout.logistic_parts(features, t, stack, held_out=held_out)
+        return out, readout.parts(features, t)
 
     def _step_tile(self, x, y, state, p: StepParams):
         c, act, L = self.config, self.act, self.L

@@ -143,6 +143,10 @@ class TrainConfig:
                                  "the model's output layer to the targets with α picked the held-out way",
                                  parse=_alpha, resumable=True,
                                  metavar="auto|ALPHA")
+    input_skip: bool = setting(False, "admm and dladmm with --alpha auto and held-out rows: the model's refitted "
+                               "output layer reads the inputs as well as the last hidden layer (a linear skip path "
+                               "from the inputs, fitted together with the readout, same α); the iterations "
+                               "themselves are unchanged", solvers=("admm", "dladmm"))
     solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
                           "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton); "

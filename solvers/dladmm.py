@@ -74,7 +74,9 @@ With ``alpha="auto"`` and held-out rows the model's output layer is refitted to 
 after every iteration, α chosen on the held-out rows (:mod:`solvers.readout`;
 its sums come from pass O, which also runs statelessly on the held-out
 chunks); the iteration goes on from its own ``W_L`` (the carry's ``U``), and
-the reported train score is that of its own weights.
+the reported train score is that of its own weights. ``input_skip``: the refit reads
+``[ã_{L−1}; a_0]`` (a linear skip path from the inputs, :mod:`solvers.readout`); dlADMM's own
+``W_L``, ``b_L`` and ``z_L`` steps still read ``a_{L−1}`` alone, exactly as above.
 """
 from __future__ import annotations
 
@@ -244,7 +246,7 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
         for l in range(1, self.L + 1):
             carry[f"theta_b{l}"] = carry[f"theta_f{l}"] = np.asarray(THETA0)
         if self.logistic:
-            carry.update(readout.start(sums, self.widths[-2], self.widths[-1], self.config.ridge))
+            carry.update(readout.start(sums, self.readout_width, self.widths[-1], self.config.ridge))
         return LoopState(0, w0, carry)
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
@@ -285,7 +287,7 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
             carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
             return LoopState(k, W, carry), self.metrics(sums, penalty)
         if self.logistic:  # a run begun with a numeric alpha: the candidates start at zero
-            carry.update(readout.carried(carry, self.widths[-2], self.widths[-1]))
+            carry.update(readout.carried(carry, self.readout_width, self.widths[-1]))
         params = OutputParams(self.cast(W), readout.broadcast(carry, self.dtype) if self.logistic else None)
         sums, held = run_pass_held_out(runner, layout, "output_chunk", params, k, read=reads, write=k)
         carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
@@ -371,11 +373,12 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
     def init_chunk(self, x_raw, y, state, start_row: int, weights):
         """Return (state of a forward pass of W⁰ with u = 0 and z_L = z_L^{½}, its Grams and output sums)."""
         L = self.L
-        start = (readout.broadcast({"R": readout.zero_stack(self.widths[-2], self.widths[-1])}, self.dtype)
+        start = (readout.broadcast({"R": readout.zero_stack(self.readout_width, self.widths[-1])}, self.dtype)
                  if self.logistic else None)
 
         def tile(x_raw, y, _):
-            a, out, sums = self.inputs(x_raw), {}, {"n": x_raw.shape[0]}
+            x, out, sums = self.inputs(x_raw), {}, {"n": x_raw.shape[0]}
+            a = x
             for l in range(1, L):
                 sums[f"gram{l}"] = gram_with_bias(a)
                 out[f"z{l}"] = affine(a, weights[l - 1])
@@ -383,7 +386,7 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
             sums[f"gram{L}"] = gram_with_bias(a)
             t = self.task.targets(y, self.dtype)
             if self.logistic:  # the readout's zero candidates on the forward features (readout.start)
-                sums.update(readout.logistic_parts(a, t, start))
+                sums.update(readout.logistic_parts(self.readout_features(a, x), t, start))
             u = np.zeros((a.shape[0], self.widths[L]), self.dtype)
             out[f"z{L}"] = self._z_output(t, u, affine(a, weights[L - 1]))
             out["u"] = u
@@ -440,17 +443,18 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
         L = self.L
         weights, stack = (p.weights, p.readout) if isinstance(p, OutputParams) else (p, None)
 
-        def readout_sums(a, t, held_out: bool) -> dict:
+        def readout_sums(a, x, t, held_out: bool) -> dict:
+            features = self.readout_features(a, x)
             if self.logistic:
-                return readout.logistic_parts(a, t, stack, held_out=held_out)
-            return readout.parts(a, t)
+                return readout.logistic_parts(features, t, stack, held_out=held_out)
+            return readout.parts(features, t)
 
         if state is None:
             def held_tile(x_raw, y, _):
-                a = self.inputs(x_raw)
+                a = x = self.inputs(x_raw)
                 for l in range(1, L):
                     a = self.act.h(affine(a, weights[l - 1]))
-                return None, {"n": x_raw.shape[0], **readout_sums(a, self.task.targets(y, self.dtype), True)}
+                return None, {"n": x_raw.shape[0], **readout_sums(a, x, self.task.targets(y, self.dtype), True)}
             return None, self._tiled("output_chunk", 0, x_raw, y, None, held_tile)[1]
 
         def tile(x_raw, y, s):
@@ -466,7 +470,7 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
             for l in range(1, L):
                 hidden = self.act.h(affine(hidden, weights[l - 1]))
             sums = {"n": x.shape[0], **self.task.score_parts(affine(hidden, weights[L - 1]), y),
-                    **(readout_sums(hidden, t, False) if self.refits else {}),
+                    **(readout_sums(hidden, x, t, False) if self.refits else {}),
                     "loss": float(np.sum(self.loss.value(z, t), dtype=np.float64)),
                     "lagrange": float(np.sum(u * r, dtype=np.float64)),
                     "residual_sq": float(np.sum(r * r, dtype=np.float64)),

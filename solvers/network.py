@@ -21,7 +21,8 @@ def standardize(x, mean, scale, dtype=np.float32):
 def forward(a0, weights, activation: str, layers=None):
     """Return the output pre-activation z_L = W_L h(… h(W_1 a_0)) of the network (``layers``: dense if None).
 
-    A layer with a pooling (``layer.post``) passes on ``pool(h(z_l))``.
+    A layer with a pooling (``layer.post``) passes on ``pool(h(z_l))``. An output layer with
+    ``n_{L−1} + d + 1`` columns has the skip path of :mod:`solvers.readout`: ``z_L = W_L [a_{L−1}; a_0]``.
     """
     h = ACTIVATIONS[activation].h
     maps = layers or [None] * len(weights)
@@ -30,6 +31,8 @@ def forward(a0, weights, activation: str, layers=None):
         a = h(affine(a, W) if layer is None else layer.apply(a, W))
         if getattr(layer, "post", None) is not None:
             a = layer.post.apply(a)
+    if len(weights) > 1 and np.shape(weights[-1])[1] == a.shape[1] + a0.shape[1] + 1:  # the skip path
+        return affine(np.concatenate([a, a0], axis=1), weights[-1])
     return affine(a, weights[-1]) if maps[-1] is None else maps[-1].apply(a, weights[-1])
 
 

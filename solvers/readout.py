@@ -34,6 +34,20 @@ The solvers' own iterates are left as they are.
   ``C = Σ T ãᵀ``, α of least held-out squared error ``Σ‖T − W_L(α) ã‖²``: the
   Gauss-Newton solver's output solve (:class:`~solvers.linalg.RidgePath`).
 
+**Skip path (``input_skip``).** The features may be ``[ã_{L−1}; a_0]``, the
+last hidden layer's forward features and the (scaled) inputs: the model's
+output layer is then ``z_L = V_h ã_{L−1} + V_x a_0 + b``, which contains the
+input-linear model (``V_h = 0``: logistic or ridge regression on the inputs).
+Nothing above changes but the width: G, the gradients g_j and the held-out
+losses are sums over the wider features, one α_j penalises both blocks (the
+grid scales with the mean diagonal of the whole centred G), and each
+candidate is still the exact regularised fit on fixed features (the MM
+steps' fixed point; the ridge readout's closed form ``C (G + α Ĩ)⁻¹``). The
+solvers' iterations are untouched: Algorithm 1's (ADMM) and dlADMM's own
+``W_L`` and ``z_L`` updates read ``a_{L−1}`` only, as in the papers; the skip
+path exists in the model's refitted output layer alone (whose weight
+matrix has ``n_{L−1} + d + 1`` columns, :func:`solvers.network.forward`).
+
 With nothing held out (``validation_fraction=0``) there is no refit and the
 model is the iterate: GCV on the training sums, the fallback of
 :meth:`RidgePath.choose`, picks α ≈ 0 when the width nears the number of rows
@@ -259,6 +273,20 @@ class OutputRefit:
         """Return ``logistic`` for a model whose output layer is the logistic readout (:func:`link`)."""
         return link(config, record)
 
+    @property
+    def skips(self) -> bool:
+        """Return whether the refitted output layer also reads the inputs (``input_skip``, a refit, a hidden layer)."""
+        return self.refits and bool(self.config.input_skip) and self.L > 1
+
+    @property
+    def readout_width(self) -> int:
+        """Return the width of the readout's features: ``n_{L−1}``, plus the ``d`` inputs with the skip path."""
+        return self.widths[-2] + (self.widths[0] if self.skips else 0)
+
+    def readout_features(self, hidden, x):
+        """Return the readout's features of a tile: ``ã_{L−1}``, or ``[ã_{L−1}, a_0]`` with the skip path."""
+        return np.concatenate([hidden, x], axis=1) if self.skips else hidden
+
     def readout_shapes(self) -> dict:
         """Return the layout entries of the output refit's sums (logistic or ridge, :mod:`solvers.readout`)."""
-        return (logistic_shapes if self.logistic else shapes)(self.widths[-2], self.widths[-1])
+        return (logistic_shapes if self.logistic else shapes)(self.readout_width, self.widths[-1])

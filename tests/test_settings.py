@@ -19,7 +19,7 @@ OTHER = {"hidden": (7, 5), "activation": "sigmoid", "task": "regression", "loss"
          "cg_steps": 2, "shards": 3, "consensus": "elastic", "consensus_rho": 0.5, "rho_growth": 1.5,
          "local_epochs": 2, "first_pass_rows": 5000, "averaging": "pass", "batch_size": 64, "learning_rate": 0.01,
          "lr_decay": 0.5, "handover_gain": 0.01,
-         "sample_schedule": "full", "sample_start": 1000}
+         "sample_schedule": "full", "sample_start": 1000, "input_skip": True}
 
 
 def test_every_setting_has_another_value_here():
@@ -33,7 +33,12 @@ def test_every_setting_is_a_flag_that_parses_to_the_setting():
         return ",".join(map(str, v)) if isinstance(v, tuple) and v and len(v) != 3 else \
             "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
-    argv = [a for name, v in OTHER.items() for a in (flag(name), text(v)) if name != "hidden"]
+    def args_of(name, v):  # a bool is a switch: --name or --no-name
+        if isinstance(v, bool):
+            return (flag(name) if v else "--no-" + flag(name)[2:],)
+        return flag(name), text(v)
+
+    argv = [a for name, v in OTHER.items() for a in args_of(name, v) if name != "hidden"]
     args = build_parser().parse_args(argv)
     from solvers.config import given_settings
 
