@@ -116,7 +116,8 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
         w0 = self.initial_weights(runner)
         sums = run_pass(runner, self.layout(True, self.logistic), "init_chunk", w0, 0, write=0)
         input_gram = sums["gram1"]
-        extra = readout.start(sums, self.readout_width, self.widths[-1], self.config.ridge) if self.logistic else {}
+        extra = (readout.start(self.with_input_gram(sums, input_gram) if w0 is not None else sums, self.readout_width,
+                               self.widths[-1], self.config.ridge) if self.logistic else {})
         if w0 is None:  # gaussian state: fit W⁰ to it, then the Grams of W¹
             w0 = self.solve(sums, input_gram)
             sums = run_pass(runner, self.layout(True), "grams_chunk", w0, 0, read=0)
@@ -139,6 +140,7 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
             return self._loop_state(k, w_new, self.solve(sums, input_gram), input_gram), self.metrics(sums)
         sums, held = run_pass_held_out(runner, layout, "step_chunk", params, k, read=k - 1, write=k)
         next_weights = self.solve(sums, input_gram)
+        sums = self.with_input_gram(sums, input_gram)
         if held is None:  # nothing held out: the model is the iterate (see solvers.readout)
             return self._loop_state(k, w_new, next_weights, input_gram, extra=extra), self.metrics(sums)
         what = f"W_{self.L} (output refit)"
@@ -269,7 +271,8 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
             out = {**self._gram_parts(self._activations(x[sl], zt, ops), zt, input_gram=True), "n": sl.stop - sl.start}
             if start is not None:
                 features = x[sl] if self.L == 1 else self.readout_features(self.act.h(zt[self.L - 1]), x[sl])
-                out.update(readout.logistic_parts(features, self.task.targets(y[sl], self.dtype), start))
+                out.update(readout.logistic_parts(features, self.task.targets(y[sl], self.dtype), start,
+                                                  known=self.known_inputs))
             return out
         return self._summed(len(x), self.layout(True, y is not None), parts_of)
 
@@ -337,9 +340,10 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
         if not self.refits:
             return out, {}
         t, features = self.task.targets(y, self.dtype), self.readout_features(a, x)
+        known = 0 if held_out else self.known_inputs  # training rows: the input Gram block is added on the client
         if self.logistic:
-            return out, readout.logistic_parts(features, t, stack, held_out=held_out)
-        return out, readout.parts(features, t)
+            return out, readout.logistic_parts(features, t, stack, held_out=held_out, known=known)
+        return out, readout.parts(features, t, known)
 
     def _step_tile(self, x, y, state, p: StepParams):
         c, act, L = self.config, self.act, self.L

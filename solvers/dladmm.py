@@ -246,7 +246,8 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
         for l in range(1, self.L + 1):
             carry[f"theta_b{l}"] = carry[f"theta_f{l}"] = np.asarray(THETA0)
         if self.logistic:
-            carry.update(readout.start(sums, self.readout_width, self.widths[-1], self.config.ridge))
+            carry.update(readout.start(self.with_input_gram(sums, sums["gram1"]), self.readout_width, self.widths[-1],
+                                       self.config.ridge))
         return LoopState(0, w0, carry)
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
@@ -291,6 +292,7 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
         params = OutputParams(self.cast(W), readout.broadcast(carry, self.dtype) if self.logistic else None)
         sums, held = run_pass_held_out(runner, layout, "output_chunk", params, k, read=reads, write=k)
         carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
+        sums = self.with_input_gram(sums, carry["input_gram"])
         if held is None:  # nothing held out: the model is the iterate (see solvers.readout)
             carry.pop("U", None)
             return LoopState(k, W, carry), self.metrics(sums, penalty)
@@ -386,7 +388,7 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
             sums[f"gram{L}"] = gram_with_bias(a)
             t = self.task.targets(y, self.dtype)
             if self.logistic:  # the readout's zero candidates on the forward features (readout.start)
-                sums.update(readout.logistic_parts(self.readout_features(a, x), t, start))
+                sums.update(readout.logistic_parts(self.readout_features(a, x), t, start, known=self.known_inputs))
             u = np.zeros((a.shape[0], self.widths[L]), self.dtype)
             out[f"z{L}"] = self._z_output(t, u, affine(a, weights[L - 1]))
             out["u"] = u
@@ -445,9 +447,10 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
 
         def readout_sums(a, x, t, held_out: bool) -> dict:
             features = self.readout_features(a, x)
+            known = 0 if held_out else self.known_inputs  # training rows: the client adds the input Gram block
             if self.logistic:
-                return readout.logistic_parts(features, t, stack, held_out=held_out)
-            return readout.parts(features, t)
+                return readout.logistic_parts(features, t, stack, held_out=held_out, known=known)
+            return readout.parts(features, t, known)
 
         if state is None:
             def held_tile(x_raw, y, _):

@@ -83,10 +83,38 @@ def shapes(n_features: int, n_outputs: int) -> dict:
     return {"out_gram": (n_features + 1,) * 2, "out_cross": (n_outputs, n_features + 1), "out_tt": ()}
 
 
-def parts(a, t) -> dict:
-    """Return one tile's readout sums: ``Σ ã ãᵀ``, ``Σ T ãᵀ``, ``Σ‖T‖²`` of hidden features ``a`` and targets ``t``."""
-    return {"out_gram": gram_with_bias(a), "out_cross": cross_with_bias(t, a),
+def parts(a, t, known: int = 0) -> dict:
+    """Return one tile's readout sums: ``Σ ã ãᵀ``, ``Σ T ãᵀ``, ``Σ‖T‖²`` of hidden features ``a`` and targets ``t``.
+
+    ``known``: the last ``known`` columns are the inputs, whose Gram block the client adds (:func:`partial_gram`).
+    """
+    return {"out_gram": partial_gram(a, known), "out_cross": cross_with_bias(t, a),
             "out_tt": float(np.sum(t * t, dtype=np.float64))}
+
+
+def partial_gram(f, known: int = 0):
+    """Return ``Σ f̃ f̃ᵀ`` (``f̃ = [f, 1]``, float64) without the block of the last ``known`` columns and the bias.
+
+    With the skip path ``f = [a_{L−1}, a_0]`` and that block is the constant input Gram ``Σ ã_0 ã_0ᵀ``
+    over the same training rows, which the client adds (:func:`complete_gram`): a tile then costs
+    ``n_{L−1}·(n_{L−1} + d)`` products per row instead of ``(n_{L−1} + d)²``.
+    """
+    if not known:
+        return gram_with_bias(f)
+    w, h = f.shape[1], f.shape[1] - known
+    g = np.zeros((w + 1, w + 1))
+    g[:h, :w] = f[:, :h].T @ f
+    g[:h, w] = f[:, :h].sum(axis=0, dtype=np.float64)
+    g[h:, :h] = g[:h, h:].T
+    return g
+
+
+def complete_gram(gram, input_gram):
+    """Return the readout Gram of :func:`partial_gram` with the input Gram ``Σ ã_0 ã_0ᵀ`` added in its trailing block."""
+    g = np.array(gram, np.float64)
+    k = np.shape(input_gram)[0]
+    g[-k:, -k:] += np.asarray(input_gram, np.float64)
+    return g
 
 
 def fit(sums: dict, held: dict | None, ridge: float, *, what: str = "output layer") -> tuple[np.ndarray, float]:
@@ -114,10 +142,11 @@ def block_probabilities(Z, n_outputs: int):
     return (e / e.sum(axis=2, keepdims=True)).reshape(Z.shape)
 
 
-def logistic_parts(a, t, stack, *, held_out: bool = False) -> dict:
+def logistic_parts(a, t, stack, *, held_out: bool = False, known: int = 0) -> dict:
     """Return one tile's sums for the candidates ``stack`` (J·K × width+1): Σℓ per candidate; training rows also G and g_j.
 
-    ``g_j = Σ (t − p_j) ãᵀ`` (the negative gradient of Σℓ), ``G = Σ ã ãᵀ``; held-out rows only the losses.
+    ``g_j = Σ (t − p_j) ãᵀ`` (the negative gradient of Σℓ), ``G = Σ ã ãᵀ`` (without the block of the last
+    ``known`` columns, :func:`partial_gram`); held-out rows only the losses.
     """
     Z = affine(a, stack)
     out = {"lr_loss": ce.block_losses(Z, t)}
@@ -125,7 +154,7 @@ def logistic_parts(a, t, stack, *, held_out: bool = False) -> dict:
         return out
     K = t.shape[1]
     residual = np.tile(t, (1, stack.shape[0] // K)) - block_probabilities(Z, K)
-    out.update(out_gram=gram_with_bias(a), lr_grad=cross_with_bias(residual, a))
+    out.update(out_gram=partial_gram(a, known), lr_grad=cross_with_bias(residual, a))
     return out
 
 
@@ -282,6 +311,17 @@ class OutputRefit:
     def readout_width(self) -> int:
         """Return the width of the readout's features: ``n_{L−1}``, plus the ``d`` inputs with the skip path."""
         return self.widths[-2] + (self.widths[0] if self.skips else 0)
+
+    @property
+    def known_inputs(self) -> int:
+        """Return the trailing readout columns whose Gram block is the input Gram (:func:`partial_gram`): d or 0."""
+        return self.widths[0] if self.skips else 0
+
+    def with_input_gram(self, sums: dict, input_gram) -> dict:
+        """Return ``sums`` with the readout Gram completed by the input Gram (:func:`complete_gram`) on the skip path."""
+        if not self.skips:
+            return sums
+        return {**sums, "out_gram": complete_gram(sums["out_gram"], input_gram)}
 
     def readout_features(self, hidden, x):
         """Return the readout's features of a tile: ``ã_{L−1}``, or ``[ã_{L−1}, a_0]`` with the skip path."""

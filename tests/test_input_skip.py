@@ -202,3 +202,15 @@ def test_estimator_exposes_the_skip_block_in_coefs():
     assert est.coefs_[-1].shape == (8 + 10, 1)
     a = np.maximum(0, est.network_.decision_function(X[:5]))  # smoke: finite outputs
     assert np.all(np.isfinite(a)) and est.predict(X[:5]).shape == (5,)
+
+
+def test_partial_gram_completed_by_the_input_gram_is_the_whole_gram():
+    """Tiles sum Σ f̃ f̃ᵀ of f = [a, x] without the [x, 1] block; the input Gram added on the client completes it."""
+    from solvers.linalg import gram_with_bias
+
+    rng = np.random.default_rng(5)
+    a, x = rng.normal(size=(50, 7)), rng.normal(size=(50, 4)) + 2
+    f = np.column_stack([a, x])
+    np.testing.assert_allclose(readout.complete_gram(readout.partial_gram(f, 4), gram_with_bias(x)), gram_with_bias(f),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(readout.partial_gram(f, 0), gram_with_bias(f))
