@@ -66,9 +66,10 @@ def data_cache() -> ChunkCache:
             limit = get_worker().memory_manager.memory_limit
             if limit:
                 budget = min(budget, int(limit) // 4)
-                from solvers.activation_cache import BUDGET, CACHE
+                from solvers.activation_cache import BUDGET, CACHE, INPUTS, INPUTS_BUDGET
 
                 CACHE.budget = min(BUDGET, int(limit) // 8)
+                INPUTS.budget = min(INPUTS_BUDGET, int(limit) // 16)
         except (ImportError, ValueError, AttributeError):  # not in a worker (an in-memory test, a benchmark)
             pass
         _data_cache = ChunkCache(budget)
@@ -77,9 +78,10 @@ def data_cache() -> ChunkCache:
 
 def clear_data_cache() -> None:
     """Forget this process's decoded data chunks and kept activations (after a run: thread workers live in the caller's process)."""
-    from solvers.activation_cache import CACHE
+    from solvers.activation_cache import CACHE, INPUTS
 
     CACHE.clear()
+    INPUTS.clear()
     if _data_cache is not None:
         _data_cache.clear()
 

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solvers import cross_entropy as ce, sampling
-from solvers.activation_cache import CACHE, weights_key
+from solvers.activation_cache import CACHE, INPUTS, weights_key
 from solvers.base import SolverBase
 from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
@@ -534,6 +534,17 @@ class GaussNewtonSolver(SolverBase):
         return ForwardParams(cast, input_gram, outputs, weights_key(self.run_token, cast))
 
     # -- chunk side (pure NumPy: one chunk in, sums out) --------------------------------
+    def _kept_inputs(self, x_raw, rows, sl):
+        """Return :meth:`_inputs_with_ones` of the tile ``sl`` of the rows named ``rows`` (:func:`_rows_key`), kept in
+        :data:`~solvers.activation_cache.INPUTS` for the run's next passes (the same numbers: the same arithmetic)."""
+        key = (rows, sl.start, sl.stop)
+        kept = INPUTS.get(key, owner=self.run_token)
+        if kept is not None:
+            return kept[0]
+        x1 = self._inputs_with_ones(x_raw[sl])
+        INPUTS.put(key, (x1,), owner=self.run_token)
+        return x1
+
     def _inputs_with_ones(self, x_raw):
         """Return ``ã_0 = [(x − x̄)/s, 1]`` (rows × d+1) in the solver's dtype, as :meth:`inputs` then a ones column."""
         d = x_raw.shape[1]
@@ -599,9 +610,11 @@ class GaussNewtonSolver(SolverBase):
         """
         L, hidden = self.L, self._augmented(p.hidden)
         rows = _rows_key(x_raw, start_row, held) if p.key else None
+        named = rows if rows is not None or held else _rows_key(x_raw, start_row, False)
 
         def tile(sl, _):
-            a, z = self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)
+            x1 = self._inputs_with_ones(x_raw[sl]) if held else self._kept_inputs(x_raw, named, sl)
+            a, z = self._hidden_forward(x1, hidden)
             if rows is not None and L > 1:  # kept for pass B at these hidden weights (held-out rows: its score's a_{L−1})
                 CACHE.put((p.key, rows, sl.start, sl.stop), (a[L - 1],) if held else (*a[1:], *z[1:]))
             t = self.task.targets(y[sl], self.dtype)
@@ -634,10 +647,11 @@ class GaussNewtonSolver(SolverBase):
         Wt = [None] + [W[:, :-1] for W in weights]  # W̃_1..W̃_L
         hidden = self._augmented(weights[:-1])
         gram_here = p.sums_input_gram(start_row)
-        rows = _rows_key(x_raw, start_row, False) if p.key and L > 1 else None
+        named = _rows_key(x_raw, start_row, False)
+        rows = named if p.key and L > 1 else None
 
         def tile(sl, _):
-            x1 = self._inputs_with_ones(x_raw[sl])
+            x1 = self._kept_inputs(x_raw, named, sl)
             kept = None if rows is None else CACHE.get((p.key, rows, sl.start, sl.stop))
             if kept is not None:
                 a, z = [x1, *kept[:L - 1]], [None, *kept[L - 1:]]

@@ -79,5 +79,20 @@ def test_a_workers_memory_limit_bounds_its_data_and_activation_caches(monkeypatc
                         lambda: SimpleNamespace(memory_manager=SimpleNamespace(memory_limit=limit)))
     monkeypatch.setattr(passes, "_data_cache", None)
     monkeypatch.setattr(activation_cache.CACHE, "budget", activation_cache.BUDGET)
+    monkeypatch.setattr(activation_cache.INPUTS, "budget", activation_cache.INPUTS_BUDGET)
     assert passes.data_cache().budget == limit // 4
     assert activation_cache.CACHE.budget == limit // 8 < activation_cache.BUDGET
+    assert activation_cache.INPUTS.budget == limit // 16 < activation_cache.INPUTS_BUDGET
+
+
+def test_the_inputs_cache_keeps_its_first_tiles_and_one_runs_only():
+    """Full, it drops new tiles rather than evicting (a scan would lose every tile); another run's put empties it."""
+    from solvers.activation_cache import ActivationCache
+
+    cache = ActivationCache(budget=2 * 800, evict=False)
+    for i in range(3):
+        cache.put(i, (np.zeros(100),), owner="run")  # 800 bytes each: the third does not fit
+    assert cache.get(0, owner="run") is not None and cache.get(1, owner="run") is not None
+    assert cache.get(2, owner="run") is None and cache.get(0, owner="other") is None
+    cache.put(5, (np.zeros(100),), owner="other")
+    assert cache.get(0, owner="run") is None and cache.get(5, owner="other") is not None and cache.nbytes == 800

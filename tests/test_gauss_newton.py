@@ -233,17 +233,20 @@ def test_float32_kernels_equal_float64_kernels(hidden, n_classes, activation):
 
 @pytest.mark.parametrize("activation,n_classes", [("relu", 3), ("sigmoid", 2)])
 def test_kept_activations_change_nothing(monkeypatch, activation, n_classes):
-    """Pass B takes pass A's activations from the cache: the run is bitwise the run that recomputes them."""
+    """Pass B takes pass A's activations from the cache, every pass the kept standardised inputs: the run is bitwise the
+    run that recomputes them."""
     from solvers import activation_cache
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(3000, 6))
     y = rng.integers(0, n_classes, 3000)
     cfg = TrainConfig(solver="gauss-newton", hidden=(8, 5), activation=activation, iterations=4, sample_start=1000)
-    hits = activation_cache.CACHE.hits
+    hits, input_hits = activation_cache.CACHE.hits, activation_cache.INPUTS.hits
     kept = fit_in_memory(X, y, cfg, chunk_rows=500)
     assert activation_cache.CACHE.hits > hits and activation_cache.CACHE.nbytes == 0  # used, and emptied after the run
+    assert activation_cache.INPUTS.hits > input_hits and activation_cache.INPUTS.nbytes == 0  # the standardised inputs too
     monkeypatch.setattr(activation_cache.CACHE, "budget", 0)  # nothing is kept: pass B recomputes
+    monkeypatch.setattr(activation_cache.INPUTS, "budget", 0)  # and every pass standardises its rows again
     again = fit_in_memory(X, y, cfg, chunk_rows=500)
     for a, b in zip(kept.network.weights, again.network.weights):
         np.testing.assert_array_equal(a, b)
