@@ -46,7 +46,8 @@ first Adam step; scikit-learn: ``import sklearn.neural_network``). The pipeline'
 ``--local-mode`` as ``python -m pipeline.train`` does (auto: threads for
 data up to 256 MB). In-memory methods get the
 rows already loaded from the store. Everything in this process runs under
-``threadpool_limits(--threads)``.
+``threadpool_limits(--threads)``, but for a pipeline on worker threads in this
+process: one BLAS thread, as its cluster holds it in ``python -m pipeline.train``.
 
 Tasks: ``digits02`` (scikit-learn digits 0 vs 2, 30 % test, ``random_state=0``
 as in the tests), ``mnist-oddeven`` and ``mnist10`` (``shared/data/
@@ -873,11 +874,15 @@ def main(argv=None) -> int:
                         cluster_seconds[s] = time.perf_counter() - t0
                         log(f"local cluster: {args.workers} worker {'processes x 1 thread' if processes else 'threads'}, "
                             f"started and modules imported in {cluster_seconds[s]:.1f} s")
+                        # worker threads in this process run BLAS on one thread, as python -m pipeline.train's
+                        # cluster holds it (pipeline.cluster): under --threads N every chunk task's one_blas_thread
+                        # restored N on leaving, so the other worker thread's kernels ran on N BLAS threads (conv
+                        # Gauss-Newton 60k: 83 CPU s to 0.985 at --threads 2 against 28 at 1, conv_s7.md)
                         result = run_method(
                             f"{s}-pipeline", "ours-pipeline",
                             f"{s}: pipeline.training.train on a local cluster, out of core",
                             lambda c, s=s, config=config: run_pipeline(client, task, config, c, run_dir, pipe_chunks[s]),
-                            budget, args.threads)
+                            budget, args.threads if processes else 1)
                         result["startup_seconds"] = client_import + cluster_seconds[s]
                         methods.append(result)
                 except Exception as exc:  # the cluster did not start (or close): say so, run the others anyway
