@@ -22,7 +22,8 @@ choose anything):
 out of the training rows (20 %), for tuning: the committed table uses
 ``--split test``. Methods ``gn``, ``admm``, ``dladmm`` run the in-memory
 reference (:func:`solvers.reference.fit_in_memory`, the code the pipeline
-runs chunk by chunk); ``gn-pipeline`` runs ``python -m pipeline.train`` as a
+runs chunk by chunk; so do ``consensus`` and ``handover``, i.e. ``--solver consensus,gauss-newton``, when
+asked for); ``gn-pipeline`` runs ``python -m pipeline.train`` as a
 user does (ingested data store, local Dask cluster of 2 workers, then
 ``python -m pipeline.evaluate --json``); ``gn-squared`` and ``gn-ce`` are ``gn``
 with ``--loss squared`` and ``--loss cross-entropy`` (the two losses side by side). Seconds are wall-clock seconds of the
@@ -56,11 +57,12 @@ from benchmarks.bench_util import CpuWatch, parse_settings, provenance, write_re
 
 DATA = ROOT.parent / "shared" / "data"
 TASKS = ("digits", "breast-cancer", "mnist-oddeven-2k", "mnist10-2k", "covtype", "mnist-oddeven", "mnist10")
-OURS = {"gn": "gauss-newton", "admm": "admm", "dladmm": "dladmm", "consensus": "consensus",  # consensus: not by default
+OURS = {"gn": "gauss-newton", "admm": "admm", "dladmm": "dladmm",
+        "consensus": "consensus", "handover": "consensus,gauss-newton",  # not by default
         "gn-squared": "gauss-newton", "gn-ce": "gauss-newton"}  # the two losses of gauss-newton, side by side
 LOSS_OF = {"gn-squared": "squared", "gn-ce": "cross-entropy"}  # --loss given to these (not by default)
 PEERS = ("mlp-adam-es", "mlp-adam", "logreg", "hgb")
-ITERATIONS = {"gauss-newton": 30, "admm": 20, "dladmm": 30, "consensus": 20}
+ITERATIONS = {"gauss-newton": 30, "admm": 20, "dladmm": 30, "consensus": 20, "consensus,gauss-newton": 20}
 
 
 def load_task(name: str, split: str, seed: int):
