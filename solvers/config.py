@@ -245,6 +245,9 @@ class TrainConfig:
         elif self.layers and self.solver != "gauss-newton" and pool_layers(parse_layers(self.layers)):
             problems.append(f"pooling layers are trained by the gauss-newton solver only, not {self.solver} "
                             "(pass --solver gauss-newton)")
+        if self.layers and self.input_skip:  # the skip block is the dense input Gram; conv layers reduce patch Grams
+            problems.append("input_skip (--input-skip) needs dense layers: with convolutional --layers the output "
+                            "layer cannot read the inputs (drop --input-skip)")
         if self.shards < 0:
             problems.append(f"shards must be >= 0 (0: one per worker thread), got {self.shards}")
         if self.averaging not in AVERAGING:

@@ -214,3 +214,10 @@ def test_partial_gram_completed_by_the_input_gram_is_the_whole_gram():
     np.testing.assert_allclose(readout.complete_gram(readout.partial_gram(f, 4), gram_with_bias(x)), gram_with_bias(f),
                                rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(readout.partial_gram(f, 0), gram_with_bias(f))
+
+
+def test_the_skip_path_with_convolutional_layers_is_refused_in_one_line():
+    """A conv first layer reduces patch Grams, not the dense input Gram the skip block needs (review finding)."""
+    with pytest.raises(ValueError, match="input_skip .*needs dense layers"):
+        TrainConfig(solver="admm", layers="conv:4x3x3,conv:4x3x3:s2:same", input_shape=(8, 8, 1), input_skip=True)
+    TrainConfig(solver="admm", layers="conv:4x3x3,conv:4x3x3:s2:same", input_shape=(8, 8, 1))  # without it: fine

@@ -11,11 +11,12 @@ from solvers.config import RESUMABLE, SETTINGS, TrainConfig, config_from_paramet
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
-# a value other than the default for every setting, valid together with the others (admm reads convolutions)
+# a value other than the default for every setting, valid together with the others (layers dense:
+# --input-skip, True here, refuses convolutional layers)
 OTHER = {"hidden": (7, 5), "activation": "sigmoid", "task": "regression", "loss": "squared", "gamma": 2.5,
          "beta": 0.5, "iterations": 3, "warm_start": 1, "init": "gaussian", "seed": 11, "ridge": 0.5, "alpha": 0.125,
          "solver": "admm", "step_size": 0.25, "damping": 2.0, "rho": 1.5, "nu": 50.0, "scaling": "global",
-         "validation_fraction": 0.25, "patience": 9, "layers": "conv:2x3x3,dense:4", "input_shape": (6, 6, 1),
+         "validation_fraction": 0.25, "patience": 9, "layers": "dense:4,dense:3", "input_shape": (6, 6, 1),
          "cg_steps": 2, "shards": 3, "consensus": "elastic", "consensus_rho": 0.5, "rho_growth": 1.5,
          "local_epochs": 2, "first_pass_rows": 5000, "averaging": "pass", "batch_size": 64, "learning_rate": 0.01,
          "lr_decay": 0.5, "handover_gain": 0.01,
