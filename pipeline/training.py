@@ -28,6 +28,7 @@ from solvers.tasks import score_from_sums
 from solvers.validation import EarlyStopping, RowSplit, split_of
 from storage.data import fingerprint, open_data
 from storage.lock import RunLock
+from storage.paths import join_discards
 from storage.runstore import Checkpoint, RunStore, check_creatable
 
 
@@ -48,7 +49,10 @@ def train(client, *, store, report=print, **kwargs) -> TrainResult:
     A second trainer on the same store, while this one runs, gets an :class:`InputError` naming this one.
     """
     with RunLock(store, report=report):
-        return _train(client, store=store, report=report, **kwargs)
+        try:
+            return _train(client, store=store, report=report, **kwargs)
+        finally:  # a run store this one replaced (--overwrite) is gone when train returns or raises
+            join_discards()
 
 
 def _train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
@@ -156,8 +160,6 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     finally:
         run.write_metrics()  # the commits write metrics/ at most every few seconds
         _forget_data(client)
-        if run.discarding is not None:  # the run store this one replaced: gone when train returns
-            run.discarding.join()
     if not (manifest and manifest.get("stopped_early") and not changed):
         run.release_uncommitted_slot()
     out.store = run

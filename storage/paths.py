@@ -8,8 +8,9 @@ equal to, inside, or holding one of the command's inputs is refused.
 
 A store is built under ``<target>.partial-<host>.<pid>.<random>`` and renamed
 to the target only when complete (:func:`partial_path`, :func:`swap_in`). A
-crash (SIGKILL, power loss) can leave such a folder behind; the next write to
-the same target removes those whose writer process is gone
+crash (SIGKILL, power loss) can leave such a folder behind, or a replaced store
+renamed aside as ``<target>.old-<host>.<pid>.<random>``; the next write to the
+same target removes those whose writer process is gone
 (:func:`clean_stale_partials`), and tells the user.
 """
 from __future__ import annotations
@@ -94,28 +95,37 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_partials(target, report=None) -> list:
-    """Remove the ``<target>.partial-*`` folders left by writers on this host that are gone; return them.
+    """Remove the ``<target>.partial-*`` and ``<target>.old-*`` folders left by writers on this host that are gone.
 
-    A folder whose writer ran on another host is kept (its process cannot be
-    checked from here) and named in the report.
+    ``.old-*`` is a replaced store renamed aside by :func:`swap_in`; a killed
+    writer can leave it half deleted. It is removed only if ``target`` exists
+    (else it is the only copy, and the report says how to restore it). A
+    folder whose writer ran on another host is kept (its process cannot be
+    checked from here) and named in the report. Returns the removed paths.
     """
     target = Path(target)
     removed = []
     try:
-        siblings = list(target.parent.glob(f"{target.name}.partial-*"))
+        siblings = [(p, kind) for kind in (".partial-", ".old-") for p in target.parent.glob(f"{target.name}{kind}*")]
     except OSError:
         return removed
-    for p in siblings:
-        tail = p.name[len(target.name) + len(".partial-"):]
+    for p, kind in siblings:
+        tail = p.name[len(target.name) + len(kind):]
         parts = tail.rsplit(".", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             continue  # not written by this version: leave it to the user
         host, pid = parts[0], int(parts[1])
         if host == _this_host() and pid != os.getpid() and not _pid_alive(pid):
+            if kind == ".old-" and not target.exists():  # killed between swap_in's two renames: this is the only copy
+                if report is not None:
+                    report(f"note: {p} is the store {target} as it was before an interrupted replacement "
+                           f"(process {pid} is gone); rename it back to {target.name} to keep it")
+                continue
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
             if report is not None:
-                report(f"removed {p}, left by an interrupted write (process {pid} is gone)")
+                what = "an interrupted write" if kind == ".partial-" else "an interrupted replacement (the old store)"
+                report(f"removed {p}, left by {what} (process {pid} is gone)")
         elif host != _this_host() and report is not None:
             report(f"note: {p} was left by process {pid} on host {host}; delete it if that write is over")
     return removed
@@ -137,7 +147,7 @@ def swap_in(partial: Path, target: Path, background: bool = False) -> threading.
             shutil.rmtree(partial, ignore_errors=True)
             raise InputError(f"{target} was created by another process meanwhile; nothing was replaced") from None
         return None
-    old = target.with_name(f"{target.name}.old-{secrets.token_hex(4)}")
+    old = target.with_name(f"{target.name}.old-{_this_host()}.{os.getpid()}.{secrets.token_hex(4)}")
     os.rename(target, old)
     try:
         os.rename(partial, target)
@@ -159,5 +169,19 @@ def discard(path: Path) -> threading.Thread:
     """
     thread = threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
                               name="admm-dask-discard")
+    with _DISCARDING_LOCK:
+        _DISCARDING.append(thread)
     thread.start()
     return thread
+
+
+_DISCARDING: list[threading.Thread] = []
+_DISCARDING_LOCK = threading.Lock()
+
+
+def join_discards() -> None:
+    """Wait for every :func:`discard` thread of this process started so far: their folders are gone on return."""
+    with _DISCARDING_LOCK:
+        threads, _DISCARDING[:] = list(_DISCARDING), []
+    for thread in threads:
+        thread.join()

@@ -153,7 +153,7 @@ class RunStore:
         its per-shard state widths and the number of shards. ``validation``
         records the held-out rows (``solvers.validation.RowSplit.record``; None: none).
         ``background_discard``: a replaced run store (``overwrite``) is deleted in a thread, kept as
-        the new store's ``discarding`` for the caller to join (:func:`storage.paths.swap_in`).
+        the new store's ``discarding`` for the caller to join (:func:`storage.paths.join_discards` joins them all).
         """
         path = Path(path)
         check_creatable(path, overwrite)

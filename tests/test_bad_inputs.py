@@ -289,3 +289,24 @@ def test_stale_partial_folders_are_cleaned_up_on_the_next_write(tmp_path, capsys
     err = capsys.readouterr().err
     assert not mine.exists() and other.exists() and live.exists()
     assert f"removed {mine}" in err and "another-node" in err
+
+
+def test_a_replaced_store_left_by_a_killed_writer_is_removed_only_when_its_replacement_exists(tmp_path, capsys):
+    """swap_in renames the old store to .old-<host>.<pid>.<random>: a kill before its deletion ends leaves it behind."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "d.zarr"
+    old = out.with_name(f"d.zarr.old-{socket.gethostname()}.{gone.pid}.0bad")
+    old.mkdir()
+    (old / "zarr.json").write_text("{}")
+    write_data(out, np.ones((10, 2)), np.arange(10) % 2)  # no d.zarr before: killed between the renames, keep it
+    err = capsys.readouterr().err
+    assert old.exists() and f"rename it back to {out.name}" in err
+    write_data(out, np.ones((10, 2)), np.arange(10) % 2, overwrite=True)  # d.zarr exists: the leftover goes
+    err = capsys.readouterr().err
+    assert not old.exists() and f"removed {old}" in err
+    assert not list(tmp_path.glob("d.zarr.old-*"))

@@ -125,6 +125,32 @@ def test_estimator_refuses_a_store_it_did_not_write(client, trained, tmp_path):
     assert fresh.n_iter_ == 1
 
 
+def test_a_run_store_replaced_by_a_train_that_then_fails_is_gone_when_train_raises(client, trained, tmp_path,
+                                                                                     monkeypatch):
+    """--overwrite deletes the replaced store in a thread; an error after the swap still waits for that thread."""
+    import shutil
+
+    import pipeline.training
+
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=trained / "d.zarr", config=TrainConfig(hidden=(3,), iterations=1), report=quiet)
+    real_rmtree = shutil.rmtree
+
+    def slow_rmtree(path, *args, **kwargs):  # the replaced store takes a while to delete
+        time.sleep(0.5)
+        real_rmtree(path, *args, **kwargs)
+
+    def failing_runner(*args, **kwargs):
+        raise RuntimeError("cluster lost right after the new store was swapped in")
+
+    monkeypatch.setattr(shutil, "rmtree", slow_rmtree)
+    monkeypatch.setattr(pipeline.training, "DaskRunner", failing_runner)
+    with pytest.raises(RuntimeError, match="cluster lost"):
+        train(client, store=store, data=trained / "d.zarr", config=TrainConfig(hidden=(3,), iterations=1),
+              overwrite=True, report=quiet)
+    assert store.exists() and not list(tmp_path.glob("r.zarr.old-*"))
+
+
 # ------------------------------------------------------------------ 2. the run-store lock
 
 def dead_pid() -> int:
