@@ -137,8 +137,9 @@ _ATTRIBUTES = """n_features_in_ : int
         ``coefs_[l]`` has shape (fan_in, fan_out), as in scikit-learn's MLPs (a
         convolution's: (kh·kw·C_in, C_out), the kernel in (p, q, c) order); they
         act on standardised inputs ``(X − x_mean_) / x_scale_``. With ``input_skip``
-        (ADMM, dlADMM) the last one has n_{{L−1}} + n_features_in_ rows: the last hidden
-        layer's units, then the standardised inputs.
+        (ADMM, dlADMM), when the output layer was refitted (``alpha="auto"`` with held-out
+        rows), the last one has n_{{L−1}} + n_features_in_ rows: the last hidden layer's
+        units, then the standardised inputs.
     x_mean_, x_scale_ : ndarray of shape (n_features_in_,)
     history_ : xarray.Dataset
         The run's metrics along ``iteration`` ({metrics}, residual, objective,

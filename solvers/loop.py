@@ -118,7 +118,7 @@ def chunk_kernel(fn, x, y, state, start: int, params, split, side: str = "train"
     sees in place of ``start`` (the data start gathers picked rows by number).
     The held-out rows run the solver's ``<kernel>_held`` in place of the kernel when it has one
     (e.g. the score alone). (None, None) when the chunk has no such rows.
-    ``part`` = (j, parts) (:func:`chunk_parts`; stateless kernels only): the kernel sees the j-th of the parts
+    ``part`` = (j, parts) (:func:`chunk_parts`; stateless kernels told their first row only): the kernel sees the j-th of the parts
     :func:`part_rows` cuts the selected rows into, told they start at ``start + lo``, so its tiles, their first
     row numbers and the rows they seed are the whole chunk's.
     """
@@ -129,8 +129,8 @@ def chunk_kernel(fn, x, y, state, start: int, params, split, side: str = "train"
     if pos is not None and len(pos) == 0:
         return None, None
     if part is not None:
-        if state is not None:
-            raise ValueError("a chunk is cut into parts only for stateless kernels")
+        if state is not None or getattr(fn, "row_numbers", False):
+            raise ValueError("a chunk is cut into parts only for stateless kernels told their first row")
         lo, hi = part_rows(n if pos is None else len(pos), fn.__self__.part_rows, part)
         if hi <= lo:
             return None, None
