@@ -46,6 +46,27 @@ def test_tree_sums_split_every_at_a_time_in_order(client):
     assert client.compute(tree([dask.delayed(values[0])]), sync=True).tobytes() == values[0].tobytes()
 
 
+def test_the_sum_of_parts_is_np_sums_bitwise():
+    from pipeline.passes import _sum
+
+    rng = np.random.default_rng(3)
+    for n in range(2, 11):
+        for shape in [(1,), (2,), (5,), (3, 1), (1, 4), (17, 3), (40, 9), (2, 3, 4)]:
+            for dtype in (np.float64, np.float32):
+                parts = [(rng.normal(size=shape) * 10.0 ** rng.integers(-8, 8, size=shape)).astype(dtype) for _ in range(n)]
+                for p in parts:  # signed zeros and infinities: the order and the start value show in them
+                    p.flat[0] = -0.0 if rng.random() < 0.7 else p.flat[0]
+                    p.flat[-1] = rng.choice([np.inf, -np.inf]) if rng.random() < 0.1 else p.flat[-1]
+                parts[-1] = np.asfortranarray(parts[-1])
+                with np.errstate(invalid="ignore"):
+                    want, got = np.sum(parts, axis=0), _sum(*parts)
+                assert got.dtype == want.dtype and got.flags.c_contiguous and got.tobytes() == want.tobytes()
+    ints = [np.arange(3, dtype=np.int32)] * 3  # not floats: np.sum's own (wider) result
+    assert _sum(*ints).dtype == np.sum(ints, axis=0).dtype and _sum(None, 2.0, 3.0) == 5.0
+    pair = _sum((np.ones(2), None), (np.ones(2), np.ones(1)))
+    assert pair[0].tolist() == [2.0, 2.0] and pair[1].tolist() == [1.0]
+
+
 @pytest.mark.parametrize("n_chunks", [1, 8, 9, 64, 70])
 def test_chunk_sums_equal_the_tree_of_the_chunk_sums_bitwise(client, tmp_path, n_chunks):
     """The Dask bag reduction adds the chunks' sums in the order :func:`tree` does (results stay bitwise)."""
