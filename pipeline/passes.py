@@ -317,8 +317,8 @@ class DaskRunner:
     def _record(self, kernel, seconds, plan, bounds):
         """Note a pass's time, rows and bytes read (data rows plus the float32 state arrays it read)."""
         if self._data_row_bytes is None:
-            self._data_row_bytes = sum(_array(self.data, name).dtype.itemsize * int(np.prod(_array(self.data, name).shape[1:]))
-                                       for name in ("X", "y"))
+            arrays = [_array(self.data, name) for name in ("X", "y")]  # each opened once
+            self._data_row_bytes = sum(a.dtype.itemsize * int(np.prod(a.shape[1:])) for a in arrays)
         widths = self.solver.state_widths()
         rows = sum(b - a for a, b in bounds)
         read = rows * (self._data_row_bytes + 4 * sum(widths[name] for name in (plan or {})))
