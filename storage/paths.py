@@ -131,12 +131,12 @@ def clean_stale_partials(target, report=None) -> list:
     return removed
 
 
-def swap_in(partial: Path, target: Path, background: bool = False) -> threading.Thread | None:
+def swap_in(partial: Path, target: Path, background: bool = False) -> None:
     """Rename the complete store ``partial`` to ``target``; an old ``target`` goes only after the rename.
 
     With ``background`` the old store, renamed aside, is deleted in a thread
-    (:func:`discard`), which is returned for the caller to join; otherwise
-    before this returns. Raises :class:`InputError` if another writer created
+    (:func:`discard`; :func:`join_discards` waits for it); otherwise before
+    this returns. Raises :class:`InputError` if another writer created
     ``target`` meanwhile.
     """
     partial, target = Path(partial), Path(target)
@@ -146,7 +146,7 @@ def swap_in(partial: Path, target: Path, background: bool = False) -> threading.
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
             raise InputError(f"{target} was created by another process meanwhile; nothing was replaced") from None
-        return None
+        return
     old = target.with_name(f"{target.name}.old-{_this_host()}.{os.getpid()}.{secrets.token_hex(4)}")
     os.rename(target, old)
     try:
@@ -155,13 +155,13 @@ def swap_in(partial: Path, target: Path, background: bool = False) -> threading.
         os.rename(old, target)
         raise
     if background:
-        return discard(old)
-    shutil.rmtree(old, ignore_errors=True)
-    return None
+        discard(old)
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
-def discard(path: Path) -> threading.Thread:
-    """Delete the folder ``path`` (renamed out of the way: nothing reads it) in a thread; return the thread.
+def discard(path: Path) -> None:
+    """Delete the folder ``path`` (renamed out of the way: nothing reads it) in a thread (:func:`join_discards`).
 
     The work goes on meanwhile: a replaced run store of a few dozen folders took
     0.2-0.4 s to delete on this machine's disk under load. The thread is not a
@@ -172,7 +172,6 @@ def discard(path: Path) -> threading.Thread:
     with _DISCARDING_LOCK:
         _DISCARDING.append(thread)
     thread.start()
-    return thread
 
 
 _DISCARDING: list[threading.Thread] = []

@@ -137,7 +137,6 @@ class RunStore:
         self.attrs = attrs
         self._unwritten_metrics = None  # the history of a commit whose metrics/ are not written yet
         self._metrics_time = -float("inf")
-        self.discarding = None  # the thread deleting the run store this one replaced (create's background_discard)
 
     # -- creation and opening -----------------------------------------------------------
     @classmethod
@@ -152,8 +151,8 @@ class RunStore:
         and its target scaling ``y_mean``, ``y_scale``. A sharded solver passes
         its per-shard state widths and the number of shards. ``validation``
         records the held-out rows (``solvers.validation.RowSplit.record``; None: none).
-        ``background_discard``: a replaced run store (``overwrite``) is deleted in a thread, kept as
-        the new store's ``discarding`` for the caller to join (:func:`storage.paths.join_discards` joins them all).
+        ``background_discard``: a replaced run store (``overwrite``) is deleted in a thread; the caller
+        waits for it with :func:`storage.paths.join_discards`.
         """
         path = Path(path)
         check_creatable(path, overwrite)
@@ -192,13 +191,11 @@ class RunStore:
             root.attrs.update(attrs)
             root.create_group("checkpoint")
             check_creatable(path, overwrite)
-            discarding = swap_in(partial, path, background_discard)  # overwrite: the old run goes once the new one is complete
+            swap_in(partial, path, background_discard)  # overwrite: the old run goes once the new one is complete
         finally:
             if partial.exists():
                 shutil.rmtree(partial, ignore_errors=True)
-        store = cls(path, attrs)
-        store.discarding = discarding
-        return store
+        return cls(path, attrs)
 
     @classmethod
     def open(cls, path) -> "RunStore":
