@@ -61,10 +61,11 @@ class ActivationCache:
             if owner is not None and owner != self.owner:
                 self.items.clear()
                 self.nbytes, self.owner = 0, owner
-            if key in self.items:
+            old = self.items.get(key)
+            if not self.evict and self.nbytes - (old[1] if old else 0) + size > self.budget:
+                return  # refused: what the key held stays
+            if old is not None:
                 self.nbytes -= self.items.pop(key)[1]
-            if not self.evict and self.nbytes + size > self.budget:
-                return
             self.items[key] = (arrays, size)
             self.nbytes += size
             while self.nbytes > self.budget:

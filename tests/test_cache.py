@@ -94,5 +94,7 @@ def test_the_inputs_cache_keeps_its_first_tiles_and_one_runs_only():
         cache.put(i, (np.zeros(100),), owner="run")  # 800 bytes each: the third does not fit
     assert cache.get(0, owner="run") is not None and cache.get(1, owner="run") is not None
     assert cache.get(2, owner="run") is None and cache.get(0, owner="other") is None
+    cache.put(0, (np.zeros(300),), owner="run")  # a bigger value for a kept key does not fit: the old one stays
+    assert cache.get(0, owner="run")[0].shape == (100,) and cache.nbytes == 2 * 800
     cache.put(5, (np.zeros(100),), owner="other")
     assert cache.get(0, owner="run") is None and cache.get(5, owner="other") is not None and cache.nbytes == 800
