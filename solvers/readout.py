@@ -109,10 +109,15 @@ def partial_gram(f, known: int = 0):
     return g
 
 
-def complete_gram(gram, input_gram):
-    """Return the readout Gram of :func:`partial_gram` with the input Gram ``Σ ã_0 ã_0ᵀ`` added in its trailing block."""
+def complete_gram(gram, input_gram, known: int):
+    """Return the readout Gram of :func:`partial_gram` with the input Gram ``Σ ã_0 ã_0ᵀ`` added in its trailing block.
+
+    ``input_gram`` must be the (``known`` + 1)² Gram of the ``known`` inputs and the bias (a patch Gram is not).
+    """
     g = np.array(gram, np.float64)
-    k = np.shape(input_gram)[0]
+    k = known + 1
+    if np.shape(input_gram) != (k, k):
+        raise ValueError(f"the skip path needs the {k} x {k} input Gram, got one of shape {np.shape(input_gram)}")
     g[-k:, -k:] += np.asarray(input_gram, np.float64)
     return g
 
@@ -321,7 +326,7 @@ class OutputRefit:
         """Return ``sums`` with the readout Gram completed by the input Gram (:func:`complete_gram`) on the skip path."""
         if not self.skips:
             return sums
-        return {**sums, "out_gram": complete_gram(sums["out_gram"], input_gram)}
+        return {**sums, "out_gram": complete_gram(sums["out_gram"], input_gram, self.known_inputs)}
 
     def readout_features(self, hidden, x):
         """Return the readout's features of a tile: ``ã_{L−1}``, or ``[ã_{L−1}, a_0]`` with the skip path."""

@@ -211,9 +211,11 @@ def test_partial_gram_completed_by_the_input_gram_is_the_whole_gram():
     rng = np.random.default_rng(5)
     a, x = rng.normal(size=(50, 7)), rng.normal(size=(50, 4)) + 2
     f = np.column_stack([a, x])
-    np.testing.assert_allclose(readout.complete_gram(readout.partial_gram(f, 4), gram_with_bias(x)), gram_with_bias(f),
+    np.testing.assert_allclose(readout.complete_gram(readout.partial_gram(f, 4), gram_with_bias(x), 4), gram_with_bias(f),
                                rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(readout.partial_gram(f, 0), gram_with_bias(f))
+    with pytest.raises(ValueError, match="needs the 5 x 5 input Gram"):  # e.g. a conv layer's patch Gram
+        readout.complete_gram(readout.partial_gram(f, 4), gram_with_bias(x[:, :2]), 4)
 
 
 def test_the_skip_path_with_convolutional_layers_is_refused_in_one_line():
