@@ -610,7 +610,7 @@ class GaussNewtonSolver(SolverBase):
         """
         L, hidden = self.L, self._augmented(p.hidden)
         rows = _rows_key(x_raw, start_row, held) if p.key else None
-        named = rows if rows is not None or held else _rows_key(x_raw, start_row, False)
+        named = None if held else rows or _rows_key(x_raw, start_row, False)  # the training rows' kept inputs
 
         def tile(sl, _):
             x1 = self._inputs_with_ones(x_raw[sl]) if held else self._kept_inputs(x_raw, named, sl)
