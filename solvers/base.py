@@ -115,6 +115,21 @@ class SolverBase:
 
     rows_chunk.row_numbers = True  # the runners pass the rows' global numbers in place of the chunk's start
 
+    def glorot_weights(self, layers: int) -> list:
+        """Return Glorot-uniform ``W_1..W_layers``: weights and biases ~ U(±√(6/(fan_in + fan_out))), seeded by ``config.seed``.
+
+        scikit-learn's ``MLPClassifier`` start (its ``_init_coef`` for ReLU and tanh), on dense layers.
+        """
+        rng = np.random.default_rng([self.config.seed, 0])
+        out = []
+        for layer in self.layers[:layers]:
+            W = np.empty(layer.weight_shape)
+            limit = np.sqrt(6.0 / (layer.fan_in + W.shape[0]))
+            W[:, :-1] = rng.uniform(-limit, limit, size=(W.shape[0], layer.fan_in))
+            W[:, -1] = rng.uniform(-limit, limit, size=W.shape[0])
+            out.append(W)
+        return out
+
     def he_weights(self, layers: int) -> list:
         """Return He-scaled random ``W_1..W_layers`` with zero biases, seeded by ``config.seed``."""
         rng = np.random.default_rng([self.config.seed, 0])

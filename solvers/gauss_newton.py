@@ -178,7 +178,9 @@ class GaussNewtonSolver(SolverBase):
 
     # -- client side -------------------------------------------------------------------
     def initial_hidden(self) -> list:
-        """Return He-scaled random hidden weights (bias 0), seeded like the ADMM solver's."""
+        """Return the random hidden weights: Glorot-uniform for ``init="glorot"``, else He-scaled (bias 0), seeded."""
+        if self.config.resolved_init() == "glorot":
+            return self.glorot_weights(self.L - 1)
         return self.he_weights(self.L - 1)
 
     def _sample(self, runner, m: int, window: int = -1) -> dict:

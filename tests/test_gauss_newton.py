@@ -370,3 +370,34 @@ def test_pass_b_scores_the_held_out_rows_as_the_driver_would(monkeypatch, loss):
     driver = fit_in_memory(X, y, cfg, chunk_rows=500)
     assert [h["validation_accuracy"] for h in scored.history] == [h["validation_accuracy"] for h in driver.history]
     assert len({h["validation_accuracy"] for h in scored.history}) > 1
+
+
+def test_glorot_start_is_scikit_learns_uniform_start_and_forward_keeps_he():
+    """init glorot: every hidden layer's weights and biases are U(±√(6/(fan_in + fan_out))) (scikit-learn's MLP
+    start), seeded by ``seed``; init forward keeps He-normal weights (variance 2/fan_in) with zero biases."""
+    from dataclasses import replace
+
+    d, classes = 30, np.arange(3)
+
+    def start(cfg):
+        return GaussNewtonSolver(cfg, d, classes, np.zeros(d), np.ones(d), dtype=np.float64).initial_hidden()
+
+    cfg = TrainConfig(solver="gauss-newton", hidden=(200, 50), init="glorot", seed=4)
+    hidden = start(cfg)
+    assert [W.shape for W in hidden] == [(200, 31), (50, 201)]
+    for W, fan_in, fan_out in zip(hidden, (30, 200), (200, 50)):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        assert 0.99 * limit < np.abs(W).max() <= limit
+        assert abs(W.var() / (limit ** 2 / 3) - 1) < 0.05  # uniform: variance limit²/3 (6,200 and 10,050 draws)
+        assert abs(W.mean()) < 0.05 * limit and np.all(W[:, -1] != 0)  # centred, and the biases drawn too
+    np.testing.assert_array_equal(hidden[0], start(cfg)[0])  # seeded
+    assert not np.array_equal(hidden[0], start(replace(cfg, seed=5))[0])
+    he = start(replace(cfg, init="forward"))
+    assert np.all(he[0][:, -1] == 0) and abs(he[0][:, :-1].var() / (2 / 30) - 1) < 0.05
+
+
+def test_glorot_start_is_refused_where_it_does_not_apply():
+    for solver, layers, words in (("admm", None, "the admm solver starts from"),
+                                  ("gauss-newton", "conv:4x3x3,dense:10", "convolutional --layers start from")):
+        with pytest.raises(InputError, match=f"init glorot is the gauss-newton solver's start for dense layers; {words}"):
+            TrainConfig(solver=solver, layers=layers, init="glorot")
