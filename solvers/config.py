@@ -128,8 +128,8 @@ class TrainConfig:
     iterations: int = setting(20, "iterations to run in total", resumable=True, param="max_iter")
     warm_start: int = setting(5, "first iterations without λ updates", resumable=True, solvers=("admm",))
     init: str = setting("auto", "initial state: forward (a forward pass of He-scaled random weights), data (the same, "
-                        "but the first layer's rows point along differences of random training rows: one more pass) "
-                        "or gaussian (the paper's N(0, 1) state, admm only) or glorot (gauss-newton, dense layers: "
+                        "but the first layer's rows point along differences of random training rows: one more pass), "
+                        "gaussian (the paper's N(0, 1) state, admm only) or glorot (gauss-newton, dense layers: "
                         "scikit-learn's start, weights and biases uniform in ±√(6/(fan_in + fan_out))); auto: data for "
                         "admm and dladmm with a dense first layer, else forward", choices=INITS,
                         solvers=("admm", "dladmm", "gauss-newton"))
