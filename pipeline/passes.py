@@ -78,10 +78,11 @@ def data_cache() -> ChunkCache:
 
 def clear_data_cache() -> None:
     """Forget this process's decoded data chunks and kept activations (after a run: thread workers live in the caller's process)."""
-    from solvers.activation_cache import CACHE, INPUTS
+    from solvers.activation_cache import CACHE, INPUTS, OUTPUTS
 
     CACHE.clear()
     INPUTS.clear()
+    OUTPUTS.clear()
     if _data_cache is not None:
         _data_cache.clear()
 

@@ -21,6 +21,7 @@ import numpy as np
 
 BUDGET = 192 * 2**20  # bytes of activations a process keeps (thread workers share one cache)
 INPUTS_BUDGET = 64 * 2**20  # bytes of standardised input tiles a process keeps (:data:`INPUTS`)
+OUTPUTS_BUDGET = 64 * 2**20  # bytes of last-hidden-layer activations a process keeps (:data:`OUTPUTS`)
 
 
 def weights_key(run: str, weights) -> str:
@@ -95,3 +96,7 @@ CACHE = ActivationCache()
 # (1.4 of a forward pass's 8.3 ms per 1326-row MNIST tile). Kept until the budget is full, never evicting: passes scan
 # the chunks in order, and an evicting cache smaller than the scan would lose every tile before its next use.
 INPUTS = ActivationCache(INPUTS_BUDGET, evict=False)
+# The last hidden layer's activations a_{L−1} of row tiles at a trial's hidden weights (convolutional Gauss-Newton's
+# pass A keeps them, ~1 KB a MNIST row): the scores of an accepted trial need one output product a row. Apart from
+# CACHE, so that the large tiles kept for pass B do not push them out.
+OUTPUTS = ActivationCache(OUTPUTS_BUDGET)

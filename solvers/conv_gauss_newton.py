@@ -49,7 +49,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from solvers.errors import InputError
-from solvers.activation_cache import CACHE
+from solvers.activation_cache import CACHE, OUTPUTS
 from solvers.gauss_newton import DAMPING_SHRINK, CurvatureParams, ForwardParams, GaussNewtonSolver, _rows_key
 from solvers.linalg import RidgePath, affine, cross_with_bias, gram_with_bias, quadratic_error, times
 from solvers.stats import StatsLayout
@@ -112,6 +112,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
     """Gauss-Newton with KFC curvature for ``--layers`` holding convolutions and poolings (client step inherited)."""
 
     convolutional = True
+    defer_curvature = True  # report and commit an accepted step before pass B (conv_s8.md)
 
     def __init__(self, config, n_features: int, classes, x_mean, x_scale, dtype=np.float32, y_mean=None,
                  y_scale=None):
@@ -168,14 +169,14 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         return super().trial_weights(weights, curv, input_gram, damping, alpha)
 
     def _curvature_pass(self, runner, weights, objective: float, k: int, sample: dict, alpha: float,
-                        new_sample: bool = False, grown: tuple | None = None) -> dict:
+                        new_sample: bool = False, grown: tuple | None = None, score_held: bool = True) -> dict:
         """Return the dense solver's pass B entries, a new sample's input factor ``G_0`` scaled by ``n / n_curv``.
 
         Pass B sums ``G_0`` (the first layer's patch Gram) over the curvature subsample, as ``G_{l−1}``:
         over every row it was a tenth of pass B's CPU on MNIST, and a rotate window is a new sample every
         iteration. Initialisation's ``G_0`` (pass A's) is summed over every row.
         """
-        out = super()._curvature_pass(runner, weights, objective, k, sample, alpha, new_sample, grown)
+        out = super()._curvature_pass(runner, weights, objective, k, sample, alpha, new_sample, grown, score_held)
         if new_sample and self.L > 1:
             out["input_gram"] = np.asarray(out["input_gram"]) * _subsample_scale(self.curvature_layout().unpack(out["curvature"]))
         return out
@@ -242,6 +243,7 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         A rejected step still gives λ ← 4λ. The halving after every accepted step made half the trials
         of a conv run rejections. ρ's actual decrease is taken at the trial's α (alpha auto may move it).
         """
+        state = self.prepare(runner, state)  # the pass B the last iteration deferred: the trial and its prediction
         damping, predicted = float(state.carry["damping"]), float(state.carry.get("predicted", 0.0))
         new, metrics = super().advance(runner, state)
         if metrics["accepted"] and predicted > 0:
@@ -253,7 +255,8 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
             if lam != float(new.carry["damping"]):
                 new.carry["damping"] = np.float64(lam)
                 metrics["damping"] = lam
-                new = self._with_trial(new)
+                if not float(new.carry.get("pending", 0.0)):  # else pass B's prepare sets the trial at this λ
+                    new = self._with_trial(new)
         return new, metrics
 
     # -- chunk side ---------------------------------------------------------------------------
@@ -294,11 +297,11 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
     def forward_chunk(self, x_raw, y, state, start_row: int, p: ForwardParams, held: bool = False):
         """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ [p, 1][p, 1]ᵀ of layer 1 if asked).
 
-        With ``p.key`` each tile's forward pass goes to the activation cache: training rows keep what
-        pass B back-propagates through (``a_l``, slopes, pooling masks; ~12 KB a MNIST row for the
-        README's network), so that pass B at these hidden weights (an accepted trial) starts from them;
-        ``held`` rows keep ``a_{L−1}`` for pass B's score (:meth:`curvature_chunk_held`).
-        Tiles of :attr:`curvature_rows` rows, pass B's.
+        With ``p.key`` each tile's forward pass goes to the activation caches: training rows that pass B reads
+        next keep what it back-propagates through (``a_l``, slopes, pooling masks; ~12 KB a MNIST row for the
+        README's network), so that pass B at these hidden weights (an accepted trial) starts from them; every
+        row keeps ``a_{L−1}`` (:data:`~solvers.activation_cache.OUTPUTS`, ~1 KB a row) for the scores of an
+        accepted trial (:meth:`score_chunk`, :meth:`curvature_chunk_held`). Tiles of :attr:`curvature_rows` rows, pass B's.
         """
         L = self.L
         layout = self.forward_layout(p.input_gram)
@@ -312,8 +315,8 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
                 a = acts[-1]
                 if keep_back:
                     CACHE.put((p.key, "train", rows_key, sl.start, sl.stop), (*acts, *slopes, *masks))
-                elif held and rows_key is not None:  # training rows pass B will not read next keep nothing
-                    CACHE.put((p.key, "held", rows_key, sl.start, sl.stop), (a,))
+                if rows_key is not None:  # the side (training or held-out rows) is in rows_key
+                    OUTPUTS.put((p.key, rows_key, sl.start, sl.stop), (a,))
                 t = self.task.targets(y[sl], self.dtype)
                 parts = {"n": x.shape[0], "tt": float(np.sum(t * t, dtype=np.float64)),
                          f"gram{L}": gram_with_bias(a), f"cross{L}": cross_with_bias(t, a)}
@@ -323,24 +326,36 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         return None, total
 
     def forward_chunk_held(self, x_raw, y, state, start_row: int, p: ForwardParams):
-        """Return :meth:`forward_chunk` of held-out rows, keeping their ``a_{L−1}`` for pass B's score (a few hundred bytes a row)."""
+        """Return :meth:`forward_chunk` of held-out rows, keeping their ``a_{L−1}`` for their score (~1 KB a row)."""
         return self.forward_chunk(x_raw, y, state, start_row, p, held=True)
 
     def curvature_chunk_held(self, x_raw, y, state, start_row: int, p: CurvatureParams):
         """Return (None, the held-out rows' part of pass B): ``n`` and the score of the weights.
 
-        ``a_{L−1}`` comes from the activation cache when pass A (:meth:`forward_chunk_held`) ran these
-        rows at these hidden weights (an accepted trial), in the same tiles: the same numbers as
-        recomputing them, one forward pass fewer per iteration.
+        Scored as :meth:`score_chunk` scores them (initialisation's pass B; later the score pass scores them).
         """
+        return self._scores(x_raw, y, start_row, p, True, self.curvature_layout(getattr(p, "input_gram", False)))
+
+    def score_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams, held: bool = False):
+        """Return (None, ``n`` and the score sums of the weights ``p.weights``) over the rows: the score pass.
+
+        ``a_{L−1}`` comes from :data:`~solvers.activation_cache.OUTPUTS` when pass A ran these rows at these
+        hidden weights (an accepted trial), in the same tiles: the same numbers as recomputing them (which a miss does).
+        """
+        return self._scores(x_raw, y, start_row, p, held, StatsLayout({"n": (), **self.task.score_shapes}))
+
+    def score_chunk_held(self, x_raw, y, state, start_row: int, p: CurvatureParams):
+        """Return :meth:`score_chunk` of held-out rows (named as such in the cache, :func:`_rows_key`)."""
+        return self.score_chunk(x_raw, y, state, start_row, p, held=True)
+
+    def _scores(self, x_raw, y, start_row: int, p, held: bool, layout: StatsLayout):
         if not isinstance(p, CurvatureParams):
             p = CurvatureParams(tuple(p))
-        rows_key = _rows_key(x_raw, start_row, True) if p.key and self.L > 1 else None
-        layout = self.curvature_layout(p.input_gram)
+        rows_key = _rows_key(x_raw, start_row, held) if p.key and self.L > 1 else None
         total = np.zeros(layout.size)
         with np.errstate(all="ignore"):
             for sl in row_tiles(x_raw.shape[0], self.curvature_rows):
-                kept = None if rows_key is None else CACHE.get((p.key, "held", rows_key, sl.start, sl.stop))
+                kept = None if rows_key is None else OUTPUTS.get((p.key, rows_key, sl.start, sl.stop))
                 a = kept[0] if kept is not None else \
                     self._forward_tile(self.inputs(x_raw[sl]), p.weights[:-1], back=False)[3][-1]
                 total += layout.pack({"n": a.shape[0], **self.task.score_parts(affine(a, p.weights[-1]), y[sl])})

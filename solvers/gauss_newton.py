@@ -130,6 +130,7 @@ class GaussNewtonSolver(SolverBase):
     convolutional = False  # the auto sample schedule and start (solvers.sampling): rotate and fewer rows for convolutions
     divergence_hint = "a smaller --step-size or a larger --damping or --ridge"
     alpha_tolerance = 0.0  # alpha auto (squared loss): the largest α within (1 + c/√n_held) of the least held-out error
+    defer_curvature = False  # True: an iteration ends after pass A and pass B opens the next one (:meth:`prepare`)
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
@@ -225,8 +226,33 @@ class GaussNewtonSolver(SolverBase):
                  **self._curvature_pass(runner, weights, self.objective(error, weights, alpha), 0, sample, alpha)}
         return self._with_trial(LoopState(0, weights, carry))
 
+    def prepare(self, runner, state: LoopState) -> LoopState:
+        """Return ``state`` with its trial: run the pass B that its iteration deferred (``pending`` in the carry), if any.
+
+        With :attr:`defer_curvature` an iteration's accepted weights are reported and committed after pass A and
+        their score pass; pass B, which only prepares the next step, opens the next iteration here (after a resume
+        too: the committed state names the sample it reads). Its sums, and so the trial, are those an undeferred
+        pass B at the end of the iteration would have given: the same weights, sample and objective.
+        """
+        c = state.carry
+        if not float(c.get("pending", 0.0)):
+            return state
+        c = {name: value for name, value in c.items() if not name.startswith("pending")}
+        m, window = int(state.carry["pending_chunks"]), int(state.carry["pending_window"])
+        m_next, w_next = int(c["sample_chunks"]), int(c["sample_window"])
+        moved = (m_next, w_next) != (m, window)
+        c.update(self._curvature_pass(runner, state.weights, float(c["error"]), state.iteration,
+                                      self._sample(runner, m_next, w_next), float(c["alpha"]), new_sample=moved,
+                                      grown=(m, window, c.get("input_gram")), score_held=False))
+        return self._with_trial(LoopState(state.iteration, list(state.weights), c))
+
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
-        """Evaluate the trial (pass A); accept it and take pass B, or reject it and damp more."""
+        """Evaluate the trial (pass A); accept it and take pass B, or reject it and damp more.
+
+        With :attr:`defer_curvature` pass B is left to the next iteration (:meth:`prepare`), and an accepted
+        step's scores come from a score pass over pass A's rows and the held-out rows (:meth:`_score_pass`).
+        """
+        state = self.prepare(runner, state)
         k, c = state.iteration + 1, dict(state.carry)
         n_chunks = len(getattr(runner, "bounds", ()))
         m = int(c.get("sample_chunks", n_chunks))  # runs stored before progressive sampling: every chunk
@@ -252,7 +278,15 @@ class GaussNewtonSolver(SolverBase):
             c["error"] = np.float64(current)
             c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
         moved = (m_next, w_next) != (m, window)
-        if accepted or moved:  # pass B at the accepted weights, on the next iteration's sample
+        pending = (accepted or moved) and self.defer_curvature
+        if pending:  # pass B opens the next iteration (prepare); the weights' scores now, from pass A's forward pass
+            if accepted:
+                c.update(self._score_pass(runner, weights, k, self._sample(runner, m, window)))
+                c["loss"] = np.float64(error)
+            for name in [name for name in c if name[:1] == "T" and name[1:].isdigit() or name in ("T_out", "predicted")]:
+                del c[name]  # the trial of these weights comes with pass B
+            c.update({"pending": np.float64(1.0), "pending_chunks": np.float64(m), "pending_window": np.float64(window)})
+        elif accepted or moved:  # pass B at the accepted weights, on the next iteration's sample
             c.update(self._curvature_pass(runner, weights, float(c["error"]), k, self._sample(runner, m_next, w_next),
                                           alpha, new_sample=moved, grown=(m, window, c.get("input_gram"))))
         c["sample_chunks"], c["sample_window"] = np.float64(m_next), np.float64(w_next)
@@ -265,7 +299,8 @@ class GaussNewtonSolver(SolverBase):
             metrics["validation_loss"] = float(c["held_loss"])
         if "held_score" in c:  # pass B's score of these weights on the held-out rows (the driver need not score them)
             metrics[f"validation_{self.task.score_name}"] = float(c["held_score"])
-        return self._with_trial(LoopState(k, list(weights), c)), metrics
+        new = LoopState(k, list(weights), c)
+        return (new if pending else self._with_trial(new)), metrics
 
     def held_loss(self, held: dict, W_out, alpha: float, carry: dict) -> float:
         """Return the mean loss on the held-out rows of the trial with output layer ``W_out`` (from pass A's sums).
@@ -284,8 +319,8 @@ class GaussNewtonSolver(SolverBase):
             state.carry["damping"] = np.float64(self.config.damping)
         if "alpha" in changed and self.config.alpha != "auto":
             state.carry["alpha"] = np.float64(self.config.alpha)
-        if changed & {"ridge", "step_size", "damping", "alpha"}:
-            return self._with_trial(state)
+        if changed & {"ridge", "step_size", "damping", "alpha"} and not float(state.carry.get("pending", 0.0)):
+            return self._with_trial(state)  # a pending pass B sets the trial anyway (prepare)
         return state
 
     def objective(self, error: float, weights, alpha: float) -> float:
@@ -323,8 +358,10 @@ class GaussNewtonSolver(SolverBase):
         return self.objective(float(c.get("loss", c["error"])), state.weights, alpha)
 
     def _curvature_pass(self, runner, weights, objective: float, k: int, sample: dict, alpha: float,
-                        new_sample: bool = False, grown: tuple | None = None) -> dict:
+                        new_sample: bool = False, grown: tuple | None = None, score_held: bool = True) -> dict:
         """Run pass B at accepted weights on ``sample``; return the carry entries it sets.
+
+        ``score_held``: the same tasks also score the weights on the held-out rows (False: a score pass did).
 
         On a ``new_sample`` the pass also sums the sample's input Gram, and the
         objective the next trial must beat is the accepted weights' on the new sample.
@@ -336,7 +373,7 @@ class GaussNewtonSolver(SolverBase):
         cast = self.cast(weights)
         params = CurvatureParams(cast, new_sample, added, weights_key(self.run_token, cast[:-1]))
         out = {}
-        if self._scores_held_out(runner):  # the held-out rows' score of these weights, from the same tasks
+        if score_held and self._scores_held_out(runner):  # the held-out rows' score of these weights, from the same tasks
             curv, held = run_pass_held_out(runner, layout, "curvature_chunk", params, k, **sample)
             if held is not None and float(held["n"]) > 0:
                 out["held_score"] = np.float64(self.task.score(held))
@@ -350,6 +387,24 @@ class GaussNewtonSolver(SolverBase):
             out["acc_valid"] = np.float64(0.0)
         return {**out, "curvature": self.curvature_layout().pack(curv), "error": np.float64(objective),
                 "loss": np.float64(curv["loss"]), f"train_{self.task.score_name}": np.float64(self.task.score(curv))}
+
+    def _score_pass(self, runner, weights, k: int, sample: dict) -> dict:
+        """Return the carry entries of the weights' scores: on the training rows of ``sample`` and on the held-out rows.
+
+        The kernels (``score_chunk``, a subclass's: :attr:`defer_curvature`) take the last hidden layer's activations
+        that pass A kept at these hidden weights, so the pass costs one output product a row.
+        """
+        cast = self.cast(weights)
+        params = CurvatureParams(cast, key=weights_key(self.run_token, cast[:-1]))
+        layout = StatsLayout({"n": (), **self.task.score_shapes})
+        out = {}
+        if self._scores_held_out(runner):
+            train, held = run_pass_held_out(runner, layout, "score_chunk", params, k, **sample)
+            if held is not None and float(held["n"]) > 0:
+                out["held_score"] = np.float64(self.task.score(held))
+        else:
+            train = run_pass(runner, layout, "score_chunk", params, k, **sample)
+        return {**out, f"train_{self.task.score_name}": np.float64(self.task.score(train))}
 
     def _dense_kernels(self) -> bool:
         """Return whether this solver runs this class's dense kernels (not a subclass's own, e.g. convolutions)."""

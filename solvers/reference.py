@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from solvers import SOLVERS, make_solver
-from solvers.activation_cache import CACHE, INPUTS
+from solvers.activation_cache import CACHE, INPUTS, OUTPUTS
 from solvers.config import TrainConfig
 from solvers.driver import Outcome, drive, model_from_moments, split_chunks
 from solvers.errors import InputError
@@ -108,3 +108,4 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
     finally:
         CACHE.clear()  # the activations Gauss-Newton's passes kept (solvers.activation_cache)
         INPUTS.clear()
+        OUTPUTS.clear()

@@ -252,13 +252,13 @@ def test_gauss_newton_with_convolutions_and_pooling_learns_digits():
 
 
 def test_pass_b_starts_from_the_forward_pass_pass_a_kept(monkeypatch):
-    """Pass B at an accepted trial's hidden weights takes pass A's forward pass from the activation cache: on the
-    training rows what it back-propagates through, on the held-out rows ``a_{L−1}`` for their score (so the driver
-    scores them no more). The validation accuracy recorded is the network's on those rows, and a run that keeps
-    nothing (recomputing every forward pass) gives the same numbers bitwise."""
+    """Pass B at an accepted trial's hidden weights takes pass A's forward pass from the activation cache, and the
+    score pass its ``a_{L−1}`` on the training and held-out rows (so the driver scores them no more). The validation
+    accuracy recorded is the network's on those rows, and a run that keeps nothing (recomputing every forward pass)
+    gives the same numbers bitwise."""
     from sklearn.datasets import load_digits
 
-    from solvers.activation_cache import CACHE
+    from solvers.activation_cache import CACHE, OUTPUTS
     from solvers.driver import split_chunks
 
     d = load_digits()
@@ -266,34 +266,65 @@ def test_pass_b_starts_from_the_forward_pass_pass_a_kept(monkeypatch):
     cfg = TrainConfig(layers="conv:4x3x3:same,pool:2,conv:4x2x2,dense:16", solver="gauss-newton", iterations=4,
                       scaling="global", validation_fraction=0.25)
     hits = []
-    get = CACHE.get
 
-    def counting_get(key):
-        found = get(key)
-        if found is not None:
-            hits.append(key[1])
-        return found
+    def counting(cache, name):
+        get = cache.get
 
-    monkeypatch.setattr(CACHE, "get", counting_get)
+        def counting_get(key):
+            found = get(key)
+            if found is not None:
+                hits.append(key[1] if name == "cache" else ("out", key[1][0]))
+            return found
+        monkeypatch.setattr(cache, "get", counting_get)
+
+    counting(CACHE, "cache")
+    counting(OUTPUTS, "outputs")
     kept = fit_in_memory(X, y, cfg, chunk_rows=150)
-    assert {"train", "held"} <= set(hits)
+    assert {"train", ("out", "train"), ("out", "held")} <= set(hits)
     rows_out = split_chunks(len(X), 150, len(X), cfg)[2].mask(0, len(X))
     best = next(h for h in kept.history if h["iteration"] == kept.best_iteration)
     assert best["validation_accuracy"] == kept.network.score(X[rows_out], y[rows_out])
-    monkeypatch.setattr(CACHE, "budget", 0)  # nothing kept: pass B recomputes the forward passes
+    monkeypatch.setattr(CACHE, "budget", 0)  # nothing kept: pass B and the score pass recompute the forward passes
+    monkeypatch.setattr(OUTPUTS, "budget", 0)
     hits.clear()
     recomputed = fit_in_memory(X, y, cfg, chunk_rows=150)
     assert not hits
-    assert [h["validation_accuracy"] for h in recomputed.history] == [h["validation_accuracy"] for h in kept.history]
-    assert [h["objective"] for h in recomputed.history] == [h["objective"] for h in kept.history]
+    for name in ("validation_accuracy", "train_accuracy", "objective"):
+        assert [h[name] for h in recomputed.history] == [h[name] for h in kept.history]
     for W, W_kept in zip(recomputed.network.weights, kept.network.weights):
         np.testing.assert_array_equal(W, W_kept)
 
 
+def test_pass_b_deferred_to_the_next_iteration_gives_the_same_steps(monkeypatch):
+    """An iteration ends after pass A and the score pass; its pass B opens the next iteration (``prepare``). The
+    weights, acceptances, damping, α and validation scores are bitwise those of pass B run at the end of each
+    iteration (``defer_curvature`` off), on rotating windows (cut into parts) and growing samples alike; the training
+    accuracy is then that of the rows pass A evaluated, and the last iteration's pass B is left to a resume."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X, y = d.data[:900], d.target[:900]
+    cfg = TrainConfig(layers="conv:4x3x3:same,pool:2,conv:4x2x2,dense:16", solver="gauss-newton", iterations=9,
+                      scaling="global", validation_fraction=0.2, sample_start=150)  # windows of one of 6 chunks
+    deferred = fit_in_memory(X, y, cfg, chunk_rows=150)
+    assert deferred.solver.defer_curvature
+    assert float(deferred.loop_state.carry["pending"]) == 1.0 and "T1" not in deferred.loop_state.carry
+    monkeypatch.setattr(ConvGaussNewtonSolver, "defer_curvature", False)
+    at_end = fit_in_memory(X, y, cfg, chunk_rows=150)
+    assert "pending" not in at_end.loop_state.carry
+    sizes = [h["sample_rows"] for h in at_end.history]
+    assert len(set(sizes)) > 2 and [h["accepted"] for h in at_end.history].count(True) > 4  # windows, then growing
+    for name in ("accepted", "damping", "alpha", "sample_rows", "validation_accuracy", "trial_loss"):
+        assert [h[name] for h in deferred.history] == [h[name] for h in at_end.history], name
+    for W, W_end in zip(deferred.loop_state.weights, at_end.loop_state.weights):
+        assert W.tobytes() == W_end.tobytes()
+
+
 def test_rotating_windows_keep_no_training_forward_pass():
-    """On the rotate schedule's windows pass B reads another window next: pass A keeps only the held-out rows'
-    ``a_{L−1}``; at initialisation and while the sample grows it keeps the training rows' forward pass too."""
-    from solvers.activation_cache import CACHE
+    """On the rotate schedule's windows pass B reads another window next: pass A keeps only ``a_{L−1}`` of the
+    training and held-out rows (for the scores); at initialisation and while the sample grows it keeps the training
+    rows' forward pass too."""
+    from solvers.activation_cache import CACHE, OUTPUTS
 
     rng = np.random.default_rng(5)
     solver = tiny_solver(activation="relu", dtype=np.float32)
@@ -302,13 +333,14 @@ def test_rotating_windows_keep_no_training_forward_pass():
     y = rng.integers(0, 3, 7)
     for carry, kept in ((None, True), ({"sample_window": np.float64(-1)}, True), ({"sample_window": np.float64(2)}, False)):
         CACHE.clear()
+        OUTPUTS.clear()
         p = solver._forward_params(hidden, False, carry)
         solver.forward_chunk(x, y, None, 0, p)
         solver.forward_chunk_held(x, y, None, 100, p)
-        assert sorted({key[1] for key in CACHE.items}) == (["held", "train"] if kept else ["held"])
-        held_rows = {key[2] for key in CACHE.items if key[1] == "held"}
-        assert held_rows == {_rows_key(x, 100, True)}  # only the held-out call's rows are kept as held-out rows
+        assert sorted({key[1] for key in CACHE.items}) == (["train"] if kept else [])
+        assert {key[1] for key in OUTPUTS.items} == {_rows_key(x, 0, False), _rows_key(x, 100, True)}
     CACHE.clear()
+    OUTPUTS.clear()
 
 
 @pytest.mark.parametrize("kernel", ["forward_chunk", "curvature_chunk"])
