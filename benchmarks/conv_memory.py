@@ -53,7 +53,7 @@ LAYERS = "conv:8x5x5,pool:2,conv:16x5x5,pool:2,dense:100"
 def _set_caches(data_budget: int | None, activation_budget: int | None) -> None:
     """Give this worker an empty data-chunk cache and an activation cache of these budgets (bytes; None: its own)."""
     import pipeline.passes as passes
-    from solvers.activation_cache import CACHE
+    from solvers.activation_cache import CACHE, OUTPUTS
     from storage.cache import ChunkCache
 
     passes._data_cache = None
@@ -62,6 +62,7 @@ def _set_caches(data_budget: int | None, activation_budget: int | None) -> None:
         passes._data_cache = ChunkCache(data_budget)
     if activation_budget is not None:
         CACHE.budget = activation_budget
+        OUTPUTS.budget = min(OUTPUTS.budget, activation_budget)
 
 
 def _data_cache_bytes() -> int:

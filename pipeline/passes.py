@@ -55,7 +55,8 @@ def data_cache() -> ChunkCache:
     limit when that is less: data bigger than that is streamed from disk every pass.
     The process's activation cache (:mod:`solvers.activation_cache`) is held to an
     eighth of the limit likewise (a 256 MiB worker pauses at 205 MiB: 192 MiB of
-    kept activations on top of its base and a chunk task would not fit).
+    kept activations on top of its base and a chunk task would not fit), its input
+    and last-hidden-layer caches to a sixteenth each.
     """
     global _data_cache
     if _data_cache is None:
@@ -66,10 +67,11 @@ def data_cache() -> ChunkCache:
             limit = get_worker().memory_manager.memory_limit
             if limit:
                 budget = min(budget, int(limit) // 4)
-                from solvers.activation_cache import BUDGET, CACHE, INPUTS, INPUTS_BUDGET
+                from solvers.activation_cache import BUDGET, CACHE, INPUTS, INPUTS_BUDGET, OUTPUTS, OUTPUTS_BUDGET
 
                 CACHE.budget = min(BUDGET, int(limit) // 8)
                 INPUTS.budget = min(INPUTS_BUDGET, int(limit) // 16)
+                OUTPUTS.budget = min(OUTPUTS_BUDGET, int(limit) // 16)
         except (ImportError, ValueError, AttributeError):  # not in a worker (an in-memory test, a benchmark)
             pass
         _data_cache = ChunkCache(budget)
