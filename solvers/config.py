@@ -169,10 +169,9 @@ class TrainConfig:
                            "feature's std) or global (one common std: pixels and other shared units)", choices=SCALINGS)
     sample_schedule: str = setting("auto", "progressive sampling: grow runs the first iterations on a growing "
                                    "seeded subset of whole chunks (from --sample-start rows, doubling after every accepted "
-                                   "step, all chunks by the last iteration); rotate walks epochs of disjoint "
-                                   "samples of that size (the next after every accepted step), doubling their "
-                                   "size after each epoch until one holds every chunk; full reads every chunk "
-                                   "every iteration; auto is rotate for "
+                                   "step, all chunks by the last iteration); rotate first walks one epoch of "
+                                   "disjoint samples of that size (the next after every accepted step), then "
+                                   "grows; full reads every chunk every iteration; auto is rotate for "
                                    "gauss-newton with convolutions, grow for dense gauss-newton, full for the others",
                                    choices=SAMPLE_SCHEDULES, solvers=("gauss-newton",), group="gauss-newton")
     sample_start: int = setting(0, f"rows of the first sample of the grow schedule, of each sample of rotate "

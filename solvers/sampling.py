@@ -10,18 +10,14 @@ iteration. ``m`` is part of the solver's checkpointed client state, so a
 resumed run reads the same chunks as an uninterrupted one. ``full`` reads
 every chunk every time (the method as it was).
 
-``rotate`` (the ``auto`` choice for convolutional layers) walks epochs of
-disjoint windows: window j is the chunks ``j·m … j·m + m − 1`` (mod the
-chunk count) of the same permutation, the next window after every accepted
-step, ``⌈n_chunks / m⌉`` windows an epoch; after each epoch the windows
-double (``2m`` chunks, window 0), and once a window would hold every chunk
-the sample is all of them. Large-batch steps on fresh rows learn the
-filters faster per row read than full-batch steps (measured on MNIST,
-``benchmarks/results/conv_defaults_s5.md``), and after the first epoch
-wider windows reach a given held-out accuracy with less CPU than growing
-nested samples (``benchmarks/results/conv_schedule_s8.md``). Window 0 is
-grow's first sample; the window index (−1 once every chunk is read) is
-checkpointed with ``m``.
+``rotate`` (the ``auto`` choice for convolutional layers) first walks one
+epoch of disjoint windows: window j is the chunks ``j·m … j·m + m − 1`` (mod
+the chunk count) of the same permutation, the next window after every
+accepted step, ``⌈n_chunks / m⌉`` windows in all; then it grows like
+``grow`` from the first ``2m`` chunks. Large-batch steps on fresh rows
+learn the filters faster per row read than full-batch steps (measured on
+MNIST, ``benchmarks/results/conv_defaults_s5.md``). Window 0 is grow's first
+sample; the window index (−1 once growing) is checkpointed with ``m``.
 """
 from __future__ import annotations
 
@@ -83,8 +79,7 @@ def next_sample(m: int, window: int, n_chunks: int, accepted: bool, last: bool) 
 
     Rotating (``window`` ≥ 0): the same window after a rejected step, the next
     one after an accepted step until ``⌈n_chunks/m⌉`` windows were read, then
-    window 0 of windows of 2m chunks (all chunks, −1, once 2m reaches them);
-    growing (−1): :func:`next_count`. All chunks for the last iteration.
+    grow's 2m chunks; growing (−1): :func:`next_count`. All chunks for the last iteration.
     """
     if last:
         return n_chunks, -1
@@ -93,8 +88,6 @@ def next_sample(m: int, window: int, n_chunks: int, accepted: bool, last: bool) 
             return int(m), int(window)
         if window < math.ceil(n_chunks / max(m, 1)) - 1:
             return int(m), int(window) + 1
-        wider = int(m) * GROWTH
-        return (wider, 0) if wider < n_chunks else (n_chunks, -1)
     return next_count(m, n_chunks, accepted, last), -1
 
 
