@@ -41,7 +41,7 @@ from benchmarks.bench_util import CpuWatch, parse_settings, provenance, write_re
 from benchmarks.defaults_real import TASKS, load_task  # noqa: E402
 
 PEERS = ("mlp-adam", "mlp-adam-es")
-CLASS_ATTRIBUTES = ("decay_in_shards", "carry_moments", "auto_alpha_factor")
+CLASS_ATTRIBUTES = ("decay_in_shards", "carry_moments", "auto_alpha_factor", "auto_steps")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -131,7 +131,9 @@ def main(argv=None):
     p.add_argument("--variant", action="append", default=[], metavar="NAME:key=value;…")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     p.add_argument("--hidden", default="300")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (and of every run unless --run-seeds)")
+    p.add_argument("--run-seeds", type=int, nargs="*", default=None,
+                   help="seeds of our runs (initial weights, held-out rows) on the one split; names get @sSEED")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads of every method (default 1)")
     p.add_argument("--out", default=None, help="JSON results (merged into an existing file by task and name)")
     args = p.parse_args(argv)
@@ -144,12 +146,15 @@ def main(argv=None):
     for task in args.tasks:
         Xtr, ytr, Xte, yte, about = load_task(task, args.split, args.seed)
         print(f"== {task}: {len(ytr)} train / {len(yte)} {args.split} rows; {about}", flush=True)
-        for name in [*variants, *args.peers]:
+        seeds = args.run_seeds
+        jobs = [(f"{v}@s{s}" if seeds else v, v, args.seed if seeds is None else s)
+                for v in variants for s in (seeds or [None])] + [(peer, peer, args.seed) for peer in args.peers]
+        for name, method, seed in jobs:
             with CpuWatch() as cpu, threadpool_limits(args.threads):
-                if name in variants:
-                    r = run_ours(variants[name], Xtr, ytr, Xte, yte, hidden, args.seed)
+                if method in variants:
+                    r = run_ours(variants[method], Xtr, ytr, Xte, yte, hidden, seed)
                 else:
-                    r = run_peer(name, Xtr, ytr, Xte, yte, hidden, args.seed)
+                    r = run_peer(method, Xtr, ytr, Xte, yte, hidden, seed)
             r.update(other_cpu_seconds=cpu.other, split=args.split, n_train=len(ytr))
             results["runs"].setdefault(task, {})[name] = r
             extra = f"  it {r['best_iteration']}/{r['iterations_run']}" if "best_iteration" in r else ""

@@ -116,17 +116,19 @@ class SolverBase:
     rows_chunk.row_numbers = True  # the runners pass the rows' global numbers in place of the chunk's start
 
     def glorot_weights(self, layers: int) -> list:
-        """Return Glorot-uniform ``W_1..W_layers``: weights and biases ~ U(±√(6/(fan_in + fan_out))), seeded by ``config.seed``.
+        """Return Glorot-uniform ``W_1..W_layers``: weights and biases ~ U(±√(f/(fan_in + fan_out))), seeded by ``config.seed``.
 
-        scikit-learn's ``MLPClassifier`` start (its ``_init_coef`` for ReLU and tanh), on dense layers.
+        scikit-learn's ``MLPClassifier`` start (its ``_init_coef``: f = 6, 2 for a sigmoid hidden activation), dense layers.
         """
         rng = np.random.default_rng([self.config.seed, 0])
+        factor = 2.0 if self.act.name == "sigmoid" else 6.0
         out = []
         for layer in self.layers[:layers]:
+            fan_out = layer.weight_shape[0]
+            bound = np.sqrt(factor / (layer.fan_in + fan_out))
             W = np.empty(layer.weight_shape)
-            limit = np.sqrt(6.0 / (layer.fan_in + W.shape[0]))
-            W[:, :-1] = rng.uniform(-limit, limit, size=(W.shape[0], layer.fan_in))
-            W[:, -1] = rng.uniform(-limit, limit, size=W.shape[0])
+            W[:, :-1] = rng.uniform(-bound, bound, size=(fan_out, layer.fan_in))
+            W[:, -1] = rng.uniform(-bound, bound, size=fan_out)
             out.append(W)
         return out
 

@@ -25,6 +25,7 @@ from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
 
 INITS = ("auto", "data", "forward", "gaussian", "glorot")
+CONSENSUS_INIT = "forward"  # what --init auto starts the consensus solvers from
 HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solvers/handover.py)
 ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
@@ -129,10 +130,10 @@ class TrainConfig:
     warm_start: int = setting(5, "first iterations without λ updates", resumable=True, solvers=("admm",))
     init: str = setting("auto", "initial state: forward (a forward pass of He-scaled random weights), data (the same, "
                         "but the first layer's rows point along differences of random training rows: one more pass), "
-                        "gaussian (the paper's N(0, 1) state, admm only) or glorot (gauss-newton, dense layers: "
-                        "scikit-learn's start, weights and biases uniform in ±√(6/(fan_in + fan_out))); auto: data for "
-                        "admm and dladmm with a dense first layer, else forward", choices=INITS,
-                        solvers=("admm", "dladmm", "gauss-newton"))
+                        "gaussian (the paper's N(0, 1) state, admm only) or glorot (gauss-newton with dense layers, and "
+                        "consensus: scikit-learn's start, weights and biases uniform in ±√(6/(fan_in + fan_out))); auto: "
+                        f"data for admm and dladmm with a dense first layer, {CONSENSUS_INIT} for consensus, else forward",
+                        choices=INITS, solvers=("admm", "dladmm", "gauss-newton", *CONSENSUS))
     seed: int = setting(0, "random seed of the initial weights and state and of the held-out rows",
                         param="random_state", param_default=None)
     ridge: float = setting(1e-6, "numerical floor of every solve, relative to the Gram's mean diagonal (weight "
@@ -310,17 +311,20 @@ class TrainConfig:
             problems.append(f"init {self.init!r} is not one of {list(INITS)}")
         elif self.init == "data" and self.layers:
             problems.append("init data needs a dense first layer; convolutional --layers start from --init forward")
-        elif self.init == "glorot" and (self.solver != "gauss-newton" or self.layers):
-            problems.append("init glorot is the gauss-newton solver's start for dense layers; "
+        elif self.init == "glorot" and (self.solver not in ("gauss-newton", *CONSENSUS) or self.layers):
+            problems.append("init glorot is the start of gauss-newton (dense layers) and consensus; "
                             + ("convolutional --layers start from --init forward" if self.solver == "gauss-newton"
                                else f"the {self.solver} solver starts from --init auto, data or forward"))
         if problems:
             raise InputError("; ".join(problems))
 
     def resolved_init(self) -> str:
-        """Return the initialisation, resolving ``"auto"`` to data (admm, dladmm; dense first layer) or forward."""
+        """Return the initialisation, resolving ``"auto"`` to data (admm, dladmm; dense first layer), :data:`CONSENSUS_INIT`
+        (the consensus solvers) or forward."""
         if self.init != "auto":
             return self.init
+        if self.solver in CONSENSUS:
+            return CONSENSUS_INIT
         return "data" if self.solver in ("admm", "dladmm") and not self.layers else "forward"
 
     def resolved_scaling(self) -> str:

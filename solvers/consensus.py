@@ -52,9 +52,9 @@ from solvers.loop import LoopState, run_pass_held_out, run_shard_rounds, shard_g
 from solvers.network import Network, standardize
 from solvers.stats import StatsLayout
 from solvers.tasks import score_from_sums
-from solvers.validation import RowSplit, select
+from solvers.validation import RowSplit
 
-AUTO_STEPS = 100  # local_epochs 0: at least this many minibatch steps per shard and pass (small data)
+AUTO_STEPS = 100  # local_epochs 0: at least this many minibatch steps per pass over all shards (small data)
 ALPHA_SAMPLE_ROWS = 8192  # alpha auto: pass A reads a seeded sample of whole training chunks of at least this many rows
 ALPHA_CHUNK_ROWS = 16384  # alpha auto: of each chunk it reads, pass A uses a seeded sample of at most this many rows
 
@@ -73,6 +73,7 @@ class ShardParams:
     round: int = 0
     learning_rate: float | None = None  # Adam's step size of the pass (:meth:`ConsensusSolver.lr_at`); None: ``learning_rate``
     first_rows: int = 0  # pass 1 over one chunk per shard: the rows of it each shard reads (:meth:`ConsensusSolver.first_rows`)
+    epochs: int = 1  # local epochs of a pass over all of a shard's chunks (:meth:`ConsensusSolver.local_epochs`)
 
 
 def pass_window(k: int, n_chunks: int, first: int) -> tuple[int, int]:
@@ -107,6 +108,7 @@ class ConsensusSolver(SolverBase):
     decay_in_shards = True  # False: ½α‖θ̄‖² in the consensus step instead (measured in benchmarks/consensus_real.py)
     auto_alpha_factor = 0.1  # alpha auto: this times the output layer's held-out ridge α per row (measured: 1 and 0.01 did worse)
     divergence_hint = "a smaller --learning-rate or a larger --consensus-rho"
+    auto_steps = AUTO_STEPS  # local_epochs 0: minibatch steps per shard and pass (measured in benchmarks/consensus_real.py)
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
@@ -181,15 +183,12 @@ class ConsensusSolver(SolverBase):
         bounds = list(getattr(runner, "bounds", ()))
         if not bounds:
             return None
-        split = getattr(runner, "split", None)
+        several = self.local_epochs(training_rows(runner)) > 1
         counts = []
         for group in shard_groups(len(bounds), max(1, int(self.config.shards))):
             count = pass_window(k, len(group), first)[1]
-            if count == len(group):
-                rows = sum(b - a if (sel := select(split, a, b, "train")) is None else len(sel)
-                           for a, b in (bounds[i] for i in group))
-                if self.local_epochs(rows) > 1:
-                    return None
+            if count == len(group) and several:
+                return None
             counts.append(count)
         return counts
 
@@ -232,8 +231,9 @@ class ConsensusSolver(SolverBase):
         return self._ridge_path.forward_chunk(x, y, state, start, params)
 
     def initialize(self, runner) -> LoopState:
-        """Return He-scaled random weights (zero biases) as θ̄⁰; no pass is needed."""
-        return LoopState(0, self.he_weights(self.L), {})
+        """Return θ̄⁰: Glorot-uniform weights and biases (``init`` glorot), else He-scaled with zero biases; no pass."""
+        glorot = self.config.resolved_init() == "glorot"
+        return LoopState(0, self.glorot_weights(self.L) if glorot else self.he_weights(self.L), {})
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Run one shard pass, take the consensus step; the dual step happens in the next shard pass."""
@@ -247,7 +247,9 @@ class ConsensusSolver(SolverBase):
         local = alpha if self.decay_in_shards else 0.0
         first = self.first_chunks(runner)
         rounds = self.rounds(runner, k, first)
-        params = ShardParams(center, k, rho, scale, local, first, rounds, 0, self.lr_at(k), self.first_rows(k, first))
+        epochs = self.local_epochs(training_rows(runner)) if getattr(runner, "bounds", None) else 1
+        params = ShardParams(center, k, rho, scale, local, first, rounds, 0, self.lr_at(k), self.first_rows(k, first),
+                             epochs)
         # one computation: round r's shard tasks start from round r−1's θ̄ and shard states (held in memory), and
         # with rows held out of every chunk (classification) the same graph scores the pass's θ̄ on them
         score = None
@@ -269,7 +271,7 @@ class ConsensusSolver(SolverBase):
         score = f"train_{self.task.score_name}"
         metrics = {score: float(self.task.score({**sums, **totals})), "loss": float(totals["loss"]) / float(totals["n"]),
                    "residual": residual, "rho": rho, "alpha": alpha, "rounds": rounds,
-                   "learning_rate": params.learning_rate}
+                   "learning_rate": params.learning_rate, "local_epochs": epochs if self.sweeps(runner, k, first) is None else 1}
         if held is not None:  # the driver then skips its own held-out scoring (the same rows, the same network)
             metrics[f"validation_{self.task.score_name}"] = score_from_sums(held)
         carry = {"rho": np.float64(rho)}
@@ -329,11 +331,16 @@ class ConsensusSolver(SolverBase):
         return max(counts) if counts else 1
 
     def local_epochs(self, rows: int) -> int:
-        """Return the Adam epochs of a shard of ``rows`` rows: ``local_epochs``, or if 0 enough for 100 steps."""
+        """Return the Adam epochs of every shard's pass over data of ``rows`` training rows (all shards together).
+
+        ``local_epochs``, or if 0 ``⌈auto_steps · batch_size / rows⌉``, at least 1: each pass reads at least
+        ``auto_steps`` minibatches over all shards, so the in-memory run (one shard) and the pipeline (one per
+        worker) take the same epochs per pass, and the run's 20 passes at least 20·auto_steps minibatches.
+        """
         c = self.config
         if c.local_epochs:
             return int(c.local_epochs)
-        return max(1, -(-AUTO_STEPS * int(c.batch_size) // max(1, int(rows))))
+        return max(1, -(-int(self.auto_steps) * int(c.batch_size) // max(1, int(rows))))
 
     # -- shard side (pure NumPy: the shard's chunks in, its state and sums out) -------------
     def shard_kernel(self, chunks, state, shard: int, p: ShardParams):
@@ -367,7 +374,7 @@ class ConsensusSolver(SolverBase):
             epochs, sweep = 1, [p.round] if p.round < count else []  # none: θ_s = θ̄ (a step over no rows)
         else:
             rng = np.random.default_rng([c.seed, p.iteration, shard])
-            epochs = self.local_epochs(chunks.n_rows()) if count == len(chunks) else 1  # a window: one sweep
+            epochs = p.epochs if count == len(chunks) else 1  # a window: one sweep
             sweep = range(count)
         subsets = {}  # pass 1 over one chunk: chunk j's rows, drawn in the first local epoch
         with np.errstate(all="ignore"):  # overflow shows up as non-finite sums, reported by the loop

@@ -454,7 +454,7 @@ def test_alpha_auto_skips_pass_a_in_a_one_sweep_first_pass(monkeypatch):
     assert calls == [2] and sweep.history[0]["alpha"] == 0.0 and sweep.history[1]["alpha"] > 0
     calls.clear()  # several epochs over whole shards (small data): pass A from pass 1 on
     whole = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "first_pass_rows": 0}), chunk_rows=100)
-    assert calls == [1, 2] and all(h["alpha"] > 0 for h in whole.history)
+    assert calls == [1, 2] and whole.history[0]["alpha"] > 0  # pass 1's α is pass A's (later passes may choose 0)
 
 
 def test_alpha_pass_uses_a_seeded_row_sample_of_big_chunks(monkeypatch):
@@ -486,12 +486,72 @@ def test_consensus_learns_with_several_shards_and_both_variants():
         assert [h["rho"] for h in fit.history][:3] == pytest.approx([1e-2, 1.5e-2, 2.25e-2])
 
 
-def test_auto_local_epochs_give_small_shards_enough_steps():
+def test_auto_local_epochs_give_small_data_enough_steps():
     s = make_solver(TrainConfig(solver="consensus", batch_size=200), 4, x_mean=np.zeros(4), x_scale=np.ones(4),
                     classes=np.arange(2))
-    assert s.local_epochs(30_000) == 1 and s.local_epochs(20_000) == 1 and s.local_epochs(630) == 32
+    steps = ConsensusSolver.auto_steps
+    big = steps * 200
+    assert s.local_epochs(10 * big) == 1 and s.local_epochs(big) == 1 and s.local_epochs(big - 1) == 2
+    assert s.local_epochs(630) == -(-big // 630)
     s.config = TrainConfig(solver="consensus", local_epochs=3)
     assert s.local_epochs(630) == 3
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_auto_local_epochs_count_the_rows_of_all_shards(shards):
+    """Every shard's pass runs ⌈auto_steps·B / n⌉ epochs of its own rows, n all training rows: the same for any shards."""
+    X, y = make_data(n=1000)
+    cfg = TrainConfig(solver="consensus", hidden=(4,), iterations=2, shards=shards, batch_size=100, seed=1,
+                      validation_fraction=0.2, patience=0, first_pass_rows=0, alpha=0.0)
+    fit = fit_in_memory(X, y, cfg, chunk_rows=100)
+    want = -(-ConsensusSolver.auto_steps * 100 // 800)  # 800 training rows after 20 % held out
+    assert want > 1 and [h["local_epochs"] for h in fit.history] == [want, want]
+    # the training loss and score are of the last local epoch: every training row once
+    s = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(2))
+    assert s.local_epochs(800) == want
+
+
+def test_glorot_start_is_scikit_learns_uniform_and_seeded():
+    """``init`` glorot: weights and biases U(±√(6/(fan_in + fan_out))) (2 for sigmoid), as MLPClassifier; seeded."""
+    cfg = TrainConfig(solver="consensus", hidden=(400, 300), init="glorot", seed=5)
+    s = make_solver(cfg, 200, x_mean=np.zeros(200), x_scale=np.ones(200), classes=np.arange(3))
+    weights = s.initialize(None).weights
+    assert [W.shape for W in weights] == [(400, 201), (300, 401), (3, 301)]
+    for W in weights:
+        fan_out, fan_in = W.shape[0], W.shape[1] - 1
+        bound = np.sqrt(6.0 / (fan_in + fan_out))
+        assert np.abs(W).max() <= bound and np.abs(W).max() > 0.99 * bound
+        for part in (W[:, :-1].ravel(), W[:, -1]):  # weights and biases alike: mean 0, variance bound²/3
+            se = bound / np.sqrt(3 * part.size)
+            assert abs(part.mean()) < 5 * se
+        assert W[:, :-1].var() == pytest.approx(bound ** 2 / 3, rel=0.05)
+        assert np.all(W[:, -1] != 0)
+    again = make_solver(cfg, 200, x_mean=np.zeros(200), x_scale=np.ones(200), classes=np.arange(3)).initialize(None)
+    for W, W2 in zip(weights, again.weights):
+        np.testing.assert_array_equal(W, W2)
+    other = make_solver(TrainConfig(**{**cfg.to_dict(), "seed": 6}), 200, x_mean=np.zeros(200), x_scale=np.ones(200),
+                        classes=np.arange(3)).initialize(None)
+    assert not np.array_equal(weights[0], other.weights[0])
+    sig = make_solver(TrainConfig(**{**cfg.to_dict(), "activation": "sigmoid"}), 200, x_mean=np.zeros(200),
+                      x_scale=np.ones(200), classes=np.arange(3)).initialize(None)
+    assert np.abs(sig.weights[0]).max() <= np.sqrt(2.0 / 600) < np.sqrt(6.0 / 600)
+    he = make_solver(TrainConfig(**{**cfg.to_dict(), "init": "forward"}), 200, x_mean=np.zeros(200),
+                     x_scale=np.ones(200), classes=np.arange(3))
+    for W, W_he in zip(he.initialize(None).weights, he.he_weights(he.L)):
+        np.testing.assert_array_equal(W, W_he)
+    assert not np.any(W_he[:, -1])
+
+
+def test_init_auto_resolves_per_solver():
+    from solvers.config import CONSENSUS_INIT
+
+    assert TrainConfig(solver="consensus").resolved_init() == CONSENSUS_INIT
+    assert TrainConfig(solver="consensus,gauss-newton").resolved_init() == CONSENSUS_INIT
+    assert TrainConfig(solver="consensus", init="forward").resolved_init() == "forward"
+    assert TrainConfig(solver="admm").resolved_init() == "data"
+    assert TrainConfig(solver="gauss-newton").resolved_init() == "forward"
+    with pytest.raises(InputError, match="init 'he'"):
+        TrainConfig(init="he")
 
 
 def test_pass_windows_double_from_the_first_and_go_on_through_the_chunks():
@@ -529,7 +589,8 @@ def test_a_window_pass_reads_only_its_chunks_once_and_first_pass_rows_sets_it():
     center = s.flat.from_weights(s.he_weights(s.L))
     for k, want in ((1, [0, 1]), (2, [2, 3, 4, 5]), (3, [6, 7, 8, 9, 0, 1, 2, 3]), (4, [4, 5, 6, 7, 8, 9, 0, 1, 2, 3] * 3)):
         chunks = Counting()
-        _, sums = s.shard_kernel(chunks, None, 0, ShardParams(center, k, 1e-3, 0.0, first_chunks=2))
+        epochs = s.local_epochs(1000) if k == 4 else 1  # the client's epochs of a whole pass (3: local_epochs)
+        _, sums = s.shard_kernel(chunks, None, 0, ShardParams(center, k, 1e-3, 0.0, first_chunks=2, epochs=epochs))
         assert chunks.reads == want
         assert s.shard_layout().unpack(sums)["n"] == 100 * len(want) // (3 if k == 4 else 1)  # the last epoch's rows
 
@@ -601,6 +662,30 @@ def test_pipeline_consensus_matches_reference_and_resumes_bitwise(client, tmp_pa
           config=TrainConfig(**{**cfg.to_dict(), "iterations": 2}), chunk_rows=300, report=quiet)
     assert not (tmp_path / "a.zarr" / "shards" / "slot2").exists()  # the rounds between store nothing: two slots
     train(client, store=tmp_path / "a.zarr", resume=True, iterations=4, report=quiet)
+    for W, W_ref in zip(_final_weights(tmp_path / "a.zarr"), _final_weights(tmp_path / "r.zarr")):
+        np.testing.assert_array_equal(W, W_ref)
+
+
+def test_pipeline_consensus_glorot_auto_epochs_matches_reference_and_resumes_bitwise(client, tmp_path):
+    """The Glorot start and the auto local epochs (from all shards' rows, on the client): pipeline = reference, resume exact."""
+    from pipeline.training import train
+    from storage.data import write_data
+
+    X, y = make_data(n=1200, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    cfg = TrainConfig(solver="consensus", hidden=(10,), iterations=3, shards=2, seed=3, init="glorot", batch_size=50,
+                      first_pass_rows=0, local_epochs=0)
+    result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=300,
+                   report=quiet)
+    ref = fit_in_memory(X, y, cfg, chunk_rows=300)
+    epochs = [h["local_epochs"] for h in result.history]
+    assert epochs == [h["local_epochs"] for h in ref.history] and epochs[0] > 1
+    assert [h["validation_accuracy"] for h in result.history] == [h["validation_accuracy"] for h in ref.history]
+    for W, W_ref in zip(result.network.weights, ref.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-6, atol=1e-7)
+    train(client, store=tmp_path / "a.zarr", data=tmp_path / "d.zarr",
+          config=TrainConfig(**{**cfg.to_dict(), "iterations": 1}), chunk_rows=300, report=quiet)
+    train(client, store=tmp_path / "a.zarr", resume=True, iterations=3, report=quiet)
     for W, W_ref in zip(_final_weights(tmp_path / "a.zarr"), _final_weights(tmp_path / "r.zarr")):
         np.testing.assert_array_equal(W, W_ref)
 

@@ -399,5 +399,5 @@ def test_glorot_start_is_scikit_learns_uniform_start_and_forward_keeps_he():
 def test_glorot_start_is_refused_where_it_does_not_apply():
     for solver, layers, words in (("admm", None, "the admm solver starts from"),
                                   ("gauss-newton", "conv:4x3x3,dense:10", "convolutional --layers start from")):
-        with pytest.raises(InputError, match=f"init glorot is the gauss-newton solver's start for dense layers; {words}"):
+        with pytest.raises(InputError, match=f"init glorot is the start of gauss-newton \\(dense layers\\) and consensus; {words}"):
             TrainConfig(solver=solver, layers=layers, init="glorot")
