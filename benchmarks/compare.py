@@ -726,7 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="peers: " + ", ".join(f"{k} ({v.description})" for k, v in PEERS.items()))
     p.add_argument("--task", required=True, choices=list(TASKS))
     p.add_argument("--solvers", nargs="*", default=None, metavar="NAME",
-                   help=f"our solvers (default: all of solvers.SOLVERS: {', '.join(SOLVERS)}; none with --variant)")
+                   help=f"our solvers (default: all of solvers.SOLVERS: {', '.join(SOLVERS)}; none with --variant; "
+                        "auto: what the default chooses for the data)")
     p.add_argument("--variant", action="append", metavar="LABEL:KEY=VALUE;…",
                    help="one more of our runs with its own TrainConfig settings (repeatable), e.g. "
                         "'admm-conv:solver=admm;layers=conv:8x5x5:s2,dense:100'; its methods are LABEL-reference "
@@ -794,9 +795,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     spec = TASKS[args.task]
     solvers = (list(SOLVERS) if not args.variant else []) if args.solvers is None else list(args.solvers)
-    unknown = [s for s in solvers if s not in SOLVERS]
+    unknown = [s for s in solvers if s not in SOLVERS and s != "auto"]
     if unknown:
-        parser.error(f"unknown solver(s) {unknown}; available: {list(SOLVERS)}")
+        parser.error(f"unknown solver(s) {unknown}; available: auto, {', '.join(SOLVERS)}")
     ours = [] if args.ours in (["none"], []) else list(args.ours)
     if any(o not in OURS for o in ours):
         parser.error(f"--ours takes {list(OURS)} or none")
@@ -859,8 +860,10 @@ def main(argv=None) -> int:
         try:
             local_mode_processes = {}
             for s, config in configs.items():
+                solver = config.choose_solver(store.n_samples, args.workers,  # auto: as python -m pipeline.train
+                                              args.workers if args.local_mode == "threads" else 1)[0].solver
                 processes = local_mode_processes[s] = pipeline_processes(args.local_mode, 4 * store.n_samples *
-                                                                         store.n_features, config.solver)
+                                                                         store.n_features, solver)
                 # a fresh cluster per method, as a user gets: no method inherits another's warm workers or cache
                 t0 = time.perf_counter()
                 try:
@@ -869,7 +872,7 @@ def main(argv=None) -> int:
                         # the workers import the project's modules with their first task (~1-2 s); like the
                         # cluster start, a one-time cost that is not part of training: paid before the clock
                         modules = sorted({"pipeline.passes", "storage.data", "storage.runstore",
-                                          SOLVERS[config.solver].__module__})
+                                          SOLVERS[solver].__module__})
                         client.run(exec, "import " + ", ".join(modules))
                         cluster_seconds[s] = time.perf_counter() - t0
                         log(f"local cluster: {args.workers} worker {'processes x 1 thread' if processes else 'threads'}, "

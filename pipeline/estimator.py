@@ -145,6 +145,9 @@ _ATTRIBUTES = """n_features_in_ : int
         The run's metrics along ``iteration`` ({metrics}, residual, objective,
         loss, seconds), as stored in the run store's ``metrics``.
     n_iter_ : int
+    solver_ : str
+        The solver the run used: ``solver``, or what ``solver="auto"`` chose for the data
+        (``consensus,gauss-newton`` or ``gauss-newton``, README *Which solver*).
     network_ : solvers.network.Network"""
 
 
@@ -210,7 +213,7 @@ class _ADMMEstimator(BaseEstimator):
                 if not _is_dask(X) and not _is_path(X):  # validate before starting a cluster
                     classes = self._write_numpy(X, y, data_path)
                     self._owned(data_path)
-                with self._connect(self._needs_processes(X)) as client:
+                with self._connect(self._needs_processes(X, config)) as client:
                     if _is_path(X):
                         self._use_store(X, y)
                         data_path = Path(X)
@@ -252,17 +255,33 @@ class _ADMMEstimator(BaseEstimator):
             self._written_stores = getattr(self, "_written_stores", set()) | {str(Path(path).resolve())}
 
     @staticmethod
-    def _needs_processes(X) -> bool:
-        """Return whether the fit's own cluster should run worker processes (big Dask or stored data)."""
+    def _needs_processes(X, config: TrainConfig) -> bool:
+        """Return whether the fit's own cluster should run worker processes (big Dask or stored data, the hand-over).
+
+        As ``python -m pipeline.train`` chooses: ``solver="auto"`` that will pick the hand-over on a worker per
+        core gets processes (its consensus passes hold the GIL). In-memory arrays never spawn processes (so
+        ``auto`` picks Gauss-Newton for them: the fit's worker threads share one GIL).
+        """
+        import os
+
         from pipeline.cli import data_bytes
         from pipeline.cluster import local_processes
+        from pipeline.train import _gil_bound
+        from storage.data import open_data
 
+        if not (_is_path(X) or _is_dask(X)):
+            return False
         if _is_path(X):
-            return local_processes("auto", data_bytes(X))
-        if _is_dask(X):
+            nbytes = data_bytes(X)
+            rows = None if nbytes is None else open_data(X).n_samples
+        else:
             known = all(not np.isnan(s) for s in X.shape)
-            return local_processes("auto", int(4 * np.prod(X.shape)) if known else None)
-        return False
+            nbytes, rows = (int(4 * np.prod(X.shape)), int(X.shape[0])) if known else (None, None)
+        solver = config.solver
+        if solver == "auto":
+            cores = os.cpu_count() or 1
+            solver = config.choose_solver(rows, cores)[0].solver if rows is not None else "gauss-newton"
+        return local_processes("auto", nbytes, gil_bound=_gil_bound(solver))
 
     def _set_fitted(self, result, classes) -> None:
         """Set the fitted attributes from the training result (``classes``: the NumPy labels, or None)."""
@@ -272,6 +291,7 @@ class _ADMMEstimator(BaseEstimator):
         self.intercepts_ = [np.asarray(W)[:, -1].copy() for W in network.weights]
         self.x_mean_, self.x_scale_ = np.asarray(network.x_mean), np.asarray(network.x_scale)
         self.n_iter_ = len(result.history)
+        self.solver_ = result.solver.name
 
     def _encode_targets(self, y):
         """Return (y as written to the data store, the classes or None) of validated in-memory targets."""

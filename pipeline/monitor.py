@@ -31,7 +31,7 @@ def training_link(dashboard_link: str | None) -> str | None:
 
 def run_info(run, *, n_chunks: int | None = None, n_held_out: int = 0) -> dict:
     """Return what the page shows about a run: store, data, settings, chunks, committed and target iterations."""
-    from solvers.config import TrainConfig, describe
+    from solvers.config import TrainConfig, choice_text, describe
 
     c = run.attrs["config"]
     config = TrainConfig.from_dict(c)
@@ -45,7 +45,7 @@ def run_info(run, *, n_chunks: int | None = None, n_held_out: int = 0) -> dict:
         best = (manifest.get("early_stopping") or {}).get("best_iteration")
         stopped = f"stopped early; the model is iteration {best}"
     return {"store": str(run.path), "data": (run.attrs.get("data") or {}).get("path"), "settings": settings,
-            "task": run.task, "solver": config.solver, "chunks": chunks, "n_chunks": n_chunks,
+            "task": run.task, "solver": config.solver + choice_text(run.attrs.get("solver_choice")), "chunks": chunks, "n_chunks": n_chunks,
             "committed": manifest.get("iteration"),
             "target_iterations": manifest.get("target_iterations", c.get("iterations")), "stopped": stopped}
 

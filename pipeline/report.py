@@ -37,7 +37,7 @@ import numpy as np
 
 from pipeline.cli import ArgumentParser, exit_process, exits_on_input_error
 from pipeline.figures import bokeh_layout, columns, has_data, info_html, matplotlib_figures, score_of
-from solvers.config import TrainConfig, describe
+from solvers.config import TrainConfig, choice_text, describe
 from solvers.errors import InputError
 
 def performance_report_path(store) -> Path:
@@ -124,7 +124,7 @@ def summary(store, ds) -> str:
     n = ds.sizes["iteration"]
     lines = [f"run store      {run.path}",
              f"data           {run.attrs['data']['path']} ({run.n_samples} samples, chunks of {run.chunk_rows} rows)",
-             f"settings       {describe(config)}",
+             f"settings       {describe(config)}{choice_text(run.attrs.get('solver_choice'))}",
              f"iterations     {manifest['iteration']} committed of {manifest['target_iterations']}"]
     if n:
         last = ds.isel(iteration=-1)

@@ -1,4 +1,4 @@
-"""``python -m pipeline.train``: train a network out of core on a Dask cluster (Gauss-Newton, ADMM or dlADMM).
+"""``python -m pipeline.train``: train a network out of core on a Dask cluster (Gauss-Newton, consensus, ADMM, dlADMM).
 
 Run with no arguments it trains on the bundled demo data set (scikit-learn's
 8×8 digits, 10 classes) in a temporary directory, on an embedded local cluster.
@@ -40,7 +40,9 @@ class _HelpFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m pipeline.train", formatter_class=_HelpFormatter,
-        description="Train a neural network out of core with layerwise Gauss-Newton (the default), the ADMM "
+        description="Train a neural network out of core with layerwise Gauss-Newton, consensus ADMM over data "
+                    "shards, both in turn (consensus passes, then Gauss-Newton: what --solver auto picks for data "
+                    "with enough rows per shard, else Gauss-Newton), the ADMM "
                     "method of Taylor et al. (2016) or dlADMM: data and per-sample state live in Zarr stores, "
                     "Dask runs passes over the sample chunks and the small weight solves run here. With no "
                     "arguments, trains on the bundled digits demo.",
@@ -139,7 +141,10 @@ def _main(args, where) -> int:
             raise InputError('--performance-report needs bokeh: pip install "admm-dask[report]"') from None
         perf = Path(args.performance_report or performance_report_path(store))
     size_from = data if data is not None else _run_data_path(store)
-    gil_bound = _gil_bound(config.solver if config is not None else given.get("solver") or _run_solver(store))
+    solver = config.solver if config is not None else _run_solver(store)
+    if solver == "auto":  # chosen for the data once the cluster runs (pipeline.training); its workers depend on it
+        solver = _auto_solver(config, args, size_from)
+    gil_bound = _gil_bound(solver)
     _check_memory_limit(args, size_from, config or TrainConfig(**given), gil_bound)
     with _training_page_preload(), connect_from_args(args, data=size_from, gil_bound=gil_bound) as client, \
             _performance_report(perf):
@@ -222,6 +227,27 @@ def _check_memory_limit(args, data, config, gil_bound: bool = False) -> None:
 def _gil_bound(solver) -> bool:
     """Return whether the solver (or a hand-over's first phase) runs Python loops that hold the GIL: consensus."""
     return str(solver or "").split(",")[0].strip() == "consensus"
+
+
+def _auto_solver(config, args, data) -> str:
+    """Return the solver ``--solver auto`` will choose for ``data`` on the local cluster these flags start.
+
+    Its worker threads are the shards (:meth:`solvers.config.TrainConfig.choose_solver`); with the hand-over
+    the cluster must run worker processes (its consensus passes hold the GIL). Other clusters: gauss-newton
+    (the choice there is made in pipeline.training, on the cluster's own threads).
+    """
+    import os
+
+    from storage.data import open_data
+
+    if data is None or args.cluster != "local":
+        return "gauss-newton"
+    try:
+        n = open_data(data).n_samples
+    except InputError:
+        return "gauss-newton"
+    workers = int(args.workers or os.cpu_count() or 1)
+    return config.choose_solver(n, workers, workers if args.local_mode == "threads" else 1)[0].solver
 
 
 def _run_solver(store):

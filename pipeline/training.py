@@ -20,7 +20,7 @@ from pipeline.cluster import check_worker_access
 from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_moments, score_sums_graph
 from solvers import SOLVERS, make_solver
-from solvers.config import TrainConfig
+from solvers.config import TrainConfig, choice_text
 from solvers.driver import Outcome, describe_model, drive, model_from_moments, split_chunks
 from solvers.errors import InputError
 from solvers.loop import LoopState
@@ -39,6 +39,14 @@ def _threads(client) -> int:
     """Return the number of worker threads of the cluster (at least 1; 1 for a client that cannot say)."""
     try:
         return max(1, sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+def _threads_per_worker(client) -> int:
+    """Return the most threads any worker of the cluster runs (1 for a client that cannot say)."""
+    try:
+        return max([1, *client.nthreads().values()])
     except Exception:  # noqa: BLE001
         return 1
 
@@ -86,10 +94,11 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
         config = replace(config or TrainConfig(), **(overrides or {}))
-        if SOLVERS[config.solver].sharded and config.shards == 0:  # one shard per worker thread
-            config = replace(config, shards=_threads(client))
         data = open_data(data)
         data.require_labels("train")
+        config, choice = config.choose_solver(data.n_samples, _threads(client), _threads_per_worker(client))
+        if SOLVERS[config.solver].sharded and config.shards == 0:  # one shard per worker thread
+            config = replace(config, shards=_threads(client))
         check_chunk_rows(chunk_rows, data)
         check_creatable(store, overwrite, inputs=(data.path, test_data))
         check_test_data(test_data, data)  # before the store exists: a bad --test-data leaves nothing behind
@@ -108,7 +117,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                               test_data=str(Path(test_data).resolve()) if test_data else None,
                               validation=split.record(data.n_samples) if split else None, report=report,
                               shard_widths=solver.shard_state_widths() if solver.sharded else None,
-                              n_shards=config.shards, background_discard=True)
+                              n_shards=config.shards, background_discard=True, solver_choice=choice)
     test = check_test_data(test_data, data)
 
     split = split_of(run.attrs)
@@ -122,7 +131,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                                         if isinstance(split, RowSplit) else
                                         f", {n_held} held out for early stopping in {len(split.chunks)} chunks"
                                         if split else "")
-           + f", layers {'-'.join(map(str, solver.widths))}, solver {solver.name}, {describe_model(model)}")
+           + f", layers {'-'.join(map(str, solver.widths))}, solver {solver.name}{choice_text(run.attrs.get('solver_choice'))}, "
+           f"{describe_model(model)}")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
     if monitor is not None:

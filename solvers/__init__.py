@@ -13,6 +13,7 @@ is built by :func:`make_solver`.
 """
 import importlib
 from collections.abc import MutableMapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -59,7 +60,13 @@ CONV_VARIANTS = {"gauss-newton": "solvers.conv_gauss_newton:ConvGaussNewtonSolve
 
 def make_solver(config, n_features: int, *, x_mean, x_scale, classes=None, y_mean=None, y_scale=None,
                 dtype=np.float32):
-    """Return the solver ``config.solver`` for ``config.task``: over ``classes``, or with the target scaling ȳ, s_y."""
+    """Return the solver ``config.solver`` for ``config.task``: over ``classes``, or with the target scaling ȳ, s_y.
+
+    ``auto`` is resolved by :meth:`solvers.config.TrainConfig.choose_solver` when a run is created; a config
+    still holding it (no data size known) gets Gauss-Newton.
+    """
+    if config.solver == "auto":
+        config = replace(config, solver="gauss-newton")
     cls = SOLVERS[config.solver]
     if config.layers and config.solver in CONV_VARIANTS:  # convolutional --layers: the solver's conv kernels
         module, _, attr = CONV_VARIANTS[config.solver].partition(":")

@@ -33,6 +33,7 @@ CONSENSUS_VARIANTS = ("admm", "elastic")
 AVERAGING = ("chunk", "pass")  # consensus: how often the shard models are averaged in a one-sweep pass
 CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
 CROSS_ENTROPY = "cross-entropy"  # softmax (one unit: sigmoid) cross-entropy: gauss-newton and consensus only
+AUTO_HANDOVER_ROWS = 20000  # --solver auto: the hand-over from this many training rows per shard (auto_handover_s8.md)
 FIRST_PASS_ROWS = 147456  # the consensus solver's first shard pass (rows over all shards; HIGGS-shaped 1M: 0.7696 after it)
 GAUSS_NEWTON_LOSS = "squared"  # what --loss auto fits with gauss-newton (benchmarks/results/defaults_real.md)
 GROUPS = {  # --help groups, in order: title and description (None: the general settings)
@@ -153,7 +154,10 @@ class TrainConfig:
     solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
                           "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton); "
-                          "auto: gauss-newton",
+                          f"auto: consensus,gauss-newton for dense classification (no hinge loss, no sampling "
+                          f"setting) when every shard gets at least {AUTO_HANDOVER_ROWS} training rows and its worker "
+                          "runs one thread, else gauss-newton (chosen when the run is created, named in its run line "
+                          "and kept by --resume)",
                           choices=["auto", *sorted(SOLVERS)])
     step_size: float = setting(1.0, "step η of the Gauss-Newton update", resumable=True,
                                solvers=("gauss-newton", HANDOVER),
@@ -233,7 +237,7 @@ class TrainConfig:
             object.__setattr__(self, "layers", format_layers(specs) if convolutional else "")
             object.__setattr__(self, "hidden", () if convolutional else tuple(s.width for s in specs))
         object.__setattr__(self, "input_shape", parse_shape(self.input_shape) if len(self.input_shape) else ())
-        if self.solver == "auto":  # dense or convolutional: Gauss-Newton learns the hidden layers (README)
+        if self.solver == "auto" and self._gauss_newton_only():  # else chosen by the data's size: choose_solver
             object.__setattr__(self, "solver", "gauss-newton")
         problems = []
         if isinstance(self.alpha, str) and self.alpha != "auto":
@@ -306,8 +310,8 @@ class TrainConfig:
             problems.append(f"patience must be >= 0, got {self.patience}")
         if self.scaling not in SCALINGS:
             problems.append(f"scaling {self.scaling!r} is not one of {list(SCALINGS)}")
-        if self.solver not in SOLVERS:
-            problems.append(f"solver {self.solver!r} is not one of {sorted(SOLVERS)}")
+        if self.solver not in SOLVERS and self.solver != "auto":
+            problems.append(f"solver {self.solver!r} is not one of {['auto', *sorted(SOLVERS)]}")
         if self.init not in INITS:
             problems.append(f"init {self.init!r} is not one of {list(INITS)}")
         elif self.init == "data" and self.layers:
@@ -318,6 +322,38 @@ class TrainConfig:
                                else f"the {self.solver} solver starts from --init auto, data or forward"))
         if problems:
             raise InputError("; ".join(problems))
+
+    def _gauss_newton_only(self) -> bool:
+        """Return whether settings only Gauss-Newton takes pin ``--solver auto`` to it, whatever the data's size.
+
+        Convolutional layers, regression (the hand-over was measured on classification only), the hinge
+        losses (consensus fits cross-entropy or squared), and a given --sample-schedule or --sample-start
+        (settings Gauss-Newton alone reads).
+        """
+        return bool(self.layers) or self.task != "classification" or self.loss not in ("auto", CROSS_ENTROPY, "squared") \
+            or self.sample_schedule != "auto" or self.sample_start > 0
+
+    def choose_solver(self, n_samples: int, shards: int, threads_per_worker: int = 1) -> tuple["TrainConfig", dict]:
+        """Return this config with ``--solver auto`` resolved for the data and cluster, and the choice as a record.
+
+        auto runs the hand-over (``consensus,gauss-newton``) when each shard's training rows,
+        ⌊n·(1 − validation_fraction)⌋ / S, are at least :data:`AUTO_HANDOVER_ROWS` (one local Adam epoch
+        over a shard then makes a model worth averaging: benchmarks/results/auto_handover_s8.md) and every
+        worker runs one thread (the shards' minibatch loops hold the GIL); else Gauss-Newton. ``shards``:
+        ``--shards``, or the cluster's worker threads. A given solver is returned as it is (record None).
+        """
+        if self.solver != "auto":
+            return self, None
+        shards = max(1, int(self.shards or shards))
+        rows = int(n_samples * (1 - self.validation_fraction)) // shards
+        handover = rows >= AUTO_HANDOVER_ROWS and threads_per_worker <= 1
+        why = (f"{rows} training rows per shard {'>=' if rows >= AUTO_HANDOVER_ROWS else '<'} {AUTO_HANDOVER_ROWS} "
+               f"over {shards} shard{'s' * (shards > 1)}"
+               + (f", workers of {threads_per_worker} threads share a GIL" if threads_per_worker > 1 else ""))
+        chosen = HANDOVER if handover else "gauss-newton"
+        record = {"given": "auto", "solver": chosen, "why": why, "rows_per_shard": rows, "shards": shards,
+                  "threads_per_worker": int(threads_per_worker), "threshold": AUTO_HANDOVER_ROWS}
+        return replace(self, solver=chosen), record
 
     def resolved_init(self) -> str:
         """Return the initialisation, resolving ``"auto"`` to data (admm, dladmm; dense first layer), :data:`CONSENSUS_INIT`
@@ -363,7 +399,7 @@ class TrainConfig:
             return "identity"
         if self.solver == "consensus":
             return "logistic" if self.loss in ("auto", CROSS_ENTROPY) else "identity"
-        if self.solver in ("gauss-newton", HANDOVER):
+        if self.solver in ("gauss-newton", HANDOVER, "auto"):  # auto before the data is known: gauss-newton's
             return "logistic" if self.gauss_newton_loss() == CROSS_ENTROPY else "identity"
         return "identity"
 
@@ -390,7 +426,8 @@ class TrainConfig:
         :data:`RESUMABLE` (one that changes the shape or meaning of the stored state).
         """
         config = cls.from_dict(stored)
-        overrides = {k: (tuple(v) if k == "hidden" else v) for k, v in (overrides or {}).items()}
+        overrides = {k: (tuple(v) if k == "hidden" else v) for k, v in (overrides or {}).items()
+                     if not (k == "solver" and v == "auto")}  # auto was resolved when the run was created
         clashes = [f"{k}: run has {getattr(config, k)!r}, given {v!r}" for k, v in overrides.items()
                    if k not in RESUMABLE and getattr(config, k) != v]
         if clashes:
@@ -486,6 +523,11 @@ def config_from_parameters(values: dict, **fixed) -> TrainConfig:
         v = values[param]
         settings[name] = f.default if v is None else _COERCE.get(f.type, lambda x: x)(v)
     return TrainConfig(**settings)
+
+
+def choice_text(choice: dict | None) -> str:
+    """Return `` (auto: why)`` for a run store's ``solver_choice`` record (:meth:`TrainConfig.choose_solver`), else ""."""
+    return f" (auto: {choice['why']})" if choice else ""
 
 
 def describe(config: TrainConfig) -> str:

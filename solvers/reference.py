@@ -75,6 +75,7 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
     """
     config = config or TrainConfig()
     X, y = check_xy(X, y)
+    config, _ = config.choose_solver(X.shape[0], 1)  # in memory: one shard unless --shards says otherwise
     if X_test is not None:
         X_test, y_test = check_xy(X_test, y_test, "test data")
     if config.task == "regression":  # the moments of [X, y] give the target scaling too

@@ -5,7 +5,8 @@
     RUN.zarr/
       zarr.json            group attrs: format "admm-dask-run", config (with the task,
                            classification or regression), data summary, state
-                           widths, chunk_rows, solver
+                           widths, chunk_rows, solver; solver_choice: how
+                           --solver auto chose the solver (rows per shard, rule)
       manifest.json        human-readable commit record: committed iteration,
                            state slot, per-iteration history (the source of truth),
                            SHA-256 of every checkpoint array and of itself
@@ -144,7 +145,7 @@ class RunStore:
                chunk_rows: int, classes, x_mean, x_scale, overwrite: bool = False,
                test_data: str | None = None, validation: dict | None = None, y_mean=None, y_scale=None,
                report=None, shard_widths: dict | None = None, n_shards: int = 0,
-               background_discard: bool = False) -> "RunStore":
+               background_discard: bool = False, solver_choice: dict | None = None) -> "RunStore":
         """Create an empty run store with allocated state slots (refuses an existing path).
 
         A classification run passes ``classes``; a regression run ``classes=None``
@@ -152,7 +153,8 @@ class RunStore:
         its per-shard state widths and the number of shards. ``validation``
         records the held-out rows (``solvers.validation.RowSplit.record``; None: none).
         ``background_discard``: a replaced run store (``overwrite``) is deleted in a thread; the caller
-        waits for it with :func:`storage.paths.join_discards`.
+        waits for it with :func:`storage.paths.join_discards`. ``solver_choice``: how ``--solver auto``
+        chose the run's solver (kept in the attrs; a resume reads the chosen solver from ``config``).
         """
         path = Path(path)
         check_creatable(path, overwrite)
@@ -166,6 +168,8 @@ class RunStore:
         }
         if shard_widths:
             attrs.update(shard_widths=dict(shard_widths), n_shards=int(n_shards))
+        if solver_choice:
+            attrs["solver_choice"] = dict(solver_choice)
         # built next to its target and renamed into place: a crash leaves no half store
         clean_stale_partials(path, report=report)
         partial = partial_path(path)

@@ -282,4 +282,6 @@ def test_convolutions_without_a_solver_pick_gauss_newton():
     """``--layers`` with a convolution and no ``--solver``: Gauss-Newton, which learns the filters (README)."""
     assert TrainConfig(layers="conv:4x3x3").solver == "gauss-newton"
     assert TrainConfig(layers="conv:4x3x3,pool:2").solver == "gauss-newton"
-    assert TrainConfig(layers="dense:30").solver == "gauss-newton" and TrainConfig().solver == "gauss-newton"
+    # dense layers: auto is chosen by the data's size when the run is created (tests/test_auto_solver.py)
+    assert TrainConfig(layers="dense:30").solver == "auto" and TrainConfig().solver == "auto"
+    assert TrainConfig(layers="conv:4x3x3").choose_solver(10**9, 1)[0].solver == "gauss-newton"
