@@ -533,8 +533,9 @@ def choice_text(choice: dict | None) -> str:
 def describe(config: TrainConfig) -> str:
     """Return the settings ``config.solver`` reads, in one line: ``solver gauss-newton, layers dense:300, …``."""
     parts = [f"solver {config.solver}", f"layers {config.describe_layers()}"]
+    reads = "gauss-newton" if config.solver == "auto" else config.solver  # auto before the data is known
     for f in SETTINGS:
-        if f.name in ("solver", "hidden", "layers", "iterations") or config.solver not in f.metadata["solvers"]:
+        if f.name in ("solver", "hidden", "layers", "iterations") or reads not in f.metadata["solvers"]:
             continue
         value = getattr(config, f.name)
         if f.name == "input_shape" and not value or f.name == "cg_steps" and not config.layers:
