@@ -46,6 +46,7 @@ Only ``storage`` knows these paths.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -57,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
 from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
@@ -344,13 +346,11 @@ class RunStore:
 
     def _write_metrics(self, root, history: list) -> None:
         n = len(history)
-        iters = np.array([h["iteration"] for h in history], np.int64)
-        root.create_array("metrics/iteration", data=iters, dimension_names=("iteration",), overwrite=True,
-                          compressors=[Crc32cCodec()])
-        for name in metric_names(history):
-            values = np.array([h.get(name, np.nan) for h in history], np.float64).reshape(n)
-            root.create_array(f"metrics/{name}", data=values, dimension_names=("iteration",), overwrite=True,
-                              compressors=[Crc32cCodec()])
+        arrays = {"iteration": np.array([h["iteration"] for h in history], np.int64)}
+        arrays.update((name, np.array([h.get(name, np.nan) for h in history], np.float64).reshape(n))
+                      for name in metric_names(history))
+        _create_arrays(root, self.path, {f"metrics/{name}": values for name, values in arrays.items()},
+                       dimension_names=("iteration",), overwrite=True, compressors=[Crc32cCodec()])
 
     def load_checkpoint(self) -> Checkpoint:
         """Return the weights and solver state of the committed iteration (checked; see :meth:`manifest`)."""
@@ -462,11 +462,48 @@ class RunStore:
 
 
 def _write_packed(root, group: str, arrays: dict) -> None:
-    """Write float64 ``arrays`` ({name: array}) as one array ``<group>/packed`` (crc32c) with their layout."""
+    """Write float64 ``arrays`` ({name: array}) as one array ``<group>/packed`` (crc32c) with their layout.
+
+    The one chunk is written even when it holds only the fill value (``write_empty_chunks``): Zarr
+    would otherwise compare every value with it first (~2 ms for a 14 MB checkpoint, at every commit).
+    """
     flat = [a.ravel() for a in arrays.values()]
     data = np.concatenate(flat) if flat else np.zeros(0)
     root.create_array(f"{group}/{PACKED}", data=data, chunks=(max(1, data.size),), compressors=[Crc32cCodec()],
-                      attributes={"layout": [[name, list(a.shape)] for name, a in arrays.items()]})
+                      attributes={"layout": [[name, list(a.shape)] for name, a in arrays.items()]},
+                      config={"write_empty_chunks": True})
+
+
+def _create_arrays(root, path, arrays: dict, **kwargs) -> None:
+    """Create the arrays ``{name: data}`` of the store at ``path`` as ``root.create_array(name, data=data, **kwargs)`` would.
+
+    Zarr's synchronous ``create_array`` waits for each array's files in turn (replacing one first
+    deletes its folder, ~2 ms an ``rmdir`` on this disk); created together on one event loop of this
+    thread's own they overlap: the 15 ``metrics/`` arrays of a run took ~0.2 s one by one against
+    ~0.12 s, and a third less CPU. In a thread already running an event loop (a notebook's) they are
+    created one after the other.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        for name, data in arrays.items():
+            root.create_array(name, data=data, **kwargs)
+        return
+
+    async def create():
+        group = await zarr.api.asynchronous.open_group(store=str(path), mode="r+")
+        await asyncio.gather(*(group.create_array(name, data=data, **kwargs) for name, data in arrays.items()))
+
+    loop = asyncio.new_event_loop()  # not made the thread's current loop: nothing of the caller's changes
+    try:
+        loop.run_until_complete(create())
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
 
 
 def _read_packed(array) -> dict:
@@ -487,9 +524,14 @@ def _read_packed(array) -> dict:
 
 
 def _array_sha256(a) -> str:
-    """Return the SHA-256 of an array's float64 values and shape."""
+    """Return the SHA-256 of an array's float64 values and shape: of ``repr(shape)`` then the C-order bytes.
+
+    The bytes are hashed where they lie (no ``tobytes`` copy of a checkpoint's ~14 MB at every commit).
+    """
     a = np.ascontiguousarray(np.asarray(a, np.float64))
-    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+    h = hashlib.sha256(repr(a.shape).encode())
+    h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
 def _manifest_sha256(manifest: dict) -> str:

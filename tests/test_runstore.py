@@ -1,5 +1,6 @@
 """storage/runstore.py directly: the stored metrics are the numbers the history records; commits round-trip."""
 import numpy as np
+import pytest
 
 from storage.runstore import Checkpoint, RunStore, metric_names
 
@@ -81,3 +82,61 @@ def test_metrics_are_written_at_most_every_few_seconds_and_at_the_end(tmp_path):
         run.commit(Checkpoint(k, [np.ones((1, 3))]), history, target_iterations=4)
     assert iterations() == [1, 2, 3, 4]  # the last iteration's commit writes them
     assert RunStore.open(tmp_path / "r.zarr").manifest()["history"] == history
+
+
+def test_the_array_checksum_is_the_sha256_of_the_shape_then_the_c_order_float64_bytes():
+    """Stores committed before the copy-free hashing must still verify: the digest is the one they hold."""
+    import hashlib
+
+    from storage.runstore import _array_sha256
+
+    rng = np.random.default_rng(0)
+    cases = [np.float64(3.5), np.array(2.0), 4, [1, 2, 3], np.zeros(0), np.zeros((0, 3)), rng.standard_normal((30, 7)),
+             rng.standard_normal((7, 5)).T, rng.standard_normal((10, 10))[::2, 1::3], np.array([-0.0, 0.0, np.nan, np.inf]),
+             np.arange(6, dtype=np.float32).reshape(2, 3)]
+    for a in cases:
+        c = np.ascontiguousarray(np.asarray(a, np.float64))
+        assert _array_sha256(a) == hashlib.sha256(repr(c.shape).encode() + c.tobytes()).hexdigest()
+    assert _array_sha256(np.array([0.0])) != _array_sha256(np.array([-0.0]))  # bytes, not values
+    assert _array_sha256(np.zeros((2, 3))) != _array_sha256(np.zeros((3, 2)))
+
+
+def test_metrics_written_together_equal_those_written_one_by_one_also_inside_a_running_event_loop(tmp_path):
+    """The metrics/ arrays are created on an event loop of the commit's own; a thread running a loop writes them in turn.
+
+    Neither way changes the caller's event loop state.
+    """
+    import asyncio
+
+    import zarr
+
+    history = [{"iteration": k, "seconds": 0.1 * k, "loss": 1.0 / k, **({"test_accuracy": 0.5} if k > 1 else {})}
+               for k in (1, 2, 3)]
+    stores = {}
+    for how in ("together", "in a loop", "one by one"):
+        run = _run(tmp_path / how.replace(" ", "_"))
+        run.commit(Checkpoint(3, [np.ones((1, 3))]), history, target_iterations=3)  # the last commit writes metrics/
+        if how == "in a loop":
+            async def rewrite(run=run):
+                run._unwritten_metrics = history
+                run.write_metrics()
+            asyncio.run(rewrite())
+        elif how == "one by one":  # as storage.runstore wrote them before: zarr's create_array, in turn
+            root = zarr.open_group(run.path, mode="r+")
+            values = {"iteration": np.array([1, 2, 3], np.int64)}
+            values.update((name, np.array([h.get(name, np.nan) for h in history], np.float64))
+                          for name in metric_names(history))
+            for name, data in values.items():
+                root.create_array(f"metrics/{name}", data=data, dimension_names=("iteration",), overwrite=True,
+                                  compressors=[zarr.codecs.Crc32cCodec()])
+        stores[how] = zarr.open_group(run.path, mode="r")["metrics"]
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()  # this thread runs no loop afterwards
+    names = sorted(stores["together"].array_keys())
+    assert names == ["iteration", "loss", "seconds", "test_accuracy"]
+    for how in ("in a loop", "one by one"):
+        assert sorted(stores[how].array_keys()) == names
+        for name in names:
+            a, b = stores["together"][name], stores[how][name]
+            assert a.metadata == b.metadata
+            np.testing.assert_array_equal(a[...], b[...])
