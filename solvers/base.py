@@ -86,7 +86,7 @@ class SolverBase:
                     if name not in new:
                         new[name] = np.empty((n, v.shape[1]), self.dtype)
                     new[name][sl] = v
-                total += layout.pack(sums)
+                layout.add(total, sums)  # total += layout.pack(sums), without the packed temporary
         return new, total
 
     def initial_weights_of(self, runner, layers: int) -> list:

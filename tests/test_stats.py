@@ -37,3 +37,34 @@ def test_regression_scaling_comes_from_the_same_sums_as_the_inputs():
     np.testing.assert_allclose(model["y_mean"], [Xy[:, 2].mean()], rtol=1e-12)
     np.testing.assert_allclose(model["y_scale"], [Xy[:, 2].std()], rtol=1e-9)
     assert "y_mean" not in scaling_from_sums(moment_sums(Xy[:, :2], Xy[0, :2]), Xy[0, :2], 2, "standard")
+
+
+def test_adding_parts_in_place_is_bitwise_adding_their_packed_vector():
+    """The tile sums of every solver are added with StatsLayout.add: the same bits as ``total += pack(parts)`` (NaN: a NaN).
+
+    Tiles miss names, carry −0.0, NaN, ±inf, float32 arrays, Python and NumPy scalars, ints and bools.
+    """
+    layout = StatsLayout({"n": (), "loss": (), "flag": (), "g": (3, 4), "c": (2, 5), "v": (6,)})
+    rng = np.random.default_rng(0)
+
+    def tile():
+        parts = {"n": int(rng.integers(0, 600)), "loss": float(rng.standard_normal()), "flag": bool(rng.integers(2)),
+                 "g": rng.standard_normal((3, 4)), "c": rng.standard_normal((2, 5)).astype(np.float32),
+                 "v": rng.choice([-0.0, 0.0, np.nan, np.inf, -np.inf, 1e-310, -2.5], size=6)}
+        if rng.random() < 0.3:
+            parts["g"] = -np.zeros((3, 4))
+        if rng.random() < 0.3:
+            parts["loss"] = np.float32(-0.0)
+        return {k: v for k, v in parts.items() if rng.random() < 0.75}
+
+    for _ in range(200):
+        tiles = [tile() for _ in range(int(rng.integers(1, 6)))]
+        packed, added = np.zeros(layout.size), np.zeros(layout.size)
+        with np.errstate(all="ignore"):  # inf − inf, as the kernels' tiles run (SolverBase.tiled)
+            for parts in tiles:
+                packed += layout.pack(parts)
+                assert layout.add(added, parts) is added
+        nan = np.isnan(packed)
+        assert np.array_equal(nan, np.isnan(added))  # a NaN's sign bit follows NumPy's loop (vector body or tail)
+        assert packed[~nan].tobytes() == added[~nan].tobytes()
+    assert not np.signbit(layout.add(np.zeros(layout.size), {"g": -np.zeros((3, 4))})).any()  # 0.0 + −0.0 = +0.0
