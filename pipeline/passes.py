@@ -36,7 +36,9 @@ from solvers.tasks import score_sums
 from solvers.validation import select
 from storage.cache import ChunkCache
 from storage.data import read_rows, rows_array
+from storage import state_io
 from storage.runstore import shard_state_path, slot_of, state_path
+from storage.state_io import new_owner
 
 SPLIT_EVERY = 8
 DATA_CACHE_MAX = 512 * 2**20  # a worker keeps at most this much decoded data (a quarter of its memory limit if less)
@@ -56,7 +58,9 @@ def data_cache() -> ChunkCache:
     The process's activation cache (:mod:`solvers.activation_cache`) is held to an
     eighth of the limit likewise (a 256 MiB worker pauses at 205 MiB: 192 MiB of
     kept activations on top of its base and a chunk task would not fit), its input
-    and last-hidden-layer caches to a sixteenth each.
+    and last-hidden-layer caches to a sixteenth each, and its cache of written state
+    chunks (:mod:`storage.state_io`) to an eighth: a run fills that or the activation
+    cache, not both (Gauss-Newton keeps activations, the ADMM solvers state).
     """
     global _data_cache
     if _data_cache is None:
@@ -72,6 +76,7 @@ def data_cache() -> ChunkCache:
                 CACHE.budget = min(BUDGET, int(limit) // 8)
                 INPUTS.budget = min(INPUTS_BUDGET, int(limit) // 16)
                 OUTPUTS.budget = min(OUTPUTS_BUDGET, int(limit) // 16)
+                state_io.STATE.budget = min(state_io.STATE_BUDGET, int(limit) // 8)
         except (ImportError, ValueError, AttributeError):  # not in a worker (an in-memory test, a benchmark)
             pass
         _data_cache = ChunkCache(budget)
@@ -85,6 +90,7 @@ def clear_data_cache() -> None:
     CACHE.clear()
     INPUTS.clear()
     OUTPUTS.clear()
+    state_io.STATE.clear()
     if _data_cache is not None:
         _data_cache.clear()
 
@@ -97,26 +103,30 @@ def _read_xy(data: str, start: int, stop: int, classes=None):
     return x, (y if classes is None else encode_labels(y, classes))
 
 
-def _read_state(run: str, slots: dict, start: int, stop: int) -> dict:
-    return {name: read_rows(run, state_path(slot, name), start, stop) for name, slot in slots.items()}
+def _read_state(run: str, reads: dict, start: int, stop: int, owner=None) -> dict:
+    """Return the chunk's rows of each state array ``name`` of iteration ``reads[name]`` (:func:`storage.state_io.read_state`)."""
+    return {name: state_io.read_state(run, state_path(slot_of(k), name), start, stop, k, owner) for name, k in reads.items()}
 
 
-def _write_state(run: str, slot: int, state: dict, start: int, stop: int) -> None:
+def _write_state(run: str, iteration: int, state: dict, start: int, stop: int, owner=None) -> None:
+    """Write the chunk's rows of the state of ``iteration`` into its slot, kept for ``owner``'s next read."""
     for name, block in state.items():
-        _array(run, state_path(slot, name), "r+")[start:stop] = block
+        state_io.write_state(run, state_path(slot_of(iteration), name), start, stop, block, iteration, owner)
 
 
-def chunk_task(bundle, data, run, read_slots, write_slot, start, stop, split=None, train=True, held=False, part=None):
+def chunk_task(bundle, data, run, reads, write, start, stop, split=None, train=True, held=False, part=None, owner=None):
     """Run one solver kernel on the rows [start, stop) of a chunk; return its sums (``held``: the pair).
 
     ``bundle`` is (solver, kernel name, params). The kernel sees y as class
     indices, or as the stored real values for a regression solver (its
     ``classes`` is None). With ``train`` it runs on the chunk's training rows
-    (all rows without a ``split``): the state arrays are read from
-    ``read_slots`` ({name: slot}) and the kernel's new state written to
-    ``write_slot`` (either may be None; held-out rows get zeros). The slot
-    written is never the committed one, so a retried task rewrites the same
-    bytes. With ``held`` it also runs statelessly on the chunk's held-out rows
+    (all rows without a ``split``): the state arrays are read as of the
+    iterations ``reads`` names ({name: iteration}) and the kernel's new state is
+    written as iteration ``write``'s (either may be None; held-out rows get
+    zeros), each in its slot (iteration mod 2). The slot written is never the
+    committed one, so a retried task rewrites the same bytes. ``owner`` (the
+    runner's token): the chunks this process writes are kept for its next read
+    (:mod:`storage.state_io`). With ``held`` it also runs statelessly on the chunk's held-out rows
     from the same read, and the task returns (training sums, held-out sums),
     either None where the chunk has no such rows (:func:`solvers.loop.chunk_kernel`).
     ``part`` = (j, parts): this task runs the j-th part of the training rows (:func:`solvers.loop.chunk_parts`,
@@ -129,10 +139,10 @@ def chunk_task(bundle, data, run, read_slots, write_slot, start, stop, split=Non
     with one_blas_thread():
         x, y = _read_xy(data, start, stop, solver.classes)
         if train and (split is None or len(select(split, start, stop, "train"))):  # earlier stores: whole chunks held
-            state = None if read_slots is None else _read_state(run, read_slots, start, stop)
+            state = None if reads is None else _read_state(run, reads, start, stop, owner)
             new_state, sums = chunk_kernel(fn, x, y, state, start, params, split, part=part)
-            if write_slot is not None and new_state is not None:
-                _write_state(run, write_slot, new_state, start, stop)
+            if write is not None and new_state is not None:
+                _write_state(run, write, new_state, start, stop, owner)
         if held and (part is None or part[0] == 0):
             held_sums = chunk_kernel(fn, x, y, None, start, params, split, "held")[1]
     return (sums, held_sums) if held else sums
@@ -251,6 +261,7 @@ class DaskRunner:
         self.passes: list[tuple] = []  # (seconds, rows, read bytes) of the passes since take_pass_rates()
         self._data_row_bytes = None
         self._local = None  # whether the scheduler is in this process (_in_process)
+        self.owner = new_owner()  # names this runner's state chunks in the workers' caches (storage.state_io)
 
     def compute(self, *delayed_values):
         """Compute delayed values on the cluster, with a progress bar when asked."""
@@ -268,8 +279,6 @@ class DaskRunner:
 
     def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
         plan = read  # {array name: iteration} or None (solvers.loop.run_pass makes the dict)
-        reads = None if plan is None else {name: slot_of(k) for name, k in plan.items()}
-        write_slot = None if write is None else slot_of(write)
         sample = range(len(self.bounds)) if chunks is None else set(chunks)  # a sample of the chunks
         held = held_out and self.split is not None  # every chunk's held-out rows, read with its training rows
         t0 = time.perf_counter()
@@ -279,8 +288,8 @@ class DaskRunner:
         for i, (a, b) in enumerate(self.bounds):
             if held or i in sample:
                 cut = parts if i in sample and parts > 1 else 1
-                specs.extend(((self.data, self.run_path, reads, write_slot, a, b, self.split, i in sample, held,
-                               (j, cut) if cut > 1 else None), places[i]) for j in range(cut))
+                specs.extend(((self.data, self.run_path, plan, write, a, b, self.split, i in sample, held,
+                               (j, cut) if cut > 1 else None, self.owner), places[i]) for j in range(cut))
         if 1 <= len(specs) <= SPLIT_EVERY and self._in_process():  # the sum on the client: one task and hop less
             results = self._submit((self.solver, kernel, params), specs)
             sums = results[0] if len(results) == 1 else _sum(*results)  # what tree() would give, same parts in order
