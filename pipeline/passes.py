@@ -37,7 +37,7 @@ from solvers.validation import select
 from storage.cache import ChunkCache
 from storage.data import read_rows, rows_array
 from storage import state_io
-from storage.runstore import shard_state_path, slot_of, state_path
+from storage.runstore import shard_state_path
 from storage.state_io import new_owner
 
 SPLIT_EVERY = 8
@@ -105,13 +105,13 @@ def _read_xy(data: str, start: int, stop: int, classes=None):
 
 def _read_state(run: str, reads: dict, start: int, stop: int, owner=None) -> dict:
     """Return the chunk's rows of each state array ``name`` of iteration ``reads[name]`` (:func:`storage.state_io.read_state`)."""
-    return {name: state_io.read_state(run, state_path(slot_of(k), name), start, stop, k, owner) for name, k in reads.items()}
+    return {name: state_io.read_state(run, name, start, stop, k, owner) for name, k in reads.items()}
 
 
 def _write_state(run: str, iteration: int, state: dict, start: int, stop: int, owner=None) -> None:
     """Write the chunk's rows of the state of ``iteration`` into its slot, kept for ``owner``'s next read."""
     for name, block in state.items():
-        state_io.write_state(run, state_path(slot_of(iteration), name), start, stop, block, iteration, owner)
+        state_io.write_state(run, name, start, stop, block, iteration, owner)
 
 
 def chunk_task(bundle, data, run, reads, write, start, stop, split=None, train=True, held=False, part=None, owner=None):

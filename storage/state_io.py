@@ -47,8 +47,9 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 
 from storage.data import read_rows
+from storage.runstore import slot_of, state_path
 
-STATE_BUDGET = 512 * 2**20  # bytes of written state chunks a process keeps (a worker: at most an eighth of its limit)
+STATE_BUDGET = 2**30  # bytes of written state chunks a process keeps (a worker: at most an eighth of its limit)
 _FAST_CODECS = (BytesCodec(endian="little"), Crc32cCodec())
 
 
@@ -212,9 +213,10 @@ class StateCache:
         self.lock = threading.Lock()
 
     def put(self, owner: str, store: str, name: str, start: int, iteration: int, block: np.ndarray, identity) -> None:
-        """Keep ``block``, just written as rows from ``start`` of array ``name`` of iteration ``iteration``, read-only.
+        """Keep ``block``, just written as rows from ``start`` of state ``name`` of iteration ``iteration``, read-only.
 
-        The chunk's entry of an earlier iteration is replaced; a chunk new to a full cache is not kept.
+        ``identity``: its file's (:func:`write_rows`; None: not kept). The chunk's rows of an earlier
+        iteration are dropped (so a run keeps one slot's worth); a chunk new to a full cache is not kept.
         """
         key = (os.path.abspath(store), name, int(start))
         with self.lock:
@@ -231,7 +233,7 @@ class StateCache:
             self.nbytes += block.nbytes
 
     def get(self, owner: str, store: str, name: str, start: int, stop: int, iteration: int, path: str):
-        """Return the kept rows [start, stop) of ``name`` at ``iteration`` if ``owner`` wrote them and ``path`` is unchanged."""
+        """Return the kept rows [start, stop) of state ``name`` of ``iteration``: only to ``owner``, while file ``path`` is unchanged."""
         key = (os.path.abspath(store), name, int(start))
         with self.lock:
             hit = self.items.get(key) if owner == self.owner else None
@@ -255,11 +257,15 @@ class StateCache:
 STATE = StateCache()
 
 
-def read_state(store: str, name: str, start: int, stop: int, iteration: int, owner: str | None) -> np.ndarray:
-    """Return rows [start, stop) of state array ``name`` as of ``iteration``: from :data:`STATE` if kept, else from disk."""
+def read_state(store: str, name: str, start: int, stop: int, iteration: int, owner: str | None = None) -> np.ndarray:
+    """Return rows [start, stop) of per-sample state ``name`` (e.g. ``z1``) of ``iteration`` (its slot, iteration mod 2).
+
+    From :data:`STATE` when ``owner`` wrote them there, else from disk (:func:`read_chunk_rows`).
+    """
+    path = state_path(slot_of(iteration), name)
     if owner is not None:
         try:
-            layout = _layout(os.path.abspath(store), name)
+            layout = _layout(os.path.abspath(store), path)
         except (FileNotFoundError, KeyError, ValueError):
             layout = None
         i = None if layout is None or not layout.fast else layout.chunk(start, stop)
@@ -267,12 +273,15 @@ def read_state(store: str, name: str, start: int, stop: int, iteration: int, own
             hit = STATE.get(owner, store, name, start, stop, iteration, layout.path(i))
             if hit is not None:
                 return hit
-    return read_chunk_rows(store, name, start, stop)
+    return read_chunk_rows(store, path, start, stop)
 
 
 def write_state(store: str, name: str, start: int, stop: int, block: np.ndarray, iteration: int,
-                owner: str | None) -> None:
-    """Write rows [start, stop) of state array ``name`` (:func:`write_rows`) and keep them in :data:`STATE` for ``owner``."""
-    identity = write_rows(store, name, start, stop, block)
+                owner: str | None = None) -> None:
+    """Write rows [start, stop) of per-sample state ``name`` of ``iteration`` into its slot (:func:`write_rows`).
+
+    With ``owner`` they are kept in :data:`STATE` too, in place of the chunk's rows of an earlier iteration.
+    """
+    identity = write_rows(store, state_path(slot_of(iteration), name), start, stop, block)
     if owner is not None:
         STATE.put(owner, store, name, start, iteration, np.asarray(block), identity)

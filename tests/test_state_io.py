@@ -85,19 +85,19 @@ def test_a_kept_chunk_is_served_only_to_its_owner_for_its_iteration_while_its_fi
     monkeypatch.setattr(state_io, "STATE", StateCache())
     me, other = new_owner(), new_owner()
     block = _block(3, ROWS)
-    write_state(b, name, 4, 8, block, 2, me)
-    assert read_state(b, name, 4, 8, 2, me) is block and not block.flags.writeable  # kept, read-only
+    write_state(b, "z1", 4, 8, block, 2, me)  # iteration 2: slot 0
+    assert read_state(b, "z1", 4, 8, 2, me) is block and not block.flags.writeable  # kept, read-only
     assert state_io.STATE.hits == 1
     for iteration, owner in ((0, me), (4, me), (2, other), (2, None)):  # another iteration or trainer reads the disk
-        got = read_state(b, name, 4, 8, iteration, owner)
+        got = read_state(b, "z1", 4, 8, iteration, owner)
         assert got is not block and got.tobytes() == block.tobytes()
     assert state_io.STATE.hits == 1
     zarr.open_array(store=b, path=name, mode="r+")[4:8] = _block(4, ROWS)  # rewritten behind the cache's back
-    assert read_state(b, name, 4, 8, 2, me).tobytes() == _block(4, ROWS).tobytes()
-    write_state(b, name, 4, 8, block, 2, other)  # another trainer's write drops the first one's chunks
-    assert read_state(b, name, 4, 8, 2, other) is block and state_io.STATE.owner == other
+    assert read_state(b, "z1", 4, 8, 2, me).tobytes() == _block(4, ROWS).tobytes()
+    write_state(b, "z1", 4, 8, block, 2, other)  # another trainer's write drops the first one's chunks
+    assert read_state(b, "z1", 4, 8, 2, other) is block and state_io.STATE.owner == other
     state_io.STATE.clear()
-    assert read_state(b, name, 4, 8, 2, other) is not block
+    assert read_state(b, "z1", 4, 8, 2, other) is not block
 
 
 def test_a_full_cache_keeps_its_chunks_and_refuses_new_ones(tmp_path):
