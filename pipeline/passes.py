@@ -348,13 +348,18 @@ class DaskRunner:
         return {"passes": n, "rows_per_second": rows / seconds, "read_mb_per_second": read / 1e6 / seconds}
 
     def _chunk_places(self) -> list[dict]:
-        """Return each chunk task's worker annotation: a sharded solver's chunk on its shard's worker, else none.
+        """Return each chunk task's worker annotation: a sharded solver's chunk on its shard's worker, a chunk
+        with per-sample state on one worker thread every pass (:func:`shard_places`), else none.
 
         A sharded solver's chunk passes (α's pass A, a hand-over's Gauss-Newton passes)
         then read each chunk on the worker whose data cache its shard task fills and reads
         again: placed by the scheduler, about half the chunks of a pass were decoded a second
         time on the other worker (a fresh cluster's first iteration reads every chunk twice).
+        A chunk's state is kept by the worker that wrote it (:mod:`storage.state_io`): placed by
+        the scheduler, half the state reads of two process workers missed it.
         """
+        if self.solver.state_widths():
+            return shard_places(self.client, len(self.bounds))
         if not getattr(self.solver, "sharded", False) or not self.solver.config.shards:
             return [{} for _ in self.bounds]
         groups = shard_groups(len(self.bounds), self.solver.config.shards)

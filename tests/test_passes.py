@@ -150,6 +150,13 @@ def test_a_deleted_chunk_is_one_error_naming_its_rows(client, tmp_path, stores):
     shutil.rmtree(tmp_path / "d.zarr")
 
 
+def _state_reads():
+    """Return a worker's (hits, misses) of its kept state chunks (:mod:`storage.state_io`)."""
+    from storage.state_io import STATE
+
+    return STATE.hits, STATE.misses
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("solver", ["admm", "gauss-newton"])
 def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver, legacy):
@@ -172,6 +179,7 @@ def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver, legac
     run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
                           state_widths=solver_d.state_widths(), n_samples=1400, chunk_rows=200, **model)
     dsk = DaskRunner(client, solver_d, tmp_path / "d.zarr", run.path, chunks, split=split)
+    reads_before = client.run(_state_reads)
     a, b = initialize(mem.solver, mem), initialize(solver_d, dsk)
     for (sa, ma), (sb, mb) in zip(iterate(mem.solver, mem, a, 2), iterate(solver_d, dsk, b, 2)):
         for Wa, Wb in zip(sa.weights, sb.weights):
@@ -187,6 +195,9 @@ def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver, legac
             assert stored.tobytes() == value.tobytes() and not stored[held].any()
             trained.append(stored[~held].all(axis=1).mean())
         assert max(trained) > 0.5  # e.g. z_1: nonzero in the training rows
+    if solver == "admm":  # each chunk runs on the worker that wrote (and kept) its state: every state read is a hit
+        reads = {w: np.subtract(after, reads_before[w]) for w, after in client.run(_state_reads).items()}
+        assert sum(r[1] for r in reads.values()) == 0 and sum(r[0] for r in reads.values()) > 0, reads
     rates = dsk.take_pass_rates()
     assert rates["passes"] >= 2 and rates["rows_per_second"] > 0 and dsk.take_pass_rates() == {}
 
