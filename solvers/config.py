@@ -154,8 +154,8 @@ class TrainConfig:
     solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
                           "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton); "
-                          f"auto: consensus,gauss-newton for dense classification (no hinge loss, sampling setting "
-                          f"or --init glorot) when every shard gets at least {AUTO_HANDOVER_ROWS} training rows and its worker "
+                          f"auto: consensus,gauss-newton for dense classification (no hinge loss, no sampling "
+                          f"setting) when every shard gets at least {AUTO_HANDOVER_ROWS} training rows and its worker "
                           "runs one thread, else gauss-newton (chosen when the run is created, named in its run line "
                           "and kept by --resume)",
                           choices=["auto", *sorted(SOLVERS)])
@@ -316,7 +316,7 @@ class TrainConfig:
             problems.append(f"init {self.init!r} is not one of {list(INITS)}")
         elif self.init == "data" and self.layers:
             problems.append("init data needs a dense first layer; convolutional --layers start from --init forward")
-        elif self.init == "glorot" and (self.solver not in ("gauss-newton", *CONSENSUS) or self.layers):
+        elif self.init == "glorot" and (self.solver not in ("gauss-newton", "auto", *CONSENSUS) or self.layers):
             problems.append("init glorot is the start of gauss-newton (dense layers) and consensus; "
                             + ("convolutional --layers start from --init forward" if self.solver == "gauss-newton"
                                else f"the {self.solver} solver starts from --init auto, data or forward"))
@@ -327,11 +327,11 @@ class TrainConfig:
         """Return whether settings only Gauss-Newton takes pin ``--solver auto`` to it, whatever the data's size.
 
         Convolutional layers, regression (the hand-over was measured on classification only), the hinge
-        losses (consensus fits cross-entropy or squared), and a given --sample-schedule, --sample-start or
-        --init glorot (settings Gauss-Newton alone reads).
+        losses (consensus fits cross-entropy or squared), and a given --sample-schedule or --sample-start
+        (settings Gauss-Newton alone reads).
         """
         return bool(self.layers) or self.task != "classification" or self.loss not in ("auto", CROSS_ENTROPY, "squared") \
-            or self.sample_schedule != "auto" or self.sample_start > 0 or self.init == "glorot"
+            or self.sample_schedule != "auto" or self.sample_start > 0
 
     def choose_solver(self, n_samples: int, shards: int, threads_per_worker: int = 1) -> tuple["TrainConfig", dict]:
         """Return this config with ``--solver auto`` resolved for the data and cluster, and the choice as a record.

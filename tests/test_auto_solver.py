@@ -48,11 +48,12 @@ def test_workers_sharing_a_gil_and_gauss_newton_only_settings_keep_gauss_newton(
     assert chosen.solver == "gauss-newton" and "GIL" in record["why"]
     for settings in ({"layers": "conv:4x3x3"}, {"task": "regression"}, {"loss": "hinge"}, {"loss": "ovr-hinge"},
                      {"sample_schedule": "grow"}, {"sample_schedule": "rotate"}, {"sample_schedule": "full"},
-                     {"sample_start": 4096}, {"init": "glorot"}):
+                     {"sample_start": 4096}):
         config = TrainConfig(**settings)
         assert config.solver == "gauss-newton", settings  # pinned when the settings are read
         assert config.choose_solver(big, 2) == (config, None)
     assert TrainConfig(loss="cross-entropy").choose_solver(big, 2)[0].solver == HANDOVER
+    assert TrainConfig(init="glorot").choose_solver(big, 2)[0].solver == HANDOVER  # both phases take glorot
 
 
 def test_a_given_solver_is_kept():
