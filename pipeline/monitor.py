@@ -36,7 +36,7 @@ def run_info(run, *, n_chunks: int | None = None, n_held_out: int = 0) -> dict:
     c = run.attrs["config"]
     config = TrainConfig.from_dict(c)
     manifest = run.manifest() or {}
-    settings = describe(config)
+    settings = describe(config) + choice_text(run.attrs.get("solver_choice"))  # what --solver auto chose and why
     chunks = f"{run.n_samples} samples in chunks of {run.chunk_rows} rows"
     if n_chunks is not None:
         chunks += f" ({n_chunks} training chunks" + (f", {n_held_out} rows held out)" if n_held_out else ")")

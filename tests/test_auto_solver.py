@@ -93,6 +93,9 @@ def test_pipeline_records_the_choice_and_resume_keeps_it(tmp_path, client, monke
     choice = run.attrs["solver_choice"]
     assert choice["rows_per_shard"] == 1350 and choice["shards"] == 2 and choice["solver"] == HANDOVER
     assert any(f"solver {HANDOVER} (auto: 1350 training rows per shard >= 1000 over 2 shards)" in ln for ln in lines)
+    from pipeline.monitor import run_info  # the /training page's settings line says it too
+
+    assert "(auto: 1350 training rows per shard >= 1000 over 2 shards)" in run_info(run)["settings"]
     monkeypatch.setattr(config_module, "AUTO_HANDOVER_ROWS", 10**6)
     out = train(client, store=tmp_path / "run.zarr", resume=True, overrides={"solver": "auto"}, iterations=3,
                 report=quiet)
