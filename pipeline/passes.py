@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 
 from pipeline.alignment import aligned
+from pipeline.placement import loose_placement
 from solvers.linalg import one_blas_thread
 from solvers.loop import chunk_kernel, chunk_parts, shard_groups, shard_slot
 from solvers.losses import encode_labels, predict_classes
@@ -414,8 +415,12 @@ def shard_places(client, n_shards: int) -> list[dict]:
     the scheduler puts them all on the one worker that holds those (measured: the
     two shard tasks of a pass ran one after the other on one of two workers). A
     fixed place also keeps a shard's chunks in one worker's data cache. The
-    restriction is loose: a shard whose worker has gone runs elsewhere.
+    restriction is loose: a shard whose worker has gone runs elsewhere, also
+    when every worker had gone (:mod:`pipeline.placement`); a scheduler that
+    cannot take that plugin gets no placement.
     """
+    if not loose_placement(client):
+        return [{} for _ in range(n_shards)]
     try:
         threads = sorted(client.nthreads().items())
     except Exception:  # noqa: BLE001 -- a client that cannot say: let the scheduler choose
