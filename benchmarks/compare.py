@@ -861,7 +861,7 @@ def main(argv=None) -> int:
             local_mode_processes = {}
             for s, config in configs.items():
                 solver = config.choose_solver(store.n_samples, args.workers,  # auto: as python -m pipeline.train
-                                              args.workers if args.local_mode == "threads" else 1)[0].solver
+                                              shared_gil=args.local_mode == "threads")[0].solver
                 processes = local_mode_processes[s] = pipeline_processes(args.local_mode, 4 * store.n_samples *
                                                                          store.n_features, solver)
                 # a fresh cluster per method, as a user gets: no method inherits another's warm workers or cache

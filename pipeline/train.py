@@ -247,7 +247,7 @@ def _auto_solver(config, args, data) -> str:
     except InputError:
         return "gauss-newton"
     workers = int(args.workers or os.cpu_count() or 1)
-    return config.choose_solver(n, workers, workers if args.local_mode == "threads" else 1)[0].solver
+    return config.choose_solver(n, workers, shared_gil=args.local_mode == "threads")[0].solver
 
 
 def _run_solver(store):

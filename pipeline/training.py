@@ -51,6 +51,28 @@ def _threads_per_worker(client) -> int:
         return 1
 
 
+def _host_pid() -> tuple:
+    """Return (host name, process id) of the process this runs in."""
+    import os
+    import socket
+
+    return socket.gethostname(), os.getpid()
+
+
+def _shares_gil(client) -> bool:
+    """Return whether workers of the cluster share a process (and its GIL): with each other or with this client.
+
+    An in-process cluster (``LocalCluster(processes=False)``, the local ``--local-mode threads``) whatever its
+    transport; a client that cannot say counts as in-process when its scheduler's address is ``inproc://``.
+    """
+    try:
+        places = list(client.run(_host_pid).values())
+    except Exception:  # noqa: BLE001
+        return str(getattr(getattr(client, "scheduler", None), "address", "")).startswith("inproc://")
+    places = [tuple(p) for p in places]
+    return len(set(places)) < len(places) or _host_pid() in places
+
+
 def train(client, *, store, report=print, **kwargs) -> TrainResult:
     """Train out of core into the run store ``store``, holding its lock (:mod:`storage.lock`); see :func:`_train`.
 
@@ -96,7 +118,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         config = replace(config or TrainConfig(), **(overrides or {}))
         data = open_data(data)
         data.require_labels("train")
-        config, choice = config.choose_solver(data.n_samples, _threads(client), _threads_per_worker(client))
+        config, choice = config.choose_solver(data.n_samples, _threads(client), _threads_per_worker(client),
+                                             shared_gil=config.solver == "auto" and _shares_gil(client))
         if SOLVERS[config.solver].sharded and config.shards == 0:  # one shard per worker thread
             config = replace(config, shards=_threads(client))
         check_chunk_rows(chunk_rows, data)

@@ -156,8 +156,8 @@ class TrainConfig:
                           "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton); "
                           f"auto: consensus,gauss-newton for dense classification (no hinge loss, no sampling "
                           f"setting) when every shard gets at least {AUTO_HANDOVER_ROWS} training rows and its worker "
-                          "runs one thread, else gauss-newton (chosen when the run is created, named in its run line "
-                          "and kept by --resume)",
+                          "runs one thread in a process of its own, else gauss-newton (chosen when the run is "
+                          "created, named in its run line and kept by --resume)",
                           choices=["auto", *sorted(SOLVERS)])
     step_size: float = setting(1.0, "step η of the Gauss-Newton update", resumable=True,
                                solvers=("gauss-newton", HANDOVER),
@@ -333,26 +333,31 @@ class TrainConfig:
         return bool(self.layers) or self.task != "classification" or self.loss not in ("auto", CROSS_ENTROPY, "squared") \
             or self.sample_schedule != "auto" or self.sample_start > 0
 
-    def choose_solver(self, n_samples: int, shards: int, threads_per_worker: int = 1) -> tuple["TrainConfig", dict]:
+    def choose_solver(self, n_samples: int, shards: int, threads_per_worker: int = 1,
+                      shared_gil: bool = False) -> tuple["TrainConfig", dict]:
         """Return this config with ``--solver auto`` resolved for the data and cluster, and the choice as a record.
 
         auto runs the hand-over (``consensus,gauss-newton``) when each shard's training rows,
         ⌊n·(1 − validation_fraction)⌋ / S, are at least :data:`AUTO_HANDOVER_ROWS` (one local Adam epoch
         over a shard then makes a model worth averaging: benchmarks/results/auto_handover_s8.md) and every
-        worker runs one thread (the shards' minibatch loops hold the GIL); else Gauss-Newton. ``shards``:
-        ``--shards``, or the cluster's worker threads. A given solver is returned as it is (record None).
+        worker runs one thread in a process of its own (the shards' minibatch loops hold the GIL); else
+        Gauss-Newton. ``shards``: ``--shards``, or the cluster's worker threads; ``shared_gil``: the workers
+        run in one process (an in-process cluster, or training in memory). A given solver is returned as it
+        is (record None).
         """
         if self.solver != "auto":
             return self, None
         shards = max(1, int(self.shards or shards))
         rows = int(n_samples * (1 - self.validation_fraction)) // shards
-        handover = rows >= AUTO_HANDOVER_ROWS and threads_per_worker <= 1
+        handover = rows >= AUTO_HANDOVER_ROWS and threads_per_worker <= 1 and not shared_gil
         why = (f"{rows} training rows per shard {'>=' if rows >= AUTO_HANDOVER_ROWS else '<'} {AUTO_HANDOVER_ROWS} "
                f"over {shards} shard{'s' * (shards > 1)}"
-               + (f", workers of {threads_per_worker} threads share a GIL" if threads_per_worker > 1 else ""))
+               + (f", workers of {threads_per_worker} threads share a GIL" if threads_per_worker > 1
+                  else ", the workers run in one process and share its GIL" if shared_gil else ""))
         chosen = HANDOVER if handover else "gauss-newton"
         record = {"given": "auto", "solver": chosen, "why": why, "rows_per_shard": rows, "shards": shards,
-                  "threads_per_worker": int(threads_per_worker), "threshold": AUTO_HANDOVER_ROWS}
+                  "threads_per_worker": int(threads_per_worker), "shared_gil": bool(shared_gil),
+                  "threshold": AUTO_HANDOVER_ROWS}
         return replace(self, solver=chosen), record
 
     def resolved_init(self) -> str:

@@ -71,11 +71,13 @@ def fit_in_memory(X, y, config: TrainConfig | None = None, *, chunk_rows=None, X
     pipeline's report lines. With ``config.validation_fraction`` > 0 that
     share of the rows is held out (:mod:`solvers.validation`: the same rows
     as the pipeline's) and the returned network is the iteration
-    with the best held-out score (accuracy, or R² for ``config.task == "regression"``).
+    with the best held-out score (accuracy, or R² for ``config.task == "regression"``). ``solver="auto"``
+    resolves as the pipeline's does on an in-process cluster (its shards share this process's GIL):
+    Gauss-Newton; pass the solver to match a run on worker processes that chose the hand-over.
     """
     config = config or TrainConfig()
     X, y = check_xy(X, y)
-    config, _ = config.choose_solver(X.shape[0], 1)  # in memory: one shard unless --shards says otherwise
+    config, _ = config.choose_solver(X.shape[0], 1, shared_gil=True)  # one process: as a pipeline on an in-process cluster
     if X_test is not None:
         X_test, y_test = check_xy(X_test, y_test, "test data")
     if config.task == "regression":  # the moments of [X, y] give the target scaling too

@@ -133,3 +133,43 @@ def test_cli_says_what_auto_chose(tmp_path):
                      "--hidden", "8", "--iterations", "1", "--no-progress", "--dashboard-address", ":0")
     assert out.returncode == 0, out.stderr
     assert "solver gauss-newton (auto: " in out.stdout and f" < {AUTO_HANDOVER_ROWS} over " in out.stdout, out.stdout
+
+
+def test_workers_in_one_process_share_a_gil():
+    """Workers that run in one process (an in-process cluster, training in memory) keep Gauss-Newton, and say why."""
+    big = 10 * rows_for(AUTO_HANDOVER_ROWS, 2)
+    chosen, record = TrainConfig().choose_solver(big, 2, shared_gil=True)
+    assert chosen.solver == "gauss-newton" and record["shared_gil"] is True
+    assert record["why"].endswith(", the workers run in one process and share its GIL")
+    assert TrainConfig().choose_solver(big, 2)[1]["shared_gil"] is False
+
+
+def test_in_process_cluster_of_one_thread_workers_and_fit_in_memory_choose_gauss_newton(tmp_path, client, monkeypatch):
+    """``LocalCluster(processes=False, n_workers=2, threads_per_worker=1)``: 1 thread per worker, one GIL.
+
+    Above the (lowered) threshold the process cluster of the ``client`` fixture runs the hand-over; the
+    in-process cluster and :func:`fit_in_memory` on the same rows both resolve auto to Gauss-Newton.
+    """
+    from distributed import Client, LocalCluster
+
+    from pipeline.training import _shares_gil, train
+    from solvers.reference import fit_in_memory
+    from storage.data import write_data
+    from storage.runstore import RunStore
+
+    X, y = make_data(n=3000, d=4)
+    data = write_data(tmp_path / "d.zarr", X, y, chunk_rows=500).path
+    monkeypatch.setattr(config_module, "AUTO_HANDOVER_ROWS", 1000)  # 2 shards of 1350 training rows each
+    config = TrainConfig(hidden=(8,), iterations=1, local_epochs=1)
+    assert not _shares_gil(client)  # worker processes
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as threads:
+        assert threads.nthreads() and set(threads.nthreads().values()) == {1} and _shares_gil(threads)
+        lines = []
+        out = train(threads, store=tmp_path / "run.zarr", data=data, config=config, report=lines.append)
+    assert out.solver.name == "gauss-newton"
+    choice = RunStore.open(tmp_path / "run.zarr").attrs["solver_choice"]
+    assert choice["solver"] == "gauss-newton" and choice["shared_gil"] and choice["rows_per_shard"] == 1350
+    assert any("(auto: 1350 training rows per shard >= 1000 over 2 shards, the workers run in one process and share "
+               "its GIL)" in ln for ln in lines), lines
+    assert fit_in_memory(X, y, config).solver.name == out.solver.name
