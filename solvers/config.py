@@ -130,7 +130,8 @@ class TrainConfig:
     iterations: int = setting(20, "iterations to run in total", resumable=True, param="max_iter")
     warm_start: int = setting(5, "first iterations without λ updates", resumable=True, solvers=("admm",))
     init: str = setting("auto", "initial state: forward (a forward pass of He-scaled random weights), data (the same, "
-                        "but the first layer's rows point along differences of random training rows: one more pass), "
+                        "but the first layer's rows point along differences of random training rows: one more pass; admm and "
+                        "dladmm), "
                         "gaussian (the paper's N(0, 1) state, admm only) or glorot (gauss-newton with dense layers, and "
                         "consensus: scikit-learn's start, weights and biases uniform in ±√(6/(fan_in + fan_out))); auto: "
                         f"data for admm and dladmm with a dense first layer, {CONSENSUS_INIT} for consensus, else forward",
@@ -314,6 +315,12 @@ class TrainConfig:
             problems.append(f"solver {self.solver!r} is not one of {['auto', *sorted(SOLVERS)]}")
         if self.init not in INITS:
             problems.append(f"init {self.init!r} is not one of {list(INITS)}")
+        elif self.init in ("data", "gaussian") and self.solver not in ("admm", "dladmm"):
+            who = f"--solver auto (gauss-newton or {HANDOVER})" if self.solver == "auto" else f"the {self.solver} solver"
+            problems.append(f"init {self.init} is a start of "
+                            + ("the admm solver" if self.init == "gaussian" else "the admm and dladmm solvers")
+                            + f"; {who} starts from --init auto, forward or glorot (dense layers): pass another "
+                            "--init, or --solver admm" + (" or dladmm" if self.init == "data" else ""))
         elif self.init == "data" and self.layers:
             problems.append("init data needs a dense first layer; convolutional --layers start from --init forward")
         elif self.init == "glorot" and (self.solver not in ("gauss-newton", "auto", *CONSENSUS) or self.layers):

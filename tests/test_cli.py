@@ -85,3 +85,12 @@ def test_bad_input_one_clear_error(small_data, args, message):
 def test_help(module):
     r = run(module, "--help")
     assert r.returncode == 0 and "usage: python -m " + module in r.stdout
+
+
+@pytest.mark.parametrize("flags", [["--init", "data"], ["--init", "gaussian", "--solver", "consensus"]])
+def test_admm_inits_refused_by_other_solvers(small_data, flags):
+    """--init data or gaussian with a solver that would ignore it: one error line, exit 2, no run store."""
+    r = run("pipeline.train", "--data", small_data / "train.zarr", "--store", small_data / "r-init.zarr", *flags,
+            "--workers", "1")
+    assert r.returncode == 2 and r.stderr.startswith(f"error: init {flags[1]} is a start of the admm"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (small_data / "r-init.zarr").exists()

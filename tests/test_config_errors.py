@@ -32,3 +32,22 @@ def test_bad_config(kwargs, match):
 def test_bad_data(X, y, match):
     with pytest.raises(InputError, match=match):
         fit_in_memory(X, y, TrainConfig(hidden=(3,), iterations=1))
+
+
+@pytest.mark.parametrize("init,solver", [("data", "auto"), ("data", "gauss-newton"), ("data", "consensus"),
+                                         ("gaussian", "auto"), ("gaussian", "consensus,gauss-newton"),
+                                         ("gaussian", "gauss-newton")])
+def test_admm_inits_refused_by_other_solvers(init, solver):
+    """--init data and gaussian start admm (and dladmm: data); the other solvers would ignore them, so they refuse."""
+    with pytest.raises(InputError, match=f"init {init} is a start of the admm"):
+        TrainConfig(init=init, solver=solver)
+
+
+def test_admm_still_takes_data_and_gaussian_inits():
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    y = (X[:, 0] > 0).astype(int)
+    for init, solver in (("data", "admm"), ("gaussian", "admm"), ("data", "dladmm")):
+        config = TrainConfig(init=init, solver=solver, hidden=(4,), iterations=1)
+        assert config.resolved_init() == init
+        out = fit_in_memory(X, y, config)
+        assert out.solver.name == solver and len(out.history) == 1
