@@ -72,7 +72,7 @@ def run_variant(X, y, classes, shards: int, rounds: int, lr: float, seed: int = 
                     steps.append([piece(w[j]) for w in window])
         for chunks in steps:
             it += 1
-            p = ShardParams(theta, it, 1e-3, 0.0, 0.0, 0)
+            p = ShardParams(theta, it, 1e-3, 0.0, 0.0, 0, epochs=s.local_epochs(N_TRAIN))  # as the solver passes it
             total = 0.0
             for shard in range(shards):
                 t0 = time.process_time()

@@ -193,9 +193,11 @@ def main(argv=None) -> int:
     result = {"provenance": provenance(),
               "settings": {"hidden": args.hidden, "chunk_rows": args.chunk_rows, "workers": 2,
                            "threads_per_worker": 1, "memory_limit": args.memory_limit,
-                           "config": TrainConfig(hidden=(args.hidden,)).to_dict()}}
+                           "config": TrainConfig(hidden=(args.hidden,), solver="gauss-newton").to_dict()}}
     if not args.skip_ratio:
-        config = TrainConfig(hidden=(args.hidden,), iterations=args.iterations)
+        # Gauss-Newton on both sides: the in-memory loop runs per-chunk kernels (no shards), and --solver auto
+        # would resolve to the hand-over on the pipeline's 2 worker processes at these sizes
+        config = TrainConfig(hidden=(args.hidden,), iterations=args.iterations, solver="gauss-newton")
         path = data_store(data_dir, args.ratio_n)
         rounds = []
         for r in range(args.rounds):
@@ -209,7 +211,7 @@ def main(argv=None) -> int:
                            "pipeline_median_s": median_after_first(b), "ratio": ratio})
         result["ratio"] = {"n_samples": args.ratio_n, "data": str(path), "rounds": rounds}
     if not args.skip_memory:
-        config = TrainConfig(hidden=(args.hidden,), iterations=args.memory_iterations)
+        config = TrainConfig(hidden=(args.hidden,), iterations=args.memory_iterations, solver="gauss-newton")  # its state
         mem = []
         for n in [int(s) for s in args.memory_ns.split(",")]:
             path = data_store(data_dir, n)

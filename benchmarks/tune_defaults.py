@@ -126,6 +126,7 @@ def fit_curves(X, y, config: TrainConfig, evals: dict, dtype=np.float32) -> dict
     classes = np.unique(y)
     shift = X[0].astype(np.float64)
     mean, scale = moments_from_sums(moment_sums(X, shift), shift)
+    config, _ = config.choose_solver(X.shape[0], 1, shared_gil=True)  # a config given auto: as fit_in_memory resolves it
     solver = SOLVERS[config.solver](config, X.shape[1], classes, mean, scale, dtype=dtype)
     runner = InMemoryRunner(solver, X, encode_labels(y, classes))
     out = {"iteration": [], "seconds": [], "train_accuracy": [], "residual": [], "objective": [],
@@ -173,7 +174,7 @@ def _own_cpu():
 def self_check(task: dict, iterations: int = 3):
     """Fail loudly if :func:`fit_curves` no longer reproduces :func:`fit_in_memory`."""
     (X, y), (Xv, yv) = task["splits"]["train"], task["splits"]["val"]
-    cfg = TrainConfig(hidden=task["hidden"], iterations=iterations, gamma=1.0, beta=0.01)
+    cfg = TrainConfig(solver="admm", hidden=task["hidden"], iterations=iterations, gamma=1.0, beta=0.01)
     ref = fit_in_memory(X, y, cfg, X_test=Xv, y_test=yv).history
     mine = fit_curves(X, y, cfg, {"val": (Xv, yv)})
     got = (mine["train_accuracy"], mine["val_accuracy"])
@@ -213,7 +214,7 @@ class Study:
             sp = task["splits"]
             curves = []
             for seed in self.seeds(name):
-                cfg = TrainConfig(hidden=task["hidden"], iterations=self.args.iterations, seed=seed, **s)
+                cfg = TrainConfig(solver="admm", hidden=task["hidden"], iterations=self.args.iterations, seed=seed, **s)
                 curves.append(fit_curves(*sp["train"], cfg, {"val": sp["val"], "test": sp["test"]}))
             entry["tasks"][name] = {"curves": curves, **self.summarise(curves)}
             last = entry["tasks"][name]
