@@ -11,7 +11,9 @@ one (new blocks, the old ones freed). Here a whole chunk is
 
 - **written** as the same bytes Zarr writes (the values, the edge chunk's
   rows padded with the fill value, then the crc32c of both): over the old
-  file in place when it has that size, else to a new file renamed into place;
+  file in place when it has that size and no other link (a hard-linked
+  snapshot, ``cp -al``, keeps its bytes), else to a new file renamed into
+  place, as Zarr writes;
 - **read** with one ``readinto`` and the checksum checked; anything unusual
   (a missing, short or damaged file, NaN rows, an array with other codecs, a
   range that is not one whole chunk) goes through Zarr and
@@ -117,7 +119,7 @@ def write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray):
     """Write ``block`` as rows [start, stop) of state array ``name``; return the chunk file's identity, or None.
 
     A whole chunk of a bytes + crc32c array is written as Zarr would encode it, in place when its
-    file has that size (None is returned for anything written through Zarr instead).
+    file has that size and one link (None is returned for anything written through Zarr instead).
     """
     store = os.path.abspath(store)
     layout = _layout(store, name)
@@ -141,7 +143,8 @@ def write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray):
         fd = None
     if fd is not None:
         try:
-            if os.fstat(fd).st_size == size:
+            st = os.fstat(fd)
+            if st.st_size == size and st.st_nlink == 1:  # a hard-linked file (``cp -al`` snapshot) is replaced, as Zarr does
                 _write_all(fd, parts)
                 return _identity(path)
         finally:

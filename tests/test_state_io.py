@@ -149,3 +149,19 @@ def test_a_run_served_from_kept_chunks_equals_one_from_disk_and_the_next_run_in_
             train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=config, overwrite=k > 0, **quiet)
             assert state_io.STATE.hits > hits
             assert _checkpoint_bytes(tmp_path / "r.zarr") == alone[k]
+
+
+def test_a_hard_linked_chunk_file_is_replaced_not_written_through(tmp_path):
+    """A snapshot taken with ``cp -al`` shares the chunk files' inodes: a write must not change it (Zarr's rename doesn't)."""
+    b, name = _store(tmp_path / "b.zarr"), state_path(0, "z1")
+    write_rows(b, name, 4, 8, _block(1, ROWS))
+    f, snap = Path(b) / name / "c" / "1" / "0", tmp_path / "snapshot_chunk"
+    os.link(f, snap)
+    before = snap.read_bytes()
+    assert write_rows(b, name, 4, 8, _block(2, ROWS)) is not None  # still the fast path, through a new file
+    assert snap.read_bytes() == before and os.stat(snap).st_nlink == 1 and os.stat(f).st_ino != os.stat(snap).st_ino
+    assert read_chunk_rows(b, name, 4, 8).tobytes() == _block(2, ROWS).tobytes()
+    inode = os.stat(f).st_ino
+    write_rows(b, name, 4, 8, _block(3, ROWS))  # the file is its own again: rewritten in place
+    assert os.stat(f).st_ino == inode and read_chunk_rows(b, name, 4, 8).tobytes() == _block(3, ROWS).tobytes()
+
