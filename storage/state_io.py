@@ -15,8 +15,8 @@ one (new blocks, the old ones freed). Here a whole chunk is
   snapshot, ``cp -al``, keeps its bytes), else to a new file renamed into
   place, as Zarr writes;
 - **read** with one ``readinto`` and the checksum checked; anything unusual
-  (a missing, short or damaged file, NaN rows, an array with other codecs, a
-  range that is not one whole chunk) goes through Zarr and
+  (a missing, short or damaged file, NaN rows, an array with other codecs or
+  in Zarr format 2, a range that is not one whole chunk) goes through Zarr and
   :func:`storage.data.read_rows`, which reports it;
 - **kept** (:class:`StateCache`): a process keeps the chunks it wrote, so its
   next read of the same iteration's chunk is served from memory. The store
@@ -83,8 +83,9 @@ class _Layout:
         fill = np.asarray(a.metadata.fill_value, self.dtype)
         self.fill_row = np.full(self.row_shape, fill, self.dtype)
         self.key = a.metadata.encode_chunk_key
-        self.fast = (sys.byteorder == "little" and tuple(a.metadata.codecs) == _FAST_CODECS
-                     and self.dtype.kind == "f" and tuple(a.chunks[1:]) == self.row_shape)
+        codecs = getattr(a.metadata, "codecs", None)  # Zarr v2 metadata has none: read and written through Zarr
+        self.fast = (sys.byteorder == "little" and a.metadata.zarr_format == 3 and codecs is not None
+                     and tuple(codecs) == _FAST_CODECS and self.dtype.kind == "f" and tuple(a.chunks[1:]) == self.row_shape)
 
     def chunk(self, start: int, stop: int):
         """Return the chunk index of rows [start, stop) when they are one whole chunk, else None."""

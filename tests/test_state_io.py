@@ -165,3 +165,16 @@ def test_a_hard_linked_chunk_file_is_replaced_not_written_through(tmp_path):
     write_rows(b, name, 4, 8, _block(3, ROWS))  # the file is its own again: rewritten in place
     assert os.stat(f).st_ino == inode and read_chunk_rows(b, name, 4, 8).tobytes() == _block(3, ROWS).tobytes()
 
+
+@pytest.mark.parametrize("compressors", [None, "auto"])
+def test_a_zarr_v2_array_goes_through_zarr(tmp_path, compressors):
+    store = str(tmp_path / "v2.zarr")
+    root = zarr.open_group(store, mode="w", zarr_format=2)
+    root.create_array("z", shape=(N, WIDTH), chunks=(ROWS, WIDTH), dtype="float32", fill_value=np.nan, compressors=compressors)
+    for start in range(0, N, ROWS):
+        stop = min(start + ROWS, N)
+        assert write_rows(store, "z", start, stop, _block(start, stop - start)) is None
+    for start in range(0, N, ROWS):
+        stop = min(start + ROWS, N)
+        assert read_chunk_rows(store, "z", start, stop).tobytes() == _block(start, stop - start).tobytes()
+
