@@ -122,14 +122,20 @@ def write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray):
     A whole chunk of a bytes + crc32c array is written as Zarr would encode it, in place when its
     file has that size and one link (None is returned for anything written through Zarr instead).
     """
+    return _write_rows(store, name, start, stop, block)[0]
+
+
+def _write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray):
+    """:func:`write_rows`, returning (identity, the rows as written: ``block`` cast to the array's dtype), or (None, None)."""
     store = os.path.abspath(store)
     layout = _layout(store, name)
     i = layout.chunk(start, stop) if layout.fast else None
     block = np.asarray(block)
     if i is None or block.shape != (stop - start, *layout.row_shape):
         zarr.open_array(store=store, path=name, mode="r+")[start:stop] = block
-        return None
-    data = np.ascontiguousarray(block, layout.dtype)
+        return None, None
+    same = block.dtype == layout.dtype and block.flags.c_contiguous  # block itself, not a view: the cache makes it read-only
+    data = block if same else np.ascontiguousarray(block, layout.dtype)
     parts = [data]
     if stop - start < layout.rows:  # the edge chunk: Zarr stores it whole, padded with the fill value
         parts.append(np.broadcast_to(layout.fill_row, (layout.rows - (stop - start), *layout.row_shape)).copy())
@@ -147,7 +153,7 @@ def write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray):
             st = os.fstat(fd)
             if st.st_size == size and st.st_nlink == 1:  # a hard-linked file (``cp -al`` snapshot) is replaced, as Zarr does
                 _write_all(fd, parts)
-                return _identity(path)
+                return _identity(path), data
         finally:
             os.close(fd)
     os.makedirs(os.path.dirname(path), exist_ok=True)  # a new (or resized) file: written aside, renamed into place
@@ -162,7 +168,7 @@ def write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return _identity(path)
+    return _identity(path), data
 
 
 def read_chunk_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:
@@ -219,7 +225,7 @@ class StateCache:
     def put(self, owner: str, store: str, name: str, start: int, iteration: int, block: np.ndarray, identity) -> None:
         """Keep ``block``, just written as rows from ``start`` of state ``name`` of iteration ``iteration``, read-only.
 
-        ``identity``: its file's (:func:`write_rows`; None: not kept). The chunk's rows of an earlier
+        ``identity``: its file's (:func:`write_rows`; None: not kept, ``block`` may be None). The chunk's rows of an earlier
         iteration are dropped (so a run keeps one slot's worth); a chunk new to a full cache is not kept.
         """
         key = (os.path.abspath(store), name, int(start))
@@ -286,6 +292,6 @@ def write_state(store: str, name: str, start: int, stop: int, block: np.ndarray,
 
     With ``owner`` they are kept in :data:`STATE` too, in place of the chunk's rows of an earlier iteration.
     """
-    identity = write_rows(store, state_path(slot_of(iteration), name), start, stop, block)
-    if owner is not None:
-        STATE.put(owner, store, name, start, iteration, np.asarray(block), identity)
+    identity, written = _write_rows(store, state_path(slot_of(iteration), name), start, stop, block)
+    if owner is not None:  # the rows as written (the store's dtype), so a hit equals a disk read; None: through Zarr, not kept
+        STATE.put(owner, store, name, start, iteration, written, identity)

@@ -178,3 +178,14 @@ def test_a_zarr_v2_array_goes_through_zarr(tmp_path, compressors):
         stop = min(start + ROWS, N)
         assert read_chunk_rows(store, "z", start, stop).tobytes() == _block(start, stop - start).tobytes()
 
+
+def test_a_kept_chunk_is_the_array_written_in_the_stores_dtype(tmp_path, monkeypatch):
+    b = _store(tmp_path / "b.zarr")
+    monkeypatch.setattr(state_io, "STATE", StateCache())
+    me = new_owner()
+    block = np.random.default_rng(5).standard_normal((ROWS, WIDTH))  # float64: not exact in float32
+    write_state(b, "z1", 4, 8, block, 2, me)
+    kept = read_state(b, "z1", 4, 8, 2, me)
+    assert state_io.STATE.hits == 1
+    disk = read_state(b, "z1", 4, 8, 2, None)
+    assert kept.dtype == disk.dtype == np.float32 and kept.tobytes() == disk.tobytes()
