@@ -24,7 +24,7 @@ import zarr
 from storage.data import read_rows
 
 
-def _identity(path: str):
+def file_identity(path: str):
     """Return (inode, size, mtime_ns) of a file, or None if it is missing."""
     try:
         st = os.stat(path)
@@ -46,7 +46,7 @@ class ChunkCache:
 
     def _array_layout(self, store: str, name: str):
         key = (store, name)
-        meta = _identity(os.path.join(store, name, "zarr.json"))
+        meta = file_identity(os.path.join(store, name, "zarr.json"))
         known = self._layout.get(key)
         if known is not None and known[0] == meta and meta is not None:
             return known
@@ -75,7 +75,7 @@ class ChunkCache:
 
     def _chunk(self, store, name, i, lo, hi, chunk_key):
         key = (store, name, i)
-        ident = _identity(os.path.join(store, name, *chunk_key.split("/")))
+        ident = file_identity(os.path.join(store, name, *chunk_key.split("/")))
         with self._lock:
             hit = self._chunks.get(key)
             if hit is not None and hit[0] == ident and ident is not None:

@@ -48,6 +48,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 
+from storage.cache import file_identity
 from storage.data import read_rows
 from storage.runstore import slot_of, state_path
 
@@ -60,21 +61,12 @@ def new_owner() -> str:
     return uuid.uuid4().hex
 
 
-def _identity(path: str):
-    """Return (inode, size, mtime_ns) of a file, or None if it is missing."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 class _Layout:
     """Where one state array's whole chunks lie on disk and how they are encoded (``fast``: bytes + crc32c only)."""
 
     def __init__(self, store: str, name: str):
         a = zarr.open_array(store=store, path=name, mode="r")
-        self.meta = _identity(os.path.join(store, name, "zarr.json"))
+        self.meta = file_identity(os.path.join(store, name, "zarr.json"))
         self.dir = os.path.join(store, name)
         self.rows, self.n = int(a.chunks[0]), int(a.shape[0])
         self.dtype = np.dtype(a.dtype)
@@ -103,7 +95,7 @@ _layouts: dict = {}
 def _layout(store: str, name: str) -> _Layout:
     key = (store, name)
     known = _layouts.get(key)
-    if known is not None and known.meta is not None and known.meta == _identity(os.path.join(store, name, "zarr.json")):
+    if known is not None and known.meta is not None and known.meta == file_identity(os.path.join(store, name, "zarr.json")):
         return known
     _layouts[key] = layout = _Layout(store, name)
     return layout
@@ -153,7 +145,7 @@ def _write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray)
             st = os.fstat(fd)
             if st.st_size == size and st.st_nlink == 1:  # a hard-linked file (``cp -al`` snapshot) is replaced, as Zarr does
                 _write_all(fd, parts)
-                return _identity(path), data
+                return file_identity(path), data
         finally:
             os.close(fd)
     os.makedirs(os.path.dirname(path), exist_ok=True)  # a new (or resized) file: written aside, renamed into place
@@ -168,7 +160,7 @@ def _write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return _identity(path), data
+    return file_identity(path), data
 
 
 def read_chunk_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:
@@ -247,7 +239,7 @@ class StateCache:
         key = (os.path.abspath(store), name, int(start))
         with self.lock:
             hit = self.items.get(key) if owner == self.owner else None
-        if hit is None or hit[0] != iteration or hit[2].shape[0] != stop - start or _identity(path) != hit[1]:
+        if hit is None or hit[0] != iteration or hit[2].shape[0] != stop - start or file_identity(path) != hit[1]:
             self.misses += 1
             return None
         self.hits += 1
