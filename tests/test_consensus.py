@@ -721,9 +721,12 @@ def test_shard_tasks_run_side_by_side_each_on_its_own_worker(client, tmp_path):
     assert ran.count(workers[0]) == ran.count(workers[1]) == 6
     assert [p["workers"] for p in shard_places(client, 4)] == [[w] for w in workers * 2]
 
-    class Threads:
+    class Threads:  # a client that takes the loose-placement plugin (pipeline.placement)
         def nthreads(self):
             return {"tcp://b": 1, "tcp://a": 2}
+
+        def register_plugin(self, plugin):
+            pass
 
     assert [p["workers"][0] for p in shard_places(Threads(), 4)] == ["tcp://a", "tcp://a", "tcp://b", "tcp://a"]
     assert all(p["allow_other_workers"] for p in shard_places(Threads(), 4))
@@ -735,17 +738,20 @@ def test_chunk_tasks_of_a_sharded_solver_run_on_their_shards_worker():
 
     from pipeline.passes import DaskRunner
 
-    class Client:
+    class Client:  # a client that takes the loose-placement plugin (pipeline.placement)
         def nthreads(self):
             return {"tcp://b": 1, "tcp://a": 1}
 
+        def register_plugin(self, plugin):
+            pass
+
     bounds = [(200 * i, 200 * (i + 1)) for i in range(5)]
     for name in ("consensus", "consensus,gauss-newton"):
-        solver = SimpleNamespace(sharded=True, config=TrainConfig(solver=name, shards=2))
+        solver = SimpleNamespace(sharded=True, config=TrainConfig(solver=name, shards=2), state_widths=dict)
         places = DaskRunner(Client(), solver, "d", "r", bounds)._chunk_places()
         assert [p["workers"] for p in places] == [["tcp://a"]] * 3 + [["tcp://b"]] * 2  # shards [0, 1, 2], [3, 4]
         assert all(p["allow_other_workers"] for p in places)
-    gn = SimpleNamespace(sharded=False, config=TrainConfig(solver="gauss-newton"))
+    gn = SimpleNamespace(sharded=False, config=TrainConfig(solver="gauss-newton"), state_widths=dict)
     assert DaskRunner(Client(), gn, "d", "r", bounds)._chunk_places() == [{}] * 5  # the scheduler chooses
 
 
