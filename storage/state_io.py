@@ -163,14 +163,22 @@ def _write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray)
     return file_identity(path), data
 
 
-def read_chunk_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:
-    """Return rows [start, stop) of state array ``name``, checked as :func:`storage.data.read_rows` checks them."""
-    store = os.path.abspath(store)
+def _fast_chunk(store: str, name: str, start: int, stop: int):
+    """Return (layout, chunk index) when rows [start, stop) are one whole chunk of a fast array, else (None, None).
+
+    A missing or damaged array is (None, None): :func:`storage.data.read_rows` then says what is wrong.
+    """
     try:
         layout = _layout(store, name)
     except (FileNotFoundError, KeyError, ValueError):
-        return read_rows(store, name, start, stop)  # it says what is missing or damaged
-    i = layout.chunk(start, stop) if layout.fast else None
+        return None, None
+    return (layout, layout.chunk(start, stop)) if layout.fast else (layout, None)
+
+
+def read_chunk_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:
+    """Return rows [start, stop) of state array ``name``, checked as :func:`storage.data.read_rows` checks them."""
+    store = os.path.abspath(store)
+    layout, i = _fast_chunk(store, name, start, stop)
     if i is not None:
         block = _read_file(layout, i)
         if block is not None:
@@ -266,11 +274,7 @@ def read_state(store: str, name: str, start: int, stop: int, iteration: int, own
     """
     path = state_path(slot_of(iteration), name)
     if owner is not None:
-        try:
-            layout = _layout(os.path.abspath(store), path)
-        except (FileNotFoundError, KeyError, ValueError):
-            layout = None
-        i = None if layout is None or not layout.fast else layout.chunk(start, stop)
+        layout, i = _fast_chunk(os.path.abspath(store), path, start, stop)
         if i is not None:
             hit = STATE.get(owner, store, name, start, stop, iteration, layout.path(i))
             if hit is not None:
