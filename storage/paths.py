@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -24,6 +25,9 @@ import threading
 from pathlib import Path
 
 from solvers.errors import InputError
+
+CHUNK_PARTIAL_SUFFIX = ".partial"  # a state chunk file being written: ``<chunk>.<uuid hex>.partial``
+_CHUNK_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 KIND_NAMES = {"admm-dask-data": "data store", "admm-dask-run": "run store",
               "admm-dask-predictions": "predictions store"}
@@ -76,6 +80,24 @@ def check_target(path, kind: str, overwrite: bool, inputs=(), flag: str = "--out
 
 def _this_host() -> str:
     return socket.gethostname().replace("/", "_")
+
+
+def remove_stale_chunk_partials(folder) -> int:
+    """Remove the ``<chunk>.<uuid>.partial`` files a killed :func:`storage.state_io.write_rows` left under ``folder``; return how many.
+
+    Call it only while holding the run's lock (:mod:`storage.lock`): then no writer of this run is alive to own them.
+    Files of any other name are left alone.
+    """
+    removed = 0
+    for root, _, files in os.walk(folder):
+        for f in files:
+            if _CHUNK_PARTIAL.search(f):
+                try:
+                    os.unlink(os.path.join(root, f))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def partial_path(target) -> Path:

@@ -62,7 +62,7 @@ import zarr.api.asynchronous
 from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
-from storage.paths import check_target, clean_stale_partials, partial_path, swap_in
+from storage.paths import check_target, clean_stale_partials, partial_path, remove_stale_chunk_partials, swap_in
 
 FORMAT = "admm-dask-run"
 FORMAT_VERSION = 3
@@ -140,6 +140,7 @@ class RunStore:
         self.attrs = attrs
         self._unwritten_metrics = None  # the history of a commit whose metrics/ are not written yet
         self._metrics_time = -float("inf")
+        self._partials_swept = False  # the state chunk files killed writers left (begin_iteration's first call)
 
     # -- creation and opening -----------------------------------------------------------
     @classmethod
@@ -294,6 +295,9 @@ class RunStore:
         """
         if self.keeps_slot_state:
             _write_json_atomic(self.path / WRITING, {"iteration": int(iteration)})
+            if not self._partials_swept:  # before this process writes any chunk: leftovers of a killed run's writes
+                remove_stale_chunk_partials(self.path / "state")
+                self._partials_swept = True
 
     def commit(self, checkpoint: Checkpoint, history: list, target_iterations: int, stopped: bool = False) -> None:
         """Record iteration k: write its weights with checksums, keep the last manifest, atomically replace it."""

@@ -50,6 +50,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 
 from storage.cache import file_identity
 from storage.data import read_rows
+from storage.paths import CHUNK_PARTIAL_SUFFIX
 from storage.runstore import slot_of, state_path
 
 STATE_BUDGET = 2**30  # bytes of written state chunks a process keeps (a worker: at most an eighth of its limit)
@@ -149,7 +150,7 @@ def _write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray)
         finally:
             os.close(fd)
     os.makedirs(os.path.dirname(path), exist_ok=True)  # a new (or resized) file: written aside, renamed into place
-    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    tmp = f"{path}.{uuid.uuid4().hex}{CHUNK_PARTIAL_SUFFIX}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -178,7 +179,11 @@ def _fast_chunk(store: str, name: str, start: int, stop: int):
 def read_chunk_rows(store: str, name: str, start: int, stop: int) -> np.ndarray:
     """Return rows [start, stop) of state array ``name``, checked as :func:`storage.data.read_rows` checks them."""
     store = os.path.abspath(store)
-    layout, i = _fast_chunk(store, name, start, stop)
+    return _read_chunk_rows(store, name, start, stop, *_fast_chunk(store, name, start, stop))
+
+
+def _read_chunk_rows(store: str, name: str, start: int, stop: int, layout, i) -> np.ndarray:
+    """:func:`read_chunk_rows` with the :func:`_fast_chunk` of the rows already found (one stat of the array's metadata)."""
     if i is not None:
         block = _read_file(layout, i)
         if block is not None:
@@ -272,14 +277,13 @@ def read_state(store: str, name: str, start: int, stop: int, iteration: int, own
 
     From :data:`STATE` when ``owner`` wrote them there, else from disk (:func:`read_chunk_rows`).
     """
-    path = state_path(slot_of(iteration), name)
-    if owner is not None:
-        layout, i = _fast_chunk(os.path.abspath(store), path, start, stop)
-        if i is not None:
-            hit = STATE.get(owner, store, name, start, stop, iteration, layout.path(i))
-            if hit is not None:
-                return hit
-    return read_chunk_rows(store, path, start, stop)
+    store, path = os.path.abspath(store), state_path(slot_of(iteration), name)
+    layout, i = _fast_chunk(store, path, start, stop)
+    if owner is not None and i is not None:
+        hit = STATE.get(owner, store, name, start, stop, iteration, layout.path(i))
+        if hit is not None:
+            return hit
+    return _read_chunk_rows(store, path, start, stop, layout, i)
 
 
 def write_state(store: str, name: str, start: int, stop: int, block: np.ndarray, iteration: int,

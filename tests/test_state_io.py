@@ -189,3 +189,28 @@ def test_a_kept_chunk_is_the_array_written_in_the_stores_dtype(tmp_path, monkeyp
     assert state_io.STATE.hits == 1
     disk = read_state(b, "z1", 4, 8, 2, None)
     assert kept.dtype == disk.dtype == np.float32 and kept.tobytes() == disk.tobytes()
+
+
+def test_a_killed_writes_partial_files_go_when_the_next_run_begins_and_nothing_else_does(tmp_path):
+    """A SIGKILL between a new chunk file's write and its rename leaves ``<chunk>.<uuid>.partial`` in the slot;
+    the run that next holds the store removes those on its first iteration, and only those."""
+    from storage.runstore import RunStore
+
+    run = RunStore.create(tmp_path / "r.zarr", config={"task": "classification"}, data={"path": "d"},
+                          state_widths={"z1": WIDTH}, n_samples=N, chunk_rows=ROWS, classes=np.array([0, 1]),
+                          x_mean=np.zeros(2), x_scale=np.ones(2))
+    name = state_path(1, "z1")
+    write_rows(str(tmp_path / "r.zarr"), name, 0, ROWS, _block(0, ROWS))
+    chunk = next(p for p in (tmp_path / "r.zarr" / name).rglob("*") if p.is_file() and p.name != "zarr.json")
+    left = chunk.with_name(f"{chunk.name}.{'ab' * 16}.partial")  # as write_rows names its temporary file
+    left.write_bytes(b"half a chunk")
+    mine = chunk.with_name("notes.partial")  # not a name write_rows makes
+    mine.write_bytes(b"keep")
+    before = chunk.read_bytes()
+    again = RunStore.open(tmp_path / "r.zarr")
+    again.begin_iteration(1)
+    assert not left.exists() and mine.read_bytes() == b"keep" and chunk.read_bytes() == before
+    left.write_bytes(b"a live writer's")  # after the first iteration began, this process's writers own the slot
+    again.begin_iteration(2)
+    assert left.exists()
+    del run
