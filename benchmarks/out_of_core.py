@@ -50,6 +50,7 @@ from benchmarks.bench_util import (MemorySampler, delta, disk_io, drop_caches, g
 from benchmarks.iteration_time import CpuWatch  # noqa: E402
 from pipeline.cluster import connect  # noqa: E402
 from pipeline.training import train  # noqa: E402
+from solvers import make_solver  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from storage.data import open_data  # noqa: E402
 
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--store", default="/work/bench/ooc-run.zarr")
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--hidden", type=int, default=300)
+    p.add_argument("--solver", default="admm",
+                   help="admm (default) or dladmm keep per-sample state, the point of this benchmark; others keep none")
     p.add_argument("--chunk-rows", type=int, default=131072)
     p.add_argument("--memory-limit", default="2GB", help="per worker")
     p.add_argument("--bw-gb", type=float, default=4.0, help="size of the bandwidth test file")
@@ -115,7 +118,9 @@ def main(argv=None) -> int:
 
     data = open_data(args.data)
     n, d, h = data.n_samples, data.n_features, args.hidden
-    state_width = h + 1 + 1  # z1 (h), z2 (1), lam (1)
+    solver = make_solver(TrainConfig(solver=args.solver, hidden=(h,)), d, x_mean=np.zeros(d), x_scale=np.ones(d),
+                         classes=np.array([0, 1]))
+    state_width = sum(solver.state_widths().values())  # admm: z1 (h), z2 (1), lam (1)
     slot_bytes = n * state_width * 4
     xy_bytes = n * d * 4 + n * 8
     expected = {
@@ -124,14 +129,14 @@ def main(argv=None) -> int:
         "iteration_read_bytes": xy_bytes + slot_bytes, "iteration_write_bytes": slot_bytes,
         "init_read_bytes": xy_bytes, "init_write_bytes": slot_bytes,
     }
-    result["run"] = {"data": str(data.path), "n_samples": n, "n_features": d, "hidden": h,
+    result["run"] = {"data": str(data.path), "n_samples": n, "n_features": d, "hidden": h, "solver": args.solver,
                      "chunk_rows": args.chunk_rows, "workers": 2, "threads_per_worker": 1,
                      "memory_limit": args.memory_limit, "ram_bytes": psutil.virtual_memory().total,
                      "test_data": args.test_data, "expected": expected}
     print(f"n={n}: state {gb(slot_bytes)} GB per slot, {gb(2 * slot_bytes)} GB both "
           f"(RAM {gb(psutil.virtual_memory().total)} GB)", flush=True)
 
-    config = TrainConfig(hidden=(h,), iterations=args.iterations)
+    config = TrainConfig(solver=args.solver, hidden=(h,), iterations=args.iterations)
     marks = []
     dropped = drop_caches()
     with connect("local", n_workers=2, threads_per_worker=1, memory_limit=args.memory_limit,
@@ -225,7 +230,8 @@ def markdown(r: dict) -> str:
          f"- Command: `{pv['command']}`",
          f"- Date: {pv['date']} on {pv['host']} ({pv['cpus']} CPUs, {pv['ram_bytes'] / 2**30:.1f} GiB RAM)",
          f"- Data: `{run['data']}` ({run['n_samples']:,} x {run['n_features']}, Bayes accuracy "
-         f"{r['bayes_accuracy']}); network {run['n_features']}-{run['hidden']}-1, {run['chunk_rows']} rows per "
+         f"{r['bayes_accuracy']}); network {run['n_features']}-{run['hidden']}-1, solver {run.get('solver', 'admm')}, "
+         f"{run['chunk_rows']} rows per "
          f"chunk, 2 worker processes x 1 thread, memory limit {run['memory_limit']} per worker.",
          f"- State: {gb(e['state_bytes_per_slot'])} GB per slot, {gb(e['state_bytes_two_slots'])} GB for both "
          f"slots vs {run['ram_bytes'] / 1e9:.1f} GB RAM; X and y {gb(e['data_bytes_X_y'])} GB.",
