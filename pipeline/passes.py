@@ -168,7 +168,8 @@ class _ZarrChunks:
 
 
 def _read_shard_state(run: str, slot: int, names, shard: int) -> dict:
-    return {name: read_rows(run, shard_state_path(slot, name), shard, shard + 1)[0] for name in names}
+    """Return the shard's row of each per-shard state array of ``slot``, checked (:func:`storage.state_io.read_chunk_rows`)."""
+    return {name: state_io.read_chunk_rows(run, shard_state_path(slot, name), shard, shard + 1)[0] for name in names}
 
 
 def shard_round_task(solver, kernel, params, data, run, read_slot, state, write_slot, shard, chunk_bounds, split=None,
@@ -184,9 +185,10 @@ def shard_round_task(solver, kernel, params, data, run, read_slot, state, write_
             state = _read_shard_state(run, read_slot, solver.shard_state_widths(), shard)
         new_state, sums = getattr(solver, kernel)(_ZarrChunks(data, chunk_bounds, solver.classes, split), state,
                                                   shard, params)
-        if write_slot is not None:
+        if write_slot is not None:  # Zarr's bytes, written directly (storage.state_io): ~1 ms against ~25 for 3 × 1.9 MB
             for name, value in new_state.items():
-                _array(run, shard_state_path(write_slot, name), "r+")[shard] = np.asarray(value, np.float64)
+                state_io.write_rows(run, shard_state_path(write_slot, name), shard, shard + 1,
+                                    np.asarray(value, np.float64).reshape(1, -1))
     return (new_state if keep else None), sums
 
 
