@@ -49,6 +49,26 @@ def test_whole_chunks_are_written_as_zarr_writes_them_and_rewritten_in_place(tmp
             assert read_chunk_rows(b, name, start, stop).tobytes() == za[start:stop].tobytes()
 
 
+def test_per_shard_state_rows_are_written_as_zarr_writes_them(tmp_path):
+    """A consensus shard's state row (float64, one chunk per shard: pipeline.passes.shard_round_task) takes the fast path."""
+    from storage.runstore import _create_shard_array, shard_state_path
+
+    stores = []
+    for name in ("a.zarr", "b.zarr"):
+        root = zarr.open_group(tmp_path / name, mode="w", zarr_format=3)
+        _create_shard_array(root, 1, "v", 5, 2)
+        stores.append(str(tmp_path / name))
+    path = shard_state_path(1, "v")
+    za = zarr.open_array(store=stores[0], path=path, mode="r+")
+    for seed in (1, 2):
+        for shard in (0, 1):
+            row = np.random.default_rng(seed * 10 + shard).standard_normal(5)
+            za[shard] = row
+            assert write_rows(stores[1], path, shard, shard + 1, row.reshape(1, -1)) is not None  # the fast path
+            assert read_chunk_rows(stores[1], path, shard, shard + 1)[0].tobytes() == row.tobytes()
+        assert _files(stores[0], path) == _files(stores[1], path)
+
+
 def test_other_ranges_and_codecs_go_through_zarr(tmp_path):
     b, name = _store(tmp_path / "b.zarr"), state_path(0, "z1")
     assert write_rows(b, name, 2, 6, _block(0, 4)) is None  # not one whole chunk
