@@ -296,7 +296,8 @@ class RunStore:
         if self.keeps_slot_state:
             _write_json_atomic(self.path / WRITING, {"iteration": int(iteration)})
             if not self._partials_swept:  # before this process writes any chunk: leftovers of a killed run's writes
-                remove_stale_chunk_partials(self.path / "state")
+                for folder in ("state", "shards"):  # per-sample and per-shard (consensus) state chunks
+                    remove_stale_chunk_partials(self.path / folder)
                 self._partials_swept = True
 
     def commit(self, checkpoint: Checkpoint, history: list, target_iterations: int, stopped: bool = False) -> None:

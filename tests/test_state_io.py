@@ -234,3 +234,19 @@ def test_a_killed_writes_partial_files_go_when_the_next_run_begins_and_nothing_e
     again.begin_iteration(2)
     assert left.exists()
     del run
+
+
+def test_a_killed_shard_state_writes_partial_file_goes_too(tmp_path):
+    """Per-shard state rows go through write_rows as well (consensus): their leftovers are swept like the slots'."""
+    from storage.runstore import RunStore, shard_state_path
+
+    RunStore.create(tmp_path / "r.zarr", config={"task": "classification"}, data={"path": "d"}, state_widths={},
+                    n_samples=N, chunk_rows=ROWS, classes=np.array([0, 1]), x_mean=np.zeros(2), x_scale=np.ones(2),
+                    shard_widths={"v": 5}, n_shards=2)
+    name = shard_state_path(1, "v")
+    write_rows(str(tmp_path / "r.zarr"), name, 1, 2, np.ones((1, 5)))
+    chunk = next(p for p in (tmp_path / "r.zarr" / name).rglob("*") if p.is_file() and p.name != "zarr.json")
+    left = chunk.with_name(f"{chunk.name}.{'cd' * 16}.partial")
+    left.write_bytes(b"half a row")
+    RunStore.open(tmp_path / "r.zarr").begin_iteration(1)
+    assert not left.exists() and chunk.exists()
