@@ -149,6 +149,26 @@ def chunk_task(bundle, data, run, reads, write, start, stop, split=None, train=T
     return (sums, held_sums) if held else sums
 
 
+def chunk_tasks(bundle, specs) -> list:
+    """Run :func:`chunk_task` of ``bundle`` on each of ``specs`` (its arguments after the bundle) in turn; return the results in order."""
+    return [chunk_task(bundle, *args) for args in specs]
+
+
+def thread_groups(weights, threads: int) -> list[list[int]]:
+    """Return ``threads`` groups of the indices of ``weights`` (fewer if fewer items), balancing their sums.
+
+    Largest first, each to the group with the least so far (ties: the first group, the lower index);
+    each group's indices ascending. Deterministic; only which thread runs which task depends on it.
+    """
+    order = sorted(range(len(weights)), key=lambda i: (-weights[i], i))
+    groups, loads = [[] for _ in range(min(threads, len(weights)))], [0.0] * min(threads, len(weights))
+    for i in order:
+        g = loads.index(min(loads))
+        groups[g].append(i)
+        loads[g] += weights[i]
+    return [sorted(g) for g in groups]
+
+
 class _ZarrChunks:
     """A shard's chunks in a data store (their training rows), each read from Zarr when the kernel asks for it."""
 
@@ -264,6 +284,7 @@ class DaskRunner:
         self.passes: list[tuple] = []  # (seconds, rows, read bytes) of the passes since take_pass_rates()
         self._data_row_bytes = None
         self._local = None  # whether the scheduler is in this process (_in_process)
+        self._nthreads = None  # the cluster's worker threads (_threads)
         self.owner = new_owner()  # names this runner's state chunks in the workers' caches (storage.state_io)
 
     def compute(self, *delayed_values):
@@ -314,14 +335,43 @@ class DaskRunner:
 
         On an in-process cluster the bundle reaches every task by reference; submitted as
         futures it is not tokenized (pickled) as a graph literal is, which cost ~10-15 ms a pass.
+        More specs than worker threads (all placed alike) become one task per thread
+        (:func:`chunk_tasks`, groups of about equal rows: :func:`thread_groups`): each task
+        costs the scheduler's round trip through the event loop, which the worker
+        threads wait on (MNIST 10k: 6 chunk tasks a pass on 2 threads, ~10 ms a pass;
+        ``benchmarks/results/end_to_end_breakdown_s9.md``). The results come back in the
+        specs' order, so the client sums the same parts in the same order (bitwise).
         """
         place = specs[0][1]
+        threads = self._threads()
+        if len(specs) > threads and all(p == place for _, p in specs):
+            groups = thread_groups([self._spec_rows(args) for args, _ in specs], threads)
+            futures = self.client.map(chunk_tasks, [bundle] * len(groups), [[specs[i][0] for i in g] for g in groups],
+                                      key="chunk_task", pure=False, retries=self.retries, **place)
+            results = [None] * len(specs)
+            for group, out in zip(groups, self._gather(futures)):
+                for i, r in zip(group, out):
+                    results[i] = r
+            return results
         if all(p == place for _, p in specs):
             columns = list(zip(*(args for args, _ in specs)))
             futures = self.client.map(chunk_task, [bundle] * len(specs), *columns, pure=False, retries=self.retries, **place)
         else:
             futures = [self.client.submit(chunk_task, bundle, *args, pure=False, retries=self.retries, **p) for args, p in specs]
         return self._gather(futures)
+
+    def _spec_rows(self, args) -> float:
+        """Return about how many rows a chunk task of ``args`` runs its kernel on: its part of the chunk, or its held-out rows."""
+        a, b, in_sample, part = args[4], args[5], args[7], args[9]
+        if in_sample:
+            return (b - a) / (part[1] if part else 1)
+        return (b - a) * getattr(self.split, "fraction", 1.0)
+
+    def _threads(self) -> int:
+        """Return the cluster's worker threads, asked once (an in-process cluster keeps its one worker)."""
+        if self._nthreads is None:
+            self._nthreads = max(1, sum(self.client.nthreads().values()))
+        return self._nthreads
 
     def _in_process(self) -> bool:
         """Return whether the scheduler runs in this process (a threads cluster): its results reach the client uncopied."""

@@ -202,6 +202,48 @@ def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver, legac
     assert rates["passes"] >= 2 and rates["rows_per_second"] > 0 and dsk.take_pass_rates() == {}
 
 
+@pytest.mark.parametrize("solver", ["admm", "gauss-newton"])
+def test_an_in_process_runner_groups_chunks_by_thread_and_equals_the_in_memory_runner(tmp_path, solver):
+    """On an in-process cluster a pass of more chunks than worker threads is one task per thread (fewer round trips);
+    the results come back in the chunks' order, so the iterations still agree with the in-memory runner bitwise."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    X, y = make_data(n=1400, d=5)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    config = TrainConfig(solver=solver, hidden=(6,), iterations=2)
+    shift = X[0].astype(np.float64)
+    model = model_from_moments(config, 5, moment_sums(X, shift), shift, np.unique(y))
+    chunks, split = bounds(1400, 200), RowSplit(0.3, seed=3)
+    mem = InMemoryRunner(make_solver(config, 5, **model), X, encode_labels(y, model["classes"]), bounds=chunks,
+                         split=split)
+    solver_d = make_solver(config, 5, **model)
+    run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
+                          state_widths=solver_d.state_widths(), n_samples=1400, chunk_rows=200, **model)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as c, get_task_stream(c) as stream:
+        dsk = DaskRunner(c, solver_d, tmp_path / "d.zarr", run.path, chunks, split=split)
+        passes, run_pass = [], dsk.run
+        dsk.run = lambda *args, **kwargs: passes.append(1) or run_pass(*args, **kwargs)
+        a, b = initialize(mem.solver, mem), initialize(solver_d, dsk)
+        for (sa, ma), (sb, mb) in zip(iterate(mem.solver, mem, a, 2), iterate(solver_d, dsk, b, 2)):
+            for Wa, Wb in zip(sa.weights, sb.weights):
+                assert Wa.tobytes() == Wb.tobytes()
+            assert ma == mb
+    tasks = [t for t in stream.data if str(t["key"]).startswith("chunk_task")]
+    assert len(passes) >= 2 and len(tasks) == 2 * len(passes)  # 7 chunks a pass, as two tasks (one per thread)
+
+
+def test_thread_groups_balance_rows_and_keep_each_groups_order():
+    from pipeline.passes import thread_groups
+
+    assert thread_groups([1, 1, 1, 1, 1, 1], 2) == [[0, 2, 4], [1, 3, 5]]
+    assert thread_groups([1, 1, 0.1, 0.1, 0.1, 0.1], 2) == [[0, 2, 4], [1, 3, 5]]
+    assert thread_groups([5, 1, 1, 1, 1, 1], 2) == [[0], [1, 2, 3, 4, 5]]
+    assert thread_groups([1, 2], 4) == [[1], [0]]
+    groups = thread_groups(list(np.random.default_rng(0).random(8)), 3)
+    assert sorted(i for g in groups for i in g) == list(range(8)) and all(g == sorted(g) for g in groups)
+
+
 def _imports_dask_array():
     import sys
 
