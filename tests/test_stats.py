@@ -68,3 +68,38 @@ def test_adding_parts_in_place_is_bitwise_adding_their_packed_vector():
         assert np.array_equal(nan, np.isnan(added))  # a NaN's sign bit follows NumPy's loop (vector body or tail)
         assert packed[~nan].tobytes() == added[~nan].tobytes()
     assert not np.signbit(layout.add(np.zeros(layout.size), {"g": -np.zeros((3, 4))})).any()  # 0.0 + −0.0 = +0.0
+
+
+def _whole_block_moments(blocks):
+    """The statistics as ``storage.data._Statistics.add`` summed them before sub-blocks: whole-block temporaries."""
+    shift = sums = None
+    for X, y in blocks:
+        dev = np.empty((X.shape[0], X.shape[1] + 1))
+        dev[:, :-1], dev[:, -1] = X, y
+        if shift is None:
+            shift, sums = dev[0].copy(), np.zeros(1 + 4 * dev.shape[1])
+        dev -= shift
+        dev2 = dev * dev
+        sums += np.concatenate([[dev.shape[0]], dev.sum(axis=0), dev2.sum(axis=0), (dev2 * dev).sum(axis=0),
+                                (dev2 * dev2).sum(axis=0)])
+    return shift, sums
+
+
+@pytest.mark.parametrize("sub_rows", [1, 3, 256])
+def test_statistics_in_sub_blocks_are_bitwise_the_whole_blocks_sums(monkeypatch, sub_rows):
+    """Row counts across sub-block edges, widths 1-785 features, signed zeros and large values: the same bits."""
+    import storage.data as data
+
+    monkeypatch.setattr(data, "SUB_ROWS", sub_rows)
+    rng = np.random.default_rng(7)
+    for d, sizes in ((1, [1, 5, 2]), (2, [7, 1]), (40, [600, 255, 257, 1]), (785, [513, 300])):
+        blocks = []
+        for m in sizes:
+            X = (rng.standard_normal((m, d)) * 10.0 ** rng.integers(-3, 6, (m, d))).astype(np.float32)
+            X[rng.random((m, d)) < 0.2] = -0.0
+            blocks.append((X, rng.integers(0, 5, m).astype(np.float64)))
+        stats = data._Statistics()
+        for X, y in blocks:
+            stats.add(X, y)
+        shift, sums = _whole_block_moments(blocks)
+        assert stats.shift.tobytes() == shift.tobytes() and stats.sums.tobytes() == sums.tobytes(), (d, sizes)
