@@ -69,8 +69,8 @@ def predict(client, store, data, out, overwrite=False):
         group.create_array("prediction", shape=(ds.n_samples,), chunks=(ds.chunk_rows,),
                            dtype=np.float64 if network.is_regressor else np.asarray(network.classes).dtype,
                            dimension_names=("sample",))
-        group.attrs.update({"format": PREDICTIONS_FORMAT, "run_store": str(Path(store).resolve()),
-                            "data": str(ds.path.resolve())})
+        group.update_attributes({"format": PREDICTIONS_FORMAT, "run_store": str(Path(store).resolve()),
+                                 "data": str(ds.path.resolve())})
         # block i of the predictions is chunk i of the array: da.store as is (to_zarr would rechunk to ~128 MB)
         pred = predictions(network, ds.path.resolve(), ds.chunk_rows)
         target = zarr.open_array(store=str(partial.resolve()), path="prediction", mode="r+")

@@ -486,7 +486,7 @@ class DataWriter:
             if self.n_rows == 0:
                 raise InputError(f"no rows to write to {self.path}: the data is empty")
             self._flush()
-            self._group.attrs.update({
+            self._group.update_attributes({  # one write of zarr.json (attrs.update writes it once a key: 11 times)
                 "format": FORMAT, "format_version": FORMAT_VERSION,
                 "n_samples": self.n_rows, "n_features": self.n_features,
                 "chunk_rows": self.chunk_rows, "feature_names": self.feature_names,

@@ -195,7 +195,7 @@ class RunStore:
             for slot in (0, 1):
                 for name, width in (shard_widths or {}).items():
                     _create_shard_array(root, slot, name, width, n_shards)
-            root.attrs.update(attrs)
+            root.update_attributes(attrs)  # one write of zarr.json (attrs.update writes it once a key)
             root.create_group("checkpoint")
             check_creatable(path, overwrite)
             swap_in(partial, path, background_discard)  # overwrite: the old run goes once the new one is complete
