@@ -20,6 +20,7 @@ accuracy, the best seen, each choice's accuracy on the evaluation (validation) s
 and its α. Run::
 
     python benchmarks/admm_readout_alo.py --tasks breast-cancer --seeds 0 1 2 --out alo.json
+    python benchmarks/admm_readout_alo.py --split test --tasks breast-cancer --seeds 0 --out alo.json   # once, at the end
 """
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ def log_loss(m, F, y) -> float:
     return float(-np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def run_one(task, seed, solver_name) -> dict:
-    """Run the solver on the task's validation split; return today's accuracy and each α choice's, at the model iteration."""
+def run_one(task, seed, solver_name, split: str = "validation") -> dict:
+    """Run the solver on the task's ``split`` (validation or test); return today's accuracy and each α choice's, at the model iteration."""
     from benchmarks.admm_readout_cv import features
     from benchmarks.admm_small_n import setup
     from solvers.config import TrainConfig
@@ -78,7 +79,7 @@ def run_one(task, seed, solver_name) -> dict:
     from solvers.losses import encode_labels
     from solvers.validation import EarlyStopping
 
-    X, y, Xe, ye, _ = dr.load_task(task, "validation", seed)
+    X, y, Xe, ye, _ = dr.load_task(task, split, seed)
     cfg = TrainConfig(solver=solver_name, hidden=(300,), iterations=dr.ITERATIONS[solver_name], seed=seed)
     solver, runner, held = setup(X, y, cfg)
     if solver.widths[-1] != 1:
@@ -118,6 +119,8 @@ def main(argv=None):
     p.add_argument("--tasks", nargs="+", default=["breast-cancer"], choices=["breast-cancer", "mnist-oddeven-2k"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--solvers", nargs="+", default=["admm", "dladmm"], choices=["admm", "dladmm"])
+    p.add_argument("--split", choices=("validation", "test"), default="validation",
+                   help="the evaluation split (defaults_real.py's); test only once, after choosing on validation")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -125,9 +128,9 @@ def main(argv=None):
     for task in args.tasks:
         for seed in args.seeds:
             for s in args.solvers:
-                key = f"{task}/{seed}/{s}"
+                key = f"{task}/{seed}/{s}" + ("/test" if args.split == "test" else "")
                 if key not in res:
-                    res[key] = run_one(task, seed, s)
+                    res[key] = run_one(task, seed, s, args.split)
                     print(key, {k: round(v, 4) for k, v in res[key].items() if "alpha" not in k}, flush=True)
                     out.write_text(json.dumps(res, indent=0))
 
