@@ -196,11 +196,12 @@ class GaussNewtonSolver(SolverBase):
             W[0, -1] = ce.SHIFT
         return W
 
-    def initialize(self, runner, hidden=None) -> LoopState:
+    def initialize(self, runner, hidden=None, output=None) -> LoopState:
         """Fit the output layer on the random hidden layers (or ``hidden``: a hand-over) by pass A, then take pass B.
 
         Both passes read the first sample of chunks (:mod:`solvers.sampling`). Cross-entropy starts the
-        output layer at :meth:`initial_output` and takes pass B alone (α: the given one, or 0 for auto).
+        output layer at ``output`` (a hand-over's consensus output layer, as it is) or :meth:`initial_output`
+        and takes pass B alone (α: the given one, or 0 for auto); the squared loss refits it whatever ``output`` is.
         """
         hidden = self.initial_hidden() if hidden is None else hidden
         bounds = list(getattr(runner, "bounds", ()))  # a runner without chunk bounds reads every chunk
@@ -209,7 +210,7 @@ class GaussNewtonSolver(SolverBase):
         window = sampling.initial_window(schedule, m, len(bounds))
         sample = self._sample(runner, m, window)
         if self.cross_entropy:
-            weights = [*hidden, self.initial_output()]
+            weights = [*hidden, self.initial_output() if output is None else np.array(output, np.float64)]
             alpha = 0.0 if self.config.alpha == "auto" else float(self.config.alpha)
             carry = {"damping": np.float64(self.config.damping), "sample_chunks": np.float64(m),
                      "sample_window": np.float64(window), "alpha": np.float64(alpha),

@@ -4,12 +4,28 @@ Phase 0 runs :class:`~solvers.consensus.ConsensusSolver` passes while they pay:
 after each pass the gain ``g_k = score_k − score_{k−1}`` is measured on the
 held-out rows (``--validation-fraction`` > 0), else on the shards' running
 training score; once ``g_k < handover_gain`` the next iteration hands over.
-That iteration initialises :class:`~solvers.gauss_newton.GaussNewtonSolver`
-from the consensus hidden weights (pass A refits the output layer by least
-squares, pass B gives the curvature: the same two passes as its own start),
-and every later iteration is a Gauss-Newton iteration. The phase, the score
-history and the active solver's carry are the client carry, so a resume at
-any point continues the same schedule.
+From there :class:`~solvers.gauss_newton.GaussNewtonSolver` fits the loss the
+consensus passes fitted (cross-entropy for a classifier with ``--loss auto``)
+from the consensus weights *as they are*, output layer included (phase 2):
+the hand-over iteration takes pass B at those weights and then Gauss-Newton's
+first step (pass A of the trial, LM test, pass B). Its α is fixed: the last
+consensus pass's weight decay α_c in Gauss-Newton's units, ``α = n α_c / 2``
+(``--alpha auto``; a given ``--alpha`` as it is), so Gauss-Newton continues
+the objective the consensus passes minimised. (Gauss-Newton's own α auto,
+picked among the output trials by held-out loss, alternated between 0 and
+~6,000 from these weights, and the LM test rejected every large-α trial:
+``handover_s9.md``.) The squared loss's output layer is refitted by least
+squares, as Gauss-Newton's own start does: for that loss it is the best
+output layer on the consensus hidden layers.
+
+Phase 1 is session 8's hand-over, kept so its run stores resume as they ran:
+Gauss-Newton's own loss (``--loss auto``: squared) from the consensus hidden
+weights, the output layer refitted by least squares. It dropped at the switch
+on ten classes (validation 0.9752 → 0.9657 on MNIST 50 k: the least-squares
+output layer is a worse classifier than the consensus logits;
+``benchmarks/results/handover_s9.md``). The phase, the score history and the
+active solver's carry are the client carry, so a resume at any point
+continues the same schedule.
 """
 from __future__ import annotations
 
@@ -20,9 +36,24 @@ import numpy as np
 from solvers.base import SolverBase
 from solvers.consensus import ConsensusSolver
 from solvers.gauss_newton import GaussNewtonSolver
-from solvers.loop import LoopState
+from solvers.loop import LoopState, training_rows
 
-_OWN = ("phase", "scores")  # the carry entries of the schedule itself
+_OWN = ("phase", "scores", "consensus_alpha", "kept_alpha")  # the carry entries of the schedule itself
+CONSENSUS, REFIT, KEPT = 0, 1, 2  # the phases: consensus passes; session 8's Gauss-Newton (refit); Gauss-Newton from all weights
+KEPT_PREFIX = "kept_"  # phase 2's kernels, by name: the same Gauss-Newton kernels of the solver fitting the consensus loss
+
+
+class _Renamed:
+    """A runner whose passes run ``kept_<kernel>`` (phase 2's Gauss-Newton kernels); everything else is the runner's."""
+
+    def __init__(self, runner):
+        self._runner = runner
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def run(self, kernel, params, **kwargs):
+        return self._runner.run(KEPT_PREFIX + kernel, params, **kwargs)
 
 
 class HandOverSolver(SolverBase):
@@ -30,38 +61,79 @@ class HandOverSolver(SolverBase):
 
     name = "consensus,gauss-newton"
     sharded = True
+    keep_weights = True  # False: hand over as session 8 did (phase 1; benchmarks compare the two)
 
     def __init__(self, config, n_features: int, classes, x_mean, x_scale, dtype=np.float32, y_mean=None,
                  y_scale=None):
         super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
-        args = (config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
-        self.first, self.second = ConsensusSolver(*args), GaussNewtonSolver(*args)
+        args = (n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
+        self.first, self.second = ConsensusSolver(config, *args), GaussNewtonSolver(config, *args)
+        self._args = args
+        self.kept = GaussNewtonSolver(replace(config, loss=self.consensus_loss(config)), *args)
         self.divergence_hint = f"{self.first.divergence_hint} (consensus phase) or {self.second.divergence_hint}"
+
+    @staticmethod
+    def consensus_loss(config) -> str:
+        """Return the loss the consensus phase fits, which phase 2's Gauss-Newton continues: squared or cross-entropy."""
+        return "squared" if config.task == "regression" or config.loss == "squared" else "cross-entropy"
+
+    def kept_loss(self) -> str:
+        """Return the loss phase 2's Gauss-Newton fits (its history records name it)."""
+        return "cross-entropy" if self.kept.cross_entropy else "squared"
 
     def state_widths(self) -> dict:
         return {}
 
     @classmethod
     def output_link(cls, config, n_classes, record=None) -> str:
-        """Return the consensus phase's link before the hand-over (its cross-entropy logits), Gauss-Newton's after."""
-        if record is not None and record.get("phase") in ("hand-over", "gauss-newton"):
-            return config.output_link()  # the Gauss-Newton loss's link
-        return replace(config, solver=ConsensusSolver.name).output_link()
+        """Return the consensus phase's link before the hand-over (its cross-entropy logits), Gauss-Newton's after.
+
+        Phase 2 (its records name ``gauss_newton_loss``) fits the consensus loss, so keeps its link; phase 1
+        (records without it) fitted Gauss-Newton's own.
+        """
+        consensus = replace(config, solver=ConsensusSolver.name).output_link()
+        if record is None or record.get("phase") not in ("hand-over", "gauss-newton"):
+            return consensus
+        if record.get("gauss_newton_loss") is not None:
+            return consensus
+        return config.output_link()  # phase 1: the Gauss-Newton loss's link
 
     def shard_state_widths(self) -> dict:
         return self.first.shard_state_widths()
 
     def initialize(self, runner) -> LoopState:
         state = self.first.initialize(runner)
-        state.carry["phase"] = np.float64(0)
+        state.carry["phase"] = np.float64(CONSENSUS)
         return state
 
     def observe(self, state: LoopState, record: dict) -> None:
-        """Append the iteration's score (held-out if there is one, else training) to the carry."""
+        """Append the iteration's score (held-out if there is one, else training) to the carry, and a consensus pass's α."""
         score = f"validation_{self.task.score_name}"
         value = record.get(score, record.get(f"train_{self.task.score_name}"))
         if value is not None:
             state.carry["scores"] = np.append(np.asarray(state.carry.get("scores", np.zeros(0))), float(value))
+        if record.get("phase") == "consensus" and record.get("alpha") is not None:
+            state.carry["consensus_alpha"] = np.float64(record["alpha"])
+
+    def _use_kept_alpha(self, alpha) -> None:
+        """Make phase 2's Gauss-Newton fit with ``alpha`` (a number; NaN: ``--alpha`` as configured)."""
+        want = self.config.alpha if np.isnan(float(alpha)) else float(alpha)
+        if self.kept.config.alpha == want:
+            return
+        token = self.kept.run_token  # the same run: its kept activations stay named alike
+        self.kept = GaussNewtonSolver(replace(self.config, loss=self.consensus_loss(self.config), alpha=want), *self._args)
+        self.kept.run_token = token
+
+    def kept_alpha(self, runner, own: dict) -> float:
+        """Return phase 2's α: the last consensus pass's weight decay in Gauss-Newton's units, ``n α_c / 2``.
+
+        Cross-entropy with ``--alpha auto`` only: the consensus passes minimise the mean loss plus ``½α_c‖W̃‖²``;
+        times n that is Gauss-Newton's ``Σℓ + α Σ‖W̃_l‖²`` with ``α = n α_c / 2`` (n training rows). Else NaN:
+        ``--alpha`` as given (the squared loss's auto α, from its closed-form ridge path, as Gauss-Newton's own).
+        """
+        if self.config.alpha != "auto" or not self.kept.cross_entropy:
+            return float("nan")
+        return training_rows(runner) * float(own.get("consensus_alpha", 0.0)) / 2.0
 
     def _split(self, state: LoopState):
         own = {k: state.carry[k] for k in _OWN if k in state.carry}
@@ -78,21 +150,40 @@ class HandOverSolver(SolverBase):
         scores = np.asarray(scores, np.float64)
         return scores.size >= 2 and scores[-1] - scores[-2] < self.config.handover_gain
 
+    def _gauss_newton(self, phase: int, runner):
+        """Return (the Gauss-Newton solver of ``phase``, the runner its passes take)."""
+        return (self.kept, _Renamed(runner)) if phase == KEPT else (self.second, runner)
+
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         own, inner = self._split(state)
         k = state.iteration + 1
-        if int(own.get("phase", 0)) == 0 and not self.should_hand_over(own.get("scores", ())):
+        phase = int(own.get("phase", CONSENSUS))
+        if phase == CONSENSUS and not self.should_hand_over(own.get("scores", ())):
             new, metrics = self.first.advance(runner, inner)
             return self._join(new, own), {**metrics, "phase": "consensus"}
-        if int(own.get("phase", 0)) == 0:  # hand over: Gauss-Newton starts from the consensus hidden weights
+        if phase == CONSENSUS and not self.keep_weights:  # session 8: from the consensus hidden weights, W_L refitted
             start = self.second.initialize(runner, hidden=[np.asarray(W) for W in state.weights[:-1]])
             c = start.carry
             n = float(self.second.curvature_layout().unpack(c["curvature"])["n"])
             metrics = {f"train_{self.task.score_name}": float(c[f"train_{self.task.score_name}"]),
                        "loss": float(c["error"]) / n, "phase": "hand-over"}
-            own["phase"] = np.float64(1)
+            own["phase"] = np.float64(REFIT)
             return self._join(LoopState(k, start.weights, c), own), metrics
-        new, metrics = self.second.advance(runner, inner)
+        if phase == CONSENSUS:  # hand over: Gauss-Newton's pass B at the consensus weights as they are, then its step
+            own["phase"] = np.float64(KEPT)
+            own["kept_alpha"] = np.float64(self.kept_alpha(runner, own))
+            self._use_kept_alpha(own["kept_alpha"])
+            gn, renamed = self._gauss_newton(KEPT, runner)
+            weights = [np.asarray(W) for W in state.weights]
+            start = gn.initialize(renamed, hidden=weights[:-1], output=weights[-1])
+            new, metrics = gn.advance(renamed, LoopState(state.iteration, start.weights, start.carry))
+            return self._join(new, own), {**metrics, "phase": "hand-over", "gauss_newton_loss": self.kept_loss()}
+        if phase == KEPT:
+            self._use_kept_alpha(own.get("kept_alpha", np.nan))
+        gn, run = self._gauss_newton(phase, runner)
+        new, metrics = gn.advance(run, inner)
+        if phase == KEPT:
+            metrics["gauss_newton_loss"] = self.kept_loss()
         return self._join(new, own), {**metrics, "phase": "gauss-newton"}
 
     # the kernels the runners call by name
@@ -115,7 +206,25 @@ class HandOverSolver(SolverBase):
     def curvature_chunk_held(self, *args):
         return self.second.curvature_chunk_held(*args)
 
+    # phase 2's (the runner of its passes prefixes KEPT_PREFIX)
+    def kept_forward_chunk(self, *args):
+        return self.kept.forward_chunk(*args)
+
+    def kept_curvature_chunk(self, *args):
+        return self.kept.curvature_chunk(*args)
+
+    def kept_forward_chunk_held(self, *args):
+        return self.kept.forward_chunk_held(*args)
+
+    def kept_curvature_chunk_held(self, *args):
+        return self.kept.curvature_chunk_held(*args)
+
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
         own, inner = self._split(state)
-        solver = self.first if int(own.get("phase", 0)) == 0 else self.second
-        return self._join(solver.resume(runner, inner, changed), own)
+        phase = int(own.get("phase", CONSENSUS))
+        if phase == KEPT:
+            if "alpha" in changed:  # a given --alpha now, or auto again: n α_c / 2
+                own["kept_alpha"] = np.float64(self.kept_alpha(runner, own))
+            self._use_kept_alpha(own.get("kept_alpha", np.nan))
+        solver, run = (self.first, runner) if phase == CONSENSUS else self._gauss_newton(phase, runner)
+        return self._join(solver.resume(run, inner, changed), own)

@@ -1,4 +1,6 @@
 """Consensus ADMM over data shards: the consensus step, the shard step as Adam, pipeline = reference, resume."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -817,7 +819,43 @@ def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
     scores = [h["validation_accuracy"] for h in fit.history]
     assert k >= 2 and scores[k - 1] - scores[k - 2] < 0.01
     assert all(b - a >= 0.01 for a, b in zip(scores[:k - 2], scores[1:k - 1]))
-    # the hand-over starts Gauss-Newton from the consensus hidden weights: its pass A refits the output layer
+    # the hand-over starts Gauss-Newton on the consensus loss (cross-entropy) from the consensus weights as they
+    # are, output layer included, at the last pass's weight decay α_c in its units (n α_c / 2): its pass B there,
+    # then its first step, in the hand-over iteration
+    consensus_only = fit_in_memory(X, y, TrainConfig(**{**HANDOVER, "solver": "consensus"}, iterations=k),
+                                   chunk_rows=250)
+    assert fit.history[k]["gauss_newton_loss"] == "cross-entropy"
+    from solvers.loop import training_rows
+    from solvers.reference import InMemoryRunner
+    from solvers.validation import RowSplit
+    from solvers.losses import encode_labels
+
+    alpha_c = consensus_only.history[-1]["alpha"]
+    gn = GaussNewtonSolver(replace(fit.solver.config, loss="cross-entropy", alpha=1.0), X.shape[1], fit.solver.classes,
+                           fit.solver.x_mean, fit.solver.x_scale)
+    runner = InMemoryRunner(gn, X, encode_labels(y, fit.solver.classes), chunk_rows=250, split=RowSplit(0.2, 1))
+    gn.config = replace(gn.config, alpha=training_rows(runner) * alpha_c / 2)
+    assert fit.history[k]["alpha"] == gn.config.alpha
+    kept = consensus_only.loop_state.weights
+    start = gn.initialize(runner, hidden=kept[:-1], output=kept[-1])
+    np.testing.assert_array_equal(start.weights[-1], kept[-1])
+    first, _ = gn.advance(runner, start)
+    handed = fit_in_memory(X, y, TrainConfig(**HANDOVER, iterations=k + 1), chunk_rows=250)
+    for W, W_ref in zip(handed.loop_state.weights, first.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-10)
+
+
+def test_session_8_handover_refits_the_output_layer_by_least_squares(monkeypatch):
+    """``keep_weights = False`` (phase 1, kept so session 8's run stores resume as they ran): Gauss-Newton's own loss
+    from the consensus hidden weights, the output layer refitted by pass A."""
+    from solvers.gauss_newton import GaussNewtonSolver
+    from solvers.handover import HandOverSolver
+
+    monkeypatch.setattr(HandOverSolver, "keep_weights", False)
+    X, y = make_data(n=3000, n_classes=3)
+    fit = fit_in_memory(X, y, TrainConfig(**HANDOVER, iterations=9), chunk_rows=250)
+    k = [h["phase"] for h in fit.history].index("hand-over")
+    assert all("gauss_newton_loss" not in h for h in fit.history)
     consensus_only = fit_in_memory(X, y, TrainConfig(**{**HANDOVER, "solver": "consensus"}, iterations=k),
                                    chunk_rows=250)
     gn = GaussNewtonSolver(fit.solver.config, X.shape[1], fit.solver.classes, fit.solver.x_mean,
@@ -876,12 +914,16 @@ def test_pipeline_handover_matches_reference_and_resumes_at_any_point(client, tm
     phase = next(h["phase"] for h in whole.history if h["iteration"] == best)
     from solvers.handover import HandOverSolver
 
-    after = TrainConfig(**{**cfg.to_dict(), "solver": "gauss-newton"}).output_link()  # squared loss: identity
-    assert load_network(tmp_path / "r.zarr").link == whole.network.link == ("logistic" if phase == "consensus"
-                                                                              else after)
-    for record, link in ((None, "logistic"), ({"phase": "consensus"}, "logistic"), ({"phase": "hand-over"}, after),
-                         ({"phase": "gauss-newton"}, after)):
+    # Gauss-Newton fits the consensus loss after the hand-over (its records say so): the logits' link throughout
+    assert load_network(tmp_path / "r.zarr").link == whole.network.link == "logistic"
+    assert all(h.get("gauss_newton_loss") == "cross-entropy" for h in whole.history if h["phase"] != "consensus")
+    before = TrainConfig(**{**cfg.to_dict(), "solver": "gauss-newton"}).output_link()  # session 8's: squared, identity
+    kept = {"gauss_newton_loss": "cross-entropy"}
+    for record, link in ((None, "logistic"), ({"phase": "consensus"}, "logistic"),
+                         ({"phase": "hand-over", **kept}, "logistic"), ({"phase": "gauss-newton", **kept}, "logistic"),
+                         ({"phase": "hand-over"}, before), ({"phase": "gauss-newton"}, before)):
         assert HandOverSolver.output_link(cfg, 3, record) == link
+    assert phase in ("consensus", "hand-over", "gauss-newton") and before == "identity"
     for W, W_ref in zip(_final_weights(tmp_path / "r.zarr"), ref.loop_state.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-5, atol=1e-6)
     k = [h["phase"] for h in whole.history].index("hand-over") + 1
@@ -892,6 +934,35 @@ def test_pipeline_handover_matches_reference_and_resumes_at_any_point(client, tm
         train(client, store=store, resume=True, iterations=7, report=quiet)
         for W, W_ref in zip(_final_weights(store), _final_weights(tmp_path / "r.zarr")):
             np.testing.assert_array_equal(W, W_ref)
+
+
+
+def test_a_session_8_handover_run_resumes_as_it_ran(client, tmp_path, monkeypatch):
+    """A run store that handed over as session 8 did (phase 1: squared-loss Gauss-Newton, the output layer refitted)
+    resumes in that phase with today's code, bitwise as the whole run of that code."""
+    from pipeline.model import load_network
+    from pipeline.training import train
+    from solvers.handover import HandOverSolver
+    from storage.data import write_data
+
+    X, y = make_data(n=3000, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=250)
+    cfg = TrainConfig(**HANDOVER, iterations=7)
+    monkeypatch.setattr(HandOverSolver, "keep_weights", False)
+    whole = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=250,
+                  report=quiet)
+    phases = [h["phase"] for h in whole.history]
+    k = phases.index("hand-over") + 1
+    assert k < 7 and all("gauss_newton_loss" not in h for h in whole.history)
+    store = tmp_path / "old.zarr"
+    train(client, store=store, data=tmp_path / "d.zarr", config=TrainConfig(**{**cfg.to_dict(), "iterations": k}),
+          chunk_rows=250, report=quiet)
+    monkeypatch.setattr(HandOverSolver, "keep_weights", True)
+    resumed = train(client, store=store, resume=True, iterations=7, report=quiet)
+    assert [h["phase"] for h in resumed.history] == phases
+    for W, W_ref in zip(_final_weights(store), _final_weights(tmp_path / "r.zarr")):
+        np.testing.assert_array_equal(W, W_ref)
+    assert load_network(store).link == load_network(tmp_path / "r.zarr").link
 
 
 def test_consensus_cannot_fall_back_once_the_next_pass_wrote_its_shard_slot(client, tmp_path):
