@@ -285,3 +285,20 @@ def test_convolutions_without_a_solver_pick_gauss_newton():
     # dense layers: auto is chosen by the data's size when the run is created (tests/test_auto_solver.py)
     assert TrainConfig(layers="dense:30").solver == "auto" and TrainConfig().solver == "auto"
     assert TrainConfig(layers="conv:4x3x3").choose_solver(10**9, 1)[0].solver == "gauss-newton"
+
+
+@pytest.mark.parametrize("shape,k,stride,padding", [((9, 11, 1), 3, 1, "valid"), ((9, 11, 1), 3, 2, "same"),
+                                                    ((8, 8, 1), 5, 1, "same"), ((6, 7, 2), 2, 1, "valid")])
+def test_patches_built_by_offset_are_the_windows_with_a_ones_column(shape, k, stride, padding):
+    """``patches`` (one channel: ``Pᵀ`` built offset by offset, Fortran order) holds every window, (p, q, c) order."""
+    rng = np.random.default_rng(4)
+    layer = Conv2D(shape, 2, k, k, stride, padding)
+    a = rng.standard_normal((3, layer.n_in)).astype(np.float32)
+    top, bottom, left, right = layer.pads
+    img = np.pad(a.reshape(3, *shape), ((0, 0), (top, bottom), (left, right), (0, 0)))
+    ho, wo, _ = layer.out_shape
+    expected = np.stack([img[:, i * stride:i * stride + k, j * stride:j * stride + k, :].reshape(3, -1)
+                         for i in range(ho) for j in range(wo)], axis=1).reshape(-1, layer.fan_in)
+    assert layer.by_offset == (shape[2] == 1 and wo > k)
+    np.testing.assert_array_equal(layer.patches(a), expected)
+    np.testing.assert_array_equal(layer.patches(a, ones=True), np.hstack([expected, np.ones((len(expected), 1), np.float32)]))
