@@ -45,6 +45,17 @@ def ms(f, reps: int = 300) -> float:
     return (time.thread_time() - t) / reps * 1e3
 
 
+def row(layer, name: str, build, a, W, rng) -> str:
+    """Return the table row of one build (``build(layer, a)``, or None for ``layer.patches(a, ones=True)``)."""
+    def make():
+        return layer.patches(a, ones=True) if build is None else build(layer, a)
+    P = make()
+    d = rng.standard_normal((P.shape[0], layer.channels)).astype(np.float32)
+    return (f"| {layer.in_shape} → {layer.channels} | {name} | {'F' if P.flags.f_contiguous else 'C'} | "
+            f"{ms(make):.3f} | {ms(lambda: P @ W.T):.3f} | {ms(lambda: P.T @ P):.3f} | "
+            f"{ms(lambda: d.T @ P):.3f} | {ms(lambda: (P.T @ d).T):.3f} |")
+
+
 def main() -> int:
     from threadpoolctl import threadpool_limits
 
@@ -55,13 +66,8 @@ def main() -> int:
         for layer in (Conv2D((28, 28, 1), 8, 5, 5), Conv2D((12, 12, 8), 16, 5, 5)):
             a = rng.standard_normal((72, layer.n_in)).astype(np.float32)
             W = rng.standard_normal(layer.weight_shape).astype(np.float32)
-            for name, build in (("by window", lambda a, layer=layer: by_window(layer, a)),
-                                ("patches()", lambda a, layer=layer: layer.patches(a, ones=True))):
-                P = build(a)
-                d = rng.standard_normal((P.shape[0], layer.channels)).astype(np.float32)
-                print(f"| {layer.in_shape} → {layer.channels} | {name} | {'F' if P.flags.f_contiguous else 'C'} | "
-                      f"{ms(lambda: build(a)):.3f} | {ms(lambda: P @ W.T):.3f} | {ms(lambda: P.T @ P):.3f} | "
-                      f"{ms(lambda: d.T @ P):.3f} | {ms(lambda: (P.T @ d).T):.3f} |")
+            for name, build in (("by window", by_window), ("patches()", None)):
+                print(row(layer, name, build, a, W, rng))
     return 0
 
 
