@@ -272,21 +272,27 @@ class ConvGaussNewtonSolver(GaussNewtonSolver):
         ``slopes[l]`` is what :meth:`_back` needs for ``h'(z_l)``: ``z_l`` in general; with ReLU
         (``h'(z) = 1[z > 0]``, z not kept, ReLU applied in place) ``a_l``'s positivity, or nothing
         after a max pooling, whose masks then carry it (:meth:`_back`). ``back``: keep what
-        back-propagation needs (a forward pass alone keeps no masks).
+        back-propagation needs (a forward pass alone keeps no masks, and with ReLU under a max pooling
+        pools before the ReLU).
         """
         a, rows, slopes, masks, acts = x, [], [], [], []
         relu = self.act.name == "relu"
         for layer, W in zip(self.layers, hidden):
             P = layer_rows(layer, a)
             zl = rows_affine(layer, P, W).reshape(len(a), layer.n_out)
-            a = np.maximum(zl, 0, out=zl) if relu else self.act.h(zl)
-            slope, mask = (a if relu else zl), None
-            if layer.post is not None:
-                pooled, mask = layer.post.forward(a, back)
-                if relu and mask is not None:  # max pooling: the masks carry 1[z > 0] (_back)
-                    mask &= (pooled > 0).reshape(mask.shape[1:])
-                    slope = None
-                a = pooled
+            mask = None
+            if relu and not back and layer.post is not None and layer.post.mode == "max":
+                a = layer.post.apply(zl)  # a forward pass alone: ReLU after the max pooling (both monotone: the
+                slope = np.maximum(a, 0, out=a)  # same values), on a k²-th of the values
+            else:
+                a = np.maximum(zl, 0, out=zl) if relu else self.act.h(zl)
+                slope = a if relu else zl
+                if layer.post is not None:
+                    pooled, mask = layer.post.forward(a, back)
+                    if relu and mask is not None:  # max pooling: the masks carry 1[z > 0] (_back)
+                        mask &= (pooled > 0).reshape(mask.shape[1:])
+                        slope = None
+                    a = pooled
             rows.append(P)
             slopes.append(slope if back else None)
             masks.append(mask)

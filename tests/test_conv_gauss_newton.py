@@ -98,6 +98,27 @@ def test_pooling_forward_and_adjoint_against_loops(mode, shape):
     assert pool.out_shape == (shape[0] // 2, shape[1] // 2, 3)
 
 
+@pytest.mark.parametrize("shape,k", [((5, 7, 3), 2), ((4, 6, 3), 2), ((7, 8, 2), 3), ((3, 3, 1), 1)])
+def test_max_pooling_without_masks_is_the_maximum_of_the_cells(shape, k):
+    """The forward pass alone (rows of each window first, then columns) gives the masked forward's values exactly."""
+    rng = np.random.default_rng(5)
+    pool = Pool2D(shape, k)
+    u = rng.normal(size=(4, pool.n_in)).astype(np.float32)
+    u[:, ::3] = 0.5  # ties
+    np.testing.assert_array_equal(pool.forward(u, masks=False)[0], pool.forward(u)[0])
+    np.testing.assert_array_equal(pool.apply(u), np.stack([c.reshape(4, -1) for c in pool._cells(u)]).max(axis=0))
+
+
+def test_forward_alone_pools_before_the_relu_with_the_same_activations():
+    """``_forward_tile(back=False)`` (max pooling, then ReLU on the pooled values) gives the back=True activations bitwise."""
+    rng = np.random.default_rng(6)
+    solver = tiny_solver(activation="relu", dtype=np.float32)
+    hidden = [W.astype(np.float32) for W in random_weights(solver, rng)[:-1]]
+    x = rng.normal(size=(5, solver.widths[0])).astype(np.float32)
+    for alone, full in zip(solver._forward_tile(x, hidden, back=False)[3], solver._forward_tile(x, hidden)[3]):
+        np.testing.assert_array_equal(alone, full)
+
+
 def test_conv_jacobian_products_against_finite_differences():
     """The transcription's ∂out/∂z_l and the kernel's gradient D_l = −½ ∂Σ‖T − out‖²/∂W_l by central differences."""
     rng = np.random.default_rng(1)
