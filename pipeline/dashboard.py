@@ -70,11 +70,26 @@ def snapshot(scheduler) -> dict:
 
 
 def chunk_progress(scheduler, n_chunks) -> dict:
-    """Return ``{"running", "done", "total"}`` of the chunk pass now on the cluster, from the scheduler's task states."""
-    prefix = scheduler.task_prefixes.get(CHUNK_PREFIX)
-    pending = sum(prefix.states.get(s, 0) for s in PENDING_STATES) if prefix is not None else 0
+    """Return ``{"running", "done", "total"}`` of the chunk pass now on the cluster, from the scheduler's task states.
+
+    A task of several chunks (``chunk_task_x3``: an in-process cluster runs a pass as one task per worker thread,
+    :meth:`pipeline.passes.DaskRunner._submit`) counts as its chunks, all pending until it ends.
+    """
+    pending = 0
+    for name, prefix in list(scheduler.task_prefixes.items()):
+        size = _chunks_per_task(name)
+        if size:
+            pending += size * sum(prefix.states.get(s, 0) for s in PENDING_STATES)
     total = max(int(n_chunks or 0), pending)
     return {"running": pending > 0, "done": total - pending if pending else 0, "total": total}
+
+
+def _chunks_per_task(name: str) -> int:
+    """Return how many chunks a task of prefix ``name`` runs: 1 for ``chunk_task``, k for ``chunk_task_xk``, else 0."""
+    if name == CHUNK_PREFIX:
+        return 1
+    head, _, k = name.rpartition("_x")
+    return int(k) if head == CHUNK_PREFIX and k.isdigit() else 0
 
 
 def page_html(scheduler) -> str:

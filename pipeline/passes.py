@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import uuid
 
 import dask
 import numpy as np
@@ -336,7 +337,8 @@ class DaskRunner:
         On an in-process cluster the bundle reaches every task by reference; submitted as
         futures it is not tokenized (pickled) as a graph literal is, which cost ~10-15 ms a pass.
         More specs than worker threads (all placed alike) become one task per thread
-        (:func:`chunk_tasks`, groups of about equal rows: :func:`thread_groups`): each task
+        (:func:`chunk_tasks`, groups of about equal rows: :func:`thread_groups`; keys ``chunk_task_xk-…`` for k chunks,
+        which the /training page counts as k): each task
         costs the scheduler's round trip through the event loop, which the worker
         threads wait on (MNIST 10k: 6 chunk tasks a pass on 2 threads, ~10 ms a pass;
         ``benchmarks/results/end_to_end_breakdown_s9.md``). The results come back in the
@@ -346,8 +348,9 @@ class DaskRunner:
         threads = self._threads()
         if len(specs) > threads and all(p == place for _, p in specs):
             groups = thread_groups([self._spec_rows(args) for args, _ in specs], threads)
+            keys = [f"chunk_task_x{len(g)}-{uuid.uuid4().hex}" for g in groups]  # the /training page counts k chunks
             futures = self.client.map(chunk_tasks, [bundle] * len(groups), [[specs[i][0] for i in g] for g in groups],
-                                      key="chunk_task", pure=False, retries=self.retries, **place)
+                                      key=keys, pure=False, retries=self.retries, **place)
             results = [None] * len(specs)
             for group, out in zip(groups, self._gather(futures)):
                 for i, r in zip(group, out):

@@ -266,3 +266,25 @@ def _check_chunk_progress(client, scheduler):
     while chunk_progress(scheduler, 6)["running"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not chunk_progress(scheduler, 6)["running"]
+
+
+def test_chunk_progress_counts_every_chunk_of_a_grouped_task():
+    """An in-process cluster's pass runs as one task per worker thread (``chunk_task_x3``: 3 chunks)."""
+    import uuid
+
+    from distributed import Client, LocalCluster
+
+    from pipeline.dashboard import _chunks_per_task, chunk_progress
+
+    assert [_chunks_per_task(n) for n in ("chunk_task", "chunk_task_x3", "chunk_task_x", "chunk_tasks", "other_x3")] == [1, 3, 0, 0, 0]
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        scheduler = cluster.scheduler
+        futures = client.map(chunk_task, [0.05, 2.0], key=[f"chunk_task_x3-{uuid.uuid4().hex}" for _ in range(2)])
+        deadline = time.monotonic() + 30
+        progress = chunk_progress(scheduler, 6)
+        while progress["done"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            progress = chunk_progress(scheduler, 6)
+        assert progress == {"running": True, "done": 3, "total": 6}, progress
+        client.gather(futures)
