@@ -132,12 +132,21 @@ class SolverBase:
             out.append(W)
         return out
 
-    def he_weights(self, layers: int) -> list:
-        """Return He-scaled random ``W_1..W_layers`` with zero biases, seeded by ``config.seed``."""
+    def he_weights(self, layers: int, biases: bool = False) -> list:
+        """Return He-scaled random ``W_1..W_layers``, seeded by ``config.seed``: biases 0, or (``biases``) Glorot's.
+
+        ``biases``: each layer's biases ~ U(±√(f/(fan_in + fan_out))) as :meth:`glorot_weights` draws them,
+        from a second stream (seed, 1), so the weights are the zero-bias start's exactly.
+        """
         rng = np.random.default_rng([self.config.seed, 0])
+        brng = np.random.default_rng([self.config.seed, 1])
+        factor = 2.0 if self.act.name == "sigmoid" else 6.0
         out = []
         for layer in self.layers[:layers]:
             W = np.zeros(layer.weight_shape)
             W[:, :-1] = rng.normal(0.0, np.sqrt(self.act.he_gain / layer.fan_in), size=(W.shape[0], layer.fan_in))
+            if biases:
+                bound = np.sqrt(factor / (layer.fan_in + W.shape[0]))
+                W[:, -1] = brng.uniform(-bound, bound, size=W.shape[0])
             out.append(W)
         return out

@@ -24,7 +24,8 @@ from solvers.sampling import CONV_START_ROWS, SCHEDULES as SAMPLE_SCHEDULES, STA
 from solvers.stats import SCALINGS
 from solvers.tasks import TASKS
 
-INITS = ("auto", "data", "forward", "gaussian", "glorot")
+INITS = ("auto", "data", "forward", "gaussian", "glorot", "he-bias")
+HE_BIAS = "he-bias"  # forward's He-scaled weights with Glorot's random biases (generalise_s9.md)
 CONSENSUS_INIT = "forward"  # what --init auto starts the consensus solvers from
 HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solvers/handover.py)
 ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
@@ -133,7 +134,8 @@ class TrainConfig:
                         "but the first layer's rows point along differences of random training rows: one more pass; admm and "
                         "dladmm), "
                         "gaussian (the paper's N(0, 1) state, admm only) or glorot (gauss-newton with dense layers, and "
-                        "consensus: scikit-learn's start, weights and biases uniform in ±√(6/(fan_in + fan_out))); auto: "
+                        "consensus: scikit-learn's start, weights and biases uniform in ±√(6/(fan_in + fan_out))) or "
+                        "he-bias (forward's He-scaled weights with glorot's random biases; the same solvers); auto: "
                         f"data for admm and dladmm with a dense first layer, {CONSENSUS_INIT} for consensus, else forward",
                         choices=INITS, solvers=("admm", "dladmm", "gauss-newton", *CONSENSUS))
     seed: int = setting(0, "random seed of the initial weights and state and of the held-out rows",
@@ -319,12 +321,12 @@ class TrainConfig:
             who = f"--solver auto (gauss-newton or {HANDOVER})" if self.solver == "auto" else f"the {self.solver} solver"
             problems.append(f"init {self.init} is a start of "
                             + ("the admm solver" if self.init == "gaussian" else "the admm and dladmm solvers")
-                            + f"; {who} starts from --init auto, forward or glorot (dense layers): pass another "
+                            + f"; {who} starts from --init auto, forward, glorot or he-bias (dense layers): pass another "
                             "--init, or --solver admm" + (" or dladmm" if self.init == "data" else ""))
         elif self.init == "data" and self.layers:
             problems.append("init data needs a dense first layer; convolutional --layers start from --init forward")
-        elif self.init == "glorot" and (self.solver not in ("gauss-newton", "auto", *CONSENSUS) or self.layers):
-            problems.append("init glorot is the start of gauss-newton (dense layers) and consensus; "
+        elif self.init in ("glorot", HE_BIAS) and (self.solver not in ("gauss-newton", "auto", *CONSENSUS) or self.layers):
+            problems.append(f"init {self.init} is the start of gauss-newton (dense layers) and consensus; "
                             + ("convolutional --layers start from --init forward" if self.solver == "gauss-newton"
                                else f"the {self.solver} solver starts from --init auto, data or forward"))
         if problems:

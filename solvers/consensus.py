@@ -45,7 +45,7 @@ import numpy as np
 from solvers import sampling
 from solvers.adam import Adam, FlatLayout, gradient
 from solvers.base import SolverBase
-from solvers.config import TrainConfig
+from solvers.config import HE_BIAS, TrainConfig
 from solvers.errors import InputError
 from solvers.gauss_newton import GaussNewtonSolver
 from solvers.loop import LoopState, run_pass_held_out, run_shard_rounds, shard_groups, training_rows
@@ -231,9 +231,11 @@ class ConsensusSolver(SolverBase):
         return self._ridge_path.forward_chunk(x, y, state, start, params)
 
     def initialize(self, runner) -> LoopState:
-        """Return θ̄⁰: Glorot-uniform weights and biases (``init`` glorot), else He-scaled with zero biases; no pass."""
-        glorot = self.config.resolved_init() == "glorot"
-        return LoopState(0, self.glorot_weights(self.L) if glorot else self.he_weights(self.L), {})
+        """Return θ̄⁰: Glorot-uniform weights and biases (``init`` glorot), else He-scaled with zero biases (``he-bias``:
+        Glorot's random biases); no pass."""
+        init = self.config.resolved_init()
+        weights = self.glorot_weights(self.L) if init == "glorot" else self.he_weights(self.L, biases=init == HE_BIAS)
+        return LoopState(0, weights, {})
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Run one shard pass, take the consensus step; the dual step happens in the next shard pass."""

@@ -70,7 +70,7 @@ import numpy as np
 from solvers import cross_entropy as ce, sampling
 from solvers.activation_cache import CACHE, INPUTS, weights_key
 from solvers.base import SolverBase
-from solvers.config import TrainConfig
+from solvers.config import HE_BIAS, TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.linalg import (ALPHA_GRID, RidgePath, penalty,
                             quadratic_error, single_threaded, solve_weights, times)
@@ -179,10 +179,12 @@ class GaussNewtonSolver(SolverBase):
 
     # -- client side -------------------------------------------------------------------
     def initial_hidden(self) -> list:
-        """Return the random hidden weights: Glorot-uniform for ``init="glorot"``, else He-scaled (bias 0), seeded."""
-        if self.config.resolved_init() == "glorot":
+        """Return the random hidden weights: Glorot-uniform for ``init="glorot"``, else He-scaled (bias 0; ``he-bias``:
+        Glorot's random biases), seeded."""
+        init = self.config.resolved_init()
+        if init == "glorot":
             return self.glorot_weights(self.L - 1)
-        return self.he_weights(self.L - 1)
+        return self.he_weights(self.L - 1, biases=init == HE_BIAS)
 
     def _sample(self, runner, m: int, window: int = -1) -> dict:
         """Return the ``chunks=`` argument of a pass over the sample of ``m`` chunks (window ≥ 0: rotating; {}: every chunk)."""

@@ -399,5 +399,34 @@ def test_glorot_start_is_scikit_learns_uniform_start_and_forward_keeps_he():
 def test_glorot_start_is_refused_where_it_does_not_apply():
     for solver, layers, words in (("admm", None, "the admm solver starts from"),
                                   ("gauss-newton", "conv:4x3x3,dense:10", "convolutional --layers start from")):
-        with pytest.raises(InputError, match=f"init glorot is the start of gauss-newton \\(dense layers\\) and consensus; {words}"):
-            TrainConfig(solver=solver, layers=layers, init="glorot")
+        for init in ("glorot", "he-bias"):
+            with pytest.raises(InputError, match=f"init {init} is the start of gauss-newton \\(dense layers\\) and consensus; {words}"):
+                TrainConfig(solver=solver, layers=layers, init=init)
+
+
+def test_he_bias_start_is_forwards_weights_with_glorots_random_biases():
+    """init he-bias: the hidden weights are init forward's exactly (He-normal), the biases U(±√(6/(fan_in + fan_out))),
+    seeded; consensus draws every layer's the same way."""
+    from dataclasses import replace
+
+    d, classes = 30, np.arange(3)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(200, 50), init="he-bias", seed=4)
+
+    def start(cfg):
+        return GaussNewtonSolver(cfg, d, classes, np.zeros(d), np.ones(d), dtype=np.float64).initial_hidden()
+
+    hidden, forward = start(cfg), start(replace(cfg, init="forward"))
+    for W, F, fan_in, fan_out in zip(hidden, forward, (30, 200), (200, 50)):
+        np.testing.assert_array_equal(W[:, :-1], F[:, :-1])
+        assert np.all(F[:, -1] == 0)
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        assert 0.95 * limit < np.abs(W[:, -1]).max() <= limit and np.all(W[:, -1] != 0)
+    np.testing.assert_array_equal(hidden[1], start(cfg)[1])  # seeded
+    assert not np.array_equal(hidden[0][:, -1], start(replace(cfg, seed=5))[0][:, -1])
+    from solvers import make_solver
+
+    ccfg = replace(cfg, solver="consensus")
+    theta = make_solver(ccfg, d, x_mean=np.zeros(d), x_scale=np.ones(d), classes=classes).initialize(None).weights
+    for W, H in zip(theta, hidden):
+        np.testing.assert_array_equal(W, H)
+    assert len(theta) == 3 and np.all(theta[2][:, -1] != 0)
