@@ -430,3 +430,41 @@ def test_he_bias_start_is_forwards_weights_with_glorots_random_biases():
     for W, H in zip(theta, hidden):
         np.testing.assert_array_equal(W, H)
     assert len(theta) == 3 and np.all(theta[2][:, -1] != 0)
+
+
+def test_alpha_auto_runs_at_a_factor_of_the_held_out_paths_alpha_when_rows_allow():
+    """alpha auto: with held-out rows and ALPHA_FACTOR_ROWS <= training rows < START_ROWS the run's α is ALPHA_FACTOR
+    times the held-out path's choice and W_L is the path's W_L at that α; with fewer or more rows, nothing held out or
+    a numeric α, output_layer's own fit."""
+    from dataclasses import replace
+
+    import solvers.gauss_newton as gn
+    from solvers.linalg import RidgePath, quadratic_error
+
+    rng = np.random.default_rng(3)
+    H, K = 20, 3
+
+    def sums_of(n):
+        a = np.column_stack([np.maximum(rng.normal(size=(n, H)), 0), np.ones(n)])
+        t = np.eye(K)[rng.integers(0, K, n)] + 0.5 * rng.normal(size=(n, K))
+        return {"cross2": t.T @ a, "gram2": a.T @ a, "tt": float(np.sum(t * t)), "n": float(n)}
+
+    cfg = TrainConfig(solver="gauss-newton", hidden=(H,))
+    solver = GaussNewtonSolver(cfg, 5, np.arange(K), np.zeros(5), np.ones(5), dtype=np.float64)
+    from solvers.sampling import START_ROWS
+
+    for n, scaled in ((gn.ALPHA_FACTOR_ROWS, True), (gn.ALPHA_FACTOR_ROWS - 1, False), (START_ROWS - 1, True),
+                      (START_ROWS, False)):
+        sums, held = sums_of(n), sums_of(60)
+        W0, _, alpha0 = solver.output_layer(sums, held)
+        W, error, alpha = solver.scaled_output_layer(sums, held)
+        if not scaled:
+            assert alpha == alpha0 and np.array_equal(W, W0)
+            continue
+        assert gn.ALPHA_FACTOR < 1 and alpha0 > 0 and alpha == pytest.approx(gn.ALPHA_FACTOR * alpha0, rel=1e-12)
+        want = RidgePath(sums["cross2"], sums["gram2"], cfg.ridge).weights(alpha)
+        np.testing.assert_allclose(W, want, rtol=1e-10, atol=1e-12)
+        assert error == pytest.approx(quadratic_error(W, sums["cross2"], sums["gram2"], sums["tt"]))
+        assert solver.scaled_output_layer(sums, None)[2] == solver.output_layer(sums, None)[2]  # GCV: unscaled
+        fixed = GaussNewtonSolver(replace(cfg, alpha=0.5), 5, np.arange(K), np.zeros(5), np.ones(5), dtype=np.float64)
+        assert fixed.scaled_output_layer(sums, held)[2] == 0.5
