@@ -280,11 +280,22 @@ def test_chunk_progress_counts_every_chunk_of_a_grouped_task():
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         scheduler = cluster.scheduler
-        futures = client.map(chunk_task, [0.05, 2.0], key=[f"chunk_task_x3-{uuid.uuid4().hex}" for _ in range(2)])
-        deadline = time.monotonic() + 30
-        progress = chunk_progress(scheduler, 6)
-        while progress["done"] < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _released.clear()
+        futures = client.map(_held, [False, True], key=[f"chunk_task_x3-{uuid.uuid4().hex}" for _ in range(2)])
+        try:  # the second task runs until released: no timing decides the assertion
+            deadline = time.monotonic() + 30
             progress = chunk_progress(scheduler, 6)
-        assert progress == {"running": True, "done": 3, "total": 6}, progress
+            while progress["done"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+                progress = chunk_progress(scheduler, 6)
+            assert progress == {"running": True, "done": 3, "total": 6}, progress
+        finally:
+            _released.set()
         client.gather(futures)
+
+
+_released = threading.Event()
+
+
+def _held(wait: bool) -> bool:  # an in-process worker's thread: the test's own Event
+    return _released.wait(30) if wait else True
