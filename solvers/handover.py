@@ -40,6 +40,8 @@ from solvers.loop import LoopState, training_rows
 
 _OWN = ("phase", "scores", "consensus_alpha", "kept_alpha")  # the carry entries of the schedule itself
 CONSENSUS, REFIT, KEPT = 0, 1, 2  # the phases: consensus passes; session 8's Gauss-Newton (refit); Gauss-Newton from all weights
+HANDOVER_DAMPING = 6.4  # phase 2's first relative damping λ (at least): from trained weights the LM rejected the
+# trials at 0.1, 0.4 and 1.6 and accepted the one at 6.4 on MNIST odd/even, 10-class and HIGGS-shaped (handover_s9.md)
 KEPT_PREFIX = "kept_"  # phase 2's kernels, by name: the same Gauss-Newton kernels of the solver fitting the consensus loss
 
 
@@ -69,7 +71,7 @@ class HandOverSolver(SolverBase):
         args = (n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
         self.first, self.second = ConsensusSolver(config, *args), GaussNewtonSolver(config, *args)
         self._args = args
-        self.kept = GaussNewtonSolver(replace(config, loss=self.consensus_loss(config)), *args)
+        self.kept = GaussNewtonSolver(self._kept_config(np.nan), *args)
         self.divergence_hint = f"{self.first.divergence_hint} (consensus phase) or {self.second.divergence_hint}"
 
     @staticmethod
@@ -115,13 +117,20 @@ class HandOverSolver(SolverBase):
         if record.get("phase") == "consensus" and record.get("alpha") is not None:
             state.carry["consensus_alpha"] = np.float64(record["alpha"])
 
+    def _kept_config(self, alpha):
+        """Return phase 2's Gauss-Newton settings: the consensus loss, ``alpha`` (NaN: ``--alpha`` as given) and
+        a first damping of at least :data:`HANDOVER_DAMPING`."""
+        want = self.config.alpha if np.isnan(float(alpha)) else float(alpha)
+        return replace(self.config, loss=self.consensus_loss(self.config), alpha=want,
+                       damping=max(float(self.config.damping), HANDOVER_DAMPING))
+
     def _use_kept_alpha(self, alpha) -> None:
         """Make phase 2's Gauss-Newton fit with ``alpha`` (a number; NaN: ``--alpha`` as configured)."""
-        want = self.config.alpha if np.isnan(float(alpha)) else float(alpha)
-        if self.kept.config.alpha == want:
+        config = self._kept_config(alpha)
+        if self.kept.config == config:
             return
         token = self.kept.run_token  # the same run: its kept activations stay named alike
-        self.kept = GaussNewtonSolver(replace(self.config, loss=self.consensus_loss(self.config), alpha=want), *self._args)
+        self.kept = GaussNewtonSolver(config, *self._args)
         self.kept.run_token = token
 
     def kept_alpha(self, runner, own: dict) -> float:

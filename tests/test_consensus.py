@@ -831,8 +831,10 @@ def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
     from solvers.losses import encode_labels
 
     alpha_c = consensus_only.history[-1]["alpha"]
-    gn = GaussNewtonSolver(replace(fit.solver.config, loss="cross-entropy", alpha=1.0), X.shape[1], fit.solver.classes,
-                           fit.solver.x_mean, fit.solver.x_scale)
+    from solvers.handover import HANDOVER_DAMPING
+
+    gn = GaussNewtonSolver(replace(fit.solver.config, loss="cross-entropy", alpha=1.0, damping=HANDOVER_DAMPING),
+                           X.shape[1], fit.solver.classes, fit.solver.x_mean, fit.solver.x_scale)
     runner = InMemoryRunner(gn, X, encode_labels(y, fit.solver.classes), chunk_rows=250, split=RowSplit(0.2, 1))
     gn.config = replace(gn.config, alpha=training_rows(runner) * alpha_c / 2)
     assert fit.history[k]["alpha"] == gn.config.alpha
