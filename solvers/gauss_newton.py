@@ -470,20 +470,22 @@ class GaussNewtonSolver(SolverBase):
         return W, quadratic_error(W, cross, gram, float(sums["tt"])), alpha
 
     def scaled_output_layer(self, sums: dict, held: dict | None = None, carry: dict | None = None
-                ) -> tuple[np.ndarray, float, float]:
+                            ) -> tuple[np.ndarray, float, float]:
         """Return :meth:`output_layer`'s ``(W_L, error, α)``, with ``α ← f·α`` (f = :data:`ALPHA_FACTOR`) and ``W_L(f·α)``.
 
         The held-out path's α is the best ridge for a readout of the *current* features; the
         features trained under it stay under-fitted on data with many rows (covtype: training
         accuracy 0.89 at that α, 0.96 at α = 0). So the run's α (every layer's, objective and LM
-        test alike) is f times the path's choice: for ``alpha="auto"``, the squared loss, dense layers,
-        rows held out, and pass A's training rows n in ``[ALPHA_FACTOR_ROWS, sampling.START_ROWS)``:
+        test alike) is f times the path's choice: for ``alpha="auto"``, classification (regression was
+        not measured), the squared loss, dense layers, rows held out, and pass A's training rows n in
+        ``[ALPHA_FACTOR_ROWS, sampling.START_ROWS)``:
         breast cancer's n ≈ 330 (30-45 held out) lost rows with f; data of a first sample's rows or more
         (which ``--solver auto`` hands over on process workers) keep the path's α, as MNIST 10-class 60k
         ended lower with f. Otherwise :meth:`output_layer`'s own.
         """
         W, error, alpha = self.output_layer(sums, held, carry)
-        if (ALPHA_FACTOR == 1.0 or self.config.alpha != "auto" or self.cross_entropy or self.convolutional
+        if (ALPHA_FACTOR == 1.0 or self.config.alpha != "auto" or self.config.task != "classification"
+                or self.cross_entropy or self.convolutional
                 or held is None or not ALPHA_FACTOR_ROWS <= float(sums["n"]) < sampling.START_ROWS):
             return W, error, alpha
         L = self.L

@@ -468,3 +468,8 @@ def test_alpha_auto_runs_at_a_factor_of_the_held_out_paths_alpha_when_rows_allow
         assert solver.scaled_output_layer(sums, None)[2] == solver.output_layer(sums, None)[2]  # GCV: unscaled
         fixed = GaussNewtonSolver(replace(cfg, alpha=0.5), 5, np.arange(K), np.zeros(5), np.ones(5), dtype=np.float64)
         assert fixed.scaled_output_layer(sums, held)[2] == 0.5
+        regression = GaussNewtonSolver(replace(cfg, task="regression"), 5, None, np.zeros(5), np.ones(5),
+                                       dtype=np.float64, y_mean=np.zeros(1), y_scale=np.ones(1))
+        one = {k: (v[:1] if k == "cross2" else v) for k, v in sums.items()}
+        held1 = {k: (v[:1] if k == "cross2" else v) for k, v in held.items()}
+        assert regression.scaled_output_layer(one, held1)[2] == regression.output_layer(one, held1)[2]
