@@ -144,8 +144,7 @@ class TrainConfig:
                            "decay is --alpha)", resumable=True, solvers=("admm", "gauss-newton", HANDOVER))
     alpha: float | str = setting("auto", "weight decay: L2 penalty α‖W‖² on the weights, biases excluded "
                                  "(scikit-learn's alpha); auto: gauss-newton picks α every iteration from a grid by "
-                                 "the held-out error of the output layer (GCV when nothing is held out) and, for "
-                                 "classification with 500 to 16,383 training rows, runs at 0.3 of it; consensus "
+                                 "the held-out error of the output layer (GCV when nothing is held out), consensus "
                                  "uses 0.1 of that α per row before every pass (½α‖W‖² in each shard's mean loss), "
                                  "admm and dladmm use 0.01 of each Gram's mean diagonal in their W-solves and refit "
                                  "the model's output layer to the targets with α picked the held-out way",

@@ -77,8 +77,6 @@ from solvers.linalg import (ALPHA_GRID, RidgePath, penalty,
 from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.stats import StatsLayout
 
-ALPHA_FACTOR = 0.3  # alpha auto: the run's α is this times the held-out ridge path's α (generalise_s9.md) …
-ALPHA_FACTOR_ROWS = 500  # … when pass A has at least this many training rows, and fewer than sampling.START_ROWS
 DAMPING_FLOOR = 1e-2  # λ never drops below this (relative to the mean curvature s̄)
 DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
 DAMPING_SHRINK = 2.0  # λ ← λ/2 after an accepted one
@@ -223,7 +221,7 @@ class GaussNewtonSolver(SolverBase):
         sums, held = run_pass_held_out(runner, self.forward_layout(True), "forward_chunk",
                                        self._forward_params(hidden, True), 0, **sample)
         input_gram = sums["gram1"] if self.L > 1 else sums[f"gram{self.L}"]
-        W_out, error, alpha = self.scaled_output_layer(sums, held)
+        W_out, error, alpha = self.output_layer(sums, held)
         weights = [*hidden, W_out]
         carry = {"input_gram": np.asarray(input_gram), "damping": np.float64(self.config.damping),
                  "sample_chunks": np.float64(m), "sample_window": np.float64(window), "alpha": np.float64(alpha),
@@ -265,7 +263,7 @@ class GaussNewtonSolver(SolverBase):
         trial = [c[f"T{l}"] for l in range(1, self.L)]
         sums, held = run_pass_held_out(runner, self.forward_layout(False), "forward_chunk",
                                        self._forward_params(trial, False, c), k, **self._sample(runner, m, window))
-        W_out, error, alpha = self.scaled_output_layer(sums, held, c)
+        W_out, error, alpha = self.output_layer(sums, held, c)
         objective = self.objective(error, [*trial, W_out], alpha)
         current = self._current_objective(state, c, alpha)
         accepted = objective <= current
@@ -467,31 +465,6 @@ class GaussNewtonSolver(SolverBase):
         else:
             alpha = float(self.config.alpha)
             W = path.weights(alpha)
-        return W, quadratic_error(W, cross, gram, float(sums["tt"])), alpha
-
-    def scaled_output_layer(self, sums: dict, held: dict | None = None, carry: dict | None = None
-                            ) -> tuple[np.ndarray, float, float]:
-        """Return :meth:`output_layer`'s ``(W_L, error, α)``, with ``α ← f·α`` (f = :data:`ALPHA_FACTOR`) and ``W_L(f·α)``.
-
-        The held-out path's α is the best ridge for a readout of the *current* features; the
-        features trained under it stay under-fitted on data with many rows (covtype: training
-        accuracy 0.89 at that α, 0.96 at α = 0). So the run's α (every layer's, objective and LM
-        test alike) is f times the path's choice: for ``alpha="auto"``, classification (regression was
-        not measured), the squared loss, dense layers, rows held out, and pass A's training rows n in
-        ``[ALPHA_FACTOR_ROWS, sampling.START_ROWS)``:
-        breast cancer's n ≈ 330 (30-45 held out) lost rows with f; data of a first sample's rows or more
-        (which ``--solver auto`` hands over on process workers) keep the path's α, as MNIST 10-class 60k
-        ended lower with f. Otherwise :meth:`output_layer`'s own.
-        """
-        W, error, alpha = self.output_layer(sums, held, carry)
-        if (ALPHA_FACTOR == 1.0 or self.config.alpha != "auto" or self.config.task != "classification"
-                or self.cross_entropy or self.convolutional
-                or held is None or not ALPHA_FACTOR_ROWS <= float(sums["n"]) < sampling.START_ROWS):
-            return W, error, alpha
-        L = self.L
-        cross, gram = sums[f"cross{L}"], sums[f"gram{L}"]
-        alpha = ALPHA_FACTOR * alpha
-        W = self._ridge_path(cross, gram).weights(alpha)
         return W, quadratic_error(W, cross, gram, float(sums["tt"])), alpha
 
     def _ridge_path(self, cross, gram) -> RidgePath:
