@@ -133,16 +133,20 @@ class HandOverSolver(SolverBase):
         self.kept = GaussNewtonSolver(config, *self._args)
         self.kept.run_token = token
 
-    def kept_alpha(self, runner, own: dict) -> float:
+    def kept_alpha(self, runner, own: dict, weights, k: int) -> float:
         """Return phase 2's α: the last consensus pass's weight decay in Gauss-Newton's units, ``n α_c / 2``.
 
         Cross-entropy with ``--alpha auto`` only: the consensus passes minimise the mean loss plus ``½α_c‖W̃‖²``;
         times n that is Gauss-Newton's ``Σℓ + α Σ‖W̃_l‖²`` with ``α = n α_c / 2`` (n training rows). Else NaN:
         ``--alpha`` as given (the squared loss's auto α, from its closed-form ridge path, as Gauss-Newton's own).
+        A carry without α_c (a run store of older code stopped in the consensus phase) gets the consensus rule's
+        α of pass ``k`` at ``weights`` (:meth:`ConsensusSolver.alpha`), kept in ``own``: never an unregularised 0.
         """
         if self.config.alpha != "auto" or not self.kept.cross_entropy:
             return float("nan")
-        return training_rows(runner) * float(own.get("consensus_alpha", 0.0)) / 2.0
+        if "consensus_alpha" not in own:
+            own["consensus_alpha"] = np.float64(self.first.alpha(runner, [np.asarray(W) for W in weights], k))
+        return training_rows(runner) * float(own["consensus_alpha"]) / 2.0
 
     def _split(self, state: LoopState):
         own = {k: state.carry[k] for k in _OWN if k in state.carry}
@@ -180,7 +184,7 @@ class HandOverSolver(SolverBase):
             return self._join(LoopState(k, start.weights, c), own), metrics
         if phase == CONSENSUS:  # hand over: Gauss-Newton's pass B at the consensus weights as they are, then its step
             own["phase"] = np.float64(KEPT)
-            own["kept_alpha"] = np.float64(self.kept_alpha(runner, own))
+            own["kept_alpha"] = np.float64(self.kept_alpha(runner, own, state.weights, k))
             self._use_kept_alpha(own["kept_alpha"])
             gn, renamed = self._gauss_newton(KEPT, runner)
             weights = [np.asarray(W) for W in state.weights]
@@ -233,7 +237,7 @@ class HandOverSolver(SolverBase):
         phase = int(own.get("phase", CONSENSUS))
         if phase == KEPT:
             if "alpha" in changed:  # a given --alpha now, or auto again: n α_c / 2
-                own["kept_alpha"] = np.float64(self.kept_alpha(runner, own))
+                own["kept_alpha"] = np.float64(self.kept_alpha(runner, own, state.weights, state.iteration + 1))
             self._use_kept_alpha(own.get("kept_alpha", np.nan))
         solver, run = (self.first, runner) if phase == CONSENSUS else self._gauss_newton(phase, runner)
         return self._join(solver.resume(run, inner, changed), own)

@@ -847,6 +847,36 @@ def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
         np.testing.assert_allclose(W, W_ref, rtol=1e-10)
 
 
+def test_handover_without_the_consensus_alpha_in_the_carry_recomputes_it(monkeypatch):
+    """A carry of older code stopped in the consensus phase has no α_c: the hand-over takes the consensus rule's α
+    of that iteration at its weights (what a further consensus pass would use), not an unregularised α = 0."""
+    from solvers.handover import HandOverSolver
+    from solvers.loop import training_rows
+    from solvers.reference import InMemoryRunner
+    from solvers.validation import RowSplit
+    from solvers.losses import encode_labels
+
+    observe = HandOverSolver.observe
+
+    def older(self, state, record):  # the carry of code that did not keep α_c
+        observe(self, state, record)
+        state.carry.pop("consensus_alpha", None)
+    monkeypatch.setattr(HandOverSolver, "observe", older)
+    rng = np.random.default_rng(0)  # noisier labels than make_data's: the held-out ridge path's α is positive
+    X = rng.normal(size=(3000, 20)).astype(np.float32)
+    y = np.argmax(X @ rng.normal(size=(20, 3)) + rng.normal(size=(3000, 3)), axis=1)
+    fit = fit_in_memory(X, y, TrainConfig(**HANDOVER, iterations=7), chunk_rows=250)
+    k = [h["phase"] for h in fit.history].index("hand-over")
+    consensus = fit_in_memory(X, y, TrainConfig(**{**HANDOVER, "solver": "consensus"}, iterations=k + 1),
+                              chunk_rows=250)
+    alpha_c = consensus.history[k]["alpha"]  # pass k + 1's α at the weights of pass k
+    assert alpha_c > 0 and alpha_c != consensus.history[k - 1]["alpha"]
+    runner = InMemoryRunner(fit.solver, X, encode_labels(y, fit.solver.classes), chunk_rows=250,
+                            split=RowSplit(0.2, 1))
+    assert fit.history[k]["alpha"] == training_rows(runner) * alpha_c / 2
+    assert all(h["alpha"] > 0 for h in fit.history[k:])
+
+
 def test_session_8_handover_refits_the_output_layer_by_least_squares(monkeypatch):
     """``keep_weights = False`` (phase 1, kept so session 8's run stores resume as they ran): Gauss-Newton's own loss
     from the consensus hidden weights, the output layer refitted by pass A."""
