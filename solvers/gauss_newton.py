@@ -198,13 +198,15 @@ class GaussNewtonSolver(SolverBase):
             W[0, -1] = ce.SHIFT
         return W
 
-    def initialize(self, runner, hidden=None, output=None) -> LoopState:
+    def initialize(self, runner, hidden=None, output=None, damping=None) -> LoopState:
         """Fit the output layer on the random hidden layers (or ``hidden``: a hand-over) by pass A, then take pass B.
 
         Both passes read the first sample of chunks (:mod:`solvers.sampling`). Cross-entropy starts the
         output layer at ``output`` (a hand-over's consensus output layer, as it is) or :meth:`initial_output`
         and takes pass B alone (α: the given one, or 0 for auto); the squared loss refits it whatever ``output`` is.
+        ``damping``: the first λ (a hand-over's), else ``--damping``.
         """
+        damping = np.float64(self.config.damping if damping is None else damping)
         hidden = self.initial_hidden() if hidden is None else hidden
         bounds = list(getattr(runner, "bounds", ()))  # a runner without chunk bounds reads every chunk
         schedule = sampling.resolve(self.config.sample_schedule, self.config.solver, self.convolutional)
@@ -214,7 +216,7 @@ class GaussNewtonSolver(SolverBase):
         if self.cross_entropy:
             weights = [*hidden, self.initial_output() if output is None else np.array(output, np.float64)]
             alpha = 0.0 if self.config.alpha == "auto" else float(self.config.alpha)
-            carry = {"damping": np.float64(self.config.damping), "sample_chunks": np.float64(m),
+            carry = {"damping": damping, "sample_chunks": np.float64(m),
                      "sample_window": np.float64(window), "alpha": np.float64(alpha),
                      **self._curvature_pass(runner, weights, 0.0, 0, sample, alpha, new_sample=True)}
             return self._with_trial(LoopState(0, weights, carry))
@@ -223,7 +225,7 @@ class GaussNewtonSolver(SolverBase):
         input_gram = sums["gram1"] if self.L > 1 else sums[f"gram{self.L}"]
         W_out, error, alpha = self.output_layer(sums, held)
         weights = [*hidden, W_out]
-        carry = {"input_gram": np.asarray(input_gram), "damping": np.float64(self.config.damping),
+        carry = {"input_gram": np.asarray(input_gram), "damping": damping,
                  "sample_chunks": np.float64(m), "sample_window": np.float64(window), "alpha": np.float64(alpha),
                  **self._accepted_sums(sums, error),
                  **self._curvature_pass(runner, weights, self.objective(error, weights, alpha), 0, sample, alpha)}

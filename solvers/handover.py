@@ -40,8 +40,9 @@ from solvers.loop import LoopState, training_rows
 
 _OWN = ("phase", "scores", "consensus_alpha", "kept_alpha")  # the carry entries of the schedule itself
 CONSENSUS, REFIT, KEPT = 0, 1, 2  # the phases: consensus passes; session 8's Gauss-Newton (refit); Gauss-Newton from all weights
-HANDOVER_DAMPING = 6.4  # phase 2's first relative damping λ (at least): from trained weights the LM rejected the
-# trials at 0.1, 0.4 and 1.6 and accepted the one at 6.4 on MNIST odd/even, 10-class and HIGGS-shaped (handover_s9.md)
+HANDOVER_DAMPING = 6.4  # the hand-over step's relative damping λ (at least): from trained weights the LM rejected the
+# trials at 0.1, 0.4 and 1.6 and accepted the one at 6.4 on MNIST odd/even, 10-class and HIGGS-shaped (handover_s9.md);
+# a --damping changed on resume after it is taken as given, as for --solver gauss-newton
 KEPT_PREFIX = "kept_"  # phase 2's kernels, by name: the same Gauss-Newton kernels of the solver fitting the consensus loss
 
 
@@ -118,11 +119,9 @@ class HandOverSolver(SolverBase):
             state.carry["consensus_alpha"] = np.float64(record["alpha"])
 
     def _kept_config(self, alpha):
-        """Return phase 2's Gauss-Newton settings: the consensus loss, ``alpha`` (NaN: ``--alpha`` as given) and
-        a first damping of at least :data:`HANDOVER_DAMPING`."""
+        """Return phase 2's Gauss-Newton settings: the consensus loss and ``alpha`` (NaN: ``--alpha`` as given)."""
         want = self.config.alpha if np.isnan(float(alpha)) else float(alpha)
-        return replace(self.config, loss=self.consensus_loss(self.config), alpha=want,
-                       damping=max(float(self.config.damping), HANDOVER_DAMPING))
+        return replace(self.config, loss=self.consensus_loss(self.config), alpha=want)
 
     def _use_kept_alpha(self, alpha) -> None:
         """Make phase 2's Gauss-Newton fit with ``alpha`` (a number; NaN: ``--alpha`` as configured)."""
@@ -188,7 +187,8 @@ class HandOverSolver(SolverBase):
             self._use_kept_alpha(own["kept_alpha"])
             gn, renamed = self._gauss_newton(KEPT, runner)
             weights = [np.asarray(W) for W in state.weights]
-            start = gn.initialize(renamed, hidden=weights[:-1], output=weights[-1])
+            start = gn.initialize(renamed, hidden=weights[:-1], output=weights[-1],
+                                  damping=max(float(self.config.damping), HANDOVER_DAMPING))
             new, metrics = gn.advance(renamed, LoopState(state.iteration, start.weights, start.carry))
             return self._join(new, own), {**metrics, "phase": "hand-over", "gauss_newton_loss": self.kept_loss()}
         if phase == KEPT:

@@ -877,6 +877,25 @@ def test_handover_without_the_consensus_alpha_in_the_carry_recomputes_it(monkeyp
     assert all(h["alpha"] > 0 for h in fit.history[k:])
 
 
+def test_handover_damping_is_the_first_steps_only_and_a_resume_takes_damping_as_given():
+    """HANDOVER_DAMPING is the hand-over step's λ; a --damping changed on resume after it is honoured as for
+    --solver gauss-newton (it was raised to at least HANDOVER_DAMPING)."""
+    from solvers.handover import HANDOVER_DAMPING, HandOverSolver
+    from solvers.losses import encode_labels
+    from solvers.reference import InMemoryRunner
+    from solvers.validation import RowSplit
+
+    X, y = make_data(n=3000, n_classes=3)
+    cfg = TrainConfig(**HANDOVER, iterations=9)
+    fit = fit_in_memory(X, y, cfg, chunk_rows=250)
+    assert "gauss-newton" in [h["phase"] for h in fit.history] and float(cfg.damping) < HANDOVER_DAMPING
+    changed = replace(fit.solver.config, damping=0.5)
+    solver = HandOverSolver(changed, *fit.solver._args)
+    runner = InMemoryRunner(solver, X, encode_labels(y, solver.classes), chunk_rows=250, split=RowSplit(0.2, 1))
+    state = solver.resume(runner, fit.loop_state, {"damping"})
+    assert float(state.carry["damping"]) == 0.5 and float(state.carry["phase"]) == 2
+
+
 def test_session_8_handover_refits_the_output_layer_by_least_squares(monkeypatch):
     """``keep_weights = False`` (phase 1, kept so session 8's run stores resume as they ran): Gauss-Newton's own loss
     from the consensus hidden weights, the output layer refitted by pass A."""
