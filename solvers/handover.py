@@ -219,18 +219,15 @@ class HandOverSolver(SolverBase):
     def curvature_chunk_held(self, *args):
         return self.second.curvature_chunk_held(*args)
 
-    # phase 2's (the runner of its passes prefixes KEPT_PREFIX)
-    def kept_forward_chunk(self, *args):
-        return self.kept.forward_chunk(*args)
+    def __getattr__(self, name):
+        """Phase 2's kernels (the runner of its passes prefixes KEPT_PREFIX): ``kept_<kernel>`` is phase 2's ``<kernel>``.
 
-    def kept_curvature_chunk(self, *args):
-        return self.kept.curvature_chunk(*args)
-
-    def kept_forward_chunk_held(self, *args):
-        return self.kept.forward_chunk_held(*args)
-
-    def kept_curvature_chunk_held(self, *args):
-        return self.kept.curvature_chunk_held(*args)
+        Only names that are no attribute of the solver get here; any other is an AttributeError (unpickling looks
+        names up before ``kept`` is set, and ``kept`` is no ``kept_`` name, so this never recurses).
+        """
+        if name.startswith(KEPT_PREFIX) and "kept" in self.__dict__:
+            return getattr(self.kept, name[len(KEPT_PREFIX):])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
         own, inner = self._split(state)
