@@ -86,6 +86,8 @@ def remove_stale_chunk_partials(folder) -> int:
     """Remove the ``<chunk>.<uuid>.partial`` files a killed :func:`storage.state_io.write_rows` left under ``folder``; return how many.
 
     Call it only while holding the run's lock (:mod:`storage.lock`): then no writer of this run is alive to own them.
+    (On an external cluster a worker may still run a killed client's task: it loses its temporary file and its rename
+    fails, no new hazard, since it was writing into the state slot the new run is about to write.)
     Files of any other name are left alone.
     """
     removed = 0
