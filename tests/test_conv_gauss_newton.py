@@ -98,6 +98,12 @@ def test_pooling_forward_and_adjoint_against_loops(mode, shape):
     assert pool.out_shape == (shape[0] // 2, shape[1] // 2, 3)
 
 
+def assert_same_bits(a, b):
+    """Bitwise equal: the same dtype, shape and bytes (assert_array_equal takes −0.0 for +0.0)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
 @pytest.mark.parametrize("shape,k", [((5, 7, 3), 2), ((4, 6, 3), 2), ((7, 8, 2), 3), ((3, 3, 1), 1)])
 def test_max_pooling_without_masks_is_the_maximum_of_the_cells(shape, k):
     """The forward pass alone (rows of each window first, then columns) gives the masked forward's values exactly."""
@@ -105,8 +111,8 @@ def test_max_pooling_without_masks_is_the_maximum_of_the_cells(shape, k):
     pool = Pool2D(shape, k)
     u = rng.normal(size=(4, pool.n_in)).astype(np.float32)
     u[:, ::3] = 0.5  # ties
-    np.testing.assert_array_equal(pool.forward(u, masks=False)[0], pool.forward(u)[0])
-    np.testing.assert_array_equal(pool.apply(u), np.stack([c.reshape(4, -1) for c in pool._cells(u)]).max(axis=0))
+    assert_same_bits(pool.forward(u, masks=False)[0], pool.forward(u)[0])
+    assert_same_bits(pool.apply(u), np.stack([c.reshape(4, -1) for c in pool._cells(u)]).max(axis=0))
 
 
 def test_forward_alone_pools_before_the_relu_with_the_same_activations():
@@ -116,7 +122,7 @@ def test_forward_alone_pools_before_the_relu_with_the_same_activations():
     hidden = [W.astype(np.float32) for W in random_weights(solver, rng)[:-1]]
     x = rng.normal(size=(5, solver.widths[0])).astype(np.float32)
     for alone, full in zip(solver._forward_tile(x, hidden, back=False)[3], solver._forward_tile(x, hidden)[3]):
-        np.testing.assert_array_equal(alone, full)
+        assert_same_bits(alone, full)
 
 
 def test_conv_jacobian_products_against_finite_differences():
@@ -313,7 +319,7 @@ def test_pass_b_starts_from_the_forward_pass_pass_a_kept(monkeypatch):
     for name in ("validation_accuracy", "train_accuracy", "objective"):
         assert [h[name] for h in recomputed.history] == [h[name] for h in kept.history]
     for W, W_kept in zip(recomputed.network.weights, kept.network.weights):
-        np.testing.assert_array_equal(W, W_kept)
+        assert_same_bits(W, W_kept)
 
 
 def test_pass_b_deferred_to_the_next_iteration_gives_the_same_steps(monkeypatch):
@@ -495,4 +501,4 @@ def test_pipeline_gauss_newton_conv_matches_reference_and_resumes_bitwise(client
               report=crash_after_2)
     resumed = train(client, store=tmp_path / "p.zarr", resume=True, report=lambda line: None)
     for W, W_full in zip(resumed.network.weights, result.network.weights):
-        np.testing.assert_array_equal(W, W_full)
+        assert_same_bits(W, W_full)
