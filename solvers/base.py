@@ -115,17 +115,21 @@ class SolverBase:
 
     rows_chunk.row_numbers = True  # the runners pass the rows' global numbers in place of the chunk's start
 
+    def glorot_bound(self, layer) -> float:
+        """Return Glorot's bound ``√(f/(fan_in + fan_out))`` of ``layer``: f = 2 for a sigmoid hidden activation, else 6."""
+        factor = 2.0 if self.act.name == "sigmoid" else 6.0
+        return np.sqrt(factor / (layer.fan_in + layer.weight_shape[0]))
+
     def glorot_weights(self, layers: int) -> list:
         """Return Glorot-uniform ``W_1..W_layers``: weights and biases ~ U(±√(f/(fan_in + fan_out))), seeded by ``config.seed``.
 
         scikit-learn's ``MLPClassifier`` start (its ``_init_coef``: f = 6, 2 for a sigmoid hidden activation), dense layers.
         """
         rng = np.random.default_rng([self.config.seed, 0])
-        factor = 2.0 if self.act.name == "sigmoid" else 6.0
         out = []
         for layer in self.layers[:layers]:
             fan_out = layer.weight_shape[0]
-            bound = np.sqrt(factor / (layer.fan_in + fan_out))
+            bound = self.glorot_bound(layer)
             W = np.empty(layer.weight_shape)
             W[:, :-1] = rng.uniform(-bound, bound, size=(fan_out, layer.fan_in))
             W[:, -1] = rng.uniform(-bound, bound, size=fan_out)
@@ -140,13 +144,12 @@ class SolverBase:
         """
         rng = np.random.default_rng([self.config.seed, 0])
         brng = np.random.default_rng([self.config.seed, 1])
-        factor = 2.0 if self.act.name == "sigmoid" else 6.0
         out = []
         for layer in self.layers[:layers]:
             W = np.zeros(layer.weight_shape)
             W[:, :-1] = rng.normal(0.0, np.sqrt(self.act.he_gain / layer.fan_in), size=(W.shape[0], layer.fan_in))
             if biases:
-                bound = np.sqrt(factor / (layer.fan_in + W.shape[0]))
+                bound = self.glorot_bound(layer)
                 W[:, -1] = brng.uniform(-bound, bound, size=W.shape[0])
             out.append(W)
         return out
