@@ -39,11 +39,11 @@ if str(ROOT) not in sys.path:
 from benchmarks import defaults_real as dr  # noqa: E402
 
 
-def fit(F, y, alpha):
+def fit(F, y, alpha, max_iter: int = 2000, tol: float = 1e-8):
     """Return scikit-learn's L2 logistic fit of labels ``y`` on features ``F`` with ``Σℓ + α/2‖w‖²`` (bias free)."""
     from sklearn.linear_model import LogisticRegression
 
-    m = LogisticRegression(C=1.0 / alpha, max_iter=2000, tol=1e-8)
+    m = LogisticRegression(C=1.0 / alpha, max_iter=max_iter, tol=tol)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m.fit(F, y)
