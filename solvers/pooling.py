@@ -49,17 +49,16 @@ class Pool2D(ImageShapes):
         (row-major order); it is None for average pooling or when ``masks`` is False
         (a forward pass that back-propagates nothing).
         """
+        if self.mode == "max" and not masks:
+            return self._max(u), None
         cells = self._cells(u)
-        out = cells[0].copy()
         if self.mode == "avg":
+            out = cells[0].copy()
             for c in cells[1:]:
                 out += c
             out *= u.dtype.type(1.0 / len(cells))
             return out.reshape(len(out), self.n_out), None
-        if not masks:
-            return self._max(u), None
-        for c in cells[1:]:
-            np.maximum(out, c, out=out)
+        out = _maximum(cells)
         mask = np.empty((len(cells),) + out.shape, bool)
         free = np.ones(out.shape, bool)     # windows whose maximum is not yet marked
         for i, c in enumerate(cells):
@@ -77,13 +76,9 @@ class Pool2D(ImageShapes):
         """
         k, (H, W, C), (ho, wo, _) = self.size, self.in_shape, self.out_shape
         r = u.reshape(-1, H, W, C)[:, :ho * k].reshape(-1, ho, k, W, C)
-        rows = np.maximum(r[:, :, 0], r[:, :, 1]) if k > 1 else r[:, :, 0].copy()
-        for p in range(2, k):
-            np.maximum(rows, r[:, :, p], out=rows)
+        rows = _maximum([r[:, :, p] for p in range(k)])
         c = rows[:, :, :wo * k].reshape(-1, ho, wo, k, C)
-        out = np.maximum(c[..., 0, :], c[..., 1, :]) if k > 1 else c[..., 0, :].copy()
-        for q in range(2, k):
-            np.maximum(out, c[..., q, :], out=out)
+        out = _maximum([c[..., q, :] for q in range(k)])
         return out.reshape(len(out), self.n_out)
 
     def apply(self, u):
@@ -114,3 +109,11 @@ class Pool2D(ImageShapes):
         out = np.zeros((win.shape[0], H, W, C), g.dtype)
         out[:, :ho * k, :wo * k] = win
         return out.reshape(*lead, self.n_in)
+
+
+def _maximum(parts):
+    """Return the elementwise maximum of the equal-shape arrays ``parts`` as a new array (``parts`` untouched)."""
+    out = np.maximum(parts[0], parts[1]) if len(parts) > 1 else parts[0].copy()
+    for part in parts[2:]:
+        np.maximum(out, part, out=out)
+    return out
