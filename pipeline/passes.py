@@ -345,8 +345,9 @@ class DaskRunner:
         specs' order, so the client sums the same parts in the same order (bitwise).
         """
         place = specs[0][1]
+        alike = all(p == place for _, p in specs)
         threads = self._threads()
-        if len(specs) > threads and all(p == place for _, p in specs):
+        if len(specs) > threads and alike:
             groups = thread_groups([self._spec_rows(args) for args, _ in specs], threads)
             keys = [f"chunk_task_x{len(g)}-{uuid.uuid4().hex}" for g in groups]  # the /training page counts k chunks
             futures = self.client.map(chunk_tasks, [bundle] * len(groups), [[specs[i][0] for i in g] for g in groups],
@@ -356,7 +357,7 @@ class DaskRunner:
                 for i, r in zip(group, out):
                     results[i] = r
             return results
-        if all(p == place for _, p in specs):
+        if alike:
             columns = list(zip(*(args for args, _ in specs)))
             futures = self.client.map(chunk_task, [bundle] * len(specs), *columns, pure=False, retries=self.retries, **place)
         else:
