@@ -6,7 +6,9 @@ error: the cluster closes (batch jobs cancelled, temporary certificates
 deleted), the last committed iteration stays intact, and the line names the
 command that resumes. A second signal during that clean-up is noted, not obeyed,
 for :data:`GRACE` seconds (so the jobs do get cancelled); after that it ends the
-clean-up. An interrupted run never exits 0. SIGKILL cannot be handled: what it
+clean-up. An interrupted run never exits 0: a signal whose exception landed in a
+finalizer (Python prints it as "Exception ignored in ..." and carries on) still ends
+the block this way, once the block is done. SIGKILL cannot be handled: what it
 leaves (certificates) is removed by the next run (:func:`pipeline.cluster.clean_stale_certificates`).
 """
 from __future__ import annotations
@@ -82,6 +84,8 @@ def exit_on_signals(store=None, batch=False):
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+        if handler.first is not None:  # its exception met a finalizer ("Exception ignored in ..."), which ate it
+            raise Terminated() if handler.first[0] == signal.SIGTERM else KeyboardInterrupt()
     except (KeyboardInterrupt, Terminated):
         signum = handler.first[0] if handler.first else signal.SIGINT
         _quiet_shutdown()
