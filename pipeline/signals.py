@@ -7,8 +7,11 @@ deleted), the last committed iteration stays intact, and the line names the
 command that resumes. A second signal during that clean-up is noted, not obeyed,
 for :data:`GRACE` seconds (so the jobs do get cancelled); after that it ends the
 clean-up. An interrupted run never exits 0: a signal whose exception landed in a
-finalizer (Python prints it as "Exception ignored in ..." and carries on) still ends
-the block this way, once the block is done. SIGKILL cannot be handled: what it
+finalizer (Python prints it as "Exception ignored in ..." and carries on) ends the
+run at its next iteration boundary, once the iteration's commit is written
+(:func:`stop_if_signalled`, which the training loop calls there), or at the end of
+the block, whichever comes first; a second signal after such a lost one is obeyed
+as a first one is (nothing is being cleaned up). SIGKILL cannot be handled: what it
 leaves (certificates) is removed by the next run (:func:`pipeline.cluster.clean_stale_certificates`).
 """
 from __future__ import annotations
@@ -31,17 +34,46 @@ class Terminated(BaseException):
 class _Handler:
     def __init__(self):
         self.first: tuple[int, float] | None = None
+        self.lost = False  # the exception of the last signal obeyed met a finalizer, which ate it: no clean-up runs
 
     def __call__(self, signum, frame):
-        if self.first is not None and time.monotonic() - self.first[1] < GRACE:
+        if self.first is not None and not self.lost and time.monotonic() - self.first[1] < GRACE:
             print(f"{NAMES[signum].split(' (')[0]} again: still cleaning up (cancelling jobs); "
                   f"one more after {GRACE:.0f} s ends the clean-up", file=sys.stderr, flush=True)
             return
-        self.first = self.first or (signum, time.monotonic())
+        self.first = (self.first[0], time.monotonic()) if self.first else (signum, time.monotonic())
+        self.lost = False
         _quiet_shutdown()
-        if signum == signal.SIGTERM:
-            raise Terminated()
-        raise KeyboardInterrupt()
+        raise self.exception()
+
+    def exception(self) -> BaseException:
+        """Return the exception the first signal raises: Terminated for SIGTERM, else KeyboardInterrupt."""
+        return Terminated() if self.first[0] == signal.SIGTERM else KeyboardInterrupt()
+
+    def unraisable(self, previous):
+        """Return a ``sys.unraisablehook`` that notes when a finalizer ate this handler's exception, then calls ``previous``."""
+        def hook(unraisable):
+            if self.first is not None and issubclass(unraisable.exc_type, (KeyboardInterrupt, Terminated)):
+                self.lost = True
+            previous(unraisable)
+        return hook
+
+
+_active: list[_Handler] = []  # the handlers of the open exit_on_signals blocks (main thread), innermost last
+
+
+def stop_if_signalled(before=None) -> None:
+    """Raise the interruption of a signal whose exception was lost (eaten by a finalizer), after calling ``before``.
+
+    The training loop calls this at each iteration boundary, where stopping loses nothing: the
+    iteration is committed (``before`` waits for a commit under way). No-op outside an
+    :func:`exit_on_signals` block, off the main thread, or when no signal came.
+    """
+    if not _active or threading.current_thread() is not threading.main_thread() or _active[-1].first is None:
+        return
+    if before is not None:
+        before()
+    raise _active[-1].exception()
 
 
 def _resume_hint(store) -> str:
@@ -82,10 +114,13 @@ def exit_on_signals(store=None, batch=False):
         return
     handler = _Handler()
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = hook = handler.unraisable(previous_hook)
+    _active.append(handler)
     try:
         yield
         if handler.first is not None:  # its exception met a finalizer ("Exception ignored in ..."), which ate it
-            raise Terminated() if handler.first[0] == signal.SIGTERM else KeyboardInterrupt()
+            raise handler.exception()
     except (KeyboardInterrupt, Terminated):
         signum = handler.first[0] if handler.first else signal.SIGINT
         _quiet_shutdown()
@@ -95,5 +130,8 @@ def exit_on_signals(store=None, batch=False):
         print(f"{NAMES[signum]}: {done}{_resume_hint(path)}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT[signum]) from None
     finally:
+        _active.remove(handler)
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous_hook
         for s, h in previous.items():
             signal.signal(s, h)

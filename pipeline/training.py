@@ -19,6 +19,7 @@ from pipeline.checks import check_chunk_rows, check_inputs, check_resumable, che
 from pipeline.cluster import check_worker_access
 from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_moments, score_sums_graph
+from pipeline.signals import stop_if_signalled
 from solvers import SOLVERS, make_solver
 from solvers.config import TrainConfig, choice_text
 from solvers.driver import Outcome, describe_model, drive, model_from_moments, split_chunks
@@ -232,6 +233,9 @@ class _RunKeeper:
     _errors: list = field(default_factory=list, repr=False)
 
     def begin(self, iteration: int) -> None:
+        """Iteration ``iteration`` starts; a signal whose exception a finalizer ate stops the run here instead, with
+        iteration − 1 committed (the commit under way written first): the boundary of every solver and phase."""
+        stop_if_signalled(before=self.flush)
         self.run.begin_iteration(iteration)
 
     def commit(self, state, history, stopping, stopped) -> None:

@@ -89,7 +89,7 @@ class Keeper(Protocol):
     """Where a run's checkpoints live: the run store (Dask) or nowhere (in memory)."""
 
     def begin(self, iteration: int) -> None:
-        """Iteration ``iteration`` starts writing its state."""
+        """Iteration ``iteration`` starts writing its state (an iteration boundary: a keeper may stop the run here by raising)."""
 
     def commit(self, state: LoopState, history: list, stopping: EarlyStopping | None, stopped: bool) -> None:
         """Record iteration ``state.iteration`` (0: the initial state) and the history up to it."""

@@ -51,3 +51,108 @@ def test_a_signal_in_the_block_exits_with_its_code(signum, code):
 def test_a_block_without_a_signal_ends_normally():
     with exit_on_signals(store=None):
         pass
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_second_signal_after_one_a_finalizer_ate_is_obeyed_at_once(signum, code, monkeypatch):
+    """The first signal's exception was lost, so nothing is being cleaned up: the second is not merely noted."""
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    went_on = []
+    with pytest.raises(SystemExit) as ended:
+        with exit_on_signals(store=None):
+            _SignalsWhenCollected(signum)
+            gc.collect()
+            os.kill(os.getpid(), signum)
+            for _ in range(1000):
+                pass
+            went_on.append(True)
+    assert ended.value.code == code and not went_on
+
+
+def test_stop_if_signalled_raises_only_after_a_lost_signal_and_after_its_before(monkeypatch):
+    from pipeline.signals import stop_if_signalled
+
+    calls = []
+    stop_if_signalled(before=lambda: calls.append("outside"))  # no block: nothing to stop
+    with exit_on_signals(store=None):
+        stop_if_signalled(before=lambda: calls.append("no signal"))
+    assert calls == []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    went_on = []
+    with pytest.raises(SystemExit) as ended:
+        with exit_on_signals(store=None):
+            _SignalsWhenCollected(signal.SIGTERM)
+            gc.collect()
+            stop_if_signalled(before=lambda: calls.append("flushed"))
+            went_on.append(True)
+    assert ended.value.code == 143 and calls == ["flushed"] and not went_on
+
+
+def _tiny_data(path, n=800, d=5, seed=0):
+    import numpy as np
+
+    from storage.data import write_data
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X @ rng.normal(size=d) + 0.3 * rng.normal(size=n) > 0).astype(np.int64)
+    write_data(path, X, y, chunk_rows=200)
+
+
+# every solver's loop, and the hand-over phase of consensus,gauss-newton (its iteration 'hand-over' is the one signalled)
+RUNS = {
+    "gauss-newton": dict(solver="gauss-newton", hidden=(6,)),  # commits in the background
+    "admm": dict(solver="admm", hidden=(6,)),  # per-sample state slots
+    "dladmm": dict(solver="dladmm", hidden=(6,)),
+    "consensus": dict(solver="consensus", hidden=(6,), shards=2),  # per-shard state slots
+    "hand-over": dict(solver="consensus,gauss-newton", hidden=(6,), shards=2, local_epochs=2, learning_rate=1e-2,
+                      handover_gain=0.05, validation_fraction=0.2, patience=0, seed=1),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_signal_a_finalizer_ate_stops_training_at_the_next_iteration_boundary(name, client, tmp_path, capsys,
+                                                                                monkeypatch):
+    """The signal lands inside iteration k (in a finalizer, which eats its exception): iteration k is finished and
+    committed, and the run stops there with the resume line and 130/143, instead of training on to the end.
+
+    The signal is sent from the solver's ``advance`` after its passes, before the commit (for the hand-over: in the
+    iteration that hands over), so which iteration is committed does not depend on timing.
+    """
+    from pipeline.training import train
+    from solvers import SOLVERS
+    from solvers.config import TrainConfig
+    from storage.runstore import RunStore
+
+    _tiny_data(tmp_path / "d.zarr")
+    config = TrainConfig(**RUNS[name], iterations=12)
+    cls = SOLVERS[config.solver]
+    real = cls.advance
+    sent = []
+
+    def advance(self, runner, state):
+        new, metrics = real(self, runner, state)
+        due = metrics.get("phase") == "hand-over" if name == "hand-over" else new.iteration == 2
+        if due and not sent:
+            sent.append(new.iteration)
+            _SignalsWhenCollected(signal.SIGTERM)
+            gc.collect()
+        return new, metrics
+
+    monkeypatch.setattr(cls, "advance", advance)
+    eaten = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: eaten.append(u.exc_type))
+    store = tmp_path / "r.zarr"
+    with pytest.raises(SystemExit) as ended:
+        with exit_on_signals(store=str(store)):
+            train(client, store=store, data=tmp_path / "d.zarr", config=config, chunk_rows=200, report=print)
+    from pipeline.signals import Terminated
+
+    assert sent and eaten == [Terminated]
+    assert ended.value.code == 143
+    run = RunStore.open(store)
+    assert run.committed_iteration() == sent[0] < 12
+    assert [h["iteration"] for h in run.manifest()["history"]] == list(range(1, sent[0] + 1))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"terminated (SIGTERM): the cluster was shut down; iteration {sent[0]} is committed: "
+                       f"resume with python -m pipeline.train --store {store} --resume")
