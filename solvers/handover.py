@@ -138,8 +138,9 @@ class HandOverSolver(SolverBase):
         Cross-entropy with ``--alpha auto`` only: the consensus passes minimise the mean loss plus ``½α_c‖W̃‖²``;
         times n that is Gauss-Newton's ``Σℓ + α Σ‖W̃_l‖²`` with ``α = n α_c / 2`` (n training rows). Else NaN:
         ``--alpha`` as given (the squared loss's auto α, from its closed-form ridge path, as Gauss-Newton's own).
-        A carry without α_c (a run store of older code stopped in the consensus phase) gets the consensus rule's
-        α of pass ``k`` at ``weights`` (:meth:`ConsensusSolver.alpha`), kept in ``own``: never an unregularised 0.
+        A carry without α_c (a run store of older code stopped in the consensus phase, resumed without a
+        consensus record carrying α: :meth:`resume`) gets the consensus rule's α of pass ``k`` at ``weights``
+        (:meth:`ConsensusSolver.alpha`), kept in ``own``: never an unregularised 0.
         """
         if self.config.alpha != "auto" or not self.kept.cross_entropy:
             return float("nan")
@@ -229,9 +230,17 @@ class HandOverSolver(SolverBase):
             return getattr(self.kept, name[len(KEPT_PREFIX):])
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def resume(self, runner, state: LoopState, changed: set) -> LoopState:
+    def resume(self, runner, state: LoopState, changed: set, history=()) -> LoopState:
+        """Resume at ``state``; ``history`` (the run's records) gives a carry without α_c (a store of session 8's code
+        stopped in the consensus phase) its last consensus pass's α, as :meth:`observe` would have kept it, so the
+        hand-over continues as an uninterrupted run of this code (the α of the rule at the hand-over was ~30 %
+        off on the session-8 fixture of tests/test_handover_fixture.py)."""
         own, inner = self._split(state)
         phase = int(own.get("phase", CONSENSUS))
+        if phase == CONSENSUS and "consensus_alpha" not in own and "alpha" not in changed:
+            alpha = next((h.get("alpha") for h in reversed(list(history)) if h.get("phase") == "consensus"), None)
+            if alpha is not None:
+                own["consensus_alpha"] = np.float64(alpha)
         if phase == KEPT:
             if "alpha" in changed:  # a given --alpha now, or auto again: n α_c / 2
                 own["kept_alpha"] = np.float64(self.kept_alpha(runner, own, state.weights, state.iteration + 1))

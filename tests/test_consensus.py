@@ -988,34 +988,6 @@ def test_pipeline_handover_matches_reference_and_resumes_at_any_point(client, tm
 
 
 
-def test_a_session_8_handover_run_resumes_as_it_ran(client, tmp_path, monkeypatch):
-    """A run store that handed over as session 8 did (phase 1: squared-loss Gauss-Newton, the output layer refitted)
-    resumes in that phase with today's code, bitwise as the whole run of that code."""
-    from pipeline.model import load_network
-    from pipeline.training import train
-    from solvers.handover import HandOverSolver
-    from storage.data import write_data
-
-    X, y = make_data(n=3000, n_classes=3)
-    write_data(tmp_path / "d.zarr", X, y, chunk_rows=250)
-    cfg = TrainConfig(**HANDOVER, iterations=7)
-    monkeypatch.setattr(HandOverSolver, "keep_weights", False)
-    whole = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=250,
-                  report=quiet)
-    phases = [h["phase"] for h in whole.history]
-    k = phases.index("hand-over") + 1
-    assert k < 7 and all("gauss_newton_loss" not in h for h in whole.history)
-    store = tmp_path / "old.zarr"
-    train(client, store=store, data=tmp_path / "d.zarr", config=TrainConfig(**{**cfg.to_dict(), "iterations": k}),
-          chunk_rows=250, report=quiet)
-    monkeypatch.setattr(HandOverSolver, "keep_weights", True)
-    resumed = train(client, store=store, resume=True, iterations=7, report=quiet)
-    assert [h["phase"] for h in resumed.history] == phases
-    for W, W_ref in zip(_final_weights(store), _final_weights(tmp_path / "r.zarr")):
-        np.testing.assert_array_equal(W, W_ref)
-    assert load_network(store).link == load_network(tmp_path / "r.zarr").link
-
-
 def test_consensus_cannot_fall_back_once_the_next_pass_wrote_its_shard_slot(client, tmp_path):
     """The per-shard state lives in two slots like ADMM's per-sample state: a damaged last commit whose
     predecessor's shard slot was overwritten is one clear error, never a silently different run."""
