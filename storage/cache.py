@@ -10,7 +10,10 @@ out-of-core scan never thrashes it), least recently used out first. Data
 stores are written once and only read (:mod:`storage.data`); a cached chunk
 is still checked against its file's identity (inode, size, modification
 time) at every read, so a store replaced or a chunk file rewritten on disk is
-read again, with :func:`storage.data.read_rows`' damage checks.
+read again, with :func:`storage.data.read_rows`' damage checks. A chunk of an
+uncompressed (bytes + crc32c) array is mapped from its file rather than copied
+(:func:`storage.state_io.map_chunk_rows`: a fresh worker's first reads spent
+most of their time faulting in new memory).
 """
 from __future__ import annotations
 
@@ -82,8 +85,12 @@ class ChunkCache:
                 self._chunks.move_to_end(key)
                 self.hits += 1
                 return hit[1]
-        block = read_rows(store, name, lo, hi)  # checked: checksum, missing rows
-        block.setflags(write=False)
+        from storage.state_io import map_chunk_rows  # (state_io imports this module)
+
+        block = map_chunk_rows(store, name, lo, hi)  # mapped from the page cache, checked
+        if block is None:
+            block = read_rows(store, name, lo, hi)  # checked: checksum, missing rows
+            block.setflags(write=False)
         with self._lock:
             self.misses += 1
             old = self._chunks.pop(key, None)

@@ -98,3 +98,21 @@ def test_the_inputs_cache_keeps_its_first_tiles_and_one_runs_only():
     assert cache.get(0, owner="run")[0].shape == (100,) and cache.nbytes == 2 * 800
     cache.put(5, (np.zeros(100),), owner="other")
     assert cache.get(0, owner="run") is None and cache.get(5, owner="other") is not None and cache.nbytes == 800
+
+
+def test_whole_chunks_are_mapped_checked_and_read_only(store, tmp_path):
+    """A data chunk of a bytes + crc32c array is its file mapped (the same values); a damaged file is not mapped."""
+    from storage.state_io import map_chunk_rows
+
+    for a, b in [(0, 300), (300, 600), (900, 1000)]:  # the last chunk's file is padded to 300 rows
+        rows = map_chunk_rows(store, "X", a, b)
+        assert rows is not None and not rows.flags.writeable
+        np.testing.assert_array_equal(rows, read_rows(store, "X", a, b))
+    assert map_chunk_rows(store, "X", 0, 10) is None  # part of a chunk: not mapped
+    chunk = tmp_path / "d.zarr" / "X" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[7] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    assert map_chunk_rows(store, "X", 300, 600) is None
+    with pytest.raises(InputError, match="corrupted"):
+        ChunkCache(2**20).read(store, "X", 300, 310)
