@@ -350,7 +350,8 @@ class ConsensusSolver(SolverBase):
 
         While :func:`pass_window` gives fewer than all of its chunks, one sweep over those chunks instead.
 
-        ``chunks`` has ``len(chunks)`` chunks, ``chunks.n_rows()`` rows and ``chunks.read(i) -> (x_raw, y)``;
+        ``chunks`` has ``len(chunks)`` chunks, ``chunks.n_rows()`` rows and ``chunks.read(i) -> (x_raw, y)``
+        (``x_raw[rows]`` is all the kernel takes of x_raw: an array, or the pipeline's view of a chunk's training rows);
         ``state`` is the shard's per-shard state of the last pass (None on the first).
         Returns (new per-shard state, sums of :meth:`shard_layout`).
         """
