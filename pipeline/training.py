@@ -222,7 +222,9 @@ class _RunKeeper:
     A kill -9 meanwhile leaves iteration k−1 committed, as a kill just before
     the commit would. A run with slot state commits before the next iteration
     writes its slot (the slot of k−1, which must not be overwritten while k is
-    not committed), so it commits in the caller's thread.
+    not committed), so it commits in the caller's thread; but for iteration 0,
+    which has no k−1 (a kill before its commit leaves a store that cannot be
+    resumed either way), and whose slot iteration 1 only reads.
     """
 
     run: RunStore
@@ -246,7 +248,7 @@ class _RunKeeper:
         why = f"stopped early; the model is iteration {stopping.best_iteration}" if stopped else None
         args = (checkpoint, list(history), why, bool(stopped))
         self.flush()
-        if self.background and not self.run.keeps_slot_state:
+        if self.background and (not self.run.keeps_slot_state or checkpoint.iteration == 0):
             self._pending = threading.Thread(target=self._commit_catching, args=args, name="admm-dask-commit")
             self._pending.start()
         else:

@@ -1,4 +1,5 @@
-"""The pipeline's keeper commits a run without slot state (gauss-newton) in the background, one commit at a time, in order."""
+"""The pipeline's keeper commits a run without slot state (gauss-newton), and every run's iteration 0, in the background,
+one commit at a time, in order."""
 import threading
 
 import numpy as np
@@ -62,11 +63,15 @@ def test_a_failed_background_commit_is_raised_by_the_next_commit_or_flush():
 
 
 def test_a_run_with_slot_state_commits_before_the_next_iteration_writes_its_slot():
+    """Iteration k >= 1 is written when commit returns (k + 1 writes k − 1's slot); iteration 0, which has no k − 1,
+    in the background (iteration 1 only reads its slot)."""
     run = SlowRun(slot_state=True)
-    run.release.set()
     keeper = _RunKeeper(run, TrainConfig(iterations=5))
     keeper.commit(state(0, 1.0), [], None, False)
-    assert [d[0] for d in run.done] == [0]  # written when commit returns
+    assert run.started.wait(5) and run.done == []  # returned while iteration 0 is written
+    run.release.set()
+    keeper.commit(state(1, 2.0), [{"iteration": 1}], None, False)
+    assert [d[0] for d in run.done] == [0, 1]  # iteration 1: written when commit returns
 
 
 def test_a_failed_background_commit_is_not_hidden_by_an_error_the_driver_raises_meanwhile():
