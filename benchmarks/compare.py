@@ -402,19 +402,29 @@ def run_pipeline(client, task: Task, config: TrainConfig, curve: Curve, run_dir:
     workers_cpu0 = _workers_cpu(client)
 
     def report(line):
-        """Called by train() after each step it reports: score a newly committed iteration, clock stopped."""
+        """Called by train() after each line it reports: score a newly committed iteration, clock stopped.
+
+        The harness's own look-ups (the workers' CPU, the store's committed iteration) run with the clock
+        stopped too, as the peers' scoring does; only the wait for a background commit runs on it. Lines
+        that are not an iteration's are not looked at (each look cost 10-100 ms on the clock before a
+        first point at ~1 s).
+        """
         lines.append(line)
-        seconds = clock.now()
-        cpu = clock.cpu() + _workers_cpu(client) - workers_cpu0  # before the scoring, as the peers' cpu_seconds
+        seconds, cpu = clock.now(), clock.cpu()
         reported = _reported_iteration(line)
-        k = _committed(store)
-        if reported is not None and (k is None or k < reported):  # a background commit under way: the model
-            deadline = time.perf_counter() + 120                     # exists once it is written (clock running)
+        if reported is None:
+            return
+        with clock.paused():
+            cpu += _workers_cpu(client) - workers_cpu0  # before the scoring, as the peers' cpu_seconds
+            k = _committed(store)
+        if k is None or k < reported:  # a background commit under way: the model exists once it is written
+            deadline = time.perf_counter() + 120  # (clock running)
             while (k is None or k < reported) and time.perf_counter() < deadline:
                 time.sleep(0.005)
                 k = _committed(store)
-            seconds = clock.now()
-            cpu = clock.cpu() + _workers_cpu(client) - workers_cpu0
+            seconds, cpu = clock.now(), clock.cpu()
+            with clock.paused():
+                cpu += _workers_cpu(client) - workers_cpu0
         with clock.paused():
             if k is None or k <= last[0]:
                 return
