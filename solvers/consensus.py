@@ -55,6 +55,7 @@ from solvers.tasks import score_from_sums
 from solvers.validation import RowSplit
 
 AUTO_STEPS = 100  # local_epochs 0: at least this many minibatch steps per pass over all shards (small data)
+LEGACY_AUTO_STEPS = 100  # the steps rule of run stores whose carry does not name theirs (written before it was stored)
 ALPHA_SAMPLE_ROWS = 8192  # alpha auto: pass A reads a seeded sample of whole training chunks of at least this many rows
 ALPHA_CHUNK_ROWS = 16384  # alpha auto: of each chunk it reads, pass A uses a seeded sample of at most this many rows
 
@@ -156,7 +157,17 @@ class ConsensusSolver(SolverBase):
         c = self.config
         return float(c.learning_rate) * float(c.lr_decay) ** (k - 1)
 
-    def alpha(self, runner=None, weights=None, k: int = 0) -> float:
+    def steps_rule(self, state: LoopState) -> int:
+        """Return the run's ``auto_steps`` (local_epochs 0): the one its carry stores, else this solver's for a fresh run.
+
+        A run store of older code (a pass done, no ``auto_steps`` in its carry) resumes with
+        :data:`LEGACY_AUTO_STEPS`, the rule it was created with.
+        """
+        if "auto_steps" in state.carry:
+            return int(np.asarray(state.carry["auto_steps"]).ravel()[0])
+        return LEGACY_AUTO_STEPS if "rho" in state.carry else int(self.auto_steps)
+
+    def alpha(self, runner=None, weights=None, k: int = 0, steps: int | None = None) -> float:
         """Return the weight decay α of pass k: ``alpha``, or for ``"auto"`` :meth:`held_out_alpha` at ``weights``.
 
         ``"auto"`` gives 0 without a pass in pass 1 when that pass sweeps once over each shard
@@ -170,20 +181,20 @@ class ConsensusSolver(SolverBase):
         alpha = getattr(self.config, "alpha", 0.0)
         if alpha != "auto":
             return float(alpha or 0.0)
-        if runner is None or (k == 1 and self.one_sweep_first_pass(runner)):
+        if runner is None or (k == 1 and self.one_sweep_first_pass(runner, steps)):
             return 0.0
         return self.held_out_alpha(runner, weights, k)
 
-    def one_sweep_first_pass(self, runner) -> bool:
+    def one_sweep_first_pass(self, runner, steps: int | None = None) -> bool:
         """Return True when pass 1 sweeps once over each shard's chunks (a window, or one local epoch: large data)."""
-        return self.sweeps(runner, 1, self.first_chunks(runner)) is not None
+        return self.sweeps(runner, 1, self.first_chunks(runner), steps) is not None
 
-    def sweeps(self, runner, k: int, first: int) -> list[int] | None:
+    def sweeps(self, runner, k: int, first: int, steps: int | None = None) -> list[int] | None:
         """Return the chunks each shard's pass k reads once, or None when a shard runs several epochs (small data)."""
         bounds = list(getattr(runner, "bounds", ()))
         if not bounds:
             return None
-        several = self.local_epochs(training_rows(runner)) > 1
+        several = self.local_epochs(training_rows(runner), steps) > 1
         counts = []
         for group in shard_groups(len(bounds), max(1, int(self.config.shards))):
             count = pass_window(k, len(group), first)[1]
@@ -245,11 +256,12 @@ class ConsensusSolver(SolverBase):
         dual = self.config.consensus == "admm" and "rho" in state.carry
         scale = float(state.carry["rho"]) / rho if dual else 0.0
         read = state.iteration if "rho" in state.carry else None  # iteration 0 stores no shard state
-        alpha = self.alpha(runner, state.weights, k)
+        steps = self.steps_rule(state)
+        alpha = self.alpha(runner, state.weights, k, steps)
         local = alpha if self.decay_in_shards else 0.0
         first = self.first_chunks(runner)
-        rounds = self.rounds(runner, k, first)
-        epochs = self.local_epochs(training_rows(runner)) if getattr(runner, "bounds", None) else 1
+        rounds = self.rounds(runner, k, first, steps)
+        epochs = self.local_epochs(training_rows(runner), steps) if getattr(runner, "bounds", None) else 1
         params = ShardParams(center, k, rho, scale, local, first, rounds, 0, self.lr_at(k), self.first_rows(k, first),
                              epochs)
         # one computation: round r's shard tasks start from round r−1's θ̄ and shard states (held in memory), and
@@ -273,10 +285,10 @@ class ConsensusSolver(SolverBase):
         score = f"train_{self.task.score_name}"
         metrics = {score: float(self.task.score({**sums, **totals})), "loss": float(totals["loss"]) / float(totals["n"]),
                    "residual": residual, "rho": rho, "alpha": alpha, "rounds": rounds,
-                   "learning_rate": params.learning_rate, "local_epochs": epochs if self.sweeps(runner, k, first) is None else 1}
+                   "learning_rate": params.learning_rate, "local_epochs": epochs if self.sweeps(runner, k, first, steps) is None else 1}
         if held is not None:  # the driver then skips its own held-out scoring (the same rows, the same network)
             metrics[f"validation_{self.task.score_name}"] = score_from_sums(held)
-        carry = {"rho": np.float64(rho)}
+        carry = {"rho": np.float64(rho), "auto_steps": np.float64(steps)}  # the run keeps the steps rule it was created with
         return LoopState(k, self.flat.to_weights(theta_bar), carry), metrics
 
     def resume(self, runner, state: LoopState, changed: set) -> LoopState:
@@ -324,25 +336,28 @@ class ConsensusSolver(SolverBase):
             return 0
         return -(-int(self.config.first_pass_rows) // max(1, int(self.config.shards)))
 
-    def rounds(self, runner, k: int, first: int) -> int:
+    def rounds(self, runner, k: int, first: int, steps: int | None = None) -> int:
         """Return the averaging rounds of pass k: with ``averaging`` chunk, one per chunk of the largest shard's window.
 
         A pass of several local epochs over whole shards (small data) averages once (1).
         """
-        counts = self.sweeps(runner, k, first) if self.config.averaging == "chunk" else None
+        counts = self.sweeps(runner, k, first, steps) if self.config.averaging == "chunk" else None
         return max(counts) if counts else 1
 
-    def local_epochs(self, rows: int) -> int:
+    def local_epochs(self, rows: int, steps: int | None = None) -> int:
         """Return the Adam epochs of every shard's pass over data of ``rows`` training rows (all shards together).
 
-        ``local_epochs``, or if 0 ``⌈auto_steps · batch_size / rows⌉``, at least 1: each pass reads at least
-        ``auto_steps`` minibatches over all shards, so the in-memory run (one shard) and the pipeline (one per
-        worker) take the same epochs per pass, and the run's 20 passes at least 20·auto_steps minibatches.
+        ``local_epochs``, or if 0 ``⌈steps · batch_size / rows⌉``, at least 1 (``steps``: the run's
+        :meth:`steps_rule`, None: ``auto_steps``): each pass reads at least ``steps`` minibatches over all
+        shards, so the in-memory run (one shard) and the pipeline (one per worker) take the same epochs per
+        pass, and the run's 20 passes at least 20·steps minibatches. ``rows`` is the data set's, so the
+        epochs are fixed for the run.
         """
         c = self.config
         if c.local_epochs:
             return int(c.local_epochs)
-        return max(1, -(-int(self.auto_steps) * int(c.batch_size) // max(1, int(rows))))
+        steps = int(self.auto_steps if steps is None else steps)
+        return max(1, -(-steps * int(c.batch_size) // max(1, int(rows))))
 
     # -- shard side (pure NumPy: the shard's chunks in, its state and sums out) -------------
     def shard_kernel(self, chunks, state, shard: int, p: ShardParams):

@@ -692,6 +692,53 @@ def test_pipeline_consensus_glorot_auto_epochs_matches_reference_and_resumes_bit
         np.testing.assert_array_equal(W, W_ref)
 
 
+def test_a_run_keeps_the_steps_rule_it_was_created_with(client, tmp_path, monkeypatch):
+    """The auto local epochs' steps rule is stored in the run's carry: a store created under one ``auto_steps`` resumes
+    under it after the default changed, bitwise as its whole run; a store of older code (no rule in its carry) resumes
+    under :data:`LEGACY_AUTO_STEPS`, bitwise as the whole run of that code."""
+    from pipeline.training import train
+    from solvers.consensus import LEGACY_AUTO_STEPS
+    from storage.data import write_data
+
+    X, y = make_data(n=1200, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    cfg = TrainConfig(solver="consensus", hidden=(6,), iterations=3, shards=2, seed=3, batch_size=50,
+                      first_pass_rows=0, local_epochs=0, alpha=0.0)
+
+    def run(store, iterations, resume=False):
+        if resume:
+            return train(client, store=tmp_path / store, resume=True, iterations=iterations, report=quiet)
+        return train(client, store=tmp_path / store, data=tmp_path / "d.zarr", chunk_rows=300, report=quiet,
+                     config=TrainConfig(**{**cfg.to_dict(), "iterations": iterations}))
+
+    new_steps = 3 * LEGACY_AUTO_STEPS
+    monkeypatch.setattr(ConsensusSolver, "auto_steps", new_steps)
+    whole_new = run("new.zarr", 3)
+    run("a.zarr", 1)
+    monkeypatch.setattr(ConsensusSolver, "auto_steps", LEGACY_AUTO_STEPS)  # the default changes under the store
+    resumed = run("a.zarr", 3, resume=True)
+    assert [h["local_epochs"] for h in resumed.history] == [h["local_epochs"] for h in whole_new.history]
+    for W, W_ref in zip(_final_weights(tmp_path / "a.zarr"), _final_weights(tmp_path / "new.zarr")):
+        np.testing.assert_array_equal(W, W_ref)
+
+    advance = ConsensusSolver.advance
+
+    def older(self, runner, state):  # older code: the legacy rule, not stored in the carry
+        new, metrics = advance(self, runner, state)
+        new.carry.pop("auto_steps")
+        return new, metrics
+    monkeypatch.setattr(ConsensusSolver, "advance", older)
+    whole_old = run("old.zarr", 3)
+    run("b.zarr", 1)
+    monkeypatch.setattr(ConsensusSolver, "advance", advance)
+    monkeypatch.setattr(ConsensusSolver, "auto_steps", new_steps)  # today's default differs from the store's rule
+    resumed = run("b.zarr", 3, resume=True)
+    epochs = [h["local_epochs"] for h in resumed.history]
+    assert epochs == [h["local_epochs"] for h in whole_old.history] != [h["local_epochs"] for h in whole_new.history]
+    for W, W_ref in zip(_final_weights(tmp_path / "b.zarr"), _final_weights(tmp_path / "old.zarr")):
+        np.testing.assert_array_equal(W, W_ref)
+
+
 def test_auto_shards_is_one_per_worker_thread(client, tmp_path):
     from pipeline.training import train
     from storage.data import write_data
