@@ -213,7 +213,8 @@ class TrainConfig:
                                 group="consensus")
     local_epochs: int = setting(0, "Adam epochs over its shard per pass", resumable=True, solvers=CONSENSUS,
                                 group="consensus",
-                                default_text="0: enough for 100 minibatch steps per pass over all shards' rows, at least 1")
+                                default_text="0: enough for 250 minibatch steps per pass over all shards' rows (100 in "
+                                "consensus,gauss-newton's consensus phase), at least 1; fixed when the run is created")
     first_pass_rows: int = setting(FIRST_PASS_ROWS, "rows (over all shards, rounded up to whole chunks per shard, "
                                    "a seeded part of the chunk where that is one chunk) of the first shard pass; "
                                    "each later pass reads twice as many chunks of every shard, going on through its "

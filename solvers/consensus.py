@@ -54,8 +54,8 @@ from solvers.stats import StatsLayout
 from solvers.tasks import score_from_sums
 from solvers.validation import RowSplit
 
-AUTO_STEPS = 100  # local_epochs 0: at least this many minibatch steps per pass over all shards (small data)
-LEGACY_AUTO_STEPS = 100  # the steps rule of run stores whose carry does not name theirs (written before it was stored)
+AUTO_STEPS = 250  # local_epochs 0: at least this many minibatch steps per pass over all shards (small data; consensus_s10.md)
+LEGACY_AUTO_STEPS = 100  # the rule before session 10: run stores whose carry does not name theirs, and the hand-over's
 ALPHA_SAMPLE_ROWS = 8192  # alpha auto: pass A reads a seeded sample of whole training chunks of at least this many rows
 ALPHA_CHUNK_ROWS = 16384  # alpha auto: of each chunk it reads, pass A uses a seeded sample of at most this many rows
 
@@ -109,7 +109,7 @@ class ConsensusSolver(SolverBase):
     decay_in_shards = True  # False: ½α‖θ̄‖² in the consensus step instead (measured in benchmarks/consensus_real.py)
     auto_alpha_factor = 0.1  # alpha auto: this times the output layer's held-out ridge α per row (measured: 1 and 0.01 did worse)
     divergence_hint = "a smaller --learning-rate or a larger --consensus-rho"
-    auto_steps = AUTO_STEPS  # local_epochs 0: minibatch steps per shard and pass (measured in benchmarks/consensus_real.py)
+    auto_steps = AUTO_STEPS  # local_epochs 0: minibatch steps per pass over all shards of a fresh run (benchmarks/consensus_paired.py)
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):

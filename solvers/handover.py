@@ -34,7 +34,7 @@ from dataclasses import replace
 import numpy as np
 
 from solvers.base import SolverBase
-from solvers.consensus import ConsensusSolver
+from solvers.consensus import LEGACY_AUTO_STEPS, ConsensusSolver
 from solvers.gauss_newton import GaussNewtonSolver
 from solvers.loop import LoopState, training_rows
 
@@ -65,12 +65,15 @@ class HandOverSolver(SolverBase):
     name = "consensus,gauss-newton"
     sharded = True
     keep_weights = True  # False: hand over as session 8 did (phase 1; benchmarks compare the two)
+    consensus_steps = LEGACY_AUTO_STEPS  # the consensus phase's auto local epochs: at least this many steps per pass
+    # (the hand-over and --solver auto's choice were measured with it; consensus alone takes AUTO_STEPS since session 10)
 
     def __init__(self, config, n_features: int, classes, x_mean, x_scale, dtype=np.float32, y_mean=None,
                  y_scale=None):
         super().__init__(config, n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
         args = (n_features, classes, x_mean, x_scale, dtype, y_mean, y_scale)
         self.first, self.second = ConsensusSolver(config, *args), GaussNewtonSolver(config, *args)
+        self.first.auto_steps = self.consensus_steps
         self._args = args
         self.kept = GaussNewtonSolver(self._kept_config(np.nan), *args)
         self.divergence_hint = f"{self.first.divergence_hint} (consensus phase) or {self.second.divergence_hint}"

@@ -499,6 +499,28 @@ def test_auto_local_epochs_give_small_data_enough_steps():
     assert s.local_epochs(630) == 3
 
 
+def test_handover_consensus_phase_keeps_the_100_step_rule():
+    """consensus alone takes AUTO_STEPS per pass; the hand-over's consensus phase (what --solver auto runs on large
+    data) keeps the rule it and auto's choice were measured with, also in its run's stored carry."""
+    from solvers.consensus import AUTO_STEPS, LEGACY_AUTO_STEPS
+
+    assert ConsensusSolver.auto_steps == AUTO_STEPS != LEGACY_AUTO_STEPS == 100
+    args = dict(x_mean=np.zeros(4), x_scale=np.ones(4), classes=np.arange(2))
+    alone = make_solver(TrainConfig(solver="consensus", batch_size=200), 4, **args)
+    handover = make_solver(TrainConfig(solver="consensus,gauss-newton", batch_size=200), 4, **args)
+    assert alone.local_epochs(1000) == -(-AUTO_STEPS * 200 // 1000)
+    assert handover.first.local_epochs(1000) == 20 and handover.first.steps_rule(LoopState(0, [], {})) == 100
+    assert alone.local_epochs(54000) == handover.first.local_epochs(54000) == 1  # MNIST 60 k: one epoch either way
+    X, y = make_data(n=1000)
+    cfg = TrainConfig(**{**HANDOVER, "local_epochs": 0, "iterations": 2})
+    fit = fit_in_memory(X, y, cfg, chunk_rows=250)
+    from solvers.validation import RowSplit
+
+    split = RowSplit(cfg.validation_fraction, cfg.seed)
+    n = sum(int((~split.mask(a, a + 250)).sum()) for a in range(0, 1000, 250))
+    assert [h["local_epochs"] for h in fit.history] == [-(-100 * cfg.batch_size // n)] * 2 != [alone.local_epochs(n)] * 2
+
+
 @pytest.mark.parametrize("shards", [1, 2, 3])
 def test_auto_local_epochs_count_the_rows_of_all_shards(shards):
     """Every shard's pass runs ⌈auto_steps·B / n⌉ epochs of its own rows, n all training rows: the same for any shards."""
@@ -506,11 +528,15 @@ def test_auto_local_epochs_count_the_rows_of_all_shards(shards):
     cfg = TrainConfig(solver="consensus", hidden=(4,), iterations=2, shards=shards, batch_size=100, seed=1,
                       validation_fraction=0.2, patience=0, first_pass_rows=0, alpha=0.0)
     fit = fit_in_memory(X, y, cfg, chunk_rows=100)
-    want = -(-ConsensusSolver.auto_steps * 100 // 800)  # 800 training rows after 20 % held out
-    assert want > 1 and [h["local_epochs"] for h in fit.history] == [want, want]
+    from solvers.validation import RowSplit
+
+    split = RowSplit(0.2, 1)  # the rows the run holds out of each 100-row chunk
+    n = sum(int((~split.mask(a, a + 100)).sum()) for a in range(0, 1000, 100))
+    want = -(-ConsensusSolver.auto_steps * 100 // n)
+    assert 700 < n < 900 and want > 1 and [h["local_epochs"] for h in fit.history] == [want, want]
     # the training loss and score are of the last local epoch: every training row once
     s = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(2))
-    assert s.local_epochs(800) == want
+    assert s.local_epochs(n) == want
 
 
 def test_glorot_start_is_scikit_learns_uniform_and_seeded():
