@@ -52,10 +52,12 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 import zarr.api.asynchronous
@@ -344,16 +346,21 @@ class RunStore:
         """
         history, self._unwritten_metrics = self._unwritten_metrics, None
         if history is not None:
-            self._write_metrics(root if root is not None else zarr.open_group(self.path, mode="r+"), history)
+            self._write_metrics(root, history)
             self._metrics_time = time.monotonic()
 
     def _write_metrics(self, root, history: list) -> None:
+        """Write each ``metrics/`` array: an existing one of one chunk rewritten in place (:func:`_rewrite_one_chunk`), others
+        created through Zarr (``root``: the store's group, opened here if None and needed)."""
         n = len(history)
         arrays = {"iteration": np.array([h["iteration"] for h in history], np.int64)}
         arrays.update((name, np.array([h.get(name, np.nan) for h in history], np.float64).reshape(n))
                       for name in metric_names(history))
-        _create_arrays(root, self.path, {f"metrics/{name}": values for name, values in arrays.items()},
-                       dimension_names=("iteration",), overwrite=True, compressors=[Crc32cCodec()])
+        rest = {f"metrics/{name}": values for name, values in arrays.items()
+                if not _rewrite_one_chunk(self.path / "metrics" / name, values)}
+        if rest:
+            _create_arrays(root if root is not None else zarr.open_group(self.path, mode="r+"), self.path, rest,
+                           dimension_names=("iteration",), overwrite=True, compressors=[Crc32cCodec()])
 
     def load_checkpoint(self) -> Checkpoint:
         """Return the weights and solver state of the committed iteration (checked; see :meth:`manifest`)."""
@@ -475,6 +482,76 @@ def _write_packed(root, group: str, arrays: dict) -> None:
     root.create_array(f"{group}/{PACKED}", data=data, chunks=(max(1, data.size),), compressors=[Crc32cCodec()],
                       attributes={"layout": [[name, list(a.shape)] for name, a in arrays.items()]},
                       config={"write_empty_chunks": True})
+
+
+ONE_CHUNK_MAX = 10_000  # Zarr makes a 1-D float64 or int64 array of at most this many values one chunk (10^5: four)
+_FAST_CODECS_JSON = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+
+
+def _rewrite_one_chunk(folder: Path, values: np.ndarray) -> bool:
+    """Rewrite the 1-D array at ``folder`` (bytes + crc32c, one chunk) with ``values`` as Zarr would create it; False if not such an array.
+
+    Its ``zarr.json`` with the new shape as Zarr formats it (one chunk of all the values, as Zarr chooses
+    at these sizes), its chunk the values and their crc32c, or no chunk when every value is the fill
+    value (Zarr stores none), each file in one write (:func:`_write_small_file`). Zarr's own ``create_array``
+    (``overwrite``) deletes and recreates the folder: 15 ``metrics/`` arrays took 70-150 ms at the end of
+    a run (load 8), on its last commit's path; rewritten here they take a few ms.
+    """
+    n = int(values.size)
+    if values.ndim != 1 or not 0 < n <= ONE_CHUNK_MAX or values.dtype not in (np.dtype(np.float64), np.dtype(np.int64)):
+        return False
+    try:
+        meta = json.loads((folder / "zarr.json").read_text())
+        grid = meta["chunk_grid"]
+        plain = (meta.get("zarr_format") == 3 and meta.get("node_type") == "array" and len(meta["shape"]) == 1
+                 and meta.get("data_type") == values.dtype.name and meta.get("codecs") == _FAST_CODECS_JSON
+                 and grid.get("name") == "regular" and grid["configuration"]["chunk_shape"] == meta["shape"]
+                 and meta.get("chunk_key_encoding") == {"name": "default", "configuration": {"separator": "/"}}
+                 and not meta.get("storage_transformers") and sys.byteorder == "little")
+        fill = meta["fill_value"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    if not plain or not isinstance(fill, (int, float)) or isinstance(fill, bool):  # e.g. a "NaN" fill: Zarr writes it
+        return False
+    meta["shape"], grid["configuration"]["chunk_shape"] = [n], [n]
+    chunk = folder / "c" / "0"
+    if np.all(values == fill):
+        chunk.unlink(missing_ok=True)
+    else:
+        data = np.ascontiguousarray(values)
+        _write_small_file(chunk, data.tobytes() + np.array([google_crc32c.value(data)], "<u4").tobytes())
+    _write_small_file(folder / "zarr.json", json.dumps(meta, indent=2).encode())
+    return True
+
+
+def _write_small_file(path: Path, data: bytes) -> None:
+    """Make ``data`` the content of the file ``path`` (no fsync: a view of the manifest's history).
+
+    Over the old file in one write when it has no other link (a hard-linked snapshot, ``cp -al``, keeps its
+    bytes), else written beside it and renamed into place. Not renamed every time: on this machine's disk
+    each file a rename replaced cost ~2 ms (its freed block), 60 ms for the 30 files of ``metrics/``.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        fd = None
+    if fd is not None:
+        try:
+            if os.fstat(fd).st_nlink == 1:
+                view = memoryview(data)
+                while view.nbytes:
+                    view = view[os.pwrite(fd, view, len(data) - view.nbytes):]
+                os.ftruncate(fd, len(data))
+                return
+        finally:
+            os.close(fd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _create_arrays(root, path, arrays: dict, **kwargs) -> None:

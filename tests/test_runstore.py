@@ -140,3 +140,65 @@ def test_metrics_written_together_equal_those_written_one_by_one_also_inside_a_r
             a, b = stores["together"][name], stores[how][name]
             assert a.metadata == b.metadata
             np.testing.assert_array_equal(a[...], b[...])
+
+
+def test_metrics_rewritten_in_place_are_the_files_zarr_creates(tmp_path, monkeypatch):
+    """A later metrics/ write rewrites each existing one-chunk array in place: the same files, byte for byte, as Zarr's
+    create_array of the same values in a new store (an all-fill chunk: no file); longer arrays go through Zarr."""
+    import zarr
+
+    from storage.runstore import ONE_CHUNK_MAX
+
+    def history(n):
+        return [{"iteration": k, "seconds": 0.1 * k, "alpha": 0.0, "loss": -1.0 / k,
+                 **({"test_accuracy": 0.5} if k > 1 else {})} for k in range(1, n + 1)]
+
+    def files(path):
+        return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+    import storage.runstore as rs
+
+    through_zarr = []
+    real = rs._create_arrays
+    monkeypatch.setattr(rs, "_create_arrays", lambda root, path, arrays, **kw: through_zarr.append(sorted(arrays))
+                        or real(root, path, arrays, **kw))
+    run = _run(tmp_path / "a")
+    for n in (2, 5, 9):  # the first write creates the arrays, the later ones rewrite them
+        run._unwritten_metrics = history(n)
+        run.write_metrics()
+        fresh = _run(tmp_path / f"fresh{n}")
+        root = zarr.open_group(fresh.path, mode="r+")
+        for name in ["iteration", *metric_names(history(n))]:
+            data = np.array([h.get(name, np.nan) for h in history(n)], np.int64 if name == "iteration" else np.float64)
+            root.create_array(f"metrics/{name}", data=data, dimension_names=("iteration",), overwrite=True,
+                              compressors=[zarr.codecs.Crc32cCodec()])
+        assert files(run.path / "metrics") == files(fresh.path / "metrics")
+    assert through_zarr == [["metrics/alpha", "metrics/iteration", "metrics/loss", "metrics/seconds",
+                             "metrics/test_accuracy"]]  # created once; later writes rewrite them in place
+    assert "alpha/c/0" not in files(run.path / "metrics")  # all zeros, the fill value: no chunk, as Zarr
+    assert zarr.open_array(zarr.storage.LocalStore(run.path), path="metrics/alpha").shape == (9,)
+    one = zarr.open_group(tmp_path / "z.zarr", mode="w").create_array(
+        "m", data=np.zeros(ONE_CHUNK_MAX), compressors=[zarr.codecs.Crc32cCodec()])
+    assert one.chunks == (ONE_CHUNK_MAX,)  # Zarr's own choice at the largest size rewritten in place
+    from storage.runstore import _rewrite_one_chunk
+
+    assert not _rewrite_one_chunk(run.path / "metrics" / "loss", np.zeros(ONE_CHUNK_MAX + 1))
+
+
+def test_metrics_rewritten_in_place_leave_a_hard_linked_snapshot_as_it_was(tmp_path):
+    """A ``cp -al`` snapshot of a run store shares its files: a later metrics/ write replaces them, never writes into them."""
+    import os
+    import shutil
+
+    run = _run(tmp_path / "a")
+    for n in (2, 3, 4):
+        run._unwritten_metrics = [{"iteration": k, "loss": 1.0 / k} for k in range(1, n + 1)]
+        run.write_metrics()
+        if n == 3:
+            shutil.copytree(run.path, tmp_path / "snap.zarr", copy_function=os.link)
+            snap = {f: f.read_bytes() for f in (tmp_path / "snap.zarr" / "metrics").rglob("*") if f.is_file()}
+    assert {f: f.read_bytes() for f in (tmp_path / "snap.zarr" / "metrics").rglob("*") if f.is_file()} == snap
+    import xarray as xr
+
+    assert xr.open_zarr(run.path, group="metrics", consolidated=False).loss.values.tolist() == [1.0, 0.5, 1 / 3, 0.25]
+    assert xr.open_zarr(tmp_path / "snap.zarr", group="metrics", consolidated=False).loss.values.tolist() == [1.0, 0.5, 1 / 3]
