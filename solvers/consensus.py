@@ -29,8 +29,8 @@ the schedule ``ρ_k = ρ g^{k−1}``. The Adam moments of each shard are carried
 from pass to pass (and round to round) in the per-shard state. Minibatch order is seeded by
 (seed, iteration, shard), in a round by (seed, iteration, shard, round): a run is bitwise reproducible
 whatever workers run it, and a retried task rewrites the same bytes. The rounds of a pass are one
-computation (:func:`~solvers.loop.run_shard_rounds`: in the pipeline one Dask graph, the consensus step
-between rounds a task of it, :meth:`ConsensusSolver.round_params`): round r starts from the shard states
+computation (:func:`~solvers.loop.run_shard_rounds`: in the pipeline one Dask graph whose round-r shard tasks
+each take the consensus step, :meth:`ConsensusSolver.round_params`, themselves): round r starts from the shard states
 round r − 1 returned, held in memory; only round 0 reads stored state (iteration k − 1's slot) and only the
 last round writes it (iteration k's), so no task reads the slot it writes.
 """
@@ -298,7 +298,7 @@ class ConsensusSolver(SolverBase):
     def round_params(self, params: ShardParams, alpha: float, r: int, sums) -> ShardParams:
         """Return round r's parameters: θ̄ of round r−1's packed shard sums (the consensus step), u_s of that round.
 
-        Runs where the runner puts it (a task of the pass's graph in the pipeline): the same function
+        Runs where the runner puts it (in each of the next round's shard tasks in the pipeline): the same function
         on the same sums as the client's step after the last round, so both runners give the same bytes.
         """
         s = self.shard_layout().unpack(sums)
