@@ -25,15 +25,8 @@ import numpy as np
 import zarr
 
 from storage.data import read_rows
-
-
-def file_identity(path: str):
-    """Return (inode, size, mtime_ns) of a file, or None if it is missing."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
+from storage.paths import file_identity
+from storage.state_io import map_chunk_rows
 
 
 class ChunkCache:
@@ -85,8 +78,6 @@ class ChunkCache:
                 self._chunks.move_to_end(key)
                 self.hits += 1
                 return hit[1]
-        from storage.state_io import map_chunk_rows  # (state_io imports this module)
-
         block = map_chunk_rows(store, name, lo, hi)  # mapped from the page cache, checked
         if block is None:
             block = read_rows(store, name, lo, hi)  # checked: checksum, missing rows

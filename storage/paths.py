@@ -33,6 +33,15 @@ KIND_NAMES = {"admm-dask-data": "data store", "admm-dask-run": "run store",
               "admm-dask-predictions": "predictions store"}
 
 
+def file_identity(path: str):
+    """Return (inode, size, mtime_ns) of a file, or None if it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def store_format(path) -> str | None:
     """Return the ``format`` attribute of the Zarr v3 group at ``path``, or None if it is none."""
     try:

@@ -49,9 +49,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 
-from storage.cache import file_identity
 from storage.data import read_rows
-from storage.paths import CHUNK_PARTIAL_SUFFIX
+from storage.paths import CHUNK_PARTIAL_SUFFIX, file_identity
 from storage.runstore import slot_of, state_path
 
 STATE_BUDGET = 2**30  # bytes of written state chunks a process keeps (a worker: at most an eighth of its limit)
