@@ -11,9 +11,13 @@ stores are written once and only read (:mod:`storage.data`); a cached chunk
 is still checked against its file's identity (inode, size, modification
 time) at every read, so a store replaced or a chunk file rewritten on disk is
 read again, with :func:`storage.data.read_rows`' damage checks. A chunk of an
-uncompressed (bytes + crc32c) array is mapped from its file rather than copied
-(:func:`storage.state_io.map_chunk_rows`: a fresh worker's first reads spent
-most of their time faulting in new memory).
+uncompressed (bytes + crc32c) array of at least :data:`MAP_MIN_BYTES` is mapped
+from its file rather than copied (:func:`storage.state_io.map_chunk_rows`: a
+fresh worker's first reads spent most of their time faulting in new memory),
+at most :data:`MAX_MAPPED` such chunks at a time: a mapping holds a file
+descriptor while it lives, and a cache of hundreds of small mapped chunks ran
+a worker out of them ("Too many open files"). Smaller chunks, and big ones
+past the cap, are copied (:func:`storage.state_io.read_chunk_rows`).
 """
 from __future__ import annotations
 
@@ -26,15 +30,20 @@ import zarr
 
 from storage.data import read_rows
 from storage.paths import file_identity
-from storage.state_io import map_chunk_rows
+from storage.state_io import map_chunk_rows, read_chunk_rows
+
+MAP_MIN_BYTES = 4 * 2**20  # a smaller chunk is copied: the page faults a mapping saves are few, its file descriptor is not
+MAX_MAPPED = 64  # mapped chunks a cache holds at once (one file descriptor each while mapped)
 
 
 class ChunkCache:
     """Whole chunks of read-only Zarr arrays, within ``budget`` bytes; :meth:`read` is :func:`read_rows` through it."""
 
-    def __init__(self, budget: int):
+    def __init__(self, budget: int, map_min_bytes: int = MAP_MIN_BYTES, max_mapped: int = MAX_MAPPED):
         self.budget = int(budget)
-        self._chunks: OrderedDict = OrderedDict()  # (store, name, chunk) -> (file identity, array)
+        self.map_min_bytes, self.max_mapped = int(map_min_bytes), int(max_mapped)
+        self._chunks: OrderedDict = OrderedDict()  # (store, name, chunk) -> (file identity, array, mapped)
+        self._mapped = 0  # cached chunks that are file mappings
         self._layout: dict = {}  # (store, name) -> (metadata identity, rows per chunk, n rows, nbytes, key of chunk i)
         self._bytes = 0
         self._lock = threading.Lock()
@@ -65,11 +74,11 @@ class ChunkCache:
         parts = []
         for i in range(start // rows, (stop - 1) // rows + 1):
             lo = i * rows
-            block = self._chunk(store, name, i, lo, min(lo + rows, n), chunk_key(i))
+            block = self._chunk(store, name, i, lo, min(lo + rows, n), chunk_key(i), rows * (nbytes // max(n, 1)))
             parts.append(block[max(start, lo) - lo:min(stop, lo + rows) - lo])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _chunk(self, store, name, i, lo, hi, chunk_key):
+    def _chunk(self, store, name, i, lo, hi, chunk_key, chunk_bytes):
         key = (store, name, i)
         ident = file_identity(os.path.join(store, name, *chunk_key.split("/")))
         with self._lock:
@@ -78,26 +87,33 @@ class ChunkCache:
                 self._chunks.move_to_end(key)
                 self.hits += 1
                 return hit[1]
-        block = map_chunk_rows(store, name, lo, hi)  # mapped from the page cache, checked
+        with self._lock:
+            may_map = chunk_bytes >= self.map_min_bytes and self._mapped < self.max_mapped
+        block = map_chunk_rows(store, name, lo, hi) if may_map else None  # mapped from the page cache, checked
+        mapped = block is not None
         if block is None:
-            block = read_rows(store, name, lo, hi)  # checked: checksum, missing rows
+            block = read_chunk_rows(store, name, lo, hi)  # copied, checked: checksum, missing rows
             block.setflags(write=False)
         with self._lock:
             self.misses += 1
-            old = self._chunks.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1].nbytes
-            if block.nbytes <= self.budget:
-                self._chunks[key] = (ident, block)
+            self._drop(self._chunks.pop(key, None))
+            if block.nbytes <= self.budget and (not mapped or self._mapped < self.max_mapped):
+                self._chunks[key] = (ident, block, mapped)
                 self._bytes += block.nbytes
+                self._mapped += mapped
                 while self._bytes > self.budget:
-                    _, (_, dropped) = self._chunks.popitem(last=False)
-                    self._bytes -= dropped.nbytes
+                    self._drop(self._chunks.popitem(last=False)[1])
         return block
+
+    def _drop(self, entry) -> None:
+        """Account for a cached chunk leaving the cache (under the lock)."""
+        if entry is not None:
+            self._bytes -= entry[1].nbytes
+            self._mapped -= entry[2]
 
     def clear(self) -> None:
         """Forget every cached chunk."""
         with self._lock:
             self._chunks.clear()
             self._layout.clear()
-            self._bytes = 0
+            self._bytes = self._mapped = 0

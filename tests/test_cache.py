@@ -116,3 +116,64 @@ def test_whole_chunks_are_mapped_checked_and_read_only(store, tmp_path):
     assert map_chunk_rows(store, "X", 300, 600) is None
     with pytest.raises(InputError, match="corrupted"):
         ChunkCache(2**20).read(store, "X", 300, 310)
+
+
+def _mapped(a) -> bool:
+    import mmap
+    while a is not None:
+        if isinstance(a, mmap.mmap):
+            return True
+        a = getattr(a, "base", None) if not isinstance(a, memoryview) else a.obj
+    return False
+
+
+_FEW_FDS = r"""
+import os, resource, sys
+import numpy as np
+from storage.cache import ChunkCache
+from storage.data import read_rows
+store = sys.argv[1]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(128, hard), hard))
+cache = ChunkCache(2**20)
+before = len(os.listdir("/proc/self/fd"))
+for start in range(0, 600, 2):
+    assert (cache.read(store, "X", start, start + 2) == read_rows(store, "X", start, start + 2)).all()
+print(len(os.listdir("/proc/self/fd")) - before, cache.misses)
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_many_small_chunks_are_copied_not_mapped_so_file_descriptors_stay_few(tmp_path):
+    """300 small chunks kept in the cache under a 128-descriptor limit (mapped, each held a descriptor: EMFILE)."""
+    import os
+    import subprocess
+    import sys
+
+    X = np.random.default_rng(1).normal(size=(600, 1)).astype(np.float32)  # one feature: 8-byte chunks
+    write_data(tmp_path / "d.zarr", X, np.zeros(600, np.int64), chunk_rows=2)
+    out = subprocess.run([sys.executable, "-c", _FEW_FDS, str(tmp_path / "d.zarr")], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    grown, misses = map(int, out.stdout.split())
+    assert misses == 300 and grown <= 8
+
+
+def test_big_chunks_are_mapped_and_the_mappings_a_cache_holds_are_capped(tmp_path):
+    """Chunks of >= MAP_MIN_BYTES are served mapped, at most max_mapped of them cached; the rest copied, same values."""
+    from storage import cache as cache_module
+
+    X = np.random.default_rng(2).normal(size=(2048, 1024)).astype(np.float32)  # two 4 MiB chunks
+    write_data(tmp_path / "d.zarr", X, np.zeros(2048, np.int64), chunk_rows=1024)
+    store = str(tmp_path / "d.zarr")
+    cache = ChunkCache(2**24)
+    assert 1024 * 1024 * 4 >= cache_module.MAP_MIN_BYTES
+    rows = cache.read(store, "X", 0, 1024)
+    assert _mapped(rows) and not rows.flags.writeable
+    np.testing.assert_array_equal(rows, X[:1024])
+    capped = ChunkCache(2**24, max_mapped=1)
+    first, second = capped.read(store, "X", 0, 1024), capped.read(store, "X", 1024, 2048)
+    assert _mapped(first) and not _mapped(second) and not second.flags.writeable
+    np.testing.assert_array_equal(second, X[1024:])
+    small = ChunkCache(2**24, map_min_bytes=2**23)
+    assert not _mapped(small.read(store, "X", 0, 1024))
