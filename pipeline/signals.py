@@ -10,8 +10,10 @@ clean-up. An interrupted run never exits 0: a signal whose exception landed in a
 finalizer (Python prints it as "Exception ignored in ..." and carries on) ends the
 run at its next iteration boundary, once the iteration's commit is written
 (:func:`stop_if_signalled`, which the training loop calls there), or at the end of
-the block, whichever comes first; a second signal after such a lost one is obeyed
-as a first one is (nothing is being cleaned up). SIGKILL cannot be handled: what it
+the block, whichever comes first. A second signal between the lost one and that
+stop is obeyed as a first one is (nothing is being cleaned up yet); once the stop
+raises, the clean-up runs, and a signal during it is noted for :data:`GRACE`
+seconds counted from the stop, not from the lost signal. SIGKILL cannot be handled: what it
 leaves (certificates) is removed by the next run (:func:`pipeline.cluster.clean_stale_certificates`).
 """
 from __future__ import annotations
@@ -46,6 +48,12 @@ class _Handler:
         _quiet_shutdown()
         raise self.exception()
 
+    def rearm(self) -> BaseException:
+        """Return the exception of a lost signal, to raise now: its clean-up starts, so a second signal is noted for GRACE s."""
+        self.lost = False
+        self.first = (self.first[0], time.monotonic())
+        return self.exception()
+
     def exception(self) -> BaseException:
         """Return the exception the first signal raises: Terminated for SIGTERM, else KeyboardInterrupt."""
         return Terminated() if self.first[0] == signal.SIGTERM else KeyboardInterrupt()
@@ -71,9 +79,10 @@ def stop_if_signalled(before=None) -> None:
     """
     if not _active or threading.current_thread() is not threading.main_thread() or _active[-1].first is None:
         return
+    handler = _active[-1]
     if before is not None:
         before()
-    raise _active[-1].exception()
+    raise handler.rearm()
 
 
 def _resume_hint(store) -> str:
@@ -120,7 +129,7 @@ def exit_on_signals(store=None, batch=False):
     try:
         yield
         if handler.first is not None:  # its exception met a finalizer ("Exception ignored in ..."), which ate it
-            raise handler.exception()
+            raise handler.rearm()
     except (KeyboardInterrupt, Terminated):
         signum = handler.first[0] if handler.first else signal.SIGINT
         _quiet_shutdown()

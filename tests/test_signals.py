@@ -88,6 +88,28 @@ def test_stop_if_signalled_raises_only_after_a_lost_signal_and_after_its_before(
     assert ended.value.code == 143 and calls == ["flushed"] and not went_on
 
 
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_second_signal_during_the_clean_up_after_a_lost_one_is_noted_not_obeyed(signum, code, capsys, monkeypatch):
+    """Once stop_if_signalled raises the lost signal, its clean-up runs: a Ctrl-C inside it is noted for GRACE s."""
+    from pipeline.signals import stop_if_signalled
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    cleaned = []
+    with pytest.raises(SystemExit) as ended:
+        with exit_on_signals(store=None):
+            _SignalsWhenCollected(signum)
+            gc.collect()
+            try:
+                stop_if_signalled()
+            finally:  # the clean-up (cancelling jobs)
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+                cleaned.append(True)
+    assert ended.value.code == code and cleaned == [True]
+    assert "interrupted again: still cleaning up" in capsys.readouterr().err
+
+
 def _tiny_data(path, n=800, d=5, seed=0):
     import numpy as np
 
