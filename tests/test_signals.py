@@ -33,7 +33,7 @@ def test_a_signal_whose_exception_a_finalizer_ate_still_exits_with_its_code(sign
             _SignalsWhenCollected(signum)  # collected at once: the signal arrives inside __del__
             gc.collect()
     assert ended.value.code == code
-    assert eaten == [Terminated if signum == signal.SIGTERM else KeyboardInterrupt]  # the finalizer ate it
+    assert eaten.count(Terminated if signum == signal.SIGTERM else KeyboardInterrupt) == 1  # the finalizer ate it
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith(("interrupted (SIGINT", "terminated (SIGTERM"))
 
@@ -170,7 +170,7 @@ def test_a_signal_a_finalizer_ate_stops_training_at_the_next_iteration_boundary(
             train(client, store=store, data=tmp_path / "d.zarr", config=config, chunk_rows=200, report=print)
     from pipeline.signals import Terminated
 
-    assert sent and eaten == [Terminated]
+    assert sent and eaten.count(Terminated) == 1
     assert ended.value.code == 143
     run = RunStore.open(store)
     assert run.committed_iteration() == sent[0] < 12
