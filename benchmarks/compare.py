@@ -388,6 +388,23 @@ def _committed(store) -> int | None:
         return None
 
 
+def _manifest_iteration(store) -> int | None:
+    """Return the iteration manifest.json names (unchecked: one small read, well under a millisecond), else None."""
+    from storage.runstore import MANIFEST
+
+    try:
+        return int(json.loads((Path(store) / MANIFEST).read_text())["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):  # no store or manifest yet, or one being replaced
+        return None
+
+
+def _wait_for_commit(store, iteration: int, read=_manifest_iteration, timeout: float = 120.0) -> None:
+    """Return once the run store's manifest names ``iteration`` or a later one (a background commit written), or after ``timeout`` s."""
+    deadline = time.perf_counter() + timeout
+    while (read(store) or -1) < iteration and time.perf_counter() < deadline:
+        time.sleep(0.001)
+
+
 def run_pipeline(client, task: Task, config: TrainConfig, curve: Curve, run_dir: Path, chunk_rows) -> dict:
     """pipeline.training.train on the cluster; each committed network is scored with the clock stopped."""
     from pipeline.training import train
@@ -404,28 +421,21 @@ def run_pipeline(client, task: Task, config: TrainConfig, curve: Curve, run_dir:
     def report(line):
         """Called by train() after each line it reports: score a newly committed iteration, clock stopped.
 
-        The harness's own look-ups (the workers' CPU, the store's committed iteration) run with the clock
-        stopped too, as the peers' scoring does; only the wait for a background commit runs on it. Lines
-        that are not an iteration's are not looked at (each look cost 10-100 ms on the clock before a
-        first point at ~1 s).
+        The wait for the reported iteration's commit (Gauss-Newton commits in the background) runs on the
+        clock, with a cheap look at manifest.json: the point is stamped once the model exists on disk, and
+        the commit's CPU is in it. The harness's other look-ups (the workers' CPU, the checked committed
+        iteration) and the scoring run with the clock stopped, as the peers' scoring does. Lines that are
+        not an iteration's are not looked at (each look cost 10-100 ms on the clock before a first point at ~1 s).
         """
         lines.append(line)
-        seconds, cpu = clock.now(), clock.cpu()
         reported = _reported_iteration(line)
         if reported is None:
             return
+        _wait_for_commit(store, reported)  # clock running
+        seconds, cpu = clock.now(), clock.cpu()
         with clock.paused():
             cpu += _workers_cpu(client) - workers_cpu0  # before the scoring, as the peers' cpu_seconds
             k = _committed(store)
-        if k is None or k < reported:  # a background commit under way: the model exists once it is written
-            deadline = time.perf_counter() + 120  # (clock running)
-            while (k is None or k < reported) and time.perf_counter() < deadline:
-                time.sleep(0.005)
-                k = _committed(store)
-            seconds, cpu = clock.now(), clock.cpu()
-            with clock.paused():
-                cpu += _workers_cpu(client) - workers_cpu0
-        with clock.paused():
             if k is None or k <= last[0]:
                 return
             last[0] = k

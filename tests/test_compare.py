@@ -223,3 +223,18 @@ def test_the_pipeline_runner_knows_the_iteration_a_report_line_is_about():
     for line in ("initialised (forward) in 2.84 s", "2 workers connected", "the model is iteration 14 (best 0.98)",
                  " iter  seconds train acc", ""):
         assert _reported_iteration(line) is None
+
+
+def test_the_runner_waits_for_the_reported_commit_by_reading_the_manifests_iteration(tmp_path):
+    """The wait (on the clock) polls manifest.json until it names the reported iteration or a later one."""
+    from benchmarks.compare import _manifest_iteration, _wait_for_commit
+    from storage.runstore import MANIFEST
+
+    assert _manifest_iteration(tmp_path / "none.zarr") is None
+    (tmp_path / MANIFEST).write_text('{"format": "x", "iteration": 7}')
+    assert _manifest_iteration(tmp_path) == 7
+    (tmp_path / MANIFEST).write_text('{"format": "x", "iter')  # torn: not yet a commit
+    assert _manifest_iteration(tmp_path) is None
+    seen = iter([None, 3, 4, 5, 6])
+    _wait_for_commit(tmp_path, 5, read=lambda _store: next(seen))
+    assert list(seen) == [6]  # stopped at the first look naming iteration 5
