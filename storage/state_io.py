@@ -183,8 +183,10 @@ def map_chunk_rows(store: str, name: str, start: int, stop: int) -> np.ndarray |
     read of a 25 MB data chunk spent 20-70 ms faulting in the buffer it copied into (transparent
     huge pages waiting on compaction), a mapping ~5 ms, most of it the checksum. The checks are
     :func:`read_chunk_rows`' (size, crc32c, NaN rows); None for anything it would pass to Zarr.
-    For files written once and only replaced whole (a data store's chunks): a file rewritten in
-    place would change under the mapping.
+    For files written once and only replaced whole (a data store's chunks; the project's writers
+    swap a file by rename, which leaves a mapping of the old one intact): a file rewritten in place
+    would change under the mapping, and one truncated in place by someone else kills the process
+    that reads the lost pages with SIGBUS (no exception to catch).
     """
     store = os.path.abspath(store)
     layout, i = _fast_chunk(store, name, start, stop)
