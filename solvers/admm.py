@@ -152,7 +152,7 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
         out = self._loop_state(k, w_new, next_weights, input_gram, output=W_out, extra=extra)
         return out, {**self.metrics(sums), **refit}
 
-    def resume(self, runner, state: LoopState, changed: set) -> LoopState:
+    def resume(self, runner, state: LoopState, changed: set, history=()) -> LoopState:
         """Return the state to continue from; W^{k+1} is solved again if γ, β or the ridge changed (eq. 6, 9)."""
         if not changed & {"gamma", "beta", "ridge", "alpha"}:
             return state

@@ -46,6 +46,11 @@ class SolverBase:
         self.x_mean = np.asarray(x_mean, np.float64)
         self.x_scale = np.asarray(x_scale, np.float64)
 
+    def resume(self, runner, state, changed: set, history=()):
+        """Return the loop state to continue from committed ``state`` (``changed``: the settings --resume changed;
+        ``history``: the run's records, for a solver whose older stores lack a carry entry)."""
+        raise NotImplementedError
+
     @classmethod
     def output_link(cls, config: TrainConfig, n_classes: int | None, record: dict | None = None) -> str:
         """Return how the outputs give class probabilities (:func:`solvers.scores.probabilities`): ``config.output_link()``.

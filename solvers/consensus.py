@@ -291,7 +291,7 @@ class ConsensusSolver(SolverBase):
         carry = {"rho": np.float64(rho), "auto_steps": np.float64(steps)}  # the run keeps the steps rule it was created with
         return LoopState(k, self.flat.to_weights(theta_bar), carry), metrics
 
-    def resume(self, runner, state: LoopState, changed: set) -> LoopState:
+    def resume(self, runner, state: LoopState, changed: set, history=()) -> LoopState:
         """Return ``state``: a changed ρ rescales the duals in the next shard pass (the carry holds the last ρ)."""
         return state
 

@@ -312,7 +312,7 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
             return list(state.weights)
         return [*state.weights[:-1], np.asarray(state.carry["U"])]
 
-    def resume(self, runner, state: LoopState, changed: set) -> LoopState:
+    def resume(self, runner, state: LoopState, changed: set, history=()) -> LoopState:
         """Return ``state``: nothing in the carry depends on a setting a resume may change."""
         return state
 

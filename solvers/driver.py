@@ -156,8 +156,7 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         k = resume.iteration
         report(f"resuming after iteration {k}")
         try:
-            told = {"history": history} if "history" in inspect.signature(solver.resume).parameters else {}
-            state = solver.resume(runner, resume, changed, **told)  # the hand-over reads an older store's records
+            state = solver.resume(runner, resume, changed, history=history)  # the hand-over reads an older store's records
         except NumericalError as exc:
             raise NumericalError(f"iteration {k + 1}: {exc}; iteration {k} is still the committed one",
                                  iteration=k + 1) from None

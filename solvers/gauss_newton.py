@@ -318,7 +318,7 @@ class GaussNewtonSolver(SolverBase):
         L = self.L
         return quadratic_error(W_out, held[f"cross{L}"], held[f"gram{L}"], float(held["tt"])) / float(held["n"])
 
-    def resume(self, runner, state: LoopState, changed: set) -> LoopState:
+    def resume(self, runner, state: LoopState, changed: set, history=()) -> LoopState:
         """Return the state to continue from: a new ridge, alpha, step size or damping gives a new trial (no pass)."""
         if "damping" in changed:
             state.carry["damping"] = np.float64(self.config.damping)

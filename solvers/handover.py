@@ -249,4 +249,4 @@ class HandOverSolver(SolverBase):
                 own["kept_alpha"] = np.float64(self.kept_alpha(runner, own, state.weights, state.iteration + 1))
             self._use_kept_alpha(own.get("kept_alpha", np.nan))
         solver, run = (self.first, runner) if phase == CONSENSUS else self._gauss_newton(phase, runner)
-        return self._join(solver.resume(run, inner, changed), own)
+        return self._join(solver.resume(run, inner, changed, history=history), own)

@@ -158,3 +158,15 @@ def test_runners_get_reads_as_a_dict_and_errors_carry_their_iteration():
     with pytest.raises(NumericalError) as info:
         list(iterate(solver, runner, state, 3))
     assert info.value.iteration == 1 and "iteration 1" in str(info.value)
+
+
+def test_every_solvers_resume_takes_the_runs_history():
+    """The driver always passes history= to resume (it used to inspect each solver's signature)."""
+    import inspect
+
+    from solvers import SOLVERS
+    from solvers.base import SolverBase
+
+    for cls in [SolverBase, *(SOLVERS[name] for name in SOLVERS)]:
+        parameter = inspect.signature(cls.resume).parameters.get("history")
+        assert parameter is not None and parameter.default == (), cls
