@@ -269,3 +269,16 @@ def test_training_and_evaluation_leave_dask_array_unimported_on_the_workers(tmp_
               config=TrainConfig(hidden=(4,), iterations=1, validation_fraction=0.25), report=lambda line: None)
         evaluate(c, tmp_path / "r.zarr", tmp_path / "t.zarr")
         assert list(c.run(_imports_dask_array).values()) == [False]
+
+
+def test_tree_sum_adds_in_the_delayed_trees_grouping_bit_for_bit():
+    """next_round_task's _tree_sum copies tree()'s grouping: the same float32 bytes for 1..12 parts, at every split."""
+    from pipeline.passes import SPLIT_EVERY, _tree_sum, tree
+
+    rng = np.random.default_rng(5)
+    for split_every in (2, 3, SPLIT_EVERY):
+        for n in range(1, 13):
+            parts = [(rng.normal(size=(7, 3)) * 10.0 ** rng.integers(-3, 4)).astype(np.float32) for _ in range(n)]
+            delayed = tree([dask.delayed(p) for p in parts], split_every=split_every)
+            (computed,) = dask.compute(delayed, scheduler="sync")
+            assert _tree_sum(parts, split_every).tobytes() == np.asarray(computed).tobytes(), (split_every, n)
