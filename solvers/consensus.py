@@ -160,8 +160,9 @@ class ConsensusSolver(SolverBase):
     def steps_rule(self, state: LoopState) -> int:
         """Return the run's ``auto_steps`` (local_epochs 0): the one its carry stores, else this solver's for a fresh run.
 
-        A run store of older code (a pass done, no ``auto_steps`` in its carry) resumes with
-        :data:`LEGACY_AUTO_STEPS`, the rule it was created with.
+        The rule is stored from iteration 0 on (:meth:`initialize`). A run store of older code (a pass
+        done, no ``auto_steps`` in its carry) resumes with :data:`LEGACY_AUTO_STEPS`, the rule it was
+        created with; one of older code stopped at iteration 0 (an empty carry) runs today's rule.
         """
         if "auto_steps" in state.carry:
             return int(np.asarray(state.carry["auto_steps"]).ravel()[0])
@@ -246,7 +247,7 @@ class ConsensusSolver(SolverBase):
         Glorot's random biases); no pass."""
         init = self.config.resolved_init()
         weights = self.glorot_weights(self.L) if init == "glorot" else self.he_weights(self.L, biases=init == HE_BIAS)
-        return LoopState(0, weights, {})
+        return LoopState(0, weights, {"auto_steps": np.float64(self.auto_steps)})  # the run's steps rule, from the start
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Run one shard pass, take the consensus step; the dual step happens in the next shard pass."""

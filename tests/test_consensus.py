@@ -1080,3 +1080,16 @@ def test_consensus_cannot_fall_back_once_the_next_pass_wrote_its_shard_slot(clie
     w1.write_bytes(bytes(data))
     with pytest.raises(InputError, match="state of the previous commit .* has been overwritten"):
         train(client, store=store, resume=True, iterations=4, report=quiet)
+
+
+def test_a_run_stopped_at_iteration_0_keeps_the_steps_rule_it_was_created_with(monkeypatch):
+    """initialize() stores auto_steps in the carry, so a store committed at iteration 0 resumes under its own rule."""
+    from solvers.consensus import LEGACY_AUTO_STEPS
+
+    cfg = TrainConfig(solver="consensus", hidden=(3,), shards=2, local_epochs=0)
+    solver = make_solver(cfg, 4, x_mean=np.zeros(4), x_scale=np.ones(4), classes=np.arange(2))
+    created, rule = solver.initialize(None), solver.auto_steps
+    monkeypatch.setattr(ConsensusSolver, "auto_steps", 3 * LEGACY_AUTO_STEPS)  # the default changes under the store
+    later = make_solver(cfg, 4, x_mean=np.zeros(4), x_scale=np.ones(4), classes=np.arange(2))
+    assert later.steps_rule(created) == rule != later.auto_steps
+    assert later.steps_rule(LoopState(0, created.weights, {})) == later.auto_steps  # older code's empty carry
