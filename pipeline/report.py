@@ -47,15 +47,26 @@ def performance_report_path(store) -> Path:
 
 
 def load_metrics(store):
-    """Return the run's metrics as an ``xarray.Dataset`` along ``iteration`` (InputError if not a run store)."""
+    """Return the run's metrics as an ``xarray.Dataset`` along ``iteration`` (InputError if not a run store).
+
+    ``metrics/`` is a view of the checked manifest's history, its files rewritten in place at commits: one
+    a kill -9 tore (a chunk of the new length under the old ``zarr.json``) is read as what the next commit
+    writes there, the same arrays built from the manifest (:func:`storage.runstore.metric_arrays`).
+    """
     import xarray as xr
 
-    from storage.runstore import RunStore
+    from storage.runstore import RunStore, metric_arrays
 
     run = RunStore.open(store)
-    if run.manifest() is None:
+    manifest = run.manifest()
+    if manifest is None:
         raise InputError(f"{store} has no committed iteration yet; nothing to report")
-    return xr.open_zarr(run.path, group="metrics", consolidated=False).load()
+    try:
+        return xr.open_zarr(run.path, group="metrics", consolidated=False).load()
+    except Exception:  # noqa: BLE001 -- Zarr's errors for a torn file vary (ValueError, KeyError, its own): the manifest decides
+        arrays = metric_arrays(manifest.get("history") or [])
+        iteration = arrays.pop("iteration")
+        return xr.Dataset({name: ("iteration", values) for name, values in arrays.items()}, coords={"iteration": iteration})
 
 
 def _has(ds, name: str) -> bool:

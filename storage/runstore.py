@@ -52,7 +52,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +60,10 @@ import google_crc32c
 import numpy as np
 import zarr
 import zarr.api.asynchronous
-from zarr.codecs import Crc32cCodec
+from zarr.codecs import BytesCodec, Crc32cCodec
 
 from solvers.errors import InputError
-from storage.paths import check_target, clean_stale_partials, partial_path, remove_stale_chunk_partials, swap_in
+from storage.paths import check_target, clean_stale_partials, partial_path, remove_stale_chunk_partials, rewrite_file, swap_in
 
 FORMAT = "admm-dask-run"
 FORMAT_VERSION = 3
@@ -85,6 +84,15 @@ def metric_names(history: list) -> list:
         names.update((k, None) for k, v in record.items()
                      if k != "iteration" and isinstance(v, (int, float, np.number)) and not isinstance(v, str))
     return list(names)
+
+
+def metric_arrays(history: list) -> dict:
+    """Return ``metrics/``' arrays of ``history``: ``iteration`` (int64), then each :func:`metric_names` (float64, NaN where absent)."""
+    n = len(history)
+    arrays = {"iteration": np.array([h["iteration"] for h in history], np.int64)}
+    arrays.update((name, np.array([h.get(name, np.nan) for h in history], np.float64).reshape(n))
+                  for name in metric_names(history))
+    return arrays
 
 
 def state_path(slot: int, name: str) -> str:
@@ -142,6 +150,7 @@ class RunStore:
         self.attrs = attrs
         self._unwritten_metrics = None  # the history of a commit whose metrics/ are not written yet
         self._metrics_time = -float("inf")
+        self._metrics_swept = False  # the same for metrics/ (the first write of metrics/)
         self._partials_swept = False  # the state chunk files killed writers left (begin_iteration's first call)
 
     # -- creation and opening -----------------------------------------------------------
@@ -352,10 +361,10 @@ class RunStore:
     def _write_metrics(self, root, history: list) -> None:
         """Write each ``metrics/`` array: an existing one of one chunk rewritten in place (:func:`_rewrite_one_chunk`), others
         created through Zarr (``root``: the store's group, opened here if None and needed)."""
-        n = len(history)
-        arrays = {"iteration": np.array([h["iteration"] for h in history], np.int64)}
-        arrays.update((name, np.array([h.get(name, np.nan) for h in history], np.float64).reshape(n))
-                      for name in metric_names(history))
+        arrays = metric_arrays(history)
+        if not self._metrics_swept:  # a run killed while rewriting a file of metrics/ left its temporary file
+            remove_stale_chunk_partials(self.path / "metrics", old_small_files=True)
+            self._metrics_swept = True
         rest = {f"metrics/{name}": values for name, values in arrays.items()
                 if not _rewrite_one_chunk(self.path / "metrics" / name, values)}
         if rest:
@@ -485,7 +494,8 @@ def _write_packed(root, group: str, arrays: dict) -> None:
 
 
 ONE_CHUNK_MAX = 10_000  # Zarr makes a 1-D float64 or int64 array of at most this many values one chunk (10^5: four)
-_FAST_CODECS_JSON = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+FAST_CODECS = (BytesCodec(endian="little"), Crc32cCodec())  # uncompressed values + a crc32c per chunk: written without Zarr
+_FAST_CODECS_JSON = [codec.to_dict() for codec in FAST_CODECS]  # as zarr.json lists them
 
 
 def _rewrite_one_chunk(folder: Path, values: np.ndarray) -> bool:
@@ -525,33 +535,10 @@ def _rewrite_one_chunk(folder: Path, values: np.ndarray) -> bool:
 
 
 def _write_small_file(path: Path, data: bytes) -> None:
-    """Make ``data`` the content of the file ``path`` (no fsync: a view of the manifest's history).
-
-    Over the old file in one write when it has no other link (a hard-linked snapshot, ``cp -al``, keeps its
-    bytes), else written beside it and renamed into place. Not renamed every time: on this machine's disk
-    each file a rename replaced cost ~2 ms (its freed block), 60 ms for the 30 files of ``metrics/``.
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        fd = None
-    if fd is not None:
-        try:
-            if os.fstat(fd).st_nlink == 1:
-                view = memoryview(data)
-                while view.nbytes:
-                    view = view[os.pwrite(fd, view, len(data) - view.nbytes):]
-                os.ftruncate(fd, len(data))
-                return
-        finally:
-            os.close(fd)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Make ``data`` the content of the file ``path`` (no fsync: a view of the manifest's history), in place when it
+    has no other link (:func:`storage.paths.rewrite_file`): each file a rename replaced cost ~2 ms on this machine's
+    disk (its freed block), 60 ms for the 30 files of ``metrics/``."""
+    rewrite_file(path, [data])
 
 
 def _create_arrays(root, path, arrays: dict, **kwargs) -> None:

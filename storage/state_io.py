@@ -47,14 +47,13 @@ from collections import OrderedDict
 import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec
 
 from storage.data import read_rows
-from storage.paths import CHUNK_PARTIAL_SUFFIX, file_identity
+from storage.paths import file_identity, rewrite_file
+from storage.runstore import FAST_CODECS as _FAST_CODECS
 from storage.runstore import slot_of, state_path
 
 STATE_BUDGET = 2**30  # bytes of written state chunks a process keeps (a worker: at most an eighth of its limit)
-_FAST_CODECS = (BytesCodec(endian="little"), Crc32cCodec())
 
 
 def new_owner() -> str:
@@ -102,13 +101,6 @@ def _layout(store: str, name: str) -> _Layout:
     return layout
 
 
-def _write_all(fd: int, parts) -> None:
-    for part in parts:
-        view = memoryview(part).cast("B")
-        while view.nbytes:
-            view = view[os.write(fd, view):]
-
-
 def write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray):
     """Write ``block`` as rows [start, stop) of state array ``name``; return the chunk file's identity, or None.
 
@@ -136,31 +128,8 @@ def _write_rows(store: str, name: str, start: int, stop: int, block: np.ndarray)
     for part in parts:
         crc = google_crc32c.extend(crc, part)  # a contiguous ndarray (it refuses a memoryview)
     parts.append(np.array([crc], "<u4"))
-    path, size = layout.path(i), layout.chunk_bytes + 4
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        fd = None
-    if fd is not None:
-        try:
-            st = os.fstat(fd)
-            if st.st_size == size and st.st_nlink == 1:  # a hard-linked file (``cp -al`` snapshot) is replaced, as Zarr does
-                _write_all(fd, parts)
-                return file_identity(path), data
-        finally:
-            os.close(fd)
-    os.makedirs(os.path.dirname(path), exist_ok=True)  # a new (or resized) file: written aside, renamed into place
-    tmp = f"{path}.{uuid.uuid4().hex}{CHUNK_PARTIAL_SUFFIX}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, parts)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    path = layout.path(i)
+    rewrite_file(path, parts, size=layout.chunk_bytes + 4)  # a hard-linked file (``cp -al`` snapshot) is replaced, as Zarr does
     return file_identity(path), data
 
 

@@ -128,3 +128,42 @@ def test_missing_matplotlib_says_which_extra(run_store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(InputError, match=r'pip install "admm-dask\[report\]"'):
         write_report(run_store[0], tmp_path)
+
+
+def _tear_metrics(store: Path) -> Path:
+    """A kill -9 between a metrics/ chunk's in-place rewrite and its zarr.json's: the chunk has one value more."""
+    import google_crc32c
+
+    folder = store / "metrics" / "loss"
+    chunk = folder / "c" / "0"
+    values = np.append(np.frombuffer(chunk.read_bytes()[:-4], "<f8"), 0.5)
+    chunk.write_bytes(values.tobytes() + np.array([google_crc32c.value(values)], "<u4").tobytes())
+    return folder
+
+
+def test_a_torn_metrics_array_is_read_from_the_manifest_and_the_next_write_repairs_it(run_store, tmp_path):
+    """report reads the manifest's history where metrics/ is torn; the next metrics write sweeps the writers' leftovers
+    (only theirs) and rewrites the array."""
+    import shutil
+
+    import xarray as xr
+
+    from pipeline.report import load_metrics
+    from storage.runstore import RunStore
+
+    store = tmp_path / "run.zarr"
+    shutil.copytree(run_store[0], store)
+    good = load_metrics(store)
+    folder = _tear_metrics(store)
+    with pytest.raises(Exception):  # noqa: B017 -- Zarr's error for it, whichever it is
+        xr.open_zarr(store, group="metrics", consolidated=False).load()  # what load_metrics read before
+    xr.testing.assert_equal(load_metrics(store), good)
+    assert main(["--store", str(store), "--out", str(tmp_path / "out")]) == 0
+    stale = [folder / "c" / f".0.{'ab' * 16}.partial", folder / ".zarr.json.tmp-123-456"]
+    kept = folder / ".zarr.json.tmp-other"
+    for f in (*stale, kept):
+        f.write_bytes(b"x")
+    run = RunStore.open(store)
+    run._write_metrics(None, run.manifest()["history"])
+    assert not any(f.exists() for f in stale) and kept.exists()
+    xr.testing.assert_equal(xr.open_zarr(store, group="metrics", consolidated=False).load(), good)
