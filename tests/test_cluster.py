@@ -229,7 +229,9 @@ def test_old_workers_rotate_without_emptying_the_cluster(tmp_path):
             futures = client.map(lambda i: (time.sleep(0.05), i)[1], range(40 * len(results), 40 * len(results) + 40))
             results.append(sum(client.gather(futures)))
             fewest = min(fewest, len(client.nthreads()))
-            jobs = set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
+            # a worker retiring while the scheduler broadcasts to it closes its comm mid-run: it is leaving, so its
+            # answer is not needed (on_error="raise" failed the test with CommClosedError in a fresh-clone CI)
+            jobs = set(client.run(lambda: os.environ["SLURM_JOB_ID"], on_error="ignore").values())
             if not jobs & first and len(jobs) == 2:
                 break
         assert not jobs & first, "the first two workers were not rotated out within 120 s"
