@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import defaults_real as dr  # noqa: E402
-from benchmarks.admm_readout_alo import fit as alo_fit  # noqa: E402
+from benchmarks.admm_readout_alo import fit as alo_fit, train_recorded  # noqa: E402
 
 PRIORS = ("abs", "scaled")
 
@@ -71,23 +71,12 @@ def choose(losses: np.ndarray, alphas: np.ndarray, prior: int) -> tuple[int, int
 def run_one(task, seed, solver_name) -> dict:
     """Run the solver on the task's validation split; return each α choice's accuracy at the model iteration."""
     from benchmarks.admm_readout_cv import features
-    from benchmarks.admm_small_n import setup
-    from solvers.config import TrainConfig
     from solvers.linalg import ALPHA_GRID
-    from solvers.loop import initialize, iterate
     from solvers.losses import encode_labels
     from solvers.readout import bound
-    from solvers.validation import EarlyStopping
 
     X, y, Xe, ye, _ = dr.load_task(task, "validation", seed)
-    cfg = TrainConfig(solver=solver_name, hidden=(300,), iterations=dr.ITERATIONS[solver_name], seed=seed)
-    solver, runner, held = setup(X, y, cfg)
-    state, stopping, rec = initialize(solver, runner), EarlyStopping(cfg.patience), []
-    for state, metrics in iterate(solver, runner, state, cfg.iterations):
-        net = solver.network(state.weights, metrics)
-        rec.append(([np.asarray(W).copy() for W in state.weights], net.score(Xe, ye)))
-        if stopping.update(state.iteration, net.score(X[held], y[held]), [], metrics.get("validation_loss")):
-            break
+    solver, held, rec, stopping = train_recorded(X, y, Xe, ye, solver_name, seed)
     yi, yei = encode_labels(y, solver.classes), encode_labels(ye, solver.classes)
     out = {"today": rec[stopping.best_iteration - 1][1], "best_seen": max(e for _, e in rec), "n_held": int(held.sum())}
     W = rec[stopping.best_iteration - 1][0]

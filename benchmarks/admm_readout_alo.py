@@ -69,27 +69,38 @@ def log_loss(m, F, y) -> float:
     return float(-np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def run_one(task, seed, solver_name, split: str = "validation") -> dict:
-    """Run the solver on the task's ``split`` (validation or test); return today's accuracy and each α choice's, at the model iteration."""
-    from benchmarks.admm_readout_cv import features
+def train_recorded(X, y, Xe, ye, solver_name, seed, binary_only=None):
+    """Train ``solver_name`` (defaults, 300 hidden units, early stopping on its held-out rows) in memory.
+
+    Return (solver, held-out row mask, [(weights, accuracy on Xe)] per iteration, the EarlyStopping);
+    ``binary_only`` (a task name) refuses a multi-class task before training.
+    """
     from benchmarks.admm_small_n import setup
     from solvers.config import TrainConfig
-    from solvers.linalg import ALPHA_GRID
     from solvers.loop import initialize, iterate
-    from solvers.losses import encode_labels
     from solvers.validation import EarlyStopping
 
-    X, y, Xe, ye, _ = dr.load_task(task, split, seed)
     cfg = TrainConfig(solver=solver_name, hidden=(300,), iterations=dr.ITERATIONS[solver_name], seed=seed)
     solver, runner, held = setup(X, y, cfg)
-    if solver.widths[-1] != 1:
-        raise SystemExit(f"{task}: binary tasks only")
+    if binary_only and solver.widths[-1] != 1:
+        raise SystemExit(f"{binary_only}: binary tasks only")
     state, stopping, rec = initialize(solver, runner), EarlyStopping(cfg.patience), []
     for state, metrics in iterate(solver, runner, state, cfg.iterations):
         net = solver.network(state.weights, metrics)
         rec.append(([np.asarray(W).copy() for W in state.weights], net.score(Xe, ye)))
         if stopping.update(state.iteration, net.score(X[held], y[held]), [], metrics.get("validation_loss")):
             break
+    return solver, held, rec, stopping
+
+
+def run_one(task, seed, solver_name, split: str = "validation") -> dict:
+    """Run the solver on the task's ``split`` (validation or test); return today's accuracy and each α choice's, at the model iteration."""
+    from benchmarks.admm_readout_cv import features
+    from solvers.linalg import ALPHA_GRID
+    from solvers.losses import encode_labels
+
+    X, y, Xe, ye, _ = dr.load_task(task, split, seed)
+    solver, held, rec, stopping = train_recorded(X, y, Xe, ye, solver_name, seed, binary_only=task)
     yi, yei = encode_labels(y, solver.classes), encode_labels(ye, solver.classes)
     out = {"today": rec[stopping.best_iteration - 1][1], "best_seen": max(e for _, e in rec)}
     W = rec[stopping.best_iteration - 1][0]
