@@ -31,6 +31,8 @@ HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solv
 ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
+HIDDEN_ALPHAS = ("readout", "pinned")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
+HOMOGENEOUS = ("relu",)  # activations with h(cz) = c h(z) for c > 0: a pinned unit's norm is its output's scale only
 AVERAGING = ("chunk", "pass")  # consensus: how often the shard models are averaged in a one-sweep pass
 CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
 CROSS_ENTROPY = "cross-entropy"  # softmax (one unit: sigmoid) cross-entropy: gauss-newton and consensus only
@@ -185,6 +187,12 @@ class TrainConfig:
     sample_start: int = setting(0, f"rows of the first sample of the grow schedule, of each sample of rotate "
                                 f"(rounded up to whole chunks, at least 2, 1 for rotate); 0: {START_ROWS}, or {CONV_START_ROWS} "
                                 "with convolutions", solvers=("gauss-newton",), group="gauss-newton")
+    hidden_alpha: str = setting("readout", "the hidden layers' weight decay: readout (the output layer's α, the "
+                                "held-out one with --alpha auto, in their step and in the objective) or pinned (none: "
+                                "after every step each hidden unit's weights and bias are rescaled to the norm they had, "
+                                "so a unit can turn but not grow, which ReLU's scale symmetry makes a change of direction "
+                                "only; the output layer keeps its α); pinned needs dense layers and relu",
+                                choices=HIDDEN_ALPHAS, solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "
                                          "turns early stopping off", group="stopping")
@@ -308,6 +316,18 @@ class TrainConfig:
         elif self.sample_schedule in ("grow", "rotate") and self.solver != "gauss-newton":
             problems.append(f"sample_schedule {self.sample_schedule} needs the gauss-newton solver (the {self.solver} solver keeps "
                             "per-sample state that every iteration must update); pass --sample-schedule full")
+        if self.hidden_alpha not in HIDDEN_ALPHAS:
+            problems.append(f"hidden_alpha {self.hidden_alpha!r} is not one of {list(HIDDEN_ALPHAS)}")
+        elif self.hidden_alpha == "pinned" and self.solver == HANDOVER:
+            problems.append(f"hidden_alpha pinned was measured with --solver gauss-newton only, not {HANDOVER} "
+                            "(pass --solver gauss-newton)")
+        elif self.hidden_alpha != "pinned" or self.solver != "gauss-newton":
+            pass  # the other solvers do not read it (as --step-size)
+        elif self.layers:
+            problems.append("hidden_alpha pinned needs dense layers (convolutional --layers keep --hidden-alpha readout)")
+        elif self.activation not in HOMOGENEOUS:
+            problems.append(f"hidden_alpha pinned needs an activation with h(cz) = c h(z) for c > 0 "
+                            f"({', '.join(HOMOGENEOUS)}), not {self.activation}")
         if self.sample_start < 0:
             problems.append(f"sample_start must be >= 0 (0: the default), got {self.sample_start}")
         if self.patience < 0:
@@ -337,11 +357,11 @@ class TrainConfig:
         """Return whether settings only Gauss-Newton takes pin ``--solver auto`` to it, whatever the data's size.
 
         Convolutional layers, regression (the hand-over was measured on classification only), the hinge
-        losses (consensus fits cross-entropy or squared), and a given --sample-schedule or --sample-start
-        (settings Gauss-Newton alone reads).
+        losses (consensus fits cross-entropy or squared), and a given --sample-schedule, --sample-start or
+        --hidden-alpha pinned (settings Gauss-Newton alone reads).
         """
         return bool(self.layers) or self.task != "classification" or self.loss not in ("auto", CROSS_ENTROPY, "squared") \
-            or self.sample_schedule != "auto" or self.sample_start > 0
+            or self.sample_schedule != "auto" or self.sample_start > 0 or self.hidden_alpha != "readout"
 
     def choose_solver(self, n_samples: int, shards: int, threads_per_worker: int = 1,
                       shared_gil: bool = False) -> tuple["TrainConfig", dict]:

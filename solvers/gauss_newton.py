@@ -85,6 +85,19 @@ CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄
 _PATHS: OrderedDict = OrderedDict()  # the client's last three RidgePaths used, by (ridge, SHA-1 of their sums)
 
 
+def pin_rows(W, reference) -> np.ndarray:
+    """Return ``W`` with each row (a unit's incoming weights and bias) rescaled to that row's norm in ``reference``.
+
+    ``--hidden-alpha pinned``: with ReLU, ``relu(c z) = c relu(z)`` for c > 0, so a unit's norm is only the scale of
+    its output, which the next layer (the output layer: refitted from pass A's Grams) takes back. Pinning it removes
+    the scale symmetry that lets unpenalised hidden weights grow without bound (generalise_s10.md) and leaves the
+    units free in direction.
+    """
+    target = np.linalg.norm(np.asarray(reference, np.float64), axis=1, keepdims=True)
+    now = np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-300)
+    return W * (target / now)
+
+
 def _rows_key(x_raw, start_row, held: bool) -> tuple:
     """Return what names a chunk's rows in the activation cache: training or held-out side, first row number,
     count, first and last row's bytes.
@@ -329,7 +342,10 @@ class GaussNewtonSolver(SolverBase):
         return state
 
     def objective(self, error: float, weights, alpha: float) -> float:
-        """Return ``E = error + α Σ_l ‖W̃_l‖²`` (the objective the LM test compares)."""
+        """Return ``E = error + α Σ_l ‖W̃_l‖²`` (the objective the LM test compares); ``--hidden-alpha pinned``:
+        ``error + α ‖W̃_L‖²`` (the hidden layers' norms are fixed, not penalised)."""
+        if self.config.hidden_alpha == "pinned":
+            return float(error) + float(alpha) * penalty(weights[-1])
         return float(error) + float(alpha) * sum(penalty(W) for W in weights)
 
     def _accepted_sums(self, sums: dict, error: float) -> dict:
@@ -492,11 +508,17 @@ class GaussNewtonSolver(SolverBase):
         return out
 
     def trial_weights(self, weights, curv: dict, input_gram, damping: float, alpha: float = 0.0) -> list:
-        """Return ``W_l + η n (S_l + (λ s̄ + π√(αn)) I)⁻¹ (D_l − α W̃_l) (G_{l−1} + (ε' ḡ + √(αn)/π) I)⁻¹``, l < L."""
+        """Return ``W_l + η n (S_l + (λ s̄ + π√(αn)) I)⁻¹ (D_l − α W̃_l) (G_{l−1} + (ε' ḡ + √(αn)/π) I)⁻¹``, l < L.
+
+        ``--hidden-alpha pinned``: the step at α = 0, each row (a unit's weights and bias) then rescaled to its
+        norm in ``weights`` (:func:`pin_rows`).
+        """
         n = float(curv["n"])
-        return [self.layer_step(l, weights[l - 1], curv[f"grad{l}"], S, input_gram if l == 1 else curv[f"gram{l}"],
-                                damping, alpha, n)
-                for l, S in enumerate(self.curvatures(weights, curv), start=1)]
+        pinned = self.config.hidden_alpha == "pinned"
+        trial = [self.layer_step(l, weights[l - 1], curv[f"grad{l}"], S, input_gram if l == 1 else curv[f"gram{l}"],
+                                 damping, 0.0 if pinned else alpha, n)
+                 for l, S in enumerate(self.curvatures(weights, curv), start=1)]
+        return [pin_rows(W, weights[l]) for l, W in enumerate(trial)] if pinned else trial
 
     def layer_step(self, l: int, W, D, S, G, damping: float, alpha: float, n: float) -> np.ndarray:
         """Return layer l's damped Gauss-Newton trial ``W + η n (S + …)⁻¹ (D − α W̃) (G + …)⁻¹`` (:meth:`trial_weights`).

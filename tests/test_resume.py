@@ -58,10 +58,8 @@ def final_state(store):
     return load_network(store).weights, metrics
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(data):
-    store = data / "baseline.zarr"
-    run_to_end(train_cmd(data, store))
+def baseline(data, store, *extra):
+    run_to_end(train_cmd(data, store, *extra))
     held = RunStore.open(store).attrs["validation"]  # the default: 10 % of the rows of every chunk held out
     assert held["scheme"] == "rows" and 1800 < held["rows"] < 2200
     weights, metrics = final_state(store)
@@ -69,11 +67,21 @@ def uninterrupted(data):
     return weights, metrics
 
 
-def kill_and_resume(data, uninterrupted, tmp_path, rng):
+@pytest.fixture(scope="module")
+def uninterrupted(data):
+    return baseline(data, data / "baseline.zarr")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_pinned(data):
+    return baseline(data, data / "baseline-pinned.zarr", "--hidden-alpha", "pinned")
+
+
+def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra):
     store = tmp_path / "run.zarr"
     after = int(rng.integers(-1, ITERATIONS))     # kill once this iteration is committed …
     delay = float(rng.uniform(0.0, 0.6))          # … plus a random moment into the next pass
-    proc = subprocess.Popen(train_cmd(data, store), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_cmd(data, store, *extra), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while committed(store) < after and proc.poll() is None and time.time() < deadline:
@@ -88,7 +96,7 @@ def kill_and_resume(data, uninterrupted, tmp_path, rng):
                     "--workers", "1", "--dashboard-address", ":0", "--no-progress"])
     else:  # killed before the run store was renamed into place: nothing to resume
         assert not any(p.name.startswith("run.zarr") and "partial" not in p.name for p in tmp_path.iterdir())
-        run_to_end(train_cmd(data, store))
+        run_to_end(train_cmd(data, store, *extra))
     weights, metrics = final_state(store)
     for W, W_ref in zip(weights, uninterrupted[0]):
         np.testing.assert_array_equal(W, W_ref)
@@ -101,6 +109,12 @@ def kill_and_resume(data, uninterrupted, tmp_path, rng):
 @pytest.mark.parametrize("seed", range(4))
 def test_sigkill_at_random_moment_then_resume_equals_uninterrupted(data, uninterrupted, tmp_path, seed):
     kill_and_resume(data, uninterrupted, tmp_path, np.random.default_rng(seed))
+
+
+def test_sigkill_then_resume_equals_uninterrupted_with_pinned_hidden_units(data, uninterrupted_pinned, tmp_path):
+    """--hidden-alpha pinned is stored with the run: the resume (no flag given) continues under it, bitwise."""
+    kill_and_resume(data, uninterrupted_pinned, tmp_path, np.random.default_rng(7), "--hidden-alpha", "pinned")
+    assert RunStore.open(tmp_path / "run.zarr").attrs["config"]["hidden_alpha"] == "pinned"
 
 
 @pytest.mark.slow

@@ -1,0 +1,105 @@
+"""--hidden-alpha pinned (Gauss-Newton): the hidden layers unpenalised, each hidden unit's norm kept; the default,
+readout, is the old rule, and run stores written before the setting existed resume under it."""
+import numpy as np
+import pytest
+
+from solvers.config import HANDOVER, TrainConfig, describe
+from solvers.errors import InputError
+from solvers.gauss_newton import pin_rows
+from solvers.reference import fit_in_memory
+from tests.conftest import quiet
+
+
+def row_norms(W):
+    return np.linalg.norm(np.asarray(W, np.float64), axis=1)
+
+
+def test_pin_rows_keeps_each_rows_norm_and_direction():
+    rng = np.random.default_rng(0)
+    ref, W = rng.normal(size=(5, 4)), rng.normal(size=(5, 4)) * 7
+    out = pin_rows(W, ref)
+    np.testing.assert_allclose(row_norms(out), row_norms(ref), rtol=1e-12)
+    np.testing.assert_allclose(out / row_norms(out)[:, None], W / row_norms(W)[:, None], rtol=1e-12)
+
+
+def test_pinned_objective_penalises_the_output_layer_only_and_keeps_the_hidden_norms(digits_0_vs_2):
+    """With a fixed α the LM test compares E + α‖W̃_L‖², that objective never rises, and no hidden unit's norm moves."""
+    X, _, y, _ = digits_0_vs_2
+    alpha = 5.0
+    cfg = TrainConfig(solver="gauss-newton", hidden=(20, 12), step_size=4.0, damping=0.05, iterations=10,
+                      alpha=alpha, validation_fraction=0, hidden_alpha="pinned")
+    result = fit_in_memory(X, y, cfg, chunk_rows=100)
+    history, solver, weights = result.history, result.solver, result.loop_state.weights
+    assert any(h["accepted"] for h in history) and any(not h["accepted"] for h in history)
+    n = len(X)
+    readout = alpha * np.sum(np.asarray(weights[-1])[:, :-1] ** 2)
+    assert history[-1]["objective"] * n == pytest.approx(history[-1]["loss"] * n + readout, rel=1e-5)
+    for prev, h in zip(history, history[1:]):
+        assert h["accepted"] == (h["trial_loss"] <= prev["objective"])
+        assert h["objective"] <= prev["objective"] + 1e-12
+    start = solver.initial_hidden()
+    for W, W0 in zip(weights[:-1], start):
+        assert not np.allclose(W, W0)  # the units turned …
+        np.testing.assert_allclose(row_norms(W), row_norms(W0), rtol=1e-9)  # … at their initial norms
+    hidden_decay = sum(np.sum(np.asarray(W)[:, :-1] ** 2) for W in weights[:-1])
+    assert solver.objective(1.0, weights, alpha) == pytest.approx(1.0 + readout)
+    readout_rule = TrainConfig(**{**cfg.to_dict(), "hidden_alpha": "readout"})
+    other = fit_in_memory(X, y, readout_rule, chunk_rows=100).solver
+    assert other.objective(1.0, weights, alpha) == pytest.approx(1.0 + readout + alpha * hidden_decay)
+
+
+def test_pinned_changes_the_run_and_readout_is_the_default(digits_0_vs_2):
+    X, Xt, y, yt = digits_0_vs_2
+    base = dict(solver="gauss-newton", hidden=(16,), iterations=4, seed=1)
+    default = fit_in_memory(X, y, TrainConfig(**base), X_test=Xt, y_test=yt)
+    readout = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="readout"), X_test=Xt, y_test=yt)
+    pinned = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="pinned"), X_test=Xt, y_test=yt)
+    for W, W_ref in zip(default.network.weights, readout.network.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    assert not np.allclose(pinned.network.weights[0], default.network.weights[0])
+    assert pinned.history[-1]["test_accuracy"] >= 0.9  # it learns (the default scores 0.99 here)
+
+
+def test_old_stores_config_resumes_under_the_readout_rule():
+    stored = TrainConfig(solver="gauss-newton").to_dict()
+    del stored["hidden_alpha"]  # written before the setting existed
+    config, changed = TrainConfig.resumed(stored, {})
+    assert config.hidden_alpha == "readout" and not changed
+    with pytest.raises(InputError, match="cannot resume with settings that change the stored state.*hidden_alpha"):
+        TrainConfig.resumed(stored, {"hidden_alpha": "pinned"})
+
+
+def test_pinned_is_checked_where_gauss_newton_reads_it():
+    assert TrainConfig(hidden_alpha="pinned").solver == "gauss-newton"  # auto: only gauss-newton reads it
+    assert "hidden alpha pinned" in describe(TrainConfig(hidden_alpha="pinned"))
+    assert "hidden alpha" not in describe(TrainConfig(solver="admm", hidden_alpha="pinned"))  # admm ignores it
+    with pytest.raises(InputError, match="hidden_alpha pinned needs an activation"):
+        TrainConfig(solver="gauss-newton", hidden_alpha="pinned", activation="sigmoid")
+    with pytest.raises(InputError, match="hidden_alpha pinned needs dense layers"):
+        TrainConfig(solver="gauss-newton", hidden_alpha="pinned", layers="conv:4x3x3", input_shape=(8, 8, 1))
+    with pytest.raises(InputError, match="hidden_alpha pinned was measured with --solver gauss-newton only"):
+        TrainConfig(solver=HANDOVER, hidden_alpha="pinned")
+    with pytest.raises(InputError, match="hidden_alpha 'x' is not one of"):
+        TrainConfig(hidden_alpha="x")
+
+
+def test_pipeline_pinned_matches_reference_and_resumes(client, tmp_path):
+    from pipeline.training import train
+    from storage.data import write_data
+
+    from tests.conftest import make_data
+
+    X, y = make_data(n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(12, 8), iterations=4, seed=3, hidden_alpha="pinned")
+    result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512,
+                   report=quiet)
+    ref = fit_in_memory(X, y, cfg, chunk_rows=512)
+    assert [h["accepted"] for h in result.history] == [h["accepted"] for h in ref.history]
+    for W, W_ref in zip(result.network.weights, ref.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+    more = train(client, store=tmp_path / "r.zarr", resume=True, iterations=6, report=quiet)
+    assert more.solver.config.hidden_alpha == "pinned"
+    ref6 = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 6}), chunk_rows=512)
+    for W, W_ref in zip(more.network.weights, ref6.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
