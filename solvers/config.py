@@ -31,7 +31,7 @@ HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solv
 ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
-HIDDEN_ALPHAS = ("readout", "pinned")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
+HIDDEN_ALPHAS = ("readout", "pinned", "race")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
 HOMOGENEOUS = ("relu",)  # activations with h(cz) = c h(z) for c > 0: a pinned unit's norm is its output's scale only
 AVERAGING = ("chunk", "pass")  # consensus: how often the shard models are averaged in a one-sweep pass
 CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
@@ -191,7 +191,9 @@ class TrainConfig:
                                 "held-out one with --alpha auto, in their step and in the objective) or pinned (none: "
                                 "after every step each hidden unit's weights and bias are rescaled to the norm they had, "
                                 "so a unit can turn but not grow, which ReLU's scale symmetry makes a change of direction "
-                                "only; the output layer keeps its α); pinned needs dense layers and relu",
+                                "only; the output layer keeps its α) or race (both from the same start for the first 2 "
+                                "iterations, then the one with the higher held-out score goes on alone; needs held-out "
+                                "rows, else readout); pinned and race need dense layers and relu",
                                 choices=HIDDEN_ALPHAS, solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "
@@ -318,15 +320,16 @@ class TrainConfig:
                             "per-sample state that every iteration must update); pass --sample-schedule full")
         if self.hidden_alpha not in HIDDEN_ALPHAS:
             problems.append(f"hidden_alpha {self.hidden_alpha!r} is not one of {list(HIDDEN_ALPHAS)}")
-        elif self.hidden_alpha == "pinned" and self.solver == HANDOVER:
-            problems.append(f"hidden_alpha pinned was measured with --solver gauss-newton only, not {HANDOVER} "
+        elif self.hidden_alpha != "readout" and self.solver == HANDOVER:
+            problems.append(f"hidden_alpha {self.hidden_alpha} was measured with --solver gauss-newton only, not {HANDOVER} "
                             "(pass --solver gauss-newton)")
-        elif self.hidden_alpha != "pinned" or self.solver != "gauss-newton":
+        elif self.hidden_alpha == "readout" or self.solver != "gauss-newton":
             pass  # the other solvers do not read it (as --step-size)
         elif self.layers:
-            problems.append("hidden_alpha pinned needs dense layers (convolutional --layers keep --hidden-alpha readout)")
+            problems.append(f"hidden_alpha {self.hidden_alpha} needs dense layers (convolutional --layers keep "
+                            "--hidden-alpha readout)")
         elif self.activation not in HOMOGENEOUS:
-            problems.append(f"hidden_alpha pinned needs an activation with h(cz) = c h(z) for c > 0 "
+            problems.append(f"hidden_alpha {self.hidden_alpha} needs an activation with h(cz) = c h(z) for c > 0 "
                             f"({', '.join(HOMOGENEOUS)}), not {self.activation}")
         if self.sample_start < 0:
             problems.append(f"sample_start must be >= 0 (0: the default), got {self.sample_start}")

@@ -85,6 +85,23 @@ CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄
 _PATHS: OrderedDict = OrderedDict()  # the client's last three RidgePaths used, by (ridge, SHA-1 of their sums)
 
 
+RACE_ITERATIONS = 2  # --hidden-alpha race: both candidates run this many iterations (generalise_s11.md)
+
+
+def _race_carry(weights, carry: dict) -> dict:
+    """Return the pinned candidate's weights and carry as ``race_`` carry entries (the run store keeps flat names)."""
+    out = {f"race_W{l}": np.asarray(W, np.float64) for l, W in enumerate(weights, start=1)}
+    out.update((f"race_c_{name}", value) for name, value in carry.items()
+               if not name.startswith("race_") and name != "hidden_pinned")
+    return out
+
+
+def _race_split(carry: dict) -> tuple[list, dict]:
+    """Return (weights, carry) of the pinned candidate from :func:`_race_carry`'s entries."""
+    weights = [np.asarray(carry[f"race_W{l}"]) for l in range(1, 1 + sum(n.startswith("race_W") for n in carry))]
+    return weights, {n[len("race_c_"):]: v for n, v in carry.items() if n.startswith("race_c_")}
+
+
 def pin_rows(W, reference) -> np.ndarray:
     """Return ``W`` with each row (a unit's incoming weights and bias) rescaled to that row's norm in ``reference``.
 
@@ -153,6 +170,8 @@ class GaussNewtonSolver(SolverBase):
             raise InputError(f"the gauss-newton solver fits the squared loss or cross-entropy; --loss {config.loss} "
                              "needs --solver admm")
         self.cross_entropy = loss == "cross-entropy"
+        self.pinned = config.hidden_alpha == "pinned"  # race: set per candidate, then from the stored choice
+        self.note = None  # a line for the progress report (the race's choice), taken by the driver
         self.run_token = os.urandom(8).hex()  # names this run's activations in the cache (solvers.activation_cache)
 
     # -- what the pipeline stores and sums ------------------------------------------
@@ -212,6 +231,40 @@ class GaussNewtonSolver(SolverBase):
         return W
 
     def initialize(self, runner, hidden=None, output=None, damping=None) -> LoopState:
+        """Return :meth:`_initialize`'s state; ``--hidden-alpha race``: with the pinned candidate's beside it.
+
+        The race's candidates share iteration 0 (the same weights and passes); the pinned one's objective (no
+        hidden penalty) is recomputed from the same sums and its trial from the same curvature, so its carry is
+        the one a ``--hidden-alpha pinned`` run would hold. Nothing held out (or other kernels): no race, readout.
+        """
+        self.pinned = self.config.hidden_alpha == "pinned"
+        state = self._initialize(runner, hidden, output, damping)
+        if self.config.hidden_alpha != "race":
+            return state
+        c = state.carry
+        if not self._scores_held_out(runner):
+            c["hidden_pinned"] = np.float64(0.0)
+            self.note = "hidden alpha: readout (race needs held-out rows)"
+            return state
+        other = {name: value for name, value in c.items() if name[:1] != "T" or not name[1:].isdigit()}
+        other.pop("T_out", None)
+        self.pinned = True
+        try:
+            alpha = float(c["alpha"])
+            if self.cross_entropy:
+                other["error"] = np.float64(self.objective(float(c["loss"]), state.weights, alpha))
+            else:
+                W = np.asarray(state.weights[-1], np.float64)
+                error = quadratic_error(W, c["acc_cross"], c["acc_gram"], float(c["acc_tt"]))
+                other["error"] = np.float64(self.objective(error, state.weights, alpha))
+            other = self._with_trial(LoopState(0, list(state.weights), other)).carry
+        finally:
+            self.pinned = False
+        c.update(_race_carry(state.weights, other))
+        c["hidden_pinned"], c["race_best"], c["race_other_best"] = np.float64(0.0), np.float64(-1.0), np.float64(-1.0)
+        return state
+
+    def _initialize(self, runner, hidden=None, output=None, damping=None) -> LoopState:
         """Fit the output layer on the random hidden layers (or ``hidden``: a hand-over) by pass A, then take pass B.
 
         Both passes read the first sample of chunks (:mod:`solvers.sampling`). Cross-entropy starts the
@@ -265,6 +318,47 @@ class GaussNewtonSolver(SolverBase):
         return self._with_trial(LoopState(state.iteration, list(state.weights), c))
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
+        """Return :meth:`_advance`; ``--hidden-alpha race``: both candidates' iterations while the race runs.
+
+        Iterations 1..:data:`RACE_ITERATIONS` advance both candidates (readout, reported, and pinned, in the
+        carry's ``race_`` entries) in lockstep on the same passes' rows. After the last, the candidate with the
+        higher best held-out score so far goes on alone (ties: readout) and that iteration reports it; the choice
+        is the carry's ``hidden_pinned`` (1: pinned) and the metric of that name, so a resume goes on under it.
+        """
+        c = state.carry
+        if self.config.hidden_alpha != "race":
+            return self._advance(runner, state)
+        self.pinned = bool(float(c.get("hidden_pinned", 0.0)))
+        if "race_best" not in c:  # decided (or nothing held out)
+            new, metrics = self._advance(runner, state)
+            new.carry["hidden_pinned"] = np.float64(self.pinned)
+            return new, {**metrics, "hidden_pinned": float(self.pinned)}
+        weights, other = _race_split(c)
+        main = LoopState(state.iteration, list(state.weights), {n: v for n, v in c.items() if not n.startswith("race_")})
+        score = f"validation_{self.task.score_name}"
+        self.pinned = False
+        new_main, m_main = self._advance(runner, main)
+        self.pinned = True
+        try:
+            new_other, m_other = self._advance(runner, LoopState(state.iteration, weights, other))
+        finally:
+            self.pinned = False
+        best = max(float(c["race_best"]), m_main[score])
+        other_best = max(float(c["race_other_best"]), m_other[score])
+        k = new_main.iteration
+        if k < RACE_ITERATIONS:
+            new_main.carry.update(_race_carry(new_other.weights, new_other.carry))
+            new_main.carry.update(hidden_pinned=np.float64(0.0), race_best=np.float64(best),
+                                  race_other_best=np.float64(other_best))
+            return new_main, {**m_main, "hidden_pinned": 0.0, f"race_{score}": m_other[score]}
+        self.pinned = other_best > best
+        won, metrics, lost = (new_other, m_other, m_main) if self.pinned else (new_main, m_main, m_other)
+        won.carry["hidden_pinned"] = np.float64(self.pinned)
+        self.note = (f"hidden alpha: {'pinned' if self.pinned else 'readout'} from iteration {k + 1} (best held-out "
+                     f"{self.task.score_name} in iterations 1-{k}: readout {best:.4f}, pinned {other_best:.4f})")
+        return won, {**metrics, "hidden_pinned": float(self.pinned), f"race_{score}": lost[score]}
+
+    def _advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Evaluate the trial (pass A); accept it and take pass B, or reject it and damp more.
 
         With :attr:`defer_curvature` pass B is left to the next iteration (:meth:`prepare`), and an accepted
@@ -332,7 +426,24 @@ class GaussNewtonSolver(SolverBase):
         return quadratic_error(W_out, held[f"cross{L}"], held[f"gram{L}"], float(held["tt"])) / float(held["n"])
 
     def resume(self, runner, state: LoopState, changed: set, history=()) -> LoopState:
-        """Return the state to continue from: a new ridge, alpha, step size or damping gives a new trial (no pass)."""
+        """Return the state to continue from: a new ridge, alpha, step size or damping gives a new trial (no pass).
+
+        ``--hidden-alpha race``: the stored choice (``hidden_pinned``) says how the trial is made; during the race
+        the pinned candidate's trial is made again too.
+        """
+        if self.config.hidden_alpha == "race":
+            self.pinned = bool(float(state.carry.get("hidden_pinned", 0.0)))
+            if "race_best" in state.carry:
+                weights, other = _race_split(state.carry)
+                self.pinned = True
+                try:
+                    other = self._resume_one(LoopState(state.iteration, weights, other), changed).carry
+                finally:
+                    self.pinned = False
+                state.carry.update(_race_carry(weights, other))
+        return self._resume_one(state, changed)
+
+    def _resume_one(self, state: LoopState, changed: set) -> LoopState:
         if "damping" in changed:
             state.carry["damping"] = np.float64(self.config.damping)
         if "alpha" in changed and self.config.alpha != "auto":
@@ -344,7 +455,7 @@ class GaussNewtonSolver(SolverBase):
     def objective(self, error: float, weights, alpha: float) -> float:
         """Return ``E = error + α Σ_l ‖W̃_l‖²`` (the objective the LM test compares); ``--hidden-alpha pinned``:
         ``error + α ‖W̃_L‖²`` (the hidden layers' norms are fixed, not penalised)."""
-        if self.config.hidden_alpha == "pinned":
+        if self.pinned:
             return float(error) + float(alpha) * penalty(weights[-1])
         return float(error) + float(alpha) * sum(penalty(W) for W in weights)
 
@@ -514,7 +625,7 @@ class GaussNewtonSolver(SolverBase):
         norm in ``weights`` (:func:`pin_rows`).
         """
         n = float(curv["n"])
-        pinned = self.config.hidden_alpha == "pinned"
+        pinned = self.pinned
         trial = [self.layer_step(l, weights[l - 1], curv[f"grad{l}"], S, input_gram if l == 1 else curv[f"gram{l}"],
                                  damping, 0.0 if pinned else alpha, n)
                  for l, S in enumerate(self.curvatures(weights, curv), start=1)]

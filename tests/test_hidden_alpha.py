@@ -103,3 +103,64 @@ def test_pipeline_pinned_matches_reference_and_resumes(client, tmp_path):
     ref6 = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 6}), chunk_rows=512)
     for W, W_ref in zip(more.network.weights, ref6.network.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+
+
+def race_runs(X, y, chunk_rows=512, **settings):
+    base = dict(solver="gauss-newton", hidden=(32,), iterations=6, seed=1, patience=0, **settings)
+    runs = {ha: fit_in_memory(X, y, TrainConfig(**base, hidden_alpha=ha), chunk_rows=chunk_rows)
+            for ha in ("readout", "pinned")}
+    lines = []
+    race = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="race"), chunk_rows=chunk_rows, report=lines.append)
+    return race, runs, lines
+
+
+@pytest.mark.parametrize("seed,winner", [(0, "pinned"), (3, "readout")])
+def test_race_goes_on_as_the_candidate_with_the_better_held_out_score_would_alone(seed, winner):
+    """The race's winner continues exactly as its own run (bitwise); the choice is in the metrics and the report."""
+    from tests.conftest import make_data
+
+    X, y = make_data(n=3000, n_classes=3, seed=seed)
+    race, runs, lines = race_runs(X, y)
+    best = {ha: max(h["validation_accuracy"] for h in r.history[:2]) for ha, r in runs.items()}
+    assert winner == ("pinned" if best["pinned"] > best["readout"] else "readout")  # the data sets used here
+    assert [h["hidden_pinned"] for h in race.history] == [0.0] + [float(winner == "pinned")] * 5
+    assert race.history[0]["race_validation_accuracy"] == runs["pinned"].history[0]["validation_accuracy"]
+    assert race.history[1]["race_validation_accuracy"] == runs["readout" if winner == "pinned" else "pinned"
+                                                               ].history[1]["validation_accuracy"]
+    assert "race_validation_accuracy" not in race.history[2]
+    for W, W_ref in zip(race.loop_state.weights, runs[winner].loop_state.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    drop = ("seconds", "hidden_pinned", "race_validation_accuracy")
+    assert [{k: v for k, v in h.items() if k not in drop} for h in race.history[1:]] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in runs[winner].history[1:]]
+    assert [line for line in lines if line.startswith("hidden alpha: ")] == [
+        f"hidden alpha: {winner} from iteration 3 (best held-out accuracy in iterations 1-2: "
+        f"readout {best['readout']:.4f}, pinned {best['pinned']:.4f})"]
+
+
+def test_race_with_nothing_held_out_is_readout():
+    from tests.conftest import make_data
+
+    X, y = make_data(n=2000, n_classes=2)
+    race, runs, _ = race_runs(X, y, validation_fraction=0)
+    for W, W_ref in zip(race.loop_state.weights, runs["readout"].loop_state.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    assert all(h["hidden_pinned"] == 0.0 for h in race.history)
+
+
+def test_pipeline_race_matches_reference_and_resumes_mid_race(client, tmp_path):
+    from pipeline.training import train
+    from storage.data import write_data
+
+    from tests.conftest import make_data
+
+    X, y = make_data(n=3000, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(32,), iterations=1, seed=1, patience=0, hidden_alpha="race")
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512, report=quiet)
+    more = train(client, store=tmp_path / "r.zarr", resume=True, iterations=5, report=quiet)  # resumed mid-race
+    ref = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 5}), chunk_rows=512)
+    assert [h["hidden_pinned"] for h in more.history] == [h["hidden_pinned"] for h in ref.history] == [0, 1, 1, 1, 1]
+    assert [h["accepted"] for h in more.history] == [h["accepted"] for h in ref.history]
+    for W, W_ref in zip(more.network.weights, ref.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)

@@ -77,6 +77,11 @@ def uninterrupted_pinned(data):
     return baseline(data, data / "baseline-pinned.zarr", "--hidden-alpha", "pinned")
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_race(data):
+    return baseline(data, data / "baseline-race.zarr", "--hidden-alpha", "race")
+
+
 def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra):
     store = tmp_path / "run.zarr"
     after = int(rng.integers(-1, ITERATIONS))     # kill once this iteration is committed …
@@ -115,6 +120,13 @@ def test_sigkill_then_resume_equals_uninterrupted_with_pinned_hidden_units(data,
     """--hidden-alpha pinned is stored with the run: the resume (no flag given) continues under it, bitwise."""
     kill_and_resume(data, uninterrupted_pinned, tmp_path, np.random.default_rng(7), "--hidden-alpha", "pinned")
     assert RunStore.open(tmp_path / "run.zarr").attrs["config"]["hidden_alpha"] == "pinned"
+
+
+def test_sigkill_during_the_hidden_alpha_race_then_resume_equals_uninterrupted(data, uninterrupted_race, tmp_path):
+    """Killed after iteration 1 of --hidden-alpha race (both candidates in the carry): the resume runs the rest of
+    the race and goes on under its choice, bitwise."""
+    assert kill_and_resume(data, uninterrupted_race, tmp_path, np.random.default_rng(9), "--hidden-alpha", "race") <= 2
+    assert {"hidden_pinned", "race_validation_accuracy"} <= set(uninterrupted_race[1][0])
 
 
 @pytest.mark.slow
