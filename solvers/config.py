@@ -478,9 +478,11 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Return the config stored by :meth:`to_dict` (unknown keys are ignored)."""
         names = {f.name for f in fields(cls)}  # old stores' ``extra`` (always empty) and other keys are dropped
+        d = {**STORED_BEFORE, **d}  # a setting a store predates: the rule the store was trained under
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+STORED_BEFORE = {"hidden_alpha": "readout"}  # what a run store written before a setting existed ran with
 SETTINGS = fields(TrainConfig)
 RESUMABLE = tuple(f.name for f in SETTINGS if f.metadata["resumable"])  # --resume may change these
 

@@ -3,7 +3,7 @@ readout, is the old rule, and run stores written before the setting existed resu
 import numpy as np
 import pytest
 
-from solvers.config import HANDOVER, TrainConfig, describe
+from solvers.config import HANDOVER, STORED_BEFORE, TrainConfig, describe
 from solvers.errors import InputError
 from solvers.gauss_newton import pin_rows
 from solvers.reference import fit_in_memory
@@ -65,6 +65,7 @@ def test_old_stores_config_resumes_under_the_readout_rule():
     del stored["hidden_alpha"]  # written before the setting existed
     config, changed = TrainConfig.resumed(stored, {})
     assert config.hidden_alpha == "readout" and not changed
+    assert STORED_BEFORE["hidden_alpha"] == "readout"  # whatever the field's default becomes
     with pytest.raises(InputError, match="cannot resume with settings that change the stored state.*hidden_alpha"):
         TrainConfig.resumed(stored, {"hidden_alpha": "pinned"})
 
