@@ -361,7 +361,7 @@ class TrainConfig:
 
         Convolutional layers, regression (the hand-over was measured on classification only), the hinge
         losses (consensus fits cross-entropy or squared), and a given --sample-schedule, --sample-start or
-        --hidden-alpha pinned (settings Gauss-Newton alone reads).
+        --hidden-alpha other than readout (settings Gauss-Newton alone reads).
         """
         return bool(self.layers) or self.task != "classification" or self.loss not in ("auto", CROSS_ENTROPY, "squared") \
             or self.sample_schedule != "auto" or self.sample_start > 0 or self.hidden_alpha != "readout"
