@@ -15,7 +15,11 @@ paired by split and seed, on ``defaults_real.py``'s validation splits (the test 
   directions (``W ← W G (G + αI)⁻¹`` at a fixed state);
 * ``pm_axes_prox0``: both;
 * ``out10`` / ``out100`` (ADMM only): the iterate's own output layer W_L (not the model's refitted readout) solved
-  with 10x / 100x the weight decay, so its residual, which drives the hidden layer (eq. 6), is not fitted away.
+  with 10x / 100x the weight decay, so its residual, which drives the hidden layer (eq. 6), is not fitted away;
+* ``refit`` (session 11): the iteration goes on from the model's refitted readout (held-out α) in place of its
+  own nearly interpolating output layer: after every iteration the carry's ``U`` (ADMM: also ``W_L^{k+1}``, which
+  gives ``z_L^{k+1}`` and the a-update's operator) is the refit, so the refit's residual drives the hidden layer;
+* ``prox0_refit``: ``prox0`` and ``refit``.
 
 The variants are measurement-only wrappers installed for one run by :func:`variant` (the solvers are
 unchanged). ``--features`` instead fits ``LogisticRegression(C=1)`` on the hidden features ``relu(W_1 x)`` of
@@ -45,7 +49,8 @@ if str(ROOT) not in sys.path:
 from benchmarks import defaults_real as dr  # noqa: E402
 
 VARIANTS = {"base": {}, "pm_axes": {"start": "pm_axes"}, "pm_diff": {"start": "pm_diff"}, "prox0": {"prior": "start"},
-            "pm_axes_prox0": {"start": "pm_axes", "prior": "start"}, "out10": {"out": 10.0}, "out100": {"out": 100.0}}
+            "pm_axes_prox0": {"start": "pm_axes", "prior": "start"}, "out10": {"out": 10.0}, "out100": {"out": 100.0},
+            "refit": {"drive": "refit"}, "prox0_refit": {"prior": "start", "drive": "refit"}}
 
 
 def start_rows(W, start: str, gain: float) -> np.ndarray:
@@ -102,8 +107,22 @@ def variant(name: str):
         finally:
             dladmm.weight_step = step
 
+    def driven(advance):
+        def wrapped(self, runner, state):
+            out, m = advance(self, runner, state)
+            if flags.get("drive") == "refit" and "U" in out.carry:  # the iteration goes on from the model's readout
+                W_out = np.array(out.weights[-1])
+                out.carry["U"] = W_out
+                if f"V{self.L}" in out.carry:  # ADMM: W_L^{k+1} of eq. 9 too (z_L^{k+1}, the a-update's operator)
+                    out.carry[f"V{self.L}"] = W_out.copy()
+            return out, m
+        return wrapped
+
     saved = {(base.SolverBase, "initial_weights_of"): of, (admm.ADMMSolver, "solve"): solve,
-             (dladmm.DLADMMSolver, "_layer"): layer}
+             (dladmm.DLADMMSolver, "_layer"): layer, (admm.ADMMSolver, "advance"): admm.ADMMSolver.advance,
+             (dladmm.DLADMMSolver, "advance"): dladmm.DLADMMSolver.advance}
+    admm.ADMMSolver.advance = driven(admm.ADMMSolver.advance)
+    dladmm.DLADMMSolver.advance = driven(dladmm.DLADMMSolver.advance)
     base.SolverBase.initial_weights_of = initial_weights_of
     admm.ADMMSolver.solve = admm_solve
     dladmm.DLADMMSolver._layer = dladmm_layer
