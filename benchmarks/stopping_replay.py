@@ -36,21 +36,27 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_util import parse_settings, provenance  # noqa: E402
-from benchmarks.defaults_real import load_task  # noqa: E402
 
 FIELDS = ("iteration", "validation_accuracy", "validation_loss", "test_accuracy", "train_accuracy", "alpha",
           "accepted")
 
 
-def curve(task: str, seed: int, iterations: int, solver: str, settings: dict) -> list:
-    """Return the per-iteration records of one run with patience 0 (``test_accuracy``: the validation split)."""
+def curve(task: str, seed: int, iterations: int, solver: str, settings: dict) -> tuple[list, int]:
+    """Return the per-iteration records of one run with patience 0 (``test_accuracy``: the validation split).
+
+    and how many training rows the run held out for early stopping. ``higgs-N`` tasks are
+    :func:`benchmarks.consensus_paired.load`'s (never tuned on by any stopping rule).
+    """
+    from benchmarks.consensus_paired import load
     from solvers.config import TrainConfig
     from solvers.reference import fit_in_memory
+    from solvers.validation import make_split
 
-    Xtr, ytr, Xva, yva, _ = load_task(task, "validation", seed)
+    Xtr, ytr, Xva, yva = load(task, seed)
     cfg = TrainConfig(solver=solver, hidden=(300,), iterations=iterations, seed=seed, patience=0, **settings)
     r = fit_in_memory(Xtr, ytr, cfg, X_test=Xva, y_test=yva)
-    return [{k: h.get(k) for k in FIELDS} for h in r.history]
+    split = make_split(cfg.validation_fraction, cfg.seed, len(ytr))
+    return [{k: h.get(k) for k in FIELDS} for h in r.history], split.count(len(ytr))
 
 
 def replay(history: list, rule: str, budget: int, patience: int = 10) -> tuple[float, int, float]:
@@ -70,6 +76,98 @@ def replay(history: list, rule: str, budget: int, patience: int = 10) -> tuple[f
     return history[best_it - 1]["test_accuracy"], it, max(h["test_accuracy"] for h in history[:it])
 
 
+PICKS = ("acc", "acc-first", "acc-last", "loss", "smooth3", "1se-loss", "last")
+
+
+def kept(history: list, rule: str, stop: int, n_held: int) -> int:
+    """Return the iteration a kept-model ``rule`` picks among iterations 1..``stop`` (held-out scores only).
+
+    * ``acc``: best held-out accuracy, ties to the lower held-out loss (:class:`solvers.validation.EarlyStopping`);
+    * ``acc-first``: best held-out accuracy, ties to the earliest iteration;
+    * ``acc-last``: best held-out accuracy, ties to the latest iteration;
+    * ``loss``: lowest held-out loss;
+    * ``smooth3``: best mean held-out accuracy of the iteration and its neighbours (those run), ties as ``acc``;
+    * ``1se-loss``: lowest held-out loss among the iterations whose held-out accuracy is within one standard
+      error, ``sqrt(a (1 - a) / n_held)``, of the best ``a`` (the one-standard-error rule);
+    * ``last``: the iteration the run stopped at (no choice; for reference).
+    """
+    h = history[:stop]
+    acc = np.array([r["validation_accuracy"] for r in h], float)
+    loss = np.array([r.get("validation_loss") if r.get("validation_loss") is not None else np.inf for r in h], float)
+    if rule == "acc":
+        order = min(range(len(h)), key=lambda i: (-acc[i], loss[i], i))
+    elif rule == "acc-first":
+        order = max(range(len(h)), key=lambda i: (acc[i], -i))
+    elif rule == "last":
+        order = len(h) - 1
+    elif rule == "acc-last":
+        order = max(range(len(h)), key=lambda i: (acc[i], i))
+    elif rule == "loss":
+        order = int(np.argmin(loss))
+    elif rule == "smooth3":
+        sm = [acc[max(0, i - 1):i + 2].mean() for i in range(len(h))]
+        order = min(range(len(h)), key=lambda i: (-round(sm[i], 12), loss[i], i))
+    elif rule == "1se-loss":
+        a = acc.max()
+        near = np.flatnonzero(acc >= a - np.sqrt(a * (1 - a) / n_held) - 1e-12)
+        order = int(near[np.argmin(loss[near])])
+    else:
+        raise ValueError(rule)
+    return h[order]["iteration"]
+
+
+def picks(results: dict, budget: int, patience: int = 10) -> dict:
+    """Return {task: {rule: [(model's eval accuracy, drift below the best eval accuracy seen, iteration), ...]}}.
+
+    Every rule stops where today's rule stops (``acc|loss`` patience); only the kept model differs.
+    """
+    out = {}
+    for key, hist in results["runs"].items():
+        task = key.split("/")[0]
+        _, stop, best = replay(hist, "acc|loss", budget, patience)
+        n_held = results.get("n_held", {}).get(key) or 1
+        for rule in PICKS:
+            it = kept(hist, rule, stop, n_held)
+            a = hist[it - 1]["test_accuracy"]
+            out.setdefault(task, {}).setdefault(rule, []).append((a, best - a, it))
+    return out
+
+
+def picks_markdown(results: dict, budget: int) -> list:
+    """Return the lines of the kept-model table: per task and rule, accuracy and drift, paired against ``acc``."""
+    lines = ["", f"Kept-model rules at budget {budget} (stop: today's patience 10 on accuracy or loss). Drift: best "
+             "validation-split accuracy seen up to the stop minus the model's; paired: rule minus `acc` per seed.", "",
+             "| task | rule | mean accuracy | paired Δ (wins/losses) | mean drift | worst drift | runs drift > 0.005 |",
+             "|---|---|---|---|---|---|---|"]
+    for task, by in sorted(picks(results, budget).items()):
+        base = np.array([a for a, _, _ in by["acc"]])
+        for rule in PICKS:
+            a = np.array([x for x, _, _ in by[rule]])
+            d = np.array([x for _, x, _ in by[rule]])
+            diff = a - base
+            lines.append(f"| {task} ({len(a)}) | {rule} | {a.mean():.4f} | {diff.mean():+.4f} "
+                         f"({int((diff > 0).sum())}/{int((diff < 0).sum())}) | {d.mean():.4f} | {d.max():.4f} | "
+                         f"{int((d > 0.005 + 1e-12).sum())} |")
+    return lines
+
+
+def from_jsonl(path: str, args=("patience=0",)) -> dict:
+    """Return the runs (``{"task/seed": records}``) of a session-10 scratch file (``generalise_s10_runs.jsonl``).
+
+    Its ``hist`` rows are [iteration, test (the validation split), held-out accuracy, train accuracy, α, damping,
+    objective, held-out loss, accepted]; only the runs made with exactly ``args`` are taken.
+    """
+    runs = {}
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if tuple(r["args"]) != tuple(args):
+            continue
+        runs[f"{r['task']}/{r['seed']}"] = [
+            {"iteration": h[0], "test_accuracy": h[1], "validation_accuracy": h[2], "train_accuracy": h[3],
+             "alpha": h[4], "validation_loss": h[7], "accepted": h[8]} for h in r["hist"]]
+    return runs
+
+
 def markdown(results: dict, budgets) -> str:
     lines = ["# Early-stopping rules replayed on validation splits", "",
              "Written by `benchmarks/stopping_replay.py` (see its docstring). Commands:", ""]
@@ -85,6 +183,8 @@ def markdown(results: dict, budgets) -> str:
                 lines.append(f"| {task} | {budget} | {rule.replace('|', ' or ')} | {np.mean([a for a, _, _ in v]):.4f} | "
                              + " ".join(f"{a:.4f} @ {i}" for a, i, _ in v)
                              + f" | {max(m - a for a, _, m in v):.4f} |")
+    for budget in budgets:
+        lines += picks_markdown(results, budget)
     return "\n".join(lines) + "\n"
 
 
@@ -108,7 +208,8 @@ def main(argv=None):
             if key in results["runs"]:
                 continue
             t0 = time.perf_counter()
-            results["runs"][key] = curve(task, seed, args.iterations, args.solver, settings)
+            results["runs"][key], results.setdefault("n_held", {})[key] = curve(task, seed, args.iterations,
+                                                                               args.solver, settings)
             print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
             out.write_text(json.dumps(results, indent=1, default=float))
     out.write_text(json.dumps(results, indent=1, default=float))
