@@ -20,6 +20,10 @@ Run::
 
     python benchmarks/stopping_replay.py --tasks covtype digits breast-cancer --seeds 0 1 2 \
         --out benchmarks/results/stopping_replay.json
+    python benchmarks/stopping_replay.py --from-jsonl benchmarks/results/generalise_s10_runs.jsonl --budgets 100 \
+        --out benchmarks/results/kept_model_s11.json   # session 10's recorded default curves, no training
+
+The second table of the output replays kept-model rules (:func:`kept`) at today's stop.
 """
 from __future__ import annotations
 
@@ -139,7 +143,9 @@ def picks_markdown(results: dict, budget: int) -> list:
              "validation-split accuracy seen up to the stop minus the model's; paired: rule minus `acc` per seed.", "",
              "| task | rule | mean accuracy | paired Δ (wins/losses) | mean drift | worst drift | runs drift > 0.005 |",
              "|---|---|---|---|---|---|---|"]
-    for task, by in sorted(picks(results, budget).items()):
+    chosen = picks(results, budget)
+    for task, by in [*sorted(chosen.items()), ("all", {rule: [x for by in chosen.values() for x in by[rule]]
+                                                      for rule in PICKS})]:
         base = np.array([a for a, _, _ in by["acc"]])
         for rule in PICKS:
             a = np.array([x for x, _, _ in by[rule]])
@@ -166,6 +172,21 @@ def from_jsonl(path: str, args=("patience=0",)) -> dict:
             {"iteration": h[0], "test_accuracy": h[1], "validation_accuracy": h[2], "train_accuracy": h[3],
              "alpha": h[4], "validation_loss": h[7], "accepted": h[8]} for h in r["hist"]]
     return runs
+
+
+def held_counts(runs: dict) -> dict:
+    """Return how many training rows each run (``task/seed``) held out for early stopping, from its split's rule."""
+    from benchmarks.consensus_paired import load
+    from solvers.config import TrainConfig
+    from solvers.validation import make_split
+
+    n_train, counts = {"higgs3k": 3000, "higgs9k": 9000}, {}
+    for key in runs:
+        task, seed = key.split("/")
+        if task not in n_train:
+            n_train[task] = len(load(task, int(seed))[1])
+        counts[key] = make_split(TrainConfig().validation_fraction, int(seed), n_train[task]).count(n_train[task])
+    return counts
 
 
 def markdown(results: dict, budgets) -> str:
@@ -196,12 +217,18 @@ def main(argv=None):
     p.add_argument("--budgets", nargs="+", type=int, default=[30, 100])
     p.add_argument("--solver", default="gauss-newton")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a TrainConfig setting")
+    p.add_argument("--from-jsonl", default=None, metavar="FILE",
+                   help="replay the default runs (patience=0) of a session-10 scratch file instead of training")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     settings = parse_settings(args.set)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     results.setdefault("provenance", []).append(provenance())
+    if args.from_jsonl:
+        results["runs"].update(from_jsonl(args.from_jsonl))
+        results["n_held"] = {**results.get("n_held", {}), **held_counts(results["runs"])}
+        args.tasks = []
     for task in args.tasks:
         for seed in args.seeds:
             key = f"{task}/{seed}"
@@ -212,7 +239,10 @@ def main(argv=None):
                                                                                args.solver, settings)
             print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
             out.write_text(json.dumps(results, indent=1, default=float))
-    out.write_text(json.dumps(results, indent=1, default=float))
+    saved = results if not args.from_jsonl else {  # the curves stay in the scratch file: keep what was picked
+        "provenance": results["provenance"], "from_jsonl": args.from_jsonl, "n_held": results["n_held"],
+        "picks": {str(b): picks(results, b) for b in args.budgets}}
+    out.write_text(json.dumps(saved, indent=1, default=float))
     out.with_suffix(".md").write_text(markdown(results, args.budgets))
     print(out.with_suffix(".md").read_text())
 
