@@ -94,10 +94,14 @@ def kept(history: list, rule: str, stop: int, n_held: int) -> int:
     * ``1se-loss``: lowest held-out loss among the iterations whose held-out accuracy is within one standard
       error, ``sqrt(a (1 - a) / n_held)``, of the best ``a`` (the one-standard-error rule);
     * ``last``: the iteration the run stopped at (no choice; for reference).
+
+    A run that recorded no held-out loss (consensus) gets ``acc`` for the two loss rules.
     """
     h = history[:stop]
     acc = np.array([r["validation_accuracy"] for r in h], float)
     loss = np.array([r.get("validation_loss") if r.get("validation_loss") is not None else np.inf for r in h], float)
+    if rule in ("loss", "1se-loss") and not np.isfinite(loss).any():
+        rule = "acc"  # the solver recorded no held-out loss (consensus): the loss rules are today's
     if rule == "acc":
         order = min(range(len(h)), key=lambda i: (-acc[i], loss[i], i))
     elif rule == "acc-first":

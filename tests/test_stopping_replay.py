@@ -26,3 +26,9 @@ def test_picks_measure_drift_below_the_best_evaluation_accuracy_seen_up_to_the_s
     out = picks({"runs": {"t/0": HISTORY}, "n_held": {"t/0": 100}}, budget=5)["t"]
     assert out["acc"] == [(0.88, pytest.approx(0.02), 4)]
     assert out["loss"] == [(0.90, 0.0, 3)]
+
+
+def test_loss_rules_fall_back_to_accuracy_when_no_held_out_loss_was_recorded():
+    bare = [{k: v for k, v in r.items() if k != "validation_loss"} for r in HISTORY]
+    assert kept(bare, "loss", stop=5, n_held=100) == kept(bare, "acc", stop=5, n_held=100) == 2
+    assert kept(bare, "1se-loss", stop=5, n_held=100) == 2
