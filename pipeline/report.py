@@ -30,6 +30,7 @@ another one. Plotting needs matplotlib and bokeh (``pip install "admm-dask[repor
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -155,6 +156,38 @@ def summary(store, ds) -> str:
     return "\n".join(lines) + "\n"
 
 
+REPORT_MARKER = ".admm-dask-report"  # written into every report folder: a later report may replace its files
+_REPORT_FILES = {"training.html", "summary.txt", "performance.html"}
+
+
+def check_report_folder(out: Path, store: Path) -> None:
+    """Raise :class:`InputError` unless the report may write its files into ``out``.
+
+    ``out`` may be missing, an empty folder, or a report folder (its marker file, or, from before the marker,
+    nothing but a report's files and its summary.txt): a report never writes into a folder of the user's, a
+    data, run or predictions store (each holds zarr.json), or the run store it reads.
+    """
+    from storage.paths import KIND_NAMES, store_format
+
+    target, run = out.resolve(), store.resolve()
+    if target == run or run in target.parents or target in run.parents:
+        raise InputError(f"report --out {out} is (or holds, or lies inside) the run store {store}; "
+                         "name a folder outside it")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"report --out {out} is a file, not a folder; name a folder for the plots")
+    names = {p.name for p in out.iterdir()}
+    legacy = "summary.txt" in names and all(n in _REPORT_FILES or n.endswith(".png") for n in names)
+    if not names or REPORT_MARKER in names or legacy:
+        return
+    fmt = store_format(out)
+    what = (f"it is an admm-dask {KIND_NAMES.get(fmt, fmt)}" if fmt else
+            f"it holds files a report did not write ({', '.join(sorted(names)[:3])}{', …' if len(names) > 3 else ''})")
+    raise InputError(f"refusing to write the report into {out}: {what}; name a new or empty folder "
+                     "(python -m pipeline.report writes only into folders it made)")
+
+
 def write_report(store, out=None, html=None) -> dict:
     """Write the plots, ``summary.txt`` and optionally ``performance.html`` into ``out``; return what was written.
 
@@ -173,10 +206,10 @@ def write_report(store, out=None, html=None) -> dict:
             raise InputError(f"no performance report at {source}: train with --performance-report "
                              "(or pass --html FILE)")
     out = Path(out) if out is not None else store.with_name(f"{store.stem}-report")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"report --out {out} is a file, not a folder; name a folder for the plots")
+    check_report_folder(out, store)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        (out / REPORT_MARKER).write_text(json.dumps({"format": "admm-dask-report", "run_store": str(store.resolve())}))
     except OSError as err:
         raise InputError(f"cannot create the report folder {out}: {err.strerror}") from None
     files, plotted = [], {}

@@ -167,3 +167,34 @@ def test_a_torn_metrics_array_is_read_from_the_manifest_and_the_next_write_repai
     run._write_metrics(None, run.manifest()["history"])
     assert not any(f.exists() for f in stale) and kept.exists()
     xr.testing.assert_equal(xr.open_zarr(store, group="metrics", consolidated=False).load(), good)
+
+
+def test_report_never_writes_into_a_folder_it_did_not_make(run_store, tmp_path):
+    """--out onto a user's folder, a data store or into the run store is refused; its own folder is rewritten."""
+    store, _ = run_store
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.txt").write_text("my notes")
+    (mine / "plan.txt").write_text("keep")
+    data = store.with_name("train.zarr")
+    before = sorted(p.name for p in data.iterdir())
+    for out, message in ((mine, r"holds files a report did not write \(plan.txt, summary.txt\)"),
+                         (data, r"it is an admm-dask data store"),
+                         (store / "plots", r"lies inside\) the run store")):
+        with pytest.raises(InputError, match=message):
+            write_report(store, out)
+    assert (mine / "summary.txt").read_text() == "my notes" and sorted(p.name for p in mine.iterdir()) == [
+        "plan.txt", "summary.txt"]
+    assert sorted(p.name for p in data.iterdir()) == before and not (store / "plots").exists()
+    assert main(["--store", str(store), "--out", str(mine)]) == 2
+    out = tmp_path / "r"
+    write_report(store, out)
+    write_report(store, out)  # its own folder (marker file): rewritten
+    legacy = tmp_path / "old"  # a report folder of an earlier version, without the marker
+    legacy.mkdir()
+    for name in ("summary.txt", "accuracy.png", "training.html"):
+        (legacy / name).write_text("old")
+    assert "accuracy.png" in {f.name for f in write_report(store, legacy)["files"]}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_report(store, empty)
