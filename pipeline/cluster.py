@@ -481,18 +481,21 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
     if not processes:  # one in-process worker, a thread per would-be worker process; BLAS at one thread
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1), LocalCluster(
-                n_workers=1, threads_per_worker=workers * threads, processes=False,
-                memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
-                scheduler_kwargs=scheduler_kwargs, silence_logs=logging.CRITICAL if quiet else logging.ERROR) as cluster:
-            _lazy(cluster, lazy)
-            yield cluster
+        with threadpool_limits(1):
+            with _port_taken_quietly():
+                cluster = LocalCluster(
+                    n_workers=1, threads_per_worker=workers * threads, processes=False,
+                    memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
+                    scheduler_kwargs=scheduler_kwargs, silence_logs=logging.CRITICAL if quiet else logging.ERROR)
+            with cluster:
+                _lazy(cluster, lazy)
+                yield cluster
         return
     # distributed's default MALLOC_TRIM_THRESHOLD_ cost ~24 % per pass here (measured when the pipeline was designed);
     # BLAS stays at one thread per worker thread (OMP/MKL/OPENBLAS_NUM_THREADS=1).
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _port_taken_quietly():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                                memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
                                scheduler_kwargs=scheduler_kwargs, silence_logs=logging.CRITICAL if quiet else logging.ERROR,
@@ -500,6 +503,20 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
     with cluster:
         _lazy(cluster, lazy)
         yield cluster
+
+
+@contextlib.contextmanager
+def _port_taken_quietly():
+    """Silence distributed's four-line 'Port 8787 is already in use … Hosting the HTTP server on port N instead'.
+
+    Another run (or user) on this machine holds the default dashboard port: the scheduler takes a free one, and
+    ``train`` prints the link it really got (:func:`dashboard_link`); the warning only broke the one-line errors.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+        yield
 
 
 def _lazy(cluster, lazy: bool) -> None:
@@ -523,9 +540,37 @@ def _remote_security(address: str):
             raise InputError(f"{address} needs TLS certificates: set distributed.comm.tls.ca-file and "
                              "distributed.comm.tls.client.cert/key in your dask config")
         return address, sec
-    if address.startswith("tcp://"):
-        log.warning("connecting to %s without encryption; prefer a tls:// scheduler", address)
     return address, None
+
+
+def _probe_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Raise :class:`InputError` at once when nothing listens at a tcp:// or tls:// ``address`` or its host is unknown.
+
+    ``Client`` retries a refused connection until its 30 s timeout; a mistyped port or host is told in a second
+    instead. A probe that times out (a firewall that drops packets) leaves the verdict to ``Client``.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if not address.startswith(("tcp://", "tls://")):
+        return
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise InputError(f"--cluster {address}: expected a scheduler address like tls://host:8786") from None
+    if not host or port is None:
+        raise InputError(f"--cluster {address}: expected a scheduler address like tls://host:8786")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except socket.gaierror as exc:
+        raise InputError(f"could not reach the Dask scheduler at {address}: host {host!r} not found "
+                         f"({exc.strerror})") from None
+    except ConnectionRefusedError:
+        raise InputError(f"could not reach the Dask scheduler at {address}: connection refused (no scheduler "
+                         "listens there: check the address, or start one with dask scheduler)") from None
+    except OSError:  # a timeout or an unreachable network: Client says what it finds
+        return
 
 
 MIN_LOCAL_WORKER_BYTES = 256 * 2**20  # a Dask worker process alone takes ~100-150 MB
@@ -587,18 +632,29 @@ def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, mem
                 import json
 
                 address = json.loads(Path(spec).read_text()).get("address", "")
-                _, security = _remote_security(address)
+                address, security = _remote_security(address)
+                _probe_scheduler(address)
                 client = stack.enter_context(Client(scheduler_file=spec, security=security, timeout="30s"))
             elif "://" in spec or ":" in spec:
                 address, security = _remote_security(spec)
+                _probe_scheduler(address)
                 client = stack.enter_context(Client(address, security=security, timeout="30s"))
             else:
                 raise InputError(f"--cluster {spec!r}: expected 'local', 'slurm', 'pbs', a scheduler address "
                                  "(tls://host:8786) or a scheduler file (path ending in .json)")
+            if not batch and spec != "local" and address.startswith("tcp://"):  # said once connected, not before an error
+                log.warning("connected to %s without encryption; prefer a tls:// scheduler", address)
         except (InputError, DryRun):
             raise
         except (OSError, TimeoutError, ValueError) as exc:
             raise InputError(f"could not start or reach the Dask cluster {spec!r}: {exc}") from None
+        except RuntimeError as exc:  # LocalCluster: "Cluster failed to start: <its cause>"
+            cause = exc.__cause__
+            if spec != "local" or not str(exc).startswith("Cluster failed to start"):
+                raise
+            hint = (f"; is --dashboard-address {dashboard_address} a free host:port of this machine?"
+                    if isinstance(cause, OSError) else "")
+            raise InputError(f"could not start the local Dask cluster: {cause or exc}{hint}") from None
         try:
             yield client
         except Exception as exc:

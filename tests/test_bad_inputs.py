@@ -310,3 +310,59 @@ def test_a_replaced_store_left_by_a_killed_writer_is_removed_only_when_its_repla
     err = capsys.readouterr().err
     assert not old.exists() and f"removed {old}" in err
     assert not list(tmp_path.glob("d.zarr.old-*"))
+
+
+# ------------------------------------------------------------------ clusters that do not start (session 11)
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_scheduler_address_nobody_listens_on_is_refused_at_once(caplog):
+    """Client retried a refused tcp:// address for 30 s, after a warning line: now one error within seconds."""
+    import time
+
+    from pipeline.cluster import connect
+
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match=r"could not reach the Dask scheduler at tcp://127.0.0.1:\d+: connection "
+                                         r"refused"):
+        with connect(f"tcp://127.0.0.1:{_free_port()}"):
+            pass
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(InputError, match=r"host 'no-such-host.invalid' not found"):
+        with connect("tcp://no-such-host.invalid:8786"):
+            pass
+    assert "without encryption" not in caplog.text  # the warning is for a connection made, not a failed one
+
+
+def test_a_dashboard_address_that_cannot_be_served_is_one_input_error():
+    """LocalCluster's RuntimeError('Cluster failed to start') was 'unexpected RuntimeError … please report it'."""
+    from pipeline.cluster import connect
+
+    with pytest.raises(InputError, match=r"could not start the local Dask cluster: .*--dashboard-address "
+                                         r"no-such-host.invalid:8787"):
+        with connect("local", n_workers=1, processes=False, dashboard_address="no-such-host.invalid:8787"):
+            pass
+
+
+def test_a_dashboard_port_in_use_is_no_warning_on_stderr():
+    """distributed warned in four lines (Port N is already in use … Hosting the HTTP server on port M instead)."""
+    import socket
+    import warnings
+
+    from pipeline.cluster import connect
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with connect("local", n_workers=1, processes=False, dashboard_address=f"localhost:{port}") as client:
+                assert client.submit(lambda: 1).result() == 1
+    assert not [w for w in seen if "already in use" in str(w.message)], [str(w.message) for w in seen]
