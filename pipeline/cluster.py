@@ -67,7 +67,7 @@ def _read_yaml(path: Path) -> dict:
         raise InputError(f"{path} is not a text file; the jobqueue config is YAML text like the project's "
                          "jobqueue.yaml") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{path} is not valid YAML: {exc}") from None
+        raise InputError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None  # one line
     if not isinstance(data, dict):
         raise InputError(f"{path} must hold a mapping with a 'jobqueue:' section")
     return data

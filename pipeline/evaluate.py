@@ -20,6 +20,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_inputs(store, data):
+    """Return the run's network and the labelled data store of its width, or raise :class:`InputError`."""
+    from pipeline.model import load_network
+    from solvers.errors import InputError
+    from storage.data import open_data
+
+    network = load_network(store)
+    ds = open_data(data)
+    ds.require_labels("evaluate")
+    if ds.n_features != len(network.x_mean):
+        raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
+    return network, ds
+
+
 def evaluate(client, store, data) -> dict:
     """Return accuracy, log_loss (two classes: also roc_auc), n_samples, n_correct and the model's iteration on ``data``.
 
@@ -29,17 +43,10 @@ def evaluate(client, store, data) -> dict:
 
     from pipeline.passes import bounds, score_sums_graph
     from solvers.scores import metrics_from_sums
-    from solvers.errors import InputError
     from solvers.tasks import r2_from_sums
-    from storage.data import open_data
-    from pipeline.model import load_network
     from storage.runstore import RunStore
 
-    network = load_network(store)
-    ds = open_data(data)
-    ds.require_labels("evaluate")
-    if ds.n_features != len(network.x_mean):
-        raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
+    network, ds = check_inputs(store, data)
     iteration = RunStore.open(store).model_iteration()
     chunks = bounds(ds.n_samples, ds.chunk_rows)
     sums = client.compute(score_sums_graph(network, ds.path.resolve(), chunks, metrics=True), sync=True)
@@ -53,6 +60,7 @@ def evaluate(client, store, data) -> dict:
 @exits_on_input_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_inputs(args.store, args.data)  # before a cluster starts (with a missing --data: worker processes)
     with connect_from_args(args, data=args.data) as client:
         result = evaluate(client, args.store, args.data)
     if args.json:

@@ -169,9 +169,19 @@ def open_data(path: str | os.PathLike) -> DataStore:
     how = _HOW_TO_CREATE.format(path=path)
     if not path.exists():
         raise InputError(f"data store {path} does not exist; {how}")
-    attrs = _read_group_attrs(path) if path.is_dir() else None
+    if not path.is_dir():  # a source file given where its store is meant: say how to convert it, into which path
+        name = path.name
+        for suffix in (".gz", ".csv", ".txt", ".data", ".npz", ".parquet", ".pq"):
+            name = name[:-len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
+        if name == path.name:  # not a source ingest reads
+            raise InputError(f"{path} is a file, not a Zarr store (a data store is a folder written by "
+                             "python -m pipeline.ingest)")
+        raise InputError(f"{path} is a file, not a Zarr store (a data store is a folder); convert it into one "
+                         f"first: `python -m pipeline.ingest {path} --out {path.with_name(name + '.zarr')}`")
+    attrs = _read_group_attrs(path)
+    how = _HOW_TO_CREATE.format(path="DATA.zarr")  # not into this existing folder: ingest refuses to replace it
     if attrs is None:
-        if path.is_dir() and ((path / ".zgroup").exists() or (path / ".zarray").exists()):
+        if ((path / ".zgroup").exists() or (path / ".zarray").exists()):
             raise InputError(f"{path} is a Zarr v2 store, not an admm-dask data store; {how}")
         raise InputError(f"{path} is not a Zarr store (no Zarr v3 group metadata "
                          f"zarr.json); {how}")

@@ -366,3 +366,42 @@ def test_a_dashboard_port_in_use_is_no_warning_on_stderr():
             with connect("local", n_workers=1, processes=False, dashboard_address=f"localhost:{port}") as client:
                 assert client.submit(lambda: 1).result() == 1
     assert not [w for w in seen if "already in use" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_a_source_file_given_as_data_store_says_how_to_convert_it(tmp_path):
+    """--data data.csv.gz said 'create one with … --out data.csv.gz' (onto the user's file, which ingest refuses)."""
+    from storage.data import open_data
+
+    for name, store in (("data.csv.gz", "data.zarr"), ("x.npz", "x.zarr"), ("t.parquet", "t.zarr")):
+        (tmp_path / name).write_text("1,2\n")
+        with pytest.raises(InputError, match=re.escape(f"is a file, not a Zarr store (a data store is a folder); "
+                                                       f"convert it into one first: `python -m pipeline.ingest "
+                                                       f"{tmp_path / name} --out {tmp_path / store}`")):
+            open_data(tmp_path / name)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match=r"folder is not a Zarr store .*--out DATA.zarr`$"):
+        open_data(tmp_path / "folder")
+
+
+def test_evaluate_checks_its_inputs_before_a_cluster_starts(tmp_path, monkeypatch, capsys):
+    """A missing --data started worker processes (~10-18 s under load) before its one error line."""
+    import pipeline.evaluate as evaluate
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(evaluate, "connect_from_args", no_cluster)
+    rng = np.random.default_rng(0)
+    write_data(tmp_path / "d.zarr", rng.normal(size=(50, 3)), rng.integers(0, 2, 50))
+    assert evaluate.main(["--store", str(tmp_path / "nope.zarr"), "--data", str(tmp_path / "d.zarr")]) == 2
+    assert capsys.readouterr().err.startswith("error: run store")
+
+
+def test_a_jobqueue_config_that_is_not_yaml_is_one_line(tmp_path):
+    from pipeline.cluster import load_jobqueue_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("jobqueue:\n  slurm:\n    cores: [oops\n")
+    with pytest.raises(InputError, match="is not valid YAML") as info:
+        load_jobqueue_config(bad)
+    assert "\n" not in str(info.value)
