@@ -174,9 +174,9 @@ def open_data(path: str | os.PathLike) -> DataStore:
         for suffix in (".gz", ".csv", ".txt", ".data", ".npz", ".parquet", ".pq"):
             name = name[:-len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
         if name == path.name:  # not a source ingest reads
-            raise InputError(f"{path} is a file, not a Zarr store (a data store is a folder written by "
+            raise InputError(f"{path} is not a Zarr store: it is a file (a data store is a folder written by "
                              "python -m pipeline.ingest)")
-        raise InputError(f"{path} is a file, not a Zarr store (a data store is a folder); convert it into one "
+        raise InputError(f"{path} is not a Zarr store: it is a file (a data store is a folder); convert it into one "
                          f"first: `python -m pipeline.ingest {path} --out {path.with_name(name + '.zarr')}`")
     attrs = _read_group_attrs(path)
     how = _HOW_TO_CREATE.format(path="DATA.zarr")  # not into this existing folder: ingest refuses to replace it

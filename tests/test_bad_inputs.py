@@ -374,7 +374,7 @@ def test_a_source_file_given_as_data_store_says_how_to_convert_it(tmp_path):
 
     for name, store in (("data.csv.gz", "data.zarr"), ("x.npz", "x.zarr"), ("t.parquet", "t.zarr")):
         (tmp_path / name).write_text("1,2\n")
-        with pytest.raises(InputError, match=re.escape(f"is a file, not a Zarr store (a data store is a folder); "
+        with pytest.raises(InputError, match=re.escape(f"is not a Zarr store: it is a file (a data store is a folder); "
                                                        f"convert it into one first: `python -m pipeline.ingest "
                                                        f"{tmp_path / name} --out {tmp_path / store}`")):
             open_data(tmp_path / name)
