@@ -78,13 +78,16 @@ def check_target(path, kind: str, overwrite: bool, inputs=(), flag: str = "--out
     if not path.exists() and not path.is_symlink():
         return
     what = KIND_NAMES.get(kind, kind)
+    fmt = store_format(path) if path.is_dir() and not path.is_symlink() else None
+    found = (f"it is an admm-dask {KIND_NAMES[fmt]}" if fmt in KIND_NAMES
+             else "it is no admm-dask store" if fmt is None else f"its format is {fmt!r}")
     if not overwrite:
+        if fmt != kind:  # --overwrite would be refused too: do not suggest it
+            raise InputError(f"{path} already exists and is not an admm-dask {what} ({found}); choose another "
+                             f"path (nothing but a {what} is ever replaced)")
         raise InputError(f"{path} already exists; pass --overwrite to replace it (only a {what} is "
                          "replaced), or choose another path")
-    fmt = store_format(path) if path.is_dir() and not path.is_symlink() else None
     if fmt != kind:
-        found = (f"it is an admm-dask {KIND_NAMES[fmt]}" if fmt in KIND_NAMES
-                 else "it is no admm-dask store" if fmt is None else f"its format is {fmt!r}")
         raise InputError(f"refusing to overwrite {path}: it is not an admm-dask {what} ({found}); choose "
                          "another path (--overwrite replaces only a store of the kind this command writes)")
 

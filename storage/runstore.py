@@ -670,7 +670,11 @@ def check_creatable(path, overwrite: bool, inputs=()) -> None:
     ``path`` may not be, hold or lie inside one of the ``inputs`` (data stores).
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if path.exists() and not overwrite and is_run_store(path):  # anything else: check_target says what it is
+        if not (path / MANIFEST).exists() and not (path / PREVIOUS).exists():
+            raise InputError(f"{path} already exists and holds no committed iteration (its run failed or was "
+                             "stopped before its first commit): pass --resume to start it again with its own "
+                             "settings and data, or --overwrite to start a new one in its place")
         raise InputError(f"{path} already exists; pass --resume to continue that run or "
                          "--overwrite to start a new one in its place")
     check_target(path, FORMAT, overwrite, inputs=inputs, flag="--store")

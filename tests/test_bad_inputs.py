@@ -405,3 +405,28 @@ def test_a_jobqueue_config_that_is_not_yaml_is_one_line(tmp_path):
     with pytest.raises(InputError, match="is not valid YAML") as info:
         load_jobqueue_config(bad)
     assert "\n" not in str(info.value)
+
+
+def test_an_existing_path_is_refused_with_advice_that_works(tmp_path):
+    """A user's folder at --store was told 'pass --resume … or --overwrite' (both refused); a run store with no
+    commit (its run failed before the first) is told so, and that --resume starts it again."""
+    from storage.runstore import check_creatable
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(InputError, match=r"mine already exists and is not an admm-dask run store \(it is no admm-dask "
+                                         r"store\); choose another path") as info:
+        check_creatable(mine, overwrite=False)
+    assert "--overwrite" not in str(info.value) and "--resume" not in str(info.value)
+    rng = np.random.default_rng(0)
+    write_data(tmp_path / "d.zarr", rng.normal(size=(50, 3)), rng.integers(0, 2, 50))
+    with pytest.raises(InputError, match=r"is not an admm-dask run store \(it is an admm-dask data store\)"):
+        check_creatable(tmp_path / "d.zarr", overwrite=False)
+    run = RunStore.create(tmp_path / "r.zarr", config=TrainConfig(hidden=(4,)).to_dict(), data={"path": "d"},
+                          state_widths={}, n_samples=50, chunk_rows=50, classes=[0, 1], x_mean=np.zeros(3),
+                          x_scale=np.ones(3))
+    with pytest.raises(InputError, match=r"r.zarr already exists and holds no committed iteration .*pass --resume "
+                                         r"to start it again"):
+        check_creatable(run.path, overwrite=False)
+    assert mine.exists() and (mine / "notes.txt").read_text() == "keep"
