@@ -305,6 +305,8 @@ def _read_npz(path: Path, label_column, block_rows):
     if label_column is not None and labels:
         raise InputError(f"{path}: --label-column applies to CSV and Parquet; an NPZ file "
                          "holds separate arrays X and y")
+    if path.is_file() and not zipfile.is_zipfile(path):  # np.load reads it as a pickle and advises allow_pickle=
+        raise InputError(f"{path}: not a readable .npz file (not a zip archive; np.savez writes one)")
     try:
         npz = np.load(path, allow_pickle=False)
         keys = set(npz.files)

@@ -419,3 +419,14 @@ def test_cli_success(tmp_path, table):
     assert "train:" in proc.stdout and "test:" in proc.stdout and "done in" in proc.stdout
     train, test = open_data(tmp_path / "d.zarr"), open_data(tmp_path / "d-test.zarr")
     assert train.n_samples + test.n_samples == 50 and train.chunk_rows == 16
+
+
+def test_a_file_named_npz_that_is_no_zip_archive_gives_no_pickle_advice(tmp_path):
+    """np.load took it for a pickle: 'If you trust the file you can load it unsafely using allow_pickle=…'."""
+    from storage.ingest import ingest
+
+    bad = tmp_path / "x.npz"
+    bad.write_text("not a zip archive\n")
+    with pytest.raises(InputError, match=r"x.npz: not a readable .npz file \(not a zip archive") as info:
+        ingest(bad, tmp_path / "d.zarr")
+    assert "pickle" not in str(info.value) and not (tmp_path / "d.zarr").exists()
