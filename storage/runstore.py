@@ -72,6 +72,7 @@ PACKED = "packed"
 METRICS_SECONDS = 2.0  # while a run commits, metrics/ is rewritten at most this often (and at its end)
 STATE_DTYPE = np.dtype("float32")
 MANIFEST = "manifest.json"
+_WARNED: set = set()  # fallback warnings already printed by this process
 PREVIOUS = "manifest.previous.json"  # the commit before the last: the fallback when the last is damaged
 WRITING = "writing.json"             # the iteration whose state slot is being written
 MODEL_ARRAYS = ("x_mean", "x_scale", "classes", "y_mean", "y_scale")
@@ -392,8 +393,11 @@ class RunStore:
         for attempt in range(attempts):
             try:
                 text = (self.path / MANIFEST).read_text()
-            except FileNotFoundError:
-                return None
+            except FileNotFoundError:  # commits replace it atomically, never delete it: gone after a commit is damage
+                if not (self.path / PREVIOUS).exists():
+                    return None  # iteration 0 was never committed
+                problem = f"{MANIFEST} is missing"
+                break
             try:
                 manifest = _checked_manifest(text)
                 self._resolved = (manifest, self._read_checkpoint(manifest))
@@ -415,8 +419,11 @@ class RunStore:
         if fallback is None:
             raise InputError(f"run store {self.path}: the last commit is damaged ({problem}) and {why_not}; the "
                              "run cannot be resumed or used: start a new run with --overwrite")
-        print(f"warning: run store {self.path}: the last commit is damaged ({problem}); using the previous "
-              f"commit, iteration {fallback[0]['iteration']}, which is intact", file=sys.stderr)
+        line = (f"warning: run store {self.path}: the last commit is damaged ({problem}); using the previous "
+                f"commit, iteration {fallback[0]['iteration']}, which is intact")
+        if line not in _WARNED:  # once per process: predict and evaluate open the store before and after the cluster starts
+            _WARNED.add(line)
+            print(line, file=sys.stderr)
         self._resolved = fallback
         return fallback
 

@@ -301,6 +301,29 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_with_a_warning(clien
     assert [h["iteration"] for h in result.history] == [1, 2, 3, 4, 5]
 
 
+def test_a_deleted_manifest_falls_back_with_one_warning_and_resume_continues(client, gn_runs, tmp_path, capsys):
+    """manifest.json gone (commits never delete it): resume restarted from the initialisation without a word and
+    evaluate said 'no committed iteration'; predict and evaluate printed the fallback warning twice."""
+    from dataclasses import replace
+
+    from storage.runstore import RunStore
+
+    d, cfg, full = gn_runs
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=d / "d.zarr", config=replace(cfg, iterations=3), report=quiet)
+    (store / "manifest.json").unlink()
+    capsys.readouterr()
+    assert RunStore.open(store).committed_iteration() == 2
+    assert RunStore.open(store).committed_iteration() == 2  # a second reader in the same process: no second line
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "(manifest.json is missing); using the previous commit, iteration 2" in err
+    lines = []
+    result = train(client, store=store, resume=True, iterations=5, report=lines.append)
+    assert "resuming after iteration 2" in lines
+    for W, W_ref in zip(result.network.weights, full.network.weights):
+        np.testing.assert_array_equal(W, W_ref)
+
+
 def test_manifest_edited_falls_back_and_both_damaged_is_one_error(client, gn_runs, tmp_path):
     from dataclasses import replace
 
