@@ -49,7 +49,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
-from storage.paths import KIND_NAMES, check_target, clean_stale_partials, partial_path, swap_in
+from storage.paths import KIND_NAMES, check_target, clean_stale_partials, partial_path, store_format, swap_in
 
 FORMAT = "admm-dask-data"
 FORMAT_VERSION = 1
@@ -527,6 +527,8 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
     if not path.exists() and not path.is_symlink():
         return
     if not overwrite:
+        if store_format(path) != FORMAT:  # a user's folder or another kind of store: --overwrite would be refused too
+            check_target(path, FORMAT, overwrite)
         raise InputError(f"{path} exists; pass overwrite=True / --overwrite to replace it")
     check_target(path, FORMAT, overwrite)
 

@@ -430,3 +430,18 @@ def test_a_file_named_npz_that_is_no_zip_archive_gives_no_pickle_advice(tmp_path
     with pytest.raises(InputError, match=r"x.npz: not a readable .npz file \(not a zip archive") as info:
         ingest(bad, tmp_path / "d.zarr")
     assert "pickle" not in str(info.value) and not (tmp_path / "d.zarr").exists()
+
+
+def test_ingest_onto_a_users_folder_does_not_suggest_overwrite(tmp_path):
+    """It said 'exists; pass overwrite=True / --overwrite', and --overwrite was then refused."""
+    from storage.ingest import ingest
+
+    src = tmp_path / "t.csv"
+    np.savetxt(src, np.c_[np.random.default_rng(0).normal(size=(20, 2)), np.arange(20) % 2], delimiter=",")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(InputError, match=r"mine already exists and is not an admm-dask data store") as info:
+        ingest(src, mine)
+    assert "overwrite" not in str(info.value).split(";")[0] and "pass overwrite" not in str(info.value)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
