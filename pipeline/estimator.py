@@ -176,6 +176,9 @@ class _ADMMEstimator(BaseEstimator):
         for a Dask array or data store the ``--local-mode auto`` rule decides.
         It has no dashboard (its start would cost ~0.4 s); pass ``client`` for one.
         """
+        if isinstance(self.client, (str, os.PathLike)):  # it failed later as "'str' object has no attribute 'run'"
+            raise TypeError(f"client= takes a distributed.Client or None, not {self.client!r}: for a scheduler "
+                            f"address pass client=distributed.Client({str(self.client)!r})")
         if self.client is not None:
             yield self.client
             return
@@ -210,12 +213,13 @@ class _ADMMEstimator(BaseEstimator):
             own_data = None if _is_path(X) else data_path  # the data store this fit writes
             data_existed = own_data is not None and own_data.exists()
             try:
-                if not _is_dask(X) and not _is_path(X):  # validate before starting a cluster
+                if _is_path(X):  # validate before starting a cluster (a missing store started worker processes)
+                    self._use_store(X, y)
+                elif not _is_dask(X):
                     classes = self._write_numpy(X, y, data_path)
                     self._owned(data_path)
                 with self._connect(self._needs_processes(X, config)) as client:
                     if _is_path(X):
-                        self._use_store(X, y)
                         data_path = Path(X)
                     elif _is_dask(X):
                         self._write_dask(client, X, y, data_path)

@@ -234,3 +234,22 @@ def test_sklearn_check_estimator(client, estimator, hidden):
 
     _OnSessionClient.session_client = client
     check_estimator(estimator(hidden_layer_sizes=hidden, max_iter=3, warm_start=1, random_state=0))
+
+
+def test_fit_checks_a_data_store_path_before_starting_a_cluster_and_refuses_an_address_string(tmp_path, monkeypatch):
+    """fit('missing.zarr') started worker processes first (30+ s; in a script without a __main__ guard they
+    re-ran it: 'Nanny failed to start'); client='tcp://…' failed with "'str' object has no attribute 'run'"."""
+    def no_cluster(self, processes):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(ADMMClassifier, "_connect", no_cluster)
+    with pytest.raises(InputError, match="does not exist"):
+        ADMMClassifier(max_iter=1).fit(tmp_path / "missing.zarr")
+    (tmp_path / "d.csv").write_text("1,2,0\n")
+    with pytest.raises(InputError, match=r"is a file .*python -m pipeline.ingest"):
+        ADMMClassifier(max_iter=1).fit(str(tmp_path / "d.csv"))
+    monkeypatch.undo()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    with pytest.raises(TypeError, match=r"client= takes a distributed.Client or None, not 'tcp://127.0.0.1:1'"):
+        ADMMClassifier(max_iter=1, client="tcp://127.0.0.1:1").fit(X, (X[:, 0] > 0).astype(int))
