@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "rows/s and MB/s) as PNGs and one offline HTML file, and print a short "
                                             "summary.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
-    p.add_argument("--out", help="directory for the PNG plots, training.html and summary.txt (default: RUN-report beside the store)")
+    p.add_argument("--out", help="directory for the PNG plots, training.html and summary.txt: new, empty, or one a report wrote "
+                        "(default: RUN-report beside the store)")
     p.add_argument("--html", nargs="?", const=True, default=None, metavar="FILE",
                    help="also copy Dask's performance report: FILE, or RUN.performance.html written by "
                         "train --performance-report")
