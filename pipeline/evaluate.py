@@ -60,7 +60,8 @@ def evaluate(client, store, data) -> dict:
 @exits_on_input_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    check_inputs(args.store, args.data)  # before a cluster starts (with a missing --data: worker processes)
+    if not args.dry_run:  # --dry-run prints a job script, whatever the stores
+        check_inputs(args.store, args.data)  # before a cluster starts (with a missing --data: worker processes)
     with connect_from_args(args, data=args.data) as client:
         result = evaluate(client, args.store, args.data)
     if args.json:
