@@ -161,7 +161,8 @@ class GaussNewtonSolver(SolverBase):
     convolutional = False  # the auto sample schedule and start (solvers.sampling): rotate and fewer rows for convolutions
     divergence_hint = "a smaller --step-size or a larger --damping or --ridge"
     alpha_tolerance = 0.0  # alpha auto (squared loss): the largest α within (1 + c/√n_held) of the least held-out error
-    defer_curvature = False  # True: an iteration ends after pass A and pass B opens the next one (:meth:`prepare`)
+    defer_curvature = False  # True: every iteration ends after pass A and pass B opens the next one (:meth:`prepare`)
+    defer_growing = True  # an iteration whose next sample differs ends after pass A too (:meth:`_defers`)
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
@@ -398,7 +399,7 @@ class GaussNewtonSolver(SolverBase):
             c["error"] = np.float64(current)
             c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
         moved = (m_next, w_next) != (m, window)
-        pending = (accepted or moved) and self.defer_curvature
+        pending = (accepted or moved) and self._defers(moved)
         if pending:  # pass B opens the next iteration (prepare); the weights' scores now, from pass A's forward pass
             if accepted:
                 c.update(self._score_pass(runner, weights, k, self._sample(runner, m, window)))
@@ -421,6 +422,19 @@ class GaussNewtonSolver(SolverBase):
             metrics[f"validation_{self.task.score_name}"] = float(c["held_score"])
         new = LoopState(k, list(weights), c)
         return (new if pending else self._with_trial(new)), metrics
+
+    def _defers(self, moved: bool) -> bool:
+        """Return whether this iteration's pass B is left to the next one (:meth:`prepare`): always with
+        :attr:`defer_curvature`, else when the next sample differs (``moved``: a growing sample) and :attr:`defer_growing`.
+
+        A growing sample's pass B reads the next, larger sample (twice pass A's rows) only to prepare the next step,
+        so the accepted weights are reported and committed after pass A and a score pass over the rows pass A kept
+        (one output product a row); the steps are bitwise the same. On a sample that no longer grows (every chunk,
+        the ``full`` schedule, small data, the hand-over's Gauss-Newton phase) pass B stays at the iteration's end
+        and scores the held-out rows itself: no extra pass, whose round trip would cost more than it saves there.
+        The rule reads only the stored sample (``sample_chunks``, ``sample_window``), so a resume takes it alike.
+        """
+        return self.defer_curvature or (self.defer_growing and moved)
 
     def held_loss(self, held: dict, W_out, alpha: float, carry: dict) -> float:
         """Return the mean loss on the held-out rows of the trial with output layer ``W_out`` (from pass A's sums).
@@ -908,6 +922,33 @@ class GaussNewtonSolver(SolverBase):
             last = kept[0] if kept is not None else self._hidden_forward(self._inputs_with_ones(x_raw[sl]), hidden)[0][-1]
             return None, {"n": last.shape[0], **self.task.score_parts(last @ p.weights[-1].T, y[sl])}
         return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
+
+    def score_chunk(self, x_raw, y, state, start_row: int, p: CurvatureParams, held: bool = False):
+        """Return (None, ``n`` and the score sums of the weights ``p.weights``) over the rows: the score pass.
+
+        ``a_{L−1}`` comes from the activation cache when pass A ran these rows at these hidden weights (an accepted
+        trial; :meth:`forward_chunk` keeps the training rows' forward pass and the held-out rows' ``a_{L−1}``), in the
+        same tiles: the same numbers as recomputing them (which a miss does), so the scores are those pass B gives.
+        """
+        if not isinstance(p, CurvatureParams):
+            p = CurvatureParams(tuple(p))
+        L, hidden = self.L, self._augmented(p.weights[:-1])
+        rows = _rows_key(x_raw, start_row, held) if p.key and L > 1 else None
+        named = None if held else _rows_key(x_raw, start_row, False)  # the training rows' kept inputs
+
+        def tile(sl, _):
+            kept = None if rows is None else CACHE.get((p.key, rows, sl.start, sl.stop))
+            if kept is not None:  # held-out rows keep a_{L−1}; training rows a_1..a_{L−1}, z_1..z_{L−1}
+                last = kept[0] if held else kept[L - 2]
+            else:
+                x1 = self._inputs_with_ones(x_raw[sl]) if held else self._kept_inputs(x_raw, named, sl)
+                last = self._hidden_forward(x1, hidden)[0][-1]
+            return None, {"n": last.shape[0], **self.task.score_parts(last @ p.weights[-1].T, y[sl])}
+        return None, self.tiled(StatsLayout({"n": (), **self.task.score_shapes}), x_raw.shape[0], tile)[1]
+
+    def score_chunk_held(self, x_raw, y, state, start_row: int, p: CurvatureParams):
+        """Return :meth:`score_chunk` of held-out rows (named as such in the cache, :func:`_rows_key`)."""
+        return self.score_chunk(x_raw, y, state, start_row, p, held=True)
 
     def _deep_curvatures(self, M, Wt, parts: dict, last=None) -> None:
         """Add S_l = Σ_k J_{k,l}ᵀ J_{k,l} for the layers below the last hidden one (one backprop per output).

@@ -346,6 +346,7 @@ def test_a_grown_sample_sums_the_input_gram_of_the_added_chunks_onto_the_last_on
     state, sizes = s.initialize(runner), set()
     for _ in range(5):
         state, _ = s.advance(runner, state)
+        state = s.prepare(runner, state)  # a growing sample's pass B is deferred to the next iteration: run it now
         m, window = int(state.carry["sample_chunks"]), int(state.carry["sample_window"])
         chunks = sampling.sample(len(runner.bounds), m, cfg.seed, window) or range(len(runner.bounds))
         x1 = np.concatenate([s._inputs_with_ones(runner.x[i]) for i in chunks]).astype(np.float64)
@@ -430,3 +431,36 @@ def test_he_bias_start_is_forwards_weights_with_glorots_random_biases():
     for W, H in zip(theta, hidden):
         np.testing.assert_array_equal(W, H)
     assert len(theta) == 3 and np.all(theta[2][:, -1] != 0)
+
+
+@pytest.mark.parametrize("loss,activation", [("squared", "relu"), ("cross-entropy", "sigmoid")])
+def test_a_growing_samples_pass_b_deferred_to_the_next_iteration_gives_the_same_steps(monkeypatch, loss, activation):
+    """While the sample grows an iteration ends after pass A and the score pass (its pass B, on the next sample, opens
+    the next iteration); once it holds every chunk pass B is back at the iteration's end. Weights, acceptances,
+    damping, α, sample rows, trial losses and validation scores are bitwise those of pass B at every iteration's end,
+    with the activation cache and without it (the score pass then recomputes the forward pass)."""
+    from solvers import activation_cache
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(4000, 6))
+    y = (X[:, 0] * X[:, 1] + X[:, 2] > 0).astype(int) + (X[:, 3] > 0.5)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(8, 5), activation=activation, loss=loss, iterations=7,
+                      sample_start=500)  # 2 → 4 → 8 chunks: two deferred iterations, then full samples
+    deferred, deferrals = fit_in_memory(X, y, cfg, chunk_rows=500), []
+    original = GaussNewtonSolver._defers
+    monkeypatch.setattr(GaussNewtonSolver, "_defers", lambda self, moved: deferrals.append(original(self, moved))
+                        or deferrals[-1])
+    counted = fit_in_memory(X, y, cfg, chunk_rows=500)
+    assert True in deferrals and deferrals[-1] is False  # deferred while growing, not once every chunk is read
+    assert "pending" not in deferred.loop_state.carry  # the last iteration read every chunk: its pass B ran at its end
+    monkeypatch.setattr(GaussNewtonSolver, "defer_growing", False)
+    at_end = fit_in_memory(X, y, cfg, chunk_rows=500)
+    monkeypatch.setattr(GaussNewtonSolver, "defer_growing", True)
+    monkeypatch.setattr(activation_cache.CACHE, "budget", 0)  # nothing kept: the score pass recomputes a_{L−1}
+    uncached = fit_in_memory(X, y, cfg, chunk_rows=500)
+    assert len({h["sample_rows"] for h in at_end.history}) > 2 and [h["accepted"] for h in at_end.history].count(True) > 3
+    for run in (deferred, counted, uncached):
+        for name in ("accepted", "damping", "alpha", "sample_rows", "validation_accuracy", "trial_loss"):
+            assert [h[name] for h in run.history] == [h[name] for h in at_end.history], name
+        for W, W_end in zip(run.loop_state.weights, at_end.loop_state.weights):
+            assert W.tobytes() == W_end.tobytes()
