@@ -33,7 +33,10 @@ hidden weights ``W_1..W_{L−1}``:
 Pass B also scores the weights on the held-out rows in the same tasks
 (:meth:`curvature_chunk_held`), so the driver scores nothing more; when the
 sample grows, only the added chunks sum their input Gram (the sample's Gram
-is the previous one plus theirs).
+is the previous one plus theirs). While the sample grows, pass B (on the next,
+larger sample) is left to open the next iteration, and the accepted step is
+reported after pass A and a score pass over the activations pass A kept
+(:meth:`_defers`, :meth:`prepare`): the same steps, reported a pass earlier.
 
 Read as ADMM, the step sets Gauss-Newton targets ``z_l* = z_l + η n (S_l + λ s̄ I)⁻¹ δ_l``
 and applies the least-squares W-solve on the forward inputs. No per-sample
