@@ -127,11 +127,15 @@ def main(argv=None):
     p.add_argument("--fewer-rows", action="store_true", help="logistic regression on 90 %% of the training rows")
     p.add_argument("--summary", action="store_true", help="print the table of --out against --peers-out and exit")
     p.add_argument("--peers-out", help="the --peers results (for --summary)")
-    p.add_argument("--out")
+    p.add_argument("--out", help="results JSON (required unless --fewer-rows)")
     args = p.parse_args(argv)
     if args.fewer_rows:
         print(fewer_rows(args.seeds))
         return
+    if not args.out:
+        p.error("--out is required (unless --fewer-rows)")
+    if args.summary and not args.peers_out:
+        p.error("--summary needs --peers-out")
     out = Path(args.out)
     if args.summary:
         print(summary(json.loads(out.read_text()), json.loads(Path(args.peers_out).read_text())))

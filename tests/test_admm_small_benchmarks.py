@@ -42,3 +42,13 @@ def test_refit_variant_carries_the_models_readout_and_restores_the_solvers(solve
             cls.advance = inner
     assert (admm.ADMMSolver.advance, dladmm.DLADMMSolver.advance, admm.ADMMSolver.solve) == saved
     assert seen and all(np.array_equal(W, U) and np.array_equal(W, V) for W, U, V in seen)
+
+
+@pytest.mark.parametrize("argv", [[], ["--peers"], ["--solver", "dladmm"], ["--summary", "--out", "r.json"]])
+def test_readout_sklearn_refuses_to_run_without_its_output_file(argv, capsys):
+    """Hours of runs with nowhere to write (``Path(None)``) fail at the start with a usage line, not at the end."""
+    from benchmarks import admm_readout_sklearn as ars
+
+    with pytest.raises(SystemExit) as e:
+        ars.main(argv)
+    assert e.value.code == 2 and "--" in capsys.readouterr().err
