@@ -192,8 +192,11 @@ class TrainConfig:
                                 "after every step each hidden unit's weights and bias are rescaled to the norm they had, "
                                 "so a unit can turn but not grow, which ReLU's scale symmetry makes a change of direction "
                                 "only; the output layer keeps its α) or race (both from the same start for the first 2 "
-                                "iterations, then the one with the higher held-out score goes on alone; needs held-out "
-                                "rows, else readout); pinned and race need dense layers and relu",
+                                "iterations, then the one with the higher best held-out score goes on alone, ties "
+                                "readout; pinned is dropped at any race iteration where its held-out score is more "
+                                "than 0.01 below readout's; the other candidate's held-out score is the metric "
+                                "race_validation_<score>; needs held-out rows, else readout); pinned and race need "
+                                "dense layers and relu",
                                 choices=HIDDEN_ALPHAS, solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "
