@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import ArgumentParser, exit_process, exits_on_input_error
-from pipeline.figures import bokeh_layout, columns, has_data, info_html, matplotlib_figures, score_of
+from pipeline.figures import PANELS, SCORE, bokeh_layout, columns, has_data, info_html, matplotlib_figures, score_of
 from solvers.config import TrainConfig, choice_text, describe
 from solvers.errors import InputError
 
@@ -158,14 +158,17 @@ def summary(store, ds) -> str:
 
 REPORT_MARKER = ".admm-dask-report"  # written into every report folder: a later report may replace its files
 _REPORT_FILES = {"training.html", "summary.txt", "performance.html"}
+_REPORT_PNGS = {"accuracy.png", "r2.png"} | {f"{p.name}.png" for p in PANELS if p.name != SCORE}
 
 
 def check_report_folder(out: Path, store: Path) -> None:
     """Raise :class:`InputError` unless the report may write its files into ``out``.
 
-    ``out`` may be missing, an empty folder, or a report folder (its marker file, or, from before the marker,
-    nothing but a report's files and its summary.txt): a report never writes into a folder of the user's, a
-    data, run or predictions store (each holds zarr.json), or the run store it reads.
+    ``out`` may be missing, an empty folder, or a report folder: its marker file, or, from before the marker,
+    nothing but a report's files and PNGs, with its summary.txt and training.html or one of the report's own
+    PNG names (a folder holding only a summary.txt, or one beside the user's pictures, is the user's). A report
+    never writes into a folder of the user's, a data, run or predictions store (each holds zarr.json), or the
+    run store it reads.
     """
     from storage.paths import KIND_NAMES, store_format
 
@@ -178,7 +181,8 @@ def check_report_folder(out: Path, store: Path) -> None:
     if not out.is_dir():
         raise InputError(f"report --out {out} is a file, not a folder; name a folder for the plots")
     names = {p.name for p in out.iterdir()}
-    legacy = "summary.txt" in names and all(n in _REPORT_FILES or n.endswith(".png") for n in names)
+    legacy = ("summary.txt" in names and all(n in _REPORT_FILES or n.endswith(".png") for n in names)
+              and ("training.html" in names or bool(names & _REPORT_PNGS)))
     if not names or REPORT_MARKER in names or legacy:
         return
     fmt = store_format(out)

@@ -198,3 +198,18 @@ def test_report_never_writes_into_a_folder_it_did_not_make(run_store, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     write_report(store, empty)
+
+
+@pytest.mark.parametrize("files", [("summary.txt",), ("summary.txt", "holiday.png"), ("summary.txt", "performance.html")])
+def test_report_refuses_a_folder_with_a_summary_txt_but_no_report_plot(run_store, tmp_path, files):
+    """Before the marker a report folder is recognised by its summary.txt *and* training.html or one of its own
+    PNG names: a user's folder with only a summary.txt (and their pictures) is not overwritten."""
+    store, _ = run_store
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in files:
+        (mine / name).write_text("mine")
+    with pytest.raises(InputError, match="holds files a report did not write"):
+        write_report(store, mine)
+    assert sorted(p.name for p in mine.iterdir()) == sorted(files)
+    assert all((mine / name).read_text() == "mine" for name in files)
