@@ -176,9 +176,6 @@ class _ADMMEstimator(BaseEstimator):
         for a Dask array or data store the ``--local-mode auto`` rule decides.
         It has no dashboard (its start would cost ~0.4 s); pass ``client`` for one.
         """
-        if isinstance(self.client, (str, os.PathLike)):  # it failed later as "'str' object has no attribute 'run'"
-            raise TypeError(f"client= takes a distributed.Client or None, not {self.client!r}: for a scheduler "
-                            f"address pass client=distributed.Client({str(self.client)!r})")
         if self.client is not None:
             yield self.client
             return
@@ -200,6 +197,11 @@ class _ADMMEstimator(BaseEstimator):
 
         from pipeline.training import check_inputs, train
 
+        # before anything is written (a data store, or a replaced one of an earlier fit); it failed later as
+        # "'str' object has no attribute 'run'"
+        if isinstance(self.client, (str, os.PathLike)):
+            raise TypeError(f"client= takes a distributed.Client or None, not {self.client!r}: for a scheduler "
+                            f"address pass client=distributed.Client({str(self.client)!r})")
         config = self.train_config()
         X = _unwrap_xarray(X)
         y = _unwrap_xarray(y)

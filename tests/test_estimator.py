@@ -253,3 +253,15 @@ def test_fit_checks_a_data_store_path_before_starting_a_cluster_and_refuses_an_a
     X = rng.normal(size=(60, 3))
     with pytest.raises(TypeError, match=r"client= takes a distributed.Client or None, not 'tcp://127.0.0.1:1'"):
         ADMMClassifier(max_iter=1, client="tcp://127.0.0.1:1").fit(X, (X[:, 0] > 0).astype(int))
+
+
+def test_an_address_string_for_client_is_refused_before_the_data_store_is_written(tmp_path, monkeypatch):
+    """client='tcp://…' was refused only on connecting, after fit had written (or replaced) its numpy data store."""
+    def no_write(self, *args, **kwargs):
+        raise AssertionError("the data store was written")
+
+    monkeypatch.setattr(ADMMClassifier, "_write_numpy", no_write)
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    with pytest.raises(TypeError, match="client= takes a distributed.Client or None"):
+        ADMMClassifier(max_iter=1, client="tcp://127.0.0.1:1", store=tmp_path / "run.zarr").fit(X, (X[:, 0] > 0).astype(int))
+    assert list(tmp_path.iterdir()) == []
