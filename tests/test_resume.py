@@ -82,20 +82,30 @@ def uninterrupted_race(data):
     return baseline(data, data / "baseline-race.zarr", "--hidden-alpha", "race")
 
 
-def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra):
+def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra, after=None, delay=None, before_resume=None):
+    """Kill -9 the run once iteration ``after`` is committed plus ``delay`` s (random by default), resume, compare.
+
+    The run is stopped (SIGSTOP) before the committed iteration is read, so the returned ``killed_at`` is the
+    commit the kill left; ``before_resume(store)`` may look at the store before the resume."""
     store = tmp_path / "run.zarr"
-    after = int(rng.integers(-1, ITERATIONS))     # kill once this iteration is committed …
-    delay = float(rng.uniform(0.0, 0.6))          # … plus a random moment into the next pass
+    if after is None:
+        after = int(rng.integers(-1, ITERATIONS))     # kill once this iteration is committed …
+    if delay is None:
+        delay = float(rng.uniform(0.0, 0.6))          # … plus a random moment into the next pass
     proc = subprocess.Popen(train_cmd(data, store, *extra), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while committed(store) < after and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     time.sleep(delay)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGSTOP)
     killed_at = committed(store)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    if before_resume is not None:
+        before_resume(store)
     if store.exists():
         run_to_end([sys.executable, "-m", "pipeline.train", "--store", str(store), "--resume",
                     "--workers", "1", "--dashboard-address", ":0", "--no-progress"])
@@ -117,16 +127,30 @@ def test_sigkill_at_random_moment_then_resume_equals_uninterrupted(data, uninter
 
 
 def test_sigkill_then_resume_equals_uninterrupted_with_pinned_hidden_units(data, uninterrupted_pinned, tmp_path):
-    """--hidden-alpha pinned is stored with the run: the resume (no flag given) continues under it, bitwise."""
-    kill_and_resume(data, uninterrupted_pinned, tmp_path, np.random.default_rng(7), "--hidden-alpha", "pinned")
+    """--hidden-alpha pinned is stored with the run: killed inside iterations 1-3, the resume (no flag given)
+    continues under it, bitwise."""
+    killed_at = kill_and_resume(data, uninterrupted_pinned, tmp_path, None, "--hidden-alpha", "pinned",
+                                after=1, delay=0.05)
+    assert killed_at in (1, 2)  # the kill landed in iteration 2 or 3, not after the run
     assert RunStore.open(tmp_path / "run.zarr").attrs["config"]["hidden_alpha"] == "pinned"
 
 
 def test_sigkill_during_the_hidden_alpha_race_then_resume_equals_uninterrupted(data, uninterrupted_race, tmp_path):
-    """Killed after iteration 1 of --hidden-alpha race (both candidates in the carry): the resume runs the rest of
-    the race and goes on under its choice, bitwise."""
-    assert kill_and_resume(data, uninterrupted_race, tmp_path, np.random.default_rng(9), "--hidden-alpha", "race") <= 2
-    assert {"hidden_pinned", "race_validation_accuracy"} <= set(uninterrupted_race[1][0])
+    """Killed right after iteration 1 of --hidden-alpha race (both candidates in checkpoint 1's carry): the resume
+    runs iteration 2 of the race and goes on under its choice, bitwise."""
+    # the uninterrupted run raced through iteration 2 (pinned not dropped at iteration 1), decided there
+    assert all("race_validation_accuracy" in h for h in uninterrupted_race[1][:2])
+    assert all("race_validation_accuracy" not in h for h in uninterrupted_race[1][2:])
+    seen = {}
+
+    def race_in_checkpoint(store):
+        checkpoint = RunStore.open(store).load_checkpoint()
+        seen.update(iteration=checkpoint.iteration, carry=set(checkpoint.carry))
+
+    killed_at = kill_and_resume(data, uninterrupted_race, tmp_path, None, "--hidden-alpha", "race", after=1, delay=0.0,
+                                before_resume=race_in_checkpoint)
+    assert killed_at == 1 and seen["iteration"] == 1
+    assert {"race_best", "race_other_best", "race_W1", "hidden_pinned"} <= seen["carry"]
 
 
 @pytest.mark.slow
