@@ -387,6 +387,9 @@ class RunStore:
         warning, to the previous one when that is intact and its state slot was
         not written since; otherwise one :class:`InputError` says what is damaged.
         A commit by a running trainer while this reads is waited out (re-read).
+        No manifest at all is "never committed" only while ``checkpoint/`` holds at
+        most iteration 0 (the first commit writes it before its manifest); later
+        iterations without any manifest are damage, reported, nothing deleted.
         """
         if getattr(self, "_resolved", None) is not None:
             return self._resolved
@@ -394,9 +397,16 @@ class RunStore:
             try:
                 text = (self.path / MANIFEST).read_text()
             except FileNotFoundError:  # commits replace it atomically, never delete it: gone after a commit is damage
-                if not (self.path / PREVIOUS).exists():
+                later = self._checkpoints_after_0()
+                if not (self.path / PREVIOUS).exists() and not later:
                     return None  # iteration 0 was never committed
+                if attempt == 0:  # read it once more before calling it damage
+                    time.sleep(0.2)
+                    continue
                 problem = f"{MANIFEST} is missing"
+                if not (self.path / PREVIOUS).exists():
+                    problem += (f" and so is {PREVIOUS}, though checkpoint/ holds iteration"
+                                f"{'s' if len(later) > 1 else ''} {', '.join(map(str, later))}")
                 break
             try:
                 manifest = _checked_manifest(text)
@@ -426,6 +436,14 @@ class RunStore:
             print(line, file=sys.stderr)
         self._resolved = fallback
         return fallback
+
+    def _checkpoints_after_0(self) -> list[int]:
+        """Return the iterations above 0 in ``checkpoint/`` (each needs an earlier commit's manifest), sorted."""
+        try:
+            names = [p.name for p in (self.path / "checkpoint").iterdir() if p.is_dir()]
+        except OSError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit() and int(n) > 0)
 
     def _previous_commit(self):
         """Return ((manifest, checkpoint), None) of the intact previous commit, or (None, why it cannot be used)."""

@@ -324,6 +324,43 @@ def test_a_deleted_manifest_falls_back_with_one_warning_and_resume_continues(cli
         np.testing.assert_array_equal(W, W_ref)
 
 
+def test_both_manifests_gone_is_damage_not_a_new_run_and_a_vanished_manifest_is_read_again(client, gn_runs, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """checkpoint/ holding iterations 2 and 3 with no manifest at all read as 'never committed' (resume started
+    over); a manifest.json that is back on a second read is no damage."""
+    import types
+    from dataclasses import replace
+
+    from storage import runstore
+    from storage.runstore import RunStore
+
+    d, cfg, _ = gn_runs
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=d / "d.zarr", config=replace(cfg, iterations=3), report=quiet)
+    manifest, aside = store / "manifest.json", tmp_path / "manifest.json"
+    manifest.rename(aside)
+
+    def put_back(seconds):  # the re-read's wait: the manifest is back (a slow atomic replace elsewhere)
+        aside.rename(manifest)
+
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(runstore, "time", types.SimpleNamespace(sleep=put_back, monotonic=time.monotonic,
+                                                          strftime=time.strftime, time=time.time))
+        assert RunStore.open(store).committed_iteration() == 3
+    assert "warning" not in capsys.readouterr().err
+    manifest.unlink()
+    (store / "manifest.previous.json").unlink()
+    before = tree_snapshot(store)
+    with pytest.raises(InputError, match=r"manifest.json is missing and so is manifest.previous.json, though "
+                                         r"checkpoint/ holds iterations 2, 3\) and there is no earlier commit"):
+        RunStore.open(store).committed_iteration()
+    with pytest.raises(InputError, match="checkpoint/ holds iterations 2, 3"):
+        train(client, store=store, resume=True, iterations=5, report=quiet)
+    after = tree_snapshot(store)  # nothing deleted, no checkpoint touched
+    assert set(after) == set(before) and all(after[f] == before[f] for f in before if f.startswith("checkpoint/"))
+
+
 def test_manifest_edited_falls_back_and_both_damaged_is_one_error(client, gn_runs, tmp_path):
     from dataclasses import replace
 
