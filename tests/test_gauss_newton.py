@@ -166,7 +166,9 @@ def test_gauss_newton_refuses_hinge_loss():
         GaussNewtonSolver(TrainConfig(solver="gauss-newton", loss="hinge"), 3, [0, 1], np.zeros(3), np.ones(3))
 
 
-def test_pipeline_gauss_newton_matches_reference(client, tmp_path):
+@pytest.mark.parametrize("hidden_alpha", ["readout", "pinned"])
+def test_pipeline_gauss_newton_matches_reference(client, tmp_path, hidden_alpha):
+    """The pipeline's run equals the in-memory reference and resumes on its trajectory (pinned: under pinned)."""
     from pipeline.training import train
     from storage.data import write_data
 
@@ -174,7 +176,7 @@ def test_pipeline_gauss_newton_matches_reference(client, tmp_path):
 
     X, y = make_data(n_classes=3)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
-    cfg = TrainConfig(solver="gauss-newton", hidden=(12, 8), iterations=4, seed=3)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(12, 8), iterations=4, seed=3, hidden_alpha=hidden_alpha)
     result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512,
                    report=quiet)
     ref = fit_in_memory(X, y, cfg, chunk_rows=512)
@@ -184,6 +186,7 @@ def test_pipeline_gauss_newton_matches_reference(client, tmp_path):
     assert result.store.state_widths == {}  # nothing per sample on disk
     # resume continues the same trajectory
     more = train(client, store=tmp_path / "r.zarr", resume=True, iterations=6, report=quiet)
+    assert more.solver.config.hidden_alpha == hidden_alpha  # stored with the run
     ref6 = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 6}), chunk_rows=512)
     for W, W_ref in zip(more.network.weights, ref6.network.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)

@@ -84,28 +84,6 @@ def test_pinned_is_checked_where_gauss_newton_reads_it():
         TrainConfig(hidden_alpha="x")
 
 
-def test_pipeline_pinned_matches_reference_and_resumes(client, tmp_path):
-    from pipeline.training import train
-    from storage.data import write_data
-
-    from tests.conftest import make_data
-
-    X, y = make_data(n_classes=3)
-    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
-    cfg = TrainConfig(solver="gauss-newton", hidden=(12, 8), iterations=4, seed=3, hidden_alpha="pinned")
-    result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512,
-                   report=quiet)
-    ref = fit_in_memory(X, y, cfg, chunk_rows=512)
-    assert [h["accepted"] for h in result.history] == [h["accepted"] for h in ref.history]
-    for W, W_ref in zip(result.network.weights, ref.network.weights):
-        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
-    more = train(client, store=tmp_path / "r.zarr", resume=True, iterations=6, report=quiet)
-    assert more.solver.config.hidden_alpha == "pinned"
-    ref6 = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 6}), chunk_rows=512)
-    for W, W_ref in zip(more.network.weights, ref6.network.weights):
-        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
-
-
 def race_runs(X, y, chunk_rows=512, **settings):
     base = {**dict(solver="gauss-newton", hidden=(32,), iterations=6, seed=1, patience=0), **settings}
     runs = {ha: fit_in_memory(X, y, TrainConfig(**base, hidden_alpha=ha), chunk_rows=chunk_rows)
