@@ -266,7 +266,8 @@ class GaussNewtonSolver(SolverBase):
         finally:
             self.pinned = False
         c.update(_race_carry(state.weights, other))
-        c["hidden_pinned"], c["race_best"], c["race_other_best"] = np.float64(0.0), np.float64(-1.0), np.float64(-1.0)
+        # best held-out scores so far: none (-1.0 tied a regression's R² < -1 of both candidates: readout won always)
+        c["hidden_pinned"], c["race_best"], c["race_other_best"] = np.float64(0.0), np.float64(-np.inf), np.float64(-np.inf)
         return state
 
     def _initialize(self, runner, hidden=None, output=None, damping=None) -> LoopState:

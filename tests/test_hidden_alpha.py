@@ -164,3 +164,24 @@ def test_pipeline_race_matches_reference_and_resumes_mid_race(client, tmp_path):
     assert [h["accepted"] for h in more.history] == [h["accepted"] for h in ref.history]
     for W, W_ref in zip(more.network.weights, ref.network.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_race_of_a_regression_whose_held_out_r2_is_below_minus_1_picks_the_better_candidate(monkeypatch):
+    """The best scores started at -1.0: with R² < -1 for both (an early regression) both "bests" stayed -1.0,
+    a tie, and readout went on whatever pinned scored."""
+    from solvers.gauss_newton import GaussNewtonSolver
+
+    real = GaussNewtonSolver._advance
+
+    def scored(self, runner, state):  # pinned clearly better, both far below R² = -1
+        new, metrics = real(self, runner, state)
+        return new, {**metrics, "validation_r2": -2.0 if self.pinned else -3.0}
+
+    monkeypatch.setattr(GaussNewtonSolver, "_advance", scored)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1500, 5))
+    y = X[:, 0] - 2 * X[:, 1] + 0.1 * rng.normal(size=1500)
+    cfg = TrainConfig(solver="gauss-newton", task="regression", hidden=(8,), iterations=3, seed=0, patience=0,
+                      hidden_alpha="race")
+    race = fit_in_memory(X, y, cfg, chunk_rows=500)
+    assert [h["hidden_pinned"] for h in race.history] == [0.0, 1.0, 1.0]
