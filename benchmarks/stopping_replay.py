@@ -227,7 +227,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     settings = parse_settings(args.set)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results.setdefault("runs", {})  # a --from-jsonl output keeps the picks only
     results.setdefault("provenance", []).append(provenance())
     if args.from_jsonl:
         results["runs"].update(from_jsonl(args.from_jsonl))
