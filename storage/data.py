@@ -527,7 +527,7 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
     if not path.exists() and not path.is_symlink():
         return
     if not overwrite:
-        if store_format(path) != FORMAT:  # a user's folder or another kind of store: --overwrite would be refused too
+        if path.is_symlink() or store_format(path) != FORMAT:  # --overwrite would be refused too: not suggested
             check_target(path, FORMAT, overwrite)
         raise InputError(f"{path} exists; pass overwrite=True / --overwrite to replace it")
     check_target(path, FORMAT, overwrite)

@@ -78,8 +78,10 @@ def check_target(path, kind: str, overwrite: bool, inputs=(), flag: str = "--out
     if not path.exists() and not path.is_symlink():
         return
     what = KIND_NAMES.get(kind, kind)
-    fmt = store_format(path) if path.is_dir() and not path.is_symlink() else None
-    found = (f"it is an admm-dask {KIND_NAMES[fmt]}" if fmt in KIND_NAMES
+    link = path.is_symlink()  # never written through: the link, not its target, would be replaced
+    fmt = store_format(path) if path.is_dir() and not link else None
+    found = (f"it is a symlink (to {os.readlink(path)}), which is never replaced" if link
+             else f"it is an admm-dask {KIND_NAMES[fmt]}" if fmt in KIND_NAMES
              else "it is no admm-dask store" if fmt is None else f"its format is {fmt!r}")
     if not overwrite:
         if fmt != kind:  # --overwrite would be refused too: do not suggest it

@@ -695,7 +695,7 @@ def check_creatable(path, overwrite: bool, inputs=()) -> None:
     ``path`` may not be, hold or lie inside one of the ``inputs`` (data stores).
     """
     path = Path(path)
-    if path.exists() and not overwrite and is_run_store(path):  # anything else: check_target says what it is
+    if path.exists() and not overwrite and is_run_store(path) and not path.is_symlink():  # else: check_target says
         if not (path / MANIFEST).exists() and not (path / PREVIOUS).exists():
             raise InputError(f"{path} already exists and holds no committed iteration (its run failed or was "
                              "stopped before its first commit): pass --resume to start it again with its own "

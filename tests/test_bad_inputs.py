@@ -430,3 +430,26 @@ def test_an_existing_path_is_refused_with_advice_that_works(tmp_path):
                                          r"to start it again"):
         check_creatable(run.path, overwrite=False)
     assert mine.exists() and (mine / "notes.txt").read_text() == "keep"
+
+
+def test_a_symlink_output_is_named_as_one_and_overwrite_is_not_suggested(tmp_path):
+    """A symlink to a data store was 'no admm-dask store' with --overwrite, or 'exists; pass --overwrite': and
+    --overwrite was then refused. The link and its target are left alone."""
+    from storage.runstore import check_creatable
+
+    X = np.zeros((10, 2), np.float32)
+    y = np.arange(10) % 2
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=5)
+    (tmp_path / "run.zarr").mkdir()
+    before = sorted(p.name for p in (tmp_path / "d.zarr").iterdir())
+    for target in ("d.zarr", "run.zarr", "nothing"):
+        link = tmp_path / f"link-{target}"
+        link.symlink_to(tmp_path / target)
+        for check in (lambda p=link: write_data(p, X, y, chunk_rows=5), lambda p=link: check_creatable(p, False)):
+            with pytest.raises(InputError, match=rf"it is a symlink \(to .*{target}\), which is never replaced") as e:
+                check()
+            assert "--overwrite" not in str(e.value) and "overwrite=True" not in str(e.value)
+        with pytest.raises(InputError, match="refusing to overwrite .*it is a symlink"):
+            write_data(link, X, y, chunk_rows=5, overwrite=True)
+        assert link.is_symlink()
+    assert sorted(p.name for p in (tmp_path / "d.zarr").iterdir()) == before
