@@ -72,7 +72,7 @@ PACKED = "packed"
 METRICS_SECONDS = 2.0  # while a run commits, metrics/ is rewritten at most this often (and at its end)
 STATE_DTYPE = np.dtype("float32")
 MANIFEST = "manifest.json"
-_WARNED: set = set()  # fallback warnings already printed by this process
+_WARNED: set = set()  # (store, manifest mtime) whose fallback warning this process printed
 PREVIOUS = "manifest.previous.json"  # the commit before the last: the fallback when the last is damaged
 WRITING = "writing.json"             # the iteration whose state slot is being written
 MODEL_ARRAYS = ("x_mean", "x_scale", "classes", "y_mean", "y_scale")
@@ -431,11 +431,21 @@ class RunStore:
                              "run cannot be resumed or used: start a new run with --overwrite")
         line = (f"warning: run store {self.path}: the last commit is damaged ({problem}); using the previous "
                 f"commit, iteration {fallback[0]['iteration']}, which is intact")
-        if line not in _WARNED:  # once per process: predict and evaluate open the store before and after the cluster starts
-            _WARNED.add(line)
+        key = (str(self.path.resolve()), self._manifest_mtime())
+        if key not in _WARNED:  # once per damaged commit: predict and evaluate open the store before and after the
+            _WARNED.add(key)    # cluster starts; a store damaged again later in this process warns again
             print(line, file=sys.stderr)
         self._resolved = fallback
         return fallback
+
+    def _manifest_mtime(self) -> int | None:
+        """Return the mtime (ns) of manifest.json, else of the previous manifest, else None."""
+        for name in (MANIFEST, PREVIOUS):
+            try:
+                return (self.path / name).stat().st_mtime_ns
+            except OSError:
+                pass
+        return None
 
     def _checkpoints_after_0(self) -> list[int]:
         """Return the iterations above 0 in ``checkpoint/`` (each needs an earlier commit's manifest), sorted."""

@@ -361,6 +361,28 @@ def test_both_manifests_gone_is_damage_not_a_new_run_and_a_vanished_manifest_is_
     assert set(after) == set(before) and all(after[f] == before[f] for f in before if f.startswith("checkpoint/"))
 
 
+def test_the_fallback_warning_is_printed_again_when_the_store_is_damaged_again(client, gn_runs, tmp_path, capsys):
+    """Once per damaged commit, not once per process: a second damage of the store (or another store with the same
+    path and problem) in a long-lived process was silent."""
+    from dataclasses import replace
+
+    from storage.runstore import RunStore
+
+    d, cfg, _ = gn_runs
+    store = tmp_path / "r.zarr"
+    train(client, store=store, data=d / "d.zarr", config=replace(cfg, iterations=3), report=quiet)
+    manifest = store / "manifest.json"
+    m = json.loads(manifest.read_text())
+    capsys.readouterr()
+    for n, value in enumerate((0.123, 0.456)):
+        m["history"][0]["train_accuracy"] = value  # the checksum catches it
+        manifest.write_text(json.dumps(m))
+        os.utime(manifest, ns=(10**18 + n, 10**18 + n))
+        for _ in range(2):
+            assert RunStore.open(store).committed_iteration() == 2
+        assert capsys.readouterr().err.count("warning:") == 1
+
+
 def test_manifest_edited_falls_back_and_both_damaged_is_one_error(client, gn_runs, tmp_path):
     from dataclasses import replace
 
