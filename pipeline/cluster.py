@@ -543,31 +543,33 @@ def _remote_security(address: str):
     return address, None
 
 
-def _probe_scheduler(address: str, timeout: float = 5.0) -> None:
+def _probe_scheduler(address: str, timeout: float = 5.0, scheduler_file=None) -> None:
     """Raise :class:`InputError` at once when nothing listens at a tcp:// or tls:// ``address`` or its host is unknown.
 
     ``Client`` retries a refused connection until its 30 s timeout; a mistyped port or host is told in a second
-    instead. A probe that times out (a firewall that drops packets) leaves the verdict to ``Client``.
+    instead. A probe that times out (a firewall that drops packets) leaves the verdict to ``Client``. The probe
+    opens and closes one TCP connection. ``scheduler_file``: where ``address`` was read, named in the errors.
     """
     import socket
     from urllib.parse import urlsplit
 
+    where = f" (the address in scheduler file {scheduler_file})" if scheduler_file is not None else ""
     if not address.startswith(("tcp://", "tls://")):
         return
     try:
         parts = urlsplit(address)
         host, port = parts.hostname, parts.port
     except ValueError:
-        raise InputError(f"--cluster {address}: expected a scheduler address like tls://host:8786") from None
+        raise InputError(f"--cluster {address}{where}: expected a scheduler address like tls://host:8786") from None
     if not host or port is None:
-        raise InputError(f"--cluster {address}: expected a scheduler address like tls://host:8786")
+        raise InputError(f"--cluster {address}{where}: expected a scheduler address like tls://host:8786")
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except socket.gaierror as exc:
-        raise InputError(f"could not reach the Dask scheduler at {address}: host {host!r} not found "
+        raise InputError(f"could not reach the Dask scheduler at {address}{where}: host {host!r} not found "
                          f"({exc.strerror})") from None
     except ConnectionRefusedError:
-        raise InputError(f"could not reach the Dask scheduler at {address}: connection refused (no scheduler "
+        raise InputError(f"could not reach the Dask scheduler at {address}{where}: connection refused (no scheduler "
                          "listens there: check the address, or start one with dask scheduler)") from None
     except OSError:  # a timeout or an unreachable network: Client says what it finds
         return
@@ -591,6 +593,8 @@ def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, mem
     the workers, reporting progress; jobs that end are resubmitted; all jobs are
     cancelled on exit. ``dry_run`` prints the job script (and a warning when a chunk
     task of ``chunk_bytes`` would not fit a worker) and raises :class:`DryRun`.
+    A scheduler address, given or read from a scheduler file, is probed first
+    (:func:`_probe_scheduler`): no scheduler there is one error in seconds.
     """
     from distributed import Client
 
@@ -631,9 +635,12 @@ def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, mem
                     raise InputError(f"scheduler file {spec} does not exist")
                 import json
 
-                address = json.loads(Path(spec).read_text()).get("address", "")
+                address = json.loads(Path(spec).read_text()).get("address", "") or ""
+                if not address:  # else probed as "tcp://", or Client's own wait
+                    raise InputError(f"scheduler file {spec} holds no scheduler address (its \"address\" is empty "
+                                     "or missing): name the file dask scheduler --scheduler-file wrote")
                 address, security = _remote_security(address)
-                _probe_scheduler(address)
+                _probe_scheduler(address, scheduler_file=spec)
                 client = stack.enter_context(Client(scheduler_file=spec, security=security, timeout="30s"))
             elif "://" in spec or ":" in spec:
                 address, security = _remote_security(spec)

@@ -340,6 +340,22 @@ def test_a_scheduler_address_nobody_listens_on_is_refused_at_once(caplog):
     assert "without encryption" not in caplog.text  # the warning is for a connection made, not a failed one
 
 
+def test_a_scheduler_file_without_an_address_or_with_a_dead_one_is_named(tmp_path):
+    """An empty "address" was probed as "tcp://" ('--cluster tcp://: expected a scheduler address'), the file unnamed."""
+    from pipeline.cluster import connect
+
+    spec = tmp_path / "scheduler.json"
+    spec.write_text(json.dumps({"address": ""}))
+    with pytest.raises(InputError, match=rf"scheduler file {re.escape(str(spec))} holds no scheduler address"):
+        with connect(str(spec)):
+            pass
+    spec.write_text(json.dumps({"address": f"tcp://127.0.0.1:{_free_port()}"}))
+    with pytest.raises(InputError, match=rf"\(the address in scheduler file {re.escape(str(spec))}\): connection "
+                                         "refused"):
+        with connect(str(spec)):
+            pass
+
+
 def test_a_dashboard_address_that_cannot_be_served_is_one_input_error():
     """LocalCluster's RuntimeError('Cluster failed to start') was 'unexpected RuntimeError … please report it'."""
     from pipeline.cluster import connect
