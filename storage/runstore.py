@@ -448,12 +448,7 @@ class RunStore:
         return None
 
     def _checkpoints_after_0(self) -> list[int]:
-        """Return the iterations above 0 in ``checkpoint/`` (each needs an earlier commit's manifest), sorted."""
-        try:
-            names = [p.name for p in (self.path / "checkpoint").iterdir() if p.is_dir()]
-        except OSError:
-            return []
-        return sorted(int(n) for n in names if n.isdigit() and int(n) > 0)
+        return checkpoints_after_0(self.path)
 
     def _previous_commit(self):
         """Return ((manifest, checkpoint), None) of the intact previous commit, or (None, why it cannot be used)."""
@@ -706,6 +701,10 @@ def check_creatable(path, overwrite: bool, inputs=()) -> None:
     """
     path = Path(path)
     if path.exists() and not overwrite and is_run_store(path) and not path.is_symlink():  # else: check_target says
+        if not (path / MANIFEST).exists() and not (path / PREVIOUS).exists() and checkpoints_after_0(path):
+            raise InputError(f"{path} already exists and is damaged: its manifests are gone though checkpoint/ holds "
+                             f"iterations; it cannot be resumed: pass --overwrite to start a new run in its place, or "
+                             "choose another path")
         if not (path / MANIFEST).exists() and not (path / PREVIOUS).exists():
             raise InputError(f"{path} already exists and holds no committed iteration (its run failed or was "
                              "stopped before its first commit): pass --resume to start it again with its own "
@@ -713,6 +712,15 @@ def check_creatable(path, overwrite: bool, inputs=()) -> None:
         raise InputError(f"{path} already exists; pass --resume to continue that run or "
                          "--overwrite to start a new one in its place")
     check_target(path, FORMAT, overwrite, inputs=inputs, flag="--store")
+
+
+def checkpoints_after_0(path) -> list[int]:
+    """Return the iterations above 0 in a run store's ``checkpoint/`` (each needs an earlier commit's manifest)."""
+    try:
+        names = [p.name for p in (Path(path) / "checkpoint").iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and int(n) > 0)
 
 
 def is_run_store(path) -> bool:

@@ -357,6 +357,8 @@ def test_both_manifests_gone_is_damage_not_a_new_run_and_a_vanished_manifest_is_
         RunStore.open(store).committed_iteration()
     with pytest.raises(InputError, match="checkpoint/ holds iterations 2, 3"):
         train(client, store=store, resume=True, iterations=5, report=quiet)
+    with pytest.raises(InputError, match="already exists and is damaged: its manifests are gone"):
+        runstore.check_creatable(store, False)  # not "holds no committed iteration: pass --resume"
     after = tree_snapshot(store)  # nothing deleted, no checkpoint touched
     assert set(after) == set(before) and all(after[f] == before[f] for f in before if f.startswith("checkpoint/"))
 
