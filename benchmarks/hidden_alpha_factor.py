@@ -185,7 +185,7 @@ def summary(argv) -> None:
               f"{', '.join(f'{d:+.1f}' for d in x['target_seconds_diff']) or '-'} |")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"paired": rows, "runs": runs}, fh, indent=1)
+            json.dump({"paired": rows, "runs": runs}, fh, separators=(",", ":"))
 
 
 def main(argv=None):
