@@ -397,7 +397,7 @@ class RunStore:
             try:
                 text = (self.path / MANIFEST).read_text()
             except FileNotFoundError:  # commits replace it atomically, never delete it: gone after a commit is damage
-                later = self._checkpoints_after_0()
+                later = checkpoints_after_0(self.path)
                 if not (self.path / PREVIOUS).exists() and not later:
                     return None  # iteration 0 was never committed
                 if attempt == 0:  # read it once more before calling it damage
@@ -446,9 +446,6 @@ class RunStore:
             except OSError:
                 pass
         return None
-
-    def _checkpoints_after_0(self) -> list[int]:
-        return checkpoints_after_0(self.path)
 
     def _previous_commit(self):
         """Return ((manifest, checkpoint), None) of the intact previous commit, or (None, why it cannot be used)."""
