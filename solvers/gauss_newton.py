@@ -70,11 +70,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers import cross_entropy as ce, sampling
+from solvers import cross_entropy as ce, hidden_race, sampling
 from solvers.activation_cache import CACHE, INPUTS, weights_key
 from solvers.base import SolverBase
 from solvers.config import HE_BIAS, TrainConfig
 from solvers.errors import InputError, NumericalError
+from solvers.hidden_race import RACE_DROP, RACE_ITERATIONS  # noqa: F401 (re-exported: tests, benchmarks)
 from solvers.linalg import (ALPHA_GRID, RidgePath, penalty,
                             quadratic_error, single_threaded, solve_weights, times)
 from solvers.loop import LoopState, run_pass, run_pass_held_out
@@ -86,24 +87,6 @@ DAMPING_SHRINK = 2.0  # λ ← λ/2 after an accepted one
 STEP_RIDGE = 1e-2     # least relative damping ε' of the input Gram in the hidden layers' step
 CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄ ḡ) of the output layer
 _PATHS: OrderedDict = OrderedDict()  # the client's last three RidgePaths used, by (ridge, SHA-1 of their sums)
-
-
-RACE_ITERATIONS = 2  # --hidden-alpha race: both candidates run this many iterations (generalise_s11.md) …
-RACE_DROP = 0.01  # … unless pinned's held-out score falls this far below readout's at an iteration: then readout alone
-
-
-def _race_carry(weights, carry: dict) -> dict:
-    """Return the pinned candidate's weights and carry as ``race_`` carry entries (the run store keeps flat names)."""
-    out = {f"race_W{l}": np.asarray(W, np.float64) for l, W in enumerate(weights, start=1)}
-    out.update((f"race_c_{name}", value) for name, value in carry.items()
-               if not name.startswith("race_") and name != "hidden_pinned")
-    return out
-
-
-def _race_split(carry: dict) -> tuple[list, dict]:
-    """Return (weights, carry) of the pinned candidate from :func:`_race_carry`'s entries."""
-    weights = [np.asarray(carry[f"race_W{l}"]) for l in range(1, 1 + sum(n.startswith("race_W") for n in carry))]
-    return weights, {n[len("race_c_"):]: v for n, v in carry.items() if n.startswith("race_c_")}
 
 
 def pin_rows(W, reference) -> np.ndarray:
@@ -236,39 +219,13 @@ class GaussNewtonSolver(SolverBase):
         return W
 
     def initialize(self, runner, hidden=None, output=None, damping=None) -> LoopState:
-        """Return :meth:`_initialize`'s state; ``--hidden-alpha race``: with the pinned candidate's beside it.
-
-        The race's candidates share iteration 0 (the same weights and passes); the pinned one's objective (no
-        hidden penalty) is recomputed from the same sums and its trial from the same curvature, so its carry is
-        the one a ``--hidden-alpha pinned`` run would hold. Nothing held out (or other kernels): no race, readout.
-        """
+        """Return :meth:`_initialize`'s state; ``--hidden-alpha race``: with the pinned candidate's beside it
+        (:func:`solvers.hidden_race.initialize`)."""
         self.pinned = self.config.hidden_alpha == "pinned"
         state = self._initialize(runner, hidden, output, damping)
         if self.config.hidden_alpha != "race":
             return state
-        c = state.carry
-        if not self._scores_held_out(runner):
-            c["hidden_pinned"] = np.float64(0.0)
-            self.note = "hidden alpha: readout (race needs held-out rows)"
-            return state
-        other = {name: value for name, value in c.items() if name[:1] != "T" or not name[1:].isdigit()}
-        other.pop("T_out", None)
-        self.pinned = True
-        try:
-            alpha = float(c["alpha"])
-            if self.cross_entropy:
-                other["error"] = np.float64(self.objective(float(c["loss"]), state.weights, alpha))
-            else:
-                W = np.asarray(state.weights[-1], np.float64)
-                error = quadratic_error(W, c["acc_cross"], c["acc_gram"], float(c["acc_tt"]))
-                other["error"] = np.float64(self.objective(error, state.weights, alpha))
-            other = self._with_trial(LoopState(0, list(state.weights), other)).carry
-        finally:
-            self.pinned = False
-        c.update(_race_carry(state.weights, other))
-        # best held-out scores so far: none (-1.0 tied a regression's R² < -1 of both candidates: readout won always)
-        c["hidden_pinned"], c["race_best"], c["race_other_best"] = np.float64(0.0), np.float64(-np.inf), np.float64(-np.inf)
-        return state
+        return hidden_race.initialize(self, runner, state)
 
     def _initialize(self, runner, hidden=None, output=None, damping=None) -> LoopState:
         """Fit the output layer on the random hidden layers (or ``hidden``: a hand-over) by pass A, then take pass B.
@@ -324,52 +281,11 @@ class GaussNewtonSolver(SolverBase):
         return self._with_trial(LoopState(state.iteration, list(state.weights), c))
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
-        """Return :meth:`_advance`; ``--hidden-alpha race``: both candidates' iterations while the race runs.
-
-        Iterations 1..:data:`RACE_ITERATIONS` advance both candidates (readout, reported, and pinned, in the
-        carry's ``race_`` entries) in lockstep on the same passes' rows. When pinned's held-out score falls more than
-        :data:`RACE_DROP` below readout's, readout goes on alone from the next iteration (MNIST 2k: after one).
-        After the last, the candidate with the
-        higher best held-out score so far goes on alone (ties: readout) and that iteration reports it; the choice
-        is the carry's ``hidden_pinned`` (1: pinned) and the metric of that name, so a resume goes on under it.
-        """
-        c = state.carry
+        """Return :meth:`_advance`; ``--hidden-alpha race``: both candidates' iterations while the race runs
+        (:func:`solvers.hidden_race.advance`)."""
         if self.config.hidden_alpha != "race":
             return self._advance(runner, state)
-        self.pinned = bool(float(c.get("hidden_pinned", 0.0)))
-        if "race_best" not in c:  # decided (or nothing held out)
-            new, metrics = self._advance(runner, state)
-            new.carry["hidden_pinned"] = np.float64(self.pinned)
-            return new, {**metrics, "hidden_pinned": float(self.pinned)}
-        weights, other = _race_split(c)
-        main = LoopState(state.iteration, list(state.weights), {n: v for n, v in c.items() if not n.startswith("race_")})
-        score = f"validation_{self.task.score_name}"
-        self.pinned = False
-        new_main, m_main = self._advance(runner, main)
-        self.pinned = True
-        try:
-            new_other, m_other = self._advance(runner, LoopState(state.iteration, weights, other))
-        finally:
-            self.pinned = False
-        best = max(float(c["race_best"]), m_main[score])
-        other_best = max(float(c["race_other_best"]), m_other[score])
-        k = new_main.iteration
-        if m_other[score] < m_main[score] - RACE_DROP:  # pinned clearly behind: readout goes on alone now
-            new_main.carry["hidden_pinned"] = np.float64(0.0)
-            self.note = (f"hidden alpha: readout from iteration {k + 1} (held-out {self.task.score_name} at iteration "
-                         f"{k}: pinned {m_other[score]:.4f}, more than {RACE_DROP} below readout's {m_main[score]:.4f})")
-            return new_main, {**m_main, "hidden_pinned": 0.0, f"race_{score}": m_other[score]}
-        if k < RACE_ITERATIONS:
-            new_main.carry.update(_race_carry(new_other.weights, new_other.carry))
-            new_main.carry.update(hidden_pinned=np.float64(0.0), race_best=np.float64(best),
-                                  race_other_best=np.float64(other_best))
-            return new_main, {**m_main, "hidden_pinned": 0.0, f"race_{score}": m_other[score]}
-        self.pinned = other_best > best
-        won, metrics, lost = (new_other, m_other, m_main) if self.pinned else (new_main, m_main, m_other)
-        won.carry["hidden_pinned"] = np.float64(self.pinned)
-        self.note = (f"hidden alpha: {'pinned' if self.pinned else 'readout'} from iteration {k + 1} (best held-out "
-                     f"{self.task.score_name} in iterations 1-{k}: readout {best:.4f}, pinned {other_best:.4f})")
-        return won, {**metrics, "hidden_pinned": float(self.pinned), f"race_{score}": lost[score]}
+        return hidden_race.advance(self, runner, state)
 
     def _advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Evaluate the trial (pass A); accept it and take pass B, or reject it and damp more.
@@ -454,19 +370,10 @@ class GaussNewtonSolver(SolverBase):
     def resume(self, runner, state: LoopState, changed: set, history=()) -> LoopState:
         """Return the state to continue from: a new ridge, alpha, step size or damping gives a new trial (no pass).
 
-        ``--hidden-alpha race``: the stored choice (``hidden_pinned``) says how the trial is made; during the race
-        the pinned candidate's trial is made again too.
+        ``--hidden-alpha race``: the stored choice says how the trial is made (:func:`solvers.hidden_race.resume`).
         """
         if self.config.hidden_alpha == "race":
-            self.pinned = bool(float(state.carry.get("hidden_pinned", 0.0)))
-            if "race_best" in state.carry:
-                weights, other = _race_split(state.carry)
-                self.pinned = True
-                try:
-                    other = self._resume_one(LoopState(state.iteration, weights, other), changed).carry
-                finally:
-                    self.pinned = False
-                state.carry.update(_race_carry(weights, other))
+            hidden_race.resume(self, state, changed)
         return self._resume_one(state, changed)
 
     def _resume_one(self, state: LoopState, changed: set) -> LoopState:

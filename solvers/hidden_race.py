@@ -1,0 +1,123 @@
+"""``--hidden-alpha race`` (Gauss-Newton): choose the hidden layers' weight decay, ``readout`` or ``pinned``, from
+held-out rows, by running both from the same start (generalise_s11.md).
+
+The candidates share iteration 0 (the same weights and passes). Iterations 1..:data:`RACE_ITERATIONS` advance
+both in lockstep on the same passes' rows: readout is the run's state, reported; pinned rides in its carry as
+``race_`` entries (:func:`pinned_carry`; the run store keeps flat names). Pinned is dropped at any race iteration
+where its held-out score falls more than :data:`RACE_DROP` below readout's, and readout goes on alone from the next
+(MNIST 2k: after one). After the last race iteration the candidate with the higher best held-out score so far goes
+on alone (ties: readout). The choice is the carry's ``hidden_pinned`` (1: pinned) and the metric of that name, so a
+resume goes on under it; the other candidate's held-out score is the metric ``race_validation_<score>``, and a line
+for the progress report is the solver's ``note``. Nothing held out (or other kernels): no race, readout.
+
+The functions take the :class:`~solvers.gauss_newton.GaussNewtonSolver` and call its single-candidate steps
+(``_advance``, ``_with_trial``, ``_resume_one``) with its ``pinned`` flag set per candidate.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from solvers.linalg import quadratic_error
+from solvers.loop import LoopState
+
+RACE_ITERATIONS = 2  # --hidden-alpha race: both candidates run this many iterations (generalise_s11.md) …
+RACE_DROP = 0.01  # … unless pinned's held-out score falls this far below readout's at an iteration: then readout alone
+
+
+def pinned_carry(weights, carry: dict) -> dict:
+    """Return the pinned candidate's weights and carry as ``race_`` carry entries (the run store keeps flat names)."""
+    out = {f"race_W{l}": np.asarray(W, np.float64) for l, W in enumerate(weights, start=1)}
+    out.update((f"race_c_{name}", value) for name, value in carry.items()
+               if not name.startswith("race_") and name != "hidden_pinned")
+    return out
+
+
+def pinned_split(carry: dict) -> tuple[list, dict]:
+    """Return (weights, carry) of the pinned candidate from :func:`pinned_carry`'s entries."""
+    weights = [np.asarray(carry[f"race_W{l}"]) for l in range(1, 1 + sum(n.startswith("race_W") for n in carry))]
+    return weights, {n[len("race_c_"):]: v for n, v in carry.items() if n.startswith("race_c_")}
+
+
+def initialize(solver, runner, state: LoopState) -> LoopState:
+    """Return the readout candidate's iteration-0 ``state`` with the pinned candidate's beside it in its carry.
+
+    The pinned one's objective (no hidden penalty) is recomputed from the same sums and its trial from the same
+    curvature, so its carry is the one a ``--hidden-alpha pinned`` run would hold.
+    """
+    c = state.carry
+    if not solver._scores_held_out(runner):
+        c["hidden_pinned"] = np.float64(0.0)
+        solver.note = "hidden alpha: readout (race needs held-out rows)"
+        return state
+    other = {name: value for name, value in c.items() if name[:1] != "T" or not name[1:].isdigit()}
+    other.pop("T_out", None)
+    solver.pinned = True
+    try:
+        alpha = float(c["alpha"])
+        if solver.cross_entropy:
+            other["error"] = np.float64(solver.objective(float(c["loss"]), state.weights, alpha))
+        else:
+            W = np.asarray(state.weights[-1], np.float64)
+            error = quadratic_error(W, c["acc_cross"], c["acc_gram"], float(c["acc_tt"]))
+            other["error"] = np.float64(solver.objective(error, state.weights, alpha))
+        other = solver._with_trial(LoopState(0, list(state.weights), other)).carry
+    finally:
+        solver.pinned = False
+    c.update(pinned_carry(state.weights, other))
+    # best held-out scores so far: none (-1.0 tied a regression's R² < -1 of both candidates: readout won always)
+    c["hidden_pinned"], c["race_best"], c["race_other_best"] = np.float64(0.0), np.float64(-np.inf), np.float64(-np.inf)
+    return state
+
+
+def advance(solver, runner, state: LoopState) -> tuple[LoopState, dict]:
+    """Return the next state and metrics: both candidates' iterations while the race runs, then the chosen one's."""
+    c = state.carry
+    solver.pinned = bool(float(c.get("hidden_pinned", 0.0)))
+    if "race_best" not in c:  # decided (or nothing held out)
+        new, metrics = solver._advance(runner, state)
+        new.carry["hidden_pinned"] = np.float64(solver.pinned)
+        return new, {**metrics, "hidden_pinned": float(solver.pinned)}
+    weights, other = pinned_split(c)
+    main = LoopState(state.iteration, list(state.weights), {n: v for n, v in c.items() if not n.startswith("race_")})
+    score_name = solver.task.score_name
+    score = f"validation_{score_name}"
+    solver.pinned = False
+    new_main, m_main = solver._advance(runner, main)
+    solver.pinned = True
+    try:
+        new_other, m_other = solver._advance(runner, LoopState(state.iteration, weights, other))
+    finally:
+        solver.pinned = False
+    best = max(float(c["race_best"]), m_main[score])
+    other_best = max(float(c["race_other_best"]), m_other[score])
+    k = new_main.iteration
+    if m_other[score] < m_main[score] - RACE_DROP:  # pinned clearly behind: readout goes on alone now
+        new_main.carry["hidden_pinned"] = np.float64(0.0)
+        solver.note = (f"hidden alpha: readout from iteration {k + 1} (held-out {score_name} at iteration "
+                       f"{k}: pinned {m_other[score]:.4f}, more than {RACE_DROP} below readout's {m_main[score]:.4f})")
+        return new_main, {**m_main, "hidden_pinned": 0.0, f"race_{score}": m_other[score]}
+    if k < RACE_ITERATIONS:
+        new_main.carry.update(pinned_carry(new_other.weights, new_other.carry))
+        new_main.carry.update(hidden_pinned=np.float64(0.0), race_best=np.float64(best),
+                              race_other_best=np.float64(other_best))
+        return new_main, {**m_main, "hidden_pinned": 0.0, f"race_{score}": m_other[score]}
+    solver.pinned = other_best > best
+    won, metrics, lost = (new_other, m_other, m_main) if solver.pinned else (new_main, m_main, m_other)
+    won.carry["hidden_pinned"] = np.float64(solver.pinned)
+    solver.note = (f"hidden alpha: {'pinned' if solver.pinned else 'readout'} from iteration {k + 1} (best held-out "
+                   f"{score_name} in iterations 1-{k}: readout {best:.4f}, pinned {other_best:.4f})")
+    return won, {**metrics, "hidden_pinned": float(solver.pinned), f"race_{score}": lost[score]}
+
+
+def resume(solver, state: LoopState, changed: set) -> None:
+    """Set the solver's ``pinned`` from the stored choice; during the race, make the pinned candidate's trial again
+    for the ``changed`` settings (in ``state``'s carry). The caller then resumes the reported candidate."""
+    solver.pinned = bool(float(state.carry.get("hidden_pinned", 0.0)))
+    if "race_best" in state.carry:
+        weights, other = pinned_split(state.carry)
+        solver.pinned = True
+        try:
+            other = solver._resume_one(LoopState(state.iteration, weights, other), changed).carry
+        finally:
+            solver.pinned = False
+        state.carry.update(pinned_carry(weights, other))
