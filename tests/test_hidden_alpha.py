@@ -138,6 +138,48 @@ def test_race_goes_on_as_the_candidate_with_the_better_held_out_score_would_alon
                           f"readout {best['readout']:.4f}, pinned {best['pinned']:.4f})"])
 
 
+def growing_race_data(name):
+    """Return (X, y, chunk_rows, settings) of a race whose progressive sample grows through iterations 1-3."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        return X.astype(np.float32), y, 128, {"hidden": (64,), "sample_start": 300}
+    from tests.conftest import make_data
+
+    return (*make_data(n=6000, n_classes=3, seed=0), 250, {"sample_start": 1000})
+
+
+@pytest.mark.parametrize("data,winner,dropped", [("three0", "pinned", False), ("digits", "readout", True)])
+def test_race_on_a_growing_sample_matches_the_standalone_runs(data, winner, dropped):
+    """While the sample grows (each iteration's pass B deferred to the next), the race's iterations 1-2 are the
+    standalone readout and pinned runs' (reported: readout's, then the winner's; race_validation_*: the other's),
+    and the winner goes on bitwise as its own run."""
+    X, y, chunk_rows, settings = growing_race_data(data)
+    race, runs, _ = race_runs(X, y, chunk_rows, **settings)
+    rows = [h["sample_rows"] for h in race.history]
+    assert rows[0] < rows[1] < rows[2]  # the sample grows through the race
+    assert rows == [h["sample_rows"] for h in runs["readout"].history] == [h["sample_rows"] for h in runs["pinned"].history]
+    valid = {ha: [h["validation_accuracy"] for h in r.history] for ha, r in runs.items()}
+    drop = ("seconds", "hidden_pinned", "race_validation_accuracy")
+
+    def same(h, ref):
+        assert {k: v for k, v in h.items() if k not in drop} == {k: v for k, v in ref.items() if k != "seconds"}
+
+    same(race.history[0], runs["readout"].history[0])
+    assert race.history[0]["race_validation_accuracy"] == valid["pinned"][0]
+    assert dropped == (valid["pinned"][0] < valid["readout"][0] - 0.01)
+    if not dropped:
+        loser = "readout" if winner == "pinned" else "pinned"
+        assert race.history[1]["race_validation_accuracy"] == valid[loser][1]
+        assert winner == ("pinned" if max(valid["pinned"][:2]) > max(valid["readout"][:2]) else "readout")
+    for h, ref in zip(race.history[1:], runs[winner].history[1:]):
+        same(h, ref)
+    assert [h["hidden_pinned"] for h in race.history] == [0.0] + [float(winner == "pinned")] * 5
+    for W, W_ref in zip(race.loop_state.weights, runs[winner].loop_state.weights):
+        np.testing.assert_array_equal(W, W_ref)
+
+
 def test_race_with_nothing_held_out_is_readout():
     from tests.conftest import make_data
 
