@@ -5,7 +5,7 @@ from pathlib import Path
 
 from solvers.errors import InputError
 from storage.data import DataStore, fingerprint_differences, open_data
-from storage.lock import check_unlocked
+from storage.lock import check_not_written, check_unlocked
 from storage.runstore import RunStore, check_creatable
 
 
@@ -37,6 +37,9 @@ def check_chunk_rows(chunk_rows, data: DataStore):
 
 def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False, chunk_rows=None):
     """Raise :class:`InputError` for unusable stores before any cluster is started."""
+    for path in (data, test_data):
+        if path is not None:  # an ingestion under way: refused before a cluster starts (and, read-locked, in train)
+            check_not_written(path)
     if resume:
         RunStore.open(store)
     else:

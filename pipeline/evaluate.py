@@ -59,11 +59,14 @@ def evaluate(client, store, data) -> dict:
 
 @exits_on_input_error
 def main(argv=None) -> int:
+    from storage.lock import ReadLock
+
     args = build_parser().parse_args(argv)
-    if not args.dry_run:  # --dry-run prints a job script, whatever the stores
-        check_inputs(args.store, args.data)  # before a cluster starts (with a missing --data: worker processes)
-    with connect_from_args(args, data=args.data) as client:
-        result = evaluate(client, args.store, args.data)
+    with ReadLock(args.data):  # an ingestion into --data is refused until the result is in (one under way: refused)
+        if not args.dry_run:  # --dry-run prints a job script, whatever the stores
+            check_inputs(args.store, args.data)  # before a cluster starts (with a missing --data: worker processes)
+        with connect_from_args(args, data=args.data) as client:
+            result = evaluate(client, args.store, args.data)
     if args.json:
         print(json.dumps(result))
     elif "r2" in result:

@@ -85,10 +85,13 @@ def predict(client, store, data, out, overwrite=False):
 
 @exits_on_input_error
 def main(argv=None) -> int:
+    from storage.lock import ReadLock
+
     args = build_parser().parse_args(argv)
-    check_inputs(args.store, args.data, args.out, args.overwrite)  # before a cluster starts
-    with connect_from_args(args, data=args.data) as client:
-        out = predict(client, args.store, args.data, args.out, args.overwrite)
+    with ReadLock(args.data):  # an ingestion into --data is refused until the predictions are in (one under way: refused)
+        check_inputs(args.store, args.data, args.out, args.overwrite)  # before a cluster starts
+        with connect_from_args(args, data=args.data) as client:
+            out = predict(client, args.store, args.data, args.out, args.overwrite)
     print(f"predictions written to {out}/prediction")
     return 0
 

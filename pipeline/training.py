@@ -28,7 +28,7 @@ from solvers.loop import LoopState
 from solvers.tasks import score_from_sums
 from solvers.validation import EarlyStopping, RowSplit, split_of
 from storage.data import fingerprint, open_data
-from storage.lock import RunLock
+from storage.lock import ReadLock, RunLock
 from storage.paths import join_discards
 from storage.runstore import Checkpoint, RunStore, check_creatable
 
@@ -77,18 +77,24 @@ def _shares_gil(client) -> bool:
 def train(client, *, store, report=print, **kwargs) -> TrainResult:
     """Train out of core into the run store ``store``, holding its lock (:mod:`storage.lock`); see :func:`_train`.
 
-    A second trainer on the same store, while this one runs, gets an :class:`InputError` naming this one.
+    A second trainer on the same store, while this one runs, gets an :class:`InputError` naming this one. The data
+    stores it reads are read-locked (:class:`storage.lock.ReadLock`) from before they are opened until it returns:
+    an ingestion into one of them is refused meanwhile, and one under way refuses this run.
     """
-    with RunLock(store, report=report):
+    with RunLock(store, report=report), contextlib.ExitStack() as held:
+        def reading(path):
+            held.enter_context(ReadLock(path))
+            return path
+
         try:
-            return _train(client, store=store, report=report, **kwargs)
+            return _train(client, store=store, report=report, reading=reading, **kwargs)
         finally:  # a run store this one replaced (--overwrite) is gone when train returns or raises
             join_discards()
 
 
 def _train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
            chunk_rows=None, resume=False, overwrite=False, iterations=None, overrides=None,
-           progress=False, report=print, monitor=None) -> TrainResult:
+           progress=False, report=print, monitor=None, reading=lambda path: path) -> TrainResult:
     """Train out of core on ``data`` into the run store ``store``; return the network and history.
 
     With ``resume=True`` the run continues from its last committed iteration:
@@ -97,7 +103,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     ``iterations`` sets a new target. Otherwise a new run is created (an existing store is refused unless ``overwrite``). With
     ``validation_fraction`` > 0 the returned network is the best held-out
     iteration's. ``monitor`` (a :class:`pipeline.monitor.TrainingMonitor`) is
-    told about the run, every pass and every commit: the dashboard's /training page.
+    told about the run, every pass and every commit: the dashboard's /training page. ``reading(path)`` is
+    called with each data store's path before it is opened (:func:`train`: read-locks it) and returns it.
     """
     changed = set()
     if iterations is not None:
@@ -107,8 +114,10 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         config, changed = TrainConfig.resumed(run.attrs["config"], overrides)
         if changed:
             run.update_config(config.to_dict())
-        data = open_data(data or run.attrs["data"]["path"])
+        data = open_data(reading(data or run.attrs["data"]["path"]))
         test_data = test_data or run.attrs.get("test_data")
+        if test_data:
+            reading(test_data)
         check_worker_access(client, [data.path, *([test_data] if test_data else [])], [run.path])
         check_resumable(run, data)
         model = run.model_arrays()
@@ -117,7 +126,9 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
         config = replace(config or TrainConfig(), **(overrides or {}))
-        data = open_data(data)
+        data = open_data(reading(data))
+        if test_data:
+            reading(test_data)
         data.require_labels("train")
         config, choice = config.choose_solver(data.n_samples, _threads(client), _threads_per_worker(client),
                                              shared_gil=config.solver == "auto" and _shares_gil(client))

@@ -49,6 +49,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
+from storage.lock import DataWriteLock
 from storage.paths import KIND_NAMES, check_target, clean_stale_partials, partial_path, store_format, swap_in
 
 FORMAT = "admm-dask-data"
@@ -401,12 +402,19 @@ class DataWriter:
         except OSError as err:
             raise InputError(f"cannot write {self.path}: its folder {self.path.parent} is not a writable "
                              f"directory ({err.strerror})") from None
-        clean_stale_partials(self.path, report=self.report)
-        self._partial = partial_path(self.path)
+        self._lock = DataWriteLock(self.path, report=self.report)  # no second writer, no live reader, until __exit__
+        self._lock.acquire()
         try:
-            self._group = zarr.open_group(self._partial, mode="w-", zarr_format=3)
-        except OSError as err:
-            raise InputError(f"cannot write {self.path}: {err.strerror} ({err.filename or self.path.parent})") from None
+            clean_stale_partials(self.path, report=self.report)
+            self._partial = partial_path(self.path)
+            try:
+                self._group = zarr.open_group(self._partial, mode="w-", zarr_format=3)
+            except OSError as err:
+                raise InputError(f"cannot write {self.path}: {err.strerror} ({err.filename or self.path.parent})") \
+                    from None
+        except BaseException:
+            self._lock.release()
+            raise
         self._X = self._y = None
         c, d = self.chunk_rows, self.n_features
         self._bx = np.empty((c, d), X_DTYPE)
@@ -510,6 +518,7 @@ class DataWriter:
         finally:
             if partial is not None:
                 shutil.rmtree(partial, ignore_errors=True)
+            self._lock.release()
 
 
 def _to_stderr(line: str) -> None:

@@ -1,4 +1,4 @@
-"""The run-store lock: one writer per run store, also across the nodes of a cluster.
+"""Store locks: one writer per run store; one writer or many readers per data store; also across a cluster's nodes.
 
 The lock is the file ``<RUN>.lock`` beside the run store ``<RUN>``, holding
 JSON: host, pid, the process's start time, the lock's start time, the command
@@ -25,9 +25,24 @@ caches attributes for longer than that on clients (unusual; NFS ``actimeo``
 is seconds) could make a live holder look stale. Two processes taking over the
 same stale lock at the same instant are resolved by an atomic rename of the
 stale file: only one of them removes it.
+
+**Data stores** (:class:`DataWriteLock`, :class:`ReadLock`) use the same file
+``<DATA>.lock`` for their one writer (ingestion, :class:`storage.data.DataWriter`)
+and, beside it, one record per reader, ``<DATA>.reader-<host>.<pid>.<token>``
+(a train, evaluate or predict: many at once), touched by the same heartbeat and
+stale by the same rules. A writer takes ``<DATA>.lock`` and then looks for live
+readers; a reader writes its record and then looks at ``<DATA>.lock``; each
+backs out (removing what it wrote) and refuses in one line if it finds the
+other. Of a reader and a writer starting together, at least one sees the
+other (both may refuse; never both proceed). A reader that cannot write its
+record (a read-only folder of shared data) still refuses while a writer holds
+the lock, but a writer cannot see it. Limit: on a network file system a
+writer's listing of the folder can miss a reader record created on another
+node within the client's directory cache time (NFS ``acdirmin``, seconds).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
@@ -80,7 +95,11 @@ def _command() -> str:
 
 def read_holder(store) -> dict | None:
     """Return the record of the lock's holder (with ``age``, seconds since its last touch), or None if unlocked."""
-    path = lock_path(store)
+    return _read_record(lock_path(store))
+
+
+def _read_record(path: Path) -> dict | None:
+    """Return the lock record in file ``path`` (with ``age``), or None if there is no such file."""
     try:
         text = path.read_text()
         mtime = path.stat().st_mtime
@@ -138,20 +157,131 @@ def check_unlocked(store) -> None:
                          f"(its lock is {lock_path(store)})")
 
 
+def _new_record(command: str | None) -> dict:
+    """Return this process's lock record: host, pid, process start, lock start, command and a random token."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "process_started": _process_start(os.getpid()),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command or _command(),
+            "token": secrets.token_hex(8)}
+
+
+class _Heartbeat:
+    """Touch a lock file every :data:`HEARTBEAT` seconds in a daemon thread, until stopped."""
+
+    def __init__(self, path: Path):
+        self.path, self._stop = path, threading.Event()
+
+        def beat():
+            while not self._stop.wait(HEARTBEAT):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    pass
+        self._thread = threading.Thread(target=beat, name="admm-dask-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+READER = ".reader-"  # a reader's record: ``<DATA>.reader-<host>.<pid>.<token>``
+
+
+def live_readers(store, remove_stale: bool = True) -> list[dict]:
+    """Return the records of the live readers of data store ``store``; stale ones are removed (``remove_stale``)."""
+    store = Path(store)
+    try:
+        paths = sorted(store.parent.glob(glob.escape(store.name) + READER + "*"))
+    except OSError:
+        return []
+    readers = []
+    for path in paths:
+        holder = _read_record(path)
+        if holder is None:
+            continue  # released meanwhile
+        if is_stale(holder):
+            if remove_stale:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+            continue
+        readers.append(holder)
+    return readers
+
+
+def check_not_written(store) -> None:
+    """Raise :class:`InputError` if a live process is writing data store ``store`` (holds its lock)."""
+    holder = read_holder(store)
+    if holder is not None and not is_stale(holder):
+        raise InputError(_being_written(store, holder))
+
+
+def _being_written(store, holder: dict) -> str:
+    return (f"data store {store} is being written by {describe(holder)}; wait for it to finish, or stop it "
+            f"(its lock is {lock_path(store)})")
+
+
+class ReadLock:
+    """Read the data store ``store``: ``with ReadLock(store): …`` (see the module docstring).
+
+    Refused (:class:`InputError`) while a live writer holds the store's lock; while held, a writer is refused.
+    """
+
+    def __init__(self, store, command: str | None = None):
+        self.store = Path(store)
+        self.record = _new_record(command)
+        self.path = self.store.with_name(f"{self.store.name}{READER}{self.record['host'].replace('/', '_')}."
+                                         f"{self.record['pid']}.{self.record['token']}")
+        self._heartbeat = None
+
+    def __enter__(self) -> "ReadLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Write this reader's record, then refuse (removing it) if a live writer holds the store's lock."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.record, indent=1))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:  # a read-only folder (shared data) or no folder at all: no record, the check below still runs
+            self.path = None
+        holder = read_holder(self.store)
+        if holder is not None and not is_stale(holder):
+            self.release()
+            raise InputError(_being_written(self.store, holder))
+        if self.path is not None:
+            self._heartbeat = _Heartbeat(self.path)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove this reader's record."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        if self.path is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
+
 class RunLock:
     """Hold the lock of a run store: ``with RunLock(store): …`` (see the module docstring)."""
+
+    kind = "run store"
 
     def __init__(self, store, report=None, command: str | None = None):
         self.store = Path(store)
         self.path = lock_path(self.store)
         self.report = report or (lambda line: print(line, file=sys.stderr))
-        self.record = {"host": socket.gethostname(), "pid": os.getpid(),
-                       "process_started": _process_start(os.getpid()),
-                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       "command": command or _command(),
-                       "token": secrets.token_hex(8)}
-        self._stop = threading.Event()
-        self._thread = None
+        self.record = _new_record(command)
+        self._heartbeat = None
 
     def __enter__(self) -> "RunLock":
         self.acquire()
@@ -166,7 +296,7 @@ class RunLock:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise InputError(f"cannot lock run store {self.store}: its folder {folder} is not a writable "
+            raise InputError(f"cannot lock {self.kind} {self.store}: its folder {folder} is not a writable "
                              f"directory ({err.strerror})") from None
         text = json.dumps(self.record, indent=1)
         tmp = folder / f".{self.path.name}.{self.record['host']}.{os.getpid()}.{self.record['token']}"
@@ -176,7 +306,7 @@ class RunLock:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as err:
-            raise InputError(f"cannot lock run store {self.store}: its folder {folder} is not a writable "
+            raise InputError(f"cannot lock {self.kind} {self.store}: its folder {folder} is not a writable "
                              f"directory ({err.strerror})") from None
         try:
             try:
@@ -208,19 +338,26 @@ class RunLock:
         """Take the lock, taking over a stale one with a message; raise :class:`InputError` if it is held."""
         for _ in range(3):
             if self._try_create():
-                self._start_heartbeat()
+                self._heartbeat = _Heartbeat(self.path)
+                self._held()
                 return
             holder = read_holder(self.store)
             if holder is None:
                 continue  # released meanwhile: try again
             if not is_stale(holder):
-                raise InputError(f"run store {self.store} is in use by {describe(holder)}; wait for it to finish "
-                                 f"or stop it (its lock is {self.path})")
+                raise InputError(self._in_use(holder))
             if self._take_over(holder):
                 self.report(f"taking over the stale lock of {self.store} left by {describe(holder)}: "
                             "that process is gone")
-        raise InputError(f"could not lock run store {self.store}: its lock {self.path} keeps changing; "
-                         "is another trainer starting on it?")
+        raise InputError(f"could not lock {self.kind} {self.store}: its lock {self.path} keeps changing; "
+                         "is another process starting on it?")
+
+    def _in_use(self, holder: dict) -> str:
+        return (f"run store {self.store} is in use by {describe(holder)}; wait for it to finish or stop it "
+                f"(its lock is {self.path})")
+
+    def _held(self) -> None:
+        """Called once the lock is taken (a subclass checks more here, and releases and raises to refuse)."""
 
     def _take_over(self, holder: dict) -> bool:
         """Remove the stale lock ``holder`` unless another process replaced it meanwhile."""
@@ -244,25 +381,33 @@ class RunLock:
             pass
         return True
 
-    def _start_heartbeat(self) -> None:
-        def beat():
-            while not self._stop.wait(HEARTBEAT):
-                try:
-                    os.utime(self.path)
-                except OSError:
-                    pass
-        self._stop.clear()
-        self._thread = threading.Thread(target=beat, name="admm-dask-lock-heartbeat", daemon=True)
-        self._thread.start()
-
     def release(self) -> None:
         """Stop the heartbeat and remove the lock file if it is still ours."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         try:
             if json.loads(self.path.read_text()).get("token") == self.record["token"]:
                 self.path.unlink()
         except (OSError, ValueError):
             pass
+
+
+class DataWriteLock(RunLock):
+    """Hold the writer's lock of a data store (``<DATA>.lock``), refused while another writer or a live reader has it.
+
+    :class:`storage.data.DataWriter` holds it from its first write until the new store is in place.
+    """
+
+    kind = "data store"
+
+    def _in_use(self, holder: dict) -> str:
+        return _being_written(self.store, holder)
+
+    def _held(self) -> None:
+        readers = live_readers(self.store)
+        if readers:
+            self.release()
+            more = f" and {len(readers) - 1} other reader(s)" if len(readers) > 1 else ""
+            raise InputError(f"data store {self.store} is in use by {describe(readers[0])}{more}, which reads it; "
+                             "wait for it to finish or stop it, then write again (nothing was written)")

@@ -1,0 +1,223 @@
+"""Data stores are locked: one writer (ingestion) or many readers (train, evaluate, predict), never both at once."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from solvers.errors import InputError
+from storage import lock as lockmod
+from storage.data import DataWriter, open_data, write_data
+from storage.ingest import ingest
+from storage.lock import DataWriteLock, ReadLock, live_readers, lock_path
+from tests.conftest import run_module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def write_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    y = (X[:, 0] > 0).astype(int)
+    path.write_text("a,b,c,label\n" + "".join(f"{a:.6f},{b:.6f},{c:.6f},{k}\n" for (a, b, c), k in zip(X, y)))
+    return path
+
+
+def snapshot(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def store(tmp_path):
+    X = np.arange(40, dtype=np.float32).reshape(20, 2)
+    write_data(tmp_path / "d.zarr", X, np.arange(20) % 2)
+    return tmp_path / "d.zarr"
+
+
+def test_a_reader_refuses_an_overwrite_and_the_store_is_unchanged(store, tmp_path):
+    before = snapshot(store)
+    with ReadLock(store):
+        with pytest.raises(InputError, match=r"d.zarr is in use by .*pid %d.*which reads it.*nothing was "
+                                             r"written" % os.getpid()):
+            ingest(write_csv(tmp_path / "new.csv"), store, overwrite=True)
+    assert snapshot(store) == before
+    assert not lock_path(store).exists() and not list(tmp_path.glob("d.zarr.*"))  # nothing left beside it
+    ingest(write_csv(tmp_path / "new.csv"), store, overwrite=True)  # released: the overwrite goes through
+    assert open_data(store).n_samples == 300
+
+
+def test_many_readers_at_once(store):
+    with ReadLock(store), ReadLock(store):
+        assert len(live_readers(store)) == 2
+    assert live_readers(store) == []
+
+
+def test_a_writer_refuses_a_second_writer_and_any_reader(store, tmp_path):
+    with DataWriteLock(store):
+        with pytest.raises(InputError, match=r"data store .*d.zarr is being written by .*pid %d" % os.getpid()):
+            ingest(write_csv(tmp_path / "new.csv"), store, overwrite=True)
+        with pytest.raises(InputError, match="is being written by"):
+            ReadLock(store).acquire()
+        assert live_readers(store) == []  # the refused reader took its record back
+    with ReadLock(store):
+        pass
+
+
+def test_records_of_killed_processes_block_nothing(store, tmp_path):
+    """A reader or writer killed without releasing (kill -9) leaves a record; the next command goes on."""
+    host = socket.gethostname()
+    gone = {"host": host, "pid": dead_pid(), "started": "then", "command": "python -m pipeline.train", "token": "t"}
+    reader = tmp_path / f"d.zarr.reader-{host}.{gone['pid']}.t"
+    reader.write_text(json.dumps(gone))
+    ingest(write_csv(tmp_path / "new.csv"), store, overwrite=True)
+    assert not reader.exists()  # removed by the writer that found it stale
+    lock_path(store).write_text(json.dumps({**gone, "command": "python -m pipeline.ingest"}))
+    with ReadLock(store):  # a stale writer's lock does not stop a reader
+        pass
+    lines = []
+    with DataWriter(store, 2, overwrite=True, report=lines.append) as w:
+        w.append(np.ones((5, 2)), np.arange(5) % 2)
+    assert any("taking over the stale lock" in line for line in lines), lines
+    assert not lock_path(store).exists()
+
+
+def test_a_reader_on_another_host_is_stale_only_without_heartbeat(store, tmp_path):
+    record = tmp_path / "d.zarr.reader-elsewhere.123.t"
+    record.write_text(json.dumps({"host": "node-that-is-not-here", "pid": 123, "started": "then",
+                                  "command": "python -m pipeline.train", "token": "t"}))
+    with pytest.raises(InputError, match="in use by python -m pipeline.train .*node-that-is-not-here"):
+        DataWriteLock(store).acquire()
+    old = time.time() - lockmod.STALE_AFTER - 60
+    os.utime(record, (old, old))
+    with DataWriteLock(store):
+        pass
+    assert not record.exists()
+
+
+def test_a_reader_in_a_read_only_folder_still_sees_a_writer(store, monkeypatch):
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):
+        if ".reader-" in str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with ReadLock(store) as held:
+        assert held.path is None  # no record could be written: the read goes on
+    with DataWriteLock(store):
+        with pytest.raises(InputError, match="is being written by"):
+            ReadLock(store).acquire()
+
+
+def _wait_for(path_glob, proc, what, timeout=120):
+    deadline = time.time() + timeout
+    while not path_glob():
+        assert proc.poll() is None, f"{what} ended first: {proc.communicate()}"
+        assert time.time() < deadline, f"{what} never appeared"
+        time.sleep(0.02)
+
+
+def test_commands_refuse_each_other_and_a_kill_9_blocks_nothing(tmp_path):
+    """Real processes: an ingest paused (SIGSTOP) while it writes: a second ingest into the same --out and a train
+    on it are refused in one line; the ingest, killed with -9, leaves a lock the next ingest takes over."""
+    big = write_csv(tmp_path / "big.csv", n=60_000)
+    small = write_csv(tmp_path / "small.csv")
+    out = tmp_path / "d.zarr"
+    assert run_module("pipeline.ingest", small, "--out", out).returncode == 0
+    before = snapshot(out)
+    first = subprocess.Popen([sys.executable, "-m", "pipeline.ingest", str(big), "--out", str(out), "--overwrite",
+                              "--chunk-rows", "1024"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        _wait_for(lambda: lock_path(out).exists(), first, "the ingest's lock")
+        first.send_signal(signal.SIGSTOP)
+        second = run_module("pipeline.ingest", small, "--out", out, "--overwrite")
+        train = run_module("pipeline.train", "--data", out, "--store", tmp_path / "r.zarr", "--workers", "1",
+                           "--dashboard-address", ":0")
+        for refused in (second, train):
+            assert refused.returncode == 2, refused.stderr
+            assert refused.stderr.startswith("error: data store ") and "is being written by python -m " \
+                "pipeline.ingest" in refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert not (tmp_path / "r.zarr").exists()
+        first.kill()  # kill -9 while it holds the lock
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert lock_path(out).exists() and snapshot(out) == before  # the killed ingest replaced nothing
+    again = run_module("pipeline.ingest", small, "--out", out, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert "taking over the stale lock" in again.stderr  # and a partial store it left, if any, is removed
+    assert not lock_path(out).exists() and not list(tmp_path.glob("d.zarr.*"))
+
+
+def test_an_ingest_is_refused_while_an_evaluate_reads_and_a_killed_reader_blocks_nothing(tmp_path):
+    """Real processes: a paused evaluate holds its reader record: ingest --overwrite is refused in one line, the
+    store unchanged; after kill -9 of the evaluate, the ingest goes through."""
+    out = tmp_path / "d.zarr"
+    small = write_csv(tmp_path / "small.csv")
+    assert run_module("pipeline.ingest", small, "--out", out).returncode == 0
+    before = snapshot(out)
+    reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(tmp_path / "run.zarr"),
+                               "--data", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        _wait_for(lambda: list(tmp_path.glob("d.zarr.reader-*")), reader, "the evaluate's reader record")
+        reader.send_signal(signal.SIGSTOP)
+        refused = run_module("pipeline.ingest", small, "--out", out, "--overwrite")
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("error: data store ") and "is in use by python -m pipeline.evaluate" \
+            in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert snapshot(out) == before
+        reader.kill()
+        reader.wait()
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert list(tmp_path.glob("d.zarr.reader-*"))  # left by the kill
+    again = run_module("pipeline.ingest", small, "--out", out, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert not list(tmp_path.glob("d.zarr.*"))
+
+
+def test_a_training_read_locks_its_data_and_test_data_until_it_returns(client, tmp_path):
+    from pipeline.training import train
+    from solvers.config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    write_data(tmp_path / "d.zarr", X, y)
+    write_data(tmp_path / "t.zarr", X[:100], y[:100])
+    seen = []
+
+    def report(line):  # during the run: both stores have a live reader, an ingestion into either is refused
+        for path in (tmp_path / "d.zarr", tmp_path / "t.zarr"):
+            seen.append(len(live_readers(path)))
+            with pytest.raises(InputError, match="which reads it"):
+                DataWriteLock(path).acquire()
+
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", test_data=tmp_path / "t.zarr",
+          config=TrainConfig(hidden=(3,), iterations=1), report=report)
+    assert seen and set(seen) == {1}
+    assert not list(tmp_path.glob("*.reader-*")) and not list(tmp_path.glob("*.lock"))
+    with pytest.raises(InputError, match="is being written by"), DataWriteLock(tmp_path / "d.zarr"):
+        train(client, store=tmp_path / "r2.zarr", data=tmp_path / "d.zarr",
+              config=TrainConfig(hidden=(3,), iterations=1), report=lambda line: None)
+    assert not (tmp_path / "r2.zarr").exists()
