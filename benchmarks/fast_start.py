@@ -31,7 +31,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.bench_util import CpuWatch, provenance, write_results  # noqa: E402
 
-MARKS = {"data": re.compile(r"^demo: "), "cluster": re.compile(r"^Dask dashboard|^Dask: no dashboard|^cluster"),
+MARKS = {"data": re.compile(r"^no --data given: training the bundled demo"),
+         "cluster": re.compile(r"^Dask dashboard|^Dask: no dashboard|^cluster"),
          "run store": re.compile(r"^run store "), "initialised": re.compile(r"^initialised"),
          "iteration 1": re.compile(r"^\s+1\s")}
 

@@ -48,11 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "arguments, trains on the bundled digits demo.",
     )
     io = p.add_argument_group("data and run store")
-    io.add_argument("--data", help="training data store (made by python -m pipeline.ingest); default: bundled demo")
+    io.add_argument("--data", help="training data store (made by python -m pipeline.ingest); default: the bundled "
+                                   "demo data (scikit-learn's digits), also when --store is given")
     io.add_argument("--store", help="run store to create (or resume); default for the demo: a temporary directory")
     io.add_argument("--test-data", help="held-out data store; its accuracy is reported every iteration")
-    io.add_argument("--resume", action="store_true", help="continue the run in --store from its last committed iteration")
-    io.add_argument("--overwrite", action="store_true", help="replace an existing run store at --store")
+    again = io.add_mutually_exclusive_group()  # both at once had no meaning (--resume won silently): one error line
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --store from its last committed iteration")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace an existing run store at --store (not with --resume)")
     add_arguments(p)  # one flag per TrainConfig setting (solvers/config.py)
     add_cluster_arguments(p)
     p.add_argument("--chunk-rows", type=int, default=None, help="samples per state chunk (default: ~128 MB of state per chunk)")
@@ -114,12 +118,14 @@ def _main(args, where) -> int:
     if args.dry_run:  # print the job script (and whether a chunk fits a worker); create nothing
         with connect_from_args(args, chunk_bytes=dry_run_chunk_bytes(args, TrainConfig(**given_settings(args)))):
             pass
-    if data is None and not args.resume:
+    if data is None and not args.resume:  # the first line says so: with --store, a forgotten --data trains the demo
         workdir = Path(tempfile.mkdtemp(prefix="admm-demo-"))
         data, demo_test = _demo_data(workdir)
         test_data = test_data or demo_test
+        into = f" into {store}" if store else ""
         store = store or str(workdir / "run.zarr")
-        print(f"demo: bundled digits (10 classes) written to {workdir}")
+        print(f"no --data given: training the bundled demo data (scikit-learn's digits, 10 classes, written to "
+              f"{workdir}){into}; pass --data DATA.zarr to train on your own data", flush=True)
     if store is None:
         raise InputError("--store RUN.zarr is required (where the run's state and model are kept)")
     where["store"] = store

@@ -107,6 +107,9 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     called with each data store's path before it is opened (:func:`train`: read-locks it) and returns it.
     """
     changed = set()
+    if resume and overwrite:
+        raise InputError("resume and overwrite exclude each other: resume continues the run in the store, "
+                         "overwrite replaces it with a new one")
     if iterations is not None:
         overrides = {**(overrides or {}), "iterations": int(iterations)}
     if resume:

@@ -29,11 +29,21 @@ def small_data(tmp_path_factory):
 def test_demo_runs_with_no_arguments():
     r = run("pipeline.train")
     assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("no --data given: training the bundled demo data"), r.stdout[:300]
     assert "Dask dashboard: http" in r.stdout
     lines = [l.split() for l in r.stdout.splitlines() if l.strip()[:1].isdigit()]
     # early stopping is on by default: iterations 1, 2, … up to at most the default count
     assert [int(l[0]) for l in lines] == list(range(1, len(lines) + 1)) and len(lines) <= TrainConfig().iterations
     assert float(lines[-1][3]) >= 0.9  # test accuracy of the 10-class digits demo
+
+
+def test_store_without_data_says_in_its_first_line_that_it_trains_the_demo(tmp_path):
+    """A forgotten --data trains the documented demo into --store: the first line says so, and how to fix it."""
+    r = run("pipeline.train", "--store", tmp_path / "r.zarr", "--iterations", "1", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("no --data given: training the bundled demo data") and f"into {tmp_path / 'r.zarr'}" \
+        in first and "pass --data DATA.zarr" in first, first
 
 
 def zarr_y(path):
@@ -72,6 +82,7 @@ def test_train_evaluate_predict(small_data):
     (["--data", "{d}/train.zarr", "--store", "{d}/r4.zarr", "--chunk-rows", "5000"], "--chunk-rows 5000"),
     (["--data", "{d}/train.zarr", "--store", "{d}/test.zarr"], "already exists"),
     (["--store", "{d}/nothing.zarr", "--resume"], "does not exist"),
+    (["--store", "{d}/train.zarr", "--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
 ])
 def test_bad_input_one_clear_error(small_data, args, message):
     r = run("pipeline.train", *[a.format(d=small_data) for a in args], "--workers", "1")
@@ -79,6 +90,16 @@ def test_bad_input_one_clear_error(small_data, args, message):
     assert r.stderr.startswith("error: ") and message in r.stderr
     assert "Traceback" not in r.stderr
     assert (small_data / "test.zarr" / "zarr.json").exists()  # nothing stored was lost
+
+
+def test_resume_and_overwrite_together_are_refused_in_the_api_too(tmp_path):
+    """--resume won silently over --overwrite; the API (pipeline.training.train) refuses the pair as the CLI does."""
+    from pipeline.training import train
+    from solvers.errors import InputError
+
+    with pytest.raises(InputError, match="resume and overwrite exclude each other"):
+        train(None, store=tmp_path / "r.zarr", resume=True, overwrite=True)
+    assert not (tmp_path / "r.zarr").exists()
 
 
 @pytest.mark.parametrize("module", ["pipeline.train", "pipeline.evaluate", "pipeline.predict", "pipeline.ingest"])
