@@ -25,7 +25,7 @@ Stream a data file into a chunked Zarr data store for training, without
 loading it into memory. Features are stored as float32, labels as float64.
 
 Sources (by suffix):
-  .csv .txt (optionally .gz)  comma-separated; a first line that is not all
+  .csv .txt .data (.gz too)   comma-separated; a first line that is not all
                               numbers is taken as a header (force with
                               --header / --no-header)
   .npz                        arrays X (samples x features) and y (labels)

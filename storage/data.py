@@ -50,7 +50,8 @@ from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
 from storage.lock import DataWriteLock
-from storage.paths import KIND_NAMES, check_target, clean_stale_partials, partial_path, store_format, swap_in
+from storage.paths import (KIND_NAMES, check_target, clean_stale_partials, partial_path, source_kind, source_stem,
+                           store_format, swap_in)
 
 FORMAT = "admm-dask-data"
 FORMAT_VERSION = 1
@@ -171,14 +172,11 @@ def open_data(path: str | os.PathLike) -> DataStore:
     if not path.exists():
         raise InputError(f"data store {path} does not exist; {how}")
     if not path.is_dir():  # a source file given where its store is meant: say how to convert it, into which path
-        name = path.name
-        for suffix in (".gz", ".csv", ".txt", ".data", ".npz", ".parquet", ".pq"):
-            name = name[:-len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
-        if name == path.name:  # not a source ingest reads
+        if source_kind(path) is None:  # not a source ingest reads
             raise InputError(f"{path} is not a Zarr store: it is a file (a data store is a folder written by "
                              "python -m pipeline.ingest)")
         raise InputError(f"{path} is not a Zarr store: it is a file (a data store is a folder); convert it into one "
-                         f"first: `python -m pipeline.ingest {path} --out {path.with_name(name + '.zarr')}`")
+                         f"first: `python -m pipeline.ingest {path} --out {path.with_name(source_stem(path) + '.zarr')}`")
     attrs = _read_group_attrs(path)
     how = _HOW_TO_CREATE.format(path="DATA.zarr")  # not into this existing folder: ingest refuses to replace it
     if attrs is None:

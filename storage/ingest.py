@@ -37,10 +37,10 @@ import pandas as pd
 
 from solvers.errors import InputError
 from storage.data import DataStore, DataWriter, check_writable
+from storage.paths import GZIP_KINDS, SOURCE_SUFFIXES, source_kind
 
 SPLIT_BLOCK = 65536
 NO_LABELS = object()  # label_column of features-only data (--no-labels): every column is a feature
-_CSV_SUFFIXES = {".csv", ".txt", ".data"}
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -389,18 +389,13 @@ def _default_block_rows(n_columns: int) -> int:
 
 
 def _reader_for(source: Path):
-    """Return the reader function for a source file, chosen by its suffix."""
-    suffixes = [s.lower() for s in source.suffixes]
-    last = suffixes[-1] if suffixes else ""
-    if last == ".npz":
-        return "npz"
-    if last in (".parquet", ".pq"):
-        return "parquet"
-    if last in _CSV_SUFFIXES or (last == ".gz" and len(suffixes) > 1
-                                 and suffixes[-2] in _CSV_SUFFIXES):
-        return "csv"
-    raise InputError(f"{source}: unknown file type {''.join(source.suffixes)!r}; supported "
-                     "are .csv, .csv.gz, .txt, .npz, .parquet")
+    """Return the reader of a source file, chosen by its suffix (:func:`storage.paths.source_kind`)."""
+    kind = source_kind(source)
+    if kind is not None:
+        return kind
+    gz = [s for s, k in SOURCE_SUFFIXES.items() if k in GZIP_KINDS]
+    raise InputError(f"{source}: unknown file type {''.join(source.suffixes)!r}; supported are "
+                     f"{', '.join(SOURCE_SUFFIXES)} ({', '.join(gz)} also gzip-compressed: {gz[0]}.gz)")
 
 
 def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, seed=0,

@@ -35,6 +35,35 @@ KIND_NAMES = {"admm-dask-data": "data store", "admm-dask-run": "run store",
               "admm-dask-predictions": "predictions store"}
 
 
+SOURCE_SUFFIXES = {".csv": "csv", ".txt": "csv", ".data": "csv", ".npz": "npz", ".parquet": "parquet",
+                   ".pq": "parquet"}  # the files ingestion reads, by (case-insensitive) last suffix
+GZIP_KINDS = {"csv"}  # kinds also read gzip-compressed: ``<name>.csv.gz``
+
+
+def source_kind(path) -> str | None:
+    """Return which reader ingestion uses for the source file ``path`` ('csv', 'npz', 'parquet'), or None.
+
+    Chosen by suffix, case-insensitively: ``.csv``, ``.txt``, ``.data`` (and each ``.gz``), ``.npz``,
+    ``.parquet``, ``.pq``. A bare ``x.gz`` or ``x.npz.gz`` is none of them.
+    """
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if not suffixes:
+        return None
+    if suffixes[-1] == ".gz":
+        kind = SOURCE_SUFFIXES.get(suffixes[-2]) if len(suffixes) > 1 else None
+        return kind if kind in GZIP_KINDS else None
+    return SOURCE_SUFFIXES.get(suffixes[-1])
+
+
+def source_stem(path) -> str:
+    """Return the name of the source file ``path`` without its source suffixes: ``HIGGS.csv.gz`` -> ``HIGGS``."""
+    name = Path(path).name
+    if source_kind(path) is None:
+        return name
+    cut = 2 if name.lower().endswith(".gz") else 1
+    return name.rsplit(".", cut)[0]
+
+
 def file_identity(path: str):
     """Return (inode, size, mtime_ns) of a file, or None if it is missing."""
     try:

@@ -445,3 +445,31 @@ def test_ingest_onto_a_users_folder_does_not_suggest_overwrite(tmp_path):
         ingest(src, mine)
     assert "overwrite" not in str(info.value).split(";")[0] and "pass overwrite" not in str(info.value)
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("x.csv", "csv"), ("x.CSV", "csv"), ("x.txt", "csv"), ("x.data", "csv"), ("x.csv.gz", "csv"),
+    ("x.TXT.GZ", "csv"), ("x.data.gz", "csv"), ("a.b.csv", "csv"), ("x.npz", "npz"), ("x.parquet", "parquet"),
+    ("x.pq", "parquet"), ("x.gz", None), ("x.npz.gz", None), ("x.tar.gz", None), ("x.zarr", None), (".csv", None),
+    ("x", None)])
+def test_one_suffix_rule_for_ingest_and_the_data_store_advice(tmp_path, name, kind):
+    """The suffixes ingest reads live in one place (storage.paths.source_kind): open_data suggests converting a
+    file exactly when ingest would read it (a bare x.gz was told to ingest it, which ingest then refused)."""
+    from storage.ingest import _reader_for
+    from storage.paths import source_kind, source_stem
+
+    assert source_kind(tmp_path / name) == kind
+    if kind is None:
+        with pytest.raises(InputError, match="unknown file type"):
+            _reader_for(tmp_path / name)
+    else:
+        assert _reader_for(tmp_path / name) == kind
+    (tmp_path / name).write_text("")
+    with pytest.raises(InputError) as info:
+        open_data(tmp_path / name)
+    if kind is None:
+        assert "convert it" not in str(info.value) and "a data store is a folder" in str(info.value)
+    else:
+        stem = name.split(".")[0] if name != "a.b.csv" else "a.b"
+        assert source_stem(tmp_path / name) == stem
+        assert f"--out {tmp_path / (stem + '.zarr')}`" in str(info.value)
