@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exit_process, exits_on_input_error
 
@@ -14,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
     p.add_argument("--data", required=True, help="data store to evaluate on (made by python -m pipeline.ingest)")
     p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, log_loss, roc_auc for two classes, "
-                                                     "n_samples, n_correct, iteration; a regression: r2, rmse, "
+                                                     "n_samples, n_correct, iteration, unseen_labels; a regression: r2, rmse, "
                                                      "n_samples, iteration)")
     add_cluster_arguments(p)
     return p
@@ -34,8 +35,53 @@ def check_inputs(store, data):
     return network, ds
 
 
+def unseen_labels(client, network, ds) -> dict:
+    """Return {label: rows} of the labels in data store ``ds`` that are not among the run's classes (counted wrong).
+
+    From the labels the store recorded when it was written when they are all known classes (no pass over the
+    data); else one pass over ``y`` (unique values and counts per chunk, combined: a small result).
+    """
+    import dask
+    import numpy as np
+
+    from storage.data import rows_array
+
+    classes = np.asarray(network.classes, np.float64)
+    recorded = (ds.statistics or {}).get("labels")
+    if recorded is not None and np.isin(recorded, classes).all():
+        return {}
+    y = rows_array(ds.path.resolve(), "y", ds.chunk_rows)
+    parts = client.compute([dask.delayed(_other_values)(block, classes) for block in y.to_delayed().ravel()], sync=True)
+    total = {}
+    for values, counts in parts:
+        for v, c in zip(values.tolist(), counts.tolist()):
+            total[v] = total.get(v, 0) + c
+    return {_label(v): total[v] for v in sorted(total)}
+
+
+def _other_values(y, classes):
+    """Return (distinct values, their counts) of the labels in block ``y`` that are not among ``classes``."""
+    import numpy as np
+
+    return np.unique(y[~np.isin(y, classes)], return_counts=True)
+
+
+def _label(value: float):
+    """Return a label as the user wrote it: a whole number as an int."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def unseen_warning(unseen: dict, n_samples: int) -> str:
+    """Return the one warning line about rows whose labels the run never saw (they count as wrong)."""
+    rows = sum(unseen.values())
+    shown = ", ".join(f"{k} ({v} rows)" for k, v in list(unseen.items())[:10]) + (" …" if len(unseen) > 10 else "")
+    return (f"warning: {rows} of {n_samples} rows have labels the run never saw in training, counted as wrong: "
+            f"{shown}")
+
+
 def evaluate(client, store, data) -> dict:
-    """Return accuracy, log_loss (two classes: also roc_auc), n_samples, n_correct and the model's iteration on ``data``.
+    """Return accuracy, log_loss (two classes: also roc_auc), n_samples, n_correct, the model's iteration on ``data``
+    and ``unseen_labels`` ({label: rows} of labels that are not among the run's classes: counted as wrong).
 
     For a regression run: r2, rmse, n_samples and the iteration.
     """
@@ -54,7 +100,8 @@ def evaluate(client, store, data) -> dict:
         n, sse, total, total_sq = sums
         return {"r2": r2_from_sums(n, sse, total, total_sq), "rmse": math.sqrt(sse / n), "n_samples": int(n),
                 "iteration": iteration}
-    return {**metrics_from_sums(sums), "iteration": iteration}
+    unseen = unseen_labels(client, network, ds)
+    return {**metrics_from_sums(sums), "iteration": iteration, "unseen_labels": {str(k): v for k, v in unseen.items()}}
 
 
 @exits_on_input_error
@@ -67,6 +114,8 @@ def main(argv=None) -> int:
             check_inputs(args.store, args.data)  # before a cluster starts (with a missing --data: worker processes)
         with connect_from_args(args, data=args.data) as client:
             result = evaluate(client, args.store, args.data)
+    if result.get("unseen_labels"):
+        print(unseen_warning(result["unseen_labels"], result["n_samples"]), file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     elif "r2" in result:

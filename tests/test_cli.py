@@ -62,6 +62,7 @@ def test_train_evaluate_predict(small_data):
     assert e.returncode == 0, e.stderr
     result = json.loads(e.stdout)
     assert result["n_samples"] == 200 and 1 <= result["iteration"] <= 3  # the best held-out iteration
+    assert result["unseen_labels"] == {} and "warning" not in e.stderr
     assert result["log_loss"] > 0 and ("roc_auc" in result) == (len(np.unique(zarr_y(d / "test.zarr"))) == 2)
     last_line = [l for l in r.stdout.splitlines() if l.strip().startswith(f"{result['iteration']} ")][0]
     assert result["accuracy"] == pytest.approx(float(last_line.split()[3]), abs=1e-4)
@@ -115,3 +116,27 @@ def test_admm_inits_refused_by_other_solvers(small_data, flags):
             "--workers", "1")
     assert r.returncode == 2 and r.stderr.startswith(f"error: init {flags[1]} is a start of the admm"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (small_data / "r-init.zarr").exists()
+
+
+def test_evaluate_names_labels_the_run_never_saw(client, tmp_path):
+    """Rows whose label is not among the run's classes count as wrong: one warning line names them with their rows,
+    and the result has unseen_labels (empty when every label is known: no pass over the data for that)."""
+    from pipeline.evaluate import evaluate, unseen_warning
+    from pipeline.training import train
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    write_data(tmp_path / "d.zarr", X, y)
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=TrainConfig(hidden=(3,), iterations=1),
+          report=lambda line: None)
+    y_new = y[:100].copy()
+    y_new[:7], y_new[7:10] = 5, 2
+    write_data(tmp_path / "t.zarr", X[:100], y_new, chunk_rows=32)
+    result = evaluate(client, tmp_path / "r.zarr", tmp_path / "t.zarr")
+    assert result["unseen_labels"] == {"2": 3, "5": 7}
+    assert result["n_correct"] <= 90
+    line = unseen_warning(result["unseen_labels"], result["n_samples"])
+    assert line == "warning: 10 of 100 rows have labels the run never saw in training, counted as wrong: 2 (3 rows), " \
+                   "5 (7 rows)"
+    assert evaluate(client, tmp_path / "r.zarr", tmp_path / "d.zarr")["unseen_labels"] == {}
