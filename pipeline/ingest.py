@@ -22,7 +22,9 @@ from storage.ingest import ingest
 
 _DESCRIPTION = """\
 Stream a data file into a chunked Zarr data store for training, without
-loading it into memory. Features are stored as float32, labels as float64.
+loading it into memory. Features are stored as float32, labels as float64:
+labels must be numbers (classes 0, 1, 2, …); string class labels are taken
+by the Python estimator, ADMMClassifier().fit(X, y), not here.
 
 Sources (by suffix):
   .csv .txt .data (.gz too)   comma-separated; a first line that is not all

@@ -42,6 +42,8 @@ from storage.paths import GZIP_KINDS, SOURCE_SUFFIXES, source_kind
 SPLIT_BLOCK = 65536
 NO_LABELS = object()  # label_column of features-only data (--no-labels): every column is a feature
 _F32_MAX = float(np.finfo(np.float32).max)
+LABEL_HINT = ("; the command line takes numeric class labels (encode them as 0, 1, 2, …, e.g. with pandas' "
+              "factorize), the Python estimator takes string labels as they are: ADMMClassifier().fit(X, y)")
 
 
 class _BadValue(Exception):
@@ -89,7 +91,7 @@ def _numeric(values, what: str, is_label: bool) -> np.ndarray:
     converted = pd.to_numeric(series, errors="coerce")
     bad = np.flatnonzero(converted.isna().to_numpy() & series.notna().to_numpy())
     if bad.size:
-        hint = "; labels must be numeric (encode classes as 0/1)" if is_label else ""
+        hint = LABEL_HINT if is_label else ""
         raise _BadValue(int(bad[0]), f"{what}: {series.iloc[bad[0]]!r} is not a number{hint}")
     return converted.to_numpy(dtype=np.float64, na_value=np.nan)
 
@@ -207,7 +209,7 @@ def _diagnose_line(text: str, names: list[str], label: int) -> str | None:
         if not field:
             return f"{_colname(j, names)} is empty (missing value)"
         if not _is_number(field):
-            hint = "; labels must be numeric (encode classes as 0/1)" if j == label else ""
+            hint = LABEL_HINT if j == label else ""
             return f"{_colname(j, names)}: {field!r} is not a number{hint}"
         v = float(field)
         if not math.isfinite(v):

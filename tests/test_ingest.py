@@ -218,7 +218,8 @@ GOOD = "1.5,2.5,0\n"
     ("1.5,,0", r"column 2 \('b'\) is empty"),
     ("1.5,2.5", "expected 3 columns, found 2"),
     ("1.5,2.5,0,7", "expected 3 columns, found 4"),
-    ("1.5,2.5,cat", r"column 3 \('y'\): 'cat' is not a number; labels must be numeric"),
+    ("1.5,2.5,cat", r"column 3 \('y'\): 'cat' is not a number; the command line takes numeric class labels .*"
+                    r"the Python estimator takes string labels as they are: ADMMClassifier\(\)\.fit\(X, y\)"),
     ("1e39,2.5,0", r"column 1 \('a'\): '1e39' is too large for float32"),
 ])
 def test_csv_bad_row_names_line_and_reason(tmp_path, bad_line, reason):
@@ -473,3 +474,20 @@ def test_one_suffix_rule_for_ingest_and_the_data_store_advice(tmp_path, name, ki
         stem = name.split(".")[0] if name != "a.b.csv" else "a.b"
         assert source_stem(tmp_path / name) == stem
         assert f"--out {tmp_path / (stem + '.zarr')}`" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["csv", "npz"])
+def test_string_labels_are_refused_in_one_line_naming_the_estimator(tmp_path, kind):
+    """String class labels (the estimator takes them): the command line's one error says how, for CSV and NPZ."""
+    X = np.arange(12, dtype=float).reshape(6, 2)
+    y = np.array(["yes", "no", "no", "maybe", "yes", "no"])
+    if kind == "csv":
+        write_csv(tmp_path / "s.csv", [[*x, v] for x, v in zip(X.tolist(), y)], header=["a", "b", "label"])
+        source = tmp_path / "s.csv"
+    else:
+        np.savez(tmp_path / "s.npz", X=X, y=y)
+        source = tmp_path / "s.npz"
+    r = run_module("pipeline.ingest", source, "--out", tmp_path / "d.zarr")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "'yes' is not a number" in r.stderr and "ADMMClassifier().fit(X, y)" in r.stderr, r.stderr
+    assert not (tmp_path / "d.zarr").exists()
