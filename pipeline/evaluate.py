@@ -39,31 +39,19 @@ def unseen_labels(client, network, ds) -> dict:
     """Return {label: rows} of the labels in data store ``ds`` that are not among the run's classes (counted wrong).
 
     From the labels the store recorded when it was written when they are all known classes (no pass over the
-    data); else one pass over ``y`` (unique values and counts per chunk, combined: a small result).
+    data); else one pass over ``y`` (:func:`pipeline.passes.other_labels_graph`: small counts per chunk).
     """
-    import dask
     import numpy as np
 
-    from storage.data import rows_array
+    from pipeline.passes import bounds, other_labels_graph
 
     classes = np.asarray(network.classes, np.float64)
     recorded = (ds.statistics or {}).get("labels")
     if recorded is not None and np.isin(recorded, classes).all():
         return {}
-    y = rows_array(ds.path.resolve(), "y", ds.chunk_rows)
-    parts = client.compute([dask.delayed(_other_values)(block, classes) for block in y.to_delayed().ravel()], sync=True)
-    total = {}
-    for values, counts in parts:
-        for v, c in zip(values.tolist(), counts.tolist()):
-            total[v] = total.get(v, 0) + c
-    return {_label(v): total[v] for v in sorted(total)}
-
-
-def _other_values(y, classes):
-    """Return (distinct values, their counts) of the labels in block ``y`` that are not among ``classes``."""
-    import numpy as np
-
-    return np.unique(y[~np.isin(y, classes)], return_counts=True)
+    counts = client.compute(other_labels_graph(ds.path.resolve(), bounds(ds.n_samples, ds.chunk_rows), classes),
+                            sync=True)
+    return {_label(v): int(counts[v]) for v in sorted(counts)}
 
 
 def _label(value: float):

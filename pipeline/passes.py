@@ -608,6 +608,26 @@ def score_sums_graph(network, data_path, chunks, metrics=False, split=None):
     return chunk_sums(fn, data_path, chunks, broadcast(network))
 
 
+def other_labels_graph(data_path, chunks, classes):
+    """Return the Dask {label: rows} of the labels of a data store's chunks that are not among ``classes``."""
+    return chunk_sums(_other_labels, data_path, chunks, np.asarray(classes, np.float64), combine=_merge_counts)
+
+
+def _other_labels(data, start, stop, classes):
+    """Return {label: rows} of the labels in rows [start, stop) that are not among ``classes``."""
+    y = data_cache().read(data, "y", start, stop)
+    values, counts = np.unique(y[~np.isin(y, classes)], return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist()))
+
+
+def _merge_counts(parts):
+    total = {}
+    for part in parts:
+        for label, rows in part.items():
+            total[label] = total.get(label, 0) + rows
+    return total
+
+
 def predictions(network, data_path, chunk_rows: int):
     """Return the Dask array of the network's predicted labels (a regressor: values), one block per ``chunk_rows`` rows.
 
