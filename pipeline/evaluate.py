@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     from storage.lock import ReadLock
 
     args = build_parser().parse_args(argv)
-    with ReadLock(args.data):  # an ingestion into --data is refused until the result is in (one under way: refused)
+    # until the result is in: an ingest into --data and a train --overwrite of --store are refused (and refuse this)
+    with ReadLock(args.data), ReadLock(args.store, run=True):
         if not args.dry_run:  # --dry-run prints a job script, whatever the stores
             check_inputs(args.store, args.data)  # before a cluster starts (with a missing --data: worker processes)
         with connect_from_args(args, data=args.data) as client:

@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     from storage.lock import ReadLock
 
     args = build_parser().parse_args(argv)
-    with ReadLock(args.data):  # an ingestion into --data is refused until the predictions are in (one under way: refused)
+    # until the predictions are in: an ingest into --data and a train --overwrite of --store are refused (and refuse this)
+    with ReadLock(args.data), ReadLock(args.store, run=True):
         check_inputs(args.store, args.data, args.out, args.overwrite)  # before a cluster starts
         with connect_from_args(args, data=args.data) as client:
             out = predict(client, args.store, args.data, args.out, args.overwrite)

@@ -81,7 +81,7 @@ def train(client, *, store, report=print, **kwargs) -> TrainResult:
     stores it reads are read-locked (:class:`storage.lock.ReadLock`) from before they are opened until it returns:
     an ingestion into one of them is refused meanwhile, and one under way refuses this run.
     """
-    with RunLock(store, report=report), contextlib.ExitStack() as held:
+    with RunLock(store, report=report, replacing=bool(kwargs.get("overwrite"))), contextlib.ExitStack() as held:
         def reading(path):
             held.enter_context(ReadLock(path))
             return path

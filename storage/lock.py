@@ -222,14 +222,28 @@ def _being_written(store, holder: dict) -> str:
             f"(its lock is {lock_path(store)})")
 
 
+def check_no_readers(store, kind: str, undone: str) -> None:
+    """Raise :class:`InputError` naming a live reader of ``store`` (a ``kind``), if there is one; ``undone``: what
+    the refused command did not do (for the message)."""
+    readers = live_readers(store)
+    if readers:
+        more = f" and {len(readers) - 1} other reader(s)" if len(readers) > 1 else ""
+        raise InputError(f"{kind} {store} is in use by {describe(readers[0])}{more}, which reads it; wait for it to "
+                         f"finish or stop it, then write again ({undone})")
+
+
 class ReadLock:
     """Read the data store ``store``: ``with ReadLock(store): …`` (see the module docstring).
 
     Refused (:class:`InputError`) while a live writer holds the store's lock; while held, a writer is refused.
+    With ``run=True`` the store is a run store: its trainer holds ``<RUN>.lock`` while it commits iterations, which
+    readers may read meanwhile, so only a trainer that replaces the store (``--overwrite``) refuses the reader, and a
+    reader refuses such a trainer (:func:`storage.runstore.check_creatable`).
     """
 
-    def __init__(self, store, command: str | None = None):
+    def __init__(self, store, command: str | None = None, run: bool = False):
         self.store = Path(store)
+        self.run = run
         self.record = _new_record(command)
         self.path = self.store.with_name(f"{self.store.name}{READER}{self.record['host'].replace('/', '_')}."
                                          f"{self.record['pid']}.{self.record['token']}")
@@ -253,9 +267,11 @@ class ReadLock:
         except OSError:  # a read-only folder (shared data) or no folder at all: no record, the check below still runs
             self.path = None
         holder = read_holder(self.store)
-        if holder is not None and not is_stale(holder):
+        if holder is not None and (not self.run or holder.get("replacing")) and not is_stale(holder):
             self.release()
-            raise InputError(_being_written(self.store, holder))
+            raise InputError(_being_written(self.store, holder) if not self.run else
+                             f"run store {self.store} is being replaced by {describe(holder)} (--overwrite); wait "
+                             f"for it to finish (its lock is {lock_path(self.store)})")
         if self.path is not None:
             self._heartbeat = _Heartbeat(self.path)
 
@@ -276,11 +292,13 @@ class RunLock:
 
     kind = "run store"
 
-    def __init__(self, store, report=None, command: str | None = None):
+    def __init__(self, store, report=None, command: str | None = None, replacing: bool = False):
         self.store = Path(store)
         self.path = lock_path(self.store)
         self.report = report or (lambda line: print(line, file=sys.stderr))
         self.record = _new_record(command)
+        if replacing:  # --overwrite: readers of the store (evaluate, predict) are refused meanwhile
+            self.record["replacing"] = True
         self._heartbeat = None
 
     def __enter__(self) -> "RunLock":
@@ -405,9 +423,8 @@ class DataWriteLock(RunLock):
         return _being_written(self.store, holder)
 
     def _held(self) -> None:
-        readers = live_readers(self.store)
-        if readers:
+        try:
+            check_no_readers(self.store, "data store", "nothing was written")
+        except InputError:
             self.release()
-            more = f" and {len(readers) - 1} other reader(s)" if len(readers) > 1 else ""
-            raise InputError(f"data store {self.store} is in use by {describe(readers[0])}{more}, which reads it; "
-                             "wait for it to finish or stop it, then write again (nothing was written)")
+            raise

@@ -63,6 +63,7 @@ import zarr.api.asynchronous
 from zarr.codecs import BytesCodec, Crc32cCodec
 
 from solvers.errors import InputError
+from storage.lock import check_no_readers
 from storage.paths import check_target, clean_stale_partials, partial_path, remove_stale_chunk_partials, rewrite_file, swap_in
 
 FORMAT = "admm-dask-run"
@@ -709,6 +710,8 @@ def check_creatable(path, overwrite: bool, inputs=()) -> None:
         raise InputError(f"{path} already exists; pass --resume to continue that run or "
                          "--overwrite to start a new one in its place")
     check_target(path, FORMAT, overwrite, inputs=inputs, flag="--store")
+    if overwrite and path.exists() and not path.is_symlink():  # a run store evaluate or predict reads is not replaced
+        check_no_readers(path, "run store", "nothing was replaced")
 
 
 def checkpoints_after_0(path) -> list[int]:

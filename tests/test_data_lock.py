@@ -221,3 +221,53 @@ def test_a_training_read_locks_its_data_and_test_data_until_it_returns(client, t
         train(client, store=tmp_path / "r2.zarr", data=tmp_path / "d.zarr",
               config=TrainConfig(hidden=(3,), iterations=1), report=lambda line: None)
     assert not (tmp_path / "r2.zarr").exists()
+
+
+def fake_run_store(path: Path) -> Path:
+    path.mkdir()
+    (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                "attributes": {"format": "admm-dask-run"}}))
+    (path / "manifest.json").write_text("{}")
+    return path
+
+
+def test_a_run_store_being_read_is_not_replaced_and_a_trainer_that_only_commits_blocks_no_reader(tmp_path):
+    from storage.lock import RunLock
+    from storage.runstore import check_creatable
+
+    run = fake_run_store(tmp_path / "r.zarr")
+    with ReadLock(run, run=True):
+        with pytest.raises(InputError, match=r"run store .*r.zarr is in use by .*which reads it.*nothing was replaced"):
+            check_creatable(run, overwrite=True)
+    check_creatable(run, overwrite=True)
+    with RunLock(run):  # a trainer committing iterations (a new run, or --resume): evaluate and predict read on
+        with ReadLock(run, run=True):
+            pass
+    with RunLock(run, replacing=True):  # train --overwrite under way
+        with pytest.raises(InputError, match=r"run store .*r.zarr is being replaced by .*\(--overwrite\)"):
+            ReadLock(run, run=True).acquire()
+    assert live_readers(run) == []
+
+
+def test_train_overwrite_is_refused_while_an_evaluate_reads_the_run_store(tmp_path):
+    """Real processes: a paused evaluate holds reader records on --data and --store; train --overwrite of that run
+    store is refused in one line, before any cluster, and the run store is unchanged."""
+    X = np.arange(400, dtype=np.float32).reshape(200, 2)
+    write_data(tmp_path / "d.zarr", X, np.arange(200) % 2)
+    run = fake_run_store(tmp_path / "r.zarr")
+    before = snapshot(run)
+    reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(run), "--data",
+                               str(tmp_path / "d.zarr")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        _wait_for(lambda: list(tmp_path.glob("r.zarr.reader-*")), reader, "the evaluate's reader record")
+        reader.send_signal(signal.SIGSTOP)
+        refused = run_module("pipeline.train", "--data", tmp_path / "d.zarr", "--store", run, "--overwrite",
+                             "--workers", "1", "--dashboard-address", ":0")
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("error: run store ") and "is in use by python -m pipeline.evaluate" \
+            in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert snapshot(run) == before
+    finally:
+        reader.kill()
+        reader.wait()
