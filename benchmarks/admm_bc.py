@@ -1,0 +1,207 @@
+"""ADMM / dlADMM on breast cancer (issue 19): larger coupling, and a skip path whose input block has its own α.
+
+Per validation split of ``defaults_real.py`` (the test split is never read) and per solver setting (``--variants``:
+``base`` = the defaults; ``b1``/``b10`` = ADMM's β = 1 / 10 at γ = 10; ``g100b1`` = γ = 100, β = 1; ``nu10``/``nu1`` =
+dlADMM's ν = 10 / 1, i.e. ρ/ν = 0.4 / 4 against 0.04) this script runs the solver in memory and records
+- the model's accuracy on the evaluation rows, its best iteration, and how far W_1 moved:
+  ``‖W_1 − W_1⁰‖_F / ‖W_1⁰‖_F`` (weights only) of the kept model;
+- readouts refitted on the kept model's hidden features ``h = relu(W_1 x̂)`` (x̂ the solver's standardisation)
+  **with the solver's own selection protocol**: fitted (scikit-learn's exact L2 logistic regression) on the
+  solver's training rows, the penalty chosen by the least log-loss on the solver's held-out rows
+  (:class:`solvers.validation.RowSplit`, 10 %), scored on the evaluation rows:
+  ``hid``: h alone, one C (the solver's readout); ``skip1``: ``[h, x̂]``, one C for both blocks (today's
+  ``input_skip``); ``skip2``: ``[h, x̂]``, its own C for each block (C_h, C_x on a 7 x 7 grid, plus C_h = 0:
+  x̂ alone); ``lin``: x̂ alone, C by the held-out rows.
+Logistic regression (StandardScaler, C = 1, all training rows) is the target, as in ``defaults_real.py``.
+
+Run::
+
+    python benchmarks/admm_bc.py --tasks breast-cancer --seeds 0 1 2 --solvers admm --variants base b1 --out r.json
+    python benchmarks/admm_bc.py --summary --out r.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import admm_first_layer as afl  # noqa: E402
+from benchmarks import defaults_real as dr  # noqa: E402
+
+VARIANTS = {"base": {}, "b1": {"beta": 1.0}, "b10": {"beta": 10.0}, "g100b1": {"gamma": 100.0, "beta": 1.0},
+            "nu10": {"nu": 10.0}, "nu1": {"nu": 1.0}, "skip": {"input_skip": True}}
+SOLVER_OF = {"b1": "admm", "b10": "admm", "g100b1": "admm", "nu10": "dladmm", "nu1": "dladmm"}
+CS = np.logspace(-3, 3, 7)
+READOUTS = ("hid", "lin", "skip1", "skip2")
+
+
+def _fit_score(P, y, Pe, ye, Ph, yh, C):
+    """Return (held-out log-loss, evaluation accuracy) of L2 logistic regression(C) fitted on (P, y)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    m = LogisticRegression(C=C, max_iter=5000).fit(P, y)
+    return float(log_loss(yh, m.predict_proba(Ph), labels=m.classes_)), float((m.predict(Pe) == ye).mean())
+
+
+def readouts(F, A, y, Fe, Ae, ye, held, which=READOUTS) -> dict:
+    """Return the evaluation accuracy of each readout (``hid``, ``skip1``, ``skip2``, ``lin``) chosen on ``held``."""
+    tr = ~held
+    out = {}
+
+    def choose(build, grid):  # grid: (label, C, scale of the hidden block); the least held-out loss wins
+        best = None
+        for label, C, s in grid:
+            P, Pe = build(F, A, s), build(Fe, Ae, s)
+            loss, acc = _fit_score(P[tr], y[tr], Pe, ye, P[held], y[held], C)
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, acc, label)
+        return best
+
+    def hid(F, A, s):
+        return F
+
+    def lin(F, A, s):
+        return A
+
+    def skip(F, A, s):
+        return np.concatenate([s * F, A], axis=1) if s > 0 else A
+
+    out["hid"] = choose(hid, [(f"C={C:g}", C, 1.0) for C in CS])
+    out["lin"] = choose(lin, [(f"C={C:g}", C, 1.0) for C in CS])
+    if "skip1" in which:
+        out["skip1"] = choose(skip, [(f"C={C:g}", C, 1.0) for C in CS])
+    if "skip2" not in which:
+        return {k: {"acc": v[1], "held_loss": v[0], "chose": v[2]} for k, v in out.items()}
+    # own α per block: F = Σℓ + ½‖V_x‖²/C_x + ½‖V_h‖²/C_h; scaling h by s = √(C_h/C_x) at C = C_x gives exactly that
+    grid = [(f"Cx={Cx:g},Ch=0", Cx, 0.0) for Cx in CS]
+    grid += [(f"Cx={Cx:g},Ch={Ch:g}", Cx, float(np.sqrt(Ch / Cx))) for Cx in CS for Ch in CS]
+    out["skip2"] = choose(skip, grid)
+    return {k: {"acc": v[1], "held_loss": v[0], "chose": v[2]} for k, v in out.items()}
+
+
+HIGGS = ("higgs-3000", "higgs-9000")  # HIGGS-shaped (benchmarks/higgs_like.py), nobody tuned on: consensus_paired.load
+
+
+def load(task: str, seed: int):
+    """Return (X_train, y_train, X_eval, y_eval): a validation split of ``defaults_real.py`` or of the HIGGS-shaped store."""
+    if task in HIGGS:
+        from benchmarks.consensus_paired import load as higgs
+
+        return higgs(task, seed)
+    return afl.load_task(task, seed)[:4]
+
+
+def run(tasks, seeds, solvers, variants, out: Path, offline: bool, base_only: bool = False, which=READOUTS) -> dict:
+    from solvers.config import TrainConfig
+    from solvers.reference import fit_in_memory
+    from solvers.validation import RowSplit
+
+    warnings.filterwarnings("ignore")
+    res = json.loads(out.read_text()) if out.exists() else {}
+    for task in tasks:
+        for seed in seeds:
+            X, y, Xe, ye = load(task, seed)
+            r = res.setdefault(f"{task}/{seed}", {"n_eval": len(ye)})
+            if "logreg" not in r:
+                r["logreg"] = dr.run_peer("logreg", X, y, Xe, ye, (300,), seed)["accuracy"]
+            for s in solvers:
+                for v in variants:
+                    if SOLVER_OF.get(v, s) != s or f"{s}/{v}" in r:
+                        continue
+                    with afl.variant("base") as seen:
+                        cfg = TrainConfig(solver=s, hidden=(300,), iterations=dr.ITERATIONS[s], seed=seed,
+                                          **VARIANTS[v])
+                        o = fit_in_memory(X, y, cfg, X_test=Xe, y_test=ye)
+                    net = o.network
+                    W = np.asarray(net.weights[0], np.float64)
+                    W0 = np.asarray(seen["start"], np.float64)
+                    curve = [h.get("test_accuracy") for h in o.history]
+                    e = {"acc": net.score(Xe, ye), "it": o.best_iteration, "best_seen": max(curve),
+                         "last": curve[-1], "move": float(np.linalg.norm(W[:, :-1] - W0[:, :-1])
+                                                          / np.linalg.norm(W0[:, :-1]))}
+                    if offline and (v == "base" or not base_only) and len(np.unique(y)) == 2:
+                        A, Ae = (((M - net.x_mean) / net.x_scale).astype(np.float64) for M in (X, Xe))
+                        F, Fe = (np.maximum(M @ W[:, :-1].T + W[:, -1], 0) for M in (A, Ae))
+                        held = RowSplit(cfg.validation_fraction, seed).mask(0, len(y))
+                        e["readouts"] = readouts(F, A, y, Fe, Ae, ye, held, which)
+                    r[f"{s}/{v}"] = e
+                    extra = {k: round(x["acc"], 4) for k, x in e.get("readouts", {}).items()}
+                    print(f"{task}/{seed} {s}/{v} acc {e['acc']:.4f} it {e['it']} move {e['move']:.3f} {extra} "
+                          f"logreg {r['logreg']:.4f}", flush=True)
+                    out.write_text(json.dumps(res, indent=0))
+    return res
+
+
+def _acc(entry: dict, name: str) -> float:
+    """Return the accuracy of the model or of readout ``name``; ``a|b``: of a or b, whichever has less held-out loss."""
+    if name == "model":
+        return entry["acc"]
+    r = entry["readouts"]
+    if "|" in name:
+        return min((r[k] for k in name.split("|")), key=lambda x: x["held_loss"])["acc"]
+    return r[name]["acc"]
+
+
+def summary(res: dict) -> str:
+    """Return the paired table: per task, solver and variant (and readout), mean accuracy, Δ rows vs base and logreg."""
+    rows = ["| task | solver | variant | readout | splits | mean acc | Δ rows vs same split's base model: mean ± sd (SE) "
+            "| Δ rows vs logreg (SE) | splits < logreg | W_1 move | best it |", "|" + "---|" * 11]
+    tasks = sorted({k.split("/")[0] for k in res})
+    for task in tasks:
+        splits = {k: v for k, v in res.items() if k.split("/")[0] == task}
+        keys = sorted({k for v in splits.values() for k in v if "/" in k})
+        for key in keys:
+            s = key.split("/")[0]
+            have = [v for v in splits.values() if key in v and f"{s}/base" in v]
+            if not have:
+                continue
+            n = have[0]["n_eval"]
+            with_readouts = [v for v in have if "readouts" in v[key]]
+            names = ["model"] + (list(with_readouts[0][key]["readouts"]) + ["hid|lin"] if with_readouts else [])
+            everything = have
+            for name in names:
+                have = everything if name == "model" else with_readouts
+                acc = np.array([_acc(v[key], name) for v in have])
+                base = np.array([v[f"{s}/base"]["acc"] for v in have])
+                lr = np.array([v["logreg"] for v in have])
+                d, dl = (acc - base) * n, (acc - lr) * n
+                se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+                sel = dl.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+                move = np.mean([v[key]["move"] for v in have])
+                it = np.mean([v[key]["it"] for v in have])
+                rows.append(f"| {task} | {s} | {key.split('/')[1]} | {name} | {len(have)} | {acc.mean():.4f} | "
+                            f"{d.mean():+.2f} ± {d.std(ddof=1) if len(d) > 1 else 0:.2f} ({se:.2f}) | "
+                            f"{dl.mean():+.2f} ({sel:.2f}) | {int((dl < 0).sum())} | {move:.3f} | {it:.1f} |")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["breast-cancer"], choices=[*dr.TASKS, *afl.SYNTHETIC, *HIGGS])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--solvers", nargs="+", default=["admm", "dladmm"], choices=["admm", "dladmm"])
+    p.add_argument("--variants", nargs="+", default=["base"], choices=list(VARIANTS))
+    p.add_argument("--no-offline", action="store_true", help="skip the offline readouts (only the solver's model)")
+    p.add_argument("--offline-base-only", action="store_true", help="the offline readouts of the base variant only")
+    p.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=READOUTS, help="hid and lin always run")
+    p.add_argument("--summary", action="store_true", help="print the paired table of --out and exit")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    if a.summary:
+        print(summary(json.loads(out.read_text())))
+        return
+    run(a.tasks, a.seeds, a.solvers, a.variants, out, not a.no_offline, a.offline_base_only, a.readouts)
+
+
+if __name__ == "__main__":
+    main()
