@@ -52,3 +52,34 @@ def test_readout_sklearn_refuses_to_run_without_its_output_file(argv, capsys):
     with pytest.raises(SystemExit) as e:
         ars.main(argv)
     assert e.value.code == 2 and "--" in capsys.readouterr().err
+
+
+def test_admm_bc_own_alpha_skip_is_the_two_block_penalty():
+    """Scaling the hidden block by √(C_h/C_x) at C = C_x (benchmarks/admm_bc.py, ``skip2``) minimises
+    Σℓ + ½‖V_h‖²/C_h + ½‖V_x‖²/C_x: the same weights as a direct minimisation of that objective."""
+    from scipy.optimize import minimize
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    F, A = rng.standard_normal((80, 4)), rng.standard_normal((80, 3))
+    y = (A[:, 0] + F[:, 1] + 0.5 * rng.standard_normal(80) > 0).astype(int)
+    Cx, Ch = 2.0, 0.05
+    s = np.sqrt(Ch / Cx)
+    m = LogisticRegression(C=Cx, tol=1e-10, max_iter=10000).fit(np.concatenate([s * F, A], axis=1), y)
+    v = np.concatenate([m.coef_[0][:4] * s, m.coef_[0][4:], m.intercept_])  # the weights on [F, A]
+    P, sign = np.concatenate([F, A, np.ones((80, 1))], axis=1), 2 * y - 1
+
+    def objective(w):
+        return (np.logaddexp(0, -sign * (P @ w)).sum() + 0.5 * w[:4] @ w[:4] / Ch + 0.5 * w[4:7] @ w[4:7] / Cx)
+    direct = minimize(objective, np.zeros(8), method="BFGS", options={"gtol": 1e-9}).x
+    np.testing.assert_allclose(v, direct, atol=1e-4)
+
+
+def test_admm_bc_selection_takes_the_readout_of_least_held_out_loss():
+    from benchmarks import admm_bc
+
+    entry = {"acc": 0.9, "readouts": {"hid": {"acc": 0.8, "held_loss": 0.3}, "lin": {"acc": 0.95, "held_loss": 0.2}}}
+    assert admm_bc._acc(entry, "model") == 0.9
+    assert admm_bc._acc(entry, "hid|lin") == 0.95
+    entry["readouts"]["lin"]["held_loss"] = 0.4
+    assert admm_bc._acc(entry, "hid|lin") == 0.8
