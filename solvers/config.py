@@ -31,7 +31,7 @@ HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solv
 ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
-HIDDEN_ALPHAS = ("readout", "pinned", "race")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
+HIDDEN_ALPHAS = ("readout", "pinned", "race", "probe")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
 HOMOGENEOUS = ("relu",)  # activations with h(cz) = c h(z) for c > 0: a pinned unit's norm is its output's scale only
 AVERAGING = ("chunk", "pass")  # consensus: how often the shard models are averaged in a one-sweep pass
 CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
@@ -195,8 +195,11 @@ class TrainConfig:
                                 "iterations, then the one with the higher best held-out score goes on alone, ties "
                                 "readout; pinned is dropped at any race iteration where its held-out score is more "
                                 "than 0.01 below readout's; the other candidate's held-out score is the metric "
-                                "race_validation_<score>; needs held-out rows, else readout); pinned and race need "
-                                "dense layers and relu",
+                                "race_validation_<score>; needs held-out rows, else readout) or probe (both take "
+                                "iteration 1, pass A and a score pass each; pinned goes on iff its step was accepted "
+                                "and its held-out loss is below 0.99 x readout's; the other's is the metric "
+                                "race_validation_loss; needs held-out rows, else readout); pinned, race and probe "
+                                "need dense layers and relu",
                                 choices=HIDDEN_ALPHAS, solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "

@@ -219,11 +219,11 @@ class GaussNewtonSolver(SolverBase):
         return W
 
     def initialize(self, runner, hidden=None, output=None, damping=None) -> LoopState:
-        """Return :meth:`_initialize`'s state; ``--hidden-alpha race``: with the pinned candidate's beside it
+        """Return :meth:`_initialize`'s state; ``--hidden-alpha race`` or ``probe``: with the pinned candidate's beside it
         (:func:`solvers.hidden_race.initialize`)."""
         self.pinned = self.config.hidden_alpha == "pinned"
         state = self._initialize(runner, hidden, output, damping)
-        if self.config.hidden_alpha != "race":
+        if self.config.hidden_alpha not in hidden_race.RULES:
             return state
         return hidden_race.initialize(self, runner, state)
 
@@ -281,9 +281,9 @@ class GaussNewtonSolver(SolverBase):
         return self._with_trial(LoopState(state.iteration, list(state.weights), c))
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
-        """Return :meth:`_advance`; ``--hidden-alpha race``: both candidates' iterations while the race runs
+        """Return :meth:`_advance`; ``--hidden-alpha race`` or ``probe``: both candidates' iterations while the race runs
         (:func:`solvers.hidden_race.advance`)."""
-        if self.config.hidden_alpha != "race":
+        if self.config.hidden_alpha not in hidden_race.RULES:
             return self._advance(runner, state)
         return hidden_race.advance(self, runner, state)
 
@@ -370,9 +370,9 @@ class GaussNewtonSolver(SolverBase):
     def resume(self, runner, state: LoopState, changed: set, history=()) -> LoopState:
         """Return the state to continue from: a new ridge, alpha, step size or damping gives a new trial (no pass).
 
-        ``--hidden-alpha race``: the stored choice says how the trial is made (:func:`solvers.hidden_race.resume`).
+        ``--hidden-alpha race`` or ``probe``: the stored choice says how the trial is made (:func:`solvers.hidden_race.resume`).
         """
-        if self.config.hidden_alpha == "race":
+        if self.config.hidden_alpha in hidden_race.RULES:
             hidden_race.resume(self, state, changed)
         return self._resume_one(state, changed)
 

@@ -10,6 +10,12 @@ on alone (ties: readout). The choice is the carry's ``hidden_pinned`` (1: pinned
 resume goes on under it; the other candidate's held-out score is the metric ``race_validation_<score>``, and a line
 for the progress report is the solver's ``note``. Nothing held out (or other kernels): no race, readout.
 
+``--hidden-alpha probe`` decides at iteration 1 instead (race_cheap_s12.md): both candidates take iteration 1 with
+their pass B deferred (pass A and a score pass each; the winner's pass B opens iteration 2, bitwise the steps of its
+own run), and pinned goes on iff its trial was accepted and its held-out loss (pass A's held-out sums, free) is
+below readout's times 1 − :data:`PROBE_MARGIN`. Iteration 1 reports the winner; the loser's held-out loss is the
+metric ``race_validation_loss``. The extra cost is the loser's pass A and score pass, about half an iteration.
+
 The functions take the :class:`~solvers.gauss_newton.GaussNewtonSolver` and call its single-candidate steps
 (``_advance``, ``_with_trial``, ``_resume_one``) with its ``pinned`` flag set per candidate.
 """
@@ -22,6 +28,8 @@ from solvers.loop import LoopState
 
 RACE_ITERATIONS = 2  # --hidden-alpha race: both candidates run this many iterations (generalise_s11.md) …
 RACE_DROP = 0.01  # … unless pinned's held-out score falls this far below readout's at an iteration: then readout alone
+RULES = ("race", "probe")  # the --hidden-alpha values this module runs
+PROBE_MARGIN = 0.01  # --hidden-alpha probe: pinned goes on iff its held-out loss at iteration 1 < readout's × (1 − this)
 
 
 def pinned_carry(weights, carry: dict) -> dict:
@@ -79,6 +87,8 @@ def advance(solver, runner, state: LoopState) -> tuple[LoopState, dict]:
         return new, {**metrics, "hidden_pinned": float(solver.pinned)}
     weights, other = pinned_split(c)
     main = LoopState(state.iteration, list(state.weights), {n: v for n, v in c.items() if not n.startswith("race_")})
+    if solver.config.hidden_alpha == "probe":
+        return _probe(solver, runner, main, LoopState(state.iteration, weights, other))
     score_name = solver.task.score_name
     score = f"validation_{score_name}"
     solver.pinned = False
@@ -107,6 +117,31 @@ def advance(solver, runner, state: LoopState) -> tuple[LoopState, dict]:
     solver.note = (f"hidden alpha: {'pinned' if solver.pinned else 'readout'} from iteration {k + 1} (best held-out "
                    f"{score_name} in iterations 1-{k}: readout {best:.4f}, pinned {other_best:.4f})")
     return won, {**metrics, "hidden_pinned": float(solver.pinned), f"race_{score}": lost[score]}
+
+
+def _probe(solver, runner, main: LoopState, other: LoopState) -> tuple[LoopState, dict]:
+    """Return the winner's iteration 1 and metrics: both candidates' iteration 1 with pass B deferred, then pinned iff
+    its trial was accepted and its held-out loss is below readout's × (1 − :data:`PROBE_MARGIN`)."""
+    deferred = solver.defer_curvature
+    solver.defer_curvature = True  # pass A and a score pass; the winner's pass B opens iteration 2 (prepare)
+    try:
+        solver.pinned = False
+        new_main, m_main = solver._advance(runner, main)
+        solver.pinned = True
+        new_other, m_other = solver._advance(runner, other)
+    finally:
+        solver.defer_curvature, solver.pinned = deferred, False
+    loss, other_loss = m_main.get("validation_loss"), m_other.get("validation_loss")
+    solver.pinned = bool(m_other["accepted"] and loss is not None and other_loss is not None
+                         and other_loss < loss * (1 - PROBE_MARGIN))
+    won, metrics, lost = (new_other, m_other, m_main) if solver.pinned else (new_main, m_main, m_other)
+    won.carry["hidden_pinned"] = np.float64(solver.pinned)
+    seen = "rejected" if not m_other["accepted"] else f"{other_loss:.4g}"
+    solver.note = (f"hidden alpha: {'pinned' if solver.pinned else 'readout'} from iteration 1 (held-out loss at "
+                   f"iteration 1: readout {loss if loss is None else f'{loss:.4g}'}, pinned {seen}; pinned needs "
+                   f"{1 - PROBE_MARGIN:g}x readout's)")
+    return won, {**metrics, "hidden_pinned": float(solver.pinned),
+                 "race_validation_loss": float(lost.get("validation_loss", np.nan))}
 
 
 def resume(solver, state: LoopState, changed: set) -> None:

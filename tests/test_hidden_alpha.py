@@ -84,12 +84,12 @@ def test_pinned_is_checked_where_gauss_newton_reads_it():
         TrainConfig(hidden_alpha="x")
 
 
-def race_runs(X, y, chunk_rows=512, **settings):
+def race_runs(X, y, chunk_rows=512, rule="race", **settings):
     base = {**dict(solver="gauss-newton", hidden=(32,), iterations=6, seed=1, patience=0), **settings}
     runs = {ha: fit_in_memory(X, y, TrainConfig(**base, hidden_alpha=ha), chunk_rows=chunk_rows)
             for ha in ("readout", "pinned")}
     lines = []
-    race = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="race"), chunk_rows=chunk_rows, report=lines.append)
+    race = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha=rule), chunk_rows=chunk_rows, report=lines.append)
     return race, runs, lines
 
 
@@ -180,11 +180,48 @@ def test_race_on_a_growing_sample_matches_the_standalone_runs(data, winner, drop
         np.testing.assert_array_equal(W, W_ref)
 
 
-def test_race_with_nothing_held_out_is_readout():
+@pytest.mark.parametrize("data,winner", [("three0", "readout"), ("three0g", "pinned"), ("digits300", "readout")])
+def test_probe_goes_on_as_the_candidate_with_the_lower_held_out_loss_at_iteration_1_would_alone(data, winner):
+    """--hidden-alpha probe: pinned iff its iteration-1 step was accepted and its held-out loss is below readout's ×
+    (1 − PROBE_MARGIN); the winner is reported from iteration 1 and goes on bitwise as its own run (iteration 1's
+    training loss is pass A's, as when a growing sample defers pass B: equal to pass B's up to rounding)."""
+    from solvers.hidden_race import PROBE_MARGIN
+
+    if data == "three0g":
+        X, y, chunk_rows, settings = growing_race_data("three0")
+    else:
+        X, y, chunk_rows, settings = race_data(data)
+    base = {**dict(solver="gauss-newton", hidden=(32,), iterations=6, seed=1, patience=0), **settings}
+    runs = {ha: fit_in_memory(X, y, TrainConfig(**base, hidden_alpha=ha), chunk_rows=chunk_rows)
+            for ha in ("readout", "pinned")}
+    lines = []
+    probe = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="probe"), chunk_rows=chunk_rows, report=lines.append)
+    first = {ha: r.history[0] for ha, r in runs.items()}
+    assert winner == ("pinned" if first["pinned"]["accepted"] and first["pinned"]["validation_loss"]
+                      < first["readout"]["validation_loss"] * (1 - PROBE_MARGIN) else "readout")
+    loser = "readout" if winner == "pinned" else "pinned"
+    assert [h["hidden_pinned"] for h in probe.history] == [float(winner == "pinned")] * 6
+    np.testing.assert_equal(probe.history[0]["race_validation_loss"], first[loser].get("validation_loss", np.nan))
+    assert all("race_validation_loss" not in h for h in probe.history[1:])
+    for W, W_ref in zip(probe.loop_state.weights, runs[winner].loop_state.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    drop = ("seconds", "hidden_pinned", "race_validation_loss")
+    got = [{k: v for k, v in h.items() if k not in drop} for h in probe.history]
+    want = [{k: v for k, v in h.items() if k != "seconds"} for h in runs[winner].history]
+    assert got[0].pop("loss") == pytest.approx(want[0].pop("loss"), rel=1e-5)
+    assert got == want
+    assert [line for line in lines if line.startswith("hidden alpha: ")] == [
+        f"hidden alpha: {winner} from iteration 1 (held-out loss at iteration 1: readout "
+        f"{first['readout']['validation_loss']:.4g}, pinned "
+        f"{first['pinned']['validation_loss']:.4g}; pinned needs {1 - PROBE_MARGIN:g}x readout's)"]
+
+
+@pytest.mark.parametrize("rule", ["race", "probe"])
+def test_race_with_nothing_held_out_is_readout(rule):
     from tests.conftest import make_data
 
     X, y = make_data(n=2000, n_classes=2)
-    race, runs, _ = race_runs(X, y, validation_fraction=0)
+    race, runs, _ = race_runs(X, y, validation_fraction=0, rule=rule)
     for W, W_ref in zip(race.loop_state.weights, runs["readout"].loop_state.weights):
         np.testing.assert_array_equal(W, W_ref)
     assert all(h["hidden_pinned"] == 0.0 for h in race.history)
@@ -203,6 +240,28 @@ def test_pipeline_race_matches_reference_and_resumes_mid_race(client, tmp_path):
     more = train(client, store=tmp_path / "r.zarr", resume=True, iterations=5, report=quiet)  # resumed mid-race
     ref = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 5}), chunk_rows=512)
     assert [h["hidden_pinned"] for h in more.history] == [h["hidden_pinned"] for h in ref.history] == [0, 1, 1, 1, 1]
+    assert [h["accepted"] for h in more.history] == [h["accepted"] for h in ref.history]
+    for W, W_ref in zip(more.network.weights, ref.network.weights):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_pipeline_probe_matches_reference_and_resumes_after_the_choice(client, tmp_path):
+    """Resumed after iteration 1: the choice made, the winner's pass B deferred (in the checkpoint's carry)."""
+    from pipeline.training import train
+    from storage.data import write_data
+    from storage.runstore import RunStore
+
+    from tests.conftest import make_data
+
+    X, y = make_data(n=3000, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(32,), iterations=1, seed=1, patience=0, hidden_alpha="probe")
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512, report=quiet)
+    carry = RunStore.open(tmp_path / "r.zarr").load_checkpoint().carry
+    assert float(carry["pending"]) == 1.0 and "hidden_pinned" in carry and "race_W1" not in carry
+    more = train(client, store=tmp_path / "r.zarr", resume=True, iterations=5, report=quiet)
+    ref = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 5}), chunk_rows=512)
+    assert [h["hidden_pinned"] for h in more.history] == [h["hidden_pinned"] for h in ref.history]
     assert [h["accepted"] for h in more.history] == [h["accepted"] for h in ref.history]
     for W, W_ref in zip(more.network.weights, ref.network.weights):
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)

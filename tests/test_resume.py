@@ -153,6 +153,31 @@ def test_sigkill_during_the_hidden_alpha_race_then_resume_equals_uninterrupted(d
     assert {"race_best", "race_other_best", "race_W1", "hidden_pinned"} <= seen["carry"]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_probe(data):
+    return baseline(data, data / "baseline-probe.zarr", "--hidden-alpha", "probe")
+
+
+@pytest.mark.parametrize("after", [0, 1])
+def test_sigkill_around_the_hidden_alpha_probe_then_resume_equals_uninterrupted(data, uninterrupted_probe, tmp_path,
+                                                                                after):
+    """--hidden-alpha probe decides in iteration 1: killed after commit 0 (both candidates in its carry) the resume
+    probes again; killed after commit 1 (the choice and the winner's deferred pass B in its carry) it goes on; bitwise."""
+    assert "race_validation_loss" in uninterrupted_probe[1][0]
+    assert all("race_validation_loss" not in h for h in uninterrupted_probe[1][1:])
+    seen = {}
+
+    def in_checkpoint(store):
+        checkpoint = RunStore.open(store).load_checkpoint()
+        seen.update(iteration=checkpoint.iteration, carry=set(checkpoint.carry))
+
+    killed_at = kill_and_resume(data, uninterrupted_probe, tmp_path, None, "--hidden-alpha", "probe", after=after,
+                                delay=0.0, before_resume=in_checkpoint)
+    assert killed_at == after == seen["iteration"]
+    assert ({"race_best", "race_W1", "hidden_pinned"} <= seen["carry"]) == (after == 0)
+    assert ({"pending", "hidden_pinned"} <= seen["carry"] and "race_W1" not in seen["carry"]) == (after == 1)
+
+
 @pytest.mark.slow
 def test_many_random_kill_points(data, uninterrupted, tmp_path_factory):
     rng = np.random.default_rng(1234)
