@@ -57,6 +57,9 @@ from solvers.reference import fit_in_memory  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TARGETS = {"mnist10": 0.96, "mnist-oddeven": 0.97, "higgs1m": 0.76}
+SMALL = ("digits", "breast-cancer", "covtype", "mnist-oddeven-2k", "mnist10-2k")  # defaults_real.py, --split validation
+HIGGS_SMALL = {"higgs3k": 3000, "higgs9k": 9000}  # session 10's HIGGS-shaped protocol (generalise_s10_exp.py.txt)
+HIGGS_SMALL_STORE = "/tmp/q/higgs-1000000-seed0.zarr"  # read only
 
 
 class HiddenAlphaFactorSolver(GaussNewtonSolver):
@@ -72,14 +75,87 @@ class HiddenAlphaFactorSolver(GaussNewtonSolver):
         return float(error) + float(alpha) * (penalty(weights[-1]) + F * sum(penalty(W) for W in weights[:-1]))
 
 
+class EarlyHiddenAlphaSolver(HiddenAlphaFactorSolver):
+    """F × α for the hidden layers in iterations 1..K only (``hidden_alpha_early`` = K), the readout's α from K + 1 on.
+
+    "Iteration k uses F_k" means: the trial that iteration k evaluates is made at F_k·α (it is made when iteration
+    k − 1 ends, or at the initialisation, or when a deferred pass B opens iteration k), and iteration k's
+    Levenberg–Marquardt test compares ``E_{F_k}`` of that trial against ``E_{F_k}`` of the current weights.
+
+    The current weights' objective (the carry's ``error``) was computed under the F of the iteration that stored it.
+    When F changes (iteration K + 1), it is re-evaluated under the new F before any comparison: with the carry's
+    α (the α ``error`` is at), ``E_{F'} = E_F + α (F' − F) Σ_{l<L} ‖W̃_l‖²`` of the current hidden weights (the error
+    term and the readout's penalty do not depend on F). Without this, iteration K + 1 would compare the trial's
+    E_1 against the current weights' E_F < E_1, and reject a step that lowers E_1. The F ``error`` is under is kept in
+    the carry (``hidden_factor_of_error``), so nothing depends on the order of the calls. A new α at the test is
+    already handled by :meth:`_current_objective` (it recomputes under :meth:`objective`, at the new F).
+    """
+
+    hidden_alpha_early = 0  # K; 0: every iteration (HiddenAlphaFactorSolver, bit for bit)
+    _trial_F = _obj_F = None
+
+    def factor_at(self, k: int) -> float:
+        K = self.hidden_alpha_early
+        return float(self.hidden_alpha_factor) if (K <= 0 or k <= K) else 1.0
+
+    def trial_weights(self, weights, curv: dict, input_gram, damping: float, alpha: float = 0.0) -> list:
+        return GaussNewtonSolver.trial_weights(self, weights, curv, input_gram, damping, self._trial_F * alpha)
+
+    def objective(self, error: float, weights, alpha: float) -> float:
+        F = self._obj_F
+        return float(error) + float(alpha) * (penalty(weights[-1]) + F * sum(penalty(W) for W in weights[:-1]))
+
+    def _with_trial(self, state):
+        self._trial_F = self.factor_at(state.iteration + 1)  # the trial iteration state.iteration + 1 evaluates
+        return super()._with_trial(state)
+
+    def _retag(self, state):
+        c = state.carry
+        F_new, F_old = self._obj_F, float(c.get("hidden_factor_of_error", self._obj_F))
+        if F_new != F_old:
+            hidden = sum(penalty(W) for W in state.weights[:-1])
+            c["error"] = np.float64(float(c["error"]) + float(c["alpha"]) * (F_new - F_old) * hidden)
+        c["hidden_factor_of_error"] = np.float64(F_new)
+        return state
+
+    def initialize(self, runner, hidden=None, output=None, damping=None):
+        self._obj_F = self.factor_at(1)  # the initial objective is what iteration 1's trial must beat
+        state = super().initialize(runner, hidden, output, damping)
+        state.carry["hidden_factor_of_error"] = np.float64(self._obj_F)
+        return state
+
+    def prepare(self, runner, state):
+        self._obj_F = self.factor_at(state.iteration + 1)  # prepare opens iteration state.iteration + 1
+        return super().prepare(runner, self._retag(state))
+
+    def _advance(self, runner, state):
+        new, metrics = super()._advance(runner, state)  # its prepare set _obj_F = F_k and re-evaluated ``error``
+        new.carry["hidden_factor_of_error"] = np.float64(self._obj_F)  # accepted / current / pass B: all under F_k
+        return new, {**metrics, "hidden_factor": self._obj_F}
+
+
+def parse_arm(arm: str) -> tuple[float, int]:
+    """``"F"``: F in every iteration; ``"F@K"``: F in iterations 1..K, then 1. Return (F, K) (K = 0: every iteration)."""
+    F, _, K = str(arm).partition("@")
+    return float(F), int(K or 0)
+
+
+def arm_name(F: float, K: int) -> str:
+    return f"{F:g}" if K <= 0 or F == 1.0 else f"{F:g}@{K}"
+
+
 @contextmanager
-def hidden_alpha_factor(F: float):
-    """Register a :class:`HiddenAlphaFactorSolver` of factor ``F`` as ``gauss-newton`` inside the block (F = 1: stock)."""
+def hidden_alpha_factor(F: float, K: int = 0):
+    """Register the F (for iterations 1..K; K = 0: all) solver as ``gauss-newton`` inside the block (F = 1: stock)."""
     if F == 1.0:
         yield GaussNewtonSolver
         return
     stock = SOLVERS["gauss-newton"]
-    cls = type(f"HiddenAlphaFactor{F:g}", (HiddenAlphaFactorSolver,), {"hidden_alpha_factor": float(F)})
+    if K > 0:
+        cls = type(f"HiddenAlphaFactor{F:g}Early{K}", (EarlyHiddenAlphaSolver,),
+                   {"hidden_alpha_factor": float(F), "hidden_alpha_early": int(K)})
+    else:
+        cls = type(f"HiddenAlphaFactor{F:g}", (HiddenAlphaFactorSolver,), {"hidden_alpha_factor": float(F)})
     SOLVERS["gauss-newton"] = cls
     try:
         yield cls
@@ -87,8 +163,19 @@ def hidden_alpha_factor(F: float):
         SOLVERS["gauss-newton"] = stock
 
 
-def load(task: str, higgs: str | None):
-    """Return (X_train, y_train, X_val, y_val, about); the test split is never loaded."""
+def load(task: str, higgs: str | None, seed: int = 0):
+    """Return (X_train, y_train, X_val, y_val, about); the test split is never loaded (small tasks: ``seed``'s split)."""
+    if task in SMALL:
+        from benchmarks.defaults_real import load_task
+        return load_task(task, "validation", seed)[:5]
+    if task in HIGGS_SMALL:  # n rows drawn with seed 200 + seed from rows 0-179,999; validation rows 180,000-199,999
+        import zarr
+        g = zarr.open_group(higgs or HIGGS_SMALL_STORE, mode="r")
+        X, y = np.asarray(g["X"][:200000]), np.asarray(g["y"][:200000])
+        idx = np.random.default_rng(200 + seed).permutation(180000)[:HIGGS_SMALL[task]]
+        return (X[idx].astype(np.float32), y[idx], X[180000:200000].astype(np.float32), y[180000:200000],
+                f"{higgs or HIGGS_SMALL_STORE}: {HIGGS_SMALL[task]} of rows 0-179,999 (rng 200+seed), "
+                "validation rows 180,000-199,999")
     if task.startswith("mnist"):
         with np.load(DATA / "mnist70k_uint8.npz") as f:
             X, y = f["X"][:60000], f["y"][:60000]
@@ -113,9 +200,9 @@ def _seconds_to(hist, hit) -> float:
     return float(sum(h["seconds"] for h in hist if h["iteration"] <= hit["iteration"]))
 
 
-def run(task, Xtr, ytr, Xva, yva, F: float, seed: int, iterations: int, target: float) -> dict:
+def run(task, Xtr, ytr, Xva, yva, F: float, seed: int, iterations: int, target: float | None, K: int = 0) -> dict:
     cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=iterations)
-    with hidden_alpha_factor(F):
+    with hidden_alpha_factor(F, K):
         t0 = time.perf_counter()
         cpu0 = time.process_time()
         r = fit_in_memory(Xtr, ytr, cfg, X_test=Xva, y_test=yva)
@@ -124,8 +211,8 @@ def run(task, Xtr, ytr, Xva, yva, F: float, seed: int, iterations: int, target: 
                                    "alpha", "accepted", "damping", "sample_rows")} for h in r.history]
     for h in hist:
         h["eval_accuracy"] = h.pop("test_accuracy")  # the validation rows given as X_test (named so to avoid doubt)
-    hit = _first_hit(hist, target)
-    return {"task": task, "factor": F, "seed": seed, "iterations": iterations, "target": target,
+    hit = target is not None and _first_hit(hist, target) or None
+    return {"task": task, "factor": F, "early": K, "arm": arm_name(F, K), "seed": seed, "iterations": iterations, "target": target,
             "kept": float(r.network.score(Xva, yva)), "best_iteration": r.best_iteration, "iterations_run": len(hist),
             "max_eval": max(h["eval_accuracy"] for h in hist), "target_iteration": hit and hit["iteration"],
             "target_seconds": hit and _seconds_to(hist, hit), "wall": wall, "cpu": cpu,
@@ -141,47 +228,73 @@ def _mean_se(values) -> str:
 
 
 def summary(argv) -> None:
-    """Print the per-run table and the paired differences (markdown) of a runs file; ``--json``: write them too."""
+    """Print the per-run table and the paired differences (markdown) of runs files; ``--json``: write them too.
+
+    Arms: ``F`` (every iteration) or ``F@K`` (iterations 1..K); each is paired by (task, seed) with the F = 1 run.
+    A run found twice (same task, seed, arm, iterations) counts once (the first file's).
+    """
     p = argparse.ArgumentParser(prog="hidden_alpha_factor.py summary")
-    p.add_argument("runs")
+    p.add_argument("runs", nargs="+")
     p.add_argument("--json", default=None)
+    p.add_argument("--tasks", nargs="+", default=None)
+    p.add_argument("--iterations", type=int, default=None, help="only runs of this many iterations")
     a = p.parse_args(argv)
-    runs = [json.loads(line) for line in open(a.runs) if line.strip()]
+    runs, seen = [], set()
+    for path in a.runs:
+        for line in open(path):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            r.setdefault("arm", arm_name(r["factor"], r.get("early", 0)))
+            key = (r["task"], r["seed"], r["arm"], r["iterations"])
+            if key in seen or (a.tasks and r["task"] not in a.tasks) or (a.iterations and r["iterations"] != a.iterations):
+                continue
+            seen.add(key)
+            runs.append(r)
     for r in runs:  # recomputed from the history (runs written before the fix stored one iteration's seconds)
-        hit = _first_hit(r["history"], r["target"])
+        hit = r["target"] is not None and _first_hit(r["history"], r["target"]) or None
         r["target_iteration"], r["target_seconds"] = hit and hit["iteration"], hit and _seconds_to(r["history"], hit)
-    print("| task | seed | F | kept (it / run) | max | target at it | s to target | α it 1-4 | α last | accepted | "
+    print("| task | seed | arm | kept (it / run) | max | target at it | s to target | α it 1-4 | α last | accepted | "
           "wall s | load |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in sorted(runs, key=lambda r: (r["task"], r["seed"], -r["factor"])):
+    for r in sorted(runs, key=lambda r: (r["task"], r["seed"], -r["factor"], r.get("early", 0))):
         h = r["history"]
         alphas = ", ".join(f"{x['alpha']:.3g}" for x in h[:4])
         acc = sum(bool(x["accepted"]) for x in h)
         ts = "-" if r["target_seconds"] is None else f"{r['target_seconds']:.1f}"
-        print(f"| {r['task']} | {r['seed']} | {r['factor']:g} | {r['kept']:.4f} ({r['best_iteration']} / "
-              f"{r['iterations_run']}) | {r['max_eval']:.4f} | {r['target_iteration'] or 'never'} | {ts} | {alphas} | "
+        tgt = "-" if r["target"] is None else (r["target_iteration"] or "never")
+        print(f"| {r['task']} | {r['seed']} | {r['arm']} | {r['kept']:.4f} ({r['best_iteration']} / "
+              f"{r['iterations_run']}) | {r['max_eval']:.4f} | {tgt} | {ts} | {alphas} | "
               f"{h[-1]['alpha']:.3g} | {acc}/{len(h)} | {r['wall']:.0f} | {r['load']:.1f} |")
     paired = {}
     for r in runs:
-        paired.setdefault((r["task"], r["seed"]), {})[r["factor"]] = r
+        paired.setdefault((r["task"], r["seed"]), {})[r["arm"]] = r
     rows = []
     for task in sorted({t for t, _ in paired}):
-        for F in sorted({f for (t, _), d in paired.items() if t == task for f in d if f != 1.0}):
-            pairs = [(d[1.0], d[F]) for (t, s), d in sorted(paired.items()) if t == task and 1.0 in d and F in d]
+        arms = sorted({f for (t, _), d in paired.items() if t == task for f in d if f != "1"}, key=parse_arm)
+        for arm in arms:
+            pairs = [(d["1"], d[arm]) for (t, s), d in sorted(paired.items()) if t == task and "1" in d and arm in d]
             dk = [b["kept"] - a["kept"] for a, b in pairs]
-            di = [(b["target_iteration"] or 99) - (a["target_iteration"] or 99) for a, b in pairs]
+            has_target = pairs and pairs[0][0]["target"] is not None
+            di = [(b["target_iteration"] or 99) - (a["target_iteration"] or 99) for a, b in pairs] if has_target else []
             both = [(a, b) for a, b in pairs if a["target_seconds"] is not None and b["target_seconds"] is not None]
             dt = [b["target_seconds"] - a["target_seconds"] for a, b in both]
-            rows.append({"task": task, "factor": F, "seeds": [a["seed"] for a, _ in pairs], "kept_diff": dk,
+            rows.append({"task": task, "arm": arm, "factor": parse_arm(arm)[0], "early": parse_arm(arm)[1],
+                         "seeds": [a["seed"] for a, _ in pairs], "kept_diff": dk,
+                         "kept_default": [a["kept"] for a, _ in pairs], "kept_arm": [b["kept"] for _, b in pairs],
+                         "target_iteration_default": [a["target_iteration"] for a, _ in pairs] if has_target else [],
+                         "target_iteration_arm": [b["target_iteration"] for _, b in pairs] if has_target else [],
                          "target_iteration_diff": di, "target_seconds_diff": dt,
                          "wins": sum(d > 0 for d in dk), "losses": sum(d < 0 for d in dk)})
-    print("\n| task | F | seeds | kept: F − default (mean ± s.e.) | wins / losses | per seed | target iteration: "
-          "F − default (per seed; 99 = never) | seconds to target: F − default |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| task | arm | seeds | kept default | kept: arm − default (mean ± s.e.) | wins / losses | per seed | "
+          "target iteration default → arm (per seed) | seconds to target: arm − default |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for x in rows:
-        print(f"| {x['task']} | {x['factor']:g} | {len(x['seeds'])} | {_mean_se(x['kept_diff'])} | {x['wins']} / "
-              f"{x['losses']} | {', '.join(f'{d:+.4f}' for d in x['kept_diff'])} | "
-              f"{', '.join(f'{d:+d}' for d in x['target_iteration_diff'])} | "
+        its = ", ".join(f"{d or '-'}→{b or '-'}" for d, b in zip(x["target_iteration_default"],
+                                                                  x["target_iteration_arm"])) or "-"
+        print(f"| {x['task']} | {x['arm']} | {len(x['seeds'])} | {np.mean(x['kept_default']):.4f} | "
+              f"{_mean_se(x['kept_diff'])} | {x['wins']} / {x['losses']} | "
+              f"{', '.join(f'{d:+.4f}' for d in x['kept_diff'])} | {its} | "
               f"{', '.join(f'{d:+.1f}' for d in x['target_seconds_diff']) or '-'} |")
     if a.json:
         with open(a.json, "w") as fh:
@@ -193,21 +306,28 @@ def main(argv=None):
     if argv[:1] == ["summary"]:
         return summary(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("task", choices=sorted(TARGETS))
+    p.add_argument("task", choices=sorted([*TARGETS, *SMALL, *HIGGS_SMALL]))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--factors", type=float, nargs="+", default=[1.0, 0.1])
+    p.add_argument("--factors", type=float, nargs="+", default=None, help="F in every iteration (old form of --arms)")
+    p.add_argument("--arms", nargs="+", default=None,
+                   help="F (every iteration) or F@K (F in iterations 1..K, then 1); default: 1 0.1")
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--target", type=float, default=None)
-    p.add_argument("--higgs", default=None, help="higgs1m: the HIGGS-shaped data store (>= 1,000,000 rows)")
+    p.add_argument("--higgs", default=None, help="higgs1m: the HIGGS-shaped data store (>= 1,000,000 rows); "
+                                                 f"higgs3k/9k: default {HIGGS_SMALL_STORE}")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    Xtr, ytr, Xva, yva, about = load(a.task, a.higgs)
-    target = a.target if a.target is not None else TARGETS[a.task]
+    arms = [parse_arm(x) for x in (a.arms or [])] + [(F, 0) for F in (a.factors or [])] or [(1.0, 0), (0.1, 0)]
+    target = a.target if a.target is not None else TARGETS.get(a.task)
+    data = None
     for seed in a.seeds:
-        for F in a.factors:
-            out = run(a.task, Xtr, ytr, Xva, yva, F, seed, a.iterations, target)
+        if data is None or a.task in SMALL or a.task in HIGGS_SMALL:  # the small tasks' rows depend on the seed
+            data = load(a.task, a.higgs, seed)
+        Xtr, ytr, Xva, yva, about = data
+        for F, K in arms:
+            out = run(a.task, Xtr, ytr, Xva, yva, F, seed, a.iterations, target, K)
             out["data"], out["argv"] = about, sys.argv
-            print(f"RESULT {a.task} seed {seed} F {F:g}: kept {out['kept']:.4f} (it {out['best_iteration']}/"
+            print(f"RESULT {a.task} seed {seed} arm {out['arm']}: kept {out['kept']:.4f} (it {out['best_iteration']}/"
                   f"{out['iterations_run']}) max {out['max_eval']:.4f} target {target} at it {out['target_iteration']} "
                   f"({out['target_seconds'] and round(out['target_seconds'], 2)} s) wall {out['wall']:.1f} s "
                   f"load {out['load']:.1f}", flush=True)
