@@ -8,6 +8,10 @@ and the hidden layers take the same α (``--hidden-alpha readout``). Would a fra
 
 ``F = 1`` runs the stock :class:`solvers.gauss_newton.GaussNewtonSolver` (the default, bit for bit); any other F runs
 :class:`HiddenAlphaFactorSolver`, a subclass registered under ``gauss-newton`` for the duration of the fit only.
+An arm ``F@K`` (``--arms 0.1@2``) runs :class:`EarlyHiddenAlphaSolver`: F in iterations 1..K only, then the stock
+rule, the current objective re-evaluated under the new F at the switch (session 12, ``hidden_alpha_early_s12.md``).
+Besides the MNIST and HIGGS 1M tasks below: ``higgs3k`` / ``higgs9k`` (session 10's HIGGS-shaped protocol) and
+``defaults_real.py``'s small tasks on their validation split (``covtype``, ``digits``, ``breast-cancer``, MNIST 2k).
 
 Tasks (the test split is never read):
 
@@ -296,6 +300,19 @@ def summary(argv) -> None:
               f"{_mean_se(x['kept_diff'])} | {x['wins']} / {x['losses']} | "
               f"{', '.join(f'{d:+.4f}' for d in x['kept_diff'])} | {its} | "
               f"{', '.join(f'{d:+.1f}' for d in x['target_seconds_diff']) or '-'} |")
+    print("\n| task | arm | iteration | seeds | default | arm | arm − default (mean ± s.e.) | wins / losses |")
+    print("|---|---|---|---|---|---|---|---|")
+    for x in rows:
+        for it in (1, 2, 3, 5, 10, 20, 50, 100):
+            pairs = [(d["1"], d[x["arm"]]) for (t, s), d in sorted(paired.items())
+                     if t == x["task"] and "1" in d and x["arm"] in d]
+            at = [(a_["history"][it - 1]["eval_accuracy"], b_["history"][it - 1]["eval_accuracy"]) for a_, b_ in pairs
+                  if len(a_["history"]) >= it and len(b_["history"]) >= it]
+            if not at:
+                continue
+            d = [v - u for u, v in at]
+            print(f"| {x['task']} | {x['arm']} | {it} | {len(at)} | {np.mean([u for u, _ in at]):.4f} | "
+                  f"{np.mean([v for _, v in at]):.4f} | {_mean_se(d)} | {sum(v > 0 for v in d)} / {sum(v < 0 for v in d)} |")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"paired": rows, "runs": runs}, fh, separators=(",", ":"))
