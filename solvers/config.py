@@ -201,6 +201,11 @@ class TrainConfig:
                                 "race_validation_loss; needs held-out rows, else readout); pinned, race and probe "
                                 "need dense layers and relu",
                                 choices=HIDDEN_ALPHAS, solvers=("gauss-newton",), group="gauss-newton")
+    init_scale: float = setting(1.0, "multiplier of gauss-newton's random start of the hidden weights and biases "
+                                "(--init forward, glorot or he-bias; dense layers): below 1 the hidden layers start "
+                                "smaller, so their weight decay weighs less against the output layer's in the first "
+                                "steps (ReLU's scale symmetry; benchmarks/results/kout_early_s12.md)",
+                                solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "
                                          "turns early stopping off", group="stopping")
@@ -339,6 +344,15 @@ class TrainConfig:
                             f"({', '.join(HOMOGENEOUS)}), not {self.activation}")
         if self.sample_start < 0:
             problems.append(f"sample_start must be >= 0 (0: the default), got {self.sample_start}")
+        if not (0 < self.init_scale < float("inf")):
+            problems.append(f"init_scale must be > 0 and finite, got {self.init_scale!r}")
+        elif self.init_scale == 1.0 or self.solver not in ("gauss-newton", HANDOVER):
+            pass  # the other solvers do not read it (as --step-size)
+        elif self.solver == HANDOVER:
+            problems.append(f"init_scale scales gauss-newton's own random start; {HANDOVER} starts Gauss-Newton from "
+                            "the consensus passes' weights (pass --solver gauss-newton, or --init-scale 1)")
+        elif self.layers:
+            problems.append("init_scale was measured with dense layers only (convolutional --layers keep --init-scale 1)")
         if self.patience < 0:
             problems.append(f"patience must be >= 0, got {self.patience}")
         if self.scaling not in SCALINGS:
@@ -370,7 +384,8 @@ class TrainConfig:
         --hidden-alpha other than readout (settings Gauss-Newton alone reads).
         """
         return bool(self.layers) or self.task != "classification" or self.loss not in ("auto", CROSS_ENTROPY, "squared") \
-            or self.sample_schedule != "auto" or self.sample_start > 0 or self.hidden_alpha != "readout"
+            or self.sample_schedule != "auto" or self.sample_start > 0 or self.hidden_alpha != "readout" \
+            or self.init_scale != 1.0
 
     def choose_solver(self, n_samples: int, shards: int, threads_per_worker: int = 1,
                       shared_gil: bool = False) -> tuple["TrainConfig", dict]:
@@ -488,7 +503,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-STORED_BEFORE = {"hidden_alpha": "readout"}  # what a run store written before a setting existed ran with
+STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0}  # what a run store written before a setting existed ran with
 SETTINGS = fields(TrainConfig)
 RESUMABLE = tuple(f.name for f in SETTINGS if f.metadata["resumable"])  # --resume may change these
 

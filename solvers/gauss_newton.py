@@ -200,11 +200,11 @@ class GaussNewtonSolver(SolverBase):
     # -- client side -------------------------------------------------------------------
     def initial_hidden(self) -> list:
         """Return the random hidden weights: Glorot-uniform for ``init="glorot"``, else He-scaled (bias 0; ``he-bias``:
-        Glorot's random biases), seeded."""
+        Glorot's random biases), seeded; times ``init_scale`` (1: as drawn)."""
         init = self.config.resolved_init()
-        if init == "glorot":
-            return self.glorot_weights(self.L - 1)
-        return self.he_weights(self.L - 1, biases=init == HE_BIAS)
+        weights = self.glorot_weights(self.L - 1) if init == "glorot" else self.he_weights(self.L - 1, biases=init == HE_BIAS)
+        scale = float(self.config.init_scale)
+        return weights if scale == 1.0 else [W * scale for W in weights]
 
     def _sample(self, runner, m: int, window: int = -1) -> dict:
         """Return the ``chunks=`` argument of a pass over the sample of ``m`` chunks (window ≥ 0: rotating; {}: every chunk)."""

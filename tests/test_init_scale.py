@@ -1,0 +1,60 @@
+"""--init-scale (Gauss-Newton, dense layers): the random start of the hidden weights times a factor; 1 is the old start
+bit for bit, and run stores written before the setting existed resume under 1."""
+import numpy as np
+import pytest
+
+from solvers import make_solver
+from solvers.config import HANDOVER, STORED_BEFORE, TrainConfig, describe
+from solvers.errors import InputError
+from solvers.reference import fit_in_memory
+
+
+def _solver(**settings):
+    cfg = TrainConfig(solver="gauss-newton", hidden=(6, 4), **settings)
+    return make_solver(cfg, 5, x_mean=np.zeros(5), x_scale=np.ones(5), classes=np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("init", ["forward", "glorot", "he-bias"])
+def test_init_scale_multiplies_every_start_and_1_is_the_old_start(init):
+    base = _solver(init=init).initial_hidden()
+    same = _solver(init=init, init_scale=1.0).initial_hidden()
+    half = _solver(init=init, init_scale=0.5).initial_hidden()
+    assert len(base) == len(half) == 2
+    for W, W1, Wh in zip(base, same, half):
+        np.testing.assert_array_equal(W1, W)
+        np.testing.assert_array_equal(Wh, 0.5 * W)  # weights and biases (he-bias, glorot: random biases too)
+
+
+def test_init_scale_changes_the_run_only_through_its_start(digits_0_vs_2):
+    X, Xt, y, yt = digits_0_vs_2
+    base = dict(solver="gauss-newton", hidden=(16,), iterations=3, seed=1)
+    default = fit_in_memory(X, y, TrainConfig(**base), X_test=Xt, y_test=yt)
+    one = fit_in_memory(X, y, TrainConfig(**base, init_scale=1.0), X_test=Xt, y_test=yt)
+    half = fit_in_memory(X, y, TrainConfig(**base, init_scale=0.5), X_test=Xt, y_test=yt)
+    for W, W_ref in zip(default.network.weights, one.network.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    assert not np.allclose(half.network.weights[0], default.network.weights[0])
+    assert half.history[-1]["test_accuracy"] >= 0.9
+
+
+def test_old_stores_config_resumes_under_init_scale_1():
+    stored = TrainConfig(solver="gauss-newton").to_dict()
+    del stored["init_scale"]  # written before the setting existed
+    config, changed = TrainConfig.resumed(stored, {})
+    assert config.init_scale == 1.0 and not changed
+    assert STORED_BEFORE["init_scale"] == 1.0  # whatever the field's default becomes
+    with pytest.raises(InputError, match="cannot resume with settings that change the stored state.*init_scale"):
+        TrainConfig.resumed(stored, {"init_scale": 0.5})
+
+
+def test_init_scale_is_checked_where_gauss_newton_reads_it():
+    assert TrainConfig(init_scale=0.5).solver == "gauss-newton"  # auto: only gauss-newton reads it
+    assert "init scale 0.5" in describe(TrainConfig(init_scale=0.5))
+    assert "init scale" not in describe(TrainConfig(solver="admm", init_scale=0.5))  # admm ignores it
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="init_scale must be > 0"):
+            TrainConfig(init_scale=bad)
+    with pytest.raises(InputError, match="init_scale was measured with dense layers"):
+        TrainConfig(solver="gauss-newton", init_scale=0.5, layers="conv:4x3x3", input_shape=(8, 8, 1))
+    with pytest.raises(InputError, match=f"{HANDOVER} starts Gauss-Newton"):
+        TrainConfig(solver=HANDOVER, init_scale=0.5)
