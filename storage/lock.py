@@ -58,9 +58,21 @@ HEARTBEAT = 30.0     # seconds between touches of a held lock
 STALE_AFTER = 600.0  # seconds without a touch after which another host's lock is stale
 
 
+def canonical(store) -> Path:
+    """Return the store's real path (symbolic links, ``.`` and ``..`` resolved): where its lock and reader records go.
+
+    Every process names them from this path, so a reader given a link to a store and a writer given its real path
+    see each other's files.
+    """
+    real = Path(os.path.realpath(store))
+    if not real.name:
+        raise InputError(f"{store} is not a store: it is the root folder")
+    return real
+
+
 def lock_path(store) -> Path:
-    """Return the lock file of the run store ``store``: ``<store>.lock`` beside it."""
-    store = Path(store)
+    """Return the lock file of the store ``store``: ``<store>.lock`` beside it (beside its real path)."""
+    store = canonical(store)
     return store.with_name(store.name + ".lock")
 
 
@@ -105,8 +117,14 @@ def _read_record(path: Path) -> dict | None:
         mtime = path.stat().st_mtime
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError:
-        return {"unreadable": True, "age": 0.0}
+    except OSError:  # e.g. another user's record we may not read: its age still says whether it is stale
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return {"unreadable": True, "age": 0.0}
+        return {"unreadable": True, "age": max(0.0, _fs_now(path.parent) - mtime)}
     try:
         holder = json.loads(text)
         if not isinstance(holder, dict):
@@ -188,8 +206,9 @@ READER = ".reader-"  # a reader's record: ``<DATA>.reader-<host>.<pid>.<token>``
 
 
 def live_readers(store, remove_stale: bool = True) -> list[dict]:
-    """Return the records of the live readers of data store ``store``; stale ones are removed (``remove_stale``)."""
-    store = Path(store)
+    """Return the records of the live readers of data store ``store`` (each with ``path``, its file); stale ones are
+    removed (``remove_stale``)."""
+    store = canonical(store)
     try:
         paths = sorted(store.parent.glob(glob.escape(store.name) + READER + "*"))
     except OSError:
@@ -206,7 +225,7 @@ def live_readers(store, remove_stale: bool = True) -> list[dict]:
                 except OSError:
                     pass
             continue
-        readers.append(holder)
+        readers.append({**holder, "path": str(path)})
     return readers
 
 
@@ -228,8 +247,9 @@ def check_no_readers(store, kind: str, undone: str) -> None:
     readers = live_readers(store)
     if readers:
         more = f" and {len(readers) - 1} other reader(s)" if len(readers) > 1 else ""
-        raise InputError(f"{kind} {store} is in use by {describe(readers[0])}{more}, which reads it; wait for it to "
-                         f"finish or stop it, then write again ({undone})")
+        raise InputError(f"{kind} {store} is in use by {describe(readers[0])}{more}, which reads it (its record is "
+                         f"{readers[0]['path']}; delete it if that process is gone); wait for it to finish or stop "
+                         f"it, then write again ({undone})")
 
 
 class ReadLock:
@@ -237,15 +257,16 @@ class ReadLock:
 
     Refused (:class:`InputError`) while a live writer holds the store's lock; while held, a writer is refused.
     With ``run=True`` the store is a run store: its trainer holds ``<RUN>.lock`` while it commits iterations, which
-    readers may read meanwhile, so only a trainer that replaces the store (``--overwrite``) refuses the reader, and a
-    reader refuses such a trainer (:func:`storage.runstore.check_creatable`).
+    readers may read meanwhile, so only a trainer that replaces the store (``--overwrite``) refuses the reader, until
+    its new run is in place (:meth:`RunLock.replaced`), and a reader refuses such a trainer (:func:`storage.runstore.check_creatable`).
     """
 
     def __init__(self, store, command: str | None = None, run: bool = False):
         self.store = Path(store)
         self.run = run
         self.record = _new_record(command)
-        self.path = self.store.with_name(f"{self.store.name}{READER}{self.record['host'].replace('/', '_')}."
+        real = canonical(store)  # a link to the store, ".", "..": the record lies beside the real store
+        self.path = real.with_name(f"{real.name}{READER}{self.record['host'].replace('/', '_')}."
                                          f"{self.record['pid']}.{self.record['token']}")
         self._heartbeat = None
 
@@ -260,6 +281,7 @@ class ReadLock:
         """Write this reader's record, then refuse (removing it) if a live writer holds the store's lock."""
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.fchmod(fd, 0o644)  # readable by every user whatever the umask: a writer must judge its age and holder
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(self.record, indent=1))
                 f.flush()
@@ -320,6 +342,7 @@ class RunLock:
         tmp = folder / f".{self.path.name}.{self.record['host']}.{os.getpid()}.{self.record['token']}"
         try:
             with open(tmp, "w") as f:
+                os.fchmod(f.fileno(), 0o644)  # the lock (this file's hard link): readable by every user, any umask
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
@@ -341,6 +364,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return False
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "w") as f:
                 f.write(text)
                 f.flush()

@@ -271,3 +271,73 @@ def test_train_overwrite_is_refused_while_an_evaluate_reads_the_run_store(tmp_pa
     finally:
         reader.kill()
         reader.wait()
+
+
+def test_a_reader_through_a_symlink_and_a_writer_on_the_real_path_see_each_other(store, tmp_path):
+    """Lock and reader records are named from the store's real path: a reader given a link blocks an ingest
+    --overwrite of the real path (which would otherwise swap the store under it), and the other way round."""
+    link = tmp_path / "link.zarr"
+    link.symlink_to(store)
+    before = snapshot(store)
+    with ReadLock(link):
+        assert list(tmp_path.glob("d.zarr.reader-*")) and not list(tmp_path.glob("link.zarr.*"))
+        with pytest.raises(InputError, match="which reads it"):
+            ingest(write_csv(tmp_path / "new.csv"), store, overwrite=True)
+    assert snapshot(store) == before
+    with DataWriteLock(store):
+        with pytest.raises(InputError, match="is being written by"):
+            ReadLock(link).acquire()
+    (tmp_path / "sub").mkdir()
+    with ReadLock(tmp_path / "sub" / ".."), ReadLock(tmp_path / "d.zarr" / ".." / "d.zarr"):  # records beside the real paths
+        assert len(list(tmp_path.parent.glob(f"{tmp_path.name}.reader-*"))) == 1
+        assert len(live_readers(store)) == 1
+
+
+def test_evaluate_with_data_dot_is_one_error_line(tmp_path):
+    """`--data .` was a ValueError (a reader record with an empty name) and an 'unexpected' line."""
+    work = tmp_path / "work"
+    work.mkdir()
+    r = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--store", str(tmp_path / "run.zarr"), "--data", "."],
+                       cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and "unexpected" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not list(tmp_path.glob("*.reader-*"))
+
+
+def test_a_refusal_names_the_reader_record(store, tmp_path):
+    with ReadLock(store) as held:
+        with pytest.raises(InputError, match=f"its record is {held.path}; delete it if that process is gone"):
+            DataWriteLock(store).acquire()
+
+
+def test_an_unreadable_record_is_stale_by_its_age(store, tmp_path, monkeypatch):
+    """Another user's record we may not read (PermissionError) is judged by its file's age, not kept forever."""
+    record = tmp_path / "d.zarr.reader-elsewhere.123.t"
+    record.write_text("{}")
+    real_read = Path.read_text
+
+    def forbidden(self, *args, **kwargs):
+        if ".reader-" in self.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", forbidden)
+    assert live_readers(store, remove_stale=False)  # fresh: a live reader
+    old = time.time() - lockmod.STALE_AFTER - 60
+    os.utime(record, (old, old))
+    assert lockmod._read_record(record)["age"] > lockmod.STALE_AFTER
+    with DataWriteLock(store):
+        pass
+    assert not record.exists()
+
+
+def test_records_and_locks_are_readable_by_everyone_whatever_the_umask(store):
+    old = os.umask(0o077)
+    try:
+        with ReadLock(store) as held, DataWriteLock(store.with_name("e.zarr")) as lock:
+            assert held.path.stat().st_mode & 0o777 == 0o644
+            assert lock.path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
