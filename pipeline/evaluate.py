@@ -6,6 +6,7 @@ import json
 import sys
 
 from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exit_process, exits_on_input_error
+from pipeline.signals import exit_on_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,12 +98,18 @@ def main(argv=None) -> int:
     from storage.lock import ReadLock
 
     args = build_parser().parse_args(argv)
-    # until the result is in: an ingest into --data and a train --overwrite of --store are refused (and refuse this)
-    with ReadLock(args.data), ReadLock(args.store, run=True):
-        if not args.dry_run:  # --dry-run prints a job script, whatever the stores
+    # SIGTERM (scancel, walltime, kill) unwinds the with blocks like Ctrl-C: the reader records go
+    with exit_on_signals(batch=args.cluster in ("slurm", "pbs")):
+        if args.dry_run:  # prints a job script, whatever the stores: no read locks (an ingest under way is fine)
+            with connect_from_args(args, data=args.data):
+                pass  # not reached: connect raises DryRun (exit 0) once the script is printed
+            return 0
+        # until the result is in: an ingest into --data and a train --overwrite of --store are refused (and
+        # refuse this)
+        with ReadLock(args.data), ReadLock(args.store, run=True):
             check_inputs(args.store, args.data)  # before a cluster starts (with a missing --data: worker processes)
-        with connect_from_args(args, data=args.data) as client:
-            result = evaluate(client, args.store, args.data)
+            with connect_from_args(args, data=args.data) as client:
+                result = evaluate(client, args.store, args.data)
     if result.get("unseen_labels"):
         print(unseen_warning(result["unseen_labels"], result["n_samples"]), file=sys.stderr)
     if args.json:

@@ -17,6 +17,7 @@ import sys
 import time
 
 from pipeline.cli import ArgumentParser, exit_process, exits_on_input_error, positive_int
+from pipeline.signals import exit_on_signals
 from solvers.errors import InputError
 from storage.ingest import ingest
 
@@ -122,19 +123,20 @@ def main(argv=None) -> int:
     progress = _Progress()
     t0 = time.perf_counter()
     try:
-        train, test = ingest(
-            args.source, args.out, label_column=args.label_column,
-            test_fraction=args.test_fraction, test_out=args.test_out, seed=args.seed,
-            chunk_rows=args.chunk_rows, header=args.header, overwrite=args.overwrite,
-            progress=progress, labels=args.labels)
+        # SIGTERM (kill, scancel) unwinds like Ctrl-C: the partial store, <DATA>.lock and reader records go
+        with exit_on_signals(done="no store was written or replaced"):
+            train, test = ingest(
+                args.source, args.out, label_column=args.label_column,
+                test_fraction=args.test_fraction, test_out=args.test_out, seed=args.seed,
+                chunk_rows=args.chunk_rows, header=args.header, overwrite=args.overwrite,
+                progress=progress, labels=args.labels)
     except InputError as err:
         progress.close()
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except SystemExit:  # a signal: exit_on_signals printed its line
         progress.close()
-        print("interrupted; no store was written or replaced", file=sys.stderr)
-        return 130
+        raise
     progress.close()
     print(_describe(train, "train"))
     if test is not None:

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exit_process, exits_on_input_error
+from pipeline.signals import exit_on_signals
 
 PREDICTIONS_FORMAT = "admm-dask-predictions"
 
@@ -88,11 +89,15 @@ def main(argv=None) -> int:
     from storage.lock import ReadLock
 
     args = build_parser().parse_args(argv)
-    # until the predictions are in: an ingest into --data and a train --overwrite of --store are refused (and refuse this)
-    with ReadLock(args.data), ReadLock(args.store, run=True):
-        check_inputs(args.store, args.data, args.out, args.overwrite)  # before a cluster starts
-        with connect_from_args(args, data=args.data) as client:
-            out = predict(client, args.store, args.data, args.out, args.overwrite)
+    # SIGTERM (scancel, walltime, kill) unwinds the with blocks like Ctrl-C: the reader records and the partial
+    # predictions store go
+    with exit_on_signals(batch=args.cluster in ("slurm", "pbs")):
+        # until the predictions are in: an ingest into --data and a train --overwrite of --store are refused (and
+        # refuse this)
+        with ReadLock(args.data), ReadLock(args.store, run=True):
+            check_inputs(args.store, args.data, args.out, args.overwrite)  # before a cluster starts
+            with connect_from_args(args, data=args.data) as client:
+                out = predict(client, args.store, args.data, args.out, args.overwrite)
     print(f"predictions written to {out}/prediction")
     return 0
 

@@ -112,11 +112,13 @@ def _quiet_shutdown() -> None:
 
 
 @contextlib.contextmanager
-def exit_on_signals(store=None, batch=False):
+def exit_on_signals(store=None, batch=False, done: str | None = None):
     """Turn SIGINT/SIGTERM inside the block into one line on stderr and ``SystemExit(130/143)``.
 
     ``store`` (a callable returning the run store path, or the path) names the
-    resume command; ``batch`` says the clean-up cancelled batch jobs.
+    resume command; ``batch`` says the clean-up cancelled batch jobs; ``done`` replaces what the line says was
+    cleaned up (a command without a run store: evaluate, predict, ingest). Either way the ``with`` blocks inside
+    unwind, so locks and reader records (:mod:`storage.lock`) are removed.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -134,9 +136,9 @@ def exit_on_signals(store=None, batch=False):
         signum = handler.first[0] if handler.first else signal.SIGINT
         _quiet_shutdown()
         path = store() if callable(store) else store
-        done = ("the worker jobs were cancelled and the temporary certificates deleted" if batch
-                else "the cluster was shut down")
-        print(f"{NAMES[signum]}: {done}{_resume_hint(path)}", file=sys.stderr, flush=True)
+        done_ = done or ("the worker jobs were cancelled and the temporary certificates deleted" if batch
+                         else "the cluster was shut down")
+        print(f"{NAMES[signum]}: {done_}{_resume_hint(path)}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT[signum]) from None
     finally:
         _active.remove(handler)

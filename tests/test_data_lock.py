@@ -341,3 +341,53 @@ def test_records_and_locks_are_readable_by_everyone_whatever_the_umask(store):
             assert lock.path.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+def test_sigterm_removes_the_ingests_lock_and_the_evaluates_records(tmp_path):
+    """SIGTERM (kill, scancel) unwinds ingest, evaluate and predict like Ctrl-C: exit 143, one line, nothing left."""
+    big = write_csv(tmp_path / "big.csv", n=60_000)
+    out = tmp_path / "d.zarr"
+    first = subprocess.Popen([sys.executable, "-m", "pipeline.ingest", str(big), "--out", str(out),
+                              "--chunk-rows", "1024"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        _wait_for(lambda: lock_path(out).exists(), first, "the ingest's lock")
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM): no store was written or replaced", err
+    assert not lock_path(out).exists() and not list(tmp_path.glob("d.zarr*"))
+    assert run_module("pipeline.ingest", write_csv(tmp_path / "small.csv"), "--out", out).returncode == 0
+    reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(fake_run_store(
+        tmp_path / "r.zarr")), "--data", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        _wait_for(lambda: list(tmp_path.glob("d.zarr.reader-*")), reader, "the evaluate's reader record")
+        reader.send_signal(signal.SIGSTOP)
+        if not list(tmp_path.glob("*.reader-*")):
+            reader.send_signal(signal.SIGCONT)
+            pytest.skip("the evaluate ended before it was stopped")
+        reader.send_signal(signal.SIGTERM)
+        reader.send_signal(signal.SIGCONT)
+        _, err = reader.communicate(timeout=120)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert reader.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("terminated (SIGTERM): the cluster was shut down"), err
+    assert not list(tmp_path.glob("*.reader-*"))
+
+
+def test_evaluate_dry_run_takes_no_read_lock(store, tmp_path, capsys):
+    """--dry-run only prints a job script: an ingest under way does not refuse it."""
+    from pipeline.evaluate import main
+
+    with DataWriteLock(store):
+        assert main(["--store", str(tmp_path / "r.zarr"), "--data", str(store), "--cluster", "slurm",
+                     "--dry-run"]) == 0
+    assert "#!" in capsys.readouterr().out
