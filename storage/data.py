@@ -49,7 +49,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from solvers.errors import InputError
-from storage.lock import DataWriteLock
+from storage.lock import DataWriteLock, check_no_readers
 from storage.paths import (KIND_NAMES, check_target, clean_stale_partials, partial_path, source_kind, source_stem,
                            store_format, swap_in)
 
@@ -410,14 +410,17 @@ class DataWriter:
             except OSError as err:
                 raise InputError(f"cannot write {self.path}: {err.strerror} ({err.filename or self.path.parent})") \
                     from None
+            self._X = self._y = None
+            c, d = self.chunk_rows, self.n_features
+            self._bx = np.empty((c, d), X_DTYPE)  # a MemoryError here must release the lock too
+            self._by = np.empty(c, Y_DTYPE)
+            self._fill = 0
         except BaseException:
+            if self._partial is not None:
+                shutil.rmtree(self._partial, ignore_errors=True)
+                self._partial = None
             self._lock.release()
             raise
-        self._X = self._y = None
-        c, d = self.chunk_rows, self.n_features
-        self._bx = np.empty((c, d), X_DTYPE)
-        self._by = np.empty(c, Y_DTYPE)
-        self._fill = 0
         return self
 
     def append(self, X_block, y_block) -> None:
@@ -541,8 +544,15 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
 
 
 def _replace(partial: Path, target: Path, overwrite: bool) -> None:
-    """Rename the complete store ``partial`` to ``target``, replacing an old one last."""
+    """Rename the complete store ``partial`` to ``target``, replacing an old one last.
+
+    An old store is replaced only if no live reader appeared meanwhile: the writer's lock keeps new readers out,
+    but on a network file system its first look for readers (:class:`storage.lock.DataWriteLock`) can miss one that
+    started on another node just before (:mod:`storage.lock`, Limits), so it looks again right before the swap.
+    """
     check_writable(target, overwrite)
+    if overwrite and target.exists() and not target.is_symlink():
+        check_no_readers(target, "data store", "the new store was discarded; nothing was replaced")
     swap_in(partial, target)
 
 

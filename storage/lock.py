@@ -36,9 +36,20 @@ backs out (removing what it wrote) and refuses in one line if it finds the
 other. Of a reader and a writer starting together, at least one sees the
 other (both may refuse; never both proceed). A reader that cannot write its
 record (a read-only folder of shared data) still refuses while a writer holds
-the lock, but a writer cannot see it. Limit: on a network file system a
-writer's listing of the folder can miss a reader record created on another
-node within the client's directory cache time (NFS ``acdirmin``, seconds).
+the lock, but a writer cannot see it. A writer that replaces a store looks
+for readers again right before the swap, and discards its new store if it
+finds one. Every process names these files from the store's real path
+(symbolic links, ``.`` and ``..`` resolved), so a reader given a link and a
+writer given the real path see each other.
+
+Limits: on a network file system a client caches directory contents and
+attributes, so both directions can miss the other side for up to the
+client's cache time (NFS ``acdirmax``, up to 60 s by default): a writer's
+listing can miss a reader record created on another node, and a reader's look
+at ``<DATA>.lock`` can miss a writer's lock created on another node. A reader
+record left by a process killed on another node (SIGKILL, a lost node) blocks
+writers until it has not been touched for :data:`STALE_AFTER` seconds; the
+refusal names the record, which may be deleted once that process is gone.
 """
 from __future__ import annotations
 

@@ -391,3 +391,25 @@ def test_evaluate_dry_run_takes_no_read_lock(store, tmp_path, capsys):
         assert main(["--store", str(tmp_path / "r.zarr"), "--data", str(store), "--cluster", "slurm",
                      "--dry-run"]) == 0
     assert "#!" in capsys.readouterr().out
+
+
+def test_a_reader_that_appeared_while_the_new_store_was_written_keeps_the_old_store(store, tmp_path):
+    """The writer's look for readers can miss one (NFS directory caches): it looks again right before the swap,
+    and discards the new store."""
+    before = snapshot(store)
+    with pytest.raises(InputError, match=r"which reads it.*the new store was discarded; nothing was replaced"):
+        with DataWriter(store, 2, overwrite=True) as w:
+            w.append(np.ones((5, 2)), np.arange(5) % 2)
+            record = {"host": socket.gethostname(), "pid": os.getpid(), "process_started": lockmod._process_start(
+                os.getpid()), "started": "now", "command": "python -m pipeline.evaluate", "token": "t"}
+            (tmp_path / "d.zarr.reader-here.1.t").write_text(json.dumps(record))  # missed by the first look
+    assert snapshot(store) == before
+    (tmp_path / "d.zarr.reader-here.1.t").unlink()
+    assert not lock_path(store).exists() and not list(tmp_path.glob("d.zarr.*"))
+
+
+def test_a_failed_buffer_allocation_releases_the_lock(tmp_path):
+    with pytest.raises(MemoryError):
+        with DataWriter(tmp_path / "d.zarr", 1000, chunk_rows=2**50):
+            pass
+    assert not lock_path(tmp_path / "d.zarr").exists() and not list(tmp_path.glob("d.zarr*"))
