@@ -81,20 +81,22 @@ def train(client, *, store, report=print, **kwargs) -> TrainResult:
     stores it reads are read-locked (:class:`storage.lock.ReadLock`) from before they are opened until it returns:
     an ingestion into one of them is refused meanwhile, and one under way refuses this run.
     """
-    with RunLock(store, report=report, replacing=bool(kwargs.get("overwrite"))), contextlib.ExitStack() as held:
+    with RunLock(store, report=report, replacing=bool(kwargs.get("overwrite"))) as lock, \
+            contextlib.ExitStack() as held:
         def reading(path):
             held.enter_context(ReadLock(path))
             return path
 
-        try:
-            return _train(client, store=store, report=report, reading=reading, **kwargs)
+        try:  # once --overwrite's new run is in place it is an ordinary run: evaluate and predict may read it
+            return _train(client, store=store, report=report, reading=reading, created=lock.replaced, **kwargs)
         finally:  # a run store this one replaced (--overwrite) is gone when train returns or raises
             join_discards()
 
 
 def _train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
            chunk_rows=None, resume=False, overwrite=False, iterations=None, overrides=None,
-           progress=False, report=print, monitor=None, reading=lambda path: path) -> TrainResult:
+           progress=False, report=print, monitor=None, reading=lambda path: path,
+           created=lambda: None) -> TrainResult:
     """Train out of core on ``data`` into the run store ``store``; return the network and history.
 
     With ``resume=True`` the run continues from its last committed iteration:
@@ -104,7 +106,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     ``validation_fraction`` > 0 the returned network is the best held-out
     iteration's. ``monitor`` (a :class:`pipeline.monitor.TrainingMonitor`) is
     told about the run, every pass and every commit: the dashboard's /training page. ``reading(path)`` is
-    called with each data store's path before it is opened (:func:`train`: read-locks it) and returns it.
+    called with each data store's path before it is opened (:func:`train`: read-locks it) and returns it;
+    ``created()`` once a new run store is in place (:func:`train`: its lock stops refusing readers).
     """
     changed = set()
     if resume and overwrite:
@@ -156,6 +159,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                               validation=split.record(data.n_samples) if split else None, report=report,
                               shard_widths=solver.shard_state_widths() if solver.sharded else None,
                               n_shards=config.shards, background_discard=True, solver_choice=choice)
+        created()
     test = check_test_data(test_data, data)
 
     split = split_of(run.attrs)

@@ -405,6 +405,29 @@ class RunLock:
         raise InputError(f"could not lock {self.kind} {self.store}: its lock {self.path} keeps changing; "
                          "is another process starting on it?")
 
+    def replaced(self) -> None:
+        """Say the store is replaced (``--overwrite``: the new run is in place): rewrite the lock without
+        ``replacing``, so evaluate and predict may read the new run meanwhile, as any trainer's run.
+
+        The record is written to a private file and renamed onto the lock (atomic, also on NFS): a reader sees the
+        old record or the new one, both with this lock's token.
+        """
+        if not self.record.pop("replacing", None) or self._heartbeat is None:
+            return
+        tmp = self.path.parent / f".{self.path.name}.{self.record['host']}.{os.getpid()}.{self.record['token']}"
+        try:
+            with open(tmp, "w") as f:
+                os.fchmod(f.fileno(), 0o644)
+                f.write(json.dumps(self.record, indent=1))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError:  # the lock keeps "replacing": readers stay refused until the run ends, nothing worse
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
     def _in_use(self, holder: dict) -> str:
         return (f"run store {self.store} is in use by {describe(holder)}; wait for it to finish or stop it "
                 f"(its lock is {self.path})")

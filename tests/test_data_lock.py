@@ -413,3 +413,41 @@ def test_a_failed_buffer_allocation_releases_the_lock(tmp_path):
         with DataWriter(tmp_path / "d.zarr", 1000, chunk_rows=2**50):
             pass
     assert not lock_path(tmp_path / "d.zarr").exists() and not list(tmp_path.glob("d.zarr*"))
+
+
+def test_a_run_being_replaced_lets_readers_in_once_the_new_run_is_in_place(tmp_path):
+    from storage.lock import RunLock
+
+    run = fake_run_store(tmp_path / "r.zarr")
+    with RunLock(run, replacing=True) as lock:
+        with pytest.raises(InputError, match="is being replaced by"):
+            ReadLock(run, run=True).acquire()
+        token = json.loads(lock.path.read_text())["token"]
+        lock.replaced()
+        held = json.loads(lock.path.read_text())
+        assert "replacing" not in held and held["token"] == token and lock.path.stat().st_mode & 0o777 == 0o644
+        with ReadLock(run, run=True):
+            pass
+    assert not lock_path(run).exists() and not list(tmp_path.glob(".r.zarr.lock*"))
+
+
+def test_train_overwrite_refuses_readers_only_until_its_new_run_is_in_place(client, tmp_path):
+    from pipeline.training import train
+    from solvers.config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 3)).astype(np.float32)
+    write_data(tmp_path / "d.zarr", X, (X[:, 0] > 0).astype(int))
+    config = TrainConfig(solver="gauss-newton", hidden=(3,), iterations=1)
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=config, report=lambda line: None)
+    let_in = []
+
+    def report(line):  # the run line comes after the new store is in place
+        try:
+            with ReadLock(tmp_path / "r.zarr", run=True):
+                let_in.append(True)
+        except InputError:
+            let_in.append(False)
+
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=config, overwrite=True, report=report)
+    assert let_in and all(let_in), let_in
