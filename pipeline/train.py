@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--resume", action="store_true",
                        help="continue the run in --store from its last committed iteration")
     again.add_argument("--overwrite", action="store_true",
-                       help="replace an existing run store at --store (not with --resume)")
+                       help="replace an existing run store at --store (not with --resume; needs --data: the "
+                            "demo never replaces a run)")
     add_arguments(p)  # one flag per TrainConfig setting (solvers/config.py)
     add_cluster_arguments(p)
     p.add_argument("--chunk-rows", type=int, default=None, help="samples per state chunk (default: ~128 MB of state per chunk)")
@@ -102,7 +103,10 @@ def _demo_data(workdir: Path) -> tuple[str, str]:
 
 @exits_on_input_error
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.overwrite and args.data is None:  # the demo would replace the run in --store
+        parser.error("--overwrite needs --data: without it the bundled demo data would replace the run in --store")
     setup_logging(args.verbose)
     where = {"store": args.store}
     with exit_on_signals(store=lambda: where["store"], batch=args.cluster in ("slurm", "pbs")):

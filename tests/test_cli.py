@@ -46,6 +46,20 @@ def test_store_without_data_says_in_its_first_line_that_it_trains_the_demo(tmp_p
         in first and "pass --data DATA.zarr" in first, first
 
 
+def test_overwrite_without_data_is_refused_in_one_line(tmp_path):
+    """`train --store R --overwrite` without --data replaced the run R with the digits demo."""
+    from pipeline.train import main
+
+    (tmp_path / "r.zarr").mkdir()
+    r = run("pipeline.train", "--store", tmp_path / "r.zarr", "--overwrite")
+    assert r.returncode == 2 and r.stderr.startswith("error: --overwrite needs --data"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not r.stdout, (r.stdout, r.stderr)
+    assert not any((tmp_path / "r.zarr").iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        main(["--overwrite"])
+    assert exit_.value.code == 2
+
+
 def zarr_y(path):
     import zarr
 
