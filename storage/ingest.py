@@ -172,7 +172,7 @@ def _default_names(n: int, label: int) -> list[str]:
 
 def _open_text(path: Path):
     """Open a plain or gzip-compressed text file for reading lines."""
-    if path.suffix == ".gz":
+    if path.suffix.lower() == ".gz":  # as source_kind: HIGGS.CSV.GZ is gzip too
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")
 

@@ -74,8 +74,9 @@ def test_csv_label_by_index(tmp_path, table, label):
     assert store.label_name == "cls"
 
 
-def test_csv_gz(tmp_path, table):
-    src = write_csv(tmp_path / "t.csv.gz", table, header=["a", "b", "c", "y"], compress=True)
+@pytest.mark.parametrize("name", ["t.csv.gz", "T.CSV.GZ"])  # suffixes in any case, as source_kind takes them
+def test_csv_gz(tmp_path, table, name):
+    src = write_csv(tmp_path / name, table, header=["a", "b", "c", "y"], compress=True)
     store, _ = ingest(src, tmp_path / "d.zarr")
     np.testing.assert_array_equal(store.X[:], table[:, :3].astype(np.float32))
     assert store.label_name == "y"
