@@ -197,8 +197,9 @@ class TrainConfig:
                                 "than 0.01 below readout's; the other candidate's held-out score is the metric "
                                 "race_validation_<score>; needs held-out rows, else readout) or probe (both take "
                                 "iteration 1, pass A and a score pass each; pinned goes on iff its step was accepted "
-                                "and its held-out loss is below 0.99 x readout's; the other's is the metric "
-                                "race_validation_loss; needs held-out rows, else readout); pinned, race and probe "
+                                "and its held-out loss is below 0.99 x readout's, so readout goes on if its own step was "
+                                "rejected; the other's is the metric race_validation_loss, absent if its step was "
+                                "rejected; needs held-out rows, else readout); pinned, race and probe "
                                 "need dense layers and relu",
                                 choices=HIDDEN_ALPHAS, solvers=("gauss-newton",), group="gauss-newton")
     init_scale: float = setting(1.0, "multiplier of gauss-newton's random start of the hidden weights and biases "

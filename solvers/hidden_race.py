@@ -13,8 +13,10 @@ for the progress report is the solver's ``note``. Nothing held out (or other ker
 ``--hidden-alpha probe`` decides at iteration 1 instead (race_cheap_s12.md): both candidates take iteration 1 with
 their pass B deferred (pass A and a score pass each; the winner's pass B opens iteration 2, bitwise the steps of its
 own run), and pinned goes on iff its trial was accepted and its held-out loss (pass A's held-out sums, free) is
-below readout's times 1 − :data:`PROBE_MARGIN`. Iteration 1 reports the winner; the loser's held-out loss is the
-metric ``race_validation_loss``. The extra cost is the loser's pass A and score pass, about half an iteration.
+below readout's times 1 − :data:`PROBE_MARGIN`; if readout's trial is rejected (no held-out loss), readout goes on
+all the same (its rejected step leaves the start's weights; the note says "rejected"). Iteration 1 reports the
+winner; the loser's held-out loss is the metric ``race_validation_loss`` (absent when the loser's trial was
+rejected). The extra cost is the loser's pass A and score pass, about half an iteration.
 
 The functions take the :class:`~solvers.gauss_newton.GaussNewtonSolver` and call its single-candidate steps
 (``_advance``, ``_with_trial``, ``_resume_one``) with its ``pinned`` flag set per candidate.
@@ -55,7 +57,7 @@ def initialize(solver, runner, state: LoopState) -> LoopState:
     c = state.carry
     if not solver._scores_held_out(runner):
         c["hidden_pinned"] = np.float64(0.0)
-        solver.note = "hidden alpha: readout (race needs held-out rows)"
+        solver.note = f"hidden alpha: readout ({solver.config.hidden_alpha} needs held-out rows)"
         return state
     other = {name: value for name, value in c.items() if name[:1] != "T" or not name[1:].isdigit()}
     other.pop("T_out", None)
@@ -136,12 +138,15 @@ def _probe(solver, runner, main: LoopState, other: LoopState) -> tuple[LoopState
                          and other_loss < loss * (1 - PROBE_MARGIN))
     won, metrics, lost = (new_other, m_other, m_main) if solver.pinned else (new_main, m_main, m_other)
     won.carry["hidden_pinned"] = np.float64(solver.pinned)
-    seen = "rejected" if not m_other["accepted"] else f"{other_loss:.4g}"
+    def seen(m, value):  # a rejected trial has no held-out loss
+        return "rejected" if not m["accepted"] or value is None else f"{value:.4g}"
+
     solver.note = (f"hidden alpha: {'pinned' if solver.pinned else 'readout'} from iteration 1 (held-out loss at "
-                   f"iteration 1: readout {loss if loss is None else f'{loss:.4g}'}, pinned {seen}; pinned needs "
+                   f"iteration 1: readout {seen(m_main, loss)}, pinned {seen(m_other, other_loss)}; pinned needs "
                    f"{1 - PROBE_MARGIN:g}x readout's)")
+    lost_loss = lost.get("validation_loss")  # none for a rejected trial: no metric (not NaN)
     return won, {**metrics, "hidden_pinned": float(solver.pinned),
-                 "race_validation_loss": float(lost.get("validation_loss", np.nan))}
+                 **({} if lost_loss is None else {"race_validation_loss": float(lost_loss)})}
 
 
 def resume(solver, state: LoopState, changed: set) -> None:

@@ -201,7 +201,10 @@ def test_probe_goes_on_as_the_candidate_with_the_lower_held_out_loss_at_iteratio
                       < first["readout"]["validation_loss"] * (1 - PROBE_MARGIN) else "readout")
     loser = "readout" if winner == "pinned" else "pinned"
     assert [h["hidden_pinned"] for h in probe.history] == [float(winner == "pinned")] * 6
-    np.testing.assert_equal(probe.history[0]["race_validation_loss"], first[loser].get("validation_loss", np.nan))
+    if "validation_loss" in first[loser]:
+        assert probe.history[0]["race_validation_loss"] == first[loser]["validation_loss"]
+    else:  # the loser's trial was rejected: no metric (not NaN)
+        assert "race_validation_loss" not in probe.history[0]
     assert all("race_validation_loss" not in h for h in probe.history[1:])
     for W, W_ref in zip(probe.loop_state.weights, runs[winner].loop_state.weights):
         np.testing.assert_array_equal(W, W_ref)
@@ -286,3 +289,49 @@ def test_race_of_a_regression_whose_held_out_r2_is_below_minus_1_picks_the_bette
                       hidden_alpha="race")
     race = fit_in_memory(X, y, cfg, chunk_rows=500)
     assert [h["hidden_pinned"] for h in race.history] == [0.0, 1.0, 1.0]
+
+
+def test_probe_with_the_cross_entropy_loss_goes_on_as_the_winner_would_alone():
+    """--loss cross-entropy: the pinned candidate's start objective is cross-entropy's (hidden_race.initialize) and
+    the held-out losses come from pass A's cross-entropy sums per output α (held_loss: held["ce"], out_alphas); the
+    winner by the probe's rule goes on bitwise as its own run."""
+    from solvers.hidden_race import PROBE_MARGIN
+
+    X, y, chunk_rows, settings = race_data("three0")
+    race, runs, lines = race_runs(X, y, chunk_rows, rule="probe", loss="cross-entropy", iterations=3, **settings)
+    first = {ha: r.history[0] for ha, r in runs.items()}
+    assert all(np.isfinite(h["validation_loss"]) for h in first.values() if "validation_loss" in h)
+    pinned = bool(first["pinned"]["accepted"] and "validation_loss" in first["readout"]
+                  and first["pinned"]["validation_loss"] < first["readout"]["validation_loss"] * (1 - PROBE_MARGIN))
+    winner = "pinned" if pinned else "readout"
+    assert [h["hidden_pinned"] for h in race.history] == [float(pinned)] * 3
+    for W, W_ref in zip(race.loop_state.weights, runs[winner].loop_state.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    assert [line.split(" (")[0] for line in lines if line.startswith("hidden alpha: ")] == [
+        f"hidden alpha: {winner} from iteration 1"]
+
+
+def test_probe_says_rejected_for_a_rejected_readout_step_and_records_no_nan_metric():
+    """Readout's iteration-1 trial rejected (no held-out loss): readout goes on, the note says "rejected" (not
+    "None"), and no race_validation_loss metric is written for a loser without a held-out loss."""
+    from solvers import hidden_race
+    from solvers.loop import LoopState
+
+    class Fake:
+        defer_curvature, pinned, note = False, False, ""
+
+        def __init__(self, main, other):
+            self.metrics = {False: main, True: other}
+
+        def _advance(self, runner, state):
+            return LoopState(1, state.weights, dict(state.carry)), dict(self.metrics[self.pinned])
+
+    start = LoopState(0, [np.zeros((2, 2))], {})
+    fake = Fake({"accepted": False}, {"accepted": True, "validation_loss": 0.5})
+    won, metrics = hidden_race._probe(fake, None, start, start)
+    assert metrics["hidden_pinned"] == 0.0 and "race_validation_loss" in metrics  # the loser (pinned) had a loss
+    assert "readout rejected, pinned 0.5;" in fake.note and "None" not in fake.note
+    fake = Fake({"accepted": True, "validation_loss": 0.4}, {"accepted": False})
+    won, metrics = hidden_race._probe(fake, None, start, start)
+    assert metrics["hidden_pinned"] == 0.0 and "race_validation_loss" not in metrics  # no NaN metric
+    assert "readout 0.4, pinned rejected;" in fake.note
