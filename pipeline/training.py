@@ -131,7 +131,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
-        config = replace(config or TrainConfig(), **(overrides or {}))
+        # the config as given when nothing overrides it: replace() would drop why auto became gauss-newton (_auto_pin)
+        config = replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
         data = open_data(reading(data))
         if test_data:
             reading(test_data)

@@ -162,7 +162,8 @@ class TrainConfig:
                           f"auto: consensus,gauss-newton for dense classification (no hinge loss, no sampling "
                           f"setting) when every shard gets at least {AUTO_HANDOVER_ROWS} training rows and its worker "
                           "runs one thread in a process of its own, else gauss-newton (chosen when the run is "
-                          "created, named in its run line and kept by --resume)",
+                          "created, named in its run line and kept by --resume); a given --hidden-alpha other than "
+                          "readout or --init-scale other than 1 makes auto gauss-newton, named in the run line too)",
                           choices=["auto", *sorted(SOLVERS)])
     step_size: float = setting(1.0, "step η of the Gauss-Newton update", resumable=True,
                                solvers=("gauss-newton", HANDOVER),
@@ -205,7 +206,8 @@ class TrainConfig:
     init_scale: float = setting(1.0, "multiplier of gauss-newton's random start of the hidden weights and biases "
                                 "(--init forward, glorot or he-bias; dense layers): below 1 the hidden layers start "
                                 "smaller, so their weight decay weighs less against the output layer's in the first "
-                                "steps (ReLU's scale symmetry; benchmarks/results/kout_early_s12.md)",
+                                "steps (ReLU's scale symmetry; benchmarks/results/kout_early_s12.md); not with "
+                                "--hidden-alpha pinned, race or probe (not measured)",
                                 solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "
@@ -265,6 +267,12 @@ class TrainConfig:
         object.__setattr__(self, "input_shape", parse_shape(self.input_shape) if len(self.input_shape) else ())
         if self.solver == "auto" and self._gauss_newton_only():  # else chosen by the data's size: choose_solver
             object.__setattr__(self, "solver", "gauss-newton")
+            why = [f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
+                   for flag, value, default in (("hidden-alpha", self.hidden_alpha, "readout"),
+                                                ("init-scale", self.init_scale, 1.0)) if value != default]
+            if why:  # a setting the user gave for gauss-newton: choose_solver's record names it (the run line shows it)
+                object.__setattr__(self, "_auto_pin", {"given": "auto", "solver": "gauss-newton",
+                                                       "why": f"{' and '.join(why)} given, read by gauss-newton only"})
         problems = []
         if isinstance(self.alpha, str) and self.alpha != "auto":
             try:
@@ -354,6 +362,10 @@ class TrainConfig:
                             "the consensus passes' weights (pass --solver gauss-newton, or --init-scale 1)")
         elif self.layers:
             problems.append("init_scale was measured with dense layers only (convolutional --layers keep --init-scale 1)")
+        elif self.hidden_alpha in HIDDEN_ALPHAS and self.hidden_alpha != "readout":
+            problems.append(f"init_scale {self.init_scale:g} with hidden_alpha {self.hidden_alpha} was not measured "
+                            "(pinned keeps each hidden unit's norm at init_scale times its start's): pass --init-scale "
+                            "1 or --hidden-alpha readout")
         if self.patience < 0:
             problems.append(f"patience must be >= 0, got {self.patience}")
         if self.scaling not in SCALINGS:
@@ -400,8 +412,8 @@ class TrainConfig:
         run in one process (an in-process cluster, or training in memory). A given solver is returned as it
         is (record None).
         """
-        if self.solver != "auto":
-            return self, None
+        if self.solver != "auto":  # given, or pinned to gauss-newton by a setting only it reads (__post_init__)
+            return self, self.__dict__.get("_auto_pin")
         shards = max(1, int(self.shards or shards))
         rows = int(n_samples * (1 - self.validation_fraction)) // shards
         handover = rows >= AUTO_HANDOVER_ROWS and threads_per_worker <= 1 and not shared_gil

@@ -58,3 +58,27 @@ def test_init_scale_is_checked_where_gauss_newton_reads_it():
         TrainConfig(solver="gauss-newton", init_scale=0.5, layers="conv:4x3x3", input_shape=(8, 8, 1))
     with pytest.raises(InputError, match=f"{HANDOVER} starts Gauss-Newton"):
         TrainConfig(solver=HANDOVER, init_scale=0.5)
+
+
+@pytest.mark.parametrize("rule", ["pinned", "race", "probe"])
+def test_init_scale_with_a_hidden_alpha_rule_other_than_readout_is_refused(rule):
+    """Not measured: pinned keeps each hidden unit's norm at init_scale times its start's."""
+    for solver in ("gauss-newton", "auto"):
+        with pytest.raises(InputError, match=f"init_scale 0.5 with hidden_alpha {rule} was not measured"):
+            TrainConfig(solver=solver, init_scale=0.5, hidden_alpha=rule)
+    TrainConfig(init_scale=1.0, hidden_alpha=rule)  # the default scale goes
+    TrainConfig(init_scale=0.5, hidden_alpha="readout")
+
+
+def test_auto_pinned_to_gauss_newton_by_init_scale_or_hidden_alpha_says_why():
+    """--solver auto with a given --init-scale or --hidden-alpha is gauss-newton; the choice record names the flag
+    (the run line shows `solver gauss-newton (auto: …)`); a size-free auto config of the defaults has no such pin."""
+    from solvers.config import choice_text
+
+    config, choice = TrainConfig(init_scale=0.5).choose_solver(10**6, 4)
+    assert config.solver == "gauss-newton"
+    assert choice_text(choice) == " (auto: --init-scale 0.5 given, read by gauss-newton only)"
+    config, choice = TrainConfig(hidden_alpha="probe").choose_solver(10**6, 4)
+    assert config.solver == "gauss-newton" and "--hidden-alpha probe given" in choice["why"]
+    assert TrainConfig(solver="gauss-newton", init_scale=0.5).choose_solver(10**6, 4)[1] is None  # given: no record
+    assert TrainConfig().choose_solver(10**6, 4)[1]["solver"] == HANDOVER  # the size rule, unchanged
