@@ -401,8 +401,8 @@ class DataWriter:
             raise InputError(f"cannot write {self.path}: its folder {self.path.parent} is not a writable "
                              f"directory ({err.strerror})") from None
         self._lock = DataWriteLock(self.path, report=self.report)  # no second writer, no live reader, until __exit__
-        self._lock.acquire()
         try:
+            self._lock.acquire()
             clean_stale_partials(self.path, report=self.report)
             self._partial = partial_path(self.path)
             try:

@@ -291,6 +291,13 @@ class ReadLock:
     def acquire(self) -> None:
         """Write this reader's record, then refuse (removing it) if a live writer holds the store's lock."""
         try:
+            self._acquire()
+        except BaseException:  # also a signal (KeyboardInterrupt, SIGTERM) between the record's creation and the end
+            self.release()
+            raise
+
+    def _acquire(self) -> None:
+        try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             os.fchmod(fd, 0o644)  # readable by every user whatever the umask: a writer must judge its age and holder
             with os.fdopen(fd, "w") as f:
@@ -389,6 +396,13 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock, taking over a stale one with a message; raise :class:`InputError` if it is held."""
+        try:
+            self._acquire()
+        except BaseException:  # a signal just after the lock was created leaves nothing: release removes only ours
+            self.release()
+            raise
+
+    def _acquire(self) -> None:
         for _ in range(3):
             if self._try_create():
                 self._heartbeat = _Heartbeat(self.path)

