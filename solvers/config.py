@@ -31,7 +31,7 @@ HANDOVER = "consensus,gauss-newton"  # consensus passes, then Gauss-Newton (solv
 ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings every solver reads
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
-HIDDEN_ALPHAS = ("readout", "pinned", "race", "probe")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
+HIDDEN_ALPHAS = ("auto", "readout", "pinned", "race", "probe")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
 HOMOGENEOUS = ("relu",)  # activations with h(cz) = c h(z) for c > 0: a pinned unit's norm is its output's scale only
 AVERAGING = ("chunk", "pass")  # consensus: how often the shard models are averaged in a one-sweep pass
 CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
@@ -188,7 +188,10 @@ class TrainConfig:
     sample_start: int = setting(0, f"rows of the first sample of the grow schedule, of each sample of rotate "
                                 f"(rounded up to whole chunks, at least 2, 1 for rotate); 0: {START_ROWS}, or {CONV_START_ROWS} "
                                 "with convolutions", solvers=("gauss-newton",), group="gauss-newton")
-    hidden_alpha: str = setting("readout", "the hidden layers' weight decay: readout (the output layer's α, the "
+    hidden_alpha: str = setting("auto", "the hidden layers' weight decay: auto (probe for --solver gauss-newton with dense relu "
+                                "layers on a classification with the squared loss and --init-scale 1, else readout; "
+                                "race_cheap_s12.md) "
+                                "or readout (the output layer's α, the "
                                 "held-out one with --alpha auto, in their step and in the objective) or pinned (none: "
                                 "after every step each hidden unit's weights and bias are rescaled to the norm they had, "
                                 "so a unit can turn but not grow, which ReLU's scale symmetry makes a change of direction "
@@ -340,10 +343,10 @@ class TrainConfig:
                             "per-sample state that every iteration must update); pass --sample-schedule full")
         if self.hidden_alpha not in HIDDEN_ALPHAS:
             problems.append(f"hidden_alpha {self.hidden_alpha!r} is not one of {list(HIDDEN_ALPHAS)}")
-        elif self.hidden_alpha != "readout" and self.solver == HANDOVER:
+        elif self.hidden_alpha not in ("readout", "auto") and self.solver == HANDOVER:
             problems.append(f"hidden_alpha {self.hidden_alpha} was measured with --solver gauss-newton only, not {HANDOVER} "
                             "(pass --solver gauss-newton)")
-        elif self.hidden_alpha == "readout" or self.solver != "gauss-newton":
+        elif self.hidden_alpha in ("readout", "auto") or self.solver != "gauss-newton":
             pass  # the other solvers do not read it (as --step-size)
         elif self.layers:
             problems.append(f"hidden_alpha {self.hidden_alpha} needs dense layers (convolutional --layers keep "
@@ -397,7 +400,7 @@ class TrainConfig:
         --hidden-alpha other than readout (settings Gauss-Newton alone reads).
         """
         return bool(self.layers) or self.task != "classification" or self.loss not in ("auto", CROSS_ENTROPY, "squared") \
-            or self.sample_schedule != "auto" or self.sample_start > 0 or self.hidden_alpha != "readout" \
+            or self.sample_schedule != "auto" or self.sample_start > 0 or self.hidden_alpha not in ("readout", "auto") \
             or self.init_scale != 1.0
 
     def choose_solver(self, n_samples: int, shards: int, threads_per_worker: int = 1,
@@ -435,6 +438,16 @@ class TrainConfig:
         if self.solver in CONSENSUS:
             return CONSENSUS_INIT
         return "data" if self.solver in ("admm", "dladmm") and not self.layers else "forward"
+
+    def resolved_hidden_alpha(self) -> str:
+        """Return the hidden layers' weight-decay rule, resolving ``"auto"`` to probe where it was validated
+        (gauss-newton, dense relu layers, classification with the squared loss, the default start scale:
+        race_cheap_s12.md), else readout."""
+        if self.hidden_alpha != "auto":
+            return self.hidden_alpha
+        fits = (self.solver == "gauss-newton" and not self.layers and self.activation in HOMOGENEOUS
+                and self.task == "classification" and self.gauss_newton_loss() == "squared" and self.init_scale == 1.0)
+        return "probe" if fits else "readout"
 
     def resolved_scaling(self) -> str:
         """Return the input scaling, resolving ``"auto"`` to global for convolutional ``layers``, else auto.

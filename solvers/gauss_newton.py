@@ -158,7 +158,7 @@ class GaussNewtonSolver(SolverBase):
             raise InputError(f"the gauss-newton solver fits the squared loss or cross-entropy; --loss {config.loss} "
                              "needs --solver admm")
         self.cross_entropy = loss == "cross-entropy"
-        self.pinned = config.hidden_alpha == "pinned"  # race: set per candidate, then from the stored choice
+        self.pinned = config.resolved_hidden_alpha() == "pinned"  # race: set per candidate, then from the stored choice
         self.note = None  # a line for the progress report (the race's choice), taken by the driver
         self.run_token = os.urandom(8).hex()  # names this run's activations in the cache (solvers.activation_cache)
 
@@ -221,9 +221,9 @@ class GaussNewtonSolver(SolverBase):
     def initialize(self, runner, hidden=None, output=None, damping=None) -> LoopState:
         """Return :meth:`_initialize`'s state; ``--hidden-alpha race`` or ``probe``: with the pinned candidate's beside it
         (:func:`solvers.hidden_race.initialize`)."""
-        self.pinned = self.config.hidden_alpha == "pinned"
+        self.pinned = self.config.resolved_hidden_alpha() == "pinned"
         state = self._initialize(runner, hidden, output, damping)
-        if self.config.hidden_alpha not in hidden_race.RULES:
+        if self.config.resolved_hidden_alpha() not in hidden_race.RULES:
             return state
         return hidden_race.initialize(self, runner, state)
 
@@ -283,7 +283,7 @@ class GaussNewtonSolver(SolverBase):
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Return :meth:`_advance`; ``--hidden-alpha race`` or ``probe``: both candidates' iterations while the race runs
         (:func:`solvers.hidden_race.advance`)."""
-        if self.config.hidden_alpha not in hidden_race.RULES:
+        if self.config.resolved_hidden_alpha() not in hidden_race.RULES:
             return self._advance(runner, state)
         return hidden_race.advance(self, runner, state)
 
@@ -372,7 +372,7 @@ class GaussNewtonSolver(SolverBase):
 
         ``--hidden-alpha race`` or ``probe``: the stored choice says how the trial is made (:func:`solvers.hidden_race.resume`).
         """
-        if self.config.hidden_alpha in hidden_race.RULES:
+        if self.config.resolved_hidden_alpha() in hidden_race.RULES:
             hidden_race.resume(self, state, changed)
         return self._resume_one(state, changed)
 

@@ -89,7 +89,7 @@ def advance(solver, runner, state: LoopState) -> tuple[LoopState, dict]:
         return new, {**metrics, "hidden_pinned": float(solver.pinned)}
     weights, other = pinned_split(c)
     main = LoopState(state.iteration, list(state.weights), {n: v for n, v in c.items() if not n.startswith("race_")})
-    if solver.config.hidden_alpha == "probe":
+    if solver.config.resolved_hidden_alpha() == "probe":
         return _probe(solver, runner, main, LoopState(state.iteration, weights, other))
     score_name = solver.task.score_name
     score = f"validation_{score_name}"

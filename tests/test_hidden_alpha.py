@@ -48,16 +48,32 @@ def test_pinned_objective_penalises_the_output_layer_only_and_keeps_the_hidden_n
     assert other.objective(1.0, weights, alpha) == pytest.approx(1.0 + readout + alpha * hidden_decay)
 
 
-def test_pinned_changes_the_run_and_readout_is_the_default(digits_0_vs_2):
+def test_pinned_changes_the_run_and_auto_is_probe_where_validated(digits_0_vs_2):
     X, Xt, y, yt = digits_0_vs_2
     base = dict(solver="gauss-newton", hidden=(16,), iterations=4, seed=1)
     default = fit_in_memory(X, y, TrainConfig(**base), X_test=Xt, y_test=yt)
+    probe = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="probe"), X_test=Xt, y_test=yt)
     readout = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="readout"), X_test=Xt, y_test=yt)
     pinned = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="pinned"), X_test=Xt, y_test=yt)
-    for W, W_ref in zip(default.network.weights, readout.network.weights):
+    for W, W_ref in zip(default.network.weights, probe.network.weights):
         np.testing.assert_array_equal(W, W_ref)
-    assert not np.allclose(pinned.network.weights[0], default.network.weights[0])
-    assert pinned.history[-1]["test_accuracy"] >= 0.9  # it learns (the default scores 0.99 here)
+    assert "race_validation_loss" in default.history[0]
+    assert not np.allclose(pinned.network.weights[0], readout.network.weights[0])
+    assert pinned.history[-1]["test_accuracy"] >= 0.9  # it learns (readout scores 0.99 here)
+
+
+def test_auto_is_probe_only_where_it_was_validated():
+    assert TrainConfig().hidden_alpha == "auto"
+    assert TrainConfig(solver="gauss-newton").resolved_hidden_alpha() == "probe"
+    for kw in [dict(), dict(solver=HANDOVER), dict(solver="gauss-newton", activation="sigmoid"),
+               dict(solver="gauss-newton", layers="conv:4x3x3", input_shape=(8, 8, 1)),
+               dict(solver="gauss-newton", task="regression"), dict(solver="gauss-newton", loss="cross-entropy"),
+               dict(solver="admm")]:  # solver auto before the data is known, refusals of explicit values: readout
+        config = TrainConfig(**kw)
+        assert config.resolved_hidden_alpha() == "readout", kw
+        assert config.solver == kw.get("solver", "auto")  # auto does not pin --solver auto to gauss-newton
+    for kw in [dict(hidden_alpha="probe", solver="gauss-newton"), dict(hidden_alpha="readout")]:
+        assert TrainConfig(**kw).resolved_hidden_alpha() == kw["hidden_alpha"]
 
 
 def test_old_stores_config_resumes_under_the_readout_rule():
