@@ -60,7 +60,7 @@ def _setup(config, n=600):
 
 
 def test_drive_commits_every_iteration_after_beginning_it():
-    config = TrainConfig(hidden=(5,), iterations=3)
+    config = TrainConfig(hidden=(5,), iterations=3, hidden_alpha="readout")  # probe adds its choice's line
     X, y, solver, runner, held = _setup(config)
     keeper, lines = Recorder(), []
     out = drive(solver, runner, keeper, config, evaluate=lambda net: {"test": net.score(X, y)}, held_out=False,

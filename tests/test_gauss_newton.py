@@ -315,7 +315,8 @@ def test_the_accepted_weights_objective_at_a_new_alpha_reuses_their_ridge_path(m
     rng = np.random.default_rng(4)
     X = rng.normal(size=(1500, 5))
     y = (X[:, 0] * X[:, 1] + rng.normal(0, 0.5, 1500) > 0).astype(int)
-    fit = fit_in_memory(X, y, TrainConfig(solver="gauss-newton", hidden=(8,), iterations=6), chunk_rows=300)
+    fit = fit_in_memory(X, y, TrainConfig(solver="gauss-newton", hidden=(8,), iterations=6, hidden_alpha="readout"),
+                        chunk_rows=300)  # readout: one candidate, so one pass A per iteration (probe adds one)
     assert refits, "alpha auto kept one alpha throughout: nothing to check"
     assert len(made) == len(fit.history) + 1  # one path per pass A (and the initial fit), none for the refits
 
@@ -368,7 +369,7 @@ def test_pass_b_scores_the_held_out_rows_as_the_driver_would(monkeypatch, loss):
     X = rng.normal(size=(3000, 6))
     y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
     cfg = TrainConfig(solver="gauss-newton", hidden=(8,), loss=loss, iterations=5, sample_start=1000,
-                      validation_fraction=0.2, patience=0)
+                      validation_fraction=0.2, patience=0, hidden_alpha="readout")  # probe needs pass B's scores
     scored = fit_in_memory(X, y, cfg, chunk_rows=500)
     monkeypatch.setattr(GaussNewtonSolver, "_scores_held_out", lambda self, runner: False)  # the driver scores
     driver = fit_in_memory(X, y, cfg, chunk_rows=500)
