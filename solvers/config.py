@@ -271,8 +271,8 @@ class TrainConfig:
         if self.solver == "auto" and self._gauss_newton_only():  # else chosen by the data's size: choose_solver
             object.__setattr__(self, "solver", "gauss-newton")
             why = [f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
-                   for flag, value, default in (("hidden-alpha", self.hidden_alpha, "readout"),
-                                                ("init-scale", self.init_scale, 1.0)) if value != default]
+                   for flag, value, unpinned in (("hidden-alpha", self.hidden_alpha, ("readout", "auto")),
+                                                 ("init-scale", self.init_scale, (1.0,))) if value not in unpinned]
             if why:  # a setting the user gave for gauss-newton: choose_solver's record names it (the run line shows it)
                 object.__setattr__(self, "_auto_pin", {"given": "auto", "solver": "gauss-newton",
                                                        "why": f"{' and '.join(why)} given, read by gauss-newton only"})
@@ -365,7 +365,7 @@ class TrainConfig:
                             "the consensus passes' weights (pass --solver gauss-newton, or --init-scale 1)")
         elif self.layers:
             problems.append("init_scale was measured with dense layers only (convolutional --layers keep --init-scale 1)")
-        elif self.hidden_alpha in HIDDEN_ALPHAS and self.hidden_alpha != "readout":
+        elif self.hidden_alpha in HIDDEN_ALPHAS and self.hidden_alpha not in ("readout", "auto"):  # auto: readout here
             problems.append(f"init_scale {self.init_scale:g} with hidden_alpha {self.hidden_alpha} was not measured "
                             "(pinned keeps each hidden unit's norm at init_scale times its start's): pass --init-scale "
                             "1 or --hidden-alpha readout")

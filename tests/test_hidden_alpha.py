@@ -57,7 +57,7 @@ def test_pinned_changes_the_run_and_auto_is_probe_where_validated(digits_0_vs_2)
     pinned = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="pinned"), X_test=Xt, y_test=yt)
     for W, W_ref in zip(default.network.weights, probe.network.weights):
         np.testing.assert_array_equal(W, W_ref)
-    assert "race_validation_loss" in default.history[0]
+    assert "hidden_pinned" in default.history[0] and "hidden_pinned" not in readout.history[0]  # the probe ran
     assert not np.allclose(pinned.network.weights[0], readout.network.weights[0])
     assert pinned.history[-1]["test_accuracy"] >= 0.9  # it learns (readout scores 0.99 here)
 
@@ -68,6 +68,7 @@ def test_auto_is_probe_only_where_it_was_validated():
     for kw in [dict(), dict(solver=HANDOVER), dict(solver="gauss-newton", activation="sigmoid"),
                dict(solver="gauss-newton", layers="conv:4x3x3", input_shape=(8, 8, 1)),
                dict(solver="gauss-newton", task="regression"), dict(solver="gauss-newton", loss="cross-entropy"),
+               dict(solver="gauss-newton", init_scale=0.5),  # probe was not measured with a scaled start
                dict(solver="admm")]:  # solver auto before the data is known, refusals of explicit values: readout
         config = TrainConfig(**kw)
         assert config.resolved_hidden_alpha() == "readout", kw
