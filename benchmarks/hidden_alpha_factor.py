@@ -139,9 +139,17 @@ class EarlyHiddenAlphaSolver(HiddenAlphaFactorSolver):
 
 
 def parse_arm(arm: str) -> tuple[float, int]:
-    """``"F"``: F in every iteration; ``"F@K"``: F in iterations 1..K, then 1. Return (F, K) (K = 0: every iteration)."""
+    """``"F"``: F in every iteration; ``"F@K"``: F in iterations 1..K, then 1. Return (F, K) (K = 0: every iteration).
+    ``"iC"`` (``--init-scale C``, F = 1) parses as (1, 0); :func:`parse_init` reads its C."""
+    if str(arm).startswith("i"):
+        return 1.0, 0
     F, _, K = str(arm).partition("@")
     return float(F), int(K or 0)
+
+
+def parse_init(arm: str) -> float:
+    """The init scale of arm ``"iC"`` (C); 1 for every other arm."""
+    return float(str(arm)[1:]) if str(arm).startswith("i") else 1.0
 
 
 def arm_name(F: float, K: int) -> str:
@@ -204,8 +212,9 @@ def _seconds_to(hist, hit) -> float:
     return float(sum(h["seconds"] for h in hist if h["iteration"] <= hit["iteration"]))
 
 
-def run(task, Xtr, ytr, Xva, yva, F: float, seed: int, iterations: int, target: float | None, K: int = 0) -> dict:
-    cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=iterations)
+def run(task, Xtr, ytr, Xva, yva, F: float, seed: int, iterations: int, target: float | None, K: int = 0,
+        init_scale: float = 1.0) -> dict:
+    cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=iterations, init_scale=init_scale)
     with hidden_alpha_factor(F, K):
         t0 = time.perf_counter()
         cpu0 = time.process_time()
@@ -216,7 +225,9 @@ def run(task, Xtr, ytr, Xva, yva, F: float, seed: int, iterations: int, target: 
     for h in hist:
         h["eval_accuracy"] = h.pop("test_accuracy")  # the validation rows given as X_test (named so to avoid doubt)
     hit = target is not None and _first_hit(hist, target) or None
-    return {"task": task, "factor": F, "early": K, "arm": arm_name(F, K), "seed": seed, "iterations": iterations, "target": target,
+    arm = f"i{init_scale:g}" if init_scale != 1.0 else arm_name(F, K)
+    return {"task": task, "factor": F, "early": K, "init_scale": init_scale, "arm": arm, "seed": seed,
+            "iterations": iterations, "target": target,
             "kept": float(r.network.score(Xva, yva)), "best_iteration": r.best_iteration, "iterations_run": len(hist),
             "max_eval": max(h["eval_accuracy"] for h in hist), "target_iteration": hit and hit["iteration"],
             "target_seconds": hit and _seconds_to(hist, hit), "wall": wall, "cpu": cpu,
@@ -327,22 +338,24 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--factors", type=float, nargs="+", default=None, help="F in every iteration (old form of --arms)")
     p.add_argument("--arms", nargs="+", default=None,
-                   help="F (every iteration) or F@K (F in iterations 1..K, then 1); default: 1 0.1")
+                   help="F (every iteration) or F@K (F in iterations 1..K, then 1), or iC (--init-scale C, F = 1); "
+                        "default: 1 0.1")
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--target", type=float, default=None)
     p.add_argument("--higgs", default=None, help="higgs1m: the HIGGS-shaped data store (>= 1,000,000 rows); "
                                                  f"higgs3k/9k: default {HIGGS_SMALL_STORE}")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    arms = [parse_arm(x) for x in (a.arms or [])] + [(F, 0) for F in (a.factors or [])] or [(1.0, 0), (0.1, 0)]
+    arms = [(*parse_arm(x), parse_init(x)) for x in (a.arms or [])] + [(F, 0, 1.0) for F in (a.factors or [])] \
+        or [(1.0, 0, 1.0), (0.1, 0, 1.0)]
     target = a.target if a.target is not None else TARGETS.get(a.task)
     data = None
     for seed in a.seeds:
         if data is None or a.task in SMALL or a.task in HIGGS_SMALL:  # the small tasks' rows depend on the seed
             data = load(a.task, a.higgs, seed)
         Xtr, ytr, Xva, yva, about = data
-        for F, K in arms:
-            out = run(a.task, Xtr, ytr, Xva, yva, F, seed, a.iterations, target, K)
+        for F, K, c in (arms if seed % 2 == 0 else arms[::-1]):  # the order alternates by seed parity
+            out = run(a.task, Xtr, ytr, Xva, yva, F, seed, a.iterations, target, K, c)
             out["data"], out["argv"] = about, sys.argv
             print(f"RESULT {a.task} seed {seed} arm {out['arm']}: kept {out['kept']:.4f} (it {out['best_iteration']}/"
                   f"{out['iterations_run']}) max {out['max_eval']:.4f} target {target} at it {out['target_iteration']} "
