@@ -12,6 +12,8 @@ An arm ``F@K`` (``--arms 0.1@2``) runs :class:`EarlyHiddenAlphaSolver`: F in ite
 rule, the current objective re-evaluated under the new F at the switch (session 12, ``hidden_alpha_early_s12.md``).
 Besides the MNIST and HIGGS 1M tasks below: ``higgs3k`` / ``higgs9k`` (session 10's HIGGS-shaped protocol) and
 ``defaults_real.py``'s small tasks on their validation split (``covtype``, ``digits``, ``breast-cancer``, MNIST 2k).
+``synth5`` (session 12): a 5-class ``make_classification`` set nobody tuned on (6,000 train / 2,000 validation rows).
+An arm ``iC`` runs the stock solver with ``--init-scale C`` (``init_scale_classes_s12.md``).
 
 Tasks (the test split is never read):
 
@@ -64,6 +66,7 @@ TARGETS = {"mnist10": 0.96, "mnist-oddeven": 0.97, "higgs1m": 0.76}
 SMALL = ("digits", "breast-cancer", "covtype", "mnist-oddeven-2k", "mnist10-2k")  # defaults_real.py, --split validation
 HIGGS_SMALL = {"higgs3k": 3000, "higgs9k": 9000}  # session 10's HIGGS-shaped protocol (generalise_s10_exp.py.txt)
 HIGGS_SMALL_STORE = "/tmp/q/higgs-1000000-seed0.zarr"  # read only
+SYNTH = {"synth5": 5}  # scikit-learn make_classification, nobody tuned on it (session 12, init_scale_classes_s12.md)
 
 
 class HiddenAlphaFactorSolver(GaussNewtonSolver):
@@ -180,6 +183,15 @@ def load(task: str, higgs: str | None, seed: int = 0):
     if task in SMALL:
         from benchmarks.defaults_real import load_task
         return load_task(task, "validation", seed)[:5]
+    if task in SYNTH:  # 10,000 rows (random_state 12); rows 8,000-9,999 are a test part never used
+        from sklearn.datasets import make_classification
+        X, y = make_classification(n_samples=10000, n_features=20, n_informative=12, n_redundant=4,
+                                   n_classes=SYNTH[task], n_clusters_per_class=2, flip_y=0.02, random_state=12)
+        idx = np.random.default_rng(300 + seed).permutation(8000)
+        tr, va = idx[:6000], idx[6000:]
+        return (X[tr].astype(np.float32), y[tr], X[va].astype(np.float32), y[va],
+                f"make_classification(10000, 20 features, 12 informative, {SYNTH[task]} classes, random_state=12): "
+                "6,000 of rows 0-7,999 train, the other 2,000 validate (rng 300+seed); rows 8,000-9,999 unused")
     if task in HIGGS_SMALL:  # n rows drawn with seed 200 + seed from rows 0-179,999; validation rows 180,000-199,999
         import zarr
         g = zarr.open_group(higgs or HIGGS_SMALL_STORE, mode="r")
@@ -334,7 +346,7 @@ def main(argv=None):
     if argv[:1] == ["summary"]:
         return summary(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("task", choices=sorted([*TARGETS, *SMALL, *HIGGS_SMALL]))
+    p.add_argument("task", choices=sorted([*TARGETS, *SMALL, *HIGGS_SMALL, *SYNTH]))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--factors", type=float, nargs="+", default=None, help="F in every iteration (old form of --arms)")
     p.add_argument("--arms", nargs="+", default=None,
@@ -351,7 +363,7 @@ def main(argv=None):
     target = a.target if a.target is not None else TARGETS.get(a.task)
     data = None
     for seed in a.seeds:
-        if data is None or a.task in SMALL or a.task in HIGGS_SMALL:  # the small tasks' rows depend on the seed
+        if data is None or a.task in SMALL or a.task in HIGGS_SMALL or a.task in SYNTH:  # the small tasks' rows depend on the seed
             data = load(a.task, a.higgs, seed)
         Xtr, ytr, Xva, yva, about = data
         for F, K, c in (arms if seed % 2 == 0 else arms[::-1]):  # the order alternates by seed parity
