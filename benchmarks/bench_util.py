@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,3 +196,12 @@ class CpuWatch:
         self.wall = time.perf_counter() - self.t0
         self.other = (self._busy(psutil.cpu_times()) - self._busy(self.sys0)) - (self._own() - self.own0)
         return False
+
+
+def mean_se(values) -> str:
+    """Return "mean ± standard error" of paired differences (``-`` when empty; s.e. nan for one value)."""
+    v = np.asarray(values, np.float64)
+    if len(v) == 0:
+        return "-"
+    se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return f"{v.mean():+.4f} ± {se:.4f}"

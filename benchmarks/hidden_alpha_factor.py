@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from solvers import SOLVERS  # noqa: E402
+from benchmarks.bench_util import mean_se  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.gauss_newton import GaussNewtonSolver  # noqa: E402
 from solvers.linalg import penalty  # noqa: E402
@@ -246,14 +247,6 @@ def run(task, Xtr, ytr, Xva, yva, F: float, seed: int, iterations: int, target: 
             "load": os.getloadavg()[0], "threads": os.environ.get("OMP_NUM_THREADS"), "history": hist}
 
 
-def _mean_se(values) -> str:
-    v = np.asarray(values, np.float64)
-    if len(v) == 0:
-        return "-"
-    se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
-    return f"{v.mean():+.4f} ± {se:.4f}"
-
-
 def summary(argv) -> None:
     """Print the per-run table and the paired differences (markdown) of runs files; ``--json``: write them too.
 
@@ -320,7 +313,7 @@ def summary(argv) -> None:
         its = ", ".join(f"{d or '-'}→{b or '-'}" for d, b in zip(x["target_iteration_default"],
                                                                   x["target_iteration_arm"])) or "-"
         print(f"| {x['task']} | {x['arm']} | {len(x['seeds'])} | {np.mean(x['kept_default']):.4f} | "
-              f"{_mean_se(x['kept_diff'])} | {x['wins']} / {x['losses']} | "
+              f"{mean_se(x['kept_diff'])} | {x['wins']} / {x['losses']} | "
               f"{', '.join(f'{d:+.4f}' for d in x['kept_diff'])} | {its} | "
               f"{', '.join(f'{d:+.1f}' for d in x['target_seconds_diff']) or '-'} |")
     print("\n| task | arm | iteration | seeds | default | arm | arm − default (mean ± s.e.) | wins / losses |")
@@ -335,7 +328,7 @@ def summary(argv) -> None:
                 continue
             d = [v - u for u, v in at]
             print(f"| {x['task']} | {x['arm']} | {it} | {len(at)} | {np.mean([u for u, _ in at]):.4f} | "
-                  f"{np.mean([v for _, v in at]):.4f} | {_mean_se(d)} | {sum(v > 0 for v in d)} / {sum(v < 0 for v in d)} |")
+                  f"{np.mean([v for _, v in at]):.4f} | {mean_se(d)} | {sum(v > 0 for v in d)} / {sum(v < 0 for v in d)} |")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"paired": rows, "runs": runs}, fh, separators=(",", ":"))

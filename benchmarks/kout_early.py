@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from solvers import SOLVERS, data_init, gauss_newton as gn  # noqa: E402
+from benchmarks.bench_util import mean_se  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.gauss_newton import GaussNewtonSolver  # noqa: E402
 from solvers.reference import fit_in_memory  # noqa: E402
@@ -194,14 +195,6 @@ def run_one(task, Xtr, ytr, Xva, yva, name, seed, iterations, target, chunk_rows
             "threads": os.environ.get("OMP_NUM_THREADS"), "history": hist, "diag": diag[:12]}
 
 
-def _mean_se(v) -> str:
-    v = np.asarray(v, np.float64)
-    if len(v) == 0:
-        return "-"
-    se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
-    return f"{v.mean():+.4f} ± {se:.4f}"
-
-
 def summary(argv) -> None:
     p = argparse.ArgumentParser(prog="kout_early.py summary")
     p.add_argument("runs", nargs="+")
@@ -240,12 +233,12 @@ def summary(argv) -> None:
                 for k in range(3):
                     diffs = [b["history"][k]["eval_accuracy"] - a_["history"][k]["eval_accuracy"] for a_, b in pairs
                              if len(a_["history"]) > k and len(b["history"]) > k]
-                    early.append(_mean_se(diffs))
+                    early.append(mean_se(diffs))
                 dk = [b["kept"] - a_["kept"] for a_, b in pairs]
                 di = [(b["target_iteration"] or 99) - (a_["target_iteration"] or 99) for a_, b in pairs]
                 rows.append({"task": task, "arm": name, "iterations": its, "seeds": [a_["seed"] for a_, _ in pairs],
                              "early_diff": early, "kept_diff": dk, "target_iteration_diff": di})
-                print(f"| {task} | {name} | {its} | {len(pairs)} | {'; '.join(early)} | {_mean_se(dk)} | "
+                print(f"| {task} | {name} | {its} | {len(pairs)} | {'; '.join(early)} | {mean_se(dk)} | "
                       f"{sum(d > 0 for d in dk)} / {sum(d < 0 for d in dk)} | {', '.join(f'{d:+d}' for d in di)} |")
     if a.json:
         with open(a.json, "w") as fh:
