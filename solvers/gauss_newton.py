@@ -76,8 +76,8 @@ from solvers.base import SolverBase
 from solvers.config import HE_BIAS, TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.hidden_race import RACE_DROP, RACE_ITERATIONS  # noqa: F401 (re-exported: tests, benchmarks)
-from solvers.linalg import (ALPHA_GRID, RidgePath, penalty,
-                            quadratic_error, single_threaded, solve_weights, times)
+from solvers.linalg import (ALPHA_GRID, RidgePath, penalty, quadratic_error, relu_curvature_sums,
+                            single_threaded, solve_weights, times)
 from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.stats import StatsLayout
 
@@ -795,6 +795,12 @@ class GaussNewtonSolver(SolverBase):
                 r = t - out
                 loss = float(np.sum(r * r, dtype=np.float64))
             parts = {"n": a[0].shape[0], "loss": loss, **self.task.score_parts(out, y[sl])}
+            if L == 2 and z[1] is None and r.shape[1] == 1 and not self.cross_entropy:  # ReLU, one output
+                parts["curv1"], D = relu_curvature_sums(a[1], a[0], r)  # S_1 and D_1 in one SYRK
+                parts["grad1"] = D * Wt[2][0].astype(np.float64)[:, None]
+                if gram_here:
+                    parts["gram1"] = self._gram(a[0])
+                return None, parts
             M = [None] + [self._derivative(a[l], z[l]) for l in range(1, L)]
             delta = r
             for l in range(L - 1, 0, -1):

@@ -159,3 +159,28 @@ def test_client_solves_run_on_one_blas_thread():
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
 
     assert single_threaded(numpy_blas)() == [1]
+
+
+def test_relu_curvature_sums_is_the_mask_gram_and_cross():
+    """One SYRK of [M, x ⊙ r] gives S = MᵀM bitwise (integer counts) and D = Mᵀ(x ⊙ r) to float32 rounding, from
+    per-thread scratch arrays that a smaller tile then reuses (its first rows: the result is that tile's alone)."""
+    import threading
+
+    from solvers.linalg import relu_curvature_sums
+
+    rng = np.random.default_rng(0)
+    for n in (300, 120, 301):  # grow, reuse the first rows, grow again
+        a = np.maximum(rng.normal(size=(n, 41)), 0).astype(np.float32)
+        a[:, -1] = 1  # ã's ones column: not part of the mask
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        r = rng.normal(size=(n, 1)).astype(np.float32)
+        M = (a[:, :-1] > 0).astype(np.float32)
+        S, D = relu_curvature_sums(a, x, r)
+        assert S.dtype == D.dtype == np.float64 and S.shape == (40, 40) and D.shape == (40, 6)
+        np.testing.assert_array_equal(S, (M.T @ M).astype(np.float64))
+        np.testing.assert_allclose(D, M.astype(np.float64).T @ (x.astype(np.float64) * r), rtol=1e-5, atol=1e-4)
+    out = {}
+    t = threading.Thread(target=lambda: out.update(S=relu_curvature_sums(a, x, r)[0]))  # another thread's scratch
+    t.start()
+    t.join()
+    np.testing.assert_array_equal(out["S"], S)
