@@ -64,6 +64,7 @@ from benchmarks.out_of_core import disk_bandwidth  # noqa: E402
 from solvers import make_solver  # noqa: E402
 from solvers.tiling import TILE_ROWS  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
+from solvers.linalg import one_blas_thread  # noqa: E402
 from solvers.loop import chunk_kernel  # noqa: E402
 from solvers.losses import encode_labels  # noqa: E402
 from solvers.reference import InMemoryRunner  # noqa: E402
@@ -194,11 +195,18 @@ def tile_breakdown(seconds: float = 0.2) -> dict:
 
 # -- in memory -------------------------------------------------------------------------
 class TimedRunner(InMemoryRunner):
-    """The in-memory runner with ``threads`` chunks at a time (one BLAS thread each); logs each pass's wall seconds."""
+    """The in-memory runner with ``threads`` chunks at a time (one BLAS thread each); logs each pass's wall seconds.
+
+    One thread pool for the runner's life, and BLAS held to one thread by the
+    process's cached controller (:func:`solvers.linalg.one_blas_thread`, as the
+    solver's client solves are): a pool and a ``threadpool_limits`` per pass cost
+    about 5 ms of serial time each pass (session 13, ``kernel_s13.md``).
+    """
 
     def __init__(self, solver, X, y_idx, chunk_rows, threads: int):
         super().__init__(solver, X, y_idx, chunk_rows)
         self.threads, self.log = threads, []
+        self.pool = ThreadPoolExecutor(threads)
 
     def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
         if held_out:  # nothing is held out here
@@ -216,8 +224,8 @@ class TimedRunner(InMemoryRunner):
             return sums
 
         t0 = time.perf_counter()
-        with threadpool_limits(1), ThreadPoolExecutor(self.threads) as pool:
-            parts = list(pool.map(one, idx))
+        with one_blas_thread():
+            parts = list(self.pool.map(one, idx))
         self.log.append({"kernel": kernel, "seconds": time.perf_counter() - t0})
         total = 0.0
         for p in parts:  # fixed order: the sums do not depend on the threads
