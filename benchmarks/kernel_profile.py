@@ -147,17 +147,33 @@ def part_iterations(result: dict, args, X, y, model) -> None:
         solver = make_solver(config, WIDTHS[0], **model)
         runner = TimedRunner(solver, X, yi, chunk_rows(X.shape[0]), threads)
         state = solver.initialize(runner)
+        pass_cpu = []  # (kernel, process CPU s) of each pass
+        plain = runner.run
+
+        def run(kernel, params, plain=plain, pass_cpu=pass_cpu, depth=[0], **kw):  # noqa: B006 (the call depth)
+            depth[0] += 1  # TimedRunner.run calls itself for a held-out pass: count the outer call
+            ru0 = resource.getrusage(resource.RUSAGE_SELF)
+            try:
+                out = plain(kernel, params, **kw)
+            finally:
+                depth[0] -= 1
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
+            if not depth[0]:
+                pass_cpu.append((kernel, ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime))
+            return out
+        runner.run = run
         its = []
         with CpuWatch() as cpu:
             for _ in range(args.iterations):
-                runner.log = []
+                runner.log, pass_cpu[:] = [], []
                 hits0 = CACHE.hits
                 with _CpuSplit() as c:
                     state, metrics = solver.advance(runner, state)
                 its.append({"wall": c.wall, "process_cpu": c.process, "main_cpu": c.main, "sys": c.sys,
                             "minflt": c.minflt, "cache_hits": CACHE.hits - hits0,
                             "accepted": bool(metrics.get("accepted", True)),
-                            "passes": [(p["kernel"], p["seconds"]) for p in runner.log]})
+                            "passes": [(p["kernel"], p["seconds"]) for p in runner.log],
+                            "pass_cpu": [list(p) for p in pass_cpu]})
         if hasattr(runner, "pool"):  # session 12's TimedRunner made a pool per pass
             runner.pool.shutdown()
         result["iterations"][str(threads)] = {
@@ -194,18 +210,23 @@ def markdown(r: dict) -> str:
               "Wall share = FLOPs / wall s / GEMM rate with as many threads (wall): what kernel_efficiency.py reports. "
               "Model wall = (process CPU − main-thread CPU) / threads + main-thread CPU (no waits).", "",
               "| threads | wall s | process CPU s | main-thread (serial) CPU s | sys s | minor faults | "
-              "activation cache hits / tiles | CPU share | wall share | model wall s (share) | GEMM wall / CPU-1 GFLOP/s | "
+              "pass A / B CPU s | activation cache hits / tiles | CPU share | wall share | model wall s (share) | "
+              "GEMM wall / CPU-1 GFLOP/s | "
               "other CPU s | load |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for threads, e in r["iterations"].items():
             its = [it for it in e["iterations"] if it["accepted"]] or e["iterations"]
             med = {k: statistics.median(it[k] for it in its)
                    for k in ("wall", "process_cpu", "main_cpu", "sys", "minflt", "cache_hits")}
+            for kernel in ("forward_chunk", "curvature_chunk"):
+                cpu_s = [sum(c for k, c in it.get("pass_cpu", []) if k == kernel) for it in its]
+                med[kernel] = statistics.median(cpu_s) if cpu_s else float("nan")
             t, f = int(threads), e["flops_per_iteration"]
             model = (med["process_cpu"] - med["main_cpu"]) / t + med["main_cpu"]
             g1, gw = e["gemm_gflops_cpu_1thread"], e["gemm_gflops_wall"]
             L.append(f"| {threads} | {med['wall']:.3f} | {med['process_cpu']:.3f} | {med['main_cpu']:.4f} | "
-                     f"{med['sys']:.3f} | {med['minflt']:.0f} | {med['cache_hits']:.0f} / {e['tiles']} | "
+                     f"{med['sys']:.3f} | {med['minflt']:.0f} | {med['forward_chunk']:.3f} / {med['curvature_chunk']:.3f} | "
+                     f"{med['cache_hits']:.0f} / {e['tiles']} | "
                      f"{f / med['process_cpu'] / 1e9 / g1:.1%} | {f / med['wall'] / 1e9 / gw:.1%} | "
                      f"{model:.3f} ({f / model / 1e9 / (g1 * t):.1%} of {t} × CPU-1) | {gw:.1f} / {g1:.1f} | "
                      f"{e['other_cpu_seconds']:.1f} | {e['load']:.1f} |")
