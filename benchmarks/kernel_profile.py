@@ -194,7 +194,7 @@ def markdown(r: dict) -> str:
          f"- Command: `{pv['command']}`",
          f"- Date: {pv['date']} on {pv['host']} ({pv['cpus']} CPUs); load average before / after: "
          f"{r.get('load_before'):.2f} / {r.get('load_after', float('nan')):.2f}",
-         f"- Commit: {r.get('commit', '?')}", ""]
+         f"- Commit: {r.get('commit', '?')}; activation cache budget {r.get('activation_cache_bytes', 0) / 2**20:.0f} MiB", ""]
     if "steps" in r:
         s = r["steps"]
         g = statistics.mean(s["gemm_gflops_cpu"])
@@ -243,6 +243,8 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--repeats", type=int, default=41)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kernel_s13.json"))
+    p.add_argument("--activation-cache-mib", type=int, default=None,
+                   help="the activation cache's budget for this run (default: solvers.activation_cache.BUDGET)")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args(argv)
     if args.render_only:
@@ -256,6 +258,9 @@ def main(argv=None) -> int:
                            capture_output=True, text=True).stdout.strip()
     result = {"provenance": provenance(), "settings": vars(args), "load_before": os.getloadavg()[0],
               "commit": commit + (" (+ uncommitted changes)" if dirty else "")}
+    if args.activation_cache_mib is not None:
+        CACHE.budget = args.activation_cache_mib * 2 ** 20
+    result["activation_cache_bytes"] = CACHE.budget
     X, y = higgs_rows(args.higgs_n)
     model = model_of(X, y)
     for part in args.parts.split(","):
