@@ -78,7 +78,7 @@ from solvers.errors import InputError, NumericalError
 from solvers.hidden_race import RACE_DROP, RACE_ITERATIONS  # noqa: F401 (re-exported: tests, benchmarks)
 from solvers.linalg import (ALPHA_GRID, RidgePath, penalty,
                             quadratic_error, single_threaded, solve_weights, times)
-from solvers.linalg import relu_curvature_sums  # kern (session 13): a line of its own, to merge beside gn10's edits
+from solvers.linalg import relu_curvature_sums
 from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.stats import StatsLayout
 
