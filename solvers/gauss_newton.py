@@ -76,8 +76,8 @@ from solvers.base import SolverBase
 from solvers.config import HE_BIAS, TrainConfig
 from solvers.errors import InputError, NumericalError
 from solvers.hidden_race import RACE_DROP, RACE_ITERATIONS  # noqa: F401 (re-exported: tests, benchmarks)
-from solvers.linalg import (ALPHA_GRID, RidgePath, penalty,
-                            quadratic_error, single_threaded, solve_weights, times)
+from solvers.linalg import (ALPHA_GRID, RidgePath, ShiftedGram, penalty,
+                            quadratic_error, single_threaded, solve_weights, spd_solve, times)
 from solvers.linalg import relu_curvature_sums
 from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.stats import StatsLayout
@@ -87,6 +87,7 @@ DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
 DAMPING_SHRINK = 2.0  # λ ← λ/2 after an accepted one
 STEP_RIDGE = 1e-2     # least relative damping ε' of the input Gram in the hidden layers' step
 CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄ ḡ) of the output layer
+NO_SAMPLE = np.array([-1.0, -2.0])  # gram_sample before the first trial: no sample (m, window) is this
 _PATHS: OrderedDict = OrderedDict()  # the client's last three RidgePaths used, by (ridge, SHA-1 of their sums)
 
 
@@ -150,6 +151,7 @@ class GaussNewtonSolver(SolverBase):
     alpha_tolerance = 0.0  # alpha auto (squared loss): the largest α within (1 + c/√n_held) of the least held-out error
     defer_curvature = False  # True: every iteration ends after pass A and pass B opens the next one (:meth:`prepare`)
     defer_growing = True  # an iteration whose next sample differs ends after pass A too (:meth:`_defers`)
+    _input_gram_reused = False  # set by _with_trial: layer 1 steps through the kept decomposition (layer_step)
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
@@ -247,7 +249,7 @@ class GaussNewtonSolver(SolverBase):
             weights = [*hidden, self.initial_output() if output is None else np.array(output, np.float64)]
             alpha = 0.0 if self.config.alpha == "auto" else float(self.config.alpha)
             carry = {"damping": damping, "sample_chunks": np.float64(m),
-                     "sample_window": np.float64(window), "alpha": np.float64(alpha),
+                     "sample_window": np.float64(window), "alpha": np.float64(alpha), "gram_sample": NO_SAMPLE.copy(),
                      **self._curvature_pass(runner, weights, 0.0, 0, sample, alpha, new_sample=True)}
             return self._with_trial(LoopState(0, weights, carry))
         sums, held = run_pass_held_out(runner, self.forward_layout(True), "forward_chunk",
@@ -255,7 +257,7 @@ class GaussNewtonSolver(SolverBase):
         input_gram = sums["gram1"] if self.L > 1 else sums[f"gram{self.L}"]
         W_out, error, alpha = self.output_layer(sums, held)
         weights = [*hidden, W_out]
-        carry = {"input_gram": np.asarray(input_gram), "damping": damping,
+        carry = {"input_gram": np.asarray(input_gram), "damping": damping, "gram_sample": NO_SAMPLE.copy(),
                  "sample_chunks": np.float64(m), "sample_window": np.float64(window), "alpha": np.float64(alpha),
                  **self._accepted_sums(sums, error),
                  **self._curvature_pass(runner, weights, self.objective(error, weights, alpha), 0, sample, alpha)}
@@ -299,6 +301,8 @@ class GaussNewtonSolver(SolverBase):
         n_chunks = len(getattr(runner, "bounds", ()))
         m = int(c.get("sample_chunks", n_chunks))  # runs stored before progressive sampling: every chunk
         window = int(c.get("sample_window", -1))  # runs stored before the rotate schedule: growing
+        if "gram_sample" in c:  # the sample whose input Gram the trial evaluated now was made with (_with_trial)
+            c["gram_sample"] = np.array([m, window], np.float64)
         trial = [c[f"T{l}"] for l in range(1, self.L)]
         sums, held = run_pass_held_out(runner, self.forward_layout(False), "forward_chunk",
                                        self._forward_params(trial, False, c), k, **self._sample(runner, m, window))
@@ -573,19 +577,28 @@ class GaussNewtonSolver(SolverBase):
         c = self.config
         if not np.any(S):
             return np.array(W, np.float64)
-        G = np.array(G, np.float64)
+        kept = l == 1 and self._input_gram_reused  # G_0 served a trial before: step through its eigendecomposition
+        G = np.asarray(G, np.float64) if kept else np.array(G, np.float64)
         W = np.asarray(W, np.float64)
         D = np.array(D, np.float64)
         S = np.array(S, np.float64)
+        extra = 0.0  # K-FAC's shift of G, √(αn)/π
         if alpha > 0:
             D[:, :-1] -= alpha * W[:, :-1]
             s_mean = max(float(np.mean(np.diag(S))), 1e-300)
             g_mean = max(float(np.mean(np.diag(G)[:-1])), 1e-300) if G.shape[0] > 1 else 1.0
             pi = np.sqrt(s_mean / g_mean)
             S[np.diag_indices_from(S)] += pi * np.sqrt(alpha * n)
-            G[np.diag_indices_from(G)] += np.sqrt(alpha * n) / pi
-        left = solve_weights(D.T, S, damping, what=f"S_{l} (layer {l} curvature)", setting="--damping").T
-        step = solve_weights(left, G, max(c.ridge, STEP_RIDGE), what=f"G_{l - 1} (layer {l} input Gram)",
+            extra = np.sqrt(alpha * n) / pi
+            if not kept:
+                G[np.diag_indices_from(G)] += extra
+        what_S, what_G = f"S_{l} (layer {l} curvature)", f"G_{l - 1} (layer {l} input Gram)"
+        if kept:  # every shift is a multiple of I: (G + cI)⁻¹ = V (E + c)⁻¹ Vᵀ from one decomposition (linalg.ShiftedGram)
+            left = spd_solve(S, D, damping, what=what_S)
+            step = ShiftedGram.of(G, what=what_G).solve(left, extra, max(c.ridge, STEP_RIDGE), what=what_G)
+            return W + c.step_size * n * step
+        left = solve_weights(D.T, S, damping, what=what_S, setting="--damping").T
+        step = solve_weights(left, G, max(c.ridge, STEP_RIDGE), what=what_G,
                              check=False)  # a Gram plus at least 1 % of its mean diagonal: positive definite
         return W + c.step_size * n * step
 
@@ -646,8 +659,16 @@ class GaussNewtonSolver(SolverBase):
     def _with_trial(self, state: LoopState) -> LoopState:
         c = state.carry
         curv = self.curvature_layout().unpack(c["curvature"])
-        trial = self.trial_weights(state.weights, curv, c["input_gram"], float(c["damping"]),
-                                   float(c.get("alpha", 0.0)))
+        # the input Gram is its sample's: the Gram of the last trial's sample (gram_sample, set by _advance) steps through
+        # its kept decomposition; a sample's first trial solves by LU. Stores from before this rule have no gram_sample
+        # and solve by LU throughout, as they did.
+        sample = np.array([c.get("sample_chunks", -1.0), c.get("sample_window", -1.0)], np.float64)
+        self._input_gram_reused = "gram_sample" in c and np.array_equal(c["gram_sample"], sample)
+        try:
+            trial = self.trial_weights(state.weights, curv, c["input_gram"], float(c["damping"]),
+                                       float(c.get("alpha", 0.0)))
+        finally:
+            self._input_gram_reused = False
         for l, W in enumerate(trial, start=1):
             c[f"T{l}"] = W
         if self.cross_entropy:
