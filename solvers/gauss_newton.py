@@ -87,7 +87,7 @@ DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
 DAMPING_SHRINK = 2.0  # λ ← λ/2 after an accepted one
 STEP_RIDGE = 1e-2     # least relative damping ε' of the input Gram in the hidden layers' step
 CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄ ḡ) of the output layer
-NO_SAMPLE = np.array([-1.0, -2.0])  # gram_sample before the first trial: no sample (m, window) is this
+NO_SAMPLE = np.array([-1.0, -2.0])  # gram_sample before the first trial of a sample that can grow: no (m, window) is this
 _PATHS: OrderedDict = OrderedDict()  # the client's last three RidgePaths used, by (ridge, SHA-1 of their sums)
 
 
@@ -245,11 +245,13 @@ class GaussNewtonSolver(SolverBase):
         m = sampling.initial_count(bounds, schedule, sampling.start_rows(self.config.sample_start, self.convolutional))
         window = sampling.initial_window(schedule, m, len(bounds))
         sample = self._sample(runner, m, window)
+        # the first sample is every chunk: its input Gram serves every trial of the run, the first included (_with_trial)
+        gram_sample = np.array([m, window], np.float64) if bounds and m == len(bounds) else NO_SAMPLE.copy()
         if self.cross_entropy:
             weights = [*hidden, self.initial_output() if output is None else np.array(output, np.float64)]
             alpha = 0.0 if self.config.alpha == "auto" else float(self.config.alpha)
             carry = {"damping": damping, "sample_chunks": np.float64(m),
-                     "sample_window": np.float64(window), "alpha": np.float64(alpha), "gram_sample": NO_SAMPLE.copy(),
+                     "sample_window": np.float64(window), "alpha": np.float64(alpha), "gram_sample": gram_sample,
                      **self._curvature_pass(runner, weights, 0.0, 0, sample, alpha, new_sample=True)}
             return self._with_trial(LoopState(0, weights, carry))
         sums, held = run_pass_held_out(runner, self.forward_layout(True), "forward_chunk",
@@ -257,7 +259,7 @@ class GaussNewtonSolver(SolverBase):
         input_gram = sums["gram1"] if self.L > 1 else sums[f"gram{self.L}"]
         W_out, error, alpha = self.output_layer(sums, held)
         weights = [*hidden, W_out]
-        carry = {"input_gram": np.asarray(input_gram), "damping": damping, "gram_sample": NO_SAMPLE.copy(),
+        carry = {"input_gram": np.asarray(input_gram), "damping": damping, "gram_sample": gram_sample,
                  "sample_chunks": np.float64(m), "sample_window": np.float64(window), "alpha": np.float64(alpha),
                  **self._accepted_sums(sums, error),
                  **self._curvature_pass(runner, weights, self.objective(error, weights, alpha), 0, sample, alpha)}
@@ -577,7 +579,7 @@ class GaussNewtonSolver(SolverBase):
         c = self.config
         if not np.any(S):
             return np.array(W, np.float64)
-        kept = l == 1 and self._input_gram_reused  # G_0 served a trial before: step through its eigendecomposition
+        kept = l == 1 and self._input_gram_reused and len(G) <= ShiftedGram.MAX_WIDTH  # step through G_0's decomposition
         G = np.asarray(G, np.float64) if kept else np.array(G, np.float64)
         W = np.asarray(W, np.float64)
         D = np.array(D, np.float64)

@@ -227,10 +227,13 @@ class ShiftedGram:
     ``V (E + c)⁻¹ Vᵀ`` then costs two products a step (:func:`halves_matmul`) in place of an LU solve
     (785 × 785 with 300 right-hand sides: ~30 ms on one thread; the products ~10 ms on two). The
     decomposition costs ~3 LU solves, made once per Gram: :meth:`of` keeps the last :data:`KEPT`, found by
-    their exact values, so a resumed run decomposes the same Gram into the same bits.
+    their exact values, so a resumed run decomposes the same Gram into the same bits. Only for Grams of at most
+    :data:`MAX_WIDTH` rows (the decomposition's cost grows as n³ against a step's n², and the client keeps G and V):
+    inputs of up to 1024 features.
     """
 
-    KEPT = 2
+    KEPT = 1
+    MAX_WIDTH = 1025
     _kept: list = []  # the last used last
     _lock = threading.Lock()
 

@@ -101,7 +101,8 @@ def run(solver, runner, iterations, state=None):
 
 @pytest.mark.parametrize("schedule", ["full", "grow"])
 def test_a_samples_first_trial_solves_by_lu_and_later_ones_through_its_kept_gram(monkeypatch, schedule):
-    """Which trials take the kept decomposition: those whose sample's Gram the last trial used too (stored as gram_sample)."""
+    """Which trials take the kept decomposition: those whose sample's Gram the last trial used too (stored as gram_sample),
+    and every one when the first sample is every chunk."""
     X, y, s = problem(sample_schedule=schedule, sample_start=150, hidden_alpha="readout")
     kept = []
     real = GaussNewtonSolver.trial_weights
@@ -112,8 +113,8 @@ def test_a_samples_first_trial_solves_by_lu_and_later_ones_through_its_kept_gram
     monkeypatch.setattr(GaussNewtonSolver, "trial_weights", trial_weights)
     states = run(s, InMemoryRunner(s, X, y, 100), 6)
     samples = [float(st.carry["sample_chunks"]) for st in states]
-    if schedule == "full":
-        assert kept == [False] + [True] * 6
+    if schedule == "full":  # every chunk from the start: the Gram serves every trial, the first included
+        assert kept == [True] * 7
     else:  # grown: the first trial of a new sample's Gram (its pass B deferred to prepare) solves by LU
         assert samples[:3] == [2.0, 4.0, 8.0] and not kept[0] and kept[-1]
         assert kept.count(False) == len(set(samples))
@@ -143,3 +144,18 @@ def test_a_store_from_before_the_rule_steps_by_lu_throughout(monkeypatch):
     monkeypatch.setattr(ShiftedGram, "of", classmethod(lambda cls, *a, **k: pytest.fail("kept decomposition used")))
     states = run(s, runner, 3, state)
     assert "gram_sample" not in states[-1].carry
+
+
+def test_a_gram_wider_than_the_kept_limit_steps_by_lu(monkeypatch):
+    """Inputs wider than ShiftedGram.MAX_WIDTH (its n³ decomposition against n² a step) keep the LU step, bit for bit."""
+    X, y, s = problem()
+    rng = np.random.default_rng(6)
+    W, G, S, D = rng.normal(size=(16, 13)), spd(rng, 13), spd(rng, 16), rng.normal(size=(16, 13))
+    want = s.layer_step(1, W, D, S, G, 0.1, 0.4, 900.0)
+    monkeypatch.setattr(ShiftedGram, "MAX_WIDTH", 12)
+    monkeypatch.setattr(ShiftedGram, "of", classmethod(lambda cls, *a, **k: pytest.fail("kept decomposition used")))
+    s._input_gram_reused = True
+    try:
+        np.testing.assert_array_equal(s.layer_step(1, W, D, S, G, 0.1, 0.4, 900.0), want)
+    finally:
+        s._input_gram_reused = False
