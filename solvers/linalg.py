@@ -9,6 +9,7 @@ pipeline) and are accumulated in float64.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -166,6 +167,16 @@ HALVES_MIN_ROWS = 64  # halves_matmul splits products of at least this many rows
 HALVES_MIN_WORK = 2_000_000  # … and at least this many multiply-adds (rows × inner × columns)
 _pair: ThreadPoolExecutor | None = None  # the thread that computes the second half (made at first use)
 _pair_lock = threading.Lock()
+
+
+def _forget_pair() -> None:
+    """Drop the parent's helper thread in a forked child (it does not exist there: a submit would wait forever)."""
+    global _pair, _pair_lock
+    _pair, _pair_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pair)
 
 
 def halves_matmul(a, b):

@@ -159,3 +159,15 @@ def test_a_gram_wider_than_the_kept_limit_steps_by_lu(monkeypatch):
         np.testing.assert_array_equal(s.layer_step(1, W, D, S, G, 0.1, 0.4, 900.0), want)
     finally:
         s._input_gram_reused = False
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_halves_work_in_a_forked_child_after_the_parent_used_them():
+    """A forked child has no helper thread of its parent's: it makes its own (a submit to the parent's would hang)."""
+    import multiprocessing
+
+    a, b = np.ones((128, 200)), np.ones((200, 100))
+    halves_matmul(a, b)  # the parent's helper thread exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(halves_matmul, (a, b)).get(timeout=60)
+    np.testing.assert_array_equal(got, halves_matmul(a, b))
