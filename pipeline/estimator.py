@@ -77,6 +77,60 @@ def _block_score(pred, y, y_shift):
     return score_sums(pred, y, y_shift)[None, :]
 
 
+def _store_identity(store: str):
+    """Return (inode, mtime) of a data store's ``zarr.json``: a store swapped in by a new write has other ones."""
+    try:
+        st = os.stat(os.path.join(store, "zarr.json"))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+class _StoreRows:
+    """Array ``name`` of data store ``path`` as :func:`dask.array.from_array` reads it, block by block.
+
+    Each block is read by :func:`storage.data.read_rows` (a damaged chunk: one :class:`InputError` naming its
+    rows) and refused if the store was replaced since the array was made (an ``ingest --overwrite`` into it):
+    ``predict(path)`` returns a lazy array, computed when the caller chooses, so no reader record can cover it.
+    """
+
+    def __init__(self, path, name: str):
+        from storage.data import open_data
+        from storage.lock import check_not_written
+
+        check_not_written(path)  # an ingest is writing it now: refused before anything is read
+        ds = open_data(path)
+        if name == "y":
+            ds.require_labels("score")
+        array = ds.X if name == "X" else ds.y
+        self.path, self.store, self.name = str(path), str(ds.path.resolve()), name
+        self.shape, self.dtype, self.ndim, self.chunk_rows = array.shape, array.dtype, array.ndim, ds.chunk_rows
+        self.identity = _store_identity(self.store)
+
+    def _check(self) -> None:
+        if _store_identity(self.store) != self.identity:
+            raise InputError(f"data store {self.path} was replaced (or removed) after this array was made from it; "
+                             "make the array again (predict, score) to read the new store")
+
+    def __getitem__(self, key):
+        from storage.data import read_rows
+
+        key = key if isinstance(key, tuple) else (key,)
+        self._check()
+        block = read_rows(self.store, self.name, key[0].start or 0, key[0].stop)[(slice(None), *key[1:])]
+        self._check()  # replaced while this block was read: its rows may mix both stores
+        return block
+
+
+def _store_array(path, name: str):
+    """Return array ``name`` ('X' or 'y') of the data store ``path`` as a Dask array of its chunks (:class:`_StoreRows`)."""
+    import dask.array as da
+
+    rows = _StoreRows(path, name)
+    return da.from_array(rows, chunks=(rows.chunk_rows, *rows.shape[1:]), name=False,  # new name: a store may change
+                         meta=np.empty((0,) * rows.ndim, rows.dtype))
+
+
 def _values(X, network):
     """Return the predicted values of raw rows ``X`` (a regression network's output, in y's units)."""
     return network.predict(X)
@@ -361,11 +415,7 @@ class _ADMMEstimator(BaseEstimator):
         """Return ``X`` as a Dask array with whole rows per block, or None for in-memory input."""
         X = _unwrap_xarray(X)
         if _is_path(X):
-            import dask.array as da
-
-            from storage.data import open_data
-
-            X = da.from_zarr(str(open_data(X).path), component="X")
+            X = _store_array(X, "X")
         if not _is_dask(X):
             return None
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
@@ -395,7 +445,12 @@ class _ADMMEstimator(BaseEstimator):
         width = 2 if y_shift is None else 4
         parts = da.map_blocks(_block_score, pred, y, y_shift, new_axis=1, dtype=np.float64,
                               chunks=((1,) * pred.numblocks[0], (width,)))
-        return score_from_sums(parts.sum(axis=0).compute())
+        with contextlib.ExitStack() as held:
+            if _is_path(_unwrap_xarray(X)):  # a reader record until the sums are in: an ingest into it is refused
+                from storage.lock import ReadLock
+
+                held.enter_context(ReadLock(_unwrap_xarray(X)))
+            return score_from_sums(parts.sum(axis=0).compute())
 
     @staticmethod
     def _lazy_targets(X, y, chunks):
@@ -403,9 +458,7 @@ class _ADMMEstimator(BaseEstimator):
         import dask.array as da
 
         if y is None and _is_path(X):
-            from storage.data import open_data
-
-            y = da.from_zarr(str(open_data(X).path), component="y")
+            y = _store_array(X, "y")
         y = _unwrap_xarray(y)
         return y.rechunk((chunks,)) if _is_dask(y) else da.from_array(np.asarray(y), chunks=(chunks,))
 

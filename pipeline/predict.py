@@ -46,7 +46,42 @@ def predict(client, store, data, out, overwrite=False):
     hold or lie inside the run store or the data store. The predictions are a Dask array
     (:func:`pipeline.passes.predictions`) stored chunk by chunk into the partial store; its workers import
     dask.array, about 140 MiB more per worker process than training's workers hold.
+
+    Until the new store is in place ``data`` and ``store`` carry this process's reader records (an ingest into
+    ``data`` and a ``train --overwrite`` of ``store`` are refused) and ``out`` its writer's lock ``<OUT>.lock``
+    (a second predict into ``out`` is refused): :func:`locked`.
     """
+    with locked(store, data, out, overwrite):
+        return _predict(client, store, data, out, overwrite)
+
+
+def locked(store, data, out, overwrite=False):
+    """Return the context that holds predict's locks: reader records on ``data`` and ``store``, ``<OUT>.lock``.
+
+    ``out`` is checked first (:func:`storage.paths.check_target`), so an ``--out`` naming an input or a store of
+    another kind gets that one line, not a lock conflict with this process's own reader record; the inputs are
+    checked (:func:`check_inputs`) once read-locked, before ``<OUT>.lock`` is made.
+    """
+    from contextlib import ExitStack
+
+    from storage.lock import OutputLock, ReadLock
+    from storage.paths import check_target
+
+    check_target(out, PREDICTIONS_FORMAT, overwrite, inputs=(store, data))
+    stack = ExitStack()
+    try:
+        stack.enter_context(ReadLock(data))
+        stack.enter_context(ReadLock(store, run=True))
+        check_inputs(store, data, out, overwrite)  # a bad input: its one line before <OUT>.lock (or a folder) is made
+        stack.enter_context(OutputLock(out, "predictions store"))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _predict(client, store, data, out, overwrite=False):
+    """:func:`predict` with its locks held by the caller."""
     import shutil
     from pathlib import Path
 
@@ -86,18 +121,22 @@ def predict(client, store, data, out, overwrite=False):
 
 @exits_on_input_error
 def main(argv=None) -> int:
-    from storage.lock import ReadLock
-
     args = build_parser().parse_args(argv)
-    # SIGTERM (scancel, walltime, kill) unwinds the with blocks like Ctrl-C: the reader records and the partial
-    # predictions store go
+    # SIGTERM (scancel, walltime, kill) unwinds the with blocks like Ctrl-C: the reader records, the lock of --out
+    # and the partial predictions store go
     with exit_on_signals(batch=args.cluster in ("slurm", "pbs")):
-        # until the predictions are in: an ingest into --data and a train --overwrite of --store are refused (and
-        # refuse this)
-        with ReadLock(args.data), ReadLock(args.store, run=True):
-            check_inputs(args.store, args.data, args.out, args.overwrite)  # before a cluster starts
+        if args.dry_run:  # prints a job script, whatever the stores: no locks (as evaluate); --out is checked
+            from storage.paths import check_target
+
+            check_target(args.out, PREDICTIONS_FORMAT, args.overwrite, inputs=(args.store, args.data))
+            with connect_from_args(args, data=args.data):
+                pass  # not reached: connect raises DryRun (exit 0) once the script is printed
+            return 0
+        # until the predictions are in: an ingest into --data, a train --overwrite of --store and a second
+        # predict into --out are refused (and refuse this)
+        with locked(args.store, args.data, args.out, args.overwrite):  # checks the inputs (before a cluster starts)
             with connect_from_args(args, data=args.data) as client:
-                out = predict(client, args.store, args.data, args.out, args.overwrite)
+                out = _predict(client, args.store, args.data, args.out, args.overwrite)
     print(f"predictions written to {out}/prediction")
     return 0
 

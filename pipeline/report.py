@@ -199,7 +199,21 @@ def write_report(store, out=None, html=None) -> dict:
     or a path. Returns ``{"out", "files", "summary", "plotted"}`` where
     ``plotted[name]`` is :func:`plotted_values` of that figure.
     """
+    from storage.lock import OutputLock, ReadLock
+    from storage.runstore import RunStore
+
     store = Path(store)
+    out = Path(out) if out is not None else store.with_name(f"{store.stem}-report")
+    check_report_folder(out, store)
+    RunStore.open(store)  # a missing or damaged run store: its one line before anything is made
+    # a reader record beside the run store (a train --overwrite of it is refused meanwhile, and refuses this) and
+    # the report folder's lock <OUT>.lock (a second report into it is refused) until the last file is written
+    with ReadLock(store, run=True), OutputLock(out, "report folder"):
+        return _write_report(store, out, html)
+
+
+def _write_report(store: Path, out: Path, html) -> dict:
+    """:func:`write_report` with its locks held."""
     ds = load_metrics(store)
     if ds.sizes["iteration"] == 0:
         raise InputError(f"{store} has no finished iteration yet; nothing to plot")
@@ -209,8 +223,7 @@ def write_report(store, out=None, html=None) -> dict:
         if not source.is_file():
             raise InputError(f"no performance report at {source}: train with --performance-report "
                              "(or pass --html FILE)")
-    out = Path(out) if out is not None else store.with_name(f"{store.stem}-report")
-    check_report_folder(out, store)
+    check_report_folder(out, store)  # again under the lock: nothing else appeared meanwhile
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / REPORT_MARKER).write_text(json.dumps({"format": "admm-dask-report", "run_store": str(store.resolve())}))
@@ -250,8 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @exits_on_input_error
 def main(argv=None) -> int:
+    from pipeline.signals import exit_on_signals
+
     args = build_parser().parse_args(argv)
-    result = write_report(args.store, args.out, args.html)
+    # SIGTERM unwinds like Ctrl-C: the reader record and the folder's lock go
+    with exit_on_signals(done="the report stopped; its folder may lack some files (run the report again)"):
+        result = write_report(args.store, args.out, args.html)
     print(result["summary"], end="")
     print(f"wrote {', '.join(f.name for f in result['files'])} to {result['out']}")
     return 0

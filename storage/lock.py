@@ -500,3 +500,20 @@ class DataWriteLock(RunLock):
         except InputError:
             self.release()
             raise
+
+
+class OutputLock(RunLock):
+    """Hold the writer's lock of a command's output (``<OUT>.lock``): a predictions store, a report folder.
+
+    No two commands write one output at once: a second ``predict --out P`` (or any other writer of ``P``: they all
+    lock ``<P>.lock``) is refused in one line while the first holds it. Nothing reads these outputs while they are
+    written (the commands build them aside and rename them into place), so there are no reader records to check.
+    """
+
+    def __init__(self, store, kind: str, report=None, command: str | None = None):
+        super().__init__(store, report=report, command=command)
+        self.kind = kind
+
+    def _in_use(self, holder: dict) -> str:
+        return (f"{self.kind} {self.store} is being written by {describe(holder)}; wait for it to finish, or stop "
+                f"it (its lock is {self.path}; nothing was written)")

@@ -67,6 +67,37 @@ def test_kept_store_and_data_store_path_input(numpy_fit, client, tmp_path):
         again.fit(str(data), y)
 
 
+def test_path_input_is_read_locked_and_a_store_replaced_under_a_lazy_prediction_is_refused(numpy_fit, tmp_path,
+                                                                                           monkeypatch):
+    """score(path) holds a reader record until its sums are in; predict(path) is lazy, so it is refused while an
+    ingest writes the store and, once computed, if the store was replaced since (never rows of two stores)."""
+    import pipeline.estimator as est
+    from storage.data import write_data
+    from storage.lock import DataWriteLock, live_readers
+
+    clf, X, y, labels, _ = numpy_fit
+    path = tmp_path / "d.zarr"
+    write_data(path, X[:300], y[:300], chunk_rows=100)
+    with DataWriteLock(path), pytest.raises(InputError, match="d.zarr is being written by"):
+        clf.predict(str(path))
+    seen, real = [], est.score_from_sums
+    monkeypatch.setattr(est, "score_from_sums", lambda sums: seen.append(len(live_readers(path))) or real(sums))
+    clf.score(str(path))
+    assert seen == [1] and live_readers(path) == []
+    lazy = clf.predict(str(path))
+    np.testing.assert_array_equal(lazy.compute(), clf.predict(X[:300]))
+    write_data(path, X[300:600], y[300:600], chunk_rows=100, overwrite=True)  # an ingest --overwrite
+    with pytest.raises(InputError, match="d.zarr was replaced .* after this array was made"):
+        lazy.compute()
+    np.testing.assert_array_equal(clf.predict(str(path)).compute(), clf.predict(X[300:600]))  # made again: fine
+    from storage.data import DataWriter
+
+    with DataWriter(tmp_path / "u.zarr", X.shape[1], labels=False) as w:  # ingested with --no-labels
+        w.append(X[:10], None)
+    with pytest.raises(InputError, match="has no labels"):
+        clf.score(str(tmp_path / "u.zarr"))
+
+
 def test_dask_array_larger_than_one_chunk(numpy_fit, client):
     import dask.array as da
 

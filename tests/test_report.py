@@ -213,3 +213,27 @@ def test_report_refuses_a_folder_with_a_summary_txt_but_no_report_plot(run_store
         write_report(store, mine)
     assert sorted(p.name for p in mine.iterdir()) == sorted(files)
     assert all((mine / name).read_text() == "mine" for name in files)
+
+
+def test_report_holds_a_reader_record_and_its_folders_lock(run_store, tmp_path, monkeypatch):
+    """A train --overwrite of the run store is refused while a report reads it (and refuses a report); a second
+    report into the same folder is refused; nothing is left beside either afterwards."""
+    from pipeline import report as rep
+    from storage.lock import OutputLock, RunLock, live_readers, lock_path
+
+    store, _ = run_store
+    out, seen, real = tmp_path / "rep", {}, rep._write_report
+
+    def spy(s, o, h):
+        seen.update(readers=len(live_readers(store)), lock=lock_path(o).exists())
+        return real(s, o, h)
+
+    monkeypatch.setattr(rep, "_write_report", spy)
+    write_report(store, out)
+    assert seen == {"readers": 1, "lock": True}
+    assert live_readers(store) == [] and not lock_path(out).exists()
+    with RunLock(store, replacing=True), pytest.raises(InputError, match=r"run store .*run.zarr is being replaced"):
+        write_report(store, tmp_path / "rep2")  # train --overwrite under way
+    with OutputLock(out, "report folder"), pytest.raises(InputError, match=r"report folder .*rep is being written"):
+        write_report(store, out)
+    assert not (tmp_path / "rep2").exists() and not lock_path(out).exists() and live_readers(store) == []

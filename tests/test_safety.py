@@ -89,6 +89,30 @@ def test_predict_overwrite_replaces_its_own_store(client, trained, tmp_path):
     assert not list(tmp_path.glob("p.zarr.*"))
 
 
+def test_a_second_predict_into_one_out_is_refused_and_a_killed_ones_lock_blocks_nothing(client, trained, tmp_path,
+                                                                                        capsys):
+    """predict holds <OUT>.lock from before its cluster until its store is in place: a second writer of --out is
+    refused in one line (exit 2) and leaves nothing; the lock of a predict killed with -9 is taken over."""
+    from pipeline.predict import main
+    from storage.lock import OutputLock, live_readers
+
+    d, out = trained, tmp_path / "p.zarr"
+    with OutputLock(out, "predictions store"):  # another predict writing --out
+        with pytest.raises(InputError, match=r"predictions store .*p.zarr is being written by .*pid %d" % os.getpid()):
+            predict(client, d / "r.zarr", d / "d.zarr", out, overwrite=True)
+        capsys.readouterr()
+        assert main(["--store", str(d / "r.zarr"), "--data", str(d / "d.zarr"), "--out", str(out),
+                     "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: predictions store ") and len(err.splitlines()) == 1, err
+        assert live_readers(d / "d.zarr") == [] and live_readers(d / "r.zarr") == []  # its reader records went
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr.lock"]  # only the holder's lock
+    write_lock(out, host=__import__("socket").gethostname(), pid=dead_pid())  # a predict killed with -9
+    predict(client, d / "r.zarr", d / "d.zarr", out)
+    assert "taking over the stale lock of" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr"]  # its lock went with it
+
+
 def test_predict_cli_refuses_overwriting_its_input_in_one_line(trained):
     d = trained
     r = subprocess.run([sys.executable, "-m", "pipeline.predict", "--store", str(d / "r.zarr"), "--data",
