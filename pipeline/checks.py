@@ -56,3 +56,26 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
     check_unlocked(store)
     if test_data:
         open_data(test_data)
+
+
+def unseen_test_labels_warning(test_data, data) -> str | None:
+    """Return a warning line if ``--test-data`` has class labels the training data has not (their rows count as
+    wrong in every test accuracy), else None.
+
+    From the labels both stores recorded when they were written (no pass over the data); None if either has no
+    such record (written before it, or more than ``MAX_LABELS`` distinct values).
+    """
+    import numpy as np
+
+    if not test_data or data is None:
+        return None
+    known = (open_data(data).statistics or {}).get("labels")
+    test = (open_data(test_data).statistics or {}).get("labels")
+    if known is None or test is None:
+        return None
+    unseen = np.setdiff1d(np.asarray(test, np.float64), np.asarray(known, np.float64))
+    if not unseen.size:
+        return None
+    shown = ", ".join(f"{int(v) if float(v).is_integer() else float(v)}" for v in unseen[:10])
+    return (f"warning: test data {test_data} has labels the training data {data} does not have, so its rows with "
+            f"them count as wrong in the test accuracy: {shown}{' …' if unseen.size > 10 else ''}")

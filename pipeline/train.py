@@ -139,6 +139,12 @@ def _main(args, where) -> int:
     config = None if args.resume else TrainConfig(**given)
     check_inputs(store=store, data=data, test_data=test_data, resume=args.resume, overwrite=args.overwrite,
                  chunk_rows=args.chunk_rows)
+    if config is not None and config.task == "classification":  # one warning line, from the stores' metadata
+        from pipeline.checks import unseen_test_labels_warning
+
+        warning = unseen_test_labels_warning(test_data, data)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     log.debug("settings %s, store %s, data %s, test data %s, resume %s", given, store, data, test_data, args.resume)
     perf = None

@@ -354,8 +354,7 @@ class RunLock:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise InputError(f"cannot lock {self.kind} {self.store}: its folder {folder} is not a writable "
-                             f"directory ({err.strerror})") from None
+            raise InputError(self._unwritable(folder, err)) from None
         text = json.dumps(self.record, indent=1)
         tmp = folder / f".{self.path.name}.{self.record['host']}.{os.getpid()}.{self.record['token']}"
         try:
@@ -365,8 +364,7 @@ class RunLock:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as err:
-            raise InputError(f"cannot lock {self.kind} {self.store}: its folder {folder} is not a writable "
-                             f"directory ({err.strerror})") from None
+            raise InputError(self._unwritable(folder, err)) from None
         try:
             try:
                 os.link(tmp, self.path)
@@ -442,6 +440,9 @@ class RunLock:
             except OSError:
                 pass
 
+    def _unwritable(self, folder: Path, err: OSError) -> str:
+        return f"cannot lock {self.kind} {self.store}: its folder {folder} is not a writable directory ({err.strerror})"
+
     def _in_use(self, holder: dict) -> str:
         return (f"run store {self.store} is in use by {describe(holder)}; wait for it to finish or stop it "
                 f"(its lock is {self.path})")
@@ -513,6 +514,9 @@ class OutputLock(RunLock):
     def __init__(self, store, kind: str, report=None, command: str | None = None):
         super().__init__(store, report=report, command=command)
         self.kind = kind
+
+    def _unwritable(self, folder: Path, err: OSError) -> str:
+        return f"cannot write {self.store}: its folder {folder} is not a writable directory ({err.strerror})"
 
     def _in_use(self, holder: dict) -> str:
         return (f"{self.kind} {self.store} is being written by {describe(holder)}; wait for it to finish, or stop "

@@ -469,3 +469,19 @@ def test_a_symlink_output_is_named_as_one_and_overwrite_is_not_suggested(tmp_pat
             write_data(link, X, y, chunk_rows=5, overwrite=True)
         assert link.is_symlink()
     assert sorted(p.name for p in (tmp_path / "d.zarr").iterdir()) == before
+
+
+def test_test_data_with_labels_the_training_data_lacks_gets_one_warning_line(tmp_path):
+    """train --test-data whose labels the training data has not: one warning (they count as wrong), from the stores'
+    recorded labels, no pass over the data; nothing for a store whose labels are all known."""
+    from pipeline.checks import unseen_test_labels_warning
+    from storage.data import write_data
+
+    X = np.zeros((6, 2), np.float32)
+    write_data(tmp_path / "d.zarr", X, [0, 1, 2, 0, 1, 2])
+    write_data(tmp_path / "t.zarr", X, [0, 1, 5, 5, 7.5, 1])
+    write_data(tmp_path / "k.zarr", X, [2, 1, 1, 1, 1, 1])
+    line = unseen_test_labels_warning(tmp_path / "t.zarr", tmp_path / "d.zarr")
+    assert line.startswith("warning: test data ") and line.endswith("count as wrong in the test accuracy: 5, 7.5")
+    assert unseen_test_labels_warning(tmp_path / "k.zarr", tmp_path / "d.zarr") is None
+    assert unseen_test_labels_warning(None, tmp_path / "d.zarr") is None

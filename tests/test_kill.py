@@ -187,3 +187,4 @@ def test_kill_during_predict_keeps_the_old_predictions(data, uninterrupted, tmp_
     r = run("pipeline.predict", "--store", data / "full.zarr", "--data", data / "d.zarr", "--out", out,
             "--overwrite", "--workers", "1", "--dashboard-address", ":0")
     assert "left by an interrupted write" in r.stderr and not list(tmp_path.glob("p.zarr.partial-*"))
+    assert "taking over the stale lock of" in r.stderr and not (tmp_path / "p.zarr.lock").exists()  # its <OUT>.lock
