@@ -209,7 +209,13 @@ def write_report(store, out=None, html=None) -> dict:
     # a reader record beside the run store (a train --overwrite of it is refused meanwhile, and refuses this) and
     # the report folder's lock <OUT>.lock (a second report into it is refused) until the last file is written
     with ReadLock(store, run=True), OutputLock(out, "report folder"):
-        return _write_report(store, out, html)
+        created = not out.exists()
+        try:
+            return _write_report(store, out, html)
+        except BaseException:  # a full disk, Ctrl-C, SIGTERM: a folder this report made goes (half a report)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def _write_report(store: Path, out: Path, html) -> dict:

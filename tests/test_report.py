@@ -237,3 +237,23 @@ def test_report_holds_a_reader_record_and_its_folders_lock(run_store, tmp_path, 
     with OutputLock(out, "report folder"), pytest.raises(InputError, match=r"report folder .*rep is being written"):
         write_report(store, out)
     assert not (tmp_path / "rep2").exists() and not lock_path(out).exists() and live_readers(store) == []
+
+
+def test_a_failed_report_removes_the_folder_it_made_and_keeps_one_it_did_not(run_store, tmp_path, monkeypatch):
+    """A full disk half way: the folder this report created goes; an existing report folder stays."""
+    import errno
+
+    from pipeline import report as rep
+
+    store, _ = run_store
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_report(store, tmp_path / "old")
+    monkeypatch.setattr(rep, "training_html", full)
+    for out in (tmp_path / "new", tmp_path / "old"):
+        with pytest.raises(OSError, match="No space left"):
+            write_report(store, out)
+    assert not (tmp_path / "new").exists() and (tmp_path / "old" / "summary.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
