@@ -182,6 +182,9 @@ def open_data(path: str | os.PathLike) -> DataStore:
     if attrs is None:
         if ((path / ".zgroup").exists() or (path / ".zarray").exists()):
             raise InputError(f"{path} is a Zarr v2 store, not an admm-dask data store; {how}")
+        if (path / "zarr.json").is_file():  # there, but not a group's metadata: damaged (or another tool's array)
+            raise InputError(f"{path} is not a usable Zarr store: its zarr.json is damaged or not a Zarr v3 group's "
+                             f"metadata (an interrupted copy?); {how}")
         raise InputError(f"{path} is not a Zarr store (no Zarr v3 group metadata "
                          f"zarr.json); {how}")
     fmt = attrs.get("format")

@@ -380,6 +380,8 @@ def make_group(path, attrs=None, X=(4, 2), y=(4,), xdtype="float32", ydtype="flo
     (lambda p: p, "does not exist; create one with `python -m pipeline.ingest"),
     (lambda p: p.mkdir() or p, "is not a Zarr store"),
     (lambda p: p.write_text("x") and p, "is not a Zarr store"),
+    (lambda p: p.mkdir() or (p / "zarr.json").write_text("{not json") and p,
+     "its zarr.json is damaged or not a Zarr v3 group's metadata"),
     (lambda p: make_group(p, {"format": "other-tool"}), "another tool's Zarr store"),
     (lambda p: make_group(p, {}), "without the admm-dask format attribute"),
     (lambda p: make_group(p, {"format": "admm-dask-run"}), "an admm-dask run store"),
