@@ -222,6 +222,10 @@ class RunStore:
         if not path.exists():
             raise InputError(f"run store {path} does not exist")
         if not is_run_store(path):
+            if (path / "manifest.json").is_file() or (path / "manifest.previous.json").is_file():
+                raise InputError(f"run store {path} is damaged: its zarr.json is missing or is not the run store's "
+                                 "group metadata (manifest.json is there); restore it from a copy, or start a new "
+                                 "run in another store")
             raise InputError(f"{path} is not an admm-dask run store (no '{FORMAT}' format attribute)")
         attrs = zarr.open_group(path, mode="r").attrs.asdict()
         if attrs.get("format_version") not in READABLE_VERSIONS:

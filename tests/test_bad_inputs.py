@@ -485,3 +485,16 @@ def test_test_data_with_labels_the_training_data_lacks_gets_one_warning_line(tmp
     assert line.startswith("warning: test data ") and line.endswith("count as wrong in the test accuracy: 5, 7.5")
     assert unseen_test_labels_warning(tmp_path / "k.zarr", tmp_path / "d.zarr") is None
     assert unseen_test_labels_warning(None, tmp_path / "d.zarr") is None
+
+
+def test_a_run_store_with_a_damaged_zarr_json_is_named_damaged(tmp_path):
+    """Its manifest is there: a damaged run store, not 'not a run store' (evaluate, predict, report, --resume)."""
+    run = tmp_path / "r.zarr"
+    run.mkdir()
+    (run / "zarr.json").write_text("")
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(InputError, match=r"run store .*r.zarr is damaged: its zarr.json is missing or is not"):
+        RunStore.open(run)
+    (run / "manifest.json").unlink()
+    with pytest.raises(InputError, match=r"is not an admm-dask run store"):
+        RunStore.open(run)
