@@ -454,3 +454,17 @@ def test_train_overwrite_refuses_readers_only_until_its_new_run_is_in_place(clie
 
     train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=config, overwrite=True, report=report)
     assert let_in and all(let_in), let_in
+
+
+def test_predict_dry_run_takes_no_lock_but_checks_its_out(store, tmp_path, capsys):
+    """--dry-run only prints a job script: an ingest under way does not refuse it, nothing is locked or made; an
+    --out it could never write is still refused."""
+    from pipeline.predict import main
+
+    args = ["--store", str(tmp_path / "r.zarr"), "--data", str(store), "--cluster", "slurm", "--dry-run"]
+    with DataWriteLock(store):
+        assert main([*args, "--out", str(tmp_path / "p.zarr")]) == 0
+    assert "#!" in capsys.readouterr().out
+    assert not list(tmp_path.glob("p.zarr*")) and live_readers(store) == []
+    assert main([*args, "--out", str(store), "--overwrite"]) == 2
+    assert "is (or holds, or lies inside) the input" in capsys.readouterr().err
