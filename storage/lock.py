@@ -193,6 +193,16 @@ def _new_record(command: str | None) -> dict:
             "token": secrets.token_hex(8)}
 
 
+def _why_unwritable(folder: Path, err: OSError) -> str:
+    """Return why a lock could not be written in ``folder``: a full disk (or quota) said as such."""
+    import errno
+
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device of its folder {folder} ({err.strerror}); free disk space or write "
+                "elsewhere (nothing was written)")
+    return f"its folder {folder} is not a writable directory ({err.strerror})"
+
+
 class _Heartbeat:
     """Touch a lock file every :data:`HEARTBEAT` seconds in a daemon thread, until stopped."""
 
@@ -304,7 +314,11 @@ class ReadLock:
                 f.write(json.dumps(self.record, indent=1))
                 f.flush()
                 os.fsync(f.fileno())
-        except OSError:  # a read-only folder (shared data) or no folder at all: no record, the check below still runs
+        except OSError:  # a read-only folder (shared data), no folder at all, a full disk: no record, the check below
+            try:           # still runs (a record created but not fully written would block writers for a minute);
+                self.path.unlink()  # the name is this reader's own (its token): nobody else's file
+            except OSError:
+                pass
             self.path = None
         holder = read_holder(self.store)
         if holder is not None and (not self.run or holder.get("replacing")) and not is_stale(holder):
@@ -364,6 +378,10 @@ class RunLock:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as err:
+            try:  # a full disk: the private file may have been created
+                tmp.unlink()
+            except OSError:
+                pass
             raise InputError(self._unwritable(folder, err)) from None
         try:
             try:
@@ -441,7 +459,7 @@ class RunLock:
                 pass
 
     def _unwritable(self, folder: Path, err: OSError) -> str:
-        return f"cannot lock {self.kind} {self.store}: its folder {folder} is not a writable directory ({err.strerror})"
+        return f"cannot lock {self.kind} {self.store}: {_why_unwritable(folder, err)}"
 
     def _in_use(self, holder: dict) -> str:
         return (f"run store {self.store} is in use by {describe(holder)}; wait for it to finish or stop it "
@@ -516,7 +534,7 @@ class OutputLock(RunLock):
         self.kind = kind
 
     def _unwritable(self, folder: Path, err: OSError) -> str:
-        return f"cannot write {self.store}: its folder {folder} is not a writable directory ({err.strerror})"
+        return f"cannot write {self.store}: {_why_unwritable(folder, err)}"
 
     def _in_use(self, holder: dict) -> str:
         return (f"{self.kind} {self.store} is being written by {describe(holder)}; wait for it to finish, or stop "

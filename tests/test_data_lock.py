@@ -468,3 +468,25 @@ def test_predict_dry_run_takes_no_lock_but_checks_its_out(store, tmp_path, capsy
     assert not list(tmp_path.glob("p.zarr*")) and live_readers(store) == []
     assert main([*args, "--out", str(store), "--overwrite"]) == 2
     assert "is (or holds, or lies inside) the input" in capsys.readouterr().err
+
+
+def test_a_full_disk_when_taking_a_lock_is_said_as_such(tmp_path, monkeypatch):
+    """A lock that cannot be written for lack of space: 'no space left', not 'not a writable directory'."""
+    import errno
+
+    from storage.lock import OutputLock, RunLock
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lockmod.os, "fsync", full)
+    for lock, start in ((OutputLock(tmp_path / "p.zarr", "predictions store"), "cannot write "),
+                        (RunLock(tmp_path / "r.zarr"), "cannot lock run store ")):
+        with pytest.raises(InputError, match=r"no space left on the device of its folder .*free disk space") as e:
+            lock.acquire()
+        assert str(e.value).startswith(start)
+    (tmp_path / "d.zarr").mkdir()
+    with ReadLock(tmp_path / "d.zarr") as reader:  # no record (as in a read-only folder), and no empty file left
+        assert reader.path is None
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]
