@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 GRACE = 60.0  # seconds a second signal is ignored while the first one's clean-up runs
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -134,6 +135,9 @@ def exit_on_signals(store=None, batch=False, done: str | None = None):
             raise handler.rearm()
     except (KeyboardInterrupt, Terminated):
         signum = handler.first[0] if handler.first else signal.SIGINT
+        # a signal landing inside a zarr call leaves its coroutine unawaited: Python would warn about it at exit,
+        # after the one line below
+        warnings.filterwarnings("ignore", category=RuntimeWarning, message="coroutine .* was never awaited")
         _quiet_shutdown()
         path = store() if callable(store) else store
         done_ = done or ("the worker jobs were cancelled and the temporary certificates deleted" if batch
