@@ -144,8 +144,9 @@ class EarlyHiddenAlphaSolver(HiddenAlphaFactorSolver):
 
 def parse_arm(arm: str) -> tuple[float, int]:
     """``"F"``: F in every iteration; ``"F@K"``: F in iterations 1..K, then 1. Return (F, K) (K = 0: every iteration).
-    ``"iC"`` (``--init-scale C``, F = 1) parses as (1, 0); :func:`parse_init` reads its C."""
-    if str(arm).startswith("i"):
+    ``"iC"`` (``--init-scale C``, F = 1) parses as (1, 0); :func:`parse_init` reads its C; so does any other arm
+    named by a letter (``benchmarks/init_restore.py``'s ``rS@K``, ``nS@K``)."""
+    if str(arm)[:1].isalpha():
         return 1.0, 0
     F, _, K = str(arm).partition("@")
     return float(F), int(K or 0)
