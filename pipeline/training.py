@@ -131,8 +131,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
-        # the config as given when nothing overrides it: replace() would drop why auto became gauss-newton (_auto_pin)
-        config = replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+        config = replace(config or TrainConfig(), **(overrides or {}))  # keeps auto_pinned (choose_solver's record)
         data = open_data(reading(data))
         if test_data:
             reading(test_data)

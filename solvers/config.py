@@ -259,6 +259,10 @@ class TrainConfig:
     handover_gain: float = setting(0.002, "consensus,gauss-newton: hand over to Gauss-Newton once a pass gains less "
                                    "than this in held-out (else training) score", resumable=True,
                                    solvers=(HANDOVER,), group="consensus")
+    # not a setting (no flag, parameter or stored key): True when __post_init__ turned --solver auto into gauss-newton
+    # because a setting only Gauss-Newton reads was given. A field, so dataclasses.replace() keeps it (choose_solver's
+    # record names that setting); replace(solver=...) of another solver clears it.
+    auto_pinned: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -270,12 +274,9 @@ class TrainConfig:
         object.__setattr__(self, "input_shape", parse_shape(self.input_shape) if len(self.input_shape) else ())
         if self.solver == "auto" and self._gauss_newton_only():  # else chosen by the data's size: choose_solver
             object.__setattr__(self, "solver", "gauss-newton")
-            why = [f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
-                   for flag, value, unpinned in (("hidden-alpha", self.hidden_alpha, ("readout", "auto")),
-                                                 ("init-scale", self.init_scale, (1.0,))) if value not in unpinned]
-            if why:  # a setting the user gave for gauss-newton: choose_solver's record names it (the run line shows it)
-                object.__setattr__(self, "_auto_pin", {"given": "auto", "solver": "gauss-newton",
-                                                       "why": f"{' and '.join(why)} given, read by gauss-newton only"})
+            object.__setattr__(self, "auto_pinned", True)
+        elif self.solver != "gauss-newton":  # auto (chosen by size later) or another solver: not auto's pin
+            object.__setattr__(self, "auto_pinned", False)
         problems = []
         if isinstance(self.alpha, str) and self.alpha != "auto":
             try:
@@ -416,7 +417,7 @@ class TrainConfig:
         is (record None).
         """
         if self.solver != "auto":  # given, or pinned to gauss-newton by a setting only it reads (__post_init__)
-            return self, self.__dict__.get("_auto_pin")
+            return self, self._pin_record() if self.auto_pinned else None
         shards = max(1, int(self.shards or shards))
         rows = int(n_samples * (1 - self.validation_fraction)) // shards
         handover = rows >= AUTO_HANDOVER_ROWS and threads_per_worker <= 1 and not shared_gil
@@ -429,6 +430,15 @@ class TrainConfig:
                   "threads_per_worker": int(threads_per_worker), "shared_gil": bool(shared_gil),
                   "threshold": AUTO_HANDOVER_ROWS}
         return replace(self, solver=chosen), record
+
+    def _pin_record(self) -> dict | None:
+        """Return choose_solver's record of an auto pinned to gauss-newton by a given --hidden-alpha or --init-scale
+        (the run line shows it), None for the other pins (convolutions, regression, hinge, sampling settings)."""
+        why = [f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
+               for flag, value, unpinned in (("hidden-alpha", self.hidden_alpha, ("readout", "auto")),
+                                             ("init-scale", self.init_scale, (1.0,))) if value not in unpinned]
+        return {"given": "auto", "solver": "gauss-newton",
+                "why": f"{' and '.join(why)} given, read by gauss-newton only"} if why else None
 
     def resolved_init(self) -> str:
         """Return the initialisation, resolving ``"auto"`` to data (admm, dladmm; dense first layer), :data:`CONSENSUS_INIT`
@@ -499,6 +509,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Return a JSON-ready dict of the settings."""
         d = asdict(self)
+        del d["auto_pinned"]  # not a setting: the run store records the choice as solver_choice
         d["hidden"] = list(self.hidden)
         d["input_shape"] = list(self.input_shape)
         return d
@@ -524,13 +535,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Return the config stored by :meth:`to_dict` (unknown keys are ignored)."""
-        names = {f.name for f in fields(cls)}  # old stores' ``extra`` (always empty) and other keys are dropped
+        names = {f.name for f in SETTINGS}  # old stores' ``extra`` (always empty) and other keys are dropped
         d = {**STORED_BEFORE, **d}  # a setting a store predates: the rule the store was trained under
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
 STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0}  # what a run store written before a setting existed ran with
-SETTINGS = fields(TrainConfig)
+SETTINGS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)  # the settings (not auto_pinned)
 RESUMABLE = tuple(f.name for f in SETTINGS if f.metadata["resumable"])  # --resume may change these
 
 

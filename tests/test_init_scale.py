@@ -82,3 +82,47 @@ def test_auto_pinned_to_gauss_newton_by_init_scale_or_hidden_alpha_says_why():
     assert config.solver == "gauss-newton" and "--hidden-alpha probe given" in choice["why"]
     assert TrainConfig(solver="gauss-newton", init_scale=0.5).choose_solver(10**6, 4)[1] is None  # given: no record
     assert TrainConfig().choose_solver(10**6, 4)[1]["solver"] == HANDOVER  # the size rule, unchanged
+
+
+def test_replace_keeps_the_auto_pin_and_another_solver_clears_it():
+    """The pin is a field, so dataclasses.replace() (a run's ``overrides``, ``--iterations``) keeps choose_solver's
+    record; replace(solver=...) of another solver, or of settings that no longer pin, gives no record; it is not a
+    setting (no stored key, no flag) and two configs that differ in it only are equal."""
+    from dataclasses import replace
+
+    from solvers.config import SETTINGS
+
+    pinned = TrainConfig(init_scale=0.5)
+    assert pinned.auto_pinned and replace(pinned, iterations=3).auto_pinned
+    assert replace(pinned, iterations=3).choose_solver(10**6, 4)[1] == pinned.choose_solver(10**6, 4)[1]
+    assert pinned.choose_solver(10**6, 4)[1]["why"] == "--init-scale 0.5 given, read by gauss-newton only"
+    assert replace(pinned, solver="admm", init_scale=1.0).choose_solver(10**6, 4)[1] is None
+    assert not replace(pinned, solver="admm", init_scale=1.0).auto_pinned
+    assert replace(pinned, init_scale=1.0).choose_solver(10**6, 4)[1] is None  # nothing left that pins it
+    assert replace(pinned, solver="auto", init_scale=1.0).choose_solver(10**6, 4)[0].solver == HANDOVER
+    assert pinned == TrainConfig(solver="gauss-newton", init_scale=0.5) and "auto_pinned" not in pinned.to_dict()
+    assert "auto_pinned" not in {f.name for f in SETTINGS} and not TrainConfig.from_dict(pinned.to_dict()).auto_pinned
+
+
+def test_pipeline_records_the_pin_with_overrides_and_resume_keeps_it(tmp_path, client):
+    """train(..., iterations=N) replaces the config: the run store still records why auto became gauss-newton (before
+    the pin was a field it was dropped there and the run line said nothing), and a resume keeps the record and says it."""
+    from pipeline.training import train
+    from storage.data import write_data
+    from storage.runstore import RunStore
+    from tests.conftest import make_data
+
+    X, y = make_data(n=600, d=4)
+    data = write_data(tmp_path / "d.zarr", X, y, chunk_rows=200).path
+    lines = []
+    out = train(client, store=tmp_path / "run.zarr", data=data, config=TrainConfig(hidden=(4,), init_scale=0.5),
+                iterations=1, report=lines.append)
+    choice = RunStore.open(tmp_path / "run.zarr").attrs["solver_choice"]
+    assert out.solver.name == "gauss-newton" and choice["why"] == "--init-scale 0.5 given, read by gauss-newton only"
+    assert any("solver gauss-newton (auto: --init-scale 0.5 given" in ln for ln in lines)
+    lines = []
+    out = train(client, store=tmp_path / "run.zarr", resume=True, iterations=2, report=lines.append)
+    run = RunStore.open(tmp_path / "run.zarr")
+    assert len(out.history) == 2 and run.attrs["solver_choice"] == choice
+    assert run.attrs["config"] == TrainConfig(hidden=(4,), init_scale=0.5, iterations=2).to_dict()
+    assert any("solver gauss-newton (auto: --init-scale 0.5 given" in ln for ln in lines)
