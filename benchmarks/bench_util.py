@@ -205,3 +205,50 @@ def mean_se(values) -> str:
         return "-"
     se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
     return f"{v.mean():+.4f} ± {se:.4f}"
+
+
+def load_mnist_validation(task: str, data: Path = ROOT.parent / "shared" / "data"):
+    """Return (X_train, y_train, X_val, y_val, about) of ``mnist10`` / ``mnist-oddeven``: training rows 0-49,999
+    train, rows 50,000-59,999 validate; the 10,000 test images are never loaded. Raw uint8 pixels as float32."""
+    with np.load(Path(data) / "mnist70k_uint8.npz") as f:
+        X, y = f["X"][:60000], f["y"][:60000]
+    if task == "mnist-oddeven":
+        y = y % 2
+    return (X[:50000].astype(np.float32), y[:50000], X[50000:].astype(np.float32), y[50000:],
+            "MNIST training rows 0-49,999 train, 50,000-59,999 validation (test images not loaded)")
+
+
+def first_hit(hist, target):
+    """The first iteration of ``hist`` whose ``eval_accuracy`` reaches ``target`` (None: never)."""
+    return next((h for h in hist if h["eval_accuracy"] is not None and h["eval_accuracy"] >= target), None)
+
+
+def seconds_to(hist, hit) -> float:
+    """The driver's seconds are per iteration (solver work, scoring excluded): sum them through ``hit``."""
+    return float(sum(h["seconds"] for h in hist if h["iteration"] <= hit["iteration"]))
+
+
+HISTORY_KEYS = ("iteration", "seconds", "test_accuracy", "validation_accuracy", "train_accuracy", "alpha", "accepted",
+                "damping", "sample_rows")
+
+
+def fit_validation_run(Xtr, ytr, Xva, yva, config, target, keys=HISTORY_KEYS, **fit) -> dict:
+    """Fit ``config`` in memory (:func:`solvers.reference.fit_in_memory`, ``fit``: its keywords) with the validation
+    rows as ``X_test`` (the fit chooses nothing by them) and return the record of the validation-row benchmarks
+    (hidden_alpha_factor.py, kout_early.py): the kept model's validation accuracy, the per-iteration history (``keys``
+    of each entry; ``test_accuracy`` renamed ``eval_accuracy``), the first iteration at ``target`` and its seconds,
+    wall and CPU seconds of the fit, the load average and OMP_NUM_THREADS. Also ``result``: the fit itself (pop it
+    before writing the record)."""
+    from solvers.reference import fit_in_memory
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    r = fit_in_memory(Xtr, ytr, config, X_test=Xva, y_test=yva, **fit)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    hist = [{k: h.get(k) for k in keys} for h in r.history]
+    for h in hist:
+        h["eval_accuracy"] = h.pop("test_accuracy")  # the validation rows given as X_test (named so to avoid doubt)
+    hit = target is not None and first_hit(hist, target) or None
+    return {"kept": float(r.network.score(Xva, yva)), "best_iteration": r.best_iteration, "iterations_run": len(hist),
+            "max_eval": max(h["eval_accuracy"] for h in hist), "target_iteration": hit and hit["iteration"],
+            "target_seconds": hit and seconds_to(hist, hit), "wall": wall, "cpu": cpu, "load": os.getloadavg()[0],
+            "threads": os.environ.get("OMP_NUM_THREADS"), "history": hist, "result": r}

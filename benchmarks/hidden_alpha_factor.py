@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,11 +54,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from solvers import SOLVERS  # noqa: E402
-from benchmarks.bench_util import mean_se  # noqa: E402
+from benchmarks.bench_util import first_hit, fit_validation_run, load_mnist_validation, mean_se, seconds_to  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.gauss_newton import GaussNewtonSolver  # noqa: E402
 from solvers.linalg import penalty  # noqa: E402
-from solvers.reference import fit_in_memory  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TARGETS = {"mnist10": 0.96, "mnist-oddeven": 0.97, "higgs1m": 0.76}
@@ -203,12 +200,7 @@ def load(task: str, higgs: str | None, seed: int = 0):
                 f"{higgs or HIGGS_SMALL_STORE}: {HIGGS_SMALL[task]} of rows 0-179,999 (rng 200+seed), "
                 "validation rows 180,000-199,999")
     if task.startswith("mnist"):
-        with np.load(DATA / "mnist70k_uint8.npz") as f:
-            X, y = f["X"][:60000], f["y"][:60000]
-        if task == "mnist-oddeven":
-            y = y % 2
-        return (X[:50000].astype(np.float32), y[:50000], X[50000:].astype(np.float32), y[50000:],
-                "MNIST training rows 0-49,999 train, 50,000-59,999 validation (test images not loaded)")
+        return load_mnist_validation(task, DATA)
     if task == "higgs1m":
         import zarr
         g = zarr.open_group(higgs, mode="r")
@@ -217,35 +209,15 @@ def load(task: str, higgs: str | None, seed: int = 0):
     raise SystemExit(f"unknown task {task}")
 
 
-def _first_hit(hist, target):
-    return next((h for h in hist if h["eval_accuracy"] is not None and h["eval_accuracy"] >= target), None)
-
-
-def _seconds_to(hist, hit) -> float:
-    """The driver's seconds are per iteration (solver work, scoring excluded): sum them through ``hit``."""
-    return float(sum(h["seconds"] for h in hist if h["iteration"] <= hit["iteration"]))
-
-
 def run(task, Xtr, ytr, Xva, yva, F: float, seed: int, iterations: int, target: float | None, K: int = 0,
         init_scale: float = 1.0) -> dict:
     cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=iterations, init_scale=init_scale)
     with hidden_alpha_factor(F, K):
-        t0 = time.perf_counter()
-        cpu0 = time.process_time()
-        r = fit_in_memory(Xtr, ytr, cfg, X_test=Xva, y_test=yva)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    hist = [{k: h.get(k) for k in ("iteration", "seconds", "test_accuracy", "validation_accuracy", "train_accuracy",
-                                   "alpha", "accepted", "damping", "sample_rows")} for h in r.history]
-    for h in hist:
-        h["eval_accuracy"] = h.pop("test_accuracy")  # the validation rows given as X_test (named so to avoid doubt)
-    hit = target is not None and _first_hit(hist, target) or None
+        fit = fit_validation_run(Xtr, ytr, Xva, yva, cfg, target)
+    fit.pop("result")
     arm = f"i{init_scale:g}" if init_scale != 1.0 else arm_name(F, K)
     return {"task": task, "factor": F, "early": K, "init_scale": init_scale, "arm": arm, "seed": seed,
-            "iterations": iterations, "target": target,
-            "kept": float(r.network.score(Xva, yva)), "best_iteration": r.best_iteration, "iterations_run": len(hist),
-            "max_eval": max(h["eval_accuracy"] for h in hist), "target_iteration": hit and hit["iteration"],
-            "target_seconds": hit and _seconds_to(hist, hit), "wall": wall, "cpu": cpu,
-            "load": os.getloadavg()[0], "threads": os.environ.get("OMP_NUM_THREADS"), "history": hist}
+            "iterations": iterations, "target": target, **fit}
 
 
 def summary(argv) -> None:
@@ -273,8 +245,8 @@ def summary(argv) -> None:
             seen.add(key)
             runs.append(r)
     for r in runs:  # recomputed from the history (runs written before the fix stored one iteration's seconds)
-        hit = r["target"] is not None and _first_hit(r["history"], r["target"]) or None
-        r["target_iteration"], r["target_seconds"] = hit and hit["iteration"], hit and _seconds_to(r["history"], hit)
+        hit = r["target"] is not None and first_hit(r["history"], r["target"]) or None
+        r["target_iteration"], r["target_seconds"] = hit and hit["iteration"], hit and seconds_to(r["history"], hit)
     print("| task | seed | arm | kept (it / run) | max | target at it | s to target | α it 1-4 | α last | accepted | "
           "wall s | load |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

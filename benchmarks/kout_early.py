@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,10 +39,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from solvers import SOLVERS, data_init, gauss_newton as gn  # noqa: E402
-from benchmarks.bench_util import mean_se  # noqa: E402
+from benchmarks.bench_util import HISTORY_KEYS, fit_validation_run, load_mnist_validation, mean_se  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.gauss_newton import GaussNewtonSolver  # noqa: E402
-from solvers.reference import fit_in_memory  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TARGETS = {"mnist10": 0.96, "mnist-oddeven": 0.97, "higgs": 0.76}
@@ -160,12 +157,7 @@ def arm(name: str, Xtr):
 def load(task: str, a):
     """Return (X_train, y_train, X_val, y_val, about); the test split is never loaded."""
     if task.startswith("mnist"):
-        with np.load(DATA / "mnist70k_uint8.npz") as f:
-            X, y = f["X"][:60000], f["y"][:60000]
-        if task == "mnist-oddeven":
-            y = y % 2
-        return (X[:50000].astype(np.float32), y[:50000], X[50000:].astype(np.float32), y[50000:],
-                "MNIST training rows 0-49,999 train, 50,000-59,999 validation (test images not loaded)")
+        return load_mnist_validation(task, DATA)
     if task == "higgs":
         import zarr
         g = zarr.open_group(a.higgs, mode="r")
@@ -178,21 +170,12 @@ def load(task: str, a):
 def run_one(task, Xtr, ytr, Xva, yva, name, seed, iterations, target, chunk_rows) -> dict:
     with arm(name, Xtr) as (settings, cls):
         cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=iterations, **settings)
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        r = fit_in_memory(Xtr, ytr, cfg, chunk_rows=chunk_rows, X_test=Xva, y_test=yva)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        fit = fit_validation_run(Xtr, ytr, Xva, yva, cfg, target, (*HISTORY_KEYS, "trial_loss", "objective"),
+                                 chunk_rows=chunk_rows)
         diag = list(cls.diag)
-    hist = [{k: h.get(k) for k in ("iteration", "seconds", "test_accuracy", "validation_accuracy", "train_accuracy",
-                                   "alpha", "accepted", "damping", "sample_rows", "trial_loss", "objective")}
-            for h in r.history]
-    for h in hist:
-        h["eval_accuracy"] = h.pop("test_accuracy")  # the validation rows given as X_test
-    hit = next((h for h in hist if h["eval_accuracy"] is not None and h["eval_accuracy"] >= target), None)
+    fit.pop("result")
     return {"task": task, "arm": name, "seed": seed, "iterations": iterations, "target": target,
-            "chunk_rows": chunk_rows, "kept": float(r.network.score(Xva, yva)), "best_iteration": r.best_iteration,
-            "iterations_run": len(hist), "max_eval": max(h["eval_accuracy"] for h in hist),
-            "target_iteration": hit and hit["iteration"], "wall": wall, "cpu": cpu, "load": os.getloadavg()[0],
-            "threads": os.environ.get("OMP_NUM_THREADS"), "history": hist, "diag": diag[:12]}
+            "chunk_rows": chunk_rows, **fit, "diag": diag[:12]}
 
 
 def summary(argv) -> None:
