@@ -101,10 +101,23 @@ def test_pinned_is_checked_where_gauss_newton_reads_it():
         TrainConfig(hidden_alpha="x")
 
 
-def race_runs(X, y, chunk_rows=512, rule="race", **settings):
+_STANDALONE = {}  # (data, chunk_rows, settings) -> the standalone readout and pinned fits, shared by the race and probe tests
+
+
+def race_runs(X, y, chunk_rows=512, rule="race", data=None, **settings):
+    """Return the ``rule`` fit, the standalone readout and pinned fits of the same settings, and the rule's lines.
+
+    ``data``: a name of (X, y) (race_data's, growing_race_data's): the standalone fits are deterministic and only
+    read, so the tests of the same data and settings share them (the race and the probe tests compare against the
+    same runs); None: fitted afresh."""
     base = {**dict(solver="gauss-newton", hidden=(32,), iterations=6, seed=1, patience=0), **settings}
-    runs = {ha: fit_in_memory(X, y, TrainConfig(**base, hidden_alpha=ha), chunk_rows=chunk_rows)
-            for ha in ("readout", "pinned")}
+    key = (data, chunk_rows, tuple(sorted(base.items())))
+    runs = _STANDALONE.get(key) if data is not None else None
+    if runs is None:
+        runs = {ha: fit_in_memory(X, y, TrainConfig(**base, hidden_alpha=ha), chunk_rows=chunk_rows)
+                for ha in ("readout", "pinned")}
+        if data is not None:
+            _STANDALONE[key] = runs
     lines = []
     race = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha=rule), chunk_rows=chunk_rows, report=lines.append)
     return race, runs, lines
@@ -132,7 +145,7 @@ def test_race_goes_on_as_the_candidate_with_the_better_held_out_score_would_alon
     from solvers.gauss_newton import RACE_DROP
 
     X, y, chunk_rows, settings = race_data(data)
-    race, runs, lines = race_runs(X, y, chunk_rows, **settings)
+    race, runs, lines = race_runs(X, y, chunk_rows, data=data, **settings)
     first = {ha: r.history[0]["validation_accuracy"] for ha, r in runs.items()}
     assert dropped == (first["pinned"] < first["readout"] - RACE_DROP)  # the data sets used here
     best = {ha: max(h["validation_accuracy"] for h in r.history[:2]) for ha, r in runs.items()}
@@ -173,7 +186,7 @@ def test_race_on_a_growing_sample_matches_the_standalone_runs(data, winner, drop
     standalone readout and pinned runs' (reported: readout's, then the winner's; race_validation_*: the other's),
     and the winner goes on bitwise as its own run."""
     X, y, chunk_rows, settings = growing_race_data(data)
-    race, runs, _ = race_runs(X, y, chunk_rows, **settings)
+    race, runs, _ = race_runs(X, y, chunk_rows, data=f"growing-{data}", **settings)
     rows = [h["sample_rows"] for h in race.history]
     assert rows[0] < rows[1] < rows[2]  # the sample grows through the race
     assert rows == [h["sample_rows"] for h in runs["readout"].history] == [h["sample_rows"] for h in runs["pinned"].history]
@@ -206,13 +219,11 @@ def test_probe_goes_on_as_the_candidate_with_the_lower_held_out_loss_at_iteratio
 
     if data == "three0g":
         X, y, chunk_rows, settings = growing_race_data("three0")
+        name = "growing-three0"
     else:
         X, y, chunk_rows, settings = race_data(data)
-    base = {**dict(solver="gauss-newton", hidden=(32,), iterations=6, seed=1, patience=0), **settings}
-    runs = {ha: fit_in_memory(X, y, TrainConfig(**base, hidden_alpha=ha), chunk_rows=chunk_rows)
-            for ha in ("readout", "pinned")}
-    lines = []
-    probe = fit_in_memory(X, y, TrainConfig(**base, hidden_alpha="probe"), chunk_rows=chunk_rows, report=lines.append)
+        name = data
+    probe, runs, lines = race_runs(X, y, chunk_rows, rule="probe", data=name, **settings)
     first = {ha: r.history[0] for ha, r in runs.items()}
     assert winner == ("pinned" if first["pinned"]["accepted"] and first["pinned"]["validation_loss"]
                       < first["readout"]["validation_loss"] * (1 - PROBE_MARGIN) else "readout")
@@ -241,7 +252,7 @@ def test_race_with_nothing_held_out_is_readout(rule):
     from tests.conftest import make_data
 
     X, y = make_data(n=2000, n_classes=2)
-    race, runs, _ = race_runs(X, y, validation_fraction=0, rule=rule)
+    race, runs, _ = race_runs(X, y, validation_fraction=0, rule=rule, data="two2000")
     for W, W_ref in zip(race.loop_state.weights, runs["readout"].loop_state.weights):
         np.testing.assert_array_equal(W, W_ref)
     assert all(h["hidden_pinned"] == 0.0 for h in race.history)
