@@ -7,7 +7,7 @@ import pytest
 
 from solvers.config import TrainConfig
 from storage.data import write_data
-from tests.conftest import run_module
+from tests.conftest import run_mains, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_train_evaluate_predict(small_data):
     assert np.mean(pred == y) == pytest.approx(result["accuracy"])
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_INPUTS = [
     (["--data", "{d}/missing.zarr", "--store", "{d}/r1.zarr"], "does not exist"),
     (["--data", "{d}/train.zarr", "--store", "{d}/r2.zarr", "--gamma", "0"], "gamma must be a positive"),
     (["--data", "{d}/train.zarr", "--store", "{d}/r3.zarr", "--hidden", "0"], "hidden widths must be positive"),
@@ -98,9 +98,24 @@ def test_train_evaluate_predict(small_data):
     (["--data", "{d}/train.zarr", "--store", "{d}/test.zarr"], "already exists"),
     (["--store", "{d}/nothing.zarr", "--resume"], "does not exist"),
     (["--store", "{d}/train.zarr", "--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
-])
-def test_bad_input_one_clear_error(small_data, args, message):
-    r = run("pipeline.train", *[a.format(d=small_data) for a in args], "--workers", "1")
+]
+ADMM_INITS = [["--init", "data"], ["--init", "gaussian", "--solver", "consensus"]]
+
+
+@pytest.fixture(scope="module")
+def refused(small_data):
+    """``pipeline.train``'s refusals of BAD_INPUTS and ADMM_INITS, all in one process (tests.conftest.run_mains):
+    {argv: completed process}. Each is refused before a cluster starts or anything is written; ``python -m`` itself
+    is run by the other tests here."""
+    argvs = [[a.format(d=small_data) for a in args] + ["--workers", "1"] for args, _ in BAD_INPUTS]
+    argvs += [["--data", str(small_data / "train.zarr"), "--store", str(small_data / "r-init.zarr"), *flags,
+               "--workers", "1"] for flags in ADMM_INITS]
+    return {tuple(argv): r for argv, r in zip(argvs, run_mains("pipeline.train", *argvs))}
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_input_one_clear_error(small_data, refused, args, message):
+    r = refused[(*[a.format(d=small_data) for a in args], "--workers", "1")]
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and message in r.stderr
     assert "Traceback" not in r.stderr
@@ -123,11 +138,11 @@ def test_help(module):
     assert r.returncode == 0 and "usage: python -m " + module in r.stdout
 
 
-@pytest.mark.parametrize("flags", [["--init", "data"], ["--init", "gaussian", "--solver", "consensus"]])
-def test_admm_inits_refused_by_other_solvers(small_data, flags):
+@pytest.mark.parametrize("flags", ADMM_INITS)
+def test_admm_inits_refused_by_other_solvers(small_data, refused, flags):
     """--init data or gaussian with a solver that would ignore it: one error line, exit 2, no run store."""
-    r = run("pipeline.train", "--data", small_data / "train.zarr", "--store", small_data / "r-init.zarr", *flags,
-            "--workers", "1")
+    r = refused[("--data", str(small_data / "train.zarr"), "--store", str(small_data / "r-init.zarr"), *flags,
+                 "--workers", "1")]
     assert r.returncode == 2 and r.stderr.startswith(f"error: init {flags[1]} is a start of the admm"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (small_data / "r-init.zarr").exists()
 
