@@ -24,13 +24,12 @@ def run_module(*args, cwd=None, timeout=300):
 
 _MAINS = r"""
 import contextlib, importlib, io, json, sys
-module = importlib.import_module(sys.argv[1])
 out = []
-for argv in json.loads(sys.stdin.read()):
+for module, *argv in json.loads(sys.stdin.read()):
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            code = module.main(argv)
+            code = importlib.import_module(module).main(argv)
         except SystemExit as exc:  # argparse's errors; a text code is printed and exits 1, as the interpreter does
             code = exc.code
             if isinstance(code, str):
@@ -41,17 +40,17 @@ sys.__stdout__.write(json.dumps(out))
 """
 
 
-def run_mains(module, *argvs, timeout=300):
-    """Run ``module.main(argv)`` for each of ``argvs`` in turn, in ONE fresh ``python`` process started from the
-    repository root (one interpreter start and import instead of one per command; each command's stdout, stderr and
-    exit status captured apart); return a completed process per argv. For commands that end before they start a
-    cluster or write anything (refusals); :func:`run_module` runs ``python -m`` itself."""
-    argvs = [[str(a) for a in argv] for argv in argvs]
-    r = subprocess.run([sys.executable, "-c", _MAINS, module], input=json.dumps(argvs), cwd=ROOT, capture_output=True,
+def run_mains(*commands, timeout=300):
+    """Run each command ``[module, arg, …]`` as ``module.main([arg, …])``, in turn, in ONE fresh ``python`` process
+    started from the repository root (one interpreter start and import instead of one per command; each command's
+    stdout, stderr and exit status captured apart); return a completed process per command. For commands that end
+    before they start a cluster or write anything (refusals); :func:`run_module` runs ``python -m`` itself."""
+    commands = [[str(a) for a in command] for command in commands]
+    r = subprocess.run([sys.executable, "-c", _MAINS], input=json.dumps(commands), cwd=ROOT, capture_output=True,
                        text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr
-    return [subprocess.CompletedProcess([sys.executable, "-m", module, *argv], code, out, err)
-            for argv, (code, out, err) in zip(argvs, json.loads(r.stdout))]
+    return [subprocess.CompletedProcess([sys.executable, "-m", *command], code, out, err)
+            for command, (code, out, err) in zip(commands, json.loads(r.stdout))]
 
 
 def brute_force_min(f, lo=-40.0, hi=40.0, n=400_001):

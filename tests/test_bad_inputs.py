@@ -13,7 +13,7 @@ from solvers.config import TrainConfig
 from solvers.errors import InputError, NumericalError
 from storage.data import write_data
 from storage.runstore import RunStore, state_path
-from tests.conftest import quiet, run_module
+from tests.conftest import quiet, run_mains, run_module
 
 
 
@@ -157,7 +157,7 @@ def cli_files(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("args,message", [
+COMMAND_LINE_ERRORS = [
     (["pipeline.train", "--hidden", "8,,x"], r"argument --hidden: expected comma-separated integers"),
     (["pipeline.train", "--workers", "0"], r"argument --workers: expected a positive integer, got '0'"),
     (["pipeline.train", "--memory-limit", "lots"], r"argument --memory-limit: expected a size like 2GB"),
@@ -175,11 +175,26 @@ def cli_files(tmp_path_factory):
     (["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/afile/r.zarr"], r"afile is a file, not a folder"),
     (["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/t.zarr", "--test-data", "{d}/wide.zarr"],
      r"test data .* has 5 features, training data has 4"),
-])
-def test_command_line_errors_are_one_line(cli_files, args, message):
+]
+
+
+def _command(args, d) -> tuple:
     extra = ["--dashboard-address", ":0"] if args[0] in ("pipeline.train", "pipeline.predict", "pipeline.evaluate") \
         else []
-    one_error_line(cli(*[a.format(d=cli_files) for a in args], *extra), message)
+    return (*[a.format(d=d) for a in args], *extra)
+
+
+@pytest.fixture(scope="module")
+def command_line_errors(cli_files):
+    """Every command of COMMAND_LINE_ERRORS run in one process (tests.conftest.run_mains), {command: completed
+    process}: each is refused before a cluster starts or anything is written, so one interpreter start serves all."""
+    commands = [_command(args, cli_files) for args, _ in COMMAND_LINE_ERRORS]
+    return dict(zip(commands, run_mains(*commands)))
+
+
+@pytest.mark.parametrize("args,message", COMMAND_LINE_ERRORS)
+def test_command_line_errors_are_one_line(cli_files, command_line_errors, args, message):
+    one_error_line(command_line_errors[_command(args, cli_files)], message)
 
 
 def test_bad_test_data_leaves_no_store_and_the_retry_works(cli_files, tmp_path):

@@ -110,7 +110,7 @@ def refused(small_data):
     argvs = [[a.format(d=small_data) for a in args] + ["--workers", "1"] for args, _ in BAD_INPUTS]
     argvs += [["--data", str(small_data / "train.zarr"), "--store", str(small_data / "r-init.zarr"), *flags,
                "--workers", "1"] for flags in ADMM_INITS]
-    return {tuple(argv): r for argv, r in zip(argvs, run_mains("pipeline.train", *argvs))}
+    return {tuple(argv): r for argv, r in zip(argvs, run_mains(*[["pipeline.train", *argv] for argv in argvs]))}
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS)
