@@ -16,7 +16,6 @@ from storage import lock as lockmod
 from storage.data import DataWriter, open_data, write_data
 from storage.ingest import ingest
 from storage.lock import DataWriteLock, ReadLock, live_readers, lock_path
-from tests.conftest import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,13 +129,29 @@ def _wait_for(path_glob, proc, what, timeout=120):
         time.sleep(0.02)
 
 
-def test_commands_refuse_each_other_and_a_kill_9_blocks_nothing(tmp_path):
+def run_modules_at_once(*commands, timeout=300):
+    """Run each ``[module, arg, …]`` as ``python -m`` from the repository root, all at once (commands that are each
+    refused on their own: their interpreter starts overlap); return their completed processes in order."""
+    procs = [subprocess.Popen([sys.executable, "-m", *map(str, command)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for command in commands]
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+        return [subprocess.CompletedProcess(p.args, p.returncode, *o) for p, o in zip(procs, outputs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_commands_refuse_each_other_and_a_kill_9_blocks_nothing(tmp_path, capsys):
     """Real processes: an ingest paused (SIGSTOP) while it writes: a second ingest into the same --out and a train
-    on it are refused in one line; the ingest, killed with -9, leaves a lock the next ingest takes over."""
+    on it (run at once) are refused in one line; the ingest, killed with -9, leaves a lock the next ingest takes
+    over (in this process: the lock's owner is the killed process either way)."""
     big = write_csv(tmp_path / "big.csv", n=60_000)
     small = write_csv(tmp_path / "small.csv")
     out = tmp_path / "d.zarr"
-    assert run_module("pipeline.ingest", small, "--out", out).returncode == 0
+    ingest(small, out)
     before = snapshot(out)
     first = subprocess.Popen([sys.executable, "-m", "pipeline.ingest", str(big), "--out", str(out), "--overwrite",
                               "--chunk-rows", "1024"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -144,9 +159,9 @@ def test_commands_refuse_each_other_and_a_kill_9_blocks_nothing(tmp_path):
     try:
         _wait_for(lambda: lock_path(out).exists(), first, "the ingest's lock")
         first.send_signal(signal.SIGSTOP)
-        second = run_module("pipeline.ingest", small, "--out", out, "--overwrite")
-        train = run_module("pipeline.train", "--data", out, "--store", tmp_path / "r.zarr", "--workers", "1",
-                           "--dashboard-address", ":0")
+        second, train = run_modules_at_once(
+            ["pipeline.ingest", small, "--out", out, "--overwrite"],
+            ["pipeline.train", "--data", out, "--store", tmp_path / "r.zarr", "--workers", "1", "--dashboard-address", ":0"])
         for refused in (second, train):
             assert refused.returncode == 2, refused.stderr
             assert refused.stderr.startswith("error: data store ") and "is being written by python -m " \
@@ -160,40 +175,10 @@ def test_commands_refuse_each_other_and_a_kill_9_blocks_nothing(tmp_path):
             first.kill()
             first.wait()
     assert lock_path(out).exists() and snapshot(out) == before  # the killed ingest replaced nothing
-    again = run_module("pipeline.ingest", small, "--out", out, "--overwrite")
-    assert again.returncode == 0, again.stderr
-    assert "taking over the stale lock" in again.stderr  # and a partial store it left, if any, is removed
+    capsys.readouterr()
+    ingest(small, out, overwrite=True)
+    assert "taking over the stale lock" in capsys.readouterr().err  # and a partial store it left, if any, is removed
     assert not lock_path(out).exists() and not list(tmp_path.glob("d.zarr.*"))
-
-
-def test_an_ingest_is_refused_while_an_evaluate_reads_and_a_killed_reader_blocks_nothing(tmp_path):
-    """Real processes: a paused evaluate holds its reader record: ingest --overwrite is refused in one line, the
-    store unchanged; after kill -9 of the evaluate, the ingest goes through."""
-    out = tmp_path / "d.zarr"
-    small = write_csv(tmp_path / "small.csv")
-    assert run_module("pipeline.ingest", small, "--out", out).returncode == 0
-    before = snapshot(out)
-    reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(tmp_path / "run.zarr"),
-                               "--data", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-    try:
-        _wait_for(lambda: list(tmp_path.glob("d.zarr.reader-*")), reader, "the evaluate's reader record")
-        reader.send_signal(signal.SIGSTOP)
-        refused = run_module("pipeline.ingest", small, "--out", out, "--overwrite")
-        assert refused.returncode == 2, refused.stderr
-        assert refused.stderr.startswith("error: data store ") and "is in use by python -m pipeline.evaluate" \
-            in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-        assert snapshot(out) == before
-        reader.kill()
-        reader.wait()
-    finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait()
-    assert list(tmp_path.glob("d.zarr.reader-*"))  # left by the kill
-    again = run_module("pipeline.ingest", small, "--out", out, "--overwrite")
-    assert again.returncode == 0, again.stderr
-    assert not list(tmp_path.glob("d.zarr.*"))
 
 
 def test_a_training_read_locks_its_data_and_test_data_until_it_returns(client, tmp_path):
@@ -249,28 +234,39 @@ def test_a_run_store_being_read_is_not_replaced_and_a_trainer_that_only_commits_
     assert live_readers(run) == []
 
 
-def test_train_overwrite_is_refused_while_an_evaluate_reads_the_run_store(tmp_path):
-    """Real processes: a paused evaluate holds reader records on --data and --store; train --overwrite of that run
-    store is refused in one line, before any cluster, and the run store is unchanged."""
-    X = np.arange(400, dtype=np.float32).reshape(200, 2)
-    write_data(tmp_path / "d.zarr", X, np.arange(200) % 2)
+def test_ingest_and_train_overwrite_are_refused_while_an_evaluate_reads_and_a_killed_reader_blocks_nothing(tmp_path):
+    """Real processes: a paused evaluate holds reader records on --data and --store: ingest --overwrite of the data
+    and train --overwrite of that run store (run at once) are each refused in one line (train before any cluster),
+    both stores unchanged; after kill -9 of the evaluate, its records are left and an ingest goes through."""
+    out = tmp_path / "d.zarr"
+    ingest(write_csv(tmp_path / "small.csv"), out)
     run = fake_run_store(tmp_path / "r.zarr")
-    before = snapshot(run)
-    reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(run), "--data",
-                               str(tmp_path / "d.zarr")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    before, run_before = snapshot(out), snapshot(run)
+    reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(run), "--data", str(out)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: list(tmp_path.glob("r.zarr.reader-*")), reader, "the evaluate's reader record")
+        _wait_for(lambda: list(tmp_path.glob("d.zarr.reader-*")) and list(tmp_path.glob("r.zarr.reader-*")), reader,
+                  "the evaluate's reader records")
         reader.send_signal(signal.SIGSTOP)
-        refused = run_module("pipeline.train", "--data", tmp_path / "d.zarr", "--store", run, "--overwrite",
-                             "--workers", "1", "--dashboard-address", ":0")
+        refused, train = run_modules_at_once(
+            ["pipeline.ingest", tmp_path / "small.csv", "--out", out, "--overwrite"],
+            ["pipeline.train", "--data", out, "--store", run, "--overwrite", "--workers", "1", "--dashboard-address", ":0"])
         assert refused.returncode == 2, refused.stderr
-        assert refused.stderr.startswith("error: run store ") and "is in use by python -m pipeline.evaluate" \
+        assert refused.stderr.startswith("error: data store ") and "is in use by python -m pipeline.evaluate" \
             in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-        assert snapshot(run) == before
-    finally:
+        assert train.returncode == 2, train.stderr
+        assert train.stderr.startswith("error: run store ") and "is in use by python -m pipeline.evaluate" \
+            in train.stderr and len(train.stderr.strip().splitlines()) == 1, train.stderr
+        assert snapshot(out) == before and snapshot(run) == run_before
         reader.kill()
         reader.wait()
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert list(tmp_path.glob("d.zarr.reader-*"))  # left by the kill
+    ingest(tmp_path / "small.csv", out, overwrite=True)
+    assert not list(tmp_path.glob("d.zarr.*"))
 
 
 def test_a_reader_through_a_symlink_and_a_writer_on_the_real_path_see_each_other(store, tmp_path):
@@ -363,7 +359,7 @@ def test_sigterm_removes_the_ingests_lock_and_the_evaluates_records(tmp_path):
     assert not lock_path(out).exists() and not list(tmp_path.glob("d.zarr.reader-*"))
     # a partial store may be left when the signal lands inside a zarr call (its event-loop thread finishes the write
     # after the clean-up removed it): the next writer removes it, its process being gone
-    assert run_module("pipeline.ingest", write_csv(tmp_path / "small.csv"), "--out", out).returncode == 0
+    ingest(write_csv(tmp_path / "small.csv"), out)
     assert not list(tmp_path.glob("d.zarr.*"))
     reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(fake_run_store(
         tmp_path / "r.zarr")), "--data", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
