@@ -1,5 +1,7 @@
 """The command-line tools as a user runs them: demo, errors, evaluate, predict."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,29 @@ def small_data(tmp_path_factory):
     return d
 
 
-def test_demo_runs_with_no_arguments():
-    r = run("pipeline.train")
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    """The demo as documented (no arguments) and with only --store (a forgotten --data), both run at once: their
+    interpreter and cluster starts overlap. {"none": …, "store": …} completed processes; "store" trains into ``path``."""
+    path = tmp_path_factory.mktemp("demo") / "r.zarr"
+    commands = {"none": ["pipeline.train"],
+                "store": ["pipeline.train", "--store", path, "--iterations", "1", "--workers", "1"]}
+    procs = {k: subprocess.Popen([sys.executable, "-m", *map(str, c)], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for k, c in commands.items()}
+    try:
+        outputs = {k: p.communicate(timeout=300) for k, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    out = {k: subprocess.CompletedProcess(p.args, p.returncode, *outputs[k]) for k, p in procs.items()}
+    out["path"] = path
+    return out
+
+
+def test_demo_runs_with_no_arguments(demos):
+    r = demos["none"]
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("no --data given: training the bundled demo data"), r.stdout[:300]
     assert "Dask dashboard: http" in r.stdout
@@ -37,12 +60,12 @@ def test_demo_runs_with_no_arguments():
     assert float(lines[-1][3]) >= 0.9  # test accuracy of the 10-class digits demo
 
 
-def test_store_without_data_says_in_its_first_line_that_it_trains_the_demo(tmp_path):
+def test_store_without_data_says_in_its_first_line_that_it_trains_the_demo(demos):
     """A forgotten --data trains the documented demo into --store: the first line says so, and how to fix it."""
-    r = run("pipeline.train", "--store", tmp_path / "r.zarr", "--iterations", "1", "--workers", "1")
+    r = demos["store"]
     assert r.returncode == 0, r.stderr
     first = r.stdout.splitlines()[0]
-    assert first.startswith("no --data given: training the bundled demo data") and f"into {tmp_path / 'r.zarr'}" \
+    assert first.startswith("no --data given: training the bundled demo data") and f"into {demos['path']}" \
         in first and "pass --data DATA.zarr" in first, first
 
 
