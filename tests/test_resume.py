@@ -121,7 +121,10 @@ def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra, after=None, dela
     return killed_at
 
 
-@pytest.mark.parametrize("seed", range(4))
+# seed 0 kills after commit 4 + 0.16 s, seed 1 after commit 2 + 0.57 s; seeds 2 and 3 drew seed 0's point again
+# (commit 4 + 0.18 s, + 0.14 s). Commits 0 and 1 are killed by the pinned, race and probe tests below; the slow
+# test_many_random_kill_points draws 30 points.
+@pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_at_random_moment_then_resume_equals_uninterrupted(data, uninterrupted, tmp_path, seed):
     kill_and_resume(data, uninterrupted, tmp_path, np.random.default_rng(seed))
 
@@ -154,8 +157,11 @@ def test_sigkill_during_the_hidden_alpha_race_then_resume_equals_uninterrupted(d
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_probe(data):
-    return baseline(data, data / "baseline-probe.zarr", "--hidden-alpha", "probe")
+def uninterrupted_probe(uninterrupted):
+    """The default run's baseline: --hidden-alpha auto resolves to probe for this Gauss-Newton classification (dense
+    relu, squared loss, --init-scale 1), so a run given --hidden-alpha probe must end bitwise as the default one (the
+    test below checks it did probe); no second uninterrupted run."""
+    return uninterrupted
 
 
 @pytest.mark.parametrize("after", [0, 1])
