@@ -11,7 +11,7 @@ import zarr
 from solvers.errors import InputError
 from storage.data import DataWriter, default_chunk_rows, open_data, write_data
 from storage.ingest import default_test_out, held_out_mask, ingest
-from tests.conftest import run_module
+from tests.conftest import run_mains, run_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -406,9 +406,28 @@ def run_cli(*args):
     return run_module("pipeline.ingest", *args, timeout=60)
 
 
-def test_cli_error_exit_2(tmp_path):
-    (tmp_path / "t.csv").write_text("a,b,y\n1,2,0\n1,oops,1\n")
-    proc = run_cli(tmp_path / "t.csv", "--out", tmp_path / "d.zarr")
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory):
+    """The command line's refusals below, all in one process (tests.conftest.run_mains): {name: (folder, completed
+    process)}; each ends before anything is written, so one interpreter start serves them."""
+    cases = {}
+    d = tmp_path_factory.mktemp("oops")
+    (d / "t.csv").write_text("a,b,y\n1,2,0\n1,oops,1\n")
+    cases["oops"] = (d, d / "t.csv")
+    X = np.arange(12, dtype=float).reshape(6, 2)
+    y = np.array(["yes", "no", "no", "maybe", "yes", "no"])
+    d = tmp_path_factory.mktemp("strings-csv")
+    write_csv(d / "s.csv", [[*x, v] for x, v in zip(X.tolist(), y)], header=["a", "b", "label"])
+    cases["csv"] = (d, d / "s.csv")
+    d = tmp_path_factory.mktemp("strings-npz")
+    np.savez(d / "s.npz", X=X, y=y)
+    cases["npz"] = (d, d / "s.npz")
+    runs = run_mains(*[["pipeline.ingest", source, "--out", d / "d.zarr"] for d, source in cases.values()])
+    return {name: (d, r) for (name, (d, _)), r in zip(cases.items(), runs)}
+
+
+def test_cli_error_exit_2(refused):
+    tmp_path, proc = refused["oops"]
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and "line 3: column 2 ('b'): 'oops'" in proc.stderr
@@ -480,17 +499,9 @@ def test_one_suffix_rule_for_ingest_and_the_data_store_advice(tmp_path, name, ki
 
 
 @pytest.mark.parametrize("kind", ["csv", "npz"])
-def test_string_labels_are_refused_in_one_line_naming_the_estimator(tmp_path, kind):
+def test_string_labels_are_refused_in_one_line_naming_the_estimator(refused, kind):
     """String class labels (the estimator takes them): the command line's one error says how, for CSV and NPZ."""
-    X = np.arange(12, dtype=float).reshape(6, 2)
-    y = np.array(["yes", "no", "no", "maybe", "yes", "no"])
-    if kind == "csv":
-        write_csv(tmp_path / "s.csv", [[*x, v] for x, v in zip(X.tolist(), y)], header=["a", "b", "label"])
-        source = tmp_path / "s.csv"
-    else:
-        np.savez(tmp_path / "s.npz", X=X, y=y)
-        source = tmp_path / "s.npz"
-    r = run_module("pipeline.ingest", source, "--out", tmp_path / "d.zarr")
+    tmp_path, r = refused[kind]
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "'yes' is not a number" in r.stderr and "ADMMClassifier().fit(X, y)" in r.stderr, r.stderr
     assert not (tmp_path / "d.zarr").exists()
