@@ -37,7 +37,8 @@ from benchmarks import admm_first_layer as afl  # noqa: E402
 from benchmarks import defaults_real as dr  # noqa: E402
 
 VARIANTS = {"base": {}, "b1": {"beta": 1.0}, "b10": {"beta": 10.0}, "g100b1": {"gamma": 100.0, "beta": 1.0},
-            "nu10": {"nu": 10.0}, "nu1": {"nu": 1.0}, "skip": {"input_skip": True}}
+            "nu10": {"nu": 10.0}, "nu1": {"nu": 1.0}, "skip": {"input_skip": True},
+            "refit": {"readout_refit": True}, "skiprefit": {"input_skip": True, "readout_refit": True}}
 SOLVER_OF = {"b1": "admm", "b10": "admm", "g100b1": "admm", "nu10": "dladmm", "nu1": "dladmm"}
 CS = np.logspace(-3, 3, 7)
 READOUTS = ("hid", "lin", "skip1", "skip2")
@@ -63,8 +64,13 @@ def readouts(F, A, y, Fe, Ae, ye, held, which=READOUTS) -> dict:
             P, Pe = build(F, A, s), build(Fe, Ae, s)
             loss, acc = _fit_score(P[tr], y[tr], Pe, ye, P[held], y[held], C)
             if best is None or loss < best[0] - 1e-12:
-                best = (loss, acc, label)
+                best = (loss, acc, label, C, s)
         return best
+
+    def refit(name, build):  # the chosen penalty, refitted on all training rows (train + held-out): refit=True
+        loss, _, label, C, s = out[name]
+        P, Pe = build(F, A, s), build(Fe, Ae, s)
+        out[name + "+"] = (loss, _fit_score(P, y, Pe, ye, P[held], y[held], C)[1], label)
 
     def hid(F, A, s):
         return F
@@ -77,8 +83,11 @@ def readouts(F, A, y, Fe, Ae, ye, held, which=READOUTS) -> dict:
 
     out["hid"] = choose(hid, [(f"C={C:g}", C, 1.0) for C in CS])
     out["lin"] = choose(lin, [(f"C={C:g}", C, 1.0) for C in CS])
+    refit("hid", hid)
+    refit("lin", lin)
     if "skip1" in which:
         out["skip1"] = choose(skip, [(f"C={C:g}", C, 1.0) for C in CS])
+        refit("skip1", skip)
     if "skip2" not in which:
         return {k: {"acc": v[1], "held_loss": v[0], "chose": v[2]} for k, v in out.items()}
     # own α per block: F = Σℓ + ½‖V_x‖²/C_x + ½‖V_h‖²/C_h; scaling h by s = √(C_h/C_x) at C = C_x gives exactly that
@@ -154,7 +163,7 @@ def _acc(entry: dict, name: str) -> float:
 def summary(res: dict) -> str:
     """Return the paired table: per task, solver and variant (and readout), mean accuracy, Δ rows vs base and logreg."""
     rows = ["| task | solver | variant | readout | splits | mean acc | Δ rows vs same split's base model: mean ± sd (SE) "
-            "| Δ rows vs logreg (SE) | splits < logreg | W_1 move | best it |", "|" + "---|" * 11]
+            "| wins / losses vs base | Δ rows vs logreg (SE) | splits < logreg | W_1 move | best it |", "|" + "---|" * 12]
     tasks = sorted({k.split("/")[0] for k in res})
     for task in tasks:
         splits = {k: v for k, v in res.items() if k.split("/")[0] == task}
@@ -180,6 +189,7 @@ def summary(res: dict) -> str:
                 it = np.mean([v[key]["it"] for v in have])
                 rows.append(f"| {task} | {s} | {key.split('/')[1]} | {name} | {len(have)} | {acc.mean():.4f} | "
                             f"{d.mean():+.2f} ± {d.std(ddof=1) if len(d) > 1 else 0:.2f} ({se:.2f}) | "
+                            f"{int((d > 0.5).sum())} / {int((d < -0.5).sum())} | "
                             f"{dl.mean():+.2f} ({sel:.2f}) | {int((dl < 0).sum())} | {move:.3f} | {it:.1f} |")
     return "\n".join(rows)
 

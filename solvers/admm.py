@@ -117,7 +117,7 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
         sums = run_pass(runner, self.layout(True, self.logistic), "init_chunk", w0, 0, write=0)
         input_gram = sums["gram1"]
         extra = (readout.start(self.with_input_gram(sums, input_gram) if w0 is not None else sums, self.readout_width,
-                               self.widths[-1], self.config.ridge) if self.logistic else {})
+                               self.widths[-1], self.config.ridge, self.refit_all) if self.logistic else {})
         if w0 is None:  # gaussian state: fit W⁰ to it, then the Grams of W¹
             w0 = self.solve(sums, input_gram)
             sums = run_pass(runner, self.layout(True), "grams_chunk", w0, 0, read=0)
@@ -164,7 +164,8 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
 
     def _readout_carry(self, state: LoopState) -> dict:
         """Return the logistic readout's carry entries (its candidates; zero ones if the run had none), or {}."""
-        return readout.carried(state.carry, self.readout_width, self.widths[-1]) if self.logistic else {}
+        return (readout.carried(state.carry, self.readout_width, self.widths[-1], self.refit_all)
+                if self.logistic else {})
 
     def iterate(self, state: LoopState) -> list:
         """Return the iteration's own W^k: the model's weights with the output layer ``U`` of the carry if kept."""
@@ -342,7 +343,8 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
         t, features = self.task.targets(y, self.dtype), self.readout_features(a, x)
         known = 0 if held_out else self.known_inputs  # training rows: the input Gram block is added on the client
         if self.logistic:
-            return out, readout.logistic_parts(features, t, stack, held_out=held_out, known=known)
+            return out, readout.logistic_parts(features, t, stack, held_out=held_out, known=known,
+                                               refit=self.refit_all)
         return out, readout.parts(features, t, known)
 
     def _step_tile(self, x, y, state, p: StepParams):

@@ -156,6 +156,11 @@ class TrainConfig:
                                "output layer reads the inputs as well as the last hidden layer (a linear skip path "
                                "from the inputs, fitted together with the readout, same α); the iterations "
                                "themselves are unchanged", solvers=("admm", "dladmm"))
+    readout_refit: bool = setting(False, "admm and dladmm classifiers with --alpha auto and held-out rows: the model's output "
+                                  "layer is the readout with the α chosen on the held-out rows, fitted on the "
+                                  "training and held-out rows together (scikit-learn's LogisticRegressionCV "
+                                  "refit=True; no pass added); the iterations themselves are unchanged",
+                                  solvers=("admm", "dladmm"))
     solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
                           "minibatch Adam in each), or consensus,gauss-newton (consensus passes, then Gauss-Newton); "

@@ -247,7 +247,7 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
             carry[f"theta_b{l}"] = carry[f"theta_f{l}"] = np.asarray(THETA0)
         if self.logistic:
             carry.update(readout.start(self.with_input_gram(sums, sums["gram1"]), self.readout_width, self.widths[-1],
-                                       self.config.ridge))
+                                       self.config.ridge, self.refit_all))
         return LoopState(0, w0, carry)
 
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
@@ -288,7 +288,7 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
             carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
             return LoopState(k, W, carry), self.metrics(sums, penalty)
         if self.logistic:  # a run begun with a numeric alpha: the candidates start at zero
-            carry.update(readout.carried(carry, self.readout_width, self.widths[-1]))
+            carry.update(readout.carried(carry, self.readout_width, self.widths[-1], self.refit_all))
         params = OutputParams(self.cast(W), readout.broadcast(carry, self.dtype) if self.logistic else None)
         sums, held = run_pass_held_out(runner, layout, "output_chunk", params, k, read=reads, write=k)
         carry["crossz"], carry["crossu"] = sums["crossz"], sums["crossu"]
@@ -449,7 +449,8 @@ class DLADMMSolver(readout.OutputRefit, SolverBase):
             features = self.readout_features(a, x)
             known = 0 if held_out else self.known_inputs  # training rows: the client adds the input Gram block
             if self.logistic:
-                return readout.logistic_parts(features, t, stack, held_out=held_out, known=known)
+                return readout.logistic_parts(features, t, stack, held_out=held_out, known=known,
+                                              refit=self.refit_all)
             return readout.parts(features, t, known)
 
         if state is None:

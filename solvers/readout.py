@@ -131,10 +131,17 @@ def fit(sums: dict, held: dict | None, ridge: float, *, what: str = "output laye
 
 
 # -- logistic readout (classification) --------------------------------------------------
-def logistic_shapes(n_features: int, n_outputs: int) -> dict:
-    """Return the layout entries of the logistic readout's sums: G, the J candidates' gradients and losses."""
-    return {"out_gram": (n_features + 1,) * 2, "lr_grad": (N_ALPHAS * n_outputs, n_features + 1),
-            "lr_loss": (N_ALPHAS,)}
+def logistic_shapes(n_features: int, n_outputs: int, refit: bool = False) -> dict:
+    """Return the layout entries of the logistic readout's sums: G, the J candidates' gradients and losses.
+
+    ``refit``: also the gradients of the J refitted candidates (``lr_grad_all``) and the held-out rows' correct
+    predictions of the J candidates R (``lr_correct``, :func:`logistic_parts`).
+    """
+    out = {"out_gram": (n_features + 1,) * 2, "lr_grad": (N_ALPHAS * n_outputs, n_features + 1),
+           "lr_loss": (N_ALPHAS,)}
+    if refit:
+        out.update(lr_grad_all=out["lr_grad"], lr_correct=(N_ALPHAS,))
+    return out
 
 
 def block_probabilities(Z, n_outputs: int):
@@ -147,20 +154,38 @@ def block_probabilities(Z, n_outputs: int):
     return (e / e.sum(axis=2, keepdims=True)).reshape(Z.shape)
 
 
-def logistic_parts(a, t, stack, *, held_out: bool = False, known: int = 0) -> dict:
+def logistic_parts(a, t, stack, *, held_out: bool = False, known: int = 0, refit: bool = False) -> dict:
     """Return one tile's sums for the candidates ``stack`` (J·K × width+1): Σℓ per candidate; training rows also G and g_j.
 
     ``g_j = Σ (t − p_j) ãᵀ`` (the negative gradient of Σℓ), ``G = Σ ã ãᵀ`` (without the block of the last
     ``known`` columns, :func:`partial_gram`); held-out rows only the losses.
+    ``refit`` (``readout_refit``): ``stack`` is ``[R; S]`` (2·J·K rows, :func:`broadcast`) and every row, held out
+    or not, also gives the gradients ``lr_grad_all`` of the refitted candidates S; held-out rows also their whole
+    Gram (``known`` is 0 there), so that S's steps are taken on all rows, and R's correct predictions
+    (``lr_correct``): the model S_j has seen the held-out rows, so its held-out accuracy is R_j's.
     """
-    Z = affine(a, stack)
-    out = {"lr_loss": ce.block_losses(Z, t)}
-    if held_out:
-        return out
     K = t.shape[1]
-    residual = np.tile(t, (1, stack.shape[0] // K)) - block_probabilities(Z, K)
+    JK = stack.shape[0] // (2 if refit else 1)
+    Z = affine(a, stack)
+    out = {"lr_loss": ce.block_losses(Z[:, :JK], t)}
+    if refit:
+        out["lr_grad_all"] = cross_with_bias(np.tile(t, (1, JK // K)) - block_probabilities(Z[:, JK:], K), a)
+    if held_out:
+        if refit:
+            out.update(out_gram=partial_gram(a), lr_correct=candidates_correct(Z[:, :JK], t))
+        return out
+    residual = np.tile(t, (1, JK // K)) - block_probabilities(Z[:, :JK], K)
     out.update(out_gram=partial_gram(a, known), lr_grad=cross_with_bias(residual, a))
     return out
+
+
+def candidates_correct(Z, t) -> np.ndarray:
+    """Return each candidate's number of correct predictions (:func:`solvers.losses.predict_classes`) of its block of ``Z``."""
+    K = t.shape[1]
+    if K == 1:
+        return np.sum((Z > 0.5) == (t > 0.5), axis=0, dtype=np.int64).astype(np.float64)
+    truth = np.argmax(t, axis=1)
+    return np.sum(np.argmax(Z.reshape(Z.shape[0], -1, K), axis=2) == truth[:, None], axis=0).astype(np.float64)
 
 
 def logistic_alphas(gram, n_outputs: int) -> np.ndarray:
@@ -221,14 +246,16 @@ def zero_stack(n_features: int, n_outputs: int) -> np.ndarray:
     return stack
 
 
-def start(sums: dict, n_features: int, n_outputs: int, ridge: float) -> dict:
+def start(sums: dict, n_features: int, n_outputs: int, ridge: float, refit: bool = False) -> dict:
     """Return the carry entries of the logistic readout after the initialisation pass: one step from ``V = 0``.
 
     ``sums`` hold ``out_gram`` and ``lr_grad`` of the zero candidates on the initial weights' features.
+    ``refit``: the refitted candidates S start where R does (:func:`with_refit`).
     """
     alphas = logistic_alphas(sums["out_gram"], n_outputs)
     stack = mm_step(zero_stack(n_features, n_outputs), sums["lr_grad"], sums["out_gram"], alphas, ridge)
-    return {"R": stack, "R_x": stack.copy(), "R_t": np.ones(len(alphas)), "R_alphas": alphas}
+    out = {"R": stack, "R_x": stack.copy(), "R_t": np.ones(len(alphas)), "R_alphas": alphas}
+    return with_refit(out) if refit else out
 
 
 def accelerate(carry: dict, grad, alphas, new) -> dict:
@@ -250,6 +277,15 @@ def accelerate(carry: dict, grad, alphas, new) -> dict:
 
 
 CARRY = ("R", "R_x", "R_t", "R_alphas")  # the logistic readout's client state
+REFIT_CARRY = ("S", "S_x", "S_t")  # readout_refit: the candidates refitted on all rows (train + held-out)
+
+
+def with_refit(carry: dict) -> dict:
+    """Return ``carry`` with the refitted candidates S (a copy of R where it has none: any start serves MM)."""
+    if "S" in carry:
+        return carry
+    R = np.asarray(carry["R"])
+    return {**carry, "S": R.copy(), "S_x": R.copy(), "S_t": np.ones(R.shape[0])}
 
 
 def zero_carry(n_features: int, n_outputs: int) -> dict:
@@ -258,16 +294,20 @@ def zero_carry(n_features: int, n_outputs: int) -> dict:
     return {"R": stack, "R_x": stack.copy(), "R_t": np.ones(N_ALPHAS), "R_alphas": np.zeros(N_ALPHAS)}
 
 
-def carried(carry: dict, n_features: int, n_outputs: int) -> dict:
-    """Return the logistic readout's entries of ``carry`` (:func:`zero_carry` if it has none)."""
+def carried(carry: dict, n_features: int, n_outputs: int, refit: bool = False) -> dict:
+    """Return the logistic readout's entries of ``carry`` (:func:`zero_carry` if it has none; S if ``refit``)."""
     if "R" not in carry:
-        return zero_carry(n_features, n_outputs)
-    return {name: np.asarray(carry[name]) for name in CARRY}
+        out = zero_carry(n_features, n_outputs)
+    else:
+        out = {name: np.asarray(carry[name]) for name in CARRY + (REFIT_CARRY if refit and "S" in carry else ())}
+    return with_refit(out) if refit else out
 
 
 def broadcast(carry: dict, dtype) -> np.ndarray:
-    """Return the candidates of ``carry`` stacked for a chunk kernel (J·K × width+1, the chunk's dtype)."""
+    """Return the candidates of ``carry`` stacked for a chunk kernel (J·K × width+1; ``[R; S]`` with S; the chunk's dtype)."""
     R = np.asarray(carry["R"])
+    if "S" in carry:
+        R = np.concatenate([R, np.asarray(carry["S"])])
     return np.asarray(R.reshape(-1, R.shape[-1]), dtype)
 
 
@@ -277,6 +317,10 @@ def logistic_fit(carry: dict, sums: dict, held: dict, ridge: float, *, what: str
 
     The model's output layer is the candidate of least held-out Σℓ (ties: the
     larger α); then every candidate takes :func:`mm_step` on this pass's sums.
+    With the refitted candidates S in ``carry`` (``readout_refit``) the model's output layer is S_j, the
+    same α fitted on the training and held-out rows (scikit-learn's ``LogisticRegressionCV(refit=True)``),
+    and every S_j takes its step on both rows' sums (G and ``lr_grad_all``) with R's α. The metrics then
+    carry ``validation_accuracy``, R_j's on the held-out rows (S_j has seen them): early stopping reads it.
     """
     R, alphas = np.asarray(carry["R"]), np.asarray(carry["R_alphas"])
     losses = np.asarray(held["lr_loss"])
@@ -286,7 +330,17 @@ def logistic_fit(carry: dict, sums: dict, held: dict, ridge: float, *, what: str
     new = mm_step(R, sums["lr_grad"], sums["out_gram"], new_alphas, ridge, what=what)
     metrics = {"alpha": float(alphas[j]), "validation_loss": float(losses[j]) / float(held["n"]),
                "readout": "logistic", "readout_train_loss": float(sums["lr_loss"][j]) / float(sums["n"])}
-    return R[j].copy(), {**accelerate(carry, sums["lr_grad"], alphas, new), "R_alphas": new_alphas}, metrics
+    out = {**accelerate(carry, sums["lr_grad"], alphas, new), "R_alphas": new_alphas}
+    if "S" not in carry:
+        return R[j].copy(), out, metrics
+    S = np.asarray(carry["S"])
+    gram = np.asarray(sums["out_gram"]) + held["out_gram"]
+    grad = np.asarray(sums["lr_grad_all"]) + held["lr_grad_all"]
+    new_S = mm_step(S, grad, gram, new_alphas, ridge, what=what)
+    step = accelerate({"R": S, "R_x": carry["S_x"], "R_t": carry["S_t"]}, grad, alphas, new_S)
+    out.update(S=step["R"], S_x=step["R_x"], S_t=step["R_t"])
+    metrics["validation_accuracy"] = float(held["lr_correct"][j]) / float(held["n"])
+    return S[j].copy(), out, metrics
 
 
 class OutputRefit:
@@ -306,6 +360,11 @@ class OutputRefit:
     def output_link(cls, config, n_classes, record: dict | None = None) -> str:
         """Return ``logistic`` for a model whose output layer is the logistic readout (:func:`link`)."""
         return link(config, record)
+
+    @property
+    def refit_all(self) -> bool:
+        """Return whether the chosen readout is refitted on the training and held-out rows (``readout_refit``)."""
+        return self.logistic and bool(self.config.readout_refit)
 
     @property
     def skips(self) -> bool:
@@ -334,4 +393,6 @@ class OutputRefit:
 
     def readout_shapes(self) -> dict:
         """Return the layout entries of the output refit's sums (logistic or ridge, :mod:`solvers.readout`)."""
-        return (logistic_shapes if self.logistic else shapes)(self.readout_width, self.widths[-1])
+        if self.logistic:
+            return logistic_shapes(self.readout_width, self.widths[-1], self.refit_all)
+        return shapes(self.readout_width, self.widths[-1])
