@@ -200,8 +200,10 @@ class ADMMSolver(readout.OutputRefit, SolverBase):
         out = []
         for l in range(1, self.L + 1):
             gram = input_gram if l == 1 else sums[f"gram{l}"]
-            out.append(solve_weights(sums[f"cross{l}"], gram, self.config.ridge, what=f"W_{l}",
-                                     alpha=resolve_alpha(self.config.alpha, gram)))
+            # C order, as a resumed run reads them back: eq. 6's W̃ᵀW̃ of a transposed (F-order) solve rounds
+            # differently for K ≥ 2 outputs, and a resume after kill -9 was then 1e-7 off (3 classes)
+            out.append(np.ascontiguousarray(solve_weights(sums[f"cross{l}"], gram, self.config.ridge, what=f"W_{l}",
+                                                          alpha=resolve_alpha(self.config.alpha, gram))))
         return out
 
     def operators(self, weights) -> tuple:
