@@ -297,7 +297,15 @@ class GaussNewtonSolver(SolverBase):
 
         With :attr:`defer_curvature` pass B is left to the next iteration (:meth:`prepare`), and an accepted
         step's scores come from a score pass over pass A's rows and the held-out rows (:meth:`_score_pass`).
+        The two halves are :meth:`_evaluate` and :meth:`_finish` (``--hidden-alpha probe`` finishes the winner only).
         """
+        return self._finish(runner, self._evaluate(runner, state))
+
+    _advance.evaluate_then_finish = True  # hidden_race._probe may run the halves apart (a subclass's _advance: whole)
+
+    def _evaluate(self, runner, state: LoopState) -> dict:
+        """Return :meth:`_advance`'s first half: pass A at the trial and the LM test (no pass B, no score pass, no
+        next trial); ``accepted`` and ``held_loss`` (in ``carry``: the held-out loss) are final here."""
         state = self.prepare(runner, state)
         k, c = state.iteration + 1, dict(state.carry)
         n_chunks = len(getattr(runner, "bounds", ()))
@@ -325,6 +333,15 @@ class GaussNewtonSolver(SolverBase):
             weights = state.weights
             c["error"] = np.float64(current)
             c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
+        return {"state": state, "k": k, "carry": c, "weights": weights, "accepted": accepted, "objective": objective,
+                "error": error, "alpha": alpha, "n": float(sums["n"]), "sample": (m, window, m_next, w_next)}
+
+    def _finish(self, runner, step: dict) -> tuple[LoopState, dict]:
+        """Return :meth:`_advance`'s result from :meth:`_evaluate`'s ``step``: pass B (or, deferred, the score pass)
+        and the next trial, then the metrics."""
+        k, c, weights, accepted = step["k"], step["carry"], step["weights"], step["accepted"]
+        objective, error, alpha = step["objective"], step["error"], step["alpha"]
+        m, window, m_next, w_next = step["sample"]
         moved = (m_next, w_next) != (m, window)
         pending = (accepted or moved) and self._defers(moved)
         if pending:  # pass B opens the next iteration (prepare); the weights' scores now, from pass A's forward pass
@@ -338,7 +355,7 @@ class GaussNewtonSolver(SolverBase):
             c.update(self._curvature_pass(runner, weights, float(c["error"]), k, self._sample(runner, m_next, w_next),
                                           alpha, new_sample=moved, grown=(m, window, c.get("input_gram"))))
         c["sample_chunks"], c["sample_window"] = np.float64(m_next), np.float64(w_next)
-        n = float(sums["n"])
+        n = step["n"]
         score = f"train_{self.task.score_name}"
         metrics = {score: float(c[score]), "loss": float(c.get("loss", c["error"])) / n,
                    "objective": float(c["error"]) / n, "trial_loss": objective / n, "accepted": bool(accepted),

@@ -16,7 +16,7 @@ own run), and pinned goes on iff its trial was accepted and its held-out loss (p
 below readout's times 1 − :data:`PROBE_MARGIN`; if readout's trial is rejected (no held-out loss), readout goes on
 all the same (its rejected step leaves the start's weights; the note says "rejected"). Iteration 1 reports the
 winner; the loser's held-out loss is the metric ``race_validation_loss`` (absent when the loser's trial was
-rejected). The extra cost is the loser's pass A and score pass, about half an iteration.
+rejected). The extra cost is the loser's pass A (its score pass is skipped: :func:`_probe`), under half an iteration.
 
 The functions take the :class:`~solvers.gauss_newton.GaussNewtonSolver` and call its single-candidate steps
 (``_advance``, ``_with_trial``, ``_resume_one``) with its ``pinned`` flag set per candidate.
@@ -123,19 +123,42 @@ def advance(solver, runner, state: LoopState) -> tuple[LoopState, dict]:
 
 def _probe(solver, runner, main: LoopState, other: LoopState) -> tuple[LoopState, dict]:
     """Return the winner's iteration 1 and metrics: both candidates' iteration 1 with pass B deferred, then pinned iff
-    its trial was accepted and its held-out loss is below readout's × (1 − :data:`PROBE_MARGIN`)."""
+    its trial was accepted and its held-out loss is below readout's × (1 − :data:`PROBE_MARGIN`).
+
+    The rule reads pass A's results alone (``accepted``, the held-out loss), so each candidate takes pass A
+    (:meth:`~solvers.gauss_newton.GaussNewtonSolver._evaluate`) and only the winner finishes its iteration (its score
+    pass, :meth:`~solvers.gauss_newton.GaussNewtonSolver._finish`): the loser's score pass (or, rejected, its next
+    trial) was computed and thrown away. Pinned goes first, so readout, the usual winner, finds its activations the
+    most recently kept (:mod:`solvers.activation_cache`). A solver that overrides ``_advance`` (benchmarks'
+    subclasses) takes both whole iterations, as before.
+    """
     deferred = solver.defer_curvature
     solver.defer_curvature = True  # pass A and a score pass; the winner's pass B opens iteration 2 (prepare)
     try:
-        solver.pinned = False
-        new_main, m_main = solver._advance(runner, main)
-        solver.pinned = True
-        new_other, m_other = solver._advance(runner, other)
+        if not getattr(getattr(type(solver), "_advance", None), "evaluate_then_finish", False):
+            solver.pinned = False
+            new_main, m_main = solver._advance(runner, main)
+            solver.pinned = True
+            new_other, m_other = solver._advance(runner, other)
+            finish = None
+        else:
+            solver.pinned = True
+            step_other = solver._evaluate(runner, other)
+            solver.pinned = False
+            step_main = solver._evaluate(runner, main)
+            m_main, m_other = ({"accepted": bool(step["accepted"]), **({"validation_loss": float(step["carry"]["held_loss"])}
+                               if "held_loss" in step["carry"] else {})} for step in (step_main, step_other))
+            finish = (step_main, step_other)
+        loss, other_loss = m_main.get("validation_loss"), m_other.get("validation_loss")
+        solver.pinned = bool(m_other["accepted"] and loss is not None and other_loss is not None
+                             and other_loss < loss * (1 - PROBE_MARGIN))
+        if finish is not None:  # the winner's score pass (or next trial), under its own rule (solver.pinned)
+            won, metrics = solver._finish(runner, finish[solver.pinned])
+            new_main, new_other = (None, won) if solver.pinned else (won, None)
+            (m_other if solver.pinned else m_main).update(metrics)
     finally:
-        solver.defer_curvature, solver.pinned = deferred, False
-    loss, other_loss = m_main.get("validation_loss"), m_other.get("validation_loss")
-    solver.pinned = bool(m_other["accepted"] and loss is not None and other_loss is not None
-                         and other_loss < loss * (1 - PROBE_MARGIN))
+        solver.defer_curvature, pinned, solver.pinned = deferred, solver.pinned, False
+    solver.pinned = pinned
     won, metrics, lost = (new_other, m_other, m_main) if solver.pinned else (new_main, m_main, m_other)
     won.carry["hidden_pinned"] = np.float64(solver.pinned)
     def seen(m, value):  # a rejected trial has no held-out loss

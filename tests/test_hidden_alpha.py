@@ -363,3 +363,48 @@ def test_probe_says_rejected_for_a_rejected_readout_step_and_records_no_nan_metr
     won, metrics = hidden_race._probe(fake, None, start, start)
     assert metrics["hidden_pinned"] == 0.0 and "race_validation_loss" not in metrics  # no NaN metric
     assert "readout 0.4, pinned rejected;" in fake.note
+
+
+@pytest.mark.parametrize("data,winner", [("three0", "readout"), ("three0g", "pinned")])
+def test_probe_finishing_the_winner_only_is_bitwise_both_whole_iterations_and_skips_the_losers_score_pass(
+        monkeypatch, data, winner):
+    """hidden_race._probe takes pass A of both candidates and finishes the winner only (GaussNewtonSolver._evaluate,
+    _finish); a subclass overriding _advance takes both whole iterations (the probe before session 13): the history,
+    the weights and the final carry are bitwise the same, and the loser's score pass is not run."""
+    from solvers import SOLVERS
+
+    stock = SOLVERS["gauss-newton"]
+    calls = []
+
+    class Counting(stock):
+        def _score_pass(self, runner, weights, k, sample):
+            calls.append(k)
+            return super()._score_pass(runner, weights, k, sample)
+
+    class Whole(Counting):
+        def _advance(self, runner, state):  # overridden: the probe runs both candidates' whole iterations
+            return super()._advance(runner, state)
+
+    if data == "three0g":
+        X, y, chunk_rows, settings = growing_race_data("three0")
+    else:
+        X, y, chunk_rows, settings = race_data(data)
+    cfg = TrainConfig(**{**dict(solver="gauss-newton", hidden=(32,), iterations=4, seed=1, patience=0), **settings},
+                      hidden_alpha="probe")
+    out, passes = {}, {}
+    for name, cls in (("split", Counting), ("whole", Whole)):
+        monkeypatch.setitem(SOLVERS, "gauss-newton", cls)
+        calls.clear()
+        out[name] = fit_in_memory(X, y, cfg, chunk_rows=chunk_rows)
+        passes[name] = [k for k in calls if k == 1]
+    split, whole = out["split"], out["whole"]
+    assert split.history[0]["hidden_pinned"] == float(winner == "pinned")
+    assert len(passes["whole"]) == 2 and len(passes["split"]) == 1  # iteration 1: the loser's score pass is gone
+    drop = ("seconds",)
+    assert [{k: v for k, v in h.items() if k not in drop} for h in split.history] == [
+        {k: v for k, v in h.items() if k not in drop} for h in whole.history]
+    for W, W_ref in zip(split.loop_state.weights, whole.loop_state.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    assert sorted(split.loop_state.carry) == sorted(whole.loop_state.carry)
+    for name, value in whole.loop_state.carry.items():
+        np.testing.assert_array_equal(np.asarray(split.loop_state.carry[name]), np.asarray(value), err_msg=name)
