@@ -36,10 +36,10 @@ if str(ROOT) not in sys.path:
 from benchmarks import admm_first_layer as afl  # noqa: E402
 from benchmarks import defaults_real as dr  # noqa: E402
 
-NO_SKIP = {"input_skip": False}  # session 12's defaults, spelled out so that the variants outlive a flip of them
+NO_SKIP = {"input_skip": False, "readout_refit": False}  # session 12's defaults, spelled out: variants outlive a flip
 VARIANTS = {"base": NO_SKIP, "b1": {**NO_SKIP, "beta": 1.0}, "b10": {**NO_SKIP, "beta": 10.0},
             "g100b1": {**NO_SKIP, "gamma": 100.0, "beta": 1.0}, "nu10": {**NO_SKIP, "nu": 10.0},
-            "nu1": {**NO_SKIP, "nu": 1.0}, "skip": {"input_skip": True},
+            "nu1": {**NO_SKIP, "nu": 1.0}, "skip": {"input_skip": True, "readout_refit": False},
             "refit": {**NO_SKIP, "readout_refit": True}, "skiprefit": {"input_skip": True, "readout_refit": True}}
 SOLVER_OF = {"b1": "admm", "b10": "admm", "g100b1": "admm", "nu10": "dladmm", "nu1": "dladmm"}
 CS = np.logspace(-3, 3, 7)

@@ -156,10 +156,11 @@ class TrainConfig:
                                "output layer reads the inputs as well as the last hidden layer (a linear skip path "
                                "from the inputs, fitted together with the readout, same α); the iterations "
                                "themselves are unchanged", solvers=("admm", "dladmm"))
-    readout_refit: bool = setting(False, "admm and dladmm classifiers with --alpha auto and held-out rows: the model's output "
+    readout_refit: bool = setting(True, "admm and dladmm classifiers with --alpha auto and held-out rows: the model's output "
                                   "layer is the readout with the α chosen on the held-out rows, fitted on the "
                                   "training and held-out rows together (scikit-learn's LogisticRegressionCV "
-                                  "refit=True; no pass added); the iterations themselves are unchanged",
+                                  "refit=True; no pass added); the iterations themselves are unchanged; "
+                                  "--no-readout-refit: the readout fitted on the training rows only (before session 13)",
                                   solvers=("admm", "dladmm"))
     solver: str = setting("auto", "training method: layerwise Gauss-Newton (no per-sample state), admm "
                           "(Taylor et al. 2016), dladmm (Wang et al. 2019) or consensus (consensus ADMM over data shards, "
@@ -545,7 +546,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0}  # what a run store written before a setting existed ran with
+# what a run store written before a setting existed ran with
+STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0, "readout_refit": False}
 SETTINGS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)  # the settings (not auto_pinned)
 RESUMABLE = tuple(f.name for f in SETTINGS if f.metadata["resumable"])  # --resume may change these
 

@@ -99,7 +99,8 @@ def test_logistic_refit_with_the_skip_block(solver_name, n_classes):
     X = rng.normal(size=(n, 6))
     y = (X[:, 0] + X[:, 1] ** 2 + rng.normal(scale=0.5, size=n) > 1).astype(int) + (X[:, 2] > 1) * (n_classes - 2)
     k = 3
-    cfg = TrainConfig(solver=solver_name, hidden=(12,), iterations=k, seed=4, validation_fraction=0.2, input_skip=True)
+    cfg = TrainConfig(solver=solver_name, hidden=(12,), iterations=k, seed=4, validation_fraction=0.2, input_skip=True,
+                      readout_refit=False)  # the model is R_j (the refit on all rows: test_readout_refit.py)
     before = fit_in_memory(X, y, replace(cfg, iterations=k - 1), chunk_rows=50, dtype=np.float64)
     r = fit_in_memory(X, y, cfg, chunk_rows=50, dtype=np.float64)
     tr, ho = split_rows(n, cfg)

@@ -20,7 +20,8 @@ import pytest
 
 from solvers import cross_entropy as ce
 from solvers import readout
-from solvers.config import TrainConfig
+from solvers.config import STORED_BEFORE, TrainConfig, describe
+from solvers.errors import InputError
 from solvers.losses import encode_labels, predict_classes, targets
 from solvers.reference import fit_in_memory
 from solvers.validation import RowSplit
@@ -109,7 +110,7 @@ def test_the_iterations_and_the_kept_iteration_are_those_without_the_refit(solve
     """The refit changes the model's output layer only: iterates, R's candidates, held-out loss and accuracy
     (early stopping's inputs, float64) are the same as without it."""
     X, y = make_data(n=800, n_classes=3)
-    cfg = TrainConfig(solver=solver_name, hidden=(12,), iterations=4, seed=1)
+    cfg = TrainConfig(solver=solver_name, hidden=(12,), iterations=4, seed=1, readout_refit=False)
     a = fit_in_memory(X, y, cfg, chunk_rows=200, dtype=np.float64)
     b = fit_in_memory(X, y, replace(cfg, readout_refit=True), chunk_rows=200, dtype=np.float64)
     for W, W_b in zip(a.solver.iterate(a.loop_state), b.solver.iterate(b.loop_state)):
@@ -125,8 +126,8 @@ def test_the_iterations_and_the_kept_iteration_are_those_without_the_refit(solve
 def test_no_refit_without_held_out_rows_or_for_regression():
     """Nothing held out, a numeric alpha or a regressor: the flag changes nothing."""
     X, y = make_data(n=600)
-    for cfg in (TrainConfig(solver="admm", hidden=(8,), iterations=2, validation_fraction=0),
-                TrainConfig(solver="dladmm", hidden=(8,), iterations=2, alpha=0.01)):
+    for cfg in (TrainConfig(solver="admm", hidden=(8,), iterations=2, validation_fraction=0, readout_refit=False),
+                TrainConfig(solver="dladmm", hidden=(8,), iterations=2, alpha=0.01, readout_refit=False)):
         a = fit_in_memory(X, y, cfg, chunk_rows=200)
         b = fit_in_memory(X, y, replace(cfg, readout_refit=True), chunk_rows=200)
         for W, W_b in zip(a.network.weights, b.network.weights):
@@ -235,3 +236,43 @@ def test_sigkill_with_the_refit_then_resume_equals_uninterrupted(tmp_path, solve
     for W, W_ref in zip(weights, full[0]):
         np.testing.assert_array_equal(W, W_ref)
     assert metrics == full[1]
+
+
+def test_refit_is_the_default_and_old_stores_config_resumes_without_it():
+    """Session 13 made the refit the default; a store written before the setting existed ran without it."""
+    assert TrainConfig().readout_refit
+    stored = TrainConfig(solver="admm").to_dict()
+    del stored["readout_refit"]  # written before the setting existed
+    config, changed = TrainConfig.resumed(stored, {})
+    assert config.readout_refit is False and not changed
+    assert STORED_BEFORE["readout_refit"] is False  # whatever the field's default becomes
+    with pytest.raises(InputError, match="cannot resume with settings that change the stored state.*readout_refit"):
+        TrainConfig.resumed(stored, {"readout_refit": True})
+    assert "readout refit True" in describe(TrainConfig(solver="dladmm"))
+    assert "readout refit" not in describe(TrainConfig(solver="gauss-newton"))  # only admm and dladmm read it
+
+
+@pytest.mark.parametrize("solver_name", ["admm", "dladmm"])
+def test_an_old_store_resumes_bitwise_without_the_refit(client, tmp_path, solver_name):
+    """A run store whose config predates readout_refit resumes (no flag given) as the run without the refit."""
+    import zarr
+
+    from pipeline.training import train
+    from storage.data import write_data
+
+    X, y = make_data(n=3000, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=1000)
+    cfg = TrainConfig(solver=solver_name, hidden=(16,), iterations=3, readout_refit=False)
+    full = train(client, store=tmp_path / "full.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=1000,
+                 report=quiet)
+    train(client, store=tmp_path / "old.zarr", data=tmp_path / "d.zarr", config=replace(cfg, iterations=1),
+          chunk_rows=1000, report=quiet)
+    group = zarr.open_group(tmp_path / "old.zarr", mode="r+")
+    old = dict(group.attrs["config"])
+    del old["readout_refit"]  # as a store written before session 13 has it
+    group.attrs["config"] = old
+    resumed = train(client, store=tmp_path / "old.zarr", resume=True, iterations=3, report=quiet)
+    assert resumed.solver.config.readout_refit is False
+    assert [h["objective"] for h in resumed.history] == [h["objective"] for h in full.history]
+    for W, W_ref in zip(resumed.network.weights, full.network.weights):
+        np.testing.assert_array_equal(W, W_ref)
