@@ -276,7 +276,8 @@ def test_model_output_layer_is_the_held_out_logistic_candidate(solver_name, n_cl
     X = rng.normal(size=(n, 6))
     y = (X[:, 0] + X[:, 1] ** 2 + rng.normal(scale=0.5, size=n) > 1).astype(int) + (X[:, 2] > 1) * (n_classes - 2)
     chunk_rows, k = 50, 3
-    cfg = TrainConfig(solver=solver_name, hidden=(12,), iterations=k, seed=4, validation_fraction=0.2)
+    cfg = TrainConfig(solver=solver_name, hidden=(12,), iterations=k, seed=4, validation_fraction=0.2,
+                      readout_refit=False)  # the model is R_j (the default refit on all rows: test_readout_refit.py)
     before = fit_in_memory(X, y, replace_iterations(cfg, k - 1), chunk_rows=chunk_rows, dtype=np.float64)
     r = fit_in_memory(X, y, cfg, chunk_rows=chunk_rows, dtype=np.float64)
     held = RowSplit(0.2, cfg.seed).mask(0, n)  # the held-out rows, spread over every chunk
