@@ -18,6 +18,7 @@ leaves (certificates) is removed by the next run (:func:`pipeline.cluster.clean_
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import signal
 import sys
@@ -112,6 +113,34 @@ def _quiet_shutdown() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _zarr_exit() -> None:
+    """zarr's exit hook, minus its traceback when the signal landed while zarr started its IO thread.
+
+    ``zarr.core.sync._get_loop`` stores the thread before it starts it; a signal between the two leaves a thread
+    that was never started, and zarr's ``cleanup_resources`` then raises "cannot join thread before it is started"
+    at exit, after the one line. The run is over: a never-started thread is dropped and any failure is silent.
+    """
+    sync = sys.modules.get("zarr.core.sync")
+    if sync is None:
+        return
+    try:
+        thread = sync.iothread[0]
+        if thread is not None and thread.ident is None:  # stored, never started
+            sync.iothread[0] = None
+        sync.cleanup_resources()
+    except Exception:  # noqa: BLE001 -- nothing may print after the one line
+        pass
+
+
+def _guard_zarr_exit() -> None:
+    """Replace zarr's exit hook (if zarr is loaded) by :func:`_zarr_exit`."""
+    sync = sys.modules.get("zarr.core.sync")
+    if sync is not None and hasattr(sync, "cleanup_resources"):
+        atexit.unregister(sync.cleanup_resources)
+        atexit.unregister(_zarr_exit)
+        atexit.register(_zarr_exit)
+
+
 @contextlib.contextmanager
 def exit_on_signals(store=None, batch=False, done: str | None = None):
     """Turn SIGINT/SIGTERM inside the block into one line on stderr and ``SystemExit(130/143)``.
@@ -143,6 +172,7 @@ def exit_on_signals(store=None, batch=False, done: str | None = None):
         done_ = done or ("the worker jobs were cancelled and the temporary certificates deleted" if batch
                          else "the cluster was shut down")
         print(f"{NAMES[signum]}: {done_}{_resume_hint(path)}", file=sys.stderr, flush=True)
+        _guard_zarr_exit()
         raise SystemExit(EXIT[signum]) from None
     finally:
         _active.remove(handler)
