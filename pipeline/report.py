@@ -209,17 +209,17 @@ def write_report(store, out=None, html=None) -> dict:
     # a reader record beside the run store (a train --overwrite of it is refused meanwhile, and refuses this) and
     # the report folder's lock <OUT>.lock (a second report into it is refused) until the last file is written
     with ReadLock(store, run=True), OutputLock(out, "report folder"):
-        created = not out.exists()
+        made = []  # [out] once this report's own mkdir made it: only then does a failure remove it
         try:
-            return _write_report(store, out, html)
+            return _write_report(store, out, html, made)
         except BaseException:  # a full disk, Ctrl-C, SIGTERM: a folder this report made goes (half a report)
-            if created:
+            if made:
                 shutil.rmtree(out, ignore_errors=True)
             raise
 
 
-def _write_report(store: Path, out: Path, html) -> dict:
-    """:func:`write_report` with its locks held."""
+def _write_report(store: Path, out: Path, html, made: list) -> dict:
+    """:func:`write_report` with its locks held; appends ``out`` to ``made`` if it creates the folder."""
     ds = load_metrics(store)
     if ds.sizes["iteration"] == 0:
         raise InputError(f"{store} has no finished iteration yet; nothing to plot")
@@ -231,7 +231,11 @@ def _write_report(store: Path, out: Path, html) -> dict:
                              "(or pass --html FILE)")
     check_report_folder(out, store)  # again under the lock: nothing else appeared meanwhile
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir()  # its parent exists (OutputLock refuses a missing one)
+            made.append(out)
+        except FileExistsError:  # there already, or appeared since the check: not ours, checked again
+            check_report_folder(out, store)
         (out / REPORT_MARKER).write_text(json.dumps({"format": "admm-dask-report", "run_store": str(store.resolve())}))
     except OSError as err:
         raise InputError(f"cannot create the report folder {out}: {err.strerror}") from None

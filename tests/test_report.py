@@ -224,9 +224,9 @@ def test_report_holds_a_reader_record_and_its_folders_lock(run_store, tmp_path, 
     store, _ = run_store
     out, seen, real = tmp_path / "rep", {}, rep._write_report
 
-    def spy(s, o, h):
+    def spy(s, o, h, made):
         seen.update(readers=len(live_readers(store)), lock=lock_path(o).exists())
-        return real(s, o, h)
+        return real(s, o, h, made)
 
     monkeypatch.setattr(rep, "_write_report", spy)
     write_report(store, out)
@@ -257,3 +257,36 @@ def test_a_failed_report_removes_the_folder_it_made_and_keeps_one_it_did_not(run
             write_report(store, out)
     assert not (tmp_path / "new").exists() and (tmp_path / "old" / "summary.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_a_folder_that_appears_while_the_report_starts_is_never_removed(run_store, tmp_path, monkeypatch):
+    """Whether the report made its folder is decided by its own mkdir, not sampled before: a folder that appears
+    meanwhile (someone else's) stays, whether the second check refuses it or a later step fails."""
+    import errno
+
+    from pipeline import report as rep
+
+    store, _ = run_store
+    real_load = rep.load_metrics
+
+    def appears(out, files):
+        def load(s):
+            out.mkdir()
+            for name in files:
+                (out / name).write_text("mine")
+            return real_load(s)
+        return load
+
+    monkeypatch.setattr(rep, "load_metrics", appears(tmp_path / "theirs", ["notes.txt"]))
+    with pytest.raises(InputError, match="refusing to write the report into"):
+        write_report(store, tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rep, "load_metrics", appears(tmp_path / "empty", []))
+    monkeypatch.setattr(rep, "training_html", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(store, tmp_path / "empty")
+    assert (tmp_path / "empty").is_dir()
