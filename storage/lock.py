@@ -345,6 +345,7 @@ class RunLock:
     """Hold the lock of a run store: ``with RunLock(store): …`` (see the module docstring)."""
 
     kind = "run store"
+    make_folder = True  # create the store's missing parent folders (a trainer's --store a/b/run.zarr)
 
     def __init__(self, store, report=None, command: str | None = None, replacing: bool = False):
         self.store = Path(store)
@@ -365,10 +366,19 @@ class RunLock:
     def _try_create(self) -> bool:
         """Create the lock file atomically; return False if it exists."""
         folder = self.path.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(self._unwritable(folder, err)) from None
+        if not self.make_folder:
+            if not folder.exists():  # nothing is made for an output whose folder is missing (a typo in --out)
+                raise InputError(f"cannot write {self.store}: its folder {folder} does not exist; create it first "
+                                 "(nothing was written)")
+            if not folder.is_dir():
+                import errno
+
+                raise InputError(self._unwritable(folder, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))))
+        else:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise InputError(self._unwritable(folder, err)) from None
         text = json.dumps(self.record, indent=1)
         tmp = folder / f".{self.path.name}.{self.record['host']}.{os.getpid()}.{self.record['token']}"
         try:
@@ -527,7 +537,10 @@ class OutputLock(RunLock):
     No two commands write one output at once: a second ``predict --out P`` (or any other writer of ``P``: they all
     lock ``<P>.lock``) is refused in one line while the first holds it. Nothing reads these outputs while they are
     written (the commands build them aside and rename them into place), so there are no reader records to check.
+    The output's folder must exist: a missing one is refused in one line, and nothing is created.
     """
+
+    make_folder = False
 
     def __init__(self, store, kind: str, report=None, command: str | None = None):
         super().__init__(store, report=report, command=command)

@@ -486,3 +486,16 @@ def test_a_full_disk_when_taking_a_lock_is_said_as_such(tmp_path, monkeypatch):
         assert reader.path is None
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]
+
+
+def test_an_outputs_lock_refuses_a_missing_folder_and_creates_none(tmp_path):
+    """predict --out a/b/p.zarr, report --out a/b/rep: one line, and no a/ or a/b/ left behind (a run store's lock
+    still makes its folders: train --store a/b/r.zarr)."""
+    from storage.lock import OutputLock, RunLock
+
+    for kind in ("predictions store", "report folder"):
+        with pytest.raises(InputError, match=r"cannot write .*p: its folder .*b does not exist; create it first"):
+            OutputLock(tmp_path / "a" / "b" / "p", kind).acquire()
+    assert list(tmp_path.iterdir()) == []
+    with RunLock(tmp_path / "a" / "b" / "r.zarr"):
+        assert (tmp_path / "a" / "b").is_dir()
