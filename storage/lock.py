@@ -170,6 +170,12 @@ def is_stale(holder: dict) -> bool:
     return holder.get("age", 0.0) > STALE_AFTER
 
 
+def is_record(holder: dict) -> bool:
+    """Return True if ``holder`` (a :func:`read_holder` result) is a lock record: only those are ever taken over."""
+    return (not holder.get("unreadable") and isinstance(holder.get("token"), str)
+            and isinstance(holder.get("host"), str) and isinstance(holder.get("pid"), int))
+
+
 def describe(holder: dict) -> str:
     """Return who holds a lock, for messages: command, pid, host and since when."""
     if holder.get("unreadable"):
@@ -437,6 +443,10 @@ class RunLock:
             holder = read_holder(self.store)
             if holder is None:
                 continue  # released meanwhile: try again
+            if not is_record(holder):  # a user's file of that name, or one we may not read: never removed
+                raise InputError(f"cannot lock {self.kind} {self.store}: {self.path} is not a lock record of admm-dask "
+                                 "(no JSON with token, host and pid); move or delete that file if it is no lock "
+                                 "(nothing was written)")
             if not is_stale(holder):
                 raise InputError(self._in_use(holder))
             if self._take_over(holder):
@@ -489,6 +499,8 @@ class RunLock:
             moved = json.loads(aside.read_text())
         except (OSError, ValueError):
             moved = {}
+        if not isinstance(moved, dict):
+            moved = {}
         if not holder.get("unreadable") and moved.get("token") != holder.get("token"):
             try:  # a fresh lock was moved: put it back unless yet another one appeared
                 os.link(aside, self.path)
@@ -506,7 +518,8 @@ class RunLock:
             self._heartbeat.stop()
             self._heartbeat = None
         try:
-            if json.loads(self.path.read_text()).get("token") == self.record["token"]:
+            record = json.loads(self.path.read_text())
+            if isinstance(record, dict) and record.get("token") == self.record["token"]:
                 self.path.unlink()
         except (OSError, ValueError):
             pass

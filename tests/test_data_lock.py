@@ -499,3 +499,20 @@ def test_an_outputs_lock_refuses_a_missing_folder_and_creates_none(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with RunLock(tmp_path / "a" / "b" / "r.zarr"):
         assert (tmp_path / "a" / "b").is_dir()
+
+
+@pytest.mark.parametrize("text", ["my notes, not JSON", '{"note": "JSON, but no token, host or pid"}', "[1, 2]"])
+def test_a_file_named_like_a_lock_that_is_no_lock_record_is_refused_never_removed(tmp_path, text):
+    """A user's own <OUT>.lock (or <RUN>.lock, <DATA>.lock), however old: refused in one line naming it, kept."""
+    from storage.lock import OutputLock, RunLock
+
+    for lock in (OutputLock(tmp_path / "p.zarr", "predictions store"), RunLock(tmp_path / "r.zarr"),
+                 DataWriteLock(tmp_path / "d.zarr")):
+        lock.path.write_text(text)
+        old = time.time() - lockmod.STALE_AFTER - 60
+        os.utime(lock.path, (old, old))
+        with pytest.raises(InputError, match=r"^cannot lock .*\.lock is not a lock record of admm-dask .*move or "
+                                             r"delete that file if it is no lock"):
+            lock.acquire()
+        assert lock.path.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr.lock", "p.zarr.lock", "r.zarr.lock"]
