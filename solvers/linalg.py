@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,9 +170,11 @@ _pair_lock = threading.Lock()
 
 
 def _forget_pair() -> None:
-    """Drop the parent's helper thread in a forked child (it does not exist there: a submit would wait forever)."""
+    """Drop the parent's helper thread in a forked child (it does not exist there: a submit would wait forever),
+    and renew the locks a parent's thread may have held at the fork (the child would wait on them forever)."""
     global _pair, _pair_lock
     _pair, _pair_lock = None, threading.Lock()
+    ShiftedGram._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -203,7 +205,10 @@ def halves_matmul(a, b):
     h = m // 2
     with one_blas_thread():  # (BLAS's thread count is the process's: the helper's half runs on one thread too)
         second = _pair.submit(np.matmul, a[h:], b, out=out[h:])
-        np.matmul(a[:h], b, out=out[:h])
+        try:
+            np.matmul(a[:h], b, out=out[:h])
+        finally:  # a signal's exception here: the helper's half still ends before BLAS gets its threads back
+            wait([second])
         second.result()
     return out
 

@@ -184,3 +184,21 @@ def test_relu_curvature_sums_is_the_mask_gram_and_cross():
     t.start()
     t.join()
     np.testing.assert_array_equal(out["S"], S)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_gets_fresh_client_solve_locks():
+    """A lock some parent thread held at the fork is never released in the child: both the helper's lock and the
+    kept decompositions' lock are made anew there (the child's first ShiftedGram.of would otherwise hang)."""
+    import os
+
+    from solvers import linalg
+    from solvers.linalg import ShiftedGram
+
+    with ShiftedGram._lock, linalg._pair_lock:  # held while the process forks (by another thread, in real life)
+        pid = os.fork()
+        if pid == 0:  # the child: exit at once, 0 if both locks are free
+            os._exit(0 if ShiftedGram._lock.acquire(blocking=False) and linalg._pair_lock.acquire(blocking=False)
+                     else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
