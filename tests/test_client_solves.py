@@ -75,8 +75,20 @@ def problem(n=900, d=12, hidden=(16,), seed=0, **settings):
     return X, y, GaussNewtonSolver(cfg, d, np.arange(3), mean, scale, dtype=np.float64)
 
 
-def test_layer_ones_step_through_the_kept_decomposition_equals_the_lu_step():
+def spy_on_kept(monkeypatch) -> list:
+    """Count the calls of ShiftedGram.of (the kept decomposition's path), which still runs as it does."""
+    calls, real = [], ShiftedGram.of.__func__
+
+    def of(cls, *args, **kwargs):
+        calls.append(1)
+        return real(cls, *args, **kwargs)
+    monkeypatch.setattr(ShiftedGram, "of", classmethod(of))
+    return calls
+
+
+def test_layer_ones_step_through_the_kept_decomposition_equals_the_lu_step(monkeypatch):
     X, y, s = problem()
+    calls = spy_on_kept(monkeypatch)
     rng = np.random.default_rng(5)
     W = rng.normal(size=(16, 13))
     G, S, D = spd(rng, 13), spd(rng, 16), rng.normal(size=(16, 13))
@@ -88,6 +100,7 @@ def test_layer_ones_step_through_the_kept_decomposition_equals_the_lu_step():
         finally:
             s._input_gram_reused = False
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert len(calls) == 2  # each "got" took the kept path (and no "want" did)
 
 
 def run(solver, runner, iterations, state=None):
@@ -120,17 +133,21 @@ def test_a_samples_first_trial_solves_by_lu_and_later_ones_through_its_kept_gram
         assert kept.count(False) == len(set(samples))
 
 
-def test_a_resumed_run_takes_the_uninterrupted_runs_steps_bitwise():
+def test_a_resumed_run_takes_the_uninterrupted_runs_steps_bitwise(monkeypatch):
     """A resume (a new process: no decomposition kept, the carry as stored) steps as the uninterrupted run."""
     X, y, s = problem(hidden_alpha="readout")
     runner = InMemoryRunner(s, X, y, 300)
+    calls = spy_on_kept(monkeypatch)
     whole = run(s, runner, 6)
+    assert calls  # the uninterrupted run took the kept path
+    del calls[:]
     ShiftedGram._kept = []
     stored = whole[3]
     resumed_solver = problem(hidden_alpha="readout")[2]
     state = resumed_solver.resume(runner, LoopState(stored.iteration, [np.array(W, np.float64) for W in stored.weights],
                                                     {k: np.array(v, np.float64) for k, v in stored.carry.items()}), set())
     resumed = run(resumed_solver, InMemoryRunner(resumed_solver, X, y, 300), 3, state)
+    assert calls  # and so did the resumed one
     for a, b in zip(resumed[-1].weights, whole[-1].weights):
         np.testing.assert_array_equal(a, b)
 
