@@ -117,9 +117,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         overrides = {**(overrides or {}), "iterations": int(iterations)}
     if resume:
         run = RunStore.open(store)
-        config, changed = TrainConfig.resumed(run.attrs["config"], overrides)
-        if changed:
-            run.update_config(config.to_dict())
+        config, changed = TrainConfig.resumed(run.attrs["config"], overrides)  # recorded once every check passed
         data = open_data(reading(data or run.attrs["data"]["path"]))
         test_data = test_data or run.attrs.get("test_data")
         if test_data:
@@ -161,6 +159,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                               n_shards=config.shards, background_discard=True, solver_choice=choice)
         created()
     test = check_test_data(test_data, data)
+    if resume and changed:  # only now: a refused --resume (other data, a bad --test-data) changes nothing in the store
+        run.update_config(config.to_dict())
 
     split = split_of(run.attrs)
     chunks = bounds(data.n_samples, run.chunk_rows)  # a run of an earlier version: its held-out chunks train on no row
