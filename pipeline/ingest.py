@@ -91,10 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """Print 'rows so far' to stderr at most once a second."""
+    """Print 'rows so far' at most once a second, to stdout with the summary lines (stderr holds only a failure's
+    one line, also after rows were read: a full disk half way)."""
 
-    def __init__(self, stream=sys.stderr, every: float = 1.0):
-        self.stream, self.every = stream, every
+    def __init__(self, stream=None, every: float = 1.0):
+        self.stream, self.every = stream if stream is not None else sys.stdout, every
         self.last = time.monotonic()
         self.shown = False
 

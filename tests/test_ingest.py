@@ -505,3 +505,19 @@ def test_string_labels_are_refused_in_one_line_naming_the_estimator(refused, kin
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "'yes' is not a number" in r.stderr and "ADMMClassifier().fit(X, y)" in r.stderr, r.stderr
     assert not (tmp_path / "d.zarr").exists()
+
+
+def test_a_failure_after_rows_were_read_is_one_line_on_stderr(monkeypatch, capsys):
+    """The 'read N rows' progress goes to stdout with the summary lines: a full disk half way is one stderr line."""
+    import pipeline.ingest as cli
+
+    def fails_half_way(*args, progress, **kwargs):
+        progress.last -= 10  # a second has passed: the progress line is printed
+        progress(120_000)
+        raise InputError("No space left on device: free disk space or write elsewhere")
+
+    monkeypatch.setattr(cli, "ingest", fails_half_way)
+    assert cli.main(["t.csv", "--out", "d.zarr"]) == 2
+    out, err = capsys.readouterr()
+    assert "read 120,000 rows" in out
+    assert err.splitlines() == ["error: No space left on device: free disk space or write elsewhere"]
