@@ -116,8 +116,12 @@ class _StoreRows:
         from storage.data import read_rows
 
         key = key if isinstance(key, tuple) else (key,)
+        rows = key[0] if key else slice(None)
+        if not isinstance(rows, slice) or rows.indices(self.shape[0])[2] != 1:
+            return self[:][key]  # dask asks for blocks of rows (plain slices); any other index: every row, then NumPy's
+        start, stop, _ = rows.indices(self.shape[0])  # None and negative bounds as NumPy reads them
         self._check()
-        block = read_rows(self.store, self.name, key[0].start or 0, key[0].stop)[(slice(None), *key[1:])]
+        block = read_rows(self.store, self.name, start, max(start, stop))[(slice(None), *key[1:])]
         self._check()  # replaced while this block was read: its rows may mix both stores
         return block
 

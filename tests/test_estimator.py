@@ -296,3 +296,17 @@ def test_an_address_string_for_client_is_refused_before_the_data_store_is_writte
     with pytest.raises(TypeError, match="client= takes a distributed.Client or None"):
         ADMMClassifier(max_iter=1, client="tcp://127.0.0.1:1", store=tmp_path / "run.zarr").fit(X, (X[:, 0] > 0).astype(int))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stores_rows_answer_any_numpy_index(tmp_path):
+    """dask reads _StoreRows in plain blocks of rows; any other index (an int, a list, a step, negative or missing
+    bounds) is answered as NumPy would, not misread as a block (key[0].start of an int)."""
+    from pipeline.estimator import _StoreRows
+    from storage.data import write_data
+
+    X = np.arange(40, dtype=np.float32).reshape(10, 4)
+    write_data(tmp_path / "d.zarr", X, np.arange(10) % 2, chunk_rows=3)
+    rows = _StoreRows(tmp_path / "d.zarr", "X")
+    for key in (slice(2, 5), (slice(2, 5), slice(1, 3)), slice(-3, None), slice(None), slice(8, 2), 4, (4, 1),
+                [0, 7], slice(None, None, 2), (slice(None, None, -3), 0), ()):
+        np.testing.assert_array_equal(rows[key], X[key], err_msg=str(key))
