@@ -51,8 +51,8 @@ def predict(client, store, data, out, overwrite=False):
     ``data`` and a ``train --overwrite`` of ``store`` are refused) and ``out`` its writer's lock ``<OUT>.lock``
     (a second predict into ``out`` is refused): :func:`locked`.
     """
-    with locked(store, data, out, overwrite):
-        return _predict(client, store, data, out, overwrite)
+    with locked(store, data, out, overwrite) as held:
+        return _predict(client, store, data, out, held.inputs, overwrite)
 
 
 def locked(store, data, out, overwrite=False):
@@ -60,7 +60,8 @@ def locked(store, data, out, overwrite=False):
 
     ``out`` is checked first (:func:`storage.paths.check_target`), so an ``--out`` naming an input or a store of
     another kind gets that one line, not a lock conflict with this process's own reader record; the inputs are
-    checked (:func:`check_inputs`) once read-locked, before ``<OUT>.lock`` is made.
+    checked (:func:`check_inputs`) once read-locked, before ``<OUT>.lock`` is made; the context's ``inputs`` is
+    what that check returned (the network and the data store), for :func:`_predict`.
     """
     from contextlib import ExitStack
 
@@ -72,7 +73,7 @@ def locked(store, data, out, overwrite=False):
     try:
         stack.enter_context(ReadLock(data))
         stack.enter_context(ReadLock(store, run=True))
-        check_inputs(store, data, out, overwrite)  # a bad input: its one line before <OUT>.lock (or a folder) is made
+        stack.inputs = check_inputs(store, data, out, overwrite)  # a bad input: its one line before <OUT>.lock
         stack.enter_context(OutputLock(out, "predictions store"))
     except BaseException:
         stack.close()
@@ -80,8 +81,9 @@ def locked(store, data, out, overwrite=False):
     return stack
 
 
-def _predict(client, store, data, out, overwrite=False):
-    """:func:`predict` with its locks held by the caller."""
+def _predict(client, store, data, out, inputs, overwrite=False):
+    """:func:`predict` with its locks held by the caller; ``inputs``: the network and data store :func:`locked`
+    checked (read once, under the locks)."""
     import shutil
     from pathlib import Path
 
@@ -93,7 +95,7 @@ def _predict(client, store, data, out, overwrite=False):
     from storage.paths import check_target, clean_stale_partials, partial_path, swap_in
 
     out = Path(out)
-    network, ds = check_inputs(store, data, out, overwrite)
+    network, ds = inputs
     clean_stale_partials(out, report=lambda line: print(line, file=sys.stderr))
     partial = partial_path(out)  # written beside --out, renamed into place when complete
     try:
@@ -134,9 +136,9 @@ def main(argv=None) -> int:
             return 0
         # until the predictions are in: an ingest into --data, a train --overwrite of --store and a second
         # predict into --out are refused (and refuse this)
-        with locked(args.store, args.data, args.out, args.overwrite):  # checks the inputs (before a cluster starts)
+        with locked(args.store, args.data, args.out, args.overwrite) as held:  # checks the inputs (before a cluster)
             with connect_from_args(args, data=args.data) as client:
-                out = _predict(client, args.store, args.data, args.out, args.overwrite)
+                out = _predict(client, args.store, args.data, args.out, held.inputs, args.overwrite)
     print(f"predictions written to {out}/prediction")
     return 0
 

@@ -77,9 +77,13 @@ def test_predict_overwrite_never_deletes_what_it_did_not_make(client, trained, t
     assert not list(out.parent.glob(f"{out.name}.partial-*"))
 
 
-def test_predict_overwrite_replaces_its_own_store(client, trained, tmp_path):
-    d, out = trained, tmp_path / "p.zarr"
+def test_predict_overwrite_replaces_its_own_store(client, trained, tmp_path, monkeypatch):
+    import pipeline.predict as cli
+
+    d, out, checks, real = trained, tmp_path / "p.zarr", [], cli.check_inputs
+    monkeypatch.setattr(cli, "check_inputs", lambda *a, **k: checks.append(a) or real(*a, **k))
     predict(client, d / "r.zarr", d / "d.zarr", out)
+    assert len(checks) == 1  # the network and data store are read once (under the locks), not again in _predict
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         predict(client, d / "r.zarr", d / "d.zarr", out)
     (out / "prediction" / "zarr.json").unlink()  # damaged: the next --overwrite must rebuild it whole
