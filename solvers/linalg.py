@@ -96,7 +96,9 @@ def relu_curvature_sums(a, x, r):
     ran 6 % faster than the two calls on one 4096-row tile), and neither ``M``
     nor the stacked operand is a fresh array (:func:`scratch`). ``MᵀM`` holds
     integer counts (exact in float32 up to 2²⁴ rows), so it is bitwise the
-    separate SYRK's; ``Mᵀ(x ⊙ r)`` is the same dot products summed by the SYRK kernel.
+    separate SYRK's; ``Mᵀ(x ⊙ r)`` is the same dot products summed by the SYRK kernel
+    in its own order: equal to the separate GEMM's to float32 rounding (bitwise on the
+    benchmark's shapes only; at 1000 rows × 64 hidden × 11 inputs they differ by 7e-7 relatively).
     """
     n, k = a.shape[0], a.shape[1] - 1
     B = scratch("relu_curvature", n, k + x.shape[1], a.dtype)
