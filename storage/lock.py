@@ -1,4 +1,5 @@
-"""Store locks: one writer per run store; one writer or many readers per data store; also across a cluster's nodes.
+"""Store locks: one writer per run store, per data store and per command output (:class:`OutputLock`: a predictions
+store, a report folder), many readers per data or run store; also across a cluster's nodes.
 
 The lock is the file ``<RUN>.lock`` beside the run store ``<RUN>``, holding
 JSON: host, pid, the process's start time, the lock's start time, the command
@@ -29,7 +30,8 @@ stale file: only one of them removes it.
 **Data stores** (:class:`DataWriteLock`, :class:`ReadLock`) use the same file
 ``<DATA>.lock`` for their one writer (ingestion, :class:`storage.data.DataWriter`)
 and, beside it, one record per reader, ``<DATA>.reader-<host>.<pid>.<token>``
-(a train, evaluate or predict: many at once), touched by the same heartbeat and
+(a train, evaluate, predict, or the estimator's ``score(path)``: many at once; a report, an evaluate and a
+predict also leave one beside the run store they read, ``ReadLock(run=True)``), touched by the same heartbeat and
 stale by the same rules. A writer takes ``<DATA>.lock`` and then looks for live
 readers; a reader writes its record and then looks at ``<DATA>.lock``; each
 backs out (removing what it wrote) and refuses in one line if it finds the
