@@ -363,8 +363,9 @@ class OutputRefit:
 
     @property
     def refit_all(self) -> bool:
-        """Return whether the chosen readout is refitted on the training and held-out rows (``readout_refit``)."""
-        return self.logistic and bool(self.config.readout_refit)
+        """Return whether the chosen readout is refitted on the training and held-out rows (``readout_refit``, with
+        rows held out: without them there is nothing to refit on, and no second candidate stack is carried)."""
+        return self.logistic and bool(self.config.readout_refit) and self.config.validation_fraction > 0
 
     @property
     def skips(self) -> bool:

@@ -139,6 +139,16 @@ def test_no_refit_without_held_out_rows_or_for_regression():
         np.testing.assert_array_equal(W, W_b)
 
 
+def test_nothing_held_out_carries_no_second_stack():
+    """With no held-out rows there is nothing to refit on: no S stack is carried, checkpointed or stepped."""
+    from solvers.admm import ADMMSolver
+    from solvers.dladmm import DLADMMSolver
+    for cls, name in ((ADMMSolver, "admm"), (DLADMMSolver, "dladmm")):
+        held = cls(TrainConfig(solver=name, hidden=(8,)), 3, [0, 1], np.zeros(3), np.ones(3))
+        none = cls(TrainConfig(solver=name, hidden=(8,), validation_fraction=0), 3, [0, 1], np.zeros(3), np.ones(3))
+        assert held.refit_all and not none.refit_all
+
+
 @pytest.mark.parametrize("solver_name", ["admm", "dladmm"])
 def test_pipeline_equals_in_memory_with_the_refit(client, tmp_path, solver_name):
     """The Dask pipeline with readout_refit (and the skip path) equals the in-memory reference."""
