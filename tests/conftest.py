@@ -23,11 +23,16 @@ def run_module(*args, cwd=None, timeout=300):
 
 
 _MAINS = r"""
-import contextlib, importlib, io, json, sys
+import contextlib, importlib, io, json, logging, sys, warnings
 out = []
 for module, *argv in json.loads(sys.stdin.read()):
     stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    log = logging.getLogger("pipeline")  # as a fresh interpreter: no handler bound to an earlier command's stderr
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    log.propagate, log.level = True, logging.NOTSET
+    # catch_warnings marks the filters changed, so each command shows its warnings once, as its own process would
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
         try:
             code = importlib.import_module(module).main(argv)
         except SystemExit as exc:  # argparse's errors; a text code is printed and exits 1, as the interpreter does
@@ -49,6 +54,7 @@ def run_mains(*commands, timeout=300):
     r = subprocess.run([sys.executable, "-c", _MAINS], input=json.dumps(commands), cwd=ROOT, capture_output=True,
                        text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr
+    assert r.stderr == "", r.stderr  # nothing printed outside the commands (at import or at exit) goes unchecked
     return [subprocess.CompletedProcess([sys.executable, "-m", *command], code, out, err)
             for command, (code, out, err) in zip(commands, json.loads(r.stdout))]
 
