@@ -40,10 +40,15 @@ NO_SKIP = {"input_skip": False, "readout_refit": False}  # session 12's defaults
 VARIANTS = {"base": NO_SKIP, "b1": {**NO_SKIP, "beta": 1.0}, "b10": {**NO_SKIP, "beta": 10.0},
             "g100b1": {**NO_SKIP, "gamma": 100.0, "beta": 1.0}, "nu10": {**NO_SKIP, "nu": 10.0},
             "nu1": {**NO_SKIP, "nu": 1.0}, "skip": {"input_skip": True, "readout_refit": False},
-            "refit": {**NO_SKIP, "readout_refit": True}, "skiprefit": {"input_skip": True, "readout_refit": True}}
+            "refit": {**NO_SKIP, "readout_refit": True}, "skiprefit": {"input_skip": True, "readout_refit": True},
+            # session 14 (b): the z_L update's loss, readout refit on (today's default): dlADMM's auto is squared, ADMM's hinge
+            "hinge": {**NO_SKIP, "readout_refit": True, "loss": "hinge"},
+            "squared": {**NO_SKIP, "readout_refit": True, "loss": "squared"}}
 SOLVER_OF = {"b1": "admm", "b10": "admm", "g100b1": "admm", "nu10": "dladmm", "nu1": "dladmm"}
 CS = np.logspace(-3, 3, 7)
-READOUTS = ("hid", "lin", "skip1", "skip2")
+READOUTS = ("hid", "lin", "skip1", "skip2", "cv")
+CS13 = np.logspace(-3, 3, 13)  # the K-fold readouts' grid (half decades)
+FOLD_TAG = 0xF01D  # the folds' hash stream (as admm_readout_cv.py): fold of row r = floor(K · u(seed ^ tag, r))
 
 
 def _fit_score(P, y, Pe, ye, Ph, yh, C):
@@ -99,6 +104,76 @@ def readouts(F, A, y, Fe, Ae, ye, held, which=READOUTS) -> dict:
     return {k: {"acc": v[1], "held_loss": v[0], "chose": v[2]} for k, v in out.items()}
 
 
+def folds(n: int, seed: int, k: int) -> np.ndarray:
+    """Return each training row's fold 0..k−1 by its seeded hash (what a pipeline can draw per chunk, no pass)."""
+    from solvers.validation import row_uniforms
+
+    return np.minimum((row_uniforms(np.arange(n, dtype=np.uint64), seed ^ FOLD_TAG) * k).astype(int), k - 1)
+
+
+def cv_readouts(F, A, y, Fe, Ae, ye, seed: int, k: int = 5) -> dict:
+    """Return readouts whose penalty is chosen by k-fold CV over **all** training rows, then refitted on them.
+
+    ``{hid,lin,skip1}cv``: L2 logistic regression on h / x̂ / [h, x̂], C of least out-of-fold log-loss on the
+    13-point grid :data:`CS13`; ``…cvacc``: C of most out-of-fold correct rows (ties: less loss);
+    ``…@C=1``: C = 1 refitted on all rows (no choice); ``…oracle``: the best C on the evaluation rows (reads the
+    evaluation labels: an upper bound, never a rule); ``ridgecv``: the ridge readout on 0/1 targets (squared
+    loss, unpenalised bias, class 1 when > 0.5), α of least out-of-fold squared error computed from per-fold
+    Grams alone, ``Σ_f tr(W_{−f}ᵀ W_{−f} G_f) − 2 tr(W_{−f} C_f) + ‖T_f‖²`` with ``W_{−f}`` solved on the sums
+    minus fold f's (what a pipeline could compute from sums of the pass it makes, no extra pass);
+    ``hidsvm``: the hinge loss (linear SVM) on h, C by out-of-fold accuracy.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    fold = folds(len(y), seed, k)
+    out = {}
+    feats = {"hid": (F, Fe), "lin": (A, Ae), "skip1": (np.concatenate([F, A], 1), np.concatenate([Fe, Ae], 1))}
+    for name, (P, Pe) in feats.items():
+        loss, corr, ev = np.zeros(len(CS13)), np.zeros(len(CS13)), np.zeros(len(CS13))
+        for j, C in enumerate(CS13):
+            for f in range(k):
+                tr, te = fold != f, fold == f
+                m = LogisticRegression(C=C, max_iter=5000).fit(P[tr], y[tr])
+                pr = np.clip(m.predict_proba(P[te])[:, 1], 1e-15, 1 - 1e-15)
+                loss[j] -= np.sum(np.where(y[te] == 1, np.log(pr), np.log1p(-pr)))
+                corr[j] += np.sum((pr > 0.5) == (y[te] == 1))
+            ev[j] = float((LogisticRegression(C=C, max_iter=5000).fit(P, y).predict(Pe) == ye).mean())
+        j_loss = int(np.argmin(loss))
+        j_acc = int(np.lexsort((loss, -corr))[0])
+        out[name + "cv"] = {"acc": ev[j_loss], "held_loss": float(loss[j_loss] / len(y)), "chose": f"C={CS13[j_loss]:g}"}
+        out[name + "cvacc"] = {"acc": ev[j_acc], "held_loss": float(loss[j_acc] / len(y)), "chose": f"C={CS13[j_acc]:g}"}
+        out[name + "@C=1"] = {"acc": ev[6], "held_loss": float(loss[6] / len(y)), "chose": "C=1"}
+        out[name + "oracle"] = {"acc": float(ev.max()), "held_loss": float("nan"), "chose": f"C={CS13[int(np.argmax(ev))]:g}"}
+    # ridge on 0/1 targets from per-fold sums
+    Z, Ze = np.concatenate([F, np.ones((len(F), 1))], 1), np.concatenate([Fe, np.ones((len(Fe), 1))], 1)
+    t = y.astype(np.float64)
+    G = [Z[fold == f].T @ Z[fold == f] for f in range(k)]
+    c = [Z[fold == f].T @ t[fold == f] for f in range(k)]
+    tt = [float(t[fold == f] @ t[fold == f]) for f in range(k)]
+    Gs, cs = sum(G), sum(c)
+    pen = np.eye(Z.shape[1])
+    pen[-1, -1] = 0
+    scale = np.trace(Gs[:-1, :-1]) / (Z.shape[1] - 1)
+    alphas = scale * np.logspace(-5, 1, 13)
+    err = [sum(float(w @ G[f] @ w - 2 * w @ c[f] + tt[f])
+               for f in range(k) for w in [np.linalg.solve(Gs - G[f] + a * pen, cs - c[f])]) for a in alphas]
+    j = int(np.argmin(err))
+    w = np.linalg.solve(Gs + alphas[j] * pen, cs)
+    out["ridgecv"] = {"acc": float(((Ze @ w > 0.5) == (ye == 1)).mean()), "held_loss": err[j] / len(y),
+                      "chose": f"alpha/diag={alphas[j] / scale:g}"}
+    # hinge readout on h, C by out-of-fold accuracy
+    corr = np.zeros(len(CS13))
+    for j, C in enumerate(CS13):
+        for f in range(k):
+            m = LinearSVC(C=C, loss="hinge", max_iter=20000).fit(F[fold != f], y[fold != f])
+            corr[j] += np.sum(m.predict(F[fold == f]) == y[fold == f])
+    j = int(np.argmax(corr))
+    m = LinearSVC(C=CS13[j], loss="hinge", max_iter=20000).fit(F, y)
+    out["hidsvm"] = {"acc": float((m.predict(Fe) == ye).mean()), "held_loss": float(-corr[j]), "chose": f"C={CS13[j]:g}"}
+    return out
+
+
 HIGGS = ("higgs-3000", "higgs-9000")  # HIGGS-shaped (benchmarks/higgs_like.py), nobody tuned on: consensus_paired.load
 
 
@@ -111,7 +186,8 @@ def load(task: str, seed: int):
     return afl.load_task(task, seed)[:4]
 
 
-def run(tasks, seeds, solvers, variants, out: Path, offline: bool, base_only: bool = False, which=READOUTS) -> dict:
+def run(tasks, seeds, solvers, variants, out: Path, offline: bool, base_only: bool = False, which=READOUTS,
+        folds_k: int = 5) -> dict:
     from solvers.config import TrainConfig
     from solvers.reference import fit_in_memory
     from solvers.validation import RowSplit
@@ -144,6 +220,8 @@ def run(tasks, seeds, solvers, variants, out: Path, offline: bool, base_only: bo
                         F, Fe = (np.maximum(M @ W[:, :-1].T + W[:, -1], 0) for M in (A, Ae))
                         held = RowSplit(cfg.validation_fraction, seed).mask(0, len(y))
                         e["readouts"] = readouts(F, A, y, Fe, Ae, ye, held, which)
+                        if "cv" in which:
+                            e["readouts"].update(cv_readouts(F, A, y, Fe, Ae, ye, seed, folds_k))
                     r[f"{s}/{v}"] = e
                     extra = {k: round(x["acc"], 4) for k, x in e.get("readouts", {}).items()}
                     print(f"{task}/{seed} {s}/{v} acc {e['acc']:.4f} it {e['it']} move {e['move']:.3f} {extra} "
@@ -205,6 +283,7 @@ def main(argv=None):
     p.add_argument("--no-offline", action="store_true", help="skip the offline readouts (only the solver's model)")
     p.add_argument("--offline-base-only", action="store_true", help="the offline readouts of the base variant only")
     p.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=READOUTS, help="hid and lin always run")
+    p.add_argument("--folds", type=int, default=5, help="k of the cv readouts (session 14)")
     p.add_argument("--summary", action="store_true", help="print the paired table of --out and exit")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
@@ -212,7 +291,7 @@ def main(argv=None):
     if a.summary:
         print(summary(json.loads(out.read_text())))
         return
-    run(a.tasks, a.seeds, a.solvers, a.variants, out, not a.no_offline, a.offline_base_only, a.readouts)
+    run(a.tasks, a.seeds, a.solvers, a.variants, out, not a.no_offline, a.offline_base_only, a.readouts, a.folds)
 
 
 if __name__ == "__main__":
