@@ -43,7 +43,9 @@ VARIANTS = {"base": NO_SKIP, "b1": {**NO_SKIP, "beta": 1.0}, "b10": {**NO_SKIP, 
             "refit": {**NO_SKIP, "readout_refit": True}, "skiprefit": {"input_skip": True, "readout_refit": True},
             # session 14 (b): the z_L update's loss, readout refit on (today's default): dlADMM's auto is squared, ADMM's hinge
             "hinge": {**NO_SKIP, "readout_refit": True, "loss": "hinge"},
-            "squared": {**NO_SKIP, "readout_refit": True, "loss": "squared"}}
+            "squared": {**NO_SKIP, "readout_refit": True, "loss": "squared"},
+            # (c): each feature's own std (scikit-learn's StandardScaler) instead of auto's kurtosis floor, refit on
+            "std": {**NO_SKIP, "readout_refit": True, "scaling": "standard"}}
 SOLVER_OF = {"b1": "admm", "b10": "admm", "g100b1": "admm", "nu10": "dladmm", "nu1": "dladmm"}
 CS = np.logspace(-3, 3, 7)
 READOUTS = ("hid", "lin", "skip1", "skip2", "cv")
@@ -111,6 +113,22 @@ def folds(n: int, seed: int, k: int) -> np.ndarray:
     return np.minimum((row_uniforms(np.arange(n, dtype=np.uint64), seed ^ FOLD_TAG) * k).astype(int), k - 1)
 
 
+def ridge_fold_errors(Z, t, fold, k: int, alphas) -> list:
+    """Return, per α, the out-of-fold squared error of the ridge readout (bias column last, unpenalised).
+
+    From per-fold sums only: with ``G_f = Σ_f z zᵀ``, ``c_f = Σ_f z t``, ``‖t_f‖²`` and
+    ``w_{−f} = (Σ_g G_g − G_f + α Ĩ)⁻¹ (Σ_g c_g − c_f)``, fold f's error is ``w_{−f}ᵀ G_f w_{−f} − 2 w_{−f}ᵀ c_f + ‖t_f‖²``.
+    """
+    G = [Z[fold == f].T @ Z[fold == f] for f in range(k)]
+    c = [Z[fold == f].T @ t[fold == f] for f in range(k)]
+    tt = [float(t[fold == f] @ t[fold == f]) for f in range(k)]
+    Gs, cs = sum(G), sum(c)
+    pen = np.eye(Z.shape[1])
+    pen[-1, -1] = 0
+    return [sum(float(w @ G[f] @ w - 2 * w @ c[f] + tt[f])
+                for f in range(k) for w in [np.linalg.solve(Gs - G[f] + a * pen, cs - c[f])]) for a in alphas]
+
+
 def cv_readouts(F, A, y, Fe, Ae, ye, seed: int, k: int = 5) -> dict:
     """Return readouts whose penalty is chosen by k-fold CV over **all** training rows, then refitted on them.
 
@@ -148,18 +166,13 @@ def cv_readouts(F, A, y, Fe, Ae, ye, seed: int, k: int = 5) -> dict:
     # ridge on 0/1 targets from per-fold sums
     Z, Ze = np.concatenate([F, np.ones((len(F), 1))], 1), np.concatenate([Fe, np.ones((len(Fe), 1))], 1)
     t = y.astype(np.float64)
-    G = [Z[fold == f].T @ Z[fold == f] for f in range(k)]
-    c = [Z[fold == f].T @ t[fold == f] for f in range(k)]
-    tt = [float(t[fold == f] @ t[fold == f]) for f in range(k)]
-    Gs, cs = sum(G), sum(c)
+    scale = float(np.mean(np.sum(Z[:, :-1] ** 2, axis=0)))
+    alphas = scale * np.logspace(-5, 1, 13)
+    err = ridge_fold_errors(Z, t, fold, k, alphas)
+    j = int(np.argmin(err))
     pen = np.eye(Z.shape[1])
     pen[-1, -1] = 0
-    scale = np.trace(Gs[:-1, :-1]) / (Z.shape[1] - 1)
-    alphas = scale * np.logspace(-5, 1, 13)
-    err = [sum(float(w @ G[f] @ w - 2 * w @ c[f] + tt[f])
-               for f in range(k) for w in [np.linalg.solve(Gs - G[f] + a * pen, cs - c[f])]) for a in alphas]
-    j = int(np.argmin(err))
-    w = np.linalg.solve(Gs + alphas[j] * pen, cs)
+    w = np.linalg.solve(Z.T @ Z + alphas[j] * pen, Z.T @ t)
     out["ridgecv"] = {"acc": float(((Ze @ w > 0.5) == (ye == 1)).mean()), "held_loss": err[j] / len(y),
                       "chose": f"alpha/diag={alphas[j] / scale:g}"}
     # hinge readout on h, C by out-of-fold accuracy

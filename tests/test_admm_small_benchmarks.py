@@ -83,3 +83,23 @@ def test_admm_bc_selection_takes_the_readout_of_least_held_out_loss():
     assert admm_bc._acc(entry, "hid|lin") == 0.95
     entry["readouts"]["lin"]["held_loss"] = 0.4
     assert admm_bc._acc(entry, "hid|lin") == 0.8
+
+
+def test_admm_bc_ridge_fold_errors_from_fold_sums_are_the_out_of_fold_errors():
+    """The k-fold error of the ridge readout from per-fold Grams (benchmarks/admm_bc.py, ``ridgecv``) equals the
+    squared error of each fold's rows under the ridge fitted on the other folds."""
+    from benchmarks import admm_bc
+
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(size=(60, 4)), np.ones((60, 1))], axis=1)
+    t = (rng.random(60) < 0.5).astype(float)
+    fold = admm_bc.folds(60, 3, 5)
+    assert set(fold) == set(range(5))
+    pen = np.diag([1.0, 1, 1, 1, 0])
+    for a, err in zip([0.1, 10.0], admm_bc.ridge_fold_errors(Z, t, fold, 5, [0.1, 10.0])):
+        direct = 0.0
+        for f in range(5):
+            tr, te = fold != f, fold == f
+            w = np.linalg.solve(Z[tr].T @ Z[tr] + a * pen, Z[tr].T @ t[tr])
+            direct += float(np.sum((Z[te] @ w - t[te]) ** 2))
+        assert np.isclose(err, direct, rtol=1e-10)
