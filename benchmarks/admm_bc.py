@@ -298,6 +298,8 @@ def summary(res: dict, against: str = "base") -> str:
             n = have[0]["n_eval"]
             with_readouts = [v for v in have if "readouts" in v[key]]
             names = ["model"] + (list(with_readouts[0][key]["readouts"]) + ["hid|lin"] if with_readouts else [])
+            if with_readouts and "hidcv" in with_readouts[0][key]["readouts"]:
+                names.append("hidcv|lincv")  # network or linear, by the k-fold log-loss
             everything = have
             for name in names:
                 have = everything if name == "model" else with_readouts
