@@ -194,6 +194,23 @@ def pipeline_iterations(config: TrainConfig, data: Path, run: Path, n: int) -> d
                             "train_accuracy": h.get("train_accuracy")} for h in res.history]}
 
 
+def store_model(config: TrainConfig, data: Path) -> dict:
+    """Return the solver inputs ``pipeline.training.train`` makes for a new run on the data store ``data``.
+
+    The input scaling is the config's (``auto``: each feature's std with a floor, :func:`solvers.stats.input_scale`)
+    from the moments the store recorded, so the in-memory run beside the pipeline's is the same run (the same
+    steps, accepted or rejected alike). :func:`model_of` (``standard`` scaling, the kernels part) differs: before
+    session 14 the two runs of a row took different steps, and a rejected step (one pass) in one run only counted
+    in its median.
+    """
+    from pipeline.passes import data_moments
+    from solvers.driver import model_from_moments
+    from storage.data import open_data
+
+    store = open_data(data)
+    return model_from_moments(config, store.n_features, *data_moments(None, store, config.task == "regression"))
+
+
 def median_after_first(iters) -> float:
     return statistics.median(it["seconds"] for it in (iters[1:] or iters))
 
@@ -204,11 +221,11 @@ def part_pipeline(result: dict, args) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     for name, widths, (X, y) in networks(args):
         data = write_store(tmp / f"{name}.zarr", X, y)
-        model = model_of(X, y)
         for solver in args.solvers:
             print(f"pipeline: {name} {solver} ...", flush=True)
             config = TrainConfig(solver=solver, hidden=tuple(widths[1:-1]), sample_schedule="full",
                                  validation_fraction=0.0, iterations=args.iterations)
+            model = model_of(X, y) if args.standard_scaling else store_model(config, data)
             mem = in_memory_iterations(config, X, y, model, 2, args.iterations)
             pipe = pipeline_iterations(config, data, tmp / "run.zarr", X.shape[0])
             result["pipeline"][f"{name} {solver}"] = {
@@ -293,6 +310,8 @@ def main(argv=None) -> int:
     p.add_argument("--solvers", nargs="+", default=["gauss-newton", "admm"])
     p.add_argument("--higgs-n", type=int, default=262_144, help="HIGGS-shaped rows (28-300-1)")
     p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--standard-scaling", action="store_true",
+                   help="part pipeline: the in-memory run scales as the kernels part (before session 14; not the pipeline's run)")
     p.add_argument("--tmp", default="/tmp/kernel_efficiency", help="where the temporary data and run stores go")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kernel_efficiency.json"))
     p.add_argument("--render-only", action="store_true", help="rewrite the .md from the JSON at --out")
