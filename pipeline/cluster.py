@@ -48,6 +48,14 @@ DEFAULT_WORKER_TIMEOUT = 600.0
 PROGRESS_EVERY = 5.0  # seconds between "waiting for N workers" lines
 LOCAL_MODES = ("auto", "threads", "processes")
 THREADS_MAX_BYTES = 256 * 2**20  # auto: data up to this size runs on threads in this process
+# The in-process cluster's scheduler and worker share this process's event loop thread and GIL with the
+# client's solves and the chunk kernels. distributed's defaults wake that loop ~200 times a second for
+# diagnostics: each server's event-loop tick (20 ms), the worker's statistical profiler (10 ms; the
+# dashboard's Profile page) and work stealing (100 ms; nothing to steal with one worker). That cost
+# ~40 ms of CPU per 784-300-10 Gauss-Newton iteration on 2 cores (benchmarks/results/p784_s14.md).
+# Applied where the dask config holds distributed's default (a user's own setting is kept).
+IN_PROCESS_CONFIG = {"distributed.admin.tick.interval": "500ms", "distributed.worker.profile.enabled": False,
+                     "distributed.scheduler.work-stealing": False}
 
 
 class DryRun(Exception):
@@ -481,7 +489,7 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
     if not processes:  # one in-process worker, a thread per would-be worker process; BLAS at one thread
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1):
+        with threadpool_limits(1), dask.config.set(_in_process_config()):
             with _port_taken_quietly():
                 cluster = LocalCluster(
                     n_workers=1, threads_per_worker=workers * threads, processes=False,
@@ -503,6 +511,15 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
     with cluster:
         _lazy(cluster, lazy)
         yield cluster
+
+
+def _in_process_config() -> dict:
+    """Return the :data:`IN_PROCESS_CONFIG` entries whose key the dask config holds at distributed's default."""
+    import distributed  # noqa: F401 -- registers its defaults
+
+    defaults = dask.config.merge(*dask.config.defaults)
+    return {key: value for key, value in IN_PROCESS_CONFIG.items()
+            if dask.config.get(key, None) == dask.config.get(key, None, config=defaults)}
 
 
 @contextlib.contextmanager
