@@ -23,8 +23,8 @@ Part ``pipeline``: seconds per iteration of ``pipeline.training.train`` (a
 local cluster of one in-process worker with 2 threads, as ``--local-mode
 auto`` picks for data this small, the data read from a Zarr store, the state
 and checkpoints in a run store) against the same solver in memory with 2
-threads (:class:`benchmarks.gn_efficiency.TimedRunner`), for Gauss-Newton and ADMM, same settings,
-median over the iterations after the first.
+threads (:class:`benchmarks.gn_efficiency.TimedRunner`), for Gauss-Newton and ADMM, same settings and the
+pipeline's own input scaling (:func:`store_model`: the same run, step for step), median over the iterations after the first.
 
 Run (each part a few minutes; under the benchmark lock, nothing else heavy)::
 

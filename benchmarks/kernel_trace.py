@@ -128,12 +128,16 @@ def summary(ev: list, snapshots=()) -> dict:
         row["outside_passes_s"] = row["iteration_s"] - row["passes_s"]
         for name in CLIENT + ("ShiftedGram.__init__", "RidgePath.__init__", "spd_solve"):
             row[name] = sum(e[3] - e[2] for e in inside if e[0] == name and e[1] == "MainThread")
-        first, last, busiest, kcpu, kwall = [], [], [], [], []
+        first, last, busiest, kcpu, kwall, task_first, task_last = [], [], [], [], [], [], []
         for p in passes:
             ks = [e for e in inside if e[0] in KERNELS and _within(e, p)]
             if not ks:
                 continue
             first.append(min(k[2] for k in ks) - p[2])
+            tasks = [e for e in inside if e[0] == "chunk_tasks" and _within(e, p)]
+            if tasks:  # the pipeline's task functions: the hops alone, without the task's reads before its kernel
+                task_first.append(min(t[2] for t in tasks) - p[2])
+                task_last.append(p[3] - max(t[3] for t in tasks))
             last.append(p[3] - max(k[3] for k in ks))
             per = {}
             for k in ks:
@@ -141,7 +145,8 @@ def summary(ev: list, snapshots=()) -> dict:
             busiest.append(max(per.values()))
             kcpu.append(sum(k[4] for k in ks))
             kwall.append(sum(k[3] - k[2] for k in ks))
-        row.update({"to_first_kernel_s": sum(first), "after_last_kernel_s": sum(last), "busiest_thread_s": sum(busiest),
+        row.update({"to_first_task_s": sum(task_first), "after_last_task_s": sum(task_last),
+                    "to_first_kernel_s": sum(first), "after_last_kernel_s": sum(last), "busiest_thread_s": sum(busiest),
                     "kernel_cpu_s": sum(kcpu), "kernel_wall_s": sum(kwall),
                     "pass_idle_s": row["passes_s"] - sum(busiest)})
         row["chunk_tasks_cpu_s"] = sum(e[4] for e in inside if e[0] == "chunk_tasks")
