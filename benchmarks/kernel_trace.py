@@ -217,7 +217,6 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--order", default="memory,pipeline")
     p.add_argument("--standard-scaling", action="store_true", help="in memory: kernel_efficiency's model_of (not the pipeline's)")
-    p.add_argument("--commit-nice", type=int, default=None, help="the commit thread's nice value (default: the pipeline's)")
     p.add_argument("--higgs-n", type=int, default=262_144)
     p.add_argument("--tmp", default="/tmp/kernel_trace")
     p.add_argument("--out", default=None, help="write the per-iteration figures here (JSON)")
@@ -226,10 +225,6 @@ def main(argv=None) -> int:
         for name in names:
             wrap(module, name)
     wrap_function(["solvers.linalg", "solvers.gauss_newton"], "spd_solve")
-    if args.commit_nice is not None:  # the background commit thread's nice value (pipeline.training.COMMIT_NICE)
-        import pipeline.training
-
-        pipeline.training.COMMIT_NICE = args.commit_nice
     out = run_both(args)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))

@@ -9,8 +9,6 @@ and every iteration is committed to the run store (:class:`_RunKeeper`).
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -230,28 +228,6 @@ def _forget_data(client) -> None:
         pass
 
 
-COMMIT_NICE = 10  # the background commit's thread runs at least this nice (Linux; other processes' jobs: often 15)
-
-
-def lower_thread_priority(nice: int) -> None:
-    """Make the calling thread at least ``nice`` nice (Linux, where the nice value is per thread; elsewhere nothing).
-
-    A background commit (hashing, packing and writing a checkpoint: ~25 ms of CPU for 784-300-10) runs
-    beside the next iteration's chunk kernels, which keep every core busy: at the same priority it took its
-    CPU from one of them, and a pass waits for its slowest thread. Less favoured, it runs mostly in the
-    gaps (the client's solves, the scheduler's hops) and still before lower-priority processes
-    (``benchmarks/results/p784_s14.md``). The thread ends with its commit; threads it starts inherit the value.
-    """
-    if not sys.platform.startswith("linux"):  # elsewhere a thread id is no process id: setpriority would miss
-        return
-    try:
-        tid = threading.get_native_id()
-        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except (AttributeError, OSError):  # no native ids, or the system refuses: the commit runs as it is
-        pass
-
-
 @dataclass
 class _RunKeeper:
     """The run store as the driver's :class:`~solvers.driver.Keeper`: commits, state slots, the /training page.
@@ -302,7 +278,6 @@ class _RunKeeper:
             self.monitor.on_commit(history, checkpoint.iteration, self.config.iterations, stopped=why)
 
     def _commit_catching(self, *args) -> None:
-        lower_thread_priority(COMMIT_NICE)
         try:
             self._commit(*args)
         except BaseException as exc:  # noqa: BLE001 -- raised in the caller's thread by flush()

@@ -87,23 +87,3 @@ def test_a_failed_background_commit_is_not_hidden_by_an_error_the_driver_raises_
     with pytest.raises(RuntimeError, match="iteration 1"):  # with every commit written, the driver's error stands
         with _RunKeeper(SlowRun(), TrainConfig(iterations=5)).committing():
             raise RuntimeError("iteration 1")
-
-
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice values: Linux")
-def test_the_background_commit_runs_at_a_lower_priority_and_the_caller_keeps_its_own():
-    import os
-
-    from pipeline.training import COMMIT_NICE
-
-    seen = []
-
-    class NiceRun(SlowRun):
-        def commit(self, checkpoint, history, target, stopped=False):
-            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    keeper = _RunKeeper(NiceRun(), TrainConfig(iterations=5))
-    keeper.commit(state(0, 1.0), [], None, False)
-    keeper.flush()
-    assert seen == [max(before, COMMIT_NICE)]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
