@@ -217,6 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--order", default="memory,pipeline")
     p.add_argument("--standard-scaling", action="store_true", help="in memory: kernel_efficiency's model_of (not the pipeline's)")
+    p.add_argument("--sync-commit", action="store_true",
+                   help="experiment: the pipeline commits between iterations, not beside the next one's passes")
     p.add_argument("--higgs-n", type=int, default=262_144)
     p.add_argument("--tmp", default="/tmp/kernel_trace")
     p.add_argument("--out", default=None, help="write the per-iteration figures here (JSON)")
@@ -225,6 +227,15 @@ def main(argv=None) -> int:
         for name in names:
             wrap(module, name)
     wrap_function(["solvers.linalg", "solvers.gauss_newton"], "spd_solve")
+    if args.sync_commit:  # experiment: commit in the driver's thread between iterations (outside their seconds)
+        from pipeline.training import _RunKeeper
+
+        commit = _RunKeeper.commit
+
+        def in_caller(self, *a, **k):
+            self.background = False
+            return commit(self, *a, **k)
+        _RunKeeper.commit = in_caller
     out = run_both(args)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
