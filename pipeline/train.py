@@ -139,12 +139,9 @@ def _main(args, where) -> int:
     config = None if args.resume else TrainConfig(**given)
     check_inputs(store=store, data=data, test_data=test_data, resume=args.resume, overwrite=args.overwrite,
                  chunk_rows=args.chunk_rows)
-    if config is not None and config.task == "classification":  # one warning line, from the stores' metadata
-        from pipeline.checks import unseen_test_labels_warning
-
-        warning = unseen_test_labels_warning(test_data, data)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
+    warning = _unseen_labels_warning(store, config, data, test_data)
+    if warning:  # one line, from the stores' metadata; a fresh run and a resume alike
+        print(warning, file=sys.stderr, flush=True)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     log.debug("settings %s, store %s, data %s, test data %s, resume %s", given, store, data, test_data, args.resume)
     perf = None
@@ -274,6 +271,26 @@ def _run_solver(store):
         return RunStore.open(store).attrs["config"]["solver"]
     except (InputError, KeyError, TypeError):
         return None
+
+
+def _unseen_labels_warning(store, config, data, test_data):
+    """Return the warning line for test data with labels the training data lacks, or None.
+
+    A fresh run (``config``) and a resume (``config`` None) alike: a resume reads the run's task, training data and,
+    without ``--test-data``, the test data it recorded.
+    """
+    from pipeline.checks import unseen_test_labels_warning
+
+    if config is None:
+        from storage.runstore import RunStore
+
+        attrs = RunStore.open(store).attrs
+        task = TrainConfig.from_dict(attrs["config"]).task
+        data = data or (attrs.get("data") or {}).get("path")
+        test_data = test_data or attrs.get("test_data")
+    else:
+        task = config.task
+    return unseen_test_labels_warning(test_data, data) if task == "classification" else None
 
 
 def _run_data_path(store):

@@ -502,6 +502,36 @@ def test_test_data_with_labels_the_training_data_lacks_gets_one_warning_line(tmp
     assert unseen_test_labels_warning(None, tmp_path / "d.zarr") is None
 
 
+def test_a_resumed_run_warns_about_unseen_test_labels_as_a_fresh_one_does(tmp_path, monkeypatch, capsys):
+    """train --resume scores test data too: the same one warning line as a fresh train --test-data, with
+    --test-data given or the run's recorded one (before: a resume printed nothing). Stopped before a cluster."""
+    from pipeline import train as cli
+    from storage.data import fingerprint, open_data
+
+    X = np.zeros((6, 2), np.float32)
+    data, test = str(tmp_path / "d.zarr"), str(tmp_path / "t.zarr")
+    write_data(data, X, [0, 1, 2, 0, 1, 2])
+    write_data(test, X, [0, 1, 5, 5, 1, 1])
+
+    def no_cluster(*args, **kwargs):
+        raise InputError("no cluster in this test")
+
+    monkeypatch.setattr(cli, "connect_from_args", no_cluster)
+    monkeypatch.setattr(cli, "setup_logging", lambda verbose: None)  # this process's 'pipeline' logger stays as it is
+    assert cli.main(["--data", data, "--test-data", test, "--store", str(tmp_path / "new.zarr"),
+                       "--solver", "gauss-newton"]) == 2
+    fresh = capsys.readouterr().err.splitlines()
+    assert fresh[0].startswith("warning: test data ") and fresh[0].endswith("test accuracy: 5")
+    assert fresh[1:] == ["error: no cluster in this test"]
+    for recorded, given in ((None, ["--test-data", test]), (test, [])):
+        run = tmp_path / f"r{len(given)}.zarr"
+        RunStore.create(run, config=TrainConfig(solver="gauss-newton").to_dict(), test_data=recorded,
+                        data={"path": data, "fingerprint": fingerprint(open_data(data))}, state_widths={},
+                        n_samples=6, chunk_rows=6, classes=[0, 1, 2], x_mean=np.zeros(2), x_scale=np.ones(2))
+        assert cli.main(["--resume", "--store", str(run), *given]) == 2
+        assert capsys.readouterr().err.splitlines() == fresh
+
+
 def test_a_run_store_with_a_damaged_zarr_json_is_named_damaged(tmp_path):
     """Its manifest is there: a damaged run store, not 'not a run store' (evaluate, predict, report, --resume)."""
     run = tmp_path / "r.zarr"
