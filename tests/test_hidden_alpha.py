@@ -124,7 +124,11 @@ def race_runs(X, y, chunk_rows=512, rule="race", data=None, **settings):
 
 
 def race_data(name):
-    """Return (X, y, chunk_rows, settings) of a small race: three-class make_data of a seed, or 300 digits."""
+    """Return (X, y, chunk_rows, settings) of a small race: three-class make_data of a seed, or 300 digits;
+    "three0-rejected": seed 0 with a step so long that readout's iteration-1 trial is rejected (pinned's is not)."""
+    if name == "three0-rejected":
+        X, y, chunk_rows, _ = race_data("three0")
+        return X, y, chunk_rows, {"step_size": 5.0, "iterations": 3}
     if name == "digits300":
         from sklearn.datasets import load_digits
 
@@ -210,11 +214,15 @@ def test_race_on_a_growing_sample_matches_the_standalone_runs(data, winner, drop
         np.testing.assert_array_equal(W, W_ref)
 
 
-@pytest.mark.parametrize("data,winner", [("three0", "readout"), ("three0g", "pinned"), ("digits300", "readout")])
+@pytest.mark.parametrize("data,winner", [("three0", "readout"), ("three0g", "pinned"), ("digits300", "readout"),
+                                         ("three0-rejected", "readout")])
 def test_probe_goes_on_as_the_candidate_with_the_lower_held_out_loss_at_iteration_1_would_alone(data, winner):
     """--hidden-alpha probe: pinned iff its iteration-1 step was accepted and its held-out loss is below readout's ×
     (1 − PROBE_MARGIN); the winner is reported from iteration 1 and goes on bitwise as its own run (iteration 1's
-    training loss is pass A's, as when a growing sample defers pass B: equal to pass B's up to rounding)."""
+    training loss is pass A's, as when a growing sample defers pass B: equal to pass B's up to rounding).
+
+    three0-rejected: readout's trial is rejected (no held-out loss) and pinned's accepted, so readout goes on and
+    its _finish makes its next trial (no score pass), as its own run's rejected iteration 1 does."""
     from solvers.hidden_race import PROBE_MARGIN
 
     if data == "three0g":
@@ -225,10 +233,12 @@ def test_probe_goes_on_as_the_candidate_with_the_lower_held_out_loss_at_iteratio
         name = data
     probe, runs, lines = race_runs(X, y, chunk_rows, rule="probe", data=name, **settings)
     first = {ha: r.history[0] for ha, r in runs.items()}
-    assert winner == ("pinned" if first["pinned"]["accepted"] and first["pinned"]["validation_loss"]
-                      < first["readout"]["validation_loss"] * (1 - PROBE_MARGIN) else "readout")
+    assert [first["readout"]["accepted"], first["pinned"]["accepted"]] == [data != "three0-rejected", True]
+    assert winner == ("pinned" if first["pinned"]["accepted"] and "validation_loss" in first["readout"]
+                      and first["pinned"]["validation_loss"] < first["readout"]["validation_loss"] * (1 - PROBE_MARGIN)
+                      else "readout")
     loser = "readout" if winner == "pinned" else "pinned"
-    assert [h["hidden_pinned"] for h in probe.history] == [float(winner == "pinned")] * 6
+    assert [h["hidden_pinned"] for h in probe.history] == [float(winner == "pinned")] * len(runs[winner].history)
     if "validation_loss" in first[loser]:
         assert probe.history[0]["race_validation_loss"] == first[loser]["validation_loss"]
     else:  # the loser's trial was rejected: no metric (not NaN)
@@ -241,10 +251,10 @@ def test_probe_goes_on_as_the_candidate_with_the_lower_held_out_loss_at_iteratio
     want = [{k: v for k, v in h.items() if k != "seconds"} for h in runs[winner].history]
     assert got[0].pop("loss") == pytest.approx(want[0].pop("loss"), rel=1e-5)
     assert got == want
+    seen = {ha: f"{h['validation_loss']:.4g}" if h["accepted"] else "rejected" for ha, h in first.items()}
     assert [line for line in lines if line.startswith("hidden alpha: ")] == [
-        f"hidden alpha: {winner} from iteration 1 (held-out loss at iteration 1: readout "
-        f"{first['readout']['validation_loss']:.4g}, pinned "
-        f"{first['pinned']['validation_loss']:.4g}; pinned needs {1 - PROBE_MARGIN:g}x readout's)"]
+        f"hidden alpha: {winner} from iteration 1 (held-out loss at iteration 1: readout {seen['readout']}, pinned "
+        f"{seen['pinned']}; pinned needs {1 - PROBE_MARGIN:g}x readout's)"]
 
 
 @pytest.mark.parametrize("rule", ["race", "probe"])
