@@ -339,6 +339,19 @@ def test_records_and_locks_are_readable_by_everyone_whatever_the_umask(store):
         os.umask(old)
 
 
+def _terminated(proc, ready, what) -> str:
+    """Wait until ``ready()`` while ``proc`` runs, send it SIGTERM and return its stderr once it ended (killed if it
+    has not after 120 s)."""
+    try:
+        _wait_for(ready, proc, what)
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_sigterm_removes_the_ingests_lock_and_the_evaluates_records(tmp_path):
     """SIGTERM (kill, scancel) unwinds ingest, evaluate and predict like Ctrl-C: exit 143, one line, nothing left."""
     big = write_csv(tmp_path / "big.csv", n=60_000)
@@ -346,14 +359,7 @@ def test_sigterm_removes_the_ingests_lock_and_the_evaluates_records(tmp_path):
     first = subprocess.Popen([sys.executable, "-m", "pipeline.ingest", str(big), "--out", str(out),
                               "--chunk-rows", "1024"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
-    try:
-        _wait_for(lambda: lock_path(out).exists(), first, "the ingest's lock")
-        first.send_signal(signal.SIGTERM)
-        _, err = first.communicate(timeout=120)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    err = _terminated(first, lambda: lock_path(out).exists(), "the ingest's lock")
     assert first.returncode == 143, err
     assert err.strip().splitlines()[-1] == "terminated (SIGTERM): no store was written or replaced", err
     assert not lock_path(out).exists() and not list(tmp_path.glob("d.zarr.reader-*"))
@@ -361,24 +367,17 @@ def test_sigterm_removes_the_ingests_lock_and_the_evaluates_records(tmp_path):
     # after the clean-up removed it): the next writer removes it, its process being gone
     ingest(write_csv(tmp_path / "small.csv"), out)
     assert not list(tmp_path.glob("d.zarr.*"))
-    reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(fake_run_store(
-        tmp_path / "r.zarr")), "--data", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        _wait_for(lambda: list(tmp_path.glob("d.zarr.reader-*")), reader, "the evaluate's reader record")
-        reader.send_signal(signal.SIGSTOP)
-        if not list(tmp_path.glob("*.reader-*")):
-            reader.send_signal(signal.SIGCONT)
-            pytest.skip("the evaluate ended before it was stopped")
-        reader.send_signal(signal.SIGTERM)
-        reader.send_signal(signal.SIGCONT)
-        _, err = reader.communicate(timeout=120)
-    finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait()
+    # evaluate's main with its checks held up (as a long evaluation holds it) once both reader records are taken:
+    # the signal lands while they are held, however fast the machine (it was stopped with SIGSTOP and skipped when
+    # the refused evaluate had ended first)
+    code = ("import sys, time; from pipeline import evaluate; from pipeline.cli import exit_process; "
+            "evaluate.check_inputs = lambda store, data: time.sleep(600); exit_process(evaluate.main(sys.argv[1:]))")
+    reader = subprocess.Popen([sys.executable, "-c", code, "--store", str(fake_run_store(tmp_path / "r.zarr")),
+                               "--data", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    err = _terminated(reader, lambda: len(list(tmp_path.glob("*.reader-*"))) == 2, "the evaluate's reader records")
     assert reader.returncode == 143, err
-    assert err.strip().splitlines()[-1].startswith("terminated (SIGTERM): the cluster was shut down"), err
+    assert err.strip().splitlines() == ["terminated (SIGTERM): the cluster was shut down"], err
     assert not list(tmp_path.glob("*.reader-*"))
 
 
