@@ -216,6 +216,23 @@ def fake_run_store(path: Path) -> Path:
     return path
 
 
+def held_evaluate(run: Path, data: Path) -> subprocess.Popen:
+    """Start ``python -m pipeline.evaluate --store run --data data`` with its input checks held up (as a long
+    evaluation holds it): once both reader records are there it holds them until it is signalled or killed, on any
+    machine (a stopped evaluate, SIGSTOP once the records appeared, raced the refused evaluate's exit on a fake run
+    store). Its records name it ``python -m pipeline.evaluate``."""
+    code = ("import sys, time; from pipeline import evaluate; from pipeline.cli import exit_process; "
+            "sys.argv[0] = evaluate.__file__; evaluate.check_inputs = lambda store, data: time.sleep(600); "
+            "exit_process(evaluate.main(sys.argv[1:]))")
+    return subprocess.Popen([sys.executable, "-c", code, "--store", str(run), "--data", str(data)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def both_records(tmp_path: Path):
+    """Return a check that the evaluate's reader records on d.zarr and r.zarr (in ``tmp_path``) are both there."""
+    return lambda: list(tmp_path.glob("d.zarr.reader-*")) and list(tmp_path.glob("r.zarr.reader-*"))
+
+
 def test_a_run_store_being_read_is_not_replaced_and_a_trainer_that_only_commits_blocks_no_reader(tmp_path):
     from storage.lock import RunLock
     from storage.runstore import check_creatable
@@ -235,19 +252,16 @@ def test_a_run_store_being_read_is_not_replaced_and_a_trainer_that_only_commits_
 
 
 def test_ingest_and_train_overwrite_are_refused_while_an_evaluate_reads_and_a_killed_reader_blocks_nothing(tmp_path):
-    """Real processes: a paused evaluate holds reader records on --data and --store: ingest --overwrite of the data
+    """Real processes: an evaluate holds reader records on --data and --store: ingest --overwrite of the data
     and train --overwrite of that run store (run at once) are each refused in one line (train before any cluster),
     both stores unchanged; after kill -9 of the evaluate, its records are left and an ingest goes through."""
     out = tmp_path / "d.zarr"
     ingest(write_csv(tmp_path / "small.csv"), out)
     run = fake_run_store(tmp_path / "r.zarr")
     before, run_before = snapshot(out), snapshot(run)
-    reader = subprocess.Popen([sys.executable, "-m", "pipeline.evaluate", "--store", str(run), "--data", str(out)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader = held_evaluate(run, out)
     try:
-        _wait_for(lambda: list(tmp_path.glob("d.zarr.reader-*")) and list(tmp_path.glob("r.zarr.reader-*")), reader,
-                  "the evaluate's reader records")
-        reader.send_signal(signal.SIGSTOP)
+        _wait_for(both_records(tmp_path), reader, "the evaluate's reader records")
         refused, train = run_modules_at_once(
             ["pipeline.ingest", tmp_path / "small.csv", "--out", out, "--overwrite"],
             ["pipeline.train", "--data", out, "--store", run, "--overwrite", "--workers", "1", "--dashboard-address", ":0"])
@@ -367,15 +381,8 @@ def test_sigterm_removes_the_ingests_lock_and_the_evaluates_records(tmp_path):
     # after the clean-up removed it): the next writer removes it, its process being gone
     ingest(write_csv(tmp_path / "small.csv"), out)
     assert not list(tmp_path.glob("d.zarr.*"))
-    # evaluate's main with its checks held up (as a long evaluation holds it) once both reader records are taken:
-    # the signal lands while they are held, however fast the machine (it was stopped with SIGSTOP and skipped when
-    # the refused evaluate had ended first)
-    code = ("import sys, time; from pipeline import evaluate; from pipeline.cli import exit_process; "
-            "evaluate.check_inputs = lambda store, data: time.sleep(600); exit_process(evaluate.main(sys.argv[1:]))")
-    reader = subprocess.Popen([sys.executable, "-c", code, "--store", str(fake_run_store(tmp_path / "r.zarr")),
-                               "--data", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-    err = _terminated(reader, lambda: len(list(tmp_path.glob("*.reader-*"))) == 2, "the evaluate's reader records")
+    reader = held_evaluate(fake_run_store(tmp_path / "r.zarr"), out)  # SIGTERM lands while it holds its records
+    err = _terminated(reader, both_records(tmp_path), "the evaluate's reader records")
     assert reader.returncode == 143, err
     assert err.strip().splitlines() == ["terminated (SIGTERM): the cluster was shut down"], err
     assert not list(tmp_path.glob("*.reader-*"))
