@@ -252,3 +252,21 @@ def fit_validation_run(Xtr, ytr, Xva, yva, config, target, keys=HISTORY_KEYS, **
             "max_eval": max(h["eval_accuracy"] for h in hist), "target_iteration": hit and hit["iteration"],
             "target_seconds": hit and seconds_to(hist, hit), "wall": wall, "cpu": cpu, "load": os.getloadavg()[0],
             "threads": os.environ.get("OMP_NUM_THREADS"), "history": hist, "result": r}
+
+
+def run_arms(seeds, arms, load, run, out, line) -> None:
+    """Run every arm for every seed and append each record to the runs file ``out`` (one JSON line each).
+
+    Even seeds take ``arms`` in the given order, odd seeds reversed (so neither arm always runs first on a warm
+    machine). ``load(seed)`` returns (X_train, y_train, X_val, y_val, about); ``run(X_train, y_train, X_val, y_val,
+    arm, seed)`` returns the record, which gets the data's ``about`` and ``sys.argv``; ``line(record)`` is printed
+    after ``RESULT `` (hidden_alpha_factor.py, init_restore.py, kout_early.py).
+    """
+    for seed in seeds:
+        Xtr, ytr, Xva, yva, about = load(seed)
+        for arm in (arms if seed % 2 == 0 else arms[::-1]):
+            record = run(Xtr, ytr, Xva, yva, arm, seed)
+            record["data"], record["argv"] = about, sys.argv
+            print(f"RESULT {line(record)}", flush=True)
+            with open(out, "a") as fh:
+                fh.write(json.dumps(record) + "\n")

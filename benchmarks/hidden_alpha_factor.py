@@ -54,7 +54,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from solvers import SOLVERS  # noqa: E402
-from benchmarks.bench_util import first_hit, fit_validation_run, load_mnist_validation, mean_se, seconds_to  # noqa: E402
+from benchmarks.bench_util import (first_hit, fit_validation_run, load_mnist_validation, mean_se, run_arms,  # noqa: E402
+                                   seconds_to)
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.gauss_newton import GaussNewtonSolver  # noqa: E402
 from solvers.linalg import penalty  # noqa: E402
@@ -209,6 +210,26 @@ def load(task: str, higgs: str | None, seed: int = 0):
     raise SystemExit(f"unknown task {task}")
 
 
+def seed_loader(task: str, higgs: str | None):
+    """Return ``load(seed)`` for :func:`benchmarks.bench_util.run_arms`: the small tasks' rows depend on the seed (loaded
+    for each), the others' not (loaded once)."""
+    loaded = {}
+
+    def load_seed(seed):
+        key = seed if task in SMALL or task in HIGGS_SMALL or task in SYNTH else None
+        if key not in loaded:
+            loaded.clear()
+            loaded[key] = load(task, higgs, seed)
+        return loaded[key]
+    return load_seed
+
+
+def result_line(out: dict) -> str:
+    """Return the middle of a ``RESULT`` line: kept, its iteration, the max and the target's iteration."""
+    return (f"kept {out['kept']:.4f} (it {out['best_iteration']}/{out['iterations_run']}) max {out['max_eval']:.4f} "
+            f"target {out['target']} at it {out['target_iteration']}")
+
+
 def run(task, Xtr, ytr, Xva, yva, F: float, seed: int, iterations: int, target: float | None, K: int = 0,
         init_scale: float = 1.0) -> dict:
     cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=iterations, init_scale=init_scale)
@@ -327,20 +348,12 @@ def main(argv=None):
     arms = [(*parse_arm(x), parse_init(x)) for x in (a.arms or [])] + [(F, 0, 1.0) for F in (a.factors or [])] \
         or [(1.0, 0, 1.0), (0.1, 0, 1.0)]
     target = a.target if a.target is not None else TARGETS.get(a.task)
-    data = None
-    for seed in a.seeds:
-        if data is None or a.task in SMALL or a.task in HIGGS_SMALL or a.task in SYNTH:  # the small tasks' rows depend on the seed
-            data = load(a.task, a.higgs, seed)
-        Xtr, ytr, Xva, yva, about = data
-        for F, K, c in (arms if seed % 2 == 0 else arms[::-1]):  # the order alternates by seed parity
-            out = run(a.task, Xtr, ytr, Xva, yva, F, seed, a.iterations, target, K, c)
-            out["data"], out["argv"] = about, sys.argv
-            print(f"RESULT {a.task} seed {seed} arm {out['arm']}: kept {out['kept']:.4f} (it {out['best_iteration']}/"
-                  f"{out['iterations_run']}) max {out['max_eval']:.4f} target {target} at it {out['target_iteration']} "
-                  f"({out['target_seconds'] and round(out['target_seconds'], 2)} s) wall {out['wall']:.1f} s "
-                  f"load {out['load']:.1f}", flush=True)
-            with open(a.out, "a") as fh:
-                fh.write(json.dumps(out) + "\n")
+    run_arms(a.seeds, arms, seed_loader(a.task, a.higgs),
+             lambda Xtr, ytr, Xva, yva, arm, seed: run(a.task, Xtr, ytr, Xva, yva, arm[0], seed, a.iterations,
+                                                       target, *arm[1:]),
+             a.out, lambda out: (f"{a.task} seed {out['seed']} arm {out['arm']}: {result_line(out)} "
+                                 f"({out['target_seconds'] and round(out['target_seconds'], 2)} s) wall "
+                                 f"{out['wall']:.1f} s load {out['load']:.1f}"))
 
 
 if __name__ == "__main__":

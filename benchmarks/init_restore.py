@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,7 +49,7 @@ from solvers import SOLVERS  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.gauss_newton import GaussNewtonSolver  # noqa: E402
 from solvers.loop import LoopState  # noqa: E402
-from solvers.reference import fit_in_memory  # noqa: E402
+from benchmarks.bench_util import HISTORY_KEYS, fit_validation_run, run_arms  # noqa: E402
 
 
 def rescale_state(solver: GaussNewtonSolver, state: LoopState, c: float) -> LoopState:
@@ -138,20 +136,11 @@ def run(task, Xtr, ytr, Xva, yva, arm: str, seed: int, iterations: int, target, 
     rule, S, K = parse(arm)
     cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=iterations, init_scale=S, **extra)
     with registered(rule, K):
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        r = fit_in_memory(Xtr, ytr, cfg, chunk_rows=chunk_rows, X_test=Xva, y_test=yva)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    hist = [{k: h.get(k) for k in ("iteration", "seconds", "test_accuracy", "validation_accuracy", "train_accuracy",
-                                   "alpha", "accepted", "damping", "sample_rows", "restore_factor")} for h in r.history]
-    for h in hist:
-        h["eval_accuracy"] = h.pop("test_accuracy")
-    hit = target is not None and haf._first_hit(hist, target) or None
+        fit = fit_validation_run(Xtr, ytr, Xva, yva, cfg, target, (*HISTORY_KEYS, "restore_factor"),
+                                 chunk_rows=chunk_rows)
+    fit.pop("result")
     return {"task": task, "factor": 1.0, "early": 0, "init_scale": S, "arm": arm, "seed": seed,
-            "iterations": iterations, "target": target, "extra": extra, "chunk_rows": chunk_rows,
-            "kept": float(r.network.score(Xva, yva)), "best_iteration": r.best_iteration, "iterations_run": len(hist),
-            "max_eval": max(h["eval_accuracy"] for h in hist), "target_iteration": hit and hit["iteration"],
-            "target_seconds": hit and haf._seconds_to(hist, hit), "wall": wall, "cpu": cpu,
-            "load": os.getloadavg()[0], "threads": os.environ.get("OMP_NUM_THREADS"), "history": hist}
+            "iterations": iterations, "target": target, "extra": extra, "chunk_rows": chunk_rows, **fit}
 
 
 def baseline(argv) -> None:
@@ -193,21 +182,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     target = a.target if a.target is not None else haf.TARGETS.get(a.task)
     extra = {"hidden_alpha": a.hidden_alpha} if a.hidden_alpha else {}
-    data = None
-    for seed in a.seeds:
-        if data is None or a.task in haf.SMALL or a.task in haf.HIGGS_SMALL or a.task in haf.SYNTH:
-            data = haf.load(a.task, a.higgs, seed)
-        Xtr, ytr, Xva, yva, about = data
-        for arm in (a.arms if seed % 2 == 0 else a.arms[::-1]):
-            out = run(a.task, Xtr, ytr, Xva, yva, arm, seed, a.iterations, target, extra, a.chunk_rows)
-            out["data"], out["argv"] = about, sys.argv
-            print(f"RESULT {a.task} seed {seed} arm {arm}: kept {out['kept']:.4f} (it {out['best_iteration']}/"
-                  f"{out['iterations_run']}) max {out['max_eval']:.4f} target {target} at it {out['target_iteration']} "
-                  f"acc it1-3 {[h['eval_accuracy'] for h in out['history'][:3]]} wall {out['wall']:.1f} s "
-                  f"load {out['load']:.1f}", flush=True)
-            with open(a.out, "a") as fh:
-                fh.write(json.dumps(out) + "\n")
-
+    run_arms(a.seeds, a.arms, haf.seed_loader(a.task, a.higgs),
+             lambda Xtr, ytr, Xva, yva, arm, seed: run(a.task, Xtr, ytr, Xva, yva, arm, seed, a.iterations, target,
+                                                       extra, a.chunk_rows),
+             a.out, lambda out: (f"{a.task} seed {out['seed']} arm {out['arm']}: {haf.result_line(out)} acc it1-3 "
+                                 f"{[h['eval_accuracy'] for h in out['history'][:3]]} wall {out['wall']:.1f} s "
+                                 f"load {out['load']:.1f}"))
 
 if __name__ == "__main__":
     main()

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from solvers import SOLVERS, data_init, gauss_newton as gn  # noqa: E402
-from benchmarks.bench_util import HISTORY_KEYS, fit_validation_run, load_mnist_validation, mean_se  # noqa: E402
+from benchmarks.bench_util import HISTORY_KEYS, fit_validation_run, load_mnist_validation, mean_se, run_arms  # noqa: E402
 from solvers.config import TrainConfig  # noqa: E402
 from solvers.gauss_newton import GaussNewtonSolver  # noqa: E402
 
@@ -248,17 +248,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     Xtr, ytr, Xva, yva, about = load(a.task, a)
     target = a.target if a.target is not None else TARGETS[a.task]
-    for seed in a.seeds:
-        for name in (a.arms if seed % 2 == 0 else a.arms[::-1]):
-            out = run_one(a.task, Xtr, ytr, Xva, yva, name, seed, a.iterations, target, a.chunk_rows)
-            out["data"], out["argv"] = about, sys.argv
-            h = out["history"]
-            print(f"RESULT {a.task} {name} seed {seed}: eval {[round(x['eval_accuracy'], 4) for x in h[:5]]} "
-                  f"kept {out['kept']:.4f} (it {out['best_iteration']}/{out['iterations_run']}) target at "
-                  f"{out['target_iteration']} wall {out['wall']:.1f} s load {out['load']:.1f}", flush=True)
-            with open(a.out, "a") as fh:
-                fh.write(json.dumps(out) + "\n")
-
+    run_arms(a.seeds, a.arms, lambda seed: (Xtr, ytr, Xva, yva, about),
+             lambda Xtr, ytr, Xva, yva, name, seed: run_one(a.task, Xtr, ytr, Xva, yva, name, seed, a.iterations,
+                                                            target, a.chunk_rows),
+             a.out, lambda out: (f"{a.task} {out['arm']} seed {out['seed']}: eval "
+                                 f"{[round(x['eval_accuracy'], 4) for x in out['history'][:5]]} kept {out['kept']:.4f} "
+                                 f"(it {out['best_iteration']}/{out['iterations_run']}) target at "
+                                 f"{out['target_iteration']} wall {out['wall']:.1f} s load {out['load']:.1f}"))
 
 if __name__ == "__main__":
     main()
