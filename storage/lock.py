@@ -51,7 +51,9 @@ listing can miss a reader record created on another node, and a reader's look
 at ``<DATA>.lock`` can miss a writer's lock created on another node. A reader
 record left by a process killed on another node (SIGKILL, a lost node) blocks
 writers until it has not been touched for :data:`STALE_AFTER` seconds; the
-refusal names the record, which may be deleted once that process is gone.
+refusal names the record, which may be deleted once that process is gone. A file of a reader record's name
+that is not one (not JSON with token, host and pid, or not readable) is never removed: it blocks writers
+until the user deletes it, as a ``<DATA>.lock`` that is not a lock record does.
 """
 from __future__ import annotations
 
@@ -236,7 +238,12 @@ READER = ".reader-"  # a reader's record: ``<DATA>.reader-<host>.<pid>.<token>``
 
 def live_readers(store, remove_stale: bool = True) -> list[dict]:
     """Return the records of the live readers of data store ``store`` (each with ``path``, its file); stale ones are
-    removed (``remove_stale``)."""
+    removed (``remove_stale``).
+
+    A file of a reader record's name that is not one (:func:`is_record`: not JSON with token, host and pid, or one
+    we may not read) is returned whatever its age and never removed: nothing shows that admm-dask wrote it (a user's
+    file, another program's, a record half-written by a crash), and a command never deletes what it did not create.
+    A writer refuses while it is there, naming it (:func:`check_no_readers`)."""
     store = canonical(store)
     try:
         paths = sorted(store.parent.glob(glob.escape(store.name) + READER + "*"))
@@ -247,7 +254,7 @@ def live_readers(store, remove_stale: bool = True) -> list[dict]:
         holder = _read_record(path)
         if holder is None:
             continue  # released meanwhile
-        if is_stale(holder):
+        if is_record(holder) and is_stale(holder):
             if remove_stale:
                 try:
                     path.unlink()
@@ -274,6 +281,10 @@ def check_no_readers(store, kind: str, undone: str) -> None:
     """Raise :class:`InputError` naming a live reader of ``store`` (a ``kind``), if there is one; ``undone``: what
     the refused command did not do (for the message)."""
     readers = live_readers(store)
+    if readers and not is_record(readers[0]):  # never removed: the user decides (as a lock file that is no record)
+        raise InputError(f"{kind} {store} has {readers[0]['path']} beside it, which is not a reader record of "
+                         f"admm-dask (no JSON with token, host and pid, or not readable); delete it if no process "
+                         f"reads the store, then write again ({undone})")
     if readers:
         more = f" and {len(readers) - 1} other reader(s)" if len(readers) > 1 else ""
         raise InputError(f"{kind} {store} is in use by {describe(readers[0])}{more}, which reads it (its record is "

@@ -322,25 +322,35 @@ def test_a_refusal_names_the_reader_record(store, tmp_path):
             DataWriteLock(store).acquire()
 
 
-def test_an_unreadable_record_is_stale_by_its_age(store, tmp_path, monkeypatch):
-    """Another user's record we may not read (PermissionError) is judged by its file's age, not kept forever."""
+@pytest.mark.parametrize("kind", ["forbidden", "not json", "no token"])
+def test_a_reader_file_that_is_no_record_is_never_removed_and_blocks_writers_whatever_its_age(store, tmp_path,
+                                                                                            monkeypatch, kind):
+    """A file of a reader record's name that is not one of our records (another user's we may not read, not JSON,
+    JSON without token/host/pid) was removed once a minute old: nothing shows admm-dask wrote it, and a command never
+    deletes what it did not create. Now a writer refuses in one line naming it, however old, and leaves it; once
+    the user deletes it the writer goes through. (Session 12 removed another user's unreadable record by its age.)"""
     record = tmp_path / "d.zarr.reader-elsewhere.123.t"
-    record.write_text("{}")
-    real_read = Path.read_text
+    record.write_text({"forbidden": "{}", "not json": "half a rec", "no token": '{"host": "h", "pid": 1}'}[kind])
+    if kind == "forbidden":
+        real_read = Path.read_text
 
-    def forbidden(self, *args, **kwargs):
-        if ".reader-" in self.name:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_read(self, *args, **kwargs)
+        def forbidden(self, *args, **kwargs):
+            if ".reader-" in self.name:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_read(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", forbidden)
-    assert live_readers(store, remove_stale=False)  # fresh: a live reader
+        monkeypatch.setattr(Path, "read_text", forbidden)
     old = time.time() - lockmod.STALE_AFTER - 60
     os.utime(record, (old, old))
-    assert lockmod._read_record(record)["age"] > lockmod.STALE_AFTER
-    with DataWriteLock(store):
-        pass
-    assert not record.exists()
+    before = snapshot(store)
+    with pytest.raises(InputError, match=rf"data store .*d.zarr has {record} beside it, which is not a reader "
+                                         r"record of admm-dask .*delete it if no process reads the store"):
+        ingest(write_csv(tmp_path / "new.csv"), store, overwrite=True)
+    assert record.exists() and snapshot(store) == before
+    assert [r["path"] for r in live_readers(store)] == [str(record)] and record.exists()
+    record.unlink()
+    ingest(write_csv(tmp_path / "new.csv"), store, overwrite=True)
+    assert open_data(store).n_samples == 300
 
 
 def test_records_and_locks_are_readable_by_everyone_whatever_the_umask(store):
