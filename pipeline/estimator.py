@@ -508,6 +508,16 @@ class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
     return Dask arrays (``score``: a float). The binary decision function is
     ``z_L − 0.5``, so positive values mean ``classes_[1]``.
 
+    On a data store path ``fit`` and ``score`` hold a reader record on the store
+    while they read it, so an ``ingest --overwrite`` of it is refused meanwhile.
+    ``predict``, ``predict_proba`` and ``decision_function`` return a lazy array
+    and hold none: it may be computed any number of times, later, or by futures
+    that outlive it, so no moment would release the record. An ingest may then
+    replace the store; a block computed afterwards raises ``InputError`` (``data
+    store D was replaced (or removed) after this array was made from it …``)
+    instead of mixing rows of two stores. Compute the result before the store
+    is written again.
+
     scikit-learn's ``check_estimator`` checks pass (``tests/test_estimator.py``)
     except those that do not apply: there is no ``sample_weight`` (the ADMM
     objective has no per-sample weights; the checks skip themselves), no sparse input
@@ -591,6 +601,10 @@ class ADMMRegressor(RegressorMixin, _ADMMEstimator):
     block; ``predict`` then returns a Dask array. Training runs in float32,
     prediction in float64, so that a row's prediction does not depend on the
     batch it comes in.
+
+    On a data store path ``fit`` and ``score`` hold a reader record on the store;
+    the lazy ``predict`` holds none, and a block computed after the store was
+    replaced raises ``InputError``, as :class:`ADMMClassifier`'s Notes say.
 
     scikit-learn's ``check_estimator`` checks pass (``tests/test_estimator.py``)
     except those that do not apply: there is no ``sample_weight`` (the checks
