@@ -320,8 +320,7 @@ class RunStore:
         k = checkpoint.iteration
         root = zarr.open_group(self.path, mode="r+")
         group = f"checkpoint/{k}"
-        if group in root:
-            del root[group]  # leftover of an uncommitted attempt at k
+        _remove_folder(self.path / "checkpoint" / str(k))  # leftover of an uncommitted attempt at k (_remove_folder)
         arrays = {f"W{l}": W for l, W in enumerate(checkpoint.weights, start=1)}
         arrays.update({f"carry/{name}": value for name, value in checkpoint.carry.items()})
         arrays.update({f"best/W{l}": W for l, W in enumerate(checkpoint.best_weights or [], start=1)})
@@ -343,8 +342,8 @@ class RunStore:
         manifest["manifest_sha256"] = _manifest_sha256(manifest)
         _write_json_atomic(self.path / MANIFEST, manifest)
         keep = {str(k)} | ({str(previous)} if previous is not None else set())
-        for stale in [name for name in root["checkpoint"].group_keys() if name not in keep]:
-            del root[f"checkpoint/{stale}"]  # older commits, or attempts a crash left behind
+        for stale in [p for p in (self.path / "checkpoint").iterdir() if p.is_dir() and p.name not in keep]:
+            _remove_folder(stale)  # older commits, or attempts a crash left behind (Zarr groups or not)
         self._unwritten_metrics = list(history)
         if stopped or k >= target_iterations or time.monotonic() - self._metrics_time >= METRICS_SECONDS:
             self.write_metrics(root)
@@ -510,6 +509,20 @@ class RunStore:
             return None
         best = (m.get("early_stopping") or {}).get("best_iteration")
         return int(m["iteration"]) if best is None else int(best)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Delete ``folder`` (a checkpoint's) and all in it, if it exists: by path, not as a Zarr group.
+
+    Zarr writes a new array's ``zarr.json`` before those of its missing parent groups, so a kill -9 inside a
+    commit can leave ``checkpoint/<k>/packed`` without ``checkpoint/<k>/zarr.json``: no group to Zarr (``del
+    root[...]`` never saw it), yet an array it refuses to create again. The resumed run's commit of k then
+    failed with ContainsArrayError (benchmarks/resume_fault_inject.py, results/resume14_s14.md).
+    """
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
 
 
 def _write_packed(root, group: str, arrays: dict) -> None:

@@ -202,3 +202,32 @@ def test_metrics_rewritten_in_place_leave_a_hard_linked_snapshot_as_it_was(tmp_p
 
     assert xr.open_zarr(run.path, group="metrics", consolidated=False).loss.values.tolist() == [1.0, 0.5, 1 / 3, 0.25]
     assert xr.open_zarr(tmp_path / "snap.zarr", group="metrics", consolidated=False).loss.values.tolist() == [1.0, 0.5, 1 / 3]
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_a_commit_replaces_what_a_killed_attempt_at_it_left_without_its_groups_metadata(tmp_path, k):
+    """Zarr writes a new array's zarr.json before those of its missing parent groups, so a kill -9 inside the commit
+    of iteration k can leave ``checkpoint/<k>/packed`` without ``checkpoint/<k>/zarr.json``: not a group to Zarr, and
+    the resumed run's commit of k then failed with ContainsArrayError (found by benchmarks/resume_fault_inject.py,
+    resume14_s14.md). The next attempt at k replaces it, and the commit after sweeps every stale folder."""
+    import zarr
+
+    from storage import runstore
+
+    run = _run(tmp_path)
+    W = [np.arange(6.0).reshape(3, 2)]
+    if k:
+        run.commit(Checkpoint(k - 1, W), [], 3)
+    root = zarr.open_group(tmp_path / "r.zarr", mode="r+")
+    runstore._write_packed(root, f"checkpoint/{k}", {"W1": np.zeros((3, 2))})  # the killed attempt's array …
+    folder = tmp_path / "r.zarr" / "checkpoint" / str(k)
+    (folder / "zarr.json").unlink()  # … whose group's metadata was never written
+    assert f"checkpoint/{k}" not in root and (folder / "packed" / "zarr.json").is_file()
+    resumed = RunStore.open(tmp_path / "r.zarr")
+    assert resumed.committed_iteration() == (k - 1 if k else None)
+    resumed.commit(Checkpoint(k, [W[0] + 1]), [{"iteration": k}] if k else [], 3)
+    ck = RunStore.open(tmp_path / "r.zarr").load_checkpoint()
+    assert ck.iteration == k and np.array_equal(ck.weights[0], W[0] + 1)
+    (tmp_path / "r.zarr" / "checkpoint" / "9" / "packed").mkdir(parents=True)  # a leftover of any other attempt
+    resumed.commit(Checkpoint(k + 1, [W[0] + 2]), [{"iteration": k + 1}], 3)
+    assert sorted(p.name for p in (tmp_path / "r.zarr" / "checkpoint").iterdir() if p.is_dir()) == [str(k), str(k + 1)]
