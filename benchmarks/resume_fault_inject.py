@@ -9,7 +9,9 @@ to its own process group at the N-th, before it runs; ``--after-open`` kills rig
 instead (the file created or truncated, nothing written: the torn-file case). Then the run is resumed as
 tests/test_resume.py resumes it and compared bitwise (weights and history) with the uninterrupted run.
 
-    nice -n 15 python benchmarks/resume_fault_inject.py OUT_DIR [--points 1:400:1] [--after-open] [--skip /metrics/] [-- EXTRA TRAIN ARGS]
+    nice -n 15 python benchmarks/resume_fault_inject.py [--points 1:400:1] [--after-open] [--skip /metrics/] OUT_DIR [-- EXTRA TRAIN ARGS]
+
+(options before OUT_DIR: argparse takes the extra train arguments, e.g. ``-- --solver admm``, only right after it)
 
 ``--count`` runs once uninterrupted with the hook counting and prints the operations (the grid for --points).
 Writes OUT_DIR/faults.jsonl (one line a point).

@@ -5,7 +5,9 @@ repeated; for the hunt of session 13's one unexplained failure (after commit 2 +
 Every killed store is copied aside before its resume; a failing point keeps that copy and the resumed store
 and is diffed against the uninterrupted run (first differing history record, which weights differ).
 
-    nice -n 15 python benchmarks/resume_kill_sweep.py OUT_DIR --after -1 0 1 2 3 4 5 --delays 0:1:0.05 --repeat 1 [-- EXTRA TRAIN ARGS]
+    nice -n 15 python benchmarks/resume_kill_sweep.py --after -1 0 1 2 3 4 5 --delays 0:1:0.05 --repeat 1 OUT_DIR [-- EXTRA TRAIN ARGS]
+
+(options before OUT_DIR: argparse takes the extra train arguments only right after it)
 
 Writes OUT_DIR/points.jsonl (one line a point: after, delay, killed_at, ok, seconds, load, error) as it goes.
 """
