@@ -78,10 +78,12 @@ def summary(argv) -> None:
     a = p.parse_args(argv)
     base = {}
     for path in a.base:
-        for r in json.load(open(path))["runs"]:
-            if r.get("arm") in ("1", "base"):
+        rows = json.load(open(path))["runs"] if path.endswith(".json") else [json.loads(x) for x in open(path) if x.strip()]
+        for r in rows:
+            if r.get("arm") in ("1", "base", "readout"):
                 base[(r["task"], r["seed"])] = r
     runs = [json.loads(line) for path in a.runs for line in open(path) if line.strip()]
+    runs = [r for r in runs if r["arm"] != "readout"]
     for task in sorted({r["task"] for r in runs}):
         rs = sorted((r for r in runs if r["task"] == task and (task, r["seed"]) in base), key=lambda r: r["seed"])
         print(f"\n{task}: {len(rs)} seeds paired ({[r['seed'] for r in rs]})")
@@ -113,7 +115,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--factors", type=float, nargs="+", default=[2.0], help="step lengths besides 1")
+    p.add_argument("--factors", type=float, nargs="*", default=[2.0],
+                   help="step lengths besides 1 (none: the stock solver with --hidden-alpha readout, arm 'readout')")
     p.add_argument("--early", type=int, default=2)
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--chunk-rows", type=int, default=None)
@@ -122,12 +125,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     factors = (1.0, *a.factors)
     cls = type("HeldStep", (HeldStepSolver,), {"factors": factors, "early": a.early, "log": []})
-    arm = "hs" + "-".join(f"{f:g}" for f in a.factors) + f"@{a.early}"
+    arm = "hs" + "-".join(f"{f:g}" for f in a.factors) + f"@{a.early}" if a.factors else "readout"
     for seed in a.seeds:
         Xtr, ytr, Xva, yva, about = load(a.task, a.higgs, seed)
         cls.log = []
         stock = SOLVERS["gauss-newton"]
-        SOLVERS["gauss-newton"] = cls
+        SOLVERS["gauss-newton"] = cls if a.factors else stock
         try:  # readout: the probe's choice on MNIST every seed (gn10_s13.md); the race's candidates would both run this
             cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=a.iterations, hidden_alpha="readout")
             fit = fit_validation_run(Xtr, ytr, Xva, yva, cfg, TARGETS.get(a.task),
