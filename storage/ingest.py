@@ -136,7 +136,10 @@ def _resolve_label(label_column, names: list[str], has_names: bool, source: Path
     if label_column is NO_LABELS:
         return None
     if n < 2:
-        raise InputError(f"{source}: found {n} column; need at least one feature and a label")
+        sep = next((c for c in ";\t|" if c in (names[0] if names else "")), None)
+        hint = (f" (its first line holds {sep!r}: only commas separate columns here; save the file with commas, "
+                f"e.g. pandas.read_csv(f, sep={sep!r}).to_csv(g, index=False))" if sep else "")
+        raise InputError(f"{source}: found {n} column; need at least one feature and a label{hint}")
     if label_column is None:
         return n - 1
     if isinstance(label_column, str) and has_names and label_column in names:
