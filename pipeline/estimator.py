@@ -220,10 +220,17 @@ class _ADMMEstimator(BaseEstimator):
     # -- fitting -------------------------------------------------------------------------
     def train_config(self) -> TrainConfig:
         """Return the :class:`TrainConfig` these hyperparameters stand for (the CLI's settings)."""
+        params = self.get_params(deep=False)
+        if isinstance(self.warm_start, (bool, np.bool_)):  # scikit-learn's MLP meaning; True was silently 1 iteration
+            if self.warm_start:
+                raise InputError("warm_start=True is a bool, but here warm_start is the number of first iterations "
+                                 "without λ updates (ADMM), not scikit-learn's 'reuse the previous fit'; to continue "
+                                 "a fit, pass store= and run python -m pipeline.train --store STORE --resume")
+            params["warm_start"] = None  # scikit-learn's False (a fresh fit, as its checks set it): the default
         rs = self.random_state
         seed = int(rs) if isinstance(rs, (int, np.integer)) else int(
             check_random_state(rs).randint(np.iinfo(np.int32).max))
-        return config_from_parameters({**self.get_params(deep=False), "random_state": seed}, task=self._task)
+        return config_from_parameters({**params, "random_state": seed}, task=self._task)
 
     @contextlib.contextmanager
     def _connect(self, processes: bool):
