@@ -104,7 +104,7 @@ def stop_of(hist: list, patience: int = 10, budget: int | None = None) -> int:
 
 
 RULES = ("acc", "acc-first", "acc-last", "loss", "logloss", "acc-logloss", "smooth3", "smooth5", "1se-loss",
-         "1se-logloss", "1row-loss", "last")
+         "1se-logloss", "1row-loss", "2row-loss", "last")
 
 
 def kept(hist: list, rule: str, stop: int, n_held: int) -> int:
@@ -120,7 +120,8 @@ def kept(hist: list, rule: str, stop: int, n_held: int) -> int:
     * ``smooth3`` / ``smooth5``: best centred mean of held-out accuracy over 3 / 5 iterations (those run);
     * ``1se-loss`` / ``1se-logloss``: lowest loss / log-loss among iterations within one standard error
       ``sqrt(a (1 - a) / n_held)`` of the best held-out accuracy ``a``;
-    * ``1row-loss``: lowest loss among iterations within one held-out row of the best accuracy;
+    * ``1row-loss`` / ``2row-loss``: lowest loss among iterations within one / two held-out rows of the best
+      accuracy (accuracy differences below the held-out rows' granularity count as ties);
     * ``last``: the iteration the run stopped at.
     """
     h = hist[:stop]
@@ -149,9 +150,9 @@ def kept(hist: list, rule: str, stop: int, n_held: int) -> int:
         w = 1 if rule == "smooth3" else 2
         sm = [round(acc[max(0, i - w):i + w + 1].mean(), 12) for i in range(n)]
         i = min(range(n), key=lambda i: (-sm[i], loss[i], i))
-    elif rule in ("1se-loss", "1se-logloss", "1row-loss"):
+    elif rule in ("1se-loss", "1se-logloss", "1row-loss", "2row-loss"):
         a = acc.max()
-        tol = 1.0 / n_held if rule == "1row-loss" else np.sqrt(a * (1 - a) / n_held)
+        tol = int(rule[0]) / n_held if "row" in rule else np.sqrt(a * (1 - a) / n_held)
         near = np.flatnonzero(acc >= a - tol - 1e-12)
         crit = ll if rule == "1se-logloss" else loss
         i = int(near[np.argmin(crit[near])])
