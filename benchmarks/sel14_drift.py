@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_util import provenance  # noqa: E402
+from benchmarks.bench_util import parse_settings, provenance  # noqa: E402
 
 BUDGET = {"gauss-newton": 100, "admm": 20, "dladmm": 30}  # the budgets of the test tables (s12 GN, s13 ADMM)
 FIELDS = ("iteration", "validation_accuracy", "validation_loss", "test_accuracy", "accepted", "alpha")
@@ -256,6 +256,26 @@ def markdown(results: dict) -> str:
         cells = [f"{np.mean([x[k] for x in nz]):.4f}" if all(k in x for x in nz) else "—"
                  for k in ("floor", "kept", "sel_0.25x", "sel_0.5x", "sel_1x", "sel_2x")]
         lines.append(f"| {solver} | {task} | {np.mean([x[2] for x in by['acc']]):.4f} | " + " | ".join(cells) + " |")
+    variants = sorted({s for s, _ in rows if "+" in s})
+    if variants:
+        lines += ["", "## Settings paired by seed against the defaults (today's rule)", "",
+                  "| variant | task | seeds | mean accuracy default → variant | paired Δ (wins/losses) | mean drift "
+                  "default → variant | runs > 0.005 default → variant |", "|---|---|---|---|---|---|---|"]
+        for v in variants:
+            base = v.split("+")[0]
+            for (solver, task), by in rows.items():
+                if solver != v or (base, task) not in rows:
+                    continue
+                b = {x[0]: x for x in rows[(base, task)]["acc"]}
+                pairs = [(b[x[0]], x) for x in by["acc"] if x[0] in b]
+                if not pairs:
+                    continue
+                d = np.array([x[1] - y[1] for y, x in pairs])
+                lines.append(f"| {v} | {task} | {' '.join(str(y[0]) for y, _ in pairs)} | "
+                             f"{np.mean([y[1] for y, _ in pairs]):.4f} → {np.mean([x[1] for _, x in pairs]):.4f} | "
+                             f"{d.mean():+.4f} ({int((d > 1e-12).sum())}/{int((d < -1e-12).sum())}) | "
+                             f"{np.mean([y[2] for y, _ in pairs]):.4f} → {np.mean([x[2] for _, x in pairs]):.4f} | "
+                             f"{sum(y[2] > 0.005 + 1e-12 for y, _ in pairs)} → {sum(x[2] > 0.005 + 1e-12 for _, x in pairs)} |")
     lines += ["", "## Rules paired by seed against `acc` (same stop)", "",
               "| solver | task | rule | mean accuracy | paired Δ (wins/losses) | mean drift | worst drift (rows) | runs > 0.005 |",
               "|---|---|---|---|---|---|---|---|"]
@@ -263,7 +283,8 @@ def markdown(results: dict) -> str:
     for solver in sorted({s for s, _ in rows}):
         groups.append(((solver, "all"), {rule: [x for (s, _), by in rows.items() if s == solver for x in by[rule]]
                                          for rule in RULES}))
-    groups.append((("all", "all"), {rule: [x for by in rows.values() for x in by[rule]] for rule in RULES}))
+    groups.append((("all", "all"), {rule: [x for (s, _), by in rows.items() if "+" not in s for x in by[rule]]
+                                    for rule in RULES}))  # the defaults' runs only
     for (solver, task), by in groups:
         base = np.array([x[1] for x in by["acc"]])
         for rule in RULES:
@@ -283,20 +304,24 @@ def main(argv=None):
     p.add_argument("--solvers", nargs="+", default=["gauss-newton"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--replay-only", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a TrainConfig setting (tuning only); its runs are keyed SOLVER+NAME=VALUE/task/seed")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("runs", {})
+    settings = parse_settings(args.set)
+    tag = "".join(f"+{item}" for item in args.set)
     if not args.replay_only:
         results.setdefault("provenance", []).append(provenance())
         for task in args.tasks:
             for seed in args.seeds:
                 for solver in args.solvers:
-                    key = f"{solver}/{task}/{seed}"
+                    key = f"{solver}{tag}/{task}/{seed}"
                     if key in results["runs"]:
                         continue
-                    results["runs"][key] = curve(task, seed, solver, BUDGET[solver], {})
+                    results["runs"][key] = curve(task, seed, solver, BUDGET[solver], dict(settings))
                     run = results["runs"][key]
                     print(f"{key}: {run['seconds']:.0f} s", flush=True)
                     out.parent.mkdir(parents=True, exist_ok=True)
