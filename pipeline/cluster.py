@@ -53,9 +53,10 @@ THREADS_MAX_BYTES = 256 * 2**20  # auto: data up to this size runs on threads in
 # diagnostics: each server's event-loop tick (20 ms), the worker's statistical profiler (10 ms; the
 # dashboard's Profile page) and work stealing (100 ms; nothing to steal with one worker). That cost
 # ~40 ms of CPU per 784-300-10 Gauss-Newton iteration on 2 cores (benchmarks/results/p784_s14.md).
-# Applied where the dask config holds distributed's default (a user's own setting is kept).
-IN_PROCESS_CONFIG = {"distributed.admin.tick.interval": "500ms", "distributed.worker.profile.enabled": False,
-                     "distributed.scheduler.work-stealing": False}
+# Applied where the dask config holds distributed's default (a user's own setting is kept). The profiler
+# is off unless connect(profile=True) asks for it: a performance report shows the workers' profiles.
+IN_PROCESS_CONFIG = {"distributed.admin.tick.interval": "500ms", "distributed.scheduler.work-stealing": False}
+PROFILER_OFF = {"distributed.worker.profile.enabled": False}
 
 
 class DryRun(Exception):
@@ -477,7 +478,7 @@ def local_processes(mode: str = "auto", data_bytes: int | None = None, memory_li
 
 
 @contextlib.contextmanager
-def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_address, processes=True):
+def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_address, processes=True, profile=False):
     from distributed import LocalCluster
 
     cores = os.cpu_count() or 1
@@ -489,7 +490,7 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
     if not processes:  # one in-process worker, a thread per would-be worker process; BLAS at one thread
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1), dask.config.set(_in_process_config()):
+        with threadpool_limits(1), dask.config.set(_in_process_config(profile)):
             with _port_taken_quietly():
                 cluster = LocalCluster(
                     n_workers=1, threads_per_worker=workers * threads, processes=False,
@@ -513,12 +514,14 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
         yield cluster
 
 
-def _in_process_config() -> dict:
-    """Return the :data:`IN_PROCESS_CONFIG` entries whose key the dask config holds at distributed's default."""
+def _in_process_config(profile: bool = False) -> dict:
+    """Return the :data:`IN_PROCESS_CONFIG` entries (and :data:`PROFILER_OFF`'s unless ``profile``) whose key the
+    dask config holds at distributed's default."""
     import distributed  # noqa: F401 -- registers its defaults
 
     defaults = dask.config.merge(*dask.config.defaults)
-    return {key: value for key, value in IN_PROCESS_CONFIG.items()
+    wanted = IN_PROCESS_CONFIG if profile else {**IN_PROCESS_CONFIG, **PROFILER_OFF}
+    return {key: value for key, value in wanted.items()
             if dask.config.get(key, None) == dask.config.get(key, None, config=defaults)}
 
 
@@ -598,12 +601,13 @@ MIN_LOCAL_WORKER_BYTES = 256 * 2**20  # a Dask worker process alone takes ~100-1
 @contextlib.contextmanager
 def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, memory_limit=None,
             dashboard_address="localhost:8787", jobs=None, adapt=None, jobqueue_config=None,
-            worker_timeout=None, dry_run=False, report=None, chunk_bytes=None, processes=True):
+            worker_timeout=None, dry_run=False, report=None, chunk_bytes=None, processes=True, profile=False):
     """Yield a :class:`distributed.Client` for the cluster spec; close what this started.
 
     ``local``: ``n_workers`` worker processes of ``threads_per_worker`` threads,
     or with ``processes=False`` one in-process worker with as many threads
-    (:func:`local_processes` chooses).
+    (:func:`local_processes` chooses), whose statistical profiler runs only with
+    ``profile`` (a performance report's worker profiles).
     For ``slurm``/``pbs``: ``jobs`` batch jobs (default 1), or ``adapt=(min, max)``
     jobs; the config is :func:`load_jobqueue_config` of ``jobqueue_config``; waits
     up to ``worker_timeout`` seconds (default ``admm-dask.worker-timeout``, 600) for
@@ -645,7 +649,7 @@ def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, mem
                                        dry_run, report, chunk_bytes)
             elif spec == "local":
                 started = stack.enter_context(_local_cluster(n_workers, threads_per_worker, memory_limit,
-                                                             dashboard_address, processes))
+                                                             dashboard_address, processes, profile))
                 client = stack.enter_context(Client(started))
             elif spec.endswith(".json"):
                 if not Path(spec).exists():

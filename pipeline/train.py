@@ -159,7 +159,8 @@ def _main(args, where) -> int:
         solver = _auto_solver(config, args, size_from)
     gil_bound = _gil_bound(solver)
     _check_memory_limit(args, size_from, config or TrainConfig(**given), gil_bound)
-    with _training_page_preload(), connect_from_args(args, data=size_from, gil_bound=gil_bound) as client, \
+    with _training_page_preload(), connect_from_args(args, data=size_from, gil_bound=gil_bound,
+                                                       profile=perf is not None) as client, \
             _performance_report(perf):
         link = dashboard_link(client, args.cluster)
         print(f"Dask dashboard: {link}", flush=True)

@@ -290,3 +290,31 @@ def test_a_folder_that_appears_while_the_report_starts_is_never_removed(run_stor
     with pytest.raises(OSError, match="No space left"):
         write_report(store, tmp_path / "empty")
     assert (tmp_path / "empty").is_dir()
+
+
+def test_performance_report_keeps_the_in_process_workers_profiler(tmp_path, monkeypatch):
+    """Small data runs on the in-process cluster, whose profiler is off (p784_s14.md) unless a performance report
+    is asked for: the report's worker profiles (README, Performance report) come from it."""
+    import contextlib
+
+    import pipeline.train as train_cli
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+    write_data(tmp_path / "train.zarr", X, (X[:, 0] > 0).astype(int))
+    profiling = []
+    connect = train_cli.connect_from_args
+
+    @contextlib.contextmanager
+    def recording(*args, **kwargs):
+        with connect(*args, **kwargs) as client:
+            cluster = client.cluster
+            profiling.append((cluster.processes, ["profile" in w.periodic_callbacks for w in cluster.workers.values()]))
+            yield client
+
+    monkeypatch.setattr(train_cli, "connect_from_args", recording)
+    base = ["--data", str(tmp_path / "train.zarr"), "--hidden", "4", "--iterations", "1", "--workers", "1",
+            "--dashboard-address", ":0"]
+    assert train_cli.main([*base, "--store", str(tmp_path / "a.zarr"), "--performance-report"]) == 0
+    assert train_cli.main([*base, "--store", str(tmp_path / "b.zarr")]) == 0
+    assert profiling == [(False, [True]), (False, [False])]
