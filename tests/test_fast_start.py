@@ -126,15 +126,16 @@ def test_threaded_local_cluster_runs_in_this_process(tmp_path):
 
 
 def test_threaded_local_cluster_wakes_its_event_loop_less_unless_the_user_configured_it():
-    """The in-process cluster shares the client's event loop and GIL: no worker profiler, no work stealing, a
-    500 ms tick (distributed's defaults: 10 ms, on, 20 ms); a setting the user's dask config changed is kept."""
+    """The in-process cluster shares the client's event loop and GIL: no worker profiler and a 500 ms tick
+    (distributed's defaults: 10 ms, 20 ms); a setting the user's dask config changed is kept. Work stealing stays
+    on: the dashboard's /stealing page needs it."""
     import dask
 
     before = dask.config.get("distributed.admin.tick.interval")
     with connect("local", n_workers=1, dashboard_address=None, processes=False, report=quiet) as client:
         worker = next(iter(client.cluster.workers.values()))
         assert "profile" not in worker.periodic_callbacks and worker._tick_interval == 0.5
-        assert "stealing" not in client.cluster.scheduler.extensions
+        assert "stealing" in client.cluster.scheduler.extensions
     assert dask.config.get("distributed.admin.tick.interval") == before  # set only while the cluster was made
     with dask.config.set({"distributed.admin.tick.interval": "40ms"}), \
             connect("local", n_workers=1, dashboard_address=None, processes=False, report=quiet) as client:
