@@ -130,13 +130,19 @@ def test_threaded_local_cluster_wakes_its_event_loop_less_unless_the_user_config
     (distributed's defaults: 10 ms, 20 ms); a setting the user's dask config changed is kept. Work stealing stays
     on: the dashboard's /stealing page needs it."""
     import dask
+    from dask.utils import parse_timedelta
 
-    before = dask.config.get("distributed.admin.tick.interval")
+    from pipeline.cluster import IN_PROCESS_CONFIG
+
+    key = "distributed.admin.tick.interval"
+    before = dask.config.get(key)
     with connect("local", n_workers=1, dashboard_address=None, processes=False, report=quiet) as client:
         worker = next(iter(client.cluster.workers.values()))
-        assert "profile" not in worker.periodic_callbacks and worker._tick_interval == 0.5
+        assert "profile" not in worker.periodic_callbacks
+        assert worker._tick_interval == parse_timedelta(IN_PROCESS_CONFIG[key])
         assert "stealing" in client.cluster.scheduler.extensions
-    assert dask.config.get("distributed.admin.tick.interval") == before  # set only while the cluster was made
+        assert dask.config.get(key) == IN_PROCESS_CONFIG[key]  # set for the cluster's whole life
+    assert dask.config.get(key) == before  # and restored once it is closed
     with dask.config.set({"distributed.admin.tick.interval": "40ms"}), \
             connect("local", n_workers=1, dashboard_address=None, processes=False, report=quiet) as client:
         worker = next(iter(client.cluster.workers.values()))
