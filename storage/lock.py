@@ -242,8 +242,9 @@ def live_readers(store, remove_stale: bool = True) -> list[dict]:
 
     A file of a reader record's name that is not one (:func:`is_record`: not JSON with token, host and pid, or one
     we may not read) is returned whatever its age and never removed: nothing shows that admm-dask wrote it (a user's
-    file, another program's, a record half-written by a crash), and a command never deletes what it did not create.
-    A writer refuses while it is there, naming it (:func:`check_no_readers`)."""
+    file, another program's, a record half-written by a crash of an older version; records are now written to a
+    private file and renamed, so a record's name only ever holds a complete one), and a command never deletes what
+    it did not create. A writer refuses while it is there, naming it (:func:`check_no_readers`)."""
     store = canonical(store)
     try:
         paths = sorted(store.parent.glob(glob.escape(store.name) + READER + "*"))
@@ -326,19 +327,27 @@ class ReadLock:
             raise
 
     def _acquire(self) -> None:
+        # Written to a private file, then renamed to the record's name (atomic; the name is this reader's own, by its
+        # token, so nothing is replaced): that name only ever holds a complete record. A record created empty and
+        # written afterwards would, if this process died in between (or while it is still writing), be a file that
+        # is no record, which blocks writers until the user deletes it (live_readers never removes one).
+        tmp = self.path.with_name("." + self.path.name + ".tmp")  # not <DATA>.reader-*: writers do not see it
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            os.fchmod(fd, 0o644)  # readable by every user whatever the umask: a writer must judge its age and holder
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self.record, indent=1))
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.fchmod(fd, 0o644)  # readable by every user whatever the umask: a writer judges its age and holder
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(self.record, indent=1))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.rename(tmp, self.path)
+            finally:
+                try:
+                    tmp.unlink()  # left only if the rename did not happen
+                except OSError:
+                    pass
         except OSError:  # a read-only folder (shared data), no folder at all, a full disk: no record, the check below
-            try:           # still runs (a record created but not fully written would block writers for a minute);
-                self.path.unlink()  # the name is this reader's own (its token): nobody else's file
-            except OSError:
-                pass
-            self.path = None
+            self.path = None  # still runs
         holder = read_holder(self.store)
         if holder is not None and (not self.run or holder.get("replacing")) and not is_stale(holder):
             self.release()

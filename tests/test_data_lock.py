@@ -353,6 +353,27 @@ def test_a_reader_file_that_is_no_record_is_never_removed_and_blocks_writers_wha
     assert open_data(store).n_samples == 300
 
 
+def test_a_reader_killed_while_writing_its_record_leaves_no_record_name(store, tmp_path, monkeypatch):
+    """A record created empty and written afterwards was, for a reader killed in between, a file that is no record:
+    it blocked writers for ever (live_readers never removes one). The record is written to a private file and
+    renamed: while it is being written, and after a kill then (nothing cleans up: release does nothing here), no
+    file of a record's name is there, and a writer goes through."""
+    seen = []
+
+    def killed(fd):
+        seen.append(sorted(p.name for p in tmp_path.glob("d.zarr.reader-*")))
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(lockmod.os, "fsync", killed)
+    monkeypatch.setattr(ReadLock, "release", lambda self: None)  # SIGKILL: no clean-up
+    with pytest.raises(KeyboardInterrupt):
+        ReadLock(store).acquire()
+    monkeypatch.undo()
+    assert seen == [[]] and not list(tmp_path.glob("d.zarr.reader-*")) and live_readers(store) == []
+    with DataWriteLock(store):
+        pass
+
+
 def test_records_and_locks_are_readable_by_everyone_whatever_the_umask(store):
     old = os.umask(0o077)
     try:
