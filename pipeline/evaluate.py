@@ -6,7 +6,7 @@ import json
 import sys
 
 from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exit_process, exits_on_input_error
-from pipeline.signals import exit_on_signals
+from pipeline.signals import done_with_cluster, exit_on_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +99,8 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     # SIGTERM (scancel, walltime, kill) unwinds the with blocks like Ctrl-C: the reader records go
-    with exit_on_signals(batch=args.cluster in ("slurm", "pbs")):
+    batch = args.cluster in ("slurm", "pbs")
+    with exit_on_signals(batch=batch, done=done_with_cluster("nothing was evaluated", batch)):
         if args.dry_run:  # prints a job script, whatever the stores: no read locks (an ingest under way is fine)
             with connect_from_args(args, data=args.data):
                 pass  # not reached: connect raises DryRun (exit 0) once the script is printed

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exit_process, exits_on_input_error
-from pipeline.signals import exit_on_signals
+from pipeline.signals import done_with_cluster, exit_on_signals
 
 PREDICTIONS_FORMAT = "admm-dask-predictions"
 
@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM (scancel, walltime, kill) unwinds the with blocks like Ctrl-C: the reader records, the lock of --out
     # and the partial predictions store go
-    with exit_on_signals(batch=args.cluster in ("slurm", "pbs")):
+    batch = args.cluster in ("slurm", "pbs")
+    with exit_on_signals(batch=batch, done=done_with_cluster("no predictions store was written or replaced", batch)):
         if args.dry_run:  # prints a job script, whatever the stores: no locks (as evaluate); --out is checked
             from storage.paths import check_target
 

@@ -141,6 +141,14 @@ def _guard_zarr_exit() -> None:
         atexit.register(_zarr_exit)
 
 
+def done_with_cluster(what: str, batch: bool = False) -> str:
+    """Return ``done`` for :func:`exit_on_signals` of a command that may be stopped before or after it starts its
+    cluster (evaluate and predict check their inputs first): ``what`` was (not) done, and the cluster, if any, went."""
+    cluster = ("any worker jobs it submitted were cancelled and the temporary certificates deleted" if batch
+               else "any cluster it started was shut down")
+    return f"{what}; {cluster}"
+
+
 @contextlib.contextmanager
 def exit_on_signals(store=None, batch=False, done: str | None = None):
     """Turn SIGINT/SIGTERM inside the block into one line on stderr and ``SystemExit(130/143)``.

@@ -415,8 +415,21 @@ def test_sigterm_removes_the_ingests_lock_and_the_evaluates_records(tmp_path):
     reader = held_evaluate(fake_run_store(tmp_path / "r.zarr"), out)  # SIGTERM lands while it holds its records
     err = _terminated(reader, both_records(tmp_path), "the evaluate's reader records")
     assert reader.returncode == 143, err
-    assert err.strip().splitlines() == ["terminated (SIGTERM): the cluster was shut down"], err
+    # held in its input checks, before any cluster starts: the line is true then too
+    assert err.strip().splitlines() == ["terminated (SIGTERM): nothing was evaluated; any cluster it started was "
+                                        "shut down"], err
     assert not list(tmp_path.glob("*.reader-*"))
+    code = ("import sys, time; from pipeline import predict; from pipeline.cli import exit_process; "
+            "sys.argv[0] = predict.__file__; predict.check_inputs = lambda *a: time.sleep(600); "
+            "exit_process(predict.main(sys.argv[1:]))")
+    reader = subprocess.Popen([sys.executable, "-c", code, "--store", str(tmp_path / "r.zarr"), "--data", str(out),
+                               "--out", str(tmp_path / "p.zarr")], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    err = _terminated(reader, both_records(tmp_path), "the predict's reader records")
+    assert reader.returncode == 143, err
+    assert err.strip().splitlines() == ["terminated (SIGTERM): no predictions store was written or replaced; any "
+                                        "cluster it started was shut down"], err
+    assert not list(tmp_path.glob("*.reader-*")) and not list(tmp_path.glob("p.zarr*"))
 
 
 def test_evaluate_dry_run_takes_no_read_lock(store, tmp_path, capsys):
