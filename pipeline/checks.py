@@ -40,8 +40,14 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
     for path in (data, test_data):
         if path is not None:  # an ingestion under way: refused before a cluster starts (and, read-locked, in train)
             check_not_written(path)
-    if resume:
-        RunStore.open(store)
+    if resume:  # the recorded stores too, and the data's fingerprint: a bad input is one line (before any warning)
+        run = RunStore.open(store)
+        recorded = data or (run.attrs.get("data") or {}).get("path")
+        for path in (recorded if data is None else None, None if test_data else run.attrs.get("test_data")):
+            if path:
+                check_not_written(path)
+        if recorded:
+            check_resumable(run, open_data(recorded))
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")

@@ -532,6 +532,35 @@ def test_a_resumed_run_warns_about_unseen_test_labels_as_a_fresh_one_does(tmp_pa
         assert capsys.readouterr().err.splitlines() == fresh
 
 
+def test_a_resume_on_other_data_is_refused_in_one_line_without_the_test_labels_warning(tmp_path, monkeypatch, capsys):
+    """train --resume --data OTHER --test-data T printed the unseen-labels warning (read from OTHER and T), then
+    the refusal: two lines for one bad input. The resume checks (the recorded stores not being written, the data's
+    fingerprint) now run before the warning, and the recorded stores are checked like the given ones."""
+    from pipeline import train as cli
+    from storage.data import fingerprint, open_data
+    from storage.lock import DataWriteLock
+
+    X = np.zeros((6, 2), np.float32)
+    data, other, test = str(tmp_path / "d.zarr"), str(tmp_path / "o.zarr"), str(tmp_path / "t.zarr")
+    write_data(data, X, [0, 1, 2, 0, 1, 2])
+    write_data(other, X + 1, [0, 1, 2, 0, 1, 2])
+    write_data(test, X, [0, 1, 5, 5, 1, 1])
+    run = tmp_path / "r.zarr"
+    RunStore.create(run, config=TrainConfig(solver="gauss-newton").to_dict(), test_data=test,
+                    data={"path": data, "fingerprint": fingerprint(open_data(data))}, state_widths={},
+                    n_samples=6, chunk_rows=6, classes=[0, 1, 2], x_mean=np.zeros(2), x_scale=np.ones(2))
+    monkeypatch.setattr(cli, "connect_from_args", lambda *a, **k: pytest.fail("a cluster was started"))
+    monkeypatch.setattr(cli, "setup_logging", lambda verbose: None)
+    assert cli.main(["--resume", "--store", str(run), "--data", other, "--test-data", test]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {other} is not the data set run "), err
+    for held in (data, test):  # the recorded training and test data, being written: refused before any warning
+        with DataWriteLock(held):
+            assert cli.main(["--resume", "--store", str(run)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: data store {held} is being written by "), err
+
+
 def test_a_run_store_with_a_damaged_zarr_json_is_named_damaged(tmp_path):
     """Its manifest is there: a damaged run store, not 'not a run store' (evaluate, predict, report, --resume)."""
     run = tmp_path / "r.zarr"
