@@ -150,12 +150,7 @@ def cv_readouts(F, A, y, Fe, Ae, ye, seed: int, k: int = 5) -> dict:
     for name, (P, Pe) in feats.items():
         loss, corr, ev = np.zeros(len(CS13)), np.zeros(len(CS13)), np.zeros(len(CS13))
         for j, C in enumerate(CS13):
-            for f in range(k):
-                tr, te = fold != f, fold == f
-                m = LogisticRegression(C=C, max_iter=5000).fit(P[tr], y[tr])
-                pr = np.clip(m.predict_proba(P[te])[:, 1], 1e-15, 1 - 1e-15)
-                loss[j] -= np.sum(np.where(y[te] == 1, np.log(pr), np.log1p(-pr)))
-                corr[j] += np.sum((pr > 0.5) == (y[te] == 1))
+            loss[j], corr[j] = _oof_log_loss(P, y, fold, k, C)
             ev[j] = float((LogisticRegression(C=C, max_iter=5000).fit(P, y).predict(Pe) == ye).mean())
         j_loss = int(np.argmin(loss))
         j_acc = int(np.lexsort((loss, -corr))[0])
@@ -187,6 +182,21 @@ def cv_readouts(F, A, y, Fe, Ae, ye, seed: int, k: int = 5) -> dict:
     return out
 
 
+def _oof_log_loss(P, y, fold, k: int, C: float) -> tuple[float, int]:
+    """Return the k-fold out-of-fold log-loss (summed over rows) of a logistic regression at ``C`` on features ``P``,
+    and how many rows it classified right (probability > 0.5)."""
+    from sklearn.linear_model import LogisticRegression
+
+    loss, correct = 0.0, 0
+    for f in range(k):
+        tr, te = fold != f, fold == f
+        pr = np.clip(LogisticRegression(C=C, max_iter=5000).fit(P[tr], y[tr]).predict_proba(P[te])[:, 1],
+                     1e-15, 1 - 1e-15)
+        loss -= np.sum(np.where(y[te] == 1, np.log(pr), np.log1p(-pr)))
+        correct += int(np.sum((pr > 0.5) == (y[te] == 1)))
+    return float(loss), correct
+
+
 def skip2_cv(F, A, y, Fe, Ae, ye, seed: int, k: int = 5) -> dict:
     """Return ``skip2cv``: ``[s·h, x̂]`` (the hidden block's own penalty C_h = s²·C_x), (C_x, s) by k-fold log-loss.
 
@@ -201,11 +211,7 @@ def skip2_cv(F, A, y, Fe, Ae, ye, seed: int, k: int = 5) -> dict:
     for j, (Cx, r) in enumerate(grid):
         P = np.concatenate([np.sqrt(r) * F, A], 1) if r > 0 else A
         Pe = np.concatenate([np.sqrt(r) * Fe, Ae], 1) if r > 0 else Ae
-        for f in range(k):
-            tr, te = fold != f, fold == f
-            pr = np.clip(LogisticRegression(C=Cx, max_iter=5000).fit(P[tr], y[tr]).predict_proba(P[te])[:, 1],
-                         1e-15, 1 - 1e-15)
-            loss[j] -= np.sum(np.where(y[te] == 1, np.log(pr), np.log1p(-pr)))
+        loss[j] = _oof_log_loss(P, y, fold, k, Cx)[0]
         ev[j] = float((LogisticRegression(C=Cx, max_iter=5000).fit(P, y).predict(Pe) == ye).mean())
     j = int(np.argmin(loss))
     return {"skip2cv": {"acc": ev[j], "held_loss": float(loss[j] / len(y)), "chose": f"Cx={grid[j][0]:g},Ch/Cx={grid[j][1]:g}"},
