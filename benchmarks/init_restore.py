@@ -189,5 +189,6 @@ def main(argv=None):
                                  f"{[h['eval_accuracy'] for h in out['history'][:3]]} wall {out['wall']:.1f} s "
                                  f"load {out['load']:.1f}"))
 
+
 if __name__ == "__main__":
     main()

@@ -256,5 +256,6 @@ def main(argv=None):
                                  f"(it {out['best_iteration']}/{out['iterations_run']}) target at "
                                  f"{out['target_iteration']} wall {out['wall']:.1f} s load {out['load']:.1f}"))
 
+
 if __name__ == "__main__":
     main()
