@@ -1,4 +1,5 @@
 """Crash consistency: SIGKILL at random moments, resume, and get the uninterrupted run exactly."""
+import hashlib
 import json
 import os
 import signal
@@ -58,13 +59,29 @@ def final_state(store):
     return load_network(store).weights, metrics
 
 
+CODE = ("solvers", "pipeline", "storage")  # what the training subprocesses import from this checkout
+
+
+def code_hash() -> str:
+    """SHA-256 of the code under test (every .py file under :data:`CODE`, with its path): each subprocess imports
+    the checkout when it starts, so an edit made while the tests run gives the baseline and a resume different code
+    (session 13's one unexplained failure: resume14_s14.md); a failing comparison then says so."""
+    h = hashlib.sha256()
+    for path in sorted(p for d in CODE for p in (ROOT / d).rglob("*.py")):
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def baseline(data, store, *extra):
+    """The uninterrupted run: (weights, history without timings, code_hash() when it started)."""
+    code = code_hash()
     run_to_end(train_cmd(data, store, *extra))
+    assert code_hash() == code, "the code under test (solvers/, pipeline/, storage/) changed during the baseline run"
     held = RunStore.open(store).attrs["validation"]  # the default: 10 % of the rows of every chunk held out
     assert held["scheme"] == "rows" and 1800 < held["rows"] < 2200
     weights, metrics = final_state(store)
     assert all("validation_accuracy" in m for m in metrics)  # so a resume must score the same held-out rows
-    return weights, metrics
+    return weights, metrics, code
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +97,31 @@ def uninterrupted_pinned(data):
 @pytest.fixture(scope="module")
 def uninterrupted_race(data):
     return baseline(data, data / "baseline-race.zarr", "--hidden-alpha", "race")
+
+
+def assert_same_run(weights, metrics, uninterrupted):
+    """Assert the weights and history equal the uninterrupted run's; if not and the code under test changed since
+    its baseline (``uninterrupted[2]``, when given), say that instead."""
+    try:
+        for W, W_ref in zip(weights, uninterrupted[0], strict=True):
+            np.testing.assert_array_equal(W, W_ref)
+        assert metrics == uninterrupted[1]
+    except AssertionError:
+        changed = len(uninterrupted) > 2 and code_hash() != uninterrupted[2]
+        assert not changed, ("the code under test (solvers/, pipeline/, storage/) changed since the baseline run: "
+                             "the baseline and this kill/resume ran different code, not a resume bug")
+        raise
+
+
+def test_a_differing_resume_says_when_the_code_changed_since_the_baseline():
+    """The guard: a mismatch after an edit of the code under test names the edit; without one it stays a mismatch."""
+    W = [np.zeros((2, 2)), np.ones(3)]
+    assert_same_run(W, [{"loss": 1.0}], (W, [{"loss": 1.0}], "stale"))  # equal runs pass whatever the hash
+    with pytest.raises(AssertionError, match="changed since the baseline run"):
+        assert_same_run([W[0] + 1, W[1]], [{"loss": 1.0}], (W, [{"loss": 1.0}], "stale"))
+    with pytest.raises(AssertionError) as failed:
+        assert_same_run([W[0] + 1, W[1]], [{"loss": 1.0}], (W, [{"loss": 1.0}], code_hash()))
+    assert "changed since" not in str(failed.value)
 
 
 def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra, after=None, delay=None, before_resume=None):
@@ -112,10 +154,7 @@ def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra, after=None, dela
     else:  # killed before the run store was renamed into place: nothing to resume
         assert not any(p.name.startswith("run.zarr") and "partial" not in p.name for p in tmp_path.iterdir())
         run_to_end(train_cmd(data, store, *extra))
-    weights, metrics = final_state(store)
-    for W, W_ref in zip(weights, uninterrupted[0]):
-        np.testing.assert_array_equal(W, W_ref)
-    assert metrics == uninterrupted[1]
+    assert_same_run(*final_state(store), uninterrupted)
     kept = set(zarr.open_group(store, mode="r")["checkpoint"].group_keys())  # the last commit and its fallback
     assert str(ITERATIONS) in kept and kept <= {str(ITERATIONS - 1), str(ITERATIONS)}
     return killed_at
