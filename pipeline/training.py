@@ -117,6 +117,10 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         overrides = {**(overrides or {}), "iterations": int(iterations)}
     if resume:
         run = RunStore.open(store)
+        done, target = run.committed_iteration(), (overrides or {}).get("iterations")  # --iterations is the total
+        if target is not None and done is not None and int(target) < done:  # before anything is written
+            raise InputError(f"run {run.path} already has {done} iterations and --iterations is the total: pass "
+                             f"--iterations {done + int(target)} for {int(target)} more")
         config, changed = TrainConfig.resumed(run.attrs["config"], overrides)  # recorded once every check passed
         data = open_data(reading(data or run.attrs["data"]["path"]))
         test_data = test_data or run.attrs.get("test_data")
@@ -177,6 +181,10 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
            f"{describe_model(model)}")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
+    if resume and manifest and config.iterations <= int(manifest["iteration"]) and not manifest.get("stopped_early"):
+        done = int(manifest["iteration"])  # a finished run resumed again (after a kill past its last commit): rc 0
+        report(f"run {run.path} already has {done} iterations and --iterations is the total: nothing to run "
+               "(pass a larger --iterations to go on)")
     if monitor is not None:
         from pipeline.monitor import run_info
 

@@ -1,0 +1,52 @@
+"""A new user's findings (benchmarks/results/newuser_s14.md F1, F7, F8): the lines they read, the refusals they need."""
+import pytest
+
+from pipeline.training import train
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from storage.data import write_data
+from storage.runstore import RunStore
+from tests.conftest import make_data, quiet
+
+
+@pytest.fixture(scope="module")
+def two_iterations(client, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    X, y = make_data(n=600)
+    write_data(tmp / "d.zarr", X[:500], y[:500])
+    write_data(tmp / "t.zarr", X[500:], y[500:])
+    lines = []
+    train(client, store=tmp / "r.zarr", data=tmp / "d.zarr", test_data=tmp / "t.zarr",
+          config=TrainConfig(solver="admm", hidden=(8,), iterations=2), report=lines.append)
+    return tmp, lines
+
+
+def test_resume_with_fewer_total_iterations_is_refused(client, two_iterations):
+    """F8: --iterations is the total; fewer than the run has done ran nothing with rc 0 and an empty table."""
+    tmp, _ = two_iterations
+    before = RunStore.open(tmp / "r.zarr").manifest()
+    with pytest.raises(InputError, match=r"already has 2 iterations and --iterations is the total: pass "
+                                         r"--iterations 3 for 1 more"):
+        train(client, store=tmp / "r.zarr", resume=True, iterations=1, report=quiet)
+    assert RunStore.open(tmp / "r.zarr").manifest() == before
+
+
+def test_resume_of_a_finished_run_says_so(client, two_iterations):
+    """F8: the same total (a resume after a kill past the last commit) stays rc 0, and says nothing ran."""
+    tmp, _ = two_iterations
+    lines = []
+    train(client, store=tmp / "r.zarr", resume=True, iterations=2, report=lines.append)
+    assert any("already has 2 iterations and --iterations is the total: nothing to run" in s for s in lines)
+
+
+def test_cli_resume_with_fewer_total_iterations_is_refused_and_writes_nothing(two_iterations, capsys):
+    """F8 from the command line (--iterations reaches train as an override): rc 2, one line, the store unchanged."""
+    from pipeline.train import main
+
+    tmp, _ = two_iterations
+    before = {p: p.read_bytes() for p in (tmp / "r.zarr").rglob("*") if p.is_file()}
+    assert main(["--store", str(tmp / "r.zarr"), "--resume", "--iterations", "1"]) == 2
+    assert "already has 2 iterations and --iterations is the total: pass --iterations 3 for 1 more" in \
+        capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (tmp / "r.zarr").rglob("*") if p.is_file()} == before
+
