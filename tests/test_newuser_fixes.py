@@ -1,4 +1,5 @@
 """A new user's findings (benchmarks/results/newuser_s14.md F1, F7, F8): the lines they read, the refusals they need."""
+import numpy as np
 import pytest
 
 from pipeline.training import train
@@ -7,6 +8,31 @@ from solvers.errors import InputError
 from storage.data import write_data
 from storage.runstore import RunStore
 from tests.conftest import make_data, quiet
+
+
+def test_whole_number_target_with_mostly_few_row_classes_is_refused(client, tmp_path):
+    """F1: diabetes-like (a whole-number target, 198 values for 355 rows): before, a 198-class classifier, rc 0,
+    validation accuracy 0; now the refusal names the counts and --task regression, and writes no run store."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(355, 5))
+    y = np.round(150 + 77 * X[:, 0] + 10 * rng.normal(size=355))  # a whole-number measurement
+    write_data(tmp_path / "d.zarr", X, y)
+    with pytest.raises(InputError, match=r"the labels take \d+ distinct values for 355 rows and \d+ of them have "
+                                         r"fewer than 3 rows.*pass --task regression"):
+        train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr",
+              config=TrainConfig(hidden=(8,), iterations=1), report=quiet)
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_many_classes_with_rows_each_still_train(client, tmp_path):
+    """F1's rule is not 'many classes': 30 classes of 10 rows each train as a classifier."""
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(30), 10)
+    X = rng.normal(size=(300, 4)) + y[:, None] * 0.5
+    write_data(tmp_path / "d.zarr", X, y)
+    r = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr",
+              config=TrainConfig(hidden=(8,), iterations=1), report=quiet)
+    assert len(r.network.classes) == 30
 
 
 @pytest.fixture(scope="module")
