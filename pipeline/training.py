@@ -25,7 +25,7 @@ from solvers.config import TrainConfig, choice_text
 from solvers.driver import Outcome, describe_model, drive, model_from_moments, split_chunks
 from solvers.errors import InputError
 from solvers.loop import LoopState
-from solvers.tasks import score_from_sums
+from solvers.tasks import TASKS, score_from_sums
 from solvers.validation import EarlyStopping, RowSplit, split_of
 from storage.data import fingerprint, open_data
 from storage.lock import ReadLock, RunLock
@@ -172,8 +172,9 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), chunks, progress=progress,
                         recorder=monitor, split=split)
     n_held = 0 if split is None else (run.attrs.get("validation") or {}).get("rows", split.count(data.n_samples))
+    n_train_chunks = len(chunks) - len(getattr(split, 'chunks', ()))
     report(f"run store {run.path}: {data.n_samples - n_held} training samples in "
-           f"{len(chunks) - len(getattr(split, 'chunks', ()))} chunks of "
+           f"{n_train_chunks} chunk{'' if n_train_chunks == 1 else 's'} of "
            f"{run.chunk_rows} rows" + (f", {n_held} held out for early stopping (rows of every chunk)"
                                         if isinstance(split, RowSplit) else
                                         f", {n_held} held out for early stopping in {len(split.chunks)} chunks"
@@ -218,6 +219,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
             out = drive(solver, runner, keeper, config, evaluate=evaluate,
                         held_out=split is not None, resume=committed, history=history, stopping=stopping,
                         changed=changed, stopped_early=bool(manifest and manifest.get("stopped_early")), report=report)
+        _report_kept_test(out, config, report)
     finally:
         run.write_metrics()  # the commits write metrics/ at most every few seconds
         _forget_data(client)
@@ -251,6 +253,14 @@ def check_class_rows(client, data, classes) -> None:
                          f"them have fewer than {FEW_ROWS} rows: a count or a measurement, not classes "
                          f"(classification takes more than {MANY_CLASSES} labels only when most have {FEW_ROWS} "
                          "rows or more); pass --task regression")
+
+
+def _report_kept_test(out, config, report) -> None:
+    """Report the test score of the kept model (the best held-out iteration): users read the last line, not the row."""
+    score = TASKS[config.task].score_name
+    record = next((h for h in out.history if h.get("iteration") == out.best_iteration), None)
+    if out.best_iteration is not None and record is not None and f"test_{score}" in record:
+        report(f"the model (iteration {out.best_iteration}) has test {score} {record[f'test_{score}']:.4f}")
 
 
 def _forget_data(client) -> None:

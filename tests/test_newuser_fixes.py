@@ -65,6 +65,14 @@ def test_resume_of_a_finished_run_says_so(client, two_iterations):
     assert any("already has 2 iterations and --iterations is the total: nothing to run" in s for s in lines)
 
 
+def test_run_line_and_kept_models_test_score(two_iterations):
+    """F7: one chunk is 'chunk', and the last line gives the kept model's test accuracy (users read the last line)."""
+    _, lines = two_iterations
+    assert any(" training samples in 1 chunk of " in s for s in lines), lines
+    assert not any(" 1 chunks " in s for s in lines)
+    assert lines[-1].startswith("the model (iteration ") and ") has test accuracy 0." in lines[-1], lines
+
+
 def test_cli_resume_with_fewer_total_iterations_is_refused_and_writes_nothing(two_iterations, capsys):
     """F8 from the command line (--iterations reaches train as an override): rc 2, one line, the store unchanged."""
     from pipeline.train import main
@@ -75,4 +83,3 @@ def test_cli_resume_with_fewer_total_iterations_is_refused_and_writes_nothing(tw
     assert "already has 2 iterations and --iterations is the total: pass --iterations 3 for 1 more" in \
         capsys.readouterr().err
     assert {p: p.read_bytes() for p in (tmp / "r.zarr").rglob("*") if p.is_file()} == before
-
