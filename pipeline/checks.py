@@ -18,6 +18,18 @@ def check_resumable(store: RunStore, data: DataStore):
                          + "; ".join(diffs) + ")")
 
 
+def check_resume_total(run: RunStore, target) -> None:
+    """Raise :class:`InputError` if the resume's total ``target`` (``--iterations``) is below the iterations ``run``
+    has committed: before any warning, cluster or write."""
+    done = run.committed_iteration()
+    if target is None or done is None or int(target) >= done:
+        return
+    target = int(target)
+    more = (f"pass --iterations {done + target} for {target} more" if target > 0 else
+            f"pass a total above {done}")
+    raise InputError(f"run {run.path} already has {done} iterations and --iterations is the total: {more}")
+
+
 def check_test_data(test_data, data: DataStore) -> DataStore | None:
     """Return the opened test data store (None without one); its width must be the training data's."""
     test = open_data(test_data) if test_data else None
@@ -35,13 +47,16 @@ def check_chunk_rows(chunk_rows, data: DataStore):
                          f"({data.n_samples})")
 
 
-def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False, chunk_rows=None):
-    """Raise :class:`InputError` for unusable stores before any cluster is started."""
+def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False, chunk_rows=None,
+                 iterations=None):
+    """Raise :class:`InputError` for unusable stores (and a resume's total ``iterations`` below the run's) before
+    any cluster is started."""
     for path in (data, test_data):
         if path is not None:  # an ingestion under way: refused before a cluster starts (and, read-locked, in train)
             check_not_written(path)
     if resume:  # the recorded stores too, and the data's fingerprint: a bad input is one line (before any warning)
         run = RunStore.open(store)
+        check_resume_total(run, iterations)
         recorded = data or (run.attrs.get("data") or {}).get("path")
         for path in (recorded if data is None else None, None if test_data else run.attrs.get("test_data")):
             if path:

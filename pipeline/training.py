@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.checks import check_chunk_rows, check_inputs, check_resumable, check_test_data  # noqa: F401 (check_inputs)
+from pipeline.checks import (check_chunk_rows, check_inputs, check_resumable, check_resume_total,  # noqa: F401
+                             check_test_data)  # (check_inputs: pipeline.train imports it from here)
 from pipeline.cluster import check_worker_access
 from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_moments, score_sums_graph
@@ -117,10 +118,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         overrides = {**(overrides or {}), "iterations": int(iterations)}
     if resume:
         run = RunStore.open(store)
-        done, target = run.committed_iteration(), (overrides or {}).get("iterations")  # --iterations is the total
-        if target is not None and done is not None and int(target) < done:  # before anything is written
-            raise InputError(f"run {run.path} already has {done} iterations and --iterations is the total: pass "
-                             f"--iterations {done + int(target)} for {int(target)} more")
+        check_resume_total(run, (overrides or {}).get("iterations"))  # the API's check (the CLI's: check_inputs)
         config, changed = TrainConfig.resumed(run.attrs["config"], overrides)  # recorded once every check passed
         data = open_data(reading(data or run.attrs["data"]["path"]))
         test_data = test_data or run.attrs.get("test_data")

@@ -73,13 +73,22 @@ def test_run_line_and_kept_models_test_score(two_iterations):
     assert lines[-1].startswith("the model (iteration ") and ") has test accuracy 0." in lines[-1], lines
 
 
-def test_cli_resume_with_fewer_total_iterations_is_refused_and_writes_nothing(two_iterations, capsys):
-    """F8 from the command line (--iterations reaches train as an override): rc 2, one line, the store unchanged."""
-    from pipeline.train import main
+def test_cli_resume_with_fewer_total_iterations_is_refused_and_writes_nothing(two_iterations, capsys, monkeypatch):
+    """F8 from the command line: rc 2 and exactly one line, before the unseen-labels warning (the test data has a
+    label the training data lacks) and before any cluster starts; the store unchanged."""
+    import pipeline.train as cli
 
     tmp, _ = two_iterations
+    X, y = make_data(n=20)
+    write_data(tmp / "t7.zarr", X, np.where(np.arange(20) < 3, 7, y))  # label 7 unseen: would warn
+    monkeypatch.setattr(cli, "connect_from_args", lambda *a, **k: pytest.fail("a cluster was started"))
     before = {p: p.read_bytes() for p in (tmp / "r.zarr").rglob("*") if p.is_file()}
-    assert main(["--store", str(tmp / "r.zarr"), "--resume", "--iterations", "1"]) == 2
-    assert "already has 2 iterations and --iterations is the total: pass --iterations 3 for 1 more" in \
-        capsys.readouterr().err
+    argv = ["--store", str(tmp / "r.zarr"), "--resume", "--test-data", str(tmp / "t7.zarr"), "--iterations"]
+    assert cli.main([*argv, "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already has 2 iterations and --iterations is the total: pass --iterations 3 for 1 " \
+        "more" in err[0], err
+    assert cli.main([*argv, "0"]) == 2  # 0: no "--iterations 2 for 0 more"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("--iterations is the total: pass a total above 2"), err
     assert {p: p.read_bytes() for p in (tmp / "r.zarr").rglob("*") if p.is_file()} == before
