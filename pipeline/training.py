@@ -120,6 +120,9 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         run = RunStore.open(store)
         check_resume_total(run, (overrides or {}).get("iterations"))  # the API's check (the CLI's: check_inputs)
         config, changed = TrainConfig.resumed(run.attrs["config"], overrides)  # recorded once every check passed
+        done = run.committed_iteration()
+        if done is not None and config.iterations <= done:  # a finished (or stopped) run resumed at its total
+            changed = set()  # nothing runs, so nothing in the store changes (a stopped run's recorded total neither)
         data = open_data(reading(data or run.attrs["data"]["path"]))
         test_data = test_data or run.attrs.get("test_data")
         if test_data:
@@ -181,7 +184,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
            f"{describe_model(model)}")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
-    if resume and manifest and config.iterations <= int(manifest["iteration"]) and not manifest.get("stopped_early"):
+    if resume and manifest and config.iterations <= int(manifest["iteration"]):
         done = int(manifest["iteration"])  # a finished run resumed again (after a kill past its last commit): rc 0
         report(f"run {run.path} already has {done} iterations and --iterations is the total: nothing to run "
                "(pass a larger --iterations to go on)")

@@ -170,6 +170,8 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         report(f"the run stopped early at iteration {state.iteration} (its model is iteration "
                f"{stopping.best_iteration}); pass a larger --patience or --iterations to go on")
         return out
+    if state.iteration >= config.iterations:  # a finished run resumed at its total: no table without rows
+        return out
     score = TASKS[config.task].score_name  # accuracy, or r2 for regression: train_r2, test_r2, …
     short = {"accuracy": "acc"}.get(score, score)
     columns = ((f"test_{score}", f"test {short}"),) + (((f"validation_{score}", f"valid {short}"),) if held_out else ())

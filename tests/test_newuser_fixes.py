@@ -63,6 +63,24 @@ def test_resume_of_a_finished_run_says_so(client, two_iterations):
     lines = []
     train(client, store=tmp / "r.zarr", resume=True, iterations=2, report=lines.append)
     assert any("already has 2 iterations and --iterations is the total: nothing to run" in s for s in lines)
+    assert not any(s.split()[:2] == ["iter", "seconds"] for s in lines), lines  # no table without rows
+
+
+def test_resume_of_a_stopped_run_at_its_done_count_changes_nothing(client, tmp_path):
+    """F8 for a run that stopped early: --iterations equal to its done count said nothing and rewrote the
+    recorded total (30 -> the done count); now it says nothing ran and the config keeps 30."""
+    rng = np.random.default_rng(0)
+    write_data(tmp_path / "d.zarr", rng.normal(size=(300, 3)), rng.integers(0, 2, 300))  # noise: stops early
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr",
+          config=TrainConfig(hidden=(4,), iterations=30, patience=1), report=quiet)
+    manifest = RunStore.open(tmp_path / "r.zarr").manifest()
+    done = int(manifest["iteration"])
+    assert manifest.get("stopped_early") and done < 30
+    lines = []
+    train(client, store=tmp_path / "r.zarr", resume=True, iterations=done, report=lines.append)
+    assert any(f"already has {done} iterations and --iterations is the total: nothing to run" in s for s in lines)
+    assert not any(s.split()[:2] == ["iter", "seconds"] for s in lines), lines
+    assert RunStore.open(tmp_path / "r.zarr").attrs["config"]["iterations"] == 30
 
 
 def test_run_line_and_kept_models_test_score(two_iterations):
