@@ -79,6 +79,32 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
         open_data(test_data)
 
 
+MANY_CLASSES = 20  # more classes than this, most of them with fewer than FEW_ROWS rows: a count or a measurement
+FEW_ROWS = 3  # a class needs a few rows to be learned and scored (held-out rows are a share of them)
+
+
+def check_class_rows(client, data, classes) -> None:
+    """Refuse more than :data:`MANY_CLASSES` classes most of which have fewer than :data:`FEW_ROWS` rows.
+
+    A whole-number target with many distinct values (a count, an age, a score: diabetes' 198 values for 355
+    rows) is a regression target: as classes, most have one or two rows (diabetes: 159 of 198), so nothing
+    generalises (:func:`solvers.driver.classes_of` refuses such targets that are not whole numbers). One pass
+    over ``y``, only with that many classes; a many-class task with a few rows for most classes trains.
+    """
+    if classes is None or len(classes) <= MANY_CLASSES:
+        return
+    from pipeline.passes import bounds, other_labels_graph
+
+    counts = client.compute(other_labels_graph(data.path.resolve(), bounds(data.n_samples, data.chunk_rows), []),
+                            sync=True)
+    few = sum(1 for rows in counts.values() if rows < FEW_ROWS)
+    if 2 * few > len(counts):
+        raise InputError(f"the labels take {len(counts)} distinct values for {data.n_samples} rows and {few} of "
+                         f"them have fewer than {FEW_ROWS} rows: a count or a measurement, not classes "
+                         f"(classification takes more than {MANY_CLASSES} labels only when most have {FEW_ROWS} "
+                         "rows or more); pass --task regression, or --task classification if these are classes")
+
+
 def unseen_test_labels_warning(test_data, data) -> str | None:
     """Return a warning line if ``--test-data`` has class labels the training data has not (their rows count as
     wrong in every test accuracy), else None.

@@ -295,7 +295,8 @@ class _ADMMEstimator(BaseEstimator):
                     existed = run_path.exists()
                     try:
                         result = train(client, store=run_path, data=data_path, config=config,
-                                       chunk_rows=self.chunk_rows, overwrite=True, report=self._report)
+                                       chunk_rows=self.chunk_rows, overwrite=True, report=self._report,
+                                       task_given=True)  # the estimator's labels are its task's by construction
                     finally:
                         if not existed and run_path.exists():
                             self._owned(run_path)

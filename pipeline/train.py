@@ -169,7 +169,7 @@ def _main(args, where) -> int:
         try:
             result = train(client, store=store, data=data, config=config, test_data=test_data,
                            chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
-                           overrides=given if args.resume else None, progress=progress,
+                           overrides=given if args.resume else None, progress=progress, task_given="task" in given,
                            report=lambda line: print(line, flush=True), monitor=TrainingMonitor(client))
         except KilledWorker as exc:
             raise killed_worker_error(exc, client, args, store) from None

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.checks import (check_chunk_rows, check_inputs, check_resumable, check_resume_total,  # noqa: F401
-                             check_test_data)  # (check_inputs: pipeline.train imports it from here)
+from pipeline.checks import (check_chunk_rows, check_class_rows, check_inputs,  # noqa: F401
+                             check_resumable, check_resume_total, check_test_data)  # (check_inputs: pipeline.train imports it from here)
 from pipeline.cluster import check_worker_access
 from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_moments, score_sums_graph
@@ -97,7 +97,7 @@ def train(client, *, store, report=print, **kwargs) -> TrainResult:
 def _train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
            chunk_rows=None, resume=False, overwrite=False, iterations=None, overrides=None,
            progress=False, report=print, monitor=None, reading=lambda path: path,
-           created=lambda: None) -> TrainResult:
+           created=lambda: None, task_given=False) -> TrainResult:
     """Train out of core on ``data`` into the run store ``store``; return the network and history.
 
     With ``resume=True`` the run continues from its last committed iteration:
@@ -109,6 +109,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     told about the run, every pass and every commit: the dashboard's /training page. ``reading(path)`` is
     called with each data store's path before it is opened (:func:`train`: read-locks it) and returns it;
     ``created()`` once a new run store is in place (:func:`train`: its lock stops refusing readers).
+    ``task_given``: the task was chosen by the user (``--task``, an estimator), so
+    :func:`pipeline.checks.check_class_rows` does not second-guess it.
     """
     changed = set()
     if resume and overwrite:
@@ -149,7 +151,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         check_worker_access(client, [data.path, *([test_data] if test_data else [])],
                             [Path(store).resolve().parent])
         model = model_from_moments(config, data.n_features, *data_moments(client, data, config.task == "regression"))
-        check_class_rows(client, data, model.get("classes"))
+        if not task_given:  # labels the user called classes (--task classification, ADMMClassifier) are classes
+            check_class_rows(client, data, model.get("classes"))
         solver = make_solver(config, data.n_features, **model)
         rows, _, split = split_chunks(
             data.n_samples, chunk_rows,
@@ -228,32 +231,6 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         run.release_uncommitted_slot()
     out.store = run
     return out
-
-
-MANY_CLASSES = 20  # more classes than this, most of them with fewer than FEW_ROWS rows: a count or a measurement
-FEW_ROWS = 3  # a class needs a few rows to be learned and scored (held-out rows are a share of them)
-
-
-def check_class_rows(client, data, classes) -> None:
-    """Refuse more than :data:`MANY_CLASSES` classes most of which have fewer than :data:`FEW_ROWS` rows.
-
-    A whole-number target with many distinct values (a count, an age, a score: diabetes' 198 values for 355
-    rows) is a regression target: as classes, most have one or two rows (diabetes: 159 of 198), so nothing
-    generalises (:func:`solvers.driver.classes_of` refuses such targets that are not whole numbers). One pass
-    over ``y``, only with that many classes; a many-class task with a few rows for most classes trains.
-    """
-    if classes is None or len(classes) <= MANY_CLASSES:
-        return
-    from pipeline.passes import other_labels_graph
-
-    counts = client.compute(other_labels_graph(data.path.resolve(), bounds(data.n_samples, data.chunk_rows), []),
-                            sync=True)
-    few = sum(1 for rows in counts.values() if rows < FEW_ROWS)
-    if 2 * few > len(counts):
-        raise InputError(f"the labels take {len(counts)} distinct values for {data.n_samples} rows and {few} of "
-                         f"them have fewer than {FEW_ROWS} rows: a count or a measurement, not classes "
-                         f"(classification takes more than {MANY_CLASSES} labels only when most have {FEW_ROWS} "
-                         "rows or more); pass --task regression")
 
 
 def _report_kept_test(out, config, report) -> None:

@@ -35,6 +35,38 @@ def test_many_classes_with_rows_each_still_train(client, tmp_path):
     assert len(r.network.classes) == 30
 
 
+def _few_row_classes(path, classes=40, rows=2):
+    """Write ``classes`` classes of ``rows`` rows each (identities, few-shot): classes, though most have few rows."""
+    y = np.repeat(np.arange(classes), rows)
+    X = np.random.default_rng(2).normal(size=(len(y), 4)) + y[:, None]
+    write_data(path, X, y)
+    return X, y
+
+
+def test_estimator_classes_with_few_rows_each_train(tmp_path):
+    """ADMMClassifier's labels are classes by construction (it has no --task): 40 classes of 2 rows each fit."""
+    from pipeline.estimator import ADMMClassifier
+
+    X, y = _few_row_classes(tmp_path / "d.zarr")
+    model = ADMMClassifier(max_iter=1, hidden_layer_sizes=(4,)).fit(X, y)
+    assert len(model.classes_) == 40
+
+
+def test_cli_explicit_task_classification_overrides_the_class_rows_check(tmp_path, capsys):
+    """From the command line the refusal is one line naming both ways out; --task classification trains."""
+    from pipeline.train import main
+
+    _few_row_classes(tmp_path / "d.zarr")
+    argv = ["--data", str(tmp_path / "d.zarr"), "--store", str(tmp_path / "r.zarr"), "--hidden", "4",
+            "--iterations", "1", "--workers", "1", "--dashboard-address", ":0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("pass --task regression, or --task classification if these are "
+                                             "classes"), err
+    assert main([*argv, "--task", "classification"]) == 0
+    assert RunStore.open(tmp_path / "r.zarr").manifest()["iteration"] == 1
+
+
 @pytest.fixture(scope="module")
 def two_iterations(client, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
