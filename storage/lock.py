@@ -53,7 +53,9 @@ record left by a process killed on another node (SIGKILL, a lost node) blocks
 writers until it has not been touched for :data:`STALE_AFTER` seconds; the
 refusal names the record, which may be deleted once that process is gone. A file of a reader record's name
 that is not one (not JSON with token, host and pid, or not readable) is never removed: it blocks writers
-until the user deletes it, as a ``<DATA>.lock`` that is not a lock record does.
+until the user deletes it, as a ``<DATA>.lock`` that is not a lock record does. A reader killed between
+writing its record's private file and renaming it leaves ``.<DATA>.reader-….tmp`` beside the store: writers
+do not look at it and no command removes it (a reader finding one of its name writes another); it may be deleted.
 """
 from __future__ import annotations
 
@@ -327,27 +329,16 @@ class ReadLock:
             raise
 
     def _acquire(self) -> None:
-        # Written to a private file, then renamed to the record's name (atomic; the name is this reader's own, by its
-        # token, so nothing is replaced): that name only ever holds a complete record. A record created empty and
-        # written afterwards would, if this process died in between (or while it is still writing), be a file that
-        # is no record, which blocks writers until the user deletes it (live_readers never removes one).
-        tmp = self.path.with_name("." + self.path.name + ".tmp")  # not <DATA>.reader-*: writers do not see it
+        # Written to a private file, then renamed to the record's name (atomic; rename replaces a file of that name,
+        # but the name is this reader's own, by its token): that name only ever holds a complete record. A record
+        # created empty and written afterwards would, if this process died in between (or while it is still
+        # writing), be a file that is no record, which blocks writers until the user deletes it (live_readers never
+        # removes one). Only a private file this call created is removed: one that exists already is someone else's.
         try:
-            try:
-                fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                os.fchmod(fd, 0o644)  # readable by every user whatever the umask: a writer judges its age and holder
-                with os.fdopen(fd, "w") as f:
-                    f.write(json.dumps(self.record, indent=1))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.rename(tmp, self.path)
-            finally:
-                try:
-                    tmp.unlink()  # left only if the rename did not happen
-                except OSError:
-                    pass
+            self._write_record()
         except OSError:  # a read-only folder (shared data), no folder at all, a full disk: no record, the check below
-            self.path = None  # still runs
+            if not self._record_written():  # still runs (a rename that failed after it happened keeps the record)
+                self.path = None
         holder = read_holder(self.store)
         if holder is not None and (not self.run or holder.get("replacing")) and not is_stale(holder):
             self.release()
@@ -356,6 +347,36 @@ class ReadLock:
                              f"for it to finish (its lock is {lock_path(self.store)})")
         if self.path is not None:
             self._heartbeat = _Heartbeat(self.path)
+
+    def _write_record(self) -> None:
+        """Write this reader's record to a private file this call creates, then rename it to :attr:`path`."""
+        name = "." + self.path.name
+        for tmp in (self.path.with_name(name + ".tmp"), self.path.with_name(f"{name}.{secrets.token_hex(4)}.tmp")):
+            try:  # not <DATA>.reader-*: writers do not see it
+                fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:  # not ours (a leftover of a killed reader, another file): left alone
+                continue
+            try:
+                os.fchmod(fd, 0o644)  # readable by every user whatever the umask: a writer judges its age and holder
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(self.record, indent=1))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.rename(tmp, self.path)
+            finally:
+                try:
+                    tmp.unlink()  # ours; there only if the rename did not happen
+                except OSError:
+                    pass
+            return
+        raise FileExistsError(f"no private file name free for {self.path}")
+
+    def _record_written(self) -> bool:
+        """Return whether :attr:`path` holds this reader's record (a rename reported failed may have happened)."""
+        try:
+            return json.loads(self.path.read_text()).get("token") == self.record["token"]
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def release(self) -> None:
         """Stop the heartbeat and remove this reader's record."""

@@ -374,6 +374,34 @@ def test_a_reader_killed_while_writing_its_record_leaves_no_record_name(store, t
         pass
 
 
+def test_an_existing_private_file_of_the_records_name_is_left_alone_and_the_reader_still_writes_its_record(store):
+    """A file at the private name (`.<DATA>.reader-….tmp`) made the create fail, the clean-up deleted that file (not
+    this reader's) and the reader ran with no record, invisible to writers; now it is kept and the record written."""
+    lock = ReadLock(store)
+    other = lock.path.with_name("." + lock.path.name + ".tmp")
+    other.write_text("someone else's file")
+    with lock:
+        assert lock.path is not None and json.loads(lock.path.read_text())["token"] == lock.record["token"]
+        with pytest.raises(InputError, match="in use by"):
+            DataWriteLock(store).acquire()
+    assert other.read_text() == "someone else's file"
+    assert not lock.path.exists() and sorted(p.name for p in store.parent.glob(".d.zarr.reader-*")) == [other.name]
+
+
+def test_a_rename_reported_failed_after_it_happened_keeps_the_record(store, monkeypatch):
+    """NFS can report a rename failed after doing it (a retried request): the record is this reader's, so kept."""
+    rename = os.rename
+
+    def lost_reply(src, dst):
+        rename(src, dst)
+        raise OSError("rename: reply lost")
+
+    monkeypatch.setattr(lockmod.os, "rename", lost_reply)
+    with ReadLock(store) as lock:
+        assert lock.path is not None and lock.path.exists() and live_readers(store)
+    assert not lock.path.exists()
+
+
 def test_records_and_locks_are_readable_by_everyone_whatever_the_umask(store):
     old = os.umask(0o077)
     try:
