@@ -81,9 +81,9 @@ def locked(store, data, out, overwrite=False):
     return stack
 
 
-def _predict(client, store, data, out, inputs, overwrite=False):
+def _predict(client, store, data, out, inputs, overwrite=False, written=lambda out: None):
     """:func:`predict` with its locks held by the caller; ``inputs``: the network and data store :func:`locked`
-    checked (read once, under the locks)."""
+    checked (read once, under the locks); ``written(out)`` once the predictions store is in place."""
     import shutil
     from pathlib import Path
 
@@ -115,6 +115,7 @@ def _predict(client, store, data, out, inputs, overwrite=False):
         client.compute(pred.store(target, lock=False, compute=False), sync=True)
         check_target(out, PREDICTIONS_FORMAT, overwrite)  # nothing else appeared at --out meanwhile
         swap_in(partial, out)
+        written(out)  # a signal from here on (the cluster's shutdown takes seconds) finds the predictions in place
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
@@ -127,7 +128,14 @@ def main(argv=None) -> int:
     # SIGTERM (scancel, walltime, kill) unwinds the with blocks like Ctrl-C: the reader records, the lock of --out
     # and the partial predictions store go
     batch = args.cluster in ("slurm", "pbs")
-    with exit_on_signals(batch=batch, done=done_with_cluster("no predictions store was written or replaced", batch)):
+    written = {}
+
+    def done() -> str:
+        what = (f"the predictions were written to {written['out']}" if written else
+                "no predictions store was written or replaced")
+        return done_with_cluster(what, batch)
+
+    with exit_on_signals(batch=batch, done=done):
         if args.dry_run:  # prints a job script, whatever the stores: no locks (as evaluate); --out is checked
             from storage.paths import check_target
 
@@ -139,7 +147,8 @@ def main(argv=None) -> int:
         # predict into --out are refused (and refuse this)
         with locked(args.store, args.data, args.out, args.overwrite) as held:  # checks the inputs (before a cluster)
             with connect_from_args(args, data=args.data) as client:
-                out = _predict(client, args.store, args.data, args.out, held.inputs, args.overwrite)
+                out = _predict(client, args.store, args.data, args.out, held.inputs, args.overwrite,
+                               written=lambda out: written.update(out=out))
     print(f"predictions written to {out}/prediction")
     return 0
 

@@ -150,13 +150,13 @@ def done_with_cluster(what: str, batch: bool = False) -> str:
 
 
 @contextlib.contextmanager
-def exit_on_signals(store=None, batch=False, done: str | None = None):
+def exit_on_signals(store=None, batch=False, done=None):
     """Turn SIGINT/SIGTERM inside the block into one line on stderr and ``SystemExit(130/143)``.
 
     ``store`` (a callable returning the run store path, or the path) names the
-    resume command; ``batch`` says the clean-up cancelled batch jobs; ``done`` replaces what the line says was
-    cleaned up (a command without a run store: evaluate, predict, ingest). Either way the ``with`` blocks inside
-    unwind, so locks and reader records (:mod:`storage.lock`) are removed.
+    resume command; ``batch`` says the clean-up cancelled batch jobs; ``done`` (a callable returning the text, or
+    the text) replaces what the line says was cleaned up (a command without a run store: evaluate, predict,
+    ingest). Either way the ``with`` blocks inside unwind, so locks and reader records (:mod:`storage.lock`) are removed.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -177,7 +177,7 @@ def exit_on_signals(store=None, batch=False, done: str | None = None):
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="coroutine .* was never awaited")
         _quiet_shutdown()
         path = store() if callable(store) else store
-        done_ = done or ("the worker jobs were cancelled and the temporary certificates deleted" if batch
+        done_ = (done() if callable(done) else done) or ("the worker jobs were cancelled and the temporary certificates deleted" if batch
                          else "the cluster was shut down")
         print(f"{NAMES[signum]}: {done_}{_resume_hint(path)}", file=sys.stderr, flush=True)
         _guard_zarr_exit()

@@ -117,6 +117,31 @@ def test_a_second_predict_into_one_out_is_refused_and_a_killed_ones_lock_blocks_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr"]  # its lock went with it
 
 
+def test_a_signal_after_the_predictions_are_in_place_says_they_were_written(trained, tmp_path, capsys, monkeypatch):
+    """Ctrl-C once the store is swapped in (the cluster's shutdown takes seconds afterwards) said 'no predictions
+    store was written or replaced'; it was: the line now says where."""
+    import contextlib
+
+    from pipeline import predict
+
+    d, out, connect = trained, tmp_path / "p.zarr", predict.connect_from_args
+
+    @contextlib.contextmanager
+    def interrupted_at_shutdown(*args, **kwargs):
+        with connect(*args, **kwargs) as client:
+            yield client
+            raise KeyboardInterrupt  # Ctrl-C while the cluster shuts down
+
+    monkeypatch.setattr(predict, "connect_from_args", interrupted_at_shutdown)
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--store", str(d / "r.zarr"), "--data", str(d / "d.zarr"), "--out", str(out), "--workers", "1",
+              "--dashboard-address", ":0"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted (SIGINT, Ctrl-C): the predictions were written to {out}; any cluster it started was shut down")
+    assert (out / "prediction" / "zarr.json").exists()
+
+
 def test_predict_cli_refuses_overwriting_its_input_in_one_line(trained):
     d = trained
     r = subprocess.run([sys.executable, "-m", "pipeline.predict", "--store", str(d / "r.zarr"), "--data",
