@@ -9,10 +9,30 @@ from storage.lock import check_not_written, check_unlocked
 from storage.runstore import RunStore, check_creatable
 
 
+def recorded_data(run: RunStore, data=None):
+    """Return the training data a resume of ``run`` reads: ``data`` (``--data``) or the path the run recorded.
+
+    Raise :class:`InputError` naming ``--data`` if the run records none, or if the recorded store is not there (a
+    moved data set: it may be given at its new place, its fingerprint is checked).
+    """
+    if data is not None:
+        return data
+    recorded = (run.attrs.get("data") or {}).get("path")
+    if not recorded:
+        raise InputError(f"run {run.path} records no training data: pass --data with the data set it was trained on "
+                         "(its fingerprint is checked where the run recorded one)")
+    if not Path(recorded).exists():
+        raise InputError(f"the training data of run {run.path}, {recorded}, is not there (moved or deleted): pass "
+                         "--data with the same data set at its new place (its fingerprint is checked)")
+    return recorded
+
+
 def check_resumable(store: RunStore, data: DataStore):
-    """Raise :class:`InputError` unless ``data`` is the data set the run ``store`` was trained on."""
+    """Raise :class:`InputError` unless ``data`` is the data set the run ``store`` was trained on (a run that
+    records no fingerprint takes the data it is given)."""
     data.require_labels("train")
-    diffs = fingerprint_differences(store.attrs["data"]["fingerprint"], data)
+    expected = (store.attrs.get("data") or {}).get("fingerprint")
+    diffs = fingerprint_differences(expected, data) if expected else []
     if diffs:
         raise InputError(f"{data.path} is not the data set run {store.path} was trained on ("
                          + "; ".join(diffs) + ")")
@@ -57,12 +77,11 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
     if resume:  # the recorded stores too, and the data's fingerprint: a bad input is one line (before any warning)
         run = RunStore.open(store)
         check_resume_total(run, iterations)
-        recorded = data or (run.attrs.get("data") or {}).get("path")
+        recorded = recorded_data(run, data)
         for path in (recorded if data is None else None, None if test_data else run.attrs.get("test_data")):
             if path:
                 check_not_written(path)
-        if recorded:
-            check_resumable(run, open_data(recorded))
+        check_resumable(run, open_data(recorded))
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.checks import (check_chunk_rows, check_class_rows, check_inputs,  # noqa: F401
-                             check_resumable, check_resume_total, check_test_data)  # (check_inputs: pipeline.train imports it from here)
+from pipeline.checks import (check_chunk_rows, check_class_rows, check_inputs,  # noqa: F401 (check_inputs: the CLI's)
+                             check_resumable, check_resume_total, check_test_data, recorded_data)
 from pipeline.cluster import check_worker_access
 from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_moments, score_sums_graph
@@ -125,7 +125,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         done = run.committed_iteration()
         if done is not None and config.iterations <= done:  # a finished (or stopped) run resumed at its total
             changed = set()  # nothing runs, so nothing in the store changes (a stopped run's recorded total neither)
-        data = open_data(reading(data or run.attrs["data"]["path"]))
+        data = open_data(reading(recorded_data(run, data)))
         test_data = test_data or run.attrs.get("test_data")
         if test_data:
             reading(test_data)

@@ -142,3 +142,32 @@ def test_cli_resume_with_fewer_total_iterations_is_refused_and_writes_nothing(tw
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("--iterations is the total: pass a total above 2"), err
     assert {p: p.read_bytes() for p in (tmp / "r.zarr").rglob("*") if p.is_file()} == before
+
+
+def test_resume_with_the_training_data_moved_or_unrecorded_names_data(two_iterations, tmp_path, capsys):
+    """A moved training store said 'does not exist; create one with python -m pipeline.ingest' (it exists, elsewhere);
+    a run recording no data ended in a TypeError traceback. Both: one line naming --data; --data at the new place
+    resumes (fingerprint checked)."""
+    import shutil
+
+    import zarr
+
+    from pipeline.checks import check_inputs
+    from pipeline.train import main
+
+    tmp, _ = two_iterations
+    shutil.copytree(tmp / "r.zarr", tmp_path / "r.zarr")
+    shutil.copytree(tmp / "d.zarr", tmp_path / "d.zarr")
+    zarr.open_group(tmp_path / "r.zarr", mode="r+").update_attributes(
+        {"data": {**RunStore.open(tmp_path / "r.zarr").attrs["data"], "path": str(tmp_path / "gone.zarr")}})
+    assert main(["--store", str(tmp_path / "r.zarr"), "--resume", "--iterations", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gone.zarr, is not there (moved or deleted): pass --data with the same data set at its " \
+        "new place (its fingerprint is checked)" in err[0], err
+    check_inputs(store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", resume=True, iterations=3)  # the way out
+    with pytest.raises(InputError, match="is not the data set run"):
+        check_inputs(store=tmp_path / "r.zarr", data=tmp / "t.zarr", resume=True)
+    zarr.open_group(tmp_path / "r.zarr", mode="r+").update_attributes({"data": None})
+    assert main(["--store", str(tmp_path / "r.zarr"), "--resume", "--iterations", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "records no training data: pass --data with the data set it was trained on" in err[0]
