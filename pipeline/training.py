@@ -112,7 +112,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     ``task_given``: the task was chosen by the user (``--task``, an estimator), so
     :func:`pipeline.checks.check_class_rows` does not second-guess it.
     """
-    changed = set()
+    changed, new_test = set(), False
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run in the store, "
                          "overwrite replaces it with a new one")
@@ -126,7 +126,9 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         if done is not None and config.iterations <= done:  # a finished (or stopped) run resumed at its total
             changed = set()  # nothing runs, so nothing in the store changes (a stopped run's recorded total neither)
         data = open_data(reading(recorded_data(run, data)))
-        test_data = test_data or run.attrs.get("test_data")
+        recorded_test = run.attrs.get("test_data")  # a new --test-data: records up to now scored another test set
+        new_test = bool(test_data) and (not recorded_test or Path(test_data).resolve() != Path(recorded_test).resolve())
+        test_data = test_data or recorded_test
         if test_data:
             reading(test_data)
         check_worker_access(client, [data.path, *([test_data] if test_data else [])], [run.path])
@@ -223,7 +225,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
             out = drive(solver, runner, keeper, config, evaluate=evaluate,
                         held_out=split is not None, resume=committed, history=history, stopping=stopping,
                         changed=changed, stopped_early=bool(manifest and manifest.get("stopped_early")), report=report)
-        _report_kept_test(out, config, report)
+        _report_kept_test(out, config, report, test_data if test is not None else None,
+                          committed.iteration if new_test and committed is not None else None)
     finally:
         run.write_metrics()  # the commits write metrics/ at most every few seconds
         _forget_data(client)
@@ -233,12 +236,23 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     return out
 
 
-def _report_kept_test(out, config, report) -> None:
-    """Report the test score of the kept model (the best held-out iteration): users read the last line, not the row."""
+def _report_kept_test(out, config, report, test_data=None, scored_before=None) -> None:
+    """Report the test score of the kept model (the best held-out iteration): users read the last line, not the row.
+
+    ``scored_before``: iterations up to it were scored on the test data of an earlier segment (a resume with another
+    ``--test-data``), so their scores are not the model's on ``test_data``.
+    """
     score = TASKS[config.task].score_name
-    record = next((h for h in out.history if h.get("iteration") == out.best_iteration), None)
-    if out.best_iteration is not None and record is not None and f"test_{score}" in record:
-        report(f"the model (iteration {out.best_iteration}) has test {score} {record[f'test_{score}']:.4f}")
+    k = out.best_iteration
+    if k is None or test_data is None:
+        return
+    record = next((h for h in out.history if h.get("iteration") == k), None)
+    if scored_before is not None and k <= scored_before:
+        report(f"the model (iteration {k}, from before this resume) was not scored on the test data {test_data}")
+    elif record is not None and f"test_{score}" in record:
+        report(f"the model (iteration {k}) has test {score} {record[f'test_{score}']:.4f}")
+    else:
+        report(f"the model (iteration {k}) was not scored on the test data")
 
 
 def _forget_data(client) -> None:

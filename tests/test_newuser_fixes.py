@@ -171,3 +171,27 @@ def test_resume_with_the_training_data_moved_or_unrecorded_names_data(two_iterat
     assert main(["--store", str(tmp_path / "r.zarr"), "--resume", "--iterations", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "records no training data: pass --data with the data set it was trained on" in err[0]
+
+
+def test_kept_models_test_line_says_when_it_was_not_scored_on_this_test_data():
+    """The last line gave no word when the kept iteration had no test score, and after a resume with another
+    --test-data it reported the earlier test set's score as the model's."""
+    from types import SimpleNamespace
+
+    from pipeline.training import _report_kept_test
+
+    out = SimpleNamespace(best_iteration=2, history=[{"iteration": 2, "test_accuracy": 0.9}])
+    config = TrainConfig()
+
+    def last(*args):
+        lines = []
+        _report_kept_test(out, config, lines.append, *args)
+        return lines
+
+    assert last("t.zarr") == ["the model (iteration 2) has test accuracy 0.9000"]
+    assert last(None) == []  # no test data: nothing to say
+    assert last("new.zarr", 2) == ["the model (iteration 2, from before this resume) was not scored on the test "
+                                   "data new.zarr"]
+    assert last("new.zarr", 1) == ["the model (iteration 2) has test accuracy 0.9000"]  # scored after the resume
+    out.history = [{"iteration": 2}]
+    assert last("t.zarr") == ["the model (iteration 2) was not scored on the test data"]
