@@ -151,9 +151,14 @@ def run_point(data, uninterrupted, work: Path, at: int, extra, after_open: bool,
             row["ok"], row["error"] = False, r.stderr[-800:]
             return row
     weights, metrics = tr.final_state(store)
-    same = all(np.array_equal(W, R) for W, R in zip(weights, uninterrupted[0])) and metrics == uninterrupted[1]
+    try:  # strict: a different number of layers is a difference, not a shorter comparison
+        same = (all(np.array_equal(W, R) for W, R in zip(weights, uninterrupted[0], strict=True))
+                and metrics == uninterrupted[1])
+    except ValueError:
+        same = False
     row["ok"] = bool(same)
     if not same:
+        row["code_changed"] = len(uninterrupted) > 2 and tr.code_hash() != uninterrupted[2]  # not a resume bug then
         from benchmarks.resume_kill_sweep import first_difference
         row["first_difference"] = first_difference(uninterrupted[1], metrics)
     return row
@@ -195,9 +200,24 @@ def main():
         print((work / "ops.tsv").read_text())
         return
     base = data / ("baseline" + "".join(a.strip("-") for a in [*args.extra, *sorted(DROP)]) + ".zarr")
+    code_file = base.with_name(base.name + ".code-sha256")  # the code the baseline ran: a later edit is not a bug
     if not base.exists() and (args.rows != 20_000 or DROP):  # tr.baseline checks test_resume's 20k rows' held-out count
+        code = tr.code_hash()
         tr.run_to_end(train_cmd(data, base, *args.extra))
-    uninterrupted = tr.final_state(base) if base.exists() else tr.baseline(data, base, *args.extra)
+        code_file.write_text(code)
+    if base.exists():
+        uninterrupted = tr.final_state(base)
+    else:
+        uninterrupted = tr.baseline(data, base, *args.extra)
+        code_file.write_text(uninterrupted[2])
+    code = code_file.read_text().strip() if code_file.exists() else None
+    if code is not None and code != tr.code_hash():
+        sys.exit(f"the code under test changed since the baseline {base} was run: delete it (and {code_file.name}) "
+                 "to run it again with this code")
+    if code is None:
+        print(f"note: {base} records no code hash (an older baseline): a difference may be a code change",
+              file=sys.stderr)
+    uninterrupted = (*uninterrupted[:2], tr.code_hash())  # the sweep's start (= the baseline's when recorded)
     first, last, step = map(int, args.points.split(":"))
     log = open(out / "faults.jsonl", "a")
     for at in range(first, last + 1, step):

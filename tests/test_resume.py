@@ -99,15 +99,17 @@ def uninterrupted_race(data):
     return baseline(data, data / "baseline-race.zarr", "--hidden-alpha", "race")
 
 
-def assert_same_run(weights, metrics, uninterrupted):
-    """Assert the weights and history equal the uninterrupted run's; if not and the code under test changed since
-    its baseline (``uninterrupted[2]``, when given), say that instead."""
+def assert_same_run(weights, metrics, uninterrupted, hashes=None):
+    """Assert the weights and history equal the uninterrupted run's; if not and the code under test differed from
+    its baseline's (``uninterrupted[2]``, when given) just before the kill run or just after the resume
+    (``hashes``; now, by default), say that instead: the subprocesses import the code when they start, so an edit
+    made and undone between them is seen only by hashes taken then."""
     try:
         for W, W_ref in zip(weights, uninterrupted[0], strict=True):
             np.testing.assert_array_equal(W, W_ref)
         assert metrics == uninterrupted[1]
-    except AssertionError:
-        changed = len(uninterrupted) > 2 and code_hash() != uninterrupted[2]
+    except (AssertionError, ValueError):  # ValueError: another number of layers (zip strict)
+        changed = len(uninterrupted) > 2 and any(h != uninterrupted[2] for h in (hashes or (code_hash(),)))
         assert not changed, ("the code under test (solvers/, pipeline/, storage/) changed since the baseline run: "
                              "the baseline and this kill/resume ran different code, not a resume bug")
         raise
@@ -122,6 +124,13 @@ def test_a_differing_resume_says_when_the_code_changed_since_the_baseline():
     with pytest.raises(AssertionError) as failed:
         assert_same_run([W[0] + 1, W[1]], [{"loss": 1.0}], (W, [{"loss": 1.0}], code_hash()))
     assert "changed since" not in str(failed.value)
+    now = code_hash()
+    with pytest.raises(AssertionError, match="changed since the baseline run"):  # edited before the kill, undone
+        assert_same_run([W[0] + 1, W[1]], [{"loss": 1.0}], (W, [{"loss": 1.0}], now), hashes=("edited", now))
+    with pytest.raises(AssertionError, match="changed since the baseline run"):  # another number of layers
+        assert_same_run([W[0]], [{"loss": 1.0}], (W, [{"loss": 1.0}], now), hashes=(now, "edited"))
+    with pytest.raises(ValueError):
+        assert_same_run([W[0]], [{"loss": 1.0}], (W, [{"loss": 1.0}], now), hashes=(now, now))
 
 
 def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra, after=None, delay=None, before_resume=None):
@@ -134,6 +143,7 @@ def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra, after=None, dela
         after = int(rng.integers(-1, ITERATIONS))     # kill once this iteration is committed …
     if delay is None:
         delay = float(rng.uniform(0.0, 0.6))          # … plus a random moment into the next pass
+    before = code_hash()  # the code the kill run starts with
     proc = subprocess.Popen(train_cmd(data, store, *extra), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -154,7 +164,7 @@ def kill_and_resume(data, uninterrupted, tmp_path, rng, *extra, after=None, dela
     else:  # killed before the run store was renamed into place: nothing to resume
         assert not any(p.name.startswith("run.zarr") and "partial" not in p.name for p in tmp_path.iterdir())
         run_to_end(train_cmd(data, store, *extra))
-    assert_same_run(*final_state(store), uninterrupted)
+    assert_same_run(*final_state(store), uninterrupted, hashes=(before, code_hash()))
     kept = set(zarr.open_group(store, mode="r")["checkpoint"].group_keys())  # the last commit and its fallback
     assert str(ITERATIONS) in kept and kept <= {str(ITERATIONS - 1), str(ITERATIONS)}
     return killed_at
