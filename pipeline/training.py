@@ -178,15 +178,14 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     runner = DaskRunner(client, solver, data.path.resolve(), run.path.resolve(), chunks, progress=progress,
                         recorder=monitor, split=split)
     n_held = 0 if split is None else (run.attrs.get("validation") or {}).get("rows", split.count(data.n_samples))
-    n_train_chunks = len(chunks) - len(getattr(split, 'chunks', ()))
+    n_held_chunks = len(getattr(split, "chunks", ()))
+    held = ("" if not split else f", {n_held} held out for early stopping (rows of every chunk)"
+            if isinstance(split, RowSplit) else
+            f", {n_held} held out for early stopping in {_count(n_held_chunks, 'chunk')}")
     report(f"run store {run.path}: {data.n_samples - n_held} training samples in "
-           f"{n_train_chunks} chunk{'' if n_train_chunks == 1 else 's'} of "
-           f"{run.chunk_rows} rows" + (f", {n_held} held out for early stopping (rows of every chunk)"
-                                        if isinstance(split, RowSplit) else
-                                        f", {n_held} held out for early stopping in {len(split.chunks)} chunks"
-                                        if split else "")
-           + f", layers {'-'.join(map(str, solver.widths))}, solver {solver.name}{choice_text(run.attrs.get('solver_choice'))}, "
-           f"{describe_model(model)}")
+           f"{_count(len(chunks) - n_held_chunks, 'chunk')} of {run.chunk_rows} rows{held}, "
+           f"layers {'-'.join(map(str, solver.widths))}, solver {solver.name}"
+           f"{choice_text(run.attrs.get('solver_choice'))}, {describe_model(model)}")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
     if resume and manifest and config.iterations <= int(manifest["iteration"]):
@@ -234,6 +233,11 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         run.release_uncommitted_slot()
     out.store = run
     return out
+
+
+def _count(n: int, noun: str) -> str:
+    """Return "1 chunk", "3 chunks": ``n`` and ``noun``, plural but for one."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _report_kept_test(out, config, report, test_data=None, scored_before=None) -> None:

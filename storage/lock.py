@@ -244,7 +244,7 @@ def live_readers(store, remove_stale: bool = True) -> list[dict]:
 
     A file of a reader record's name that is not one (:func:`is_record`: not JSON with token, host and pid, or one
     we may not read) is returned whatever its age and never removed: nothing shows that admm-dask wrote it (a user's
-    file, another program's, a record half-written by a crash of an older version; records are now written to a
+    file, another program's, a record half-written by a crash of an older version; records are written to a
     private file and renamed, so a record's name only ever holds a complete one), and a command never deletes what
     it did not create. A writer refuses while it is there, naming it (:func:`check_no_readers`)."""
     store = canonical(store)

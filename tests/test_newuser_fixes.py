@@ -195,3 +195,10 @@ def test_kept_models_test_line_says_when_it_was_not_scored_on_this_test_data():
     assert last("new.zarr", 1) == ["the model (iteration 2) has test accuracy 0.9000"]  # scored after the resume
     out.history = [{"iteration": 2}]
     assert last("t.zarr") == ["the model (iteration 2) was not scored on the test data"]
+
+
+def test_one_held_out_chunk_is_one_chunk():
+    """The run line of an older store holding out whole chunks said 'in 1 chunks'."""
+    from pipeline.training import _count
+
+    assert (_count(1, "chunk"), _count(3, "chunk"), _count(0, "chunk")) == ("1 chunk", "3 chunks", "0 chunks")
