@@ -280,15 +280,15 @@ def _unseen_labels_warning(store, config, data, test_data):
     A fresh run (``config``) and a resume (``config`` None) alike: a resume reads the run's task, training data and,
     without ``--test-data``, the test data it recorded.
     """
-    from pipeline.checks import unseen_test_labels_warning
+    from pipeline.checks import recorded_data, unseen_test_labels_warning
 
     if config is None:
         from storage.runstore import RunStore
 
-        attrs = RunStore.open(store).attrs
-        task = TrainConfig.from_dict(attrs["config"]).task
-        data = data or (attrs.get("data") or {}).get("path")
-        test_data = test_data or attrs.get("test_data")
+        run = RunStore.open(store)
+        task = TrainConfig.from_dict(run.attrs["config"]).task
+        data = recorded_data(run, data)  # check_inputs has taken it already
+        test_data = test_data or run.attrs.get("test_data")
     else:
         task = config.task
     return unseen_test_labels_warning(test_data, data) if task == "classification" else None

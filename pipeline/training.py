@@ -112,7 +112,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     ``task_given``: the task was chosen by the user (``--task``, an estimator), so
     :func:`pipeline.checks.check_class_rows` does not second-guess it.
     """
-    changed, new_test = set(), False
+    changed, new_test, nothing_to_run = set(), False, False
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run in the store, "
                          "overwrite replaces it with a new one")
@@ -123,7 +123,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         check_resume_total(run, (overrides or {}).get("iterations"))  # the API's check (the CLI's: check_inputs)
         config, changed = TrainConfig.resumed(run.attrs["config"], overrides)  # recorded once every check passed
         done = run.committed_iteration()
-        if done is not None and config.iterations <= done:  # a finished (or stopped) run resumed at its total
+        nothing_to_run = done is not None and config.iterations <= done  # a finished (or stopped) run at its total
+        if nothing_to_run:
             changed = set()  # nothing runs, so nothing in the store changes (a stopped run's recorded total neither)
         data = open_data(reading(recorded_data(run, data)))
         recorded_test = run.attrs.get("test_data")  # a new --test-data: records up to now scored another test set
@@ -188,8 +189,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
            f"{choice_text(run.attrs.get('solver_choice'))}, {describe_model(model)}")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
-    if resume and manifest and config.iterations <= int(manifest["iteration"]):
-        done = int(manifest["iteration"])  # a finished run resumed again (after a kill past its last commit): rc 0
+    if nothing_to_run:  # a finished run resumed again (after a kill past its last commit): rc 0
         report(f"run {run.path} already has {done} iterations and --iterations is the total: nothing to run "
                "(pass a larger --iterations to go on)")
     if monitor is not None:
