@@ -32,6 +32,7 @@ ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings ever
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
 HIDDEN_ALPHAS = ("auto", "readout", "pinned", "race", "probe")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
+STEP_CHOICES = ("none", "held-out")  # gauss-newton: how iteration 1 chooses its step length (k10_s14.md, hs2@1)
 HOMOGENEOUS = ("relu",)  # activations with h(cz) = c h(z) for c > 0: a pinned unit's norm is its output's scale only
 AVERAGING = ("chunk", "pass")  # consensus: how often the shard models are averaged in a one-sweep pass
 CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
@@ -169,7 +170,8 @@ class TrainConfig:
                           f"setting) when every shard gets at least {AUTO_HANDOVER_ROWS} training rows and its worker "
                           "runs one thread in a process of its own, else gauss-newton (chosen when the run is "
                           "created, named in its run line and kept by --resume); a given --hidden-alpha other than "
-                          "readout or --init-scale other than 1 makes auto gauss-newton, named in the run line too)",
+                          "readout, --init-scale other than 1 or --step-choice other than none makes auto "
+                          "gauss-newton, named in the run line too)",
                           choices=["auto", *sorted(SOLVERS)])
     step_size: float = setting(1.0, "step η of the Gauss-Newton update", resumable=True,
                                solvers=("gauss-newton", HANDOVER),
@@ -218,6 +220,14 @@ class TrainConfig:
                                 "steps (ReLU's scale symmetry; benchmarks/results/kout_early_s12.md); not with "
                                 "--hidden-alpha pinned, race or probe (not measured)",
                                 solvers=("gauss-newton",), group="gauss-newton")
+    step_choice: str = setting("none", "gauss-newton's first iteration: none (the step as it is) or held-out (pass A "
+                               "evaluates the hidden layers' trial T at step lengths t = 1 and 2, W + t (T - W), in the "
+                               "same read of each chunk, and keeps the one whose output layer, refitted at its alpha "
+                               "auto, has the lower loss on the held-out rows, ties t = 1; the LM test then judges it as "
+                               "usual; with --hidden-alpha probe or race each candidate chooses its own; the choice is "
+                               "the metric step_length and a line of the progress report; k10_s14.md); held-out needs "
+                               "dense layers and the squared loss, and without held-out rows it is none",
+                               choices=STEP_CHOICES, solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "
                                          "turns early stopping off", group="stopping")
@@ -361,6 +371,19 @@ class TrainConfig:
         elif self.activation not in HOMOGENEOUS:
             problems.append(f"hidden_alpha {self.hidden_alpha} needs an activation with h(cz) = c h(z) for c > 0 "
                             f"({', '.join(HOMOGENEOUS)}), not {self.activation}")
+        if self.step_choice not in STEP_CHOICES:
+            problems.append(f"step_choice {self.step_choice!r} is not one of {list(STEP_CHOICES)}")
+        elif self.step_choice == "none" or self.solver not in ("gauss-newton", HANDOVER):
+            pass  # the other solvers do not read it (as --step-size)
+        elif self.solver == HANDOVER:
+            problems.append(f"step_choice {self.step_choice} was measured with --solver gauss-newton only, not {HANDOVER} "
+                            "(pass --solver gauss-newton)")
+        elif self.layers:
+            problems.append(f"step_choice {self.step_choice} needs dense layers (convolutional --layers keep "
+                            "--step-choice none)")
+        elif self.gauss_newton_loss() != "squared":
+            problems.append(f"step_choice {self.step_choice} needs the squared loss (--loss {self.loss} keeps "
+                            "--step-choice none)")
         if self.sample_start < 0:
             problems.append(f"sample_start must be >= 0 (0: the default), got {self.sample_start}")
         if not (0 < self.init_scale < float("inf")):
@@ -403,12 +426,13 @@ class TrainConfig:
         """Return whether settings only Gauss-Newton takes pin ``--solver auto`` to it, whatever the data's size.
 
         Convolutional layers, regression (the hand-over was measured on classification only), the hinge
-        losses (consensus fits cross-entropy or squared), and a given --sample-schedule, --sample-start or
-        --hidden-alpha other than readout (settings Gauss-Newton alone reads).
+        losses (consensus fits cross-entropy or squared), and a given --sample-schedule, --sample-start,
+        --hidden-alpha other than readout, --init-scale other than 1 or --step-choice other than none (settings
+        Gauss-Newton alone reads).
         """
         return bool(self.layers) or self.task != "classification" or self.loss not in ("auto", CROSS_ENTROPY, "squared") \
             or self.sample_schedule != "auto" or self.sample_start > 0 or self.hidden_alpha not in ("readout", "auto") \
-            or self.init_scale != 1.0
+            or self.init_scale != 1.0 or self.step_choice != "none"
 
     def choose_solver(self, n_samples: int, shards: int, threads_per_worker: int = 1,
                       shared_gil: bool = False) -> tuple["TrainConfig", dict]:
@@ -438,11 +462,12 @@ class TrainConfig:
         return replace(self, solver=chosen), record
 
     def _pin_record(self) -> dict | None:
-        """Return choose_solver's record of an auto pinned to gauss-newton by a given --hidden-alpha or --init-scale
-        (the run line shows it), None for the other pins (convolutions, regression, hinge, sampling settings)."""
+        """Return choose_solver's record of an auto pinned to gauss-newton by a given --hidden-alpha, --init-scale or
+        --step-choice (the run line shows it), None for the other pins (convolutions, regression, hinge, sampling settings)."""
         why = [f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
                for flag, value, unpinned in (("hidden-alpha", self.hidden_alpha, ("readout", "auto")),
-                                             ("init-scale", self.init_scale, (1.0,))) if value not in unpinned]
+                                             ("init-scale", self.init_scale, (1.0,)),
+                                             ("step-choice", self.step_choice, ("none",))) if value not in unpinned]
         return {"given": "auto", "solver": "gauss-newton",
                 "why": f"{' and '.join(why)} given, read by gauss-newton only"} if why else None
 
@@ -547,7 +572,7 @@ class TrainConfig:
 
 
 # what a run store written before a setting existed ran with
-STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0, "readout_refit": False}
+STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0, "readout_refit": False, "step_choice": "none"}
 SETTINGS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)  # the settings (not auto_pinned)
 RESUMABLE = tuple(f.name for f in SETTINGS if f.metadata["resumable"])  # --resume may change these
 

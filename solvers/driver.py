@@ -197,8 +197,9 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         report(" ".join([f"{state.iteration:5d} {record['seconds']:8.2f} {record[f'train_{score}']:9.4f}",
                          *(f"{record[k]:9.4f}" if k in record else f"{'-':>9}" for k, _ in columns),
                          _fmt(record.get("residual"), 10), _fmt(record.get("objective"), 11)]))
-        if getattr(solver, "note", None):  # a choice the solver made (gauss-newton's --hidden-alpha race)
-            report(solver.note)
+        if getattr(solver, "note", None):  # choices the solver made (gauss-newton's --hidden-alpha race, --step-choice)
+            for line in solver.note.splitlines():
+                report(line)
             solver.note = None
         if stop:
             report(f"stopping early: no gain in validation {score} or loss for {config.patience} iterations; the model "

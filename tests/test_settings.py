@@ -20,7 +20,8 @@ OTHER = {"hidden": (7, 5), "activation": "sigmoid", "task": "regression", "loss"
          "local_epochs": 2, "first_pass_rows": 5000, "averaging": "pass", "batch_size": 64, "learning_rate": 0.01,
          "lr_decay": 0.5, "handover_gain": 0.01,
          "sample_schedule": "full", "sample_start": 1000, "input_skip": True, "readout_refit": False,
-         "hidden_alpha": "pinned", "init_scale": 0.5}  # read by gauss-newton only: ignored by admm, as step_size
+         "hidden_alpha": "pinned", "init_scale": 0.5,
+         "step_choice": "held-out"}  # read by gauss-newton only: ignored by admm, as step_size
 
 
 def test_every_setting_has_another_value_here():

@@ -1,0 +1,203 @@
+"""--step-choice held-out (Gauss-Newton, k10_s14.md's hs2@1): iteration 1 evaluates the hidden trial at step lengths
+t = 1 and 2 in one pass A and keeps the one of lower held-out loss; t = 1 kept is the stock run bit for bit, t = 2 kept
+is the stock solver whose first trial was W + 2 (T − W); old run stores resume under none."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from solvers import SOLVERS, make_solver
+from solvers.config import HANDOVER, STORED_BEFORE, TrainConfig, describe
+from solvers.errors import InputError
+from solvers.gauss_newton import STEP_LENGTHS, GaussNewtonSolver, choose_step
+from solvers.loop import LoopState
+from solvers.reference import fit_in_memory
+
+BASE = dict(solver="gauss-newton", hidden=(32,), iterations=4, seed=1, patience=0)
+
+
+def linear_classes(n=2000, k=5, seed=0):
+    """Return X, y of k linear classes (argmax of a random linear map): iteration 1 keeps t = 2 here."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 20)).astype(np.float32)
+    return X, np.argmax(X @ rng.normal(size=(20, k)), 1)
+
+
+def two_classes():
+    """Return X, y of tests.conftest.make_data's two classes, seed 1: iteration 1 keeps t = 1 here."""
+    from tests.conftest import make_data
+
+    return make_data(n=3000, n_classes=2, seed=1)
+
+
+def _without_step(history):
+    return [{k: v for k, v in h.items() if k != "seconds" and not k.startswith("step_")} for h in history]
+
+
+def test_choose_step_keeps_the_least_loss_ties_and_non_finite_keep_t_1():
+    assert choose_step([0.5, 0.4]) == 1
+    assert choose_step([0.4, 0.5]) == 0
+    assert choose_step([0.4, 0.4]) == 0  # a tie keeps the stock trial
+    assert choose_step([0.4, np.nan]) == 0 and choose_step([0.4, np.inf]) == 0
+    assert choose_step([np.inf, 0.7]) == 1  # a finite loss beats a non-finite one
+    assert choose_step([0.3, 0.2, 0.2]) == 1  # the first of equal least losses
+    assert STEP_LENGTHS == (1.0, 2.0)
+
+
+def test_default_is_none_and_old_stores_resume_under_none():
+    assert TrainConfig().step_choice == "none" and STORED_BEFORE["step_choice"] == "none"
+    stored = TrainConfig(solver="gauss-newton").to_dict()
+    del stored["step_choice"]  # written before the setting existed
+    config, changed = TrainConfig.resumed(stored, {})
+    assert config.step_choice == "none" and not changed
+    with pytest.raises(InputError, match="cannot resume with settings that change the stored state.*step_choice"):
+        TrainConfig.resumed(stored, {"step_choice": "held-out"})
+
+
+def test_step_choice_is_checked_where_gauss_newton_reads_it():
+    given = TrainConfig(step_choice="held-out")
+    assert given.solver == "gauss-newton" and given.auto_pinned  # auto: only gauss-newton reads it
+    assert given._pin_record()["why"] == "--step-choice held-out given, read by gauss-newton only"
+    assert "step choice held-out" in describe(given)
+    assert "step choice" not in describe(TrainConfig(solver="admm", step_choice="held-out"))  # admm ignores it
+    with pytest.raises(InputError, match="step_choice 'x' is not one of"):
+        TrainConfig(step_choice="x")
+    with pytest.raises(InputError, match=f"measured with --solver gauss-newton only, not {HANDOVER}"):
+        TrainConfig(solver=HANDOVER, step_choice="held-out")
+    with pytest.raises(InputError, match="step_choice held-out needs dense layers"):
+        TrainConfig(solver="gauss-newton", step_choice="held-out", layers="conv:4x3x3", input_shape=(8, 8, 1))
+    with pytest.raises(InputError, match="step_choice held-out needs the squared loss"):
+        TrainConfig(solver="gauss-newton", step_choice="held-out", loss="cross-entropy")
+
+
+def test_forward_chunk_sums_the_other_trials_in_the_same_read_and_the_stock_trials_bitwise():
+    X, y = linear_classes(n=700)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(6, 4))
+    solver = make_solver(cfg, X.shape[1], x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(5))
+    solver.tile_rows = 256  # several tiles
+    rng = np.random.default_rng(3)
+    hidden = [rng.normal(size=W.shape) for W in solver.initial_hidden()]
+    other = [W + 0.3 * rng.normal(size=W.shape) for W in hidden]
+    p = solver._forward_params(hidden, True)
+    alone = solver.forward_chunk(X, y, None, 0, p)[1]
+    other_alone = solver.forward_layout(True).unpack(solver.forward_chunk(X, y, None, 0, solver._forward_params(other, True))[1])
+    both = solver.step_layout(True, 1).unpack(
+        solver.forward_chunk(X, y, None, 0, dataclasses.replace(p, others=(solver.cast(other),)))[1])
+    for name, value in solver.forward_layout(True).unpack(alone).items():
+        np.testing.assert_array_equal(both[name], value)
+    L = solver.L
+    np.testing.assert_array_equal(both[f"step1_gram{L}"], other_alone[f"gram{L}"])
+    np.testing.assert_array_equal(both[f"step1_cross{L}"], other_alone[f"cross{L}"])
+
+
+def test_stretched_trial_is_the_trial_at_t_1_and_keeps_pinned_norms():
+    X, y = linear_classes(n=300)
+    solver = make_solver(TrainConfig(solver="gauss-newton", hidden=(6,), hidden_alpha="pinned"), X.shape[1],
+                         x_mean=np.zeros(20), x_scale=np.ones(20), classes=np.arange(5))
+    rng = np.random.default_rng(0)
+    W, T = rng.normal(size=(6, 21)), rng.normal(size=(6, 21))
+    assert solver.stretched([W], [T], 1.0)[0] is T
+    solver.pinned = False
+    np.testing.assert_array_equal(solver.stretched([W], [T], 2.0)[0], W + 2.0 * (T - W))
+    solver.pinned = True
+    np.testing.assert_allclose(np.linalg.norm(solver.stretched([W], [T], 2.0)[0], axis=1), np.linalg.norm(W, axis=1))
+
+
+@pytest.mark.parametrize("hidden_alpha", ["readout", "probe"])
+def test_t_1_kept_is_the_stock_run_bit_for_bit(hidden_alpha):
+    X, y = two_classes()
+    lines = []
+    stock = fit_in_memory(X, y, TrainConfig(**BASE, hidden_alpha=hidden_alpha), chunk_rows=512)
+    held = fit_in_memory(X, y, TrainConfig(**BASE, hidden_alpha=hidden_alpha, step_choice="held-out"), chunk_rows=512,
+                         report=lines.append)
+    first = held.history[0]
+    assert first["step_length"] == 1.0 and first["step_validation_loss_1"] < first["step_validation_loss_2"]
+    assert all("step_length" not in h for h in held.history[1:])
+    for W, W_ref in zip(held.loop_state.weights, stock.loop_state.weights, strict=True):
+        np.testing.assert_array_equal(W, W_ref)
+    assert _without_step(held.history) == _without_step(stock.history)
+    assert first["validation_loss"] == first["step_validation_loss_1"]  # the kept trial's held-out loss, as reported
+    assert float(held.loop_state.carry["step_length"]) == 1.0
+    assert [line for line in lines if line.startswith("step length")] == [
+        f"step length: t = 1 at iteration 1 (held-out loss t = 1: {first['step_validation_loss_1']:.4g}, "
+        f"t = 2: {first['step_validation_loss_2']:.4g})"]
+
+
+class _Forced(GaussNewtonSolver):
+    """The stock solver whose iteration-1 trial is W + 2 (T − W), evaluated by the stock pass A alone."""
+
+    def _evaluate(self, runner, state):
+        state = self.prepare(runner, state)
+        if state.iteration == 0:
+            c = dict(state.carry)
+            for l, W in enumerate(self.stretched(state.weights[:-1], [c[f"T{l}"] for l in range(1, self.L)], 2.0), 1):
+                c[f"T{l}"] = W
+            state = LoopState(0, list(state.weights), c)
+        return super()._evaluate(runner, state)
+
+
+@pytest.mark.parametrize("hidden_alpha", ["readout", "pinned"])
+def test_t_2_kept_is_the_stock_solver_with_the_longer_first_trial_bit_for_bit(monkeypatch, hidden_alpha):
+    """The kept trial's sums come from the shared pass A: the run equals one whose only pass A was at t = 2."""
+    X, y = linear_classes()
+    held = fit_in_memory(X, y, TrainConfig(**BASE, hidden_alpha=hidden_alpha, step_choice="held-out"), chunk_rows=512)
+    first = held.history[0]
+    assert first["step_length"] == 2.0 and first["step_validation_loss_2"] < first["step_validation_loss_1"]
+    monkeypatch.setitem(SOLVERS, "gauss-newton", _Forced)
+    forced = fit_in_memory(X, y, TrainConfig(**BASE, hidden_alpha=hidden_alpha), chunk_rows=512)
+    for W, W_ref in zip(held.loop_state.weights, forced.loop_state.weights, strict=True):
+        np.testing.assert_array_equal(W, W_ref)
+    assert _without_step(held.history) == _without_step(forced.history)
+    assert first["validation_loss"] == first["step_validation_loss_2"]
+    np.testing.assert_array_equal(held.loop_state.carry["step_held_losses"],
+                                  [first["step_validation_loss_1"], first["step_validation_loss_2"]])
+
+
+def test_probe_candidates_each_choose_and_the_winner_goes_on_as_its_own_run():
+    """With --hidden-alpha probe each candidate makes the choice in its own pass A; the probe then compares their
+    kept trials' held-out losses, and the winner goes on bitwise as a run of its rule with the step choice."""
+    X, y = linear_classes(n=2000, k=10)
+    probe = fit_in_memory(X, y, TrainConfig(**BASE, step_choice="held-out"), chunk_rows=512)  # auto: probe
+    assert "hidden_pinned" in probe.history[0]
+    winner = "pinned" if probe.history[0]["hidden_pinned"] else "readout"
+    alone = fit_in_memory(X, y, TrainConfig(**BASE, hidden_alpha=winner, step_choice="held-out"), chunk_rows=512)
+    assert probe.history[0]["step_length"] == alone.history[0]["step_length"] == 2.0
+    for W, W_ref in zip(probe.loop_state.weights, alone.loop_state.weights, strict=True):
+        np.testing.assert_array_equal(W, W_ref)
+    drop = ("seconds", "hidden_pinned", "race_validation_loss", "loss")  # iteration 1's loss: pass A's (probe2_s13.md)
+    assert [{k: v for k, v in h.items() if k not in drop} for h in probe.history] == \
+        [{k: v for k, v in h.items() if k not in drop} for h in alone.history]
+
+
+def test_nothing_held_out_is_the_stock_run():
+    X, y = linear_classes()
+    cfg = {**BASE, "validation_fraction": 0.0, "hidden_alpha": "readout"}
+    stock = fit_in_memory(X, y, TrainConfig(**cfg), chunk_rows=512)
+    held = fit_in_memory(X, y, TrainConfig(**cfg, step_choice="held-out"), chunk_rows=512)
+    assert all("step_length" not in h for h in held.history)
+    for W, W_ref in zip(held.loop_state.weights, stock.loop_state.weights, strict=True):
+        np.testing.assert_array_equal(W, W_ref)
+
+
+def test_pipeline_matches_reference_and_resumes_after_the_choice(client, tmp_path):
+    from pipeline.training import train
+    from storage.data import write_data
+    from storage.runstore import RunStore
+    from tests.conftest import quiet
+
+    X, y = linear_classes(n=3000, k=10)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
+    cfg = TrainConfig(**{**BASE, "iterations": 1, "step_choice": "held-out"})
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512, report=quiet)
+    store = RunStore.open(tmp_path / "r.zarr")
+    carry = store.load_checkpoint().carry
+    assert float(carry["step_length"]) == 2.0 and len(carry["step_held_losses"]) == 2
+    assert store.attrs["config"]["step_choice"] == "held-out"
+    more = train(client, store=tmp_path / "r.zarr", resume=True, iterations=4, report=quiet)
+    ref = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 4}), chunk_rows=512)
+    assert more.history[0]["step_length"] == ref.history[0]["step_length"] == 2.0
+    assert more.history[0]["step_validation_loss_2"] == pytest.approx(ref.history[0]["step_validation_loss_2"], rel=1e-5)
+    assert [h["accepted"] for h in more.history] == [h["accepted"] for h in ref.history]
+    assert [h.get("hidden_pinned") for h in more.history] == [h.get("hidden_pinned") for h in ref.history]
+    for W, W_ref in zip(more.network.weights, ref.network.weights, strict=True):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
