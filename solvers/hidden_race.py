@@ -18,6 +18,12 @@ all the same (its rejected step leaves the start's weights; the note says "rejec
 winner; the loser's held-out loss is the metric ``race_validation_loss`` (absent when the loser's trial was
 rejected). The extra cost is the loser's pass A (its score pass is skipped: :func:`_probe`), under half an iteration.
 
+With ``--step-choice held-out`` each candidate chooses its own step length at iteration 1, inside its own pass A
+(:meth:`~solvers.gauss_newton.GaussNewtonSolver._evaluate`: its trial at t = 1 and 2, the one of lower held-out loss
+kept), before the race or probe compares them: the probe compares the kept trials' held-out losses, and the winner
+goes on as a run of its rule with the step choice would (bitwise). Each candidate's choice depends on its own state
+only, and a resume makes iteration 1 again from iteration 0's carry, or goes on from the carry that holds it.
+
 The functions take the :class:`~solvers.gauss_newton.GaussNewtonSolver` and call its single-candidate steps
 (``_advance``, ``_with_trial``, ``_resume_one``) with its ``pinned`` flag set per candidate.
 """

@@ -233,6 +233,44 @@ def test_sigkill_around_the_hidden_alpha_probe_then_resume_equals_uninterrupted(
     assert ({"pending", "hidden_pinned"} <= seen["carry"] and "race_W1" not in seen["carry"]) == (after == 1)
 
 
+@pytest.fixture(scope="module")
+def data_classes(tmp_path_factory):
+    """Ten linear classes (argmax of a random linear map): --step-choice held-out keeps t = 2 at iteration 1 here."""
+    d = tmp_path_factory.mktemp("resume-classes")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20_000, 20)).astype(np.float32)
+    write_data(d / "train.zarr", X, np.argmax(X @ rng.normal(size=(20, 10)), 1), chunk_rows=4096)
+    return d
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_step(data_classes):
+    return baseline(data_classes, data_classes / "baseline-step.zarr", "--step-choice", "held-out")
+
+
+@pytest.mark.parametrize("after", [0, pytest.param(1, marks=pytest.mark.slow)])  # 1: also test_step_choice.py's pipeline test
+def test_sigkill_around_the_step_choice_then_resume_equals_uninterrupted(data_classes, uninterrupted_step, tmp_path,
+                                                                         after):
+    """--step-choice held-out chooses in iteration 1 (inside each probe candidate's pass A): killed after commit 0
+    the resume (no flag given: the stored setting) chooses again; killed after commit 1 the choice is in the carry
+    and it goes on; bitwise."""
+    assert uninterrupted_step[1][0]["step_length"] == 2.0  # the longer step kept: the choice changed the run
+    assert all("step_length" not in h for h in uninterrupted_step[1][1:])
+    seen = {}
+
+    def in_checkpoint(store):
+        checkpoint = RunStore.open(store).load_checkpoint()
+        seen.update(iteration=checkpoint.iteration, carry=dict(checkpoint.carry))
+
+    killed_at = kill_and_resume(data_classes, uninterrupted_step, tmp_path, None, "--step-choice", "held-out",
+                                after=after, delay=0.0, before_resume=in_checkpoint)
+    assert killed_at == after == seen["iteration"]
+    assert ("step_length" in seen["carry"]) == (after == 1)
+    if after == 1:
+        assert float(seen["carry"]["step_length"]) == 2.0 and len(seen["carry"]["step_held_losses"]) == 2
+    assert RunStore.open(tmp_path / "run.zarr").attrs["config"]["step_choice"] == "held-out"
+
+
 @pytest.mark.slow
 def test_many_random_kill_points(data, uninterrupted, tmp_path_factory):
     rng = np.random.default_rng(1234)

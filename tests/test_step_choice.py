@@ -201,3 +201,31 @@ def test_pipeline_matches_reference_and_resumes_after_the_choice(client, tmp_pat
     assert [h.get("hidden_pinned") for h in more.history] == [h.get("hidden_pinned") for h in ref.history]
     for W, W_ref in zip(more.network.weights, ref.network.weights, strict=True):
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_an_old_store_resumes_under_none_bitwise(client, tmp_path):
+    """A run store whose config predates step_choice resumes (no flag given) as the run without the choice, on data
+    where held-out would keep t = 2: iteration 1 runs after the resume."""
+    import zarr
+
+    from pipeline.training import train
+    from storage.data import write_data
+    from tests.conftest import quiet
+
+    X, y = linear_classes(n=3000, k=10)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
+    cfg = TrainConfig(**{**BASE, "iterations": 3})
+    full = train(client, store=tmp_path / "full.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512,
+                 report=quiet)
+    train(client, store=tmp_path / "old.zarr", data=tmp_path / "d.zarr", config=dataclasses.replace(cfg, iterations=0),
+          chunk_rows=512, report=quiet)
+    group = zarr.open_group(tmp_path / "old.zarr", mode="r+")
+    old = dict(group.attrs["config"])
+    del old["step_choice"]  # as a store written before session 15 has it
+    group.attrs["config"] = old
+    resumed = train(client, store=tmp_path / "old.zarr", resume=True, iterations=3, report=quiet)
+    assert resumed.solver.config.step_choice == "none"
+    assert all("step_length" not in h for h in resumed.history)
+    assert [h["objective"] for h in resumed.history] == [h["objective"] for h in full.history]
+    for W, W_ref in zip(resumed.network.weights, full.network.weights, strict=True):
+        np.testing.assert_array_equal(W, W_ref)
