@@ -223,10 +223,11 @@ class TrainConfig:
     step_choice: str = setting("none", "gauss-newton's first iteration: none (the step as it is) or held-out (pass A "
                                "evaluates the hidden layers' trial T at step lengths t = 1 and 2, W + t (T - W), in the "
                                "same read of each chunk, and keeps the one whose output layer, refitted at its alpha "
-                               "auto, has the lower loss on the held-out rows, ties t = 1; the LM test then judges it as "
-                               "usual; with --hidden-alpha probe or race each candidate chooses its own; the choice is "
-                               "the metric step_length and a line of the progress report; k10_s14.md); held-out needs "
-                               "dense layers and the squared loss, and without held-out rows it is none",
+                               "auto, has the lower loss on the held-out rows, ties t = 1, unless t = 2 fails the LM "
+                               "test (then t = 1, judged by it as usual); with --hidden-alpha probe or race each "
+                               "candidate chooses its own; the choice is the metric step_length and a line of the "
+                               "progress report; k10_s14.md); held-out needs dense layers and the squared loss, and "
+                               "without held-out rows it is none",
                                choices=STEP_CHOICES, solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
                                          "every chunk); the model is the iteration with the best held-out score, 0 "

@@ -59,9 +59,9 @@ hidden layers' next step uses the α last chosen.
 Step choice (``step_choice="held-out"``, squared loss, dense kernels, held-out rows; k10_s14.md): in iteration 1
 only, pass A evaluates the hidden trial ``T`` at the step lengths ``t ∈ {1, 2}`` (``W + t (T − W)``) in the same read
 of each chunk, and keeps ``t* = argmin_t ℓ_held(t)`` (the held-out loss of trial t with its output layer refitted at
-its α auto; ties and non-finite sums: t = 1); the LM test then judges the kept trial as usual, from its own sums.
-Where t = 1 is kept the run is the stock run bit for bit. The choice is the carry's ``step_length`` and
-``step_held_losses`` (and the metrics of iteration 1).
+its α auto; ties and non-finite sums: t = 1) if t* = 1 or its objective passes the LM test, else t = 1; the LM test
+then judges the kept trial as usual, from its own sums. Where t = 1 is kept the run is the stock run bit for bit.
+The choice is the carry's ``step_length`` and ``step_held_losses`` (and the metrics of iteration 1).
 
 Settings: ``loss`` (squared or cross-entropy), ``step_size`` η, ``damping`` λ₀, ``alpha`` α (``"auto"`` or a
 number), ``ridge`` ε (the numerical floor of every solve), ``step_choice``; the accepted
@@ -328,8 +328,11 @@ class GaussNewtonSolver(SolverBase):
         else:
             new, metrics = hidden_race.advance(self, runner, state)
         if "step_length" in metrics:  # step_choice: a line for the progress report (after the probe's, if any)
+            losses = [metrics[f"step_validation_loss_{s:g}"] for s in STEP_LENGTHS]
+            best = STEP_LENGTHS[choose_step(losses)]
             line = (f"step length: t = {metrics['step_length']:g} at iteration {new.iteration} (held-out loss "
-                    + ", ".join(f"t = {s:g}: {metrics[f'step_validation_loss_{s:g}']:.4g}" for s in STEP_LENGTHS) + ")")
+                    + ", ".join(f"t = {s:g}: {x:.4g}" for s, x in zip(STEP_LENGTHS, losses))
+                    + (f"; t = {best:g} failed the LM test" if best != metrics["step_length"] else "") + ")")
             self.note = f"{self.note}\n{line}" if self.note else line
         return new, metrics
 
@@ -357,7 +360,7 @@ class GaussNewtonSolver(SolverBase):
         trial = [c[f"T{l}"] for l in range(1, self.L)]
         sample, choice = self._sample(runner, m, window), None
         if self._chooses_step(runner, k):  # the trial at every step length in one read; the kept one's sums go on
-            trial, sums, held, (W_out, error, alpha), choice = self._step_pass(runner, state.weights, trial, c, k, sample)
+            trial, sums, held, (W_out, error, alpha), choice = self._step_pass(runner, state, trial, c, k, sample)
             for l, W in enumerate(trial, start=1):
                 c[f"T{l}"] = W
             c["step_length"], c["step_held_losses"] = np.float64(choice[0]), np.asarray(choice[1], np.float64)
@@ -406,15 +409,19 @@ class GaussNewtonSolver(SolverBase):
             out.append(pin_rows(W + t * (T - W), W) if self.pinned else W + t * (T - W))
         return out
 
-    def _step_pass(self, runner, weights, trial, c: dict, k: int, sample: dict):
-        """Return (kept trial, its pass-A sums, held-out sums, its (W_L, error, α), (t, held-out losses)): pass A of the
-        trial at every step length of :data:`STEP_LENGTHS` in one read of each chunk (:meth:`forward_chunk`'s ``others``).
+    def _step_pass(self, runner, state: LoopState, trial, c: dict, k: int, sample: dict):
+        """Return (kept trial, its pass-A sums, held-out sums, its (W_L, error, α), (t kept, held-out losses, t of the
+        least held-out loss)): pass A of the trial at every step length of :data:`STEP_LENGTHS` in one read of each
+        chunk (:meth:`forward_chunk`'s ``others``).
 
         Each trial's output layer is refitted at its α auto (:meth:`output_layer`) and scored by its held-out loss
-        (:meth:`held_loss`); :func:`choose_step` keeps one. The stock trial's sums are those its own pass A gives,
-        bitwise (the further trials' sums are further entries of the same vector), so keeping t = 1 is the stock step.
+        (:meth:`held_loss`); :func:`choose_step` picks one, which is kept if it is t = 1 or passes the LM test
+        (its objective at its α no higher than the accepted weights'), else t = 1 is kept. The stock trial's sums
+        are those its own pass A gives, bitwise (the further trials' sums are further entries of the same vector),
+        so keeping t = 1 is the stock step: a longer step that the held-out rows prefer but the LM test would
+        reject costs the iteration nothing (a rejection would also have quadrupled λ).
         """
-        L = self.L
+        L, weights = self.L, state.weights
         trials = [self.stretched(weights, trial, t) for t in STEP_LENGTHS]
         casts = [self.cast(T) for T in trials[1:]]
         params = dataclasses.replace(self._forward_params(trial, False, c), others=tuple(casts),
@@ -441,8 +448,12 @@ class GaussNewtonSolver(SolverBase):
             fit = self.output_layer(s, h, c) if finite else None
             fits.append(fit)
             losses.append(float(self.held_loss(h, fit[0], fit[2], c)) if fit is not None and h is not None else np.inf)
-        j = choose_step(losses) if held is not None else 0
-        return trials[j], sides[j][0], sides[j][1], fits[j], (STEP_LENGTHS[j], losses)
+        best = j = choose_step(losses) if held is not None else 0
+        if j:  # a longer step the LM test would reject is not kept: the stock trial goes on to the test instead
+            W_out, error, alpha = fits[j]
+            if self.objective(error, [*trials[j], W_out], alpha) > self._current_objective(state, c, alpha):
+                j = 0
+        return trials[j], sides[j][0], sides[j][1], fits[j], (STEP_LENGTHS[j], losses, STEP_LENGTHS[best])
 
     def _finish(self, runner, step: dict) -> tuple[LoopState, dict]:
         """Return :meth:`_advance`'s result from :meth:`_evaluate`'s ``step``: pass B (or, deferred, the score pass)
@@ -471,7 +482,7 @@ class GaussNewtonSolver(SolverBase):
         if "held_loss" in c:
             metrics["validation_loss"] = float(c["held_loss"])
         if step.get("step_choice") is not None:  # step_choice: the step length kept and each one's held-out loss
-            t, losses = step["step_choice"]
+            t, losses, _ = step["step_choice"]
             metrics["step_length"] = float(t)
             metrics.update((f"step_validation_loss_{s:g}", float(x)) for s, x in zip(STEP_LENGTHS, losses))
         if "held_score" in c:  # pass B's score of these weights on the held-out rows (the driver need not score them)

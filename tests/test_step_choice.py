@@ -123,6 +123,27 @@ def test_t_1_kept_is_the_stock_run_bit_for_bit(hidden_alpha):
         f"t = 2: {first['step_validation_loss_2']:.4g})"]
 
 
+def test_a_longer_step_the_lm_test_rejects_is_not_kept_and_the_run_is_the_stock_run():
+    """make_data's two classes, seed 0: the held-out rows prefer t = 2 by 1 %, but its training objective rose (the
+    LM test would reject it, quadrupling λ and losing iteration 1); t = 1 goes on instead: the stock run, bitwise."""
+    from tests.conftest import make_data
+
+    X, y = make_data(n=3000, n_classes=2, seed=0)
+    settings = {**BASE, "hidden_alpha": "readout"}
+    stock = fit_in_memory(X, y, TrainConfig(**settings), chunk_rows=512)
+    lines = []
+    held = fit_in_memory(X, y, TrainConfig(**settings, step_choice="held-out"), chunk_rows=512, report=lines.append)
+    first = held.history[0]
+    assert first["step_validation_loss_2"] < first["step_validation_loss_1"] and first["step_length"] == 1.0
+    assert first["accepted"] and stock.history[0]["accepted"]
+    for W, W_ref in zip(held.loop_state.weights, stock.loop_state.weights, strict=True):
+        np.testing.assert_array_equal(W, W_ref)
+    assert _without_step(held.history) == _without_step(stock.history)
+    assert [line for line in lines if line.startswith("step length")] == [
+        f"step length: t = 1 at iteration 1 (held-out loss t = 1: {first['step_validation_loss_1']:.4g}, "
+        f"t = 2: {first['step_validation_loss_2']:.4g}; t = 2 failed the LM test)"]
+
+
 class _Forced(GaussNewtonSolver):
     """The stock solver whose iteration-1 trial is W + 2 (T − W), evaluated by the stock pass A alone."""
 
