@@ -190,6 +190,20 @@ def test_probe_candidates_each_choose_and_the_winner_goes_on_as_its_own_run():
         [{k: v for k, v in h.items() if k not in drop} for h in alone.history]
 
 
+def test_race_candidates_each_choose_at_iteration_1():
+    """--hidden-alpha race: both candidates take iteration 1 with the choice (readout's is reported), as their own runs
+    with the step choice do; the winner then goes on as its own run."""
+    X, y = linear_classes(n=2000, k=10)
+    settings = {**BASE, "step_choice": "held-out"}
+    race = fit_in_memory(X, y, TrainConfig(**settings, hidden_alpha="race"), chunk_rows=512)
+    alone = {ha: fit_in_memory(X, y, TrainConfig(**settings, hidden_alpha=ha), chunk_rows=512) for ha in ("readout", "pinned")}
+    assert race.history[0]["step_length"] == alone["readout"].history[0]["step_length"] == 2.0
+    assert race.history[0]["race_validation_accuracy"] == alone["pinned"].history[0]["validation_accuracy"]
+    winner = "pinned" if race.history[-1]["hidden_pinned"] else "readout"
+    for W, W_ref in zip(race.loop_state.weights, alone[winner].loop_state.weights, strict=True):
+        np.testing.assert_array_equal(W, W_ref)
+
+
 def test_nothing_held_out_is_the_stock_run():
     X, y = linear_classes()
     cfg = {**BASE, "validation_fraction": 0.0, "hidden_alpha": "readout"}
