@@ -43,7 +43,7 @@ WRAPPED = {
                              "GaussNewtonSolver.forward_chunk", "GaussNewtonSolver.curvature_chunk",
                              "GaussNewtonSolver.score_chunk"],
     "solvers.linalg": ["ShiftedGram.__init__", "RidgePath.__init__"],
-    "pipeline.passes": ["DaskRunner.run", "chunk_tasks"],
+    "pipeline.passes": ["DaskRunner.run", "claimed_chunk_tasks"],
     "benchmarks.gn_efficiency": ["TimedRunner.run"],
     "pipeline.training": ["_RunKeeper._commit"],
 }
@@ -134,7 +134,7 @@ def summary(ev: list, snapshots=()) -> dict:
             if not ks:
                 continue
             first.append(min(k[2] for k in ks) - p[2])
-            tasks = [e for e in inside if e[0] == "chunk_tasks" and _within(e, p)]
+            tasks = [e for e in inside if e[0] == "claimed_chunk_tasks" and _within(e, p)]
             if tasks:  # the pipeline's task functions: the hops alone, without the task's reads before its kernel
                 task_first.append(min(t[2] for t in tasks) - p[2])
                 task_last.append(p[3] - max(t[3] for t in tasks))
@@ -149,7 +149,7 @@ def summary(ev: list, snapshots=()) -> dict:
                     "to_first_kernel_s": sum(first), "after_last_kernel_s": sum(last), "busiest_thread_s": sum(busiest),
                     "kernel_cpu_s": sum(kcpu), "kernel_wall_s": sum(kwall),
                     "pass_idle_s": row["passes_s"] - sum(busiest)})
-        row["chunk_tasks_cpu_s"] = sum(e[4] for e in inside if e[0] == "chunk_tasks")
+        row["chunk_tasks_cpu_s"] = sum(e[4] for e in inside if e[0] == "claimed_chunk_tasks")
         row["other_threads_cpu_s"] = row["iteration_process_cpu_s"] - row["iteration_main_cpu_s"] - row["kernel_cpu_s"]
         commits = [e for e in ev if e[0] == "_RunKeeper._commit"]
         row["commit_overlap_s"] = sum(_overlap(c, a) for c in commits)

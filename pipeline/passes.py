@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 import uuid
 
@@ -150,24 +151,28 @@ def chunk_task(bundle, data, run, reads, write, start, stop, split=None, train=T
     return (sums, held_sums) if held else sums
 
 
-def chunk_tasks(bundle, specs) -> list:
-    """Run :func:`chunk_task` of ``bundle`` on each of ``specs`` (its arguments after the bundle) in turn; return the results in order."""
-    return [chunk_task(bundle, *args) for args in specs]
+_CLAIMS: dict = {}  # a pass's token -> the iterator of its spec indices not yet taken (in-process clusters: shared)
+_CLAIMS_LOCK = threading.Lock()
 
 
-def thread_groups(weights, threads: int) -> list[list[int]]:
-    """Return ``threads`` groups of the indices of ``weights`` (fewer if fewer items), balancing their sums.
+def claimed_chunk_tasks(bundle, specs, token: str) -> list:
+    """Run :func:`chunk_task` of ``bundle`` on the ``specs`` this thread takes, one at a time, from the pass ``token``'s
+    shared queue (:data:`_CLAIMS`) until it is empty; return ``[(index, result)]``.
 
-    Largest first, each to the group with the least so far (ties: the first group, the lower index);
-    each group's indices ascending. Deterministic; only which thread runs which task depends on it.
+    One such task per worker thread of an in-process cluster runs a whole pass: a thread that finishes a chunk takes
+    the next one not taken, so chunks of unequal cost (a grown sample's new chunks sum the input Gram and miss the
+    kept activations: ~3x a kept one's CPU) spread over the threads as a pool's do. A task retried after an error
+    finds the chunks it had taken gone from the queue: the caller runs the missing ones again (:meth:`DaskRunner._submit`).
     """
-    order = sorted(range(len(weights)), key=lambda i: (-weights[i], i))
-    groups, loads = [[] for _ in range(min(threads, len(weights)))], [0.0] * min(threads, len(weights))
-    for i in order:
-        g = loads.index(min(loads))
-        groups[g].append(i)
-        loads[g] += weights[i]
-    return [sorted(g) for g in groups]
+    out = []
+    queue = _CLAIMS.get(token)
+    while queue is not None:
+        with _CLAIMS_LOCK:
+            i = next(queue, None)
+        if i is None:
+            break
+        out.append((i, chunk_task(bundle, *specs[i])))
+    return out
 
 
 class _Rows:
@@ -388,25 +393,38 @@ class DaskRunner:
         On an in-process cluster the bundle reaches every task by reference; submitted as
         futures it is not tokenized (pickled) as a graph literal is, which cost ~10-15 ms a pass.
         More specs than worker threads (all placed alike) become one task per thread
-        (:func:`chunk_tasks`, groups of about equal rows: :func:`thread_groups`; keys ``chunk_task_xk-…`` for k chunks,
-        which the /training page counts as k): each task
+        (:func:`claimed_chunk_tasks`: each thread takes the next chunk not taken when it finishes one; keys
+        ``chunk_task_xk-…`` for about k chunks, which the /training page counts as k): each task
         costs the scheduler's round trip through the event loop, which the worker
         threads wait on (MNIST 10k: 6 chunk tasks a pass on 2 threads, ~10 ms a pass;
-        ``benchmarks/results/end_to_end_breakdown_s9.md``). The results come back in the
-        specs' order, so the client sums the same parts in the same order (bitwise).
+        ``benchmarks/results/end_to_end_breakdown_s9.md``). Taken from a shared queue, not split in fixed groups
+        of equal rows beforehand (to session 14): a grown sample's pass B has chunks of ~3x the others' cost, and
+        one thread ran 100-150 ms longer than the other (``benchmarks/results/t10prof_s15.md``). The results come
+        back in the specs' order, so the client sums the same parts in the same order (bitwise), whichever thread
+        ran which chunk.
         """
         place = specs[0][1]
         alike = all(p == place for _, p in specs)
         threads = self._threads()
         if len(specs) > threads and alike:
-            groups = thread_groups([self._spec_rows(args) for args, _ in specs], threads)
-            keys = [f"chunk_task_x{len(g)}-{uuid.uuid4().hex}" for g in groups]  # the /training page counts k chunks
-            futures = self.client.map(chunk_tasks, [bundle] * len(groups), [[specs[i][0] for i in g] for g in groups],
-                                      key=keys, pure=False, retries=self.retries, **place)
-            results = [None] * len(specs)
-            for group, out in zip(groups, self._gather(futures)):
-                for i, r in zip(group, out):
-                    results[i] = r
+            token = uuid.uuid4().hex
+            _CLAIMS[token] = iter(range(len(specs)))
+            sizes = [len(specs) // threads + (j < len(specs) % threads) for j in range(threads)]
+            keys = [f"chunk_task_x{k}-{uuid.uuid4().hex}" for k in sizes]  # the /training page counts k chunks
+            args = [a for a, _ in specs]
+            try:
+                futures = self.client.map(claimed_chunk_tasks, [bundle] * threads, [args] * threads, [token] * threads,
+                                          key=keys, pure=False, retries=self.retries, **place)
+                results = [None] * len(specs)
+                done = [False] * len(specs)
+                for out in self._gather(futures):
+                    for i, r in out:
+                        results[i], done[i] = r, True
+            finally:
+                _CLAIMS.pop(token, None)
+            missing = [i for i in range(len(specs)) if not done[i]]  # taken by a task that failed, then retried
+            for i, r in zip(missing, self._submit(bundle, [specs[i] for i in missing]) if missing else ()):
+                results[i] = r
             return results
         if alike:
             columns = list(zip(*(args for args, _ in specs)))
@@ -414,13 +432,6 @@ class DaskRunner:
         else:
             futures = [self.client.submit(chunk_task, bundle, *args, pure=False, retries=self.retries, **p) for args, p in specs]
         return self._gather(futures)
-
-    def _spec_rows(self, args) -> float:
-        """Return about how many rows a chunk task of ``args`` runs its kernel on: its part of the chunk, or its held-out rows."""
-        a, b, in_sample, part = args[4], args[5], args[7], args[9]
-        if in_sample:
-            return (b - a) / (part[1] if part else 1)
-        return (b - a) * getattr(self.split, "fraction", 1.0)
 
     def _threads(self) -> int:
         """Return the cluster's worker threads, asked once (an in-process cluster keeps its one worker)."""

@@ -233,15 +233,44 @@ def test_an_in_process_runner_groups_chunks_by_thread_and_equals_the_in_memory_r
     assert len(passes) >= 2 and len(tasks) == 2 * len(passes)  # 7 chunks a pass, as two tasks (one per thread)
 
 
-def test_thread_groups_balance_rows_and_keep_each_groups_order():
-    from pipeline.passes import thread_groups
+def test_a_pass_on_an_in_process_cluster_takes_chunks_from_a_shared_queue_and_runs_a_lost_one_again(monkeypatch):
+    """One task per worker thread takes chunks one at a time (unequal chunks spread as a pool's do); the results come
+    back in the specs' order; a chunk taken by a task that failed and was retried runs again on its own."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
 
-    assert thread_groups([1, 1, 1, 1, 1, 1], 2) == [[0, 2, 4], [1, 3, 5]]
-    assert thread_groups([1, 1, 0.1, 0.1, 0.1, 0.1], 2) == [[0, 2, 4], [1, 3, 5]]
-    assert thread_groups([5, 1, 1, 1, 1, 1], 2) == [[0], [1, 2, 3, 4, 5]]
-    assert thread_groups([1, 2], 4) == [[1], [0]]
-    groups = thread_groups(list(np.random.default_rng(0).random(8)), 3)
-    assert sorted(i for g in groups for i in g) == list(range(8)) and all(g == sorted(g) for g in groups)
+    from pipeline import passes
+
+    where = {}
+
+    def fake_task(bundle, seconds, i):
+        time.sleep(seconds)
+        where[i] = threading.current_thread().name
+        return 10 * i
+
+    class Client:  # each mapped task in its own thread, as an in-process cluster's worker threads run them
+        lose = True
+
+        def map(self, fn, *columns, key=None, pure=None, retries=None, **place):
+            if fn is passes.claimed_chunk_tasks and Client.lose:  # a task failed after taking a chunk, then was retried
+                Client.lose = False
+                with passes._CLAIMS_LOCK:
+                    next(passes._CLAIMS[columns[2][0]])
+            with ThreadPoolExecutor(len(columns[0])) as pool:
+                return list(pool.map(fn, *columns))
+
+        def gather(self, futures):
+            return futures
+
+    monkeypatch.setattr(passes, "chunk_task", fake_task)
+    runner = passes.DaskRunner.__new__(passes.DaskRunner)
+    runner.client, runner.retries, runner.progress, runner._nthreads = Client(), 0, False, 2
+    specs = [((0.2 if i == 1 else 0.01, i), {}) for i in range(7)]
+    assert runner._submit(None, specs) == [10 * i for i in range(7)]
+    assert passes._CLAIMS == {} and sorted(where) == list(range(7))
+    busy = [name for i, name in where.items() if i not in (0, 1)]
+    assert where[1] not in busy  # the long chunk's thread took no other (fixed groups of equal rows gave it 3)
 
 
 def _imports_dask_array():
