@@ -440,9 +440,11 @@ def test_he_bias_start_is_forwards_weights_with_glorots_random_biases():
 @pytest.mark.parametrize("loss,activation", [("squared", "relu"), ("cross-entropy", "sigmoid")])
 def test_a_growing_samples_pass_b_deferred_to_the_next_iteration_gives_the_same_steps(monkeypatch, loss, activation):
     """While the sample grows an iteration ends after pass A and the score pass (its pass B, on the next sample, opens
-    the next iteration); once it holds every chunk pass B is back at the iteration's end. Weights, acceptances,
-    damping, α, sample rows, trial losses and validation scores are bitwise those of pass B at every iteration's end,
-    with the activation cache and without it (the score pass then recomputes the forward pass)."""
+    the next iteration); a run whose first sample was not every chunk (``defer_all`` in its carry) goes on so once the
+    sample holds every chunk, and its last pass B is not run; without that rule (stores of older code) pass B is back
+    at the iteration's end then. Weights, acceptances, damping, α, sample rows, trial losses and validation scores are
+    bitwise those of pass B at every iteration's end, with the activation cache and without it (the score pass then
+    recomputes the forward pass)."""
     from solvers import activation_cache
 
     rng = np.random.default_rng(11)
@@ -450,16 +452,21 @@ def test_a_growing_samples_pass_b_deferred_to_the_next_iteration_gives_the_same_
     y = (X[:, 0] * X[:, 1] + X[:, 2] > 0).astype(int) + (X[:, 3] > 0.5)
     cfg = TrainConfig(solver="gauss-newton", hidden=(8, 5), activation=activation, loss=loss, iterations=7,
                       sample_start=500)  # 2 → 4 → 8 chunks: two deferred iterations, then full samples
-    deferred, deferrals = fit_in_memory(X, y, cfg, chunk_rows=500), []
-    original = GaussNewtonSolver._defers
-    monkeypatch.setattr(GaussNewtonSolver, "_defers", lambda self, moved: deferrals.append(original(self, moved))
-                        or deferrals[-1])
+    deferrals, original = [], GaussNewtonSolver._defers
+    monkeypatch.setattr(GaussNewtonSolver, "_defers", lambda self, moved, carry=None: deferrals.append(
+        original(self, moved, carry)) or deferrals[-1])
+    deferred = fit_in_memory(X, y, cfg, chunk_rows=500)
+    assert float(deferred.loop_state.carry["defer_all"]) == 1.0 and all(deferrals) and len(deferrals) >= 4
+    assert ("pending" in deferred.loop_state.carry) == deferred.history[-1]["accepted"]  # an accepted last: no pass B
+    deferrals.clear()
+    monkeypatch.setattr(GaussNewtonSolver, "defer_grown", False)  # the rule of stores without defer_all
     counted = fit_in_memory(X, y, cfg, chunk_rows=500)
     assert True in deferrals and deferrals[-1] is False  # deferred while growing, not once every chunk is read
-    assert "pending" not in deferred.loop_state.carry  # the last iteration read every chunk: its pass B ran at its end
+    assert "pending" not in counted.loop_state.carry and "defer_all" not in counted.loop_state.carry
     monkeypatch.setattr(GaussNewtonSolver, "defer_growing", False)
     at_end = fit_in_memory(X, y, cfg, chunk_rows=500)
     monkeypatch.setattr(GaussNewtonSolver, "defer_growing", True)
+    monkeypatch.setattr(GaussNewtonSolver, "defer_grown", True)
     monkeypatch.setattr(activation_cache.CACHE, "budget", 0)  # nothing kept: the score pass recomputes a_{L−1}
     uncached = fit_in_memory(X, y, cfg, chunk_rows=500)
     assert len({h["sample_rows"] for h in at_end.history}) > 2 and [h["accepted"] for h in at_end.history].count(True) > 3
