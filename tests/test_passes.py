@@ -234,17 +234,20 @@ def test_an_in_process_runner_groups_chunks_by_thread_and_equals_the_in_memory_r
 
 
 def test_a_pass_on_an_in_process_cluster_takes_chunks_from_a_shared_queue_and_runs_a_lost_one_again(monkeypatch):
-    """One task per worker thread takes chunks one at a time (unequal chunks spread as a pool's do); the results come
-    back in the specs' order; a chunk taken by a task that failed and was retried runs again on its own."""
+    """One task per worker thread takes chunks one at a time, those of the most rows first (unequal chunks spread as
+    a pool's do); the results come back in the specs' order; a chunk taken by a task that failed and was retried runs
+    again on its own."""
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
 
     from pipeline import passes
 
-    where = {}
+    where, order = {}, []
 
-    def fake_task(bundle, seconds, i):
+    def fake_task(bundle, seconds, i, *rest):
+        order.append(i)
         time.sleep(seconds)
         where[i] = threading.current_thread().name
         return 10 * i
@@ -266,9 +269,13 @@ def test_a_pass_on_an_in_process_cluster_takes_chunks_from_a_shared_queue_and_ru
     monkeypatch.setattr(passes, "chunk_task", fake_task)
     runner = passes.DaskRunner.__new__(passes.DaskRunner)
     runner.client, runner.retries, runner.progress, runner._nthreads = Client(), 0, False, 2
-    specs = [((0.2 if i == 1 else 0.01, i), {}) for i in range(7)]
+    runner.split = SimpleNamespace(fraction=0.1)
+    # chunk_task's arguments after the bundle: (…, start, stop, split, train, held, part, owner); chunk 6 held-out rows only
+    specs = [((0.2 if i == 1 else 0.01, i, None, None, 100 * i, 100 * i + 100, None, i != 6, True, None, None), {})
+             for i in range(7)]
     assert runner._submit(None, specs) == [10 * i for i in range(7)]
     assert passes._CLAIMS == {} and sorted(where) == list(range(7))
+    assert order[-2:] == [6, 0]  # the lost chunk 0 ran again last; held-out rows alone (chunk 6) were taken last
     busy = [name for i, name in where.items() if i not in (0, 1)]
     assert where[1] not in busy  # the long chunk's thread took no other (fixed groups of equal rows gave it 3)
 
