@@ -88,10 +88,35 @@ def train(client, *, store, report=print, **kwargs) -> TrainResult:
             held.enter_context(ReadLock(path))
             return path
 
-        try:  # once --overwrite's new run is in place it is an ordinary run: evaluate and predict may read it
-            return _train(client, store=store, report=report, reading=reading, created=lock.replaced, **kwargs)
-        finally:  # a run store this one replaced (--overwrite) is gone when train returns or raises
-            join_discards()
+        made = []
+
+        def created():  # once --overwrite's new run is in place it is an ordinary run: evaluate and predict may read it
+            made.append(True)
+            lock.replaced()
+
+        try:
+            try:
+                return _train(client, store=store, report=report, reading=reading, created=created, **kwargs)
+            finally:  # a run store this one replaced (--overwrite) is gone when train returns or raises
+                join_discards()
+        except (InputError, OSError):  # bad data found in the first pass, a full disk at the first commit
+            if made:
+                _remove_if_uncommitted(store)
+            raise
+
+
+def _remove_if_uncommitted(store) -> None:
+    """Remove the run store this call created if it holds no commit (not even iteration 0), so a refused run
+    leaves nothing behind and the same command works once the input is mended; a store that cannot be read as one
+    without commits is kept."""
+    import shutil
+
+    try:
+        if RunStore.open(store).manifest() is not None:
+            return
+    except InputError:
+        return
+    shutil.rmtree(store, ignore_errors=True)
 
 
 def _train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,

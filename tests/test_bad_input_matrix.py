@@ -1,0 +1,146 @@
+"""The cheap cells of session 15's bad-input matrix (benchmarks/reliability_matrix_s15.py): each bad input gets one
+``error: …`` line (exit 2, no traceback), every store that existed is byte-for-byte the same, and nothing is left
+behind (no store, lock, reader record or partial folder)."""
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.training import train
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+from storage.data import write_data
+from tests.conftest import ROOT, quiet, run_mains
+
+
+def digest(path):
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]:
+        h.update(str(p.relative_to(path.parent)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def set_format_version(store, version):
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = version
+    (store / "zarr.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("matrix")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 4)).astype(np.float32)
+    write_data(d / "d.zarr", X, (X[:, 0] > 0).astype(int))
+    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(d / "d.zarr"), "--store",
+                        str(d / "r.zarr"), "--hidden", "4", "--iterations", "1", "--no-progress",
+                        "--dashboard-address", ":0", "--local-mode", "threads", "--workers", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (d / "afile").write_text("a file, not a store")
+    (d / "head.csv").write_text("f0,f1,label\n")
+    (d / "empty.csv").write_text("")
+    (d / "semi.csv").write_text("f0;f1;label\n1;2;0\n3;4;1\n")
+    (d / "inf.csv").write_text("1,2,0\n3,inf,1\n")
+    (d / "huge.csv").write_text("1,2,0\n3,1e400,1\n")
+    for name, version in (("dv2.zarr", 2), ("dv0.zarr", 0)):
+        shutil.copytree(d / "d.zarr", d / name)
+        set_format_version(d / name, version)
+    for name, version in (("rv9.zarr", 9), ("rv0.zarr", 0)):
+        shutil.copytree(d / "r.zarr", d / name)
+        set_format_version(d / name, version)
+    shutil.copytree(d / "d.zarr", d / "dj.zarr")
+    (d / "dj.zarr" / "zarr.json").write_text("{not json")
+    return d
+
+
+DATA_FORMAT = r"data store .*dv[02].zarr has format_version [02]; this version reads 1: re-ingest"
+RUN_FORMAT = r"rv[09].zarr has run-store format version [09], this version reads"
+DAMAGED = r"dj.zarr is not a usable Zarr store: its zarr.json is damaged"
+CL = ["--dashboard-address", ":0", "--local-mode", "threads", "--workers", "1"]
+CELLS = [  # (name, command, the error line's pattern)
+    ("csv_header_only__ingest", ["pipeline.ingest", "{d}/head.csv", "--out", "{d}/n.zarr"], r"holds no data rows"),
+    ("csv_empty__ingest", ["pipeline.ingest", "{d}/empty.csv", "--out", "{d}/n.zarr"], r"the first line is empty"),
+    ("csv_semicolon__ingest", ["pipeline.ingest", "{d}/semi.csv", "--out", "{d}/n.zarr"], r"holds ';'"),
+    ("inf__ingest", ["pipeline.ingest", "{d}/inf.csv", "--out", "{d}/n.zarr"], r"'inf' is NaN or infinite"),
+    ("inf_overflow__ingest", ["pipeline.ingest", "{d}/huge.csv", "--out", "{d}/n.zarr"], r"'1e400' is NaN or inf"),
+    ("file__ingest_out", ["pipeline.ingest", "{d}/inf.csv", "--out", "{d}/afile"], r"afile already exists and is not"),
+    ("file__ingest_out_overwrite", ["pipeline.ingest", "{d}/inf.csv", "--out", "{d}/afile", "--overwrite"],
+     r"refusing to overwrite .*afile"),
+    ("file__train_data", ["pipeline.train", "--data", "{d}/afile", "--store", "{d}/n.zarr", *CL], r"it is a file"),
+    ("file__train_store", ["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/afile", "--overwrite", *CL],
+     r"refusing to overwrite .*afile"),
+    ("file__resume_store", ["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/afile", "--resume", *CL],
+     r"afile is not an admm-dask run store"),
+    ("file__predict_out", ["pipeline.predict", "--store", "{d}/r.zarr", "--data", "{d}/d.zarr", "--out", "{d}/afile",
+                           "--overwrite", *CL], r"refusing to overwrite .*afile"),
+    ("file__evaluate_store", ["pipeline.evaluate", "--store", "{d}/afile", "--data", "{d}/d.zarr", *CL],
+     r"afile is not an admm-dask run store"),
+    ("file__report_out", ["pipeline.report", "--store", "{d}/r.zarr", "--out", "{d}/afile"], r"afile is a file"),
+    ("format_newer__train", ["pipeline.train", "--data", "{d}/dv2.zarr", "--store", "{d}/n.zarr", *CL], DATA_FORMAT),
+    ("format_older__train", ["pipeline.train", "--data", "{d}/dv0.zarr", "--store", "{d}/n.zarr", *CL], DATA_FORMAT),
+    ("format_newer__predict_data", ["pipeline.predict", "--store", "{d}/r.zarr", "--data", "{d}/dv2.zarr", "--out",
+                                    "{d}/p.zarr", *CL], DATA_FORMAT),
+    ("format_newer__evaluate_data", ["pipeline.evaluate", "--store", "{d}/r.zarr", "--data", "{d}/dv2.zarr", *CL],
+     DATA_FORMAT),
+    ("format_newer__resume", ["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/rv9.zarr", "--resume",
+                              "--iterations", "3", *CL], RUN_FORMAT),
+    ("format_older__resume", ["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/rv0.zarr", "--resume",
+                              "--iterations", "3", *CL], RUN_FORMAT),
+    ("format_newer__predict_store", ["pipeline.predict", "--store", "{d}/rv9.zarr", "--data", "{d}/d.zarr", "--out",
+                                     "{d}/p.zarr", *CL], RUN_FORMAT),
+    ("format_older__evaluate", ["pipeline.evaluate", "--store", "{d}/rv0.zarr", "--data", "{d}/d.zarr", *CL],
+     RUN_FORMAT),
+    ("format_newer__report", ["pipeline.report", "--store", "{d}/rv9.zarr", "--out", "{d}/rep"], RUN_FORMAT),
+    ("zarr_json_damaged__train", ["pipeline.train", "--data", "{d}/dj.zarr", "--store", "{d}/n.zarr", *CL], DAMAGED),
+    ("zarr_json_damaged__predict", ["pipeline.predict", "--store", "{d}/r.zarr", "--data", "{d}/dj.zarr", "--out",
+                                    "{d}/p.zarr", *CL], DAMAGED),
+    ("zarr_json_damaged__evaluate", ["pipeline.evaluate", "--store", "{d}/r.zarr", "--data", "{d}/dj.zarr", *CL],
+     DAMAGED),
+]
+
+
+@pytest.fixture(scope="module")
+def outcomes(folder):
+    """Every cell's command run in one process (tests.conftest.run_mains): {name: completed process}, and the
+    folder's entries whose digest changed and the entries that are new after all of them."""
+    before = {p.name: digest(p) for p in folder.iterdir()}
+    results = run_mains(*([a.format(d=folder) for a in args] for _, args, _ in CELLS))
+    after = {p.name: digest(p) for p in folder.iterdir()}
+    return ({name: r for (name, _, _), r in zip(CELLS, results)},
+            sorted(k for k in before if after.get(k) != before[k]), sorted(set(after) - set(before)))
+
+
+@pytest.mark.parametrize("name,pattern", [(n, p) for n, _, p in CELLS], ids=[n for n, _, _ in CELLS])
+def test_a_bad_input_is_one_line(outcomes, name, pattern):
+    r = outcomes[0][name]
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_the_bad_inputs_changed_nothing_and_left_nothing(outcomes):
+    assert outcomes[1:] == ([], [])
+
+
+def test_a_fresh_run_on_data_with_a_missing_chunk_leaves_no_store_and_the_retry_works(client, tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(900, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=300)
+    chunk = sorted(p for p in (tmp_path / "d.zarr" / "X" / "c").rglob("*") if p.is_file())[1]
+    saved = chunk.read_bytes()
+    chunk.unlink()
+    config = TrainConfig(solver="gauss-newton", hidden=(4,), iterations=1)
+    with pytest.raises(InputError, match=r"rows 300-599 of 'X' are missing"):
+        train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", report=quiet, config=config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]  # no run store, lock or partial folder
+    chunk.write_bytes(saved)
+    r = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", report=quiet, config=config)
+    assert [h["iteration"] for h in r.history] == [1]
