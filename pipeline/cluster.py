@@ -270,7 +270,8 @@ def jobqueue_cluster(kind: str, conf: dict, *, dashboard_address="localhost:8787
     try:
         with dask.config.set({"jobqueue": conf["jobqueue"], "admm-dask": conf["admm-dask"]}):
             try:
-                cluster = cls(scheduler_options=options, **kwargs)
+                with _port_taken_quietly():  # the dashboard port in use: no four-line warning before our lines
+                    cluster = cls(scheduler_options=options, **kwargs)
             except (OSError, ValueError, TypeError, RuntimeError) as exc:  # RuntimeError: "Cluster failed to start"
                 interface = section.get("interface")
                 hint = (f" (jobqueue.{kind}.interface is {interface!r}: does it exist on this machine?)"
@@ -506,13 +507,33 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _port_taken_quietly():
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                               memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
-                               scheduler_kwargs=scheduler_kwargs, silence_logs=logging.CRITICAL if quiet else logging.ERROR,
-                               preload=["pipeline.worker_setup"])
+        try:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                                   memory_limit=memory_limit or "auto", dashboard_address=dashboard_address,
+                                   scheduler_kwargs=scheduler_kwargs,
+                                   silence_logs=logging.CRITICAL if quiet else logging.ERROR,
+                                   preload=["pipeline.worker_setup"])
+        except RuntimeError as exc:  # distributed's "Nanny failed to start.": a process could not be spawned
+            if "failed to start" not in str(exc):
+                raise
+            raise InputError(f"could not start the local cluster's worker processes ({_first_cause(exc)}); run with "
+                             "--local-mode threads, or lift what stops new processes here (a process limit, a "
+                             "read-only or full /dev/shm)") from None
     with cluster:
         _lazy(cluster, lazy)
         yield cluster
+
+
+def _first_cause(exc: BaseException) -> str:
+    """Return the first operating-system error in ``exc``'s chain of causes (else its deepest cause) as short text."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    found = next((e for e in chain if isinstance(e, OSError)), chain[-1])
+    text = (found.strerror if isinstance(found, OSError) and found.strerror else str(found)).splitlines()
+    return f"{type(found).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _in_process_config(profile: bool = False) -> dict:
