@@ -144,3 +144,44 @@ def test_a_fresh_run_on_data_with_a_missing_chunk_leaves_no_store_and_the_retry_
     chunk.write_bytes(saved)
     r = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", report=quiet, config=config)
     assert [h["iteration"] for h in r.history] == [1]
+
+
+def test_worker_processes_that_cannot_be_spawned_are_one_input_error(monkeypatch):
+    """Was 'unexpected RuntimeError: Nanny failed to start. … please report it' (exit 1); the matrix's cell runs the
+    real thing (/dev/shm read-only in a private mount namespace)."""
+    import distributed
+
+    from pipeline.cluster import connect
+
+    def fails(*args, **kwargs):
+        try:
+            raise OSError(30, "Read-only file system")
+        except OSError as exc:
+            raise RuntimeError("Nanny failed to start.") from exc
+
+    monkeypatch.setattr(distributed, "LocalCluster", fails)
+    with pytest.raises(InputError, match=r"could not start the local cluster's worker processes \(OSError: "
+                                         r"Read-only file system\); run with --local-mode threads"):
+        with connect("local", n_workers=1, processes=True, dashboard_address=None):
+            pass
+
+
+def test_a_batch_cluster_on_a_dashboard_port_in_use_gives_no_warning(monkeypatch, tmp_path):
+    """distributed's four-line 'Port N is already in use' came before a batch cluster's lines (the local cluster's
+    were silenced already: test_bad_inputs.py::test_a_dashboard_port_in_use_is_no_warning_on_stderr)."""
+    import socket
+    import warnings
+
+    from pipeline.cluster import jobqueue_cluster, load_jobqueue_config
+
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__INTERFACE", "lo")
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__SHARED_TEMP_DIRECTORY", str(tmp_path / "tls"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with jobqueue_cluster("slurm", load_jobqueue_config(), dashboard_address=f"localhost:{port}") as cluster:
+                assert cluster.scheduler_address.startswith("tls://")
+    assert not [w for w in seen if "already in use" in str(w.message)], [str(w.message) for w in seen]
