@@ -185,3 +185,20 @@ def test_a_batch_cluster_on_a_dashboard_port_in_use_gives_no_warning(monkeypatch
             with jobqueue_cluster("slurm", load_jobqueue_config(), dashboard_address=f"localhost:{port}") as cluster:
                 assert cluster.scheduler_address.startswith("tls://")
     assert not [w for w in seen if "already in use" in str(w.message)], [str(w.message) for w in seen]
+
+
+@pytest.mark.xfail(strict=True, reason="rel15_s15.md F4: RunStore.create discards the replaced run before the new "
+                                       "run's first pass reads the data (routed to storage/runstore.py's owner)")
+def test_overwrite_with_data_that_fails_in_the_first_pass_keeps_the_old_run(client, tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(600, 4)).astype(np.float32)
+    write_data(tmp_path / "d.zarr", X, (X[:, 0] > 0).astype(int), chunk_rows=300)
+    write_data(tmp_path / "bad.zarr", X, (X[:, 0] > 0).astype(int), chunk_rows=300)
+    sorted(p for p in (tmp_path / "bad.zarr" / "X" / "c").rglob("*") if p.is_file())[0].unlink()
+    config = TrainConfig(solver="gauss-newton", hidden=(4,), iterations=1)
+    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", report=quiet, config=config)
+    before = digest(tmp_path / "r.zarr")
+    with pytest.raises(InputError, match=r"rows 0-299 of 'X' are missing"):
+        train(client, store=tmp_path / "r.zarr", data=tmp_path / "bad.zarr", report=quiet, config=config,
+              overwrite=True)
+    assert (tmp_path / "r.zarr").exists() and digest(tmp_path / "r.zarr") == before
