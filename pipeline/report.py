@@ -126,6 +126,19 @@ def plotted_values(fig) -> dict:
     return out
 
 
+def _model_line(k, ds, score: str) -> list[str]:
+    """Return the summary line naming the model's iteration (what train's last lines name) with its scores.
+
+    The model is the best held-out iteration, not the last one the lines above show (newuser15_s15.md).
+    """
+    if k is None or k not in ds.iteration.values:
+        return []
+    row = ds.sel(iteration=k)
+    parts = [f"{kind} {score if score == 'accuracy' else 'R²'} {float(row[f'{kind}_{score}']):.4f}"
+             for kind in ("validation", "test") if f"{kind}_{score}" in row and np.isfinite(row[f"{kind}_{score}"])]
+    return [f"{'model':<14} iteration {k}" + (f" ({', '.join(parts)})" if parts else "")]
+
+
 def summary(store, ds) -> str:
     """Return a short human-readable summary of the run and its metrics."""
     from storage.runstore import RunStore
@@ -148,6 +161,7 @@ def summary(store, ds) -> str:
             best = int(np.nanargmax(test.values))
             lines.append(f"{'test ' + title:<14} {float(test[-1]):.4f} (last), "
                          f"best {float(test[best]):.4f} at iteration {int(ds.iteration[best])}")
+        lines.extend(_model_line(run.model_iteration(), ds, score))
         for name in ("residual", "objective"):
             if _has(ds, name):
                 lines.append(f"{name:<14} {float(ds[name][0]):.3e} → {float(last[name]):.3e}")

@@ -69,6 +69,11 @@ def test_report_files_and_plotted_values(run_store, tmp_path):
     np.testing.assert_array_equal(result["plotted"]["throughput"][(0, "rows/s")][1], ds.rows_per_second.values)
     assert f"test accuracy  {ds.test_accuracy.values[-1]:.4f} (last)" in result["summary"]
     assert "3 committed of 3" in result["summary"]
+    from storage.runstore import RunStore  # the model's iteration (train's last lines), not only the last one
+    k = RunStore.open(store).model_iteration()
+    row = ds.sel(iteration=k)
+    assert (f"model          iteration {k} (validation accuracy {float(row.validation_accuracy):.4f}, "
+            f"test accuracy {float(row.test_accuracy):.4f})") in result["summary"]
 
 
 def test_offline_html_holds_the_run_store_metrics(run_store, tmp_path):
