@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "demo never replaces a run)")
     add_arguments(p)  # one flag per TrainConfig setting (solvers/config.py)
     add_cluster_arguments(p)
-    p.add_argument("--chunk-rows", type=int, default=None, help="samples per state chunk (default: ~128 MB of state per chunk)")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="samples per state chunk (default: ~128 MB of state per chunk, but at least 3 chunks per "
+                        "worker thread where chunks of 512 rows or more allow it)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar within each pass (default: when stderr is a terminal)")
     mon = p.add_argument_group("monitoring")
