@@ -11,8 +11,9 @@ from pipeline.signals import done_with_cluster, exit_on_signals
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m pipeline.evaluate",
-                                description="Report the accuracy (a regression run: R² and RMSE) of a run's model (last "
-                                            "committed iteration) on a data store.")
+                                description="Report the accuracy (a regression run: R² and RMSE) of a run's model "
+                                            "(the iteration train named as the model: the best held-out one, else "
+                                            "the last) on a data store.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
     p.add_argument("--data", required=True, help="data store to evaluate on (made by python -m pipeline.ingest)")
     p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, log_loss, roc_auc for two classes, "
