@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from solvers.errors import InputError
 from storage.data import DataStore, fingerprint_differences, open_data
 from storage.lock import check_not_written, check_unlocked
@@ -57,6 +59,10 @@ def check_test_data(test_data, data: DataStore) -> DataStore | None:
         test.require_labels("score the model (--test-data)")
     if test is not None and test.n_features != data.n_features:
         raise InputError(f"test data {test.path} has {test.n_features} features, training data has {data.n_features}")
+    if test is not None and (test.classes is not None or data.classes is not None):  # text against numeric labels
+        from pipeline.labels import codes_in
+
+        codes_in(test, np.arange(len(data.classes)) if data.classes else np.zeros(1), data.classes)
     return test
 
 
@@ -82,6 +88,8 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
             if path:
                 check_not_written(path)
         check_resumable(run, open_data(recorded))
+        if test_data:  # a new --test-data: its width and label kind, before a cluster starts
+            check_test_data(test_data, open_data(recorded))
     else:
         if data is None:
             raise InputError("no training data given: pass --data DATA.zarr")
@@ -116,12 +124,25 @@ def check_class_rows(client, data, classes) -> None:
 
     counts = client.compute(other_labels_graph(data.path.resolve(), bounds(data.n_samples, data.chunk_rows), []),
                             sync=True)
-    few = sum(1 for rows in counts.values() if rows < FEW_ROWS)
-    if 2 * few > len(counts):
-        raise InputError(f"the labels take {len(counts)} distinct values for {data.n_samples} rows and {few} of "
-                         f"them have fewer than {FEW_ROWS} rows: a count or a measurement, not classes "
-                         f"(classification takes more than {MANY_CLASSES} labels only when most have {FEW_ROWS} "
-                         "rows or more); pass --task regression, or --task classification if these are classes")
+    problem = class_rows_problem(list(counts.values()), data.n_samples)
+    if problem:
+        raise InputError(f"{problem}; pass --task regression, or --task classification if these are classes")
+
+
+def class_rows_problem(counts, n_samples: int) -> str | None:
+    """Return why labels with these per-class row ``counts`` look like a count or a measurement, or None.
+
+    More than :data:`MANY_CLASSES` classes, most of them with fewer than :data:`FEW_ROWS` rows
+    (:func:`check_class_rows`; the estimators warn with the same words).
+    """
+    if len(counts) <= MANY_CLASSES:
+        return None
+    few = sum(1 for rows in counts if rows < FEW_ROWS)
+    if 2 * few <= len(counts):
+        return None
+    return (f"the labels take {len(counts)} distinct values for {n_samples} rows and {few} of them have fewer than "
+            f"{FEW_ROWS} rows: a count or a measurement, not classes (classification takes more than {MANY_CLASSES} "
+            f"labels only when most have {FEW_ROWS} rows or more)")
 
 
 def unseen_test_labels_warning(test_data, data) -> str | None:
@@ -131,17 +152,25 @@ def unseen_test_labels_warning(test_data, data) -> str | None:
     From the labels both stores recorded when they were written (no pass over the data); None if either has no
     such record (written before it, or more than ``MAX_LABELS`` distinct values).
     """
-    import numpy as np
+    from pipeline.labels import shown
 
     if not test_data or data is None:
         return None
-    known = (open_data(data).statistics or {}).get("labels")
-    test = (open_data(test_data).statistics or {}).get("labels")
-    if known is None or test is None:
-        return None
-    unseen = np.setdiff1d(np.asarray(test, np.float64), np.asarray(known, np.float64))
+    known, test = _recorded_labels(open_data(data)), _recorded_labels(open_data(test_data))
+    if known is None or test is None or (known.dtype.kind in "U") != (test.dtype.kind in "U"):
+        return None  # text against numeric labels: check_test_data's refusal
+    unseen = np.setdiff1d(test, known)
     if not unseen.size:
         return None
-    shown = ", ".join(f"{int(v) if float(v).is_integer() else float(v)}" for v in unseen[:10])
     return (f"warning: test data {test_data} has labels the training data {data} does not have, so its rows with "
-            f"them count as wrong in the test accuracy: {shown}{' …' if unseen.size > 10 else ''}")
+            f"them count as wrong in the test accuracy: {shown(unseen)}")
+
+
+def _recorded_labels(ds: DataStore):
+    """Return the distinct labels a data store recorded when it was written (its text labels: as text), or None."""
+    codes = (ds.statistics or {}).get("labels")
+    if codes is None:
+        return None
+    if ds.classes is None:
+        return np.asarray(codes, np.float64)
+    return np.asarray([ds.classes[int(c)] for c in codes])

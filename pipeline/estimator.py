@@ -135,6 +135,21 @@ def _store_array(path, name: str):
                          meta=np.empty((0,) * rows.ndim, rows.dtype))
 
 
+def _recordable(classes) -> list | None:
+    """Return the classes as a data store records them (JSON strings, numbers or booleans), or None if they are not."""
+    values = [v.item() if isinstance(v, np.generic) else v for v in np.asarray(classes).tolist()]
+    kinds = {type(v) for v in values}
+    if len(kinds) != 1 or not kinds <= {str, int, float, bool} or len(set(values)) != len(values) or any(
+            isinstance(v, float) and not np.isfinite(v) for v in values):
+        return None  # mixed or unusual labels: the Python object keeps them, the command line sees codes
+    return values
+
+
+def _codes_to_labels(codes, classes):
+    """Return the labels ``classes[codes]`` of a block of a data store's label codes."""
+    return np.asarray(classes)[codes.astype(np.int64)]
+
+
 def _values(X, network):
     """Return the predicted values of raw rows ``X`` (a regression network's output, in y's units)."""
     return network.predict(X)
@@ -375,7 +390,10 @@ class _ADMMEstimator(BaseEstimator):
 
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], y_numeric=self._task == "regression")
         y, classes = self._encode_targets(y)
-        write_data(path, X, y, source=f"{type(self).__name__}.fit (NumPy)", overwrite=True)
+        # the store records the labels of the codes it holds, so the run store does too: python -m pipeline.predict
+        # on this run gives them back (strings, 2/5/9), not the codes 0, 1, 2
+        write_data(path, X, y, source=f"{type(self).__name__}.fit (NumPy)", overwrite=True,
+                   classes=None if classes is None else _recordable(classes))
         return classes
 
     def _write_dask(self, client, X, y, path):
@@ -470,7 +488,11 @@ class _ADMMEstimator(BaseEstimator):
         import dask.array as da
 
         if y is None and _is_path(X):
-            y = _store_array(X, "y")
+            from storage.data import open_data
+
+            y, classes = _store_array(X, "y"), open_data(X).classes
+            if classes is not None:  # codes of text (or an estimator's) labels: compared as the labels
+                y = y.map_blocks(_codes_to_labels, np.asarray(classes), dtype=np.asarray(classes).dtype)
         y = _unwrap_xarray(y)
         return y.rechunk((chunks,)) if _is_dask(y) else da.from_array(np.asarray(y), chunks=(chunks,))
 
@@ -510,8 +532,10 @@ class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
     -----
     ``fit`` accepts NumPy arrays, Dask arrays (or Dask-backed DataArrays), and
     the path of a data store written by ``python -m pipeline.ingest`` (then
-    ``y`` must be None). NumPy labels may be of any type (they are encoded);
-    Dask and stored labels must be numeric. ``decision_function``, ``predict``
+    ``y`` must be None). NumPy labels may be of any type (they are encoded,
+    and the data store and run store record them, so ``python -m
+    pipeline.predict`` on the run gives them back); Dask labels must be
+    numeric; a data store ingested from a text label column gives its labels. ``decision_function``, ``predict``
     and ``score`` on a Dask array or a data store path work block by block and
     return Dask arrays (``score``: a float). The binary decision function is
     ``z_L − 0.5``, so positive values mean ``classes_[1]``.
@@ -538,15 +562,27 @@ class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
 
     def _set_fitted(self, result, classes) -> None:
         super()._set_fitted(result, classes)
+        if classes is None:  # a data store or Dask fit: the labels the run recorded (text), else its classes
+            from pipeline.labels import run_labels
+
+            classes = run_labels(result.store.attrs)
         self.classes_ = np.asarray(result.network.classes if classes is None else classes)
 
     def _encode_targets(self, y):
         """Return the class indices of the labels ``y`` and the sorted classes."""
+        import warnings
+
+        from pipeline.checks import class_rows_problem
+
         check_classification_targets(y)
-        classes, y_index = np.unique(y, return_inverse=True)
+        classes, y_index, counts = np.unique(y, return_inverse=True, return_counts=True)
         if len(classes) < 2:
             raise ValueError(f"{type(self).__name__} needs at least two classes in y, got 1 class "
                              f"({classes[0]!r})")
+        problem = class_rows_problem(counts.tolist(), len(y))
+        if problem:  # a warning: ADMMClassifier is the user's choice of task (the command line refuses)
+            warnings.warn(f"{problem}; fitting them as classes: use ADMMRegressor if y is a count or a measurement",
+                          UserWarning, stacklevel=4)
         return y_index, classes
 
     def decision_function(self, X):

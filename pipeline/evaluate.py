@@ -24,16 +24,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_inputs(store, data):
-    """Return the run's network and the labelled data store of its width, or raise :class:`InputError`."""
+    """Return the run's network and the labelled data store of its width, or raise :class:`InputError`.
+
+    The network's classes are the store's codes of the run's labels (:func:`pipeline.labels.codes_in`): a store
+    ingested on its own scores by label, and text labels against numeric ones are refused here.
+    """
+    from dataclasses import replace
+
+    from pipeline.labels import codes_in, run_labels
     from pipeline.model import load_network
     from solvers.errors import InputError
     from storage.data import open_data
+    from storage.runstore import RunStore
 
     network = load_network(store)
     ds = open_data(data)
     ds.require_labels("evaluate")
     if ds.n_features != len(network.x_mean):
         raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
+    if not network.is_regressor:
+        network = replace(network, classes=codes_in(ds, network.classes, run_labels(RunStore.open(store).attrs)))
     return network, ds
 
 
@@ -53,11 +63,13 @@ def unseen_labels(client, network, ds) -> dict:
         return {}
     counts = client.compute(other_labels_graph(ds.path.resolve(), bounds(ds.n_samples, ds.chunk_rows), classes),
                             sync=True)
-    return {_label(v): int(counts[v]) for v in sorted(counts)}
+    return {_label(ds, v): int(counts[v]) for v in sorted(counts)}
 
 
-def _label(value: float):
-    """Return a label as the user wrote it: a whole number as an int."""
+def _label(ds, value: float):
+    """Return a label of ``ds`` as the user wrote it: its recorded label (text), else a whole number as an int."""
+    if ds.classes is not None:
+        return ds.classes[int(value)]
     return int(value) if float(value).is_integer() else float(value)
 
 

@@ -23,9 +23,11 @@ from storage.ingest import ingest
 
 _DESCRIPTION = """\
 Stream a data file into a chunked Zarr data store for training, without
-loading it into memory. Features are stored as float32, labels as float64:
-labels must be numbers (classes 0, 1, 2, …); string class labels are taken
-by the Python estimator, ADMMClassifier().fit(X, y), not here.
+loading it into memory. Features are stored as float32, labels as float64.
+A label column of text (setosa, versicolor, …) holds class labels: they are
+stored as codes 0, 1, 2, … of the sorted labels, which the store records, and
+predict / evaluate / the estimators give the labels back. A label column of
+numbers with a few stray words, or an empty label, is an error naming its line.
 
 Sources (by suffix):
   .csv .txt .data (.gz too)   comma-separated; a first line that is not all

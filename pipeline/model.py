@@ -22,3 +22,15 @@ def load_network(path) -> Network:
     link = SOLVERS[config.solver].output_link(config, None if classes is None else len(classes), record)
     return Network(weights, config.activation, classes, m["x_mean"], m["x_scale"],
                    y_mean=m.get("y_mean"), y_scale=m.get("y_scale"), layers=layers, link=link)
+
+
+def labelled_network(path) -> Network:
+    """Return :func:`load_network` with the original class labels as its classes (text labels, an estimator's
+    labels: :mod:`pipeline.labels`), so its predictions are labels, not the codes the data store holds."""
+    from dataclasses import replace
+
+    from pipeline.labels import run_labels
+
+    network = load_network(path)
+    labels = None if network.is_regressor else run_labels(RunStore.open(path).attrs)
+    return network if labels is None else replace(network, classes=labels)

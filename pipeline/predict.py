@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "with a run's model.")
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
     p.add_argument("--data", required=True, help="data store to predict (its labels are ignored)")
-    p.add_argument("--out", required=True, help="predictions store to create (Zarr): array 'prediction' (n_samples,)")
+    p.add_argument("--out", required=True, help="predictions store to create (Zarr): array 'prediction' (n_samples,) of "
+                                                "the labels the run was trained on (text labels as strings)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing predictions store at --out (nothing else is ever replaced)")
     add_cluster_arguments(p)
@@ -25,13 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_inputs(store, data, out, overwrite=False):
     """Return the run's network and the data store, or raise :class:`InputError` before anything is written."""
-    from pipeline.model import load_network
+    from pipeline.model import labelled_network
     from solvers.errors import InputError
     from storage.data import open_data
     from storage.paths import check_target
 
     check_target(out, PREDICTIONS_FORMAT, overwrite, inputs=(store, data))
-    network = load_network(store)
+    network = labelled_network(store)  # predictions are the labels the run was trained on (text too), not codes
     ds = open_data(data)
     if ds.n_features != len(network.x_mean):
         raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
@@ -104,8 +105,9 @@ def _predict(client, store, data, out, inputs, overwrite=False, written=lambda o
         except OSError as err:
             raise InputError(f"cannot write {out}: its folder {out.parent} is not a writable directory "
                              f"({err.strerror})") from None
+        dtype = np.float64 if network.is_regressor else np.asarray(network.classes).dtype
         group.create_array("prediction", shape=(ds.n_samples,), chunks=(ds.chunk_rows,),
-                           dtype=np.float64 if network.is_regressor else np.asarray(network.classes).dtype,
+                           dtype=str if dtype.kind in "US" else dtype,  # text labels: Zarr's "string" type
                            dimension_names=("sample",))
         group.update_attributes({"format": PREDICTIONS_FORMAT, "run_store": str(Path(store).resolve()),
                                  "data": str(ds.path.resolve())})

@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.checks import (check_chunk_rows, check_class_rows, check_inputs,  # noqa: F401 (check_inputs: the CLI's)
                              check_resumable, check_resume_total, check_test_data, recorded_data)
 from pipeline.cluster import check_worker_access
+from pipeline.labels import codes_in, labels_for, run_labels, shown
 from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_moments, score_sums_graph
 from pipeline.signals import stop_if_signalled
@@ -169,6 +170,9 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         if test_data:
             reading(test_data)
         data.require_labels("train")
+        if config.task == "regression" and data.classes is not None:
+            raise InputError(f"data store {data.path} holds class labels ({shown(data.classes, 5)}), not numbers: a "
+                             "regression needs a numeric target")
         config, choice = config.choose_solver(data.n_samples, _threads(client), _threads_per_worker(client),
                                              shared_gil=config.solver == "auto" and _shares_gil(client))
         if SOLVERS[config.solver].sharded and config.shards == 0:  # one shard per worker thread
@@ -186,8 +190,10 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
             data.n_samples, chunk_rows,
             default_chunk_rows(data, sum(solver.state_widths().values()),
                                max(_threads(client), config.shards if solver.sharded else 1)), config)
+        labels = labels_for(data, model.get("classes"))  # text (or an estimator's) labels of the class codes
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
-                              data={"path": str(data.path.resolve()), "fingerprint": fingerprint(data)},
+                              data={"path": str(data.path.resolve()), "fingerprint": fingerprint(data),
+                                    **({"class_labels": labels} if labels is not None else {})},
                               n_samples=data.n_samples, chunk_rows=rows, **dict(model, classes=model.get("classes")),
                               overwrite=overwrite,
                               test_data=str(Path(test_data).resolve()) if test_data else None,
@@ -196,6 +202,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                               n_shards=config.shards, background_discard=True, solver_choice=choice)
         created()
     test = check_test_data(test_data, data)
+    labels = run_labels(run.attrs)
     if resume and changed:  # only now: a refused --resume (other data, a bad --test-data) changes nothing in the store
         run.update_config(config.to_dict())
 
@@ -211,7 +218,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     report(f"run store {run.path}: {data.n_samples - n_held} training samples in "
            f"{_count(len(chunks) - n_held_chunks, 'chunk')} of {run.chunk_rows} rows{held}, "
            f"layers {'-'.join(map(str, solver.widths))}, solver {solver.name}"
-           f"{choice_text(run.attrs.get('solver_choice'))}, {describe_model(model)}")
+           f"{choice_text(run.attrs.get('solver_choice'))}, "
+           f"{describe_model(model if labels is None else dict(model, classes=labels))}")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
     if nothing_to_run:  # a finished run resumed again (after a kill past its last commit): rc 0
@@ -234,12 +242,16 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
         scored["validation"] = (data, sorted(split.chunks), None)
     if test is not None:
         scored["test"] = (test, bounds(test.n_samples, test.chunk_rows), None)
+    # a test store ingested on its own holds other codes for the same labels: it is scored by label
+    codes = ({"test": codes_in(test, model["classes"], labels)} if test is not None and "classes" in model
+             and (labels is not None or test.classes is not None) else {})
 
     def evaluate(network, skip=()) -> dict:  # held-out and test scores in one compute (skip: known already)
         kinds = [kind for kind in scored if kind not in skip]
         if not kinds:
             return {}
-        sums = runner.compute(*(score_sums_graph(network, scored[kind][0].path.resolve(), scored[kind][1],
+        sums = runner.compute(*(score_sums_graph(network if kind not in codes else replace(network, classes=codes[kind]),
+                                                 scored[kind][0].path.resolve(), scored[kind][1],
                                                  split=scored[kind][2]) for kind in kinds))
         return {kind: score_from_sums(s) for kind, s in zip(kinds, sums)}
 

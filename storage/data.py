@@ -28,6 +28,14 @@ input scaling and class list from them instead of a pass over the data; a
 store without them (older versions, or the two-moment statistics of the
 previous version) gets that pass.
 
+``classes`` (optional, since session 15) holds the original class labels of
+a store whose labels were encoded: text labels ingested from a CSV, NPZ or
+Parquet file, or any labels written by the estimators. ``y`` then holds the
+code ``k`` of label ``classes[k]``; the list is sorted (as ``numpy.unique``
+sorts), so codes and labels are in the same order. Its items are JSON strings,
+integers, floats or booleans. A store without it (every store written before,
+and numeric labels from the command line) has the labels themselves in ``y``.
+
 A store is written under ``<path>.partial-<random>`` next to its target and
 renamed into place only when complete, so a failed or interrupted write never
 leaves a store that looks valid and never destroys an existing one.
@@ -103,6 +111,9 @@ class DataStore:
         docstring), as float64 arrays; None for a store written without them.
     has_labels : bool
         False for a store of features only (``--no-labels``: data to predict).
+    classes : tuple or None
+        The original labels of the codes ``0 .. K-1`` in ``y`` (text labels, or
+        an estimator's labels; module docstring), or None: ``y`` holds the labels.
     """
 
     path: Path
@@ -114,6 +125,7 @@ class DataStore:
     source: str = ""
     statistics: dict | None = field(default=None, compare=False, repr=False)
     has_labels: bool = True
+    classes: tuple | None = field(default=None, compare=False)
 
     @property
     def n_chunks(self) -> int:
@@ -217,7 +229,20 @@ def open_data(path: str | os.PathLike) -> DataStore:
                      chunk_rows=int(X.chunks[0]), feature_names=tuple(map(str, names)),
                      label_name=str(attrs.get("label_name", "label")),
                      source=str(attrs.get("source", "")), has_labels=has_labels,
+                     classes=_parse_classes(path, attrs.get("classes")),
                      statistics=_parse_statistics(attrs.get("statistics"), X.shape[0], X.shape[1]))
+
+
+def _parse_classes(path: Path, raw) -> tuple | None:
+    """Return the recorded class labels (``classes`` attribute) as a tuple, None when absent; InputError if damaged."""
+    if raw is None:
+        return None
+    ok = isinstance(raw, list) and len(raw) >= 1 and all(
+        isinstance(v, (str, int, float, bool)) for v in raw) and len({type(v) for v in raw}) == 1
+    if not ok or len(set(raw)) != len(raw):
+        raise InputError(f"data store {path}: its 'classes' attribute is not a list of distinct labels of one type; "
+                         "re-ingest it with --overwrite")
+    return tuple(raw)
 
 
 def _parse_statistics(raw, n: int, d: int) -> dict | None:
@@ -362,6 +387,9 @@ class DataWriter:
         Where the data came from, recorded in the attributes.
     overwrite : bool
         Replace an existing data store at ``path``.
+    classes : sequence, optional
+        The original labels of the codes ``0 .. K-1`` the caller appends as ``y``
+        (sorted, distinct; recorded as the ``classes`` attribute).
 
     Examples
     --------
@@ -372,8 +400,9 @@ class DataWriter:
     """
 
     def __init__(self, path, n_features, *, chunk_rows=None, feature_names=None,
-                 label_name="label", source="", overwrite=False, report=None, labels=True):
+                 label_name="label", source="", overwrite=False, report=None, labels=True, classes=None):
         self.path = Path(path)
+        self.classes = None if classes is None else [v.item() if isinstance(v, np.generic) else v for v in classes]
         self.n_features = int(n_features)
         if self.n_features < 1:
             raise InputError(f"cannot write {self.path}: data needs at least one feature column")
@@ -514,7 +543,7 @@ class DataWriter:
                 "chunk_rows": self.chunk_rows, "feature_names": self.feature_names,
                 "label_name": self.label_name, "source": self.source,
                 "statistics": self._stats.attrs(), "has_labels": self.labels,
-                "chunk_crc32": self.chunk_crc32})
+                "chunk_crc32": self.chunk_crc32, **({"classes": self.classes} if self.classes is not None else {})})
             _replace(partial, self.path, self.overwrite)
             partial = None
             self.store = open_data(self.path)
@@ -560,7 +589,7 @@ def _replace(partial: Path, target: Path, overwrite: bool) -> None:
 
 
 def write_data(path, X, y, *, chunk_rows=None, feature_names=None, label_name="label",
-               source="array", overwrite=False) -> DataStore:
+               source="array", overwrite=False, classes=None) -> DataStore:
     """Write in-memory arrays ``X`` (n x d) and ``y`` (n,) as a data store.
 
     Parameters
@@ -573,8 +602,8 @@ def write_data(path, X, y, *, chunk_rows=None, feature_names=None, label_name="l
         Labels; stored as float64.
     chunk_rows : int, optional
         Rows per chunk; default :func:`default_chunk_rows`.
-    feature_names, label_name, source, overwrite
-        See :class:`DataWriter`.
+    feature_names, label_name, source, overwrite, classes
+        See :class:`DataWriter` (``classes``: ``y`` holds codes of these labels).
 
     Returns
     -------
@@ -595,7 +624,7 @@ def write_data(path, X, y, *, chunk_rows=None, feature_names=None, label_name="l
     if X.shape[0] == 0:
         raise InputError(f"cannot write {path}: X has no rows")
     with DataWriter(path, X.shape[1], chunk_rows=chunk_rows, feature_names=feature_names,
-                    label_name=label_name, source=source, overwrite=overwrite) as writer:
+                    label_name=label_name, source=source, overwrite=overwrite, classes=classes) as writer:
         writer.append(X, y)
     return writer.store
 

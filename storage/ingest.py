@@ -31,6 +31,7 @@ import re
 import struct
 import zipfile
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,8 +43,20 @@ from storage.paths import GZIP_KINDS, SOURCE_SUFFIXES, source_kind
 SPLIT_BLOCK = 65536
 NO_LABELS = object()  # label_column of features-only data (--no-labels): every column is a feature
 _F32_MAX = float(np.finfo(np.float32).max)
-LABEL_HINT = ("; the command line takes numeric class labels (encode them as 0, 1, 2, …, e.g. with pandas' "
-              "factorize), the Python estimator takes string labels as they are: ADMMClassifier().fit(X, y)")
+LABEL_HINT = ("; the label column's first rows are numbers, so it is read as numeric labels: fix or remove that row "
+              "(a label column of text, e.g. 'setosa', is read as class labels)")
+MAX_TEXT_CLASSES = 1000  # distinct text labels a label column may hold (as storage.data.MAX_LABELS)
+
+
+class _Source(NamedTuple):
+    """What a reader returns: the columns' names and how to read the rows."""
+
+    feats: list  # feature names
+    label_name: str
+    blocks: Callable  # blocks(vocab=None) -> iterator of (first row, X, y); vocab: text labels, y their codes
+    label_blocks: Callable | None  # () -> iterator of (first row, raw label values): the label column alone
+    where: Callable  # where(row) -> "FILE: line N" / "FILE: row N" of a 0-based data row
+    what: str  # how messages name the label column
 
 
 class _BadValue(Exception):
@@ -122,12 +135,72 @@ def _colname(j: int, names: list[str]) -> str:
     return f"column {j + 1} ({names[j]!r})"
 
 
-def _frame_xy(df: pd.DataFrame, names: list[str], label: int):
-    """Return (X, y) from a block of source columns, raising _BadValue at the first bad cell."""
-    if all(isinstance(dtype, np.dtype) and dtype.kind in "iuf" for dtype in df.dtypes):  # all numbers: one conversion
-        return _split_xy(df.to_numpy(dtype=np.float64), names, label)
-    cols = [_numeric(df.iloc[:, j], _colname(j, names), j == label) for j in range(df.shape[1])]
+def _frame_xy(df: pd.DataFrame, names: list[str], label: int, vocab=None):
+    """Return (X, y) from a block of source columns, raising _BadValue at the first bad cell.
+
+    ``vocab``: the sorted text labels of a text label column (:func:`_text_classes`); y is then their codes.
+    """
+    if vocab is None and all(isinstance(dtype, np.dtype) and dtype.kind in "iuf" for dtype in df.dtypes):
+        return _split_xy(df.to_numpy(dtype=np.float64), names, label)  # all numbers: one conversion
+    cols = [_encode_text(df.iloc[:, j], vocab, _colname(j, names)) if vocab is not None and j == label
+            else _numeric(df.iloc[:, j], _colname(j, names), j == label) for j in range(df.shape[1])]
     return _split_xy(cols, names, label)
+
+
+def _text(values) -> pd.Series:
+    """Return label values as stripped text, missing ones (None, NaN) as ''."""
+    series = pd.Series(values)
+    return series.where(series.notna(), "").astype(str).str.strip()
+
+
+def _encode_text(values, vocab: np.ndarray, what: str) -> np.ndarray:
+    """Return the codes (index in the sorted ``vocab``) of text labels as float64; _BadValue at a missing or unknown one."""
+    text = _text(values).to_numpy(dtype=str)
+    codes = np.searchsorted(vocab, text)
+    bad = np.flatnonzero((codes >= len(vocab)) | (vocab[np.minimum(codes, len(vocab) - 1)] != text))
+    if bad.size:
+        i = int(bad[0])
+        raise _BadValue(i, f"{what} is empty (missing label)" if not text[i] else
+                        f"{what}: {text[i]!r} was not there when the labels were read (the file changed?)")
+    return codes.astype(np.float64)
+
+
+def _text_classes(label_blocks, what: str, where) -> np.ndarray | None:
+    """Return the sorted distinct text labels of a label column, or None if it holds numbers (numeric labels).
+
+    ``label_blocks()`` yields (first row, raw label values) block by block; ``where(row)`` names a 0-based data
+    row in messages. The first block decides: no text there, or more numbers than text, numeric labels (a stray
+    word is the numeric reading's error, naming its line); more text than numbers, every label is text (``'1'``
+    too) and one more pass over the label column collects them. An empty text label is an error.
+    """
+    blocks = iter(label_blocks())
+    first = next(blocks, None)
+    if first is None:
+        return None
+    start, values = first
+    text = _text(values)
+    numeric = pd.to_numeric(text.where(text != ""), errors="coerce").notna().to_numpy()
+    words = np.flatnonzero(~numeric & (text != "").to_numpy())
+    if not words.size:
+        return None
+    if numeric.sum() > words.size:  # numbers with a stray word: the numeric reading names its line (after any
+        return None                 # bad feature before it, e.g. a header line read as data)
+    seen: set[str] = set()
+    for start, values in _chain(first, blocks):
+        text = _text(values)
+        empty = np.flatnonzero((text == "").to_numpy())
+        if empty.size:
+            raise InputError(f"{where(start + int(empty[0]))}: {what} is empty (missing label)")
+        seen.update(text.unique().tolist())
+        if len(seen) > MAX_TEXT_CLASSES:
+            raise InputError(f"{what} holds more than {MAX_TEXT_CLASSES} distinct text values: an identifier or a "
+                             "free-text column, not class labels; choose the label column with --label-column")
+    return np.asarray(sorted(seen), dtype=str)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
 
 
 def _resolve_label(label_column, names: list[str], has_names: bool, source: Path) -> int:
@@ -202,13 +275,17 @@ def _data_line(path: Path, header: bool, row: int) -> tuple[int, str]:
     return -1, ""
 
 
-def _diagnose_line(text: str, names: list[str], label: int) -> str | None:
-    """Return what is wrong with one CSV data line, or None if it looks fine."""
+def _diagnose_line(text: str, names: list[str], label: int, text_label: int | None = None) -> str | None:
+    """Return what is wrong with one CSV data line, or None if it looks fine (``text_label``: a text label column)."""
     fields = next(csv.reader([text]), [])
     if len(fields) != len(names):
         return f"expected {len(names)} columns, found {len(fields)}"
     for j, field in enumerate(fields):
         field = field.strip()
+        if j == text_label:
+            if not field:
+                return f"{_colname(j, names)} is empty (missing label)"
+            continue
         if not field:
             return f"{_colname(j, names)} is empty (missing value)"
         if not _is_number(field):
@@ -223,7 +300,7 @@ def _diagnose_line(text: str, names: list[str], label: int) -> str | None:
 
 
 def _read_csv(path: Path, label_column, header, block_rows):
-    """Return (feature names, label name, block iterator) for a CSV file."""
+    """Return (feature names, label name, blocks(vocab) -> block iterator, label column reader or None) for a CSV file."""
     try:
         with _open_text(path) as f:
             first = f.readline()
@@ -241,21 +318,36 @@ def _read_csv(path: Path, label_column, header, block_rows):
         names = _default_names(len(fields), label)
     rows = block_rows or _default_block_rows(len(fields))
 
-    def blocks():
+    def read(**options):  # text labels: the label column as text, '' for an empty cell ('NA' is a label then)
+        return pd.read_csv(path, header=None, skiprows=1 if header else 0, chunksize=rows, compression="infer",
+                           encoding="utf-8", **options)
+
+    def label_blocks():
         start = 0
         try:
-            reader = pd.read_csv(path, header=None, skiprows=1 if header else 0,
-                                 chunksize=rows, compression="infer", encoding="utf-8")
+            with read(usecols=[label], dtype=str, keep_default_na=False) as reader:
+                for df in reader:
+                    yield start, df.iloc[:, 0]
+                    start += len(df)
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError, EOFError, gzip.BadGzipFile,
+                zipfile.BadZipFile):
+            return  # a damaged file: the full read below names the line
+
+    def blocks(vocab=None):
+        start = 0
+        try:
+            reader = read(**({} if vocab is None else {"dtype": {label: str}, "keep_default_na": False}))
             with reader:
                 for df in reader:
                     try:
                         if df.shape[1] != len(names):
                             raise _BadValue(0, f"expected {len(names)} columns, "
                                                f"found {df.shape[1]}")
-                        X, y = _frame_xy(df, names, label)
+                        X, y = _frame_xy(df, names, label, vocab)
                     except _BadValue as bad:
                         lineno, text = _data_line(path, header, start + bad.row)
-                        why = _diagnose_line(text, names, label) or bad.reason
+                        why = (_diagnose_line(text, names, None if vocab is not None else label,
+                                              text_label=label if vocab is not None else None) or bad.reason)
                         raise InputError(f"{path}: line {lineno}: {why}") from None
                     yield start, X, y
                     start += len(df)
@@ -272,7 +364,9 @@ def _read_csv(path: Path, label_column, header, block_rows):
                              f"truncated file?): {err}") from None
 
     feats = [n for j, n in enumerate(names) if j != label]
-    return feats, ("" if label is None else names[label]), blocks()
+    return _Source(feats, "" if label is None else names[label], blocks, None if label is None else label_blocks,
+                   lambda row: f"{path}: line {_data_line(path, header, row)[0]}",
+                   "" if label is None else _colname(label, names))
 
 
 # ----------------------------------------------------------------------------- NPZ
@@ -327,8 +421,8 @@ def _read_npz(path: Path, label_column, block_rows):
             try:
                 arrays[key] = a if a is not None else npz[key]
             except ValueError as err:
-                raise InputError(f"{path}: cannot load array {key!r} ({err}); save "
-                                 "numeric arrays") from None
+                raise InputError(f"{path}: cannot load array {key!r} ({err}); save numeric arrays (text labels "
+                                 "as a str array: numpy.asarray(y, dtype=str))") from None
         names = [str(n) for n in npz["feature_names"]] if "feature_names" in keys else None
     X = arrays["X"]
     y = arrays["y"] if labels else np.zeros(X.shape[0] if X.ndim else 0)
@@ -344,16 +438,21 @@ def _read_npz(path: Path, label_column, block_rows):
     cols = names + ["y"]
     rows = block_rows or _default_block_rows(X.shape[1] + 1)
 
-    def blocks():
+    def blocks(vocab=None):
         for start in range(0, X.shape[0], rows):
             xb, yb = np.asarray(X[start:start + rows], dtype=np.float64), y[start:start + rows]
             try:
-                yf = _numeric(yb, "label y", True)
+                yf = _numeric(yb, "label y", True) if vocab is None else _encode_text(yb, vocab, "label y")
                 yield (start, *_split_xy([*xb.T, yf], cols, len(cols) - 1))
             except _BadValue as bad:
                 raise InputError(f"{path}: row {start + bad.row + 1}: {bad.reason}") from None
 
-    return names, "y", blocks()
+    def label_blocks():
+        for start in range(0, y.shape[0], rows):
+            yield start, np.asarray(y[start:start + rows])
+
+    return _Source(names, "y", blocks, label_blocks if labels and y.dtype.kind in "US" else None,
+                   lambda row: f"{path}: row {row + 1}", "label y")
 
 
 # ----------------------------------------------------------------------------- Parquet
@@ -373,17 +472,24 @@ def _read_parquet(path: Path, label_column, block_rows):
     label = _resolve_label(label_column, names, True, path)
     rows = block_rows or _default_block_rows(len(names))
 
-    def blocks():
+    def blocks(vocab=None):
         start = 0
         for batch in pf.iter_batches(batch_size=rows):
             try:
-                yield (start, *_frame_xy(batch.to_pandas(), names, label))
+                yield (start, *_frame_xy(batch.to_pandas(), names, label, vocab))
             except _BadValue as bad:
                 raise InputError(f"{path}: row {start + bad.row + 1}: {bad.reason}") from None
             start += batch.num_rows
 
+    def label_blocks():
+        start = 0
+        for batch in pf.iter_batches(batch_size=rows, columns=[names[label]]):
+            yield start, batch.to_pandas().iloc[:, 0]
+            start += batch.num_rows
+
     feats = [n for j, n in enumerate(names) if j != label]
-    return feats, ("" if label is None else names[label]), blocks()
+    return _Source(feats, "" if label is None else names[label], blocks, None if label is None else label_blocks,
+                   lambda row: f"{path}: row {row + 1}", "" if label is None else _colname(label, names))
 
 
 # ----------------------------------------------------------------------------- driver
@@ -477,13 +583,15 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
         if path is not None:
             check_writable(path, overwrite)
     if kind == "csv":
-        feats, label_name, blocks = _read_csv(source, label_column, header, block_rows)
+        src = _read_csv(source, label_column, header, block_rows)
     elif kind == "npz":
-        feats, label_name, blocks = _read_npz(source, label_column, block_rows)
+        src = _read_npz(source, label_column, block_rows)
     else:
-        feats, label_name, blocks = _read_parquet(source, label_column, block_rows)
-    options = dict(chunk_rows=chunk_rows, feature_names=feats, label_name=label_name,
-                   source=source.name, overwrite=overwrite, labels=labels)
+        src = _read_parquet(source, label_column, block_rows)
+    vocab = None if src.label_blocks is None else _text_classes(src.label_blocks, src.what, src.where)
+    feats, label_name, blocks = src.feats, src.label_name, src.blocks(vocab)
+    options = dict(chunk_rows=chunk_rows, feature_names=feats, label_name=label_name, source=source.name,
+                   overwrite=overwrite, labels=labels, classes=None if vocab is None else vocab.tolist())
     with contextlib.ExitStack() as stack:
         train = stack.enter_context(DataWriter(out, len(feats), **options))
         test = (stack.enter_context(DataWriter(test_out, len(feats), **options))

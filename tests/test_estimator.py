@@ -57,9 +57,10 @@ def test_kept_store_and_data_store_path_input(numpy_fit, client, tmp_path):
     data = store.with_name("run-data.zarr")
     assert is_run_store(store) and data.exists()
     np.testing.assert_array_equal(load_network(store).weights[0], clf.network_.weights[0])
-    # the data store written next to the run store is itself a valid input (encoded labels 0, 1, 2)
+    # the data store written next to the run store is itself a valid input: it records the labels of its codes
+    # 0, 1, 2 (before session 15 classes_ were the codes)
     again = ADMMClassifier(**HYPER, client=client).fit(str(data))
-    assert list(again.classes_) == [0, 1, 2]
+    assert list(again.classes_) == ["cat", "dog", "emu"]
     for a, b in zip(again.coefs_, clf.coefs_):
         np.testing.assert_array_equal(a, b)
     assert again.score(str(data)) == pytest.approx(clf.score(X, np.array(["cat", "dog", "emu"])[y]))

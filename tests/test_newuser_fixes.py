@@ -44,11 +44,13 @@ def _few_row_classes(path, classes=40, rows=2):
 
 
 def test_estimator_classes_with_few_rows_each_train(tmp_path):
-    """ADMMClassifier's labels are classes by construction (it has no --task): 40 classes of 2 rows each fit."""
+    """ADMMClassifier's labels are classes by construction (it has no --task): 40 classes of 2 rows each fit (with
+    the command line's words as a warning since session 15, not a refusal)."""
     from pipeline.estimator import ADMMClassifier
 
     X, y = _few_row_classes(tmp_path / "d.zarr")
-    model = ADMMClassifier(max_iter=1, hidden_layer_sizes=(4,)).fit(X, y)
+    with pytest.warns(UserWarning, match="fitting them as classes: use ADMMRegressor"):
+        model = ADMMClassifier(max_iter=1, hidden_layer_sizes=(4,)).fit(X, y)
     assert len(model.classes_) == 40
 
 
