@@ -151,6 +151,11 @@ def summary(store, ds) -> str:
              f"data           {run.attrs['data']['path']} ({run.n_samples} samples, chunks of {run.chunk_rows} rows)",
              f"settings       {describe(config)}{choice_text(run.attrs.get('solver_choice'))}",
              f"iterations     {manifest['iteration']} committed of {manifest['target_iterations']}"]
+    from pipeline.labels import run_labels, shown
+
+    labels = run_labels(run.attrs)
+    if labels is not None:  # text (or an estimator's) labels: the classes as the user wrote them
+        lines.insert(3, f"classes        {shown(labels)}")
     if n:
         last = ds.isel(iteration=-1)
         seconds = ds["seconds"].values

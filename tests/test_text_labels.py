@@ -120,6 +120,12 @@ def test_text_labels_train_predict_evaluate(client, tmp_path):
     frame = _iris_frame()
     _cli_run(client, tmp_path, frame)
     assert RunStore.open(tmp_path / "r.zarr").attrs["data"]["class_labels"] == NAMES.tolist()
+    import xarray as xr
+
+    from pipeline.report import summary
+
+    metrics = xr.open_zarr(tmp_path / "r.zarr", group="metrics", consolidated=False).load()
+    assert "classes        setosa, versicolor, virginica" in summary(tmp_path / "r.zarr", metrics).splitlines()
     frame.drop(columns="target").to_csv(tmp_path / "f.csv", index=False)
     ingest(tmp_path / "f.csv", tmp_path / "f.zarr", labels=False)
     predict(client, tmp_path / "r.zarr", tmp_path / "f.zarr", tmp_path / "p.zarr")
