@@ -45,6 +45,8 @@ NO_LABELS = object()  # label_column of features-only data (--no-labels): every 
 _F32_MAX = float(np.finfo(np.float32).max)
 LABEL_HINT = ("; the label column's first rows are numbers, so it is read as numeric labels: fix or remove that row "
               "(a label column of text, e.g. 'setosa', is read as class labels)")
+FEATURE_HINT = ("; features must be numbers (only the label column may hold text): drop such a column first, e.g. "
+                "pandas.read_csv(f).drop(columns=[NAME]).to_csv(g, index=False)")
 MAX_TEXT_CLASSES = 1000  # distinct text labels a label column may hold (as storage.data.MAX_LABELS)
 
 
@@ -104,7 +106,7 @@ def _numeric(values, what: str, is_label: bool) -> np.ndarray:
     converted = pd.to_numeric(series, errors="coerce")
     bad = np.flatnonzero(converted.isna().to_numpy() & series.notna().to_numpy())
     if bad.size:
-        hint = LABEL_HINT if is_label else ""
+        hint = LABEL_HINT if is_label else FEATURE_HINT.replace("NAME", _quoted_name(what))
         raise _BadValue(int(bad[0]), f"{what}: {series.iloc[bad[0]]!r} is not a number{hint}")
     return converted.to_numpy(dtype=np.float64, na_value=np.nan)
 
@@ -128,6 +130,12 @@ def _split_xy(columns, names: list[str], label: int):
         raise _BadValue(int(i), f"{_colname(j, names)} {why}; remove or impute non-finite "
                                 "values before ingesting")
     return X, y
+
+
+def _quoted_name(what: str) -> str:
+    """Return the quoted column name inside a message's ``column 3 ('id')`` (``'id'``), or ``'...'``."""
+    m = re.search(r"\(('.*')\)$", what)
+    return m[1] if m else "'...'"
 
 
 def _colname(j: int, names: list[str]) -> str:
@@ -289,7 +297,7 @@ def _diagnose_line(text: str, names: list[str], label: int, text_label: int | No
         if not field:
             return f"{_colname(j, names)} is empty (missing value)"
         if not _is_number(field):
-            hint = LABEL_HINT if j == label else ""
+            hint = LABEL_HINT if j == label else FEATURE_HINT.replace("NAME", repr(names[j]))
             return f"{_colname(j, names)}: {field!r} is not a number{hint}"
         v = float(field)
         if not math.isfinite(v):

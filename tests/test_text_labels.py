@@ -239,3 +239,17 @@ def test_resume_with_text_labels_and_a_new_test_set(client, tmp_path, capsys):
                  str(tmp_path / "n.zarr"), "--local-mode", "threads"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has numeric labels, the run's classes are text" in err, err
+
+
+def test_text_feature_column_names_how_to_drop_it(tmp_path):
+    """newuser_s14 F7: a string id column was 'not a number' with no way out named; the line now says how to drop it."""
+    frame = _iris_frame()
+    frame.insert(0, "id", [f"id{i}" for i in range(len(frame))])
+    frame.to_csv(tmp_path / "id.csv", index=False)
+    with pytest.raises(InputError, match=r"line 2: column 1 \('id'\): 'id0' is not a number; features must be numbers "
+                                         r"\(only the label column may hold text\): drop such a column first, e\.g\. "
+                                         r"pandas\.read_csv\(f\)\.drop\(columns=\['id'\]\)"):
+        ingest(tmp_path / "id.csv", tmp_path / "id.zarr")
+    frame.to_parquet(tmp_path / "id.parquet")
+    with pytest.raises(InputError, match=r"row 1: column 1 \('id'\): 'id0' is not a number; .*columns=\['id'\]"):
+        ingest(tmp_path / "id.parquet", tmp_path / "id.zarr")
