@@ -62,7 +62,9 @@ def check_test_data(test_data, data: DataStore) -> DataStore | None:
     if test is not None and (test.classes is not None or data.classes is not None):  # text against numeric labels
         from pipeline.labels import codes_in
 
-        codes_in(test, np.arange(len(data.classes)) if data.classes else np.zeros(1), data.classes)
+        known = (data.statistics or {}).get("labels")  # the training labels, for the message (numeric: as stored)
+        codes_in(test, np.arange(len(data.classes)) if data.classes else (known if known is not None else
+                                                                           np.zeros(1)), data.classes)
     return test
 
 
