@@ -105,7 +105,7 @@ def _predict(client, store, data, out, inputs, overwrite=False, written=lambda o
         except OSError as err:
             raise InputError(f"cannot write {out}: its folder {out.parent} is not a writable directory "
                              f"({err.strerror})") from None
-        dtype = np.float64 if network.is_regressor else np.asarray(network.classes).dtype
+        dtype = np.dtype(np.float64) if network.is_regressor else np.asarray(network.classes).dtype
         group.create_array("prediction", shape=(ds.n_samples,), chunks=(ds.chunk_rows,),
                            dtype=str if dtype.kind in "US" else dtype,  # text labels: Zarr's "string" type
                            dimension_names=("sample",))
