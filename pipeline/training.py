@@ -28,7 +28,7 @@ from solvers.driver import Outcome, describe_model, drive, model_from_moments, s
 from solvers.errors import InputError
 from solvers.loop import LoopState
 from solvers.tasks import TASKS, score_from_sums
-from solvers.validation import MAX_FLOOR_FRACTION, MIN_HELD_OUT, EarlyStopping, RowSplit, split_of
+from solvers.validation import EarlyStopping, RowSplit, split_of
 from storage.data import fingerprint, open_data
 from storage.lock import ReadLock, RunLock
 from storage.paths import join_discards
@@ -212,10 +212,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                         recorder=monitor, split=split)
     n_held = 0 if split is None else (run.attrs.get("validation") or {}).get("rows", split.count(data.n_samples))
     n_held_chunks = len(getattr(split, "chunks", ()))
-    raised = (f"; {split.fraction:.3g} of the rows, not --validation-fraction {config.validation_fraction:g}: raised "
-              f"on small data toward {MIN_HELD_OUT} held-out rows, at most {MAX_FLOOR_FRACTION:g}"
-              if isinstance(split, RowSplit) and split.fraction != config.validation_fraction else "")
-    held = ("" if not split else f", {n_held} held out for early stopping (rows of every chunk{raised})"
+    held = ("" if not split else f", {n_held} held out for early stopping (rows of every chunk)"
             if isinstance(split, RowSplit) else
             f", {n_held} held out for early stopping in {_count(n_held_chunks, 'chunk')}")
     report(f"run store {run.path}: {data.n_samples - n_held} training samples in "
@@ -223,9 +220,6 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
            f"layers {'-'.join(map(str, solver.widths))}, solver {solver.name}"
            f"{choice_text(run.attrs.get('solver_choice'))}, "
            f"{describe_model(model if labels is None else dict(model, classes=labels))}")
-    if split and 0 < n_held < MIN_HELD_OUT:  # newuser_s14 F2: say how coarse the choice of the model is
-        report(f"warning: only {_count(n_held, 'row')} held out: early stopping and the kept iteration are chosen "
-               f"from a validation score that moves in steps of {100 / n_held:.3g} %")
     manifest = run.manifest()
     history = list(manifest["history"]) if manifest else []
     if nothing_to_run:  # a finished run resumed again (after a kill past its last commit): rc 0

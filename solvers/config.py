@@ -230,8 +230,7 @@ class TrainConfig:
                                "without held-out rows it is none",
                                choices=STEP_CHOICES, solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "
-                                         "every chunk; where it holds out fewer than 30 rows it is raised to "
-                                         "min(0.25, 30/n)); the model is the iteration with the best held-out score, 0 "
+                                         "every chunk); the model is the iteration with the best held-out score, 0 "
                                          "turns early stopping off", group="stopping")
     patience: int = setting(10, "with a validation fraction: stop after this many iterations without a gain in "
                             "the held-out score or a new low of the held-out loss, 0 never", resumable=True, group="stopping")

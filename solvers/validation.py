@@ -83,35 +83,14 @@ class ChunkSplit:
         return int(sum(b - a for a, b in self.chunks))
 
 
-MIN_HELD_OUT = 30  # held-out rows below which the held-out share is raised (held_out_fraction)
-MAX_FLOOR_FRACTION = 0.25  # ... but never above this share of the rows
-
-
-def held_out_fraction(fraction: float, n_samples: int) -> float:
-    """Return the share of ``n_samples`` rows a new run holds out: ``fraction``, raised on tiny data.
-
-    Where ``fraction`` would hold out fewer than :data:`MIN_HELD_OUT` rows (0.1 of fewer than 300), it is
-    raised to ``min(MAX_FLOOR_FRACTION, MIN_HELD_OUT / n_samples)``: early stopping and the kept iteration are
-    chosen from a held-out score whose step is one row, 7-100 % of it for 1-14 rows (30 rows: 3.3 %). Never
-    lowered; 0 (no early stopping) stays 0. Data with ``fraction · n`` >= 30 is unchanged. Measured on six tasks
-    under 300 rows (benchmarks/results/debt15_s15.md): +0.02 to +0.035 on three, even on two, -0.010 on wine.
-    """
-    if fraction <= 0 or fraction * n_samples >= MIN_HELD_OUT:
-        return float(fraction)
-    return max(float(fraction), min(MAX_FLOOR_FRACTION, MIN_HELD_OUT / n_samples))
-
-
 def make_split(fraction: float, seed: int, n_samples: int):
     """Return the :class:`RowSplit` of a new run, or None when ``fraction`` is 0 or it holds out no row.
 
-    The share is :func:`held_out_fraction` (raised on tiny data); the split records it, so a resume keeps it.
     Raise :class:`InputError` when it would hold out every row (a handful of rows and a large fraction).
     """
     if fraction <= 0:
         return None
-    split = RowSplit(held_out_fraction(fraction, n_samples), int(seed))
-    if split.fraction != fraction and split.count(n_samples) == n_samples:  # a handful of rows: not by the floor
-        split = RowSplit(float(fraction), int(seed))
+    split = RowSplit(float(fraction), int(seed))
     held = split.count(n_samples)
     if held == 0:
         return None

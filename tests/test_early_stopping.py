@@ -52,7 +52,7 @@ def test_select_and_the_split_a_run_store_records():
 def test_make_split_turns_off_without_held_rows_and_refuses_to_hold_out_everything():
     assert make_split(0.0, 0, 1000) is None
     assert make_split(0.1, 0, 1000) == RowSplit(0.1, 0)
-    seed = next(s for s in range(100) if RowSplit(0.25, s).count(3) == 0)  # 0.1 is raised to 0.25 on 3 rows
+    seed = next(s for s in range(100) if RowSplit(0.1, s).count(3) == 0)
     assert make_split(0.1, seed, 3) is None  # a few rows, none under the fraction: early stopping is off
     with pytest.raises(InputError, match="holds out all 1 training rows"):
         make_split(0.99, next(s for s in range(100) if RowSplit(0.99, s).count(1) == 1), 1)
@@ -172,43 +172,3 @@ def test_pipeline_early_stopping_matches_reference_and_survives_resume(client, t
         train(client, store=tmp_path / "r.zarr", resume=True, report=again.append)
         assert any("stopped early" in line for line in again)
         assert RunStore.open(tmp_path / "r.zarr").committed_iteration() == len(result.history)
-
-
-def test_tiny_data_holds_out_at_least_30_rows_or_a_quarter():
-    """newuser_s14 F2: 0.1 of fewer than 300 rows held out 1-14 rows to choose the model; the share is raised to
-    min(0.25, 30 / n) there (recorded in the split, so a resume keeps it), and unchanged where 0.1 · n >= 30."""
-    from solvers.validation import MIN_HELD_OUT, held_out_fraction
-
-    assert held_out_fraction(0.1, 300) == 0.1 and held_out_fraction(0.1, 60000) == 0.1
-    assert held_out_fraction(0.1, 200) == pytest.approx(MIN_HELD_OUT / 200)
-    assert held_out_fraction(0.1, 96) == 0.25 and held_out_fraction(0.1, 19) == 0.25
-    assert held_out_fraction(0.0, 50) == 0.0 and held_out_fraction(0.4, 50) == 0.4  # off stays off; never lowered
-    assert make_split(0.1, 3, 1000) == RowSplit(0.1, 3)  # above the floor: the same rows as before
-    split = make_split(0.1, 3, 120)
-    assert split == RowSplit(0.25, 3) and split.record(120)["fraction"] == 0.25
-    assert split_of({"validation": split.record(120)}) == split  # a resume reads the raised share back
-    # a handful of rows that the raised share would hold out entirely: the given share, as before
-    seed = next(s for s in range(1000) if RowSplit(0.25, s).count(2) == 2 and RowSplit(0.1, s).count(2) < 2)
-    assert make_split(0.1, seed, 2) == (RowSplit(0.1, seed) if RowSplit(0.1, seed).count(2) else None)
-
-
-def test_tiny_data_run_line_names_the_raised_share_and_warns(client, tmp_path):
-    """The run line says the share was raised (and by which rule), and a warning names how coarse the choice is;
-    the run store records the raised share, which a resume reads back."""
-    from pipeline.training import train
-    from storage.data import write_data
-    from storage.runstore import RunStore
-
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(60, 3))
-    write_data(tmp_path / "d.zarr", X, (X[:, 0] > 0).astype(float))
-    lines = []
-    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr",
-          config=TrainConfig(hidden=(4,), iterations=1), report=lines.append)
-    held = RowSplit(0.25, 0).count(60)
-    assert RunStore.open(tmp_path / "r.zarr").attrs["validation"] == {"scheme": "rows", "fraction": 0.25, "seed": 0,
-                                                                      "rows": held}
-    assert any(f"{held} held out for early stopping (rows of every chunk; 0.25 of the rows, not --validation-fraction "
-               "0.1: raised on small data toward 30 held-out rows, at most 0.25)" in line for line in lines), lines
-    assert held < 30 and f"warning: only {held} rows held out: early stopping and the kept iteration are chosen from a validation " \
-           f"score that moves in steps of {100 / held:.3g} %" in lines
