@@ -59,26 +59,32 @@ class LoggedHeldStep(HeldStepSolver):
         return out
 
 
-class ProbeFirstHeldStep(HeldStepSolver):
-    """``hs2@1p``: the probe decides on the stock (t = 1) trials, then the winner keeps its held-out step length.
+class ProbeFirstStepChoice(GaussNewtonSolver):
+    """``hs2@1p`` (run with ``step_choice="held-out"``): the probe decides on the stock (t = 1) trials, then the
+    winner keeps its held-out step length (step15's choice, pinned rows and all).
 
-    :meth:`_evaluate` returns the stock step (what ``hidden_race._probe`` reads: ``accepted`` and the held-out loss),
-    with the kept-t step beside it (``alt``, k10's choice among ``factors``); :meth:`_finish` finishes ``alt`` when
-    there is one. Without the probe (``_advance`` = ``_finish(_evaluate())``) it is ``hs2@1`` plus one pass A.
+    :meth:`_evaluate` at a choosing iteration returns the stock step (what ``hidden_race._probe`` reads: ``accepted``
+    and the held-out loss) with the chosen step beside it (``alt``) when the choice is t ≠ 1 (t = 1: the chosen step,
+    bitwise the stock one); :meth:`_finish` finishes ``alt`` when there is one. Without the probe (``_advance`` =
+    ``_finish(_evaluate())``) it is ``step_choice="held-out"`` plus one pass A.
     """
 
-    factors, early, log = (1.0, 2.0), 1, []
+    _stock_only = False
+
+    def _chooses_step(self, runner, k):
+        return not self._stock_only and super()._chooses_step(runner, k)
 
     def _evaluate(self, runner, state):
         state = self.prepare(runner, state)
-        stock = GaussNewtonSolver._evaluate(self, runner, state)
-        n = len(type(self).log)
-        alt = super()._evaluate(runner, state)  # k10's choice (its log entry), the kept trial's step
-        new = type(self).log[n:]
-        for entry in new:
-            entry["pinned"] = bool(self.pinned)
-        if new and new[-1]["chosen"] != 1.0:
-            stock["alt"] = alt
+        chosen = super()._evaluate(runner, state)
+        if chosen.get("step_choice") is None or float(chosen["step_choice"][0]) == 1.0:
+            return chosen
+        self._stock_only = True
+        try:
+            stock = super()._evaluate(runner, state)
+        finally:
+            self._stock_only = False
+        stock["alt"] = chosen
         return stock
 
     def _finish(self, runner, step):
@@ -90,13 +96,14 @@ def fit_arm(task, Xtr, ytr, Xva, yva, arm, seed, a) -> dict:
     cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=a.iterations, hidden_alpha=a.hidden_alpha)
     log: list = []
     stock = SOLVERS["gauss-newton"]
-    if arm == "hs2@1" and a.impl == "setting":
+    if (arm == "hs2@1" and a.impl == "setting") or arm == "hs2@1p":
         if "step_choice" not in {f.name for f in dataclasses.fields(TrainConfig)}:
             raise SystemExit("--impl setting: this branch's TrainConfig has no step_choice (rebase on integrate)")
         cfg = dataclasses.replace(cfg, step_choice="held-out")
-    elif arm in ("hs2@1", "hs2@1p"):
-        cls = type("HS21", (LoggedHeldStep if arm == "hs2@1" else ProbeFirstHeldStep,), {"log": log})
-        SOLVERS["gauss-newton"] = cls
+        if arm == "hs2@1p":
+            SOLVERS["gauss-newton"] = ProbeFirstStepChoice
+    elif arm == "hs2@1":
+        SOLVERS["gauss-newton"] = type("HS21", (LoggedHeldStep,), {"log": log})
     try:
         fit = fit_validation_run(Xtr, ytr, Xva, yva, cfg, TARGETS.get(task), keys=KEYS, **kw)
     finally:
@@ -104,7 +111,7 @@ def fit_arm(task, Xtr, ytr, Xva, yva, arm, seed, a) -> dict:
     r = fit.pop("result")
     note = getattr(r, "note", None) or getattr(getattr(r, "solver", None), "note", None)
     name = arm if arm != "stock" or a.hidden_alpha == "auto" else a.hidden_alpha
-    impl = {"stock": "stock", "hs2@1": a.impl, "hs2@1p": "prototype"}[arm]
+    impl = {"stock": "stock", "hs2@1": a.impl, "hs2@1p": "setting"}[arm]
     return {"task": task, "arm": name, "impl": impl, "hidden_alpha": a.hidden_alpha,
             "seed": seed, "iterations": a.iterations, "chunk_rows": a.chunk_rows, "target": TARGETS.get(task),
             "n_val": int(len(yva)), "n_train": int(len(ytr)), **fit, "choices": log, "note": note}
@@ -137,7 +144,8 @@ def same_run(a: dict, b: dict) -> bool:
     """Return whether two runs report the same iterations (every history entry but the seconds and the probe loser's
     held-out loss) and the same kept model's accuracy: the stock run bit for bit, as far as the record shows."""
     def strip(r):
-        return [{k: v for k, v in h.items() if k not in ("seconds", "race_validation_loss")} for h in r["history"]]
+        skip = ("seconds", "race_validation_loss", "step_length", "step_held_losses")
+        return [{k: v for k, v in h.items() if k not in skip} for h in r["history"]]
     return strip(a) == strip(b) and a["kept"] == b["kept"]
 
 
