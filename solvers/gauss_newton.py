@@ -56,12 +56,9 @@ output trial ``W_L(α_j)`` for every α of the grid at once (one product per chu
 ``(S_L/n) ⊗ G_{L−1}``; nothing held out: :data:`CE_ALPHA_UNHELD` of it), and the
 hidden layers' next step uses the α last chosen.
 
-Step choice (``step_choice="held-out"``, squared loss, dense kernels, held-out rows; k10_s14.md): in iteration 1
-only, pass A evaluates the hidden trial ``T`` at the step lengths ``t ∈ {1, 2}`` (``W + t (T − W)``) in the same read
-of each chunk, and keeps ``t* = argmin_t ℓ_held(t)`` (the held-out loss of trial t with its output layer refitted at
-its α auto; ties and non-finite sums: t = 1) if t* = 1 or its objective passes the LM test, else t = 1; the LM test
-then judges the kept trial as usual, from its own sums. Where t = 1 is kept the run is the stock run bit for bit.
-The choice is the carry's ``step_length`` and ``step_held_losses`` (and the metrics of iteration 1).
+Step choice (``step_choice="held-out"``, squared loss, dense kernels, held-out rows): in iteration 1 only, pass A
+evaluates the hidden trial at the step lengths t = 1 and 2 in the same read of each chunk and keeps the one of lower
+held-out loss (:mod:`solvers.step_choice`); where t = 1 is kept the run is the stock run bit for bit.
 
 Settings: ``loss`` (squared or cross-entropy), ``step_size`` η, ``damping`` λ₀, ``alpha`` α (``"auto"`` or a
 number), ``ridge`` ε (the numerical floor of every solve), ``step_choice``; the accepted
@@ -70,7 +67,6 @@ client ``carry``.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from collections import OrderedDict
@@ -78,7 +74,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers import cross_entropy as ce, hidden_race, sampling
+from solvers import cross_entropy as ce, hidden_race, sampling, step_choice
 from solvers.activation_cache import CACHE, INPUTS, weights_key
 from solvers.base import SolverBase
 from solvers.config import HE_BIAS, TrainConfig
@@ -87,8 +83,9 @@ from solvers.hidden_race import RACE_DROP, RACE_ITERATIONS  # noqa: F401 (re-exp
 from solvers.linalg import (ALPHA_GRID, RidgePath, ShiftedGram, penalty,
                             quadratic_error, single_threaded, solve_weights, spd_solve, times)
 from solvers.linalg import relu_curvature_sums
-from solvers.loop import DIVERGENCE_HINT, LoopState, check_finite, run_pass, run_pass_held_out
+from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.stats import StatsLayout
+from solvers.step_choice import STEP_CHOICE_ITERATIONS, STEP_LENGTHS, choose_step  # noqa: F401 (re-exported: tests)
 
 DAMPING_FLOOR = 1e-2  # λ never drops below this (relative to the mean curvature s̄)
 DAMPING_GROWTH = 4.0  # λ ← 4λ after a rejected step
@@ -97,21 +94,6 @@ STEP_RIDGE = 1e-2     # least relative damping ε' of the input Gram in the hidd
 CE_ALPHA_UNHELD = 1e-3  # cross-entropy, alpha auto, nothing held out: α / (s̄ ḡ) of the output layer
 NO_SAMPLE = np.array([-1.0, -2.0])  # gram_sample before the first trial of a sample that can grow: no (m, window) is this
 _PATHS: OrderedDict = OrderedDict()  # the client's last three RidgePaths used, by (ridge, SHA-1 of their sums)
-STEP_LENGTHS = (1.0, 2.0)  # step_choice held-out: the step lengths t of W + t (T − W) pass A evaluates (t = 1: the trial)
-STEP_CHOICE_ITERATIONS = 1  # … in iterations 1..this (k10_s14.md: hs2@1; iteration 2 chose t = 2 on MNIST 2k and lost)
-
-
-def choose_step(losses) -> int:
-    """Return the index of the least of the held-out ``losses`` (one per :data:`STEP_LENGTHS`): the step length kept.
-
-    Ties keep the earlier (shorter) one, and a non-finite loss is never kept over a finite one, so index 0 (t = 1,
-    the stock trial) stands unless another is strictly better.
-    """
-    best = 0
-    for j, loss in enumerate(losses):
-        if np.isfinite(loss) and (not np.isfinite(losses[best]) or loss < losses[best]):
-            best = j
-    return best
 
 
 def pin_rows(W, reference) -> np.ndarray:
@@ -205,15 +187,6 @@ class GaussNewtonSolver(SolverBase):
             shapes = {"n": (), "tt": (), f"gram{L}": (w[L - 1] + 1,) * 2, f"cross{L}": (w[L], w[L - 1] + 1)}
         if input_gram and L > 1:
             shapes["gram1"] = (w[0] + 1,) * 2
-        return StatsLayout(shapes)
-
-    def step_layout(self, input_gram: bool, others: int) -> StatsLayout:
-        """Return :meth:`forward_layout` with the output layer's sums of ``others`` further trials (``step<j>_gram<L>``,
-        ``step<j>_cross<L>``, j = 1..others; ``n`` and ``tt`` are the same rows'), squared loss only."""
-        w, L = self.widths, self.L
-        shapes = dict(self.forward_layout(input_gram).shapes)
-        for j in range(1, others + 1):
-            shapes[f"step{j}_gram{L}"], shapes[f"step{j}_cross{L}"] = (w[L - 1] + 1,) * 2, (w[L], w[L - 1] + 1)
         return StatsLayout(shapes)
 
     def curvature_layout(self, input_gram: bool = False) -> StatsLayout:
@@ -325,17 +298,17 @@ class GaussNewtonSolver(SolverBase):
     def advance(self, runner, state: LoopState) -> tuple[LoopState, dict]:
         """Return :meth:`_advance`; ``--hidden-alpha race`` or ``probe``: both candidates' iterations while the race runs
         (:func:`solvers.hidden_race.advance`; with ``step_choice`` each candidate chooses its own step length in
-        :meth:`_evaluate`). An iteration that chose a step length adds a line to :attr:`note`."""
+        :meth:`_evaluate`). An iteration that chose a step length adds a line to :attr:`note`
+        (:func:`solvers.step_choice.report_line`: under the race or probe it names the candidate)."""
         if self.config.resolved_hidden_alpha() not in hidden_race.RULES:
             new, metrics = self._advance(runner, state)
         else:
             new, metrics = hidden_race.advance(self, runner, state)
-        if "step_length" in metrics:  # step_choice: a line for the progress report (after the probe's, if any)
-            losses = [metrics[f"step_validation_loss_{s:g}"] for s in STEP_LENGTHS]
-            best = STEP_LENGTHS[choose_step(losses)]
-            line = (f"step length: t = {metrics['step_length']:g} at iteration {new.iteration} (held-out loss "
-                    + ", ".join(f"t = {s:g}: {x:.4g}" for s, x in zip(STEP_LENGTHS, losses))
-                    + (f"; t = {best:g} failed the LM test" if best != metrics["step_length"] else "") + ")")
+        candidate = None
+        if self.config.resolved_hidden_alpha() in hidden_race.RULES and "hidden_pinned" in metrics:
+            candidate = "pinned" if metrics["hidden_pinned"] else "readout"  # whose metrics these are
+        line = step_choice.report_line(metrics, new.iteration, candidate)  # after the probe's line, if any
+        if line is not None:
             self.note = f"{self.note}\n{line}" if self.note else line
         return new, metrics
 
@@ -363,7 +336,8 @@ class GaussNewtonSolver(SolverBase):
         trial = [c[f"T{l}"] for l in range(1, self.L)]
         sample, choice = self._sample(runner, m, window), None
         if self._chooses_step(runner, k):  # the trial at every step length in one read; the kept one's sums go on
-            trial, sums, held, (W_out, error, alpha), choice = self._step_pass(runner, state, trial, c, k, sample)
+            trial, sums, held, (W_out, error, alpha), choice = step_choice.evaluate(
+                self, runner, state, trial, c, k, sample, pin_rows if self.pinned else None)
             for l, W in enumerate(trial, start=1):
                 c[f"T{l}"] = W
             c["step_length"], c["step_held_losses"] = np.float64(choice[0]), np.asarray(choice[1], np.float64)
@@ -401,63 +375,6 @@ class GaussNewtonSolver(SolverBase):
                 and not self.cross_entropy and self._scores_held_out(runner)
                 and type(self).forward_chunk is GaussNewtonSolver.forward_chunk)
 
-    def stretched(self, weights, trial, t: float) -> list:
-        """Return the hidden trial at step length ``t``: ``W + t (T − W)`` (t = 1: ``trial`` itself, the same arrays);
-        ``--hidden-alpha pinned``: each row then rescaled to its norm in ``weights`` (:func:`pin_rows`), as the trial's."""
-        if t == 1.0:
-            return list(trial)
-        out = []
-        for W, T in zip(weights, trial):
-            W, T = np.asarray(W, np.float64), np.asarray(T, np.float64)
-            out.append(pin_rows(W + t * (T - W), W) if self.pinned else W + t * (T - W))
-        return out
-
-    def _step_pass(self, runner, state: LoopState, trial, c: dict, k: int, sample: dict):
-        """Return (kept trial, its pass-A sums, held-out sums, its (W_L, error, α), (t kept, held-out losses, t of the
-        least held-out loss)): pass A of the trial at every step length of :data:`STEP_LENGTHS` in one read of each
-        chunk (:meth:`forward_chunk`'s ``others``).
-
-        Each trial's output layer is refitted at its α auto (:meth:`output_layer`) and scored by its held-out loss
-        (:meth:`held_loss`); :func:`choose_step` picks one, which is kept if it is t = 1 or passes the LM test
-        (its objective at its α no higher than the accepted weights'), else t = 1 is kept. The stock trial's sums
-        are those its own pass A gives, bitwise (the further trials' sums are further entries of the same vector),
-        so keeping t = 1 is the stock step: a longer step that the held-out rows prefer but the LM test would
-        reject costs the iteration nothing (a rejection would also have quadrupled λ).
-        """
-        L, weights = self.L, state.weights
-        trials = [self.stretched(weights, trial, t) for t in STEP_LENGTHS]
-        casts = [self.cast(T) for T in trials[1:]]
-        params = dataclasses.replace(self._forward_params(trial, False, c), others=tuple(casts),
-                                     other_keys=tuple(weights_key(self.run_token, x) for x in casts))
-        layout = self.step_layout(False, len(casts))
-        train, held = runner.run("forward_chunk", params, held_out=True, **sample)
-        train, held = layout.unpack(train), (None if held is None else layout.unpack(held))
-        base = tuple(self.forward_layout(False).shapes)
-
-        def part(sums, j):  # trial j's sums under the stock names
-            if sums is None:
-                return None
-            if j == 0:
-                return {name: sums[name] for name in base}
-            return {"n": sums["n"], "tt": sums["tt"], f"gram{L}": sums[f"step{j}_gram{L}"],
-                    f"cross{L}": sums[f"step{j}_cross{L}"]}
-
-        hint = getattr(self, "divergence_hint", DIVERGENCE_HINT)
-        sides = [(check_finite(part(train, 0), k, hint), None if held is None else check_finite(part(held, 0), k, hint))]
-        sides += [(part(train, j), part(held, j)) for j in range(1, len(trials))]
-        fits, losses = [], []
-        for j, (s, h) in enumerate(sides):
-            finite = j == 0 or all(np.all(np.isfinite(v)) for x in (s, h) if x is not None for v in x.values())
-            fit = self.output_layer(s, h, c) if finite else None
-            fits.append(fit)
-            losses.append(float(self.held_loss(h, fit[0], fit[2], c)) if fit is not None and h is not None else np.inf)
-        best = j = choose_step(losses) if held is not None else 0
-        if j:  # a longer step the LM test would reject is not kept: the stock trial goes on to the test instead
-            W_out, error, alpha = fits[j]
-            if self.objective(error, [*trials[j], W_out], alpha) > self._current_objective(state, c, alpha):
-                j = 0
-        return trials[j], sides[j][0], sides[j][1], fits[j], (STEP_LENGTHS[j], losses, STEP_LENGTHS[best])
-
     def _finish(self, runner, step: dict) -> tuple[LoopState, dict]:
         """Return :meth:`_advance`'s result from :meth:`_evaluate`'s ``step``: pass B (or, deferred, the score pass)
         and the next trial, then the metrics."""
@@ -485,9 +402,7 @@ class GaussNewtonSolver(SolverBase):
         if "held_loss" in c:
             metrics["validation_loss"] = float(c["held_loss"])
         if step.get("step_choice") is not None:  # step_choice: the step length kept and each one's held-out loss
-            t, losses, _ = step["step_choice"]
-            metrics["step_length"] = float(t)
-            metrics.update((f"step_validation_loss_{s:g}", float(x)) for s, x in zip(STEP_LENGTHS, losses))
+            metrics.update(step_choice.metrics(step["step_choice"]))
         if "held_score" in c:  # pass B's score of these weights on the held-out rows (the driver need not score them)
             metrics[f"validation_{self.task.score_name}"] = float(c["held_score"])
         new = LoopState(k, list(weights), c)
@@ -908,35 +823,37 @@ class GaussNewtonSolver(SolverBase):
         """Return (None, pass A sums): Σ ã_{L−1}ã_{L−1}ᵀ, Σ T ã_{L−1}ᵀ, Σ‖T‖² (and Σ ã_0 ã_0ᵀ if asked).
 
         Cross-entropy: the training loss Σℓ of each output trial in ``p.outputs`` instead of the Grams.
-        ``p.others`` (step_choice): the same Grams of each further hidden trial, from the same input tile
-        (:meth:`step_layout`), their activations kept under ``p.other_keys``.
+        ``p.others`` (step_choice): the output layer's Grams of each further hidden trial, from the same input tile
+        (:func:`solvers.step_choice.layout`), their activations kept under ``p.other_keys``.
         """
-        L, hidden = self.L, self._augmented(p.hidden)
-        others = [(self._augmented(h), key) for h, key in zip(p.others, p.other_keys or (None,) * len(p.others))]
+        L = self.L
+        trials = [(self._augmented(p.hidden), p.key)]  # the stock trial first: its sums are its own pass A's, bitwise
+        trials += [(self._augmented(h), key) for h, key in zip(p.others, p.other_keys or (None,) * len(p.others))]
         rows = _rows_key(x_raw, start_row, held) if p.key else None
         named = None if held else rows or _rows_key(x_raw, start_row, False)  # the training rows' kept inputs
 
         def tile(sl, _):
             x1 = self._inputs_with_ones(x_raw[sl]) if held else self._kept_inputs(x_raw, named, sl)
-            a, z = self._hidden_forward(x1, hidden)
-            if rows is not None and L > 1:  # kept for pass B at these hidden weights (held-out rows: its score's a_{L−1})
-                CACHE.put((p.key, rows, sl.start, sl.stop), (a[L - 1],) if held else (*a[1:], *z[1:]))
             t = self.task.targets(y[sl], self.dtype)
-            n = a[0].shape[0]
-            if self.cross_entropy:
-                parts = {"n": n, "ce": ce.block_losses(a[L - 1] @ p.outputs.T, t)}
-            else:
-                parts = {"n": n, "tt": float(np.sum(t * t, dtype=np.float64)),
-                         f"gram{L}": self._gram(a[L - 1]), f"cross{L}": self._cross(t, a[L - 1])}
-            if p.input_gram and L > 1:
-                parts["gram1"] = self._gram(a[0])
-            for j, (other, key) in enumerate(others, start=1):  # after the stock trial's: its sums are its own pass A's
-                a, z = self._hidden_forward(x1, other)
-                if key is not None and rows is not None:
-                    CACHE.put((key, rows, sl.start, sl.stop), (a[L - 1],) if held else (*a[1:], *z[1:]))
-                parts[f"step{j}_gram{L}"], parts[f"step{j}_cross{L}"] = self._gram(a[L - 1]), self._cross(t, a[L - 1])
+            parts = {}
+            for j, (hidden, key) in enumerate(trials):
+                a, z = self._hidden_forward(x1, hidden)
+                if key is not None and rows is not None and L > 1:  # kept for pass B at these hidden weights
+                    CACHE.put((key, rows, sl.start, sl.stop), (a[L - 1],) if held else (*a[1:], *z[1:]))  # held: a_{L−1}
+                if j:  # step_choice's further trial j: its output layer's sums
+                    parts[f"step{j}_gram{L}"], parts[f"step{j}_cross{L}"] = self._gram(a[L - 1]), self._cross(t, a[L - 1])
+                    continue
+                n = a[0].shape[0]
+                if self.cross_entropy:
+                    parts.update({"n": n, "ce": ce.block_losses(a[L - 1] @ p.outputs.T, t)})
+                else:
+                    parts.update({"n": n, "tt": float(np.sum(t * t, dtype=np.float64)),
+                                  f"gram{L}": self._gram(a[L - 1]), f"cross{L}": self._cross(t, a[L - 1])})
+                if p.input_gram and L > 1:
+                    parts["gram1"] = self._gram(a[0])
             return None, parts
-        layout = self.step_layout(p.input_gram, len(others)) if others else self.forward_layout(p.input_gram)
+        others = len(trials) - 1
+        layout = step_choice.layout(self, p.input_gram, others) if others else self.forward_layout(p.input_gram)
         return None, self.tiled(layout, x_raw.shape[0], tile)[1]
 
     def forward_chunk_held(self, x_raw, y, state, start_row: int, p: ForwardParams):

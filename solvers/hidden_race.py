@@ -20,9 +20,12 @@ rejected). The extra cost is the loser's pass A (its score pass is skipped: :fun
 
 With ``--step-choice held-out`` each candidate chooses its own step length at iteration 1, inside its own pass A
 (:meth:`~solvers.gauss_newton.GaussNewtonSolver._evaluate`: its trial at t = 1 and 2, the one of lower held-out loss
-kept), before the race or probe compares them: the probe compares the kept trials' held-out losses, and the winner
-goes on as a run of its rule with the step choice would (bitwise). Each candidate's choice depends on its own state
-only, and a resume makes iteration 1 again from iteration 0's carry, or goes on from the carry that holds it.
+kept; :mod:`solvers.step_choice`), before the race or probe compares them: the probe compares the kept trials'
+held-out losses, and the winner goes on as a run of its rule with the step choice would (bitwise). The probe reports
+the winner's choice; the race, whose iteration 1 reports readout's metrics, adds pinned's as ``race_step_length``
+(and ``race_step_validation_loss_<t>``), and the report line names both (pinned may be the one that goes on). Each
+candidate's choice depends on its own state only, and a resume makes iteration 1 again from iteration 0's carry, or
+goes on from the carry that holds it.
 
 The functions take the :class:`~solvers.gauss_newton.GaussNewtonSolver` and call its single-candidate steps
 (``_advance``, ``_with_trial``, ``_resume_one``) with its ``pinned`` flag set per candidate.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from solvers import step_choice
 from solvers.linalg import quadratic_error
 from solvers.loop import LoopState
 
@@ -113,12 +117,14 @@ def advance(solver, runner, state: LoopState) -> tuple[LoopState, dict]:
         new_main.carry["hidden_pinned"] = np.float64(0.0)
         solver.note = (f"hidden alpha: readout from iteration {k + 1} (held-out {score_name} at iteration "
                        f"{k}: pinned {m_other[score]:.4f}, more than {RACE_DROP} below readout's {m_main[score]:.4f})")
-        return new_main, {**m_main, "hidden_pinned": 0.0, f"race_{score}": m_other[score]}
+        return new_main, {**m_main, "hidden_pinned": 0.0, f"race_{score}": m_other[score],
+                          **step_choice.race_metrics(m_other)}
     if k < RACE_ITERATIONS:
         new_main.carry.update(pinned_carry(new_other.weights, new_other.carry))
         new_main.carry.update(hidden_pinned=np.float64(0.0), race_best=np.float64(best),
                               race_other_best=np.float64(other_best))
-        return new_main, {**m_main, "hidden_pinned": 0.0, f"race_{score}": m_other[score]}
+        return new_main, {**m_main, "hidden_pinned": 0.0, f"race_{score}": m_other[score],
+                          **step_choice.race_metrics(m_other)}
     solver.pinned = other_best > best
     won, metrics, lost = (new_other, m_other, m_main) if solver.pinned else (new_main, m_main, m_other)
     won.carry["hidden_pinned"] = np.float64(solver.pinned)

@@ -235,21 +235,26 @@ def shard_groups(n_chunks: int, n_shards: int) -> list[list[int]]:
     return [part.tolist() for part in np.array_split(np.arange(n_chunks), n_shards)]
 
 
-def run_pass_held_out(runner: PassRunner, layout, kernel: str, params, iteration: int,
+def run_pass_held_out(runner: PassRunner, layout, kernel: str, params, iteration: int, checked=None,
                       **slots) -> tuple[dict, dict | None]:
     """Run one pass over the training rows (``chunks=``: of a sample of the chunks) and all held-out rows.
 
     The training rows read and write state as in :func:`run_pass`; the
     held-out rows are passed ``state=None`` and write nothing. Return both
-    sums, unpacked and checked (held-out: None when nothing is held out).
+    sums, unpacked and checked (held-out: None when nothing is held out). ``checked``: the names of the sums
+    checked (None: all; Gauss-Newton's step choice leaves its further trials' sums to its own test).
     """
     solver = getattr(runner, "solver", None)
     if slots.get("read") is not None:
         slots["read"] = read_plan(slots["read"], solver.state_widths())
     hint = getattr(solver, "divergence_hint", DIVERGENCE_HINT)
     train, held = runner.run(kernel, params, held_out=True, **slots)
-    train = check_finite(layout.unpack(train), iteration, hint)
-    return train, (None if held is None else check_finite(layout.unpack(held), iteration, hint))
+
+    def check(sums: dict) -> dict:
+        check_finite(sums if checked is None else {name: sums[name] for name in checked}, iteration, hint)
+        return sums
+
+    return check(layout.unpack(train)), (None if held is None else check(layout.unpack(held)))
 
 
 def initialize(solver, runner: PassRunner) -> LoopState:

@@ -9,7 +9,8 @@ import pytest
 from solvers import SOLVERS, make_solver
 from solvers.config import HANDOVER, STORED_BEFORE, TrainConfig, describe
 from solvers.errors import InputError
-from solvers.gauss_newton import STEP_LENGTHS, GaussNewtonSolver, choose_step
+from solvers.gauss_newton import GaussNewtonSolver, pin_rows
+from solvers.step_choice import STEP_LENGTHS, choose_step, layout as step_layout, stretched
 from solvers.loop import LoopState
 from solvers.reference import fit_in_memory
 
@@ -81,7 +82,7 @@ def test_forward_chunk_sums_the_other_trials_in_the_same_read_and_the_stock_tria
     p = solver._forward_params(hidden, True)
     alone = solver.forward_chunk(X, y, None, 0, p)[1]
     other_alone = solver.forward_layout(True).unpack(solver.forward_chunk(X, y, None, 0, solver._forward_params(other, True))[1])
-    both = solver.step_layout(True, 1).unpack(
+    both = step_layout(solver, True, 1).unpack(
         solver.forward_chunk(X, y, None, 0, dataclasses.replace(p, others=(solver.cast(other),)))[1])
     for name, value in solver.forward_layout(True).unpack(alone).items():
         np.testing.assert_array_equal(both[name], value)
@@ -91,16 +92,11 @@ def test_forward_chunk_sums_the_other_trials_in_the_same_read_and_the_stock_tria
 
 
 def test_stretched_trial_is_the_trial_at_t_1_and_keeps_pinned_norms():
-    X, y = linear_classes(n=300)
-    solver = make_solver(TrainConfig(solver="gauss-newton", hidden=(6,), hidden_alpha="pinned"), X.shape[1],
-                         x_mean=np.zeros(20), x_scale=np.ones(20), classes=np.arange(5))
     rng = np.random.default_rng(0)
     W, T = rng.normal(size=(6, 21)), rng.normal(size=(6, 21))
-    assert solver.stretched([W], [T], 1.0)[0] is T
-    solver.pinned = False
-    np.testing.assert_array_equal(solver.stretched([W], [T], 2.0)[0], W + 2.0 * (T - W))
-    solver.pinned = True
-    np.testing.assert_allclose(np.linalg.norm(solver.stretched([W], [T], 2.0)[0], axis=1), np.linalg.norm(W, axis=1))
+    assert stretched([W], [T], 1.0)[0] is T and stretched([W], [T], 1.0, pin_rows)[0] is T
+    np.testing.assert_array_equal(stretched([W], [T], 2.0)[0], W + 2.0 * (T - W))
+    np.testing.assert_allclose(np.linalg.norm(stretched([W], [T], 2.0, pin_rows)[0], axis=1), np.linalg.norm(W, axis=1))
 
 
 @pytest.mark.parametrize("hidden_alpha", ["readout", "probe"])
@@ -118,8 +114,9 @@ def test_t_1_kept_is_the_stock_run_bit_for_bit(hidden_alpha):
     assert _without_step(held.history) == _without_step(stock.history)
     assert first["validation_loss"] == first["step_validation_loss_1"]  # the kept trial's held-out loss, as reported
     assert float(held.loop_state.carry["step_length"]) == 1.0
+    name = {"readout": "", "probe": " (readout)"}[hidden_alpha]  # the probe's line names its winner (readout here)
     assert [line for line in lines if line.startswith("step length")] == [
-        f"step length: t = 1 at iteration 1 (held-out loss t = 1: {first['step_validation_loss_1']:.4g}, "
+        f"step length{name}: t = 1 at iteration 1 (held-out loss t = 1: {first['step_validation_loss_1']:.4g}, "
         f"t = 2: {first['step_validation_loss_2']:.4g})"]
 
 
@@ -151,7 +148,8 @@ class _Forced(GaussNewtonSolver):
         state = self.prepare(runner, state)
         if state.iteration == 0:
             c = dict(state.carry)
-            for l, W in enumerate(self.stretched(state.weights[:-1], [c[f"T{l}"] for l in range(1, self.L)], 2.0), 1):
+            pin = pin_rows if self.pinned else None
+            for l, W in enumerate(stretched(state.weights[:-1], [c[f"T{l}"] for l in range(1, self.L)], 2.0, pin), 1):
                 c[f"T{l}"] = W
             state = LoopState(0, list(state.weights), c)
         return super()._evaluate(runner, state)
@@ -190,18 +188,34 @@ def test_probe_candidates_each_choose_and_the_winner_goes_on_as_its_own_run():
         [{k: v for k, v in h.items() if k not in drop} for h in alone.history]
 
 
-def test_race_candidates_each_choose_at_iteration_1():
-    """--hidden-alpha race: both candidates take iteration 1 with the choice (readout's is reported), as their own runs
-    with the step choice do; the winner then goes on as its own run."""
-    X, y = linear_classes(n=2000, k=10)
-    settings = {**BASE, "step_choice": "held-out"}
-    race = fit_in_memory(X, y, TrainConfig(**settings, hidden_alpha="race"), chunk_rows=512)
+def test_race_candidates_each_choose_at_iteration_1_and_both_choices_are_reported():
+    """--hidden-alpha race: both candidates take iteration 1 with the choice, as their own runs with the step choice
+    do; the winner then goes on as its own run. Iteration 1 reports readout's metrics while the race runs, so pinned's
+    choice is ``race_step_length`` and the line names both: here readout keeps t = 1 (its t = 2 fails the LM test),
+    pinned keeps t = 2, and pinned wins (review1_s15.md F1: the history said t = 1 for the model that went on)."""
+    from tests.conftest import make_data
+
+    X, y = make_data(n=3000, n_classes=3, seed=2)
+    settings = {**BASE, "iterations": 3, "step_choice": "held-out"}
+    lines = []
+    race = fit_in_memory(X, y, TrainConfig(**settings, hidden_alpha="race"), chunk_rows=512, report=lines.append)
     alone = {ha: fit_in_memory(X, y, TrainConfig(**settings, hidden_alpha=ha), chunk_rows=512) for ha in ("readout", "pinned")}
-    assert race.history[0]["step_length"] == alone["readout"].history[0]["step_length"] == 2.0
-    assert race.history[0]["race_validation_accuracy"] == alone["pinned"].history[0]["validation_accuracy"]
-    winner = "pinned" if race.history[-1]["hidden_pinned"] else "readout"
-    for W, W_ref in zip(race.loop_state.weights, alone[winner].loop_state.weights, strict=True):
+    first, mine = race.history[0], {ha: run.history[0] for ha, run in alone.items()}
+    assert first["step_length"] == mine["readout"]["step_length"] == 1.0
+    assert first["race_step_length"] == mine["pinned"]["step_length"] == 2.0
+    for t in STEP_LENGTHS:
+        assert first[f"race_step_validation_loss_{t:g}"] == mine["pinned"][f"step_validation_loss_{t:g}"]
+    assert first["race_validation_accuracy"] == mine["pinned"]["validation_accuracy"]
+    assert all("step_length" not in h and "race_step_length" not in h for h in race.history[1:])
+    assert race.history[-1]["hidden_pinned"] == 1.0  # pinned went on: its step length was t = 2
+    assert float(race.loop_state.carry["step_length"]) == 2.0  # the carry is the winner's
+    for W, W_ref in zip(race.loop_state.weights, alone["pinned"].loop_state.weights, strict=True):
         np.testing.assert_array_equal(W, W_ref)
+    r, p = mine["readout"], mine["pinned"]
+    assert [line for line in lines if line.startswith("step length")] == [
+        f"step length (readout): t = 1 at iteration 1 (held-out loss t = 1: {r['step_validation_loss_1']:.4g}, "
+        f"t = 2: {r['step_validation_loss_2']:.4g}; t = 2 failed the LM test); pinned: t = 2 (held-out loss "
+        f"t = 1: {p['step_validation_loss_1']:.4g}, t = 2: {p['step_validation_loss_2']:.4g})"]
 
 
 def test_nothing_held_out_is_the_stock_run():
