@@ -16,6 +16,34 @@ def quiet(_line) -> None:
     """A ``report`` that drops the lines (tests check results, not the progress lines)."""
 
 
+def resume_as_older_store(client, store, name: str, iterations: int, default=None, monkeypatch=None):
+    """Return ``train(client, store=store, resume=True, iterations=iterations)`` after deleting setting ``name`` from the
+    run store's stored config, as a store written before the setting existed has it.
+
+    ``default`` (with ``monkeypatch``): the setting's default during the resume, so the resume must take the stored
+    rule from ``STORED_BEFORE`` and not from the field's default (as after the default is changed).
+    """
+    import inspect
+
+    import zarr
+
+    from pipeline.training import train
+    from solvers.config import TrainConfig
+
+    group = zarr.open_group(store, mode="r+")
+    old = dict(group.attrs["config"])
+    del old[name]
+    group.attrs["config"] = old
+    if monkeypatch is not None:
+        init = TrainConfig.__init__
+        names = list(inspect.signature(init).parameters)[1:]
+        defaults = list(init.__defaults__)
+        defaults[names.index(name) - (len(names) - len(defaults))] = default
+        monkeypatch.setattr(init, "__defaults__", tuple(defaults))
+        assert getattr(TrainConfig(), name) == default
+    return train(client, store=store, resume=True, iterations=iterations, report=quiet)
+
+
 def run_module(*args, cwd=None, timeout=300):
     """Run ``python -m ARGS…`` from the repository root (or ``cwd``); return the completed process (text output)."""
     return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=cwd or ROOT, capture_output=True,

@@ -25,7 +25,7 @@ from solvers.errors import InputError
 from solvers.losses import encode_labels, predict_classes, targets
 from solvers.reference import fit_in_memory
 from solvers.validation import RowSplit
-from tests.conftest import make_data, quiet
+from tests.conftest import make_data, quiet, resume_as_older_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,8 +265,6 @@ def test_refit_is_the_default_and_old_stores_config_resumes_without_it():
 @pytest.mark.parametrize("solver_name", ["admm", "dladmm"])
 def test_an_old_store_resumes_bitwise_without_the_refit(client, tmp_path, solver_name):
     """A run store whose config predates readout_refit resumes (no flag given) as the run without the refit."""
-    import zarr
-
     from pipeline.training import train
     from storage.data import write_data
 
@@ -277,11 +275,7 @@ def test_an_old_store_resumes_bitwise_without_the_refit(client, tmp_path, solver
                  report=quiet)
     train(client, store=tmp_path / "old.zarr", data=tmp_path / "d.zarr", config=replace(cfg, iterations=1),
           chunk_rows=1000, report=quiet)
-    group = zarr.open_group(tmp_path / "old.zarr", mode="r+")
-    old = dict(group.attrs["config"])
-    del old["readout_refit"]  # as a store written before session 13 has it
-    group.attrs["config"] = old
-    resumed = train(client, store=tmp_path / "old.zarr", resume=True, iterations=3, report=quiet)
+    resumed = resume_as_older_store(client, tmp_path / "old.zarr", "readout_refit", 3)  # as before session 13
     assert resumed.solver.config.readout_refit is False
     assert [h["objective"] for h in resumed.history] == [h["objective"] for h in full.history]
     for W, W_ref in zip(resumed.network.weights, full.network.weights):

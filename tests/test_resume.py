@@ -248,7 +248,8 @@ def uninterrupted_step(data_classes):
     return baseline(data_classes, data_classes / "baseline-step.zarr", "--step-choice", "held-out")
 
 
-@pytest.mark.parametrize("after", [0, pytest.param(1, marks=pytest.mark.slow)])  # 1: also test_step_choice.py's pipeline test
+@pytest.mark.slow  # ~40 s; test_step_choice.py's in-process resumes from commits 0 and 1 cover the same states, fast
+@pytest.mark.parametrize("after", [0, 1])
 def test_sigkill_around_the_step_choice_then_resume_equals_uninterrupted(data_classes, uninterrupted_step, tmp_path,
                                                                          after):
     """--step-choice held-out chooses in iteration 1 (inside each probe candidate's pass A): killed after commit 0

@@ -228,53 +228,89 @@ def test_nothing_held_out_is_the_stock_run():
         np.testing.assert_array_equal(W, W_ref)
 
 
-def test_pipeline_matches_reference_and_resumes_after_the_choice(client, tmp_path):
+TIMINGS = ("seconds", "rows_per_second", "read_mb_per_second")
+PIPELINE = {**BASE, "iterations": 3}
+
+
+def _untimed(history):
+    return [{k: v for k, v in h.items() if k not in TIMINGS} for h in history]
+
+
+def _same_run(result, reference):
+    """Assert ``result`` is the pipeline run ``reference`` bit for bit: weights and history (without timings)."""
+    for W, W_ref in zip(result.network.weights, reference.network.weights, strict=True):
+        np.testing.assert_array_equal(W, W_ref)
+    assert _untimed(result.history) == _untimed(reference.history)
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(client, tmp_path_factory):
+    """Ten linear classes (held-out keeps t = 2 at iteration 1) written once, and the uninterrupted pipeline runs to
+    iteration 3 with and without the choice (``full``); ``run(config, iterations)``: a run to that commit in a new
+    store (its store), ``resume(store)``: its resume to 3 (the session client: no subprocess)."""
     from pipeline.training import train
     from storage.data import write_data
-    from storage.runstore import RunStore
     from tests.conftest import quiet
 
+    d = tmp_path_factory.mktemp("step-choice")
     X, y = linear_classes(n=3000, k=10)
-    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
-    cfg = TrainConfig(**{**BASE, "iterations": 1, "step_choice": "held-out"})
-    train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512, report=quiet)
-    store = RunStore.open(tmp_path / "r.zarr")
-    carry = store.load_checkpoint().carry
-    assert float(carry["step_length"]) == 2.0 and len(carry["step_held_losses"]) == 2
-    assert store.attrs["config"]["step_choice"] == "held-out"
-    more = train(client, store=tmp_path / "r.zarr", resume=True, iterations=4, report=quiet)
-    ref = fit_in_memory(X, y, TrainConfig(**{**cfg.to_dict(), "iterations": 4}), chunk_rows=512)
-    assert more.history[0]["step_length"] == ref.history[0]["step_length"] == 2.0
-    assert more.history[0]["step_validation_loss_2"] == pytest.approx(ref.history[0]["step_validation_loss_2"], rel=1e-5)
-    assert [h["accepted"] for h in more.history] == [h["accepted"] for h in ref.history]
-    assert [h.get("hidden_pinned") for h in more.history] == [h.get("hidden_pinned") for h in ref.history]
-    for W, W_ref in zip(more.network.weights, ref.network.weights, strict=True):
+    write_data(d / "d.zarr", X, y, chunk_rows=512)
+    count = iter(range(1000))
+
+    def run(config, iterations):
+        store = d / f"r{next(count)}.zarr"
+        train(client, store=store, data=d / "d.zarr", config=dataclasses.replace(config, iterations=iterations),
+              chunk_rows=512, report=quiet)
+        return store
+
+    def resume(store):
+        return train(client, store=store, resume=True, iterations=3, report=quiet)
+
+    held, none = TrainConfig(**PIPELINE, step_choice="held-out"), TrainConfig(**PIPELINE, step_choice="none")
+    full = {cfg.step_choice: train(client, store=d / f"full-{cfg.step_choice}.zarr", data=d / "d.zarr", config=cfg,
+                                   chunk_rows=512, report=quiet) for cfg in (held, none)}
+    return {"X": X, "y": y, "held": held, "none": none, "full": full, "run": run, "resume": resume, "client": client}
+
+
+def test_pipeline_matches_reference(pipeline_runs):
+    """The pipeline (process workers) makes the in-memory reference's choice, and the weights agree."""
+    held = pipeline_runs["full"]["held-out"]
+    ref = fit_in_memory(pipeline_runs["X"], pipeline_runs["y"], pipeline_runs["held"], chunk_rows=512)
+    assert held.history[0]["step_length"] == ref.history[0]["step_length"] == 2.0
+    assert all("step_length" not in h for h in held.history[1:])
+    assert held.history[0]["step_validation_loss_2"] == pytest.approx(ref.history[0]["step_validation_loss_2"], rel=1e-5)
+    assert [h["accepted"] for h in held.history] == [h["accepted"] for h in ref.history]
+    assert [h.get("hidden_pinned") for h in held.history] == [h.get("hidden_pinned") for h in ref.history]
+    for W, W_ref in zip(held.network.weights, ref.network.weights, strict=True):
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+    assert held.store.attrs["config"]["step_choice"] == "held-out"
 
 
-def test_an_old_store_resumes_under_none_bitwise(client, tmp_path):
+@pytest.mark.parametrize("after", [0, 1])
+def test_pipeline_resumes_before_and_after_the_choice_bitwise(pipeline_runs, after):
+    """A run stopped at commit ``after`` and resumed (no flag given: the stored setting) is the uninterrupted run bit
+    for bit: from commit 0 it chooses again (the state a kill -9 inside iteration 1 leaves: Gauss-Newton keeps no
+    per-sample state, so checkpoint 0 is all there is; the subprocess kill tests are test_resume.py's, slow), from
+    commit 1 the choice is in the carry and it goes on."""
+    from storage.runstore import RunStore
+
+    store = pipeline_runs["run"](pipeline_runs["held"], after)
+    carry = RunStore.open(store).load_checkpoint().carry
+    assert ("step_length" in carry) == (after == 1)
+    if after == 1:
+        assert float(carry["step_length"]) == 2.0 and len(carry["step_held_losses"]) == 2
+    _same_run(pipeline_runs["resume"](store), pipeline_runs["full"]["held-out"])
+
+
+def test_an_old_store_resumes_under_none_bitwise(pipeline_runs, monkeypatch):
     """A run store whose config predates step_choice resumes (no flag given) as the run without the choice, on data
-    where held-out would keep t = 2: iteration 1 runs after the resume."""
-    import zarr
+    where held-out would keep t = 2 (iteration 1 runs after the resume), whatever the field's default is: the
+    resume takes STORED_BEFORE's rule (here with the default set to held-out, as after a change of the default)."""
+    from tests.conftest import resume_as_older_store
 
-    from pipeline.training import train
-    from storage.data import write_data
-    from tests.conftest import quiet
-
-    X, y = linear_classes(n=3000, k=10)
-    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
-    cfg = TrainConfig(**{**BASE, "iterations": 3})
-    full = train(client, store=tmp_path / "full.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512,
-                 report=quiet)
-    train(client, store=tmp_path / "old.zarr", data=tmp_path / "d.zarr", config=dataclasses.replace(cfg, iterations=0),
-          chunk_rows=512, report=quiet)
-    group = zarr.open_group(tmp_path / "old.zarr", mode="r+")
-    old = dict(group.attrs["config"])
-    del old["step_choice"]  # as a store written before session 15 has it
-    group.attrs["config"] = old
-    resumed = train(client, store=tmp_path / "old.zarr", resume=True, iterations=3, report=quiet)
+    store = pipeline_runs["run"](pipeline_runs["none"], 0)
+    resumed = resume_as_older_store(pipeline_runs["client"], store, "step_choice", 3, default="held-out",
+                                    monkeypatch=monkeypatch)
     assert resumed.solver.config.step_choice == "none"
     assert all("step_length" not in h for h in resumed.history)
-    assert [h["objective"] for h in resumed.history] == [h["objective"] for h in full.history]
-    for W, W_ref in zip(resumed.network.weights, full.network.weights, strict=True):
-        np.testing.assert_array_equal(W, W_ref)
+    _same_run(resumed, pipeline_runs["full"]["none"])
