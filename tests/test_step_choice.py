@@ -65,9 +65,11 @@ def test_step_choice_is_checked_where_gauss_newton_reads_it():
         TrainConfig(step_choice="x")
     with pytest.raises(InputError, match=f"measured with --solver gauss-newton only, not {HANDOVER}"):
         TrainConfig(solver=HANDOVER, step_choice="held-out")
-    with pytest.raises(InputError, match="step_choice held-out needs dense layers"):
+    with pytest.raises(InputError, match="step_choice held-out needs dense layers .pass --step-choice none with "
+                       "convolutional --layers, or dense --hidden layers"):  # what to pass instead (review1_s15 F5)
         TrainConfig(solver="gauss-newton", step_choice="held-out", layers="conv:4x3x3", input_shape=(8, 8, 1))
-    with pytest.raises(InputError, match="step_choice held-out needs the squared loss"):
+    with pytest.raises(InputError, match="step_choice held-out needs the squared loss .pass --step-choice none with "
+                       "--loss cross-entropy, or --loss squared"):
         TrainConfig(solver="gauss-newton", step_choice="held-out", loss="cross-entropy")
 
 
@@ -218,9 +220,12 @@ def test_race_candidates_each_choose_at_iteration_1_and_both_choices_are_reporte
         f"t = 1: {p['step_validation_loss_1']:.4g}, t = 2: {p['step_validation_loss_2']:.4g})"]
 
 
-def test_nothing_held_out_is_the_stock_run():
+@pytest.mark.parametrize("case", ["nothing held out", "no hidden layer"])
+def test_nothing_held_out_or_no_hidden_layer_is_the_stock_run(case):
+    """Both act as none (documented: README, --help)."""
     X, y = linear_classes()
-    cfg = {**BASE, "validation_fraction": 0.0, "hidden_alpha": "readout"}
+    cfg = {**BASE, "hidden_alpha": "readout",
+           **({"validation_fraction": 0.0} if case == "nothing held out" else {"hidden": ()})}
     stock = fit_in_memory(X, y, TrainConfig(**cfg), chunk_rows=512)
     held = fit_in_memory(X, y, TrainConfig(**cfg, step_choice="held-out"), chunk_rows=512)
     assert all("step_length" not in h for h in held.history)
