@@ -33,10 +33,11 @@ hidden weights ``W_1..W_{L−1}``:
 Pass B also scores the weights on the held-out rows in the same tasks
 (:meth:`curvature_chunk_held`), so the driver scores nothing more; when the
 sample grows, only the added chunks sum their input Gram (the sample's Gram
-is the previous one plus theirs). While the sample grows, pass B (on the next,
-larger sample) is left to open the next iteration, and the accepted step is
-reported after pass A and a score pass over the activations pass A kept
-(:meth:`_defers`, :meth:`prepare`): the same steps, reported a pass earlier.
+is the previous one plus theirs). While the sample grows, and at the first
+iteration on every chunk, pass B (on the next sample) is left to open the next
+iteration, and the accepted step is reported after pass A and a score pass over
+the activations pass A kept (:meth:`_defers`, :meth:`prepare`): the same steps,
+reported a pass earlier.
 
 Read as ADMM, the step sets Gauss-Newton targets ``z_l* = z_l + η n (S_l + λ s̄ I)⁻¹ δ_l``
 and applies the least-squares W-solve on the forward inputs. No per-sample
@@ -158,7 +159,7 @@ class GaussNewtonSolver(SolverBase):
     alpha_tolerance = 0.0  # alpha auto (squared loss): the largest α within (1 + c/√n_held) of the least held-out error
     defer_curvature = False  # True: every iteration ends after pass A and pass B opens the next one (:meth:`prepare`)
     defer_growing = True  # an iteration whose next sample differs ends after pass A too (:meth:`_defers`)
-    defer_grown = True  # a new run whose first sample is not every chunk defers at every accepted iteration (carry "defer_all")
+    defer_grown = True  # a new run whose first sample is not every chunk defers its first full-sample iteration too (carry)
     _input_gram_reused = False  # set by _with_trial: layer 1 steps through the kept decomposition (layer_step)
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
@@ -256,7 +257,7 @@ class GaussNewtonSolver(SolverBase):
         # the first sample is every chunk: its input Gram serves every trial of the run, the first included (_with_trial)
         gram_sample = np.array([m, window], np.float64) if bounds and m == len(bounds) else NO_SAMPLE.copy()
         # the deferral rule of the run, stored (a resume, and a store of older code without it, keeps its own: _defers)
-        rule = {"defer_all": np.float64(1.0)} if self.defer_grown and bounds and m < len(bounds) else {}
+        rule = {"defer_first_full": np.float64(1.0)} if self.defer_grown and bounds and m < len(bounds) else {}
         if self.cross_entropy:
             weights = [*hidden, self.initial_output() if output is None else np.array(output, np.float64)]
             alpha = 0.0 if self.config.alpha == "auto" else float(self.config.alpha)
@@ -326,6 +327,7 @@ class GaussNewtonSolver(SolverBase):
     def _evaluate(self, runner, state: LoopState) -> dict:
         """Return :meth:`_advance`'s first half: pass A at the trial and the LM test (no pass B, no score pass, no
         next trial); ``accepted`` and ``held_loss`` (in ``carry``: the held-out loss) are final here."""
+        opened = self._opens_moved(state.carry)  # before prepare drops "pending": the deferral rule reads it (_defers)
         state = self.prepare(runner, state)
         k, c = state.iteration + 1, dict(state.carry)
         n_chunks = len(getattr(runner, "bounds", ()))
@@ -363,7 +365,16 @@ class GaussNewtonSolver(SolverBase):
             c["damping"] = np.float64(float(c["damping"]) * DAMPING_GROWTH)
         return {"state": state, "k": k, "carry": c, "weights": weights, "accepted": accepted, "objective": objective,
                 "error": error, "alpha": alpha, "n": float(sums["n"]), "sample": (m, window, m_next, w_next),
-                "step_choice": choice}
+                "step_choice": choice, "opened_moved": opened}
+
+    @staticmethod
+    def _opens_moved(carry: dict) -> bool:
+        """Return whether the iteration after ``carry`` opens with a deferred pass B on another sample than its
+        predecessor's pass A read (``pending``: a grown sample, or a rotate schedule's next window)."""
+        if not float(carry.get("pending", 0.0)):
+            return False
+        return ((int(carry["pending_chunks"]), int(carry["pending_window"]))
+                != (int(carry["sample_chunks"]), int(carry["sample_window"])))
 
     def _chooses_step(self, runner, k: int) -> bool:
         """Return whether iteration ``k`` chooses its step length by the held-out loss (``step_choice``, :data:`STEP_LENGTHS`).
@@ -382,7 +393,7 @@ class GaussNewtonSolver(SolverBase):
         objective, error, alpha = step["objective"], step["error"], step["alpha"]
         m, window, m_next, w_next = step["sample"]
         moved = (m_next, w_next) != (m, window)
-        pending = (accepted or moved) and self._defers(moved, c)
+        pending = (accepted or moved) and self._defers(moved, c, bool(step.get("opened_moved", False)))
         if pending:  # pass B opens the next iteration (prepare); the weights' scores now, from pass A's forward pass
             if accepted:
                 c.update(self._score_pass(runner, weights, k, self._sample(runner, m, window)))
@@ -408,24 +419,29 @@ class GaussNewtonSolver(SolverBase):
         new = LoopState(k, list(weights), c)
         return (new if pending else self._with_trial(new)), metrics
 
-    def _defers(self, moved: bool, carry: dict | None = None) -> bool:
+    def _defers(self, moved: bool, carry: dict | None = None, opened: bool = False) -> bool:
         """Return whether this iteration's pass B is left to the next one (:meth:`prepare`): always with
-        :attr:`defer_curvature` or a run that stored the rule ``defer_all``, else when the next sample differs
-        (``moved``: a growing sample) and :attr:`defer_growing`.
+        :attr:`defer_curvature`, when the next sample differs (``moved``: a growing sample) and :attr:`defer_growing`,
+        and, in a run that stored ``defer_first_full``, when this iteration opened with a deferred pass B that moved
+        the sample (``opened``, :meth:`_opens_moved`: the first iteration on every chunk).
 
         A growing sample's pass B reads the next, larger sample (twice pass A's rows) only to prepare the next step,
         so the accepted weights are reported and committed after pass A and a score pass over the rows pass A kept
         (one output product a row); the steps are bitwise the same. A run whose first sample was not every chunk
-        (progressive sampling on data of several samples' size) stores ``defer_all`` (:meth:`_initialize`, session 15):
-        its iterations on every chunk defer pass B too, so each reports its weights a pass B and the next trial's
-        solves earlier (MNIST 10-class 60k: its 0.96 at iteration 3 ~0.4 s sooner, ``t10prof_s15.md``) for one score
-        pass more an iteration, and its last iteration's pass B, which only prepares a step never taken, is not run.
-        Small data whose first sample is every chunk, the ``full`` schedule, the hand-over's Gauss-Newton phase and
-        stores of older code (no ``defer_all``) keep pass B at the end of a full sample's iteration: no extra pass.
-        The rule reads only the stored carry (``sample_chunks``, ``sample_window``, ``defer_all``), so a resume takes it alike.
+        (progressive sampling on data of several samples' size) stores ``defer_first_full`` (:meth:`_initialize`,
+        session 15): its first iteration on every chunk, whose opening pass B grew the sample, defers pass B too, so
+        it reports its weights a pass B and the next trial's solves earlier (MNIST 10-class 60k: its 0.96 at iteration
+        3 ~0.4 s sooner, ``t10prof_s15.md``), for one score pass in the whole run; the iterations after it open with
+        an unmoved pass B and keep pass B at their end (no extra score pass each). Small data whose first sample is
+        every chunk, the ``full`` schedule, the hand-over's Gauss-Newton phase and stores of older code (no key) keep
+        pass B at the end of every full-sample iteration; stores of session 15's integrate branch (``defer_all``)
+        keep deferring at every accepted iteration. The rule reads only the stored carry (``sample_chunks``,
+        ``sample_window``, ``pending*``, the rule's key), so a resume takes it alike.
         """
-        stored = bool(float((carry or {}).get("defer_all", 0.0)))
-        return self.defer_curvature or stored or (self.defer_growing and moved)
+        carry = carry or {}
+        stored_all = bool(float(carry.get("defer_all", 0.0)))
+        first_full = opened and bool(float(carry.get("defer_first_full", 0.0)))
+        return self.defer_curvature or stored_all or first_full or (self.defer_growing and moved)
 
     def held_loss(self, held: dict, W_out, alpha: float, carry: dict) -> float:
         """Return the mean loss on the held-out rows of the trial with output layer ``W_out`` (from pass A's sums).

@@ -437,32 +437,62 @@ def test_he_bias_start_is_forwards_weights_with_glorots_random_biases():
     assert len(theta) == 3 and np.all(theta[2][:, -1] != 0)
 
 
+def expected_deferrals(history, first_full: bool) -> list:
+    """The deferral decisions (one per iteration that was accepted or moved its sample) of a growing run's ``history``:
+    pass B deferred when the next sample differs, and (``first_full``: the stored rule ``defer_first_full``) when the
+    iteration opened with a deferred pass B that moved the sample (the first accepted iteration on every chunk)."""
+    rows = [h["sample_rows"] for h in history]
+    out, opened = [], False
+    for k, h in enumerate(history):
+        moved = rows[min(k + 1, len(rows) - 1)] != rows[k] or (k + 1 == len(rows) and rows[k] != max(rows))
+        if h["accepted"] or moved:
+            out.append(moved or (first_full and opened))
+            opened = out[-1] and moved
+        else:
+            opened = False
+    return out
+
+
 @pytest.mark.parametrize("loss,activation", [("squared", "relu"), ("cross-entropy", "sigmoid")])
 def test_a_growing_samples_pass_b_deferred_to_the_next_iteration_gives_the_same_steps(monkeypatch, loss, activation):
     """While the sample grows an iteration ends after pass A and the score pass (its pass B, on the next sample, opens
-    the next iteration); a run whose first sample was not every chunk (``defer_all`` in its carry) goes on so once the
-    sample holds every chunk, and its last pass B is not run; without that rule (stores of older code) pass B is back
-    at the iteration's end then. Weights, acceptances, damping, α, sample rows, trial losses and validation scores are
-    bitwise those of pass B at every iteration's end, with the activation cache and without it (the score pass then
-    recomputes the forward pass)."""
+    the next iteration); a run whose first sample was not every chunk (``defer_first_full`` in its carry) does so at
+    its first iteration on every chunk too, then takes pass B at each iteration's end again; without that rule (stores
+    of older code) pass B is back at the iteration's end once every chunk is read; with session 15's integrate rule
+    (``defer_all``) every accepted iteration defers and the last pass B is not run. Weights, acceptances, damping, α,
+    sample rows, trial losses and validation scores are bitwise those of pass B at every iteration's end, with the
+    activation cache and without it (the score pass then recomputes the forward pass)."""
     from solvers import activation_cache
 
     rng = np.random.default_rng(11)
     X = rng.normal(size=(4000, 6))
     y = (X[:, 0] * X[:, 1] + X[:, 2] > 0).astype(int) + (X[:, 3] > 0.5)
     cfg = TrainConfig(solver="gauss-newton", hidden=(8, 5), activation=activation, loss=loss, iterations=7,
-                      sample_start=500)  # 2 → 4 → 8 chunks: two deferred iterations, then full samples
+                      sample_start=500)  # 2 → 4 → 8 chunks: two growing iterations, then full samples
     deferrals, original = [], GaussNewtonSolver._defers
-    monkeypatch.setattr(GaussNewtonSolver, "_defers", lambda self, moved, carry=None: deferrals.append(
-        original(self, moved, carry)) or deferrals[-1])
+    monkeypatch.setattr(GaussNewtonSolver, "_defers", lambda self, moved, carry=None, opened=False: deferrals.append(
+        original(self, moved, carry, opened)) or deferrals[-1])
     deferred = fit_in_memory(X, y, cfg, chunk_rows=500)
-    assert float(deferred.loop_state.carry["defer_all"]) == 1.0 and all(deferrals) and len(deferrals) >= 4
-    assert ("pending" in deferred.loop_state.carry) == deferred.history[-1]["accepted"]  # an accepted last: no pass B
+    assert float(deferred.loop_state.carry["defer_first_full"]) == 1.0 and "defer_all" not in deferred.loop_state.carry
+    assert deferrals == expected_deferrals(deferred.history, first_full=True) and True in deferrals
     deferrals.clear()
-    monkeypatch.setattr(GaussNewtonSolver, "defer_grown", False)  # the rule of stores without defer_all
+    monkeypatch.setattr(GaussNewtonSolver, "defer_grown", False)  # the rule of stores without a key
     counted = fit_in_memory(X, y, cfg, chunk_rows=500)
-    assert True in deferrals and deferrals[-1] is False  # deferred while growing, not once every chunk is read
-    assert "pending" not in counted.loop_state.carry and "defer_all" not in counted.loop_state.carry
+    assert deferrals == expected_deferrals(counted.history, first_full=False)  # not once every chunk is read
+    assert "pending" not in counted.loop_state.carry and "defer_first_full" not in counted.loop_state.carry
+    deferrals.clear()
+    initialize = GaussNewtonSolver._initialize
+
+    def integrate_store(self, *args, **kwargs):  # a store of the integrate branch before defer15: defer_all
+        state = initialize(self, *args, **kwargs)
+        state.carry["defer_all"] = np.float64(1.0)
+        return state
+
+    monkeypatch.setattr(GaussNewtonSolver, "_initialize", integrate_store)
+    every = fit_in_memory(X, y, cfg, chunk_rows=500)
+    assert all(deferrals) and len(deferrals) == len(expected_deferrals(every.history, first_full=True)) >= 4
+    assert ("pending" in every.loop_state.carry) == every.history[-1]["accepted"]  # an accepted last: no pass B
+    monkeypatch.setattr(GaussNewtonSolver, "_initialize", initialize)
     monkeypatch.setattr(GaussNewtonSolver, "defer_growing", False)
     at_end = fit_in_memory(X, y, cfg, chunk_rows=500)
     monkeypatch.setattr(GaussNewtonSolver, "defer_growing", True)
@@ -470,7 +500,7 @@ def test_a_growing_samples_pass_b_deferred_to_the_next_iteration_gives_the_same_
     monkeypatch.setattr(activation_cache.CACHE, "budget", 0)  # nothing kept: the score pass recomputes a_{L−1}
     uncached = fit_in_memory(X, y, cfg, chunk_rows=500)
     assert len({h["sample_rows"] for h in at_end.history}) > 2 and [h["accepted"] for h in at_end.history].count(True) > 3
-    for run in (deferred, counted, uncached):
+    for run in (deferred, counted, every, uncached):
         for name in ("accepted", "damping", "alpha", "sample_rows", "validation_accuracy", "trial_loss"):
             assert [h[name] for h in run.history] == [h[name] for h in at_end.history], name
         for W, W_end in zip(run.loop_state.weights, at_end.loop_state.weights):

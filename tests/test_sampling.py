@@ -139,3 +139,43 @@ def test_rotate_schedule_in_memory_reads_new_windows_and_ends_on_all_rows(monkey
     assert sorted({w for m, w in windows if w >= 0}) == list(range(6))
     assert fit.loop_state.carry["sample_window"] == -1
     assert fit.network.score(X, y) > 0.85
+
+
+def test_the_first_full_sample_iteration_defers_pass_b_once_and_resumes_bitwise(client, tmp_path, monkeypatch):
+    """A run whose first sample is not every chunk (``defer_first_full``) runs a score pass at its growing iterations
+    (1-3 here) and at its first iteration on every chunk (4: opened by the pass B that grew the sample), none after it
+    (pass B back at each iteration's end). Killed after iteration 3 (a pass B that grows is pending), 4 (an unmoved
+    pass B pending: the switch) or 5 (none pending), the resume decides alike from the stored carry: bitwise."""
+    from solvers.gauss_newton import GaussNewtonSolver
+    from storage.runstore import RunStore
+
+    X, y = make_data()
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=1000)
+    cfg = TrainConfig(hidden=(16,), iterations=7, sample_start=4000)  # 4 → 8 → 16 → 24 chunks; 10 % held out
+    scored, original = [], GaussNewtonSolver._score_pass
+    monkeypatch.setattr(GaussNewtonSolver, "_score_pass",
+                        lambda self, runner, weights, k, sample: scored.append(k) or original(self, runner, weights, k, sample))
+    whole = train(client, store=tmp_path / "a.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=1000,
+                  report=quiet)
+    rows = [h["sample_rows"] for h in whole.history]
+    assert all(h["accepted"] for h in whole.history) and rows[2] < rows[3] == rows[-1]  # iteration 4: every chunk
+    assert scored == [1, 2, 3, 4]  # no score pass after the first full-sample iteration
+    timings = ("seconds", "rows_per_second", "read_mb_per_second")
+    for crash_at in (3, 4, 5):
+        def crash(line, at=str(crash_at)):
+            if line.split()[:1] == [at]:
+                raise Crash
+
+        store = tmp_path / f"b{crash_at}.zarr"
+        with pytest.raises(Crash):
+            train(client, store=store, data=tmp_path / "d.zarr", config=cfg, chunk_rows=1000, report=crash)
+        checkpoint = RunStore.open(store).load_checkpoint()
+        assert checkpoint.iteration == crash_at and "defer_first_full" in checkpoint.carry
+        assert ("pending" in checkpoint.carry) == (crash_at < 5)
+        scored.clear()
+        resumed = train(client, store=store, resume=True, report=quiet)
+        assert scored == [k for k in (4,) if k > crash_at], crash_at
+        assert ([{k: v for k, v in h.items() if k not in timings} for h in resumed.history]
+                == [{k: v for k, v in h.items() if k not in timings} for h in whole.history]), crash_at
+        for a, b in zip(whole.network.weights, resumed.network.weights, strict=True):
+            np.testing.assert_array_equal(a, b)
