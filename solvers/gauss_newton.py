@@ -431,8 +431,8 @@ class GaussNewtonSolver(SolverBase):
         (progressive sampling on data of several samples' size) stores ``defer_first_full`` (:meth:`_initialize`,
         session 15): its first iteration on every chunk, whose opening pass B grew the sample, defers pass B too, so
         it reports its weights a pass B and the next trial's solves earlier (MNIST 10-class 60k: its 0.96 at iteration
-        3 ~0.4 s sooner, ``t10prof_s15.md``), for one score pass in the whole run; the iterations after it open with
-        an unmoved pass B and keep pass B at their end (no extra score pass each). Small data whose first sample is
+        3 ~0.4 s sooner, ``t10prof_s15.md``), for one score pass in the whole run; the next iteration opens with that
+        pass B and, like every later one, takes its own pass B at its end (no score pass each). Small data whose first sample is
         every chunk, the ``full`` schedule, the hand-over's Gauss-Newton phase and stores of older code (no key) keep
         pass B at the end of every full-sample iteration; stores of session 15's integrate branch (``defer_all``)
         keep deferring at every accepted iteration. The rule reads only the stored carry (``sample_chunks``,

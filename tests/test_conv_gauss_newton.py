@@ -337,7 +337,7 @@ def test_pass_b_deferred_to_the_next_iteration_gives_the_same_steps(monkeypatch)
     assert deferred.solver.defer_curvature
     assert float(deferred.loop_state.carry["pending"]) == 1.0 and "T1" not in deferred.loop_state.carry
     monkeypatch.setattr(ConvGaussNewtonSolver, "defer_curvature", False)
-    monkeypatch.setattr(ConvGaussNewtonSolver, "defer_grown", False)  # a run that grows stores defer_all (_defers)
+    monkeypatch.setattr(ConvGaussNewtonSolver, "defer_grown", False)  # a run that grows stores defer_first_full (_defers)
     at_end = fit_in_memory(X, y, cfg, chunk_rows=150)
     assert "pending" not in at_end.loop_state.carry
     sizes = [h["sample_rows"] for h in at_end.history]
