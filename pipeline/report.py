@@ -56,12 +56,12 @@ def load_metrics(store):
     """
     import xarray as xr
 
-    from storage.runstore import RunStore, metric_arrays
+    from storage.runstore import RunStore, metric_arrays, replaced_note
 
     run = RunStore.open(store)
     manifest = run.manifest()
     if manifest is None:
-        raise InputError(f"{store} has no committed iteration yet; nothing to report")
+        raise InputError(f"{store} has no committed iteration yet; nothing to report{replaced_note(store)}")
     try:
         return xr.open_zarr(run.path, group="metrics", consolidated=False).load()
     except Exception:  # noqa: BLE001 -- Zarr's errors for a torn file vary (ValueError, KeyError, its own): the manifest decides

@@ -32,7 +32,7 @@ from solvers.validation import EarlyStopping, RowSplit, split_of
 from storage.data import fingerprint, open_data
 from storage.lock import ReadLock, RunLock
 from storage.paths import join_discards
-from storage.runstore import Checkpoint, RunStore, check_creatable
+from storage.runstore import Checkpoint, RunStore, check_creatable, recover_replaced
 
 
 TrainResult = Outcome  # what train returns: the network, the history, … and the run store (``store``)
@@ -91,17 +91,25 @@ def train(client, *, store, report=print, **kwargs) -> TrainResult:
 
         made = []
 
-        def created():  # once --overwrite's new run is in place it is an ordinary run: evaluate and predict may read it
-            made.append(True)
-            lock.replaced()
+        def created(run):  # once the run --overwrite replaced is gone it is an ordinary run: evaluate, predict may read it
+            made.append(run)
+            if run.replaced is None:
+                lock.replaced()
+            else:  # kept until the first commit: readers are refused until then (they would find no commit)
+                run.on_replaced_gone = lock.replaced
 
+        recover_replaced(store, report=report)  # a kill -9 of an --overwrite before its first commit: put the run back
         try:
             try:
                 return _train(client, store=store, report=report, reading=reading, created=created, **kwargs)
             finally:  # a run store this one replaced (--overwrite) is gone when train returns or raises
                 join_discards()
-        except (InputError, OSError):  # bad data found in the first pass, a full disk at the first commit
-            if made:
+        except BaseException as exc:  # bad data found in the first pass, a full disk at the first commit, Ctrl-C
+            if made and made[0].replaced is not None:  # no commit yet: the replaced run goes back, bytes unchanged
+                if made[0].restore_replaced(report):
+                    report(f"run store {store} is as it was before --overwrite: the new run ended before its first "
+                           "commit")
+            elif made and isinstance(exc, (InputError, OSError)):
                 _remove_if_uncommitted(store)
             raise
 
@@ -123,7 +131,7 @@ def _remove_if_uncommitted(store) -> None:
 def _train(client, *, store, data=None, config: TrainConfig | None = None, test_data=None,
            chunk_rows=None, resume=False, overwrite=False, iterations=None, overrides=None,
            progress=False, report=print, monitor=None, reading=lambda path: path,
-           created=lambda: None, task_given=False) -> TrainResult:
+           created=lambda run: None, task_given=False) -> TrainResult:
     """Train out of core on ``data`` into the run store ``store``; return the network and history.
 
     With ``resume=True`` the run continues from its last committed iteration:
@@ -134,7 +142,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     iteration's. ``monitor`` (a :class:`pipeline.monitor.TrainingMonitor`) is
     told about the run, every pass and every commit: the dashboard's /training page. ``reading(path)`` is
     called with each data store's path before it is opened (:func:`train`: read-locks it) and returns it;
-    ``created()`` once a new run store is in place (:func:`train`: its lock stops refusing readers).
+    ``created(run)`` once a new run store is in place (:func:`train`: its lock stops refusing readers once the run
+    ``overwrite`` replaced is deleted, at the first commit; an error before that puts that run back).
     ``task_given``: the task was chosen by the user (``--task``, an estimator), so
     :func:`pipeline.checks.check_class_rows` does not second-guess it.
     """
@@ -200,7 +209,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                               validation=split.record(data.n_samples) if split else None, report=report,
                               shard_widths=solver.shard_state_widths() if solver.sharded else None,
                               n_shards=config.shards, background_discard=True, solver_choice=choice)
-        created()
+        created(run)
     test = check_test_data(test_data, data)
     labels = run_labels(run.attrs)
     if resume and changed:  # only now: a refused --resume (other data, a bad --test-data) changes nothing in the store

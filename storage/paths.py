@@ -248,13 +248,16 @@ def clean_stale_partials(target, report=None) -> list:
     return removed
 
 
-def swap_in(partial: Path, target: Path, background: bool = False) -> None:
+def swap_in(partial: Path, target: Path, background: bool = False, keep_old: str | None = None) -> Path | None:
     """Rename the complete store ``partial`` to ``target``; an old ``target`` goes only after the rename.
 
     With ``background`` the old store, renamed aside, is deleted in a thread
     (:func:`discard`; :func:`join_discards` waits for it); otherwise before
-    this returns. Raises :class:`InputError` if another writer created
-    ``target`` meanwhile.
+    this returns. With ``keep_old`` (a tag such as ``".replaced-"``) it is not
+    deleted: it stays renamed aside as ``<target><tag><host>.<pid>.<random>``, and
+    that path is returned (None: there was no old store); the caller deletes it
+    or renames it back (a run store: :meth:`storage.runstore.RunStore.create`).
+    Raises :class:`InputError` if another writer created ``target`` meanwhile.
     """
     partial, target = Path(partial), Path(target)
     if not target.exists():
@@ -263,18 +266,27 @@ def swap_in(partial: Path, target: Path, background: bool = False) -> None:
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
             raise InputError(f"{target} was created by another process meanwhile; nothing was replaced") from None
-        return
-    old = target.with_name(f"{target.name}.old-{_this_host()}.{os.getpid()}.{secrets.token_hex(4)}")
+        return None
+    old = aside_path(target, keep_old or ".old-")
     os.rename(target, old)
     try:
         os.rename(partial, target)
     except BaseException:
         os.rename(old, target)
         raise
+    if keep_old:
+        return old
     if background:
         discard(old)
     else:
         shutil.rmtree(old, ignore_errors=True)
+    return None
+
+
+def aside_path(target, tag: str) -> Path:
+    """Return a fresh ``<target><tag><host>.<pid>.<random>`` path beside ``target`` (``tag``: ``.old-``, …)."""
+    target = Path(target)
+    return target.with_name(f"{target.name}{tag}{_this_host()}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
 def discard(path: Path) -> None:

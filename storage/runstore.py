@@ -64,7 +64,8 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 
 from solvers.errors import InputError
 from storage.lock import check_no_readers
-from storage.paths import check_target, clean_stale_partials, partial_path, remove_stale_chunk_partials, rewrite_file, swap_in
+from storage.paths import (check_target, clean_stale_partials, discard, partial_path,
+                           remove_stale_chunk_partials, rewrite_file, swap_in)
 
 FORMAT = "admm-dask-run"
 FORMAT_VERSION = 3
@@ -77,6 +78,8 @@ _WARNED: set = set()  # (store, manifest mtime) whose fallback warning this proc
 PREVIOUS = "manifest.previous.json"  # the commit before the last: the fallback when the last is damaged
 WRITING = "writing.json"             # the iteration whose state slot is being written
 MODEL_ARRAYS = ("x_mean", "x_scale", "classes", "y_mean", "y_scale")
+REPLACED = ".replaced-"  # <RUN>.replaced-<host>.<pid>.<random>: the run an --overwrite replaces, until the new one's
+                         # first commit (RunStore.create); put back if the new run ends before it (recover_replaced)
 
 
 def metric_names(history: list) -> list:
@@ -182,6 +185,9 @@ class RunStore:
         self._metrics_time = -float("inf")
         self._metrics_swept = False  # the same for metrics/ (the first write of metrics/)
         self._partials_swept = False  # the state chunk files killed writers left (begin_iteration's first call)
+        self.replaced: Path | None = None  # the run this one replaced (overwrite), kept aside until the first commit
+        self.on_replaced_gone = None  # called once that run is deleted (the trainer's lock stops refusing readers)
+        self._background_discard = False
 
     # -- creation and opening -----------------------------------------------------------
     @classmethod
@@ -196,8 +202,13 @@ class RunStore:
         and its target scaling ``y_mean``, ``y_scale``. A sharded solver passes
         its per-shard state widths and the number of shards. ``validation``
         records the held-out rows (``solvers.validation.RowSplit.record``; None: none).
-        ``background_discard``: a replaced run store (``overwrite``) is deleted in a thread; the caller
-        waits for it with :func:`storage.paths.join_discards`. ``solver_choice``: how ``--solver auto``
+        ``overwrite``: an existing run store is renamed aside as ``<RUN>.replaced-<host>.<pid>.<random>``
+        (:attr:`replaced`) and kept, bytes unchanged, until this run's first commit is written (:meth:`commit`
+        deletes it then); a run that ends before that puts it back (:meth:`restore_replaced`), and after a kill -9
+        the next trainer does (:func:`recover_replaced`). So a new run that fails in its first pass (bad data, a
+        full disk, Ctrl-C) loses nothing; the cost is the old run's disk space until the first commit.
+        ``background_discard``: that deletion runs in a thread; the caller waits for it with
+        :func:`storage.paths.join_discards`. ``solver_choice``: how ``--solver auto``
         chose the run's solver (kept in the attrs; a resume reads the chosen solver from ``config``).
         """
         path = Path(path)
@@ -237,11 +248,53 @@ class RunStore:
             root.update_attributes(attrs)  # one write of zarr.json (attrs.update writes it once a key)
             root.create_group("checkpoint")
             check_creatable(path, overwrite)
-            swap_in(partial, path, background_discard)  # overwrite: the old run goes once the new one is complete
+            run = cls(path, attrs)
+            run._background_discard = background_discard
+            run.replaced = swap_in(partial, path, keep_old=REPLACED)  # overwrite: the old run goes at the first commit
         finally:
             if partial.exists():
                 shutil.rmtree(partial, ignore_errors=True)
-        return cls(path, attrs)
+        return run
+
+    def restore_replaced(self, report=None) -> bool:
+        """Put back the run store this one replaced (:attr:`replaced`), while it holds no commit; return whether it did.
+
+        The new store is renamed aside (``<RUN>.partial-…``) and deleted; the old one is renamed back, bytes
+        unchanged. A kill between the two renames leaves the old one at its ``.replaced-`` name, which the next
+        trainer puts back (:func:`recover_replaced`); a failed rename is reported in one line naming where it is.
+        """
+        old = self.replaced
+        if old is None:
+            return False
+        aside = partial_path(self.path)
+        try:
+            os.rename(self.path, aside)  # the new run (no commit): its name is that of a killed write's leftovers
+            os.rename(old, self.path)
+        except OSError as err:
+            if report is not None:
+                report(f"note: could not put the replaced run back in {self.path} ({err.strerror}); it is kept "
+                       f"at {old}: rename it to {self.path.name} to keep it (the next train on {self.path} does)")
+            return False
+        self.replaced = None
+        shutil.rmtree(aside, ignore_errors=True)
+        return True
+
+    def _drop_replaced(self) -> None:
+        """Delete the run store this one replaced: called once this run's first commit is written."""
+        old, self.replaced = self.replaced, None
+        if old is None:
+            return
+        gone = old.with_name(old.name.replace(REPLACED, ".old-", 1))  # being deleted: a kill leaves an .old- folder,
+        try:                                                           # which the next write to this store removes
+            os.rename(old, gone)
+        except OSError:
+            gone = old
+        if self._background_discard:
+            discard(gone)
+        else:
+            shutil.rmtree(gone, ignore_errors=True)
+        if self.on_replaced_gone is not None:
+            self.on_replaced_gone()
 
     @classmethod
     def open(cls, path) -> "RunStore":
@@ -369,6 +422,9 @@ class RunStore:
         }
         manifest["manifest_sha256"] = _manifest_sha256(manifest)
         _write_json_atomic(self.path / MANIFEST, manifest)
+        if self.replaced is not None:  # the first commit is on disk (fsynced): the run this one replaced may go
+            _fsync_folder(self.path)
+            self._drop_replaced()
         keep = {str(k)} | ({str(previous)} if previous is not None else set())
         for stale in [p for p in (self.path / "checkpoint").iterdir() if p.is_dir() and p.name not in keep]:
             _remove_folder(stale)  # older commits, or attempts a crash left behind (Zarr groups or not)
@@ -409,7 +465,8 @@ class RunStore:
         """Return the weights and solver state of the committed iteration (checked; see :meth:`manifest`)."""
         resolved = self._resolve()
         if resolved is None:
-            raise InputError(f"{self.path} has no committed iteration yet; start a new run with --overwrite")
+            raise InputError(f"{self.path} has no committed iteration yet; start a new run with --overwrite"
+                             f"{replaced_note(self.path)}")
         return resolved[1]
 
     def _resolve(self, attempts: int = 5):
@@ -751,6 +808,11 @@ def check_creatable(path, overwrite: bool, inputs=()) -> None:
                              f"iterations; it cannot be resumed: pass --overwrite to start a new run in its place, or "
                              "choose another path")
         if not (path / MANIFEST).exists() and not (path / PREVIOUS).exists():
+            kept = replaced_runs(path)
+            if kept:  # an --overwrite killed before its first commit; a train puts the kept run back (recover_replaced)
+                raise InputError(f"{path} holds a new run that was killed before its first commit; the run it "
+                                 f"replaced is kept at {kept[0]}: pass --resume to put that run back and continue "
+                                 "it, or --overwrite to put it back and replace it with a new run")
             raise InputError(f"{path} already exists and holds no committed iteration (its run failed or was "
                              "stopped before its first commit): pass --resume to start it again with its own "
                              "settings and data, or --overwrite to start a new one in its place")
@@ -759,6 +821,80 @@ def check_creatable(path, overwrite: bool, inputs=()) -> None:
     check_target(path, FORMAT, overwrite, inputs=inputs, flag="--store")
     if overwrite and path.exists() and not path.is_symlink():  # a run store evaluate or predict reads is not replaced
         check_no_readers(path, "run store", "nothing was replaced")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (its directory entry); a file system that cannot is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replaced_runs(path) -> list[Path]:
+    """Return the ``<RUN>.replaced-*`` folders beside ``path``: runs an interrupted ``--overwrite`` kept aside."""
+    path = Path(path)
+    try:
+        return sorted(p for p in path.parent.glob(f"{path.name}{REPLACED}*") if p.is_dir())
+    except OSError:
+        return []
+
+
+def _holds_commit(path: Path) -> bool:
+    return (path / MANIFEST).exists() or (path / PREVIOUS).exists()
+
+
+def replaced_note(path) -> str:
+    """Return ``"; the run it replaced is kept at …"`` when an interrupted ``--overwrite`` left one beside ``path``
+    and ``path`` holds no commit (else ""): the tail of an error line of a command that may not put it back."""
+    old = replaced_runs(path)
+    if not old or _holds_commit(Path(path)):
+        return ""
+    return (f"; the run it replaced is kept at {old[0]} (an --overwrite stopped before the new run's first commit): "
+            f"the next python -m pipeline.train on {path} puts it back")
+
+
+def recover_replaced(path, report=None) -> None:
+    """Finish an ``--overwrite`` that a kill -9 interrupted: call only holding the run lock of ``path``.
+
+    The replacing trainer held that lock, so it is gone. If the new run at ``path`` holds no commit (or ``path`` is
+    missing: killed between two renames) the kept run ``<RUN>.replaced-…`` is put back; if it holds one, the kept
+    run was due to be deleted and is. Each is reported in one line. Several kept runs, or a ``path`` that is no
+    run store, are left to the user (named in a note).
+    """
+    path = Path(path)
+    kept = replaced_runs(path)
+    if not kept:
+        return
+    say = report or (lambda line: print(line, file=sys.stderr))
+    if len(kept) > 1 or (path.exists() and not is_run_store(path)):
+        say(f"note: {', '.join(map(str, kept))} {'are runs' if len(kept) > 1 else 'is the run'} that interrupted "
+            f"--overwrite runs of {path} kept aside; rename the one to keep to {path.name}")
+        return
+    old = kept[0]
+    if path.exists() and _holds_commit(path):
+        gone = old.with_name(old.name.replace(REPLACED, ".old-", 1))
+        try:
+            os.rename(old, gone)
+        except OSError:
+            gone = old
+        shutil.rmtree(gone, ignore_errors=True)
+        say(f"removed {old}: the run that {path} replaced, whose deletion a killed trainer left undone")
+        return
+    aside = partial_path(path) if path.exists() else None
+    if aside is not None:
+        os.rename(path, aside)
+    os.rename(old, path)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    say(f"restored {path} from {old.name}: an --overwrite of it was killed before its new run's first commit, "
+        "so the run it held is back, as it was")
 
 
 def checkpoints_after_0(path) -> list[int]:

@@ -187,8 +187,6 @@ def test_a_batch_cluster_on_a_dashboard_port_in_use_gives_no_warning(monkeypatch
     assert not [w for w in seen if "already in use" in str(w.message)], [str(w.message) for w in seen]
 
 
-@pytest.mark.xfail(strict=True, reason="rel15_s15.md F4: RunStore.create discards the replaced run before the new "
-                                       "run's first pass reads the data (routed to storage/runstore.py's owner)")
 def test_overwrite_with_data_that_fails_in_the_first_pass_keeps_the_old_run(client, tmp_path):
     rng = np.random.default_rng(2)
     X = rng.normal(size=(600, 4)).astype(np.float32)

@@ -188,3 +188,76 @@ def test_kill_during_predict_keeps_the_old_predictions(data, uninterrupted, tmp_
             "--overwrite", "--workers", "1", "--dashboard-address", ":0")
     assert "left by an interrupted write" in r.stderr and not list(tmp_path.glob("p.zarr.partial-*"))
     assert "taking over the stale lock of" in r.stderr and not (tmp_path / "p.zarr.lock").exists()  # its <OUT>.lock
+
+
+def signal_when(proc, condition, signum, timeout=120):
+    """Send ``signum`` to the process group of ``proc`` in a state where ``condition()`` holds (as :func:`kill_when`)."""
+    deadline = time.time() + timeout
+    while True:
+        if condition():
+            os.killpg(proc.pid, signal.SIGSTOP)
+            while not _stopped(proc.pid):
+                assert time.time() < deadline + 60, "the command did not stop"
+                time.sleep(0.001)
+            if condition():
+                break
+            os.killpg(proc.pid, signal.SIGCONT)
+        assert proc.poll() is None, "the command finished before the signal point"
+        assert time.time() < deadline, "the signal point never came"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signum)
+    os.killpg(proc.pid, signal.SIGCONT)
+    return proc.wait(timeout=300)
+
+
+def overwriting(store):
+    """True while a train --overwrite of ``store`` holds the old run aside and the new run has no commit."""
+    return lambda: bool(list(store.parent.glob(f"{store.name}.replaced-*"))) and store.exists() and committed(store) < 0
+
+
+def test_kill_9_of_train_overwrite_before_its_first_commit_loses_nothing(data, uninterrupted, tmp_path):
+    """rel15_s15.md F4: the old run stays whole beside the store; readers name it in one line; the next train puts it
+    back (or, with --overwrite, puts it back and replaces it once its own first commit is written)."""
+    import shutil
+
+    from storage.lock import RunLock
+    from storage.runstore import recover_replaced
+
+    store = tmp_path / "r.zarr"
+    shutil.copytree(data / "full.zarr", store)
+    before = snapshot(store)
+    proc = start(*train_args(data, store, "--overwrite"))
+    assert kill_when(proc, overwriting(store))
+    kept = list(tmp_path.glob("r.zarr.replaced-*"))
+    assert len(kept) == 1 and snapshot(kept[0]) == before
+    for cmd in (("pipeline.evaluate", "--store", store, "--data", data / "d.zarr", "--workers", "1",
+                 "--dashboard-address", ":0"), ("pipeline.report", "--store", store, "--out", tmp_path / "rep"),
+                train_args(data, store)):
+        r = subprocess.run([sys.executable, "-m", *map(str, cmd)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and str(kept[0]) in lines[0], (cmd, r.stderr)
+    lines = []
+    with RunLock(store, report=lines.append):  # what a train does first, holding the lock
+        recover_replaced(store, report=lines.append)
+    assert snapshot(store) == before and not list(tmp_path.glob("r.zarr.*[!k]"))  # only r.zarr.lock's name is left
+    assert any(line.startswith(f"restored {store}") for line in lines)
+    proc = start(*train_args(data, store, "--overwrite"))  # killed again in the window: the same, then finished
+    assert kill_when(proc, overwriting(store))
+    r = run(*train_args(data, store, "--overwrite"))
+    assert f"restored {store}" in r.stdout + r.stderr
+    for W, W_ref in zip(load_network(store).weights, uninterrupted):
+        np.testing.assert_array_equal(W, W_ref)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.zarr")) == ["r.zarr"]
+
+
+def test_ctrl_c_of_train_overwrite_before_its_first_commit_puts_the_old_run_back(data, tmp_path):
+    import shutil
+
+    store = tmp_path / "r.zarr"
+    shutil.copytree(data / "full.zarr", store)
+    before = snapshot(store)
+    proc = start(*train_args(data, store, "--overwrite"))
+    assert signal_when(proc, overwriting(store), signal.SIGINT) == 130
+    assert snapshot(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]  # no .replaced-, .partial-, lock

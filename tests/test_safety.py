@@ -178,30 +178,79 @@ def test_estimator_refuses_a_store_it_did_not_write(client, trained, tmp_path):
     assert fresh.n_iter_ == 1
 
 
-def test_a_run_store_replaced_by_a_train_that_then_fails_is_gone_when_train_raises(client, trained, tmp_path,
-                                                                                     monkeypatch):
-    """--overwrite deletes the replaced store in a thread; an error after the swap still waits for that thread."""
-    import shutil
-
+@pytest.mark.parametrize("failure", [RuntimeError("cluster lost right after the new store was swapped in"),
+                                     KeyboardInterrupt()], ids=["exception", "ctrl-c"])
+def test_a_train_overwrite_that_fails_before_its_first_commit_puts_the_old_run_back(client, trained, tmp_path,
+                                                                                    monkeypatch, failure):
+    """--overwrite keeps the replaced run aside until the new run's first commit; an error or Ctrl-C before it
+    puts the old run back, bytes unchanged, and leaves no sibling folder (rel15_s15.md F4)."""
     import pipeline.training
 
     store = tmp_path / "r.zarr"
     train(client, store=store, data=trained / "d.zarr", config=TrainConfig(hidden=(3,), iterations=1), report=quiet)
-    real_rmtree = shutil.rmtree
-
-    def slow_rmtree(path, *args, **kwargs):  # the replaced store takes a while to delete
-        time.sleep(0.5)
-        real_rmtree(path, *args, **kwargs)
+    before = tree_snapshot(store)
 
     def failing_runner(*args, **kwargs):
-        raise RuntimeError("cluster lost right after the new store was swapped in")
+        assert list(tmp_path.glob("r.zarr.replaced-*")) and not (store / "manifest.json").exists()  # in the window
+        raise failure
 
-    monkeypatch.setattr(shutil, "rmtree", slow_rmtree)
     monkeypatch.setattr(pipeline.training, "DaskRunner", failing_runner)
-    with pytest.raises(RuntimeError, match="cluster lost"):
-        train(client, store=store, data=trained / "d.zarr", config=TrainConfig(hidden=(3,), iterations=1),
-              overwrite=True, report=quiet)
-    assert store.exists() and not list(tmp_path.glob("r.zarr.old-*"))
+    lines = []
+    with pytest.raises(type(failure)):
+        train(client, store=store, data=trained / "d.zarr", config=TrainConfig(hidden=(4,), iterations=1),
+              overwrite=True, report=lines.append)
+    assert tree_snapshot(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]  # no lock, .replaced-, .partial- or .old- left
+    assert any("is as it was before --overwrite" in line for line in lines)
+
+
+def test_a_full_disk_at_the_first_commit_of_train_overwrite_keeps_the_old_run(client, trained, tmp_path,
+                                                                              monkeypatch):
+    """ENOSPC while writing the new run's first manifest: the old run is back, and the retry replaces it."""
+    import errno
+
+    import storage.runstore as rs
+
+    store = tmp_path / "r.zarr"
+    cfg = TrainConfig(hidden=(3,), iterations=1)
+    train(client, store=store, data=trained / "d.zarr", config=cfg, report=quiet)
+    before = tree_snapshot(store)
+    real = rs._write_json_atomic
+
+    def full_disk(path, obj):
+        if Path(path).name == "manifest.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, obj)
+
+    monkeypatch.setattr(rs, "_write_json_atomic", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(client, store=store, data=trained / "d.zarr", config=replace_hidden(cfg, 4), overwrite=True,
+              report=quiet)
+    assert tree_snapshot(store) == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]
+    monkeypatch.setattr(rs, "_write_json_atomic", real)
+    train(client, store=store, data=trained / "d.zarr", config=replace_hidden(cfg, 4), overwrite=True, report=quiet)
+    assert 4 in load_network(store).weights[0].shape  # replaced once the new run committed (width 3 before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]
+
+
+def replace_hidden(config, width):
+    from dataclasses import replace
+
+    return replace(config, hidden=(width,))
+
+
+def test_a_train_overwrite_of_a_path_that_is_no_run_store_is_refused_and_deletes_nothing(client, trained, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    rng = np.random.default_rng(3)
+    write_data(tmp_path / "other.zarr", rng.normal(size=(50, 5)).astype(np.float32), np.arange(50) % 2)
+    for target in (folder, tmp_path / "other.zarr"):
+        before = tree_snapshot(target)
+        with pytest.raises(InputError, match="refusing to overwrite"):
+            train(client, store=target, data=trained / "d.zarr", config=TrainConfig(hidden=(3,), iterations=1),
+                  overwrite=True, report=quiet)
+        assert tree_snapshot(target) == before
 
 
 # ------------------------------------------------------------------ 2. the run-store lock
