@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--resume", action="store_true",
                        help="continue the run in --store from its last committed iteration")
     again.add_argument("--overwrite", action="store_true",
-                       help="replace an existing run store at --store (not with --resume; needs --data: the "
-                            "demo never replaces a run)")
+                       help="replace an existing run store at --store (only a run store; not with --resume; needs "
+                            "--data: the demo never replaces a run). The old run is kept aside as "
+                            "STORE.replaced-* until the new run's first commit, and put back if the new run "
+                            "fails before it")
     add_arguments(p)  # one flag per TrainConfig setting (solvers/config.py)
     add_cluster_arguments(p)
     p.add_argument("--chunk-rows", type=int, default=None,

@@ -11,7 +11,9 @@ to the target only when complete (:func:`partial_path`, :func:`swap_in`). A
 crash (SIGKILL, power loss) can leave such a folder behind, or a replaced store
 renamed aside as ``<target>.old-<host>.<pid>.<random>``; the next write to the
 same target removes those whose writer process is gone
-(:func:`clean_stale_partials`), and tells the user.
+(:func:`clean_stale_partials`), and tells the user. A run store replaced by
+``train --overwrite`` is kept as ``<target>.replaced-…`` until the new run's first
+commit (:mod:`storage.runstore`): :func:`clean_stale_partials` never removes it.
 """
 from __future__ import annotations
 
