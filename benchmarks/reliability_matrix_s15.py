@@ -449,7 +449,7 @@ if not ONLY or any(o.startswith("overwrite") for o in ONLY):
         "[0, 1, 0, np.nan])", keep=("dw2.zarr",))
 
 leftovers = sorted(str(p.relative_to(W)) for p in W.rglob("*")
-                   if re.search(r"\.lock$|\.reader-|partial|\.tmp|\.swap|\.old-", p.name))
+                   if re.search(r"\.lock$|\.reader-|partial|\.tmp|\.swap|\.old-|\.replaced-", p.name))
 RES["_leftover_locks_and_temps_at_the_end"] = leftovers
 out.write_text(json.dumps(RES, indent=1))
 bad = [k for k, v in RES.items() if isinstance(v, dict) and not v.get("ok", True)]

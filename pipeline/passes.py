@@ -387,7 +387,7 @@ class DaskRunner:
         self._record(kernel, time.perf_counter() - t0, plan, [b for i, b in enumerate(self.bounds) if i in sample])
         return sums
 
-    def _submit(self, bundle, specs) -> list:
+    def _submit(self, bundle, specs, claim: bool = True) -> list:
         """Run chunk_task(bundle, *args) for each spec as futures of an in-process cluster; return their results in order.
 
         On an in-process cluster the bundle reaches every task by reference; submitted as
@@ -407,7 +407,7 @@ class DaskRunner:
         place = specs[0][1]
         alike = all(p == place for _, p in specs)
         threads = self._threads()
-        if len(specs) > threads and alike:
+        if claim and len(specs) > threads and alike:
             token = uuid.uuid4().hex
             # the largest first (rows the kernel runs on; ties: the chunk order), so small tasks fill the ends
             _CLAIMS[token] = iter(sorted(range(len(specs)), key=lambda i: (-self._spec_rows(specs[i][0]), i)))
@@ -425,7 +425,9 @@ class DaskRunner:
             finally:
                 _CLAIMS.pop(token, None)
             missing = [i for i in range(len(specs)) if not done[i]]  # taken by a task that failed, then retried
-            for i, r in zip(missing, self._submit(bundle, [specs[i] for i in missing]) if missing else ()):
+            # one task each (claim=False): a chunk that fails on every try (a deleted data chunk) raises its error
+            # after the retries; claimed again, its retried task found the queue empty and "succeeded", forever
+            for i, r in zip(missing, self._submit(bundle, [specs[i] for i in missing], claim=False) if missing else ()):
                 results[i] = r
             return results
         if alike:
