@@ -508,26 +508,33 @@ def test_a_run_being_replaced_lets_readers_in_once_the_new_run_is_in_place(tmp_p
     assert not lock_path(run).exists() and not list(tmp_path.glob(".r.zarr.lock*"))
 
 
-def test_train_overwrite_refuses_readers_only_until_its_new_run_is_in_place(client, tmp_path):
+def test_train_overwrite_refuses_readers_only_until_the_old_run_is_deleted(client, tmp_path):
+    """Until the new run's first commit the old run is kept aside (and put back if the new run fails): readers are
+    refused ('being replaced'), not let in to a store with no commit; once the old run is deleted they read the new."""
     from pipeline.training import train
     from solvers.config import TrainConfig
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(600, 3)).astype(np.float32)
     write_data(tmp_path / "d.zarr", X, (X[:, 0] > 0).astype(int))
-    config = TrainConfig(solver="gauss-newton", hidden=(3,), iterations=1)
+    config = TrainConfig(solver="gauss-newton", hidden=(3,), iterations=2)
     train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=config, report=lambda line: None)
     let_in = []
 
-    def report(line):  # the run line comes after the new store is in place
+    def report(line):
+        replaced = bool(list(tmp_path.glob("r.zarr.replaced-*")))
         try:
             with ReadLock(tmp_path / "r.zarr", run=True):
-                let_in.append(True)
-        except InputError:
-            let_in.append(False)
+                let_in.append((replaced, True))
+        except InputError as err:
+            assert "is being replaced by" in str(err)
+            let_in.append((replaced, False))
 
     train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=config, overwrite=True, report=report)
-    assert let_in and all(let_in), let_in
+    assert let_in[0] == (True, False), let_in  # the run line: the new store is in place, the old one kept aside
+    assert all(not allowed for kept, allowed in let_in if kept), let_in
+    with ReadLock(tmp_path / "r.zarr", run=True):
+        pass
 
 
 def test_predict_dry_run_takes_no_lock_but_checks_its_out(store, tmp_path, capsys):
