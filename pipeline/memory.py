@@ -26,7 +26,11 @@ process, counted in :data:`WORKER_BASE`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
+import time
 
 import numpy as np
 from dask.utils import format_bytes, parse_bytes
@@ -34,7 +38,10 @@ from dask.utils import format_bytes, parse_bytes
 from solvers.errors import InputError
 
 WORKER_BASE = 140 * 2**20   # a worker process's own memory: 90 MiB idle (measured) + ~50 MiB of imports
-PAUSE = 0.8                 # distributed pauses a worker at this share of its limit (distributed.worker.memory.pause)
+# The worker caches' budgets as shares of its memory limit (pipeline.passes.data_cache): decoded data chunks 1/4,
+# kept activations or written state chunks 1/8 (a run fills one of them), input and last-hidden-layer tiles 1/16 each.
+CACHE_SHARE = 1 / 4 + 1 / 8 + 1 / 16 + 1 / 16
+PAUSED_FOR = 60.0           # seconds a paused, idle worker may stall the whole cluster before the run ends
 
 STATE_CHUNK_BYTES = 128 * 2**20  # target size of one state chunk (64–256 MB)
 CHUNKS_PER_THREAD = 3  # small data is split so every worker thread gets at least this many chunks
@@ -87,8 +94,8 @@ def worker_limit_setting(kind: str) -> str:
     return "--memory-limit"
 
 
-def dry_run_chunk_bytes(args, config=None) -> int | None:
-    """For ``--dry-run --data D``: the working memory of one chunk of the run these flags would start."""
+def dry_run_chunk_bytes(args, config=None, threads: int = 1) -> int | None:
+    """For ``--dry-run --data D``: the working memory of one chunk of the run these flags would start (on ``threads``)."""
     if not getattr(args, "data", None):
         return None
     from solvers.config import TrainConfig
@@ -104,17 +111,39 @@ def dry_run_chunk_bytes(args, config=None) -> int | None:
         widths.append(1)
     state = {"gauss-newton": 0, "admm": sum(widths) + widths[-1],
              "dladmm": 2 * sum(widths) + widths[-1]}.get(config.solver, sum(widths))
-    rows = args.chunk_rows or default_chunk_rows(data, state)
+    rows = args.chunk_rows or default_chunk_rows(data, state, threads)
     return chunk_working_bytes(rows, data.n_features, widths, state)
+
+
+def pause_fraction() -> float:
+    """The share of its memory limit at which a worker pauses: distributed.worker.memory.pause (else terminate, else 1)."""
+    import dask
+    import distributed  # noqa: F401  (its defaults join dask's config on import)
+
+    for key in ("pause", "terminate"):
+        value = dask.config.get(f"distributed.worker.memory.{key}", default=None)
+        if value not in (None, False) and 0 < float(value) <= 1:
+            return float(value)
+    return 1.0
+
+
+def worker_need_bytes(chunk_bytes: int) -> int:
+    """The smallest memory limit a worker process running chunk tasks of ``chunk_bytes`` stays unpaused under.
+
+    The process itself (:data:`WORKER_BASE`), one chunk task and the caches, which fill up to
+    :data:`CACHE_SHARE` of the limit, must stay below the pause fraction of it.
+    """
+    return int((chunk_bytes + WORKER_BASE) / max(0.05, pause_fraction() - CACHE_SHARE))
 
 
 def fits_message(chunk_bytes: int | None, worker_bytes: int | None, kind: str) -> str | None:
     """A warning line when a chunk of ``chunk_bytes`` (plus the process itself) does not fit ``worker_bytes``."""
-    if not chunk_bytes or not worker_bytes or chunk_bytes + WORKER_BASE <= PAUSE * worker_bytes:
+    if not chunk_bytes or not worker_bytes or worker_need_bytes(chunk_bytes) <= worker_bytes:
         return None
     return (f"warning: a chunk needs about {format_bytes(chunk_bytes)} of working memory and a worker process about "
-            f"{format_bytes(WORKER_BASE)} itself, but a worker pauses at {PAUSE:.0%} of its "
-            f"{format_bytes(worker_bytes)}: raise {worker_limit_setting(kind)} or lower --chunk-rows")
+            f"{format_bytes(WORKER_BASE)} itself, but a worker pauses at {100 * pause_fraction():g}% of its "
+            f"{format_bytes(worker_bytes)} and its caches take up to {CACHE_SHARE:.0%} of it: raise "
+            f"{worker_limit_setting(kind)} (to {format_bytes(worker_need_bytes(chunk_bytes))}) or lower --chunk-rows")
 
 
 def killed_worker_error(exc, client, args, store) -> InputError:
@@ -157,3 +186,91 @@ def parse_limit(text) -> int | None:
         return parse_bytes(text) if text not in (None, "auto") else None
     except (ValueError, TypeError):
         return None
+
+
+class WorkersPaused(BaseException):
+    """Raised in the main thread when workers stayed paused for memory with no task progress (a silent hang).
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way eats it; the command turns it
+    into its one error line once the cluster is closed.
+    """
+
+
+def _scheduler_transitions(dask_scheduler=None) -> int:
+    return int(getattr(dask_scheduler, "transition_counter", 0))
+
+
+def _worker_paused(dask_worker=None) -> tuple[bool, int, int, int]:
+    """(paused, tasks executing, process memory, memory limit) of this worker."""
+    from distributed.core import Status
+
+    state = dask_worker.state
+    manager = dask_worker.memory_manager
+    rss = int(dask_worker.monitor.get_process_memory())
+    return dask_worker.status == Status.paused, int(state.executing_count), rss, int(manager.memory_limit or 0)
+
+
+def paused_message(seconds: float, rss: int, limit: int, kind: str) -> str:
+    pause = pause_fraction()
+    return (f"workers ran out of memory: a worker was paused for {seconds:.0f} s with no task progress "
+            f"({format_bytes(rss)} in use, it pauses at {100 * pause:g}% of its {format_bytes(limit)}); raise "
+            f"{worker_limit_setting(kind)} or lower --chunk-rows")
+
+
+@contextlib.contextmanager
+def stop_when_paused(client, kind: str = "local", seconds: float | None = None, poll: float | None = None):
+    """Within the block, raise :class:`WorkersPaused` in this (main) thread once a worker has been paused for memory
+    and idle for ``seconds`` while the scheduler made no transition: distributed would otherwise wait forever.
+
+    A watcher thread polls the workers and the scheduler every ``poll`` seconds and, on a stall, signals the main
+    thread (SIGUSR1), whose wait the signal interrupts. Outside the main thread, or where SIGUSR1 is taken, it does
+    nothing. ``seconds`` defaults to dask's config ``admm-dask.paused-timeout`` (env
+    ``DASK_ADMM_DASK__PAUSED_TIMEOUT``), else :data:`PAUSED_FOR`; ``poll`` to a twelfth of it (at most 5 s).
+    """
+    import dask
+
+    seconds = float(seconds if seconds is not None else dask.config.get("admm-dask.paused-timeout", default=PAUSED_FOR))
+    poll = float(poll if poll is not None else min(5.0, seconds / 12))
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill") or \
+            signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+        yield
+        return
+    found: list[str] = []
+    done, lock = threading.Event(), threading.Lock()
+
+    def handler(signum, frame):
+        if found:
+            raise WorkersPaused(found[0])
+
+    def watch():
+        since, transitions = None, None
+        while not done.wait(poll):
+            try:
+                now_transitions = client.run_on_scheduler(_scheduler_transitions)
+                workers = client.run(_worker_paused)
+            except Exception:  # noqa: BLE001 -- a closing cluster, a remote scheduler without this package
+                since = None
+                continue
+            stalled = [w for w in workers.values() if w[0] and w[1] == 0]
+            if not stalled or now_transitions != transitions or since is None:
+                since, transitions = (time.monotonic() if stalled else None), now_transitions
+                continue
+            if time.monotonic() - since >= seconds:
+                _, _, rss, limit = max(stalled, key=lambda w: w[2])
+                with lock:
+                    if not done.is_set():
+                        found.append(paused_message(time.monotonic() - since, rss, limit, kind))
+                        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                return
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    watcher = threading.Thread(target=watch, name="stop-when-paused", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        try:
+            with lock:  # no signal after this: SIGUSR1's default action ends the process
+                done.set()
+        finally:
+            signal.signal(signal.SIGUSR1, previous)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pipeline.cli import ArgumentParser, add_cluster_arguments, connect_from_args, exit_process, exits_on_input_error
 from pipeline.cluster import dashboard_link
-from pipeline.memory import dry_run_chunk_bytes, killed_worker_error
+from pipeline.memory import (CACHE_SHARE, WORKER_BASE, WorkersPaused, dry_run_chunk_bytes, killed_worker_error,
+                             pause_fraction, stop_when_paused, worker_need_bytes)
 from pipeline.monitor import TrainingMonitor
 from pipeline.signals import exit_on_signals
 from solvers.config import TrainConfig, add_arguments, given_settings
@@ -162,6 +163,7 @@ def _main(args, where) -> int:
     if solver == "auto":  # chosen for the data once the cluster runs (pipeline.training); its workers depend on it
         solver = _auto_solver(config, args, size_from)
     gil_bound = _gil_bound(solver)
+    paused = None
     _check_memory_limit(args, size_from, config or TrainConfig(**given), gil_bound)
     with _training_page_preload(), connect_from_args(args, data=size_from, gil_bound=gil_bound,
                                                        profile=perf is not None) as client, \
@@ -171,12 +173,21 @@ def _main(args, where) -> int:
         print(f"Training page: {_training_page(client, link)}", flush=True)
         log.debug("cluster: %s", client)
         try:
-            result = train(client, store=store, data=data, config=config, test_data=test_data,
-                           chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
-                           overrides=given if args.resume else None, progress=progress, task_given="task" in given,
-                           report=lambda line: print(line, flush=True), monitor=TrainingMonitor(client))
+            with stop_when_paused(client, args.cluster):  # a worker paused for memory would wait forever, silently
+                result = train(client, store=store, data=data, config=config, test_data=test_data,
+                               chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
+                               overrides=given if args.resume else None, progress=progress,
+                               task_given="task" in given, report=lambda line: print(line, flush=True),
+                               monitor=TrainingMonitor(client))
         except KilledWorker as exc:
             raise killed_worker_error(exc, client, args, store) from None
+        except WorkersPaused as exc:
+            paused = exc
+    if paused is not None:  # said once the cluster is closed
+        from pipeline.signals import _resume_hint
+
+        rows = f" (now {args.chunk_rows})" if args.chunk_rows else ""
+        raise InputError(f"{paused}{rows}{_resume_hint(store)}")
     if perf is not None:
         print(f"Dask performance report: {perf}")
     print(f"done: model and history in {result.store.path}")
@@ -226,17 +237,20 @@ def _check_memory_limit(args, data, config, gil_bound: bool = False) -> None:
     chunk = None
     if data is not None:
         try:
-            chunk = dry_run_chunk_bytes(argparse.Namespace(data=data, chunk_rows=args.chunk_rows), config)
+            chunk = dry_run_chunk_bytes(argparse.Namespace(data=data, chunk_rows=args.chunk_rows), config,
+                                        int(args.workers or os.cpu_count() or 1))
         except InputError:
             chunk = None
-    need = max(MIN_LOCAL_WORKER_BYTES, int(chunk / 0.6) if chunk else 0)
+    need = max(MIN_LOCAL_WORKER_BYTES, worker_need_bytes(chunk) if chunk else 0)  # a paused worker hangs the run
     threads = not local_processes(getattr(args, "local_mode", "auto"), data_bytes(data), args.memory_limit, gil_bound)
     if threads:  # one in-process worker: this process (client, data statistics) counts against its limit
         import psutil
 
         need += psutil.Process(os.getpid()).memory_info().rss
     if limit < need:
-        what = f"one chunk task needs about {format_bytes(chunk)}, " if chunk else ""
+        what = (f"one chunk task needs about {format_bytes(chunk)} (a worker pauses at {100 * pause_fraction():g}% of "
+                f"its limit and holds its own ~{format_bytes(WORKER_BASE)} and caches of up to "
+                f"{CACHE_SHARE:.0%} of it besides), " if chunk else "")
         raise InputError(f"--memory-limit {args.memory_limit} is too small: {what}a worker needs at least "
                          f"{format_bytes(need)}{' (the worker runs in this process)' if threads else ''}; raise "
                          "--memory-limit or lower --chunk-rows")

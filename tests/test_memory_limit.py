@@ -1,0 +1,100 @@
+"""--memory-limit: the up-front check counts what a worker really holds, and a worker paused for memory ends the run.
+
+A worker pauses at distributed's ``distributed.worker.memory.pause`` share of its limit and then waits for memory
+that never frees: before, a limit above the old ``chunk / 0.6`` bound hung the run silently (newuser15_s15.md F0).
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+
+from pipeline.memory import (CACHE_SHARE, WORKER_BASE, WorkersPaused, dry_run_chunk_bytes, stop_when_paused,
+                             worker_need_bytes)
+from solvers.config import TrainConfig
+from solvers.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from storage.data import write_data
+
+    X = np.random.default_rng(0).normal(size=(3000, 20)).astype(np.float32)
+    path = tmp_path_factory.mktemp("mem") / "d.zarr"
+    write_data(path, X, (X[:, 0] > 0).astype(int))
+    return path
+
+
+def _args(limit, **kw):
+    return argparse.Namespace(cluster="local", memory_limit=limit, chunk_rows=None, workers=2, local_mode="auto", **kw)
+
+
+def test_the_check_counts_the_worker_its_caches_and_the_pause_fraction(store):
+    from pipeline.train import _check_memory_limit
+
+    config = TrainConfig()
+    chunk = dry_run_chunk_bytes(argparse.Namespace(data=str(store), chunk_rows=None), config, 2)
+    need = worker_need_bytes(chunk)
+    assert need == int((chunk + WORKER_BASE) / (0.8 - CACHE_SHARE))  # distributed's default pause: 80 %
+    assert need > (chunk + WORKER_BASE) / 0.8 > chunk / 0.6  # the old bound let a worker start that then paused
+    with pytest.raises(InputError, match=r"--memory-limit 400MB is too small: one chunk task needs about .*\(a worker "
+                                         r"pauses at 80% .* a worker needs at least .*raise --memory-limit or lower "
+                                         r"--chunk-rows"):
+        _check_memory_limit(_args("400MB"), str(store), config)
+    _check_memory_limit(_args(str(need + 2**20)), str(store), config)  # just above: accepted
+    with dask.config.set({"distributed.worker.memory.pause": 0.95}):  # the fraction comes from dask's config
+        assert worker_need_bytes(chunk) < need
+
+
+class _FakeClient:
+    """Scheduler transitions and the workers' (paused, executing, memory, limit) as a stalled or a busy cluster gives."""
+
+    def __init__(self, paused=True, moving=False):
+        self.paused, self.moving, self.calls = paused, moving, 0
+
+    def run_on_scheduler(self, fn):
+        self.calls += 1
+        return self.calls if self.moving else 7
+
+    def run(self, fn):
+        return {"tcp://w1": (self.paused, 0, 306 * 2**20, 400 * 2**20), "tcp://w2": (False, 1, 10, 400 * 2**20)}
+
+
+def test_a_worker_paused_with_no_progress_ends_the_block():
+    t0 = time.monotonic()
+    with pytest.raises(WorkersPaused, match=r"workers ran out of memory: a worker was paused for \d+ s with no task "
+                                            r"progress \(306.00 MiB in use, it pauses at 80% of its 400.00 MiB\); "
+                                            r"raise --memory-limit or lower --chunk-rows"):
+        with stop_when_paused(_FakeClient(), "local", seconds=0.3, poll=0.05):
+            time.sleep(20)  # a wait the signal interrupts, as distributed's
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("client", [_FakeClient(paused=False), _FakeClient(moving=True)], ids=["unpaused", "moving"])
+def test_no_stop_while_workers_run_or_tasks_move(client):
+    import signal
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with stop_when_paused(client, "local", seconds=0.2, poll=0.05):
+        time.sleep(0.8)
+    assert client.calls > 3 and signal.getsignal(signal.SIGUSR1) == before
+
+
+@pytest.mark.slow  # 8-16 s: a cluster whose worker pauses at once (pause fraction 0.1 %)
+def test_train_ends_with_one_line_when_a_worker_stays_paused(store, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE="0.001",
+               DASK_ADMM_DASK__PAUSED_TIMEOUT="3")
+    out = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(store), "--store",
+                          str(tmp_path / "r.zarr"), "--iterations", "2", "--dashboard-address", "localhost:0",
+                          "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    lines = out.stderr.splitlines()
+    assert out.returncode == 2 and len(lines) == 1, (out.returncode, lines)
+    assert lines[0].startswith("error: workers ran out of memory: a worker was paused for "), lines
+    assert "raise --memory-limit or lower --chunk-rows" in lines[0] and "--overwrite" in lines[0]
