@@ -26,7 +26,7 @@ from solvers import SOLVERS, make_solver
 from solvers.config import TrainConfig, choice_text
 from solvers.driver import Outcome, describe_model, drive, model_from_moments, split_chunks
 from solvers.errors import InputError
-from solvers.loop import LoopState
+from solvers.loop import LoopState, shard_groups
 from solvers.tasks import TASKS, score_from_sums
 from solvers.validation import EarlyStopping, RowSplit, split_of
 from storage.data import fingerprint, open_data
@@ -184,7 +184,8 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                              "regression needs a numeric target")
         config, choice = config.choose_solver(data.n_samples, _threads(client), _threads_per_worker(client),
                                              shared_gil=config.solver == "auto" and _shares_gil(client))
-        if SOLVERS[config.solver].sharded and config.shards == 0:  # one shard per worker thread
+        default_shards = SOLVERS[config.solver].sharded and config.shards == 0
+        if default_shards:  # one shard per worker thread (but no more than the chunks to train on: below)
             config = replace(config, shards=_threads(client))
         check_chunk_rows(chunk_rows, data)
         check_creatable(store, overwrite, inputs=(data.path, test_data))
@@ -199,6 +200,12 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
             data.n_samples, chunk_rows,
             default_chunk_rows(data, sum(solver.state_widths().values()),
                                max(_threads(client), config.shards if solver.sharded else 1)), config)
+        if solver.sharded:  # a shard is a group of training chunks: small data has fewer chunks than threads
+            n_train = len(bounds(data.n_samples, rows)) - len(getattr(split, "chunks", ()) or ())
+            if default_shards and config.shards > n_train:
+                config = replace(config, shards=max(1, n_train))
+                solver = make_solver(config, data.n_features, **model)
+            shard_groups(n_train, config.shards)  # a too large --shards: one line, before the store exists
         labels = labels_for(data, model.get("classes"))  # text (or an estimator's) labels of the class codes
         run = RunStore.create(store, config=config.to_dict(), state_widths=solver.state_widths(),
                               data={"path": str(data.path.resolve()), "fingerprint": fingerprint(data),

@@ -1093,3 +1093,21 @@ def test_a_run_stopped_at_iteration_0_keeps_the_steps_rule_it_was_created_with(m
     later = make_solver(cfg, 4, x_mean=np.zeros(4), x_scale=np.ones(4), classes=np.arange(2))
     assert later.steps_rule(created) == rule != later.auto_steps
     assert later.steps_rule(LoopState(0, created.weights, {})) == later.auto_steps  # older code's empty carry
+
+
+def test_pipeline_consensus_default_shards_fit_one_chunk_data_and_a_too_large_shards_creates_nothing(client, tmp_path):
+    """One-chunk data (iris, wine, breast cancer): the default shards (one per worker thread) is capped at the training
+    chunks; an explicit --shards above them is one error line before the run store exists (newuser15_s15.md F1)."""
+    from pipeline.training import train
+    from storage.data import write_data
+
+    X, y = make_data(n=300, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y)
+    cfg = TrainConfig(solver="consensus", hidden=(10,), iterations=1)
+    result = train(client, store=tmp_path / "r.zarr", data=tmp_path / "d.zarr", config=cfg, report=quiet)
+    assert result.store.attrs["n_shards"] == 1 and result.store.attrs["config"]["shards"] == 1
+    assert len(result.history) == 1
+    with pytest.raises(InputError, match="--shards 2 needs between 1 and 1 shards"):
+        train(client, store=tmp_path / "two.zarr", data=tmp_path / "d.zarr", config=replace(cfg, shards=2),
+              report=quiet)
+    assert not (tmp_path / "two.zarr").exists()
