@@ -28,14 +28,16 @@ def check_inputs(store, data, out, overwrite=False):
     """Return the run's network and the data store, or raise :class:`InputError` before anything is written."""
     from pipeline.model import labelled_network
     from solvers.errors import InputError
-    from storage.data import open_data
+    from storage.data import features_hint, open_data
     from storage.paths import check_target
 
     check_target(out, PREDICTIONS_FORMAT, overwrite, inputs=(store, data))
     network = labelled_network(store)  # predictions are the labels the run was trained on (text too), not codes
-    ds = open_data(data)
+    ds = open_data(data, ingest_hint=" --no-labels` for a file without a label column (a labelled file: without "
+                                     "--no-labels; predict ignores the labels)")
     if ds.n_features != len(network.x_mean):
-        raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}")
+        raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}"
+                         f"{features_hint(ds, len(network.x_mean))}")
     return network, ds
 
 

@@ -161,13 +161,26 @@ def _read_group_attrs(path: Path) -> dict | None:
     return meta.get("attributes") or {}
 
 
-def open_data(path: str | os.PathLike) -> DataStore:
+def features_hint(ds: DataStore, expected: int) -> str:
+    """The likely cause of a store one feature off the model's: how its label column was ingested ('' if not that)."""
+    if ds.n_features == expected - 1 and ds.has_labels:
+        return (": one column fewer; if its file has no label column, ingest it with --no-labels (without it the "
+                "last column became the label)")
+    if ds.n_features == expected + 1 and not ds.has_labels:
+        return (": one column more; if its file has a label column, ingest it without --no-labels (with it the "
+                "label became a feature)")
+    return ""
+
+
+def open_data(path: str | os.PathLike, ingest_hint: str = "") -> DataStore:
     """Open and validate a data store, raising one clear error if it is unusable.
 
     Parameters
     ----------
     path : str or path-like
         Directory of a data store written by ingestion or :func:`write_data`.
+    ingest_hint : str
+        Appended to the ingest command the error names when ``path`` is a source file (predict: ``--no-labels``).
 
     Returns
     -------
@@ -188,7 +201,8 @@ def open_data(path: str | os.PathLike) -> DataStore:
             raise InputError(f"{path} is not a Zarr store: it is a file (a data store is a folder written by "
                              "python -m pipeline.ingest)")
         raise InputError(f"{path} is not a Zarr store: it is a file (a data store is a folder); convert it into one "
-                         f"first: `python -m pipeline.ingest {path} --out {path.with_name(source_stem(path) + '.zarr')}`")
+                         f"first: `python -m pipeline.ingest {path} --out {path.with_name(source_stem(path) + '.zarr')}"
+                         f"{ingest_hint}`")
     attrs = _read_group_attrs(path)
     how = _HOW_TO_CREATE.format(path="DATA.zarr")  # not into this existing folder: ingest refuses to replace it
     if attrs is None:

@@ -572,3 +572,19 @@ def test_a_run_store_with_a_damaged_zarr_json_is_named_damaged(tmp_path):
     (run / "manifest.json").unlink()
     with pytest.raises(InputError, match=r"is not an admm-dask run store"):
         RunStore.open(run)
+
+
+def test_predict_on_a_csv_says_ingest_with_no_labels_and_names_a_label_column_taken_from_the_features(finished_run):
+    """predict's hint said plain ingest, which turns a label-less file's last feature into a label (newuser15 F5)."""
+    from pipeline.predict import check_inputs
+
+    d = finished_run
+    X = np.random.default_rng(1).normal(size=(20, 6)).astype(np.float32)
+    np.savetxt(d / "new.csv", X, delimiter=",", header=",".join(f"f{i}" for i in range(6)), comments="")
+    with pytest.raises(InputError, match=re.escape(f"`python -m pipeline.ingest {d / 'new.csv'} --out {d / 'new.zarr'} "
+                                                   "--no-labels` for a file without a label column")):
+        check_inputs(d / "r.zarr", d / "new.csv", d / "p.zarr")
+    write_data(d / "new.zarr", X[:, :5], X[:, 5])  # what ingest without --no-labels made of it
+    with pytest.raises(InputError, match="has 5 features, the model expects 6: one column fewer; if its file has no "
+                                         "label column, ingest it with --no-labels"):
+        check_inputs(d / "r.zarr", d / "new.zarr", d / "p.zarr")
