@@ -141,7 +141,8 @@ def main(argv=None) -> int:
         progress.close()
         raise
     progress.close()
-    print(_describe(train, "train"))
+    # without a test split the store may be for anything (--no-labels: to predict on; a held-out file): not "train"
+    print(_describe(train, "train" if test is not None else "data"))
     if test is not None:
         print(_describe(test, "test"))
     print(f"done in {time.perf_counter() - t0:.1f} s")

@@ -524,3 +524,13 @@ def test_a_failure_after_rows_were_read_is_one_line_on_stderr(monkeypatch, capsy
     out, err = capsys.readouterr()
     assert "read 120,000 rows" in out
     assert err.splitlines() == ["error: No space left on device: free disk space or write elsewhere"]
+
+
+def test_cli_without_a_test_split_does_not_call_the_store_train(tmp_path, table, capsys):
+    """--no-labels (data to predict on) or no test split: the summary line says data:, not train: (newuser15 F8)."""
+    from pipeline.ingest import main
+
+    src = write_csv(tmp_path / "t.csv", table, header=["a", "b", "c", "y"])
+    assert main([str(src), "--out", str(tmp_path / "new.zarr"), "--no-labels", "--header"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 50 rows x 4 features" in out and "train:" not in out
