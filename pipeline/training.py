@@ -76,6 +76,15 @@ def _shares_gil(client) -> bool:
     return len(set(places)) < len(places) or _host_pid() in places
 
 
+def layer_text(solver) -> str:
+    """The run line's layer widths, input first: ``784-4608 (pooled 1152)-100-10`` names what pooling hands on."""
+    parts = [str(solver.widths[0])]
+    for layer, width in zip(getattr(solver, "layers", ()) or (), solver.widths[1:]):
+        post = getattr(layer, "post", None)
+        parts.append(f"{width} (pooled {post.n_out})" if post is not None else str(width))
+    return "-".join(parts) if len(parts) == len(solver.widths) else "-".join(map(str, solver.widths))
+
+
 def train(client, *, store, report=print, **kwargs) -> TrainResult:
     """Train out of core into the run store ``store``, holding its lock (:mod:`storage.lock`); see :func:`_train`.
 
@@ -233,7 +242,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
             f", {n_held} held out for early stopping in {_count(n_held_chunks, 'chunk')}")
     report(f"run store {run.path}: {data.n_samples - n_held} training samples in "
            f"{_count(len(chunks) - n_held_chunks, 'chunk')} of {run.chunk_rows} rows{held}, "
-           f"layers {'-'.join(map(str, solver.widths))}, solver {solver.name}"
+           f"layers {layer_text(solver)}, solver {solver.name}"
            f"{choice_text(run.attrs.get('solver_choice'))}, "
            f"{describe_model(model if labels is None else dict(model, classes=labels))}")
     manifest = run.manifest()

@@ -503,3 +503,14 @@ def test_pipeline_gauss_newton_conv_matches_reference_and_resumes_bitwise(client
     resumed = train(client, store=tmp_path / "p.zarr", resume=True, report=lambda line: None)
     for W, W_full in zip(resumed.network.weights, result.network.weights):
         assert_same_bits(W, W_full)
+
+
+def test_the_run_line_names_the_pooled_width():
+    """conv:8x5x5,pool:2 on 28x28: the conv layer's 4608 outputs hand 1152 on (newuser15 F8: the line said 4608 only)."""
+    from pipeline.training import layer_text
+
+    cfg = TrainConfig(layers="conv:8x5x5,pool:2,dense:100", solver="gauss-newton", input_shape="28x28")
+    solver = make_solver(cfg, 784, classes=np.arange(10), x_mean=np.zeros(784), x_scale=np.ones(784))
+    assert layer_text(solver) == "784-4608 (pooled 1152)-100-10"
+    dense = make_solver(TrainConfig(hidden=(30,)), 5, classes=np.arange(3), x_mean=np.zeros(5), x_scale=np.ones(5))
+    assert layer_text(dense) == "5-30-3"
