@@ -165,7 +165,10 @@ _NOTES = {
     "layers": "None: ``hidden_layer_sizes``.",
 }
 _OWN_PARAMETERS = (
-    ("chunk_rows", None, "int or None", "Samples per state chunk (default: ~128 MB of state per chunk)."),
+    ("chunk_rows", None, "int or None",
+     "Samples per state chunk (default: ~128 MB of state per chunk, but at least 3 chunks per worker thread where "
+     "chunks of 512 rows or more allow it; the model depends on it, so pass it for the same model on another "
+     "cluster)."),
     ("store", None, "str, path or None",
      "Run store to train into (replaced if it is one already). NumPy and Dask inputs are then written next to it "
      "as ``<store stem>-data.zarr``, so the run can be resumed or reported on. ``None``: a temporary directory, "
