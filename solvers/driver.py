@@ -196,7 +196,8 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         out.loop_state, out.best_iteration = state, stopping.best_iteration
         report(" ".join([f"{state.iteration:5d} {record['seconds']:8.2f} {record[f'train_{score}']:9.4f}",
                          *(f"{record[k]:9.4f}" if k in record else f"{'-':>9}" for k, _ in columns),
-                         _fmt(record.get("residual"), 10), _fmt(record.get("objective"), 11)]))
+                         _fmt(record.get("residual"), 10), _fmt(record.get("objective"), 11)])
+               + ("  rejected" if record.get("accepted") is False else ""))  # Gauss-Newton's LM kept the weights
         if getattr(solver, "note", None):  # choices the solver made (gauss-newton's --hidden-alpha race, --step-choice)
             for line in solver.note.splitlines():
                 report(line)

@@ -170,3 +170,23 @@ def test_every_solvers_resume_takes_the_runs_history():
     for cls in [SolverBase, *(SOLVERS[name] for name in SOLVERS)]:
         parameter = inspect.signature(cls.resume).parameters.get("history")
         assert parameter is not None and parameter.default == (), cls
+
+
+def test_a_rejected_step_is_marked_in_its_progress_line(monkeypatch):
+    """Gauss-Newton's rejected steps repeated the line before unmarked (newuser15 F8): they end with 'rejected'."""
+    import solvers.driver as driver
+
+    real = driver.iterate
+
+    def one_rejected(*args):
+        for state, metrics in real(*args):
+            yield state, {**metrics, "accepted": state.iteration != 2}
+
+    monkeypatch.setattr(driver, "iterate", one_rejected)
+    config = TrainConfig(hidden=(5,), iterations=3, hidden_alpha="readout")
+    X, y, solver, runner, _ = _setup(config)
+    lines = []
+    drive(solver, runner, Recorder(), config, evaluate=lambda net: {"test": net.score(X, y)}, held_out=False,
+          report=lines.append)
+    rows = [line for line in lines if line.split()[:1] in (["1"], ["2"], ["3"])]
+    assert [row.endswith("  rejected") for row in rows] == [False, True, False], lines
