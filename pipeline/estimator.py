@@ -25,8 +25,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
+from pipeline.estimator_input import check_labels_present, validated
 from solvers.config import ALL, SETTINGS, TrainConfig, config_from_parameters, estimator_parameters, flag
 from solvers.errors import InputError
 from solvers.losses import predict_classes
@@ -391,7 +392,8 @@ class _ADMMEstimator(BaseEstimator):
         """Validate in-memory ``(X, y)`` and write them (labels encoded); return the classes, or None."""
         from storage.data import write_data
 
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], y_numeric=self._task == "regression")
+        X, y = validated(self, X, y, action="fitting", dtype=[np.float32, np.float64],
+                         y_numeric=self._task == "regression")
         y, classes = self._encode_targets(y)
         # the store records the labels of the codes it holds, so the run store does too: python -m pipeline.predict
         # on this run gives them back (strings, 2/5/9), not the codes 0, 1, 2
@@ -464,7 +466,7 @@ class _ADMMEstimator(BaseEstimator):
         check_is_fitted(self)
         lazy = self._lazy_input(X)
         if lazy is None:
-            return fn(validate_data(self, X, reset=False), self.network_, *args)
+            return fn(validated(self, X, action="predicting", reset=False), self.network_, *args)
         if width is None:
             return lazy.map_blocks(fn, self.network_, *args, drop_axis=1, dtype=dtype)
         return lazy.map_blocks(fn, self.network_, *args, dtype=dtype, chunks=(lazy.chunks[0], (width,)))
@@ -583,6 +585,7 @@ class ADMMClassifier(ClassifierMixin, _ADMMEstimator):
 
         from pipeline.checks import class_rows_problem
 
+        check_labels_present(y, "fitting")
         check_classification_targets(y)
         classes, y_index, counts = np.unique(y, return_inverse=True, return_counts=True)
         if len(classes) < 2:

@@ -138,6 +138,51 @@ def test_errors_are_valueerrors_before_any_training():
         clf.predict(np.ones((2, 2)))
 
 
+def _with(X, i, j, v):
+    X = np.array(X, dtype=float)
+    X[i, j] = v
+    return X
+
+
+# (method, X, y, what the one line must say); predict's X has the fitted 6 features
+BAD_INPUTS = {
+    "nan_fit": ("fit", _with(np.ones((6, 3)), 4, 1, np.nan), np.arange(6) % 2,
+                r"^X contains NaN at row 4, column 1 \(0-based; 1 non-finite value in X\); remove or impute"),
+    "inf_fit": ("fit", _with(np.ones((6, 3)), 2, 0, -np.inf), np.arange(6) % 2, r"^X contains -inf at row 2, column 0 "),
+    "nan_dataframe_fit": ("fit", "frame", np.arange(6) % 2, r"^X contains NaN at row 3, column 2 \('c'\) "),
+    "nan_predict": ("predict", _with(np.ones((4, 6)), 3, 5, np.nan), None, r"^X contains NaN at row 3, column 5 .* predicting$"),
+    "inf_predict_proba": ("predict_proba", _with(np.ones((4, 6)), 0, 1, np.inf), None, r"^X contains inf at row 0, column 1 "),
+    "inf_score": ("score", _with(np.ones((4, 6)), 1, 1, np.inf), np.arange(4) % 3, r"^X contains inf at row 1, column 1 "),
+    "1d_fit": ("fit", np.arange(6.0), np.arange(6) % 2, r"^X must be 2-D \(rows, features\), got a 1-D array of shape \(6,\)\. "
+                                                          r"Reshape your data: X\.reshape\(-1, 1\)"),
+    "1d_predict": ("predict", np.arange(6.0), None, r"^X must be 2-D .* Reshape your data"),
+    "scalar_predict": ("predict", 3.0, None, r"^X must be 2-D \(rows, features\), got a scalar \(3\.0\)"),
+    "nan_y_fit": ("fit", np.ones((6, 3)), np.array([0, 1, 0, np.nan, 1, 0]), r"^y contains NaN at row 3 \(0-based; "),
+    "missing_text_label_fit": ("fit", np.ones((6, 3)), np.array(["a", "b", None, "a", "b", "a"], dtype=object),
+                               r"^y contains None at row 2 \(0-based; "),
+    "lengths_fit": ("fit", np.ones((10, 3)), np.arange(9) % 2, r"^X has 10 rows but y has 9 values; give one target per row of X$"),
+    "empty_fit": ("fit", np.empty((0, 3)), np.array([]), r"^X is empty \(shape \(0, 3\)\); fitting needs at least one row$"),
+    "empty_list_fit": ("fit", [], [], r"^X is empty \(shape \(0,\)\); fitting needs a 2-D array"),
+    "empty_predict": ("predict", np.empty((0, 6)), None, r"^X is empty \(shape \(0, 6\)\); predicting needs at least one row$"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_in_memory_input_is_one_valueerror_line_naming_where(case, numpy_fit):
+    """rel15 F5: NaN/inf (row, column), 1-D, lengths, empty: one line, a ValueError, nothing of scikit-learn's chained."""
+    import pandas as pd
+
+    method, X, y, pattern = BAD_INPUTS[case]
+    if isinstance(X, str):
+        X = pd.DataFrame(_with(np.ones((6, 3)), 3, 2, np.nan), columns=["a", "b", "c"])
+    model = numpy_fit[0] if method != "fit" else ADMMClassifier(**HYPER, client=object())  # fit: refused before training
+    with pytest.raises(ValueError, match=pattern) as info:
+        getattr(model, method)(*((X,) if y is None else (X, y)))
+    message = str(info.value)
+    assert "\n" not in message and "HistGradientBoosting" not in message, message
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
 def test_get_params_round_trip():
     from sklearn.base import clone
 
@@ -211,7 +256,7 @@ def test_regressor_on_dask_array_larger_than_one_chunk(regressor_fit, client):
 def test_regressor_bad_inputs_one_clear_error_before_training():
     reg = ADMMRegressor(**REG_HYPER, client=object())  # never used: validation comes first
     X = np.ones((5, 2))
-    with pytest.raises(ValueError, match="Input y contains NaN"):
+    with pytest.raises(ValueError, match=r"^y contains NaN at row 2 \(0-based; 1 non-finite value in y\)"):
         reg.fit(X, np.array([0.0, 1.0, np.nan, 2.0, 3.0]))
     with pytest.raises(InputError, match="loss 'hinge' is for class labels; regression fits the squared loss"):
         ADMMRegressor(loss="hinge", client=object()).fit(X, np.arange(5.0))
