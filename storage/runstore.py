@@ -40,8 +40,9 @@
 
 Iteration k reads state slot (k−1) mod 2 and writes slot k mod 2, so the
 committed slot is never written; the commit writes ``checkpoint/<k>`` (crc32c per
-chunk), copies the manifest it follows to ``manifest.previous.json``, atomically
-replaces ``manifest.json`` and deletes checkpoints older than the previous one.
+chunk), keeps the manifest it follows as ``manifest.previous.json`` (a hard link
+to that manifest's file where it can, else a copy), atomically replaces
+``manifest.json`` and deletes checkpoints older than the previous one.
 Only ``storage`` knows these paths.
 """
 from __future__ import annotations
@@ -147,6 +148,12 @@ def _keep_previous(path: Path, manifest: dict, linked: bool) -> None:
                 pass
             os.link(path / MANIFEST, tmp)
             os.replace(tmp, target)
+            # previous already a link of manifest.json's file (a commit killed between its two renames): POSIX
+            # rename of one link over another of the same file does nothing and leaves tmp, so remove it here
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
             return
         except OSError:
             try:

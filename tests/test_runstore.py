@@ -231,3 +231,57 @@ def test_a_commit_replaces_what_a_killed_attempt_at_it_left_without_its_groups_m
     (tmp_path / "r.zarr" / "checkpoint" / "9" / "packed").mkdir(parents=True)  # a leftover of any other attempt
     resumed.commit(Checkpoint(k + 1, [W[0] + 2]), [{"iteration": k + 1}], 3)
     assert sorted(p.name for p in (tmp_path / "r.zarr" / "checkpoint").iterdir() if p.is_dir()) == [str(k), str(k + 1)]
+
+
+def _commit(run, k):
+    run.commit(Checkpoint(k, [np.full((3, 2), float(k)), np.ones((1, 4))]), [{"iteration": i} for i in range(1, k + 1)],
+               5)
+
+
+def test_without_hard_links_the_previous_manifest_is_written_out_and_the_fallback_resumes(tmp_path, monkeypatch):
+    """A file system without hard links (os.link: EPERM, EXDEV): manifest.previous.json is the followed manifest's
+    JSON, its own file, and a damaged manifest.json falls back to it."""
+    import json
+    import os
+
+    link = os.link
+
+    def no_link(src, dst, *args, **kwargs):  # the manifest's link only: Zarr's exclusive writes link too
+        if ".manifest.previous" in str(dst):
+            raise PermissionError(1, "Operation not permitted")
+        return link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", no_link)
+    run = _run(tmp_path)
+    for k in (1, 2):
+        _commit(run, k)
+    store = tmp_path / "r.zarr"
+    previous, manifest = store / "manifest.previous.json", store / "manifest.json"
+    assert json.loads(previous.read_text())["iteration"] == 1
+    assert not os.path.samefile(previous, manifest)
+    assert not [p.name for p in store.iterdir() if ".tmp-" in p.name]
+    manifest.write_text("{damaged")
+    ck = RunStore.open(store).load_checkpoint()
+    assert ck.iteration == 1 and np.array_equal(ck.weights[0], np.full((3, 2), 1.0))
+
+
+def test_a_commit_after_a_kill_between_the_renames_leaves_no_temporary_link(tmp_path):
+    """Killed after manifest.previous.json became a link of manifest.json's file and before manifest.json was
+    replaced: both names are one file. The next commit's rename of a new link of it over previous is a POSIX no-op
+    that left .manifest.previous.json.tmp-PID in the store."""
+    import json
+    import os
+
+    run = _run(tmp_path)
+    _commit(run, 1)
+    store = tmp_path / "r.zarr"
+    previous, manifest = store / "manifest.previous.json", store / "manifest.json"
+    if previous.exists():
+        previous.unlink()
+    os.link(manifest, previous)  # the state the kill left
+    run = RunStore.open(store)
+    assert run.load_checkpoint().iteration == 1
+    _commit(run, 2)
+    assert [p.name for p in store.iterdir() if p.name.startswith(".manifest")] == []
+    assert json.loads(previous.read_text())["iteration"] == 1 and json.loads(manifest.read_text())["iteration"] == 2
+    assert not os.path.samefile(previous, manifest)
