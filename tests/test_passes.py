@@ -280,6 +280,63 @@ def test_a_pass_on_an_in_process_cluster_takes_chunks_from_a_shared_queue_and_ru
     assert where[1] not in busy  # the long chunk's thread took no other (fixed groups of equal rows gave it 3)
 
 
+def test_a_chunk_failing_on_every_try_among_more_lost_chunks_than_threads_raises_its_error_once(monkeypatch):
+    """review2 R1 (/work/rv15b.em88/t/recur.py): a claimed task that raises on chunk 2 loses the chunks it took; its
+    retry finds the queue empty and "succeeds". The lost chunks (more than the threads) were claimed again, so chunk
+    2 failed again and _submit recursed until a RecursionError. They now run one task each: chunk 2's error, once."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from pipeline import passes
+
+    calls = {"submit": 0, "chunk 2": 0}
+
+    def fake_task(bundle, i, *rest):
+        if i == 2:
+            calls["chunk 2"] += 1
+            raise OSError("chunk 2 is missing")
+        return 10 * i
+
+    class Client:  # Dask's retries: a task that raises runs again up to `retries` times, then its error propagates
+        def map(self, fn, *columns, key=None, pure=None, retries=0, **place):
+            def run(*args):
+                for attempt in range(retries + 1):
+                    try:
+                        return fn(*args)
+                    except OSError:
+                        if attempt == retries:
+                            raise
+
+            with ThreadPoolExecutor(1) as pool:  # one thread runs the tasks in turn (as a busy worker may)
+                return list(pool.map(run, *columns))
+
+        def gather(self, futures):
+            return futures
+
+    submit = passes.DaskRunner._submit
+
+    def counted(self, *args, **kwargs):
+        calls["submit"] += 1
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(passes, "chunk_task", fake_task)
+    monkeypatch.setattr(passes.DaskRunner, "_submit", counted)
+    runner = passes.DaskRunner.__new__(passes.DaskRunner)
+    runner.client, runner.retries, runner.progress, runner._nthreads = Client(), 3, False, 2
+    runner.split = SimpleNamespace(fraction=0.1)
+    specs = [((i, None, None, None, 100 * i, 100 * i + 100, None, True, False, None, None), {}) for i in range(6)]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 1000))
+    try:
+        with pytest.raises(OSError, match="^chunk 2 is missing$"):
+            runner._submit(None, specs)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert calls["submit"] == 2 and calls["chunk 2"] <= 2 * (runner.retries + 1)
+    assert passes._CLAIMS == {}
+
+
 def _imports_dask_array():
     import sys
 
