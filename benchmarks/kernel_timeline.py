@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import kernel_trace  # noqa: E402
+
 EV: list = []  # [name, thread, wall start, wall end, thread CPU, info]
 SNAP: list = []  # (wall, label, {thread: CPU seconds})
 T0 = time.perf_counter()
@@ -62,25 +64,21 @@ FUNCTIONS = {"spd_solve": ["solvers.linalg", "solvers.gauss_newton"],
              "solve_weights": ["solvers.linalg", "solvers.gauss_newton"]}
 
 
+def _thread_label(label: str) -> str:
+    """One label per pool (every ThreadPoolExecutor, Dask's default and offload threads, asyncio's), the worker
+    threads by their number (``worker 1``)."""
+    for prefix in ("ThreadPoolExecutor", "Dask-Default-Threads", "Dask-Offload", "asyncio"):
+        if label.startswith(prefix):
+            label = prefix
+    if label.startswith("Dask-Worker-Threads"):
+        label = "worker " + label.rsplit("-", 1)[-1]
+    return label
+
+
 def thread_cpu() -> dict:
-    """Return {thread label: CPU seconds} of this process's threads (/proc; Python threads by name, others by comm)."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-            comm = open(f"/proc/self/task/{tid}/comm").read().strip()
-        except OSError:
-            continue
-        label = names.get(int(tid), f"native {comm}")
-        for prefix in ("ThreadPoolExecutor", "Dask-Default-Threads", "Dask-Offload", "asyncio"):
-            if label.startswith(prefix):
-                label = prefix
-        if label.startswith("Dask-Worker-Threads"):
-            label = "worker " + label.rsplit("-", 1)[-1]
-        out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
+    """Return {thread label: CPU seconds} of this process's threads (:func:`benchmarks.kernel_trace.thread_cpu`,
+    labels folded by :func:`_thread_label`)."""
+    return kernel_trace.thread_cpu(fold=_thread_label)
 
 
 def _info(qualname, args, kwargs):

@@ -87,8 +87,17 @@ def wrap_function(modules, name: str) -> None:
 THREAD_CPU: list = []  # (wall, {thread label: CPU seconds}) at each _advance's start and end
 
 
-def thread_cpu() -> dict:
-    """Return {thread label: CPU seconds} of this process's threads (/proc; Python threads by name, others by tid)."""
+def _pool_label(label: str) -> str:
+    """One label per thread pool: ``ThreadPoolExecutor-0_1`` → ``ThreadPoolExecutor-0``."""
+    return label.rsplit("_", 1)[0] if label.startswith("ThreadPoolExecutor") else label
+
+
+def thread_cpu(fold=_pool_label) -> dict:
+    """Return {thread label: CPU seconds} of this process's threads (/proc; Python threads by name, others by comm).
+
+    ``fold(label)`` names the entry a thread's CPU adds to (threads given one label are summed); also
+    :func:`benchmarks.kernel_timeline.thread_cpu`'s, with its own folding.
+    """
     names = {t.native_id: t.name for t in threading.enumerate()}
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
@@ -98,8 +107,7 @@ def thread_cpu() -> dict:
             comm = open(f"/proc/self/task/{tid}/comm").read().strip()
         except OSError:
             continue
-        label = names.get(int(tid), f"native {comm}")
-        label = label.rsplit("_", 1)[0] if label.startswith("ThreadPoolExecutor") else label
+        label = fold(names.get(int(tid), f"native {comm}"))
         out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
 

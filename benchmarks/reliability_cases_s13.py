@@ -13,13 +13,15 @@ must run while another holds a store pauses that one with SIGSTOP once its lock 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reliability_util import finish, paused, start  # noqa: E402
 
 root, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
 FULL = Path(sys.argv[3]) if len(sys.argv) > 3 else None
@@ -61,25 +63,7 @@ def run(name, *a, keep=(), timeout=600):
 
 
 def popen(*a):
-    return subprocess.Popen(cmd(*a), cwd=W, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def paused(proc, cond, t=300):
-    """Wait until ``cond()``, then SIGSTOP ``proc``; return True if it got there."""
-    end = time.time() + t
-    while not cond():
-        if proc.poll() is not None or time.time() > end:
-            return False
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGSTOP)
-    return True
-
-
-def finish(proc):
-    proc.send_signal(signal.SIGCONT)
-    o, e = proc.communicate(timeout=600)
-    return {"rc": proc.returncode, "stdout_last": (o.strip().splitlines() or [""])[-1][:300],
-            "stderr": [line for line in e.strip().splitlines() if line.strip()][-2:]}
+    return start(cmd(*a), W, env)
 
 
 def csv(name, n, d=8, seed=0, labels=None, header=False):

@@ -19,13 +19,16 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reliability_util import finish as finish_paused  # noqa: E402
+from benchmarks.reliability_util import paused, start  # noqa: E402
 
 root, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
 ONLY = sys.argv[3:]
@@ -115,25 +118,11 @@ def run(name, *a, keep=(), expect_ok=False, out_ok=(), timeout=600, pre=None):
 
 
 def popen(*a):
-    return subprocess.Popen(cmd(*a), cwd=W, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def paused(proc, cond, t=300):
-    end = time.time() + t
-    while not cond():
-        if proc.poll() is not None or time.time() > end:
-            return False
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGSTOP)
-    return True
+    return start(cmd(*a), W, env)
 
 
 def finish(proc):
-    proc.send_signal(signal.SIGCONT)
-    o, e = proc.communicate(timeout=600)
-    err = [line for line in e.strip().splitlines() if line.strip()]
-    return {"rc": proc.returncode, "stdout_last": (o.strip().splitlines() or [""])[-1][:300], "stderr": err[-3:],
-            "traceback": bool(TRACE.search(e))}
+    return finish_paused(proc, lines=3, trace=TRACE)
 
 
 def csv(name, n, d=8, seed=0, labels=None, header=False, sep=","):
