@@ -513,12 +513,14 @@ def _local_cluster(n_workers, threads_per_worker, memory_limit, dashboard_addres
                                    scheduler_kwargs=scheduler_kwargs,
                                    silence_logs=logging.CRITICAL if quiet else logging.ERROR,
                                    preload=["pipeline.worker_setup"])
-        except RuntimeError as exc:  # distributed's "Nanny failed to start.": a process could not be spawned
-            if "failed to start" not in str(exc):
+        except RuntimeError as exc:  # distributed's "Nanny failed to start.": a process could not be spawned, or
+            if "failed to start" not in str(exc):  # was too slow to start (a loaded machine: a TimeoutError)
                 raise
-            raise InputError(f"could not start the local cluster's worker processes ({_first_cause(exc)}); run with "
-                             "--local-mode threads, or lift what stops new processes here (a process limit, a "
-                             "read-only or full /dev/shm)") from None
+            cause = _first_cause(exc)
+            why = ("or try again: a worker took too long to start (a busy machine?)" if cause.startswith("TimeoutError")
+                   else "or lift what stops new processes here (a process limit, a read-only or full /dev/shm)")
+            raise InputError(f"could not start the local cluster's worker processes ({cause}); run with "
+                             f"--local-mode threads, {why}") from None
     with cluster:
         _lazy(cluster, lazy)
         yield cluster

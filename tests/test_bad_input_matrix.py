@@ -161,7 +161,21 @@ def test_worker_processes_that_cannot_be_spawned_are_one_input_error(monkeypatch
 
     monkeypatch.setattr(distributed, "LocalCluster", fails)
     with pytest.raises(InputError, match=r"could not start the local cluster's worker processes \(OSError: "
-                                         r"Read-only file system\); run with --local-mode threads"):
+                                         r"Read-only file system\); run with --local-mode threads, or lift what "
+                                         r"stops new processes here"):
+        with connect("local", n_workers=1, processes=True, dashboard_address=None):
+            pass
+
+    def slow(*args, **kwargs):  # review2 R4: a worker that timed out starting on a loaded machine
+        try:
+            raise TimeoutError("Nanny start timed out after 60s.")
+        except TimeoutError as exc:
+            raise RuntimeError("Nanny failed to start.") from exc
+
+    monkeypatch.setattr(distributed, "LocalCluster", slow)
+    with pytest.raises(InputError, match=r"worker processes \(TimeoutError: Nanny start timed out after 60s.\); run "
+                                         r"with --local-mode threads, or try again: a worker took too long to start "
+                                         r"\(a busy machine\?\)$"):
         with connect("local", n_workers=1, processes=True, dashboard_address=None):
             pass
 
