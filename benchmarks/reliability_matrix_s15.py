@@ -256,17 +256,17 @@ run("file__under_a_file_train", "pipeline.train", "--data", "d.zarr", "--store",
     keep=("afile",))
 
 # ---- 8. a store of a newer / older format
-copy("d.zarr", "dv2.zarr")
-set_attr("dv2.zarr", format_version=2)
+copy("d.zarr", "dv3.zarr")
+set_attr("dv3.zarr", format_version=3)
 copy("r.zarr", "rv9.zarr")
 set_attr("rv9.zarr", format_version=9)
 copy("r.zarr", "rv0.zarr")
 set_attr("rv0.zarr", format_version=0)
-V = ("dv2.zarr", "rv9.zarr", "rv0.zarr")
-run("format_newer__train", "pipeline.train", "--data", "dv2.zarr", "--store", "rn2.zarr", *CL, keep=V)
-run("format_newer__predict_data", "pipeline.predict", "--store", "r.zarr", "--data", "dv2.zarr", "--out", "pv.zarr",
+V = ("dv3.zarr", "rv9.zarr", "rv0.zarr")
+run("format_newer__train", "pipeline.train", "--data", "dv3.zarr", "--store", "rn2.zarr", *CL, keep=V)
+run("format_newer__predict_data", "pipeline.predict", "--store", "r.zarr", "--data", "dv3.zarr", "--out", "pv.zarr",
     *CL, keep=V)
-run("format_newer__estimator_fit_path", "-c", EST + "    C(max_iter=1).fit('dv2.zarr')", keep=V)
+run("format_newer__estimator_fit_path", "-c", EST + "    C(max_iter=1).fit('dv3.zarr')", keep=V)
 run("format_newer__resume", "pipeline.train", "--data", "d.zarr", "--store", "rv9.zarr", "--resume",
     "--iterations", "3", *CL, keep=V)
 run("format_newer__overwrite", "pipeline.train", "--data", "d.zarr", "--store", "rv9.zarr", "--overwrite",

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from solvers.errors import InputError
-from storage.data import DataStore, fingerprint_differences, open_data
+from storage.data import DataStore, fingerprint_differences, label_text, open_data
 from storage.lock import check_not_written, check_unlocked
 from storage.runstore import RunStore, check_creatable
 
@@ -62,9 +62,9 @@ def check_test_data(test_data, data: DataStore) -> DataStore | None:
     if test is not None and (test.classes is not None or data.classes is not None):  # text against numeric labels
         from pipeline.labels import codes_in
 
-        known = (data.statistics or {}).get("labels")  # the training labels, for the message (numeric: as stored)
-        codes_in(test, np.arange(len(data.classes)) if data.classes else (known if known is not None else
-                                                                           np.zeros(1)), data.classes)
+        known = (data.statistics or {}).get("labels")  # the training labels (numeric: as stored)
+        if data.classes or known is not None:  # else (a store of an earlier version) train's own codes_in checks
+            codes_in(test, np.arange(len(data.classes)) if data.classes else known, data.classes)
     return test
 
 
@@ -159,8 +159,11 @@ def unseen_test_labels_warning(test_data, data) -> str | None:
     if not test_data or data is None:
         return None
     known, test = _recorded_labels(open_data(data)), _recorded_labels(open_data(test_data))
-    if known is None or test is None or (known.dtype.kind in "U") != (test.dtype.kind in "U"):
-        return None  # text against numeric labels: check_test_data's refusal
+    if known is None or test is None:
+        return None
+    if (known.dtype.kind in "U") != (test.dtype.kind in "U"):  # text against numbers: by the numbers' plain text
+        known, test = (np.asarray([label_text(v) for v in a.tolist()]) if a.dtype.kind not in "U" else a
+                       for a in (known, test))  # (pipeline.labels.codes_in); no label in common: its refusal
     unseen = np.setdiff1d(test, known)
     if not unseen.size:
         return None

@@ -27,7 +27,8 @@ def check_inputs(store, data):
     """Return the run's network and the labelled data store of its width, or raise :class:`InputError`.
 
     The network's classes are the store's codes of the run's labels (:func:`pipeline.labels.codes_in`): a store
-    ingested on its own scores by label, and text labels against numeric ones are refused here.
+    ingested on its own scores by label; text labels against numeric ones by the numbers' plain text ('1' is 1),
+    refused here when they have no label in common.
     """
     from dataclasses import replace
 

@@ -26,15 +26,19 @@ Stream a data file into a chunked Zarr data store for training, without
 loading it into memory. Features are stored as float32, labels as float64.
 A label column of text (setosa, versicolor, …) holds class labels: they are
 stored as codes 0, 1, 2, … of the sorted labels, which the store records, and
-predict / evaluate / the estimators give the labels back. A label column of
-numbers with a few stray words, or an empty label, is an error naming its line.
+predict / evaluate / the estimators give the labels back. Its first rows
+decide: mostly words, text; else numbers, and a stray word or an empty label is
+an error naming its line. --text-labels reads every label as text whatever the
+first rows hold (a test file of a text-labelled source whose first rows are
+mostly '1'). As text, '01' and '1' are two classes; as numbers both are 1.
 
 Sources (by suffix):
   .csv .txt .data (.gz too)   comma-separated; a first line that is not all
                               numbers is taken as a header (force with
                               --header / --no-header)
   .npz                        arrays X (samples x features) and y (labels)
-  .parquet .pq                numeric columns (needs pyarrow)
+  .parquet .pq                numeric feature columns, a label column of
+                              numbers or text (needs pyarrow)
 """
 
 _EPILOG = """\
@@ -87,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-labels", dest="labels", action="store_false",
                    help="every column is a feature: data to predict on (python -m pipeline.predict), "
                         "not to train or evaluate")
+    p.add_argument("--text-labels", action="store_true",
+                   help="read every label as text (class names: '1', '01' and 'cat' are three classes), whatever the "
+                        "label column's first rows hold; default: text when most of them are words")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing data stores (only after the new ones are complete)")
     return p
@@ -132,7 +139,7 @@ def main(argv=None) -> int:
                 args.source, args.out, label_column=args.label_column,
                 test_fraction=args.test_fraction, test_out=args.test_out, seed=args.seed,
                 chunk_rows=args.chunk_rows, header=args.header, overwrite=args.overwrite,
-                progress=progress, labels=args.labels)
+                progress=progress, labels=args.labels, text_labels=args.text_labels)
     except InputError as err:
         progress.close()
         print(f"error: {err}", file=sys.stderr)

@@ -612,8 +612,9 @@ def _metrics_chunk(data, start, stop, network):
     """Return :func:`solvers.scores.classification_sums` (n, correct, log-loss, AUC histograms) of rows [start, stop)."""
     x, y, network = *_read_xy(data, start, stop), aligned(network)
     classes = np.asarray(network.classes)
-    idx = np.searchsorted(classes, y)
-    idx = np.where((idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y), idx, -1)
+    order = np.argsort(classes, kind="stable")  # the codes of a run's text labels in a numeric store need not increase
+    pos = np.minimum(np.searchsorted(classes[order], y), len(classes) - 1)
+    idx = np.where(classes[order][pos] == y, order[pos], -1)
     z = network.decision_function(x)
     return classification_sums(probabilities(z, network.link), idx, predict_classes(z))
 

@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="run store written by python -m pipeline.train")
     p.add_argument("--data", required=True, help="data store to predict (its labels are ignored)")
     p.add_argument("--out", required=True, help="predictions store to create (Zarr): array 'prediction' (n_samples,) of "
-                                                "the labels the run was trained on (text labels as strings)")
+                                                "the labels the run was trained on (text labels as strings: read "
+                                                "them with [:].tolist())")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing predictions store at --out (nothing else is ever replaced)")
     add_cluster_arguments(p)

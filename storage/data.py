@@ -35,6 +35,10 @@ code ``k`` of label ``classes[k]``; the list is sorted (as ``numpy.unique``
 sorts), so codes and labels are in the same order. Its items are JSON strings,
 integers, floats or booleans. A store without it (every store written before,
 and numeric labels from the command line) has the labels themselves in ``y``.
+A store with ``classes`` has ``format_version`` 2, so that versions before it
+(which read version 1 only) refuse it instead of training on the codes; a store
+without it keeps version 1. Both are read, also version-1 stores with
+``classes`` (written during session 15 before the bump).
 
 A store is written under ``<path>.partial-<random>`` next to its target and
 renamed into place only when complete, so a failed or interrupted write never
@@ -62,13 +66,26 @@ from storage.paths import (KIND_NAMES, check_target, clean_stale_partials, parti
                            store_format, swap_in)
 
 FORMAT = "admm-dask-data"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # y holds the labels themselves
+CLASSES_FORMAT_VERSION = 2  # y holds codes of the recorded ``classes``: version-1 readers would train on the codes
+READ_VERSIONS = (FORMAT_VERSION, CLASSES_FORMAT_VERSION)
 X_DTYPE = np.dtype("float32")
 Y_DTYPE = np.dtype("float64")
 _CHUNK_BYTES = 32 * 2**20
 _MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS = 1024, 262144
 MAX_LABELS = 1000  # distinct label values recorded in the statistics; more: labels is None
 _HOW_TO_CREATE = "create one with `python -m pipeline.ingest SOURCE --out {path}`"
+
+
+def label_text(value) -> str:
+    """Return a numeric label's plain text: a whole number without a decimal point (``1.0`` → ``'1'``), else the
+    shortest text that reads back as the same float (``0.5``, ``1e-05``).
+
+    The text that numeric labels are compared with text labels by (``'1'`` matches 1; ``'01'`` and ``'1.0'`` do
+    not) and that ``ingest --text-labels`` gives the numbers of an NPZ or Parquet numeric label column.
+    """
+    v = float(value)
+    return str(int(v)) if v.is_integer() and abs(v) < 2.0**53 else repr(v)
 
 
 def default_chunk_rows(n_features: int) -> int:
@@ -220,10 +237,10 @@ def open_data(path: str | os.PathLike, ingest_hint: str = "") -> DataStore:
             else "a Zarr store without the admm-dask format attribute")
         raise InputError(f"{path} is {what}, not an admm-dask data store; "
                          f"pass a data store, or {how}")
-    if attrs.get("format_version") != FORMAT_VERSION:
+    if attrs.get("format_version") not in READ_VERSIONS:
         raise InputError(f"data store {path} has format_version "
                          f"{attrs.get('format_version')!r}; this version reads "
-                         f"{FORMAT_VERSION}: re-ingest the data with this version")
+                         f"{' and '.join(map(str, READ_VERSIONS))}: re-ingest the data with this version")
     group = zarr.open_group(path, mode="r")
     arrays = {}
     has_labels = attrs.get("has_labels", True) is not False
@@ -552,7 +569,7 @@ class DataWriter:
                 raise InputError(f"no rows to write to {self.path}: the data is empty")
             self._flush()
             self._group.update_attributes({  # one write of zarr.json (attrs.update writes it once a key: 11 times)
-                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "format": FORMAT, "format_version": FORMAT_VERSION if self.classes is None else CLASSES_FORMAT_VERSION,
                 "n_samples": self.n_rows, "n_features": self.n_features,
                 "chunk_rows": self.chunk_rows, "feature_names": self.feature_names,
                 "label_name": self.label_name, "source": self.source,

@@ -12,8 +12,17 @@ replaces nothing. Supported sources:
                               or index, default the last column
 ``.npz``                      arrays ``X`` (n x d) and ``y`` (n,), optional
                               ``feature_names``
-``.parquet``, ``.pq``         numeric columns, read with pyarrow
+``.parquet``, ``.pq``         numeric feature columns (the label column may
+                              hold text), read with pyarrow
 ===========================  ==============================================
+
+A label column is text (class labels, stored as codes of the sorted labels,
+which the store records as ``classes``) when more of its first block's values
+are words than numbers, or always with ``text_labels`` (``--text-labels``);
+else numeric, and a stray word is an error naming its line. As text, labels are
+compared as written: ``'01'`` and ``'1'`` are two classes; as numbers both are
+1.0. An NPZ or Parquet numeric column read as text gives each number's plain
+text (:func:`storage.data.label_text`: ``1.0`` → ``'1'``).
 
 An optional held-out test split goes to a second store: source row ``r``
 (0-based) is held out when ``default_rng([seed, r // 65536]).random(65536)[r
@@ -37,14 +46,15 @@ import numpy as np
 import pandas as pd
 
 from solvers.errors import InputError
-from storage.data import DataStore, DataWriter, check_writable
+from storage.data import DataStore, DataWriter, check_writable, label_text
 from storage.paths import GZIP_KINDS, SOURCE_SUFFIXES, source_kind
 
 SPLIT_BLOCK = 65536
 NO_LABELS = object()  # label_column of features-only data (--no-labels): every column is a feature
 _F32_MAX = float(np.finfo(np.float32).max)
 LABEL_HINT = ("; the label column's first rows are numbers, so it is read as numeric labels: fix or remove that row "
-              "(a label column of text, e.g. 'setosa', is read as class labels)")
+              "(a label column of text, e.g. 'setosa', is read as class labels), or pass --text-labels to read every "
+              "label as text (class names such as '1', 'cat')")
 FEATURE_HINT = ("; features must be numbers (only the label column may hold text): drop such a column first, e.g. "
                 "pandas.read_csv(f).drop(columns=[NAME]).to_csv(g, index=False)")
 MAX_TEXT_CLASSES = 1000  # distinct text labels a label column may hold (as storage.data.MAX_LABELS)
@@ -156,8 +166,16 @@ def _frame_xy(df: pd.DataFrame, names: list[str], label: int, vocab=None):
 
 
 def _text(values) -> pd.Series:
-    """Return label values as stripped text, missing ones (None, NaN) as ''."""
+    """Return label values as stripped text, missing ones (None, NaN) as ''; numbers (an NPZ or Parquet numeric
+    column read as text) as their plain text (:func:`storage.data.label_text`)."""
     series = pd.Series(values)
+    if series.dtype.kind in "iuf":
+        v = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = np.isnan(v)
+        distinct, index = np.unique(np.where(missing, 0.0, v), return_inverse=True)
+        text = np.asarray([label_text(u) for u in distinct] or [""], dtype=object)[index.reshape(-1)]
+        text[missing] = ""
+        return pd.Series(text, index=series.index, dtype=object)
     return series.where(series.notna(), "").astype(str).str.strip()
 
 
@@ -173,26 +191,31 @@ def _encode_text(values, vocab: np.ndarray, what: str) -> np.ndarray:
     return codes.astype(np.float64)
 
 
-def _text_classes(label_blocks, what: str, where) -> np.ndarray | None:
+def _text_classes(label_blocks, what: str, where, force: bool = False) -> np.ndarray | None:
     """Return the sorted distinct text labels of a label column, or None if it holds numbers (numeric labels).
 
     ``label_blocks()`` yields (first row, raw label values) block by block; ``where(row)`` names a 0-based data
     row in messages. The first block decides: no text there, or more numbers than text, numeric labels (a stray
     word is the numeric reading's error, naming its line); more text than numbers, every label is text (``'1'``
-    too) and one more pass over the label column collects them. An empty text label is an error.
+    too) and one more pass over the label column collects them. ``force`` (``--text-labels``): text, whatever the
+    first block holds -- a test file from the same source whose first rows are mostly ``'1'``. An empty text label
+    is an error.
     """
     blocks = iter(label_blocks())
     first = next(blocks, None)
     if first is None:
         return None
     start, values = first
-    text = _text(values)
-    numeric = pd.to_numeric(text.where(text != ""), errors="coerce").notna().to_numpy()
-    words = np.flatnonzero(~numeric & (text != "").to_numpy())
-    if not words.size:
-        return None
-    if numeric.sum() > words.size:  # numbers with a stray word: the numeric reading names its line (after any
-        return None                 # bad feature before it, e.g. a header line read as data)
+    if not force:
+        if getattr(values, "dtype", np.dtype(object)).kind in "iuf":  # a numeric NPZ array or Parquet column
+            return None
+        text = _text(values)
+        numeric = pd.to_numeric(text.where(text != ""), errors="coerce").notna().to_numpy()
+        words = np.flatnonzero(~numeric & (text != "").to_numpy())
+        if not words.size:
+            return None
+        if numeric.sum() > words.size:  # numbers with a stray word: the numeric reading names its line (after any
+            return None                 # bad feature before it, e.g. a header line read as data)
     seen: set[str] = set()
     for start, values in _chain(first, blocks):
         text = _text(values)
@@ -459,7 +482,7 @@ def _read_npz(path: Path, label_column, block_rows):
         for start in range(0, y.shape[0], rows):
             yield start, np.asarray(y[start:start + rows])
 
-    return _Source(names, "y", blocks, label_blocks if labels and y.dtype.kind in "US" else None,
+    return _Source(names, "y", blocks, label_blocks if labels and y.dtype.kind in "USiuf" else None,
                    lambda row: f"{path}: row {row + 1}", "label y")
 
 
@@ -519,7 +542,7 @@ def _reader_for(source: Path):
 
 def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, seed=0,
            chunk_rows=None, header=None, overwrite=False, progress=None, block_rows=None,
-           labels=True) -> tuple[DataStore, DataStore | None]:
+           labels=True, text_labels=False) -> tuple[DataStore, DataStore | None]:
     """Stream a CSV, NPZ or Parquet file into a data store (and a held-out test store).
 
     Parameters
@@ -546,6 +569,10 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
     labels : bool
         False: every column is a feature and the store has no ``y`` (data to
         predict on; ``python -m pipeline.ingest --no-labels``).
+    text_labels : bool
+        Read the label column as text (class names) whatever its first rows
+        hold (``--text-labels``); default: text when words are the majority
+        of the first block (see the module docstring).
     progress : callable, optional
         Called as ``progress(rows_read)`` after each block.
     block_rows : int, optional
@@ -584,6 +611,9 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
             raise InputError("--label-column and --no-labels exclude each other: data without labels has "
                              "no label column")
         label_column = NO_LABELS
+        if text_labels:
+            raise InputError("--text-labels and --no-labels exclude each other: data without labels has no label "
+                             "column")
     kind = _reader_for(source)
     if header is not None and kind != "csv":
         raise InputError(f"{source}: --header/--no-header apply to CSV files only")
@@ -596,7 +626,7 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
         src = _read_npz(source, label_column, block_rows)
     else:
         src = _read_parquet(source, label_column, block_rows)
-    vocab = None if src.label_blocks is None else _text_classes(src.label_blocks, src.what, src.where)
+    vocab = None if src.label_blocks is None else _text_classes(src.label_blocks, src.what, src.where, text_labels)
     feats, label_name, blocks = src.feats, src.label_name, src.blocks(vocab)
     options = dict(chunk_rows=chunk_rows, feature_names=feats, label_name=label_name, source=source.name,
                    overwrite=overwrite, labels=labels, classes=None if vocab is None else vocab.tolist())

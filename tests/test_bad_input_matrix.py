@@ -48,7 +48,7 @@ def folder(tmp_path_factory):
     (d / "semi.csv").write_text("f0;f1;label\n1;2;0\n3;4;1\n")
     (d / "inf.csv").write_text("1,2,0\n3,inf,1\n")
     (d / "huge.csv").write_text("1,2,0\n3,1e400,1\n")
-    for name, version in (("dv2.zarr", 2), ("dv0.zarr", 0)):
+    for name, version in (("dv3.zarr", 3), ("dv0.zarr", 0)):
         shutil.copytree(d / "d.zarr", d / name)
         set_format_version(d / name, version)
     for name, version in (("rv9.zarr", 9), ("rv0.zarr", 0)):
@@ -59,7 +59,7 @@ def folder(tmp_path_factory):
     return d
 
 
-DATA_FORMAT = r"data store .*dv[02].zarr has format_version [02]; this version reads 1: re-ingest"
+DATA_FORMAT = r"data store .*dv[03].zarr has format_version [03]; this version reads 1 and 2: re-ingest"
 RUN_FORMAT = r"rv[09].zarr has run-store format version [09], this version reads"
 DAMAGED = r"dj.zarr is not a usable Zarr store: its zarr.json is damaged"
 CL = ["--dashboard-address", ":0", "--local-mode", "threads", "--workers", "1"]
@@ -82,11 +82,11 @@ CELLS = [  # (name, command, the error line's pattern)
     ("file__evaluate_store", ["pipeline.evaluate", "--store", "{d}/afile", "--data", "{d}/d.zarr", *CL],
      r"afile is not an admm-dask run store"),
     ("file__report_out", ["pipeline.report", "--store", "{d}/r.zarr", "--out", "{d}/afile"], r"afile is a file"),
-    ("format_newer__train", ["pipeline.train", "--data", "{d}/dv2.zarr", "--store", "{d}/n.zarr", *CL], DATA_FORMAT),
+    ("format_newer__train", ["pipeline.train", "--data", "{d}/dv3.zarr", "--store", "{d}/n.zarr", *CL], DATA_FORMAT),
     ("format_older__train", ["pipeline.train", "--data", "{d}/dv0.zarr", "--store", "{d}/n.zarr", *CL], DATA_FORMAT),
-    ("format_newer__predict_data", ["pipeline.predict", "--store", "{d}/r.zarr", "--data", "{d}/dv2.zarr", "--out",
+    ("format_newer__predict_data", ["pipeline.predict", "--store", "{d}/r.zarr", "--data", "{d}/dv3.zarr", "--out",
                                     "{d}/p.zarr", *CL], DATA_FORMAT),
-    ("format_newer__evaluate_data", ["pipeline.evaluate", "--store", "{d}/r.zarr", "--data", "{d}/dv2.zarr", *CL],
+    ("format_newer__evaluate_data", ["pipeline.evaluate", "--store", "{d}/r.zarr", "--data", "{d}/dv3.zarr", *CL],
      DATA_FORMAT),
     ("format_newer__resume", ["pipeline.train", "--data", "{d}/d.zarr", "--store", "{d}/rv9.zarr", "--resume",
                               "--iterations", "3", *CL], RUN_FORMAT),

@@ -253,3 +253,110 @@ def test_text_feature_column_names_how_to_drop_it(tmp_path):
     frame.to_parquet(tmp_path / "id.parquet")
     with pytest.raises(InputError, match=r"row 1: column 1 \('id'\): 'id0' is not a number; .*columns=\['id'\]"):
         ingest(tmp_path / "id.parquet", tmp_path / "id.zarr")
+
+
+def _labelled_csv(path, labels, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(len(labels), 3))
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    frame["label"] = labels
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_text_labels_flag_reads_a_test_file_whose_first_rows_are_numbers_as_text(tmp_path):
+    """review2 R2: a test file from a source labelled {cat, dog, 1} whose rows are mostly '1' was read as numeric
+    labels and refused at 'dog' with no way out; the line names --text-labels, which reads it as text."""
+    from pipeline.ingest import main
+
+    _labelled_csv(tmp_path / "t.csv", ["1", "dog", "1"] * 20)
+    with pytest.raises(InputError, match=r"'dog' is not a number; the label column's first rows are numbers, so it "
+                                         r"is read as numeric labels: fix or remove that row .*or pass --text-labels"):
+        ingest(tmp_path / "t.csv", tmp_path / "t.zarr")
+    ds, _ = ingest(tmp_path / "t.csv", tmp_path / "t.zarr", text_labels=True)
+    assert ds.classes == ("1", "dog") and np.bincount(ds.y[:].astype(int)).tolist() == [40, 20]
+    assert main([str(tmp_path / "t.csv"), "--out", str(tmp_path / "c.zarr"), "--text-labels"]) == 0
+    assert open_data(tmp_path / "c.zarr").classes == ("1", "dog")
+    with pytest.raises(InputError, match="--text-labels and --no-labels exclude each other"):
+        ingest(tmp_path / "t.csv", tmp_path / "n.zarr", labels=False, text_labels=True)
+
+
+def test_01_and_1_are_two_text_labels_and_one_number(tmp_path):
+    """As text labels are compared as written; as numbers '01' and '1' are both 1 (documented in ingest --help)."""
+    _labelled_csv(tmp_path / "z.csv", ["01", "1", "1", "2"] * 5)
+    assert ingest(tmp_path / "z.csv", tmp_path / "t.zarr", text_labels=True)[0].classes == ("01", "1", "2")
+    numeric, _ = ingest(tmp_path / "z.csv", tmp_path / "n.zarr")
+    assert numeric.classes is None and sorted(set(numeric.y[:].tolist())) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("kind", ["npz", "parquet"])
+def test_text_labels_of_a_numeric_npz_or_parquet_column_are_the_numbers_plain_text(tmp_path, kind):
+    y = np.array([0.0, 1.0, 2.5, 1.0] * 5)
+    X = np.random.default_rng(0).normal(size=(len(y), 2))
+    if kind == "npz":
+        np.savez(tmp_path / "s.npz", X=X, y=y)
+    else:
+        pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "y": y}).to_parquet(tmp_path / "s.parquet")
+    ds, _ = ingest(tmp_path / f"s.{kind}", tmp_path / "t.zarr", text_labels=True)
+    assert ds.classes == ("0", "1", "2.5") and ds.y[:].tolist() == [0.0, 1.0, 2.0, 1.0] * 5
+    assert ingest(tmp_path / f"s.{kind}", tmp_path / "n.zarr")[0].classes is None  # default: numbers, as before
+
+
+def test_a_store_with_classes_has_format_version_2_and_old_ones_still_read(tmp_path):
+    """Versions before the classes attribute read format_version 1 only: they refuse a store of codes instead of
+    training on them. Numeric stores stay version 1; version-1 stores with classes (session 15 before the bump) read."""
+    _labelled_csv(tmp_path / "t.csv", ["cat", "dog"] * 10)
+    ingest(tmp_path / "t.csv", tmp_path / "t.zarr")
+    meta = json.loads((tmp_path / "t.zarr" / "zarr.json").read_text())
+    assert meta["attributes"]["format_version"] == 2
+    assert json.loads((tmp_path / "t.zarr" / "zarr.json").read_text())["attributes"]["classes"] == ["cat", "dog"]
+    write_data(tmp_path / "n.zarr", np.eye(4), [0, 1, 0, 1])
+    assert json.loads((tmp_path / "n.zarr" / "zarr.json").read_text())["attributes"]["format_version"] == 1
+    meta["attributes"]["format_version"] = 1
+    (tmp_path / "t.zarr" / "zarr.json").write_text(json.dumps(meta))
+    assert open_data(tmp_path / "t.zarr").classes == ("cat", "dog")
+
+
+def test_text_and_numeric_labels_are_compared_by_the_numbers_plain_text(tmp_path):
+    """pipeline.labels.codes_in across kinds: a text run's '1' is a numeric store's 1 (its other labels: NaN, which
+    no row holds); a numeric run's 1 is a text store's '1'; '01' matches no number, and no match at all is refused."""
+    from pipeline.labels import codes_in
+
+    numeric = write_data(tmp_path / "n.zarr", np.eye(4), [1, 1, 2, 1])
+    codes = codes_in(numeric, np.arange(3), np.array(["1", "cat", "dog"]))
+    assert codes[0] == 1.0 and np.isnan(codes[1:]).all()
+    assert codes_in(numeric, np.arange(3), np.array(["1", "10", "2"])).tolist() == [1.0, 10.0, 2.0]
+    with pytest.raises(InputError, match=r"has numeric labels, the run's classes are text \(01, 02\): pass data with "
+                                         r"the labels the run was trained on \(text and numeric labels are compared "
+                                         r"by the numbers' plain text: '1' matches 1, '01' and '1.0' do not"):
+        codes_in(numeric, np.arange(2), np.array(["01", "02"]))
+    _labelled_csv(tmp_path / "t.csv", ["1", "0", "x", "1"] * 5)
+    text, _ = ingest(tmp_path / "t.csv", tmp_path / "t.zarr", text_labels=True)  # classes 0, 1, x
+    assert codes_in(text, np.array([0.0, 1.0, 2.0])).tolist()[:2] == [0.0, 1.0]
+    assert np.isnan(codes_in(text, np.array([0.0, 1.0, 2.0]))[2])
+
+
+def test_evaluate_scores_a_numeric_test_store_against_a_text_run_by_label(client, tmp_path):
+    """review2 R2: a run trained on labels {cat, dog, 1} and a test file of '1' only (ingested as numbers) was
+    refused by evaluate and train --test-data; now it is scored by label. With --text-labels the run's classes
+    '1', '10', '2' are numbers 1, 10, 2 in the test store: codes that do not increase (the metrics pass's lookup)."""
+    from pipeline.checks import unseen_test_labels_warning
+    from pipeline.evaluate import evaluate
+    from pipeline.model import labelled_network
+
+    rng = np.random.default_rng(1)
+    for name, vocab, text in (("a", ["cat", "dog", "1"], False), ("b", ["1", "10", "2"], True)):
+        frame = _labelled_csv(tmp_path / f"{name}.csv", rng.choice(vocab, 300).tolist())
+        ingest(tmp_path / f"{name}.csv", tmp_path / f"{name}.zarr", text_labels=text)
+        test = frame.sample(120, random_state=0)
+        if name == "a":
+            test = test[test["label"] == "1"]
+        test.to_csv(tmp_path / f"{name}t.csv", index=False)
+        assert ingest(tmp_path / f"{name}t.csv", tmp_path / f"{name}t.zarr")[0].classes is None  # numbers
+        train(client, store=tmp_path / f"{name}r.zarr", data=tmp_path / f"{name}.zarr",
+              test_data=tmp_path / f"{name}t.zarr", config=TrainConfig(hidden=(8,), iterations=3), report=quiet)
+        result = evaluate(client, tmp_path / f"{name}r.zarr", tmp_path / f"{name}t.zarr")
+        pred = labelled_network(tmp_path / f"{name}r.zarr").predict(open_data(tmp_path / f"{name}t.zarr").X[:])
+        expected = int(np.sum(np.asarray(pred, dtype=str) == test["label"].astype(str).to_numpy()))
+        assert result["n_correct"] == expected and result["n_samples"] == len(test) and result["unseen_labels"] == {}
+        assert unseen_test_labels_warning(tmp_path / f"{name}t.zarr", tmp_path / f"{name}.zarr") is None
