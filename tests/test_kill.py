@@ -36,11 +36,11 @@ def _stopped(pid) -> bool:
         return True
 
 
-def kill_when(proc, condition, timeout=120):
-    """SIGKILL the process group of ``proc`` in a state where ``condition()`` holds; return whether it was still running.
+def stop_when(proc, condition, timeout=120):
+    """Stop (SIGSTOP) the process group of ``proc`` in a state where ``condition()`` holds.
 
-    Seen true, the condition is checked again with the group stopped (SIGSTOP), and the group is killed in that
-    very state: between a check and a kill a loaded machine can let the command go on (finish its pass, commit).
+    Seen true, the condition is checked again with the group stopped, so a signal sent next lands in that very
+    state: between a check and a signal a loaded machine can let the command go on (finish its pass, commit).
     """
     deadline = time.time() + timeout
     while True:
@@ -50,11 +50,17 @@ def kill_when(proc, condition, timeout=120):
                 assert time.time() < deadline + 60, "the command did not stop"
                 time.sleep(0.001)
             if condition():
-                break
-            os.killpg(proc.pid, signal.SIGCONT)  # it moved on between the checks: not the kill point
-        assert proc.poll() is None, "the command finished before the kill point"
-        assert time.time() < deadline, "the kill point never came"
+                return
+            os.killpg(proc.pid, signal.SIGCONT)  # it moved on between the checks: not the point
+        assert proc.poll() is None, "the command finished before the point"
+        assert time.time() < deadline, "the point never came"
         time.sleep(0.01)
+
+
+def kill_when(proc, condition, timeout=120):
+    """SIGKILL the process group of ``proc`` in a state where ``condition()`` holds (:func:`stop_when`); return
+    whether it was still running."""
+    stop_when(proc, condition, timeout)
     alive = proc.poll() is None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -191,20 +197,8 @@ def test_kill_during_predict_keeps_the_old_predictions(data, uninterrupted, tmp_
 
 
 def signal_when(proc, condition, signum, timeout=120):
-    """Send ``signum`` to the process group of ``proc`` in a state where ``condition()`` holds (as :func:`kill_when`)."""
-    deadline = time.time() + timeout
-    while True:
-        if condition():
-            os.killpg(proc.pid, signal.SIGSTOP)
-            while not _stopped(proc.pid):
-                assert time.time() < deadline + 60, "the command did not stop"
-                time.sleep(0.001)
-            if condition():
-                break
-            os.killpg(proc.pid, signal.SIGCONT)
-        assert proc.poll() is None, "the command finished before the signal point"
-        assert time.time() < deadline, "the signal point never came"
-        time.sleep(0.01)
+    """Send ``signum`` to the process group of ``proc`` in a state where ``condition()`` holds (:func:`stop_when`)."""
+    stop_when(proc, condition, timeout)
     os.killpg(proc.pid, signum)
     os.killpg(proc.pid, signal.SIGCONT)
     return proc.wait(timeout=300)
