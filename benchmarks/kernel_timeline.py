@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import importlib
 import json
 import os
 import sys
@@ -93,32 +91,21 @@ def _info(qualname, args, kwargs):
     return None
 
 
+def _timed(qualname: str):
+    def decorate(fn):
+        def timed(*args, **kwargs):
+            t, c = time.perf_counter(), time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                EV.append([qualname, threading.current_thread().name, t, time.perf_counter(),
+                           time.thread_time() - c, _info(qualname, args, kwargs)])
+        return timed
+    return decorate
+
+
 def wrap(module: str, qualname: str) -> None:
-    owner = importlib.import_module(module)
-    *path, name = qualname.split(".")
-    for part in path:
-        owner = getattr(owner, part)
-    original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-    is_static = isinstance(original, (staticmethod, classmethod))
-    fn = original.__func__ if is_static else original
-
-    @functools.wraps(fn)  # keeps the function's attributes (GaussNewtonSolver._advance.evaluate_then_finish)
-    def timed(*args, **kwargs):
-        t, c = time.perf_counter(), time.thread_time()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            EV.append([qualname, threading.current_thread().name, t, time.perf_counter(), time.thread_time() - c,
-                       _info(qualname, args, kwargs)])
-    setattr(owner, name, type(original)(timed) if is_static else timed)
-
-
-def wrap_function(modules, name: str) -> None:
-    """Wrap the function ``name`` of the first module and put the wrapper in every module that imported it."""
-    first = importlib.import_module(modules[0])
-    wrap(modules[0], name)
-    for module in modules[1:]:
-        setattr(importlib.import_module(module), name, getattr(first, name))
+    kernel_trace.patch(module, qualname, _timed(qualname))
 
 
 def install() -> None:
@@ -126,7 +113,7 @@ def install() -> None:
         for name in names:
             wrap(module, name)
     for name, modules in FUNCTIONS.items():
-        wrap_function(modules, name)
+        kernel_trace.patch_function(modules, name, _timed(name))
     from pipeline import training
     from benchmarks import peers
 

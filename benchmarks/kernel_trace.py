@@ -52,7 +52,8 @@ KERNELS = ("GaussNewtonSolver.forward_chunk", "GaussNewtonSolver.curvature_chunk
 CLIENT = ("GaussNewtonSolver._with_trial", "GaussNewtonSolver.output_layer", "GaussNewtonSolver._current_objective")
 
 
-def wrap(module: str, qualname: str) -> None:
+def patch(module: str, qualname: str, decorate) -> None:
+    """Replace the function or method ``qualname`` of ``module`` by ``decorate(fn)`` (static and class methods kept so)."""
     owner = importlib.import_module(module)
     *path, name = qualname.split(".")
     for part in path:
@@ -60,28 +61,42 @@ def wrap(module: str, qualname: str) -> None:
     original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
     is_static = isinstance(original, (staticmethod, classmethod))
     fn = original.__func__ if is_static else original
+    wrapped = functools.wraps(fn)(decorate(fn))  # keeps fn's attributes (GaussNewtonSolver._advance.evaluate_then_finish)
+    setattr(owner, name, type(original)(wrapped) if is_static else wrapped)
 
-    @functools.wraps(fn)  # keeps the function's attributes (GaussNewtonSolver._advance.evaluate_then_finish)
-    def timed(*args, **kwargs):
-        t, c, pc = time.perf_counter(), time.thread_time(), time.process_time()
-        if qualname == "GaussNewtonSolver._advance":
-            THREAD_CPU.append((t, thread_cpu()))
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            EV.append((qualname, threading.current_thread().name, t, time.perf_counter(), time.thread_time() - c,
-                       time.process_time() - pc))
+
+def patch_function(modules, name: str, decorate) -> None:
+    """:func:`patch` the function ``name`` of the first module and put the wrapper in every module that imported it."""
+    patch(modules[0], name, decorate)
+    first = importlib.import_module(modules[0])
+    for module in modules[1:]:
+        setattr(importlib.import_module(module), name, getattr(first, name))
+
+
+def _timed(qualname: str):
+    def decorate(fn):
+        def timed(*args, **kwargs):
+            t, c, pc = time.perf_counter(), time.thread_time(), time.process_time()
             if qualname == "GaussNewtonSolver._advance":
-                THREAD_CPU.append((time.perf_counter(), thread_cpu()))
-    setattr(owner, name, type(original)(timed) if is_static else timed)
+                THREAD_CPU.append((t, thread_cpu()))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                EV.append((qualname, threading.current_thread().name, t, time.perf_counter(),
+                           time.thread_time() - c, time.process_time() - pc))
+                if qualname == "GaussNewtonSolver._advance":
+                    THREAD_CPU.append((time.perf_counter(), thread_cpu()))
+        return timed
+    return decorate
+
+
+def wrap(module: str, qualname: str) -> None:
+    patch(module, qualname, _timed(qualname))
 
 
 def wrap_function(modules, name: str) -> None:
     """Wrap the function ``name`` of the first module and put the wrapper in every module that imported it."""
-    first = importlib.import_module(modules[0])
-    wrap(modules[0], name)
-    for module in modules[1:]:
-        setattr(importlib.import_module(module), name, getattr(first, name))
+    patch_function(modules, name, _timed(name))
 
 
 THREAD_CPU: list = []  # (wall, {thread label: CPU seconds}) at each _advance's start and end
