@@ -5,8 +5,6 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from pipeline.training import train
 from solvers.config import TrainConfig
 from solvers.errors import InputError
 from storage.data import write_data
-from tests.conftest import ROOT, quiet, run_mains
+from tests.conftest import quiet, run_mains, run_module
 
 
 def digest(path):
@@ -37,10 +35,9 @@ def folder(tmp_path_factory):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(600, 4)).astype(np.float32)
     write_data(d / "d.zarr", X, (X[:, 0] > 0).astype(int))
-    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(d / "d.zarr"), "--store",
-                        str(d / "r.zarr"), "--hidden", "4", "--iterations", "1", "--no-progress",
-                        "--dashboard-address", ":0", "--local-mode", "threads", "--workers", "1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run_module("pipeline.train", "--data", d / "d.zarr", "--store", d / "r.zarr", "--hidden", "4",
+                   "--iterations", "1", "--no-progress", "--dashboard-address", ":0", "--local-mode", "threads",
+                   "--workers", "1")
     assert r.returncode == 0, r.stderr
     (d / "afile").write_text("a file, not a store")
     (d / "head.csv").write_text("f0,f1,label\n")
@@ -226,9 +223,8 @@ def test_a_threads_cluster_pass_over_deleted_chunks_raises_the_missing_rows_line
     write_data(tmp_path / "dd2.zarr", X, (X[:, 0] > 0).astype(int))
     for p in list((tmp_path / "dd2.zarr").rglob("c")):
         shutil.rmtree(p)
-    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(tmp_path / "dd2.zarr"), "--store",
-                        str(tmp_path / "r.zarr"), "--iterations", "1", "--no-progress", *CL],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = run_module("pipeline.train", "--data", tmp_path / "dd2.zarr", "--store", tmp_path / "r.zarr",
+                   "--iterations", "1", "--no-progress", *CL, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'dd2.zarr'}: rows 0-599 of 'X' are missing or hold NaN; a chunk file was deleted or "
         "never completely written"], r.stderr

@@ -123,9 +123,6 @@ def test_store_workers_cannot_write_is_refused_before_anything_runs(client, tmp_
 
 # ------------------------------------------------------------------ command lines: one `error:` line, exit 2
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def cli(*args, timeout=120):
     return run_module(*args, timeout=timeout)
 
@@ -140,9 +137,6 @@ def one_error_line(r, message):
 
 @pytest.fixture(scope="module")
 def cli_files(tmp_path_factory):
-    import subprocess
-    import sys
-
     d = tmp_path_factory.mktemp("cli-errors")
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 4)).astype(np.float32)
@@ -150,9 +144,8 @@ def cli_files(tmp_path_factory):
     write_data(d / "wide.zarr", rng.normal(size=(200, 5)), rng.integers(0, 2, 200))
     (d / "afile").write_text("a file, not a folder")
     np.savetxt(d / "t.csv", X[:100], delimiter=",")
-    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(d / "d.zarr"), "--store",
-                        str(d / "r.zarr"), "--hidden", "4", "--iterations", "1", "--dashboard-address", ":0"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run_module("pipeline.train", "--data", d / "d.zarr", "--store", d / "r.zarr", "--hidden", "4",
+                   "--iterations", "1", "--dashboard-address", ":0")
     assert r.returncode == 0, r.stderr
     return d
 
