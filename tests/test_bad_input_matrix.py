@@ -143,7 +143,15 @@ def test_a_fresh_run_on_data_with_a_missing_chunk_leaves_no_store_and_the_retry_
     assert [h["iteration"] for h in r.history] == [1]
 
 
-def test_worker_processes_that_cannot_be_spawned_are_one_input_error(monkeypatch):
+@pytest.mark.parametrize("cause, expected", [
+    (OSError(30, "Read-only file system"),
+     r"could not start the local cluster's worker processes \(OSError: Read-only file system\); run with "
+     r"--local-mode threads, or lift what stops new processes here"),
+    (TimeoutError("Nanny start timed out after 60s."),  # review2 R4: a worker that timed out starting (busy machine)
+     r"worker processes \(TimeoutError: Nanny start timed out after 60s.\); run with --local-mode threads, or try "
+     r"again: a worker took too long to start \(a busy machine\?\)$"),
+])
+def test_worker_processes_that_cannot_be_spawned_are_one_input_error(monkeypatch, cause, expected):
     """Was 'unexpected RuntimeError: Nanny failed to start. … please report it' (exit 1); the matrix's cell runs the
     real thing (/dev/shm read-only in a private mount namespace)."""
     import distributed
@@ -152,27 +160,12 @@ def test_worker_processes_that_cannot_be_spawned_are_one_input_error(monkeypatch
 
     def fails(*args, **kwargs):
         try:
-            raise OSError(30, "Read-only file system")
-        except OSError as exc:
+            raise cause
+        except type(cause) as exc:
             raise RuntimeError("Nanny failed to start.") from exc
 
     monkeypatch.setattr(distributed, "LocalCluster", fails)
-    with pytest.raises(InputError, match=r"could not start the local cluster's worker processes \(OSError: "
-                                         r"Read-only file system\); run with --local-mode threads, or lift what "
-                                         r"stops new processes here"):
-        with connect("local", n_workers=1, processes=True, dashboard_address=None):
-            pass
-
-    def slow(*args, **kwargs):  # review2 R4: a worker that timed out starting on a loaded machine
-        try:
-            raise TimeoutError("Nanny start timed out after 60s.")
-        except TimeoutError as exc:
-            raise RuntimeError("Nanny failed to start.") from exc
-
-    monkeypatch.setattr(distributed, "LocalCluster", slow)
-    with pytest.raises(InputError, match=r"worker processes \(TimeoutError: Nanny start timed out after 60s.\); run "
-                                         r"with --local-mode threads, or try again: a worker took too long to start "
-                                         r"\(a busy machine\?\)$"):
+    with pytest.raises(InputError, match=expected):
         with connect("local", n_workers=1, processes=True, dashboard_address=None):
             pass
 
