@@ -172,7 +172,8 @@ class TrainConfig:
                           "created, named in its run line and kept by --resume); a given --hidden-alpha other than "
                           "readout, --init-scale other than 1 or --step-choice other than none makes auto "
                           "gauss-newton, named in the run line too)",
-                          choices=["auto", *sorted(SOLVERS)])
+                          choices=["auto", *sorted(SOLVERS)],
+                          metavar="|".join(["auto", *sorted(SOLVERS)]))  # {…} would read consensus,consensus,gauss-newton
     step_size: float = setting(1.0, "step η of the Gauss-Newton update", resumable=True,
                                solvers=("gauss-newton", HANDOVER),
                                group="gauss-newton")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import functools
 import gzip
 import math
@@ -56,7 +57,8 @@ LABEL_HINT = ("; the label column's first rows are numbers, so it is read as num
               "(a label column of text, e.g. 'setosa', is read as class labels), or pass --text-labels to read every "
               "label as text (class names such as '1', 'cat')")
 FEATURE_HINT = ("; features must be numbers (only the label column may hold text): drop such a column first, e.g. "
-                "pandas.read_csv(f).drop(columns=[NAME]).to_csv(g, index=False)")
+                "pandas.read_csv(f).drop(columns=[NAME]).to_csv(g, index=False), or, if it is the label, pass "
+                "--label-column NAME (default: the last column)")
 MAX_TEXT_CLASSES = 1000  # distinct text labels a label column may hold (as storage.data.MAX_LABELS)
 
 
@@ -262,8 +264,16 @@ def _resolve_label(label_column, names: list[str], has_names: bool, source: Path
         raise InputError(f"{source}: label column {label_column!r} not found: the file has no "
                          "header line; pass an integer index, or --header if the first line "
                          "is a header")
-    shown = ", ".join(map(repr, names[:12])) + (", ..." if n > 12 else "")
-    raise InputError(f"{source}: label column {label_column!r} not found; columns are {shown}")
+    shown = ", ".join(map(repr, names[:11] + ["..."] + names[-1:] if n > 12 else names)).replace("'...'", "...")
+    raise InputError(f"{source}: label column {label_column!r} not found; columns are {shown}"
+                     + _did_you_mean(str(label_column), names))
+
+
+def _did_you_mean(name: str, names: list) -> str:
+    """Return ``" (did you mean 'Cover_Type'?)"`` for a name that differs in case or by a typo, else ``""``."""
+    same = [c for c in names if str(c).casefold() == name.casefold()]
+    close = same or difflib.get_close_matches(name, [str(c) for c in names], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _default_names(n: int, label: int) -> list[str]:

@@ -245,6 +245,10 @@ def test_csv_other_errors(tmp_path):
     src = write_csv(tmp_path / "t.csv", [[1, 2, 3]], header=["a", "b", "y"])
     with pytest.raises(InputError, match=r"label column 'z' not found; columns are 'a', 'b', 'y'"):
         ingest(src, tmp_path / "d.zarr", label_column="z")
+    wide = write_csv(tmp_path / "w.csv", [list(range(15))], header=[f"f{i}" for i in range(14)] + ["Cover_Type"])
+    for typo in ("cover_type", "Cover_Typ"):  # newuser16: the real name was cut off the list, and no hint named it
+        with pytest.raises(InputError, match=r"columns are 'f0', .*'f10', \.\.\., 'Cover_Type' \(did you mean 'Cover_Type'\?\)"):
+            ingest(wide, tmp_path / "d.zarr", label_column=typo)
     with pytest.raises(InputError, match="label column index 3 is out of range"):
         ingest(src, tmp_path / "d.zarr", label_column=3)
     with pytest.raises(InputError, match="does not exist"):
