@@ -34,8 +34,8 @@ def check_inputs(store, data, out, overwrite=False):
 
     check_target(out, PREDICTIONS_FORMAT, overwrite, inputs=(store, data))
     network = labelled_network(store)  # predictions are the labels the run was trained on (text too), not codes
-    ds = open_data(data, ingest_hint=" --no-labels` for a file without a label column (a labelled file: without "
-                                     "--no-labels; predict ignores the labels)")
+    ds = open_data(data, ingest_hint=" --no-labels` for a file without a label column; for a labelled file (predict "
+                                     "ignores its labels) the same without `--no-labels")  # open_data closes the `
     if ds.n_features != len(network.x_mean):
         raise InputError(f"{ds.path} has {ds.n_features} features, the model expects {len(network.x_mean)}"
                          f"{features_hint(ds, len(network.x_mean))}")

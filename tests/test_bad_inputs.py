@@ -575,7 +575,9 @@ def test_predict_on_a_csv_says_ingest_with_no_labels_and_names_a_label_column_ta
     X = np.random.default_rng(1).normal(size=(20, 6)).astype(np.float32)
     np.savetxt(d / "new.csv", X, delimiter=",", header=",".join(f"f{i}" for i in range(6)), comments="")
     with pytest.raises(InputError, match=re.escape(f"`python -m pipeline.ingest {d / 'new.csv'} --out {d / 'new.zarr'} "
-                                                   "--no-labels` for a file without a label column")):
+                                                   "--no-labels` for a file without a label column; for a "
+                                                   "labelled file (predict ignores its labels) the same without "
+                                                   "`--no-labels`") + "$"):  # newuser16: it ended in a stray `
         check_inputs(d / "r.zarr", d / "new.csv", d / "p.zarr")
     write_data(d / "new.zarr", X[:, :5], X[:, 5])  # what ingest without --no-labels made of it
     with pytest.raises(InputError, match="has 5 features, the model expects 6: one column fewer; if its file has no "
