@@ -19,7 +19,10 @@ from collections import defaultdict
 
 
 def pytest_runtest_logreport(report):
-    """Append the phase's node id, phase, seconds, outcome and end time to ``$PYTEST_TIMES_OUT``."""
+    """Append the phase's node id, phase, seconds, outcome and end time to ``$PYTEST_TIMES_OUT`` (under pytest-xdist
+    once, by the controller: the workers, which report each phase to it, write nothing)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     with open(os.environ["PYTEST_TIMES_OUT"], "a") as f:
         f.write(f"{report.nodeid}\t{report.when}\t{report.duration:.3f}\t{report.outcome}\t{time.time():.1f}\n")
 

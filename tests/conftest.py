@@ -110,6 +110,21 @@ def make_regression(n=4000, d=3, seed=0):
     return X, y
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    """Which tests one pytest-xdist worker runs one after another (``-n … --dist loadgroup`` in pyproject.toml): the
+    SLURM tests (mark ``slurm``) all in one worker, as they share the one local SLURM node; the tests of a module that
+    use one of its module-scoped fixtures in one worker, which builds the fixture once. Every other test goes to
+    whichever worker is free."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif any(d and d[-1].scope in ("module", "class", "package") for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session")
 def digits_0_vs_2():
     from sklearn.datasets import load_digits
