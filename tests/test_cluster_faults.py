@@ -31,6 +31,10 @@ def _committed(store) -> int:
 # a lambda is pickled by value: the workers cannot import this test module
 _job_id = lambda: os.environ.get("SLURM_JOB_ID")  # noqa: E731
 
+# seconds since the worker's process started (its --lifetime counts from about then); a lambda, as _job_id, so that
+# client.run sends it by value (the workers cannot import this test module by its name)
+_age = lambda: time.time() - __import__("psutil").Process().create_time()  # noqa: E731
+
 
 def _chunk_tasks(task_stream) -> list[dict]:
     """The solver's chunk tasks of a task stream."""
@@ -77,7 +81,9 @@ def test_training_through_worker_lifetimes_matches_local(faults_data, tmp_path):
             connect("slurm", jobs=2, jobqueue_config=config, dashboard_address="localhost:0",
                     worker_timeout=120, report=quiet) as client:
         first_jobs, first_workers = set(client.run(_job_id).values()), set(client.nthreads())
-        time.sleep(3)  # start training ~4 s into the workers' 6–10 s, so that they end mid-run on a fast machine too
+        # start training ~4 s into the workers' 6–10 s, so that they end mid-run on a fast machine too; at once if
+        # they are older (a loaded machine: after a fixed 3 s sleep the run's first look at the workers found none)
+        time.sleep(max(0.0, 4.0 - max(client.run(_age).values(), default=4.0)))
 
         def report(line):
             # before the last iteration, should the run have been faster than the lifetimes: let the first
