@@ -60,6 +60,13 @@ ingested by ``benchmarks/higgs_real.py``).
 Writes ``<out>/compare_<task>.json`` (provenance, settings, every curve),
 ``compare_<task>.md`` (table: final and best test accuracy, time to the target
 accuracy, total time) and ``compare_<task>.png`` (accuracy vs time, log x).
+``--seeds S1 S2 …`` runs all of it once per seed (ours and every peer reseeded
+alike; the data as a ``--seed`` run prepares it: one MNIST/digits split for
+every seed, HIGGS-shaped data generated from the seed) and writes those three
+files per seed as ``<name>_seed<S>.*``, then ``<name>_seeds.json`` / ``.md``:
+per-seed rows and, per method, median, min and max over the seeds of the time to
+target and of its ratio to the same seed's best streaming peer, training only and
+with start-up.
 Exit status 1 when a method failed (its error is in the results), 2 on bad
 options.
 
@@ -727,6 +734,126 @@ def _local_mode_text(s: dict) -> str:
     return "; ".join(f"{label}: {text(p)}" for label, p in modes.items())
 
 
+# ----------------------------------------------------------------------------- several seeds
+DATA_PER_SEED = {  # what a seed changes in the data (our solvers and every peer are reseeded alike on every task)
+    "digits02": "one split for every seed (train_test_split random_state=0)",
+    "mnist-oddeven": "one split for every seed (the first training images, the last 10,000 test)",
+    "mnist10": "one split for every seed (the first training images, the last 10,000 test)",
+    "higgs": "data generated from the seed (benchmarks/higgs_like.py --seed S: train and test stores per seed)",
+    "higgs-real": "train/test split drawn with the seed (benchmarks/higgs_real.py)",
+}
+
+
+def _startup_time(m: dict) -> float | None:
+    """Return a method's time to target with its start-up (as the single-seed table's column), None if not reached."""
+    t = m.get("time_to_target")
+    return None if t is None else t + (m.get("startup_seconds") or 0.0)
+
+
+def seed_rows(result: dict) -> list[dict]:
+    """Return one row per method run on one seed: time to target (training only and with start-up) and the ratios
+    of both to the seed's best streaming peer (family ``stream``, the one with the least training time to target;
+    its own start-up for the second ratio, as the integrator's single-seed tables take it). Skipped methods: none."""
+    seed = result["settings"]["seed"]
+    stream = [m for m in result["methods"] if m["family"] == "stream" and m.get("time_to_target") is not None]
+    best = min(stream, key=lambda m: m["time_to_target"]) if stream else None
+    rows = []
+    for m in result["methods"]:
+        if m["status"] == "skipped":
+            continue
+        t, ts = m.get("time_to_target"), _startup_time(m)
+        rows.append({"seed": seed, "method": m["method"], "family": m["family"], "status": m["status"],
+                     "final_accuracy": m.get("final_accuracy"), "best_accuracy": m.get("best_accuracy"),
+                     "time_to_target": t, "with_startup": ts,
+                     "best_peer": best and best["method"],
+                     "ratio": None if t is None or best is None else t / best["time_to_target"],
+                     "ratio_with_startup": None if ts is None or best is None else ts / _startup_time(best)})
+    return rows
+
+
+def _spread(values: list, keep=None) -> dict:
+    """Median, min and max over seeds, a seed where the target was not reached (None) counting as +inf
+    (so the median is "not reached" once half the seeds miss it); ``reached``: seeds that reached it.
+    ``keep``: per seed, False to leave it out (a ratio on a seed where no streaming peer reached the target)."""
+    values = [v for v, k in zip(values, keep or [True] * len(values)) if k]
+    if not values:
+        return {"median": None, "min": None, "max": None, "reached": 0, "seeds": 0}
+    xs = [float("inf") if v is None else float(v) for v in values]
+    fin = lambda x: None if x == float("inf") else x  # noqa: E731
+    return {"median": fin(statistics.median(xs)), "min": fin(min(xs)), "max": fin(max(xs)),
+            "reached": sum(v is not None for v in values), "seeds": len(values)}
+
+
+def seeds_summary(runs: list[dict], name: str) -> dict:
+    """Return the several-seed summary of single-seed results ``runs``: every per-seed row and, per method, the
+    :func:`_spread` of its time to target (training only, with start-up) and of its ratios to the best streaming peer."""
+    rows = [r for res in runs for r in seed_rows(res)]
+    first = runs[0]["settings"]
+    summary = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        summary[method] = {"family": mine[0]["family"], "seeds": [r["seed"] for r in mine],
+                           "final_accuracy": _spread([r["final_accuracy"] for r in mine]),
+                           **{key: _spread([r[key] for r in mine]) for key in ("time_to_target", "with_startup")},
+                           **{key: _spread([r[key] for r in mine], [r["best_peer"] is not None for r in mine])
+                              for key in ("ratio", "ratio_with_startup")}}
+    return {"provenance": provenance(),
+            "settings": {"task": first["task"], "name": f"{name}_seeds", "about": first["about"],
+                         "target": first["target"], "seeds": [res["settings"]["seed"] for res in runs],
+                         "per_seed_results": [res["settings"]["name"] for res in runs],
+                         "data_per_seed": DATA_PER_SEED.get(first["task"], ""), "solvers": first["solvers"],
+                         "ours": first["ours"], "peers": first["peers"], "iterations": first["iterations"],
+                         "overrides": first["overrides"], "time_budget": first["time_budget"],
+                         "reseeded": "our solvers (TrainConfig.seed) and every peer (PeerSettings.seed) alike",
+                         "best_peer": "per seed, the streaming peer with the least training time to target"},
+            "per_seed": rows, "summary": summary}
+
+
+def seeds_table(res: dict) -> list[str]:
+    """The summary table over seeds (markdown lines): per method, median [min, max] of each figure."""
+    def cell(sp, spec):
+        if sp["seeds"] == 0:
+            return "no peer reached it"
+        if sp["reached"] == 0:
+            return "not reached"
+        return (f"{_fmt(sp['median'], spec, 'not reached')} [{_fmt(sp['min'], spec, 'not reached')}, "
+                f"{_fmt(sp['max'], spec, 'not reached')}]")
+    target = _fmt(res["settings"]["target"], ".3f")
+    out = [f"| method | family | reached {target} | time to {target} (s) | with start-up (s) | ratio to best peer | "
+           "ratio with start-up | final test acc |", "|---|---|---|---|---|---|---|---|"]
+    for method, s in res["summary"].items():
+        sp = s["time_to_target"]
+        out.append(f"| {method} | {s['family']} | {sp['reached']}/{sp['seeds']} | {cell(sp, '.2f')} | "
+                   f"{cell(s['with_startup'], '.2f')} | {cell(s['ratio'], '.2f')} | "
+                   f"{cell(s['ratio_with_startup'], '.2f')} | {cell(s['final_accuracy'], '.4f')} |")
+    return out
+
+
+def seeds_markdown(res: dict) -> str:
+    s, p = res["settings"], res["provenance"]
+    target = _fmt(s["target"], ".3f")
+    out = [f"# Time to accuracy over seeds: `{s['task']}`", "",
+           f"Command: `{p['command']}`  ", f"Date: {p['date']}, host {p['host']}, {p['cpus']} CPUs, "
+           f"Python {p['python']}", "",
+           f"Task: {s['about']}; seeds {', '.join(map(str, s['seeds']))}: {s['reseeded']} reseeded per seed; "
+           f"data: {s['data_per_seed']}. Per seed, every method ran as in a single `--seed` run (its files: "
+           + ", ".join(f"`{n}.md`" for n in s["per_seed_results"]) + ").", "",
+           f"Summary: median [min, max] over the seeds; a seed that did not reach {target} counts as +inf "
+           "(the median says \"not reached\" once half the seeds miss). Ratio: time to target over the same "
+           "seed's best streaming peer's (the streaming peer with the least training time to target; with "
+           "start-up: both with their start-up); seeds where no streaming peer reached the target are left out of "
+           "the ratios.", "", *seeds_table(res), "",
+           "Per seed:", "",
+           f"| seed | method | time to {target} (s) | with start-up (s) | ratio | ratio with start-up | best peer | "
+           "final test acc | status |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["per_seed"]:
+        out.append(f"| {r['seed']} | {r['method']} | {_fmt(r['time_to_target'], '.2f', 'not reached')} | "
+                   f"{_fmt(r['with_startup'], '.2f', 'not reached')} | {_fmt(r['ratio'], '.2f', '—')} | "
+                   f"{_fmt(r['ratio_with_startup'], '.2f', '—')} | {r['best_peer'] or '—'} | "
+                   f"{_fmt(r['final_accuracy'])} | {r['status']} |")
+    return "\n".join(out + [""])
+
+
 # ----------------------------------------------------------------------------- command line
 def our_configs(solvers, variants, base: dict) -> dict:
     """Return label → TrainConfig: one per solver, then one per ``LABEL:KEY=VALUE;KEY=VALUE`` variant."""
@@ -776,7 +903,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logreg-max-iter", type=int, default=1024, help="largest max_iter of logreg (default 1024)")
     p.add_argument("--time-budget", type=float, default=None, help="seconds per method (default per task)")
     p.add_argument("--target", type=float, default=None, help="target test accuracy (default per task)")
-    p.add_argument("--seed", type=int, default=0)
+    seed = p.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=0,
+                   help="seed of our solvers and of every peer alike (and of the HIGGS data: see --seeds; default 0)")
+    seed.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="run everything once per seed (instead of --seed): per seed the files of a --seed run, "
+                        "<name>_seed<S>.json/.md/.png, then <name>_seeds.json/.md: per-seed rows and, per method, the "
+                        "median, min and max of the time to target and of its ratio to the same seed's best streaming "
+                        "peer (training only and with start-up). MNIST and digits keep their one split whatever the "
+                        "seed; the synthetic HIGGS data is generated from the seed and HIGGS-real is split by it, "
+                        "as a --seed run does")
     p.add_argument("--threads", type=int, default=2, help="BLAS/torch threads in this process (default 2)")
     p.add_argument("--workers", type=int, default=2, help="pipeline worker processes or threads (default 2)")
     p.add_argument("--local-mode", choices=("auto", "threads", "processes"), default="auto",
@@ -825,6 +961,40 @@ def main(argv=None) -> int:
     if any(p not in PEERS for p in peers):
         parser.error(f"unknown peer(s) {[p for p in peers if p not in PEERS]}; available: {list(PEERS)}")
     args.cache = args.cache or str(_default_cache())
+    seeds = [args.seed] if args.seeds is None else list(args.seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds takes one or more distinct seeds, got {seeds}")
+    name = args.name or f"compare_{args.task}"
+    if len(seeds) == 1:  # today's single-seed call: the same files, the same shape
+        args.seed = seeds[0]
+        return run_seed(args, spec, solvers, ours, peers)[0]
+    codes, runs = [], []
+    for seed in seeds:
+        log(f"===== seed {seed} ({len(runs) + 1} of {len(seeds)}) =====")
+        code, result = run_seed(argparse.Namespace(**{**vars(args), "seed": seed, "name": f"{name}_seed{seed}"}),
+                                spec, solvers, ours, peers, seeds=seeds)
+        if result is None:  # bad options: the same for every seed
+            return code
+        codes.append(code)
+        runs.append(result)
+    summary = seeds_summary(runs, name)
+    base = Path(args.out) / f"{name}_seeds"
+    base.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    base.with_suffix(".md").write_text(seeds_markdown(summary))
+    log("")
+    for line in seeds_table(summary):
+        log(line)
+    log(f"wrote {base}.json, {base}.md (per seed: {name}_seed<S>.json/.md/.png)")
+    return max(codes)
+
+
+def run_seed(args, spec: TaskSpec, solvers, ours, peers, seeds=None) -> tuple[int, dict | None]:
+    """Run every method on one seed (``args.seed``) and write ``<out>/<name>.json/.md/.png``: (exit status, results).
+
+    The seed reseeds our solvers (``TrainConfig.seed``) and every peer (``PeerSettings.seed``) alike; the data is
+    prepared as for a single ``--seed`` call (:data:`DATA_PER_SEED`). ``seeds``: the whole ``--seeds`` list of a
+    multi-seed call (recorded in the settings), None for a single-seed call (the settings as they were).
+    """
     try:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else spec.hidden
         overrides = parse_settings(args.set)
@@ -834,7 +1004,7 @@ def main(argv=None) -> int:
         task = prepare_task(args)
     except (InputError, TypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 2, None
     store = task.train_store_info()
     classes = np.unique(store.y[...])
     target = args.target if args.target is not None else (
@@ -962,6 +1132,9 @@ def main(argv=None) -> int:
         },
         "methods": methods,
     }
+    if seeds is not None:
+        result["settings"]["seeds"] = list(seeds)
+        result["settings"]["data_per_seed"] = DATA_PER_SEED.get(args.task, "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = out / (args.name or f"compare_{args.task}")
@@ -974,7 +1147,7 @@ def main(argv=None) -> int:
     for line in table(result):
         log(line)
     log(f"wrote {base}.json, {base}.md" + ("" if problem else f", {base}.png"))
-    return 1 if any(m["status"] == "failed" for m in methods) else 0
+    return (1 if any(m["status"] == "failed" for m in methods) else 0), result
 
 
 def _json_default(o):

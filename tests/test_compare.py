@@ -238,3 +238,60 @@ def test_the_runner_waits_for_the_reported_commit_by_reading_the_manifests_itera
     seen = iter([None, 3, 4, 5, 6])
     _wait_for_commit(tmp_path, 5, read=lambda _store: next(seen))
     assert list(seen) == [6]  # stopped at the first look naming iteration 5
+
+
+def test_several_seeds_write_each_seeds_files_and_a_summary(tmp_path):
+    """--seeds: per seed the files of a --seed run (reseeded: the peers' curves differ), then the summary over them."""
+    code, out = run(tmp_path, "--ours", "none", "--peers", "logreg", "mlp-adam", "--seeds", "0", "3",
+                    "--name", "many")
+    assert code == 0
+    assert not (out / "many.json").exists()
+    per_seed = {}
+    for seed in (0, 3):
+        res = json.loads((out / f"many_seed{seed}.json").read_text())
+        assert res["settings"]["seed"] == seed and res["settings"]["seeds"] == [0, 3]
+        assert res["settings"]["name"] == f"many_seed{seed}" and (out / f"many_seed{seed}.md").exists()
+        per_seed[seed] = {m["method"]: m for m in res["methods"]}
+    assert per_seed[0]["mlp-adam"]["points"] != per_seed[3]["mlp-adam"]["points"]  # the peer was reseeded
+    summary = json.loads((out / "many_seeds.json").read_text())
+    assert summary["settings"]["seeds"] == [0, 3] and "one split" in summary["settings"]["data_per_seed"]
+    assert [(r["seed"], r["method"]) for r in summary["per_seed"]] == [(0, "logreg"), (0, "mlp-adam"),
+                                                                       (3, "logreg"), (3, "mlp-adam")]
+    finals = [per_seed[s]["mlp-adam"]["final_accuracy"] for s in (0, 3)]
+    acc = summary["summary"]["mlp-adam"]["final_accuracy"]
+    assert (acc["min"], acc["max"], acc["median"]) == (min(finals), max(finals), sum(finals) / 2)
+    assert "| mlp-adam | memory |" in (out / "many_seeds.md").read_text()
+
+
+def test_a_single_seed_call_keeps_its_files_and_shape(tmp_path):
+    code, out = run(tmp_path, "--ours", "none", "--peers", "logreg", "--seeds", "2")
+    assert code == 0 and sorted(p.name for p in out.iterdir() if p.suffix != ".png") == [
+        "compare_digits02.json", "compare_digits02.md"]
+    res, _ = load(out)
+    assert res["settings"]["seed"] == 2 and "seeds" not in res["settings"]
+
+
+def test_the_seeds_summary_takes_ratios_to_each_seeds_best_streaming_peer():
+    """Median/min/max over seeds; a seed that missed the target counts as +inf; a seed with no streaming peer at the
+    target is left out of the ratios; start-up is added to both sides of the second ratio."""
+    def res(seed, ours, torch, sklearn, startup=(1.0, 2.0, 0.5)):
+        def m(name, family, t, s):
+            return {"method": name, "family": family, "status": "ok", "time_to_target": t, "startup_seconds": s,
+                    "final_accuracy": 0.97, "best_accuracy": 0.97}
+        return {"settings": {"seed": seed, "task": "mnist10", "name": f"x_seed{seed}", "about": "", "target": 0.96,
+                             "solvers": ["auto"], "ours": ["pipeline"], "peers": ["torch-adam", "sklearn-stream"],
+                             "iterations": 6, "overrides": {}, "time_budget": 40},
+                "methods": [m("auto-pipeline", "ours-pipeline", ours, startup[0]),
+                            m("torch-adam", "stream", torch, startup[1]), m("sklearn-stream", "stream", sklearn, startup[2]),
+                            {"method": "dask-ml", "family": "stream", "status": "skipped", "points": []}]}
+    s = compare.seeds_summary([res(0, 1.0, 2.0, 4.0), res(1, 3.0, 2.0, 1.5), res(2, None, 1.0, 3.0),
+                               res(3, 1.0, None, None)], "x")
+    auto = s["summary"]["auto-pipeline"]
+    assert auto["time_to_target"] == {"median": 2.0, "min": 1.0, "max": None, "reached": 3, "seeds": 4}
+    assert auto["ratio"] == {"median": 2.0, "min": 0.5, "max": None, "reached": 2, "seeds": 3}  # 0.5, 2.0, inf
+    rows = {(r["seed"], r["method"]): r for r in s["per_seed"]}
+    assert rows[(1, "auto-pipeline")]["best_peer"] == "sklearn-stream" and rows[(3, "auto-pipeline")]["best_peer"] is None
+    assert rows[(1, "auto-pipeline")]["ratio_with_startup"] == (3.0 + 1.0) / (1.5 + 0.5)
+    assert (1, "dask-ml") not in rows
+    assert s["summary"]["torch-adam"]["ratio"]["median"] == 1.0
+    assert "| auto-pipeline | ours-pipeline | 3/4 | 2.00 [1.00, not reached] |" in "\n".join(compare.seeds_table(s))
