@@ -63,7 +63,8 @@ accuracy, total time) and ``compare_<task>.png`` (accuracy vs time, log x).
 ``--seeds S1 S2 …`` runs all of it once per seed (ours and every peer reseeded
 alike; the data as a ``--seed`` run prepares it: one MNIST/digits split for
 every seed, HIGGS-shaped data generated from the seed) and writes those three
-files per seed as ``<name>_seed<S>.*``, then ``<name>_seeds.json`` / ``.md``:
+files per seed as ``<name>_seed<S>.*``, then ``seeds_<name>.json`` / ``.md`` (named so that a
+glob of ``compare_*.json`` finds the per-seed results only, each of the single-seed shape):
 per-seed rows and, per method, median, min and max over the seeds of the time to
 target and of its ratio to the same seed's best streaming peer, training only and
 with start-up.
@@ -798,7 +799,7 @@ def seeds_summary(runs: list[dict], name: str) -> dict:
                            **{key: _spread([r[key] for r in mine], [r["best_peer"] is not None for r in mine])
                               for key in ("ratio", "ratio_with_startup")}}
     return {"provenance": provenance(),
-            "settings": {"task": first["task"], "name": f"{name}_seeds", "about": first["about"],
+            "settings": {"task": first["task"], "name": f"seeds_{name}", "about": first["about"],
                          "target": first["target"], "seeds": [res["settings"]["seed"] for res in runs],
                          "per_seed_results": [res["settings"]["name"] for res in runs],
                          "data_per_seed": DATA_PER_SEED.get(first["task"], ""), "solvers": first["solvers"],
@@ -908,7 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of our solvers and of every peer alike (and of the HIGGS data: see --seeds; default 0)")
     seed.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                    help="run everything once per seed (instead of --seed): per seed the files of a --seed run, "
-                        "<name>_seed<S>.json/.md/.png, then <name>_seeds.json/.md: per-seed rows and, per method, the "
+                        "<name>_seed<S>.json/.md/.png, then seeds_<name>.json/.md: per-seed rows and, per method, the "
                         "median, min and max of the time to target and of its ratio to the same seed's best streaming "
                         "peer (training only and with start-up). MNIST and digits keep their one split whatever the "
                         "seed; the synthetic HIGGS data is generated from the seed and HIGGS-real is split by it, "
@@ -978,7 +979,7 @@ def main(argv=None) -> int:
         codes.append(code)
         runs.append(result)
     summary = seeds_summary(runs, name)
-    base = Path(args.out) / f"{name}_seeds"
+    base = Path(args.out) / f"seeds_{name}"
     base.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=_json_default))
     base.with_suffix(".md").write_text(seeds_markdown(summary))
     log("")

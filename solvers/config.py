@@ -278,6 +278,9 @@ class TrainConfig:
     learning_rate: float = setting(2e-3, "Adam's step size", resumable=True, solvers=CONSENSUS, group="consensus")
     lr_decay: float = setting(1.0, "Adam's step size is multiplied by this after every pass", resumable=True,
                               solvers=CONSENSUS, group="consensus")
+    first_lr_scale: float = setting(1.0, "Adam's step size in the first pass, as a multiple of --learning-rate (the "
+                                    "later passes' is unchanged); fixed when the run is created",
+                                    solvers=CONSENSUS, group="consensus")
     handover_gain: float = setting(0.002, "consensus,gauss-newton: hand over to Gauss-Newton once a pass gains less "
                                    "than this in held-out (else training) score", resumable=True,
                                    solvers=(HANDOVER,), group="consensus")
@@ -347,7 +350,7 @@ class TrainConfig:
             problems.append(f"loss {self.loss!r} is for class labels; regression fits the squared loss "
                             "(loss 'squared' or 'auto')")
         for name in ("gamma", "beta", "step_size", "damping", "rho", "nu", "consensus_rho", "rho_growth",
-                     "learning_rate", "lr_decay"):
+                     "learning_rate", "lr_decay", "first_lr_scale"):
             v = getattr(self, name)
             if not (v > 0 and v < float("inf")):
                 problems.append(f"{name} must be a positive finite number, got {v!r}")
@@ -578,7 +581,8 @@ class TrainConfig:
 
 
 # what a run store written before a setting existed ran with
-STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0, "readout_refit": False, "step_choice": "none"}
+STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0, "readout_refit": False, "step_choice": "none",
+                 "first_lr_scale": 1.0}
 SETTINGS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)  # the settings (not auto_pinned)
 RESUMABLE = tuple(f.name for f in SETTINGS if f.metadata["resumable"])  # --resume may change these
 

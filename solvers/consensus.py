@@ -153,9 +153,14 @@ class ConsensusSolver(SolverBase):
         return float(c.consensus_rho) * float(c.rho_growth) ** (k - 1)
 
     def lr_at(self, k: int) -> float:
-        """Return Adam's step size of pass k: ``learning_rate · lr_decay^{k−1}``."""
+        """Return Adam's step size of pass k: ``learning_rate · lr_decay^{k−1}``, times ``first_lr_scale`` in pass 1.
+
+        ``first_lr_scale`` (opt-in, default 1): on MNIST 10-class 60k the hand-over's pass 1 (one sweep, two shards
+        averaged after every chunk) ends within ±0.002 of the 0.96 target whatever the seed; twice the step size
+        in pass 1 raised its validation accuracy by +0.0027 to +0.0047 on seeds 0-5 (seeds16_s16.md)."""
         c = self.config
-        return float(c.learning_rate) * float(c.lr_decay) ** (k - 1)
+        scale = float(c.first_lr_scale) if k == 1 else 1.0
+        return float(c.learning_rate) * float(c.lr_decay) ** (k - 1) * scale
 
     def steps_rule(self, state: LoopState) -> int:
         """Return the run's ``auto_steps`` (local_epochs 0): the one its carry stores, else this solver's for a fresh run.

@@ -253,14 +253,14 @@ def test_several_seeds_write_each_seeds_files_and_a_summary(tmp_path):
         assert res["settings"]["name"] == f"many_seed{seed}" and (out / f"many_seed{seed}.md").exists()
         per_seed[seed] = {m["method"]: m for m in res["methods"]}
     assert per_seed[0]["mlp-adam"]["points"] != per_seed[3]["mlp-adam"]["points"]  # the peer was reseeded
-    summary = json.loads((out / "many_seeds.json").read_text())
+    summary = json.loads((out / "seeds_many.json").read_text())
     assert summary["settings"]["seeds"] == [0, 3] and "one split" in summary["settings"]["data_per_seed"]
     assert [(r["seed"], r["method"]) for r in summary["per_seed"]] == [(0, "logreg"), (0, "mlp-adam"),
                                                                        (3, "logreg"), (3, "mlp-adam")]
     finals = [per_seed[s]["mlp-adam"]["final_accuracy"] for s in (0, 3)]
     acc = summary["summary"]["mlp-adam"]["final_accuracy"]
     assert (acc["min"], acc["max"], acc["median"]) == (min(finals), max(finals), sum(finals) / 2)
-    assert "| mlp-adam | memory |" in (out / "many_seeds.md").read_text()
+    assert "| mlp-adam | memory |" in (out / "seeds_many.md").read_text()
 
 
 def test_a_single_seed_call_keeps_its_files_and_shape(tmp_path):

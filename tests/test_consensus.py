@@ -321,6 +321,32 @@ def test_lr_decay_multiplies_adams_step_size_after_every_pass():
     assert [h["learning_rate"] for h in fit.history] == [4e-3, 2e-3, 1e-3]
 
 
+def test_first_lr_scale_multiplies_the_first_passs_step_size_only():
+    """``first_lr_scale`` s: pass 1's Adam step size is s·learning_rate, the later passes' as without it; the hand-over's
+    consensus phase reads it too. A run store written before the setting resumes with 1 (its rule)."""
+    from solvers.config import HANDOVER, STORED_BEFORE
+
+    X, y = make_data(n=600)
+    cfg = dict(solver="consensus", hidden=(5,), shards=2, consensus_rho=0.01, local_epochs=1, alpha=0.0,
+               validation_fraction=0, seed=3, learning_rate=4e-3, lr_decay=0.5)
+    scaled = make_solver(TrainConfig(**cfg, first_lr_scale=2.0), X.shape[1], x_mean=X.mean(0), x_scale=X.std(0),
+                         classes=np.arange(2))
+    assert [scaled.lr_at(k) for k in (1, 2, 3)] == [8e-3, 2e-3, 1e-3]
+    fit = fit_in_memory(X, y, TrainConfig(**{**cfg, "iterations": 2}, first_lr_scale=2.0), chunk_rows=150)
+    assert [h["learning_rate"] for h in fit.history] == [8e-3, 2e-3]
+    handover = make_solver(TrainConfig(**{**cfg, "solver": HANDOVER}, first_lr_scale=2.0), X.shape[1],
+                           x_mean=X.mean(0), x_scale=X.std(0), classes=np.arange(2))
+    assert handover.first.lr_at(1) == 8e-3
+    stored = TrainConfig(solver=HANDOVER).to_dict()
+    del stored["first_lr_scale"]  # written before the setting existed
+    config, changed = TrainConfig.resumed(stored, {})
+    assert config.first_lr_scale == 1.0 and not changed and STORED_BEFORE["first_lr_scale"] == 1.0
+    with pytest.raises(InputError, match="cannot resume with settings that change the stored state.*first_lr_scale"):
+        TrainConfig.resumed(stored, {"first_lr_scale": 2.0})
+    with pytest.raises(InputError, match="first_lr_scale must be a positive finite number"):
+        TrainConfig(first_lr_scale=0.0)
+
+
 def test_averaging_rounds_keep_the_weighted_mean_of_the_duals_zero():
     """θ̄ = Σ w_s v_s with the same weights w_s = n_s in every round, so Σ_s w_s u_s = 0 and θ̄ is the models' average.
 
