@@ -324,9 +324,13 @@ class GaussNewtonSolver(SolverBase):
 
     _advance.evaluate_then_finish = True  # hidden_race._probe may run the halves apart (a subclass's _advance: whole)
 
-    def _evaluate(self, runner, state: LoopState) -> dict:
+    def _evaluate(self, runner, state: LoopState, shared: tuple | None = None) -> dict:
         """Return :meth:`_advance`'s first half: pass A at the trial and the LM test (no pass B, no score pass, no
-        next trial); ``accepted`` and ``held_loss`` (in ``carry``: the held-out loss) are final here."""
+        next trial); ``accepted`` and ``held_loss`` (in ``carry``: the held-out loss) are final here.
+
+        ``shared``: (training sums, held-out sums) of this trial's pass A, already summed in a pass shared with another
+        trial (``--hidden-alpha probe``'s candidates: :func:`solvers.hidden_race.shared_pass`), bitwise its own pass's;
+        given only for a state with nothing ``pending`` and no step choice."""
         opened = self._opens_moved(state.carry)  # before prepare drops "pending": the deferral rule reads it (_defers)
         state = self.prepare(runner, state)
         k, c = state.iteration + 1, dict(state.carry)
@@ -344,8 +348,8 @@ class GaussNewtonSolver(SolverBase):
                 c[f"T{l}"] = W
             c["step_length"], c["step_held_losses"] = np.float64(choice[0]), np.asarray(choice[1], np.float64)
         else:
-            sums, held = run_pass_held_out(runner, self.forward_layout(False), "forward_chunk",
-                                           self._forward_params(trial, False, c), k, **sample)
+            sums, held = shared if shared is not None else run_pass_held_out(
+                runner, self.forward_layout(False), "forward_chunk", self._forward_params(trial, False, c), k, **sample)
             W_out, error, alpha = self.output_layer(sums, held, c)
         objective = self.objective(error, [*trial, W_out], alpha)
         current = self._current_objective(state, c, alpha)

@@ -32,11 +32,14 @@ The functions take the :class:`~solvers.gauss_newton.GaussNewtonSolver` and call
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from solvers import step_choice
+from solvers.activation_cache import weights_key
 from solvers.linalg import quadratic_error
-from solvers.loop import LoopState
+from solvers.loop import LoopState, check_finite, run_pass_held_out
 
 RACE_ITERATIONS = 2  # --hidden-alpha race: both candidates run this many iterations (generalise_s11.md) …
 RACE_DROP = 0.01  # … unless pinned's held-out score falls this far below readout's at an iteration: then readout alone
@@ -154,10 +157,11 @@ def _probe(solver, runner, main: LoopState, other: LoopState) -> tuple[LoopState
             new_other, m_other = solver._advance(runner, other)
             finish = None
         else:
+            pinned_sums, readout_sums = shared_pass(solver, runner, other, main) or (None, None)
             solver.pinned = True
-            step_other = solver._evaluate(runner, other)
+            step_other = solver._evaluate(runner, other, shared=pinned_sums)
             solver.pinned = False
-            step_main = solver._evaluate(runner, main)
+            step_main = solver._evaluate(runner, main, shared=readout_sums)
             m_main, m_other = ({"accepted": bool(step["accepted"]), **({"validation_loss": float(step["carry"]["held_loss"])}
                                if "held_loss" in step["carry"] else {})} for step in (step_main, step_other))
             finish = (step_main, step_other)
@@ -182,6 +186,59 @@ def _probe(solver, runner, main: LoopState, other: LoopState) -> tuple[LoopState
     lost_loss = lost.get("validation_loss")  # none for a rejected trial: no metric (not NaN)
     return won, {**metrics, "hidden_pinned": float(solver.pinned),
                  **({} if lost_loss is None else {"race_validation_loss": float(lost_loss)})}
+
+
+def shared_pass(solver, runner, first: LoopState, second: LoopState) -> tuple | None:
+    """Return ((training sums, held-out sums) of ``first``'s trial, the same of ``second``'s): both trials' pass A in one
+    read of each chunk (``forward_chunk``'s ``others``, as :func:`solvers.step_choice.evaluate` reads its further trials),
+    or None where each candidate must take its own pass A.
+
+    The probe's two candidates evaluate their trials on the same rows at iteration 1, so one pass sums both: the
+    chunks and held-out rows are read, standardised and dispatched once, not twice. Each trial's sums come from its own
+    forward products on the same input tiles, in the same tile and chunk order, so they are bitwise those of its own
+    pass (the ``step1_`` entries are further entries of the same packed vector), and its activations are kept under its
+    own key (``first``'s, then ``second``'s, in each tile: the second, readout in :func:`_probe`, the most recent). The
+    sums are checked finite per candidate, ``first``'s first, as the two passes checked them.
+
+    Shared only when it is that same arithmetic: the squared loss (cross-entropy's pass A scores each candidate's own
+    output trials), this class's dense ``forward_chunk``, no step choice at this iteration (it sums its own further
+    trials), nothing ``pending`` (a deferred pass B opens the iteration first: :meth:`~solvers.gauss_newton.
+    GaussNewtonSolver.prepare`) and the same sample of chunks in both carries.
+    """
+    from solvers.gauss_newton import GaussNewtonSolver
+
+    k = first.iteration + 1
+    cs = (first.carry, second.carry)
+    if (solver.cross_entropy or solver.L < 2 or type(solver).forward_chunk is not GaussNewtonSolver.forward_chunk
+            or solver._chooses_step(runner, k) or second.iteration + 1 != k
+            or any(float(c.get("pending", 0.0)) for c in cs)
+            or len({(float(c.get("sample_chunks", -1.0)), float(c.get("sample_window", -1.0))) for c in cs}) != 1):
+        return None
+    n_chunks = len(getattr(runner, "bounds", ()))
+    m, window = int(cs[0].get("sample_chunks", n_chunks)), int(cs[0].get("sample_window", -1))
+    trials = [[c[f"T{l}"] for l in range(1, solver.L)] for c in cs]
+    cast = solver.cast(trials[1])
+    params = dataclasses.replace(solver._forward_params(trials[0], False, cs[0]), others=(cast,),
+                                 other_keys=(weights_key(solver.run_token, cast),))
+    train, held = run_pass_held_out(runner, step_choice.layout(solver, False, 1), "forward_chunk", params, k,
+                                    checked=(), **solver._sample(runner, m, window))
+    L, stock = solver.L, tuple(solver.forward_layout(False).shapes)
+
+    def part(sums, j):  # candidate j's sums under the stock names (as step_choice.evaluate's part)
+        if sums is None:
+            return None
+        if j == 0:
+            return {name: sums[name] for name in stock}
+        return {"n": sums["n"], "tt": sums["tt"], f"gram{L}": sums[f"step1_gram{L}"], f"cross{L}": sums[f"step1_cross{L}"]}
+
+    out = []
+    for j in (0, 1):
+        own = (part(train, j), part(held, j))
+        for sums in own:
+            if sums is not None:
+                check_finite(sums, k, solver.divergence_hint)
+        out.append(own)
+    return tuple(out)
 
 
 def resume(solver, state: LoopState, changed: set) -> None:

@@ -308,6 +308,43 @@ def test_pipeline_probe_matches_reference_and_resumes_after_the_choice(client, t
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
 
 
+def test_pipeline_probe_sharing_one_pass_a_is_bitwise_the_two_passes(client, tmp_path, monkeypatch):
+    """The pipeline's probe sums both candidates' pass A in one pass (hidden_race.shared_pass) on the workers: the
+    run (history, weights, the stored carry) is bitwise the one with a pass A per candidate (shared_pass → None)."""
+    from pipeline.training import train
+    from solvers import hidden_race
+    from storage.data import write_data
+    from storage.runstore import RunStore
+
+    from tests.conftest import make_data
+
+    X, y = make_data(n=3000, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=512)
+    cfg = TrainConfig(solver="gauss-newton", hidden=(32,), iterations=3, seed=1, patience=0, hidden_alpha="probe")
+    shared = []
+    real = hidden_race.shared_pass
+
+    def spy(*args):
+        out = real(*args)
+        shared.append(out is not None)
+        return out
+    monkeypatch.setattr(hidden_race, "shared_pass", spy)
+    one = train(client, store=tmp_path / "one.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512, report=quiet)
+    assert shared == [True]
+    monkeypatch.setattr(hidden_race, "shared_pass", lambda *args: None)
+    two = train(client, store=tmp_path / "two.zarr", data=tmp_path / "d.zarr", config=cfg, chunk_rows=512, report=quiet)
+    assert [h["passes"] for h in one.history][0] == [h["passes"] for h in two.history][0] - 1  # iteration 1: one pass less
+    drop = ("seconds", "passes", "rows_per_second", "read_mb_per_second")  # the pass count and rates differ
+    assert [{k: v for k, v in h.items() if k not in drop} for h in one.history] == [
+        {k: v for k, v in h.items() if k not in drop} for h in two.history]
+    for W, W_ref in zip(one.network.weights, two.network.weights):
+        np.testing.assert_array_equal(W, W_ref)
+    a, b = (RunStore.open(tmp_path / name).load_checkpoint().carry for name in ("one.zarr", "two.zarr"))
+    assert sorted(a) == sorted(b)
+    for name, value in b.items():
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(value), err_msg=name)
+
+
 def test_race_of_a_regression_whose_held_out_r2_is_below_minus_1_picks_the_better_candidate(monkeypatch):
     """The best scores started at -1.0: with R² < -1 for both (an early regression) both "bests" stayed -1.0,
     a tie, and readout went on whatever pinned scored."""
@@ -380,11 +417,24 @@ def test_probe_finishing_the_winner_only_is_bitwise_both_whole_iterations_and_sk
         monkeypatch, data, winner):
     """hidden_race._probe takes pass A of both candidates and finishes the winner only (GaussNewtonSolver._evaluate,
     _finish); a subclass overriding _advance takes both whole iterations (the probe before session 13): the history,
-    the weights and the final carry are bitwise the same, and the loser's score pass is not run."""
-    from solvers import SOLVERS
+    the weights and the final carry are bitwise the same, and the loser's score pass is not run. Both candidates'
+    pass A is one pass (hidden_race.shared_pass, session 16): iteration 1 takes one forward pass, not two."""
+    from solvers import SOLVERS, gauss_newton, hidden_race
 
     stock = SOLVERS["gauss-newton"]
-    calls = []
+    calls, forward = [], []
+
+    def counted(module):
+        real = module.run_pass_held_out
+
+        def run(runner, layout, kernel, params, iteration, *args, **kw):
+            if kernel == "forward_chunk":
+                forward.append(iteration)
+            return real(runner, layout, kernel, params, iteration, *args, **kw)
+        monkeypatch.setattr(module, "run_pass_held_out", run)
+
+    counted(gauss_newton)
+    counted(hidden_race)
 
     class Counting(stock):
         def _score_pass(self, runner, weights, k, sample):
@@ -405,11 +455,13 @@ def test_probe_finishing_the_winner_only_is_bitwise_both_whole_iterations_and_sk
     for name, cls in (("split", Counting), ("whole", Whole)):
         monkeypatch.setitem(SOLVERS, "gauss-newton", cls)
         calls.clear()
+        forward.clear()
         out[name] = fit_in_memory(X, y, cfg, chunk_rows=chunk_rows)
-        passes[name] = [k for k in calls if k == 1]
+        passes[name] = ([k for k in calls if k == 1], [k for k in forward if k == 1])
     split, whole = out["split"], out["whole"]
     assert split.history[0]["hidden_pinned"] == float(winner == "pinned")
-    assert len(passes["whole"]) == 2 and len(passes["split"]) == 1  # iteration 1: the loser's score pass is gone
+    assert len(passes["whole"][0]) == 2 and len(passes["split"][0]) == 1  # iteration 1: the loser's score pass is gone
+    assert len(passes["whole"][1]) == 2 and len(passes["split"][1]) == 1  # … and both pass A are one pass
     drop = ("seconds",)
     assert [{k: v for k, v in h.items() if k not in drop} for h in split.history] == [
         {k: v for k, v in h.items() if k not in drop} for h in whole.history]
