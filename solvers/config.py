@@ -33,6 +33,7 @@ CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus setti
 CONSENSUS_VARIANTS = ("admm", "elastic")
 HIDDEN_ALPHAS = ("auto", "readout", "pinned", "race", "probe")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
 STEP_CHOICES = ("none", "held-out")  # gauss-newton: how iteration 1 chooses its step length (k10_s14.md, hs2@1)
+FIRST_DAMPINGS = ("kfac", "objective")  # gauss-newton: the damping of the first hidden trial (step16_s16.md)
 HOMOGENEOUS = ("relu",)  # activations with h(cz) = c h(z) for c > 0: a pinned unit's norm is its output's scale only
 AVERAGING = ("chunk", "pass")  # consensus: how often the shard models are averaged in a one-sweep pass
 CONV_SOLVERS = ("admm", "gauss-newton")  # the solvers that train convolutional --layers (pooling: gauss-newton)
@@ -221,6 +222,16 @@ class TrainConfig:
                                 "steps (ReLU's scale symmetry; benchmarks/results/kout_early_s12.md); not with "
                                 "--hidden-alpha pinned, race or probe (not measured)",
                                 solvers=("gauss-newton",), group="gauss-newton")
+    first_damping: str = setting("kfac", "gauss-newton (alone, the squared loss, dense layers): the damping of the "
+                                 "hidden layers' first trial, the step iteration 1 evaluates: kfac (K-FAC's factored "
+                                 "Tikhonov damping, (S + lambda s I + pi sqrt(alpha n) I) x (G + eps g I + "
+                                 "sqrt(alpha n)/pi I) / n, as every later step) or objective (the objective's own: "
+                                 "(S + lambda s I) x (G + eps g I) / n + alpha I, solved in the eigenbases of S and G; "
+                                 "no cross terms, so a large readout alpha does not shorten the step; k10_s14.md). "
+                                 "Every later trial, a rejected first trial's retry, the pinned hidden alpha (alpha "
+                                 "0: both the same) and the hand-over's Gauss-Newton phase use kfac. Measured: "
+                                 "step16_s16.md",
+                                 choices=FIRST_DAMPINGS, solvers=("gauss-newton",), group="gauss-newton")
     step_choice: str = setting("none", "gauss-newton's first iteration: none (the step as it is) or held-out, an "
                                "opt-in (pass A evaluates the hidden layers' trial T at step lengths t = 1 and 2, "
                                "W + t (T - W), in the same read of each chunk, one more forward product per sampled and "
@@ -380,6 +391,8 @@ class TrainConfig:
         elif self.activation not in HOMOGENEOUS:
             problems.append(f"hidden_alpha {self.hidden_alpha} needs an activation with h(cz) = c h(z) for c > 0 "
                             f"({', '.join(HOMOGENEOUS)}), not {self.activation}")
+        if self.first_damping not in FIRST_DAMPINGS:
+            problems.append(f"first_damping {self.first_damping!r} is not one of {list(FIRST_DAMPINGS)}")
         if self.step_choice not in STEP_CHOICES:
             problems.append(f"step_choice {self.step_choice!r} is not one of {list(STEP_CHOICES)}")
         elif self.step_choice == "none" or self.solver not in ("gauss-newton", HANDOVER):
@@ -582,7 +595,7 @@ class TrainConfig:
 
 # what a run store written before a setting existed ran with
 STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0, "readout_refit": False, "step_choice": "none",
-                 "first_lr_scale": 1.0}
+                 "first_lr_scale": 1.0, "first_damping": "kfac"}
 SETTINGS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)  # the settings (not auto_pinned)
 RESUMABLE = tuple(f.name for f in SETTINGS if f.metadata["resumable"])  # --resume may change these
 

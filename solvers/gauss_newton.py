@@ -161,6 +161,7 @@ class GaussNewtonSolver(SolverBase):
     defer_growing = True  # an iteration whose next sample differs ends after pass A too (:meth:`_defers`)
     defer_grown = True  # a new run whose first sample is not every chunk defers its first full-sample iteration too (carry)
     _input_gram_reused = False  # set by _with_trial: layer 1 steps through the kept decomposition (layer_step)
+    _objective_damped = False  # set by _with_trial: this trial steps with the objective's damping (first_damping)
 
     def __init__(self, config: TrainConfig, n_features: int, classes, x_mean, x_scale, dtype=np.float32,
                  y_mean=None, y_scale=None):
@@ -663,6 +664,8 @@ class GaussNewtonSolver(SolverBase):
         c = self.config
         if not np.any(S):
             return np.array(W, np.float64)
+        if self._objective_damped and alpha > 0:
+            return self.objective_damped_step(W, D, S, G, damping, alpha, n)
         kept = l == 1 and self._input_gram_reused and len(G) <= ShiftedGram.MAX_WIDTH  # step through G_0's decomposition
         G = np.asarray(G, np.float64) if kept else np.array(G, np.float64)
         W = np.asarray(W, np.float64)
@@ -687,6 +690,31 @@ class GaussNewtonSolver(SolverBase):
         step = solve_weights(left, G, max(c.ridge, STEP_RIDGE), what=what_G,
                              check=False)  # a Gram plus at least 1 % of its mean diagonal: positive definite
         return W + c.step_size * n * step
+
+    @single_threaded
+    def objective_damped_step(self, W, D, S, G, damping: float, alpha: float, n: float) -> np.ndarray:
+        """Return ``W + η [(S + λ s̄ I) ⊗ (G + ε' ḡ I) / n + α I]⁻¹ (D − α W̃)``: the step with the objective's damping
+        (``first_damping="objective"``; k10_s14.md's ``kfac-obj``), solved in the eigenbases of S and G.
+
+        K-FAC's factored damping (:meth:`layer_step`) approximates the weight decay's ``α I`` by ``π√(αn)`` on S and
+        ``√(αn)/π`` on G, whose cross terms weigh far more than α where α is large (the readout's α at iteration 0:
+        the first step then mostly shrinks W̃). Here α is added exactly (to the bias column too, a small extra damping),
+        with the λ and ε' parts around the factors as K-FAC's (s̄, ḡ the mean diagonals).
+        """
+        W = np.asarray(W, np.float64)
+        g = np.array(D, np.float64)
+        g[:, :-1] -= alpha * W[:, :-1]
+        S, G = np.asarray(S, np.float64), np.asarray(G, np.float64)
+        for M, what in ((S, "S (hidden layer curvature)"), (G, "G (hidden layer input Gram)")):
+            if not np.all(np.isfinite(M)):
+                raise NumericalError(f"{what}: the sums contain NaN or inf; the state diverged (try a larger --damping)")
+        a0 = damping * float(np.mean(np.diag(S)))
+        b0 = max(self.config.ridge, STEP_RIDGE) * float(np.mean(np.diag(G)))
+        (eS, VS), (eG, VG) = np.linalg.eigh(S), np.linalg.eigh(G)
+        scale = np.outer(eS + a0, eG + b0) / n + alpha  # the damped curvature in the eigenbases: positive (eS, eG ≥ 0)
+        if not np.all(scale > 0):
+            raise NumericalError("the damped curvature is not positive definite; use a larger --damping")
+        return W + self.config.step_size * (VS @ ((VS.T @ g @ VG) / scale) @ VG.T)
 
     def output_alphas(self, scale: float) -> np.ndarray:
         """Return the α of the cross-entropy output trials: the given α, or for auto ``ALPHA_GRID · scale``.
@@ -750,16 +778,24 @@ class GaussNewtonSolver(SolverBase):
         # and solve by LU throughout, as they did.
         sample = np.array([c.get("sample_chunks", -1.0), c.get("sample_window", -1.0)], np.float64)
         self._input_gram_reused = "gram_sample" in c and np.array_equal(c["gram_sample"], sample)
+        self._objective_damped = state.iteration == 0 and self._first_objective_damped()
         try:
             trial = self.trial_weights(state.weights, curv, c["input_gram"], float(c["damping"]),
                                        float(c.get("alpha", 0.0)))
         finally:
-            self._input_gram_reused = False
+            self._input_gram_reused = self._objective_damped = False
         for l, W in enumerate(trial, start=1):
             c[f"T{l}"] = W
         if self.cross_entropy:
             c["out_alphas"], c["T_out"] = self.output_trials(state.weights, curv, c["input_gram"], float(c["damping"]))
         return state
+
+    def _first_objective_damped(self) -> bool:
+        """Return whether the run's first hidden trial (made at iteration 0) steps with the objective's damping
+        (``first_damping="objective"``): Gauss-Newton alone (not the hand-over's phase), the squared loss, this class's
+        dense kernels. The rule reads the stored config and the iteration only, so a resume remakes the same trial."""
+        return (self.config.first_damping == "objective" and self.config.solver == "gauss-newton"
+                and not self.cross_entropy and self._dense_kernels())
 
     def _forward_params(self, hidden, input_gram: bool, carry: dict | None = None) -> ForwardParams:
         outputs = None
