@@ -389,7 +389,7 @@ class GaussNewtonSolver(SolverBase):
         """
         return (self.config.step_choice == "held-out" and k <= STEP_CHOICE_ITERATIONS and self.L > 1
                 and not self.cross_entropy and self._scores_held_out(runner)
-                and type(self).forward_chunk is GaussNewtonSolver.forward_chunk)
+                and self._dense_forward())
 
     def _finish(self, runner, step: dict) -> tuple[LoopState, dict]:
         """Return :meth:`_advance`'s result from :meth:`_evaluate`'s ``step``: pass B (or, deferred, the score pass)
@@ -562,6 +562,11 @@ class GaussNewtonSolver(SolverBase):
         else:
             train = run_pass(runner, layout, "score_chunk", params, k, **sample)
         return {**out, f"train_{self.task.score_name}": np.float64(self.task.score(train))}
+
+    def _dense_forward(self) -> bool:
+        """Return whether pass A runs this class's dense ``forward_chunk`` (its ``others``: step choice, the probe's
+        shared pass)."""
+        return type(self).forward_chunk is GaussNewtonSolver.forward_chunk
 
     def _dense_kernels(self) -> bool:
         """Return whether this solver runs this class's dense kernels (not a subclass's own, e.g. convolutions)."""

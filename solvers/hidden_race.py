@@ -205,11 +205,9 @@ def shared_pass(solver, runner, first: LoopState, second: LoopState) -> tuple | 
     trials), nothing ``pending`` (a deferred pass B opens the iteration first: :meth:`~solvers.gauss_newton.
     GaussNewtonSolver.prepare`) and the same sample of chunks in both carries.
     """
-    from solvers.gauss_newton import GaussNewtonSolver
-
     k = first.iteration + 1
     cs = (first.carry, second.carry)
-    if (solver.cross_entropy or solver.L < 2 or type(solver).forward_chunk is not GaussNewtonSolver.forward_chunk
+    if (solver.cross_entropy or solver.L < 2 or not solver._dense_forward()
             or solver._chooses_step(runner, k) or second.iteration + 1 != k
             or any(float(c.get("pending", 0.0)) for c in cs)
             or len({(float(c.get("sample_chunks", -1.0)), float(c.get("sample_window", -1.0))) for c in cs}) != 1):

@@ -21,7 +21,7 @@ OTHER = {"hidden": (7, 5), "activation": "sigmoid", "task": "regression", "loss"
          "lr_decay": 0.5, "first_lr_scale": 2.0, "handover_gain": 0.01,
          "sample_schedule": "full", "sample_start": 1000, "input_skip": True, "readout_refit": False,
          "hidden_alpha": "pinned", "init_scale": 0.5,
-         "step_choice": "held-out"}  # read by gauss-newton only: ignored by admm, as step_size
+         "step_choice": "held-out", "first_damping": "objective"}  # read by gauss-newton only: ignored by admm, as step_size
 
 
 def test_every_setting_has_another_value_here():
