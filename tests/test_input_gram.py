@@ -1,0 +1,82 @@
+"""The input Gram of chunks a growing sample has not reached, summed ahead while the in-process workers idle
+(solvers/input_gram.py, pipeline/passes.py's _Ahead): the iterations are bitwise those summed in pass B."""
+import numpy as np
+import pytest
+
+from pipeline import passes
+from pipeline.passes import DaskRunner, bounds
+from solvers import input_gram, make_solver
+from solvers.config import TrainConfig
+from solvers.driver import model_from_moments
+from solvers.inmemory import InMemoryRunner
+from solvers.loop import initialize, iterate
+from solvers.losses import encode_labels
+from solvers.stats import moment_sums
+from solvers.validation import RowSplit
+from storage.data import write_data
+from storage.runstore import RunStore
+from tests.conftest import make_data
+
+
+@pytest.mark.parametrize("loss, settle", [("squared", True), ("cross-entropy", False)])
+def test_grams_summed_ahead_give_the_in_memory_runners_iterations_bitwise(tmp_path, monkeypatch, loss, settle):
+    """12 chunks, a first sample of 3 growing to all: with ``settle`` every pass first waits until the Grams ahead are
+    kept, so each grown pass B takes them (hits); without, the thread races the passes. Both agree with the in-memory
+    runner (no thread) bitwise, and the thread ends with the run's caches."""
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setattr(passes, "AHEAD_SETTLE", settle)
+    X, y = make_data(n=2400, d=30, n_classes=3)
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
+    config = TrainConfig(solver="gauss-newton", hidden=(8,), iterations=4, loss=loss, sample_start=500)
+    shift = X[0].astype(np.float64)
+    model = model_from_moments(config, 30, moment_sums(X, shift), shift, np.unique(y))
+    chunks, split = bounds(2400, 200), RowSplit(0.2, seed=3)
+    mem = InMemoryRunner(make_solver(config, 30, **model), X, encode_labels(y, model["classes"]), bounds=chunks,
+                         split=split)
+    solver_d = make_solver(config, 30, **model)
+    run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
+                          state_widths=solver_d.state_widths(), n_samples=2400, chunk_rows=200, **model)
+    taken = input_gram.KEPT.taken
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as c:
+        dsk = DaskRunner(c, solver_d, tmp_path / "d.zarr", run.path, chunks, split=split)
+        a, b = initialize(mem.solver, mem), initialize(solver_d, dsk)
+        rows = []
+        for (sa, ma), (sb, mb) in zip(iterate(mem.solver, mem, a, 4), iterate(solver_d, dsk, b, 4)):
+            for Wa, Wb in zip(sa.weights, sb.weights):
+                assert Wa.tobytes() == Wb.tobytes()
+            assert ma == mb
+            rows.append(ma["sample_rows"])
+        ahead = dsk._ahead
+        assert ahead is not None and rows[0] < rows[-1]  # the sample grew
+        if settle:
+            assert ahead.done >= 9 and input_gram.KEPT.taken - taken == ahead.done  # every Gram ahead served a pass B
+        c.run(passes.clear_data_cache)
+    assert not ahead.thread.is_alive() and input_gram.KEPT.items == {}
+
+
+def test_a_kept_gram_is_the_tiles_grams_added_in_order(monkeypatch):
+    """sum_ahead keeps what pass B's packed vector adds tile by tile (several tiles), and pass B's sums equal bitwise."""
+    from solvers.gauss_newton import CurvatureParams, _rows_key
+
+    X, y = make_data(n=700, d=12, n_classes=3)
+    config = TrainConfig(solver="gauss-newton", hidden=(6,), iterations=1)
+    shift = X[0].astype(np.float64)
+    model = model_from_moments(config, 12, moment_sums(X, shift), shift, np.unique(y))
+    solver = make_solver(config, 12, **model)
+    monkeypatch.setattr(solver, "tile_rows", 128)  # 6 tiles
+    weights = [np.asarray(W, solver.dtype) for W in solver.initial_hidden()]
+    weights.append(np.zeros((3, 7), solver.dtype))
+    params = CurvatureParams(tuple(weights), True, (0,))
+    yi = encode_labels(y, model["classes"])
+    plain = solver.curvature_chunk(X, yi, None, 0, params)[1]
+    assert input_gram.sum_ahead(solver, X, 0) and input_gram.KEPT.has(
+        input_gram._key(solver, _rows_key(X, 0, False)), solver.run_token)
+    took = input_gram.KEPT.taken
+    ahead = solver.curvature_chunk(X, yi, None, 0, params)[1]
+    assert input_gram.KEPT.taken == took + 1 and ahead.tobytes() == plain.tobytes()
+    assert solver.curvature_chunk(X, yi, None, 0, params)[1].tobytes() == plain.tobytes()  # taken once: summed again
+    stopped = input_gram.sum_ahead(solver, X[:600], 0, between=iter([True, True, False]).__next__)
+    assert not stopped and not input_gram.KEPT.has(input_gram._key(solver, _rows_key(X[:600], 0, False)), solver.run_token)
+    input_gram.KEPT.clear()
