@@ -201,7 +201,9 @@ class _Ahead:
     once a pass has read it as a training chunk (its pass B summed or took its Gram). Between passes the client
     thread solves on one BLAS thread, so on two cores the thread takes the other (MNIST 10-class 60k: the client's
     solves and the commits while the sample is 3 and then 6 of 8 chunks). The results do not depend on whether or
-    when it ran (bitwise: the module's note).
+    when it ran (bitwise: the module's note). Its Grams are kept within :data:`solvers.input_gram.BUDGET` (64 MiB) of
+    the client process, not a worker's memory share: an in-process cluster has no user memory limit
+    (:func:`pipeline.cluster.local_processes` gives a limited worker a process).
     """
 
     def __init__(self, runner, order: list[int]):
