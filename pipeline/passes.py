@@ -274,6 +274,7 @@ class _Ahead:
         """Keep chunk ``i``'s input Gram; return True if kept, None if abandoned (or no training rows), False if the
         budget has no room."""
         from solvers import input_gram
+        from solvers.gauss_newton import _rows_key
 
         a, b = self.bounds[i]
         rows = select(self.split, a, b, "train")  # the rows chunk_kernel gives pass B's kernel
@@ -282,7 +283,7 @@ class _Ahead:
         with one_blas_thread():
             x = data_cache().read(self.data, "X", a, b)
             x = x if rows is None or len(rows) == b - a else x[rows]
-            if input_gram.sum_ahead(self.solver, x, a, lambda: self._between(i)):
+            if input_gram.sum_ahead(self.solver, x, _rows_key(x, a, False), lambda: self._between(i)):
                 self.done += 1
                 return True
         return False if self._between(i) else None

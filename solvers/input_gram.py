@@ -102,15 +102,13 @@ def future_chunks(solver, n_chunks: int, sample) -> list[int]:
     return [int(i) for i in sampling.order(n_chunks, solver.config.seed) if int(i) not in inside]
 
 
-def sum_ahead(solver, x_train, start_row: int, between=None) -> bool:
-    """Keep the input Gram of the training rows ``x_train`` of the chunk starting at ``start_row``, as pass B sums it.
+def sum_ahead(solver, x_train, rows, between=None) -> bool:
+    """Keep the input Gram of a chunk's training rows ``x_train``, named ``rows``, as pass B sums it.
 
+    ``rows``: :func:`solvers.gauss_newton._rows_key` of the rows as pass B's kernel sees them (training side).
     ``between()`` runs before each tile; False abandons the chunk (nothing is kept). Return whether the sum is
     kept (already, or now); False too when the budget has no room for it.
     """
-    from solvers.gauss_newton import _rows_key
-
-    rows = _rows_key(x_train, start_row, False)
     key, owner = _key(solver, rows), solver.run_token
     width = int(solver.widths[0]) + 1
     if KEPT.has(key, owner):

@@ -71,12 +71,12 @@ def test_a_kept_gram_is_the_tiles_grams_added_in_order(monkeypatch):
     params = CurvatureParams(tuple(weights), True, (0,))
     yi = encode_labels(y, model["classes"])
     plain = solver.curvature_chunk(X, yi, None, 0, params)[1]
-    assert input_gram.sum_ahead(solver, X, 0) and input_gram.KEPT.has(
+    assert input_gram.sum_ahead(solver, X, _rows_key(X, 0, False)) and input_gram.KEPT.has(
         input_gram._key(solver, _rows_key(X, 0, False)), solver.run_token)
     took = input_gram.KEPT.taken
     ahead = solver.curvature_chunk(X, yi, None, 0, params)[1]
     assert input_gram.KEPT.taken == took + 1 and ahead.tobytes() == plain.tobytes()
     assert solver.curvature_chunk(X, yi, None, 0, params)[1].tobytes() == plain.tobytes()  # taken once: summed again
-    stopped = input_gram.sum_ahead(solver, X[:600], 0, between=iter([True, True, False]).__next__)
+    stopped = input_gram.sum_ahead(solver, X[:600], _rows_key(X[:600], 0, False), between=iter([True, True, False]).__next__)
     assert not stopped and not input_gram.KEPT.has(input_gram._key(solver, _rows_key(X[:600], 0, False)), solver.run_token)
     input_gram.KEPT.clear()
