@@ -8,7 +8,7 @@ import numpy as np
 from solvers.errors import InputError
 from storage.data import DataStore, fingerprint_differences, label_text, open_data
 from storage.lock import check_not_written, check_unlocked
-from storage.runstore import RunStore, check_creatable
+from storage.runstore import RunStore, check_creatable, recover_replaced_locked
 
 
 def recorded_data(run: RunStore, data=None):
@@ -76,9 +76,16 @@ def check_chunk_rows(chunk_rows, data: DataStore):
 
 
 def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False, chunk_rows=None,
-                 iterations=None):
+                 iterations=None, report=None):
     """Raise :class:`InputError` for unusable stores (and a resume's total ``iterations`` below the run's) before
-    any cluster is started."""
+    any cluster is started.
+
+    First, as every train does, it finishes an ``--overwrite`` a kill -9 cut short before its new run's first commit
+    (:func:`storage.runstore.recover_replaced_locked`: the run it kept aside is put back, under the run lock, and
+    ``report`` says so), so what follows checks the run the store holds: a plain train is then refused as for any
+    existing run, a ``--resume`` checks the run it will continue (not the killed run's data and total).
+    """
+    recover_replaced_locked(store, report=report)
     for path in (data, test_data):
         if path is not None:  # an ingestion under way: refused before a cluster starts (and, read-locked, in train)
             check_not_written(path)

@@ -310,7 +310,8 @@ class _ADMMEstimator(BaseEstimator):
                     elif _is_dask(X):
                         self._write_dask(client, X, y, data_path)
                         self._owned(data_path)
-                    check_inputs(store=run_path, data=data_path, overwrite=True, chunk_rows=self.chunk_rows)
+                    check_inputs(store=run_path, data=data_path, overwrite=True, chunk_rows=self.chunk_rows,
+                                 report=self._report)
                     existed = run_path.exists()
                     try:
                         result = train(client, store=run_path, data=data_path, config=config,

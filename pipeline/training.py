@@ -32,7 +32,7 @@ from solvers.validation import EarlyStopping, RowSplit, split_of
 from storage.data import fingerprint, open_data
 from storage.lock import ReadLock, RunLock
 from storage.paths import join_discards
-from storage.runstore import Checkpoint, RunStore, check_creatable, recover_replaced
+from storage.runstore import Checkpoint, RunStore, check_creatable, recover_replaced, replaced_runs
 
 
 TrainResult = Outcome  # what train returns: the network, the history, … and the run store (``store``)
@@ -92,7 +92,9 @@ def train(client, *, store, report=print, **kwargs) -> TrainResult:
     stores it reads are read-locked (:class:`storage.lock.ReadLock`) from before they are opened until it returns:
     an ingestion into one of them is refused meanwhile, and one under way refuses this run.
     """
-    with RunLock(store, report=report, replacing=bool(kwargs.get("overwrite"))) as lock, \
+    overwrite = bool(kwargs.get("overwrite"))
+    recovering = bool(replaced_runs(store))  # readers are refused while a kept run is put back, as under --overwrite
+    with RunLock(store, report=report, replacing=overwrite or recovering) as lock, \
             contextlib.ExitStack() as held:
         def reading(path):
             held.enter_context(ReadLock(path))
@@ -108,6 +110,8 @@ def train(client, *, store, report=print, **kwargs) -> TrainResult:
                 run.on_replaced_gone = lock.replaced
 
         recover_replaced(store, report=report)  # a kill -9 of an --overwrite before its first commit: put the run back
+        if recovering and not overwrite:
+            lock.replaced()  # back to an ordinary trainer's lock: readers may read the run it continues
         try:
             try:
                 return _train(client, store=store, report=report, reading=reading, created=created, **kwargs)

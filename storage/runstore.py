@@ -64,7 +64,7 @@ import zarr.api.asynchronous
 from zarr.codecs import BytesCodec, Crc32cCodec
 
 from solvers.errors import InputError
-from storage.lock import check_no_readers
+from storage.lock import RunLock, check_no_readers
 from storage.paths import (check_target, clean_stale_partials, discard, partial_path,
                            remove_stale_chunk_partials, rewrite_file, swap_in)
 
@@ -816,6 +816,11 @@ def check_creatable(path, overwrite: bool, inputs=()) -> None:
                              "choose another path")
         if not (path / MANIFEST).exists() and not (path / PREVIOUS).exists():
             kept = replaced_runs(path)
+            if len(kept) > 1:  # more than one interrupted --overwrite: recover_replaced leaves the choice to the user
+                raise InputError(f"{path} holds a new run that was killed before its first commit, and "
+                                 f"{len(kept)} runs that interrupted --overwrite runs of it kept aside are beside it "
+                                 f"({', '.join(p.name for p in kept)}): rename the one to keep to {path.name} (after "
+                                 f"moving {path.name} away), or pass --overwrite to start a new run in its place")
             if kept:  # an --overwrite killed before its first commit; a train puts the kept run back (recover_replaced)
                 raise InputError(f"{path} holds a new run that was killed before its first commit; the run it "
                                  f"replaced is kept at {kept[0]}: pass --resume to put that run back and continue "
@@ -895,13 +900,36 @@ def recover_replaced(path, report=None) -> None:
         say(f"removed {old}: the run that {path} replaced, whose deletion a killed trainer left undone")
         return
     aside = partial_path(path) if path.exists() else None
-    if aside is not None:
-        os.rename(path, aside)
-    os.rename(old, path)
+    try:
+        if aside is not None:
+            os.rename(path, aside)  # the killed run, no commit: removed as an interrupted write's leftover would be
+        os.rename(old, path)
+    except OSError as err:
+        raise InputError(f"cannot put back {old}, the run an interrupted --overwrite of {path} kept aside "
+                         f"({err.strerror}; nothing was deleted): rename it to {path.name} yourself once "
+                         f"{aside if aside is not None and aside.exists() else path} is out of the way") from None
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
     say(f"restored {path} from {old.name}: an --overwrite of it was killed before its new run's first commit, "
         "so the run it held is back, as it was")
+
+
+def recover_replaced_locked(path, report=None) -> None:
+    """:func:`recover_replaced` holding the run lock of ``path`` for it (a no-op, taking no lock, when no
+    ``<RUN>.replaced-*`` lies beside ``path``); raises :class:`InputError` if a live process holds that lock.
+
+    Every train calls it (the CLI before its cluster starts, :func:`pipeline.checks.check_inputs`; the API's
+    :func:`pipeline.training.train` once it holds the lock), whatever its flags: readers' error lines say the next
+    train on ``path`` puts the kept run back. Putting it back is safe for a plain train too: the lock shows no
+    trainer is alive; the run at ``path`` holds no commit (no weights, nothing a command can read; its settings are
+    those of the killed command); what comes back is the user's run, bytes unchanged; and a plain train is then
+    refused as before the interrupted --overwrite ("already exists; pass --resume … or --overwrite …"). The lock is
+    marked ``replacing`` meanwhile, so evaluate and predict are refused while the two folders are renamed.
+    """
+    if not replaced_runs(path):
+        return
+    with RunLock(path, report=report, replacing=True):
+        recover_replaced(path, report=report)
 
 
 def checkpoints_after_0(path) -> list[int]:

@@ -210,12 +210,10 @@ def overwriting(store):
 
 
 def test_kill_9_of_train_overwrite_before_its_first_commit_loses_nothing(data, uninterrupted, tmp_path):
-    """rel15_s15.md F4: the old run stays whole beside the store; readers name it in one line; the next train puts it
-    back (or, with --overwrite, puts it back and replaces it once its own first commit is written)."""
+    """rel15_s15.md F4: the old run stays whole beside the store; readers name it in one line; the next train, with
+    any flags, puts it back (rel16: a plain train too, then refused as for any existing run; with --overwrite it
+    puts it back and replaces it once its own first commit is written)."""
     import shutil
-
-    from storage.lock import RunLock
-    from storage.runstore import recover_replaced
 
     store = tmp_path / "r.zarr"
     shutil.copytree(data / "full.zarr", store)
@@ -225,17 +223,21 @@ def test_kill_9_of_train_overwrite_before_its_first_commit_loses_nothing(data, u
     kept = list(tmp_path.glob("r.zarr.replaced-*"))
     assert len(kept) == 1 and snapshot(kept[0]) == before
     for cmd in (("pipeline.evaluate", "--store", store, "--data", data / "d.zarr", "--workers", "1",
-                 "--dashboard-address", ":0"), ("pipeline.report", "--store", store, "--out", tmp_path / "rep"),
-                train_args(data, store)):
+                 "--dashboard-address", ":0"), ("pipeline.report", "--store", store, "--out", tmp_path / "rep")):
         r = subprocess.run([sys.executable, "-m", *map(str, cmd)], cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2 and len(lines) == 1 and str(kept[0]) in lines[0], (cmd, r.stderr)
-    lines = []
-    with RunLock(store, report=lines.append):  # what a train does first, holding the lock
-        recover_replaced(store, report=lines.append)
+        assert "the next python -m pipeline.train on" in lines[0]
+    # the plain train the readers point to (no --resume, no --overwrite): puts the run back, then is refused as for
+    # any existing run, in one error line that says what to do
+    r = subprocess.run([sys.executable, "-m", *map(str, train_args(data, store))], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and lines == [f"error: {store} already exists; pass --resume to continue that run or "
+                                           "--overwrite to start a new one in its place"], r.stderr
+    assert f"restored {store} from {kept[0].name}" in r.stdout
     assert snapshot(store) == before and not list(tmp_path.glob("r.zarr.*[!k]"))  # only r.zarr.lock's name is left
-    assert any(line.startswith(f"restored {store}") for line in lines)
     proc = start(*train_args(data, store, "--overwrite"))  # killed again in the window: the same, then finished
     assert kill_when(proc, overwriting(store))
     r = run(*train_args(data, store, "--overwrite"))
