@@ -51,6 +51,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -114,6 +115,44 @@ def shard_state_path(slot: int, name: str) -> str:
 def slot_of(iteration: int) -> int:
     """Return the state slot holding iteration k: k mod 2."""
     return iteration % 2
+
+
+_TEMPORARY = re.compile(r"^\.(manifest\.json|manifest\.previous\.json|writing\.json)\.tmp-([0-9]+)$")
+"""``.<name>.tmp-<pid>``: a manifest, the previous manifest's hard link or ``writing.json`` on its way into place
+(:func:`_write_text_atomic`, :func:`_keep_previous`); a process killed before its rename leaves it."""
+
+
+def remove_stale_temporaries(path) -> list[str]:
+    """Remove the ``.<name>.tmp-<pid>`` files (:data:`_TEMPORARY`) other processes left in the run store ``path``;
+    return their names.
+
+    Call it only holding the run's lock (:mod:`storage.lock`), as a trainer does: only a trainer writes these files
+    and it holds that lock, so no process that could still rename one is alive. Removed: files of exactly these
+    names (only :func:`_write_text_atomic` and :func:`_keep_previous` make them, only in a run store's top folder),
+    of a process id other than this one's (this process's own may be a commit under way in its commit thread).
+    Left: every other name (a user's note, ``.manifest.json.tmp-x``, folders), and anything outside ``path``. Such a
+    file was never the store's content (the renames make manifests; a kill before one leaves the old manifest in
+    place), so removing it changes nothing a command reads: it was left for good, since a process removes only
+    its own process id's (:func:`_keep_previous`).
+    """
+    removed = []
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if match is None or int(match.group(2)) == os.getpid():
+            continue
+        file = Path(path) / name
+        try:
+            if not file.is_file() or file.is_symlink():
+                continue
+            file.unlink()
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
 
 
 def _write_json_atomic(path: Path, obj) -> None:
@@ -192,6 +231,7 @@ class RunStore:
         self._metrics_time = -float("inf")
         self._metrics_swept = False  # the same for metrics/ (the first write of metrics/)
         self._partials_swept = False  # the state chunk files killed writers left (begin_iteration's first call)
+        self._temporaries_swept = False  # the .manifest*.tmp-<pid> files killed trainers left (remove_stale_temporaries)
         self.replaced: Path | None = None  # the run this one replaced (overwrite), kept aside until the first commit
         self.on_replaced_gone = None  # called once that run is deleted (the trainer's lock stops refusing readers)
         self._background_discard = False
@@ -396,6 +436,7 @@ class RunStore:
         The previous commit can stand in for a damaged last one only while its
         state slot is untouched; solvers without per-sample state need no record.
         """
+        self._sweep_temporaries()
         if self.keeps_slot_state:
             _write_json_atomic(self.path / WRITING, {"iteration": int(iteration)})
             if not self._partials_swept:  # before this process writes any chunk: leftovers of a killed run's writes
@@ -403,9 +444,17 @@ class RunStore:
                     remove_stale_chunk_partials(self.path / folder)
                 self._partials_swept = True
 
+    def _sweep_temporaries(self) -> None:
+        """Once per process, before its first write of the commit record: :func:`remove_stale_temporaries` (the
+        caller, a trainer, holds the run lock)."""
+        if not self._temporaries_swept:
+            self._temporaries_swept = True
+            remove_stale_temporaries(self.path)
+
     def commit(self, checkpoint: Checkpoint, history: list, target_iterations: int, stopped: bool = False) -> None:
         """Record iteration k: write its weights with checksums, keep the last manifest, atomically replace it."""
         k = checkpoint.iteration
+        self._sweep_temporaries()
         root = zarr.open_group(self.path, mode="r+")
         group = f"checkpoint/{k}"
         _remove_folder(self.path / "checkpoint" / str(k))  # leftover of an uncommitted attempt at k (_remove_folder)

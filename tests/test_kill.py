@@ -257,3 +257,41 @@ def test_ctrl_c_of_train_overwrite_before_its_first_commit_puts_the_old_run_back
     assert signal_when(proc, overwriting(store), signal.SIGINT) == 130
     assert snapshot(store) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]  # no .replaced-, .partial-, lock
+
+
+# Run in the training process: SIGKILL its process group right before the N-th (KILL_NTH) rename whose source ends
+# in KILL_AT_RENAME_OF + its process id: the point between a commit's os.link (or write) of a temporary and its rename.
+KILL_BEFORE_RENAME = r"""
+import os, signal, sys, runpy
+_tail, _nth, _seen = os.environ["KILL_AT_RENAME_OF"] + str(os.getpid()), int(os.environ.get("KILL_NTH", "1")), [0]
+def _hook(event, args):
+    if event in ("os.rename", "os.replace") and os.fsdecode(args[0]).endswith(_tail):
+        _seen[0] += 1
+        if _seen[0] == _nth:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+sys.addaudithook(_hook)
+sys.argv = ["pipeline.train", *sys.argv[1:]]
+runpy.run_module("pipeline.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow  # ~30 s each at load ~10; test_runstore's in-process test covers the rule fast
+@pytest.mark.parametrize("name", [".manifest.previous.json.tmp-", ".manifest.json.tmp-"])
+def test_kill_9_between_a_commits_temporary_and_its_rename_then_resume_removes_it(data, uninterrupted, tmp_path,
+                                                                                  name):
+    """rel16: the resumed trainer (another process id) left the killed one's .manifest.previous.json.tmp-PID (a hard
+    link of manifest.json) or .manifest.json.tmp-PID for good. It now removes exactly those; a user's file of
+    another name in the store, and files beside it, stay; the run resumes bitwise."""
+    store = tmp_path / "r.zarr"
+    cmd = train_args(data, store)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_BEFORE_RENAME, *map(str, cmd[1:])], cwd=ROOT,
+                            env=dict(os.environ, KILL_AT_RENAME_OF=name, KILL_NTH="2"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    left = [p.name for p in store.iterdir() if p.name.startswith(name)]
+    assert len(left) == 1 and int(left[0][len(name):]) == proc.pid, sorted(p.name for p in store.iterdir())
+    (store / f"{name}notes").write_text("a user's file")
+    (tmp_path / f"r.zarr{name}{proc.pid}").write_text("beside the store: not the run store's")
+    assert resume_and_compare(store, uninterrupted)
+    assert sorted(p.name for p in store.iterdir() if ".tmp-" in p.name) == [f"{name}notes"]
+    assert (tmp_path / f"r.zarr{name}{proc.pid}").read_text() == "beside the store: not the run store's"

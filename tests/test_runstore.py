@@ -285,3 +285,33 @@ def test_a_commit_after_a_kill_between_the_renames_leaves_no_temporary_link(tmp_
     assert [p.name for p in store.iterdir() if p.name.startswith(".manifest")] == []
     assert json.loads(previous.read_text())["iteration"] == 1 and json.loads(manifest.read_text())["iteration"] == 2
     assert not os.path.samefile(previous, manifest)
+
+
+def test_the_first_commit_of_a_process_removes_the_temporaries_killed_trainers_left_and_nothing_else(tmp_path):
+    """rel16: a trainer killed between the link (or the write) of a manifest's temporary and its rename leaves
+    .manifest.previous.json.tmp-PID (or .manifest.json.tmp-PID, .writing.json.tmp-PID); a later process removed
+    only its own process id's, so another's stayed for good. The next trainer (holding the run lock) removes those
+    exact names of other process ids; its own process id's (a commit under way in its commit thread) and every
+    other name stay."""
+    import os
+
+    run = _run(tmp_path)
+    _commit(run, 1)
+    store = tmp_path / "r.zarr"
+    os.link(store / "manifest.json", store / ".manifest.previous.json.tmp-999999991")  # killed between link and rename
+    (store / ".manifest.json.tmp-999999992").write_text('{"iteration": ')  # killed while writing
+    (store / ".writing.json.tmp-3").write_text("{}")
+    own = store / f".writing.json.tmp-{os.getpid()}"  # (this store keeps no slot state: no commit writes that name)
+    own.write_text("mine")
+    users = [".manifest.json.tmp-x", "manifest.json.tmp-4", ".manifest.json.tmp-5.bak", "notes.txt",
+             ".zarr.json.tmp-6"]
+    for name in users:
+        (store / name).write_text("user")
+    (store / ".manifest.previous.json.tmp-7").mkdir()  # a folder of that name: not ours
+    before = (store / "manifest.json").read_bytes()
+    run = RunStore.open(store)
+    _commit(run, 2)
+    left = sorted(p.name for p in store.iterdir() if ".tmp-" in p.name or p.name == "notes.txt")
+    assert left == sorted([own.name, ".manifest.previous.json.tmp-7", *users])
+    assert (store / "manifest.previous.json").read_bytes() == before  # the commit itself as ever
+    assert RunStore.open(store).load_checkpoint().iteration == 2
