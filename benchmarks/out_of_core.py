@@ -104,6 +104,10 @@ def main(argv=None) -> int:
     p.add_argument("--bw-gb", type=float, default=4.0, help="size of the bandwidth test file")
     p.add_argument("--skip-bw", action="store_true")
     p.add_argument("--keep-store", action="store_true")
+    p.add_argument("--keep-page-cache", action="store_true",
+                   help="do not drop the page cache before the run (as root it is dropped for the whole machine: on "
+                        "a shared machine that slows every other process's reads; the workers' peak RSS, the "
+                        "point of a memory-vs-n run, does not depend on it)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "out_of_core.json"))
     args = p.parse_args(argv)
 
@@ -138,7 +142,7 @@ def main(argv=None) -> int:
 
     config = TrainConfig(solver=args.solver, hidden=(h,), iterations=args.iterations)
     marks = []
-    dropped = drop_caches()
+    dropped = False if args.keep_page_cache else drop_caches()
     with connect("local", n_workers=2, threads_per_worker=1, memory_limit=args.memory_limit,
                  dashboard_address=":0") as client:
         pids = worker_pids(client)
@@ -191,6 +195,7 @@ def main(argv=None) -> int:
     result["iterations"] = iters
     result["worker_peak_rss_bytes_vmhwm"] = list(hwm.values())
     result["worker_peak_rss_bytes_sampled"] = list(mem.peak.values())
+    result["client_peak_rss_bytes"] = vm_hwm([os.getpid()])[os.getpid()]  # this process's lifetime peak (VmHWM)
     result["max_page_cache_bytes_sampled"] = max(smp[2] for smp in mem.samples)
     if "disk_bandwidth" in result:
         bw = result["disk_bandwidth"]
@@ -235,7 +240,8 @@ def markdown(r: dict) -> str:
          f"chunk, 2 worker processes x 1 thread, memory limit {run['memory_limit']} per worker.",
          f"- State: {gb(e['state_bytes_per_slot'])} GB per slot, {gb(e['state_bytes_two_slots'])} GB for both "
          f"slots vs {run['ram_bytes'] / 1e9:.1f} GB RAM; X and y {gb(e['data_bytes_X_y'])} GB.",
-         f"- Run store: {r['run_store']}.", ""]
+         f"- Run store: {r['run_store']}; page cache dropped before the run: "
+         f"{r.get('page_cache_dropped_before_run')}.", ""]
     if "disk_bandwidth" in r:
         bw = r["disk_bandwidth"]
         L += ["## Disk bandwidth (sequential, 64 MiB blocks)", "",
@@ -270,7 +276,9 @@ def markdown(r: dict) -> str:
         L += ["", f"Lower bound of one iteration from the measured bandwidth (read/read_bw + write/write_bw): "
               f"{r['iteration_lower_bound_seconds_from_bandwidth']:.1f} s."]
     L += ["", f"Worker peak RSS (VmHWM): {', '.join(str(gb(v)) for v in r['worker_peak_rss_bytes_vmhwm'])} GB; "
-          f"sampled every 0.1 s: {', '.join(str(gb(v)) for v in r['worker_peak_rss_bytes_sampled'])} GB. "
+          f"sampled every 0.1 s: {', '.join(str(gb(v)) for v in r['worker_peak_rss_bytes_sampled'])} GB"
+          + (f"; client process (VmHWM) {gb(r['client_peak_rss_bytes'])} GB" if "client_peak_rss_bytes" in r else "")
+          + ". "
           f"Largest page cache seen: {gb(r['max_page_cache_bytes_sampled'])} GB. Total wall time "
           f"(stats pass, init, {len(r['iterations'])} iterations, commits, test evaluation): "
           f"{r['total_seconds']:.0f} s. CPU seconds used by other processes during the run (disturbance): "

@@ -279,6 +279,8 @@ class _ADMMEstimator(BaseEstimator):
         """Train on ``(X, y)`` out of core and return ``self``."""
         import xarray as xr
 
+        from pipeline.memory import WorkersPaused, stop_when_paused
+        from pipeline.signals import _resume_hint
         from pipeline.training import check_inputs, train
 
         # before anything is written (a data store, or a replaced one of an earlier fit); it failed later as
@@ -314,9 +316,15 @@ class _ADMMEstimator(BaseEstimator):
                                  report=self._report)
                     existed = run_path.exists()
                     try:
-                        result = train(client, store=run_path, data=data_path, config=config,
-                                       chunk_rows=self.chunk_rows, overwrite=True, report=self._report,
-                                       task_given=True)  # the estimator's labels are its task's by construction
+                        # a worker paused for memory (its limit, or the user's cluster's other data) waits forever,
+                        # silently: under the fit's own cluster and a user's client alike, one error instead
+                        with stop_when_paused(client, "estimator"):
+                            result = train(client, store=run_path, data=data_path, config=config,
+                                           chunk_rows=self.chunk_rows, overwrite=True, report=self._report,
+                                           task_given=True)  # the estimator's labels are its task's by construction
+                    except WorkersPaused as exc:  # store=: the committed iterations stay, as after any error
+                        hint = _resume_hint(run_path) if self.store is not None else ""
+                        raise InputError(f"{exc}{hint if 'is committed' in hint else ''}") from None
                     finally:
                         if not existed and run_path.exists():
                             self._owned(run_path)

@@ -88,10 +88,17 @@ def chunk_working_bytes(rows: int, n_features: int, widths, state_width: int = 0
 
 
 def worker_limit_setting(kind: str) -> str:
-    """The setting that sizes a worker of cluster ``kind``."""
+    """The setting that sizes a worker of cluster ``kind`` (``"estimator"``: a fit's, on its own or the user's)."""
     if kind in ("slurm", "pbs"):
         return f"jobqueue.{kind}.memory (DASK_JOBQUEUE__{kind.upper()}__MEMORY)"
+    if kind == "estimator":
+        return "the memory limit of the client's workers (LocalCluster(memory_limit=…))"
     return "--memory-limit"
+
+
+def chunk_rows_setting(kind: str) -> str:
+    """The setting that sets the rows of a chunk: the estimator's keyword or the command's flag."""
+    return "chunk_rows=" if kind == "estimator" else "--chunk-rows"
 
 
 def dry_run_chunk_bytes(args, config=None, threads: int = 1) -> int | None:
@@ -214,7 +221,8 @@ def paused_message(seconds: float, rss: int, limit: int, kind: str) -> str:
     pause = pause_fraction()
     return (f"workers ran out of memory: a worker was paused for {seconds:.0f} s with no task progress "
             f"({format_bytes(rss)} in use, it pauses at {100 * pause:g}% of its {format_bytes(limit)}); raise "
-            f"{worker_limit_setting(kind)} or lower --chunk-rows")
+            f"{worker_limit_setting(kind)} or lower {chunk_rows_setting(kind)}"
+            + (" (or wait longer: dask config admm-dask.paused-timeout, in seconds)" if kind == "estimator" else ""))
 
 
 @contextlib.contextmanager
@@ -223,24 +231,34 @@ def stop_when_paused(client, kind: str = "local", seconds: float | None = None, 
     and idle for ``seconds`` while the scheduler made no transition: distributed would otherwise wait forever.
 
     A watcher thread polls the workers and the scheduler every ``poll`` seconds and, on a stall, signals the main
-    thread (SIGUSR1), whose wait the signal interrupts. Outside the main thread, or where SIGUSR1 is taken, it does
-    nothing. ``seconds`` defaults to dask's config ``admm-dask.paused-timeout`` (env
-    ``DASK_ADMM_DASK__PAUSED_TIMEOUT``), else :data:`PAUSED_FOR`; ``poll`` to a twelfth of it (at most 5 s).
+    thread (SIGUSR1), whose wait the signal interrupts. Outside the main thread (an estimator fitted in a thread: a
+    notebook's background job, a thread pool), or where SIGUSR1 is taken, the exception is raised in the calling
+    thread asynchronously (``PyThreadState_SetAsyncExc``): distributed waits for results in steps of at most 10 s
+    of Python code, so it comes out within ~10 s. ``seconds`` defaults to dask's config
+    ``admm-dask.paused-timeout`` (env ``DASK_ADMM_DASK__PAUSED_TIMEOUT``), else :data:`PAUSED_FOR`; ``poll`` to a
+    twelfth of it (at most 5 s).
     """
     import dask
 
     seconds = float(seconds if seconds is not None else dask.config.get("admm-dask.paused-timeout", default=PAUSED_FOR))
     poll = float(poll if poll is not None else min(5.0, seconds / 12))
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill") or \
-            signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
-        yield
-        return
+    by_signal = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_kill") and \
+        signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)
+    caller = threading.get_ident()
     found: list[str] = []
     done, lock = threading.Event(), threading.Lock()
 
     def handler(signum, frame):
         if found:
             raise WorkersPaused(found[0])
+
+    def interrupt():
+        if by_signal:
+            signal.pthread_kill(caller, signal.SIGUSR1)
+        else:  # raised (without its message, added below) when the caller next runs Python code
+            import ctypes
+
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(caller), ctypes.py_object(WorkersPaused))
 
     def watch():
         since, transitions = None, None
@@ -260,17 +278,22 @@ def stop_when_paused(client, kind: str = "local", seconds: float | None = None, 
                 with lock:
                     if not done.is_set():
                         found.append(paused_message(time.monotonic() - since, rss, limit, kind))
-                        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                        interrupt()
                 return
 
-    previous = signal.signal(signal.SIGUSR1, handler)
+    previous = signal.signal(signal.SIGUSR1, handler) if by_signal else None
     watcher = threading.Thread(target=watch, name="stop-when-paused", daemon=True)
     watcher.start()
     try:
         yield
+    except WorkersPaused as exc:
+        if exc.args or not found:
+            raise
+        raise WorkersPaused(found[0]) from None  # the asynchronous one: its message
     finally:
         try:
             with lock:  # no signal after this: SIGUSR1's default action ends the process
                 done.set()
         finally:
-            signal.signal(signal.SIGUSR1, previous)
+            if by_signal:
+                signal.signal(signal.SIGUSR1, previous)

@@ -77,6 +77,35 @@ def test_a_worker_paused_with_no_progress_ends_the_block():
     assert time.monotonic() - t0 < 10
 
 
+def test_outside_the_main_thread_a_paused_worker_ends_the_block_too():
+    """rel16: an estimator fitted in a thread (a notebook's background job, a thread pool) had no backstop: the
+    block waited forever. The exception now comes asynchronously, with the message, in the block's thread; the
+    main thread's SIGUSR1 handler is not touched."""
+    import signal
+    import threading
+
+    before, got = signal.getsignal(signal.SIGUSR1), []
+
+    def fit():
+        try:
+            with stop_when_paused(_FakeClient(), "estimator", seconds=0.3, poll=0.05):
+                for _ in range(400):  # distributed waits in steps of Python code (10 s each); here 0.05 s
+                    time.sleep(0.05)
+            got.append("not stopped")
+        except WorkersPaused as exc:
+            got.append(str(exc))
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=fit)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and time.monotonic() - t0 < 10, got
+    assert got[0].startswith("workers ran out of memory: a worker was paused for "), got
+    assert got[0].endswith("raise the memory limit of the client's workers (LocalCluster(memory_limit=…)) or lower "
+                           "chunk_rows= (or wait longer: dask config admm-dask.paused-timeout, in seconds)"), got
+    assert signal.getsignal(signal.SIGUSR1) == before
+
+
 @pytest.mark.parametrize("client", [_FakeClient(paused=False), _FakeClient(moving=True)], ids=["unpaused", "moving"])
 def test_no_stop_while_workers_run_or_tasks_move(client):
     import signal
@@ -98,3 +127,48 @@ def test_train_ends_with_one_line_when_a_worker_stays_paused(store, tmp_path):
     assert out.returncode == 2 and len(lines) == 1, (out.returncode, lines)
     assert lines[0].startswith("error: workers ran out of memory: a worker was paused for "), lines
     assert "raise --memory-limit or lower --chunk-rows" in lines[0] and "--overwrite" in lines[0]
+
+
+def _fit_on_a_paused_client(in_thread: bool) -> tuple[float, str]:
+    """ADMMClassifier.fit with the user's own Client, whose one (in-process) worker pauses at once (0.1 %)."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    from pipeline.estimator import ADMMClassifier
+
+    X = np.random.default_rng(0).normal(size=(300, 5))
+    y = (X[:, 0] > 0).astype(int)
+    got = []
+
+    def fit():
+        try:
+            ADMMClassifier(client=client, max_iter=3).fit(X, y)
+            got.append("fitted")
+        except BaseException as exc:  # noqa: BLE001 -- the test reports what came out
+            got.append(f"{type(exc).__name__}: {exc}")
+
+    with dask.config.set({"distributed.worker.memory.pause": 0.001, "admm-dask.paused-timeout": 3}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="2GB",
+                         dashboard_address=None) as cluster, Client(cluster) as client:
+        t0 = time.monotonic()
+        if in_thread:
+            thread = threading.Thread(target=fit, daemon=True)
+            thread.start()
+            thread.join(120)
+            if thread.is_alive():
+                got.append("still waiting after 120 s")
+        else:
+            fit()
+        return time.monotonic() - t0, got[0]
+
+
+@pytest.mark.parametrize("in_thread", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["main", "thread"])
+def test_the_estimator_on_a_users_client_whose_worker_stays_paused_raises_one_line(in_thread):
+    """rel16 (nufix15's leftover): the backstop covered the CLI only; an estimator on the user's own Client (or its
+    own cluster) waited forever (measured: still waiting after 90 s). Now one InputError line naming the estimator's
+    settings; ~5-8 s in the main thread, ~15 s in a thread (distributed's 10 s wait steps: marked slow)."""
+    seconds, got = _fit_on_a_paused_client(in_thread)
+    assert got.startswith("InputError: workers ran out of memory: a worker was paused for ") and "\n" not in got, got
+    assert "LocalCluster(memory_limit=…)) or lower chunk_rows=" in got and "--" not in got, got
+    assert seconds < 60, seconds
