@@ -44,6 +44,10 @@ finds one. Every process names these files from the store's real path
 (symbolic links, ``.`` and ``..`` resolved), so a reader given a link and a
 writer given the real path see each other.
 
+A process killed between writing its private record file (``.<RUN>.lock.<host>.<pid>.<token>``) and removing it
+leaves that file beside the store; the next holder of the lock removes those of this host's gone processes whose
+content is their own record (same pid and token), never a live taker's, another host's or any other file.
+
 Limits: on a network file system a client caches directory contents and
 attributes, so both directions can miss the other side for up to the
 client's cache time (NFS ``acdirmax``, up to 60 s by default): a writer's
@@ -481,6 +485,7 @@ class RunLock:
         for _ in range(3):
             if self._try_create():
                 self._heartbeat = _Heartbeat(self.path)
+                self._remove_dead_private_files()
                 self._held()
                 return
             holder = read_holder(self.store)
@@ -520,6 +525,40 @@ class RunLock:
                 tmp.unlink()
             except OSError:
                 pass
+
+    def _remove_dead_private_files(self) -> list[Path]:
+        """Remove the private files (``.<lock name>.<host>.<pid>.<token>``, :meth:`_try_create`) that processes of this
+        host killed between writing one and removing it left beside the lock; return them.
+
+        Only a file of exactly that name whose host is this one, whose process is gone, and whose content is that
+        process's lock record (JSON with the same pid and token as its name): nothing else makes such a file, and
+        a live process's (one taking this lock at this moment) is never touched; another host's processes cannot
+        be checked from here, so theirs stay. Called holding the lock."""
+        host = self.record["host"]
+        prefix = f".{self.path.name}.{host}."
+        removed = []
+        try:
+            names = [n for n in os.listdir(self.path.parent) if n.startswith(prefix)]
+        except OSError:
+            return removed
+        for name in names:
+            pid, _, token = name[len(prefix):].partition(".")
+            if not pid.isdigit() or int(pid) == os.getpid() or len(token) != 16 or _alive(int(pid), None):
+                continue
+            file = self.path.parent / name
+            try:
+                holder = json.loads(file.read_text())
+            except (OSError, ValueError):
+                continue  # unreadable, or written only in part: not shown to be a record
+            if not isinstance(holder, dict) or holder.get("token") != token or holder.get("pid") != int(pid) or \
+                    holder.get("host") != host or file.is_symlink():
+                continue
+            try:
+                file.unlink()
+                removed.append(file)
+            except OSError:
+                pass
+        return removed
 
     def _unwritable(self, folder: Path, err: OSError) -> str:
         return f"cannot lock {self.kind} {self.store}: {_why_unwritable(folder, err)}"

@@ -259,13 +259,15 @@ def test_ctrl_c_of_train_overwrite_before_its_first_commit_puts_the_old_run_back
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]  # no .replaced-, .partial-, lock
 
 
-# Run in the training process: SIGKILL its process group right before the N-th (KILL_NTH) rename whose source ends
-# in KILL_AT_RENAME_OF + its process id: the point between a commit's os.link (or write) of a temporary and its rename.
-KILL_BEFORE_RENAME = r"""
+# Run in the training process: SIGKILL its process group right before the N-th (KILL_NTH) of its operations KILL_EVENTS
+# whose argument KILL_ARG ends in KILL_TAIL ({pid}: its process id), e.g. a commit's rename of a temporary it linked.
+KILL_BEFORE = r"""
 import os, signal, sys, runpy
-_tail, _nth, _seen = os.environ["KILL_AT_RENAME_OF"] + str(os.getpid()), int(os.environ.get("KILL_NTH", "1")), [0]
+_tail, _nth, _seen = os.environ["KILL_TAIL"].format(pid=os.getpid()), int(os.environ.get("KILL_NTH", "1")), [0]
+_events, _arg = os.environ.get("KILL_EVENTS", "os.rename,os.replace").split(","), int(os.environ.get("KILL_ARG", "0"))
 def _hook(event, args):
-    if event in ("os.rename", "os.replace") and os.fsdecode(args[0]).endswith(_tail):
+    if event in _events and len(args) > _arg and isinstance(args[_arg], (str, bytes, os.PathLike)) and \
+            os.fsdecode(args[_arg]).endswith(_tail):
         _seen[0] += 1
         if _seen[0] == _nth:
             os.killpg(os.getpgrp(), signal.SIGKILL)
@@ -284,8 +286,8 @@ def test_kill_9_between_a_commits_temporary_and_its_rename_then_resume_removes_i
     another name in the store, and files beside it, stay; the run resumes bitwise."""
     store = tmp_path / "r.zarr"
     cmd = train_args(data, store)
-    proc = subprocess.Popen([sys.executable, "-c", KILL_BEFORE_RENAME, *map(str, cmd[1:])], cwd=ROOT,
-                            env=dict(os.environ, KILL_AT_RENAME_OF=name, KILL_NTH="2"), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-c", KILL_BEFORE, *map(str, cmd[1:])], cwd=ROOT,
+                            env=dict(os.environ, KILL_TAIL=name + "{pid}", KILL_NTH="2"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     assert proc.wait(timeout=300) == -signal.SIGKILL
     left = [p.name for p in store.iterdir() if p.name.startswith(name)]
@@ -295,3 +297,21 @@ def test_kill_9_between_a_commits_temporary_and_its_rename_then_resume_removes_i
     assert resume_and_compare(store, uninterrupted)
     assert sorted(p.name for p in store.iterdir() if ".tmp-" in p.name) == [f"{name}notes"]
     assert (tmp_path / f"r.zarr{name}{proc.pid}").read_text() == "beside the store: not the run store's"
+
+
+@pytest.mark.slow  # ~25 s at load ~10; test_safety's in-process test covers the rule fast
+def test_kill_9_between_the_lock_records_private_file_and_its_link_then_train_removes_it(data, tmp_path):
+    """rel16: a trainer killed after writing its private lock record (.<RUN>.lock.<host>.<pid>.<token>) and before
+    linking it to <RUN>.lock left that file beside the store for good; the next train on the store removes it (and
+    trains: no lock was ever taken)."""
+    store = tmp_path / "r.zarr"
+    cmd = train_args(data, store)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_BEFORE, *map(str, cmd[1:])], cwd=ROOT,
+                            env=dict(os.environ, KILL_TAIL="r.zarr.lock", KILL_EVENTS="os.link", KILL_ARG="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.zarr.lock.")]
+    assert len(left) == 1 and f".{proc.pid}." in left[0] and not (tmp_path / "r.zarr.lock").exists(), left
+    (tmp_path / ".r.zarr.lock.notes").write_text("a user's file")
+    run(*train_args(data, store, "--iterations", "1"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r.zarr.lock.notes", "r.zarr"]

@@ -282,6 +282,34 @@ def test_lock_is_exclusive_and_released(tmp_path):
     check_unlocked(store)
 
 
+def test_taking_a_lock_removes_the_private_files_of_this_hosts_dead_takers_and_nothing_else(tmp_path):
+    """rel16: a process killed between writing its private record file and removing it (RunLock._try_create) left
+    .<RUN>.lock.<host>.<pid>.<token> beside the store for good. The next holder removes exactly those of this
+    host's dead processes whose content is their own record; a live taker's, another host's, a mismatched or
+    half-written one and a user's file stay."""
+    import socket
+
+    host, store = socket.gethostname(), tmp_path / "r.zarr"
+
+    def private(pid, token, record_host=host, name_host=host, text=None):
+        path = tmp_path / f".r.zarr.lock.{name_host}.{pid}.{token}"
+        path.write_text(text if text is not None else json.dumps({"host": record_host, "pid": pid, "token": token}))
+        return path
+
+    dead = dead_pid()
+    gone = private(dead, "0123456789abcdef")
+    kept = [private(os.getppid(), "1123456789abcdef"),  # a live process taking the lock right now
+            private(dead, "2123456789abcdef", record_host="elsewhere", name_host="elsewhere"),  # another host's
+            private(dead, "3123456789abcdef", text=json.dumps({"host": host, "pid": dead, "token": "other"})),
+            private(dead, "4123456789abcdef", text='{"host": '),  # killed while writing it: not shown to be ours
+            tmp_path / ".r.zarr.lock.notes", tmp_path / "r.zarr.lock.txt"]
+    for path in kept[-2:]:
+        path.write_text("a user's file")
+    with RunLock(store):
+        assert not gone.exists() and all(p.exists() for p in kept)
+    assert not lock_path(store).exists() and all(p.exists() for p in kept)
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path):
     import socket
 
