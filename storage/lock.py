@@ -59,7 +59,9 @@ refusal names the record, which may be deleted once that process is gone. A file
 that is not one (not JSON with token, host and pid, or not readable) is never removed: it blocks writers
 until the user deletes it, as a ``<DATA>.lock`` that is not a lock record does. A reader killed between
 writing its record's private file and renaming it leaves ``.<DATA>.reader-….tmp`` beside the store: writers
-do not look at it and no command removes it (a reader finding one of its name writes another); it may be deleted.
+do not look at it (a reader finding one of its name writes another); the next reader on this host removes it
+once that process is gone and the file holds its complete record (:func:`remove_dead_private_files`); others'
+(another host's, a half-written one) may be deleted by hand.
 """
 from __future__ import annotations
 
@@ -219,6 +221,46 @@ def _why_unwritable(folder: Path, err: OSError) -> str:
     return f"its folder {folder} is not a writable directory ({err.strerror})"
 
 
+def remove_dead_private_files(folder: Path, prefix: str, suffix: str = "") -> list[Path]:
+    """Remove, in ``folder``, the private record files ``<prefix><pid>.<token>[.<hex>]<suffix>`` (``prefix`` ends
+    with this host's name and a dot) that processes of this host killed before renaming or removing them left;
+    return them.
+
+    Only a file of exactly that form whose process is gone and whose content is that process's record (JSON with
+    the same pid and token, and this host): nothing but a lock or a reader record is written so, and a live
+    process's (one taking a lock or writing its record at this moment) is never touched. Other hosts' processes
+    cannot be checked from here, so theirs stay; so does any file not shown to be a record (half-written, another
+    program's, a user's)."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(suffix)]
+    except OSError:
+        return removed
+    for name in names:
+        parts = name[len(prefix):len(name) - len(suffix)].split(".")
+        if len(parts) not in (2, 3) or not parts[0].isdigit() or len(parts[1]) != 16:
+            continue
+        pid, token = int(parts[0]), parts[1]
+        if pid == os.getpid() or _alive(pid, None):
+            continue
+        file = Path(folder) / name
+        try:
+            if file.is_symlink():
+                continue
+            holder = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable, or written only in part: not shown to be a record
+        if not isinstance(holder, dict) or holder.get("token") != token or holder.get("pid") != pid or \
+                not prefix.endswith(f"{str(holder.get('host')).replace('/', '_')}."):
+            continue
+        try:
+            file.unlink()
+            removed.append(file)
+        except OSError:
+            pass
+    return removed
+
+
 class _Heartbeat:
     """Touch a lock file every :data:`HEARTBEAT` seconds in a daemon thread, until stopped."""
 
@@ -351,6 +393,9 @@ class ReadLock:
                              f"for it to finish (its lock is {lock_path(self.store)})")
         if self.path is not None:
             self._heartbeat = _Heartbeat(self.path)
+            # private files of this host's readers killed before their rename (.<DATA>.reader-<host>.<pid>.<token>.tmp)
+            remove_dead_private_files(self.path.parent, f".{canonical(self.store).name}{READER}"
+                                      f"{self.record['host'].replace('/', '_')}.", ".tmp")
 
     def _write_record(self) -> None:
         """Write this reader's record to a private file this call creates, then rename it to :attr:`path`."""
@@ -527,38 +572,9 @@ class RunLock:
                 pass
 
     def _remove_dead_private_files(self) -> list[Path]:
-        """Remove the private files (``.<lock name>.<host>.<pid>.<token>``, :meth:`_try_create`) that processes of this
-        host killed between writing one and removing it left beside the lock; return them.
-
-        Only a file of exactly that name whose host is this one, whose process is gone, and whose content is that
-        process's lock record (JSON with the same pid and token as its name): nothing else makes such a file, and
-        a live process's (one taking this lock at this moment) is never touched; another host's processes cannot
-        be checked from here, so theirs stay. Called holding the lock."""
-        host = self.record["host"]
-        prefix = f".{self.path.name}.{host}."
-        removed = []
-        try:
-            names = [n for n in os.listdir(self.path.parent) if n.startswith(prefix)]
-        except OSError:
-            return removed
-        for name in names:
-            pid, _, token = name[len(prefix):].partition(".")
-            if not pid.isdigit() or int(pid) == os.getpid() or len(token) != 16 or _alive(int(pid), None):
-                continue
-            file = self.path.parent / name
-            try:
-                holder = json.loads(file.read_text())
-            except (OSError, ValueError):
-                continue  # unreadable, or written only in part: not shown to be a record
-            if not isinstance(holder, dict) or holder.get("token") != token or holder.get("pid") != int(pid) or \
-                    holder.get("host") != host or file.is_symlink():
-                continue
-            try:
-                file.unlink()
-                removed.append(file)
-            except OSError:
-                pass
-        return removed
+        """Remove the private files (``.<lock name>.<host>.<pid>.<token>``, :meth:`_try_create`) that processes of
+        this host killed between writing one and removing it left beside the lock (:func:`remove_dead_private_files`)."""
+        return remove_dead_private_files(self.path.parent, f".{self.path.name}.{self.record['host']}.")
 
     def _unwritable(self, folder: Path, err: OSError) -> str:
         return f"cannot lock {self.kind} {self.store}: {_why_unwritable(folder, err)}"

@@ -310,6 +310,32 @@ def test_taking_a_lock_removes_the_private_files_of_this_hosts_dead_takers_and_n
     assert not lock_path(store).exists() and all(p.exists() for p in kept)
 
 
+def test_a_reader_removes_the_private_record_files_of_this_hosts_dead_readers_only(tmp_path):
+    """rel16: a reader killed between writing its record's private file and renaming it left
+    .<DATA>.reader-<host>.<pid>.<token>.tmp (or .….<hex>.tmp) for good; the next reader removes this host's gone
+    processes' complete ones, never a live reader's, another host's, a half-written one or a user's file."""
+    import socket
+
+    from storage.lock import ReadLock
+
+    host, store = socket.gethostname().replace("/", "_"), tmp_path / "d.zarr"
+    store.mkdir()
+
+    def private(pid, token, extra="", name_host=host, text=None):
+        path = tmp_path / f".d.zarr.reader-{name_host}.{pid}.{token}{extra}.tmp"
+        path.write_text(text if text is not None else json.dumps({"host": name_host, "pid": pid, "token": token}))
+        return path
+
+    dead = dead_pid()
+    gone = [private(dead, "0123456789abcdef"), private(dead, "1123456789abcdef", ".0a1b2c3d")]
+    kept = [private(os.getppid(), "2123456789abcdef"), private(dead, "3123456789abcdef", name_host="elsewhere"),
+            private(dead, "4123456789abcdef", text="{"), tmp_path / ".d.zarr.reader-notes.tmp"]
+    kept[-1].write_text("a user's file")
+    with ReadLock(store):
+        assert not any(p.exists() for p in gone) and all(p.exists() for p in kept)
+    assert all(p.exists() for p in kept)
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path):
     import socket
 
