@@ -396,6 +396,7 @@ class ReadLock:
             # private files of this host's readers killed before their rename (.<DATA>.reader-<host>.<pid>.<token>.tmp)
             remove_dead_private_files(self.path.parent, f".{canonical(self.store).name}{READER}"
                                       f"{self.record['host'].replace('/', '_')}.", ".tmp")
+            live_readers(self.store)  # and stale records (a killed reader's), by the rule writers remove them with
 
     def _write_record(self) -> None:
         """Write this reader's record to a private file this call creates, then rename it to :attr:`path`."""

@@ -521,8 +521,9 @@ class RunStore:
         """Return the weights and solver state of the committed iteration (checked; see :meth:`manifest`)."""
         resolved = self._resolve()
         if resolved is None:
-            raise InputError(f"{self.path} has no committed iteration yet; start a new run with --overwrite"
-                             f"{replaced_note(self.path)}")
+            note = replaced_note(self.path)
+            raise InputError(f"{self.path} has no committed iteration yet"
+                             + (note if note else "; start a new run with --overwrite"))
         return resolved[1]
 
     def _resolve(self, attempts: int = 5):
@@ -918,7 +919,7 @@ def replaced_note(path) -> str:
     if not old or _holds_commit(Path(path)):
         return ""
     return (f"; the run it replaced is kept at {old[0]} (an --overwrite stopped before the new run's first commit): "
-            f"the next python -m pipeline.train on {path} puts it back")
+            f"the next python -m pipeline.train on {path}, with any flags, puts it back (--resume then continues it)")
 
 
 def recover_replaced(path, report=None) -> None:
