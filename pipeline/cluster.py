@@ -740,17 +740,71 @@ def _probe_access(read_paths, write_paths):
     return socket.gethostname(), problems
 
 
-def check_worker_access(client, read_paths=(), write_paths=()) -> None:
+def _worker_timeout(client) -> float:
+    """The longest a run waits without a worker: its batch cluster's ``--worker-timeout``, else the default."""
+    supervisor = getattr(client, "admm_supervisor", None)
+    return float(supervisor.timeout) if supervisor is not None else DEFAULT_WORKER_TIMEOUT
+
+
+def wait_for_a_worker(client, timeout=None, report=None) -> None:
+    """Return once the cluster has a worker; raise :class:`InputError` after ``timeout`` seconds without one.
+
+    A batch cluster is empty for a moment whenever the jobs whose workers ended (``--lifetime``, a walltime) are
+    being replaced: a run that starts then waits for their successors, up to the run's ``--worker-timeout`` (the
+    supervisor's, the same limit as for an empty spell later in the run; ``timeout`` None: that, or
+    :data:`DEFAULT_WORKER_TIMEOUT` for a cluster nobody supervises), saying every :data:`PROGRESS_EVERY` seconds
+    that it waits. A client that cannot count its workers is not waited on.
+    """
+    supervisor = getattr(client, "admm_supervisor", None)
+    timeout = _worker_timeout(client) if timeout is None else timeout
+    report = report or getattr(supervisor, "report", None) or (lambda line: print(line, file=sys.stderr, flush=True))
+    kind = getattr(supervisor, "kind", "the cluster")
+    t0, next_report = time.monotonic(), PROGRESS_EVERY
+    while True:
+        try:
+            if client.nthreads():
+                return
+        except Exception:  # noqa: BLE001 -- a client that cannot say (as _threads in pipeline.training)
+            return
+        if supervisor is not None and supervisor.fatal is not None:
+            raise ClusterFailure(supervisor.fatal)
+        elapsed = time.monotonic() - t0
+        situation = f" ({supervisor.situation()})" if supervisor is not None else ""
+        if elapsed >= timeout and supervisor is not None:
+            raise ClusterFailure(f"{kind}: no worker connected within {timeout:.0f} s (--worker-timeout){situation}: "
+                                 f"check the queue and the job logs, or wait longer with --worker-timeout")
+        if elapsed >= timeout:
+            raise InputError(f"the cluster has had no worker for {timeout:.0f} s: start workers for its scheduler")
+        if elapsed >= next_report:
+            report(f"{kind}: no worker connected; waiting for one ({elapsed:.0f} s of {timeout:.0f} s){situation}")
+            next_report += PROGRESS_EVERY
+        try:
+            client.wait_for_workers(1, timeout=min(1.0, max(0.1, timeout - elapsed)))
+        except TimeoutError:
+            pass
+
+
+def check_worker_access(client, read_paths=(), write_paths=(), timeout=None) -> None:
     """Raise :class:`InputError` unless every worker can read ``read_paths`` and create files in ``write_paths``.
 
     Batch workers run on other machines: the data store and the run store must
-    be on a file system all of them mount at the same path.
+    be on a file system all of them mount at the same path. An empty cluster (jobs
+    being replaced) is waited for: :func:`wait_for_a_worker` with ``timeout``.
     """
     read_paths = [str(Path(p).resolve()) for p in read_paths]
     write_paths = [str(Path(p).resolve()) for p in write_paths]
-    results = client.run(_probe_access, read_paths, write_paths)
-    if not results:
-        raise InputError("the cluster has no workers to check the stores with")
+    timeout = _worker_timeout(client) if timeout is None else timeout
+    t0 = time.monotonic()
+    while True:
+        try:
+            results = client.run(_probe_access, read_paths, write_paths)
+        except OSError:  # a worker left while asked (CommClosedError): ask those there are now
+            results = {}
+        if results:
+            break
+        wait_for_a_worker(client, max(0.0, timeout - (time.monotonic() - t0)))  # one limit for all the waits
+        if client.nthreads() and time.monotonic() - t0 > timeout:  # workers come and go faster than we can ask
+            raise InputError(f"the cluster's workers left whenever asked to check the stores, for {timeout:.0f} s")
     by_problem: dict[tuple, list] = {}
     for worker, (host, problems) in sorted(results.items()):
         for path, problem in problems:

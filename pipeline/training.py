@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.checks import (check_chunk_rows, check_class_rows, check_inputs,  # noqa: F401 (check_inputs: the CLI's)
                              check_resumable, check_resume_total, check_test_data, recorded_data)
-from pipeline.cluster import check_worker_access
+from pipeline.cluster import check_worker_access, wait_for_a_worker
 from pipeline.labels import codes_in, labels_for, run_labels, shown
 from pipeline.memory import default_chunk_rows
 from pipeline.passes import DaskRunner, bounds, data_moments, score_sums_graph
@@ -161,6 +161,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
     :func:`pipeline.checks.check_class_rows` does not second-guess it.
     """
     changed, new_test, nothing_to_run = set(), False, False
+    wait_for_a_worker(client)  # a batch cluster between worker lifetimes: its size chooses the solver and shards
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run in the store, "
                          "overwrite replaces it with a new one")

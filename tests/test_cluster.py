@@ -139,6 +139,56 @@ def test_check_worker_access(client, tmp_path):
     assert all(w in message for w in client.nthreads()) and "shared storage" in message
 
 
+def test_train_on_an_empty_cluster_waits_for_a_worker(tmp_path):
+    """A batch cluster is empty for a moment while jobs whose workers' lifetimes ended are replaced: train waits for
+    the next worker (here a local cluster scaled from 0 to 1 after 1.5 s) instead of stopping at once."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    from pipeline.training import train
+    from solvers.config import TrainConfig
+    from tests.conftest import make_data
+
+    X, y = make_data(n=400, d=5)
+    write_data(tmp_path / "data.zarr", X, y, chunk_rows=200)
+    lines = []
+    with LocalCluster(n_workers=0, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as c:
+        timer = threading.Timer(1.5, cluster.scale, (1,))
+        timer.start()
+        t0 = time.monotonic()
+        result = train(c, store=tmp_path / "run.zarr", data=tmp_path / "data.zarr", chunk_rows=200,
+                       config=TrainConfig(hidden=(4,), iterations=1), report=lines.append)
+        timer.join()
+    assert time.monotonic() - t0 >= 1.5  # it waited for the worker
+    assert result.store.committed_iteration() == 1
+
+
+def test_empty_cluster_wait_ends_in_one_clear_line(tmp_path):
+    """No worker within the timeout: one error line, the batch cluster's naming its --worker-timeout and the queue."""
+    from types import SimpleNamespace
+
+    from distributed import Client, LocalCluster
+
+    from pipeline.cluster import ClusterFailure, wait_for_a_worker
+
+    (tmp_path / "data.zarr").mkdir()
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as c:
+        t0 = time.monotonic()
+        with pytest.raises(InputError, match=r"^the cluster has had no worker for 1 s: start workers"):
+            check_worker_access(c, [tmp_path / "data.zarr"], [tmp_path], timeout=1.0)
+        assert 1.0 <= time.monotonic() - t0 < 10
+        lines = []
+        c.admm_supervisor = SimpleNamespace(timeout=1.2, kind="slurm", fatal=None, report=lines.append,
+                                            situation=lambda: "job 7 PENDING (Resources)")
+        with pytest.raises(ClusterFailure) as err:
+            wait_for_a_worker(c)  # the supervised cluster's --worker-timeout
+        assert str(err.value) == ("slurm: no worker connected within 1 s (--worker-timeout) (job 7 PENDING "
+                                  "(Resources)): check the queue and the job logs, or wait longer with --worker-timeout")
+        assert "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------- a real SLURM
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, client):
