@@ -363,7 +363,9 @@ class Supervisor:
                 self.rotations += 1
         if self.rotating:
             return  # one rotation at a time
-        old = [n for n in connected if now - self.first_seen[n] > self.rotate_after]
+        # not one retired just above (still connected while it retires): rotating it again would add a successor
+        # that replaces nobody, and the cluster would grow by a job with every other rotation
+        old = [n for n in connected if n in spec and now - self.first_seen[n] > self.rotate_after]
         if old:
             successor = self.cluster.new_worker_spec()
             spec.update(successor)

@@ -266,7 +266,8 @@ def test_train_on_batch_workers_matches_local(kind, small_run, tmp_path, monkeyp
 @needs_slurm
 def test_old_workers_rotate_without_emptying_the_cluster(tmp_path):
     """Workers older than rotate-after (as before a walltime) get a successor job first, then retire;
-    a stream of tasks keeps running and the cluster never has fewer workers than asked for."""
+    a stream of tasks keeps running and the cluster never has fewer workers than asked for, nor more than the
+    one successor of the rotation under way (once it grew by a job with every other rotation: 125 s, wk16_s16.md)."""
     config = _jobqueue_yaml(tmp_path, **{"rotate-after": "1s"})
     t0 = time.perf_counter()
     with connect("slurm", jobs=2, jobqueue_config=config, dashboard_address="localhost:0",
@@ -274,11 +275,11 @@ def test_old_workers_rotate_without_emptying_the_cluster(tmp_path):
         first = set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
         # two rotations, one at a time, each waits for a successor job's worker to start: seconds on a quiet
         # machine, far longer on a loaded one; the loop ends as soon as both are done
-        fewest, results, end = 2, [], time.monotonic() + 120
+        fewest, most, results, end = 2, 2, [], time.monotonic() + 120
         while time.monotonic() < end:
             futures = client.map(lambda i: (time.sleep(0.05), i)[1], range(40 * len(results), 40 * len(results) + 40))
             results.append(sum(client.gather(futures)))
-            fewest = min(fewest, len(client.nthreads()))
+            fewest, most = min(fewest, len(client.nthreads())), max(most, len(client.nthreads()))
             # a worker retiring while the scheduler broadcasts to it closes its comm mid-run: it is leaving, so its
             # answer is not needed (on_error="raise" failed the test with CommClosedError in a fresh-clone CI)
             jobs = set(client.run(lambda: os.environ["SLURM_JOB_ID"], on_error="ignore").values())
@@ -286,6 +287,7 @@ def test_old_workers_rotate_without_emptying_the_cluster(tmp_path):
                 break
         assert not jobs & first, "the first two workers were not rotated out within 120 s"
         assert fewest >= 2  # each successor was connected before its predecessor retired
+        assert most <= 3 and len(client.cluster.worker_spec) <= 3  # one rotation at a time, none adds a job
         assert results == [sum(range(40 * k, 40 * k + 40)) for k in range(len(results))]
     print(f"rotation: {time.perf_counter() - t0:.1f} s")
     assert _gone_from_squeue(first | jobs)
