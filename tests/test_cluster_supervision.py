@@ -521,3 +521,29 @@ def test_job_cancelled_while_pending_at_start_up_is_replaced(tmp_path):
     assert "wait longer with --worker-timeout" in str(err.value)
     assert _gone_from_squeue({cancelled[0], new})
 
+
+
+def test_a_finished_rotation_adds_no_job():
+    """The tick that retires a rotated worker (still connected while it retires) does not rotate it again: that
+    gave it a second successor that replaced nobody, and the cluster grew by a job every other rotation."""
+    from types import SimpleNamespace
+
+    from pipeline.supervisor import Supervisor
+
+    spec = {"w0": {}, "w1": {}}
+    names = iter(f"w{i}" for i in range(2, 100))
+    workers = {n: SimpleNamespace(name=n, processing={"task"}) for n in spec}  # busy: mid-pass
+    cluster = SimpleNamespace(worker_spec=spec, workers={}, new_worker_spec=lambda: {next(names): {}},
+                              scheduler=SimpleNamespace(workers=workers))
+    sup = object.__new__(Supervisor)
+    sup.cluster, sup.rotate_after, sup.first_seen, sup.rotating, sup.rotations = cluster, 1.0, {}, {}, 0
+    sup._rotate()
+    for name in spec:
+        sup.first_seen[name] -= 2.0  # both older than rotate-after
+    for _ in range(12):  # ticks: each successor connects at once
+        sup._rotate()
+        workers.update({n: SimpleNamespace(name=n, processing={"task"}) for n in spec if n not in workers})
+        workers = {n: w for n, w in workers.items() if n in spec}  # a retired worker leaves
+        cluster.scheduler.workers = workers
+        assert len(spec) <= 3  # the two asked for and the successor of the rotation under way
+    assert sup.rotations >= 2 and not {"w0", "w1"} & set(spec)
