@@ -19,6 +19,7 @@ import time
 from pipeline.cli import ArgumentParser, exit_process, exits_on_input_error, positive_int
 from pipeline.signals import exit_on_signals
 from solvers.errors import InputError
+from storage.data import StoreExists
 from storage.ingest import ingest
 
 _DESCRIPTION = """\
@@ -142,6 +143,8 @@ def main(argv=None) -> int:
                 progress=progress, labels=args.labels, text_labels=args.text_labels)
     except InputError as err:
         progress.close()
+        if isinstance(err, StoreExists):  # the API's overwrite=True is this command's --overwrite
+            err = err.with_flag("--overwrite")
         print(f"error: {err}", file=sys.stderr)
         return 2
     except SystemExit:  # a signal: exit_on_signals printed its line

@@ -602,8 +602,24 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
     if not overwrite:
         if path.is_symlink() or store_format(path) != FORMAT:  # --overwrite would be refused too: not suggested
             check_target(path, FORMAT, overwrite)
-        raise InputError(f"{path} exists; pass overwrite=True / --overwrite to replace it")
+        raise StoreExists(path)
     check_target(path, FORMAT, overwrite)
+
+
+class StoreExists(InputError):
+    """An existing data store written without ``overwrite``: the message names the Python keyword ``overwrite=True``;
+    a command line names its own flag (:meth:`with_flag`: ``python -m pipeline.ingest`` says ``--overwrite``)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        super().__init__(self._message("overwrite=True"))
+
+    def _message(self, how: str) -> str:
+        return f"{self.path} exists; pass {how} to replace it"
+
+    def with_flag(self, flag: str) -> InputError:
+        """Return the same error in the words of a command line whose flag is ``flag``."""
+        return InputError(self._message(flag))
 
 
 def _replace(partial: Path, target: Path, overwrite: bool) -> None:

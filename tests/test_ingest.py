@@ -300,7 +300,7 @@ def test_existing_store_refused_and_survives_failed_overwrite(tmp_path, table):
     out = tmp_path / "d.zarr"
     original, _ = ingest(write_csv(tmp_path / "t.csv", table), out)
     before = original.X[:]
-    with pytest.raises(InputError, match="exists; pass overwrite=True / --overwrite"):
+    with pytest.raises(InputError, match=r"d.zarr exists; pass overwrite=True to replace it$"):
         ingest(tmp_path / "t.csv", out)
     (tmp_path / "bad.csv").write_text("1,2,3,4\n" * 10 + "1,x,3,4\n")
     with pytest.raises(InputError, match="line 11"):
@@ -538,3 +538,18 @@ def test_cli_without_a_test_split_does_not_call_the_store_train(tmp_path, table,
     assert main([str(src), "--out", str(tmp_path / "new.zarr"), "--no-labels", "--header"]) == 0
     out = capsys.readouterr().out
     assert "data: 50 rows x 4 features" in out and "train:" not in out
+
+
+def test_cli_on_an_existing_store_names_its_flag_and_the_api_its_keyword(tmp_path, table, capsys):
+    """newuser16 F10: the command line said 'pass overwrite=True / --overwrite' (a Python keyword to a shell user)."""
+    from pipeline.ingest import main
+    from storage.data import write_data
+
+    src = write_csv(tmp_path / "t.csv", table, header=["a", "b", "c", "y"])
+    assert main([str(src), "--out", str(tmp_path / "d.zarr"), "--header"]) == 0
+    capsys.readouterr()
+    assert main([str(src), "--out", str(tmp_path / "d.zarr"), "--header"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {tmp_path / 'd.zarr'} exists; pass --overwrite to replace it"]
+    with pytest.raises(InputError, match=r"d.zarr exists; pass overwrite=True to replace it$"):
+        write_data(tmp_path / "d.zarr", np.zeros((4, 2)), np.arange(4) % 2)
+    assert main([str(src), "--out", str(tmp_path / "d.zarr"), "--header", "--overwrite"]) == 0
