@@ -194,10 +194,13 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         out.network = (solver.network(stopping.best_weights, _record_of(history, stopping.best_iteration))
                        if held_out else network)
         out.loop_state, out.best_iteration = state, stopping.best_iteration
+        rejected = record.get("accepted") is False  # Gauss-Newton's LM kept the weights
+        # a rejected row's objective is the kept weights' at this iteration's α (the one the LM test compared at):
+        # below the row before whenever α fell, it read as "the loss fell 5x and the step was rejected" (newuser16 F9)
         report(" ".join([f"{state.iteration:5d} {record['seconds']:8.2f} {record[f'train_{score}']:9.4f}",
                          *(f"{record[k]:9.4f}" if k in record else f"{'-':>9}" for k, _ in columns),
-                         _fmt(record.get("residual"), 10), _fmt(record.get("objective"), 11)])
-               + ("  rejected" if record.get("accepted") is False else ""))  # Gauss-Newton's LM kept the weights
+                         _fmt(record.get("residual"), 10), _fmt(None if rejected else record.get("objective"), 11)])
+               + ("  rejected" if rejected else ""))
         if getattr(solver, "note", None):  # choices the solver made (gauss-newton's --hidden-alpha race, --step-choice)
             for line in solver.note.splitlines():
                 report(line)

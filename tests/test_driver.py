@@ -186,7 +186,11 @@ def test_a_rejected_step_is_marked_in_its_progress_line(monkeypatch):
     config = TrainConfig(hidden=(5,), iterations=3, hidden_alpha="readout")
     X, y, solver, runner, _ = _setup(config)
     lines = []
-    drive(solver, runner, Recorder(), config, evaluate=lambda net: {"test": net.score(X, y)}, held_out=False,
-          report=lines.append)
+    out = drive(solver, runner, Recorder(), config, evaluate=lambda net: {"test": net.score(X, y)}, held_out=False,
+                report=lines.append)
     rows = [line for line in lines if line.split()[:1] in (["1"], ["2"], ["3"])]
     assert [row.endswith("  rejected") for row in rows] == [False, True, False], lines
+    # newuser16 F9: a rejected row shows no objective ('-'), which read as a fall when α fell; the history keeps it
+    objectives = [row.removesuffix("  rejected").split()[-1] for row in rows]
+    assert [value == "-" for value in objectives] == [False, True, False], lines
+    assert all(isinstance(r["objective"], float) for r in out.history)  # the metrics keep every iteration's
