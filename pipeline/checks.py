@@ -76,7 +76,7 @@ def check_chunk_rows(chunk_rows, data: DataStore):
 
 
 def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=False, chunk_rows=None,
-                 iterations=None, report=None):
+                 iterations=None, report=None, class_rows=False):
     """Raise :class:`InputError` for unusable stores (and a resume's total ``iterations`` below the run's) before
     any cluster is started.
 
@@ -84,6 +84,10 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
     (:func:`storage.runstore.recover_replaced_locked`: the run it kept aside is put back, under the run lock, and
     ``report`` says so), so what follows checks the run the store holds: a plain train is then refused as for any
     existing run, a ``--resume`` checks the run it will continue (not the killed run's data and total).
+
+    ``class_rows``: a new classification run whose task the user did not choose (no ``--task``) gets
+    :func:`check_class_rows` here, in this process, from the labels the data store recorded: a forgotten
+    ``--task regression`` is then the only line, before any warning and before the cluster's lines (newuser16 F8).
     """
     recover_replaced_locked(store, report=report)
     for path in (data, test_data):
@@ -107,6 +111,8 @@ def check_inputs(*, store, data=None, test_data=None, resume=False, overwrite=Fa
         check_chunk_rows(chunk_rows, ds)
         check_creatable(store, overwrite, inputs=(data, test_data))
         check_test_data(test_data, ds)
+        if class_rows:
+            check_class_rows(None, ds, (ds.statistics or {}).get("labels"))
         folder = next((p for p in Path(store).absolute().parents if p.exists()), None)
         if folder is not None and not folder.is_dir():
             raise InputError(f"cannot create run store {store}: {folder} is a file, not a folder")
@@ -126,16 +132,30 @@ def check_class_rows(client, data, classes) -> None:
     rows) is a regression target: as classes, most have one or two rows (diabetes: 159 of 198), so nothing
     generalises (:func:`solvers.driver.classes_of` refuses such targets that are not whole numbers). One pass
     over ``y``, only with that many classes; a many-class task with a few rows for most classes trains.
+    ``client`` None: the pass runs in this process, chunk by chunk (:func:`check_inputs`, before a cluster starts).
     """
     if classes is None or len(classes) <= MANY_CLASSES:
         return
     from pipeline.passes import bounds, other_labels_graph
 
-    counts = client.compute(other_labels_graph(data.path.resolve(), bounds(data.n_samples, data.chunk_rows), []),
-                            sync=True)
+    graph = other_labels_graph(data.path.resolve(), bounds(data.n_samples, data.chunk_rows), [])
+    counts = client.compute(graph, sync=True) if client is not None else _count_labels(data)
     problem = class_rows_problem(list(counts.values()), data.n_samples)
     if problem:
         raise InputError(f"{problem}; pass --task regression, or --task classification if these are classes")
+
+
+def _count_labels(data: DataStore) -> dict:
+    """Return {label: rows} of a data store's ``y``, read here chunk by chunk (checked: :func:`storage.data.read_rows`)."""
+    from storage.data import read_rows
+
+    counts = {}
+    for start in range(0, data.n_samples, data.chunk_rows):
+        values, rows = np.unique(read_rows(str(data.path), "y", start, min(start + data.chunk_rows, data.n_samples)),
+                                 return_counts=True)
+        for value, n in zip(values.tolist(), rows.tolist()):
+            counts[value] = counts.get(value, 0) + n
+    return counts
 
 
 def class_rows_problem(counts, n_samples: int) -> str | None:

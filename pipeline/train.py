@@ -144,6 +144,7 @@ def _main(args, where) -> int:
     config = None if args.resume else TrainConfig(**given)
     check_inputs(store=store, data=data, test_data=test_data, resume=args.resume, overwrite=args.overwrite,
                  chunk_rows=args.chunk_rows, iterations=given.get("iterations") if args.resume else None,
+                 class_rows=config is not None and config.task == "classification" and "task" not in given,
                  report=lambda line: print(line, flush=True))  # train's report: a kept run put back, a stale lock
     warning = _unseen_labels_warning(store, config, data, test_data)
     if warning:  # one line, from the stores' metadata; a fresh run and a resume alike

@@ -69,6 +69,24 @@ def test_cli_explicit_task_classification_overrides_the_class_rows_check(tmp_pat
     assert RunStore.open(tmp_path / "r.zarr").manifest()["iteration"] == 1
 
 
+def test_cli_forgotten_task_regression_is_the_only_line_before_any_cluster(tmp_path, capsys, monkeypatch):
+    """newuser16 F8: the refusal came last, after the test data's unseen-labels warning and the dashboard lines
+    (it needed the cluster's pass over y); now it runs first, in this process, and no cluster starts."""
+    import pipeline.train as cli
+
+    X, y = _few_row_classes(tmp_path / "d.zarr")
+    write_data(tmp_path / "t.zarr", X[:10], y[:10] + 100)  # labels the training data lacks: the warning's case
+    monkeypatch.setattr(cli, "connect_from_args", lambda *a, **k: pytest.fail("a cluster was started"))
+    argv = ["--data", str(tmp_path / "d.zarr"), "--test-data", str(tmp_path / "t.zarr"),
+            "--store", str(tmp_path / "r.zarr"), "--hidden", "4", "--iterations", "1"]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert err.startswith("error: the labels take 40 distinct values for 80 rows and 40 of them have fewer than 3 "
+                          "rows") and err.strip().endswith("--task classification if these are classes"), err
+    assert not (tmp_path / "r.zarr").exists()
+
+
 @pytest.fixture(scope="module")
 def two_iterations(client, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
