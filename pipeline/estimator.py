@@ -159,7 +159,9 @@ def _values(X, network):
 # what the estimators' parameters add to (or say differently from) the settings' help in solvers/config.py
 _NOTES = {
     "hidden_layer_sizes": "An int is one layer.",
-    "max_iter": "With ``validation_fraction`` 0 there is no convergence test.",
+    "max_iter": "With ``validation_fraction`` 0 there is no convergence test. A fit that ``max_iter`` ends while "
+                "the validation score still rises (the kept iteration is one of the last max(2, ⌈patience / 5⌉) and "
+                "better than every one before them) warns with scikit-learn's ``ConvergenceWarning``.",
     "warm_start": "Unlike scikit-learn's boolean ``warm_start`` it does not reuse a previous fit; continue a run "
                   "with ``python -m pipeline.train --store STORE --resume``.",
     "random_state": "An int, a RandomState or None (one is drawn).",
@@ -335,7 +337,25 @@ class _ADMMEstimator(BaseEstimator):
                 raise
             self.history_ = xr.open_zarr(run_path, group="metrics", consolidated=False).load()
         self._set_fitted(result, classes)
+        self._warn_if_still_rising(result)
         return self
+
+    def _warn_if_still_rising(self, result) -> None:
+        """Warn (scikit-learn's ConvergenceWarning) when ``max_iter`` ended a fit whose validation score still rose."""
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        from pipeline.training import still_rising_text
+
+        text = still_rising_text(result, "max_iter={}")
+        if text is None:
+            return
+        more = 2 * result.solver.config.iterations
+        resume = (f", or continue this run: python -m pipeline.train --store {self.store} --resume --iterations {more}"
+                  if self.store is not None else "")
+        warnings.warn(f"{type(self).__name__}: {text}; pass a larger max_iter (e.g. {more}){resume}",
+                      ConvergenceWarning, stacklevel=3)
 
     def _check_store_paths(self, run_path, data_path, data_store) -> None:
         """Raise :class:`InputError` if ``store=`` (or its ``-data.zarr``) exists and an earlier fit of this estimator did not write it."""

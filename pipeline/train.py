@@ -121,7 +121,7 @@ def main(argv=None) -> int:
 def _main(args, where) -> int:
     from distributed import KilledWorker
 
-    from pipeline.training import check_inputs, train
+    from pipeline.training import check_inputs, still_rising_text, train
 
     data, test_data, store = args.data, args.test_data, args.store
     if args.dry_run:  # print the job script (and whether a chunk fits a worker); create nothing
@@ -192,6 +192,10 @@ def _main(args, where) -> int:
         raise InputError(f"{paused}{rows}{_resume_hint(store)}")
     if perf is not None:
         print(f"Dask performance report: {perf}")
+    rising = still_rising_text(result)
+    if rising:  # scikit-learn's ConvergenceWarning at max_iter: --iterations is a cap, and this run wants more
+        more = 2 * result.solver.config.iterations
+        print(f"{rising}: python -m pipeline.train --store {store} --resume --iterations {more} goes on", flush=True)
     print(f"done: model and history in {result.store.path}")
     return 0
 

@@ -28,7 +28,7 @@ from solvers.driver import Outcome, describe_model, drive, model_from_moments, s
 from solvers.errors import InputError
 from solvers.loop import LoopState, shard_groups
 from solvers.tasks import TASKS, score_from_sums
-from solvers.validation import EarlyStopping, RowSplit, split_of
+from solvers.validation import EarlyStopping, RowSplit, rising_window, split_of
 from storage.data import fingerprint, open_data
 from storage.lock import ReadLock, RunLock
 from storage.paths import join_discards
@@ -324,6 +324,18 @@ def _report_kept_test(out, config, report, test_data=None, scored_before=None) -
         report(f"the model (iteration {k}) has test {score} {record[f'test_{score}']:.4f}")
     else:
         report(f"the model (iteration {k}) was not scored on the test data")
+
+
+def still_rising_text(out, limit: str = "--iterations {}") -> str | None:
+    """Return the end-of-run words for a run that its iteration limit ended while its validation score still rose
+    (:func:`solvers.validation.still_rising`), or None. ``limit`` names the limit (the command line's
+    ``--iterations {}``, the estimator's ``max_iter={}``)."""
+    if not getattr(out, "still_rising", False):
+        return None
+    config = out.solver.config
+    return (f"validation {TASKS[config.task].score_name} was still rising when {limit.format(config.iterations)} "
+            f"ended the run (the model is iteration {out.best_iteration}, one of the last "
+            f"{rising_window(config.patience)}, and better than every one before them)")
 
 
 def _forget_data(client) -> None:

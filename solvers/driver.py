@@ -24,7 +24,7 @@ from solvers.loop import LoopState, initialize, iterate
 from solvers.stats import scaling_from_sums
 from solvers.tasks import TASKS
 from solvers.tiling import chunk_bounds
-from solvers.validation import EarlyStopping, make_split
+from solvers.validation import EarlyStopping, make_split, still_rising
 
 MAX_CLASSES = 1000  # more distinct labels than this: not a classification (pass --task regression)
 MAX_REAL_CLASSES = 20  # more distinct labels that are not all whole numbers: a real-valued target
@@ -110,6 +110,7 @@ class Outcome:
     best_iteration: int | None = None
     solver: object = None
     store: object = None
+    still_rising: bool = False  # --iterations ended the run while validation still improved (solvers.validation.still_rising)
 
 
 def _record_of(history: list, iteration) -> dict | None:
@@ -215,4 +216,6 @@ def drive(solver, runner, keeper: Keeper, config: TrainConfig, *, evaluate: Call
         if held_out and stopping.best_iteration is not None:
             report(f"the model is iteration {stopping.best_iteration} (best validation {score} "
                    f"{stopping.best_score:.4f})")
+            scores = {r["iteration"]: r[f"validation_{score}"] for r in history if f"validation_{score}" in r}
+            out.still_rising = still_rising(scores, stopping.best_iteration, state.iteration, config.patience)
     return out

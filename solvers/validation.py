@@ -117,6 +117,33 @@ def select(split, start: int, stop: int, side: str):
     return np.flatnonzero(~held if side == "train" else held)
 
 
+RISING_SHARE = 5  # "still rising": the kept model is one of the last max(2, ⌈patience / RISING_SHARE⌉) iterations
+
+
+def rising_window(patience: int) -> int:
+    """Return how many last iterations count as "the end of the run" for :func:`still_rising`: max(2, ⌈patience / 5⌉)."""
+    return max(2, -(-int(patience) // RISING_SHARE))
+
+
+def still_rising(scores: dict, best_iteration, last: int, patience: int) -> bool:
+    """Return whether a run that ``--iterations`` ended (not early stopping) was still improving on validation.
+
+    ``scores`` maps each scored iteration to its validation score; ``best_iteration`` is the kept one, ``last``
+    the run's last iteration. True when the kept iteration is one of the last :func:`rising_window` iterations
+    (2 for the default patience 10) and its score beats every iteration's before that window (a gain, not a
+    tie broken by the validation loss). The rule reads only the run's own scores and its patience, never a
+    data set's numbers: a run that needs more iterations says so (scikit-learn's ConvergenceWarning at
+    ``max_iter``). A run too short to have iterations before the window never says so.
+    """
+    if best_iteration is None:
+        return False
+    window = rising_window(patience)
+    if last - best_iteration >= window:
+        return False
+    before = [score for k, score in scores.items() if k <= last - window]
+    return bool(before) and scores[best_iteration] > max(before)
+
+
 class EarlyStopping:
     """Keep the weights of the best validation score; say stop after ``patience`` iterations without progress.
 

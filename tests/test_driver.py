@@ -121,6 +121,22 @@ def test_drive_names_the_model_iteration_when_the_budget_ends_the_run():
                 report=lines.append)
     assert out.loop_state.iteration == 3 and out.best_iteration == 2
     assert lines[-1] == "the model is iteration 2 (best validation accuracy 0.9000)"
+    assert out.still_rising  # iteration 2 of 3 beat iteration 1: the callers say so (newuser16 F1)
+
+
+def test_still_rising_rule():
+    """newuser16 F1: the kept iteration is one of the last max(2, ⌈patience/5⌉) and beats every earlier score."""
+    from solvers.validation import rising_window, still_rising
+
+    assert [rising_window(p) for p in (0, 1, 10, 11, 20, 50)] == [2, 2, 2, 3, 4, 10]
+    up = {k: 0.5 + 0.01 * k for k in range(1, 21)}
+    assert still_rising(up, 20, 20, 10) and still_rising({**up, 20: 0.6}, 19, 20, 10)
+    assert not still_rising(up, 18, 20, 10)  # the kept model is older than the window
+    assert still_rising(up, 18, 20, 11)  # a longer patience widens the window: 3
+    flat = {**up, 19: up[17], 20: up[17]}
+    assert not still_rising(flat, 19, 20, 10)  # a tie (broken by the loss) is no rise
+    assert not still_rising({1: 0.5, 2: 0.9}, 2, 2, 10)  # nothing before the window: too short to tell
+    assert not still_rising(up, None, 20, 10)
 
 
 def test_drive_does_not_go_on_after_a_stop_without_changes():

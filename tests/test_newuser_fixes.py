@@ -87,6 +87,42 @@ def test_cli_forgotten_task_regression_is_the_only_line_before_any_cluster(tmp_p
     assert not (tmp_path / "r.zarr").exists()
 
 
+def test_a_run_the_iteration_limit_ended_while_rising_says_how_to_go_on(tmp_path, capsys, monkeypatch):
+    """newuser16 F1: covtype and MNIST kept iteration 19 of 20 and nothing said that more iterations would help;
+    now the command line prints the resume command with twice the limit, and the estimator warns
+    (ConvergenceWarning) naming max_iter and, with store=, that command. The rule: tests/test_driver.py."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    import pipeline.train as cli
+    import solvers.driver as driver
+    from pipeline.estimator import ADMMClassifier
+
+    X, y = make_data(n=400)
+    write_data(tmp_path / "d.zarr", X, y)
+    argv = ["--data", str(tmp_path / "d.zarr"), "--store", str(tmp_path / "r.zarr"), "--hidden", "4",
+            "--iterations", "3", "--workers", "1", "--dashboard-address", ":0", "--no-progress"]
+    monkeypatch.setattr(driver, "still_rising", lambda scores, best, last, patience: False)
+    assert cli.main(argv) == 0
+    assert "still rising" not in capsys.readouterr().out
+    monkeypatch.setattr(driver, "still_rising", lambda scores, best, last, patience: True)
+    assert cli.main([*argv, "--overwrite"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("validation accuracy was still rising when --iterations 3 ended the run (the model "
+                                "is iteration ") and lines[-2].endswith(
+        f": python -m pipeline.train --store {tmp_path / 'r.zarr'} --resume --iterations 6 goes on"), lines
+    assert lines[-1].startswith("done: ")
+    with pytest.warns(ConvergenceWarning, match=r"ADMMClassifier: validation accuracy was still rising when "
+                      r"max_iter=2 ended the run .*; pass a larger max_iter \(e\.g\. 4\), or continue this run: "
+                      r"python -m pipeline.train --store .*e\.zarr --resume --iterations 4$"):
+        ADMMClassifier(hidden_layer_sizes=(4,), max_iter=2, store=tmp_path / "e.zarr").fit(X, y)
+    monkeypatch.setattr(driver, "still_rising", lambda scores, best, last, patience: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        ADMMClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X, y)
+
+
 @pytest.fixture(scope="module")
 def two_iterations(client, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
