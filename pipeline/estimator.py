@@ -338,7 +338,31 @@ class _ADMMEstimator(BaseEstimator):
             self.history_ = xr.open_zarr(run_path, group="metrics", consolidated=False).load()
         self._set_fitted(result, classes)
         self._warn_if_still_rising(result)
+        self._warn_if_auto_shared_a_gil(result)
         return self
+
+    def _warn_if_auto_shared_a_gil(self, result) -> None:
+        """Warn (scikit-learn's EfficiencyWarning) when ``solver="auto"`` ran Gauss-Newton only because the fit's
+        workers share one process: on worker processes (``python -m pipeline.train``) it chooses the hand-over
+        (newuser15 F7 / newuser16 F4: MNIST 60k, the CLI 0.9811 with ``consensus,gauss-newton``, the estimator 0.9751)."""
+        import warnings
+
+        from sklearn.exceptions import EfficiencyWarning
+
+        from solvers.config import AUTO_HANDOVER_ROWS, HANDOVER
+
+        record = result.store.attrs.get("solver_choice") or {}
+        if not (record.get("given") == "auto" and record.get("solver") == "gauss-newton"
+                and (record.get("shared_gil") or int(record.get("threads_per_worker", 1)) > 1)
+                and int(record.get("rows_per_shard", 0)) >= int(record.get("threshold", AUTO_HANDOVER_ROWS))):
+            return
+        shards = int(record.get("shards", 1))
+        warnings.warn(f"{type(self).__name__}: solver='auto' ran gauss-newton because the fit's worker threads share "
+                      f"a GIL ({record.get('why')}); on worker processes of one thread, as python -m pipeline.train "
+                      f"runs, it chooses {HANDOVER} for these rows, another model; for that choice pass "
+                      f"client=distributed.Client(n_workers={shards}, threads_per_worker=1) (worker processes), or "
+                      f"solver={HANDOVER!r} (on these threads: slower, its minibatch loops hold the GIL)",
+                      EfficiencyWarning, stacklevel=3)
 
     def _warn_if_still_rising(self, result) -> None:
         """Warn (scikit-learn's ConvergenceWarning) when ``max_iter`` ended a fit whose validation score still rose."""

@@ -258,3 +258,29 @@ def test_one_held_out_chunk_is_one_chunk():
     from pipeline.training import _count
 
     assert (_count(1, "chunk"), _count(3, "chunk"), _count(0, "chunk")) == ("1 chunk", "3 chunks", "0 chunks")
+
+
+def test_estimator_warns_when_auto_ran_gauss_newton_only_for_a_shared_gil(monkeypatch):
+    """newuser16 F4 (newuser15 F7): on MNIST 60k the command line's auto chose consensus,gauss-newton (worker
+    processes), the estimator on in-memory arrays gauss-newton (its threads share a GIL): another model, silently.
+    Now an EfficiencyWarning names both ways to the hand-over (the threshold lowered here: 400 rows)."""
+    import warnings
+
+    from sklearn.exceptions import EfficiencyWarning
+
+    import solvers.config
+    from pipeline.estimator import ADMMClassifier
+
+    X, y = make_data(n=400)
+    monkeypatch.setattr(solvers.config, "AUTO_HANDOVER_ROWS", 100)
+    with pytest.warns(EfficiencyWarning, match=r"ADMMClassifier: solver='auto' ran gauss-newton because the fit's "
+                      r"worker threads share a GIL \(.*\); on worker processes of one thread, as python -m "
+                      r"pipeline.train runs, it chooses consensus,gauss-newton .*client=distributed.Client\(n_workers="
+                      r"\d+, threads_per_worker=1\) .*solver='consensus,gauss-newton'"):
+        model = ADMMClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X, y)
+    assert model.solver_ == "gauss-newton"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EfficiencyWarning)
+        ADMMClassifier(hidden_layer_sizes=(4,), max_iter=1, solver="gauss-newton").fit(X, y)  # given: no word
+        monkeypatch.setattr(solvers.config, "AUTO_HANDOVER_ROWS", 20000)
+        ADMMClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X, y)  # auto on small data: gauss-newton anyway
