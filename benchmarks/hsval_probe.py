@@ -91,6 +91,9 @@ class ProbeFirstStepChoice(GaussNewtonSolver):
         return super()._finish(runner, step.get("alt", step))
 
 
+STEP_CHOICE = "held-out"  # the step_choice setting of the hs2@1 (--impl setting) and hs2@1p arms (step16_t15.py: held-out-1.5)
+
+
 def fit_arm(task, Xtr, ytr, Xva, yva, arm, seed, a) -> dict:
     kw = {"chunk_rows": a.chunk_rows} if a.chunk_rows else {}
     cfg = TrainConfig(solver="gauss-newton", seed=seed, iterations=a.iterations, hidden_alpha=a.hidden_alpha)
@@ -99,7 +102,7 @@ def fit_arm(task, Xtr, ytr, Xva, yva, arm, seed, a) -> dict:
     if (arm == "hs2@1" and a.impl == "setting") or arm == "hs2@1p":
         if "step_choice" not in {f.name for f in dataclasses.fields(TrainConfig)}:
             raise SystemExit("--impl setting: this branch's TrainConfig has no step_choice (rebase on integrate)")
-        cfg = dataclasses.replace(cfg, step_choice="held-out")
+        cfg = dataclasses.replace(cfg, step_choice=STEP_CHOICE)
         if arm == "hs2@1p":
             SOLVERS["gauss-newton"] = ProbeFirstStepChoice
     elif arm == "hs2@1":

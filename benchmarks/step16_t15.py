@@ -2,9 +2,10 @@
 {1, 2} (session 16, helper step16, issue 21 point 7; hsval_s15.md found t = 2 overshooting on breast cancer, covtype
 and the untuned HIGGS-shaped 3k).
 
-It runs ``benchmarks/hsval_probe.py``'s ``hs2@1`` arm (``--impl setting``: ``TrainConfig(step_choice="held-out")``
-under the default ``--hidden-alpha auto``) with :data:`solvers.step_choice.STEP_LENGTHS` set to (1, 1.5) for the
-process, the records' arm named ``hs2@1-t1.5`` (so ``hsval_probe.py summary`` pairs them with the stock arm).
+It runs ``benchmarks/hsval_probe.py``'s ``hs2@1`` arm (``--impl setting``) with ``TrainConfig(step_choice=
+"held-out-1.5")`` (helper t15's setting; step16 patched ``solvers.step_choice.STEP_LENGTHS`` to (1, 1.5) for the
+process, the same run: t15_s16.md checks the records agree) under the default ``--hidden-alpha auto``, the records'
+arm named ``hs2@1-t1.5`` (so ``hsval_probe.py summary`` pairs them with the stock arm).
 Validation rows only, as hsval_probe.py. Stock runs: ``--arms stock`` (the same code as hsval_probe's stock arm).
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 nice -n 15 python benchmarks/step16_t15.py covtype --seeds 0 1 --out /tmp/x.jsonl
@@ -24,7 +25,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import hsval_probe  # noqa: E402
-from solvers import step_choice  # noqa: E402
 
 ARM = "hs2@1-t1.5"
 
@@ -100,7 +100,7 @@ def main(argv=None):
         return
     stock_only = "--arms" in argv and argv[argv.index("--arms") + 1] == "stock"
     if not stock_only:
-        step_choice.STEP_LENGTHS = (1.0, 1.5)
+        hsval_probe.STEP_CHOICE = "held-out-1.5"
         fit = hsval_probe.fit_arm
 
         def renamed(task, Xtr, ytr, Xva, yva, arm, seed, a):

@@ -32,7 +32,7 @@ ALL = ("admm", "dladmm", "gauss-newton", "consensus", HANDOVER)  # settings ever
 CONSENSUS = ("consensus", HANDOVER)  # the solvers that read the consensus settings
 CONSENSUS_VARIANTS = ("admm", "elastic")
 HIDDEN_ALPHAS = ("auto", "readout", "pinned", "race", "probe")  # gauss-newton: the hidden layers' weight decay (generalise_s11.md)
-STEP_CHOICES = ("none", "held-out")  # gauss-newton: how iteration 1 chooses its step length (k10_s14.md, hs2@1)
+STEP_CHOICES = ("none", "held-out", "held-out-1.5")  # gauss-newton: how iteration 1 chooses its step length (k10_s14.md hs2@1; t15_s16.md)
 FIRST_DAMPINGS = ("kfac", "objective")  # gauss-newton: the damping of the first hidden trial (step16_s16.md)
 HOMOGENEOUS = ("relu",)  # activations with h(cz) = c h(z) for c > 0: a pinned unit's norm is its output's scale only
 AVERAGING = ("chunk", "pass")  # consensus: how often the shard models are averaged in a one-sweep pass
@@ -232,17 +232,19 @@ class TrainConfig:
                                  "0: both the same) and the hand-over's Gauss-Newton phase use kfac. Measured: "
                                  "step16_s16.md",
                                  choices=FIRST_DAMPINGS, solvers=("gauss-newton",), group="gauss-newton")
-    step_choice: str = setting("none", "gauss-newton's first iteration: none (the step as it is) or held-out, an "
-                               "opt-in (pass A evaluates the hidden layers' trial T at step lengths t = 1 and 2, "
+    step_choice: str = setting("none", "gauss-newton's first iteration: none (the step as it is), held-out or "
+                               "held-out-1.5, opt-ins (held-out: pass A evaluates the hidden layers' trial T at step "
+                               "lengths t = 1 and 2, "
                                "W + t (T - W), in the same read of each chunk, one more forward product per sampled and "
                                "held-out row, and keeps the one whose output layer, refitted at the run's alpha (alpha "
                                "auto: its own held-out choice), has the lower loss on the held-out rows, ties t = 1, "
-                               "unless t = 2 fails the LM test (then t = 1, judged by it as usual); with --hidden-alpha "
+                               "unless t = 2 fails the LM test (then t = 1, judged by it as usual); held-out-1.5: the "
+                               "same with t = 1 and 1.5 (step16_s16.md, t15_s16.md); with --hidden-alpha "
                                "probe or race each candidate chooses its own (the race reports pinned's as "
                                "race_step_length); the choice is the metric step_length and a line of the progress "
                                "report; k10_s14.md). Measured (hsval_s15.md): reaches 0.96 sooner on MNIST 10-class "
                                "60k, but keeps a worse model on most seeds of breast cancer, covtype and HIGGS-shaped 3k "
-                               "where it changes the run, so not the default. held-out needs dense layers and the "
+                               "where it changes the run, so not the default. Both need dense layers and the "
                                "squared loss; without held-out rows or a hidden layer it acts as none",
                                choices=STEP_CHOICES, solvers=("gauss-newton",), group="gauss-newton")
     validation_fraction: float = setting(0.1, "share of the training rows held out (a seeded choice of rows from "

@@ -57,9 +57,10 @@ output trial ``W_L(α_j)`` for every α of the grid at once (one product per chu
 ``(S_L/n) ⊗ G_{L−1}``; nothing held out: :data:`CE_ALPHA_UNHELD` of it), and the
 hidden layers' next step uses the α last chosen.
 
-Step choice (``step_choice="held-out"``, squared loss, dense kernels, held-out rows): in iteration 1 only, pass A
-evaluates the hidden trial at the step lengths t = 1 and 2 in the same read of each chunk and keeps the one of lower
-held-out loss (:mod:`solvers.step_choice`); where t = 1 is kept the run is the stock run bit for bit.
+Step choice (``step_choice`` ``held-out`` / ``held-out-1.5``, squared loss, dense kernels, held-out rows): in
+iteration 1 only, pass A evaluates the hidden trial at the step lengths t = 1 and 2 (``held-out-1.5``: 1 and 1.5) in
+the same read of each chunk and keeps the one of lower held-out loss (:mod:`solvers.step_choice`); where t = 1 is kept
+the run is the stock run bit for bit.
 
 Settings: ``loss`` (squared or cross-entropy), ``step_size`` η, ``damping`` λ₀, ``alpha`` α (``"auto"`` or a
 number), ``ridge`` ε (the numerical floor of every solve), ``step_choice``; the accepted
@@ -384,10 +385,10 @@ class GaussNewtonSolver(SolverBase):
     def _chooses_step(self, runner, k: int) -> bool:
         """Return whether iteration ``k`` chooses its step length by the held-out loss (``step_choice``, :data:`STEP_LENGTHS`).
 
-        ``step_choice="held-out"``, iterations 1..:data:`STEP_CHOICE_ITERATIONS`, held-out rows, the squared loss and this
-        class's dense kernels (the config refuses the rest; a runner without held-out rows takes the stock step).
+        ``step_choice`` ``held-out`` / ``held-out-1.5``, iterations 1..:data:`STEP_CHOICE_ITERATIONS`, held-out rows, the
+        squared loss and this class's dense kernels (the config refuses the rest; a runner without held-out rows takes the stock step).
         """
-        return (self.config.step_choice == "held-out" and k <= STEP_CHOICE_ITERATIONS and self.L > 1
+        return (self.config.step_choice in STEP_LENGTHS and k <= STEP_CHOICE_ITERATIONS and self.L > 1
                 and not self.cross_entropy and self._scores_held_out(runner)
                 and self._dense_forward())
 

@@ -1,17 +1,19 @@
-"""``--step-choice held-out`` (Gauss-Newton, k10_s14.md's hs2@1): iteration 1 chooses the hidden layers' step length.
+"""``--step-choice held-out`` / ``held-out-1.5`` (Gauss-Newton, k10_s14.md's hs2@1): iteration 1 chooses the hidden
+layers' step length.
 
-In iteration 1 only, pass A evaluates the hidden trial ``T`` at the step lengths ``t ∈ {1, 2}`` (``W + t (T − W)``)
+In iteration 1 only, pass A evaluates the hidden trial ``T`` at the step lengths of the setting (:data:`STEP_LENGTHS`:
+``held-out`` ``t ∈ {1, 2}``, ``held-out-1.5`` ``t ∈ {1, 1.5}``; ``W + t (T − W)``)
 in the same read of each chunk (``forward_chunk``'s ``others``: one more forward product and output-layer Gram per
 row, training and held-out rows alike), and keeps ``t* = argmin_t ℓ_held(t)``: the held-out loss of trial t with its
 output layer refitted as every trial's is (at the run's α; with ``--alpha auto`` at the α its own held-out rows pick).
-Ties and non-finite sums keep t = 1; a t* = 2 whose objective fails the LM test is not kept (t = 1 goes on to the
+Ties and non-finite sums keep t = 1; a t* > 1 whose objective fails the LM test is not kept (t = 1 goes on to the
 test instead). The LM test then judges the kept trial as usual, from its own sums, so where t = 1 is kept the run is
 the stock run bit for bit. The choice is the carry's ``step_length`` and ``step_held_losses`` and the metrics of
 iteration 1 (:func:`metrics`); ``--hidden-alpha race`` reports the pinned candidate's as ``race_step_*`` beside
 readout's (:func:`race_metrics`), and the progress report's line names the candidate (:func:`report_line`).
 
 The functions take the :class:`~solvers.gauss_newton.GaussNewtonSolver` (as :mod:`solvers.hidden_race` does).
-Measured (hsval_s15.md): an opt-in, not the default.
+Measured (hsval_s15.md, step16_s16.md, t15_s16.md): opt-ins, not the default.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ from solvers.activation_cache import weights_key
 from solvers.loop import LoopState, run_pass_held_out
 from solvers.stats import StatsLayout
 
-STEP_LENGTHS = (1.0, 2.0)  # the step lengths t of W + t (T − W) pass A evaluates (t = 1: the trial)
+# each step_choice's step lengths t of W + t (T − W) that pass A evaluates (t = 1, the trial, first)
+STEP_LENGTHS = {"held-out": (1.0, 2.0), "held-out-1.5": (1.0, 1.5)}
 STEP_CHOICE_ITERATIONS = 1  # … in iterations 1..this (k10_s14.md: hs2@1; iteration 2 chose t = 2 on MNIST 2k and lost)
 
 
 def choose_step(losses) -> int:
-    """Return the index of the least of the held-out ``losses`` (one per :data:`STEP_LENGTHS`): the step length kept.
+    """Return the index of the least of the held-out ``losses`` (one per step length, t = 1 first): the one kept.
 
     Ties keep the earlier (shorter) one, and a non-finite loss is never kept over a finite one, so index 0 (t = 1,
     the stock trial) stands unless another is strictly better.
@@ -64,8 +67,9 @@ def stretched(weights, trial, t: float, pin=None) -> list:
 
 
 def evaluate(solver, runner, state: LoopState, trial, c: dict, k: int, sample: dict, pin=None):
-    """Return (kept trial, its pass-A sums, held-out sums, its (W_L, error, α), (t kept, held-out losses)): pass A of
-    the trial at every step length of :data:`STEP_LENGTHS` in one read of each chunk (``pin``: as :func:`stretched`'s).
+    """Return (kept trial, its pass-A sums, held-out sums, its (W_L, error, α), (t kept, held-out losses, the step
+    lengths)): pass A of the trial at every step length of the solver's ``step_choice`` (:data:`STEP_LENGTHS`) in one
+    read of each chunk (``pin``: as :func:`stretched`'s).
 
     Each trial's output layer is refitted (``output_layer``) and scored by its held-out loss (``held_loss``);
     :func:`choose_step` picks one, which is kept if it is t = 1 or passes the LM test (its objective at its α no
@@ -74,8 +78,8 @@ def evaluate(solver, runner, state: LoopState, trial, c: dict, k: int, sample: d
     finite, as its own pass A checks them), so keeping t = 1 is the stock step: a longer step that the held-out rows
     prefer but the LM test would reject costs the iteration nothing (a rejection would also have quadrupled λ).
     """
-    L, weights = solver.L, state.weights
-    trials = [stretched(weights, trial, t, pin) for t in STEP_LENGTHS]
+    L, weights, lengths = solver.L, state.weights, STEP_LENGTHS[solver.config.step_choice]
+    trials = [stretched(weights, trial, t, pin) for t in lengths]
     casts = [solver.cast(T) for T in trials[1:]]
     params = dataclasses.replace(solver._forward_params(trial, False, c), others=tuple(casts),
                                  other_keys=tuple(weights_key(solver.run_token, x) for x in casts))
@@ -101,14 +105,14 @@ def evaluate(solver, runner, state: LoopState, trial, c: dict, k: int, sample: d
         W_out, error, alpha = fits[j]
         if solver.objective(error, [*trials[j], W_out], alpha) > solver._current_objective(state, c, alpha):
             j = 0
-    return trials[j], sides[j][0], sides[j][1], fits[j], (STEP_LENGTHS[j], losses)
+    return trials[j], sides[j][0], sides[j][1], fits[j], (lengths[j], losses, lengths)
 
 
 def metrics(choice) -> dict:
     """Return iteration 1's metrics of ``choice`` (:func:`evaluate`'s last element): ``step_length`` and each step
-    length's held-out loss ``step_validation_loss_<t>``."""
-    t, losses = choice
-    return {"step_length": float(t), **{f"step_validation_loss_{s:g}": float(x) for s, x in zip(STEP_LENGTHS, losses)}}
+    length's held-out loss ``step_validation_loss_<t>`` (``held-out``: ``_1``, ``_2``; ``held-out-1.5``: ``_1``, ``_1.5``)."""
+    t, losses, lengths = choice
+    return {"step_length": float(t), **{f"step_validation_loss_{s:g}": float(x) for s, x in zip(lengths, losses)}}
 
 
 def race_metrics(metrics_other: dict) -> dict:
@@ -118,10 +122,13 @@ def race_metrics(metrics_other: dict) -> dict:
 
 
 def _describe(m: dict, prefix: str = "") -> tuple[str, str]:
-    """Return ("t = <kept>", "(held-out loss t = 1: …, t = 2: …[; t = 2 failed the LM test])") of metrics ``m``."""
-    losses = [m[f"{prefix}step_validation_loss_{s:g}"] for s in STEP_LENGTHS]
-    kept, best = m[f"{prefix}step_length"], STEP_LENGTHS[choose_step(losses)]
-    return f"t = {kept:g}", ("(held-out loss " + ", ".join(f"t = {s:g}: {x:.4g}" for s, x in zip(STEP_LENGTHS, losses))
+    """Return ("t = <kept>", "(held-out loss t = 1: …, t = 2: …[; t = 2 failed the LM test])") of metrics ``m`` (the
+    step lengths are those ``m`` holds losses of, in :func:`metrics`'s order)."""
+    key = f"{prefix}step_validation_loss_"
+    lengths = sorted(float(name[len(key):]) for name in m if name.startswith(key))
+    losses = [m[f"{key}{s:g}"] for s in lengths]
+    kept, best = m[f"{prefix}step_length"], lengths[choose_step(losses)]
+    return f"t = {kept:g}", ("(held-out loss " + ", ".join(f"t = {s:g}: {x:.4g}" for s, x in zip(lengths, losses))
                              + (f"; t = {best:g} failed the LM test" if best != kept else "") + ")")
 
 

@@ -1,6 +1,7 @@
 """--step-choice held-out (Gauss-Newton, k10_s14.md's hs2@1): iteration 1 evaluates the hidden trial at step lengths
 t = 1 and 2 in one pass A and keeps the one of lower held-out loss; t = 1 kept is the stock run bit for bit, t = 2 kept
-is the stock solver whose first trial was W + 2 (T − W); old run stores resume under none."""
+is the stock solver whose first trial was W + 2 (T − W); old run stores resume under none. --step-choice held-out-1.5
+(t15_s16.md): the same with t = 1 and 1.5."""
 import dataclasses
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_choose_step_keeps_the_least_loss_ties_and_non_finite_keep_t_1():
     assert choose_step([0.4, np.nan]) == 0 and choose_step([0.4, np.inf]) == 0
     assert choose_step([np.inf, 0.7]) == 1  # a finite loss beats a non-finite one
     assert choose_step([0.3, 0.2, 0.2]) == 1  # the first of equal least losses
-    assert STEP_LENGTHS == (1.0, 2.0)
+    assert STEP_LENGTHS == {"held-out": (1.0, 2.0), "held-out-1.5": (1.0, 1.5)}
 
 
 def test_default_is_none_and_old_stores_resume_under_none():
@@ -61,6 +62,7 @@ def test_step_choice_is_checked_where_gauss_newton_reads_it():
     assert given._pin_record()["why"] == "--step-choice held-out given, read by gauss-newton only"
     assert "step choice held-out" in describe(given)
     assert "step choice" not in describe(TrainConfig(solver="admm", step_choice="held-out"))  # admm ignores it
+    assert "step choice held-out-1.5" in describe(TrainConfig(step_choice="held-out-1.5"))
     with pytest.raises(InputError, match="step_choice 'x' is not one of"):
         TrainConfig(step_choice="x")
     with pytest.raises(InputError, match=f"measured with --solver gauss-newton only, not {HANDOVER}"):
@@ -71,6 +73,19 @@ def test_step_choice_is_checked_where_gauss_newton_reads_it():
     with pytest.raises(InputError, match="step_choice held-out needs the squared loss .pass --step-choice none with "
                        "--loss cross-entropy, or --loss squared"):
         TrainConfig(solver="gauss-newton", step_choice="held-out", loss="cross-entropy")
+    with pytest.raises(InputError, match="step_choice held-out-1.5 needs the squared loss"):
+        TrainConfig(solver="gauss-newton", step_choice="held-out-1.5", loss="cross-entropy")
+    with pytest.raises(InputError, match="step_choice held-out-1.5 was measured with --solver gauss-newton only"):
+        TrainConfig(solver=HANDOVER, step_choice="held-out-1.5")
+
+
+def test_held_out_1_5_is_stored_and_resumes_under_its_rule():
+    stored = TrainConfig(solver="gauss-newton", step_choice="held-out-1.5").to_dict()
+    assert stored["step_choice"] == "held-out-1.5"
+    config, changed = TrainConfig.resumed(stored, {})
+    assert config.step_choice == "held-out-1.5" and not changed
+    with pytest.raises(InputError, match="cannot resume with settings that change the stored state.*step_choice"):
+        TrainConfig.resumed(stored, {"step_choice": "held-out"})
 
 
 def test_forward_chunk_sums_the_other_trials_in_the_same_read_and_the_stock_trials_bitwise():
@@ -144,34 +159,62 @@ def test_a_longer_step_the_lm_test_rejects_is_not_kept_and_the_run_is_the_stock_
 
 
 class _Forced(GaussNewtonSolver):
-    """The stock solver whose iteration-1 trial is W + 2 (T − W), evaluated by the stock pass A alone."""
+    """The stock solver whose iteration-1 trial is W + t (T − W) (t = :attr:`t`), evaluated by the stock pass A alone."""
+
+    t = 2.0
 
     def _evaluate(self, runner, state):
         state = self.prepare(runner, state)
         if state.iteration == 0:
             c = dict(state.carry)
             pin = pin_rows if self.pinned else None
-            for l, W in enumerate(stretched(state.weights[:-1], [c[f"T{l}"] for l in range(1, self.L)], 2.0, pin), 1):
+            for l, W in enumerate(stretched(state.weights[:-1], [c[f"T{l}"] for l in range(1, self.L)], self.t, pin), 1):
                 c[f"T{l}"] = W
             state = LoopState(0, list(state.weights), c)
         return super()._evaluate(runner, state)
 
 
-@pytest.mark.parametrize("hidden_alpha", ["readout", "pinned"])
-def test_t_2_kept_is_the_stock_solver_with_the_longer_first_trial_bit_for_bit(monkeypatch, hidden_alpha):
-    """The kept trial's sums come from the shared pass A: the run equals one whose only pass A was at t = 2."""
+@pytest.mark.parametrize("choice, hidden_alpha", [("held-out", "readout"), ("held-out", "pinned"),
+                                                 ("held-out-1.5", "pinned")])
+def test_longer_step_kept_is_the_stock_solver_with_the_longer_first_trial_bit_for_bit(monkeypatch, choice, hidden_alpha):
+    """The kept trial's sums come from the shared pass A: the run equals one whose only pass A was at t = 2 (1.5)."""
     X, y = linear_classes()
-    held = fit_in_memory(X, y, TrainConfig(**BASE, hidden_alpha=hidden_alpha, step_choice="held-out"), chunk_rows=512)
-    first = held.history[0]
-    assert first["step_length"] == 2.0 and first["step_validation_loss_2"] < first["step_validation_loss_1"]
-    monkeypatch.setitem(SOLVERS, "gauss-newton", _Forced)
+    lines = []
+    held = fit_in_memory(X, y, TrainConfig(**BASE, hidden_alpha=hidden_alpha, step_choice=choice), chunk_rows=512,
+                         report=lines.append)
+    first, t = held.history[0], STEP_LENGTHS[choice][1]
+    assert first["step_length"] == t and first[f"step_validation_loss_{t:g}"] < first["step_validation_loss_1"]
+    assert sorted(k for k in first if k.startswith("step_validation_loss_")) == [
+        "step_validation_loss_1", f"step_validation_loss_{t:g}"]
+    monkeypatch.setitem(SOLVERS, "gauss-newton", type("Forced", (_Forced,), {"t": t}))
     forced = fit_in_memory(X, y, TrainConfig(**BASE, hidden_alpha=hidden_alpha), chunk_rows=512)
     for W, W_ref in zip(held.loop_state.weights, forced.loop_state.weights, strict=True):
         np.testing.assert_array_equal(W, W_ref)
     assert _without_step(held.history) == _without_step(forced.history)
-    assert first["validation_loss"] == first["step_validation_loss_2"]
+    assert first["validation_loss"] == first[f"step_validation_loss_{t:g}"]
     np.testing.assert_array_equal(held.loop_state.carry["step_held_losses"],
-                                  [first["step_validation_loss_1"], first["step_validation_loss_2"]])
+                                  [first["step_validation_loss_1"], first[f"step_validation_loss_{t:g}"]])
+    assert [line for line in lines if line.startswith("step length")] == [
+        f"step length: t = {t:g} at iteration 1 (held-out loss t = 1: {first['step_validation_loss_1']:.4g}, "
+        f"t = {t:g}: {first[f'step_validation_loss_{t:g}']:.4g})"]
+
+
+def test_held_out_1_5_the_lm_test_rejects_is_the_stock_run():
+    """Ten linear classes under readout: the held-out rows prefer t = 1.5, its training objective rose: t = 1 goes on,
+    the stock run bit for bit, and the line says so."""
+    X, y = linear_classes()
+    settings = {**BASE, "hidden_alpha": "readout"}
+    stock = fit_in_memory(X, y, TrainConfig(**settings), chunk_rows=512)
+    lines = []
+    held = fit_in_memory(X, y, TrainConfig(**settings, step_choice="held-out-1.5"), chunk_rows=512, report=lines.append)
+    first = held.history[0]
+    assert first["step_validation_loss_1.5"] < first["step_validation_loss_1"] and first["step_length"] == 1.0
+    for W, W_ref in zip(held.loop_state.weights, stock.loop_state.weights, strict=True):
+        np.testing.assert_array_equal(W, W_ref)
+    assert _without_step(held.history) == _without_step(stock.history)
+    assert [line for line in lines if line.startswith("step length")] == [
+        f"step length: t = 1 at iteration 1 (held-out loss t = 1: {first['step_validation_loss_1']:.4g}, "
+        f"t = 1.5: {first['step_validation_loss_1.5']:.4g}; t = 1.5 failed the LM test)"]
 
 
 def test_probe_candidates_each_choose_and_the_winner_goes_on_as_its_own_run():
@@ -205,7 +248,7 @@ def test_race_candidates_each_choose_at_iteration_1_and_both_choices_are_reporte
     first, mine = race.history[0], {ha: run.history[0] for ha, run in alone.items()}
     assert first["step_length"] == mine["readout"]["step_length"] == 1.0
     assert first["race_step_length"] == mine["pinned"]["step_length"] == 2.0
-    for t in STEP_LENGTHS:
+    for t in STEP_LENGTHS["held-out"]:
         assert first[f"race_step_validation_loss_{t:g}"] == mine["pinned"][f"step_validation_loss_{t:g}"]
     assert first["race_validation_accuracy"] == mine["pinned"]["validation_accuracy"]
     assert all("step_length" not in h and "race_step_length" not in h for h in race.history[1:])
@@ -271,40 +314,46 @@ def pipeline_runs(client, tmp_path_factory):
     def resume(store):
         return train(client, store=store, resume=True, iterations=3, report=quiet)
 
-    held, none = TrainConfig(**PIPELINE, step_choice="held-out"), TrainConfig(**PIPELINE, step_choice="none")
-    full = {cfg.step_choice: train(client, store=d / f"full-{cfg.step_choice}.zarr", data=d / "d.zarr", config=cfg,
-                                   chunk_rows=512, report=quiet) for cfg in (held, none)}
-    return {"X": X, "y": y, "held": held, "none": none, "full": full, "run": run, "resume": resume, "client": client}
+    configs = {choice: TrainConfig(**PIPELINE, step_choice=choice) for choice in ("held-out", "held-out-1.5", "none")}
+    full = {choice: train(client, store=d / f"full-{choice}.zarr", data=d / "d.zarr", config=cfg, chunk_rows=512,
+                          report=quiet) for choice, cfg in configs.items()}
+    return {"X": X, "y": y, "configs": configs, "held": configs["held-out"], "none": configs["none"], "full": full,
+            "run": run, "resume": resume, "client": client}
 
 
-def test_pipeline_matches_reference(pipeline_runs):
+@pytest.mark.parametrize("choice", ["held-out", "held-out-1.5"])
+def test_pipeline_matches_reference(pipeline_runs, choice):
     """The pipeline (process workers) makes the in-memory reference's choice, and the weights agree."""
-    held = pipeline_runs["full"]["held-out"]
-    ref = fit_in_memory(pipeline_runs["X"], pipeline_runs["y"], pipeline_runs["held"], chunk_rows=512)
-    assert held.history[0]["step_length"] == ref.history[0]["step_length"] == 2.0
+    held, t = pipeline_runs["full"][choice], STEP_LENGTHS[choice][1]
+    ref = fit_in_memory(pipeline_runs["X"], pipeline_runs["y"], pipeline_runs["configs"][choice], chunk_rows=512)
+    assert held.history[0]["step_length"] == ref.history[0]["step_length"] == t
     assert all("step_length" not in h for h in held.history[1:])
-    assert held.history[0]["step_validation_loss_2"] == pytest.approx(ref.history[0]["step_validation_loss_2"], rel=1e-5)
+    for s in STEP_LENGTHS[choice]:
+        assert held.history[0][f"step_validation_loss_{s:g}"] == pytest.approx(
+            ref.history[0][f"step_validation_loss_{s:g}"], rel=1e-5)
     assert [h["accepted"] for h in held.history] == [h["accepted"] for h in ref.history]
     assert [h.get("hidden_pinned") for h in held.history] == [h.get("hidden_pinned") for h in ref.history]
     for W, W_ref in zip(held.network.weights, ref.network.weights, strict=True):
         np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
-    assert held.store.attrs["config"]["step_choice"] == "held-out"
+    assert held.store.attrs["config"]["step_choice"] == choice
 
 
-@pytest.mark.parametrize("after", [0, 1])
-def test_pipeline_resumes_before_and_after_the_choice_bitwise(pipeline_runs, after):
+@pytest.mark.parametrize("choice, after", [("held-out", 0), ("held-out", 1), ("held-out-1.5", 1)])
+def test_pipeline_resumes_before_and_after_the_choice_bitwise(pipeline_runs, choice, after):
     """A run stopped at commit ``after`` and resumed (no flag given: the stored setting) is the uninterrupted run bit
     for bit: from commit 0 it chooses again (the state a kill -9 inside iteration 1 leaves: Gauss-Newton keeps no
     per-sample state, so checkpoint 0 is all there is; the subprocess kill tests are test_resume.py's, slow), from
     commit 1 the choice is in the carry and it goes on."""
     from storage.runstore import RunStore
 
-    store = pipeline_runs["run"](pipeline_runs["held"], after)
+    store = pipeline_runs["run"](pipeline_runs["configs"][choice], after)
     carry = RunStore.open(store).load_checkpoint().carry
     assert ("step_length" in carry) == (after == 1)
     if after == 1:
-        assert float(carry["step_length"]) == 2.0 and len(carry["step_held_losses"]) == 2
-    _same_run(pipeline_runs["resume"](store), pipeline_runs["full"]["held-out"])
+        assert float(carry["step_length"]) == STEP_LENGTHS[choice][1] and len(carry["step_held_losses"]) == 2
+    resumed = pipeline_runs["resume"](store)
+    assert resumed.solver.config.step_choice == choice  # the stored setting, no flag given
+    _same_run(resumed, pipeline_runs["full"][choice])
 
 
 def test_an_old_store_resumes_under_none_bitwise(pipeline_runs, monkeypatch):
