@@ -234,7 +234,8 @@ def stop_when_paused(client, kind: str = "local", seconds: float | None = None, 
     thread (SIGUSR1), whose wait the signal interrupts. Outside the main thread (an estimator fitted in a thread: a
     notebook's background job, a thread pool), or where SIGUSR1 is taken, the exception is raised in the calling
     thread asynchronously (``PyThreadState_SetAsyncExc``): distributed waits for results in steps of at most 10 s
-    of Python code, so it comes out within ~10 s. ``seconds`` defaults to dask's config
+    of Python code, so it comes out within ~10 s, with its message wherever it fires. A stall declared as the block
+    ends (its work done) raises nothing: the block's result stands. ``seconds`` defaults to dask's config
     ``admm-dask.paused-timeout`` (env ``DASK_ADMM_DASK__PAUSED_TIMEOUT``), else :data:`PAUSED_FOR`; ``poll`` to a
     twelfth of it (at most 5 s).
     """
@@ -255,10 +256,12 @@ def stop_when_paused(client, kind: str = "local", seconds: float | None = None, 
     def interrupt():
         if by_signal:
             signal.pthread_kill(caller, signal.SIGUSR1)
-        else:  # raised (without its message, added below) when the caller next runs Python code
-            import ctypes
+        else:  # raised when the caller next runs Python code, wherever that is: the type made with no arguments
+            import ctypes  # carries the message (review16 R1: one raised after the block was a bare WorkersPaused())
 
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(caller), ctypes.py_object(WorkersPaused))
+            posted = type("WorkersPaused", (WorkersPaused,),
+                          {"__init__": lambda self, *args: WorkersPaused.__init__(self, *(args or found[:1]))})
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(caller), ctypes.py_object(posted))
 
     def watch():
         since, transitions = None, None
@@ -286,14 +289,24 @@ def stop_when_paused(client, kind: str = "local", seconds: float | None = None, 
     watcher.start()
     try:
         yield
-    except WorkersPaused as exc:
-        if exc.args or not found:
-            raise
-        raise WorkersPaused(found[0]) from None  # the asynchronous one: its message
     finally:
+        # A stall declared just as the block ended (the watcher posted while this thread left the block): the
+        # block's work is done, so its result stands and the late exception is dropped here, whether it fires in
+        # these lines or is still pending (review16 R1). One raised inside the block ends the block as before.
         try:
-            with lock:  # no signal after this: SIGUSR1's default action ends the process
+            with lock:  # no signal or exception is posted after this: SIGUSR1's default action ends the process
                 done.set()
+            if found and not by_signal:
+                import ctypes
+
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(caller), None)  # NULL: drop a pending one
+        except WorkersPaused:
+            done.set()
         finally:
             if by_signal:
-                signal.signal(signal.SIGUSR1, previous)
+                for _ in range(2):  # signal.signal first runs a pending handler: the late signal's, once
+                    try:
+                        signal.signal(signal.SIGUSR1, previous)
+                        break
+                    except WorkersPaused:
+                        continue

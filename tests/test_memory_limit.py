@@ -106,6 +106,86 @@ def test_outside_the_main_thread_a_paused_worker_ends_the_block_too():
     assert signal.getsignal(signal.SIGUSR1) == before
 
 
+def _in_a_thread(fn):
+    import threading
+
+    got = []
+
+    def run():
+        try:
+            got.append(fn())
+        except BaseException as exc:  # noqa: BLE001 -- the test reads what escaped
+            got.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    return got[0]
+
+
+def test_outside_the_main_thread_the_exception_carries_its_message_wherever_it_fires():
+    """review16 R1: the asynchronous exception was the bare class (its message added only where the block caught
+    it): one that fired elsewhere had no text (the estimator's InputError("")). The block's own code sees it too."""
+    def fit():
+        try:
+            with stop_when_paused(_FakeClient(), "estimator", seconds=0.2, poll=0.05):
+                try:
+                    for _ in range(400):
+                        time.sleep(0.05)
+                except WorkersPaused as exc:
+                    return exc.args
+        except WorkersPaused as exc:  # noqa: BLE001 -- fired outside the inner try
+            return exc.args
+        return "not stopped"
+
+    args = _in_a_thread(fit)
+    assert len(args) == 1 and args[0].startswith("workers ran out of memory: a worker was paused for "), args
+
+
+@pytest.mark.parametrize("where", ["thread", "main"])
+def test_a_stall_declared_as_the_block_ends_keeps_its_result(monkeypatch, where):
+    """review16 R1: the watcher posts the exception (a thread) or the signal (the main thread) just after the
+    block's work returned, while the block's thread waits for the watcher's lock: it fired on the way out, and a
+    completed fit failed (in a thread with an empty error). The block's result now stands, nothing fires later and
+    SIGUSR1's handler is restored. Deterministic: the lock makes the leaving thread wait until the watcher posted."""
+    import signal
+    import threading
+    import types
+
+    from pipeline import memory
+
+    ended = threading.Event()  # the block's work returned
+
+    class LateLock:
+        def __init__(self):
+            self.lock, self.posted, self.caller = threading.Lock(), threading.Event(), threading.get_ident()
+
+        def __enter__(self):
+            if threading.get_ident() == self.caller and ended.is_set():
+                assert self.posted.wait(10)
+            self.lock.acquire()
+
+        def __exit__(self, *exc):
+            self.lock.release()
+            if threading.get_ident() != self.caller:
+                self.posted.set()
+
+    monkeypatch.setattr(memory, "threading", types.SimpleNamespace(**{**vars(threading), "Lock": LateLock}))
+
+    def fit():
+        with stop_when_paused(_FakeClient(), "estimator", seconds=0.2, poll=0.05):
+            result = "fitted"
+            ended.set()
+        for _ in range(2000):  # Python code after the block: a pending exception would fire here
+            pass
+        return result
+
+    before = signal.getsignal(signal.SIGUSR1)
+    assert (_in_a_thread(fit) if where == "thread" else fit()) == "fitted"
+    assert signal.getsignal(signal.SIGUSR1) == before
+
+
 @pytest.mark.parametrize("client", [_FakeClient(paused=False), _FakeClient(moving=True)], ids=["unpaused", "moving"])
 def test_no_stop_while_workers_run_or_tasks_move(client):
     import signal
