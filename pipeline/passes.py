@@ -503,6 +503,18 @@ class DaskRunner:
             self._ahead = _Ahead(self, order)
             weakref.finalize(self, self._ahead.stop)
 
+    def stop_ahead(self) -> None:
+        """Stop the thread summing input Grams ahead and forget its sums (the run ended). The thread and
+        :data:`solvers.input_gram.KEPT` live in this process (an in-process cluster): stopped here, not only by
+        :func:`clear_data_cache` through ``client.run``, which a cluster already gone never runs (review16 R2)."""
+        from solvers import input_gram
+
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.stop()
+            ahead.thread.join(5.0)  # at most a tile's products
+            input_gram.KEPT.forget(ahead.solver.run_token)
+
     def _run(self, kernel, params, read, write, sample, held_out):
         plan = read  # {array name: iteration} or None (solvers.loop.run_pass makes the dict)
         held = held_out and self.split is not None  # every chunk's held-out rows, read with its training rows

@@ -67,6 +67,13 @@ class _Kept:
                 self.taken += 1
             return value
 
+    def forget(self, owner) -> None:
+        """Forget ``owner``'s sums (its run ended); another run's stay."""
+        with self.lock:
+            if owner == self.owner:
+                self.items.clear()
+                self.nbytes, self.owner = 0, None
+
     def clear(self) -> None:
         with self.lock:
             self.items.clear()

@@ -80,3 +80,34 @@ def test_a_kept_gram_is_the_tiles_grams_added_in_order(monkeypatch):
     stopped = input_gram.sum_ahead(solver, X[:600], _rows_key(X[:600], 0, False), between=iter([True, True, False]).__next__)
     assert not stopped and not input_gram.KEPT.has(input_gram._key(solver, _rows_key(X[:600], 0, False)), solver.run_token)
     input_gram.KEPT.clear()
+
+
+def test_a_run_whose_cluster_is_gone_stops_its_thread_and_forgets_its_grams(monkeypatch):
+    """review16 R2: the thread and KEPT were stopped and cleared only by clear_data_cache through client.run, which a
+    cluster already gone (a killed worker, a closed client) never runs: the thread went on reading the data store
+    after the run. _train's end now stops the runner's thread in this process. Deterministic: a sum that checks
+    _between between its tiles, as the real one, and never ends on its own."""
+    import time
+    import types
+
+    from pipeline.training import _forget_data
+
+    def summing(self, i):
+        while self._between(i):
+            time.sleep(0.01)
+
+    class GoneClient:
+        def run(self, fn):
+            raise RuntimeError("the cluster is gone")
+
+    monkeypatch.setattr(passes._Ahead, "_sum", summing)
+    solver = types.SimpleNamespace(run_token="r16")
+    runner = DaskRunner(GoneClient(), solver, "d.zarr", "r.zarr", [(0, 10), (10, 20)])
+    runner._ahead = ahead = passes._Ahead(runner, [0, 1])
+    input_gram.KEPT.put("k", np.zeros(4), "r16")
+    try:
+        _forget_data(runner.client, runner)
+        assert not ahead.thread.is_alive() and not input_gram.KEPT.has("k", "r16")
+    finally:
+        ahead.stop()
+        input_gram.KEPT.clear()
