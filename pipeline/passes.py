@@ -283,7 +283,12 @@ class _Ahead:
         with one_blas_thread():
             x = data_cache().read(self.data, "X", a, b)
             x = x if rows is None or len(rows) == b - a else x[rows]
-            if input_gram.sum_ahead(self.solver, x, _rows_key(x, a, False), lambda: self._between(i)):
+            rows_key = _rows_key(x, a, False)
+            if input_gram.sum_ahead(self.solver, x, rows_key, lambda: self._between(i)):
+                # a pass that began between sum_ahead's last check and its put read the chunk, and its take missed
+                # (review16 R3): its pass B summed the Gram itself, so the kept one would hold budget till the run ends
+                if not self._between(i) and input_gram.drop(self.solver, rows_key):
+                    return None
                 self.done += 1
                 return True
         return False if self._between(i) else None

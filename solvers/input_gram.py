@@ -74,6 +74,14 @@ class _Kept:
                 self.items.clear()
                 self.nbytes, self.owner = 0, None
 
+    def drop(self, key, owner) -> bool:
+        """Forget the sum kept under ``key`` (no pass took it); return whether there was one."""
+        with self.lock:
+            value = self.items.pop(key, None) if owner == self.owner else None
+            if value is not None:
+                self.nbytes -= value.nbytes
+            return value is not None
+
     def clear(self) -> None:
         with self.lock:
             self.items.clear()
@@ -101,6 +109,12 @@ def take(solver, rows):
     return KEPT.take(_key(solver, rows), solver.run_token)
 
 
+def drop(solver, rows) -> bool:
+    """Forget the kept input Gram of the training rows named ``rows`` (a pass summed them itself); return whether
+    there was one."""
+    return KEPT.drop(_key(solver, rows), solver.run_token)
+
+
 def future_chunks(solver, n_chunks: int, sample) -> list[int]:
     """Return the chunks outside ``sample`` in the order a growing sample adds them (:func:`solvers.sampling.order`)."""
     from solvers import sampling
@@ -113,7 +127,7 @@ def sum_ahead(solver, x_train, rows, between=None) -> bool:
     """Keep the input Gram of a chunk's training rows ``x_train``, named ``rows``, as pass B sums it.
 
     ``rows``: :func:`solvers.gauss_newton._rows_key` of the rows as pass B's kernel sees them (training side).
-    ``between()`` runs before each tile; False abandons the chunk (nothing is kept). Return whether the sum is
+    ``between()`` runs before each tile and before the sum is kept; False abandons the chunk (nothing is kept). Return whether the sum is
     kept (already, or now); False too when the budget has no room for it.
     """
     key, owner = _key(solver, rows), solver.run_token
@@ -128,5 +142,7 @@ def sum_ahead(solver, x_train, rows, between=None) -> bool:
             if between is not None and not between():
                 return False
             total += np.ravel(solver._gram(solver._kept_inputs(x_train, rows, sl)))
+    if between is not None and not between():  # a pass read the chunk while its last tile was summed (review16 R3):
+        return False  # its pass B summed the Gram itself; kept, it would hold budget until the run ends
     KEPT.put(key, total, owner)
     return KEPT.has(key, owner)

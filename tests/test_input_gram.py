@@ -1,5 +1,7 @@
 """The input Gram of chunks a growing sample has not reached, summed ahead while the in-process workers idle
 (solvers/input_gram.py, pipeline/passes.py's _Ahead): the iterations are bitwise those summed in pass B."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -110,4 +112,62 @@ def test_a_run_whose_cluster_is_gone_stops_its_thread_and_forgets_its_grams(monk
         assert not ahead.thread.is_alive() and not input_gram.KEPT.has("k", "r16")
     finally:
         ahead.stop()
+        input_gram.KEPT.clear()
+
+
+def _gauss_newton(tmp_path, n=700, d=12, tile_rows=128):
+    from solvers.gauss_newton import _rows_key
+
+    X, y = make_data(n=n, d=d, n_classes=3)
+    config = TrainConfig(solver="gauss-newton", hidden=(6,), iterations=1)
+    shift = X[0].astype(np.float64)
+    solver = make_solver(config, d, **model_from_moments(config, d, moment_sums(X, shift), shift, np.unique(y)))
+    solver.tile_rows = tile_rows
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=350)
+    return solver, X, lambda a, b: input_gram._key(solver, _rows_key(X[a:b], a, False))
+
+
+def test_a_sum_a_pass_read_during_its_last_tile_is_not_kept(tmp_path):
+    """review16 R3: between() ran before each tile but not before the put: a pass that began during the last tile
+    and read the chunk (its take missed: pass B summed the Gram itself) left the sum kept, holding budget until the
+    run ended. sum_ahead now asks between() once more before it keeps the sum."""
+    from solvers.gauss_newton import _rows_key
+
+    solver, X, key = _gauss_newton(tmp_path)
+    rows = _rows_key(X[:600], 0, False)  # 5 tiles of 128 rows
+    try:
+        assert not input_gram.sum_ahead(solver, X[:600], rows, between=iter([True] * 5 + [False]).__next__)
+        assert not input_gram.KEPT.has(key(0, 600), solver.run_token)
+        assert input_gram.sum_ahead(solver, X[:600], rows, between=iter([True] * 6).__next__)
+        assert input_gram.KEPT.has(key(0, 600), solver.run_token)
+    finally:
+        input_gram.KEPT.clear()
+
+
+def test_a_sum_kept_as_a_pass_read_its_chunk_is_dropped(tmp_path, monkeypatch):
+    """review16 R3, the rest of the window: a pass that begins between sum_ahead's last between() and its put, and
+    reads the chunk, misses it; the thread then drops the sum once the pass ended. Deterministic: the put runs the
+    pass around itself."""
+    solver, X, key = _gauss_newton(tmp_path)
+    runner = DaskRunner(None, solver, tmp_path / "d.zarr", tmp_path / "r.zarr", [(0, 350), (350, 700)])
+    put, box = input_gram.KEPT.put, {}
+
+    def put_in_a_pass(k, value, owner):
+        box["ahead"].pass_begins()  # the pass began; its pass B's take missed (nothing kept yet)
+        put(k, value, owner)
+        box["kept"] = input_gram.KEPT.has(k, owner)
+        box["ahead"].pass_ends({1})  # it read chunk 1 as a training chunk
+
+    monkeypatch.setattr(input_gram.KEPT, "put", put_in_a_pass)
+    passes_between = passes._Ahead._between
+    started = threading.Event()
+    monkeypatch.setattr(passes._Ahead, "_between", lambda self, i: started.wait(10) and passes_between(self, i))
+    try:
+        box["ahead"] = ahead = passes._Ahead(runner, [1])
+        started.set()
+        ahead.thread.join(10)
+        assert not ahead.thread.is_alive() and box["kept"]
+        assert not input_gram.KEPT.has(key(350, 700), solver.run_token) and ahead.done == 0
+    finally:
+        box.get("ahead") and box["ahead"].stop()
         input_gram.KEPT.clear()
