@@ -323,8 +323,8 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--defer-all", action="store_true",
                    help="experiment: every accepted iteration ends after pass A and a score pass (pass B opens the next)")
-    p.add_argument("--no-ahead", action="store_true",
-                   help="A/B: no input Grams summed ahead while the workers idle (pipeline.passes.AHEAD off)")
+    p.add_argument("--ahead", action=argparse.BooleanOptionalAction, default=None,
+                   help="A/B: input Grams summed ahead while the workers idle (pipeline.passes.AHEAD; default: as shipped)")
     p.add_argument("--ahead-nice", type=int, default=None, help="the thread's nice value (0: not changed)")
     p.add_argument("--tmp", default="/tmp/kernel_timeline")
     p.add_argument("compare_args", nargs=argparse.REMAINDER, help="more compare.py arguments (after --)")
@@ -339,7 +339,8 @@ def main(argv=None) -> int:
 
     from pipeline import passes
 
-    passes.AHEAD = not args.no_ahead
+    if args.ahead is not None:
+        passes.AHEAD = args.ahead
     if args.ahead_nice is not None:
         passes.AHEAD_NICE = args.ahead_nice
 

@@ -182,7 +182,11 @@ def claimed_chunk_tasks(bundle, specs, token: str) -> list:
     return out
 
 
-AHEAD = True  # sum the input Gram of chunks a growing sample has not reached while the in-process workers idle
+# sum the input Gram of chunks a growing sample has not reached while the in-process workers idle. Off: on a quiet
+# machine it did not pay (MNIST 10-class 60k, 4 paired rounds: iteration 3 ended at 2.18 s with it against 2.13 s
+# without; benchmarks/results/ahead_ab_s16quiet1.json): the thread's ~0.3 s of CPU during the initialisation's client
+# solves takes the core the client needs. The same bits either way; benchmarks/ahead_ab.py re-runs the A/B
+AHEAD = False
 AHEAD_SETTLE = False  # tests: each pass first waits until every Gram ahead is kept (deterministic hits)
 # the thread's nice value (Linux: per thread; 0: not changed). Not lowered by default: at nice 19 on a loaded machine
 # the runs were slower than without the thread (MNIST 10-class 60k, load 10: iteration 3 took 1.04-1.18 s against

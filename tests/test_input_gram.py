@@ -27,6 +27,7 @@ def test_grams_summed_ahead_give_the_in_memory_runners_iterations_bitwise(tmp_pa
     runner (no thread) bitwise, and the thread ends with the run's caches."""
     from distributed import Client, LocalCluster
 
+    monkeypatch.setattr(passes, "AHEAD", True)  # off by default (it did not pay on a quiet machine)
     monkeypatch.setattr(passes, "AHEAD_SETTLE", settle)
     X, y = make_data(n=2400, d=30, n_classes=3)
     write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
