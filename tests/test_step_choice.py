@@ -137,25 +137,32 @@ def test_t_1_kept_is_the_stock_run_bit_for_bit(hidden_alpha):
         f"t = 2: {first['step_validation_loss_2']:.4g})"]
 
 
-def test_a_longer_step_the_lm_test_rejects_is_not_kept_and_the_run_is_the_stock_run():
-    """make_data's two classes, seed 0: the held-out rows prefer t = 2 by 1 %, but its training objective rose (the
-    LM test would reject it, quadrupling λ and losing iteration 1); t = 1 goes on instead: the stock run, bitwise."""
-    from tests.conftest import make_data
-
-    X, y = make_data(n=3000, n_classes=2, seed=0)
-    settings = {**BASE, "hidden_alpha": "readout"}
+def _rejected_longer_step_is_the_stock_run(X, y, choice):
+    """Run ``choice`` under readout and the stock solver on (X, y), where the held-out rows prefer the longer step t and
+    the LM test rejects it: t = 1 goes on, bitwise the stock run, and the step-length line says t failed. Returns the
+    choice run's and the stock run's first history entries."""
+    settings, t = {**BASE, "hidden_alpha": "readout"}, STEP_LENGTHS[choice][1]
     stock = fit_in_memory(X, y, TrainConfig(**settings), chunk_rows=512)
     lines = []
-    held = fit_in_memory(X, y, TrainConfig(**settings, step_choice="held-out"), chunk_rows=512, report=lines.append)
+    held = fit_in_memory(X, y, TrainConfig(**settings, step_choice=choice), chunk_rows=512, report=lines.append)
     first = held.history[0]
-    assert first["step_validation_loss_2"] < first["step_validation_loss_1"] and first["step_length"] == 1.0
-    assert first["accepted"] and stock.history[0]["accepted"]
+    assert first[f"step_validation_loss_{t:g}"] < first["step_validation_loss_1"] and first["step_length"] == 1.0
     for W, W_ref in zip(held.loop_state.weights, stock.loop_state.weights, strict=True):
         np.testing.assert_array_equal(W, W_ref)
     assert _without_step(held.history) == _without_step(stock.history)
     assert [line for line in lines if line.startswith("step length")] == [
         f"step length: t = 1 at iteration 1 (held-out loss t = 1: {first['step_validation_loss_1']:.4g}, "
-        f"t = 2: {first['step_validation_loss_2']:.4g}; t = 2 failed the LM test)"]
+        f"t = {t:g}: {first[f'step_validation_loss_{t:g}']:.4g}; t = {t:g} failed the LM test)"]
+    return first, stock.history[0]
+
+
+def test_a_longer_step_the_lm_test_rejects_is_not_kept_and_the_run_is_the_stock_run():
+    """make_data's two classes, seed 0: the held-out rows prefer t = 2 by 1 %, but its training objective rose (the
+    LM test would reject it, quadrupling λ and losing iteration 1); t = 1 goes on instead: the stock run, bitwise."""
+    from tests.conftest import make_data
+
+    first, stock_first = _rejected_longer_step_is_the_stock_run(*make_data(n=3000, n_classes=2, seed=0), "held-out")
+    assert first["accepted"] and stock_first["accepted"]
 
 
 class _Forced(GaussNewtonSolver):
@@ -202,19 +209,7 @@ def test_longer_step_kept_is_the_stock_solver_with_the_longer_first_trial_bit_fo
 def test_held_out_1_5_the_lm_test_rejects_is_the_stock_run():
     """Ten linear classes under readout: the held-out rows prefer t = 1.5, its training objective rose: t = 1 goes on,
     the stock run bit for bit, and the line says so."""
-    X, y = linear_classes()
-    settings = {**BASE, "hidden_alpha": "readout"}
-    stock = fit_in_memory(X, y, TrainConfig(**settings), chunk_rows=512)
-    lines = []
-    held = fit_in_memory(X, y, TrainConfig(**settings, step_choice="held-out-1.5"), chunk_rows=512, report=lines.append)
-    first = held.history[0]
-    assert first["step_validation_loss_1.5"] < first["step_validation_loss_1"] and first["step_length"] == 1.0
-    for W, W_ref in zip(held.loop_state.weights, stock.loop_state.weights, strict=True):
-        np.testing.assert_array_equal(W, W_ref)
-    assert _without_step(held.history) == _without_step(stock.history)
-    assert [line for line in lines if line.startswith("step length")] == [
-        f"step length: t = 1 at iteration 1 (held-out loss t = 1: {first['step_validation_loss_1']:.4g}, "
-        f"t = 1.5: {first['step_validation_loss_1.5']:.4g}; t = 1.5 failed the LM test)"]
+    _rejected_longer_step_is_the_stock_run(*linear_classes(), "held-out-1.5")
 
 
 def test_probe_candidates_each_choose_and_the_winner_goes_on_as_its_own_run():
