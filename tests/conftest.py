@@ -93,6 +93,34 @@ def brute_force_min(f, lo=-40.0, hi=40.0, n=400_001):
     return float(np.min(f(z)))
 
 
+def in_memory_and_store(tmp_path, X, y, config, chunk_rows, split):
+    """Write (X, y) as a data store of ``chunk_rows`` chunks and create a run store for ``config`` beside it; return
+    the in-memory runner over the same chunks and ``split`` (or ``split(chunk bounds)`` when it is a function), the
+    pipeline's own solver (same model), the run store, the chunk bounds and the split: the pair the
+    pipeline-equals-in-memory tests compare."""
+    from pipeline.passes import bounds
+    from solvers import make_solver
+    from solvers.driver import model_from_moments
+    from solvers.inmemory import InMemoryRunner
+    from solvers.losses import encode_labels
+    from solvers.stats import moment_sums
+    from storage.data import write_data
+    from storage.runstore import RunStore
+
+    n, d = X.shape
+    write_data(tmp_path / "d.zarr", X, y, chunk_rows=chunk_rows)
+    shift = X[0].astype(np.float64)
+    model = model_from_moments(config, d, moment_sums(X, shift), shift, np.unique(y))
+    chunks = bounds(n, chunk_rows)
+    split = split(chunks) if callable(split) else split
+    mem = InMemoryRunner(make_solver(config, d, **model), X, encode_labels(y, model["classes"]), bounds=chunks,
+                         split=split)
+    solver_d = make_solver(config, d, **model)
+    run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
+                          state_widths=solver_d.state_widths(), n_samples=n, chunk_rows=chunk_rows, **model)
+    return mem, solver_d, run, chunks, split
+
+
 def make_data(n=3000, d=10, n_classes=2, seed=0):
     """Return X (n × d, features of mixed scale and offset) and labels in n_classes equal-count bins of a nonlinear score."""
     rng = np.random.default_rng(seed)

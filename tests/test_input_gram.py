@@ -6,18 +6,16 @@ import numpy as np
 import pytest
 
 from pipeline import passes
-from pipeline.passes import DaskRunner, bounds
+from pipeline.passes import DaskRunner
 from solvers import input_gram, make_solver
 from solvers.config import TrainConfig
 from solvers.driver import model_from_moments
-from solvers.inmemory import InMemoryRunner
 from solvers.loop import initialize, iterate
 from solvers.losses import encode_labels
 from solvers.stats import moment_sums
 from solvers.validation import RowSplit
 from storage.data import write_data
-from storage.runstore import RunStore
-from tests.conftest import make_data
+from tests.conftest import in_memory_and_store, make_data
 
 
 @pytest.mark.parametrize("loss, settle", [("squared", True), ("cross-entropy", False)])
@@ -30,16 +28,8 @@ def test_grams_summed_ahead_give_the_in_memory_runners_iterations_bitwise(tmp_pa
     monkeypatch.setattr(passes, "AHEAD", True)  # off by default (it did not pay on a quiet machine)
     monkeypatch.setattr(passes, "AHEAD_SETTLE", settle)
     X, y = make_data(n=2400, d=30, n_classes=3)
-    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
     config = TrainConfig(solver="gauss-newton", hidden=(8,), iterations=4, loss=loss, sample_start=500)
-    shift = X[0].astype(np.float64)
-    model = model_from_moments(config, 30, moment_sums(X, shift), shift, np.unique(y))
-    chunks, split = bounds(2400, 200), RowSplit(0.2, seed=3)
-    mem = InMemoryRunner(make_solver(config, 30, **model), X, encode_labels(y, model["classes"]), bounds=chunks,
-                         split=split)
-    solver_d = make_solver(config, 30, **model)
-    run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
-                          state_widths=solver_d.state_widths(), n_samples=2400, chunk_rows=200, **model)
+    mem, solver_d, run, chunks, split = in_memory_and_store(tmp_path, X, y, config, 200, RowSplit(0.2, seed=3))
     taken = input_gram.KEPT.taken
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as c:

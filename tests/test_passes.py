@@ -5,20 +5,15 @@ import numpy as np
 import pytest
 
 from pipeline.passes import DaskRunner, bounds, chunk_sums, data_statistics, predictions, score_sums_graph, tree
-from solvers import make_solver
 from solvers.config import TrainConfig
-from solvers.driver import model_from_moments
 from solvers.errors import InputError
-from solvers.inmemory import InMemoryRunner
 from solvers.loop import initialize, iterate
-from solvers.losses import encode_labels
 from solvers.reference import fit_in_memory
 from solvers.stats import moment_sums
 from solvers.tasks import score_from_sums, score_sums
 from solvers.validation import ChunkSplit, RowSplit
 from storage.data import write_data
-from storage.runstore import RunStore
-from tests.conftest import make_data, make_regression
+from tests.conftest import in_memory_and_store, make_data, make_regression
 
 ROWS = 250  # the data store's chunk rows
 
@@ -167,17 +162,9 @@ def test_dask_runner_equals_the_in_memory_runner(client, tmp_path, solver, legac
     ``legacy``: whole chunks held out, as run stores of earlier versions recorded.
     """
     X, y = make_data(n=1400, d=5)
-    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
     config = TrainConfig(solver=solver, hidden=(6,), iterations=2)
-    shift = X[0].astype(np.float64)
-    model = model_from_moments(config, 5, moment_sums(X, shift), shift, np.unique(y))
-    chunks = bounds(1400, 200)
-    split = ChunkSplit(frozenset(chunks[5:])) if legacy else RowSplit(0.3, seed=3)
-    mem = InMemoryRunner(make_solver(config, 5, **model), X, encode_labels(y, model["classes"]), bounds=chunks,
-                         split=split)
-    solver_d = make_solver(config, 5, **model)
-    run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
-                          state_widths=solver_d.state_widths(), n_samples=1400, chunk_rows=200, **model)
+    split = (lambda chunks: ChunkSplit(frozenset(chunks[5:]))) if legacy else RowSplit(0.3, seed=3)
+    mem, solver_d, run, chunks, split = in_memory_and_store(tmp_path, X, y, config, 200, split)
     dsk = DaskRunner(client, solver_d, tmp_path / "d.zarr", run.path, chunks, split=split)
     reads_before = client.run(_state_reads)
     a, b = initialize(mem.solver, mem), initialize(solver_d, dsk)
@@ -209,16 +196,8 @@ def test_an_in_process_runner_groups_chunks_by_thread_and_equals_the_in_memory_r
     from distributed import Client, LocalCluster, get_task_stream
 
     X, y = make_data(n=1400, d=5)
-    write_data(tmp_path / "d.zarr", X, y, chunk_rows=200)
     config = TrainConfig(solver=solver, hidden=(6,), iterations=2)
-    shift = X[0].astype(np.float64)
-    model = model_from_moments(config, 5, moment_sums(X, shift), shift, np.unique(y))
-    chunks, split = bounds(1400, 200), RowSplit(0.3, seed=3)
-    mem = InMemoryRunner(make_solver(config, 5, **model), X, encode_labels(y, model["classes"]), bounds=chunks,
-                         split=split)
-    solver_d = make_solver(config, 5, **model)
-    run = RunStore.create(tmp_path / "r.zarr", config=config.to_dict(), data={"path": str(tmp_path / "d.zarr")},
-                          state_widths=solver_d.state_widths(), n_samples=1400, chunk_rows=200, **model)
+    mem, solver_d, run, chunks, split = in_memory_and_store(tmp_path, X, y, config, 200, RowSplit(0.3, seed=3))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as c, get_task_stream(c) as stream:
         dsk = DaskRunner(c, solver_d, tmp_path / "d.zarr", run.path, chunks, split=split)
