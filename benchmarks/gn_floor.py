@@ -347,7 +347,9 @@ def _iter_rows(rec) -> list:
         whole = h["kernels"].get("_iteration", {})
         fl = h["flops"]
         groups = {g: sum(v for k, v in fl.items() if k.startswith(pre)) / 1e9 for g, pre in GROUPS.items()}
-        read_rows = sum(v["rows"] for n, v in ker.items() if n.startswith(("forward", "curvature")))
+        # unavoidable reads: every row an iteration touches, once (its sample's training rows and the held-out rows)
+        read_rows = max((v["rows"] for n, v in ker.items() if n in ("forward_chunk", "curvature_chunk", "score_chunk")),
+                        default=0) + max((v["rows"] for n, v in ker.items() if n.endswith("_held")), default=0)
         out.append({"iteration": h["iteration"], "gflop": sum(fl.values()) / 1e9, "groups": groups,
                     "kernel_cpu": sum(v["cpu"] for v in ker.values()), "iteration_cpu": whole.get("cpu"),
                     "rows_read": read_rows, "sample_rows": h.get("sample_rows"),
@@ -364,6 +366,7 @@ def table(argv) -> None:
     p.add_argument("--count", required=True, help="count records of --data pipeline (seeds 0-2)")
     p.add_argument("--levers", default=None, help="count records of --data validation (arms x seeds)")
     p.add_argument("--gemm", required=True)
+    p.add_argument("--summary", default=None, help="a Markdown file put after the title (the measured conclusions)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     G = json.loads(Path(a.gemm).read_text())
@@ -372,7 +375,9 @@ def table(argv) -> None:
     res = {"gemm_measured_here": G, "gemm_quiet_used": QUIET_GEMM, "read_seconds_per_row_one_core": read_row,
            "pipeline": {}, "levers": {}}
     L = ["# Gauss-Newton alone on MNIST 10-class 60k: the floor of its time to 0.96 (session 17, helper floor17, issue 21)",
-         "", f"Written by `python benchmarks/gn_floor.py table {' '.join(argv)}`; commands of its inputs below.", ""]
+         "", f"Tables written by `python benchmarks/gn_floor.py table {' '.join(argv)}`.", ""]
+    if a.summary:
+        L += [Path(a.summary).read_text().rstrip(), ""]
     L += ["Float32 GEMM rates used for the floor: the integrator's quiet `kernel_efficiency_s16quiet1.json` (784-300-10 "
           f"entry): **{r1} GFLOP/s at 1 thread, {r2} at 2 threads** (2048²). Measured here under load by `gn_floor.py gemm` "
           f"(load {G['load_before']:.1f} → {G['load_after']:.1f}): 2048² {G['rates']['1']['square_2048']:.1f} / "
@@ -386,7 +391,8 @@ def table(argv) -> None:
           "(`--solver gauss-newton`, defaults: probe, grow schedule 3 → 6 → 8 chunks, deferred pass B), in memory, "
           "every matrix product of the chunk kernels counted where it is made. The run is the pipeline's (train "
           "accuracy after iteration 1 equal to the quiet compare run's to all 16 digits on seed 0). Floor = GFLOP / "
-          f"{r2} GFLOP/s + rows read × {read_row * 1e6:.2f} µs / 2 cores. *pipeline s*: the quiet compare run's seconds "
+          f"{r2} GFLOP/s + rows the iteration touches (sample + held-out, once) × {read_row * 1e6:.2f} µs "
+          "/ 2 cores. *pipeline s*: the quiet compare run's seconds "
           "of that point (s16quiet1; point 1 includes initialisation and the store's creation). *kernel CPU*: the chunk "
           "kernels' thread CPU in this (loaded, 1 BLAS thread) run; *client CPU*: the rest of the iteration's CPU "
           "(solves, eigendecompositions, LM test, probe), same run.", ""]
@@ -425,14 +431,16 @@ def table(argv) -> None:
             "torch_time_to_target": tp["time_to_target"], "torch_cpu_to_target": tp["cpu_to_target"],
             "torch_epochs_to_target": tpts[thit]["step"], "torch_rows_to_target": t_rows,
             "torch_gflop_to_target": t_rows * TORCH_FLOPS_PER_ROW / 1e9,
-            "torch_floor_s": t_rows * TORCH_FLOPS_PER_ROW / 1e9 / r2,
+            "torch_floor_s": t_rows * TORCH_FLOPS_PER_ROW / 1e9 / r2 + t_rows * read_row / 2,
             "torch_first_point_s": tpts[0]["seconds"]}
     L += ["", "## (c) Time to 0.96: Gauss-Newton alone against PyTorch Adam, each against its FLOP floor", "",
           f"PyTorch's FLOPs: {TORCH_FLOPS_PER_ROW:,} a row (forward, weight gradients, layer 2's input gradient of "
-          "784-300-10), times the rows it streamed to its 0.96 point (its points are every 1/8 epoch). "
+          "784-300-10), times the rows it streamed to its 0.96 point (its points are every 1/8 epoch); its floor adds "
+          "the same read cost a row as ours. "
           "*achieved*: GFLOP to the target / seconds to the target.", "",
           "| seed | GN hit iteration (test) | GN GFLOP | GN floor s | GN pipeline s (achieved GFLOP/s) | "
-          "GN GFLOP / floor to iteration 2 | PyTorch epochs | PyTorch GFLOP | PyTorch floor s | PyTorch s (achieved GFLOP/s; first point s) | ratio measured | ratio of floors |",
+          "GN GFLOP / floor to iteration 2 | PyTorch epochs | PyTorch GFLOP | PyTorch floor s | "
+          "PyTorch s (achieved GFLOP/s; first point s) | ratio measured | ratio of floors |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for seed, d in res["pipeline"].items():
         L.append(f"| {seed} | {d['pipeline_hit_iteration']} | {d['gn_gflop_to_target']:.0f} | {d['gn_floor_to_target']:.2f} | "
@@ -450,8 +458,8 @@ def table(argv) -> None:
               "held out inside them), rows 50,000-59,999 are the validation rows scored after every iteration (the "
               "test split is never read). 5 iterations (the 5th reads every chunk). GFLOP: initialisation + iterations "
               "to the hit, counted as above.", "",
-              "| arm | settings | seed | validation accuracy, iterations 1-4 | sample rows, iterations 1-4 | hit | GFLOP to hit | "
-              "GFLOP to iteration 2 / 3 |", "|---|---|---|---|---|---|---|---|"]
+              "| arm | settings | seed | validation accuracy by iteration | sample rows by iteration | hit | GFLOP to hit | "
+              "GFLOP to iteration 2 / 3 / 4 |", "|---|---|---|---|---|---|---|---|"]
         for rec in recs:
             rows = _iter_rows(rec)
             its = [r for r in rows if r["iteration"]]
@@ -462,9 +470,10 @@ def table(argv) -> None:
                 "gflop_to_hit": hit and _hit(rows, hit)}
             sets = ", ".join(f"{k}={v}" for k, v in rec["sets"].items()) + (f" GROWTH={rec['growth']:g}" if rec["growth"] else "")
             L.append(f"| {rec['arm']} | {sets or 'defaults'} | {rec['seed']} | "
-                     + " / ".join(f"{r['accuracy']:.4f}" for r in its[:4]) + " | "
-                     + " / ".join(str(int(r["sample_rows"] or 0)) for r in its[:4]) + f" | {hit or '-'} | "
-                     + (f"{_hit(rows, hit):.0f}" if hit else "-") + f" | {_hit(rows, 2):.0f} / {_hit(rows, 3):.0f} |")
+                     + " / ".join(f"{r['accuracy']:.4f}" for r in its) + " | "
+                     + " / ".join(str(int(r["sample_rows"] or 0)) for r in its) + f" | {hit or '-'} | "
+                     + (f"{_hit(rows, hit):.0f}" if hit else "-")
+                     + f" | {_hit(rows, 2):.0f} / {_hit(rows, 3):.0f} / {_hit(rows, 4):.0f} |")
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))
     Path(a.out + ".md").write_text("\n".join(L) + "\n")
     print("\n".join(L))
