@@ -361,11 +361,47 @@ def _hit(rows, upto=None) -> float:
     return sum(r["gflop"] for r in rows if upto is None or r["iteration"] <= upto)
 
 
+def _model_seconds(rows, upto: int) -> float:
+    """Kernel CPU over 2 threads plus the serial client CPU, initialisation and iterations 1..``upto``."""
+    return sum(r["kernel_cpu"] / 2 + (r["iteration_cpu"] - r["kernel_cpu"]) for r in rows if r["iteration"] <= upto)
+
+
+def _pipeline_levers(path, res, L) -> None:
+    """Table (d): each lever's work on the pipeline's rows, and its time predicted by the stock run's calibration."""
+    stock = {s: d for s, d in res["pipeline"].items()}
+    for d in stock.values():
+        d["model_seconds_to_target"] = _model_seconds(d["iterations"], d["pipeline_hit_iteration"])
+        d["other_seconds"] = d["pipeline_time_to_target"] - d["model_seconds_to_target"]
+    L += ["", "## (d) The levers on the pipeline's rows: work, and predicted pipeline seconds", "",
+          "`count --data pipeline` with the lever (the compare store's 60,000 rows; *held-out* = the solver's own 10 % "
+          "held-out rows, not the test split). *model s*: initialisation and iterations 1..k of kernel CPU / 2 threads + "
+          "client CPU (this loaded in-memory run). *predicted pipeline s* = model s + the stock run's *other* seconds "
+          "of the same seed (its quiet pipeline time to 0.96 minus its model s: store, commits, graph, imbalance). "
+          "Stock's own model s / other s per seed: "
+          + "; ".join(f"seed {s}: {d['model_seconds_to_target']:.2f} / {d['other_seconds']:.2f}" for s, d in stock.items())
+          + ". PyTorch to 0.96 (same seeds, quiet): "
+          + ", ".join(f"{d['torch_time_to_target']:.2f}" for d in stock.values()) + " s.", "",
+          "| arm | seed | held-out accuracy by iteration | GFLOP by iteration (0 = init) | GFLOP to 2 / 3 / 4 | "
+          "predicted pipeline s to 2 / 3 / 4 | ratio to PyTorch at 2 / 3 / 4 |", "|---|---|---|---|---|---|---|"]
+    res["pipeline_levers"] = {}
+    for rec in _load(path):
+        rows = _iter_rows(rec)
+        d = stock.get(rec["seed"]) or stock.get(str(rec["seed"]))
+        pred = [_model_seconds(rows, k) + d["other_seconds"] for k in (2, 3, 4)]
+        res["pipeline_levers"].setdefault(rec["arm"], {})[rec["seed"]] = {
+            "rows": rows, "predicted_pipeline_seconds_2_3_4": pred, "sets": rec["sets"], "growth": rec["growth"]}
+        L.append(f"| {rec['arm']} | {rec['seed']} | " + " / ".join(f"{r['accuracy']:.4f}" for r in rows if r["iteration"])
+                 + " | " + " / ".join(f"{r['gflop']:.0f}" for r in rows) + " | "
+                 + " / ".join(f"{_hit(rows, k):.0f}" for k in (2, 3, 4)) + " | " + " / ".join(f"{x:.2f}" for x in pred)
+                 + " | " + " / ".join(f"{x / d['torch_time_to_target']:.2f}x" for x in pred) + " |")
+
+
 def table(argv) -> None:
     p = argparse.ArgumentParser(prog="gn_floor.py table")
     p.add_argument("--count", required=True, help="count records of --data pipeline (seeds 0-2)")
     p.add_argument("--levers", default=None, help="count records of --data validation (arms x seeds)")
     p.add_argument("--gemm", required=True)
+    p.add_argument("--pipeline-levers", default=None, help="count records of --data pipeline for lever arms")
     p.add_argument("--summary", default=None, help="a Markdown file put after the title (the measured conclusions)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
@@ -389,8 +425,9 @@ def table(argv) -> None:
     L += ["## (b) The work of each iteration of the pipeline's run, and its floor", "",
           "`count --data pipeline`: the compare.py store's 60,000 training rows in 8,192-row chunks, the stock solver "
           "(`--solver gauss-newton`, defaults: probe, grow schedule 3 → 6 → 8 chunks, deferred pass B), in memory, "
-          "every matrix product of the chunk kernels counted where it is made. The run is the pipeline's (train "
-          "accuracy after iteration 1 equal to the quiet compare run's to all 16 digits on seed 0). Floor = GFLOP / "
+          "every matrix product of the chunk kernels counted where it is made. The run is the pipeline's: its train "
+          "accuracy equals the quiet compare run's bit for bit at every iteration of every seed (checked here: "
+          "`same_run_checked` in the JSON). Floor = GFLOP / "
           f"{r2} GFLOP/s + rows the iteration touches (sample + held-out, once) × {read_row * 1e6:.2f} µs "
           "/ 2 cores. *pipeline s*: the quiet compare run's seconds "
           "of that point (s16quiet1; point 1 includes initialisation and the store's creation). *kernel CPU*: the chunk "
@@ -407,6 +444,8 @@ def table(argv) -> None:
         pipe = [pts[0]["seconds"]] + [pts[i]["seconds"] - pts[i - 1]["seconds"] for i in range(1, len(pts))]
         hit = next(i + 1 for i, q in enumerate(pts) if q["test_accuracy"] >= TARGET)
         rows = _iter_rows(rec)
+        same = [h["train_accuracy"] == q.get("train_accuracy") for h, q in zip(rec["history"], pts)]
+        res.setdefault("same_run_checked", {})[seed] = same
         for r in rows:
             r["floor_s"] = r["gflop"] / r2 + read_row * r["rows_read"] / 2
             r["client_cpu"] = None if r["iteration_cpu"] is None else r["iteration_cpu"] - r["kernel_cpu"]
@@ -474,6 +513,8 @@ def table(argv) -> None:
                      + " / ".join(str(int(r["sample_rows"] or 0)) for r in its) + f" | {hit or '-'} | "
                      + (f"{_hit(rows, hit):.0f}" if hit else "-")
                      + f" | {_hit(rows, 2):.0f} / {_hit(rows, 3):.0f} / {_hit(rows, 4):.0f} |")
+    if a.pipeline_levers:
+        _pipeline_levers(a.pipeline_levers, res, L)
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))
     Path(a.out + ".md").write_text("\n".join(L) + "\n")
     print("\n".join(L))
