@@ -332,6 +332,7 @@ def _compare_points(seed: int) -> dict:
     return out
 
 
+ARM_COMPARE = {"stock": "gauss-newton-pipeline", "t15": "gn-t15-pipeline"}  # arms compare.py timed (s16quiet1)
 TORCH_FLOPS_PER_ROW = 2 * (784 * 300 + 300 * 10) * 2 + 2 * 300 * 10  # forward, weight gradients, layer-2 input gradient
 QUIET_GEMM = {"1": 98.8, "2": 182.9}  # kernel_efficiency_s16quiet1.json, 784-300-10 entry: float32 2048², 1 / 2 threads
 GROUPS = {"forward (pass A, the probe's candidates, misses)": ("forward",), "input Gram Σ ã0ᵀã0 (new rows)": ("syrk 785",),
@@ -382,18 +383,26 @@ def _pipeline_levers(path, res, L) -> None:
           + ". PyTorch to 0.96 (same seeds, quiet): "
           + ", ".join(f"{d['torch_time_to_target']:.2f}" for d in stock.values()) + " s.", "",
           "| arm | seed | held-out accuracy by iteration | GFLOP by iteration (0 = init) | GFLOP to 2 / 3 / 4 | "
-          "predicted pipeline s to 2 / 3 / 4 | ratio to PyTorch at 2 / 3 / 4 |", "|---|---|---|---|---|---|---|"]
+          "predicted pipeline s to 2 / 3 / 4 | ratio to PyTorch at 2 / 3 / 4 | measured quietly (s16quiet1) |",
+          "|---|---|---|---|---|---|---|---|"]
     res["pipeline_levers"] = {}
     for rec in _load(path):
         rows = _iter_rows(rec)
         d = stock.get(rec["seed"]) or stock.get(str(rec["seed"]))
         pred = [_model_seconds(rows, k) + d["other_seconds"] for k in (2, 3, 4)]
+        measured = None
+        if rec["arm"] in ARM_COMPARE:  # the same setting timed quietly by the integrator (s16quiet1)
+            m = json.loads((RESULTS / COMPARE.format(rec["seed"])).read_text())
+            pts = next(x for x in m["methods"] if x["method"] == ARM_COMPARE[rec["arm"]])["points"]
+            measured = [pts[k - 1]["seconds"] for k in (2, 3, 4)]
         res["pipeline_levers"].setdefault(rec["arm"], {})[rec["seed"]] = {
-            "rows": rows, "predicted_pipeline_seconds_2_3_4": pred, "sets": rec["sets"], "growth": rec["growth"]}
+            "rows": rows, "predicted_pipeline_seconds_2_3_4": pred, "measured_pipeline_seconds_2_3_4": measured,
+            "sets": rec["sets"], "growth": rec["growth"]}
         L.append(f"| {rec['arm']} | {rec['seed']} | " + " / ".join(f"{r['accuracy']:.4f}" for r in rows if r["iteration"])
                  + " | " + " / ".join(f"{r['gflop']:.0f}" for r in rows) + " | "
                  + " / ".join(f"{_hit(rows, k):.0f}" for k in (2, 3, 4)) + " | " + " / ".join(f"{x:.2f}" for x in pred)
-                 + " | " + " / ".join(f"{x / d['torch_time_to_target']:.2f}x" for x in pred) + " |")
+                 + " | " + " / ".join(f"{x / d['torch_time_to_target']:.2f}x" for x in pred) + " | "
+                 + ("" if measured is None else " / ".join(f"{x:.2f}" for x in measured)) + " |")
 
 
 def table(argv) -> None:
