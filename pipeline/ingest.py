@@ -6,7 +6,9 @@ Example::
         --test-fraction 0.1 --seed 1
 
 writes the training rows to ``higgs.zarr`` and about 10 % of the rows to
-``higgs-test.zarr``. Errors in the input are reported as one line naming the
+``higgs-test.zarr``. A split made beforehand is ingested in one process with
+``python -m pipeline.ingest train.csv --out data.zarr --test-source test.csv``
+(``data.zarr`` and ``data-test.zarr``). Errors in the input are reported as one line naming the
 file, the line or row and the problem; the exit status is then 2.
 """
 
@@ -46,6 +48,7 @@ _EPILOG = """\
 examples:
   python -m pipeline.ingest train.csv --out data.zarr
   python -m pipeline.ingest HIGGS.csv.gz --out higgs.zarr --label-column 0 --test-fraction 0.1
+  python -m pipeline.ingest train.csv --out data.zarr --test-source test.csv   # a split made beforehand
   python -m pipeline.ingest table.parquet --out data.zarr --label-column target --overwrite
   python -m pipeline.ingest new.csv --out new.zarr --no-labels     # features only, to predict
 
@@ -78,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=_fraction, default=0.0, metavar="F",
                    help="hold out this fraction of rows, 0 <= F < 1, into a test store "
                         "(default 0: no test store)")
+    p.add_argument("--test-source", metavar="TEST_SOURCE", default=None,
+                   help="a second file, the test rows of a split made beforehand, written whole to the test store "
+                        "with the same options: the two stores of two ingestions, in one process (not with "
+                        "--test-fraction)")
     p.add_argument("--test-out", metavar="TEST.zarr", default=None,
                    help="test store path (default: DATA-test.zarr next to --out)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
@@ -140,7 +147,7 @@ def main(argv=None) -> int:
                 args.source, args.out, label_column=args.label_column,
                 test_fraction=args.test_fraction, test_out=args.test_out, seed=args.seed,
                 chunk_rows=args.chunk_rows, header=args.header, overwrite=args.overwrite,
-                progress=progress, labels=args.labels, text_labels=args.text_labels)
+                progress=progress, labels=args.labels, text_labels=args.text_labels, test_source=args.test_source)
     except InputError as err:
         progress.close()
         if isinstance(err, StoreExists):  # the API's overwrite=True is this command's --overwrite

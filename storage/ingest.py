@@ -550,10 +550,22 @@ def _reader_for(source: Path):
                      f"{', '.join(SOURCE_SUFFIXES)} ({', '.join(gz)} also gzip-compressed: {gz[0]}.gz)")
 
 
+def _open_source(path: Path, kind: str, label_column, header, block_rows, text_labels):
+    """Return (feature names, label name, block iterator, text labels or None) of one source file."""
+    if kind == "csv":
+        src = _read_csv(path, label_column, header, block_rows)
+    elif kind == "npz":
+        src = _read_npz(path, label_column, block_rows)
+    else:
+        src = _read_parquet(path, label_column, block_rows)
+    vocab = None if src.label_blocks is None else _text_classes(src.label_blocks, src.what, src.where, text_labels)
+    return src.feats, src.label_name, src.blocks(vocab), vocab
+
+
 def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, seed=0,
            chunk_rows=None, header=None, overwrite=False, progress=None, block_rows=None,
-           labels=True, text_labels=False) -> tuple[DataStore, DataStore | None]:
-    """Stream a CSV, NPZ or Parquet file into a data store (and a held-out test store).
+           labels=True, text_labels=False, test_source=None) -> tuple[DataStore, DataStore | None]:
+    """Stream a CSV, NPZ or Parquet file into a data store (and a held-out test store, or one of a second file).
 
     Parameters
     ----------
@@ -568,6 +580,12 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
         Fraction in [0, 1) of rows held out into ``test_out``.
     test_out : str or path-like, optional
         Default ``out`` with ``.zarr`` replaced by ``-test.zarr``.
+    test_source : str or path-like, optional
+        A second file, the held-out rows of a split made beforehand, written
+        whole to ``test_out`` with the same options (``--test-source``): the
+        same two stores as two ingestions, one file each, in one process; not
+        with ``test_fraction`` > 0 or ``labels=False``. Neither store is
+        written when either file is bad.
     seed : int
         Non-negative seed of the reproducible split rule.
     chunk_rows : int, optional
@@ -591,7 +609,7 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
     Returns
     -------
     (DataStore, DataStore or None)
-        The training store, and the test store when ``test_fraction > 0``.
+        The training store, and the test store when ``test_fraction > 0`` or ``test_source`` is given.
 
     Raises
     ------
@@ -607,13 +625,23 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
     for name, value in (("chunk_rows", chunk_rows), ("block_rows", block_rows)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise InputError(f"{name} must be a positive integer, got {value!r}")
-    if test_fraction == 0 and test_out is not None:
-        raise InputError("a test output path needs test_fraction > 0 (--test-fraction)")
-    test_out = None if test_fraction == 0 else Path(test_out or default_test_out(out))
-    if not source.exists():
-        raise InputError(f"source file {source} does not exist")
-    if source.is_dir():
-        raise InputError(f"source {source} is a directory; pass a CSV, NPZ or Parquet file")
+    test_source = None if test_source is None else Path(test_source)
+    if test_source is not None and test_fraction > 0:
+        raise InputError("--test-source and --test-fraction exclude each other: the test rows are the second "
+                         "file's, or held out of the first")
+    if test_source is not None and not labels:
+        raise InputError("--test-source and --no-labels exclude each other: a test store needs labels")
+    if test_fraction == 0 and test_source is None and test_out is not None:
+        raise InputError("a test output path needs test_fraction > 0 (--test-fraction) or a test source file "
+                         "(--test-source)")
+    test_out = None if test_fraction == 0 and test_source is None else Path(test_out or default_test_out(out))
+    for path in (source, test_source):
+        if path is None:
+            continue
+        if not path.exists():
+            raise InputError(f"source file {path} does not exist")
+        if path.is_dir():
+            raise InputError(f"source {path} is a directory; pass a CSV, NPZ or Parquet file")
     if test_out is not None and test_out.resolve() == out.resolve():
         raise InputError(f"the test store must differ from the training store ({out})")
     if not labels:
@@ -624,25 +652,29 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
         if text_labels:
             raise InputError("--text-labels and --no-labels exclude each other: data without labels has no label "
                              "column")
-    kind = _reader_for(source)
-    if header is not None and kind != "csv":
-        raise InputError(f"{source}: --header/--no-header apply to CSV files only")
+    paths = [path for path in (source, test_source) if path is not None]
+    kinds = [_reader_for(path) for path in paths]  # both files checked before either is read
+    for path, kind in zip(paths, kinds):
+        if header is not None and kind != "csv":
+            raise InputError(f"{path}: --header/--no-header apply to CSV files only")
     for path in (out, test_out):
         if path is not None:
             check_writable(path, overwrite)
-    if kind == "csv":
-        src = _read_csv(source, label_column, header, block_rows)
-    elif kind == "npz":
-        src = _read_npz(source, label_column, block_rows)
-    else:
-        src = _read_parquet(source, label_column, block_rows)
-    vocab = None if src.label_blocks is None else _text_classes(src.label_blocks, src.what, src.where, text_labels)
-    feats, label_name, blocks = src.feats, src.label_name, src.blocks(vocab)
+    feats, label_name, blocks, vocab = _open_source(source, kinds[0], label_column, header, block_rows, text_labels)
     options = dict(chunk_rows=chunk_rows, feature_names=feats, label_name=label_name, source=source.name,
                    overwrite=overwrite, labels=labels, classes=None if vocab is None else vocab.tolist())
-    with contextlib.ExitStack() as stack:
+    test_options, test_blocks = options, None
+    if test_source is not None:  # its own header, label kind and text labels: as an ingestion of that file alone
+        test_feats, test_label, test_blocks, test_vocab = _open_source(test_source, kinds[1], label_column, header,
+                                                                       block_rows, text_labels)
+        if len(test_feats) != len(feats):
+            raise InputError(f"{test_source} has {len(test_feats)} feature columns but {source} has {len(feats)}: "
+                             "the test file must hold the same columns")
+        test_options = dict(options, feature_names=test_feats, label_name=test_label, source=test_source.name,
+                            classes=None if test_vocab is None else test_vocab.tolist())
+    with contextlib.ExitStack() as stack:  # a bad row of either file: neither store is written
         train = stack.enter_context(DataWriter(out, len(feats), **options))
-        test = (stack.enter_context(DataWriter(test_out, len(feats), **options))
+        test = (stack.enter_context(DataWriter(test_out, len(feats), **test_options))
                 if test_out is not None else None)
         read = 0
         for start, X, y in blocks:
@@ -657,6 +689,15 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
                 progress(read)
         if read == 0:
             raise InputError(f"{source} holds no data rows")
+        if test_blocks is not None:
+            test_read = 0
+            for start, X, y in test_blocks:
+                test.append(X, y)
+                test_read = start + len(y)
+                if progress is not None:
+                    progress(read + test_read)
+            if test_read == 0:
+                raise InputError(f"{test_source} holds no data rows")
         for writer, what in ((train, "training"), (test, "test")):
             if writer is not None and writer.n_rows == 0:
                 raise InputError(f"the {what} split of {source} is empty ({read} rows, "

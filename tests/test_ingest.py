@@ -1,6 +1,7 @@
 """Tests for the data-store format (storage.data), ingestion (storage.ingest) and its CLI."""
 
 import gzip
+import re
 import sys
 from pathlib import Path
 
@@ -553,3 +554,45 @@ def test_cli_on_an_existing_store_names_its_flag_and_the_api_its_keyword(tmp_pat
     with pytest.raises(InputError, match=r"d.zarr exists; pass overwrite=True to replace it$"):
         write_data(tmp_path / "d.zarr", np.zeros((4, 2)), np.arange(4) % 2)
     assert main([str(src), "--out", str(tmp_path / "d.zarr"), "--header", "--overwrite"]) == 0
+
+
+def _store_bytes(path):
+    """Return {relative file path: bytes} of every file of a store."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+def test_a_split_made_beforehand_ingests_in_one_call_into_the_stores_of_two(tmp_path, capsys):
+    """newuser16 F11: --test-source writes, in one process, byte for byte the two stores of two ingestions (text
+    labels: each file its own classes, the test file lacking one); a bad row of either file writes neither store."""
+    from pipeline.ingest import main
+
+    rng = np.random.default_rng(3)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    train = [[*rng.normal(size=3), names[i % 3]] for i in range(40)]
+    test = [[*rng.normal(size=3), names[1 + i % 2]] for i in range(9)]
+    write_csv(tmp_path / "train.csv", train, header=["a", "b", "c", "species"])
+    write_csv(tmp_path / "test.csv", test, header=["a", "b", "c", "species"])
+    flags = ["--label-column", "species", "--chunk-rows", "16"]
+    assert main([str(tmp_path / "train.csv"), "--out", str(tmp_path / "a.zarr"), *flags]) == 0
+    assert main([str(tmp_path / "test.csv"), "--out", str(tmp_path / "a-test.zarr"), *flags]) == 0
+    capsys.readouterr()
+    assert main([str(tmp_path / "train.csv"), "--out", str(tmp_path / "b.zarr"), "--test-source",
+                 str(tmp_path / "test.csv"), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "train: 40 rows x 3 features" in out and "test: 9 rows x 3 features" in out
+    for a, b in (("a.zarr", "b.zarr"), ("a-test.zarr", "b-test.zarr")):
+        assert _store_bytes(tmp_path / a) == _store_bytes(tmp_path / b)
+    assert list(open_data(tmp_path / "b-test.zarr").classes) == ["versicolor", "virginica"]
+    write_csv(tmp_path / "bad.csv", [*test[:5], [1.0, "oops", 2.0, "setosa"]], header=["a", "b", "c", "species"])
+    write_csv(tmp_path / "wide.csv", [[*row[:3], 0.0, row[3]] for row in test], header=["a", "b", "c", "d", "species"])
+    for source, flag, why in (("bad.csv", [], r"bad.csv: line 7: column 2 \('b'\): 'oops' is not a number"),
+                              ("wide.csv", [], "wide.csv has 4 feature columns but .*train.csv has 3"),
+                              ("test.csv", ["--test-fraction", "0.2"], "--test-source and --test-fraction exclude"),
+                              ("none.csv", [], "source file .*none.csv does not exist")):
+        assert main([str(tmp_path / "train.csv"), "--out", str(tmp_path / "c.zarr"), "--test-source",
+                     str(tmp_path / source), *flags, *flag]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and re.search(why, err), err
+        assert not (tmp_path / "c.zarr").exists() and not (tmp_path / "c-test.zarr").exists()
+    with pytest.raises(InputError, match="--test-source and --no-labels exclude each other"):
+        ingest(tmp_path / "train.csv", tmp_path / "c.zarr", test_source=tmp_path / "test.csv", labels=False)
