@@ -128,10 +128,26 @@ def exit_process(code) -> None:
     sys.exit(code)
 
 
+def collect_again() -> None:
+    """Turn the garbage collector back on if ``python -m pipeline.<command>`` imported its modules without it
+    (:data:`pipeline.IMPORTS_WITHOUT_GC`), after moving the objects imported so far to the permanent generation
+    (``gc.freeze()``, as :func:`exit_process` does) so that no collection of the run walks them."""
+    import pipeline
+
+    if pipeline.IMPORTS_WITHOUT_GC:
+        pipeline.IMPORTS_WITHOUT_GC = False
+        gc.freeze()
+        gc.enable()
+
+
 def exits_on_input_error(main):
-    """Wrap a CLI ``main`` so an :class:`InputError` prints ``error: …`` and returns 2 (a finished --dry-run: 0)."""
+    """Wrap a CLI ``main`` so an :class:`InputError` prints ``error: …`` and returns 2 (a finished --dry-run: 0).
+
+    It first turns the garbage collector back on (:func:`collect_again`): the command runs with it.
+    """
     @functools.wraps(main)
     def wrapper(argv=None) -> int:
+        collect_again()
         try:
             return main(argv)
         except InputError as exc:
