@@ -132,10 +132,9 @@ def collect_again() -> None:
     """Turn the garbage collector back on if ``python -m pipeline.<command>`` imported its modules without it
     (:data:`pipeline.IMPORTS_WITHOUT_GC`), after moving the objects imported so far to the permanent generation
     (``gc.freeze()``, as :func:`exit_process` does) so that no collection of the run walks them."""
-    import pipeline
-
-    if pipeline.IMPORTS_WITHOUT_GC:
-        pipeline.IMPORTS_WITHOUT_GC = False
+    package = sys.modules["pipeline"]  # this module's package (not an import: pipeline imports the estimator, this)
+    if package.IMPORTS_WITHOUT_GC:
+        package.IMPORTS_WITHOUT_GC = False
         gc.freeze()
         gc.enable()
 
