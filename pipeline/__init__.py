@@ -11,11 +11,24 @@ import sys as _sys
 __all__ = ["ADMMClassifier", "ADMMRegressor"]
 
 # ``python -m pipeline.<command>``: while the interpreter locates the command's module, sys.argv[0] is "-m" (as
-# documented for -m). The command's modules (NumPy, Dask, distributed, Zarr; pandas for ingest) then import with
-# the cyclic garbage collector off: importing makes ~200 collections (20-50 ms a command) that find almost nothing
-# (400-900 unreachable objects). The command's main turns it back on at once, first freezing the imported objects
-# (:func:`pipeline.cli.collect_again`, called by :func:`pipeline.cli.exits_on_input_error`).
-IMPORTS_WITHOUT_GC = _sys.argv[:1] == ["-m"] and _gc.isenabled()
+# documented for -m) and sys.orig_argv names the module; only our own commands qualify (a user's
+# ``python -m their_package`` that imports this package keeps its collector as it is). The command's modules
+# (NumPy, Dask, distributed, Zarr; pandas for ingest) then import with the cyclic garbage collector off: importing
+# makes ~200 collections (20-50 ms a command) that find almost nothing (400-900 unreachable objects). The command's
+# main turns it back on at once, first freezing the imported objects (:func:`pipeline.cli.collect_again`, called by
+# :func:`pipeline.cli.exits_on_input_error`).
+
+
+def _running_our_command() -> bool:
+    """Return True while ``python -m pipeline.<command>`` locates its module (not for another ``-m`` target)."""
+    argv = list(getattr(_sys, "orig_argv", ()))
+    if _sys.argv[:1] != ["-m"] or "-m" not in argv:
+        return False
+    target = argv[argv.index("-m") + 1:argv.index("-m") + 2]
+    return bool(target) and target[0].startswith("pipeline.")
+
+
+IMPORTS_WITHOUT_GC = _running_our_command() and _gc.isenabled()
 if IMPORTS_WITHOUT_GC:
     _gc.disable()
 

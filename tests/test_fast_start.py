@@ -230,3 +230,18 @@ def test_a_command_imports_its_modules_without_garbage_collections_and_ingest_wi
     watch = json.loads(r.stderr.split("WATCH ", 1)[1])
     assert watch["enabled"] and watch["loaded"] == []
     assert watch["collections"] < 50  # ~200 with the collector on while pandas and Zarr import
+
+
+def test_another_module_run_with_dash_m_that_imports_pipeline_keeps_its_garbage_collector(tmp_path):
+    """Only ``python -m pipeline.<command>`` imports without the collector: a user's ``python -m their_package``
+    whose import pulls in ``pipeline`` (while argv[0] is still "-m") keeps the collector on, as it started."""
+    import os
+
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("import pipeline\n")
+    (package / "__main__.py").write_text("import gc, pipeline\nprint(gc.isenabled(), pipeline.IMPORTS_WITHOUT_GC)\n")
+    r = subprocess.run([sys.executable, "-m", "userpkg"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "False"]
