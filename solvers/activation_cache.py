@@ -34,6 +34,15 @@ def weights_key(run: str, weights) -> str:
     return h.hexdigest()
 
 
+def held_bytes(a) -> int:
+    """Return the bytes an array keeps alive: a column slice of a wider buffer of the same rows (Gauss-Newton's
+    ``[ã_{L−1}, T]``, :func:`solvers.linalg.gram_and_cross`) counts the whole buffer."""
+    b = a.base
+    if isinstance(b, np.ndarray) and a.ndim == b.ndim == 2 and b.shape[0] == a.shape[0] and b.nbytes > a.nbytes:
+        return b.nbytes
+    return a.nbytes
+
+
 class ActivationCache:
     """Row tiles' activations by key, least recently used out beyond ``budget`` bytes (thread-safe)."""
 
@@ -52,7 +61,7 @@ class ActivationCache:
         ``owner`` (a run's token): the items of another owner are dropped first (a process runs one run at a time;
         a non-evicting cache would otherwise stay full of a finished run's tiles).
         """
-        size = sum(a.nbytes for a in arrays if a is not None)
+        size = sum(held_bytes(a) for a in arrays if a is not None)
         if size > self.budget:
             return
         for a in arrays:

@@ -84,7 +84,7 @@ from solvers.errors import InputError, NumericalError
 from solvers.hidden_race import RACE_DROP, RACE_ITERATIONS  # noqa: F401 (re-exported: tests, benchmarks)
 from solvers.linalg import (ALPHA_GRID, RidgePath, ShiftedGram, penalty,
                             quadratic_error, single_threaded, solve_weights, spd_solve, times)
-from solvers.linalg import relu_curvature_sums
+from solvers.linalg import gram_and_cross, leading_block, relu_curvature_sums
 from solvers.loop import LoopState, run_pass, run_pass_held_out
 from solvers.stats import StatsLayout
 from solvers.step_choice import STEP_CHOICE_ITERATIONS, STEP_LENGTHS, choose_step  # noqa: F401 (re-exported: tests)
@@ -843,16 +843,40 @@ class GaussNewtonSolver(SolverBase):
             out.append(Wa)
         return out
 
-    def _hidden_forward(self, x1, hidden_aug):
+    def _stacks_targets(self) -> bool:
+        """Return whether ã_{L−1} lives in a buffer ``[ã_{L−1}, T]`` (pass A's Gram and cross product in one SYRK,
+        :func:`solvers.linalg.gram_and_cross`): ReLU hidden layers, the squared loss, several outputs.
+
+        One output keeps ã_{L−1} in its own array: its ``Tᵀã`` is a GEMV whose bits the SYRK's do not repeat, and
+        the fold gained ~1 % there (784-300-10's thin ``Tᵀã`` GEMM: pass A −2.7 %, the same bits;
+        ``benchmarks/results/kern17_s17.md``).
+        """
+        return self.L > 1 and not self.cross_entropy and self.act.name == "relu" and self.widths[-1] > 1
+
+    def _hidden_forward(self, x1, hidden_aug, targets=None):
         """Return (ã_0..ã_{L−1}, z_1..z_{L−1}): activations with their ones column, ``z_l = ã_{l−1} W_lᵀ``.
 
         ``hidden_aug`` are :meth:`_augmented` weights: one product gives z_l with
         the bias inside and the next ones column (exact: 0·a + 1·1); ReLU then
         runs in place and its z is not kept (h'(z) = 1[a > 0], :meth:`_derivative`).
+        With :meth:`_stacks_targets`, ã_{L−1} is the leading columns of a buffer ``[ã_{L−1}, T]`` (T: ``targets``,
+        zeros without them) whatever the caller: every product of ã_{L−1} (pass A's, pass B's from the activation
+        cache or recomputed, the score passes') then reads the same layout, and OpenBLAS's GEMV gives the same bits
+        only for the same row stride (``tests/test_gauss_newton.py``).
         """
         a, z = [x1], [None]
         relu = self.act.name == "relu"
-        for W in hidden_aug:
+        stack = self._stacks_targets()
+        for i, W in enumerate(hidden_aug):
+            if stack and i == len(hidden_aug) - 1:
+                w, K = W.shape[0], self.widths[-1]
+                buf = np.empty((x1.shape[0], w + K), W.dtype)
+                np.matmul(a[-1], W.T, out=buf[:, :w])  # the same bits as into a fresh array
+                np.maximum(buf, 0, out=buf)  # the whole buffer (one contiguous loop): its T columns are written next
+                buf[:, w:] = 0 if targets is None else targets
+                a.append(buf[:, :w])
+                z.append(None)
+                continue
             zl = a[-1] @ W.T
             if relu:
                 np.maximum(zl, 0, out=zl)
@@ -894,23 +918,30 @@ class GaussNewtonSolver(SolverBase):
         rows = _rows_key(x_raw, start_row, held) if p.key else None
         named = None if held else rows or _rows_key(x_raw, start_row, False)  # the training rows' kept inputs
 
+        stacked = self._stacks_targets()  # Gram and cross in one SYRK
+
         def tile(sl, _):
             x1 = self._inputs_with_ones(x_raw[sl]) if held else self._kept_inputs(x_raw, named, sl)
             t = self.task.targets(y[sl], self.dtype)
             parts = {}
             for j, (hidden, key) in enumerate(trials):
-                a, z = self._hidden_forward(x1, hidden)
+                a, z = self._hidden_forward(x1, hidden, t if stacked else None)
                 if key is not None and rows is not None and L > 1:  # kept for pass B at these hidden weights
                     CACHE.put((key, rows, sl.start, sl.stop), (a[L - 1],) if held else (*a[1:], *z[1:]))  # held: a_{L−1}
+                whole = leading_block(a[L - 1]) if stacked else None
+                if whole is not None and whole.shape[1] == a[L - 1].shape[1] + t.shape[1]:
+                    gram, cross = gram_and_cross(whole, a[L - 1].shape[1])
+                elif not self.cross_entropy:
+                    gram, cross = self._gram(a[L - 1]), self._cross(t, a[L - 1])
                 if j:  # step_choice's further trial j: its output layer's sums
-                    parts[f"step{j}_gram{L}"], parts[f"step{j}_cross{L}"] = self._gram(a[L - 1]), self._cross(t, a[L - 1])
+                    parts[f"step{j}_gram{L}"], parts[f"step{j}_cross{L}"] = gram, cross
                     continue
                 n = a[0].shape[0]
                 if self.cross_entropy:
                     parts.update({"n": n, "ce": ce.block_losses(a[L - 1] @ p.outputs.T, t)})
                 else:
                     parts.update({"n": n, "tt": float(np.sum(t * t, dtype=np.float64)),
-                                  f"gram{L}": self._gram(a[L - 1]), f"cross{L}": self._cross(t, a[L - 1])})
+                                  f"gram{L}": gram, f"cross{L}": cross})
                 if p.input_gram and L > 1:
                     parts["gram1"] = self._gram(a[0])
             return None, parts

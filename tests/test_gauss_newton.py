@@ -256,6 +256,34 @@ def test_kept_activations_change_nothing(monkeypatch, activation, n_classes):
     assert [h["accepted"] for h in kept.history] == [h["accepted"] for h in again.history]
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_pass_b_from_kept_activations_is_pass_b_recomputed_bitwise(seed):
+    """One hidden ReLU layer, the squared loss: pass A keeps ã_1 as the leading columns of its ``[ã_1, T]`` buffer;
+    pass B from the kept tiles and pass B recomputing them give the same bits, whatever the widths (OpenBLAS's GEMV
+    ã_1 w̃ differs in the last bits between row strides: the recomputed ã_1 has the kept one's)."""
+    from solvers import activation_cache
+    from solvers.stats import moment_sums, scaling_from_sums
+
+    rng = np.random.default_rng(seed)
+    n, d, h, K = int(rng.integers(50, 700)), int(rng.integers(2, 30)), int(rng.integers(2, 40)), int(rng.integers(1, 4))
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = rng.integers(0, 2 if K == 1 else K, n)
+    shift = X[0].astype(np.float64)
+    classes = np.arange(2 if K == 1 else K)
+    s = GaussNewtonSolver(TrainConfig(hidden=(h,)), d, classes, **scaling_from_sums(moment_sums(X, shift), shift, d, "standard"))
+    s.tile_rows = 256
+    W = s.cast(s.he_weights(1) + [rng.standard_normal((K, h + 1)) * 0.3])
+    forward = s._forward_params(W[:-1], False)
+    activation_cache.CACHE.clear()
+    s.forward_chunk(X, y, None, 0, forward)
+    hits = activation_cache.CACHE.hits
+    kept = s.curvature_chunk(X, y, None, 0, CurvatureParams(W, False, None, forward.key))[1]
+    assert activation_cache.CACHE.hits > hits
+    activation_cache.CACHE.clear()
+    recomputed = s.curvature_chunk(X, y, None, 0, CurvatureParams(W, False, None, forward.key))[1]
+    np.testing.assert_array_equal(kept, recomputed)
+
+
 @pytest.mark.parametrize("hidden,activation", [((5,), "relu"), ((6, 4), "sigmoid")])
 def test_pass_b_scores_the_held_out_rows_from_pass_a_kept_activations(hidden, activation):
     """Pass A keeps the held-out rows' activations too; pass B's held-out score takes them: the same sums, no forward pass."""

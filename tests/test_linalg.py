@@ -186,6 +186,43 @@ def test_relu_curvature_sums_is_the_mask_gram_and_cross():
     np.testing.assert_array_equal(out["S"], S)
 
 
+def test_relu_curvature_sums_of_a_wider_buffers_leading_columns():
+    """ã as the leading columns of ``[ã, T]`` (pass A's buffer, kept for pass B): the mask is compared on the whole
+    buffer, the sums are those of ã as its own array, bitwise."""
+    from solvers.linalg import leading_block, relu_curvature_sums
+
+    rng = np.random.default_rng(1)
+    buf = np.maximum(rng.normal(size=(500, 44)), 0).astype(np.float32)
+    buf[:, 40] = 1
+    a = buf[:, :41]  # 40 units and the ones column; 3 target columns beside them
+    assert leading_block(a) is buf and leading_block(buf) is buf
+    assert leading_block(buf[:, 1:]) is not buf and leading_block(buf[::2]) is not buf  # not leading columns / rows
+    x = rng.normal(size=(500, 6)).astype(np.float32)
+    r = rng.normal(size=(500, 1)).astype(np.float32)
+    S, D = relu_curvature_sums(a, x, r)
+    S0, D0 = relu_curvature_sums(np.ascontiguousarray(a), x, r)
+    np.testing.assert_array_equal(S, S0)
+    np.testing.assert_array_equal(D, D0)
+
+
+@pytest.mark.parametrize("rows, k, K", [(4096, 301, 1), (4096, 301, 10), (1000, 65, 1), (7, 12, 3)])
+def test_gram_and_cross_is_the_two_products(rows, k, K):
+    """One SYRK of [ã, T]: ``ãᵀã`` bitwise the SYRK of ã alone (the same blocks of the same dot products), ``Tᵀã``
+    the separate product's to float32 rounding."""
+    from solvers.linalg import gram_and_cross
+
+    rng = np.random.default_rng(rows + k + K)
+    buf = np.empty((rows, k + K), np.float32)
+    buf[:, :k] = np.maximum(rng.normal(size=(rows, k)), 0)
+    buf[:, k - 1] = 1
+    buf[:, k:] = rng.normal(size=(rows, K))
+    a, t = np.ascontiguousarray(buf[:, :k]), np.ascontiguousarray(buf[:, k:])
+    gram, cross = gram_and_cross(buf, k)
+    assert gram.dtype == cross.dtype == np.float64 and gram.shape == (k, k) and cross.shape == (K, k)
+    np.testing.assert_array_equal(gram, (a.T @ a).astype(np.float64))
+    np.testing.assert_allclose(cross, (a.T @ t).T.astype(np.float64), rtol=1e-5, atol=1e-5 * np.sqrt(rows))
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_a_forked_child_gets_fresh_client_solve_locks():
     """A lock some parent thread held at the fork is never released in the child: both the helper's lock and the
