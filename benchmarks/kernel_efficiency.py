@@ -12,7 +12,11 @@ Part ``kernels`` (in memory, one thing at a time):
    ``--sample-schedule full``): chunks of 65,536 rows (a quarter of the rows when
    fewer), 1 thread, or 2 chunks at
    a time with one BLAS thread each, wall seconds per pass and per accepted
-   iteration (client solves included), over the GEMM rate with as many threads.
+   iteration (client solves included), over the GEMM rate with as many threads;
+   and (session 17) its parts: the CPU share (FLOPs / process CPU seconds / the
+   1-thread GEMM rate in CPU time, robust to other processes), the threads' use
+   of the wall, and the GEMM reference after the run and with one product per
+   thread (the runner's threading) beside OpenBLAS's 2-thread product.
 
 FLOPs per row are counted from the shapes of the kernels' products
 (``benchmarks/gn_efficiency.py``: GEMM 2km, Gram (SYRK) k(k+1)). Networks:
@@ -106,6 +110,22 @@ def gemm_rate(threads: int, clock=time.perf_counter) -> float:
         return 2 * 2048 ** 3 / _median(lambda: A @ A, 7, clock) / 1e9
 
 
+def concurrent_gemm_rate(threads: int, repeats: int = 7) -> float:
+    """Return the float32 GFLOP/s of ``threads`` Python threads each running its own 2048² product on one BLAS thread
+    (median of ``repeats`` rounds, wall): the threading of the solver's in-memory runner (one chunk per thread, one
+    BLAS thread each), beside :func:`gemm_rate`'s one product on OpenBLAS's own threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from solvers.linalg import one_blas_thread
+
+    rng = np.random.default_rng(0)
+    mats = [rng.standard_normal((2048, 2048), dtype=np.float32) for _ in range(threads)]
+    with ThreadPoolExecutor(threads) as pool, one_blas_thread():
+        def round_():
+            list(pool.map(lambda A: A @ A, mats))
+        return threads * 2 * 2048 ** 3 / _median(round_, repeats) / 1e9
+
+
 def in_memory_iterations(config: TrainConfig, X, y, model: dict, threads: int, iterations: int) -> dict:
     """Run ``initialize`` and ``iterations`` × ``advance`` in memory; return each iteration's and pass's seconds."""
     solver = make_solver(config, X.shape[1], **model)
@@ -117,10 +137,10 @@ def in_memory_iterations(config: TrainConfig, X, y, model: dict, threads: int, i
         iters = []
         for _ in range(iterations):
             runner.log = []
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             state, metrics = solver.advance(runner, state)
-            iters.append({"seconds": time.perf_counter() - t0, "passes": runner.log,
-                          "accepted": bool(metrics.get("accepted", True)),
+            iters.append({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                          "passes": runner.log, "accepted": bool(metrics.get("accepted", True)),
                           "train_accuracy": metrics.get("train_accuracy")})
     return {"threads": threads, "n_samples": int(X.shape[0]), "init_seconds": init, "iterations": iters,
             "other_cpu_seconds": cpu.other}
@@ -157,6 +177,9 @@ def part_kernels(result: dict, args) -> None:
             gemm_now = gemm_rate(threads)
             run = in_memory_iterations(config, X, y, model, threads, args.iterations)
             run["gemm_gflops"] = gemm_now
+            run["gemm_gflops_after"] = gemm_rate(threads)  # the spread of the reference over the run
+            run["gemm_gflops_concurrent"] = concurrent_gemm_rate(threads)
+            run["gemm_gflops_1_cpu"] = gemm_rate(1, time.thread_time)  # the CPU share's reference
             entry["in_memory"][str(threads)] = run
         result["kernels"][name] = entry
 
@@ -246,11 +269,14 @@ def _eff(r: dict) -> dict:
             if secs:
                 s = statistics.median(secs)
                 row[kernel] = (s, n * per_row / s / 1e9, n * per_row / s / 1e9 / g)
-        acc = [it["seconds"] for it in run["iterations"] if it["accepted"] and len(it["passes"]) == 2]
+        acc = [it for it in run["iterations"] if it["accepted"] and len(it["passes"]) == 2]
         if acc:
-            s = statistics.median(acc)
+            s = statistics.median(it["seconds"] for it in acc)
             f = n * sum(r["flops_per_row"].values())
             row["iteration"] = (s, f / s / 1e9, f / s / 1e9 / g)
+            if "cpu_seconds" in acc[0]:  # session 17 on: CPU share (load-robust) and the threads' use of the wall
+                c = statistics.median(it["cpu_seconds"] for it in acc)
+                row["cpu"] = (c, f / c / 1e9 / run["gemm_gflops_1_cpu"], c / (int(threads) * s))
         out[threads] = row
     return out
 
@@ -287,6 +313,22 @@ def markdown(r: dict) -> str:
                          for k in ("forward_chunk", "curvature_chunk", "iteration")]
                 L.append(f"| {name} | {threads} | {run['n_samples']:,} | {run['gemm_gflops']:.1f} | {cells[0]} | "
                          f"{cells[1]} | **{cells[2]}** | {run['other_cpu_seconds']:.1f} |")
+        rows = [(name, threads, row, e["in_memory"][threads]) for name, e in r["kernels"].items()
+                for threads, row in _eff(e).items() if "cpu" in row]
+        if rows:
+            L += ["", "### The share's parts (session 17 on): CPU share x threads' use of the wall x the reference", "",
+                  "CPU share = FLOPs / process CPU s of an accepted iteration / the 1-thread GEMM rate in CPU time (robust "
+                  "to other processes taking the cores); wall use = CPU s / (threads x wall s): below 1 by the serial "
+                  "client solves, the passes' ends and other processes. GEMM before / after the run (OpenBLAS's "
+                  "threads) and with one product per thread on one BLAS thread each (the runner's threading).", "",
+                  "| network | threads | CPU s | CPU share | wall use | GEMM before / after / per-thread GFLOP/s | "
+                  "share of per-thread GEMM |", "|---|---|---|---|---|---|---|"]
+            for name, threads, row, run in rows:
+                c, share, use = row["cpu"]
+                conc = run["gemm_gflops_concurrent"]
+                f = row["iteration"][1]
+                L.append(f"| {name} | {threads} | {c:.2f} | {share:.0%} | {use:.0%} | {run['gemm_gflops']:.1f} / "
+                         f"{run['gemm_gflops_after']:.1f} / {conc:.1f} | {f / conc:.0%} |")
     if "pipeline" in r:
         L += ["", "## Pipeline / in memory (median s per iteration after the first; 2 threads each)", "",
               "| network, solver | in memory s | pipeline s | ratio | in memory per iteration | pipeline per iteration | "
@@ -309,7 +351,7 @@ def main(argv=None) -> int:
     p.add_argument("--networks", default="28-300-1,784-300-10")
     p.add_argument("--solvers", nargs="+", default=["gauss-newton", "admm"])
     p.add_argument("--higgs-n", type=int, default=262_144, help="HIGGS-shaped rows (28-300-1)")
-    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=5, help="iterations per run (the share: median of the accepted ones)")
     p.add_argument("--standard-scaling", action="store_true",
                    help="part pipeline: the in-memory run scales as the kernels part (before session 14; not the pipeline's run)")
     p.add_argument("--tmp", default="/tmp/kernel_efficiency", help="where the temporary data and run stores go")
