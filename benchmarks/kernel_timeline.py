@@ -51,7 +51,6 @@ WRAPPED = {
     "solvers.base": ["SolverBase.network"],
     "solvers.hidden_race": ["initialize", "_probe"],
     "solvers.linalg": ["ShiftedGram.__init__", "RidgePath.__init__", "RidgePath.choose"],
-    "solvers.input_gram": ["sum_ahead"],
     "pipeline.passes": ["DaskRunner.run", "DaskRunner.compute", "chunk_task", "_read_xy", "data_moments"],
     "pipeline.training": ["_RunKeeper.commit", "_RunKeeper._commit", "_RunKeeper.flush", "_shares_gil",
                           "check_class_rows", "check_worker_access", "_forget_data", "_train"],
@@ -323,9 +322,6 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--defer-all", action="store_true",
                    help="experiment: every accepted iteration ends after pass A and a score pass (pass B opens the next)")
-    p.add_argument("--ahead", action=argparse.BooleanOptionalAction, default=None,
-                   help="A/B: input Grams summed ahead while the workers idle (pipeline.passes.AHEAD; default: as shipped)")
-    p.add_argument("--ahead-nice", type=int, default=None, help="the thread's nice value (0: not changed)")
     p.add_argument("--tmp", default="/tmp/kernel_timeline")
     p.add_argument("compare_args", nargs=argparse.REMAINDER, help="more compare.py arguments (after --)")
     args = p.parse_args(argv)
@@ -336,13 +332,6 @@ def main(argv=None) -> int:
         from solvers.gauss_newton import GaussNewtonSolver
 
         GaussNewtonSolver.defer_curvature = True
-
-    from pipeline import passes
-
-    if args.ahead is not None:
-        passes.AHEAD = args.ahead
-    if args.ahead_nice is not None:
-        passes.AHEAD_NICE = args.ahead_nice
 
     result = {}
     EV.clear(), SNAP.clear()

@@ -18,12 +18,10 @@ a checked ``da.from_zarr``, and ``map_blocks``) stored into Zarr.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 import time
 import uuid
-import weakref
 
 import dask
 import numpy as np
@@ -91,12 +89,7 @@ def data_cache() -> ChunkCache:
 def clear_data_cache() -> None:
     """Forget this process's decoded data chunks and kept activations (after a run: thread workers live in the caller's process)."""
     from solvers.activation_cache import CACHE, INPUTS, OUTPUTS
-    from solvers.input_gram import KEPT
 
-    for ahead in list(_AHEADS):
-        ahead.stop()
-        ahead.thread.join(5.0)  # at most a tile's products
-    KEPT.clear()
     CACHE.clear()
     INPUTS.clear()
     OUTPUTS.clear()
@@ -180,122 +173,6 @@ def claimed_chunk_tasks(bundle, specs, token: str) -> list:
             break
         out.append((i, chunk_task(bundle, *specs[i])))
     return out
-
-
-# sum the input Gram of chunks a growing sample has not reached while the in-process workers idle. Off: on a quiet
-# machine it did not pay (MNIST 10-class 60k, 4 paired rounds: iteration 3 ended at 2.18 s with it against 2.13 s
-# without; benchmarks/results/ahead_ab_s16quiet1.json): the thread's ~0.3 s of CPU during the initialisation's client
-# solves takes the core the client needs. The same bits either way; benchmarks/ahead_ab.py re-runs the A/B
-AHEAD = False
-AHEAD_SETTLE = False  # tests: each pass first waits until every Gram ahead is kept (deterministic hits)
-# the thread's nice value (Linux: per thread; 0: not changed). Not lowered by default: at nice 19 on a loaded machine
-# the runs were slower than without the thread (MNIST 10-class 60k, load 10: iteration 3 took 1.04-1.18 s against
-# 0.80-0.86; idle16_s16.md), likely the thread descheduled while it held the GIL, which the client then waited for
-AHEAD_NICE = 0
-_AHEADS: "weakref.WeakSet" = weakref.WeakSet()  # the live ones (:func:`clear_data_cache` stops them)
-
-
-class _Ahead:
-    """Sums the input Gram of the chunks a progressive sample has not reached yet, in one thread of the client
-    process, while no pass of its runner runs (:mod:`solvers.input_gram`; an in-process cluster's workers share the
-    process's caches).
-
-    It starts after a runner's first pass over part of the chunks and takes them in the order the sample grows.
-    Before each row tile it waits while a pass runs (a tile of 4,096 MNIST rows is ~40 ms), and it drops a chunk
-    once a pass has read it as a training chunk (its pass B summed or took its Gram). Between passes the client
-    thread solves on one BLAS thread, so on two cores the thread takes the other (MNIST 10-class 60k: the client's
-    solves and the commits while the sample is 3 and then 6 of 8 chunks). The results do not depend on whether or
-    when it ran (bitwise: the module's note). Its Grams are kept within :data:`solvers.input_gram.BUDGET` (64 MiB) of
-    the client process, not a worker's memory share: an in-process cluster has no user memory limit
-    (:func:`pipeline.cluster.local_processes` gives a limited worker a process).
-    """
-
-    def __init__(self, runner, order: list[int]):
-        self.solver, self.data, self.split = runner.solver, runner.data, runner.split
-        self.bounds = list(runner.bounds)
-        self.todo = list(order)
-        self.lock = threading.Condition()
-        self.passes = 0  # passes under way (the thread waits while > 0)
-        self.stopped = False
-        self.done = 0  # chunks whose Gram it kept (tests, profiles)
-        self.thread = threading.Thread(target=self._run, name="admm-dask-ahead", daemon=True)
-        _AHEADS.add(self)
-        self.thread.start()
-
-    def pass_begins(self) -> None:
-        with self.lock:
-            self.passes += 1
-
-    def pass_ends(self, trained) -> None:
-        """A pass ended; ``trained``: the chunks it read as training chunks (dropped from the work)."""
-        with self.lock:
-            self.passes -= 1
-            if trained:
-                self.todo = [i for i in self.todo if i not in trained]
-            self.lock.notify_all()
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopped = True
-            self.lock.notify_all()
-
-    def settle(self) -> None:
-        """Wait until the work is done or stopped (tests: every chunk's Gram kept before the next pass)."""
-        with self.lock:
-            self.lock.wait_for(lambda: self.stopped or not self.todo)
-
-    def _between(self, i: int) -> bool:
-        """Wait while a pass runs; return whether chunk ``i`` is still to sum."""
-        with self.lock:
-            self.lock.wait_for(lambda: self.stopped or self.passes == 0)
-            return not self.stopped and i in self.todo
-
-    def _run(self) -> None:
-        if AHEAD_NICE:
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), AHEAD_NICE)
-            except (AttributeError, OSError):  # not Linux: the same work, at the thread's priority
-                pass
-        try:
-            while True:
-                with self.lock:
-                    if self.stopped or not self.todo:
-                        break
-                    i = self.todo[0]
-                if self._between(i) and self._sum(i) is False:
-                    break  # the budget is full
-                with self.lock:
-                    self.todo = [j for j in self.todo if j != i]
-        except Exception:  # noqa: BLE001 -- work ahead only: a pass sums what was not kept
-            pass
-        finally:
-            with self.lock:
-                self.stopped = True
-                self.todo = []
-                self.lock.notify_all()
-
-    def _sum(self, i: int) -> bool | None:
-        """Keep chunk ``i``'s input Gram; return True if kept, None if abandoned (or no training rows), False if the
-        budget has no room."""
-        from solvers import input_gram
-        from solvers.gauss_newton import _rows_key
-
-        a, b = self.bounds[i]
-        rows = select(self.split, a, b, "train")  # the rows chunk_kernel gives pass B's kernel
-        if rows is not None and not len(rows):
-            return None
-        with one_blas_thread():
-            x = data_cache().read(self.data, "X", a, b)
-            x = x if rows is None or len(rows) == b - a else x[rows]
-            rows_key = _rows_key(x, a, False)
-            if input_gram.sum_ahead(self.solver, x, rows_key, lambda: self._between(i)):
-                # a pass that began between sum_ahead's last check and its put read the chunk, and its take missed
-                # (review16 R3): its pass B summed the Gram itself, so the kept one would hold budget till the run ends
-                if not self._between(i) and input_gram.drop(self.solver, rows_key):
-                    return None
-                self.done += 1
-                return True
-        return False if self._between(i) else None
 
 
 class _Rows:
@@ -466,8 +343,6 @@ class DaskRunner:
         self._local = None  # whether the scheduler is in this process (_in_process)
         self._nthreads = None  # the cluster's worker threads (_threads)
         self.owner = new_owner()  # names this runner's state chunks in the workers' caches (storage.state_io)
-        self._ahead = None  # the input Grams summed ahead (_Ahead), once a pass read part of the chunks
-        self._ahead_asked = False
 
     def compute(self, *delayed_values):
         """Compute delayed values on the cluster, with a progress bar when asked."""
@@ -484,48 +359,8 @@ class DaskRunner:
         return aligned(self.client.gather(futures))
 
     def run(self, kernel, params, *, read=None, write=None, chunks=None, held_out=False):
-        sample = range(len(self.bounds)) if chunks is None else set(chunks)  # a sample of the chunks
-        ahead = self._ahead
-        if ahead is not None:
-            if AHEAD_SETTLE:
-                ahead.settle()
-            ahead.pass_begins()
-        try:
-            sums = self._run(kernel, params, read, write, sample, held_out)
-        finally:
-            if ahead is not None:
-                ahead.pass_ends(set(sample))
-        if ahead is None and chunks is not None and not self._ahead_asked:
-            self._start_ahead(sample)
-        return sums
-
-    def _start_ahead(self, sample) -> None:
-        """After the first pass over part of the chunks: sum the rest's input Gram while the workers idle
-        (:class:`_Ahead`; an in-process cluster, a solver whose pass B sums one, :data:`AHEAD`)."""
-        from solvers import input_gram
-
-        self._ahead_asked = True
-        if not AHEAD or not self._in_process() or not input_gram.applies(self.solver):
-            return
-        order = input_gram.future_chunks(self.solver, len(self.bounds), sample)
-        if order:
-            self._ahead = _Ahead(self, order)
-            weakref.finalize(self, self._ahead.stop)
-
-    def stop_ahead(self) -> None:
-        """Stop the thread summing input Grams ahead and forget its sums (the run ended). The thread and
-        :data:`solvers.input_gram.KEPT` live in this process (an in-process cluster): stopped here, not only by
-        :func:`clear_data_cache` through ``client.run``, which a cluster already gone never runs (review16 R2)."""
-        from solvers import input_gram
-
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            ahead.stop()
-            ahead.thread.join(5.0)  # at most a tile's products
-            input_gram.KEPT.forget(ahead.solver.run_token)
-
-    def _run(self, kernel, params, read, write, sample, held_out):
         plan = read  # {array name: iteration} or None (solvers.loop.run_pass makes the dict)
+        sample = range(len(self.bounds)) if chunks is None else set(chunks)  # a sample of the chunks
         held = held_out and self.split is not None  # every chunk's held-out rows, read with its training rows
         t0 = time.perf_counter()
         places = self._chunk_places()

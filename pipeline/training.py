@@ -295,7 +295,7 @@ def _train(client, *, store, data=None, config: TrainConfig | None = None, test_
                           committed.iteration if new_test and committed is not None else None)
     finally:
         run.write_metrics()  # the commits write metrics/ at most every few seconds
-        _forget_data(client, runner)
+        _forget_data(client)
     if not (manifest and manifest.get("stopped_early") and not changed):
         run.release_uncommitted_slot()
     out.store = run
@@ -338,14 +338,10 @@ def still_rising_text(out, limit: str = "--iterations {}") -> str | None:
             f"{rising_window(config.patience)}, and better than every one before them)")
 
 
-def _forget_data(client, runner=None) -> None:
-    """Stop ``runner``'s input Grams summed ahead, in this process (:meth:`DaskRunner.stop_ahead`: whether or not
-    the cluster is still there), and drop the workers' decoded data chunks (:func:`pipeline.passes.data_cache`): a
-    worker may outlive the run."""
+def _forget_data(client) -> None:
+    """Drop the workers' decoded data chunks (:func:`pipeline.passes.data_cache`): a worker may outlive the run."""
     from pipeline.passes import clear_data_cache
 
-    if runner is not None:
-        runner.stop_ahead()
     try:
         client.run(clear_data_cache)
     except Exception:  # noqa: BLE001 -- a cluster already gone (killed worker, shutdown) holds nothing

@@ -76,7 +76,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers import cross_entropy as ce, hidden_race, input_gram, sampling, step_choice
+from solvers import cross_entropy as ce, hidden_race, sampling, step_choice
 from solvers.activation_cache import CACHE, INPUTS, weights_key
 from solvers.base import SolverBase
 from solvers.config import HE_BIAS, TrainConfig
@@ -969,9 +969,6 @@ class GaussNewtonSolver(SolverBase):
         gram_here = p.sums_input_gram(start_row)
         named = _rows_key(x_raw, start_row, False)
         rows = named if p.key and L > 1 else None
-        # the chunk's input Gram summed ahead while the workers idled (solvers.input_gram): the same bits, taken whole
-        ahead = input_gram.take(self, named) if gram_here and L > 1 else None
-        gram_here = gram_here and ahead is None
 
         def tile(sl, _):
             x1 = self._kept_inputs(x_raw, named, sl)
@@ -1016,12 +1013,7 @@ class GaussNewtonSolver(SolverBase):
                 parts[f"curv{L - 1}"] = (M[L - 1].T @ M[L - 1]).astype(np.float64)
                 self._deep_curvatures(M, Wt, parts)
             return None, parts
-        layout = self.curvature_layout(p.input_gram)
-        total = self.tiled(layout, x_raw.shape[0], tile)[1]
-        if ahead is not None:  # its entries are still +0.0: no tile added to them
-            lo, hi = layout.offsets["gram1"]
-            total[lo:hi] = ahead
-        return None, total
+        return None, self.tiled(self.curvature_layout(p.input_gram), x_raw.shape[0], tile)[1]
 
     def curvature_chunk_held(self, x_raw, y, state, start_row: int, p: CurvatureParams):
         """Return (None, the held-out rows' part of pass B): ``n`` and the score of the weights alone (no curvature).
