@@ -54,6 +54,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 
 from solvers.errors import InputError
 from storage.lock import RunLock, check_no_readers
-from storage.paths import (check_target, clean_stale_partials, discard, partial_path,
+from storage.paths import (_write_all, check_target, clean_stale_partials, discard, partial_path,
                            remove_stale_chunk_partials, rewrite_file, swap_in)
 
 FORMAT = "admm-dask-run"
@@ -455,15 +456,13 @@ class RunStore:
         """Record iteration k: write its weights with checksums, keep the last manifest, atomically replace it."""
         k = checkpoint.iteration
         self._sweep_temporaries()
-        root = zarr.open_group(self.path, mode="r+")
         group = f"checkpoint/{k}"
         _remove_folder(self.path / "checkpoint" / str(k))  # leftover of an uncommitted attempt at k (_remove_folder)
         arrays = {f"W{l}": W for l, W in enumerate(checkpoint.weights, start=1)}
         arrays.update({f"carry/{name}": value for name, value in checkpoint.carry.items()})
         arrays.update({f"best/W{l}": W for l, W in enumerate(checkpoint.best_weights or [], start=1)})
         arrays = {name: np.asarray(value, np.float64) for name, value in arrays.items()}
-        sums = {name: _array_sha256(value) for name, value in arrays.items()}
-        _write_packed(root, group, arrays)
+        sums = _checksums_beside(arrays, lambda: _write_packed(self.path, group, arrays))
         try:
             last = self._resolve()  # the intact commit this one follows (after a fallback: the one resumed from)
         except InputError:
@@ -486,7 +485,7 @@ class RunStore:
             _remove_folder(stale)  # older commits, or attempts a crash left behind (Zarr groups or not)
         self._unwritten_metrics = list(history)
         if stopped or k >= target_iterations or time.monotonic() - self._metrics_time >= METRICS_SECONDS:
-            self.write_metrics(root)
+            self.write_metrics()
         self._resolved_from = MANIFEST  # what _resolve returns next is this commit's manifest.json
         self._resolved = (json.loads(json.dumps(manifest, default=_json_default)),
                           Checkpoint(k, [np.asarray(W, np.float64) for W in checkpoint.weights],
@@ -669,17 +668,59 @@ def _remove_folder(folder: Path) -> None:
         pass
 
 
-def _write_packed(root, group: str, arrays: dict) -> None:
-    """Write float64 ``arrays`` ({name: array}) as one array ``<group>/packed`` (crc32c) with their layout.
+def _write_packed(path, group: str, arrays: dict) -> None:
+    """Write float64 ``arrays`` ({name: array}) as one array ``<group>/packed`` (crc32c) with their layout, in the
+    run store at ``path``.
 
-    The one chunk is written even when it holds only the fill value (``write_empty_chunks``): Zarr
-    would otherwise compare every value with it first (~2 ms for a 14 MB checkpoint, at every commit).
+    The files are those Zarr's ``create_array`` writes for it (uncompressed bytes and their crc32c, one chunk written
+    even when it holds only the fill value; missing parent groups' ``zarr.json``; :func:`_packed_files`), written
+    here directly: through Zarr the commit's wall was 10-60 ms on top of its own 2-4 ms of CPU (its event-loop
+    thread, one file at a time, each written aside and renamed), and ~240 ms at a run's first commit
+    (idle16_s16.md, idle17_s17.md). No rename: the folder is new (the commit removed any killed attempt's first),
+    and nothing reads it before the manifest that names it is written after it.
     """
-    flat = [a.ravel() for a in arrays.values()]
-    data = np.concatenate(flat) if flat else np.zeros(0)
-    root.create_array(f"{group}/{PACKED}", data=data, chunks=(max(1, data.size),), compressors=[Crc32cCodec()],
-                      attributes={"layout": [[name, list(a.shape)] for name, a in arrays.items()]},
-                      config={"write_empty_chunks": True})
+    for rel, parts in _packed_files(path, group, arrays):
+        target = os.path.join(path, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, parts)
+        finally:
+            os.close(fd)
+
+
+def _packed_files(path, group: str, arrays: dict) -> list:
+    """Return [(path relative to the store, [buffers])] of the files Zarr 3 writes for :func:`_write_packed`'s array:
+    ``zarr.json`` of each missing parent group (``attributes`` empty), then the array's ``zarr.json`` (as Zarr formats
+    it: ``json.dumps(..., indent=2)``) and its chunk ``c/0``: the values' little-endian bytes and their crc32c
+    (none for an empty array). tests/test_runstore.py compares these files with Zarr's own, byte for byte."""
+    values = [np.ascontiguousarray(a, "<f8").reshape(-1) for a in arrays.values()]
+    n = sum(int(v.size) for v in values)
+    meta = {
+        "shape": [n], "data_type": "float64",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [max(1, n)]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0, "codecs": _FAST_CODECS_JSON,
+        "attributes": {"layout": [[name, list(np.shape(a))] for name, a in arrays.items()]},
+        "zarr_format": 3, "node_type": "array", "storage_transformers": [],
+    }
+    files, parts = [], group.split("/")
+    for i in range(1, len(parts) + 1):
+        rel = os.path.join(*parts[:i], "zarr.json")
+        if not os.path.exists(os.path.join(path, rel)):
+            files.append((rel, [_GROUP_JSON]))
+    files.append((os.path.join(group, PACKED, "zarr.json"), [json.dumps(meta, indent=2).encode()]))
+    if n:
+        crc = 0
+        for v in values:
+            view = v.view(np.uint8)
+            view.flags.writeable = False  # google_crc32c takes read-only buffers only (no copy made)
+            crc = google_crc32c.extend(crc, view)
+        files.append((os.path.join(group, PACKED, "c", "0"), [*values, np.array([crc], "<u4")]))
+    return files
+
+
+_GROUP_JSON = json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2).encode()
 
 
 ONE_CHUNK_MAX = 10_000  # Zarr makes a 1-D float64 or int64 array of at most this many values one chunk (10^5: four)
@@ -796,6 +837,40 @@ def _array_sha256(a) -> str:
     h = hashlib.sha256(repr(a.shape).encode())
     h.update(a.reshape(-1).view(np.uint8))
     return h.hexdigest()
+
+
+HASH_BESIDE_BYTES = 1 << 20  # arrays from this size are hashed in a second thread while the checkpoint is written
+
+
+def _checksums_beside(arrays: dict, write) -> dict:
+    """Return {name: :func:`_array_sha256`} of ``arrays`` while ``write()`` runs in this thread: the large arrays are
+    hashed in a second thread (SHA-256 releases the GIL; the writer's system calls do too), the small ones here.
+    compare.py's clock waits for the commit with the workers idle, so on two cores the two overlap (MNIST 10-class:
+    ~7 ms of SHA-256 for a 12 MB checkpoint). ``write``'s error wins; the hashing's is raised after it."""
+    big = [name for name, a in arrays.items() if a.nbytes >= HASH_BESIDE_BYTES]
+    sums, errors = {}, []
+
+    def hash_big():
+        try:
+            for name in big:
+                sums[name] = _array_sha256(arrays[name])
+        except BaseException as exc:  # noqa: BLE001 -- raised in the caller's thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=hash_big, name="admm-dask-checksums", daemon=True) if big else None
+    if thread is not None:
+        thread.start()
+    try:
+        write()
+        for name, a in arrays.items():
+            if name not in big:
+                sums[name] = _array_sha256(a)
+    finally:
+        if thread is not None:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return {name: sums[name] for name in arrays}  # the manifest lists them in the checkpoint's order
 
 
 def _manifest_sha256(manifest: dict) -> str:

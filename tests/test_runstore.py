@@ -62,6 +62,61 @@ def test_a_commit_writes_one_packed_array_and_version_2_checkpoints_still_load(t
     assert ck.carry["damping"].shape == () and ck.carry["damping"] == 0.5
 
 
+@pytest.mark.parametrize("arrays", [
+    {"W1": np.arange(6.0).reshape(3, 2), "W2": np.ones((1, 4)), "carry/gram": np.eye(3) * -0.0,
+     "carry/damping": np.float64(0.5), "carry/sample": np.array([3.0, 7.0]), "best/W1": np.full((3, 2), np.nan)},
+    {"W1": np.zeros((2, 5))},  # every value the fill value: Zarr still writes the chunk (write_empty_chunks)
+    {"W1": np.zeros((0, 4)), "carry/n": np.zeros(0)},  # no values: no chunk
+    {"W1": np.arange(3.0, dtype=">f8").reshape(3, 1), "carry/inf": np.array([np.inf, -np.inf])},  # big-endian input
+], ids=["mixed", "all-fill", "empty", "big-endian"])
+def test_a_packed_checkpoint_is_written_as_the_files_zarr_creates(tmp_path, arrays):
+    """_write_packed writes the packed checkpoint array's files itself: byte for byte those Zarr 3's create_array wrote
+    for it (session 16's writer), missing parent groups included, and Zarr and _read_packed read it back."""
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
+    from storage import runstore
+
+    def files(path):
+        return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+    for name in ("ours", "zarr"):
+        zarr.open_group(tmp_path / name, mode="w-", zarr_format=3).create_group("checkpoint")
+    runstore._write_packed(tmp_path / "ours", "checkpoint/4", arrays)
+    runstore._write_packed(tmp_path / "ours", "more/deeply/4", arrays)  # parent groups missing: made as Zarr makes them
+    root = zarr.open_group(tmp_path / "zarr", mode="r+")
+    data = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays.values()])
+    for group in ("checkpoint/4", "more/deeply/4"):
+        root.create_array(f"{group}/packed", data=data, chunks=(max(1, data.size),), compressors=[Crc32cCodec()],
+                          attributes={"layout": [[n, list(np.shape(a))] for n, a in arrays.items()]},
+                          config={"write_empty_chunks": True})
+    assert files(tmp_path / "ours") == files(tmp_path / "zarr")
+    back = runstore._read_packed(zarr.open_group(tmp_path / "ours", mode="r")["checkpoint/4/packed"])
+    assert list(back) == list(arrays)
+    for name, a in arrays.items():
+        assert back[name].dtype == np.float64 and back[name].tobytes() == np.asarray(a, np.float64).tobytes()
+
+
+def test_the_checksums_hashed_beside_the_write_are_those_of_each_array_in_order_and_errors_reach_the_caller(monkeypatch):
+    from storage import runstore
+
+    monkeypatch.setattr(runstore, "HASH_BESIDE_BYTES", 64)
+    arrays = {"b": np.arange(100.0), "a": np.ones(2), "c": np.arange(50.0).reshape(5, 10)}
+    wrote = []
+    sums = runstore._checksums_beside(arrays, lambda: wrote.append(1))
+    assert wrote == [1] and list(sums) == ["b", "a", "c"]
+    assert sums == {n: runstore._array_sha256(a) for n, a in arrays.items()}
+
+    def failing_write():
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        runstore._checksums_beside(arrays, failing_write)
+    monkeypatch.setattr(runstore, "_array_sha256", lambda a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        runstore._checksums_beside(arrays, lambda: None)
+
+
 def test_metrics_are_written_at_most_every_few_seconds_and_at_the_end(tmp_path):
     import xarray as xr
 
@@ -219,7 +274,7 @@ def test_a_commit_replaces_what_a_killed_attempt_at_it_left_without_its_groups_m
     if k:
         run.commit(Checkpoint(k - 1, W), [], 3)
     root = zarr.open_group(tmp_path / "r.zarr", mode="r+")
-    runstore._write_packed(root, f"checkpoint/{k}", {"W1": np.zeros((3, 2))})  # the killed attempt's array …
+    runstore._write_packed(tmp_path / "r.zarr", f"checkpoint/{k}", {"W1": np.zeros((3, 2))})  # the killed attempt's array …
     folder = tmp_path / "r.zarr" / "checkpoint" / str(k)
     (folder / "zarr.json").unlink()  # … whose group's metadata was never written
     assert f"checkpoint/{k}" not in root and (folder / "packed" / "zarr.json").is_file()
