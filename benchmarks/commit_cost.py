@@ -65,6 +65,24 @@ def side(store: Path, work: Path, writer: str, commits: int) -> dict:
         timed["sha"].append(time.perf_counter() - t)
         return out
 
+    parts = {"keep_previous": [], "write_json_atomic": [], "remove_folder": [], "write_metrics": []}
+    originals = {name: getattr(runstore, "_" + name) if name != "write_metrics" else RunStore.write_metrics
+                 for name in parts}
+
+    def timing(name):
+        def timed_call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return originals[name](*a, **k)
+            finally:
+                parts[name].append(time.perf_counter() - t)
+        return timed_call
+
+    for name in parts:
+        if name == "write_metrics":
+            RunStore.write_metrics = timing(name)
+        else:
+            setattr(runstore, "_" + name, timing(name))
     runstore._write_packed, runstore._array_sha256 = write_packed, array_sha256
     to_manifest, total, cpu = [], [], []
     stamp, replace = [], os.replace
@@ -96,11 +114,17 @@ def side(store: Path, work: Path, writer: str, commits: int) -> dict:
         assert all(np.array_equal(a, b) for a, b in zip(reread.weights, ck.weights))
     finally:
         runstore._write_packed, runstore._array_sha256 = own, sha
+        for name, f in originals.items():
+            if name == "write_metrics":
+                RunStore.write_metrics = f
+            else:
+                setattr(runstore, "_" + name, f)
     files = sorted(str(p.relative_to(work)) for p in (work / "checkpoint").rglob("*") if p.is_file())
     return {"writer": writer, "to_manifest_s": to_manifest, "commit_s": total, "process_cpu_s": cpu,
             "write_packed_wall_s": [w for w, _ in timed["write_packed"]],
             "write_packed_thread_cpu_s": [c for _, c in timed["write_packed"]],
             "sha_s_per_commit": sum(timed["sha"]) / max(1, commits), "checkpoint_files": files,
+            **{f"{name}_s_per_commit": sum(v) / max(1, commits) for name, v in parts.items()},
             "load": os.getloadavg()[0]}
 
 
@@ -124,7 +148,10 @@ def main(argv=None) -> int:
                   f"commit {1e3 * statistics.median(run['commit_s']):.1f} ms, write_packed "
                   f"{1e3 * statistics.median(run['write_packed_wall_s']):.1f} ms wall "
                   f"{1e3 * statistics.median(run['write_packed_thread_cpu_s']):.1f} ms thread CPU, sha "
-                  f"{1e3 * run['sha_s_per_commit']:.1f} ms, load {run['load']:.1f}", flush=True)
+                  f"{1e3 * run['sha_s_per_commit']:.1f} ms, " + ", ".join(
+                      f"{n} {1e3 * run[n + '_s_per_commit']:.1f}" for n in
+                      ("keep_previous", "write_json_atomic", "remove_folder", "write_metrics"))
+                  + f" ms, load {run['load']:.1f}", flush=True)
     shutil.rmtree(args.work, ignore_errors=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"runs": runs, "argv": argv}, indent=1))

@@ -198,15 +198,17 @@ def test_metrics_written_together_equal_those_written_one_by_one_also_inside_a_r
 
 
 def test_metrics_rewritten_in_place_are_the_files_zarr_creates(tmp_path, monkeypatch):
-    """A later metrics/ write rewrites each existing one-chunk array in place: the same files, byte for byte, as Zarr's
-    create_array of the same values in a new store (an all-fill chunk: no file); longer arrays go through Zarr."""
+    """A metrics/ write creates each new one-chunk array (the first write, and a metric that appears later) and rewrites
+    each existing one in place: the same files, byte for byte, as Zarr's create_array of the same values in a new
+    store (an all-fill chunk: no file; the metrics group's zarr.json too); longer arrays go through Zarr."""
     import zarr
 
     from storage.runstore import ONE_CHUNK_MAX
 
     def history(n):
         return [{"iteration": k, "seconds": 0.1 * k, "alpha": 0.0, "loss": -1.0 / k,
-                 **({"test_accuracy": 0.5} if k > 1 else {})} for k in range(1, n + 1)]
+                 **({"test_accuracy": 0.5} if k > 1 else {}), **({"late": -0.0} if k > 6 else {})}
+                for k in range(1, n + 1)]
 
     def files(path):
         return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
@@ -228,8 +230,7 @@ def test_metrics_rewritten_in_place_are_the_files_zarr_creates(tmp_path, monkeyp
             root.create_array(f"metrics/{name}", data=data, dimension_names=("iteration",), overwrite=True,
                               compressors=[zarr.codecs.Crc32cCodec()])
         assert files(run.path / "metrics") == files(fresh.path / "metrics")
-    assert through_zarr == [["metrics/alpha", "metrics/iteration", "metrics/loss", "metrics/seconds",
-                             "metrics/test_accuracy"]]  # created once; later writes rewrite them in place
+    assert through_zarr == []  # created without Zarr, later rewritten in place: the files Zarr creates
     assert "alpha/c/0" not in files(run.path / "metrics")  # all zeros, the fill value: no chunk, as Zarr
     assert zarr.open_array(zarr.storage.LocalStore(run.path), path="metrics/alpha").shape == (9,)
     one = zarr.open_group(tmp_path / "z.zarr", mode="w").create_array(
@@ -238,6 +239,9 @@ def test_metrics_rewritten_in_place_are_the_files_zarr_creates(tmp_path, monkeyp
     from storage.runstore import _rewrite_one_chunk
 
     assert not _rewrite_one_chunk(run.path / "metrics" / "loss", np.zeros(ONE_CHUNK_MAX + 1))
+    run._unwritten_metrics = [{"iteration": k, "loss": 0.5} for k in range(1, ONE_CHUNK_MAX + 2)]
+    run.write_metrics()  # longer than one chunk: through Zarr
+    assert through_zarr == [["metrics/iteration", "metrics/loss"]]
 
 
 def test_metrics_rewritten_in_place_leave_a_hard_linked_snapshot_as_it_was(tmp_path):
