@@ -744,10 +744,11 @@ def _rewrite_one_chunk(folder: Path, values: np.ndarray, create: bool = False) -
     at these sizes), its chunk the values and their crc32c, or no chunk when every value is the fill
     value (Zarr stores none), each file in one write (:func:`_write_small_file`). Zarr's own ``create_array``
     (``overwrite``) deletes and recreates the folder: 15 ``metrics/`` arrays took 70-150 ms at the end of
-    a run (load 8), on its last commit's path; rewritten here they take a few ms.
+    a run (load 8), on its last commit's path; rewritten here they take a few ms. An empty array (a run's first
+    commit has no history: ``iteration`` of 0 values) is Zarr's chunk shape [1] and no chunk.
     """
     n = int(values.size)
-    if values.ndim != 1 or not 0 < n <= ONE_CHUNK_MAX or values.dtype not in (np.dtype(np.float64), np.dtype(np.int64)):
+    if values.ndim != 1 or not 0 <= n <= ONE_CHUNK_MAX or values.dtype not in (np.dtype(np.float64), np.dtype(np.int64)):
         return False
     try:
         if create and not folder.exists():
@@ -757,7 +758,8 @@ def _rewrite_one_chunk(folder: Path, values: np.ndarray, create: bool = False) -
         grid = meta["chunk_grid"]
         plain = (meta.get("zarr_format") == 3 and meta.get("node_type") == "array" and len(meta["shape"]) == 1
                  and meta.get("data_type") == values.dtype.name and meta.get("codecs") == _FAST_CODECS_JSON
-                 and grid.get("name") == "regular" and grid["configuration"]["chunk_shape"] == meta["shape"]
+                 and grid.get("name") == "regular"
+                 and grid["configuration"]["chunk_shape"] in (meta["shape"], [1] if meta["shape"] == [0] else None)
                  and meta.get("chunk_key_encoding") == {"name": "default", "configuration": {"separator": "/"}}
                  and not meta.get("storage_transformers") and sys.byteorder == "little")
         fill = meta["fill_value"]
@@ -765,9 +767,9 @@ def _rewrite_one_chunk(folder: Path, values: np.ndarray, create: bool = False) -
         return False
     if not plain or not isinstance(fill, (int, float)) or isinstance(fill, bool):  # e.g. a "NaN" fill: Zarr writes it
         return False
-    meta["shape"], grid["configuration"]["chunk_shape"] = [n], [n]
+    meta["shape"], grid["configuration"]["chunk_shape"] = [n], [max(1, n)]
     chunk = folder / "c" / "0"
-    if np.all(values == fill):
+    if not n or np.all(values == fill):
         chunk.unlink(missing_ok=True)
     else:
         data = np.ascontiguousarray(values)
@@ -780,7 +782,7 @@ def _metric_meta(values: np.ndarray) -> dict:
     """Return the ``zarr.json`` content Zarr 3 writes for a new 1-D ``metrics/`` array of ``values`` (one chunk, fill 0)."""
     n = int(values.size)
     return {"shape": [n], "data_type": values.dtype.name,
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [n]}},
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [max(1, n)]}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
             "fill_value": 0.0 if values.dtype.kind == "f" else 0, "codecs": _FAST_CODECS_JSON, "attributes": {},
             "dimension_names": ["iteration"], "zarr_format": 3, "node_type": "array", "storage_transformers": []}

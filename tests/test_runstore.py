@@ -220,7 +220,7 @@ def test_metrics_rewritten_in_place_are_the_files_zarr_creates(tmp_path, monkeyp
     monkeypatch.setattr(rs, "_create_arrays", lambda root, path, arrays, **kw: through_zarr.append(sorted(arrays))
                         or real(root, path, arrays, **kw))
     run = _run(tmp_path / "a")
-    for n in (2, 5, 9):  # the first write creates the arrays, the later ones rewrite them
+    for n in (0, 2, 5, 9):  # the first write creates the arrays (a first commit: no history), the later ones rewrite them
         run._unwritten_metrics = history(n)
         run.write_metrics()
         fresh = _run(tmp_path / f"fresh{n}")
