@@ -4,8 +4,9 @@ for each point's manifest).
 It copies a run store (default: a Gauss-Newton MNIST 10-class 60k run, a 12 MB packed checkpoint), reads its last
 checkpoint and commits it again as iterations k+1, k+2, ... with ``RunStore.commit``, in this thread, timing each
 commit to its manifest (what compare.py's clock waits for) and to its end (the stale checkpoint's removal and, every
-``METRICS_SECONDS``, metrics/), and the wall/CPU of ``_write_packed`` and the checksums. ``--writer zarr`` swaps in
-the session-16 ``_write_packed`` (Zarr's ``create_array``) for a paired A/B in one process; sides alternate per round.
+``METRICS_SECONDS``, metrics/), and the wall/CPU of ``_write_packed`` and the checksums. Sides (``--writers``, one
+process, alternating per round): ``direct`` (this tree), ``zarr`` (this tree's commit with the session-16
+``_write_packed``, Zarr's ``create_array``), ``base`` (also the session-16 checksums: all in one thread, before the write).
 
     python -m pipeline.train --data /tmp/q/compare-mnist10-n60000-train.zarr --store /tmp/idle17/gn.zarr \\
         --overwrite --solver gauss-newton --iterations 3
@@ -38,6 +39,15 @@ def zarr_write_packed(path, group: str, arrays: dict) -> None:
                       config={"write_empty_chunks": True})
 
 
+def serial_checksums(arrays: dict, write) -> dict:
+    """The session-16 order: every checksum in this thread, then the write."""
+    from storage import runstore
+
+    sums = {name: runstore._array_sha256(a) for name, a in arrays.items()}
+    write()
+    return sums
+
+
 def side(store: Path, work: Path, writer: str, commits: int) -> dict:
     from storage import runstore
     from storage.runstore import MANIFEST, RunStore
@@ -54,7 +64,7 @@ def side(store: Path, work: Path, writer: str, commits: int) -> dict:
 
     def write_packed(*a, **k):
         t, c = time.perf_counter(), time.thread_time()
-        (zarr_write_packed if writer == "zarr" else own)(*a, **k)
+        (zarr_write_packed if writer in ("zarr", "base") else own)(*a, **k)
         timed["write_packed"].append((time.perf_counter() - t, time.thread_time() - c))
 
     sha = runstore._array_sha256
@@ -84,6 +94,9 @@ def side(store: Path, work: Path, writer: str, commits: int) -> dict:
         else:
             setattr(runstore, "_" + name, timing(name))
     runstore._write_packed, runstore._array_sha256 = write_packed, array_sha256
+    beside = runstore._checksums_beside
+    if writer == "base":  # the whole session-16 commit: Zarr's writer after the checksums, one thread
+        runstore._checksums_beside = serial_checksums
     to_manifest, total, cpu = [], [], []
     stamp, replace = [], os.replace
 
@@ -113,7 +126,7 @@ def side(store: Path, work: Path, writer: str, commits: int) -> dict:
         reread = RunStore.open(work).load_checkpoint()
         assert all(np.array_equal(a, b) for a, b in zip(reread.weights, ck.weights))
     finally:
-        runstore._write_packed, runstore._array_sha256 = own, sha
+        runstore._write_packed, runstore._array_sha256, runstore._checksums_beside = own, sha, beside
         for name, f in originals.items():
             if name == "write_metrics":
                 RunStore.write_metrics = f
@@ -134,7 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="/tmp/idle17/commit_cost.zarr")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--commits", type=int, default=8)
-    p.add_argument("--writers", default="zarr,direct")
+    p.add_argument("--writers", default="base,direct")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     writers = args.writers.split(",")

@@ -68,7 +68,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 
 from solvers.errors import InputError
 from storage.lock import RunLock, check_no_readers
-from storage.paths import (_write_all, check_target, clean_stale_partials, discard, partial_path,
+from storage.paths import (check_target, clean_stale_partials, discard, partial_path,
                            remove_stale_chunk_partials, rewrite_file, swap_in)
 
 FORMAT = "admm-dask-run"
@@ -688,11 +688,9 @@ def _write_packed(path, group: str, arrays: dict) -> None:
     for rel, parts in _packed_files(path, group, arrays):
         target = os.path.join(path, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, parts)
-        finally:
-            os.close(fd)
+        with open(target, "wb") as f:
+            for part in parts:
+                f.write(part)  # contiguous buffers: a large one is written straight through
 
 
 def _packed_files(path, group: str, arrays: dict) -> list:
