@@ -46,7 +46,10 @@ writer given the real path see each other.
 
 A process killed between writing its private record file (``.<RUN>.lock.<host>.<pid>.<token>``) and removing it
 leaves that file beside the store; the next holder of the lock removes those of this host's gone processes whose
-content is their own record (same pid and token), never a live taker's, another host's or any other file.
+content is their own record (same pid and token), never a live taker's, another host's or any other file. The same
+holds for the clock probe (``.admm-dask-clock-<host>.<pid>.<token>``) and a stale lock set aside by a take-over
+(``<RUN>.lock.stale-<host>.<pid>.<token>``, removed only if the record in it is stale too):
+:func:`remove_dead_lock_leftovers`, also run by readers.
 
 Limits: on a network file system a client caches directory contents and
 attributes, so both directions can miss the other side for up to the
@@ -158,11 +161,24 @@ def _read_record(path: Path) -> dict | None:
     return holder
 
 
+CLOCK_PROBE = ".admm-dask-clock-"  # _fs_now's probe: ``.admm-dask-clock-<host>.<pid>.<token>``, holding its record
+
+
+def _host() -> str:
+    """This host's name as it appears in the names of this module's files (no ``/``)."""
+    return socket.gethostname().replace("/", "_")
+
+
 def _fs_now(folder: Path) -> float:
-    """Return the file server's current time: the mtime of a file just written in ``folder``."""
-    probe = folder / f".admm-dask-clock-{os.getpid()}-{secrets.token_hex(3)}"
+    """Return the file server's current time: the mtime of a file just written in ``folder``.
+
+    The probe is named and filled like a private lock record (host, pid, token), so a probe left by a process
+    killed between writing and removing it is removed by the next lock holder or reader on this host
+    (:func:`remove_dead_lock_leftovers`)."""
+    token = secrets.token_hex(8)
+    probe = folder / f"{CLOCK_PROBE}{_host()}.{os.getpid()}.{token}"
     try:
-        probe.write_bytes(b"")
+        probe.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": token}))
         return probe.stat().st_mtime
     except OSError:
         return time.time()
@@ -252,6 +268,49 @@ def remove_dead_private_files(folder: Path, prefix: str, suffix: str = "") -> li
             continue  # unreadable, or written only in part: not shown to be a record
         if not isinstance(holder, dict) or holder.get("token") != token or holder.get("pid") != pid or \
                 not prefix.endswith(f"{str(holder.get('host')).replace('/', '_')}."):
+            continue
+        try:
+            file.unlink()
+            removed.append(file)
+        except OSError:
+            pass
+    return removed
+
+
+def remove_dead_lock_leftovers(lock: Path) -> list[Path]:
+    """Remove, beside lock file ``lock`` (``<STORE>.lock``), what processes of this host killed at the wrong moment
+    left there of the lock protocol; return what was removed. Called by the next holder of that lock or reader of
+    its store on this host.
+
+    - Clock probes (:func:`_fs_now`, ``.admm-dask-clock-<host>.<pid>.<token>``, in the lock's folder): by the rule
+      of :func:`remove_dead_private_files` (this host, a gone process, its own record inside).
+    - Stale locks moved aside by a take-over (:meth:`RunLock._take_over`, ``<STORE>.lock.stale-<host>.<pid>.<token>``,
+      host, pid and token of the taker): only of exactly that form, this host, the taker's process gone (nobody
+      will link it back or remove it), a regular file, and holding a lock record (JSON with token, host and pid)
+      that is itself stale (:func:`is_stale`: its holder on this host is gone, or on another host it has not been
+      touched for :data:`STALE_AFTER`; the rename kept its mtime). A live holder's record moved aside in the
+      take-over's race (its lock then missing) is never removed, nor an unreadable one, another host's taker's, a
+      name of the old form without host (``<STORE>.lock.stale-<token>``) or any other file.
+    """
+    folder, host = lock.parent, _host()
+    removed = remove_dead_private_files(folder, f"{CLOCK_PROBE}{host}.")
+    prefix = f"{lock.name}.stale-{host}."
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+    except OSError:
+        return removed
+    for name in names:
+        parts = name[len(prefix):].split(".")
+        if len(parts) != 2 or not parts[0].isdigit() or len(parts[1]) != 16:
+            continue
+        pid = int(parts[0])
+        if pid == os.getpid() or _alive(pid, None):
+            continue
+        file = folder / name
+        if file.is_symlink() or not file.is_file():
+            continue
+        holder = _read_record(file)
+        if holder is None or not is_record(holder) or not is_stale(holder):
             continue
         try:
             file.unlink()
@@ -397,6 +456,7 @@ class ReadLock:
             remove_dead_private_files(self.path.parent, f".{canonical(self.store).name}{READER}"
                                       f"{self.record['host'].replace('/', '_')}.", ".tmp")
             live_readers(self.store)  # and stale records (a killed reader's), by the rule writers remove them with
+            remove_dead_lock_leftovers(lock_path(self.store))  # and killed processes' clock probes, stale locks aside
 
     def _write_record(self) -> None:
         """Write this reader's record to a private file this call creates, then rename it to :attr:`path`."""
@@ -575,7 +635,8 @@ class RunLock:
     def _remove_dead_private_files(self) -> list[Path]:
         """Remove the private files (``.<lock name>.<host>.<pid>.<token>``, :meth:`_try_create`) that processes of
         this host killed between writing one and removing it left beside the lock (:func:`remove_dead_private_files`)."""
-        return remove_dead_private_files(self.path.parent, f".{self.path.name}.{self.record['host']}.")
+        return (remove_dead_private_files(self.path.parent, f".{self.path.name}.{self.record['host']}.")
+                + remove_dead_lock_leftovers(self.path))
 
     def _unwritable(self, folder: Path, err: OSError) -> str:
         return f"cannot lock {self.kind} {self.store}: {_why_unwritable(folder, err)}"
@@ -589,7 +650,9 @@ class RunLock:
 
     def _take_over(self, holder: dict) -> bool:
         """Remove the stale lock ``holder`` unless another process replaced it meanwhile."""
-        aside = self.path.with_name(f"{self.path.name}.stale-{self.record['token']}")
+        # host, pid and token of this taker: left by a kill before the unlink below, it is swept by the next holder
+        # once this process is gone (remove_dead_lock_leftovers)
+        aside = self.path.with_name(f"{self.path.name}.stale-{_host()}.{os.getpid()}.{self.record['token']}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:

@@ -336,6 +336,86 @@ def test_a_reader_removes_the_private_record_files_of_this_hosts_dead_readers_on
     assert all(p.exists() for p in kept)
 
 
+_DIE_IN_UNLINK = """
+import os, pathlib, sys
+from storage import lock
+real = pathlib.Path.unlink
+def unlink(self, *a, **k):  # a kill -9 right before the lock's clean-up removes {what}
+    if {cond}:
+        os._exit(9)
+    return real(self, *a, **k)
+pathlib.Path.unlink = unlink
+{call}
+"""
+
+
+def _killed_in_unlink(tmp_path, what, cond, call):
+    """Run ``call`` in a child process that dies (exit 9, no clean-up) when it is about to unlink ``what``."""
+    p = subprocess.run([sys.executable, "-c", _DIE_IN_UNLINK.format(what=what, cond=cond, call=call)], cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert p.returncode == 9
+
+
+def test_a_stale_lock_set_aside_and_clock_probes_of_killed_processes_are_swept_by_the_next_holder(tmp_path):
+    """audit17 (rel16's leftover): a process killed between renaming a stale lock aside and removing it
+    (RunLock._take_over) left R.lock.stale-<token>, and one killed inside _fs_now left .admm-dask-clock-<pid>-<hex>,
+    for good: their names carried no host. Now both carry host, pid and token, and the next holder of the lock
+    removes them once that process is gone (and a reader its clock probes)."""
+    import socket
+
+    store = tmp_path / "r.zarr"
+    write_lock(store, host=socket.gethostname(), pid=dead_pid(), token="0123456789abcdef")
+    _killed_in_unlink(tmp_path, "the stale lock set aside", "'.stale-' in self.name",
+                      "lock.RunLock('r.zarr', report=lambda line: None).acquire()")
+    _killed_in_unlink(tmp_path, "its clock probe", "'admm-dask-clock' in self.name", "lock._fs_now(pathlib.Path('.'))")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert any(".stale-" in n for n in left) and any("admm-dask-clock" in n for n in left), left
+    with RunLock(store):
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr.lock"]
+    _killed_in_unlink(tmp_path, "its clock probe", "'admm-dask-clock' in self.name", "lock._fs_now(pathlib.Path('.'))")
+    store.mkdir()
+    from storage.lock import ReadLock
+
+    with ReadLock(store):
+        assert not any("admm-dask-clock" in p.name for p in tmp_path.iterdir())
+
+
+def test_the_sweep_of_stale_locks_set_aside_and_clock_probes_removes_nothing_else(tmp_path):
+    """Only this host's, a gone process's, holding what that process wrote there: a live process's (taking over a
+    lock or probing the clock right now), another host's, the old names without host, a record that is no lock
+    record, a live holder's record set aside in the take-over's race, a link and a user's file all stay."""
+    import socket
+
+    host, store, dead = socket.gethostname(), tmp_path / "r.zarr", dead_pid()
+    live_holder = {"host": host, "pid": os.getppid(), "token": "5123456789abcdef", "command": "x"}
+    dead_holder = {**live_holder, "pid": dead, "token": "6123456789abcdef"}
+
+    def put(name, content):
+        (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+        return tmp_path / name
+
+    gone = [put(f"r.zarr.lock.stale-{host}.{dead}.0123456789abcdef", dead_holder),
+            put(f".admm-dask-clock-{host}.{dead}.1123456789abcdef",
+                {"host": host, "pid": dead, "token": "1123456789abcdef"})]
+    kept = [put(f"r.zarr.lock.stale-{host}.{os.getppid()}.0123456789abcdef", dead_holder),  # its taker is alive
+            put(f"r.zarr.lock.stale-{host}.{dead}.2123456789abcdef", live_holder),  # a live holder's record
+            put(f"r.zarr.lock.stale-{host}.{dead}.3123456789abcdef", "{not json"),
+            put(f"r.zarr.lock.stale-elsewhere.{dead}.4123456789abcdef", dead_holder),
+            put("r.zarr.lock.stale-0123456789abcdef", dead_holder),  # the old name: whose it is cannot be shown
+            put(f".admm-dask-clock-{host}.{os.getppid()}.7123456789abcdef",
+                {"host": host, "pid": os.getppid(), "token": "7123456789abcdef"}),
+            put(f".admm-dask-clock-{host}.{dead}.8123456789abcdef", {"host": host, "pid": dead, "token": "other"}),
+            put(f".admm-dask-clock-elsewhere.{dead}.9123456789abcdef",
+                {"host": "elsewhere", "pid": dead, "token": "9123456789abcdef"}),
+            put(f".admm-dask-clock-{dead}-0a1b2c", ""), put("r.zarr.lock.stale-notes", "a user's file")]
+    link = tmp_path / f"r.zarr.lock.stale-{host}.{dead}.aa23456789abcdef"
+    link.symlink_to(gone[0].name)
+    kept.append(link)
+    with RunLock(store):
+        assert not any(p.exists() for p in gone) and all(p.is_symlink() or p.exists() for p in kept)
+    assert all(p.is_symlink() or p.exists() for p in kept)
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path):
     import socket
 
