@@ -383,8 +383,19 @@ class RunStore:
 
     def model_arrays(self) -> dict:
         """Return x_mean, x_scale and classes (a regression: y_mean, y_scale instead of classes)."""
-        g = zarr.open_group(self.path, mode="r")["model"]
-        return {k: g[k][...] for k in MODEL_ARRAYS if k in g}
+        name = "model"
+        try:
+            g = zarr.open_group(self.path, mode="r")["model"]
+            out = {}
+            for name in MODEL_ARRAYS:
+                if name in g:
+                    out[name] = g[name][...]
+            return out
+        except Exception as exc:  # noqa: BLE001 -- a damaged chunk or metadata (zstd, JSON, a missing file): one line
+            where = "model" if name == "model" else f"model/{name}"
+            raise InputError(f"run store {self.path} is damaged: its {where} (the inputs' scaling and the classes) "
+                             f"cannot be read ({type(exc).__name__}: {exc}); restore the store from a copy, or start "
+                             "a new run in another store") from None
 
     def update_config(self, config: dict) -> None:
         """Record changed settings of a resumed run (those ``solvers.config.RESUMABLE`` lets ``--resume`` change)."""

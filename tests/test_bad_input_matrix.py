@@ -53,12 +53,17 @@ def folder(tmp_path_factory):
         set_format_version(d / name, version)
     shutil.copytree(d / "d.zarr", d / "dj.zarr")
     (d / "dj.zarr" / "zarr.json").write_text("{not json")
+    shutil.copytree(d / "r.zarr", d / "rmo.zarr")  # audit17: the model's scaling and classes cut to a third
+    for p in (d / "rmo.zarr" / "model").rglob("*"):
+        if p.is_file() and p.parent.name == "c":
+            p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 3)])
     return d
 
 
 DATA_FORMAT = r"data store .*dv[03].zarr has format_version [03]; this version reads 1 and 2: re-ingest"
 RUN_FORMAT = r"rv[09].zarr has run-store format version [09], this version reads"
 DAMAGED = r"dj.zarr is not a usable Zarr store: its zarr.json is damaged"
+MODEL_DAMAGED = r"run store .*rmo.zarr is damaged: its model/x_mean .* cannot be read \(RuntimeError: Zstd"
 CL = ["--dashboard-address", ":0", "--local-mode", "threads", "--workers", "1"]
 CELLS = [  # (name, command, the error line's pattern)
     ("csv_header_only__ingest", ["pipeline.ingest", "{d}/head.csv", "--out", "{d}/n.zarr"], r"holds no data rows"),
@@ -99,6 +104,13 @@ CELLS = [  # (name, command, the error line's pattern)
                                     "{d}/p.zarr", *CL], DAMAGED),
     ("zarr_json_damaged__evaluate", ["pipeline.evaluate", "--store", "{d}/r.zarr", "--data", "{d}/dj.zarr", *CL],
      DAMAGED),
+    # audit17: a damaged model/ chunk of the run store was "unexpected RuntimeError: Zstd decompression error"
+    ("model_chunks_damaged__predict", ["pipeline.predict", "--store", "{d}/rmo.zarr", "--data", "{d}/d.zarr", "--out",
+                                       "{d}/p.zarr", *CL], MODEL_DAMAGED),
+    ("model_chunks_damaged__evaluate", ["pipeline.evaluate", "--store", "{d}/rmo.zarr", "--data", "{d}/d.zarr", *CL],
+     MODEL_DAMAGED),
+    ("model_chunks_damaged__resume", ["pipeline.train", "--store", "{d}/rmo.zarr", "--resume", "--iterations", "2",
+                                      *CL], MODEL_DAMAGED),
 ]
 
 
