@@ -276,7 +276,15 @@ def jobqueue_cluster(kind: str, conf: dict, *, dashboard_address="localhost:8787
                 interface = section.get("interface")
                 hint = (f" (jobqueue.{kind}.interface is {interface!r}: does it exist on this machine?)"
                         if interface else "")
-                raise InputError(f"could not start the {kind} cluster's scheduler{hint}: {exc}") from None
+                given = {k: options[k] for k in ("host", "interface", "port") if options.get(k) not in (None, "")}
+                if given and not interface:  # where the scheduler was told to listen: the likely cause
+                    hint = (f" (jobqueue.{kind}.scheduler-options {given}: the scheduler listens here, so host must be "
+                            "an address of this machine, interface one of its network interfaces, port a free one)")
+                cause = exc
+                while cause is not None and not isinstance(cause, OSError):  # "cannot get address of non-running
+                    cause = cause.__cause__ or cause.__context__  # Server" hides the OSError that stopped it
+                raise InputError(f"could not start the {kind} cluster's scheduler{hint}: "
+                                 f"{cause.strerror if isinstance(cause, OSError) and cause.strerror else exc}") from None
             try:
                 yield cluster
             finally:

@@ -110,6 +110,18 @@ def test_config_typo_and_missing_interface(tmp_path, monkeypatch):
             pass
 
 
+def test_a_scheduler_host_that_is_not_this_machine_names_the_setting_and_the_os_error(tmp_path):
+    """audit17: jobqueue.yaml's scheduler-options host not an address of this machine was 'could not start the slurm
+    cluster's scheduler: cannot get address of non-running Server'; now the setting and the OSError are named."""
+    config = tmp_path / "jq.yaml"
+    config.write_text("jobqueue:\n  slurm:\n    cores: 1\n    memory: 1GiB\n"
+                      "    scheduler-options:\n      host: 10.255.255.1\n")
+    with pytest.raises(InputError, match=r"scheduler-options \{'host': '10.255.255.1'\}: .*host must be an address "
+                                         r"of this machine.*: Cannot assign requested address"):
+        with jobqueue_cluster("slurm", load_jobqueue_config(config), dashboard_address="localhost:0"):
+            pass
+
+
 def test_workers_that_never_arrive_time_out_with_progress(loopback, monkeypatch, tmp_path):
     """A queue that accepts jobs but never runs them: progress lines, then an error naming the jobs."""
     fake = tmp_path / "bin"
