@@ -62,11 +62,12 @@ class Matrix:
         scratch.mkdir(parents=True)
         self.env = {**os.environ, "PYTHONPATH": str(root)}
         self.python = sys.executable
+        self.nice = shutil.which("nice")  # absolute: a cell may run with a PATH that lacks it (no sbatch)
 
     def cmd(self, *a):
         if a[0] == "-c":
-            return ["nice", "-n", "15", self.python, "-c", self.EST_WRAP.format(code=a[1])]
-        return ["nice", "-n", "15", self.python, "-m", *map(str, a)]
+            return [self.nice, "-n", "15", self.python, "-c", self.EST_WRAP.format(code=a[1])]
+        return [self.nice, "-n", "15", self.python, "-m", *map(str, a)]
 
     def digest(self, path):
         import hashlib
