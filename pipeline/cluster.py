@@ -45,6 +45,11 @@ PROJECT_JOBQUEUE = Path(__file__).resolve().parents[1] / "jobqueue.yaml"
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 SECURITY_MODES = ("temporary", "config", "none")
 DEFAULT_WORKER_TIMEOUT = 600.0
+# A cluster nobody here supervises (a scheduler address or file, an estimator's client=): nobody submits or replaces
+# its workers, so waiting only helps while the user (or their own autoscaler) brings one right now; `dask worker`
+# connects in seconds. 60 s (distributed's connect timeout is 30 s) then one line saying how to wait longer; a
+# worker job queued behind the user's own scheduler: --worker-timeout (dask config admm-dask.worker-timeout).
+UNSUPERVISED_WORKER_TIMEOUT = 60.0
 PROGRESS_EVERY = 5.0  # seconds between "waiting for N workers" lines
 LOCAL_MODES = ("auto", "threads", "processes")
 THREADS_MAX_BYTES = 256 * 2**20  # auto: data up to this size runs on threads in this process
@@ -704,6 +709,10 @@ def connect(cluster: str = "local", *, n_workers=None, threads_per_worker=1, mem
                                  "(tls://host:8786) or a scheduler file (path ending in .json)")
             if not batch and spec != "local" and address.startswith("tcp://"):  # said once connected, not before an error
                 log.warning("connected to %s without encryption; prefer a tls:// scheduler", address)
+            if not batch and spec != "local":  # nobody supervises this cluster's workers: wait_for_a_worker's limit
+                client.admm_address = address
+                if worker_timeout is not None:
+                    client.admm_worker_timeout = float(worker_timeout)
         except (InputError, DryRun):
             raise
         except (OSError, TimeoutError, ValueError) as exc:
@@ -749,9 +758,18 @@ def _probe_access(read_paths, write_paths):
 
 
 def _worker_timeout(client) -> float:
-    """The longest a run waits without a worker: its batch cluster's ``--worker-timeout``, else the default."""
+    """The longest a run waits without a worker: its batch cluster's ``--worker-timeout``; for a cluster nobody
+    here supervises, ``--worker-timeout`` (a scheduler address), else dask config ``admm-dask.worker-timeout``, else
+    :data:`UNSUPERVISED_WORKER_TIMEOUT`."""
     supervisor = getattr(client, "admm_supervisor", None)
-    return float(supervisor.timeout) if supervisor is not None else DEFAULT_WORKER_TIMEOUT
+    if supervisor is not None:
+        return float(supervisor.timeout)
+    given = getattr(client, "admm_worker_timeout", None)
+    if given is not None:
+        return float(given)
+    import dask
+
+    return float(dask.config.get("admm-dask.worker-timeout", None) or UNSUPERVISED_WORKER_TIMEOUT)
 
 
 def wait_for_a_worker(client, timeout=None, report=None) -> None:
@@ -767,6 +785,11 @@ def wait_for_a_worker(client, timeout=None, report=None) -> None:
     timeout = _worker_timeout(client) if timeout is None else timeout
     report = report or getattr(supervisor, "report", None) or (lambda line: print(line, file=sys.stderr, flush=True))
     kind = getattr(supervisor, "kind", "the cluster")
+    address = getattr(client, "admm_address", None) or getattr(getattr(client, "scheduler", None), "address", None)
+    start = f"dask worker {address}" if isinstance(address, str) and "://" in address else "dask worker SCHEDULER"
+    # said to a cluster nobody supervises (nobody here will start a worker): what to do, and how to wait longer
+    how = (f"start workers for its scheduler ({start}; an adaptive cluster: scale it up or adapt(minimum=1)), or wait "
+           "longer with --worker-timeout SECONDS (Python: dask config admm-dask.worker-timeout)")
     t0, next_report = time.monotonic(), PROGRESS_EVERY
     while True:
         try:
@@ -781,9 +804,10 @@ def wait_for_a_worker(client, timeout=None, report=None) -> None:
         if elapsed >= timeout and supervisor is not None:  # as the supervisor's own stop later in the run
             raise ClusterFailure(f"{kind}: no worker for {timeout:.0f} s (--worker-timeout){situation}")
         if elapsed >= timeout:
-            raise InputError(f"the cluster has had no worker for {timeout:.0f} s: start workers for its scheduler")
+            raise InputError(f"the cluster has had no worker for {timeout:.0f} s: {how}")
         if elapsed >= next_report:
-            report(f"{kind}: no worker connected; waiting for one ({elapsed:.0f} s of {timeout:.0f} s){situation}")
+            report(f"{kind}: no worker connected; waiting for one ({elapsed:.0f} s of {timeout:.0f} s)"
+                   + (situation if supervisor is not None else f": {how}" if next_report == PROGRESS_EVERY else ""))
             next_report += PROGRESS_EVERY
         try:
             client.wait_for_workers(1, timeout=min(1.0, max(0.1, timeout - elapsed)))

@@ -200,6 +200,34 @@ def test_empty_cluster_wait_ends_in_one_clear_line(tmp_path):
         assert lines == [] or lines[0].startswith("slurm: no worker connected; waiting for one")
 
 
+def test_a_cluster_nobody_supervises_waits_60_s_for_a_worker_not_600_and_says_how_to_go_on():
+    """audit17 (rel16's leftover): a scheduler address with no worker (or an estimator's client=) waited the batch
+    clusters' 600 s. Nobody here starts its workers: 60 s by default, --worker-timeout (connect's worker_timeout) or
+    dask config admm-dask.worker-timeout to wait longer, and the lines say how to start a worker."""
+    from types import SimpleNamespace
+
+    import dask
+
+    from pipeline.cluster import _worker_timeout, wait_for_a_worker
+
+    def empty(**extra):
+        def wait(n, timeout):
+            time.sleep(timeout)
+            raise TimeoutError
+        return SimpleNamespace(nthreads=dict, wait_for_workers=wait, **extra)
+
+    assert _worker_timeout(empty()) == 60.0
+    assert _worker_timeout(empty(admm_worker_timeout=900.0)) == 900.0
+    with dask.config.set({"admm-dask.worker-timeout": 120}):
+        assert _worker_timeout(empty()) == 120.0
+    lines = []
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match=r"^the cluster has had no worker for 1 s: start workers for its scheduler "
+                                         r"\(dask worker tcp://10.1.2.3:8786; .*--worker-timeout SECONDS"):
+        wait_for_a_worker(empty(admm_worker_timeout=1.2, admm_address="tcp://10.1.2.3:8786"), report=lines.append)
+    assert time.monotonic() - t0 < 10 and lines == []
+
+
 # ---------------------------------------------------------------- a real SLURM
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, client):
