@@ -112,6 +112,7 @@ run("X_text__estimator_fit", "-c", EST + "    C(max_iter=1).fit([['a', 'b'], ['c
 run("X_empty__estimator_fit", "-c", EST + "    C(max_iter=1).fit(np.zeros((0, 3)), np.zeros(0))")
 run("predict_before_fit__estimator", "-c", EST + "    C().predict(np.zeros((3, 3)))")
 run("predict_wrong_width_path__estimator", "-c", EST_FIT.replace("60, 8", "60, 3") + "    m.predict('d.zarr')")
+run("unknown_param__estimator", "-c", EST + "    C(hiden_layer_sizes=(3,))")
 run("fit_bad_param__estimator", "-c", EST + "    C(hidden_layer_sizes=(0,), max_iter=1).fit(np.zeros((10, 3)), "
     "np.arange(10) % 2)")
 

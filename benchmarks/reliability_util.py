@@ -96,7 +96,8 @@ class Matrix:
 
         before, files_before = snap
         err = [line for line in r["stderr"].strip().splitlines() if line.strip()
-               and not re.match(r"(slurm|pbs): (scheduler|waiting)", line)]  # a batch cluster's progress lines
+               and not re.match(r"(slurm|pbs): (scheduler|waiting)|the cluster: no worker connected", line)]
+        # ^ a cluster's progress lines (batch: the scheduler, its jobs; any: waiting for a first worker)
         new = sorted(p for p in self.listing() - files_before
                      if not any(p == o or p.startswith(o + "/") or p.startswith(o + ".") for o in out_ok))
         new_top = sorted({p.split("/")[0] for p in new if "/" not in p or p.split("/")[0] in before})
