@@ -330,10 +330,19 @@ class _ADMMEstimator(BaseEstimator):
                     finally:
                         if not existed and run_path.exists():
                             self._owned(run_path)
-            except BaseException:
+            except BaseException as exc:
                 if self.store is not None and own_data is not None and not data_existed and own_data.exists() \
                         and not run_path.exists():
                     shutil.rmtree(own_data, ignore_errors=True)  # written by this fit, for a run never created
+                import errno
+
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # was "[Errno 28] No
+                    mine = self.store is not None  # space left on device", naming neither where nor what to do
+                    where = run_path.parent.resolve() if mine else Path(tmp).parent
+                    what = f"store={self.store}" if mine else "its temporary stores"
+                    todo = "pass another store=" if mine else "set TMPDIR to a folder with room"
+                    raise InputError(f"{exc.strerror} in {where}, where this fit writes {what}: free disk space or "
+                                     f"{todo}; nothing committed was lost") from exc
                 raise
             self.history_ = xr.open_zarr(run_path, group="metrics", consolidated=False).load()
         self._set_fitted(result, classes)

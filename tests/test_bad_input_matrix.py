@@ -234,3 +234,22 @@ def test_a_threads_cluster_pass_over_deleted_chunks_raises_the_missing_rows_line
         f"error: {tmp_path / 'dd2.zarr'}: rows 0-599 of 'X' are missing or hold NaN; a chunk file was deleted or "
         "never completely written"], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dd2.zarr"]
+
+
+def test_a_full_disk_under_the_estimator_is_one_input_error_naming_where_and_what_to_do(monkeypatch, tmp_path):
+    """audit17: ADMMClassifier(store=…).fit on a full disk raised the bare 'OSError: [Errno 28] No space left on
+    device' (no path, no advice); now one InputError naming the folder, the store and what to do. (Real ENOSPC:
+    benchmarks/reliability_matrix_s17.py's full__estimator_store, a 1 MB tmpfs.)"""
+    import errno
+
+    from pipeline import ADMMClassifier
+
+    def full(self, X, y, path):
+        path.mkdir()  # part of the data store written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ADMMClassifier, "_write_numpy", full)
+    with pytest.raises(InputError, match=r"^No space left on device in .*, where this fit writes store=.*e.zarr: free "
+                                         r"disk space or pass another store=; nothing committed was lost$"):
+        ADMMClassifier(store=str(tmp_path / "e.zarr"), max_iter=1).fit(np.zeros((20, 3)), np.arange(20) % 2)
+    assert list(tmp_path.iterdir()) == []  # the partial data store it wrote is removed
