@@ -283,10 +283,19 @@ if not M.only or any(o.startswith("readonly") for o in M.only):
 # ---- 10. SIGINT in mid-run: the store it would replace is intact, nothing left, one line, rc 130
 if not M.only or any(o.startswith("sigint") for o in M.only):
     copy("r.zarr", "ri.zarr")
+    old_run = M.digest(W / "ri.zarr")
+
+    def overwritten_or_kept():  # before the new run's first commit: the old run back, byte for byte; after it: the
+        if M.digest(W / "ri.zarr") == old_run:  # new run, committed (README); never both, never none
+            return not any(W.glob("ri.zarr.replaced-*"))
+        m = json.loads((W / "ri.zarr" / "manifest.json").read_text())
+        return m.get("iteration", 0) >= 1 and not any(W.glob("ri.zarr.replaced-*"))
+
     M.signal_case("sigint__train_overwrite", ["pipeline.train", "--data", "d.zarr", "--store", "ri.zarr",
                                               "--overwrite", "--hidden", "64", "--iterations", "50",
                                               "--no-progress", *CL],
-                  lambda: any(W.glob("ri.zarr.replaced-*")), keep=("ri.zarr",), expect_rc=130)
+                  lambda: any(W.glob("ri.zarr.replaced-*")), keep=(), expect_rc=130, intact=overwritten_or_kept)
+    M.res.get("sigint__train_overwrite", {})["old_run_back"] = M.digest(W / "ri.zarr") == old_run
     copy("r.zarr", "ri2.zarr")
     M.signal_case("sigint__train_resume", ["pipeline.train", "--store", "ri2.zarr", "--resume", "--iterations",
                                            "400", "--no-progress", *CL],
@@ -305,7 +314,8 @@ if not M.only or any(o.startswith("sigint") for o in M.only):
 if not M.only or any(o.startswith("second") for o in M.only):
     first = M.popen("pipeline.train", "--data", "d.zarr", "--store", "r2.zarr", "--hidden", "8", "--iterations", "3",
                     "--no-progress", *CL)
-    ok = paused(first, lambda: (W / "r2.zarr/manifest.json").exists())
+    ok = paused(first, lambda: (W / "r2.zarr/manifest.json").exists()
+                and '"iteration": 1' in (W / "r2.zarr/manifest.json").read_text())
     run("second__plain_train_same_store", "pipeline.train", "--data", "d.zarr", "--store", "r2.zarr", "--iterations",
         "1", *CL)
     run("second__estimator_same_store", "-c", EST + "    C(store='r2.zarr', max_iter=1).fit(np.zeros((20, 8)), "

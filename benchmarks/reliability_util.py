@@ -112,7 +112,9 @@ class Matrix:
         if expect_ok:
             res["ok"] = r["rc"] == 0 and not set(res["changed"]) - set(out_ok) and not res["traceback"]
         else:
-            one = len(err) == 1 and (err[0].startswith("error: ") or a[0] == "-c") and "unexpected" not in err[0]
+            signalled = expect_rc in (130, 143)  # a signal's one line: "interrupted (SIGINT, Ctrl-C): …" (pipeline.signals)
+            one = len(err) == 1 and (err[0].startswith("interrupted (" if signalled else "error: ") or a[0] == "-c") \
+                and "unexpected" not in err[0]
             res["ok"] = (r["rc"] != 0 if expect_rc is None else r["rc"] == expect_rc) and one and \
                 not res["traceback"] and not res["changed"] and not res["left"]
         self.res[name] = res
