@@ -212,9 +212,13 @@ def describe(holder: dict) -> str:
             f"since {holder.get('started')})")
 
 
-def check_unlocked(store) -> None:
-    """Raise :class:`InputError` if a live process holds the lock of run store ``store``."""
+def check_unlocked(store, others_only: bool = False) -> None:
+    """Raise :class:`InputError` if a live process holds the lock of run store ``store`` (``others_only``: a
+    process other than this one: a trainer's own lock does not refuse its own checks)."""
     holder = read_holder(store)
+    if others_only and holder is not None and holder.get("pid") == os.getpid() and \
+            holder.get("host") == socket.gethostname():
+        return
     if holder is not None and not is_stale(holder):
         raise InputError(f"run store {store} is in use by {describe(holder)}; wait for it to finish or stop it "
                          f"(its lock is {lock_path(store)})")

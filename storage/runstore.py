@@ -67,7 +67,7 @@ import zarr.api.asynchronous
 from zarr.codecs import BytesCodec, Crc32cCodec
 
 from solvers.errors import InputError
-from storage.lock import RunLock, check_no_readers
+from storage.lock import RunLock, check_no_readers, check_unlocked
 from storage.paths import (check_target, clean_stale_partials, discard, partial_path,
                            remove_stale_chunk_partials, rewrite_file, swap_in)
 
@@ -978,6 +978,8 @@ def check_creatable(path, overwrite: bool, inputs=()) -> None:
     """
     path = Path(path)
     if path.exists() and not overwrite and is_run_store(path) and not path.is_symlink():  # else: check_target says
+        check_unlocked(path, others_only=True)  # another trainer on it now: "in use by … pid", not advice (--resume)
+        # that would be refused too (train() holds the lock itself when it checks: its own lock is no refusal)
         if not (path / MANIFEST).exists() and not (path / PREVIOUS).exists() and checkpoints_after_0(path):
             raise InputError(f"{path} already exists and is damaged: its manifests are gone though checkpoint/ holds "
                              f"iterations; it cannot be resumed: pass --overwrite to start a new run in its place, or "

@@ -450,6 +450,27 @@ def test_heartbeat_touches_the_lock(tmp_path, monkeypatch):
         assert time.time() - held.path.stat().st_mtime < 100
 
 
+def test_a_plain_train_on_a_run_being_trained_says_in_use_not_pass_resume(trained, tmp_path):
+    """audit17: a plain train (no --resume/--overwrite) on a store a trainer holds said 'R already exists; pass
+    --resume to continue that run …', advice that is refused in turn ('in use'); now it names the trainer."""
+    from storage.runstore import check_creatable
+
+    subprocess.run(["cp", "-r", str(trained / "r.zarr"), str(tmp_path / "r.zarr")], check=True)
+    import socket
+
+    held = write_lock(tmp_path / "r.zarr", host=socket.gethostname(), pid=os.getppid(), token="0123456789abcdef",
+                      command="python -m pipeline.train")  # a live trainer: another process of this host
+    with pytest.raises(InputError, match=r"^run store .*r.zarr is in use by python -m pipeline.train \(pid %d"
+                                         % os.getppid()):
+        check_creatable(tmp_path / "r.zarr", overwrite=False)
+    held.unlink()
+    with pytest.raises(InputError, match=r"r.zarr already exists; pass --resume"):
+        check_creatable(tmp_path / "r.zarr", overwrite=False)
+    with RunLock(tmp_path / "r.zarr"):  # train() checks holding the lock itself: its own lock is not "in use"
+        with pytest.raises(InputError, match=r"r.zarr already exists; pass --resume"):
+            check_creatable(tmp_path / "r.zarr", overwrite=False)
+
+
 def test_second_trainer_is_refused_and_the_store_equals_a_single_run(trained, tmp_path):
     """Two --resume trainers on one store: the second gets one error line; the result is one clean run's."""
     d = trained
