@@ -62,10 +62,16 @@ def load_metrics(store):
     manifest = run.manifest()
     if manifest is None:
         raise InputError(f"{store} has no committed iteration yet; nothing to report{replaced_note(store)}")
+    history = manifest.get("history") or []
     try:
-        return xr.open_zarr(run.path, group="metrics", consolidated=False).load()
+        ds = xr.open_zarr(run.path, group="metrics", consolidated=False).load()
+        # a running trainer writes metrics/ at most every METRICS_SECONDS: behind the manifest (none yet after its
+        # first commits, when report said "no finished iteration yet"), the manifest decides (audit17)
+        if ds.sizes.get("iteration", 0) == len(history):
+            return ds
+        raise ValueError("metrics/ is behind the manifest")
     except Exception:  # noqa: BLE001 -- Zarr's errors for a torn file vary (ValueError, KeyError, its own): the manifest decides
-        arrays = metric_arrays(manifest.get("history") or [])
+        arrays = metric_arrays(history)
         iteration = arrays.pop("iteration")
         return xr.Dataset({name: ("iteration", values) for name, values in arrays.items()}, coords={"iteration": iteration})
 
