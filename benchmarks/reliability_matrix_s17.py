@@ -324,6 +324,8 @@ if not M.only or any(o.startswith("second") for o in M.only):
         out_ok=("rep2",))
     M.res["second__plain_train_same_store"]["first_paused"] = ok
     M.res["second__plain_train_same_store"]["first_after"] = M.finish(first)
+    if not (W / "big.csv").exists():  # made by the SIGINT section, which a run of "second" alone skips
+        csv("big.csv", 200_000, seed=5)
     first = M.popen("pipeline.ingest", "big.csv", "--out", "d9.zarr")
     ok = paused(first, lambda: (W / "d9.zarr.lock").exists())
     run("second__ingest_same_out", "pipeline.ingest", "a.csv", "--out", "d9.zarr")
