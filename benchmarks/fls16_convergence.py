@@ -65,7 +65,7 @@ def run(task, seed, scale, settings):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--task", default="mnist10")
+    p.add_argument("--task", default="mnist10", choices=("mnist10", "mnist-oddeven", "higgs100k"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -79,6 +79,7 @@ def main(argv=None):
         for scale in args.scales:
             r = run(args.task, seed, scale, dict(settings))
             r["command"] = "python " + " ".join(sys.argv)
+            r["settings"] = dict(settings)  # the --set settings (e.g. handover_delay) of the run
             print(f"{args.task} seed {seed} x{scale:g}: kept it {r['kept_iteration']} val {r['kept_val']:.4f} "
                   f"of {r['iterations_run']} its; per-it val " + " ".join(f"{v:.4f}" for v in r["val"])
                   + f" ({r['seconds']:.0f} s)", flush=True)

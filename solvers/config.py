@@ -297,6 +297,10 @@ class TrainConfig:
     handover_gain: float = setting(0.002, "consensus,gauss-newton: hand over to Gauss-Newton once a pass gains less "
                                    "than this in held-out (else training) score", resumable=True,
                                    solvers=(HANDOVER,), group="consensus")
+    handover_delay: int = setting(0, "consensus,gauss-newton: consensus passes run after the first pass that gained "
+                                  "less than --handover-gain, before the hand-over (1 with --first-lr-scale 2 keeps "
+                                  "roughly the hand-over's point at 1); fixed when the run is created",
+                                  solvers=(HANDOVER,), group="consensus")
     # not a setting (no flag, parameter or stored key): True when __post_init__ turned --solver auto into gauss-newton
     # because a setting only Gauss-Newton reads was given. A field, so dataclasses.replace() keeps it (choose_solver's
     # record names that setting); replace(solver=...) of another solver clears it.
@@ -340,6 +344,8 @@ class TrainConfig:
             problems.append(f"consensus {self.consensus!r} is not one of {list(CONSENSUS_VARIANTS)}")
         if not (0 <= self.handover_gain < float("inf")):
             problems.append(f"handover_gain must be >= 0, got {self.handover_gain!r}")
+        if self.handover_delay < 0:
+            problems.append(f"handover_delay must be >= 0, got {self.handover_delay}")
         if self.local_epochs < 0:
             problems.append(f"local_epochs must be >= 0 (0: auto), got {self.local_epochs}")
         if self.first_pass_rows < 0:
@@ -597,7 +603,7 @@ class TrainConfig:
 
 # what a run store written before a setting existed ran with
 STORED_BEFORE = {"hidden_alpha": "readout", "init_scale": 1.0, "readout_refit": False, "step_choice": "none",
-                 "first_lr_scale": 1.0, "first_damping": "kfac"}
+                 "first_lr_scale": 1.0, "first_damping": "kfac", "handover_delay": 0}
 SETTINGS = tuple(f for f in fields(TrainConfig) if "help" in f.metadata)  # the settings (not auto_pinned)
 RESUMABLE = tuple(f.name for f in SETTINGS if f.metadata["resumable"])  # --resume may change these
 

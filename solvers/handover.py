@@ -162,9 +162,15 @@ class HandOverSolver(SolverBase):
         return inner
 
     def should_hand_over(self, scores) -> bool:
-        """Return True once the last pass gained less than ``handover_gain`` (after at least two passes)."""
+        """Return True once the pass ``handover_delay`` passes back gained less than ``handover_gain`` (after at least
+        two passes; delay 0: the last pass, as before the setting).
+
+        Decided from the consensus scores of the carry alone, so a resume continues the same schedule. With a
+        delay d the hand-over comes d passes after the test first held: the passes in between are not tested.
+        """
         scores = np.asarray(scores, np.float64)
-        return scores.size >= 2 and scores[-1] - scores[-2] < self.config.handover_gain
+        d = int(self.config.handover_delay)
+        return scores.size >= 2 + d and scores[-1 - d] - scores[-2 - d] < self.config.handover_gain
 
     def _gauss_newton(self, phase: int, runner):
         """Return (the Gauss-Newton solver of ``phase``, the runner its passes take)."""
