@@ -18,7 +18,7 @@ OTHER = {"hidden": (7, 5), "activation": "sigmoid", "task": "regression", "loss"
          "validation_fraction": 0.25, "patience": 9, "layers": "dense:4,dense:3", "input_shape": (6, 6, 1),
          "cg_steps": 2, "shards": 3, "consensus": "elastic", "consensus_rho": 0.5, "rho_growth": 1.5,
          "local_epochs": 2, "first_pass_rows": 5000, "averaging": "pass", "batch_size": 64, "learning_rate": 0.01,
-         "lr_decay": 0.5, "first_lr_scale": 2.0, "handover_gain": 0.01,
+         "lr_decay": 0.5, "first_lr_scale": 2.0, "handover_gain": 0.01, "handover_delay": 1,
          "sample_schedule": "full", "sample_start": 1000, "input_skip": True, "readout_refit": False,
          "hidden_alpha": "pinned", "init_scale": 0.5,
          "step_choice": "held-out", "first_damping": "objective"}  # read by gauss-newton only: ignored by admm, as step_size

@@ -1,0 +1,93 @@
+"""``handover_delay`` d (consensus,gauss-newton): the hand-over comes d consensus passes after the first pass that
+gained less than ``handover_gain``; stored with the run (old stores resume with 0, their rule), and a run killed
+with -9 in the delayed pass resumes to the uninterrupted run bit for bit."""
+import numpy as np
+import pytest
+
+from solvers import make_solver
+from solvers.config import HANDOVER, STORED_BEFORE, TrainConfig
+from solvers.errors import InputError
+from solvers.reference import fit_in_memory
+
+
+def _solver(delay, gain=0.01):
+    return make_solver(TrainConfig(solver=HANDOVER, handover_gain=gain, handover_delay=delay), 3,
+                       x_mean=np.zeros(3), x_scale=np.ones(3), classes=np.arange(2))
+
+
+def test_the_hand_over_waits_delay_passes_after_the_first_small_gain():
+    scores = [0.80, 0.85, 0.855, 0.857, 0.90]  # pass 3 is the first to gain < 0.01
+    now, later, two = _solver(0), _solver(1), _solver(2)
+    assert [now.should_hand_over(scores[:k]) for k in range(6)] == [False, False, False, True, True, False]
+    assert [later.should_hand_over(scores[:k]) for k in range(6)] == [False, False, False, False, True, True]
+    assert [two.should_hand_over(scores[:k]) for k in range(6)] == [False, False, False, False, False, True]
+    # delay 0 is the rule as before the setting: the last pass's gain alone
+    for k in range(6):
+        s = np.asarray(scores[:k])
+        assert now.should_hand_over(s) == (s.size >= 2 and s[-1] - s[-2] < 0.01)
+
+
+def test_default_zero_and_stored_before_and_not_resumable():
+    assert TrainConfig().handover_delay == 0 and STORED_BEFORE["handover_delay"] == 0
+    stored = TrainConfig(solver=HANDOVER).to_dict()
+    del stored["handover_delay"]  # written before the setting existed
+    config, changed = TrainConfig.resumed(stored, {})
+    assert config.handover_delay == 0 and not changed
+    with pytest.raises(InputError, match="cannot resume with settings that change the stored state.*handover_delay"):
+        TrainConfig.resumed(stored, {"handover_delay": 1})
+    kept, _ = TrainConfig.resumed(TrainConfig(solver=HANDOVER, handover_delay=1).to_dict(), {})
+    assert kept.handover_delay == 1
+    with pytest.raises(InputError, match="handover_delay must be >= 0"):
+        TrainConfig(handover_delay=-1)
+
+
+def test_in_memory_the_delay_runs_one_more_consensus_pass_and_changes_nothing_before_it():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 8)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] + X[:, 2] > 0).astype(int)
+    cfg = dict(solver=HANDOVER, hidden=(16,), shards=2, first_lr_scale=2.0, handover_gain=0.05,
+               validation_fraction=0.2, patience=0, iterations=6, seed=1)
+    runs = {d: fit_in_memory(X, y, TrainConfig(**cfg, handover_delay=d), chunk_rows=500) for d in (0, 1)}
+    phases = {d: [h["phase"] for h in r.history] for d, r in runs.items()}
+    h0 = phases[0].index("hand-over")
+    assert h0 >= 2 and phases[1].index("hand-over") == h0 + 1 and phases[1][h0] == "consensus"
+    timings = ("seconds", "rows_per_second", "read_mb_per_second")
+    strip = [[{k: v for k, v in h.items() if k not in timings} for h in r.history[:h0]] for r in runs.values()]
+    assert strip[0] == strip[1]  # the same consensus passes up to the one the delay adds
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from storage.data import write_data
+
+    d = tmp_path_factory.mktemp("handover_delay")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20_000, 20)).astype(np.float32)
+    write_data(d / "train.zarr", X, (X[:, 0] * X[:, 1] + X[:, 2] > 0).astype(int), chunk_rows=4096)
+    return d
+
+
+# the hand-over's consensus phase with x2 in pass 1: pass 3 gains < 0.05, so delay 0 hands over at iteration 4,
+# delay 1 runs consensus pass 4 and hands over at 5
+DELAYED = ("--solver", "consensus,gauss-newton", "--shards", "2", "--first-lr-scale", "2", "--handover-gain", "0.05",
+           "--handover-delay", "1")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data):
+    from storage.runstore import RunStore
+    from tests.test_resume import baseline
+
+    run = baseline(data, data / "baseline.zarr", *DELAYED)
+    assert [m["phase"] for m in run[1]][2:5] == ["consensus", "consensus", "hand-over"]
+    assert RunStore.open(data / "baseline.zarr").attrs["config"]["handover_delay"] == 1
+    return run
+
+
+@pytest.mark.parametrize("after", [3, pytest.param(4, marks=pytest.mark.slow)])
+def test_sigkill_in_or_after_the_delayed_pass_then_resume_equals_uninterrupted(data, uninterrupted, tmp_path, after):
+    """Killed once iteration 3 (the first small gain) is committed, inside the delayed consensus pass 4, the resume
+    (no flag given: the stored setting) runs pass 4 and hands over at 5; killed after 4, inside the hand-over; bitwise."""
+    from tests.test_resume import kill_and_resume
+
+    assert kill_and_resume(data, uninterrupted, tmp_path, None, *DELAYED, after=after, delay=0.0) == after
