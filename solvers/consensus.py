@@ -155,9 +155,11 @@ class ConsensusSolver(SolverBase):
     def lr_at(self, k: int) -> float:
         """Return Adam's step size of pass k: ``learning_rate · lr_decay^{k−1}``, times ``first_lr_scale`` in pass 1.
 
-        ``first_lr_scale`` (opt-in, default 1): on MNIST 10-class 60k the hand-over's pass 1 (one sweep, two shards
-        averaged after every chunk) ends within ±0.002 of the 0.96 target whatever the seed; twice the step size
-        in pass 1 raised its validation accuracy by +0.0029 to +0.0062 on seeds 0-5 (seeds16_s16.md)."""
+        ``first_lr_scale`` (default 2 in the hand-over's consensus phase, 1 for consensus alone: config's
+        HANDOVER_FIRST_LR_SCALE): on MNIST 10-class 60k the hand-over's pass 1 (one sweep, two shards averaged after
+        every chunk) ended within ±0.002 of the 0.96 target whatever the seed at 1; twice the step size in pass 1
+        raised its validation accuracy by +0.0029 to +0.0062 on seeds 0-5 (seeds16_s16.md) and left the kept model
+        level at convergence (fls16_s16.md, fls17_s17.md)."""
         c = self.config
         scale = float(c.first_lr_scale) if k == 1 else 1.0
         return float(c.learning_rate) * float(c.lr_decay) ** (k - 1) * scale

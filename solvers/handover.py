@@ -3,7 +3,10 @@
 Phase 0 runs :class:`~solvers.consensus.ConsensusSolver` passes while they pay:
 after each pass the gain ``g_k = score_k − score_{k−1}`` is measured on the
 held-out rows (``--validation-fraction`` > 0), else on the shards' running
-training score; once ``g_k < handover_gain`` the next iteration hands over.
+training score; once ``g_k < handover_gain`` the next iteration hands over
+(``handover_delay`` d > 0: d consensus passes later, the gains of those passes
+not tested; with ``first_lr_scale`` 2 pass 1 ends higher, so the gain test
+fires about a pass earlier than at 1: fls16_s16.md, fls17_s17.md).
 From there :class:`~solvers.gauss_newton.GaussNewtonSolver` fits the loss the
 consensus passes fitted (cross-entropy for a classifier with ``--loss auto``)
 from the consensus weights *as they are*, output layer included (phase 2):

@@ -73,21 +73,122 @@ DELAYED = ("--solver", "consensus,gauss-newton", "--shards", "2", "--first-lr-sc
            "--handover-delay", "1")
 
 
+def _train(*args):
+    from tests.conftest import run_module
+
+    r = run_module("pipeline.train", *args, "--workers", "1", "--dashboard-address", ":0", "--no-progress")
+    assert r.returncode == 0, r.stderr
+
+
+def _run(data, store):
+    _train("--data", data / "train.zarr", "--store", store, "--hidden", "64", "--iterations", "6", "--chunk-rows",
+           "1000", *DELAYED)
+
+
+def _committed(store) -> int:
+    import json
+
+    try:
+        return json.loads((store / "manifest.json").read_text())["iteration"]
+    except (OSError, ValueError):
+        return -1
+
+
+def _final(store):
+    import json
+
+    from pipeline.model import load_network
+
+    timings = ("seconds", "rows_per_second", "read_mb_per_second")
+    history = json.loads((store / "manifest.json").read_text())["history"]
+    return load_network(store).weights, [{k: v for k, v in h.items() if k not in timings} for h in history]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data):
     from storage.runstore import RunStore
-    from tests.test_resume import baseline
 
-    run = baseline(data, data / "baseline.zarr", *DELAYED)
-    assert [m["phase"] for m in run[1]][2:5] == ["consensus", "consensus", "hand-over"]
+    _run(data, data / "baseline.zarr")
+    weights, history = _final(data / "baseline.zarr")
+    assert [h["phase"] for h in history][2:5] == ["consensus", "consensus", "hand-over"]
     assert RunStore.open(data / "baseline.zarr").attrs["config"]["handover_delay"] == 1
-    return run
+    return weights, history
 
 
 @pytest.mark.parametrize("after", [3, pytest.param(4, marks=pytest.mark.slow)])
 def test_sigkill_in_or_after_the_delayed_pass_then_resume_equals_uninterrupted(data, uninterrupted, tmp_path, after):
-    """Killed once iteration 3 (the first small gain) is committed, inside the delayed consensus pass 4, the resume
-    (no flag given: the stored setting) runs pass 4 and hands over at 5; killed after 4, inside the hand-over; bitwise."""
-    from tests.test_resume import kill_and_resume
+    """Killed (-9) once iteration 3 (the first small gain) is committed, inside the delayed consensus pass 4, the
+    resume (no flag given: the stored setting) runs pass 4 and hands over at 5; killed after 4, inside the hand-over;
+    bitwise the uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
 
-    assert kill_and_resume(data, uninterrupted, tmp_path, None, *DELAYED, after=after, delay=0.0) == after
+    from tests.conftest import ROOT
+
+    store = tmp_path / "run.zarr"
+    cmd = [sys.executable, "-m", "pipeline.train", "--data", str(data / "train.zarr"), "--store", str(store),
+           "--hidden", "64", "--iterations", "6", "--chunk-rows", "1000", *DELAYED, "--workers", "1",
+           "--dashboard-address", ":0", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while _committed(store) < after and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGSTOP)
+    killed_at = _committed(store)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed_at == after  # the run was killed, not finished
+    _train("--store", store, "--resume")
+    weights, history = _final(store)
+    for W, V in zip(weights, uninterrupted[0], strict=True):
+        np.testing.assert_array_equal(W, V)
+    assert history == uninterrupted[1]
+
+
+def test_first_lr_scale_defaults_to_2_in_the_hand_over_only():
+    """--first-lr-scale's default: HANDOVER_FIRST_LR_SCALE (2) for consensus,gauss-newton, given or chosen by auto
+    from the data's size; 1 for consensus alone and for Gauss-Newton; a given value as it is."""
+    from solvers.config import HANDOVER_FIRST_LR_SCALE
+
+    assert HANDOVER_FIRST_LR_SCALE == 2.0
+    assert TrainConfig(solver=HANDOVER).first_lr_scale == 2.0
+    assert TrainConfig(solver="consensus").first_lr_scale == 1.0
+    assert TrainConfig(solver=HANDOVER, first_lr_scale=1.0).first_lr_scale == 1.0
+    assert TrainConfig().first_lr_scale is None  # auto: resolved with the solver
+    chosen, _ = TrainConfig().choose_solver(60_000, 2)
+    assert (chosen.solver, chosen.first_lr_scale) == (HANDOVER, 2.0)
+    small, _ = TrainConfig().choose_solver(10_000, 2)
+    assert (small.solver, small.first_lr_scale) == ("gauss-newton", 1.0)
+    assert TrainConfig(solver=HANDOVER).to_dict()["first_lr_scale"] == 2.0  # stored as the number it ran with
+    solver = make_solver(TrainConfig(solver=HANDOVER), 3, x_mean=np.zeros(3), x_scale=np.ones(3), classes=np.arange(2))
+    assert solver.first.lr_at(1) == 2 * solver.first.lr_at(2)
+
+
+def test_an_old_hand_over_store_resumes_under_its_first_lr_scale_1_bitwise(client, tmp_path):
+    """A hand-over run store written before first_lr_scale existed (no key: STORED_BEFORE's 1), stopped before pass 1,
+    resumes (no flag given) with pass 1 at 1 despite the default of 2: the run at 1 without a stop, bit for bit."""
+    from pipeline.training import train
+    from storage.data import write_data
+    from tests.conftest import quiet, resume_as_older_store
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(800, 5)).astype(np.float32)
+    write_data(tmp_path / "d.zarr", X, np.argmax(X @ rng.normal(size=(5, 3)), axis=1), chunk_rows=200)
+    cfg = dict(solver=HANDOVER, hidden=(6,), shards=2, validation_fraction=0.2, patience=0, seed=1, first_lr_scale=1.0)
+    whole = train(client, store=tmp_path / "whole.zarr", data=tmp_path / "d.zarr",
+                  config=TrainConfig(**cfg, iterations=2), chunk_rows=200, report=quiet)
+    train(client, store=tmp_path / "old.zarr", data=tmp_path / "d.zarr", config=TrainConfig(**cfg, iterations=0),
+          chunk_rows=200, report=quiet)
+    resumed = resume_as_older_store(client, tmp_path / "old.zarr", "first_lr_scale", 2)
+    assert resumed.solver.config.first_lr_scale == 1.0
+    assert [h["learning_rate"] for h in resumed.history] == [h["learning_rate"] for h in whole.history]
+    for W, V in zip(resumed.network.weights, whole.network.weights, strict=True):
+        np.testing.assert_array_equal(W, V)
+    new = train(client, store=tmp_path / "new.zarr", data=tmp_path / "d.zarr",
+                config=TrainConfig(**{**cfg, "first_lr_scale": None}, iterations=1), chunk_rows=200, report=quiet)
+    assert new.history[0]["learning_rate"] == 2 * whole.history[0]["learning_rate"]  # a new store: the default 2
