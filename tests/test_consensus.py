@@ -905,6 +905,9 @@ def test_retried_shard_task_rewrites_the_same_bytes(tmp_path):
 # -- hand-over to Gauss-Newton -------------------------------------------------------------
 HANDOVER = dict(solver="consensus,gauss-newton", hidden=(16,), shards=2, local_epochs=3, learning_rate=1e-2,
                 handover_gain=0.01, validation_fraction=0.2, patience=0, seed=1)
+# the hand-over's consensus phase run alone: consensus with the hand-over's first-pass step size (its default 2,
+# consensus alone's 1: solvers.config.HANDOVER_FIRST_LR_SCALE)
+CONSENSUS_ALONE = {**HANDOVER, "solver": "consensus", "first_lr_scale": 2.0}
 
 
 def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
@@ -921,7 +924,7 @@ def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
     # the hand-over starts Gauss-Newton on the consensus loss (cross-entropy) from the consensus weights as they
     # are, output layer included, at the last pass's weight decay α_c in its units (n α_c / 2): its pass B there,
     # then its first step, in the hand-over iteration
-    consensus_only = fit_in_memory(X, y, TrainConfig(**{**HANDOVER, "solver": "consensus"}, iterations=k),
+    consensus_only = fit_in_memory(X, y, TrainConfig(**CONSENSUS_ALONE, iterations=k),
                                    chunk_rows=250)
     assert fit.history[k]["gauss_newton_loss"] == "cross-entropy"
     from solvers.loop import training_rows
@@ -966,7 +969,7 @@ def test_handover_without_the_consensus_alpha_in_the_carry_recomputes_it(monkeyp
     y = np.argmax(X @ rng.normal(size=(20, 3)) + rng.normal(size=(3000, 3)), axis=1)
     fit = fit_in_memory(X, y, TrainConfig(**HANDOVER, iterations=7), chunk_rows=250)
     k = [h["phase"] for h in fit.history].index("hand-over")
-    consensus = fit_in_memory(X, y, TrainConfig(**{**HANDOVER, "solver": "consensus"}, iterations=k + 1),
+    consensus = fit_in_memory(X, y, TrainConfig(**CONSENSUS_ALONE, iterations=k + 1),
                               chunk_rows=250)
     alpha_c = consensus.history[k]["alpha"]  # pass k + 1's α at the weights of pass k
     assert alpha_c > 0 and alpha_c != consensus.history[k - 1]["alpha"]
@@ -1006,7 +1009,7 @@ def test_session_8_handover_refits_the_output_layer_by_least_squares(monkeypatch
     fit = fit_in_memory(X, y, TrainConfig(**HANDOVER, iterations=9), chunk_rows=250)
     k = [h["phase"] for h in fit.history].index("hand-over")
     assert all("gauss_newton_loss" not in h for h in fit.history)
-    consensus_only = fit_in_memory(X, y, TrainConfig(**{**HANDOVER, "solver": "consensus"}, iterations=k),
+    consensus_only = fit_in_memory(X, y, TrainConfig(**CONSENSUS_ALONE, iterations=k),
                                    chunk_rows=250)
     gn = GaussNewtonSolver(fit.solver.config, X.shape[1], fit.solver.classes, fit.solver.x_mean,
                            fit.solver.x_scale)
