@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from solvers.config import TrainConfig
+from solvers.config import STORED_BEFORE, TrainConfig
 from tests.conftest import quiet
 
 ARCHIVE = Path(__file__).parent / "data" / "session8_handover.tar.gz"
@@ -85,6 +85,7 @@ def test_a_session_8_store_in_the_consensus_phase_continues_its_passes_and_hands
     assert phases == expected["phases"].tolist()  # the hand-over at session 8's iteration
     assert all(h.get("gauss_newton_loss") == "cross-entropy" for h in resumed.history[switch - 1:])  # phase 2
     settings = {k: v for k, v in config.items() if k not in ("chunk_rows", "switch")}
+    settings = {"first_lr_scale": STORED_BEFORE["first_lr_scale"], **settings}  # the old store's rule (default 2 today)
     whole = train(client, store=tmp_path / "today.zarr", data=where / "data.zarr", config=TrainConfig(**settings),
                   chunk_rows=config["chunk_rows"], report=quiet)
     assert [h["phase"] for h in whole.history] == phases
