@@ -5,7 +5,8 @@ It copies a run store (default: a Gauss-Newton MNIST 10-class 60k run, a 12 MB p
 checkpoint and commits it again as iterations k+1, k+2, ... with ``RunStore.commit``, in this thread, timing each
 commit to its manifest (what compare.py's clock waits for) and to its end (the stale checkpoint's removal and, every
 ``METRICS_SECONDS``, metrics/), and the wall/CPU of ``_write_packed`` and the checksums. Sides (``--writers``, one
-process, alternating per round): ``direct`` (this tree), ``zarr`` (this tree's commit with the session-16
+process, alternating per round): ``direct`` (this tree), ``unsynced`` (this tree's writer without its fdatasync and
+folder fsyncs, review17 M1), ``zarr`` (this tree's commit with the session-16
 ``_write_packed``, Zarr's ``create_array``), ``base`` (also the session-16 checksums: all in one thread, before the write).
 
     python -m pipeline.train --data /tmp/q/compare-mnist10-n60000-train.zarr --store /tmp/idle17/gn.zarr \\
@@ -64,7 +65,15 @@ def side(store: Path, work: Path, writer: str, commits: int) -> dict:
 
     def write_packed(*a, **k):
         t, c = time.perf_counter(), time.thread_time()
-        (zarr_write_packed if writer in ("zarr", "base") else own)(*a, **k)
+        if writer == "unsynced":  # this tree's writer without its syncs (fix17: the cost of making it durable)
+            sync_data, fsync_folder = runstore._sync_data, runstore._fsync_folder
+            runstore._sync_data = runstore._fsync_folder = lambda x: None
+            try:
+                own(*a, **k)
+            finally:
+                runstore._sync_data, runstore._fsync_folder = sync_data, fsync_folder
+        else:
+            (zarr_write_packed if writer in ("zarr", "base") else own)(*a, **k)
         timed["write_packed"].append((time.perf_counter() - t, time.thread_time() - c))
 
     sha = runstore._array_sha256

@@ -374,3 +374,38 @@ def test_the_first_commit_of_a_process_removes_the_temporaries_killed_trainers_l
     assert left == sorted([own.name, ".manifest.previous.json.tmp-7", *users])
     assert (store / "manifest.previous.json").read_bytes() == before  # the commit itself as ever
     assert RunStore.open(store).load_checkpoint().iteration == 2
+
+
+def test_a_commit_syncs_the_checkpoints_files_and_folders_before_the_manifest_that_names_them(tmp_path, monkeypatch):
+    """review17 M1: the fsynced manifest must never name a checkpoint that a power loss can leave empty or short
+    (with --overwrite the replaced run is deleted right after the first commit): every file of checkpoint/<k> has its
+    data synced, and every folder that got a new entry is synced, before manifest.json's temporary is synced."""
+    import os
+
+    run = _run(tmp_path)
+    synced = []  # (device, inode) of each fd synced, in order
+
+    def recording(real):
+        def sync(fd):
+            st = os.fstat(fd)
+            synced.append((st.st_dev, st.st_ino))
+            return real(fd)
+        return sync
+
+    monkeypatch.setattr(os, "fsync", recording(os.fsync))
+    if hasattr(os, "fdatasync"):
+        monkeypatch.setattr(os, "fdatasync", recording(os.fdatasync))
+    W = [np.arange(6.0).reshape(3, 2), np.ones((1, 4))]
+    for k in (1, 2):
+        synced.clear()
+        run.commit(Checkpoint(k, W, {"gram": np.eye(2)}), [{"iteration": i} for i in range(1, k + 1)], 3)
+        store = tmp_path / "r.zarr"
+        manifest = os.stat(store / "manifest.json")
+        assert (manifest.st_dev, manifest.st_ino) in synced  # its temporary, renamed over manifest.json
+        before = synced[:synced.index((manifest.st_dev, manifest.st_ino))]
+        ck = store / "checkpoint" / str(k)
+        needed = [ck / "zarr.json", ck / "packed" / "zarr.json", ck / "packed" / "c" / "0",
+                  ck / "packed" / "c", ck / "packed", ck, store / "checkpoint"]
+        for path in needed:
+            st = os.stat(path)
+            assert (st.st_dev, st.st_ino) in before, f"{path.relative_to(store)} not synced before the manifest"
