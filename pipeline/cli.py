@@ -77,7 +77,8 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
                    help="slurm/pbs: how long to wait for the workers' jobs to start, and the longest time "
                         "without any worker later in the run (default: admm-dask.worker-timeout of the config, "
-                        "600); a scheduler address or file: how long to wait for a first worker (default 60)")
+                        "600); a scheduler address or file: how long to wait for a first worker (default: "
+                        "admm-dask.worker-timeout of the dask config, else 60); the local cluster ignores it (600)")
     g.add_argument("--dry-run", action="store_true",
                    help="slurm/pbs: print the job script that would be submitted and exit")
 

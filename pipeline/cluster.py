@@ -45,10 +45,13 @@ PROJECT_JOBQUEUE = Path(__file__).resolve().parents[1] / "jobqueue.yaml"
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 SECURITY_MODES = ("temporary", "config", "none")
 DEFAULT_WORKER_TIMEOUT = 600.0
-# A cluster nobody here supervises (a scheduler address or file, an estimator's client=): nobody submits or replaces
-# its workers, so waiting only helps while the user (or their own autoscaler) brings one right now; `dask worker`
-# connects in seconds. 60 s (distributed's connect timeout is 30 s) then one line saying how to wait longer; a
-# worker job queued behind the user's own scheduler: --worker-timeout (dask config admm-dask.worker-timeout).
+# A scheduler nobody here starts workers for (a scheduler address or file; an estimator's client= with no cluster
+# object behind it, e.g. Client("tcp://...")): nobody submits or replaces its workers, so waiting only helps while
+# the user brings one right now; `dask worker` connects in seconds. 60 s (distributed's connect timeout is 30 s) then
+# one line saying how to wait longer; a worker job queued behind the user's own scheduler: --worker-timeout (dask
+# config admm-dask.worker-timeout). A client with a cluster object (the local cluster this process starts, whose
+# nannies restart workers; a user's LocalCluster, an adaptive or dask-jobqueue cluster whose workers are requested
+# but not yet running) keeps DEFAULT_WORKER_TIMEOUT: something there is starting workers (review17 M3).
 UNSUPERVISED_WORKER_TIMEOUT = 60.0
 PROGRESS_EVERY = 5.0  # seconds between "waiting for N workers" lines
 LOCAL_MODES = ("auto", "threads", "processes")
@@ -757,13 +760,22 @@ def _probe_access(read_paths, write_paths):
     return socket.gethostname(), problems
 
 
+def _unstarted(client) -> bool:
+    """True for a scheduler nobody here starts workers for: one given by address or scheduler file (``connect``
+    marks it ``admm_address``), or a client without a cluster object (a user's ``Client("tcp://...")``)."""
+    return getattr(client, "admm_address", None) is not None or getattr(client, "cluster", None) is None
+
+
 def _worker_timeout(client) -> float:
-    """The longest a run waits without a worker: its batch cluster's ``--worker-timeout``; for a cluster nobody
-    here supervises, ``--worker-timeout`` (a scheduler address), else dask config ``admm-dask.worker-timeout``, else
-    :data:`UNSUPERVISED_WORKER_TIMEOUT`."""
+    """The longest a run waits without a worker: its batch cluster's ``--worker-timeout``; for a scheduler nobody
+    here starts workers for (:func:`_unstarted`), ``--worker-timeout``, else dask config ``admm-dask.worker-timeout``,
+    else :data:`UNSUPERVISED_WORKER_TIMEOUT`; for any other cluster (local, or a user's cluster object: adaptive,
+    dask-jobqueue) :data:`DEFAULT_WORKER_TIMEOUT`."""
     supervisor = getattr(client, "admm_supervisor", None)
     if supervisor is not None:
         return float(supervisor.timeout)
+    if not _unstarted(client):
+        return DEFAULT_WORKER_TIMEOUT
     given = getattr(client, "admm_worker_timeout", None)
     if given is not None:
         return float(given)
@@ -778,7 +790,7 @@ def wait_for_a_worker(client, timeout=None, report=None) -> None:
     A batch cluster is empty for a moment whenever the jobs whose workers ended (``--lifetime``, a walltime) are
     being replaced: a run that starts then waits for their successors, up to the run's ``--worker-timeout`` (the
     supervisor's, the same limit as for an empty spell later in the run; ``timeout`` None: that, or
-    :data:`DEFAULT_WORKER_TIMEOUT` for a cluster nobody supervises), saying every :data:`PROGRESS_EVERY` seconds
+    :func:`_worker_timeout`'s for a cluster nobody supervises), saying every :data:`PROGRESS_EVERY` seconds
     that it waits. A client that cannot count its workers is not waited on.
     """
     supervisor = getattr(client, "admm_supervisor", None)
@@ -787,9 +799,12 @@ def wait_for_a_worker(client, timeout=None, report=None) -> None:
     kind = getattr(supervisor, "kind", "the cluster")
     address = getattr(client, "admm_address", None) or getattr(getattr(client, "scheduler", None), "address", None)
     start = f"dask worker {address}" if isinstance(address, str) and "://" in address else "dask worker SCHEDULER"
-    # said to a cluster nobody supervises (nobody here will start a worker): what to do, and how to wait longer
-    how = (f"start workers for its scheduler ({start}; an adaptive cluster: scale it up or adapt(minimum=1)), or wait "
-           "longer with --worker-timeout SECONDS (Python: dask config admm-dask.worker-timeout)")
+    if _unstarted(client):  # nobody here will start a worker: what to do, and how to wait longer
+        how = (f"start workers for its scheduler ({start}), or wait longer with --worker-timeout SECONDS "
+               "(Python: dask config admm-dask.worker-timeout)")
+    else:  # a cluster object: this process's local cluster, or the user's own (adaptive, dask-jobqueue)
+        how = (f"its {type(client.cluster).__name__} started none (are its workers failing to start? an adaptive "
+               "cluster: is adapt(minimum=1) set and are its jobs running?)")
     t0, next_report = time.monotonic(), PROGRESS_EVERY
     while True:
         try:
