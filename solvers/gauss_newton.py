@@ -872,8 +872,10 @@ class GaussNewtonSolver(SolverBase):
                 w, K = W.shape[0], self.widths[-1]
                 buf = np.empty((x1.shape[0], w + K), W.dtype)
                 np.matmul(a[-1], W.T, out=buf[:, :w])  # the same bits as into a fresh array
+                buf[:, w:] = 0  # not np.empty's garbage (a signalling NaN's bits) into the maximum (review17 L3)
                 np.maximum(buf, 0, out=buf)  # the whole buffer (one contiguous loop): its T columns are written next
-                buf[:, w:] = 0 if targets is None else targets
+                if targets is not None:  # after the maximum: regression targets may be negative
+                    buf[:, w:] = targets
                 a.append(buf[:, :w])
                 z.append(None)
                 continue

@@ -533,3 +533,36 @@ def test_a_growing_samples_pass_b_deferred_to_the_next_iteration_gives_the_same_
             assert [h[name] for h in run.history] == [h[name] for h in at_end.history], name
         for W, W_end in zip(run.loop_state.weights, at_end.loop_state.weights):
             assert W.tobytes() == W_end.tobytes()
+
+
+@pytest.mark.parametrize("targets", [True, False])
+def test_the_stacked_forward_never_takes_the_maximum_over_unwritten_target_columns(monkeypatch, targets):
+    """review17 L3: ``[ã_{L−1}, T]`` is allocated with np.empty; its T columns must be written before the ReLU's
+    maximum runs over the whole buffer (garbage bits can be a signalling NaN: FE_INVALID, a RuntimeWarning), and the
+    result is the same: ã_{L−1} with its ones column, then T (or zeros)."""
+    rng = np.random.default_rng(3)
+    d, h, K, n = 5, 7, 3, 40
+    s = GaussNewtonSolver(TrainConfig(hidden=(h,)), d, np.arange(K), np.zeros(d), np.ones(d), dtype=np.float32)
+    assert s._stacks_targets()
+    hidden = s._augmented(s.cast(s.he_weights(1)))
+    x1 = s._inputs_with_ones(rng.normal(size=(n, d)).astype(np.float32))
+    t = s.task.targets(rng.integers(0, K, n), np.float32) if targets else None
+    real_empty, real_maximum, seen = np.empty, np.maximum, []
+
+    def garbage(shape, dtype=float, *args, **kwargs):
+        return np.full(shape, np.nan, dtype)
+
+    def checked(x, *args, **kwargs):
+        seen.append(bool(np.isnan(x).any()))
+        return real_maximum(x, *args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", garbage)
+    monkeypatch.setattr(np, "maximum", checked)
+    a, _ = s._hidden_forward(x1, hidden, t)
+    monkeypatch.setattr(np, "empty", real_empty)
+    monkeypatch.setattr(np, "maximum", real_maximum)
+    assert seen and not any(seen)
+    want = np.maximum(x1 @ hidden[0].T, 0)
+    np.testing.assert_array_equal(a[-1], want)
+    buf = a[-1].base if a[-1].base is not None else a[-1]
+    np.testing.assert_array_equal(buf[:, h + 1:], t if targets else np.zeros((n, K), np.float32))
