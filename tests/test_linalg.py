@@ -223,6 +223,29 @@ def test_gram_and_cross_is_the_two_products(rows, k, K):
     np.testing.assert_allclose(cross, (a.T @ t).T.astype(np.float64), rtol=1e-5, atol=1e-5 * np.sqrt(rows))
 
 
+@pytest.mark.parametrize("rows", [4096, 1000])
+def test_gram_and_cross_with_one_hot_targets_is_the_separate_cross_product_bitwise(rows):
+    """review17 L4: the 784-300-10 pass A (ã: 300 ReLU activations and the ones column, T: 10 one-hot columns) gives
+    the cross product ``Tᵀã`` of the unstacked ``GaussNewtonSolver._cross`` bitwise, which the stacked SYRK's
+    "bitwise" claim (kern17_s17.md) rests on: each of its sums adds only the ã values where T is 1 (and exact zeros),
+    in the same row blocks. It holds for 0/1 targets on this BLAS; other targets (label smoothing) get float32
+    rounding (the test above)."""
+    from solvers.gauss_newton import GaussNewtonSolver
+    from solvers.linalg import gram_and_cross
+
+    k, K = 301, 10
+    rng = np.random.default_rng(rows)
+    buf = np.empty((rows, k + K), np.float32)
+    buf[:, :k] = np.maximum(rng.normal(size=(rows, k)), 0)
+    buf[:, k - 1] = 1
+    buf[:, k:] = np.eye(K, dtype=np.float32)[rng.integers(0, K, rows)]
+    a, t = buf[:, :k], np.ascontiguousarray(buf[:, k:])
+    gram, cross = gram_and_cross(buf, k)
+    for a_unstacked in (a, np.ascontiguousarray(a)):  # the buffer's columns; ã in its own array (before kern17)
+        np.testing.assert_array_equal(cross, GaussNewtonSolver._cross(t, a_unstacked))
+        np.testing.assert_array_equal(gram, GaussNewtonSolver._gram(a_unstacked))
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_a_forked_child_gets_fresh_client_solve_locks():
     """A lock some parent thread held at the fork is never released in the child: both the helper's lock and the
