@@ -112,9 +112,27 @@ def test_the_checksums_hashed_beside_the_write_are_those_of_each_array_in_order_
 
     with pytest.raises(OSError, match="No space"):
         runstore._checksums_beside(arrays, failing_write)
-    monkeypatch.setattr(runstore, "_array_sha256", lambda a: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        runstore._checksums_beside(arrays, lambda: None)
+    # the hashing thread's own error (review17 L6: failing in every thread, the caller's own hashing raised it too):
+    # only that thread fails, once it has taken an array, which this thread then hashes; the error still reaches
+    # the caller, after the write
+    import threading
+
+    real, failed, wrote = runstore._array_sha256, threading.Event(), []
+
+    def sha256(a):
+        if threading.current_thread().name == "admm-dask-checksums":
+            failed.set()
+            raise ZeroDivisionError("in the hashing thread")
+        return real(a)
+
+    def write():
+        assert failed.wait(30)
+        wrote.append(1)
+
+    monkeypatch.setattr(runstore, "_array_sha256", sha256)
+    with pytest.raises(ZeroDivisionError, match="in the hashing thread"):
+        runstore._checksums_beside(arrays, write)
+    assert wrote == [1]
 
 
 def test_metrics_are_written_at_most_every_few_seconds_and_at_the_end(tmp_path):
