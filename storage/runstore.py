@@ -27,8 +27,9 @@
                            solved ahead and the input Gram), best/W1…WL (with early
                            stopping: the weights of the best held-out iteration,
                            which are the model). One array, not one per name: a
-                           commit costs one Zarr array write (format version 2
-                           stored one array per name; it is still read)
+                           commit writes one array's files, in Zarr v3's format but
+                           not through Zarr, synced before the manifest (format
+                           version 2 stored one array per name; it is still read)
       metrics/             1-D arrays along "iteration", one per number the
                            history records (seconds, train_accuracy, test_accuracy,
                            residual for the ADMM solvers, …; a regression has
