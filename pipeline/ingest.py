@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-source", metavar="TEST_SOURCE", default=None,
                    help="a second file, the test rows of a split made beforehand, written whole to the test store "
                         "with the same options: the two stores of two ingestions, in one process (not with "
-                        "--test-fraction)")
+                        "--test-fraction); its feature columns must be the first file's, named alike where both "
+                        "files name them")
     p.add_argument("--test-out", metavar="TEST.zarr", default=None,
                    help="test store path (default: DATA-test.zarr next to --out)")
     p.add_argument("--seed", type=int, default=0, metavar="S",

@@ -670,6 +670,11 @@ def ingest(source, out, *, label_column=None, test_fraction=0.0, test_out=None, 
         if len(test_feats) != len(feats):
             raise InputError(f"{test_source} has {len(test_feats)} feature columns but {source} has {len(feats)}: "
                              "the test file must hold the same columns")
+        unnamed = [f"x{j}" for j in range(len(feats))]  # a file without names (headerless CSV, NPZ without them)
+        if unnamed not in (feats, test_feats) and test_feats != feats:  # both named, differently (review17 L1)
+            j = next(j for j, (a, b) in enumerate(zip(feats, test_feats)) if a != b)
+            raise InputError(f"{test_source}'s feature column {j + 1} is {test_feats[j]!r} but {source}'s is "
+                             f"{feats[j]!r}: the test file must hold the same columns in the same order")
         test_options = dict(options, feature_names=test_feats, label_name=test_label, source=test_source.name,
                             classes=None if test_vocab is None else test_vocab.tolist())
     with contextlib.ExitStack() as stack:  # a bad row of either file: neither store is written

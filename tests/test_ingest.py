@@ -585,8 +585,11 @@ def test_a_split_made_beforehand_ingests_in_one_call_into_the_stores_of_two(tmp_
     assert list(open_data(tmp_path / "b-test.zarr").classes) == ["versicolor", "virginica"]
     write_csv(tmp_path / "bad.csv", [*test[:5], [1.0, "oops", 2.0, "setosa"]], header=["a", "b", "c", "species"])
     write_csv(tmp_path / "wide.csv", [[*row[:3], 0.0, row[3]] for row in test], header=["a", "b", "c", "d", "species"])
+    write_csv(tmp_path / "swapped.csv", test, header=["b", "a", "c", "species"])  # review17 L1: same count, other order
     for source, flag, why in (("bad.csv", [], r"bad.csv: line 7: column 2 \('b'\): 'oops' is not a number"),
                               ("wide.csv", [], "wide.csv has 4 feature columns but .*train.csv has 3"),
+                              ("swapped.csv", [], r"swapped.csv's feature column 1 is 'b' but .*train.csv's is 'a': "
+                                                  "the test file must hold the same columns in the same order"),
                               ("test.csv", ["--test-fraction", "0.2"], "--test-source and --test-fraction exclude"),
                               ("none.csv", [], "source file .*none.csv does not exist")):
         assert main([str(tmp_path / "train.csv"), "--out", str(tmp_path / "c.zarr"), "--test-source",
@@ -596,3 +599,7 @@ def test_a_split_made_beforehand_ingests_in_one_call_into_the_stores_of_two(tmp_
         assert not (tmp_path / "c.zarr").exists() and not (tmp_path / "c-test.zarr").exists()
     with pytest.raises(InputError, match="--test-source and --no-labels exclude each other"):
         ingest(tmp_path / "train.csv", tmp_path / "c.zarr", test_source=tmp_path / "test.csv", labels=False)
+    write_csv(tmp_path / "unnamed.csv", [[*row[:3], i % 2] for i, row in enumerate(test)])  # no header: not compared
+    write_csv(tmp_path / "named.csv", [[*row[:3], i % 2] for i, row in enumerate(train)], header=["a", "b", "c", "y"])
+    assert main([str(tmp_path / "named.csv"), "--out", str(tmp_path / "d.zarr"), "--test-source",
+                 str(tmp_path / "unnamed.csv"), "--chunk-rows", "16"]) == 0
