@@ -19,13 +19,18 @@ __all__ = ["ADMMClassifier", "ADMMRegressor"]
 # :func:`pipeline.cli.exits_on_input_error`).
 
 
+# the commands whose main turns the collector back on (exits_on_input_error); not a module without a main
+# (``python -m pipeline.figures`` would run with the collector off for good: review17 L8)
+COMMANDS = ("pipeline.ingest", "pipeline.train", "pipeline.predict", "pipeline.evaluate", "pipeline.report")
+
+
 def _running_our_command() -> bool:
     """Return True while ``python -m pipeline.<command>`` locates its module (not for another ``-m`` target)."""
     argv = list(getattr(_sys, "orig_argv", ()))
     if _sys.argv[:1] != ["-m"] or "-m" not in argv:
         return False
     target = argv[argv.index("-m") + 1:argv.index("-m") + 2]
-    return bool(target) and target[0].startswith("pipeline.")
+    return bool(target) and target[0] in COMMANDS
 
 
 IMPORTS_WITHOUT_GC = _running_our_command() and _gc.isenabled()

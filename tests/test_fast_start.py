@@ -245,3 +245,21 @@ def test_another_module_run_with_dash_m_that_imports_pipeline_keeps_its_garbage_
                        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "False"]
+
+
+def test_a_pipeline_module_without_a_main_run_with_dash_m_keeps_its_garbage_collector(tmp_path):
+    """review17 L8: only the five commands (whose main turns the collector back on) import without it; ``python -m
+    pipeline.memory`` (no main) ends with the collector on, and every command with a main is in the list."""
+    import json
+    import os
+
+    import pipeline
+
+    (tmp_path / "sitecustomize.py").write_text(_GC_WATCH)
+    r = subprocess.run([sys.executable, "-m", "pipeline.memory"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stderr.split("WATCH ", 1)[1])["enabled"]
+    mains = sorted(f"pipeline.{p.stem}" for p in (ROOT / "pipeline").glob("*.py")
+                   if 'if __name__ == "__main__"' in p.read_text())
+    assert sorted(pipeline.COMMANDS) == mains
