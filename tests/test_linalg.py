@@ -223,13 +223,16 @@ def test_gram_and_cross_is_the_two_products(rows, k, K):
     np.testing.assert_allclose(cross, (a.T @ t).T.astype(np.float64), rtol=1e-5, atol=1e-5 * np.sqrt(rows))
 
 
-@pytest.mark.parametrize("rows", [4096, 1000])
-def test_gram_and_cross_with_one_hot_targets_is_the_separate_cross_product_bitwise(rows):
-    """review17 L4: the 784-300-10 pass A (ã: 300 ReLU activations and the ones column, T: 10 one-hot columns) gives
-    the cross product ``Tᵀã`` of the unstacked ``GaussNewtonSolver._cross`` bitwise, which the stacked SYRK's
-    "bitwise" claim (kern17_s17.md) rests on: each of its sums adds only the ã values where T is 1 (and exact zeros),
-    in the same row blocks. It holds for 0/1 targets on this BLAS; other targets (label smoothing) get float32
-    rounding (the test above)."""
+@pytest.mark.parametrize("blas_threads", [1, 2])
+@pytest.mark.parametrize("rows", [4096, 1000, 7951])
+def test_gram_and_cross_with_one_hot_targets_against_the_separate_products(rows, blas_threads):
+    """review17 L4: the 784-300-10 pass A (ã: 300 ReLU activations and the ones column, T: 10 one-hot columns) from
+    one stacked SYRK gives ``ãᵀã`` of the unstacked ``GaussNewtonSolver._gram`` bitwise and ``Tᵀã`` of the unstacked
+    ``GaussNewtonSolver._cross`` to float32 rounding: bitwise at 2 BLAS threads on these rows, but not at 1 thread
+    (the chunk tasks' setting) on 1,000 or 7,951 rows, where OpenBLAS's SYRK sums in another order (max 3e-5 on
+    sums of ~40). The pipeline and the in-memory runner use the stacked layout alike, so they agree bitwise."""
+    from threadpoolctl import threadpool_limits
+
     from solvers.gauss_newton import GaussNewtonSolver
     from solvers.linalg import gram_and_cross
 
@@ -240,10 +243,12 @@ def test_gram_and_cross_with_one_hot_targets_is_the_separate_cross_product_bitwi
     buf[:, k - 1] = 1
     buf[:, k:] = np.eye(K, dtype=np.float32)[rng.integers(0, K, rows)]
     a, t = buf[:, :k], np.ascontiguousarray(buf[:, k:])
-    gram, cross = gram_and_cross(buf, k)
-    for a_unstacked in (a, np.ascontiguousarray(a)):  # the buffer's columns; ã in its own array (before kern17)
-        np.testing.assert_array_equal(cross, GaussNewtonSolver._cross(t, a_unstacked))
-        np.testing.assert_array_equal(gram, GaussNewtonSolver._gram(a_unstacked))
+    with threadpool_limits(blas_threads, user_api="blas"):
+        gram, cross = gram_and_cross(buf, k)
+        for a_unstacked in (a, np.ascontiguousarray(a)):  # the buffer's columns; ã in its own array (before kern17)
+            np.testing.assert_array_equal(gram, GaussNewtonSolver._gram(a_unstacked))
+            separate = GaussNewtonSolver._cross(t, a_unstacked)
+            np.testing.assert_allclose(cross, separate, rtol=2e-6, atol=0)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
