@@ -273,12 +273,17 @@ def remove_dead_private_files(folder: Path, prefix: str, suffix: str = "") -> li
         if not isinstance(holder, dict) or holder.get("token") != token or holder.get("pid") != pid or \
                 not prefix.endswith(f"{str(holder.get('host')).replace('/', '_')}."):
             continue
-        try:
-            file.unlink()
-            removed.append(file)
-        except OSError:
-            pass
+        _unlink_into(removed, file)
     return removed
+
+
+def _unlink_into(removed: list[Path], file: Path) -> None:
+    """Remove ``file`` and append it to ``removed``; a file gone already or not removable is left out."""
+    try:
+        file.unlink()
+        removed.append(file)
+    except OSError:
+        pass
 
 
 def remove_dead_lock_leftovers(lock: Path) -> list[Path]:
@@ -316,11 +321,7 @@ def remove_dead_lock_leftovers(lock: Path) -> list[Path]:
         holder = _read_record(file)
         if holder is None or not is_record(holder) or not is_stale(holder):
             continue
-        try:
-            file.unlink()
-            removed.append(file)
-        except OSError:
-            pass
+        _unlink_into(removed, file)
     return removed
 
 
