@@ -47,7 +47,8 @@ def run(task, seed, scale, settings):
 
     Xtr, ytr, Xva, yva, about = higgs_task(seed) if task == "higgs100k" else load_task(task, "validation", seed)
     cfg = TrainConfig(solver="consensus,gauss-newton", hidden=(300,), seed=seed, shards=2,
-                      first_lr_scale=scale, **settings)
+                      first_lr_scale=scale, **{"handover_delay": 0, **settings})  # the arms fls16/fls17 recorded:
+    # delay 0 unless --set handover_delay=D (the hand-over's default is 1 since session 17's delay17)
     t0 = time.perf_counter()
     def progress(h):
         print(f"  {task} seed {seed} x{scale:g} it {h.get('iteration')} {h.get('phase')}: val {h.get('test_accuracy')}"

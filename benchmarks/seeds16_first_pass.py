@@ -121,8 +121,9 @@ def run(task, seed, schedule, peak, passes, iterations, settings):
     Xtr, ytr, Xva, yva, about = higgs_task(seed) if task == "higgs100k" else load_task(task, "validation", seed)
     patch(schedule, peak, passes)
     cfg = TrainConfig(solver="consensus,gauss-newton", hidden=(300,), iterations=iterations, seed=seed, shards=2,
-                      **{"first_lr_scale": 1.0, **settings})  # the variants scale the step size of 1 (session 16's
-    # default; the hand-over's default is 2 since session 17): --set first_lr_scale=2 as before
+                      **{"first_lr_scale": 1.0, "handover_delay": 0, **settings})  # the variants scale the step
+    # size of 1 (session 16's default; the hand-over's default is 2 since session 17): --set first_lr_scale=2 as before;
+    # the hand-over as session 16 ran it (delay 0; the default is 1 since session 17: --iterations 6 reaches it)
     t0 = time.perf_counter()
     r = fit_in_memory(Xtr, ytr, cfg, X_test=Xva, y_test=yva, chunk_rows=8192)
     seconds = time.perf_counter() - t0

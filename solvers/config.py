@@ -42,6 +42,11 @@ HANDOVER_FIRST_LR_SCALE = 2.0  # --first-lr-scale's default in the hand-over's c
 # step size reached 0.96 at iteration 1 on MNIST 10-class 60k on 6/6 seeds (1 missed on 2/6) and left the kept model
 # level at convergence (fls16_s16.md, fls17_s17.md); consensus alone keeps 1 (its pass 1 is several local epochs on
 # small data, where larger steps lost: README, session 6). Stores written before: STORED_BEFORE, or the stored 1.0
+HANDOVER_DELAY = 1  # --handover-delay's default in the hand-over: with pass 1 at x2 the gain test fires about a pass
+# earlier than at x1; with one more consensus pass before the hand-over the kept model at convergence was level or
+# better against both x1 and plain x2 (mean +- standard error, paired seeds: MNIST 10-class +0.0005 +- 0.0003 vs x1 (5),
+# odd/even -0.0003 +- 0.0005 vs x1 and -0.0002 +- 0.0004 vs x2 (5), untuned HIGGS-shaped 100k +0.0011 +- 0.0004 vs x1
+# (6): fls17_s17.md). Consensus alone and Gauss-Newton do not read it (0). Stores written before: STORED_BEFORE's 0
 AUTO_HANDOVER_ROWS = 20000  # --solver auto: the hand-over from this many training rows per shard (auto_handover_s8.md)
 FIRST_PASS_ROWS = 147456  # the consensus solver's first shard pass (rows over all shards; HIGGS-shaped 1M: 0.7696 after it)
 GAUSS_NEWTON_LOSS = "squared"  # what --loss auto fits with gauss-newton (benchmarks/results/defaults_real.md)
@@ -303,10 +308,13 @@ class TrainConfig:
     handover_gain: float = setting(0.002, "consensus,gauss-newton: hand over to Gauss-Newton once a pass gains less "
                                    "than this in held-out (else training) score", resumable=True,
                                    solvers=(HANDOVER,), group="consensus")
-    handover_delay: int = setting(0, "consensus,gauss-newton: consensus passes run after the first pass that gained "
-                                  "less than --handover-gain, before the hand-over (1 with --first-lr-scale 2 keeps "
-                                  "roughly the hand-over's point at 1); fixed when the run is created",
-                                  solvers=(HANDOVER,), group="consensus")
+    handover_delay: int | None = setting(None, "consensus,gauss-newton: consensus passes run after the first pass "
+                                         "that gained less than --handover-gain, before the hand-over (the "
+                                         "default --first-lr-scale 2 makes that test fire about a pass earlier); "
+                                         "fixed when the run is created (runs created before this default keep 0)",
+                                         parse=int, solvers=(HANDOVER,), group="consensus",
+                                         default_text=f"{HANDOVER_DELAY} in {HANDOVER} (--solver auto's hand-over), "
+                                         "else 0")
     # not a setting (no flag, parameter or stored key): True when __post_init__ turned --solver auto into gauss-newton
     # because a setting only Gauss-Newton reads was given. A field, so dataclasses.replace() keeps it (choose_solver's
     # record names that setting); replace(solver=...) of another solver clears it.
@@ -327,6 +335,8 @@ class TrainConfig:
             object.__setattr__(self, "auto_pinned", False)
         if self.first_lr_scale is None and self.solver != "auto":  # auto: once choose_solver has picked the solver
             object.__setattr__(self, "first_lr_scale", HANDOVER_FIRST_LR_SCALE if self.solver == HANDOVER else 1.0)
+        if self.handover_delay is None and self.solver != "auto":  # auto: as first_lr_scale
+            object.__setattr__(self, "handover_delay", HANDOVER_DELAY if self.solver == HANDOVER else 0)
         problems = []
         if isinstance(self.alpha, str) and self.alpha != "auto":
             try:
@@ -352,7 +362,7 @@ class TrainConfig:
             problems.append(f"consensus {self.consensus!r} is not one of {list(CONSENSUS_VARIANTS)}")
         if not (0 <= self.handover_gain < float("inf")):
             problems.append(f"handover_gain must be >= 0, got {self.handover_gain!r}")
-        if self.handover_delay < 0:
+        if self.handover_delay is not None and self.handover_delay < 0:  # None: auto, before the solver is chosen
             problems.append(f"handover_delay must be >= 0, got {self.handover_delay}")
         if self.local_epochs < 0:
             problems.append(f"local_epochs must be >= 0 (0: auto), got {self.local_epochs}")

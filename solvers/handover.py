@@ -5,8 +5,11 @@ after each pass the gain ``g_k = score_k − score_{k−1}`` is measured on the
 held-out rows (``--validation-fraction`` > 0), else on the shards' running
 training score; once ``g_k < handover_gain`` the next iteration hands over
 (``handover_delay`` d > 0: d consensus passes later, the gains of those passes
-not tested; with ``first_lr_scale`` 2 pass 1 ends higher, so the gain test
-fires about a pass earlier than at 1: fls16_s16.md, fls17_s17.md).
+not tested; default 1, config's HANDOVER_DELAY: with ``first_lr_scale`` 2,
+the hand-over's default, pass 1 ends higher, so the gain test fires about a
+pass earlier than at 1, and one more pass left the kept model at convergence
+level or better against both: fls16_s16.md, fls17_s17.md; stores written
+before session 17 keep 0).
 From there :class:`~solvers.gauss_newton.GaussNewtonSolver` fits the loss the
 consensus passes fitted (cross-entropy for a classifier with ``--loss auto``)
 from the consensus weights *as they are*, output layer included (phase 2):
@@ -166,7 +169,8 @@ class HandOverSolver(SolverBase):
 
     def should_hand_over(self, scores) -> bool:
         """Return True once the pass ``handover_delay`` passes back gained less than ``handover_gain`` (after at least
-        two passes; delay 0: the last pass, as before the setting).
+        two passes; delay 0: the last pass, as before the setting and in stores written before session 17; the
+        default is 1).
 
         Decided from the consensus scores of the carry alone, so a resume continues the same schedule. With a
         delay d the hand-over comes d passes after the test first held: the passes in between are not tested.

@@ -919,8 +919,9 @@ def test_handover_switches_once_the_held_out_gain_falls_below_the_threshold():
     k = phases.index("hand-over")
     assert phases[:k] == ["consensus"] * k and phases[k + 1:] == ["gauss-newton"] * (len(phases) - k - 1)
     scores = [h["validation_accuracy"] for h in fit.history]
-    assert k >= 2 and scores[k - 1] - scores[k - 2] < 0.01
-    assert all(b - a >= 0.01 for a, b in zip(scores[:k - 2], scores[1:k - 1]))
+    j = k - fit.solver.config.handover_delay  # the first pass to gain < 0.01 (1-based); the hand-over's default: 1
+    assert fit.solver.config.handover_delay == 1 and j >= 2 and scores[j - 1] - scores[j - 2] < 0.01
+    assert all(b - a >= 0.01 for a, b in zip(scores[:j - 2], scores[1:j - 1]))
     # the hand-over starts Gauss-Newton on the consensus loss (cross-entropy) from the consensus weights as they
     # are, output layer included, at the last pass's weight decay α_c in its units (n α_c / 2): its pass B there,
     # then its first step, in the hand-over iteration

@@ -1,6 +1,7 @@
 """``handover_delay`` d (consensus,gauss-newton): the hand-over comes d consensus passes after the first pass that
-gained less than ``handover_gain``; stored with the run (old stores resume with 0, their rule), and a run killed
-with -9 in the delayed pass resumes to the uninterrupted run bit for bit."""
+gained less than ``handover_gain`` (default 1 in the hand-over since session 17, 0 elsewhere); stored with the run
+(old stores resume with 0, their rule), and a run killed with -9 in the delayed pass resumes to the uninterrupted run
+bit for bit."""
 import numpy as np
 import pytest
 
@@ -27,8 +28,22 @@ def test_the_hand_over_waits_delay_passes_after_the_first_small_gain():
         assert now.should_hand_over(s) == (s.size >= 2 and s[-1] - s[-2] < 0.01)
 
 
-def test_default_zero_and_stored_before_and_not_resumable():
-    assert TrainConfig().handover_delay == 0 and STORED_BEFORE["handover_delay"] == 0
+def test_default_one_in_the_hand_over_only_and_stored_before_zero_and_not_resumable():
+    """The default: HANDOVER_DELAY (1) for consensus,gauss-newton, given or chosen by auto from the data's size; 0
+    for consensus alone and Gauss-Newton (which do not read it); a given value as it is; stored as the number."""
+    from solvers.config import HANDOVER_DELAY
+
+    assert HANDOVER_DELAY == 1 and STORED_BEFORE["handover_delay"] == 0
+    assert TrainConfig(solver=HANDOVER).handover_delay == 1
+    assert TrainConfig(solver="consensus").handover_delay == 0 and TrainConfig(solver="gauss-newton").handover_delay == 0
+    assert TrainConfig(solver=HANDOVER, handover_delay=0).handover_delay == 0
+    assert TrainConfig().handover_delay is None  # auto: resolved with the solver
+    chosen, _ = TrainConfig().choose_solver(60_000, 2)
+    assert (chosen.solver, chosen.handover_delay) == (HANDOVER, 1)
+    small, _ = TrainConfig().choose_solver(10_000, 2)
+    assert (small.solver, small.handover_delay) == ("gauss-newton", 0)
+    assert TrainConfig(solver=HANDOVER).to_dict()["handover_delay"] == 1  # stored as the number it ran with
+    assert _solver(None).config.handover_delay == 1
     stored = TrainConfig(solver=HANDOVER).to_dict()
     del stored["handover_delay"]  # written before the setting existed
     config, changed = TrainConfig.resumed(stored, {})
@@ -192,3 +207,34 @@ def test_an_old_hand_over_store_resumes_under_its_first_lr_scale_1_bitwise(clien
     new = train(client, store=tmp_path / "new.zarr", data=tmp_path / "d.zarr",
                 config=TrainConfig(**{**cfg, "first_lr_scale": None}, iterations=1), chunk_rows=200, report=quiet)
     assert new.history[0]["learning_rate"] == 2 * whole.history[0]["learning_rate"]  # a new store: the default 2
+
+
+def test_an_old_hand_over_store_resumes_under_its_handover_delay_0_bitwise_and_a_new_store_gets_1(client, tmp_path):
+    """A hand-over run store written before handover_delay existed (no key: STORED_BEFORE's 0), stopped after pass 2
+    (before the first gain test), resumes (no flag given) handing over at iteration 3 despite the default of 1: the
+    run at 0 without a stop, bit for bit. A new store (no setting given) hands over a pass later and stores 1."""
+    from pipeline.training import train
+    from storage.data import write_data
+    from storage.runstore import RunStore
+    from tests.conftest import quiet, resume_as_older_store
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(800, 5)).astype(np.float32)
+    write_data(tmp_path / "d.zarr", X, np.argmax(X @ rng.normal(size=(5, 3)), axis=1), chunk_rows=200)
+    # gain 1: every pass gains less, so the gain test holds at its first chance (after pass 2)
+    cfg = dict(solver=HANDOVER, hidden=(6,), shards=2, validation_fraction=0.2, patience=0, seed=1, handover_gain=1.0,
+               handover_delay=0)
+    whole = train(client, store=tmp_path / "whole.zarr", data=tmp_path / "d.zarr",
+                  config=TrainConfig(**cfg, iterations=4), chunk_rows=200, report=quiet)
+    assert [h["phase"] for h in whole.history] == ["consensus", "consensus", "hand-over", "gauss-newton"]
+    train(client, store=tmp_path / "old.zarr", data=tmp_path / "d.zarr", config=TrainConfig(**cfg, iterations=2),
+          chunk_rows=200, report=quiet)
+    resumed = resume_as_older_store(client, tmp_path / "old.zarr", "handover_delay", 4)
+    assert resumed.solver.config.handover_delay == 0
+    assert [h["phase"] for h in resumed.history] == [h["phase"] for h in whole.history]
+    for W, V in zip(resumed.network.weights, whole.network.weights, strict=True):
+        np.testing.assert_array_equal(W, V)
+    new = train(client, store=tmp_path / "new.zarr", data=tmp_path / "d.zarr",
+                config=TrainConfig(**{**cfg, "handover_delay": None}, iterations=4), chunk_rows=200, report=quiet)
+    assert [h["phase"] for h in new.history] == ["consensus", "consensus", "consensus", "hand-over"]  # the default 1
+    assert RunStore.open(tmp_path / "new.zarr").attrs["config"]["handover_delay"] == 1

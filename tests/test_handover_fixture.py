@@ -85,7 +85,8 @@ def test_a_session_8_store_in_the_consensus_phase_continues_its_passes_and_hands
     assert phases == expected["phases"].tolist()  # the hand-over at session 8's iteration
     assert all(h.get("gauss_newton_loss") == "cross-entropy" for h in resumed.history[switch - 1:])  # phase 2
     settings = {k: v for k, v in config.items() if k not in ("chunk_rows", "switch")}
-    settings = {"first_lr_scale": STORED_BEFORE["first_lr_scale"], **settings}  # the old store's rule (default 2 today)
+    settings = {"first_lr_scale": STORED_BEFORE["first_lr_scale"], "handover_delay": STORED_BEFORE["handover_delay"],
+                **settings}  # the old store's rules (today's hand-over defaults: 2 and 1)
     whole = train(client, store=tmp_path / "today.zarr", data=where / "data.zarr", config=TrainConfig(**settings),
                   chunk_rows=config["chunk_rows"], report=quiet)
     assert [h["phase"] for h in whole.history] == phases
