@@ -194,7 +194,7 @@ def _parameter_docs() -> str:
     for param, name, default in estimator_parameters():
         f = fields[name]
         kind = (f"{{{', '.join(repr(c) for c in f.metadata['choices'])}}}" if f.metadata["choices"] is not None
-                else {"tuple[int, ...]": "tuple of int", "int | None": "int or None"}.get(f.type, f.type))
+                else {"tuple[int, ...]": "tuple of int", "int | None": "int or None", "float | None": "float or None"}.get(f.type, f.type))
         if default is None and f.default is not None:
             kind += " or None"
         text = f.metadata["help"] + f" (``{flag(name)}``)."
@@ -202,6 +202,8 @@ def _parameter_docs() -> str:
             text += f" Read by {', '.join(f.metadata['solvers'])}."
         if f.metadata["resumable"]:
             text += " May change on resume."
+        if default is None and f.default is None and f.metadata["default_text"]:  # what None stands for
+            text += f" None: {f.metadata['default_text']}."
         entries.append((param, kind, default, " ".join([text, _NOTES.get(param, "")]).strip()))
     entries += [(p, kind, d, text) for p, d, kind, text in _OWN_PARAMETERS]
     return "\n    ".join(f"{p} : {kind}, default {d!r}\n" + textwrap.fill(text, 100, initial_indent=" " * 8,
