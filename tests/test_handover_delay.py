@@ -184,16 +184,22 @@ def test_first_lr_scale_defaults_to_2_in_the_hand_over_only():
     assert solver.first.lr_at(1) == 2 * solver.first.lr_at(2)
 
 
+def _three_class_store(path):
+    """Write the two old-store tests' data: 800 rows of 5 features, 3 classes, 4 chunks of 200 rows."""
+    from storage.data import write_data
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(800, 5)).astype(np.float32)
+    write_data(path, X, np.argmax(X @ rng.normal(size=(5, 3)), axis=1), chunk_rows=200)
+
+
 def test_an_old_hand_over_store_resumes_under_its_first_lr_scale_1_bitwise(client, tmp_path):
     """A hand-over run store written before first_lr_scale existed (no key: STORED_BEFORE's 1), stopped before pass 1,
     resumes (no flag given) with pass 1 at 1 despite the default of 2: the run at 1 without a stop, bit for bit."""
     from pipeline.training import train
-    from storage.data import write_data
     from tests.conftest import quiet, resume_as_older_store
 
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(800, 5)).astype(np.float32)
-    write_data(tmp_path / "d.zarr", X, np.argmax(X @ rng.normal(size=(5, 3)), axis=1), chunk_rows=200)
+    _three_class_store(tmp_path / "d.zarr")
     cfg = dict(solver=HANDOVER, hidden=(6,), shards=2, validation_fraction=0.2, patience=0, seed=1, first_lr_scale=1.0)
     whole = train(client, store=tmp_path / "whole.zarr", data=tmp_path / "d.zarr",
                   config=TrainConfig(**cfg, iterations=2), chunk_rows=200, report=quiet)
@@ -214,13 +220,10 @@ def test_an_old_hand_over_store_resumes_under_its_handover_delay_0_bitwise_and_a
     (before the first gain test), resumes (no flag given) handing over at iteration 3 despite the default of 1: the
     run at 0 without a stop, bit for bit. A new store (no setting given) hands over a pass later and stores 1."""
     from pipeline.training import train
-    from storage.data import write_data
     from storage.runstore import RunStore
     from tests.conftest import quiet, resume_as_older_store
 
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(800, 5)).astype(np.float32)
-    write_data(tmp_path / "d.zarr", X, np.argmax(X @ rng.normal(size=(5, 3)), axis=1), chunk_rows=200)
+    _three_class_store(tmp_path / "d.zarr")
     # gain 1: every pass gains less, so the gain test holds at its first chance (after pass 2)
     cfg = dict(solver=HANDOVER, hidden=(6,), shards=2, validation_fraction=0.2, patience=0, seed=1, handover_gain=1.0,
                handover_delay=0)
