@@ -17,9 +17,8 @@ __all__ = ["ADMMClassifier", "ADMMRegressor"]
 # makes ~200 collections (20-50 ms a command) that find almost nothing (400-900 unreachable objects). The command's
 # main turns it back on at once, first freezing the imported objects (:func:`pipeline.cli.collect_again`, called by
 # :func:`pipeline.cli.exits_on_input_error`).
-
-
-# the commands whose main turns the collector back on (exits_on_input_error); not a module without a main
+#
+# The commands whose main turns the collector back on (exits_on_input_error); not a module without a main
 # (``python -m pipeline.figures`` would run with the collector off for good: review17 L8)
 COMMANDS = ("pipeline.ingest", "pipeline.train", "pipeline.predict", "pipeline.evaluate", "pipeline.report")
 
@@ -29,8 +28,8 @@ def _running_our_command() -> bool:
     argv = list(getattr(_sys, "orig_argv", ()))
     if _sys.argv[:1] != ["-m"] or "-m" not in argv:
         return False
-    target = argv[argv.index("-m") + 1:argv.index("-m") + 2]
-    return bool(target) and target[0] in COMMANDS
+    target = argv.index("-m") + 1
+    return target < len(argv) and argv[target] in COMMANDS
 
 
 IMPORTS_WITHOUT_GC = _running_our_command() and _gc.isenabled()
