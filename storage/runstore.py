@@ -743,14 +743,7 @@ def _packed_files(path, group: str, arrays: dict) -> list:
     (none for an empty array). tests/test_runstore.py compares these files with Zarr's own, byte for byte."""
     values = [np.ascontiguousarray(a, "<f8").reshape(-1) for a in arrays.values()]
     n = sum(int(v.size) for v in values)
-    meta = {
-        "shape": [n], "data_type": "float64",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [max(1, n)]}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": 0.0, "codecs": _FAST_CODECS_JSON,
-        "attributes": {"layout": [[name, list(np.shape(a))] for name, a in arrays.items()]},
-        "zarr_format": 3, "node_type": "array", "storage_transformers": [],
-    }
+    meta = _one_chunk_meta(n, "float64", 0.0, {"layout": [[name, list(np.shape(a))] for name, a in arrays.items()]})
     files, parts = [], group.split("/")
     for i in range(1, len(parts) + 1):
         rel = os.path.join(*parts[:i], "zarr.json")
@@ -821,12 +814,20 @@ def _rewrite_one_chunk(folder: Path, values: np.ndarray, create: bool = False) -
 
 def _metric_meta(values: np.ndarray) -> dict:
     """Return the ``zarr.json`` content Zarr 3 writes for a new 1-D ``metrics/`` array of ``values`` (one chunk, fill 0)."""
-    n = int(values.size)
-    return {"shape": [n], "data_type": values.dtype.name,
+    return _one_chunk_meta(int(values.size), values.dtype.name, 0.0 if values.dtype.kind == "f" else 0, {},
+                           dimension_names=["iteration"])
+
+
+def _one_chunk_meta(n: int, data_type: str, fill, attributes: dict, dimension_names=None) -> dict:
+    """Return the ``zarr.json`` content Zarr 3 writes for a 1-D array of ``n`` values in one chunk (crc32c codecs),
+    its keys in Zarr's order (the files are compared with Zarr's byte for byte)."""
+    meta = {"shape": [n], "data_type": data_type,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [max(1, n)]}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": 0.0 if values.dtype.kind == "f" else 0, "codecs": _FAST_CODECS_JSON, "attributes": {},
-            "dimension_names": ["iteration"], "zarr_format": 3, "node_type": "array", "storage_transformers": []}
+            "fill_value": fill, "codecs": _FAST_CODECS_JSON, "attributes": attributes}
+    if dimension_names is not None:
+        meta["dimension_names"] = dimension_names
+    return {**meta, "zarr_format": 3, "node_type": "array", "storage_transformers": []}
 
 
 def _write_small_file(path: Path, data: bytes) -> None:
