@@ -47,6 +47,8 @@ HANDOVER_DELAY = 1  # --handover-delay's default in the hand-over: with pass 1 a
 # better against both x1 and plain x2 (mean +- standard error, paired seeds: MNIST 10-class +0.0005 +- 0.0003 vs x1 (5),
 # odd/even -0.0003 +- 0.0005 vs x1 and -0.0002 +- 0.0004 vs x2 (5), untuned HIGGS-shaped 100k +0.0011 +- 0.0004 vs x1
 # (6): fls17_s17.md). Consensus alone and Gauss-Newton do not read it (0). Stores written before: STORED_BEFORE's 0
+# the settings whose unset value (None) is resolved once the solver is known: (in the hand-over, for any other solver)
+HANDOVER_DEFAULTS = {"first_lr_scale": (HANDOVER_FIRST_LR_SCALE, 1.0), "handover_delay": (HANDOVER_DELAY, 0)}
 AUTO_HANDOVER_ROWS = 20000  # --solver auto: the hand-over from this many training rows per shard (auto_handover_s8.md)
 FIRST_PASS_ROWS = 147456  # the consensus solver's first shard pass (rows over all shards; HIGGS-shaped 1M: 0.7696 after it)
 GAUSS_NEWTON_LOSS = "squared"  # what --loss auto fits with gauss-newton (benchmarks/results/defaults_real.md)
@@ -333,10 +335,9 @@ class TrainConfig:
             object.__setattr__(self, "auto_pinned", True)
         elif self.solver != "gauss-newton":  # auto (chosen by size later) or another solver: not auto's pin
             object.__setattr__(self, "auto_pinned", False)
-        if self.first_lr_scale is None and self.solver != "auto":  # auto: once choose_solver has picked the solver
-            object.__setattr__(self, "first_lr_scale", HANDOVER_FIRST_LR_SCALE if self.solver == HANDOVER else 1.0)
-        if self.handover_delay is None and self.solver != "auto":  # auto: as first_lr_scale
-            object.__setattr__(self, "handover_delay", HANDOVER_DELAY if self.solver == HANDOVER else 0)
+        for name, (in_handover, elsewhere) in HANDOVER_DEFAULTS.items():  # auto: once choose_solver has picked
+            if getattr(self, name) is None and self.solver != "auto":
+                object.__setattr__(self, name, in_handover if self.solver == HANDOVER else elsewhere)
         problems = []
         if isinstance(self.alpha, str) and self.alpha != "auto":
             try:
